@@ -1,0 +1,319 @@
+//! `tools/call` round trips through the proxy against the same client talking
+//! to the same upstream directly, in one run.
+//!
+//! Run: `cargo bench --bench roundtrip` (options after `--`: `--calls N`,
+//! `--seconds S` for the concurrent phase). Prints a Markdown table with
+//! p50/p99 latency, calls/s and the ratios to the direct baseline.
+//!
+//! The client is a minimal JSON-RPC client (one request in flight, no SDK
+//! overhead) so that what is measured is the transport and the proxy.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+const TOKEN: &str = "bench-token";
+
+struct Stats {
+    label: String,
+    p50: Duration,
+    p99: Duration,
+    calls_per_sec: f64,
+}
+
+fn stats(label: &str, mut samples: Vec<Duration>, elapsed: Duration) -> Stats {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        label: label.to_owned(),
+        p50: at(0.50),
+        p99: at(0.99),
+        calls_per_sec: samples.len() as f64 / elapsed.as_secs_f64(),
+    }
+}
+
+/// A line-delimited JSON-RPC client over a child's stdio.
+struct StdioClient {
+    _child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    next_id: u64,
+}
+
+impl StdioClient {
+    async fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut client = Self {
+            _child: child,
+            stdin,
+            lines,
+            next_id: 1,
+        };
+        client
+            .request("initialize", json!({"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}))
+            .await;
+        client.notify("notifications/initialized").await;
+        client
+    }
+
+    async fn notify(&mut self, method: &str) {
+        let line = format!("{}\n", json!({"jsonrpc":"2.0","method":method}));
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+    }
+
+    async fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line =
+            serde_json::to_vec(&json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}))
+                .unwrap();
+        line.push(b'\n');
+        self.stdin.write_all(&line).await.unwrap();
+        loop {
+            let line = self.lines.next_line().await.unwrap().expect("stream ended");
+            let message: Value = serde_json::from_str(&line).unwrap();
+            if message["id"] == json!(id) {
+                assert!(message.get("result").is_some(), "call failed: {message}");
+                return message;
+            }
+        }
+    }
+}
+
+/// A streamable HTTP session, answering like a real client would accept
+/// (`application/json, text/event-stream`).
+struct HttpClient {
+    http: reqwest::Client,
+    url: String,
+    session: String,
+    next_id: u64,
+}
+
+impl HttpClient {
+    async fn connect(url: &str) -> Self {
+        let http = reqwest::Client::new();
+        let response = http
+            .post(url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}))
+            .send()
+            .await
+            .unwrap();
+        let session = response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let _ = response.bytes().await;
+        let mut client = Self {
+            http,
+            url: url.to_owned(),
+            session,
+            next_id: 1,
+        };
+        client
+            .post(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await;
+        client
+    }
+
+    async fn post(&mut self, message: Value) -> String {
+        let response = self
+            .http
+            .post(&self.url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&message)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "HTTP {}", response.status());
+        response.text().await.unwrap()
+    }
+
+    async fn call(&mut self) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body = self
+            .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"example__echo","arguments":{"text":"hello"}}}))
+            .await;
+        assert!(body.contains("\"result\""), "call failed: {body}");
+    }
+}
+
+async fn measure_stdio(label: &str, command: Command, tool: &str, calls: usize) -> Stats {
+    let mut client = StdioClient::spawn(command).await;
+    let params = json!({"name": tool, "arguments": {"text": "hello"}});
+    for _ in 0..calls / 10 {
+        client.request("tools/call", params.clone()).await;
+    }
+    let mut samples = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for _ in 0..calls {
+        let t = Instant::now();
+        client.request("tools/call", params.clone()).await;
+        samples.push(t.elapsed());
+    }
+    stats(label, samples, start.elapsed())
+}
+
+fn write_config(dir: &std::path::Path, example: &str, listen: bool) -> std::path::PathBuf {
+    let hash = hex::encode(Sha256::digest(TOKEN.as_bytes()));
+    let listen = if listen {
+        "listen = \"127.0.0.1:0\"\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        "[proxy]\n{listen}max_sessions = 100\n\n[[clients]]\nname = \"bench\"\ntoken_sha256 = \"{hash}\"\n\n[[servers]]\nname = \"example\"\nprocess = {{ command = {example:?}, args = [\"--name\", \"example\"] }}\n"
+    );
+    let path = dir.join(if listen.is_empty() {
+        "stdio.toml"
+    } else {
+        "http.toml"
+    });
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn start_http_proxy(portcullis: &str, config: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(portcullis)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("PORTCULLIS_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next_line().await.unwrap().expect("proxy exited");
+        if line.contains("listening for MCP")
+            && let Some(addr) = line.split("addr=").nth(1)
+        {
+            break addr.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("http://{addr}/mcp"))
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut calls = 5000usize;
+    let mut seconds = 5u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--calls" => calls = args.next().and_then(|n| n.parse().ok()).unwrap_or(calls),
+            "--seconds" => seconds = args.next().and_then(|n| n.parse().ok()).unwrap_or(seconds),
+            _ => {} // cargo bench passes `--bench`
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(calls, seconds));
+}
+
+async fn run(calls: usize, seconds: u64) {
+    let portcullis = env!("CARGO_BIN_EXE_portcullis");
+    let example = env!("CARGO_BIN_EXE_portcullis-example-server");
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut direct = Command::new(example);
+    direct.args(["--name", "example"]);
+    let direct = measure_stdio("direct (stdio)", direct, "echo", calls).await;
+
+    let stdio_config = write_config(dir.path(), example, false);
+    let mut proxied = Command::new(portcullis);
+    proxied
+        .args(["stdio", "--config"])
+        .arg(&stdio_config)
+        .args(["--client", "bench"]);
+    let proxied = measure_stdio("proxied (stdio)", proxied, "example__echo", calls).await;
+
+    let http_config = write_config(dir.path(), example, true);
+    let (_proxy, url) = start_http_proxy(portcullis, &http_config).await;
+    let mut client = HttpClient::connect(&url).await;
+    for _ in 0..calls / 10 {
+        client.call().await;
+    }
+    let mut samples = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for _ in 0..calls {
+        let t = Instant::now();
+        client.call().await;
+        samples.push(t.elapsed());
+    }
+    let http_one = stats("proxied (HTTP, 1 session)", samples, start.elapsed());
+
+    let sessions = 16;
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    let mut all_samples = Vec::new();
+    let start = Instant::now();
+    for _ in 0..sessions {
+        let url = url.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = HttpClient::connect(&url).await;
+            let mut samples = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                client.call().await;
+                samples.push(t.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            samples
+        }));
+    }
+    for task in tasks {
+        all_samples.extend(task.await.unwrap());
+    }
+    let http_many = stats("proxied (HTTP, 16 sessions)", all_samples, start.elapsed());
+
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("\n| path | p50 µs | p99 µs | calls/s | p50 vs direct stdio |");
+    println!("|---|---:|---:|---:|---:|");
+    for s in [&direct, &proxied, &http_one, &http_many] {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.0} | {:.2}× |",
+            s.label,
+            us(s.p50),
+            us(s.p99),
+            s.calls_per_sec,
+            us(s.p50) / us(direct.p50)
+        );
+    }
+    println!(
+        "\nproxied/direct stdio p50: {:.2}× (goal ≤ 2.2×); HTTP 1-session p50 / proxied stdio p50: {:.2}× (goal ≤ 1.5×)",
+        us(proxied.p50) / us(direct.p50),
+        us(http_one.p50) / us(proxied.p50)
+    );
+    println!(
+        "calls per measurement: {calls}; concurrent phase: {seconds} s; done {}",
+        done.load(Ordering::Relaxed)
+    );
+}

@@ -1,0 +1,106 @@
+//! `portcullis-example-server`: the example MCP server behind the quickstart and the
+//! integration tests, built on rmcp.
+//!
+//! It serves MCP over stdio by default, or streamable HTTP at `/mcp` with
+//! `--http ADDR`. Its tools exercise most of the protocol (progress, cancellation,
+//! sampling, elicitation, roots, logging, list changes, resource updates, crashes);
+//! see `tools.rs` for the list. Logs go to stderr only (`RUST_LOG` sets the filter).
+
+mod sandbox;
+mod server;
+mod tools;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use clap::Parser;
+use rmcp::{
+    ServiceExt as _,
+    transport::{
+        StreamableHttpServerConfig, StreamableHttpService, stdio,
+        streamable_http_server::session::local::LocalSessionManager,
+    },
+};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::server::ExampleServer;
+
+/// An example MCP server for trying out and testing Portcullis.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis-example-server", version)]
+struct Args {
+    /// Serve MCP streamable HTTP at http://ADDR/mcp instead of stdio (port 0 picks a
+    /// free port; the bound address is printed to stderr as `listening on ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+
+    /// The server's name: its serverInfo.name, and the prefix of `echo` replies.
+    #[arg(long, value_name = "NAME", default_value = "example")]
+    name: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging();
+    let server = ExampleServer::new(args.name);
+    match args.http {
+        None => serve_stdio(server).await,
+        Some(addr) => serve_http(server, addr).await,
+    }
+}
+
+fn init_logging() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .init();
+}
+
+async fn serve_stdio(server: ExampleServer) -> anyhow::Result<()> {
+    let running = server
+        .serve(stdio())
+        .await
+        .context("MCP session over stdio failed to start")?;
+    let reason = running.waiting().await?;
+    tracing::info!(?reason, "stdio session ended");
+    Ok(())
+}
+
+async fn serve_http(server: ExampleServer, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local_addr = listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let mut config =
+        StreamableHttpServerConfig::default().with_cancellation_token(shutdown.child_token());
+    if !local_addr.ip().is_loopback() {
+        // rmcp only accepts loopback `Host` headers by default (DNS rebinding
+        // protection); bound elsewhere (e.g. in a container) accept any host.
+        config = config.disable_allowed_hosts();
+    }
+    let service = StreamableHttpService::new(
+        move || Ok(server.new_session()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let app = axum::Router::new().nest_service("/mcp", service);
+
+    eprintln!("listening on {local_addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            if tokio::signal::ctrl_c().await.is_err() {
+                // No signal handler: run until killed.
+                std::future::pending::<()>().await;
+            }
+            shutdown.cancel();
+        })
+        .await
+        .context("HTTP server failed")
+}

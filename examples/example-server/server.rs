@@ -1,0 +1,317 @@
+//! The server handler: capabilities, tool dispatch (static and dynamic tools), the
+//! resources, the resource template, the prompt and completions.
+
+// Logging and resources/subscribe are deprecated in rmcp (SEP-2577 and the
+// 2026-07-28 protocol) but are part of the protocol versions this server speaks.
+#![allow(deprecated)]
+
+use std::{
+    borrow::Cow,
+    collections::BTreeSet,
+    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock},
+};
+
+use rmcp::{
+    ErrorData as McpError, RoleServer, ServerHandler,
+    handler::server::{
+        common::schema_for_empty_input,
+        router::tool::{ToolRoute, ToolRouter},
+        tool::ToolCallContext,
+    },
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams,
+        CompleteResult, CompletionInfo, ContentBlock, GetPromptRequestParams, GetPromptResponse,
+        GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+        ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument,
+        PromptMessage, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+        ReadResourceResult, Reference, Resource, ResourceContents, ResourceTemplate, Role,
+        ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams, Tool,
+        UnsubscribeRequestParams,
+    },
+    service::RequestContext,
+};
+use serde_json::json;
+
+const GREETING_URI: &str = "example://greeting";
+const ITEM_URI_PREFIX: &str = "example://items/";
+const ITEM_URI_TEMPLATE: &str = "example://items/{id}";
+const GREET_PROMPT: &str = "greet";
+
+/// One MCP session's handler. Sessions of one process share the name and the tool
+/// list (tools added with `add_tool` are visible to all); resource subscriptions
+/// are per session.
+#[derive(Clone)]
+pub struct ExampleServer {
+    shared: Arc<Shared>,
+    subscriptions: Arc<Mutex<BTreeSet<String>>>,
+}
+
+struct Shared {
+    name: String,
+    /// Copy-on-write so that a call never holds the lock (tools may add tools).
+    tools: RwLock<Arc<ToolRouter<ExampleServer>>>,
+}
+
+impl ExampleServer {
+    pub fn new(name: String) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                name,
+                tools: RwLock::new(Arc::new(Self::tool_router())),
+            }),
+            subscriptions: Arc::default(),
+        }
+    }
+
+    /// A handler for another session of the same server.
+    pub fn new_session(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            subscriptions: Arc::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn tools(&self) -> Arc<ToolRouter<Self>> {
+        let tools = self
+            .shared
+            .tools
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(&tools)
+    }
+
+    /// Adds a tool `name` that replies "dynamic NAME". False if the name is taken.
+    pub fn add_dynamic_tool(&self, name: &str) -> bool {
+        let mut tools = self
+            .shared
+            .tools
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if tools.map.contains_key(name) {
+            return false;
+        }
+        Arc::make_mut(&mut tools).add_route(dynamic_tool(name));
+        true
+    }
+
+    /// Whether this session subscribed to `uri` with resources/subscribe.
+    pub fn is_subscribed(&self, uri: &str) -> bool {
+        self.subscriptions().contains(uri)
+    }
+
+    fn subscriptions(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn dynamic_tool(name: &str) -> ToolRoute<ExampleServer> {
+    let reply = format!("dynamic {name}");
+    let tool = Tool::new(
+        name.to_owned(),
+        format!("A tool added at run time with add_tool; replies \"{reply}\"."),
+        schema_for_empty_input(),
+    );
+    ToolRoute::new_dyn(tool, move |_context| {
+        let result = CallToolResult::success(vec![ContentBlock::text(reply.clone())]);
+        Box::pin(std::future::ready(Ok(result.into())))
+    })
+}
+
+fn completion(candidates: &[&str], prefix: &str) -> Result<CompleteResult, McpError> {
+    let values = candidates
+        .iter()
+        .filter(|candidate| candidate.starts_with(prefix))
+        .map(|candidate| (*candidate).to_owned())
+        .collect();
+    let info = CompletionInfo::with_all_values(values)
+        .map_err(|error| McpError::internal_error(error, None))?;
+    Ok(CompleteResult::new(info))
+}
+
+impl ServerHandler for ExampleServer {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = ServerCapabilities::builder()
+            .enable_logging()
+            .enable_completions()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_resources()
+            .enable_resources_subscribe()
+            .enable_resources_list_changed()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .build();
+        ServerConfig::new(capabilities)
+            .with_protocol_version(ProtocolVersion::V_2025_11_25)
+            .with_server_info(Implementation::new(self.name(), env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Example server for Portcullis: test tools (echo, add, sleep, progress, \
+                 sample, elicit, roots, log, ...), a greeting resource, an item template \
+                 and a greet prompt.",
+            )
+    }
+
+    /// Up to 2025-11-25: later versions forbid the server-to-client requests
+    /// (sampling, elicitation, roots) that this server's tools make.
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let tools = self.tools();
+        tools
+            .call(ToolCallContext::new(self, request, context))
+            .await
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(self.tools().list_all()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tools().get(name).cloned()
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        // The `log` tool sends whatever level it is asked to; nothing to filter.
+        tracing::info!(level = ?request.level, "client set the log level");
+        Ok(())
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let greeting = Resource::new(GREETING_URI, "greeting")
+            .with_description("A greeting from this server.")
+            .with_mime_type("text/plain");
+        Ok(ListResourcesResult::with_all_items(vec![greeting]))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let item = ResourceTemplate::new(ITEM_URI_TEMPLATE, "item")
+            .with_description("An item by id; reads as \"item ID\".")
+            .with_mime_type("text/plain");
+        Ok(ListResourceTemplatesResult::with_all_items(vec![item]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let uri = request.uri;
+        let text = if uri == GREETING_URI {
+            format!("hello from {}", self.name())
+        } else if let Some(id) = uri
+            .strip_prefix(ITEM_URI_PREFIX)
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+        {
+            format!("item {id}")
+        } else {
+            return Err(McpError::resource_not_found(
+                format!("no resource {uri}"),
+                Some(json!({ "uri": uri })),
+            ));
+        };
+        Ok(ReadResourceResult::new(vec![ResourceContents::text(text, uri)]).into())
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.subscriptions().insert(request.uri);
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.subscriptions().remove(&request.uri);
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let greet = Prompt::new(
+            GREET_PROMPT,
+            Some("Ask the model to greet someone."),
+            Some(vec![
+                PromptArgument::new("name")
+                    .with_description("Who to greet.")
+                    .with_required(true),
+            ]),
+        );
+        Ok(ListPromptsResult::with_all_items(vec![greet]))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        if request.name != GREET_PROMPT {
+            return Err(McpError::invalid_params(
+                format!("no prompt {}", request.name),
+                None,
+            ));
+        }
+        let name = request
+            .arguments
+            .as_ref()
+            .and_then(|arguments| arguments.get("name"))
+            .and_then(|name| name.as_str())
+            .ok_or_else(|| {
+                McpError::invalid_params("prompt greet needs a string argument `name`", None)
+            })?;
+        let message = PromptMessage::new_text(Role::User, format!("Please greet {name}"));
+        Ok(GetPromptResult::new(vec![message])
+            .with_description("Greet someone.")
+            .into())
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        let candidates: &[&str] = match (&request.r#ref, request.argument.name.as_str()) {
+            (Reference::Resource(template), "id") if template.uri == ITEM_URI_TEMPLATE => {
+                &["1", "2", "3"]
+            }
+            (Reference::Prompt(prompt), "name") if prompt.name == GREET_PROMPT => &["alice", "bob"],
+            _ => &[],
+        };
+        completion(candidates, &request.argument.value)
+    }
+}

@@ -1,0 +1,415 @@
+//! The interceptor chain: the trait every interceptor implements, the
+//! `Exchange` it looks at, the `Verdict` it returns, and the runner.
+//!
+//! ```text
+//!   client ── request ──►  [1] → [2] → … → [n]  ──► server
+//!   client ◄─ response ──  [1] ← [2] ← … ← [n]  ◄── server
+//! ```
+//! Requests and notifications run in config order, responses in reverse, so
+//! the first interceptor is also the last one to see what the client gets.
+//! A `Deny` stops the chain. `on_outcome` runs on every interceptor once the
+//! exchange is over, whatever happened — that is where audit hooks in.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::protocol;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Request,
+    Response,
+    Notification,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Stdio,
+    Http,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdio => "stdio",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// Who is on the other end of a client session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub name: Arc<str>,
+    pub groups: Arc<[Arc<str>]>,
+}
+
+impl ClientIdentity {
+    pub fn new(name: &str, groups: &[String]) -> Self {
+        Self {
+            name: name.into(),
+            groups: groups
+                .iter()
+                .map(|group| Arc::from(group.as_str()))
+                .collect(),
+        }
+    }
+}
+
+/// What an interceptor knows about an exchange besides the message.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub session: Arc<str>,
+    pub client: ClientIdentity,
+    pub transport: Transport,
+    pub method: Arc<str>,
+    /// The server the message is for or from, once routing knows it.
+    pub server: Option<Arc<str>>,
+    /// The tool or prompt name without the server prefix, or the resource URI.
+    pub target: Option<String>,
+    /// The id of the request this exchange is about, as its sender wrote it.
+    pub request_id: Option<Value>,
+}
+
+/// A note an interceptor attaches to the exchange, for later interceptors and
+/// the audit record. Never a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    pub interceptor: Arc<str>,
+    pub key: String,
+    pub value: String,
+}
+
+/// One message on its way through the chain.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub message: Value,
+    pub direction: Direction,
+    pub phase: Phase,
+    pub context: Context,
+    pub annotations: Vec<Annotation>,
+}
+
+impl Exchange {
+    pub fn new(message: Value, direction: Direction, phase: Phase, context: Context) -> Self {
+        Self {
+            message,
+            direction,
+            phase,
+            context,
+            annotations: Vec::new(),
+        }
+    }
+}
+
+/// An interceptor's decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Continue,
+    /// Replace the message with this one (the whole JSON-RPC message).
+    Modify(Value),
+    Deny(Denial),
+}
+
+/// Why a message was refused, as the client will read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denial {
+    pub code: i64,
+    /// Short and safe to show: no policy text, no secrets.
+    pub reason: String,
+}
+
+impl Denial {
+    pub fn new(code: i64, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How an exchange ended, for `on_outcome`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Relayed (or answered by the proxy) without a refusal.
+    Delivered,
+    /// An interceptor refused it.
+    Denied {
+        interceptor: Arc<str>,
+        reason: String,
+    },
+    /// The proxy or the server failed it (timeout, upstream down, …).
+    Failed { reason: String },
+}
+
+/// A message handler in the chain. Every method has a no-op default, so an
+/// interceptor implements only the phases it cares about. Calls are
+/// synchronous and must be fast: they run on the proxy's hot path.
+pub trait Interceptor: Send + Sync + 'static {
+    /// The name used in `[[chain]]`, in denials and in audit records.
+    fn name(&self) -> &str;
+
+    /// A request, in either direction (server→client requests such as
+    /// `sampling/createMessage` come through here too).
+    fn on_request(&self, _exchange: &mut Exchange) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// The response to a request this chain saw; `exchange.context` is the
+    /// request's context.
+    fn on_response(&self, _exchange: &mut Exchange) -> Verdict {
+        Verdict::Continue
+    }
+
+    fn on_notification(&self, _exchange: &mut Exchange) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// Runs once per exchange after it ended, whatever the outcome.
+    fn on_outcome(&self, _exchange: &Exchange, _outcome: &Outcome) {}
+}
+
+/// The refusal of one interceptor, turned into a JSON-RPC error by
+/// [`Refusal::to_response`] — the one place denials become errors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub interceptor: Arc<str>,
+    pub denial: Denial,
+}
+
+impl Refusal {
+    pub fn to_response(&self, id: Value) -> Value {
+        protocol::error(
+            id,
+            self.denial.code,
+            &format!("denied by {}: {}", self.interceptor, self.denial.reason),
+            Some(serde_json::json!({ "interceptor": &*self.interceptor })),
+        )
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        Outcome::Denied {
+            interceptor: self.interceptor.clone(),
+            reason: self.denial.reason.clone(),
+        }
+    }
+}
+
+/// The ordered interceptors.
+#[derive(Clone, Default)]
+pub struct Chain {
+    interceptors: Vec<(Arc<str>, Arc<dyn Interceptor>)>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.interceptors.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl Chain {
+    pub fn new(interceptors: Vec<Arc<dyn Interceptor>>) -> Self {
+        Self {
+            interceptors: interceptors
+                .into_iter()
+                .map(|interceptor| (Arc::from(interceptor.name()), interceptor))
+                .collect(),
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.interceptors.iter().map(|(name, _)| &**name)
+    }
+
+    /// Runs the exchange's phase through the chain: requests and
+    /// notifications in order, responses in reverse.
+    pub fn run(&self, exchange: &mut Exchange) -> Result<(), Refusal> {
+        match exchange.phase {
+            Phase::Response => self.run_each(exchange, self.interceptors.iter().rev()),
+            Phase::Request | Phase::Notification => {
+                self.run_each(exchange, self.interceptors.iter())
+            }
+        }
+    }
+
+    fn run_each<'a>(
+        &self,
+        exchange: &mut Exchange,
+        interceptors: impl Iterator<Item = &'a (Arc<str>, Arc<dyn Interceptor>)>,
+    ) -> Result<(), Refusal> {
+        for (name, interceptor) in interceptors {
+            let verdict = match exchange.phase {
+                Phase::Request => interceptor.on_request(exchange),
+                Phase::Response => interceptor.on_response(exchange),
+                Phase::Notification => interceptor.on_notification(exchange),
+            };
+            match verdict {
+                Verdict::Continue => {}
+                Verdict::Modify(message) => exchange.message = message,
+                Verdict::Deny(denial) => {
+                    return Err(Refusal {
+                        interceptor: name.clone(),
+                        denial,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells every interceptor how the exchange ended.
+    pub fn finish(&self, exchange: &Exchange, outcome: &Outcome) {
+        for (_, interceptor) in &self.interceptors {
+            interceptor.on_outcome(exchange, outcome);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    struct Recorder {
+        name: &'static str,
+        seen: Arc<Mutex<Vec<String>>>,
+        deny_method: Option<&'static str>,
+    }
+
+    impl Interceptor for Recorder {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn on_request(&self, exchange: &mut Exchange) -> Verdict {
+            self.seen
+                .lock()
+                .map(|mut s| s.push(format!("{}:req", self.name)))
+                .ok();
+            if Some(&*exchange.context.method) == self.deny_method {
+                return Verdict::Deny(Denial::new(protocol::code::DENIED, "not today"));
+            }
+            let mut message = exchange.message.clone();
+            message["params"][self.name] = json!(true);
+            Verdict::Modify(message)
+        }
+        fn on_response(&self, _exchange: &mut Exchange) -> Verdict {
+            self.seen
+                .lock()
+                .map(|mut s| s.push(format!("{}:resp", self.name)))
+                .ok();
+            Verdict::Continue
+        }
+        fn on_outcome(&self, _exchange: &Exchange, outcome: &Outcome) {
+            self.seen
+                .lock()
+                .map(|mut s| {
+                    s.push(format!(
+                        "{}:outcome:{}",
+                        self.name,
+                        matches!(outcome, Outcome::Delivered)
+                    ))
+                })
+                .ok();
+        }
+    }
+
+    fn exchange(method: &str) -> Exchange {
+        Exchange::new(
+            json!({"jsonrpc":"2.0","id":1,"method":method,"params":{}}),
+            Direction::ClientToServer,
+            Phase::Request,
+            Context {
+                session: "s".into(),
+                client: ClientIdentity::new("c", &[]),
+                transport: Transport::Stdio,
+                method: method.into(),
+                server: None,
+                target: None,
+                request_id: Some(json!(1)),
+            },
+        )
+    }
+
+    fn chain(seen: &Arc<Mutex<Vec<String>>>, deny: Option<&'static str>) -> Chain {
+        Chain::new(vec![
+            Arc::new(Recorder {
+                name: "a",
+                seen: seen.clone(),
+                deny_method: None,
+            }),
+            Arc::new(Recorder {
+                name: "b",
+                seen: seen.clone(),
+                deny_method: deny,
+            }),
+            Arc::new(Recorder {
+                name: "c",
+                seen: seen.clone(),
+                deny_method: None,
+            }),
+        ])
+    }
+
+    #[test]
+    fn requests_in_order_responses_in_reverse_and_modifications_stick() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let chain = chain(&seen, None);
+        let mut ex = exchange("tools/call");
+        assert_eq!(chain.run(&mut ex), Ok(()));
+        assert_eq!(
+            ex.message["params"],
+            json!({"a": true, "b": true, "c": true})
+        );
+        ex.phase = Phase::Response;
+        assert_eq!(chain.run(&mut ex), Ok(()));
+        chain.finish(&ex, &Outcome::Delivered);
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(
+            seen,
+            [
+                "a:req",
+                "b:req",
+                "c:req",
+                "c:resp",
+                "b:resp",
+                "a:resp",
+                "a:outcome:true",
+                "b:outcome:true",
+                "c:outcome:true"
+            ]
+        );
+    }
+
+    #[test]
+    fn deny_stops_the_chain_and_names_the_interceptor() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let chain = chain(&seen, Some("tools/call"));
+        let mut ex = exchange("tools/call");
+        let refusal = chain.run(&mut ex).err();
+        let Some(refusal) = refusal else {
+            panic!("expected a refusal");
+        };
+        assert_eq!(&*refusal.interceptor, "b");
+        let response = refusal.to_response(json!(1));
+        assert_eq!(response["error"]["code"], json!(protocol::code::DENIED));
+        assert_eq!(
+            response["error"]["message"],
+            json!("denied by b: not today")
+        );
+        assert_eq!(response["error"]["data"]["interceptor"], json!("b"));
+        assert_eq!(
+            seen.lock().map(|s| s.clone()).unwrap_or_default(),
+            ["a:req", "b:req"]
+        );
+    }
+}

@@ -1,0 +1,413 @@
+//! The `portcullis` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::chain::{ClientIdentity, Transport};
+use crate::config::{Config, UpstreamSpec};
+use crate::downstream;
+use crate::gateway::{Gateway, Outlet};
+use crate::interceptors;
+use crate::upstream::Status;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A policy-enforcing security proxy for MCP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP over streamable HTTP on `[proxy] listen` (and stdio with --stdio).
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also serve one client on stdin/stdout.
+        #[arg(long, requires = "client")]
+        stdio: bool,
+        /// The client served on stdio (a `[[clients]]` name).
+        #[arg(long)]
+        client: Option<String>,
+    },
+    /// Serve one client over stdin/stdout (for Claude Desktop, Cursor, VS Code, …).
+    Stdio {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The client's name from `[[clients]]`.
+        #[arg(long)]
+        client: String,
+    },
+    /// The configured servers.
+    Servers {
+        #[command(subcommand)]
+        command: ServersCommand,
+    },
+    /// The tools clients see through the proxy.
+    Tools {
+        #[command(subcommand)]
+        command: ToolsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServersCommand {
+    /// List the configured servers, how they run, and their sandboxing.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum ToolsCommand {
+    /// Start the servers and list the tools a client would see.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Show what this `[[clients]]` entry would see.
+        #[arg(long)]
+        client: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+}
+
+/// Entry point of the binary: errors are printed once, here.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    // rmcp logs whole messages at debug: keep it at warn so arguments never
+    // reach the log.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive("rmcp=warn".parse().unwrap_or_default());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            config,
+            stdio,
+            client,
+        } => {
+            let config = load(&config)?;
+            let stdio_client = match (stdio, client) {
+                (true, Some(name)) => Some(client_identity(&config, &name)?),
+                _ => None,
+            };
+            if config.proxy.listen.is_none() && stdio_client.is_none() {
+                bail!(
+                    "{}: nothing to serve: set `[proxy] listen` for HTTP, or pass `--stdio --client NAME`",
+                    config.file.display()
+                );
+            }
+            serve(config, stdio_client).await
+        }
+        Command::Stdio { config, client } => {
+            let mut config = load(&config)?;
+            let identity = client_identity(&config, &client)?;
+            // `stdio` serves exactly one client; HTTP stays off.
+            config.proxy.listen = None;
+            serve(config, Some(identity)).await
+        }
+        Command::Servers {
+            command: ServersCommand::List { config, format },
+        } => {
+            let config = load(&config)?;
+            servers_list(&config, format);
+            Ok(())
+        }
+        Command::Tools {
+            command:
+                ToolsCommand::List {
+                    config,
+                    client,
+                    format,
+                },
+        } => {
+            let config = load(&config)?;
+            tools_list(config, client.as_deref(), format).await
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn client_identity(config: &Config, name: &str) -> anyhow::Result<ClientIdentity> {
+    let client = config.client(name).with_context(|| {
+        format!(
+            "{}: client `{name}` is not defined; add a `[[clients]]` entry with that name",
+            config.file.display()
+        )
+    })?;
+    Ok(ClientIdentity::new(&client.name, &client.groups))
+}
+
+fn announce_sandboxing(config: &Config) {
+    for server in &config.servers {
+        if let UpstreamSpec::Process(spec) = &server.kind {
+            tracing::warn!(
+                server = %server.name,
+                command = %spec.command,
+                "UNSANDBOXED: process server runs with the proxy's own rights"
+            );
+        }
+    }
+}
+
+async fn start_gateway(config: Config) -> Arc<Gateway> {
+    let config = Arc::new(config);
+    let chain = interceptors::build_chain(&config);
+    let (gateway, events) = Gateway::new(config, chain);
+    gateway.start(events).await;
+    gateway
+}
+
+async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::Result<()> {
+    announce_sandboxing(&config);
+    let listen = config.proxy.listen;
+    let gateway = start_gateway(config).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = listen {
+        let gateway = gateway.clone();
+        tasks.spawn(async move { downstream::http::serve(gateway, addr).await });
+    }
+    let stdio_only = listen.is_none();
+    if let Some(client) = stdio_client {
+        let gateway = gateway.clone();
+        tasks.spawn(async move { downstream::stdio::serve(gateway, client).await });
+    }
+    let result = tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        // With stdio only, the end of stdin ends the proxy; with HTTP, a
+        // transport ending means it failed.
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) if stdio_only => Ok(()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(anyhow::Error::new(err)),
+            Err(err) => Err(anyhow::anyhow!("a transport task failed: {err}")),
+        },
+    };
+    gateway.stop().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+fn servers_list(config: &Config, format: Format) {
+    let rows: Vec<Value> = config
+        .servers
+        .iter()
+        .map(|server| {
+            let (target, sandbox) = match &server.kind {
+                UpstreamSpec::Process(spec) => (spec.command.clone(), "UNSANDBOXED"),
+                UpstreamSpec::Remote(spec) => (redact_url(&spec.url), "remote"),
+            };
+            json!({
+                "name": server.name,
+                "kind": server.kind.kind_name(),
+                "target": target,
+                "sandbox": sandbox,
+                "timeout_ms": server.call_timeout.as_millis() as u64,
+                // Names of the secrets only; never their values or sources.
+                "secrets": server.secrets.keys().collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        ),
+        Format::Table => {
+            println!("{:<20} {:<8} {:<12} TARGET", "NAME", "KIND", "SANDBOX");
+            for row in &rows {
+                println!(
+                    "{:<20} {:<8} {:<12} {}",
+                    row["name"].as_str().unwrap_or_default(),
+                    row["kind"].as_str().unwrap_or_default(),
+                    row["sandbox"].as_str().unwrap_or_default(),
+                    row["target"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+/// A URL without user info or query, which may carry credentials.
+fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.to_string()
+        }
+        Err(_) => "<invalid url>".into(),
+    }
+}
+
+struct Discard;
+
+impl Outlet for Discard {
+    fn deliver(&self, _message: Value, _related: Option<&Value>) -> bool {
+        false
+    }
+}
+
+async fn tools_list(config: Config, client: Option<&str>, format: Format) -> anyhow::Result<()> {
+    let identity = match client {
+        Some(name) => client_identity(&config, name)?,
+        None => ClientIdentity::new("(any)", &[]),
+    };
+    let gateway = start_gateway(config).await;
+    let session = gateway.open_session(
+        Arc::from("tools-list"),
+        identity,
+        Transport::Stdio,
+        Arc::new(Discard),
+    );
+    let init = crate::protocol::request(
+        json!(0),
+        "initialize",
+        json!({ "protocolVersion": crate::protocol::LATEST_VERSION, "capabilities": {}, "clientInfo": { "name": "portcullis-cli", "version": env!("CARGO_PKG_VERSION") } }),
+    );
+    let _ = gateway.handle(&session, init).await;
+    let mut tools = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let params = cursor
+            .as_ref()
+            .map_or(json!({}), |c| json!({ "cursor": c }));
+        let reply = gateway
+            .handle(
+                &session,
+                crate::protocol::request(json!(1), "tools/list", params),
+            )
+            .await
+            .unwrap_or(Value::Null);
+        if let Some(error) = reply.get("error") {
+            bail!(
+                "tools/list failed: {}",
+                error["message"].as_str().unwrap_or("unknown error")
+            );
+        }
+        if let Some(page) = reply.pointer("/result/tools").and_then(Value::as_array) {
+            tools.extend(page.iter().cloned());
+        }
+        match reply.pointer("/result/nextCursor").and_then(Value::as_str) {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let down: Vec<String> = gateway
+        .upstreams()
+        .iter()
+        .filter_map(|u| match u.status() {
+            Status::Ready(_) => None,
+            other => Some(format!("{} ({other:?})", u.name())),
+        })
+        .collect();
+    gateway.close_session(&session);
+    gateway.stop().await;
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&tools).unwrap_or_default()
+        ),
+        Format::Table => {
+            println!("{:<40} DESCRIPTION", "TOOL");
+            for tool in &tools {
+                let description: String = tool["description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(80)
+                    .collect();
+                println!(
+                    "{:<40} {description}",
+                    tool["name"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    for server in down {
+        eprintln!("warning: server {server} is not running; its tools are missing");
+    }
+    Ok(())
+}

@@ -1,0 +1,873 @@
+//! The TOML config (`portcullis.toml`): types, defaults and validation.
+//!
+//! A config is parsed and checked once, at load, into [`Config`]; nothing is
+//! re-validated on the hot path. Unknown keys are refused, and every error
+//! names the file, the line and column where it can, and the key's path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A config that failed to load.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, where known.
+    pub location: Option<(usize, usize)>,
+    /// The key's path, e.g. `servers[1].process.command`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, column)) = self.location {
+            write!(f, ":{line}:{column}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The whole, validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from; relative paths inside it resolve against its folder.
+    pub file: PathBuf,
+    pub proxy: ProxyConfig,
+    pub limits: LimitsConfig,
+    pub clients: Vec<ClientConfig>,
+    pub auditors: Vec<AuditorConfig>,
+    pub servers: Vec<ServerConfig>,
+    pub chain: Vec<ChainEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub policies: Option<PathBuf>,
+    pub namespace_separator: String,
+    pub call_timeout: Duration,
+    pub startup_timeout: Duration,
+    pub allowed_origins: Vec<String>,
+    pub list_page_size: usize,
+    pub max_sessions: usize,
+    pub session_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LimitsConfig {
+    pub max_message_bytes: usize,
+    pub max_depth: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_depth: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub name: String,
+    /// Lower-case hex SHA-256 of the bearer token; `None` for stdio-only clients.
+    pub token_sha256: Option<String>,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditorConfig {
+    pub name: String,
+    pub token_sha256: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub name: String,
+    pub kind: UpstreamSpec,
+    /// Per-call timeout; the proxy's `call_timeout` unless the server sets one.
+    pub call_timeout: Duration,
+    pub secrets: BTreeMap<String, SecretRef>,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpstreamSpec {
+    Process(ProcessSpec),
+    Remote(RemoteSpec),
+}
+
+impl UpstreamSpec {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Process(_) => "process",
+            Self::Remote(_) => "remote",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteSpec {
+    pub url: String,
+    pub headers: Vec<(String, HeaderValue)>,
+}
+
+/// A header value: literal text, or text ending in a secret reference
+/// (`"Bearer secret:github_token"`) resolved when the connection opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValue {
+    Literal(String),
+    Secret { prefix: String, secret: String },
+}
+
+/// Where a secret's value comes from. The value itself is never stored in
+/// the config, printed, or logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    File(PathBuf),
+    Env(String),
+}
+
+impl SecretRef {
+    /// Reads the secret's value (trailing newlines trimmed).
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            Self::File(path) => std::fs::read_to_string(path)
+                .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|err| format!("cannot read secret file `{}`: {err}", path.display())),
+            Self::Env(var) => {
+                std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))
+            }
+        }
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Env(var) => write!(f, "env:{var}"),
+        }
+    }
+}
+
+/// One `[[chain]]` entry: which interceptor runs at this position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainEntry {
+    Limits,
+}
+
+impl ChainEntry {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Limits => "limits",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw (as written) types. Spans point errors found after parsing at a line.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    proxy: RawProxy,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    clients: Vec<Spanned<RawClient>>,
+    #[serde(default)]
+    auditors: Vec<Spanned<RawAuditor>>,
+    #[serde(default)]
+    servers: Vec<Spanned<RawServer>>,
+    #[serde(default)]
+    chain: Vec<Spanned<RawChainEntry>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Option<Spanned<String>>,
+    data_dir: Option<PathBuf>,
+    policies: Option<PathBuf>,
+    namespace_separator: Option<Spanned<String>>,
+    call_timeout: Option<Spanned<String>>,
+    startup_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    list_page_size: Option<Spanned<usize>>,
+    max_sessions: Option<usize>,
+    session_idle_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_message_bytes: Option<Spanned<usize>>,
+    max_depth: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    token_sha256: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuditor {
+    name: String,
+    token_sha256: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: String,
+    process: Option<ProcessSpec>,
+    remote: Option<RawRemote>,
+    container: Option<toml::Table>,
+    timeout: Option<String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemote {
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChainEntry {
+    kind: String,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            file: path.to_owned(),
+            location: None,
+            key: None,
+            message: format!("cannot read the config: {err}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let located =
+            |span: Option<std::ops::Range<usize>>| span.map(|span| line_col(text, span.start));
+        let deserializer = toml::de::Deserializer::parse(text).map_err(|err| ConfigError {
+            file: path.to_owned(),
+            location: located(err.span()),
+            key: None,
+            message: err.message().to_owned(),
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            // Spanned wrappers show up in the path as a private field name.
+            let key = err
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
+            let inner = err.into_inner();
+            ConfigError {
+                file: path.to_owned(),
+                location: located(inner.span()),
+                key: (key != ".").then_some(key),
+                message: inner.message().to_owned(),
+            }
+        })?;
+        Validator { text, path }.config(raw)
+    }
+
+    /// The folder relative paths in the config resolve against.
+    pub fn base_dir(&self) -> &Path {
+        self.file.parent().unwrap_or_else(|| Path::new("."))
+    }
+
+    pub fn server(&self, name: &str) -> Option<&ServerConfig> {
+        self.servers.iter().find(|server| server.name == name)
+    }
+
+    pub fn client(&self, name: &str) -> Option<&ClientConfig> {
+        self.clients.iter().find(|client| client.name == name)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn error(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        message: String,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.path.to_owned(),
+            location: span.map(|span| line_col(self.text, span.start)),
+            key: Some(key.to_owned()),
+            message,
+        }
+    }
+
+    fn duration(
+        &self,
+        value: Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(value) => parse_duration(value.get_ref())
+                .map_err(|message| self.error(Some(value.span()), key, message)),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let base = self.path.parent().unwrap_or_else(|| Path::new("."));
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let proxy = raw.proxy;
+        let listen = match proxy.listen {
+            None => None,
+            Some(listen) => Some(listen.get_ref().parse::<SocketAddr>().map_err(|_| {
+                self.error(
+                    Some(listen.span()),
+                    "proxy.listen",
+                    format!(
+                        "`{}` is not an address like `127.0.0.1:8811`",
+                        listen.get_ref()
+                    ),
+                )
+            })?),
+        };
+        let separator = match proxy.namespace_separator {
+            None => "__".to_owned(),
+            Some(sep) => {
+                let value = sep.get_ref();
+                if value.is_empty() || value.chars().any(is_server_name_char) {
+                    return Err(self.error(
+                        Some(sep.span()),
+                        "proxy.namespace_separator",
+                        format!(
+                            "`{value}` must be non-empty and use none of the characters server names use (a-z, 0-9, `-`), so that `server{value}tool` splits one way only"
+                        ),
+                    ));
+                }
+                value.clone()
+            }
+        };
+        let call_timeout = self.duration(
+            proxy.call_timeout,
+            "proxy.call_timeout",
+            Duration::from_secs(60),
+        )?;
+        let list_page_size = match proxy.list_page_size {
+            Some(size) if *size.get_ref() == 0 => {
+                return Err(self.error(
+                    Some(size.span()),
+                    "proxy.list_page_size",
+                    "must be at least 1".into(),
+                ));
+            }
+            Some(size) => size.into_inner(),
+            None => 1000,
+        };
+        let proxy_config = ProxyConfig {
+            listen,
+            data_dir: resolve(
+                proxy
+                    .data_dir
+                    .unwrap_or_else(|| PathBuf::from(".portcullis")),
+            ),
+            policies: proxy.policies.map(resolve),
+            namespace_separator: separator,
+            call_timeout,
+            startup_timeout: self.duration(
+                proxy.startup_timeout,
+                "proxy.startup_timeout",
+                Duration::from_secs(30),
+            )?,
+            allowed_origins: proxy.allowed_origins,
+            list_page_size,
+            max_sessions: proxy.max_sessions.unwrap_or(1000),
+            session_idle_timeout: self.duration(
+                proxy.session_idle_timeout,
+                "proxy.session_idle_timeout",
+                Duration::from_secs(3600),
+            )?,
+        };
+
+        let mut limits = LimitsConfig::default();
+        if let Some(bytes) = raw.limits.max_message_bytes {
+            if *bytes.get_ref() < 1024 {
+                return Err(self.error(
+                    Some(bytes.span()),
+                    "limits.max_message_bytes",
+                    "must be at least 1024".into(),
+                ));
+            }
+            limits.max_message_bytes = bytes.into_inner();
+        }
+        if let Some(depth) = raw.limits.max_depth {
+            // serde_json refuses nesting past 128 on its own; a larger limit
+            // would promise something the parser does not do.
+            if !(4..=128).contains(depth.get_ref()) {
+                return Err(self.error(
+                    Some(depth.span()),
+                    "limits.max_depth",
+                    "must be between 4 and 128".into(),
+                ));
+            }
+            limits.max_depth = depth.into_inner();
+        }
+
+        let mut token_hashes = HashSet::new();
+        let mut clients = Vec::new();
+        let mut names = HashSet::new();
+        for (index, client) in raw.clients.into_iter().enumerate() {
+            let span = client.span();
+            let client = client.into_inner();
+            let key = format!("clients[{index}]");
+            if client.name.is_empty()
+                || !client
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(self.error(
+                    Some(span),
+                    &format!("{key}.name"),
+                    format!(
+                        "client name `{}` may use only letters, digits, `-`, `_` and `.`",
+                        client.name
+                    ),
+                ));
+            }
+            if !names.insert(client.name.clone()) {
+                return Err(self.error(
+                    Some(span),
+                    &format!("{key}.name"),
+                    format!("client `{}` is defined twice", client.name),
+                ));
+            }
+            let token_sha256 = match client.token_sha256 {
+                None => None,
+                Some(hash) => {
+                    Some(self.token_hash(&hash, &mut token_hashes, span.clone(), &key)?)
+                }
+            };
+            clients.push(ClientConfig {
+                name: client.name,
+                token_sha256,
+                groups: client.groups,
+            });
+        }
+
+        let mut auditors = Vec::new();
+        for (index, auditor) in raw.auditors.into_iter().enumerate() {
+            let span = auditor.span();
+            let auditor = auditor.into_inner();
+            let key = format!("auditors[{index}]");
+            let token_sha256 =
+                self.token_hash(&auditor.token_sha256, &mut token_hashes, span, &key)?;
+            auditors.push(AuditorConfig {
+                name: auditor.name,
+                token_sha256,
+            });
+        }
+
+        let mut servers = Vec::new();
+        let mut server_names = HashSet::new();
+        for (index, server) in raw.servers.into_iter().enumerate() {
+            let span = server.span();
+            let server = server.into_inner();
+            let key = format!("servers[{index}]");
+            let err = |field: &str, message: String| {
+                self.error(Some(span.clone()), &format!("{key}{field}"), message)
+            };
+            if !valid_server_name(&server.name) {
+                return Err(err(
+                    ".name",
+                    format!(
+                        "server name `{}` must be 1-63 characters of a-z, 0-9 and `-`, starting and ending with a letter or digit",
+                        server.name
+                    ),
+                ));
+            }
+            if !server_names.insert(server.name.clone()) {
+                return Err(err(
+                    ".name",
+                    format!("server `{}` is defined twice", server.name),
+                ));
+            }
+            if server.container.is_some() {
+                return Err(err(
+                    ".container",
+                    format!(
+                        "server `{}`: container upstreams are not available in this version; use `process` or `remote`",
+                        server.name
+                    ),
+                ));
+            }
+            let mut secrets = BTreeMap::new();
+            for (name, reference) in server.secrets {
+                let parsed = parse_secret_ref(&reference, base).map_err(|message| {
+                    err(
+                        &format!(".secrets.{name}"),
+                        format!("server `{}`: {message}", server.name),
+                    )
+                })?;
+                secrets.insert(name, parsed);
+            }
+            let kind = match (server.process, server.remote) {
+                (Some(process), None) => {
+                    if process.command.trim().is_empty() {
+                        return Err(err(".process.command", "the command is empty".into()));
+                    }
+                    let cwd = process.cwd.map(resolve);
+                    // A relative path (not a bare name looked up in PATH)
+                    // is relative to the config file, like every other path.
+                    let command = if process.command.contains('/') {
+                        resolve(PathBuf::from(&process.command))
+                            .to_string_lossy()
+                            .into_owned()
+                    } else {
+                        process.command
+                    };
+                    UpstreamSpec::Process(ProcessSpec {
+                        command,
+                        cwd,
+                        ..process
+                    })
+                }
+                (None, Some(remote)) => {
+                    if !(remote.url.starts_with("http://") || remote.url.starts_with("https://"))
+                        || reqwest::Url::parse(&remote.url).is_err()
+                    {
+                        return Err(err(
+                            ".remote.url",
+                            format!("`{}` is not an http:// or https:// URL", remote.url),
+                        ));
+                    }
+                    let mut headers = Vec::new();
+                    for (header, value) in remote.headers {
+                        let parsed = parse_header_value(&value);
+                        if let HeaderValue::Secret { secret, .. } = &parsed
+                            && !secrets.contains_key(secret)
+                        {
+                            return Err(err(
+                                &format!(".remote.headers.{header}"),
+                                format!(
+                                    "refers to `secret:{secret}`, which is not in this server's `secrets`"
+                                ),
+                            ));
+                        }
+                        headers.push((header, parsed));
+                    }
+                    UpstreamSpec::Remote(RemoteSpec {
+                        url: remote.url,
+                        headers,
+                    })
+                }
+                (None, None) => {
+                    return Err(err(
+                        "",
+                        format!(
+                            "server `{}` needs one of `process` or `remote`",
+                            server.name
+                        ),
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "",
+                        format!(
+                            "server `{}` may have only one of `process` or `remote`",
+                            server.name
+                        ),
+                    ));
+                }
+            };
+            let call_timeout = match server.timeout {
+                None => proxy_config.call_timeout,
+                Some(text) => parse_duration(&text).map_err(|m| err(".timeout", m))?,
+            };
+            servers.push(ServerConfig {
+                name: server.name,
+                kind,
+                call_timeout,
+                secrets,
+            });
+        }
+
+        let mut chain = Vec::new();
+        for (index, entry) in raw.chain.into_iter().enumerate() {
+            let span = entry.span();
+            let kind = entry.into_inner().kind;
+            let parsed = match kind.as_str() {
+                "limits" => ChainEntry::Limits,
+                other => {
+                    return Err(self.error(
+                        Some(span),
+                        &format!("chain[{index}].kind"),
+                        format!("unknown interceptor kind `{other}`; available: `limits`"),
+                    ));
+                }
+            };
+            if chain.contains(&parsed) {
+                return Err(self.error(
+                    Some(span),
+                    &format!("chain[{index}].kind"),
+                    format!("`{kind}` appears twice in the chain"),
+                ));
+            }
+            chain.push(parsed);
+        }
+        // `limits` guards every other interceptor's input: it always runs,
+        // first unless the config places it.
+        if !chain.contains(&ChainEntry::Limits) {
+            chain.insert(0, ChainEntry::Limits);
+        }
+
+        Ok(Config {
+            file: self.path.to_owned(),
+            proxy: proxy_config,
+            limits,
+            clients,
+            auditors,
+            servers,
+            chain,
+        })
+    }
+
+    fn token_hash(
+        &self,
+        hash: &str,
+        seen: &mut HashSet<String>,
+        span: std::ops::Range<usize>,
+        key: &str,
+    ) -> Result<String, ConfigError> {
+        let normalized = hash.trim().to_ascii_lowercase();
+        if normalized.len() != 64 || !normalized.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(self.error(
+                Some(span),
+                &format!("{key}.token_sha256"),
+                "must be the 64-character hex SHA-256 of the token (e.g. `printf %s TOKEN | sha256sum`), never the token itself".into(),
+            ));
+        }
+        if !seen.insert(normalized.clone()) {
+            return Err(self.error(
+                Some(span),
+                &format!("{key}.token_sha256"),
+                "the same token hash is used twice; every client and auditor needs its own token"
+                    .into(),
+            ));
+        }
+        Ok(normalized)
+    }
+}
+
+fn is_server_name_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+}
+
+pub fn valid_server_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(is_server_name_char)
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// `"30s"`, `"500ms"`, `"2m"`, `"1h"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let invalid = || format!("`{text}` is not a duration like `500ms`, `30s`, `2m` or `1h`");
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" | "min" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        _ => return Err(invalid()),
+    };
+    if duration.is_zero() {
+        return Err(format!("`{text}` must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+fn parse_secret_ref(text: &str, base: &Path) -> Result<SecretRef, String> {
+    if let Some(path) = text.strip_prefix("file:") {
+        let path = PathBuf::from(path);
+        Ok(SecretRef::File(if path.is_absolute() {
+            path
+        } else {
+            base.join(path)
+        }))
+    } else if let Some(var) = text.strip_prefix("env:") {
+        if var.is_empty() {
+            return Err("`env:` needs a variable name".into());
+        }
+        Ok(SecretRef::Env(var.to_owned()))
+    } else {
+        Err(
+            "a secret must be `file:PATH` or `env:VAR`; literal values do not belong in the config"
+                .into(),
+        )
+    }
+}
+
+fn parse_header_value(text: &str) -> HeaderValue {
+    let (prefix, last) = match text.rsplit_once(' ') {
+        Some((prefix, last)) => (format!("{prefix} "), last),
+        None => (String::new(), text),
+    };
+    match last.strip_prefix("secret:") {
+        Some(secret) if !secret.is_empty() => HeaderValue::Secret {
+            prefix,
+            secret: secret.to_owned(),
+        },
+        _ => HeaderValue::Literal(text.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/portcullis/test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config =
+            parse("[[servers]]\nname = \"time\"\nprocess = { command = \"mcp-server-time\" }\n")
+                .map_err(|e| e.to_string());
+        let Ok(config) = config else {
+            panic!("{config:?}");
+        };
+        assert_eq!(config.proxy.namespace_separator, "__");
+        assert_eq!(config.proxy.call_timeout, Duration::from_secs(60));
+        assert_eq!(config.limits.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.limits.max_depth, 64);
+        assert_eq!(config.chain, vec![ChainEntry::Limits]);
+        assert_eq!(
+            config.proxy.data_dir,
+            PathBuf::from("/etc/portcullis/.portcullis")
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_path() {
+        let err = parse("[proxy]\nlisten = \"127.0.0.1:1\"\n\n[[servers]]\nname = \"a\"\nprocess = { command = \"x\", comand = \"y\" }\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with("/etc/portcullis/test.toml:6:"), "{err}");
+        assert!(err.contains("servers[0].process"), "{err}");
+        assert!(err.contains("comand"), "{err}");
+    }
+
+    #[test]
+    fn bad_server_name_points_at_the_entry() {
+        let err = parse("\n[[servers]]\nname = \"Bad__Name\"\nprocess = { command = \"x\" }\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(":2:"), "{err}");
+        assert!(err.contains("servers[0].name"), "{err}");
+    }
+
+    #[test]
+    fn literal_secrets_and_bad_token_hashes_are_refused() {
+        let err = parse("[[servers]]\nname = \"a\"\nprocess = { command = \"x\" }\nsecrets = { K = \"hunter2\" }\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("file:PATH"), "{err}");
+        let err = parse("[[clients]]\nname = \"c\"\ntoken_sha256 = \"my-token\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("hex SHA-256"), "{err}");
+        assert!(
+            !err.contains("my-token"),
+            "the error must not echo the value: {err}"
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn header_secret_references() {
+        assert_eq!(
+            parse_header_value("Bearer secret:gh"),
+            HeaderValue::Secret {
+                prefix: "Bearer ".into(),
+                secret: "gh".into()
+            }
+        );
+        assert_eq!(
+            parse_header_value("plain"),
+            HeaderValue::Literal("plain".into())
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! MCP over stdin/stdout for one client (Claude Desktop, Cursor, …).
+//! Logs never go to stdout: it carries only protocol messages.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::mpsc;
+
+use super::DownstreamError;
+use crate::chain::{ClientIdentity, Transport};
+use crate::gateway::{Gateway, Outlet};
+use crate::protocol::{self, Frame, FrameReader, Kind};
+
+struct StdioOutlet(mpsc::UnboundedSender<Vec<u8>>);
+
+impl Outlet for StdioOutlet {
+    fn deliver(&self, message: Value, _related: Option<&Value>) -> bool {
+        self.0.send(protocol::encode_line(&message)).is_ok()
+    }
+}
+
+/// Serves one client on the process's stdin and stdout until stdin closes
+/// or the gateway shuts down.
+pub async fn serve(gateway: Arc<Gateway>, client: ClientIdentity) -> Result<(), DownstreamError> {
+    serve_on(
+        gateway,
+        client,
+        BufReader::with_capacity(64 * 1024, tokio::io::stdin()),
+        tokio::io::stdout(),
+    )
+    .await
+}
+
+/// Serves one client on any reader and writer (tests use in-memory pipes).
+pub async fn serve_on<R, W>(
+    gateway: Arc<Gateway>,
+    client: ClientIdentity,
+    input: R,
+    output: W,
+) -> Result<(), DownstreamError>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = gateway.config().limits;
+    let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        let mut output = BufWriter::with_capacity(64 * 1024, output);
+        while let Some(line) = lines_rx.recv().await {
+            if output.write_all(&line).await.is_err() {
+                break;
+            }
+            // Write out whatever else is queued before one flush.
+            while let Ok(line) = lines_rx.try_recv() {
+                if output.write_all(&line).await.is_err() {
+                    return;
+                }
+            }
+            if output.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let session_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+    let session = gateway.open_session(
+        session_id,
+        client,
+        Transport::Stdio,
+        Arc::new(StdioOutlet(lines_tx.clone())),
+    );
+    let mut reader = FrameReader::new(input, limits.max_message_bytes);
+    let shutdown = gateway.shutdown_token();
+    let result = loop {
+        let frame = tokio::select! {
+            frame = reader.next() => frame,
+            () = shutdown.cancelled() => break Ok(()),
+        };
+        let line = match frame {
+            Ok(Some(Frame::Line(line))) => line,
+            Ok(Some(Frame::Oversize)) => {
+                let error = protocol::ParseError::TooLarge {
+                    limit: limits.max_message_bytes,
+                };
+                let _ = lines_tx.send(protocol::encode_line(&error.to_response(Value::Null)));
+                continue;
+            }
+            Ok(None) => break Ok(()),
+            Err(err) => break Err(DownstreamError::Stdio(err)),
+        };
+        let message = match protocol::parse(&line, limits.max_depth) {
+            Ok(message) => message,
+            Err(err) => {
+                let _ = lines_tx.send(protocol::encode_line(&err.to_response(Value::Null)));
+                continue;
+            }
+        };
+        // Notifications, responses and `initialize` are handled in order, so
+        // that `initialized` or a cancellation is never overtaken; other
+        // requests run concurrently.
+        let inline = protocol::classify(&message) != Some(Kind::Request)
+            || protocol::method(&message) == Some("initialize");
+        let gateway = gateway.clone();
+        let session = session.clone();
+        let lines = lines_tx.clone();
+        let work = async move {
+            if let Some(reply) = gateway.handle(&session, message).await {
+                let _ = lines.send(protocol::encode_line(&reply));
+            }
+        };
+        if inline {
+            work.await;
+        } else {
+            tokio::spawn(work);
+        }
+    };
+    gateway.close_session(&session);
+    drop(lines_tx);
+    drop(session);
+    // Replies still being produced hold senders; the writer ends when the
+    // last one is gone, or at shutdown.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    result
+}

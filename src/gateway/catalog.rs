@@ -1,0 +1,273 @@
+//! What the servers offer, merged: tools and prompts namespaced
+//! `server<sep>name`, resources kept under their own URIs with an index that
+//! routes each URI back to the server that listed it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+/// One server's lists, as it sent them (lossless).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerLists {
+    pub tools: Vec<Value>,
+    pub prompts: Vec<Value>,
+    pub resources: Vec<Value>,
+    pub templates: Vec<Value>,
+}
+
+/// Which list a change touched, for `notifications/*/list_changed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+}
+
+impl ListKind {
+    pub fn notification(self) -> &'static str {
+        match self {
+            Self::Tools => "notifications/tools/list_changed",
+            Self::Prompts => "notifications/prompts/list_changed",
+            Self::Resources => "notifications/resources/list_changed",
+        }
+    }
+}
+
+/// The merged view, rebuilt whenever one server's lists change.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    per_server: Vec<Option<ServerLists>>,
+    pub tools: Arc<Vec<Value>>,
+    pub prompts: Arc<Vec<Value>>,
+    pub resources: Arc<Vec<Value>>,
+    pub templates: Arc<Vec<Value>>,
+    /// Namespaced tool name → (server index, the server's own name).
+    tool_index: HashMap<String, (usize, String)>,
+    prompt_index: HashMap<String, (usize, String)>,
+    resource_index: HashMap<String, usize>,
+    /// Literal prefixes of URI templates (before the first `{`), longest first.
+    template_prefixes: Vec<(String, usize)>,
+}
+
+impl Catalog {
+    pub fn new(servers: usize) -> Self {
+        Self {
+            per_server: vec![None; servers],
+            ..Self::default()
+        }
+    }
+
+    pub fn server_lists(&self, server: usize) -> Option<&ServerLists> {
+        self.per_server.get(server).and_then(Option::as_ref)
+    }
+
+    /// A catalog with one server's lists replaced (or removed with `None`),
+    /// and which lists changed.
+    pub fn with_server(
+        &self,
+        server: usize,
+        lists: Option<ServerLists>,
+        names: &[Arc<str>],
+        separator: &str,
+    ) -> (Self, Vec<ListKind>) {
+        let mut per_server = self.per_server.clone();
+        let old = per_server
+            .get(server)
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
+        let new = lists.clone().unwrap_or_default();
+        let mut changed = Vec::new();
+        if old.tools != new.tools {
+            changed.push(ListKind::Tools);
+        }
+        if old.prompts != new.prompts {
+            changed.push(ListKind::Prompts);
+        }
+        if old.resources != new.resources || old.templates != new.templates {
+            changed.push(ListKind::Resources);
+        }
+        if let Some(slot) = per_server.get_mut(server) {
+            *slot = lists;
+        }
+        (Self::build(per_server, names, separator), changed)
+    }
+
+    fn build(per_server: Vec<Option<ServerLists>>, names: &[Arc<str>], separator: &str) -> Self {
+        let mut tools = Vec::new();
+        let mut prompts = Vec::new();
+        let mut resources = Vec::new();
+        let mut templates = Vec::new();
+        let mut tool_index = HashMap::new();
+        let mut prompt_index = HashMap::new();
+        let mut resource_index = HashMap::new();
+        let mut template_prefixes = Vec::new();
+        for (server, lists) in per_server.iter().enumerate() {
+            let (Some(lists), Some(name)) = (lists, names.get(server)) else {
+                continue;
+            };
+            namespace(
+                &lists.tools,
+                server,
+                name,
+                separator,
+                &mut tools,
+                &mut tool_index,
+            );
+            namespace(
+                &lists.prompts,
+                server,
+                name,
+                separator,
+                &mut prompts,
+                &mut prompt_index,
+            );
+            for resource in &lists.resources {
+                let Some(uri) = resource.get("uri").and_then(Value::as_str) else {
+                    continue;
+                };
+                if let Some(&owner) = resource_index.get(uri) {
+                    tracing::warn!(
+                        uri,
+                        kept = %names.get(owner).map_or("?", |n: &Arc<str>| &**n),
+                        dropped = %name,
+                        "two servers list the same resource URI; the first in config order keeps it"
+                    );
+                    continue;
+                }
+                resource_index.insert(uri.to_owned(), server);
+                resources.push(resource.clone());
+            }
+            for template in &lists.templates {
+                let Some(uri_template) = template.get("uriTemplate").and_then(Value::as_str) else {
+                    continue;
+                };
+                let prefix = uri_template
+                    .split('{')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                if template_prefixes.iter().any(|(p, _)| *p == prefix) {
+                    tracing::warn!(uri_template, dropped = %name, "two servers list the same resource template prefix; the first in config order keeps it");
+                    continue;
+                }
+                template_prefixes.push((prefix, server));
+                templates.push(template.clone());
+            }
+        }
+        template_prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Self {
+            per_server,
+            tools: Arc::new(tools),
+            prompts: Arc::new(prompts),
+            resources: Arc::new(resources),
+            templates: Arc::new(templates),
+            tool_index,
+            prompt_index,
+            resource_index,
+            template_prefixes,
+        }
+    }
+
+    pub fn tool(&self, namespaced: &str) -> Option<(usize, &str)> {
+        self.tool_index
+            .get(namespaced)
+            .map(|(server, name)| (*server, name.as_str()))
+    }
+
+    pub fn prompt(&self, namespaced: &str) -> Option<(usize, &str)> {
+        self.prompt_index
+            .get(namespaced)
+            .map(|(server, name)| (*server, name.as_str()))
+    }
+
+    /// The server a resource URI belongs to: a listed resource, or else the
+    /// template with the longest matching literal prefix.
+    pub fn resource_owner(&self, uri: &str) -> Option<usize> {
+        self.resource_index.get(uri).copied().or_else(|| {
+            self.template_prefixes
+                .iter()
+                .find(|(prefix, _)| !prefix.is_empty() && uri.starts_with(prefix.as_str()))
+                .map(|(_, server)| *server)
+        })
+    }
+}
+
+fn namespace(
+    items: &[Value],
+    server: usize,
+    server_name: &str,
+    separator: &str,
+    out: &mut Vec<Value>,
+    index: &mut HashMap<String, (usize, String)>,
+) {
+    for item in items {
+        let Some(name) = item.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let namespaced = format!("{server_name}{separator}{name}");
+        if index.contains_key(&namespaced) {
+            continue;
+        }
+        let mut item = item.clone();
+        item["name"] = Value::from(namespaced.as_str());
+        index.insert(namespaced, (server, name.to_owned()));
+        out.push(item);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merges_namespaces_and_routes() {
+        let names: Vec<Arc<str>> = vec!["fs".into(), "time".into()];
+        let catalog = Catalog::new(2);
+        let (catalog, changed) = catalog.with_server(
+            0,
+            Some(ServerLists {
+                tools: vec![json!({"name":"read","description":"r","x-extra":{"k":1}})],
+                resources: vec![json!({"uri":"file:///a","name":"a"})],
+                templates: vec![json!({"uriTemplate":"file:///{path}","name":"f"})],
+                ..Default::default()
+            }),
+            &names,
+            "__",
+        );
+        assert_eq!(changed, vec![ListKind::Tools, ListKind::Resources]);
+        let (catalog, _) = catalog.with_server(
+            1,
+            Some(ServerLists {
+                tools: vec![json!({"name":"now"})],
+                resources: vec![json!({"uri":"file:///a","name":"dup"})],
+                templates: vec![json!({"uriTemplate":"time://{zone}","name":"z"})],
+                ..Default::default()
+            }),
+            &names,
+            "__",
+        );
+        assert_eq!(
+            *catalog.tools,
+            vec![
+                json!({"name":"fs__read","description":"r","x-extra":{"k":1}}),
+                json!({"name":"time__now"})
+            ]
+        );
+        assert_eq!(catalog.tool("fs__read"), Some((0, "read")));
+        assert_eq!(catalog.tool("time__now"), Some((1, "now")));
+        assert_eq!(catalog.tool("time__read"), None);
+        assert_eq!(catalog.resources.len(), 1, "the duplicate URI is dropped");
+        assert_eq!(catalog.resource_owner("file:///a"), Some(0));
+        assert_eq!(catalog.resource_owner("file:///b/c"), Some(0));
+        assert_eq!(catalog.resource_owner("time://utc"), Some(1));
+        assert_eq!(catalog.resource_owner("other://x"), None);
+
+        let (catalog, changed) = catalog.with_server(0, None, &names, "__");
+        assert_eq!(changed, vec![ListKind::Tools, ListKind::Resources]);
+        assert_eq!(catalog.tool("fs__read"), None);
+        assert_eq!(catalog.resource_owner("file:///a"), Some(1));
+    }
+}

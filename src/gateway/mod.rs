@@ -1,0 +1,1137 @@
+//! The gateway: client sessions, aggregation of what the servers offer,
+//! routing, id remapping, and the server→client direction.
+//!
+//! Every message passes through the interceptor chain here, in both
+//! directions; this is also the one place where refusals and failures turn
+//! into JSON-RPC errors for the client.
+
+mod catalog;
+mod session;
+
+pub use catalog::{Catalog, ListKind, ServerLists};
+pub use session::{Outlet, Session};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::chain::{
+    Chain, ClientIdentity, Context, Direction, Exchange, Outcome, Phase, Transport,
+};
+use crate::config::Config;
+use crate::protocol::{self, IdKey, Kind, code};
+use crate::upstream::{Origin, Status, Upstream, UpstreamEvent};
+
+/// Upstream pagination is followed for at most this many pages per list.
+const MAX_LIST_PAGES: usize = 100;
+
+/// Where a client request goes.
+enum Route {
+    /// Answered by the proxy itself.
+    Local,
+    /// Sent to a server, with the request's name rewritten to the server's own.
+    Server {
+        server: usize,
+        rename: Option<Rename>,
+    },
+}
+
+enum Rename {
+    /// `params.name` (tools/call, prompts/get).
+    Name(String),
+    /// `params.ref.name` (completion/complete for a prompt).
+    RefName(String),
+}
+
+pub struct Gateway {
+    config: Arc<Config>,
+    chain: Chain,
+    upstreams: Vec<Upstream>,
+    names: Vec<Arc<str>>,
+    catalog: RwLock<Arc<Catalog>>,
+    sessions: RwLock<HashMap<u64, Arc<Session>>>,
+    next_session: AtomicU64,
+    /// Resource URI → sessions subscribed to it.
+    subscriptions: Mutex<HashMap<String, HashSet<u64>>>,
+    /// (server, the server's request id) → (session, the id the client saw),
+    /// for server→client requests in flight.
+    forwarded: Mutex<HashMap<(usize, IdKey), (u64, u64)>>,
+    /// Serializes catalog refreshes per server so two do not interleave.
+    refreshing: Vec<tokio::sync::Mutex<()>>,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Gateway {
+    /// Builds the gateway; nothing runs until [`Gateway::start`].
+    pub fn new(config: Arc<Config>, chain: Chain) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let upstreams: Vec<Upstream> = config
+            .servers
+            .iter()
+            .map(|server| {
+                Upstream::new(
+                    server.clone(),
+                    config.limits,
+                    config.proxy.startup_timeout,
+                    events_tx.clone(),
+                )
+            })
+            .collect();
+        let names = upstreams.iter().map(|u| u.name().clone()).collect();
+        let gateway = Arc::new(Self {
+            catalog: RwLock::new(Arc::new(Catalog::new(upstreams.len()))),
+            refreshing: upstreams
+                .iter()
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            upstreams,
+            names,
+            chain,
+            config,
+            sessions: RwLock::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            subscriptions: Mutex::new(HashMap::new()),
+            forwarded: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        (gateway, events_rx)
+    }
+
+    /// Starts every server and the event loop, and waits (up to the startup
+    /// timeout) until each server is ready or has failed its first start.
+    pub async fn start(self: &Arc<Self>, events: mpsc::Receiver<UpstreamEvent>) {
+        let mut tasks = Vec::new();
+        for upstream in &self.upstreams {
+            tasks.push(upstream.start(self.shutdown.clone()));
+        }
+        let this = self.clone();
+        tasks.push(tokio::spawn(async move { this.event_loop(events).await }));
+        lock(&self.tasks).extend(tasks);
+        let settle =
+            futures_util::future::join_all(self.upstreams.iter().map(|u| u.wait_settled()));
+        let _ = tokio::time::timeout(self.config.proxy.startup_timeout, settle).await;
+        // Lists of the servers that came up are fetched by the event loop;
+        // wait for those fetches so the first `tools/list` is complete.
+        for (index, upstream) in self.upstreams.iter().enumerate() {
+            if matches!(upstream.status(), Status::Ready(_)) {
+                let _ =
+                    tokio::time::timeout(self.config.proxy.startup_timeout, self.refresh(index))
+                        .await;
+            }
+        }
+    }
+
+    /// Stops every server and ends every session.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        let sessions: Vec<_> = self
+            .sessions
+            .write()
+            .map(|mut s| s.drain().map(|(_, s)| s).collect())
+            .unwrap_or_default();
+        for session in sessions {
+            session.close();
+        }
+        let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            futures_util::future::join_all(tasks),
+        )
+        .await;
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn upstreams(&self) -> &[Upstream] {
+        &self.upstreams
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|poison| poison.into_inner().clone())
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    // -- sessions ----------------------------------------------------------
+
+    pub fn open_session(
+        &self,
+        id: Arc<str>,
+        client: ClientIdentity,
+        transport: Transport,
+        outlet: Arc<dyn Outlet>,
+    ) -> Arc<Session> {
+        let key = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session::new(key, id, client, transport, outlet));
+        if let Ok(mut sessions) = self.sessions.write() {
+            sessions.insert(key, session.clone());
+        }
+        tracing::debug!(session = %session.id, client = %session.client.name, "session opened");
+        session
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.read().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub fn close_session(&self, session: &Session) {
+        if let Ok(mut sessions) = self.sessions.write() {
+            sessions.remove(&session.key);
+        }
+        lock(&self.subscriptions).retain(|_, subscribers| {
+            subscribers.remove(&session.key);
+            !subscribers.is_empty()
+        });
+        session.close();
+        tracing::debug!(session = %session.id, "session closed");
+    }
+
+    fn session(&self, key: u64) -> Option<Arc<Session>> {
+        self.sessions.read().ok().and_then(|s| s.get(&key).cloned())
+    }
+
+    fn initialized_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions
+            .read()
+            .map(|s| s.values().filter(|s| s.is_initialized()).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    // -- client → proxy ----------------------------------------------------
+
+    /// Handles one message from a client. Returns the reply for requests
+    /// (`None` when the client cancelled the request, which gets no reply).
+    pub async fn handle(self: &Arc<Self>, session: &Arc<Session>, message: Value) -> Option<Value> {
+        session.touch();
+        match protocol::classify(&message) {
+            Some(Kind::Request) => self.handle_request(session, message).await,
+            Some(Kind::Notification) => {
+                self.handle_notification(session, message).await;
+                None
+            }
+            Some(Kind::Response | Kind::ErrorResponse) => {
+                if !session.client_answered(message) {
+                    tracing::debug!(session = %session.id, "answer to a request that is no longer pending");
+                }
+                None
+            }
+            None => {
+                // Not a JSON-RPC message at all: the chain's `limits` refuses
+                // it with the precise reason.
+                let id = reply_id(&message);
+                let mut exchange = self.exchange(
+                    session,
+                    message,
+                    Direction::ClientToServer,
+                    Phase::Request,
+                    "",
+                );
+                let refusal = self.chain.run(&mut exchange).err();
+                let reply = match &refusal {
+                    Some(refusal) => refusal.to_response(id),
+                    None => {
+                        protocol::error(id, code::INVALID_REQUEST, "not a JSON-RPC message", None)
+                    }
+                };
+                let outcome = refusal.map_or(
+                    Outcome::Failed {
+                        reason: "not a JSON-RPC message".into(),
+                    },
+                    |r| r.outcome(),
+                );
+                self.chain.finish(&exchange, &outcome);
+                Some(reply)
+            }
+        }
+    }
+
+    fn exchange(
+        &self,
+        session: &Session,
+        message: Value,
+        direction: Direction,
+        phase: Phase,
+        method: &str,
+    ) -> Exchange {
+        let request_id = message.get("id").cloned();
+        Exchange::new(
+            message,
+            direction,
+            phase,
+            Context {
+                session: session.id.clone(),
+                client: session.client.clone(),
+                transport: session.transport,
+                method: Arc::from(method),
+                server: None,
+                target: None,
+                request_id,
+            },
+        )
+    }
+
+    async fn handle_request(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        message: Value,
+    ) -> Option<Value> {
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        let mut exchange = self.exchange(
+            session,
+            message,
+            Direction::ClientToServer,
+            Phase::Request,
+            &method,
+        );
+
+        // Routing first, so that interceptors see the target server and name.
+        let route = match self.route(session, &method, &exchange.message) {
+            Ok((route, target)) => {
+                if let Route::Server { server, .. } = &route {
+                    exchange.context.server = self.names.get(*server).cloned();
+                }
+                exchange.context.target = target;
+                route
+            }
+            Err((code, reason)) => {
+                // Still give the chain its say (`limits` names a broken
+                // envelope more precisely than routing can).
+                let reply = match self.chain.run(&mut exchange) {
+                    Err(refusal) => {
+                        self.chain.finish(&exchange, &refusal.outcome());
+                        return Some(refusal.to_response(id));
+                    }
+                    Ok(()) => protocol::error(id, code, &reason, None),
+                };
+                self.chain.finish(&exchange, &Outcome::Failed { reason });
+                return Some(reply);
+            }
+        };
+
+        if let Err(refusal) = self.chain.run(&mut exchange) {
+            self.chain.finish(&exchange, &refusal.outcome());
+            return Some(refusal.to_response(id));
+        }
+
+        let reply = match route {
+            Route::Local => {
+                self.answer_locally(session, &method, &exchange.message)
+                    .await
+            }
+            Route::Server { server, rename } => {
+                let mut outgoing = std::mem::take(&mut exchange.message);
+                match rename {
+                    Some(Rename::Name(name)) => outgoing["params"]["name"] = Value::from(name),
+                    Some(Rename::RefName(name)) => {
+                        outgoing["params"]["ref"]["name"] = Value::from(name)
+                    }
+                    None => {}
+                }
+                match self.forward(session, server, &id, outgoing).await {
+                    Some(reply) => Ok(reply),
+                    None => {
+                        self.chain.finish(
+                            &exchange,
+                            &Outcome::Failed {
+                                reason: "cancelled by the client".into(),
+                            },
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let (reply, outcome) = match reply {
+            Ok(reply) => (reply, Outcome::Delivered),
+            Err((code, reason)) => (
+                protocol::error(id.clone(), code, &reason, None),
+                Outcome::Failed { reason },
+            ),
+        };
+
+        if method == "resources/subscribe" || method == "resources/unsubscribe" {
+            self.track_subscription(session, &method, &exchange.context.target, &reply);
+        }
+
+        exchange.message = reply;
+        exchange.phase = Phase::Response;
+        if let Err(refusal) = self.chain.run(&mut exchange) {
+            self.chain.finish(&exchange, &refusal.outcome());
+            return Some(refusal.to_response(id));
+        }
+        self.chain.finish(&exchange, &outcome);
+        Some(exchange.message)
+    }
+
+    /// Decides where a request goes, and its target (unprefixed tool or prompt
+    /// name, or resource URI). Errors are (code, client-safe reason).
+    fn route(
+        &self,
+        session: &Session,
+        method: &str,
+        message: &Value,
+    ) -> Result<(Route, Option<String>), (i64, String)> {
+        let invalid = |reason: String| (code::INVALID_PARAMS, reason);
+        if method != "initialize" && method != "ping" && !session.is_initialized() {
+            return Err((
+                code::INVALID_REQUEST,
+                "the session is not initialized: send `initialize` first".into(),
+            ));
+        }
+        match method {
+            "initialize"
+            | "ping"
+            | "tools/list"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "logging/setLevel" => Ok((Route::Local, None)),
+            "tools/call" | "prompts/get" => {
+                let name = protocol::param_str(message, "name")
+                    .ok_or_else(|| invalid("`params.name` must be a string".into()))?;
+                let catalog = self.catalog();
+                let found = if method == "tools/call" {
+                    catalog.tool(name)
+                } else {
+                    catalog.prompt(name)
+                };
+                match found {
+                    Some((server, original)) => Ok((
+                        Route::Server {
+                            server,
+                            rename: Some(Rename::Name(original.to_owned())),
+                        },
+                        Some(original.to_owned()),
+                    )),
+                    None => {
+                        let what = if method == "tools/call" {
+                            "tool"
+                        } else {
+                            "prompt"
+                        };
+                        Err(self.not_found(what, name))
+                    }
+                }
+            }
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                let uri = protocol::param_str(message, "uri")
+                    .ok_or_else(|| invalid("`params.uri` must be a string".into()))?;
+                match self.catalog().resource_owner(uri) {
+                    Some(server) => Ok((
+                        Route::Server {
+                            server,
+                            rename: None,
+                        },
+                        Some(uri.to_owned()),
+                    )),
+                    None => Err((-32002, format!("resource not found: `{uri}`"))),
+                }
+            }
+            "completion/complete" => {
+                let reference = protocol::params(message)
+                    .and_then(|p| p.get("ref"))
+                    .ok_or_else(|| invalid("`params.ref` is required".into()))?;
+                match reference.get("type").and_then(Value::as_str) {
+                    Some("ref/prompt") => {
+                        let name = reference
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| invalid("`params.ref.name` must be a string".into()))?;
+                        let (server, original) = self
+                            .catalog()
+                            .prompt(name)
+                            .map(|(s, o)| (s, o.to_owned()))
+                            .ok_or_else(|| self.not_found("prompt", name))?;
+                        Ok((
+                            Route::Server {
+                                server,
+                                rename: Some(Rename::RefName(original.clone())),
+                            },
+                            Some(original),
+                        ))
+                    }
+                    Some("ref/resource") => {
+                        let uri = reference
+                            .get("uri")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| invalid("`params.ref.uri` must be a string".into()))?;
+                        let server = self
+                            .catalog()
+                            .resource_owner(uri)
+                            .ok_or_else(|| (-32002, format!("resource not found: `{uri}`")))?;
+                        Ok((
+                            Route::Server {
+                                server,
+                                rename: None,
+                            },
+                            Some(uri.to_owned()),
+                        ))
+                    }
+                    _ => Err(invalid(
+                        "`params.ref.type` must be `ref/prompt` or `ref/resource`".into(),
+                    )),
+                }
+            }
+            _ => Err((
+                code::METHOD_NOT_FOUND,
+                format!("method not found: `{method}`"),
+            )),
+        }
+    }
+
+    /// An unknown tool or prompt; if its server is down, say so instead.
+    fn not_found(&self, what: &str, name: &str) -> (i64, String) {
+        let separator = &self.config.proxy.namespace_separator;
+        if let Some((server, _)) = name.split_once(separator.as_str())
+            && let Some(upstream) = self.upstreams.iter().find(|u| &**u.name() == server)
+            && !matches!(upstream.status(), Status::Ready(_))
+        {
+            return (
+                code::UPSTREAM_UNAVAILABLE,
+                format!("server `{server}` is not available right now"),
+            );
+        }
+        (code::INVALID_PARAMS, format!("unknown {what} `{name}`"))
+    }
+
+    /// Sends a request to a server and returns its reply with the client's id
+    /// restored; `None` when the client cancelled it.
+    async fn forward(
+        &self,
+        session: &Arc<Session>,
+        server: usize,
+        client_id: &Value,
+        outgoing: Value,
+    ) -> Option<Value> {
+        let Some(upstream) = self.upstreams.get(server) else {
+            return Some(protocol::error(
+                client_id.clone(),
+                code::INTERNAL_ERROR,
+                "no such server",
+                None,
+            ));
+        };
+        let key = IdKey::from_value(client_id);
+        let cancel = CancellationToken::new();
+        if let Some(key) = &key
+            && !session.begin_call(key.clone(), cancel.clone())
+        {
+            return Some(protocol::error(
+                client_id.clone(),
+                code::INVALID_REQUEST,
+                "a request with this id is already in flight",
+                None,
+            ));
+        }
+        let origin = Origin {
+            session: session.key,
+            request_id: client_id.clone(),
+        };
+        let call = upstream.begin(outgoing, Some(origin));
+        let result = tokio::select! {
+            result = call.send_and_wait(upstream.config().call_timeout) => Some(result),
+            () = cancel.cancelled() => None,
+        };
+        if let Some(key) = &key {
+            session.end_call(key);
+        }
+        let mut reply = match result? {
+            Ok(reply) => reply,
+            Err(err) => {
+                return Some(protocol::error(
+                    client_id.clone(),
+                    err.code(),
+                    &err.to_string(),
+                    None,
+                ));
+            }
+        };
+        reply["id"] = client_id.clone();
+        Some(reply)
+    }
+
+    async fn answer_locally(
+        &self,
+        session: &Arc<Session>,
+        method: &str,
+        message: &Value,
+    ) -> Result<Value, (i64, String)> {
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        let result = match method {
+            "initialize" => self.initialize(session, message)?,
+            "ping" => json!({}),
+            "tools/list" => self.page(message, &self.catalog().tools, "tools")?,
+            "prompts/list" => self.page(message, &self.catalog().prompts, "prompts")?,
+            "resources/list" => self.page(message, &self.catalog().resources, "resources")?,
+            "resources/templates/list" => {
+                self.page(message, &self.catalog().templates, "resourceTemplates")?
+            }
+            "logging/setLevel" => {
+                let level = protocol::param_str(message, "level")
+                    .ok_or_else(|| {
+                        (
+                            code::INVALID_PARAMS,
+                            "`params.level` must be a string".to_owned(),
+                        )
+                    })?
+                    .to_owned();
+                for upstream in &self.upstreams {
+                    if let Status::Ready(info) = upstream.status()
+                        && info.pointer("/capabilities/logging").is_some()
+                    {
+                        let _ = upstream
+                            .request("logging/setLevel", json!({ "level": level }))
+                            .await;
+                    }
+                }
+                json!({})
+            }
+            _ => {
+                return Err((
+                    code::METHOD_NOT_FOUND,
+                    format!("method not found: `{method}`"),
+                ));
+            }
+        };
+        Ok(protocol::result(id, result))
+    }
+
+    fn initialize(&self, session: &Session, message: &Value) -> Result<Value, (i64, String)> {
+        let params = protocol::params(message);
+        let requested = params
+            .and_then(|p| p.get("protocolVersion"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                (
+                    code::INVALID_PARAMS,
+                    "`params.protocolVersion` must be a string".to_owned(),
+                )
+            })?;
+        let version = if protocol::SUPPORTED_VERSIONS.contains(&requested) {
+            requested
+        } else {
+            protocol::LATEST_VERSION
+        };
+        {
+            let mut state = session.state();
+            if state.initialized {
+                return Err((
+                    code::INVALID_REQUEST,
+                    "the session is already initialized".into(),
+                ));
+            }
+            state.initialized = true;
+            state.protocol_version = Some(version.to_owned());
+            state.client_capabilities = params
+                .and_then(|p| p.get("capabilities"))
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+        }
+        let client_name = params
+            .and_then(|p| p.get("clientInfo"))
+            .and_then(|info| info.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        tracing::info!(session = %session.id, client = %session.client.name, agent = client_name, version, "session initialized");
+        Ok(json!({
+            "protocolVersion": version,
+            "capabilities": self.capabilities(),
+            "serverInfo": { "name": "portcullis", "version": env!("CARGO_PKG_VERSION") },
+            "instructions": self.instructions(),
+        }))
+    }
+
+    /// The servers' capabilities merged. Tools, prompts and resources are
+    /// always offered (the lists are the proxy's own, and a server that comes
+    /// up later announces itself through `list_changed`).
+    fn capabilities(&self) -> Value {
+        let mut subscribe = false;
+        let mut logging = false;
+        let mut completions = false;
+        for upstream in &self.upstreams {
+            if let Status::Ready(info) = upstream.status() {
+                let caps = info.get("capabilities");
+                let has = |pointer: &str| caps.and_then(|c| c.pointer(pointer)).is_some();
+                subscribe |= caps
+                    .and_then(|c| c.pointer("/resources/subscribe"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                logging |= has("/logging");
+                completions |= has("/completions");
+            }
+        }
+        let mut capabilities = Map::new();
+        capabilities.insert("tools".into(), json!({ "listChanged": true }));
+        capabilities.insert("prompts".into(), json!({ "listChanged": true }));
+        capabilities.insert(
+            "resources".into(),
+            json!({ "listChanged": true, "subscribe": subscribe }),
+        );
+        if logging {
+            capabilities.insert("logging".into(), json!({}));
+        }
+        if completions {
+            capabilities.insert("completions".into(), json!({}));
+        }
+        Value::Object(capabilities)
+    }
+
+    fn instructions(&self) -> String {
+        let separator = &self.config.proxy.namespace_separator;
+        let mut text = format!(
+            "Portcullis proxies several MCP servers. Tool and prompt names are prefixed with their server's name and `{separator}`."
+        );
+        for upstream in &self.upstreams {
+            if let Status::Ready(info) = upstream.status()
+                && let Some(instructions) = info.get("instructions").and_then(Value::as_str)
+                && !instructions.trim().is_empty()
+            {
+                text.push_str(&format!(
+                    "\n\n## Server `{}`\n{}",
+                    upstream.name(),
+                    instructions.trim()
+                ));
+            }
+        }
+        text
+    }
+
+    /// One page of a merged list. Cursors are offsets, opaque to clients.
+    fn page(&self, message: &Value, items: &[Value], key: &str) -> Result<Value, (i64, String)> {
+        let size = self.config.proxy.list_page_size;
+        let start = match protocol::param_str(message, "cursor") {
+            None => 0,
+            Some(cursor) => cursor
+                .strip_prefix("offset:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&n| n <= items.len())
+                .ok_or_else(|| (code::INVALID_PARAMS, "invalid `cursor`".to_owned()))?,
+        };
+        let end = (start + size).min(items.len());
+        let mut result = Map::new();
+        result.insert(key.into(), Value::Array(items[start..end].to_vec()));
+        if end < items.len() {
+            result.insert("nextCursor".into(), Value::from(format!("offset:{end}")));
+        }
+        Ok(Value::Object(result))
+    }
+
+    fn track_subscription(
+        &self,
+        session: &Session,
+        method: &str,
+        uri: &Option<String>,
+        reply: &Value,
+    ) {
+        let (Some(uri), Some(_)) = (uri, reply.get("result")) else {
+            return;
+        };
+        let mut subscriptions = lock(&self.subscriptions);
+        if method == "resources/subscribe" {
+            subscriptions
+                .entry(uri.clone())
+                .or_default()
+                .insert(session.key);
+        } else if let Some(subscribers) = subscriptions.get_mut(uri) {
+            subscribers.remove(&session.key);
+            if subscribers.is_empty() {
+                subscriptions.remove(uri);
+            }
+        }
+    }
+
+    async fn handle_notification(self: &Arc<Self>, session: &Arc<Session>, message: Value) {
+        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        let mut exchange = self.exchange(
+            session,
+            message,
+            Direction::ClientToServer,
+            Phase::Notification,
+            &method,
+        );
+        if let Err(refusal) = self.chain.run(&mut exchange) {
+            tracing::debug!(session = %session.id, method, interceptor = %refusal.interceptor, "notification refused");
+            self.chain.finish(&exchange, &refusal.outcome());
+            return;
+        }
+        match method.as_str() {
+            "notifications/initialized" => {}
+            "notifications/cancelled" => {
+                let cancelled = exchange
+                    .message
+                    .pointer("/params/requestId")
+                    .and_then(IdKey::from_value)
+                    .is_some_and(|id| session.cancel_call(&id));
+                if !cancelled {
+                    tracing::debug!(session = %session.id, "cancellation of a request not in flight");
+                }
+            }
+            "notifications/roots/list_changed" => {
+                for upstream in &self.upstreams {
+                    if matches!(upstream.status(), Status::Ready(_)) {
+                        let _ = upstream.send(exchange.message.clone()).await;
+                    }
+                }
+            }
+            _ => tracing::debug!(session = %session.id, method, "notification not relayed"),
+        }
+        self.chain.finish(&exchange, &Outcome::Delivered);
+    }
+
+    // -- server → proxy ----------------------------------------------------
+
+    async fn event_loop(self: Arc<Self>, mut events: mpsc::Receiver<UpstreamEvent>) {
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = self.shutdown.cancelled() => None,
+            };
+            let Some(event) = event else { break };
+            match event {
+                UpstreamEvent::Ready { server } => {
+                    if let Some(index) = self.index_of(&server) {
+                        let this = self.clone();
+                        tokio::spawn(async move { this.refresh(index).await });
+                    }
+                }
+                UpstreamEvent::Down { server, .. } => {
+                    if let Some(index) = self.index_of(&server) {
+                        self.set_lists(index, None);
+                        self.forget_forwarded(index);
+                    }
+                }
+                UpstreamEvent::Notification {
+                    server,
+                    message,
+                    origin,
+                } => {
+                    if let Some(index) = self.index_of(&server) {
+                        self.server_notification(index, message, origin);
+                    }
+                }
+                UpstreamEvent::Request {
+                    server,
+                    message,
+                    origin,
+                } => {
+                    if let Some(index) = self.index_of(&server) {
+                        let this = self.clone();
+                        tokio::spawn(
+                            async move { this.server_request(index, message, origin).await },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn index_of(&self, server: &str) -> Option<usize> {
+        self.names.iter().position(|name| &**name == server)
+    }
+
+    /// Re-reads a server's lists and tells the sessions what changed.
+    pub async fn refresh(self: &Arc<Self>, index: usize) {
+        let Some(upstream) = self.upstreams.get(index) else {
+            return;
+        };
+        let Some(_guard) = self.refreshing.get(index).map(|m| m.lock()) else {
+            return;
+        };
+        let _guard = _guard.await;
+        let Status::Ready(info) = upstream.status() else {
+            return;
+        };
+        let caps = info.get("capabilities").cloned().unwrap_or_default();
+        let mut lists = ServerLists::default();
+        if caps.get("tools").is_some() {
+            lists.tools = fetch_all(upstream, "tools/list", "tools").await;
+        }
+        if caps.get("prompts").is_some() {
+            lists.prompts = fetch_all(upstream, "prompts/list", "prompts").await;
+        }
+        if caps.get("resources").is_some() {
+            lists.resources = fetch_all(upstream, "resources/list", "resources").await;
+            lists.templates =
+                fetch_all(upstream, "resources/templates/list", "resourceTemplates").await;
+        }
+        tracing::debug!(server = %upstream.name(), tools = lists.tools.len(), prompts = lists.prompts.len(), resources = lists.resources.len(), "lists refreshed");
+        self.set_lists(index, Some(lists));
+    }
+
+    fn set_lists(&self, index: usize, lists: Option<ServerLists>) {
+        let changed = {
+            let Ok(mut catalog) = self.catalog.write() else {
+                return;
+            };
+            let (next, changed) = catalog.with_server(
+                index,
+                lists,
+                &self.names,
+                &self.config.proxy.namespace_separator,
+            );
+            *catalog = Arc::new(next);
+            changed
+        };
+        for kind in changed {
+            let message = protocol::notification(kind.notification(), json!({}));
+            for session in self.initialized_sessions() {
+                self.notify(&session, None, message.clone(), None);
+            }
+        }
+    }
+
+    fn forget_forwarded(&self, index: usize) {
+        lock(&self.forwarded).retain(|(server, _), _| *server != index);
+    }
+
+    /// Sends a server's notification to a session through the chain.
+    fn notify(
+        &self,
+        session: &Session,
+        server: Option<usize>,
+        message: Value,
+        related: Option<&Value>,
+    ) {
+        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        let mut exchange = self.exchange(
+            session,
+            message,
+            Direction::ServerToClient,
+            Phase::Notification,
+            &method,
+        );
+        exchange.context.server = server.and_then(|s| self.names.get(s).cloned());
+        if let Err(refusal) = self.chain.run(&mut exchange) {
+            self.chain.finish(&exchange, &refusal.outcome());
+            return;
+        }
+        let delivered = session.deliver(exchange.message.clone(), related);
+        let outcome = if delivered {
+            Outcome::Delivered
+        } else {
+            Outcome::Failed {
+                reason: "the client is not reachable".into(),
+            }
+        };
+        self.chain.finish(&exchange, &outcome);
+    }
+
+    fn server_notification(self: &Arc<Self>, index: usize, message: Value, origin: Option<Origin>) {
+        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        match method.as_str() {
+            "notifications/tools/list_changed"
+            | "notifications/prompts/list_changed"
+            | "notifications/resources/list_changed" => {
+                let this = self.clone();
+                tokio::spawn(async move { this.refresh(index).await });
+            }
+            "notifications/progress" => {
+                let Some(origin) = origin else { return };
+                if let Some(session) = self.session(origin.session) {
+                    self.notify(&session, Some(index), message, Some(&origin.request_id));
+                }
+            }
+            "notifications/resources/updated" => {
+                let Some(uri) = protocol::param_str(&message, "uri") else {
+                    return;
+                };
+                // Only the server that owns the URI may report on it.
+                if self.catalog().resource_owner(uri) != Some(index) {
+                    return;
+                }
+                let subscribers: Vec<u64> = lock(&self.subscriptions)
+                    .get(uri)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                for key in subscribers {
+                    if let Some(session) = self.session(key) {
+                        self.notify(&session, Some(index), message.clone(), None);
+                    }
+                }
+            }
+            "notifications/cancelled" => {
+                // The server withdrew one of its requests to a client.
+                let Some(server_id) = message
+                    .pointer("/params/requestId")
+                    .and_then(IdKey::from_value)
+                else {
+                    return;
+                };
+                let Some((session_key, client_id)) =
+                    lock(&self.forwarded).remove(&(index, server_id))
+                else {
+                    return;
+                };
+                if let Some(session) = self.session(session_key) {
+                    session.forget_client_request(client_id);
+                    let mut message = message;
+                    message["params"]["requestId"] = Value::from(client_id);
+                    self.notify(&session, Some(index), message, None);
+                }
+            }
+            "notifications/message" => {
+                // Log messages tied to a call go to that call's session;
+                // others to every session.
+                match origin.and_then(|o| self.session(o.session).map(|s| (s, o.request_id))) {
+                    Some((session, request_id)) => {
+                        self.notify(&session, Some(index), message, Some(&request_id))
+                    }
+                    None => {
+                        for session in self.initialized_sessions() {
+                            self.notify(&session, Some(index), message.clone(), None);
+                        }
+                    }
+                }
+            }
+            _ => {
+                tracing::debug!(server = %self.names[index], method, "server notification not relayed")
+            }
+        }
+    }
+
+    /// Forwards a server→client request to the client whose call caused it
+    /// and relays the answer back.
+    async fn server_request(self: Arc<Self>, index: usize, message: Value, origin: Option<Origin>) {
+        let Some(upstream) = self.upstreams.get(index) else {
+            return;
+        };
+        let server_id = message.get("id").cloned().unwrap_or(Value::Null);
+        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        let answer =
+            |code: i64, reason: &str| protocol::error(server_id.clone(), code, reason, None);
+        let session = origin.as_ref().and_then(|o| self.session(o.session));
+        let Some(session) = session else {
+            let reason = "no client session to ask: the request is not tied to exactly one client call in flight";
+            let _ = upstream
+                .send(answer(code::CLIENT_UNAVAILABLE, reason))
+                .await;
+            return;
+        };
+        let capability = match method.as_str() {
+            "sampling/createMessage" => Some("sampling"),
+            "elicitation/create" => Some("elicitation"),
+            "roots/list" => Some("roots"),
+            _ => None,
+        };
+        if let Some(capability) = capability
+            && !session.has_client_capability(capability)
+        {
+            let reason = format!("the client does not support {capability}");
+            let _ = upstream.send(answer(code::METHOD_NOT_FOUND, &reason)).await;
+            return;
+        }
+
+        let mut exchange = self.exchange(
+            &session,
+            message,
+            Direction::ServerToClient,
+            Phase::Request,
+            &method,
+        );
+        exchange.context.server = Some(upstream.name().clone());
+        if let Err(refusal) = self.chain.run(&mut exchange) {
+            let _ = upstream.send(refusal.to_response(server_id.clone())).await;
+            self.chain.finish(&exchange, &refusal.outcome());
+            return;
+        }
+        let (client_id, reply) = session.expect_client_answer();
+        let server_key = IdKey::from_value(&server_id);
+        if let Some(key) = &server_key {
+            lock(&self.forwarded).insert((index, key.clone()), (session.key, client_id));
+        }
+        let mut outgoing = exchange.message.clone();
+        outgoing["id"] = Value::from(client_id);
+        let related = origin.as_ref().map(|o| &o.request_id);
+        let answer_message = if !session.deliver(outgoing, related) {
+            session.forget_client_request(client_id);
+            answer(code::CLIENT_UNAVAILABLE, "the client is not reachable")
+        } else {
+            let timeout = upstream.config().call_timeout;
+            tokio::select! {
+                result = tokio::time::timeout(timeout, reply) => match result {
+                    Ok(Ok(mut answer_message)) => {
+                        answer_message["id"] = server_id.clone();
+                        answer_message
+                    }
+                    Ok(Err(_)) => answer(code::CLIENT_UNAVAILABLE, "the client session ended"),
+                    Err(_) => {
+                        session.forget_client_request(client_id);
+                        answer(code::UPSTREAM_TIMEOUT, "the client did not answer in time")
+                    }
+                },
+                () = session.closed.cancelled() => answer(code::CLIENT_UNAVAILABLE, "the client session ended"),
+            }
+        };
+        if let Some(key) = &server_key {
+            lock(&self.forwarded).remove(&(index, key.clone()));
+        }
+        exchange.message = answer_message;
+        exchange.phase = Phase::Response;
+        exchange.direction = Direction::ClientToServer;
+        let outcome = match self.chain.run(&mut exchange) {
+            Ok(()) => Outcome::Delivered,
+            Err(refusal) => {
+                exchange.message = refusal.to_response(server_id.clone());
+                refusal.outcome()
+            }
+        };
+        let _ = upstream.send(exchange.message.clone()).await;
+        self.chain.finish(&exchange, &outcome);
+    }
+}
+
+/// The id to answer a message with: its own if it has a usable one.
+fn reply_id(message: &Value) -> Value {
+    match message.get("id") {
+        Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
+        _ => Value::Null,
+    }
+}
+
+/// Every page of a server's list (up to [`MAX_LIST_PAGES`]); a failure keeps
+/// what was read so far.
+async fn fetch_all(upstream: &Upstream, method: &str, key: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_LIST_PAGES {
+        let params = match &cursor {
+            Some(cursor) => json!({ "cursor": cursor }),
+            None => json!({}),
+        };
+        match upstream.request(method, params).await {
+            Ok(result) => {
+                if let Some(page) = result.get(key).and_then(Value::as_array) {
+                    items.extend(page.iter().cloned());
+                }
+                match result.get("nextCursor").and_then(Value::as_str) {
+                    Some(next) if !next.is_empty() => cursor = Some(next.to_owned()),
+                    _ => break,
+                }
+            }
+            Err(err) => {
+                tracing::warn!(server = %upstream.name(), method, error = %err, "cannot read the list");
+                break;
+            }
+        }
+    }
+    items
+}

@@ -1,0 +1,165 @@
+//! One client session: its identity, lifecycle state, calls in flight, and
+//! the way back to the client for messages it did not ask for.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::chain::{ClientIdentity, Transport};
+use crate::protocol::IdKey;
+
+/// Delivers messages the client did not ask for: notifications and
+/// server→client requests. `related` is the client request they belong to
+/// (the HTTP transport sends those on that request's stream).
+pub trait Outlet: Send + Sync {
+    /// Returns false when the client cannot be reached now.
+    fn deliver(&self, message: Value, related: Option<&Value>) -> bool;
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SessionState {
+    pub initialized: bool,
+    pub protocol_version: Option<String>,
+    pub client_capabilities: Value,
+}
+
+/// A call of this session's that is in flight at a server.
+pub(crate) struct InFlight {
+    pub cancel: CancellationToken,
+}
+
+pub struct Session {
+    pub(crate) key: u64,
+    pub id: Arc<str>,
+    pub client: ClientIdentity,
+    pub transport: Transport,
+    outlet: Arc<dyn Outlet>,
+    state: Mutex<SessionState>,
+    calls: Mutex<HashMap<IdKey, InFlight>>,
+    /// Server→client requests forwarded to this client, by the id we gave them.
+    client_requests: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
+    next_request_id: AtomicU64,
+    last_active: Mutex<Instant>,
+    pub(crate) closed: CancellationToken,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values are plain maps and flags, valid after any panic.
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Session {
+    pub(crate) fn new(
+        key: u64,
+        id: Arc<str>,
+        client: ClientIdentity,
+        transport: Transport,
+        outlet: Arc<dyn Outlet>,
+    ) -> Self {
+        Self {
+            key,
+            id,
+            client,
+            transport,
+            outlet,
+            state: Mutex::new(SessionState::default()),
+            calls: Mutex::new(HashMap::new()),
+            client_requests: Mutex::new(HashMap::new()),
+            next_request_id: AtomicU64::new(1),
+            last_active: Mutex::new(Instant::now()),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, SessionState> {
+        lock(&self.state)
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        self.state().initialized
+    }
+
+    pub fn protocol_version(&self) -> Option<String> {
+        self.state().protocol_version.clone()
+    }
+
+    pub(crate) fn has_client_capability(&self, capability: &str) -> bool {
+        self.state()
+            .client_capabilities
+            .get(capability)
+            .is_some_and(|c| !c.is_null())
+    }
+
+    pub fn touch(&self) {
+        *lock(&self.last_active) = Instant::now();
+    }
+
+    pub fn idle_for(&self) -> std::time::Duration {
+        lock(&self.last_active).elapsed()
+    }
+
+    pub(crate) fn deliver(&self, message: Value, related: Option<&Value>) -> bool {
+        self.outlet.deliver(message, related)
+    }
+
+    /// Registers a call in flight; returns false if the id is already in use.
+    pub(crate) fn begin_call(&self, id: IdKey, cancel: CancellationToken) -> bool {
+        let mut calls = lock(&self.calls);
+        if calls.contains_key(&id) {
+            return false;
+        }
+        calls.insert(id, InFlight { cancel });
+        true
+    }
+
+    pub(crate) fn end_call(&self, id: &IdKey) {
+        lock(&self.calls).remove(id);
+    }
+
+    /// The client cancelled one of its calls.
+    pub(crate) fn cancel_call(&self, id: &IdKey) -> bool {
+        match lock(&self.calls).remove(id) {
+            Some(call) => {
+                call.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn expect_client_answer(&self) -> (u64, oneshot::Receiver<Value>) {
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.client_requests).insert(id, tx);
+        (id, rx)
+    }
+
+    pub(crate) fn forget_client_request(&self, id: u64) {
+        lock(&self.client_requests).remove(&id);
+    }
+
+    /// Hands the client's answer to whoever forwarded the request.
+    pub(crate) fn client_answered(&self, message: Value) -> bool {
+        let Some(id) = message.get("id").and_then(Value::as_u64) else {
+            return false;
+        };
+        match lock(&self.client_requests).remove(&id) {
+            Some(waiter) => waiter.send(message).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Ends the session: every call in flight is withdrawn.
+    pub(crate) fn close(&self) {
+        self.closed.cancel();
+        for (_, call) in lock(&self.calls).drain() {
+            call.cancel.cancel();
+        }
+        lock(&self.client_requests).clear();
+    }
+}

@@ -1,0 +1,14 @@
+//! Portcullis: a policy-enforcing security proxy for the Model Context Protocol.
+//!
+//! Layers, bottom to top (a module never imports one above it):
+//! `protocol`, `config` → `chain` → `interceptors`, `upstream` → `gateway`
+//! → `downstream` → `cli`.
+
+pub mod chain;
+pub mod cli;
+pub mod config;
+pub mod downstream;
+pub mod gateway;
+pub mod interceptors;
+pub mod protocol;
+pub mod upstream;

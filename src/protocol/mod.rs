@@ -1,0 +1,312 @@
+//! JSON-RPC 2.0 envelopes and MCP message classification.
+//!
+//! Messages travel through Portcullis as `serde_json::Value`s and are never
+//! re-serialized from typed structs: typed round trips drop unknown fields and
+//! custom annotation keys. Everything here reads a value; nothing rewrites one
+//! except the small helpers that build Portcullis's own replies.
+
+mod framing;
+
+pub use framing::{Frame, FrameReader, encode_line, write_message};
+
+use serde_json::{Map, Value, json};
+
+/// JSON-RPC and Portcullis error codes. The `-320xx` codes are Portcullis's
+/// own, in the range JSON-RPC reserves for implementation-defined server errors.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// An interceptor refused the message (`data.interceptor` names it).
+    pub const DENIED: i64 = -32010;
+    /// The server behind the proxy is not running or its connection failed.
+    pub const UPSTREAM_UNAVAILABLE: i64 = -32011;
+    /// The server did not answer within the call timeout; it was sent
+    /// `notifications/cancelled`.
+    pub const UPSTREAM_TIMEOUT: i64 = -32012;
+    /// The client the request was meant for cannot take it (no session, or
+    /// it did not declare the capability).
+    pub const CLIENT_UNAVAILABLE: i64 = -32013;
+}
+
+/// The MCP protocol revisions Portcullis speaks toward clients, newest first.
+/// All of them use the `initialize` handshake.
+pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18"];
+
+/// The revision Portcullis offers when a client asks for one it does not know,
+/// and the one it asks upstream servers for.
+pub const LATEST_VERSION: &str = "2025-11-25";
+
+/// What a JSON-RPC message is, judged from the members it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    Response,
+    ErrorResponse,
+}
+
+/// Classifies a message leniently: the `limits` interceptor checks the
+/// envelope strictly; this only decides which path a message takes.
+pub fn classify(message: &Value) -> Option<Kind> {
+    let object = message.as_object()?;
+    let has_method = object.get("method").is_some_and(Value::is_string);
+    let has_id = object.contains_key("id");
+    match (has_method, has_id) {
+        (true, true) => Some(Kind::Request),
+        (true, false) => Some(Kind::Notification),
+        (false, true) if object.contains_key("error") => Some(Kind::ErrorResponse),
+        (false, true) if object.contains_key("result") => Some(Kind::Response),
+        _ => None,
+    }
+}
+
+pub fn method(message: &Value) -> Option<&str> {
+    message.get("method").and_then(Value::as_str)
+}
+
+pub fn id(message: &Value) -> Option<&Value> {
+    message.get("id")
+}
+
+pub fn params(message: &Value) -> Option<&Map<String, Value>> {
+    message.get("params").and_then(Value::as_object)
+}
+
+/// A string parameter of a request, e.g. `name` of `tools/call`.
+pub fn param_str<'a>(message: &'a Value, key: &str) -> Option<&'a str> {
+    params(message)
+        .and_then(|params| params.get(key))
+        .and_then(Value::as_str)
+}
+
+/// `params._meta.progressToken`, if the sender asked for progress.
+pub fn progress_token(message: &Value) -> Option<&Value> {
+    params(message)?.get("_meta")?.get("progressToken")
+}
+
+pub fn request(id: Value, method: &str, params: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params })
+}
+
+pub fn notification(method: &str, params: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "method": method, "params": params })
+}
+
+pub fn result(id: Value, result: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "result": result })
+}
+
+/// An error response. `message` must be safe to show a client: no policy
+/// internals, no secrets.
+pub fn error(id: Value, code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut error = Map::with_capacity(3);
+    error.insert("code".into(), Value::from(code));
+    error.insert("message".into(), Value::from(message));
+    if let Some(data) = data {
+        error.insert("data".into(), data);
+    }
+    json!({ "jsonrpc": "2.0", "id": id, "error": error })
+}
+
+/// Why a line of input is not a message we can handle.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("message exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("message nests deeper than {limit} levels")]
+    TooDeep { limit: usize },
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("batches are not supported; send one JSON-RPC message at a time")]
+    Batch,
+}
+
+impl ParseError {
+    pub fn code(&self) -> i64 {
+        match self {
+            Self::Json(_) => code::PARSE_ERROR,
+            Self::TooLarge { .. } | Self::TooDeep { .. } | Self::Batch => code::INVALID_REQUEST,
+        }
+    }
+
+    /// The JSON-RPC error reply for this input. Size and depth are the
+    /// `limits` interceptor's rules, enforced here because they must hold
+    /// before the bytes are parsed at all.
+    pub fn to_response(&self, id: Value) -> Value {
+        let data = match self {
+            Self::TooLarge { .. } | Self::TooDeep { .. } => {
+                Some(json!({ "interceptor": "limits" }))
+            }
+            _ => None,
+        };
+        error(id, self.code(), &self.to_string(), data)
+    }
+}
+
+/// Parses one message, refusing nesting deeper than `max_depth` before
+/// serde_json recurses into it.
+pub fn parse(bytes: &[u8], max_depth: usize) -> Result<Value, ParseError> {
+    if nesting_depth(bytes, max_depth) > max_depth {
+        return Err(ParseError::TooDeep { limit: max_depth });
+    }
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|err| ParseError::Json(err.to_string()))?;
+    if value.is_array() {
+        return Err(ParseError::Batch);
+    }
+    Ok(value)
+}
+
+/// The deepest nesting of arrays and objects in `bytes`, stopping early once
+/// it passes `stop_after`. Brackets inside strings do not count.
+pub fn nesting_depth(bytes: &[u8], stop_after: usize) -> usize {
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > deepest {
+                    deepest = depth;
+                    if deepest > stop_after {
+                        return deepest;
+                    }
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The nesting depth of an already parsed value (used on messages that an
+/// interceptor rewrote, which never went through [`parse`]).
+pub fn value_depth(value: &Value, stop_after: usize) -> usize {
+    fn walk(value: &Value, depth: usize, stop_after: usize) -> usize {
+        if depth > stop_after {
+            return depth;
+        }
+        match value {
+            Value::Array(items) => items
+                .iter()
+                .map(|item| walk(item, depth + 1, stop_after))
+                .max()
+                .unwrap_or(depth + 1),
+            Value::Object(map) => map
+                .values()
+                .map(|item| walk(item, depth + 1, stop_after))
+                .max()
+                .unwrap_or(depth + 1),
+            _ => depth,
+        }
+    }
+    walk(value, 0, stop_after)
+}
+
+/// Request ids as map keys: JSON-RPC allows strings and integers, and a
+/// client may reuse the same number as a string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IdKey {
+    Number(i64),
+    Unsigned(u64),
+    String(String),
+}
+
+impl IdKey {
+    pub fn from_value(value: &Value) -> Option<Self> {
+        match value {
+            Value::String(text) => Some(Self::String(text.clone())),
+            Value::Number(number) => number
+                .as_i64()
+                .map(Self::Number)
+                .or_else(|| number.as_u64().map(Self::Unsigned)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_messages() {
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","id":1,"method":"ping"})),
+            Some(Kind::Request)
+        );
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","method":"notifications/initialized"})),
+            Some(Kind::Notification)
+        );
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","id":1,"result":{}})),
+            Some(Kind::Response)
+        );
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}})),
+            Some(Kind::ErrorResponse)
+        );
+        assert_eq!(classify(&json!({"jsonrpc":"2.0"})), None);
+        assert_eq!(classify(&json!([1])), None);
+    }
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(nesting_depth(br#"{"a":"[[[[{{{{"}"#, 64), 1);
+        assert_eq!(nesting_depth(br#"{"a":"\"[[","b":[[1]]}"#, 64), 3);
+        assert_eq!(nesting_depth(b"1", 64), 0);
+    }
+
+    #[test]
+    fn depth_stops_early() {
+        let deep = "[".repeat(10_000);
+        assert_eq!(nesting_depth(deep.as_bytes(), 64), 65);
+    }
+
+    #[test]
+    fn parse_refuses_deep_and_batches() {
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert_eq!(
+            parse(deep.as_bytes(), 64),
+            Err(ParseError::TooDeep { limit: 64 })
+        );
+        assert_eq!(parse(b"[{}]", 64), Err(ParseError::Batch));
+        assert!(matches!(parse(b"{nope", 64), Err(ParseError::Json(_))));
+    }
+
+    #[test]
+    fn value_depth_matches_byte_depth() {
+        let text = r#"{"a":[{"b":[1,2,{"c":{}}]}],"d":"[[["}"#;
+        let value: Value = serde_json::from_str(text).unwrap_or_default();
+        assert_eq!(value_depth(&value, 64), nesting_depth(text.as_bytes(), 64));
+    }
+
+    #[test]
+    fn numbers_keep_their_form() {
+        let text = r#"{"i":1,"f":1.0,"big":18446744073709551615,"neg":-3,"e":0.1}"#;
+        let value = parse(text.as_bytes(), 64).unwrap_or_default();
+        assert_eq!(
+            serde_json::to_string(&value).unwrap_or_default(),
+            text,
+            "integers stay integers and floats stay floats"
+        );
+    }
+}

@@ -1,0 +1,607 @@
+//! The MCP client toward one server: ids, pending calls, lifecycle.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{UpstreamError, process, remote};
+use crate::config::{LimitsConfig, ServerConfig, UpstreamSpec};
+use crate::protocol::{self, Kind};
+
+/// A way to send bytes to a running server. What the server sends back is
+/// handed to [`Shared::dispatch`] by the link's own reader.
+pub(crate) trait Link: Send + Sync {
+    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>>;
+    /// Called once the handshake settled the protocol version.
+    fn set_protocol_version(&self, _version: &str) {}
+    /// Stops the link: kills the process or ends the HTTP session.
+    fn close(&self);
+}
+
+/// A running link and the token it cancels when the connection dies.
+pub(crate) struct Connected {
+    pub link: Arc<dyn Link>,
+    pub closed: CancellationToken,
+}
+
+/// The client session and request a server→client message belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    pub session: u64,
+    pub request_id: Value,
+}
+
+/// Something the server sent on its own.
+#[derive(Debug)]
+pub enum UpstreamEvent {
+    /// The server is (again) running and initialized: its lists may have changed.
+    Ready { server: Arc<str> },
+    /// The server stopped; calls in flight failed.
+    Down { server: Arc<str>, reason: String },
+    /// A notification. Progress notifications come with their token restored
+    /// to the client's and the origin of the call they belong to.
+    Notification {
+        server: Arc<str>,
+        message: Value,
+        origin: Option<Origin>,
+    },
+    /// A server→client request (`sampling/createMessage`, `elicitation/create`,
+    /// `roots/list`, …) with the server's own id. Answer it with
+    /// [`Upstream::send`]. `origin` is the call it was made for, when known.
+    Request {
+        server: Arc<str>,
+        message: Value,
+        origin: Option<Origin>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Starting,
+    /// Initialized; holds the server's `InitializeResult`.
+    Ready(Arc<Value>),
+    Down(String),
+    Stopped,
+}
+
+struct Pending {
+    reply: oneshot::Sender<Value>,
+    origin: Option<Origin>,
+    progress_token: Option<Value>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    link: RwLock<Option<Arc<dyn Link>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    events: mpsc::Sender<UpstreamEvent>,
+    status: watch::Sender<Status>,
+    restarts: AtomicU64,
+}
+
+impl Shared {
+    fn current_link(&self) -> Option<Arc<dyn Link>> {
+        self.link.read().ok().and_then(|link| link.clone())
+    }
+
+    fn set_link(&self, link: Option<Arc<dyn Link>>) {
+        if let Ok(mut slot) = self.link.write() {
+            *slot = link;
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        // A poisoned lock only means another thread panicked mid-update of a
+        // plain map; the map itself is still usable.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Routes one message the server sent. `related` is the id of our request
+    /// whose HTTP response stream carried it, when the transport knows.
+    pub(crate) async fn dispatch(&self, message: Value, related: Option<u64>) {
+        match protocol::classify(&message) {
+            Some(Kind::Response | Kind::ErrorResponse) => {
+                let Some(id) = message.get("id").and_then(Value::as_u64) else {
+                    tracing::debug!(server = %self.name, "response with an id we never sent");
+                    return;
+                };
+                let pending = self.pending().remove(&id);
+                match pending {
+                    Some(pending) => {
+                        // The caller may have given up (timeout, cancellation).
+                        let _ = pending.reply.send(message);
+                    }
+                    None => tracing::debug!(server = %self.name, id, "late or unknown response"),
+                }
+            }
+            Some(Kind::Request) => {
+                if protocol::method(&message) == Some("ping") {
+                    let id = message.get("id").cloned().unwrap_or(Value::Null);
+                    if let Some(link) = self.current_link() {
+                        let _ = link.send(protocol::result(id, json!({}))).await;
+                    }
+                    return;
+                }
+                let origin = self.origin_for(related);
+                let event = UpstreamEvent::Request {
+                    server: self.name.clone(),
+                    message,
+                    origin,
+                };
+                let _ = self.events.send(event).await;
+            }
+            Some(Kind::Notification) => {
+                let mut message = message;
+                let mut origin = None;
+                if protocol::method(&message) == Some("notifications/progress") {
+                    let Some(token) = message
+                        .get("params")
+                        .and_then(|p| p.get("progressToken"))
+                        .and_then(Value::as_u64)
+                    else {
+                        return;
+                    };
+                    let restored = {
+                        let pending = self.pending();
+                        pending
+                            .get(&token)
+                            .and_then(|p| p.progress_token.clone().map(|t| (t, p.origin.clone())))
+                    };
+                    let Some((client_token, call_origin)) = restored else {
+                        tracing::debug!(server = %self.name, "progress for a call no longer in flight");
+                        return;
+                    };
+                    message["params"]["progressToken"] = client_token;
+                    origin = call_origin;
+                } else if related.is_some() {
+                    origin = self.origin_for(related);
+                }
+                let event = UpstreamEvent::Notification {
+                    server: self.name.clone(),
+                    message,
+                    origin,
+                };
+                let _ = self.events.send(event).await;
+            }
+            None => tracing::debug!(server = %self.name, "ignored a message that is not JSON-RPC"),
+        }
+    }
+
+    /// Which client call a server→client message belongs to: the call whose
+    /// response stream carried it, or else the only client session with calls
+    /// in flight. With several sessions in flight nobody can tell, and the
+    /// message is not guessed onto one of them.
+    fn origin_for(&self, related: Option<u64>) -> Option<Origin> {
+        let pending = self.pending();
+        if let Some(id) = related {
+            return pending.get(&id).and_then(|p| p.origin.clone());
+        }
+        let mut origins = pending.values().filter_map(|p| p.origin.as_ref());
+        let first = origins.next()?;
+        if origins.all(|other| other.session == first.session) {
+            Some(first.clone())
+        } else {
+            None
+        }
+    }
+
+    fn fail_all_pending(&self) {
+        // Dropping the senders wakes every waiter with an error.
+        self.pending().clear();
+    }
+}
+
+/// A call sent (or about to be sent) to the server. Dropping it before the
+/// reply arrives withdraws the call and tells the server it was cancelled.
+pub struct PendingCall {
+    shared: Arc<Shared>,
+    id: u64,
+    message: Option<Value>,
+    reply: Option<oneshot::Receiver<Value>>,
+    done: bool,
+}
+
+impl PendingCall {
+    /// The id the server sees for this call.
+    pub fn upstream_id(&self) -> u64 {
+        self.id
+    }
+
+    /// Sends the call and waits for the server's response message (with the
+    /// upstream id still in it).
+    pub async fn send_and_wait(mut self, timeout: Duration) -> Result<Value, UpstreamError> {
+        let server = self.shared.name.to_string();
+        let unavailable = |reason: String| UpstreamError::Unavailable {
+            server: server.clone(),
+            reason,
+        };
+        let Some(link) = self.shared.current_link() else {
+            self.done = true;
+            self.shared.pending().remove(&self.id);
+            return Err(unavailable("it is not running".into()));
+        };
+        let (Some(message), Some(reply)) = (self.message.take(), self.reply.take()) else {
+            return Err(unavailable("the call was already sent".into()));
+        };
+        if let Err(reason) = link.send(message).await {
+            self.done = true;
+            self.shared.pending().remove(&self.id);
+            return Err(unavailable(reason));
+        }
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(response)) => {
+                self.done = true;
+                Ok(response)
+            }
+            Ok(Err(_)) => {
+                self.done = true;
+                Err(unavailable(
+                    "it stopped while the call was in flight".into(),
+                ))
+            }
+            Err(_) => {
+                // Drop sends `notifications/cancelled`.
+                Err(UpstreamError::Timeout {
+                    server,
+                    after: timeout,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let was_pending = self.shared.pending().remove(&self.id).is_some();
+        if was_pending && self.message.is_none() {
+            // It was sent: tell the server to stop working on it.
+            let shared = self.shared.clone();
+            let id = self.id;
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Some(link) = shared.current_link() {
+                        let cancel = protocol::notification(
+                            "notifications/cancelled",
+                            json!({ "requestId": id, "reason": "cancelled by the proxy" }),
+                        );
+                        let _ = link.send(cancel).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Portcullis's client toward one MCP server.
+#[derive(Clone)]
+pub struct Upstream {
+    shared: Arc<Shared>,
+    config: Arc<ServerConfig>,
+    limits: LimitsConfig,
+    startup_timeout: Duration,
+    status: watch::Receiver<Status>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A server that ran this long before dying restarts from the shortest backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+impl Upstream {
+    pub fn new(
+        config: ServerConfig,
+        limits: LimitsConfig,
+        startup_timeout: Duration,
+        events: mpsc::Sender<UpstreamEvent>,
+    ) -> Self {
+        let (status_tx, status) = watch::channel(Status::Starting);
+        let shared = Arc::new(Shared {
+            name: Arc::from(config.name.as_str()),
+            link: RwLock::new(None),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            events,
+            status: status_tx,
+            restarts: AtomicU64::new(0),
+        });
+        Self {
+            shared,
+            config: Arc::new(config),
+            limits,
+            startup_timeout,
+            status,
+        }
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.shared.name
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.shared.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Starts the supervisor, which keeps the server running until `shutdown`.
+    pub fn start(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move { this.supervise(shutdown).await })
+    }
+
+    /// Waits until the first start attempt settled (ready or failed).
+    pub async fn wait_settled(&self) -> Status {
+        let mut status = self.status.clone();
+        loop {
+            let current = status.borrow_and_update().clone();
+            if current != Status::Starting {
+                return current;
+            }
+            if status.changed().await.is_err() {
+                return Status::Stopped;
+            }
+        }
+    }
+
+    /// Prepares a request for the server: gives it a fresh id and, if it asks
+    /// for progress, a fresh progress token; the originals stay with the call.
+    pub fn begin(&self, mut message: Value, origin: Option<Origin>) -> PendingCall {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        message["id"] = Value::from(id);
+        let progress_token = match message
+            .get_mut("params")
+            .and_then(|params| params.get_mut("_meta"))
+            .and_then(|meta| meta.get_mut("progressToken"))
+        {
+            // The upstream id doubles as the progress token: unique per connection.
+            Some(token) => Some(std::mem::replace(token, Value::from(id))),
+            None => None,
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.shared.pending().insert(
+            id,
+            Pending {
+                reply: reply_tx,
+                origin,
+                progress_token,
+            },
+        );
+        PendingCall {
+            shared: self.shared.clone(),
+            id,
+            message: Some(message),
+            reply: Some(reply_rx),
+            done: false,
+        }
+    }
+
+    /// A request of the proxy's own (lists, handshake), with the call timeout.
+    pub async fn request(&self, method: &str, params: Value) -> Result<Value, UpstreamError> {
+        let call = self.begin(protocol::request(Value::Null, method, params), None);
+        let response = call.send_and_wait(self.config.call_timeout).await?;
+        match response.get("result") {
+            Some(result) => Ok(result.clone()),
+            None => Err(UpstreamError::Unavailable {
+                server: self.shared.name.to_string(),
+                reason: format!(
+                    "`{method}` failed: {}",
+                    response
+                        .pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no result")
+                ),
+            }),
+        }
+    }
+
+    /// Sends a notification, or a response to a server→client request.
+    pub async fn send(&self, message: Value) -> Result<(), UpstreamError> {
+        let unavailable = |reason: String| UpstreamError::Unavailable {
+            server: self.shared.name.to_string(),
+            reason,
+        };
+        let link = self
+            .shared
+            .current_link()
+            .ok_or_else(|| unavailable("it is not running".into()))?;
+        link.send(message).await.map_err(unavailable)
+    }
+
+    async fn connect(&self) -> Result<Connected, UpstreamError> {
+        let name = self.shared.name.to_string();
+        let secrets = self
+            .config
+            .secrets
+            .iter()
+            .map(|(key, reference)| {
+                reference
+                    .resolve()
+                    .map(|value| (key.clone(), value))
+                    .map_err(|reason| UpstreamError::Start {
+                        server: name.clone(),
+                        reason: format!("secret `{key}`: {reason}"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        match &self.config.kind {
+            UpstreamSpec::Process(spec) => {
+                process::spawn(spec, &secrets, self.limits, self.shared.clone()).await
+            }
+            UpstreamSpec::Remote(spec) => {
+                remote::open(spec, &secrets, self.limits, self.shared.clone()).await
+            }
+        }
+    }
+
+    async fn handshake(&self) -> Result<Value, UpstreamError> {
+        let handshake_error = |reason: String| UpstreamError::Handshake {
+            server: self.shared.name.to_string(),
+            reason,
+        };
+        let params = json!({
+            "protocolVersion": protocol::LATEST_VERSION,
+            "capabilities": {
+                "sampling": {},
+                "elicitation": {},
+                "roots": { "listChanged": true }
+            },
+            "clientInfo": { "name": "portcullis", "version": env!("CARGO_PKG_VERSION") }
+        });
+        let call = self.begin(protocol::request(Value::Null, "initialize", params), None);
+        let response = call
+            .send_and_wait(self.startup_timeout)
+            .await
+            .map_err(|err| handshake_error(err.to_string()))?;
+        let Some(result) = response.get("result") else {
+            return Err(handshake_error(
+                response
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no result")
+                    .to_owned(),
+            ));
+        };
+        let version = result
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let known = rmcp::model::ProtocolVersion::KNOWN_VERSIONS
+            .iter()
+            .any(|known| known.as_str() == version && known.has_initialize());
+        if !known {
+            return Err(handshake_error(format!(
+                "it answered with protocol version `{version}`, which Portcullis does not speak"
+            )));
+        }
+        if let Some(link) = self.shared.current_link() {
+            link.set_protocol_version(version);
+        }
+        self.send(protocol::notification(
+            "notifications/initialized",
+            json!({}),
+        ))
+        .await?;
+        Ok(result.clone())
+    }
+
+    async fn supervise(self, shutdown: CancellationToken) {
+        let name = self.shared.name.clone();
+        let mut backoff = BACKOFF_START;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            self.shared.status.send_replace(Status::Starting);
+            let started = Instant::now();
+            let attempt = async {
+                let connected = self.connect().await?;
+                self.shared.set_link(Some(connected.link.clone()));
+                let handshake = tokio::select! {
+                    result = self.handshake() => result,
+                    () = connected.closed.cancelled() => Err(UpstreamError::Start {
+                        server: name.to_string(),
+                        reason: "it exited during the handshake".into(),
+                    }),
+                };
+                match handshake {
+                    Ok(info) => Ok((connected, info)),
+                    Err(err) => {
+                        connected.link.close();
+                        Err(err)
+                    }
+                }
+            };
+            let attempt = tokio::select! {
+                attempt = attempt => attempt,
+                () = shutdown.cancelled() => break,
+            };
+            match attempt {
+                Ok((connected, info)) => {
+                    tracing::info!(server = %name, "server ready");
+                    self.shared
+                        .status
+                        .send_replace(Status::Ready(Arc::new(info)));
+                    let _ = self
+                        .shared
+                        .events
+                        .send(UpstreamEvent::Ready {
+                            server: name.clone(),
+                        })
+                        .await;
+                    let stopping = tokio::select! {
+                        () = connected.closed.cancelled() => false,
+                        () = shutdown.cancelled() => true,
+                    };
+                    connected.link.close();
+                    self.shared.set_link(None);
+                    self.shared.fail_all_pending();
+                    if stopping {
+                        break;
+                    }
+                    let reason = "the server exited or its connection closed".to_owned();
+                    tracing::warn!(server = %name, "{reason}; restarting");
+                    self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .status
+                        .send_replace(Status::Down(reason.clone()));
+                    let _ = self
+                        .shared
+                        .events
+                        .send(UpstreamEvent::Down {
+                            server: name.clone(),
+                            reason,
+                        })
+                        .await;
+                    if started.elapsed() > STABLE_AFTER {
+                        backoff = BACKOFF_START;
+                    }
+                }
+                Err(err) => {
+                    self.shared.set_link(None);
+                    self.shared.fail_all_pending();
+                    tracing::warn!(server = %name, error = %err, retry_in_ms = backoff.as_millis() as u64, "server failed to start");
+                    self.shared
+                        .status
+                        .send_replace(Status::Down(err.to_string()));
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        if let Some(link) = self.shared.current_link() {
+            link.close();
+        }
+        self.shared.set_link(None);
+        self.shared.fail_all_pending();
+        self.shared.status.send_replace(Status::Stopped);
+    }
+}

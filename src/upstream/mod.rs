@@ -1,0 +1,51 @@
+//! Connections to the MCP servers behind the proxy.
+//!
+//! An [`Upstream`] is Portcullis's MCP client toward one server. It owns the
+//! server's lifecycle (start, `initialize`, restart with backoff when the
+//! server dies), remaps request ids and progress tokens so that many client
+//! sessions can share one server, and reports what the server sends on its
+//! own (notifications, server→client requests) as [`UpstreamEvent`]s.
+//!
+//! How bytes reach the server is a [`Link`]: `process` (a local command over
+//! stdio) and `remote` (streamable HTTP) live here; `container` slots in as
+//! one more `Link` launcher.
+
+mod client;
+mod process;
+mod remote;
+mod sse;
+
+pub use client::{Origin, PendingCall, Status, Upstream, UpstreamEvent};
+
+use std::time::Duration;
+
+/// Failures talking to an upstream server. Messages name the server and are
+/// safe to show a client.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum UpstreamError {
+    #[error("server `{server}` is not available: {reason}")]
+    Unavailable { server: String, reason: String },
+    #[error("server `{server}` did not answer within {}", humanize(*after))]
+    Timeout { server: String, after: Duration },
+    #[error("server `{server}` failed to start: {reason}")]
+    Start { server: String, reason: String },
+    #[error("server `{server}` refused the handshake: {reason}")]
+    Handshake { server: String, reason: String },
+}
+
+impl UpstreamError {
+    pub fn code(&self) -> i64 {
+        match self {
+            Self::Timeout { .. } => crate::protocol::code::UPSTREAM_TIMEOUT,
+            _ => crate::protocol::code::UPSTREAM_UNAVAILABLE,
+        }
+    }
+}
+
+pub(crate) fn humanize(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}

@@ -1,0 +1,152 @@
+//! `process` upstreams: a local command speaking MCP over stdio. These run
+//! unsandboxed, with the proxy's own rights, and are announced as such.
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::process::{ChildStdin, Command};
+use tokio_util::sync::CancellationToken;
+
+use super::UpstreamError;
+use super::client::{Connected, Link, Shared};
+use crate::config::{LimitsConfig, ProcessSpec};
+use crate::protocol::{self, Frame, FrameReader};
+
+struct ProcessLink {
+    stdin: tokio::sync::Mutex<BufWriter<ChildStdin>>,
+    closed: CancellationToken,
+}
+
+impl Link for ProcessLink {
+    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>> {
+        async move {
+            let line = protocol::encode_line(&message);
+            let mut stdin = self.stdin.lock().await;
+            let written = async {
+                stdin.write_all(&line).await?;
+                stdin.flush().await
+            }
+            .await;
+            written.map_err(|err| {
+                self.closed.cancel();
+                format!("cannot write to the server: {err}")
+            })
+        }
+        .boxed()
+    }
+
+    fn close(&self) {
+        self.closed.cancel();
+    }
+}
+
+pub(super) async fn spawn(
+    spec: &ProcessSpec,
+    secrets: &[(String, String)],
+    limits: LimitsConfig,
+    shared: Arc<Shared>,
+) -> Result<Connected, UpstreamError> {
+    let server = shared.name.clone();
+    let mut command = Command::new(&spec.command);
+    command
+        .args(&spec.args)
+        .envs(&spec.env)
+        .envs(secrets.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = command.spawn().map_err(|err| UpstreamError::Start {
+        server: server.to_string(),
+        reason: format!("cannot run `{}`: {err}", spec.command),
+    })?;
+    let missing = |what: &str| UpstreamError::Start {
+        server: server.to_string(),
+        reason: format!("no {what} pipe"),
+    };
+    let stdin = child.stdin.take().ok_or_else(|| missing("stdin"))?;
+    let stdout = child.stdout.take().ok_or_else(|| missing("stdout"))?;
+    let stderr = child.stderr.take().ok_or_else(|| missing("stderr"))?;
+    let closed = CancellationToken::new();
+
+    // The child: reaped when it exits, killed when the link closes.
+    {
+        let closed = closed.clone();
+        let server = server.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                status = child.wait() => {
+                    match status {
+                        Ok(status) => tracing::warn!(server = %server, %status, "server process exited"),
+                        Err(err) => tracing::warn!(server = %server, error = %err, "cannot wait for the server process"),
+                    }
+                    closed.cancel();
+                }
+                () = closed.cancelled() => {
+                    let _ = child.kill().await;
+                }
+            }
+        });
+    }
+
+    // Its stdout: one message per line, each dispatched in order.
+    {
+        let closed = closed.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut reader = FrameReader::new(
+                BufReader::with_capacity(64 * 1024, stdout),
+                limits.max_message_bytes,
+            );
+            loop {
+                let frame = tokio::select! {
+                    frame = reader.next() => frame,
+                    () = closed.cancelled() => break,
+                };
+                match frame {
+                    Ok(Some(Frame::Line(line))) => match protocol::parse(&line, limits.max_depth) {
+                        Ok(message) => shared.dispatch(message, None).await,
+                        Err(err) => {
+                            tracing::warn!(server = %shared.name, error = %err, "dropped a message from the server")
+                        }
+                    },
+                    Ok(Some(Frame::Oversize)) => tracing::warn!(
+                        server = %shared.name,
+                        limit = limits.max_message_bytes,
+                        "dropped a message from the server: too large"
+                    ),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            closed.cancel();
+        });
+    }
+
+    // Its stderr goes to the log at debug level: servers print anything
+    // there, including what they were sent.
+    {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let line: String = line.chars().take(2000).collect();
+                tracing::debug!(server = %server, "stderr: {line}");
+            }
+        });
+    }
+
+    Ok(Connected {
+        link: Arc::new(ProcessLink {
+            stdin: tokio::sync::Mutex::new(BufWriter::new(stdin)),
+            closed: closed.clone(),
+        }),
+        closed,
+    })
+}

@@ -1,0 +1,293 @@
+//! `remote` upstreams: an MCP server reached over streamable HTTP.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::UpstreamError;
+use super::client::{Connected, Link, Shared};
+use super::sse::{SseEvent, SseParser};
+use crate::config::{self, LimitsConfig, RemoteSpec};
+use crate::protocol::{self, Kind};
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+
+struct RemoteLink {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    session: RwLock<Option<HeaderValue>>,
+    version: RwLock<Option<HeaderValue>>,
+    listening: AtomicBool,
+    limits: LimitsConfig,
+    shared: Arc<Shared>,
+    closed: CancellationToken,
+}
+
+impl RemoteLink {
+    fn post(&self, message: &Value) -> reqwest::RequestBuilder {
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .header(ACCEPT, "application/json, text/event-stream")
+            .header(CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(message).unwrap_or_default());
+        request = self.with_session(request);
+        request
+    }
+
+    fn with_session(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(session) = self.session.read().ok().and_then(|s| s.clone()) {
+            request = request.header(SESSION_HEADER, session);
+        }
+        if let Some(version) = self.version.read().ok().and_then(|v| v.clone()) {
+            request = request.header(VERSION_HEADER, version);
+        }
+        request
+    }
+
+    async fn send_message(self: Arc<Self>, message: Value) -> Result<(), String> {
+        let kind = protocol::classify(&message);
+        let related = message.get("id").and_then(Value::as_u64);
+        let response = self
+            .post(&message)
+            .send()
+            .await
+            .map_err(|err| format!("cannot reach {}: {}", self.url, without_url(&err)))?;
+        let status = response.status();
+        if let Some(session) = response.headers().get(SESSION_HEADER)
+            && let Ok(mut slot) = self.session.write()
+        {
+            *slot = Some(session.clone());
+        }
+        if status == reqwest::StatusCode::NOT_FOUND && self.has_session() {
+            // The server forgot our session: start over with a new handshake.
+            self.closed.cancel();
+            return Err("the server ended the session".into());
+        }
+        if !status.is_success() {
+            return Err(format!("the server answered HTTP {status}"));
+        }
+        if kind != Some(Kind::Request) {
+            return Ok(());
+        }
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if content_type.starts_with("text/event-stream") {
+            let link = self.clone();
+            tokio::spawn(async move { link.read_events(response, related).await });
+            Ok(())
+        } else if content_type.starts_with("application/json") {
+            let body = read_limited(response, self.limits.max_message_bytes).await?;
+            let message =
+                protocol::parse(&body, self.limits.max_depth).map_err(|e| e.to_string())?;
+            self.shared.dispatch(message, related).await;
+            Ok(())
+        } else {
+            Err(format!(
+                "the server answered with content type `{content_type}`"
+            ))
+        }
+    }
+
+    fn has_session(&self) -> bool {
+        self.session.read().map(|s| s.is_some()).unwrap_or(false)
+    }
+
+    async fn read_events(&self, mut response: reqwest::Response, related: Option<u64>) {
+        let mut parser = SseParser::new(self.limits.max_message_bytes);
+        let mut events = Vec::new();
+        loop {
+            let chunk = tokio::select! {
+                chunk = response.chunk() => chunk,
+                () = self.closed.cancelled() => return,
+            };
+            let Ok(Some(chunk)) = chunk else {
+                return;
+            };
+            parser.feed(&chunk, &mut events);
+            for event in events.drain(..) {
+                match event {
+                    SseEvent::Data(data) => match protocol::parse(&data, self.limits.max_depth) {
+                        Ok(message) => self.shared.dispatch(message, related).await,
+                        Err(err) => {
+                            tracing::warn!(server = %self.shared.name, error = %err, "dropped an event from the server")
+                        }
+                    },
+                    SseEvent::TooLarge => {
+                        tracing::warn!(server = %self.shared.name, "dropped an event from the server: too large")
+                    }
+                }
+            }
+        }
+    }
+
+    /// The standalone GET stream for messages the server sends on its own.
+    async fn listen(self: Arc<Self>) {
+        while !self.closed.is_cancelled() {
+            let request = self
+                .with_session(
+                    self.client
+                        .get(self.url.clone())
+                        .headers(self.headers.clone()),
+                )
+                .header(ACCEPT, "text/event-stream");
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    self.read_events(response, None).await;
+                }
+                Ok(response) if response.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => {
+                    return;
+                }
+                Ok(_) | Err(_) => {}
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = self.closed.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// reqwest errors print the URL, which may carry credentials in its query.
+fn without_url(err: &reqwest::Error) -> String {
+    let mut text = if err.is_connect() {
+        "connection failed".to_owned()
+    } else if err.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| format!("cannot read the response: {}", without_url(&err)))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the server's response exceeds {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+struct RemoteHandle(Arc<RemoteLink>);
+
+impl Link for RemoteHandle {
+    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>> {
+        self.0.clone().send_message(message).boxed()
+    }
+
+    fn set_protocol_version(&self, version: &str) {
+        if let (Ok(value), Ok(mut slot)) = (HeaderValue::from_str(version), self.0.version.write())
+        {
+            *slot = Some(value);
+        }
+        if !self.0.listening.swap(true, Ordering::Relaxed) {
+            tokio::spawn(self.0.clone().listen());
+        }
+    }
+
+    fn close(&self) {
+        if self.0.closed.is_cancelled() {
+            return;
+        }
+        self.0.closed.cancel();
+        if self.0.has_session() {
+            let link = self.0.clone();
+            tokio::spawn(async move {
+                let _ = link
+                    .with_session(
+                        link.client
+                            .delete(link.url.clone())
+                            .headers(link.headers.clone()),
+                    )
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+            });
+        }
+    }
+}
+
+pub(super) async fn open(
+    spec: &RemoteSpec,
+    secrets: &[(String, String)],
+    limits: LimitsConfig,
+    shared: Arc<Shared>,
+) -> Result<Connected, UpstreamError> {
+    let start_error = |reason: String| UpstreamError::Start {
+        server: shared.name.to_string(),
+        reason,
+    };
+    // reqwest is built without a bundled crypto provider; ring is ours.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = reqwest::Url::parse(&spec.url).map_err(|err| start_error(err.to_string()))?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &spec.headers {
+        let text = match value {
+            config::HeaderValue::Literal(text) => text.clone(),
+            config::HeaderValue::Secret { prefix, secret } => {
+                let value = secrets
+                    .iter()
+                    .find(|(key, _)| key == secret)
+                    .map(|(_, value)| value)
+                    .ok_or_else(|| start_error(format!("secret `{secret}` is not defined")))?;
+                format!("{prefix}{value}")
+            }
+        };
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| start_error(format!("`{name}` is not a valid header name")))?;
+        let mut value = HeaderValue::from_str(&text)
+            .map_err(|_| start_error(format!("the value of header `{name}` is not valid")))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|err| {
+            start_error(format!(
+                "cannot build an HTTP client: {}",
+                without_url(&err)
+            ))
+        })?;
+    let closed = CancellationToken::new();
+    let link = Arc::new(RemoteLink {
+        client,
+        url,
+        headers,
+        session: RwLock::new(None),
+        version: RwLock::new(None),
+        listening: AtomicBool::new(false),
+        limits,
+        shared,
+        closed: closed.clone(),
+    });
+    Ok(Connected {
+        link: Arc::new(RemoteHandle(link)),
+        closed,
+    })
+}

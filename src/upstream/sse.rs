@@ -1,0 +1,123 @@
+//! A small server-sent-events parser for the streamable HTTP transport.
+
+/// Feeds on byte chunks (not aligned to lines) and yields each event's data.
+#[derive(Debug)]
+pub(crate) struct SseParser {
+    line: Vec<u8>,
+    data: Vec<u8>,
+    event_is_message: bool,
+    limit: usize,
+    overflow: bool,
+}
+
+/// One complete event: its `data` lines joined, or a note that it was too large.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SseEvent {
+    Data(Vec<u8>),
+    TooLarge,
+}
+
+impl SseParser {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            line: Vec::new(),
+            data: Vec::new(),
+            event_is_message: true,
+            limit,
+            overflow: false,
+        }
+    }
+
+    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) {
+        for &byte in chunk {
+            if byte == b'\n' {
+                let mut line = std::mem::take(&mut self.line);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                self.line_done(&line, out);
+            } else if self.line.len() <= self.limit + 64 {
+                self.line.push(byte);
+            } else {
+                self.overflow = true;
+            }
+        }
+    }
+
+    fn line_done(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            if self.overflow {
+                out.push(SseEvent::TooLarge);
+            } else if !self.data.is_empty() && self.event_is_message {
+                out.push(SseEvent::Data(std::mem::take(&mut self.data)));
+            }
+            self.data.clear();
+            self.overflow = false;
+            self.event_is_message = true;
+            return;
+        }
+        if line.first() == Some(&b':') {
+            return;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &[][..]),
+        };
+        match field {
+            b"data" => {
+                if !self.data.is_empty() {
+                    self.data.push(b'\n');
+                }
+                if self.data.len() + value.len() > self.limit {
+                    self.overflow = true;
+                } else {
+                    self.data.extend_from_slice(value);
+                }
+            }
+            b"event" => self.event_is_message = value == b"message",
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_across_chunks() {
+        let mut parser = SseParser::new(1024);
+        let mut out = Vec::new();
+        for chunk in [
+            &b"id: 1\nda"[..],
+            b"ta: {\"a\":",
+            b"1}\r\n\r\n: ping\n\nevent: message\ndata: 2\n\n",
+        ] {
+            parser.feed(chunk, &mut out);
+        }
+        assert_eq!(
+            out,
+            vec![
+                SseEvent::Data(b"{\"a\":1}".to_vec()),
+                SseEvent::Data(b"2".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn other_event_types_are_ignored_and_big_events_flagged() {
+        let mut parser = SseParser::new(8);
+        let mut out = Vec::new();
+        parser.feed(
+            b"event: other\ndata: x\n\ndata: 0123456789\n\ndata: ok\n\n",
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![SseEvent::TooLarge, SseEvent::Data(b"ok".to_vec())]
+        );
+    }
+}

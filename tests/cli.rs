@@ -1,0 +1,181 @@
+//! The command line through the real binary: config errors, `servers list`,
+//! `tools list`.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{TestProxy, portcullis_bin};
+use serde_json::Value;
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(portcullis_bin())
+        .args(args)
+        .output()
+        .expect("run portcullis");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn invalid_configs_name_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let cases = [
+        (
+            "[proxy]\nlisten = \"127.0.0.1:1\"\nlisten_typo = 1\n",
+            ":3:1",
+            "unknown field `listen_typo`",
+        ),
+        (
+            "[[servers]]\nname = \"a\"\nprocess = { command = \"x\", comand = \"y\" }\n",
+            ":3:",
+            "servers[0].process",
+        ),
+        (
+            "[[servers]]\nname = \"UPPER\"\nprocess = { command = \"x\" }\n",
+            ":1:1",
+            "servers[0].name",
+        ),
+        (
+            "[[servers]]\nname = \"a\"\n",
+            ":1:1",
+            "needs one of `process` or `remote`",
+        ),
+        (
+            "[[servers]]\nname = \"a\"\nremote = { url = \"ftp://x\" }\n",
+            ":1:1",
+            "not an http:// or https:// URL",
+        ),
+        (
+            "[proxy]\ncall_timeout = \"soon\"\n",
+            ":2:",
+            "not a duration",
+        ),
+        (
+            "[[chain]]\nkind = \"firewall\"\n",
+            ":1:1",
+            "unknown interceptor kind `firewall`",
+        ),
+        (
+            "[[servers]]\nname = \"a\"\nprocess = { command = \"x\" }\n[[servers]]\nname = \"a\"\nprocess = { command = \"y\" }\n",
+            ":4:1",
+            "defined twice",
+        ),
+        ("[limits]\nmax_depth = 1000\n", ":2:", "between 4 and 128"),
+        ("this is not toml", ":1:", ""),
+    ];
+    for (text, location, message) in cases {
+        std::fs::write(&path, text).unwrap();
+        let (ok, _, stderr) = run(&["servers", "list", "--config", path.to_str().unwrap()]);
+        assert!(!ok, "{text:?} should be refused");
+        let expected = format!("{}{location}", path.display());
+        assert!(
+            stderr.contains(&expected),
+            "{text:?}: expected `{expected}` in {stderr}"
+        );
+        assert!(
+            stderr.contains(message),
+            "{text:?}: expected `{message}` in {stderr}"
+        );
+    }
+    let (ok, _, stderr) = run(&[
+        "servers",
+        "list",
+        "--config",
+        "/nonexistent/portcullis.toml",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("/nonexistent/portcullis.toml: cannot read the config"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn servers_list_shows_secret_names_never_values() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), "super-secret-value\n").unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        "[[servers]]\nname = \"remote-one\"\nremote = { url = \"https://user:pw@example.com/mcp?token=abc\", headers = { Authorization = \"Bearer secret:KEY\" } }\nsecrets = { KEY = \"file:key\" }\n\n[[servers]]\nname = \"local\"\nprocess = { command = \"my-server\" }\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = run(&[
+        "servers",
+        "list",
+        "--config",
+        path.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    let rows: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(rows[0]["name"], "remote-one");
+    assert_eq!(rows[0]["target"], "https://example.com/mcp");
+    assert_eq!(rows[0]["secrets"], serde_json::json!(["KEY"]));
+    assert_eq!(rows[1]["sandbox"], "UNSANDBOXED");
+    for secret in ["super-secret-value", "pw", "token=abc"] {
+        assert!(!stdout.contains(secret), "`{secret}` leaked: {stdout}");
+    }
+    let (ok, table, _) = run(&["servers", "list", "--config", path.to_str().unwrap()]);
+    assert!(ok);
+    assert!(
+        table.contains("local") && table.contains("UNSANDBOXED"),
+        "{table}"
+    );
+}
+
+#[test]
+fn tools_list_shows_what_a_client_would_see() {
+    let proxy = TestProxy::new().with_raw_server("raw");
+    let config = proxy.write_config();
+    let (ok, stdout, stderr) = run(&[
+        "tools",
+        "list",
+        "--config",
+        config.to_str().unwrap(),
+        "--client",
+        "tester",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    let tools: Value = serde_json::from_str(&stdout).unwrap();
+    let names: Vec<&str> = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["raw__mirror", "raw__notify"]);
+
+    let (ok, _, stderr) = run(&[
+        "tools",
+        "list",
+        "--config",
+        config.to_str().unwrap(),
+        "--client",
+        "nobody",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("client `nobody` is not defined"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_without_a_listener_or_stdio_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, "[[clients]]\nname = \"c\"\n").unwrap();
+    let (ok, _, stderr) = run(&["serve", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("nothing to serve"), "{stderr}");
+}

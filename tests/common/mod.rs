@@ -1,0 +1,342 @@
+//! The shared harness for the integration tests: builds a config around real
+//! upstream servers, runs the real `portcullis` binary, and connects clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+pub const TOKEN: &str = "test-token-for-the-tester-client";
+pub const OTHER_TOKEN: &str = "test-token-for-the-other-client";
+
+pub fn portcullis_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+pub fn example_server_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis-example-server")
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python virtualenv with the `mcp` SDK and `mcp-server-time`, made on
+/// first use by `scripts/pyenv.sh` (which locks against parallel tests).
+pub fn python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let output = std::process::Command::new("bash")
+                .arg(repo_root().join("scripts/pyenv.sh"))
+                .stdin(Stdio::null())
+                .output()
+                .expect("run scripts/pyenv.sh");
+            assert!(
+                output.status.success(),
+                "scripts/pyenv.sh failed:\n{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            PathBuf::from(
+                stdout
+                    .lines()
+                    .last()
+                    .expect("pyenv.sh prints the python path")
+                    .trim(),
+            )
+        })
+        .clone()
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// A proxy config under construction (builder style).
+pub struct TestProxy {
+    dir: tempfile::TempDir,
+    servers: Vec<String>,
+    extra: String,
+}
+
+impl Default for TestProxy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestProxy {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            servers: Vec::new(),
+            extra: String::new(),
+        }
+    }
+
+    /// The example server (rmcp) as a process upstream.
+    pub fn with_example_server(self, name: &str) -> Self {
+        self.with_example_server_opts(name, "")
+    }
+
+    /// The example server with extra `[[servers]]` keys (e.g. `timeout = "1s"`).
+    pub fn with_example_server_opts(self, name: &str, extra: &str) -> Self {
+        let snippet = format!(
+            "[[servers]]\nname = \"{name}\"\nprocess = {{ command = {cmd:?}, args = [\"--name\", \"{name}\"] }}\n{extra}\n",
+            cmd = example_server_bin()
+        );
+        self.with_server_toml(&snippet)
+    }
+
+    /// `mcp-server-time` from PyPI, through the test virtualenv.
+    pub fn with_time_server(self, name: &str) -> Self {
+        let python = python();
+        let snippet = format!(
+            "[[servers]]\nname = \"{name}\"\nprocess = {{ command = {python:?}, args = [\"-m\", \"mcp_server_time\", \"--local-timezone\", \"UTC\"] }}\n"
+        );
+        self.with_server_toml(&snippet)
+    }
+
+    /// The raw Python fixture server (`tests/fixtures/raw_upstream.py`).
+    pub fn with_raw_server(self, name: &str) -> Self {
+        let script = repo_root().join("tests/fixtures/raw_upstream.py");
+        let snippet = format!(
+            "[[servers]]\nname = \"{name}\"\nprocess = {{ command = \"python3\", args = [{script:?}] }}\n"
+        );
+        self.with_server_toml(&snippet)
+    }
+
+    pub fn with_server_toml(mut self, snippet: &str) -> Self {
+        self.servers.push(snippet.to_owned());
+        self
+    }
+
+    /// Extra top-level config text (e.g. a `[limits]` table).
+    pub fn with_config(mut self, text: &str) -> Self {
+        self.extra.push_str(text);
+        self.extra.push('\n');
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes the config; `listen` is `127.0.0.1:0` (the proxy logs its port).
+    pub fn write_config(&self) -> PathBuf {
+        let mut text =
+            String::from("[proxy]\nlisten = \"127.0.0.1:0\"\nstartup_timeout = \"20s\"\n");
+        text.push_str(&self.extra);
+        text.push_str(&format!(
+            "\n[[clients]]\nname = \"tester\"\ntoken_sha256 = \"{}\"\ngroups = [\"dev\"]\n\n[[clients]]\nname = \"other\"\ntoken_sha256 = \"{}\"\n\n",
+            sha256_hex(TOKEN),
+            sha256_hex(OTHER_TOKEN)
+        ));
+        for server in &self.servers {
+            text.push_str(server);
+            text.push('\n');
+        }
+        let path = self.dir.path().join("portcullis.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// `portcullis stdio` as a child process, for rmcp's child-process transport.
+    pub fn stdio_command(&self) -> Command {
+        let config = self.write_config();
+        let mut command = Command::new(portcullis_bin());
+        command
+            .args(["stdio", "--config"])
+            .arg(&config)
+            .args(["--client", "tester"])
+            .env("PORTCULLIS_LOG", "info")
+            .kill_on_drop(true);
+        command
+    }
+
+    /// `portcullis stdio` with raw line access.
+    pub async fn raw_stdio(&self) -> RawClient {
+        let mut command = self.stdio_command();
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        RawClient::spawn(command)
+    }
+
+    /// `portcullis serve` on a free port; returns once it listens.
+    pub async fn serve_http(&self) -> HttpProxy {
+        let config = self.write_config();
+        let mut child = Command::new(portcullis_bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("PORTCULLIS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn portcullis serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[proxy] {line}");
+                if line.contains("listening for MCP")
+                    && let Some(addr) = line.split("addr=").nth(1)
+                {
+                    return addr.split_whitespace().next().map(str::to_owned);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("the proxy did not report its address");
+        // Keep draining the log so the proxy never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[proxy] {line}");
+            }
+        });
+        HttpProxy {
+            child,
+            url: format!("http://{addr}/mcp"),
+            base: format!("http://{addr}"),
+        }
+    }
+}
+
+pub struct HttpProxy {
+    pub child: Child,
+    pub url: String,
+    pub base: String,
+}
+
+impl HttpProxy {
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("pid")
+    }
+}
+
+/// A line-level client of `portcullis stdio`, for protocol edge cases.
+pub struct RawClient {
+    pub child: Child,
+    stdin: ChildStdin,
+    incoming: mpsc::UnboundedReceiver<Value>,
+    /// Messages read while waiting for something else.
+    backlog: Vec<Value>,
+}
+
+impl RawClient {
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command.spawn().expect("spawn portcullis");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, incoming) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let value: Value = serde_json::from_str(&line).unwrap_or_else(|err| {
+                    panic!("the proxy wrote a line that is not JSON ({err}): {line}")
+                });
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            incoming,
+            backlog: Vec::new(),
+        }
+    }
+
+    pub async fn send_line(&mut self, line: &[u8]) {
+        self.stdin.write_all(line).await.expect("write");
+        self.stdin.write_all(b"\n").await.expect("write");
+        self.stdin.flush().await.expect("flush");
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        let line = serde_json::to_vec(&message).expect("serialize");
+        self.send_line(&line).await;
+    }
+
+    /// Waits for the first message that `matches`, keeping the others.
+    pub async fn recv_matching(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        if let Some(pos) = self.backlog.iter().position(&matches) {
+            return self.backlog.remove(pos);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.incoming.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}; got {:?}", self.backlog))
+                .unwrap_or_else(|| panic!("the proxy closed stdout while waiting for {what}"));
+            if matches(&message) {
+                return message;
+            }
+            self.backlog.push(message);
+        }
+    }
+
+    /// The response with this id.
+    pub async fn response(&mut self, id: Value) -> Value {
+        let what = format!("the response to id {id}");
+        self.recv_matching(&what, |m| {
+            m.get("id") == Some(&id) && m.get("method").is_none()
+        })
+        .await
+    }
+
+    /// Sends a request and waits for its response.
+    pub async fn call(&mut self, id: i64, method: &str, params: Value) -> Value {
+        self.send(serde_json::json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}))
+            .await;
+        self.response(Value::from(id)).await
+    }
+
+    /// `initialize` + `notifications/initialized`.
+    pub async fn initialize(&mut self) -> Value {
+        let reply = self
+            .call(
+                0,
+                "initialize",
+                serde_json::json!({
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {"sampling": {}},
+                    "clientInfo": {"name": "raw-test", "version": "0"}
+                }),
+            )
+            .await;
+        self.send(serde_json::json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await;
+        reply
+    }
+
+    /// Messages that arrived but were not asked for yet.
+    pub fn backlog(&self) -> &[Value] {
+        &self.backlog
+    }
+}
+
+/// The text of the first content item of a `tools/call` result message.
+pub fn first_text(response: &Value) -> String {
+    response
+        .pointer("/result/content/0/text")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no text content in {response}"))
+        .to_owned()
+}

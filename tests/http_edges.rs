@@ -1,0 +1,260 @@
+//! Streamable HTTP edge cases through the real binary: authentication,
+//! DNS-rebinding protection, sessions, headers and bad bodies.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{OTHER_TOKEN, TOKEN, TestProxy};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn init_body() -> Value {
+    json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}})
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    session: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
+    let mut request = http
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session);
+    }
+    request.send().await.unwrap()
+}
+
+async fn initialize(http: &reqwest::Client, url: &str, token: &str) -> String {
+    let response = post(http, url, Some(token), None, &init_body()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["result"]["serverInfo"]["name"], "portcullis");
+    let accepted = post(
+        http,
+        url,
+        Some(token),
+        Some(&session),
+        &json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    session
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_origins_and_sessions_are_enforced() {
+    let proxy = TestProxy::new().with_raw_server("raw");
+    let server = proxy.serve_http().await;
+    let http = client();
+
+    // No token, a wrong token: 401 with a Bearer challenge.
+    let none = post(&http, &server.url, None, None, &init_body()).await;
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(none.headers()["www-authenticate"], "Bearer");
+    let wrong = post(&http, &server.url, Some("not-a-token"), None, &init_body()).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+
+    // A browser page on another origin: 403, even with a valid token.
+    let cross = http
+        .post(&server.url)
+        .bearer_auth(TOKEN)
+        .header("origin", "https://evil.example")
+        .json(&init_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), StatusCode::FORBIDDEN);
+    // DNS rebinding: a foreign Host header on a loopback listener.
+    let rebound = http
+        .post(&server.url)
+        .bearer_auth(TOKEN)
+        .header("host", "attacker.example")
+        .json(&init_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
+
+    let session = initialize(&http, &server.url, TOKEN).await;
+    let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"raw__mirror","arguments":{"k":1}}});
+
+    // Without a session id: 400. Unknown session: 404.
+    let missing = post(&http, &server.url, Some(TOKEN), None, &call).await;
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    let unknown = post(
+        &http,
+        &server.url,
+        Some(TOKEN),
+        Some("no-such-session"),
+        &call,
+    )
+    .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    // Another client's token on this session: as if it did not exist.
+    let stolen = post(&http, &server.url, Some(OTHER_TOKEN), Some(&session), &call).await;
+    assert_eq!(stolen.status(), StatusCode::NOT_FOUND);
+
+    // The rightful client: the call goes through (SSE, since we accept it).
+    let ok = post(&http, &server.url, Some(TOKEN), Some(&session), &call).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert!(
+        ok.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = ok.text().await.unwrap();
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("an SSE data line");
+    let reply: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(reply["id"], 2);
+    assert_eq!(reply["result"]["content"][0]["text"], "mirrored");
+
+    // JSON-only clients get JSON.
+    let json_only = http
+        .post(&server.url)
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json")
+        .header("mcp-session-id", &session)
+        .json(
+            &json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"raw__mirror"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_only.status(), StatusCode::OK);
+    let reply: Value = json_only.json().await.unwrap();
+    assert_eq!(reply["id"], 3);
+
+    // DELETE ends the session; it is then unknown.
+    let deleted = http
+        .delete(&server.url)
+        .bearer_auth(TOKEN)
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    let gone = post(&http, &server.url, Some(TOKEN), Some(&session), &call).await;
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+
+    let health = http
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_bodies_and_headers_get_clear_errors() {
+    let proxy = TestProxy::new()
+        .with_raw_server("raw")
+        .with_config("[limits]\nmax_message_bytes = 65536");
+    let server = proxy.serve_http().await;
+    let http = client();
+    let session = initialize(&http, &server.url, TOKEN).await;
+    let send_raw = |body: Vec<u8>| {
+        http.post(&server.url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-session-id", &session)
+            .body(body)
+            .send()
+    };
+
+    let malformed = send_raw(b"{\"jsonrpc\":".to_vec()).await.unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    let body: Value = malformed.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32700);
+
+    let batch = send_raw(b"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}]".to_vec())
+        .await
+        .unwrap();
+    let body: Value = batch.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32600);
+
+    let big = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{{\"x\":\"{}\"}}}}",
+        "a".repeat(200_000)
+    );
+    let too_large = send_raw(big.into_bytes()).await.unwrap();
+    assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = too_large.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32600);
+
+    let deep = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{{\"a\":{}{}}}}}",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let too_deep = send_raw(deep.into_bytes()).await.unwrap();
+    let body: Value = too_deep.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32600);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deeper")
+    );
+
+    let mismatch = http
+        .post(&server.url)
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json")
+        .header("mcp-session-id", &session)
+        .header("mcp-method", "tools/list")
+        .json(&json!({"jsonrpc":"2.0","id":5,"method":"ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mismatch.status(), StatusCode::BAD_REQUEST);
+
+    let bad_version = http
+        .post(&server.url)
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "1999-01-01")
+        .json(&json!({"jsonrpc":"2.0","id":6,"method":"ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_version.status(), StatusCode::BAD_REQUEST);
+
+    let unknown_method = send_raw(
+        serde_json::to_vec(&json!({"jsonrpc":"2.0","id":7,"method":"nope/nope"})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let text = unknown_method.text().await.unwrap();
+    assert!(text.contains("-32601"), "{text}");
+
+    // Still serving.
+    let ping =
+        send_raw(serde_json::to_vec(&json!({"jsonrpc":"2.0","id":8,"method":"ping"})).unwrap())
+            .await
+            .unwrap();
+    let body: Value = ping.json().await.unwrap();
+    assert_eq!(body["result"], json!({}));
+}
