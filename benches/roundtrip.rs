@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 const TOKEN: &str = "bench-token";
@@ -95,63 +96,105 @@ impl StdioClient {
     }
 }
 
-/// A streamable HTTP session, answering like a real client would accept
-/// (`application/json, text/event-stream`).
+/// A streamable HTTP session over one kept-alive connection, with a minimal
+/// HTTP/1.1 client (as the stdio client is a minimal JSON-RPC client): what
+/// is measured is the transport and the proxy, not an HTTP library. It sends
+/// the headers a real client sends (`Accept: application/json,
+/// text/event-stream`, bearer token, session, protocol version).
 struct HttpClient {
-    http: reqwest::Client,
-    url: String,
-    session: String,
+    stream: BufReader<TcpStream>,
+    host: String,
+    path: String,
+    session: Option<String>,
     next_id: u64,
 }
 
 impl HttpClient {
     async fn connect(url: &str) -> Self {
-        let http = reqwest::Client::new();
-        let response = http
-            .post(url)
-            .bearer_auth(TOKEN)
-            .header("accept", "application/json, text/event-stream")
-            .json(&json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}))
-            .send()
-            .await
-            .unwrap();
-        let session = response.headers()["mcp-session-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let _ = response.bytes().await;
+        let rest = url.strip_prefix("http://").expect("an http:// URL");
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let tcp = TcpStream::connect(host).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
         let mut client = Self {
-            http,
-            url: url.to_owned(),
-            session,
+            stream: BufReader::new(tcp),
+            host: host.to_owned(),
+            path: path.to_owned(),
+            session: None,
             next_id: 1,
         };
+        let (headers, _) = client
+            .post(json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}))
+            .await;
+        let session = headers
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("mcp-session-id")
+                    .then(|| value.trim().to_owned())
+            })
+            .expect("an Mcp-Session-Id header");
+        client.session = Some(session);
         client
             .post(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
             .await;
         client
     }
 
-    async fn post(&mut self, message: Value) -> String {
-        let response = self
-            .http
-            .post(&self.url)
-            .bearer_auth(TOKEN)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &self.session)
-            .header("mcp-protocol-version", "2025-06-18")
-            .json(&message)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "HTTP {}", response.status());
-        response.text().await.unwrap()
+    /// One POST; returns the response's headers and body. Replies must carry
+    /// a Content-Length (the proxy answers a lone reply as plain JSON).
+    async fn post(&mut self, message: Value) -> (String, String) {
+        let body = serde_json::to_vec(&message).unwrap();
+        let mut request = format!(
+            "POST {} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\n",
+            self.path,
+            self.host,
+            body.len()
+        );
+        if let Some(session) = &self.session {
+            request.push_str(&format!(
+                "mcp-session-id: {session}\r\nmcp-protocol-version: 2025-06-18\r\n"
+            ));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(&body);
+        self.stream.get_mut().write_all(&bytes).await.unwrap();
+
+        let mut headers = String::new();
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line).await.unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse::<usize>().ok();
+            }
+            headers.push_str(&line);
+        }
+        assert!(headers.starts_with("HTTP/1.1 2"), "HTTP error: {headers}");
+        let length = length.unwrap_or_else(|| panic!("no content-length in {headers}"));
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await.unwrap();
+        (headers, String::from_utf8(body).unwrap())
+    }
+
+    async fn ping(&mut self) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (_, body) = self
+            .post(json!({"jsonrpc":"2.0","id":id,"method":"ping"}))
+            .await;
+        assert!(body.contains("\"result\""), "ping failed: {body}");
     }
 
     async fn call(&mut self) {
         let id = self.next_id;
         self.next_id += 1;
-        let body = self
+        let (_, body) = self
             .post(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"example__echo","arguments":{"text":"hello"}}}))
             .await;
         assert!(body.contains("\"result\""), "call failed: {body}");
@@ -218,7 +261,6 @@ async fn start_http_proxy(portcullis: &str, config: &std::path::Path) -> (Child,
 }
 
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut calls = 5000usize;
     let mut seconds = 5u64;
     let mut args = std::env::args().skip(1);
@@ -267,6 +309,18 @@ async fn run(calls: usize, seconds: u64) {
         samples.push(t.elapsed());
     }
     let http_one = stats("proxied (HTTP, 1 session)", samples, start.elapsed());
+    let mut samples = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for _ in 0..calls {
+        let t = Instant::now();
+        client.ping().await;
+        samples.push(t.elapsed());
+    }
+    let http_ping = stats(
+        "ping answered by the proxy (HTTP)",
+        samples,
+        start.elapsed(),
+    );
 
     let sessions = 16;
     let done = Arc::new(AtomicU64::new(0));
@@ -297,7 +351,7 @@ async fn run(calls: usize, seconds: u64) {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!("\n| path | p50 µs | p99 µs | calls/s | p50 vs direct stdio |");
     println!("|---|---:|---:|---:|---:|");
-    for s in [&direct, &proxied, &http_one, &http_many] {
+    for s in [&direct, &proxied, &http_one, &http_ping, &http_many] {
         println!(
             "| {} | {:.1} | {:.1} | {:.0} | {:.2}× |",
             s.label,

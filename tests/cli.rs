@@ -153,7 +153,7 @@ fn tools_list_shows_what_a_client_would_see() {
         .iter()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    assert_eq!(names, ["raw__mirror", "raw__notify"]);
+    assert_eq!(names, ["raw__mirror", "raw__hang", "raw__notify"]);
 
     let (ok, _, stderr) = run(&[
         "tools",

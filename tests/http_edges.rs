@@ -111,22 +111,38 @@ async fn tokens_origins_and_sessions_are_enforced() {
     let stolen = post(&http, &server.url, Some(OTHER_TOKEN), Some(&session), &call).await;
     assert_eq!(stolen.status(), StatusCode::NOT_FOUND);
 
-    // The rightful client: the call goes through (SSE, since we accept it).
+    // The rightful client: the call goes through. A lone reply comes as
+    // plain JSON, even to a client that accepts SSE.
     let ok = post(&http, &server.url, Some(TOKEN), Some(&session), &call).await;
     assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.headers()["content-type"], "application/json");
+    let reply: Value = ok.json().await.unwrap();
+    assert_eq!(reply["id"], 2);
+    assert_eq!(reply["result"]["content"][0]["text"], "mirrored");
+
+    // A call whose server says something first is answered on an SSE
+    // stream: the server's message for the call, then the reply.
+    let notify =
+        json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"raw__notify"}});
+    let streamed = post(&http, &server.url, Some(TOKEN), Some(&session), &notify).await;
+    assert_eq!(streamed.status(), StatusCode::OK);
     assert!(
-        ok.headers()["content-type"]
+        streamed.headers()["content-type"]
             .to_str()
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let text = ok.text().await.unwrap();
-    let data = text
+    let text = streamed.text().await.unwrap();
+    let events: Vec<Value> = text
         .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .expect("an SSE data line");
-    let reply: Value = serde_json::from_str(data).unwrap();
-    assert_eq!(reply["id"], 2);
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{text}");
+    assert_eq!(events[0]["method"], "notifications/message");
+    assert_eq!(events[0]["params"]["data"], json!({"n": 1, "f": 2.0}));
+    let reply = &events[1];
+    assert_eq!(reply["id"], 4);
     assert_eq!(reply["result"]["content"][0]["text"], "mirrored");
 
     // JSON-only clients get JSON.

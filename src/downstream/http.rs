@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -133,6 +136,13 @@ pub async fn serve_on(
         })
     };
     let shutdown = gateway.shutdown_token();
+    // Without TCP_NODELAY the last chunk of a streamed reply waits for the
+    // client's delayed ACK (~40 ms on Linux) behind Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -292,8 +302,11 @@ async fn post_message(
             let error = ParseError::TooLarge {
                 limit: limits.max_message_bytes,
             };
+            // The rest of the body is never read, so the connection cannot
+            // carry another request: tell the client to open a new one.
             return (
                 StatusCode::PAYLOAD_TOO_LARGE,
+                [(header::CONNECTION, HeaderValue::from_static("close"))],
                 axum::Json(error.to_response(Value::Null)),
             )
                 .into_response();
@@ -409,19 +422,82 @@ async fn post_message(
     lock(&http_session.outlet.post_streams).insert(id.clone(), tx.clone());
     let gateway = state.gateway.clone();
     let outlet = http_session.outlet.clone();
-    tokio::spawn(async move {
+    let mut work = Detached::new(async move {
         let reply = gateway.handle(&session, message).await;
         lock(&outlet.post_streams).remove(&id);
         if let Some(reply) = reply {
             let _ = tx.send(reply);
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let message = rx.recv().await?;
-        let event = Event::default().data(serde_json::to_string(&message).unwrap_or_default());
-        Some((Ok::<_, Infallible>(event), rx))
-    });
+    // The reply alone is sent as plain JSON (one write, no stream to hold
+    // open); only when something else for this call comes first does the
+    // answer become an SSE stream, which the client said it accepts. The
+    // call runs in this task until then (no hop to another task on the
+    // common path), and on its own if the answer becomes a stream or the
+    // client goes away.
+    let mut rx = rx;
+    let first = tokio::select! {
+        biased;
+        () = &mut work => rx.recv().await,
+        first = rx.recv() => first,
+    };
+    let Some(first) = first else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    if matches!(
+        protocol::classify(&first),
+        Some(Kind::Response | Kind::ErrorResponse)
+    ) {
+        return axum::Json(first).into_response();
+    }
+    work.detach();
+    let stream =
+        futures_util::stream::unfold((Some(first), rx), |(mut first, mut rx)| async move {
+            let message = match first.take() {
+                Some(message) => message,
+                None => rx.recv().await?,
+            };
+            let event = Event::default().data(serde_json::to_string(&message).unwrap_or_default());
+            Some((Ok::<_, Infallible>(event), (None, rx)))
+        });
     Sse::new(stream).into_response()
+}
+
+/// Work that must run to its end even if whoever awaits it goes away: when
+/// dropped or detached before it finished, it goes on as a task of its own.
+struct Detached(Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>);
+
+impl Detached {
+    fn new(work: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self(Some(Box::pin(work)))
+    }
+
+    fn detach(&mut self) {
+        if let Some(work) = self.0.take() {
+            tokio::spawn(work);
+        }
+    }
+}
+
+impl Future for Detached {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let Some(work) = self.0.as_mut() else {
+            return std::task::Poll::Ready(());
+        };
+        let done = work.as_mut().poll(cx);
+        if done.is_ready() {
+            self.0 = None;
+        }
+        done
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.detach();
+    }
 }
 
 async fn open_stream(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {

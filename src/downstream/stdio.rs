@@ -1,10 +1,12 @@
 //! MCP over stdin/stdout for one client (Claude Desktop, Cursor, …).
 //! Logs never go to stdout: it carries only protocol messages.
 
+use std::os::fd::AsFd as _;
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use super::DownstreamError;
@@ -23,13 +25,35 @@ impl Outlet for StdioOutlet {
 /// Serves one client on the process's stdin and stdout until stdin closes
 /// or the gateway shuts down.
 pub async fn serve(gateway: Arc<Gateway>, client: ClientIdentity) -> Result<(), DownstreamError> {
+    let input: Box<dyn AsyncRead + Unpin + Send> = match stdin_pipe() {
+        Some(pipe) => Box::new(pipe),
+        None => Box::new(tokio::io::stdin()),
+    };
+    let output: Box<dyn AsyncWrite + Unpin + Send> = match stdout_pipe() {
+        Some(pipe) => Box::new(pipe),
+        None => Box::new(tokio::io::stdout()),
+    };
     serve_on(
         gateway,
         client,
-        BufReader::with_capacity(64 * 1024, tokio::io::stdin()),
-        tokio::io::stdout(),
+        BufReader::with_capacity(64 * 1024, input),
+        output,
     )
     .await
+}
+
+// When stdin and stdout are pipes (as when an agent starts the proxy), they
+// are read and written through the reactor. `tokio::io::stdin()` would hand
+// every read to a blocking thread, a thread hop on each message that costs
+// more than all of the proxy's own work on a call.
+fn stdin_pipe() -> Option<pipe::Receiver> {
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    pipe::Receiver::from_owned_fd(fd).ok()
+}
+
+fn stdout_pipe() -> Option<pipe::Sender> {
+    let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
+    pipe::Sender::from_owned_fd(fd).ok()
 }
 
 /// Serves one client on any reader and writer (tests use in-memory pipes).

@@ -498,12 +498,13 @@ impl Gateway {
         }
     }
 
-    /// An unknown tool or prompt; if its server is down, say so instead.
+    /// An unknown tool or prompt; if its server is down, or up again but its
+    /// lists not read yet, say so instead.
     fn not_found(&self, what: &str, name: &str) -> (i64, String) {
         let separator = &self.config.proxy.namespace_separator;
         if let Some((server, _)) = name.split_once(separator.as_str())
-            && let Some(upstream) = self.upstreams.iter().find(|u| &**u.name() == server)
-            && !matches!(upstream.status(), Status::Ready(_))
+            && let Some(index) = self.index_of(server)
+            && self.catalog().server_lists(index).is_none()
         {
             return (
                 code::UPSTREAM_UNAVAILABLE,
@@ -547,8 +548,10 @@ impl Gateway {
             request_id: client_id.clone(),
         };
         let call = upstream.begin(outgoing, Some(origin));
+        let progress =
+            |message: Value| self.notify(session, Some(server), message, Some(client_id));
         let result = tokio::select! {
-            result = call.send_and_wait(upstream.config().call_timeout) => Some(result),
+            result = call.send_and_follow(upstream.config().call_timeout, progress) => Some(result),
             () = cancel.cancelled() => None,
         };
         if let Some(key) = &key {
@@ -943,12 +946,6 @@ impl Gateway {
             | "notifications/resources/list_changed" => {
                 let this = self.clone();
                 tokio::spawn(async move { this.refresh(index).await });
-            }
-            "notifications/progress" => {
-                let Some(origin) = origin else { return };
-                if let Some(session) = self.session(origin.session) {
-                    self.notify(&session, Some(index), message, Some(&origin.request_id));
-                }
             }
             "notifications/resources/updated" => {
                 let Some(uri) = protocol::param_str(&message, "uri") else {

@@ -44,8 +44,8 @@ pub enum UpstreamEvent {
     Ready { server: Arc<str> },
     /// The server stopped; calls in flight failed.
     Down { server: Arc<str>, reason: String },
-    /// A notification. Progress notifications come with their token restored
-    /// to the client's and the origin of the call they belong to.
+    /// A notification. Progress notifications do not come here: they go to
+    /// the call they belong to ([`PendingCall::send_and_follow`]).
     Notification {
         server: Arc<str>,
         message: Value,
@@ -73,7 +73,10 @@ pub enum Status {
 struct Pending {
     reply: oneshot::Sender<Value>,
     origin: Option<Origin>,
-    progress_token: Option<Value>,
+    /// The client's progress token, and where the call's progress goes: to
+    /// the task that waits for the reply, so that progress can never be
+    /// overtaken by the reply it precedes.
+    progress: Option<(Value, mpsc::UnboundedSender<Value>)>,
 }
 
 pub(crate) struct Shared {
@@ -141,7 +144,6 @@ impl Shared {
             }
             Some(Kind::Notification) => {
                 let mut message = message;
-                let mut origin = None;
                 if protocol::method(&message) == Some("notifications/progress") {
                     let Some(token) = message
                         .get("params")
@@ -154,17 +156,20 @@ impl Shared {
                         let pending = self.pending();
                         pending
                             .get(&token)
-                            .and_then(|p| p.progress_token.clone().map(|t| (t, p.origin.clone())))
+                            .and_then(|p| p.progress.as_ref())
+                            .map(|(client_token, to)| (client_token.clone(), to.clone()))
                     };
-                    let Some((client_token, call_origin)) = restored else {
+                    let Some((client_token, to)) = restored else {
                         tracing::debug!(server = %self.name, "progress for a call no longer in flight");
                         return;
                     };
                     message["params"]["progressToken"] = client_token;
-                    origin = call_origin;
-                } else if related.is_some() {
-                    origin = self.origin_for(related);
+                    let _ = to.send(message);
+                    return;
                 }
+                // A log message while one client session has calls in flight
+                // belongs to that session; the gateway sends it nowhere else.
+                let origin = self.origin_for(related);
                 let event = UpstreamEvent::Notification {
                     server: self.name.clone(),
                     message,
@@ -207,6 +212,7 @@ pub struct PendingCall {
     id: u64,
     message: Option<Value>,
     reply: Option<oneshot::Receiver<Value>>,
+    progress: Option<mpsc::UnboundedReceiver<Value>>,
     done: bool,
 }
 
@@ -218,7 +224,18 @@ impl PendingCall {
 
     /// Sends the call and waits for the server's response message (with the
     /// upstream id still in it).
-    pub async fn send_and_wait(mut self, timeout: Duration) -> Result<Value, UpstreamError> {
+    pub async fn send_and_wait(self, timeout: Duration) -> Result<Value, UpstreamError> {
+        self.send_and_follow(timeout, |_| {}).await
+    }
+
+    /// Like [`send_and_wait`](Self::send_and_wait), handing each progress
+    /// notification of the call (its token restored to the client's) to
+    /// `on_progress` as it comes, all of them before the reply.
+    pub async fn send_and_follow(
+        mut self,
+        timeout: Duration,
+        mut on_progress: impl FnMut(Value),
+    ) -> Result<Value, UpstreamError> {
         let server = self.shared.name.to_string();
         let unavailable = |reason: String| UpstreamError::Unavailable {
             server: server.clone(),
@@ -237,6 +254,24 @@ impl PendingCall {
             self.shared.pending().remove(&self.id);
             return Err(unavailable(reason));
         }
+        let mut progress = self.progress.take();
+        let reply = async {
+            let mut reply = reply;
+            loop {
+                // Biased: progress the server sent before its reply is
+                // already queued when the reply arrives, and goes first.
+                tokio::select! {
+                    biased;
+                    Some(message) = async {
+                        match progress.as_mut() {
+                            Some(progress) => progress.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => on_progress(message),
+                    reply = &mut reply => return reply,
+                }
+            }
+        };
         match tokio::time::timeout(timeout, reply).await {
             Ok(Ok(response)) => {
                 self.done = true;
@@ -374,7 +409,7 @@ impl Upstream {
     pub fn begin(&self, mut message: Value, origin: Option<Origin>) -> PendingCall {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         message["id"] = Value::from(id);
-        let progress_token = match message
+        let client_token = match message
             .get_mut("params")
             .and_then(|params| params.get_mut("_meta"))
             .and_then(|meta| meta.get_mut("progressToken"))
@@ -383,13 +418,20 @@ impl Upstream {
             Some(token) => Some(std::mem::replace(token, Value::from(id))),
             None => None,
         };
+        let (progress_tx, progress_rx) = match client_token {
+            Some(token) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some((token, tx)), Some(rx))
+            }
+            None => (None, None),
+        };
         let (reply_tx, reply_rx) = oneshot::channel();
         self.shared.pending().insert(
             id,
             Pending {
                 reply: reply_tx,
                 origin,
-                progress_token,
+                progress: progress_tx,
             },
         );
         PendingCall {
@@ -397,6 +439,7 @@ impl Upstream {
             id,
             message: Some(message),
             reply: Some(reply_rx),
+            progress: progress_rx,
             done: false,
         }
     }

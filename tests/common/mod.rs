@@ -76,6 +76,9 @@ impl Default for TestProxy {
 
 impl TestProxy {
     pub fn new() -> Self {
+        // reqwest (the tests' HTTP clients) is built without a bundled
+        // crypto provider; the proxy uses ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
             servers: Vec::new(),

@@ -1,0 +1,138 @@
+//! The official Python MCP SDK (`mcp` from PyPI) as the client, through the
+//! real binary over stdio and over streamable HTTP, with the example server
+//! and `mcp-server-time` behind the proxy.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{TOKEN, TestProxy};
+use serde_json::{Value, json};
+
+const OPS: &[&str] = &[
+    "list_tools",
+    "call:example__echo:{\"text\":\"from python\"}",
+    "call:time__get_current_time:{\"timezone\":\"Asia/Tokyo\"}",
+    "list_resources",
+    "read:example://greeting",
+    "list_prompts",
+    "prompt:example__greet:{\"name\":\"Py\"}",
+    "call:example__sample:{\"prompt\":\"python asks\"}",
+    "call:example__nope",
+];
+
+/// Runs `tests/python/mcp_client.py` with the test virtualenv and returns its
+/// JSON document.
+async fn run_client(transport_args: Vec<String>) -> Value {
+    let mut command = tokio::process::Command::new(common::python());
+    command.arg(common::repo_root().join("tests/python/mcp_client.py"));
+    let (head, tail) = match transport_args.iter().position(|a| a == "--") {
+        Some(split) => transport_args.split_at(split),
+        None => (&transport_args[..], &[][..]),
+    };
+    command.args(head);
+    command.args(["--sampling-reply", "python model reply", "--no-validate"]);
+    for op in OPS {
+        command.args(["--op", op]);
+    }
+    command.args(tail);
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), command.output())
+        .await
+        .expect("the Python client finished in time")
+        .expect("run the Python client");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the Python client failed: {stderr}"
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("bad JSON from the Python client ({err}); stderr: {stderr}"))
+}
+
+fn op<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["op"] == name)
+        .unwrap_or_else(|| panic!("no result for {name} in {doc}"))
+}
+
+fn ok<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    let result = op(doc, name);
+    assert_eq!(result["ok"], true, "{name}: {result}");
+    &result["result"]
+}
+
+fn check(doc: &Value) {
+    assert_eq!(doc["server_info"]["name"], "portcullis", "{doc}");
+    let tools: Vec<&str> = ok(doc, "list_tools")["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(tools.contains(&"example__echo"), "{tools:?}");
+    assert!(tools.contains(&"time__convert_time"), "{tools:?}");
+
+    let echoed = ok(doc, OPS[1]);
+    assert_eq!(echoed["content"][0]["text"], "example: from python");
+    let time = ok(doc, OPS[2]);
+    let time: Value = serde_json::from_str(time["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(time["timezone"], "Asia/Tokyo");
+
+    let resources = ok(doc, "list_resources");
+    assert_eq!(resources["resources"][0]["uri"], "example://greeting");
+    let read = ok(doc, "read:example://greeting");
+    assert_eq!(read["contents"][0]["text"], "hello from example");
+    let prompts = ok(doc, "list_prompts");
+    assert_eq!(prompts["prompts"][0]["name"], "example__greet");
+    let prompt = ok(doc, OPS[6]);
+    assert_eq!(prompt["messages"][0]["content"]["text"], "Please greet Py");
+
+    let sampled = ok(doc, OPS[7]);
+    assert_eq!(sampled["content"][0]["text"], "sampled: python model reply");
+    assert_eq!(
+        doc["sampling_requests"][0]["messages"][0]["content"]["text"],
+        "python asks"
+    );
+
+    let unknown = op(doc, "call:example__nope");
+    assert_eq!(unknown["ok"], false);
+    assert_eq!(unknown["error"]["code"], json!(-32602), "{unknown}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_over_stdio() {
+    let proxy = TestProxy::new()
+        .with_example_server("example")
+        .with_time_server("time");
+    let config = proxy.write_config();
+    let doc = run_client(vec![
+        "stdio".into(),
+        "--".into(),
+        common::portcullis_bin().into(),
+        "stdio".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--client".into(),
+        "tester".into(),
+    ])
+    .await;
+    check(&doc);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_over_http() {
+    let proxy = TestProxy::new()
+        .with_example_server("example")
+        .with_time_server("time");
+    let server = proxy.serve_http().await;
+    let doc = run_client(vec![
+        "http".into(),
+        server.url.clone(),
+        "--token".into(),
+        TOKEN.into(),
+    ])
+    .await;
+    check(&doc);
+}
