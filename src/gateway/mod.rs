@@ -548,10 +548,9 @@ impl Gateway {
             request_id: client_id.clone(),
         };
         let call = upstream.begin(outgoing, Some(origin));
-        let progress =
-            |message: Value| self.notify(session, Some(server), message, Some(client_id));
+        let follow = |message: Value| self.notify(session, Some(server), message, Some(client_id));
         let result = tokio::select! {
-            result = call.send_and_follow(upstream.config().call_timeout, progress) => Some(result),
+            result = call.send_and_follow(upstream.config().call_timeout, follow) => Some(result),
             () = cancel.cancelled() => None,
         };
         if let Some(key) = &key {
@@ -822,13 +821,9 @@ impl Gateway {
                         self.forget_forwarded(index);
                     }
                 }
-                UpstreamEvent::Notification {
-                    server,
-                    message,
-                    origin,
-                } => {
+                UpstreamEvent::Notification { server, message } => {
                     if let Some(index) = self.index_of(&server) {
-                        self.server_notification(index, message, origin);
+                        self.server_notification(index, message);
                     }
                 }
                 UpstreamEvent::Request {
@@ -938,7 +933,7 @@ impl Gateway {
         self.chain.finish(&exchange, &outcome);
     }
 
-    fn server_notification(self: &Arc<Self>, index: usize, message: Value, origin: Option<Origin>) {
+    fn server_notification(self: &Arc<Self>, index: usize, message: Value) {
         let method = protocol::method(&message).unwrap_or_default().to_owned();
         match method.as_str() {
             "notifications/tools/list_changed"
@@ -986,17 +981,11 @@ impl Gateway {
                 }
             }
             "notifications/message" => {
-                // Log messages tied to a call go to that call's session;
-                // others to every session.
-                match origin.and_then(|o| self.session(o.session).map(|s| (s, o.request_id))) {
-                    Some((session, request_id)) => {
-                        self.notify(&session, Some(index), message, Some(&request_id))
-                    }
-                    None => {
-                        for session in self.initialized_sessions() {
-                            self.notify(&session, Some(index), message.clone(), None);
-                        }
-                    }
+                // Log messages sent during a call went to that call's
+                // session (`forward`); these came while no call was in
+                // flight, and are the server's own.
+                for session in self.initialized_sessions() {
+                    self.notify(&session, Some(index), message.clone(), None);
                 }
             }
             _ => {

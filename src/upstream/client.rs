@@ -44,13 +44,9 @@ pub enum UpstreamEvent {
     Ready { server: Arc<str> },
     /// The server stopped; calls in flight failed.
     Down { server: Arc<str>, reason: String },
-    /// A notification. Progress notifications do not come here: they go to
-    /// the call they belong to ([`PendingCall::send_and_follow`]).
-    Notification {
-        server: Arc<str>,
-        message: Value,
-        origin: Option<Origin>,
-    },
+    /// A notification not tied to a call. Progress, and log messages sent
+    /// during a call, go to the call instead ([`PendingCall::send_and_follow`]).
+    Notification { server: Arc<str>, message: Value },
     /// A server→client request (`sampling/createMessage`, `elicitation/create`,
     /// `roots/list`, …) with the server's own id. Answer it with
     /// [`Upstream::send`]. `origin` is the call it was made for, when known.
@@ -73,10 +69,12 @@ pub enum Status {
 struct Pending {
     reply: oneshot::Sender<Value>,
     origin: Option<Origin>,
-    /// The client's progress token, and where the call's progress goes: to
-    /// the task that waits for the reply, so that progress can never be
-    /// overtaken by the reply it precedes.
-    progress: Option<(Value, mpsc::UnboundedSender<Value>)>,
+    /// The client's progress token, if it asked for progress.
+    progress_token: Option<Value>,
+    /// Where the call's own notifications (progress, log messages) go: to
+    /// the task that waits for the reply, so that none can be overtaken by
+    /// the reply it precedes.
+    follow: mpsc::UnboundedSender<Value>,
 }
 
 pub(crate) struct Shared {
@@ -144,36 +142,52 @@ impl Shared {
             }
             Some(Kind::Notification) => {
                 let mut message = message;
-                if protocol::method(&message) == Some("notifications/progress") {
-                    let Some(token) = message
-                        .get("params")
-                        .and_then(|p| p.get("progressToken"))
-                        .and_then(Value::as_u64)
-                    else {
+                match protocol::method(&message) {
+                    Some("notifications/progress") => {
+                        let Some(token) = message
+                            .get("params")
+                            .and_then(|p| p.get("progressToken"))
+                            .and_then(Value::as_u64)
+                        else {
+                            return;
+                        };
+                        let restored = {
+                            let pending = self.pending();
+                            pending
+                                .get(&token)
+                                .and_then(|p| Some((p.progress_token.clone()?, p.follow.clone())))
+                        };
+                        let Some((client_token, follow)) = restored else {
+                            tracing::debug!(server = %self.name, "progress for a call no longer in flight");
+                            return;
+                        };
+                        message["params"]["progressToken"] = client_token;
+                        let _ = follow.send(message);
                         return;
-                    };
-                    let restored = {
-                        let pending = self.pending();
-                        pending
-                            .get(&token)
-                            .and_then(|p| p.progress.as_ref())
-                            .map(|(client_token, to)| (client_token.clone(), to.clone()))
-                    };
-                    let Some((client_token, to)) = restored else {
-                        tracing::debug!(server = %self.name, "progress for a call no longer in flight");
-                        return;
-                    };
-                    message["params"]["progressToken"] = client_token;
-                    let _ = to.send(message);
-                    return;
+                    }
+                    // A log message while one client session has calls in
+                    // flight belongs to that session (to the call whose
+                    // response stream carried it, when the transport tells).
+                    Some("notifications/message") => {
+                        let follow = self
+                            .call_for(related)
+                            .and_then(|id| self.pending().get(&id).map(|p| p.follow.clone()));
+                        if let Some(follow) = follow {
+                            let _ = follow.send(message);
+                            return;
+                        }
+                        // Calls of several sessions in flight: it could hold
+                        // any one client's data, so it goes to none of them.
+                        if self.pending().values().any(|p| p.origin.is_some()) {
+                            tracing::debug!(server = %self.name, "dropped a log message that cannot be tied to one client session");
+                            return;
+                        }
+                    }
+                    _ => {}
                 }
-                // A log message while one client session has calls in flight
-                // belongs to that session; the gateway sends it nowhere else.
-                let origin = self.origin_for(related);
                 let event = UpstreamEvent::Notification {
                     server: self.name.clone(),
                     message,
-                    origin,
                 };
                 let _ = self.events.send(event).await;
             }
@@ -182,21 +196,24 @@ impl Shared {
     }
 
     /// Which client call a server→client message belongs to: the call whose
-    /// response stream carried it, or else the only client session with calls
-    /// in flight. With several sessions in flight nobody can tell, and the
-    /// message is not guessed onto one of them.
-    fn origin_for(&self, related: Option<u64>) -> Option<Origin> {
+    /// response stream carried it, or else a call of the only client session
+    /// with calls in flight. With several sessions in flight nobody can tell,
+    /// and the message is not guessed onto one of them.
+    fn call_for(&self, related: Option<u64>) -> Option<u64> {
         let pending = self.pending();
         if let Some(id) = related {
-            return pending.get(&id).and_then(|p| p.origin.clone());
+            return pending.get(&id).and_then(|p| p.origin.as_ref()).map(|_| id);
         }
-        let mut origins = pending.values().filter_map(|p| p.origin.as_ref());
-        let first = origins.next()?;
-        if origins.all(|other| other.session == first.session) {
-            Some(first.clone())
-        } else {
-            None
-        }
+        let mut calls = pending
+            .iter()
+            .filter_map(|(id, p)| p.origin.as_ref().map(|origin| (*id, origin.session)));
+        let (first, session) = calls.next()?;
+        calls.all(|(_, other)| other == session).then_some(first)
+    }
+
+    fn origin_for(&self, related: Option<u64>) -> Option<Origin> {
+        let id = self.call_for(related)?;
+        self.pending().get(&id).and_then(|p| p.origin.clone())
     }
 
     fn fail_all_pending(&self) {
@@ -212,7 +229,7 @@ pub struct PendingCall {
     id: u64,
     message: Option<Value>,
     reply: Option<oneshot::Receiver<Value>>,
-    progress: Option<mpsc::UnboundedReceiver<Value>>,
+    follow: Option<mpsc::UnboundedReceiver<Value>>,
     done: bool,
 }
 
@@ -228,13 +245,14 @@ impl PendingCall {
         self.send_and_follow(timeout, |_| {}).await
     }
 
-    /// Like [`send_and_wait`](Self::send_and_wait), handing each progress
-    /// notification of the call (its token restored to the client's) to
-    /// `on_progress` as it comes, all of them before the reply.
+    /// Like [`send_and_wait`](Self::send_and_wait), handing each notification
+    /// that belongs to the call (progress with its token restored to the
+    /// client's, log messages) to `on_notification` as it comes, all of them
+    /// before the reply.
     pub async fn send_and_follow(
         mut self,
         timeout: Duration,
-        mut on_progress: impl FnMut(Value),
+        mut on_notification: impl FnMut(Value),
     ) -> Result<Value, UpstreamError> {
         let server = self.shared.name.to_string();
         let unavailable = |reason: String| UpstreamError::Unavailable {
@@ -254,20 +272,20 @@ impl PendingCall {
             self.shared.pending().remove(&self.id);
             return Err(unavailable(reason));
         }
-        let mut progress = self.progress.take();
+        let mut follow = self.follow.take();
         let reply = async {
             let mut reply = reply;
             loop {
-                // Biased: progress the server sent before its reply is
-                // already queued when the reply arrives, and goes first.
+                // Biased: what the server sent before its reply is already
+                // queued when the reply arrives, and goes first.
                 tokio::select! {
                     biased;
                     Some(message) = async {
-                        match progress.as_mut() {
-                            Some(progress) => progress.recv().await,
+                        match follow.as_mut() {
+                            Some(follow) => follow.recv().await,
                             None => std::future::pending().await,
                         }
-                    } => on_progress(message),
+                    } => on_notification(message),
                     reply = &mut reply => return reply,
                 }
             }
@@ -418,20 +436,15 @@ impl Upstream {
             Some(token) => Some(std::mem::replace(token, Value::from(id))),
             None => None,
         };
-        let (progress_tx, progress_rx) = match client_token {
-            Some(token) => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                (Some((token, tx)), Some(rx))
-            }
-            None => (None, None),
-        };
+        let (follow_tx, follow_rx) = mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = oneshot::channel();
         self.shared.pending().insert(
             id,
             Pending {
                 reply: reply_tx,
                 origin,
-                progress: progress_tx,
+                progress_token: client_token,
+                follow: follow_tx,
             },
         );
         PendingCall {
@@ -439,7 +452,7 @@ impl Upstream {
             id,
             message: Some(message),
             reply: Some(reply_rx),
-            progress: progress_rx,
+            follow: Some(follow_rx),
             done: false,
         }
     }
