@@ -5,8 +5,10 @@
 //! `--seconds S` for the concurrent phase). Prints a Markdown table with
 //! p50/p99 latency, calls/s and the ratios to the direct baseline.
 //!
-//! The client is a minimal JSON-RPC client (one request in flight, no SDK
-//! overhead) so that what is measured is the transport and the proxy.
+//! The clients are minimal (a JSON-RPC client on pipes, an HTTP/1.1 client
+//! on one kept-alive connection; one request in flight, no SDK overhead) so
+//! that what is measured is the transport and the proxy. The HTTP `ping` line
+//! (answered by the proxy itself) shows what the HTTP transport alone costs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Stdio;
