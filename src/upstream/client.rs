@@ -614,6 +614,9 @@ impl Upstream {
                         () = connected.closed.cancelled() => false,
                         () = shutdown.cancelled() => true,
                     };
+                    // A Ctrl-C in a terminal reaches the server too, and it
+                    // may exit just before the proxy starts shutting down.
+                    let stopping = stopping || shutdown.is_cancelled();
                     connected.link.close();
                     self.shared.set_link(None);
                     self.shared.fail_all_pending();
