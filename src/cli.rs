@@ -191,17 +191,44 @@ fn client_identity(config: &Config, name: &str) -> anyhow::Result<ClientIdentity
 
 fn announce_sandboxing(config: &Config) {
     for server in &config.servers {
-        if let UpstreamSpec::Process(spec) = &server.kind {
-            tracing::warn!(
+        match &server.kind {
+            UpstreamSpec::Process(spec) => tracing::warn!(
                 server = %server.name,
                 command = %spec.command,
                 "UNSANDBOXED: process server runs with the proxy's own rights"
-            );
+            ),
+            UpstreamSpec::Container(spec) => {
+                for relaxation in spec.sandbox.relaxations() {
+                    tracing::warn!(server = %server.name, relaxation, "container sandbox relaxed");
+                }
+                for danger in spec.sandbox.dangers() {
+                    tracing::warn!(server = %server.name, danger, "DANGEROUS: allowed by `allow_dangerous = true`");
+                }
+            }
+            UpstreamSpec::Remote(_) => {}
         }
     }
 }
 
+/// Containers that a killed proxy left on this host are removed before any
+/// new one starts.
+async fn remove_orphaned_containers(config: &Config) {
+    let any = config
+        .servers
+        .iter()
+        .any(|server| matches!(server.kind, UpstreamSpec::Container(_)));
+    if !any {
+        return;
+    }
+    match crate::upstream::container::remove_orphans().await {
+        Ok(0) => {}
+        Ok(count) => tracing::warn!(count, "removed containers left behind by a proxy that died"),
+        Err(err) => tracing::warn!(error = err, "cannot look for orphaned containers"),
+    }
+}
+
 async fn start_gateway(config: Config) -> Arc<Gateway> {
+    remove_orphaned_containers(&config).await;
     let config = Arc::new(config);
     let chain = interceptors::build_chain(&config);
     let (gateway, events) = Gateway::new(config, chain);
@@ -272,8 +299,19 @@ fn servers_list(config: &Config, format: Format) {
         .iter()
         .map(|server| {
             let (target, sandbox) = match &server.kind {
-                UpstreamSpec::Process(spec) => (spec.command.clone(), "UNSANDBOXED"),
-                UpstreamSpec::Remote(spec) => (redact_url(&spec.url), "remote"),
+                UpstreamSpec::Process(spec) => (spec.command.clone(), "UNSANDBOXED".to_owned()),
+                UpstreamSpec::Remote(spec) => (redact_url(&spec.url), "remote".to_owned()),
+                UpstreamSpec::Container(spec) => {
+                    let sandbox = if !spec.sandbox.dangers().is_empty() {
+                        "DANGEROUS".to_owned()
+                    } else {
+                        match spec.sandbox.relaxations().len() {
+                            0 => "hardened".to_owned(),
+                            n => format!("relaxed({n})"),
+                        }
+                    };
+                    (spec.image.clone(), sandbox)
+                }
             };
             json!({
                 "name": server.name,

@@ -44,7 +44,7 @@ fn invalid_configs_name_file_line_and_key() {
         (
             "[[servers]]\nname = \"a\"\n",
             ":1:1",
-            "needs one of `process` or `remote`",
+            "needs one of `container`, `process` or `remote`",
         ),
         (
             "[[servers]]\nname = \"a\"\nremote = { url = \"ftp://x\" }\n",

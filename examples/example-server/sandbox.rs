@@ -22,9 +22,9 @@ pub struct SandboxProbe {
     tmp_noexec: Option<bool>,
     /// Network interface names (from /proc/net/dev).
     network_interfaces: Option<Vec<String>>,
-    /// /sys/fs/cgroup/pids.max: a number, or "max".
+    /// pids.max of the process's cgroup (v2, else v1): a number, or "max".
     pids_max: Option<Value>,
-    /// /sys/fs/cgroup/memory.max: a number of bytes, or "max".
+    /// memory.max (v2) or memory.limit_in_bytes (v1): bytes, or "max".
     memory_max: Option<Value>,
     /// Whether the no_new_privs flag is set (the `NoNewPrivs:` line).
     no_new_privs: Option<bool>,
@@ -51,8 +51,11 @@ pub fn probe() -> SandboxProbe {
         network_interfaces: fs::read_to_string("/proc/net/dev")
             .ok()
             .map(|dev| interfaces(&dev)),
-        pids_max: cgroup_limit("/sys/fs/cgroup/pids.max"),
-        memory_max: cgroup_limit("/sys/fs/cgroup/memory.max"),
+        // cgroup v2 first, then v1's per-controller hierarchies.
+        pids_max: cgroup_limit("/sys/fs/cgroup/pids.max")
+            .or_else(|| cgroup_limit("/sys/fs/cgroup/pids/pids.max")),
+        memory_max: cgroup_limit("/sys/fs/cgroup/memory.max")
+            .or_else(|| cgroup_limit("/sys/fs/cgroup/memory/memory.limit_in_bytes")),
         no_new_privs: field("NoNewPrivs").and_then(|flag| match flag {
             "0" => Some(false),
             "1" => Some(true),

@@ -144,8 +144,9 @@ impl Gateway {
             session.close();
         }
         let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
+        // Long enough for every container to be removed.
         let _ = tokio::time::timeout(
-            Duration::from_secs(5),
+            Duration::from_secs(20),
             futures_util::future::join_all(tasks),
         )
         .await;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{UpstreamError, process, remote};
+use super::{UpstreamError, container, process, remote};
 use crate::config::{LimitsConfig, ServerConfig, UpstreamSpec};
 use crate::protocol::{self, Kind};
 
@@ -20,8 +20,9 @@ pub(crate) trait Link: Send + Sync {
     fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>>;
     /// Called once the handshake settled the protocol version.
     fn set_protocol_version(&self, _version: &str) {}
-    /// Stops the link: kills the process or ends the HTTP session.
-    fn close(&self);
+    /// Stops the link: kills the process, removes the container or ends the
+    /// HTTP session, and returns once that is done.
+    fn close(&self) -> BoxFuture<'_, ()>;
 }
 
 /// A running link and the token it cancels when the connection dies.
@@ -512,6 +513,16 @@ impl Upstream {
             UpstreamSpec::Remote(spec) => {
                 remote::open(spec, &secrets, self.limits, self.shared.clone()).await
             }
+            UpstreamSpec::Container(spec) => {
+                container::spawn(
+                    spec,
+                    &secrets,
+                    self.limits,
+                    self.shared.clone(),
+                    self.restarts(),
+                )
+                .await
+            }
         }
     }
 
@@ -588,7 +599,7 @@ impl Upstream {
                 match handshake {
                     Ok(info) => Ok((connected, info)),
                     Err(err) => {
-                        connected.link.close();
+                        connected.link.close().await;
                         Err(err)
                     }
                 }
@@ -617,7 +628,7 @@ impl Upstream {
                     // A Ctrl-C in a terminal reaches the server too, and it
                     // may exit just before the proxy starts shutting down.
                     let stopping = stopping || shutdown.is_cancelled();
-                    connected.link.close();
+                    connected.link.close().await;
                     self.shared.set_link(None);
                     self.shared.fail_all_pending();
                     if stopping {
@@ -657,7 +668,7 @@ impl Upstream {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
         if let Some(link) = self.shared.current_link() {
-            link.close();
+            link.close().await;
         }
         self.shared.set_link(None);
         self.shared.fail_all_pending();

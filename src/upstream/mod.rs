@@ -6,11 +6,12 @@
 //! sessions can share one server, and reports what the server sends on its
 //! own (notifications, server→client requests) as [`UpstreamEvent`]s.
 //!
-//! How bytes reach the server is a [`Link`]: `process` (a local command over
-//! stdio) and `remote` (streamable HTTP) live here; `container` slots in as
-//! one more `Link` launcher.
+//! How bytes reach the server is a link: `process` (a local command over
+//! stdio), `container` (an image run through the Docker engine, stdio
+//! attached) and `remote` (streamable HTTP).
 
 mod client;
+pub mod container;
 mod process;
 mod remote;
 mod sse;

@@ -39,8 +39,9 @@ impl Link for ProcessLink {
         .boxed()
     }
 
-    fn close(&self) {
+    fn close(&self) -> BoxFuture<'_, ()> {
         self.closed.cancel();
+        std::future::ready(()).boxed()
     }
 }
 

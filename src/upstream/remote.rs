@@ -210,14 +210,14 @@ impl Link for RemoteHandle {
         }
     }
 
-    fn close(&self) {
-        if self.0.closed.is_cancelled() {
-            return;
-        }
-        self.0.closed.cancel();
-        if self.0.has_session() {
-            let link = self.0.clone();
-            tokio::spawn(async move {
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            if self.0.closed.is_cancelled() {
+                return;
+            }
+            self.0.closed.cancel();
+            if self.0.has_session() {
+                let link = &self.0;
                 let _ = link
                     .with_session(
                         link.client
@@ -227,8 +227,9 @@ impl Link for RemoteHandle {
                     .timeout(Duration::from_secs(2))
                     .send()
                     .await;
-            });
+            }
         }
+        .boxed()
     }
 }
 

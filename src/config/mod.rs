@@ -13,6 +13,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod container;
+
+pub use container::{
+    BindMount, ContainerSpec, Isolation, PullPolicy, Sandbox, StartPolicy, TmpfsMount, parse_size,
+};
+
 /// A config that failed to load.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -106,6 +112,7 @@ pub struct ServerConfig {
 pub enum UpstreamSpec {
     Process(ProcessSpec),
     Remote(RemoteSpec),
+    Container(Box<ContainerSpec>),
 }
 
 impl UpstreamSpec {
@@ -113,6 +120,7 @@ impl UpstreamSpec {
         match self {
             Self::Process(_) => "process",
             Self::Remote(_) => "remote",
+            Self::Container(_) => "container",
         }
     }
 }
@@ -252,7 +260,8 @@ struct RawServer {
     name: String,
     process: Option<ProcessSpec>,
     remote: Option<RawRemote>,
-    container: Option<toml::Table>,
+    container: Option<container::RawContainer>,
+    sandbox: Option<container::RawSandbox>,
     timeout: Option<String>,
     #[serde(default)]
     secrets: BTreeMap<String, String>,
@@ -546,11 +555,11 @@ impl Validator<'_> {
                     format!("server `{}` is defined twice", server.name),
                 ));
             }
-            if server.container.is_some() {
+            if server.sandbox.is_some() && server.container.is_none() {
                 return Err(err(
-                    ".container",
+                    ".sandbox",
                     format!(
-                        "server `{}`: container upstreams are not available in this version; use `process` or `remote`",
+                        "server `{}`: `[servers.sandbox]` applies to `container` servers only; a `process` server runs unsandboxed",
                         server.name
                     ),
                 ));
@@ -565,74 +574,82 @@ impl Validator<'_> {
                 })?;
                 secrets.insert(name, parsed);
             }
-            let kind = match (server.process, server.remote) {
-                (Some(process), None) => {
-                    if process.command.trim().is_empty() {
-                        return Err(err(".process.command", "the command is empty".into()));
-                    }
-                    let cwd = process.cwd.map(resolve);
-                    // A relative path (not a bare name looked up in PATH)
-                    // is relative to the config file, like every other path.
-                    let command = if process.command.contains('/') {
-                        resolve(PathBuf::from(&process.command))
-                            .to_string_lossy()
-                            .into_owned()
-                    } else {
-                        process.command
-                    };
-                    UpstreamSpec::Process(ProcessSpec {
-                        command,
-                        cwd,
-                        ..process
-                    })
+            let kinds = [
+                server.process.is_some(),
+                server.remote.is_some(),
+                server.container.is_some(),
+            ]
+            .iter()
+            .filter(|&&given| given)
+            .count();
+            let one_of = |how: &str| {
+                err(
+                    "",
+                    format!(
+                        "server `{}` {how} one of `container`, `process` or `remote`",
+                        server.name
+                    ),
+                )
+            };
+            if kinds > 1 {
+                return Err(one_of("may have only"));
+            }
+            let kind = if let Some(raw) = server.container {
+                UpstreamSpec::Container(Box::new(
+                    container::container_spec(&server.name, raw, server.sandbox, base)
+                        .map_err(|(field, message)| err(&field, message))?,
+                ))
+            } else if let Some(process) = server.process {
+                if process.command.trim().is_empty() {
+                    return Err(err(".process.command", "the command is empty".into()));
                 }
-                (None, Some(remote)) => {
-                    if !(remote.url.starts_with("http://") || remote.url.starts_with("https://"))
-                        || reqwest::Url::parse(&remote.url).is_err()
+                container::check_env(&process.env)
+                    .map_err(|(name, message)| err(&format!(".process.env.{name}"), message))?;
+                let cwd = process.cwd.map(resolve);
+                // A relative path (not a bare name looked up in PATH)
+                // is relative to the config file, like every other path.
+                let command = if process.command.contains('/') {
+                    resolve(PathBuf::from(&process.command))
+                        .to_string_lossy()
+                        .into_owned()
+                } else {
+                    process.command
+                };
+                UpstreamSpec::Process(ProcessSpec {
+                    command,
+                    cwd,
+                    ..process
+                })
+            } else if let Some(remote) = server.remote {
+                if !(remote.url.starts_with("http://") || remote.url.starts_with("https://"))
+                    || reqwest::Url::parse(&remote.url).is_err()
+                {
+                    return Err(err(
+                        ".remote.url",
+                        format!("`{}` is not an http:// or https:// URL", remote.url),
+                    ));
+                }
+                let mut headers = Vec::new();
+                for (header, value) in remote.headers {
+                    let parsed = parse_header_value(&value);
+                    if let HeaderValue::Secret { secret, .. } = &parsed
+                        && !secrets.contains_key(secret)
                     {
                         return Err(err(
-                            ".remote.url",
-                            format!("`{}` is not an http:// or https:// URL", remote.url),
+                            &format!(".remote.headers.{header}"),
+                            format!(
+                                "refers to `secret:{secret}`, which is not in this server's `secrets`"
+                            ),
                         ));
                     }
-                    let mut headers = Vec::new();
-                    for (header, value) in remote.headers {
-                        let parsed = parse_header_value(&value);
-                        if let HeaderValue::Secret { secret, .. } = &parsed
-                            && !secrets.contains_key(secret)
-                        {
-                            return Err(err(
-                                &format!(".remote.headers.{header}"),
-                                format!(
-                                    "refers to `secret:{secret}`, which is not in this server's `secrets`"
-                                ),
-                            ));
-                        }
-                        headers.push((header, parsed));
-                    }
-                    UpstreamSpec::Remote(RemoteSpec {
-                        url: remote.url,
-                        headers,
-                    })
+                    headers.push((header, parsed));
                 }
-                (None, None) => {
-                    return Err(err(
-                        "",
-                        format!(
-                            "server `{}` needs one of `process` or `remote`",
-                            server.name
-                        ),
-                    ));
-                }
-                (Some(_), Some(_)) => {
-                    return Err(err(
-                        "",
-                        format!(
-                            "server `{}` may have only one of `process` or `remote`",
-                            server.name
-                        ),
-                    ));
-                }
+                UpstreamSpec::Remote(RemoteSpec {
+                    url: remote.url,
+                    headers,
+                })
+            } else {
+                return Err(one_of("needs"));
             };
             let call_timeout = match server.timeout {
                 None => proxy_config.call_timeout,

@@ -1,0 +1,675 @@
+//! `container` upstreams: an MCP server image run through the Docker Engine
+//! API (bollard; `DOCKER_HOST` honoured) under the hardened profile, speaking
+//! MCP over the container's attached stdin and stdout.
+//!
+//! Order matters when starting: the container is created, attached, and only
+//! then started, so that not one byte of its output is missed. From creation
+//! on, a container never outlives the link that owns it: every failure path
+//! removes it, and so does closing the link. Containers left behind by a proxy
+//! that was killed are found by their labels at the next start and removed.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::{AttachContainerResults, LogOutput};
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, ListContainersOptions,
+    RemoveContainerOptions,
+};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::UpstreamError;
+use super::client::{Connected, Link, Shared};
+use crate::config::{ContainerSpec, LimitsConfig, PullPolicy};
+use crate::protocol::{self, Frame, FrameReader};
+
+/// Every container Portcullis starts carries these labels.
+pub const LABEL_MANAGED: &str = "dev.portcullis.managed";
+pub const LABEL_SERVER: &str = "dev.portcullis.server";
+/// `HOST/PID/STARTTIME` of the proxy process that owns the container.
+pub const LABEL_OWNER: &str = "dev.portcullis.owner";
+/// How many times the server had been restarted when this container started.
+pub const LABEL_RESTARTS: &str = "dev.portcullis.restarts";
+
+/// How long engine calls that should be quick (inspect, remove) may take.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+static ENGINE: tokio::sync::OnceCell<Docker> = tokio::sync::OnceCell::const_new();
+
+/// Where the engine is, for messages: `DOCKER_HOST` or the default socket.
+pub fn engine_address() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+}
+
+/// The Docker engine, connected once with the API version negotiated (so an
+/// older engine is spoken to in its own version).
+pub async fn engine() -> Result<&'static Docker, String> {
+    ENGINE
+        .get_or_try_init(|| async {
+            let unreachable = |err: String| {
+                format!(
+                    "the Docker engine at `{}` is not reachable: {err}",
+                    engine_address()
+                )
+            };
+            let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
+            match tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version()).await {
+                Ok(Ok(docker)) => Ok(docker),
+                Ok(Err(err)) => Err(unreachable(err.to_string())),
+                Err(_) => Err(unreachable("no answer within 10s".into())),
+            }
+        })
+        .await
+}
+
+/// This proxy process, as written in [`LABEL_OWNER`]: the host name, the pid
+/// and the process's start time (so a recycled pid is not taken for us).
+pub fn owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let pid = std::process::id();
+    format!("{host}/{pid}/{}", start_time(pid).unwrap_or_default())
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; the fields
+    // after its closing parenthesis are plain.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the proxy that wrote `owner` is gone. Owners on other hosts (an
+/// engine shared over `DOCKER_HOST`) are never judged from here.
+fn owner_is_gone(owner: &str) -> bool {
+    let mut parts = owner.splitn(3, '/');
+    let (Some(host), Some(pid), Some(started)) = (parts.next(), parts.next(), parts.next()) else {
+        return true;
+    };
+    let ours = self::owner();
+    if ours.split('/').next() != Some(host) {
+        return false;
+    }
+    let Ok(pid) = pid.parse::<u32>() else {
+        return true;
+    };
+    match start_time(pid) {
+        None => true,
+        Some(now) => now.to_string() != started,
+    }
+}
+
+/// Removes the containers that proxies on this host left behind when they
+/// died without cleaning up. Returns how many were removed.
+pub async fn remove_orphans() -> Result<usize, String> {
+    let docker = engine().await?;
+    let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")])]);
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|err| format!("cannot list containers: {}", describe(&err)))?;
+    let mut removed = 0;
+    for container in containers {
+        let Some(id) = container.id else { continue };
+        let labels = container.labels.unwrap_or_default();
+        let orphan = labels
+            .get(LABEL_OWNER)
+            .is_none_or(|owner| owner_is_gone(owner));
+        if !orphan {
+            continue;
+        }
+        let server = labels.get(LABEL_SERVER).cloned().unwrap_or_default();
+        match remove(docker, &id).await {
+            Ok(()) => {
+                removed += 1;
+                tracing::warn!(
+                    server,
+                    container = short(&id),
+                    "removed a container left by a proxy that did not shut down"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(
+                    server,
+                    container = short(&id),
+                    error = err,
+                    "cannot remove an orphaned container"
+                )
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// What Docker is asked for: the hardened profile with the server's
+/// relaxations (see DESIGN.md, "Hardened default container profile").
+pub fn create_body(
+    spec: &ContainerSpec,
+    env: Vec<String>,
+    labels: HashMap<String, String>,
+) -> ContainerCreateBody {
+    let sandbox = &spec.sandbox;
+    let tmpfs_options = |bytes: i64| format!("rw,noexec,nosuid,nodev,size={bytes}");
+    let mut tmpfs = HashMap::from([("/tmp".to_owned(), tmpfs_options(sandbox.tmp_bytes))]);
+    for extra in &sandbox.tmpfs {
+        tmpfs.insert(extra.target.clone(), tmpfs_options(extra.size_bytes));
+    }
+    let mounts = sandbox
+        .mounts
+        .iter()
+        .map(|mount| Mount {
+            typ: Some(MountType::BIND),
+            source: Some(mount.source.to_string_lossy().into_owned()),
+            target: Some(mount.target.clone()),
+            read_only: Some(!mount.writable),
+            ..Default::default()
+        })
+        .collect();
+    let host_config = HostConfig {
+        cap_drop: Some(vec!["ALL".into()]),
+        // Docker's default seccomp profile applies as long as no
+        // `seccomp=` option replaces it.
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        readonly_rootfs: Some(sandbox.read_only_root),
+        tmpfs: Some(tmpfs),
+        memory: Some(sandbox.memory_bytes),
+        // Swap equal to memory: no swap beyond the memory limit.
+        memory_swap: Some(sandbox.memory_bytes),
+        nano_cpus: Some((sandbox.cpus * 1e9).round() as i64),
+        pids_limit: Some(sandbox.pids),
+        network_mode: Some(sandbox.network.clone()),
+        privileged: Some(sandbox.privileged),
+        pid_mode: sandbox.host_pid.then(|| "host".to_owned()),
+        ipc_mode: Some(if sandbox.host_ipc { "host" } else { "private" }.into()),
+        init: Some(true),
+        mounts: Some(mounts),
+        // Restarts are the proxy's (with backoff and accounting), and a dead
+        // container is removed by the proxy once its exit code is read.
+        auto_remove: Some(false),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
+        // The container's output is the MCP traffic: it stays out of
+        // Docker's log files.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("none".into()),
+            config: None,
+        }),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        entrypoint: spec.entrypoint.clone(),
+        cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+        env: Some(env),
+        user: Some(sandbox.user.clone()),
+        labels: Some(labels),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(true),
+        // When the proxy's attachment goes (even by SIGKILL), stdin closes
+        // and the server sees end of input.
+        stdin_once: Some(true),
+        tty: Some(false),
+        network_disabled: Some(sandbox.network == "none"),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// The labels of a container for `server`.
+pub fn labels(server: &str, restarts: u64) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_MANAGED.to_owned(), "true".to_owned()),
+        (LABEL_SERVER.to_owned(), server.to_owned()),
+        (LABEL_OWNER.to_owned(), owner()),
+        (LABEL_RESTARTS.to_owned(), restarts.to_string()),
+    ])
+}
+
+/// Makes sure the engine has the image (pulling it only if the server allows)
+/// and that it is the pinned one.
+pub async fn ensure_image(docker: &Docker, spec: &ContainerSpec) -> Result<(), String> {
+    let image = match docker.inspect_image(&spec.image).await {
+        Ok(image) => image,
+        Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {
+            if spec.pull == PullPolicy::Never {
+                return Err(format!(
+                    "image `{}` is not in the Docker engine; build it (`docker build -t {} …`) or load it (`docker load -i …`). Portcullis pulls only when the server sets `pull = \"missing\"`",
+                    spec.image, spec.image
+                ));
+            }
+            pull(docker, &spec.image).await?;
+            docker
+                .inspect_image(&spec.image)
+                .await
+                .map_err(|err| format!("image `{}`: {}", spec.image, describe(&err)))?
+        }
+        Err(err) => return Err(format!("image `{}`: {}", spec.image, describe(&err))),
+    };
+    if let Some(digest) = &spec.digest {
+        let id_matches = image.id.as_deref() == Some(digest.as_str());
+        let repo_matches = image
+            .repo_digests
+            .iter()
+            .flatten()
+            .any(|repo| repo.ends_with(&format!("@{digest}")));
+        if !(id_matches || repo_matches) {
+            return Err(format!(
+                "image `{}` is `{}`, not the pinned digest `{digest}`; refusing to start it",
+                spec.image,
+                image.id.as_deref().unwrap_or("unknown")
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn pull(docker: &Docker, image: &str) -> Result<(), String> {
+    tracing::info!(image, "pulling the image (`pull = \"missing\"`)");
+    let (name, tag) = match image.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')) {
+        Some((name, tag)) => (name, tag),
+        None => (image, "latest"),
+    };
+    let mut progress = docker.create_image(
+        Some(CreateImageOptions {
+            from_image: Some(name.to_owned()),
+            tag: Some(tag.to_owned()),
+            ..Default::default()
+        }),
+        None,
+        None,
+    );
+    while let Some(step) = progress.next().await {
+        step.map_err(|err| format!("cannot pull image `{image}`: {}", describe(&err)))?;
+    }
+    Ok(())
+}
+
+/// A short, client-safe description of an engine error.
+pub fn describe(err: &DockerError) -> String {
+    match err {
+        DockerError::DockerResponseServerError {
+            status_code,
+            message,
+        } => format!("the engine answered {status_code}: {message}"),
+        other => other.to_string(),
+    }
+}
+
+pub fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+async fn remove(docker: &Docker, id: &str) -> Result<(), String> {
+    let removed = docker.remove_container(
+        id,
+        Some(RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        }),
+    );
+    match tokio::time::timeout(ENGINE_TIMEOUT, removed).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        })) => Ok(()),
+        Ok(Err(err)) => Err(describe(&err)),
+        Err(_) => Err(format!("no answer within {}s", ENGINE_TIMEOUT.as_secs())),
+    }
+}
+
+/// Removes a container when dropped, unless disarmed: no failure while
+/// starting leaves one behind.
+struct Created<'a> {
+    docker: &'a Docker,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for Created<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let id = std::mem::take(&mut self.id);
+            let docker = self.docker.clone();
+            tokio::spawn(async move {
+                if let Err(err) = remove(&docker, &id).await {
+                    tracing::warn!(
+                        container = short(&id),
+                        error = err,
+                        "cannot remove a container that failed to start"
+                    );
+                }
+            });
+        }
+    }
+}
+
+struct ContainerLink {
+    docker: Docker,
+    id: String,
+    server: Arc<str>,
+    stdin: tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>,
+    closed: CancellationToken,
+}
+
+impl Link for ContainerLink {
+    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>> {
+        async move {
+            let line = protocol::encode_line(&message);
+            let mut stdin = self.stdin.lock().await;
+            let written = async {
+                stdin.write_all(&line).await?;
+                stdin.flush().await
+            }
+            .await;
+            written.map_err(|err| {
+                self.closed.cancel();
+                format!("cannot write to the container: {err}")
+            })
+        }
+        .boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            self.closed.cancel();
+            // Say how it ended before the evidence goes.
+            if let Ok(Ok(info)) = tokio::time::timeout(
+                ENGINE_TIMEOUT,
+                self.docker.inspect_container(&self.id, None),
+            )
+            .await
+                && let Some(state) = info.state
+                && state.running != Some(true)
+            {
+                tracing::warn!(
+                    server = %self.server,
+                    container = short(&self.id),
+                    exit_code = state.exit_code,
+                    oom_killed = state.oom_killed,
+                    "container exited"
+                );
+            }
+            match remove(&self.docker, &self.id).await {
+                Ok(()) => {
+                    tracing::debug!(server = %self.server, container = short(&self.id), "container removed")
+                }
+                Err(err) => {
+                    tracing::warn!(server = %self.server, container = short(&self.id), error = err, "cannot remove the container")
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+pub(super) async fn spawn(
+    spec: &ContainerSpec,
+    secrets: &[(String, String)],
+    limits: LimitsConfig,
+    shared: Arc<Shared>,
+    restarts: u64,
+) -> Result<Connected, UpstreamError> {
+    let server = shared.name.clone();
+    let fail = |reason: String| UpstreamError::Start {
+        server: server.to_string(),
+        reason,
+    };
+    let docker = engine().await.map_err(fail)?;
+    ensure_image(docker, spec).await.map_err(fail)?;
+
+    // Secrets travel only in the create request's environment: never on a
+    // command line, never in a log line.
+    let env = spec
+        .env
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .chain(
+            secrets
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    let body = create_body(spec, env, labels(&server, restarts));
+    let name = format!(
+        "portcullis-{server}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let response = docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .map_err(|err| fail(format!("cannot create the container: {}", describe(&err))))?;
+    let mut created = Created {
+        docker,
+        id: response.id,
+        armed: true,
+    };
+    let AttachContainerResults { output, input } = docker
+        .attach_container(
+            &created.id,
+            Some(AttachContainerOptions {
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                stream: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|err| {
+            fail(format!(
+                "cannot attach to the container: {}",
+                describe(&err)
+            ))
+        })?;
+    docker
+        .start_container(&created.id, None)
+        .await
+        .map_err(|err| fail(format!("cannot start the container: {}", describe(&err))))?;
+    created.armed = false;
+    let id = std::mem::take(&mut created.id);
+    let relaxations = spec.sandbox.relaxations();
+    tracing::info!(
+        server = %server,
+        container = short(&id),
+        image = %spec.image,
+        relaxations = relaxations.len(),
+        "container started"
+    );
+
+    let closed = CancellationToken::new();
+    // Its output: stdout carries MCP (in chunks not aligned to lines, so it
+    // goes through the same bounded line reader as a process's stdout);
+    // stderr goes to the log at debug level.
+    {
+        let closed = closed.clone();
+        let shared = shared.clone();
+        let server = server.clone();
+        let stdout = output.filter_map(move |item| {
+            let server = server.clone();
+            async move {
+                match item {
+                    Ok(LogOutput::StdOut { message }) => Some(Ok::<Bytes, std::io::Error>(message)),
+                    Ok(LogOutput::StdErr { message }) => {
+                        for line in String::from_utf8_lossy(&message).lines() {
+                            let line: String = line.chars().take(2000).collect();
+                            tracing::debug!(server = %server, "stderr: {line}");
+                        }
+                        None
+                    }
+                    Ok(_) => None,
+                    Err(err) => Some(Err(std::io::Error::other(err.to_string()))),
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let reader = tokio_util::io::StreamReader::new(Box::pin(stdout));
+            let mut frames = FrameReader::new(
+                tokio::io::BufReader::with_capacity(64 * 1024, reader),
+                limits.max_message_bytes,
+            );
+            loop {
+                let frame = tokio::select! {
+                    frame = frames.next() => frame,
+                    () = closed.cancelled() => break,
+                };
+                match frame {
+                    Ok(Some(Frame::Line(line))) => match protocol::parse(&line, limits.max_depth) {
+                        Ok(message) => shared.dispatch(message, None).await,
+                        Err(err) => {
+                            tracing::warn!(server = %shared.name, error = %err, "dropped a message from the server")
+                        }
+                    },
+                    Ok(Some(Frame::Oversize)) => tracing::warn!(
+                        server = %shared.name,
+                        limit = limits.max_message_bytes,
+                        "dropped a message from the server: too large"
+                    ),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            closed.cancel();
+        });
+    }
+
+    Ok(Connected {
+        link: Arc::new(ContainerLink {
+            docker: docker.clone(),
+            id,
+            server,
+            stdin: tokio::sync::Mutex::new(input),
+            closed: closed.clone(),
+        }),
+        closed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BindMount, Isolation, Sandbox, StartPolicy};
+
+    fn spec(sandbox: Sandbox) -> ContainerSpec {
+        ContainerSpec {
+            image: "example:dev".into(),
+            digest: None,
+            entrypoint: None,
+            args: vec!["--name".into(), "x".into()],
+            env: Default::default(),
+            pull: PullPolicy::Never,
+            start: StartPolicy::Eager,
+            idle_timeout: None,
+            isolation: Isolation::Shared,
+            sandbox,
+        }
+    }
+
+    #[test]
+    fn the_default_profile_is_hardened() {
+        let body = create_body(&spec(Sandbox::default()), vec![], labels("x", 0));
+        let host = body.host_config.clone().unwrap_or_default();
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(
+            host.security_opt,
+            Some(vec!["no-new-privileges:true".to_owned()])
+        );
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(
+            host.tmpfs
+                .as_ref()
+                .and_then(|t| t.get("/tmp"))
+                .map(String::as_str),
+            Some("rw,noexec,nosuid,nodev,size=67108864")
+        );
+        assert_eq!(host.memory, Some(512 << 20));
+        assert_eq!(host.memory_swap, host.memory);
+        assert_eq!(host.nano_cpus, Some(1_000_000_000));
+        assert_eq!(host.pids_limit, Some(256));
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(host.privileged, Some(false));
+        assert_eq!(host.pid_mode, None);
+        assert_eq!(host.ipc_mode.as_deref(), Some("private"));
+        assert_eq!(host.init, Some(true));
+        assert_eq!(host.mounts, Some(vec![]));
+        assert_eq!(body.user.as_deref(), Some("65534:65534"));
+        assert_eq!(body.tty, Some(false));
+        assert_eq!(body.open_stdin, Some(true));
+        assert_eq!(body.stdin_once, Some(true));
+        assert_eq!(body.cmd, Some(vec!["--name".to_owned(), "x".to_owned()]));
+        let labels = body.labels.unwrap_or_default();
+        assert_eq!(labels.get(LABEL_MANAGED).map(String::as_str), Some("true"));
+        assert_eq!(labels.get(LABEL_SERVER).map(String::as_str), Some("x"));
+        assert!(!owner_is_gone(&labels[LABEL_OWNER]), "we are alive");
+    }
+
+    #[test]
+    fn relaxations_reach_the_profile() {
+        let sandbox = Sandbox {
+            network: "bridge".into(),
+            memory_bytes: 1 << 30,
+            mounts: vec![BindMount {
+                source: "/srv/data".into(),
+                target: "/data".into(),
+                writable: false,
+            }],
+            ..Sandbox::default()
+        };
+        let host = create_body(&spec(sandbox), vec![], labels("x", 0))
+            .host_config
+            .unwrap_or_default();
+        assert_eq!(host.network_mode.as_deref(), Some("bridge"));
+        assert_eq!(host.memory, Some(1 << 30));
+        assert_eq!(host.memory_swap, Some(1 << 30));
+        let mounts = host.mounts.unwrap_or_default();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].read_only, Some(true));
+        assert_eq!(mounts[0].typ, Some(MountType::BIND));
+    }
+
+    #[test]
+    fn owners_that_are_gone_are_recognised() {
+        let ours = owner();
+        assert!(!owner_is_gone(&ours));
+        let host = ours.split('/').next().unwrap_or_default();
+        assert!(owner_is_gone(&format!("{host}/999999999/1")));
+        // Our pid with another start time is a recycled pid: gone.
+        assert!(owner_is_gone(&format!("{host}/{}/1", std::process::id())));
+        assert!(
+            !owner_is_gone("some-other-host/1/1"),
+            "other hosts are not ours to judge"
+        );
+        assert!(owner_is_gone("garbage"));
+    }
+}
