@@ -114,11 +114,13 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    // rmcp logs whole messages at debug: keep it at warn so arguments never
-    // reach the log.
+    // rmcp logs whole messages at debug, and bollard whole request bodies
+    // (container environments, secrets included): both stay at warn so that
+    // arguments and secrets never reach the log, whatever PORTCULLIS_LOG says.
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        .add_directive("rmcp=warn".parse().unwrap_or_default());
+        .add_directive("rmcp=warn".parse().unwrap_or_default())
+        .add_directive("bollard=warn".parse().unwrap_or_default());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -57,6 +57,33 @@ pub fn python() -> PathBuf {
         .clone()
 }
 
+/// The example server's image (`FROM scratch`, statically linked), built on
+/// first use by `scripts/build-test-image.sh`, the command the README shows.
+/// Fails, never skips, when Docker is missing.
+pub fn test_image() -> String {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let output = std::process::Command::new("bash")
+                .arg(repo_root().join("scripts/build-test-image.sh"))
+                .stdin(Stdio::null())
+                .output()
+                .expect("run scripts/build-test-image.sh");
+            assert!(
+                output.status.success(),
+                "scripts/build-test-image.sh failed (these tests need a running Docker engine):\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .last()
+                .expect("the script prints the tag")
+                .trim()
+                .to_owned()
+        })
+        .clone()
+}
+
 pub fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
@@ -105,6 +132,16 @@ impl TestProxy {
         let python = python();
         let snippet = format!(
             "[[servers]]\nname = \"{name}\"\nprocess = {{ command = {python:?}, args = [\"-m\", \"mcp_server_time\", \"--local-timezone\", \"UTC\"] }}\n"
+        );
+        self.with_server_toml(&snippet)
+    }
+
+    /// The example server as a `container` upstream; `container_keys` and
+    /// `sandbox` are extra TOML for `container = { … }` and `[servers.sandbox]`.
+    pub fn with_container_server(self, name: &str, container_keys: &str, sandbox: &str) -> Self {
+        let image = test_image();
+        let snippet = format!(
+            "[[servers]]\nname = \"{name}\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"{name}\"]{container_keys} }}\n[servers.sandbox]\n{sandbox}\n"
         );
         self.with_server_toml(&snippet)
     }
@@ -168,11 +205,18 @@ impl TestProxy {
 
     /// `portcullis stdio` with raw line access.
     pub async fn raw_stdio(&self) -> RawClient {
+        self.raw_stdio_with_env(&[]).await
+    }
+
+    /// `portcullis stdio` with raw line access, extra environment, and its
+    /// log kept for [`RawClient::log`].
+    pub async fn raw_stdio_with_env(&self, env: &[(&str, &str)]) -> RawClient {
         let mut command = self.stdio_command();
         command
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         RawClient::spawn(command)
     }
 
@@ -230,12 +274,33 @@ impl HttpProxy {
     pub fn pid(&self) -> u32 {
         self.child.id().expect("pid")
     }
+
+    /// Sends `signal` (`TERM`, `KILL`, …) to the proxy.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub async fn terminate(mut self) {
+        self.signal("TERM");
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the proxy exits after SIGTERM")
+            .expect("wait for the proxy");
+        assert!(status.success(), "the proxy exited with {status}");
+    }
 }
 
 /// A line-level client of `portcullis stdio`, for protocol edge cases.
 pub struct RawClient {
     pub child: Child,
-    stdin: ChildStdin,
+    /// The proxy's log lines so far (when its stderr was piped).
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stdin: Option<ChildStdin>,
     incoming: mpsc::UnboundedReceiver<Value>,
     /// Messages read while waiting for something else.
     backlog: Vec<Value>,
@@ -246,6 +311,17 @@ impl RawClient {
         let mut child = command.spawn().expect("spawn portcullis");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = child.stdout.take().expect("stdout");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[proxy] {line}");
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
         let (tx, incoming) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
@@ -260,16 +336,29 @@ impl RawClient {
         });
         Self {
             child,
-            stdin,
+            log,
+            stdin: Some(stdin),
             incoming,
             backlog: Vec::new(),
         }
     }
 
     pub async fn send_line(&mut self, line: &[u8]) {
-        self.stdin.write_all(line).await.expect("write");
-        self.stdin.write_all(b"\n").await.expect("write");
-        self.stdin.flush().await.expect("flush");
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        stdin.write_all(line).await.expect("write");
+        stdin.write_all(b"\n").await.expect("write");
+        stdin.flush().await.expect("flush");
+    }
+
+    /// Closes stdin, as a client that is done does, and waits for the proxy
+    /// to shut down cleanly.
+    pub async fn finish(mut self) {
+        drop(self.stdin.take());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the proxy exits after its stdin closes")
+            .expect("wait for the proxy");
+        assert!(status.success(), "the proxy exited with {status}");
     }
 
     pub async fn send(&mut self, message: Value) {
@@ -329,6 +418,31 @@ impl RawClient {
         reply
     }
 
+    /// The proxy's log so far, one line each.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 60 s) until a log line contains all of `parts`.
+    pub async fn wait_for_log(&self, parts: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = self
+                .log()
+                .into_iter()
+                .find(|line| parts.iter().all(|part| line.contains(part)))
+            {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line with {parts:?} in:\n{}",
+                self.log().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Messages that arrived but were not asked for yet.
     pub fn backlog(&self) -> &[Value] {
         &self.backlog
@@ -342,4 +456,62 @@ pub fn first_text(response: &Value) -> String {
         .and_then(Value::as_str)
         .unwrap_or_else(|| panic!("no text content in {response}"))
         .to_owned()
+}
+
+/// A streamable HTTP session of the `tester` client that asks for JSON replies.
+pub struct HttpSession {
+    http: reqwest::Client,
+    url: String,
+    session: String,
+}
+
+impl HttpSession {
+    pub async fn connect(url: &str) -> Self {
+        let http = reqwest::Client::new();
+        let response = http
+            .post(url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"http-test","version":"0"}}}))
+            .send()
+            .await
+            .expect("initialize over HTTP");
+        assert!(
+            response.status().is_success(),
+            "initialize: {}",
+            response.status()
+        );
+        let session = response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let this = Self {
+            http,
+            url: url.to_owned(),
+            session,
+        };
+        this.post(serde_json::json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await;
+        this
+    }
+
+    async fn post(&self, message: Value) -> reqwest::Response {
+        self.http
+            .post(&self.url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json")
+            .header("mcp-session-id", &self.session)
+            .json(&message)
+            .send()
+            .await
+            .expect("POST /mcp")
+    }
+
+    /// Sends a request and returns its JSON-RPC reply.
+    pub async fn call(&self, id: i64, method: &str, params: Value) -> Value {
+        let response = self
+            .post(serde_json::json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}))
+            .await;
+        response.json().await.expect("a JSON reply")
+    }
 }

@@ -1,0 +1,513 @@
+//! `container` upstreams against the real Docker engine: the example server's
+//! image (`FROM scratch`, built by `scripts/build-test-image.sh`) behind the
+//! proxy, over stdio and HTTP, under the hardened profile; restarts, clean
+//! shutdown, orphans of a killed proxy, and bad input. These tests fail, never
+//! skip, when the engine is missing.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::ContainerSummary;
+use bollard::query_parameters::ListContainersOptions;
+use common::{HttpSession, RawClient, TestProxy, first_text};
+use serde_json::{Value, json};
+
+/// The tests here start and kill proxies whose start-up removes the
+/// containers of dead proxies: one at a time, so that an orphan one test
+/// leaves on purpose is not removed by another test's proxy first.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn docker() -> Docker {
+    Docker::connect_with_defaults()
+        .expect("a Docker client")
+        .negotiate_version()
+        .await
+        .expect("the Docker engine answers (these tests need it)")
+}
+
+/// Every container (running or not) of the server `name`.
+async fn containers(docker: &Docker, server: &str) -> Vec<ContainerSummary> {
+    let filters = HashMap::from([(
+        "label".to_owned(),
+        vec![format!("dev.portcullis.server={server}")],
+    )]);
+    docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+}
+
+/// Waits until `server` has exactly `count` containers and returns them.
+async fn wait_for_containers(docker: &Docker, server: &str, count: usize) -> Vec<ContainerSummary> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = containers(docker, server).await;
+        if found.len() == count {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server `{server}`: expected {count} containers, found {}: {found:?}",
+            found.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn initialized(proxy: &TestProxy) -> RawClient {
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    client
+}
+
+fn probe_of(reply: &Value) -> Value {
+    reply["result"]["structuredContent"].clone()
+}
+
+fn assert_hardened_probe(probe: &Value) {
+    assert_eq!(probe["uid"], 65534, "{probe}");
+    assert_eq!(probe["gid"], 65534, "{probe}");
+    assert_eq!(probe["cap_eff"], "0000000000000000", "{probe}");
+    assert_eq!(probe["root_read_only"], true, "{probe}");
+    assert_eq!(probe["tmp_noexec"], true, "{probe}");
+    assert_eq!(probe["network_interfaces"], json!(["lo"]), "{probe}");
+    assert_eq!(probe["pids_max"], 256, "{probe}");
+    assert_eq!(probe["memory_max"], 512 * 1024 * 1024, "{probe}");
+    assert_eq!(probe["no_new_privs"], true, "{probe}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_reach_a_hardened_container_over_stdio_and_http() {
+    let _serial = SERIAL.lock().await;
+    let docker = docker().await;
+    let proxy = TestProxy::new().with_container_server("box-calls", "", "");
+
+    // stdio
+    let mut client = initialized(&proxy).await;
+    let echoed = client
+        .call(
+            1,
+            "tools/call",
+            json!({"name":"box-calls__echo","arguments":{"text":"from a box"}}),
+        )
+        .await;
+    assert_eq!(first_text(&echoed), "box-calls: from a box");
+    let probe = client
+        .call(
+            2,
+            "tools/call",
+            json!({"name":"box-calls__sandbox_probe","arguments":{}}),
+        )
+        .await;
+    assert_hardened_probe(&probe_of(&probe));
+
+    // What the engine was asked for, as it reports it.
+    let running = wait_for_containers(&docker, "box-calls", 1).await;
+    let id = running[0].id.clone().unwrap();
+    let inspected = docker.inspect_container(&id, None).await.unwrap();
+    let host = inspected.host_config.clone().unwrap();
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+    let security = host.security_opt.clone().unwrap_or_default();
+    assert!(
+        security.contains(&"no-new-privileges:true".to_owned()),
+        "{security:?}"
+    );
+    assert!(
+        !security.iter().any(|o| o.contains("seccomp")),
+        "Docker's default seccomp profile stays: {security:?}"
+    );
+    assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(
+        host.tmpfs
+            .as_ref()
+            .and_then(|t| t.get("/tmp"))
+            .map(String::as_str),
+        Some("rw,noexec,nosuid,nodev,size=67108864")
+    );
+    assert_eq!(host.memory, Some(512 * 1024 * 1024));
+    assert_eq!(host.memory_swap, Some(512 * 1024 * 1024));
+    assert_eq!(host.nano_cpus, Some(1_000_000_000));
+    assert_eq!(host.pids_limit, Some(256));
+    assert_eq!(host.network_mode.as_deref(), Some("none"));
+    assert_eq!(host.privileged, Some(false));
+    assert!(host.pid_mode.as_deref().unwrap_or_default().is_empty());
+    assert_eq!(host.ipc_mode.as_deref(), Some("private"));
+    assert_eq!(host.init, Some(true));
+    assert!(host.binds.unwrap_or_default().is_empty());
+    assert!(host.mounts.unwrap_or_default().is_empty());
+    assert_eq!(
+        host.log_config.and_then(|l| l.typ).as_deref(),
+        Some("none"),
+        "MCP traffic stays out of Docker's logs"
+    );
+    let config = inspected.config.unwrap();
+    assert_eq!(config.user.as_deref(), Some("65534:65534"));
+    assert_eq!(config.tty, Some(false));
+    let labels = config.labels.unwrap();
+    assert_eq!(labels["dev.portcullis.managed"], "true");
+    assert_eq!(labels["dev.portcullis.server"], "box-calls");
+
+    // HTTP, through another proxy process with its own container.
+    let server = proxy.serve_http().await;
+    let session = HttpSession::connect(&server.url).await;
+    let echoed = session
+        .call(
+            3,
+            "tools/call",
+            json!({"name":"box-calls__echo","arguments":{"text":"over http"}}),
+        )
+        .await;
+    assert_eq!(first_text(&echoed), "box-calls: over http");
+    let probe = session
+        .call(
+            4,
+            "tools/call",
+            json!({"name":"box-calls__sandbox_probe","arguments":{}}),
+        )
+        .await;
+    assert_hardened_probe(&probe_of(&probe));
+    wait_for_containers(&docker, "box-calls", 2).await;
+
+    // Ending the proxies removes their containers.
+    client.finish().await;
+    server.terminate().await;
+    assert!(containers(&docker, "box-calls").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relaxations_apply_and_secrets_reach_only_the_container() {
+    let _serial = SERIAL.lock().await;
+    let docker = docker().await;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("note.txt"), "hello").unwrap();
+    let secret = "s3cr3t-value-for-the-container";
+    let image = common::test_image();
+    let proxy = TestProxy::new().with_server_toml(&format!(
+        "[[servers]]\nname = \"box-relaxed\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"box-relaxed\"], env = {{ LOG_LEVEL = \"debug\" }} }}\nsecrets = {{ API_KEY = \"env:PORTCULLIS_TEST_CONTAINER_SECRET\" }}\n[servers.sandbox]\nmemory = \"256m\"\npids = 64\nuser = \"1000:1000\"\nmounts = [{{ source = {:?}, target = \"/data\" }}]\n",
+        data.path()
+    ));
+    let config_path = proxy.write_config();
+    let mut command = proxy.stdio_command();
+    command
+        .env("PORTCULLIS_LOG", "debug")
+        .env("PORTCULLIS_TEST_CONTAINER_SECRET", secret)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut client = RawClient::spawn(command);
+    client.initialize().await;
+    let probe = client
+        .call(
+            1,
+            "tools/call",
+            json!({"name":"box-relaxed__sandbox_probe","arguments":{}}),
+        )
+        .await;
+    let probe = probe_of(&probe);
+    assert_eq!(probe["uid"], 1000, "{probe}");
+    assert_eq!(probe["pids_max"], 64, "{probe}");
+    assert_eq!(probe["memory_max"], 256 * 1024 * 1024, "{probe}");
+    assert_eq!(probe["cap_eff"], "0000000000000000", "{probe}");
+
+    let running = wait_for_containers(&docker, "box-relaxed", 1).await;
+    let inspected = docker
+        .inspect_container(running[0].id.as_deref().unwrap(), None)
+        .await
+        .unwrap();
+    let env = inspected.config.unwrap().env.unwrap_or_default();
+    assert!(
+        env.contains(&format!("API_KEY={secret}")),
+        "the container gets the secret"
+    );
+    assert!(env.contains(&"LOG_LEVEL=debug".to_owned()));
+    let mounts = inspected.host_config.unwrap().mounts.unwrap_or_default();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].read_only, Some(true));
+    assert_eq!(mounts[0].target.as_deref(), Some("/data"));
+
+    // Each relaxation is announced; the secret is in no log line, not even
+    // at debug level, and not in `servers list`.
+    for relaxation in [
+        "user `1000:1000`",
+        "memory 268435456 bytes",
+        "pids 64",
+        "read-only bind mount",
+    ] {
+        client
+            .wait_for_log(&["container sandbox relaxed", "box-relaxed", relaxation])
+            .await;
+    }
+    assert!(
+        client.log().iter().all(|line| !line.contains(secret)),
+        "the secret leaked into the log"
+    );
+    let listed = std::process::Command::new(common::portcullis_bin())
+        .args(["servers", "list", "--format", "json", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("API_KEY") && !listed.contains(secret),
+        "{listed}"
+    );
+    assert!(listed.contains("relaxed(4)"), "{listed}");
+    client.finish().await;
+    assert!(containers(&docker, "box-relaxed").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashing_container_is_replaced_by_a_fresh_one() {
+    let _serial = SERIAL.lock().await;
+    let docker = docker().await;
+    let proxy = TestProxy::new().with_container_server("box-crash", "", "");
+    let mut client = initialized(&proxy).await;
+    let first = wait_for_containers(&docker, "box-crash", 1).await;
+    let first_id = first[0].id.clone().unwrap();
+
+    let crashed = client
+        .call(
+            1,
+            "tools/call",
+            json!({"name":"box-crash__crash","arguments":{"code":7}}),
+        )
+        .await;
+    assert_eq!(crashed["error"]["code"], -32011, "{crashed}");
+    client
+        .wait_for_log(&["container exited", "box-crash", "exit_code=7"])
+        .await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut id = 10;
+    loop {
+        id += 1;
+        let reply = client
+            .call(
+                id,
+                "tools/call",
+                json!({"name":"box-crash__echo","arguments":{"text":"again"}}),
+            )
+            .await;
+        if reply.get("result").is_some() {
+            assert_eq!(first_text(&reply), "box-crash: again");
+            break;
+        }
+        assert_eq!(reply["error"]["code"], -32011, "{reply}");
+        assert!(Instant::now() < deadline, "the server did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let now = wait_for_containers(&docker, "box-crash", 1).await;
+    assert_ne!(now[0].id.clone().unwrap(), first_id, "a new container");
+    assert_eq!(
+        now[0].labels.as_ref().unwrap()["dev.portcullis.restarts"],
+        "1"
+    );
+    client.finish().await;
+    assert!(containers(&docker, "box-crash").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_removes_every_container_and_a_killed_proxys_are_removed_at_next_start() {
+    let _serial = SERIAL.lock().await;
+    let docker = docker().await;
+    let proxy = TestProxy::new()
+        .with_container_server("box-term-a", "", "")
+        .with_container_server("box-term-b", "", "");
+
+    // SIGTERM: a clean shutdown leaves nothing behind.
+    let server = proxy.serve_http().await;
+    wait_for_containers(&docker, "box-term-a", 1).await;
+    wait_for_containers(&docker, "box-term-b", 1).await;
+    server.terminate().await;
+    assert!(containers(&docker, "box-term-a").await.is_empty());
+    assert!(containers(&docker, "box-term-b").await.is_empty());
+
+    // SIGKILL: the containers stay (stopped, once their stdin closed) …
+    let mut server = proxy.serve_http().await;
+    wait_for_containers(&docker, "box-term-a", 1).await;
+    wait_for_containers(&docker, "box-term-b", 1).await;
+    server.signal("KILL");
+    let _ = server.child.wait().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        containers(&docker, "box-term-a").await.len(),
+        1,
+        "left behind"
+    );
+    assert_eq!(
+        containers(&docker, "box-term-b").await.len(),
+        1,
+        "left behind"
+    );
+
+    // … until the next proxy starts, removes them, and runs its own.
+    let server = proxy.serve_http().await;
+    let session = HttpSession::connect(&server.url).await;
+    let echoed = session
+        .call(
+            1,
+            "tools/call",
+            json!({"name":"box-term-a__echo","arguments":{"text":"fresh"}}),
+        )
+        .await;
+    assert_eq!(first_text(&echoed), "box-term-a: fresh");
+    let now = wait_for_containers(&docker, "box-term-a", 1).await;
+    let owner = &now[0].labels.as_ref().unwrap()["dev.portcullis.owner"];
+    assert!(
+        owner.contains(&format!("/{}/", server.pid())),
+        "only the new proxy's container remains: {owner}"
+    );
+    wait_for_containers(&docker, "box-term-b", 1).await;
+    server.terminate().await;
+    assert!(containers(&docker, "box-term-a").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_image_and_an_unreachable_engine_are_clear_errors_naming_the_server() {
+    let _serial = SERIAL.lock().await;
+    let docker = docker().await;
+    let proxy = TestProxy::new()
+        .with_server_toml(
+            "[[servers]]\nname = \"ghost-image\"\ncontainer = { image = \"portcullis/no-such-image:1\" }\n",
+        )
+        .with_example_server("fine");
+    let mut client = proxy.raw_stdio_with_env(&[]).await;
+    client.initialize().await;
+    let line = client
+        .wait_for_log(&[
+            "ghost-image",
+            "image `portcullis/no-such-image:1` is not in the Docker engine",
+        ])
+        .await;
+    assert!(line.contains("docker build"), "says how to get it: {line}");
+    let reply = client
+        .call(
+            1,
+            "tools/call",
+            json!({"name":"ghost-image__echo","arguments":{}}),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], -32011, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ghost-image"),
+        "{reply}"
+    );
+    // The other server is unaffected, and nothing was left behind.
+    let fine = client
+        .call(
+            2,
+            "tools/call",
+            json!({"name":"fine__echo","arguments":{"text":"ok"}}),
+        )
+        .await;
+    assert_eq!(first_text(&fine), "fine: ok");
+    assert!(containers(&docker, "ghost-image").await.is_empty());
+    client.finish().await;
+
+    let proxy = TestProxy::new().with_container_server("no-engine", "", "");
+    let mut client = proxy
+        .raw_stdio_with_env(&[("DOCKER_HOST", "unix:///nonexistent/docker.sock")])
+        .await;
+    client.initialize().await;
+    client
+        .wait_for_log(&[
+            "no-engine",
+            "the Docker engine at `unix:///nonexistent/docker.sock` is not reachable",
+        ])
+        .await;
+    let reply = client
+        .call(
+            1,
+            "tools/call",
+            json!({"name":"no-engine__echo","arguments":{}}),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], -32011, "{reply}");
+    assert!(containers(&docker, "no-engine").await.is_empty());
+    client.finish().await;
+}
+
+#[test]
+fn dangerous_relaxations_and_literal_secrets_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    let image = "portcullis/example-server:dev";
+    for (sandbox, expected) in [
+        ("user = \"0:0\"", "runs as root"),
+        ("privileged = true", "privileged mode"),
+        ("network = \"host\"", "host's network namespace"),
+        ("host_pid = true", "host's PID namespace"),
+        (
+            "mounts = [{ source = \"/etc\", target = \"/etc2\", writable = true }]",
+            "writable host mount",
+        ),
+    ] {
+        std::fs::write(
+            &path,
+            format!("[[servers]]\nname = \"risky\"\ncontainer = {{ image = {image:?} }}\n[servers.sandbox]\n{sandbox}\n"),
+        )
+        .unwrap();
+        let output = std::process::Command::new(common::portcullis_bin())
+            .args(["servers", "list", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{sandbox} must be refused");
+        assert!(stderr.contains("servers[0].sandbox"), "{stderr}");
+        assert!(stderr.contains("`risky`"), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(stderr.contains("allow_dangerous = true"), "{stderr}");
+
+        // Allowed when the operator says so, and then flagged.
+        std::fs::write(
+            &path,
+            format!("[[servers]]\nname = \"risky\"\ncontainer = {{ image = {image:?} }}\n[servers.sandbox]\n{sandbox}\nallow_dangerous = true\n"),
+        )
+        .unwrap();
+        let output = std::process::Command::new(common::portcullis_bin())
+            .args(["servers", "list", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("DANGEROUS"));
+    }
+
+    std::fs::write(
+        &path,
+        format!("[[servers]]\nname = \"leaky\"\ncontainer = {{ image = {image:?}, env = {{ GITHUB_TOKEN = \"ghp_abcdefghijklmnop\" }} }}\n"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(common::portcullis_bin())
+        .args(["servers", "list", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("servers[0].container.env.GITHUB_TOKEN"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("literal secret"), "{stderr}");
+    assert!(
+        !stderr.contains("ghp_abcdefghijklmnop"),
+        "never echoed: {stderr}"
+    );
+}
