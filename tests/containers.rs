@@ -318,13 +318,16 @@ async fn a_crashing_container_is_replaced_by_a_fresh_one() {
 async fn sigterm_removes_every_container_and_a_killed_proxys_are_removed_at_next_start() {
     let _serial = SERIAL.lock().await;
     let docker = docker().await;
+    // `a` starts with the proxy, `b` (lazy, the default) at the first session.
     let proxy = TestProxy::new()
-        .with_container_server("box-term-a", "", "")
+        .with_container_server("box-term-a", ", start = \"eager\"", "")
         .with_container_server("box-term-b", "", "");
 
     // SIGTERM: a clean shutdown leaves nothing behind.
     let server = proxy.serve_http().await;
     wait_for_containers(&docker, "box-term-a", 1).await;
+    assert!(containers(&docker, "box-term-b").await.is_empty(), "lazy");
+    let _session = HttpSession::connect(&server.url).await;
     wait_for_containers(&docker, "box-term-b", 1).await;
     server.terminate().await;
     assert!(containers(&docker, "box-term-a").await.is_empty());
@@ -332,6 +335,7 @@ async fn sigterm_removes_every_container_and_a_killed_proxys_are_removed_at_next
 
     // SIGKILL: the containers stay (stopped, once their stdin closed) …
     let mut server = proxy.serve_http().await;
+    let _session = HttpSession::connect(&server.url).await;
     wait_for_containers(&docker, "box-term-a", 1).await;
     wait_for_containers(&docker, "box-term-b", 1).await;
     server.signal("KILL");
@@ -368,6 +372,61 @@ async fn sigterm_removes_every_container_and_a_killed_proxys_are_removed_at_next
     wait_for_containers(&docker, "box-term-b", 1).await;
     server.terminate().await;
     assert!(containers(&docker, "box-term-a").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lazy_servers_start_at_first_use_and_stop_when_idle() {
+    let _serial = SERIAL.lock().await;
+    let docker = docker().await;
+    let proxy = TestProxy::new().with_container_server("box-lazy", ", idle_timeout = \"1s\"", "");
+    let mut client = proxy.raw_stdio_with_env(&[]).await;
+    // The proxy is up (it answers ping) but nobody used the server yet.
+    let pong = client.call(1, "ping", json!({})).await;
+    assert_eq!(pong["result"], json!({}));
+    assert!(
+        containers(&docker, "box-lazy").await.is_empty(),
+        "nothing runs before first use"
+    );
+
+    // The first session starts it, and its first list is complete.
+    client.initialize().await;
+    let tools = client.call(2, "tools/list", json!({})).await;
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(names.contains(&"box-lazy__echo"), "{names:?}");
+    wait_for_containers(&docker, "box-lazy", 1).await;
+
+    // Idle for a second: stopped and removed, its tools still listed.
+    client
+        .wait_for_log(&["box-lazy", "stopping the server: idle"])
+        .await;
+    wait_for_containers(&docker, "box-lazy", 0).await;
+    let tools = client.call(3, "tools/list", json!({})).await;
+    assert!(
+        tools["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "box-lazy__echo"),
+        "{tools}"
+    );
+
+    // A call wakes it: a cold start, then the answer.
+    let echoed = client
+        .call(
+            4,
+            "tools/call",
+            json!({"name":"box-lazy__echo","arguments":{"text":"woken"}}),
+        )
+        .await;
+    assert_eq!(first_text(&echoed), "box-lazy: woken");
+    assert_eq!(containers(&docker, "box-lazy").await.len(), 1);
+    client.finish().await;
+    assert!(containers(&docker, "box-lazy").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -544,6 +544,21 @@ impl Gateway {
                 None,
             ));
         }
+        // A stopped (lazy or idle) server starts here: the cold start.
+        if let Err(err) = upstream
+            .ensure_running(self.config.proxy.startup_timeout)
+            .await
+        {
+            if let Some(key) = &key {
+                session.end_call(key);
+            }
+            return Some(protocol::error(
+                client_id.clone(),
+                err.code(),
+                &err.to_string(),
+                None,
+            ));
+        }
         let origin = Origin {
             session: session.key,
             request_id: client_id.clone(),
@@ -573,12 +588,15 @@ impl Gateway {
     }
 
     async fn answer_locally(
-        &self,
+        self: &Arc<Self>,
         session: &Arc<Session>,
         method: &str,
         message: &Value,
     ) -> Result<Value, (i64, String)> {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
+        if method != "ping" && method != "logging/setLevel" {
+            self.await_lists().await;
+        }
         let result = match method {
             "initialize" => self.initialize(session, message)?,
             "ping" => json!({}),
@@ -616,6 +634,33 @@ impl Gateway {
             }
         };
         Ok(protocol::result(id, result))
+    }
+
+    /// Starts the lazy servers that nobody has used yet, and waits (each up
+    /// to the startup timeout) until every running server's lists are read:
+    /// a client's first `initialize` and lists see every server.
+    async fn await_lists(self: &Arc<Self>) {
+        let catalog = self.catalog();
+        let unlisted = (0..self.upstreams.len()).filter(|&index| {
+            catalog.server_lists(index).is_none()
+                && self
+                    .upstreams
+                    .get(index)
+                    .is_some_and(|u| matches!(u.status(), Status::Idle(_) | Status::Ready(_)))
+        });
+        let waits = unlisted.map(|index| async move {
+            let Some(upstream) = self.upstreams.get(index) else {
+                return;
+            };
+            match upstream
+                .ensure_running(self.config.proxy.startup_timeout)
+                .await
+            {
+                Ok(()) => self.list_once(index).await,
+                Err(err) => tracing::warn!(server = %upstream.name(), error = %err, "cannot start the server"),
+            }
+        });
+        futures_util::future::join_all(waits).await;
     }
 
     fn initialize(&self, session: &Session, message: &Value) -> Result<Value, (i64, String)> {
@@ -671,7 +716,7 @@ impl Gateway {
         let mut logging = false;
         let mut completions = false;
         for upstream in &self.upstreams {
-            if let Status::Ready(info) = upstream.status() {
+            if let Some(info) = upstream.status().info() {
                 let caps = info.get("capabilities");
                 let has = |pointer: &str| caps.and_then(|c| c.pointer(pointer)).is_some();
                 subscribe |= caps
@@ -704,7 +749,7 @@ impl Gateway {
             "Portcullis proxies several MCP servers. Tool and prompt names are prefixed with their server's name and `{separator}`."
         );
         for upstream in &self.upstreams {
-            if let Status::Ready(info) = upstream.status()
+            if let Some(info) = upstream.status().info()
                 && let Some(instructions) = info.get("instructions").and_then(Value::as_str)
                 && !instructions.trim().is_empty()
             {
@@ -847,8 +892,17 @@ impl Gateway {
         self.names.iter().position(|name| &**name == server)
     }
 
+    /// Reads a server's lists unless they are already known.
+    async fn list_once(self: &Arc<Self>, index: usize) {
+        self.read_lists(index, true).await;
+    }
+
     /// Re-reads a server's lists and tells the sessions what changed.
     pub async fn refresh(self: &Arc<Self>, index: usize) {
+        self.read_lists(index, false).await;
+    }
+
+    async fn read_lists(self: &Arc<Self>, index: usize, unless_known: bool) {
         let Some(upstream) = self.upstreams.get(index) else {
             return;
         };
@@ -856,6 +910,9 @@ impl Gateway {
             return;
         };
         let _guard = _guard.await;
+        if unless_known && self.catalog().server_lists(index).is_some() {
+            return;
+        }
         let Status::Ready(info) = upstream.status() else {
             return;
         };

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{UpstreamError, container, process, remote};
-use crate::config::{LimitsConfig, ServerConfig, UpstreamSpec};
+use crate::config::{LimitsConfig, ServerConfig, StartPolicy, UpstreamSpec};
 use crate::protocol::{self, Kind};
 
 /// A way to send bytes to a running server. What the server sends back is
@@ -60,11 +60,54 @@ pub enum UpstreamEvent {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Status {
+    /// Not running because nobody needs it yet (a lazy server) or any more
+    /// (stopped after its idle timeout); it starts on the next use. Holds
+    /// the `InitializeResult` of its last run, if it ran.
+    Idle(Option<Arc<Value>>),
     Starting,
     /// Initialized; holds the server's `InitializeResult`.
     Ready(Arc<Value>),
     Down(String),
     Stopped,
+}
+
+impl Status {
+    /// The server's `InitializeResult`, while running or from its last run.
+    pub fn info(&self) -> Option<Arc<Value>> {
+        match self {
+            Self::Ready(info) | Self::Idle(Some(info)) => Some(info.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// When a server runs: always, or from its first use until it has been idle
+/// for `idle_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RunPolicy {
+    lazy: bool,
+    idle_timeout: Option<Duration>,
+}
+
+/// A lazy server stops after this long without a call unless it says otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl RunPolicy {
+    fn of(config: &ServerConfig) -> Self {
+        match &config.kind {
+            UpstreamSpec::Container(spec) => {
+                let lazy = spec.start == StartPolicy::Lazy;
+                Self {
+                    lazy,
+                    idle_timeout: spec.idle_timeout.or(lazy.then_some(DEFAULT_IDLE_TIMEOUT)),
+                }
+            }
+            UpstreamSpec::Process(_) | UpstreamSpec::Remote(_) => Self {
+                lazy: false,
+                idle_timeout: None,
+            },
+        }
+    }
 }
 
 struct Pending {
@@ -86,9 +129,25 @@ pub(crate) struct Shared {
     events: mpsc::Sender<UpstreamEvent>,
     status: watch::Sender<Status>,
     restarts: AtomicU64,
+    /// Whether the server should be running (always, for an eager server).
+    wanted: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+    /// When it was last used, in ms since `epoch`.
+    last_used_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl Shared {
+    fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_used_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
     fn current_link(&self) -> Option<Arc<dyn Link>> {
         self.link.read().ok().and_then(|link| link.clone())
     }
@@ -338,10 +397,18 @@ impl Drop for PendingCall {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Closed,
+    Shutdown,
+    Idle,
+}
+
 /// Portcullis's client toward one MCP server.
 #[derive(Clone)]
 pub struct Upstream {
     shared: Arc<Shared>,
+    policy: RunPolicy,
     config: Arc<ServerConfig>,
     limits: LimitsConfig,
     startup_timeout: Duration,
@@ -368,7 +435,13 @@ impl Upstream {
         startup_timeout: Duration,
         events: mpsc::Sender<UpstreamEvent>,
     ) -> Self {
-        let (status_tx, status) = watch::channel(Status::Starting);
+        let policy = RunPolicy::of(&config);
+        let initial = if policy.lazy {
+            Status::Idle(None)
+        } else {
+            Status::Starting
+        };
+        let (status_tx, status) = watch::channel(initial);
         let shared = Arc::new(Shared {
             name: Arc::from(config.name.as_str()),
             link: RwLock::new(None),
@@ -377,9 +450,14 @@ impl Upstream {
             events,
             status: status_tx,
             restarts: AtomicU64::new(0),
+            wanted: std::sync::atomic::AtomicBool::new(!policy.lazy),
+            wake: tokio::sync::Notify::new(),
+            last_used_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         });
         Self {
             shared,
+            policy,
             config: Arc::new(config),
             limits,
             startup_timeout,
@@ -409,7 +487,8 @@ impl Upstream {
         tokio::spawn(async move { this.supervise(shutdown).await })
     }
 
-    /// Waits until the first start attempt settled (ready or failed).
+    /// Waits until the start attempt under way (if any) settled: ready,
+    /// failed, or idle.
     pub async fn wait_settled(&self) -> Status {
         let mut status = self.status.clone();
         loop {
@@ -423,10 +502,89 @@ impl Upstream {
         }
     }
 
+    /// Asks a lazy or idle server to start; returns at once.
+    pub fn want(&self) {
+        self.shared.touch();
+        if !self.shared.wanted.swap(true, Ordering::SeqCst) {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Whether the server is idle and would start on use (or is starting).
+    pub fn is_lazy_or_idle(&self) -> bool {
+        matches!(self.status(), Status::Idle(_))
+    }
+
+    /// Starts the server if it is idle and waits (up to `timeout`) until it
+    /// is ready: the cold start of a call to a stopped server.
+    pub async fn ensure_running(&self, timeout: Duration) -> Result<(), UpstreamError> {
+        if matches!(self.status(), Status::Ready(_)) {
+            return Ok(());
+        }
+        self.want();
+        let server = self.shared.name.to_string();
+        let mut status = self.status.clone();
+        let ready = async {
+            loop {
+                match status.borrow_and_update().clone() {
+                    Status::Ready(_) => return Ok(()),
+                    Status::Down(reason) => {
+                        return Err(UpstreamError::Unavailable {
+                            server: server.clone(),
+                            reason,
+                        });
+                    }
+                    Status::Stopped => {
+                        return Err(UpstreamError::Unavailable {
+                            server: server.clone(),
+                            reason: "the proxy is shutting down".into(),
+                        });
+                    }
+                    Status::Idle(_) | Status::Starting => {}
+                }
+                if status.changed().await.is_err() {
+                    return Err(UpstreamError::Unavailable {
+                        server: server.clone(),
+                        reason: "the proxy is shutting down".into(),
+                    });
+                }
+            }
+        };
+        tokio::time::timeout(timeout, ready)
+            .await
+            .unwrap_or_else(|_| {
+                Err(UpstreamError::Unavailable {
+                    server: server.clone(),
+                    reason: format!("it did not start within {}", super::humanize(timeout)),
+                })
+            })
+    }
+
+    /// Resolves once the server has been idle (no call for `idle_timeout`,
+    /// none in flight); never, without an idle timeout.
+    async fn idle(&self) {
+        let Some(timeout) = self.policy.idle_timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let idle_for = self.shared.idle_for();
+            if idle_for >= timeout && self.shared.pending().is_empty() {
+                return;
+            }
+            let left = timeout
+                .saturating_sub(idle_for)
+                .max(Duration::from_millis(100));
+            tokio::time::sleep(left).await;
+        }
+    }
+
     /// Prepares a request for the server: gives it a fresh id and, if it asks
     /// for progress, a fresh progress token; the originals stay with the call.
     pub fn begin(&self, mut message: Value, origin: Option<Origin>) -> PendingCall {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        if origin.is_some() {
+            self.shared.touch();
+        }
         message["id"] = Value::from(id);
         let client_token = match message
             .get_mut("params")
@@ -584,6 +742,17 @@ impl Upstream {
             if shutdown.is_cancelled() {
                 break;
             }
+            if !self.shared.wanted.load(Ordering::SeqCst) {
+                // Lazy and not used yet, or stopped after being idle: keep
+                // what it said of itself, and wait for the next use.
+                let last = self.status().info();
+                self.shared.status.send_replace(Status::Idle(last));
+                tokio::select! {
+                    () = self.shared.wake.notified() => {}
+                    () = shutdown.cancelled() => break,
+                }
+                continue;
+            }
             self.shared.status.send_replace(Status::Starting);
             let started = Instant::now();
             let attempt = async {
@@ -610,10 +779,9 @@ impl Upstream {
             };
             match attempt {
                 Ok((connected, info)) => {
+                    let info = Arc::new(info);
                     tracing::info!(server = %name, "server ready");
-                    self.shared
-                        .status
-                        .send_replace(Status::Ready(Arc::new(info)));
+                    self.shared.status.send_replace(Status::Ready(info.clone()));
                     let _ = self
                         .shared
                         .events
@@ -621,18 +789,37 @@ impl Upstream {
                             server: name.clone(),
                         })
                         .await;
-                    let stopping = tokio::select! {
-                        () = connected.closed.cancelled() => false,
-                        () = shutdown.cancelled() => true,
+                    let ended = tokio::select! {
+                        () = connected.closed.cancelled() => Ended::Closed,
+                        () = shutdown.cancelled() => Ended::Shutdown,
+                        () = self.idle() => Ended::Idle,
                     };
                     // A Ctrl-C in a terminal reaches the server too, and it
                     // may exit just before the proxy starts shutting down.
-                    let stopping = stopping || shutdown.is_cancelled();
-                    connected.link.close().await;
+                    let ended = if shutdown.is_cancelled() {
+                        Ended::Shutdown
+                    } else {
+                        ended
+                    };
+                    if ended == Ended::Idle {
+                        // Stop it before anyone can send it another call;
+                        // its lists stay with the gateway.
+                        self.shared.wanted.store(false, Ordering::SeqCst);
+                        self.shared.status.send_replace(Status::Idle(Some(info)));
+                        tracing::info!(server = %name, idle_for = ?self.shared.idle_for(), "stopping the server: idle");
+                    }
+                    // Unlinked first: a call from now on fails fast instead
+                    // of writing to a server on its way out.
                     self.shared.set_link(None);
+                    connected.link.close().await;
                     self.shared.fail_all_pending();
-                    if stopping {
-                        break;
+                    match ended {
+                        Ended::Shutdown => break,
+                        Ended::Idle => {
+                            backoff = BACKOFF_START;
+                            continue;
+                        }
+                        Ended::Closed => {}
                     }
                     let reason = "the server exited or its connection closed".to_owned();
                     tracing::warn!(server = %name, "{reason}; restarting");
