@@ -11,6 +11,8 @@
 //! (answered by the proxy itself) shows what the HTTP transport alone costs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,85 +20,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, Command};
+
+use common::{measure_stdio, stats};
 
 const TOKEN: &str = "bench-token";
-
-struct Stats {
-    label: String,
-    p50: Duration,
-    p99: Duration,
-    calls_per_sec: f64,
-}
-
-fn stats(label: &str, mut samples: Vec<Duration>, elapsed: Duration) -> Stats {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    Stats {
-        label: label.to_owned(),
-        p50: at(0.50),
-        p99: at(0.99),
-        calls_per_sec: samples.len() as f64 / elapsed.as_secs_f64(),
-    }
-}
-
-/// A line-delimited JSON-RPC client over a child's stdio.
-struct StdioClient {
-    _child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-    next_id: u64,
-}
-
-impl StdioClient {
-    async fn spawn(mut command: Command) -> Self {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        let stdin = child.stdin.take().unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut client = Self {
-            _child: child,
-            stdin,
-            lines,
-            next_id: 1,
-        };
-        client
-            .request("initialize", json!({"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}))
-            .await;
-        client.notify("notifications/initialized").await;
-        client
-    }
-
-    async fn notify(&mut self, method: &str) {
-        let line = format!("{}\n", json!({"jsonrpc":"2.0","method":method}));
-        self.stdin.write_all(line.as_bytes()).await.unwrap();
-    }
-
-    async fn request(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut line =
-            serde_json::to_vec(&json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}))
-                .unwrap();
-        line.push(b'\n');
-        self.stdin.write_all(&line).await.unwrap();
-        loop {
-            let line = self.lines.next_line().await.unwrap().expect("stream ended");
-            let message: Value = serde_json::from_str(&line).unwrap();
-            if message["id"] == json!(id) {
-                assert!(message.get("result").is_some(), "call failed: {message}");
-                return message;
-            }
-        }
-    }
-}
 
 /// A streamable HTTP session over one kept-alive connection, with a minimal
 /// HTTP/1.1 client (as the stdio client is a minimal JSON-RPC client): what
@@ -201,22 +131,6 @@ impl HttpClient {
             .await;
         assert!(body.contains("\"result\""), "call failed: {body}");
     }
-}
-
-async fn measure_stdio(label: &str, command: Command, tool: &str, calls: usize) -> Stats {
-    let mut client = StdioClient::spawn(command).await;
-    let params = json!({"name": tool, "arguments": {"text": "hello"}});
-    for _ in 0..calls / 10 {
-        client.request("tools/call", params.clone()).await;
-    }
-    let mut samples = Vec::with_capacity(calls);
-    let start = Instant::now();
-    for _ in 0..calls {
-        let t = Instant::now();
-        client.request("tools/call", params.clone()).await;
-        samples.push(t.elapsed());
-    }
-    stats(label, samples, start.elapsed())
 }
 
 fn write_config(dir: &std::path::Path, example: &str, listen: bool) -> std::path::PathBuf {

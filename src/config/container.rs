@@ -174,6 +174,17 @@ impl Sandbox {
         out
     }
 
+    /// `hardened`, `relaxed(N)` or `DANGEROUS`, for listings.
+    pub fn summary(&self) -> String {
+        if !self.dangers().is_empty() {
+            return "DANGEROUS".into();
+        }
+        match self.relaxations().len() {
+            0 => "hardened".into(),
+            n => format!("relaxed({n})"),
+        }
+    }
+
     /// The relaxations that give the container power over the host; each is
     /// refused unless `allow_dangerous = true`.
     pub fn dangers(&self) -> Vec<String> {
@@ -327,7 +338,14 @@ pub(super) fn container_spec(
     };
     let isolation = match raw.isolation.as_deref() {
         None | Some("shared") => Isolation::Shared,
-        Some("per-client") => Isolation::PerClient,
+        Some("per-client") => {
+            return fail(
+                ".container.isolation",
+                format!(
+                    "server `{server}`: `per-client` isolation is not available in this version; every client shares the server's container (`shared`)"
+                ),
+            );
+        }
         Some(other) => {
             return fail(
                 ".container.isolation",

@@ -866,6 +866,53 @@ mod tests {
     }
 
     #[test]
+    fn container_servers_get_the_hardened_default() {
+        let config = parse(
+            "[[servers]]\nname = \"boxed\"\ncontainer = { image = \"img:1\", args = [\"-v\"] }\n",
+        )
+        .map_err(|e| e.to_string());
+        let Ok(config) = config else {
+            panic!("{config:?}");
+        };
+        let UpstreamSpec::Container(spec) = &config.servers[0].kind else {
+            panic!("not a container server");
+        };
+        assert_eq!(spec.image, "img:1");
+        assert_eq!(spec.start, StartPolicy::Lazy);
+        assert_eq!(spec.pull, PullPolicy::Never);
+        assert_eq!(spec.sandbox, Sandbox::default());
+    }
+
+    #[test]
+    fn container_mistakes_are_named() {
+        for (text, expected) in [
+            (
+                "[[servers]]\nname = \"a\"\nprocess = { command = \"x\" }\n[servers.sandbox]\nmemory = \"1g\"\n",
+                "applies to `container` servers only",
+            ),
+            (
+                "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", isolation = \"per-client\" }\n",
+                "not available in this version",
+            ),
+            (
+                "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", digest = \"latest\" }\n",
+                "not an image digest",
+            ),
+            (
+                "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\" }\n[servers.sandbox]\nmemory = \"1k\"\n",
+                "at least 6m",
+            ),
+            (
+                "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\" }\nprocess = { command = \"x\" }\n",
+                "may have only one of",
+            ),
+        ] {
+            let err = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));

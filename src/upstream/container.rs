@@ -251,41 +251,74 @@ pub fn labels(server: &str, restarts: u64) -> HashMap<String, String> {
 /// Makes sure the engine has the image (pulling it only if the server allows)
 /// and that it is the pinned one.
 pub async fn ensure_image(docker: &Docker, spec: &ContainerSpec) -> Result<(), String> {
+    match ensure_image_present(docker, spec).await {
+        Err(Missing::No(message)) if spec.pull == PullPolicy::Missing => {
+            tracing::debug!("{message}");
+            pull(docker, &spec.image).await?;
+            ensure_image_present(docker, spec)
+                .await
+                .map(|_| ())
+                .map_err(Missing::into_message)
+        }
+        other => other.map(|_| ()).map_err(Missing::into_message),
+    }
+}
+
+/// Why an image cannot be used.
+pub enum Missing {
+    /// The engine does not have it.
+    No(String),
+    /// It is there but unusable (wrong digest), or the engine failed.
+    Unusable(String),
+}
+
+impl Missing {
+    pub fn into_message(self) -> String {
+        match self {
+            Self::No(message) | Self::Unusable(message) => message,
+        }
+    }
+}
+
+/// The image's id, if the engine has the image and it is the pinned one.
+/// Never pulls.
+pub async fn ensure_image_present(
+    docker: &Docker,
+    spec: &ContainerSpec,
+) -> Result<String, Missing> {
     let image = match docker.inspect_image(&spec.image).await {
         Ok(image) => image,
         Err(DockerError::DockerResponseServerError {
             status_code: 404, ..
         }) => {
-            if spec.pull == PullPolicy::Never {
-                return Err(format!(
-                    "image `{}` is not in the Docker engine; build it (`docker build -t {} …`) or load it (`docker load -i …`). Portcullis pulls only when the server sets `pull = \"missing\"`",
-                    spec.image, spec.image
-                ));
-            }
-            pull(docker, &spec.image).await?;
-            docker
-                .inspect_image(&spec.image)
-                .await
-                .map_err(|err| format!("image `{}`: {}", spec.image, describe(&err)))?
+            return Err(Missing::No(format!(
+                "image `{}` is not in the Docker engine; build it (`docker build -t {} …`) or load it (`docker load -i …`). Portcullis pulls only when the server sets `pull = \"missing\"`",
+                spec.image, spec.image
+            )));
         }
-        Err(err) => return Err(format!("image `{}`: {}", spec.image, describe(&err))),
+        Err(err) => {
+            return Err(Missing::Unusable(format!(
+                "image `{}`: {}",
+                spec.image,
+                describe(&err)
+            )));
+        }
     };
+    let id = image.id.clone().unwrap_or_default();
     if let Some(digest) = &spec.digest {
-        let id_matches = image.id.as_deref() == Some(digest.as_str());
         let repo_matches = image
             .repo_digests
             .iter()
             .flatten()
             .any(|repo| repo.ends_with(&format!("@{digest}")));
-        if !(id_matches || repo_matches) {
-            return Err(format!(
-                "image `{}` is `{}`, not the pinned digest `{digest}`; refusing to start it",
-                spec.image,
-                image.id.as_deref().unwrap_or("unknown")
-            ));
+        if !(id == *digest || repo_matches) {
+            return Err(Missing::Unusable(format!(
+                "image `{}` is `{id}`, not the pinned digest `{digest}`; refusing to start it",
+                spec.image
+            )));
         }
     }
-    Ok(())
+    Ok(id)
 }
 
 async fn pull(docker: &Docker, image: &str) -> Result<(), String> {

@@ -1,5 +1,7 @@
 //! The `portcullis` command line.
 
+mod containers;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -47,6 +49,11 @@ enum Command {
         #[arg(long)]
         client: String,
     },
+    /// Check the Docker engine, the images, the servers and their sandboxes.
+    Doctor {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// The configured servers.
     Servers {
         #[command(subcommand)]
@@ -63,6 +70,13 @@ enum Command {
 enum ServersCommand {
     /// List the configured servers, how they run, and their sandboxing.
     List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Each server's containers: id, state, uptime, restarts, owning proxy.
+    Status {
         #[arg(long, short)]
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -156,12 +170,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.proxy.listen = None;
             serve(config, Some(identity)).await
         }
+        Command::Doctor { config } => {
+            let config = load(&config)?;
+            if containers::doctor(&config).await {
+                Ok(())
+            } else {
+                bail!("some checks failed (FAIL above)")
+            }
+        }
         Command::Servers {
             command: ServersCommand::List { config, format },
         } => {
             let config = load(&config)?;
             servers_list(&config, format);
             Ok(())
+        }
+        Command::Servers {
+            command: ServersCommand::Status { config, format },
+        } => {
+            let config = load(&config)?;
+            containers::servers_status(&config, format).await
         }
         Command::Tools {
             command:
@@ -303,17 +331,7 @@ fn servers_list(config: &Config, format: Format) {
             let (target, sandbox) = match &server.kind {
                 UpstreamSpec::Process(spec) => (spec.command.clone(), "UNSANDBOXED".to_owned()),
                 UpstreamSpec::Remote(spec) => (redact_url(&spec.url), "remote".to_owned()),
-                UpstreamSpec::Container(spec) => {
-                    let sandbox = if !spec.sandbox.dangers().is_empty() {
-                        "DANGEROUS".to_owned()
-                    } else {
-                        match spec.sandbox.relaxations().len() {
-                            0 => "hardened".to_owned(),
-                            n => format!("relaxed({n})"),
-                        }
-                    };
-                    (spec.image.clone(), sandbox)
-                }
+                UpstreamSpec::Container(spec) => (spec.image.clone(), spec.sandbox.summary()),
             };
             json!({
                 "name": server.name,

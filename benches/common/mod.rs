@@ -1,0 +1,102 @@
+//! What the benchmarks share: latency statistics and a minimal line-delimited
+//! JSON-RPC client on a child's stdio.
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+pub struct Stats {
+    pub label: String,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub calls_per_sec: f64,
+}
+
+pub fn stats(label: &str, mut samples: Vec<Duration>, elapsed: Duration) -> Stats {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        label: label.to_owned(),
+        p50: at(0.50),
+        p99: at(0.99),
+        calls_per_sec: samples.len() as f64 / elapsed.as_secs_f64(),
+    }
+}
+
+/// A line-delimited JSON-RPC client over a child's stdio.
+pub struct StdioClient {
+    _child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    next_id: u64,
+}
+
+impl StdioClient {
+    pub async fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut client = Self {
+            _child: child,
+            stdin,
+            lines,
+            next_id: 1,
+        };
+        client
+            .request("initialize", json!({"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}))
+            .await;
+        client.notify("notifications/initialized").await;
+        client
+    }
+
+    pub async fn notify(&mut self, method: &str) {
+        let line = format!("{}\n", json!({"jsonrpc":"2.0","method":method}));
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+    }
+
+    pub async fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line =
+            serde_json::to_vec(&json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}))
+                .unwrap();
+        line.push(b'\n');
+        self.stdin.write_all(&line).await.unwrap();
+        loop {
+            let line = self.lines.next_line().await.unwrap().expect("stream ended");
+            let message: Value = serde_json::from_str(&line).unwrap();
+            if message["id"] == json!(id) {
+                assert!(message.get("result").is_some(), "call failed: {message}");
+                return message;
+            }
+        }
+    }
+}
+
+/// p50/p99 of `calls` sequential calls of `tool` (`{"text": "hello"}`),
+/// after a warm-up of a tenth as many.
+pub async fn measure_stdio(label: &str, command: Command, tool: &str, calls: usize) -> Stats {
+    let mut client = StdioClient::spawn(command).await;
+    let params = json!({"name": tool, "arguments": {"text": "hello"}});
+    for _ in 0..calls / 10 {
+        client.request("tools/call", params.clone()).await;
+    }
+    let mut samples = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for _ in 0..calls {
+        let t = Instant::now();
+        client.request("tools/call", params.clone()).await;
+        samples.push(t.elapsed());
+    }
+    stats(label, samples, start.elapsed())
+}
