@@ -497,6 +497,115 @@ async fn a_missing_image_and_an_unreachable_engine_are_clear_errors_naming_the_s
     client.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_and_status_report_the_engine_images_pins_and_containers() {
+    let _serial = SERIAL.lock().await;
+    let docker = docker().await;
+    let image = common::test_image();
+    let id = docker.inspect_image(&image).await.unwrap().id.unwrap();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let proxy = TestProxy::new()
+        .with_container_server("box-doc", &format!(", start = \"eager\", digest = {id:?}"), "")
+        .with_container_server("box-pinned-wrong", &format!(", digest = {wrong:?}"), "")
+        .with_server_toml(
+            "[[servers]]\nname = \"ghost-doc\"\ncontainer = { image = \"portcullis/no-such-image:2\" }\n\n[[servers]]\nname = \"local-doc\"\nprocess = { command = \"no-such-command-for-doctor\" }\n",
+        );
+    let config = proxy.write_config();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::portcullis_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+
+    let doctor = run(&["doctor"]);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        !doctor.status.success(),
+        "a FAIL makes doctor fail:\n{report}"
+    );
+    for expected in [
+        "ok    docker engine: ",
+        "cgroups: v",
+        "seccomp: ",
+        "user namespaces: ",
+        &format!("ok    server `box-doc`: image `{image}` present ({id})"),
+        "ok    server `box-doc`: hardened profile, no relaxations",
+        &format!(
+            "FAIL  server `box-pinned-wrong`: image `{image}` is `{id}`, not the pinned digest `{wrong}`"
+        ),
+        "FAIL  server `ghost-doc`: image `portcullis/no-such-image:2` is not in the Docker engine",
+        "warn  server `local-doc`: UNSANDBOXED",
+        "FAIL  server `local-doc`: command `no-such-command-for-doctor` not found",
+    ] {
+        assert!(
+            report.contains(expected),
+            "missing `{expected}` in:\n{report}"
+        );
+    }
+
+    // A wrong pin refuses the start; the right one starts.
+    let server = proxy.serve_http().await;
+    let session = HttpSession::connect(&server.url).await;
+    let pinned = session
+        .call(
+            1,
+            "tools/call",
+            json!({"name":"box-doc__echo","arguments":{"text":"pinned"}}),
+        )
+        .await;
+    assert_eq!(first_text(&pinned), "box-doc: pinned");
+    let refused = session
+        .call(
+            2,
+            "tools/call",
+            json!({"name":"box-pinned-wrong__echo","arguments":{"text":"x"}}),
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], -32011, "{refused}");
+    assert!(containers(&docker, "box-pinned-wrong").await.is_empty());
+
+    let status = run(&["servers", "status", "--format", "json"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "box-doc")
+        .unwrap_or_else(|| panic!("{rows}"));
+    assert_eq!(row["state"], "running", "{row}");
+    assert_eq!(row["restarts"], 0, "{row}");
+    assert_eq!(row["container"].as_str().unwrap().len(), 12, "{row}");
+    assert!(
+        row["owner"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("/{}/", server.pid())),
+        "{row}"
+    );
+    let local = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "local-doc")
+        .unwrap();
+    assert_eq!(local["kind"], "process");
+    let table = run(&["servers", "status"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("box-doc") && table.contains("running"),
+        "{table}"
+    );
+    server.terminate().await;
+}
+
 #[test]
 fn dangerous_relaxations_and_literal_secrets_are_config_errors() {
     let dir = tempfile::tempdir().unwrap();
