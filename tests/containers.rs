@@ -430,6 +430,73 @@ async fn lazy_servers_start_at_first_use_and_stop_when_idle() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn per_client_isolation_gives_each_client_its_own_container() {
+    let _serial = SERIAL.lock().await;
+    let docker = docker().await;
+    let proxy =
+        TestProxy::new().with_container_server("box-tenant", ", isolation = \"per-client\"", "");
+    let server = proxy.serve_http().await;
+    let tester = HttpSession::connect(&server.url).await;
+    let other = HttpSession::connect_as(&server.url, common::OTHER_TOKEN).await;
+
+    let probe = |reply: Value| probe_of(&reply)["hostname"].as_str().unwrap().to_owned();
+    let tester_host = probe(
+        tester
+            .call(
+                1,
+                "tools/call",
+                json!({"name":"box-tenant__sandbox_probe","arguments":{}}),
+            )
+            .await,
+    );
+    let other_host = probe(
+        other
+            .call(
+                1,
+                "tools/call",
+                json!({"name":"box-tenant__sandbox_probe","arguments":{}}),
+            )
+            .await,
+    );
+    assert_ne!(tester_host, other_host, "two clients, two processes");
+    // Again: each client stays with its own container.
+    let again = probe(
+        tester
+            .call(
+                2,
+                "tools/call",
+                json!({"name":"box-tenant__sandbox_probe","arguments":{}}),
+            )
+            .await,
+    );
+    assert_eq!(again, tester_host);
+
+    // One container per client (labelled with it), and the server's own one,
+    // which only lists.
+    let all = wait_for_containers(&docker, "box-tenant", 3).await;
+    let owner_of = |host: &str| {
+        all.iter()
+            .find(|c| c.id.as_deref().unwrap_or_default().starts_with(host))
+            .and_then(|c| c.labels.as_ref()?.get("dev.portcullis.client").cloned())
+    };
+    assert_eq!(owner_of(&tester_host).as_deref(), Some("tester"));
+    assert_eq!(owner_of(&other_host).as_deref(), Some("other"));
+    assert_eq!(
+        all.iter()
+            .filter(|c| c
+                .labels
+                .as_ref()
+                .unwrap()
+                .get("dev.portcullis.client")
+                .is_none())
+            .count(),
+        1
+    );
+    server.terminate().await;
+    assert!(containers(&docker, "box-tenant").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_missing_image_and_an_unreachable_engine_are_clear_errors_naming_the_server() {
     let _serial = SERIAL.lock().await;
     let docker = docker().await;

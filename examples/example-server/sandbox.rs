@@ -10,6 +10,9 @@ use serde_json::Value;
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SandboxProbe {
+    /// The host name (in a container: its short id), which tells which
+    /// process answered.
+    hostname: Option<String>,
     /// Effective user id (the `Uid:` line of /proc/self/status).
     uid: Option<u32>,
     /// Effective group id (the `Gid:` line of /proc/self/status).
@@ -43,6 +46,9 @@ pub fn probe() -> SandboxProbe {
         Some(options.split(',').any(|o| o == option))
     };
     SandboxProbe {
+        hostname: fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned()),
         uid: field("Uid").and_then(effective_id),
         gid: field("Gid").and_then(effective_id),
         cap_eff: field("CapEff").map(str::to_owned),

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::Format;
 use crate::config::{Config, UpstreamSpec};
 use crate::upstream::container::{
-    self, LABEL_OWNER, LABEL_RESTARTS, LABEL_SERVER, describe, engine, engine_address,
+    self, LABEL_CLIENT, LABEL_OWNER, LABEL_RESTARTS, LABEL_SERVER, describe, engine, engine_address,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -272,6 +272,7 @@ pub async fn servers_status(config: &Config, format: Format) -> anyhow::Result<(
                 "uptime_s": summary.created.map(|created| (now - created).max(0)),
                 "restarts": labels.get(LABEL_RESTARTS).and_then(|r| r.parse::<u64>().ok()),
                 "owner": labels.get(LABEL_OWNER),
+                "client": labels.get(LABEL_CLIENT),
             }));
         }
     }

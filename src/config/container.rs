@@ -338,14 +338,7 @@ pub(super) fn container_spec(
     };
     let isolation = match raw.isolation.as_deref() {
         None | Some("shared") => Isolation::Shared,
-        Some("per-client") => {
-            return fail(
-                ".container.isolation",
-                format!(
-                    "server `{server}`: `per-client` isolation is not available in this version; every client shares the server's container (`shared`)"
-                ),
-            );
-        }
+        Some("per-client") => Isolation::PerClient,
         Some(other) => {
             return fail(
                 ".container.isolation",

@@ -891,8 +891,8 @@ mod tests {
                 "applies to `container` servers only",
             ),
             (
-                "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", isolation = \"per-client\" }\n",
-                "not available in this version",
+                "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", isolation = \"tenant\" }\n",
+                "is not `shared` or `per-client`",
             ),
             (
                 "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", digest = \"latest\" }\n",

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::chain::{
     Chain, ClientIdentity, Context, Direction, Exchange, Outcome, Phase, Transport,
 };
-use crate::config::Config;
+use crate::config::{Config, Isolation, UpstreamSpec};
 use crate::protocol::{self, IdKey, Kind, code};
 use crate::upstream::{Origin, Status, Upstream, UpstreamEvent};
 
@@ -58,14 +58,22 @@ pub struct Gateway {
     next_session: AtomicU64,
     /// Resource URI → sessions subscribed to it.
     subscriptions: Mutex<HashMap<String, HashSet<u64>>>,
-    /// (server, the server's request id) → (session, the id the client saw),
-    /// for server→client requests in flight.
-    forwarded: Mutex<HashMap<(usize, IdKey), (u64, u64)>>,
+    /// (server, instance, the server's request id) → (session, the id the
+    /// client saw), for server→client requests in flight.
+    forwarded: Mutex<HashMap<ForwardedKey, (u64, u64)>>,
+    /// The per-client instances of `isolation = "per-client"` servers, by
+    /// (server, client): created at a client's first call. Bounded by the
+    /// configured clients.
+    instances: Mutex<HashMap<(usize, Arc<str>), Upstream>>,
+    events: mpsc::Sender<UpstreamEvent>,
     /// Serializes catalog refreshes per server so two do not interleave.
     refreshing: Vec<tokio::sync::Mutex<()>>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+/// A server→client request in flight: (server, instance, the server's id).
+type ForwardedKey = (usize, Option<Arc<str>>, IdKey);
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
@@ -80,7 +88,8 @@ impl Gateway {
             .iter()
             .map(|server| {
                 Upstream::new(
-                    server.clone(),
+                    Arc::new(server.clone()),
+                    None,
                     config.limits,
                     config.proxy.startup_timeout,
                     events_tx.clone(),
@@ -102,6 +111,8 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             subscriptions: Mutex::new(HashMap::new()),
             forwarded: Mutex::new(HashMap::new()),
+            instances: Mutex::new(HashMap::new()),
+            events: events_tx,
             shutdown: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
         });
@@ -524,11 +535,11 @@ impl Gateway {
         client_id: &Value,
         outgoing: Value,
     ) -> Option<Value> {
-        let Some(upstream) = self.upstreams.get(server) else {
+        let Some(upstream) = self.upstream_for(server, &session.client.name) else {
             return Some(protocol::error(
                 client_id.clone(),
-                code::INTERNAL_ERROR,
-                "no such server",
+                code::UPSTREAM_UNAVAILABLE,
+                "the server is not available: the proxy is shutting down",
                 None,
             ));
         };
@@ -855,36 +866,85 @@ impl Gateway {
             };
             let Some(event) = event else { break };
             match event {
-                UpstreamEvent::Ready { server } => {
-                    if let Some(index) = self.index_of(&server) {
+                // The lists come from the server's own instance; a client's
+                // instance of a per-client server does not change them.
+                UpstreamEvent::Ready { source } => {
+                    if let Some(index) = self.index_of(&source.server)
+                        && source.instance.is_none()
+                    {
                         let this = self.clone();
                         tokio::spawn(async move { this.refresh(index).await });
                     }
                 }
-                UpstreamEvent::Down { server, .. } => {
-                    if let Some(index) = self.index_of(&server) {
-                        self.set_lists(index, None);
-                        self.forget_forwarded(index);
+                UpstreamEvent::Down { source, .. } => {
+                    if let Some(index) = self.index_of(&source.server) {
+                        if source.instance.is_none() {
+                            self.set_lists(index, None);
+                        }
+                        self.forget_forwarded(index, &source.instance);
                     }
                 }
-                UpstreamEvent::Notification { server, message } => {
-                    if let Some(index) = self.index_of(&server) {
-                        self.server_notification(index, message);
+                UpstreamEvent::Notification { source, message } => {
+                    if let Some(index) = self.index_of(&source.server) {
+                        self.server_notification(index, &source.instance, message);
                     }
                 }
                 UpstreamEvent::Request {
-                    server,
+                    source,
                     message,
                     origin,
                 } => {
-                    if let Some(index) = self.index_of(&server) {
+                    if let Some(index) = self.index_of(&source.server) {
                         let this = self.clone();
-                        tokio::spawn(
-                            async move { this.server_request(index, message, origin).await },
-                        );
+                        tokio::spawn(async move {
+                            this.server_request(index, source.instance, message, origin)
+                                .await
+                        });
                     }
                 }
             }
+        }
+    }
+
+    /// Whether each client gets its own instance of the server.
+    fn per_client(&self, index: usize) -> bool {
+        self.config.servers.get(index).is_some_and(|server| {
+            matches!(&server.kind, UpstreamSpec::Container(spec) if spec.isolation == Isolation::PerClient)
+        })
+    }
+
+    /// The instance of server `index` that serves `client`: the server's own,
+    /// or for a per-client server the client's, created (lazy) at first use.
+    fn upstream_for(&self, index: usize, client: &Arc<str>) -> Option<Upstream> {
+        let primary = self.upstreams.get(index)?;
+        if !self.per_client(index) {
+            return Some(primary.clone());
+        }
+        let mut instances = lock(&self.instances);
+        if let Some(instance) = instances.get(&(index, client.clone())) {
+            return Some(instance.clone());
+        }
+        if self.shutdown.is_cancelled() {
+            return None;
+        }
+        let instance = Upstream::new(
+            primary.config_handle(),
+            Some(client.clone()),
+            self.config.limits,
+            self.config.proxy.startup_timeout,
+            self.events.clone(),
+        );
+        lock(&self.tasks).push(instance.start(self.shutdown.clone()));
+        instances.insert((index, client.clone()), instance.clone());
+        tracing::debug!(server = %primary.name(), client = %client, "per-client instance created");
+        Some(instance)
+    }
+
+    /// The instance an event came from.
+    fn upstream_of(&self, index: usize, instance: &Option<Arc<str>>) -> Option<Upstream> {
+        match instance {
+            None => self.upstreams.get(index).cloned(),
+            Some(client) => lock(&self.instances).get(&(index, client.clone())).cloned(),
         }
     }
 
@@ -955,8 +1015,22 @@ impl Gateway {
         }
     }
 
-    fn forget_forwarded(&self, index: usize) {
-        lock(&self.forwarded).retain(|(server, _), _| *server != index);
+    fn forget_forwarded(&self, index: usize, instance: &Option<Arc<str>>) {
+        lock(&self.forwarded)
+            .retain(|(server, from, _), _| !(*server == index && from == instance));
+    }
+
+    /// The sessions a notification from `instance` may reach: every one, or
+    /// only its client's for a per-client instance.
+    fn sessions_of(&self, instance: &Option<Arc<str>>) -> Vec<Arc<Session>> {
+        let sessions = self.initialized_sessions();
+        match instance {
+            None => sessions,
+            Some(client) => sessions
+                .into_iter()
+                .filter(|s| s.client.name == *client)
+                .collect(),
+        }
     }
 
     /// Sends a server's notification to a session through the chain.
@@ -991,7 +1065,12 @@ impl Gateway {
         self.chain.finish(&exchange, &outcome);
     }
 
-    fn server_notification(self: &Arc<Self>, index: usize, message: Value) {
+    fn server_notification(
+        self: &Arc<Self>,
+        index: usize,
+        instance: &Option<Arc<str>>,
+        message: Value,
+    ) {
         let method = protocol::method(&message).unwrap_or_default().to_owned();
         match method.as_str() {
             "notifications/tools/list_changed"
@@ -1013,7 +1092,11 @@ impl Gateway {
                     .map(|s| s.iter().copied().collect())
                     .unwrap_or_default();
                 for key in subscribers {
-                    if let Some(session) = self.session(key) {
+                    if let Some(session) = self.session(key)
+                        && instance
+                            .as_ref()
+                            .is_none_or(|client| session.client.name == *client)
+                    {
                         self.notify(&session, Some(index), message.clone(), None);
                     }
                 }
@@ -1027,7 +1110,7 @@ impl Gateway {
                     return;
                 };
                 let Some((session_key, client_id)) =
-                    lock(&self.forwarded).remove(&(index, server_id))
+                    lock(&self.forwarded).remove(&(index, instance.clone(), server_id))
                 else {
                     return;
                 };
@@ -1042,7 +1125,7 @@ impl Gateway {
                 // Log messages sent during a call went to that call's
                 // session (`forward`); these came while no call was in
                 // flight, and are the server's own.
-                for session in self.initialized_sessions() {
+                for session in self.sessions_of(instance) {
                     self.notify(&session, Some(index), message.clone(), None);
                 }
             }
@@ -1054,8 +1137,14 @@ impl Gateway {
 
     /// Forwards a server→client request to the client whose call caused it
     /// and relays the answer back.
-    async fn server_request(self: Arc<Self>, index: usize, message: Value, origin: Option<Origin>) {
-        let Some(upstream) = self.upstreams.get(index) else {
+    async fn server_request(
+        self: Arc<Self>,
+        index: usize,
+        instance: Option<Arc<str>>,
+        message: Value,
+        origin: Option<Origin>,
+    ) {
+        let Some(upstream) = self.upstream_of(index, &instance) else {
             return;
         };
         let server_id = message.get("id").cloned().unwrap_or(Value::Null);
@@ -1100,7 +1189,10 @@ impl Gateway {
         let (client_id, reply) = session.expect_client_answer();
         let server_key = IdKey::from_value(&server_id);
         if let Some(key) = &server_key {
-            lock(&self.forwarded).insert((index, key.clone()), (session.key, client_id));
+            lock(&self.forwarded).insert(
+                (index, instance.clone(), key.clone()),
+                (session.key, client_id),
+            );
         }
         let mut outgoing = exchange.message.clone();
         outgoing["id"] = Value::from(client_id);
@@ -1126,7 +1218,7 @@ impl Gateway {
             }
         };
         if let Some(key) = &server_key {
-            lock(&self.forwarded).remove(&(index, key.clone()));
+            lock(&self.forwarded).remove(&(index, instance.clone(), key.clone()));
         }
         exchange.message = answer_message;
         exchange.phase = Phase::Response;

@@ -38,21 +38,30 @@ pub struct Origin {
     pub request_id: Value,
 }
 
+/// Which running copy of a server an event comes from: the server's own, or
+/// (for `isolation = "per-client"` servers) the one of a client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Source {
+    pub server: Arc<str>,
+    /// The client whose instance it is; `None` for the server's own.
+    pub instance: Option<Arc<str>>,
+}
+
 /// Something the server sent on its own.
 #[derive(Debug)]
 pub enum UpstreamEvent {
     /// The server is (again) running and initialized: its lists may have changed.
-    Ready { server: Arc<str> },
+    Ready { source: Source },
     /// The server stopped; calls in flight failed.
-    Down { server: Arc<str>, reason: String },
+    Down { source: Source, reason: String },
     /// A notification not tied to a call. Progress, and log messages sent
     /// during a call, go to the call instead ([`PendingCall::send_and_follow`]).
-    Notification { server: Arc<str>, message: Value },
+    Notification { source: Source, message: Value },
     /// A server→client request (`sampling/createMessage`, `elicitation/create`,
     /// `roots/list`, …) with the server's own id. Answer it with
     /// [`Upstream::send`]. `origin` is the call it was made for, when known.
     Request {
-        server: Arc<str>,
+        source: Source,
         message: Value,
         origin: Option<Origin>,
     },
@@ -123,6 +132,8 @@ struct Pending {
 
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
+    /// The client this instance serves alone (per-client isolation).
+    pub(crate) instance: Option<Arc<str>>,
     link: RwLock<Option<Arc<dyn Link>>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
@@ -138,6 +149,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn source(&self) -> Source {
+        Source {
+            server: self.name.clone(),
+            instance: self.instance.clone(),
+        }
+    }
+
     fn touch(&self) {
         let now = self.epoch.elapsed().as_millis() as u64;
         self.last_used_ms.store(now, Ordering::Relaxed);
@@ -194,7 +212,7 @@ impl Shared {
                 }
                 let origin = self.origin_for(related);
                 let event = UpstreamEvent::Request {
-                    server: self.name.clone(),
+                    source: self.source(),
                     message,
                     origin,
                 };
@@ -246,7 +264,7 @@ impl Shared {
                     _ => {}
                 }
                 let event = UpstreamEvent::Notification {
-                    server: self.name.clone(),
+                    source: self.source(),
                     message,
                 };
                 let _ = self.events.send(event).await;
@@ -429,8 +447,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
 impl Upstream {
+    /// The server's own instance; `instance` names the client of a
+    /// per-client instance.
     pub fn new(
-        config: ServerConfig,
+        config: Arc<ServerConfig>,
+        instance: Option<Arc<str>>,
         limits: LimitsConfig,
         startup_timeout: Duration,
         events: mpsc::Sender<UpstreamEvent>,
@@ -444,6 +465,7 @@ impl Upstream {
         let (status_tx, status) = watch::channel(initial);
         let shared = Arc::new(Shared {
             name: Arc::from(config.name.as_str()),
+            instance,
             link: RwLock::new(None),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -458,7 +480,7 @@ impl Upstream {
         Self {
             shared,
             policy,
-            config: Arc::new(config),
+            config,
             limits,
             startup_timeout,
             status,
@@ -469,8 +491,18 @@ impl Upstream {
         &self.shared.name
     }
 
+    /// The client of a per-client instance.
+    pub fn instance(&self) -> Option<&Arc<str>> {
+        self.shared.instance.as_ref()
+    }
+
     pub fn config(&self) -> &ServerConfig {
         &self.config
+    }
+
+    /// The config, shared: per-client instances run the same one.
+    pub fn config_handle(&self) -> Arc<ServerConfig> {
+        self.config.clone()
     }
 
     pub fn status(&self) -> Status {
@@ -786,7 +818,7 @@ impl Upstream {
                         .shared
                         .events
                         .send(UpstreamEvent::Ready {
-                            server: name.clone(),
+                            source: self.shared.source(),
                         })
                         .await;
                     let ended = tokio::select! {
@@ -831,7 +863,7 @@ impl Upstream {
                         .shared
                         .events
                         .send(UpstreamEvent::Down {
-                            server: name.clone(),
+                            source: self.shared.source(),
                             reason,
                         })
                         .await;

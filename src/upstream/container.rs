@@ -43,6 +43,8 @@ pub const LABEL_SERVER: &str = "dev.portcullis.server";
 pub const LABEL_OWNER: &str = "dev.portcullis.owner";
 /// How many times the server had been restarted when this container started.
 pub const LABEL_RESTARTS: &str = "dev.portcullis.restarts";
+/// The client a per-client container serves alone.
+pub const LABEL_CLIENT: &str = "dev.portcullis.client";
 
 /// How long engine calls that should be quick (inspect, remove) may take.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -238,14 +240,19 @@ pub fn create_body(
     }
 }
 
-/// The labels of a container for `server`.
-pub fn labels(server: &str, restarts: u64) -> HashMap<String, String> {
-    HashMap::from([
+/// The labels of a container for `server` (and `client`, for a per-client
+/// instance).
+pub fn labels(server: &str, client: Option<&str>, restarts: u64) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
         (LABEL_MANAGED.to_owned(), "true".to_owned()),
         (LABEL_SERVER.to_owned(), server.to_owned()),
         (LABEL_OWNER.to_owned(), owner()),
         (LABEL_RESTARTS.to_owned(), restarts.to_string()),
-    ])
+    ]);
+    if let Some(client) = client {
+        labels.insert(LABEL_CLIENT.to_owned(), client.to_owned());
+    }
+    labels
 }
 
 /// Makes sure the engine has the image (pulling it only if the server allows)
@@ -489,7 +496,11 @@ pub(super) async fn spawn(
         )
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
-    let body = create_body(spec, env, labels(&server, restarts));
+    let body = create_body(
+        spec,
+        env,
+        labels(&server, shared.instance.as_deref(), restarts),
+    );
     let name = format!(
         "portcullis-{server}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -536,6 +547,7 @@ pub(super) async fn spawn(
     let relaxations = spec.sandbox.relaxations();
     tracing::info!(
         server = %server,
+        client = shared.instance.as_deref().unwrap_or("(all)"),
         container = short(&id),
         image = %spec.image,
         relaxations = relaxations.len(),
@@ -631,7 +643,7 @@ mod tests {
 
     #[test]
     fn the_default_profile_is_hardened() {
-        let body = create_body(&spec(Sandbox::default()), vec![], labels("x", 0));
+        let body = create_body(&spec(Sandbox::default()), vec![], labels("x", None, 0));
         let host = body.host_config.clone().unwrap_or_default();
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
         assert_eq!(
@@ -679,7 +691,7 @@ mod tests {
             }],
             ..Sandbox::default()
         };
-        let host = create_body(&spec(sandbox), vec![], labels("x", 0))
+        let host = create_body(&spec(sandbox), vec![], labels("x", None, 0))
             .host_config
             .unwrap_or_default();
         assert_eq!(host.network_mode.as_deref(), Some("bridge"));

@@ -16,7 +16,7 @@ mod process;
 mod remote;
 mod sse;
 
-pub use client::{Origin, PendingCall, Status, Upstream, UpstreamEvent};
+pub use client::{Origin, PendingCall, Source, Status, Upstream, UpstreamEvent};
 
 use std::time::Duration;
 

@@ -462,15 +462,21 @@ pub fn first_text(response: &Value) -> String {
 pub struct HttpSession {
     http: reqwest::Client,
     url: String,
+    token: String,
     session: String,
 }
 
 impl HttpSession {
     pub async fn connect(url: &str) -> Self {
+        Self::connect_as(url, TOKEN).await
+    }
+
+    /// A session of the client whose bearer token is `token`.
+    pub async fn connect_as(url: &str, token: &str) -> Self {
         let http = reqwest::Client::new();
         let response = http
             .post(url)
-            .bearer_auth(TOKEN)
+            .bearer_auth(token)
             .header("accept", "application/json, text/event-stream")
             .json(&serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"http-test","version":"0"}}}))
             .send()
@@ -488,6 +494,7 @@ impl HttpSession {
         let this = Self {
             http,
             url: url.to_owned(),
+            token: token.to_owned(),
             session,
         };
         this.post(serde_json::json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
@@ -498,7 +505,7 @@ impl HttpSession {
     async fn post(&self, message: Value) -> reqwest::Response {
         self.http
             .post(&self.url)
-            .bearer_auth(TOKEN)
+            .bearer_auth(&self.token)
             .header("accept", "application/json")
             .header("mcp-session-id", &self.session)
             .json(&message)
