@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{UpstreamError, container, process, remote};
 use crate::config::{LimitsConfig, ServerConfig, StartPolicy, UpstreamSpec};
-use crate::protocol::{self, Kind};
+use crate::protocol::{self, Frame, FrameReader, Kind};
 
 /// A way to send bytes to a running server. What the server sends back is
 /// handed to [`Shared::dispatch`] by the link's own reader.
@@ -298,6 +298,42 @@ impl Shared {
         // Dropping the senders wakes every waiter with an error.
         self.pending().clear();
     }
+}
+
+/// Reads a server's output, one message per line (each bounded while it is
+/// read), and dispatches each in order until the output ends or `closed`
+/// fires; then fires `closed`.
+pub(crate) async fn read_messages(
+    output: impl tokio::io::AsyncRead + Unpin,
+    limits: LimitsConfig,
+    shared: Arc<Shared>,
+    closed: CancellationToken,
+) {
+    let mut frames = FrameReader::new(
+        tokio::io::BufReader::with_capacity(64 * 1024, output),
+        limits.max_message_bytes,
+    );
+    loop {
+        let frame = tokio::select! {
+            frame = frames.next() => frame,
+            () = closed.cancelled() => break,
+        };
+        match frame {
+            Ok(Some(Frame::Line(line))) => match protocol::parse(&line, limits.max_depth) {
+                Ok(message) => shared.dispatch(message, None).await,
+                Err(err) => {
+                    tracing::warn!(server = %shared.name, error = %err, "dropped a message from the server")
+                }
+            },
+            Ok(Some(Frame::Oversize)) => tracing::warn!(
+                server = %shared.name,
+                limit = limits.max_message_bytes,
+                "dropped a message from the server: too large"
+            ),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    closed.cancel();
 }
 
 /// A call sent (or about to be sent) to the server. Dropping it before the

@@ -32,9 +32,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::client::{Connected, Link, Shared};
+use super::client::{Connected, Link, Shared, read_messages};
 use crate::config::{ContainerSpec, LimitsConfig, PullPolicy};
-use crate::protocol::{self, Frame, FrameReader};
+use crate::protocol;
 
 /// Every container Portcullis starts carries these labels.
 pub const LABEL_MANAGED: &str = "dev.portcullis.managed";
@@ -579,34 +579,8 @@ pub(super) async fn spawn(
                 }
             }
         });
-        tokio::spawn(async move {
-            let reader = tokio_util::io::StreamReader::new(Box::pin(stdout));
-            let mut frames = FrameReader::new(
-                tokio::io::BufReader::with_capacity(64 * 1024, reader),
-                limits.max_message_bytes,
-            );
-            loop {
-                let frame = tokio::select! {
-                    frame = frames.next() => frame,
-                    () = closed.cancelled() => break,
-                };
-                match frame {
-                    Ok(Some(Frame::Line(line))) => match protocol::parse(&line, limits.max_depth) {
-                        Ok(message) => shared.dispatch(message, None).await,
-                        Err(err) => {
-                            tracing::warn!(server = %shared.name, error = %err, "dropped a message from the server")
-                        }
-                    },
-                    Ok(Some(Frame::Oversize)) => tracing::warn!(
-                        server = %shared.name,
-                        limit = limits.max_message_bytes,
-                        "dropped a message from the server: too large"
-                    ),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            closed.cancel();
-        });
+        let stdout = tokio_util::io::StreamReader::new(Box::pin(stdout));
+        tokio::spawn(read_messages(stdout, limits, shared, closed));
     }
 
     Ok(Connected {

@@ -12,9 +12,9 @@ use tokio::process::{ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::client::{Connected, Link, Shared};
+use super::client::{Connected, Link, Shared, read_messages};
 use crate::config::{LimitsConfig, ProcessSpec};
-use crate::protocol::{self, Frame, FrameReader};
+use crate::protocol;
 
 struct ProcessLink {
     stdin: tokio::sync::Mutex<BufWriter<ChildStdin>>,
@@ -101,33 +101,7 @@ pub(super) async fn spawn(
     {
         let closed = closed.clone();
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut reader = FrameReader::new(
-                BufReader::with_capacity(64 * 1024, stdout),
-                limits.max_message_bytes,
-            );
-            loop {
-                let frame = tokio::select! {
-                    frame = reader.next() => frame,
-                    () = closed.cancelled() => break,
-                };
-                match frame {
-                    Ok(Some(Frame::Line(line))) => match protocol::parse(&line, limits.max_depth) {
-                        Ok(message) => shared.dispatch(message, None).await,
-                        Err(err) => {
-                            tracing::warn!(server = %shared.name, error = %err, "dropped a message from the server")
-                        }
-                    },
-                    Ok(Some(Frame::Oversize)) => tracing::warn!(
-                        server = %shared.name,
-                        limit = limits.max_message_bytes,
-                        "dropped a message from the server: too large"
-                    ),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            closed.cancel();
-        });
+        tokio::spawn(read_messages(stdout, limits, shared, closed));
     }
 
     // Its stderr goes to the log at debug level: servers print anything
