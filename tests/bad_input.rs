@@ -147,9 +147,8 @@ async fn oversize_and_over_deep_messages_are_refused_without_ending_the_session(
         "a".repeat(1024 * 1024)
     );
     client.send_line(big.as_bytes()).await;
-    let too_large = client
-        .recv_matching("an oversize refusal", |m| m["id"].is_null())
-        .await;
+    // Refused with the request's own id, read from the head of the line.
+    let too_large = client.response(json!(20)).await;
     assert_eq!(error_code(&too_large), -32600);
     assert!(
         too_large["error"]["message"]
@@ -191,6 +190,42 @@ async fn oversize_and_over_deep_messages_are_refused_without_ending_the_session(
         )
         .await;
     assert_eq!(common::first_text(&ok), "mirrored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_too_large_to_relay_fails_its_call_at_once() {
+    let proxy = TestProxy::new()
+        .with_example_server("example")
+        .with_config("[limits]\nmax_message_bytes = 65536");
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    let started = std::time::Instant::now();
+    let reply = client
+        .call(
+            1,
+            "tools/call",
+            json!({"name":"example__large","arguments":{"bytes":200000}}),
+        )
+        .await;
+    assert_eq!(error_code(&reply), -32603, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("reply was refused") && message.contains("65536 bytes"),
+        "{message}"
+    );
+    assert_eq!(reply["error"]["data"]["interceptor"], "limits");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "not at the call timeout"
+    );
+    let small = client
+        .call(
+            2,
+            "tools/call",
+            json!({"name":"example__large","arguments":{"bytes":1000}}),
+        )
+        .await;
+    assert_eq!(common::first_text(&small).len(), 1000);
 }
 
 #[tokio::test(flavor = "multi_thread")]

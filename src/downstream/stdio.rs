@@ -103,11 +103,14 @@ where
         };
         let line = match frame {
             Ok(Some(Frame::Line(line))) => line,
-            Ok(Some(Frame::Oversize)) => {
+            Ok(Some(Frame::Oversize(head))) => {
                 let error = protocol::ParseError::TooLarge {
                     limit: limits.max_message_bytes,
                 };
-                let _ = lines_tx.send(protocol::encode_line(&error.to_response(Value::Null)));
+                // Answered with the request's own id when its head shows
+                // it, so that the client's call ends instead of waiting.
+                let id = protocol::sniff_id(&head).unwrap_or(Value::Null);
+                let _ = lines_tx.send(protocol::encode_line(&error.to_response(id)));
                 continue;
             }
             Ok(None) => break Ok(()),

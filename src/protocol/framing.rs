@@ -5,13 +5,18 @@
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
+/// How much of an oversize line is kept.
+pub const HEAD_BYTES: usize = 256;
+
 /// One line of input.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
     /// A complete line, without its line ending.
     Line(Vec<u8>),
-    /// A line longer than the bound; it was skipped.
-    Oversize,
+    /// A line longer than the bound; it was skipped. Holds its first bytes
+    /// (at most [`HEAD_BYTES`]), enough to find the request id in most
+    /// messages so that the refusal can name it.
+    Oversize(Vec<u8>),
 }
 
 /// Reads frames from a buffered reader, reusing one buffer.
@@ -43,12 +48,12 @@ impl<R: AsyncBufRead + Unpin> FrameReader<R> {
 
     async fn next_raw(&mut self) -> std::io::Result<Option<Frame>> {
         self.buffer.clear();
-        let mut oversize = false;
+        let mut oversize: Option<Vec<u8>> = None;
         loop {
             let available = self.reader.fill_buf().await?;
             if available.is_empty() {
-                return Ok(if oversize {
-                    Some(Frame::Oversize)
+                return Ok(if let Some(head) = oversize {
+                    Some(Frame::Oversize(head))
                 } else if self.buffer.is_empty() {
                     None
                 } else {
@@ -59,10 +64,16 @@ impl<R: AsyncBufRead + Unpin> FrameReader<R> {
                 Some(end) => (&available[..end], Some(end + 1)),
                 None => (available, None),
             };
-            if !oversize {
+            if let Some(head) = &mut oversize {
+                let more = HEAD_BYTES.saturating_sub(head.len()).min(chunk.len());
+                head.extend_from_slice(&chunk[..more]);
+            } else {
                 if self.buffer.len() + chunk.len() > self.limit {
-                    oversize = true;
-                    self.buffer = Vec::new();
+                    let mut head = std::mem::take(&mut self.buffer);
+                    head.truncate(HEAD_BYTES);
+                    let more = HEAD_BYTES.saturating_sub(head.len()).min(chunk.len());
+                    head.extend_from_slice(&chunk[..more]);
+                    oversize = Some(head);
                 } else {
                     self.buffer.extend_from_slice(chunk);
                 }
@@ -70,10 +81,9 @@ impl<R: AsyncBufRead + Unpin> FrameReader<R> {
             let consumed = done.unwrap_or(available.len());
             self.reader.consume(consumed);
             if done.is_some() {
-                return Ok(Some(if oversize {
-                    Frame::Oversize
-                } else {
-                    Frame::Line(self.take_line())
+                return Ok(Some(match oversize {
+                    Some(head) => Frame::Oversize(head),
+                    None => Frame::Line(self.take_line()),
                 }));
             }
         }
@@ -145,11 +155,24 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                Frame::Oversize,
+                Frame::Oversize(vec![b'x'; 50]),
                 Frame::Line(b"{}".to_vec()),
-                Frame::Oversize
+                Frame::Oversize(vec![b'y'; 11])
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn an_oversize_line_keeps_its_head() {
+        let mut input = b"{\"jsonrpc\":\"2.0\",\"id\":42,\"params\":\"".to_vec();
+        input.extend_from_slice(&[b'z'; 10_000]);
+        input.extend_from_slice(b"\"}\n");
+        let got = frames(&input, 1024, 7).await;
+        let [Frame::Oversize(head)] = &got[..] else {
+            panic!("{got:?}");
+        };
+        assert_eq!(head.len(), HEAD_BYTES);
+        assert!(head.starts_with(b"{\"jsonrpc\":\"2.0\",\"id\":42,"));
     }
 
     #[tokio::test]

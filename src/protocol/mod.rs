@@ -7,7 +7,7 @@
 
 mod framing;
 
-pub use framing::{Frame, FrameReader, encode_line, write_message};
+pub use framing::{Frame, FrameReader, HEAD_BYTES, encode_line, write_message};
 
 use serde_json::{Map, Value, json};
 
@@ -220,6 +220,62 @@ pub fn value_depth(value: &Value, stop_after: usize) -> usize {
     walk(value, 0, stop_after)
 }
 
+/// The top-level `id` of a message from its first bytes (of a message too
+/// large to parse), when it is there: a number or a string without escapes.
+/// Keys inside nested objects and text inside strings do not count.
+pub fn sniff_id(head: &[u8]) -> Option<Value> {
+    let skip_space = |mut at: usize| {
+        while head.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        at
+    };
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(&byte) = head.get(at) {
+        match byte {
+            b'"' => {
+                let start = at + 1;
+                let mut end = start;
+                let mut escaped = false;
+                loop {
+                    let &c = head.get(end)?;
+                    if escaped {
+                        escaped = false;
+                    } else if c == b'\\' {
+                        escaped = true;
+                    } else if c == b'"' {
+                        break;
+                    }
+                    end += 1;
+                }
+                at = end + 1;
+                // Only a key is followed by `:`.
+                let colon = skip_space(at);
+                if depth == 1 && &head[start..end] == b"id" && head.get(colon) == Some(&b':') {
+                    let value = skip_space(colon + 1);
+                    let rest = head.get(value..)?;
+                    let len = if rest.first() == Some(&b'"') {
+                        rest.iter().skip(1).position(|&c| c == b'"' || c == b'\\')? + 2
+                    } else {
+                        rest.iter()
+                            .position(|&c| c == b',' || c == b'}' || c.is_ascii_whitespace())?
+                    };
+                    return serde_json::from_slice::<Value>(&rest[..len])
+                        .ok()
+                        .filter(|id| id.is_string() || id.is_number());
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        at += 1;
+    }
+    None
+}
+
 /// Request ids as map keys: JSON-RPC allows strings and integers, and a
 /// client may reuse the same number as a string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -297,6 +353,29 @@ mod tests {
         let text = r#"{"a":[{"b":[1,2,{"c":{}}]}],"d":"[[["}"#;
         let value: Value = serde_json::from_str(text).unwrap_or_default();
         assert_eq!(value_depth(&value, 64), nesting_depth(text.as_bytes(), 64));
+    }
+
+    #[test]
+    fn ids_are_sniffed_from_the_head_of_a_message() {
+        let sniff = |text: &str| sniff_id(text.as_bytes());
+        assert_eq!(
+            sniff(r#"{"jsonrpc":"2.0","id":7,"result":{"x":"#),
+            Some(json!(7))
+        );
+        assert_eq!(sniff(r#"{ "id" : "a-1" , "method":"#), Some(json!("a-1")));
+        assert_eq!(
+            sniff(r#"{"method":"tools/call","params":{"id":3},"id":9,"#),
+            Some(json!(9)),
+            "a nested `id` is not the message's"
+        );
+        assert_eq!(sniff(r#"{"method":"id","params":{"text":"\"id\":5"#), None);
+        assert_eq!(sniff(r#"{"jsonrpc":"2.0","params":{"huge":"#), None);
+        assert_eq!(
+            sniff(r#"{"id":12"#),
+            None,
+            "a cut-off number is not trusted"
+        );
+        assert_eq!(sniff(r#"{"id":null,"#), None);
     }
 
     #[test]

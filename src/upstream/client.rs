@@ -294,6 +294,19 @@ impl Shared {
         self.pending().get(&id).and_then(|p| p.origin.clone())
     }
 
+    /// Ends a call in flight with an error response of the proxy's own.
+    fn fail_call(&self, id: u64, reason: &str) {
+        if let Some(pending) = self.pending().remove(&id) {
+            let data = json!({ "interceptor": "limits" });
+            let _ = pending.reply.send(protocol::error(
+                Value::from(id),
+                protocol::code::INTERNAL_ERROR,
+                reason,
+                Some(data),
+            ));
+        }
+    }
+
     fn fail_all_pending(&self) {
         // Dropping the senders wakes every waiter with an error.
         self.pending().clear();
@@ -325,11 +338,21 @@ pub(crate) async fn read_messages(
                     tracing::warn!(server = %shared.name, error = %err, "dropped a message from the server")
                 }
             },
-            Ok(Some(Frame::Oversize)) => tracing::warn!(
-                server = %shared.name,
-                limit = limits.max_message_bytes,
-                "dropped a message from the server: too large"
-            ),
+            Ok(Some(Frame::Oversize(head))) => {
+                tracing::warn!(
+                    server = %shared.name,
+                    limit = limits.max_message_bytes,
+                    "dropped a message from the server: too large"
+                );
+                // A reply too large to relay still ends its call, at once.
+                if let Some(id) = protocol::sniff_id(&head).and_then(|id| id.as_u64()) {
+                    let error = protocol::ParseError::TooLarge {
+                        limit: limits.max_message_bytes,
+                    };
+                    let reason = format!("the server's reply was refused: {error}");
+                    shared.fail_call(id, &reason);
+                }
+            }
             Ok(None) | Err(_) => break,
         }
     }
