@@ -179,3 +179,19 @@ fn serve_without_a_listener_or_stdio_refuses_to_start() {
     assert!(!ok);
     assert!(stderr.contains("nothing to serve"), "{stderr}");
 }
+
+#[test]
+fn every_example_config_loads() {
+    let dir = common::repo_root().join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let (ok, _, stderr) = run(&["servers", "list", "--config", path.to_str().unwrap()]);
+        assert!(ok, "{}: {stderr}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 2, "found {checked} example configs");
+}

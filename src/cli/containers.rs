@@ -280,8 +280,8 @@ pub async fn servers_status(config: &Config, format: Format) -> anyhow::Result<(
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Table => {
             println!(
-                "{:<20} {:<10} {:<10} {:<13} {:>9} {:>8}  OWNER",
-                "NAME", "KIND", "STATE", "CONTAINER", "UPTIME", "RESTARTS"
+                "{:<20} {:<10} {:<10} {:<13} {:>9} {:>8}  {:<12} OWNER",
+                "NAME", "KIND", "STATE", "CONTAINER", "UPTIME", "RESTARTS", "CLIENT"
             );
             for row in &rows {
                 let text = |key: &str| match &row[key] {
@@ -292,14 +292,20 @@ pub async fn servers_status(config: &Config, format: Format) -> anyhow::Result<(
                 let uptime = row["uptime_s"]
                     .as_i64()
                     .map_or_else(|| "-".into(), humanize_seconds);
+                let client = match &row["client"] {
+                    Value::String(client) => client.clone(),
+                    _ if row["kind"] == "container" && row.get("note").is_none() => "(all)".into(),
+                    _ => "-".into(),
+                };
                 println!(
-                    "{:<20} {:<10} {:<10} {:<13} {:>9} {:>8}  {}",
+                    "{:<20} {:<10} {:<10} {:<13} {:>9} {:>8}  {:<12} {}",
                     text("name"),
                     text("kind"),
                     text("state"),
                     text("container"),
                     uptime,
                     text("restarts"),
+                    client,
                     if row.get("note").is_some() {
                         text("note")
                     } else {
