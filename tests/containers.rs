@@ -197,7 +197,8 @@ async fn relaxations_apply_and_secrets_reach_only_the_container() {
     let config_path = proxy.write_config();
     let mut command = proxy.stdio_command();
     command
-        .env("PORTCULLIS_LOG", "debug")
+        // Even asked for, the Docker client's request bodies stay out.
+        .env("PORTCULLIS_LOG", "debug,bollard::docker=trace,rmcp=trace")
         .env("PORTCULLIS_TEST_CONTAINER_SECRET", secret)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -425,6 +426,31 @@ async fn lazy_servers_start_at_first_use_and_stop_when_idle() {
         .await;
     assert_eq!(first_text(&echoed), "box-lazy: woken");
     assert_eq!(containers(&docker, "box-lazy").await.len(), 1);
+
+    // A subscription lives in the server: it is not stopped while one is held…
+    let subscribed = client
+        .call(
+            5,
+            "resources/subscribe",
+            json!({"uri":"example://greeting"}),
+        )
+        .await;
+    assert_eq!(subscribed["result"], json!({}), "{subscribed}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        containers(&docker, "box-lazy").await.len(),
+        1,
+        "held by the subscription"
+    );
+    // … and is, idle again, once it is gone.
+    client
+        .call(
+            6,
+            "resources/unsubscribe",
+            json!({"uri":"example://greeting"}),
+        )
+        .await;
+    wait_for_containers(&docker, "box-lazy", 0).await;
     client.finish().await;
     assert!(containers(&docker, "box-lazy").await.is_empty());
 }

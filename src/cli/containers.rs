@@ -143,6 +143,15 @@ pub async fn doctor(config: &Config) -> bool {
                     &what,
                     format!("image `{}` present ({id})", spec.image),
                 ),
+                Err(container::Missing::No(message))
+                    if spec.pull == crate::config::PullPolicy::Missing =>
+                {
+                    report.line(
+                        Level::Warn,
+                        &what,
+                        format!("{message}; it will be pulled at start (`pull = \"missing\"`)"),
+                    )
+                }
                 Err(err) => report.line(Level::Fail, &what, err.into_message()),
             }
         }

@@ -128,19 +128,30 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging() {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     // rmcp logs whole messages at debug, and bollard whole request bodies
-    // (container environments, secrets included): both stay at warn so that
-    // arguments and secrets never reach the log, whatever PORTCULLIS_LOG says.
+    // (container environments, secrets included): both are capped at warn
+    // whatever PORTCULLIS_LOG says, even for a more specific directive such
+    // as `bollard::docker=trace`, so arguments and secrets never reach the log.
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        .add_directive("rmcp=warn".parse().unwrap_or_default())
-        .add_directive("bollard=warn".parse().unwrap_or_default());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let cap = tracing_subscriber::filter::filter_fn(|meta| {
+        let chatty = ["rmcp", "bollard"].iter().any(|name| {
+            meta.target()
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        });
+        !chatty || *meta.level() <= tracing::Level::WARN
+    });
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .try_init();
+        .with_filter(filter)
+        .with_filter(cap);
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -258,18 +269,46 @@ async fn remove_orphaned_containers(config: &Config) {
 }
 
 async fn start_gateway(config: Config) -> Arc<Gateway> {
-    remove_orphaned_containers(&config).await;
+    let (gateway, events) = build_gateway(config);
+    start(&gateway, events).await;
+    gateway
+}
+
+fn build_gateway(
+    config: Config,
+) -> (
+    Arc<Gateway>,
+    tokio::sync::mpsc::Receiver<crate::upstream::UpstreamEvent>,
+) {
     let config = Arc::new(config);
     let chain = interceptors::build_chain(&config);
-    let (gateway, events) = Gateway::new(config, chain);
+    Gateway::new(config, chain)
+}
+
+async fn start(
+    gateway: &Arc<Gateway>,
+    events: tokio::sync::mpsc::Receiver<crate::upstream::UpstreamEvent>,
+) {
+    remove_orphaned_containers(gateway.config()).await;
     gateway.start(events).await;
-    gateway
 }
 
 async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::Result<()> {
     announce_sandboxing(&config);
     let listen = config.proxy.listen;
-    let gateway = start_gateway(config).await;
+    // The signal handlers come first: a SIGTERM while servers start must
+    // still remove every container that was started.
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let (gateway, events) = build_gateway(config);
+    tokio::select! {
+        () = start(&gateway, events) => {}
+        () = &mut signal => {
+            tracing::info!("shutting down during start-up");
+            gateway.stop().await;
+            return Ok(());
+        }
+    }
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = listen {
         let gateway = gateway.clone();
@@ -281,7 +320,7 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
         tasks.spawn(async move { downstream::stdio::serve(gateway, client).await });
     }
     let result = tokio::select! {
-        () = shutdown_signal() => {
+        () = &mut signal => {
             tracing::info!("shutting down");
             Ok(())
         }
@@ -417,6 +456,9 @@ async fn tools_list(config: Config, client: Option<&str>, format: Format) -> any
             .await
             .unwrap_or(Value::Null);
         if let Some(error) = reply.get("error") {
+            // Stopped first: no container may outlive the command.
+            gateway.close_session(&session);
+            gateway.stop().await;
             bail!(
                 "tools/list failed: {}",
                 error["message"].as_str().unwrap_or("unknown error")

@@ -50,7 +50,8 @@ pub enum PullPolicy {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartPolicy {
-    /// At the first call (its lists are read once at proxy start).
+    /// At its first use: the first client session's `initialize` starts it
+    /// and reads its lists.
     Lazy,
     /// With the proxy.
     Eager,
@@ -210,20 +211,70 @@ impl Sandbox {
         if self.host_ipc {
             out.push("the host's IPC namespace".into());
         }
-        for mount in self.mounts.iter().filter(|m| m.writable) {
-            out.push(format!(
-                "a writable host mount ({} -> {})",
-                mount.source.display(),
-                mount.target
-            ));
+        for mount in &self.mounts {
+            if mount.writable {
+                out.push(format!(
+                    "a writable host mount ({} -> {})",
+                    mount.source.display(),
+                    mount.target
+                ));
+            } else if let Some(why) = mount_danger(&mount.source) {
+                out.push(format!("a host mount of {why} -> {}", mount.target));
+            }
         }
         out
     }
 }
 
+/// Whether `uid:gid` (numeric, as validated) names root or the root group.
+/// Docker reads `00` and `+0` as 0 too, so the numbers are compared, not text.
 fn is_root_user(user: &str) -> bool {
-    let uid = user.split(':').next().unwrap_or_default();
-    uid == "0" || uid == "root" || uid.is_empty()
+    user.split(':').any(|id| {
+        id.trim_start_matches('+')
+            .parse::<u64>()
+            .map_or(true, |n| n == 0)
+    })
+}
+
+/// Host paths whose contents (sockets, devices, credentials, other
+/// processes) give a container power over the host, even read-only.
+const SENSITIVE_PATHS: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/var/run",
+    "/etc",
+    "/root",
+    "/home",
+    "/boot",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/var/lib/kubelet",
+];
+
+/// Why a bind mount of `source` is dangerous, if it is: the host root, a
+/// sensitive path, a folder holding one, or a socket or device.
+fn mount_danger(source: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let resolved = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_owned());
+    if resolved == Path::new("/") {
+        return Some("the host's root filesystem".into());
+    }
+    for sensitive in SENSITIVE_PATHS.iter().map(Path::new) {
+        if resolved.starts_with(sensitive) || sensitive.starts_with(&resolved) {
+            return Some(format!(
+                "`{}`, which holds {}",
+                resolved.display(),
+                sensitive.display()
+            ));
+        }
+    }
+    let file_type = std::fs::metadata(&resolved).ok()?.file_type();
+    if file_type.is_socket() || file_type.is_char_device() || file_type.is_block_device() {
+        return Some(format!("`{}`, a socket or device", resolved.display()));
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------
@@ -316,6 +367,12 @@ pub(super) fn container_spec(
         );
     }
     check_env(&raw.env).map_err(|(key, message)| (format!(".container.env.{key}"), message))?;
+    check_args(&raw.args)
+        .map_err(|(index, message)| (format!(".container.args[{index}]"), message))?;
+    if let Some(entrypoint) = &raw.entrypoint {
+        check_args(entrypoint)
+            .map_err(|(index, message)| (format!(".container.entrypoint[{index}]"), message))?;
+    }
     let pull = match raw.pull.as_deref() {
         None | Some("never") => PullPolicy::Never,
         Some("missing") => PullPolicy::Missing,
@@ -381,10 +438,26 @@ fn sandbox(raw: RawSandbox, base: &Path) -> Result<Sandbox, (String, String)> {
     let mut sandbox = Sandbox::default();
     let key = |name: &str| format!(".sandbox.{name}");
     if let Some(user) = raw.user {
-        if user.trim().is_empty() || user.contains(char::is_whitespace) {
+        // Numeric only: a name is resolved inside the image, where it could
+        // be root under another name.
+        let numeric = |id: &str| {
+            !id.is_empty()
+                && id
+                    .trim_start_matches('+')
+                    .chars()
+                    .all(|c| c.is_ascii_digit())
+                && id.trim_start_matches('+').len() <= 10
+        };
+        let mut ids = user.split(':');
+        let valid = ids.next().is_some_and(numeric)
+            && ids.next().is_none_or(numeric)
+            && ids.next().is_none();
+        if !valid {
             return Err((
                 key("user"),
-                format!("`{user}` is not a user like `1000:1000`"),
+                format!(
+                    "`{user}` is not a numeric user like `1000` or `1000:1000` (names are resolved inside the image, where the proxy cannot check them)"
+                ),
             ));
         }
         sandbox.user = user;
@@ -509,6 +582,8 @@ const SECRET_NAME_HINTS: &[&str] = &[
     "PRIVATE_KEY",
     "CREDENTIAL",
     "ACCESS_KEY",
+    "SECRET_KEY",
+    "SIGNING_KEY",
     "BEARER",
 ];
 
@@ -531,6 +606,32 @@ const SECRET_VALUE_PREFIXES: &[&str] = &[
     "-----BEGIN",
 ];
 
+/// Whether a value is shaped like a well-known credential, or is a URL with
+/// a password in it.
+fn shaped_like_secret(value: &str) -> bool {
+    let known = SECRET_VALUE_PREFIXES
+        .iter()
+        .any(|prefix| value.contains(prefix) && value.len() >= prefix.len() + 8);
+    let url_password = value
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    known || url_password
+}
+
+/// Refuses command-line arguments that look like literal secrets: a command
+/// line is visible to every process on the host. Errors are (index, message).
+pub(super) fn check_args(args: &[String]) -> Result<(), (usize, String)> {
+    match args.iter().position(|arg| shaped_like_secret(arg)) {
+        Some(index) => Err((
+            index,
+            "looks like a literal secret on a command line, where every process on the host can read it; pass it in the server's `secrets` (as environment) instead".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Refuses `env` entries that look like literal secrets: secrets belong in
 /// `secrets` (file or environment references), never in the config.
 /// Errors are (variable, message); the message never repeats the value.
@@ -538,10 +639,7 @@ pub(super) fn check_env(env: &BTreeMap<String, String>) -> Result<(), (String, S
     for (name, value) in env {
         let upper = name.to_ascii_uppercase();
         let named_like_secret = SECRET_NAME_HINTS.iter().any(|hint| upper.contains(hint));
-        let shaped_like_secret = SECRET_VALUE_PREFIXES
-            .iter()
-            .any(|prefix| value.starts_with(prefix) && value.len() >= prefix.len() + 8);
-        if (named_like_secret && !value.is_empty()) || shaped_like_secret {
+        if (named_like_secret && !value.is_empty()) || shaped_like_secret(value) {
             return Err((
                 name.clone(),
                 format!(
@@ -635,6 +733,27 @@ mod tests {
             let dangers = sandbox.dangers().join("; ");
             assert!(dangers.contains(expected), "{dangers}");
         }
+        for root in ["00", "+0", "0000:1000", "1000:0"] {
+            let sandbox = Sandbox {
+                user: root.into(),
+                ..Sandbox::default()
+            };
+            assert!(!sandbox.dangers().is_empty(), "{root} is root");
+        }
+        for source in ["/", "/var", "/var/run/docker.sock", "/etc/ssl", "/home"] {
+            let sandbox = Sandbox {
+                mounts: vec![BindMount {
+                    source: source.into(),
+                    target: "/mnt".into(),
+                    writable: false,
+                }],
+                ..Sandbox::default()
+            };
+            assert!(
+                !sandbox.dangers().is_empty(),
+                "a read-only mount of {source}"
+            );
+        }
         let relaxed = Sandbox {
             user: "1000:1000".into(),
             network: "bridge".into(),
@@ -665,6 +784,9 @@ mod tests {
             assert!(message.contains("secrets"), "{message}");
             assert!(!message.contains(value), "{message}");
         }
+        assert!(check_args(&["--token".into(), "ghp_0123456789abcdefghij".into()]).is_err());
+        assert!(check_args(&["--db".into(), "postgres://app:pw@db/app".into()]).is_err());
+        assert!(check_args(&["--url".into(), "https://example.com/a@b".into()]).is_ok());
         let fine = BTreeMap::from([
             ("LOG_LEVEL".to_owned(), "debug".to_owned()),
             ("TOKEN_CACHE".to_owned(), String::new()),

@@ -566,6 +566,22 @@ impl Validator<'_> {
             }
             let mut secrets = BTreeMap::new();
             for (name, reference) in server.secrets {
+                // Secrets become environment variables: a name the engine
+                // would refuse would echo the value in its error.
+                let valid_name = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid_name {
+                    return Err(err(
+                        &format!(".secrets.{name}"),
+                        format!(
+                            "server `{}`: secret name `{name}` must be letters, digits and `_`, not starting with a digit (it becomes an environment variable)",
+                            server.name
+                        ),
+                    ));
+                }
                 let parsed = parse_secret_ref(&reference, base).map_err(|message| {
                     err(
                         &format!(".secrets.{name}"),
@@ -605,6 +621,8 @@ impl Validator<'_> {
                 }
                 container::check_env(&process.env)
                     .map_err(|(name, message)| err(&format!(".process.env.{name}"), message))?;
+                container::check_args(&process.args)
+                    .map_err(|(index, message)| err(&format!(".process.args[{index}]"), message))?;
                 let cwd = process.cwd.map(resolve);
                 // A relative path (not a bare name looked up in PATH)
                 // is relative to the config file, like every other path.

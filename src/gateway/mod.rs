@@ -161,6 +161,22 @@ impl Gateway {
             futures_util::future::join_all(tasks),
         )
         .await;
+        // A container whose creation was under way when its supervisor
+        // stopped is still ours: none may outlive the proxy.
+        let containers = self
+            .config
+            .servers
+            .iter()
+            .any(|server| matches!(server.kind, UpstreamSpec::Container(_)));
+        if containers {
+            match crate::upstream::container::remove_owned().await {
+                Ok(0) => {}
+                Ok(count) => {
+                    tracing::warn!(count, "removed containers left by an interrupted start")
+                }
+                Err(err) => tracing::warn!(error = err, "cannot check for containers left behind"),
+            }
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -212,6 +228,7 @@ impl Gateway {
             subscribers.remove(&session.key);
             !subscribers.is_empty()
         });
+        self.update_holds();
         session.close();
         tracing::debug!(session = %session.id, "session closed");
     }
@@ -654,10 +671,12 @@ impl Gateway {
         let catalog = self.catalog();
         let unlisted = (0..self.upstreams.len()).filter(|&index| {
             catalog.server_lists(index).is_none()
-                && self
-                    .upstreams
-                    .get(index)
-                    .is_some_and(|u| matches!(u.status(), Status::Idle(_) | Status::Ready(_)))
+                && self.upstreams.get(index).is_some_and(|u| {
+                    matches!(
+                        u.status(),
+                        Status::Idle(_) | Status::Starting | Status::Ready(_)
+                    )
+                })
         });
         let waits = unlisted.map(|index| async move {
             let Some(upstream) = self.upstreams.get(index) else {
@@ -804,16 +823,67 @@ impl Gateway {
         let (Some(uri), Some(_)) = (uri, reply.get("result")) else {
             return;
         };
-        let mut subscriptions = lock(&self.subscriptions);
-        if method == "resources/subscribe" {
-            subscriptions
-                .entry(uri.clone())
-                .or_default()
-                .insert(session.key);
-        } else if let Some(subscribers) = subscriptions.get_mut(uri) {
-            subscribers.remove(&session.key);
-            if subscribers.is_empty() {
-                subscriptions.remove(uri);
+        {
+            let mut subscriptions = lock(&self.subscriptions);
+            if method == "resources/subscribe" {
+                subscriptions
+                    .entry(uri.clone())
+                    .or_default()
+                    .insert(session.key);
+            } else if let Some(subscribers) = subscriptions.get_mut(uri) {
+                subscribers.remove(&session.key);
+                if subscribers.is_empty() {
+                    subscriptions.remove(uri);
+                }
+            }
+        }
+        self.update_holds();
+    }
+
+    /// Subscriptions live in the server: a server with subscribers is not
+    /// stopped for idleness (every instance of it, for a per-client one).
+    fn update_holds(&self) {
+        let catalog = self.catalog();
+        let held: HashSet<usize> = lock(&self.subscriptions)
+            .keys()
+            .filter_map(|uri| catalog.resource_owner(uri))
+            .collect();
+        for (index, upstream) in self.upstreams.iter().enumerate() {
+            upstream.hold(held.contains(&index));
+        }
+        for ((index, _), instance) in lock(&self.instances).iter() {
+            instance.hold(held.contains(index));
+        }
+    }
+
+    /// After a restart the server has forgotten its subscriptions: subscribe
+    /// again to every URI it owns that sessions (of its client, for a
+    /// per-client instance) are subscribed to.
+    async fn resubscribe(&self, index: usize, instance: &Option<Arc<str>>) {
+        let Some(upstream) = self.upstream_of(index, instance) else {
+            return;
+        };
+        let catalog = self.catalog();
+        let uris: Vec<String> = lock(&self.subscriptions)
+            .iter()
+            .filter(|(uri, subscribers)| {
+                catalog.resource_owner(uri) == Some(index)
+                    && subscribers.iter().any(|key| {
+                        self.session(*key).is_some_and(|session| {
+                            instance
+                                .as_ref()
+                                .is_none_or(|client| session.client.name == *client)
+                        })
+                    })
+            })
+            .map(|(uri, _)| uri.clone())
+            .collect();
+        for uri in uris {
+            if let Err(err) = upstream
+                .request("resources/subscribe", json!({ "uri": uri }))
+                .await
+            {
+                tracing::warn!(server = %upstream.name(), error = %err, "cannot renew a resource subscription");
             }
         }
     }
@@ -869,11 +939,14 @@ impl Gateway {
                 // The lists come from the server's own instance; a client's
                 // instance of a per-client server does not change them.
                 UpstreamEvent::Ready { source } => {
-                    if let Some(index) = self.index_of(&source.server)
-                        && source.instance.is_none()
-                    {
+                    if let Some(index) = self.index_of(&source.server) {
                         let this = self.clone();
-                        tokio::spawn(async move { this.refresh(index).await });
+                        tokio::spawn(async move {
+                            if source.instance.is_none() {
+                                this.refresh(index).await;
+                            }
+                            this.resubscribe(index, &source.instance).await;
+                        });
                     }
                 }
                 UpstreamEvent::Down { source, .. } => {

@@ -224,6 +224,26 @@ pub fn value_depth(value: &Value, stop_after: usize) -> usize {
 /// large to parse), when it is there: a number or a string without escapes.
 /// Keys inside nested objects and text inside strings do not count.
 pub fn sniff_id(head: &[u8]) -> Option<Value> {
+    let rest = head.get(top_level_value(head, b"id")?..)?;
+    let len = if rest.first() == Some(&b'"') {
+        rest.iter().skip(1).position(|&c| c == b'"' || c == b'\\')? + 2
+    } else {
+        rest.iter()
+            .position(|&c| c == b',' || c == b'}' || c.is_ascii_whitespace())?
+    };
+    serde_json::from_slice::<Value>(&rest[..len])
+        .ok()
+        .filter(|id| id.is_string() || id.is_number())
+}
+
+/// Whether the first bytes of a message show a top-level `method`: a
+/// request or notification, not a response.
+pub fn sniff_has_method(head: &[u8]) -> bool {
+    top_level_value(head, b"method").is_some()
+}
+
+/// Where the value of the top-level member `key` starts in `head`.
+fn top_level_value(head: &[u8], key: &[u8]) -> Option<usize> {
     let skip_space = |mut at: usize| {
         while head.get(at).is_some_and(u8::is_ascii_whitespace) {
             at += 1;
@@ -252,18 +272,8 @@ pub fn sniff_id(head: &[u8]) -> Option<Value> {
                 at = end + 1;
                 // Only a key is followed by `:`.
                 let colon = skip_space(at);
-                if depth == 1 && &head[start..end] == b"id" && head.get(colon) == Some(&b':') {
-                    let value = skip_space(colon + 1);
-                    let rest = head.get(value..)?;
-                    let len = if rest.first() == Some(&b'"') {
-                        rest.iter().skip(1).position(|&c| c == b'"' || c == b'\\')? + 2
-                    } else {
-                        rest.iter()
-                            .position(|&c| c == b',' || c == b'}' || c.is_ascii_whitespace())?
-                    };
-                    return serde_json::from_slice::<Value>(&rest[..len])
-                        .ok()
-                        .filter(|id| id.is_string() || id.is_number());
+                if depth == 1 && &head[start..end] == key && head.get(colon) == Some(&b':') {
+                    return Some(skip_space(colon + 1));
                 }
                 continue;
             }
@@ -376,6 +386,12 @@ mod tests {
             "a cut-off number is not trusted"
         );
         assert_eq!(sniff(r#"{"id":null,"#), None);
+        assert!(sniff_has_method(
+            br#"{"jsonrpc":"2.0","id":3,"method":"sampling/"#
+        ));
+        assert!(!sniff_has_method(
+            br#"{"jsonrpc":"2.0","id":3,"result":{"method":"#
+        ));
     }
 
     #[test]

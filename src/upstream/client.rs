@@ -145,10 +145,69 @@ pub(crate) struct Shared {
     wake: tokio::sync::Notify,
     /// When it was last used, in ms since `epoch`.
     last_used_ms: AtomicU64,
+    /// Held running (by resource subscriptions, which live in the server).
+    held: std::sync::atomic::AtomicBool,
     epoch: Instant,
 }
 
 impl Shared {
+    /// Starts the server if it is idle and waits (up to `timeout`) until it
+    /// is ready.
+    async fn wait_running(&self, timeout: Duration) -> Result<(), UpstreamError> {
+        if matches!(*self.status.borrow(), Status::Ready(_)) {
+            return Ok(());
+        }
+        self.want();
+        let server = self.name.to_string();
+        let mut status = self.status.subscribe();
+        let ready = async {
+            loop {
+                match status.borrow_and_update().clone() {
+                    Status::Ready(_) => return Ok(()),
+                    // The reason stays in the proxy's log: it can name host
+                    // paths and the engine's own words.
+                    Status::Down(_) => {
+                        return Err(UpstreamError::Unavailable {
+                            server: server.clone(),
+                            reason: "it failed to start or exited (the proxy's log says why)"
+                                .into(),
+                        });
+                    }
+                    Status::Stopped => {
+                        return Err(UpstreamError::Unavailable {
+                            server: server.clone(),
+                            reason: "the proxy is shutting down".into(),
+                        });
+                    }
+                    // Idle again (stopped just as we asked): ask once more.
+                    Status::Idle(_) => self.want(),
+                    Status::Starting => {}
+                }
+                if status.changed().await.is_err() {
+                    return Err(UpstreamError::Unavailable {
+                        server: server.clone(),
+                        reason: "the proxy is shutting down".into(),
+                    });
+                }
+            }
+        };
+        tokio::time::timeout(timeout, ready)
+            .await
+            .unwrap_or_else(|_| {
+                Err(UpstreamError::Unavailable {
+                    server: server.clone(),
+                    reason: format!("it did not start within {}", super::humanize(timeout)),
+                })
+            })
+    }
+
+    fn want(&self) {
+        self.touch();
+        if !self.wanted.swap(true, Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+
     fn source(&self) -> Source {
         Source {
             server: self.name.clone(),
@@ -344,11 +403,19 @@ pub(crate) async fn read_messages(
                     limit = limits.max_message_bytes,
                     "dropped a message from the server: too large"
                 );
-                // A reply too large to relay still ends its call, at once.
-                if let Some(id) = protocol::sniff_id(&head).and_then(|id| id.as_u64()) {
-                    let error = protocol::ParseError::TooLarge {
-                        limit: limits.max_message_bytes,
-                    };
+                let error = protocol::ParseError::TooLarge {
+                    limit: limits.max_message_bytes,
+                };
+                let id = protocol::sniff_id(&head);
+                if protocol::sniff_has_method(&head) {
+                    // The server's own request: refused to the server, whose
+                    // ids are not ours to match against our calls.
+                    if let (Some(id), Some(link)) = (id, shared.current_link()) {
+                        let refusal = error.to_response(id);
+                        let _ = link.send(refusal).await;
+                    }
+                } else if let Some(id) = id.and_then(|id| id.as_u64()) {
+                    // A reply too large to relay still ends its call, at once.
                     let reason = format!("the server's reply was refused: {error}");
                     shared.fail_call(id, &reason);
                 }
@@ -396,7 +463,20 @@ impl PendingCall {
             server: server.clone(),
             reason,
         };
-        let Some(link) = self.shared.current_link() else {
+        // Stopped for idleness just after this call was begun: it starts
+        // the server again (the call stays registered meanwhile).
+        let link = match self.shared.current_link() {
+            Some(link) => Some(link),
+            None => match self.shared.wait_running(timeout).await {
+                Ok(()) => self.shared.current_link(),
+                Err(err) => {
+                    self.done = true;
+                    self.shared.pending().remove(&self.id);
+                    return Err(err);
+                }
+            },
+        };
+        let Some(link) = link else {
             self.done = true;
             self.shared.pending().remove(&self.id);
             return Err(unavailable("it is not running".into()));
@@ -404,7 +484,16 @@ impl PendingCall {
         let (Some(message), Some(reply)) = (self.message.take(), self.reply.take()) else {
             return Err(unavailable("the call was already sent".into()));
         };
-        if let Err(reason) = link.send(message).await {
+        // A server that stops reading its input must not hold the call (or
+        // the writers queued behind it) past the call's timeout.
+        let sent = match tokio::time::timeout(timeout, link.send(message)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(format!(
+                "it did not take the call within {}",
+                super::humanize(timeout)
+            )),
+        };
+        if let Err(reason) = sent {
             self.done = true;
             self.shared.pending().remove(&self.id);
             return Err(unavailable(reason));
@@ -534,6 +623,7 @@ impl Upstream {
             wanted: std::sync::atomic::AtomicBool::new(!policy.lazy),
             wake: tokio::sync::Notify::new(),
             last_used_ms: AtomicU64::new(0),
+            held: std::sync::atomic::AtomicBool::new(false),
             epoch: Instant::now(),
         });
         Self {
@@ -593,12 +683,15 @@ impl Upstream {
         }
     }
 
+    /// Keeps the server from being stopped for idleness while `held` (it
+    /// holds state a client relies on, such as resource subscriptions).
+    pub fn hold(&self, held: bool) {
+        self.shared.held.store(held, Ordering::SeqCst);
+    }
+
     /// Asks a lazy or idle server to start; returns at once.
     pub fn want(&self) {
-        self.shared.touch();
-        if !self.shared.wanted.swap(true, Ordering::SeqCst) {
-            self.shared.wake.notify_one();
-        }
+        self.shared.want();
     }
 
     /// Whether the server is idle and would start on use (or is starting).
@@ -609,46 +702,7 @@ impl Upstream {
     /// Starts the server if it is idle and waits (up to `timeout`) until it
     /// is ready: the cold start of a call to a stopped server.
     pub async fn ensure_running(&self, timeout: Duration) -> Result<(), UpstreamError> {
-        if matches!(self.status(), Status::Ready(_)) {
-            return Ok(());
-        }
-        self.want();
-        let server = self.shared.name.to_string();
-        let mut status = self.status.clone();
-        let ready = async {
-            loop {
-                match status.borrow_and_update().clone() {
-                    Status::Ready(_) => return Ok(()),
-                    Status::Down(reason) => {
-                        return Err(UpstreamError::Unavailable {
-                            server: server.clone(),
-                            reason,
-                        });
-                    }
-                    Status::Stopped => {
-                        return Err(UpstreamError::Unavailable {
-                            server: server.clone(),
-                            reason: "the proxy is shutting down".into(),
-                        });
-                    }
-                    Status::Idle(_) | Status::Starting => {}
-                }
-                if status.changed().await.is_err() {
-                    return Err(UpstreamError::Unavailable {
-                        server: server.clone(),
-                        reason: "the proxy is shutting down".into(),
-                    });
-                }
-            }
-        };
-        tokio::time::timeout(timeout, ready)
-            .await
-            .unwrap_or_else(|_| {
-                Err(UpstreamError::Unavailable {
-                    server: server.clone(),
-                    reason: format!("it did not start within {}", super::humanize(timeout)),
-                })
-            })
+        self.shared.wait_running(timeout).await
     }
 
     /// Resolves once the server has been idle (no call for `idle_timeout`,
@@ -659,7 +713,10 @@ impl Upstream {
         };
         loop {
             let idle_for = self.shared.idle_for();
-            if idle_for >= timeout && self.shared.pending().is_empty() {
+            if idle_for >= timeout
+                && self.shared.pending().is_empty()
+                && !self.shared.held.load(Ordering::SeqCst)
+            {
                 return;
             }
             let left = timeout
@@ -872,6 +929,9 @@ impl Upstream {
                 Ok((connected, info)) => {
                     let info = Arc::new(info);
                     tracing::info!(server = %name, "server ready");
+                    // The idle clock starts when it is ready, not when it
+                    // was asked for: a slow start is not idleness.
+                    self.shared.touch();
                     self.shared.status.send_replace(Status::Ready(info.clone()));
                     let _ = self
                         .shared
@@ -880,10 +940,27 @@ impl Upstream {
                             source: self.shared.source(),
                         })
                         .await;
-                    let ended = tokio::select! {
-                        () = connected.closed.cancelled() => Ended::Closed,
-                        () = shutdown.cancelled() => Ended::Shutdown,
-                        () = self.idle() => Ended::Idle,
+                    let ended = loop {
+                        let ended = tokio::select! {
+                            () = connected.closed.cancelled() => Ended::Closed,
+                            () = shutdown.cancelled() => Ended::Shutdown,
+                            () = self.idle() => Ended::Idle,
+                        };
+                        if ended != Ended::Idle {
+                            break ended;
+                        }
+                        // Decided under the lock that registers calls: a call
+                        // begun from here on finds the server idle and starts
+                        // it again, and none is cut off.
+                        let pending = self.shared.pending();
+                        if pending.is_empty() && !self.shared.held.load(Ordering::SeqCst) {
+                            self.shared.wanted.store(false, Ordering::SeqCst);
+                            self.shared.set_link(None);
+                            self.shared
+                                .status
+                                .send_replace(Status::Idle(Some(info.clone())));
+                            break Ended::Idle;
+                        }
                     };
                     // A Ctrl-C in a terminal reaches the server too, and it
                     // may exit just before the proxy starts shutting down.
@@ -893,24 +970,20 @@ impl Upstream {
                         ended
                     };
                     if ended == Ended::Idle {
-                        // Stop it before anyone can send it another call;
-                        // its lists stay with the gateway.
-                        self.shared.wanted.store(false, Ordering::SeqCst);
-                        self.shared.status.send_replace(Status::Idle(Some(info)));
+                        // Its lists stay with the gateway; calls that came
+                        // since the decision wait for the next start.
                         tracing::info!(server = %name, idle_for = ?self.shared.idle_for(), "stopping the server: idle");
+                        connected.link.close().await;
+                        backoff = BACKOFF_START;
+                        continue;
                     }
                     // Unlinked first: a call from now on fails fast instead
                     // of writing to a server on its way out.
                     self.shared.set_link(None);
                     connected.link.close().await;
                     self.shared.fail_all_pending();
-                    match ended {
-                        Ended::Shutdown => break,
-                        Ended::Idle => {
-                            backoff = BACKOFF_START;
-                            continue;
-                        }
-                        Ended::Closed => {}
+                    if ended == Ended::Shutdown {
+                        break;
                     }
                     let reason = "the server exited or its connection closed".to_owned();
                     tracing::warn!(server = %name, "{reason}; restarting");

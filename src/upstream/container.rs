@@ -39,7 +39,7 @@ use crate::protocol;
 /// Every container Portcullis starts carries these labels.
 pub const LABEL_MANAGED: &str = "dev.portcullis.managed";
 pub const LABEL_SERVER: &str = "dev.portcullis.server";
-/// `HOST/PID/STARTTIME` of the proxy process that owns the container.
+/// `HOST/PIDNS/PID/STARTTIME` of the proxy process that owns the container.
 pub const LABEL_OWNER: &str = "dev.portcullis.owner";
 /// How many times the server had been restarted when this container started.
 pub const LABEL_RESTARTS: &str = "dev.portcullis.restarts";
@@ -77,14 +77,36 @@ pub async fn engine() -> Result<&'static Docker, String> {
         .await
 }
 
-/// This proxy process, as written in [`LABEL_OWNER`]: the host name, the pid
-/// and the process's start time (so a recycled pid is not taken for us).
+/// This proxy process, as written in [`LABEL_OWNER`]: the host name, the PID
+/// namespace, the pid and the process's start time (so a recycled pid is not
+/// taken for us).
 pub fn owner() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
     let pid = std::process::id();
-    format!("{host}/{pid}/{}", start_time(pid).unwrap_or_default())
+    format!(
+        "{}/{}/{pid}/{}",
+        hostname(),
+        pid_namespace(),
+        start_time(pid).unwrap_or_default()
+    )
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The inode of our PID namespace: pids mean something only within one.
+fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|link| {
+            let link = link.to_string_lossy();
+            link.strip_prefix("pid:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
 }
 
 /// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks.
@@ -96,23 +118,25 @@ fn start_time(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Whether the proxy that wrote `owner` is gone. Owners on other hosts (an
-/// engine shared over `DOCKER_HOST`) are never judged from here.
+/// Whether the proxy that wrote `owner` is gone. Only owners on this host
+/// and in this PID namespace are judged: a proxy elsewhere (another machine
+/// sharing the engine over `DOCKER_HOST`, or one in a container) may well be
+/// alive. A pid we may not look at counts as alive.
 fn owner_is_gone(owner: &str) -> bool {
-    let mut parts = owner.splitn(3, '/');
-    let (Some(host), Some(pid), Some(started)) = (parts.next(), parts.next(), parts.next()) else {
-        return true;
+    let parts: Vec<&str> = owner.split('/').collect();
+    let [host, namespace, pid, started] = parts[..] else {
+        return false;
     };
-    let ours = self::owner();
-    if ours.split('/').next() != Some(host) {
+    if host != hostname() || namespace != pid_namespace() {
         return false;
     }
     let Ok(pid) = pid.parse::<u32>() else {
-        return true;
+        return false;
     };
-    match start_time(pid) {
-        None => true,
-        Some(now) => now.to_string() != started,
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => true,
+        Err(_) => false,
+        Ok(_) => start_time(pid).is_some_and(|now| now.to_string() != started),
     }
 }
 
@@ -135,7 +159,7 @@ pub async fn remove_orphans() -> Result<usize, String> {
         let labels = container.labels.unwrap_or_default();
         let orphan = labels
             .get(LABEL_OWNER)
-            .is_none_or(|owner| owner_is_gone(owner));
+            .is_some_and(|owner| owner_is_gone(owner));
         if !orphan {
             continue;
         }
@@ -158,6 +182,31 @@ pub async fn remove_orphans() -> Result<usize, String> {
                 )
             }
         }
+    }
+    Ok(removed)
+}
+
+/// Removes every container this proxy process still owns: the last step of
+/// a shutdown, for a container whose creation was under way when its
+/// supervisor stopped. Returns how many were removed.
+pub async fn remove_owned() -> Result<usize, String> {
+    let docker = engine().await?;
+    let filters = HashMap::from([(
+        "label".to_owned(),
+        vec![format!("{LABEL_OWNER}={}", owner())],
+    )]);
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|err| format!("cannot list containers: {}", describe(&err)))?;
+    let mut removed = 0;
+    for id in containers.into_iter().filter_map(|c| c.id) {
+        remove(docker, &id).await?;
+        removed += 1;
     }
     Ok(removed)
 }
@@ -256,18 +305,18 @@ pub fn labels(server: &str, client: Option<&str>, restarts: u64) -> HashMap<Stri
 }
 
 /// Makes sure the engine has the image (pulling it only if the server allows)
-/// and that it is the pinned one.
-pub async fn ensure_image(docker: &Docker, spec: &ContainerSpec) -> Result<(), String> {
+/// and that it is the pinned one; returns its id, which is what runs (a tag
+/// moved between this check and the start cannot swap the image).
+pub async fn ensure_image(docker: &Docker, spec: &ContainerSpec) -> Result<String, String> {
     match ensure_image_present(docker, spec).await {
         Err(Missing::No(message)) if spec.pull == PullPolicy::Missing => {
             tracing::debug!("{message}");
             pull(docker, &spec.image).await?;
             ensure_image_present(docker, spec)
                 .await
-                .map(|_| ())
                 .map_err(Missing::into_message)
         }
-        other => other.map(|_| ()).map_err(Missing::into_message),
+        other => other.map_err(Missing::into_message),
     }
 }
 
@@ -481,7 +530,7 @@ pub(super) async fn spawn(
         reason,
     };
     let docker = engine().await.map_err(fail)?;
-    ensure_image(docker, spec).await.map_err(fail)?;
+    let image_id = ensure_image(docker, spec).await.map_err(fail)?;
 
     // Secrets travel only in the create request's environment: never on a
     // command line, never in a log line.
@@ -496,11 +545,14 @@ pub(super) async fn spawn(
         )
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
-    let body = create_body(
+    let mut body = create_body(
         spec,
         env,
         labels(&server, shared.instance.as_deref(), restarts),
     );
+    if !image_id.is_empty() {
+        body.image = Some(image_id);
+    }
     let name = format!(
         "portcullis-{server}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -681,14 +733,22 @@ mod tests {
     fn owners_that_are_gone_are_recognised() {
         let ours = owner();
         assert!(!owner_is_gone(&ours));
-        let host = ours.split('/').next().unwrap_or_default();
-        assert!(owner_is_gone(&format!("{host}/999999999/1")));
+        let (host, namespace) = (hostname(), pid_namespace());
+        assert!(!namespace.is_empty());
+        assert!(owner_is_gone(&format!("{host}/{namespace}/999999999/1")));
         // Our pid with another start time is a recycled pid: gone.
-        assert!(owner_is_gone(&format!("{host}/{}/1", std::process::id())));
+        assert!(owner_is_gone(&format!(
+            "{host}/{namespace}/{}/1",
+            std::process::id()
+        )));
         assert!(
-            !owner_is_gone("some-other-host/1/1"),
+            !owner_is_gone(&format!("other-host/{namespace}/999999999/1")),
             "other hosts are not ours to judge"
         );
-        assert!(owner_is_gone("garbage"));
+        assert!(
+            !owner_is_gone(&format!("{host}/1/999999999/1")),
+            "nor other PID namespaces"
+        );
+        assert!(!owner_is_gone("garbage"), "what we cannot read we leave");
     }
 }
