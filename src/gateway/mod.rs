@@ -643,7 +643,7 @@ impl Gateway {
                         )
                     })?
                     .to_owned();
-                for upstream in &self.upstreams {
+                for upstream in self.serving(&session.client.name) {
                     if let Status::Ready(info) = upstream.status()
                         && info.pointer("/capabilities/logging").is_some()
                     {
@@ -915,7 +915,7 @@ impl Gateway {
                 }
             }
             "notifications/roots/list_changed" => {
-                for upstream in &self.upstreams {
+                for upstream in self.serving(&session.client.name) {
                     if matches!(upstream.status(), Status::Ready(_)) {
                         let _ = upstream.send(exchange.message.clone()).await;
                     }
@@ -1011,6 +1011,25 @@ impl Gateway {
         instances.insert((index, client.clone()), instance.clone());
         tracing::debug!(server = %primary.name(), client = %client, "per-client instance created");
         Some(instance)
+    }
+
+    /// The running instances that serve `client`: the shared servers, and
+    /// its own instances of per-client ones.
+    fn serving(&self, client: &Arc<str>) -> Vec<Upstream> {
+        let mut out: Vec<Upstream> = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !self.per_client(*index))
+            .map(|(_, upstream)| upstream.clone())
+            .collect();
+        out.extend(
+            lock(&self.instances)
+                .iter()
+                .filter(|((_, owner), _)| owner == client)
+                .map(|(_, instance)| instance.clone()),
+        );
+        out
     }
 
     /// The instance an event came from.
