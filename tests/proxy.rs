@@ -764,5 +764,12 @@ async fn a_bad_session_does_not_disturb_the_others() {
         completion["result"]["completion"]["values"],
         json!(["alice"])
     );
+    // Log levels go to every server that logs; the proxy answers for them.
+    let level = raw
+        .call(2, "logging/setLevel", json!({"level": "warning"}))
+        .await;
+    assert_eq!(level["result"], json!({}), "{level}");
+    let bad_level = raw.call(3, "logging/setLevel", json!({})).await;
+    assert_eq!(bad_level["error"]["code"], -32602, "{bad_level}");
     good.cancel().await.unwrap();
 }
