@@ -1,10 +1,8 @@
 //! `portcullis doctor` and `portcullis servers status`: what the Docker
 //! engine and the configured servers look like from here.
 
-use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bollard::query_parameters::ListContainersOptions;
 use serde_json::{Value, json};
 
 use super::Format;
@@ -250,18 +248,9 @@ pub async fn servers_status(config: &Config, format: Format) -> anyhow::Result<(
             }));
             continue;
         };
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{LABEL_SERVER}={}", server.name)],
-        )]);
-        let found = docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
+        let found = container::labelled(docker, &format!("{LABEL_SERVER}={}", server.name))
             .await
-            .map_err(|err| anyhow::anyhow!("cannot list containers: {}", describe(&err)))?;
+            .map_err(anyhow::Error::msg)?;
         if found.is_empty() {
             rows.push(json!({
                 "name": server.name,

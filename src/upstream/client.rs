@@ -372,6 +372,27 @@ impl Shared {
     }
 }
 
+/// Writes one message to a server's input as a line, and flushes. A write
+/// that fails closes the link (`closed`): the server is gone.
+pub(crate) async fn write_message<W: tokio::io::AsyncWrite + Unpin>(
+    input: &tokio::sync::Mutex<W>,
+    message: &Value,
+    closed: &CancellationToken,
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt as _;
+    let line = protocol::encode_line(message);
+    let mut input = input.lock().await;
+    let written = async {
+        input.write_all(&line).await?;
+        input.flush().await
+    }
+    .await;
+    written.map_err(|err| {
+        closed.cancel();
+        format!("cannot write to the server: {err}")
+    })
+}
+
 /// Reads a server's output, one message per line (each bounded while it is
 /// read), and dispatches each in order until the output ends or `closed`
 /// fires; then fires `closed`.

@@ -17,8 +17,8 @@ use bollard::Docker;
 use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, HostConfig, HostConfigLogConfig, Mount, MountType,
+    RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, ListContainersOptions,
@@ -28,13 +28,12 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::client::{Connected, Link, Shared, read_messages};
+use super::client::{Connected, Link, Shared, read_messages, write_message};
 use crate::config::{ContainerSpec, LimitsConfig, PullPolicy};
-use crate::protocol;
 
 /// Every container Portcullis starts carries these labels.
 pub const LABEL_MANAGED: &str = "dev.portcullis.managed";
@@ -140,19 +139,24 @@ fn owner_is_gone(owner: &str) -> bool {
     }
 }
 
-/// Removes the containers that proxies on this host left behind when they
-/// died without cleaning up. Returns how many were removed.
-pub async fn remove_orphans() -> Result<usize, String> {
-    let docker = engine().await?;
-    let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")])]);
-    let containers = docker
+/// Every container (running or not) with the label `label` (`KEY=VALUE`).
+pub async fn labelled(docker: &Docker, label: &str) -> Result<Vec<ContainerSummary>, String> {
+    let filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
+    docker
         .list_containers(Some(ListContainersOptions {
             all: true,
             filters: Some(filters),
             ..Default::default()
         }))
         .await
-        .map_err(|err| format!("cannot list containers: {}", describe(&err)))?;
+        .map_err(|err| format!("cannot list containers: {}", describe(&err)))
+}
+
+/// Removes the containers that proxies on this host left behind when they
+/// died without cleaning up. Returns how many were removed.
+pub async fn remove_orphans() -> Result<usize, String> {
+    let docker = engine().await?;
+    let containers = labelled(docker, &format!("{LABEL_MANAGED}=true")).await?;
     let mut removed = 0;
     for container in containers {
         let Some(id) = container.id else { continue };
@@ -191,18 +195,7 @@ pub async fn remove_orphans() -> Result<usize, String> {
 /// supervisor stopped. Returns how many were removed.
 pub async fn remove_owned() -> Result<usize, String> {
     let docker = engine().await?;
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("{LABEL_OWNER}={}", owner())],
-    )]);
-    let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|err| format!("cannot list containers: {}", describe(&err)))?;
+    let containers = labelled(docker, &format!("{LABEL_OWNER}={}", owner())).await?;
     let mut removed = 0;
     for id in containers.into_iter().filter_map(|c| c.id) {
         remove(docker, &id).await?;
@@ -468,20 +461,7 @@ struct ContainerLink {
 
 impl Link for ContainerLink {
     fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>> {
-        async move {
-            let line = protocol::encode_line(&message);
-            let mut stdin = self.stdin.lock().await;
-            let written = async {
-                stdin.write_all(&line).await?;
-                stdin.flush().await
-            }
-            .await;
-            written.map_err(|err| {
-                self.closed.cancel();
-                format!("cannot write to the container: {err}")
-            })
-        }
-        .boxed()
+        async move { write_message(&self.stdin, &message, &self.closed).await }.boxed()
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

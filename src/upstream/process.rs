@@ -7,14 +7,13 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, BufReader, BufWriter};
 use tokio::process::{ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::client::{Connected, Link, Shared, read_messages};
+use super::client::{Connected, Link, Shared, read_messages, write_message};
 use crate::config::{LimitsConfig, ProcessSpec};
-use crate::protocol;
 
 struct ProcessLink {
     stdin: tokio::sync::Mutex<BufWriter<ChildStdin>>,
@@ -23,20 +22,7 @@ struct ProcessLink {
 
 impl Link for ProcessLink {
     fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>> {
-        async move {
-            let line = protocol::encode_line(&message);
-            let mut stdin = self.stdin.lock().await;
-            let written = async {
-                stdin.write_all(&line).await?;
-                stdin.flush().await
-            }
-            .await;
-            written.map_err(|err| {
-                self.closed.cancel();
-                format!("cannot write to the server: {err}")
-            })
-        }
-        .boxed()
+        async move { write_message(&self.stdin, &message, &self.closed).await }.boxed()
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
