@@ -195,3 +195,29 @@ fn every_example_config_loads() {
     }
     assert!(checked >= 2, "found {checked} example configs");
 }
+
+#[test]
+fn the_readmes_config_examples_load() {
+    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for (index, block) in readme.split("```toml\n").skip(1).enumerate() {
+        let block = block.split("```").next().unwrap_or_default();
+        // The README writes placeholders where a real value is the user's.
+        let text = block
+            .replace(
+                "token_sha256 = \"…\"",
+                &format!("token_sha256 = \"{}\"", "b".repeat(64)),
+            )
+            .replace("sha256:…", &format!("sha256:{}", "a".repeat(64)));
+        let path = dir.path().join(format!("readme-{index}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let (ok, _, stderr) = run(&["servers", "list", "--config", path.to_str().unwrap()]);
+        assert!(
+            ok,
+            "README toml block {index} does not load: {stderr}\n{block}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "found {checked} toml blocks");
+}
