@@ -235,12 +235,17 @@ async fn run(starts: usize, calls: usize) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
+    let bridge = format!(
+        "{}/target/static/portcullis-bridge",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::write(
         &config,
         format!(
-            "[[clients]]\nname = \"bench\"\n\n\
+            "[proxy]\nbridge = {bridge:?}\n\n[[clients]]\nname = \"bench\"\n\n\
              [[servers]]\nname = \"cold\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"cold\"], idle_timeout = \"1s\" }}\n\n\
              [[servers]]\nname = \"warm\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"warm\"], start = \"eager\" }}\n\n\
+             [[servers]]\nname = \"fifo\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"fifo\"], start = \"eager\", stdio = \"fifo\" }}\n\n\
              [[servers]]\nname = \"local\"\nprocess = {{ command = {example:?}, args = [\"--name\", \"local\"] }}\n"
         ),
     )
@@ -291,6 +296,13 @@ async fn run(starts: usize, calls: usize) {
     )
     .await;
     let process = measure_stdio("process server (stdio)", proxy(), "local__echo", calls).await;
+    let fifo = measure_stdio(
+        "container server, warm, `stdio = \"fifo\"`",
+        proxy(),
+        "fifo__echo",
+        calls,
+    )
+    .await;
     let attached = direct_attach(&docker, &image, calls).await;
 
     let bare = stats(
@@ -314,7 +326,7 @@ async fn run(starts: usize, calls: usize) {
     }
     println!("\n| warm calls ({calls} each) | p50 µs | p99 µs | calls/s | vs process p50 |");
     println!("|---|---:|---:|---:|---:|");
-    for s in [&process, &attached, &warm] {
+    for s in [&process, &attached, &warm, &fifo] {
         println!(
             "| {} | {:.1} | {:.1} | {:.0} | {:.2}× |",
             s.label,
@@ -325,9 +337,10 @@ async fn run(starts: usize, calls: usize) {
         );
     }
     println!(
-        "\ncold start / engine start p50: {:.2}× (goal ≤ 1.5×); warm container / process p50: {:.2}× (goal ≤ 1.5×); through the proxy vs attached directly: {:.2}×",
+        "\ncold start / engine start p50: {:.2}× (goal ≤ 1.5×); warm container / process p50: {:.2}× attached, {:.2}× through FIFOs (goal ≤ 1.5×); through the proxy vs attached directly: {:.2}×",
         ms(cold.p50) / ms(bare.p50),
         us(warm.p50) / us(process.p50),
+        us(fifo.p50) / us(process.p50),
         us(warm.p50) / us(attached.p50)
     );
 }

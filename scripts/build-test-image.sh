@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the example MCP server image that the container tests, the benchmark
 # and the README use: `FROM scratch` with `portcullis-example-server` linked
-# statically (no registry is needed, and none is reached).
+# statically (no registry is needed, and none is reached). It also leaves the
+# static `portcullis-bridge` (for `stdio = "fifo"` servers) at
+# target/static/portcullis-bridge.
 #
 # Usage: scripts/build-test-image.sh [TAG]     (default portcullis/example-server:dev)
 #   The last line on stdout is the tag; cargo's and docker's output go to stderr.
@@ -35,8 +37,11 @@ HOST="$(rustc -vV | sed -n 's/^host: //p')"
 (
     cd "$ROOT"
     RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
-        --target "$HOST" --bin portcullis-example-server
+        --target "$HOST" --bin portcullis-example-server --bin portcullis-bridge
 ) >&2 || die "the static build of portcullis-example-server failed"
+mkdir -p "$ROOT/target/static"
+cp -f "$ROOT/target/$HOST/release/portcullis-bridge" "$ROOT/target/static/portcullis-bridge.tmp"
+mv -f "$ROOT/target/static/portcullis-bridge.tmp" "$ROOT/target/static/portcullis-bridge"
 
 BIN="$ROOT/target/$HOST/release/portcullis-example-server"
 CONTEXT="$ROOT/target/test-image"

@@ -523,6 +523,98 @@ async fn per_client_isolation_gives_each_client_its_own_container() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn fifo_stdio_bypasses_the_engine_and_keeps_the_profile() {
+    let _serial = SERIAL.lock().await;
+    let docker = docker().await;
+    common::test_image();
+    let bridge = common::repo_root().join("target/static/portcullis-bridge");
+    let proxy = TestProxy::new()
+        .with_config(&format!("bridge = {:?}", bridge.display().to_string()))
+        .with_container_server("box-fifo", ", stdio = \"fifo\", start = \"eager\"", "");
+    let mut client = initialized(&proxy).await;
+    let echoed = client
+        .call(
+            1,
+            "tools/call",
+            json!({"name":"box-fifo__echo","arguments":{"text":"through fifos"}}),
+        )
+        .await;
+    assert_eq!(first_text(&echoed), "box-fifo: through fifos");
+    let probe = client
+        .call(
+            2,
+            "tools/call",
+            json!({"name":"box-fifo__sandbox_probe","arguments":{}}),
+        )
+        .await;
+    assert_hardened_probe(&probe_of(&probe));
+
+    let running = wait_for_containers(&docker, "box-fifo", 1).await;
+    let inspected = docker
+        .inspect_container(running[0].id.as_deref().unwrap(), None)
+        .await
+        .unwrap();
+    let config = inspected.config.unwrap();
+    assert_eq!(
+        config
+            .entrypoint
+            .as_ref()
+            .and_then(|e| e.first())
+            .map(String::as_str),
+        Some("/run/portcullis-bridge")
+    );
+    assert_eq!(
+        config.open_stdin,
+        Some(false),
+        "no stdin through the engine"
+    );
+    let mounts = inspected.host_config.unwrap().mounts.unwrap_or_default();
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    assert!(
+        mounts.iter().all(|m| m.read_only == Some(true)),
+        "{mounts:?}"
+    );
+
+    // The server's exit is seen (through the attached stderr) and it comes back.
+    let crashed = client
+        .call(
+            3,
+            "tools/call",
+            json!({"name":"box-fifo__crash","arguments":{"code":5}}),
+        )
+        .await;
+    assert_eq!(crashed["error"]["code"], -32011, "{crashed}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut id = 10;
+    loop {
+        id += 1;
+        let reply = client
+            .call(
+                id,
+                "tools/call",
+                json!({"name":"box-fifo__echo","arguments":{"text":"back"}}),
+            )
+            .await;
+        if reply.get("result").is_some() {
+            assert_eq!(first_text(&reply), "box-fifo: back");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not come back: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.finish().await;
+    assert!(containers(&docker, "box-fifo").await.is_empty());
+    let run = proxy.dir().join(".portcullis/run");
+    let left: Vec<_> = std::fs::read_dir(&run)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "FIFO folders left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_missing_image_and_an_unreachable_engine_are_clear_errors_naming_the_server() {
     let _serial = SERIAL.lock().await;
     let docker = docker().await;

@@ -38,6 +38,17 @@ pub struct ContainerSpec {
     pub idle_timeout: Option<Duration>,
     pub isolation: Isolation,
     pub sandbox: Sandbox,
+    /// Stdio through FIFOs instead of the engine's attach stream.
+    pub fifos: Option<Fifos>,
+}
+
+/// Where a `stdio = "fifo"` server's FIFOs and launcher come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fifos {
+    /// The static `portcullis-bridge` on the host.
+    pub bridge: PathBuf,
+    /// A folder of the proxy's own, holding one private folder per container.
+    pub run_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,6 +305,7 @@ pub(super) struct RawContainer {
     start: Option<String>,
     idle_timeout: Option<String>,
     isolation: Option<String>,
+    stdio: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -342,6 +354,7 @@ pub(super) fn container_spec(
     raw: RawContainer,
     sandbox: Option<RawSandbox>,
     base: &Path,
+    proxy: &super::ProxyConfig,
 ) -> Result<ContainerSpec, (String, String)> {
     let fail = |key: &str, message: String| Err((key.to_owned(), message));
     if raw.image.trim().is_empty() {
@@ -409,6 +422,29 @@ pub(super) fn container_spec(
             Some(parse_duration(&text).map_err(|m| (".container.idle_timeout".into(), m))?)
         }
     };
+    let fifos = match raw.stdio.as_deref() {
+        None | Some("attach") => None,
+        Some("fifo") => match &proxy.bridge {
+            Some(bridge) => Some(Fifos {
+                bridge: bridge.clone(),
+                run_dir: proxy.data_dir.join("run"),
+            }),
+            None => {
+                return fail(
+                    ".container.stdio",
+                    format!(
+                        "server `{server}`: `stdio = \"fifo\"` needs `[proxy] bridge`, the path of a static `portcullis-bridge` (scripts/build-test-image.sh builds one at target/static/portcullis-bridge)"
+                    ),
+                );
+            }
+        },
+        Some(other) => {
+            return fail(
+                ".container.stdio",
+                format!("`{other}` is not `attach` or `fifo`"),
+            );
+        }
+    };
     let sandbox = self::sandbox(sandbox.unwrap_or_default(), base)?;
     let dangers = sandbox.dangers();
     if !dangers.is_empty() && !sandbox.allow_dangerous {
@@ -431,6 +467,7 @@ pub(super) fn container_spec(
         idle_timeout,
         isolation,
         sandbox,
+        fifos,
     })
 }
 

@@ -16,7 +16,8 @@ use toml::Spanned;
 mod container;
 
 pub use container::{
-    BindMount, ContainerSpec, Isolation, PullPolicy, Sandbox, StartPolicy, TmpfsMount, parse_size,
+    BindMount, ContainerSpec, Fifos, Isolation, PullPolicy, Sandbox, StartPolicy, TmpfsMount,
+    parse_size,
 };
 
 /// A config that failed to load.
@@ -61,6 +62,9 @@ pub struct ProxyConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub policies: Option<PathBuf>,
+    /// The static `portcullis-bridge`, for container servers with
+    /// `stdio = "fifo"`.
+    pub bridge: Option<PathBuf>,
     pub namespace_separator: String,
     pub call_timeout: Duration,
     pub startup_timeout: Duration,
@@ -221,6 +225,7 @@ struct RawProxy {
     listen: Option<Spanned<String>>,
     data_dir: Option<PathBuf>,
     policies: Option<PathBuf>,
+    bridge: Option<PathBuf>,
     namespace_separator: Option<Spanned<String>>,
     call_timeout: Option<Spanned<String>>,
     startup_timeout: Option<Spanned<String>>,
@@ -435,6 +440,7 @@ impl Validator<'_> {
                     .unwrap_or_else(|| PathBuf::from(".portcullis")),
             ),
             policies: proxy.policies.map(resolve),
+            bridge: proxy.bridge.map(resolve),
             namespace_separator: separator,
             call_timeout,
             startup_timeout: self.duration(
@@ -612,8 +618,14 @@ impl Validator<'_> {
             }
             let kind = if let Some(raw) = server.container {
                 UpstreamSpec::Container(Box::new(
-                    container::container_spec(&server.name, raw, server.sandbox, base)
-                        .map_err(|(field, message)| err(&field, message))?,
+                    container::container_spec(
+                        &server.name,
+                        raw,
+                        server.sandbox,
+                        base,
+                        &proxy_config,
+                    )
+                    .map_err(|(field, message)| err(&field, message))?,
                 ))
             } else if let Some(process) = server.process {
                 if process.command.trim().is_empty() {
@@ -915,6 +927,10 @@ mod tests {
             (
                 "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", digest = \"latest\" }\n",
                 "not an image digest",
+            ),
+            (
+                "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", stdio = \"fifo\" }\n",
+                "needs `[proxy] bridge`",
             ),
             (
                 "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\" }\n[servers.sandbox]\nmemory = \"1k\"\n",

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
 use super::client::{Connected, Link, Shared, read_messages, write_message};
-use crate::config::{ContainerSpec, LimitsConfig, PullPolicy};
+use crate::config::{ContainerSpec, Fifos, LimitsConfig, PullPolicy};
 
 /// Every container Portcullis starts carries these labels.
 pub const LABEL_MANAGED: &str = "dev.portcullis.managed";
@@ -425,6 +425,149 @@ async fn remove(docker: &Docker, id: &str) -> Result<(), String> {
     }
 }
 
+/// Where the FIFO folder, the bridge and its FIFOs appear in a container.
+const FIFO_DIR_IN_CONTAINER: &str = "/run/portcullis";
+const BRIDGE_IN_CONTAINER: &str = "/run/portcullis-bridge";
+
+/// A private folder with a container's two FIFOs (`in`: the server's stdin,
+/// `out`: its stdout), removed when dropped. The folder's name is random and
+/// it cannot be listed; the FIFOs belong to the container's user when the
+/// proxy may give them away (it runs as root), else anyone who knows the
+/// path may open them.
+struct FifoDir {
+    path: std::path::PathBuf,
+}
+
+impl FifoDir {
+    fn create(run_dir: &std::path::Path, user: &str) -> Result<Self, String> {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        let failed = |what: &str, err: &dyn std::fmt::Display| format!("cannot {what}: {err}");
+        std::fs::create_dir_all(run_dir)
+            .map_err(|e| failed(&format!("create `{}`", run_dir.display()), &e))?;
+        let path = run_dir.join(uuid::Uuid::new_v4().simple().to_string());
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&path)
+            .map_err(|e| failed(&format!("create `{}`", path.display()), &e))?;
+        let dir = Self { path };
+        let mut ids = user
+            .split(':')
+            .map(|id| id.trim_start_matches('+').parse::<u32>().ok());
+        let uid = ids.next().flatten();
+        let gid = ids.next().flatten();
+        let root = nix::unistd::geteuid().is_root();
+        for name in ["in", "out"] {
+            let fifo = dir.path.join(name);
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| failed("make a FIFO", &e))?;
+            let mode = if root {
+                nix::unistd::chown(
+                    &fifo,
+                    uid.map(nix::unistd::Uid::from_raw),
+                    gid.map(nix::unistd::Gid::from_raw),
+                )
+                .map_err(|e| failed("give the FIFO to the container's user", &e))?;
+                0o600
+            } else {
+                0o666
+            };
+            std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| failed("set the FIFO's mode", &e))?;
+        }
+        Ok(dir)
+    }
+
+    /// The server's stdin, opened read-write so that opening never waits
+    /// for the other end.
+    fn open_input(&self) -> Result<tokio::net::unix::pipe::Sender, String> {
+        tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_sender(self.path.join("in"))
+            .map_err(|err| format!("cannot open the server's input FIFO: {err}"))
+    }
+
+    fn open_output(&self) -> Result<tokio::net::unix::pipe::Receiver, String> {
+        tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(self.path.join("out"))
+            .map_err(|err| format!("cannot open the server's output FIFO: {err}"))
+    }
+}
+
+impl Drop for FifoDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The server's own command: the spec's entrypoint and args, else the image's.
+async fn server_command(
+    docker: &Docker,
+    spec: &ContainerSpec,
+    image_id: &str,
+) -> Result<Vec<String>, String> {
+    let config = docker
+        .inspect_image(if image_id.is_empty() {
+            &spec.image
+        } else {
+            image_id
+        })
+        .await
+        .map_err(|err| format!("image `{}`: {}", spec.image, describe(&err)))?
+        .config
+        .unwrap_or_default();
+    let mut command = match &spec.entrypoint {
+        Some(entrypoint) => entrypoint.clone(),
+        None => config.entrypoint.unwrap_or_default(),
+    };
+    if !spec.args.is_empty() {
+        command.extend(spec.args.iter().cloned());
+    } else if spec.entrypoint.is_none() {
+        command.extend(config.cmd.unwrap_or_default());
+    }
+    if command.is_empty() {
+        return Err(format!(
+            "image `{}` names no program to run; set `entrypoint`",
+            spec.image
+        ));
+    }
+    Ok(command)
+}
+
+/// Rewrites a create request for stdio through FIFOs: the bridge as the
+/// entrypoint, the FIFO folder and the bridge mounted read-only (a FIFO
+/// opens for writing on a read-only mount), no stdin or stdout attached.
+fn use_fifos(body: &mut ContainerCreateBody, setup: &Fifos, dir: &FifoDir, command: Vec<String>) {
+    let mut entrypoint = vec![
+        BRIDGE_IN_CONTAINER.to_owned(),
+        format!("{FIFO_DIR_IN_CONTAINER}/in"),
+        format!("{FIFO_DIR_IN_CONTAINER}/out"),
+        "--".to_owned(),
+    ];
+    entrypoint.extend(command);
+    body.entrypoint = Some(entrypoint);
+    body.cmd = None;
+    body.attach_stdin = Some(false);
+    body.attach_stdout = Some(false);
+    body.open_stdin = Some(false);
+    body.stdin_once = Some(false);
+    if let Some(host) = body.host_config.as_mut() {
+        let mounts = host.mounts.get_or_insert_with(Vec::new);
+        for (source, target) in [
+            (dir.path.as_path(), FIFO_DIR_IN_CONTAINER),
+            (setup.bridge.as_path(), BRIDGE_IN_CONTAINER),
+        ] {
+            mounts.push(Mount {
+                typ: Some(MountType::BIND),
+                source: Some(source.to_string_lossy().into_owned()),
+                target: Some(target.to_owned()),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+    }
+}
+
 /// Removes a container when dropped, unless disarmed: no failure while
 /// starting leaves one behind.
 struct Created<'a> {
@@ -452,6 +595,8 @@ impl Drop for Created<'_> {
 }
 
 struct ContainerLink {
+    /// Held for its `Drop`: the FIFO folder goes with the link.
+    _fifos: Option<FifoDir>,
     docker: Docker,
     id: String,
     server: Arc<str>,
@@ -530,6 +675,19 @@ pub(super) async fn spawn(
         env,
         labels(&server, shared.instance.as_deref(), restarts),
     );
+    // With FIFOs, the bridge is the entrypoint and execs the server's own
+    // command with the FIFOs as its stdio; the attach carries stderr only.
+    let fifos = match &spec.fifos {
+        None => None,
+        Some(setup) => {
+            let command = server_command(docker, spec, &image_id)
+                .await
+                .map_err(fail)?;
+            let dir = FifoDir::create(&setup.run_dir, &spec.sandbox.user).map_err(fail)?;
+            use_fifos(&mut body, setup, &dir, command);
+            Some(dir)
+        }
+    };
     if !image_id.is_empty() {
         body.image = Some(image_id);
     }
@@ -552,12 +710,13 @@ pub(super) async fn spawn(
         id: response.id,
         armed: true,
     };
+    let attached = fifos.is_none();
     let AttachContainerResults { output, input } = docker
         .attach_container(
             &created.id,
             Some(AttachContainerOptions {
-                stdin: true,
-                stdout: true,
+                stdin: attached,
+                stdout: attached,
                 stderr: true,
                 stream: true,
                 ..Default::default()
@@ -611,12 +770,32 @@ pub(super) async fn spawn(
                 }
             }
         });
-        let stdout = tokio_util::io::StreamReader::new(Box::pin(stdout));
-        tokio::spawn(read_messages(stdout, limits, shared, closed));
+        match &fifos {
+            None => {
+                let stdout = tokio_util::io::StreamReader::new(Box::pin(stdout));
+                tokio::spawn(read_messages(stdout, limits, shared, closed));
+            }
+            Some(dir) => {
+                // The attach stream (stderr) ends when the container does;
+                // the FIFO never does, since the proxy holds both its ends.
+                let output = dir.open_output().map_err(fail)?;
+                tokio::spawn(read_messages(output, limits, shared, closed.clone()));
+                tokio::spawn(async move {
+                    let mut stderr = Box::pin(stdout);
+                    while stderr.next().await.is_some() {}
+                    closed.cancel();
+                });
+            }
+        }
     }
+    let input: Pin<Box<dyn AsyncWrite + Send>> = match &fifos {
+        None => input,
+        Some(dir) => Box::pin(dir.open_input().map_err(fail)?),
+    };
 
     Ok(Connected {
         link: Arc::new(ContainerLink {
+            _fifos: fifos,
             docker: docker.clone(),
             id,
             server,
@@ -644,6 +823,7 @@ mod tests {
             idle_timeout: None,
             isolation: Isolation::Shared,
             sandbox,
+            fifos: None,
         }
     }
 
