@@ -1,6 +1,7 @@
 //! Container servers: cold start and warm calls, in one run, against
 //! baselines measured in the same run:
-//! - cold start: a `tools/call` to a stopped (idle) container server, until
+//! - cold start: a `tools/call` to a stopped (idle) container server (with
+//!   `stdio = "fifo"`, the default when a bridge is configured), until
 //!   its reply; against the engine's own start, `docker run --rm -i IMAGE`
 //!   with the same initialize + call on its stdin until the call's reply;
 //! - warm calls: `tools/call` round trips to a running container server,
@@ -244,7 +245,7 @@ async fn run(starts: usize, calls: usize) {
         format!(
             "[proxy]\nbridge = {bridge:?}\n\n[[clients]]\nname = \"bench\"\n\n\
              [[servers]]\nname = \"cold\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"cold\"], idle_timeout = \"1s\" }}\n\n\
-             [[servers]]\nname = \"warm\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"warm\"], start = \"eager\" }}\n\n\
+             [[servers]]\nname = \"warm\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"warm\"], start = \"eager\", stdio = \"attach\" }}\n\n\
              [[servers]]\nname = \"fifo\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"fifo\"], start = \"eager\", stdio = \"fifo\" }}\n\n\
              [[servers]]\nname = \"local\"\nprocess = {{ command = {example:?}, args = [\"--name\", \"local\"] }}\n"
         ),
@@ -286,10 +287,10 @@ async fn run(starts: usize, calls: usize) {
         cold.push(started.elapsed());
     }
     cold.remove(0); // the first one includes the proxy's own warm-up
-    drop(client);
+    client.finish().await;
 
     let warm = measure_stdio(
-        "container server, warm (stdio)",
+        "container server, warm, `stdio = \"attach\"`",
         proxy(),
         "warm__echo",
         calls,
@@ -310,7 +311,11 @@ async fn run(starts: usize, calls: usize) {
         bare,
         Duration::from_secs(1),
     );
-    let cold = stats("proxy: cold start + call", cold, Duration::from_secs(1));
+    let cold = stats(
+        "proxy: cold start + call (`stdio = \"fifo\"`)",
+        cold,
+        Duration::from_secs(1),
+    );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!("\n| cold start ({starts} runs) | p50 ms | p99 ms | vs engine p50 |");

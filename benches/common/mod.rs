@@ -29,7 +29,7 @@ pub fn stats(label: &str, mut samples: Vec<Duration>, elapsed: Duration) -> Stat
 
 /// A line-delimited JSON-RPC client over a child's stdio.
 pub struct StdioClient {
-    _child: Child,
+    child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
     next_id: u64,
@@ -47,7 +47,7 @@ impl StdioClient {
         let stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut client = Self {
-            _child: child,
+            child,
             stdin,
             lines,
             next_id: 1,
@@ -57,6 +57,13 @@ impl StdioClient {
             .await;
         client.notify("notifications/initialized").await;
         client
+    }
+
+    /// Closes stdin, as a client that is done does, and waits for the
+    /// proxy to shut down (and remove its containers).
+    pub async fn finish(mut self) {
+        drop(self.stdin);
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
     }
 
     pub async fn notify(&mut self, method: &str) {
@@ -98,5 +105,7 @@ pub async fn measure_stdio(label: &str, command: Command, tool: &str, calls: usi
         client.request("tools/call", params.clone()).await;
         samples.push(t.elapsed());
     }
-    stats(label, samples, start.elapsed())
+    let elapsed = start.elapsed();
+    client.finish().await;
+    stats(label, samples, elapsed)
 }

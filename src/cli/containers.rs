@@ -155,6 +155,23 @@ pub async fn doctor(config: &Config) -> bool {
         }
     }
 
+    if let Some(bridge) = &config.proxy.bridge {
+        match std::fs::metadata(bridge) {
+            Ok(meta) if meta.is_file() => report.line(
+                Level::Ok,
+                "bridge",
+                format!("{} (stdio through FIFOs)", bridge.display()),
+            ),
+            _ => report.line(
+                Level::Fail,
+                "bridge",
+                format!(
+                    "{} is missing: build it with scripts/build-test-image.sh (target/static/portcullis-bridge)",
+                    bridge.display()
+                ),
+            ),
+        }
+    }
     for server in &config.servers {
         let what = format!("server `{}`", server.name);
         match &server.kind {

@@ -261,6 +261,14 @@ async fn remove_orphaned_containers(config: &Config) {
     if !any {
         return;
     }
+    let fifos =
+        crate::upstream::container::remove_orphaned_fifos(&config.proxy.data_dir.join("run"));
+    if fifos > 0 {
+        tracing::warn!(
+            count = fifos,
+            "removed FIFO folders left behind by a proxy that died"
+        );
+    }
     match crate::upstream::container::remove_orphans().await {
         Ok(0) => {}
         Ok(count) => tracing::warn!(count, "removed containers left behind by a proxy that died"),

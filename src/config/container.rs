@@ -422,9 +422,15 @@ pub(super) fn container_spec(
             Some(parse_duration(&text).map_err(|m| (".container.idle_timeout".into(), m))?)
         }
     };
-    let fifos = match raw.stdio.as_deref() {
-        None | Some("attach") => None,
-        Some("fifo") => match &proxy.bridge {
+    // FIFOs whenever a bridge is configured, unless the server says otherwise.
+    let stdio = raw.stdio.as_deref().unwrap_or(if proxy.bridge.is_some() {
+        "fifo"
+    } else {
+        "attach"
+    });
+    let fifos = match stdio {
+        "attach" => None,
+        "fifo" => match &proxy.bridge {
             Some(bridge) => Some(Fifos {
                 bridge: bridge.clone(),
                 run_dir: proxy.data_dir.join("run"),
@@ -438,7 +444,7 @@ pub(super) fn container_spec(
                 );
             }
         },
-        Some(other) => {
+        other => {
             return fail(
                 ".container.stdio",
                 format!("`{other}` is not `attach` or `fifo`"),

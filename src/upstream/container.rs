@@ -117,6 +117,39 @@ fn start_time(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// This process as a file name: `PIDNS-PID-STARTTIME`.
+fn owner_key() -> String {
+    let pid = std::process::id();
+    format!(
+        "{}-{pid}-{}",
+        pid_namespace(),
+        start_time(pid).unwrap_or_default()
+    )
+}
+
+/// Removes the FIFO folders under `run_dir` that proxies which no longer run
+/// (in this PID namespace) left behind. Returns how many.
+pub fn remove_orphaned_fifos(run_dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return 0;
+    };
+    let host = hostname();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((owner, _)) = name.split_once('.') else {
+            continue;
+        };
+        let owner = owner.replace('-', "/");
+        if owner_is_gone(&format!("{host}/{owner}"))
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Whether the proxy that wrote `owner` is gone. Only owners on this host
 /// and in this PID namespace are judged: a proxy elsewhere (another machine
 /// sharing the engine over `DOCKER_HOST`, or one in a container) may well be
@@ -444,7 +477,9 @@ impl FifoDir {
         let failed = |what: &str, err: &dyn std::fmt::Display| format!("cannot {what}: {err}");
         std::fs::create_dir_all(run_dir)
             .map_err(|e| failed(&format!("create `{}`", run_dir.display()), &e))?;
-        let path = run_dir.join(uuid::Uuid::new_v4().simple().to_string());
+        // Named after this process too, so that a later proxy can tell the
+        // folders of a dead one from those of a live one.
+        let path = run_dir.join(format!("{}.{}", owner_key(), uuid::Uuid::new_v4().simple()));
         std::fs::DirBuilder::new()
             .mode(0o711)
             .create(&path)
@@ -887,6 +922,22 @@ mod tests {
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0].read_only, Some(true));
         assert_eq!(mounts[0].typ, Some(MountType::BIND));
+    }
+
+    #[test]
+    fn fifo_folders_of_dead_proxies_are_removed_and_ours_kept() {
+        let run = std::env::temp_dir().join(format!("portcullis-run-test-{}", std::process::id()));
+        let dead = run.join(format!("{}-999999999-1.aaaa", pid_namespace()));
+        let ours = run.join(format!("{}.bbbb", owner_key()));
+        let foreign = run.join("1-999999999-1.cccc");
+        for dir in [&dead, &ours, &foreign] {
+            std::fs::create_dir_all(dir).unwrap_or_default();
+        }
+        assert_eq!(remove_orphaned_fifos(&run), 1);
+        assert!(!dead.exists());
+        assert!(ours.exists(), "a live proxy's folder stays");
+        assert!(foreign.exists(), "another PID namespace's folder stays");
+        let _ = std::fs::remove_dir_all(&run);
     }
 
     #[test]
