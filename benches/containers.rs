@@ -17,7 +17,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -25,10 +24,11 @@ use bollard::Docker;
 use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, RemoveContainerOptions,
 };
-use common::{StdioClient, measure_stdio, stats};
+use common::{StdioClient, measure_stdio, print_table, stats};
 use futures_util::StreamExt;
+use portcullis::upstream::container::{self, LABEL_SERVER};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
@@ -210,16 +210,7 @@ async fn direct_attach(docker: &Docker, image: &str, calls: usize) -> common::St
 }
 
 async fn containers_of(docker: &Docker, server: &str) -> usize {
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("dev.portcullis.server={server}")],
-    )]);
-    docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
+    container::labelled(docker, &format!("{LABEL_SERVER}={server}"))
         .await
         .unwrap()
         .len()
@@ -329,18 +320,12 @@ async fn run(starts: usize, calls: usize) {
             ms(s.p50) / ms(bare.p50)
         );
     }
-    println!("\n| warm calls ({calls} each) | p50 µs | p99 µs | calls/s | vs process p50 |");
-    println!("|---|---:|---:|---:|---:|");
-    for s in [&process, &attached, &warm, &fifo] {
-        println!(
-            "| {} | {:.1} | {:.1} | {:.0} | {:.2}× |",
-            s.label,
-            us(s.p50),
-            us(s.p99),
-            s.calls_per_sec,
-            us(s.p50) / us(process.p50)
-        );
-    }
+    print_table(
+        &format!("warm calls ({calls} each)"),
+        "vs process p50",
+        &[&process, &attached, &warm, &fifo],
+        &process,
+    );
     println!(
         "\ncold start / engine start p50: {:.2}× (goal ≤ 1.5×); warm container / process p50: {:.2}× attached, {:.2}× through FIFOs (goal ≤ 1.5×); through the proxy vs attached directly: {:.2}×",
         ms(cold.p50) / ms(bare.p50),

@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use common::{measure_stdio, stats};
+use common::{measure_stdio, print_table, stats};
 
 const TOKEN: &str = "bench-token";
 
@@ -265,18 +265,12 @@ async fn run(calls: usize, seconds: u64) {
     let http_many = stats("proxied (HTTP, 16 sessions)", all_samples, start.elapsed());
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!("\n| path | p50 µs | p99 µs | calls/s | p50 vs direct stdio |");
-    println!("|---|---:|---:|---:|---:|");
-    for s in [&direct, &proxied, &http_one, &http_ping, &http_many] {
-        println!(
-            "| {} | {:.1} | {:.1} | {:.0} | {:.2}× |",
-            s.label,
-            us(s.p50),
-            us(s.p99),
-            s.calls_per_sec,
-            us(s.p50) / us(direct.p50)
-        );
-    }
+    print_table(
+        "path",
+        "p50 vs direct stdio",
+        &[&direct, &proxied, &http_one, &http_ping, &http_many],
+        &direct,
+    );
     println!(
         "\nproxied/direct stdio p50: {:.2}× (goal ≤ 2.2×); HTTP 1-session p50 / proxied stdio p50: {:.2}× (goal ≤ 1.5×)",
         us(proxied.p50) / us(direct.p50),

@@ -7,13 +7,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::models::ContainerSummary;
-use bollard::query_parameters::ListContainersOptions;
 use common::{HttpSession, RawClient, TestProxy, first_text};
+use portcullis::upstream::container::{self, LABEL_SERVER};
 use serde_json::{Value, json};
 
 /// The tests here start and kill proxies whose start-up removes the
@@ -31,16 +30,7 @@ async fn docker() -> Docker {
 
 /// Every container (running or not) of the server `name`.
 async fn containers(docker: &Docker, server: &str) -> Vec<ContainerSummary> {
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("dev.portcullis.server={server}")],
-    )]);
-    docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
+    container::labelled(docker, &format!("{LABEL_SERVER}={server}"))
         .await
         .unwrap()
 }

@@ -27,6 +27,24 @@ pub fn stats(label: &str, mut samples: Vec<Duration>, elapsed: Duration) -> Stat
     }
 }
 
+/// A Markdown table of latencies and throughput, each row's p50 as a ratio
+/// of `baseline`'s.
+pub fn print_table(title: &str, ratio: &str, rows: &[&Stats], baseline: &Stats) {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("\n| {title} | p50 µs | p99 µs | calls/s | {ratio} |");
+    println!("|---|---:|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.0} | {:.2}× |",
+            row.label,
+            us(row.p50),
+            us(row.p99),
+            row.calls_per_sec,
+            us(row.p50) / us(baseline.p50)
+        );
+    }
+}
+
 /// A line-delimited JSON-RPC client over a child's stdio.
 pub struct StdioClient {
     child: Child,

@@ -136,10 +136,14 @@ pub async fn doctor(config: &Config) -> bool {
         for (name, spec) in &containers {
             let what = format!("server `{name}`");
             match container::ensure_image_present(docker, spec).await {
-                Ok(id) => report.line(
+                Ok(image) => report.line(
                     Level::Ok,
                     &what,
-                    format!("image `{}` present ({id})", spec.image),
+                    format!(
+                        "image `{}` present ({})",
+                        spec.image,
+                        image.id.unwrap_or_default()
+                    ),
                 ),
                 Err(container::Missing::No(message))
                     if spec.pull == crate::config::PullPolicy::Missing =>

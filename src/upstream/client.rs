@@ -661,11 +661,6 @@ impl Upstream {
         &self.shared.name
     }
 
-    /// The client of a per-client instance.
-    pub fn instance(&self) -> Option<&Arc<str>> {
-        self.shared.instance.as_ref()
-    }
-
     pub fn config(&self) -> &ServerConfig {
         &self.config
     }
@@ -708,16 +703,6 @@ impl Upstream {
     /// holds state a client relies on, such as resource subscriptions).
     pub fn hold(&self, held: bool) {
         self.shared.held.store(held, Ordering::SeqCst);
-    }
-
-    /// Asks a lazy or idle server to start; returns at once.
-    pub fn want(&self) {
-        self.shared.want();
-    }
-
-    /// Whether the server is idle and would start on use (or is starting).
-    pub fn is_lazy_or_idle(&self) -> bool {
-        matches!(self.status(), Status::Idle(_))
     }
 
     /// Starts the server if it is idle and waits (up to `timeout`) until it

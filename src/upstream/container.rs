@@ -17,8 +17,8 @@ use bollard::Docker;
 use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, HostConfig, HostConfigLogConfig, Mount, MountType,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, HostConfig, HostConfigLogConfig, ImageInspect, Mount,
+    MountType, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, ListContainersOptions,
@@ -333,7 +333,7 @@ pub fn labels(server: &str, client: Option<&str>, restarts: u64) -> HashMap<Stri
 /// Makes sure the engine has the image (pulling it only if the server allows)
 /// and that it is the pinned one; returns its id, which is what runs (a tag
 /// moved between this check and the start cannot swap the image).
-pub async fn ensure_image(docker: &Docker, spec: &ContainerSpec) -> Result<String, String> {
+pub async fn ensure_image(docker: &Docker, spec: &ContainerSpec) -> Result<ImageInspect, String> {
     match ensure_image_present(docker, spec).await {
         Err(Missing::No(message)) if spec.pull == PullPolicy::Missing => {
             tracing::debug!("{message}");
@@ -362,12 +362,11 @@ impl Missing {
     }
 }
 
-/// The image's id, if the engine has the image and it is the pinned one.
-/// Never pulls.
+/// The image, if the engine has it and it is the pinned one. Never pulls.
 pub async fn ensure_image_present(
     docker: &Docker,
     spec: &ContainerSpec,
-) -> Result<String, Missing> {
+) -> Result<ImageInspect, Missing> {
     let image = match docker.inspect_image(&spec.image).await {
         Ok(image) => image,
         Err(DockerError::DockerResponseServerError {
@@ -386,21 +385,21 @@ pub async fn ensure_image_present(
             )));
         }
     };
-    let id = image.id.clone().unwrap_or_default();
     if let Some(digest) = &spec.digest {
+        let id = image.id.as_deref().unwrap_or_default();
         let repo_matches = image
             .repo_digests
             .iter()
             .flatten()
             .any(|repo| repo.ends_with(&format!("@{digest}")));
-        if !(id == *digest || repo_matches) {
+        if !(id == digest || repo_matches) {
             return Err(Missing::Unusable(format!(
                 "image `{}` is `{id}`, not the pinned digest `{digest}`; refusing to start it",
                 spec.image
             )));
         }
     }
-    Ok(id)
+    Ok(image)
 }
 
 async fn pull(docker: &Docker, image: &str) -> Result<(), String> {
@@ -536,21 +535,8 @@ impl Drop for FifoDir {
 }
 
 /// The server's own command: the spec's entrypoint and args, else the image's.
-async fn server_command(
-    docker: &Docker,
-    spec: &ContainerSpec,
-    image_id: &str,
-) -> Result<Vec<String>, String> {
-    let config = docker
-        .inspect_image(if image_id.is_empty() {
-            &spec.image
-        } else {
-            image_id
-        })
-        .await
-        .map_err(|err| format!("image `{}`: {}", spec.image, describe(&err)))?
-        .config
-        .unwrap_or_default();
+fn server_command(spec: &ContainerSpec, image: &ImageInspect) -> Result<Vec<String>, String> {
+    let config = image.config.clone().unwrap_or_default();
     let mut command = match &spec.entrypoint {
         Some(entrypoint) => entrypoint.clone(),
         None => config.entrypoint.unwrap_or_default(),
@@ -690,7 +676,7 @@ pub(super) async fn spawn(
         reason,
     };
     let docker = engine().await.map_err(fail)?;
-    let image_id = ensure_image(docker, spec).await.map_err(fail)?;
+    let image = ensure_image(docker, spec).await.map_err(fail)?;
 
     // Secrets travel only in the create request's environment: never on a
     // command line, never in a log line.
@@ -715,16 +701,14 @@ pub(super) async fn spawn(
     let fifos = match &spec.fifos {
         None => None,
         Some(setup) => {
-            let command = server_command(docker, spec, &image_id)
-                .await
-                .map_err(fail)?;
+            let command = server_command(spec, &image).map_err(fail)?;
             let dir = FifoDir::create(&setup.run_dir, &spec.sandbox.user).map_err(fail)?;
             use_fifos(&mut body, setup, &dir, command);
             Some(dir)
         }
     };
-    if !image_id.is_empty() {
-        body.image = Some(image_id);
+    if let Some(id) = image.id {
+        body.image = Some(id);
     }
     let name = format!(
         "portcullis-{server}-{}",
