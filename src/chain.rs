@@ -76,6 +76,63 @@ pub struct Context {
     pub target: Option<String>,
     /// The id of the request this exchange is about, as its sender wrote it.
     pub request_id: Option<Value>,
+    /// The target's definition as its server listed it (tools/call,
+    /// prompts/get): what interceptors decide on, never the client's word.
+    pub definition: Option<Definition>,
+    /// The servers' listed items, as routing saw them: which server lists a
+    /// tool, prompt or resource. Set on client requests.
+    pub directory: Option<Arc<dyn Directory>>,
+}
+
+impl Context {
+    pub fn new(
+        session: Arc<str>,
+        client: ClientIdentity,
+        transport: Transport,
+        method: &str,
+    ) -> Self {
+        Self {
+            session,
+            client,
+            transport,
+            method: Arc::from(method),
+            server: None,
+            target: None,
+            request_id: None,
+            definition: None,
+            directory: None,
+        }
+    }
+}
+
+/// One item of a server's list, shared with the list it belongs to (no copy
+/// per exchange).
+#[derive(Debug, Clone)]
+pub struct Definition {
+    list: Arc<Vec<Value>>,
+    index: usize,
+}
+
+impl Definition {
+    pub fn new(list: Arc<Vec<Value>>, index: usize) -> Self {
+        Self { list, index }
+    }
+
+    pub fn get(&self) -> Option<&Value> {
+        self.list.get(self.index)
+    }
+}
+
+/// Which server lists an item of the merged lists the client sees.
+pub trait Directory: std::fmt::Debug + Send + Sync {
+    /// The server of a namespaced tool name.
+    fn tool_server(&self, namespaced: &str) -> Option<&str>;
+    /// The server of a namespaced prompt name.
+    fn prompt_server(&self, namespaced: &str) -> Option<&str>;
+    /// The server that owns a resource URI (listed, or under a template).
+    fn resource_server(&self, uri: &str) -> Option<&str>;
+    /// The server that listed a resource template.
+    fn template_server(&self, uri_template: &str) -> Option<&str>;
 }
 
 /// A note an interceptor attaches to the exchange, for later interceptors and
@@ -124,6 +181,8 @@ pub struct Denial {
     pub code: i64,
     /// Short and safe to show: no policy text, no secrets.
     pub reason: String,
+    /// Extra fields for the error's `data` (e.g. a decision id), safe to show.
+    pub data: serde_json::Map<String, Value>,
 }
 
 impl Denial {
@@ -131,7 +190,13 @@ impl Denial {
         Self {
             code,
             reason: reason.into(),
+            data: serde_json::Map::new(),
         }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.data.insert(key.to_owned(), value.into());
+        self
     }
 }
 
@@ -186,11 +251,16 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn to_response(&self, id: Value) -> Value {
+        let mut data = serde_json::Map::new();
+        data.insert("interceptor".into(), Value::from(&*self.interceptor));
+        for (key, value) in &self.denial.data {
+            data.insert(key.clone(), value.clone());
+        }
         protocol::error(
             id,
             self.denial.code,
             &format!("denied by {}: {}", self.interceptor, self.denial.reason),
-            Some(serde_json::json!({ "interceptor": &*self.interceptor })),
+            Some(Value::Object(data)),
         )
     }
 
@@ -329,13 +399,13 @@ mod tests {
             Direction::ClientToServer,
             Phase::Request,
             Context {
-                session: "s".into(),
-                client: ClientIdentity::new("c", &[]),
-                transport: Transport::Stdio,
-                method: method.into(),
-                server: None,
-                target: None,
                 request_id: Some(json!(1)),
+                ..Context::new(
+                    "s".into(),
+                    ClientIdentity::new("c", &[]),
+                    Transport::Stdio,
+                    method,
+                )
             },
         )
     }

@@ -1,6 +1,7 @@
 //! The `portcullis` command line.
 
 mod containers;
+mod policy;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,6 +64,11 @@ enum Command {
     Tools {
         #[command(subcommand)]
         command: ToolsCommand,
+    },
+    /// Check, test and explain Cedar policies.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
     },
 }
 
@@ -213,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load(&config)?;
             tools_list(config, client.as_deref(), format).await
         }
+        Command::Policy { command } => policy::run(command),
     }
 }
 
@@ -276,21 +283,30 @@ async fn remove_orphaned_containers(config: &Config) {
     }
 }
 
-async fn start_gateway(config: Config) -> Arc<Gateway> {
-    let (gateway, events) = build_gateway(config);
+async fn start_gateway(config: Config) -> anyhow::Result<Arc<Gateway>> {
+    let (gateway, events, _) = build_gateway(config)?;
     start(&gateway, events).await;
-    gateway
+    Ok(gateway)
 }
 
-fn build_gateway(
-    config: Config,
-) -> (
+type Built = (
     Arc<Gateway>,
     tokio::sync::mpsc::Receiver<crate::upstream::UpstreamEvent>,
-) {
+    Option<Arc<interceptors::PolicyEngine>>,
+);
+
+/// The gateway and its chain; fails (before any server starts) when an
+/// interceptor cannot be built, such as a policy folder with errors.
+fn build_gateway(config: Config) -> anyhow::Result<Built> {
     let config = Arc::new(config);
-    let chain = interceptors::build_chain(&config);
-    Gateway::new(config, chain)
+    let built = interceptors::build_chain(&config).with_context(|| {
+        format!(
+            "{}: cannot build the interceptor chain",
+            config.file.display()
+        )
+    })?;
+    let (gateway, events) = Gateway::new(config, built.chain);
+    Ok((gateway, events, built.policies))
 }
 
 async fn start(
@@ -308,7 +324,23 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
     // still remove every container that was started.
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    let (gateway, events) = build_gateway(config);
+    let (gateway, events, policies) = build_gateway(config)?;
+    match &policies {
+        Some(engine) => {
+            let store = engine.current();
+            tracing::info!(
+                dir = %engine.dir().display(),
+                policy_set = %store.id,
+                policies = store.policy_count(),
+                "policies loaded"
+            );
+            let poll = gateway.config().proxy.policy_poll;
+            tokio::spawn(engine.clone().watch(poll, gateway.shutdown_token()));
+        }
+        None => tracing::warn!(
+            "no `[proxy] policies`: every client may use every tool, prompt and resource"
+        ),
+    }
     tokio::select! {
         () = start(&gateway, events) => {}
         () = &mut signal => {
@@ -437,7 +469,7 @@ async fn tools_list(config: Config, client: Option<&str>, format: Format) -> any
         Some(name) => client_identity(&config, name)?,
         None => ClientIdentity::new("(any)", &[]),
     };
-    let gateway = start_gateway(config).await;
+    let gateway = start_gateway(config).await?;
     let session = gateway.open_session(
         Arc::from("tools-list"),
         identity,

@@ -62,6 +62,9 @@ pub struct ProxyConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub policies: Option<PathBuf>,
+    /// How often the policy folder is checked for changes (a SIGHUP
+    /// reloads at once).
+    pub policy_poll: Duration,
     /// The static `portcullis-bridge`, for container servers with
     /// `stdio = "fifo"`.
     pub bridge: Option<PathBuf>,
@@ -189,12 +192,14 @@ impl fmt::Display for SecretRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainEntry {
     Limits,
+    Authz,
 }
 
 impl ChainEntry {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Limits => "limits",
+            Self::Authz => "authz",
         }
     }
 }
@@ -224,7 +229,8 @@ struct RawConfig {
 struct RawProxy {
     listen: Option<Spanned<String>>,
     data_dir: Option<PathBuf>,
-    policies: Option<PathBuf>,
+    policies: Option<Spanned<PathBuf>>,
+    policy_poll: Option<Spanned<String>>,
     bridge: Option<PathBuf>,
     namespace_separator: Option<Spanned<String>>,
     call_timeout: Option<Spanned<String>>,
@@ -439,7 +445,15 @@ impl Validator<'_> {
                     .data_dir
                     .unwrap_or_else(|| PathBuf::from(".portcullis")),
             ),
-            policies: proxy.policies.map(resolve),
+            policies: proxy
+                .policies
+                .as_ref()
+                .map(|p| resolve(p.get_ref().clone())),
+            policy_poll: self.duration(
+                proxy.policy_poll,
+                "proxy.policy_poll",
+                Duration::from_secs(1),
+            )?,
             bridge: proxy.bridge.map(resolve),
             namespace_separator: separator,
             call_timeout,
@@ -694,16 +708,27 @@ impl Validator<'_> {
         }
 
         let mut chain = Vec::new();
+        let explicit_chain = raw.chain.first().map(|entry| entry.span());
         for (index, entry) in raw.chain.into_iter().enumerate() {
             let span = entry.span();
             let kind = entry.into_inner().kind;
             let parsed = match kind.as_str() {
                 "limits" => ChainEntry::Limits,
+                "authz" => {
+                    if proxy_config.policies.is_none() {
+                        return Err(self.error(
+                            Some(span),
+                            &format!("chain[{index}].kind"),
+                            "`authz` needs `[proxy] policies`: the folder with the Cedar schema and policies".into(),
+                        ));
+                    }
+                    ChainEntry::Authz
+                }
                 other => {
                     return Err(self.error(
                         Some(span),
                         &format!("chain[{index}].kind"),
-                        format!("unknown interceptor kind `{other}`; available: `limits`"),
+                        format!("unknown interceptor kind `{other}`; available: `limits`, `authz`"),
                     ));
                 }
             };
@@ -720,6 +745,22 @@ impl Validator<'_> {
         // first unless the config places it.
         if !chain.contains(&ChainEntry::Limits) {
             chain.insert(0, ChainEntry::Limits);
+        }
+        // Policies are enforced whenever they are configured: in the default
+        // order right after `limits`; an explicit chain must place `authz`.
+        if proxy_config.policies.is_some() && !chain.contains(&ChainEntry::Authz) {
+            if let Some(span) = explicit_chain {
+                return Err(self.error(
+                    Some(span),
+                    "chain",
+                    "`[proxy] policies` is set but the `[[chain]]` has no `authz` entry: add `[[chain]] kind = \"authz\"` where policies should run".into(),
+                ));
+            }
+            let position = chain
+                .iter()
+                .position(|entry| *entry == ChainEntry::Limits)
+                .map_or(0, |i| i + 1);
+            chain.insert(position, ChainEntry::Authz);
         }
 
         Ok(Config {

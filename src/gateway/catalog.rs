@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::chain::{Definition, Directory};
+
 /// One server's lists, as it sent them (lossless).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServerLists {
@@ -42,9 +44,12 @@ pub struct Catalog {
     pub prompts: Arc<Vec<Value>>,
     pub resources: Arc<Vec<Value>>,
     pub templates: Arc<Vec<Value>>,
-    /// Namespaced tool name → (server index, the server's own name).
-    tool_index: HashMap<String, (usize, String)>,
-    prompt_index: HashMap<String, (usize, String)>,
+    /// Namespaced tool name → (server index, the server's own name, the
+    /// position in `tools`).
+    tool_index: HashMap<String, (usize, String, usize)>,
+    prompt_index: HashMap<String, (usize, String, usize)>,
+    /// Server names by index.
+    names: Vec<Arc<str>>,
     resource_index: HashMap<String, usize>,
     /// Literal prefixes of URI templates (before the first `{`), longest first.
     template_prefixes: Vec<(String, usize)>,
@@ -158,6 +163,7 @@ impl Catalog {
         }
         template_prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Self {
+            names: names.to_vec(),
             per_server,
             tools: Arc::new(tools),
             prompts: Arc::new(prompts),
@@ -173,13 +179,31 @@ impl Catalog {
     pub fn tool(&self, namespaced: &str) -> Option<(usize, &str)> {
         self.tool_index
             .get(namespaced)
-            .map(|(server, name)| (*server, name.as_str()))
+            .map(|(server, name, _)| (*server, name.as_str()))
     }
 
     pub fn prompt(&self, namespaced: &str) -> Option<(usize, &str)> {
         self.prompt_index
             .get(namespaced)
-            .map(|(server, name)| (*server, name.as_str()))
+            .map(|(server, name, _)| (*server, name.as_str()))
+    }
+
+    /// The listed definition of a namespaced tool.
+    pub fn tool_definition(&self, namespaced: &str) -> Option<Definition> {
+        self.tool_index
+            .get(namespaced)
+            .map(|(_, _, position)| Definition::new(self.tools.clone(), *position))
+    }
+
+    /// The listed definition of a namespaced prompt.
+    pub fn prompt_definition(&self, namespaced: &str) -> Option<Definition> {
+        self.prompt_index
+            .get(namespaced)
+            .map(|(_, _, position)| Definition::new(self.prompts.clone(), *position))
+    }
+
+    fn name_of(&self, server: usize) -> Option<&str> {
+        self.names.get(server).map(|name| &**name)
     }
 
     /// The server a resource URI belongs to: a listed resource, or else the
@@ -194,13 +218,38 @@ impl Catalog {
     }
 }
 
+impl Directory for Catalog {
+    fn tool_server(&self, namespaced: &str) -> Option<&str> {
+        self.tool(namespaced)
+            .and_then(|(server, _)| self.name_of(server))
+    }
+
+    fn prompt_server(&self, namespaced: &str) -> Option<&str> {
+        self.prompt(namespaced)
+            .and_then(|(server, _)| self.name_of(server))
+    }
+
+    fn resource_server(&self, uri: &str) -> Option<&str> {
+        self.resource_owner(uri)
+            .and_then(|server| self.name_of(server))
+    }
+
+    fn template_server(&self, uri_template: &str) -> Option<&str> {
+        let prefix = uri_template.split('{').next().unwrap_or_default();
+        self.template_prefixes
+            .iter()
+            .find(|(p, _)| p == prefix)
+            .and_then(|(_, server)| self.name_of(*server))
+    }
+}
+
 fn namespace(
     items: &[Value],
     server: usize,
     server_name: &str,
     separator: &str,
     out: &mut Vec<Value>,
-    index: &mut HashMap<String, (usize, String)>,
+    index: &mut HashMap<String, (usize, String, usize)>,
 ) {
     for item in items {
         let Some(name) = item.get("name").and_then(Value::as_str) else {
@@ -212,7 +261,7 @@ fn namespace(
         }
         let mut item = item.clone();
         item["name"] = Value::from(namespaced.as_str());
-        index.insert(namespaced, (server, name.to_owned()));
+        index.insert(namespaced, (server, name.to_owned(), out.len()));
         out.push(item);
     }
 }
@@ -264,6 +313,16 @@ mod tests {
         assert_eq!(catalog.resource_owner("file:///b/c"), Some(0));
         assert_eq!(catalog.resource_owner("time://utc"), Some(1));
         assert_eq!(catalog.resource_owner("other://x"), None);
+        assert_eq!(catalog.tool_server("time__now"), Some("time"));
+        assert_eq!(catalog.resource_server("time://utc"), Some("time"));
+        assert_eq!(catalog.template_server("file:///{path}"), Some("fs"));
+        assert_eq!(
+            catalog
+                .tool_definition("time__now")
+                .as_ref()
+                .and_then(Definition::get),
+            Some(&json!({"name":"time__now"}))
+        );
 
         let (catalog, changed) = catalog.with_server(0, None, &names, "__");
         assert_eq!(changed, vec![ListKind::Tools, ListKind::Resources]);

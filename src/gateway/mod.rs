@@ -41,6 +41,12 @@ enum Route {
     },
 }
 
+#[derive(Clone, Copy)]
+enum RouteKind {
+    Local,
+    Server,
+}
+
 enum Rename {
     /// `params.name` (tools/call, prompts/get).
     Name(String),
@@ -306,13 +312,13 @@ impl Gateway {
             direction,
             phase,
             Context {
-                session: session.id.clone(),
-                client: session.client.clone(),
-                transport: session.transport,
-                method: Arc::from(method),
-                server: None,
-                target: None,
                 request_id,
+                ..Context::new(
+                    session.id.clone(),
+                    session.client.clone(),
+                    session.transport,
+                    method,
+                )
             },
         )
     }
@@ -332,13 +338,22 @@ impl Gateway {
             &method,
         );
 
-        // Routing first, so that interceptors see the target server and name.
+        // Routing first, so that interceptors see the target server, name
+        // and listed definition.
+        let catalog = self.catalog();
         let route = match self.route(session, &method, &exchange.message) {
             Ok((route, target)) => {
                 if let Route::Server { server, .. } = &route {
                     exchange.context.server = self.names.get(*server).cloned();
                 }
+                let name = protocol::param_str(&exchange.message, "name");
+                exchange.context.definition = match method.as_str() {
+                    "tools/call" => name.and_then(|name| catalog.tool_definition(name)),
+                    "prompts/get" => name.and_then(|name| catalog.prompt_definition(name)),
+                    _ => None,
+                };
                 exchange.context.target = target;
+                exchange.context.directory = Some(catalog);
                 route
             }
             Err((code, reason)) => {
@@ -361,6 +376,10 @@ impl Gateway {
             return Some(refusal.to_response(id));
         }
 
+        let route_kind = match route {
+            Route::Local => RouteKind::Local,
+            Route::Server { .. } => RouteKind::Server,
+        };
         let reply = match route {
             Route::Local => {
                 self.answer_locally(session, &method, &exchange.message)
@@ -403,6 +422,11 @@ impl Gateway {
 
         exchange.message = reply;
         exchange.phase = Phase::Response;
+        if matches!(route_kind, RouteKind::Local) {
+            // A list answered from the catalog: the catalog it came from
+            // (lists may have been read meanwhile).
+            exchange.context.directory = Some(self.catalog());
+        }
         if let Err(refusal) = self.chain.run(&mut exchange) {
             self.chain.finish(&exchange, &refusal.outcome());
             return Some(refusal.to_response(id));

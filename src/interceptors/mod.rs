@@ -1,7 +1,9 @@
-//! The native interceptors, one file each.
+//! The native interceptors, one file (or folder) each.
 
+pub mod authz;
 mod limits;
 
+pub use authz::{Authz, PolicyEngine};
 pub use limits::Limits;
 
 use std::sync::Arc;
@@ -9,14 +11,46 @@ use std::sync::Arc;
 use crate::chain::{Chain, Interceptor};
 use crate::config::{ChainEntry, Config};
 
+/// The chain, and the parts of it that run beside the hot path.
+pub struct Built {
+    pub chain: Chain,
+    /// The policy set authz enforces (to watch for reloads).
+    pub policies: Option<Arc<PolicyEngine>>,
+}
+
+/// An interceptor that cannot be built: the proxy does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("policies in {}:\n{source}", dir.display())]
+    Policies {
+        dir: std::path::PathBuf,
+        source: authz::PolicyError,
+    },
+}
+
 /// Builds the chain in the config's order.
-pub fn build_chain(config: &Config) -> Chain {
-    let interceptors = config
-        .chain
-        .iter()
-        .map(|entry| match entry {
-            ChainEntry::Limits => Arc::new(Limits::new(config.limits)) as Arc<dyn Interceptor>,
-        })
-        .collect();
-    Chain::new(interceptors)
+pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
+    let mut policies = None;
+    let mut interceptors: Vec<Arc<dyn Interceptor>> = Vec::new();
+    for entry in &config.chain {
+        match entry {
+            ChainEntry::Limits => interceptors.push(Arc::new(Limits::new(config.limits))),
+            ChainEntry::Authz => {
+                let dir = config.proxy.policies.clone().unwrap_or_default();
+                let engine = Arc::new(
+                    PolicyEngine::load(&dir)
+                        .map_err(|source| BuildError::Policies { dir, source })?,
+                );
+                policies = Some(engine.clone());
+                interceptors.push(Arc::new(Authz::new(
+                    engine,
+                    &config.proxy.namespace_separator,
+                )));
+            }
+        }
+    }
+    Ok(Built {
+        chain: Chain::new(interceptors),
+        policies,
+    })
 }

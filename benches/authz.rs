@@ -1,0 +1,284 @@
+//! What Cedar authorization costs per call: the interceptor chain on a
+//! `tools/call` request without `authz` (the baseline), with 10 policies and
+//! with 1,000 policies; the same 1,000 evaluated unsliced (what Cedar alone
+//! would do); and filtering a 100-tool `tools/list` reply.
+//!
+//! `cargo bench --bench authz` (options after `--`: `--iterations N` per
+//! sample, default 200; `--samples N`, default 300).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use portcullis::chain::{
+    Chain, ClientIdentity, Context, Direction, Exchange, Interceptor, Phase, Transport,
+};
+use portcullis::config::LimitsConfig;
+use portcullis::gateway::{Catalog, ServerLists};
+use portcullis::interceptors::authz::{Action, Query, Target, ToolAnnotations};
+use portcullis::interceptors::{Authz, Limits, PolicyEngine};
+use serde_json::{Value, json};
+
+const SERVERS: usize = 50;
+const TOOLS_PER_SERVER: usize = 20;
+
+/// `count` policies of the shapes a real deployment has: per-client and
+/// per-group grants on servers, tool-level forbids, annotation and argument
+/// rules.
+fn policies(count: usize) -> String {
+    let mut text = String::new();
+    for i in 0..count {
+        let server = i % SERVERS;
+        let policy = match i % 5 {
+            0 => format!(
+                "@id(\"client-{i}\") permit(principal == Client::\"c{}\", action in [Action::\"call_tool\", Action::\"list_tools\"], resource in Server::\"s{server}\");",
+                i % 200
+            ),
+            1 => format!(
+                "@id(\"group-{i}\") permit(principal in Group::\"g{}\", action in [Action::\"call_tool\", Action::\"list_tools\"], resource in Server::\"s{server}\") when {{ resource.read_only }};",
+                i % 40
+            ),
+            2 => format!(
+                "@id(\"tool-{i}\") forbid(principal, action == Action::\"call_tool\", resource == Tool::\"s{server}__t{}\") unless {{ principal in Group::\"admins\" }};",
+                i % TOOLS_PER_SERVER
+            ),
+            3 => format!(
+                "@id(\"args-{i}\") forbid(principal in Group::\"g{}\", action == Action::\"call_tool\", resource in Server::\"s{server}\") when {{ context.arguments has path && context.arguments.path like \"/etc/*\" }};",
+                i % 40
+            ),
+            _ => format!(
+                "@id(\"resource-{i}\") permit(principal in Group::\"g{}\", action == Action::\"read_resource\", resource in Server::\"s{server}\");",
+                i % 40
+            ),
+        };
+        text.push_str(&policy);
+        text.push('\n');
+    }
+    text
+}
+
+fn engine(dir: &Path, count: usize) -> Arc<PolicyEngine> {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/schema.cedarschema"),
+        dir.join("schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("bench.cedar"), policies(count)).unwrap();
+    let engine = PolicyEngine::load(dir).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(engine.current().policy_count(), count);
+    Arc::new(engine)
+}
+
+fn catalog() -> Arc<Catalog> {
+    let names: Vec<Arc<str>> = (0..SERVERS)
+        .map(|s| Arc::from(format!("s{s}").as_str()))
+        .collect();
+    let mut catalog = Catalog::new(SERVERS);
+    for server in 0..SERVERS {
+        let tools = (0..TOOLS_PER_SERVER)
+            .map(|t| {
+                json!({"name": format!("t{t}"), "description": "a tool",
+                       "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}},
+                       "annotations": {"readOnlyHint": t % 2 == 0}})
+            })
+            .collect();
+        let lists = ServerLists {
+            tools,
+            ..ServerLists::default()
+        };
+        catalog = catalog.with_server(server, Some(lists), &names, "__").0;
+    }
+    Arc::new(catalog)
+}
+
+fn call_exchange(catalog: &Arc<Catalog>) -> Exchange {
+    let client = ClientIdentity::new("c5", &["g5".to_owned(), "g7".to_owned()]);
+    let message = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "s5__t4", "arguments": {"path": "/workspace/src/main.rs", "other": 1}}});
+    let mut context = Context::new(
+        Arc::from("session-1"),
+        client,
+        Transport::Http,
+        "tools/call",
+    );
+    context.server = Some(Arc::from("s5"));
+    context.target = Some("t4".to_owned());
+    context.request_id = Some(json!(7));
+    context.definition = catalog.tool_definition("s5__t4");
+    context.directory = Some(catalog.clone());
+    Exchange::new(message, Direction::ClientToServer, Phase::Request, context)
+}
+
+fn list_exchange(catalog: &Arc<Catalog>) -> Exchange {
+    let mut exchange = call_exchange(catalog);
+    exchange.context.method = Arc::from("tools/list");
+    exchange.context.server = None;
+    exchange.context.target = None;
+    exchange.context.definition = None;
+    exchange.phase = Phase::Response;
+    let tools: Vec<Value> = catalog.tools.iter().take(100).cloned().collect();
+    exchange.message = json!({"jsonrpc": "2.0", "id": 7, "result": {"tools": tools}});
+    exchange
+}
+
+/// Time per iteration of `work`, as samples of `iterations` each.
+fn measure(
+    label: &str,
+    samples: usize,
+    iterations: usize,
+    mut work: impl FnMut(),
+) -> common::Stats {
+    for _ in 0..iterations * 10 {
+        work(); // warm-up: caches, slices
+    }
+    let mut per_call = Vec::with_capacity(samples);
+    let start = Instant::now();
+    for _ in 0..samples {
+        let begin = Instant::now();
+        for _ in 0..iterations {
+            work();
+        }
+        per_call.push(begin.elapsed() / iterations as u32);
+    }
+    let mut stats = common::stats(label, per_call, start.elapsed());
+    stats.calls_per_sec *= iterations as f64;
+    stats
+}
+
+fn run_chain(chain: &Chain, template: &Exchange) {
+    let mut exchange = template.clone();
+    let result = chain.run(&mut exchange);
+    std::hint::black_box(result.is_ok());
+}
+
+fn main() {
+    let mut iterations = 200usize;
+    let mut samples = 300usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--iterations" => {
+                iterations = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(iterations)
+            }
+            "--samples" => samples = args.next().and_then(|n| n.parse().ok()).unwrap_or(samples),
+            _ => {} // cargo bench passes `--bench`
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let small = engine(&dir.path().join("p10"), 10);
+    let large = engine(&dir.path().join("p1000"), 1000);
+    let catalog = catalog();
+    let call = call_exchange(&catalog);
+    let list = list_exchange(&catalog);
+
+    let limits: Arc<dyn Interceptor> = Arc::new(Limits::new(LimitsConfig::default()));
+    let baseline_chain = Chain::new(vec![limits.clone()]);
+    let chain_with = |engine: &Arc<PolicyEngine>| {
+        Chain::new(vec![
+            limits.clone(),
+            Arc::new(Authz::new(engine.clone(), "__")) as Arc<dyn Interceptor>,
+        ])
+    };
+    let small_chain = chain_with(&small);
+    let large_chain = chain_with(&large);
+
+    // Sanity: the benchmarked call is decided (allowed by `client-…`).
+    let mut probe = call.clone();
+    assert!(
+        large_chain.run(&mut probe).is_ok(),
+        "the call must be allowed"
+    );
+
+    let baseline = measure("chain without authz (limits)", samples, iterations, || {
+        run_chain(&baseline_chain, &call)
+    });
+    let with_10 = measure("chain with authz, 10 policies", samples, iterations, || {
+        run_chain(&small_chain, &call)
+    });
+    let with_1000 = measure(
+        "chain with authz, 1,000 policies",
+        samples,
+        iterations,
+        || run_chain(&large_chain, &call),
+    );
+    let store = large.current();
+    let target = Target::Tool {
+        name: "s5__t4".into(),
+        server: "s5".into(),
+        annotations: ToolAnnotations::from_definition(
+            &json!({"annotations": {"readOnlyHint": true}}),
+        ),
+    };
+    let groups: Vec<Arc<str>> = vec![Arc::from("g5"), Arc::from("g7")];
+    let arguments = json!({"path": "/workspace/src/main.rs"});
+    let query = Query {
+        client: "c5",
+        groups: &groups,
+        action: Action::CallTool,
+        target: &target,
+        arguments: arguments.as_object(),
+        transport: "http",
+        session: "session-1",
+        time: SystemTime::now(),
+    };
+    assert_eq!(store.decide(&query), store.decide_unsliced(&query));
+    let unsliced = measure(
+        "decision alone, 1,000 policies unsliced",
+        samples / 3,
+        iterations / 4,
+        || {
+            std::hint::black_box(store.decide_unsliced(&query).allowed);
+        },
+    );
+    let sliced = measure(
+        "decision alone, 1,000 policies sliced",
+        samples,
+        iterations,
+        || {
+            std::hint::black_box(store.decide(&query).allowed);
+        },
+    );
+    let list_baseline = measure(
+        "tools/list reply (100 tools), no authz",
+        samples / 3,
+        iterations / 10,
+        || run_chain(&baseline_chain, &list),
+    );
+    let list_filtered = measure(
+        "tools/list reply (100 tools), authz 1,000 policies",
+        samples / 3,
+        iterations / 10,
+        || run_chain(&large_chain, &list),
+    );
+
+    println!(
+        "\nslice for the benchmarked call: {} of {} policies",
+        store.slice_size(&query),
+        store.policy_count()
+    );
+    common::print_table(
+        "tools/call through the chain",
+        "p50 vs without authz",
+        &[&baseline, &with_10, &with_1000, &sliced, &unsliced],
+        &baseline,
+    );
+    common::print_table(
+        "tools/list reply through the chain",
+        "p50 vs without authz",
+        &[&list_baseline, &list_filtered],
+        &list_baseline,
+    );
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "\nauthz adds {:.1} µs per call with 10 policies and {:.1} µs with 1,000 (goal: under 20 µs at 1,000)",
+        us(with_10.p50) - us(baseline.p50),
+        us(with_1000.p50) - us(baseline.p50)
+    );
+}

@@ -1,0 +1,321 @@
+//! `portcullis policy check|test|explain`: the security team's tools.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+
+use crate::config::Config;
+use crate::interceptors::authz::fixtures::{self, Case};
+use crate::interceptors::authz::{Decision, PolicyError, PolicyStore, Severity};
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Parse and strictly validate every policy against the schema; print
+    /// every problem with file:line:col.
+    Check {
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Run the fixtures (`<policies>/tests/*.toml`) and print a pass/fail table.
+    Test {
+        #[command(flatten)]
+        source: Source,
+        /// The fixture folder (default: `tests/` in the policy folder).
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
+    },
+    /// Decide one request and show the policies that determined it.
+    Explain(Box<ExplainArgs>),
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    source: Source,
+    /// The client (principal).
+    #[arg(long)]
+    client: String,
+    /// Its groups, comma-separated (default: its groups in the config).
+    #[arg(long, value_delimiter = ',')]
+    groups: Option<Vec<String>>,
+    /// call_tool, list_tools, read_resource, list_resources,
+    /// subscribe_resource, get_prompt, list_prompts, complete, sampling,
+    /// elicitation or roots.
+    #[arg(long)]
+    action: String,
+    /// A tool as clients see it: `<server>__<tool>`.
+    #[arg(long)]
+    tool: Option<String>,
+    #[arg(long)]
+    prompt: Option<String>,
+    /// A resource URI (needs --server).
+    #[arg(long)]
+    resource: Option<String>,
+    #[arg(long)]
+    server: Option<String>,
+    /// Call arguments as a JSON object.
+    #[arg(long)]
+    arguments: Option<String>,
+    /// Tool annotations as a JSON object, e.g. '{"destructive": false}'.
+    #[arg(long)]
+    annotations: Option<String>,
+    #[arg(long)]
+    transport: Option<String>,
+    /// `YYYY-MM-DDThh:mm:ssZ` (default: now).
+    #[arg(long)]
+    time: Option<String>,
+}
+
+/// Where the policies are: a config's `[proxy] policies`, or a folder.
+#[derive(Args)]
+pub struct Source {
+    /// Use the `[proxy] policies` folder (and the clients' groups) of this config.
+    #[arg(long, short, conflicts_with = "policies")]
+    config: Option<PathBuf>,
+    /// The policy folder (default: `policies`).
+    #[arg(long)]
+    policies: Option<PathBuf>,
+}
+
+struct Setup {
+    dir: PathBuf,
+    groups: BTreeMap<String, Vec<String>>,
+    separator: String,
+}
+
+impl Source {
+    fn setup(&self) -> anyhow::Result<Setup> {
+        match (&self.config, &self.policies) {
+            (Some(path), _) => {
+                let config = Config::load(path)?;
+                let dir = config.proxy.policies.clone().with_context(|| {
+                    format!("{}: no `[proxy] policies` folder is set", path.display())
+                })?;
+                Ok(Setup {
+                    dir,
+                    groups: config
+                        .clients
+                        .iter()
+                        .map(|c| (c.name.clone(), c.groups.clone()))
+                        .collect(),
+                    separator: config.proxy.namespace_separator.clone(),
+                })
+            }
+            (None, dir) => Ok(Setup {
+                dir: dir.clone().unwrap_or_else(|| PathBuf::from("policies")),
+                groups: BTreeMap::new(),
+                separator: "__".into(),
+            }),
+        }
+    }
+}
+
+pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Check { source } => {
+            let setup = source.setup()?;
+            let store = load(&setup.dir)?;
+            for warning in &store.warnings {
+                eprintln!("{warning}");
+            }
+            println!(
+                "{}: OK: {} policies in {} files, validated strictly against {}; policy set {}",
+                setup.dir.display(),
+                store.policy_count(),
+                store.files.len().saturating_sub(1),
+                store
+                    .files
+                    .first()
+                    .map_or("the schema".into(), |p| p.display().to_string()),
+                store.id
+            );
+            Ok(())
+        }
+        PolicyCommand::Test { source, fixtures } => {
+            let setup = source.setup()?;
+            let store = load(&setup.dir)?;
+            let folder = fixtures.unwrap_or_else(|| setup.dir.join("tests"));
+            let outcomes = fixtures::run(
+                &store,
+                &folder,
+                &fixtures::config_groups(&setup.groups),
+                &setup.separator,
+            )?;
+            if outcomes.is_empty() {
+                bail!(
+                    "{}: no fixture cases (`[[case]]` in *.toml)",
+                    folder.display()
+                );
+            }
+            println!("{:<6} {:<64} {:<6} DECIDED BY", "RESULT", "CASE", "GOT");
+            let mut failed = 0;
+            for outcome in &outcomes {
+                let (got, by) = match &outcome.decision {
+                    Some(d) => (if d.allowed { "allow" } else { "deny" }, decided_by(d)),
+                    None => ("-", String::new()),
+                };
+                let result = if outcome.failure.is_some() {
+                    "FAIL"
+                } else {
+                    "pass"
+                };
+                println!(
+                    "{result:<6} {:<64} {got:<6} {by}",
+                    truncate(&outcome.name, 64)
+                );
+                if let Some(failure) = &outcome.failure {
+                    failed += 1;
+                    println!(
+                        "       {}:{}: {failure}",
+                        outcome.file.display(),
+                        outcome.line
+                    );
+                }
+            }
+            println!(
+                "{} cases: {} passed, {failed} failed (policy set {})",
+                outcomes.len(),
+                outcomes.len() - failed,
+                store.id
+            );
+            if failed > 0 {
+                bail!("{failed} policy test case(s) failed");
+            }
+            Ok(())
+        }
+        PolicyCommand::Explain(args) => {
+            let ExplainArgs {
+                source,
+                client,
+                groups,
+                action,
+                tool,
+                prompt,
+                resource,
+                server,
+                arguments,
+                annotations,
+                transport,
+                time,
+            } = *args;
+            let setup = source.setup()?;
+            let store = load(&setup.dir)?;
+            let arguments = match arguments {
+                None => None,
+                Some(text) => Some(
+                    serde_json::from_str::<toml::Table>(&text)
+                        .context("--arguments must be a JSON object")?,
+                ),
+            };
+            let annotations = match annotations {
+                None => Default::default(),
+                Some(text) => serde_json::from_str(&text).context(
+                    "--annotations must be a JSON object of read_only, destructive, idempotent, open_world",
+                )?,
+            };
+            let case = Case {
+                client,
+                groups,
+                action,
+                tool,
+                prompt,
+                resource,
+                server,
+                annotations,
+                arguments,
+                transport,
+                time,
+                ..Case::default()
+            };
+            let prepared = case
+                .prepare(&fixtures::config_groups(&setup.groups), &setup.separator)
+                .map_err(anyhow::Error::msg)?;
+            let query = prepared.query();
+            let decision = store.decide(&query);
+            let (kind, id) = query.target.entity();
+            println!(
+                "decision:   {}",
+                if decision.allowed { "ALLOW" } else { "DENY" }
+            );
+            println!(
+                "request:    Client::{:?} (groups: {}) {} {kind}::{id:?} in Server::{:?}",
+                query.client,
+                if query.groups.is_empty() {
+                    "none".to_owned()
+                } else {
+                    query.groups.join(", ")
+                },
+                query.action.name(),
+                query.target.server()
+            );
+            println!(
+                "policy set: {} ({} policies; {} can match this request's scope)",
+                store.id,
+                store.policy_count(),
+                store.slice_size(&query)
+            );
+            if decision.policies.is_empty() {
+                println!("decided by: no permit applies (default deny)");
+            } else {
+                println!("decided by:");
+                for id in &decision.policies {
+                    match store.origin(id) {
+                        Some(origin) => println!(
+                            "  {:<7} {id:<40} {}:{}",
+                            origin.effect,
+                            origin.file.display(),
+                            origin.line
+                        ),
+                        None => println!("  {id}"),
+                    }
+                }
+            }
+            for error in &decision.errors {
+                println!("error:      {error} (an evaluation error denies)");
+            }
+            if !decision.dropped_arguments.is_empty() {
+                println!(
+                    "left out of context.arguments (undeclared in the schema or of another type): {}",
+                    decision.dropped_arguments.join(", ")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn load(dir: &Path) -> anyhow::Result<PolicyStore> {
+    match PolicyStore::load(dir) {
+        Ok(store) => Ok(store),
+        Err(PolicyError::Invalid(diagnostics)) => {
+            for diagnostic in &diagnostics {
+                eprintln!("{diagnostic}");
+            }
+            let errors = diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            bail!("{}: {errors} error(s) in the policies", dir.display())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn decided_by(decision: &Decision) -> String {
+    if decision.policies.is_empty() {
+        "(default deny)".into()
+    } else {
+        decision.policies.join(", ")
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let cut: String = text.chars().take(max - 1).collect();
+        format!("{cut}…")
+    }
+}

@@ -1,0 +1,392 @@
+//! Policy test fixtures (`policies/tests/*.toml`) and the requests that
+//! `policy test` and `policy explain` decide.
+//!
+//! ```toml
+//! [[case]]
+//! name = "analysts may read the time"
+//! client = "alice"
+//! groups = ["analysts"]            # default: the client's groups in the config
+//! action = "call_tool"
+//! tool = "time__get_current_time"  # or prompt = …, resource = "<uri>", server = …
+//! annotations = { read_only = true }
+//! arguments = { timezone = "UTC" }
+//! expect = "allow"                 # or "deny"
+//! decided_by = ["analysts-read-only"]   # optional: the policies that decide
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::request::{Action, Query, Target, ToolAnnotations};
+use super::store::{Decision, PolicyStore};
+
+/// A fixture file that failed to load, or a case that cannot be decided.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", file.display(), location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+pub struct FixtureError {
+    pub file: PathBuf,
+    pub location: Option<(usize, usize)>,
+    pub message: String,
+}
+
+/// One request to decide, as written in a fixture or on the command line.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    #[serde(default)]
+    pub name: String,
+    pub client: String,
+    pub groups: Option<Vec<String>>,
+    pub action: String,
+    pub tool: Option<String>,
+    pub prompt: Option<String>,
+    pub resource: Option<String>,
+    pub server: Option<String>,
+    #[serde(default)]
+    pub annotations: AnnotationsSpec,
+    pub arguments: Option<toml::Table>,
+    pub transport: Option<String>,
+    pub session: Option<String>,
+    /// `YYYY-MM-DDThh:mm:ssZ`; default: now.
+    pub time: Option<String>,
+    #[serde(default)]
+    pub expect: Option<String>,
+    pub decided_by: Option<Vec<String>>,
+}
+
+/// Tool annotations as a fixture states them; unstated ones take the MCP
+/// spec's defaults.
+#[derive(Debug, Clone, Copy, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AnnotationsSpec {
+    pub read_only: Option<bool>,
+    pub destructive: Option<bool>,
+    pub idempotent: Option<bool>,
+    pub open_world: Option<bool>,
+}
+
+/// A case made concrete: what the store decides on.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub client: String,
+    pub groups: Vec<Arc<str>>,
+    pub action: Action,
+    pub target: Target,
+    pub arguments: Option<serde_json::Map<String, Value>>,
+    pub transport: String,
+    pub session: String,
+    pub time: SystemTime,
+}
+
+impl Prepared {
+    pub fn query(&self) -> Query<'_> {
+        Query {
+            client: &self.client,
+            groups: &self.groups,
+            action: self.action,
+            target: &self.target,
+            arguments: self.arguments.as_ref(),
+            transport: &self.transport,
+            session: &self.session,
+            time: self.time,
+        }
+    }
+}
+
+impl Case {
+    /// Makes the case concrete. `groups_of` gives a client's groups from the
+    /// config (used when the case names none); `separator` splits
+    /// `server<sep>tool` names.
+    pub fn prepare(
+        &self,
+        groups_of: &dyn Fn(&str) -> Option<Vec<String>>,
+        separator: &str,
+    ) -> Result<Prepared, String> {
+        let action = Action::parse(&self.action).ok_or_else(|| {
+            format!(
+                "unknown action `{}`; one of: {}",
+                self.action,
+                Action::ALL.map(Action::name).join(", ")
+            )
+        })?;
+        let server_of = |name: &str| -> Result<String, String> {
+            match &self.server {
+                Some(server) => Ok(server.clone()),
+                None => name
+                    .split_once(separator)
+                    .map(|(server, _)| server.to_owned())
+                    .ok_or_else(|| {
+                        format!("`{name}` has no `{separator}`: set `server` to name its server")
+                    }),
+            }
+        };
+        let target = match (&self.tool, &self.prompt, &self.resource) {
+            (Some(tool), None, None) => {
+                let d = ToolAnnotations::default();
+                let a = self.annotations;
+                Target::Tool {
+                    name: tool.clone(),
+                    server: server_of(tool)?,
+                    annotations: ToolAnnotations {
+                        read_only: a.read_only.unwrap_or(d.read_only),
+                        destructive: a.destructive.unwrap_or(d.destructive),
+                        idempotent: a.idempotent.unwrap_or(d.idempotent),
+                        open_world: a.open_world.unwrap_or(d.open_world),
+                    },
+                }
+            }
+            (None, Some(prompt), None) => Target::Prompt {
+                name: prompt.clone(),
+                server: server_of(prompt)?,
+            },
+            (None, None, Some(uri)) => Target::Resource {
+                uri: uri.clone(),
+                server: self
+                    .server
+                    .clone()
+                    .ok_or("a `resource` needs `server`: the server that lists it")?,
+            },
+            (None, None, None) => Target::Server {
+                name: self
+                    .server
+                    .clone()
+                    .ok_or("name one of `tool`, `prompt`, `resource` or `server`")?,
+            },
+            _ => return Err("name only one of `tool`, `prompt` and `resource`".into()),
+        };
+        let groups = match &self.groups {
+            Some(groups) => groups.clone(),
+            None => groups_of(&self.client).unwrap_or_default(),
+        };
+        let arguments = match &self.arguments {
+            None => None,
+            Some(table) => match serde_json::to_value(table) {
+                Ok(Value::Object(map)) => Some(map),
+                _ => return Err("`arguments` must be a table".into()),
+            },
+        };
+        let time = match &self.time {
+            None => SystemTime::now(),
+            Some(text) => parse_datetime(text)
+                .ok_or_else(|| format!("`time` must be `YYYY-MM-DDThh:mm:ssZ`, not `{text}`"))?,
+        };
+        Ok(Prepared {
+            client: self.client.clone(),
+            groups: groups.iter().map(|g| Arc::from(g.as_str())).collect(),
+            action,
+            target,
+            arguments,
+            transport: self.transport.clone().unwrap_or_else(|| "stdio".into()),
+            session: self.session.clone().unwrap_or_else(|| "policy-test".into()),
+            time,
+        })
+    }
+
+    /// Why the decision does not meet the case's expectations, if it does not.
+    pub fn mismatch(&self, decision: &Decision) -> Option<String> {
+        let expected = self.expect.as_deref().unwrap_or_default();
+        let actual = if decision.allowed { "allow" } else { "deny" };
+        if expected != actual {
+            return Some(format!("expected {expected}, got {actual}"));
+        }
+        if let Some(decided_by) = &self.decided_by {
+            let mut wanted = decided_by.clone();
+            wanted.sort();
+            if wanted != decision.policies {
+                return Some(format!(
+                    "expected decided by [{}], got [{}]",
+                    wanted.join(", "),
+                    decision.policies.join(", ")
+                ));
+            }
+        }
+        None
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixtureFile {
+    #[serde(default, rename = "case")]
+    cases: Vec<toml::Spanned<Case>>,
+}
+
+/// The cases of one fixture file, each with its line.
+pub fn load_file(path: &Path) -> Result<Vec<(usize, Case)>, FixtureError> {
+    let text = std::fs::read_to_string(path).map_err(|err| FixtureError {
+        file: path.to_owned(),
+        location: None,
+        message: format!("cannot read: {err}"),
+    })?;
+    let file: FixtureFile = toml::from_str(&text).map_err(|err| FixtureError {
+        file: path.to_owned(),
+        location: err.span().map(|span| line_column(&text, span.start)),
+        message: err.message().to_owned(),
+    })?;
+    let mut cases = Vec::new();
+    for spanned in file.cases {
+        let (line, _) = line_column(&text, spanned.span().start);
+        let case = spanned.into_inner();
+        match case.expect.as_deref() {
+            Some("allow" | "deny") => {}
+            other => {
+                return Err(FixtureError {
+                    file: path.to_owned(),
+                    location: Some((line, 1)),
+                    message: format!(
+                        "`expect` must be \"allow\" or \"deny\", not {}",
+                        other.map_or("missing".to_owned(), |o| format!("\"{o}\""))
+                    ),
+                });
+            }
+        }
+        cases.push((line, case));
+    }
+    Ok(cases)
+}
+
+/// Every `*.toml` fixture file in a folder, sorted.
+pub fn files(dir: &Path) -> Result<Vec<PathBuf>, FixtureError> {
+    let entries = std::fs::read_dir(dir).map_err(|err| FixtureError {
+        file: dir.to_owned(),
+        location: None,
+        message: format!("cannot read the fixture folder: {err}"),
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The result of one case.
+#[derive(Debug)]
+pub struct Outcome {
+    pub file: PathBuf,
+    pub line: usize,
+    pub name: String,
+    pub decision: Option<Decision>,
+    /// `None` when the case passed.
+    pub failure: Option<String>,
+}
+
+/// Runs every case of every fixture file in `dir` against `store`.
+pub fn run(
+    store: &PolicyStore,
+    dir: &Path,
+    groups_of: &dyn Fn(&str) -> Option<Vec<String>>,
+    separator: &str,
+) -> Result<Vec<Outcome>, FixtureError> {
+    let mut outcomes = Vec::new();
+    for file in files(dir)? {
+        for (line, case) in load_file(&file)? {
+            let name = if case.name.is_empty() {
+                format!("{} {}", case.client, case.action)
+            } else {
+                case.name.clone()
+            };
+            let outcome = match case.prepare(groups_of, separator) {
+                Err(message) => Outcome {
+                    file: file.clone(),
+                    line,
+                    name,
+                    decision: None,
+                    failure: Some(message),
+                },
+                Ok(prepared) => {
+                    let decision = store.decide(&prepared.query());
+                    Outcome {
+                        file: file.clone(),
+                        line,
+                        name,
+                        failure: case.mismatch(&decision),
+                        decision: Some(decision),
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+    }
+    Ok(outcomes)
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
+}
+
+/// Parses `YYYY-MM-DDThh:mm:ssZ` (UTC).
+pub fn parse_datetime(text: &str) -> Option<SystemTime> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let date: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let time: Vec<u64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let ([year, month, day], [hour, minute, second]) = (date.as_slice(), time.as_slice()) else {
+        return None;
+    };
+    let (year, month, day) = (*year, *month, *day);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || *hour > 23
+        || *minute > 59
+        || *second > 60
+    {
+        return None;
+    }
+    // Days since 1970-01-01 from a civil date (H. Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = u64::try_from(days * 86_400).ok()? + hour * 3600 + minute * 60 + second;
+    Some(UNIX_EPOCH + Duration::from_secs(seconds))
+}
+
+/// A client's groups from the config's `[[clients]]`.
+pub fn config_groups(
+    clients: &BTreeMap<String, Vec<String>>,
+) -> impl Fn(&str) -> Option<Vec<String>> + '_ {
+    move |name| clients.get(name).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interceptors::authz::request::datetime_literal;
+
+    #[test]
+    fn datetimes_round_trip() {
+        for text in [
+            "1970-01-01T00:00:00Z",
+            "2000-02-29T12:34:56Z",
+            "2026-11-23T07:00:00Z",
+            "2099-12-31T23:59:59Z",
+        ] {
+            let parsed = parse_datetime(text);
+            assert_eq!(parsed.map(datetime_literal).as_deref(), Some(text));
+        }
+        assert_eq!(parse_datetime("2026-13-01T00:00:00Z"), None);
+        assert_eq!(parse_datetime("2026-01-01 00:00:00"), None);
+    }
+}

@@ -1,0 +1,444 @@
+//! `authz`: Cedar authorization per client, server and tool.
+//!
+//! Requests (tools/call, prompts/get, resources/read and subscribe,
+//! completion/complete) and server→client requests (sampling, elicitation,
+//! roots) are decided before they go on; list results are filtered item by
+//! item (`list_tools`, `list_prompts`, `list_resources`). Default deny,
+//! forbid wins, an evaluation error denies. Each decision is taken by one
+//! policy set, read once per exchange; a hot reload swaps the set
+//! atomically and never lets a broken folder replace a good set.
+
+pub mod fixtures;
+pub mod request;
+pub mod store;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub use request::{Action, Query, Target, ToolAnnotations};
+pub use store::{Decision, Diagnostic, PolicyError, PolicyStore, Severity, Sources};
+
+use crate::chain::{Annotation, Denial, Direction, Exchange, Interceptor, Phase, Verdict};
+use crate::protocol::code;
+
+/// The current policy set of a folder, and its reloads.
+pub struct PolicyEngine {
+    dir: PathBuf,
+    current: RwLock<Arc<PolicyStore>>,
+    /// The fingerprint of the last folder state that was rejected, so a
+    /// broken file is reported once, not at every poll.
+    rejected: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("dir", &self.dir)
+            .field("set", &self.current().id)
+            .finish()
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    Unchanged,
+    /// The new set's id.
+    Applied(Arc<str>),
+}
+
+impl PolicyEngine {
+    pub fn load(dir: &Path) -> Result<Self, PolicyError> {
+        Ok(Self {
+            dir: dir.to_owned(),
+            current: RwLock::new(Arc::new(PolicyStore::load(dir)?)),
+            rejected: Mutex::new(None),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The policy set in force.
+    pub fn current(&self) -> Arc<PolicyStore> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the folder. A set that fails to read, parse or validate is
+    /// rejected and the set in force stays.
+    pub fn reload(&self) -> Result<Reload, PolicyError> {
+        let sources = Sources::read(&self.dir)?;
+        let fingerprint = sources.fingerprint();
+        if *self.current().id == *fingerprint {
+            return Ok(Reload::Unchanged);
+        }
+        let store = PolicyStore::from_sources(&sources)?;
+        let id = store.id.clone();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(store);
+        Ok(Reload::Applied(id))
+    }
+
+    /// Polls the folder every `every` (and reloads at once on SIGHUP) until
+    /// `shutdown`.
+    pub async fn watch(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut ticker = tokio::time::interval(every.max(Duration::from_millis(50)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            #[cfg(unix)]
+            let hangup_signal = async {
+                match hangup.as_mut() {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup_signal = std::future::pending::<()>();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+                () = hangup_signal => tracing::info!("SIGHUP: reloading policies"),
+            }
+            let engine = self.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let result = engine.reload();
+                (engine, result)
+            })
+            .await;
+            let Ok((engine, result)) = result else {
+                continue;
+            };
+            engine.report(result);
+        }
+    }
+
+    fn report(&self, result: Result<Reload, PolicyError>) {
+        let mut rejected = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(Reload::Unchanged) => {}
+            Ok(Reload::Applied(id)) => {
+                *rejected = None;
+                let store = self.current();
+                tracing::info!(policy_set = %id, policies = store.policy_count(), "policies reloaded");
+            }
+            Err(err) => {
+                let state = Sources::read(&self.dir).map(|s| s.fingerprint()).ok();
+                if state.is_none() || *rejected != state {
+                    tracing::error!(
+                        dir = %self.dir.display(),
+                        policy_set = %self.current().id,
+                        "policy reload rejected; the previous set stays in force:\n{err}"
+                    );
+                }
+                *rejected = state;
+            }
+        }
+    }
+}
+
+/// The authz interceptor.
+pub struct Authz {
+    engine: Arc<PolicyEngine>,
+    separator: String,
+    nonce: u32,
+    decisions: AtomicU64,
+}
+
+const LIST_METHODS: [(&str, &str, Action); 4] = [
+    ("tools/list", "tools", Action::ListTools),
+    ("prompts/list", "prompts", Action::ListPrompts),
+    ("resources/list", "resources", Action::ListResources),
+    (
+        "resources/templates/list",
+        "resourceTemplates",
+        Action::ListResources,
+    ),
+];
+
+impl Authz {
+    pub fn new(engine: Arc<PolicyEngine>, separator: &str) -> Self {
+        Self {
+            engine,
+            separator: separator.to_owned(),
+            nonce: uuid::Uuid::new_v4().as_u128() as u32,
+            decisions: AtomicU64::new(0),
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<PolicyEngine> {
+        &self.engine
+    }
+
+    fn decision_id(&self) -> String {
+        let n = self.decisions.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:08x}", self.nonce, n as u32)
+    }
+
+    fn namespaced(&self, server: &str, name: &str) -> String {
+        format!("{server}{}{name}", self.separator)
+    }
+
+    /// The action and target of a request, if authz decides on it.
+    fn subject(&self, exchange: &Exchange) -> Option<(Action, Target)> {
+        let context = &exchange.context;
+        let server = context.server.as_deref()?;
+        match exchange.direction {
+            Direction::ClientToServer => {
+                let target = context.target.as_deref()?;
+                let tool = || Target::Tool {
+                    name: self.namespaced(server, target),
+                    server: server.to_owned(),
+                    annotations: context
+                        .definition
+                        .as_ref()
+                        .and_then(|d| d.get())
+                        .map(ToolAnnotations::from_definition)
+                        .unwrap_or_default(),
+                };
+                let prompt = || Target::Prompt {
+                    name: self.namespaced(server, target),
+                    server: server.to_owned(),
+                };
+                let resource = || Target::Resource {
+                    uri: target.to_owned(),
+                    server: server.to_owned(),
+                };
+                match &*context.method {
+                    "tools/call" => Some((Action::CallTool, tool())),
+                    "prompts/get" => Some((Action::GetPrompt, prompt())),
+                    "resources/read" => Some((Action::ReadResource, resource())),
+                    "resources/subscribe" => Some((Action::SubscribeResource, resource())),
+                    "completion/complete" => {
+                        let kind = exchange.message.pointer("/params/ref/type");
+                        if kind.and_then(Value::as_str) == Some("ref/prompt") {
+                            Some((Action::Complete, prompt()))
+                        } else {
+                            Some((Action::Complete, resource()))
+                        }
+                    }
+                    _ => None,
+                }
+            }
+            Direction::ServerToClient => {
+                let action = match &*context.method {
+                    "sampling/createMessage" => Action::Sampling,
+                    "elicitation/create" => Action::Elicitation,
+                    "roots/list" => Action::Roots,
+                    _ => return None,
+                };
+                Some((
+                    action,
+                    Target::Server {
+                        name: server.to_owned(),
+                    },
+                ))
+            }
+        }
+    }
+
+    fn query<'a>(
+        exchange: &'a Exchange,
+        action: Action,
+        target: &'a Target,
+        arguments: Option<&'a serde_json::Map<String, Value>>,
+        time: SystemTime,
+    ) -> Query<'a> {
+        let context = &exchange.context;
+        Query {
+            client: &context.client.name,
+            groups: &context.client.groups,
+            action,
+            target,
+            arguments,
+            transport: context.transport.as_str(),
+            session: &context.session,
+            time,
+        }
+    }
+
+    fn annotate(exchange: &mut Exchange, key: &str, value: String) {
+        exchange.annotations.push(Annotation {
+            interceptor: Arc::from("authz"),
+            key: key.to_owned(),
+            value,
+        });
+    }
+
+    fn filter_list(&self, exchange: &mut Exchange, key: &str, action: Action) -> Verdict {
+        let Some(items) = exchange
+            .message
+            .pointer(&format!("/result/{key}"))
+            .and_then(Value::as_array)
+        else {
+            return Verdict::Continue;
+        };
+        let store = self.engine.current();
+        let directory = exchange.context.directory.clone();
+        let time = SystemTime::now();
+        let mut kept = Vec::with_capacity(items.len());
+        for item in items {
+            let target = directory.as_deref().and_then(|directory| {
+                let name = |k: &str| item.get(k).and_then(Value::as_str);
+                match key {
+                    "tools" => {
+                        let name = name("name")?;
+                        Some(Target::Tool {
+                            name: name.to_owned(),
+                            server: directory.tool_server(name)?.to_owned(),
+                            annotations: ToolAnnotations::from_definition(item),
+                        })
+                    }
+                    "prompts" => {
+                        let name = name("name")?;
+                        Some(Target::Prompt {
+                            name: name.to_owned(),
+                            server: directory.prompt_server(name)?.to_owned(),
+                        })
+                    }
+                    "resources" => {
+                        let uri = name("uri")?;
+                        Some(Target::Resource {
+                            uri: uri.to_owned(),
+                            server: directory.resource_server(uri)?.to_owned(),
+                        })
+                    }
+                    _ => {
+                        let template = name("uriTemplate")?;
+                        Some(Target::Resource {
+                            uri: template.to_owned(),
+                            server: directory.template_server(template)?.to_owned(),
+                        })
+                    }
+                }
+            });
+            // An item whose server is unknown is hidden: fail closed.
+            let Some(target) = target else { continue };
+            if store
+                .decide(&Self::query(exchange, action, &target, None, time))
+                .allowed
+            {
+                kept.push(item.clone());
+            }
+        }
+        let hidden = items.len() - kept.len();
+        Self::annotate(exchange, "policy_set", store.id.to_string());
+        Self::annotate(exchange, "hidden", hidden.to_string());
+        if hidden == 0 {
+            return Verdict::Continue;
+        }
+        let mut message = exchange.message.clone();
+        if let Some(slot) = message.pointer_mut(&format!("/result/{key}")) {
+            *slot = Value::Array(kept);
+        }
+        Verdict::Modify(message)
+    }
+}
+
+impl Interceptor for Authz {
+    fn name(&self) -> &str {
+        "authz"
+    }
+
+    fn on_request(&self, exchange: &mut Exchange) -> Verdict {
+        let Some((action, target)) = self.subject(exchange) else {
+            return Verdict::Continue;
+        };
+        let arguments = match action {
+            Action::CallTool | Action::GetPrompt => exchange
+                .message
+                .pointer("/params/arguments")
+                .and_then(Value::as_object),
+            _ => None,
+        };
+        let store = self.engine.current();
+        let decision = store.decide(&Self::query(
+            exchange,
+            action,
+            &target,
+            arguments,
+            SystemTime::now(),
+        ));
+        let id = self.decision_id();
+        let verdict = if decision.allowed { "allow" } else { "deny" };
+        Self::annotate(exchange, "decision", verdict.to_owned());
+        Self::annotate(exchange, "decision_id", id.clone());
+        Self::annotate(exchange, "policy_set", decision.policy_set.to_string());
+        Self::annotate(exchange, "policy_ids", decision.policies.join(","));
+        if !decision.errors.is_empty() {
+            Self::annotate(exchange, "errors", decision.errors.join("; "));
+        }
+        if !decision.dropped_arguments.is_empty() {
+            Self::annotate(
+                exchange,
+                "arguments_left_out",
+                decision.dropped_arguments.join(","),
+            );
+        }
+        let (_, resource) = target.entity();
+        if decision.allowed {
+            tracing::debug!(
+                client = %exchange.context.client.name,
+                action = action.name(),
+                resource,
+                decision_id = %id,
+                policies = %decision.policies.join(","),
+                "allowed"
+            );
+            return Verdict::Continue;
+        }
+        tracing::info!(
+            client = %exchange.context.client.name,
+            action = action.name(),
+            resource,
+            decision_id = %id,
+            policy_set = %decision.policy_set,
+            policies = %decision.policies.join(","),
+            errors = decision.errors.len(),
+            "denied by policy"
+        );
+        let reason = if decision.errors.is_empty() {
+            format!(
+                "{} on `{resource}` is not permitted (decision {id})",
+                action.name()
+            )
+        } else {
+            format!(
+                "{} on `{resource}` is denied: a policy failed to evaluate (decision {id})",
+                action.name()
+            )
+        };
+        Verdict::Deny(
+            Denial::new(code::DENIED, reason)
+                .with("decision_id", id)
+                .with("policy_set", decision.policy_set.to_string()),
+        )
+    }
+
+    fn on_response(&self, exchange: &mut Exchange) -> Verdict {
+        if exchange.direction != Direction::ClientToServer || exchange.phase != Phase::Response {
+            return Verdict::Continue;
+        }
+        match LIST_METHODS
+            .iter()
+            .find(|(method, _, _)| *method == &*exchange.context.method)
+        {
+            Some((_, key, action)) => self.filter_list(exchange, key, *action),
+            None => Verdict::Continue,
+        }
+    }
+}

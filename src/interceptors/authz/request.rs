@@ -1,0 +1,306 @@
+//! What one authorization question is about, independent of Cedar: the
+//! action, the target and the call's context — and how call arguments become
+//! a Cedar record.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cedar_policy::RestrictedExpression;
+use serde_json::{Map, Value};
+
+/// The actions of the Cedar model (DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    CallTool,
+    ListTools,
+    ReadResource,
+    ListResources,
+    SubscribeResource,
+    GetPrompt,
+    ListPrompts,
+    Complete,
+    Sampling,
+    Elicitation,
+    Roots,
+}
+
+impl Action {
+    pub const ALL: [Self; 11] = [
+        Self::CallTool,
+        Self::ListTools,
+        Self::ReadResource,
+        Self::ListResources,
+        Self::SubscribeResource,
+        Self::GetPrompt,
+        Self::ListPrompts,
+        Self::Complete,
+        Self::Sampling,
+        Self::Elicitation,
+        Self::Roots,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CallTool => "call_tool",
+            Self::ListTools => "list_tools",
+            Self::ReadResource => "read_resource",
+            Self::ListResources => "list_resources",
+            Self::SubscribeResource => "subscribe_resource",
+            Self::GetPrompt => "get_prompt",
+            Self::ListPrompts => "list_prompts",
+            Self::Complete => "complete",
+            Self::Sampling => "sampling",
+            Self::Elicitation => "elicitation",
+            Self::Roots => "roots",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|action| action.name() == name)
+    }
+}
+
+/// The annotations a server declared for a tool, with the MCP spec's
+/// defaults for those it left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolAnnotations {
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    pub open_world: bool,
+}
+
+impl Default for ToolAnnotations {
+    fn default() -> Self {
+        Self {
+            read_only: false,
+            destructive: true,
+            idempotent: false,
+            open_world: true,
+        }
+    }
+}
+
+impl ToolAnnotations {
+    /// From a tool definition as listed by its server (`annotations.*Hint`).
+    pub fn from_definition(tool: &Value) -> Self {
+        let defaults = Self::default();
+        let hint = |key: &str, default: bool| {
+            tool.get("annotations")
+                .and_then(|a| a.get(key))
+                .and_then(Value::as_bool)
+                .unwrap_or(default)
+        };
+        Self {
+            read_only: hint("readOnlyHint", defaults.read_only),
+            destructive: hint("destructiveHint", defaults.destructive),
+            idempotent: hint("idempotentHint", defaults.idempotent),
+            open_world: hint("openWorldHint", defaults.open_world),
+        }
+    }
+}
+
+/// The resource of a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `name` as clients see it: `<server><sep><tool>`.
+    Tool {
+        name: String,
+        server: String,
+        annotations: ToolAnnotations,
+    },
+    Prompt {
+        name: String,
+        server: String,
+    },
+    Resource {
+        uri: String,
+        server: String,
+    },
+    /// The server itself (server→client requests).
+    Server {
+        name: String,
+    },
+}
+
+impl Target {
+    pub fn server(&self) -> &str {
+        match self {
+            Self::Tool { server, .. }
+            | Self::Prompt { server, .. }
+            | Self::Resource { server, .. } => server,
+            Self::Server { name } => name,
+        }
+    }
+
+    /// (entity type, entity id).
+    pub fn entity(&self) -> (&'static str, &str) {
+        match self {
+            Self::Tool { name, .. } => ("Tool", name),
+            Self::Prompt { name, .. } => ("Prompt", name),
+            Self::Resource { uri, .. } => ("Resource", uri),
+            Self::Server { name } => ("Server", name),
+        }
+    }
+}
+
+/// One authorization question.
+#[derive(Debug, Clone)]
+pub struct Query<'a> {
+    pub client: &'a str,
+    pub groups: &'a [Arc<str>],
+    pub action: Action,
+    pub target: &'a Target,
+    pub arguments: Option<&'a Map<String, Value>>,
+    pub transport: &'a str,
+    pub session: &'a str,
+    pub time: SystemTime,
+}
+
+/// A Cedar type that call arguments may take, read from the schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgType {
+    String,
+    Long,
+    Bool,
+    Set(Box<ArgType>),
+    /// Attributes: (name, type, required).
+    Record(Vec<(String, ArgType, bool)>),
+    /// Declared, but nothing a JSON value converts to (entities, extensions).
+    Unsupported,
+}
+
+impl ArgType {
+    /// The Cedar value of a JSON value of this type; `None` when it does not
+    /// convert.
+    pub fn convert(&self, value: &Value) -> Option<RestrictedExpression> {
+        match (self, value) {
+            (Self::String, Value::String(text)) => {
+                Some(RestrictedExpression::new_string(text.clone()))
+            }
+            (Self::Long, Value::Number(number)) => {
+                number.as_i64().map(RestrictedExpression::new_long)
+            }
+            (Self::Bool, Value::Bool(flag)) => Some(RestrictedExpression::new_bool(*flag)),
+            (Self::Set(element), Value::Array(items)) => items
+                .iter()
+                .map(|item| element.convert(item))
+                .collect::<Option<Vec<_>>>()
+                .map(RestrictedExpression::new_set),
+            (Self::Record(attributes), Value::Object(object)) => {
+                let (fields, _) = convert_record(attributes, object);
+                fields.and_then(|fields| RestrictedExpression::new_record(fields).ok())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Converts the declared attributes of a JSON object. Returns the fields
+/// (`None` when a required one is missing or does not convert) and the names
+/// of the object's keys left out.
+pub fn convert_record(
+    attributes: &[(String, ArgType, bool)],
+    object: &Map<String, Value>,
+) -> (Option<Vec<(String, RestrictedExpression)>>, Vec<String>) {
+    let mut fields = Vec::new();
+    let mut complete = true;
+    for (name, kind, required) in attributes {
+        match object.get(name).and_then(|value| kind.convert(value)) {
+            Some(converted) => fields.push((name.clone(), converted)),
+            None if *required => complete = false,
+            None => {}
+        }
+    }
+    let dropped = object
+        .keys()
+        .filter(|key| !fields.iter().any(|(name, _)| name == *key))
+        .cloned()
+        .collect();
+    (complete.then_some(fields), dropped)
+}
+
+/// A time as a Cedar `datetime` literal, `YYYY-MM-DDThh:mm:ssZ` (UTC).
+pub fn datetime_literal(time: SystemTime) -> String {
+    let seconds = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days = seconds.div_euclid(86_400);
+    let of_day = seconds.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::time::Duration;
+
+    #[test]
+    fn datetimes_are_utc_literals() {
+        assert_eq!(datetime_literal(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_417_200); // 2026-11-23T07:00:00Z
+        assert_eq!(datetime_literal(t), "2026-11-23T07:00:00Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_827_696); // 2000-02-29T12:34:56Z
+        assert_eq!(datetime_literal(leap), "2000-02-29T12:34:56Z");
+    }
+
+    #[test]
+    fn annotations_default_to_the_spec() {
+        assert_eq!(
+            ToolAnnotations::from_definition(&json!({"name": "x"})),
+            ToolAnnotations::default()
+        );
+        let declared = ToolAnnotations::from_definition(
+            &json!({"annotations": {"readOnlyHint": true, "destructiveHint": false, "openWorldHint": "yes"}}),
+        );
+        assert!(declared.read_only && !declared.destructive && declared.open_world);
+    }
+
+    #[test]
+    fn arguments_convert_where_types_match() {
+        let attributes = vec![
+            ("path".to_owned(), ArgType::String, false),
+            ("count".to_owned(), ArgType::Long, false),
+            (
+                "tags".to_owned(),
+                ArgType::Set(Box::new(ArgType::String)),
+                false,
+            ),
+        ];
+        let arguments =
+            json!({"path": "/workspace/a", "count": 1.5, "tags": ["a", 2], "other": true});
+        let object = arguments.as_object().cloned().unwrap_or_default();
+        let (fields, mut dropped) = convert_record(&attributes, &object);
+        let names: Vec<String> = fields
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names, ["path"]);
+        dropped.sort();
+        assert_eq!(dropped, ["count", "other", "tags"]);
+
+        let required = vec![("path".to_owned(), ArgType::String, true)];
+        let (fields, _) = convert_record(&required, &Map::new());
+        assert!(
+            fields.is_none(),
+            "a missing required attribute fails the record"
+        );
+    }
+}

@@ -1,0 +1,500 @@
+//! Decisions, slicing and reloads of the policy store, on the repository's
+//! schema.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+
+use super::request::{Action, Query, Target, ToolAnnotations};
+use super::store::{PolicyError, PolicyStore, Sources};
+use super::{PolicyEngine, Reload};
+
+fn schema_text() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/schema.cedarschema");
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn sources(policies: &[&str]) -> Sources {
+    Sources {
+        schema: (PathBuf::from("schema.cedarschema"), schema_text()),
+        policies: policies
+            .iter()
+            .enumerate()
+            .map(|(i, text)| (PathBuf::from(format!("p{i}.cedar")), (*text).to_owned()))
+            .collect(),
+    }
+}
+
+fn store(policies: &[&str]) -> PolicyStore {
+    match PolicyStore::from_sources(&sources(policies)) {
+        Ok(store) => store,
+        Err(err) => panic!("policies do not load: {err}"),
+    }
+}
+
+fn tool(name: &str, read_only: bool) -> Target {
+    let server = name.split_once("__").map_or("", |(s, _)| s).to_owned();
+    Target::Tool {
+        name: name.to_owned(),
+        server,
+        annotations: ToolAnnotations {
+            read_only,
+            ..ToolAnnotations::default()
+        },
+    }
+}
+
+fn query<'a>(
+    client: &'a str,
+    groups: &'a [Arc<str>],
+    action: Action,
+    target: &'a Target,
+    arguments: Option<&'a Map<String, Value>>,
+) -> Query<'a> {
+    Query {
+        client,
+        groups,
+        action,
+        target,
+        arguments,
+        transport: "http",
+        session: "s1",
+        time: SystemTime::now(),
+    }
+}
+
+#[test]
+fn default_deny_forbid_wins_and_ids_name_the_deciders() {
+    let store = store(&[
+        r#"@id("devs") permit(principal in Group::"devs", action == Action::"call_tool", resource in Server::"example");"#,
+        r#"@id("no-crash") forbid(principal, action, resource == Tool::"example__crash");"#,
+    ]);
+    let devs: Vec<Arc<str>> = vec!["devs".into()];
+    let echo = tool("example__echo", true);
+    let crash = tool("example__crash", false);
+
+    let allowed = store.decide(&query("d", &devs, Action::CallTool, &echo, None));
+    assert!(allowed.allowed);
+    assert_eq!(allowed.policies, ["devs"]);
+
+    let forbidden = store.decide(&query("d", &devs, Action::CallTool, &crash, None));
+    assert!(!forbidden.allowed);
+    assert_eq!(forbidden.policies, ["no-crash"]);
+
+    let nobody = store.decide(&query("x", &[], Action::CallTool, &echo, None));
+    assert!(!nobody.allowed);
+    assert!(nobody.policies.is_empty(), "default deny names no policy");
+    assert_eq!(nobody.policy_set, store.id);
+}
+
+#[test]
+fn an_evaluation_error_denies_even_when_a_permit_allows() {
+    let store = store(&[
+        r#"@id("all") permit(principal, action, resource);"#,
+        r#"@id("overflow") forbid(principal, action, resource)
+           when { context.arguments has count && context.arguments.count + 9223372036854775807 > 0 };"#,
+    ]);
+    let target = tool("example__add", false);
+    let arguments = json!({"count": 5}).as_object().cloned();
+    let decision = store.decide(&query(
+        "c",
+        &[],
+        Action::CallTool,
+        &target,
+        arguments.as_ref(),
+    ));
+    assert!(!decision.allowed);
+    assert_eq!(decision.policies, ["overflow"]);
+    assert_eq!(decision.errors.len(), 1, "{:?}", decision.errors);
+    // Without the argument the forbid's guard is false: allowed.
+    let decision = store.decide(&query("c", &[], Action::CallTool, &target, None));
+    assert!(decision.allowed);
+}
+
+#[test]
+fn arguments_rules_see_declared_arguments_of_the_declared_type() {
+    let store = store(&[
+        r#"@id("workspace") permit(principal, action == Action::"call_tool", resource)
+           when { context.arguments has path && context.arguments.path like "/workspace/*" };"#,
+    ]);
+    let target = tool("fs__read_file", true);
+    let decide = |arguments: Value| {
+        let arguments = arguments.as_object().cloned();
+        store.decide(&query(
+            "c",
+            &[],
+            Action::CallTool,
+            &target,
+            arguments.as_ref(),
+        ))
+    };
+    assert!(decide(json!({"path": "/workspace/a.txt"})).allowed);
+    assert!(!decide(json!({"path": "/etc/passwd"})).allowed);
+    let wrong_type = decide(json!({"path": ["/workspace/a"], "secret": "x"}));
+    assert!(!wrong_type.allowed);
+    assert_eq!(wrong_type.dropped_arguments, ["path", "secret"]);
+}
+
+#[test]
+fn policies_without_an_id_are_named_by_file_and_line_and_duplicates_are_refused() {
+    let store = store(&["// a comment\n\npermit(principal, action, resource);\n"]);
+    let target = tool("a__b", true);
+    assert_eq!(
+        store
+            .decide(&query("c", &[], Action::CallTool, &target, None))
+            .policies,
+        ["p0.cedar:3"]
+    );
+    let twice = PolicyStore::from_sources(&sources(&[
+        "@id(\"x\") permit(principal, action, resource);",
+        "\n@id(\"x\") forbid(principal, action, resource);",
+    ]));
+    let Err(PolicyError::Invalid(diagnostics)) = twice else {
+        panic!("a duplicate id must be refused");
+    };
+    assert_eq!(diagnostics.len(), 1);
+    assert_eq!(
+        (diagnostics[0].file.as_path(), diagnostics[0].line),
+        (Path::new("p1.cedar"), 2)
+    );
+    assert!(
+        diagnostics[0].message.contains("used twice"),
+        "{}",
+        diagnostics[0]
+    );
+}
+
+#[test]
+fn errors_carry_file_line_and_column() {
+    let cases: [(&str, &str, (usize, usize)); 3] = [
+        (
+            "permit(principal, action, resource)\n  when { 1 + };",
+            "unexpected token",
+            (2, 14),
+        ),
+        (
+            "@id(\"t\")\npermit(principal, action, resource)\n  when { resource.nope };",
+            "attribute `nope`",
+            (3, 10),
+        ),
+        (
+            "permit(principal in Grop::\"x\", action, resource);",
+            "unrecognized entity type `Grop`",
+            (1, 21),
+        ),
+    ];
+    for (text, message, location) in cases {
+        let Err(PolicyError::Invalid(diagnostics)) = PolicyStore::from_sources(&sources(&[text]))
+        else {
+            panic!("`{text}` must be refused");
+        };
+        let first = &diagnostics[0];
+        assert!(first.message.contains(message), "{first}");
+        assert_eq!((first.line, first.column), location, "{first}");
+        assert_eq!(first.file, PathBuf::from("p0.cedar"));
+    }
+}
+
+// -- slicing ------------------------------------------------------------------
+
+const SERVERS: [&str; 3] = ["s0", "s1", "s2"];
+
+/// A policy valid under the schema, from a few numbers: (effect, principal,
+/// resource kind, resource pick, action pick, condition).
+fn policy_text(index: usize, spec: (u8, u8, u8, u8, u8, u8)) -> String {
+    let (effect, principal, kind, pick, actions, condition) = spec;
+    let effect = if effect % 3 == 0 { "forbid" } else { "permit" };
+    let n = usize::from(pick) % 3;
+    let principal = match principal % 5 {
+        0 => "principal".to_owned(),
+        1 => format!("principal == Client::\"c{}\"", pick % 4),
+        2 => format!("principal in Group::\"g{}\"", pick % 4),
+        3 => "principal is Client".to_owned(),
+        _ => format!("principal is Client in Group::\"g{}\"", (pick / 2) % 4),
+    };
+    let (resource, allowed): (String, &[&str]) = match kind % 7 {
+        0 => ("resource".into(), &[]),
+        1 => (
+            format!("resource == Tool::\"{}__t{}\"", SERVERS[n], pick % 2),
+            &["call_tool", "list_tools"],
+        ),
+        2 => (format!("resource in Server::\"{}\"", SERVERS[n]), &[]),
+        3 => (
+            format!("resource is Tool in Server::\"{}\"", SERVERS[n]),
+            &["call_tool", "list_tools"],
+        ),
+        4 => (
+            format!("resource == Resource::\"u{}\"", pick % 3),
+            &[
+                "read_resource",
+                "list_resources",
+                "subscribe_resource",
+                "complete",
+            ],
+        ),
+        5 => (
+            format!("resource == Prompt::\"{}__p{}\"", SERVERS[n], pick % 2),
+            &["get_prompt", "list_prompts", "complete"],
+        ),
+        _ => (
+            format!("resource == Server::\"{}\"", SERVERS[n]),
+            &["sampling", "elicitation", "roots"],
+        ),
+    };
+    let every: Vec<&str> = Action::ALL.iter().map(|a| a.name()).collect();
+    let choices: &[&str] = if allowed.is_empty() { &every } else { allowed };
+    let action = match actions % 3 {
+        0 if allowed.is_empty() => "action".to_owned(),
+        0 | 1 => format!(
+            "action == Action::\"{}\"",
+            choices[usize::from(actions) % choices.len()]
+        ),
+        _ => {
+            let picked: Vec<String> = choices
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (usize::from(actions) >> i) & 1 == 1 || *i == 0)
+                .map(|(_, a)| format!("Action::\"{a}\""))
+                .collect();
+            format!("action in [{}]", picked.join(", "))
+        }
+    };
+    let condition = match condition % 5 {
+        0 => "",
+        1 => " when { context.transport == \"http\" }",
+        2 => " when { context.arguments has path && context.arguments.path like \"/w*\" }",
+        3 => " unless { principal.name == \"c1\" }",
+        _ => " when { principal in Group::\"g0\" }",
+    };
+    format!("@id(\"p{index}\")\n{effect}({principal}, {action}, {resource}){condition};\n")
+}
+
+/// (client, groups, action, target, arguments).
+type Parts = (
+    String,
+    Vec<Arc<str>>,
+    Action,
+    Target,
+    Option<Map<String, Value>>,
+);
+
+/// A request from a few numbers: (client, groups bitmask, action, target
+/// pick, argument).
+fn request_parts(spec: (u8, u8, u8, u8, u8)) -> Parts {
+    let (client, groups, action, pick, argument) = spec;
+    let client = format!("c{}", client % 5);
+    let groups: Vec<Arc<str>> = (0..4)
+        .filter(|g| (groups >> g) & 1 == 1)
+        .map(|g| Arc::from(format!("g{g}").as_str()))
+        .collect();
+    let action = Action::ALL[usize::from(action) % Action::ALL.len()];
+    let server = SERVERS[usize::from(pick) % 3].to_owned();
+    let target = match action {
+        Action::CallTool | Action::ListTools => Target::Tool {
+            name: format!("{server}__t{}", pick % 2),
+            server,
+            annotations: ToolAnnotations::default(),
+        },
+        Action::GetPrompt | Action::ListPrompts => Target::Prompt {
+            name: format!("{server}__p{}", pick % 2),
+            server,
+        },
+        Action::Complete if pick % 2 == 0 => Target::Prompt {
+            name: format!("{server}__p{}", pick % 3),
+            server,
+        },
+        Action::Sampling | Action::Elicitation | Action::Roots => Target::Server { name: server },
+        _ => Target::Resource {
+            uri: format!("u{}", pick % 3),
+            server,
+        },
+    };
+    let arguments = match argument % 3 {
+        0 => None,
+        1 => json!({"path": "/w/file"}).as_object().cloned(),
+        _ => json!({"path": "/etc/passwd"}).as_object().cloned(),
+    };
+    (client, groups, action, target, arguments)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The slice decides exactly as the whole set: same decision, same
+    /// deciding policies, same errors.
+    #[test]
+    fn sliced_decisions_equal_full_decisions(
+        policies in prop::collection::vec(any::<(u8, u8, u8, u8, u8, u8)>(), 1..40),
+        requests in prop::collection::vec((any::<(u8, u8, u8, u8, u8)>(), any::<bool>()), 1..20),
+    ) {
+        let texts: Vec<String> = policies
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| policy_text(i, *spec))
+            .collect();
+        let joined = texts.join("\n");
+        let store = match PolicyStore::from_sources(&sources(&[joined.as_str()])) {
+            Ok(store) => store,
+            Err(err) => return Err(TestCaseError::fail(format!("generated policies must validate: {err}\n{joined}"))),
+        };
+        for (spec, http) in requests {
+            let (client, groups, action, target, arguments) = request_parts(spec);
+            let mut q = query(&client, &groups, action, &target, arguments.as_ref());
+            q.transport = if http { "http" } else { "stdio" };
+            let sliced = store.decide(&q);
+            let full = store.decide_unsliced(&q);
+            prop_assert_eq!(&sliced, &full, "request {:?}\npolicies:\n{}", q, joined);
+            // Asked twice (the second time from the cache): the same.
+            prop_assert_eq!(&store.decide(&q), &full);
+        }
+    }
+}
+
+// -- reloads ------------------------------------------------------------------
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let temporary = dir.join(format!(".{name}.tmp"));
+    let written =
+        std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, dir.join(name)));
+    assert!(written.is_ok(), "cannot write {name}: {written:?}");
+}
+
+fn folder(policy: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    write(dir.path(), "schema.cedarschema", &schema_text());
+    write(dir.path(), "main.cedar", policy);
+    dir
+}
+
+const ALLOW_ECHO: &str = r#"@id("allow-echo") permit(principal, action == Action::"call_tool", resource == Tool::"example__echo");"#;
+const ALLOW_ADD: &str = r#"@id("allow-add") permit(principal, action == Action::"call_tool", resource == Tool::"example__add");"#;
+
+fn allowed(engine: &PolicyEngine, name: &str) -> bool {
+    let target = tool(name, false);
+    engine
+        .current()
+        .decide(&query("c", &[], Action::CallTool, &target, None))
+        .allowed
+}
+
+#[test]
+fn a_valid_change_applies_and_a_broken_one_keeps_the_last_good_set() {
+    let dir = folder(ALLOW_ECHO);
+    let engine = match PolicyEngine::load(dir.path()) {
+        Ok(engine) => engine,
+        Err(err) => panic!("{err}"),
+    };
+    assert!(allowed(&engine, "example__echo") && !allowed(&engine, "example__add"));
+    assert_eq!(engine.reload().ok(), Some(Reload::Unchanged));
+
+    write(dir.path(), "main.cedar", ALLOW_ADD);
+    let first = engine.current().id.clone();
+    let Ok(Reload::Applied(id)) = engine.reload() else {
+        panic!("a valid change must apply");
+    };
+    assert_ne!(id, first);
+    assert!(!allowed(&engine, "example__echo") && allowed(&engine, "example__add"));
+
+    // A syntax error, then a schema error, then a missing schema: each is
+    // rejected and the last good set stays in force.
+    for (file, text) in [
+        ("main.cedar", "permit(principal, action, resource"),
+        (
+            "main.cedar",
+            "permit(principal, action, resource) when { resource.nope };",
+        ),
+        (
+            "extra.cedar",
+            "permit(principal == Nobody::\"x\", action, resource);",
+        ),
+    ] {
+        write(dir.path(), file, text);
+        assert!(
+            matches!(engine.reload(), Err(PolicyError::Invalid(_))),
+            "{text}"
+        );
+        assert_eq!(engine.current().id, id);
+        assert!(allowed(&engine, "example__add") && !allowed(&engine, "example__echo"));
+        let _ = std::fs::remove_file(dir.path().join("extra.cedar"));
+        write(dir.path(), "main.cedar", ALLOW_ADD);
+    }
+    let _ = std::fs::remove_file(dir.path().join("schema.cedarschema"));
+    write(dir.path(), "main.cedar", ALLOW_ECHO);
+    assert!(engine.reload().is_err());
+    assert!(
+        allowed(&engine, "example__add"),
+        "never deny-all by accident"
+    );
+}
+
+#[test]
+fn concurrent_decisions_during_reloads_each_come_from_one_set() {
+    // Set A allows echo by `a-echo` and forbids add by `a-add`; set B the
+    // reverse with its own ids. A decision mixing the two would name a
+    // policy of one set under the other's id, or allow both or neither.
+    let set_a = r#"@id("a-echo") permit(principal, action, resource == Tool::"example__echo");
+                   @id("a-add") forbid(principal, action, resource == Tool::"example__add");
+                   @id("a-all") permit(principal, action, resource == Tool::"example__add");"#;
+    let set_b = r#"@id("b-add") permit(principal, action, resource == Tool::"example__add");
+                   @id("b-echo") forbid(principal, action, resource == Tool::"example__echo");
+                   @id("b-all") permit(principal, action, resource == Tool::"example__echo");"#;
+    let dir = folder(set_a);
+    let engine = match PolicyEngine::load(dir.path()) {
+        Ok(engine) => Arc::new(engine),
+        Err(err) => panic!("{err}"),
+    };
+    let id_a = engine.current().id.clone();
+    write(dir.path(), "main.cedar", set_b);
+    let _ = engine.reload();
+    let id_b = engine.current().id.clone();
+    assert_ne!(id_a, id_b);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deciders: Vec<_> = (0..4)
+        .map(|_| {
+            let engine = engine.clone();
+            let stop = stop.clone();
+            let (id_a, id_b) = (id_a.clone(), id_b.clone());
+            std::thread::spawn(move || {
+                let echo = tool("example__echo", false);
+                let add = tool("example__add", false);
+                let mut decisions = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let store = engine.current();
+                    let e = store.decide(&query("c", &[], Action::CallTool, &echo, None));
+                    let a = store.decide(&query("c", &[], Action::CallTool, &add, None));
+                    let consistent = if e.policy_set == id_a {
+                        e.allowed
+                            && e.policies == ["a-echo"]
+                            && !a.allowed
+                            && a.policies == ["a-add"]
+                    } else {
+                        e.policy_set == id_b
+                            && !e.allowed
+                            && e.policies == ["b-echo"]
+                            && a.allowed
+                            && (a.policies == ["b-add"])
+                    };
+                    assert!(consistent, "mixed decision: {e:?} {a:?}");
+                    assert_eq!(e.policy_set, a.policy_set);
+                    decisions += 1;
+                }
+                decisions
+            })
+        })
+        .collect();
+    for round in 0..40 {
+        write(
+            dir.path(),
+            "main.cedar",
+            if round % 2 == 0 { set_a } else { set_b },
+        );
+        assert!(engine.reload().is_ok());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let total: usize = deciders.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+    assert!(total > 0, "the deciders ran");
+}
