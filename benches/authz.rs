@@ -68,7 +68,7 @@ fn engine(dir: &Path, count: usize) -> Arc<PolicyEngine> {
     )
     .unwrap();
     std::fs::write(dir.join("bench.cedar"), policies(count)).unwrap();
-    let engine = PolicyEngine::load(dir).unwrap_or_else(|err| panic!("{err}"));
+    let engine = PolicyEngine::load(dir, &[]).unwrap_or_else(|err| panic!("{err}"));
     assert_eq!(engine.current().policy_count(), count);
     Arc::new(engine)
 }
@@ -221,6 +221,7 @@ fn main() {
     let query = Query {
         client: "c5",
         groups: &groups,
+        attributes: None,
         action: Action::CallTool,
         target: &target,
         arguments: arguments.as_object(),

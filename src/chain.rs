@@ -49,6 +49,8 @@ impl Transport {
 pub struct ClientIdentity {
     pub name: Arc<str>,
     pub groups: Arc<[Arc<str>]>,
+    /// Attributes from `[[clients]] attributes` (policies read them).
+    pub attributes: Arc<serde_json::Map<String, Value>>,
 }
 
 impl ClientIdentity {
@@ -59,7 +61,13 @@ impl ClientIdentity {
                 .iter()
                 .map(|group| Arc::from(group.as_str()))
                 .collect(),
+            attributes: Arc::default(),
         }
+    }
+
+    pub fn with_attributes(mut self, attributes: serde_json::Map<String, Value>) -> Self {
+        self.attributes = Arc::new(attributes);
+        self
     }
 }
 

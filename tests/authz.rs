@@ -533,26 +533,73 @@ fn the_example_policies_pass_their_fixtures_and_a_wrong_expectation_fails() {
 async fn tools_list_for_a_client_shows_what_policy_lets_it_see() {
     let proxy = proxy_with_policies(POLICIES);
     let config = proxy.write_config();
-    let output = tokio::process::Command::new(portcullis_bin())
-        .args([
-            "tools", "list", "--format", "json", "--client", "other", "--config",
-        ])
+    let list = |client: Option<&'static str>| {
+        let config = config.clone();
+        async move {
+            let mut command = tokio::process::Command::new(portcullis_bin());
+            command
+                .args(["tools", "list", "--format", "json", "--config"])
+                .arg(&config);
+            if let Some(client) = client {
+                command.args(["--client", client]);
+            }
+            let output = command.output().await.unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let tools: Value = serde_json::from_slice(&output.stdout).unwrap();
+            let mut names: Vec<String> = tools
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(
+        list(Some("other")).await,
+        ["time__convert_time", "time__get_current_time"]
+    );
+    assert_eq!(
+        list(Some("tester")).await,
+        ["example__echo", "example__sample"]
+    );
+    // Without a client: the operator's view, every tool the servers offer.
+    let all = list(None).await;
+    assert!(
+        ["example__add", "example__echo", "time__get_current_time"]
+            .iter()
+            .all(|name| all.iter().any(|n| n == name)),
+        "{all:?}"
+    );
+}
+
+#[test]
+fn client_attributes_the_schema_does_not_declare_stop_the_proxy() {
+    let proxy = TestProxy::new()
+        .with_config(
+            "policies = \"policies\"\n\n[[clients]]\nname = \"attr\"\nattributes = { level = 3 }",
+        )
+        .with_example_server("example");
+    policy_folder(&proxy, "permit(principal, action, resource);");
+    let config = proxy.write_config();
+    let output = Command::new(portcullis_bin())
+        .args(["serve", "--config"])
         .arg(&config)
         .output()
-        .await
         .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        stderr.contains("client `attr`: its `[[clients]]` attributes do not fit the schema"),
+        "{stderr}"
     );
-    let tools: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let mut names: Vec<&str> = tools
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["time__convert_time", "time__get_current_time"]);
+    // `policy check --config` says the same.
+    let (ok, _, stderr) = policy(&["check", "--config", config.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("client `attr`"), "{stderr}");
 }

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::chain::{ClientIdentity, Transport};
-use crate::config::{Config, UpstreamSpec};
+use crate::config::{ChainEntry, Config, UpstreamSpec};
 use crate::downstream;
 use crate::gateway::{Gateway, Outlet};
 use crate::interceptors;
@@ -96,7 +96,8 @@ enum ToolsCommand {
     List {
         #[arg(long, short)]
         config: PathBuf,
-        /// Show what this `[[clients]]` entry would see.
+        /// Show what this `[[clients]]` entry would see under the policies
+        /// (without it: every tool the servers offer).
         #[arg(long)]
         client: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -234,7 +235,10 @@ fn client_identity(config: &Config, name: &str) -> anyhow::Result<ClientIdentity
             config.file.display()
         )
     })?;
-    Ok(ClientIdentity::new(&client.name, &client.groups))
+    Ok(
+        ClientIdentity::new(&client.name, &client.groups)
+            .with_attributes(client.attributes.clone()),
+    )
 }
 
 fn announce_sandboxing(config: &Config) {
@@ -334,6 +338,9 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
                 policies = store.policy_count(),
                 "policies loaded"
             );
+            if store.policy_count() == 0 {
+                tracing::warn!("the policy folder has no policies: every request is denied");
+            }
             let poll = gateway.config().proxy.policy_poll;
             tokio::spawn(engine.clone().watch(poll, gateway.shutdown_token()));
         }
@@ -464,10 +471,20 @@ impl Outlet for Discard {
     }
 }
 
-async fn tools_list(config: Config, client: Option<&str>, format: Format) -> anyhow::Result<()> {
+async fn tools_list(
+    mut config: Config,
+    client: Option<&str>,
+    format: Format,
+) -> anyhow::Result<()> {
     let identity = match client {
         Some(name) => client_identity(&config, name)?,
-        None => ClientIdentity::new("(any)", &[]),
+        None => {
+            // The operator's view: every tool the servers offer, whatever
+            // the policies let any one client see.
+            config.chain.retain(|entry| *entry != ChainEntry::Authz);
+            config.proxy.policies = None;
+            ClientIdentity::new("(operator)", &[])
+        }
     };
     let gateway = start_gateway(config).await?;
     let session = gateway.open_session(

@@ -1,12 +1,11 @@
 //! `portcullis policy check|test|explain`: the security team's tools.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
-use crate::config::Config;
+use crate::config::{ClientConfig, Config};
 use crate::interceptors::authz::fixtures::{self, Case};
 use crate::interceptors::authz::{Decision, PolicyError, PolicyStore, Severity};
 
@@ -81,7 +80,9 @@ pub struct Source {
 
 struct Setup {
     dir: PathBuf,
-    groups: BTreeMap<String, Vec<String>>,
+    /// The config's clients (empty without `--config`).
+    configured: Vec<ClientConfig>,
+    clients: fixtures::Known,
     separator: String,
 }
 
@@ -95,17 +96,15 @@ impl Source {
                 })?;
                 Ok(Setup {
                     dir,
-                    groups: config
-                        .clients
-                        .iter()
-                        .map(|c| (c.name.clone(), c.groups.clone()))
-                        .collect(),
+                    clients: fixtures::known(&config.clients),
+                    configured: config.clients.clone(),
                     separator: config.proxy.namespace_separator.clone(),
                 })
             }
             (None, dir) => Ok(Setup {
                 dir: dir.clone().unwrap_or_else(|| PathBuf::from("policies")),
-                groups: BTreeMap::new(),
+                clients: fixtures::Known::new(),
+                configured: Vec::new(),
                 separator: "__".into(),
             }),
         }
@@ -117,6 +116,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
         PolicyCommand::Check { source } => {
             let setup = source.setup()?;
             let store = load(&setup.dir)?;
+            store.check_clients(&setup.configured)?;
             for warning in &store.warnings {
                 eprintln!("{warning}");
             }
@@ -137,12 +137,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
             let setup = source.setup()?;
             let store = load(&setup.dir)?;
             let folder = fixtures.unwrap_or_else(|| setup.dir.join("tests"));
-            let outcomes = fixtures::run(
-                &store,
-                &folder,
-                &fixtures::config_groups(&setup.groups),
-                &setup.separator,
-            )?;
+            let outcomes = fixtures::run(&store, &folder, &setup.clients, &setup.separator)?;
             if outcomes.is_empty() {
                 bail!(
                     "{}: no fixture cases (`[[case]]` in *.toml)",
@@ -230,7 +225,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
                 ..Case::default()
             };
             let prepared = case
-                .prepare(&fixtures::config_groups(&setup.groups), &setup.separator)
+                .prepare(&setup.clients, &setup.separator)
                 .map_err(anyhow::Error::msg)?;
             let query = prepared.query();
             let decision = store.decide(&query);

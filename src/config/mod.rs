@@ -98,6 +98,9 @@ pub struct ClientConfig {
     /// Lower-case hex SHA-256 of the bearer token; `None` for stdio-only clients.
     pub token_sha256: Option<String>,
     pub groups: Vec<String>,
+    /// Attributes of the client's Cedar entity (strings, integers, booleans
+    /// and arrays of those).
+    pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +259,8 @@ struct RawClient {
     token_sha256: Option<String>,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -531,10 +536,35 @@ impl Validator<'_> {
                     Some(self.token_hash(&hash, &mut token_hashes, span.clone(), &key)?)
                 }
             };
+            let mut attributes = serde_json::Map::new();
+            for (name, value) in client.attributes {
+                let valid_name = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid_name || name == "name" {
+                    return Err(self.error(
+                        Some(span),
+                        &format!("{key}.attributes.{name}"),
+                        "attribute names are identifiers (letters, digits, `_`), and `name` is the client's own".into(),
+                    ));
+                }
+                let converted = attribute_value(&value).ok_or_else(|| {
+                    self.error(
+                        Some(span.clone()),
+                        &format!("{key}.attributes.{name}"),
+                        "an attribute is a string, an integer, a boolean, or an array of those"
+                            .into(),
+                    )
+                })?;
+                attributes.insert(name, converted);
+            }
             clients.push(ClientConfig {
                 name: client.name,
                 token_sha256,
                 groups: client.groups,
+                attributes,
             });
         }
 
@@ -814,6 +844,22 @@ pub fn valid_server_name(name: &str) -> bool {
 }
 
 /// `"30s"`, `"500ms"`, `"2m"`, `"1h"`.
+/// A client attribute as JSON: strings, integers, booleans and arrays of
+/// those (what becomes a Cedar value without a schema's help).
+fn attribute_value(value: &toml::Value) -> Option<serde_json::Value> {
+    match value {
+        toml::Value::String(text) => Some(serde_json::Value::from(text.as_str())),
+        toml::Value::Integer(number) => Some(serde_json::Value::from(*number)),
+        toml::Value::Boolean(flag) => Some(serde_json::Value::from(*flag)),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(attribute_value)
+            .collect::<Option<Vec<_>>>()
+            .map(serde_json::Value::Array),
+        _ => None,
+    }
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -984,6 +1030,31 @@ mod tests {
         ] {
             let err = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn client_attributes_are_plain_values() {
+        let config = parse(
+            "[[clients]]\nname = \"c\"\nattributes = { team = \"data\", level = 3, admin = false, regions = [\"eu\"] }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            serde_json::Value::Object(config.clients[0].attributes.clone()),
+            serde_json::json!({"admin": false, "level": 3, "regions": ["eu"], "team": "data"})
+        );
+        for bad in [
+            "ratio = 0.5",
+            "nested = { a = 1 }",
+            "name = \"x\"",
+            "\"bad-name\" = 1",
+        ] {
+            let text = format!("[[clients]]\nname = \"c\"\nattributes = {{ {bad} }}\n");
+            let err = parse(&text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("clients[0].attributes"), "{bad}: {err}");
         }
     }
 

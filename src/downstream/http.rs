@@ -94,10 +94,13 @@ pub async fn serve_on(
         .clients
         .iter()
         .filter_map(|client| {
-            client
-                .token_sha256
-                .clone()
-                .map(|hash| (hash, ClientIdentity::new(&client.name, &client.groups)))
+            client.token_sha256.clone().map(|hash| {
+                (
+                    hash,
+                    ClientIdentity::new(&client.name, &client.groups)
+                        .with_attributes(client.attributes.clone()),
+                )
+            })
         })
         .collect();
     let loopback_only = listener

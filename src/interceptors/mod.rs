@@ -38,7 +38,7 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
             ChainEntry::Authz => {
                 let dir = config.proxy.policies.clone().unwrap_or_default();
                 let engine = Arc::new(
-                    PolicyEngine::load(&dir)
+                    PolicyEngine::load(&dir, &config.clients)
                         .map_err(|source| BuildError::Policies { dir, source })?,
                 );
                 policies = Some(engine.clone());

@@ -42,6 +42,8 @@ pub struct Case {
     pub name: String,
     pub client: String,
     pub groups: Option<Vec<String>>,
+    /// The client's entity attributes (default: its attributes in the config).
+    pub attributes: Option<toml::Table>,
     pub action: String,
     pub tool: Option<String>,
     pub prompt: Option<String>,
@@ -75,6 +77,7 @@ pub struct AnnotationsSpec {
 pub struct Prepared {
     pub client: String,
     pub groups: Vec<Arc<str>>,
+    pub attributes: serde_json::Map<String, Value>,
     pub action: Action,
     pub target: Target,
     pub arguments: Option<serde_json::Map<String, Value>>,
@@ -88,6 +91,7 @@ impl Prepared {
         Query {
             client: &self.client,
             groups: &self.groups,
+            attributes: Some(&self.attributes),
             action: self.action,
             target: &self.target,
             arguments: self.arguments.as_ref(),
@@ -99,14 +103,10 @@ impl Prepared {
 }
 
 impl Case {
-    /// Makes the case concrete. `groups_of` gives a client's groups from the
-    /// config (used when the case names none); `separator` splits
-    /// `server<sep>tool` names.
-    pub fn prepare(
-        &self,
-        groups_of: &dyn Fn(&str) -> Option<Vec<String>>,
-        separator: &str,
-    ) -> Result<Prepared, String> {
+    /// Makes the case concrete. `known` gives a client's groups and
+    /// attributes from the config (used when the case names none);
+    /// `separator` splits `server<sep>tool` names.
+    pub fn prepare(&self, known: &Known, separator: &str) -> Result<Prepared, String> {
         let action = Action::parse(&self.action).ok_or_else(|| {
             format!(
                 "unknown action `{}`; one of: {}",
@@ -159,9 +159,17 @@ impl Case {
             },
             _ => return Err("name only one of `tool`, `prompt` and `resource`".into()),
         };
+        let configured = known.get(&self.client);
         let groups = match &self.groups {
             Some(groups) => groups.clone(),
-            None => groups_of(&self.client).unwrap_or_default(),
+            None => configured.map(|c| c.0.clone()).unwrap_or_default(),
+        };
+        let attributes = match &self.attributes {
+            Some(table) => match serde_json::to_value(table) {
+                Ok(Value::Object(map)) => map,
+                _ => return Err("`attributes` must be a table".into()),
+            },
+            None => configured.map(|c| c.1.clone()).unwrap_or_default(),
         };
         let arguments = match &self.arguments {
             None => None,
@@ -178,6 +186,7 @@ impl Case {
         Ok(Prepared {
             client: self.client.clone(),
             groups: groups.iter().map(|g| Arc::from(g.as_str())).collect(),
+            attributes,
             action,
             target,
             arguments,
@@ -281,7 +290,7 @@ pub struct Outcome {
 pub fn run(
     store: &PolicyStore,
     dir: &Path,
-    groups_of: &dyn Fn(&str) -> Option<Vec<String>>,
+    known: &Known,
     separator: &str,
 ) -> Result<Vec<Outcome>, FixtureError> {
     let mut outcomes = Vec::new();
@@ -292,7 +301,7 @@ pub fn run(
             } else {
                 case.name.clone()
             };
-            let outcome = match case.prepare(groups_of, separator) {
+            let outcome = match case.prepare(known, separator) {
                 Err(message) => Outcome {
                     file: file.clone(),
                     line,
@@ -363,11 +372,15 @@ pub fn parse_datetime(text: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
-/// A client's groups from the config's `[[clients]]`.
-pub fn config_groups(
-    clients: &BTreeMap<String, Vec<String>>,
-) -> impl Fn(&str) -> Option<Vec<String>> + '_ {
-    move |name| clients.get(name).cloned()
+/// The configured clients' groups and attributes, by name.
+pub type Known = BTreeMap<String, (Vec<String>, serde_json::Map<String, Value>)>;
+
+/// The clients of a config, for [`Case::prepare`].
+pub fn known(clients: &[crate::config::ClientConfig]) -> Known {
+    clients
+        .iter()
+        .map(|c| (c.name.clone(), (c.groups.clone(), c.attributes.clone())))
+        .collect()
 }
 
 #[cfg(test)]

@@ -26,11 +26,14 @@ pub use request::{Action, Query, Target, ToolAnnotations};
 pub use store::{Decision, Diagnostic, PolicyError, PolicyStore, Severity, Sources};
 
 use crate::chain::{Annotation, Denial, Direction, Exchange, Interceptor, Phase, Verdict};
+use crate::config::ClientConfig;
 use crate::protocol::code;
 
 /// The current policy set of a folder, and its reloads.
 pub struct PolicyEngine {
     dir: PathBuf,
+    /// The configured clients, whose attributes every set must accept.
+    clients: Vec<ClientConfig>,
     current: RwLock<Arc<PolicyStore>>,
     /// The fingerprint of the last folder state that was rejected, so a
     /// broken file is reported once, not at every poll.
@@ -55,10 +58,14 @@ pub enum Reload {
 }
 
 impl PolicyEngine {
-    pub fn load(dir: &Path) -> Result<Self, PolicyError> {
+    /// Loads a folder; its schema must accept the clients' attributes.
+    pub fn load(dir: &Path, clients: &[ClientConfig]) -> Result<Self, PolicyError> {
+        let store = PolicyStore::load(dir)?;
+        store.check_clients(clients)?;
         Ok(Self {
             dir: dir.to_owned(),
-            current: RwLock::new(Arc::new(PolicyStore::load(dir)?)),
+            clients: clients.to_vec(),
+            current: RwLock::new(Arc::new(store)),
             rejected: Mutex::new(None),
         })
     }
@@ -84,6 +91,20 @@ impl PolicyEngine {
             return Ok(Reload::Unchanged);
         }
         let store = PolicyStore::from_sources(&sources)?;
+        store.check_clients(&self.clients)?;
+        if store.policy_count() == 0 && self.current().policy_count() > 0 {
+            // Most likely files moved or a volume not mounted: a set that
+            // denies everything is written as an explicit forbid, not by
+            // emptying the folder.
+            return Err(PolicyError::Invalid(vec![Diagnostic {
+                file: self.dir.clone(),
+                line: 1,
+                column: 1,
+                severity: Severity::Error,
+                message: "the folder has no policies any more; a reload never empties the set in force (to deny everything, write `forbid (principal, action, resource);`)".into(),
+                help: None,
+            }]));
+        }
         let id = store.id.clone();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(store);
         Ok(Reload::Applied(id))
@@ -153,6 +174,7 @@ impl PolicyEngine {
 
 /// The authz interceptor.
 pub struct Authz {
+    name: Arc<str>,
     engine: Arc<PolicyEngine>,
     separator: String,
     nonce: u32,
@@ -173,6 +195,7 @@ const LIST_METHODS: [(&str, &str, Action); 4] = [
 impl Authz {
     pub fn new(engine: Arc<PolicyEngine>, separator: &str) -> Self {
         Self {
+            name: Arc::from("authz"),
             engine,
             separator: separator.to_owned(),
             nonce: uuid::Uuid::new_v4().as_u128() as u32,
@@ -262,6 +285,7 @@ impl Authz {
         Query {
             client: &context.client.name,
             groups: &context.client.groups,
+            attributes: Some(&context.client.attributes),
             action,
             target,
             arguments,
@@ -271,9 +295,9 @@ impl Authz {
         }
     }
 
-    fn annotate(exchange: &mut Exchange, key: &str, value: String) {
+    fn annotate(&self, exchange: &mut Exchange, key: &str, value: String) {
         exchange.annotations.push(Annotation {
-            interceptor: Arc::from("authz"),
+            interceptor: self.name.clone(),
             key: key.to_owned(),
             value,
         });
@@ -336,8 +360,8 @@ impl Authz {
             }
         }
         let hidden = items.len() - kept.len();
-        Self::annotate(exchange, "policy_set", store.id.to_string());
-        Self::annotate(exchange, "hidden", hidden.to_string());
+        self.annotate(exchange, "policy_set", store.id.to_string());
+        self.annotate(exchange, "hidden", hidden.to_string());
         if hidden == 0 {
             return Verdict::Continue;
         }
@@ -375,15 +399,15 @@ impl Interceptor for Authz {
         ));
         let id = self.decision_id();
         let verdict = if decision.allowed { "allow" } else { "deny" };
-        Self::annotate(exchange, "decision", verdict.to_owned());
-        Self::annotate(exchange, "decision_id", id.clone());
-        Self::annotate(exchange, "policy_set", decision.policy_set.to_string());
-        Self::annotate(exchange, "policy_ids", decision.policies.join(","));
+        self.annotate(exchange, "decision", verdict.to_owned());
+        self.annotate(exchange, "decision_id", id.clone());
+        self.annotate(exchange, "policy_set", decision.policy_set.to_string());
+        self.annotate(exchange, "policy_ids", decision.policies.join(","));
         if !decision.errors.is_empty() {
-            Self::annotate(exchange, "errors", decision.errors.join("; "));
+            self.annotate(exchange, "errors", decision.errors.join("; "));
         }
         if !decision.dropped_arguments.is_empty() {
-            Self::annotate(
+            self.annotate(
                 exchange,
                 "arguments_left_out",
                 decision.dropped_arguments.join(","),

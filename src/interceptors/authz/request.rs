@@ -149,6 +149,8 @@ impl Target {
 pub struct Query<'a> {
     pub client: &'a str,
     pub groups: &'a [Arc<str>],
+    /// The client's attributes from the config (`[[clients]] attributes`).
+    pub attributes: Option<&'a Map<String, Value>>,
     pub action: Action,
     pub target: &'a Target,
     pub arguments: Option<&'a Map<String, Value>>,
@@ -171,6 +173,24 @@ pub enum ArgType {
 }
 
 impl ArgType {
+    /// Whether [`ArgType::convert`] would convert this value.
+    pub fn accepts(&self, value: &Value) -> bool {
+        match (self, value) {
+            (Self::String, Value::String(_)) | (Self::Bool, Value::Bool(_)) => true,
+            (Self::Long, Value::Number(number)) => number.is_i64(),
+            (Self::Set(element), Value::Array(items)) => items.iter().all(|i| element.accepts(i)),
+            (Self::Record(attributes), Value::Object(object)) => {
+                attributes
+                    .iter()
+                    .all(|(name, kind, required)| match object.get(name) {
+                        Some(value) => kind.accepts(value) || !required,
+                        None => !required,
+                    })
+            }
+            _ => false,
+        }
+    }
+
     /// The Cedar value of a JSON value of this type; `None` when it does not
     /// convert.
     pub fn convert(&self, value: &Value) -> Option<RestrictedExpression> {
@@ -194,6 +214,39 @@ impl ArgType {
             _ => None,
         }
     }
+}
+
+/// A JSON value as a Cedar value by its own shape: strings, integers,
+/// booleans, arrays of those (the shapes `[[clients]] attributes` allows).
+pub fn plain_value(value: &Value) -> Option<RestrictedExpression> {
+    match value {
+        Value::String(text) => Some(RestrictedExpression::new_string(text.clone())),
+        Value::Number(number) => number.as_i64().map(RestrictedExpression::new_long),
+        Value::Bool(flag) => Some(RestrictedExpression::new_bool(*flag)),
+        Value::Array(items) => items
+            .iter()
+            .map(plain_value)
+            .collect::<Option<Vec<_>>>()
+            .map(RestrictedExpression::new_set),
+        _ => None,
+    }
+}
+
+/// The keys of a JSON object that do not convert to the declared attributes
+/// (undeclared, or of another type), without converting anything.
+pub fn left_out(
+    attributes: &[(String, ArgType, bool)],
+    object: &Map<String, Value>,
+) -> Vec<String> {
+    object
+        .iter()
+        .filter(|(key, value)| {
+            !attributes
+                .iter()
+                .any(|(name, kind, _)| name == *key && kind.accepts(value))
+        })
+        .map(|(key, _)| key.clone())
+        .collect()
 }
 
 /// Converts the declared attributes of a JSON object. Returns the fields

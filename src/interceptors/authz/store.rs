@@ -24,7 +24,10 @@ use cedar_policy::{
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::request::{Action, ArgType, Query, Target, convert_record, datetime_literal};
+use super::request::{
+    Action, ArgType, Query, Target, convert_record, datetime_literal, left_out, plain_value,
+};
+use crate::config::ClientConfig;
 
 /// The schema's file name inside the policies folder.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -80,6 +83,10 @@ pub enum PolicyError {
     },
     #[error("{}", list(.0))]
     Invalid(Vec<Diagnostic>),
+    #[error(
+        "client `{client}`: its `[[clients]]` attributes do not fit the schema's `Client` entity: {message}"
+    )]
+    Clients { client: String, message: String },
 }
 
 fn list(diagnostics: &[Diagnostic]) -> String {
@@ -127,6 +134,7 @@ struct Indexed {
     policy: Policy,
     principal: Option<EntityUid>,
     resource: Option<EntityUid>,
+    reads: Reads,
 }
 
 struct Types {
@@ -178,7 +186,7 @@ impl Types {
 /// A loaded, validated policy set.
 pub struct PolicyStore {
     schema: Schema,
-    all: PolicySet,
+    all: Arc<PolicySet>,
     origins: HashMap<String, Origin>,
     /// Per action: the policies whose action scope includes it.
     by_action: HashMap<Action, Vec<Indexed>>,
@@ -188,7 +196,7 @@ pub struct PolicyStore {
     action_entities: Vec<Entity>,
     types: Types,
     authorizer: Authorizer,
-    slices: RwLock<HashMap<String, Arc<PolicySet>>>,
+    slices: RwLock<HashMap<String, Arc<Prepared>>>,
     /// A short hash of the schema and policy files.
     pub id: Arc<str>,
     pub files: Vec<PathBuf>,
@@ -494,7 +502,7 @@ impl PolicyStore {
         let by_action = index_by_action(&policies, &schema, &types);
         Ok(Self {
             schema,
-            all,
+            all: Arc::new(all),
             origins,
             by_action,
             shapes,
@@ -508,6 +516,31 @@ impl PolicyStore {
                 .collect(),
             warnings,
         })
+    }
+
+    /// Checks that the configured clients' entities (their attributes)
+    /// fit the schema's `Client` type.
+    pub fn check_clients(&self, clients: &[ClientConfig]) -> Result<(), PolicyError> {
+        for client in clients {
+            let parents = client
+                .groups
+                .iter()
+                .map(|group| self.types.uid("Group", group))
+                .collect();
+            let entity =
+                client_entity(&self.types, &client.name, parents, Some(&client.attributes))
+                    .map_err(|message| PolicyError::Clients {
+                        client: client.name.clone(),
+                        message,
+                    })?;
+            Entities::from_entities([entity], Some(&self.schema)).map_err(|err| {
+                PolicyError::Clients {
+                    client: client.name.clone(),
+                    message: err.to_string(),
+                }
+            })?;
+        }
+        Ok(())
     }
 
     pub fn policy_count(&self) -> usize {
@@ -524,194 +557,182 @@ impl PolicyStore {
 
     /// How many policies can apply to a query (its slice).
     pub fn slice_size(&self, query: &Query<'_>) -> usize {
-        self.slice(query).policies().count()
+        self.prepare(query)
+            .map_or(0, |prepared| prepared.policies.policies().count())
     }
 
-    /// Decides over the slice of policies that can apply.
+    /// Decides over the slice of policies that can apply, with the
+    /// request's entities cached beside it.
     pub fn decide(&self, query: &Query<'_>) -> Decision {
-        let slice = self.slice(query);
-        self.evaluate(query, &slice)
+        match self.prepare(query) {
+            Ok(prepared) => self.evaluate(query, &prepared),
+            Err(reason) => self.failed(reason),
+        }
     }
 
-    /// Decides over every policy, without slicing (for tests and `explain`).
+    /// Decides over every policy, with everything built afresh (for tests and
+    /// the benchmark: what slicing and caching must not change).
     pub fn decide_unsliced(&self, query: &Query<'_>) -> Decision {
-        self.evaluate(query, &self.all)
+        match self.entities(query) {
+            Ok(entities) => self.evaluate(
+                query,
+                &Prepared {
+                    policies: self.all.clone(),
+                    entities: Arc::new(entities),
+                    reads: Reads::ALL,
+                },
+            ),
+            Err(reason) => self.failed(reason),
+        }
     }
 
-    fn evaluate(&self, query: &Query<'_>, policies: &PolicySet) -> Decision {
-        let deny = |errors: Vec<String>, dropped: Vec<String>| Decision {
+    fn failed(&self, reason: String) -> Decision {
+        Decision {
             allowed: false,
             policies: Vec::new(),
-            errors,
-            dropped_arguments: dropped,
+            errors: vec![reason],
+            dropped_arguments: Vec::new(),
             policy_set: self.id.clone(),
-        };
-        let (request, entities, dropped) = match self.request(query) {
-            Ok(built) => built,
-            Err(reason) => return deny(vec![reason], Vec::new()),
-        };
-        let response = self.authorizer.is_authorized(&request, policies, &entities);
-        let diagnostics = response.diagnostics();
-        let errors: Vec<String> = diagnostics
-            .errors()
-            .map(|error| match error {
-                cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
-                    format!("{}: {}", e.policy_id(), e.inner())
-                }
-            })
-            .collect();
-        if !errors.is_empty() {
-            let mut failed: Vec<String> = diagnostics
-                .errors()
-                .map(|error| match error {
-                    cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
-                        e.policy_id().to_string()
-                    }
-                })
-                .collect();
-            failed.sort();
-            failed.dedup();
-            let mut decision = deny(errors, dropped);
-            decision.policies = failed;
-            return decision;
         }
-        let mut decided: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
-        decided.sort();
+    }
+
+    fn evaluate(&self, query: &Query<'_>, prepared: &Prepared) -> Decision {
+        let (request, dropped) = match self.request(query, prepared.reads) {
+            Ok(built) => built,
+            Err(reason) => return self.failed(reason),
+        };
+        let response =
+            self.authorizer
+                .is_authorized(&request, &prepared.policies, &prepared.entities);
+        let diagnostics = response.diagnostics();
+        let mut failed = Vec::new();
+        let mut errors = Vec::new();
+        for error in diagnostics.errors() {
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = error;
+            errors.push(format!("{}: {}", e.policy_id(), e.inner()));
+            failed.push(e.policy_id().to_string());
+        }
+        let allowed = errors.is_empty() && response.decision() == cedar_policy::Decision::Allow;
+        let mut policies = if errors.is_empty() {
+            diagnostics.reason().map(ToString::to_string).collect()
+        } else {
+            failed
+        };
+        policies.sort();
+        policies.dedup();
         Decision {
-            allowed: response.decision() == cedar_policy::Decision::Allow,
-            policies: decided,
+            allowed,
+            policies,
             errors,
             dropped_arguments: dropped,
             policy_set: self.id.clone(),
         }
     }
 
-    /// The Cedar request and entities of a query, and the arguments left out.
-    fn request(&self, query: &Query<'_>) -> Result<(Request, Entities, Vec<String>), String> {
+    /// The entities of a query: the client in its groups, the target in its
+    /// server, the server (and the schema's action groups, if any).
+    fn entities(&self, query: &Query<'_>) -> Result<Entities, String> {
         let types = &self.types;
-        let principal = types.uid("Client", query.client);
+        let string = |text: &str| RestrictedExpression::new_string(text.to_owned());
         let parents: HashSet<EntityUid> = query
             .groups
             .iter()
             .map(|group| types.uid("Group", group))
             .collect();
-        let client = Entity::new(
-            principal.clone(),
-            HashMap::from([(
-                "name".to_owned(),
-                RestrictedExpression::new_string(query.client.to_owned()),
-            )]),
-            parents,
-        )
-        .map_err(|e| e.to_string())?;
+        let client = client_entity(types, query.client, parents, query.attributes)?;
         let server_name = query.target.server();
         let server_uid = types.uid("Server", server_name);
         let server = Entity::new(
             server_uid.clone(),
-            HashMap::from([(
-                "name".to_owned(),
-                RestrictedExpression::new_string(server_name.to_owned()),
-            )]),
+            HashMap::from([("name".to_owned(), string(server_name))]),
             HashSet::new(),
         )
         .map_err(|e| e.to_string())?;
         let (kind, id) = query.target.entity();
-        let resource = types.uid(kind, id);
         let mut entities = vec![client, server];
-        let server_attr = || RestrictedExpression::new_string(server_name.to_owned());
         let parent = HashSet::from([server_uid]);
-        match query.target {
+        let attributes: Option<Vec<(&str, RestrictedExpression)>> = match query.target {
             Target::Tool {
                 name, annotations, ..
-            } => entities.push(
+            } => Some(vec![
+                ("name", string(name)),
+                ("server", string(server_name)),
+                (
+                    "read_only",
+                    RestrictedExpression::new_bool(annotations.read_only),
+                ),
+                (
+                    "destructive",
+                    RestrictedExpression::new_bool(annotations.destructive),
+                ),
+                (
+                    "idempotent",
+                    RestrictedExpression::new_bool(annotations.idempotent),
+                ),
+                (
+                    "open_world",
+                    RestrictedExpression::new_bool(annotations.open_world),
+                ),
+            ]),
+            Target::Prompt { name, .. } => Some(vec![
+                ("name", string(name)),
+                ("server", string(server_name)),
+            ]),
+            Target::Resource { uri, .. } => {
+                Some(vec![("uri", string(uri)), ("server", string(server_name))])
+            }
+            Target::Server { .. } => None,
+        };
+        if let Some(attributes) = attributes {
+            entities.push(
                 Entity::new(
-                    resource.clone(),
-                    HashMap::from([
-                        (
-                            "name".to_owned(),
-                            RestrictedExpression::new_string(name.clone()),
-                        ),
-                        ("server".to_owned(), server_attr()),
-                        (
-                            "read_only".to_owned(),
-                            RestrictedExpression::new_bool(annotations.read_only),
-                        ),
-                        (
-                            "destructive".to_owned(),
-                            RestrictedExpression::new_bool(annotations.destructive),
-                        ),
-                        (
-                            "idempotent".to_owned(),
-                            RestrictedExpression::new_bool(annotations.idempotent),
-                        ),
-                        (
-                            "open_world".to_owned(),
-                            RestrictedExpression::new_bool(annotations.open_world),
-                        ),
-                    ]),
+                    types.uid(kind, id),
+                    attributes
+                        .into_iter()
+                        .map(|(name, value)| (name.to_owned(), value))
+                        .collect(),
                     parent,
                 )
                 .map_err(|e| e.to_string())?,
-            ),
-            Target::Prompt { name, .. } => entities.push(
-                Entity::new(
-                    resource.clone(),
-                    HashMap::from([
-                        (
-                            "name".to_owned(),
-                            RestrictedExpression::new_string(name.clone()),
-                        ),
-                        ("server".to_owned(), server_attr()),
-                    ]),
-                    parent,
-                )
-                .map_err(|e| e.to_string())?,
-            ),
-            Target::Resource { uri, .. } => entities.push(
-                Entity::new(
-                    resource.clone(),
-                    HashMap::from([
-                        (
-                            "uri".to_owned(),
-                            RestrictedExpression::new_string(uri.clone()),
-                        ),
-                        ("server".to_owned(), server_attr()),
-                    ]),
-                    parent,
-                )
-                .map_err(|e| e.to_string())?,
-            ),
-            Target::Server { .. } => {}
+            );
         }
         entities.extend(self.action_entities.iter().cloned());
-        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+        Entities::from_entities(entities, None).map_err(|e| e.to_string())
+    }
 
+    /// The Cedar request of a query (its context built per call), and the
+    /// arguments left out. A context attribute that no policy of the slice
+    /// can read is not built: a `datetime` costs more to evaluate than the
+    /// rest of the context together, and a policy that cannot read an
+    /// attribute decides the same without it.
+    fn request(&self, query: &Query<'_>, reads: Reads) -> Result<(Request, Vec<String>), String> {
+        let types = &self.types;
         let shape = self.shapes.get(&query.action);
         let declared = |name: &str| shape.is_none_or(|s| s.attributes.contains(name));
         let mut pairs = Vec::with_capacity(4);
-        let mut dropped = Vec::new();
-        if declared("arguments") {
-            let attributes = shape.and_then(|s| s.arguments.as_deref()).unwrap_or(&[]);
-            let empty = serde_json::Map::new();
-            let (fields, left_out) = convert_record(attributes, query.arguments.unwrap_or(&empty));
-            dropped = left_out;
+        let empty = serde_json::Map::new();
+        let arguments = query.arguments.unwrap_or(&empty);
+        let attributes = shape.and_then(|s| s.arguments.as_deref()).unwrap_or(&[]);
+        let dropped = left_out(attributes, arguments);
+        if reads.arguments && declared("arguments") {
+            let (fields, _) = convert_record(attributes, arguments);
             let record = RestrictedExpression::new_record(fields.unwrap_or_default())
                 .map_err(|e| e.to_string())?;
             pairs.push(("arguments".to_owned(), record));
         }
-        if declared("transport") {
+        if reads.transport && declared("transport") {
             pairs.push((
                 "transport".to_owned(),
                 RestrictedExpression::new_string(query.transport.to_owned()),
             ));
         }
-        if declared("session") {
+        if reads.session && declared("session") {
             pairs.push((
                 "session".to_owned(),
                 RestrictedExpression::new_string(query.session.to_owned()),
             ));
         }
-        if declared("time") {
+        if reads.time && declared("time") {
             pairs.push((
                 "time".to_owned(),
                 RestrictedExpression::new_datetime(datetime_literal(query.time)),
@@ -723,15 +744,23 @@ impl PolicyStore {
             .get(&query.action)
             .cloned()
             .ok_or_else(|| format!("unknown action `{}`", query.action.name()))?;
-        let request =
-            Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
-        Ok((request, entities, dropped))
+        let (kind, id) = query.target.entity();
+        let request = Request::new(
+            types.uid("Client", query.client),
+            action,
+            types.uid(kind, id),
+            context,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((request, dropped))
     }
 
-    /// The policies that can apply to a query (cached).
-    fn slice(&self, query: &Query<'_>) -> Arc<PolicySet> {
+    /// The policies that can apply to a query and its entities, cached per
+    /// (action, client and groups, target and its annotations, server).
+    fn prepare(&self, query: &Query<'_>) -> Result<Arc<Prepared>, String> {
         let (kind, id) = query.target.entity();
-        let mut key = String::with_capacity(64);
+        let mut key = String::with_capacity(96);
         for part in [
             query.action.name(),
             query.client,
@@ -742,9 +771,18 @@ impl PolicyStore {
             key.push_str(part);
             key.push('\0');
         }
+        if let Target::Tool { annotations: a, .. } = query.target {
+            for flag in [a.read_only, a.destructive, a.idempotent, a.open_world] {
+                key.push(if flag { '1' } else { '0' });
+            }
+            key.push('\0');
+        }
         for group in query.groups {
             key.push_str(group);
             key.push('\0');
+        }
+        if let Some(attributes) = query.attributes.filter(|a| !a.is_empty()) {
+            key.push_str(&Value::Object(attributes.clone()).to_string());
         }
         if let Some(found) = self
             .slices
@@ -752,7 +790,7 @@ impl PolicyStore {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
-            return found.clone();
+            return Ok(found.clone());
         }
         let types = &self.types;
         let mut principals = vec![types.uid("Client", query.client)];
@@ -761,7 +799,8 @@ impl PolicyStore {
             types.uid(kind, id),
             types.uid("Server", query.target.server()),
         ];
-        let relevant = self
+        let mut reads = Reads::NONE;
+        let relevant: Vec<Policy> = self
             .by_action
             .get(&query.action)
             .map(|indexed| {
@@ -777,18 +816,106 @@ impl PolicyStore {
                                 .as_ref()
                                 .is_none_or(|r| resources.contains(r))
                     })
-                    .map(|entry| entry.policy.clone())
-                    .collect::<Vec<_>>()
+                    .map(|entry| {
+                        reads = reads.union(entry.reads);
+                        entry.policy.clone()
+                    })
+                    .collect()
             })
             .unwrap_or_default();
-        // Ids are unique (checked at load), so this cannot fail.
-        let slice = Arc::new(PolicySet::from_policies(relevant).unwrap_or_default());
+        let prepared = Arc::new(Prepared {
+            // Ids are unique (checked at load), so this cannot fail.
+            policies: Arc::new(PolicySet::from_policies(relevant).unwrap_or_default()),
+            entities: Arc::new(self.entities(query)?),
+            reads,
+        });
         let mut slices = self.slices.write().unwrap_or_else(|p| p.into_inner());
         if slices.len() >= MAX_CACHED_SLICES {
             slices.clear();
         }
-        slices.insert(key, slice.clone());
-        slice
+        slices.insert(key, prepared.clone());
+        Ok(prepared)
+    }
+}
+
+fn client_entity(
+    types: &Types,
+    name: &str,
+    parents: HashSet<EntityUid>,
+    attributes: Option<&serde_json::Map<String, Value>>,
+) -> Result<Entity, String> {
+    let mut values = HashMap::from([(
+        "name".to_owned(),
+        RestrictedExpression::new_string(name.to_owned()),
+    )]);
+    for (key, value) in attributes.into_iter().flatten() {
+        let converted = plain_value(value).ok_or_else(|| {
+            format!("client attribute `{key}` is not a string, integer, boolean or array")
+        })?;
+        values.insert(key.clone(), converted);
+    }
+    Entity::new(types.uid("Client", name), values, parents).map_err(|e| e.to_string())
+}
+
+/// A slice of the policies and the entities of one kind of request.
+struct Prepared {
+    policies: Arc<PolicySet>,
+    entities: Arc<Entities>,
+    /// The context attributes a policy of the slice may read.
+    reads: Reads,
+}
+
+/// Which context attributes a policy may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reads {
+    arguments: bool,
+    transport: bool,
+    session: bool,
+    time: bool,
+}
+
+impl Reads {
+    const ALL: Self = Self {
+        arguments: true,
+        transport: true,
+        session: true,
+        time: true,
+    };
+    const NONE: Self = Self {
+        arguments: false,
+        transport: false,
+        session: false,
+        time: false,
+    };
+
+    /// From a policy's source: an attribute is read if the policy names it,
+    /// and all are if it uses the context as a whole value (anything but
+    /// `context.x`, `context["x"]` and `context has x`). Over-approximates,
+    /// never under.
+    fn of(source: &str) -> Self {
+        let mut rest = source;
+        while let Some(found) = rest.find("context") {
+            let after = rest[found + "context".len()..].trim_start();
+            if !(after.starts_with('.') || after.starts_with('[') || after.starts_with("has")) {
+                return Self::ALL;
+            }
+            rest = &rest[found + "context".len()..];
+        }
+        Self {
+            arguments: source.contains("arguments"),
+            transport: source.contains("transport"),
+            session: source.contains("session"),
+            time: source.contains("time"),
+        }
+    }
+
+    fn union(self, other: Self) -> Self {
+        Self {
+            arguments: self.arguments || other.arguments,
+            transport: self.transport || other.transport,
+            session: self.session || other.session,
+            time: self.time || other.time,
+        }
     }
 }
 
@@ -827,6 +954,7 @@ fn index_by_action(
             | ResourceConstraint::IsIn(_, uid) => Some(uid),
         };
         let constraint = policy.action_constraint();
+        let reads = Reads::of(&policy.to_string());
         for (action, uid) in &types.actions {
             let applies = match &constraint {
                 ActionConstraint::Any => true,
@@ -838,6 +966,7 @@ fn index_by_action(
                     policy: policy.clone(),
                     principal: principal.clone(),
                     resource: resource.clone(),
+                    reads,
                 });
             }
         }

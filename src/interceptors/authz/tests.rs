@@ -57,6 +57,7 @@ fn query<'a>(
     Query {
         client,
         groups,
+        attributes: None,
         action,
         target,
         arguments,
@@ -198,6 +199,43 @@ fn errors_carry_file_line_and_column() {
     }
 }
 
+#[test]
+fn client_attributes_from_the_config_reach_policies_and_must_fit_the_schema() {
+    let store = store(&[r#"@id("data-team") permit(principal, action, resource)
+           when { principal has team && principal.team == "data" };"#]);
+    let target = tool("example__echo", true);
+    let data = json!({"team": "data"}).as_object().cloned();
+    let mut q = query("alice", &[], Action::CallTool, &target, None);
+    q.attributes = data.as_ref();
+    assert!(store.decide(&q).allowed);
+    let ops = json!({"team": "ops"}).as_object().cloned();
+    q.attributes = ops.as_ref();
+    assert!(
+        !store.decide(&q).allowed,
+        "a different attribute, a different decision"
+    );
+
+    let client = |attributes: Value| crate::config::ClientConfig {
+        name: "alice".into(),
+        token_sha256: None,
+        groups: vec!["analysts".into()],
+        attributes: attributes.as_object().cloned().unwrap_or_default(),
+    };
+    assert!(
+        store
+            .check_clients(&[client(json!({"team": "data"}))])
+            .is_ok()
+    );
+    for bad in [json!({"team": 3}), json!({"clearance": 3})] {
+        let err = store.check_clients(&[client(bad.clone())]);
+        let Err(PolicyError::Clients { client, message }) = err else {
+            panic!("{bad} must not fit the schema");
+        };
+        assert_eq!(client, "alice");
+        assert!(!message.is_empty());
+    }
+}
+
 // -- slicing ------------------------------------------------------------------
 
 const SERVERS: [&str; 3] = ["s0", "s1", "s2"];
@@ -262,11 +300,14 @@ fn policy_text(index: usize, spec: (u8, u8, u8, u8, u8, u8)) -> String {
             format!("action in [{}]", picked.join(", "))
         }
     };
-    let condition = match condition % 5 {
+    let tool_typed = matches!(kind % 7, 1 | 3);
+    let condition = match condition % 7 {
         0 => "",
         1 => " when { context.transport == \"http\" }",
         2 => " when { context.arguments has path && context.arguments.path like \"/w*\" }",
         3 => " unless { principal.name == \"c1\" }",
+        4 => " when { context.time > datetime(\"2020-01-01T00:00:00Z\") }",
+        5 if tool_typed => " when { resource.read_only && !resource.destructive }",
         _ => " when { principal in Group::\"g0\" }",
     };
     format!("@id(\"p{index}\")\n{effect}({principal}, {action}, {resource}){condition};\n")
@@ -296,7 +337,11 @@ fn request_parts(spec: (u8, u8, u8, u8, u8)) -> Parts {
         Action::CallTool | Action::ListTools => Target::Tool {
             name: format!("{server}__t{}", pick % 2),
             server,
-            annotations: ToolAnnotations::default(),
+            annotations: ToolAnnotations {
+                read_only: pick & 0x10 != 0,
+                destructive: pick & 0x20 != 0,
+                ..ToolAnnotations::default()
+            },
         },
         Action::GetPrompt | Action::ListPrompts => Target::Prompt {
             name: format!("{server}__p{}", pick % 2),
@@ -383,7 +428,7 @@ fn allowed(engine: &PolicyEngine, name: &str) -> bool {
 #[test]
 fn a_valid_change_applies_and_a_broken_one_keeps_the_last_good_set() {
     let dir = folder(ALLOW_ECHO);
-    let engine = match PolicyEngine::load(dir.path()) {
+    let engine = match PolicyEngine::load(dir.path(), &[]) {
         Ok(engine) => engine,
         Err(err) => panic!("{err}"),
     };
@@ -421,6 +466,10 @@ fn a_valid_change_applies_and_a_broken_one_keeps_the_last_good_set() {
         let _ = std::fs::remove_file(dir.path().join("extra.cedar"));
         write(dir.path(), "main.cedar", ALLOW_ADD);
     }
+    // Emptying the folder is refused too: a reload never drops to deny-all.
+    let _ = std::fs::remove_file(dir.path().join("main.cedar"));
+    assert!(matches!(engine.reload(), Err(PolicyError::Invalid(_))));
+    assert!(allowed(&engine, "example__add"));
     let _ = std::fs::remove_file(dir.path().join("schema.cedarschema"));
     write(dir.path(), "main.cedar", ALLOW_ECHO);
     assert!(engine.reload().is_err());
@@ -442,7 +491,7 @@ fn concurrent_decisions_during_reloads_each_come_from_one_set() {
                    @id("b-echo") forbid(principal, action, resource == Tool::"example__echo");
                    @id("b-all") permit(principal, action, resource == Tool::"example__echo");"#;
     let dir = folder(set_a);
-    let engine = match PolicyEngine::load(dir.path()) {
+    let engine = match PolicyEngine::load(dir.path(), &[]) {
         Ok(engine) => Arc::new(engine),
         Err(err) => panic!("{err}"),
     };
