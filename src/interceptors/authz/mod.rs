@@ -35,8 +35,8 @@ pub struct PolicyEngine {
     /// The configured clients, whose attributes every set must accept.
     clients: Vec<ClientConfig>,
     current: RwLock<Arc<PolicyStore>>,
-    /// The fingerprint of the last folder state that was rejected, so a
-    /// broken file is reported once, not at every poll.
+    /// The last rejection reported, so a broken file is reported once, not
+    /// at every poll.
     rejected: Mutex<Option<String>>,
 }
 
@@ -158,15 +158,16 @@ impl PolicyEngine {
                 tracing::info!(policy_set = %id, policies = store.policy_count(), "policies reloaded");
             }
             Err(err) => {
-                let state = Sources::read(&self.dir).map(|s| s.fingerprint()).ok();
-                if state.is_none() || *rejected != state {
+                // The same rejection is reported once, not at every poll.
+                let report = err.to_string();
+                if rejected.as_deref() != Some(report.as_str()) {
                     tracing::error!(
                         dir = %self.dir.display(),
                         policy_set = %self.current().id,
-                        "policy reload rejected; the previous set stays in force:\n{err}"
+                        "policy reload rejected; the previous set stays in force:\n{report}"
                     );
                 }
-                *rejected = state;
+                *rejected = Some(report);
             }
         }
     }

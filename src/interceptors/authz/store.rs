@@ -262,14 +262,12 @@ impl Sources {
         })
     }
 
-    /// A short hash over every file's name and content.
+    /// A short hash over every file's path (inside the folder) and content.
     pub fn fingerprint(&self) -> String {
         let mut hasher = Sha256::new();
+        let dir = self.schema.0.parent().unwrap_or(Path::new(""));
         for (path, text) in std::iter::once(&self.schema).chain(&self.policies) {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default();
+            let name = path.strip_prefix(dir).unwrap_or(path).to_string_lossy();
             hasher.update(name.as_bytes());
             hasher.update([0]);
             hasher.update((text.len() as u64).to_le_bytes());
