@@ -4,6 +4,7 @@
 //! `protocol`, `config` → `chain` → `interceptors`, `upstream` → `gateway`
 //! → `downstream` → `cli`.
 
+pub mod audit;
 pub mod chain;
 pub mod cli;
 pub mod config;

@@ -341,7 +341,7 @@ impl Gateway {
         // Routing first, so that interceptors see the target server, name
         // and listed definition.
         let catalog = self.catalog();
-        let route = match self.route(session, &method, &exchange.message) {
+        let route = match self.route(&catalog, session, &method, &exchange.message) {
             Ok((route, target)) => {
                 if let Route::Server { server, .. } = &route {
                     exchange.context.server = self.names.get(*server).cloned();
@@ -439,6 +439,7 @@ impl Gateway {
     /// name, or resource URI). Errors are (code, client-safe reason).
     fn route(
         &self,
+        catalog: &Catalog,
         session: &Session,
         method: &str,
         message: &Value,
@@ -461,7 +462,6 @@ impl Gateway {
             "tools/call" | "prompts/get" => {
                 let name = protocol::param_str(message, "name")
                     .ok_or_else(|| invalid("`params.name` must be a string".into()))?;
-                let catalog = self.catalog();
                 let found = if method == "tools/call" {
                     catalog.tool(name)
                 } else {
@@ -488,7 +488,7 @@ impl Gateway {
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let uri = protocol::param_str(message, "uri")
                     .ok_or_else(|| invalid("`params.uri` must be a string".into()))?;
-                match self.catalog().resource_owner(uri) {
+                match catalog.resource_owner(uri) {
                     Some(server) => Ok((
                         Route::Server {
                             server,
@@ -509,8 +509,7 @@ impl Gateway {
                             .get("name")
                             .and_then(Value::as_str)
                             .ok_or_else(|| invalid("`params.ref.name` must be a string".into()))?;
-                        let (server, original) = self
-                            .catalog()
+                        let (server, original) = catalog
                             .prompt(name)
                             .map(|(s, o)| (s, o.to_owned()))
                             .ok_or_else(|| self.not_found("prompt", name))?;
@@ -527,8 +526,7 @@ impl Gateway {
                             .get("uri")
                             .and_then(Value::as_str)
                             .ok_or_else(|| invalid("`params.ref.uri` must be a string".into()))?;
-                        let server = self
-                            .catalog()
+                        let server = catalog
                             .resource_owner(uri)
                             .ok_or_else(|| (-32002, format!("resource not found: `{uri}`")))?;
                         Ok((

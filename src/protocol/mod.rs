@@ -308,8 +308,46 @@ impl IdKey {
     }
 }
 
+/// A time as `YYYY-MM-DDThh:mm:ssZ` (UTC): a Cedar `datetime` literal, and
+/// the seconds of audit timestamps.
+pub fn datetime_literal(time: std::time::SystemTime) -> String {
+    let seconds = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days = seconds.div_euclid(86_400);
+    let of_day = seconds.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn datetimes_are_utc_literals() {
+        assert_eq!(
+            datetime_literal(std::time::UNIX_EPOCH),
+            "1970-01-01T00:00:00Z"
+        );
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_417_200); // 2026-11-23T07:00:00Z
+        assert_eq!(datetime_literal(t), "2026-11-23T07:00:00Z");
+        let leap = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_827_696); // 2000-02-29T12:34:56Z
+        assert_eq!(datetime_literal(leap), "2000-02-29T12:34:56Z");
+    }
+
     use super::*;
 
     #[test]

@@ -246,7 +246,11 @@ impl Authz {
                     "tools/call" => Some((Action::CallTool, tool())),
                     "prompts/get" => Some((Action::GetPrompt, prompt())),
                     "resources/read" => Some((Action::ReadResource, resource())),
-                    "resources/subscribe" => Some((Action::SubscribeResource, resource())),
+                    // Unsubscribing is decided like subscribing: a client
+                    // with no rights on a resource has nothing to cancel.
+                    "resources/subscribe" | "resources/unsubscribe" => {
+                        Some((Action::SubscribeResource, resource()))
+                    }
                     "completion/complete" => {
                         let kind = exchange.message.pointer("/params/ref/type");
                         if kind.and_then(Value::as_str) == Some("ref/prompt") {
@@ -263,6 +267,8 @@ impl Authz {
                     "sampling/createMessage" => Action::Sampling,
                     "elicitation/create" => Action::Elicitation,
                     "roots/list" => Action::Roots,
+                    // Any other server→client request is refused in
+                    // `on_request`; `ping` is harmless.
                     _ => return None,
                 };
                 Some((
@@ -381,6 +387,19 @@ impl Interceptor for Authz {
 
     fn on_request(&self, exchange: &mut Exchange) -> Verdict {
         let Some((action, target)) = self.subject(exchange) else {
+            // A server→client request that no action covers is not
+            // forwarded: the model names every request a server may make.
+            if exchange.direction == Direction::ServerToClient
+                && &*exchange.context.method != "ping"
+            {
+                return Verdict::Deny(Denial::new(
+                    code::DENIED,
+                    format!(
+                        "server→client request `{}` is not permitted",
+                        exchange.context.method
+                    ),
+                ));
+            }
             return Verdict::Continue;
         };
         let arguments = match action {
@@ -405,7 +424,9 @@ impl Interceptor for Authz {
         self.annotate(exchange, "policy_set", decision.policy_set.to_string());
         self.annotate(exchange, "policy_ids", decision.policies.join(","));
         if !decision.errors.is_empty() {
-            self.annotate(exchange, "errors", decision.errors.join("; "));
+            // Ids only: Cedar's messages can quote argument values.
+            self.annotate(exchange, "evaluation_errors", decision.policies.join(","));
+            tracing::debug!(errors = ?decision.errors, "policy evaluation errors");
         }
         if !decision.dropped_arguments.is_empty() {
             self.annotate(
@@ -415,11 +436,13 @@ impl Interceptor for Authz {
             );
         }
         let (_, resource) = target.entity();
+        // A URI's query may carry credentials: logs show what comes before.
+        let logged = resource.split('?').next().unwrap_or_default();
         if decision.allowed {
             tracing::debug!(
                 client = %exchange.context.client.name,
                 action = action.name(),
-                resource,
+                resource = logged,
                 decision_id = %id,
                 policies = %decision.policies.join(","),
                 "allowed"
@@ -429,7 +452,7 @@ impl Interceptor for Authz {
         tracing::info!(
             client = %exchange.context.client.name,
             action = action.name(),
-            resource,
+            resource = logged,
             decision_id = %id,
             policy_set = %decision.policy_set,
             policies = %decision.policies.join(","),

@@ -33,7 +33,10 @@ use crate::config::ClientConfig;
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 
 /// Slices kept per policy set before the cache starts over.
-const MAX_CACHED_SLICES: usize = 16_384;
+const MAX_CACHED_SLICES: usize = 8_192;
+
+/// Longer keys (long resource URIs, many attributes) are not cached.
+const MAX_CACHED_KEY_BYTES: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -278,6 +281,20 @@ impl Sources {
 }
 
 fn collect_cedar_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
+    collect_cedar_files_at(dir, out, 0)
+}
+
+fn collect_cedar_files_at(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    depth: usize,
+) -> Result<(), PolicyError> {
+    if depth > 16 {
+        return Err(PolicyError::Io {
+            path: dir.to_owned(),
+            source: std::io::Error::other("folders nest deeper than 16 levels (a symlink loop?)"),
+        });
+    }
     let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::Io {
         path: dir.to_owned(),
         source,
@@ -288,7 +305,9 @@ fn collect_cedar_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyE
             source,
         })?;
         let path = entry.path();
-        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        // Followed through symlinks (a folder swapped in by a link, as
+        // configuration systems do, is read like any other).
+        let is_dir = std::fs::metadata(&path).is_ok_and(|m| m.is_dir());
         let hidden = path
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with('.'));
@@ -296,7 +315,7 @@ fn collect_cedar_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyE
             continue;
         }
         if is_dir {
-            collect_cedar_files(&path, out)?;
+            collect_cedar_files_at(&path, out, depth + 1)?;
         } else if path.extension().is_some_and(|e| e == "cedar") {
             out.push(path);
         }
@@ -359,6 +378,16 @@ impl PolicyStore {
                 )]));
             }
         };
+        if let Some(problem) = model_problem(&schema) {
+            return Err(PolicyError::Invalid(vec![Diagnostic {
+                file: schema_path.clone(),
+                line: 1,
+                column: 1,
+                severity: Severity::Error,
+                message: problem,
+                help: Some("start from the schema in the repository's `policies/` folder; add attributes and types, do not rename or namespace the model's".into()),
+            }]));
+        }
         let shapes = SchemaFragment::from_cedarschema_str(schema_text)
             .ok()
             .and_then(|(fragment, _)| fragment.to_json_value().ok())
@@ -759,6 +788,12 @@ impl PolicyStore {
     fn prepare(&self, query: &Query<'_>) -> Result<Arc<Prepared>, String> {
         let (kind, id) = query.target.entity();
         let mut key = String::with_capacity(96);
+        // Length-prefixed fields: no two requests share a key.
+        let push = |key: &mut String, part: &str| {
+            key.push_str(&part.len().to_string());
+            key.push(':');
+            key.push_str(part);
+        };
         for part in [
             query.action.name(),
             query.client,
@@ -766,21 +801,20 @@ impl PolicyStore {
             id,
             query.target.server(),
         ] {
-            key.push_str(part);
-            key.push('\0');
+            push(&mut key, part);
         }
         if let Target::Tool { annotations: a, .. } = query.target {
-            for flag in [a.read_only, a.destructive, a.idempotent, a.open_world] {
-                key.push(if flag { '1' } else { '0' });
-            }
-            key.push('\0');
+            let flags: String = [a.read_only, a.destructive, a.idempotent, a.open_world]
+                .iter()
+                .map(|&flag| if flag { '1' } else { '0' })
+                .collect();
+            push(&mut key, &flags);
         }
         for group in query.groups {
-            key.push_str(group);
-            key.push('\0');
+            push(&mut key, group);
         }
         if let Some(attributes) = query.attributes.filter(|a| !a.is_empty()) {
-            key.push_str(&Value::Object(attributes.clone()).to_string());
+            push(&mut key, &Value::Object(attributes.clone()).to_string());
         }
         if let Some(found) = self
             .slices
@@ -827,11 +861,15 @@ impl PolicyStore {
             entities: Arc::new(self.entities(query)?),
             reads,
         });
-        let mut slices = self.slices.write().unwrap_or_else(|p| p.into_inner());
-        if slices.len() >= MAX_CACHED_SLICES {
-            slices.clear();
+        // Resource URIs come from clients: a long one is decided without
+        // being cached, so the cache stays small whatever clients send.
+        if key.len() <= MAX_CACHED_KEY_BYTES {
+            let mut slices = self.slices.write().unwrap_or_else(|p| p.into_inner());
+            if slices.len() >= MAX_CACHED_SLICES {
+                slices.clear();
+            }
+            slices.insert(key, prepared.clone());
         }
-        slices.insert(key, prepared.clone());
         Ok(prepared)
     }
 }
@@ -886,15 +924,20 @@ impl Reads {
         time: false,
     };
 
-    /// From a policy's source: an attribute is read if the policy names it,
-    /// and all are if it uses the context as a whole value (anything but
-    /// `context.x`, `context["x"]` and `context has x`). Over-approximates,
-    /// never under.
+    /// From a policy's source: an attribute is read if the policy names it
+    /// as an identifier (`context.x`, `context has x`), and all are if it
+    /// reaches the context any other way — as a whole value, or through a
+    /// string (`context["x"]`, `context has "x"`), where escapes could spell
+    /// a name the text does not show. Over-approximates, never under.
     fn of(source: &str) -> Self {
         let mut rest = source;
         while let Some(found) = rest.find("context") {
             let after = rest[found + "context".len()..].trim_start();
-            if !(after.starts_with('.') || after.starts_with('[') || after.starts_with("has")) {
+            let by_identifier = after.starts_with('.')
+                || after
+                    .strip_prefix("has")
+                    .is_some_and(|name| !name.trim_start().starts_with('"'));
+            if !by_identifier {
                 return Self::ALL;
             }
             rest = &rest[found + "context".len()..];
@@ -915,6 +958,62 @@ impl Reads {
             time: self.time || other.time,
         }
     }
+}
+
+/// Why a schema does not describe the entities the proxy builds, if it does
+/// not. A schema that renamed `Server`, or put the model in a namespace,
+/// would validate policies that can never match a request — and a forbid
+/// that never matches fails open.
+fn model_problem(schema: &Schema) -> Option<String> {
+    let types: HashSet<String> = schema.entity_types().map(ToString::to_string).collect();
+    if let Some(namespaced) = types.iter().find(|t| t.contains("::")) {
+        return Some(format!(
+            "entity type `{namespaced}` is in a namespace; the proxy builds the model's entities without one"
+        ));
+    }
+    for required in ["Client", "Group", "Server", "Tool", "Prompt", "Resource"] {
+        if !types.contains(required) {
+            return Some(format!(
+                "the schema does not declare entity type `{required}`, which the proxy builds for every decision"
+            ));
+        }
+    }
+    let action_type = EntityTypeName::from_str("Action").ok()?;
+    for action in Action::ALL {
+        let uid =
+            EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(action.name()));
+        let principals: Vec<String> = schema
+            .principals_for_action(&uid)
+            .map(|it| it.map(ToString::to_string).collect())
+            .unwrap_or_default();
+        let resources: Vec<String> = schema
+            .resources_for_action(&uid)
+            .map(|it| it.map(ToString::to_string).collect())
+            .unwrap_or_default();
+        let expected: &[&str] = match action {
+            Action::CallTool | Action::ListTools => &["Tool"],
+            Action::GetPrompt | Action::ListPrompts => &["Prompt"],
+            Action::ReadResource | Action::ListResources | Action::SubscribeResource => {
+                &["Resource"]
+            }
+            Action::Complete => &["Prompt", "Resource"],
+            Action::Sampling | Action::Elicitation | Action::Roots => &["Server"],
+        };
+        if !principals.iter().any(|p| p == "Client")
+            || !expected.iter().all(|e| resources.iter().any(|r| r == e))
+        {
+            return Some(format!(
+                "action `{}` must apply to principal `Client` and resource {}",
+                action.name(),
+                expected
+                    .iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ));
+        }
+    }
+    None
 }
 
 fn display_name(path: &Path) -> String {

@@ -236,6 +236,73 @@ fn client_attributes_from_the_config_reach_policies_and_must_fit_the_schema() {
     }
 }
 
+#[test]
+fn context_read_through_a_string_is_always_built() {
+    // `ti\u{6d}e` spells `time` without the text showing it.
+    let store = store(&[
+        r#"@id("all") permit(principal, action, resource);"#,
+        r#"@id("escaped") forbid(principal, action, resource) when { context has "ti\u{6d}e" };"#,
+    ]);
+    let target = tool("example__echo", true);
+    let decision = store.decide(&query("c", &[], Action::CallTool, &target, None));
+    assert!(!decision.allowed);
+    assert_eq!(decision.policies, ["escaped"]);
+}
+
+#[test]
+fn a_schema_that_renames_or_namespaces_the_model_is_refused() {
+    let schema = schema_text();
+    let cases = [
+        (
+            schema
+                .replace("entity Server {", "entity McpServer {")
+                .replace("[Server]", "[McpServer]")
+                .replace("resource: Server", "resource: McpServer"),
+            "`Server`",
+        ),
+        (
+            format!("namespace Portcullis {{\n{schema}\n}}"),
+            "namespace",
+        ),
+        (
+            schema.replace(
+                "action call_tool, list_tools\n  appliesTo { principal: Client, resource: Tool,",
+                "action call_tool, list_tools\n  appliesTo { principal: Client, resource: Server,",
+            ),
+            "`call_tool`",
+        ),
+    ];
+    for (text, expected) in cases {
+        let sources = Sources {
+            schema: (PathBuf::from("schema.cedarschema"), text),
+            policies: vec![],
+        };
+        let Err(PolicyError::Invalid(diagnostics)) = PolicyStore::from_sources(&sources) else {
+            panic!("a schema without the model ({expected}) must be refused");
+        };
+        assert!(
+            diagnostics[0].message.contains(expected),
+            "{}",
+            diagnostics[0]
+        );
+    }
+}
+
+#[test]
+fn symlinked_folders_are_read() {
+    let dir = folder(ALLOW_ECHO);
+    let shared = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    write(
+        shared.path(),
+        "guard.cedar",
+        r#"@id("guard") forbid(principal, action, resource == Tool::"example__add");"#,
+    );
+    let linked = std::os::unix::fs::symlink(shared.path(), dir.path().join("shared"));
+    assert!(linked.is_ok());
+    let store = PolicyStore::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(store.policy_count(), 2);
+}
+
 // -- slicing ------------------------------------------------------------------
 
 const SERVERS: [&str; 3] = ["s0", "s1", "s2"];

@@ -1,0 +1,216 @@
+//! The audit log: one hash-chained record per exchange, committed before the
+//! client gets the reply.
+//!
+//! Records go to one writer thread, which seals them into the chain (sequence
+//! number, `prev_hash`, `hash`) and writes each batch it finds waiting with
+//! one flush (group commit): under load, many records share one fsync. A
+//! commit that fails is reported to every waiting caller, and the gateway
+//! refuses calls while the store cannot be written (fail closed).
+
+mod record;
+mod store;
+
+pub use record::{AuditRecord, GENESIS, Redaction, canonical_json, sha256_canonical};
+pub use store::{Filter, SledStorage, Storage, Verification};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+/// Records a batch holds at most.
+const MAX_BATCH: usize = 4096;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit store at `{path}` cannot be opened: {message}")]
+    Open { path: String, message: String },
+    #[error("the audit store cannot commit: {0}")]
+    Write(String),
+    #[error("the audit store cannot be read: {0}")]
+    Read(String),
+    #[error("the audit writer has stopped")]
+    Stopped,
+}
+
+struct Job {
+    record: AuditRecord,
+    done: oneshot::Sender<Result<u64, AuditError>>,
+}
+
+/// The handle the gateway commits records through.
+#[derive(Clone)]
+pub struct Audit {
+    jobs: mpsc::Sender<Job>,
+    failing: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("failing", &self.is_failing())
+            .finish()
+    }
+}
+
+impl Audit {
+    /// Starts the writer thread on a storage.
+    pub fn start(storage: impl Storage) -> Result<Self, AuditError> {
+        let (jobs, mut queue) = mpsc::channel::<Job>(MAX_BATCH * 4);
+        let failing = Arc::new(AtomicBool::new(false));
+        let flag = failing.clone();
+        let (mut seq, mut last_hash) = match storage.last()? {
+            Some((seq, hash)) => (seq, hash),
+            None => (0, GENESIS.to_owned()),
+        };
+        let mut storage = storage;
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                while let Some(first) = queue.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut records = Vec::with_capacity(batch.len());
+                    let (mut next_seq, mut prev) = (seq, last_hash.clone());
+                    for job in &batch {
+                        next_seq += 1;
+                        let mut record = job.record.clone();
+                        record.seal(next_seq, &prev);
+                        prev = record.hash.clone();
+                        records.push(record);
+                    }
+                    match storage.append(&records) {
+                        Ok(()) => {
+                            flag.store(false, Ordering::Relaxed);
+                            for (job, record) in batch.into_iter().zip(&records) {
+                                let _ = job.done.send(Ok(record.seq));
+                            }
+                            seq = next_seq;
+                            last_hash = prev;
+                        }
+                        Err(err) => {
+                            if !flag.swap(true, Ordering::Relaxed) {
+                                tracing::error!(error = %err, "AUDIT STORE FAILING: calls are refused until records can be written again");
+                            }
+                            for job in batch {
+                                let _ = job.done.send(Err(err.clone()));
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|err| AuditError::Write(format!("cannot start the writer: {err}")))?;
+        Ok(Self { jobs, failing })
+    }
+
+    /// Commits a record durably; returns its sequence number.
+    pub async fn commit(&self, record: AuditRecord) -> Result<u64, AuditError> {
+        let (done, result) = oneshot::channel();
+        self.jobs
+            .send(Job { record, done })
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        result.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Whether the last commit failed: calls are refused until one succeeds.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+}
+
+/// The time now as an audit timestamp, `YYYY-MM-DDThh:mm:ss.mmmZ`.
+pub fn timestamp(time: std::time::SystemTime) -> String {
+    let millis = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis());
+    let seconds = crate::protocol::datetime_literal(time);
+    format!("{}.{millis:03}Z", seconds.trim_end_matches('Z'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A storage that fails while `broken` is set.
+    struct Flaky {
+        broken: Arc<AtomicBool>,
+        written: Arc<std::sync::Mutex<Vec<AuditRecord>>>,
+    }
+
+    impl Storage for Flaky {
+        fn last(&self) -> Result<Option<(u64, String)>, AuditError> {
+            Ok(None)
+        }
+        fn append(&mut self, records: &[AuditRecord]) -> Result<(), AuditError> {
+            if self.broken.load(Ordering::Relaxed) {
+                return Err(AuditError::Write("disk full".into()));
+            }
+            self.written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(records);
+            Ok(())
+        }
+    }
+
+    pub(crate) fn sample() -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            time: "2026-11-23T07:00:00.000Z".into(),
+            kind: "exchange".into(),
+            session: "s".into(),
+            client: "c".into(),
+            transport: "stdio".into(),
+            server: Some("example".into()),
+            method: "tools/call".into(),
+            target: Some("echo".into()),
+            request_id: Some(serde_json::json!(1)),
+            decision: "allow".into(),
+            decided_by: None,
+            policy_ids: vec![],
+            decision_id: None,
+            policy_set: None,
+            reason: None,
+            redactions: vec![],
+            arguments_sha256: None,
+            result_bytes: 10,
+            is_error: false,
+            upstream_us: Some(100),
+            total_us: 150,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_fails_commits_and_recovers_without_breaking_the_chain() {
+        let broken = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let audit = Audit::start(Flaky {
+            broken: broken.clone(),
+            written: written.clone(),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(audit.commit(sample()).await.ok(), Some(1));
+        broken.store(true, Ordering::Relaxed);
+        assert!(matches!(
+            audit.commit(sample()).await,
+            Err(AuditError::Write(_))
+        ));
+        assert!(audit.is_failing());
+        broken.store(false, Ordering::Relaxed);
+        assert_eq!(audit.commit(sample()).await.ok(), Some(2), "no gap");
+        assert!(!audit.is_failing());
+        let written = written.lock().map(|w| w.clone()).unwrap_or_default();
+        assert_eq!(written.len(), 2);
+        assert_eq!(written[1].prev_hash, written[0].hash);
+        assert_eq!(written[0].prev_hash, GENESIS);
+        assert_eq!(written[1].hash, written[1].compute_hash());
+    }
+}
