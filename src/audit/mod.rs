@@ -25,6 +25,8 @@ const MAX_BATCH: usize = 4096;
 pub enum AuditError {
     #[error("the audit store at `{path}` cannot be opened: {message}")]
     Open { path: String, message: String },
+    #[error("the audit store at `{path}` is in use by a running proxy")]
+    InUse { path: String },
     #[error("the audit store cannot commit: {0}")]
     Write(String),
     #[error("the audit store cannot be read: {0}")]

@@ -110,6 +110,42 @@ impl SledStorage {
         &self.path
     }
 
+    /// Opens the store of a proxy role (`serve`, `stdio-<client>`) under
+    /// `audit_dir`: `<role>`, or `<role>-2`, `-3`, … while the one before is
+    /// held by a running proxy (two stdio proxies of the same client).
+    pub fn open_for(audit_dir: &Path, role: &str) -> Result<Self, AuditError> {
+        let mut last = None;
+        for n in 1..=16 {
+            let name = if n == 1 {
+                role.to_owned()
+            } else {
+                format!("{role}-{n}")
+            };
+            match Self::open(&audit_dir.join(name)) {
+                Err(err @ AuditError::InUse { .. }) => last = Some(err),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(AuditError::InUse {
+            path: audit_dir.display().to_string(),
+        }))
+    }
+
+    /// The stores under an audit folder (one per proxy role), by name.
+    pub fn stores(audit_dir: &Path) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(audit_dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.join("conf").is_file())
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        found
+    }
+
     /// Every record in sequence order (a corrupt value is an error naming
     /// its key).
     pub fn iter(&self) -> impl Iterator<Item = Result<(u64, AuditRecord), AuditError>> + '_ {

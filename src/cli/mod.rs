@@ -1,5 +1,6 @@
 //! The `portcullis` command line.
 
+mod audit;
 mod containers;
 mod policy;
 
@@ -11,6 +12,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
+use crate::audit::{Audit, SledStorage};
 use crate::chain::{ClientIdentity, Transport};
 use crate::config::{ChainEntry, Config, UpstreamSpec};
 use crate::downstream;
@@ -69,6 +71,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: policy::PolicyCommand,
+    },
+    /// Query and verify the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
 }
 
@@ -221,6 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tools_list(config, client.as_deref(), format).await
         }
         Command::Policy { command } => policy::run(command),
+        Command::Audit { command } => audit::run(command),
     }
 }
 
@@ -288,7 +296,7 @@ async fn remove_orphaned_containers(config: &Config) {
 }
 
 async fn start_gateway(config: Config) -> anyhow::Result<Arc<Gateway>> {
-    let (gateway, events, _) = build_gateway(config)?;
+    let (gateway, events, _) = build_gateway(config, None)?;
     start(&gateway, events).await;
     Ok(gateway)
 }
@@ -301,7 +309,7 @@ type Built = (
 
 /// The gateway and its chain; fails (before any server starts) when an
 /// interceptor cannot be built, such as a policy folder with errors.
-fn build_gateway(config: Config) -> anyhow::Result<Built> {
+fn build_gateway(config: Config, audit: Option<Audit>) -> anyhow::Result<Built> {
     let config = Arc::new(config);
     let built = interceptors::build_chain(&config).with_context(|| {
         format!(
@@ -309,7 +317,7 @@ fn build_gateway(config: Config) -> anyhow::Result<Built> {
             config.file.display()
         )
     })?;
-    let (gateway, events) = Gateway::new(config, built.chain);
+    let (gateway, events) = Gateway::new(config, built.chain, audit);
     Ok((gateway, events, built.policies))
 }
 
@@ -328,7 +336,18 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
     // still remove every container that was started.
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    let (gateway, events, policies) = build_gateway(config)?;
+    // The audit log opens first: no exchange happens that it cannot record.
+    // One store (and hash chain) per proxy role: several stdio proxies may
+    // share a config, each with its own log.
+    let role = match (&config.proxy.listen, &stdio_client) {
+        (None, Some(client)) => format!("stdio-{}", client.name),
+        _ => "serve".to_owned(),
+    };
+    let audit_dir = config.proxy.data_dir.join("audit");
+    let audit = SledStorage::open_for(&audit_dir, &role)
+        .and_then(Audit::start)
+        .with_context(|| format!("{}: cannot open the audit log", config.file.display()))?;
+    let (gateway, events, policies) = build_gateway(config, Some(audit))?;
     match &policies {
         Some(engine) => {
             let store = engine.current();

@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Audit;
 use crate::chain::{
     Chain, ClientIdentity, Context, Direction, Exchange, Outcome, Phase, Transport,
 };
@@ -57,6 +58,8 @@ enum Rename {
 pub struct Gateway {
     config: Arc<Config>,
     chain: Chain,
+    /// The audit log (`None` only for the CLI's one-shot commands).
+    audit: Option<Audit>,
     upstreams: Vec<Upstream>,
     names: Vec<Arc<str>>,
     catalog: RwLock<Arc<Catalog>>,
@@ -87,7 +90,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Gateway {
     /// Builds the gateway; nothing runs until [`Gateway::start`].
-    pub fn new(config: Arc<Config>, chain: Chain) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
+    pub fn new(
+        config: Arc<Config>,
+        chain: Chain,
+        audit: Option<Audit>,
+    ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
         let (events_tx, events_rx) = mpsc::channel(1024);
         let upstreams: Vec<Upstream> = config
             .servers
@@ -112,6 +119,7 @@ impl Gateway {
             upstreams,
             names,
             chain,
+            audit,
             config,
             sessions: RwLock::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -271,6 +279,7 @@ impl Gateway {
             None => {
                 // Not a JSON-RPC message at all: the chain's `limits` refuses
                 // it with the precise reason.
+                let started = std::time::Instant::now();
                 let id = reply_id(&message);
                 let mut exchange = self.exchange(
                     session,
@@ -293,6 +302,8 @@ impl Gateway {
                     |r| r.outcome(),
                 );
                 self.chain.finish(&exchange, &outcome);
+                self.record(&exchange, &outcome, Some(&reply), None, started)
+                    .await;
                 Some(reply)
             }
         }
@@ -323,11 +334,67 @@ impl Gateway {
         )
     }
 
+    /// A client request, end to end: decided, relayed, and recorded in the
+    /// audit log before the reply is returned. While the log cannot be
+    /// written, calls are refused (fail closed).
     async fn handle_request(
         self: &Arc<Self>,
         session: &Arc<Session>,
         message: Value,
     ) -> Option<Value> {
+        let started = std::time::Instant::now();
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        let arguments_sha256 = message
+            .pointer("/params/arguments")
+            .map(crate::audit::sha256_canonical);
+        let handled = match &self.audit {
+            Some(audit) if audit.is_failing() => {
+                let method = protocol::method(&message).unwrap_or_default().to_owned();
+                let exchange = self.exchange(
+                    session,
+                    message,
+                    Direction::ClientToServer,
+                    Phase::Request,
+                    &method,
+                );
+                let reason = "the audit log cannot be written: calls are refused until it can";
+                Handled {
+                    reply: Some(protocol::error(
+                        id.clone(),
+                        code::AUDIT_UNAVAILABLE,
+                        reason,
+                        None,
+                    )),
+                    exchange,
+                    outcome: Outcome::Failed {
+                        reason: reason.into(),
+                    },
+                    upstream: None,
+                }
+            }
+            _ => self.decide_and_relay(session, message).await,
+        };
+        let Some(audit) = &self.audit else {
+            return handled.reply;
+        };
+        let record = audit_record(&handled, arguments_sha256, started.elapsed());
+        match audit.commit(record).await {
+            Ok(_) => handled.reply,
+            Err(err) => {
+                tracing::error!(error = %err, "AUDIT: a call is refused because its record cannot be written");
+                handled.reply.map(|_| {
+                    protocol::error(
+                        id,
+                        code::AUDIT_UNAVAILABLE,
+                        "the call is refused: the audit log cannot record it",
+                        None,
+                    )
+                })
+            }
+        }
+    }
+
+    async fn decide_and_relay(self: &Arc<Self>, session: &Arc<Session>, message: Value) -> Handled {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         let method = protocol::method(&message).unwrap_or_default().to_owned();
         let mut exchange = self.exchange(
@@ -337,6 +404,15 @@ impl Gateway {
             Phase::Request,
             &method,
         );
+        let done = |exchange: Exchange, reply: Option<Value>, outcome: Outcome, upstream| {
+            self.chain.finish(&exchange, &outcome);
+            Handled {
+                reply,
+                exchange,
+                outcome,
+                upstream,
+            }
+        };
 
         // Routing first, so that interceptors see the target server, name
         // and listed definition.
@@ -359,27 +435,29 @@ impl Gateway {
             Err((code, reason)) => {
                 // Still give the chain its say (`limits` names a broken
                 // envelope more precisely than routing can).
-                let reply = match self.chain.run(&mut exchange) {
+                return match self.chain.run(&mut exchange) {
                     Err(refusal) => {
-                        self.chain.finish(&exchange, &refusal.outcome());
-                        return Some(refusal.to_response(id));
+                        let reply = refusal.to_response(id);
+                        done(exchange, Some(reply), refusal.outcome(), None)
                     }
-                    Ok(()) => protocol::error(id, code, &reason, None),
+                    Ok(()) => {
+                        let reply = protocol::error(id, code, &reason, None);
+                        done(exchange, Some(reply), Outcome::Failed { reason }, None)
+                    }
                 };
-                self.chain.finish(&exchange, &Outcome::Failed { reason });
-                return Some(reply);
             }
         };
 
         if let Err(refusal) = self.chain.run(&mut exchange) {
-            self.chain.finish(&exchange, &refusal.outcome());
-            return Some(refusal.to_response(id));
+            let reply = refusal.to_response(id);
+            return done(exchange, Some(reply), refusal.outcome(), None);
         }
 
         let route_kind = match route {
             Route::Local => RouteKind::Local,
             Route::Server { .. } => RouteKind::Server,
         };
+        let mut upstream = None;
         let reply = match route {
             Route::Local => {
                 self.answer_locally(session, &method, &exchange.message)
@@ -394,16 +472,16 @@ impl Gateway {
                     }
                     None => {}
                 }
-                match self.forward(session, server, &id, outgoing).await {
+                let sent = std::time::Instant::now();
+                let forwarded = self.forward(session, server, &id, outgoing).await;
+                upstream = Some(sent.elapsed());
+                match forwarded {
                     Some(reply) => Ok(reply),
                     None => {
-                        self.chain.finish(
-                            &exchange,
-                            &Outcome::Failed {
-                                reason: "cancelled by the client".into(),
-                            },
-                        );
-                        return None;
+                        let outcome = Outcome::Failed {
+                            reason: "cancelled by the client".into(),
+                        };
+                        return done(exchange, None, outcome, upstream);
                     }
                 }
             }
@@ -428,11 +506,11 @@ impl Gateway {
             exchange.context.directory = Some(self.catalog());
         }
         if let Err(refusal) = self.chain.run(&mut exchange) {
-            self.chain.finish(&exchange, &refusal.outcome());
-            return Some(refusal.to_response(id));
+            let reply = refusal.to_response(id);
+            return done(exchange, Some(reply), refusal.outcome(), upstream);
         }
-        self.chain.finish(&exchange, &outcome);
-        Some(exchange.message)
+        let reply = exchange.message.clone();
+        done(exchange, Some(reply), outcome, upstream)
     }
 
     /// Decides where a request goes, and its target (unprefixed tool or prompt
@@ -1295,9 +1373,15 @@ impl Gateway {
             &method,
         );
         exchange.context.server = Some(upstream.name().clone());
+        let started = std::time::Instant::now();
         if let Err(refusal) = self.chain.run(&mut exchange) {
-            let _ = upstream.send(refusal.to_response(server_id.clone())).await;
+            let answer = refusal.to_response(server_id.clone());
             self.chain.finish(&exchange, &refusal.outcome());
+            // Recorded before the server gets the refusal; if the record
+            // cannot be written, the refusal stands.
+            self.record(&exchange, &refusal.outcome(), Some(&answer), None, started)
+                .await;
+            let _ = upstream.send(answer).await;
             return;
         }
         let (client_id, reply) = session.expect_client_answer();
@@ -1344,8 +1428,134 @@ impl Gateway {
                 refusal.outcome()
             }
         };
-        let _ = upstream.send(exchange.message.clone()).await;
         self.chain.finish(&exchange, &outcome);
+        let asked = started.elapsed();
+        if !self
+            .record(
+                &exchange,
+                &outcome,
+                Some(&exchange.message),
+                Some(asked),
+                started,
+            )
+            .await
+        {
+            exchange.message = protocol::error(
+                server_id.clone(),
+                code::AUDIT_UNAVAILABLE,
+                "refused: the audit log cannot record this request",
+                None,
+            );
+        }
+        let _ = upstream.send(exchange.message.clone()).await;
+    }
+
+    /// Commits an exchange's record; `false` when the log cannot take it.
+    async fn record(
+        &self,
+        exchange: &Exchange,
+        outcome: &Outcome,
+        reply: Option<&Value>,
+        upstream: Option<Duration>,
+        started: std::time::Instant,
+    ) -> bool {
+        let Some(audit) = &self.audit else {
+            return true;
+        };
+        let record = record_of(exchange, outcome, reply, upstream, None, started.elapsed());
+        match audit.commit(record).await {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::error!(error = %err, "AUDIT: an exchange cannot be recorded");
+                false
+            }
+        }
+    }
+}
+
+/// How a request ended, for its audit record.
+struct Handled {
+    /// The reply to send (`None`: the client cancelled the request).
+    reply: Option<Value>,
+    exchange: Exchange,
+    outcome: Outcome,
+    /// Time spent waiting on the server, if the request reached one.
+    upstream: Option<Duration>,
+}
+
+/// The audit record of an exchange. Arguments are kept as a hash only, and
+/// the result by its size.
+fn audit_record(
+    handled: &Handled,
+    arguments_sha256: Option<String>,
+    total: Duration,
+) -> crate::audit::AuditRecord {
+    record_of(
+        &handled.exchange,
+        &handled.outcome,
+        handled.reply.as_ref(),
+        handled.upstream,
+        arguments_sha256,
+        total,
+    )
+}
+
+fn record_of(
+    exchange: &Exchange,
+    outcome: &Outcome,
+    reply: Option<&Value>,
+    upstream: Option<Duration>,
+    arguments_sha256: Option<String>,
+    total: Duration,
+) -> crate::audit::AuditRecord {
+    let context = &exchange.context;
+    let annotation = |key: &str| {
+        exchange
+            .annotations
+            .iter()
+            .find(|a| &*a.interceptor == "authz" && a.key == key)
+            .map(|a| a.value.clone())
+    };
+    let (decision, decided_by, reason) = match outcome {
+        Outcome::Delivered => ("allow", None, None),
+        Outcome::Denied {
+            interceptor,
+            reason,
+        } => ("deny", Some(interceptor.to_string()), Some(reason.clone())),
+        Outcome::Failed { reason } => ("error", None, Some(reason.clone())),
+    };
+    let is_error = reply.is_some_and(|r| {
+        r.get("error").is_some()
+            || r.pointer("/result/isError").and_then(Value::as_bool) == Some(true)
+    });
+    crate::audit::AuditRecord {
+        seq: 0,
+        time: crate::audit::timestamp(std::time::SystemTime::now()),
+        kind: "exchange".into(),
+        session: context.session.to_string(),
+        client: context.client.name.to_string(),
+        transport: context.transport.as_str().into(),
+        server: context.server.as_deref().map(str::to_owned),
+        method: context.method.to_string(),
+        target: context.target.clone(),
+        request_id: context.request_id.clone(),
+        decision: decision.into(),
+        decided_by,
+        policy_ids: annotation("policy_ids")
+            .filter(|ids| !ids.is_empty())
+            .map(|ids| ids.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
+        decision_id: annotation("decision_id"),
+        policy_set: annotation("policy_set"),
+        reason,
+        redactions: Vec::new(),
+        arguments_sha256,
+        result_bytes: reply.map_or(0, |r| serde_json::to_vec(r).map_or(0, |b| b.len() as u64)),
+        is_error,
+        upstream_us: upstream.map(|d| d.as_micros() as u64),
+        total_us: total.as_micros() as u64,
+        prev_hash: String::new(),
+        hash: String::new(),
     }
 }
 

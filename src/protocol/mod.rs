@@ -29,6 +29,8 @@ pub mod code {
     /// The client the request was meant for cannot take it (no session, or
     /// it did not declare the capability).
     pub const CLIENT_UNAVAILABLE: i64 = -32013;
+    /// The audit log cannot record the exchange: the call is refused.
+    pub const AUDIT_UNAVAILABLE: i64 = -32014;
 }
 
 /// The MCP protocol revisions Portcullis speaks toward clients, newest first.
