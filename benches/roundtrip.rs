@@ -133,7 +133,12 @@ impl HttpClient {
     }
 }
 
-fn write_config(dir: &std::path::Path, example: &str, listen: bool) -> std::path::PathBuf {
+fn write_config(
+    dir: &std::path::Path,
+    example: &str,
+    listen: bool,
+    durability: &str,
+) -> std::path::PathBuf {
     let hash = hex::encode(Sha256::digest(TOKEN.as_bytes()));
     let listen = if listen {
         "listen = \"127.0.0.1:0\"\n"
@@ -141,15 +146,35 @@ fn write_config(dir: &std::path::Path, example: &str, listen: bool) -> std::path
         ""
     };
     let text = format!(
-        "[proxy]\n{listen}max_sessions = 100\n\n[[clients]]\nname = \"bench\"\ntoken_sha256 = \"{hash}\"\n\n[[servers]]\nname = \"example\"\nprocess = {{ command = {example:?}, args = [\"--name\", \"example\"] }}\n"
+        "[proxy]\n{listen}max_sessions = 100\ndata_dir = \"data-{durability}\"\n\n[audit]\ndurability = \"{durability}\"\n\n[[clients]]\nname = \"bench\"\ntoken_sha256 = \"{hash}\"\n\n[[servers]]\nname = \"example\"\nprocess = {{ command = {example:?}, args = [\"--name\", \"example\"] }}\n"
     );
     let path = dir.join(if listen.is_empty() {
-        "stdio.toml"
+        format!("stdio-{durability}.toml")
     } else {
-        "http.toml"
+        format!("http-{durability}.toml")
     });
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// One small write and `fsync` on the disk the audit log is on: the cost
+/// durable mode adds at best.
+fn measure_fsync(dir: &std::path::Path, count: usize) -> common::Stats {
+    use std::io::Write;
+    let mut file = std::fs::File::create(dir.join("fsync-probe")).unwrap();
+    let mut samples = Vec::with_capacity(count);
+    let start = Instant::now();
+    for _ in 0..count {
+        file.write_all(&[b'x'; 256]).unwrap();
+        let t = Instant::now();
+        file.sync_data().unwrap();
+        samples.push(t.elapsed());
+    }
+    stats(
+        "one 256-byte write + fdatasync (same disk)",
+        samples,
+        start.elapsed(),
+    )
 }
 
 async fn start_http_proxy(portcullis: &str, config: &std::path::Path) -> (Child, String) {
@@ -203,15 +228,37 @@ async fn run(calls: usize, seconds: u64) {
     direct.args(["--name", "example"]);
     let direct = measure_stdio("direct (stdio)", direct, "echo", calls).await;
 
-    let stdio_config = write_config(dir.path(), example, false);
+    let stdio_config = write_config(dir.path(), example, false, "durable");
     let mut proxied = Command::new(portcullis);
     proxied
         .args(["stdio", "--config"])
         .arg(&stdio_config)
         .args(["--client", "bench"]);
-    let proxied = measure_stdio("proxied (stdio)", proxied, "example__echo", calls).await;
+    let proxied = measure_stdio(
+        "proxied (stdio), audit durable",
+        proxied,
+        "example__echo",
+        calls,
+    )
+    .await;
 
-    let http_config = write_config(dir.path(), example, true);
+    let buffered_config = write_config(dir.path(), example, false, "buffered");
+    let mut buffered = Command::new(portcullis);
+    buffered
+        .args(["stdio", "--config"])
+        .arg(&buffered_config)
+        .args(["--client", "bench"]);
+    let buffered = measure_stdio(
+        "proxied (stdio), audit buffered",
+        buffered,
+        "example__echo",
+        calls,
+    )
+    .await;
+
+    let fsync = measure_fsync(dir.path(), calls.min(2000));
+
+    let http_config = write_config(dir.path(), example, true, "durable");
     let (_proxy, url) = start_http_proxy(portcullis, &http_config).await;
     let mut client = HttpClient::connect(&url).await;
     for _ in 0..calls / 10 {
@@ -268,12 +315,17 @@ async fn run(calls: usize, seconds: u64) {
     print_table(
         "path",
         "p50 vs direct stdio",
-        &[&direct, &proxied, &http_one, &http_ping, &http_many],
+        &[
+            &direct, &buffered, &proxied, &fsync, &http_one, &http_ping, &http_many,
+        ],
         &direct,
     );
     println!(
-        "\nproxied/direct stdio p50: {:.2}× (goal ≤ 2.2×); HTTP 1-session p50 / proxied stdio p50: {:.2}× (goal ≤ 1.5×)",
+        "\nproxied/direct stdio p50: {:.2}× with the audit log buffered (goal ≤ 2.2×), {:.2}× durable; durable adds {:.0} µs over buffered, one fsync here takes {:.0} µs; HTTP 1-session p50 / proxied stdio p50 (durable): {:.2}× (goal ≤ 1.5×)",
+        us(buffered.p50) / us(direct.p50),
         us(proxied.p50) / us(direct.p50),
+        us(proxied.p50) - us(buffered.p50),
+        us(fsync.p50),
         us(http_one.p50) / us(proxied.p50)
     );
     println!(

@@ -199,6 +199,31 @@ async fn verify_names_a_changed_record() {
     assert!(stdout.contains("changed"), "{stdout}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn buffered_records_are_all_on_disk_after_a_clean_stop() {
+    let proxy = TestProxy::new()
+        .with_config("\n[audit]\ndurability = \"buffered\"")
+        .with_example_server("example");
+    let config = proxy.write_config();
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    for id in 1..=20 {
+        let reply = client
+            .call(
+                id,
+                "tools/call",
+                json!({"name": "example__echo", "arguments": {"text": "x"}}),
+            )
+            .await;
+        assert_eq!(first_text(&reply), "example: x");
+    }
+    client.finish().await;
+    let all = records(&config, &["--limit", "1000"]);
+    assert_eq!(all.len(), 21, "initialize and 20 calls");
+    let (ok, stdout, stderr) = audit(&config, &["verify"]);
+    assert!(ok, "{stdout}{stderr}");
+}
+
 #[test]
 fn bad_filters_are_clear_errors() {
     let proxy = TestProxy::new();

@@ -36,8 +36,10 @@ pub enum AuditError {
 }
 
 struct Job {
-    record: AuditRecord,
-    done: oneshot::Sender<Result<u64, AuditError>>,
+    /// `None`: flush what was written so far (at shutdown).
+    record: Option<AuditRecord>,
+    /// Told when the record is stored (durable mode) or the flush done.
+    done: Option<oneshot::Sender<Result<u64, AuditError>>>,
 }
 
 /// The handle the gateway commits records through.
@@ -45,6 +47,9 @@ struct Job {
 pub struct Audit {
     jobs: mpsc::Sender<Job>,
     failing: Arc<AtomicBool>,
+    /// Durable: `commit` returns once the record is flushed. Buffered: once
+    /// the writer has it in its queue.
+    durable: bool,
 }
 
 impl std::fmt::Debug for Audit {
@@ -56,8 +61,8 @@ impl std::fmt::Debug for Audit {
 }
 
 impl Audit {
-    /// Starts the writer thread on a storage.
-    pub fn start(storage: impl Storage) -> Result<Self, AuditError> {
+    /// Starts the writer thread on a storage; `durable` as on [`Audit`].
+    pub fn start(storage: impl Storage, durable: bool) -> Result<Self, AuditError> {
         let (jobs, mut queue) = mpsc::channel::<Job>(MAX_BATCH * 4);
         let failing = Arc::new(AtomicBool::new(false));
         let flag = failing.clone();
@@ -70,9 +75,21 @@ impl Audit {
             .name("audit-writer".into())
             .spawn(move || {
                 while let Some(first) = queue.blocking_recv() {
+                    if first.record.is_none() {
+                        let result = storage.flush().map(|()| seq);
+                        if let Some(done) = first.done {
+                            let _ = done.send(result);
+                        }
+                        continue;
+                    }
                     let mut batch = vec![first];
+                    let mut flush_after = None;
                     while batch.len() < MAX_BATCH {
                         match queue.try_recv() {
+                            Ok(job) if job.record.is_none() => {
+                                flush_after = Some(job);
+                                break;
+                            }
                             Ok(job) => batch.push(job),
                             Err(_) => break,
                         }
@@ -80,8 +97,9 @@ impl Audit {
                     let mut records = Vec::with_capacity(batch.len());
                     let (mut next_seq, mut prev) = (seq, last_hash.clone());
                     for job in &batch {
+                        let Some(record) = &job.record else { continue };
                         next_seq += 1;
-                        let mut record = job.record.clone();
+                        let mut record = record.clone();
                         record.seal(next_seq, &prev);
                         prev = record.hash.clone();
                         records.push(record);
@@ -90,7 +108,9 @@ impl Audit {
                         Ok(()) => {
                             flag.store(false, Ordering::Relaxed);
                             for (job, record) in batch.into_iter().zip(&records) {
-                                let _ = job.done.send(Ok(record.seq));
+                                if let Some(done) = job.done {
+                                    let _ = done.send(Ok(record.seq));
+                                }
                             }
                             seq = next_seq;
                             last_hash = prev;
@@ -100,24 +120,70 @@ impl Audit {
                                 tracing::error!(error = %err, "AUDIT STORE FAILING: calls are refused until records can be written again");
                             }
                             for job in batch {
-                                let _ = job.done.send(Err(err.clone()));
+                                if let Some(done) = job.done {
+                                    let _ = done.send(Err(err.clone()));
+                                }
                             }
+                        }
+                    }
+                    if let Some(job) = flush_after {
+                        let result = storage.flush().map(|()| seq);
+                        if let Some(done) = job.done {
+                            let _ = done.send(result);
                         }
                     }
                 }
             })
             .map_err(|err| AuditError::Write(format!("cannot start the writer: {err}")))?;
-        Ok(Self { jobs, failing })
+        Ok(Self {
+            jobs,
+            failing,
+            durable,
+        })
     }
 
-    /// Commits a record durably; returns its sequence number.
-    pub async fn commit(&self, record: AuditRecord) -> Result<u64, AuditError> {
+    /// Commits a record: durable, returns its sequence number once it is
+    /// flushed; buffered, returns `None` once the writer has it (a failure
+    /// then shows in [`Audit::is_failing`], and the calls after it are
+    /// refused).
+    pub async fn commit(&self, record: AuditRecord) -> Result<Option<u64>, AuditError> {
+        if self.is_failing() && !self.durable {
+            return Err(AuditError::Write(
+                "the last records could not be written".into(),
+            ));
+        }
+        if !self.durable {
+            self.jobs
+                .send(Job {
+                    record: Some(record),
+                    done: None,
+                })
+                .await
+                .map_err(|_| AuditError::Stopped)?;
+            return Ok(None);
+        }
         let (done, result) = oneshot::channel();
         self.jobs
-            .send(Job { record, done })
+            .send(Job {
+                record: Some(record),
+                done: Some(done),
+            })
             .await
             .map_err(|_| AuditError::Stopped)?;
-        result.await.map_err(|_| AuditError::Stopped)?
+        result.await.map_err(|_| AuditError::Stopped)?.map(Some)
+    }
+
+    /// Flushes every record queued so far (at shutdown, for buffered mode).
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let (done, result) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                record: None,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        result.await.map_err(|_| AuditError::Stopped)?.map(|_| ())
     }
 
     /// Whether the last commit failed: calls are refused until one succeeds.
@@ -161,6 +227,48 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn buffered_commits_return_at_once_and_a_failure_refuses_what_follows() {
+        let broken = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let audit = Audit::start(
+            Flaky {
+                broken: broken.clone(),
+                written: written.clone(),
+            },
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(audit.commit(sample()).await.ok(), Some(None));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while written.lock().map(|w| w.len()).unwrap_or_default() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the record must be written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        broken.store(true, Ordering::Relaxed);
+        assert!(
+            audit.commit(sample()).await.is_ok(),
+            "queued, not yet written"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !audit.is_failing() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the failure must show"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(
+            audit.commit(sample()).await.is_err(),
+            "refused while failing"
+        );
+        let written = written.lock().map(|w| w.len()).unwrap_or_default();
+        assert_eq!(written, 1);
+    }
+
     pub(crate) fn sample() -> AuditRecord {
         AuditRecord {
             seq: 0,
@@ -194,12 +302,15 @@ mod tests {
     async fn a_failing_store_fails_commits_and_recovers_without_breaking_the_chain() {
         let broken = Arc::new(AtomicBool::new(false));
         let written = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let audit = Audit::start(Flaky {
-            broken: broken.clone(),
-            written: written.clone(),
-        })
+        let audit = Audit::start(
+            Flaky {
+                broken: broken.clone(),
+                written: written.clone(),
+            },
+            true,
+        )
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(audit.commit(sample()).await.ok(), Some(1));
+        assert_eq!(audit.commit(sample()).await.ok(), Some(Some(1)));
         broken.store(true, Ordering::Relaxed);
         assert!(matches!(
             audit.commit(sample()).await,
@@ -207,7 +318,7 @@ mod tests {
         ));
         assert!(audit.is_failing());
         broken.store(false, Ordering::Relaxed);
-        assert_eq!(audit.commit(sample()).await.ok(), Some(2), "no gap");
+        assert_eq!(audit.commit(sample()).await.ok(), Some(Some(2)), "no gap");
         assert!(!audit.is_failing());
         let written = written.lock().map(|w| w.clone()).unwrap_or_default();
         assert_eq!(written.len(), 2);

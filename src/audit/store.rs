@@ -13,6 +13,10 @@ pub trait Storage: Send + 'static {
     fn last(&self) -> Result<Option<(u64, String)>, AuditError>;
     /// Appends sealed records as one batch, durably (flushed) before it returns.
     fn append(&mut self, records: &[AuditRecord]) -> Result<(), AuditError>;
+    /// Makes everything appended so far durable.
+    fn flush(&mut self) -> Result<(), AuditError> {
+        Ok(())
+    }
 }
 
 /// The sled store under `{data_dir}/audit`.
@@ -20,6 +24,8 @@ pub struct SledStorage {
     path: PathBuf,
     db: sled::Db,
     records: sled::Tree,
+    /// Flush on every append (durable), or leave it to a background flush.
+    flush_each: bool,
 }
 
 /// Which records a query wants.
@@ -74,8 +80,20 @@ pub enum Verification {
 }
 
 impl SledStorage {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, durable: every append is
+    /// flushed before it returns.
     pub fn open(dir: &Path) -> Result<Self, AuditError> {
+        Self::open_with(dir, None)
+    }
+
+    /// Opens the store; with `flush_every`, appends return once written and
+    /// sled flushes in the background at that period (the loss window if
+    /// the machine crashes; a crash of the proxy alone loses nothing sled
+    /// has taken).
+    pub fn open_with(
+        dir: &Path,
+        flush_every: Option<std::time::Duration>,
+    ) -> Result<Self, AuditError> {
         let open_error = |message: String| AuditError::Open {
             path: dir.display().to_string(),
             message,
@@ -83,7 +101,7 @@ impl SledStorage {
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         let db = sled::Config::new()
             .path(dir)
-            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(flush_every.map(|d| d.as_millis().max(1) as u64))
             .open()
             .map_err(|e| {
                 let text = e.to_string();
@@ -103,6 +121,7 @@ impl SledStorage {
             path: dir.to_owned(),
             db,
             records,
+            flush_each: flush_every.is_none(),
         })
     }
 
@@ -113,7 +132,11 @@ impl SledStorage {
     /// Opens the store of a proxy role (`serve`, `stdio-<client>`) under
     /// `audit_dir`: `<role>`, or `<role>-2`, `-3`, … while the one before is
     /// held by a running proxy (two stdio proxies of the same client).
-    pub fn open_for(audit_dir: &Path, role: &str) -> Result<Self, AuditError> {
+    pub fn open_for(
+        audit_dir: &Path,
+        role: &str,
+        flush_every: Option<std::time::Duration>,
+    ) -> Result<Self, AuditError> {
         let mut last = None;
         for n in 1..=16 {
             let name = if n == 1 {
@@ -121,7 +144,7 @@ impl SledStorage {
             } else {
                 format!("{role}-{n}")
             };
-            match Self::open(&audit_dir.join(name)) {
+            match Self::open_with(&audit_dir.join(name), flush_every) {
                 Err(err @ AuditError::InUse { .. }) => last = Some(err),
                 other => return other,
             }
@@ -258,10 +281,19 @@ impl Storage for SledStorage {
         self.records
             .apply_batch(batch)
             .map_err(|e| AuditError::Write(e.to_string()))?;
+        if self.flush_each {
+            self.db
+                .flush()
+                .map_err(|e| AuditError::Write(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), AuditError> {
         self.db
             .flush()
-            .map_err(|e| AuditError::Write(e.to_string()))?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| AuditError::Write(e.to_string()))
     }
 }
 

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::audit::{Audit, SledStorage};
 use crate::chain::{ClientIdentity, Transport};
-use crate::config::{ChainEntry, Config, UpstreamSpec};
+use crate::config::{ChainEntry, Config, Durability, UpstreamSpec};
 use crate::downstream;
 use crate::gateway::{Gateway, Outlet};
 use crate::interceptors;
@@ -344,8 +344,13 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
         _ => "serve".to_owned(),
     };
     let audit_dir = config.proxy.data_dir.join("audit");
-    let audit = SledStorage::open_for(&audit_dir, &role)
-        .and_then(Audit::start)
+    let durability = config.audit.durability;
+    let flush_every = match durability {
+        Durability::Durable => None,
+        Durability::Buffered => Some(std::time::Duration::from_millis(10)),
+    };
+    let audit = SledStorage::open_for(&audit_dir, &role, flush_every)
+        .and_then(|store| Audit::start(store, durability == Durability::Durable))
         .with_context(|| format!("{}: cannot open the audit log", config.file.display()))?;
     let (gateway, events, policies) = build_gateway(config, Some(audit))?;
     match &policies {

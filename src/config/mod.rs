@@ -55,6 +55,24 @@ pub struct Config {
     pub auditors: Vec<AuditorConfig>,
     pub servers: Vec<ServerConfig>,
     pub chain: Vec<ChainEntry>,
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuditConfig {
+    pub durability: Durability,
+}
+
+/// When a record is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Flushed before the reply is sent (the default).
+    #[default]
+    Durable,
+    /// Written before the reply, flushed within 10 ms: a crash of the
+    /// machine (not of the proxy) can lose the last 10 ms of records.
+    Buffered,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +243,14 @@ struct RawConfig {
     servers: Vec<Spanned<RawServer>>,
     #[serde(default)]
     chain: Vec<Spanned<RawChainEntry>>,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    durability: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -793,6 +819,21 @@ impl Validator<'_> {
             chain.insert(position, ChainEntry::Authz);
         }
 
+        let durability = match raw.audit.durability {
+            None => Durability::Durable,
+            Some(value) => match value.get_ref().as_str() {
+                "durable" => Durability::Durable,
+                "buffered" => Durability::Buffered,
+                other => {
+                    return Err(self.error(
+                        Some(value.span()),
+                        "audit.durability",
+                        format!("`{other}` is not `durable` or `buffered`"),
+                    ));
+                }
+            },
+        };
+
         Ok(Config {
             file: self.path.to_owned(),
             proxy: proxy_config,
@@ -801,6 +842,7 @@ impl Validator<'_> {
             auditors,
             servers,
             chain,
+            audit: AuditConfig { durability },
         })
     }
 

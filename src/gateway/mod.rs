@@ -191,6 +191,12 @@ impl Gateway {
                 Err(err) => tracing::warn!(error = err, "cannot check for containers left behind"),
             }
         }
+        // Last: the records of everything that ended above are on disk.
+        if let Some(audit) = &self.audit
+            && let Err(err) = audit.flush().await
+        {
+            tracing::error!(error = %err, "AUDIT: the last records could not be flushed");
+        }
     }
 
     pub fn config(&self) -> &Config {
