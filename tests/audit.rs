@@ -13,19 +13,13 @@ use serde_json::{Value, json};
 
 const SECRET: &str = "sk-live-0123456789abcdefPLANTED";
 
+/// `portcullis audit … --config CONFIG`: (success, stdout, stderr).
 fn audit(config: &Path, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(portcullis_bin())
-        .arg("audit")
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("run portcullis audit");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let mut all: Vec<&std::ffi::OsStr> = vec!["audit".as_ref()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    all.push("--config".as_ref());
+    all.push(config.as_os_str());
+    common::run_portcullis(all)
 }
 
 fn records(config: &Path, filters: &[&str]) -> Vec<Value> {

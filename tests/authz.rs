@@ -100,18 +100,20 @@ fn assert_denied(reply: &Value) -> (String, String) {
     (decision, set)
 }
 
-/// `portcullis policy check` on a folder: (success, stdout, stderr).
+/// `portcullis policy …`: (success, stdout, stderr).
 fn policy(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(portcullis_bin())
-        .arg("policy")
-        .args(args)
-        .output()
-        .expect("run portcullis policy");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    common::run_portcullis(std::iter::once("policy").chain(args.iter().copied()))
+}
+
+/// A `tools/call` over an HTTP session.
+async fn call_tool(session: &HttpSession, id: i64, name: &str, arguments: Value) -> Value {
+    session
+        .call(
+            id,
+            "tools/call",
+            json!({"name": name, "arguments": arguments}),
+        )
+        .await
 }
 
 fn set_id(dir: &Path) -> String {
@@ -141,72 +143,48 @@ async fn calls_are_decided_and_lists_filtered_per_client() {
     );
 
     // Allowed.
-    let reply = tester
-        .call(
-            2,
-            "tools/call",
-            json!({"name": "example__echo", "arguments": {"text": "hi"}}),
-        )
-        .await;
+    let reply = call_tool(&tester, 2, "example__echo", json!({"text": "hi"})).await;
     assert_eq!(first_text(&reply), "example: hi");
 
     // The argument rule: the same tool, a forbidden argument.
-    let reply = tester
-        .call(
-            3,
-            "tools/call",
-            json!({"name": "example__echo", "arguments": {"text": "my secret"}}),
-        )
-        .await;
+    let reply = call_tool(&tester, 3, "example__echo", json!({"text": "my secret"})).await;
     let (first, set) = assert_denied(&reply);
     assert_eq!(set, set_id(&proxy.dir().join("policies")));
 
     // The annotation rule: `add` declares no readOnlyHint.
-    let reply = tester
-        .call(
-            4,
-            "tools/call",
-            json!({"name": "example__add", "arguments": {"a": 1, "b": 2}}),
-        )
-        .await;
+    let reply = call_tool(&tester, 4, "example__add", json!({"a": 1, "b": 2})).await;
     let (second, _) = assert_denied(&reply);
     assert_ne!(first, second, "every decision has its own id");
 
     // Default deny: `tester` has no rule for the time server.
-    let reply = tester
-        .call(
-            5,
-            "tools/call",
-            json!({"name": "time__get_current_time", "arguments": {"timezone": "Europe/Paris"}}),
-        )
-        .await;
+    let reply = call_tool(
+        &tester,
+        5,
+        "time__get_current_time",
+        json!({"timezone": "Europe/Paris"}),
+    )
+    .await;
     assert_denied(&reply);
 
     // `other`: the time tool only for European time zones (a real PyPI server).
-    let reply = other
-        .call(
-            2,
-            "tools/call",
-            json!({"name": "time__get_current_time", "arguments": {"timezone": "Europe/Paris"}}),
-        )
-        .await;
+    let reply = call_tool(
+        &other,
+        2,
+        "time__get_current_time",
+        json!({"timezone": "Europe/Paris"}),
+    )
+    .await;
     assert!(reply.get("result").is_some(), "{reply}");
     assert!(first_text(&reply).contains("Europe/Paris"), "{reply}");
-    let reply = other
-        .call(
-            3,
-            "tools/call",
-            json!({"name": "time__get_current_time", "arguments": {"timezone": "Asia/Tokyo"}}),
-        )
-        .await;
+    let reply = call_tool(
+        &other,
+        3,
+        "time__get_current_time",
+        json!({"timezone": "Asia/Tokyo"}),
+    )
+    .await;
     assert_denied(&reply);
-    let reply = other
-        .call(
-            4,
-            "tools/call",
-            json!({"name": "example__echo", "arguments": {"text": "hi"}}),
-        )
-        .await;
+    let reply = call_tool(&other, 4, "example__echo", json!({"text": "hi"})).await;
     assert_denied(&reply);
     http.terminate().await;
 }

@@ -4,21 +4,11 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{TestProxy, portcullis_bin};
+use common::TestProxy;
 use serde_json::Value;
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(portcullis_bin())
-        .args(args)
-        .output()
-        .expect("run portcullis");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    common::run_portcullis(args)
 }
 
 #[test]

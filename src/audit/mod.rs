@@ -227,18 +227,23 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn buffered_commits_return_at_once_and_a_failure_refuses_what_follows() {
+    type Written = Arc<std::sync::Mutex<Vec<AuditRecord>>>;
+
+    /// An audit writer on a [`Flaky`] storage, with its switch and records.
+    fn flaky(durable: bool) -> (Audit, Arc<AtomicBool>, Written) {
         let broken = Arc::new(AtomicBool::new(false));
         let written = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let audit = Audit::start(
-            Flaky {
-                broken: broken.clone(),
-                written: written.clone(),
-            },
-            false,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let storage = Flaky {
+            broken: broken.clone(),
+            written: written.clone(),
+        };
+        let audit = Audit::start(storage, durable).unwrap_or_else(|e| panic!("{e}"));
+        (audit, broken, written)
+    }
+
+    #[tokio::test]
+    async fn buffered_commits_return_at_once_and_a_failure_refuses_what_follows() {
+        let (audit, broken, written) = flaky(false);
         assert_eq!(audit.commit(sample()).await.ok(), Some(None));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while written.lock().map(|w| w.len()).unwrap_or_default() == 0 {
@@ -300,16 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_store_fails_commits_and_recovers_without_breaking_the_chain() {
-        let broken = Arc::new(AtomicBool::new(false));
-        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let audit = Audit::start(
-            Flaky {
-                broken: broken.clone(),
-                written: written.clone(),
-            },
-            true,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let (audit, broken, written) = flaky(true);
         assert_eq!(audit.commit(sample()).await.ok(), Some(Some(1)));
         broken.store(true, Ordering::Relaxed);
         assert!(matches!(

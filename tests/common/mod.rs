@@ -84,6 +84,23 @@ pub fn test_image() -> String {
         .clone()
 }
 
+/// Runs the `portcullis` binary to completion: (success, stdout, stderr).
+pub fn run_portcullis<I, S>(args: I) -> (bool, String, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let output = std::process::Command::new(portcullis_bin())
+        .args(args)
+        .output()
+        .expect("run portcullis");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 pub fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
