@@ -218,6 +218,63 @@ async fn buffered_records_are_all_on_disk_after_a_clean_stop() {
     assert!(ok, "{stdout}{stderr}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn every_reply_a_client_got_survives_a_killed_proxy() {
+    let proxy = TestProxy::new().with_example_server("example");
+    let config = proxy.write_config();
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    for id in 1..=30 {
+        let reply = client
+            .call(
+                id,
+                "tools/call",
+                json!({"name": "example__echo", "arguments": {"text": "x"}}),
+            )
+            .await;
+        assert_eq!(first_text(&reply), "example: x");
+    }
+    // SIGKILL: no shutdown, no flush. Every reply above was sent after its
+    // record was synced to the write-ahead file.
+    client.child.kill().await.unwrap();
+    let _ = client.child.wait().await;
+    let all = records(&config, &["--limit", "1000"]);
+    assert_eq!(all.len(), 31, "initialize and 30 calls: {all:#?}");
+    let (ok, stdout, stderr) = audit(&config, &["verify"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("intact: 31 records"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_stdio_proxies_of_one_client_keep_two_logs() {
+    let proxy = TestProxy::new().with_example_server("example");
+    let config = proxy.write_config();
+    let mut first = proxy.raw_stdio().await;
+    first.initialize().await;
+    // The first holds `stdio-tester`; the second gets `stdio-tester-2`.
+    let mut second = proxy.raw_stdio().await;
+    second.initialize().await;
+    for client in [&mut first, &mut second] {
+        let reply = client
+            .call(
+                1,
+                "tools/call",
+                json!({"name": "example__echo", "arguments": {"text": "x"}}),
+            )
+            .await;
+        assert_eq!(first_text(&reply), "example: x");
+    }
+    first.finish().await;
+    second.finish().await;
+    let audit_dir = proxy.dir().join(".portcullis/audit");
+    assert!(audit_dir.join("stdio-tester").is_dir());
+    assert!(audit_dir.join("stdio-tester-2").is_dir());
+    let (ok, stdout, stderr) = audit(&config, &["verify"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(stdout.matches("intact: 2 records").count(), 2, "{stdout}");
+    assert_eq!(records(&config, &[]).len(), 4, "both logs are queried");
+}
+
 #[test]
 fn bad_filters_are_clear_errors() {
     let proxy = TestProxy::new();

@@ -106,10 +106,9 @@ impl SledStorage {
             .map_err(|e| {
                 let text = e.to_string();
                 if text.contains("lock") || text.contains("WouldBlock") {
-                    open_error(
-                        "it is in use by another process (a running proxy with this data_dir?)"
-                            .into(),
-                    )
+                    AuditError::InUse {
+                        path: dir.display().to_string(),
+                    }
                 } else {
                     open_error(text)
                 }
