@@ -10,7 +10,7 @@
 mod record;
 mod store;
 
-pub use record::{AuditRecord, GENESIS, Redaction, canonical_json, sha256_canonical};
+pub use record::{AuditRecord, GENESIS, Redaction, sha256_canonical};
 pub use store::{Filter, SledStorage, Storage, Verification};
 
 use std::sync::Arc;

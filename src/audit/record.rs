@@ -57,10 +57,11 @@ impl AuditRecord {
     /// `prev_hash` included: a changed, removed or reordered record breaks
     /// the chain.
     pub fn compute_hash(&self) -> String {
-        let mut unhashed = self.clone();
-        unhashed.hash = String::new();
-        let canonical = canonical_json(&serde_json::to_value(&unhashed).unwrap_or(Value::Null));
-        hex::encode(Sha256::digest(canonical.as_bytes()))
+        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(hash) = value.get_mut("hash") {
+            *hash = Value::from("");
+        }
+        hex::encode(Sha256::digest(canonical_json(&value).as_bytes()))
     }
 
     /// Sets `seq`, `prev_hash` and `hash`: the record joins the chain.

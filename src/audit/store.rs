@@ -168,12 +168,6 @@ impl SledStorage {
         found
     }
 
-    /// Every record in sequence order (a corrupt value is an error naming
-    /// its key).
-    pub fn iter(&self) -> impl Iterator<Item = Result<(u64, AuditRecord), AuditError>> + '_ {
-        self.records.iter().map(decode)
-    }
-
     /// The records a filter wants, oldest first.
     pub fn query(&self, filter: &Filter, separator: &str) -> Result<Vec<AuditRecord>, AuditError> {
         let mut found = Vec::new();

@@ -308,7 +308,7 @@ impl Gateway {
                     |r| r.outcome(),
                 );
                 self.chain.finish(&exchange, &outcome);
-                self.record(&exchange, &outcome, Some(&reply), None, started)
+                self.record(&exchange, &outcome, Some(&reply), None, None, started)
                     .await;
                 Some(reply)
             }
@@ -380,24 +380,27 @@ impl Gateway {
             }
             _ => self.decide_and_relay(session, message).await,
         };
-        let Some(audit) = &self.audit else {
+        let recorded = self
+            .record(
+                &handled.exchange,
+                &handled.outcome,
+                handled.reply.as_ref(),
+                handled.upstream,
+                arguments_sha256,
+                started,
+            )
+            .await;
+        if recorded {
             return handled.reply;
-        };
-        let record = audit_record(&handled, arguments_sha256, started.elapsed());
-        match audit.commit(record).await {
-            Ok(_) => handled.reply,
-            Err(err) => {
-                tracing::error!(error = %err, "AUDIT: a call is refused because its record cannot be written");
-                handled.reply.map(|_| {
-                    protocol::error(
-                        id,
-                        code::AUDIT_UNAVAILABLE,
-                        "the call is refused: the audit log cannot record it",
-                        None,
-                    )
-                })
-            }
         }
+        handled.reply.map(|_| {
+            protocol::error(
+                id,
+                code::AUDIT_UNAVAILABLE,
+                "the call is refused: the audit log cannot record it",
+                None,
+            )
+        })
     }
 
     async fn decide_and_relay(self: &Arc<Self>, session: &Arc<Session>, message: Value) -> Handled {
@@ -1385,8 +1388,15 @@ impl Gateway {
             self.chain.finish(&exchange, &refusal.outcome());
             // Recorded before the server gets the refusal; if the record
             // cannot be written, the refusal stands.
-            self.record(&exchange, &refusal.outcome(), Some(&answer), None, started)
-                .await;
+            self.record(
+                &exchange,
+                &refusal.outcome(),
+                Some(&answer),
+                None,
+                None,
+                started,
+            )
+            .await;
             let _ = upstream.send(answer).await;
             return;
         }
@@ -1442,6 +1452,7 @@ impl Gateway {
                 &outcome,
                 Some(&exchange.message),
                 Some(asked),
+                None,
                 started,
             )
             .await
@@ -1456,19 +1467,28 @@ impl Gateway {
         let _ = upstream.send(exchange.message.clone()).await;
     }
 
-    /// Commits an exchange's record; `false` when the log cannot take it.
+    /// Commits an exchange's record; `false` when the log cannot take it
+    /// (the caller refuses the exchange).
     async fn record(
         &self,
         exchange: &Exchange,
         outcome: &Outcome,
         reply: Option<&Value>,
         upstream: Option<Duration>,
+        arguments_sha256: Option<String>,
         started: std::time::Instant,
     ) -> bool {
         let Some(audit) = &self.audit else {
             return true;
         };
-        let record = record_of(exchange, outcome, reply, upstream, None, started.elapsed());
+        let record = record_of(
+            exchange,
+            outcome,
+            reply,
+            upstream,
+            arguments_sha256,
+            started.elapsed(),
+        );
         match audit.commit(record).await {
             Ok(_) => true,
             Err(err) => {
@@ -1491,21 +1511,6 @@ struct Handled {
 
 /// The audit record of an exchange. Arguments are kept as a hash only, and
 /// the result by its size.
-fn audit_record(
-    handled: &Handled,
-    arguments_sha256: Option<String>,
-    total: Duration,
-) -> crate::audit::AuditRecord {
-    record_of(
-        &handled.exchange,
-        &handled.outcome,
-        handled.reply.as_ref(),
-        handled.upstream,
-        arguments_sha256,
-        total,
-    )
-}
-
 fn record_of(
     exchange: &Exchange,
     outcome: &Outcome,
