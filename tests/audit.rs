@@ -6,9 +6,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{TestProxy, first_text, portcullis_bin, repo_root};
+use common::{TestProxy, first_text, repo_root};
 use serde_json::{Value, json};
 
 const SECRET: &str = "sk-live-0123456789abcdefPLANTED";
@@ -315,12 +314,6 @@ fn the_proxy_does_not_run_without_an_audit_log_it_can_write() {
         1,
     );
     std::fs::write(&config, text).unwrap();
-    let output = Command::new(portcullis_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::serve_refused(&config);
     assert!(stderr.contains("cannot open the audit log"), "{stderr}");
 }

@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::{HttpSession, OTHER_TOKEN, TestProxy, first_text, portcullis_bin, repo_root};
@@ -348,13 +347,7 @@ fn the_proxy_refuses_to_start_on_a_broken_policy() {
         "permit(principal, action, resource)\n  when { 1 + };\n",
     );
     let config = proxy.write_config();
-    let output = Command::new(portcullis_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::serve_refused(&config);
     assert!(
         stderr.contains(&format!("{}:2:14", dir.join("main.cedar").display())),
         "{stderr}"
@@ -369,13 +362,7 @@ fn a_policy_without_authz_in_an_explicit_chain_is_refused() {
         .with_example_server("example");
     policy_folder(&proxy, "permit(principal, action, resource);");
     let config = proxy.write_config();
-    let output = Command::new(portcullis_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::serve_refused(&config);
     assert!(stderr.contains("has no `authz` entry"), "{stderr}");
 }
 
@@ -565,13 +552,7 @@ fn client_attributes_the_schema_does_not_declare_stop_the_proxy() {
         .with_example_server("example");
     policy_folder(&proxy, "permit(principal, action, resource);");
     let config = proxy.write_config();
-    let output = Command::new(portcullis_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::serve_refused(&config);
     assert!(
         stderr.contains("client `attr`: its `[[clients]]` attributes do not fit the schema"),
         "{stderr}"

@@ -101,6 +101,17 @@ where
     )
 }
 
+/// `portcullis serve --config CONFIG`, which must refuse to start; its stderr.
+pub fn serve_refused(config: &Path) -> String {
+    let (ok, _, stderr) = run_portcullis([
+        std::ffi::OsStr::new("serve"),
+        std::ffi::OsStr::new("--config"),
+        config.as_os_str(),
+    ]);
+    assert!(!ok, "the proxy must refuse to start");
+    stderr
+}
+
 pub fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
