@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{TestProxy, first_text, repo_root};
+use common::{TestProxy, first_text};
 use serde_json::{Value, json};
 
 const SECRET: &str = "sk-live-0123456789abcdefPLANTED";
@@ -52,24 +52,29 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|window| window == needle.as_bytes())
 }
 
+/// `count` echo calls, each answered.
+async fn echo_calls(client: &mut common::RawClient, count: i64) {
+    for id in 1..=count {
+        let reply = client
+            .call(
+                id,
+                "tools/call",
+                json!({"name": "example__echo", "arguments": {"text": "x"}}),
+            )
+            .await;
+        assert_eq!(first_text(&reply), "example: x");
+    }
+}
+
 /// A proxy with the example server and a policy that allows `echo` and
 /// forbids everything else; a scripted stdio session; the proxy stopped.
 async fn scripted_session() -> (TestProxy, PathBuf) {
     let proxy = TestProxy::new()
         .with_config("policies = \"policies\"")
         .with_example_server("example");
-    let dir = proxy.dir().join("policies");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        repo_root().join("policies/schema.cedarschema"),
-        dir.join("schema.cedarschema"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("main.cedar"),
+    proxy.policy_folder(
         r#"@id("echo-only") permit(principal, action, resource == Tool::"example__echo");"#,
-    )
-    .unwrap();
+    );
     let config = proxy.write_config();
     let mut client = proxy.raw_stdio().await;
     client.initialize().await;
@@ -200,16 +205,7 @@ async fn buffered_records_are_all_on_disk_after_a_clean_stop() {
     let config = proxy.write_config();
     let mut client = proxy.raw_stdio().await;
     client.initialize().await;
-    for id in 1..=20 {
-        let reply = client
-            .call(
-                id,
-                "tools/call",
-                json!({"name": "example__echo", "arguments": {"text": "x"}}),
-            )
-            .await;
-        assert_eq!(first_text(&reply), "example: x");
-    }
+    echo_calls(&mut client, 20).await;
     client.finish().await;
     let all = records(&config, &["--limit", "1000"]);
     assert_eq!(all.len(), 21, "initialize and 20 calls");
@@ -223,16 +219,7 @@ async fn every_reply_a_client_got_survives_a_killed_proxy() {
     let config = proxy.write_config();
     let mut client = proxy.raw_stdio().await;
     client.initialize().await;
-    for id in 1..=30 {
-        let reply = client
-            .call(
-                id,
-                "tools/call",
-                json!({"name": "example__echo", "arguments": {"text": "x"}}),
-            )
-            .await;
-        assert_eq!(first_text(&reply), "example: x");
-    }
+    echo_calls(&mut client, 30).await;
     // SIGKILL: no shutdown, no flush. Every reply above was sent after its
     // record was synced to the write-ahead file.
     client.child.kill().await.unwrap();

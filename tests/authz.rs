@@ -49,26 +49,12 @@ fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&temporary, path).unwrap();
 }
 
-/// A policy folder in the proxy's directory: the repository's schema and
-/// `main.cedar`.
-fn policy_folder(proxy: &TestProxy, policies: &str) -> std::path::PathBuf {
-    let dir = proxy.dir().join("policies");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        repo_root().join("policies/schema.cedarschema"),
-        dir.join("schema.cedarschema"),
-    )
-    .unwrap();
-    write_atomically(&dir.join("main.cedar"), policies);
-    dir
-}
-
 fn proxy_with_policies(policies: &str) -> TestProxy {
     let proxy = TestProxy::new()
         .with_config("policies = \"policies\"\npolicy_poll = \"100ms\"")
         .with_example_server("example")
         .with_time_server("time");
-    policy_folder(&proxy, policies);
+    proxy.policy_folder(policies);
     proxy
 }
 
@@ -360,7 +346,7 @@ fn a_policy_without_authz_in_an_explicit_chain_is_refused() {
     let proxy = TestProxy::new()
         .with_config("policies = \"policies\"\n\n[[chain]]\nkind = \"limits\"")
         .with_example_server("example");
-    policy_folder(&proxy, "permit(principal, action, resource);");
+    proxy.policy_folder("permit(principal, action, resource);");
     let config = proxy.write_config();
     let stderr = common::serve_refused(&config);
     assert!(stderr.contains("has no `authz` entry"), "{stderr}");
@@ -550,7 +536,7 @@ fn client_attributes_the_schema_does_not_declare_stop_the_proxy() {
             "policies = \"policies\"\n\n[[clients]]\nname = \"attr\"\nattributes = { level = 3 }",
         )
         .with_example_server("example");
-    policy_folder(&proxy, "permit(principal, action, resource);");
+    proxy.policy_folder("permit(principal, action, resource);");
     let config = proxy.write_config();
     let stderr = common::serve_refused(&config);
     assert!(

@@ -199,6 +199,22 @@ impl TestProxy {
         self.dir.path()
     }
 
+    /// A Cedar policy folder `policies/` in the proxy's directory: the
+    /// repository's schema and `main.cedar` (written atomically).
+    pub fn policy_folder(&self, policies: &str) -> PathBuf {
+        let dir = self.dir.path().join("policies");
+        std::fs::create_dir_all(&dir).expect("create the policy folder");
+        std::fs::copy(
+            repo_root().join("policies/schema.cedarschema"),
+            dir.join("schema.cedarschema"),
+        )
+        .expect("copy the schema");
+        let temporary = dir.join("main.cedar.tmp");
+        std::fs::write(&temporary, policies).expect("write main.cedar");
+        std::fs::rename(&temporary, dir.join("main.cedar")).expect("rename main.cedar");
+        dir
+    }
+
     /// Writes the config; `listen` is `127.0.0.1:0` (the proxy logs its port).
     pub fn write_config(&self) -> PathBuf {
         let mut text =
