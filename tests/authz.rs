@@ -328,10 +328,7 @@ fn the_proxy_refuses_to_start_on_a_broken_policy() {
     let proxy = TestProxy::new()
         .with_config("policies = \"policies\"")
         .with_example_server("example");
-    let dir = policy_folder(
-        &proxy,
-        "permit(principal, action, resource)\n  when { 1 + };\n",
-    );
+    let dir = proxy.policy_folder("permit(principal, action, resource)\n  when { 1 + };\n");
     let config = proxy.write_config();
     let stderr = common::serve_refused(&config);
     assert!(
