@@ -268,7 +268,7 @@ fn bad_filters_are_clear_errors() {
     for (args, expected) in [
         (
             vec!["query", "--decision", "maybe"],
-            "must be allow, deny or error",
+            "--decision `maybe`: must be one of allow, deny, error",
         ),
         (vec!["query", "--since", "yesterday"], "neither a time"),
         (
@@ -281,7 +281,12 @@ fn bad_filters_are_clear_errors() {
             ],
             "must be before",
         ),
-        (vec!["verify"], "no audit log yet"),
+        (
+            vec!["query", "--kind", "exchanges"],
+            "--kind `exchanges`: must be one of",
+        ),
+        (vec!["query", "--client", ""], "--client ``: is empty"),
+        (vec!["verify"], "no readable audit log"),
     ] {
         let (ok, _, stderr) = audit(&config, &args);
         assert!(!ok, "{args:?}");
@@ -303,4 +308,207 @@ fn the_proxy_does_not_run_without_an_audit_log_it_can_write() {
     std::fs::write(&config, text).unwrap();
     let stderr = common::serve_refused(&config);
     assert!(stderr.contains("cannot open the audit log"), "{stderr}");
+}
+
+/// `portcullis audit ARGS` with an auditor token in the environment.
+fn audit_with_token(config: &Path, args: &[&str], token: &str) -> (bool, String, String) {
+    let output = std::process::Command::new(common::portcullis_bin())
+        .arg("audit")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("PORTCULLIS_AUDITOR_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// JSON lines read from a streamed body until `count` records came.
+async fn next_records(
+    response: &mut reqwest::Response,
+    pending: &mut Vec<u8>,
+    count: usize,
+) -> Vec<Value> {
+    let mut found = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if !line.iter().all(u8::is_ascii_whitespace) {
+                    found.push(serde_json::from_slice::<Value>(&line).unwrap());
+                }
+                if found.len() == count {
+                    return;
+                }
+            }
+            let chunk = response.chunk().await.unwrap().expect("the stream ended");
+            pending.extend_from_slice(&chunk);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {count} records came", found.len()));
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auditors_read_a_running_proxys_log_over_the_admin_api_and_clients_cannot() {
+    let proxy = TestProxy::new().with_example_server("example");
+    let config = proxy.write_config();
+    let served = proxy.serve_http().await;
+    let base = served.base.clone();
+    let http = reqwest::Client::new();
+    let admin = |path: &str| http.get(format!("{base}{path}"));
+
+    // A follower that starts before the calls sees each echo as it commits.
+    let mut tail = admin("/admin/audit/tail?tool=example__echo&after=0")
+        .bearer_auth(common::AUDITOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 200);
+    let session = common::HttpSession::connect(&served.url).await;
+    for id in 1..=3 {
+        let reply = session
+            .call(
+                id,
+                "tools/call",
+                json!({"name": "example__echo", "arguments": {"text": SECRET}}),
+            )
+            .await;
+        assert_eq!(first_text(&reply), format!("example: {SECRET}"));
+    }
+    session.call(4, "tools/list", json!({})).await;
+    let mut pending = Vec::new();
+    let followed = next_records(&mut tail, &mut pending, 3).await;
+    assert!(
+        followed
+            .iter()
+            .all(|r| r["target"] == "echo" && r["decision"] == "allow"),
+        "{followed:?}"
+    );
+    let seqs: Vec<u64> = followed
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    // The same filters as the CLI.
+    let answer: Value = admin("/admin/audit?client=tester&tool=example__echo&decision=allow")
+        .bearer_auth(common::AUDITOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let found = answer["records"].as_array().unwrap();
+    assert_eq!(found.len(), 3, "{answer}");
+    assert_eq!(found, &followed);
+    assert!(
+        answer["last_seq"].as_u64().unwrap() >= 5,
+        "initialize, 3 calls, list"
+    );
+
+    // A client's token cannot read the log, and an auditor's cannot call tools.
+    for token in [Some(common::TOKEN), Some("not-a-token"), None] {
+        let mut request = admin("/admin/audit");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 401, "{token:?}");
+    }
+    let refused = http
+        .post(&served.url)
+        .bearer_auth(common::AUDITOR_TOKEN)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"x","version":"0"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    // Bad filters: 400 naming the field.
+    for (query, expected) in [
+        ("decision=maybe", "decision `maybe`"),
+        ("since=yesterday", "since `yesterday`"),
+        ("limit=many", "limit `many`"),
+        ("after=-1", "after `-1`"),
+        ("colour=red", "colour"),
+        (
+            "since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z",
+            "must be before",
+        ),
+    ] {
+        let response = admin(&format!("/admin/audit?{query}"))
+            .bearer_auth(common::AUDITOR_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains(expected), "{query}: {text}");
+    }
+
+    // The CLI reads the running proxy's store over the same API.
+    let url = base.as_str();
+    let (ok, stdout, stderr) = audit_with_token(
+        &config,
+        &[
+            "query",
+            "--url",
+            url,
+            "--tool",
+            "example__echo",
+            "--format",
+            "jsonl",
+        ],
+        common::AUDITOR_TOKEN,
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    let (ok, stdout, stderr) =
+        audit_with_token(&config, &["verify", "--url", url], common::AUDITOR_TOKEN);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("serve: intact"), "{stdout}");
+    let export = proxy.dir().join("export.jsonl");
+    let (ok, _, stderr) = audit_with_token(
+        &config,
+        &["export", "--url", url, "--output", export.to_str().unwrap()],
+        common::AUDITOR_TOKEN,
+    );
+    assert!(ok, "{stderr}");
+    let exported = std::fs::read_to_string(&export).unwrap();
+    let exported: Vec<Value> = exported
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(exported.len() as u64, answer["last_seq"].as_u64().unwrap());
+    assert!(!contains(&std::fs::read(&export).unwrap(), SECRET));
+    // Without the token, or with a client's, the CLI says what is missing.
+    let (ok, _, stderr) = audit(&config, &["query", "--url", url]);
+    assert!(!ok);
+    assert!(stderr.contains("auditor's token"), "{stderr}");
+    let (ok, _, stderr) = audit_with_token(&config, &["query", "--url", url], common::TOKEN);
+    assert!(!ok);
+    assert!(stderr.contains("refused the token"), "{stderr}");
+    // Without --url, a store held by a proxy whose port is not in the config.
+    let (ok, _, stderr) = audit_with_token(&config, &["query"], common::AUDITOR_TOKEN);
+    assert!(!ok);
+    assert!(stderr.contains("--url"), "{stderr}");
+
+    drop(tail);
+    served.terminate().await;
+    // Stopped: the CLI opens the store itself and finds the same records.
+    let offline = records(&config, &["--tool", "example__echo"]);
+    assert_eq!(offline, followed);
+    let exported_offline = {
+        let (ok, stdout, stderr) = audit(&config, &["export"]);
+        assert!(ok, "{stderr}");
+        stdout.lines().count()
+    };
+    assert_eq!(exported_offline, exported.len());
 }

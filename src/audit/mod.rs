@@ -7,16 +7,18 @@
 //! commit that fails is reported to every waiting caller, and the gateway
 //! refuses calls while the store cannot be written (fail closed).
 
+mod query;
 mod record;
 mod store;
 
+pub use query::{Filter, FilterError, FilterParams, Reader, Verification};
 pub use record::{AuditRecord, GENESIS, Redaction, sha256_canonical};
-pub use store::{Filter, SledStorage, Storage, Verification};
+pub use store::{ChainEnd, SledStorage, Storage};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Records a batch holds at most.
 const MAX_BATCH: usize = 4096;
@@ -50,6 +52,9 @@ pub struct Audit {
     /// Durable: `commit` returns once the record is flushed. Buffered: once
     /// the writer has it in its queue.
     durable: bool,
+    /// The sequence number of the last record written (for followers).
+    written: watch::Receiver<u64>,
+    reader: Option<Reader>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -66,10 +71,12 @@ impl Audit {
         let (jobs, mut queue) = mpsc::channel::<Job>(MAX_BATCH * 4);
         let failing = Arc::new(AtomicBool::new(false));
         let flag = failing.clone();
-        let (mut seq, mut last_hash) = match storage.last()? {
-            Some((seq, hash)) => (seq, hash),
-            None => (0, GENESIS.to_owned()),
+        let (mut seq, mut last_hash, mut last_time) = match storage.last()? {
+            Some(end) => (end.seq, end.hash, end.time),
+            None => (0, GENESIS.to_owned(), String::new()),
         };
+        let reader = storage.reader();
+        let (tell, written) = watch::channel(seq);
         let mut storage = storage;
         std::thread::Builder::new()
             .name("audit-writer".into())
@@ -96,12 +103,23 @@ impl Audit {
                     }
                     let mut records = Vec::with_capacity(batch.len());
                     let (mut next_seq, mut prev) = (seq, last_hash.clone());
-                    for job in &batch {
-                        let Some(record) = &job.record else { continue };
+                    let mut time = last_time.clone();
+                    for job in &mut batch {
+                        let Some(mut record) = job.record.take() else {
+                            continue;
+                        };
                         next_seq += 1;
-                        let mut record = record.clone();
+                        // Times never go backwards along the chain (queries
+                        // find a time range by binary search): a record
+                        // that finished earlier than the one before it in
+                        // the chain takes that one's time.
+                        if record.time < time {
+                            record.time.clone_from(&time);
+                        } else {
+                            time.clone_from(&record.time);
+                        }
                         record.seal(next_seq, &prev);
-                        prev = record.hash.clone();
+                        prev.clone_from(&record.hash);
                         records.push(record);
                     }
                     match storage.append(&records) {
@@ -114,6 +132,8 @@ impl Audit {
                             }
                             seq = next_seq;
                             last_hash = prev;
+                            last_time = time;
+                            tell.send_replace(seq);
                         }
                         Err(err) => {
                             if !flag.swap(true, Ordering::Relaxed) {
@@ -139,6 +159,8 @@ impl Audit {
             jobs,
             failing,
             durable,
+            written,
+            reader,
         })
     }
 
@@ -186,6 +208,16 @@ impl Audit {
         result.await.map_err(|_| AuditError::Stopped)?.map(|_| ())
     }
 
+    /// A read handle on the store being written, if it has one.
+    pub fn reader(&self) -> Option<&Reader> {
+        self.reader.as_ref()
+    }
+
+    /// Follows the sequence number of the last record written.
+    pub fn written(&self) -> watch::Receiver<u64> {
+        self.written.clone()
+    }
+
     /// Whether the last commit failed: calls are refused until one succeeds.
     pub fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed)
@@ -212,7 +244,7 @@ mod tests {
     }
 
     impl Storage for Flaky {
-        fn last(&self) -> Result<Option<(u64, String)>, AuditError> {
+        fn last(&self) -> Result<Option<ChainEnd>, AuditError> {
             Ok(None)
         }
         fn append(&mut self, records: &[AuditRecord]) -> Result<(), AuditError> {

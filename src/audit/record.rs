@@ -7,6 +7,9 @@ use sha2::{Digest, Sha256};
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The kinds of record: exchanges, and the events around them.
+pub const KINDS: &[&str] = &["exchange"];
+
 /// One redaction count, per rule and direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Redaction {

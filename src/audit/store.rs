@@ -4,13 +4,33 @@
 
 use std::path::{Path, PathBuf};
 
+use sled::Transactional as _;
+
 use super::AuditError;
-use super::record::{AuditRecord, GENESIS};
+use super::query::{Filter, Reader, Verification, decode, index_keys};
+use super::record::AuditRecord;
+
+/// The index layout's version (a store with another is re-indexed at open).
+const INDEX_VERSION: &[u8] = b"1";
+/// Where the index keeps its version: a key no index entry can have.
+const INDEX_VERSION_KEY: &[u8] = b"\xffversion";
+
+/// The end of the chain: where the next record attaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainEnd {
+    pub seq: u64,
+    pub hash: String,
+    pub time: String,
+}
 
 /// The storage the writer appends to.
 pub trait Storage: Send + 'static {
-    /// The last record's (seq, hash), if any.
-    fn last(&self) -> Result<Option<(u64, String)>, AuditError>;
+    /// The last record, if any.
+    fn last(&self) -> Result<Option<ChainEnd>, AuditError>;
+    /// A read handle for queries while the writer runs, if the storage has one.
+    fn reader(&self) -> Option<Reader> {
+        None
+    }
     /// Appends sealed records as one batch, durably (flushed) before it returns.
     fn append(&mut self, records: &[AuditRecord]) -> Result<(), AuditError>;
     /// Makes everything appended so far durable.
@@ -24,59 +44,10 @@ pub struct SledStorage {
     path: PathBuf,
     db: sled::Db,
     records: sled::Tree,
+    /// Secondary indexes (see `query`): written in the same transaction.
+    index: sled::Tree,
     /// Flush on every append (durable), or leave it to a background flush.
     flush_each: bool,
-}
-
-/// Which records a query wants.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub client: Option<String>,
-    pub server: Option<String>,
-    /// A tool, prompt or resource: the unprefixed name, the namespaced one
-    /// (`server__tool`) or the URI.
-    pub target: Option<String>,
-    pub decision: Option<String>,
-    /// Timestamps in the records' own format (`YYYY-MM-DDThh:mm:ss.mmmZ`).
-    pub since: Option<String>,
-    pub until: Option<String>,
-    /// The newest this many (all when `None`).
-    pub limit: Option<usize>,
-}
-
-impl Filter {
-    fn matches(&self, record: &AuditRecord, separator: &str) -> bool {
-        let target_matches = |wanted: &str| {
-            record.target.as_deref() == Some(wanted)
-                || match (&record.server, &record.target) {
-                    (Some(server), Some(target)) => {
-                        wanted
-                            .strip_prefix(server.as_str())
-                            .and_then(|rest| rest.strip_prefix(separator))
-                            == Some(target.as_str())
-                    }
-                    _ => false,
-                }
-        };
-        self.client.as_ref().is_none_or(|c| *c == record.client)
-            && self
-                .server
-                .as_ref()
-                .is_none_or(|s| Some(s) == record.server.as_ref())
-            && self.target.as_deref().is_none_or(target_matches)
-            && self.decision.as_ref().is_none_or(|d| *d == record.decision)
-            && self.since.as_ref().is_none_or(|t| record.time >= *t)
-            && self.until.as_ref().is_none_or(|t| record.time < *t)
-    }
-}
-
-/// What `verify` found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verification {
-    /// Every record is intact and in order.
-    Intact { records: u64, last_hash: String },
-    /// The first record that breaks the chain, and how.
-    Broken { seq: u64, problem: String },
 }
 
 impl SledStorage {
@@ -116,12 +87,18 @@ impl SledStorage {
         let records = db
             .open_tree("records")
             .map_err(|e| open_error(e.to_string()))?;
-        Ok(Self {
+        let index = db
+            .open_tree("index")
+            .map_err(|e| open_error(e.to_string()))?;
+        let store = Self {
             path: dir.to_owned(),
             db,
             records,
+            index,
             flush_each: flush_every.is_none(),
-        })
+        };
+        store.check_index()?;
+        Ok(store)
     }
 
     pub fn path(&self) -> &Path {
@@ -168,130 +145,118 @@ impl SledStorage {
         found
     }
 
+    /// A read handle (queries, verification) usable while the writer writes.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            path: self.path.clone(),
+            records: self.records.clone(),
+            index: self.index.clone(),
+        }
+    }
+
     /// The records a filter wants, oldest first.
     pub fn query(&self, filter: &Filter, separator: &str) -> Result<Vec<AuditRecord>, AuditError> {
-        let mut found = Vec::new();
-        for entry in self.records.iter().rev() {
-            let (_, record) = decode(entry)?;
-            if filter.matches(&record, separator) {
-                found.push(record);
-                if filter.limit.is_some_and(|limit| found.len() >= limit) {
-                    break;
-                }
-            }
-        }
-        found.reverse();
-        Ok(found)
+        self.reader().query(filter, separator)
     }
 
-    /// Walks the chain: each key equals its record's `seq`, sequence numbers
-    /// follow each other, each `prev_hash` is the previous record's `hash`,
-    /// and each `hash` is the record's own.
+    /// Walks the chain (see [`Reader::verify`]).
     pub fn verify(&self) -> Result<Verification, AuditError> {
-        let mut expected_prev = GENESIS.to_owned();
-        let mut expected_seq = None;
-        let mut count = 0;
+        self.reader().verify()
+    }
+
+    /// Rebuilds the index when it was written by another index version (or
+    /// by none: a store from before the index).
+    fn check_index(&self) -> Result<(), AuditError> {
+        let current = self.index.get(INDEX_VERSION_KEY).map_err(write_error)?;
+        if current.as_deref() == Some(INDEX_VERSION) {
+            return Ok(());
+        }
+        self.index.clear().map_err(write_error)?;
+        let mut batch = sled::Batch::default();
+        let mut pending = 0;
         for entry in self.records.iter() {
             let (key, value) = entry.map_err(|e| AuditError::Read(e.to_string()))?;
-            let seq = key_seq(&key);
-            let broken = |problem: String| Ok(Verification::Broken { seq, problem });
-            let record: AuditRecord = match serde_json::from_slice(&value) {
-                Ok(record) => record,
-                Err(err) => return broken(format!("the record does not parse: {err}")),
+            let Ok((_, record)) = decode(&key, &value) else {
+                // `verify` names it; the index skips it.
+                continue;
             };
-            if record.seq != seq {
-                return broken(format!(
-                    "the record stored under {seq} says it is {} (moved or reordered)",
-                    record.seq
-                ));
+            for key in index_keys(&record) {
+                batch.insert(key, &[]);
             }
-            if let Some(expected) = expected_seq
-                && seq != expected
-            {
-                return Ok(Verification::Broken {
-                    seq: expected,
-                    problem: format!("missing: the next record is {seq} (removed)"),
-                });
+            pending += 1;
+            if pending == 10_000 {
+                self.index
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(write_error)?;
+                pending = 0;
             }
-            if record.prev_hash != expected_prev {
-                return broken(
-                    "its prev_hash is not the previous record's hash (a record before it was removed, changed or reordered)"
-                        .into(),
-                );
-            }
-            if record.compute_hash() != record.hash {
-                return broken("its hash does not match its content (changed)".into());
-            }
-            expected_prev = record.hash;
-            expected_seq = Some(seq + 1);
-            count += 1;
         }
-        Ok(Verification::Intact {
-            records: count,
-            last_hash: expected_prev,
-        })
+        batch.insert(INDEX_VERSION_KEY, INDEX_VERSION);
+        self.index.apply_batch(batch).map_err(write_error)?;
+        self.db.flush().map_err(write_error)?;
+        Ok(())
     }
 }
 
-fn key_seq(key: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let n = key.len().min(8);
-    bytes[8 - n..].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(bytes)
-}
-
-fn decode(
-    entry: Result<(sled::IVec, sled::IVec), sled::Error>,
-) -> Result<(u64, AuditRecord), AuditError> {
-    let (key, value) = entry.map_err(|e| AuditError::Read(e.to_string()))?;
-    let seq = key_seq(&key);
-    let record = serde_json::from_slice(&value)
-        .map_err(|e| AuditError::Read(format!("record {seq} does not parse: {e}")))?;
-    Ok((seq, record))
+fn write_error(err: sled::Error) -> AuditError {
+    AuditError::Write(err.to_string())
 }
 
 impl Storage for SledStorage {
-    fn last(&self) -> Result<Option<(u64, String)>, AuditError> {
+    fn last(&self) -> Result<Option<ChainEnd>, AuditError> {
         match self
             .records
             .last()
             .map_err(|e| AuditError::Read(e.to_string()))?
         {
             None => Ok(None),
-            Some(entry) => {
-                let (seq, record) = decode(Ok(entry))?;
-                Ok(Some((seq, record.hash)))
+            Some((key, value)) => {
+                let (seq, record) = decode(&key, &value)?;
+                Ok(Some(ChainEnd {
+                    seq,
+                    hash: record.hash,
+                    time: record.time,
+                }))
             }
         }
     }
 
+    fn reader(&self) -> Option<Reader> {
+        Some(SledStorage::reader(self))
+    }
+
     fn append(&mut self, records: &[AuditRecord]) -> Result<(), AuditError> {
         let mut batch = sled::Batch::default();
+        let mut index = sled::Batch::default();
         for record in records {
             let value = serde_json::to_vec(record).map_err(|e| AuditError::Write(e.to_string()))?;
             batch.insert(&record.seq.to_be_bytes(), value);
+            for key in index_keys(record) {
+                index.insert(key, &[]);
+            }
         }
-        self.records
-            .apply_batch(batch)
-            .map_err(|e| AuditError::Write(e.to_string()))?;
+        // One transaction: a record is never stored without its index keys.
+        (&self.records, &self.index)
+            .transaction(|(records, keys)| {
+                records.apply_batch(&batch)?;
+                keys.apply_batch(&index)?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| AuditError::Write(format!("{e:?}")))?;
         if self.flush_each {
-            self.db
-                .flush()
-                .map_err(|e| AuditError::Write(e.to_string()))?;
+            self.db.flush().map_err(write_error)?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), AuditError> {
-        self.db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| AuditError::Write(e.to_string()))
+        self.db.flush().map(|_| ()).map_err(write_error)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::GENESIS;
     use super::super::tests::sample;
     use super::*;
 
@@ -317,7 +282,7 @@ mod tests {
             store.verify(),
             Ok(Verification::Intact { records: 5, .. })
         ));
-        assert_eq!(store.last().ok().flatten().map(|(s, _)| s), Some(5));
+        assert_eq!(store.last().ok().flatten().map(|end| end.seq), Some(5));
 
         let put = |store: &SledStorage, seq: u64, record: &AuditRecord| {
             let value = serde_json::to_vec(record).unwrap_or_default();

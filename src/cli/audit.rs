@@ -1,47 +1,120 @@
-//! `portcullis audit query|verify`: the auditors' tools, on the store
-//! itself (the proxy holds the store while it runs; these commands then say
-//! so — reading a running proxy's log over its admin API comes next).
+//! `portcullis audit query|tail|export|verify`: the auditors' tools.
+//!
+//! Each proxy role keeps its own store under `{data_dir}/audit` (`serve`,
+//! `stdio-<client>`). A store no proxy holds is opened directly; the store
+//! of a running `serve` is read over its admin API with an auditor token
+//! (`--token-file`, or `PORTCULLIS_AUDITOR_TOKEN`). A store held by a
+//! running stdio proxy cannot be read until it stops (sled allows one
+//! process per store), and is named on stderr.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
-use crate::audit::{Filter, SledStorage, Verification};
-use crate::config::{Config, parse_duration};
+use crate::audit::{AuditError, AuditRecord, FilterParams, SledStorage, Verification};
+use crate::config::Config;
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Records matching the filters, oldest first (the newest `--limit`).
     Query {
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long)]
-        client: Option<String>,
-        #[arg(long)]
-        server: Option<String>,
-        /// A tool (`server__tool` or its own name), prompt or resource URI.
-        #[arg(long)]
-        tool: Option<String>,
-        /// allow, deny or error.
-        #[arg(long)]
-        decision: Option<String>,
-        /// `YYYY-MM-DDThh:mm:ssZ`, or a duration ago such as `15m`, `2h`.
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long)]
-        until: Option<String>,
+        #[command(flatten)]
+        source: Source,
+        #[command(flatten)]
+        filter: FilterArgs,
         #[arg(long, default_value_t = 100)]
         limit: usize,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Follow the log of the running proxy: the newest records, then each
+    /// one as it is committed, until interrupted.
+    Tail {
+        #[command(flatten)]
+        source: Source,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Records shown before following (at most 10).
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Every matching record as JSON lines, oldest first (for a SIEM).
+    Export {
+        #[command(flatten)]
+        source: Source,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only records after this sequence number (resume an export).
+        #[arg(long)]
+        after: Option<u64>,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Walk the hash chain; name the first record that was changed, removed
     /// or reordered.
     Verify {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        source: Source,
     },
+}
+
+/// Where the log is: the config's data_dir, or a running proxy.
+#[derive(Args)]
+pub struct Source {
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Only this store (`serve`, `stdio-<client>`, …).
+    #[arg(long)]
+    store: Option<String>,
+    /// A file holding an auditor's token, for reading a running proxy's log.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The running proxy's base URL (default: from `[proxy] listen`).
+    #[arg(long)]
+    url: Option<String>,
+}
+
+#[derive(Args)]
+pub struct FilterArgs {
+    #[arg(long)]
+    client: Option<String>,
+    #[arg(long)]
+    server: Option<String>,
+    /// A tool (`server__tool` or its own name), prompt or resource URI.
+    #[arg(long)]
+    tool: Option<String>,
+    /// allow, deny or error.
+    #[arg(long)]
+    decision: Option<String>,
+    /// exchange, session_start, session_end, … (README, "Audit log").
+    #[arg(long)]
+    kind: Option<String>,
+    /// `YYYY-MM-DDThh:mm:ssZ`, or a duration ago such as `15m`, `2h`.
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl FilterArgs {
+    fn params(&self, limit: Option<usize>, after: Option<u64>) -> FilterParams {
+        FilterParams {
+            client: self.client.clone(),
+            server: self.server.clone(),
+            tool: self.tool.clone(),
+            decision: self.decision.clone(),
+            kind: self.kind.clone(),
+            since: self.since.clone(),
+            until: self.until.clone(),
+            after: after.map(|a| a.to_string()),
+            limit: limit.map(|l| l.to_string()),
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
@@ -51,150 +124,401 @@ pub enum OutputFormat {
     Jsonl,
 }
 
-/// Every store under the config's data_dir (one per proxy role), opened;
-/// stores held by a running proxy are named on stderr and skipped.
-fn open_all(config: &Config) -> anyhow::Result<Vec<SledStorage>> {
+/// One store to read: opened here, or behind a running proxy.
+enum Store {
+    Local { name: String, store: SledStorage },
+    Remote { name: String, api: Api },
+}
+
+impl Store {
+    fn name(&self) -> &str {
+        match self {
+            Store::Local { name, .. } | Store::Remote { name, .. } => name,
+        }
+    }
+}
+
+/// A running proxy's admin API.
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(base: &str, token_file: Option<&Path>) -> anyhow::Result<Self> {
+        let token = match (token_file, std::env::var("PORTCULLIS_AUDITOR_TOKEN")) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, Ok(token)) if !token.trim().is_empty() => token.trim().to_owned(),
+            _ => bail!(
+                "the proxy at {base} holds the audit log: give an auditor's token with --token-file FILE or PORTCULLIS_AUDITOR_TOKEN"
+            ),
+        };
+        // reqwest is built without a bundled crypto provider; ring is ours.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .context("cannot build an HTTP client")?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http,
+        })
+    }
+
+    /// GET `path` with a filter; errors carry the proxy's own message.
+    async fn get(&self, path: &str, params: &FilterParams) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .query(params)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the proxy at {}", self.base))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(body);
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            bail!("the proxy refused the token: {message}");
+        }
+        bail!("the proxy answered {status}: {message}")
+    }
+}
+
+/// The stores a command reads: every store under the data_dir (or the one
+/// `--store` names); a running `serve` proxy's store through its admin API.
+async fn open_stores(source: &Source) -> anyhow::Result<(Config, Vec<Store>)> {
+    let config = Config::load(&source.config)?;
+    let base = source.url.clone().or_else(|| {
+        config
+            .proxy
+            .listen
+            .filter(|addr| addr.port() != 0)
+            .map(|addr| {
+                let host = if addr.ip().is_unspecified() {
+                    "127.0.0.1".to_owned()
+                } else {
+                    addr.ip().to_string()
+                };
+                let host = if addr.is_ipv6() && !addr.ip().is_unspecified() {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                format!("http://{host}:{}", addr.port())
+            })
+    });
+    if source.url.is_some() {
+        let api = Api::new(
+            base.as_deref().unwrap_or_default(),
+            source.token_file.as_deref(),
+        )?;
+        let name = source.store.clone().unwrap_or_else(|| "serve".into());
+        return Ok((config, vec![Store::Remote { name, api }]));
+    }
     let dir = config.proxy.data_dir.join("audit");
     let paths = SledStorage::stores(&dir);
-    if paths.is_empty() {
-        bail!(
-            "{}: no audit log yet (nothing has been served with this data_dir)",
-            dir.display()
-        );
-    }
     let mut stores = Vec::new();
     for path in paths {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if source.store.as_ref().is_some_and(|wanted| *wanted != name) {
+            continue;
+        }
         match SledStorage::open(&path) {
-            Ok(store) => stores.push(store),
-            Err(err @ crate::audit::AuditError::InUse { .. }) => {
-                eprintln!("skipped: {err} (stop it to read this log offline)");
+            Ok(store) => stores.push(Store::Local { name, store }),
+            Err(AuditError::InUse { .. }) if name == "serve" && base.is_some() => {
+                let api = Api::new(
+                    base.as_deref().unwrap_or_default(),
+                    source.token_file.as_deref(),
+                )?;
+                stores.push(Store::Remote { name, api });
+            }
+            Err(err @ AuditError::InUse { .. }) if name == "serve" => bail!(
+                "{err}; its `listen` does not say where it answers: give its address with --url http://HOST:PORT"
+            ),
+            Err(err @ AuditError::InUse { .. }) => {
+                eprintln!("skipped {name}: {err} (a stdio proxy's log is readable once it stops)");
             }
             Err(err) => return Err(err.into()),
         }
     }
-    Ok(stores)
-}
-
-/// A `--since`/`--until` value as a record timestamp.
-fn time_bound(flag: &str, text: &str) -> anyhow::Result<String> {
-    if let Some(time) = crate::interceptors::authz::fixtures::parse_datetime(text) {
-        return Ok(crate::audit::timestamp(time));
-    }
-    let ago = parse_duration(text).map_err(|_| {
-        anyhow::anyhow!(
-            "--{flag} `{text}` is neither a time like `2026-11-23T09:00:00Z` nor a duration like `15m`"
-        )
-    })?;
-    let time = std::time::SystemTime::now()
-        .checked_sub(ago)
-        .with_context(|| format!("--{flag} `{text}` reaches before 1970"))?;
-    Ok(crate::audit::timestamp(time))
-}
-
-pub fn run(command: AuditCommand) -> anyhow::Result<()> {
-    match command {
-        AuditCommand::Verify { config } => {
-            let config = Config::load(&config)?;
-            let mut broken = 0;
-            let stores = open_all(&config)?;
-            for store in &stores {
-                let name = store.path().display();
-                match store.verify()? {
-                    Verification::Intact { records, last_hash } => {
-                        println!("{name}: intact: {records} records; last hash {last_hash}");
-                    }
-                    Verification::Broken { seq, problem } => {
-                        broken += 1;
-                        println!("{name}: BROKEN at record {seq}: {problem}");
-                    }
-                }
-            }
-            if broken > 0 {
-                bail!("{broken} audit chain(s) broken");
-            }
-            if stores.is_empty() {
-                bail!("no audit store could be read");
-            }
-            Ok(())
+    if stores.is_empty() {
+        match &source.store {
+            Some(wanted) => bail!("{}: no readable audit store `{wanted}`", dir.display()),
+            None => bail!(
+                "{}: no readable audit log (nothing has been served with this data_dir, or every store is held by a running stdio proxy)",
+                dir.display()
+            ),
         }
+    }
+    Ok((config, stores))
+}
+
+fn check(params: &FilterParams) -> anyhow::Result<()> {
+    params
+        .to_filter(std::time::SystemTime::now(), None)
+        .map(|_| ())
+        .map_err(|err| anyhow::anyhow!("--{err}"))
+}
+
+pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify { source } => verify(&source).await,
         AuditCommand::Query {
-            config,
-            client,
-            server,
-            tool,
-            decision,
-            since,
-            until,
+            source,
+            filter,
             limit,
             format,
         } => {
-            let config = Config::load(&config)?;
-            if let Some(decision) = &decision
-                && !["allow", "deny", "error"].contains(&decision.as_str())
-            {
-                bail!("--decision `{decision}` must be allow, deny or error");
-            }
-            let filter = Filter {
-                client,
-                server,
-                target: tool,
-                decision,
-                since: since
-                    .as_deref()
-                    .map(|t| time_bound("since", t))
-                    .transpose()?,
-                until: until
-                    .as_deref()
-                    .map(|t| time_bound("until", t))
-                    .transpose()?,
-                limit: Some(limit),
-            };
-            if let (Some(since), Some(until)) = (&filter.since, &filter.until)
-                && since >= until
-            {
-                bail!("--since ({since}) must be before --until ({until})");
-            }
+            let params = filter.params(Some(limit), None);
+            check(&params)?;
+            let (config, stores) = open_stores(&source).await?;
+            let several = stores.len() > 1;
             let mut records = Vec::new();
-            for store in open_all(&config)? {
-                records.extend(store.query(&filter, &config.proxy.namespace_separator)?);
+            for store in &stores {
+                let found = match store {
+                    Store::Local { store, .. } => {
+                        let filter = params.to_filter(std::time::SystemTime::now(), None)?;
+                        store.query(&filter, &config.proxy.namespace_separator)?
+                    }
+                    Store::Remote { api, .. } => {
+                        let answer: serde_json::Value =
+                            api.get("/admin/audit", &params).await?.json().await?;
+                        serde_json::from_value(answer.get("records").cloned().unwrap_or_default())
+                            .context("the proxy's answer does not parse")?
+                    }
+                };
+                records.extend(found.into_iter().map(|r| (store.name().to_owned(), r)));
             }
             // Several stores: merged by time, the newest `--limit` kept.
-            records.sort_by(|a, b| a.time.cmp(&b.time).then(a.seq.cmp(&b.seq)));
+            records.sort_by(|(_, a), (_, b)| a.time.cmp(&b.time).then(a.seq.cmp(&b.seq)));
             let excess = records.len().saturating_sub(limit);
             records.drain(..excess);
-            match format {
-                OutputFormat::Jsonl => {
-                    for record in &records {
-                        println!("{}", serde_json::to_string(record)?);
+            print_records(&records, format, several, true)
+        }
+        AuditCommand::Export {
+            source,
+            filter,
+            after,
+            output,
+        } => {
+            let params = filter.params(None, Some(after.unwrap_or(0)));
+            check(&params)?;
+            let (config, stores) = open_stores(&source).await?;
+            if stores.len() > 1 && source.store.is_none() {
+                let names: Vec<&str> = stores.iter().map(Store::name).collect();
+                bail!(
+                    "this data_dir has {} stores ({}), each with its own sequence numbers: pick one with --store",
+                    names.len(),
+                    names.join(", ")
+                );
+            }
+            let mut out: Box<dyn std::io::Write> = match &output {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let mut count = 0u64;
+            for store in &stores {
+                match store {
+                    Store::Local { store, .. } => {
+                        let mut filter = params.to_filter(std::time::SystemTime::now(), None)?;
+                        loop {
+                            filter.limit = Some(1_000);
+                            let page = store.query(&filter, &config.proxy.namespace_separator)?;
+                            for record in &page {
+                                serde_json::to_writer(&mut out, record)?;
+                                out.write_all(b"\n")?;
+                            }
+                            count += page.len() as u64;
+                            match page.last() {
+                                Some(last) if page.len() == 1_000 => filter.after = Some(last.seq),
+                                _ => break,
+                            }
+                        }
+                    }
+                    Store::Remote { api, .. } => {
+                        let mut response = api.get("/admin/audit/export", &params).await?;
+                        while let Some(chunk) = response.chunk().await? {
+                            count += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+                            out.write_all(&chunk)?;
+                        }
                     }
                 }
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&records)?),
-                OutputFormat::Table => {
-                    println!(
-                        "{:>6} {:<24} {:<14} {:<18} {:<30} {:<6} {:>8} REASON",
-                        "SEQ", "TIME", "CLIENT", "METHOD", "TARGET", "RESULT", "TOTAL µs"
-                    );
-                    for r in &records {
-                        let target = match (&r.server, &r.target) {
-                            (Some(server), Some(target)) => format!("{server}:{target}"),
-                            (Some(server), None) => server.clone(),
-                            _ => String::new(),
-                        };
-                        println!(
-                            "{:>6} {:<24} {:<14} {:<18} {:<30} {:<6} {:>8} {}",
-                            r.seq,
-                            r.time,
-                            r.client,
-                            r.method,
-                            target,
-                            r.decision,
-                            r.total_us,
-                            r.reason.as_deref().unwrap_or_default()
-                        );
-                    }
-                }
+            }
+            out.flush()?;
+            if output.is_some() {
+                eprintln!("exported {count} records");
             }
             Ok(())
         }
+        AuditCommand::Tail {
+            source,
+            filter,
+            limit,
+            format,
+        } => {
+            let params = filter.params(Some(limit.min(10)), None);
+            check(&params)?;
+            let (_, stores) = open_stores(&source).await?;
+            let Some(api) = stores.iter().find_map(|store| match store {
+                Store::Remote { api, .. } => Some(api),
+                Store::Local { .. } => None,
+            }) else {
+                bail!(
+                    "no proxy is serving this config: there is nothing to follow (`audit query` reads the log)"
+                );
+            };
+            let mut response = api.get("/admin/audit/tail", &params).await?;
+            let mut pending = Vec::new();
+            let mut header = true;
+            while let Some(chunk) = response.chunk().await? {
+                pending.extend_from_slice(&chunk);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let record: AuditRecord = serde_json::from_slice(&line)
+                        .context("the proxy sent a line that is not a record")?;
+                    print_records(&[(String::new(), record)], format, false, header)?;
+                    header = false;
+                }
+            }
+            bail!("the proxy closed the stream (it stopped?)")
+        }
     }
+}
+
+async fn verify(source: &Source) -> anyhow::Result<()> {
+    let (_, stores) = open_stores(source).await?;
+    let mut broken = 0;
+    for store in &stores {
+        let verification = match store {
+            Store::Local { store, .. } => store.verify()?,
+            Store::Remote { api, .. } => {
+                let answer: serde_json::Value = api
+                    .get("/admin/audit/verify", &FilterParams::default())
+                    .await?
+                    .json()
+                    .await?;
+                let field = |key: &str| answer.get(key).cloned().unwrap_or_default();
+                match answer.get("state").and_then(|s| s.as_str()) {
+                    Some("intact") => Verification::Intact {
+                        records: field("records").as_u64().unwrap_or_default(),
+                        last_hash: field("last_hash").as_str().unwrap_or_default().to_owned(),
+                    },
+                    Some("broken") => Verification::Broken {
+                        seq: field("seq").as_u64().unwrap_or_default(),
+                        problem: field("problem").as_str().unwrap_or_default().to_owned(),
+                    },
+                    _ => bail!("the proxy's answer does not parse: {answer}"),
+                }
+            }
+        };
+        let name = store.name();
+        match verification {
+            Verification::Intact { records, last_hash } => {
+                println!("{name}: intact: {records} records; last hash {last_hash}");
+            }
+            Verification::Broken { seq, problem } => {
+                broken += 1;
+                println!("{name}: BROKEN at record {seq}: {problem}");
+            }
+        }
+    }
+    if broken > 0 {
+        bail!("{broken} audit chain(s) broken");
+    }
+    Ok(())
+}
+
+fn print_records(
+    records: &[(String, AuditRecord)],
+    format: OutputFormat,
+    with_store: bool,
+    header: bool,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        OutputFormat::Jsonl => {
+            for (_, record) in records {
+                serde_json::to_writer(&mut out, record)?;
+                writeln!(out)?;
+            }
+        }
+        OutputFormat::Json => {
+            let records: Vec<&AuditRecord> = records.iter().map(|(_, r)| r).collect();
+            serde_json::to_writer_pretty(&mut out, &records)?;
+            writeln!(out)?;
+        }
+        OutputFormat::Table => {
+            let store = |name: &str| {
+                if with_store {
+                    format!("{name:<12} ")
+                } else {
+                    String::new()
+                }
+            };
+            if header {
+                writeln!(
+                    out,
+                    "{}{:>6} {:<24} {:<14} {:<18} {:<30} {:<6} {:>8} REASON",
+                    store("STORE"),
+                    "SEQ",
+                    "TIME",
+                    "CLIENT",
+                    "METHOD",
+                    "TARGET",
+                    "RESULT",
+                    "TOTAL µs"
+                )?;
+            }
+            for (name, r) in records {
+                let target = match (&r.server, &r.target) {
+                    (Some(server), Some(target)) => format!("{server}:{target}"),
+                    (Some(server), None) => server.clone(),
+                    (None, Some(target)) => target.clone(),
+                    (None, None) => String::new(),
+                };
+                let method = if r.kind == "exchange" {
+                    r.method.clone()
+                } else {
+                    format!("[{}]", r.kind)
+                };
+                writeln!(
+                    out,
+                    "{}{:>6} {:<24} {:<14} {:<18} {:<30} {:<6} {:>8} {}",
+                    store(name),
+                    r.seq,
+                    r.time,
+                    r.client,
+                    method,
+                    target,
+                    r.decision,
+                    r.total_us,
+                    r.reason.as_deref().unwrap_or_default()
+                )?;
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
 }

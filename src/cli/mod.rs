@@ -75,7 +75,7 @@ enum Command {
     /// Query and verify the audit log.
     Audit {
         #[command(subcommand)]
-        command: audit::AuditCommand,
+        command: Box<audit::AuditCommand>,
     },
 }
 
@@ -228,7 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tools_list(config, client.as_deref(), format).await
         }
         Command::Policy { command } => policy::run(command),
-        Command::Audit { command } => audit::run(command),
+        Command::Audit { command } => audit::run(*command).await,
     }
 }
 

@@ -65,10 +65,12 @@ struct HttpSession {
     outlet: Arc<HttpOutlet>,
 }
 
-struct HttpState {
-    gateway: Arc<Gateway>,
+pub(super) struct HttpState {
+    pub(super) gateway: Arc<Gateway>,
     /// SHA-256 (hex) of each client's token → the client.
     tokens: HashMap<String, ClientIdentity>,
+    /// SHA-256 (hex) of each auditor's token → the auditor's name.
+    auditors: HashMap<String, String>,
     sessions: RwLock<HashMap<String, Arc<HttpSession>>>,
     allowed_origins: Vec<String>,
     loopback_only: bool,
@@ -107,8 +109,14 @@ pub async fn serve_on(
         .local_addr()
         .map(|a| a.ip().is_loopback())
         .unwrap_or(true);
+    let auditors = config
+        .auditors
+        .iter()
+        .map(|auditor| (auditor.token_sha256.clone(), auditor.name.clone()))
+        .collect();
     let state = Arc::new(HttpState {
         tokens,
+        auditors,
         sessions: RwLock::new(HashMap::new()),
         allowed_origins: config.proxy.allowed_origins.clone(),
         loopback_only,
@@ -121,6 +129,7 @@ pub async fn serve_on(
             get(open_stream).post(post_message).delete(end_session),
         )
         .route("/healthz", get(healthz))
+        .merge(super::admin::routes())
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state.clone());
 
@@ -174,7 +183,7 @@ impl HttpState {
     }
 
     /// DNS-rebinding protection: a browser page must not reach the proxy.
-    fn check_origin(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    pub(super) fn check_origin(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
         if let Some(origin) = headers.get(header::ORIGIN) {
             let allowed = origin
                 .to_str()
@@ -206,24 +215,28 @@ impl HttpState {
     }
 
     fn authenticate(&self, headers: &HeaderMap) -> Result<ClientIdentity, Box<Response>> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                value
-                    .strip_prefix("Bearer ")
-                    .or_else(|| value.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        let Some(token) = token else {
-            return Err(Box::new(unauthorized("a bearer token is required")));
-        };
-        let hash = hex::encode(Sha256::digest(token.as_bytes()));
+        let hash = bearer_hash(headers)?;
         match self.tokens.get(&hash) {
             Some(client) => Ok(client.clone()),
             None => {
                 tracing::info!("refused an HTTP request with an unknown token");
                 Err(Box::new(unauthorized("the bearer token is not valid")))
+            }
+        }
+    }
+
+    /// The auditor a request comes from: an auditor's token, never a
+    /// client's (a client cannot read the log).
+    pub(super) fn authenticate_auditor(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<String, Box<Response>> {
+        let hash = bearer_hash(headers)?;
+        match self.auditors.get(&hash) {
+            Some(name) => Ok(name.clone()),
+            None => {
+                tracing::info!("refused an admin request without an auditor token");
+                Err(Box::new(unauthorized("this is not an auditor's token")))
             }
         }
     }
@@ -254,11 +267,28 @@ impl HttpState {
     }
 }
 
+/// The SHA-256 (hex) of the request's bearer token.
+fn bearer_hash(headers: &HeaderMap) -> Result<String, Box<Response>> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match token {
+        Some(token) => Ok(hex::encode(Sha256::digest(token.as_bytes()))),
+        None => Err(Box::new(unauthorized("a bearer token is required"))),
+    }
+}
+
 async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
-fn plain_error(status: StatusCode, message: &str) -> Response {
+pub(super) fn plain_error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 

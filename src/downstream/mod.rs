@@ -1,5 +1,6 @@
 //! The transports toward clients: stdio and streamable HTTP.
 
+mod admin;
 pub mod http;
 pub mod stdio;
 

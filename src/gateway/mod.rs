@@ -199,6 +199,11 @@ impl Gateway {
         }
     }
 
+    /// The audit log, if this gateway keeps one.
+    pub fn audit(&self) -> Option<&Audit> {
+        self.audit.as_ref()
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

@@ -310,6 +310,58 @@ impl IdKey {
     }
 }
 
+/// Parses `YYYY-MM-DDThh:mm:ssZ` (UTC), with optional milliseconds
+/// (`…ss.mmmZ`, the audit timestamps).
+pub fn parse_datetime(text: &str) -> Option<std::time::SystemTime> {
+    let text = text.strip_suffix('Z')?;
+    let (text, millis) = match text.split_once('.') {
+        Some((text, fraction))
+            if (1..=3).contains(&fraction.len())
+                && fraction.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            let padded = format!("{fraction:0<3}");
+            (text, padded.parse::<u64>().ok()?)
+        }
+        Some(_) => return None,
+        None => (text, 0),
+    };
+    let (date, time) = text.split_once('T')?;
+    let date: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let time: Vec<u64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let ([year, month, day], [hour, minute, second]) = (date.as_slice(), time.as_slice()) else {
+        return None;
+    };
+    let (year, month, day) = (*year, *month, *day);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || *hour > 23
+        || *minute > 59
+        || *second > 60
+    {
+        return None;
+    }
+    // Days since 1970-01-01 from a civil date (H. Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = u64::try_from(days * 86_400).ok()? + hour * 3600 + minute * 60 + second;
+    Some(
+        std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(seconds)
+            + std::time::Duration::from_millis(millis),
+    )
+}
+
 /// A time as `YYYY-MM-DDThh:mm:ssZ` (UTC): a Cedar `datetime` literal, and
 /// the seconds of audit timestamps.
 pub fn datetime_literal(time: std::time::SystemTime) -> String {

@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 
 pub const TOKEN: &str = "test-token-for-the-tester-client";
 pub const OTHER_TOKEN: &str = "test-token-for-the-other-client";
+/// The token of the `auditors` auditor every test config has.
+pub const AUDITOR_TOKEN: &str = "test-token-for-the-auditors";
 
 pub fn portcullis_bin() -> &'static str {
     env!("CARGO_BIN_EXE_portcullis")
@@ -221,9 +223,10 @@ impl TestProxy {
             String::from("[proxy]\nlisten = \"127.0.0.1:0\"\nstartup_timeout = \"20s\"\n");
         text.push_str(&self.extra);
         text.push_str(&format!(
-            "\n[[clients]]\nname = \"tester\"\ntoken_sha256 = \"{}\"\ngroups = [\"dev\"]\n\n[[clients]]\nname = \"other\"\ntoken_sha256 = \"{}\"\n\n",
+            "\n[[clients]]\nname = \"tester\"\ntoken_sha256 = \"{}\"\ngroups = [\"dev\"]\n\n[[clients]]\nname = \"other\"\ntoken_sha256 = \"{}\"\n\n[[auditors]]\nname = \"auditors\"\ntoken_sha256 = \"{}\"\n\n",
             sha256_hex(TOKEN),
-            sha256_hex(OTHER_TOKEN)
+            sha256_hex(OTHER_TOKEN),
+            sha256_hex(AUDITOR_TOKEN)
         ));
         for server in &self.servers {
             text.push_str(server);

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -336,41 +336,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Parses `YYYY-MM-DDThh:mm:ssZ` (UTC).
-pub fn parse_datetime(text: &str) -> Option<SystemTime> {
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let date: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let time: Vec<u64> = time
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let ([year, month, day], [hour, minute, second]) = (date.as_slice(), time.as_slice()) else {
-        return None;
-    };
-    let (year, month, day) = (*year, *month, *day);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || *hour > 23
-        || *minute > 59
-        || *second > 60
-    {
-        return None;
-    }
-    // Days since 1970-01-01 from a civil date (H. Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let seconds = u64::try_from(days * 86_400).ok()? + hour * 3600 + minute * 60 + second;
-    Some(UNIX_EPOCH + Duration::from_secs(seconds))
-}
+pub use crate::protocol::parse_datetime;
 
 /// The configured clients' groups and attributes, by name.
 pub type Known = BTreeMap<String, (Vec<String>, serde_json::Map<String, Value>)>;

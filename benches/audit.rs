@@ -1,0 +1,264 @@
+//! The audit log's cost, in one run: what committing a record adds to a call
+//! at 1, 16 and 128 concurrent callers (durable and buffered, against the
+//! same loop with the log off), one fsync of the same disk, and filtered
+//! queries over a store of a million records.
+//!
+//! Run: `cargo bench --bench audit` (options after `--`: `--seconds S` per
+//! load phase, `--records N` for the query store). Prints Markdown tables.
+//!
+//! "Added" latency is what the gateway awaits before it may reply: the
+//! commit, from handing the record over to hearing it is stored (durable)
+//! or queued (buffered). The baseline loop builds the same record and skips
+//! the commit.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use portcullis::audit::{Audit, AuditRecord, Filter, SledStorage, Storage};
+
+use common::stats;
+
+fn record(n: u64) -> AuditRecord {
+    let clients = ["claude-desktop", "cursor", "ci-agent", "analyst-7"];
+    let tools = ["read_file", "write_file", "search", "create_issue", "echo"];
+    let servers = ["fs", "github", "time"];
+    AuditRecord {
+        seq: 0,
+        time: portcullis::audit::timestamp(std::time::SystemTime::now()),
+        kind: "exchange".into(),
+        session: format!("6fb99fea-5f7c-4c22-a494-{:012x}", n % 97),
+        client: clients[(n % 4) as usize].into(),
+        transport: "http".into(),
+        server: Some(servers[(n % 3) as usize].into()),
+        method: "tools/call".into(),
+        target: Some(tools[(n % 5) as usize].into()),
+        request_id: Some(serde_json::json!(n)),
+        decision: if n % 50 == 0 { "deny" } else { "allow" }.into(),
+        decided_by: (n % 50 == 0).then(|| "authz".into()),
+        policy_ids: vec!["analysts-read-only".into()],
+        decision_id: Some(format!("d-{n:016x}")),
+        policy_set: Some("ps-3f2a9c".into()),
+        reason: (n % 50 == 0).then(|| "not permitted by policy".into()),
+        redactions: vec![],
+        arguments_sha256: Some(
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        ),
+        result_bytes: 1_234,
+        is_error: false,
+        upstream_us: Some(850),
+        total_us: 912,
+        prev_hash: String::new(),
+        hash: String::new(),
+    }
+}
+
+/// `callers` tasks, each building and (unless `audit` is `None`) committing
+/// one record after another for `seconds`: per-commit latency and rate.
+async fn load(
+    label: &str,
+    audit: Option<Audit>,
+    callers: usize,
+    seconds: f64,
+) -> common::Stats {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for caller in 0..callers {
+        let audit = audit.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut n = caller as u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let record = record(n);
+                if let Some(audit) = &audit {
+                    audit.commit(record).await.unwrap();
+                } else {
+                    std::hint::black_box(record);
+                }
+                samples.push(t.elapsed());
+                n += callers as u64;
+            }
+            samples
+        }));
+    }
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await.unwrap());
+    }
+    if let Some(audit) = &audit {
+        audit.flush().await.unwrap();
+    }
+    stats(label, samples, start.elapsed())
+}
+
+fn measure_fsync(dir: &std::path::Path, count: usize) -> common::Stats {
+    use std::io::Write;
+    let mut file = std::fs::File::create(dir.join("fsync-probe")).unwrap();
+    let mut samples = Vec::with_capacity(count);
+    let start = Instant::now();
+    for _ in 0..count {
+        file.write_all(&[b'x'; 256]).unwrap();
+        let t = Instant::now();
+        file.sync_data().unwrap();
+        samples.push(t.elapsed());
+    }
+    stats("one 256-byte write + fdatasync", samples, start.elapsed())
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let seconds: f64 = arg("--seconds").map_or(3.0, |s| s.parse().unwrap());
+    let total: u64 = arg("--records").map_or(1_000_000, |s| s.parse().unwrap());
+    let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
+
+    let fsync = measure_fsync(dir.path(), 1000);
+    println!(
+        "\nfsync on this disk: p50 {:.1} µs, p99 {:.1} µs",
+        us(fsync.p50),
+        us(fsync.p99)
+    );
+
+    println!("\n| callers | mode | commits/s | added p50 µs | added p99 µs | p50 / one fsync |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for callers in [1usize, 16, 128] {
+        let off = load("off", None, callers, seconds.min(1.0)).await;
+        for (mode, durable) in [("durable", true), ("buffered", false)] {
+            let store_dir = dir.path().join(format!("{mode}-{callers}"));
+            let flush_every = (!durable).then(|| Duration::from_millis(10));
+            let storage = SledStorage::open_with(&store_dir, flush_every).unwrap();
+            let audit = Audit::start(storage, durable).unwrap();
+            let on = load(mode, Some(audit), callers, seconds).await;
+            let added = |a: Duration, b: Duration| us(a.saturating_sub(b));
+            println!(
+                "| {callers} | {mode} | {:.0} | {:.1} | {:.1} | {:.2} |",
+                on.calls_per_sec,
+                added(on.p50, off.p50),
+                added(on.p99, off.p99),
+                added(on.p50, off.p50) / us(fsync.p50),
+            );
+        }
+    }
+
+    // A store of `total` records, written in big batches, then queried.
+    let store_dir = dir.path().join("query");
+    let mut storage = SledStorage::open_with(&store_dir, Some(Duration::from_millis(500))).unwrap();
+    let started = Instant::now();
+    let mut prev = portcullis::audit::GENESIS.to_owned();
+    let mut seq = 0u64;
+    let base = std::time::SystemTime::now() - Duration::from_secs(total / 100);
+    while seq < total {
+        let batch: Vec<AuditRecord> = (0..10_000.min(total - seq))
+            .map(|_| {
+                seq += 1;
+                let mut r = record(seq);
+                // 100 records a second, over the last total/100 seconds.
+                r.time = portcullis::audit::timestamp(base + Duration::from_millis(seq * 10));
+                // One rare tool, one call in 100 000.
+                if seq % 100_000 == 7 {
+                    r.target = Some("delete_repository".into());
+                }
+                r.seal(seq, &prev);
+                prev.clone_from(&r.hash);
+                r
+            })
+            .collect();
+        storage.append(&batch).unwrap();
+    }
+    storage.flush().unwrap();
+    println!(
+        "\nfilled a store with {total} records in {:.1} s ({:.0} records/s, one writer, batches of 10 000)",
+        started.elapsed().as_secs_f64(),
+        total as f64 / started.elapsed().as_secs_f64()
+    );
+    let reader = storage.reader();
+    let middle = portcullis::audit::timestamp(base + Duration::from_millis(total / 2 * 10));
+    let later = portcullis::audit::timestamp(base + Duration::from_millis((total / 2 + 6000) * 10));
+    let queries: Vec<(&str, Filter)> = vec![
+        (
+            "--client cursor --limit 100",
+            Filter {
+                client: Some("cursor".into()),
+                limit: Some(100),
+                ..Filter::default()
+            },
+        ),
+        (
+            "--tool github__create_issue --decision deny --limit 100",
+            Filter {
+                target: Some("github__create_issue".into()),
+                decision: Some("deny".into()),
+                limit: Some(100),
+                ..Filter::default()
+            },
+        ),
+        (
+            "--tool delete_repository (10 in the store, no limit)",
+            Filter {
+                target: Some("delete_repository".into()),
+                ..Filter::default()
+            },
+        ),
+        (
+            "--since/--until one minute mid-store --client ci-agent --limit 1000",
+            Filter {
+                client: Some("ci-agent".into()),
+                since: Some(middle.clone()),
+                until: Some(later.clone()),
+                limit: Some(1000),
+                ..Filter::default()
+            },
+        ),
+        (
+            "--client nobody (no match)",
+            Filter {
+                client: Some("nobody".into()),
+                limit: Some(100),
+                ..Filter::default()
+            },
+        ),
+        (
+            "--limit 100 (newest)",
+            Filter {
+                limit: Some(100),
+                ..Filter::default()
+            },
+        ),
+    ];
+    println!("\n| query over {total} records | results | p50 ms | max ms |");
+    println!("|---|---:|---:|---:|");
+    for (label, filter) in &queries {
+        let mut samples = Vec::new();
+        let mut found = 0;
+        for _ in 0..20 {
+            let t = Instant::now();
+            found = reader.query(filter, "__").unwrap().len();
+            samples.push(t.elapsed());
+        }
+        samples.sort();
+        println!(
+            "| `{label}` | {found} | {:.2} | {:.2} |",
+            samples[10].as_secs_f64() * 1e3,
+            samples[19].as_secs_f64() * 1e3
+        );
+    }
+    let t = Instant::now();
+    let verification = reader.verify().unwrap();
+    println!(
+        "\n`audit verify` over {total} records: {:.1} s ({verification:?})",
+        t.elapsed().as_secs_f64()
+    );
+}

@@ -1,0 +1,728 @@
+//! Reading the log: filters, the secondary indexes, and the walk that
+//! answers a query without scanning every record.
+//!
+//! The index tree holds one empty-valued key per (field, value, record):
+//! `tag · len(u16 BE) · value · seq(u64 BE)`, so the records of one value
+//! are a key range sorted by sequence number. A query intersects the ranges
+//! of its filters by leapfrogging (each range seeks to the candidate of the
+//! others), bounds the walk by sequence numbers found by binary search on
+//! time (record times never go backwards along the chain), and checks every
+//! candidate against the whole filter: the index only narrows the search,
+//! it never decides an answer.
+
+use std::path::{Path, PathBuf};
+
+use super::AuditError;
+use super::record::{AuditRecord, GENESIS};
+
+/// Index tags.
+pub(super) const CLIENT: u8 = b'c';
+pub(super) const SERVER: u8 = b's';
+pub(super) const TARGET: u8 = b't';
+pub(super) const DECISION: u8 = b'd';
+/// Records of a kind other than `exchange` (which is most of them).
+pub(super) const KIND: u8 = b'k';
+/// Index values are cut at this many bytes (long resource URIs): equal cut
+/// values are told apart by the check against the whole filter.
+const MAX_VALUE: usize = 512;
+
+/// The key prefix of one indexed value.
+pub(super) fn index_prefix(tag: u8, value: &str) -> Vec<u8> {
+    let mut bytes = value.as_bytes();
+    if bytes.len() > MAX_VALUE {
+        bytes = &bytes[..MAX_VALUE];
+    }
+    let mut key = Vec::with_capacity(3 + bytes.len() + 8);
+    key.push(tag);
+    key.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    key.extend_from_slice(bytes);
+    key
+}
+
+/// The index keys of a record.
+pub(super) fn index_keys(record: &AuditRecord) -> Vec<Vec<u8>> {
+    let mut keys = vec![
+        index_prefix(CLIENT, &record.client),
+        index_prefix(DECISION, &record.decision),
+    ];
+    if let Some(server) = &record.server {
+        keys.push(index_prefix(SERVER, server));
+    }
+    if let Some(target) = &record.target {
+        keys.push(index_prefix(TARGET, target));
+    }
+    if record.kind != "exchange" {
+        keys.push(index_prefix(KIND, &record.kind));
+    }
+    for key in &mut keys {
+        key.extend_from_slice(&record.seq.to_be_bytes());
+    }
+    keys
+}
+
+/// Which records a query wants.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub client: Option<String>,
+    pub server: Option<String>,
+    /// A tool, prompt or resource: the unprefixed name, the namespaced one
+    /// (`server__tool`) or the URI.
+    pub target: Option<String>,
+    pub decision: Option<String>,
+    /// `exchange`, `session_start`, … (DESIGN.md, "Audit record").
+    pub kind: Option<String>,
+    /// Timestamps in the records' own format (`YYYY-MM-DDThh:mm:ss.mmmZ`).
+    pub since: Option<String>,
+    pub until: Option<String>,
+    /// Only records after this sequence number, oldest first: the first
+    /// `limit` of them (paging forward, following the log). Without it, the
+    /// newest `limit` records, returned oldest first.
+    pub after: Option<u64>,
+    /// At most this many (all when `None`).
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    pub fn matches(&self, record: &AuditRecord, separator: &str) -> bool {
+        let target_matches = |wanted: &str| {
+            record.target.as_deref() == Some(wanted)
+                || match (&record.server, &record.target) {
+                    (Some(server), Some(target)) => {
+                        wanted
+                            .strip_prefix(server.as_str())
+                            .and_then(|rest| rest.strip_prefix(separator))
+                            == Some(target.as_str())
+                    }
+                    _ => false,
+                }
+        };
+        self.client.as_ref().is_none_or(|c| *c == record.client)
+            && self
+                .server
+                .as_ref()
+                .is_none_or(|s| Some(s) == record.server.as_ref())
+            && self.target.as_deref().is_none_or(target_matches)
+            && self.decision.as_ref().is_none_or(|d| *d == record.decision)
+            && self.kind.as_ref().is_none_or(|k| *k == record.kind)
+            && self.since.as_ref().is_none_or(|t| record.time >= *t)
+            && self.until.as_ref().is_none_or(|t| record.time < *t)
+            && self.after.is_none_or(|after| record.seq > after)
+    }
+}
+
+/// A filter as auditors write it (CLI flags, the admin API's query
+/// string): every field text, checked by [`FilterParams::to_filter`].
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `YYYY-MM-DDThh:mm:ss[.mmm]Z`, or a duration ago (`15m`, `2h`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+}
+
+/// A filter that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} `{value}`: {message}")]
+pub struct FilterError {
+    pub field: &'static str,
+    pub value: String,
+    pub message: String,
+}
+
+impl FilterParams {
+    /// The filter, with times resolved against `now`; `max_limit` caps
+    /// `limit` (which defaults to it).
+    pub fn to_filter(
+        &self,
+        now: std::time::SystemTime,
+        max_limit: Option<usize>,
+    ) -> Result<Filter, FilterError> {
+        let error = |field: &'static str, value: &str, message: String| FilterError {
+            field,
+            value: value.to_owned(),
+            message,
+        };
+        let one_of = |field: &'static str, value: &Option<String>, allowed: &[&str]| match value {
+            Some(text) if !allowed.contains(&text.as_str()) => Err(error(
+                field,
+                text,
+                format!("must be one of {}", allowed.join(", ")),
+            )),
+            _ => Ok(value.clone()),
+        };
+        let time =
+            |field: &'static str, value: &Option<String>| -> Result<Option<String>, FilterError> {
+                let Some(text) = value else { return Ok(None) };
+                if let Some(time) = crate::protocol::parse_datetime(text) {
+                    return Ok(Some(super::timestamp(time)));
+                }
+                let ago = crate::config::parse_duration(text).map_err(|_| {
+                    error(
+                    field,
+                    text,
+                    "is neither a time like `2026-11-23T09:00:00Z` nor a duration ago like `15m`"
+                        .into(),
+                )
+                })?;
+                let time = now
+                    .checked_sub(ago)
+                    .ok_or_else(|| error(field, text, "reaches before 1970".into()))?;
+                Ok(Some(super::timestamp(time)))
+            };
+        let number =
+            |field: &'static str, value: &Option<String>| -> Result<Option<u64>, FilterError> {
+                value
+                    .as_deref()
+                    .map(|text| {
+                        text.parse::<u64>()
+                            .map_err(|_| error(field, text, "must be a whole number".into()))
+                    })
+                    .transpose()
+            };
+        let since = time("since", &self.since)?;
+        let until = time("until", &self.until)?;
+        if let (Some(since), Some(until)) = (&since, &until)
+            && since >= until
+        {
+            return Err(error(
+                "since",
+                since,
+                format!("must be before until ({until})"),
+            ));
+        }
+        let mut limit = number("limit", &self.limit)?.map(|n| n as usize);
+        if let Some(max) = max_limit {
+            limit = Some(limit.unwrap_or(max).min(max));
+        }
+        let empty = |field: &'static str, value: &Option<String>| match value {
+            Some(text) if text.is_empty() => Err(error(field, text, "is empty".into())),
+            _ => Ok(value.clone()),
+        };
+        Ok(Filter {
+            client: empty("client", &self.client)?,
+            server: empty("server", &self.server)?,
+            target: empty("tool", &self.tool)?,
+            decision: one_of("decision", &self.decision, &["allow", "deny", "error"])?,
+            kind: one_of("kind", &self.kind, super::record::KINDS)?,
+            since,
+            until,
+            after: number("after", &self.after)?,
+            limit,
+        })
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Verification {
+    /// Every record is intact and in order.
+    Intact { records: u64, last_hash: String },
+    /// The first record that breaks the chain, and how.
+    Broken { seq: u64, problem: String },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Newest first.
+    Down,
+    /// Oldest first.
+    Up,
+}
+
+/// The sequence numbers one filter field allows: one index range, or the
+/// union of several (a target given as `server__tool` may be stored as
+/// `tool` of `server`).
+struct Stream {
+    prefixes: Vec<Vec<u8>>,
+}
+
+/// A read handle on a store; cheap to clone, usable while the writer writes.
+#[derive(Clone)]
+pub struct Reader {
+    pub(super) path: PathBuf,
+    pub(super) records: sled::Tree,
+    pub(super) index: sled::Tree,
+}
+
+fn read_error(err: sled::Error) -> AuditError {
+    AuditError::Read(err.to_string())
+}
+
+pub(super) fn key_seq(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let tail = &key[key.len().saturating_sub(8)..];
+    bytes[8 - tail.len()..].copy_from_slice(tail);
+    u64::from_be_bytes(bytes)
+}
+
+pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<(u64, AuditRecord), AuditError> {
+    let seq = key_seq(key);
+    let record = serde_json::from_slice(value)
+        .map_err(|e| AuditError::Read(format!("record {seq} does not parse: {e}")))?;
+    Ok((seq, record))
+}
+
+impl Reader {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last record's sequence number (0 for an empty log).
+    pub fn last_seq(&self) -> Result<u64, AuditError> {
+        Ok(self
+            .records
+            .last()
+            .map_err(read_error)?
+            .map_or(0, |(key, _)| key_seq(&key)))
+    }
+
+    fn first_seq(&self) -> Result<u64, AuditError> {
+        Ok(self
+            .records
+            .first()
+            .map_err(read_error)?
+            .map_or(1, |(key, _)| key_seq(&key)))
+    }
+
+    /// The record stored under `seq`, if any.
+    pub fn get(&self, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
+        match self.records.get(seq.to_be_bytes()).map_err(read_error)? {
+            Some(value) => Ok(Some(decode(&seq.to_be_bytes(), &value)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    /// The time of the record at `seq`, or of the nearest one before it.
+    fn time_at(&self, seq: u64) -> Result<Option<String>, AuditError> {
+        match self
+            .records
+            .range(..=seq.to_be_bytes())
+            .next_back()
+            .transpose()
+            .map_err(read_error)?
+        {
+            Some((key, value)) => Ok(Some(decode(&key, &value)?.1.time)),
+            None => Ok(None),
+        }
+    }
+
+    /// The first sequence number in `[lo, hi]` whose record's time is at
+    /// least `time` (`hi + 1` when none): a binary search, since times never
+    /// go backwards along the chain.
+    fn first_at_or_after(&self, time: &str, lo: u64, hi: u64) -> Result<u64, AuditError> {
+        let (mut lo, mut hi) = (lo, hi.saturating_add(1));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.time_at(mid)? {
+                Some(found) if found.as_str() >= time => hi = mid,
+                _ => lo = mid + 1,
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The streams a filter walks (none: every record is a candidate).
+    fn streams(filter: &Filter, separator: &str) -> Vec<Stream> {
+        let mut streams = Vec::new();
+        let mut single = |tag: u8, value: &Option<String>| {
+            if let Some(value) = value {
+                streams.push(Stream {
+                    prefixes: vec![index_prefix(tag, value)],
+                });
+            }
+        };
+        single(CLIENT, &filter.client);
+        single(SERVER, &filter.server);
+        single(DECISION, &filter.decision);
+        if filter.kind.as_deref() != Some("exchange") {
+            single(KIND, &filter.kind);
+        }
+        if let Some(wanted) = &filter.target {
+            let mut prefixes = vec![index_prefix(TARGET, wanted)];
+            if !separator.is_empty() {
+                for (at, _) in wanted.match_indices(separator) {
+                    let rest = &wanted[at + separator.len()..];
+                    if !rest.is_empty() {
+                        prefixes.push(index_prefix(TARGET, rest));
+                    }
+                }
+            }
+            streams.push(Stream { prefixes });
+        }
+        streams
+    }
+
+    /// The nearest sequence number to `from` (at or below it walking down,
+    /// at or above it walking up) that one index range holds.
+    fn seek_prefix(&self, prefix: &[u8], from: u64, walk: Walk) -> Result<Option<u64>, AuditError> {
+        let key = |seq: u64| {
+            let mut key = prefix.to_vec();
+            key.extend_from_slice(&seq.to_be_bytes());
+            key
+        };
+        let found = match walk {
+            Walk::Down => self.index.range(key(0)..=key(from)).next_back(),
+            Walk::Up => self.index.range(key(from)..=key(u64::MAX)).next(),
+        };
+        Ok(found
+            .transpose()
+            .map_err(read_error)?
+            .map(|(key, _)| key_seq(&key)))
+    }
+
+    fn seek(&self, stream: &Stream, from: u64, walk: Walk) -> Result<Option<u64>, AuditError> {
+        let mut best: Option<u64> = None;
+        for prefix in &stream.prefixes {
+            if let Some(seq) = self.seek_prefix(prefix, from, walk)? {
+                best = Some(match (best, walk) {
+                    (None, _) => seq,
+                    (Some(b), Walk::Down) => b.max(seq),
+                    (Some(b), Walk::Up) => b.min(seq),
+                });
+            }
+        }
+        Ok(best)
+    }
+
+    /// The next candidate from `from` that every stream holds (leapfrog).
+    fn candidate(
+        &self,
+        streams: &[Stream],
+        from: u64,
+        walk: Walk,
+    ) -> Result<Option<u64>, AuditError> {
+        let mut at = from;
+        loop {
+            let mut agreed = true;
+            for stream in streams {
+                match self.seek(stream, at, walk)? {
+                    None => return Ok(None),
+                    Some(seq) if seq != at => {
+                        at = seq;
+                        agreed = false;
+                    }
+                    Some(_) => {}
+                }
+            }
+            if agreed {
+                return Ok(Some(at));
+            }
+        }
+    }
+
+    /// The records a filter wants, oldest first.
+    pub fn query(&self, filter: &Filter, separator: &str) -> Result<Vec<AuditRecord>, AuditError> {
+        let mut found = Vec::new();
+        if filter.limit == Some(0) {
+            return Ok(found);
+        }
+        let mut lo = self.first_seq()?;
+        let mut hi = self.last_seq()?;
+        if let Some(after) = filter.after {
+            lo = lo.max(after.saturating_add(1));
+        }
+        if let Some(since) = &filter.since {
+            lo = lo.max(self.first_at_or_after(since, lo, hi)?);
+        }
+        if let Some(until) = &filter.until {
+            hi = hi.min(self.first_at_or_after(until, lo, hi)?.saturating_sub(1));
+        }
+        if lo > hi || hi == 0 {
+            return Ok(found);
+        }
+        let walk = if filter.after.is_some() {
+            Walk::Up
+        } else {
+            Walk::Down
+        };
+        let streams = Self::streams(filter, separator);
+        let mut at = if walk == Walk::Down { hi } else { lo };
+        loop {
+            let seq = if streams.is_empty() {
+                let next = match walk {
+                    Walk::Down => self.records.range(..=at.to_be_bytes()).next_back(),
+                    Walk::Up => self.records.range(at.to_be_bytes()..).next(),
+                };
+                match next.transpose().map_err(read_error)? {
+                    Some((key, _)) => key_seq(&key),
+                    None => break,
+                }
+            } else {
+                match self.candidate(&streams, at, walk)? {
+                    Some(seq) => seq,
+                    None => break,
+                }
+            };
+            if seq < lo || seq > hi {
+                break;
+            }
+            if let Some(record) = self.get(seq)?
+                && filter.matches(&record, separator)
+            {
+                found.push(record);
+                if filter.limit.is_some_and(|limit| found.len() >= limit) {
+                    break;
+                }
+            }
+            at = match walk {
+                Walk::Down if seq > 0 => seq - 1,
+                Walk::Up if seq < u64::MAX => seq + 1,
+                _ => break,
+            };
+        }
+        if walk == Walk::Down {
+            found.reverse();
+        }
+        Ok(found)
+    }
+
+    /// Walks the chain: each key equals its record's `seq`, sequence numbers
+    /// follow each other, each `prev_hash` is the previous record's `hash`,
+    /// and each `hash` is the record's own.
+    pub fn verify(&self) -> Result<Verification, AuditError> {
+        let mut expected_prev = GENESIS.to_owned();
+        let mut expected_seq = None;
+        let mut count = 0;
+        for entry in self.records.iter() {
+            let (key, value) = entry.map_err(read_error)?;
+            let seq = key_seq(&key);
+            let broken = |problem: String| Ok(Verification::Broken { seq, problem });
+            let record: AuditRecord = match serde_json::from_slice(&value) {
+                Ok(record) => record,
+                Err(err) => return broken(format!("the record does not parse: {err}")),
+            };
+            if record.seq != seq {
+                return broken(format!(
+                    "the record stored under {seq} says it is {} (moved or reordered)",
+                    record.seq
+                ));
+            }
+            if let Some(expected) = expected_seq
+                && seq != expected
+            {
+                return Ok(Verification::Broken {
+                    seq: expected,
+                    problem: format!("missing: the next record is {seq} (removed)"),
+                });
+            }
+            if expected_seq.is_none() && seq != 1 {
+                return Ok(Verification::Broken {
+                    seq: 1,
+                    problem: format!("missing: the first record is {seq} (removed)"),
+                });
+            }
+            if record.prev_hash != expected_prev {
+                return broken(
+                    "its prev_hash is not the previous record's hash (a record before it was removed, changed or reordered)"
+                        .into(),
+                );
+            }
+            if record.compute_hash() != record.hash {
+                return broken("its hash does not match its content (changed)".into());
+            }
+            expected_prev = record.hash;
+            expected_seq = Some(seq + 1);
+            count += 1;
+        }
+        Ok(Verification::Intact {
+            records: count,
+            last_hash: expected_prev,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::record::GENESIS;
+    use super::super::store::{SledStorage, Storage};
+    use super::super::tests::sample;
+    use super::*;
+
+    /// A record from small choices, so that filters hit and miss.
+    fn record(pick: [u8; 6], second: u32) -> AuditRecord {
+        let mut record = sample();
+        record.client = ["alice", "bob", "carol"][pick[0] as usize % 3].into();
+        record.server = [Some("fs"), Some("git"), None][pick[1] as usize % 3].map(Into::into);
+        record.target = [Some("read"), Some("write"), Some("fs__read"), None][pick[2] as usize % 4]
+            .map(Into::into);
+        record.decision = ["allow", "allow", "deny", "error"][pick[3] as usize % 4].into();
+        record.kind =
+            ["exchange", "exchange", "exchange", "session_start"][pick[4] as usize % 4].into();
+        record.time = format!("2026-11-23T10:{:02}:{:02}.000Z", second / 60, second % 60);
+        record
+    }
+
+    fn filter(pick: [u8; 8], limit: usize) -> Filter {
+        let choose = |n: u8, options: &[&str]| {
+            let i = n as usize % (options.len() + 1);
+            options.get(i).map(|s| (*s).to_owned())
+        };
+        Filter {
+            client: choose(pick[0], &["alice", "bob", "nobody"]),
+            server: choose(pick[1], &["fs", "git"]),
+            target: choose(pick[2], &["read", "fs__read", "git__write", "write"]),
+            decision: choose(pick[3], &["allow", "deny", "error"]),
+            kind: choose(pick[4], &["exchange", "session_start"]),
+            since: choose(
+                pick[5],
+                &["2026-11-23T10:00:20.000Z", "2026-11-23T10:01:00.000Z"],
+            ),
+            until: choose(
+                pick[6],
+                &["2026-11-23T10:00:40.000Z", "2026-11-23T10:05:00.000Z"],
+            ),
+            after: match pick[7] % 3 {
+                0 => None,
+                1 => Some(0),
+                _ => Some(u64::from(pick[7] / 3)),
+            },
+            limit: Some(limit),
+        }
+    }
+
+    /// The answer without the index: every record checked, in order.
+    fn brute_force(records: &[AuditRecord], filter: &Filter) -> Vec<u64> {
+        let matching: Vec<u64> = records
+            .iter()
+            .filter(|r| filter.matches(r, "__"))
+            .map(|r| r.seq)
+            .collect();
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        if filter.after.is_some() {
+            matching.into_iter().take(limit).collect()
+        } else {
+            let skip = matching.len().saturating_sub(limit);
+            matching.into_iter().skip(skip).collect()
+        }
+    }
+
+    fn stored(picks: &[([u8; 6], u32)]) -> (tempfile::TempDir, SledStorage, Vec<AuditRecord>) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut store = SledStorage::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let mut prev = GENESIS.to_owned();
+        let mut second = 0;
+        let records: Vec<AuditRecord> = picks
+            .iter()
+            .enumerate()
+            .map(|(i, (pick, step))| {
+                // Times never go backwards along the chain.
+                second += step % 3;
+                let mut record = record(*pick, second);
+                record.seal(i as u64 + 1, &prev);
+                prev.clone_from(&record.hash);
+                record
+            })
+            .collect();
+        for chunk in records.chunks(7) {
+            store.append(chunk).unwrap_or_else(|e| panic!("{e}"));
+        }
+        (dir, store, records)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The index and the time search only narrow the walk: every
+        /// query answers what checking every record would.
+        #[test]
+        fn indexed_queries_answer_what_a_full_scan_would(
+            picks in proptest::collection::vec((any::<[u8; 6]>(), any::<u32>()), 0..120),
+            filters in proptest::collection::vec((any::<[u8; 8]>(), 1usize..40), 12),
+        ) {
+            let (_dir, store, records) = stored(&picks);
+            for (pick, limit) in filters {
+                let filter = filter(pick, limit);
+                let found: Vec<u64> = store
+                    .query(&filter, "__")
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .iter()
+                    .map(|r| r.seq)
+                    .collect();
+                prop_assert_eq!(found, brute_force(&records, &filter), "{:?}", filter);
+            }
+        }
+    }
+
+    #[test]
+    fn a_store_without_the_index_is_indexed_when_opened() {
+        let picks: Vec<([u8; 6], u32)> = (0u8..50)
+            .map(|i| ([i, i / 2, i / 3, i, i / 5, 0], 1))
+            .collect();
+        let (dir, store, records) = stored(&picks);
+        store
+            .reader()
+            .index
+            .clear()
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(store);
+        let store = SledStorage::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let filter = Filter {
+            client: Some("bob".into()),
+            decision: Some("deny".into()),
+            ..Filter::default()
+        };
+        let found: Vec<u64> = store
+            .query(&filter, "__")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert!(!found.is_empty());
+        assert_eq!(found, brute_force(&records, &filter));
+    }
+
+    #[test]
+    fn filter_params_name_the_field_that_is_wrong() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        let params = |f: fn(&mut FilterParams)| {
+            let mut params = FilterParams::default();
+            f(&mut params);
+            params.to_filter(now, Some(100))
+        };
+        let error = |f: fn(&mut FilterParams)| match params(f) {
+            Err(err) => (err.field, err.message),
+            Ok(filter) => panic!("accepted {filter:?}"),
+        };
+        assert_eq!(error(|p| p.limit = Some("ten".into())).0, "limit");
+        assert_eq!(error(|p| p.after = Some("-3".into())).0, "after");
+        assert_eq!(error(|p| p.decision = Some("denied".into())).0, "decision");
+        assert_eq!(error(|p| p.since = Some("last week".into())).0, "since");
+        assert_eq!(error(|p| p.tool = Some(String::new())).0, "tool");
+        let until_first = error(|p| {
+            p.since = Some("1h".into());
+            p.until = Some("2h".into());
+        });
+        assert!(until_first.1.contains("must be before"), "{until_first:?}");
+        // A duration is that long before now; the limit is capped.
+        let filter = params(|p| {
+            p.since = Some("90s".into());
+            p.until = Some("2026-11-18T21:00:00.5Z".into());
+            p.limit = Some("1000000".into());
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            filter.since.as_deref(),
+            Some(super::super::timestamp(now - std::time::Duration::from_secs(90)).as_str())
+        );
+        assert_eq!(filter.until.as_deref(), Some("2026-11-18T21:00:00.500Z"));
+        assert_eq!(filter.limit, Some(100));
+    }
+}

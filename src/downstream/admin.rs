@@ -1,0 +1,287 @@
+//! The auditors' HTTP API under `/admin/audit`, on the proxy's listener.
+//!
+//! Authenticated by auditor tokens (`[[auditors]]`) only: a client's token
+//! gets 401 here, and an auditor's token gets 401 at `/mcp`. The same Host
+//! and Origin checks as `/mcp` apply.
+//!
+//! - `GET /admin/audit?client=&server=&tool=&decision=&kind=&since=&until=&after=&limit=`:
+//!   `{"records": [...], "last_seq": N}`, oldest first: the newest `limit`
+//!   matches (default 100, at most 10 000), or with `after` the first
+//!   `limit` after that sequence number (to page forward).
+//! - `GET /admin/audit/export?…`: every match as JSON lines, oldest first.
+//! - `GET /admin/audit/tail?…`: JSON lines as records are committed; starts
+//!   after `after`, else with the newest `limit` (default 10). An empty line
+//!   every 15 s keeps idle connections open.
+//! - `GET /admin/audit/verify`: the chain walk, `{"state": "intact", …}` or
+//!   `{"state": "broken", "seq": N, "problem": "…"}`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::http::{HttpState, plain_error};
+use crate::audit::{AuditError, Filter, FilterParams, Reader};
+
+/// The most records one `/admin/audit` answer holds.
+const MAX_PAGE: usize = 10_000;
+/// Records read per step of an export or a tail.
+const STEP: usize = 1_000;
+/// What `tail` shows first when it is not told where to start.
+const TAIL_BACKLOG: usize = 10;
+
+pub(super) fn routes() -> Router<Arc<HttpState>> {
+    Router::new()
+        .route("/admin/audit", get(query))
+        .route("/admin/audit/export", get(export))
+        .route("/admin/audit/tail", get(tail))
+        .route("/admin/audit/verify", get(verify))
+}
+
+/// The checks every admin request passes: Host and Origin, an auditor's
+/// token, a store to read.
+fn admit(state: &HttpState, headers: &HeaderMap) -> Result<Reader, Box<Response>> {
+    state.check_origin(headers)?;
+    let auditor = state.authenticate_auditor(headers)?;
+    tracing::debug!(%auditor, "admin request");
+    match state.gateway.audit().and_then(|audit| audit.reader()) {
+        Some(reader) => Ok(reader.clone()),
+        None => Err(Box::new(plain_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this proxy keeps no audit log",
+        ))),
+    }
+}
+
+fn bad_filter(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": message })),
+    )
+        .into_response()
+}
+
+fn store_error(err: &AuditError) -> Response {
+    tracing::error!(error = %err, "AUDIT: the store cannot be read");
+    plain_error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string())
+}
+
+/// The filter of a request, or a 400 naming what is wrong.
+fn filter_of(
+    params: Result<Query<FilterParams>, axum::extract::rejection::QueryRejection>,
+    max: Option<usize>,
+) -> Result<Filter, Box<Response>> {
+    let Query(params) = params.map_err(|rejection| Box::new(bad_filter(rejection.body_text())))?;
+    params
+        .to_filter(SystemTime::now(), max)
+        .map_err(|err| Box::new(bad_filter(err.to_string())))
+}
+
+/// Runs a read off the async threads (a query may walk much of the store).
+async fn read<T: Send + 'static>(
+    reader: &Reader,
+    work: impl FnOnce(&Reader) -> Result<T, AuditError> + Send + 'static,
+) -> Result<T, AuditError> {
+    let reader = reader.clone();
+    tokio::task::spawn_blocking(move || work(&reader))
+        .await
+        .map_err(|err| AuditError::Read(format!("the read task failed: {err}")))?
+}
+
+async fn query(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    params: Result<Query<FilterParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let reader = match admit(&state, &headers) {
+        Ok(reader) => reader,
+        Err(response) => return *response,
+    };
+    let filter = match filter_of(params, Some(MAX_PAGE)) {
+        Ok(filter) => filter,
+        Err(response) => return *response,
+    };
+    let separator = state.gateway.config().proxy.namespace_separator.clone();
+    let found = read(&reader, move |reader| {
+        Ok((reader.query(&filter, &separator)?, reader.last_seq()?))
+    })
+    .await;
+    match found {
+        Ok((records, last_seq)) => {
+            axum::Json(json!({ "records": records, "last_seq": last_seq })).into_response()
+        }
+        Err(err) => store_error(&err),
+    }
+}
+
+async fn verify(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    let reader = match admit(&state, &headers) {
+        Ok(reader) => reader,
+        Err(response) => return *response,
+    };
+    match read(&reader, Reader::verify).await {
+        Ok(verification) => axum::Json(verification).into_response(),
+        Err(err) => store_error(&err),
+    }
+}
+
+/// A streamed body of JSON lines, fed by `lines`.
+fn json_lines(lines: mpsc::Receiver<Bytes>) -> Response {
+    let stream = futures_util::stream::unfold(lines, |mut lines| async move {
+        lines
+            .recv()
+            .await
+            .map(|line| (Ok::<_, Infallible>(line), lines))
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+/// Sends one page of records as JSON lines; `false` once the reader left.
+async fn send_page(lines: &mpsc::Sender<Bytes>, records: &[crate::audit::AuditRecord]) -> bool {
+    for record in records {
+        let mut line = serde_json::to_vec(record).unwrap_or_default();
+        line.push(b'\n');
+        if lines.send(Bytes::from(line)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn export(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    params: Result<Query<FilterParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let reader = match admit(&state, &headers) {
+        Ok(reader) => reader,
+        Err(response) => return *response,
+    };
+    let filter = match filter_of(params, None) {
+        Ok(filter) => filter,
+        Err(response) => return *response,
+    };
+    let separator = state.gateway.config().proxy.namespace_separator.clone();
+    let shutdown = state.gateway.shutdown_token();
+    let (lines, body) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut left = filter.limit;
+        let mut step = Filter {
+            after: Some(filter.after.unwrap_or(0)),
+            ..filter
+        };
+        loop {
+            step.limit = Some(left.map_or(STEP, |left| left.min(STEP)));
+            let page = {
+                let (step, separator) = (step.clone(), separator.clone());
+                read(&reader, move |reader| reader.query(&step, &separator)).await
+            };
+            let page = match page {
+                Ok(page) => page,
+                Err(err) => {
+                    // The body ends early; the log says why.
+                    tracing::error!(error = %err, "AUDIT: the export stopped");
+                    return;
+                }
+            };
+            if shutdown.is_cancelled() || !send_page(&lines, &page).await {
+                return;
+            }
+            left = left.map(|left| left - page.len());
+            match page.last() {
+                Some(last) if page.len() == STEP && left != Some(0) => step.after = Some(last.seq),
+                _ => return,
+            }
+        }
+    });
+    json_lines(body)
+}
+
+async fn tail(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    params: Result<Query<FilterParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let reader = match admit(&state, &headers) {
+        Ok(reader) => reader,
+        Err(response) => return *response,
+    };
+    let Some(mut written) = state.gateway.audit().map(crate::audit::Audit::written) else {
+        return plain_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this proxy keeps no audit log",
+        );
+    };
+    let mut filter = match filter_of(params, Some(MAX_PAGE)) {
+        Ok(filter) => filter,
+        Err(response) => return *response,
+    };
+    let separator = state.gateway.config().proxy.namespace_separator.clone();
+    let shutdown = state.gateway.shutdown_token();
+    let (lines, body) = mpsc::channel(64);
+    tokio::spawn(async move {
+        // Where to start: after `after`, or with the newest few.
+        if filter.after.is_none() {
+            let backlog = Filter {
+                limit: Some(filter.limit.map_or(TAIL_BACKLOG, |l| l.min(TAIL_BACKLOG))),
+                ..filter.clone()
+            };
+            let start = {
+                let separator = separator.clone();
+                read(&reader, move |reader| {
+                    Ok((reader.last_seq()?, reader.query(&backlog, &separator)?))
+                })
+                .await
+            };
+            let Ok((last, records)) = start else { return };
+            if !send_page(&lines, &records).await {
+                return;
+            }
+            filter.after = Some(last);
+        }
+        filter.limit = Some(STEP);
+        loop {
+            let page = {
+                let (step, separator) = (filter.clone(), separator.clone());
+                read(&reader, move |reader| {
+                    Ok((reader.last_seq()?, reader.query(&step, &separator)?))
+                })
+                .await
+            };
+            let Ok((last, page)) = page else { return };
+            if !send_page(&lines, &page).await {
+                return;
+            }
+            let newest = page.last().map_or(0, |record| record.seq);
+            if page.len() == STEP {
+                filter.after = Some(newest);
+                continue;
+            }
+            // A short page: every record up to `last` was read.
+            filter.after = Some(newest.max(last));
+            tokio::select! {
+                changed = written.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(Duration::from_secs(15)) => {
+                    if lines.send(Bytes::from_static(b"\n")).await.is_err() {
+                        return;
+                    }
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+    });
+    json_lines(body)
+}
