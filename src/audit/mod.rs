@@ -330,6 +330,7 @@ mod tests {
             is_error: false,
             upstream_us: Some(100),
             total_us: 150,
+            detail: None,
             prev_hash: String::new(),
             hash: String::new(),
         }

@@ -4,16 +4,21 @@
 
 use std::path::{Path, PathBuf};
 
-use sled::Transactional as _;
-
 use super::AuditError;
-use super::query::{Filter, Reader, Verification, decode, index_keys};
+use std::collections::BTreeMap;
+
+use super::query::{
+    BLOCK_BITS, Filter, Reader, Verification, add_postings, block_key, decode, index_keys,
+};
 use super::record::AuditRecord;
 
 /// The index layout's version (a store with another is re-indexed at open).
-const INDEX_VERSION: &[u8] = b"1";
+const INDEX_VERSION: &[u8] = b"3";
 /// Where the index keeps its version: a key no index entry can have.
 const INDEX_VERSION_KEY: &[u8] = b"\xffversion";
+
+/// Records whose index keys are written again at open.
+const REINDEX_AT_OPEN: usize = 10_000;
 
 /// The end of the chain: where the next record attaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,32 +174,76 @@ impl SledStorage {
     fn check_index(&self) -> Result<(), AuditError> {
         let current = self.index.get(INDEX_VERSION_KEY).map_err(write_error)?;
         if current.as_deref() == Some(INDEX_VERSION) {
-            return Ok(());
+            // Postings are written before their records; should a crash
+            // ever keep a record and lose its postings, the newest records
+            // are indexed again (adding what is there changes nothing).
+            let mut tail = Vec::new();
+            for entry in self.records.iter().rev().take(REINDEX_AT_OPEN) {
+                let (key, value) = entry.map_err(|e| AuditError::Read(e.to_string()))?;
+                if let Ok((_, record)) = decode(&key, &value) {
+                    tail.push(record);
+                }
+            }
+            let batch = self.index_batch(&tail)?;
+            return self.index.apply_batch(batch).map_err(write_error);
         }
         self.index.clear().map_err(write_error)?;
-        let mut batch = sled::Batch::default();
-        let mut pending = 0;
-        for entry in self.records.iter() {
-            let (key, value) = entry.map_err(|e| AuditError::Read(e.to_string()))?;
-            let Ok((_, record)) = decode(&key, &value) else {
-                // `verify` names it; the index skips it.
-                continue;
-            };
-            for key in index_keys(&record) {
-                batch.insert(key, &[]);
+        let mut records = Vec::with_capacity(10_000);
+        let mut entries = self.records.iter();
+        loop {
+            let entry = entries.next();
+            if let Some(entry) = &entry {
+                let (key, value) = entry
+                    .as_ref()
+                    .map_err(|e| AuditError::Read(e.to_string()))?;
+                // One that does not parse: `verify` names it, the index
+                // skips it.
+                if let Ok((_, record)) = decode(key, value) {
+                    records.push(record);
+                }
             }
-            pending += 1;
-            if pending == 10_000 {
-                self.index
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(write_error)?;
-                pending = 0;
+            if records.len() == 10_000 || (entry.is_none() && !records.is_empty()) {
+                let batch = self.index_batch(&records)?;
+                self.index.apply_batch(batch).map_err(write_error)?;
+                records.clear();
+            }
+            if entry.is_none() {
+                break;
             }
         }
-        batch.insert(INDEX_VERSION_KEY, INDEX_VERSION);
-        self.index.apply_batch(batch).map_err(write_error)?;
+        self.index
+            .insert(INDEX_VERSION_KEY, INDEX_VERSION)
+            .map_err(write_error)?;
         self.db.flush().map_err(write_error)?;
         Ok(())
+    }
+
+    /// The postings a batch of records adds: each key it touches, read,
+    /// extended and written whole.
+    fn index_batch(&self, records: &[AuditRecord]) -> Result<sled::Batch, AuditError> {
+        let mut touched: BTreeMap<Vec<u8>, Vec<u16>> = BTreeMap::new();
+        for record in records {
+            let offset = (record.seq & ((1 << BLOCK_BITS) - 1)) as u16;
+            for prefix in index_keys(record) {
+                touched
+                    .entry(block_key(&prefix, record.seq))
+                    .or_default()
+                    .push(offset);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (key, mut offsets) in touched {
+            offsets.sort_unstable();
+            let mut value = self
+                .index
+                .get(&key)
+                .map_err(write_error)?
+                .map(|v| v.to_vec())
+                .unwrap_or_default();
+            add_postings(&mut value, &offsets);
+            batch.insert(key, value);
+        }
+        Ok(batch)
     }
 }
 
@@ -227,22 +276,16 @@ impl Storage for SledStorage {
 
     fn append(&mut self, records: &[AuditRecord]) -> Result<(), AuditError> {
         let mut batch = sled::Batch::default();
-        let mut index = sled::Batch::default();
         for record in records {
             let value = serde_json::to_vec(record).map_err(|e| AuditError::Write(e.to_string()))?;
             batch.insert(&record.seq.to_be_bytes(), value);
-            for key in index_keys(record) {
-                index.insert(key, &[]);
-            }
         }
-        // One transaction: a record is never stored without its index keys.
-        (&self.records, &self.index)
-            .transaction(|(records, keys)| {
-                records.apply_batch(&batch)?;
-                keys.apply_batch(&index)?;
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| AuditError::Write(format!("{e:?}")))?;
+        let index = self.index_batch(records)?;
+        // The index keys first: a record is never stored without them (a
+        // key whose record was lost in a crash points at nothing, or at a
+        // later record with that number, which the query's check rejects).
+        self.index.apply_batch(index).map_err(write_error)?;
+        self.records.apply_batch(batch).map_err(write_error)?;
         if self.flush_each {
             self.db.flush().map_err(write_error)?;
         }

@@ -1570,6 +1570,7 @@ fn record_of(
         is_error,
         upstream_us: upstream.map(|d| d.as_micros() as u64),
         total_us: total.as_micros() as u64,
+        detail: None,
         prev_hash: String::new(),
         hash: String::new(),
     }
