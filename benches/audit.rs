@@ -35,12 +35,19 @@ fn record(n: u64) -> AuditRecord {
         method: "tools/call".into(),
         target: Some(tools[(n % 5) as usize].into()),
         request_id: Some(serde_json::json!(n)),
-        decision: if n.is_multiple_of(47) { "deny" } else { "allow" }.into(),
+        decision: if n.is_multiple_of(47) {
+            "deny"
+        } else {
+            "allow"
+        }
+        .into(),
         decided_by: n.is_multiple_of(47).then(|| "authz".into()),
         policy_ids: vec!["analysts-read-only".into()],
         decision_id: Some(format!("d-{n:016x}")),
         policy_set: Some("ps-3f2a9c".into()),
-        reason: n.is_multiple_of(47).then(|| "not permitted by policy".into()),
+        reason: n
+            .is_multiple_of(47)
+            .then(|| "not permitted by policy".into()),
         redactions: vec![],
         arguments_sha256: Some(
             "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),

@@ -109,7 +109,7 @@ async fn scripted_session() -> (TestProxy, PathBuf) {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_exchange_is_recorded_once_with_its_decision_and_no_secret() {
     let (proxy, config) = scripted_session().await;
-    let all = records(&config, &[]);
+    let all = records(&config, &["--kind", "exchange"]);
     let methods: Vec<&str> = all.iter().map(|r| r["method"].as_str().unwrap()).collect();
     assert_eq!(
         methods,
@@ -117,7 +117,7 @@ async fn every_exchange_is_recorded_once_with_its_decision_and_no_secret() {
         "{all:#?}"
     );
     let seqs: Vec<u64> = all.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
     let echo = &all[1];
     assert_eq!(echo["decision"], json!("allow"));
@@ -156,7 +156,10 @@ async fn every_exchange_is_recorded_once_with_its_decision_and_no_secret() {
         records(&config, &["--tool", "echo", "--client", "other"]).len(),
         0
     );
-    assert_eq!(records(&config, &["--since", "1h"]).len(), 4);
+    assert_eq!(
+        records(&config, &["--since", "1h", "--kind", "exchange"]).len(),
+        4
+    );
     assert_eq!(
         records(&config, &["--until", "2000-01-01T00:00:00Z"]).len(),
         0
@@ -172,9 +175,56 @@ async fn every_exchange_is_recorded_once_with_its_decision_and_no_secret() {
     let (_, export, _) = audit(&config, &["query", "--format", "json"]);
     assert!(!export.contains(SECRET));
 
+    // Around the exchanges, in the same chain: the proxy's start (its
+    // config's digest, the policy set), the unsandboxed process server, the
+    // server coming up, the session, and the proxy's stop.
+    let every = records(&config, &["--limit", "1000"]);
+    let kinds: Vec<&str> = every.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    for kind in [
+        "proxy_start",
+        "sandbox_relaxed",
+        "server_ready",
+        "session_start",
+        "session_end",
+        "proxy_stop",
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|k| **k == kind).count(),
+            1,
+            "{kind}: {kinds:?}"
+        );
+    }
+    assert_eq!(kinds.first(), Some(&"proxy_start"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"proxy_stop"), "{kinds:?}");
+    let event = |kind: &str| every.iter().find(|r| r["kind"] == kind).unwrap().clone();
+    let start = event("proxy_start");
+    let config_text = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(
+        start["detail"]["config_sha256"],
+        json!(common::sha256_hex(&config_text))
+    );
+    assert_eq!(start["detail"]["role"], json!("stdio-tester"));
+    assert_eq!(start["policy_set"], echo["policy_set"]);
+    assert_eq!(event("sandbox_relaxed")["server"], json!("example"));
+    assert_eq!(
+        event("server_ready")["detail"]["upstream"],
+        json!("process")
+    );
+    let session = event("session_start");
+    assert_eq!(session["client"], json!("tester"));
+    assert_eq!(session["session"], echo["session"]);
+    assert!(session["detail"]["agent"].is_string(), "{session}");
+    let end = event("session_end");
+    assert_eq!(end["session"], echo["session"]);
+    assert!(end["total_us"].as_u64().unwrap() > 0);
+    assert_eq!(records(&config, &["--kind", "session_start"]).len(), 1);
+
     let (ok, stdout, stderr) = audit(&config, &["verify"]);
     assert!(ok, "{stdout}{stderr}");
-    assert!(stdout.contains("intact: 4 records"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("intact: {} records", every.len())),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -186,7 +236,7 @@ async fn verify_names_a_changed_record() {
         let tree = db.open_tree("records").unwrap();
         let key = 3u64.to_be_bytes();
         let mut record: Value = serde_json::from_slice(&tree.get(key).unwrap().unwrap()).unwrap();
-        record["decision"] = json!("allow");
+        record["reason"] = json!("edited afterwards");
         tree.insert(key, serde_json::to_vec(&record).unwrap())
             .unwrap();
         db.flush().unwrap();
@@ -207,7 +257,7 @@ async fn buffered_records_are_all_on_disk_after_a_clean_stop() {
     client.initialize().await;
     echo_calls(&mut client, 20).await;
     client.finish().await;
-    let all = records(&config, &["--limit", "1000"]);
+    let all = records(&config, &["--limit", "1000", "--kind", "exchange"]);
     assert_eq!(all.len(), 21, "initialize and 20 calls");
     let (ok, stdout, stderr) = audit(&config, &["verify"]);
     assert!(ok, "{stdout}{stderr}");
@@ -221,14 +271,14 @@ async fn every_reply_a_client_got_survives_a_killed_proxy() {
     client.initialize().await;
     echo_calls(&mut client, 30).await;
     // SIGKILL: no shutdown, no flush. Every reply above was sent after its
-    // record was synced to the write-ahead file.
+    // record was flushed.
     client.child.kill().await.unwrap();
     let _ = client.child.wait().await;
-    let all = records(&config, &["--limit", "1000"]);
+    let all = records(&config, &["--limit", "1000", "--kind", "exchange"]);
     assert_eq!(all.len(), 31, "initialize and 30 calls: {all:#?}");
     let (ok, stdout, stderr) = audit(&config, &["verify"]);
     assert!(ok, "{stdout}{stderr}");
-    assert!(stdout.contains("intact: 31 records"), "{stdout}");
+    assert!(stdout.contains("intact"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -257,8 +307,12 @@ async fn two_stdio_proxies_of_one_client_keep_two_logs() {
     assert!(audit_dir.join("stdio-tester-2").is_dir());
     let (ok, stdout, stderr) = audit(&config, &["verify"]);
     assert!(ok, "{stdout}{stderr}");
-    assert_eq!(stdout.matches("intact: 2 records").count(), 2, "{stdout}");
-    assert_eq!(records(&config, &[]).len(), 4, "both logs are queried");
+    assert_eq!(stdout.matches("intact").count(), 2, "{stdout}");
+    assert_eq!(
+        records(&config, &["--kind", "exchange"]).len(),
+        4,
+        "both logs are queried"
+    );
 }
 
 #[test]
@@ -431,6 +485,65 @@ async fn auditors_read_a_running_proxys_log_over_the_admin_api_and_clients_canno
         .unwrap();
     assert_eq!(refused.status(), 401);
 
+    // Each refusal is in the log: where, why, and whose token it was when
+    // it is somebody's (never the token itself).
+    let failures = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let answer: Value = admin("/admin/audit?kind=auth_failure")
+                .bearer_auth(common::AUDITOR_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let found = answer["records"].as_array().unwrap().clone();
+            if found.len() >= 4 {
+                return found;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("four auth_failure records");
+    let summary: Vec<(String, String, String)> = failures
+        .iter()
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap().to_owned(),
+                r["client"].as_str().unwrap().to_owned(),
+                r["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        (
+            "/admin",
+            "tester",
+            "a client's token (clients cannot read the log)",
+        ),
+        ("/admin", "", "unknown token"),
+        ("/admin", "", "no bearer token"),
+        (
+            "/mcp",
+            "auditors",
+            "an auditor's token (auditors cannot call tools)",
+        ),
+    ] {
+        let expected = (
+            expected.0.to_owned(),
+            expected.1.to_owned(),
+            expected.2.to_owned(),
+        );
+        assert!(summary.contains(&expected), "{expected:?} in {summary:?}");
+    }
+    assert!(failures.iter().all(|r| r["decision"] == "deny"));
+    assert!(
+        !serde_json::to_string(&failures)
+            .unwrap()
+            .contains(common::TOKEN)
+    );
+
     // Bad filters: 400 naming the field.
     for (query, expected) in [
         ("decision=maybe", "decision `maybe`"),
@@ -486,7 +599,16 @@ async fn auditors_read_a_running_proxys_log_over_the_admin_api_and_clients_canno
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    assert_eq!(exported.len() as u64, answer["last_seq"].as_u64().unwrap());
+    let seqs: Vec<u64> = exported
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "the whole log, in order"
+    );
+    assert!(seqs.len() as u64 > answer["last_seq"].as_u64().unwrap());
     assert!(!contains(&std::fs::read(&export).unwrap(), SECRET));
     // Without the token, or with a client's, the CLI says what is missing.
     let (ok, _, stderr) = audit(&config, &["query", "--url", url]);
@@ -505,10 +627,206 @@ async fn auditors_read_a_running_proxys_log_over_the_admin_api_and_clients_canno
     // Stopped: the CLI opens the store itself and finds the same records.
     let offline = records(&config, &["--tool", "example__echo"]);
     assert_eq!(offline, followed);
-    let exported_offline = {
+    let exported_offline: Vec<Value> = {
         let (ok, stdout, stderr) = audit(&config, &["export"]);
         assert!(ok, "{stderr}");
-        stdout.lines().count()
+        stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     };
-    assert_eq!(exported_offline, exported.len());
+    // The same records, and those since (refusals, the session's end, the
+    // proxy's stop).
+    assert_eq!(exported_offline[..exported.len()], exported[..]);
+    assert_eq!(
+        exported_offline.last().map(|r| r["kind"].clone()),
+        Some(json!("proxy_stop"))
+    );
+}
+
+/// The records of one kind, oldest first (read offline: the proxy stopped).
+fn of_kind(config: &Path, kind: &str) -> Vec<Value> {
+    records(config, &["--kind", kind, "--limit", "1000"])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_reloads_and_server_restarts_are_recorded() {
+    let proxy = TestProxy::new()
+        .with_config("policies = \"policies\"\npolicy_poll = \"100ms\"")
+        .with_example_server("example");
+    let folder = proxy.policy_folder(r#"@id("all") permit(principal, action, resource);"#);
+    let config = proxy.write_config();
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    echo_calls(&mut client, 1).await;
+
+    // A new set is applied; a broken one is refused (once) and the set in
+    // force stays.
+    std::fs::write(
+        folder.join("extra.cedar"),
+        r#"@id("no-crash") forbid(principal, action, resource == Tool::"example__add");"#,
+    )
+    .unwrap();
+    client.wait_for_log(&["policies reloaded"]).await;
+    std::fs::write(folder.join("broken.cedar"), "permit(principal, action,").unwrap();
+    client.wait_for_log(&["policy reload rejected"]).await;
+
+    // The server crashes on request and is started again.
+    let _ = client
+        .call(
+            2,
+            "tools/call",
+            json!({"name": "example__crash", "arguments": {"code": 3}}),
+        )
+        .await;
+    client.wait_for_log(&["restarting"]).await;
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut id = 10;
+        loop {
+            id += 1;
+            let reply = client
+                .call(
+                    id,
+                    "tools/call",
+                    json!({"name": "example__echo", "arguments": {"text": "x"}}),
+                )
+                .await;
+            if reply.get("result").is_some() {
+                return reply;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the server came back");
+    assert_eq!(first_text(&reply), "example: x");
+    client.finish().await;
+
+    let reloads = of_kind(&config, "policy_reload");
+    assert_eq!(reloads.len(), 2, "{reloads:#?}");
+    let start = &of_kind(&config, "proxy_start")[0];
+    assert_eq!(reloads[0]["decision"], json!("allow"));
+    assert_eq!(reloads[0]["detail"]["previous"], start["policy_set"]);
+    assert_eq!(reloads[0]["detail"]["policies"], json!(2));
+    assert_ne!(reloads[0]["policy_set"], start["policy_set"]);
+    assert_eq!(reloads[1]["decision"], json!("error"));
+    assert_eq!(
+        reloads[1]["policy_set"], reloads[0]["policy_set"],
+        "the set in force stays"
+    );
+    let reason = reloads[1]["reason"].as_str().unwrap();
+    assert!(reason.contains("broken.cedar:1:"), "{reason}");
+
+    let downs = of_kind(&config, "server_down");
+    assert_eq!(downs.len(), 1, "{downs:#?}");
+    assert_eq!(downs[0]["server"], json!("example"));
+    assert_eq!(downs[0]["decision"], json!("error"));
+    assert!(
+        downs[0]["reason"].as_str().unwrap().contains("exited"),
+        "{downs:#?}"
+    );
+    let readies = of_kind(&config, "server_ready");
+    assert_eq!(readies.len(), 2, "{readies:#?}");
+    assert_eq!(readies[1]["detail"]["restarts"], json!(1));
+    assert!(readies[1]["seq"].as_u64() > downs[0]["seq"].as_u64());
+}
+
+/// One HTTP client that calls `echo` until the proxy goes away; the
+/// (session, request id) of every reply it received.
+async fn call_until_refused(url: String, worker: u64) -> Vec<(String, u64)> {
+    let http = reqwest::Client::new();
+    let post = |session: Option<&str>, body: Value| {
+        let mut request = http
+            .post(&url)
+            .bearer_auth(common::TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let Ok(response) = post(
+        None,
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"load","version":"0"}}}),
+    )
+    .await
+    else {
+        return Vec::new();
+    };
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = post(
+        Some(&session),
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    )
+    .await;
+    let mut received = Vec::new();
+    for id in 1.. {
+        let text = format!("worker {worker} call {id}");
+        let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"example__echo","arguments":{"text":text}}});
+        let Ok(response) = post(Some(&session), body).await else {
+            break;
+        };
+        let Ok(reply) = response.json::<Value>().await else {
+            break;
+        };
+        if first_text(&reply) != format!("example: {text}") {
+            break;
+        }
+        received.push((session.clone(), id));
+    }
+    received
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_concurrent_load_every_reply_survives_a_killed_proxy() {
+    let proxy = TestProxy::new().with_example_server("example");
+    let config = proxy.write_config();
+    let mut served = proxy.serve_http().await;
+    let workers: Vec<_> = (0..8)
+        .map(|worker| tokio::spawn(call_until_refused(served.url.clone(), worker)))
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // SIGKILL while the calls run: no shutdown, no flush.
+    served.child.start_kill().unwrap();
+    let _ = served.child.wait().await;
+    let mut received = Vec::new();
+    for worker in workers {
+        received.extend(worker.await.unwrap());
+    }
+    assert!(
+        received.len() >= 16,
+        "the load ran: {} replies",
+        received.len()
+    );
+    eprintln!("{} replies received before the kill", received.len());
+
+    let (ok, stdout, stderr) = audit(&config, &["verify"]);
+    assert!(ok, "{stdout}{stderr}");
+    let calls = records(
+        &config,
+        &[
+            "--kind",
+            "exchange",
+            "--tool",
+            "example__echo",
+            "--limit",
+            "1000000",
+        ],
+    );
+    let recorded: std::collections::HashSet<(String, u64)> = calls
+        .iter()
+        .map(|r| {
+            (
+                r["session"].as_str().unwrap().to_owned(),
+                r["request_id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let missing: Vec<_> = received.iter().filter(|r| !recorded.contains(*r)).collect();
+    assert!(missing.is_empty(), "replies without a record: {missing:?}");
+    assert_eq!(recorded.len(), calls.len(), "each call recorded once");
 }

@@ -8,7 +8,18 @@ use sha2::{Digest, Sha256};
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The kinds of record: exchanges, and the events around them.
-pub const KINDS: &[&str] = &["exchange"];
+pub const KINDS: &[&str] = &[
+    "exchange",
+    "session_start",
+    "session_end",
+    "auth_failure",
+    "proxy_start",
+    "proxy_stop",
+    "policy_reload",
+    "server_ready",
+    "server_down",
+    "sandbox_relaxed",
+];
 
 /// One redaction count, per rule and direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +71,38 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// An event record of `kind` (one of [`KINDS`]) at the current time,
+    /// its other fields empty: the caller fills in what the event has.
+    pub fn event(kind: &str, decision: &str) -> Self {
+        Self {
+            seq: 0,
+            time: super::timestamp(std::time::SystemTime::now()),
+            kind: kind.to_owned(),
+            session: String::new(),
+            client: String::new(),
+            transport: String::new(),
+            server: None,
+            method: String::new(),
+            target: None,
+            request_id: None,
+            decision: decision.to_owned(),
+            decided_by: None,
+            policy_ids: Vec::new(),
+            decision_id: None,
+            policy_set: None,
+            reason: None,
+            redactions: Vec::new(),
+            arguments_sha256: None,
+            result_bytes: 0,
+            is_error: decision == "error",
+            upstream_us: None,
+            total_us: 0,
+            detail: None,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
     /// SHA-256 (hex) over the record's canonical JSON (keys sorted, no
     /// space) with `hash` set to `""`; `prev_hash` is included, so a
     /// changed, removed or reordered record breaks the chain.

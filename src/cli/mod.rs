@@ -249,6 +249,84 @@ fn client_identity(config: &Config, name: &str) -> anyhow::Result<ClientIdentity
     )
 }
 
+/// The `proxy_start` record (what runs: version, role, the config's digest,
+/// the policy set in force) and a `sandbox_relaxed` record per server that
+/// runs with less than the hardened profile.
+fn record_start(
+    gateway: &Gateway,
+    role: &str,
+    config_sha256: Option<String>,
+    policies: Option<&crate::interceptors::authz::PolicyEngine>,
+) {
+    let mut start = crate::audit::AuditRecord::event("proxy_start", "allow");
+    let store = policies.map(|engine| engine.current());
+    start.policy_set = store.as_ref().map(|s| s.id.to_string());
+    let config = gateway.config();
+    start.detail = Some(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "role": role,
+        "config_sha256": config_sha256,
+        "policies": store.as_ref().map(|s| s.policy_count()),
+        "servers": config.servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+    }));
+    gateway.record_event(start);
+    for server in &config.servers {
+        let (relaxations, dangers): (Vec<String>, Vec<String>) = match &server.kind {
+            UpstreamSpec::Process(_) => (
+                vec!["unsandboxed: a process server runs with the proxy's own rights".into()],
+                Vec::new(),
+            ),
+            UpstreamSpec::Container(spec) => (
+                spec.sandbox
+                    .relaxations()
+                    .into_iter()
+                    .map(|r| r.to_string())
+                    .collect(),
+                spec.sandbox
+                    .dangers()
+                    .into_iter()
+                    .map(|d| d.to_string())
+                    .collect(),
+            ),
+            UpstreamSpec::Remote(_) => (Vec::new(), Vec::new()),
+        };
+        if relaxations.is_empty() && dangers.is_empty() {
+            continue;
+        }
+        let mut record = crate::audit::AuditRecord::event("sandbox_relaxed", "allow");
+        record.server = Some(server.name.clone());
+        record.detail = Some(serde_json::json!({
+            "relaxations": relaxations,
+            "dangers": dangers,
+        }));
+        gateway.record_event(record);
+    }
+}
+
+/// The `policy_reload` record of a reload: `allow` when applied, `error`
+/// when refused (the diagnostics, cut to 4 KiB, as the reason).
+fn reload_record(reload: &crate::interceptors::authz::ReloadReport) -> crate::audit::AuditRecord {
+    let decision = if reload.rejected.is_some() {
+        "error"
+    } else {
+        "allow"
+    };
+    let mut record = crate::audit::AuditRecord::event("policy_reload", decision);
+    record.policy_set = Some(reload.policy_set.to_string());
+    record.reason = reload.rejected.as_ref().map(|text| {
+        let mut end = text.len().min(4096);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_owned()
+    });
+    record.detail = Some(serde_json::json!({
+        "previous": &*reload.previous,
+        "policies": reload.policies,
+    }));
+    record
+}
+
 fn announce_sandboxing(config: &Config) {
     for server in &config.servers {
         match &server.kind {
@@ -352,9 +430,20 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
     let audit = SledStorage::open_for(&audit_dir, &role, flush_every)
         .and_then(|store| Audit::start(store, durability == Durability::Durable))
         .with_context(|| format!("{}: cannot open the audit log", config.file.display()))?;
+    let config_sha256 = std::fs::read(&config.file)
+        .map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))
+        .ok();
     let (gateway, events, policies) = build_gateway(config, Some(audit))?;
+    record_start(&gateway, &role, config_sha256, policies.as_deref());
     match &policies {
         Some(engine) => {
+            let mut reloads = engine.subscribe();
+            let recorder = gateway.clone();
+            tokio::spawn(async move {
+                while let Ok(reload) = reloads.recv().await {
+                    recorder.record_event(reload_record(&reload));
+                }
+            });
             let store = engine.current();
             tracing::info!(
                 dir = %engine.dir().display(),

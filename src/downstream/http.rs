@@ -215,14 +215,44 @@ impl HttpState {
     }
 
     fn authenticate(&self, headers: &HeaderMap) -> Result<ClientIdentity, Box<Response>> {
-        let hash = bearer_hash(headers)?;
+        let hash = match bearer_hash(headers) {
+            Ok(hash) => hash,
+            Err(response) => {
+                self.record_auth_failure("/mcp", "no bearer token");
+                return Err(response);
+            }
+        };
         match self.tokens.get(&hash) {
             Some(client) => Ok(client.clone()),
             None => {
                 tracing::info!("refused an HTTP request with an unknown token");
+                match self.auditors.get(&hash) {
+                    Some(auditor) => self.record_auth_failure_of(
+                        "/mcp",
+                        "an auditor's token (auditors cannot call tools)",
+                        auditor,
+                    ),
+                    None => self.record_auth_failure("/mcp", "unknown token"),
+                }
                 Err(Box::new(unauthorized("the bearer token is not valid")))
             }
         }
+    }
+
+    /// An `auth_failure` record: where, and why (never the token, nor its
+    /// hash).
+    pub(super) fn record_auth_failure(&self, endpoint: &str, reason: &str) {
+        self.record_auth_failure_of(endpoint, reason, "");
+    }
+
+    /// An `auth_failure` record naming whose token it was, when known.
+    fn record_auth_failure_of(&self, endpoint: &str, reason: &str, who: &str) {
+        let mut record = crate::audit::AuditRecord::event("auth_failure", "deny");
+        record.client = who.to_owned();
+        record.transport = "http".into();
+        record.method = endpoint.to_owned();
+        record.reason = Some(reason.to_owned());
+        self.gateway.record_event(record);
     }
 
     /// The auditor a request comes from: an auditor's token, never a
@@ -231,11 +261,25 @@ impl HttpState {
         &self,
         headers: &HeaderMap,
     ) -> Result<String, Box<Response>> {
-        let hash = bearer_hash(headers)?;
+        let hash = match bearer_hash(headers) {
+            Ok(hash) => hash,
+            Err(response) => {
+                self.record_auth_failure("/admin", "no bearer token");
+                return Err(response);
+            }
+        };
         match self.auditors.get(&hash) {
             Some(name) => Ok(name.clone()),
             None => {
                 tracing::info!("refused an admin request without an auditor token");
+                match self.tokens.get(&hash) {
+                    Some(client) => self.record_auth_failure_of(
+                        "/admin",
+                        "a client's token (clients cannot read the log)",
+                        &client.name,
+                    ),
+                    None => self.record_auth_failure("/admin", "unknown token"),
+                }
                 Err(Box::new(unauthorized("this is not an auditor's token")))
             }
         }

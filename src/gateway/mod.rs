@@ -165,8 +165,20 @@ impl Gateway {
             .write()
             .map(|mut s| s.drain().map(|(_, s)| s).collect())
             .unwrap_or_default();
+        let mut ended = Vec::new();
         for session in sessions {
             session.close();
+            ended.push(Self::session_end(&session));
+        }
+        if let Some(audit) = &self.audit {
+            let mut stop = crate::audit::AuditRecord::event("proxy_stop", "allow");
+            stop.detail = Some(json!({ "sessions_ended": ended.len() }));
+            ended.push(stop);
+            for record in ended {
+                if let Err(err) = audit.commit(record).await {
+                    tracing::error!(error = %err, "AUDIT: an event cannot be recorded");
+                }
+            }
         }
         let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
         // Long enough for every container to be removed.
@@ -202,6 +214,74 @@ impl Gateway {
     /// The audit log, if this gateway keeps one.
     pub fn audit(&self) -> Option<&Audit> {
         self.audit.as_ref()
+    }
+
+    /// Commits an event record in the background (events are not replies:
+    /// nothing waits for them; a failure is logged loudly, and the calls
+    /// that follow are refused while the store cannot be written).
+    pub fn record_event(&self, record: crate::audit::AuditRecord) {
+        let Some(audit) = self.audit.clone() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(err) = audit.commit(record).await {
+                tracing::error!(error = %err, "AUDIT: an event cannot be recorded");
+            }
+        });
+    }
+
+    /// A session's event record.
+    fn session_event(session: &Session, kind: &str) -> crate::audit::AuditRecord {
+        let mut record = crate::audit::AuditRecord::event(kind, "allow");
+        record.session = session.id.to_string();
+        record.client = session.client.name.to_string();
+        record.transport = session.transport.as_str().into();
+        record
+    }
+
+    /// The `session_end` record of a session.
+    fn session_end(session: &Session) -> crate::audit::AuditRecord {
+        let mut record = Self::session_event(session, "session_end");
+        record.total_us = session.opened.elapsed().as_micros() as u64;
+        record
+    }
+
+    /// A server's event record.
+    fn server_event(
+        &self,
+        kind: &str,
+        source: &crate::upstream::Source,
+    ) -> crate::audit::AuditRecord {
+        let decision = if kind == "server_down" {
+            "error"
+        } else {
+            "allow"
+        };
+        let mut record = crate::audit::AuditRecord::event(kind, decision);
+        record.server = Some(source.server.to_string());
+        let upstream = self
+            .config
+            .servers
+            .iter()
+            .find(|server| *server.name == *source.server)
+            .map(|server| match &server.kind {
+                UpstreamSpec::Container(_) => "container",
+                UpstreamSpec::Process(_) => "process",
+                UpstreamSpec::Remote(_) => "remote",
+            });
+        let restarts = self
+            .index_of(&source.server)
+            .and_then(|index| self.upstreams.get(index))
+            .map(|upstream| upstream.restarts());
+        record.detail = Some(json!({
+            "upstream": upstream,
+            "instance": source.instance.as_deref(),
+            "restarts": restarts,
+        }));
+        record
     }
 
     pub fn config(&self) -> &Config {
@@ -254,6 +334,9 @@ impl Gateway {
             !subscribers.is_empty()
         });
         self.update_holds();
+        if !session.closed.is_cancelled() {
+            self.record_event(Self::session_end(session));
+        }
         session.close();
         tracing::debug!(session = %session.id, "session closed");
     }
@@ -844,6 +927,16 @@ impl Gateway {
             .and_then(Value::as_str)
             .unwrap_or("?");
         tracing::info!(session = %session.id, client = %session.client.name, agent = client_name, version, "session initialized");
+        let mut started = Self::session_event(session, "session_start");
+        started.detail = Some(json!({
+            "agent": client_name,
+            "agent_version": params
+                .and_then(|p| p.get("clientInfo"))
+                .and_then(|info| info.get("version"))
+                .and_then(Value::as_str),
+            "protocol_version": version,
+        }));
+        self.record_event(started);
         Ok(json!({
             "protocolVersion": version,
             "capabilities": self.capabilities(),
@@ -1053,6 +1146,7 @@ impl Gateway {
                 // The lists come from the server's own instance; a client's
                 // instance of a per-client server does not change them.
                 UpstreamEvent::Ready { source } => {
+                    self.record_event(self.server_event("server_ready", &source));
                     if let Some(index) = self.index_of(&source.server) {
                         let this = self.clone();
                         tokio::spawn(async move {
@@ -1063,7 +1157,10 @@ impl Gateway {
                         });
                     }
                 }
-                UpstreamEvent::Down { source, .. } => {
+                UpstreamEvent::Down { source, reason } => {
+                    let mut record = self.server_event("server_down", &source);
+                    record.reason = Some(reason);
+                    self.record_event(record);
                     if let Some(index) = self.index_of(&source.server) {
                         if source.instance.is_none() {
                             self.set_lists(index, None);

@@ -45,6 +45,8 @@ pub struct Session {
     client_requests: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
     next_request_id: AtomicU64,
     last_active: Mutex<Instant>,
+    /// When the session opened (its `session_end` record gives its length).
+    pub(crate) opened: Instant,
     pub(crate) closed: CancellationToken,
 }
 
@@ -72,6 +74,7 @@ impl Session {
             client_requests: Mutex::new(HashMap::new()),
             next_request_id: AtomicU64::new(1),
             last_active: Mutex::new(Instant::now()),
+            opened: Instant::now(),
             closed: CancellationToken::new(),
         }
     }

@@ -38,6 +38,20 @@ pub struct PolicyEngine {
     /// The last rejection reported, so a broken file is reported once, not
     /// at every poll.
     rejected: Mutex<Option<String>>,
+    /// Reloads applied or rejected, for whoever records them (the audit log).
+    reloads: tokio::sync::broadcast::Sender<ReloadReport>,
+}
+
+/// A reload that changed something, or was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// The set in force after it.
+    pub policy_set: Arc<str>,
+    /// The set before it.
+    pub previous: Arc<str>,
+    pub policies: usize,
+    /// Why it was refused (file:line:col diagnostics); `None` when applied.
+    pub rejected: Option<String>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -67,7 +81,13 @@ impl PolicyEngine {
             clients: clients.to_vec(),
             current: RwLock::new(Arc::new(store)),
             rejected: Mutex::new(None),
+            reloads: tokio::sync::broadcast::channel(16).0,
         })
+    }
+
+    /// Follows reloads (applied, and refused once per distinct error).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ReloadReport> {
+        self.reloads.subscribe()
     }
 
     pub fn dir(&self) -> &Path {
@@ -136,6 +156,7 @@ impl PolicyEngine {
                 () = hangup_signal => tracing::info!("SIGHUP: reloading policies"),
             }
             let engine = self.clone();
+            let previous = self.current().id.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let result = engine.reload();
                 (engine, result)
@@ -144,18 +165,24 @@ impl PolicyEngine {
             let Ok((engine, result)) = result else {
                 continue;
             };
-            engine.report(result);
+            engine.report(result, previous);
         }
     }
 
-    fn report(&self, result: Result<Reload, PolicyError>) {
+    fn report(&self, result: Result<Reload, PolicyError>, previous: Arc<str>) {
         let mut rejected = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        let store = self.current();
         match result {
             Ok(Reload::Unchanged) => {}
             Ok(Reload::Applied(id)) => {
                 *rejected = None;
-                let store = self.current();
                 tracing::info!(policy_set = %id, policies = store.policy_count(), "policies reloaded");
+                let _ = self.reloads.send(ReloadReport {
+                    policy_set: id,
+                    previous,
+                    policies: store.policy_count(),
+                    rejected: None,
+                });
             }
             Err(err) => {
                 // The same rejection is reported once, not at every poll.
@@ -163,9 +190,15 @@ impl PolicyEngine {
                 if rejected.as_deref() != Some(report.as_str()) {
                     tracing::error!(
                         dir = %self.dir.display(),
-                        policy_set = %self.current().id,
+                        policy_set = %store.id,
                         "policy reload rejected; the previous set stays in force:\n{report}"
                     );
+                    let _ = self.reloads.send(ReloadReport {
+                        policy_set: store.id.clone(),
+                        previous,
+                        policies: store.policy_count(),
+                        rejected: Some(report.clone()),
+                    });
                 }
                 *rejected = Some(report);
             }
