@@ -830,3 +830,180 @@ async fn under_concurrent_load_every_reply_survives_a_killed_proxy() {
     assert!(missing.is_empty(), "replies without a record: {missing:?}");
     assert_eq!(recorded.len(), calls.len(), "each call recorded once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_the_newest_records_and_the_chain_verifiable() {
+    let proxy = TestProxy::new()
+        .with_config("\n[audit]\nmax_records = 100\nmax_age = \"90d\"")
+        .with_example_server("example");
+    let config = proxy.write_config();
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    echo_calls(&mut client, 150).await;
+    client.finish().await;
+    let (ok, stdout, stderr) = audit(&config, &["verify"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("older ones removed by retention"),
+        "{stdout}"
+    );
+    let kept = records(&config, &["--limit", "100000"]);
+    assert!((100..=125).contains(&kept.len()), "{} kept", kept.len());
+    assert!(kept.iter().any(|r| r["kind"] == "checkpoint"));
+    assert_eq!(
+        kept.last().map(|r| r["kind"].clone()),
+        Some(json!("proxy_stop"))
+    );
+
+    // Bad retention settings are refused with their line.
+    for (setting, expected) in [
+        ("max_records = 5", "keep at least 100 records"),
+        ("max_age = \"forever\"", "not a duration"),
+    ] {
+        let bad = TestProxy::new().with_config(&format!("\n[audit]\n{setting}"));
+        let stderr = common::serve_refused(&bad.write_config());
+        assert!(stderr.contains(expected), "{setting}: {stderr}");
+        assert!(stderr.contains("portcullis.toml:"), "{stderr}");
+    }
+}
+
+/// A sled store whose writes fail while `broken` is set: a disk that fills
+/// up, then has room again (fault injection; everything else is real).
+struct FailingDisk {
+    store: portcullis::audit::SledStorage,
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl portcullis::audit::Storage for FailingDisk {
+    fn last(&self) -> Result<Option<portcullis::audit::ChainEnd>, portcullis::audit::AuditError> {
+        self.store.last()
+    }
+    fn append(
+        &mut self,
+        records: &[portcullis::audit::AuditRecord],
+    ) -> Result<(), portcullis::audit::AuditError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(portcullis::audit::AuditError::Write(
+                "No space left on device (os error 28)".into(),
+            ));
+        }
+        self.store.append(records)
+    }
+    fn flush(&mut self) -> Result<(), portcullis::audit::AuditError> {
+        self.store.flush()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_are_refused_while_the_store_cannot_be_written_and_served_again_after() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    let config =
+        portcullis::config::Config::parse("[[clients]]\nname = \"tester\"\n", &path).unwrap();
+    let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = portcullis::audit::SledStorage::open(&dir.path().join("audit")).unwrap();
+    let reader = store.reader();
+    let disk = FailingDisk {
+        store,
+        broken: broken.clone(),
+    };
+    let audit = portcullis::audit::Audit::start(disk, true).unwrap();
+    let config = std::sync::Arc::new(config);
+    let built = portcullis::interceptors::build_chain(&config).unwrap();
+    let (gateway, _events) = portcullis::gateway::Gateway::new(config, built.chain, Some(audit));
+
+    let (client_side, proxy_side) = tokio::io::duplex(1 << 16);
+    let (proxy_read, proxy_write) = tokio::io::split(proxy_side);
+    let (client_read, mut client_write) = tokio::io::split(client_side);
+    let identity = portcullis::chain::ClientIdentity::new("tester", &[]);
+    tokio::spawn(portcullis::downstream::stdio::serve_on(
+        gateway,
+        identity,
+        tokio::io::BufReader::new(proxy_read),
+        proxy_write,
+    ));
+    let mut replies = tokio::io::BufReader::new(client_read).lines();
+    let mut ask = async |id: u64, method: &str| -> Value {
+        let line = json!({"jsonrpc":"2.0","id":id,"method":method,"params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
+        client_write
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(10), replies.next_line())
+            .await
+            .expect("a reply")
+            .unwrap()
+            .expect("a line");
+        serde_json::from_str(&reply).unwrap()
+    };
+    assert!(ask(1, "initialize").await.get("result").is_some());
+    assert!(ask(2, "ping").await.get("result").is_some());
+
+    // The disk is full: every request is refused, none served unrecorded.
+    broken.store(true, Ordering::SeqCst);
+    for id in 3..6 {
+        let reply = ask(id, "ping").await;
+        assert_eq!(reply["error"]["code"], json!(-32014), "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains("audit log"), "{message}");
+    }
+    // Room again: served, and the refusals' records the store could not
+    // take are not in it; the chain has no gap.
+    broken.store(false, Ordering::SeqCst);
+    let mut id = 10;
+    let served = loop {
+        id += 1;
+        let reply = ask(id, "ping").await;
+        if reply.get("result").is_some() {
+            break id;
+        }
+        assert!(id < 20, "never served again: {reply}");
+    };
+    assert!(matches!(
+        reader.verify(),
+        Ok(portcullis::audit::Verification::Intact { .. })
+    ));
+    let recorded: Vec<Option<Value>> = reader
+        .query(&portcullis::audit::Filter::default(), "__")
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.kind == "exchange")
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(recorded.first(), Some(&Some(json!(1))));
+    assert!(recorded.contains(&Some(json!(2))));
+    assert!(recorded.contains(&Some(json!(served))));
+    for refused in 3..6 {
+        assert!(!recorded.contains(&Some(json!(refused))), "{recorded:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denial_by_limits_is_recorded_with_the_interceptor_that_decided() {
+    let proxy = TestProxy::new()
+        .with_config("[limits]\nmax_message_bytes = 65536")
+        .with_example_server("example");
+    let config = proxy.write_config();
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    // The server's reply is too large: refused on its way back.
+    let reply = client
+        .call(
+            7,
+            "tools/call",
+            json!({"name": "example__large", "arguments": {"bytes": 200000}}),
+        )
+        .await;
+    assert_eq!(reply["error"]["data"]["interceptor"], "limits", "{reply}");
+    client.finish().await;
+    let all = records(&config, &["--kind", "exchange"]);
+    let denied = records(&config, &["--decision", "deny"]);
+    assert_eq!(denied.len(), 1, "{all:#?}");
+    assert_eq!(denied[0]["decided_by"], json!("limits"));
+    assert_eq!(denied[0]["request_id"], json!(7));
+    assert_eq!(denied[0]["target"], json!("large"));
+    assert!(denied[0]["upstream_us"].is_u64(), "it reached the server");
+}

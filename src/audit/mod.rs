@@ -13,12 +13,14 @@ mod store;
 
 pub use query::{Filter, FilterError, FilterParams, Reader, Verification};
 pub use record::{AuditRecord, GENESIS, Redaction, sha256_canonical};
-pub use store::{ChainEnd, SledStorage, Storage};
+pub use store::{Anchor, ChainEnd, SledStorage, Storage};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::Retention;
 
 /// Records a batch holds at most.
 const MAX_BATCH: usize = 4096;
@@ -68,6 +70,17 @@ impl std::fmt::Debug for Audit {
 impl Audit {
     /// Starts the writer thread on a storage; `durable` as on [`Audit`].
     pub fn start(storage: impl Storage, durable: bool) -> Result<Self, AuditError> {
+        Self::start_with(storage, durable, Retention::default())
+    }
+
+    /// Starts the writer with a retention: at start, then at most every
+    /// [`PRUNE_EVERY`] (and whenever `max_records` is passed by a tenth),
+    /// the records it no longer keeps are removed behind a checkpoint.
+    pub fn start_with(
+        storage: impl Storage,
+        durable: bool,
+        retention: Retention,
+    ) -> Result<Self, AuditError> {
         let (jobs, mut queue) = mpsc::channel::<Job>(MAX_BATCH * 4);
         let failing = Arc::new(AtomicBool::new(false));
         let flag = failing.clone();
@@ -78,6 +91,14 @@ impl Audit {
         let reader = storage.reader();
         let (tell, written) = watch::channel(seq);
         let mut storage = storage;
+        let mut pruning = Pruning::new(retention);
+        let mut tip = Tip {
+            seq,
+            hash: last_hash.clone(),
+            time: last_time.clone(),
+        };
+        pruning.run(&mut storage, &mut tip, &tell);
+        (seq, last_hash, last_time) = (tip.seq, tip.hash, tip.time);
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
@@ -134,6 +155,15 @@ impl Audit {
                             last_hash = prev;
                             last_time = time;
                             tell.send_replace(seq);
+                            if pruning.due(records.len() as u64) {
+                                let mut tip = Tip {
+                                    seq,
+                                    hash: last_hash.clone(),
+                                    time: last_time.clone(),
+                                };
+                                pruning.run(&mut storage, &mut tip, &tell);
+                                (seq, last_hash, last_time) = (tip.seq, tip.hash, tip.time);
+                            }
                         }
                         Err(err) => {
                             if !flag.swap(true, Ordering::Relaxed) {
@@ -221,6 +251,99 @@ impl Audit {
     /// Whether the last commit failed: calls are refused until one succeeds.
     pub fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed)
+    }
+}
+
+/// How often retention looks for records to remove (at most).
+pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The end of the chain, as the writer extends it.
+struct Tip {
+    seq: u64,
+    hash: String,
+    time: String,
+}
+
+/// When the writer prunes, and how.
+struct Pruning {
+    retention: Retention,
+    last_run: std::time::Instant,
+    written_since: u64,
+}
+
+impl Pruning {
+    fn new(retention: Retention) -> Self {
+        Self {
+            retention,
+            last_run: std::time::Instant::now(),
+            written_since: 0,
+        }
+    }
+
+    /// Whether to look again, after `written` more records.
+    fn due(&mut self, written: u64) -> bool {
+        if self.retention.keeps_everything() {
+            return false;
+        }
+        self.written_since += written;
+        let by_count = self
+            .retention
+            .max_records
+            .is_some_and(|max| self.written_since >= (max / 10).max(1));
+        let by_age = self.retention.max_age.is_some_and(|age| {
+            self.last_run.elapsed()
+                >= (age / 4).clamp(std::time::Duration::from_secs(1), PRUNE_EVERY)
+        });
+        by_count || by_age
+    }
+
+    /// Removes what retention no longer keeps: first a `checkpoint` record
+    /// joins the chain (where the kept chain starts, and the hash it starts
+    /// from), then the anchor is stored and the older records removed. A
+    /// failure is logged; the log keeps growing and calls go on.
+    fn run(&mut self, storage: &mut impl Storage, tip: &mut Tip, tell: &watch::Sender<u64>) {
+        self.last_run = std::time::Instant::now();
+        self.written_since = 0;
+        if self.retention.keeps_everything() {
+            return;
+        }
+        let result = (|| -> Result<Option<(Anchor, u64)>, AuditError> {
+            let Some(anchor) =
+                storage.prune_point(&self.retention, std::time::SystemTime::now())?
+            else {
+                return Ok(None);
+            };
+            let mut checkpoint = AuditRecord::event("checkpoint", "allow");
+            if checkpoint.time < tip.time {
+                checkpoint.time.clone_from(&tip.time);
+            }
+            checkpoint.detail = Some(serde_json::json!({
+                "first_seq": anchor.first_seq,
+                "prev_hash": anchor.prev_hash,
+                "max_age_s": self.retention.max_age.map(|age| age.as_secs()),
+                "max_records": self.retention.max_records,
+            }));
+            checkpoint.seal(tip.seq + 1, &tip.hash);
+            storage.append(std::slice::from_ref(&checkpoint))?;
+            storage.flush()?;
+            tip.seq = checkpoint.seq;
+            tip.hash = checkpoint.hash;
+            tip.time = checkpoint.time;
+            tell.send_replace(tip.seq);
+            let removed = storage.prune(&anchor)?;
+            Ok(Some((anchor, removed)))
+        })();
+        match result {
+            Ok(None) => {}
+            Ok(Some((anchor, removed))) => tracing::info!(
+                removed,
+                first_seq = anchor.first_seq,
+                "audit retention: older records removed behind a checkpoint"
+            ),
+            Err(err) => {
+                tracing::error!(error = %err, "AUDIT: retention could not remove old records")
+            }
+        }
     }
 }
 
@@ -354,5 +477,138 @@ mod tests {
         assert_eq!(written[1].prev_hash, written[0].hash);
         assert_eq!(written[0].prev_hash, GENESIS);
         assert_eq!(written[1].hash, written[1].compute_hash());
+    }
+
+    /// A durable writer on a sled store (waiting for the last one on the
+    /// folder to let go of it).
+    fn sled_audit(dir: &std::path::Path, retention: Retention) -> (Audit, Reader) {
+        let mut tries = 0;
+        let storage = loop {
+            match SledStorage::open(dir) {
+                Err(AuditError::InUse { .. }) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap_or_else(|e| panic!("{e}")),
+            }
+        };
+        let reader = storage.reader();
+        let audit = Audit::start_with(storage, true, retention).unwrap_or_else(|e| panic!("{e}"));
+        (audit, reader)
+    }
+
+    fn intact(reader: &Reader) -> (u64, u64) {
+        match reader.verify() {
+            Ok(Verification::Intact {
+                records, first_seq, ..
+            }) => (records, first_seq),
+            other => panic!("expected an intact chain, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn retention_keeps_the_newest_records_behind_a_checkpoint_that_verify_checks() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let retention = Retention {
+            max_age: None,
+            max_records: Some(100),
+        };
+        let (audit, reader) = sled_audit(dir.path(), retention);
+        for _ in 0..350 {
+            audit
+                .commit(sample())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        // The writer prunes after a batch: a flush comes after it.
+        audit.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        let (kept, first) = intact(&reader);
+        assert!(first > 200, "older records were removed: first {first}");
+        assert!((100..=125).contains(&kept), "kept {kept}");
+        let last = reader.last_seq().unwrap_or_default();
+        assert_eq!(last - first + 1, kept);
+        let checkpoints = reader
+            .query(
+                &Filter {
+                    kind: Some("checkpoint".into()),
+                    ..Filter::default()
+                },
+                "__",
+            )
+            .unwrap_or_default();
+        assert!(!checkpoints.is_empty());
+        assert!(reader.get(first - 1).ok().flatten().is_none());
+        // Queries see the kept records only.
+        let all = reader.query(&Filter::default(), "__").unwrap_or_default();
+        assert_eq!(all.len() as u64, kept);
+        drop((audit, reader));
+
+        // Reopened, the chain goes on from where it was.
+        let (audit, reader) = sled_audit(dir.path(), retention);
+        audit
+            .commit(sample())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (_, first_again) = intact(&reader);
+        assert!(first_again >= first);
+
+        // The anchor is believed only if the chain's checkpoint agrees.
+        let anchor = reader
+            .anchor()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("an anchor"));
+        let forged = Anchor {
+            first_seq: anchor.first_seq + 5,
+            prev_hash: reader
+                .get(anchor.first_seq + 5)
+                .ok()
+                .flatten()
+                .map(|r| r.prev_hash)
+                .unwrap_or_default(),
+        };
+        let _ = reader.meta.insert(
+            store::ANCHOR_KEY,
+            serde_json::to_vec(&forged).unwrap_or_default(),
+        );
+        match reader.verify() {
+            Ok(Verification::Broken { problem, .. }) => {
+                assert!(problem.contains("checkpoint"), "{problem}");
+            }
+            other => panic!("a forged anchor must break verification: {other:?}"),
+        }
+        // Without an anchor, the removed start shows.
+        let _ = reader.meta.remove(store::ANCHOR_KEY);
+        match reader.verify() {
+            Ok(Verification::Broken { seq, problem }) => {
+                assert_eq!(seq, 1);
+                assert!(problem.contains("missing"), "{problem}");
+            }
+            other => panic!("a removed start must break verification: {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn retention_by_age_removes_old_records_at_start() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (audit, reader) = sled_audit(dir.path(), Retention::default());
+        drop(reader);
+        for _ in 0..20 {
+            let mut old = sample();
+            old.time = "2020-01-01T00:00:00.000Z".into();
+            audit.commit(old).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut recent = sample();
+        recent.time = timestamp(std::time::SystemTime::now());
+        audit.commit(recent).await.unwrap_or_else(|e| panic!("{e}"));
+        drop(audit);
+        let week = Retention {
+            max_age: Some(std::time::Duration::from_secs(7 * 86_400)),
+            max_records: None,
+        };
+        let (_audit, reader) = sled_audit(dir.path(), week);
+        let (kept, first) = intact(&reader);
+        assert_eq!(first, 21, "the 20 old records went");
+        assert_eq!(kept, 2, "the recent record and the checkpoint");
     }
 }

@@ -284,8 +284,13 @@ impl FilterParams {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Verification {
-    /// Every record is intact and in order.
-    Intact { records: u64, last_hash: String },
+    /// Every record is intact and in order, from `first_seq` (1, or where
+    /// retention's checkpoint anchors the chain).
+    Intact {
+        records: u64,
+        first_seq: u64,
+        last_hash: String,
+    },
     /// The first record that breaks the chain, and how.
     Broken { seq: u64, problem: String },
 }
@@ -464,6 +469,7 @@ pub struct Reader {
     pub(super) path: PathBuf,
     pub(super) records: sled::Tree,
     pub(super) index: sled::Tree,
+    pub(super) meta: sled::Tree,
 }
 
 fn read_error(err: sled::Error) -> AuditError {
@@ -498,7 +504,21 @@ impl Reader {
             .map_or(0, |(key, _)| key_seq(&key)))
     }
 
-    fn first_seq(&self) -> Result<u64, AuditError> {
+    /// Where the kept chain starts, once retention removed older records.
+    pub fn anchor(&self) -> Result<Option<super::store::Anchor>, AuditError> {
+        match self
+            .meta
+            .get(super::store::ANCHOR_KEY)
+            .map_err(read_error)?
+        {
+            Some(value) => serde_json::from_slice(&value)
+                .map(Some)
+                .map_err(|e| AuditError::Read(format!("the retention anchor does not parse: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn first_seq(&self) -> Result<u64, AuditError> {
         Ok(self
             .records
             .first()
@@ -531,7 +551,12 @@ impl Reader {
     /// The first sequence number in `[lo, hi]` whose record's time is at
     /// least `time` (`hi + 1` when none): a binary search, since times never
     /// go backwards along the chain.
-    fn first_at_or_after(&self, time: &str, lo: u64, hi: u64) -> Result<u64, AuditError> {
+    pub(super) fn first_at_or_after(
+        &self,
+        time: &str,
+        lo: u64,
+        hi: u64,
+    ) -> Result<u64, AuditError> {
         let (mut lo, mut hi) = (lo, hi.saturating_add(1));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -658,10 +683,15 @@ impl Reader {
     /// follow each other, each `prev_hash` is the previous record's `hash`,
     /// and each `hash` is the record's own.
     pub fn verify(&self) -> Result<Verification, AuditError> {
-        let mut expected_prev = GENESIS.to_owned();
-        let mut expected_seq = None;
+        let anchor = self.anchor()?;
+        let (first_seq, mut expected_prev) = match &anchor {
+            Some(anchor) => (anchor.first_seq, anchor.prev_hash.clone()),
+            None => (1, GENESIS.to_owned()),
+        };
+        let mut expected_seq = first_seq;
         let mut count = 0;
-        for entry in self.records.iter() {
+        // Records before an anchor are a prune in progress: not checked.
+        for entry in self.records.range(first_seq.to_be_bytes()..) {
             let (key, value) = entry.map_err(read_error)?;
             let seq = key_seq(&key);
             let broken = |problem: String| Ok(Verification::Broken { seq, problem });
@@ -675,35 +705,58 @@ impl Reader {
                     record.seq
                 ));
             }
-            if let Some(expected) = expected_seq
-                && seq != expected
-            {
+            if seq != expected_seq {
+                let what = if count == 0 { "the first" } else { "the next" };
                 return Ok(Verification::Broken {
-                    seq: expected,
-                    problem: format!("missing: the next record is {seq} (removed)"),
-                });
-            }
-            if expected_seq.is_none() && seq != 1 {
-                return Ok(Verification::Broken {
-                    seq: 1,
-                    problem: format!("missing: the first record is {seq} (removed)"),
+                    seq: expected_seq,
+                    problem: format!("missing: {what} record is {seq} (removed)"),
                 });
             }
             if record.prev_hash != expected_prev {
-                return broken(
+                let problem = if count == 0 && anchor.is_some() {
+                    "its prev_hash is not the one retention's checkpoint anchored (records before it were removed or changed outside retention)"
+                } else {
                     "its prev_hash is not the previous record's hash (a record before it was removed, changed or reordered)"
-                        .into(),
-                );
+                };
+                return broken(problem.into());
             }
             if record.compute_hash() != record.hash {
                 return broken("its hash does not match its content (changed)".into());
             }
             expected_prev = record.hash;
-            expected_seq = Some(seq + 1);
+            expected_seq = seq + 1;
             count += 1;
+        }
+        // An anchor is believed only if a checkpoint record of the kept
+        // chain (hash-chained like every record) names it: records removed
+        // past it, outside retention, have no checkpoint to name the new
+        // start. (Any checkpoint, not only the newest: the writer appends
+        // a checkpoint before it moves the anchor.)
+        if let Some(anchor) = &anchor {
+            let checkpoints = self.query(
+                &Filter {
+                    kind: Some("checkpoint".into()),
+                    ..Filter::default()
+                },
+                "",
+            )?;
+            let names_it = |record: &AuditRecord| {
+                let detail = record.detail.clone().unwrap_or_default();
+                detail.get("first_seq").and_then(serde_json::Value::as_u64)
+                    == Some(anchor.first_seq)
+                    && detail.get("prev_hash").and_then(serde_json::Value::as_str)
+                        == Some(anchor.prev_hash.as_str())
+            };
+            if !checkpoints.iter().any(names_it) {
+                return Ok(Verification::Broken {
+                    seq: anchor.first_seq,
+                    problem: "records before it were removed, but no checkpoint record names this start (removed outside retention?)".into(),
+                });
+            }
         }
         Ok(Verification::Intact {
             records: count,
+            first_seq,
             last_hash: expected_prev,
         })
     }

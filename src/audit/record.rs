@@ -19,6 +19,7 @@ pub const KINDS: &[&str] = &[
     "server_ready",
     "server_down",
     "sandbox_relaxed",
+    "checkpoint",
 ];
 
 /// One redaction count, per rule and direction.

@@ -8,14 +8,26 @@ use super::AuditError;
 use std::collections::BTreeMap;
 
 use super::query::{
-    BLOCK_BITS, Filter, Reader, Verification, add_postings, block_key, decode, index_keys,
+    BLOCK_BITS, Filter, Reader, Verification, add_postings, block_key, decode, index_keys, key_seq,
 };
 use super::record::AuditRecord;
+use crate::config::Retention;
 
 /// The index layout's version (a store with another is re-indexed at open).
 const INDEX_VERSION: &[u8] = b"3";
 /// Where the index keeps its version: a key no index entry can have.
 const INDEX_VERSION_KEY: &[u8] = b"\xffversion";
+
+/// Where the kept chain starts once retention removed older records: the
+/// first kept record and its `prev_hash` (the removed record's hash).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Anchor {
+    pub first_seq: u64,
+    pub prev_hash: String,
+}
+
+/// The `meta` key of the anchor.
+pub(super) const ANCHOR_KEY: &[u8] = b"anchor";
 
 /// Records whose index keys are written again at open.
 const REINDEX_AT_OPEN: usize = 10_000;
@@ -36,6 +48,20 @@ pub trait Storage: Send + 'static {
     fn reader(&self) -> Option<Reader> {
         None
     }
+    /// Where the kept chain would start under `retention` at `now`, if
+    /// records are to be removed.
+    fn prune_point(
+        &self,
+        _retention: &Retention,
+        _now: std::time::SystemTime,
+    ) -> Result<Option<Anchor>, AuditError> {
+        Ok(None)
+    }
+    /// Stores the anchor, then removes the records before it; returns how
+    /// many were removed.
+    fn prune(&mut self, _anchor: &Anchor) -> Result<u64, AuditError> {
+        Ok(0)
+    }
     /// Appends sealed records as one batch, durably (flushed) before it returns.
     fn append(&mut self, records: &[AuditRecord]) -> Result<(), AuditError>;
     /// Makes everything appended so far durable.
@@ -49,8 +75,10 @@ pub struct SledStorage {
     path: PathBuf,
     db: sled::Db,
     records: sled::Tree,
-    /// Secondary indexes (see `query`): written in the same transaction.
+    /// Secondary indexes (see `query`), written before their records.
     index: sled::Tree,
+    /// The anchor of a pruned chain ([`Anchor`]).
+    meta: sled::Tree,
     /// Flush on every append (durable), or leave it to a background flush.
     flush_each: bool,
 }
@@ -95,14 +123,22 @@ impl SledStorage {
         let index = db
             .open_tree("index")
             .map_err(|e| open_error(e.to_string()))?;
-        let store = Self {
+        let meta = db
+            .open_tree("meta")
+            .map_err(|e| open_error(e.to_string()))?;
+        let mut store = Self {
             path: dir.to_owned(),
             db,
             records,
             index,
+            meta,
             flush_each: flush_every.is_none(),
         };
         store.check_index()?;
+        // A prune that a crash interrupted is finished.
+        if let Some(anchor) = store.reader().anchor()? {
+            store.prune(&anchor)?;
+        }
         Ok(store)
     }
 
@@ -156,6 +192,7 @@ impl SledStorage {
             path: self.path.clone(),
             records: self.records.clone(),
             index: self.index.clone(),
+            meta: self.meta.clone(),
         }
     }
 
@@ -272,6 +309,93 @@ impl Storage for SledStorage {
 
     fn reader(&self) -> Option<Reader> {
         Some(SledStorage::reader(self))
+    }
+
+    fn prune_point(
+        &self,
+        retention: &Retention,
+        now: std::time::SystemTime,
+    ) -> Result<Option<Anchor>, AuditError> {
+        let reader = SledStorage::reader(self);
+        let last = reader.last_seq()?;
+        if last == 0 {
+            return Ok(None);
+        }
+        let first = match reader.anchor()? {
+            Some(anchor) => anchor.first_seq,
+            None => reader.first_seq()?,
+        };
+        let mut keep_from = first;
+        if let Some(max) = retention.max_records
+            && last >= max
+        {
+            keep_from = keep_from.max(last - max + 1);
+        }
+        if let Some(age) = retention.max_age
+            && let Some(cutoff) = now.checked_sub(age)
+        {
+            let cutoff = super::timestamp(cutoff);
+            keep_from = keep_from.max(reader.first_at_or_after(&cutoff, first, last)?);
+        }
+        if keep_from <= first {
+            return Ok(None);
+        }
+        let prev_hash = if keep_from > last {
+            // Everything is older: the next record (the checkpoint) is the
+            // first kept one.
+            self.last()?.map(|end| end.hash).unwrap_or_default()
+        } else {
+            match reader.get(keep_from)? {
+                Some(record) => record.prev_hash,
+                None => {
+                    return Err(AuditError::Read(format!(
+                        "record {keep_from} is missing: retention waits until `audit verify` passes"
+                    )));
+                }
+            }
+        };
+        Ok(Some(Anchor {
+            first_seq: keep_from,
+            prev_hash,
+        }))
+    }
+
+    fn prune(&mut self, anchor: &Anchor) -> Result<u64, AuditError> {
+        let value = serde_json::to_vec(anchor).map_err(|e| AuditError::Write(e.to_string()))?;
+        self.meta.insert(ANCHOR_KEY, value).map_err(write_error)?;
+        self.db.flush().map_err(write_error)?;
+        let mut removed = 0;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut count = 0;
+            for entry in self
+                .records
+                .range(..anchor.first_seq.to_be_bytes())
+                .take(10_000)
+            {
+                let (key, _) = entry.map_err(|e| AuditError::Read(e.to_string()))?;
+                batch.remove(key);
+                count += 1;
+            }
+            if count == 0 {
+                break;
+            }
+            self.records.apply_batch(batch).map_err(write_error)?;
+            removed += count;
+        }
+        // Postings blocks wholly before the anchor go too (a block it cuts
+        // through stays: its removed entries point at nothing).
+        let first_block = anchor.first_seq >> BLOCK_BITS;
+        let mut batch = sled::Batch::default();
+        for entry in self.index.iter() {
+            let (key, _) = entry.map_err(|e| AuditError::Read(e.to_string()))?;
+            if key.as_ref() != INDEX_VERSION_KEY && key_seq(&key) < first_block {
+                batch.remove(key);
+            }
+        }
+        self.index.apply_batch(batch).map_err(write_error)?;
+        self.db.flush().map_err(write_error)?;
+        Ok(removed)
     }
 
     fn append(&mut self, records: &[AuditRecord]) -> Result<(), AuditError> {

@@ -423,6 +423,7 @@ async fn verify(source: &Source) -> anyhow::Result<()> {
                 match answer.get("state").and_then(|s| s.as_str()) {
                     Some("intact") => Verification::Intact {
                         records: field("records").as_u64().unwrap_or_default(),
+                        first_seq: field("first_seq").as_u64().unwrap_or(1),
                         last_hash: field("last_hash").as_str().unwrap_or_default().to_owned(),
                     },
                     Some("broken") => Verification::Broken {
@@ -435,8 +436,19 @@ async fn verify(source: &Source) -> anyhow::Result<()> {
         };
         let name = store.name();
         match verification {
-            Verification::Intact { records, last_hash } => {
-                println!("{name}: intact: {records} records; last hash {last_hash}");
+            Verification::Intact {
+                records,
+                first_seq,
+                last_hash,
+            } => {
+                let from = if first_seq > 1 {
+                    format!(
+                        " from {first_seq} (older ones removed by retention, behind a checkpoint)"
+                    )
+                } else {
+                    String::new()
+                };
+                println!("{name}: intact: {records} records{from}; last hash {last_hash}");
             }
             Verification::Broken { seq, problem } => {
                 broken += 1;

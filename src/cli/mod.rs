@@ -428,7 +428,13 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
         Durability::Buffered => Some(std::time::Duration::from_millis(10)),
     };
     let audit = SledStorage::open_for(&audit_dir, &role, flush_every)
-        .and_then(|store| Audit::start(store, durability == Durability::Durable))
+        .and_then(|store| {
+            Audit::start_with(
+                store,
+                durability == Durability::Durable,
+                config.audit.retention,
+            )
+        })
         .with_context(|| format!("{}: cannot open the audit log", config.file.display()))?;
     let config_sha256 = std::fs::read(&config.file)
         .map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))

@@ -62,6 +62,21 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AuditConfig {
     pub durability: Durability,
+    pub retention: Retention,
+}
+
+/// `[audit] max_age` and `max_records`: how much of the log is kept (all of
+/// it when neither is set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    pub max_records: Option<u64>,
+}
+
+impl Retention {
+    pub fn keeps_everything(&self) -> bool {
+        self.max_age.is_none() && self.max_records.is_none()
+    }
 }
 
 /// When a record is on disk.
@@ -251,6 +266,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     durability: Option<Spanned<String>>,
+    max_age: Option<Spanned<String>>,
+    max_records: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -819,6 +836,28 @@ impl Validator<'_> {
             chain.insert(position, ChainEntry::Authz);
         }
 
+        let max_age = match &raw.audit.max_age {
+            None => None,
+            Some(value) => Some(
+                parse_duration(value.get_ref())
+                    .map_err(|message| self.error(Some(value.span()), "audit.max_age", message))?,
+            ),
+        };
+        let max_records = match &raw.audit.max_records {
+            None => None,
+            Some(value) if *value.get_ref() >= 100 => Some(*value.get_ref() as u64),
+            Some(value) => {
+                return Err(self.error(
+                    Some(value.span()),
+                    "audit.max_records",
+                    format!("{} is too few: keep at least 100 records", value.get_ref()),
+                ));
+            }
+        };
+        let retention = Retention {
+            max_age,
+            max_records,
+        };
         let durability = match raw.audit.durability {
             None => Durability::Durable,
             Some(value) => match value.get_ref().as_str() {
@@ -842,7 +881,10 @@ impl Validator<'_> {
             auditors,
             servers,
             chain,
-            audit: AuditConfig { durability },
+            audit: AuditConfig {
+                durability,
+                retention,
+            },
         })
     }
 
@@ -908,13 +950,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let invalid = || format!("`{text}` is not a duration like `500ms`, `30s`, `2m` or `1h`");
+    let invalid = || format!("`{text}` is not a duration like `500ms`, `30s`, `2m`, `1h` or `90d`");
     let number: u64 = number.parse().map_err(|_| invalid())?;
     let duration = match unit.trim() {
         "ms" => Duration::from_millis(number),
         "s" => Duration::from_secs(number),
         "m" | "min" => Duration::from_secs(number.saturating_mul(60)),
         "h" => Duration::from_secs(number.saturating_mul(3600)),
+        "d" => Duration::from_secs(number.saturating_mul(86_400)),
         _ => return Err(invalid()),
     };
     if duration.is_zero() {

@@ -556,10 +556,10 @@ impl Gateway {
         };
         let mut upstream = None;
         let reply = match route {
-            Route::Local => {
-                self.answer_locally(session, &method, &exchange.message)
-                    .await
-            }
+            Route::Local => self
+                .answer_locally(session, &method, &exchange.message)
+                .await
+                .map(|reply| (reply, Outcome::Delivered)),
             Route::Server { server, rename } => {
                 let mut outgoing = std::mem::take(&mut exchange.message);
                 match rename {
@@ -584,7 +584,7 @@ impl Gateway {
             }
         };
         let (reply, outcome) = match reply {
-            Ok(reply) => (reply, Outcome::Delivered),
+            Ok(answered) => answered,
             Err((code, reason)) => (
                 protocol::error(id.clone(), code, &reason, None),
                 Outcome::Failed { reason },
@@ -748,26 +748,26 @@ impl Gateway {
         server: usize,
         client_id: &Value,
         outgoing: Value,
-    ) -> Option<Value> {
+    ) -> Option<(Value, Outcome)> {
+        let failed = |code: i64, reason: String| {
+            let reply = protocol::error(client_id.clone(), code, &reason, None);
+            Some((reply, Outcome::Failed { reason }))
+        };
         let Some(upstream) = self.upstream_for(server, &session.client.name) else {
-            return Some(protocol::error(
-                client_id.clone(),
+            return failed(
                 code::UPSTREAM_UNAVAILABLE,
-                "the server is not available: the proxy is shutting down",
-                None,
-            ));
+                "the server is not available: the proxy is shutting down".into(),
+            );
         };
         let key = IdKey::from_value(client_id);
         let cancel = CancellationToken::new();
         if let Some(key) = &key
             && !session.begin_call(key.clone(), cancel.clone())
         {
-            return Some(protocol::error(
-                client_id.clone(),
+            return failed(
                 code::INVALID_REQUEST,
-                "a request with this id is already in flight",
-                None,
-            ));
+                "a request with this id is already in flight".into(),
+            );
         }
         // A stopped (lazy or idle) server starts here: the cold start.
         if let Err(err) = upstream
@@ -777,12 +777,7 @@ impl Gateway {
             if let Some(key) = &key {
                 session.end_call(key);
             }
-            return Some(protocol::error(
-                client_id.clone(),
-                err.code(),
-                &err.to_string(),
-                None,
-            ));
+            return failed(err.code(), err.to_string());
         }
         let origin = Origin {
             session: session.key,
@@ -799,17 +794,21 @@ impl Gateway {
         }
         let mut reply = match result? {
             Ok(reply) => reply,
-            Err(err) => {
-                return Some(protocol::error(
-                    client_id.clone(),
-                    err.code(),
-                    &err.to_string(),
-                    None,
-                ));
+            // The reply was too large to relay: refused by `limits`.
+            Err(err @ crate::upstream::UpstreamError::Refused { .. }) => {
+                let reason = err.to_string();
+                let data = json!({ "interceptor": "limits" });
+                let reply = protocol::error(client_id.clone(), err.code(), &reason, Some(data));
+                let outcome = Outcome::Denied {
+                    interceptor: "limits".into(),
+                    reason,
+                };
+                return Some((reply, outcome));
             }
+            Err(err) => return failed(err.code(), err.to_string()),
         };
         reply["id"] = client_id.clone();
-        Some(reply)
+        Some((reply, Outcome::Delivered))
     }
 
     async fn answer_locally(

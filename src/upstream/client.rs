@@ -120,7 +120,8 @@ impl RunPolicy {
 }
 
 struct Pending {
-    reply: oneshot::Sender<Value>,
+    /// The server's reply, or why the proxy refused it (too large).
+    reply: oneshot::Sender<Result<Value, String>>,
     origin: Option<Origin>,
     /// The client's progress token, if it asked for progress.
     progress_token: Option<Value>,
@@ -256,7 +257,7 @@ impl Shared {
                 match pending {
                     Some(pending) => {
                         // The caller may have given up (timeout, cancellation).
-                        let _ = pending.reply.send(message);
+                        let _ = pending.reply.send(Ok(message));
                     }
                     None => tracing::debug!(server = %self.name, id, "late or unknown response"),
                 }
@@ -356,13 +357,7 @@ impl Shared {
     /// Ends a call in flight with an error response of the proxy's own.
     fn fail_call(&self, id: u64, reason: &str) {
         if let Some(pending) = self.pending().remove(&id) {
-            let data = json!({ "interceptor": "limits" });
-            let _ = pending.reply.send(protocol::error(
-                Value::from(id),
-                protocol::code::INTERNAL_ERROR,
-                reason,
-                Some(data),
-            ));
+            let _ = pending.reply.send(Err(reason.to_owned()));
         }
     }
 
@@ -453,7 +448,7 @@ pub struct PendingCall {
     shared: Arc<Shared>,
     id: u64,
     message: Option<Value>,
-    reply: Option<oneshot::Receiver<Value>>,
+    reply: Option<oneshot::Receiver<Result<Value, String>>>,
     follow: Option<mpsc::UnboundedReceiver<Value>>,
     done: bool,
 }
@@ -538,9 +533,13 @@ impl PendingCall {
             }
         };
         match tokio::time::timeout(timeout, reply).await {
-            Ok(Ok(response)) => {
+            Ok(Ok(Ok(response))) => {
                 self.done = true;
                 Ok(response)
+            }
+            Ok(Ok(Err(reason))) => {
+                self.done = true;
+                Err(UpstreamError::Refused { server, reason })
             }
             Ok(Err(_)) => {
                 self.done = true;

@@ -32,12 +32,16 @@ pub enum UpstreamError {
     Start { server: String, reason: String },
     #[error("server `{server}` refused the handshake: {reason}")]
     Handshake { server: String, reason: String },
+    /// The proxy refused the server's reply (`limits`: too large).
+    #[error("{reason}")]
+    Refused { server: String, reason: String },
 }
 
 impl UpstreamError {
     pub fn code(&self) -> i64 {
         match self {
             Self::Timeout { .. } => crate::protocol::code::UPSTREAM_TIMEOUT,
+            Self::Refused { .. } => crate::protocol::code::INTERNAL_ERROR,
             _ => crate::protocol::code::UPSTREAM_UNAVAILABLE,
         }
     }
