@@ -66,6 +66,19 @@ async fn echo_calls(client: &mut common::RawClient, count: i64) {
     }
 }
 
+/// A stdio client of a proxy (the example server, `extra` config) that has
+/// made `calls` echo calls and is still connected.
+async fn echo_session(extra: &str, calls: i64) -> (TestProxy, PathBuf, common::RawClient) {
+    let proxy = TestProxy::new()
+        .with_config(extra)
+        .with_example_server("example");
+    let config = proxy.write_config();
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    echo_calls(&mut client, calls).await;
+    (proxy, config, client)
+}
+
 /// A proxy with the example server and a policy that allows `echo` and
 /// forbids everything else; a scripted stdio session; the proxy stopped.
 async fn scripted_session() -> (TestProxy, PathBuf) {
@@ -249,13 +262,7 @@ async fn verify_names_a_changed_record() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn buffered_records_are_all_on_disk_after_a_clean_stop() {
-    let proxy = TestProxy::new()
-        .with_config("\n[audit]\ndurability = \"buffered\"")
-        .with_example_server("example");
-    let config = proxy.write_config();
-    let mut client = proxy.raw_stdio().await;
-    client.initialize().await;
-    echo_calls(&mut client, 20).await;
+    let (_proxy, config, client) = echo_session("\n[audit]\ndurability = \"buffered\"", 20).await;
     client.finish().await;
     let all = records(&config, &["--limit", "1000", "--kind", "exchange"]);
     assert_eq!(all.len(), 21, "initialize and 20 calls");
@@ -265,11 +272,7 @@ async fn buffered_records_are_all_on_disk_after_a_clean_stop() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_reply_a_client_got_survives_a_killed_proxy() {
-    let proxy = TestProxy::new().with_example_server("example");
-    let config = proxy.write_config();
-    let mut client = proxy.raw_stdio().await;
-    client.initialize().await;
-    echo_calls(&mut client, 30).await;
+    let (_proxy, config, mut client) = echo_session("", 30).await;
     // SIGKILL: no shutdown, no flush. Every reply above was sent after its
     // record was flushed.
     client.child.kill().await.unwrap();
@@ -680,25 +683,13 @@ async fn policy_reloads_and_server_restarts_are_recorded() {
         )
         .await;
     client.wait_for_log(&["restarting"]).await;
-    let reply = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        let mut id = 10;
-        loop {
-            id += 1;
-            let reply = client
-                .call(
-                    id,
-                    "tools/call",
-                    json!({"name": "example__echo", "arguments": {"text": "x"}}),
-                )
-                .await;
-            if reply.get("result").is_some() {
-                return reply;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the server came back");
+    let reply = client
+        .call_until_served(
+            10,
+            json!({"name": "example__echo", "arguments": {"text": "x"}}),
+            std::time::Duration::from_secs(20),
+        )
+        .await;
     assert_eq!(first_text(&reply), "example: x");
     client.finish().await;
 
@@ -833,13 +824,8 @@ async fn under_concurrent_load_every_reply_survives_a_killed_proxy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_keeps_the_newest_records_and_the_chain_verifiable() {
-    let proxy = TestProxy::new()
-        .with_config("\n[audit]\nmax_records = 100\nmax_age = \"90d\"")
-        .with_example_server("example");
-    let config = proxy.write_config();
-    let mut client = proxy.raw_stdio().await;
-    client.initialize().await;
-    echo_calls(&mut client, 150).await;
+    let (_proxy, config, client) =
+        echo_session("\n[audit]\nmax_records = 100\nmax_age = \"90d\"", 150).await;
     client.finish().await;
     let (ok, stdout, stderr) = audit(&config, &["verify"]);
     assert!(ok, "{stdout}{stderr}");

@@ -84,27 +84,29 @@ impl Audit {
         let (jobs, mut queue) = mpsc::channel::<Job>(MAX_BATCH * 4);
         let failing = Arc::new(AtomicBool::new(false));
         let flag = failing.clone();
-        let (mut seq, mut last_hash, mut last_time) = match storage.last()? {
-            Some(end) => (end.seq, end.hash, end.time),
-            None => (0, GENESIS.to_owned(), String::new()),
+        let mut tip = match storage.last()? {
+            Some(end) => Tip {
+                seq: end.seq,
+                hash: end.hash,
+                time: end.time,
+            },
+            None => Tip {
+                seq: 0,
+                hash: GENESIS.to_owned(),
+                time: String::new(),
+            },
         };
         let reader = storage.reader();
-        let (tell, written) = watch::channel(seq);
+        let (tell, written) = watch::channel(tip.seq);
         let mut storage = storage;
         let mut pruning = Pruning::new(retention);
-        let mut tip = Tip {
-            seq,
-            hash: last_hash.clone(),
-            time: last_time.clone(),
-        };
         pruning.run(&mut storage, &mut tip, &tell);
-        (seq, last_hash, last_time) = (tip.seq, tip.hash, tip.time);
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
                 while let Some(first) = queue.blocking_recv() {
                     if first.record.is_none() {
-                        let result = storage.flush().map(|()| seq);
+                        let result = storage.flush().map(|()| tip.seq);
                         if let Some(done) = first.done {
                             let _ = done.send(result);
                         }
@@ -123,8 +125,8 @@ impl Audit {
                         }
                     }
                     let mut records = Vec::with_capacity(batch.len());
-                    let (mut next_seq, mut prev) = (seq, last_hash.clone());
-                    let mut time = last_time.clone();
+                    let (mut next_seq, mut prev) = (tip.seq, tip.hash.clone());
+                    let mut time = tip.time.clone();
                     for job in &mut batch {
                         let Some(mut record) = job.record.take() else {
                             continue;
@@ -151,18 +153,14 @@ impl Audit {
                                     let _ = done.send(Ok(record.seq));
                                 }
                             }
-                            seq = next_seq;
-                            last_hash = prev;
-                            last_time = time;
-                            tell.send_replace(seq);
+                            tip = Tip {
+                                seq: next_seq,
+                                hash: prev,
+                                time,
+                            };
+                            tell.send_replace(tip.seq);
                             if pruning.due(records.len() as u64) {
-                                let mut tip = Tip {
-                                    seq,
-                                    hash: last_hash.clone(),
-                                    time: last_time.clone(),
-                                };
                                 pruning.run(&mut storage, &mut tip, &tell);
-                                (seq, last_hash, last_time) = (tip.seq, tip.hash, tip.time);
                             }
                         }
                         Err(err) => {
@@ -177,7 +175,7 @@ impl Audit {
                         }
                     }
                     if let Some(job) = flush_after {
-                        let result = storage.flush().map(|()| seq);
+                        let result = storage.flush().map(|()| tip.seq);
                         if let Some(done) = job.done {
                             let _ = done.send(result);
                         }

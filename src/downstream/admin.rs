@@ -74,15 +74,22 @@ fn store_error(err: &AuditError) -> Response {
     plain_error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string())
 }
 
-/// The filter of a request, or a 400 naming what is wrong.
-fn filter_of(
-    params: Result<Query<FilterParams>, axum::extract::rejection::QueryRejection>,
+type Params = Result<Query<FilterParams>, axum::extract::rejection::QueryRejection>;
+
+/// [`admit`], and the request's filter (`limit` capped at `max`), or a 400
+/// naming what is wrong.
+fn admit_with_filter(
+    state: &HttpState,
+    headers: &HeaderMap,
+    params: Params,
     max: Option<usize>,
-) -> Result<Filter, Box<Response>> {
+) -> Result<(Reader, Filter), Box<Response>> {
+    let reader = admit(state, headers)?;
     let Query(params) = params.map_err(|rejection| Box::new(bad_filter(rejection.body_text())))?;
-    params
+    let filter = params
         .to_filter(SystemTime::now(), max)
-        .map_err(|err| Box::new(bad_filter(err.to_string())))
+        .map_err(|err| Box::new(bad_filter(err.to_string())))?;
+    Ok((reader, filter))
 }
 
 /// Runs a read off the async threads (a query may walk much of the store).
@@ -99,14 +106,10 @@ async fn read<T: Send + 'static>(
 async fn query(
     State(state): State<Arc<HttpState>>,
     headers: HeaderMap,
-    params: Result<Query<FilterParams>, axum::extract::rejection::QueryRejection>,
+    params: Params,
 ) -> Response {
-    let reader = match admit(&state, &headers) {
-        Ok(reader) => reader,
-        Err(response) => return *response,
-    };
-    let filter = match filter_of(params, Some(MAX_PAGE)) {
-        Ok(filter) => filter,
+    let (reader, filter) = match admit_with_filter(&state, &headers, params, Some(MAX_PAGE)) {
+        Ok(admitted) => admitted,
         Err(response) => return *response,
     };
     let separator = state.gateway.config().proxy.namespace_separator.clone();
@@ -164,14 +167,10 @@ async fn send_page(lines: &mpsc::Sender<Bytes>, records: &[crate::audit::AuditRe
 async fn export(
     State(state): State<Arc<HttpState>>,
     headers: HeaderMap,
-    params: Result<Query<FilterParams>, axum::extract::rejection::QueryRejection>,
+    params: Params,
 ) -> Response {
-    let reader = match admit(&state, &headers) {
-        Ok(reader) => reader,
-        Err(response) => return *response,
-    };
-    let filter = match filter_of(params, None) {
-        Ok(filter) => filter,
+    let (reader, filter) = match admit_with_filter(&state, &headers, params, None) {
+        Ok(admitted) => admitted,
         Err(response) => return *response,
     };
     let separator = state.gateway.config().proxy.namespace_separator.clone();
@@ -210,24 +209,17 @@ async fn export(
     json_lines(body)
 }
 
-async fn tail(
-    State(state): State<Arc<HttpState>>,
-    headers: HeaderMap,
-    params: Result<Query<FilterParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let reader = match admit(&state, &headers) {
-        Ok(reader) => reader,
+async fn tail(State(state): State<Arc<HttpState>>, headers: HeaderMap, params: Params) -> Response {
+    let (reader, mut filter) = match admit_with_filter(&state, &headers, params, Some(MAX_PAGE)) {
+        Ok(admitted) => admitted,
         Err(response) => return *response,
     };
+    // `admit` found the log: it has a writer to follow.
     let Some(mut written) = state.gateway.audit().map(crate::audit::Audit::written) else {
         return plain_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this proxy keeps no audit log",
         );
-    };
-    let mut filter = match filter_of(params, Some(MAX_PAGE)) {
-        Ok(filter) => filter,
-        Err(response) => return *response,
     };
     let separator = state.gateway.config().proxy.namespace_separator.clone();
     let shutdown = state.gateway.shutdown_token();

@@ -448,6 +448,31 @@ impl RawClient {
     }
 
     /// `initialize` + `notifications/initialized`.
+    /// `tools/call` with `params` (ids from `first_id` + 1 on) until a call
+    /// has a result, e.g. while a crashed server is started again; panics
+    /// after `within`.
+    pub async fn call_until_served(
+        &mut self,
+        first_id: i64,
+        params: Value,
+        within: Duration,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut id = first_id;
+        loop {
+            id += 1;
+            let reply = self.call(id, "tools/call", params.clone()).await;
+            if reply.get("result").is_some() {
+                return reply;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not served within {within:?}: {reply}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn initialize(&mut self) -> Value {
         let reply = self
             .call(
