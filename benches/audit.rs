@@ -97,20 +97,6 @@ async fn load(label: &str, audit: Option<Audit>, callers: usize, seconds: f64) -
     stats(label, samples, start.elapsed())
 }
 
-fn measure_fsync(dir: &std::path::Path, count: usize) -> common::Stats {
-    use std::io::Write;
-    let mut file = std::fs::File::create(dir.join("fsync-probe")).unwrap();
-    let mut samples = Vec::with_capacity(count);
-    let start = Instant::now();
-    for _ in 0..count {
-        file.write_all(&[b'x'; 256]).unwrap();
-        let t = Instant::now();
-        file.sync_data().unwrap();
-        samples.push(t.elapsed());
-    }
-    stats("one 256-byte write + fdatasync", samples, start.elapsed())
-}
-
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -132,7 +118,7 @@ async fn main() {
         breakdown(dir.path());
         return;
     }
-    let fsync = measure_fsync(dir.path(), 1000);
+    let fsync = common::measure_fsync(dir.path(), 1000);
     println!(
         "\nfsync on this disk: p50 {:.1} µs, p99 {:.1} µs",
         us(fsync.p50),

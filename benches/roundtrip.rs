@@ -157,26 +157,6 @@ fn write_config(
     path
 }
 
-/// One small write and `fsync` on the disk the audit log is on: the cost
-/// durable mode adds at best.
-fn measure_fsync(dir: &std::path::Path, count: usize) -> common::Stats {
-    use std::io::Write;
-    let mut file = std::fs::File::create(dir.join("fsync-probe")).unwrap();
-    let mut samples = Vec::with_capacity(count);
-    let start = Instant::now();
-    for _ in 0..count {
-        file.write_all(&[b'x'; 256]).unwrap();
-        let t = Instant::now();
-        file.sync_data().unwrap();
-        samples.push(t.elapsed());
-    }
-    stats(
-        "one 256-byte write + fdatasync (same disk)",
-        samples,
-        start.elapsed(),
-    )
-}
-
 async fn start_http_proxy(portcullis: &str, config: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(portcullis)
         .args(["serve", "--config"])
@@ -256,7 +236,7 @@ async fn run(calls: usize, seconds: u64) {
     )
     .await;
 
-    let fsync = measure_fsync(dir.path(), calls.min(2000));
+    let fsync = common::measure_fsync(dir.path(), calls.min(2000));
 
     let http_config = write_config(dir.path(), example, true, "durable");
     let (_proxy, url) = start_http_proxy(portcullis, &http_config).await;

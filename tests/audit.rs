@@ -419,6 +419,11 @@ async fn auditors_read_a_running_proxys_log_over_the_admin_api_and_clients_canno
     let base = served.base.clone();
     let http = reqwest::Client::new();
     let admin = |path: &str| http.get(format!("{base}{path}"));
+    // GET as the auditor; the JSON answer.
+    let as_auditor = |path: &str| {
+        let request = admin(path).bearer_auth(common::AUDITOR_TOKEN);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
 
     // A follower that starts before the calls sees each echo as it commits.
     let mut tail = admin("/admin/audit/tail?tool=example__echo&after=0")
@@ -454,14 +459,7 @@ async fn auditors_read_a_running_proxys_log_over_the_admin_api_and_clients_canno
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
     // The same filters as the CLI.
-    let answer: Value = admin("/admin/audit?client=tester&tool=example__echo&decision=allow")
-        .bearer_auth(common::AUDITOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = as_auditor("/admin/audit?client=tester&tool=example__echo&decision=allow").await;
     let found = answer["records"].as_array().unwrap();
     assert_eq!(found.len(), 3, "{answer}");
     assert_eq!(found, &followed);
@@ -492,14 +490,7 @@ async fn auditors_read_a_running_proxys_log_over_the_admin_api_and_clients_canno
     // it is somebody's (never the token itself).
     let failures = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
-            let answer: Value = admin("/admin/audit?kind=auth_failure")
-                .bearer_auth(common::AUDITOR_TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let answer = as_auditor("/admin/audit?kind=auth_failure").await;
             let found = answer["records"].as_array().unwrap().clone();
             if found.len() >= 4 {
                 return found;

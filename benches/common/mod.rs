@@ -45,6 +45,26 @@ pub fn print_table(title: &str, ratio: &str, rows: &[&Stats], baseline: &Stats) 
     }
 }
 
+/// One small write and `fdatasync` on the disk under `dir`, `count` times:
+/// what a durable commit costs at best.
+pub fn measure_fsync(dir: &std::path::Path, count: usize) -> Stats {
+    use std::io::Write;
+    let mut file = std::fs::File::create(dir.join("fsync-probe")).expect("create the probe");
+    let mut samples = Vec::with_capacity(count);
+    let start = Instant::now();
+    for _ in 0..count {
+        file.write_all(&[b'x'; 256]).expect("write");
+        let t = Instant::now();
+        file.sync_data().expect("fdatasync");
+        samples.push(t.elapsed());
+    }
+    stats(
+        "one 256-byte write + fdatasync (same disk)",
+        samples,
+        start.elapsed(),
+    )
+}
+
 /// A line-delimited JSON-RPC client over a child's stdio.
 pub struct StdioClient {
     child: Child,
