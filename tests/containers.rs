@@ -443,6 +443,38 @@ async fn lazy_servers_start_at_first_use_and_stop_when_idle() {
     wait_for_containers(&docker, "box-lazy", 0).await;
     client.finish().await;
     assert!(containers(&docker, "box-lazy").await.is_empty());
+
+    // The audit log has each start and each idle stop of the container.
+    let (ok, stdout, stderr) = common::run_portcullis([
+        "audit".as_ref(),
+        "query".as_ref(),
+        "--server".as_ref(),
+        "box-lazy".as_ref(),
+        "--format".as_ref(),
+        "jsonl".as_ref(),
+        "--config".as_ref(),
+        proxy.write_config().as_os_str(),
+    ]);
+    assert!(ok, "{stderr}");
+    let events: Vec<(String, Option<String>)> = stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|r| r["kind"] != "exchange")
+        .map(|r| {
+            assert_eq!(r["detail"]["upstream"], "container", "{r}");
+            (
+                r["kind"].as_str().unwrap().to_owned(),
+                r["reason"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let ready = (String::from("server_ready"), None);
+    let idle = (String::from("server_stopped"), Some(String::from("idle")));
+    assert_eq!(
+        events,
+        [ready.clone(), idle.clone(), ready, idle],
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -18,6 +18,7 @@ pub const KINDS: &[&str] = &[
     "policy_reload",
     "server_ready",
     "server_down",
+    "server_stopped",
     "sandbox_relaxed",
     "checkpoint",
 ];

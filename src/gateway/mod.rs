@@ -1167,6 +1167,11 @@ impl Gateway {
                         self.forget_forwarded(index, &source.instance);
                     }
                 }
+                UpstreamEvent::Stopped { source, reason } => {
+                    let mut record = self.server_event("server_stopped", &source);
+                    record.reason = Some(reason);
+                    self.record_event(record);
+                }
                 UpstreamEvent::Notification { source, message } => {
                     if let Some(index) = self.index_of(&source.server) {
                         self.server_notification(index, &source.instance, message);

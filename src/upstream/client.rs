@@ -54,6 +54,8 @@ pub enum UpstreamEvent {
     Ready { source: Source },
     /// The server stopped; calls in flight failed.
     Down { source: Source, reason: String },
+    /// The proxy stopped the server on purpose (idle); no call failed.
+    Stopped { source: Source, reason: String },
     /// A notification not tied to a call. Progress, and log messages sent
     /// during a call, go to the call instead ([`PendingCall::send_and_follow`]).
     Notification { source: Source, message: Value },
@@ -979,6 +981,14 @@ impl Upstream {
                         // since the decision wait for the next start.
                         tracing::info!(server = %name, idle_for = ?self.shared.idle_for(), "stopping the server: idle");
                         connected.link.close().await;
+                        let _ = self
+                            .shared
+                            .events
+                            .send(UpstreamEvent::Stopped {
+                                source: self.shared.source(),
+                                reason: "idle".into(),
+                            })
+                            .await;
                         backoff = BACKOFF_START;
                         continue;
                     }
