@@ -679,6 +679,36 @@ impl Reader {
         Ok(found)
     }
 
+    /// Pages forward through a filter: the next matches after
+    /// `filter.after` (from the start when unset), at most `step`, and moves
+    /// `after` past what was read. A page shorter than `step` is the last
+    /// one for now (records committed later come in the next page).
+    pub fn next_page(
+        &self,
+        filter: &mut Filter,
+        separator: &str,
+        step: usize,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        let after = filter.after.unwrap_or(0);
+        // Read first: every record up to it is checked by the query below.
+        let last = self.last_seq()?;
+        let page = self.query(
+            &Filter {
+                after: Some(after),
+                limit: Some(step),
+                ..filter.clone()
+            },
+            separator,
+        )?;
+        let newest = page.last().map_or(after, |record| record.seq);
+        filter.after = Some(if page.len() == step {
+            newest
+        } else {
+            newest.max(last)
+        });
+        Ok(page)
+    }
+
     /// Walks the chain: each key equals its record's `seq`, sequence numbers
     /// follow each other, each `prev_hash` is the previous record's `hash`,
     /// and each `hash` is the record's own.
@@ -871,6 +901,25 @@ mod tests {
                     .map(|r| r.seq)
                     .collect();
                 prop_assert_eq!(found, brute_force(&records, &filter), "{:?}", filter);
+                // Paging forward through every match gives them all, in order.
+                let mut paging = Filter { limit: None, ..filter.clone() };
+                let mut paged = Vec::new();
+                loop {
+                    let page = store
+                        .reader()
+                        .next_page(&mut paging, "__", 7)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    paged.extend(page.iter().map(|r| r.seq));
+                    if page.len() < 7 {
+                        break;
+                    }
+                }
+                let everything = Filter {
+                    limit: None,
+                    after: Some(filter.after.unwrap_or(0)),
+                    ..filter.clone()
+                };
+                prop_assert_eq!(paged, brute_force(&records, &everything), "{:?}", filter);
             }
         }
     }

@@ -340,17 +340,16 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
                 match store {
                     Store::Local { store, .. } => {
                         let mut filter = params.to_filter(std::time::SystemTime::now(), None)?;
+                        let separator = &config.proxy.namespace_separator;
                         loop {
-                            filter.limit = Some(1_000);
-                            let page = store.query(&filter, &config.proxy.namespace_separator)?;
+                            let page = store.reader().next_page(&mut filter, separator, 1_000)?;
                             for record in &page {
                                 serde_json::to_writer(&mut out, record)?;
                                 out.write_all(b"\n")?;
                             }
                             count += page.len() as u64;
-                            match page.last() {
-                                Some(last) if page.len() == 1_000 => filter.after = Some(last.seq),
-                                _ => break,
+                            if page.len() < 1_000 {
+                                break;
                             }
                         }
                     }

@@ -178,18 +178,22 @@ async fn export(
     let (lines, body) = mpsc::channel(64);
     tokio::spawn(async move {
         let mut left = filter.limit;
-        let mut step = Filter {
-            after: Some(filter.after.unwrap_or(0)),
-            ..filter
-        };
+        let mut filter = filter;
         loop {
-            step.limit = Some(left.map_or(STEP, |left| left.min(STEP)));
+            let step = left.map_or(STEP, |left| left.min(STEP));
             let page = {
-                let (step, separator) = (step.clone(), separator.clone());
-                read(&reader, move |reader| reader.query(&step, &separator)).await
+                let (mut from, separator) = (filter.clone(), separator.clone());
+                read(&reader, move |reader| {
+                    let page = reader.next_page(&mut from, &separator, step)?;
+                    Ok((page, from))
+                })
+                .await
             };
             let page = match page {
-                Ok(page) => page,
+                Ok((page, from)) => {
+                    filter = from;
+                    page
+                }
                 Err(err) => {
                     // The body ends early; the log says why.
                     tracing::error!(error = %err, "AUDIT: the export stopped");
@@ -200,9 +204,8 @@ async fn export(
                 return;
             }
             left = left.map(|left| left - page.len());
-            match page.last() {
-                Some(last) if page.len() == STEP && left != Some(0) => step.after = Some(last.seq),
-                _ => return,
+            if page.len() < step || left == Some(0) {
+                return;
             }
         }
     });
@@ -244,26 +247,23 @@ async fn tail(State(state): State<Arc<HttpState>>, headers: HeaderMap, params: P
             }
             filter.after = Some(last);
         }
-        filter.limit = Some(STEP);
         loop {
             let page = {
-                let (step, separator) = (filter.clone(), separator.clone());
+                let (mut from, separator) = (filter.clone(), separator.clone());
                 read(&reader, move |reader| {
-                    Ok((reader.last_seq()?, reader.query(&step, &separator)?))
+                    let page = reader.next_page(&mut from, &separator, STEP)?;
+                    Ok((page, from))
                 })
                 .await
             };
-            let Ok((last, page)) = page else { return };
+            let Ok((page, from)) = page else { return };
+            filter = from;
             if !send_page(&lines, &page).await {
                 return;
             }
-            let newest = page.last().map_or(0, |record| record.seq);
             if page.len() == STEP {
-                filter.after = Some(newest);
                 continue;
             }
-            // A short page: every record up to `last` was read.
-            filter.after = Some(newest.max(last));
             tokio::select! {
                 changed = written.changed() => if changed.is_err() { return },
                 () = tokio::time::sleep(Duration::from_secs(15)) => {

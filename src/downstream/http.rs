@@ -218,7 +218,7 @@ impl HttpState {
         let hash = match bearer_hash(headers) {
             Ok(hash) => hash,
             Err(response) => {
-                self.record_auth_failure("/mcp", "no bearer token");
+                self.record_auth_failure("/mcp", "no bearer token", "");
                 return Err(response);
             }
         };
@@ -227,26 +227,21 @@ impl HttpState {
             None => {
                 tracing::info!("refused an HTTP request with an unknown token");
                 match self.auditors.get(&hash) {
-                    Some(auditor) => self.record_auth_failure_of(
+                    Some(auditor) => self.record_auth_failure(
                         "/mcp",
                         "an auditor's token (auditors cannot call tools)",
                         auditor,
                     ),
-                    None => self.record_auth_failure("/mcp", "unknown token"),
+                    None => self.record_auth_failure("/mcp", "unknown token", ""),
                 }
                 Err(Box::new(unauthorized("the bearer token is not valid")))
             }
         }
     }
 
-    /// An `auth_failure` record: where, and why (never the token, nor its
-    /// hash).
-    pub(super) fn record_auth_failure(&self, endpoint: &str, reason: &str) {
-        self.record_auth_failure_of(endpoint, reason, "");
-    }
-
-    /// An `auth_failure` record naming whose token it was, when known.
-    fn record_auth_failure_of(&self, endpoint: &str, reason: &str, who: &str) {
+    /// An `auth_failure` record: where, why, and whose token it was when it
+    /// is somebody's (`""` otherwise); never the token, nor its hash.
+    fn record_auth_failure(&self, endpoint: &str, reason: &str, who: &str) {
         let mut record = crate::audit::AuditRecord::event("auth_failure", "deny");
         record.client = who.to_owned();
         record.transport = "http".into();
@@ -264,7 +259,7 @@ impl HttpState {
         let hash = match bearer_hash(headers) {
             Ok(hash) => hash,
             Err(response) => {
-                self.record_auth_failure("/admin", "no bearer token");
+                self.record_auth_failure("/admin", "no bearer token", "");
                 return Err(response);
             }
         };
@@ -273,12 +268,12 @@ impl HttpState {
             None => {
                 tracing::info!("refused an admin request without an auditor token");
                 match self.tokens.get(&hash) {
-                    Some(client) => self.record_auth_failure_of(
+                    Some(client) => self.record_auth_failure(
                         "/admin",
                         "a client's token (clients cannot read the log)",
                         &client.name,
                     ),
-                    None => self.record_auth_failure("/admin", "unknown token"),
+                    None => self.record_auth_failure("/admin", "unknown token", ""),
                 }
                 Err(Box::new(unauthorized("this is not an auditor's token")))
             }
