@@ -155,7 +155,11 @@ pub struct Annotation {
 /// One message on its way through the chain.
 #[derive(Debug, Clone)]
 pub struct Exchange {
+    /// An interceptor may edit it in place and return `Continue` (cheaper
+    /// than `Modify` with a copy when only a few strings change).
     pub message: Value,
+    /// The direction of the request (or notification) that opened the
+    /// exchange; responses keep it. See [`Exchange::toward_server`].
     pub direction: Direction,
     pub phase: Phase,
     pub context: Context,
@@ -170,6 +174,17 @@ impl Exchange {
             phase,
             context,
             annotations: Vec::new(),
+        }
+    }
+
+    /// Whether the message is on its way to a server (a client's request or
+    /// notification, or a client's answer to a server's request) rather than
+    /// to the client. `direction` is the direction of the request that
+    /// opened the exchange, so a response travels against it.
+    pub fn toward_server(&self) -> bool {
+        match self.phase {
+            Phase::Response => self.direction == Direction::ServerToClient,
+            Phase::Request | Phase::Notification => self.direction == Direction::ClientToServer,
         }
     }
 }

@@ -201,7 +201,25 @@ fn the_readmes_config_examples_load() {
             )
             .replace("sha256:…", &format!("sha256:{}", "a".repeat(64)));
         let path = dir.path().join(format!("readme-{index}.toml"));
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        if text.contains("[[rule]]") {
+            // A secret-scanning rule file: loaded as `extra_rules`.
+            let config = dir.path().join(format!("readme-{index}-config.toml"));
+            std::fs::write(
+                &config,
+                format!("[redact]\nextra_rules = {:?}\n", path.display().to_string()),
+            )
+            .unwrap();
+            let (ok, stdout, stderr) =
+                run(&["redact", "rules", "--config", config.to_str().unwrap()]);
+            assert!(
+                ok,
+                "README rule block {index} does not load: {stderr}\n{block}"
+            );
+            assert!(stdout.contains("acme-api-token"), "{stdout}");
+            checked += 1;
+            continue;
+        }
         let (ok, _, stderr) = run(&["servers", "list", "--config", path.to_str().unwrap()]);
         assert!(
             ok,

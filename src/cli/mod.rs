@@ -3,6 +3,7 @@
 mod audit;
 mod containers;
 mod policy;
+mod redact;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,6 +72,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: policy::PolicyCommand,
+    },
+    /// Run the secret-scanning rules over a file, list the rules.
+    Redact {
+        #[command(subcommand)]
+        command: redact::RedactCommand,
     },
     /// Query and verify the audit log.
     Audit {
@@ -228,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tools_list(config, client.as_deref(), format).await
         }
         Command::Policy { command } => policy::run(command),
+        Command::Redact { command } => redact::run(command),
         Command::Audit { command } => audit::run(*command).await,
     }
 }

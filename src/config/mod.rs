@@ -56,6 +56,108 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     pub chain: Vec<ChainEntry>,
     pub audit: AuditConfig,
+    pub redact: RedactConfig,
+}
+
+/// `[redact]`: secret scanning. On unless `enabled = false`.
+#[derive(Debug, Clone)]
+pub struct RedactConfig {
+    pub enabled: bool,
+    /// For messages on their way to a server.
+    pub requests: RedactAction,
+    /// For messages on their way to the client.
+    pub responses: RedactAction,
+    /// A custom rule file, in the built-in rules' format.
+    pub extra_rules: Option<PathBuf>,
+    /// Rule ids that do not run at all.
+    pub disable: Vec<Located<String>>,
+    /// Values never reported, whatever the rule.
+    pub allow: Vec<String>,
+    /// Values never reported when one of these matches them.
+    pub allow_regex: Vec<regex::bytes::Regex>,
+    /// `[redact.rules.<id>]`: one rule's actions.
+    pub rules: Vec<RuleActions>,
+}
+
+impl Default for RedactConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            requests: RedactAction::Redact,
+            responses: RedactAction::Redact,
+            extra_rules: None,
+            disable: Vec::new(),
+            allow: Vec::new(),
+            allow_regex: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One rule's actions, overriding `[redact] requests` / `responses`.
+#[derive(Debug, Clone)]
+pub struct RuleActions {
+    pub id: Located<String>,
+    pub requests: Option<RedactAction>,
+    pub responses: Option<RedactAction>,
+}
+
+/// What happens to a message carrying a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedactAction {
+    /// The secret is replaced by `[REDACTED:<rule-id>]`.
+    Redact,
+    /// The message is refused with an error naming the rule.
+    Deny,
+    /// Counted (audit record, log) and passed on unchanged.
+    Log,
+    /// Not looked for.
+    Off,
+}
+
+impl RedactAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Redact => "redact",
+            Self::Deny => "deny",
+            Self::Log => "log",
+            Self::Off => "off",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "redact" => Ok(Self::Redact),
+            "deny" => Ok(Self::Deny),
+            "log" => Ok(Self::Log),
+            "off" => Ok(Self::Off),
+            other => Err(format!("`{other}` is not `redact`, `deny`, `log` or `off`")),
+        }
+    }
+}
+
+/// A value from the config with where it was written, for errors found
+/// after loading (e.g. a rule id no rule file defines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located<T> {
+    pub value: T,
+    pub file: PathBuf,
+    /// 1-based line and column.
+    pub location: Option<(usize, usize)>,
+    /// The key's path, e.g. `redact.disable[0]`.
+    pub key: String,
+}
+
+impl<T> Located<T> {
+    /// An error about this value, in the config's error format.
+    pub fn error(&self, message: String) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            location: self.location,
+            key: Some(self.key.clone()),
+            message,
+        }
+    }
 }
 
 /// `[audit]`.
@@ -229,6 +331,7 @@ impl fmt::Display for SecretRef {
 pub enum ChainEntry {
     Limits,
     Authz,
+    Redact,
 }
 
 impl ChainEntry {
@@ -236,6 +339,7 @@ impl ChainEntry {
         match self {
             Self::Limits => "limits",
             Self::Authz => "authz",
+            Self::Redact => "redact",
         }
     }
 }
@@ -260,6 +364,33 @@ struct RawConfig {
     chain: Vec<Spanned<RawChainEntry>>,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    redact: Option<RawRedact>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRedact {
+    enabled: Option<bool>,
+    requests: Option<Spanned<String>>,
+    responses: Option<Spanned<String>>,
+    extra_rules: Option<PathBuf>,
+    #[serde(default)]
+    disable: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    allow_regex: Vec<Spanned<String>>,
+    #[serde(default)]
+    rules: BTreeMap<String, Spanned<RawRuleActions>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleActions {
+    action: Option<Spanned<String>>,
+    requests: Option<Spanned<String>>,
+    responses: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -797,11 +928,12 @@ impl Validator<'_> {
                     }
                     ChainEntry::Authz
                 }
+                "redact" => ChainEntry::Redact,
                 other => {
                     return Err(self.error(
                         Some(span),
                         &format!("chain[{index}].kind"),
-                        format!("unknown interceptor kind `{other}`; available: `limits`, `authz`"),
+                        format!("unknown interceptor kind `{other}`; available: `limits`, `authz`, `redact`"),
                     ));
                 }
             };
@@ -834,6 +966,23 @@ impl Validator<'_> {
                 .position(|entry| *entry == ChainEntry::Limits)
                 .map_or(0, |i| i + 1);
             chain.insert(position, ChainEntry::Authz);
+        }
+        let redact = self.redact(raw.redact, &resolve)?;
+        // Secret scanning runs unless switched off: last by default (so on
+        // the way back it is the last stage before the client); an explicit
+        // chain must place it.
+        if redact.enabled && !chain.contains(&ChainEntry::Redact) {
+            if let Some(span) = explicit_chain {
+                return Err(self.error(
+                    Some(span),
+                    "chain",
+                    "secret scanning is on but the `[[chain]]` has no `redact` entry: add `[[chain]] kind = \"redact\"` where it should run, or set `[redact] enabled = false`".into(),
+                ));
+            }
+            chain.push(ChainEntry::Redact);
+        }
+        if !redact.enabled && chain.contains(&ChainEntry::Redact) {
+            chain.retain(|entry| *entry != ChainEntry::Redact);
         }
 
         let max_age = match &raw.audit.max_age {
@@ -885,6 +1034,86 @@ impl Validator<'_> {
                 durability,
                 retention,
             },
+            redact,
+        })
+    }
+
+    fn redact(
+        &self,
+        raw: Option<RawRedact>,
+        resolve: &dyn Fn(PathBuf) -> PathBuf,
+    ) -> Result<RedactConfig, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(RedactConfig::default());
+        };
+        let action = |value: &Option<Spanned<String>>,
+                      key: &str|
+         -> Result<Option<RedactAction>, ConfigError> {
+            match value {
+                None => Ok(None),
+                Some(value) => RedactAction::parse(value.get_ref())
+                    .map(Some)
+                    .map_err(|message| self.error(Some(value.span()), key, message)),
+            }
+        };
+        let located = |value: &Spanned<String>, key: String| Located {
+            value: value.get_ref().clone(),
+            file: self.path.to_owned(),
+            location: Some(line_col(self.text, value.span().start)),
+            key,
+        };
+        let mut rules = Vec::new();
+        for (id, entry) in &raw.rules {
+            let key = format!("redact.rules.{id}");
+            let span = entry.span();
+            let entry = entry.get_ref();
+            let both = action(&entry.action, &format!("{key}.action"))?;
+            if both.is_some() && (entry.requests.is_some() || entry.responses.is_some()) {
+                return Err(self.error(
+                    Some(span),
+                    &key,
+                    "set `action` (both directions) or `requests`/`responses`, not both".into(),
+                ));
+            }
+            rules.push(RuleActions {
+                id: Located {
+                    value: id.clone(),
+                    file: self.path.to_owned(),
+                    location: Some(line_col(self.text, span.start)),
+                    key: key.clone(),
+                },
+                requests: both.or(action(&entry.requests, &format!("{key}.requests"))?),
+                responses: both.or(action(&entry.responses, &format!("{key}.responses"))?),
+            });
+        }
+        let allow_regex = raw
+            .allow_regex
+            .iter()
+            .enumerate()
+            .map(|(i, pattern)| {
+                regex::bytes::Regex::new(pattern.get_ref()).map_err(|err| {
+                    self.error(
+                        Some(pattern.span()),
+                        &format!("redact.allow_regex[{i}]"),
+                        err.to_string(),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RedactConfig {
+            enabled: raw.enabled.unwrap_or(true),
+            requests: action(&raw.requests, "redact.requests")?.unwrap_or(RedactAction::Redact),
+            responses: action(&raw.responses, "redact.responses")?.unwrap_or(RedactAction::Redact),
+            extra_rules: raw.extra_rules.map(resolve),
+            disable: raw
+                .disable
+                .iter()
+                .enumerate()
+                .map(|(i, id)| located(id, format!("redact.disable[{i}]")))
+                .collect(),
+            allow: raw.allow,
+            allow_regex,
+            rules,
         })
     }
 
@@ -1021,7 +1250,8 @@ mod tests {
         assert_eq!(config.proxy.call_timeout, Duration::from_secs(60));
         assert_eq!(config.limits.max_message_bytes, 4 * 1024 * 1024);
         assert_eq!(config.limits.max_depth, 64);
-        assert_eq!(config.chain, vec![ChainEntry::Limits]);
+        assert_eq!(config.chain, vec![ChainEntry::Limits, ChainEntry::Redact]);
+        assert!(config.redact.enabled);
         assert_eq!(
             config.proxy.data_dir,
             PathBuf::from("/etc/portcullis/.portcullis")
@@ -1164,5 +1394,91 @@ mod tests {
             parse_header_value("plain"),
             HeaderValue::Literal("plain".into())
         );
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("p.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_redact_section_is_read_with_per_rule_actions() {
+        let config = parse(
+            "[redact]\nrequests = \"deny\"\nresponses = \"log\"\nallow = [\"x\"]\nallow_regex = ['^sk_test_']\n[redact.rules.jwt]\naction = \"off\"\n[redact.rules.aws-access-key-id]\nresponses = \"deny\"\n",
+        );
+        let Ok(config) = config else {
+            panic!("{config:?}");
+        };
+        let redact = &config.redact;
+        assert_eq!(
+            (redact.requests, redact.responses),
+            (RedactAction::Deny, RedactAction::Log)
+        );
+        assert_eq!(redact.allow_regex.len(), 1);
+        let jwt = redact.rules.iter().find(|r| r.id.value == "jwt");
+        assert_eq!(
+            jwt.map(|r| (r.requests, r.responses)),
+            Some((Some(RedactAction::Off), Some(RedactAction::Off)))
+        );
+        let aws = redact
+            .rules
+            .iter()
+            .find(|r| r.id.value == "aws-access-key-id");
+        assert_eq!(
+            aws.map(|r| (r.requests, r.responses)),
+            Some((None, Some(RedactAction::Deny)))
+        );
+    }
+
+    #[test]
+    fn secret_scanning_is_placed_or_switched_off_explicitly() {
+        let off = parse("[redact]\nenabled = false\n");
+        assert_eq!(off.map(|c| c.chain), Ok(vec![ChainEntry::Limits]));
+        let placed = parse("[[chain]]\nkind = \"redact\"\n[[chain]]\nkind = \"limits\"\n");
+        assert_eq!(
+            placed.map(|c| c.chain),
+            Ok(vec![ChainEntry::Redact, ChainEntry::Limits])
+        );
+        let missing = parse("[[chain]]\nkind = \"limits\"\n");
+        assert!(
+            missing
+                .as_ref()
+                .is_err_and(|e| e.starts_with("p.toml:1:1: `chain`: secret scanning is on")),
+            "{missing:?}"
+        );
+    }
+
+    #[test]
+    fn bad_redact_values_name_their_line() {
+        for (text, expected) in [
+            (
+                "[redact]\nrequests = \"mask\"\n",
+                "p.toml:2:12: `redact.requests`: `mask` is not `redact`, `deny`, `log` or `off`",
+            ),
+            (
+                "[redact]\nallow_regex = ['(']\n",
+                "p.toml:2:16: `redact.allow_regex[0]`: regex parse error",
+            ),
+            (
+                "[redact.rules.jwt]\naction = \"log\"\nrequests = \"deny\"\n",
+                "p.toml:1:1: `redact.rules.jwt`: set `action`",
+            ),
+            (
+                "[redact]\ncolour = 1\n",
+                "p.toml:2:1: `redact.colour`: unknown field `colour`",
+            ),
+        ] {
+            match parse(text) {
+                Ok(_) => panic!("accepted: {text}"),
+                Err(err) => assert!(
+                    err.starts_with(expected),
+                    "`{err}` does not start with `{expected}`"
+                ),
+            }
+        }
     }
 }

@@ -1542,7 +1542,6 @@ impl Gateway {
         }
         exchange.message = answer_message;
         exchange.phase = Phase::Response;
-        exchange.direction = Direction::ClientToServer;
         let outcome = match self.chain.run(&mut exchange) {
             Ok(()) => Outcome::Delivered,
             Err(refusal) => {
@@ -1665,7 +1664,14 @@ fn record_of(
         decision_id: annotation("decision_id"),
         policy_set: annotation("policy_set"),
         reason,
-        redactions: Vec::new(),
+        redactions: crate::interceptors::redact::counts(&exchange.annotations)
+            .into_iter()
+            .map(|(rule, direction, count)| crate::audit::Redaction {
+                rule,
+                direction,
+                count,
+            })
+            .collect(),
         arguments_sha256,
         result_bytes: reply.map_or(0, |r| serde_json::to_vec(r).map_or(0, |b| b.len() as u64)),
         is_error,

@@ -2,9 +2,11 @@
 
 pub mod authz;
 mod limits;
+pub mod redact;
 
 pub use authz::{Authz, PolicyEngine};
 pub use limits::Limits;
+pub use redact::Redact;
 
 use std::sync::Arc;
 
@@ -26,6 +28,8 @@ pub enum BuildError {
         dir: std::path::PathBuf,
         source: authz::PolicyError,
     },
+    #[error("secret scanning: {0}")]
+    Redact(#[from] redact::RedactError),
 }
 
 /// Builds the chain in the config's order.
@@ -47,6 +51,7 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
                     &config.proxy.namespace_separator,
                 )));
             }
+            ChainEntry::Redact => interceptors.push(Arc::new(Redact::new(&config.redact)?)),
         }
     }
     Ok(Built {

@@ -1,0 +1,571 @@
+//! The scanner: one Aho-Corasick pass over a string finds the rules whose
+//! keywords occur in it; only those rules' regexes run, and only on windows
+//! around the keyword hits (a match must contain one of its rule's keywords,
+//! and is at most the rule's `max_len` long, so nothing outside the window
+//! can be part of it).
+//!
+//! ```text
+//!   text ──► Aho-Corasick (all keywords, one pass) ──► hits (rule, offset)
+//!        ──► per rule: merged windows around its hits ──► regex ──► filters
+//!            (keyword inside, allowlists, entropy, stopwords, placeholder)
+//!        ──► overlaps: highest priority, then longest match, wins
+//! ```
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use regex::bytes::{CaptureLocations, Regex};
+
+use super::rules::{Rule, RuleSet};
+
+/// What a redacted secret is replaced with: `[REDACTED:<rule-id>]`.
+pub const PLACEHOLDER_PREFIX: &[u8] = b"[REDACTED:";
+
+/// A scanner that cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ScannerError {
+    #[error("cannot build the keyword automaton: {0}")]
+    Keywords(#[from] aho_corasick::BuildError),
+}
+
+/// One secret found in a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finding {
+    /// Index of the rule in the scanner.
+    pub rule: u32,
+    /// The secret's byte span (what redaction replaces).
+    pub start: usize,
+    pub end: usize,
+    /// The whole match's byte span (what overlap resolution compares).
+    pub match_start: usize,
+    pub match_end: usize,
+}
+
+/// Values that are never reported, whatever the rule (from the config).
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist {
+    pub exact: HashSet<Vec<u8>>,
+    pub patterns: Vec<Regex>,
+}
+
+/// The compiled rule set.
+#[derive(Debug)]
+pub struct Scanner {
+    rules: Vec<Rule>,
+    keywords: AhoCorasick,
+    /// Keyword pattern → the rules that listed it.
+    keyword_rules: Vec<Vec<u32>>,
+    /// Rules with no keywords: they run on every string.
+    unkeyed: Vec<u32>,
+    stopwords: Option<AhoCorasick>,
+    allow: Allowlist,
+}
+
+/// Reused buffers, one per thread.
+#[derive(Default)]
+struct Scratch {
+    /// (rule, keyword start, keyword end)
+    hits: Vec<(u32, usize, usize)>,
+    found: Vec<Finding>,
+    locations: Vec<Option<CaptureLocations>>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+impl Scanner {
+    pub fn new(set: RuleSet, allow: Allowlist) -> Result<Self, ScannerError> {
+        let mut patterns: Vec<String> = Vec::new();
+        let mut keyword_rules: Vec<Vec<u32>> = Vec::new();
+        let mut unkeyed = Vec::new();
+        for (index, rule) in set.rules.iter().enumerate() {
+            let index = index as u32;
+            if rule.keywords.is_empty() {
+                unkeyed.push(index);
+            }
+            for keyword in &rule.keywords {
+                let lower = keyword.to_ascii_lowercase();
+                match patterns.iter().position(|p| *p == lower) {
+                    Some(at) => {
+                        if !keyword_rules[at].contains(&index) {
+                            keyword_rules[at].push(index);
+                        }
+                    }
+                    None => {
+                        patterns.push(lower);
+                        keyword_rules.push(vec![index]);
+                    }
+                }
+            }
+        }
+        let keywords = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(&patterns)?;
+        let stopwords = if set.stopwords.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(true)
+                    .build(&set.stopwords)?,
+            )
+        };
+        Ok(Self {
+            rules: set.rules,
+            keywords,
+            keyword_rules,
+            unkeyed,
+            stopwords,
+            allow,
+        })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn rule(&self, index: u32) -> &Rule {
+        &self.rules[index as usize]
+    }
+
+    /// Whether any keyword occurs in `text` (or some rule has none).
+    pub fn may_match(&self, text: &[u8]) -> bool {
+        !self.unkeyed.is_empty() || self.keywords.is_match(text)
+    }
+
+    /// The secrets in `text`, in order, not overlapping.
+    pub fn scan(&self, text: &[u8], out: &mut Vec<Finding>) {
+        out.clear();
+        if text.is_empty() {
+            return;
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => self.scan_with(text, &mut scratch, out),
+            // Re-entered on this thread (cannot happen today): fresh buffers.
+            Err(_) => self.scan_with(text, &mut Scratch::default(), out),
+        });
+    }
+
+    fn scan_with(&self, text: &[u8], scratch: &mut Scratch, out: &mut Vec<Finding>) {
+        let Scratch {
+            hits,
+            found,
+            locations,
+        } = scratch;
+        hits.clear();
+        found.clear();
+        for hit in self.keywords.find_overlapping_iter(text) {
+            for &rule in &self.keyword_rules[hit.pattern().as_usize()] {
+                hits.push((rule, hit.start(), hit.end()));
+            }
+        }
+        if hits.is_empty() && self.unkeyed.is_empty() {
+            return;
+        }
+        hits.sort_unstable();
+        if locations.len() < self.rules.len() {
+            locations.resize(self.rules.len(), None);
+        }
+        let mut from = 0;
+        while from < hits.len() {
+            let rule = hits[from].0;
+            let to = from + hits[from..].partition_point(|hit| hit.0 == rule);
+            self.run_rule(
+                rule,
+                text,
+                &hits[from..to],
+                &mut locations[rule as usize],
+                found,
+            );
+            from = to;
+        }
+        for &rule in &self.unkeyed {
+            let whole = [(rule, 0, text.len())];
+            self.run_rule(rule, text, &whole, &mut locations[rule as usize], found);
+        }
+        resolve_overlaps(&self.rules, found, out);
+    }
+
+    /// Runs one rule's regex on the merged windows around its keyword hits
+    /// (sorted by start).
+    fn run_rule(
+        &self,
+        index: u32,
+        text: &[u8],
+        hits: &[(u32, usize, usize)],
+        locations: &mut Option<CaptureLocations>,
+        found: &mut Vec<Finding>,
+    ) {
+        let rule = &self.rules[index as usize];
+        let span = rule.max_len;
+        let locations = locations.get_or_insert_with(|| rule.regex.capture_locations());
+        let unkeyed = rule.keywords.is_empty();
+        // Where the regex has looked already: windows never rescan.
+        let mut scanned = 0;
+        let mut next = 0;
+        while next < hits.len() {
+            let (_, first_start, first_end) = hits[next];
+            // A match contains the keyword, is at most `max_len` long and
+            // starts at most `lead` before the keyword.
+            let window_start = first_end
+                .saturating_sub(span)
+                .max(first_start.saturating_sub(rule.lead))
+                .max(scanned);
+            let mut window_end = (first_start + span).min(text.len());
+            next += 1;
+            // Merge the windows of the hits that follow.
+            while next < hits.len()
+                && hits[next]
+                    .2
+                    .saturating_sub(span)
+                    .max(hits[next].1.saturating_sub(rule.lead))
+                    <= window_end
+            {
+                window_end = window_end.max((hits[next].1 + span).min(text.len()));
+                next += 1;
+            }
+            let mut at = window_start;
+            while at <= window_end {
+                let Some(found_match) =
+                    rule.regex
+                        .captures_read_at(locations, &text[..window_end], at)
+                else {
+                    break;
+                };
+                let (match_start, match_end) = (found_match.start(), found_match.end());
+                // A match that reaches the window's end may go on past it:
+                // widen the window and look again from the same place.
+                if match_end == window_end && window_end < text.len() {
+                    window_end = (window_end + span).min(text.len());
+                    continue;
+                }
+                let (start, end) = match rule.secret_group.and_then(|g| locations.get(g)) {
+                    Some(secret) => secret,
+                    None => (match_start, match_end),
+                };
+                let contains_keyword = unkeyed
+                    || hits[hits.partition_point(|hit| hit.1 < match_start)..]
+                        .iter()
+                        .take_while(|hit| hit.1 <= match_start + rule.lead)
+                        .any(|hit| hit.2 <= match_end);
+                if start < end
+                    && match_end - match_start <= span
+                    && contains_keyword
+                    && self.reportable(rule, &text[start..end])
+                {
+                    found.push(Finding {
+                        rule: index,
+                        start,
+                        end,
+                        match_start,
+                        match_end,
+                    });
+                    at = match_end.max(match_start + 1);
+                } else {
+                    // A rejected candidate may hide a real one that starts
+                    // inside it (`password: DB_PASSWORD=…`): look again
+                    // from the next byte, not from its end.
+                    at = match_start + 1;
+                }
+            }
+            scanned = window_end.max(at.min(text.len()));
+        }
+    }
+
+    /// The filters a candidate secret must pass.
+    fn reportable(&self, rule: &Rule, secret: &[u8]) -> bool {
+        if memchr::memmem::find(secret, PLACEHOLDER_PREFIX).is_some() {
+            return false;
+        }
+        if rule.allow.contains(secret) || self.allow.exact.contains(secret) {
+            return false;
+        }
+        if rule.allow_regex.iter().any(|r| r.is_match(secret))
+            || self.allow.patterns.iter().any(|r| r.is_match(secret))
+        {
+            return false;
+        }
+        if let Some(minimum) = rule.entropy
+            && entropy(secret) < minimum
+        {
+            return false;
+        }
+        if rule.stopwords
+            && let Some(stopwords) = &self.stopwords
+            && stopwords.is_match(secret)
+        {
+            return false;
+        }
+        true
+    }
+
+    /// The keyword pass alone (for the benchmarks): how many keyword hits
+    /// `text` has.
+    #[doc(hidden)]
+    pub fn keyword_hits(&self, text: &[u8]) -> usize {
+        self.keywords.find_overlapping_iter(text).count()
+    }
+
+    /// Every rule's regex over the whole text, with the same filters: the
+    /// baseline the benchmarks compare the keyword prefilter against.
+    #[doc(hidden)]
+    pub fn scan_every_rule(&self, text: &[u8], out: &mut Vec<Finding>) {
+        out.clear();
+        let mut found = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let index = index as u32;
+            let mut locations = rule.regex.capture_locations();
+            let mut at = 0;
+            while at <= text.len() {
+                let Some(m) = rule.regex.captures_read_at(&mut locations, text, at) else {
+                    break;
+                };
+                let (start, end) = match rule.secret_group.and_then(|g| locations.get(g)) {
+                    Some(secret) => secret,
+                    None => (m.start(), m.end()),
+                };
+                let matched = &text[m.start()..m.end()];
+                let contains_keyword = rule.keywords.is_empty()
+                    || rule.keywords.iter().any(|k| {
+                        matched
+                            .windows(k.len())
+                            .take(rule.lead + 1)
+                            .any(|w| w.eq_ignore_ascii_case(k.as_bytes()))
+                    });
+                if start < end
+                    && m.end() - m.start() <= rule.max_len
+                    && contains_keyword
+                    && self.reportable(rule, &text[start..end])
+                {
+                    found.push(Finding {
+                        rule: index,
+                        start,
+                        end,
+                        match_start: m.start(),
+                        match_end: m.end(),
+                    });
+                    at = m.end().max(m.start() + 1);
+                } else {
+                    at = m.start() + 1;
+                }
+            }
+        }
+        resolve_overlaps(&self.rules, &mut found, out);
+    }
+
+    /// `text` with every finding's secret replaced by its placeholder.
+    /// `findings` are in order and do not overlap (as [`Scanner::scan`]
+    /// returns them).
+    pub fn redact(&self, text: &str, findings: &[Finding]) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut copied = 0;
+        for finding in findings {
+            // Secret spans come from byte regexes: widen them to character
+            // boundaries so the result stays valid UTF-8.
+            let mut start = finding.start.max(copied);
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let mut end = finding.end.min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            if start < copied || end <= start {
+                continue;
+            }
+            out.push_str(&text[copied..start]);
+            out.push_str("[REDACTED:");
+            out.push_str(&self.rule(finding.rule).id);
+            out.push(']');
+            copied = end;
+        }
+        out.push_str(&text[copied..]);
+        out
+    }
+}
+
+/// Keeps the best of findings whose secrets overlap: highest priority, then
+/// longest match, then the rule defined first. `out` ends up in text order.
+fn resolve_overlaps(rules: &[Rule], found: &mut Vec<Finding>, out: &mut Vec<Finding>) {
+    out.clear();
+    if found.len() <= 1 {
+        out.append(found);
+        return;
+    }
+    found.sort_unstable_by(|a, b| {
+        let (ra, rb) = (&rules[a.rule as usize], &rules[b.rule as usize]);
+        rb.priority
+            .cmp(&ra.priority)
+            .then((b.match_end - b.match_start).cmp(&(a.match_end - a.match_start)))
+            .then(a.rule.cmp(&b.rule))
+            .then(a.match_start.cmp(&b.match_start))
+    });
+    // Secrets compete, not their context: two matches that overlap only in
+    // context (`password: Server=…;Password=…`) both stand, so whatever a
+    // first pass leaves is what a second pass would find too.
+    for finding in found.drain(..) {
+        let overlaps = out
+            .iter()
+            .any(|kept: &Finding| finding.start < kept.end && kept.start < finding.end);
+        if !overlaps {
+            out.push(finding);
+        }
+    }
+    out.sort_unstable_by_key(|f| f.start);
+}
+
+/// Shannon entropy in bits per byte.
+pub fn entropy(bytes: &[u8]) -> f64 {
+    if bytes.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u32; 256];
+    for &b in bytes {
+        counts[b as usize] += 1;
+    }
+    let len = bytes.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / len;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn scanner(rules: &str) -> Scanner {
+        let set = match RuleSet::parse(rules, Path::new("t.toml")) {
+            Ok(set) => set,
+            Err(err) => panic!("{err}"),
+        };
+        match Scanner::new(set, Allowlist::default()) {
+            Ok(s) => s,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    const RULES: &str = r#"
+stopwords = ["example"]
+[[rule]]
+id = "tok"
+description = "a token"
+keywords = ["tok_"]
+regex = '''\btok_[a-z0-9]{12}\b'''
+severity = "high"
+[[rule]]
+id = "tok-ant"
+description = "a more specific token"
+keywords = ["tok_ant"]
+regex = '''\btok_ant[a-z0-9]{5}\b'''
+severity = "high"
+priority = 5
+[[rule]]
+id = "generic"
+description = "assignment"
+keywords = ["secret"]
+regex = '''(?i)secret\s*[:=]\s*(?P<secret>[^\s"'\[\]]{8,})'''
+entropy = 2.5
+stopwords = true
+severity = "medium"
+priority = -10
+"#;
+
+    fn ids(s: &Scanner, text: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        s.scan(text.as_bytes(), &mut out);
+        out.iter()
+            .map(|f| {
+                (
+                    s.rule(f.rule).id.to_string(),
+                    text[f.start..f.end].to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn finds_filters_and_resolves_overlaps() {
+        let s = scanner(RULES);
+        assert_eq!(
+            ids(&s, "a tok_abc123def456 b TOK_ANTq1w2e"),
+            [("tok".into(), "tok_abc123def456".into())],
+            "keywords are case-insensitive but the regex decides"
+        );
+        assert_eq!(
+            ids(&s, "tok_antq1w2e"),
+            [("tok-ant".into(), "tok_antq1w2e".into())]
+        );
+        assert_eq!(
+            ids(&s, "secret=tok_abc123def456"),
+            [("tok".into(), "tok_abc123def456".into())],
+            "the specific rule beats the generic one on the same text"
+        );
+        assert_eq!(
+            ids(&s, "secret = Zx9-Qw7!pLm2"),
+            [("generic".into(), "Zx9-Qw7!pLm2".into())]
+        );
+        assert!(ids(&s, "secret = aaaaaaaaaaaa").is_empty(), "entropy gate");
+        assert!(ids(&s, "secret = myExample99x").is_empty(), "stopword");
+        assert!(ids(&s, "secret = [REDACTED:tok]").is_empty(), "placeholder");
+        assert_eq!(
+            ids(&s, "secret: an-example-SECRET=Zx9-Qw7!pLm2"),
+            [("generic".into(), "Zx9-Qw7!pLm2".into())],
+            "a rejected candidate does not hide the real one inside it"
+        );
+    }
+
+    #[test]
+    fn windows_grow_for_long_matches_and_do_not_cut_tokens() {
+        let s = scanner(
+            r#"
+[[rule]]
+id = "long"
+description = "long"
+keywords = ["lng_"]
+regex = '''\blng_[a-z]{10,}\b'''
+severity = "low"
+max_len = 16
+"#,
+        );
+        // A match longer than `max_len` is refused whole, never cut short.
+        let long = format!("x lng_{} y", "q".repeat(100));
+        assert!(ids(&s, &long).is_empty());
+        assert_eq!(
+            ids(&s, "x lng_qqqqqqqqqq y"),
+            [("long".into(), "lng_qqqqqqqqqq".into())]
+        );
+        // A keyword far into a long word: the window starts inside the word,
+        // and `\b` still sees the letters before it.
+        let inside = format!("{}lng_abcdefghijk", "z".repeat(50));
+        assert!(ids(&s, &inside).is_empty());
+    }
+
+    #[test]
+    fn redaction_replaces_only_the_secret() {
+        let s = scanner(RULES);
+        let text = "use tok_abc123def456 and secret: Zx9-Qw7!pLm2 ok";
+        let mut found = Vec::new();
+        s.scan(text.as_bytes(), &mut found);
+        assert_eq!(
+            s.redact(text, &found),
+            "use [REDACTED:tok] and secret: [REDACTED:generic] ok"
+        );
+    }
+
+    #[test]
+    fn entropy_is_bits_per_byte() {
+        assert_eq!(entropy(b""), 0.0);
+        assert_eq!(entropy(b"aaaa"), 0.0);
+        assert!((entropy(b"abcd") - 2.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,287 @@
+use std::path::Path;
+
+use serde_json::json;
+
+use super::*;
+use crate::chain::{ClientIdentity, Context, Direction, Phase, Transport};
+use crate::config::RuleActions;
+
+const RULES: &str = r#"
+stopwords = ["example"]
+[[rule]]
+id = "tok"
+description = "a vendor token"
+keywords = ["tok_"]
+regex = '''\btok_[A-Za-z0-9]{20}\b'''
+severity = "high"
+[[rule]]
+id = "generic-secret"
+description = "secret assignment"
+keywords = ["secret", "api_key"]
+regex = '''(?i)(?:secret|api_key)["']?\s*[:=]\s*["']?(?P<secret>[^\s"'\[\](){}<>$]{8,128})'''
+entropy = 3.0
+stopwords = true
+priority = -10
+severity = "medium"
+"#;
+
+const TOKEN: &str = "tok_Q8zR2mKx7LpW4nVb9TcY";
+
+fn redact(config: &RedactConfig) -> Redact {
+    let set = match RuleSet::parse(RULES, Path::new("test.toml")) {
+        Ok(set) => set,
+        Err(err) => panic!("{err}"),
+    };
+    match Scanner::new(set, Allowlist::default()) {
+        Ok(scanner) => Redact::with_scanner(scanner, config),
+        Err(err) => panic!("{err}"),
+    }
+}
+
+fn exchange(message: Value, direction: Direction, phase: Phase) -> Exchange {
+    let method = message["method"]
+        .as_str()
+        .unwrap_or("tools/call")
+        .to_owned();
+    Exchange::new(
+        message,
+        direction,
+        phase,
+        Context::new(
+            "s".into(),
+            ClientIdentity::new("c", &[]),
+            Transport::Stdio,
+            &method,
+        ),
+    )
+}
+
+fn call(arguments: Value) -> Exchange {
+    exchange(
+        json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":arguments}}),
+        Direction::ClientToServer,
+        Phase::Request,
+    )
+}
+
+fn result(result: Value) -> Exchange {
+    exchange(
+        json!({"jsonrpc":"2.0","id":1,"result":result}),
+        Direction::ClientToServer,
+        Phase::Response,
+    )
+}
+
+fn counted(exchange: &Exchange) -> Vec<(String, String, u64)> {
+    counts(&exchange.annotations)
+}
+
+#[test]
+fn arguments_and_results_are_redacted_and_counted_per_direction() {
+    let interceptor = redact(&RedactConfig::default());
+    let mut request = call(json!({"text": format!("use {TOKEN} twice: {TOKEN}"), "n": 3}));
+    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    assert_eq!(
+        request.message["params"]["arguments"],
+        json!({"text": "use [REDACTED:tok] twice: [REDACTED:tok]", "n": 3})
+    );
+    assert_eq!(counted(&request), [("tok".into(), "request".into(), 2)]);
+
+    let mut response = result(json!({
+        "content": [
+            {"type": "text", "text": format!("here: {TOKEN}")},
+            {"type": "image", "data": format!("{TOKEN}AAAA"), "mimeType": "image/png"},
+            {"type": "resource", "resource": {"uri": "file:///a", "blob": TOKEN}},
+            {"type": "resource", "resource": {"uri": "file:///b", "text": TOKEN}}
+        ],
+        "structuredContent": {"deep": [{"k": TOKEN}]}
+    }));
+    assert_eq!(interceptor.on_response(&mut response), Verdict::Continue);
+    let content = &response.message["result"]["content"];
+    assert_eq!(content[0]["text"], json!("here: [REDACTED:tok]"));
+    assert_eq!(
+        content[1]["data"],
+        json!(format!("{TOKEN}AAAA")),
+        "image data is skipped by type"
+    );
+    assert_eq!(
+        content[2]["resource"]["blob"],
+        json!(TOKEN),
+        "blobs are skipped"
+    );
+    assert_eq!(content[3]["resource"]["text"], json!("[REDACTED:tok]"));
+    assert_eq!(
+        response.message["result"]["structuredContent"]["deep"][0]["k"],
+        json!("[REDACTED:tok]")
+    );
+    assert_eq!(counted(&response), [("tok".into(), "response".into(), 3)]);
+}
+
+#[test]
+fn an_object_key_is_context_for_its_value() {
+    let interceptor = redact(&RedactConfig::default());
+    let mut request = call(json!({"api_key": "Zq8-Lm3!Wx7pR2", "note": "Zq8-Lm3!Wx7pR2"}));
+    interceptor.on_request(&mut request);
+    assert_eq!(
+        request.message["params"]["arguments"],
+        json!({"api_key": "[REDACTED:generic-secret]", "note": "Zq8-Lm3!Wx7pR2"}),
+        "the value under `api_key` is a secret; the same text elsewhere has no context"
+    );
+    let mut quiet = call(json!({"api_key": "an example value 123"}));
+    interceptor.on_request(&mut quiet);
+    assert!(quiet.annotations.is_empty(), "stopwords still apply");
+}
+
+#[test]
+fn deny_names_the_rule_never_the_secret() {
+    let config = RedactConfig {
+        responses: RedactAction::Deny,
+        ..RedactConfig::default()
+    };
+    let interceptor = redact(&config);
+    let mut response = result(json!({"content": [{"type": "text", "text": TOKEN}]}));
+    let Verdict::Deny(denial) = interceptor.on_response(&mut response) else {
+        panic!("a secret toward the client is denied");
+    };
+    assert_eq!(denial.data.get("rule"), Some(&json!("tok")));
+    assert!(!denial.reason.contains(TOKEN));
+    assert!(denial.reason.contains("tok"));
+    assert_eq!(counted(&response), [("tok".into(), "response".into(), 1)]);
+
+    // Requests keep the default (redact).
+    let mut request = call(json!({"t": TOKEN}));
+    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    assert_eq!(
+        request.message["params"]["arguments"]["t"],
+        json!("[REDACTED:tok]")
+    );
+}
+
+#[test]
+fn per_rule_actions_override_the_direction_default() {
+    let located = |id: &str| crate::config::Located {
+        value: id.to_owned(),
+        file: "p.toml".into(),
+        location: None,
+        key: format!("redact.rules.{id}"),
+    };
+    let config = RedactConfig {
+        rules: vec![
+            RuleActions {
+                id: located("tok"),
+                requests: Some(RedactAction::Log),
+                responses: Some(RedactAction::Off),
+            },
+            RuleActions {
+                id: located("generic-secret"),
+                requests: Some(RedactAction::Deny),
+                responses: None,
+            },
+        ],
+        ..RedactConfig::default()
+    };
+    let interceptor = redact(&config);
+    let mut request = call(json!({"t": TOKEN}));
+    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    assert_eq!(
+        request.message["params"]["arguments"]["t"],
+        json!(TOKEN),
+        "log leaves it"
+    );
+    assert_eq!(counted(&request), [("tok".into(), "request".into(), 1)]);
+
+    let mut response = result(json!({"content": [{"type": "text", "text": TOKEN}]}));
+    interceptor.on_response(&mut response);
+    assert!(response.annotations.is_empty(), "off: not even counted");
+
+    let mut generic = call(json!({"q": "secret = Zq8-Lm3!Wx7pR2"}));
+    assert!(matches!(
+        interceptor.on_request(&mut generic),
+        Verdict::Deny(_)
+    ));
+}
+
+#[test]
+fn every_kind_of_message_is_scanned_in_the_right_direction() {
+    let interceptor = redact(&RedactConfig::default());
+    // A server's sampling request goes to the client: `response` side.
+    let mut sampling = exchange(
+        json!({"jsonrpc":"2.0","id":7,"method":"sampling/createMessage","params":{"messages":[{"role":"user","content":{"type":"text","text":TOKEN}}]}}),
+        Direction::ServerToClient,
+        Phase::Request,
+    );
+    interceptor.on_request(&mut sampling);
+    assert_eq!(
+        sampling.message["params"]["messages"][0]["content"]["text"],
+        json!("[REDACTED:tok]")
+    );
+    assert_eq!(counted(&sampling), [("tok".into(), "response".into(), 1)]);
+    // The client's answer to it goes to the server: `request` side.
+    let mut answer = exchange(
+        json!({"jsonrpc":"2.0","id":7,"result":{"role":"assistant","content":{"type":"text","text":TOKEN}}}),
+        Direction::ServerToClient,
+        Phase::Response,
+    );
+    interceptor.on_response(&mut answer);
+    assert_eq!(counted(&answer), [("tok".into(), "request".into(), 1)]);
+    // Log notifications and error messages.
+    let mut log = exchange(
+        json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":{"msg":TOKEN}}}),
+        Direction::ServerToClient,
+        Phase::Notification,
+    );
+    interceptor.on_notification(&mut log);
+    assert_eq!(
+        log.message["params"]["data"]["msg"],
+        json!("[REDACTED:tok]")
+    );
+    let mut error = exchange(
+        json!({"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":format!("bad key {TOKEN}")}}),
+        Direction::ClientToServer,
+        Phase::Response,
+    );
+    interceptor.on_response(&mut error);
+    assert_eq!(
+        error.message["error"]["message"],
+        json!("bad key [REDACTED:tok]")
+    );
+    assert_eq!(error.message["error"]["code"], json!(-32000));
+}
+
+#[test]
+fn unknown_rule_ids_in_the_config_are_refused_with_their_place() {
+    let config = match crate::config::Config::parse(
+        "[redact]\ndisable = [\"no-such-rule\"]\n",
+        Path::new("p.toml"),
+    ) {
+        Ok(config) => config,
+        Err(err) => panic!("{err}"),
+    };
+    match Redact::new(&config.redact) {
+        Ok(_) => panic!("an unknown rule id is refused"),
+        Err(err) => assert_eq!(
+            err.to_string(),
+            "p.toml:2:12: `redact.disable[0]`: no rule is called `no-such-rule` (`portcullis redact rules` lists them)"
+        ),
+    }
+}
+
+#[test]
+fn counts_parse_back_from_annotations() {
+    let annotations = vec![
+        Annotation {
+            interceptor: "redact".into(),
+            key: ANNOTATION.into(),
+            value: "request aws-key 2".into(),
+        },
+        Annotation {
+            interceptor: "authz".into(),
+            key: ANNOTATION.into(),
+            value: "request fake 1".into(),
+        },
+    ];
+    assert_eq!(
+        counts(&annotations),
+        [("aws-key".into(), "request".into(), 2)]
+    );
+}
