@@ -10,7 +10,7 @@ mod corpus;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::PathBuf;
 
 use common::{TestProxy, first_text};
 use corpus::{Rng, alphabet, corpus, expand, seed};
@@ -426,39 +426,16 @@ fn github_token() -> String {
     format!("ghp_{}", Rng(99).pick(alphabet("alnum"), 36))
 }
 
-fn audit_records(config: &Path) -> Vec<Value> {
-    let (ok, stdout, stderr) = common::run_portcullis([
-        "audit".as_ref(),
-        "query".as_ref(),
-        "--format".as_ref(),
-        "jsonl".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-    ]);
-    assert!(ok, "{stderr}");
-    stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
-fn store_bytes(dir: &Path) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            bytes.extend(store_bytes(&path));
-        } else {
-            bytes.extend(std::fs::read(&path).unwrap());
-        }
-    }
-    bytes
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
+/// A stdio session with the example server behind a proxy with `redact`
+/// config, initialized.
+async fn session(redact: &str) -> (TestProxy, PathBuf, common::RawClient) {
+    let proxy = TestProxy::new()
+        .with_config(&format!("\n[redact]\n{redact}\n"))
+        .with_example_server("example");
+    let config = proxy.write_config();
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    (proxy, config, client)
 }
 
 #[tokio::test]
@@ -466,12 +443,7 @@ async fn secrets_are_redacted_both_ways_and_the_audit_keeps_only_counts() {
     let token = github_token();
     // Requests only counted, so the server echoes the token back and the
     // response side has something to redact.
-    let proxy = TestProxy::new()
-        .with_config("\n[redact]\nrequests = \"log\"\nresponses = \"redact\"\n")
-        .with_example_server("example");
-    let config = proxy.write_config();
-    let mut client = proxy.raw_stdio().await;
-    client.initialize().await;
+    let (proxy, config, mut client) = session("requests = \"log\"\nresponses = \"redact\"").await;
 
     let reply = client
         .call(
@@ -497,7 +469,7 @@ async fn secrets_are_redacted_both_ways_and_the_audit_keeps_only_counts() {
     assert!(message.contains("[REDACTED:github-pat-classic]"), "{reply}");
     client.finish().await;
 
-    let records = audit_records(&config);
+    let records = common::records(&config, &[]);
     let echo = records
         .iter()
         .find(|r| r["target"] == "echo")
@@ -510,10 +482,10 @@ async fn secrets_are_redacted_both_ways_and_the_audit_keeps_only_counts() {
             {"count": 1, "direction": "response", "rule": "github-pat-classic"}
         ])
     );
-    let bytes = store_bytes(&proxy.dir().join(".portcullis"));
+    let bytes = common::all_bytes(&proxy.dir().join(".portcullis"));
     assert!(!bytes.is_empty());
     assert!(
-        !contains(&bytes, &token),
+        !common::contains(&bytes, &token),
         "the token reached the audit store"
     );
 }
@@ -521,12 +493,7 @@ async fn secrets_are_redacted_both_ways_and_the_audit_keeps_only_counts() {
 #[tokio::test]
 async fn a_secret_in_arguments_is_denied_before_the_server_sees_it() {
     let token = github_token();
-    let proxy = TestProxy::new()
-        .with_config("\n[redact]\nrequests = \"deny\"\n")
-        .with_example_server("example");
-    let config = proxy.write_config();
-    let mut client = proxy.raw_stdio().await;
-    client.initialize().await;
+    let (proxy, config, mut client) = session("requests = \"deny\"").await;
     let reply = client
         .call(
             1,
@@ -549,7 +516,7 @@ async fn a_secret_in_arguments_is_denied_before_the_server_sees_it() {
     assert_eq!(first_text(&reply), "example: hello");
     client.finish().await;
 
-    let records = audit_records(&config);
+    let records = common::records(&config, &[]);
     let denied = records
         .iter()
         .find(|r| r["request_id"] == json!(1) && r["kind"] == "exchange")
@@ -560,8 +527,8 @@ async fn a_secret_in_arguments_is_denied_before_the_server_sees_it() {
         denied["redactions"],
         json!([{"count": 1, "direction": "request", "rule": "github-pat-classic"}])
     );
-    let bytes = store_bytes(&proxy.dir().join(".portcullis"));
-    assert!(!contains(&bytes, &token));
+    let bytes = common::all_bytes(&proxy.dir().join(".portcullis"));
+    assert!(!common::contains(&bytes, &token));
 }
 
 #[test]

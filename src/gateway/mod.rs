@@ -79,6 +79,9 @@ pub struct Gateway {
     refreshing: Vec<tokio::sync::Mutex<()>>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Event records being committed in the background: `stop` waits for
+    /// them, so `proxy_stop` is the last record of the chain.
+    event_records: tokio_util::task::TaskTracker,
 }
 
 /// A server→client request in flight: (server, instance, the server's id).
@@ -129,6 +132,7 @@ impl Gateway {
             events: events_tx,
             shutdown: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
+            event_records: tokio_util::task::TaskTracker::new(),
         });
         (gateway, events_rx)
     }
@@ -170,6 +174,10 @@ impl Gateway {
             session.close();
             ended.push(Self::session_end(&session));
         }
+        // Events recorded just before (a session that ended as the proxy
+        // was told to stop) go before `proxy_stop`.
+        self.event_records.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.event_records.wait()).await;
         if let Some(audit) = &self.audit {
             let mut stop = crate::audit::AuditRecord::event("proxy_stop", "allow");
             stop.detail = Some(json!({ "sessions_ended": ended.len() }));
@@ -226,11 +234,14 @@ impl Gateway {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(async move {
-            if let Err(err) = audit.commit(record).await {
-                tracing::error!(error = %err, "AUDIT: an event cannot be recorded");
-            }
-        });
+        self.event_records.spawn_on(
+            async move {
+                if let Err(err) = audit.commit(record).await {
+                    tracing::error!(error = %err, "AUDIT: an event cannot be recorded");
+                }
+            },
+            &runtime,
+        );
     }
 
     /// A session's event record.

@@ -594,3 +594,44 @@ impl HttpSession {
         response.json().await.expect("a JSON reply")
     }
 }
+
+/// `portcullis audit … --config CONFIG`: (success, stdout, stderr).
+pub fn audit(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut all: Vec<&std::ffi::OsStr> = vec!["audit".as_ref()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    all.push("--config".as_ref());
+    all.push(config.as_os_str());
+    run_portcullis(all)
+}
+
+/// `audit query --format jsonl` with `filters`: the records.
+pub fn records(config: &Path, filters: &[&str]) -> Vec<Value> {
+    let mut args = vec!["query", "--format", "jsonl"];
+    args.extend_from_slice(filters);
+    let (ok, stdout, stderr) = audit(config, &args);
+    assert!(ok, "{stderr}");
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Every byte of every file under `dir`.
+pub fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            bytes.extend(all_bytes(&path));
+        } else {
+            bytes.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    bytes
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
