@@ -475,6 +475,13 @@ async fn secrets_are_redacted_both_ways_and_the_audit_keeps_only_counts() {
         .find(|r| r["target"] == "echo")
         .expect("the echo call is recorded");
     assert_eq!(echo["decision"], "allow");
+    // `log` passes the token on: the hash is of what the server received.
+    assert_eq!(
+        echo["arguments_sha256"],
+        json!(portcullis::audit::sha256_canonical(
+            &json!({"text": format!("deploy with {token}")})
+        ))
+    );
     assert_eq!(
         echo["redactions"],
         json!([
@@ -523,6 +530,13 @@ async fn a_secret_in_arguments_is_denied_before_the_server_sees_it() {
         .expect("the denied call is recorded");
     assert_eq!(denied["decision"], "deny");
     assert_eq!(denied["decided_by"], "redact");
+    // The hash is of the arguments as the chain left them, not of the secret.
+    assert_eq!(
+        denied["arguments_sha256"],
+        json!(portcullis::audit::sha256_canonical(
+            &json!({"text": "[REDACTED:github-pat-classic]"})
+        ))
+    );
     assert_eq!(
         denied["redactions"],
         json!([{"count": 1, "direction": "request", "rule": "github-pat-classic"}])

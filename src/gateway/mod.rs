@@ -449,9 +449,6 @@ impl Gateway {
     ) -> Option<Value> {
         let started = std::time::Instant::now();
         let id = message.get("id").cloned().unwrap_or(Value::Null);
-        let arguments_sha256 = message
-            .pointer("/params/arguments")
-            .map(crate::audit::sha256_canonical);
         let handled = match &self.audit {
             Some(audit) if audit.is_failing() => {
                 let method = protocol::method(&message).unwrap_or_default().to_owned();
@@ -475,6 +472,8 @@ impl Gateway {
                         reason: reason.into(),
                     },
                     upstream: None,
+                    // Never past the chain: its arguments are not looked at.
+                    arguments_sha256: None,
                 }
             }
             _ => self.decide_and_relay(session, message).await,
@@ -485,7 +484,7 @@ impl Gateway {
                 &handled.outcome,
                 handled.reply.as_ref(),
                 handled.upstream,
-                arguments_sha256,
+                handled.arguments_sha256.clone(),
                 started,
             )
             .await;
@@ -512,14 +511,26 @@ impl Gateway {
             Phase::Request,
             &method,
         );
-        let done = |exchange: Exchange, reply: Option<Value>, outcome: Outcome, upstream| {
+        // The arguments' hash is taken once the request chain has run: of the
+        // arguments as forwarded (after redaction), never of a secret.
+        let done = |exchange: Exchange,
+                    arguments_sha256: Option<String>,
+                    reply: Option<Value>,
+                    outcome: Outcome,
+                    upstream| {
             self.chain.finish(&exchange, &outcome);
             Handled {
                 reply,
                 exchange,
                 outcome,
                 upstream,
+                arguments_sha256,
             }
+        };
+        let arguments_of = |message: &Value| {
+            message
+                .pointer("/params/arguments")
+                .map(crate::audit::sha256_canonical)
         };
 
         // Routing first, so that interceptors see the target server, name
@@ -543,22 +554,32 @@ impl Gateway {
             Err((code, reason)) => {
                 // Still give the chain its say (`limits` names a broken
                 // envelope more precisely than routing can).
-                return match self.chain.run(&mut exchange) {
+                let ran = self.chain.run(&mut exchange);
+                let arguments = arguments_of(&exchange.message);
+                return match ran {
                     Err(refusal) => {
                         let reply = refusal.to_response(id);
-                        done(exchange, Some(reply), refusal.outcome(), None)
+                        done(exchange, arguments, Some(reply), refusal.outcome(), None)
                     }
                     Ok(()) => {
                         let reply = protocol::error(id, code, &reason, None);
-                        done(exchange, Some(reply), Outcome::Failed { reason }, None)
+                        done(
+                            exchange,
+                            arguments,
+                            Some(reply),
+                            Outcome::Failed { reason },
+                            None,
+                        )
                     }
                 };
             }
         };
 
-        if let Err(refusal) = self.chain.run(&mut exchange) {
+        let ran = self.chain.run(&mut exchange);
+        let arguments = arguments_of(&exchange.message);
+        if let Err(refusal) = ran {
             let reply = refusal.to_response(id);
-            return done(exchange, Some(reply), refusal.outcome(), None);
+            return done(exchange, arguments, Some(reply), refusal.outcome(), None);
         }
 
         let route_kind = match route {
@@ -589,7 +610,7 @@ impl Gateway {
                         let outcome = Outcome::Failed {
                             reason: "cancelled by the client".into(),
                         };
-                        return done(exchange, None, outcome, upstream);
+                        return done(exchange, arguments, None, outcome, upstream);
                     }
                 }
             }
@@ -615,10 +636,16 @@ impl Gateway {
         }
         if let Err(refusal) = self.chain.run(&mut exchange) {
             let reply = refusal.to_response(id);
-            return done(exchange, Some(reply), refusal.outcome(), upstream);
+            return done(
+                exchange,
+                arguments,
+                Some(reply),
+                refusal.outcome(),
+                upstream,
+            );
         }
         let reply = exchange.message.clone();
-        done(exchange, Some(reply), outcome, upstream)
+        done(exchange, arguments, Some(reply), outcome, upstream)
     }
 
     /// Decides where a request goes, and its target (unprefixed tool or prompt
@@ -1623,6 +1650,8 @@ struct Handled {
     outcome: Outcome,
     /// Time spent waiting on the server, if the request reached one.
     upstream: Option<Duration>,
+    /// SHA-256 of the arguments as the chain left them (redacted).
+    arguments_sha256: Option<String>,
 }
 
 /// The audit record of an exchange. Arguments are kept as a hash only, and

@@ -314,6 +314,10 @@ impl Pass<'_> {
             match action {
                 RedactAction::Deny => {
                     self.denied_by.get_or_insert(rule);
+                    // The refused message is never forwarded, but what is
+                    // derived from it (the audit's hash of the arguments)
+                    // must not be derived from the secret either.
+                    rewrite = true;
                 }
                 RedactAction::Redact => rewrite = true,
                 RedactAction::Log | RedactAction::Off => {}
@@ -323,8 +327,12 @@ impl Pass<'_> {
         if rewrite {
             let side = self.side;
             let actions = &self.redact.actions;
-            self.found
-                .retain(|f| actions[f.rule as usize][side] == RedactAction::Redact);
+            self.found.retain(|f| {
+                matches!(
+                    actions[f.rule as usize][side],
+                    RedactAction::Redact | RedactAction::Deny
+                )
+            });
             *text = scanner.redact(text, &self.found);
         }
     }

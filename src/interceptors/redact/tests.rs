@@ -147,6 +147,11 @@ fn deny_names_the_rule_never_the_secret() {
     assert!(!denial.reason.contains(TOKEN));
     assert!(denial.reason.contains("tok"));
     assert_eq!(counted(&response), [("tok".into(), "response".into(), 1)]);
+    assert_eq!(
+        response.message["result"]["content"][0]["text"],
+        json!("[REDACTED:tok]"),
+        "nothing derived from the refused message (the audit's hash) sees the secret"
+    );
 
     // Requests keep the default (redact).
     let mut request = call(json!({"t": TOKEN}));
