@@ -14,9 +14,13 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
-use regex::bytes::{CaptureLocations, Regex};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder};
+use regex::bytes::Regex;
+use regex_automata::meta::Cache;
+use regex_automata::util::captures::Captures;
+use regex_automata::{Anchored, Input};
 
+use super::keywords::Keywords;
 use super::rules::{Rule, RuleSet};
 
 /// What a redacted secret is replaced with: `[REDACTED:<rule-id>]`.
@@ -53,7 +57,7 @@ pub struct Allowlist {
 #[derive(Debug)]
 pub struct Scanner {
     rules: Vec<Rule>,
-    keywords: AhoCorasick,
+    keywords: Keywords,
     /// Keyword pattern → the rules that listed it.
     keyword_rules: Vec<Vec<u32>>,
     /// Rules with no keywords: they run on every string.
@@ -68,7 +72,7 @@ struct Scratch {
     /// (rule, keyword start, keyword end)
     hits: Vec<(u32, usize, usize)>,
     found: Vec<Finding>,
-    locations: Vec<Option<CaptureLocations>>,
+    captures: Vec<Option<(Captures, Cache)>>,
 }
 
 thread_local! {
@@ -100,11 +104,7 @@ impl Scanner {
                 }
             }
         }
-        let keywords = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .kind(Some(AhoCorasickKind::DFA))
-            .build(&patterns)?;
+        let keywords = Keywords::new(&patterns)?;
         let stopwords = if set.stopwords.is_empty() {
             None
         } else {
@@ -134,7 +134,7 @@ impl Scanner {
 
     /// Whether any keyword occurs in `text` (or some rule has none).
     pub fn may_match(&self, text: &[u8]) -> bool {
-        !self.unkeyed.is_empty() || self.keywords.is_match(text)
+        !self.unkeyed.is_empty() || self.keywords.any(text)
     }
 
     /// The secrets in `text`, in order, not overlapping.
@@ -154,21 +154,22 @@ impl Scanner {
         let Scratch {
             hits,
             found,
-            locations,
+            captures,
         } = scratch;
         hits.clear();
         found.clear();
-        for hit in self.keywords.find_overlapping_iter(text) {
-            for &rule in &self.keyword_rules[hit.pattern().as_usize()] {
-                hits.push((rule, hit.start(), hit.end()));
+        self.keywords.each(text, |word, start| {
+            let end = start + self.keywords.len_of(word);
+            for &rule in &self.keyword_rules[word as usize] {
+                hits.push((rule, start, end));
             }
-        }
+        });
         if hits.is_empty() && self.unkeyed.is_empty() {
             return;
         }
         hits.sort_unstable();
-        if locations.len() < self.rules.len() {
-            locations.resize(self.rules.len(), None);
+        if captures.len() < self.rules.len() {
+            captures.resize(self.rules.len(), None);
         }
         let mut from = 0;
         while from < hits.len() {
@@ -178,39 +179,110 @@ impl Scanner {
                 rule,
                 text,
                 &hits[from..to],
-                &mut locations[rule as usize],
+                &mut captures[rule as usize],
                 found,
             );
             from = to;
         }
         for &rule in &self.unkeyed {
             let whole = [(rule, 0, text.len())];
-            self.run_rule(rule, text, &whole, &mut locations[rule as usize], found);
+            self.run_rule(rule, text, &whole, &mut captures[rule as usize], found);
         }
         resolve_overlaps(&self.rules, found, out);
     }
 
-    /// Runs one rule's regex on the merged windows around its keyword hits
-    /// (sorted by start).
+    /// Runs one rule's regex around its keyword hits (sorted by start).
     fn run_rule(
         &self,
         index: u32,
         text: &[u8],
         hits: &[(u32, usize, usize)],
-        locations: &mut Option<CaptureLocations>,
+        captures: &mut Option<(Captures, Cache)>,
+        found: &mut Vec<Finding>,
+    ) {
+        let rule = &self.rules[index as usize];
+        let (captures, cache) = captures
+            .get_or_insert_with(|| (rule.regex.create_captures(), rule.regex.create_cache()));
+        if rule.lead == 0 && !rule.keywords.is_empty() {
+            self.run_anchored(index, text, hits, captures, cache, found);
+        } else {
+            self.run_windows(index, text, hits, captures, cache, found);
+        }
+    }
+
+    /// A rule whose matches start with a keyword: the regex runs anchored
+    /// at each hit, and gives up as soon as the text cannot match, a few
+    /// bytes in for most hits.
+    fn run_anchored(
+        &self,
+        index: u32,
+        text: &[u8],
+        hits: &[(u32, usize, usize)],
+        captures: &mut Captures,
+        cache: &mut Cache,
+        found: &mut Vec<Finding>,
+    ) {
+        let rule = &self.rules[index as usize];
+        // Where the last match found ended: a hit inside it is part of it.
+        let mut covered = 0;
+        let mut previous = None;
+        for &(_, at, _) in hits {
+            if at < covered || previous == Some(at) {
+                continue;
+            }
+            previous = Some(at);
+            if !rule.head.is_empty()
+                && !rule.head.iter().any(|head| {
+                    text.len() - at >= head.len()
+                        && head
+                            .iter()
+                            .zip(&text[at..])
+                            .all(|(set, &b)| set[usize::from(b) / 64] >> (b % 64) & 1 == 1)
+                })
+            {
+                continue;
+            }
+            // One byte more than the longest match: a match that reaches
+            // it is too long and refused whole, never cut short.
+            let end = (at + rule.max_len + 1).min(text.len());
+            rule.regex.search_captures_with(
+                cache,
+                &Input::new(text).range(at..end).anchored(Anchored::Yes),
+                captures,
+            );
+            let Some(matched) = captures.get_match() else {
+                continue;
+            };
+            if matched.len() > rule.max_len {
+                continue;
+            }
+            if let Some(finding) = self.candidate(index, text, captures) {
+                found.push(finding);
+                covered = matched.end();
+            }
+        }
+    }
+
+    /// Any other rule: the regex runs on the merged windows around its
+    /// hits; a match contains a keyword, is at most `max_len` long and
+    /// starts at most `lead` before the keyword.
+    fn run_windows(
+        &self,
+        index: u32,
+        text: &[u8],
+        hits: &[(u32, usize, usize)],
+        captures: &mut Captures,
+        cache: &mut Cache,
         found: &mut Vec<Finding>,
     ) {
         let rule = &self.rules[index as usize];
         let span = rule.max_len;
-        let locations = locations.get_or_insert_with(|| rule.regex.capture_locations());
         let unkeyed = rule.keywords.is_empty();
         // Where the regex has looked already: windows never rescan.
         let mut scanned = 0;
         let mut next = 0;
         while next < hits.len() {
             let (_, first_start, first_end) = hits[next];
-            // A match contains the keyword, is at most `max_len` long and
-            // starts at most `lead` before the keyword.
             let window_start = first_end
                 .saturating_sub(span)
                 .max(first_start.saturating_sub(rule.lead))
@@ -230,50 +302,64 @@ impl Scanner {
             }
             let mut at = window_start;
             while at <= window_end {
-                let Some(found_match) =
-                    rule.regex
-                        .captures_read_at(locations, &text[..window_end], at)
-                else {
+                rule.regex.search_captures_with(
+                    cache,
+                    &Input::new(text).range(at..window_end),
+                    captures,
+                );
+                let Some(matched) = captures.get_match() else {
                     break;
                 };
-                let (match_start, match_end) = (found_match.start(), found_match.end());
+                let (match_start, match_end) = (matched.start(), matched.end());
                 // A match that reaches the window's end may go on past it:
                 // widen the window and look again from the same place.
                 if match_end == window_end && window_end < text.len() {
                     window_end = (window_end + span).min(text.len());
                     continue;
                 }
-                let (start, end) = match rule.secret_group.and_then(|g| locations.get(g)) {
-                    Some(secret) => secret,
-                    None => (match_start, match_end),
-                };
                 let contains_keyword = unkeyed
                     || hits[hits.partition_point(|hit| hit.1 < match_start)..]
                         .iter()
                         .take_while(|hit| hit.1 <= match_start + rule.lead)
                         .any(|hit| hit.2 <= match_end);
-                if start < end
-                    && match_end - match_start <= span
-                    && contains_keyword
-                    && self.reportable(rule, &text[start..end])
-                {
-                    found.push(Finding {
-                        rule: index,
-                        start,
-                        end,
-                        match_start,
-                        match_end,
-                    });
-                    at = match_end.max(match_start + 1);
+                let finding = if match_end - match_start <= span && contains_keyword {
+                    self.candidate(index, text, captures)
                 } else {
+                    None
+                };
+                match finding {
+                    Some(finding) => {
+                        found.push(finding);
+                        at = match_end.max(match_start + 1);
+                    }
                     // A rejected candidate may hide a real one that starts
                     // inside it (`password: DB_PASSWORD=…`): look again
                     // from the next byte, not from its end.
-                    at = match_start + 1;
+                    None => at = match_start + 1,
                 }
             }
             scanned = window_end.max(at.min(text.len()));
         }
+    }
+
+    /// The match in `captures` as a finding, if its secret passes the
+    /// filters.
+    fn candidate(&self, index: u32, text: &[u8], captures: &Captures) -> Option<Finding> {
+        let rule = &self.rules[index as usize];
+        let matched = captures.get_match()?;
+        let secret = match rule.secret_group {
+            Some(group) => captures.get_group(group)?,
+            None => matched.span(),
+        };
+        (secret.start < secret.end && self.reportable(rule, &text[secret.start..secret.end])).then(
+            || Finding {
+                rule: index,
+                start: secret.start,
+                end: secret.end,
+                match_start: matched.start(),
+                match_end: matched.end(),
+            },
+        )
     }
 
     /// The filters a candidate secret must pass.
@@ -307,7 +393,9 @@ impl Scanner {
     /// `text` has.
     #[doc(hidden)]
     pub fn keyword_hits(&self, text: &[u8]) -> usize {
-        self.keywords.find_overlapping_iter(text).count()
+        let mut count = 0;
+        self.keywords.each(text, |_, _| count += 1);
+        count
     }
 
     /// Every rule's regex over the whole text, with the same filters: the
@@ -318,15 +406,13 @@ impl Scanner {
         let mut found = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
             let index = index as u32;
-            let mut locations = rule.regex.capture_locations();
+            let mut captures = rule.regex.create_captures();
             let mut at = 0;
             while at <= text.len() {
-                let Some(m) = rule.regex.captures_read_at(&mut locations, text, at) else {
+                rule.regex
+                    .search_captures(&Input::new(text).range(at..), &mut captures);
+                let Some(m) = captures.get_match() else {
                     break;
-                };
-                let (start, end) = match rule.secret_group.and_then(|g| locations.get(g)) {
-                    Some(secret) => secret,
-                    None => (m.start(), m.end()),
                 };
                 let matched = &text[m.start()..m.end()];
                 let contains_keyword = rule.keywords.is_empty()
@@ -336,21 +422,17 @@ impl Scanner {
                             .take(rule.lead + 1)
                             .any(|w| w.eq_ignore_ascii_case(k.as_bytes()))
                     });
-                if start < end
-                    && m.end() - m.start() <= rule.max_len
-                    && contains_keyword
-                    && self.reportable(rule, &text[start..end])
-                {
-                    found.push(Finding {
-                        rule: index,
-                        start,
-                        end,
-                        match_start: m.start(),
-                        match_end: m.end(),
-                    });
-                    at = m.end().max(m.start() + 1);
+                let finding = if m.len() <= rule.max_len && contains_keyword {
+                    self.candidate(index, text, &captures)
                 } else {
-                    at = m.start() + 1;
+                    None
+                };
+                match finding {
+                    Some(finding) => {
+                        found.push(finding);
+                        at = m.end().max(m.start() + 1);
+                    }
+                    None => at = m.start() + 1,
                 }
             }
         }

@@ -15,6 +15,7 @@
 //! that the audit record keeps; the secret itself goes nowhere.
 
 mod engine;
+mod keywords;
 pub mod rules;
 
 use std::sync::Arc;

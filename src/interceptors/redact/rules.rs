@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use regex::bytes::Regex;
+use regex_automata::meta;
+use regex_syntax::hir::{Class, Hir, HirKind};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -56,7 +58,7 @@ pub struct Rule {
     /// ASCII, matched case-insensitively; a match counts only if it contains
     /// one. Empty: the rule runs on every string (costly, so rare).
     pub keywords: Vec<String>,
-    pub regex: Regex,
+    pub regex: meta::Regex,
     /// The capture group holding the secret (`(?P<secret>…)`); the whole
     /// match when absent.
     pub secret_group: Option<usize>,
@@ -72,8 +74,14 @@ pub struct Rule {
     /// The longest match in bytes.
     pub max_len: usize,
     /// How far before the start of its keyword a match can start (at most
-    /// `max_len`): a smaller lead means a smaller window to search.
+    /// `max_len`): a smaller lead means a smaller window to search. Zero
+    /// (declared, or found when every match of the regex starts with a
+    /// keyword): the regex runs anchored at each keyword.
     pub lead: usize,
+    /// Every match starts with one of these byte-set sequences (the first
+    /// bytes of the regex, at most 16): a cheap test before the regex runs
+    /// at a keyword. Empty when the regex starts too many ways to list.
+    pub head: Vec<Vec<Bytes>>,
     /// Where the rule was defined (built-in or a file).
     pub origin: Arc<str>,
 }
@@ -143,15 +151,25 @@ impl RuleSet {
                     ));
                 }
             }
-            let regex = compile(raw_rule.regex.get_ref()).map_err(|err| {
+            let regex_error = |err: String| {
                 error(
                     Some(raw_rule.regex.span()),
                     format!("`rule[{index}].regex` (rule `{}`): {err}", raw_rule.id),
                 )
-            })?;
+            };
+            let hir =
+                parse(raw_rule.regex.get_ref()).map_err(|err| regex_error(err.to_string()))?;
+            let regex = meta::Regex::builder()
+                .configure(
+                    meta::Config::new()
+                        .nfa_size_limit(Some(1 << 22))
+                        .utf8_empty(false),
+                )
+                .build_from_hir(&hir)
+                .map_err(|err| regex_error(err.to_string()))?;
             let secret_group = regex
-                .capture_names()
-                .position(|name| name == Some("secret"));
+                .group_info()
+                .to_index(regex_automata::PatternID::ZERO, "secret");
             let severity = match raw_rule.severity.as_str() {
                 "critical" => Severity::Critical,
                 "high" => Severity::High,
@@ -179,13 +197,23 @@ impl RuleSet {
                     format!("{max_len} is not between 1 and {MAX_MATCH_LEN}"),
                 ));
             }
-            let lead = raw_rule.lead.unwrap_or(max_len);
+            let lead = match raw_rule.lead {
+                Some(lead) => lead,
+                None if starts_with_keyword(&hir, &raw_rule.keywords) => 0,
+                None => max_len,
+            };
             if lead > max_len {
                 return Err(at(
                     "lead",
                     format!("{lead} is more than `max_len` ({max_len})"),
                 ));
             }
+            let head = match starts(&hir, 16, &[]) {
+                Some(starts) if starts.iter().all(|start| !start.bytes.is_empty()) => {
+                    starts.into_iter().map(|start| start.bytes).collect()
+                }
+                _ => Vec::new(),
+            };
             let allow_regex = raw_rule
                 .allow_regex
                 .iter()
@@ -205,6 +233,7 @@ impl RuleSet {
                 allow_regex,
                 max_len,
                 lead,
+                head,
                 origin: origin.clone(),
             });
         }
@@ -236,6 +265,206 @@ impl RuleSet {
         }
         Ok(())
     }
+}
+
+/// A rule's regex, parsed as [`compile`] does.
+fn parse(pattern: &str) -> Result<Hir, String> {
+    regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .map_err(|err| err.to_string())
+}
+
+/// A set of bytes.
+pub type Bytes = [u64; 4];
+
+/// The most ways a regex may start that are followed.
+const MOST: usize = 64;
+
+/// The start of some matches of a regex: the set of bytes each of its
+/// first positions can hold; `open` while the regex goes on predictably
+/// (no repetition seen yet).
+#[derive(Clone)]
+struct Start {
+    bytes: Vec<Bytes>,
+    open: bool,
+}
+
+/// Whether every match of `hir` begins with one of `keywords` (ASCII
+/// case-insensitive). Answers no when unsure: then the rule's windows
+/// reach back `max_len` bytes, slower but never wrong.
+fn starts_with_keyword(hir: &Hir, keywords: &[String]) -> bool {
+    let longest = keywords.iter().map(String::len).max().unwrap_or(0);
+    if longest == 0 {
+        return false;
+    }
+    let Some(starts) = starts(hir, longest, keywords) else {
+        return false;
+    };
+    starts.iter().all(|start| start.begins_with_any(keywords))
+}
+
+impl Start {
+    /// Whether this start is grown no further.
+    fn done(&self, depth: usize, keywords: &[String]) -> bool {
+        !self.open || self.bytes.len() >= depth || self.begins_with_any(keywords)
+    }
+
+    /// Whether every string this start stands for begins with one of
+    /// `keywords` (ASCII case-insensitive).
+    fn begins_with_any(&self, keywords: &[String]) -> bool {
+        keywords.iter().any(|keyword| {
+            self.bytes.len() >= keyword.len()
+                && keyword.bytes().zip(&self.bytes).all(|(k, set)| {
+                    let mut allowed = [0u64; 4];
+                    for b in [k.to_ascii_lowercase(), k.to_ascii_uppercase()] {
+                        allowed[usize::from(b) / 64] |= 1 << (b % 64);
+                    }
+                    set.iter().zip(allowed).all(|(s, a)| s & !a == 0)
+                })
+        })
+    }
+}
+
+/// The ways matches of `hir` can start, up to `depth` bytes or until they
+/// begin with one of `keywords`; `None` when there are too many to list.
+fn starts(hir: &Hir, depth: usize, keywords: &[String]) -> Option<Vec<Start>> {
+    let single = |bytes: Vec<Bytes>, open: bool| Some(vec![Start { bytes, open }]);
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => single(Vec::new(), true),
+        HirKind::Literal(literal) => single(
+            literal
+                .0
+                .iter()
+                .take(depth)
+                .map(|&b| {
+                    let mut set = [0u64; 4];
+                    set[usize::from(b) / 64] |= 1 << (b % 64);
+                    set
+                })
+                .collect(),
+            true,
+        ),
+        HirKind::Class(Class::Bytes(class)) => {
+            // A small class (`[_.-]`) is a few alternatives, one per byte
+            // and its other case, so each can meet its own keyword.
+            let mut sets: Vec<Bytes> = Vec::new();
+            for range in class.ranges() {
+                for b in range.start()..=range.end() {
+                    let lower = b.to_ascii_lowercase();
+                    let index = sets
+                        .iter()
+                        .position(|set| set[usize::from(lower) / 64] >> (lower % 64) & 1 == 1)
+                        .unwrap_or_else(|| {
+                            sets.push([0u64; 4]);
+                            sets.len() - 1
+                        });
+                    for b in [b, lower] {
+                        sets[index][usize::from(b) / 64] |= 1 << (b % 64);
+                    }
+                }
+            }
+            if sets.len() > 4 {
+                let mut all = [0u64; 4];
+                for set in &sets {
+                    for (word, bits) in all.iter_mut().zip(set) {
+                        *word |= bits;
+                    }
+                }
+                sets = vec![all];
+            }
+            Some(
+                sets.into_iter()
+                    .map(|set| Start {
+                        bytes: vec![set],
+                        open: true,
+                    })
+                    .collect(),
+            )
+        }
+        HirKind::Class(Class::Unicode(_)) => None,
+        HirKind::Capture(capture) => starts(&capture.sub, depth, keywords),
+        HirKind::Repetition(repetition) => {
+            let sub = starts(&repetition.sub, depth, keywords)?;
+            let min = repetition.min as usize;
+            let mut out = vec![Start {
+                bytes: Vec::new(),
+                open: true,
+            }];
+            // The copies that must be there are followed; past them the
+            // count is not, except for `x?`: `x` or nothing.
+            for _ in 0..min.min(depth) {
+                out = then(out, &sub, depth, keywords)?;
+            }
+            if repetition.max != Some(repetition.min) {
+                if min == 0 {
+                    let once = repetition.max == Some(1);
+                    out.extend(sub.into_iter().map(|start| Start {
+                        open: once && start.open,
+                        ..start
+                    }));
+                } else {
+                    for start in &mut out {
+                        start.open = false;
+                    }
+                }
+            }
+            Some(out)
+        }
+        HirKind::Alternation(subs) => {
+            let mut out = Vec::new();
+            for sub in subs {
+                out.extend(starts(sub, depth, keywords)?);
+                if out.len() > MOST {
+                    return None;
+                }
+            }
+            Some(out)
+        }
+        HirKind::Concat(subs) => {
+            let mut out = vec![Start {
+                bytes: Vec::new(),
+                open: true,
+            }];
+            for sub in subs {
+                if out.iter().all(|start| start.done(depth, keywords)) {
+                    break;
+                }
+                out = then(out, &starts(sub, depth, keywords)?, depth, keywords)?;
+            }
+            Some(out)
+        }
+    }
+}
+
+/// `starts` followed by `next`; `None` past [`MOST`] ways.
+fn then(
+    starts: Vec<Start>,
+    next: &[Start],
+    depth: usize,
+    keywords: &[String],
+) -> Option<Vec<Start>> {
+    let mut grown = Vec::new();
+    for start in starts {
+        if start.done(depth, keywords) {
+            grown.push(start);
+            continue;
+        }
+        for more in next {
+            let mut bytes = start.bytes.clone();
+            bytes.extend(more.bytes.iter().take(depth - bytes.len().min(depth)));
+            grown.push(Start {
+                bytes,
+                open: more.open,
+            });
+        }
+        if grown.len() > MOST {
+            return None;
+        }
+    }
+    Some(grown)
 }
 
 /// Rule regexes match bytes with ASCII semantics (`\\b`, `\\w`, `\\s`,
@@ -380,5 +609,72 @@ stopwords = true
             Ok(set) => assert!(set.rules.len() >= 80, "{} built-in rules", set.rules.len()),
             Err(err) => panic!("{err}"),
         }
+    }
+
+    fn anchored(pattern: &str, keywords: &[&str]) -> bool {
+        let keywords: Vec<String> = keywords.iter().map(|k| k.to_string()).collect();
+        match super::parse(pattern) {
+            Ok(hir) => starts_with_keyword(&hir, &keywords),
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    #[test]
+    fn a_regex_that_starts_with_its_keyword_is_run_anchored() {
+        assert!(anchored(r"\bghp_[A-Za-z0-9]{36}\b", &["ghp_"]));
+        assert!(anchored(r"(?i:\bbearer)[ \t]+\S+", &["bearer"]), "any case");
+        assert!(anchored(
+            r"(?i:password|passwd|pwd)\s*=",
+            &["password", "passwd", "pwd"]
+        ));
+        assert!(
+            anchored(
+                r"(?:api|app)[_.-]?key=",
+                &[
+                    "api_key", "api.key", "api-key", "apikey", "app_key", "app.key", "app-key",
+                    "appkey"
+                ]
+            ),
+            "each way through `[_.-]?` meets its own keyword"
+        );
+        assert!(
+            !anchored(r"[a-z]*_?key=", &["key"]),
+            "the keyword is not at the start"
+        );
+        assert!(
+            !anchored(r"(?:api|app)_?key=", &["api_key"]),
+            "`appkey` starts otherwise"
+        );
+        assert!(!anchored(r"x?ghp_", &["ghp_"]));
+        assert!(
+            !anchored(r"g.p_", &["ghp_"]),
+            "`.` is more than the keyword's byte"
+        );
+        assert!(!anchored(r"ghp_", &[]), "no keyword");
+    }
+
+    #[test]
+    fn the_head_of_a_regex_lists_its_first_bytes() {
+        let text = r#"
+[[rule]]
+id = "a"
+description = "d"
+keywords = ["pat"]
+regex = '''\bpat[A-Za-z0-9]{3}\.x+'''
+severity = "high"
+"#;
+        let rule = match parse(text) {
+            Ok(set) => set.rules.into_iter().next(),
+            Err(err) => panic!("{err}"),
+        };
+        let Some(rule) = rule else { panic!("no rule") };
+        assert_eq!(rule.lead, 0, "found to start with its keyword");
+        // p, a, t, three of [A-Za-z0-9], `.`, x: one way, eight bytes.
+        assert_eq!(rule.head.len(), 1);
+        assert_eq!(rule.head[0].len(), 8);
+        let holds = |at: usize, b: u8| rule.head[0][at][usize::from(b) / 64] >> (b % 64) & 1 == 1;
+        assert!(holds(0, b'p') && !holds(0, b'P'));
+        assert!(holds(3, b'Q') && holds(5, b'7') && !holds(4, b'/'));
+        assert!(holds(6, b'.') && !holds(6, b'a') && holds(7, b'x'));
     }
 }
