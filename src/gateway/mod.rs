@@ -6,6 +6,7 @@
 //! into JSON-RPC errors for the client.
 
 mod catalog;
+mod in_flight;
 mod session;
 
 pub use catalog::{Catalog, ListKind, ServerLists};
@@ -82,6 +83,8 @@ pub struct Gateway {
     /// Event records being committed in the background: `stop` waits for
     /// them, so `proxy_stop` is the last record of the chain.
     event_records: tokio_util::task::TaskTracker,
+    /// Per server: its limit on requests in flight, if it has one.
+    in_flight: Vec<Option<in_flight::InFlight>>,
 }
 
 /// A server→client request in flight: (server, instance, the server's id).
@@ -113,7 +116,20 @@ impl Gateway {
             })
             .collect();
         let names = upstreams.iter().map(|u| u.name().clone()).collect();
+        let in_flight = config
+            .servers
+            .iter()
+            .map(|server| {
+                config
+                    .ratelimit
+                    .concurrency
+                    .iter()
+                    .find(|limit| limit.server == server.name)
+                    .map(in_flight::InFlight::new)
+            })
+            .collect();
         let gateway = Arc::new(Self {
+            in_flight,
             catalog: RwLock::new(Arc::new(Catalog::new(upstreams.len()))),
             refreshing: upstreams
                 .iter()
@@ -601,6 +617,28 @@ impl Gateway {
                     }
                     None => {}
                 }
+                // A place among the server's requests in flight, if it
+                // limits them (the wait is bounded by its call timeout).
+                let _place = match &self.in_flight[server] {
+                    None => None,
+                    Some(limit) => {
+                        let wait = self.config.servers[server].call_timeout;
+                        match limit.enter(&self.names[server], wait).await {
+                            Ok(permit) => Some(permit),
+                            Err(refusal) => {
+                                exchange.message = outgoing;
+                                let reply = refusal.to_response(id);
+                                return done(
+                                    exchange,
+                                    arguments,
+                                    Some(reply),
+                                    refusal.outcome(),
+                                    None,
+                                );
+                            }
+                        }
+                    }
+                };
                 let sent = std::time::Instant::now();
                 let forwarded = self.forward(session, server, &id, outgoing).await;
                 upstream = Some(sent.elapsed());

@@ -2,10 +2,12 @@
 
 pub mod authz;
 mod limits;
+pub mod ratelimit;
 pub mod redact;
 
 pub use authz::{Authz, PolicyEngine};
 pub use limits::Limits;
+pub use ratelimit::Ratelimit;
 pub use redact::Redact;
 
 use std::sync::Arc;
@@ -39,6 +41,9 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
     for entry in &config.chain {
         match entry {
             ChainEntry::Limits => interceptors.push(Arc::new(Limits::new(config.limits))),
+            ChainEntry::Ratelimit => {
+                interceptors.push(Arc::new(Ratelimit::new(&config.ratelimit)));
+            }
             ChainEntry::Authz => {
                 let dir = config.proxy.policies.clone().unwrap_or_default();
                 let engine = Arc::new(

@@ -31,6 +31,8 @@ pub mod code {
     pub const CLIENT_UNAVAILABLE: i64 = -32013;
     /// The audit log cannot record the exchange: the call is refused.
     pub const AUDIT_UNAVAILABLE: i64 = -32014;
+    /// A quota is used up (`data.retry_after_ms` says when to try again).
+    pub const RATE_LIMITED: i64 = -32015;
 }
 
 /// The MCP protocol revisions Portcullis speaks toward clients, newest first.

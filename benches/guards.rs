@@ -1,0 +1,149 @@
+//! What the guards cost per call: the interceptor chain on a `tools/call`
+//! request without them (the baseline, `limits` alone), and with
+//! `ratelimit` checking three quotas (client, server and tool level), for one
+//! client and for calls spread over 1,000 clients.
+//!
+//! `cargo bench --bench guards` (options after `--`: `--iterations N` per
+//! sample, default 1000; `--samples N`, default 300).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis::chain::{
+    Chain, ClientIdentity, Context, Direction, Exchange, Interceptor, Phase, Transport,
+};
+use portcullis::config::{LimitsConfig, RateRule, RateScope, RatelimitConfig};
+use portcullis::interceptors::{Limits, Ratelimit};
+use serde_json::json;
+
+fn call(client: &str) -> Exchange {
+    let message = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "gh__create_issue", "arguments": {"title": "a bug", "body": "details"}}});
+    let mut context = Context::new(
+        Arc::from("session-1"),
+        ClientIdentity::new(client, &[]),
+        Transport::Http,
+        "tools/call",
+    );
+    context.server = Some(Arc::from("gh"));
+    context.target = Some("create_issue".to_owned());
+    context.request_id = Some(json!(7));
+    Exchange::new(message, Direction::ClientToServer, Phase::Request, context)
+}
+
+fn measure(
+    label: &str,
+    samples: usize,
+    iterations: usize,
+    mut work: impl FnMut(),
+) -> common::Stats {
+    for _ in 0..iterations * 10 {
+        work();
+    }
+    let mut per_call = Vec::with_capacity(samples);
+    let start = Instant::now();
+    for _ in 0..samples {
+        let begin = Instant::now();
+        for _ in 0..iterations {
+            work();
+        }
+        per_call.push(begin.elapsed() / iterations as u32);
+    }
+    let mut stats = common::stats(label, per_call, start.elapsed());
+    stats.calls_per_sec *= iterations as f64;
+    stats
+}
+
+fn run_chain(chain: &Chain, template: &Exchange) {
+    let mut exchange = template.clone();
+    let result = chain.run(&mut exchange);
+    assert!(result.is_ok(), "the benchmarked call is never refused");
+}
+
+fn main() {
+    let mut iterations = 1000usize;
+    let mut samples = 300usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--iterations" => {
+                iterations = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(iterations)
+            }
+            "--samples" => samples = args.next().and_then(|n| n.parse().ok()).unwrap_or(samples),
+            _ => {} // cargo bench passes `--bench`
+        }
+    }
+    // Quotas no benchmark run can use up, so every check passes and costs
+    // what a passing check costs.
+    let quota = |text: &str| text.parse().unwrap();
+    let ratelimit = Ratelimit::new(&RatelimitConfig {
+        rules: vec![
+            RateRule {
+                client: None,
+                scope: RateScope::Client,
+                quota: quota("1000000000/s"),
+                key: "default".into(),
+            },
+            RateRule {
+                client: None,
+                scope: RateScope::Server("gh".into()),
+                quota: quota("1000000000/s"),
+                key: "server".into(),
+            },
+            RateRule {
+                client: None,
+                scope: RateScope::Tool {
+                    server: "gh".into(),
+                    tool: "create_issue".into(),
+                },
+                quota: quota("1000000000/s"),
+                key: "tool".into(),
+            },
+        ],
+        concurrency: Vec::new(),
+    });
+    let limits: Arc<dyn Interceptor> = Arc::new(Limits::new(LimitsConfig::default()));
+    let baseline_chain = Chain::new(vec![limits.clone()]);
+    let with_ratelimit = Chain::new(vec![limits, Arc::new(ratelimit)]);
+
+    let one = call("claude-desktop");
+    let many: Vec<Exchange> = (0..1000).map(|n| call(&format!("client-{n}"))).collect();
+    let mut next = 0;
+
+    let baseline = measure("chain without guards (limits)", samples, iterations, || {
+        run_chain(&baseline_chain, &one)
+    });
+    let ratelimited = measure(
+        "with ratelimit, 3 quotas, one client",
+        samples,
+        iterations,
+        || run_chain(&with_ratelimit, &one),
+    );
+    let spread = measure(
+        "with ratelimit, 3 quotas, 1,000 clients",
+        samples,
+        iterations,
+        || {
+            next = (next + 1) % many.len();
+            run_chain(&with_ratelimit, &many[next]);
+        },
+    );
+    common::print_table(
+        "tools/call through the chain",
+        "p50 vs without guards",
+        &[&baseline, &ratelimited, &spread],
+        &baseline,
+    );
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "\nratelimit adds {:.2} µs per call (one client) and {:.2} µs (1,000 clients) (goal: under 1 µs)",
+        us(ratelimited.p50) - us(baseline.p50),
+        us(spread.p50) - us(baseline.p50)
+    );
+}
