@@ -1,7 +1,8 @@
 //! What the guards cost per call: the interceptor chain on a `tools/call`
-//! request without them (the baseline, `limits` alone), and with
-//! `ratelimit` checking three quotas (client, server and tool level), for one
-//! client and for calls spread over 1,000 clients.
+//! request without them (the baseline, `limits` alone); with `ratelimit`
+//! checking three quotas (client, server and tool level), for one client and
+//! for calls spread over 1,000 clients; and with `schema` validating the
+//! arguments against a typical tool's input schema.
 //!
 //! `cargo bench --bench guards` (options after `--`: `--iterations N` per
 //! sample, default 1000; `--samples N`, default 300).
@@ -13,15 +14,40 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis::chain::{
-    Chain, ClientIdentity, Context, Direction, Exchange, Interceptor, Phase, Transport,
+    Chain, ClientIdentity, Context, Definition, Direction, Exchange, Interceptor, Phase, Transport,
 };
 use portcullis::config::{LimitsConfig, RateRule, RateScope, RatelimitConfig};
-use portcullis::interceptors::{Limits, Ratelimit};
+use portcullis::interceptors::{Limits, Ratelimit, Schema};
 use serde_json::json;
 
-fn call(client: &str) -> Exchange {
+/// A typical tool: a few typed properties, required ones, an enum, a
+/// bounded array, a pattern.
+fn tool_list() -> Arc<Vec<serde_json::Value>> {
+    Arc::new(vec![json!({
+        "name": "create_issue",
+        "description": "Open an issue",
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                "owner": {"type": "string", "pattern": "^[A-Za-z0-9-]+$"},
+                "repo": {"type": "string", "minLength": 1, "maxLength": 100},
+                "title": {"type": "string", "minLength": 1},
+                "body": {"type": "string"},
+                "labels": {"type": "array", "items": {"type": "string"}, "maxItems": 20},
+                "priority": {"type": "string", "enum": ["low", "medium", "high"]},
+                "assignee_id": {"type": "integer", "minimum": 1}
+            },
+            "required": ["owner", "repo", "title"],
+            "additionalProperties": false
+        }
+    })])
+}
+
+fn call(client: &str, list: &Arc<Vec<serde_json::Value>>) -> Exchange {
     let message = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-        "params": {"name": "gh__create_issue", "arguments": {"title": "a bug", "body": "details"}}});
+        "params": {"name": "gh__create_issue", "arguments": {
+            "owner": "acme", "repo": "portcullis", "title": "a bug", "body": "details of the bug",
+            "labels": ["bug", "p2"], "priority": "high", "assignee_id": 42}}});
     let mut context = Context::new(
         Arc::from("session-1"),
         ClientIdentity::new(client, &[]),
@@ -31,6 +57,7 @@ fn call(client: &str) -> Exchange {
     context.server = Some(Arc::from("gh"));
     context.target = Some("create_issue".to_owned());
     context.request_id = Some(json!(7));
+    context.definition = Some(Definition::new(list.clone(), 0));
     Exchange::new(message, Direction::ClientToServer, Phase::Request, context)
 }
 
@@ -110,10 +137,14 @@ fn main() {
     });
     let limits: Arc<dyn Interceptor> = Arc::new(Limits::new(LimitsConfig::default()));
     let baseline_chain = Chain::new(vec![limits.clone()]);
-    let with_ratelimit = Chain::new(vec![limits, Arc::new(ratelimit)]);
+    let with_ratelimit = Chain::new(vec![limits.clone(), Arc::new(ratelimit)]);
+    let with_schema = Chain::new(vec![limits, Arc::new(Schema::new())]);
 
-    let one = call("claude-desktop");
-    let many: Vec<Exchange> = (0..1000).map(|n| call(&format!("client-{n}"))).collect();
+    let list = tool_list();
+    let one = call("claude-desktop", &list);
+    let many: Vec<Exchange> = (0..1000)
+        .map(|n| call(&format!("client-{n}"), &list))
+        .collect();
     let mut next = 0;
 
     let baseline = measure("chain without guards (limits)", samples, iterations, || {
@@ -134,10 +165,16 @@ fn main() {
             run_chain(&with_ratelimit, &many[next]);
         },
     );
+    let validated = measure(
+        "with schema, a 7-property input schema",
+        samples,
+        iterations,
+        || run_chain(&with_schema, &one),
+    );
     common::print_table(
         "tools/call through the chain",
         "p50 vs without guards",
-        &[&baseline, &ratelimited, &spread],
+        &[&baseline, &ratelimited, &spread, &validated],
         &baseline,
     );
     let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -145,5 +182,9 @@ fn main() {
         "\nratelimit adds {:.2} µs per call (one client) and {:.2} µs (1,000 clients) (goal: under 1 µs)",
         us(ratelimited.p50) - us(baseline.p50),
         us(spread.p50) - us(baseline.p50)
+    );
+    println!(
+        "schema adds {:.2} µs per call (goal: under 5 µs)",
+        us(validated.p50) - us(baseline.p50)
     );
 }

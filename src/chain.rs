@@ -129,6 +129,12 @@ impl Definition {
     pub fn get(&self) -> Option<&Value> {
         self.list.get(self.index)
     }
+
+    /// Whether both are the same item of the same list (not merely equal):
+    /// a fresh list is a new definition.
+    pub fn same_as(&self, other: &Definition) -> bool {
+        Arc::ptr_eq(&self.list, &other.list) && self.index == other.index
+    }
 }
 
 /// Which server lists an item of the merged lists the client sees.

@@ -168,3 +168,65 @@ async fn past_its_concurrency_limit_a_server_queues_then_refuses() {
     assert_eq!(denied.len(), 1, "{denied:?}");
     assert_eq!(denied[0]["decided_by"], json!("ratelimit"));
 }
+
+#[tokio::test]
+async fn arguments_that_break_the_input_schema_never_reach_the_server() {
+    let proxy = TestProxy::new().with_example_server("example");
+    let config = proxy.write_config();
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+
+    let fine = client
+        .call(
+            1,
+            "tools/call",
+            json!({"name": "example__add", "arguments": {"a": 2, "b": 3}}),
+        )
+        .await;
+    assert_eq!(
+        fine["result"]["structuredContent"]["sum"],
+        json!(5),
+        "{fine}"
+    );
+
+    let bad = client
+        .call(
+            2,
+            "tools/call",
+            json!({"name": "example__add", "arguments": {"a": "two"}}),
+        )
+        .await;
+    assert_eq!(bad["error"]["code"], json!(-32602), "{bad}");
+    let data = &bad["error"]["data"];
+    assert_eq!(data["interceptor"], json!("schema"));
+    let mut violations: Vec<(String, String)> = data["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .map(|v| {
+            (
+                v["path"].as_str().unwrap().to_owned(),
+                v["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    violations.sort();
+    assert_eq!(violations.len(), 2, "{violations:?}");
+    assert_eq!(violations[0].0, "", "the missing `b` is at the root");
+    assert!(violations[0].1.contains("\"b\""), "{violations:?}");
+    assert_eq!(violations[1].0, "/a");
+    assert!(violations[1].1.contains("integer"), "{violations:?}");
+    assert!(
+        !bad.to_string().contains("two"),
+        "the value itself is not echoed: {bad}"
+    );
+    client.finish().await;
+
+    let denied = common::records(&config, &["--decision", "deny"]);
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["decided_by"], json!("schema"));
+    assert!(
+        denied[0]["upstream_us"].is_null(),
+        "the server never saw the call"
+    );
+}

@@ -58,6 +58,20 @@ pub struct Config {
     pub audit: AuditConfig,
     pub redact: RedactConfig,
     pub ratelimit: RatelimitConfig,
+    pub schema: SchemaConfig,
+}
+
+/// `[schema]`: tool arguments checked against the tools' input schemas. On
+/// unless `enabled = false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaConfig {
+    pub enabled: bool,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// `[ratelimit]`: quotas per client, per client and server, per client and
@@ -460,6 +474,7 @@ pub enum ChainEntry {
     Limits,
     Ratelimit,
     Authz,
+    Schema,
     Redact,
 }
 
@@ -469,6 +484,7 @@ impl ChainEntry {
             Self::Limits => "limits",
             Self::Ratelimit => "ratelimit",
             Self::Authz => "authz",
+            Self::Schema => "schema",
             Self::Redact => "redact",
         }
     }
@@ -498,6 +514,14 @@ struct RawConfig {
     redact: Option<RawRedact>,
     #[serde(default)]
     ratelimit: RawRatelimit,
+    #[serde(default)]
+    schema: RawSchema,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSchema {
+    enabled: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1090,11 +1114,12 @@ impl Validator<'_> {
                 }
                 "redact" => ChainEntry::Redact,
                 "ratelimit" => ChainEntry::Ratelimit,
+                "schema" => ChainEntry::Schema,
                 other => {
                     return Err(self.error(
                         Some(span),
                         &format!("chain[{index}].kind"),
-                        format!("unknown interceptor kind `{other}`; available: `limits`, `ratelimit`, `authz`, `redact`"),
+                        format!("unknown interceptor kind `{other}`; available: `limits`, `ratelimit`, `authz`, `schema`, `redact`"),
                     ));
                 }
             };
@@ -1148,6 +1173,25 @@ impl Validator<'_> {
         }
         if !ratelimit.enabled() {
             chain.retain(|entry| *entry != ChainEntry::Ratelimit);
+        }
+        let schema = SchemaConfig {
+            enabled: raw.schema.enabled.unwrap_or(true),
+        };
+        // Schema validation runs unless switched off: after `authz` by
+        // default (a call it refuses is not checked further); an explicit
+        // chain must place it.
+        if schema.enabled && !chain.contains(&ChainEntry::Schema) {
+            if let Some(span) = explicit_chain {
+                return Err(self.error(
+                    Some(span),
+                    "chain",
+                    "schema validation is on but the `[[chain]]` has no `schema` entry: add `[[chain]] kind = \"schema\"` where it should run, or set `[schema] enabled = false`".into(),
+                ));
+            }
+            chain.push(ChainEntry::Schema);
+        }
+        if !schema.enabled {
+            chain.retain(|entry| *entry != ChainEntry::Schema);
         }
         let redact = self.redact(raw.redact, &resolve)?;
         // Secret scanning runs unless switched off: last by default (so on
@@ -1218,6 +1262,7 @@ impl Validator<'_> {
             },
             redact,
             ratelimit,
+            schema,
         })
     }
 
@@ -1565,7 +1610,10 @@ mod tests {
         assert_eq!(config.proxy.call_timeout, Duration::from_secs(60));
         assert_eq!(config.limits.max_message_bytes, 4 * 1024 * 1024);
         assert_eq!(config.limits.max_depth, 64);
-        assert_eq!(config.chain, vec![ChainEntry::Limits, ChainEntry::Redact]);
+        assert_eq!(
+            config.chain,
+            vec![ChainEntry::Limits, ChainEntry::Schema, ChainEntry::Redact]
+        );
         assert!(config.redact.enabled);
         assert_eq!(
             config.proxy.data_dir,
@@ -1750,19 +1798,50 @@ mod redact_tests {
     }
 
     #[test]
+    fn schema_validation_is_placed_or_switched_off_explicitly() {
+        let placed = parse(
+            "[[chain]]\nkind = \"schema\"\n[[chain]]\nkind = \"redact\"\n[[chain]]\nkind = \"limits\"\n",
+        );
+        assert_eq!(
+            placed.map(|c| c.chain),
+            Ok(vec![
+                ChainEntry::Schema,
+                ChainEntry::Redact,
+                ChainEntry::Limits
+            ])
+        );
+        let missing = parse("[[chain]]\nkind = \"redact\"\n");
+        assert!(
+            missing
+                .as_ref()
+                .is_err_and(|e| e.starts_with("p.toml:1:1: `chain`: schema validation is on")),
+            "{missing:?}"
+        );
+        let off = parse(
+            "[schema]\nenabled = false\n[[chain]]\nkind = \"schema\"\n[[chain]]\nkind = \"redact\"\n",
+        );
+        assert_eq!(
+            off.map(|c| c.chain),
+            Ok(vec![ChainEntry::Limits, ChainEntry::Redact])
+        );
+    }
+
+    #[test]
     fn secret_scanning_is_placed_or_switched_off_explicitly() {
-        let off = parse("[redact]\nenabled = false\n");
+        let off = parse("[redact]\nenabled = false\n[schema]\nenabled = false\n");
         assert_eq!(off.map(|c| c.chain), Ok(vec![ChainEntry::Limits]));
-        let placed = parse("[[chain]]\nkind = \"redact\"\n[[chain]]\nkind = \"limits\"\n");
+        let placed = parse(
+            "[schema]\nenabled = false\n[[chain]]\nkind = \"redact\"\n[[chain]]\nkind = \"limits\"\n",
+        );
         assert_eq!(
             placed.map(|c| c.chain),
             Ok(vec![ChainEntry::Redact, ChainEntry::Limits])
         );
-        let missing = parse("[[chain]]\nkind = \"limits\"\n");
+        let missing = parse("[schema]\nenabled = false\n[[chain]]\nkind = \"limits\"\n");
         assert!(
             missing
                 .as_ref()
-                .is_err_and(|e| e.starts_with("p.toml:1:1: `chain`: secret scanning is on")),
+                .is_err_and(|e| e.starts_with("p.toml:3:1: `chain`: secret scanning is on")),
             "{missing:?}"
         );
     }
@@ -1861,6 +1940,7 @@ mod ratelimit_tests {
             [
                 ChainEntry::Limits,
                 ChainEntry::Ratelimit,
+                ChainEntry::Schema,
                 ChainEntry::Redact
             ]
         );
@@ -1888,7 +1968,11 @@ mod ratelimit_tests {
         );
         assert_eq!(
             parse(BASE).map(|c| c.chain),
-            Ok(vec![ChainEntry::Limits, ChainEntry::Redact]),
+            Ok(vec![
+                ChainEntry::Limits,
+                ChainEntry::Schema,
+                ChainEntry::Redact
+            ]),
             "no quotas, no ratelimit"
         );
     }
@@ -1925,7 +2009,7 @@ mod ratelimit_tests {
                 "`ratelimit.rules[1].quota`: `ratelimit.rules[0]` already sets a quota",
             ),
             (
-                "[[chain]]\nkind = \"redact\"\n[ratelimit]\ndefault = \"5/s\"\n",
+                "[[chain]]\nkind = \"redact\"\n[[chain]]\nkind = \"schema\"\n[ratelimit]\ndefault = \"5/s\"\n",
                 "has no `ratelimit` entry",
             ),
             (

@@ -4,11 +4,13 @@ pub mod authz;
 mod limits;
 pub mod ratelimit;
 pub mod redact;
+pub mod schema;
 
 pub use authz::{Authz, PolicyEngine};
 pub use limits::Limits;
 pub use ratelimit::Ratelimit;
 pub use redact::Redact;
+pub use schema::Schema;
 
 use std::sync::Arc;
 
@@ -56,6 +58,7 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
                     &config.proxy.namespace_separator,
                 )));
             }
+            ChainEntry::Schema => interceptors.push(Arc::new(Schema::new())),
             ChainEntry::Redact => interceptors.push(Arc::new(Redact::new(&config.redact)?)),
         }
     }
