@@ -11,7 +11,7 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use portcullis::chain::{
     Chain, ClientIdentity, Context, Direction, Exchange, Interceptor, Phase, Transport,
@@ -126,29 +126,6 @@ fn list_exchange(catalog: &Arc<Catalog>) -> Exchange {
 }
 
 /// Time per iteration of `work`, as samples of `iterations` each.
-fn measure(
-    label: &str,
-    samples: usize,
-    iterations: usize,
-    mut work: impl FnMut(),
-) -> common::Stats {
-    for _ in 0..iterations * 10 {
-        work(); // warm-up: caches, slices
-    }
-    let mut per_call = Vec::with_capacity(samples);
-    let start = Instant::now();
-    for _ in 0..samples {
-        let begin = Instant::now();
-        for _ in 0..iterations {
-            work();
-        }
-        per_call.push(begin.elapsed() / iterations as u32);
-    }
-    let mut stats = common::stats(label, per_call, start.elapsed());
-    stats.calls_per_sec *= iterations as f64;
-    stats
-}
-
 fn run_chain(chain: &Chain, template: &Exchange) {
     let mut exchange = template.clone();
     let result = chain.run(&mut exchange);
@@ -196,13 +173,15 @@ fn main() {
         "the call must be allowed"
     );
 
-    let baseline = measure("chain without authz (limits)", samples, iterations, || {
-        run_chain(&baseline_chain, &call)
-    });
-    let with_10 = measure("chain with authz, 10 policies", samples, iterations, || {
-        run_chain(&small_chain, &call)
-    });
-    let with_1000 = measure(
+    let baseline =
+        common::measure_calls("chain without authz (limits)", samples, iterations, || {
+            run_chain(&baseline_chain, &call)
+        });
+    let with_10 =
+        common::measure_calls("chain with authz, 10 policies", samples, iterations, || {
+            run_chain(&small_chain, &call)
+        });
+    let with_1000 = common::measure_calls(
         "chain with authz, 1,000 policies",
         samples,
         iterations,
@@ -230,7 +209,7 @@ fn main() {
         time: SystemTime::now(),
     };
     assert_eq!(store.decide(&query), store.decide_unsliced(&query));
-    let unsliced = measure(
+    let unsliced = common::measure_calls(
         "decision alone, 1,000 policies unsliced",
         samples / 3,
         iterations / 4,
@@ -238,7 +217,7 @@ fn main() {
             std::hint::black_box(store.decide_unsliced(&query).allowed);
         },
     );
-    let sliced = measure(
+    let sliced = common::measure_calls(
         "decision alone, 1,000 policies sliced",
         samples,
         iterations,
@@ -246,13 +225,13 @@ fn main() {
             std::hint::black_box(store.decide(&query).allowed);
         },
     );
-    let list_baseline = measure(
+    let list_baseline = common::measure_calls(
         "tools/list reply (100 tools), no authz",
         samples / 3,
         iterations / 10,
         || run_chain(&baseline_chain, &list),
     );
-    let list_filtered = measure(
+    let list_filtered = common::measure_calls(
         "tools/list reply (100 tools), authz 1,000 policies",
         samples / 3,
         iterations / 10,

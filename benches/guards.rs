@@ -11,7 +11,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use portcullis::chain::{
     Chain, ClientIdentity, Context, Definition, Direction, Exchange, Interceptor, Phase, Transport,
@@ -59,29 +59,6 @@ fn call(client: &str, list: &Arc<Vec<serde_json::Value>>) -> Exchange {
     context.request_id = Some(json!(7));
     context.definition = Some(Definition::new(list.clone(), 0));
     Exchange::new(message, Direction::ClientToServer, Phase::Request, context)
-}
-
-fn measure(
-    label: &str,
-    samples: usize,
-    iterations: usize,
-    mut work: impl FnMut(),
-) -> common::Stats {
-    for _ in 0..iterations * 10 {
-        work();
-    }
-    let mut per_call = Vec::with_capacity(samples);
-    let start = Instant::now();
-    for _ in 0..samples {
-        let begin = Instant::now();
-        for _ in 0..iterations {
-            work();
-        }
-        per_call.push(begin.elapsed() / iterations as u32);
-    }
-    let mut stats = common::stats(label, per_call, start.elapsed());
-    stats.calls_per_sec *= iterations as f64;
-    stats
 }
 
 fn run_chain(chain: &Chain, template: &Exchange) {
@@ -138,7 +115,7 @@ fn main() {
     let limits: Arc<dyn Interceptor> = Arc::new(Limits::new(LimitsConfig::default()));
     let baseline_chain = Chain::new(vec![limits.clone()]);
     let with_ratelimit = Chain::new(vec![limits.clone(), Arc::new(ratelimit)]);
-    let with_schema = Chain::new(vec![limits, Arc::new(Schema::new())]);
+    let with_schema = Chain::new(vec![limits, Arc::new(Schema::new(&Default::default()))]);
 
     let list = tool_list();
     let one = call("claude-desktop", &list);
@@ -147,16 +124,17 @@ fn main() {
         .collect();
     let mut next = 0;
 
-    let baseline = measure("chain without guards (limits)", samples, iterations, || {
-        run_chain(&baseline_chain, &one)
-    });
-    let ratelimited = measure(
+    let baseline =
+        common::measure_calls("chain without guards (limits)", samples, iterations, || {
+            run_chain(&baseline_chain, &one)
+        });
+    let ratelimited = common::measure_calls(
         "with ratelimit, 3 quotas, one client",
         samples,
         iterations,
         || run_chain(&with_ratelimit, &one),
     );
-    let spread = measure(
+    let spread = common::measure_calls(
         "with ratelimit, 3 quotas, 1,000 clients",
         samples,
         iterations,
@@ -165,7 +143,7 @@ fn main() {
             run_chain(&with_ratelimit, &many[next]);
         },
     );
-    let validated = measure(
+    let validated = common::measure_calls(
         "with schema, a 7-property input schema",
         samples,
         iterations,

@@ -143,7 +143,14 @@ fn tools_list_shows_what_a_client_would_see() {
         .iter()
         .filter_map(|t| t["name"].as_str())
         .collect();
-    assert_eq!(names, ["raw__mirror", "raw__hang", "raw__notify"]);
+    assert_eq!(
+        names,
+        ["raw__mirror", "raw__hang", "raw__notify", "raw__shaped"]
+    );
+    assert!(
+        stderr.contains("withheld: `raw__broken`: its input schema does not compile"),
+        "{stderr}"
+    );
 
     let (ok, _, stderr) = run(&[
         "tools",

@@ -230,3 +230,107 @@ async fn arguments_that_break_the_input_schema_never_reach_the_server() {
         "the server never saw the call"
     );
 }
+
+#[tokio::test]
+async fn results_that_break_the_output_schema_and_tools_with_broken_schemas_are_stopped() {
+    let proxy = TestProxy::new().with_raw_server("raw");
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+
+    let list = client.call(1, "tools/list", json!({})).await;
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(names.contains(&"raw__shaped"), "{names:?}");
+    assert!(
+        !names.contains(&"raw__broken"),
+        "a tool whose schema does not compile is withheld: {names:?}"
+    );
+    let broken = client
+        .call(
+            2,
+            "tools/call",
+            json!({"name": "raw__broken", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(broken["error"]["code"], json!(-32010), "{broken}");
+    assert!(
+        broken["error"]["data"]["schema_error"].is_string(),
+        "{broken}"
+    );
+
+    let fine = client
+        .call(
+            3,
+            "tools/call",
+            json!({"name": "raw__shaped", "arguments": {"count": 3}}),
+        )
+        .await;
+    assert_eq!(
+        fine["result"]["structuredContent"],
+        json!({"count": 3}),
+        "{fine}"
+    );
+    let wrong = client
+        .call(
+            4,
+            "tools/call",
+            json!({"name": "raw__shaped", "arguments": {"count": "three"}}),
+        )
+        .await;
+    assert_eq!(wrong["error"]["code"], json!(-32010), "{wrong}");
+    assert_eq!(wrong["error"]["data"]["interceptor"], json!("schema"));
+    assert_eq!(
+        wrong["error"]["data"]["violations"][0]["path"],
+        json!("/count"),
+        "{wrong}"
+    );
+    assert!(
+        wrong["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the result does not match the tool's output schema"),
+        "{wrong}"
+    );
+    assert!(
+        wrong.get("result").is_none(),
+        "the bad result never reaches the client"
+    );
+    client.finish().await;
+}
+
+#[tokio::test]
+async fn with_output_log_a_bad_result_is_passed_on_and_its_record_says_why() {
+    let proxy = TestProxy::new()
+        .with_config("[schema]\noutput = \"log\"\n")
+        .with_raw_server("raw");
+    let config = proxy.write_config();
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    let passed = client
+        .call(
+            1,
+            "tools/call",
+            json!({"name": "raw__shaped", "arguments": {"count": "three"}}),
+        )
+        .await;
+    assert_eq!(
+        passed["result"]["structuredContent"],
+        json!({"count": "three"}),
+        "{passed}"
+    );
+    client.finish().await;
+    let records = common::records(&config, &["--tool", "raw__shaped"]);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["decision"], json!("allow"));
+    let reason = records[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason
+            .starts_with("the result does not match the tool's output schema (passed on): /count"),
+        "{reason}"
+    );
+    assert!(!reason.contains("three"), "values are masked: {reason}");
+}

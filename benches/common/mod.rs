@@ -16,6 +16,31 @@ pub struct Stats {
     pub calls_per_sec: f64,
 }
 
+/// Per-call latency of `work`, in-process: `samples` timings of
+/// `iterations` calls each (after a warm-up of ten samples' worth).
+pub fn measure_calls(
+    label: &str,
+    samples: usize,
+    iterations: usize,
+    mut work: impl FnMut(),
+) -> Stats {
+    for _ in 0..iterations * 10 {
+        work();
+    }
+    let mut per_call = Vec::with_capacity(samples);
+    let start = Instant::now();
+    for _ in 0..samples {
+        let begin = Instant::now();
+        for _ in 0..iterations {
+            work();
+        }
+        per_call.push(begin.elapsed() / iterations as u32);
+    }
+    let mut stats = stats(label, per_call, start.elapsed());
+    stats.calls_per_sec *= iterations as f64;
+    stats
+}
+
 pub fn stats(label: &str, mut samples: Vec<Duration>, elapsed: Duration) -> Stats {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];

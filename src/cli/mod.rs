@@ -612,6 +612,7 @@ async fn tools_list(
             ClientIdentity::new("(operator)", &[])
         }
     };
+    let schema_checked = config.chain.contains(&ChainEntry::Schema);
     let gateway = start_gateway(config).await?;
     let session = gateway.open_session(
         Arc::from("tools-list"),
@@ -663,8 +664,29 @@ async fn tools_list(
             other => Some(format!("{} ({other:?})", u.name())),
         })
         .collect();
+    // Tools the `schema` interceptor withholds: their schemas do not
+    // compile (the log says so too).
+    let withheld: Vec<(String, String)> = if schema_checked {
+        gateway
+            .catalog()
+            .tools
+            .iter()
+            .filter_map(|tool| {
+                let problem = crate::interceptors::schema::problem_of(tool)?;
+                Some((
+                    tool["name"].as_str().unwrap_or_default().to_owned(),
+                    problem,
+                ))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     gateway.close_session(&session);
     gateway.stop().await;
+    for (name, problem) in &withheld {
+        eprintln!("withheld: `{name}`: {problem}");
+    }
     match format {
         Format::Json => println!(
             "{}",

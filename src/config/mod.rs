@@ -66,12 +66,27 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchemaConfig {
     pub enabled: bool,
+    /// What a result that breaks its tool's output schema gets.
+    pub output: OutputAction,
 }
 
 impl Default for SchemaConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            output: OutputAction::Deny,
+        }
     }
+}
+
+/// `[schema] output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputAction {
+    /// The result is replaced by a JSON-RPC error.
+    #[default]
+    Deny,
+    /// Logged and passed on.
+    Log,
 }
 
 /// `[ratelimit]`: quotas per client, per client and server, per client and
@@ -522,6 +537,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawSchema {
     enabled: Option<bool>,
+    output: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1174,8 +1190,23 @@ impl Validator<'_> {
         if !ratelimit.enabled() {
             chain.retain(|entry| *entry != ChainEntry::Ratelimit);
         }
+        let output = match &raw.schema.output {
+            None => OutputAction::Deny,
+            Some(value) => match value.get_ref().as_str() {
+                "deny" => OutputAction::Deny,
+                "log" => OutputAction::Log,
+                other => {
+                    return Err(self.error(
+                        Some(value.span()),
+                        "schema.output",
+                        format!("`{other}` is not `deny` or `log`"),
+                    ));
+                }
+            },
+        };
         let schema = SchemaConfig {
             enabled: raw.schema.enabled.unwrap_or(true),
+            output,
         };
         // Schema validation runs unless switched off: after `authz` by
         // default (a call it refuses is not checked further); an explicit
@@ -1823,6 +1854,16 @@ mod redact_tests {
         assert_eq!(
             off.map(|c| c.chain),
             Ok(vec![ChainEntry::Limits, ChainEntry::Redact])
+        );
+        let bad = parse("[schema]\noutput = \"maybe\"\n");
+        assert!(
+            bad.as_ref()
+                .is_err_and(|e| e == "p.toml:2:10: `schema.output`: `maybe` is not `deny` or `log`"),
+            "{bad:?}"
+        );
+        assert_eq!(
+            parse("[schema]\noutput = \"log\"\n").map(|c| c.schema.output),
+            Ok(OutputAction::Log)
         );
     }
 

@@ -1711,7 +1711,22 @@ fn record_of(
             .map(|a| a.value.clone())
     };
     let (decision, decided_by, reason) = match outcome {
-        Outcome::Delivered => ("allow", None, None),
+        // A result that broke its output schema and was passed on
+        // (`[schema] output = "log"`) says so.
+        Outcome::Delivered => (
+            "allow",
+            None,
+            exchange
+                .annotations
+                .iter()
+                .find(|a| &*a.interceptor == "schema" && a.key == "output_violation")
+                .map(|a| {
+                    format!(
+                        "the result does not match the tool's output schema (passed on): {}",
+                        a.value
+                    )
+                }),
+        ),
         Outcome::Denied {
             interceptor,
             reason,

@@ -58,7 +58,7 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
                     &config.proxy.namespace_separator,
                 )));
             }
-            ChainEntry::Schema => interceptors.push(Arc::new(Schema::new())),
+            ChainEntry::Schema => interceptors.push(Arc::new(Schema::new(&config.schema))),
             ChainEntry::Redact => interceptors.push(Arc::new(Redact::new(&config.redact)?)),
         }
     }

@@ -1,6 +1,7 @@
 //! `schema`: `tools/call` arguments checked against the tool's listed
 //! `inputSchema` (JSON Schema, the `jsonschema` crate) before they reach the
-//! server; tools whose schema does not compile are withheld from lists and
+//! server, and results against its `outputSchema` before they reach the
+//! client; tools whose schemas do not compile are withheld from lists and
 //! their calls refused.
 //!
 //! Schemas come from servers, so they are untrusted: no remote or file
@@ -17,7 +18,10 @@ use std::sync::{Arc, RwLock};
 use jsonschema::{PatternOptions, Validator};
 use serde_json::{Map, Value, json};
 
-use crate::chain::{Definition, Denial, Direction, Exchange, Interceptor, Phase, Verdict};
+use crate::chain::{
+    Annotation, Definition, Denial, Direction, Exchange, Interceptor, Phase, Verdict,
+};
+use crate::config::{OutputAction, SchemaConfig};
 use crate::protocol::code;
 
 /// At most this many violations are listed in a refusal.
@@ -34,10 +38,31 @@ struct Cached {
     compiled: Compiled,
 }
 
+/// (server, tool, which schema).
+type CacheKey = (Arc<str>, String, Which);
+
+/// Which of a tool's schemas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Which {
+    Input,
+    Output,
+}
+
+impl Which {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Input => "inputSchema",
+            Self::Output => "outputSchema",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Schema {
-    /// (server, tool) → its compiled input schema.
-    inputs: RwLock<HashMap<(Arc<str>, String), Cached>>,
+    /// What a result that breaks its output schema gets.
+    output: OutputAction,
+    /// (server, tool, which) → the compiled schema.
+    compiled: RwLock<HashMap<CacheKey, Cached>>,
     /// Namespaced tool name → the schema a list carried and whether it
     /// compiles (lists carry copies, so this compares schemas).
     listed: RwLock<HashMap<String, (Value, Option<String>)>>,
@@ -52,22 +77,32 @@ pub fn compile(schema: &Value) -> Result<Validator, String> {
 }
 
 impl Schema {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(config: &SchemaConfig) -> Self {
+        Self {
+            output: config.output,
+            ..Self::default()
+        }
     }
 
-    /// The compiled input schema of the tool an exchange calls.
-    fn input(&self, server: &Arc<str>, tool: &str, definition: &Definition) -> Option<Compiled> {
-        let key = (server.clone(), tool.to_owned());
-        if let Ok(inputs) = self.inputs.read()
+    /// A compiled schema of the tool an exchange calls; `None` if the tool
+    /// lists none.
+    fn compiled(
+        &self,
+        which: Which,
+        server: &Arc<str>,
+        tool: &str,
+        definition: &Definition,
+    ) -> Option<Compiled> {
+        let key = (server.clone(), tool.to_owned(), which);
+        if let Ok(inputs) = self.compiled.read()
             && let Some(cached) = inputs.get(&key)
             && cached.definition.same_as(definition)
         {
             return Some(cached.compiled.clone());
         }
-        let schema = definition.get()?.get("inputSchema")?;
+        let schema = definition.get()?.get(which.key())?;
         let compiled: Compiled = Arc::new(compile(schema));
-        if let Ok(mut inputs) = self.inputs.write() {
+        if let Ok(mut inputs) = self.compiled.write() {
             if inputs.len() >= MOST_CACHED {
                 inputs.clear();
             }
@@ -82,18 +117,17 @@ impl Schema {
         Some(compiled)
     }
 
-    /// Why a listed tool's input schema does not compile, if it does not.
-    fn list_problem(&self, name: &str, schema: Option<&Value>) -> Option<String> {
-        let Some(schema) = schema else {
-            return Some("the tool lists no `inputSchema`".into());
-        };
+    /// Why a listed tool is withheld, if it is: its schemas as a list
+    /// carries them.
+    fn list_problem(&self, name: &str, tool: &Value) -> Option<String> {
+        let schemas = json!([tool.get("inputSchema"), tool.get("outputSchema")]);
         if let Ok(listed) = self.listed.read()
             && let Some((seen, problem)) = listed.get(name)
-            && seen == schema
+            && *seen == schemas
         {
             return problem.clone();
         }
-        let problem = compile(schema).err();
+        let problem = problem_of(tool);
         if let Some(problem) = &problem {
             tracing::warn!(tool = name, %problem, "a tool's input schema does not compile: the tool is withheld");
         }
@@ -101,7 +135,7 @@ impl Schema {
             if listed.len() >= MOST_CACHED {
                 listed.clear();
             }
-            listed.insert(name.to_owned(), (schema.clone(), problem.clone()));
+            listed.insert(name.to_owned(), (schemas, problem.clone()));
         }
         problem
     }
@@ -113,7 +147,7 @@ impl Schema {
         else {
             return Verdict::Continue;
         };
-        let Some(compiled) = self.input(server, tool, definition) else {
+        let Some(compiled) = self.compiled(Which::Input, server, tool, definition) else {
             return Verdict::Deny(Denial::new(
                 code::INVALID_PARAMS,
                 "the tool lists no `inputSchema`: its calls cannot be checked",
@@ -136,37 +170,64 @@ impl Schema {
             .message
             .pointer("/params/arguments")
             .unwrap_or(&empty);
-        if validator.is_valid(arguments) {
-            return Verdict::Continue;
+        match violations(validator, arguments) {
+            None => Verdict::Continue,
+            Some((summary, violations)) => Verdict::Deny(
+                Denial::new(
+                    code::INVALID_PARAMS,
+                    format!("the arguments do not match the tool's input schema: {summary}"),
+                )
+                .with("violations", violations),
+            ),
         }
-        let mut violations = Vec::new();
-        let mut total = 0;
-        for error in validator.iter_errors(arguments) {
-            total += 1;
-            if violations.len() < MOST_VIOLATIONS {
-                violations.push(json!({
-                    "path": error.instance_path().as_str(),
-                    "message": error.masked().to_string(),
-                }));
+    }
+
+    fn check_result(&self, exchange: &mut Exchange) -> Verdict {
+        let context = &exchange.context;
+        let (Some(server), Some(tool), Some(definition)) =
+            (&context.server, &context.target, &context.definition)
+        else {
+            return Verdict::Continue;
+        };
+        let Some(result) = exchange.message.get("result") else {
+            return Verdict::Continue; // a JSON-RPC error carries no result to check
+        };
+        if result.get("isError") == Some(&Value::Bool(true)) {
+            return Verdict::Continue; // a tool error need not have the result's shape
+        }
+        let Some(compiled) = self.compiled(Which::Output, server, tool, definition) else {
+            return Verdict::Continue; // no output schema declared
+        };
+        let found = match (&*compiled, result.get("structuredContent")) {
+            (Err(problem), _) => Some((
+                format!("the tool's output schema does not compile: {problem}"),
+                Vec::new(),
+            )),
+            (Ok(_), None) => Some((
+                "the tool declares an output schema but the result has no `structuredContent`"
+                    .to_owned(),
+                Vec::new(),
+            )),
+            (Ok(validator), Some(structured)) => violations(validator, structured),
+        };
+        let Some((summary, violations)) = found else {
+            return Verdict::Continue;
+        };
+        let reason = format!("the result does not match the tool's output schema: {summary}");
+        match self.output {
+            OutputAction::Deny => {
+                Verdict::Deny(Denial::new(code::DENIED, reason).with("violations", violations))
+            }
+            OutputAction::Log => {
+                tracing::warn!(server = &**server, tool = tool.as_str(), %reason, "passed on (`[schema] output = \"log\"`)");
+                exchange.annotations.push(Annotation {
+                    interceptor: Arc::from("schema"),
+                    key: "output_violation".into(),
+                    value: summary,
+                });
+                Verdict::Continue
             }
         }
-        let first = violations
-            .first()
-            .map(|v| {
-                let path = v["path"].as_str().unwrap_or_default();
-                let path = if path.is_empty() { "/" } else { path };
-                format!("{path}: {}", v["message"].as_str().unwrap_or_default())
-            })
-            .unwrap_or_default();
-        let reason = if total == 1 {
-            format!("the arguments do not match the tool's input schema: {first}")
-        } else {
-            format!(
-                "the arguments do not match the tool's input schema: {first} (and {} more)",
-                total - 1
-            )
-        };
-        Verdict::Deny(Denial::new(code::INVALID_PARAMS, reason).with("violations", violations))
     }
 
     fn filter_tools(&self, exchange: &mut Exchange) -> Verdict {
@@ -179,10 +240,61 @@ impl Schema {
         };
         tools.retain(|tool| {
             let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
-            self.list_problem(name, tool.get("inputSchema")).is_none()
+            self.list_problem(name, tool).is_none()
         });
         Verdict::Continue
     }
+}
+
+/// Why a listed tool is withheld, if it is: it lists no input schema, or
+/// one of its schemas does not compile.
+pub fn problem_of(tool: &Value) -> Option<String> {
+    let Some(input) = tool.get("inputSchema") else {
+        return Some("the tool lists no `inputSchema`".into());
+    };
+    if let Err(problem) = compile(input) {
+        return Some(format!("its input schema does not compile: {problem}"));
+    }
+    if let Some(output) = tool.get("outputSchema")
+        && let Err(problem) = compile(output)
+    {
+        return Some(format!("its output schema does not compile: {problem}"));
+    }
+    None
+}
+
+/// `None` when `instance` is valid; otherwise a one-line summary and up to
+/// [`MOST_VIOLATIONS`] violations as `{path, message}` (messages masked:
+/// they never repeat the value).
+fn violations(validator: &Validator, instance: &Value) -> Option<(String, Vec<Value>)> {
+    if validator.is_valid(instance) {
+        return None;
+    }
+    let mut listed = Vec::new();
+    let mut total = 0;
+    for error in validator.iter_errors(instance) {
+        total += 1;
+        if listed.len() < MOST_VIOLATIONS {
+            listed.push(json!({
+                "path": error.instance_path().as_str(),
+                "message": error.masked().to_string(),
+            }));
+        }
+    }
+    let first = listed
+        .first()
+        .map(|v| {
+            let path = v["path"].as_str().unwrap_or_default();
+            let path = if path.is_empty() { "/" } else { path };
+            format!("{path}: {}", v["message"].as_str().unwrap_or_default())
+        })
+        .unwrap_or_default();
+    let summary = if total > 1 {
+        format!("{first} (and {} more)", total - 1)
+    } else {
+        first
+    };
+    Some((summary, listed))
 }
 
 impl Interceptor for Schema {
@@ -200,13 +312,14 @@ impl Interceptor for Schema {
     }
 
     fn on_response(&self, exchange: &mut Exchange) -> Verdict {
-        if exchange.direction == Direction::ClientToServer
-            && exchange.phase == Phase::Response
-            && &*exchange.context.method == "tools/list"
-        {
-            return self.filter_tools(exchange);
+        if exchange.direction != Direction::ClientToServer || exchange.phase != Phase::Response {
+            return Verdict::Continue;
         }
-        Verdict::Continue
+        match &*exchange.context.method {
+            "tools/list" => self.filter_tools(exchange),
+            "tools/call" => self.check_result(exchange),
+            _ => Verdict::Continue,
+        }
     }
 }
 
@@ -239,7 +352,7 @@ mod tests {
 
     #[test]
     fn arguments_are_refused_with_every_violation_as_a_pointer() {
-        let schema = Schema::new();
+        let schema = Schema::new(&SchemaConfig::default());
         let list = tool(json!({
             "type": "object",
             "properties": {
@@ -290,7 +403,7 @@ mod tests {
 
     #[test]
     fn schemas_are_compiled_once_per_listed_definition() {
-        let schema = Schema::new();
+        let schema = Schema::new(&SchemaConfig::default());
         let strict = tool(json!({"type": "object", "required": ["a"]}));
         assert!(matches!(
             schema.on_request(&mut call(&strict, json!({}))),
@@ -302,12 +415,12 @@ mod tests {
             schema.on_request(&mut call(&loose, json!({}))),
             Verdict::Continue
         );
-        assert_eq!(schema.inputs.read().map(|i| i.len()).unwrap_or(0), 1);
+        assert_eq!(schema.compiled.read().map(|i| i.len()).unwrap_or(0), 1);
     }
 
     #[test]
     fn a_schema_that_does_not_compile_withholds_the_tool() {
-        let schema = Schema::new();
+        let schema = Schema::new(&SchemaConfig::default());
         for bad in [
             json!({"type": "no-such-type"}),
             json!({"$ref": "https://attacker.example/schema.json"}),
@@ -341,6 +454,56 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    fn result(list: &Arc<Vec<Value>>, result: Value) -> Exchange {
+        let mut exchange = call(list, json!({}));
+        exchange.phase = Phase::Response;
+        exchange.message = json!({"jsonrpc": "2.0", "id": 1, "result": result});
+        exchange
+    }
+
+    #[test]
+    fn results_are_checked_against_the_output_schema() {
+        let list = Arc::new(vec![json!({
+            "name": "t",
+            "inputSchema": {"type": "object"},
+            "outputSchema": {"type": "object", "properties": {"count": {"type": "integer"}}, "required": ["count"]}
+        })]);
+        let deny = Schema::new(&SchemaConfig::default());
+        let good = json!({"content": [], "structuredContent": {"count": 3}});
+        assert_eq!(
+            deny.on_response(&mut result(&list, good)),
+            Verdict::Continue
+        );
+        let Verdict::Deny(denial) = deny.on_response(&mut result(
+            &list,
+            json!({"content": [], "structuredContent": {"count": "three"}}),
+        )) else {
+            panic!("a result of the wrong shape passes");
+        };
+        assert_eq!(denial.code, code::DENIED);
+        assert_eq!(denial.data["violations"][0]["path"], json!("/count"));
+        assert!(!denial.reason.contains("three"), "{denial:?}");
+        assert!(matches!(
+            deny.on_response(&mut result(&list, json!({"content": []}))),
+            Verdict::Deny(d) if d.reason.contains("no `structuredContent`")
+        ));
+        let tool_error = json!({"content": [{"type": "text", "text": "boom"}], "isError": true});
+        assert_eq!(
+            deny.on_response(&mut result(&list, tool_error)),
+            Verdict::Continue,
+            "a tool error need not have the result's shape"
+        );
+
+        let log = Schema::new(&SchemaConfig {
+            enabled: true,
+            output: OutputAction::Log,
+        });
+        let mut logged = result(&list, json!({"structuredContent": {}}));
+        assert_eq!(log.on_response(&mut logged), Verdict::Continue);
+        assert_eq!(logged.annotations.len(), 1);
+        assert_eq!(logged.annotations[0].key, "output_violation");
     }
 
     trait Lossy {
