@@ -334,3 +334,41 @@ async fn with_output_log_a_bad_result_is_passed_on_and_its_record_says_why() {
     );
     assert!(!reason.contains("three"), "values are masked: {reason}");
 }
+
+#[tokio::test]
+async fn prompt_arguments_are_checked_against_the_declared_ones() {
+    let proxy = TestProxy::new().with_example_server("example");
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    let fine = client
+        .call(
+            1,
+            "prompts/get",
+            json!({"name": "example__greet", "arguments": {"name": "Bob"}}),
+        )
+        .await;
+    assert!(fine["result"]["messages"].is_array(), "{fine}");
+    let missing = client
+        .call(
+            2,
+            "prompts/get",
+            json!({"name": "example__greet", "arguments": {"nmae": "Bob"}}),
+        )
+        .await;
+    assert_eq!(missing["error"]["code"], json!(-32602), "{missing}");
+    assert_eq!(missing["error"]["data"]["interceptor"], json!("schema"));
+    let messages: Vec<&str> = missing["error"]["data"]["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["message"].as_str())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "the required argument `name` is missing",
+            "the prompt declares no such argument"
+        ]
+    );
+    client.finish().await;
+}

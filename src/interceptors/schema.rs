@@ -2,7 +2,9 @@
 //! `inputSchema` (JSON Schema, the `jsonschema` crate) before they reach the
 //! server, and results against its `outputSchema` before they reach the
 //! client; tools whose schemas do not compile are withheld from lists and
-//! their calls refused.
+//! their calls refused. `prompts/get` arguments are checked against the
+//! prompt's declared arguments (all required ones given, no others, all
+//! strings).
 //!
 //! Schemas come from servers, so they are untrusted: no remote or file
 //! `$ref` is ever fetched (the crate is built without its resolvers), and
@@ -263,6 +265,80 @@ pub fn problem_of(tool: &Value) -> Option<String> {
     None
 }
 
+/// `prompts/get` arguments against the prompt's listed `arguments`: every
+/// required one given, no undeclared one, every value a string (as MCP
+/// prompt arguments are).
+fn check_prompt(exchange: &Exchange) -> Verdict {
+    let Some(prompt) = exchange
+        .context
+        .definition
+        .as_ref()
+        .and_then(Definition::get)
+    else {
+        return Verdict::Continue;
+    };
+    let declared: Vec<(&str, bool)> = prompt
+        .get("arguments")
+        .and_then(Value::as_array)
+        .map(|arguments| {
+            arguments
+                .iter()
+                .filter_map(|a| {
+                    let name = a.get("name")?.as_str()?;
+                    Some((name, a.get("required") == Some(&Value::Bool(true))))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let empty = Map::new();
+    let given = match exchange.message.pointer("/params/arguments") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(given)) => given,
+        Some(_) => {
+            return Verdict::Deny(
+                Denial::new(
+                    code::INVALID_PARAMS,
+                    "the prompt's arguments must be an object",
+                )
+                .with(
+                    "violations",
+                    json!([{"path": "", "message": "not an object"}]),
+                ),
+            );
+        }
+    };
+    let pointer = |name: &str| format!("/{}", name.replace('~', "~0").replace('/', "~1"));
+    let mut violations = Vec::new();
+    for (name, required) in &declared {
+        if *required && !given.contains_key(*name) {
+            violations.push(json!({"path": "", "message": format!("the required argument `{name}` is missing")}));
+        }
+    }
+    for (name, value) in given {
+        if !declared.iter().any(|(declared, _)| declared == name) {
+            violations.push(
+                json!({"path": pointer(name), "message": "the prompt declares no such argument"}),
+            );
+        } else if !value.is_string() {
+            violations
+                .push(json!({"path": pointer(name), "message": "a prompt argument is a string"}));
+        }
+    }
+    violations.truncate(MOST_VIOLATIONS);
+    match violations.first() {
+        None => Verdict::Continue,
+        Some(first) => {
+            let path = first["path"].as_str().unwrap_or_default();
+            let reason = format!(
+                "the arguments do not match the prompt's arguments: {}: {}",
+                if path.is_empty() { "/" } else { path },
+                first["message"].as_str().unwrap_or_default()
+            );
+            Verdict::Deny(Denial::new(code::INVALID_PARAMS, reason).with("violations", violations))
+        }
+    }
+}
+
 /// `None` when `instance` is valid; otherwise a one-line summary and up to
 /// [`MOST_VIOLATIONS`] violations as `{path, message}` (messages masked:
 /// they never repeat the value).
@@ -307,6 +383,11 @@ impl Interceptor for Schema {
             && &*exchange.context.method == "tools/call"
         {
             return self.check_call(exchange);
+        }
+        if exchange.direction == Direction::ClientToServer
+            && &*exchange.context.method == "prompts/get"
+        {
+            return check_prompt(exchange);
         }
         Verdict::Continue
     }
@@ -504,6 +585,40 @@ mod tests {
         assert_eq!(log.on_response(&mut logged), Verdict::Continue);
         assert_eq!(logged.annotations.len(), 1);
         assert_eq!(logged.annotations[0].key, "output_violation");
+    }
+
+    #[test]
+    fn prompt_arguments_must_be_the_declared_ones() {
+        let schema = Schema::new(&SchemaConfig::default());
+        let list = Arc::new(vec![json!({"name": "greet", "arguments": [
+            {"name": "name", "required": true}, {"name": "tone"}
+        ]})]);
+        let get = |arguments: Value| {
+            let mut exchange = call(&list, Value::Null);
+            exchange.context.method = "prompts/get".into();
+            exchange.message = json!({"jsonrpc": "2.0", "id": 1, "method": "prompts/get",
+                "params": {"name": "srv__greet", "arguments": arguments}});
+            exchange
+        };
+        assert_eq!(
+            schema.on_request(&mut get(json!({"name": "Bob", "tone": "warm"}))),
+            Verdict::Continue
+        );
+        assert_eq!(
+            schema.on_request(&mut get(json!({"name": "Bob"}))),
+            Verdict::Continue
+        );
+        let Verdict::Deny(denial) = schema.on_request(&mut get(json!({"tone": 3, "a/b": "x"})))
+        else {
+            panic!("bad prompt arguments pass");
+        };
+        assert_eq!(denial.code, code::INVALID_PARAMS);
+        let mut paths: Vec<&str> = denial.data["violations"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|v| v["path"].as_str()).collect())
+            .unwrap_or_default();
+        paths.sort_unstable();
+        assert_eq!(paths, ["", "/a~1b", "/tone"], "{denial:?}");
     }
 
     trait Lossy {
