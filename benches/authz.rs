@@ -133,21 +133,7 @@ fn run_chain(chain: &Chain, template: &Exchange) {
 }
 
 fn main() {
-    let mut iterations = 200usize;
-    let mut samples = 300usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--iterations" => {
-                iterations = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(iterations)
-            }
-            "--samples" => samples = args.next().and_then(|n| n.parse().ok()).unwrap_or(samples),
-            _ => {} // cargo bench passes `--bench`
-        }
-    }
+    let (iterations, samples) = common::sampling_args(200, 300);
     let dir = tempfile::tempdir().unwrap();
     let small = engine(&dir.path().join("p10"), 10);
     let large = engine(&dir.path().join("p1000"), 1000);

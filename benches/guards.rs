@@ -68,21 +68,7 @@ fn run_chain(chain: &Chain, template: &Exchange) {
 }
 
 fn main() {
-    let mut iterations = 1000usize;
-    let mut samples = 300usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--iterations" => {
-                iterations = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(iterations)
-            }
-            "--samples" => samples = args.next().and_then(|n| n.parse().ok()).unwrap_or(samples),
-            _ => {} // cargo bench passes `--bench`
-        }
-    }
+    let (iterations, samples) = common::sampling_args(1000, 300);
     // Quotas no benchmark run can use up, so every check passes and costs
     // what a passing check costs.
     let quota = |text: &str| text.parse().unwrap();

@@ -16,6 +16,22 @@ pub struct Stats {
     pub calls_per_sec: f64,
 }
 
+/// `--iterations N` and `--samples N` from the command line, or these
+/// defaults (other arguments, such as cargo's `--bench`, are ignored).
+pub fn sampling_args(iterations: usize, samples: usize) -> (usize, usize) {
+    let (mut iterations, mut samples) = (iterations, samples);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().and_then(|n| n.parse().ok());
+        match arg.as_str() {
+            "--iterations" => iterations = value().unwrap_or(iterations),
+            "--samples" => samples = value().unwrap_or(samples),
+            _ => {}
+        }
+    }
+    (iterations, samples)
+}
+
 /// Per-call latency of `work`, in-process: `samples` timings of
 /// `iterations` calls each (after a warm-up of ten samples' worth).
 pub fn measure_calls(

@@ -131,7 +131,7 @@ impl Schema {
         }
         let problem = problem_of(tool);
         if let Some(problem) = &problem {
-            tracing::warn!(tool = name, %problem, "a tool's input schema does not compile: the tool is withheld");
+            tracing::warn!(tool = name, %problem, "a tool is withheld: its schemas cannot be checked");
         }
         if let Ok(mut listed) = self.listed.write() {
             if listed.len() >= MOST_CACHED {

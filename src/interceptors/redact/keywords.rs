@@ -5,12 +5,12 @@
 //! here" fast. Each keyword is known by one of its 3-byte windows, its
 //! anchor: the rarest in ordinary text (`github_pat_` by `b_p`, not `git`).
 //! The pass reads eight bytes at a time and tests the six 3-byte windows in
-//! them against a 128 Kibit set of hashed anchors (8 KiB, it stays in L1).
+//! them against a 128 Kibit set of hashed anchors (16 KiB, it stays in L1).
 //! The windows are independent of each other, so the CPU overlaps them,
 //! where an automaton must follow one state after another. A window whose
 //! hash is in the set is checked exactly against the few keywords whose
-//! anchors hash near it. Keywords of two bytes (allowed, not built in) go through a
-//! small Aho-Corasick automaton of their own.
+//! anchors hash near it. Keywords of two bytes (allowed, not built in) go
+//! through a small Aho-Corasick automaton of their own.
 //!
 //! The hash folds case by setting bit 5 of every byte (`b | 0x20`). That
 //! maps `A` to `a`, and a few punctuation pairs to each other (`_` and DEL,
@@ -31,11 +31,11 @@ const SPREAD: usize = 5;
 pub struct Keywords {
     /// Keywords, lowercased; a hit is an index into this.
     words: Vec<Box<[u8]>>,
-    /// The hashed, case-folded first three bytes of every keyword of three
-    /// bytes or more.
+    /// The hashed, case-folded anchor of every keyword of three bytes or
+    /// more.
     filter: Box<[u64; BITS / 64]>,
     /// `bucket[slot >> SPREAD]..bucket[(slot >> SPREAD) + 1]` is the range
-    /// of `entries` that holds the keywords whose prefix hashes to a slot
+    /// of `entries` that holds the keywords whose anchor hashes to a slot
     /// in that bucket.
     bucket: Box<[u32]>,
     entries: Box<[Entry]>,
