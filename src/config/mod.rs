@@ -724,14 +724,24 @@ impl Config {
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+/// 1-based line and byte column of a byte offset into a file's text (for
+/// errors that point into the config, rule files and policy fixtures).
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before
         .rfind('\n')
         .map_or(before.len(), |nl| before.len() - nl - 1)
         + 1;
     (line, column)
+}
+
+/// Where an interceptor goes in the default chain.
+enum Placement {
+    /// Right after `limits`.
+    AfterLimits,
+    /// At the end.
+    Last,
 }
 
 struct Validator<'a> {
@@ -1155,41 +1165,26 @@ impl Validator<'_> {
         }
         // Policies are enforced whenever they are configured: in the default
         // order right after `limits`; an explicit chain must place `authz`.
-        if proxy_config.policies.is_some() && !chain.contains(&ChainEntry::Authz) {
-            if let Some(span) = explicit_chain {
-                return Err(self.error(
-                    Some(span),
-                    "chain",
-                    "`[proxy] policies` is set but the `[[chain]]` has no `authz` entry: add `[[chain]] kind = \"authz\"` where policies should run".into(),
-                ));
-            }
-            let position = chain
-                .iter()
-                .position(|entry| *entry == ChainEntry::Limits)
-                .map_or(0, |i| i + 1);
-            chain.insert(position, ChainEntry::Authz);
-        }
+        self.place(
+            &mut chain,
+            ChainEntry::Authz,
+            proxy_config.policies.is_some(),
+            &explicit_chain,
+            Placement::AfterLimits,
+            "`[proxy] policies` is set but the `[[chain]]` has no `authz` entry: add `[[chain]] kind = \"authz\"` where policies should run",
+        )?;
         let ratelimit = self.ratelimit(raw.ratelimit, &clients, &servers, &proxy_config)?;
         // Quotas, when configured, are enforced: right after `limits` by
         // default (a refused call costs nothing more); an explicit chain
         // must place `ratelimit`.
-        if ratelimit.enabled() && !chain.contains(&ChainEntry::Ratelimit) {
-            if let Some(span) = explicit_chain {
-                return Err(self.error(
-                    Some(span),
-                    "chain",
-                    "`[ratelimit]` sets quotas but the `[[chain]]` has no `ratelimit` entry: add `[[chain]] kind = \"ratelimit\"` where quotas should apply".into(),
-                ));
-            }
-            let position = chain
-                .iter()
-                .position(|entry| *entry == ChainEntry::Limits)
-                .map_or(0, |i| i + 1);
-            chain.insert(position, ChainEntry::Ratelimit);
-        }
-        if !ratelimit.enabled() {
-            chain.retain(|entry| *entry != ChainEntry::Ratelimit);
-        }
+        self.place(
+            &mut chain,
+            ChainEntry::Ratelimit,
+            ratelimit.enabled(),
+            &explicit_chain,
+            Placement::AfterLimits,
+            "`[ratelimit]` sets quotas but the `[[chain]]` has no `ratelimit` entry: add `[[chain]] kind = \"ratelimit\"` where quotas should apply",
+        )?;
         let output = match &raw.schema.output {
             None => OutputAction::Deny,
             Some(value) => match value.get_ref().as_str() {
@@ -1211,36 +1206,26 @@ impl Validator<'_> {
         // Schema validation runs unless switched off: after `authz` by
         // default (a call it refuses is not checked further); an explicit
         // chain must place it.
-        if schema.enabled && !chain.contains(&ChainEntry::Schema) {
-            if let Some(span) = explicit_chain {
-                return Err(self.error(
-                    Some(span),
-                    "chain",
-                    "schema validation is on but the `[[chain]]` has no `schema` entry: add `[[chain]] kind = \"schema\"` where it should run, or set `[schema] enabled = false`".into(),
-                ));
-            }
-            chain.push(ChainEntry::Schema);
-        }
-        if !schema.enabled {
-            chain.retain(|entry| *entry != ChainEntry::Schema);
-        }
+        self.place(
+            &mut chain,
+            ChainEntry::Schema,
+            schema.enabled,
+            &explicit_chain,
+            Placement::Last,
+            "schema validation is on but the `[[chain]]` has no `schema` entry: add `[[chain]] kind = \"schema\"` where it should run, or set `[schema] enabled = false`",
+        )?;
         let redact = self.redact(raw.redact, &resolve)?;
         // Secret scanning runs unless switched off: last by default (so on
         // the way back it is the last stage before the client); an explicit
         // chain must place it.
-        if redact.enabled && !chain.contains(&ChainEntry::Redact) {
-            if let Some(span) = explicit_chain {
-                return Err(self.error(
-                    Some(span),
-                    "chain",
-                    "secret scanning is on but the `[[chain]]` has no `redact` entry: add `[[chain]] kind = \"redact\"` where it should run, or set `[redact] enabled = false`".into(),
-                ));
-            }
-            chain.push(ChainEntry::Redact);
-        }
-        if !redact.enabled && chain.contains(&ChainEntry::Redact) {
-            chain.retain(|entry| *entry != ChainEntry::Redact);
-        }
+        self.place(
+            &mut chain,
+            ChainEntry::Redact,
+            redact.enabled,
+            &explicit_chain,
+            Placement::Last,
+            "secret scanning is on but the `[[chain]]` has no `redact` entry: add `[[chain]] kind = \"redact\"` where it should run, or set `[redact] enabled = false`",
+        )?;
 
         let max_age = match &raw.audit.max_age {
             None => None,
@@ -1295,6 +1280,42 @@ impl Validator<'_> {
             ratelimit,
             schema,
         })
+    }
+
+    /// Puts an interceptor that is `on` into the chain: where `placement`
+    /// says when the config names no chain; an explicit chain must place it
+    /// itself (`missing` tells how), or the config is refused. One that is
+    /// off is taken out.
+    fn place(
+        &self,
+        chain: &mut Vec<ChainEntry>,
+        entry: ChainEntry,
+        on: bool,
+        explicit_chain: &Option<std::ops::Range<usize>>,
+        placement: Placement,
+        missing: &str,
+    ) -> Result<(), ConfigError> {
+        if !on {
+            chain.retain(|placed| *placed != entry);
+            return Ok(());
+        }
+        if chain.contains(&entry) {
+            return Ok(());
+        }
+        if let Some(span) = explicit_chain {
+            return Err(self.error(Some(span.clone()), "chain", missing.to_owned()));
+        }
+        match placement {
+            Placement::AfterLimits => {
+                let position = chain
+                    .iter()
+                    .position(|placed| *placed == ChainEntry::Limits)
+                    .map_or(0, |i| i + 1);
+                chain.insert(position, entry);
+            }
+            Placement::Last => chain.push(entry),
+        }
+        Ok(())
     }
 
     fn ratelimit(

@@ -234,12 +234,14 @@ pub fn load_file(path: &Path) -> Result<Vec<(usize, Case)>, FixtureError> {
     })?;
     let file: FixtureFile = toml::from_str(&text).map_err(|err| FixtureError {
         file: path.to_owned(),
-        location: err.span().map(|span| line_column(&text, span.start)),
+        location: err
+            .span()
+            .map(|span| crate::config::line_col(&text, span.start)),
         message: err.message().to_owned(),
     })?;
     let mut cases = Vec::new();
     for spanned in file.cases {
-        let (line, _) = line_column(&text, spanned.span().start);
+        let (line, _) = crate::config::line_col(&text, spanned.span().start);
         let case = spanned.into_inner();
         match case.expect.as_deref() {
             Some("allow" | "deny") => {}
@@ -324,16 +326,6 @@ pub fn run(
         }
     }
     Ok(outcomes)
-}
-
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset.min(text.len())).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |i| before.len() - i - 1)
-        + 1;
-    (line, column)
 }
 
 pub use crate::protocol::parse_datetime;

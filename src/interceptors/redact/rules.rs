@@ -11,6 +11,8 @@ use regex_syntax::hir::{Class, Hir, HirKind};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::config::line_col;
+
 /// The built-in rules, in the format custom rule files use.
 pub const BUILTIN: &str = include_str!("rules.toml");
 
@@ -486,16 +488,6 @@ fn valid_id(id: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         })
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |i| before.len() - i - 1)
-        + 1;
-    (line, column)
 }
 
 #[derive(Deserialize)]
