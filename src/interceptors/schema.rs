@@ -40,6 +40,9 @@ struct Cached {
     compiled: Compiled,
 }
 
+/// A listed tool's schemas and why it is withheld, if it is.
+type Listed = (Option<Value>, Option<Value>, Option<String>);
+
 /// (server, tool, which schema).
 type CacheKey = (Arc<str>, String, Which);
 
@@ -65,9 +68,10 @@ pub struct Schema {
     output: OutputAction,
     /// (server, tool, which) → the compiled schema.
     compiled: RwLock<HashMap<CacheKey, Cached>>,
-    /// Namespaced tool name → the schema a list carried and whether it
-    /// compiles (lists carry copies, so this compares schemas).
-    listed: RwLock<HashMap<String, (Value, Option<String>)>>,
+    /// Namespaced tool name → the input and output schemas a list carried,
+    /// and why the tool is withheld, if it is (lists carry copies, so this
+    /// compares schemas).
+    listed: RwLock<HashMap<String, Listed>>,
 }
 
 /// Compiles a server's schema with the untrusted-input settings.
@@ -95,6 +99,7 @@ impl Schema {
         tool: &str,
         definition: &Definition,
     ) -> Option<Compiled> {
+        let schema = definition.get()?.get(which.key())?;
         let key = (server.clone(), tool.to_owned(), which);
         if let Ok(inputs) = self.compiled.read()
             && let Some(cached) = inputs.get(&key)
@@ -102,7 +107,6 @@ impl Schema {
         {
             return Some(cached.compiled.clone());
         }
-        let schema = definition.get()?.get(which.key())?;
         let compiled: Compiled = Arc::new(compile(schema));
         if let Ok(mut inputs) = self.compiled.write() {
             if inputs.len() >= MOST_CACHED {
@@ -122,10 +126,11 @@ impl Schema {
     /// Why a listed tool is withheld, if it is: its schemas as a list
     /// carries them.
     fn list_problem(&self, name: &str, tool: &Value) -> Option<String> {
-        let schemas = json!([tool.get("inputSchema"), tool.get("outputSchema")]);
+        let (input, output) = (tool.get("inputSchema"), tool.get("outputSchema"));
         if let Ok(listed) = self.listed.read()
-            && let Some((seen, problem)) = listed.get(name)
-            && *seen == schemas
+            && let Some((seen_input, seen_output, problem)) = listed.get(name)
+            && seen_input.as_ref() == input
+            && seen_output.as_ref() == output
         {
             return problem.clone();
         }
@@ -137,7 +142,10 @@ impl Schema {
             if listed.len() >= MOST_CACHED {
                 listed.clear();
             }
-            listed.insert(name.to_owned(), (schemas, problem.clone()));
+            listed.insert(
+                name.to_owned(),
+                (input.cloned(), output.cloned(), problem.clone()),
+            );
         }
         problem
     }
@@ -328,15 +336,23 @@ fn check_prompt(exchange: &Exchange) -> Verdict {
     match violations.first() {
         None => Verdict::Continue,
         Some(first) => {
-            let path = first["path"].as_str().unwrap_or_default();
             let reason = format!(
-                "the arguments do not match the prompt's arguments: {}: {}",
-                if path.is_empty() { "/" } else { path },
-                first["message"].as_str().unwrap_or_default()
+                "the arguments do not match the prompt's arguments: {}",
+                describe(first)
             );
             Verdict::Deny(Denial::new(code::INVALID_PARAMS, reason).with("violations", violations))
         }
     }
+}
+
+/// A violation as a reason reads it: `PATH: MESSAGE` (`/` for the root).
+fn describe(violation: &Value) -> String {
+    let path = violation["path"].as_str().unwrap_or_default();
+    let path = if path.is_empty() { "/" } else { path };
+    format!(
+        "{path}: {}",
+        violation["message"].as_str().unwrap_or_default()
+    )
 }
 
 /// `None` when `instance` is valid; otherwise a one-line summary and up to
@@ -357,14 +373,7 @@ fn violations(validator: &Validator, instance: &Value) -> Option<(String, Vec<Va
             }));
         }
     }
-    let first = listed
-        .first()
-        .map(|v| {
-            let path = v["path"].as_str().unwrap_or_default();
-            let path = if path.is_empty() { "/" } else { path };
-            format!("{path}: {}", v["message"].as_str().unwrap_or_default())
-        })
-        .unwrap_or_default();
+    let first = listed.first().map(describe).unwrap_or_default();
     let summary = if total > 1 {
         format!("{first} (and {} more)", total - 1)
     } else {
