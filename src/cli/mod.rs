@@ -276,7 +276,8 @@ fn record_start(
         "policies": store.as_ref().map(|s| s.policy_count()),
         "servers": config.servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
     }));
-    gateway.record_event(start);
+    // One task commits them all, so `proxy_start` is first.
+    let mut records = vec![start];
     for server in &config.servers {
         let (relaxations, dangers): (Vec<String>, Vec<String>) = match &server.kind {
             UpstreamSpec::Process(_) => (
@@ -306,8 +307,9 @@ fn record_start(
             "relaxations": relaxations,
             "dangers": dangers,
         }));
-        gateway.record_event(record);
+        records.push(record);
     }
+    gateway.record_events(records);
 }
 
 /// The `policy_reload` record of a reload: `allow` when applied, `error`

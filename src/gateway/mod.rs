@@ -244,6 +244,12 @@ impl Gateway {
     /// nothing waits for them; a failure is logged loudly, and the calls
     /// that follow are refused while the store cannot be written).
     pub fn record_event(&self, record: crate::audit::AuditRecord) {
+        self.record_events(vec![record]);
+    }
+
+    /// Commits event records in the background, in this order (records
+    /// committed from separate tasks may land in either order).
+    pub fn record_events(&self, records: Vec<crate::audit::AuditRecord>) {
         let Some(audit) = self.audit.clone() else {
             return;
         };
@@ -252,8 +258,10 @@ impl Gateway {
         };
         self.event_records.spawn_on(
             async move {
-                if let Err(err) = audit.commit(record).await {
-                    tracing::error!(error = %err, "AUDIT: an event cannot be recorded");
+                for record in records {
+                    if let Err(err) = audit.commit(record).await {
+                        tracing::error!(error = %err, "AUDIT: an event cannot be recorded");
+                    }
                 }
             },
             &runtime,
