@@ -147,6 +147,10 @@ pub trait Directory: std::fmt::Debug + Send + Sync {
     fn resource_server(&self, uri: &str) -> Option<&str>;
     /// The server that listed a resource template.
     fn template_server(&self, uri_template: &str) -> Option<&str>;
+    /// The listed definition of a namespaced tool.
+    fn tool_definition(&self, namespaced: &str) -> Option<Definition>;
+    /// The listed definition of a namespaced prompt.
+    fn prompt_definition(&self, namespaced: &str) -> Option<Definition>;
 }
 
 /// A note an interceptor attaches to the exchange, for later interceptors and

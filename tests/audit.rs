@@ -126,7 +126,10 @@ async fn every_exchange_is_recorded_once_with_its_decision_and_no_secret() {
     // Filters.
     let denied = records(&config, &["--decision", "deny"]);
     assert_eq!(denied.len(), 1);
-    assert_eq!(records(&config, &["--tool", "example__echo"]).len(), 1);
+    assert_eq!(
+        records(&config, &["--tool", "example__echo", "--kind", "exchange"]).len(),
+        1
+    );
     assert_eq!(
         records(&config, &["--tool", "echo", "--client", "other"]).len(),
         0
@@ -388,7 +391,7 @@ async fn auditors_read_a_running_proxys_log_over_the_admin_api_and_clients_canno
     };
 
     // A follower that starts before the calls sees each echo as it commits.
-    let mut tail = admin("/admin/audit/tail?tool=example__echo&after=0")
+    let mut tail = admin("/admin/audit/tail?tool=example__echo&kind=exchange&after=0")
         .bearer_auth(common::AUDITOR_TOKEN)
         .send()
         .await
@@ -421,7 +424,9 @@ async fn auditors_read_a_running_proxys_log_over_the_admin_api_and_clients_canno
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
     // The same filters as the CLI.
-    let answer = as_auditor("/admin/audit?client=tester&tool=example__echo&decision=allow").await;
+    let answer =
+        as_auditor("/admin/audit?client=tester&tool=example__echo&decision=allow&kind=exchange")
+            .await;
     let found = answer["records"].as_array().unwrap();
     assert_eq!(found.len(), 3, "{answer}");
     assert_eq!(found, &followed);
@@ -532,6 +537,8 @@ async fn auditors_read_a_running_proxys_log_over_the_admin_api_and_clients_canno
             url,
             "--tool",
             "example__echo",
+            "--kind",
+            "exchange",
             "--format",
             "jsonl",
         ],
@@ -581,7 +588,7 @@ async fn auditors_read_a_running_proxys_log_over_the_admin_api_and_clients_canno
     drop(tail);
     served.terminate().await;
     // Stopped: the CLI opens the store itself and finds the same records.
-    let offline = records(&config, &["--tool", "example__echo"]);
+    let offline = records(&config, &["--tool", "example__echo", "--kind", "exchange"]);
     assert_eq!(offline, followed);
     let exported_offline: Vec<Value> = {
         let (ok, stdout, stderr) = audit(&config, &["export"]);

@@ -469,7 +469,7 @@ async fn secrets_are_redacted_both_ways_and_the_audit_keeps_only_counts() {
     assert!(message.contains("[REDACTED:github-pat-classic]"), "{reply}");
     client.finish().await;
 
-    let records = common::records(&config, &[]);
+    let records = common::records(&config, &["--kind", "exchange"]);
     let echo = records
         .iter()
         .find(|r| r["target"] == "echo")

@@ -38,6 +38,11 @@ struct Args {
     /// The server's name: its serverInfo.name, and the prefix of `echo` replies.
     #[arg(long, value_name = "NAME", default_value = "example")]
     name: String,
+
+    /// Serve tool TOOL with this description instead of its own (repeatable):
+    /// a server whose tool definitions change between runs, for pinning.
+    #[arg(long, value_name = "TOOL=TEXT")]
+    describe: Vec<String>,
 }
 
 #[tokio::main]
@@ -45,6 +50,14 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging();
     let server = ExampleServer::new(args.name);
+    for change in &args.describe {
+        let Some((tool, text)) = change.split_once('=') else {
+            anyhow::bail!("--describe {change:?}: expected TOOL=TEXT");
+        };
+        if !server.set_description(tool, text) {
+            anyhow::bail!("--describe {change:?}: there is no tool {tool}");
+        }
+    }
     match args.http {
         None => serve_stdio(server).await,
         Some(addr) => serve_http(server, addr).await,

@@ -98,6 +98,21 @@ impl ExampleServer {
         true
     }
 
+    /// Replaces a tool's description (a rug pull, for pinning tests). False
+    /// if there is no such tool.
+    pub fn set_description(&self, name: &str, description: &str) -> bool {
+        let mut tools = self
+            .shared
+            .tools
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(route) = Arc::make_mut(&mut tools).map.get_mut(name) else {
+            return false;
+        };
+        route.attr.description = Some(description.to_owned().into());
+        true
+    }
+
     /// Whether this session subscribed to `uri` with resources/subscribe.
     pub fn is_subscribed(&self, uri: &str) -> bool {
         self.subscriptions().contains(uri)

@@ -20,6 +20,12 @@ pub const KINDS: &[&str] = &[
     "server_down",
     "server_stopped",
     "sandbox_relaxed",
+    "pin_added",
+    "pin_changed",
+    "pin_unpinned",
+    "pin_approved",
+    "pins_reloaded",
+    "tool_flagged",
     "checkpoint",
 ];
 

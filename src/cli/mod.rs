@@ -2,6 +2,7 @@
 
 mod audit;
 mod containers;
+mod pins;
 mod policy;
 mod redact;
 
@@ -115,6 +116,27 @@ enum ToolsCommand {
         client: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+    /// The pinned tool definitions, those awaiting approval, and what changed.
+    Pins {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Pin what the proxy saw of these tools (SERVER__TOOL), after review.
+    Approve {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The tools, by their namespaced names.
+        tools: Vec<String>,
+        /// Every tool of this server that awaits approval.
+        #[arg(long, value_name = "SERVER")]
+        all: Option<String>,
+        /// Who approves (recorded in the pin file and the audit log;
+        /// default: $USER).
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
     },
 }
 
@@ -233,6 +255,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load(&config)?;
             tools_list(config, client.as_deref(), format).await
         }
+        Command::Tools {
+            command: ToolsCommand::Pins { config, format },
+        } => pins::list(&load(&config)?, format),
+        Command::Tools {
+            command:
+                ToolsCommand::Approve {
+                    config,
+                    tools,
+                    all,
+                    by,
+                },
+        } => pins::approve(&load(&config)?, &tools, all.as_deref(), by.as_deref()).await,
         Command::Policy { command } => policy::run(command),
         Command::Redact { command } => redact::run(command),
         Command::Audit { command } => audit::run(*command).await,
@@ -383,7 +417,7 @@ async fn remove_orphaned_containers(config: &Config) {
 }
 
 async fn start_gateway(config: Config) -> anyhow::Result<Arc<Gateway>> {
-    let (gateway, events, _) = build_gateway(config, None)?;
+    let (gateway, events, _, _) = build_gateway(config, None)?;
     start(&gateway, events).await;
     Ok(gateway)
 }
@@ -392,6 +426,7 @@ type Built = (
     Arc<Gateway>,
     tokio::sync::mpsc::Receiver<crate::upstream::UpstreamEvent>,
     Option<Arc<interceptors::PolicyEngine>>,
+    Option<Arc<interceptors::Pinning>>,
 );
 
 /// The gateway and its chain; fails (before any server starts) when an
@@ -405,7 +440,7 @@ fn build_gateway(config: Config, audit: Option<Audit>) -> anyhow::Result<Built> 
         )
     })?;
     let (gateway, events) = Gateway::new(config, built.chain, audit);
-    Ok((gateway, events, built.policies))
+    Ok((gateway, events, built.policies, built.pinning))
 }
 
 async fn start(
@@ -448,8 +483,36 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
     let config_sha256 = std::fs::read(&config.file)
         .map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))
         .ok();
-    let (gateway, events, policies) = build_gateway(config, Some(audit))?;
+    let (gateway, events, policies, pinning) = build_gateway(config, Some(audit))?;
     record_start(&gateway, &role, config_sha256, policies.as_deref());
+    if let Some(pinning) = &pinning {
+        // Pin events go to the audit log; approvals reach the sessions as
+        // `tools/list_changed` (a withheld tool may be back).
+        let mut pin_events = pinning.subscribe();
+        let recorder = gateway.clone();
+        tokio::spawn(async move {
+            let separator = recorder.config().proxy.namespace_separator.clone();
+            loop {
+                match pin_events.recv().await {
+                    Ok(event) => {
+                        if matches!(
+                            event,
+                            crate::interceptors::pinning::PinEvent::Reloaded { .. }
+                        ) {
+                            recorder.announce(crate::gateway::ListKind::Tools);
+                        }
+                        recorder.record_event(pins::record(&event, &separator));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::error!(missed, "AUDIT: pin events were dropped");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        let poll = gateway.config().proxy.policy_poll;
+        tokio::spawn(pinning.clone().watch(poll, gateway.shutdown_token()));
+    }
     match &policies {
         Some(engine) => {
             let mut reloads = engine.subscribe();
@@ -684,10 +747,43 @@ async fn tools_list(
     } else {
         Vec::new()
     };
+    // Tools pinning withholds (changed or unpinned definitions, poisoning
+    // under `deny`); in the operator's view, whatever else is missing.
+    let pin_withheld: Vec<String> = if client.is_none() {
+        gateway
+            .catalog()
+            .tools
+            .iter()
+            .filter_map(|tool| tool["name"].as_str())
+            .filter(|name| {
+                !tools.iter().any(|t| t["name"] == *name)
+                    && !withheld.iter().any(|(w, _)| w == name)
+            })
+            .map(str::to_owned)
+            .collect()
+    } else {
+        Vec::new()
+    };
     gateway.close_session(&session);
     gateway.stop().await;
     for (name, problem) in &withheld {
         eprintln!("withheld: `{name}`: {problem}");
+    }
+    for name in &pin_withheld {
+        eprintln!("withheld: `{name}`: its definition awaits approval (`portcullis tools pins`)");
+    }
+    for tool in &tools {
+        if let Some(flags) = tool
+            .pointer("/_meta/dev.portcullis~1poisoning")
+            .and_then(Value::as_array)
+        {
+            let rules: Vec<&str> = flags.iter().filter_map(|f| f["rule"].as_str()).collect();
+            eprintln!(
+                "flagged: `{}`: poisoning rules {}",
+                tool["name"].as_str().unwrap_or_default(),
+                rules.join(", ")
+            );
+        }
     }
     match format {
         Format::Json => println!(

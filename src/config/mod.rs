@@ -59,6 +59,73 @@ pub struct Config {
     pub redact: RedactConfig,
     pub ratelimit: RatelimitConfig,
     pub schema: SchemaConfig,
+    pub pinning: PinningConfig,
+}
+
+/// `[pinning]`: tool definitions pinned by their SHA-256, and descriptions
+/// scanned for poisoning. On unless `enabled = false`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinningConfig {
+    pub enabled: bool,
+    /// The pin file (`[pinning] file`, else `pins.json` in the data folder).
+    pub file: PathBuf,
+    /// Where the proxy keeps what it saw and the lock (the data folder).
+    pub data_dir: PathBuf,
+    /// A tool the pin file does not name.
+    pub first_use: FirstUse,
+    /// A tool whose definition is not the pinned one.
+    pub on_change: OnChange,
+    /// A tool or prompt whose description a poisoning rule flags.
+    pub poisoning: Poisoning,
+    /// A custom poisoning rule file, in the built-in rules' format.
+    pub extra_rules: Option<PathBuf>,
+}
+
+impl PinningConfig {
+    /// The defaults, with pins kept in `data_dir`.
+    pub fn in_data_dir(data_dir: &Path) -> Self {
+        Self {
+            enabled: true,
+            file: data_dir.join("pins.json"),
+            data_dir: data_dir.to_owned(),
+            first_use: FirstUse::Pin,
+            on_change: OnChange::Deny,
+            poisoning: Poisoning::Flag,
+            extra_rules: None,
+        }
+    }
+}
+
+/// `[pinning] first_use`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstUse {
+    /// Trust on first use: the definition seen first is pinned.
+    #[default]
+    Pin,
+    /// Only tools the pin file names are served; others await approval.
+    Deny,
+}
+
+/// `[pinning] on_change`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnChange {
+    /// Withheld from lists, calls refused, until approved.
+    #[default]
+    Deny,
+    /// Served, with a warning in the log and the audit record.
+    Warn,
+}
+
+/// `[pinning] poisoning`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Poisoning {
+    /// Flagged in lists (`_meta`), the log and the audit log; served.
+    #[default]
+    Flag,
+    /// Withheld and refused unless a person approved that very definition.
+    Deny,
+    /// Not scanned.
+    Off,
 }
 
 /// `[schema]`: tool arguments checked against the tools' input schemas. On
@@ -489,6 +556,7 @@ pub enum ChainEntry {
     Limits,
     Ratelimit,
     Authz,
+    Pinning,
     Schema,
     Redact,
 }
@@ -499,6 +567,7 @@ impl ChainEntry {
             Self::Limits => "limits",
             Self::Ratelimit => "ratelimit",
             Self::Authz => "authz",
+            Self::Pinning => "pinning",
             Self::Schema => "schema",
             Self::Redact => "redact",
         }
@@ -531,6 +600,19 @@ struct RawConfig {
     ratelimit: RawRatelimit,
     #[serde(default)]
     schema: RawSchema,
+    #[serde(default)]
+    pinning: RawPinning,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPinning {
+    enabled: Option<bool>,
+    file: Option<PathBuf>,
+    first_use: Option<Spanned<String>>,
+    on_change: Option<Spanned<String>>,
+    poisoning: Option<Spanned<String>>,
+    extra_rules: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1141,11 +1223,12 @@ impl Validator<'_> {
                 "redact" => ChainEntry::Redact,
                 "ratelimit" => ChainEntry::Ratelimit,
                 "schema" => ChainEntry::Schema,
+                "pinning" => ChainEntry::Pinning,
                 other => {
                     return Err(self.error(
                         Some(span),
                         &format!("chain[{index}].kind"),
-                        format!("unknown interceptor kind `{other}`; available: `limits`, `ratelimit`, `authz`, `schema`, `redact`"),
+                        format!("unknown interceptor kind `{other}`; available: `limits`, `ratelimit`, `authz`, `pinning`, `schema`, `redact`"),
                     ));
                 }
             };
@@ -1184,6 +1267,17 @@ impl Validator<'_> {
             &explicit_chain,
             Placement::AfterLimits,
             "`[ratelimit]` sets quotas but the `[[chain]]` has no `ratelimit` entry: add `[[chain]] kind = \"ratelimit\"` where quotas should apply",
+        )?;
+        let pinning = self.pinning(raw.pinning, &proxy_config, &resolve)?;
+        // Pinning runs unless switched off: after `authz` by default (a
+        // client never learns of a tool it may not see), before `schema`.
+        self.place(
+            &mut chain,
+            ChainEntry::Pinning,
+            pinning.enabled,
+            &explicit_chain,
+            Placement::Last,
+            "tool pinning is on but the `[[chain]]` has no `pinning` entry: add `[[chain]] kind = \"pinning\"` where it should run, or set `[pinning] enabled = false`",
         )?;
         let output = match &raw.schema.output {
             None => OutputAction::Deny,
@@ -1279,7 +1373,69 @@ impl Validator<'_> {
             redact,
             ratelimit,
             schema,
+            pinning,
         })
+    }
+
+    fn pinning(
+        &self,
+        raw: RawPinning,
+        proxy: &ProxyConfig,
+        resolve: &impl Fn(PathBuf) -> PathBuf,
+    ) -> Result<PinningConfig, ConfigError> {
+        let defaults = PinningConfig::in_data_dir(&proxy.data_dir);
+        let first_use = self.choice(
+            &raw.first_use,
+            "pinning.first_use",
+            &[("pin", FirstUse::Pin), ("deny", FirstUse::Deny)],
+        )?;
+        let on_change = self.choice(
+            &raw.on_change,
+            "pinning.on_change",
+            &[("deny", OnChange::Deny), ("warn", OnChange::Warn)],
+        )?;
+        let poisoning = self.choice(
+            &raw.poisoning,
+            "pinning.poisoning",
+            &[
+                ("flag", Poisoning::Flag),
+                ("deny", Poisoning::Deny),
+                ("off", Poisoning::Off),
+            ],
+        )?;
+        Ok(PinningConfig {
+            enabled: raw.enabled.unwrap_or(true),
+            file: raw.file.map(resolve).unwrap_or(defaults.file),
+            first_use: first_use.unwrap_or(defaults.first_use),
+            on_change: on_change.unwrap_or(defaults.on_change),
+            poisoning: poisoning.unwrap_or(defaults.poisoning),
+            extra_rules: raw.extra_rules.map(resolve),
+            data_dir: defaults.data_dir,
+        })
+    }
+
+    /// One of a few words, or an error that lists them.
+    fn choice<T: Copy>(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        words: &[(&str, T)],
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        match words.iter().find(|(word, _)| *word == value.get_ref()) {
+            Some((_, chosen)) => Ok(Some(*chosen)),
+            None => {
+                let names: Vec<String> =
+                    words.iter().map(|(word, _)| format!("`{word}`")).collect();
+                Err(self.error(
+                    Some(value.span()),
+                    key,
+                    format!("`{}` is not one of {}", value.get_ref(), names.join(", ")),
+                ))
+            }
+        }
     }
 
     /// Puts an interceptor that is `on` into the chain: where `placement`
@@ -1664,9 +1820,15 @@ mod tests {
         assert_eq!(config.limits.max_depth, 64);
         assert_eq!(
             config.chain,
-            vec![ChainEntry::Limits, ChainEntry::Schema, ChainEntry::Redact]
+            vec![
+                ChainEntry::Limits,
+                ChainEntry::Pinning,
+                ChainEntry::Schema,
+                ChainEntry::Redact
+            ]
         );
         assert!(config.redact.enabled);
+        assert_eq!(config.pinning.file, config.proxy.data_dir.join("pins.json"));
         assert_eq!(
             config.proxy.data_dir,
             PathBuf::from("/etc/portcullis/.portcullis")
@@ -1852,7 +2014,7 @@ mod redact_tests {
     #[test]
     fn schema_validation_is_placed_or_switched_off_explicitly() {
         let placed = parse(
-            "[[chain]]\nkind = \"schema\"\n[[chain]]\nkind = \"redact\"\n[[chain]]\nkind = \"limits\"\n",
+            "[pinning]\nenabled = false\n[[chain]]\nkind = \"schema\"\n[[chain]]\nkind = \"redact\"\n[[chain]]\nkind = \"limits\"\n",
         );
         assert_eq!(
             placed.map(|c| c.chain),
@@ -1862,19 +2024,48 @@ mod redact_tests {
                 ChainEntry::Limits
             ])
         );
-        let missing = parse("[[chain]]\nkind = \"redact\"\n");
+        let missing = parse("[pinning]\nenabled = false\n[[chain]]\nkind = \"redact\"\n");
         assert!(
             missing
                 .as_ref()
-                .is_err_and(|e| e.starts_with("p.toml:1:1: `chain`: schema validation is on")),
+                .is_err_and(|e| e.starts_with("p.toml:3:1: `chain`: schema validation is on")),
             "{missing:?}"
         );
         let off = parse(
-            "[schema]\nenabled = false\n[[chain]]\nkind = \"schema\"\n[[chain]]\nkind = \"redact\"\n",
+            "[schema]\nenabled = false\n[[chain]]\nkind = \"schema\"\n[[chain]]\nkind = \"redact\"\n[[chain]]\nkind = \"pinning\"\n",
         );
         assert_eq!(
             off.map(|c| c.chain),
-            Ok(vec![ChainEntry::Limits, ChainEntry::Redact])
+            Ok(vec![
+                ChainEntry::Limits,
+                ChainEntry::Redact,
+                ChainEntry::Pinning
+            ])
+        );
+        let no_pinning = parse("[[chain]]\nkind = \"schema\"\n[[chain]]\nkind = \"redact\"\n");
+        assert!(
+            no_pinning
+                .as_ref()
+                .is_err_and(|e| e.starts_with("p.toml:1:1: `chain`: tool pinning is on")),
+            "{no_pinning:?}"
+        );
+        let pinning = parse(
+            "[proxy]\ndata_dir = \"state\"\n[pinning]\nfile = \"repo/pins.json\"\nfirst_use = \"deny\"\non_change = \"warn\"\npoisoning = \"deny\"\n",
+        )
+        .map(|c| c.pinning);
+        let Ok(pinning) = pinning else {
+            panic!("{pinning:?}");
+        };
+        assert!(pinning.file.ends_with("repo/pins.json") && pinning.data_dir.ends_with("state"));
+        assert_eq!(
+            (pinning.first_use, pinning.on_change, pinning.poisoning),
+            (FirstUse::Deny, OnChange::Warn, Poisoning::Deny)
+        );
+        let bad = parse("[pinning]\npoisoning = \"loud\"\n");
+        assert!(
+            bad.as_ref().is_err_and(|e| e
+                == "p.toml:2:13: `pinning.poisoning`: `loud` is not one of `flag`, `deny`, `off`"),
+            "{bad:?}"
         );
         let bad = parse("[schema]\noutput = \"maybe\"\n");
         assert!(
@@ -1890,20 +2081,24 @@ mod redact_tests {
 
     #[test]
     fn secret_scanning_is_placed_or_switched_off_explicitly() {
-        let off = parse("[redact]\nenabled = false\n[schema]\nenabled = false\n");
+        let off = parse(
+            "[redact]\nenabled = false\n[schema]\nenabled = false\n[pinning]\nenabled = false\n",
+        );
         assert_eq!(off.map(|c| c.chain), Ok(vec![ChainEntry::Limits]));
         let placed = parse(
-            "[schema]\nenabled = false\n[[chain]]\nkind = \"redact\"\n[[chain]]\nkind = \"limits\"\n",
+            "[schema]\nenabled = false\n[pinning]\nenabled = false\n[[chain]]\nkind = \"redact\"\n[[chain]]\nkind = \"limits\"\n",
         );
         assert_eq!(
             placed.map(|c| c.chain),
             Ok(vec![ChainEntry::Redact, ChainEntry::Limits])
         );
-        let missing = parse("[schema]\nenabled = false\n[[chain]]\nkind = \"limits\"\n");
+        let missing = parse(
+            "[schema]\nenabled = false\n[pinning]\nenabled = false\n[[chain]]\nkind = \"limits\"\n",
+        );
         assert!(
             missing
                 .as_ref()
-                .is_err_and(|e| e.starts_with("p.toml:3:1: `chain`: secret scanning is on")),
+                .is_err_and(|e| e.starts_with("p.toml:5:1: `chain`: secret scanning is on")),
             "{missing:?}"
         );
     }
@@ -2002,6 +2197,7 @@ mod ratelimit_tests {
             [
                 ChainEntry::Limits,
                 ChainEntry::Ratelimit,
+                ChainEntry::Pinning,
                 ChainEntry::Schema,
                 ChainEntry::Redact
             ]
@@ -2032,6 +2228,7 @@ mod ratelimit_tests {
             parse(BASE).map(|c| c.chain),
             Ok(vec![
                 ChainEntry::Limits,
+                ChainEntry::Pinning,
                 ChainEntry::Schema,
                 ChainEntry::Redact
             ]),

@@ -219,6 +219,14 @@ impl Catalog {
 }
 
 impl Directory for Catalog {
+    fn tool_definition(&self, namespaced: &str) -> Option<Definition> {
+        Catalog::tool_definition(self, namespaced)
+    }
+
+    fn prompt_definition(&self, namespaced: &str) -> Option<Definition> {
+        Catalog::prompt_definition(self, namespaced)
+    }
+
     fn tool_server(&self, namespaced: &str) -> Option<&str> {
         self.tool(namespaced)
             .and_then(|(server, _)| self.name_of(server))

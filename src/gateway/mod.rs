@@ -1399,10 +1399,16 @@ impl Gateway {
             changed
         };
         for kind in changed {
-            let message = protocol::notification(kind.notification(), json!({}));
-            for session in self.initialized_sessions() {
-                self.notify(&session, None, message.clone(), None);
-            }
+            self.announce(kind);
+        }
+    }
+
+    /// Tells every session that a list changed (`notifications/*/list_changed`):
+    /// a server's list, or what the proxy lets through (pins approved).
+    pub fn announce(&self, kind: ListKind) {
+        let message = protocol::notification(kind.notification(), json!({}));
+        for session in self.initialized_sessions() {
+            self.notify(&session, None, message.clone(), None);
         }
     }
 

@@ -2,12 +2,14 @@
 
 pub mod authz;
 mod limits;
+pub mod pinning;
 pub mod ratelimit;
 pub mod redact;
 pub mod schema;
 
 pub use authz::{Authz, PolicyEngine};
 pub use limits::Limits;
+pub use pinning::Pinning;
 pub use ratelimit::Ratelimit;
 pub use redact::Redact;
 pub use schema::Schema;
@@ -22,6 +24,8 @@ pub struct Built {
     pub chain: Chain,
     /// The policy set authz enforces (to watch for reloads).
     pub policies: Option<Arc<PolicyEngine>>,
+    /// The pins pinning enforces (to watch for approvals).
+    pub pinning: Option<Arc<Pinning>>,
 }
 
 /// An interceptor that cannot be built: the proxy does not start.
@@ -32,13 +36,22 @@ pub enum BuildError {
         dir: std::path::PathBuf,
         source: authz::PolicyError,
     },
+    #[error("tool pinning: {0}")]
+    Pinning(pinning::PinningError),
     #[error("secret scanning: {0}")]
     Redact(#[from] redact::RedactError),
+}
+
+impl From<pinning::PinningError> for BuildError {
+    fn from(err: pinning::PinningError) -> Self {
+        Self::Pinning(err)
+    }
 }
 
 /// Builds the chain in the config's order.
 pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
     let mut policies = None;
+    let mut pins = None;
     let mut interceptors: Vec<Arc<dyn Interceptor>> = Vec::new();
     for entry in &config.chain {
         match entry {
@@ -58,6 +71,14 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
                     &config.proxy.namespace_separator,
                 )));
             }
+            ChainEntry::Pinning => {
+                let pinning = Arc::new(Pinning::new(
+                    &config.pinning,
+                    &config.proxy.namespace_separator,
+                )?);
+                pins = Some(pinning.clone());
+                interceptors.push(pinning);
+            }
             ChainEntry::Schema => interceptors.push(Arc::new(Schema::new(&config.schema))),
             ChainEntry::Redact => interceptors.push(Arc::new(Redact::new(&config.redact)?)),
         }
@@ -65,5 +86,6 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
     Ok(Built {
         chain: Chain::new(interceptors),
         policies,
+        pinning: pins,
     })
 }

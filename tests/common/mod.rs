@@ -185,6 +185,11 @@ impl TestProxy {
         self.with_server_toml(&snippet)
     }
 
+    /// The `[[servers]]` snippets so far (to change one between runs).
+    pub fn servers_mut(&mut self) -> &mut Vec<String> {
+        &mut self.servers
+    }
+
     pub fn with_server_toml(mut self, snippet: &str) -> Self {
         self.servers.push(snippet.to_owned());
         self

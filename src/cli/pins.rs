@@ -1,0 +1,334 @@
+//! `portcullis tools pins` and `portcullis tools approve`, and the audit
+//! records of pin events.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::Format;
+use crate::audit::{Audit, AuditRecord, SledStorage};
+use crate::config::Config;
+use crate::interceptors::pinning::{
+    Files, Finding, Pin, PinEvent, poison::Rules, rule_ids, short, store,
+};
+
+/// The audit record of a pin event.
+pub fn record(event: &PinEvent, separator: &str) -> AuditRecord {
+    let split = |name: &str| -> (Option<String>, Option<String>) {
+        match name.split_once(separator) {
+            Some((server, own)) => (Some(server.to_owned()), Some(own.to_owned())),
+            None => (None, Some(name.to_owned())),
+        }
+    };
+    let (kind, decision, name, detail, reason) = match event {
+        PinEvent::Added { tool, sha256 } => (
+            "pin_added",
+            "allow",
+            Some(tool),
+            json!({ "sha256": sha256, "by": store::FIRST_USE }),
+            None,
+        ),
+        PinEvent::Changed {
+            tool,
+            pinned,
+            seen,
+            withheld,
+        } => (
+            "pin_changed",
+            if *withheld { "deny" } else { "allow" },
+            Some(tool),
+            json!({ "pinned": pinned, "seen": seen, "withheld": withheld }),
+            Some("the tool's definition is not the pinned one".to_owned()),
+        ),
+        PinEvent::Unpinned { tool, sha256 } => (
+            "pin_unpinned",
+            "deny",
+            Some(tool),
+            json!({ "seen": sha256 }),
+            Some("the tool is not in the pin file".to_owned()),
+        ),
+        PinEvent::Flagged {
+            kind,
+            name,
+            sha256,
+            rules,
+            withheld,
+        } => (
+            "tool_flagged",
+            if *withheld { "deny" } else { "allow" },
+            Some(name),
+            json!({ "kind": kind, "sha256": sha256, "rules": rules, "withheld": withheld }),
+            Some(format!("flagged by poisoning rules: {}", rules.join(", "))),
+        ),
+        PinEvent::Reloaded { changed, removed } => (
+            "pins_reloaded",
+            "allow",
+            None,
+            json!({ "changed": changed, "removed": removed }),
+            None,
+        ),
+        PinEvent::Rejected { message } => (
+            "pins_reloaded",
+            "error",
+            None,
+            json!({}),
+            Some(message.clone()),
+        ),
+    };
+    let mut record = AuditRecord::event(kind, decision);
+    if let Some(name) = name {
+        let (server, target) = split(name);
+        record.server = server;
+        record.target = target;
+    }
+    record.detail = Some(detail);
+    record.reason = reason;
+    record
+}
+
+fn files_of(config: &Config) -> Files {
+    Files::new(&config.pinning.file, &config.pinning.data_dir)
+}
+
+fn rules_of(config: &Config) -> anyhow::Result<Rules> {
+    Ok(Rules::load(config.pinning.extra_rules.as_deref())?)
+}
+
+fn flags(findings: &[Finding]) -> String {
+    if findings.is_empty() {
+        "-".into()
+    } else {
+        rule_ids(findings).join(",")
+    }
+}
+
+/// `tools pins`: every pin and every definition awaiting approval, with
+/// its state, poisoning flags and what changed.
+pub fn list(config: &Config, format: Format) -> anyhow::Result<()> {
+    let files = files_of(config);
+    let pins = files.load_pins()?;
+    let seen = files.load_seen()?;
+    let rules = rules_of(config)?;
+    let names: BTreeSet<&String> = pins.tools.keys().chain(seen.tools.keys()).collect();
+    let mut rows = Vec::new();
+    for name in names {
+        let pin = pins.tools.get(name);
+        let noted = seen.tools.get(name);
+        let state = match (pin, noted) {
+            (Some(pin), Some(noted)) if pin.sha256 != noted.sha256 => "changed",
+            (Some(_), Some(_)) => "flagged", // pinned, withheld by the poisoning rules
+            (Some(pin), None) if pin.approved() => "approved",
+            (Some(_), None) => "pinned",
+            (None, _) => "unpinned",
+        };
+        let current = noted
+            .map(|n| &n.definition)
+            .or(pin.map(|p| &p.definition))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let findings = rules.scan(&current);
+        let diff = match (pin, noted) {
+            (Some(pin), Some(noted)) if pin.sha256 != noted.sha256 => {
+                store::diff(&pin.definition, &noted.definition)
+            }
+            _ => Vec::new(),
+        };
+        rows.push(json!({
+            "tool": name,
+            "state": state,
+            "pinned": pin.map(|p| json!({"sha256": p.sha256, "by": p.by, "pinned_at": p.pinned_at})),
+            "seen": noted.map(|n| json!({"sha256": n.sha256, "seen_at": n.seen_at})),
+            "findings": findings,
+            "diff": diff,
+        }));
+    }
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        ),
+        Format::Table => print_table(&rows, &files),
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Value], files: &Files) {
+    if rows.is_empty() {
+        println!(
+            "no pins yet in {} (tools are pinned when the proxy first lists them)",
+            files.pins.display()
+        );
+        return;
+    }
+    println!(
+        "{:<36} {:<9} {:<12} {:<12} {:<22} FLAGS",
+        "TOOL", "STATE", "PINNED", "SEEN", "BY"
+    );
+    let text = |value: &Value| value.as_str().unwrap_or("-").to_owned();
+    for row in rows {
+        let findings: Vec<Finding> =
+            serde_json::from_value(row["findings"].clone()).unwrap_or_default();
+        println!(
+            "{:<36} {:<9} {:<12} {:<12} {:<22} {}",
+            text(&row["tool"]),
+            text(&row["state"]),
+            short(row["pinned"]["sha256"].as_str().unwrap_or("-")),
+            short(row["seen"]["sha256"].as_str().unwrap_or("-")),
+            text(&row["pinned"]["by"]),
+            flags(&findings),
+        );
+    }
+    for row in rows {
+        let name = text(&row["tool"]);
+        let findings: Vec<Finding> =
+            serde_json::from_value(row["findings"].clone()).unwrap_or_default();
+        if let Some(diff) = row["diff"].as_array().filter(|d| !d.is_empty()) {
+            println!(
+                "\n{name}: pinned {} ({}, {}) -> seen {} ({}):",
+                short(row["pinned"]["sha256"].as_str().unwrap_or_default()),
+                text(&row["pinned"]["by"]),
+                text(&row["pinned"]["pinned_at"]),
+                short(row["seen"]["sha256"].as_str().unwrap_or_default()),
+                text(&row["seen"]["seen_at"]),
+            );
+            for line in diff {
+                println!("  {}", line.as_str().unwrap_or_default());
+            }
+        }
+        if !findings.is_empty() {
+            println!("\n{name}: flagged by poisoning rules:");
+            for finding in &findings {
+                let place = if finding.path.is_empty() {
+                    "/"
+                } else {
+                    &finding.path
+                };
+                println!("  {} at {place}", finding.rule);
+            }
+        }
+    }
+    let waiting = rows.iter().filter(|row| row["seen"].is_object()).count();
+    if waiting > 0 {
+        println!(
+            "\n{waiting} awaiting approval: `portcullis tools approve TOOL --config FILE` pins what was seen"
+        );
+    }
+}
+
+/// `tools approve`: pins what the proxy saw of each named tool (or of every
+/// tool of `--all SERVER` awaiting approval), and records the approval.
+pub async fn approve(
+    config: &Config,
+    tools: &[String],
+    all: Option<&str>,
+    by: Option<&str>,
+) -> anyhow::Result<()> {
+    if tools.is_empty() && all.is_none() {
+        bail!("name the tools to approve (SERVER__TOOL), or `--all SERVER`");
+    }
+    let separator = &config.proxy.namespace_separator;
+    if let Some(server) = all
+        && !config.servers.iter().any(|s| *s.name == *server)
+    {
+        bail!("`{server}` is not a configured server");
+    }
+    let who = by
+        .map(str::to_owned)
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "cli".into());
+    let files = files_of(config);
+    let approved = {
+        let _lock = files.lock()?;
+        let mut pins = files.load_pins()?;
+        let mut seen = files.load_seen()?;
+        let mut names: Vec<String> = tools.to_vec();
+        if let Some(server) = all {
+            let prefix = format!("{server}{separator}");
+            let waiting: Vec<String> = seen
+                .tools
+                .keys()
+                .filter(|name| name.starts_with(&prefix))
+                .cloned()
+                .collect();
+            if waiting.is_empty() {
+                bail!("no tool of server `{server}` awaits approval");
+            }
+            names.extend(waiting);
+        }
+        names.sort();
+        names.dedup();
+        let mut approved = Vec::new();
+        for name in &names {
+            let Some(noted) = seen.tools.remove(name) else {
+                match pins.tools.get(name) {
+                    Some(pin) => bail!(
+                        "`{name}` awaits no approval: its pinned definition ({}, {}) is the one served",
+                        short(&pin.sha256),
+                        pin.by
+                    ),
+                    None => bail!(
+                        "`{name}` has not been seen: no proxy with this config has listed it (run `portcullis tools list --config …` or let a client list tools)"
+                    ),
+                }
+            };
+            if store::sha256(&noted.definition) != noted.sha256 {
+                bail!(
+                    "{}: the definition noted for `{name}` does not match its sha256; the file was edited: delete the entry and let the proxy see the tool again",
+                    files.seen.display()
+                );
+            }
+            let previous = pins.tools.get(name).map(|pin| pin.sha256.clone());
+            pins.tools.insert(
+                name.clone(),
+                Pin {
+                    sha256: noted.sha256.clone(),
+                    pinned_at: store::now(),
+                    by: format!("approved by {who}"),
+                    definition: noted.definition,
+                },
+            );
+            approved.push((name.clone(), previous, noted.sha256));
+        }
+        files.save_pins(&pins)?;
+        files.save_seen(&seen)?;
+        approved
+    };
+    for (name, previous, sha256) in &approved {
+        match previous {
+            Some(previous) => println!(
+                "approved {name}: {} -> {} (by {who})",
+                short(previous),
+                short(sha256)
+            ),
+            None => println!("approved {name}: {} (by {who})", short(sha256)),
+        }
+    }
+    record_approvals(config, &approved, &who).await
+}
+
+/// The approvals, in the CLI's own audit store (`cli` in the data folder's
+/// `audit/`, read by `audit query` with the others).
+async fn record_approvals(
+    config: &Config,
+    approved: &[(String, Option<String>, String)],
+    who: &str,
+) -> anyhow::Result<()> {
+    let dir = config.proxy.data_dir.join("audit");
+    let store = SledStorage::open_for(&dir, "cli", None)
+        .with_context(|| format!("{}: cannot record the approval", dir.display()))?;
+    let audit = Audit::start(store, true)?;
+    let separator = &config.proxy.namespace_separator;
+    for (name, previous, sha256) in approved {
+        let mut record = AuditRecord::event("pin_approved", "allow");
+        if let Some((server, own)) = name.split_once(separator.as_str()) {
+            record.server = Some(server.to_owned());
+            record.target = Some(own.to_owned());
+        }
+        record.client = who.to_owned();
+        record.detail = Some(json!({ "sha256": sha256, "previous": previous, "by": who }));
+        audit.commit(record).await?;
+    }
+    audit.flush().await?;
+    Ok(())
+}
