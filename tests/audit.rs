@@ -953,3 +953,68 @@ async fn a_denial_by_limits_is_recorded_with_the_interceptor_that_decided() {
     assert_eq!(denied[0]["target"], json!("large"));
     assert!(denied[0]["upstream_us"].is_u64(), "it reached the server");
 }
+
+/// `[audit] arguments = "redacted"`: the record keeps the arguments, with
+/// every secret redacted even when `[redact]` only logs them on the way to
+/// the server; the secret never reaches the store or the export.
+#[tokio::test]
+async fn kept_arguments_are_redacted_whatever_the_redact_actions() {
+    // Built at run time so that no scanner flags this file.
+    let token = format!(
+        "ghp_{}",
+        "Z3r0Tw0Fou7Six8Nine1Ten2ElevenTw3lve".get(..36).unwrap()
+    );
+    let proxy = TestProxy::new()
+        .with_config("[audit]\narguments = \"redacted\"\n[redact]\nrequests = \"log\"\n")
+        .with_example_server("example");
+    let config = proxy.write_config();
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    let text = format!("deploy with {token}");
+    let reply = client
+        .call(
+            1,
+            "tools/call",
+            json!({"name": "example__echo", "arguments": {"text": text, "n": [1, 2]}}),
+        )
+        .await;
+    assert!(reply["result"].is_object(), "{reply}");
+    let big = "x".repeat(70 * 1024);
+    client
+        .call(
+            2,
+            "tools/call",
+            json!({"name": "example__echo", "arguments": {"text": big}}),
+        )
+        .await;
+    client.finish().await;
+
+    let calls = records(&config, &["--kind", "exchange", "--tool", "example__echo"]);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let kept = &calls[0]["detail"]["arguments"];
+    assert_eq!(kept["n"], json!([1, 2]), "{kept}");
+    let kept_text = kept["text"].as_str().unwrap();
+    assert!(
+        kept_text.starts_with("deploy with [REDACTED:") && !kept_text.contains(&token),
+        "{kept_text}"
+    );
+    // `log` forwarded the secret: the hash is of what the server received.
+    assert_eq!(
+        calls[0]["arguments_sha256"],
+        json!(portcullis::audit::sha256_canonical(
+            &json!({"text": format!("deploy with {token}"), "n": [1, 2]})
+        ))
+    );
+    let omitted = calls[1]["detail"]["arguments"]["omitted"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(omitted.contains("over the 65536 kept"), "{}", calls[1]);
+    let store = proxy.dir().join(".portcullis/audit");
+    assert!(
+        !contains(&all_bytes(&store), &token),
+        "the secret reached the store"
+    );
+    let (ok, export, stderr) = audit(&config, &["export"]);
+    assert!(ok, "{stderr}");
+    assert!(export.contains("[REDACTED:") && !export.contains(&token));
+}

@@ -470,6 +470,34 @@ async fn a_tool_whose_definition_changes_is_withheld_until_approved_and_stays_ap
     );
     assert!(pins.contains("1 awaiting approval"), "{pins}");
 
+    // Approving a definition other than the one reviewed is refused.
+    let (ok, _, stderr) = common::run_portcullis([
+        "tools",
+        "approve",
+        "example__echo",
+        "--config",
+        path,
+        "--sha256",
+        "00000000deadbeef",
+    ]);
+    assert!(
+        !ok && stderr.contains("not the 00000000deadbeef reviewed"),
+        "{stderr}"
+    );
+    let (ok, rows, stderr) =
+        common::run_portcullis(["tools", "pins", "--config", path, "--format", "json"]);
+    assert!(ok, "{stderr}");
+    let rows: Value = serde_json::from_str(&rows).unwrap();
+    let reviewed = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["tool"] == json!("example__echo"))
+        .and_then(|row| row["seen"]["sha256"].as_str())
+        .unwrap()
+        .get(..16)
+        .unwrap()
+        .to_owned();
     // Approved: the running proxy reloads the pins and tells the client.
     let (ok, stdout, stderr) = common::run_portcullis([
         "tools",
@@ -479,6 +507,8 @@ async fn a_tool_whose_definition_changes_is_withheld_until_approved_and_stays_ap
         path,
         "--by",
         "sec-team",
+        "--sha256",
+        &reviewed,
     ]);
     assert!(ok, "{stderr}");
     assert!(stdout.starts_with("approved example__echo: "), "{stdout}");

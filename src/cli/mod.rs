@@ -137,6 +137,10 @@ enum ToolsCommand {
         /// default: $USER).
         #[arg(long, value_name = "NAME")]
         by: Option<String>,
+        /// The definition reviewed, by (a prefix of) its SHA-256 as `tools
+        /// pins` shows it: refused if the server changed it since.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
     },
 }
 
@@ -265,8 +269,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tools,
                     all,
                     by,
+                    sha256,
                 },
-        } => pins::approve(&load(&config)?, &tools, all.as_deref(), by.as_deref()).await,
+        } => {
+            let config = load(&config)?;
+            pins::approve(
+                &config,
+                &tools,
+                all.as_deref(),
+                by.as_deref(),
+                sha256.as_deref(),
+            )
+            .await
+        }
         Command::Policy { command } => policy::run(command),
         Command::Redact { command } => redact::run(command),
         Command::Audit { command } => audit::run(*command).await,
@@ -440,6 +455,9 @@ fn build_gateway(config: Config, audit: Option<Audit>) -> anyhow::Result<Built> 
         )
     })?;
     let (gateway, events) = Gateway::new(config, built.chain, audit);
+    if let Some(scrubber) = built.argument_scrubber {
+        gateway.keep_arguments(scrubber);
+    }
     Ok((gateway, events, built.policies, built.pinning))
 }
 

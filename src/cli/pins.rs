@@ -223,9 +223,17 @@ pub async fn approve(
     tools: &[String],
     all: Option<&str>,
     by: Option<&str>,
+    reviewed: Option<&str>,
 ) -> anyhow::Result<()> {
     if tools.is_empty() && all.is_none() {
         bail!("name the tools to approve (SERVER__TOOL), or `--all SERVER`");
+    }
+    if let Some(reviewed) = reviewed
+        && (tools.len() != 1 || all.is_some() || reviewed.len() < 8)
+    {
+        bail!(
+            "`--sha256 {reviewed}` names one reviewed definition: give one tool, and at least 8 hex digits"
+        );
     }
     let separator = &config.proxy.namespace_separator;
     if let Some(server) = all
@@ -272,6 +280,14 @@ pub async fn approve(
                     ),
                 }
             };
+            if let Some(reviewed) = reviewed
+                && !noted.sha256.starts_with(&reviewed.to_ascii_lowercase())
+            {
+                bail!(
+                    "`{name}`: the definition awaiting approval is {} now, not the {reviewed} reviewed: the server changed it again; review `portcullis tools pins` once more",
+                    short(&noted.sha256)
+                );
+            }
             if store::sha256(&noted.definition) != noted.sha256 {
                 bail!(
                     "{}: the definition noted for `{name}` does not match its sha256; the file was edited: delete the entry and let the proxy see the tool again",

@@ -389,6 +389,19 @@ impl<T> Located<T> {
 pub struct AuditConfig {
     pub durability: Durability,
     pub retention: Retention,
+    /// Whether exchange records keep the call's arguments.
+    pub arguments: AuditArguments,
+}
+
+/// `[audit] arguments`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditArguments {
+    /// Only their SHA-256.
+    #[default]
+    None,
+    /// Kept after every secret-scanning rule has redacted them (whatever
+    /// `[redact]` does to the forwarded message).
+    Redacted,
 }
 
 /// `[audit] max_age` and `max_records`: how much of the log is kept (all of
@@ -679,6 +692,7 @@ struct RawRuleActions {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     durability: Option<Spanned<String>>,
+    arguments: Option<Spanned<String>>,
     max_age: Option<Spanned<String>>,
     max_records: Option<Spanned<i64>>,
 }
@@ -1343,6 +1357,16 @@ impl Validator<'_> {
             max_age,
             max_records,
         };
+        let arguments = self
+            .choice(
+                &raw.audit.arguments,
+                "audit.arguments",
+                &[
+                    ("none", AuditArguments::None),
+                    ("redacted", AuditArguments::Redacted),
+                ],
+            )?
+            .unwrap_or_default();
         let durability = match raw.audit.durability {
             None => Durability::Durable,
             Some(value) => match value.get_ref().as_str() {
@@ -1369,6 +1393,7 @@ impl Validator<'_> {
             audit: AuditConfig {
                 durability,
                 retention,
+                arguments,
             },
             redact,
             ratelimit,

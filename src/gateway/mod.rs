@@ -61,6 +61,8 @@ pub struct Gateway {
     chain: Chain,
     /// The audit log (`None` only for the CLI's one-shot commands).
     audit: Option<Audit>,
+    /// Redacts arguments for the audit log, when it keeps them.
+    argument_scrubber: std::sync::OnceLock<Arc<crate::interceptors::Redact>>,
     upstreams: Vec<Upstream>,
     names: Vec<Arc<str>>,
     catalog: RwLock<Arc<Catalog>>,
@@ -139,6 +141,7 @@ impl Gateway {
             names,
             chain,
             audit,
+            argument_scrubber: std::sync::OnceLock::new(),
             config,
             sessions: RwLock::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -232,6 +235,34 @@ impl Gateway {
             && let Err(err) = audit.flush().await
         {
             tracing::error!(error = %err, "AUDIT: the last records could not be flushed");
+        }
+    }
+
+    /// Keeps calls' arguments in their audit records, every secret redacted
+    /// by `scrubber` (`[audit] arguments = "redacted"`).
+    pub fn keep_arguments(&self, scrubber: Arc<crate::interceptors::Redact>) {
+        let _ = self.argument_scrubber.set(scrubber);
+    }
+
+    /// A call's arguments as the audit keeps them: the hash of what the
+    /// chain left, and (if kept) a copy with every secret redacted.
+    fn arguments_of(&self, message: &Value) -> Arguments {
+        let Some(arguments) = message.pointer("/params/arguments") else {
+            return Arguments::default();
+        };
+        let stored = self.argument_scrubber.get().map(|scrubber| {
+            let mut copy = arguments.clone();
+            scrubber.redact_all(&mut copy);
+            let bytes = serde_json::to_vec(&copy).map_or(usize::MAX, |b| b.len());
+            if bytes > MOST_STORED_ARGUMENT_BYTES {
+                json!({ "omitted": format!("{bytes} bytes, over the {MOST_STORED_ARGUMENT_BYTES} kept") })
+            } else {
+                copy
+            }
+        });
+        Arguments {
+            sha256: Some(crate::audit::sha256_canonical(arguments)),
+            stored,
         }
     }
 
@@ -431,8 +462,15 @@ impl Gateway {
                     |r| r.outcome(),
                 );
                 self.chain.finish(&exchange, &outcome);
-                self.record(&exchange, &outcome, Some(&reply), None, None, started)
-                    .await;
+                self.record(
+                    &exchange,
+                    &outcome,
+                    Some(&reply),
+                    None,
+                    &Arguments::default(),
+                    started,
+                )
+                .await;
                 Some(reply)
             }
         }
@@ -497,7 +535,7 @@ impl Gateway {
                     },
                     upstream: None,
                     // Never past the chain: its arguments are not looked at.
-                    arguments_sha256: None,
+                    arguments: Arguments::default(),
                 }
             }
             _ => self.decide_and_relay(session, message).await,
@@ -508,7 +546,7 @@ impl Gateway {
                 &handled.outcome,
                 handled.reply.as_ref(),
                 handled.upstream,
-                handled.arguments_sha256.clone(),
+                &handled.arguments,
                 started,
             )
             .await;
@@ -538,7 +576,7 @@ impl Gateway {
         // The arguments' hash is taken once the request chain has run: of the
         // arguments as forwarded (after redaction), never of a secret.
         let done = |exchange: Exchange,
-                    arguments_sha256: Option<String>,
+                    arguments: Arguments,
                     reply: Option<Value>,
                     outcome: Outcome,
                     upstream| {
@@ -548,14 +586,10 @@ impl Gateway {
                 exchange,
                 outcome,
                 upstream,
-                arguments_sha256,
+                arguments,
             }
         };
-        let arguments_of = |message: &Value| {
-            message
-                .pointer("/params/arguments")
-                .map(crate::audit::sha256_canonical)
-        };
+        let arguments_of = |message: &Value| self.arguments_of(message);
 
         // Routing first, so that interceptors see the target server, name
         // and listed definition.
@@ -611,9 +645,12 @@ impl Gateway {
             Route::Server { .. } => RouteKind::Server,
         };
         let mut upstream = None;
+        // The catalog a list was answered from (interceptors judge the
+        // items against that one, not a newer one).
+        let mut listed_from = None;
         let reply = match route {
             Route::Local => self
-                .answer_locally(session, &method, &exchange.message)
+                .answer_locally(session, &method, &exchange.message, &mut listed_from)
                 .await
                 .map(|reply| (reply, Outcome::Delivered)),
             Route::Server { server, rename } => {
@@ -676,9 +713,9 @@ impl Gateway {
         exchange.message = reply;
         exchange.phase = Phase::Response;
         if matches!(route_kind, RouteKind::Local) {
-            // A list answered from the catalog: the catalog it came from
-            // (lists may have been read meanwhile).
-            exchange.context.directory = Some(self.catalog());
+            // A list answered from the catalog: the very catalog it came
+            // from (lists may have been read meanwhile).
+            exchange.context.directory = Some(listed_from.unwrap_or_else(|| self.catalog()));
         }
         if let Err(refusal) = self.chain.run(&mut exchange) {
             let reply = refusal.to_response(id);
@@ -900,19 +937,22 @@ impl Gateway {
         session: &Arc<Session>,
         method: &str,
         message: &Value,
+        listed_from: &mut Option<Arc<Catalog>>,
     ) -> Result<Value, (i64, String)> {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         if method != "ping" && method != "logging/setLevel" {
             self.await_lists().await;
         }
+        let catalog = self.catalog();
+        *listed_from = Some(catalog.clone());
         let result = match method {
             "initialize" => self.initialize(session, message)?,
             "ping" => json!({}),
-            "tools/list" => self.page(message, &self.catalog().tools, "tools")?,
-            "prompts/list" => self.page(message, &self.catalog().prompts, "prompts")?,
-            "resources/list" => self.page(message, &self.catalog().resources, "resources")?,
+            "tools/list" => self.page(message, &catalog.tools, "tools")?,
+            "prompts/list" => self.page(message, &catalog.prompts, "prompts")?,
+            "resources/list" => self.page(message, &catalog.resources, "resources")?,
             "resources/templates/list" => {
-                self.page(message, &self.catalog().templates, "resourceTemplates")?
+                self.page(message, &catalog.templates, "resourceTemplates")?
             }
             "logging/setLevel" => {
                 let level = protocol::param_str(message, "level")
@@ -1589,7 +1629,7 @@ impl Gateway {
                 &refusal.outcome(),
                 Some(&answer),
                 None,
-                None,
+                &Arguments::default(),
                 started,
             )
             .await;
@@ -1647,7 +1687,7 @@ impl Gateway {
                 &outcome,
                 Some(&exchange.message),
                 Some(asked),
-                None,
+                &Arguments::default(),
                 started,
             )
             .await
@@ -1670,7 +1710,7 @@ impl Gateway {
         outcome: &Outcome,
         reply: Option<&Value>,
         upstream: Option<Duration>,
-        arguments_sha256: Option<String>,
+        arguments: &Arguments,
         started: std::time::Instant,
     ) -> bool {
         let Some(audit) = &self.audit else {
@@ -1681,7 +1721,7 @@ impl Gateway {
             outcome,
             reply,
             upstream,
-            arguments_sha256,
+            arguments,
             started.elapsed(),
         );
         match audit.commit(record).await {
@@ -1702,9 +1742,22 @@ struct Handled {
     outcome: Outcome,
     /// Time spent waiting on the server, if the request reached one.
     upstream: Option<Duration>,
-    /// SHA-256 of the arguments as the chain left them (redacted).
-    arguments_sha256: Option<String>,
+    /// The arguments as the chain left them, as the audit keeps them.
+    arguments: Arguments,
 }
+
+/// A call's arguments as its audit record keeps them.
+#[derive(Debug, Default)]
+struct Arguments {
+    /// SHA-256 of the arguments as the chain left them (redacted).
+    sha256: Option<String>,
+    /// The arguments themselves, every secret redacted
+    /// (`[audit] arguments = "redacted"`).
+    stored: Option<Value>,
+}
+
+/// Stored arguments larger than this (as JSON) are replaced by a note.
+const MOST_STORED_ARGUMENT_BYTES: usize = 64 * 1024;
 
 /// The audit record of an exchange. Arguments are kept as a hash only, and
 /// the result by its size.
@@ -1713,7 +1766,7 @@ fn record_of(
     outcome: &Outcome,
     reply: Option<&Value>,
     upstream: Option<Duration>,
-    arguments_sha256: Option<String>,
+    arguments: &Arguments,
     total: Duration,
 ) -> crate::audit::AuditRecord {
     let context = &exchange.context;
@@ -1779,12 +1832,15 @@ fn record_of(
                 count,
             })
             .collect(),
-        arguments_sha256,
+        arguments_sha256: arguments.sha256.clone(),
         result_bytes: reply.map_or(0, |r| serde_json::to_vec(r).map_or(0, |b| b.len() as u64)),
         is_error,
         upstream_us: upstream.map(|d| d.as_micros() as u64),
         total_us: total.as_micros() as u64,
-        detail: None,
+        detail: arguments
+            .stored
+            .as_ref()
+            .map(|stored| json!({ "arguments": stored })),
         prev_hash: String::new(),
         hash: String::new(),
     }

@@ -17,7 +17,7 @@ pub use schema::Schema;
 use std::sync::Arc;
 
 use crate::chain::{Chain, Interceptor};
-use crate::config::{ChainEntry, Config};
+use crate::config::{AuditArguments, ChainEntry, Config};
 
 /// The chain, and the parts of it that run beside the hot path.
 pub struct Built {
@@ -26,6 +26,9 @@ pub struct Built {
     pub policies: Option<Arc<PolicyEngine>>,
     /// The pins pinning enforces (to watch for approvals).
     pub pinning: Option<Arc<Pinning>>,
+    /// What redacts arguments before the audit log keeps them
+    /// (`[audit] arguments = "redacted"`).
+    pub argument_scrubber: Option<Arc<Redact>>,
 }
 
 /// An interceptor that cannot be built: the proxy does not start.
@@ -52,6 +55,7 @@ impl From<pinning::PinningError> for BuildError {
 pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
     let mut policies = None;
     let mut pins = None;
+    let mut redact = None;
     let mut interceptors: Vec<Arc<dyn Interceptor>> = Vec::new();
     for entry in &config.chain {
         match entry {
@@ -80,12 +84,23 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
                 interceptors.push(pinning);
             }
             ChainEntry::Schema => interceptors.push(Arc::new(Schema::new(&config.schema))),
-            ChainEntry::Redact => interceptors.push(Arc::new(Redact::new(&config.redact)?)),
+            ChainEntry::Redact => {
+                let built = Arc::new(Redact::new(&config.redact)?);
+                redact = Some(built.clone());
+                interceptors.push(built);
+            }
         }
     }
     Ok(Built {
         chain: Chain::new(interceptors),
         policies,
         pinning: pins,
+        argument_scrubber: match config.audit.arguments {
+            AuditArguments::None => None,
+            AuditArguments::Redacted => match redact {
+                Some(redact) => Some(redact),
+                None => Some(Arc::new(Redact::new(&config.redact)?)),
+            },
+        },
     })
 }

@@ -36,6 +36,7 @@ use poison::Rules;
 pub use store::{Files, Finding, Pin, PinError, PinFile, Seen, SeenFile};
 
 /// Where flags go in a listed item.
+const META_PREFIX: &str = "dev.portcullis/";
 pub const META_POISONING: &str = "dev.portcullis/poisoning";
 pub const META_PIN: &str = "dev.portcullis/pin";
 /// Cached judgements past this many are dropped and made again as used.
@@ -454,21 +455,30 @@ impl Pinning {
         if !pins.is_empty() {
             tracing::info!(tools = pins.len(), file = %self.files.pins.display(), "tools pinned on first use");
         }
-        if (!pins.is_empty() || !seen.is_empty())
-            && let Err(err) = self.write(pins, seen)
-        {
-            tracing::error!(error = %err, "the pins cannot be written; they hold until the proxy stops");
+        let mut events = events;
+        if !pins.is_empty() || !seen.is_empty() {
+            match self.write(pins, seen) {
+                Ok(Some(reloaded)) => events.push(reloaded),
+                Ok(None) => {}
+                Err(err) => tracing::error!(
+                    error = %err,
+                    "the pins cannot be written; they hold until the proxy stops"
+                ),
+            }
         }
         for event in events {
             let _ = self.events.send(event);
         }
     }
 
+    /// Writes pins and notes under the lock. Returns a `Reloaded` event
+    /// when the pin file held changes this proxy had not loaded yet
+    /// (another writer's, such as an approval).
     fn write(
         &self,
         pins: Vec<(String, Pin)>,
         seen: Vec<(String, Option<Seen>)>,
-    ) -> Result<(), PinError> {
+    ) -> Result<Option<PinEvent>, PinError> {
         // Memory first: what this pass decided holds even if the disk fails.
         let (held_pins, held_seen, _) = self.current();
         let mut expected = (*held_pins).clone();
@@ -478,25 +488,59 @@ impl Pinning {
                 .entry(name.clone())
                 .or_insert_with(|| pin.clone());
         }
+        // Another pass pinned a different first definition of the same
+        // tool: that one holds, and this pass's judgements are redone.
+        let lost = |file: &PinFile| {
+            pins.iter().any(|(name, pin)| {
+                file.tools
+                    .get(name)
+                    .is_some_and(|kept| kept.sha256 != pin.sha256)
+            })
+        };
         let mut noted = (*held_seen).clone();
         apply_seen(&mut noted, &seen);
         {
             let mut snapshot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
+            if lost(&expected) {
+                snapshot.generation += 1;
+            }
             snapshot.pins = Arc::new(expected.clone());
             snapshot.seen = Arc::new(noted);
         }
         let _lock = self.files.lock()?;
+        let mut event = None;
         if !pins.is_empty() {
             let mut on_disk = self.files.load_pins()?;
-            for (name, pin) in pins {
-                on_disk.tools.entry(name).or_insert(pin);
+            let mut merged = on_disk.clone();
+            for (name, pin) in &pins {
+                merged
+                    .tools
+                    .entry(name.clone())
+                    .or_insert_with(|| pin.clone());
             }
-            self.files.save_pins(&on_disk)?;
+            self.files.save_pins(&merged)?;
             let mut snapshot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
-            if on_disk != expected {
-                // Someone else wrote pins meanwhile: judge again.
+            if merged != expected || lost(&merged) {
+                // Someone else wrote pins meanwhile: judge again, and say
+                // what changed (as a reload would have).
                 snapshot.generation += 1;
+                let changed: Vec<String> = on_disk
+                    .tools
+                    .iter()
+                    .filter(|(name, pin)| expected.tools.get(*name) != Some(*pin))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                let removed: Vec<String> = expected
+                    .tools
+                    .keys()
+                    .filter(|name| !merged.tools.contains_key(*name))
+                    .cloned()
+                    .collect();
+                if !changed.is_empty() || !removed.is_empty() {
+                    event = Some(PinEvent::Reloaded { changed, removed });
+                }
             }
+            on_disk = merged;
             snapshot.pins = Arc::new(on_disk);
             snapshot.stamp = self.files.stamp();
         }
@@ -507,12 +551,14 @@ impl Pinning {
             let mut snapshot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
             snapshot.seen = Arc::new(on_disk);
         }
-        Ok(())
+        Ok(event)
     }
 
     /// Re-reads the pin file if it changed on disk; `None` when nothing
     /// changed. A file that does not load leaves the pins in force.
     pub fn reload(&self) -> Option<PinEvent> {
+        // Under the lock: never an older file over a newer write.
+        let _lock = self.files.lock().ok();
         let stamp = self.files.stamp();
         {
             let snapshot = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
@@ -681,9 +727,19 @@ impl Pinning {
                 return false;
             }
             let flag_pin = judgement.state == Some(PinState::Changed);
-            if (flag_pin || !judgement.findings.is_empty())
-                && let Some(object) = item.as_object_mut()
-            {
+            let Some(object) = item.as_object_mut() else {
+                return false;
+            };
+            // The proxy's flags are the proxy's: a server's own
+            // `dev.portcullis/…` keys are dropped, and a `_meta` that is not
+            // an object cannot hide them.
+            if let Some(meta) = object.get_mut("_meta") {
+                match meta.as_object_mut() {
+                    Some(meta) => meta.retain(|key, _| !key.starts_with(META_PREFIX)),
+                    None => *meta = Value::Object(serde_json::Map::new()),
+                }
+            }
+            if flag_pin || !judgement.findings.is_empty() {
                 let meta = object
                     .entry("_meta")
                     .or_insert_with(|| Value::Object(serde_json::Map::new()));

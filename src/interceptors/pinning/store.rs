@@ -20,14 +20,9 @@ pub const VERSION: u32 = 1;
 /// Who pinned a definition when the proxy saw it first.
 pub const FIRST_USE: &str = "first-use";
 
-/// The keys of a tool definition that its pin covers.
-const PINNED_KEYS: &[&str] = &[
-    "title",
-    "description",
-    "inputSchema",
-    "outputSchema",
-    "annotations",
-];
+/// The one key of a tool definition its pin leaves out: `_meta` is for
+/// software, not for the model, and the proxy writes its own flags there.
+const UNPINNED_KEY: &str = "_meta";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -123,14 +118,18 @@ impl Default for SeenFile {
     }
 }
 
-/// The canonical definition of a tool: its own (unprefixed) name and the
-/// pinned keys it has.
+/// The canonical definition of a tool: its own (unprefixed) name and every
+/// other key it lists (title, description, input and output schema,
+/// annotations, icons, …) but `_meta`. A key the proxy does not know yet is
+/// pinned too: a server cannot change what clients see behind the pin.
 pub fn canonical(name: &str, tool: &Value) -> Value {
     let mut canonical = Map::new();
     canonical.insert("name".into(), Value::from(name));
-    for key in PINNED_KEYS {
-        if let Some(value) = tool.get(*key) {
-            canonical.insert((*key).into(), value.clone());
+    if let Some(tool) = tool.as_object() {
+        for (key, value) in tool {
+            if key != "name" && key != UNPINNED_KEY {
+                canonical.insert(key.clone(), value.clone());
+            }
         }
     }
     Value::Object(canonical)
@@ -415,7 +414,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn the_canonical_definition_ignores_key_order_and_unpinned_keys() {
+    fn the_canonical_definition_ignores_key_order_and_meta() {
         let a = json!({"name": "srv__t", "description": "d", "inputSchema": {"type": "object", "properties": {"a": {}, "b": {}}}, "_meta": {"x": 1}});
         let b = json!({"inputSchema": {"properties": {"b": {}, "a": {}}, "type": "object"}, "description": "d", "name": "other"});
         assert_eq!(sha256(&canonical("t", &a)), sha256(&canonical("t", &b)));
@@ -425,6 +424,13 @@ mod tests {
             sha256(&canonical("t", &changed))
         );
         assert_eq!(canonical("t", &a)["name"], json!("t"));
+        let mut icons = a.clone();
+        icons["icons"] = json!([{"src": "https://example.com/i.png"}]);
+        assert_ne!(
+            sha256(&canonical("t", &a)),
+            sha256(&canonical("t", &icons)),
+            "keys the proxy does not know are pinned too"
+        );
     }
 
     #[test]

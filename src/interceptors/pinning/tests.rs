@@ -320,3 +320,51 @@ fn a_pin_file_that_does_not_load_stops_the_start_and_leaves_the_pins_in_force() 
         "{err}"
     );
 }
+
+#[test]
+fn a_servers_own_flags_are_dropped_and_cannot_hide_the_proxys() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pinning = Pinning::new(&config(dir.path()), "__").unwrap_or_else(|e| panic!("{e}"));
+    let listed = Arc::new(Listed {
+        tools: Arc::new(vec![
+            json!({"name": "a", "description": "A.", "_meta": {"dev.portcullis/pin": "approved", "x": 1}}),
+            json!({"name": "b", "description": "<IMPORTANT>b</IMPORTANT>", "_meta": "not an object"}),
+        ]),
+    });
+    let (_, reply) = list(&pinning, &listed);
+    assert_eq!(reply["result"]["tools"][0]["_meta"], json!({"x": 1}));
+    assert_eq!(
+        reply["result"]["tools"][1]["_meta"][META_POISONING][0]["rule"],
+        json!("important-tag")
+    );
+}
+
+#[test]
+fn an_approval_written_between_polls_is_announced_by_the_next_write() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pinning = Pinning::new(&config(dir.path()), "__").unwrap_or_else(|e| panic!("{e}"));
+    let mut heard = pinning.subscribe();
+    list(&pinning, &tools(&[("a", "A.")]));
+    events(&mut heard);
+    // Another writer changes the pin file (as `tools approve` does)…
+    let files = pinning.files().clone();
+    let mut pins = files.load_pins().unwrap_or_else(|e| panic!("{e}"));
+    if let Some(pin) = pins.tools.get_mut("srv__a") {
+        pin.by = "approved by someone".into();
+    }
+    files.save_pins(&pins).unwrap_or_else(|e| panic!("{e}"));
+    // …and before the proxy polls, it pins a new tool itself.
+    list(&pinning, &tools(&[("a", "A."), ("b", "B.")]));
+    let heard = events(&mut heard);
+    assert!(
+        heard.contains(&PinEvent::Reloaded {
+            changed: vec!["srv__a".into()],
+            removed: vec![]
+        }),
+        "{heard:?}"
+    );
+    assert_eq!(pinning.reload(), None, "nothing left to load");
+    let on_disk = files.load_pins().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(on_disk.tools["srv__a"].by, "approved by someone");
+    assert!(on_disk.tools.contains_key("srv__b"));
+}

@@ -129,6 +129,21 @@ impl Redact {
         &self.scanner
     }
 
+    /// Replaces every secret any rule finds in `value` by its placeholder,
+    /// whatever the configured actions (for what the audit log keeps).
+    pub fn redact_all(&self, value: &mut Value) {
+        let mut pass = Pass {
+            redact: self,
+            side: 0,
+            all: true,
+            counts: Vec::new(),
+            denied_by: None,
+            found: Vec::new(),
+            keyed: Vec::new(),
+        };
+        pass.walk(value, 0);
+    }
+
     fn inspect(&self, exchange: &mut Exchange) -> Verdict {
         let toward_server = exchange.toward_server();
         let side = usize::from(!toward_server);
@@ -138,6 +153,7 @@ impl Redact {
         let mut pass = Pass {
             redact: self,
             side,
+            all: false,
             counts: Vec::new(),
             denied_by: None,
             found: Vec::new(),
@@ -221,6 +237,8 @@ impl Interceptor for Redact {
 /// One message's walk.
 struct Pass<'a> {
     redact: &'a Redact,
+    /// Redact every finding, whatever the actions (and count none).
+    all: bool,
     /// 0: toward servers, 1: toward the client.
     side: usize,
     counts: Vec<(u32, u64)>,
@@ -297,6 +315,10 @@ impl Pass<'_> {
             }
         }
         if self.found.is_empty() {
+            return;
+        }
+        if self.all {
+            *text = scanner.redact(text, &self.found);
             return;
         }
         let mut rewrite = false;
