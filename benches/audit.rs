@@ -318,10 +318,21 @@ fn breakdown(dir: &std::path::Path) {
         flushes.push(t.elapsed());
     }
     flushes.sort();
+    // The same through the store the writer uses in durable mode: sled
+    // written, the record appended to the write-ahead log and fdatasync'ed.
+    let mut storage = SledStorage::open(&dir.join("wal")).unwrap();
+    let mut appends = Vec::new();
+    for record in records.iter().take(500) {
+        let t = Instant::now();
+        portcullis::audit::Storage::append(&mut storage, std::slice::from_ref(record)).unwrap();
+        appends.push(t.elapsed());
+    }
+    appends.sort();
     let fsync = common::measure_fsync(dir, 500);
     println!(
-        "one record inserted and flushed by sled: p50 {:.1} µs; one fdatasync: p50 {:.1} µs",
+        "one record inserted and flushed by sled: p50 {:.1} µs; appended by the store (write-ahead log): p50 {:.1} µs; one fdatasync: p50 {:.1} µs",
         us(flushes[flushes.len() / 2]),
+        us(appends[appends.len() / 2]),
         us(fsync.p50)
     );
     let per = |d: Duration| us(d) / n as f64;
