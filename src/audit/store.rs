@@ -418,10 +418,7 @@ impl SledStorage {
 
     /// The postings keys a batch of records touches, each with its whole
     /// new value.
-    fn index_postings(
-        &self,
-        records: &[AuditRecord],
-    ) -> Result<Vec<Posting>, AuditError> {
+    fn index_postings(&self, records: &[AuditRecord]) -> Result<Vec<Posting>, AuditError> {
         let mut touched: BTreeMap<Vec<u8>, Vec<u16>> = BTreeMap::new();
         for record in records {
             let offset = (record.seq & ((1 << BLOCK_BITS) - 1)) as u16;

@@ -287,11 +287,7 @@ impl Pinning {
     ) -> Judgement {
         let canonical = store::canonical(own_name, value);
         let sha256 = store::sha256(&canonical);
-        let findings = self
-            .rules
-            .as_ref()
-            .map(|rules| rules.scan(&canonical))
-            .unwrap_or_default();
+        let findings = self.scan(&canonical);
         let pin = pins.tools.get(name);
         let state = match pin {
             Some(pin) if pin.sha256.eq_ignore_ascii_case(&sha256) => {
@@ -386,22 +382,62 @@ impl Pinning {
                 sha256: sha256.clone(),
             });
         }
-        if !findings.is_empty() && self.first_report(name, &sha256, "flagged") {
-            tracing::warn!(tool = name, rules = %rule_ids.join(","), withheld = withheld.is_some(), "TOOL POISONING? a tool's definition is flagged");
-            batch.events.push(PinEvent::Flagged {
-                kind: "tool",
-                name: name.to_owned(),
-                sha256: sha256.clone(),
-                rules: rule_ids,
-                withheld: withheld.is_some(),
-            });
-        }
+        self.report_flagged(
+            "tool",
+            name,
+            name,
+            &sha256,
+            rule_ids,
+            withheld.is_some(),
+            batch,
+        );
         Judgement {
             sha256,
             state: Some(state),
             findings,
             withheld,
         }
+    }
+
+    /// The poisoning findings in a canonical definition (none when the
+    /// scan is off).
+    fn scan(&self, canonical: &Value) -> Vec<Finding> {
+        self.rules
+            .as_ref()
+            .map(|rules| rules.scan(canonical))
+            .unwrap_or_default()
+    }
+
+    /// Logs and announces a flagged definition, once per definition per
+    /// process (`key` tells tools and prompts of the same name apart).
+    #[allow(clippy::too_many_arguments)]
+    fn report_flagged(
+        &self,
+        kind: &'static str,
+        key: &str,
+        name: &str,
+        sha256: &str,
+        rules: Vec<String>,
+        withheld: bool,
+        batch: &mut Batch,
+    ) {
+        if rules.is_empty() || !self.first_report(key, sha256, "flagged") {
+            return;
+        }
+        tracing::warn!(
+            kind,
+            name,
+            rules = %rules.join(","),
+            withheld,
+            "TOOL POISONING? a definition is flagged"
+        );
+        batch.events.push(PinEvent::Flagged {
+            kind,
+            name: name.to_owned(),
+            sha256: sha256.to_owned(),
+            rules,
+            withheld,
+        });
     }
 
     fn judge_prompt(
@@ -412,17 +448,9 @@ impl Pinning {
         batch: &mut Batch,
     ) -> Judgement {
         let name = key.strip_prefix("prompt:").unwrap_or(key);
-        let mut canonical = value.clone();
-        if let Some(object) = canonical.as_object_mut() {
-            object.insert("name".into(), Value::from(own_name));
-            object.remove("_meta");
-        }
+        let canonical = store::canonical(own_name, value);
         let sha256 = store::sha256(&canonical);
-        let findings = self
-            .rules
-            .as_ref()
-            .map(|rules| rules.scan(&canonical))
-            .unwrap_or_default();
+        let findings = self.scan(&canonical);
         let rule_ids = rule_ids(&findings);
         let withheld = (!findings.is_empty() && self.poisoning == Poisoning::Deny).then(|| {
             format!(
@@ -430,16 +458,15 @@ impl Pinning {
                 rule_ids.join(", ")
             )
         });
-        if !findings.is_empty() && self.first_report(key, &sha256, "flagged") {
-            tracing::warn!(prompt = name, rules = %rule_ids.join(","), withheld = withheld.is_some(), "TOOL POISONING? a prompt's definition is flagged");
-            batch.events.push(PinEvent::Flagged {
-                kind: "prompt",
-                name: name.to_owned(),
-                sha256: sha256.clone(),
-                rules: rule_ids,
-                withheld: withheld.is_some(),
-            });
-        }
+        self.report_flagged(
+            "prompt",
+            key,
+            name,
+            &sha256,
+            rule_ids,
+            withheld.is_some(),
+            batch,
+        );
         Judgement {
             sha256,
             state: None,

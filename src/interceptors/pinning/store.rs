@@ -62,17 +62,18 @@ impl Pin {
     }
 }
 
-/// The pin file.
+/// A file of entries by namespaced tool name: the pin file
+/// ([`PinFile`]) and what awaits approval ([`SeenFile`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PinFile {
+pub struct ToolFile<T> {
     pub version: u32,
-    /// Namespaced tool name → its pin.
-    #[serde(default)]
-    pub tools: BTreeMap<String, Pin>,
+    /// Namespaced tool name → its entry.
+    #[serde(default = "BTreeMap::new")]
+    pub tools: BTreeMap<String, T>,
 }
 
-impl Default for PinFile {
+impl<T> Default for ToolFile<T> {
     fn default() -> Self {
         Self {
             version: VERSION,
@@ -80,6 +81,11 @@ impl Default for PinFile {
         }
     }
 }
+
+/// The pin file.
+pub type PinFile = ToolFile<Pin>;
+/// What awaits approval.
+pub type SeenFile = ToolFile<Seen>;
 
 /// A poisoning rule's finding in a definition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,24 +104,6 @@ pub struct Seen {
     pub definition: Value,
     #[serde(default)]
     pub findings: Vec<Finding>,
-}
-
-/// What awaits approval.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SeenFile {
-    pub version: u32,
-    #[serde(default)]
-    pub tools: BTreeMap<String, Seen>,
-}
-
-impl Default for SeenFile {
-    fn default() -> Self {
-        Self {
-            version: VERSION,
-            tools: BTreeMap::new(),
-        }
-    }
 }
 
 /// The canonical definition of a tool: its own (unprefixed) name and every
