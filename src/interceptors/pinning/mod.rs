@@ -760,12 +760,7 @@ impl Pinning {
             // The proxy's flags are the proxy's: a server's own
             // `dev.portcullis/…` keys are dropped, and a `_meta` that is not
             // an object cannot hide them.
-            if let Some(meta) = object.get_mut("_meta") {
-                match meta.as_object_mut() {
-                    Some(meta) => meta.retain(|key, _| !key.starts_with(META_PREFIX)),
-                    None => *meta = Value::Object(serde_json::Map::new()),
-                }
-            }
+            strip_flags(object);
             if flag_pin || !judgement.findings.is_empty() {
                 let meta = object
                     .entry("_meta")
@@ -783,6 +778,136 @@ impl Pinning {
         });
         self.commit(batch);
         Verdict::Continue
+    }
+}
+
+impl Pinning {
+    /// Resources and templates: not pinned, but scanned like tools and
+    /// prompts (their descriptions reach the model too): flagged, or
+    /// withheld under `poisoning = "deny"`.
+    fn scan_list(&self, exchange: &mut Exchange, key: &str) -> Verdict {
+        let directory = exchange.context.directory.clone();
+        let Some(items) = exchange
+            .message
+            .pointer_mut(&format!("/result/{key}"))
+            .and_then(Value::as_array_mut)
+        else {
+            return Verdict::Continue;
+        };
+        let mut batch = Batch::default();
+        items.retain_mut(|item| {
+            let Some(object) = item.as_object_mut() else {
+                return false;
+            };
+            strip_flags(object);
+            let mut canonical = Value::Object(object.clone());
+            if let Some(canonical) = canonical.as_object_mut() {
+                canonical.remove("_meta");
+            }
+            let findings = self.scan(&canonical);
+            if findings.is_empty() {
+                return true;
+            }
+            let uri = object
+                .get("uri")
+                .or_else(|| object.get("uriTemplate"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let server = directory.as_ref().and_then(|d| {
+                d.resource_server(&uri)
+                    .or_else(|| d.template_server(&uri))
+                    .map(str::to_owned)
+            });
+            let name = match server {
+                Some(server) => format!("{server}{}{uri}", self.separator),
+                None => uri,
+            };
+            let withhold = self.poisoning == Poisoning::Deny;
+            let sha256 = store::sha256(&canonical);
+            let kind = if key == "resources" {
+                "resource"
+            } else {
+                "resource template"
+            };
+            self.report_flagged(
+                kind,
+                &format!("{kind}:{name}"),
+                &name,
+                &sha256,
+                rule_ids(&findings),
+                withhold,
+                &mut batch,
+            );
+            if withhold {
+                return false;
+            }
+            object
+                .entry("_meta")
+                .or_insert_with(|| Value::Object(serde_json::Map::new()))
+                .as_object_mut()
+                .map(|meta| meta.insert(META_POISONING.into(), json!(findings)));
+            true
+        });
+        self.commit(batch);
+        Verdict::Continue
+    }
+
+    /// The `initialize` result's `instructions` (the proxy's own, then one
+    /// "## Server `NAME`" section per server): a server's section that the
+    /// poisoning rules flag is reported, and left out under `deny`.
+    fn scan_instructions(&self, exchange: &mut Exchange) -> Verdict {
+        let Some(text) = exchange.message.pointer_mut("/result/instructions") else {
+            return Verdict::Continue;
+        };
+        let Some(instructions) = text.as_str() else {
+            return Verdict::Continue;
+        };
+        const SECTION: &str = "\n\n## Server `";
+        let mut parts = instructions.split(SECTION);
+        let mut kept = parts.next().unwrap_or_default().to_owned();
+        let mut batch = Batch::default();
+        let mut changed = false;
+        for part in parts {
+            let server = part.split('`').next().unwrap_or_default().to_owned();
+            let findings = self.scan(&Value::from(part));
+            if !findings.is_empty() {
+                let withhold = self.poisoning == Poisoning::Deny;
+                let sha256 = store::sha256(&Value::from(part));
+                self.report_flagged(
+                    "instructions",
+                    &format!("instructions:{server}"),
+                    &server,
+                    &sha256,
+                    rule_ids(&findings),
+                    withhold,
+                    &mut batch,
+                );
+                if withhold {
+                    changed = true;
+                    continue;
+                }
+            }
+            kept.push_str(SECTION);
+            kept.push_str(part);
+        }
+        if changed {
+            *text = Value::from(kept);
+        }
+        self.commit(batch);
+        Verdict::Continue
+    }
+}
+
+/// Drops a server's own `dev.portcullis/…` keys from an item's `_meta`,
+/// and a `_meta` that is not an object (it could not carry the proxy's
+/// flags).
+fn strip_flags(object: &mut serde_json::Map<String, Value>) {
+    if let Some(meta) = object.get_mut("_meta") {
+        match meta.as_object_mut() {
+            Some(meta) => meta.retain(|key, _| !key.starts_with(META_PREFIX)),
+            None => *meta = Value::Object(serde_json::Map::new()),
+        }
     }
 }
 
@@ -846,6 +971,11 @@ impl Interceptor for Pinning {
         match &*exchange.context.method {
             "tools/list" => self.filter(exchange, false),
             "prompts/list" if self.rules.is_some() => self.filter(exchange, true),
+            "resources/list" if self.rules.is_some() => self.scan_list(exchange, "resources"),
+            "resources/templates/list" if self.rules.is_some() => {
+                self.scan_list(exchange, "resourceTemplates")
+            }
+            "initialize" if self.rules.is_some() => self.scan_instructions(exchange),
             _ => Verdict::Continue,
         }
     }

@@ -300,34 +300,23 @@ mod tests {
     fn a_bad_rule_file_names_its_line() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("extra.toml");
-        std::fs::write(
-            &path,
-            "[[rules]]\nid = \"x\"\ndescription = \"d\"\nregex = \"(unclosed\"\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let err = Rules::load(Some(&path))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        // The error of loading `text` as the extra rule file.
+        let error_of = |text: &str| {
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+            Rules::load(Some(&path))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let err = error_of("[[rules]]\nid = \"x\"\ndescription = \"d\"\nregex = \"(unclosed\"\n");
         assert!(
             err.contains("extra.toml:4:9: rule `x`: the regex does not compile"),
             "{err}"
         );
-        std::fs::write(&path, "[[rules]]\nid = \"x\"\n").unwrap_or_else(|e| panic!("{e}"));
-        let err = Rules::load(Some(&path))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = error_of("[[rules]]\nid = \"x\"\n");
         assert!(err.contains("extra.toml:1:1"), "{err}");
-        std::fs::write(
-            &path,
-            "[[rules]]\nid = \"important-tag\"\ndescription = \"d\"\nregex = \"x\"\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let err = Rules::load(Some(&path))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err =
+            error_of("[[rules]]\nid = \"important-tag\"\ndescription = \"d\"\nregex = \"x\"\n");
         assert!(
             err.contains("rule `important-tag` is defined twice"),
             "{err}"

@@ -447,16 +447,16 @@ mod tests {
             Some(PinFile::default()),
             "absent is empty"
         );
-        std::fs::write(
-            &files.pins,
-            "{\n  \"version\": 1,\n  \"tools\": {\n    \"a\": 3,\n}\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let err = files
-            .load_pins()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        // The error of loading `text` as the pin file.
+        let error_of = |text: &str| {
+            std::fs::write(&files.pins, text).unwrap_or_else(|e| panic!("{e}"));
+            files
+                .load_pins()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let err = error_of("{\n  \"version\": 1,\n  \"tools\": {\n    \"a\": 3,\n}\n");
         assert!(
             err.contains("pins.json:4:10: invalid type: integer `3`"),
             "{err}"
@@ -475,16 +475,7 @@ mod tests {
         files.save_pins(&pins).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(files.load_pins().ok(), Some(pins.clone()));
         let text = std::fs::read_to_string(&files.pins).unwrap_or_default();
-        std::fs::write(
-            &files.pins,
-            text.replace("\"description\": \"d\"", "\"description\": \"e\""),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let err = files
-            .load_pins()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = error_of(&text.replace("\"description\": \"d\"", "\"description\": \"e\""));
         assert!(
             err.contains("tool `s__t`: `sha256` is not the hash of its `definition`"),
             "{err}"
