@@ -252,12 +252,17 @@ impl SledStorage {
             );
             store.insert(&missing)?;
         }
-        if wal_path.exists() {
-            store.db.flush().map_err(write_error)?;
-            Wal::open(&wal_path)?.clear()?;
-        }
-        if flush_every.is_none() {
-            store.wal = Some(Wal::open(&wal_path)?);
+        // The log is emptied once sled holds what it held (not at every
+        // open: an empty log costs no flush).
+        if flush_every.is_none() || wal_path.exists() {
+            let mut wal = Wal::open(&wal_path)?;
+            if wal.bytes > 0 {
+                store.db.flush().map_err(write_error)?;
+                wal.clear()?;
+            }
+            if flush_every.is_none() {
+                store.wal = Some(wal);
+            }
         }
         // A prune that a crash interrupted is finished.
         if let Some(anchor) = store.reader().anchor()? {

@@ -15,12 +15,6 @@ use crate::interceptors::pinning::{
 
 /// The audit record of a pin event.
 pub fn record(event: &PinEvent, separator: &str) -> AuditRecord {
-    let split = |name: &str| -> (Option<String>, Option<String>) {
-        match name.split_once(separator) {
-            Some((server, own)) => (Some(server.to_owned()), Some(own.to_owned())),
-            None => (None, Some(name.to_owned())),
-        }
-    };
     let (kind, decision, name, detail, reason) = match event {
         PinEvent::Added { tool, sha256 } => (
             "pin_added",
@@ -78,13 +72,23 @@ pub fn record(event: &PinEvent, separator: &str) -> AuditRecord {
     };
     let mut record = AuditRecord::event(kind, decision);
     if let Some(name) = name {
-        let (server, target) = split(name);
-        record.server = server;
-        record.target = target;
+        name_in(&mut record, name, separator);
     }
     record.detail = Some(detail);
     record.reason = reason;
     record
+}
+
+/// A record's `server` and `target` from a namespaced name (`target` alone
+/// for a name without the separator).
+fn name_in(record: &mut AuditRecord, name: &str, separator: &str) {
+    match name.split_once(separator) {
+        Some((server, own)) => {
+            record.server = Some(server.to_owned());
+            record.target = Some(own.to_owned());
+        }
+        None => record.target = Some(name.to_owned()),
+    }
 }
 
 fn files_of(config: &Config) -> Files {
@@ -337,10 +341,7 @@ async fn record_approvals(
     let separator = &config.proxy.namespace_separator;
     for (name, previous, sha256) in approved {
         let mut record = AuditRecord::event("pin_approved", "allow");
-        if let Some((server, own)) = name.split_once(separator.as_str()) {
-            record.server = Some(server.to_owned());
-            record.target = Some(own.to_owned());
-        }
+        name_in(&mut record, name, separator);
         record.client = who.to_owned();
         record.detail = Some(json!({ "sha256": sha256, "previous": previous, "by": who }));
         audit.commit(record).await?;

@@ -589,7 +589,6 @@ impl Gateway {
                 arguments,
             }
         };
-        let arguments_of = |message: &Value| self.arguments_of(message);
 
         // Routing first, so that interceptors see the target server, name
         // and listed definition.
@@ -613,7 +612,7 @@ impl Gateway {
                 // Still give the chain its say (`limits` names a broken
                 // envelope more precisely than routing can).
                 let ran = self.chain.run(&mut exchange);
-                let arguments = arguments_of(&exchange.message);
+                let arguments = self.arguments_of(&exchange.message);
                 return match ran {
                     Err(refusal) => {
                         let reply = refusal.to_response(id);
@@ -634,7 +633,7 @@ impl Gateway {
         };
 
         let ran = self.chain.run(&mut exchange);
-        let arguments = arguments_of(&exchange.message);
+        let arguments = self.arguments_of(&exchange.message);
         if let Err(refusal) = ran {
             let reply = refusal.to_response(id);
             return done(exchange, arguments, Some(reply), refusal.outcome(), None);

@@ -508,13 +508,7 @@ impl Pinning {
     ) -> Result<Option<PinEvent>, PinError> {
         // Memory first: what this pass decided holds even if the disk fails.
         let (held_pins, held_seen, _) = self.current();
-        let mut expected = (*held_pins).clone();
-        for (name, pin) in &pins {
-            expected
-                .tools
-                .entry(name.clone())
-                .or_insert_with(|| pin.clone());
-        }
+        let expected = with_first_pins((*held_pins).clone(), &pins);
         // Another pass pinned a different first definition of the same
         // tool: that one holds, and this pass's judgements are redone.
         let lost = |file: &PinFile| {
@@ -537,38 +531,19 @@ impl Pinning {
         let _lock = self.files.lock()?;
         let mut event = None;
         if !pins.is_empty() {
-            let mut on_disk = self.files.load_pins()?;
-            let mut merged = on_disk.clone();
-            for (name, pin) in &pins {
-                merged
-                    .tools
-                    .entry(name.clone())
-                    .or_insert_with(|| pin.clone());
-            }
+            let merged = with_first_pins(self.files.load_pins()?, &pins);
             self.files.save_pins(&merged)?;
             let mut snapshot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
             if merged != expected || lost(&merged) {
                 // Someone else wrote pins meanwhile: judge again, and say
                 // what changed (as a reload would have).
                 snapshot.generation += 1;
-                let changed: Vec<String> = on_disk
-                    .tools
-                    .iter()
-                    .filter(|(name, pin)| expected.tools.get(*name) != Some(*pin))
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                let removed: Vec<String> = expected
-                    .tools
-                    .keys()
-                    .filter(|name| !merged.tools.contains_key(*name))
-                    .cloned()
-                    .collect();
+                let (changed, removed) = differences(&expected, &merged);
                 if !changed.is_empty() || !removed.is_empty() {
                     event = Some(PinEvent::Reloaded { changed, removed });
                 }
             }
-            on_disk = merged;
-            snapshot.pins = Arc::new(on_disk);
+            snapshot.pins = Arc::new(merged);
             snapshot.stamp = self.files.stamp();
         }
         if !seen.is_empty() {
@@ -617,19 +592,7 @@ impl Pinning {
         if pins == *snapshot.pins {
             return None;
         }
-        let changed: Vec<String> = pins
-            .tools
-            .iter()
-            .filter(|(name, pin)| snapshot.pins.tools.get(*name) != Some(*pin))
-            .map(|(name, _)| name.clone())
-            .collect();
-        let removed: Vec<String> = snapshot
-            .pins
-            .tools
-            .keys()
-            .filter(|name| !pins.tools.contains_key(*name))
-            .cloned()
-            .collect();
+        let (changed, removed) = differences(&snapshot.pins, &pins);
         snapshot.pins = Arc::new(pins);
         snapshot.generation += 1;
         tracing::info!(
@@ -796,14 +759,13 @@ impl Pinning {
         };
         let mut batch = Batch::default();
         items.retain_mut(|item| {
+            // What the model reads: everything but `_meta`.
+            let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
+            let canonical = store::canonical(name, item);
             let Some(object) = item.as_object_mut() else {
                 return false;
             };
             strip_flags(object);
-            let mut canonical = Value::Object(object.clone());
-            if let Some(canonical) = canonical.as_object_mut() {
-                canonical.remove("_meta");
-            }
             let findings = self.scan(&canonical);
             if findings.is_empty() {
                 return true;
@@ -870,10 +832,11 @@ impl Pinning {
         let mut changed = false;
         for part in parts {
             let server = part.split('`').next().unwrap_or_default().to_owned();
-            let findings = self.scan(&Value::from(part));
+            let section = Value::from(part);
+            let findings = self.scan(&section);
             if !findings.is_empty() {
                 let withhold = self.poisoning == Poisoning::Deny;
-                let sha256 = store::sha256(&Value::from(part));
+                let sha256 = store::sha256(&section);
                 self.report_flagged(
                     "instructions",
                     &format!("instructions:{server}"),
@@ -897,6 +860,35 @@ impl Pinning {
         self.commit(batch);
         Verdict::Continue
     }
+}
+
+/// `file` with a pass's first-use pins added where it has none (the first
+/// definition pinned holds).
+fn with_first_pins(mut file: PinFile, pins: &[(String, Pin)]) -> PinFile {
+    for (name, pin) in pins {
+        file.tools
+            .entry(name.clone())
+            .or_insert_with(|| pin.clone());
+    }
+    file
+}
+
+/// From `old` to `new`: the tools whose pin is new or different, and those
+/// no longer pinned.
+fn differences(old: &PinFile, new: &PinFile) -> (Vec<String>, Vec<String>) {
+    let changed = new
+        .tools
+        .iter()
+        .filter(|(name, pin)| old.tools.get(*name) != Some(*pin))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let removed = old
+        .tools
+        .keys()
+        .filter(|name| !new.tools.contains_key(*name))
+        .cloned()
+        .collect();
+    (changed, removed)
 }
 
 /// Drops a server's own `dev.portcullis/…` keys from an item's `_meta`,
