@@ -26,6 +26,9 @@ pub const KINDS: &[&str] = &[
     "pin_approved",
     "pins_reloaded",
     "tool_flagged",
+    "plugin_loaded",
+    "plugin_circuit_open",
+    "plugin_circuit_closed",
     "checkpoint",
 ];
 

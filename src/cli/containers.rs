@@ -221,7 +221,54 @@ pub async fn doctor(config: &Config) -> bool {
             }
         }
     }
+    check_plugins(config, &mut report);
     !report.failed
+}
+
+/// Each WASM plugin loads, speaks our interface version and accepts its
+/// config, as at start-up.
+fn check_plugins(config: &Config, report: &mut Report) {
+    let plugins: Vec<&crate::config::PluginConfig> = config
+        .chain
+        .iter()
+        .filter_map(|entry| match entry {
+            crate::config::ChainEntry::Wasm(plugin) => Some(&**plugin),
+            _ => None,
+        })
+        .collect();
+    if plugins.is_empty() {
+        return;
+    }
+    let runtime = match crate::interceptors::wasm::Runtime::new(&plugins) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            report.line(Level::Fail, "plugins", err.to_string());
+            return;
+        }
+    };
+    for plugin in plugins {
+        let what = format!("plugin {}", plugin.name);
+        match crate::interceptors::wasm::Plugin::load(
+            runtime.clone(),
+            plugin,
+            config.limits.max_message_bytes,
+            &config.proxy.namespace_separator,
+        ) {
+            Ok(loaded) => report.line(
+                Level::Ok,
+                &what,
+                format!(
+                    "{} (sha256 {}…) speaks {} and accepts its config; {} ms per call, {} MiB",
+                    plugin.path.display(),
+                    &loaded.sha256()[..12],
+                    crate::interceptors::wasm::INTERFACE,
+                    plugin.timeout.as_millis(),
+                    plugin.memory / (1024 * 1024)
+                ),
+            ),
+            Err(err) => report.line(Level::Fail, &what, err.to_string()),
+        }
+    }
 }
 
 /// An engine enum as the engine spells it.

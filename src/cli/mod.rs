@@ -3,6 +3,7 @@
 mod audit;
 mod containers;
 mod pins;
+mod plugin;
 mod policy;
 mod redact;
 
@@ -78,6 +79,11 @@ enum Command {
     Redact {
         #[command(subcommand)]
         command: redact::RedactCommand,
+    },
+    /// Check a WASM plugin before it goes into a chain.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
     },
     /// Query and verify the audit log.
     Audit {
@@ -191,6 +197,13 @@ fn init_logging() {
         });
         !chatty || *meta.level() <= tracing::Level::WARN
     });
+    // Without a hint the cap would let every `log` record of a dependency
+    // (cranelift logs each compiled function at trace) through to the
+    // filters: seconds per plugin at startup.
+    let most =
+        tracing_subscriber::layer::Filter::<tracing_subscriber::Registry>::max_level_hint(&filter)
+            .unwrap_or(tracing::level_filters::LevelFilter::TRACE);
+    let cap = cap.with_max_level_hint(most);
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -284,6 +297,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Policy { command } => policy::run(command),
         Command::Redact { command } => redact::run(command),
+        Command::Plugin { command } => plugin::run(command),
         Command::Audit { command } => audit::run(*command).await,
     }
 }
@@ -313,6 +327,7 @@ fn record_start(
     role: &str,
     config_sha256: Option<String>,
     policies: Option<&crate::interceptors::authz::PolicyEngine>,
+    plugins: &[Arc<interceptors::Plugin>],
 ) {
     let mut start = crate::audit::AuditRecord::event("proxy_start", "allow");
     let store = policies.map(|engine| engine.current());
@@ -355,6 +370,29 @@ fn record_start(
         record.detail = Some(serde_json::json!({
             "relaxations": relaxations,
             "dangers": dangers,
+        }));
+        records.push(record);
+    }
+    for plugin in plugins {
+        let config = plugin.config();
+        let mut record = crate::audit::AuditRecord::event("plugin_loaded", "allow");
+        record.target = Some(config.name.clone());
+        record.detail = Some(serde_json::json!({
+            "path": config.path.display().to_string(),
+            "sha256": plugin.sha256(),
+            "methods": config.methods,
+            "tools": config.tools,
+            "on_error": match config.on_error {
+                crate::config::OnError::Deny => "deny",
+                crate::config::OnError::Continue => "continue",
+            },
+            "instance": match config.instance {
+                crate::config::InstanceMode::Pooled => "pooled",
+                crate::config::InstanceMode::PerCall => "per-call",
+            },
+            "timeout_ms": config.timeout.as_millis() as u64,
+            "fuel": config.fuel,
+            "memory_bytes": config.memory,
         }));
         records.push(record);
     }
@@ -406,6 +444,34 @@ fn announce_sandboxing(config: &Config) {
     }
 }
 
+/// The audit record of a plugin's breaker event.
+fn plugin_record(event: &interceptors::wasm::PluginEvent) -> crate::audit::AuditRecord {
+    use interceptors::wasm::PluginEvent;
+    match event {
+        PluginEvent::BreakerOpened {
+            plugin,
+            failures,
+            last_error,
+            cooldown,
+        } => {
+            let mut record = crate::audit::AuditRecord::event("plugin_circuit_open", "error");
+            record.target = Some(plugin.clone());
+            record.decided_by = Some(format!("wasm:{plugin}"));
+            record.reason = Some(format!(
+                "{failures} failures in a row (last: {last_error}): not called for {} ms",
+                cooldown.as_millis()
+            ));
+            record
+        }
+        PluginEvent::BreakerClosed { plugin } => {
+            let mut record = crate::audit::AuditRecord::event("plugin_circuit_closed", "allow");
+            record.target = Some(plugin.clone());
+            record.decided_by = Some(format!("wasm:{plugin}"));
+            record
+        }
+    }
+}
+
 /// Containers that a killed proxy left on this host are removed before any
 /// new one starts.
 async fn remove_orphaned_containers(config: &Config) {
@@ -432,7 +498,7 @@ async fn remove_orphaned_containers(config: &Config) {
 }
 
 async fn start_gateway(config: Config) -> anyhow::Result<Arc<Gateway>> {
-    let (gateway, events, _, _) = build_gateway(config, None)?;
+    let (gateway, events, _, _, _) = build_gateway(config, None)?;
     start(&gateway, events).await;
     Ok(gateway)
 }
@@ -442,6 +508,7 @@ type Built = (
     tokio::sync::mpsc::Receiver<crate::upstream::UpstreamEvent>,
     Option<Arc<interceptors::PolicyEngine>>,
     Option<Arc<interceptors::Pinning>>,
+    Vec<Arc<interceptors::Plugin>>,
 );
 
 /// The gateway and its chain; fails (before any server starts) when an
@@ -458,7 +525,13 @@ fn build_gateway(config: Config, audit: Option<Audit>) -> anyhow::Result<Built> 
     if let Some(scrubber) = built.argument_scrubber {
         gateway.keep_arguments(scrubber);
     }
-    Ok((gateway, events, built.policies, built.pinning))
+    Ok((
+        gateway,
+        events,
+        built.policies,
+        built.pinning,
+        built.plugins,
+    ))
 }
 
 async fn start(
@@ -501,8 +574,30 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
     let config_sha256 = std::fs::read(&config.file)
         .map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))
         .ok();
-    let (gateway, events, policies, pinning) = build_gateway(config, Some(audit))?;
-    record_start(&gateway, &role, config_sha256, policies.as_deref());
+    let (gateway, events, policies, pinning, plugins) = build_gateway(config, Some(audit))?;
+    record_start(
+        &gateway,
+        &role,
+        config_sha256,
+        policies.as_deref(),
+        &plugins,
+    );
+    for plugin in &plugins {
+        // Breaker events go to the audit log.
+        let mut plugin_events = plugin.subscribe();
+        let recorder = gateway.clone();
+        tokio::spawn(async move {
+            loop {
+                match plugin_events.recv().await {
+                    Ok(event) => recorder.record_event(plugin_record(&event)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::error!(missed, "AUDIT: plugin events were dropped");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
     if let Some(pinning) = &pinning {
         // Pin events go to the audit log; approvals reach the sessions as
         // `tools/list_changed` (a withheld tool may be back).

@@ -14,10 +14,16 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod container;
+mod plugin;
 
 pub use container::{
     BindMount, ContainerSpec, Fifos, Isolation, PullPolicy, Sandbox, StartPolicy, TmpfsMount,
     parse_size,
+};
+use plugin::RawChainEntry;
+pub use plugin::{
+    DEFAULT_PLUGIN_MEMORY, InstanceMode, OnError, Phases, PluginConfig, method_matches,
+    tool_matches,
 };
 
 /// A config that failed to load.
@@ -572,9 +578,12 @@ pub enum ChainEntry {
     Pinning,
     Schema,
     Redact,
+    /// A WASM plugin.
+    Wasm(Box<PluginConfig>),
 }
 
 impl ChainEntry {
+    /// The kind, as `[[chain]] kind` names it.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Limits => "limits",
@@ -583,6 +592,7 @@ impl ChainEntry {
             Self::Pinning => "pinning",
             Self::Schema => "schema",
             Self::Redact => "redact",
+            Self::Wasm(_) => "wasm",
         }
     }
 }
@@ -759,12 +769,6 @@ struct RawRemote {
     url: String,
     #[serde(default)]
     headers: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawChainEntry {
-    kind: String,
 }
 
 impl Config {
@@ -1218,11 +1222,52 @@ impl Validator<'_> {
         }
 
         let mut chain = Vec::new();
-        let explicit_chain = raw.chain.first().map(|entry| entry.span());
+        // A chain of plugins only leaves the native interceptors in their
+        // default order, with the plugins after them; a chain that names a
+        // native interceptor is the whole order.
+        let explicit_chain = raw
+            .chain
+            .iter()
+            .find(|entry| entry.get_ref().kind != "wasm")
+            .map(|entry| entry.span());
+        let mut plugins: Vec<ChainEntry> = Vec::new();
         for (index, entry) in raw.chain.into_iter().enumerate() {
             let span = entry.span();
-            let kind = entry.into_inner().kind;
+            let entry = entry.into_inner();
+            let kind = entry.kind.clone();
+            if kind != "wasm"
+                && let Some(field) = entry.any_field()
+            {
+                return Err(self.error(
+                    Some(span),
+                    &format!("chain[{index}].{field}"),
+                    format!("only `wasm` entries take `{field}`; `{kind}` is configured in its own section"),
+                ));
+            }
             let parsed = match kind.as_str() {
+                "wasm" => {
+                    let plugin =
+                        self.plugin(entry, span.clone(), &format!("chain[{index}]"), base)?;
+                    let taken = chain.iter().chain(plugins.iter()).any(|placed| {
+                        matches!(placed, ChainEntry::Wasm(other) if other.name == plugin.name)
+                    });
+                    if taken {
+                        return Err(self.error(
+                            Some(span),
+                            &format!("chain[{index}].name"),
+                            format!(
+                                "two plugins are named `{}`: set `name` on one of them",
+                                plugin.name
+                            ),
+                        ));
+                    }
+                    let parsed = ChainEntry::Wasm(Box::new(plugin));
+                    if explicit_chain.is_none() {
+                        plugins.push(parsed);
+                        continue;
+                    }
+                    parsed
+                }
                 "limits" => ChainEntry::Limits,
                 "authz" => {
                     if proxy_config.policies.is_none() {
@@ -1242,7 +1287,7 @@ impl Validator<'_> {
                     return Err(self.error(
                         Some(span),
                         &format!("chain[{index}].kind"),
-                        format!("unknown interceptor kind `{other}`; available: `limits`, `ratelimit`, `authz`, `pinning`, `schema`, `redact`"),
+                        format!("unknown interceptor kind `{other}`; available: `limits`, `ratelimit`, `authz`, `pinning`, `schema`, `redact`, `wasm`"),
                     ));
                 }
             };
@@ -1334,6 +1379,9 @@ impl Validator<'_> {
             Placement::Last,
             "secret scanning is on but the `[[chain]]` has no `redact` entry: add `[[chain]] kind = \"redact\"` where it should run, or set `[redact] enabled = false`",
         )?;
+        // Plugins of a chain that names no native interceptor run after
+        // them all, in config order.
+        chain.extend(plugins);
 
         let max_age = match &raw.audit.max_age {
             None => None,

@@ -1836,13 +1836,36 @@ fn record_of(
         is_error,
         upstream_us: upstream.map(|d| d.as_micros() as u64),
         total_us: total.as_micros() as u64,
-        detail: arguments
-            .stored
-            .as_ref()
-            .map(|stored| json!({ "arguments": stored })),
+        detail: detail_of(exchange, arguments),
         prev_hash: String::new(),
         hash: String::new(),
     }
+}
+
+/// The record's `detail`: the stored arguments, and what each WASM plugin
+/// noted (`plugins.NAME.KEY`, its annotations and failures).
+fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Value> {
+    let mut detail = serde_json::Map::new();
+    if let Some(stored) = &arguments.stored {
+        detail.insert("arguments".into(), stored.clone());
+    }
+    let mut plugins = serde_json::Map::new();
+    for annotation in &exchange.annotations {
+        if let Some(plugin) = annotation.interceptor.strip_prefix("wasm:")
+            && let Value::Object(notes) = plugins
+                .entry(plugin)
+                .or_insert_with(|| Value::Object(serde_json::Map::new()))
+        {
+            notes.insert(
+                annotation.key.clone(),
+                Value::from(annotation.value.as_str()),
+            );
+        }
+    }
+    if !plugins.is_empty() {
+        detail.insert("plugins".into(), Value::Object(plugins));
+    }
+    (!detail.is_empty()).then_some(Value::Object(detail))
 }
 
 /// The id to answer a message with: its own if it has a usable one.

@@ -6,6 +6,7 @@ pub mod pinning;
 pub mod ratelimit;
 pub mod redact;
 pub mod schema;
+pub mod wasm;
 
 pub use authz::{Authz, PolicyEngine};
 pub use limits::Limits;
@@ -13,6 +14,7 @@ pub use pinning::Pinning;
 pub use ratelimit::Ratelimit;
 pub use redact::Redact;
 pub use schema::Schema;
+pub use wasm::Plugin;
 
 use std::sync::Arc;
 
@@ -26,6 +28,8 @@ pub struct Built {
     pub policies: Option<Arc<PolicyEngine>>,
     /// The pins pinning enforces (to watch for approvals).
     pub pinning: Option<Arc<Pinning>>,
+    /// The WASM plugins, in chain order (to watch their breakers).
+    pub plugins: Vec<Arc<Plugin>>,
     /// What redacts arguments before the audit log keeps them
     /// (`[audit] arguments = "redacted"`).
     pub argument_scrubber: Option<Arc<Redact>>,
@@ -41,6 +45,11 @@ pub enum BuildError {
     },
     #[error("tool pinning: {0}")]
     Pinning(pinning::PinningError),
+    #[error("plugin `{name}`: {source}")]
+    Plugin {
+        name: String,
+        source: wasm::LoadError,
+    },
     #[error("secret scanning: {0}")]
     Redact(#[from] redact::RedactError),
 }
@@ -57,6 +66,27 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
     let mut pins = None;
     let mut redact = None;
     let mut interceptors: Vec<Arc<dyn Interceptor>> = Vec::new();
+    let mut plugins = Vec::new();
+    // One engine for every plugin, made only when there are plugins.
+    let plugin_configs: Vec<&crate::config::PluginConfig> = config
+        .chain
+        .iter()
+        .filter_map(|entry| match entry {
+            ChainEntry::Wasm(plugin) => Some(&**plugin),
+            _ => None,
+        })
+        .collect();
+    let runtime = match plugin_configs.first() {
+        None => None,
+        Some(first) => {
+            Some(
+                wasm::Runtime::new(&plugin_configs).map_err(|source| BuildError::Plugin {
+                    name: first.name.clone(),
+                    source,
+                })?,
+            )
+        }
+    };
     for entry in &config.chain {
         match entry {
             ChainEntry::Limits => interceptors.push(Arc::new(Limits::new(config.limits))),
@@ -89,12 +119,32 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
                 redact = Some(built.clone());
                 interceptors.push(built);
             }
+            ChainEntry::Wasm(plugin) => {
+                let Some(runtime) = &runtime else {
+                    continue;
+                };
+                let loaded = Arc::new(
+                    Plugin::load(
+                        runtime.clone(),
+                        plugin,
+                        config.limits.max_message_bytes,
+                        &config.proxy.namespace_separator,
+                    )
+                    .map_err(|source| BuildError::Plugin {
+                        name: plugin.name.clone(),
+                        source,
+                    })?,
+                );
+                plugins.push(loaded.clone());
+                interceptors.push(loaded);
+            }
         }
     }
     Ok(Built {
         chain: Chain::new(interceptors),
         policies,
         pinning: pins,
+        plugins,
         argument_scrubber: match config.audit.arguments {
             AuditArguments::None => None,
             AuditArguments::Redacted => match redact {

@@ -33,6 +33,9 @@ pub mod code {
     pub const AUDIT_UNAVAILABLE: i64 = -32014;
     /// A quota is used up (`data.retry_after_ms` says when to try again).
     pub const RATE_LIMITED: i64 = -32015;
+    /// A WASM plugin failed (trapped, overran, or answered nonsense) and its
+    /// `on_error` is `deny`, or its circuit breaker is open.
+    pub const PLUGIN_FAILED: i64 = -32016;
 }
 
 /// The MCP protocol revisions Portcullis speaks toward clients, newest first.

@@ -2,6 +2,8 @@
 //! upstream servers, runs the real `portcullis` binary, and connects clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod wasm_fixtures;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -639,4 +641,48 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window == needle.as_bytes())
+}
+
+/// The example plugins, built from their sources by
+/// `scripts/build-plugins.sh` when the wasm32-wasip2 target is installed —
+/// and then the checked-in builds must be exactly what the sources build to
+/// — or the checked-in builds when it is not.
+pub fn example_plugin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let sysroot = std::process::Command::new("rustc")
+            .args(["--print", "sysroot"])
+            .output()
+            .expect("rustc runs");
+        let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+        if !sysroot.join("lib/rustlib/wasm32-wasip2").is_dir() {
+            eprintln!(
+                "the wasm32-wasip2 target is missing: the tests use the checked-in plugin builds"
+            );
+            return None;
+        }
+        let out = repo_root().join("target/test-plugins");
+        let status = std::process::Command::new(repo_root().join("scripts/build-plugins.sh"))
+            .arg(&out)
+            .env("PLUGINS_TARGET_DIR", repo_root().join("target/plugins"))
+            .status()
+            .expect("scripts/build-plugins.sh runs");
+        assert!(status.success(), "scripts/build-plugins.sh failed");
+        for crate_dir in ["noop", "deny-pattern", "add-notice", "mask-pii"] {
+            let file = format!("{}.wasm", crate_dir.replace('-', "_"));
+            let fresh = std::fs::read(out.join(&file)).expect("a fresh build");
+            let checked_in = repo_root().join("plugins/examples").join(crate_dir).join(&file);
+            let checked_in = std::fs::read(&checked_in).unwrap_or_default();
+            assert!(
+                fresh == checked_in,
+                "plugins/examples/{crate_dir}/{file} is not what its sources build to: run scripts/build-plugins.sh and commit the result"
+            );
+        }
+        Some(out)
+    });
+    let file = format!("{}.wasm", name.replace('-', "_"));
+    match built {
+        Some(out) => out.join(file),
+        None => repo_root().join("plugins/examples").join(name).join(file),
+    }
 }

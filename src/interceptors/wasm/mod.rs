@@ -1,0 +1,509 @@
+//! `wasm`: WASM plugin interceptors on wasmtime's component model.
+//!
+//! A plugin is a component exporting `portcullis:interceptor/handler@0.1.0`
+//! (`plugins/wit/interceptor.wit`). Each call runs under an epoch deadline
+//! (and fuel, if configured) and a memory cap. Warm instances are reused from
+//! a small pool (`instance = "pooled"`) or made fresh per call
+//! (`"per-call"`). A call that traps, overruns or answers nonsense is handled
+//! by the plugin's `on_error`, its instance is thrown away, and after
+//! `breaker.failures` failures in a row the plugin's circuit opens for
+//! `breaker.cooldown`: its `on_error` then applies without calling it.
+
+mod runtime;
+#[cfg(test)]
+mod tests;
+
+pub use runtime::{Budget, Counters, INTERFACE, LoadError, Runtime};
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::chain::{Annotation, Denial, Direction, Exchange, Interceptor, Phase, Verdict};
+use crate::config::{InstanceMode, OnError, PluginConfig, method_matches, tool_matches};
+use crate::protocol;
+
+/// The code generated from the WIT file.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "plugins/wit/interceptor.wit",
+        world: "interceptor",
+    });
+}
+
+use bindings::exports::portcullis::interceptor::handler as wit;
+use runtime::{Instance, Loaded};
+
+/// The most annotations one outcome may carry, and their sizes.
+const MAX_ANNOTATIONS: usize = 16;
+const MAX_ANNOTATION_KEY: usize = 64;
+const MAX_ANNOTATION_VALUE: usize = 1024;
+/// A denial's message is cut at this many bytes.
+const MAX_DENIAL_MESSAGE: usize = 1024;
+
+/// Something a plugin did that the audit log records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginEvent {
+    /// Failures in a row opened the circuit: the plugin is not called until
+    /// `cooldown` has passed.
+    BreakerOpened {
+        plugin: String,
+        failures: u32,
+        last_error: String,
+        cooldown: Duration,
+    },
+    /// A call after the cool-down succeeded: the plugin is called again.
+    BreakerClosed { plugin: String },
+}
+
+/// One plugin in the chain.
+pub struct Plugin {
+    /// `wasm:NAME`.
+    name: Arc<str>,
+    config: PluginConfig,
+    runtime: Arc<Runtime>,
+    loaded: Loaded,
+    config_json: String,
+    counters: Arc<Counters>,
+    idle: Mutex<Vec<Instance>>,
+    live: AtomicUsize,
+    max_live: usize,
+    breaker: Mutex<Breaker>,
+    max_output: usize,
+    /// Between a server's name and its tool's (for `tools`).
+    separator: String,
+    events: broadcast::Sender<PluginEvent>,
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// Why a call gave no usable outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `trap` (trapped, out of time, fuel or memory), `invalid` (an
+    /// outcome that is not a valid verdict), `busy` or `circuit-open`.
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// What a plugin said about a message.
+pub type Evaluation = (Verdict, Vec<(String, String)>);
+
+impl Plugin {
+    /// Loads, checks, and configures one instance to prove the config is
+    /// accepted (an error stops the proxy from starting).
+    pub fn load(
+        runtime: Arc<Runtime>,
+        config: &PluginConfig,
+        max_output: usize,
+        separator: &str,
+    ) -> Result<Self, LoadError> {
+        let loaded = runtime.load(&config.path, config.sha256.as_deref())?;
+        let name: Arc<str> = Arc::from(format!("wasm:{}", config.name));
+        let counters = Arc::new(Counters::default());
+        let config_json = config.config.to_string();
+        let first = runtime
+            .instantiate(
+                &loaded,
+                &name,
+                &counters,
+                config.memory,
+                &config_json,
+                budget(config),
+            )
+            .map_err(|message| LoadError::Configure {
+                path: loaded.path.clone(),
+                message,
+            })?;
+        let idle = match config.instance {
+            InstanceMode::Pooled => vec![first],
+            InstanceMode::PerCall => Vec::new(),
+        };
+        let live = idle.len();
+        Ok(Self {
+            name,
+            config: config.clone(),
+            runtime,
+            loaded,
+            config_json,
+            counters,
+            idle: Mutex::new(idle),
+            live: AtomicUsize::new(live),
+            max_live: runtime::max_live(config),
+            breaker: Mutex::new(Breaker::default()),
+            max_output,
+            separator: separator.to_owned(),
+            events: broadcast::channel(64).0,
+        })
+    }
+
+    /// The file's SHA-256.
+    pub fn sha256(&self) -> &str {
+        &self.loaded.sha256
+    }
+
+    pub fn config(&self) -> &PluginConfig {
+        &self.config
+    }
+
+    /// The plugin's counters (`counter-add`).
+    pub fn counters(&self) -> std::collections::BTreeMap<String, i64> {
+        self.counters.snapshot()
+    }
+
+    /// Breaker events, as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<PluginEvent> {
+        self.events.subscribe()
+    }
+
+    fn sees(&self, exchange: &Exchange) -> bool {
+        let phases = &self.config.phases;
+        let phase = match exchange.phase {
+            Phase::Request => phases.request,
+            Phase::Response => phases.response,
+            Phase::Notification => phases.notification,
+        };
+        if !phase || !method_matches(&self.config.methods, &exchange.context.method) {
+            return false;
+        }
+        if self.config.tools.is_empty() {
+            return true;
+        }
+        let context = &exchange.context;
+        match (&context.server, &context.target) {
+            (Some(server), Some(target)) if context.method.starts_with("tools/") => tool_matches(
+                &self.config.tools,
+                &format!("{server}{}{target}", self.separator),
+            ),
+            _ => false,
+        }
+    }
+
+    /// Runs the plugin on the exchange and turns what it said (or how it
+    /// failed) into a verdict.
+    pub fn run(&self, exchange: &mut Exchange) -> Verdict {
+        if !self.sees(exchange) {
+            return Verdict::Continue;
+        }
+        let outcome = match self.admit() {
+            Err(failure) => Err(failure),
+            Ok(()) => self.call(exchange),
+        };
+        match outcome {
+            Ok((verdict, annotations)) => {
+                self.succeeded();
+                for (key, value) in annotations {
+                    exchange.annotations.push(Annotation {
+                        interceptor: self.name.clone(),
+                        key,
+                        value,
+                    });
+                }
+                verdict
+            }
+            Err(failure) => {
+                if failure.kind != "circuit-open" {
+                    self.failed(&failure);
+                }
+                self.on_error(exchange, failure)
+            }
+        }
+    }
+
+    /// Whether the breaker lets a call through.
+    fn admit(&self) -> Result<(), Failure> {
+        let Ok(breaker) = self.breaker.lock() else {
+            return Ok(());
+        };
+        match breaker.open_until {
+            Some(until) if Instant::now() < until => Err(Failure {
+                kind: "circuit-open",
+                reason: "its circuit breaker is open after repeated failures".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn succeeded(&self) {
+        let Ok(mut breaker) = self.breaker.lock() else {
+            return;
+        };
+        let was_open = breaker.open_until.take().is_some();
+        breaker.failures = 0;
+        drop(breaker);
+        if was_open {
+            tracing::warn!(plugin = %self.name, "plugin circuit closed: calls go through again");
+            let _ = self.events.send(PluginEvent::BreakerClosed {
+                plugin: self.config.name.clone(),
+            });
+        }
+    }
+
+    fn failed(&self, failure: &Failure) {
+        tracing::warn!(plugin = %self.name, kind = failure.kind, reason = %failure.reason, "PLUGIN FAILED");
+        let Ok(mut breaker) = self.breaker.lock() else {
+            return;
+        };
+        breaker.failures = breaker.failures.saturating_add(1);
+        // Opens at the threshold, and again on a failed trial call after a
+        // cool-down.
+        if breaker.failures >= self.config.breaker_failures {
+            let failures = breaker.failures;
+            breaker.open_until = Some(Instant::now() + self.config.breaker_cooldown);
+            drop(breaker);
+            tracing::error!(
+                plugin = %self.name,
+                failures,
+                cooldown_ms = self.config.breaker_cooldown.as_millis() as u64,
+                "PLUGIN CIRCUIT OPEN: the plugin is not called until the cool-down has passed"
+            );
+            let _ = self.events.send(PluginEvent::BreakerOpened {
+                plugin: self.config.name.clone(),
+                failures,
+                last_error: failure.reason.clone(),
+                cooldown: self.config.breaker_cooldown,
+            });
+        }
+    }
+
+    fn on_error(&self, exchange: &mut Exchange, failure: Failure) -> Verdict {
+        match self.config.on_error {
+            OnError::Deny => Verdict::Deny(
+                Denial::new(
+                    protocol::code::PLUGIN_FAILED,
+                    format!("plugin `{}` failed: {}", self.config.name, failure.reason),
+                )
+                .with("plugin_error", failure.kind),
+            ),
+            OnError::Continue => {
+                exchange.annotations.push(Annotation {
+                    interceptor: self.name.clone(),
+                    key: "error".into(),
+                    value: failure.reason,
+                });
+                Verdict::Continue
+            }
+        }
+    }
+
+    /// An instance to call: a warm one, or a new one.
+    fn checkout(&self) -> Result<Instance, Failure> {
+        if self.config.instance == InstanceMode::Pooled
+            && let Some(instance) = self.idle.lock().ok().and_then(|mut idle| idle.pop())
+        {
+            return Ok(instance);
+        }
+        if self.live.fetch_add(1, Ordering::AcqRel) >= self.max_live {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return Err(Failure {
+                kind: "busy",
+                reason: format!("more than {} calls at once", self.max_live),
+            });
+        }
+        self.runtime
+            .instantiate(
+                &self.loaded,
+                &self.name,
+                &self.counters,
+                self.config.memory,
+                &self.config_json,
+                budget(&self.config),
+            )
+            .map_err(|reason| {
+                self.live.fetch_sub(1, Ordering::AcqRel);
+                Failure {
+                    kind: "trap",
+                    reason,
+                }
+            })
+    }
+
+    /// Gives an instance back after a good call (or drops it).
+    fn checkin(&self, instance: Instance) {
+        if self.config.instance == InstanceMode::Pooled
+            && let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.config.pool
+        {
+            idle.push(instance);
+            return;
+        }
+        self.discard(instance);
+    }
+
+    fn discard(&self, instance: Instance) {
+        drop(instance);
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Calls the plugin on a message (whatever its `methods` and `phases`,
+    /// and without the breaker): what `plugin check` shows.
+    pub fn call(&self, exchange: &Exchange) -> Result<Evaluation, Failure> {
+        let payload = serde_json::to_string(&exchange.message).map_err(|err| Failure {
+            kind: "invalid",
+            reason: format!("cannot serialize the message: {err}"),
+        })?;
+        let context = wit_context(exchange);
+        let phase = match exchange.phase {
+            Phase::Request => wit::Phase::Request,
+            Phase::Response => wit::Phase::Response,
+            Phase::Notification => wit::Phase::Notification,
+        };
+        let mut instance = self.checkout()?;
+        let trap = |reason: String| Failure {
+            kind: "trap",
+            reason,
+        };
+        let answer = match instance.arm(budget(&self.config), self.runtime.fuel()) {
+            Err(reason) => Err(trap(reason)),
+            Ok(()) => instance.on_message(phase, &context, &payload).map_err(trap),
+        };
+        let checked = answer.and_then(|outcome| self.check(exchange, outcome));
+        match &checked {
+            Ok(_) => self.checkin(instance),
+            Err(_) => self.discard(instance),
+        }
+        checked
+    }
+
+    /// An outcome turned into a verdict, or why it is not a valid one.
+    fn check(&self, exchange: &Exchange, outcome: wit::Outcome) -> Result<Evaluation, Failure> {
+        let invalid = |reason: String| Failure {
+            kind: "invalid",
+            reason,
+        };
+        if outcome.annotations.len() > MAX_ANNOTATIONS {
+            return Err(invalid(format!(
+                "{} annotations (at most {MAX_ANNOTATIONS})",
+                outcome.annotations.len()
+            )));
+        }
+        if let Some((key, _)) = outcome.annotations.iter().find(|(key, value)| {
+            key.is_empty() || key.len() > MAX_ANNOTATION_KEY || value.len() > MAX_ANNOTATION_VALUE
+        }) {
+            return Err(invalid(format!(
+                "annotation `{}` is empty or too long (keys up to {MAX_ANNOTATION_KEY} bytes, values up to {MAX_ANNOTATION_VALUE})",
+                key.chars().take(MAX_ANNOTATION_KEY).collect::<String>()
+            )));
+        }
+        let verdict = match outcome.verdict {
+            wit::Verdict::Continue => Verdict::Continue,
+            wit::Verdict::Deny(denial) => {
+                if (-32768..=-32000).contains(&denial.code) {
+                    return Err(invalid(format!(
+                        "denial code {} is in -32768..=-32000, which JSON-RPC and the proxy reserve",
+                        denial.code
+                    )));
+                }
+                let mut message = denial.message;
+                if message.len() > MAX_DENIAL_MESSAGE {
+                    let mut end = MAX_DENIAL_MESSAGE;
+                    while !message.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    message.truncate(end);
+                }
+                Verdict::Deny(Denial::new(i64::from(denial.code), message))
+            }
+            wit::Verdict::Modify(text) => {
+                if text.len() > self.max_output {
+                    return Err(invalid(format!(
+                        "a modified message of {} bytes (the limit is {})",
+                        text.len(),
+                        self.max_output
+                    )));
+                }
+                let message: Value = serde_json::from_str(&text)
+                    .map_err(|err| invalid(format!("the modified message is not JSON: {err}")))?;
+                same_envelope(&exchange.message, &message, exchange.phase).map_err(invalid)?;
+                Verdict::Modify(message)
+            }
+        };
+        Ok((verdict, outcome.annotations))
+    }
+}
+
+impl Interceptor for Plugin {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn on_request(&self, exchange: &mut Exchange) -> Verdict {
+        self.run(exchange)
+    }
+
+    fn on_response(&self, exchange: &mut Exchange) -> Verdict {
+        self.run(exchange)
+    }
+
+    fn on_notification(&self, exchange: &mut Exchange) -> Verdict {
+        self.run(exchange)
+    }
+}
+
+fn budget(config: &PluginConfig) -> Budget {
+    Budget {
+        timeout: config.timeout,
+        fuel: config.fuel,
+    }
+}
+
+fn wit_context(exchange: &Exchange) -> wit::Context {
+    let context = &exchange.context;
+    wit::Context {
+        session: context.session.to_string(),
+        client: context.client.name.to_string(),
+        groups: context
+            .client
+            .groups
+            .iter()
+            .map(|g| g.to_string())
+            .collect(),
+        transport: context.transport.as_str().to_owned(),
+        server: context.server.as_deref().map(str::to_owned),
+        method: context.method.to_string(),
+        target: context.target.clone(),
+        direction: match exchange.direction {
+            Direction::ClientToServer => wit::Direction::ClientToServer,
+            Direction::ServerToClient => wit::Direction::ServerToClient,
+        },
+    }
+}
+
+/// A plugin may edit a message's content, not what it is: the JSON-RPC
+/// version, id and method stay, and so does a request's target (authz
+/// decided on it).
+fn same_envelope(before: &Value, after: &Value, phase: Phase) -> Result<(), String> {
+    if !after.is_object() {
+        return Err("the modified message is not a JSON object".into());
+    }
+    for key in ["jsonrpc", "id", "method"] {
+        if before.get(key) != after.get(key) {
+            return Err(format!("the modified message changes `{key}`"));
+        }
+    }
+    match phase {
+        Phase::Request | Phase::Notification => {
+            for pointer in ["/params/name", "/params/uri"] {
+                if before.pointer(pointer) != after.pointer(pointer) {
+                    return Err(format!(
+                        "the modified message changes `{}` (what was authorized)",
+                        &pointer[1..]
+                    ));
+                }
+            }
+        }
+        Phase::Response => {
+            if after.get("result").is_none() && after.get("error").is_none() {
+                return Err("the modified response has neither `result` nor `error`".into());
+            }
+        }
+    }
+    Ok(())
+}
