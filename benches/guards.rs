@@ -64,9 +64,6 @@ fn call(client: &str, list: &Arc<Vec<serde_json::Value>>) -> Exchange {
     Exchange::new(message, Direction::ClientToServer, Phase::Request, context)
 }
 
-/// One benchmark case's work.
-type Work<'a> = Box<dyn FnMut() + 'a>;
-
 fn run_chain(chain: &Chain, template: &Exchange) {
     let mut exchange = template.clone();
     let result = chain.run(&mut exchange);
@@ -138,7 +135,7 @@ fn main() {
     run_chain(&with_pinning, &one);
 
     let (mut next, mut turn) = (0, 0);
-    let mut cases: Vec<(&str, Work)> = vec![
+    let mut cases: Vec<common::Case> = vec![
         (
             "chain without guards (limits)",
             Box::new(|| run_chain(&baseline_chain, &one)),
@@ -174,18 +171,7 @@ fn main() {
             Box::new(|| run_chain(&with_all, &one)),
         ),
     ];
-    // Rounds of every case in turn, each case's best round kept: a slow
-    // spell of the machine does not land on one case alone.
-    let mut best: Vec<Option<common::Stats>> = cases.iter().map(|_| None).collect();
-    for _ in 0..rounds {
-        for ((label, work), kept) in cases.iter_mut().zip(best.iter_mut()) {
-            let stats = common::measure_calls(label, samples, iterations, work);
-            if kept.as_ref().is_none_or(|kept| stats.p50 < kept.p50) {
-                *kept = Some(stats);
-            }
-        }
-    }
-    let best: Vec<common::Stats> = best.into_iter().flatten().collect();
+    let best = common::best_of_rounds(&mut cases, rounds, samples, iterations);
     let [
         baseline,
         ratelimited,

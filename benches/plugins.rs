@@ -18,7 +18,7 @@ use std::time::Duration;
 use portcullis::chain::{
     Chain, ClientIdentity, Context, Direction, Exchange, Interceptor, Phase, Transport,
 };
-use portcullis::config::{InstanceMode, LimitsConfig, OnError, Phases, PluginConfig};
+use portcullis::config::{InstanceMode, LimitsConfig, PluginConfig};
 use portcullis::interceptors::Limits;
 use portcullis::interceptors::wasm::{Plugin, Runtime};
 use serde_json::json;
@@ -27,25 +27,12 @@ fn plugin_config(name: &str, instance: InstanceMode) -> PluginConfig {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let file = format!("{}.wasm", name.replace('-', "_"));
     PluginConfig {
-        name: format!("{name}-{instance:?}").to_lowercase(),
-        path: root.join("plugins/examples").join(name).join(file),
-        sha256: None,
         methods: vec!["tools/call".into()],
-        tools: Vec::new(),
-        phases: Phases {
-            request: true,
-            response: true,
-            notification: true,
-        },
-        on_error: OnError::Deny,
-        timeout: Duration::from_millis(10),
-        fuel: None,
-        memory: 32 * 1024 * 1024,
         instance,
-        pool: 4,
-        breaker_failures: 5,
-        breaker_cooldown: Duration::from_secs(30),
-        config: json!({}),
+        ..PluginConfig::new(
+            &format!("{name}-{instance:?}").to_lowercase(),
+            &root.join("plugins/examples").join(name).join(file),
+        )
     }
 }
 
@@ -73,9 +60,6 @@ fn result() -> Exchange {
     context.request_id = Some(json!(7));
     Exchange::new(message, Direction::ClientToServer, Phase::Response, context)
 }
-
-/// One benchmark case's work.
-type Work<'a> = Box<dyn FnMut() + 'a>;
 
 fn run_chain(chain: &Chain, template: &Exchange) {
     let mut exchange = template.clone();
@@ -122,7 +106,7 @@ fn main() {
         masked.message
     );
 
-    let mut cases: Vec<(&str, Work)> = vec![
+    let mut cases: Vec<common::Case> = vec![
         (
             "chain without plugins (limits)",
             Box::new(|| run_chain(&baseline_chain, &one)),
@@ -144,16 +128,7 @@ fn main() {
             Box::new(|| run_chain(&chains[3], &one)),
         ),
     ];
-    let mut best: Vec<Option<common::Stats>> = cases.iter().map(|_| None).collect();
-    for _ in 0..rounds {
-        for ((label, work), kept) in cases.iter_mut().zip(best.iter_mut()) {
-            let stats = common::measure_calls(label, samples, iterations, work);
-            if kept.as_ref().is_none_or(|kept| stats.p50 < kept.p50) {
-                *kept = Some(stats);
-            }
-        }
-    }
-    let best: Vec<common::Stats> = best.into_iter().flatten().collect();
+    let best = common::best_of_rounds(&mut cases, rounds, samples, iterations);
     let [baseline, noop_warm, noop_fresh, mask_warm, mask_fresh] = &best[..] else {
         unreachable!("five cases");
     };

@@ -172,7 +172,7 @@ async fn hostile_plugins_are_contained_audited_and_the_proxy_keeps_serving() {
         (
             "oversized",
             Behaviour::Oversized,
-            "bytes (the limit is",
+            "an outcome larger than",
             "deny",
         ),
         ("lenient", Behaviour::Trap, "unreachable", "continue"),

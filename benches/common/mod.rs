@@ -57,6 +57,29 @@ pub fn measure_calls(
     stats
 }
 
+/// One in-process benchmark case: its label and its work.
+pub type Case<'a> = (&'a str, Box<dyn FnMut() + 'a>);
+
+/// Rounds of every case in turn, each case's best round (lowest p50) kept:
+/// a slow spell of the machine does not land on one case alone.
+pub fn best_of_rounds(
+    cases: &mut [Case<'_>],
+    rounds: usize,
+    samples: usize,
+    iterations: usize,
+) -> Vec<Stats> {
+    let mut best: Vec<Option<Stats>> = cases.iter().map(|_| None).collect();
+    for _ in 0..rounds {
+        for ((label, work), kept) in cases.iter_mut().zip(best.iter_mut()) {
+            let stats = measure_calls(label, samples, iterations, work);
+            if kept.as_ref().is_none_or(|kept| stats.p50 < kept.p50) {
+                *kept = Some(stats);
+            }
+        }
+    }
+    best.into_iter().flatten().collect()
+}
+
 pub fn stats(label: &str, mut samples: Vec<Duration>, elapsed: Duration) -> Stats {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::Format;
 use crate::chain::{ClientIdentity, Context, Direction, Exchange, Phase, Transport, Verdict};
-use crate::config::{self, InstanceMode, OnError, Phases, PluginConfig};
+use crate::config::{self, PluginConfig};
 use crate::interceptors::wasm::{Plugin, Runtime};
 
 #[derive(Subcommand)]
@@ -103,35 +103,21 @@ fn check(
 ) -> anyhow::Result<()> {
     let plugin_config: Value =
         serde_json::from_str(plugin_config).context("--config is not JSON")?;
-    let timeout = config::parse_duration(timeout).map_err(anyhow::Error::msg)?;
-    let memory = config::parse_size(memory)
-        .filter(|bytes| *bytes >= 64 * 1024)
-        .with_context(|| format!("--memory `{memory}` is not a size like `32m`"))?;
+    let timeout =
+        config::plugin_timeout(timeout).map_err(|err| anyhow::anyhow!("--timeout: {err}"))?;
+    let memory = config::plugin_memory(memory).map_err(|err| anyhow::anyhow!("--memory: {err}"))?;
     let name = path
         .file_stem()
         .and_then(|stem| stem.to_str())
         .unwrap_or("plugin")
         .to_owned();
     let plugin_config = PluginConfig {
-        name,
-        path: path.clone(),
-        sha256: None,
-        methods: vec!["*".into()],
-        tools: Vec::new(),
-        phases: Phases {
-            request: true,
-            response: true,
-            notification: true,
-        },
-        on_error: OnError::Deny,
         timeout,
-        fuel: None,
-        memory: memory as u64,
-        instance: InstanceMode::Pooled,
+        memory,
         pool: 1,
         breaker_failures: u32::MAX,
-        breaker_cooldown: std::time::Duration::from_secs(1),
         config: plugin_config,
+        ..PluginConfig::new(&name, &path)
     };
     let runtime = Runtime::new(&[&plugin_config])?;
     let started = Instant::now();

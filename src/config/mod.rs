@@ -23,7 +23,7 @@ pub use container::{
 use plugin::RawChainEntry;
 pub use plugin::{
     DEFAULT_PLUGIN_MEMORY, InstanceMode, OnError, Phases, PluginConfig, method_matches,
-    tool_matches,
+    plugin_memory, plugin_timeout, tool_matches,
 };
 
 /// A config that failed to load.

@@ -16,6 +16,8 @@ pub const DEFAULT_PLUGIN_MEMORY: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_PLUGIN_POOL: usize = 4;
 pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+/// The longest a plugin call may take.
+pub const MAX_PLUGIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most memory a plugin may be given.
 pub const MAX_PLUGIN_MEMORY: u64 = 1024 * 1024 * 1024;
 
@@ -52,6 +54,34 @@ pub struct PluginConfig {
     pub breaker_cooldown: Duration,
     /// The plugin's own config, handed to `configure` as JSON.
     pub config: serde_json::Value,
+}
+
+impl PluginConfig {
+    /// A plugin with every default: all methods and phases, fail closed,
+    /// the default limits, pooled instances, an empty config.
+    pub fn new(name: &str, path: &Path) -> Self {
+        Self {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            sha256: None,
+            methods: vec!["*".to_owned()],
+            tools: Vec::new(),
+            phases: Phases {
+                request: true,
+                response: true,
+                notification: true,
+            },
+            on_error: OnError::Deny,
+            timeout: DEFAULT_PLUGIN_TIMEOUT,
+            fuel: None,
+            memory: DEFAULT_PLUGIN_MEMORY,
+            instance: InstanceMode::Pooled,
+            pool: DEFAULT_PLUGIN_POOL,
+            breaker_failures: DEFAULT_BREAKER_FAILURES,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            config: serde_json::Value::Object(serde_json::Map::new()),
+        }
+    }
 }
 
 /// Which phases of an exchange a plugin sees.
@@ -331,18 +361,8 @@ impl Validator<'_> {
             .unwrap_or(InstanceMode::Pooled);
         let timeout = match raw.timeout {
             None => DEFAULT_PLUGIN_TIMEOUT,
-            Some(value) => {
-                let timeout = parse_duration(value.get_ref())
-                    .map_err(|message| self.error(Some(value.span()), &at("timeout"), message))?;
-                if timeout.is_zero() || timeout > Duration::from_secs(10) {
-                    return Err(self.error(
-                        Some(value.span()),
-                        &at("timeout"),
-                        "must be more than 0 and at most 10s: a plugin runs on the hot path".into(),
-                    ));
-                }
-                timeout
-            }
+            Some(value) => plugin_timeout(value.get_ref())
+                .map_err(|message| self.error(Some(value.span()), &at("timeout"), message))?,
         };
         let fuel = match raw.fuel {
             Some(fuel) if *fuel.get_ref() == 0 => {
@@ -356,21 +376,8 @@ impl Validator<'_> {
         };
         let memory = match raw.memory {
             None => DEFAULT_PLUGIN_MEMORY,
-            Some(value) => match parse_size(value.get_ref()) {
-                Some(bytes) if bytes >= 64 * 1024 && bytes as u64 <= MAX_PLUGIN_MEMORY => {
-                    bytes as u64
-                }
-                _ => {
-                    return Err(self.error(
-                        Some(value.span()),
-                        &at("memory"),
-                        format!(
-                            "`{}` is not a memory size from 64k to 1g, like `32m`",
-                            value.get_ref()
-                        ),
-                    ));
-                }
-            },
+            Some(value) => plugin_memory(value.get_ref())
+                .map_err(|message| self.error(Some(value.span()), &at("memory"), message))?,
         };
         let pool = match raw.pool {
             None => DEFAULT_PLUGIN_POOL,
@@ -421,6 +428,27 @@ impl Validator<'_> {
             breaker_cooldown,
             config,
         })
+    }
+}
+
+/// A plugin's `timeout`: more than 0, at most [`MAX_PLUGIN_TIMEOUT`].
+pub fn plugin_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout.is_zero() || timeout > MAX_PLUGIN_TIMEOUT {
+        return Err(format!(
+            "`{text}` is not a plugin timeout: more than 0 and at most 1s (a plugin call holds one of the proxy's worker threads)"
+        ));
+    }
+    Ok(timeout)
+}
+
+/// A plugin's `memory`: from 64k to [`MAX_PLUGIN_MEMORY`].
+pub fn plugin_memory(text: &str) -> Result<u64, String> {
+    match parse_size(text) {
+        Some(bytes) if bytes >= 64 * 1024 && bytes as u64 <= MAX_PLUGIN_MEMORY => Ok(bytes as u64),
+        _ => Err(format!(
+            "`{text}` is not a memory size from 64k to 1g, like `32m`"
+        )),
     }
 }
 

@@ -26,6 +26,13 @@ pub enum Behaviour {
     Retarget,
     /// Traps on requests, lets responses and notifications through.
     TrapOnRequest,
+    /// Returns `continue` with 1,000 (empty) annotations.
+    AnnotationFlood,
+    /// Returns `continue` with an annotation under the proxy's own key.
+    ErrorKey,
+    /// Returns a million annotations that all point at one 1 MiB string: a
+    /// terabyte if the host copied them all.
+    AliasBomb,
 }
 
 const WIT: &str = include_str!("../../plugins/wit/interceptor.wit");
@@ -90,6 +97,45 @@ fn body(behaviour: Behaviour) -> &'static str {
     (i32.store (i32.const 1044) (i32.const 0))
     (i32.const 1024)"#
         }
+        Behaviour::AnnotationFlood => {
+            r#"
+    (i32.store8 (i32.const 1024) (i32.const 0))
+    (i32.store (i32.const 1040) (i32.const 16384))
+    (i32.store (i32.const 1044) (i32.const 1000))
+    (i32.const 1024)"#
+        }
+        Behaviour::AliasBomb => {
+            r#"
+    (local $i i32)
+    (local $at i32)
+    ;; 20 MiB more: the list (16 MiB) from 2 MiB on; the string is the
+    ;; first MiB
+    (drop (memory.grow (i32.const 320)))
+    (local.set $at (i32.const 2097152))
+    (loop $fill
+      (i32.store (local.get $at) (i32.const 0))
+      (i32.store (i32.add (local.get $at) (i32.const 4)) (i32.const 1048576))
+      (i32.store (i32.add (local.get $at) (i32.const 8)) (i32.const 0))
+      (i32.store (i32.add (local.get $at) (i32.const 12)) (i32.const 1048576))
+      (local.set $at (i32.add (local.get $at) (i32.const 16)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $fill (i32.lt_u (local.get $i) (i32.const 1000000))))
+    (i32.store8 (i32.const 1024) (i32.const 0))
+    (i32.store (i32.const 1040) (i32.const 2097152))
+    (i32.store (i32.const 1044) (i32.const 1000000))
+    (i32.const 1024)"#
+        }
+        Behaviour::ErrorKey => {
+            r#"
+    (i32.store8 (i32.const 1024) (i32.const 0))
+    (i32.store (i32.const 1040) (i32.const 1100))
+    (i32.store (i32.const 1044) (i32.const 1))
+    (i32.store (i32.const 1100) (i32.const 2160))
+    (i32.store (i32.const 1104) (i32.const 5))
+    (i32.store (i32.const 1108) (i32.const 2056))
+    (i32.store (i32.const 1112) (i32.const 2))
+    (i32.const 1024)"#
+        }
         Behaviour::Retarget => {
             r#"
     (i32.store8 (i32.const 1024) (i32.const 1))
@@ -113,6 +159,7 @@ fn core_module(behaviour: Behaviour, version: &str) -> String {
   (data (i32.const 2048) "fixture")
   (data (i32.const 2056) "ok")
   (data (i32.const 2064) "not json {{{{{{")
+  (data (i32.const 2160) "error")
   (data (i32.const 2080) "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"elsewhere\"}}}}")
   (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
     (local $at i32)

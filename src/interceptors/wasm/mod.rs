@@ -35,14 +35,11 @@ pub(crate) mod bindings {
 }
 
 use bindings::exports::portcullis::interceptor::handler as wit;
-use runtime::{Instance, Loaded};
+use runtime::{Answer, CallError, Instance, Loaded};
 
-/// The most annotations one outcome may carry, and their sizes.
-const MAX_ANNOTATIONS: usize = 16;
-const MAX_ANNOTATION_KEY: usize = 64;
-const MAX_ANNOTATION_VALUE: usize = 1024;
-/// A denial's message is cut at this many bytes.
-const MAX_DENIAL_MESSAGE: usize = 1024;
+/// The annotation key under which the proxy notes a plugin's failure
+/// (`on_error = "continue"`); plugins may not use it.
+pub const HOST_ERROR_KEY: &str = "error";
 
 /// Something a plugin did that the audit log records.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +66,8 @@ pub struct Plugin {
     config_json: String,
     counters: Arc<Counters>,
     idle: Mutex<Vec<Instance>>,
-    live: AtomicUsize,
+    /// Instances alive (idle or in a call).
+    live: Arc<AtomicUsize>,
     max_live: usize,
     breaker: Mutex<Breaker>,
     max_output: usize,
@@ -78,10 +76,21 @@ pub struct Plugin {
     events: broadcast::Sender<PluginEvent>,
 }
 
-#[derive(Debug, Default)]
-struct Breaker {
-    failures: u32,
-    open_until: Option<Instant>,
+/// The circuit breaker: closed (counting failures in a row), open until a
+/// time, or half-open with one trial call let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Breaker {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen,
+}
+
+/// How the breaker let a call through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Normal,
+    /// The one trial call after a cool-down: its result decides.
+    Trial,
 }
 
 /// Why a call gave no usable outcome.
@@ -109,6 +118,7 @@ impl Plugin {
         let name: Arc<str> = Arc::from(format!("wasm:{}", config.name));
         let counters = Arc::new(Counters::default());
         let config_json = config.config.to_string();
+        let live = Arc::new(AtomicUsize::new(0));
         let first = runtime
             .instantiate(
                 &loaded,
@@ -117,6 +127,7 @@ impl Plugin {
                 config.memory,
                 &config_json,
                 budget(config),
+                &live,
             )
             .map_err(|message| LoadError::Configure {
                 path: loaded.path.clone(),
@@ -126,7 +137,6 @@ impl Plugin {
             InstanceMode::Pooled => vec![first],
             InstanceMode::PerCall => Vec::new(),
         };
-        let live = idle.len();
         Ok(Self {
             name,
             config: config.clone(),
@@ -135,9 +145,9 @@ impl Plugin {
             config_json,
             counters,
             idle: Mutex::new(idle),
-            live: AtomicUsize::new(live),
+            live,
             max_live: runtime::max_live(config),
-            breaker: Mutex::new(Breaker::default()),
+            breaker: Mutex::new(Breaker::Closed { failures: 0 }),
             max_output,
             separator: separator.to_owned(),
             events: broadcast::channel(64).0,
@@ -192,13 +202,13 @@ impl Plugin {
         if !self.sees(exchange) {
             return Verdict::Continue;
         }
-        let outcome = match self.admit() {
-            Err(failure) => Err(failure),
-            Ok(()) => self.call(exchange),
+        let admission = match self.admit() {
+            Ok(admission) => admission,
+            Err(failure) => return self.on_error(exchange, failure),
         };
-        match outcome {
+        match self.call(exchange) {
             Ok((verdict, annotations)) => {
-                self.succeeded();
+                self.succeeded(admission);
                 for (key, value) in annotations {
                     exchange.annotations.push(Annotation {
                         interceptor: self.name.clone(),
@@ -209,68 +219,89 @@ impl Plugin {
                 verdict
             }
             Err(failure) => {
-                if failure.kind != "circuit-open" {
-                    self.failed(&failure);
+                tracing::warn!(plugin = %self.name, kind = failure.kind, reason = %failure.reason, "PLUGIN FAILED");
+                // Too many calls at once is load, not a fault of the plugin.
+                if failure.kind != "busy" {
+                    self.failed(admission, &failure);
                 }
                 self.on_error(exchange, failure)
             }
         }
     }
 
-    /// Whether the breaker lets a call through.
-    fn admit(&self) -> Result<(), Failure> {
-        let Ok(breaker) = self.breaker.lock() else {
-            return Ok(());
+    /// Whether the breaker lets a call through, and as what.
+    fn admit(&self) -> Result<Admission, Failure> {
+        let Ok(mut breaker) = self.breaker.lock() else {
+            return Ok(Admission::Normal);
         };
-        match breaker.open_until {
-            Some(until) if Instant::now() < until => Err(Failure {
-                kind: "circuit-open",
-                reason: "its circuit breaker is open after repeated failures".into(),
-            }),
-            _ => Ok(()),
+        let open = || Failure {
+            kind: "circuit-open",
+            reason: "its circuit breaker is open after repeated failures".into(),
+        };
+        match *breaker {
+            Breaker::Closed { .. } => Ok(Admission::Normal),
+            Breaker::Open { until } if Instant::now() < until => Err(open()),
+            Breaker::Open { .. } => {
+                *breaker = Breaker::HalfOpen;
+                Ok(Admission::Trial)
+            }
+            Breaker::HalfOpen => Err(open()),
         }
     }
 
-    fn succeeded(&self) {
+    fn succeeded(&self, admission: Admission) {
         let Ok(mut breaker) = self.breaker.lock() else {
             return;
         };
-        let was_open = breaker.open_until.take().is_some();
-        breaker.failures = 0;
+        match (*breaker, admission) {
+            (Breaker::HalfOpen, Admission::Trial) => {
+                *breaker = Breaker::Closed { failures: 0 };
+                drop(breaker);
+                tracing::warn!(plugin = %self.name, "plugin circuit closed: calls go through again");
+                let _ = self.events.send(PluginEvent::BreakerClosed {
+                    plugin: self.config.name.clone(),
+                });
+            }
+            (Breaker::Closed { .. }, _) => *breaker = Breaker::Closed { failures: 0 },
+            // A call let through before the circuit opened says nothing
+            // about the trial.
+            _ => {}
+        }
+    }
+
+    fn failed(&self, admission: Admission, failure: &Failure) {
+        let Ok(mut breaker) = self.breaker.lock() else {
+            return;
+        };
+        let failures = match (*breaker, admission) {
+            (Breaker::Closed { failures }, _) => {
+                let failures = failures.saturating_add(1);
+                if failures < self.config.breaker_failures {
+                    *breaker = Breaker::Closed { failures };
+                    return;
+                }
+                failures
+            }
+            // The trial failed: open again.
+            (Breaker::HalfOpen, Admission::Trial) => 1,
+            _ => return,
+        };
+        *breaker = Breaker::Open {
+            until: Instant::now() + self.config.breaker_cooldown,
+        };
         drop(breaker);
-        if was_open {
-            tracing::warn!(plugin = %self.name, "plugin circuit closed: calls go through again");
-            let _ = self.events.send(PluginEvent::BreakerClosed {
-                plugin: self.config.name.clone(),
-            });
-        }
-    }
-
-    fn failed(&self, failure: &Failure) {
-        tracing::warn!(plugin = %self.name, kind = failure.kind, reason = %failure.reason, "PLUGIN FAILED");
-        let Ok(mut breaker) = self.breaker.lock() else {
-            return;
-        };
-        breaker.failures = breaker.failures.saturating_add(1);
-        // Opens at the threshold, and again on a failed trial call after a
-        // cool-down.
-        if breaker.failures >= self.config.breaker_failures {
-            let failures = breaker.failures;
-            breaker.open_until = Some(Instant::now() + self.config.breaker_cooldown);
-            drop(breaker);
-            tracing::error!(
-                plugin = %self.name,
-                failures,
-                cooldown_ms = self.config.breaker_cooldown.as_millis() as u64,
-                "PLUGIN CIRCUIT OPEN: the plugin is not called until the cool-down has passed"
-            );
-            let _ = self.events.send(PluginEvent::BreakerOpened {
-                plugin: self.config.name.clone(),
-                failures,
-                last_error: failure.reason.clone(),
-                cooldown: self.config.breaker_cooldown,
-            });
-        }
+        tracing::error!(
+            plugin = %self.name,
+            failures,
+            cooldown_ms = self.config.breaker_cooldown.as_millis() as u64,
+            "PLUGIN CIRCUIT OPEN: the plugin is not called until the cool-down has passed"
+        );
+        let _ = self.events.send(PluginEvent::BreakerOpened {
+            plugin: self.config.name.clone(),
+            failures,
+            last_error: failure.reason.clone(),
+            cooldown: self.config.breaker_cooldown,
+        });
     }
 
     fn on_error(&self, exchange: &mut Exchange, failure: Failure) -> Verdict {
@@ -285,7 +316,7 @@ impl Plugin {
             OnError::Continue => {
                 exchange.annotations.push(Annotation {
                     interceptor: self.name.clone(),
-                    key: "error".into(),
+                    key: HOST_ERROR_KEY.into(),
                     value: failure.reason,
                 });
                 Verdict::Continue
@@ -293,15 +324,15 @@ impl Plugin {
         }
     }
 
-    /// An instance to call: a warm one, or a new one.
-    fn checkout(&self) -> Result<Instance, Failure> {
+    /// An instance to call: a warm one (`false`), or a new one whose budget,
+    /// armed before it was made, also covers the call (`true`).
+    fn checkout(&self) -> Result<(Instance, bool), Failure> {
         if self.config.instance == InstanceMode::Pooled
             && let Some(instance) = self.idle.lock().ok().and_then(|mut idle| idle.pop())
         {
-            return Ok(instance);
+            return Ok((instance, false));
         }
-        if self.live.fetch_add(1, Ordering::AcqRel) >= self.max_live {
-            self.live.fetch_sub(1, Ordering::AcqRel);
+        if self.live.load(Ordering::Acquire) >= self.max_live {
             return Err(Failure {
                 kind: "busy",
                 reason: format!("more than {} calls at once", self.max_live),
@@ -315,13 +346,12 @@ impl Plugin {
                 self.config.memory,
                 &self.config_json,
                 budget(&self.config),
+                &self.live,
             )
-            .map_err(|reason| {
-                self.live.fetch_sub(1, Ordering::AcqRel);
-                Failure {
-                    kind: "trap",
-                    reason,
-                }
+            .map(|instance| (instance, true))
+            .map_err(|reason| Failure {
+                kind: "trap",
+                reason,
             })
     }
 
@@ -332,14 +362,7 @@ impl Plugin {
             && idle.len() < self.config.pool
         {
             idle.push(instance);
-            return;
         }
-        self.discard(instance);
-    }
-
-    fn discard(&self, instance: Instance) {
-        drop(instance);
-        self.live.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Calls the plugin on a message (whatever its `methods` and `phases`,
@@ -355,77 +378,69 @@ impl Plugin {
             Phase::Response => wit::Phase::Response,
             Phase::Notification => wit::Phase::Notification,
         };
-        let mut instance = self.checkout()?;
-        let trap = |reason: String| Failure {
-            kind: "trap",
-            reason,
-        };
-        let answer = match instance.arm(budget(&self.config), self.runtime.fuel()) {
-            Err(reason) => Err(trap(reason)),
-            Ok(()) => instance.on_message(phase, &context, &payload).map_err(trap),
-        };
-        let checked = answer.and_then(|outcome| self.check(exchange, outcome));
-        match &checked {
-            Ok(_) => self.checkin(instance),
-            Err(_) => self.discard(instance),
+        let (mut instance, fresh) = self.checkout()?;
+        if !fresh {
+            instance
+                .arm(budget(&self.config), self.runtime.fuel())
+                .map_err(|reason| Failure {
+                    kind: "trap",
+                    reason,
+                })?;
+        }
+        let checked = instance
+            .on_message(phase, &context, &payload, self.max_output)
+            .map_err(|err| match err {
+                CallError::Trap(reason) => Failure {
+                    kind: "trap",
+                    reason,
+                },
+                CallError::Invalid(reason) => Failure {
+                    kind: "invalid",
+                    reason,
+                },
+            })
+            .and_then(|(answer, annotations)| self.check(exchange, answer, annotations));
+        // A failed instance is dropped here; a good one goes back.
+        if checked.is_ok() {
+            self.checkin(instance);
         }
         checked
     }
 
-    /// An outcome turned into a verdict, or why it is not a valid one.
-    fn check(&self, exchange: &Exchange, outcome: wit::Outcome) -> Result<Evaluation, Failure> {
+    /// An answer turned into a verdict, or why it is not a valid one.
+    fn check(
+        &self,
+        exchange: &Exchange,
+        answer: Answer,
+        annotations: Vec<(String, String)>,
+    ) -> Result<Evaluation, Failure> {
         let invalid = |reason: String| Failure {
             kind: "invalid",
             reason,
         };
-        if outcome.annotations.len() > MAX_ANNOTATIONS {
+        if annotations.iter().any(|(key, _)| key == HOST_ERROR_KEY) {
             return Err(invalid(format!(
-                "{} annotations (at most {MAX_ANNOTATIONS})",
-                outcome.annotations.len()
+                "annotation `{HOST_ERROR_KEY}` is the proxy's own (it notes the plugin's failures)"
             )));
         }
-        if let Some((key, _)) = outcome.annotations.iter().find(|(key, value)| {
-            key.is_empty() || key.len() > MAX_ANNOTATION_KEY || value.len() > MAX_ANNOTATION_VALUE
-        }) {
-            return Err(invalid(format!(
-                "annotation `{}` is empty or too long (keys up to {MAX_ANNOTATION_KEY} bytes, values up to {MAX_ANNOTATION_VALUE})",
-                key.chars().take(MAX_ANNOTATION_KEY).collect::<String>()
-            )));
-        }
-        let verdict = match outcome.verdict {
-            wit::Verdict::Continue => Verdict::Continue,
-            wit::Verdict::Deny(denial) => {
-                if (-32768..=-32000).contains(&denial.code) {
+        let verdict = match answer {
+            Answer::Continue => Verdict::Continue,
+            Answer::Deny { code, message } => {
+                if (-32768..=-32000).contains(&code) {
                     return Err(invalid(format!(
-                        "denial code {} is in -32768..=-32000, which JSON-RPC and the proxy reserve",
-                        denial.code
+                        "denial code {code} is in -32768..=-32000, which JSON-RPC and the proxy reserve"
                     )));
                 }
-                let mut message = denial.message;
-                if message.len() > MAX_DENIAL_MESSAGE {
-                    let mut end = MAX_DENIAL_MESSAGE;
-                    while !message.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    message.truncate(end);
-                }
-                Verdict::Deny(Denial::new(i64::from(denial.code), message))
+                Verdict::Deny(Denial::new(i64::from(code), message))
             }
-            wit::Verdict::Modify(text) => {
-                if text.len() > self.max_output {
-                    return Err(invalid(format!(
-                        "a modified message of {} bytes (the limit is {})",
-                        text.len(),
-                        self.max_output
-                    )));
-                }
+            Answer::Modify(text) => {
                 let message: Value = serde_json::from_str(&text)
                     .map_err(|err| invalid(format!("the modified message is not JSON: {err}")))?;
                 same_envelope(&exchange.message, &message, exchange.phase).map_err(invalid)?;
                 Verdict::Modify(message)
             }
         };
-        Ok((verdict, outcome.annotations))
+        Ok((verdict, annotations))
     }
 }
 
@@ -490,7 +505,15 @@ fn same_envelope(before: &Value, after: &Value, phase: Phase) -> Result<(), Stri
     }
     match phase {
         Phase::Request | Phase::Notification => {
-            for pointer in ["/params/name", "/params/uri"] {
+            // What routing, authorization and cancellation go by.
+            for pointer in [
+                "/params/name",
+                "/params/uri",
+                "/params/ref",
+                "/params/requestId",
+                "/params/_meta/progressToken",
+                "/params/progressToken",
+            ] {
                 if before.pointer(pointer) != after.pointer(pointer) {
                     return Err(format!(
                         "the modified message changes `{}` (what was authorized)",

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use wasmtime::{
     StoreLimitsBuilder,
 };
 
-use super::bindings::exports::portcullis::interceptor::handler::{Context, Outcome, Phase};
+use super::bindings::exports::portcullis::interceptor::handler::{Context, Phase, Verdict};
 use super::bindings::portcullis::interceptor::host;
 use super::bindings::{Interceptor as Bindings, InterceptorPre};
 use crate::config::PluginConfig;
@@ -101,16 +101,32 @@ pub struct State {
     limits: StoreLimits,
     plugin: Arc<str>,
     counters: Arc<Counters>,
+    /// Log lines left for this call.
+    log_budget: u32,
 }
 
 impl host::Host for State {
     fn log(&mut self, level: host::Level, message: String) {
-        let mut end = message.len().min(MAX_LOG_LINE);
-        while !message.is_char_boundary(end) {
-            end -= 1;
+        if self.log_budget == 0 {
+            return;
         }
-        let message = &message[..end];
+        self.log_budget -= 1;
         let plugin = &*self.plugin;
+        // Control characters are escaped: a plugin cannot forge log lines.
+        let message: String = cut(&message, MAX_LOG_LINE)
+            .chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect();
+        if self.log_budget == 0 {
+            tracing::warn!(plugin, "the plugin's log lines for this call are used up");
+        }
         match level {
             host::Level::Trace => tracing::trace!(plugin, "{message}"),
             host::Level::Debug => tracing::debug!(plugin, "{message}"),
@@ -150,8 +166,11 @@ impl Drop for Runtime {
 /// synchronous, so no more run at a time than threads run the chain.
 pub fn max_live(config: &PluginConfig) -> usize {
     let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-    config.pool.max(threads) * 2 + 2
+    (config.pool.max(threads) * 2 + 2).min(MAX_LIVE)
 }
+
+/// The most instances of one plugin alive at once, whatever the machine.
+const MAX_LIVE: usize = 64;
 
 impl Runtime {
     /// An engine sized for these plugins (the pooling allocator reserves
@@ -171,9 +190,9 @@ impl Runtime {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots as u32)
             .total_core_instances((slots * 8) as u32)
-            .total_memories((slots * 2) as u32)
+            .total_memories(slots as u32)
             .total_tables((slots * 8) as u32)
-            .max_memories_per_component(2)
+            .max_memories_per_component(1)
             .max_core_instances_per_component(8)
             .max_tables_per_component(8)
             .max_memory_size(largest as usize);
@@ -308,7 +327,9 @@ impl Runtime {
         Ok(())
     }
 
-    /// A new instance, configured; `None` in `limits` means the defaults.
+    /// A new instance, configured, counted in `live` until it is dropped.
+    /// The budget covers instantiation and `configure` together.
+    #[allow(clippy::too_many_arguments)]
     pub fn instantiate(
         &self,
         loaded: &Loaded,
@@ -317,9 +338,11 @@ impl Runtime {
         memory: u64,
         config_json: &str,
         budget: Budget,
+        live: &Arc<AtomicUsize>,
     ) -> Result<Instance, String> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory as usize)
+            .memories(1)
             .trap_on_grow_failure(true)
             .build();
         let mut store = Store::new(
@@ -328,25 +351,31 @@ impl Runtime {
                 limits,
                 plugin: plugin.clone(),
                 counters: counters.clone(),
+                log_budget: LOG_LINES_PER_CALL,
             },
         );
         store.limiter(|state| &mut state.limits);
         let mut instance = Instance {
             store,
             bindings: None,
+            _live: Live::new(live),
         };
         instance.arm(budget, self.fuel)?;
         let bindings = loaded
             .pre
             .instantiate(&mut instance.store)
             .map_err(|err| describe(&err))?;
-        instance.arm(budget, self.fuel)?;
         match bindings
             .portcullis_interceptor_handler()
             .call_configure(&mut instance.store, config_json)
         {
             Ok(Ok(())) => {}
-            Ok(Err(message)) => return Err(format!("`configure` refused the config: {message}")),
+            Ok(Err(message)) => {
+                return Err(format!(
+                    "`configure` refused the config: {}",
+                    cut(&message, MAX_CONFIGURE_ERROR)
+                ));
+            }
             Err(err) => return Err(format!("`configure` failed: {}", describe(&err))),
         }
         instance.bindings = Some(bindings);
@@ -372,17 +401,72 @@ pub struct Budget {
     pub fuel: Option<u64>,
 }
 
+/// One live instance of a plugin, counted while it exists.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A plugin's answer, read and bounded.
+#[derive(Debug)]
+pub enum Answer {
+    Continue,
+    /// The new message's JSON text (at most the output limit).
+    Modify(String),
+    Deny {
+        code: i32,
+        /// Cut at [`MAX_DENIAL_MESSAGE`].
+        message: String,
+    },
+}
+
+/// Why a call gave no answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// It trapped: a panic, out of time, fuel or memory, a WASI call.
+    Trap(String),
+    /// It answered something that breaks the interface's rules.
+    Invalid(String),
+}
+
+/// The most annotations one outcome may carry, and their sizes.
+pub const MAX_ANNOTATIONS: usize = 16;
+pub const MAX_ANNOTATION_KEY: usize = 64;
+pub const MAX_ANNOTATION_VALUE: usize = 1024;
+/// A denial's message is cut at this many bytes, and so is the error text
+/// of a `configure` that refuses its config.
+pub const MAX_DENIAL_MESSAGE: usize = 1024;
+const MAX_CONFIGURE_ERROR: usize = 1024;
+/// Log lines a plugin may write per call (and per `configure`).
+const LOG_LINES_PER_CALL: u32 = 16;
+
 /// A live instance and its store.
 pub struct Instance {
     pub store: Store<State>,
     bindings: Option<Bindings>,
+    _live: Live,
 }
 
 impl Instance {
-    /// Resets the deadline (and fuel) for the next call.
+    /// Resets the deadline (and fuel, and the log budget) for the next call.
     pub fn arm(&mut self, budget: Budget, fuel_on: bool) -> Result<(), String> {
-        let ticks = budget.timeout.as_micros().div_ceil(TICK.as_micros()) as u64 + 1;
-        self.store.set_epoch_deadline(ticks);
+        let ticks = budget.timeout.as_micros().div_ceil(TICK.as_micros());
+        self.store.set_epoch_deadline(
+            u64::try_from(ticks)
+                .unwrap_or(u64::MAX / 2)
+                .saturating_add(1),
+        );
+        self.store.data_mut().log_budget = LOG_LINES_PER_CALL;
         if fuel_on {
             self.store
                 .set_fuel(budget.fuel.unwrap_or(u64::MAX))
@@ -391,21 +475,80 @@ impl Instance {
         Ok(())
     }
 
-    /// Calls `on-message`.
+    /// Calls `on-message` and checks its outcome against the limits: a
+    /// modified message of at most `max_output` bytes, at most
+    /// [`MAX_ANNOTATIONS`] annotations of bounded size. What the host copies
+    /// out of the instance is bounded before it is copied (wasmtime's
+    /// hostcall fuel), so no outcome can make the proxy allocate more than
+    /// about `max_output` plus the annotations' worth.
     pub fn on_message(
         &mut self,
         phase: Phase,
         context: &Context,
         payload: &str,
-    ) -> Result<Outcome, String> {
+        max_output: usize,
+    ) -> Result<(Answer, Vec<(String, String)>), CallError> {
         let Some(bindings) = &self.bindings else {
-            return Err("the instance is not configured".into());
+            return Err(CallError::Trap("the instance is not configured".into()));
         };
-        bindings
+        self.store.set_hostcall_fuel(
+            max_output + MAX_ANNOTATIONS * (MAX_ANNOTATION_KEY + MAX_ANNOTATION_VALUE + 64) + 4096,
+        );
+        let outcome = bindings
             .portcullis_interceptor_handler()
             .call_on_message(&mut self.store, phase, context, payload)
-            .map_err(|err| describe(&err))
+            .map_err(|err| {
+                let reason = describe(&err);
+                if reason.contains("too much data is being copied") {
+                    CallError::Invalid(format!(
+                        "an outcome larger than {max_output} bytes of message and {MAX_ANNOTATIONS} annotations"
+                    ))
+                } else {
+                    CallError::Trap(reason)
+                }
+            })?;
+        let invalid = CallError::Invalid;
+        let count = outcome.annotations.len();
+        if count > MAX_ANNOTATIONS {
+            return Err(invalid(format!(
+                "{count} annotations (at most {MAX_ANNOTATIONS})"
+            )));
+        }
+        if let Some((key, _)) = outcome.annotations.iter().find(|(key, value)| {
+            key.is_empty() || key.len() > MAX_ANNOTATION_KEY || value.len() > MAX_ANNOTATION_VALUE
+        }) {
+            return Err(invalid(format!(
+                "annotation `{}` is empty or too long (keys up to {MAX_ANNOTATION_KEY} bytes, values up to {MAX_ANNOTATION_VALUE})",
+                cut(key, MAX_ANNOTATION_KEY)
+            )));
+        }
+        let answer = match outcome.verdict {
+            Verdict::Continue => Answer::Continue,
+            Verdict::Modify(message) => {
+                if message.len() > max_output {
+                    return Err(invalid(format!(
+                        "a modified message of {} bytes (the limit is {max_output})",
+                        message.len()
+                    )));
+                }
+                Answer::Modify(message)
+            }
+            Verdict::Deny(denial) => Answer::Deny {
+                code: denial.code,
+                message: cut(&denial.message, MAX_DENIAL_MESSAGE).to_owned(),
+            },
+        };
+        Ok((answer, outcome.annotations))
     }
+}
+
+/// `text` cut at a character boundary at or below `most` bytes.
+pub fn cut(text: &str, most: usize) -> &str {
+    let mut end = text.len().min(most);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// A failed call in a few words: what a log line and an audit record say.
@@ -431,9 +574,5 @@ pub fn describe(err: &wasmtime::Error) -> String {
     } else {
         root
     };
-    let mut end = text.len().min(300);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    cut(&text, 300).to_owned()
 }

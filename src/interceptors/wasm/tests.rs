@@ -12,33 +12,16 @@ use serde_json::json;
 
 use super::*;
 use crate::chain::{ClientIdentity, Context, Transport};
-use crate::config::Phases;
 
 fn plugin_config(path: &std::path::Path) -> PluginConfig {
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("fixture");
     PluginConfig {
-        name: path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("fixture")
-            .to_owned(),
-        path: path.to_owned(),
-        sha256: None,
-        methods: vec!["*".into()],
-        tools: Vec::new(),
-        phases: Phases {
-            request: true,
-            response: true,
-            notification: true,
-        },
-        on_error: OnError::Deny,
-        timeout: Duration::from_millis(10),
-        fuel: None,
-        memory: 32 * 1024 * 1024,
-        instance: InstanceMode::Pooled,
         pool: 2,
         breaker_failures: 100,
-        breaker_cooldown: Duration::from_secs(30),
-        config: json!({}),
+        ..PluginConfig::new(name, path)
     }
 }
 
@@ -123,10 +106,20 @@ fn each_hostile_plugin_is_contained_and_denied_with_its_reason() {
         (
             Behaviour::Oversized,
             "invalid",
-            "a modified message of 8388608 bytes",
+            "an outcome larger than 4194304 bytes",
         ),
         (Behaviour::ReservedCode, "invalid", "denial code -32600"),
         (Behaviour::Retarget, "invalid", "changes `params/name`"),
+        (
+            Behaviour::AnnotationFlood,
+            "invalid",
+            "1000 annotations (at most 16)",
+        ),
+        (
+            Behaviour::ErrorKey,
+            "invalid",
+            "annotation `error` is the proxy's own",
+        ),
     ];
     for (behaviour, kind, reason) in cases {
         let plugin = load(&fixture(&dir, behaviour)).unwrap();
@@ -228,6 +221,22 @@ fn repeated_failures_open_the_breaker_and_a_success_closes_it() {
     let open = denial(plugin.run(&mut call(Phase::Response)));
     assert_eq!(open.data["plugin_error"], json!("circuit-open"));
     std::thread::sleep(Duration::from_millis(250));
+    // After the cool-down one trial goes through; it fails, so the circuit
+    // opens again at once.
+    assert_eq!(
+        denial(plugin.run(&mut call(Phase::Request))).data["plugin_error"],
+        json!("trap")
+    );
+    assert!(matches!(
+        events.try_recv(),
+        Ok(PluginEvent::BreakerOpened { .. })
+    ));
+    assert_eq!(
+        denial(plugin.run(&mut call(Phase::Response))).data["plugin_error"],
+        json!("circuit-open")
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    // A trial that succeeds closes it.
     assert_eq!(plugin.run(&mut call(Phase::Response)), Verdict::Continue);
     assert_eq!(
         events.try_recv().ok(),
