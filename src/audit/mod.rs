@@ -1,11 +1,14 @@
 //! The audit log: one hash-chained record per exchange, committed before the
 //! client gets the reply.
 //!
-//! Records go to one writer thread, which seals them into the chain (sequence
-//! number, `prev_hash`, `hash`) and writes each batch it finds waiting with
-//! one flush (group commit): under load, many records share one fsync. A
-//! commit that fails is reported to every waiting caller, and the gateway
-//! refuses calls while the store cannot be written (fail closed).
+//! A [`Writer`] seals records into the chain (sequence number, `prev_hash`,
+//! `hash`) and writes each batch it finds waiting with one flush (group
+//! commit): under load, many records share one fsync. Records reach it
+//! through a writer thread's queue; in durable mode a caller that finds the
+//! writer idle writes its record itself, so a lone caller pays one fsync and
+//! no hand-off between threads. A commit that fails is
+//! reported to every waiting caller, and the gateway refuses calls while the
+//! store cannot be written (fail closed).
 
 mod query;
 mod record;
@@ -46,10 +49,22 @@ struct Job {
     done: Option<oneshot::Sender<Result<u64, AuditError>>>,
 }
 
+/// A durable commit's answer: the record's sequence number once stored.
+type Done = oneshot::Sender<Result<u64, AuditError>>;
+
+/// How records reach the store: the writer thread's queue, and the writer
+/// itself (which the thread locks per batch, and an idle writer's caller
+/// may take).
+#[derive(Clone)]
+struct Route {
+    jobs: mpsc::Sender<Job>,
+    writer: Arc<std::sync::Mutex<Writer>>,
+}
+
 /// The handle the gateway commits records through.
 #[derive(Clone)]
 pub struct Audit {
-    jobs: mpsc::Sender<Job>,
+    route: Route,
     failing: Arc<AtomicBool>,
     /// Durable: `commit` returns once the record is flushed. Buffered: once
     /// the writer has it in its queue.
@@ -81,10 +96,8 @@ impl Audit {
         durable: bool,
         retention: Retention,
     ) -> Result<Self, AuditError> {
-        let (jobs, mut queue) = mpsc::channel::<Job>(MAX_BATCH * 4);
         let failing = Arc::new(AtomicBool::new(false));
-        let flag = failing.clone();
-        let mut tip = match storage.last()? {
+        let tip = match storage.last()? {
             Some(end) => Tip {
                 seq: end.seq,
                 hash: end.hash,
@@ -98,93 +111,21 @@ impl Audit {
         };
         let reader = storage.reader();
         let (tell, written) = watch::channel(tip.seq);
-        let mut storage = storage;
-        let mut pruning = Pruning::new(retention);
-        pruning.run(&mut storage, &mut tip, &tell);
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || {
-                while let Some(first) = queue.blocking_recv() {
-                    if first.record.is_none() {
-                        let result = storage.flush().map(|()| tip.seq);
-                        if let Some(done) = first.done {
-                            let _ = done.send(result);
-                        }
-                        continue;
-                    }
-                    let mut batch = vec![first];
-                    let mut flush_after = None;
-                    while batch.len() < MAX_BATCH {
-                        match queue.try_recv() {
-                            Ok(job) if job.record.is_none() => {
-                                flush_after = Some(job);
-                                break;
-                            }
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    let mut records = Vec::with_capacity(batch.len());
-                    let (mut next_seq, mut prev) = (tip.seq, tip.hash.clone());
-                    let mut time = tip.time.clone();
-                    for job in &mut batch {
-                        let Some(mut record) = job.record.take() else {
-                            continue;
-                        };
-                        next_seq += 1;
-                        // Times never go backwards along the chain (queries
-                        // find a time range by binary search): a record
-                        // that finished earlier than the one before it in
-                        // the chain takes that one's time.
-                        if record.time < time {
-                            record.time.clone_from(&time);
-                        } else {
-                            time.clone_from(&record.time);
-                        }
-                        record.seal(next_seq, &prev);
-                        prev.clone_from(&record.hash);
-                        records.push(record);
-                    }
-                    match storage.append(&records) {
-                        Ok(()) => {
-                            flag.store(false, Ordering::Relaxed);
-                            for (job, record) in batch.into_iter().zip(&records) {
-                                if let Some(done) = job.done {
-                                    let _ = done.send(Ok(record.seq));
-                                }
-                            }
-                            tip = Tip {
-                                seq: next_seq,
-                                hash: prev,
-                                time,
-                            };
-                            tell.send_replace(tip.seq);
-                            if pruning.due(records.len() as u64) {
-                                pruning.run(&mut storage, &mut tip, &tell);
-                            }
-                        }
-                        Err(err) => {
-                            if !flag.swap(true, Ordering::Relaxed) {
-                                tracing::error!(error = %err, "AUDIT STORE FAILING: calls are refused until records can be written again");
-                            }
-                            for job in batch {
-                                if let Some(done) = job.done {
-                                    let _ = done.send(Err(err.clone()));
-                                }
-                            }
-                        }
-                    }
-                    if let Some(job) = flush_after {
-                        let result = storage.flush().map(|()| tip.seq);
-                        if let Some(done) = job.done {
-                            let _ = done.send(result);
-                        }
-                    }
-                }
-            })
-            .map_err(|err| AuditError::Write(format!("cannot start the writer: {err}")))?;
+        let mut writer = Writer {
+            storage: Box::new(storage),
+            tip,
+            pruning: Pruning::new(retention),
+            tell,
+            failing: failing.clone(),
+        };
+        writer.prune();
+        let writer = Arc::new(std::sync::Mutex::new(writer));
+        let route = Route {
+            jobs: Writer::spawn(writer.clone())?,
+            writer,
+        };
         Ok(Self {
-            jobs,
+            route,
             failing,
             durable,
             written,
@@ -202,8 +143,10 @@ impl Audit {
                 "the last records could not be written".into(),
             ));
         }
+        let route = &self.route;
         if !self.durable {
-            self.jobs
+            route
+                .jobs
                 .send(Job {
                     record: Some(record),
                     done: None,
@@ -212,8 +155,21 @@ impl Audit {
                 .map_err(|_| AuditError::Stopped)?;
             return Ok(None);
         }
+        // An idle writer (nothing queued, nobody writing) is taken at once:
+        // one fsync, no hand-off to the writer thread and back.
+        let idle = route.jobs.capacity() == route.jobs.max_capacity();
+        if idle && let Ok(mut writer) = route.writer.try_lock() {
+            let (done, mut result) = oneshot::channel();
+            blocking(|| writer.write_and_tell(vec![(record, Some(done))]));
+            drop(writer);
+            return match result.try_recv() {
+                Ok(result) => result.map(Some),
+                Err(_) => Err(AuditError::Stopped),
+            };
+        }
         let (done, result) = oneshot::channel();
-        self.jobs
+        route
+            .jobs
             .send(Job {
                 record: Some(record),
                 done: Some(done),
@@ -226,7 +182,8 @@ impl Audit {
     /// Flushes every record queued so far (at shutdown, for buffered mode).
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (done, result) = oneshot::channel();
-        self.jobs
+        self.route
+            .jobs
             .send(Job {
                 record: None,
                 done: Some(done),
@@ -260,6 +217,140 @@ struct Tip {
     seq: u64,
     hash: String,
     time: String,
+}
+
+/// The writing end of the chain: the storage, its tip, retention.
+struct Writer {
+    storage: Box<dyn Storage>,
+    tip: Tip,
+    pruning: Pruning,
+    /// Tells followers the last sequence number written.
+    tell: watch::Sender<u64>,
+    /// Set while the store cannot be written.
+    failing: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Seals the records onto the chain and stores them with one flush; the
+    /// sequence numbers they got. A failure stores none of them.
+    fn write(&mut self, mut records: Vec<AuditRecord>) -> Result<Vec<u64>, AuditError> {
+        let (mut next_seq, mut prev) = (self.tip.seq, self.tip.hash.clone());
+        let mut time = self.tip.time.clone();
+        for record in &mut records {
+            next_seq += 1;
+            // Times never go backwards along the chain (queries find a time
+            // range by binary search): a record that finished earlier than
+            // the one before it in the chain takes that one's time.
+            if record.time < time {
+                record.time.clone_from(&time);
+            } else {
+                time.clone_from(&record.time);
+            }
+            record.seal(next_seq, &prev);
+            prev.clone_from(&record.hash);
+        }
+        match self.storage.append(&records) {
+            Ok(()) => {
+                self.failing.store(false, Ordering::Relaxed);
+                self.tip = Tip {
+                    seq: next_seq,
+                    hash: prev,
+                    time,
+                };
+                self.tell.send_replace(self.tip.seq);
+                if self.pruning.due(records.len() as u64) {
+                    self.prune();
+                }
+                Ok(records.iter().map(|record| record.seq).collect())
+            }
+            Err(err) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %err, "AUDIT STORE FAILING: calls are refused until records can be written again");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Writes a batch and tells each waiting caller its sequence number (or
+    /// the failure).
+    fn write_and_tell(&mut self, batch: Vec<(AuditRecord, Option<Done>)>) {
+        let (records, done): (Vec<AuditRecord>, Vec<Option<Done>>) = batch.into_iter().unzip();
+        match self.write(records) {
+            Ok(seqs) => {
+                for (done, seq) in done.into_iter().zip(seqs) {
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(seq));
+                    }
+                }
+            }
+            Err(err) => {
+                for done in done.into_iter().flatten() {
+                    let _ = done.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<u64, AuditError> {
+        self.storage.flush().map(|()| self.tip.seq)
+    }
+
+    fn prune(&mut self) {
+        self.pruning
+            .run(&mut *self.storage, &mut self.tip, &self.tell);
+    }
+
+    /// The writer thread: it writes each batch it finds waiting in its
+    /// queue.
+    fn spawn(writer: Arc<std::sync::Mutex<Writer>>) -> Result<mpsc::Sender<Job>, AuditError> {
+        let (jobs, mut queue) = mpsc::channel::<Job>(MAX_BATCH * 4);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                while let Some(first) = queue.blocking_recv() {
+                    let mut flush = None;
+                    let mut batch = Vec::new();
+                    match first.record {
+                        None => flush = Some(first.done),
+                        Some(record) => batch.push((record, first.done)),
+                    }
+                    while flush.is_none() && batch.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(Job { record: None, done }) => flush = Some(done),
+                            Ok(Job {
+                                record: Some(record),
+                                done,
+                            }) => batch.push((record, done)),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut this = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    if !batch.is_empty() {
+                        this.write_and_tell(batch);
+                    }
+                    if let Some(done) = flush {
+                        let result = this.flush();
+                        if let Some(done) = done {
+                            let _ = done.send(result);
+                        }
+                    }
+                }
+            })
+            .map_err(|err| AuditError::Write(format!("cannot start the writer: {err}")))?;
+        Ok(jobs)
+    }
+}
+
+/// Runs disk work from async code: on a multi-threaded runtime the worker
+/// hands its other tasks on while this one waits for the disk.
+fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
 }
 
 /// When the writer prunes, and how.
@@ -299,7 +390,7 @@ impl Pruning {
     /// joins the chain (where the kept chain starts, and the hash it starts
     /// from), then the anchor is stored and the older records removed. A
     /// failure is logged; the log keeps growing and calls go on.
-    fn run(&mut self, storage: &mut impl Storage, tip: &mut Tip, tell: &watch::Sender<u64>) {
+    fn run(&mut self, storage: &mut dyn Storage, tip: &mut Tip, tell: &watch::Sender<u64>) {
         self.last_run = std::time::Instant::now();
         self.written_since = 0;
         if self.retention.keeps_everything() {
