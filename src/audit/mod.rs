@@ -19,7 +19,7 @@ pub use record::{AuditRecord, GENESIS, Redaction, sha256_canonical};
 pub use store::{Anchor, ChainEnd, SledStorage, Storage};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -46,7 +46,7 @@ struct Job {
     /// `None`: flush what was written so far (at shutdown).
     record: Option<AuditRecord>,
     /// Told when the record is stored (durable mode) or the flush done.
-    done: Option<oneshot::Sender<Result<u64, AuditError>>>,
+    done: Option<Done>,
 }
 
 /// A durable commit's answer: the record's sequence number once stored.
@@ -61,6 +61,25 @@ struct Route {
     writer: Arc<std::sync::Mutex<Writer>>,
 }
 
+impl Route {
+    /// Writes a record on the caller's thread when the writer is idle
+    /// (nothing queued, nobody writing): one fsync, no hand-off to the
+    /// writer thread and back. `None` (the record left) when the writer is
+    /// busy.
+    fn write_if_idle(&self, record: &mut Option<AuditRecord>) -> Option<Result<u64, AuditError>> {
+        if self.jobs.capacity() != self.jobs.max_capacity() {
+            return None;
+        }
+        let mut writer = self.writer.try_lock().ok()?;
+        let record = record.take()?;
+        Some(blocking(|| {
+            let result = writer.write(vec![record]);
+            writer.settle();
+            result.and_then(|seqs| seqs.first().copied().ok_or(AuditError::Stopped))
+        }))
+    }
+}
+
 /// The handle the gateway commits records through.
 #[derive(Clone)]
 pub struct Audit {
@@ -69,8 +88,12 @@ pub struct Audit {
     /// Durable: `commit` returns once the record is flushed. Buffered: once
     /// the writer has it in its queue.
     durable: bool,
-    /// The sequence number of the last record written (for followers).
+    /// The sequence number of the last record written and readable (for
+    /// followers).
     written: watch::Receiver<u64>,
+    /// The sequence number of the last record made durable (it may not be
+    /// readable yet: see [`Audit::caught_up`]).
+    logged: Arc<AtomicU64>,
     reader: Option<Reader>,
 }
 
@@ -111,7 +134,10 @@ impl Audit {
         };
         let reader = storage.reader();
         let (tell, written) = watch::channel(tip.seq);
+        let logged = Arc::new(AtomicU64::new(tip.seq));
         let mut writer = Writer {
+            unapplied: 0,
+            logged: logged.clone(),
             storage: Box::new(storage),
             tip,
             pruning: Pruning::new(retention),
@@ -129,6 +155,7 @@ impl Audit {
             failing,
             durable,
             written,
+            logged,
             reader,
         })
     }
@@ -155,23 +182,15 @@ impl Audit {
                 .map_err(|_| AuditError::Stopped)?;
             return Ok(None);
         }
-        // An idle writer (nothing queued, nobody writing) is taken at once:
-        // one fsync, no hand-off to the writer thread and back.
-        let idle = route.jobs.capacity() == route.jobs.max_capacity();
-        if idle && let Ok(mut writer) = route.writer.try_lock() {
-            let (done, mut result) = oneshot::channel();
-            blocking(|| writer.write_and_tell(vec![(record, Some(done))]));
-            drop(writer);
-            return match result.try_recv() {
-                Ok(result) => result.map(Some),
-                Err(_) => Err(AuditError::Stopped),
-            };
+        let mut record = Some(record);
+        if let Some(written) = route.write_if_idle(&mut record) {
+            return written.map(Some);
         }
         let (done, result) = oneshot::channel();
         route
             .jobs
             .send(Job {
-                record: Some(record),
+                record,
                 done: Some(done),
             })
             .await
@@ -203,6 +222,19 @@ impl Audit {
         self.written.clone()
     }
 
+    /// Waits (at most `limit`) until every record committed so far is
+    /// readable: a durable commit returns once its record is in the
+    /// write-ahead log, and its sled inserts follow on the writer thread.
+    /// Whether they all are.
+    pub async fn caught_up(&self, limit: std::time::Duration) -> bool {
+        let logged = self.logged.load(Ordering::Acquire);
+        let mut written = self.written.clone();
+        matches!(
+            tokio::time::timeout(limit, written.wait_for(|seq| *seq >= logged)).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// Whether the last commit failed: calls are refused until one succeeds.
     pub fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed)
@@ -228,6 +260,10 @@ struct Writer {
     tell: watch::Sender<u64>,
     /// Set while the store cannot be written.
     failing: Arc<AtomicBool>,
+    /// Records logged (durable) and not yet applied (readable).
+    unapplied: u64,
+    /// The last sequence number logged.
+    logged: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -249,19 +285,21 @@ impl Writer {
             record.seal(next_seq, &prev);
             prev.clone_from(&record.hash);
         }
-        match self.storage.append(&records) {
-            Ok(()) => {
+        let seqs: Vec<u64> = records.iter().map(|record| record.seq).collect();
+        match self.storage.log(records) {
+            Ok(pending) => {
                 self.failing.store(false, Ordering::Relaxed);
                 self.tip = Tip {
                     seq: next_seq,
                     hash: prev,
                     time,
                 };
-                self.tell.send_replace(self.tip.seq);
-                if self.pruning.due(records.len() as u64) {
-                    self.prune();
+                self.logged.store(next_seq, Ordering::Release);
+                self.unapplied += seqs.len() as u64;
+                if !pending {
+                    self.settle();
                 }
-                Ok(records.iter().map(|record| record.seq).collect())
+                Ok(seqs)
             }
             Err(err) => {
                 if !self.failing.swap(true, Ordering::Relaxed) {
@@ -272,8 +310,32 @@ impl Writer {
         }
     }
 
-    /// Writes a batch and tells each waiting caller its sequence number (or
-    /// the failure).
+    /// Makes what was logged readable (the storage's `apply`), tells
+    /// followers, and prunes when due. A failure is logged loudly; the
+    /// records stay in the write-ahead log (replayed at open) and are
+    /// applied with the next batch.
+    fn settle(&mut self) {
+        if self.unapplied == 0 {
+            return;
+        }
+        match self.storage.apply() {
+            Ok(()) => {
+                let applied = std::mem::take(&mut self.unapplied);
+                self.tell.send_replace(self.tip.seq);
+                if self.pruning.due(applied) {
+                    self.prune();
+                }
+            }
+            Err(err) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %err, "AUDIT STORE FAILING: logged records cannot be written into the store (they are kept in its write-ahead log)");
+                }
+            }
+        }
+    }
+
+    /// Writes a batch, tells each waiting caller its sequence number (or
+    /// the failure), then makes the batch readable.
     fn write_and_tell(&mut self, batch: Vec<(AuditRecord, Option<Done>)>) {
         let (records, done): (Vec<AuditRecord>, Vec<Option<Done>>) = batch.into_iter().unzip();
         match self.write(records) {
@@ -290,9 +352,11 @@ impl Writer {
                 }
             }
         }
+        self.settle();
     }
 
     fn flush(&mut self) -> Result<u64, AuditError> {
+        self.settle();
         self.storage.flush().map(|()| self.tip.seq)
     }
 
@@ -311,18 +375,14 @@ impl Writer {
                 while let Some(first) = queue.blocking_recv() {
                     let mut flush = None;
                     let mut batch = Vec::new();
-                    match first.record {
-                        None => flush = Some(first.done),
-                        Some(record) => batch.push((record, first.done)),
-                    }
-                    while flush.is_none() && batch.len() < MAX_BATCH {
-                        match queue.try_recv() {
-                            Ok(Job { record: None, done }) => flush = Some(done),
-                            Ok(Job {
-                                record: Some(record),
-                                done,
-                            }) => batch.push((record, done)),
-                            Err(_) => break,
+                    let mut next = Some(first);
+                    while let Some(job) = next.take() {
+                        match job.record {
+                            Some(record) => batch.push((record, job.done)),
+                            None => flush = Some(job.done),
+                        }
+                        if flush.is_none() && batch.len() < MAX_BATCH {
+                            next = queue.try_recv().ok();
                         }
                     }
                     let mut this = writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -571,16 +631,7 @@ mod tests {
     /// A durable writer on a sled store (waiting for the last one on the
     /// folder to let go of it).
     fn sled_audit(dir: &std::path::Path, retention: Retention) -> (Audit, Reader) {
-        let mut tries = 0;
-        let storage = loop {
-            match SledStorage::open(dir) {
-                Err(AuditError::InUse { .. }) if tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => break other.unwrap_or_else(|e| panic!("{e}")),
-            }
-        };
+        let storage = SledStorage::reopen(dir);
         let reader = storage.reader();
         let audit = Audit::start_with(storage, true, retention).unwrap_or_else(|e| panic!("{e}"));
         (audit, reader)
@@ -593,6 +644,38 @@ mod tests {
             }) => (records, first_seq),
             other => panic!("expected an intact chain, got {other:?}"),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn records_committed_concurrently_are_readable_once_caught_up_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (audit, reader) = sled_audit(dir.path(), Retention::default());
+        // Many callers at once: the writer thread group-commits, answers
+        // after the log's fsync and inserts into sled after answering.
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let audit = audit.clone();
+            tasks.spawn(async move {
+                let mut seqs = Vec::new();
+                for _ in 0..20 {
+                    match audit.commit(sample()).await {
+                        Ok(Some(seq)) => seqs.push(seq),
+                        other => panic!("a durable commit answered {other:?}"),
+                    }
+                }
+                seqs
+            });
+        }
+        let mut seqs: Vec<u64> = tasks.join_all().await.into_iter().flatten().collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=1280).collect::<Vec<u64>>());
+        assert!(audit.caught_up(std::time::Duration::from_secs(5)).await);
+        assert_eq!(*audit.written().borrow(), 1280);
+        assert_eq!(intact(&reader), (1280, 1));
+        drop((audit, reader));
+        let (audit, reader) = sled_audit(dir.path(), Retention::default());
+        assert_eq!(intact(&reader), (1280, 1));
+        assert_eq!(*audit.written().borrow(), 1280);
     }
 
     #[tokio::test(flavor = "multi_thread")]

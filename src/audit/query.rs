@@ -936,7 +936,7 @@ mod tests {
             .clear()
             .unwrap_or_else(|e| panic!("{e}"));
         drop(store);
-        let store = SledStorage::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let store = SledStorage::reopen(dir.path());
         let filter = Filter {
             client: Some("bob".into()),
             decision: Some("deny".into()),

@@ -64,6 +64,17 @@ pub trait Storage: Send + 'static {
     }
     /// Appends sealed records as one batch, durably (flushed) before it returns.
     fn append(&mut self, records: &[AuditRecord]) -> Result<(), AuditError>;
+    /// Makes sealed records durable, as `append`, but may leave the work
+    /// that makes them readable (indexes, queries) to [`Storage::apply`];
+    /// whether it did.
+    fn log(&mut self, records: Vec<AuditRecord>) -> Result<bool, AuditError> {
+        self.append(&records).map(|()| false)
+    }
+    /// Makes everything `log` left readable. Until it succeeds what was
+    /// logged stays durable (replayed at open) and waits here.
+    fn apply(&mut self) -> Result<(), AuditError> {
+        Ok(())
+    }
     /// Makes everything appended so far durable.
     fn flush(&mut self) -> Result<(), AuditError> {
         Ok(())
@@ -84,7 +95,21 @@ pub struct SledStorage {
     /// when the log grows past [`WAL_LIMIT`]. Buffered mode: none (sled
     /// flushes in the background).
     wal: Option<Wal>,
+    /// Records in the write-ahead log that are not yet in sled (see
+    /// [`Storage::log`]), with their serialized values.
+    unapplied: Unapplied,
 }
+
+/// Logged records waiting for their sled inserts.
+#[derive(Default)]
+struct Unapplied {
+    records: Vec<AuditRecord>,
+    values: Vec<Vec<u8>>,
+}
+
+/// At most this many logged records wait for sled: past it, `log` refuses
+/// (sled has been failing for a while; the proxy fails closed).
+const MAX_UNAPPLIED: usize = 100_000;
 
 /// A postings key and its whole new value.
 type Posting = (Vec<u8>, Vec<u8>);
@@ -283,6 +308,7 @@ impl SledStorage {
             index,
             meta,
             wal: None,
+            unapplied: Unapplied::default(),
         };
         store.check_index()?;
         // What a crash left in the write-ahead log goes into sled first.
@@ -318,6 +344,21 @@ impl SledStorage {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Opens a store a test just dropped: sled's flusher thread may still
+    /// hold its lock for a moment.
+    #[cfg(test)]
+    pub(crate) fn reopen(dir: &Path) -> Self {
+        for _ in 0..100 {
+            match Self::open(dir) {
+                Err(AuditError::InUse { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.unwrap_or_else(|e| panic!("{e}")),
+            }
+        }
+        panic!("{} stayed locked", dir.display())
     }
 
     /// Opens the store of a proxy role (`serve`, `stdio-<client>`) under
@@ -610,17 +651,45 @@ impl Storage for SledStorage {
     }
 
     fn append(&mut self, records: &[AuditRecord]) -> Result<(), AuditError> {
-        let values = serialize(records)?;
-        self.insert_values(records, &values)?;
+        self.apply()?;
+        if self.log(records.to_vec())? {
+            self.apply()?;
+        }
+        Ok(())
+    }
+
+    /// Durable mode: the records' frames are appended to the write-ahead
+    /// log (one `fdatasync`) and their sled inserts wait for `apply`, off
+    /// the caller's path. Buffered mode: inserted at once.
+    fn log(&mut self, records: Vec<AuditRecord>) -> Result<bool, AuditError> {
+        let values = serialize(&records)?;
         let Some(wal) = &mut self.wal else {
-            return Ok(());
+            self.insert_values(&records, &values)?;
+            return Ok(false);
         };
+        if self.unapplied.records.len() >= MAX_UNAPPLIED {
+            return Err(AuditError::Write(format!(
+                "{MAX_UNAPPLIED} logged records could not be written into the store"
+            )));
+        }
         let mut frames = Vec::with_capacity(values.iter().map(|v| v.len() + 8).sum());
         for value in &values {
             frame(value, &mut frames);
         }
         wal.append(&frames)?;
-        if wal.bytes > WAL_LIMIT {
+        self.unapplied.records.extend(records);
+        self.unapplied.values.extend(values);
+        Ok(true)
+    }
+
+    fn apply(&mut self) -> Result<(), AuditError> {
+        if !self.unapplied.records.is_empty() {
+            self.insert_values(&self.unapplied.records, &self.unapplied.values)?;
+            self.unapplied = Unapplied::default();
+        }
+        if let Some(wal) = &mut self.wal
+            && wal.bytes > WAL_LIMIT
+        {
             self.db.flush().map_err(write_error)?;
             wal.clear()?;
         }
@@ -628,6 +697,7 @@ impl Storage for SledStorage {
     }
 
     fn flush(&mut self) -> Result<(), AuditError> {
+        self.apply()?;
         self.db.flush().map_err(write_error)?;
         if let Some(wal) = &mut self.wal {
             wal.clear()?;
@@ -701,7 +771,7 @@ mod tests {
         frames.extend_from_slice(&[0, 0, 0, 0, b'{', b'"']);
         std::fs::write(&wal, &frames).unwrap_or_else(|e| panic!("{e}"));
 
-        let store = SledStorage::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let store = SledStorage::reopen(dir.path());
         assert_eq!(store.last().ok().flatten().map(|end| end.seq), Some(5));
         assert!(matches!(
             store.verify(),

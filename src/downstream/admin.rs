@@ -92,6 +92,14 @@ fn admit_with_filter(
     Ok((reader, filter))
 }
 
+/// Waits until every record committed before the request is readable (a
+/// second at most: a store that cannot take them is answered as it is).
+async fn caught_up(state: &HttpState) {
+    if let Some(audit) = state.gateway.audit() {
+        audit.caught_up(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 /// Runs a read off the async threads (a query may walk much of the store).
 async fn read<T: Send + 'static>(
     reader: &Reader,
@@ -113,6 +121,7 @@ async fn query(
         Err(response) => return *response,
     };
     let separator = state.gateway.config().proxy.namespace_separator.clone();
+    caught_up(&state).await;
     let found = read(&reader, move |reader| {
         Ok((reader.query(&filter, &separator)?, reader.last_seq()?))
     })
@@ -130,6 +139,7 @@ async fn verify(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Resp
         Ok(reader) => reader,
         Err(response) => return *response,
     };
+    caught_up(&state).await;
     match read(&reader, Reader::verify).await {
         Ok(verification) => axum::Json(verification).into_response(),
         Err(err) => store_error(&err),
@@ -173,6 +183,7 @@ async fn export(
         Ok(admitted) => admitted,
         Err(response) => return *response,
     };
+    caught_up(&state).await;
     let separator = state.gateway.config().proxy.namespace_separator.clone();
     let shutdown = state.gateway.shutdown_token();
     let (lines, body) = mpsc::channel(64);
@@ -224,6 +235,7 @@ async fn tail(State(state): State<Arc<HttpState>>, headers: HeaderMap, params: P
             "this proxy keeps no audit log",
         );
     };
+    caught_up(&state).await;
     let separator = state.gateway.config().proxy.namespace_separator.clone();
     let shutdown = state.gateway.shutdown_token();
     let (lines, body) = mpsc::channel(64);
