@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::metrics::{Histogram, Metrics};
 use crate::protocol;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,16 @@ pub enum Phase {
     Request,
     Response,
     Notification,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Request => "request",
+            Phase::Response => "response",
+            Phase::Notification => "notification",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +283,9 @@ pub trait Interceptor: Send + Sync + 'static {
 
     /// Runs once per exchange after it ended, whatever the outcome.
     fn on_outcome(&self, _exchange: &Exchange, _outcome: &Outcome) {}
+
+    /// Adds the interceptor's own series to the metrics (`GET /metrics`).
+    fn render_metrics(&self, _out: &mut crate::metrics::Exposition) {}
 }
 
 /// The refusal of one interceptor, turned into a JSON-RPC error by
@@ -309,6 +323,9 @@ impl Refusal {
 #[derive(Clone, Default)]
 pub struct Chain {
     interceptors: Vec<(Arc<str>, Arc<dyn Interceptor>)>,
+    /// With metrics: each interceptor's time per phase (request, response,
+    /// notification), beside `interceptors`.
+    timings: Option<Arc<[[Arc<Histogram>; 3]]>>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -326,6 +343,28 @@ impl Chain {
                 .into_iter()
                 .map(|interceptor| (Arc::from(interceptor.name()), interceptor))
                 .collect(),
+            timings: None,
+        }
+    }
+
+    /// Times each interceptor per phase into `metrics`.
+    pub fn timed(mut self, metrics: &Metrics) -> Self {
+        let phases = [Phase::Request, Phase::Response, Phase::Notification];
+        self.timings = Some(
+            self.interceptors
+                .iter()
+                .map(|(name, _)| {
+                    phases.map(|phase| metrics.interceptor_seconds.get([name, phase.as_str()]))
+                })
+                .collect(),
+        );
+        self
+    }
+
+    /// Adds every interceptor's own series to the metrics.
+    pub fn render_metrics(&self, out: &mut crate::metrics::Exposition) {
+        for (_, interceptor) in &self.interceptors {
+            interceptor.render_metrics(out);
         }
     }
 
@@ -336,25 +375,24 @@ impl Chain {
     /// Runs the exchange's phase through the chain: requests and
     /// notifications in order, responses in reverse.
     pub fn run(&self, exchange: &mut Exchange) -> Result<(), Refusal> {
-        match exchange.phase {
-            Phase::Response => self.run_each(exchange, self.interceptors.iter().rev()),
-            Phase::Request | Phase::Notification => {
-                self.run_each(exchange, self.interceptors.iter())
-            }
-        }
-    }
-
-    fn run_each<'a>(
-        &self,
-        exchange: &mut Exchange,
-        interceptors: impl Iterator<Item = &'a (Arc<str>, Arc<dyn Interceptor>)>,
-    ) -> Result<(), Refusal> {
-        for (name, interceptor) in interceptors {
+        let count = self.interceptors.len();
+        let (phase, reverse) = match exchange.phase {
+            Phase::Request => (0, false),
+            Phase::Response => (1, true),
+            Phase::Notification => (2, false),
+        };
+        for step in 0..count {
+            let index = if reverse { count - 1 - step } else { step };
+            let (name, interceptor) = &self.interceptors[index];
+            let started = self.timings.as_ref().map(|_| std::time::Instant::now());
             let verdict = match exchange.phase {
                 Phase::Request => interceptor.on_request(exchange),
                 Phase::Response => interceptor.on_response(exchange),
                 Phase::Notification => interceptor.on_notification(exchange),
             };
+            if let (Some(timings), Some(started)) = (&self.timings, started) {
+                timings[index][phase].observe(started.elapsed());
+            }
             match verdict {
                 Verdict::Continue => {}
                 Verdict::Modify(message) => exchange.message = message,

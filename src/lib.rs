@@ -11,5 +11,6 @@ pub mod config;
 pub mod downstream;
 pub mod gateway;
 pub mod interceptors;
+pub mod metrics;
 pub mod protocol;
 pub mod upstream;

@@ -32,6 +32,23 @@ use crate::upstream::Status;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How the proxy's log (on stderr) is written: `text` for people,
+    /// `json` (one object per line) for log collectors. Also
+    /// `PORTCULLIS_LOG_FORMAT`.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "PORTCULLIS_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -159,7 +176,7 @@ enum Format {
 /// Entry point of the binary: errors are printed once, here.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -179,7 +196,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -204,12 +221,24 @@ fn init_logging() {
         tracing_subscriber::layer::Filter::<tracing_subscriber::Registry>::max_level_hint(&filter)
             .unwrap_or(tracing::level_filters::LevelFilter::TRACE);
     let cap = cap.with_max_level_hint(most);
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .with_filter(filter)
-        .with_filter(cap);
+    let layer = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .boxed(),
+        // One JSON object per line: time, level, message and fields flat
+        // at the top level, the span path under `spans`.
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_writer(std::io::stderr)
+            .with_target(true)
+            .boxed(),
+    };
+    let layer = layer.with_filter(filter).with_filter(cap);
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 

@@ -166,11 +166,7 @@ fn check(
         let started = Instant::now();
         let evaluation = plugin.call(&exchange);
         let micros = started.elapsed().as_secs_f64() * 1e6;
-        let phase_name = match phase {
-            Phase::Request => "request",
-            Phase::Response => "response",
-            Phase::Notification => "notification",
-        };
+        let phase_name = phase.as_str();
         let shown = match evaluation {
             Ok((verdict, annotations)) => {
                 let verdict = match verdict {

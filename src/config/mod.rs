@@ -66,6 +66,21 @@ pub struct Config {
     pub ratelimit: RatelimitConfig,
     pub schema: SchemaConfig,
     pub pinning: PinningConfig,
+    pub observability: ObservabilityConfig,
+}
+
+/// `[observability]`: what the proxy tells operators about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservabilityConfig {
+    /// Counts and times exchanges for `GET /metrics` (on unless
+    /// `metrics = false`).
+    pub metrics: bool,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        Self { metrics: true }
+    }
 }
 
 /// `[pinning]`: tool definitions pinned by their SHA-256, and descriptions
@@ -625,6 +640,14 @@ struct RawConfig {
     schema: RawSchema,
     #[serde(default)]
     pinning: RawPinning,
+    #[serde(default)]
+    observability: RawObservability,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawObservability {
+    metrics: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1447,6 +1470,9 @@ impl Validator<'_> {
             ratelimit,
             schema,
             pinning,
+            observability: ObservabilityConfig {
+                metrics: raw.observability.metrics.unwrap_or(true),
+            },
         })
     }
 

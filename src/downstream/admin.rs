@@ -14,6 +14,8 @@
 //!   every 15 s keeps idle connections open.
 //! - `GET /admin/audit/verify`: the chain walk, `{"state": "intact", …}` or
 //!   `{"state": "broken", "seq": N, "problem": "…"}`.
+//! - `GET /metrics`: Prometheus text (version 0.0.4); 404 with
+//!   `[observability] metrics = false`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -44,6 +46,7 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/admin/audit/export", get(export))
         .route("/admin/audit/tail", get(tail))
         .route("/admin/audit/verify", get(verify))
+        .route("/metrics", get(metrics))
 }
 
 /// The checks every admin request passes: Host and Origin, an auditor's
@@ -58,6 +61,30 @@ fn admit(state: &HttpState, headers: &HeaderMap) -> Result<Reader, Box<Response>
             StatusCode::SERVICE_UNAVAILABLE,
             "this proxy keeps no audit log",
         ))),
+    }
+}
+
+/// `GET /metrics`, for an auditor's token (a scraper is given one).
+async fn metrics(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    if let Err(response) = state.check_origin(&headers) {
+        return *response;
+    }
+    if let Err(response) = state.authenticate_auditor(&headers) {
+        return *response;
+    }
+    match state.gateway.render_metrics() {
+        Some(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            text,
+        )
+            .into_response(),
+        None => plain_error(
+            StatusCode::NOT_FOUND,
+            "metrics are off (`[observability] metrics = false`)",
+        ),
     }
 }
 

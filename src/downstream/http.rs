@@ -74,6 +74,8 @@ pub(super) struct HttpState {
     sessions: RwLock<HashMap<String, Arc<HttpSession>>>,
     allowed_origins: Vec<String>,
     loopback_only: bool,
+    /// The web console's logins: cookie value → auditor and expiry.
+    pub(super) console: Mutex<HashMap<String, super::console::Login>>,
 }
 
 /// Serves streamable HTTP until the gateway shuts down.
@@ -121,6 +123,7 @@ pub async fn serve_on(
         allowed_origins: config.proxy.allowed_origins.clone(),
         loopback_only,
         gateway: gateway.clone(),
+        console: Mutex::new(HashMap::new()),
     });
     let body_limit = config.limits.max_message_bytes;
     let app = Router::new()
@@ -130,6 +133,7 @@ pub async fn serve_on(
         )
         .route("/healthz", get(healthz))
         .merge(super::admin::routes())
+        .merge(super::console::routes())
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state.clone());
 
@@ -239,6 +243,41 @@ impl HttpState {
         }
     }
 
+    /// The auditor whose token this is: the console's login. A client's
+    /// token or an unknown one is refused and recorded.
+    pub(super) fn auditor_of_token(&self, token: &str) -> Option<String> {
+        let hash = hex::encode(Sha256::digest(token.trim().as_bytes()));
+        if let Some(auditor) = self.auditors.get(&hash) {
+            return Some(auditor.clone());
+        }
+        match self.tokens.get(&hash) {
+            Some(client) => self.record_auth_failure(
+                "/admin/login",
+                "a client's token (clients cannot read the log)",
+                &client.name,
+            ),
+            None => self.record_auth_failure("/admin/login", "unknown token", ""),
+        }
+        None
+    }
+
+    /// Host and Origin as [`HttpState::check_origin`], except that the
+    /// proxy's own origin is allowed: the console's pages post to it.
+    pub(super) fn check_same_origin(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let own = headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .zip(host)
+            .is_some_and(|(origin, host)| origin == format!("http://{host}"));
+        if own {
+            let mut without = headers.clone();
+            without.remove(header::ORIGIN);
+            return self.check_origin(&without);
+        }
+        self.check_origin(headers)
+    }
+
     /// An `auth_failure` record: where, why, and whose token it was when it
     /// is somebody's (`""` otherwise); never the token, nor its hash.
     fn record_auth_failure(&self, endpoint: &str, reason: &str, who: &str) {
@@ -250,12 +289,16 @@ impl HttpState {
         self.gateway.record_event(record);
     }
 
-    /// The auditor a request comes from: an auditor's token, never a
-    /// client's (a client cannot read the log).
+    /// The auditor a request comes from: an auditor's token (or the web
+    /// console's login cookie, got with one), never a client's (a client
+    /// cannot read the log).
     pub(super) fn authenticate_auditor(
         &self,
         headers: &HeaderMap,
     ) -> Result<String, Box<Response>> {
+        if let Some(auditor) = super::console::logged_in(self, headers) {
+            return Ok(auditor);
+        }
         let hash = match bearer_hash(headers) {
             Ok(hash) => hash,
             Err(response) => {

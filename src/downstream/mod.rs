@@ -1,6 +1,7 @@
 //! The transports toward clients: stdio and streamable HTTP.
 
 mod admin;
+mod console;
 pub mod http;
 pub mod stdio;
 

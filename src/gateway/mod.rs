@@ -26,6 +26,7 @@ use crate::chain::{
     Chain, ClientIdentity, Context, Direction, Exchange, Outcome, Phase, Transport,
 };
 use crate::config::{Config, Isolation, UpstreamSpec};
+use crate::metrics::Metrics;
 use crate::protocol::{self, IdKey, Kind, code};
 use crate::upstream::{Origin, Status, Upstream, UpstreamEvent};
 
@@ -87,6 +88,8 @@ pub struct Gateway {
     event_records: tokio_util::task::TaskTracker,
     /// Per server: its limit on requests in flight, if it has one.
     in_flight: Vec<Option<in_flight::InFlight>>,
+    /// Counts and times for `GET /metrics` (`[observability] metrics`).
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// A server→client request in flight: (server, instance, the server's id).
@@ -104,6 +107,14 @@ impl Gateway {
         audit: Option<Audit>,
     ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
         let (events_tx, events_rx) = mpsc::channel(1024);
+        let metrics = config
+            .observability
+            .metrics
+            .then(|| Arc::new(Metrics::default()));
+        let chain = match &metrics {
+            Some(metrics) => chain.timed(metrics),
+            None => chain,
+        };
         let upstreams: Vec<Upstream> = config
             .servers
             .iter()
@@ -152,6 +163,7 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             event_records: tokio_util::task::TaskTracker::new(),
+            metrics,
         });
         (gateway, events_rx)
     }
@@ -281,6 +293,11 @@ impl Gateway {
     /// Commits event records in the background, in this order (records
     /// committed from separate tasks may land in either order).
     pub fn record_events(&self, records: Vec<crate::audit::AuditRecord>) {
+        if let Some(metrics) = &self.metrics {
+            for record in &records {
+                metrics.events.get([&record.kind]).add(1);
+            }
+        }
         let Some(audit) = self.audit.clone() else {
             return;
         };
@@ -385,6 +402,100 @@ impl Gateway {
         }
         tracing::debug!(session = %session.id, client = %session.client.name, "session opened");
         session
+    }
+
+    /// The metrics text (`GET /metrics`), or `None` when metrics are off:
+    /// the counts and times kept on the hot path, then what the gateway
+    /// knows now (sessions, servers, the audit log) and each interceptor's
+    /// own series.
+    pub fn render_metrics(&self) -> Option<String> {
+        use crate::metrics::Exposition;
+        let metrics = self.metrics.as_ref()?;
+        let mut out = Exposition::default();
+        out.declare("portcullis_build_info", "The proxy's version.", "gauge");
+        out.sample(
+            "portcullis_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
+        metrics.render(&mut out);
+        let (mut stdio, mut http) = (0u64, 0u64);
+        for session in self
+            .sessions
+            .read()
+            .map(|s| s.values().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            match session.transport {
+                crate::chain::Transport::Stdio => stdio += 1,
+                crate::chain::Transport::Http => http += 1,
+            }
+        }
+        out.declare(
+            "portcullis_sessions",
+            "Sessions open, by transport.",
+            "gauge",
+        );
+        out.sample(
+            "portcullis_sessions",
+            &[("transport", "stdio")],
+            stdio as f64,
+        );
+        out.sample("portcullis_sessions", &[("transport", "http")], http as f64);
+        out.declare(
+            "portcullis_upstream_up",
+            "Whether the server is running and initialized (1) or not (0), by server and state (idle, starting, ready, down, stopped).",
+            "gauge",
+        );
+        out.declare(
+            "portcullis_upstream_restarts_total",
+            "Times the server was started again after it stopped, by server.",
+            "counter",
+        );
+        for upstream in &self.upstreams {
+            let state = match upstream.status() {
+                Status::Idle(_) => "idle",
+                Status::Starting => "starting",
+                Status::Ready(_) => "ready",
+                Status::Down(_) => "down",
+                Status::Stopped => "stopped",
+            };
+            let name = upstream.name();
+            out.sample(
+                "portcullis_upstream_up",
+                &[("server", name), ("state", state)],
+                f64::from(u8::from(state == "ready")),
+            );
+            out.sample(
+                "portcullis_upstream_restarts_total",
+                &[("server", name)],
+                upstream.restarts() as f64,
+            );
+        }
+        if let Some(audit) = &self.audit {
+            out.declare(
+                "portcullis_audit_last_seq",
+                "The sequence number of the last audit record written.",
+                "gauge",
+            );
+            out.sample(
+                "portcullis_audit_last_seq",
+                &[],
+                *audit.written().borrow() as f64,
+            );
+            out.declare(
+                "portcullis_audit_failing",
+                "Whether the audit store cannot be written (1: calls are refused).",
+                "gauge",
+            );
+            out.sample(
+                "portcullis_audit_failing",
+                &[],
+                f64::from(u8::from(audit.is_failing())),
+            );
+        }
+        self.chain.render_metrics(&mut out);
+        Some(out.finish())
     }
 
     pub fn session_count(&self) -> usize {
@@ -1267,8 +1378,21 @@ impl Gateway {
             match event {
                 // The lists come from the server's own instance; a client's
                 // instance of a per-client server does not change them.
-                UpstreamEvent::Ready { source } => {
-                    self.record_event(self.server_event("server_ready", &source));
+                UpstreamEvent::Ready { source, took } => {
+                    let mut record = self.server_event("server_ready", &source);
+                    record.total_us = took.as_micros() as u64;
+                    if let Some(metrics) = &self.metrics {
+                        let upstream = record
+                            .detail
+                            .as_ref()
+                            .and_then(|detail| detail["upstream"].as_str())
+                            .unwrap_or("");
+                        metrics
+                            .upstream_start_seconds
+                            .get([&source.server, upstream])
+                            .observe(took);
+                    }
+                    self.record_event(record);
                     if let Some(index) = self.index_of(&source.server) {
                         let this = self.clone();
                         tokio::spawn(async move {
@@ -1712,6 +1836,9 @@ impl Gateway {
         arguments: &Arguments,
         started: std::time::Instant,
     ) -> bool {
+        if let Some(metrics) = &self.metrics {
+            observe(metrics, exchange, outcome, upstream, started.elapsed());
+        }
         let Some(audit) = &self.audit else {
             return true;
         };
@@ -1723,13 +1850,64 @@ impl Gateway {
             arguments,
             started.elapsed(),
         );
-        match audit.commit(record).await {
+        let committing = std::time::Instant::now();
+        let committed = audit.commit(record).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.audit_commit_seconds.observe(committing.elapsed());
+            if committed.is_err() {
+                metrics.audit_failures.add(1);
+            }
+        }
+        match committed {
             Ok(_) => true,
             Err(err) => {
                 tracing::error!(error = %err, "AUDIT: an exchange cannot be recorded");
                 false
             }
         }
+    }
+}
+
+/// Counts and times an exchange. Labels are bounded: the method by the
+/// MCP methods, the server by the config, the tool or prompt by the
+/// server's list (a name only once routing found it there: an unknown
+/// name, which a client chooses, is never a label; a resource's URI never
+/// is one).
+pub fn observe(
+    metrics: &Metrics,
+    exchange: &Exchange,
+    outcome: &Outcome,
+    upstream: Option<Duration>,
+    total: Duration,
+) {
+    let context = &exchange.context;
+    let method = crate::metrics::method_label(&context.method);
+    let server = context.server.as_deref().unwrap_or("");
+    let tool = match (&context.target, &context.server) {
+        (Some(target), Some(_)) if matches!(method, "tools/call" | "prompts/get") => target,
+        _ => "",
+    };
+    let decision = match outcome {
+        Outcome::Delivered => "allow",
+        Outcome::Denied { interceptor, .. } => {
+            metrics.denials.get([interceptor, method]).add(1);
+            if &**interceptor == "ratelimit" {
+                metrics.rate_limited.get([&context.client.name]).add(1);
+            }
+            "deny"
+        }
+        Outcome::Failed { .. } => "error",
+    };
+    metrics
+        .requests
+        .get([method, server, tool, decision])
+        .add(1);
+    metrics.request_seconds.get([method]).observe(total);
+    if let Some(upstream) = upstream {
+        metrics.upstream_seconds.get([server]).observe(upstream);
+    }
+    for (rule, direction, count) in crate::interceptors::redact::counts(&exchange.annotations) {
+        metrics.redactions.get([&rule, &direction]).add(count);
     }
 }
 

@@ -50,8 +50,10 @@ pub struct Source {
 /// Something the server sent on its own.
 #[derive(Debug)]
 pub enum UpstreamEvent {
-    /// The server is (again) running and initialized: its lists may have changed.
-    Ready { source: Source },
+    /// The server is (again) running and initialized: its lists may have
+    /// changed. `took`: from the start of its start to its answer to
+    /// `initialize` (a container's cold start).
+    Ready { source: Source, took: Duration },
     /// The server stopped; calls in flight failed.
     Down { source: Source, reason: String },
     /// The proxy stopped the server on purpose (idle); no call failed.
@@ -945,6 +947,7 @@ impl Upstream {
                         .events
                         .send(UpstreamEvent::Ready {
                             source: self.shared.source(),
+                            took: started.elapsed(),
                         })
                         .await;
                     let ended = loop {

@@ -2,6 +2,7 @@
 //! upstream servers, runs the real `portcullis` binary, and connects clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod browser;
 pub mod wasm_fixtures;
 
 use std::path::{Path, PathBuf};

@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 
 use crate::chain::{Annotation, Denial, Direction, Exchange, Interceptor, Phase, Verdict};
 use crate::config::{InstanceMode, OnError, PluginConfig, method_matches, tool_matches};
+use crate::metrics::{Counter, Exposition};
 use crate::protocol;
 
 /// The code generated from the WIT file.
@@ -74,7 +75,23 @@ pub struct Plugin {
     /// Between a server's name and its tool's (for `tools`).
     separator: String,
     events: broadcast::Sender<PluginEvent>,
+    /// Calls by result ([`RESULTS`]), for the metrics.
+    results: [Counter; RESULTS.len()],
+    /// Times the circuit opened.
+    opened: Counter,
 }
+
+/// How a call ended, as the metrics count it: the verdict, or the failure's
+/// kind.
+const RESULTS: [&str; 7] = [
+    "continue",
+    "modify",
+    "deny",
+    "trap",
+    "invalid",
+    "busy",
+    "circuit-open",
+];
 
 /// The circuit breaker: closed (counting failures in a row), open until a
 /// time, or half-open with one trial call let through.
@@ -151,6 +168,8 @@ impl Plugin {
             max_output,
             separator: separator.to_owned(),
             events: broadcast::channel(64).0,
+            results: Default::default(),
+            opened: Counter::default(),
         })
     }
 
@@ -204,10 +223,18 @@ impl Plugin {
         }
         let admission = match self.admit() {
             Ok(admission) => admission,
-            Err(failure) => return self.on_error(exchange, failure),
+            Err(failure) => {
+                self.count(failure.kind);
+                return self.on_error(exchange, failure);
+            }
         };
         match self.call(exchange) {
             Ok((verdict, annotations)) => {
+                self.count(match verdict {
+                    Verdict::Continue => "continue",
+                    Verdict::Modify(_) => "modify",
+                    Verdict::Deny(_) => "deny",
+                });
                 self.succeeded(admission);
                 for (key, value) in annotations {
                     exchange.annotations.push(Annotation {
@@ -219,6 +246,7 @@ impl Plugin {
                 verdict
             }
             Err(failure) => {
+                self.count(failure.kind);
                 tracing::warn!(plugin = %self.name, kind = failure.kind, reason = %failure.reason, "PLUGIN FAILED");
                 // Too many calls at once is load, not a fault of the plugin.
                 if failure.kind != "busy" {
@@ -226,6 +254,12 @@ impl Plugin {
                 }
                 self.on_error(exchange, failure)
             }
+        }
+    }
+
+    fn count(&self, result: &str) {
+        if let Some(index) = RESULTS.iter().position(|r| *r == result) {
+            self.results[index].add(1);
         }
     }
 
@@ -290,6 +324,7 @@ impl Plugin {
             until: Instant::now() + self.config.breaker_cooldown,
         };
         drop(breaker);
+        self.opened.add(1);
         tracing::error!(
             plugin = %self.name,
             failures,
@@ -459,6 +494,59 @@ impl Interceptor for Plugin {
 
     fn on_notification(&self, exchange: &mut Exchange) -> Verdict {
         self.run(exchange)
+    }
+
+    fn render_metrics(&self, out: &mut Exposition) {
+        let plugin = &*self.config.name;
+        out.declare(
+            "portcullis_plugin_calls_total",
+            "WASM plugin calls, by plugin and result (continue, modify, deny, or the failure: trap, invalid, busy, circuit-open).",
+            "counter",
+        );
+        for (result, counter) in RESULTS.iter().zip(&self.results) {
+            out.sample(
+                "portcullis_plugin_calls_total",
+                &[("plugin", plugin), ("result", result)],
+                counter.get() as f64,
+            );
+        }
+        out.declare(
+            "portcullis_plugin_circuit_opens_total",
+            "Times a WASM plugin's circuit breaker opened, by plugin.",
+            "counter",
+        );
+        out.sample(
+            "portcullis_plugin_circuit_opens_total",
+            &[("plugin", plugin)],
+            self.opened.get() as f64,
+        );
+        let open = self
+            .breaker
+            .lock()
+            .map(|breaker| !matches!(*breaker, Breaker::Closed { .. }))
+            .unwrap_or(false);
+        out.declare(
+            "portcullis_plugin_circuit_open",
+            "Whether a WASM plugin's circuit breaker is open or half-open (1), by plugin.",
+            "gauge",
+        );
+        out.sample(
+            "portcullis_plugin_circuit_open",
+            &[("plugin", plugin)],
+            f64::from(u8::from(open)),
+        );
+        out.declare(
+            "portcullis_plugin_counter",
+            "The counters a WASM plugin keeps (`counter-add`), by plugin and name (at most 64 per plugin).",
+            "gauge",
+        );
+        for (name, value) in self.counters.snapshot() {
+            out.sample(
+                "portcullis_plugin_counter",
+                &[("plugin", plugin), ("name", &name)],
+                value as f64,
+            );
+        }
     }
 }
 

@@ -1,0 +1,209 @@
+//! What metrics cost per call, against metrics off, in one run.
+//!
+//! In-process: the interceptor chain (`limits`, `ratelimit` checking three
+//! quotas, `schema`) on one `tools/call` request, untimed (metrics off);
+//! with each interceptor timed per phase; and timed plus the exchange's own
+//! counts and histograms (`gateway::observe`, what the gateway does once per
+//! exchange). Then the cost of rendering one scrape.
+//!
+//! End to end: `tools/call` round trips through `portcullis stdio` to the
+//! example server, `[observability] metrics = true` against `false`
+//! (audit buffered, so the disk's noise does not drown the difference),
+//! in alternating rounds; each configuration's best round is reported.
+//!
+//! `cargo bench --bench observability` (options after `--`: `--iterations N`
+//! per sample, default 1000; `--samples N`, default 200; `--calls N` per end
+//! to end round, default 3000).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis::chain::{
+    Chain, ClientIdentity, Context, Definition, Direction, Exchange, Interceptor, Outcome, Phase,
+    Transport,
+};
+use portcullis::config::{LimitsConfig, RateRule, RateScope, RatelimitConfig};
+use portcullis::interceptors::{Limits, Ratelimit, Schema};
+use portcullis::metrics::{Exposition, Metrics};
+use serde_json::json;
+use tokio::process::Command;
+
+fn call(list: &Arc<Vec<serde_json::Value>>) -> Exchange {
+    let message = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "gh__create_issue", "arguments": {
+            "owner": "acme", "repo": "portcullis", "title": "a bug", "body": "details"}}});
+    let mut context = Context::new(
+        Arc::from("session-1"),
+        ClientIdentity::new("claude-desktop", &[]),
+        Transport::Http,
+        "tools/call",
+    );
+    context.server = Some(Arc::from("gh"));
+    context.target = Some("create_issue".to_owned());
+    context.request_id = Some(json!(7));
+    context.definition = Some(Definition::new(list.clone(), 0));
+    Exchange::new(message, Direction::ClientToServer, Phase::Request, context)
+}
+
+fn chain() -> Chain {
+    let quota = |text: &str| text.parse().unwrap();
+    let rule = |scope: RateScope, key: &str| RateRule {
+        client: None,
+        scope,
+        quota: quota("1000000000/s"),
+        key: key.into(),
+    };
+    let ratelimit = Ratelimit::new(&RatelimitConfig {
+        rules: vec![
+            rule(RateScope::Client, "default"),
+            rule(RateScope::Server("gh".into()), "server"),
+            rule(
+                RateScope::Tool {
+                    server: "gh".into(),
+                    tool: "create_issue".into(),
+                },
+                "tool",
+            ),
+        ],
+        concurrency: Vec::new(),
+    });
+    let interceptors: Vec<Arc<dyn Interceptor>> = vec![
+        Arc::new(Limits::new(LimitsConfig::default())),
+        Arc::new(ratelimit),
+        Arc::new(Schema::new(&Default::default())),
+    ];
+    Chain::new(interceptors)
+}
+
+fn arg(name: &str) -> Option<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+}
+
+fn main() {
+    let (iterations, samples) = common::sampling_args(1000, 200);
+    let list = Arc::new(vec![json!({
+        "name": "create_issue",
+        "inputSchema": {"type": "object", "properties": {
+            "owner": {"type": "string"}, "repo": {"type": "string"},
+            "title": {"type": "string"}, "body": {"type": "string"}},
+            "required": ["owner", "repo", "title"]}
+    })]);
+    let template = call(&list);
+    let untimed = chain();
+    let metrics = Metrics::default();
+    let timed = chain().timed(&metrics);
+    let run = |chain: &Chain| {
+        let mut exchange = template.clone();
+        assert!(chain.run(&mut exchange).is_ok());
+        exchange
+    };
+    let mut cases: Vec<common::Case> = vec![
+        (
+            "chain, metrics off",
+            Box::new(|| {
+                std::hint::black_box(run(&untimed));
+            }),
+        ),
+        (
+            "chain, each interceptor timed",
+            Box::new(|| {
+                std::hint::black_box(run(&timed));
+            }),
+        ),
+        (
+            "chain timed + the exchange's counts and histograms",
+            Box::new(|| {
+                let started = Instant::now();
+                let exchange = run(&timed);
+                portcullis::gateway::observe(
+                    &metrics,
+                    &exchange,
+                    &Outcome::Delivered,
+                    Some(Duration::from_micros(40)),
+                    started.elapsed(),
+                );
+            }),
+        ),
+    ];
+    let rows = common::best_of_rounds(&mut cases, 5, samples, iterations);
+    drop(cases);
+    common::print_table(
+        "in-process (best of 5 rounds)",
+        "p50 vs off",
+        &rows.iter().collect::<Vec<_>>(),
+        &rows[0],
+    );
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "\nadded per call: timing the chain {:.2} µs, timing + counting the exchange {:.2} µs",
+        us(rows[1].p50) - us(rows[0].p50),
+        us(rows[2].p50) - us(rows[0].p50)
+    );
+    let scrape = common::measure_calls("render", 50, 20, || {
+        let mut out = Exposition::default();
+        metrics.render(&mut out);
+        std::hint::black_box(out.finish());
+    });
+    println!(
+        "one scrape of these series renders in {:.1} µs",
+        us(scrape.p50)
+    );
+
+    let calls = arg("--calls").unwrap_or(3000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(end_to_end(calls));
+}
+
+async fn end_to_end(calls: usize) {
+    let portcullis = env!("CARGO_BIN_EXE_portcullis");
+    let example = env!("CARGO_BIN_EXE_portcullis-example-server");
+    let dir = tempfile::tempdir().unwrap();
+    let config = |metrics: bool| {
+        let path = dir.path().join(format!("metrics-{metrics}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[proxy]\ndata_dir = \"data-{metrics}\"\n\n[audit]\ndurability = \"buffered\"\n\n[observability]\nmetrics = {metrics}\n\n[[clients]]\nname = \"bench\"\n\n[[servers]]\nname = \"example\"\nprocess = {{ command = {example:?}, args = [\"--name\", \"example\"] }}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let configs = [("metrics off", config(false)), ("metrics on", config(true))];
+    let mut best: Vec<Option<common::Stats>> = vec![None, None];
+    for _ in 0..5 {
+        for ((label, path), kept) in configs.iter().zip(best.iter_mut()) {
+            let mut command = Command::new(portcullis);
+            command
+                .args(["stdio", "--config"])
+                .arg(path)
+                .args(["--client", "bench"]);
+            let stats = common::measure_stdio(label, command, "example__echo", calls).await;
+            if kept.as_ref().is_none_or(|kept| stats.p50 < kept.p50) {
+                *kept = Some(stats);
+            }
+        }
+    }
+    let rows: Vec<common::Stats> = best.into_iter().flatten().collect();
+    common::print_table(
+        "tools/call through the proxy (stdio, best of 5 rounds)",
+        "p50 vs off",
+        &rows.iter().collect::<Vec<_>>(),
+        &rows[0],
+    );
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "\nadded per call end to end: {:.2} µs at the median",
+        us(rows[1].p50) - us(rows[0].p50)
+    );
+}
