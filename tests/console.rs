@@ -287,3 +287,62 @@ async fn auditors_watch_calls_open_a_denial_and_filter_by_client_and_clients_can
     browser.close().await;
     served.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_login_cookie_opens_nothing_for_another_sites_page() {
+    let proxy = TestProxy::new().with_example_server("example");
+    let served = proxy.serve_http().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http
+        .post(format!("{}/admin/login", served.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={AUDITOR_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let set = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let read = |site: Option<&'static str>| {
+        let mut request = http
+            .get(format!("{}/admin/audit?limit=1", served.base))
+            .header("cookie", &cookie);
+        if let Some(site) = site {
+            request = request.header("sec-fetch-site", site);
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+    // The console's own script, a typed address, a non-browser client.
+    assert_eq!(read(Some("same-origin")).await, 200);
+    assert_eq!(read(Some("none")).await, 200);
+    assert_eq!(read(None).await, 200);
+    // A page of another port of this machine, or of another site.
+    assert_eq!(read(Some("same-site")).await, 401);
+    assert_eq!(read(Some("cross-site")).await, 401);
+    // A form of another origin cannot log in or out.
+    let forged = http
+        .post(format!("{}/admin/login", served.base))
+        .header("origin", "http://localhost:3000")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={AUDITOR_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    // Logging out ends the login.
+    let out = http
+        .post(format!("{}/admin/logout", served.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(read(None).await, 401);
+    served.terminate().await;
+}

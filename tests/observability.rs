@@ -378,3 +378,29 @@ fn an_unknown_log_format_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn in_json_mode_the_reason_the_proxy_stopped_is_a_json_line() {
+    let (ok, _, stderr) = run_portcullis([
+        "--log-format",
+        "json",
+        "stdio",
+        "--config",
+        "/nonexistent/portcullis.toml",
+        "--client",
+        "x",
+    ]);
+    assert!(!ok);
+    let line = stderr.lines().last().unwrap_or_default();
+    let entry: Value =
+        serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {stderr}"));
+    assert_eq!(entry["level"], "ERROR", "{line}");
+    assert_eq!(entry["message"], "portcullis stopped", "{line}");
+    assert!(
+        entry["error"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/portcullis.toml"),
+        "{line}"
+    );
+}

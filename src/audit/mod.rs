@@ -288,7 +288,9 @@ impl Writer {
         let seqs: Vec<u64> = records.iter().map(|record| record.seq).collect();
         match self.storage.log(records) {
             Ok(pending) => {
-                self.failing.store(false, Ordering::Relaxed);
+                // `failing` is cleared once the records are readable too
+                // (`settle`): a store whose sled cannot take records keeps
+                // refusing calls, not every other one.
                 self.tip = Tip {
                     seq: next_seq,
                     hash: prev,
@@ -320,6 +322,7 @@ impl Writer {
         }
         match self.storage.apply() {
             Ok(()) => {
+                self.failing.store(false, Ordering::Relaxed);
                 let applied = std::mem::take(&mut self.unapplied);
                 self.tell.send_replace(self.tip.seq);
                 if self.pruning.due(applied) {
@@ -473,11 +476,20 @@ impl Pruning {
                 "max_records": self.retention.max_records,
             }));
             checkpoint.seal(tip.seq + 1, &tip.hash);
-            storage.append(std::slice::from_ref(&checkpoint))?;
+            let (seq, hash, time) = (
+                checkpoint.seq,
+                checkpoint.hash.clone(),
+                checkpoint.time.clone(),
+            );
+            storage.log(vec![checkpoint])?;
+            // Logged is durable: the chain goes on from the checkpoint even
+            // if making it readable fails now (the next batch retries that;
+            // reusing its number would put two records with one number in
+            // the write-ahead log).
+            tip.seq = seq;
+            tip.hash = hash;
+            tip.time = time;
             storage.flush()?;
-            tip.seq = checkpoint.seq;
-            tip.hash = checkpoint.hash;
-            tip.time = checkpoint.time;
             tell.send_replace(tip.seq);
             let removed = storage.prune(&anchor)?;
             Ok(Some((anchor, removed)))
@@ -644,6 +656,74 @@ mod tests {
             }) => (records, first_seq),
             other => panic!("expected an intact chain, got {other:?}"),
         }
+    }
+
+    /// A storage whose log always takes records and whose `apply` fails
+    /// while `broken` is set.
+    struct Unappliable {
+        broken: Arc<AtomicBool>,
+        pending: Vec<AuditRecord>,
+        applied: Written,
+    }
+
+    impl Storage for Unappliable {
+        fn last(&self) -> Result<Option<ChainEnd>, AuditError> {
+            Ok(None)
+        }
+        fn append(&mut self, records: &[AuditRecord]) -> Result<(), AuditError> {
+            self.log(records.to_vec())?;
+            self.apply()
+        }
+        fn log(&mut self, records: Vec<AuditRecord>) -> Result<bool, AuditError> {
+            self.pending.extend(records);
+            Ok(true)
+        }
+        fn apply(&mut self) -> Result<(), AuditError> {
+            if self.broken.load(Ordering::Relaxed) {
+                return Err(AuditError::Write("sled is failing".into()));
+            }
+            self.applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&mut self.pending);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn records_logged_but_not_applied_keep_the_store_failing_until_they_are() {
+        let broken = Arc::new(AtomicBool::new(true));
+        let applied: Written = Arc::default();
+        let storage = Unappliable {
+            broken: broken.clone(),
+            pending: Vec::new(),
+            applied: applied.clone(),
+        };
+        let audit = Audit::start(storage, true).unwrap_or_else(|e| panic!("{e}"));
+        // Durable in the log: the commits succeed, but the store stays
+        // failing (calls are refused) for as long as sled cannot take them,
+        // not every other call.
+        for expected in 1..=3 {
+            let seq = audit
+                .commit(sample())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(seq, Some(expected));
+            assert!(audit.is_failing(), "after record {expected}");
+        }
+        assert!(!audit.caught_up(std::time::Duration::from_millis(50)).await);
+        assert_eq!(*audit.written().borrow(), 0);
+        broken.store(false, Ordering::Relaxed);
+        assert_eq!(audit.commit(sample()).await.ok().flatten(), Some(4));
+        assert!(!audit.is_failing());
+        assert!(audit.caught_up(std::time::Duration::from_secs(5)).await);
+        let seqs: Vec<u64> = applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -187,8 +187,14 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let format = cli.log_format;
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // In JSON mode the reason the proxy stopped is a JSON line too.
+        Err(err) if format == LogFormat::Json => {
+            tracing::error!(error = %format!("{err:#}"), "portcullis stopped");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

@@ -149,8 +149,11 @@ async fn query(
     };
     let separator = state.gateway.config().proxy.namespace_separator.clone();
     caught_up(&state).await;
+    // `last_seq` is read before the query: a follower that pages on from
+    // it never skips a record written in between.
     let found = read(&reader, move |reader| {
-        Ok((reader.query(&filter, &separator)?, reader.last_seq()?))
+        let last_seq = reader.last_seq()?;
+        Ok((reader.query(&filter, &separator)?, last_seq))
     })
     .await;
     match found {

@@ -58,8 +58,16 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/admin/static/console.css", get(style))
 }
 
-/// The auditor logged in with the request's cookie, if any.
+/// The auditor logged in with the request's cookie, if any. A browser's
+/// request made by another site's page does not count, even on this
+/// machine: `SameSite` ignores ports, so a page served from another port
+/// of localhost would send the cookie; `Sec-Fetch-Site` tells them apart.
 pub(super) fn logged_in(state: &HttpState, headers: &HeaderMap) -> Option<String> {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return None;
+    }
     let id = cookie(headers)?;
     let mut logins = state.console.lock().unwrap_or_else(|p| p.into_inner());
     match logins.get(&id) {
@@ -372,8 +380,11 @@ async fn index(
             );
         }
     };
+    // The last sequence number is read before the query: a record written
+    // in between is then shown by the page's first poll, not skipped.
     let found = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::audit::AuditError>((reader.query(&filter, &separator)?, reader.last_seq()?))
+        let last_seq = reader.last_seq()?;
+        Ok::<_, crate::audit::AuditError>((reader.query(&filter, &separator)?, last_seq))
     })
     .await;
     let (records, last_seq) = match found {
@@ -615,7 +626,7 @@ async fn servers(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Res
             }
             UpstreamSpec::Remote(spec) => {
                 fields.push(("runs", "remote".into()));
-                fields.push(("url", spec.url.clone()));
+                fields.push(("url", shown_url(&spec.url)));
             }
         }
         let rows: String = fields
@@ -639,6 +650,21 @@ async fn servers(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Res
         sections = "<p class=\"hint\">No servers are configured.</p>".into();
     }
     page(StatusCode::OK, "Servers", Some(&auditor), &sections)
+}
+
+/// A URL without what may hold a credential: user information, query and
+/// fragment are left out.
+fn shown_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let hidden = if url.contains('?') || authority.contains('@') {
+        " (credentials and query not shown)"
+    } else {
+        ""
+    };
+    format!("{scheme}://{host}{path}{hidden}")
 }
 
 async fn script() -> Response {
@@ -667,6 +693,18 @@ mod tests {
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
         assert!(html.contains("a&quot;b&amp;c"));
+    }
+
+    #[test]
+    fn remote_urls_are_shown_without_credentials() {
+        assert_eq!(
+            shown_url("https://user:pw@mcp.example.com:8443/v1/mcp?api_key=s3cret#x"),
+            "https://mcp.example.com:8443/v1/mcp (credentials and query not shown)"
+        );
+        assert_eq!(
+            shown_url("https://mcp.example.com/mcp"),
+            "https://mcp.example.com/mcp"
+        );
     }
 
     #[test]

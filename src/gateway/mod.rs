@@ -1836,10 +1836,10 @@ impl Gateway {
         arguments: &Arguments,
         started: std::time::Instant,
     ) -> bool {
-        if let Some(metrics) = &self.metrics {
-            observe(metrics, exchange, outcome, upstream, started.elapsed());
-        }
         let Some(audit) = &self.audit else {
+            if let Some(metrics) = &self.metrics {
+                observe(metrics, exchange, outcome, upstream, started.elapsed());
+            }
             return true;
         };
         let record = record_of(
@@ -1857,6 +1857,7 @@ impl Gateway {
             if committed.is_err() {
                 metrics.audit_failures.add(1);
             }
+            observe(metrics, exchange, outcome, upstream, started.elapsed());
         }
         match committed {
             Ok(_) => true,
@@ -1883,8 +1884,11 @@ pub fn observe(
     let context = &exchange.context;
     let method = crate::metrics::method_label(&context.method);
     let server = context.server.as_deref().unwrap_or("");
+    // A server chooses its tools' names: a long one is cut.
     let tool = match (&context.target, &context.server) {
-        (Some(target), Some(_)) if matches!(method, "tools/call" | "prompts/get") => target,
+        (Some(target), Some(_)) if matches!(method, "tools/call" | "prompts/get") => {
+            crate::protocol::cut(target, 128)
+        }
         _ => "",
     };
     let decision = match outcome {

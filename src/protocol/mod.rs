@@ -393,6 +393,15 @@ pub fn datetime_literal(time: std::time::SystemTime) -> String {
     )
 }
 
+/// `text` cut at a character boundary at or below `most` bytes.
+pub fn cut(text: &str, most: usize) -> &str {
+    let mut end = text.len().min(most);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

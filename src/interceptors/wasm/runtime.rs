@@ -19,6 +19,7 @@ use super::bindings::exports::portcullis::interceptor::handler::{Context, Phase,
 use super::bindings::portcullis::interceptor::host;
 use super::bindings::{Interceptor as Bindings, InterceptorPre};
 use crate::config::PluginConfig;
+use crate::protocol::cut;
 
 /// The interface version this proxy speaks.
 pub const INTERFACE: &str = "portcullis:interceptor/handler@0.1.0";
@@ -540,15 +541,6 @@ impl Instance {
         };
         Ok((answer, outcome.annotations))
     }
-}
-
-/// `text` cut at a character boundary at or below `most` bytes.
-pub fn cut(text: &str, most: usize) -> &str {
-    let mut end = text.len().min(most);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// A failed call in a few words: what a log line and an audit record say.
