@@ -479,6 +479,26 @@ fn announce_sandboxing(config: &Config) {
     }
 }
 
+/// Hands each event of a broadcast to `on_event` until the sender is gone;
+/// events lost to a full channel are logged loudly (`what`: whose events).
+fn forward_events<E: Clone + Send + 'static>(
+    mut events: tokio::sync::broadcast::Receiver<E>,
+    what: &'static str,
+    mut on_event: impl FnMut(E) + Send + 'static,
+) {
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => on_event(event),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::error!(missed, "AUDIT: {what} events were dropped");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+}
+
 /// The audit record of a plugin's breaker event.
 fn plugin_record(event: &interceptors::wasm::PluginEvent) -> crate::audit::AuditRecord {
     use interceptors::wasm::PluginEvent;
@@ -619,44 +639,24 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
     );
     for plugin in &plugins {
         // Breaker events go to the audit log.
-        let mut plugin_events = plugin.subscribe();
         let recorder = gateway.clone();
-        tokio::spawn(async move {
-            loop {
-                match plugin_events.recv().await {
-                    Ok(event) => recorder.record_event(plugin_record(&event)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::error!(missed, "AUDIT: plugin events were dropped");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
-            }
+        forward_events(plugin.subscribe(), "plugin", move |event| {
+            recorder.record_event(plugin_record(&event));
         });
     }
     if let Some(pinning) = &pinning {
         // Pin events go to the audit log; approvals reach the sessions as
         // `tools/list_changed` (a withheld tool may be back).
-        let mut pin_events = pinning.subscribe();
         let recorder = gateway.clone();
-        tokio::spawn(async move {
-            let separator = recorder.config().proxy.namespace_separator.clone();
-            loop {
-                match pin_events.recv().await {
-                    Ok(event) => {
-                        if matches!(
-                            event,
-                            crate::interceptors::pinning::PinEvent::Reloaded { .. }
-                        ) {
-                            recorder.announce(crate::gateway::ListKind::Tools);
-                        }
-                        recorder.record_event(pins::record(&event, &separator));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::error!(missed, "AUDIT: pin events were dropped");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
+        let separator = recorder.config().proxy.namespace_separator.clone();
+        forward_events(pinning.subscribe(), "pin", move |event| {
+            if matches!(
+                event,
+                crate::interceptors::pinning::PinEvent::Reloaded { .. }
+            ) {
+                recorder.announce(crate::gateway::ListKind::Tools);
             }
+            recorder.record_event(pins::record(&event, &separator));
         });
         let poll = gateway.config().proxy.policy_poll;
         tokio::spawn(pinning.clone().watch(poll, gateway.shutdown_token()));

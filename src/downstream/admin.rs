@@ -121,7 +121,7 @@ fn admit_with_filter(
 
 /// Waits until every record committed before the request is readable (a
 /// second at most: a store that cannot take them is answered as it is).
-async fn caught_up(state: &HttpState) {
+pub(super) async fn caught_up(state: &HttpState) {
     if let Some(audit) = state.gateway.audit() {
         audit.caught_up(std::time::Duration::from_secs(1)).await;
     }

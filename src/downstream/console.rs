@@ -172,13 +172,16 @@ fn login_page(status: StatusCode, problem: Option<&str>) -> Response {
     )
 }
 
-/// The checks every console request passes: Host and Origin, then the
-/// login. `Err` is the page to answer with.
-fn admit(state: &HttpState, headers: &HeaderMap) -> Result<(String, Reader), Box<Response>> {
+/// The checks every console page passes: Host and Origin, then the login.
+/// The auditor, or the page to answer with.
+fn auditor(state: &HttpState, headers: &HeaderMap) -> Result<String, Box<Response>> {
     state.check_same_origin(headers)?;
-    let Some(auditor) = logged_in(state, headers) else {
-        return Err(Box::new(login_page(StatusCode::OK, None)));
-    };
+    logged_in(state, headers).ok_or_else(|| Box::new(login_page(StatusCode::OK, None)))
+}
+
+/// [`auditor`], and the audit log to read.
+fn admit(state: &HttpState, headers: &HeaderMap) -> Result<(String, Reader), Box<Response>> {
+    let auditor = auditor(state, headers)?;
     match state.gateway.audit().and_then(|audit| audit.reader()) {
         Some(reader) => Ok((auditor, reader.clone())),
         None => Err(Box::new(page(
@@ -237,7 +240,6 @@ async fn login(
     }
     tracing::info!(%auditor, "console login");
     let mut response = Redirect::to("/admin/").into_response();
-    *response.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(value) = HeaderValue::from_str(&format!(
         "{COOKIE}={id}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}",
         LOGIN_TTL.as_secs()
@@ -259,7 +261,6 @@ async fn logout(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Resp
             .remove(&id);
     }
     let mut response = Redirect::to("/admin/").into_response();
-    *response.status_mut() = StatusCode::SEE_OTHER;
     response.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_static(
@@ -362,9 +363,7 @@ async fn index(
     );
     let verify = "<section class=\"verify\"><button id=\"verify\" type=\"button\">Verify the chain</button>\
                   <span id=\"verify-state\" aria-live=\"polite\"></span></section>";
-    if let Some(audit) = state.gateway.audit() {
-        audit.caught_up(Duration::from_secs(1)).await;
-    }
+    super::admin::caught_up(&state).await;
     let separator = state.gateway.config().proxy.namespace_separator.clone();
     let filter = match view.params().to_filter(SystemTime::now(), None) {
         Ok(filter) => filter,
@@ -437,9 +436,7 @@ async fn exchange(
             "<p class=\"problem\">A record is named by its sequence number.</p>",
         );
     };
-    if let Some(audit) = state.gateway.audit() {
-        audit.caught_up(Duration::from_secs(1)).await;
-    }
+    super::admin::caught_up(&state).await;
     let record = match tokio::task::spawn_blocking(move || reader.get(seq)).await {
         Ok(Ok(Some(record))) => record,
         Ok(Ok(None)) => {
@@ -541,11 +538,9 @@ async fn exchange(
 /// The servers: how each runs, its state now, and for containers the
 /// sandbox profile in force (the hardened default and every relaxation).
 async fn servers(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    if let Err(response) = state.check_same_origin(&headers) {
-        return *response;
-    }
-    let Some(auditor) = logged_in(&state, &headers) else {
-        return login_page(StatusCode::OK, None);
+    let auditor = match auditor(&state, &headers) {
+        Ok(auditor) => auditor,
+        Err(response) => return *response,
     };
     use crate::config::UpstreamSpec;
     use crate::upstream::Status;

@@ -132,37 +132,15 @@ impl Plugin {
         separator: &str,
     ) -> Result<Self, LoadError> {
         let loaded = runtime.load(&config.path, config.sha256.as_deref())?;
-        let name: Arc<str> = Arc::from(format!("wasm:{}", config.name));
-        let counters = Arc::new(Counters::default());
-        let config_json = config.config.to_string();
-        let live = Arc::new(AtomicUsize::new(0));
-        let first = runtime
-            .instantiate(
-                &loaded,
-                &name,
-                &counters,
-                config.memory,
-                &config_json,
-                budget(config),
-                &live,
-            )
-            .map_err(|message| LoadError::Configure {
-                path: loaded.path.clone(),
-                message,
-            })?;
-        let idle = match config.instance {
-            InstanceMode::Pooled => vec![first],
-            InstanceMode::PerCall => Vec::new(),
-        };
-        Ok(Self {
-            name,
+        let plugin = Self {
+            name: Arc::from(format!("wasm:{}", config.name)),
             config: config.clone(),
             runtime,
             loaded,
-            config_json,
-            counters,
-            idle: Mutex::new(idle),
-            live,
+            config_json: config.config.to_string(),
+            counters: Arc::new(Counters::default()),
+            idle: Mutex::new(Vec::new()),
+            live: Arc::new(AtomicUsize::new(0)),
             max_live: runtime::max_live(config),
             breaker: Mutex::new(Breaker::Closed { failures: 0 }),
             max_output,
@@ -170,7 +148,29 @@ impl Plugin {
             events: broadcast::channel(64).0,
             results: Default::default(),
             opened: Counter::default(),
-        })
+        };
+        let first = plugin
+            .fresh_instance()
+            .map_err(|message| LoadError::Configure {
+                path: plugin.loaded.path.clone(),
+                message,
+            })?;
+        plugin.checkin(first);
+        Ok(plugin)
+    }
+
+    /// A new, configured instance, under a budget that also covers the call
+    /// it is made for.
+    fn fresh_instance(&self) -> Result<Instance, String> {
+        self.runtime.instantiate(
+            &self.loaded,
+            &self.name,
+            &self.counters,
+            self.config.memory,
+            &self.config_json,
+            budget(&self.config),
+            &self.live,
+        )
     }
 
     /// The file's SHA-256.
@@ -373,16 +373,7 @@ impl Plugin {
                 reason: format!("more than {} calls at once", self.max_live),
             });
         }
-        self.runtime
-            .instantiate(
-                &self.loaded,
-                &self.name,
-                &self.counters,
-                self.config.memory,
-                &self.config_json,
-                budget(&self.config),
-                &self.live,
-            )
+        self.fresh_instance()
             .map(|instance| (instance, true))
             .map_err(|reason| Failure {
                 kind: "trap",
