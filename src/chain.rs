@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::metrics::{Histogram, Metrics};
 use crate::protocol;
+use crate::traces::{Recording, Span, SpanKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -185,6 +186,9 @@ pub struct Exchange {
     pub phase: Phase,
     pub context: Context,
     pub annotations: Vec<Annotation>,
+    /// The exchange's trace, when traces are on and it is sampled: the
+    /// chain adds a span per interceptor and phase.
+    pub trace: Option<Box<Recording>>,
 }
 
 impl Exchange {
@@ -195,6 +199,7 @@ impl Exchange {
             phase,
             context,
             annotations: Vec::new(),
+            trace: None,
         }
     }
 
@@ -326,6 +331,9 @@ pub struct Chain {
     /// With metrics: each interceptor's time per phase (request, response,
     /// notification), beside `interceptors`.
     timings: Option<Arc<[[Arc<Histogram>; 3]]>>,
+    /// Each interceptor's span name per phase (`authz request`), beside
+    /// `interceptors`: made once, shared by every traced exchange.
+    span_names: Arc<[[Arc<str>; 3]]>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -338,12 +346,21 @@ impl std::fmt::Debug for Chain {
 
 impl Chain {
     pub fn new(interceptors: Vec<Arc<dyn Interceptor>>) -> Self {
+        let interceptors: Vec<(Arc<str>, Arc<dyn Interceptor>)> = interceptors
+            .into_iter()
+            .map(|interceptor| (Arc::from(interceptor.name()), interceptor))
+            .collect();
+        let span_names = interceptors
+            .iter()
+            .map(|(name, _)| {
+                [Phase::Request, Phase::Response, Phase::Notification]
+                    .map(|phase| Arc::from(format!("{name} {}", phase.as_str())))
+            })
+            .collect();
         Self {
-            interceptors: interceptors
-                .into_iter()
-                .map(|interceptor| (Arc::from(interceptor.name()), interceptor))
-                .collect(),
+            interceptors,
             timings: None,
+            span_names,
         }
     }
 
@@ -384,14 +401,30 @@ impl Chain {
         for step in 0..count {
             let index = if reverse { count - 1 - step } else { step };
             let (name, interceptor) = &self.interceptors[index];
-            let started = self.timings.as_ref().map(|_| std::time::Instant::now());
+            let timed = self.timings.is_some() || exchange.trace.is_some();
+            let started = timed.then(std::time::Instant::now);
             let verdict = match exchange.phase {
                 Phase::Request => interceptor.on_request(exchange),
                 Phase::Response => interceptor.on_response(exchange),
                 Phase::Notification => interceptor.on_notification(exchange),
             };
-            if let (Some(timings), Some(started)) = (&self.timings, started) {
-                timings[index][phase].observe(started.elapsed());
+            if let Some(started) = started {
+                let ended = std::time::Instant::now();
+                if let Some(timings) = &self.timings {
+                    timings[index][phase].observe(ended - started);
+                }
+                if let Some(trace) = exchange.trace.as_deref_mut() {
+                    let name = self.span_names[index][phase].clone();
+                    let mut span = Span::new(name, SpanKind::Internal, started, ended);
+                    match &verdict {
+                        Verdict::Continue => {}
+                        Verdict::Modify(_) => span
+                            .attributes
+                            .push(("portcullis.verdict", "modify".into())),
+                        Verdict::Deny(denial) => span.error = Some(denial.reason.clone()),
+                    }
+                    trace.push(span);
+                }
             }
             match verdict {
                 Verdict::Continue => {}

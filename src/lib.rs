@@ -13,4 +13,5 @@ pub mod gateway;
 pub mod interceptors;
 pub mod metrics;
 pub mod protocol;
+pub mod traces;
 pub mod upstream;

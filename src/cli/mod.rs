@@ -630,6 +630,15 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
         .map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))
         .ok();
     let (gateway, events, policies, pinning, plugins) = build_gateway(config, Some(audit))?;
+    if let Some(traces) = &gateway.config().observability.traces {
+        let (tracer, queue) = crate::traces::Tracer::new(traces.sample_ratio);
+        let exporter =
+            crate::traces::Exporter::new(traces, tracer.counters()).with_context(|| {
+                format!("{}: cannot export traces", gateway.config().file.display())
+            })?;
+        tracing::info!(endpoint = %traces.endpoint, sample_ratio = traces.sample_ratio, "exporting traces over OTLP/HTTP");
+        gateway.trace_with(tracer, exporter.spawn(queue));
+    }
     record_start(
         &gateway,
         &role,

@@ -28,6 +28,7 @@ use crate::chain::{
 use crate::config::{Config, Isolation, UpstreamSpec};
 use crate::metrics::Metrics;
 use crate::protocol::{self, IdKey, Kind, code};
+use crate::traces::{Attr, Export, Root, Span, SpanId, SpanKind, Tracer};
 use crate::upstream::{Origin, Status, Upstream, UpstreamEvent};
 
 /// Upstream pagination is followed for at most this many pages per list.
@@ -90,6 +91,12 @@ pub struct Gateway {
     in_flight: Vec<Option<in_flight::InFlight>>,
     /// Counts and times for `GET /metrics` (`[observability] metrics`).
     metrics: Option<Arc<Metrics>>,
+    /// Traces of exchanges (`[observability.traces]`), set once by
+    /// [`Gateway::trace_with`] before any session opens.
+    tracer: std::sync::OnceLock<Tracer>,
+    /// The task that exports the tracer's spans; `stop` lets it send what
+    /// is left.
+    trace_export: Mutex<Option<Export>>,
 }
 
 /// A server→client request in flight: (server, instance, the server's id).
@@ -164,6 +171,8 @@ impl Gateway {
             tasks: Mutex::new(Vec::new()),
             event_records: tokio_util::task::TaskTracker::new(),
             metrics,
+            tracer: std::sync::OnceLock::new(),
+            trace_export: Mutex::new(None),
         });
         (gateway, events_rx)
     }
@@ -247,6 +256,18 @@ impl Gateway {
             && let Err(err) = audit.flush().await
         {
             tracing::error!(error = %err, "AUDIT: the last records could not be flushed");
+        }
+        let export = lock(&self.trace_export).take();
+        if let Some(export) = export {
+            export.finish().await;
+        }
+    }
+
+    /// Traces every exchange through `tracer`, whose spans `export` sends.
+    /// Once only; a second call is ignored.
+    pub fn trace_with(&self, tracer: Tracer, export: Export) {
+        if self.tracer.set(tracer).is_ok() {
+            *lock(&self.trace_export) = Some(export);
         }
     }
 
@@ -495,6 +516,9 @@ impl Gateway {
             );
         }
         self.chain.render_metrics(&mut out);
+        if let Some(tracer) = self.tracer.get() {
+            tracer.render_metrics(&mut out);
+        }
         Some(out.finish())
     }
 
@@ -574,7 +598,7 @@ impl Gateway {
                 );
                 self.chain.finish(&exchange, &outcome);
                 self.record(
-                    &exchange,
+                    &mut exchange,
                     &outcome,
                     Some(&reply),
                     None,
@@ -596,7 +620,11 @@ impl Gateway {
         method: &str,
     ) -> Exchange {
         let request_id = message.get("id").cloned();
-        Exchange::new(
+        let trace = match (phase, self.tracer.get()) {
+            (Phase::Request, Some(tracer)) => tracer.start(&message),
+            _ => None,
+        };
+        let mut exchange = Exchange::new(
             message,
             direction,
             phase,
@@ -609,7 +637,9 @@ impl Gateway {
                     method,
                 )
             },
-        )
+        );
+        exchange.trace = trace;
+        exchange
     }
 
     /// A client request, end to end: decided, relayed, and recorded in the
@@ -622,7 +652,7 @@ impl Gateway {
     ) -> Option<Value> {
         let started = std::time::Instant::now();
         let id = message.get("id").cloned().unwrap_or(Value::Null);
-        let handled = match &self.audit {
+        let mut handled = match &self.audit {
             Some(audit) if audit.is_failing() => {
                 let method = protocol::method(&message).unwrap_or_default().to_owned();
                 let exchange = self.exchange(
@@ -653,7 +683,7 @@ impl Gateway {
         };
         let recorded = self
             .record(
-                &handled.exchange,
+                &mut handled.exchange,
                 &handled.outcome,
                 handled.reply.as_ref(),
                 handled.upstream,
@@ -794,9 +824,28 @@ impl Gateway {
                         }
                     }
                 };
+                // The server's work is a child of the upstream span.
+                let upstream_span = exchange.trace.as_deref().map(|trace| {
+                    let span = SpanId::random();
+                    propagate(&mut outgoing, trace.traceparent(span));
+                    span
+                });
                 let sent = std::time::Instant::now();
                 let forwarded = self.forward(session, server, &id, outgoing).await;
-                upstream = Some(sent.elapsed());
+                let ended = std::time::Instant::now();
+                upstream = Some(ended - sent);
+                if let (Some(trace), Some(span)) = (exchange.trace.as_deref_mut(), upstream_span) {
+                    let name = format!("upstream {}", self.names[server]);
+                    let mut call = Span::with_id(span, name, SpanKind::Client, sent, ended);
+                    call.attributes
+                        .push(("portcullis.server", self.names[server].clone().into()));
+                    if let Some((_, Outcome::Failed { reason } | Outcome::Denied { reason, .. })) =
+                        &forwarded
+                    {
+                        call.error = Some(reason.clone());
+                    }
+                    trace.push(call);
+                }
                 match forwarded {
                     Some(reply) => Ok(reply),
                     None => {
@@ -1748,7 +1797,7 @@ impl Gateway {
             // Recorded before the server gets the refusal; if the record
             // cannot be written, the refusal stands.
             self.record(
-                &exchange,
+                &mut exchange,
                 &refusal.outcome(),
                 Some(&answer),
                 None,
@@ -1804,17 +1853,19 @@ impl Gateway {
         };
         self.chain.finish(&exchange, &outcome);
         let asked = started.elapsed();
-        if !self
+        let answer_message = std::mem::take(&mut exchange.message);
+        let recorded = self
             .record(
-                &exchange,
+                &mut exchange,
                 &outcome,
-                Some(&exchange.message),
+                Some(&answer_message),
                 Some(asked),
                 &Arguments::default(),
                 started,
             )
-            .await
-        {
+            .await;
+        exchange.message = answer_message;
+        if !recorded {
             exchange.message = protocol::error(
                 server_id.clone(),
                 code::AUDIT_UNAVAILABLE,
@@ -1829,7 +1880,7 @@ impl Gateway {
     /// (the caller refuses the exchange).
     async fn record(
         &self,
-        exchange: &Exchange,
+        exchange: &mut Exchange,
         outcome: &Outcome,
         reply: Option<&Value>,
         upstream: Option<Duration>,
@@ -1840,6 +1891,7 @@ impl Gateway {
             if let Some(metrics) = &self.metrics {
                 observe(metrics, exchange, outcome, upstream, started.elapsed());
             }
+            self.finish_trace(exchange, outcome, None);
             return true;
         };
         let record = record_of(
@@ -1852,13 +1904,25 @@ impl Gateway {
         );
         let committing = std::time::Instant::now();
         let committed = audit.commit(record).await;
+        let commit_ended = std::time::Instant::now();
         if let Some(metrics) = &self.metrics {
-            metrics.audit_commit_seconds.observe(committing.elapsed());
+            metrics
+                .audit_commit_seconds
+                .observe(commit_ended - committing);
             if committed.is_err() {
                 metrics.audit_failures.add(1);
             }
             observe(metrics, exchange, outcome, upstream, started.elapsed());
         }
+        if let Some(trace) = exchange.trace.as_deref_mut() {
+            let mut span = Span::new("audit commit", SpanKind::Internal, committing, commit_ended);
+            if let Err(err) = &committed {
+                span.error = Some(err.to_string());
+            }
+            trace.push(span);
+        }
+        let seq = committed.as_ref().ok().copied().flatten();
+        self.finish_trace(exchange, outcome, seq);
         match committed {
             Ok(_) => true,
             Err(err) => {
@@ -1866,6 +1930,21 @@ impl Gateway {
                 false
             }
         }
+    }
+
+    /// Ends the exchange's span (if it is traced) and hands its trace to
+    /// the exporter.
+    fn finish_trace(&self, exchange: &mut Exchange, outcome: &Outcome, seq: Option<u64>) {
+        let (Some(tracer), Some(recording)) = (self.tracer.get(), exchange.trace.take()) else {
+            return;
+        };
+        let root = root_of(
+            exchange,
+            outcome,
+            seq,
+            &self.config.proxy.namespace_separator,
+        );
+        tracer.finish(recording, root);
     }
 }
 
@@ -1912,6 +1991,79 @@ pub fn observe(
     }
     for (rule, direction, count) in crate::interceptors::redact::counts(&exchange.annotations) {
         metrics.redactions.get([&rule, &direction]).add(count);
+    }
+}
+
+/// The exchange's own span, as its audit record tells it: the method and
+/// the name the client called, the decision, the deciding interceptor, the
+/// policies, and the record's sequence number. Never a URI in the name (span
+/// names stay few) and never an argument.
+pub fn root_of(exchange: &Exchange, outcome: &Outcome, seq: Option<u64>, separator: &str) -> Root {
+    let context = &exchange.context;
+    let method = crate::metrics::method_label(&context.method);
+    let mut attributes: Vec<(&'static str, Attr)> = vec![
+        // A method outside MCP's is `other`: a client chooses it.
+        ("mcp.method.name", method.to_owned().into()),
+        ("mcp.session.id", context.session.clone().into()),
+        ("portcullis.client", context.client.name.clone().into()),
+        ("portcullis.transport", context.transport.as_str().into()),
+    ];
+    if let Some(id) = &context.request_id {
+        let id = match id {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        attributes.push(("jsonrpc.request.id", id.into()));
+    }
+    // The name a client calls a tool or prompt by (never a URI: span
+    // names stay few).
+    let mut name = method.to_owned();
+    if let Some(server) = &context.server {
+        attributes.push(("portcullis.server", server.clone().into()));
+        if let Some(target) = &context.target {
+            let key = match &*context.method {
+                "tools/call" => Some("gen_ai.tool.name"),
+                "prompts/get" => Some("gen_ai.prompt.name"),
+                "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                    attributes.push(("mcp.resource.uri", target.clone().into()));
+                    None
+                }
+                _ => None,
+            };
+            if let Some(key) = key {
+                let namespaced = format!("{server}{separator}{target}");
+                name = format!("{method} {namespaced}");
+                attributes.push((key, namespaced.into()));
+            }
+        }
+    }
+    let (decision, error) = match outcome {
+        Outcome::Delivered => ("allow", None),
+        Outcome::Denied {
+            interceptor,
+            reason,
+        } => {
+            attributes.push(("portcullis.decided_by", interceptor.clone().into()));
+            ("deny", Some(reason.clone()))
+        }
+        Outcome::Failed { reason } => ("error", Some(reason.clone())),
+    };
+    attributes.push(("portcullis.decision", decision.into()));
+    if let Some(ids) = exchange
+        .annotations
+        .iter()
+        .find(|a| &*a.interceptor == "authz" && a.key == "policy_ids")
+        .filter(|a| !a.value.is_empty())
+    {
+        attributes.push(("portcullis.policy_ids", ids.value.clone().into()));
+    }
+    if let Some(seq) = seq.and_then(|seq| i64::try_from(seq).ok()) {
+        attributes.push(("portcullis.audit.seq", Attr::Int(seq)));
+    }
+    Root {
+        name,
+        attributes,
+        error,
     }
 }
 
@@ -2047,7 +2199,27 @@ fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Value> {
     if !plugins.is_empty() {
         detail.insert("plugins".into(), Value::Object(plugins));
     }
+    // The trace the exchange is part of: from the record to its spans.
+    if let Some(trace) = &exchange.trace {
+        detail.insert("trace_id".into(), Value::from(trace.trace_id().to_hex()));
+        detail.insert("span_id".into(), Value::from(trace.span_id().to_hex()));
+    }
     (!detail.is_empty()).then_some(Value::Object(detail))
+}
+
+/// Puts the W3C `traceparent` of the proxy's upstream span into a request's
+/// `params._meta`, replacing the caller's (which is its parent). A request
+/// whose `params` is not an object is left as it is.
+fn propagate(outgoing: &mut Value, traceparent: String) {
+    let Some(params) = outgoing.get_mut("params").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let meta = params
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if let Some(meta) = meta.as_object_mut() {
+        meta.insert("traceparent".into(), Value::from(traceparent));
+    }
 }
 
 /// The id to answer a message with: its own if it has a usable one.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -246,26 +246,7 @@ pub(super) async fn open(
     // reqwest is built without a bundled crypto provider; ring is ours.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let url = reqwest::Url::parse(&spec.url).map_err(|err| start_error(err.to_string()))?;
-    let mut headers = HeaderMap::new();
-    for (name, value) in &spec.headers {
-        let text = match value {
-            config::HeaderValue::Literal(text) => text.clone(),
-            config::HeaderValue::Secret { prefix, secret } => {
-                let value = secrets
-                    .iter()
-                    .find(|(key, _)| key == secret)
-                    .map(|(_, value)| value)
-                    .ok_or_else(|| start_error(format!("secret `{secret}` is not defined")))?;
-                format!("{prefix}{value}")
-            }
-        };
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| start_error(format!("`{name}` is not a valid header name")))?;
-        let mut value = HeaderValue::from_str(&text)
-            .map_err(|_| start_error(format!("the value of header `{name}` is not valid")))?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
-    }
+    let headers = config::resolve_headers(&spec.headers, secrets).map_err(start_error)?;
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
