@@ -713,15 +713,28 @@ impl Reader {
     /// follow each other, each `prev_hash` is the previous record's `hash`,
     /// and each `hash` is the record's own.
     pub fn verify(&self) -> Result<Verification, AuditError> {
+        self.verify_with(&mut |_, _| {})
+    }
+
+    /// [`Reader::verify`], telling `progress` (records checked, records to
+    /// check) every few thousand records.
+    pub fn verify_with(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Verification, AuditError> {
         let anchor = self.anchor()?;
         let (first_seq, mut expected_prev) = match &anchor {
             Some(anchor) => (anchor.first_seq, anchor.prev_hash.clone()),
             None => (1, GENESIS.to_owned()),
         };
+        let to_check = (self.last_seq()? + 1).saturating_sub(first_seq);
         let mut expected_seq = first_seq;
-        let mut count = 0;
+        let mut count: u64 = 0;
         // Records before an anchor are a prune in progress: not checked.
         for entry in self.records.range(first_seq.to_be_bytes()..) {
+            if count.is_multiple_of(4_096) {
+                progress(count, to_check);
+            }
             let (key, value) = entry.map_err(read_error)?;
             let seq = key_seq(&key);
             let broken = |problem: String| Ok(Verification::Broken { seq, problem });

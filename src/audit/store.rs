@@ -421,6 +421,14 @@ impl SledStorage {
         self.reader().verify()
     }
 
+    /// [`Reader::verify_with`] on this store.
+    pub fn verify_with(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Verification, AuditError> {
+        self.reader().verify_with(progress)
+    }
+
     /// Writes records and their index keys into sled (not flushed).
     fn insert(&self, records: &[AuditRecord]) -> Result<(), AuditError> {
         let values = serialize(records)?;

@@ -16,6 +16,8 @@ use clap::{Args, Subcommand};
 use crate::audit::{AuditError, AuditRecord, FilterParams, SledStorage, Verification};
 use crate::config::Config;
 
+use super::progress::Progress;
+
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Records matching the filters, oldest first (the newest `--limit`).
@@ -336,7 +338,9 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
             let mut count = 0u64;
+            let progress = Progress::counted("exporting", None, "records");
             for store in &stores {
+                progress.relabel(format!("exporting `{}`", store.name()));
                 match store {
                     Store::Local { store, .. } => {
                         let mut filter = params.to_filter(std::time::SystemTime::now(), None)?;
@@ -348,6 +352,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
                                 out.write_all(b"\n")?;
                             }
                             count += page.len() as u64;
+                            progress.set(count);
                             if page.len() < 1_000 {
                                 break;
                             }
@@ -357,12 +362,14 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
                         let mut response = api.get("/admin/audit/export", &params).await?;
                         while let Some(chunk) = response.chunk().await? {
                             count += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+                            progress.set(count);
                             out.write_all(&chunk)?;
                         }
                     }
                 }
             }
             out.flush()?;
+            drop(progress);
             if output.is_some() {
                 eprintln!("exported {count} records");
             }
@@ -410,9 +417,17 @@ async fn verify(source: &Source) -> anyhow::Result<()> {
     let (_, stores) = open_stores(source).await?;
     let mut broken = 0;
     for store in &stores {
+        let name = store.name();
         let verification = match store {
-            Store::Local { store, .. } => store.verify()?,
+            Store::Local { store, .. } => {
+                let progress = Progress::counted(format!("verifying `{name}`"), None, "records");
+                store.verify_with(&mut |checked, total| {
+                    progress.set_total(total);
+                    progress.set(checked);
+                })?
+            }
             Store::Remote { api, .. } => {
+                let _progress = Progress::step(format!("the proxy verifies `{name}`"));
                 let answer: serde_json::Value = api
                     .get("/admin/audit/verify", &FilterParams::default())
                     .await?
@@ -433,7 +448,6 @@ async fn verify(source: &Source) -> anyhow::Result<()> {
                 }
             }
         };
-        let name = store.name();
         match verification {
             Verification::Intact {
                 records,

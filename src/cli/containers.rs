@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use super::Format;
+use super::progress::Progress;
 use crate::config::{Config, UpstreamSpec};
 use crate::upstream::container::{
     self, LABEL_CLIENT, LABEL_OWNER, LABEL_RESTARTS, LABEL_SERVER, describe, engine, engine_address,
@@ -20,9 +21,16 @@ enum Level {
 
 struct Report {
     failed: bool,
+    /// The check under way, on a terminal.
+    progress: Progress,
 }
 
 impl Report {
+    /// Says which check runs now (on a terminal, until its result line).
+    fn checking(&self, what: &str) {
+        self.progress.relabel(format!("checking {what}"));
+    }
+
     fn line(&mut self, level: Level, what: &str, detail: impl AsRef<str>) {
         let tag = match level {
             Level::Ok => "ok  ",
@@ -32,14 +40,18 @@ impl Report {
                 "FAIL"
             }
         };
-        println!("{tag}  {what}: {}", detail.as_ref());
+        self.progress
+            .println(&format!("{tag}  {what}: {}", detail.as_ref()));
     }
 }
 
 /// Checks the engine and every server; returns whether everything needed is
 /// in place (warnings do not count against it).
 pub async fn doctor(config: &Config) -> bool {
-    let mut report = Report { failed: false };
+    let mut report = Report {
+        failed: false,
+        progress: Progress::step("checking the config"),
+    };
     report.line(
         Level::Ok,
         "config",
@@ -62,6 +74,7 @@ pub async fn doctor(config: &Config) -> bool {
     let engine = if containers.is_empty() {
         None
     } else {
+        report.checking("the docker engine");
         match engine().await {
             Ok(docker) => Some(docker),
             Err(err) => {
@@ -135,6 +148,7 @@ pub async fn doctor(config: &Config) -> bool {
         }
         for (name, spec) in &containers {
             let what = format!("server `{name}`");
+            report.checking(&format!("the image of `{name}` ({})", spec.image));
             match container::ensure_image_present(docker, spec).await {
                 Ok(image) => report.line(
                     Level::Ok,
@@ -178,6 +192,7 @@ pub async fn doctor(config: &Config) -> bool {
     }
     for server in &config.servers {
         let what = format!("server `{}`", server.name);
+        report.checking(&what);
         match &server.kind {
             UpstreamSpec::Container(spec) => {
                 let relaxations = spec.sandbox.relaxations();
@@ -248,6 +263,7 @@ fn check_plugins(config: &Config, report: &mut Report) {
     };
     for plugin in plugins {
         let what = format!("plugin {}", plugin.name);
+        report.checking(&format!("{what} (compiling it)"));
         match crate::interceptors::wasm::Plugin::load(
             runtime.clone(),
             plugin,

@@ -5,6 +5,7 @@ mod containers;
 mod pins;
 mod plugin;
 mod policy;
+mod progress;
 mod redact;
 
 use std::path::{Path, PathBuf};
