@@ -2,6 +2,7 @@
 
 mod audit;
 mod containers;
+mod init;
 mod pins;
 mod plugin;
 mod policy;
@@ -107,6 +108,28 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: Box<audit::AuditCommand>,
+    },
+    /// Write a commented config, a policy folder with the schema, a starter
+    /// policy set and its tests (never over existing files).
+    Init {
+        /// The folder (created if missing).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Print the JSON an MCP client (Claude, Cursor, VS Code) needs to
+    /// connect through the proxy.
+    ClientConfig {
+        #[arg(value_enum)]
+        app: init::ClientApp,
+        /// The client's name from `[[clients]]`.
+        #[arg(long)]
+        client: String,
+        #[arg(long, short, default_value = "portcullis.toml")]
+        config: PathBuf,
+        /// `stdio`: the client starts `portcullis stdio`; `http`: it
+        /// connects to a running `portcullis serve` with its token.
+        #[arg(long, value_enum, default_value = "stdio")]
+        transport: init::Via,
     },
 }
 
@@ -335,6 +358,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Redact { command } => redact::run(command),
         Command::Plugin { command } => plugin::run(command),
         Command::Audit { command } => audit::run(*command).await,
+        Command::Init { dir } => init::init(&dir),
+        Command::ClientConfig {
+            app,
+            client,
+            config,
+            transport,
+        } => {
+            let snippet = init::client_config(&load(&config)?, app, &client, transport)?;
+            println!("{}", serde_json::to_string_pretty(&snippet)?);
+            Ok(())
+        }
     }
 }
 

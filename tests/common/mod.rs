@@ -277,45 +277,52 @@ impl TestProxy {
 
     /// `portcullis serve` on a free port; returns once it listens.
     pub async fn serve_http(&self) -> HttpProxy {
-        let config = self.write_config();
-        let mut child = Command::new(portcullis_bin())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("PORTCULLIS_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn portcullis serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[proxy] {line}");
-                if line.contains("listening for MCP")
-                    && let Some(addr) = line.split("addr=").nth(1)
-                {
-                    return addr.split_whitespace().next().map(str::to_owned);
-                }
+        serve_config(&self.write_config()).await
+    }
+}
+
+/// `portcullis serve --config CONFIG` (whose `listen` port is 0); returns
+/// once it listens.
+pub async fn serve_config(config: &Path) -> HttpProxy {
+    // The tests' HTTP clients (reqwest) need a crypto provider: ring's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut child = Command::new(portcullis_bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("PORTCULLIS_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn portcullis serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[proxy] {line}");
+            if line.contains("listening for MCP")
+                && let Some(addr) = line.split("addr=").nth(1)
+            {
+                return addr.split_whitespace().next().map(str::to_owned);
             }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .expect("the proxy did not report its address");
-        // Keep draining the log so the proxy never blocks on a full pipe.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[proxy] {line}");
-            }
-        });
-        HttpProxy {
-            child,
-            url: format!("http://{addr}/mcp"),
-            base: format!("http://{addr}"),
         }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("the proxy did not report its address");
+    // Keep draining the log so the proxy never blocks on a full pipe.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[proxy] {line}");
+        }
+    });
+    HttpProxy {
+        child,
+        url: format!("http://{addr}/mcp"),
+        base: format!("http://{addr}"),
     }
 }
 
