@@ -93,16 +93,8 @@ async fn init_serves_at_once_and_its_policies_pass_their_tests() {
     assert!(names.contains(&"example__echo"), "{names:?}");
     assert!(!names.contains(&"example__crash"), "{names:?}");
     // The auditor's token reads the log; it cannot call tools.
-    let records: Value = reqwest::Client::new()
-        .get(format!("{}/admin/audit?tool=crash", served.base))
-        .bearer_auth(&auditor_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(records["records"][0]["decision"], "deny", "{records}");
+    let records = admin_records(&served.base, "tool=crash", &auditor_token).await;
+    assert_eq!(records[0]["decision"], "deny", "{records:?}");
     let refused = reqwest::Client::new()
         .post(&served.url)
         .bearer_auth(&auditor_token)

@@ -286,18 +286,8 @@ permit(principal, action == Action::"list_tools", resource);"#,
 
 /// The exchange records of a tool, from the running proxy's admin API.
 async fn audit_records(base: &str, tool: &str) -> Vec<Value> {
-    let answer: Value = reqwest::Client::new()
-        .get(format!("{base}/admin/audit"))
-        .query(&[("tool", tool), ("kind", "exchange")])
-        .bearer_auth(AUDITOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let records = answer["records"].as_array().cloned().unwrap_or_default();
-    assert!(!records.is_empty(), "no record for {tool}: {answer}");
+    let records = admin_records(base, &format!("tool={tool}&kind=exchange"), AUDITOR_TOKEN).await;
+    assert!(!records.is_empty(), "no record for {tool}");
     records
 }
 

@@ -65,16 +65,7 @@ impl Progress {
             };
         }
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                label,
-                done: 0,
-                total,
-                unit,
-                started: Instant::now(),
-                frame: 0,
-                drawn: false,
-                stop: false,
-            }),
+            state: Mutex::new(State::new(label, total, unit)),
             stopped: Condvar::new(),
         });
         // Drawn at once: the ticker may not run before quick work is done.
@@ -167,6 +158,19 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl State {
+    fn new(label: String, total: Option<u64>, unit: &'static str) -> Self {
+        Self {
+            label,
+            done: 0,
+            total,
+            unit,
+            started: Instant::now(),
+            frame: 0,
+            drawn: false,
+            stop: false,
+        }
+    }
+
     fn line(&self) -> String {
         let elapsed = self.started.elapsed().as_secs_f64();
         let frame = FRAMES[self.frame % FRAMES.len()];
@@ -237,14 +241,8 @@ mod tests {
 
     fn state(done: u64, total: Option<u64>, unit: &'static str) -> State {
         State {
-            label: "verifying `serve`".into(),
             done,
-            total,
-            unit,
-            started: Instant::now(),
-            frame: 0,
-            drawn: false,
-            stop: false,
+            ..State::new("verifying `serve`".into(), total, unit)
         }
     }
 

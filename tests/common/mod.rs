@@ -610,6 +610,24 @@ impl HttpSession {
     }
 }
 
+/// The running proxy's audit records matching `query` (`tool=echo&kind=exchange`),
+/// read over the admin API with `token`.
+pub async fn admin_records(base: &str, query: &str, token: &str) -> Vec<Value> {
+    let answer: Value = reqwest::Client::new()
+        .get(format!("{base}/admin/audit?{query}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET /admin/audit")
+        .json()
+        .await
+        .expect("a JSON answer");
+    answer["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no records in {answer}"))
+}
+
 /// `portcullis audit … --config CONFIG`: (success, stdout, stderr).
 pub fn audit(config: &Path, args: &[&str]) -> (bool, String, String) {
     let mut all: Vec<&std::ffi::OsStr> = vec!["audit".as_ref()];
