@@ -1,7 +1,8 @@
 //! Every example config in `examples/` loads and builds its whole chain
 //! (policies, secret-scanning rules, pins, plugins) as `serve` would, with
-//! the example policy folder switched on too; container servers name only
-//! images this repository builds.
+//! the example policy folder switched on too, and its policies pass their
+//! tests; container servers and the compose file name only images this
+//! repository builds, and the compose file publishes the proxy alone.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,26 +11,35 @@ use std::path::{Path, PathBuf};
 
 use portcullis::config::{Config, UpstreamSpec};
 
-/// The images the repository builds (`scripts/build-test-image.sh`'s tag).
+/// The images the repository builds: each image script's default tag.
 fn images_built_here() -> Vec<String> {
-    let script =
-        std::fs::read_to_string(common::repo_root().join("scripts/build-test-image.sh")).unwrap();
-    let tag = script
-        .lines()
-        .find_map(|line| line.strip_prefix("TAG=\"${1:-"))
-        .and_then(|rest| rest.strip_suffix("}\""))
-        .expect("the script's default tag");
-    vec![tag.to_owned()]
+    ["build-test-image.sh", "build-proxy-image.sh"]
+        .iter()
+        .map(|script| {
+            let text =
+                std::fs::read_to_string(common::repo_root().join("scripts").join(script)).unwrap();
+            text.lines()
+                .find_map(|line| line.strip_prefix("TAG=\"${1:-"))
+                .and_then(|rest| rest.strip_suffix("}\""))
+                .unwrap_or_else(|| panic!("no default tag in {script}"))
+                .to_owned()
+        })
+        .collect()
 }
 
+/// The configs: `examples/*.toml` and each example folder's `portcullis.toml`.
 fn example_configs() -> Vec<PathBuf> {
-    let mut configs: Vec<PathBuf> = std::fs::read_dir(common::repo_root().join("examples"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
-        .collect();
+    let mut configs = Vec::new();
+    for entry in std::fs::read_dir(common::repo_root().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            configs.push(path);
+        } else if path.join("portcullis.toml").is_file() {
+            configs.push(path.join("portcullis.toml"));
+        }
+    }
     configs.sort();
-    assert!(configs.len() >= 2, "{configs:?}");
+    assert!(configs.len() >= 3, "{configs:?}");
     configs
 }
 
@@ -84,4 +94,70 @@ fn every_example_config_loads_and_builds_its_chain() {
             build(config, scratch.path());
         }
     }
+}
+
+#[test]
+fn example_policy_folders_pass_their_tests() {
+    for config in example_configs() {
+        let loaded = Config::load(&config).unwrap();
+        let Some(policies) = loaded.proxy.policies else {
+            continue;
+        };
+        let folder = policies.to_str().unwrap();
+        for command in ["check", "test"] {
+            let (ok, stdout, stderr) =
+                common::run_portcullis(["policy", command, "--policies", folder]);
+            assert!(ok, "{folder}: policy {command}: {stdout}{stderr}");
+        }
+        // A copied schema is the project's own, not a drifting fork.
+        assert_eq!(
+            std::fs::read_to_string(policies.join("schema.cedarschema")).unwrap(),
+            std::fs::read_to_string(common::repo_root().join("policies/schema.cedarschema"))
+                .unwrap(),
+            "{folder}/schema.cedarschema"
+        );
+    }
+}
+
+#[test]
+fn the_compose_file_runs_images_built_here_and_publishes_the_proxy_alone() {
+    let compose =
+        std::fs::read_to_string(common::repo_root().join("examples/compose/compose.yaml")).unwrap();
+    let built_here = images_built_here();
+    let images: Vec<&str> = compose
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("image:"))
+        .map(str::trim)
+        .collect();
+    assert!(images.len() >= 3, "{images:?}");
+    for image in &images {
+        assert!(
+            built_here.iter().any(|built| built == image),
+            "compose.yaml runs `{image}`, which this repository does not build ({built_here:?})"
+        );
+    }
+    // Services are the two-space-indented keys under `services:`; only the
+    // proxy publishes ports, and the servers' network is internal.
+    let mut service = "";
+    let mut publishing = Vec::new();
+    let mut in_services = false;
+    for line in compose.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            in_services = line.starts_with("services:");
+        } else if in_services && line.starts_with("  ") && !line.starts_with("   ") {
+            service = line.trim().trim_end_matches(':');
+        } else if in_services && line.trim() == "ports:" {
+            publishing.push(service.to_owned());
+        }
+    }
+    assert_eq!(publishing, ["portcullis"], "{compose}");
+    assert!(compose.contains("tools:\n    internal: true"), "{compose}");
+    assert!(
+        compose.contains("\"127.0.0.1:8811:8811\""),
+        "published on loopback only"
+    );
+    assert!(
+        !compose.contains("docker.sock"),
+        "no engine socket in the toolbox"
+    );
 }

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the proxy's own image: `portcullis` (and the example server) linked
+# statically, FROM scratch, non-root (the repository's Dockerfile). No
+# registry is needed, and none is reached.
+#
+# Usage: scripts/build-proxy-image.sh [TAG]     (default portcullis/proxy:dev)
+#   The last line on stdout is the tag; cargo's and docker's output go to stderr.
+#
+# Idempotent: cargo rebuilds only what changed, and docker reuses its cache for
+# unchanged binaries. Concurrent callers wait on a lock.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TAG="${1:-portcullis/proxy:dev}"
+
+die() {
+    echo "build-proxy-image.sh: error: $*" >&2
+    exit 1
+}
+
+command -v docker >/dev/null 2>&1 || die "the docker command is not installed"
+docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
+    die "the Docker engine is not reachable (is dockerd running, and may this user use /var/run/docker.sock?)"
+
+mkdir -p "$ROOT/target"
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$ROOT/target/proxy-image.lock"
+    flock -w 1800 9 || die "timed out waiting for the lock target/proxy-image.lock"
+fi
+
+# A target triple makes RUSTFLAGS apply to the binaries only, not to build
+# scripts and proc macros (which cannot be linked statically). The same
+# flags and target as scripts/build-test-image.sh: the two share artifacts.
+HOST="$(rustc -vV | sed -n 's/^host: //p')"
+[[ -n "$HOST" ]] || die "cannot tell the host target triple from rustc -vV"
+(
+    cd "$ROOT"
+    RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
+        --target "$HOST" --bin portcullis --bin portcullis-example-server
+) >&2 || die "the static build of portcullis failed"
+
+CONTEXT="$ROOT/target/proxy-image"
+rm -rf "$CONTEXT"
+mkdir -p "$CONTEXT"
+cp "$ROOT/target/$HOST/release/portcullis" "$CONTEXT/portcullis"
+cp "$ROOT/target/$HOST/release/portcullis-example-server" "$CONTEXT/portcullis-example-server"
+cp "$ROOT/Dockerfile" "$CONTEXT/Dockerfile"
+
+DOCKER_BUILDKIT=0 docker build --quiet --label dev.portcullis.proxy-image=true \
+    -t "$TAG" "$CONTEXT" >&2 || die "docker build of $TAG failed"
+echo "$TAG"

@@ -1,0 +1,213 @@
+//! The proxy itself in a container, on the real Docker engine: the image of
+//! the repository's Dockerfile (a static `portcullis` FROM scratch, built by
+//! `scripts/build-proxy-image.sh`) runs read-only as a non-root user with the
+//! engine's socket mounted, launches a hardened container server through
+//! it, and a client's call goes through; on `docker stop` it removes the
+//! server's container. Fails, never skips, without an engine.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::MetadataExt as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// `docker ARGS`: its stdout, trimmed; panics with its stderr on failure.
+fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the docker command (these tests need the Docker engine)");
+    assert!(
+        output.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The proxy's image, built once per test run.
+fn proxy_image() -> String {
+    let output = Command::new("bash")
+        .arg(repo_root().join("scripts/build-proxy-image.sh"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/build-proxy-image.sh");
+    assert!(
+        output.status.success(),
+        "scripts/build-proxy-image.sh failed (this test needs a running Docker engine):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .expect("the script prints the tag")
+        .trim()
+        .to_owned()
+}
+
+/// Removes the container when the test ends, passed or not.
+struct Removed(String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn server_containers(server: &str) -> Vec<String> {
+    docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=dev.portcullis.server={server}"),
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxy_image_runs_read_only_as_non_root_and_serves_a_container_server() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let image = proxy_image();
+    let server_image = test_image();
+    // A server name no other test uses: its containers are this test's.
+    let server = format!("deployed-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    // The image's user owns only the data folder; the config is read-only.
+    nix::unistd::chown(
+        &data,
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("portcullis.toml"),
+        format!(
+            "[proxy]\nlisten = \"0.0.0.0:8811\"\ndata_dir = \"/data\"\nstartup_timeout = \"30s\"\n\n\
+             [[clients]]\nname = \"tester\"\ntoken_sha256 = \"{}\"\n\n\
+             [[auditors]]\nname = \"auditors\"\ntoken_sha256 = \"{}\"\n\n\
+             [[servers]]\nname = \"{server}\"\ncontainer = {{ image = \"{server_image}\", args = [\"--name\", \"{server}\"] }}\n",
+            sha256_hex(TOKEN),
+            sha256_hex(AUDITOR_TOKEN),
+        ),
+    )
+    .unwrap();
+
+    let socket_group = std::fs::metadata("/var/run/docker.sock")
+        .expect("the engine's socket at /var/run/docker.sock")
+        .gid()
+        .to_string();
+    let name = format!("portcullis-deploy-test-{}", uuid::Uuid::new_v4().simple());
+    let _removed = Removed(name.clone());
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--group-add",
+        &socket_group,
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        &format!("{}:/etc/portcullis:ro", etc.display()),
+        "-v",
+        &format!("{}:/data", data.display()),
+        "-p",
+        "127.0.0.1::8811",
+        &image,
+    ]);
+    let address = docker(&["port", &name, "8811/tcp"]);
+    let address = address.lines().next().unwrap().to_owned();
+    let base = format!("http://{address}");
+
+    // Up once /healthz answers (the server's container started first).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let health = reqwest::get(format!("{base}/healthz")).await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy's container did not come up:\n{}",
+            docker(&["logs", &name])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The proxy's own container: read-only, the image's non-root user.
+    let inspected = docker(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.ReadonlyRootfs}} {{.Config.User}}",
+        &name,
+    ]);
+    assert_eq!(inspected, "true 65534:65534");
+
+    let session = HttpSession::connect_as(&format!("{base}/mcp"), TOKEN).await;
+    let reply = session
+        .call(
+            1,
+            "tools/call",
+            json!({"name": format!("{server}__echo"), "arguments": {"text": "from inside"}}),
+        )
+        .await;
+    assert_eq!(
+        first_text(&reply),
+        format!("{server}: from inside"),
+        "{reply}\n{}",
+        docker(&["logs", &name])
+    );
+    // The server runs in a sibling container under the hardened profile.
+    let servers = server_containers(&server);
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let profile = docker(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.ReadonlyRootfs}} {{.Config.User}} {{.HostConfig.NetworkMode}}",
+        &servers[0],
+    ]);
+    assert_eq!(profile, "true 65534:65534 none");
+    // And the call is in the audit log on the data volume.
+    let records = admin_records(&base, "kind=exchange", AUDITOR_TOKEN).await;
+    assert!(
+        records.iter().any(|r| r["target"] == "echo" && r["decision"] == "allow"),
+        "{records:?}"
+    );
+
+    // `docker stop` (SIGTERM to the proxy): its server's container goes too.
+    docker(&["stop", "-t", "30", &name]);
+    assert!(
+        server_containers(&server).is_empty(),
+        "the proxy left its server's container behind:\n{}",
+        docker(&["logs", &name])
+    );
+    let logs = Command::new("docker")
+        .args(["logs", &name])
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&logs.stderr);
+    assert!(logs.contains("shutting down"), "{logs}");
+}
