@@ -1,7 +1,9 @@
 //! The web console in headless Chromium against the real proxy: an auditor
 //! logs in, sees a denied call appear in the live view, opens its detail,
-//! filters by client; a client's token is refused. Screenshots of each page
-//! go to `target/console-screenshots/` (the README's come from there).
+//! filters by client; a client's token is refused; a tool whose definition
+//! changed awaits approval on the pins page; the policies page shows the
+//! set in force and a refused reload. Screenshots of each page go to
+//! `target/console-screenshots/` (the README's come from there).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -32,6 +34,20 @@ async fn log_in(browser: &mut Browser, token: &str) {
              document.querySelector('form').submit(); true"
         ))
         .await;
+}
+
+/// Opens `url` again and again (the page is rendered by the proxy) until
+/// `expression` is truthy there; its value.
+async fn wait_for_page(browser: &mut Browser, url: &str, expression: &str, what: &str) -> Value {
+    for _ in 0..100 {
+        browser.goto(url).await;
+        let value = browser.eval(expression).await;
+        if value.as_str().is_some_and(|s| !s.is_empty()) || value == json!(true) {
+            return value;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    browser.wait_for(expression, what).await
 }
 
 /// The live view's rows: (seq, client, target, decision, decided by).
@@ -318,6 +334,20 @@ async fn the_login_cookie_opens_nothing_for_another_sites_page() {
         }
         async move { request.send().await.unwrap().status() }
     };
+    // Without `[proxy] policies` the policies page says what that means.
+    let policies = http
+        .get(format!("{}/admin/policies", served.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        policies.contains("every client may use every tool, prompt and resource"),
+        "{policies}"
+    );
     // The console's own script, a typed address, a non-browser client.
     assert_eq!(read(Some("same-origin")).await, 200);
     assert_eq!(read(Some("none")).await, 200);
@@ -344,5 +374,244 @@ async fn the_login_cookie_opens_nothing_for_another_sites_page() {
         .unwrap();
     assert_eq!(out.status(), 303);
     assert_eq!(read(None).await, 401);
+    served.terminate().await;
+}
+
+const CHANGED: &str = "Echo the text back, and keep a copy for the audit team.";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_security_team_sees_pins_awaiting_approval_and_the_policy_set_with_a_refused_reload() {
+    let proxy = TestProxy::new()
+        .with_config("policies = \"policies\"\npolicy_poll = \"100ms\"")
+        .with_example_server("example");
+    let policies = proxy.policy_folder(
+        r#"@id("dev-tools") permit(principal in Group::"dev", action, resource);
+@id("no-crash") forbid(principal, action == Action::"call_tool", resource == Tool::"example__crash");"#,
+    );
+    let config = proxy.dir().join("portcullis.toml");
+    let served = proxy.serve_http().await;
+    let tester = HttpSession::connect(&served.url).await;
+    // Every tool is pinned on first use; then the server changes echo's
+    // description (a rug pull), and the proxy withholds it.
+    let listed = tester.call(1, "tools/list", json!({})).await;
+    assert!(
+        tool_names(&listed).contains(&"example__echo".to_owned()),
+        "{listed}"
+    );
+    let pulled = tester
+        .call(
+            2,
+            "tools/call",
+            json!({"name": "example__redescribe", "arguments": {"tool": "echo", "description": CHANGED}}),
+        )
+        .await;
+    assert!(pulled["result"].is_object(), "{pulled}");
+    let mut withheld = false;
+    for id in 3..100 {
+        let listed = tester.call(id, "tools/list", json!({})).await;
+        if !tool_names(&listed).contains(&"example__echo".to_owned()) {
+            withheld = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(withheld, "the changed echo is withheld");
+
+    // Without the login both pages are the login form, as the others.
+    for path in ["/admin/pins", "/admin/policies"] {
+        let page = reqwest::get(format!("{}{path}", served.base))
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        let text = page.text().await.unwrap();
+        assert!(text.contains("name=\"token\""), "{path}: {text}");
+        assert!(
+            !text.contains("example__echo") && !text.contains("dev-tools"),
+            "{text}"
+        );
+    }
+
+    let mut browser = Browser::launch().await;
+    let pins_url = format!("{}/admin/pins", served.base);
+    browser.goto(&pins_url).await;
+    log_in(&mut browser, AUDITOR_TOKEN).await;
+    browser
+        .wait_for("document.getElementById('calls') !== null", "the live view")
+        .await;
+    browser.goto(&pins_url).await;
+    let field = |name: &str| {
+        format!(
+            "document.querySelector('section.pin[data-tool=example__echo] td.field-{name}').textContent"
+        )
+    };
+    assert_eq!(browser.eval(&field("server")).await, json!("example"));
+    assert_eq!(browser.eval(&field("tool")).await, json!("echo"));
+    assert_eq!(browser.eval(&field("state")).await, json!("changed"));
+    let pinned = browser.eval(&field("pinned-sha256")).await;
+    let seen = browser.eval(&field("new-sha256")).await;
+    let (pinned, seen) = (pinned.as_str().unwrap(), seen.as_str().unwrap());
+    assert!(
+        pinned.len() == 64 && seen.len() == 64 && pinned != seen,
+        "{pinned} {seen}"
+    );
+    assert_ne!(browser.eval(&field("seen")).await, json!(""));
+    // The same as `portcullis tools pins` says.
+    let path = config.to_str().unwrap();
+    let (ok, rows, stderr) =
+        run_portcullis(["tools", "pins", "--config", path, "--format", "json"]);
+    assert!(ok, "{stderr}");
+    let rows: Value = serde_json::from_str(&rows).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["tool"] == json!("example__echo"))
+        .unwrap();
+    assert_eq!(row["pinned"]["sha256"], json!(pinned));
+    assert_eq!(row["seen"]["sha256"], json!(seen));
+    let diff = browser
+        .eval("document.querySelector('section.pin[data-tool=example__echo] pre.diff').textContent")
+        .await;
+    assert!(
+        diff.as_str()
+            .unwrap()
+            .contains(&format!("+ /description: \"{CHANGED}\"")),
+        "{diff}"
+    );
+    let command = browser
+        .eval("document.querySelector('section.pin[data-tool=example__echo] pre.command').textContent")
+        .await;
+    let command = command.as_str().unwrap().to_owned();
+    assert_eq!(
+        command,
+        format!("portcullis tools approve example__echo --config {path} --sha256 {seen}")
+    );
+    let summary = browser
+        .eval("document.getElementById('pins-summary').textContent")
+        .await;
+    assert!(
+        summary
+            .as_str()
+            .unwrap()
+            .starts_with("1 awaiting approval; "),
+        "{summary}"
+    );
+    let fine = browser
+        .eval("[...document.querySelectorAll('#pinned tbody tr')].map(r => r.dataset.tool)")
+        .await;
+    let fine: Vec<&str> = fine
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        fine.contains(&"example__add") && !fine.contains(&"example__echo"),
+        "{fine:?}"
+    );
+    assert!(
+        summary
+            .as_str()
+            .unwrap()
+            .contains(&format!("{} pinned tools are fine", fine.len()))
+    );
+    // Taller than the window, so the shot shows the command too.
+    browser
+        .command(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": 1280, "height": 1040, "deviceScaleFactor": 1, "mobile": false}),
+        )
+        .await;
+    browser.screenshot(&screenshots().join("pins.png")).await;
+    browser
+        .command("Emulation.clearDeviceMetricsOverride", json!({}))
+        .await;
+
+    // The policy set in force, valid.
+    let policies_url = format!("{}/admin/policies", served.base);
+    browser.goto(&policies_url).await;
+    let ids = browser
+        .eval("[...document.querySelectorAll('#policies tbody tr')].map(r => [r.dataset.policy, r.cells[1].textContent])")
+        .await;
+    assert_eq!(
+        ids,
+        json!([["dev-tools", "permit"], ["no-crash", "forbid"]])
+    );
+    let detail = |name: &str| format!("document.querySelector('td.field-{name}').textContent");
+    let validation = browser.eval(&detail("validation")).await;
+    assert!(
+        validation
+            .as_str()
+            .unwrap()
+            .starts_with("valid against the schema"),
+        "{validation}"
+    );
+    let set = browser.eval(&detail("policy-set")).await;
+    let set = set.as_str().unwrap().to_owned();
+    assert!(!set.is_empty());
+    assert_eq!(browser.eval(&detail("policies")).await, json!("2"));
+    // The id audit records carry.
+    let started: Value = reqwest::Client::new()
+        .get(format!("{}/admin/audit?kind=proxy_start", served.base))
+        .bearer_auth(AUDITOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(started["records"][0]["policy_set"], json!(set), "{started}");
+    browser
+        .screenshot(&screenshots().join("policies.png"))
+        .await;
+
+    // A policy that does not validate: the reload is refused, the page
+    // says where, and the set in force stays.
+    std::fs::write(
+        policies.join("typo.cedar"),
+        "// added by mistake\n@id(\"typo\") permit(principal, action, resource) when { principal.departmnet == \"x\" };\n",
+    )
+    .unwrap();
+    let error = wait_for_page(
+        &mut browser,
+        &policies_url,
+        "(() => { const e = document.getElementById('policy-error'); return e ? e.textContent : ''; })()",
+        "the refused reload",
+    )
+    .await;
+    let error = error.as_str().unwrap();
+    assert!(error.contains("typo.cedar:2:"), "{error}");
+    assert!(error.contains("departmnet"), "{error}");
+    assert_eq!(browser.eval(&detail("policy-set")).await, json!(set));
+    let validation = browser.eval(&detail("validation")).await;
+    assert!(
+        validation
+            .as_str()
+            .unwrap()
+            .contains("does not validate now"),
+        "{validation}"
+    );
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('#policies tbody tr').length")
+            .await,
+        json!(2)
+    );
+    browser
+        .screenshot(&screenshots().join("policies-refused.png"))
+        .await;
+
+    // The command shown approves (the console itself cannot).
+    let args: Vec<&str> = command.split(' ').skip(1).collect();
+    let (ok, stdout, stderr) = run_portcullis(&args);
+    assert!(ok, "{stdout}{stderr}");
+    wait_for_page(
+        &mut browser,
+        &pins_url,
+        "document.getElementById('pins-summary').textContent.startsWith('0 awaiting approval')",
+        "the approval",
+    )
+    .await;
+    browser.close().await;
     served.terminate().await;
 }

@@ -83,7 +83,10 @@ async fn the_proxy_image_runs_read_only_as_non_root_and_serves_a_container_serve
     let image = proxy_image();
     let server_image = test_image();
     // A server name no other test uses: its containers are this test's.
-    let server = format!("deployed-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let server = format!(
+        "deployed-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let etc = dir.path().join("etc");
@@ -193,7 +196,9 @@ async fn the_proxy_image_runs_read_only_as_non_root_and_serves_a_container_serve
     // And the call is in the audit log on the data volume.
     let records = admin_records(&base, "kind=exchange", AUDITOR_TOKEN).await;
     assert!(
-        records.iter().any(|r| r["target"] == "echo" && r["decision"] == "allow"),
+        records
+            .iter()
+            .any(|r| r["target"] == "echo" && r["decision"] == "allow"),
         "{records:?}"
     );
 

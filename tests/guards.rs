@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestProxy;
+use common::{TestProxy, tool_names};
 use serde_json::{Value, json};
 
 fn is_rate_limited(reply: &Value) -> bool {
@@ -384,15 +384,6 @@ fn example_server(args: &[&str]) -> String {
         common::example_server_bin(),
         all
     )
-}
-
-fn tool_names(reply: &Value) -> Vec<String> {
-    reply["result"]["tools"]
-        .as_array()
-        .expect("a tool list")
-        .iter()
-        .filter_map(|t| t["name"].as_str().map(str::to_owned))
-        .collect()
 }
 
 fn is_list_changed(message: &Value) -> bool {

@@ -742,7 +742,9 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = listen {
         let gateway = gateway.clone();
-        tasks.spawn(async move { downstream::http::serve(gateway, addr).await });
+        // For the console's pages on policies and pins.
+        let enforcement = downstream::http::Enforcement { policies, pinning };
+        tasks.spawn(async move { downstream::http::serve(gateway, addr, enforcement).await });
     }
     let stdio_only = listen.is_none();
     if let Some(client) = stdio_client {

@@ -1,8 +1,6 @@
 //! `portcullis tools pins` and `portcullis tools approve`, and the audit
 //! records of pin events.
 
-use std::collections::BTreeSet;
-
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
@@ -10,7 +8,7 @@ use super::Format;
 use crate::audit::{Audit, AuditRecord, SledStorage};
 use crate::config::Config;
 use crate::interceptors::pinning::{
-    Files, Finding, Pin, PinEvent, poison::Rules, rule_ids, short, store,
+    Files, Finding, Pin, PinEvent, poison::Rules, review, rule_ids, short, store,
 };
 
 /// The audit record of a pin event.
@@ -114,39 +112,19 @@ pub fn list(config: &Config, format: Format) -> anyhow::Result<()> {
     let pins = files.load_pins()?;
     let seen = files.load_seen()?;
     let rules = rules_of(config)?;
-    let names: BTreeSet<&String> = pins.tools.keys().chain(seen.tools.keys()).collect();
-    let mut rows = Vec::new();
-    for name in names {
-        let pin = pins.tools.get(name);
-        let noted = seen.tools.get(name);
-        let state = match (pin, noted) {
-            (Some(pin), Some(noted)) if pin.sha256 != noted.sha256 => "changed",
-            (Some(_), Some(_)) => "flagged", // pinned, withheld by the poisoning rules
-            (Some(pin), None) if pin.approved() => "approved",
-            (Some(_), None) => "pinned",
-            (None, _) => "unpinned",
-        };
-        let current = noted
-            .map(|n| &n.definition)
-            .or(pin.map(|p| &p.definition))
-            .cloned()
-            .unwrap_or(Value::Null);
-        let findings = rules.scan(&current);
-        let diff = match (pin, noted) {
-            (Some(pin), Some(noted)) if pin.sha256 != noted.sha256 => {
-                store::diff(&pin.definition, &noted.definition)
-            }
-            _ => Vec::new(),
-        };
-        rows.push(json!({
-            "tool": name,
-            "state": state,
-            "pinned": pin.map(|p| json!({"sha256": p.sha256, "by": p.by, "pinned_at": p.pinned_at})),
-            "seen": noted.map(|n| json!({"sha256": n.sha256, "seen_at": n.seen_at})),
-            "findings": findings,
-            "diff": diff,
-        }));
-    }
+    let rows: Vec<Value> = review::tools(&pins, &seen, Some(&rules))
+        .into_iter()
+        .map(|tool| {
+            json!({
+                "tool": tool.tool,
+                "state": tool.state.as_str(),
+                "pinned": tool.pin.map(|p| json!({"sha256": p.sha256, "by": p.by, "pinned_at": p.pinned_at})),
+                "seen": tool.seen.map(|n| json!({"sha256": n.sha256, "seen_at": n.seen_at})),
+                "findings": tool.findings,
+                "diff": tool.diff,
+            })
+        })
+        .collect();
     match format {
         Format::Json => println!(
             "{}",
@@ -203,12 +181,7 @@ fn print_table(rows: &[Value], files: &Files) {
         if !findings.is_empty() {
             println!("\n{name}: flagged by poisoning rules:");
             for finding in &findings {
-                let place = if finding.path.is_empty() {
-                    "/"
-                } else {
-                    &finding.path
-                };
-                println!("  {} at {place}", finding.rule);
+                println!("  {finding}");
             }
         }
     }

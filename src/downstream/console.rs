@@ -1,7 +1,9 @@
 //! The web console at `/admin/`, for auditors and security teams: a live
 //! view of calls with filters, one exchange's detail, the chain's
-//! verification. Server-rendered HTML with a little plain JavaScript, both
-//! inside the binary (no build step, nothing fetched from elsewhere).
+//! verification, the servers, the tool pins awaiting approval ([`pins`])
+//! and the policy set in force ([`policies`]). Server-rendered HTML with a
+//! little plain JavaScript, both inside the binary (no build step, nothing
+//! fetched from elsewhere).
 //!
 //! Login: an auditor's token posted to `/admin/login` gives an `HttpOnly`,
 //! `SameSite=Strict` cookie naming a random login (kept in memory, 8 hours);
@@ -26,6 +28,9 @@ use serde::Deserialize;
 
 use super::http::HttpState;
 use crate::audit::{AuditRecord, FilterParams, Reader};
+
+mod pins;
+mod policies;
 
 /// The login cookie's name.
 const COOKIE: &str = "portcullis_console";
@@ -54,6 +59,8 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/admin/logout", post(logout))
         .route("/admin/exchange/{seq}", get(exchange))
         .route("/admin/servers", get(servers))
+        .route("/admin/pins", get(pins::pins))
+        .route("/admin/policies", get(policies::policies))
         .route("/admin/static/console.js", get(script))
         .route("/admin/static/console.css", get(style))
 }
@@ -111,7 +118,8 @@ fn esc(text: &str) -> String {
 fn page(status: StatusCode, title: &str, auditor: Option<&str>, body: &str) -> Response {
     let nav = match auditor {
         Some(auditor) => format!(
-            "<nav><a href=\"/admin/\">Calls</a><a href=\"/admin/servers\">Servers</a><span class=\"who\">{}</span>\
+            "<nav><a href=\"/admin/\">Calls</a><a href=\"/admin/servers\">Servers</a>\
+             <a href=\"/admin/pins\">Tool pins</a><a href=\"/admin/policies\">Policies</a><span class=\"who\">{}</span>\
              <form method=\"post\" action=\"/admin/logout\"><button type=\"submit\">Log out</button></form></nav>",
             esc(auditor)
         ),
@@ -624,27 +632,34 @@ async fn servers(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Res
                 fields.push(("url", shown_url(&spec.url)));
             }
         }
-        let rows: String = fields
-            .iter()
-            .map(|(name, value)| {
-                format!(
-                    "<tr><th>{}</th><td class=\"field-{}\">{}</td></tr>",
-                    esc(name),
-                    esc(&name.replace(' ', "-")),
-                    esc(value)
-                )
-            })
-            .collect();
         sections.push_str(&format!(
             "<section class=\"server\" data-server=\"{name}\"><h2>{name} <span class=\"state state-{status}\">{status}</span></h2>\
-             <table class=\"detail\">{rows}</table></section>",
+             {table}</section>",
             name = esc(&server.name),
+            table = detail_table(&fields),
         ));
     }
     if sections.is_empty() {
         sections = "<p class=\"hint\">No servers are configured.</p>".into();
     }
     page(StatusCode::OK, "Servers", Some(&auditor), &sections)
+}
+
+/// A table of named values, each value's cell classed `field-NAME` (spaces
+/// as dashes) for the style and the tests; everything escaped.
+fn detail_table(fields: &[(&str, String)]) -> String {
+    let rows: String = fields
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "<tr><th>{}</th><td class=\"field-{}\">{}</td></tr>",
+                esc(name),
+                esc(&name.replace(' ', "-")),
+                esc(value)
+            )
+        })
+        .collect();
+    format!("<table class=\"detail\">{rows}</table>")
 }
 
 /// A URL without what may hold a credential: user information, query and

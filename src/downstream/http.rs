@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use super::DownstreamError;
 use crate::chain::{ClientIdentity, Transport};
 use crate::gateway::{Gateway, Outlet, Session};
+use crate::interceptors::{Pinning, PolicyEngine};
 use crate::protocol::{self, IdKey, Kind, ParseError, code};
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -76,22 +77,37 @@ pub(super) struct HttpState {
     loopback_only: bool,
     /// The web console's logins: cookie value → auditor and expiry.
     pub(super) console: Mutex<HashMap<String, super::console::Login>>,
+    pub(super) enforcement: Enforcement,
+}
+
+/// What the console shows of the chain: the policy set authz enforces and
+/// the pins pinning enforces. They are built with the chain, beside the
+/// gateway, and are absent when their interceptor is not in the chain.
+#[derive(Clone, Default)]
+pub struct Enforcement {
+    pub policies: Option<Arc<PolicyEngine>>,
+    pub pinning: Option<Arc<Pinning>>,
 }
 
 /// Serves streamable HTTP until the gateway shuts down.
-pub async fn serve(gateway: Arc<Gateway>, addr: SocketAddr) -> Result<(), DownstreamError> {
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    addr: SocketAddr,
+    enforcement: Enforcement,
+) -> Result<(), DownstreamError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| DownstreamError::Bind { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
     tracing::info!(addr = %local, "listening for MCP over streamable HTTP at /mcp");
-    serve_on(gateway, listener).await
+    serve_on(gateway, listener, enforcement).await
 }
 
 /// Serves on a bound listener.
 pub async fn serve_on(
     gateway: Arc<Gateway>,
     listener: tokio::net::TcpListener,
+    enforcement: Enforcement,
 ) -> Result<(), DownstreamError> {
     let config = gateway.config();
     let tokens = config
@@ -124,6 +140,7 @@ pub async fn serve_on(
         loopback_only,
         gateway: gateway.clone(),
         console: Mutex::new(HashMap::new()),
+        enforcement,
     });
     let body_limit = config.limits.max_message_bytes;
     let app = Router::new()

@@ -628,6 +628,16 @@ pub async fn admin_records(base: &str, query: &str, token: &str) -> Vec<Value> {
         .unwrap_or_else(|| panic!("no records in {answer}"))
 }
 
+/// The tool names of a `tools/list` reply.
+pub fn tool_names(reply: &Value) -> Vec<String> {
+    reply["result"]["tools"]
+        .as_array()
+        .expect("a tool list")
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// `portcullis audit … --config CONFIG`: (success, stdout, stderr).
 pub fn audit(config: &Path, args: &[&str]) -> (bool, String, String) {
     let mut all: Vec<&std::ffi::OsStr> = vec!["audit".as_ref()];

@@ -23,7 +23,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use request::{Action, Query, Target, ToolAnnotations};
-pub use store::{Decision, Diagnostic, PolicyError, PolicyStore, Severity, Sources};
+pub use store::{
+    Decision, Diagnostic, ListedPolicy, Origin, PolicyError, PolicyStore, Severity, Sources,
+};
 
 use crate::chain::{Annotation, Denial, Direction, Exchange, Interceptor, Phase, Verdict};
 use crate::config::ClientConfig;
@@ -36,8 +38,9 @@ pub struct PolicyEngine {
     clients: Vec<ClientConfig>,
     current: RwLock<Arc<PolicyStore>>,
     /// The last rejection reported, so a broken file is reported once, not
-    /// at every poll.
-    rejected: Mutex<Option<String>>,
+    /// at every poll; cleared once the folder loads again (or is back to
+    /// the set in force).
+    rejected: Mutex<Option<Rejection>>,
     /// Reloads applied or rejected, for whoever records them (the audit log).
     reloads: tokio::sync::broadcast::Sender<ReloadReport>,
 }
@@ -61,6 +64,16 @@ impl std::fmt::Debug for PolicyEngine {
             .field("set", &self.current().id)
             .finish()
     }
+}
+
+/// A reload the engine refused: the folder as it is now does not load, and
+/// the set in force is the last one that did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Why (file:line:col diagnostics).
+    pub message: String,
+    /// When this rejection was first met.
+    pub at: SystemTime,
 }
 
 /// What a reload did.
@@ -92,6 +105,14 @@ impl PolicyEngine {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Why the folder does not load now, if the last reload was refused.
+    pub fn rejection(&self) -> Option<Rejection> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The policy set in force.
@@ -173,7 +194,9 @@ impl PolicyEngine {
         let mut rejected = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
         let store = self.current();
         match result {
-            Ok(Reload::Unchanged) => {}
+            // The folder is the set in force again (a broken file was taken
+            // out): nothing is refused any more.
+            Ok(Reload::Unchanged) => *rejected = None,
             Ok(Reload::Applied(id)) => {
                 *rejected = None;
                 tracing::info!(policy_set = %id, policies = store.policy_count(), "policies reloaded");
@@ -187,7 +210,7 @@ impl PolicyEngine {
             Err(err) => {
                 // The same rejection is reported once, not at every poll.
                 let report = err.to_string();
-                if rejected.as_deref() != Some(report.as_str()) {
+                if rejected.as_ref().map(|r| r.message.as_str()) != Some(report.as_str()) {
                     tracing::error!(
                         dir = %self.dir.display(),
                         policy_set = %store.id,
@@ -199,8 +222,11 @@ impl PolicyEngine {
                         policies: store.policy_count(),
                         rejected: Some(report.clone()),
                     });
+                    *rejected = Some(Rejection {
+                        message: report,
+                        at: SystemTime::now(),
+                    });
                 }
-                *rejected = Some(report);
             }
         }
     }

@@ -15,6 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid,
@@ -106,6 +107,15 @@ pub struct Origin {
     pub file: PathBuf,
     pub line: usize,
     pub effect: &'static str,
+}
+
+/// A policy of a loaded set, as its file has it.
+#[derive(Debug, Clone)]
+pub struct ListedPolicy<'a> {
+    pub id: &'a str,
+    pub origin: &'a Origin,
+    /// The policy's own text, annotations included.
+    pub text: String,
 }
 
 /// What a decision came to.
@@ -202,6 +212,8 @@ pub struct PolicyStore {
     slices: RwLock<HashMap<String, Arc<Prepared>>>,
     /// A short hash of the schema and policy files.
     pub id: Arc<str>,
+    /// When the folder was read and validated into this set.
+    pub loaded_at: SystemTime,
     pub files: Vec<PathBuf>,
     pub warnings: Vec<Diagnostic>,
 }
@@ -538,6 +550,7 @@ impl PolicyStore {
             authorizer: Authorizer::new(),
             slices: RwLock::new(HashMap::new()),
             id: Arc::from(sources.fingerprint()),
+            loaded_at: SystemTime::now(),
             files: std::iter::once(schema_path.clone())
                 .chain(sources.policies.iter().map(|(p, _)| p.clone()))
                 .collect(),
@@ -576,6 +589,28 @@ impl PolicyStore {
 
     pub fn origin(&self, id: &str) -> Option<&Origin> {
         self.origins.get(id)
+    }
+
+    /// Every policy, in file and line order.
+    pub fn policies(&self) -> Vec<ListedPolicy<'_>> {
+        let mut listed: Vec<ListedPolicy<'_>> = self
+            .origins
+            .iter()
+            .map(|(id, origin)| ListedPolicy {
+                id,
+                origin,
+                // Parsed from text, a policy displays as written.
+                text: self
+                    .all
+                    .policy(&PolicyId::new(id))
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            })
+            .collect();
+        listed.sort_by(|a, b| {
+            (&a.origin.file, a.origin.line, a.id).cmp(&(&b.origin.file, b.origin.line, b.id))
+        });
+        listed
     }
 
     pub fn schema(&self) -> &Schema {

@@ -484,6 +484,10 @@ fn folder(policy: &str) -> tempfile::TempDir {
 const ALLOW_ECHO: &str = r#"@id("allow-echo") permit(principal, action == Action::"call_tool", resource == Tool::"example__echo");"#;
 const ALLOW_ADD: &str = r#"@id("allow-add") permit(principal, action == Action::"call_tool", resource == Tool::"example__add");"#;
 
+fn engine(dir: &Path) -> PolicyEngine {
+    PolicyEngine::load(dir, &[]).unwrap_or_else(|err| panic!("{err}"))
+}
+
 fn allowed(engine: &PolicyEngine, name: &str) -> bool {
     let target = tool(name, false);
     engine
@@ -495,10 +499,7 @@ fn allowed(engine: &PolicyEngine, name: &str) -> bool {
 #[test]
 fn a_valid_change_applies_and_a_broken_one_keeps_the_last_good_set() {
     let dir = folder(ALLOW_ECHO);
-    let engine = match PolicyEngine::load(dir.path(), &[]) {
-        Ok(engine) => engine,
-        Err(err) => panic!("{err}"),
-    };
+    let engine = engine(dir.path());
     assert!(allowed(&engine, "example__echo") && !allowed(&engine, "example__add"));
     assert_eq!(engine.reload().ok(), Some(Reload::Unchanged));
 
@@ -558,10 +559,7 @@ fn concurrent_decisions_during_reloads_each_come_from_one_set() {
                    @id("b-echo") forbid(principal, action, resource == Tool::"example__echo");
                    @id("b-all") permit(principal, action, resource == Tool::"example__echo");"#;
     let dir = folder(set_a);
-    let engine = match PolicyEngine::load(dir.path(), &[]) {
-        Ok(engine) => Arc::new(engine),
-        Err(err) => panic!("{err}"),
-    };
+    let engine = Arc::new(engine(dir.path()));
     let id_a = engine.current().id.clone();
     write(dir.path(), "main.cedar", set_b);
     let _ = engine.reload();
@@ -613,4 +611,85 @@ fn concurrent_decisions_during_reloads_each_come_from_one_set() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let total: usize = deciders.into_iter().map(|t| t.join().unwrap_or(0)).sum();
     assert!(total > 0, "the deciders ran");
+}
+
+#[test]
+fn a_refused_reload_is_shown_until_the_folder_loads_again() {
+    let dir = folder(ALLOW_ECHO);
+    let engine = engine(dir.path());
+    let in_force = engine.current().id.clone();
+    let poll = |engine: &PolicyEngine| engine.report(engine.reload(), engine.current().id.clone());
+    poll(&engine);
+    assert_eq!(engine.rejection(), None);
+
+    write(
+        dir.path(),
+        "broken.cedar",
+        "permit(principal,\n  action, resource",
+    );
+    poll(&engine);
+    let Some(first) = engine.rejection() else {
+        panic!("a broken file is a rejection");
+    };
+    assert!(
+        first.message.contains("broken.cedar:2:"),
+        "{}",
+        first.message
+    );
+    assert_eq!(engine.current().id, in_force, "the last good set stays");
+    // Polled again, the same rejection keeps the time it was first met.
+    poll(&engine);
+    assert_eq!(engine.rejection(), Some(first));
+
+    // Taken out: the folder is the set in force again.
+    let _ = std::fs::remove_file(dir.path().join("broken.cedar"));
+    poll(&engine);
+    assert_eq!(engine.rejection(), None);
+    // Broken, then fixed by a valid change.
+    write(dir.path(), "main.cedar", "permit(");
+    poll(&engine);
+    assert!(engine.rejection().is_some());
+    write(dir.path(), "main.cedar", ALLOW_ADD);
+    poll(&engine);
+    assert_eq!(engine.rejection(), None);
+    assert_ne!(engine.current().id, in_force);
+}
+
+#[test]
+fn a_set_lists_its_policies_as_written_in_file_order() {
+    let store = store(&[
+        "// the echo tool\n@id(\"echo\")\npermit(principal, action, resource == Tool::\"example__echo\");",
+        "@id(\"no-add\") forbid(principal, action, resource == Tool::\"example__add\");\n\npermit(principal, action == Action::\"list_tools\", resource);",
+    ]);
+    let listed: Vec<(&str, &str, String, usize)> = store
+        .policies()
+        .iter()
+        .map(|p| {
+            (
+                p.id,
+                p.origin.effect,
+                p.origin.file.display().to_string(),
+                p.origin.line,
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("echo", "permit", "p0.cedar".into(), 2),
+            ("no-add", "forbid", "p1.cedar".into(), 1),
+            ("p1.cedar:3", "permit", "p1.cedar".into(), 3),
+        ]
+    );
+    let texts: Vec<String> = store.policies().into_iter().map(|p| p.text).collect();
+    assert_eq!(
+        texts[0],
+        "@id(\"echo\")\npermit(principal, action, resource == Tool::\"example__echo\");"
+    );
+    assert!(
+        texts[1].starts_with("@id(\"no-add\") forbid("),
+        "{}",
+        texts[1]
+    );
+    assert!(store.loaded_at <= SystemTime::now());
 }

@@ -19,6 +19,7 @@
 //! event (for the audit log and `tools/list_changed`).
 
 pub mod poison;
+pub mod review;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -33,6 +34,7 @@ use crate::chain::{Annotation, Definition, Denial, Direction, Exchange, Intercep
 use crate::config::{FirstUse, OnChange, PinningConfig, Poisoning};
 use crate::protocol::code;
 use poison::Rules;
+pub use review::{ReviewState, ToolReview};
 pub use store::{Files, Finding, Pin, PinError, PinFile, Seen, SeenFile};
 
 /// Where flags go in a listed item.
@@ -208,6 +210,22 @@ impl Pinning {
 
     pub fn files(&self) -> &Files {
         &self.files
+    }
+
+    /// Every pin and every definition awaiting approval, as in force now,
+    /// flagged by the rules this proxy scans with.
+    pub fn review(&self) -> Vec<ToolReview> {
+        let (pins, seen, _) = self.current();
+        review::tools(&pins, &seen, self.rules.as_ref())
+    }
+
+    /// Why the pin file on disk does not load, if it changed and does not:
+    /// the pins in force are the last that loaded.
+    pub fn rejected(&self) -> Option<String> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn current(&self) -> (Arc<PinFile>, Arc<SeenFile>, u64) {

@@ -95,6 +95,17 @@ pub struct Finding {
     pub path: String,
 }
 
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
+        write!(f, "{} at {place}", self.rule)
+    }
+}
+
 /// A definition the proxy saw that is not the pinned one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -321,7 +332,16 @@ pub fn diff(old: &Value, new: &Value) -> Vec<String> {
 
 /// A value as a diff shows it: JSON, with invisible characters escaped.
 fn shown_value(value: &Value) -> String {
-    let text = value.to_string();
+    visible(&value.to_string())
+}
+
+/// A definition for review: pretty JSON, with invisible characters escaped
+/// (as in [`diff`]) so that nothing in it hides from the reviewer.
+pub fn shown_pretty(value: &Value) -> String {
+    visible(&serde_json::to_string_pretty(value).unwrap_or_default())
+}
+
+fn visible(text: &str) -> String {
     let mut shown = String::with_capacity(text.len());
     for c in text.chars() {
         if super::poison::is_invisible(c) {
