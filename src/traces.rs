@@ -9,17 +9,21 @@
 //! server continues the same trace.
 //!
 //! The hot path only reads clocks and pushes spans onto the exchange's
-//! [`Recording`]. A finished recording goes to a bounded queue (when it is
-//! full the spans are dropped and counted: tracing never blocks or slows a
-//! call), and a background [`Exporter`] batches recordings into OTLP/HTTP
-//! JSON requests.
+//! [`Recording`]. A finished recording is pushed onto a bounded buffer under
+//! an uncontended lock (when it is full the spans are dropped and counted:
+//! tracing never blocks or slows a call); the background [`Exporter`] takes
+//! the whole buffer every second, or when it holds a request's worth of
+//! spans, and posts it as OTLP/HTTP JSON. Nothing wakes another thread per
+//! call.
 
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::sync::Mutex;
+
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{TracesConfig, resolve_headers};
@@ -27,6 +31,8 @@ use crate::metrics::{Counter, Exposition};
 
 /// Finished recordings waiting for the exporter; past this, spans are dropped.
 const QUEUE: usize = 4_096;
+/// How often an exporter-less [`Export::discard`] empties the buffer.
+const DISCARD_EVERY: Duration = Duration::from_millis(100);
 /// The exporter sends at least this often while spans wait…
 const EXPORT_EVERY: Duration = Duration::from_secs(1);
 /// …and at once when this many spans wait.
@@ -343,32 +349,58 @@ struct TracerInner {
     /// A new trace is sampled when the low 64 bits of its id are below this
     /// (`None`: every trace).
     sample_below: Option<u64>,
-    queue: mpsc::Sender<Finished>,
+    pending: Mutex<Pending>,
+    /// Told once the buffer holds a request's worth of spans.
+    full_enough: Notify,
     counters: Arc<Counters>,
 }
 
-/// The tracer's side of the queue, for [`Exporter::spawn`] (or
+/// Finished recordings not yet taken by the exporter.
+#[derive(Debug, Default)]
+struct Pending {
+    finished: Vec<Finished>,
+    spans: usize,
+}
+
+/// The exporter's side of the buffer, for [`Exporter::spawn`] (or
 /// [`Export::discard`]).
 #[derive(Debug)]
-pub struct Queue(mpsc::Receiver<Finished>);
+pub struct Queue(Arc<TracerInner>);
+
+impl Queue {
+    /// Everything finished so far.
+    fn take(&self) -> Vec<Finished> {
+        let mut pending = self.0.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.spans = 0;
+        std::mem::take(&mut pending.finished)
+    }
+
+    /// Until the buffer holds a request's worth of spans.
+    async fn full_enough(&self) {
+        self.0.full_enough.notified().await;
+    }
+}
 
 impl Tracer {
     /// A tracer that samples this share of new traces (a caller's
     /// `traceparent` decides for its own: sampled or not).
     pub fn new(sample_ratio: f64) -> (Self, Queue) {
-        let (sender, receiver) = mpsc::channel(QUEUE);
         let sample_below = (sample_ratio < 1.0).then(|| {
             // Saturates: 0.0 samples nothing; just under 1.0, nearly all.
             (sample_ratio.max(0.0) * 18_446_744_073_709_551_616.0) as u64
         });
-        let tracer = Self {
-            inner: Arc::new(TracerInner {
-                sample_below,
-                queue: sender,
-                counters: Arc::default(),
-            }),
-        };
-        (tracer, Queue(receiver))
+        let inner = Arc::new(TracerInner {
+            sample_below,
+            pending: Mutex::default(),
+            full_enough: Notify::new(),
+            counters: Arc::default(),
+        });
+        (
+            Self {
+                inner: inner.clone(),
+            },
+            Queue(inner),
+        )
     }
 
     pub fn counters(&self) -> Arc<Counters> {
@@ -419,9 +451,19 @@ impl Tracer {
             root,
             end: Instant::now(),
         };
-        let spans = finished.span_count() as u64;
-        if self.inner.queue.try_send(finished).is_err() {
-            self.inner.counters.dropped.add(spans);
+        let spans = finished.span_count();
+        let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.finished.len() >= QUEUE {
+            drop(pending);
+            self.inner.counters.dropped.add(spans as u64);
+            return;
+        }
+        pending.finished.push(finished);
+        let before = pending.spans;
+        pending.spans += spans;
+        drop(pending);
+        if before < MOST_SPANS_PER_REQUEST && before + spans >= MOST_SPANS_PER_REQUEST {
+            self.inner.full_enough.notify_one();
         }
     }
 
@@ -465,15 +507,17 @@ pub struct Export {
 impl Export {
     /// Takes every finished trace and drops it: tracing without an exporter
     /// (for measuring what tracing itself costs).
-    pub fn discard(mut queue: Queue) -> Self {
+    pub fn discard(queue: Queue) -> Self {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    received = queue.0.recv() => if received.is_none() { return },
+                    () = tokio::time::sleep(DISCARD_EVERY) => {}
+                    () = queue.full_enough() => {}
                     () = stopped.cancelled() => return,
                 }
+                drop(queue.take());
             }
         });
         Self { task, stop }
@@ -529,43 +573,34 @@ impl Exporter {
         Export { task, stop }
     }
 
-    async fn run(self, mut queue: Queue, stop: CancellationToken) {
-        let mut batch = Vec::new();
-        let mut spans = 0;
+    async fn run(self, queue: Queue, stop: CancellationToken) {
         let mut tick = tokio::time::interval(EXPORT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         loop {
             tokio::select! {
-                received = queue.0.recv() => match received {
-                    Some(finished) => {
-                        spans += finished.span_count();
-                        batch.push(finished);
-                        if spans >= MOST_SPANS_PER_REQUEST {
-                            spans = 0;
-                            failing = self.export(std::mem::take(&mut batch), failing).await;
-                        }
-                    }
-                    None => break,
-                },
-                _ = tick.tick() => if !batch.is_empty() {
-                    spans = 0;
-                    failing = self.export(std::mem::take(&mut batch), failing).await;
-                },
+                _ = tick.tick() => {}
+                () = queue.full_enough() => {}
                 () = stop.cancelled() => break,
             }
+            failing = self.export_all(queue.take(), failing).await;
         }
-        while let Ok(finished) = queue.0.try_recv() {
-            batch.push(finished);
+        // What finished before the stop, in bounded time.
+        let last = self.export_all(queue.take(), failing);
+        if tokio::time::timeout(FINAL_EXPORT, last).await.is_err() {
+            tracing::warn!("traces: the last spans could not be exported before the proxy stopped");
         }
-        if !batch.is_empty() {
-            let last = self.export(batch, failing);
-            if tokio::time::timeout(FINAL_EXPORT, last).await.is_err() {
-                tracing::warn!(
-                    "traces: the last spans could not be exported before the proxy stopped"
-                );
-            }
+    }
+
+    /// Exports `finished` a request's worth of spans at a time; returns
+    /// whether exports are failing.
+    async fn export_all(&self, mut finished: Vec<Finished>, mut failing: bool) -> bool {
+        while !finished.is_empty() {
+            let rest = split_batch(&mut finished);
+            failing = self.export(finished, failing).await;
+            finished = rest;
         }
+        failing
     }
 
     /// Sends one batch (tried again on a connection error, 429 or 5xx);
@@ -627,6 +662,20 @@ impl Exporter {
         }
         true
     }
+}
+
+/// Splits off what follows the first request's worth of spans (at least one
+/// recording stays).
+fn split_batch(finished: &mut Vec<Finished>) -> Vec<Finished> {
+    let mut spans = 0;
+    let keep = finished
+        .iter()
+        .position(|f| {
+            spans += f.span_count();
+            spans > MOST_SPANS_PER_REQUEST
+        })
+        .map_or(finished.len(), |at| at.max(1));
+    finished.split_off(keep)
 }
 
 /// The collector's count of rejected spans (OTLP partial success), 0 when it
@@ -837,8 +886,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn batches_hold_a_requests_worth_of_spans() {
+        let (tracer, queue) = Tracer::new(1.0);
+        // 300 recordings of 3 spans: 900 spans, two requests.
+        for _ in 0..300 {
+            let Some(mut recording) = tracer.start(&json!({})) else {
+                panic!("sampled");
+            };
+            let now = Instant::now();
+            recording.push(Span::new("a", SpanKind::Internal, now, now));
+            recording.push(Span::new("b", SpanKind::Internal, now, now));
+            tracer.finish(
+                recording,
+                Root {
+                    name: "ping".into(),
+                    attributes: Vec::new(),
+                    error: None,
+                },
+            );
+        }
+        // Past 512 spans the exporter was told.
+        tokio::time::timeout(Duration::from_secs(1), queue.full_enough())
+            .await
+            .expect("told once the buffer held a request's worth");
+        let mut first = queue.take();
+        assert_eq!(first.len(), 300);
+        let rest = split_batch(&mut first);
+        assert_eq!((first.len(), rest.len()), (170, 130));
+        assert!(queue.take().is_empty());
+    }
+
+    #[tokio::test]
     async fn encoding_follows_otlp_json() {
-        let (tracer, mut queue) = Tracer::new(1.0);
+        let (tracer, queue) = Tracer::new(1.0);
         let message = json!({"params":{"_meta":{"traceparent": SAMPLE}}});
         let Some(mut recording) = tracer.start(&message) else {
             panic!("sampled");
@@ -864,10 +944,9 @@ mod tests {
                 error: None,
             },
         );
-        let Some(finished) = queue.0.recv().await else {
-            panic!("queued");
-        };
-        let encoded = encode(&[finished], &json!({"attributes": []}));
+        let finished = queue.take();
+        assert_eq!(finished.len(), 1);
+        let encoded = encode(&finished, &json!({"attributes": []}));
         let spans = &encoded["resourceSpans"][0]["scopeSpans"][0]["spans"];
         assert_eq!(spans.as_array().map(Vec::len), Some(3));
         let root = &spans[0];

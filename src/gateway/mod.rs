@@ -2003,7 +2003,14 @@ pub fn root_of(exchange: &Exchange, outcome: &Outcome, seq: Option<u64>, separat
     let method = crate::metrics::method_label(&context.method);
     let mut attributes: Vec<(&'static str, Attr)> = vec![
         // A method outside MCP's is `other`: a client chooses it.
-        ("mcp.method.name", method.to_owned().into()),
+        (
+            "mcp.method.name",
+            if method == &*context.method {
+                context.method.clone().into()
+            } else {
+                Attr::from("other")
+            },
+        ),
         ("mcp.session.id", context.session.clone().into()),
         ("portcullis.client", context.client.name.clone().into()),
         ("portcullis.transport", context.transport.as_str().into()),
