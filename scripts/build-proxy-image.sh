@@ -45,6 +45,11 @@ mkdir -p "$CONTEXT"
 cp "$ROOT/target/$HOST/release/portcullis" "$CONTEXT/portcullis"
 cp "$ROOT/target/$HOST/release/portcullis-example-server" "$CONTEXT/portcullis-example-server"
 cp "$ROOT/Dockerfile" "$CONTEXT/Dockerfile"
+# The release profile keeps line tables for backtraces on the host; the image
+# need not carry them.
+if command -v strip >/dev/null 2>&1; then
+    strip --strip-debug "$CONTEXT/portcullis" "$CONTEXT/portcullis-example-server"
+fi
 
 DOCKER_BUILDKIT=0 docker build --quiet --label dev.portcullis.proxy-image=true \
     -t "$TAG" "$CONTEXT" >&2 || die "docker build of $TAG failed"
