@@ -17,6 +17,9 @@ FROM scratch
 COPY portcullis /portcullis
 # The example MCP server, for the quickstart and the compose example.
 COPY portcullis-example-server /portcullis-example-server
+# CA certificates (the build machine's) for `remote` servers and an OTLP
+# collector over https: the HTTP client does not start without them.
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 USER 65534:65534
 # The config's relative paths (data_dir = "/data" recommended) and the audit
 # log live on volumes; nothing else is written.

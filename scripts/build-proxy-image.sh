@@ -45,6 +45,11 @@ mkdir -p "$CONTEXT"
 cp "$ROOT/target/$HOST/release/portcullis" "$CONTEXT/portcullis"
 cp "$ROOT/target/$HOST/release/portcullis-example-server" "$CONTEXT/portcullis-example-server"
 cp "$ROOT/Dockerfile" "$CONTEXT/Dockerfile"
+# The CA certificates `remote` servers and an OTLP collector over https are
+# checked against (the client refuses to start without any): this machine's.
+CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
+[[ -s "$CA_BUNDLE" ]] || die "no CA certificates at $CA_BUNDLE (install ca-certificates, or set CA_BUNDLE)"
+cp "$CA_BUNDLE" "$CONTEXT/ca-certificates.crt"
 # The release profile keeps line tables for backtraces on the host; the image
 # need not carry them.
 if command -v strip >/dev/null 2>&1; then

@@ -216,3 +216,161 @@ async fn the_proxy_image_runs_read_only_as_non_root_and_serves_a_container_serve
     let logs = String::from_utf8_lossy(&logs.stderr);
     assert!(logs.contains("shutting down"), "{logs}");
 }
+
+/// Removes a network when the test ends.
+struct RemovedNetwork(String);
+
+impl Drop for RemovedNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The topology of `examples/compose/` run with `docker run` (compose itself
+/// is not needed): the two example servers on an internal network, the
+/// proxy on it and on an edge network with its port published on loopback,
+/// everything read-only, non-root, without capabilities, no socket. The
+/// proxy reaches each server by its name and calls go through to both.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_compose_topology_serves_both_servers_over_the_internal_network() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let image = proxy_image();
+    let server_image = test_image();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let tools = format!("portcullis-tools-{run}");
+    let edge = format!("portcullis-edge-{run}");
+    // Dropped last: the containers go first, then their networks.
+    let _networks = (RemovedNetwork(tools.clone()), RemovedNetwork(edge.clone()));
+    docker(&["network", "create", "--internal", &tools]);
+    docker(&["network", "create", &edge]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    nix::unistd::chown(
+        &data,
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    // The example's own config and policies, with the servers' names made
+    // unique to this run.
+    let example = repo_root().join("examples/compose");
+    std::fs::create_dir_all(etc.join("policies/tests")).unwrap();
+    for file in ["policies/schema.cedarschema", "policies/toolbox.cedar"] {
+        std::fs::copy(example.join(file), etc.join(file)).unwrap();
+    }
+    let config = std::fs::read_to_string(example.join("portcullis.toml"))
+        .unwrap()
+        .replace("http://notes:8000", &format!("http://notes-{run}:8000"))
+        .replace("http://calc:8000", &format!("http://calc-{run}:8000"));
+    std::fs::write(etc.join("portcullis.toml"), config).unwrap();
+
+    let hardened = [
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--user",
+        "65534:65534",
+    ];
+    let mut removed = Vec::new();
+    for server in ["notes", "calc"] {
+        let name = format!("{server}-{run}");
+        removed.push(Removed(name.clone()));
+        let mut args = vec!["run", "-d", "--name", &name, "--network", &tools];
+        args.extend(hardened);
+        args.extend([
+            &server_image as &str,
+            "--name",
+            server,
+            "--http",
+            "0.0.0.0:8000",
+        ]);
+        docker(&args);
+    }
+    let proxy = format!("portcullis-compose-test-{run}");
+    removed.push(Removed(proxy.clone()));
+    let etc_mount = format!("{}:/etc/portcullis:ro", etc.display());
+    let data_mount = format!("{}:/data", data.display());
+    let mut args = vec!["create", "--name", &proxy, "--network", &edge];
+    args.extend(hardened);
+    args.extend([
+        "-v",
+        &etc_mount,
+        "-v",
+        &data_mount,
+        "-p",
+        "127.0.0.1::8811",
+        &image,
+    ]);
+    docker(&args);
+    docker(&["network", "connect", &tools, &proxy]);
+    docker(&["start", &proxy]);
+    let address = docker(&["port", &proxy, "8811/tcp"]);
+    let base = format!("http://{}", address.lines().next().unwrap());
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let health = reqwest::get(format!("{base}/healthz")).await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy did not come up:\n{}",
+            docker(&["logs", &proxy])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The example's demo client and token, as its README says.
+    let session = HttpSession::connect_as(&format!("{base}/mcp"), "quickstart-token").await;
+    for (id, server) in [(1, "notes"), (2, "calc")] {
+        let mut reply = json!(null);
+        // A remote server is listed once the proxy reached it.
+        for _ in 0..60 {
+            reply = session
+                .call(
+                    id,
+                    "tools/call",
+                    json!({"name": format!("{server}__echo"), "arguments": {"text": "inside"}}),
+                )
+                .await;
+            if reply.get("result").is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(
+            first_text(&reply),
+            format!("{server}: inside"),
+            "{reply}\n{}",
+            docker(&["logs", &proxy])
+        );
+    }
+    // The example's policies hold: nobody calls `crash`.
+    let crash = session
+        .call(
+            3,
+            "tools/call",
+            json!({"name": "calc__crash", "arguments": {"code": 1}}),
+        )
+        .await;
+    assert_eq!(crash["error"]["data"]["interceptor"], "authz", "{crash}");
+    // The servers have no published port and no way out.
+    for server in ["notes", "calc"] {
+        let ports = docker(&["port", &format!("{server}-{run}")]);
+        assert!(ports.is_empty(), "{server} publishes {ports}");
+    }
+    assert_eq!(
+        docker(&["network", "inspect", "--format", "{{.Internal}}", &tools]),
+        "true"
+    );
+    drop(removed);
+}
