@@ -13,31 +13,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TAG="${1:-portcullis/proxy:dev}"
 
-die() {
-    echo "build-proxy-image.sh: error: $*" >&2
-    exit 1
-}
-
-command -v docker >/dev/null 2>&1 || die "the docker command is not installed"
-docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
-    die "the Docker engine is not reachable (is dockerd running, and may this user use /var/run/docker.sock?)"
-
-mkdir -p "$ROOT/target"
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$ROOT/target/proxy-image.lock"
-    flock -w 1800 9 || die "timed out waiting for the lock target/proxy-image.lock"
-fi
-
-# A target triple makes RUSTFLAGS apply to the binaries only, not to build
-# scripts and proc macros (which cannot be linked statically). The same
-# flags and target as scripts/build-test-image.sh: the two share artifacts.
-HOST="$(rustc -vV | sed -n 's/^host: //p')"
-[[ -n "$HOST" ]] || die "cannot tell the host target triple from rustc -vV"
-(
-    cd "$ROOT"
-    RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
-        --target "$HOST" --bin portcullis --bin portcullis-example-server
-) >&2 || die "the static build of portcullis failed"
+SCRIPT=build-proxy-image.sh
+# shellcheck source=static-build.sh
+source "$ROOT/scripts/static-build.sh"
+lock proxy-image 1800
+static_build --bin portcullis --bin portcullis-example-server
 
 CONTEXT="$ROOT/target/proxy-image"
 rm -rf "$CONTEXT"

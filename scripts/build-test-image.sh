@@ -15,30 +15,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TAG="${1:-portcullis/example-server:dev}"
 
-die() {
-    echo "build-test-image.sh: error: $*" >&2
-    exit 1
-}
-
-command -v docker >/dev/null 2>&1 || die "the docker command is not installed"
-docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
-    die "the Docker engine is not reachable (is dockerd running, and may this user use /var/run/docker.sock?)"
-
-mkdir -p "$ROOT/target"
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$ROOT/target/test-image.lock"
-    flock -w 900 9 || die "timed out waiting for the lock target/test-image.lock"
-fi
-
-# A target triple makes RUSTFLAGS apply to the server only, not to build
-# scripts and proc macros (which cannot be linked statically).
-HOST="$(rustc -vV | sed -n 's/^host: //p')"
-[[ -n "$HOST" ]] || die "cannot tell the host target triple from rustc -vV"
-(
-    cd "$ROOT"
-    RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
-        --target "$HOST" --bin portcullis-example-server --bin portcullis-bridge
-) >&2 || die "the static build of portcullis-example-server failed"
+SCRIPT=build-test-image.sh
+# shellcheck source=static-build.sh
+source "$ROOT/scripts/static-build.sh"
+lock test-image 900
+static_build --bin portcullis-example-server --bin portcullis-bridge
 mkdir -p "$ROOT/target/static"
 cp -f "$ROOT/target/$HOST/release/portcullis-bridge" "$ROOT/target/static/portcullis-bridge.tmp"
 mv -f "$ROOT/target/static/portcullis-bridge.tmp" "$ROOT/target/static/portcullis-bridge"

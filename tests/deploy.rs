@@ -31,24 +31,9 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// The proxy's image, built once per test run.
+/// The proxy's image (`scripts/build-proxy-image.sh`).
 fn proxy_image() -> String {
-    let output = Command::new("bash")
-        .arg(repo_root().join("scripts/build-proxy-image.sh"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/build-proxy-image.sh");
-    assert!(
-        output.status.success(),
-        "scripts/build-proxy-image.sh failed (this test needs a running Docker engine):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .last()
-        .expect("the script prints the tag")
-        .trim()
-        .to_owned()
+    image_from("build-proxy-image.sh")
 }
 
 /// Removes the container when the test ends, passed or not.

@@ -68,25 +68,28 @@ pub fn python() -> PathBuf {
 pub fn test_image() -> String {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE
-        .get_or_init(|| {
-            let output = std::process::Command::new("bash")
-                .arg(repo_root().join("scripts/build-test-image.sh"))
-                .stdin(Stdio::null())
-                .output()
-                .expect("run scripts/build-test-image.sh");
-            assert!(
-                output.status.success(),
-                "scripts/build-test-image.sh failed (these tests need a running Docker engine):\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .last()
-                .expect("the script prints the tag")
-                .trim()
-                .to_owned()
-        })
+        .get_or_init(|| image_from("build-test-image.sh"))
         .clone()
+}
+
+/// Runs `scripts/SCRIPT` (an image script) and returns the tag it built.
+pub fn image_from(script: &str) -> String {
+    let output = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts").join(script))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run scripts/{script}: {err}"));
+    assert!(
+        output.status.success(),
+        "scripts/{script} failed (these tests need a running Docker engine):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .expect("the script prints the tag")
+        .trim()
+        .to_owned()
 }
 
 /// Runs the `portcullis` binary to completion: (success, stdout, stderr).

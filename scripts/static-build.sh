@@ -1,0 +1,38 @@
+# Sourced by the image scripts (build-test-image.sh, build-proxy-image.sh):
+# the engine check, a lock, and a static release build of some binaries.
+# Expects ROOT and SCRIPT (the caller's name, for messages) to be set.
+
+die() {
+    echo "$SCRIPT: error: $*" >&2
+    exit 1
+}
+
+command -v docker >/dev/null 2>&1 || die "the docker command is not installed"
+docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
+    die "the Docker engine is not reachable (is dockerd running, and may this user use /var/run/docker.sock?)"
+
+# Takes the lock target/NAME.lock (waiting at most SECONDS) for the rest of
+# the caller: concurrent callers (parallel tests) build one at a time.
+lock() {
+    mkdir -p "$ROOT/target"
+    if command -v flock >/dev/null 2>&1; then
+        exec 9>"$ROOT/target/$1.lock"
+        flock -w "$2" 9 || die "timed out waiting for the lock target/$1.lock"
+    fi
+}
+
+# A target triple makes RUSTFLAGS apply to the binaries only, not to build
+# scripts and proc macros (which cannot be linked statically). Both image
+# scripts use the same flags and target, so they share artifacts.
+HOST="$(rustc -vV | sed -n 's/^host: //p')"
+[[ -n "$HOST" ]] || die "cannot tell the host target triple from rustc -vV"
+
+# Builds the named binaries (`--bin NAME` each) statically, in release, into
+# target/$HOST/release/.
+static_build() {
+    (
+        cd "$ROOT"
+        RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
+            --target "$HOST" "$@"
+    ) >&2 || die "the static build of $* failed"
+}
