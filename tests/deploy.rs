@@ -49,6 +49,36 @@ impl Drop for Removed {
     }
 }
 
+/// The image's user (65534) owns `dir`: the data volume it writes.
+fn owned_by_the_image_user(dir: &std::path::Path) {
+    nix::unistd::chown(
+        dir,
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
+}
+
+/// The base URL of the proxy container `name` (its port 8811 published on
+/// loopback), once its `/healthz` answers.
+async fn published_and_healthy(name: &str) -> String {
+    let address = docker(&["port", name, "8811/tcp"]);
+    let base = format!("http://{}", address.lines().next().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let health = reqwest::get(format!("{base}/healthz")).await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            return base;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy's container did not come up:\n{}",
+            docker(&["logs", name])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 fn server_containers(server: &str) -> Vec<String> {
     docker(&[
         "ps",
@@ -79,12 +109,7 @@ async fn the_proxy_image_runs_read_only_as_non_root_and_serves_a_container_serve
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::create_dir_all(&data).unwrap();
     // The image's user owns only the data folder; the config is read-only.
-    nix::unistd::chown(
-        &data,
-        Some(nix::unistd::Uid::from_raw(65534)),
-        Some(nix::unistd::Gid::from_raw(65534)),
-    )
-    .unwrap();
+    owned_by_the_image_user(&data);
     std::fs::write(
         etc.join("portcullis.toml"),
         format!(
@@ -126,24 +151,8 @@ async fn the_proxy_image_runs_read_only_as_non_root_and_serves_a_container_serve
         "127.0.0.1::8811",
         &image,
     ]);
-    let address = docker(&["port", &name, "8811/tcp"]);
-    let address = address.lines().next().unwrap().to_owned();
-    let base = format!("http://{address}");
-
     // Up once /healthz answers (the server's container started first).
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let health = reqwest::get(format!("{base}/healthz")).await;
-        if health.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the proxy's container did not come up:\n{}",
-            docker(&["logs", &name])
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let base = published_and_healthy(&name).await;
 
     // The proxy's own container: read-only, the image's non-root user.
     let inspected = docker(&[
@@ -237,12 +246,7 @@ async fn the_compose_topology_serves_both_servers_over_the_internal_network() {
     let etc = dir.path().join("etc");
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    nix::unistd::chown(
-        &data,
-        Some(nix::unistd::Uid::from_raw(65534)),
-        Some(nix::unistd::Gid::from_raw(65534)),
-    )
-    .unwrap();
+    owned_by_the_image_user(&data);
     // The example's own config and policies, with the servers' names made
     // unique to this run.
     let example = repo_root().join("examples/compose");
@@ -298,22 +302,7 @@ async fn the_compose_topology_serves_both_servers_over_the_internal_network() {
     docker(&args);
     docker(&["network", "connect", &tools, &proxy]);
     docker(&["start", &proxy]);
-    let address = docker(&["port", &proxy, "8811/tcp"]);
-    let base = format!("http://{}", address.lines().next().unwrap());
-
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let health = reqwest::get(format!("{base}/healthz")).await;
-        if health.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not come up:\n{}",
-            docker(&["logs", &proxy])
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let base = published_and_healthy(&proxy).await;
     // The example's demo client and token, as its README says.
     let session = HttpSession::connect_as(&format!("{base}/mcp"), "quickstart-token").await;
     for (id, server) in [(1, "notes"), (2, "calc")] {
