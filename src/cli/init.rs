@@ -176,14 +176,10 @@ fn example_server() -> String {
         )
 }
 
-fn sha256(text: &str) -> String {
-    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()))
-}
-
 fn config_text(example: &str, client_token: &str, auditor_token: &str) -> String {
     let example = toml_string(example);
-    let client = sha256(client_token);
-    let auditor = sha256(auditor_token);
+    let client = super::sha256_hex(client_token.as_bytes());
+    let auditor = super::sha256_hex(auditor_token.as_bytes());
     format!(
         r#"# Portcullis: a policy-enforcing security proxy for MCP. Written by `portcullis init`.
 #
@@ -244,20 +240,10 @@ metrics = true                   # GET /metrics, for auditor tokens
     )
 }
 
-/// A TOML basic string.
+/// A TOML basic string: JSON's string escapes (`\"`, `\\`, `\n`, `\uXXXX`, …)
+/// are all TOML's too.
 fn toml_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    Value::from(text).to_string()
 }
 
 /// The MCP clients whose config `client-config` writes.
@@ -384,9 +370,19 @@ mod tests {
         let client = config.client("assistant").unwrap();
         assert_eq!(
             client.token_sha256.as_deref(),
-            Some(sha256("pcl_client").as_str())
+            Some(super::super::sha256_hex(b"pcl_client").as_str())
         );
-        assert_eq!(config.auditors[0].token_sha256, sha256("pcl_auditor"));
+        // Quotes and backslashes survive the TOML string.
+        assert_eq!(
+            toml::from_str::<toml::Value>(&format!("x = {}", toml_string("a\"b\\c\nd")))
+                .ok()
+                .and_then(|v| v.get("x").and_then(|x| x.as_str().map(str::to_owned))),
+            Some("a\"b\\c\nd".to_owned())
+        );
+        assert_eq!(
+            config.auditors[0].token_sha256,
+            super::super::sha256_hex(b"pcl_auditor")
+        );
         let crate::config::UpstreamSpec::Process(process) = &config.servers[0].kind else {
             panic!("the example server runs as a process");
         };

@@ -372,6 +372,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// SHA-256 in hex (of a config file, of a token).
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
 fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
@@ -662,7 +667,7 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
         })
         .with_context(|| format!("{}: cannot open the audit log", config.file.display()))?;
     let config_sha256 = std::fs::read(&config.file)
-        .map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))
+        .map(|bytes| sha256_hex(&bytes))
         .ok();
     let (gateway, events, policies, pinning, plugins) = build_gateway(config, Some(audit))?;
     if let Some(traces) = &gateway.config().observability.traces {

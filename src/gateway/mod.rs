@@ -1994,6 +1994,16 @@ pub fn observe(
     }
 }
 
+/// What `authz` noted on the exchange under `key` (its policy ids, decision
+/// id, policy set), for the record and the trace alike.
+fn authz_note<'a>(exchange: &'a Exchange, key: &str) -> Option<&'a str> {
+    exchange
+        .annotations
+        .iter()
+        .find(|a| &*a.interceptor == "authz" && a.key == key)
+        .map(|a| a.value.as_str())
+}
+
 /// The exchange's own span, as its audit record tells it: the method and
 /// the name the client called, the decision, the deciding interceptor, the
 /// policies, and the record's sequence number. Never a URI in the name (span
@@ -2056,13 +2066,8 @@ pub fn root_of(exchange: &Exchange, outcome: &Outcome, seq: Option<u64>, separat
         Outcome::Failed { reason } => ("error", Some(reason.clone())),
     };
     attributes.push(("portcullis.decision", decision.into()));
-    if let Some(ids) = exchange
-        .annotations
-        .iter()
-        .find(|a| &*a.interceptor == "authz" && a.key == "policy_ids")
-        .filter(|a| !a.value.is_empty())
-    {
-        attributes.push(("portcullis.policy_ids", ids.value.clone().into()));
+    if let Some(ids) = authz_note(exchange, "policy_ids").filter(|ids| !ids.is_empty()) {
+        attributes.push(("portcullis.policy_ids", ids.to_owned().into()));
     }
     if let Some(seq) = seq.and_then(|seq| i64::try_from(seq).ok()) {
         attributes.push(("portcullis.audit.seq", Attr::Int(seq)));
@@ -2110,13 +2115,7 @@ fn record_of(
     total: Duration,
 ) -> crate::audit::AuditRecord {
     let context = &exchange.context;
-    let annotation = |key: &str| {
-        exchange
-            .annotations
-            .iter()
-            .find(|a| &*a.interceptor == "authz" && a.key == key)
-            .map(|a| a.value.clone())
-    };
+    let annotation = |key: &str| authz_note(exchange, key).map(str::to_owned);
     let (decision, decided_by, reason) = match outcome {
         // A result that broke its output schema and was passed on
         // (`[schema] output = "log"`) says so.
