@@ -112,21 +112,73 @@ pub fn print_table(title: &str, ratio: &str, rows: &[&Stats], baseline: &Stats) 
 /// One small write and `fdatasync` on the disk under `dir`, `count` times:
 /// what a durable commit costs at best.
 pub fn measure_fsync(dir: &std::path::Path, count: usize) -> Stats {
-    use std::io::Write;
-    let mut file = std::fs::File::create(dir.join("fsync-probe")).expect("create the probe");
-    let mut samples = Vec::with_capacity(count);
+    let mut probe = FsyncProbe::new(dir);
     let start = Instant::now();
-    for _ in 0..count {
-        file.write_all(&[b'x'; 256]).expect("write");
-        let t = Instant::now();
-        file.sync_data().expect("fdatasync");
-        samples.push(t.elapsed());
-    }
+    let samples = probe.append(count);
     stats(
         "one 256-byte write + fdatasync (same disk)",
         samples,
         start.elapsed(),
     )
+}
+
+/// Two ways to make a small write durable on the disk under a folder, to
+/// compare a durable commit with: `append`, a 256-byte write that grows a
+/// file and its `fdatasync` (the `fdatasync` timed); `overwrite`, a
+/// 512-byte write in place in a file written whole before and its
+/// `fdatasync` (both timed; no size change to journal: the cheapest
+/// ordinary fsync, as `pg_test_fsync` measures it).
+pub struct FsyncProbe {
+    growing: std::fs::File,
+    in_place: std::fs::File,
+    at: u64,
+}
+
+impl FsyncProbe {
+    const IN_PLACE_BYTES: u64 = 8 << 20;
+
+    pub fn new(dir: &std::path::Path) -> Self {
+        use std::os::unix::fs::FileExt;
+        let growing = std::fs::File::create(dir.join("fsync-probe")).expect("create the probe");
+        let in_place =
+            std::fs::File::create(dir.join("fsync-probe-in-place")).expect("create the probe");
+        in_place
+            .write_all_at(&vec![0; Self::IN_PLACE_BYTES as usize], 0)
+            .expect("fill the probe");
+        in_place.sync_all().expect("fsync");
+        Self {
+            growing,
+            in_place,
+            at: 0,
+        }
+    }
+
+    pub fn append(&mut self, count: usize) -> Vec<Duration> {
+        use std::io::Write;
+        (0..count)
+            .map(|_| {
+                self.growing.write_all(&[b'x'; 256]).expect("write");
+                let t = Instant::now();
+                self.growing.sync_data().expect("fdatasync");
+                t.elapsed()
+            })
+            .collect()
+    }
+
+    pub fn overwrite(&mut self, count: usize) -> Vec<Duration> {
+        use std::os::unix::fs::FileExt;
+        (0..count)
+            .map(|_| {
+                let t = Instant::now();
+                self.in_place
+                    .write_all_at(&[b'x'; 512], self.at)
+                    .expect("write");
+                self.in_place.sync_data().expect("fdatasync");
+                self.at = (self.at + 512) % Self::IN_PLACE_BYTES;
+                t.elapsed()
+            })
+            .collect()
+    }
 }
 
 /// A line-delimited JSON-RPC client over a child's stdio.

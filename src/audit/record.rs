@@ -119,14 +119,37 @@ impl AuditRecord {
     /// changed, removed or reordered record breaks the chain.
     pub fn compute_hash(&self) -> String {
         let mut bytes = Vec::with_capacity(1024);
-        self.write_canonical(&mut bytes);
+        self.write_canonical(&mut bytes, "");
         hex::encode(Sha256::digest(&bytes))
     }
 
-    /// The record's canonical JSON, `hash` empty, written field by field in
-    /// sorted key order: the same bytes as [`canonical_json`] of the record
-    /// (a test holds them equal) without building a JSON tree.
-    fn write_canonical(&self, out: &mut Vec<u8>) {
+    /// The record as the log stores it: its canonical JSON with `hash`
+    /// written in (any JSON of the record would read back the same; this
+    /// one is what sealing writes anyway).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(1024);
+        self.write_canonical(&mut bytes, &self.hash);
+        bytes
+    }
+
+    /// Seals the record (as [`AuditRecord::seal`]) and returns it as the
+    /// log stores it ([`AuditRecord::to_json`]): the bytes the hash covers,
+    /// with the hash then written into them, so the record is written once.
+    pub fn seal_to_json(&mut self, seq: u64, prev_hash: &str) -> Vec<u8> {
+        self.seq = seq;
+        self.prev_hash = prev_hash.to_owned();
+        let mut bytes = Vec::with_capacity(1024);
+        let at = self.write_canonical(&mut bytes, "");
+        self.hash = hex::encode(Sha256::digest(&bytes));
+        bytes.splice(at..at, self.hash.bytes());
+        bytes
+    }
+
+    /// The record's canonical JSON with `hash` as given, written field by
+    /// field in sorted key order: the same bytes as [`canonical_json`] of
+    /// the record (a test holds them equal) without building a JSON tree.
+    /// Where `hash`'s value starts.
+    fn write_canonical(&self, out: &mut Vec<u8>, hash: &str) -> usize {
         fn key(out: &mut Vec<u8>, name: &str, first: bool) {
             if !first {
                 out.push(b',');
@@ -170,7 +193,10 @@ impl AuditRecord {
             value(out, Some(detail));
         }
         key(out, "hash", false);
-        out.extend_from_slice(b"\"\"");
+        out.push(b'"');
+        let hash_at = out.len();
+        out.extend_from_slice(hash.as_bytes());
+        out.push(b'"');
         key(out, "is_error", false);
         out.extend_from_slice(if self.is_error { b"true" } else { b"false" });
         key(out, "kind", false);
@@ -232,6 +258,7 @@ impl AuditRecord {
             None => out.extend_from_slice(b"null"),
         }
         out.push(b'}');
+        hash_at
     }
 
     /// Sets `seq`, `prev_hash` and `hash`: the record joins the chain.
@@ -306,7 +333,7 @@ mod tests {
         };
         let fast = |record: &AuditRecord| {
             let mut bytes = Vec::new();
-            record.write_canonical(&mut bytes);
+            record.write_canonical(&mut bytes, "");
             String::from_utf8(bytes).unwrap_or_default()
         };
         assert_eq!(fast(&record), generic(&record));
@@ -333,6 +360,17 @@ mod tests {
         assert_eq!(fast(&record), generic(&record));
         let parsed: Value = serde_json::from_str(&fast(&record)).unwrap_or(Value::Null);
         assert_eq!(parsed["client"], json!(record.client));
+
+        // Sealed to JSON: what `seal` gives, and the bytes read back as the
+        // record, hash included.
+        let mut sealed = record.clone();
+        let bytes = sealed.seal_to_json(8, &record.hash);
+        record.seal(8, &record.hash.clone());
+        assert_eq!(sealed, record);
+        assert_eq!(bytes, record.to_json());
+        let read: AuditRecord = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read, record);
+        assert_eq!(read.hash, read.compute_hash());
     }
 
     #[test]
