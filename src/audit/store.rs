@@ -94,7 +94,9 @@ pub trait Storage: Send + 'static {
 
 /// Makes logged records readable, from a thread of its own: shared between
 /// the storage (which drains it when it must, at a checkpoint or a flush)
-/// and the applier thread.
+/// and the applier thread. `log` must queue records and `apply` take them
+/// under one lock: the applier thread's way to sleep without missing a
+/// batch relies on it.
 pub trait Apply: Send + Sync {
     /// Makes everything logged so far readable, in order; the sequence
     /// number of the last readable record. What fails stays waiting, to be
