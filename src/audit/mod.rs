@@ -528,11 +528,11 @@ impl Writer {
     /// left when no applier thread does, and prunes when due.
     fn settle(&mut self) {
         let logged = std::mem::take(&mut self.logged_since);
-        if self.unapplied {
+        let prune = logged > 0 && self.pruning.due(logged);
+        if self.unapplied || prune {
             self.drain();
         }
-        if logged > 0 && self.pruning.due(logged) {
-            self.drain();
+        if prune {
             self.prune();
         }
     }

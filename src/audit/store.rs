@@ -1002,14 +1002,14 @@ mod tests {
             record.seal(seq, &prev);
             if size == 0 {
                 // Padded so that this frame ends at BLOCK - 4.
-                let frame_len = |r: &AuditRecord| serde_json::to_vec(r).map_or(0, |v| v.len()) + 8;
+                let frame_len = |r: &AuditRecord| r.to_json().len() + 8;
                 let want = (end / BLOCK + 1) * BLOCK - 4 - end;
                 let pad = want.saturating_sub(frame_len(&record));
                 record.detail = Some(serde_json::json!("y".repeat(pad)));
                 record.seal(seq, &prev);
                 assert_eq!(end + frame_len(&record), (end / BLOCK + 1) * BLOCK - 4);
             }
-            end += serde_json::to_vec(&record).map_or(0, |v| v.len()) + 8;
+            end += record.to_json().len() + 8;
             prev.clone_from(&record.hash);
             out.push(record);
         }
