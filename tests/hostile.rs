@@ -1,0 +1,1200 @@
+//! Hostile peers against secret redaction, through the real binary: a
+//! scripted server (`tests/fixtures/hostile_server.py`) that writes each
+//! hostile frame by hand and logs every line that reached it, and raw clients
+//! over stdio and streamable HTTP that read the proxy's frames as they came.
+//!
+//! Each test is one evasion: a secret hidden where a scanner that skips keys,
+//! the envelope, base64 payloads or encodings would not look. Each asserts on
+//! the bytes the other side received — the secret, the halves of its random
+//! part, its base64 at every alignment and its percent-encoded forms must be
+//! absent — and carries a control: a plain secret in an ordinary position in
+//! the same frame that must come out redacted (so redaction is on and the
+//! frame really arrived).
+//!
+//! The attackers: a hostile server (tools, resources, errors, notifications
+//! and sampling requests toward the client) and a hostile client (requests
+//! and sampling answers toward a server).
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use common::{TOKEN, TestProxy};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+// ---------------------------------------------------------------------------
+// Secrets, made at run time.
+
+/// splitmix64, seeded from the clock, the process and a counter: every
+/// secret is new (no token is ever committed), and no two tests share one.
+struct Rng(u64);
+
+impl Rng {
+    fn fresh() -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Self(nanos ^ (u64::from(std::process::id()) << 32) ^ count.wrapping_mul(0x9E37_79B9))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn pick(&mut self, alphabet: &[u8], n: usize) -> String {
+        (0..n)
+            .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize] as char)
+            .collect()
+    }
+}
+
+const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+const DIGITS: &[u8] = b"0123456789";
+
+/// A well-formed secret: its text, its random part, the rule that finds it.
+struct Secret {
+    text: String,
+    random: String,
+    rule: &'static str,
+}
+
+impl Secret {
+    /// A GitHub classic personal access token.
+    fn github() -> Self {
+        let random = Rng::fresh().pick(ALNUM, 36);
+        Self {
+            text: format!("ghp_{random}"),
+            random,
+            rule: "github-pat-classic",
+        }
+    }
+
+    /// A Stripe live secret key.
+    fn stripe() -> Self {
+        let random = Rng::fresh().pick(ALNUM, 24);
+        Self {
+            text: format!("sk_live_{random}"),
+            random,
+            rule: "stripe-live-secret-key",
+        }
+    }
+
+    /// A Slack bot token.
+    fn slack() -> Self {
+        let mut rng = Rng::fresh();
+        let random = rng.pick(ALNUM, 24);
+        Self {
+            text: format!(
+                "xoxb-{}-{}-{random}",
+                rng.pick(DIGITS, 12),
+                rng.pick(DIGITS, 12)
+            ),
+            random,
+            rule: "slack-bot-token",
+        }
+    }
+
+    fn placeholder(&self) -> String {
+        format!("[REDACTED:{}]", self.rule)
+    }
+
+    /// The first and second half of the random part.
+    fn halves(&self) -> (&str, &str) {
+        self.random.split_at(self.random.len() / 2)
+    }
+
+    /// Every form of the secret that must not reach the other side: itself,
+    /// each half of its random part, its base64 (standard and URL-safe) at
+    /// each of the three alignments it can have inside a longer encoded
+    /// run, and every byte percent-encoded.
+    fn forms(&self) -> Vec<String> {
+        let (first, second) = self.halves();
+        let mut forms = vec![self.text.clone(), first.to_owned(), second.to_owned()];
+        let bytes = self.text.as_bytes();
+        for skip in 0..3 {
+            let usable = (bytes.len() - skip) / 3 * 3;
+            let chunk = &bytes[skip..skip + usable];
+            forms.push(STANDARD_NO_PAD.encode(chunk));
+            forms.push(URL_SAFE_NO_PAD.encode(chunk));
+        }
+        forms.push(bytes.iter().map(|b| format!("%{b:02X}")).collect());
+        forms.push(bytes.iter().map(|b| format!("%{b:02x}")).collect());
+        forms
+    }
+}
+
+/// Panics if any form of any of `secrets` occurs in `text`.
+fn assert_clean(what: &str, text: &str, secrets: &[&Secret]) {
+    for secret in secrets {
+        for form in secret.forms() {
+            assert!(
+                !text.contains(&form),
+                "{what}: `{form}` (a form of the secret `{}`) got through:\n{text}",
+                secret.text
+            );
+        }
+    }
+}
+
+/// Checks a frame both as its bytes came and as JSON parsed back (a secret
+/// spelled with `\u` escapes is still a secret to whoever parses it).
+fn assert_frame_clean(what: &str, frame: &Frame, secrets: &[&Secret]) {
+    assert_clean(what, &frame.raw, secrets);
+    assert_clean(what, &frame.value.to_string(), secrets);
+}
+
+/// `text` percent-encoded the hostile way: `_` and `-` always, and every
+/// third other byte too, so no run of the secret is left readable.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .enumerate()
+        .map(|(i, b)| {
+            if b == b'_' || b == b'-' || i % 3 == 2 {
+                format!("%{b:02X}")
+            } else {
+                (b as char).to_string()
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The hostile server.
+
+/// A proxy with the scripted server `h` behind it (its tools are `h__…`).
+struct Hostile {
+    proxy: TestProxy,
+    log: PathBuf,
+}
+
+impl Hostile {
+    /// `script` is the server's script: `{"tools": {name: [step]},
+    /// "resources": {uri: [step]}}` (see the fixture's docstring).
+    fn new(script: Value) -> Self {
+        let proxy = TestProxy::new();
+        let log = proxy.dir().join("received.jsonl");
+        let script_path = proxy.dir().join("script.json");
+        std::fs::write(&log, "").unwrap();
+        std::fs::write(&script_path, serde_json::to_vec(&script).unwrap()).unwrap();
+        let server = common::repo_root().join("tests/fixtures/hostile_server.py");
+        let snippet = format!(
+            "[[servers]]\nname = \"h\"\nprocess = {{ command = \"python3\", args = [{server:?}, \"--log\", {log:?}, \"--script\", {script_path:?}] }}\n"
+        );
+        Self {
+            proxy: proxy.with_server_toml(&snippet),
+            log,
+        }
+    }
+
+    /// Every line that reached the server so far, as it came.
+    fn received(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The line that reached the server for the first message `matches`.
+    fn received_matching(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Frame {
+        let lines = self.received();
+        lines
+            .iter()
+            .find_map(|line| {
+                let value: Value = serde_json::from_str(line).ok()?;
+                matches(&value).then(|| Frame {
+                    raw: line.clone(),
+                    value,
+                })
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{what} never reached the server; it got:\n{}",
+                    lines.join("\n")
+                )
+            })
+    }
+
+    /// The `tools/call` of `tool` (unprefixed) as it reached the server.
+    fn received_call(&self, tool: &str) -> Frame {
+        self.received_matching(&format!("the call of `{tool}`"), |m| {
+            m["method"] == "tools/call" && m["params"]["name"] == tool
+        })
+    }
+}
+
+/// A script step that sends `line` as is.
+fn send(line: impl Into<String>) -> Value {
+    json!({ "send": line.into() })
+}
+
+/// A script step that answers the request with `result`.
+fn reply(result: &Value) -> Value {
+    send(format!(
+        r#"{{"jsonrpc":"2.0","id":{{id}},"result":{result}}}"#
+    ))
+}
+
+/// A text content block.
+fn text(text: impl Into<String>) -> Value {
+    json!({"type": "text", "text": text.into()})
+}
+
+/// The control of a frame: a plain secret in an ordinary text block.
+fn control_block(control: &Secret) -> Value {
+    text(format!("control {}", control.text))
+}
+
+fn assert_control_redacted(reply: &Value, control: &Secret) {
+    let texts = content_texts(reply);
+    assert!(
+        texts.contains(&format!("control {}", control.placeholder())),
+        "control: the plain secret must come out redacted (is the frame delivered, is redaction on?): {reply}"
+    );
+}
+
+fn content_texts(reply: &Value) -> Vec<String> {
+    reply["result"]["content"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no content in {reply}"))
+        .iter()
+        .filter_map(|block| block["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn b64(text: &str) -> String {
+    STANDARD.encode(text.as_bytes())
+}
+
+// ---------------------------------------------------------------------------
+// Raw clients.
+
+/// One message as it came off the wire, and parsed.
+#[derive(Debug, Clone)]
+struct Frame {
+    raw: String,
+    value: Value,
+}
+
+/// `portcullis stdio` with every line the client received kept as it came.
+struct StdioClient {
+    _child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    incoming: mpsc::UnboundedReceiver<String>,
+    backlog: Vec<Frame>,
+    seen: Vec<String>,
+}
+
+impl StdioClient {
+    async fn start(proxy: &TestProxy) -> Self {
+        let mut command = proxy.stdio_command();
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn portcullis stdio");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[proxy] {line}");
+            }
+        });
+        let (tx, incoming) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut client = Self {
+            _child: child,
+            stdin,
+            incoming,
+            backlog: Vec::new(),
+            seen: Vec::new(),
+        };
+        let reply = client
+            .call(
+                json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+                "protocolVersion":"2025-06-18",
+                "capabilities":{"sampling":{}},
+                "clientInfo":{"name":"hostile-test","version":"0"}}}),
+            )
+            .await;
+        assert!(
+            reply.value.get("result").is_some(),
+            "initialize: {}",
+            reply.raw
+        );
+        client
+            .send(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await;
+        client
+    }
+
+    async fn send(&mut self, message: &Value) {
+        let mut line = serde_json::to_vec(message).unwrap();
+        line.push(b'\n');
+        self.stdin.write_all(&line).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    async fn recv_matching(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Frame {
+        if let Some(at) = self.backlog.iter().position(|f| matches(&f.value)) {
+            return self.backlog.remove(at);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let raw = tokio::time::timeout_at(deadline, self.incoming.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}; got {:?}", self.backlog))
+                .unwrap_or_else(|| panic!("the proxy closed stdout while waiting for {what}"));
+            self.seen.push(raw.clone());
+            let value: Value = serde_json::from_str(&raw).unwrap_or_else(|err| {
+                panic!("the proxy wrote a line that is not JSON ({err}): {raw}")
+            });
+            let frame = Frame { raw, value };
+            if matches(&frame.value) {
+                return frame;
+            }
+            self.backlog.push(frame);
+        }
+    }
+
+    /// Sends a request (any envelope) and waits for its response.
+    async fn call(&mut self, request: Value) -> Frame {
+        let id = request["id"].clone();
+        self.send(&request).await;
+        self.recv_matching(&format!("the response to id {id}"), |m| {
+            m.get("id") == Some(&id) && m.get("method").is_none()
+        })
+        .await
+    }
+
+    /// Every line received so far, as it came.
+    fn everything(&self) -> String {
+        self.seen.join("\n")
+    }
+}
+
+/// A streamable HTTP session of `tester`, reading each response body raw.
+struct HttpClient {
+    /// The proxy, alive as long as its client.
+    _server: common::HttpProxy,
+    http: reqwest::Client,
+    url: String,
+    session: String,
+    seen: Vec<String>,
+}
+
+impl HttpClient {
+    async fn connect(server: common::HttpProxy) -> Self {
+        let url = server.url.clone();
+        let http = reqwest::Client::new();
+        let response = http
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+                "protocolVersion":"2025-06-18","capabilities":{},
+                "clientInfo":{"name":"hostile-http","version":"0"}}}),
+            )
+            .send()
+            .await
+            .expect("initialize over HTTP");
+        assert!(
+            response.status().is_success(),
+            "initialize: {}",
+            response.status()
+        );
+        let session = response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut client = Self {
+            _server: server,
+            http,
+            url,
+            session,
+            seen: Vec::new(),
+        };
+        client
+            .post(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await;
+        client
+    }
+
+    /// POSTs `message`; the body as it came, and the messages in it (one
+    /// JSON reply, or the `data:` of each SSE event).
+    async fn post(&mut self, message: &Value) -> (String, Vec<Value>) {
+        let response = self
+            .http
+            .post(&self.url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.session)
+            .json(message)
+            .send()
+            .await
+            .expect("POST /mcp");
+        let is_stream = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let body = response.text().await.expect("the body");
+        self.seen.push(body.clone());
+        let messages = if body.trim().is_empty() {
+            Vec::new()
+        } else if is_stream {
+            body.lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .filter(|data| !data.trim().is_empty())
+                .map(|data| serde_json::from_str(data.trim()).unwrap())
+                .collect()
+        } else {
+            vec![serde_json::from_str(&body).unwrap_or_else(|err| panic!("{err}: {body}"))]
+        };
+        (body, messages)
+    }
+
+    /// POSTs a request; its response, with the whole body as the raw frame
+    /// (everything the client got for it).
+    async fn call(&mut self, request: Value) -> Frame {
+        let id = request["id"].clone();
+        let (raw, messages) = self.post(&request).await;
+        let value = messages
+            .into_iter()
+            .find(|m| m.get("id") == Some(&id) && m.get("method").is_none())
+            .unwrap_or_else(|| panic!("no response to id {id} in {raw}"));
+        Frame { raw, value }
+    }
+}
+
+/// Where a test's client connects.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    Stdio,
+    Http,
+}
+
+/// A client over stdio or HTTP (the proxy process is kept alive with it).
+enum AnyClient {
+    Stdio(StdioClient),
+    Http(HttpClient),
+}
+
+impl AnyClient {
+    async fn start(hostile: &Hostile, via: Via) -> Self {
+        match via {
+            Via::Stdio => Self::Stdio(StdioClient::start(&hostile.proxy).await),
+            Via::Http => Self::Http(HttpClient::connect(hostile.proxy.serve_http().await).await),
+        }
+    }
+
+    async fn call(&mut self, request: Value) -> Frame {
+        match self {
+            Self::Stdio(client) => client.call(request).await,
+            Self::Http(client) => client.call(request).await,
+        }
+    }
+
+    /// `tools/call` of `tool` with `arguments`.
+    async fn call_tool(&mut self, id: i64, tool: &str, arguments: Value) -> Frame {
+        self.call(json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name": tool, "arguments": arguments}}))
+            .await
+    }
+
+    fn everything(&self) -> String {
+        match self {
+            Self::Stdio(client) => client.everything(),
+            Self::Http(client) => client.seen.join("\n"),
+        }
+    }
+}
+
+/// The reply must be a result (delivered), not an error.
+fn assert_result(reply: &Frame) {
+    assert!(
+        reply.value.get("result").is_some(),
+        "the reply must arrive with its result: {}",
+        reply.raw
+    );
+}
+
+/// The reply must be the redact interceptor's refusal.
+fn assert_refused_by_redact(reply: &Frame) {
+    assert_eq!(reply.value["error"]["code"], json!(-32010), "{}", reply.raw);
+    assert_eq!(
+        reply.value["error"]["data"]["interceptor"],
+        json!("redact"),
+        "{}",
+        reply.raw
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Server → client.
+
+/// 1. A secret in `structuredContent` under a key named `blob`.
+async fn structured_content_blob(via: Via) {
+    let (secret, control) = (Secret::github(), Secret::stripe());
+    let hostile = Hostile::new(json!({"tools": {"blobby": [reply(&json!({
+        "content": [control_block(&control)],
+        "structuredContent": {"blob": secret.text, "size": 3},
+    }))]}}));
+    let mut client = AnyClient::start(&hostile, via).await;
+    let reply = client.call_tool(1, "h__blobby", json!({})).await;
+    assert_result(&reply);
+    assert_control_redacted(&reply.value, &control);
+    assert_frame_clean("structuredContent.blob", &reply, &[&secret, &control]);
+    let blob = reply.value["result"]["structuredContent"]["blob"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(blob, secret.placeholder(), "{}", reply.raw);
+    assert_clean("all the client received", &client.everything(), &[&secret]);
+}
+
+#[tokio::test]
+async fn structured_content_blob_key_is_redacted_over_stdio() {
+    structured_content_blob(Via::Stdio).await;
+}
+
+#[tokio::test]
+async fn structured_content_blob_key_is_redacted_over_http() {
+    structured_content_blob(Via::Http).await;
+}
+
+/// 2. A secret as an object key inside `structuredContent`.
+#[tokio::test]
+async fn a_secret_as_a_structured_content_key_is_renamed() {
+    let (secret, control) = (Secret::github(), Secret::stripe());
+    let hostile = Hostile::new(json!({"tools": {"keyed": [reply(&json!({
+        "content": [control_block(&control)],
+        "structuredContent": {"env": {format!("cfg-{}", secret.text): "value-kept"}},
+    }))]}}));
+    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let reply = client.call_tool(1, "h__keyed", json!({})).await;
+    assert_result(&reply);
+    assert_control_redacted(&reply.value, &control);
+    assert_frame_clean("a structuredContent key", &reply, &[&secret, &control]);
+    let env = &reply.value["result"]["structuredContent"]["env"];
+    assert_eq!(
+        env,
+        &json!({format!("cfg-{}", secret.placeholder()): "value-kept"}),
+        "the key is renamed, the value kept: {}",
+        reply.raw
+    );
+}
+
+/// 3. A secret in a top-level envelope field beside `result`.
+async fn envelope_beside_result(via: Via) {
+    let (secret, control) = (Secret::github(), Secret::stripe());
+    let result = json!({"content": [control_block(&control)]});
+    let line = format!(
+        r#"{{"jsonrpc":"2.0","id":{{id}},"result":{result},"x-debug":{}}}"#,
+        json!(format!("upstream token {}", secret.text))
+    );
+    let hostile = Hostile::new(json!({"tools": {"enveloped": [send(line)]}}));
+    let mut client = AnyClient::start(&hostile, via).await;
+    let reply = client.call_tool(1, "h__enveloped", json!({})).await;
+    assert_result(&reply);
+    assert_control_redacted(&reply.value, &control);
+    assert_frame_clean("a field beside `result`", &reply, &[&secret, &control]);
+    assert_clean("all the client received", &client.everything(), &[&secret]);
+}
+
+#[tokio::test]
+async fn an_envelope_field_beside_result_does_not_carry_a_secret_over_stdio() {
+    envelope_beside_result(Via::Stdio).await;
+}
+
+#[tokio::test]
+async fn an_envelope_field_beside_result_does_not_carry_a_secret_over_http() {
+    envelope_beside_result(Via::Http).await;
+}
+
+/// 4. A secret split across two adjacent `text` blocks.
+async fn split_across_blocks(via: Via) {
+    let (secret, control) = (Secret::github(), Secret::stripe());
+    let (first, second) = secret.halves();
+    let hostile = Hostile::new(json!({"tools": {"split": [reply(&json!({
+        "content": [
+            text(format!("the deploy key is ghp_{first}")),
+            text(format!("{second} (rotate monthly)")),
+            control_block(&control),
+        ],
+    }))]}}));
+    let mut client = AnyClient::start(&hostile, via).await;
+    let reply = client.call_tool(1, "h__split", json!({})).await;
+    assert_result(&reply);
+    assert_control_redacted(&reply.value, &control);
+    let joined = content_texts(&reply.value).concat();
+    assert_clean("the blocks' texts joined", &joined, &[&secret]);
+    assert_frame_clean("a secret split across blocks", &reply, &[&secret, &control]);
+}
+
+#[tokio::test]
+async fn a_secret_split_across_text_blocks_is_redacted_over_stdio() {
+    split_across_blocks(Via::Stdio).await;
+}
+
+#[tokio::test]
+async fn a_secret_split_across_text_blocks_is_redacted_over_http() {
+    split_across_blocks(Via::Http).await;
+}
+
+/// 5. A secret in a result's `_meta`.
+#[tokio::test]
+async fn a_secret_in_result_meta_is_redacted() {
+    let (secret, nested, control) = (Secret::github(), Secret::slack(), Secret::stripe());
+    let hostile = Hostile::new(json!({"tools": {"meta": [reply(&json!({
+        "content": [control_block(&control)],
+        "_meta": {"x-debug": secret.text, "trace": {"spans": [nested.text]}},
+    }))]}}));
+    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let reply = client.call_tool(1, "h__meta", json!({})).await;
+    assert_result(&reply);
+    assert_control_redacted(&reply.value, &control);
+    assert_frame_clean("result._meta", &reply, &[&secret, &nested, &control]);
+    let meta = &reply.value["result"]["_meta"];
+    assert_eq!(
+        meta["x-debug"],
+        json!(secret.placeholder()),
+        "{}",
+        reply.raw
+    );
+    assert_eq!(
+        meta["trace"]["spans"][0],
+        json!(nested.placeholder()),
+        "{}",
+        reply.raw
+    );
+}
+
+/// 6a. An `image` block whose `data` is base64 of text holding a secret.
+#[tokio::test]
+async fn an_image_whose_data_decodes_to_a_secret_is_redacted() {
+    let (secret, control) = (Secret::github(), Secret::stripe());
+    let data = b64(&format!("token={}\n", secret.text));
+    let hostile = Hostile::new(json!({"tools": {"picture": [reply(&json!({
+        "content": [
+            {"type": "image", "mimeType": "image/png", "data": data},
+            control_block(&control),
+        ],
+    }))]}}));
+    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let reply = client.call_tool(1, "h__picture", json!({})).await;
+    assert_result(&reply);
+    assert_control_redacted(&reply.value, &control);
+    assert_frame_clean("an image's base64 data", &reply, &[&secret, &control]);
+    let image = reply.value["result"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|block| block["type"] == "image")
+        .unwrap_or_else(|| panic!("the image block is kept: {}", reply.raw));
+    let data = image["data"].as_str().unwrap_or_default();
+    let decoded = STANDARD
+        .decode(data)
+        .unwrap_or_else(|err| panic!("the image data stays base64 ({err}): {}", reply.raw));
+    assert_clean(
+        "the decoded image data",
+        &String::from_utf8_lossy(&decoded),
+        &[&secret],
+    );
+}
+
+/// 6b. An `image` block whose `data` is not base64: it cannot be checked,
+/// so the reply is refused. (The control: valid base64 passes unchanged.)
+#[tokio::test]
+async fn an_image_whose_data_is_not_base64_is_refused() {
+    let secret = Secret::github();
+    let png = STANDARD.encode(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0");
+    let hostile = Hostile::new(json!({"tools": {
+        "fine": [reply(&json!({"content": [{"type": "image", "mimeType": "image/png", "data": png}]}))],
+        "bogus": [reply(&json!({"content": [
+            {"type": "image", "mimeType": "image/png", "data": format!("not base64: {}", secret.text)},
+        ]}))],
+    }}));
+    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let fine = client.call_tool(1, "h__fine", json!({})).await;
+    assert_eq!(
+        fine.value["result"]["content"][0]["data"],
+        json!(png),
+        "control: a real image passes unchanged: {}",
+        fine.raw
+    );
+    let reply = client.call_tool(2, "h__bogus", json!({})).await;
+    assert_frame_clean("an image's bogus data", &reply, &[&secret]);
+    assert_refused_by_redact(&reply);
+}
+
+/// 7a. A `resources/read` blob that is base64 of a secret.
+#[tokio::test]
+async fn a_resource_blob_that_decodes_to_a_secret_is_redacted() {
+    let (secret, control) = (Secret::github(), Secret::stripe());
+    let uri = "hostile://blob";
+    let hostile = Hostile::new(json!({"resources": {uri: [reply(&json!({"contents": [
+        {"uri": uri, "mimeType": "application/octet-stream", "blob": b64(&format!("token={}", secret.text))},
+        {"uri": uri, "mimeType": "text/plain", "text": format!("control {}", control.text)},
+    ]}))]}}));
+    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let reply = client
+        .call(json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri": uri}}))
+        .await;
+    assert_result(&reply);
+    let contents = reply.value["result"]["contents"].as_array().unwrap();
+    assert!(
+        contents
+            .iter()
+            .any(|c| c["text"] == json!(format!("control {}", control.placeholder()))),
+        "control: {}",
+        reply.raw
+    );
+    assert_frame_clean("a resource blob", &reply, &[&secret, &control]);
+    for blob in contents.iter().filter_map(|c| c["blob"].as_str()) {
+        let decoded = STANDARD
+            .decode(blob)
+            .unwrap_or_else(|err| panic!("the blob stays base64 ({err}): {}", reply.raw));
+        assert_clean(
+            "the decoded blob",
+            &String::from_utf8_lossy(&decoded),
+            &[&secret],
+        );
+    }
+}
+
+/// 7b. A text resource whose text holds a secret.
+#[tokio::test]
+async fn a_text_resource_holding_a_secret_is_redacted() {
+    let secret = Secret::github();
+    let uri = "hostile://notes.txt";
+    let hostile = Hostile::new(json!({"resources": {uri: [reply(&json!({"contents": [
+        {"uri": uri, "mimeType": "text/plain", "text": format!("deploy key: {}\n", secret.text)},
+    ]}))]}}));
+    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let reply = client
+        .call(json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri": uri}}))
+        .await;
+    assert_result(&reply);
+    assert_frame_clean("a text resource", &reply, &[&secret]);
+    assert_eq!(
+        reply.value["result"]["contents"][0]["text"],
+        json!(format!("deploy key: {}\n", secret.placeholder())),
+        "{}",
+        reply.raw
+    );
+}
+
+/// 8a. A base64-encoded secret inside ordinary text.
+#[tokio::test]
+async fn a_base64_encoded_secret_in_text_is_redacted() {
+    let (secret, control) = (Secret::github(), Secret::stripe());
+    let encoded = b64(&format!("token={}", secret.text));
+    let hostile = Hostile::new(json!({"tools": {"encoded": [reply(&json!({
+        "content": [text(format!("config: {encoded}")), control_block(&control)],
+    }))]}}));
+    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let reply = client.call_tool(1, "h__encoded", json!({})).await;
+    assert_result(&reply);
+    assert_control_redacted(&reply.value, &control);
+    assert_frame_clean("base64 in text", &reply, &[&secret, &control]);
+    let first = reply.value["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!first.contains(&encoded), "{}", reply.raw);
+    assert!(
+        first.starts_with("config: ") && first.contains("[REDACTED:"),
+        "the encoded run is replaced by a placeholder: {}",
+        reply.raw
+    );
+}
+
+/// 8b. A percent-encoded secret in a URL inside text.
+#[tokio::test]
+async fn a_percent_encoded_secret_in_a_url_is_redacted() {
+    let (secret, control) = (Secret::stripe(), Secret::github());
+    let encoded = percent_encoded(&secret.text);
+    let url = format!("https://x.test/cb?t={encoded}&state=1");
+    let hostile = Hostile::new(json!({"tools": {"callback": [reply(&json!({
+        "content": [text(format!("open {url} to finish")), control_block(&control)],
+    }))]}}));
+    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let reply = client.call_tool(1, "h__callback", json!({})).await;
+    assert_result(&reply);
+    assert_control_redacted(&reply.value, &control);
+    assert_frame_clean("a percent-encoded secret", &reply, &[&secret, &control]);
+    let first = reply.value["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        !first.contains(&encoded),
+        "the encoded secret got through: {}",
+        reply.raw
+    );
+    assert!(first.contains("[REDACTED:"), "{}", reply.raw);
+}
+
+/// 9. A secret in an error's `message` and `data` (string and nested).
+#[tokio::test]
+async fn a_secret_in_an_error_message_and_data_is_redacted() {
+    let (in_message, in_object, in_string) = (Secret::github(), Secret::slack(), Secret::stripe());
+    let error = |data: Value| {
+        send(format!(
+            r#"{{"jsonrpc":"2.0","id":{{id}},"error":{}}}"#,
+            json!({"code": -32000, "message": format!("auth failed for {}", in_message.text), "data": data})
+        ))
+    };
+    let hostile = Hostile::new(json!({"tools": {
+        "fails": [error(json!({"request": {"headers": [format!("X-Token {}", in_object.text)]}}))],
+        "fails_plain": [error(json!(format!("retry with {}", in_string.text)))],
+    }}));
+    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let reply = client.call_tool(1, "h__fails", json!({})).await;
+    assert_frame_clean("an error", &reply, &[&in_message, &in_object]);
+    let error = &reply.value["error"];
+    assert_eq!(
+        error["message"],
+        json!(format!("auth failed for {}", in_message.placeholder())),
+        "{}",
+        reply.raw
+    );
+    assert_eq!(
+        error["data"]["request"]["headers"][0],
+        json!(format!("X-Token {}", in_object.placeholder())),
+        "{}",
+        reply.raw
+    );
+    let reply = client.call_tool(2, "h__fails_plain", json!({})).await;
+    assert_frame_clean("an error's string data", &reply, &[&in_message, &in_string]);
+    assert_eq!(
+        reply.value["error"]["data"],
+        json!(format!("retry with {}", in_string.placeholder())),
+        "{}",
+        reply.raw
+    );
+}
+
+/// 10a. A secret in a progress notification sent during a call.
+#[tokio::test]
+async fn a_secret_in_a_progress_notification_is_redacted() {
+    let secret = Secret::github();
+    let hostile = Hostile::new(json!({"tools": {"slow": [
+        send(format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{{progressToken}},"progress":1,"total":2,"message":{}}}}}"#,
+            json!(format!("cloning with {}", secret.text))
+        )),
+        reply(&json!({"content": [text("done")]})),
+    ]}}));
+    let mut client = StdioClient::start(&hostile.proxy).await;
+    client
+        .send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+            "params":{"name":"h__slow","arguments":{},"_meta":{"progressToken":"p-1"}}}))
+        .await;
+    let progress = client
+        .recv_matching("the progress notification", |m| {
+            m["method"] == "notifications/progress"
+        })
+        .await;
+    assert_eq!(progress.value["params"]["progressToken"], json!("p-1"));
+    assert_frame_clean("a progress notification", &progress, &[&secret]);
+    assert_eq!(
+        progress.value["params"]["message"],
+        json!(format!("cloning with {}", secret.placeholder())),
+        "{}",
+        progress.raw
+    );
+    let reply = client
+        .recv_matching("the reply", |m| m["id"] == 1 && m.get("method").is_none())
+        .await;
+    assert_result(&reply);
+    assert_clean("all the client received", &client.everything(), &[&secret]);
+}
+
+/// 10b. Secrets in log notifications sent during a call: `data` as a string
+/// and nested in an object.
+#[tokio::test]
+async fn a_secret_in_a_log_notification_is_redacted() {
+    let (plain, nested) = (Secret::github(), Secret::slack());
+    let log = |data: Value| {
+        send(format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{}}}"#,
+            json!({"level": "warning", "logger": "auth", "data": data})
+        ))
+    };
+    let hostile = Hostile::new(json!({"tools": {"chatty": [
+        log(json!(format!("logged in with {}", plain.text))),
+        log(json!({"event": "login", "detail": {"attempts": [format!("bot {}", nested.text)]}})),
+        reply(&json!({"content": [text("done")]})),
+    ]}}));
+    let mut client = StdioClient::start(&hostile.proxy).await;
+    client
+        .send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h__chatty","arguments":{}}}))
+        .await;
+    let string = client
+        .recv_matching("the log message with a string", |m| {
+            m["method"] == "notifications/message" && m["params"]["data"].is_string()
+        })
+        .await;
+    let object = client
+        .recv_matching("the log message with an object", |m| {
+            m["method"] == "notifications/message" && m["params"]["data"].is_object()
+        })
+        .await;
+    assert_frame_clean("a log message (string)", &string, &[&plain, &nested]);
+    assert_frame_clean("a log message (object)", &object, &[&plain, &nested]);
+    assert_eq!(
+        string.value["params"]["data"],
+        json!(format!("logged in with {}", plain.placeholder())),
+        "{}",
+        string.raw
+    );
+    assert_eq!(
+        object.value["params"]["data"]["detail"]["attempts"][0],
+        json!(format!("bot {}", nested.placeholder())),
+        "{}",
+        object.raw
+    );
+    let reply = client
+        .recv_matching("the reply", |m| m["id"] == 1 && m.get("method").is_none())
+        .await;
+    assert_result(&reply);
+}
+
+/// 11. A sampling request holding a secret, and a client answer holding one.
+#[tokio::test]
+async fn secrets_in_a_sampling_request_and_its_answer_are_redacted() {
+    let (asked, answered) = (Secret::github(), Secret::stripe());
+    let request = json!({"jsonrpc": "2.0", "id": "hostile-s1", "method": "sampling/createMessage",
+        "params": {"messages": [{"role": "user", "content": {"type": "text", "text": format!("summarize {}", asked.text)}}],
+                   "maxTokens": 10}});
+    let hostile = Hostile::new(json!({"tools": {"ask": [
+        send(request.to_string()),
+        {"await": "hostile-s1"},
+        reply(&json!({"content": [text("asked")]})),
+    ]}}));
+    let mut client = StdioClient::start(&hostile.proxy).await;
+    client
+        .send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h__ask","arguments":{}}}))
+        .await;
+    let sampling = client
+        .recv_matching("the sampling request", |m| {
+            m["method"] == "sampling/createMessage"
+        })
+        .await;
+    assert_frame_clean("a sampling request", &sampling, &[&asked]);
+    assert_eq!(
+        sampling.value["params"]["messages"][0]["content"]["text"],
+        json!(format!("summarize {}", asked.placeholder())),
+        "{}",
+        sampling.raw
+    );
+    client
+        .send(&json!({"jsonrpc":"2.0","id":sampling.value["id"],"result":{
+            "role":"assistant","model":"m",
+            "content":{"type":"text","text":format!("the key is {}", answered.text)}}}))
+        .await;
+    let reply = client
+        .recv_matching("the reply", |m| m["id"] == 1 && m.get("method").is_none())
+        .await;
+    assert_result(&reply);
+    let answer = hostile.received_matching("the sampling answer", |m| {
+        m["id"] == "hostile-s1" && m.get("method").is_none()
+    });
+    assert_frame_clean("the sampling answer", &answer, &[&answered]);
+    assert_eq!(
+        answer.value["result"]["content"]["text"],
+        json!(format!("the key is {}", answered.placeholder())),
+        "{}",
+        answer.raw
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Client → server.
+
+/// The `text` argument every call carries as its control.
+fn control_argument(control: &Secret) -> String {
+    format!("control {}", control.text)
+}
+
+fn assert_control_argument_redacted(call: &Frame, control: &Secret) {
+    assert_eq!(
+        call.value["params"]["arguments"]["text"],
+        json!(format!("control {}", control.placeholder())),
+        "control: the plain secret must reach the server redacted: {}",
+        call.raw
+    );
+}
+
+/// 12. A secret in `tools/call` arguments under a key named `blob`.
+async fn argument_blob(via: Via) {
+    let (secret, control) = (Secret::github(), Secret::stripe());
+    let hostile = Hostile::new(json!({}));
+    let mut client = AnyClient::start(&hostile, via).await;
+    let reply = client
+        .call_tool(
+            1,
+            "h__sink",
+            json!({"blob": secret.text, "text": control_argument(&control)}),
+        )
+        .await;
+    assert_result(&reply);
+    let call = hostile.received_call("sink");
+    assert_control_argument_redacted(&call, &control);
+    assert_frame_clean("an argument named `blob`", &call, &[&secret, &control]);
+    assert_eq!(
+        call.value["params"]["arguments"]["blob"],
+        json!(secret.placeholder()),
+        "{}",
+        call.raw
+    );
+    assert_clean(
+        "all the server received",
+        &hostile.received().join("\n"),
+        &[&secret],
+    );
+}
+
+#[tokio::test]
+async fn an_argument_named_blob_is_redacted_over_stdio() {
+    argument_blob(Via::Stdio).await;
+}
+
+#[tokio::test]
+async fn an_argument_named_blob_is_redacted_over_http() {
+    argument_blob(Via::Http).await;
+}
+
+/// 13. A secret as an argument's key.
+#[tokio::test]
+async fn a_secret_as_an_argument_key_is_renamed() {
+    let (secret, control) = (Secret::github(), Secret::stripe());
+    let hostile = Hostile::new(json!({}));
+    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let reply = client
+        .call_tool(
+            1,
+            "h__sink",
+            json!({format!("cfg-{}", secret.text): "kept", "text": control_argument(&control)}),
+        )
+        .await;
+    assert_result(&reply);
+    let call = hostile.received_call("sink");
+    assert_control_argument_redacted(&call, &control);
+    assert_frame_clean("an argument key", &call, &[&secret, &control]);
+    assert_eq!(
+        call.value["params"]["arguments"][format!("cfg-{}", secret.placeholder())],
+        json!("kept"),
+        "the key is renamed, the value kept: {}",
+        call.raw
+    );
+}
+
+/// 14. An image-shaped argument: not a base64 position of the schema, so
+/// its `data` is text like any other.
+#[tokio::test]
+async fn an_image_shaped_argument_is_scanned_as_text() {
+    let (secret, control) = (Secret::github(), Secret::stripe());
+    let hostile = Hostile::new(json!({}));
+    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let reply = client
+        .call_tool(
+            1,
+            "h__sink",
+            json!({
+                "attachment": {"type": "image", "mimeType": "image/png", "data": secret.text},
+                "text": control_argument(&control),
+            }),
+        )
+        .await;
+    assert_result(&reply);
+    let call = hostile.received_call("sink");
+    assert_control_argument_redacted(&call, &control);
+    assert_frame_clean("an image-shaped argument", &call, &[&secret, &control]);
+    assert_eq!(
+        call.value["params"]["arguments"]["attachment"]["data"],
+        json!(secret.placeholder()),
+        "{}",
+        call.raw
+    );
+}
+
+/// 15. A secret in a top-level envelope field beside `params`.
+async fn envelope_beside_params(via: Via) {
+    let (secret, control) = (Secret::github(), Secret::stripe());
+    let hostile = Hostile::new(json!({}));
+    let mut client = AnyClient::start(&hostile, via).await;
+    let reply = client
+        .call(json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+            "params":{"name":"h__sink","arguments":{"text": control_argument(&control)}},
+            "x-debug": format!("client token {}", secret.text)}))
+        .await;
+    assert_result(&reply);
+    let call = hostile.received_call("sink");
+    assert_control_argument_redacted(&call, &control);
+    assert_frame_clean("a field beside `params`", &call, &[&secret, &control]);
+    assert_clean(
+        "all the server received",
+        &hostile.received().join("\n"),
+        &[&secret],
+    );
+}
+
+#[tokio::test]
+async fn an_envelope_field_beside_params_does_not_carry_a_secret_over_stdio() {
+    envelope_beside_params(Via::Stdio).await;
+}
+
+#[tokio::test]
+async fn an_envelope_field_beside_params_does_not_carry_a_secret_over_http() {
+    envelope_beside_params(Via::Http).await;
+}
+
+/// 16. A secret in `params._meta`.
+#[tokio::test]
+async fn a_secret_in_params_meta_is_redacted() {
+    let (secret, nested, control) = (Secret::github(), Secret::slack(), Secret::stripe());
+    let hostile = Hostile::new(json!({}));
+    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let reply = client
+        .call(json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+            "params":{"name":"h__sink","arguments":{"text": control_argument(&control)},
+                      "_meta":{"x-trace": secret.text, "baggage": {"items": [nested.text]}}}}))
+        .await;
+    assert_result(&reply);
+    let call = hostile.received_call("sink");
+    assert_control_argument_redacted(&call, &control);
+    assert_frame_clean("params._meta", &call, &[&secret, &nested, &control]);
+    let meta = &call.value["params"]["_meta"];
+    assert_eq!(meta["x-trace"], json!(secret.placeholder()), "{}", call.raw);
+    assert_eq!(
+        meta["baggage"]["items"][0],
+        json!(nested.placeholder()),
+        "{}",
+        call.raw
+    );
+}
