@@ -284,6 +284,10 @@ fn b64(text: &str) -> String {
 // ---------------------------------------------------------------------------
 // Raw clients.
 
+fn is_response_to(message: &Value, id: &Value) -> bool {
+    message.get("id") == Some(id) && message.get("method").is_none()
+}
+
 /// One message as it came off the wire, and parsed.
 #[derive(Debug, Clone)]
 struct Frame {
@@ -381,14 +385,23 @@ impl StdioClient {
         }
     }
 
-    /// Sends a request (any envelope) and waits for its response.
-    async fn call(&mut self, request: Value) -> Frame {
+    /// Sends a request (any envelope); every frame received until its
+    /// response, the response last.
+    async fn exchange(&mut self, request: Value) -> Vec<Frame> {
         let id = request["id"].clone();
         self.send(&request).await;
-        self.recv_matching(&format!("the response to id {id}"), |m| {
-            m.get("id") == Some(&id) && m.get("method").is_none()
-        })
-        .await
+        let response = self
+            .recv_matching(&format!("the response to id {id}"), |m| {
+                is_response_to(m, &id)
+            })
+            .await;
+        let mut frames = std::mem::take(&mut self.backlog);
+        frames.push(response);
+        frames
+    }
+
+    async fn call(&mut self, request: Value) -> Frame {
+        self.exchange(request).await.pop().unwrap()
     }
 
     /// Every line received so far, as it came.
@@ -445,9 +458,10 @@ impl HttpClient {
         client
     }
 
-    /// POSTs `message`; the body as it came, and the messages in it (one
-    /// JSON reply, or the `data:` of each SSE event).
-    async fn post(&mut self, message: &Value) -> (String, Vec<Value>) {
+    /// POSTs `message`; the messages of the response body, each with its
+    /// bytes as they came (the whole body for a JSON reply, the `data:` of
+    /// each event for an SSE stream).
+    async fn post(&mut self, message: &Value) -> Vec<Frame> {
         let response = self
             .http
             .post(&self.url)
@@ -465,30 +479,22 @@ impl HttpClient {
             .is_some_and(|v| v.starts_with("text/event-stream"));
         let body = response.text().await.expect("the body");
         self.seen.push(body.clone());
-        let messages = if body.trim().is_empty() {
+        let frame = |raw: &str| Frame {
+            raw: raw.to_owned(),
+            value: serde_json::from_str(raw).unwrap_or_else(|err| panic!("{err}: {raw}")),
+        };
+        if body.trim().is_empty() {
             Vec::new()
         } else if is_stream {
             body.lines()
                 .filter_map(|line| line.strip_prefix("data:"))
-                .filter(|data| !data.trim().is_empty())
-                .map(|data| serde_json::from_str(data.trim()).unwrap())
+                .map(str::trim)
+                .filter(|data| !data.is_empty())
+                .map(frame)
                 .collect()
         } else {
-            vec![serde_json::from_str(&body).unwrap_or_else(|err| panic!("{err}: {body}"))]
-        };
-        (body, messages)
-    }
-
-    /// POSTs a request; its response, with the whole body as the raw frame
-    /// (everything the client got for it).
-    async fn call(&mut self, request: Value) -> Frame {
-        let id = request["id"].clone();
-        let (raw, messages) = self.post(&request).await;
-        let value = messages
-            .into_iter()
-            .find(|m| m.get("id") == Some(&id) && m.get("method").is_none())
-            .unwrap_or_else(|| panic!("no response to id {id} in {raw}"));
-        Frame { raw, value }
+            vec![frame(&body)]
+        }
     }
 }
 
@@ -513,11 +519,28 @@ impl AnyClient {
         }
     }
 
-    async fn call(&mut self, request: Value) -> Frame {
+    /// Sends a request; every frame the client got until its response, the
+    /// response last.
+    async fn exchange(&mut self, request: Value) -> Vec<Frame> {
         match self {
-            Self::Stdio(client) => client.call(request).await,
-            Self::Http(client) => client.call(request).await,
+            Self::Stdio(client) => client.exchange(request).await,
+            Self::Http(client) => {
+                let id = request["id"].clone();
+                let mut frames = client.post(&request).await;
+                let at = frames
+                    .iter()
+                    .position(|f| is_response_to(&f.value, &id))
+                    .unwrap_or_else(|| panic!("no response to id {id} in {frames:?}"));
+                let response = frames.remove(at);
+                frames.push(response);
+                frames
+            }
         }
+    }
+
+    /// Sends a request and returns its response.
+    async fn call(&mut self, request: Value) -> Frame {
+        self.exchange(request).await.pop().unwrap()
     }
 
     /// `tools/call` of `tool` with `arguments`.
@@ -898,9 +921,17 @@ async fn a_secret_in_an_error_message_and_data_is_redacted() {
     );
 }
 
+/// The one frame among `frames` that `matches`.
+fn only<'a>(frames: &'a [Frame], what: &str, matches: impl Fn(&Value) -> bool) -> &'a Frame {
+    let found: Vec<&Frame> = frames.iter().filter(|f| matches(&f.value)).collect();
+    match found.as_slice() {
+        [frame] => frame,
+        _ => panic!("expected one {what} among {frames:?}"),
+    }
+}
+
 /// 10a. A secret in a progress notification sent during a call.
-#[tokio::test]
-async fn a_secret_in_a_progress_notification_is_redacted() {
+async fn progress_notification(via: Via) {
     let secret = Secret::github();
     let hostile = Hostile::new(json!({"tools": {"slow": [
         send(format!(
@@ -909,35 +940,39 @@ async fn a_secret_in_a_progress_notification_is_redacted() {
         )),
         reply(&json!({"content": [text("done")]})),
     ]}}));
-    let mut client = StdioClient::start(&hostile.proxy).await;
-    client
-        .send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+    let mut client = AnyClient::start(&hostile, via).await;
+    let frames = client
+        .exchange(json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
             "params":{"name":"h__slow","arguments":{},"_meta":{"progressToken":"p-1"}}}))
         .await;
-    let progress = client
-        .recv_matching("the progress notification", |m| {
-            m["method"] == "notifications/progress"
-        })
-        .await;
+    assert_result(frames.last().unwrap());
+    let progress = only(&frames, "progress notification", |m| {
+        m["method"] == "notifications/progress"
+    });
     assert_eq!(progress.value["params"]["progressToken"], json!("p-1"));
-    assert_frame_clean("a progress notification", &progress, &[&secret]);
+    assert_frame_clean("a progress notification", progress, &[&secret]);
     assert_eq!(
         progress.value["params"]["message"],
         json!(format!("cloning with {}", secret.placeholder())),
         "{}",
         progress.raw
     );
-    let reply = client
-        .recv_matching("the reply", |m| m["id"] == 1 && m.get("method").is_none())
-        .await;
-    assert_result(&reply);
     assert_clean("all the client received", &client.everything(), &[&secret]);
+}
+
+#[tokio::test]
+async fn a_secret_in_a_progress_notification_is_redacted_over_stdio() {
+    progress_notification(Via::Stdio).await;
+}
+
+#[tokio::test]
+async fn a_secret_in_a_progress_notification_is_redacted_over_http() {
+    progress_notification(Via::Http).await;
 }
 
 /// 10b. Secrets in log notifications sent during a call: `data` as a string
 /// and nested in an object.
-#[tokio::test]
-async fn a_secret_in_a_log_notification_is_redacted() {
+async fn log_notifications(via: Via) {
     let (plain, nested) = (Secret::github(), Secret::slack());
     let log = |data: Value| {
         send(format!(
@@ -950,22 +985,19 @@ async fn a_secret_in_a_log_notification_is_redacted() {
         log(json!({"event": "login", "detail": {"attempts": [format!("bot {}", nested.text)]}})),
         reply(&json!({"content": [text("done")]})),
     ]}}));
-    let mut client = StdioClient::start(&hostile.proxy).await;
-    client
-        .send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h__chatty","arguments":{}}}))
+    let mut client = AnyClient::start(&hostile, via).await;
+    let frames = client
+        .exchange(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h__chatty","arguments":{}}}))
         .await;
-    let string = client
-        .recv_matching("the log message with a string", |m| {
-            m["method"] == "notifications/message" && m["params"]["data"].is_string()
-        })
-        .await;
-    let object = client
-        .recv_matching("the log message with an object", |m| {
-            m["method"] == "notifications/message" && m["params"]["data"].is_object()
-        })
-        .await;
-    assert_frame_clean("a log message (string)", &string, &[&plain, &nested]);
-    assert_frame_clean("a log message (object)", &object, &[&plain, &nested]);
+    assert_result(frames.last().unwrap());
+    let string = only(&frames, "log message with a string", |m| {
+        m["method"] == "notifications/message" && m["params"]["data"].is_string()
+    });
+    let object = only(&frames, "log message with an object", |m| {
+        m["method"] == "notifications/message" && m["params"]["data"].is_object()
+    });
+    assert_frame_clean("a log message (string)", string, &[&plain, &nested]);
+    assert_frame_clean("a log message (object)", object, &[&plain, &nested]);
     assert_eq!(
         string.value["params"]["data"],
         json!(format!("logged in with {}", plain.placeholder())),
@@ -978,10 +1010,16 @@ async fn a_secret_in_a_log_notification_is_redacted() {
         "{}",
         object.raw
     );
-    let reply = client
-        .recv_matching("the reply", |m| m["id"] == 1 && m.get("method").is_none())
-        .await;
-    assert_result(&reply);
+}
+
+#[tokio::test]
+async fn a_secret_in_a_log_notification_is_redacted_over_stdio() {
+    log_notifications(Via::Stdio).await;
+}
+
+#[tokio::test]
+async fn a_secret_in_a_log_notification_is_redacted_over_http() {
+    log_notifications(Via::Http).await;
 }
 
 /// 11. A sampling request holding a secret, and a client answer holding one.
