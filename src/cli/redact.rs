@@ -78,16 +78,22 @@ pub fn run(command: RedactCommand) -> anyhow::Result<()> {
     }
 }
 
-fn scanner(config: Option<PathBuf>) -> anyhow::Result<Scanner> {
-    let redact = match config {
+fn redact_config(config: Option<PathBuf>) -> anyhow::Result<RedactConfig> {
+    Ok(match config {
         Some(path) => Config::load(&path)?.redact,
         None => RedactConfig::default(),
-    };
-    Ok(redact::scanner(&redact)?)
+    })
+}
+
+fn scanner(config: Option<PathBuf>) -> anyhow::Result<Scanner> {
+    Ok(redact::scanner(&redact_config(config)?)?)
 }
 
 fn scan(file: Option<PathBuf>, config: Option<PathBuf>, format: Format) -> anyhow::Result<()> {
-    let scanner = scanner(config)?;
+    // The proxy's own string path: percent-escapes and base64 runs are
+    // decoded and scanned too.
+    let interceptor = redact::Redact::new(&redact_config(config)?)?;
+    let scanner = interceptor.scanner();
     let (name, bytes) = match file {
         Some(path) if path.as_os_str() != "-" => {
             let bytes =
@@ -103,7 +109,7 @@ fn scan(file: Option<PathBuf>, config: Option<PathBuf>, format: Format) -> anyho
         }
     };
     let mut findings = Vec::new();
-    scanner.scan(&bytes, &mut findings);
+    interceptor.scan_text(&bytes, &mut findings);
     let lines = LineIndex::new(&bytes);
     let rows: Vec<_> = findings
         .iter()

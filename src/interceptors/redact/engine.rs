@@ -470,6 +470,28 @@ impl Scanner {
     }
 }
 
+impl Scanner {
+    /// `bytes` with every finding's secret replaced by its placeholder (for
+    /// decoded binary fields; no character boundaries to keep).
+    pub fn redact_bytes(&self, bytes: &[u8], findings: &[Finding]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut copied = 0;
+        for finding in findings {
+            let (start, end) = (finding.start.max(copied), finding.end.min(bytes.len()));
+            if end <= start {
+                continue;
+            }
+            out.extend_from_slice(&bytes[copied..start]);
+            out.extend_from_slice(PLACEHOLDER_PREFIX);
+            out.extend_from_slice(self.rule(finding.rule).id.as_bytes());
+            out.push(b']');
+            copied = end;
+        }
+        out.extend_from_slice(&bytes[copied..]);
+        out
+    }
+}
+
 /// Keeps the best of findings whose secrets overlap: highest priority, then
 /// longest match, then the rule defined first. `out` ends up in text order.
 fn resolve_overlaps(rules: &[Rule], found: &mut Vec<Finding>, out: &mut Vec<Finding>) {

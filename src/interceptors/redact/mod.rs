@@ -1,11 +1,15 @@
 //! `redact`: secret scanning of every string in every message, both ways.
 //!
-//! Each string value under `params`, `result` or `error` is scanned (see
-//! [`engine`]); a string that is the value of an object member is also
-//! scanned as `key: value` when the key holds a keyword, so
-//! `{"api_key": "…"}` is caught like `api_key: …`. Base64 payloads are
-//! skipped by type: the `data` of `image` and `audio` content and every
-//! resource `blob`.
+//! Every member of a message but `jsonrpc`, `id` and `method` is walked
+//! (see [`walk`]): every string and every key is scanned (see [`engine`]);
+//! a string that is the value of an object member is also scanned as
+//! `key: value` when the key holds a keyword, so `{"api_key": "…"}` is
+//! caught like `api_key: …`; percent-escapes and base64 runs in text are
+//! decoded once and scanned; adjacent text blocks are scanned across their
+//! joins. No member is skipped by its name: the base64 fields of the MCP
+//! schema (image and audio `data`, resource `blob`, in their positions) are
+//! decoded and their bytes scanned, and a message whose field does not
+//! decode is refused.
 //!
 //! What happens to a finding depends on where the message goes (`requests`:
 //! toward a server; `responses`: toward the client) and on the rule:
@@ -14,9 +18,11 @@
 //! direction become annotations (`redaction` = `"<direction> <rule> <count>"`)
 //! that the audit record keeps; the secret itself goes nowhere.
 
+mod encoded;
 mod engine;
 mod keywords;
 pub mod rules;
+mod walk;
 
 use std::sync::Arc;
 
@@ -25,16 +31,12 @@ use serde_json::Value;
 pub use engine::{Allowlist, Finding, PLACEHOLDER_PREFIX, Scanner, ScannerError, entropy};
 pub use rules::{Rule, RuleError, RuleSet, Severity};
 
-use crate::chain::{Annotation, Denial, Exchange, Interceptor, Verdict};
+use crate::chain::{Annotation, Denial, Exchange, Interceptor, Phase, Verdict};
 use crate::config::{ConfigError, RedactAction, RedactConfig};
 use crate::protocol::code;
 
 /// The annotation key redaction counts go under.
 pub const ANNOTATION: &str = "redaction";
-
-/// Deeper than this, a message is not walked further (parsed messages nest
-/// at most 128 levels; `limits` refuses far less).
-const MAX_WALK_DEPTH: usize = 256;
 
 /// Secret scanning that cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -132,16 +134,33 @@ impl Redact {
     /// Replaces every secret any rule finds in `value` by its placeholder,
     /// whatever the configured actions (for what the audit log keeps).
     pub fn redact_all(&self, value: &mut Value) {
-        let mut pass = Pass {
-            redact: self,
-            side: 0,
-            all: true,
-            counts: Vec::new(),
-            denied_by: None,
-            found: Vec::new(),
-            keyed: Vec::new(),
-        };
-        pass.walk(value, 0);
+        walk::Pass::new(self, 0, true, "", Phase::Notification).message(value);
+    }
+
+    /// Like [`redact_all`](Self::redact_all), for a message about `method`
+    /// in `phase` (whose base64 fields are then known by position).
+    pub fn redact_all_of(&self, value: &mut Value, method: &str, phase: Phase) {
+        walk::Pass::new(self, 0, true, method, phase).message(value);
+    }
+
+    /// The findings in one string as the walk makes them: the text, its
+    /// percent-decoded form and its base64 runs decoded (for `redact scan`
+    /// and the benchmarks).
+    pub fn scan_text(&self, text: &[u8], out: &mut Vec<Finding>) {
+        let mut pass = walk::Pass::new(self, 0, true, "", Phase::Notification);
+        pass.collect(text, None);
+        pass.take_found(out);
+    }
+
+    /// Every secret in `text` replaced by its placeholder (for what is
+    /// stored, traced or logged: targets, reasons).
+    pub fn redact_text(&self, text: &str) -> Option<String> {
+        let mut value = Value::String(text.to_owned());
+        self.redact_all(&mut value);
+        match value {
+            Value::String(redacted) if redacted != text => Some(redacted),
+            _ => None,
+        }
     }
 
     fn inspect(&self, exchange: &mut Exchange) -> Verdict {
@@ -150,21 +169,20 @@ impl Redact {
         if self.actions.iter().all(|a| a[side] == RedactAction::Off) {
             return Verdict::Continue;
         }
-        let mut pass = Pass {
-            redact: self,
-            side,
-            all: false,
-            counts: Vec::new(),
-            denied_by: None,
-            found: Vec::new(),
-            keyed: Vec::new(),
-        };
-        if let Value::Object(message) = &mut exchange.message {
-            for part in ["params", "result", "error"] {
-                if let Some(value) = message.get_mut(part) {
-                    pass.walk(value, 0);
-                }
-            }
+        let method = exchange.context.method.clone();
+        let mut pass = walk::Pass::new(self, side, false, &method, exchange.phase);
+        pass.message(&mut exchange.message);
+        if let Some(reason) = pass.refused {
+            tracing::info!(
+                session = %exchange.context.session,
+                method = %exchange.context.method,
+                reason,
+                "message refused: it cannot be scanned"
+            );
+            return Verdict::Deny(Denial::new(
+                code::DENIED,
+                format!("the message cannot be scanned: {reason}"),
+            ));
         }
         if pass.counts.is_empty() {
             return Verdict::Continue;
@@ -231,133 +249,6 @@ impl Interceptor for Redact {
 
     fn on_notification(&self, exchange: &mut Exchange) -> Verdict {
         self.inspect(exchange)
-    }
-}
-
-/// One message's walk.
-struct Pass<'a> {
-    redact: &'a Redact,
-    /// Redact every finding, whatever the actions (and count none).
-    all: bool,
-    /// 0: toward servers, 1: toward the client.
-    side: usize,
-    counts: Vec<(u32, u64)>,
-    denied_by: Option<u32>,
-    found: Vec<Finding>,
-    keyed: Vec<Finding>,
-}
-
-impl Pass<'_> {
-    fn walk(&mut self, value: &mut Value, depth: usize) {
-        if depth > MAX_WALK_DEPTH {
-            return;
-        }
-        match value {
-            Value::String(text) => self.string(text, None),
-            Value::Array(items) => {
-                for item in items {
-                    self.walk(item, depth + 1);
-                }
-            }
-            Value::Object(members) => {
-                let binary = matches!(
-                    members.get("type").and_then(Value::as_str),
-                    Some("image" | "audio")
-                );
-                for (key, member) in members.iter_mut() {
-                    if key == "blob" || (binary && key == "data") {
-                        continue;
-                    }
-                    match member {
-                        Value::String(text) => self.string(text, Some(key)),
-                        other => self.walk(other, depth + 1),
-                    }
-                }
-            }
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
-        }
-    }
-
-    fn string(&mut self, text: &mut String, key: Option<&str>) {
-        let scanner = &*self.redact.scanner;
-        scanner.scan(text.as_bytes(), &mut self.found);
-        if let Some(key) = key
-            && scanner.may_match(key.as_bytes())
-        {
-            // The member's key as context: `key: value`.
-            let mut keyed_text = String::with_capacity(key.len() + 2 + text.len());
-            keyed_text.push_str(key);
-            keyed_text.push_str(": ");
-            keyed_text.push_str(text);
-            let offset = key.len() + 2;
-            scanner.scan(keyed_text.as_bytes(), &mut self.keyed);
-            let before = self.found.len();
-            for finding in &self.keyed {
-                if finding.start < offset {
-                    continue;
-                }
-                let shifted = Finding {
-                    start: finding.start - offset,
-                    end: finding.end - offset,
-                    match_start: finding.match_start.saturating_sub(offset),
-                    match_end: finding.match_end - offset,
-                    ..*finding
-                };
-                let overlaps = self.found[..before]
-                    .iter()
-                    .any(|f| shifted.start < f.end && f.start < shifted.end);
-                if !overlaps {
-                    self.found.push(shifted);
-                }
-            }
-            if self.found.len() > before {
-                self.found.sort_unstable_by_key(|f| f.start);
-            }
-        }
-        if self.found.is_empty() {
-            return;
-        }
-        if self.all {
-            *text = scanner.redact(text, &self.found);
-            return;
-        }
-        let mut rewrite = false;
-        let mut index = 0;
-        while index < self.found.len() {
-            let rule = self.found[index].rule;
-            let action = self.redact.actions[rule as usize][self.side];
-            if action == RedactAction::Off {
-                self.found.remove(index);
-                continue;
-            }
-            match self.counts.iter_mut().find(|(r, _)| *r == rule) {
-                Some((_, count)) => *count += 1,
-                None => self.counts.push((rule, 1)),
-            }
-            match action {
-                RedactAction::Deny => {
-                    self.denied_by.get_or_insert(rule);
-                    // The refused message is never forwarded, but what is
-                    // derived from it (the audit's hash of the arguments)
-                    // must not be derived from the secret either.
-                    rewrite = true;
-                }
-                RedactAction::Redact => rewrite = true,
-                RedactAction::Log | RedactAction::Off => {}
-            }
-            index += 1;
-        }
-        if rewrite {
-            let side = self.side;
-            let actions = &self.redact.actions;
-            self.found.retain(|f| {
-                matches!(
-                    actions[f.rule as usize][side],
-                    RedactAction::Redact | RedactAction::Deny
-                )
-            });
-            *text = scanner.redact(text, &self.found);
-        }
     }
 }
 

@@ -87,34 +87,208 @@ fn arguments_and_results_are_redacted_and_counted_per_direction() {
     );
     assert_eq!(counted(&request), [("tok".into(), "request".into(), 2)]);
 
+    let image = b64(format!("PNG\x00 text chunk: {TOKEN} end").as_bytes());
     let mut response = result(json!({
         "content": [
             {"type": "text", "text": format!("here: {TOKEN}")},
-            {"type": "image", "data": format!("{TOKEN}AAAA"), "mimeType": "image/png"},
-            {"type": "resource", "resource": {"uri": "file:///a", "blob": TOKEN}},
+            {"type": "image", "data": image, "mimeType": "image/png"},
+            {"type": "resource", "resource": {"uri": "file:///a", "blob": b64(TOKEN.as_bytes())}},
             {"type": "resource", "resource": {"uri": "file:///b", "text": TOKEN}}
         ],
-        "structuredContent": {"deep": [{"k": TOKEN}]}
+        "structuredContent": {"deep": [{"k": TOKEN}], "blob": TOKEN, "data": TOKEN}
     }));
     assert_eq!(interceptor.on_response(&mut response), Verdict::Continue);
     let content = &response.message["result"]["content"];
     assert_eq!(content[0]["text"], json!("here: [REDACTED:tok]"));
     assert_eq!(
-        content[1]["data"],
-        json!(format!("{TOKEN}AAAA")),
-        "image data is skipped by type"
+        unb64(&content[1]["data"]),
+        b"PNG\x00 text chunk: [REDACTED:tok] end",
+        "image data is decoded, scanned and encoded again"
     );
-    assert_eq!(
-        content[2]["resource"]["blob"],
-        json!(TOKEN),
-        "blobs are skipped"
-    );
+    assert_eq!(unb64(&content[2]["resource"]["blob"]), b"[REDACTED:tok]");
     assert_eq!(content[3]["resource"]["text"], json!("[REDACTED:tok]"));
+    let structured = &response.message["result"]["structuredContent"];
+    assert_eq!(structured["deep"][0]["k"], json!("[REDACTED:tok]"));
     assert_eq!(
-        response.message["result"]["structuredContent"]["deep"][0]["k"],
+        structured["blob"],
+        json!("[REDACTED:tok]"),
+        "`blob` outside the schema's positions is text"
+    );
+    assert_eq!(structured["data"], json!("[REDACTED:tok]"));
+    assert_eq!(counted(&response), [("tok".into(), "response".into(), 7)]);
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(value: &Value) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(value.as_str().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+fn denied_reason(verdict: Verdict) -> String {
+    match verdict {
+        Verdict::Deny(denial) => denial.reason,
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn base64_fields_that_do_not_decode_are_refused_and_shapes_elsewhere_are_text() {
+    let interceptor = redact(&RedactConfig::default());
+    let mut response = result(json!({
+        "content": [{"type": "image", "data": "not base64 at all!", "mimeType": "image/png"}]
+    }));
+    let reason = denied_reason(interceptor.on_response(&mut response));
+    assert!(reason.contains("does not decode"), "{reason}");
+    let mut blob = exchange(
+        json!({"jsonrpc":"2.0","id":1,"result":{"contents":[{"uri":"file:///x","blob":"%%%"}]}}),
+        Direction::ClientToServer,
+        Phase::Response,
+    );
+    blob.context.method = "resources/read".into();
+    assert!(denied_reason(interceptor.on_response(&mut blob)).contains("does not decode"));
+
+    // An image-shaped argument is not a schema position: its data is text.
+    let mut request = call(json!({"picture": {"type": "image", "data": TOKEN}}));
+    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    assert_eq!(
+        request.message["params"]["arguments"]["picture"]["data"],
         json!("[REDACTED:tok]")
     );
-    assert_eq!(counted(&response), [("tok".into(), "response".into(), 3)]);
+    // Nor is an image in a tool's result outside `content`.
+    let mut odd = result(json!({"structuredContent": {"type": "image", "data": "not base64!"}}));
+    assert_eq!(interceptor.on_response(&mut odd), Verdict::Continue);
+}
+
+#[test]
+fn keys_envelope_members_and_meta_are_scanned() {
+    let interceptor = redact(&RedactConfig::default());
+    let mut request = exchange(
+        json!({
+            "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {
+                "name": "echo",
+                "arguments": {TOKEN: 1, "x": {TOKEN: "v"}},
+                "_meta": {"progressToken": 1, "note": TOKEN}
+            },
+            "x-extra": format!("side {TOKEN}"),
+            TOKEN: true
+        }),
+        Direction::ClientToServer,
+        Phase::Request,
+    );
+    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    let text = request.message.to_string();
+    assert!(!text.contains(TOKEN), "{text}");
+    assert_eq!(
+        request.message["params"]["arguments"],
+        json!({"[REDACTED:tok]": 1, "x": {"[REDACTED:tok]": "v"}})
+    );
+    assert_eq!(
+        request.message["params"]["_meta"]["note"],
+        json!("[REDACTED:tok]")
+    );
+    assert_eq!(request.message["x-extra"], json!("side [REDACTED:tok]"));
+    assert_eq!(request.message["[REDACTED:tok]"], json!(true));
+    assert_eq!(request.message["id"], json!(7));
+    assert_eq!(request.message["method"], json!("tools/call"));
+
+    // Two keys that redact to one name: refused, not merged.
+    let other = TOKEN.replace('Q', "R");
+    let mut clash = call(json!({TOKEN: 1, other: 2}));
+    let reason = denied_reason(interceptor.on_request(&mut clash));
+    assert!(reason.contains("merge two members"), "{reason}");
+}
+
+#[test]
+fn secrets_split_across_adjacent_text_blocks_are_found() {
+    let interceptor = redact(&RedactConfig::default());
+    let (head, tail) = TOKEN.split_at(10);
+    let (left, middle) = tail.split_at(3);
+    let mut response = result(json!({
+        "content": [
+            {"type": "text", "text": format!("the key is {head}")},
+            {"type": "text", "text": left},
+            {"type": "text", "text": format!("{middle} and that is all")},
+            {"type": "text", "text": "unrelated"}
+        ]
+    }));
+    assert_eq!(interceptor.on_response(&mut response), Verdict::Continue);
+    let texts: Vec<&str> = response.message["result"]["content"]
+        .as_array()
+        .map(|blocks| blocks.iter().filter_map(|b| b["text"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        texts,
+        [
+            "the key is [REDACTED:tok]",
+            "[REDACTED:tok]",
+            "[REDACTED:tok] and that is all",
+            "unrelated"
+        ]
+    );
+    assert_eq!(counted(&response), [("tok".into(), "response".into(), 1)]);
+
+    // Prompt messages whose content is a text block, likewise.
+    let mut prompt = result(json!({
+        "messages": [
+            {"role": "user", "content": {"type": "text", "text": head}},
+            {"role": "user", "content": {"type": "text", "text": tail}}
+        ]
+    }));
+    prompt.context.method = "prompts/get".into();
+    interceptor.on_response(&mut prompt);
+    assert!(
+        !prompt.message.to_string().contains(tail),
+        "{}",
+        prompt.message
+    );
+}
+
+#[test]
+fn encoded_secrets_in_text_are_decoded_once() {
+    let interceptor = redact(&RedactConfig::default());
+    let encoded = b64(format!("token={TOKEN}").as_bytes());
+    let escaped: String = TOKEN.bytes().map(|b| format!("%{b:02X}")).collect();
+    let mut request = call(json!({
+        "config": format!("blob: {encoded} (base64)"),
+        "url": format!("https://x.test/cb?t={escaped}&ok=1"),
+    }));
+    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    assert_eq!(
+        request.message["params"]["arguments"],
+        json!({
+            "config": "blob: [REDACTED:tok] (base64)",
+            "url": "https://x.test/cb?t=[REDACTED:tok]&ok=1",
+        })
+    );
+    // Hashes, SHAs, UUIDs and base64 of binary are left as they are.
+    let benign = json!({
+        "sha": "9fceb02d0ae598e95dc970b74767f19372d61af8",
+        "uuid": "550e8400-e29b-41d4-a716-446655440000",
+        "integrity": "sha512-z4PhNX7vuL3xVChQ1m2AB9Yg5AULVxXcg/SpIdNs6c5H0NE8XYXysP+DGNKHfuwvY7kxvUdBeoGlODJ6+SfaPg==",
+        "png": b64(&[0x89, b'P', b'N', b'G', 13, 10, 26, 10, 0, 0, 0, 13, b'I', b'H', b'D', b'R', 0, 0, 1, 0, 0, 0, 1, 0, 8, 6]),
+    });
+    let mut clean = call(benign.clone());
+    assert_eq!(interceptor.on_request(&mut clean), Verdict::Continue);
+    assert_eq!(clean.message["params"]["arguments"], benign);
+    assert!(clean.annotations.is_empty());
+}
+
+#[test]
+fn too_deep_to_scan_is_refused() {
+    let interceptor = redact(&RedactConfig::default());
+    let mut deep = json!(TOKEN);
+    for _ in 0..300 {
+        deep = json!([deep]);
+    }
+    let mut request = call(json!({ "deep": deep }));
+    assert!(denied_reason(interceptor.on_request(&mut request)).contains("nested too deeply"));
 }
 
 #[test]

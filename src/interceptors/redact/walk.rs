@@ -1,0 +1,562 @@
+//! One message's walk: every member of the envelope but `jsonrpc`, `id` and
+//! `method`, every key, every string, in every position. Where a value
+//! stands in the MCP schema matters in one way only: the base64 fields the
+//! schema defines are decoded and their bytes scanned, not read as text.
+//!
+//! ```text
+//!   string ──► scan ──► + `key: value` context ──► + percent-decoded ──► + base64 runs decoded
+//!   key    ──► scan                      (a finding renames the key, or refuses on a clash)
+//!   array  ──► text blocks joined: findings across a join redact both sides
+//!   schema base64 (image/audio `data`, resource `blob`) ──► decoded ──► scanned ──► re-encoded
+//! ```
+
+use serde_json::{Map, Value};
+
+use super::encoded;
+use super::{Finding, Redact};
+use crate::chain::Phase;
+use crate::config::RedactAction;
+
+/// Deeper than this, a message is refused rather than walked further
+/// (parsed messages nest at most 128 levels; `limits` refuses far less).
+const MAX_WALK_DEPTH: usize = 256;
+
+/// Where a value stands in the MCP schema (only as far as base64 fields
+/// need it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Position {
+    Plain,
+    /// The `result` of `tools/call`.
+    ToolResult,
+    /// The `result` of `prompts/get`.
+    PromptResult,
+    /// The `result` of `resources/read`.
+    ReadResult,
+    /// The `params` of `sampling/createMessage`.
+    SamplingParams,
+    /// The `result` of `sampling/createMessage`.
+    SamplingResult,
+    /// A list of prompt or sampling messages.
+    Messages,
+    Message,
+    /// A list of content blocks.
+    Blocks,
+    /// A content block or a list of them.
+    BlockOrBlocks,
+    Block,
+    /// A list of resource contents.
+    Resources,
+    /// Resource contents (text or blob), alone or embedded in a block.
+    Resource,
+}
+
+impl Position {
+    /// The position of a top-level member of a message about `method`.
+    fn top(method: &str, phase: Phase, member: &str) -> Self {
+        match (member, phase, method) {
+            ("result", Phase::Response, "tools/call") => Self::ToolResult,
+            ("result", Phase::Response, "prompts/get") => Self::PromptResult,
+            ("result", Phase::Response, "resources/read") => Self::ReadResult,
+            ("params", Phase::Request, "sampling/createMessage") => Self::SamplingParams,
+            ("result", Phase::Response, "sampling/createMessage") => Self::SamplingResult,
+            _ => Self::Plain,
+        }
+    }
+
+    /// The position of member `key` of an object here; `kind` is the
+    /// object's `type`.
+    fn member(self, key: &str, kind: Option<&str>) -> Self {
+        match (self, key, kind) {
+            (Self::ToolResult, "content", _) => Self::Blocks,
+            (Self::PromptResult | Self::SamplingParams, "messages", _) => Self::Messages,
+            (Self::ReadResult, "contents", _) => Self::Resources,
+            (Self::SamplingResult | Self::Message, "content", _) => Self::BlockOrBlocks,
+            (Self::Block, "resource", Some("resource")) => Self::Resource,
+            (Self::Block, "content", Some("tool_result")) => Self::Blocks,
+            _ => Self::Plain,
+        }
+    }
+
+    /// The position of an array's items here.
+    fn item(self) -> Self {
+        match self {
+            Self::Messages => Self::Message,
+            Self::Blocks | Self::BlockOrBlocks => Self::Block,
+            Self::Resources => Self::Resource,
+            _ => Self::Plain,
+        }
+    }
+
+    /// Whether member `key` of an object here is base64 by the schema.
+    fn is_base64(self, key: &str, kind: Option<&str>) -> bool {
+        match self {
+            Self::Block | Self::BlockOrBlocks => {
+                key == "data" && matches!(kind, Some("image" | "audio"))
+            }
+            Self::Resource => key == "blob",
+            _ => false,
+        }
+    }
+}
+
+/// What a walk found.
+pub(super) struct Pass<'a> {
+    redact: &'a Redact,
+    /// Redact every finding, whatever the actions (and count none).
+    all: bool,
+    /// 0: toward servers, 1: toward the client.
+    side: usize,
+    method: &'a str,
+    phase: Phase,
+    pub counts: Vec<(u32, u64)>,
+    pub denied_by: Option<u32>,
+    /// Why the message cannot be passed on whatever the rules say (base64
+    /// that does not decode, a renamed key that clashes, too deep).
+    pub refused: Option<&'static str>,
+    found: Vec<Finding>,
+    more: Vec<Finding>,
+    kept: Vec<Finding>,
+    /// Findings across joins, already counted, waiting for the text they
+    /// belong to (known by its address: it is redacted when its own walk
+    /// reaches it, together with its own findings, so that neither
+    /// redaction destroys the other's context).
+    across: Vec<(*const String, Vec<Finding>)>,
+}
+
+impl<'a> Pass<'a> {
+    pub fn new(redact: &'a Redact, side: usize, all: bool, method: &'a str, phase: Phase) -> Self {
+        Self {
+            redact,
+            all,
+            side,
+            method,
+            phase,
+            counts: Vec::new(),
+            denied_by: None,
+            refused: None,
+            found: Vec::new(),
+            more: Vec::new(),
+            kept: Vec::new(),
+            across: Vec::new(),
+        }
+    }
+
+    /// Moves what [`collect`](Self::collect) found into `out`.
+    pub fn take_found(&mut self, out: &mut Vec<Finding>) {
+        out.clear();
+        out.append(&mut self.found);
+    }
+
+    /// Walks a whole JSON-RPC message.
+    pub fn message(&mut self, message: &mut Value) {
+        match message {
+            Value::Object(members) => {
+                let (method, phase) = (self.method, self.phase);
+                self.object(members, 0, |key, _, _| match key {
+                    // The envelope's own members: `id` never crosses the
+                    // proxy (ids are remapped), `method` is routed on and
+                    // must be a known one.
+                    "jsonrpc" | "id" | "method" => None,
+                    _ => Some(Position::top(method, phase, key)),
+                });
+            }
+            other => self.walk(other, Position::Plain, 0),
+        }
+    }
+
+    fn walk(&mut self, value: &mut Value, position: Position, depth: usize) {
+        if depth > MAX_WALK_DEPTH {
+            if self.all {
+                *value = Value::Null;
+            } else {
+                self.refused
+                    .get_or_insert("it is nested too deeply to be scanned");
+            }
+            return;
+        }
+        match value {
+            Value::String(text) => self.string(text, None),
+            Value::Array(items) => {
+                let item = position.item();
+                self.joins(items);
+                for value in items.iter_mut() {
+                    self.walk(value, item, depth + 1);
+                }
+            }
+            Value::Object(members) => {
+                let position = match position {
+                    Position::BlockOrBlocks => Position::Block,
+                    other => other,
+                };
+                self.object(members, depth, |key, kind, member| {
+                    if member.is_string() && position.is_base64(key, kind) {
+                        None
+                    } else {
+                        Some(position.member(key, kind))
+                    }
+                });
+                let kind = members
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                for key in ["data", "blob"] {
+                    if position.is_base64(key, kind.as_deref())
+                        && let Some(Value::String(text)) = members.get_mut(key)
+                    {
+                        self.binary(text);
+                    }
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+
+    /// Walks an object's keys and members. `child` gives a member's
+    /// position, or `None` for a member that is not walked here (the
+    /// envelope's own, or a base64 field the caller decodes).
+    fn object(
+        &mut self,
+        members: &mut Map<String, Value>,
+        depth: usize,
+        child: impl Fn(&str, Option<&str>, &Value) -> Option<Position>,
+    ) {
+        let kind = members
+            .get("type")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut renamed: Vec<(usize, String)> = Vec::new();
+        for (index, (key, member)) in members.iter_mut().enumerate() {
+            if let Some(new) = self.key(key) {
+                renamed.push((index, new));
+            }
+            let Some(position) = child(key, kind.as_deref(), member) else {
+                continue;
+            };
+            match member {
+                Value::String(text) => self.string(text, Some(key)),
+                other => self.walk(other, position, depth + 1),
+            }
+        }
+        if !renamed.is_empty() {
+            self.rename(members, renamed);
+        }
+    }
+
+    /// Scans a key; `Some(new key)` when it is to be renamed.
+    fn key(&mut self, key: &str) -> Option<String> {
+        self.redact.scanner.scan(key.as_bytes(), &mut self.found);
+        if self.found.is_empty() {
+            return None;
+        }
+        self.settle(key)
+    }
+
+    /// Renames members, keeping their order. Two members cannot be given
+    /// one name: the message is refused (or, for what is stored, the later
+    /// member dropped).
+    fn rename(&mut self, members: &mut Map<String, Value>, renamed: Vec<(usize, String)>) {
+        let old = std::mem::take(members);
+        let mut renamed = renamed.into_iter().peekable();
+        for (index, (key, value)) in old.into_iter().enumerate() {
+            let key = match renamed.next_if(|(at, _)| *at == index) {
+                Some((_, new)) => new,
+                None => key,
+            };
+            if members.contains_key(&key) {
+                if !self.all {
+                    self.refused.get_or_insert(
+                        "a key holds a secret, and redacting it would merge two members",
+                    );
+                }
+                continue;
+            }
+            members.insert(key, value);
+        }
+    }
+
+    /// A base64 field of the schema: decoded, scanned, re-encoded if a
+    /// secret in it is redacted.
+    fn binary(&mut self, text: &mut String) {
+        let Some(mut bytes) = encoded::decode_field(text) else {
+            if self.all {
+                *text = "[REDACTED:undecodable]".to_owned();
+            } else {
+                self.refused
+                    .get_or_insert("a base64 field of the MCP schema does not decode");
+            }
+            return;
+        };
+        self.redact.scanner.scan(&bytes, &mut self.found);
+        if self.found.is_empty() {
+            return;
+        }
+        let mut found = std::mem::take(&mut self.found);
+        found.retain(|finding| self.account(finding.rule));
+        if !found.is_empty() {
+            bytes = self.redact.scanner.redact_bytes(&bytes, &found);
+            *text = encoded::encode_field(&bytes);
+        }
+        self.found = found;
+    }
+
+    /// Scans a string (with its key as context) and its decoded forms.
+    fn string(&mut self, text: &mut String, key: Option<&str>) {
+        self.collect(text.as_bytes(), key);
+        let across = match self.across.is_empty() {
+            true => None,
+            false => {
+                let at: *const String = text;
+                let index = self.across.iter().position(|(of, _)| std::ptr::eq(*of, at));
+                index.map(|index| self.across.swap_remove(index).1)
+            }
+        };
+        if self.found.is_empty() && across.is_none() {
+            return;
+        }
+        let mut found = std::mem::take(&mut self.found);
+        found.retain(|finding| self.account(finding.rule));
+        if let Some(across) = across {
+            add_disjoint(&mut found, &across);
+        }
+        if !found.is_empty() {
+            *text = self.redact.scanner.redact(text, &found);
+        }
+        self.found = found;
+    }
+
+    /// Counts `self.found` and applies the actions: the rewritten text, if
+    /// any finding is to be redacted.
+    fn settle(&mut self, text: &str) -> Option<String> {
+        let mut found = std::mem::take(&mut self.found);
+        found.retain(|finding| self.account(finding.rule));
+        let rewritten = (!found.is_empty()).then(|| self.redact.scanner.redact(text, &found));
+        self.found = found;
+        rewritten
+    }
+
+    /// Counts a finding of `rule`; whether its text is rewritten.
+    fn account(&mut self, rule: u32) -> bool {
+        if self.all {
+            return true;
+        }
+        let action = self.redact.actions[rule as usize][self.side];
+        if action == RedactAction::Off {
+            return false;
+        }
+        match self.counts.iter_mut().find(|(r, _)| *r == rule) {
+            Some((_, count)) => *count += 1,
+            None => self.counts.push((rule, 1)),
+        }
+        match action {
+            // The refused message is never forwarded, but what is derived
+            // from it (the audit's hash of the arguments) must not be
+            // derived from the secret either.
+            RedactAction::Deny => {
+                self.denied_by.get_or_insert(rule);
+                true
+            }
+            RedactAction::Redact => true,
+            RedactAction::Log | RedactAction::Off => false,
+        }
+    }
+
+    /// The findings in `text` into `self.found`, in order, not
+    /// overlapping: the text itself, read with its key as context, its
+    /// percent-decoded form, and the base64 runs in it, decoded.
+    pub fn collect(&mut self, text: &[u8], key: Option<&str>) {
+        let redact = self.redact;
+        let scanner = &*redact.scanner;
+        scanner.scan(text, &mut self.found);
+        if let Some(key) = key
+            && scanner.may_match(key.as_bytes())
+        {
+            // The member's key as context: `key: value`.
+            let mut keyed = Vec::with_capacity(key.len() + 2 + text.len());
+            keyed.extend_from_slice(key.as_bytes());
+            keyed.extend_from_slice(b": ");
+            keyed.extend_from_slice(text);
+            let offset = key.len() + 2;
+            scanner.scan(&keyed, &mut self.more);
+            self.more.retain_mut(|finding| {
+                if finding.start < offset {
+                    return false;
+                }
+                finding.start -= offset;
+                finding.end -= offset;
+                finding.match_start = finding.match_start.saturating_sub(offset);
+                finding.match_end -= offset;
+                true
+            });
+            add_disjoint(&mut self.found, &self.more);
+        }
+        if let Some((decoded, origin)) = encoded::percent_decoded(text) {
+            scanner.scan(&decoded, &mut self.more);
+            for finding in &mut self.more {
+                finding.start = origin[finding.start];
+                finding.end = origin[finding.end];
+                finding.match_start = origin[finding.match_start];
+                finding.match_end = origin[finding.match_end];
+            }
+            add_disjoint(&mut self.found, &self.more);
+        }
+        let mut runs = std::mem::take(&mut self.kept);
+        runs.clear();
+        encoded::base64_runs(text, |run| {
+            let overlaps = self
+                .found
+                .iter()
+                .any(|f| run.start < f.end && f.start < run.end);
+            if overlaps {
+                return;
+            }
+            scanner.scan(&run.decoded, &mut self.more);
+            if let Some(first) = self.more.first() {
+                // The whole encoded run stands for the secret.
+                runs.push(Finding {
+                    rule: first.rule,
+                    start: run.start,
+                    end: run.end,
+                    match_start: run.start,
+                    match_end: run.end,
+                });
+            }
+        });
+        add_disjoint(&mut self.found, &runs);
+        self.kept = runs;
+    }
+
+    /// Secrets split across adjacent text blocks (content blocks, resource
+    /// contents, messages with a text block): the texts are joined and
+    /// scanned, and what is found across a join is redacted on both sides
+    /// when the walk reaches each text.
+    fn joins(&mut self, items: &mut [Value]) {
+        let mut from = 0;
+        while from < items.len() {
+            if text_of(&items[from]).is_none() {
+                from += 1;
+                continue;
+            }
+            let mut to = from + 1;
+            while to < items.len() && text_of(&items[to]).is_some() {
+                to += 1;
+            }
+            if to - from >= 2 {
+                self.join_run(&mut items[from..to]);
+            }
+            from = to;
+        }
+    }
+
+    fn join_run(&mut self, items: &mut [Value]) {
+        let mut joined = Vec::new();
+        let mut starts = Vec::with_capacity(items.len() + 1);
+        for item in items.iter() {
+            starts.push(joined.len());
+            joined.extend_from_slice(text_of(item).unwrap_or_default().as_bytes());
+        }
+        starts.push(joined.len());
+        let redact = self.redact;
+        let scanner = &*redact.scanner;
+        scanner.scan(&joined, &mut self.more);
+        // Only what crosses a join: the rest each text's own scan finds.
+        let crosses = |f: &Finding| {
+            starts[1..starts.len() - 1]
+                .iter()
+                .any(|&join| f.match_start < join && join < f.match_end)
+        };
+        let across: Vec<Finding> = self.more.iter().copied().filter(crosses).collect();
+        if across.is_empty() {
+            return;
+        }
+        let mut parts: Vec<Vec<Finding>> = vec![Vec::new(); items.len()];
+        for finding in across {
+            if !self.account(finding.rule) {
+                continue;
+            }
+            for (index, part) in parts.iter_mut().enumerate() {
+                let (start, end) = (starts[index], starts[index + 1]);
+                if finding.start < end && start < finding.end {
+                    let local_start = finding.start.max(start) - start;
+                    let local_end = finding.end.min(end) - start;
+                    part.push(Finding {
+                        rule: finding.rule,
+                        start: local_start,
+                        end: local_end,
+                        match_start: local_start,
+                        match_end: local_end,
+                    });
+                }
+            }
+        }
+        for (item, part) in items.iter_mut().zip(parts) {
+            if part.is_empty() {
+                continue;
+            }
+            if let Some(text) = text_of_mut(item) {
+                let at: *const String = text;
+                self.across.push((at, part));
+            }
+        }
+    }
+}
+
+/// The text of an array item that is a text block: a `text` content block,
+/// resource contents with `text`, or a message whose content is one.
+fn text_of(item: &Value) -> Option<&str> {
+    let object = item.as_object()?;
+    if let Some(Value::String(text)) = object.get("text")
+        && (object.get("type").and_then(Value::as_str) == Some("text")
+            || object.contains_key("uri"))
+    {
+        return Some(text);
+    }
+    let content = object.get("content")?.as_object()?;
+    if content.get("type").and_then(Value::as_str) == Some("text") {
+        return content.get("text")?.as_str();
+    }
+    None
+}
+
+fn text_of_mut(item: &mut Value) -> Option<&mut String> {
+    let direct = {
+        let object = item.as_object()?;
+        object.get("text").is_some_and(Value::is_string)
+            && (object.get("type").and_then(Value::as_str) == Some("text")
+                || object.contains_key("uri"))
+    };
+    let text = if direct {
+        item.get_mut("text")
+    } else {
+        item.pointer_mut("/content/text")
+    };
+    match text {
+        Some(Value::String(text)) => Some(text),
+        _ => None,
+    }
+}
+
+/// Adds the findings of `more` that overlap none in `found`; `found` stays
+/// in order.
+fn add_disjoint(found: &mut Vec<Finding>, more: &[Finding]) {
+    let before = found.len();
+    for finding in more {
+        let overlaps = found[..before]
+            .iter()
+            .any(|f| finding.start < f.end && f.start < finding.end);
+        if !overlaps {
+            found.push(*finding);
+        }
+    }
+    if found.len() > before {
+        found.sort_unstable_by_key(|f| f.start);
+        // Two additions may overlap each other: keep the first.
+        let mut end = 0;
+        found.retain(|f| {
+            let keep = f.start >= end;
+            if keep {
+                end = f.end;
+            }
+            keep
+        });
+    }
+}
