@@ -2585,7 +2585,11 @@ mod tests {
     use super::*;
     use crate::protocol::LogLevel;
 
-    const SECRET: &str = "ghp_Zk3Qw9Lm2Xv8Rt5Yp1Bn7Hc4Jd6Fg0Sa2Ue9";
+    /// A token the default rules find (built here, so that the source
+    /// itself holds none).
+    fn secret() -> String {
+        format!("ghp_{}", "Zk3Qw9Lm2Xv8Rt5Yp1Bn7Hc4Jd6Fg0Sa2Ue9")
+    }
 
     fn scrubber() -> Arc<crate::interceptors::Redact> {
         match crate::interceptors::Redact::new(&crate::config::RedactConfig::default()) {
@@ -2653,18 +2657,19 @@ mod tests {
             Err(err) => panic!("{err}"),
         };
         let (gateway, _events) = Gateway::new(config, Chain::default(), None);
+        let secret = secret();
         gateway.scrub_with(scrubber());
-        let uri = format!("file:///notes?token={SECRET}");
+        let uri = format!("file:///notes?token={secret}");
         let mut record = crate::audit::AuditRecord::event("exchange", "deny");
         record.target = Some(uri.clone());
         record.reason = Some(format!("read_resource on `{uri}` is not permitted"));
         record.detail = Some(json!({
-            "plugins": { "p": { "note": SECRET } },
+            "plugins": { "p": { "note": secret } },
             "arguments": { "kept": "already redacted" },
         }));
         gateway.scrub_record(&mut record);
         let stored = serde_json::to_string(&record).unwrap_or_default();
-        assert!(!stored.contains(SECRET), "{stored}");
+        assert!(!stored.contains(&secret), "{stored}");
         assert_eq!(
             record.target.as_deref(),
             Some("file:///notes?token=[REDACTED:github-pat-classic]")
@@ -2686,16 +2691,16 @@ mod tests {
         refused.error = Some(format!("read_resource on `{uri}`"));
         recording.push(refused);
         let mut root = Root {
-            name: format!("tools/call srv__x-{SECRET}"),
+            name: format!("tools/call srv__x-{secret}"),
             attributes: vec![
                 ("mcp.resource.uri", Attr::from(uri.clone())),
-                ("gen_ai.tool.name", Attr::from(format!("srv__x-{SECRET}"))),
+                ("gen_ai.tool.name", Attr::from(format!("srv__x-{secret}"))),
             ],
             error: Some(uri.clone()),
         };
         scrub_trace(&scrubber(), &mut root, &mut recording);
         let exported = format!("{root:?} {:?}", recording.spans());
-        assert!(!exported.contains(SECRET), "{exported}");
+        assert!(!exported.contains(&secret), "{exported}");
         assert!(exported.contains("[REDACTED:"), "{exported}");
     }
 }
