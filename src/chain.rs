@@ -41,7 +41,7 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Stdio,
     Http,
@@ -163,6 +163,20 @@ pub trait Directory: std::fmt::Debug + Send + Sync {
     fn tool_definition(&self, namespaced: &str) -> Option<Definition>;
     /// The listed definition of a namespaced prompt.
     fn prompt_definition(&self, namespaced: &str) -> Option<Definition>;
+    /// The merged lists themselves (namespaced, every server's items); a
+    /// directory that does not tell offers nothing.
+    fn offered(&self) -> Offered<'_> {
+        Offered::default()
+    }
+}
+
+/// The merged lists a client is offered before authz filters them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Offered<'a> {
+    pub tools: &'a [Value],
+    pub prompts: &'a [Value],
+    pub resources: &'a [Value],
+    pub templates: &'a [Value],
 }
 
 /// A note an interceptor attaches to the exchange, for later interceptors and

@@ -299,6 +299,11 @@ impl Recording {
         &self.spans
     }
 
+    /// The spans so far, to edit before export (scrubbing).
+    pub fn spans_mut(&mut self) -> &mut [Span] {
+        &mut self.spans
+    }
+
     fn unix_ns(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.started);
         self.start_unix_ns

@@ -617,9 +617,11 @@ fn build_gateway(config: Config, audit: Option<Audit>) -> anyhow::Result<Built> 
         )
     })?;
     let (gateway, events) = Gateway::new(config, built.chain, audit);
-    if let Some(scrubber) = built.argument_scrubber {
-        gateway.keep_arguments(scrubber);
+    gateway.scrub_with(built.scrubber);
+    if built.keep_arguments {
+        gateway.keep_arguments();
     }
+    gateway.limit_access(built.access);
     Ok((
         gateway,
         events,

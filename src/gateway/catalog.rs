@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::chain::{Definition, Directory};
+use crate::chain::{Definition, Directory, Offered};
 
 /// One server's lists, as it sent them (lossless).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -133,8 +133,10 @@ impl Catalog {
                     continue;
                 };
                 if let Some(&owner) = resource_index.get(uri) {
+                    // A URI's query may carry credentials: logs show what
+                    // comes before.
                     tracing::warn!(
-                        uri,
+                        uri = uri.split('?').next().unwrap_or_default(),
                         kept = %names.get(owner).map_or("?", |n: &Arc<str>| &**n),
                         dropped = %name,
                         "two servers list the same resource URI; the first in config order keeps it"
@@ -219,6 +221,15 @@ impl Catalog {
 }
 
 impl Directory for Catalog {
+    fn offered(&self) -> Offered<'_> {
+        Offered {
+            tools: &self.tools,
+            prompts: &self.prompts,
+            resources: &self.resources,
+            templates: &self.templates,
+        }
+    }
+
     fn tool_definition(&self, namespaced: &str) -> Option<Definition> {
         Catalog::tool_definition(self, namespaced)
     }

@@ -63,8 +63,20 @@ pub struct Gateway {
     chain: Chain,
     /// The audit log (`None` only for the CLI's one-shot commands).
     audit: Option<Audit>,
-    /// Redacts arguments for the audit log, when it keeps them.
-    argument_scrubber: std::sync::OnceLock<Arc<crate::interceptors::Redact>>,
+    /// Takes every secret out of what is stored and traced (the record's
+    /// target, reason and detail, span attributes and errors, arguments
+    /// when kept). Set at wiring ([`Gateway::scrub_with`]); `None` only in
+    /// the CLI's one-shot commands.
+    scrubber: std::sync::OnceLock<Arc<crate::interceptors::Redact>>,
+    /// Whether calls' arguments are kept, redacted, in their records.
+    arguments_kept: std::sync::atomic::AtomicBool,
+    /// Who may use which server (set at wiring; everyone without authz).
+    access: std::sync::OnceLock<Arc<crate::interceptors::ServerAccess>>,
+    /// The log level last sent to each running instance (server, the
+    /// client of a per-client instance): the lowest any session that may
+    /// use it asked for. Held while levels are sent, so they arrive in
+    /// the order they were decided.
+    log_levels: tokio::sync::Mutex<HashMap<InstanceKey, protocol::LogLevel>>,
     upstreams: Vec<Upstream>,
     names: Vec<Arc<str>>,
     catalog: RwLock<Arc<Catalog>>,
@@ -101,6 +113,9 @@ pub struct Gateway {
 
 /// A server→client request in flight: (server, instance, the server's id).
 type ForwardedKey = (usize, Option<Arc<str>>, IdKey);
+
+/// A running copy of a server: (server, the client of a per-client instance).
+type InstanceKey = (usize, Option<Arc<str>>);
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
@@ -159,7 +174,10 @@ impl Gateway {
             names,
             chain,
             audit,
-            argument_scrubber: std::sync::OnceLock::new(),
+            scrubber: std::sync::OnceLock::new(),
+            arguments_kept: std::sync::atomic::AtomicBool::new(false),
+            access: std::sync::OnceLock::new(),
+            log_levels: tokio::sync::Mutex::new(HashMap::new()),
             config,
             sessions: RwLock::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -271,10 +289,65 @@ impl Gateway {
         }
     }
 
+    /// Scrubs what is stored and traced with `scrubber` (every finding of
+    /// every rule replaced by its placeholder). Once only.
+    pub fn scrub_with(&self, scrubber: Arc<crate::interceptors::Redact>) {
+        let _ = self.scrubber.set(scrubber);
+    }
+
     /// Keeps calls' arguments in their audit records, every secret redacted
-    /// by `scrubber` (`[audit] arguments = "redacted"`).
-    pub fn keep_arguments(&self, scrubber: Arc<crate::interceptors::Redact>) {
-        let _ = self.argument_scrubber.set(scrubber);
+    /// by the scrubber (`[audit] arguments = "redacted"`).
+    pub fn keep_arguments(&self) {
+        self.arguments_kept.store(true, Ordering::Relaxed);
+    }
+
+    /// Decides who may use which server with `access` (authz's). Once only;
+    /// unset, every client may use every server.
+    pub fn limit_access(&self, access: Arc<crate::interceptors::ServerAccess>) {
+        let _ = self.access.set(access);
+    }
+
+    /// Whether `session`'s client may use server `index` (see
+    /// [`ServerAccess`](crate::interceptors::ServerAccess)).
+    fn may_use(&self, session: &Session, index: usize) -> bool {
+        let (Some(access), Some(name)) = (self.access.get(), self.names.get(index)) else {
+            return true;
+        };
+        let directory: Arc<dyn crate::chain::Directory> = self.catalog();
+        access.may_use(&session.client, session.transport, name, &directory)
+    }
+
+    /// `text` with every secret replaced by its placeholder.
+    fn scrub(&self, text: &str) -> String {
+        match self.scrubber.get() {
+            Some(scrubber) => scrub_with(scrubber, text),
+            None => text.to_owned(),
+        }
+    }
+
+    /// Scrubs what a record carries from a peer's words: its target, its
+    /// reason, and its detail (the kept arguments are already redacted).
+    fn scrub_record(&self, record: &mut crate::audit::AuditRecord) {
+        let Some(scrubber) = self.scrubber.get() else {
+            return;
+        };
+        for text in [&mut record.target, &mut record.reason]
+            .into_iter()
+            .flatten()
+        {
+            *text = scrub_with(scrubber, text);
+        }
+        match &mut record.detail {
+            Some(Value::Object(detail)) => {
+                for (key, value) in detail.iter_mut() {
+                    if key != "arguments" {
+                        scrubber.redact_all(value);
+                    }
+                }
+            }
+            Some(other) => scrubber.redact_all(other),
+            None => {}
+        }
     }
 
     /// A call's arguments as the audit keeps them: the hash of what the
@@ -283,7 +356,8 @@ impl Gateway {
         let Some(arguments) = message.pointer("/params/arguments") else {
             return Arguments::default();
         };
-        let stored = self.argument_scrubber.get().map(|scrubber| {
+        let kept = self.arguments_kept.load(Ordering::Relaxed);
+        let stored = self.scrubber.get().filter(|_| kept).map(|scrubber| {
             let mut copy = arguments.clone();
             scrubber.redact_all(&mut copy);
             let bytes = serde_json::to_vec(&copy).map_or(usize::MAX, |b| b.len());
@@ -313,7 +387,10 @@ impl Gateway {
 
     /// Commits event records in the background, in this order (records
     /// committed from separate tasks may land in either order).
-    pub fn record_events(&self, records: Vec<crate::audit::AuditRecord>) {
+    pub fn record_events(&self, mut records: Vec<crate::audit::AuditRecord>) {
+        for record in &mut records {
+            self.scrub_record(record);
+        }
         if let Some(metrics) = &self.metrics {
             for record in &records {
                 metrics.events.get([&record.kind]).add(1);
@@ -526,9 +603,16 @@ impl Gateway {
         self.sessions.read().map(|s| s.len()).unwrap_or(0)
     }
 
-    pub fn close_session(&self, session: &Session) {
+    pub fn close_session(self: &Arc<Self>, session: &Session) {
         if let Ok(mut sessions) = self.sessions.write() {
             sessions.remove(&session.key);
+        }
+        // Its level no longer counts: a server may be sent a higher one.
+        if session.log_level().is_some()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let this = self.clone();
+            runtime.spawn(async move { this.apply_log_levels(None).await });
         }
         lock(&self.subscriptions).retain(|_, subscribers| {
             subscribers.remove(&session.key);
@@ -1064,7 +1148,17 @@ impl Gateway {
             request_id: client_id.clone(),
         };
         let call = upstream.begin(outgoing, Some(origin));
-        let follow = |message: Value| self.notify(session, Some(server), message, Some(client_id));
+        // What the server sends during the call is the call's: it goes to
+        // this session alone, on the call's stream.
+        let follow = |message: Value| {
+            self.notify(
+                session,
+                Some(server),
+                message,
+                Some(client_id),
+                Some(client_id.clone()),
+            );
+        };
         let result = tokio::select! {
             result = call.send_and_follow(upstream.config().call_timeout, follow) => Some(result),
             () = cancel.cancelled() => None,
@@ -1114,23 +1208,24 @@ impl Gateway {
                 self.page(message, &catalog.templates, "resourceTemplates")?
             }
             "logging/setLevel" => {
-                let level = protocol::param_str(message, "level")
-                    .ok_or_else(|| {
-                        (
-                            code::INVALID_PARAMS,
-                            "`params.level` must be a string".to_owned(),
-                        )
-                    })?
-                    .to_owned();
-                for upstream in self.serving(&session.client.name) {
-                    if let Status::Ready(info) = upstream.status()
-                        && info.pointer("/capabilities/logging").is_some()
-                    {
-                        let _ = upstream
-                            .request("logging/setLevel", json!({ "level": level }))
-                            .await;
-                    }
-                }
+                let name = protocol::param_str(message, "level").ok_or_else(|| {
+                    (
+                        code::INVALID_PARAMS,
+                        "`params.level` must be a string".to_owned(),
+                    )
+                })?;
+                let level = protocol::LogLevel::parse(name).ok_or_else(|| {
+                    (
+                        code::INVALID_PARAMS,
+                        format!(
+                            "unknown log level `{}`: use debug, info, notice, warning, error, critical, alert or emergency",
+                            protocol::cut(name, 64)
+                        ),
+                    )
+                })?;
+                // The session's own level: the proxy filters what it gets.
+                session.state().log_level = Some(level);
+                self.apply_log_levels(Some(session)).await;
                 json!({})
             }
             _ => {
@@ -1141,6 +1236,60 @@ impl Gateway {
             }
         };
         Ok(protocol::result(id, result))
+    }
+
+    /// Sends each running instance that supports logging the lowest level
+    /// the sessions that may use it asked for (of its client only, for a
+    /// per-client instance), when that changed since it was last sent.
+    /// `asked_by`: only the instances serving that session's client that
+    /// the client may use (a client that may not use a server never
+    /// changes its level); `None`: every instance (a session closed, a
+    /// server restarted). No session with a level: the server keeps the
+    /// last one it was sent.
+    async fn apply_log_levels(&self, asked_by: Option<&Session>) {
+        let mut sent = self.log_levels.lock().await;
+        let sessions = self.initialized_sessions();
+        let instances = self.instances(asked_by.map(|session| &session.client.name));
+        for ((index, instance), upstream) in instances {
+            if asked_by.is_some_and(|session| !self.may_use(session, index)) {
+                continue;
+            }
+            let Status::Ready(info) = upstream.status() else {
+                continue;
+            };
+            if info.pointer("/capabilities/logging").is_none() {
+                continue;
+            }
+            let levels = sessions
+                .iter()
+                .filter(|session| {
+                    instance
+                        .as_ref()
+                        .is_none_or(|client| session.client.name == *client)
+                        && self.may_use(session, index)
+                })
+                .map(|session| session.log_level());
+            let Some(wanted) = lowest_level(levels) else {
+                continue;
+            };
+            let key = (index, instance);
+            if sent.get(&key) == Some(&wanted) {
+                continue;
+            }
+            match upstream
+                .request("logging/setLevel", json!({ "level": wanted.as_str() }))
+                .await
+            {
+                Ok(_) => {
+                    sent.insert(key, wanted);
+                }
+                Err(err) => {
+                    // The server's own words: scrubbed like a record's.
+                    let error = self.scrub(&err.to_string());
+                    tracing::warn!(server = %upstream.name(), error, "cannot set the log level")
+                }
+            }
+        }
     }
 
     /// Starts the lazy servers that nobody has used yet, and waits (each up
@@ -1372,7 +1521,9 @@ impl Gateway {
                 .request("resources/subscribe", json!({ "uri": uri }))
                 .await
             {
-                tracing::warn!(server = %upstream.name(), error = %err, "cannot renew a resource subscription");
+                // The server's words may quote the URI: scrubbed.
+                let error = self.scrub(&err.to_string());
+                tracing::warn!(server = %upstream.name(), error, "cannot renew a resource subscription");
             }
         }
     }
@@ -1387,6 +1538,8 @@ impl Gateway {
             &method,
         );
         if let Err(refusal) = self.chain.run(&mut exchange) {
+            // A client chooses the method: a long one is cut.
+            let method = protocol::cut(&method, 128);
             tracing::debug!(session = %session.id, method, interceptor = %refusal.interceptor, "notification refused");
             self.chain.finish(&exchange, &refusal.outcome());
             return;
@@ -1410,7 +1563,10 @@ impl Gateway {
                     }
                 }
             }
-            _ => tracing::debug!(session = %session.id, method, "notification not relayed"),
+            _ => {
+                let method = protocol::cut(&method, 128);
+                tracing::debug!(session = %session.id, method, "notification not relayed")
+            }
         }
         self.chain.finish(&exchange, &Outcome::Delivered);
     }
@@ -1449,6 +1605,10 @@ impl Gateway {
                                 this.refresh(index).await;
                             }
                             this.resubscribe(index, &source.instance).await;
+                            // A restarted server forgot its log level.
+                            let key = (index, source.instance.clone());
+                            this.log_levels.lock().await.remove(&key);
+                            this.apply_log_levels(None).await;
                         });
                     }
                 }
@@ -1468,9 +1628,13 @@ impl Gateway {
                     record.reason = Some(reason);
                     self.record_event(record);
                 }
-                UpstreamEvent::Notification { source, message } => {
+                UpstreamEvent::Notification {
+                    source,
+                    message,
+                    ambiguous,
+                } => {
                     if let Some(index) = self.index_of(&source.server) {
-                        self.server_notification(index, &source.instance, message);
+                        self.server_notification(index, &source.instance, message, ambiguous);
                     }
                 }
                 UpstreamEvent::Request {
@@ -1522,6 +1686,27 @@ impl Gateway {
         instances.insert((index, client.clone()), instance.clone());
         tracing::debug!(server = %primary.name(), client = %client, "per-client instance created");
         Some(instance)
+    }
+
+    /// The instances clients' calls reach, with their keys: the shared
+    /// servers and the per-client instances (of `client` only, if given).
+    fn instances(&self, client: Option<&Arc<str>>) -> Vec<(InstanceKey, Upstream)> {
+        let mut out: Vec<(InstanceKey, Upstream)> = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !self.per_client(*index))
+            .map(|(index, upstream)| ((index, None), upstream.clone()))
+            .collect();
+        out.extend(
+            lock(&self.instances)
+                .iter()
+                .filter(|((_, owner), _)| client.is_none_or(|client| owner == client))
+                .map(|((index, owner), instance)| {
+                    ((*index, Some(owner.clone())), instance.clone())
+                }),
+        );
+        out
     }
 
     /// The running instances that serve `client`: the shared servers, and
@@ -1620,7 +1805,7 @@ impl Gateway {
     pub fn announce(&self, kind: ListKind) {
         let message = protocol::notification(kind.notification(), json!({}));
         for session in self.initialized_sessions() {
-            self.notify(&session, None, message.clone(), None);
+            self.notify(&session, None, message.clone(), None, None);
         }
     }
 
@@ -1629,8 +1814,9 @@ impl Gateway {
             .retain(|(server, from, _), _| !(*server == index && from == instance));
     }
 
-    /// The sessions a notification from `instance` may reach: every one, or
-    /// only its client's for a per-client instance.
+    /// The sessions a notification from `instance` may be offered to (authz
+    /// then decides per session): every one, or only its client's for a
+    /// per-client instance.
     fn sessions_of(&self, instance: &Option<Arc<str>>) -> Vec<Arc<Session>> {
         let sessions = self.initialized_sessions();
         match instance {
@@ -1643,14 +1829,23 @@ impl Gateway {
     }
 
     /// Sends a server's notification to a session through the chain.
+    /// `related`: the client request whose stream should carry it; `call`:
+    /// the request it belongs to (its `context.request_id`), if any —
+    /// authz lets one that belongs to no call reach only a client that may
+    /// use the server. A server's log message below the session's level
+    /// (`logging/setLevel`) is not sent to it.
     fn notify(
         &self,
         session: &Session,
         server: Option<usize>,
         message: Value,
         related: Option<&Value>,
-    ) {
+        call: Option<Value>,
+    ) -> Delivery {
         let method = protocol::method(&message).unwrap_or_default().to_owned();
+        if server.is_some() && method == "notifications/message" && !session.wants_log(&message) {
+            return Delivery::BelowLevel;
+        }
         let mut exchange = self.exchange(
             session,
             message,
@@ -1659,19 +1854,84 @@ impl Gateway {
             &method,
         );
         exchange.context.server = server.and_then(|s| self.names.get(s).cloned());
+        exchange.context.request_id = call;
+        if exchange.context.server.is_some() {
+            if method == "notifications/resources/updated" {
+                exchange.context.target =
+                    protocol::param_str(&exchange.message, "uri").map(str::to_owned);
+            }
+            exchange.context.directory = Some(self.catalog());
+        }
         if let Err(refusal) = self.chain.run(&mut exchange) {
             self.chain.finish(&exchange, &refusal.outcome());
-            return;
+            return Delivery::Withheld;
         }
         let delivered = session.deliver(exchange.message.clone(), related);
-        let outcome = if delivered {
-            Outcome::Delivered
+        let (outcome, delivery) = if delivered {
+            (Outcome::Delivered, Delivery::Delivered)
         } else {
-            Outcome::Failed {
+            let outcome = Outcome::Failed {
                 reason: "the client is not reachable".into(),
-            }
+            };
+            (outcome, Delivery::Unreachable)
         };
         self.chain.finish(&exchange, &outcome);
+        delivery
+    }
+
+    /// A server's notification that belongs to no call: to each session
+    /// that may have it (authz decides per session in the chain), and
+    /// recorded with how many sessions got it. `ambiguous`: calls of several
+    /// sessions were in flight, so it goes to none.
+    fn unattributed_notification(
+        &self,
+        index: usize,
+        instance: &Option<Arc<str>>,
+        message: Value,
+        ambiguous: bool,
+    ) {
+        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        let sessions = self.sessions_of(instance);
+        let mut counts: HashMap<Delivery, usize> = HashMap::new();
+        if ambiguous {
+            tracing::debug!(server = %self.names[index], method, "dropped a notification that cannot be tied to one client session");
+            counts.insert(Delivery::Withheld, sessions.len());
+        } else {
+            for session in &sessions {
+                let delivery = self.notify(session, Some(index), message.clone(), None, None);
+                *counts.entry(delivery).or_default() += 1;
+            }
+        }
+        let count = |delivery| counts.get(&delivery).copied().unwrap_or(0);
+        let delivered = count(Delivery::Delivered);
+        let withheld = count(Delivery::Withheld);
+        let decision = if delivered == 0 && withheld > 0 {
+            "deny"
+        } else {
+            "allow"
+        };
+        let mut record = crate::audit::AuditRecord::event("server_notification", decision);
+        record.server = self.names.get(index).map(|name| name.to_string());
+        // A server chooses the method: a long one is cut.
+        let method = protocol::cut(&method, 128);
+        record.method = method.to_owned();
+        let mut detail = json!({
+            "method": method,
+            "delivered": delivered,
+            "withheld": withheld,
+            "below_level": count(Delivery::BelowLevel),
+            "unreachable": count(Delivery::Unreachable),
+        });
+        if ambiguous {
+            detail["reason"] = Value::from(
+                "calls of several client sessions were in flight: it could belong to any of them",
+            );
+        }
+        if let Some(client) = instance {
+            detail["instance"] = Value::from(&**client);
+        }
+        record.detail = Some(detail);
+        self.record_event(record);
     }
 
     fn server_notification(
@@ -1679,6 +1939,7 @@ impl Gateway {
         index: usize,
         instance: &Option<Arc<str>>,
         message: Value,
+        ambiguous: bool,
     ) {
         let method = protocol::method(&message).unwrap_or_default().to_owned();
         match method.as_str() {
@@ -1706,7 +1967,7 @@ impl Gateway {
                             .as_ref()
                             .is_none_or(|client| session.client.name == *client)
                     {
-                        self.notify(&session, Some(index), message.clone(), None);
+                        self.notify(&session, Some(index), message.clone(), None, None);
                     }
                 }
             }
@@ -1727,20 +1988,16 @@ impl Gateway {
                     session.forget_client_request(client_id);
                     let mut message = message;
                     message["params"]["requestId"] = Value::from(client_id);
-                    self.notify(&session, Some(index), message, None);
+                    // It belongs to the request it withdraws.
+                    let call = Some(Value::from(client_id));
+                    self.notify(&session, Some(index), message, None, call);
                 }
             }
-            "notifications/message" => {
-                // Log messages sent during a call went to that call's
-                // session (`forward`); these came while no call was in
-                // flight, and are the server's own.
-                for session in self.sessions_of(instance) {
-                    self.notify(&session, Some(index), message.clone(), None);
-                }
-            }
-            _ => {
-                tracing::debug!(server = %self.names[index], method, "server notification not relayed")
-            }
+            // Progress belongs to a call: without one it has no reader.
+            "notifications/progress" => {}
+            // Everything sent during a call went to that call's session
+            // (`forward`); these came while no call was in flight.
+            _ => self.unattributed_notification(index, instance, message, ambiguous),
         }
     }
 
@@ -1894,7 +2151,7 @@ impl Gateway {
             self.finish_trace(exchange, outcome, None);
             return true;
         };
-        let record = record_of(
+        let mut record = record_of(
             exchange,
             outcome,
             reply,
@@ -1902,6 +2159,7 @@ impl Gateway {
             arguments,
             started.elapsed(),
         );
+        self.scrub_record(&mut record);
         let committing = std::time::Instant::now();
         let committed = audit.commit(record).await;
         let commit_ended = std::time::Instant::now();
@@ -1938,12 +2196,16 @@ impl Gateway {
         let (Some(tracer), Some(recording)) = (self.tracer.get(), exchange.trace.take()) else {
             return;
         };
-        let root = root_of(
+        let mut root = root_of(
             exchange,
             outcome,
             seq,
             &self.config.proxy.namespace_separator,
         );
+        let mut recording = recording;
+        if let Some(scrubber) = self.scrubber.get() {
+            scrub_trace(scrubber, &mut root, &mut recording);
+        }
         tracer.finish(recording, root);
     }
 }
@@ -1991,6 +2253,40 @@ pub fn observe(
     }
     for (rule, direction, count) in crate::interceptors::redact::counts(&exchange.annotations) {
         metrics.redactions.get([&rule, &direction]).add(count);
+    }
+}
+
+/// `text` with every secret `scrubber` finds replaced by its placeholder.
+fn scrub_with(scrubber: &crate::interceptors::Redact, text: &str) -> String {
+    let mut value = Value::from(text);
+    scrubber.redact_all(&mut value);
+    match value {
+        Value::String(text) => text,
+        _ => String::new(),
+    }
+}
+
+/// Scrubs what a trace carries from a peer's words before it is exported:
+/// the exchange's name and its tool, prompt or resource names (a URI may
+/// hold a credential; a server names its tools), and every span's error
+/// (a refusal's reason can quote what was refused).
+fn scrub_trace(
+    scrubber: &crate::interceptors::Redact,
+    root: &mut Root,
+    recording: &mut crate::traces::Recording,
+) {
+    root.name = scrub_with(scrubber, &root.name);
+    for (key, value) in &mut root.attributes {
+        if let Attr::Text(text) = value
+            && (*key == "mcp.resource.uri" || key.starts_with("gen_ai."))
+        {
+            *value = Attr::from(scrub_with(scrubber, text.as_str()));
+        }
+    }
+    let errors = std::iter::once(&mut root.error)
+        .chain(recording.spans_mut().iter_mut().map(|span| &mut span.error));
+    for error in errors.flatten() {
+        *error = scrub_with(scrubber, error);
     }
 }
 
@@ -2077,6 +2373,25 @@ pub fn root_of(exchange: &Exchange, outcome: &Outcome, seq: Option<u64>, separat
         attributes,
         error,
     }
+}
+
+/// The level a server is sent: the lowest any session asked for (sessions
+/// that never asked do not count), `None` when none asked.
+fn lowest_level(
+    levels: impl IntoIterator<Item = Option<protocol::LogLevel>>,
+) -> Option<protocol::LogLevel> {
+    levels.into_iter().flatten().min()
+}
+
+/// What became of a notification offered to one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Delivery {
+    Delivered,
+    /// Refused by the chain (authz: the client may not use the server).
+    Withheld,
+    /// A log message below the session's level.
+    BelowLevel,
+    Unreachable,
 }
 
 /// How a request ended, for its audit record.
@@ -2263,4 +2578,129 @@ async fn fetch_all(upstream: &Upstream, method: &str, key: &str) -> Vec<Value> {
         }
     }
     items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::LogLevel;
+
+    /// A token the default rules find (built here, so that the source
+    /// itself holds none).
+    fn secret() -> String {
+        format!("ghp_{}", "Zk3Qw9Lm2Xv8Rt5Yp1Bn7Hc4Jd6Fg0Sa2Ue9")
+    }
+
+    fn scrubber() -> Arc<crate::interceptors::Redact> {
+        match crate::interceptors::Redact::new(&crate::config::RedactConfig::default()) {
+            Ok(redact) => Arc::new(redact),
+            Err(err) => panic!("the default rules load: {err}"),
+        }
+    }
+
+    #[test]
+    fn a_server_is_sent_the_lowest_level_any_session_asked_for() {
+        use LogLevel::*;
+        assert_eq!(lowest_level([]), None);
+        assert_eq!(lowest_level([None, None]), None, "nobody asked");
+        assert_eq!(lowest_level([None, Some(Warning)]), Some(Warning));
+        assert_eq!(
+            lowest_level([Some(Error), None, Some(Info), Some(Emergency)]),
+            Some(Info)
+        );
+        assert!(Debug < Info && Info < Notice && Notice < Warning && Warning < Error);
+        assert!(Error < Critical && Critical < Alert && Alert < Emergency);
+        for level in LogLevel::ALL {
+            assert_eq!(LogLevel::parse(level.as_str()), Some(level));
+        }
+        assert_eq!(LogLevel::parse("Info"), None, "names are lowercase");
+        assert_eq!(LogLevel::parse("warn"), None);
+    }
+
+    #[test]
+    fn a_session_gets_the_log_messages_at_or_above_its_level() {
+        struct Nowhere;
+        impl Outlet for Nowhere {
+            fn deliver(&self, _: Value, _: Option<&Value>) -> bool {
+                false
+            }
+        }
+        let session = Session::new(
+            1,
+            "s".into(),
+            ClientIdentity::new("c", &[]),
+            Transport::Http,
+            Arc::new(Nowhere),
+        );
+        let message = |level: &str| {
+            protocol::notification(
+                "notifications/message",
+                json!({ "level": level, "data": "x" }),
+            )
+        };
+        // Never asked: every message, even one without a known level.
+        assert!(session.wants_log(&message("debug")));
+        assert!(session.wants_log(&message("nonsense")));
+        session.state().log_level = Some(LogLevel::Warning);
+        assert!(!session.wants_log(&message("debug")));
+        assert!(!session.wants_log(&message("info")));
+        assert!(session.wants_log(&message("warning")));
+        assert!(session.wants_log(&message("emergency")));
+        assert!(!session.wants_log(&message("nonsense")));
+    }
+
+    #[test]
+    fn what_a_record_and_a_trace_keep_is_scrubbed() {
+        let path = std::path::Path::new("portcullis.toml");
+        let config = match Config::parse("[[clients]]\nname = \"tester\"\n", path) {
+            Ok(config) => Arc::new(config),
+            Err(err) => panic!("{err}"),
+        };
+        let (gateway, _events) = Gateway::new(config, Chain::default(), None);
+        let secret = secret();
+        gateway.scrub_with(scrubber());
+        let uri = format!("file:///notes?token={secret}");
+        let mut record = crate::audit::AuditRecord::event("exchange", "deny");
+        record.target = Some(uri.clone());
+        record.reason = Some(format!("read_resource on `{uri}` is not permitted"));
+        record.detail = Some(json!({
+            "plugins": { "p": { "note": secret } },
+            "arguments": { "kept": "already redacted" },
+        }));
+        gateway.scrub_record(&mut record);
+        let stored = serde_json::to_string(&record).unwrap_or_default();
+        assert!(!stored.contains(&secret), "{stored}");
+        assert_eq!(
+            record.target.as_deref(),
+            Some("file:///notes?token=[REDACTED:github-pat-classic]")
+        );
+        assert!(
+            record
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("[REDACTED:github-pat-classic]")),
+            "{record:?}"
+        );
+
+        let (tracer, _queue) = crate::traces::Tracer::new(1.0);
+        let Some(mut recording) = tracer.start(&json!({})) else {
+            panic!("sampled at 1.0");
+        };
+        let now = std::time::Instant::now();
+        let mut refused = Span::new("authz request", SpanKind::Internal, now, now);
+        refused.error = Some(format!("read_resource on `{uri}`"));
+        recording.push(refused);
+        let mut root = Root {
+            name: format!("tools/call srv__x-{secret}"),
+            attributes: vec![
+                ("mcp.resource.uri", Attr::from(uri.clone())),
+                ("gen_ai.tool.name", Attr::from(format!("srv__x-{secret}"))),
+            ],
+            error: Some(uri.clone()),
+        };
+        scrub_trace(&scrubber(), &mut root, &mut recording);
+        let exported = format!("{root:?} {:?}", recording.spans());
+        assert!(!exported.contains(&secret), "{exported}");
+        assert!(exported.contains("[REDACTED:"), "{exported}");
+    }
 }

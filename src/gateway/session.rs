@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::{ClientIdentity, Transport};
-use crate::protocol::IdKey;
+use crate::protocol::{IdKey, LogLevel};
 
 /// Delivers messages the client did not ask for: notifications and
 /// server→client requests. `related` is the client request they belong to
@@ -26,6 +26,9 @@ pub(crate) struct SessionState {
     pub initialized: bool,
     pub protocol_version: Option<String>,
     pub client_capabilities: Value,
+    /// The least severe log message the client wants (`logging/setLevel`);
+    /// `None`: it never asked, and gets every message.
+    pub log_level: Option<LogLevel>,
 }
 
 /// A call of this session's that is in flight at a server.
@@ -96,6 +99,20 @@ impl Session {
             .client_capabilities
             .get(capability)
             .is_some_and(|c| !c.is_null())
+    }
+
+    pub fn log_level(&self) -> Option<LogLevel> {
+        self.state().log_level
+    }
+
+    /// Whether a server's log message is one the client asked for: at or
+    /// above its level (every message, if it never set one). A message
+    /// without a level MCP names is below any level.
+    pub(crate) fn wants_log(&self, message: &Value) -> bool {
+        match self.log_level() {
+            None => true,
+            Some(least) => LogLevel::of_message(message).is_some_and(|level| level >= least),
+        }
     }
 
     pub fn touch(&self) {

@@ -8,7 +8,7 @@ pub mod redact;
 pub mod schema;
 pub mod wasm;
 
-pub use authz::{Authz, PolicyEngine};
+pub use authz::{Authz, PolicyEngine, ServerAccess};
 pub use limits::Limits;
 pub use pinning::Pinning;
 pub use ratelimit::Ratelimit;
@@ -30,9 +30,16 @@ pub struct Built {
     pub pinning: Option<Arc<Pinning>>,
     /// The WASM plugins, in chain order (to watch their breakers).
     pub plugins: Vec<Arc<Plugin>>,
-    /// What redacts arguments before the audit log keeps them
+    /// What takes every secret out of what is stored and traced (the audit
+    /// record's target, reason and detail, span attributes, authz's denial
+    /// reasons), built from `[redact]` whether or not `redact` is in the
+    /// chain (it is the chain's own when it is).
+    pub scrubber: Arc<Redact>,
+    /// Whether calls' arguments are kept, redacted, in their audit records
     /// (`[audit] arguments = "redacted"`).
-    pub argument_scrubber: Option<Arc<Redact>>,
+    pub keep_arguments: bool,
+    /// Who may use which server: authz's, or everyone without authz.
+    pub access: Arc<ServerAccess>,
 }
 
 /// An interceptor that cannot be built: the proxy does not start.
@@ -64,7 +71,8 @@ impl From<pinning::PinningError> for BuildError {
 pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
     let mut policies = None;
     let mut pins = None;
-    let mut redact = None;
+    let scrubber = Arc::new(Redact::new(&config.redact)?);
+    let mut access = None;
     let mut interceptors: Vec<Arc<dyn Interceptor>> = Vec::new();
     let mut plugins = Vec::new();
     // One engine for every plugin, made only when there are plugins.
@@ -100,10 +108,19 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
                         .map_err(|source| BuildError::Policies { dir, source })?,
                 );
                 policies = Some(engine.clone());
-                interceptors.push(Arc::new(Authz::new(
-                    engine,
-                    &config.proxy.namespace_separator,
-                )));
+                let redact = scrubber.clone();
+                let authz = Authz::new(engine, &config.proxy.namespace_separator).scrub_with(
+                    Arc::new(move |text: &str| {
+                        let mut value = serde_json::Value::from(text);
+                        redact.redact_all(&mut value);
+                        match value {
+                            serde_json::Value::String(text) => text,
+                            _ => String::new(),
+                        }
+                    }),
+                );
+                access = Some(authz.access().clone());
+                interceptors.push(Arc::new(authz));
             }
             ChainEntry::Pinning => {
                 let pinning = Arc::new(Pinning::new(
@@ -114,11 +131,7 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
                 interceptors.push(pinning);
             }
             ChainEntry::Schema => interceptors.push(Arc::new(Schema::new(&config.schema))),
-            ChainEntry::Redact => {
-                let built = Arc::new(Redact::new(&config.redact)?);
-                redact = Some(built.clone());
-                interceptors.push(built);
-            }
+            ChainEntry::Redact => interceptors.push(scrubber.clone()),
             ChainEntry::Wasm(plugin) => {
                 let Some(runtime) = &runtime else {
                     continue;
@@ -145,12 +158,8 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
         policies,
         pinning: pins,
         plugins,
-        argument_scrubber: match config.audit.arguments {
-            AuditArguments::None => None,
-            AuditArguments::Redacted => match redact {
-                Some(redact) => Some(redact),
-                None => Some(Arc::new(Redact::new(&config.redact)?)),
-            },
-        },
+        scrubber,
+        keep_arguments: config.audit.arguments == AuditArguments::Redacted,
+        access: access.unwrap_or_else(|| Arc::new(ServerAccess::everyone())),
     })
 }

@@ -402,6 +402,56 @@ pub fn cut(text: &str, most: usize) -> &str {
     &text[..end]
 }
 
+/// The severity of a log message (`notifications/message`), RFC 5424's
+/// levels from the least to the most severe, as MCP names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Notice,
+    Warning,
+    Error,
+    Critical,
+    Alert,
+    Emergency,
+}
+
+impl LogLevel {
+    pub const ALL: [LogLevel; 8] = [
+        Self::Debug,
+        Self::Info,
+        Self::Notice,
+        Self::Warning,
+        Self::Error,
+        Self::Critical,
+        Self::Alert,
+        Self::Emergency,
+    ];
+
+    /// The level MCP names `name` (exactly, lowercase).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|level| level.as_str() == name)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Notice => "notice",
+            Self::Warning => "warning",
+            Self::Error => "error",
+            Self::Critical => "critical",
+            Self::Alert => "alert",
+            Self::Emergency => "emergency",
+        }
+    }
+
+    /// The level of a `notifications/message` (`params.level`), if it names one.
+    pub fn of_message(message: &Value) -> Option<Self> {
+        param_str(message, "level").and_then(Self::parse)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

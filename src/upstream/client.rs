@@ -58,9 +58,16 @@ pub enum UpstreamEvent {
     Down { source: Source, reason: String },
     /// The proxy stopped the server on purpose (idle); no call failed.
     Stopped { source: Source, reason: String },
-    /// A notification not tied to a call. Progress, and log messages sent
-    /// during a call, go to the call instead ([`PendingCall::send_and_follow`]).
-    Notification { source: Source, message: Value },
+    /// A notification not tied to a call. Progress, and whatever else the
+    /// server sends during a call (log messages, …), go to the call instead
+    /// ([`PendingCall::send_and_follow`]). `ambiguous`: it came while calls
+    /// of several client sessions were in flight, so it may hold any one's
+    /// data and goes to none of them (the gateway records it).
+    Notification {
+        source: Source,
+        message: Value,
+        ambiguous: bool,
+    },
     /// A server→client request (`sampling/createMessage`, `elicitation/create`,
     /// `roots/list`, …) with the server's own id. Answer it with
     /// [`Upstream::send`]. `origin` is the call it was made for, when known.
@@ -307,10 +314,19 @@ impl Shared {
                         let _ = follow.send(message);
                         return;
                     }
-                    // A log message while one client session has calls in
-                    // flight belongs to that session (to the call whose
+                    // Handled by the proxy itself (lists read again,
+                    // subscribers told, the server's request withdrawn).
+                    Some(
+                        "notifications/tools/list_changed"
+                        | "notifications/prompts/list_changed"
+                        | "notifications/resources/list_changed"
+                        | "notifications/resources/updated"
+                        | "notifications/cancelled",
+                    ) => {}
+                    // Anything else sent while one client session has calls
+                    // in flight belongs to that session (to the call whose
                     // response stream carried it, when the transport tells).
-                    Some("notifications/message") => {
+                    _ => {
                         let follow = self
                             .call_for(related)
                             .and_then(|id| self.pending().get(&id).map(|p| p.follow.clone()));
@@ -321,15 +337,20 @@ impl Shared {
                         // Calls of several sessions in flight: it could hold
                         // any one client's data, so it goes to none of them.
                         if self.pending().values().any(|p| p.origin.is_some()) {
-                            tracing::debug!(server = %self.name, "dropped a log message that cannot be tied to one client session");
+                            let event = UpstreamEvent::Notification {
+                                source: self.source(),
+                                message,
+                                ambiguous: true,
+                            };
+                            let _ = self.events.send(event).await;
                             return;
                         }
                     }
-                    _ => {}
                 }
                 let event = UpstreamEvent::Notification {
                     source: self.source(),
                     message,
+                    ambiguous: false,
                 };
                 let _ = self.events.send(event).await;
             }

@@ -191,6 +191,16 @@ impl TestProxy {
         self.with_server_toml(&snippet)
     }
 
+    /// The raw fixture server with `--extras` (logging, resources,
+    /// `reply_then_log`).
+    pub fn with_raw_server_extras(self, name: &str) -> Self {
+        let script = repo_root().join("tests/fixtures/raw_upstream.py");
+        let snippet = format!(
+            "[[servers]]\nname = \"{name}\"\nprocess = {{ command = \"python3\", args = [{script:?}, \"--extras\"] }}\n"
+        );
+        self.with_server_toml(&snippet)
+    }
+
     /// The `[[servers]]` snippets so far (to change one between runs).
     pub fn servers_mut(&mut self) -> &mut Vec<String> {
         &mut self.servers
@@ -602,6 +612,44 @@ impl HttpSession {
             .send()
             .await
             .expect("POST /mcp")
+    }
+
+    /// Opens the session's GET stream (what the proxy sends on its own):
+    /// the messages it carries, in order, as they come. Returns once the
+    /// stream is open.
+    pub async fn events(&self) -> mpsc::UnboundedReceiver<Value> {
+        use futures_util::StreamExt as _;
+        let response = self
+            .http
+            .get(&self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &self.session)
+            .send()
+            .await
+            .expect("GET /mcp");
+        assert!(
+            response.status().is_success(),
+            "GET /mcp: {}",
+            response.status()
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut body = response.bytes_stream();
+        tokio::spawn(async move {
+            let mut buffer = String::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find("\n\n") {
+                    let event: String = buffer.drain(..end + 2).collect();
+                    for data in event.lines().filter_map(|l| l.strip_prefix("data:")) {
+                        if let Ok(message) = serde_json::from_str::<Value>(data.trim()) {
+                            let _ = tx.send(message);
+                        }
+                    }
+                }
+            }
+        });
+        rx
     }
 
     /// Sends a request and returns its JSON-RPC reply.

@@ -8,6 +8,7 @@
 //! policy set, read once per exchange; a hot reload swaps the set
 //! atomically and never lets a broken folder replace a good set.
 
+mod access;
 pub mod fixtures;
 pub mod request;
 pub mod store;
@@ -22,12 +23,15 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+pub use access::ServerAccess;
 pub use request::{Action, Query, Target, ToolAnnotations};
 pub use store::{
     Decision, Diagnostic, ListedPolicy, Origin, PolicyError, PolicyStore, Severity, Sources,
 };
 
-use crate::chain::{Annotation, Denial, Direction, Exchange, Interceptor, Phase, Verdict};
+use crate::chain::{
+    Annotation, Denial, Direction, Directory, Exchange, Interceptor, Phase, Verdict,
+};
 use crate::config::ClientConfig;
 use crate::protocol::code;
 
@@ -232,6 +236,12 @@ impl PolicyEngine {
     }
 }
 
+/// Takes every secret out of a text before authz shows it (a denial's
+/// reason, which reaches the client, the audit record and the trace; a log
+/// line). Authz builds its reasons from a resource URI, which a client
+/// writes and may fill with a credential.
+pub type Scrub = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
 /// The authz interceptor.
 pub struct Authz {
     name: Arc<str>,
@@ -239,6 +249,9 @@ pub struct Authz {
     separator: String,
     nonce: u32,
     decisions: AtomicU64,
+    /// Who may use which server (server notifications no call owns).
+    access: Arc<ServerAccess>,
+    scrub: Option<Scrub>,
 }
 
 const LIST_METHODS: [(&str, &str, Action); 4] = [
@@ -256,15 +269,36 @@ impl Authz {
     pub fn new(engine: Arc<PolicyEngine>, separator: &str) -> Self {
         Self {
             name: Arc::from("authz"),
-            engine,
             separator: separator.to_owned(),
             nonce: uuid::Uuid::new_v4().as_u128() as u32,
             decisions: AtomicU64::new(0),
+            access: Arc::new(ServerAccess::new(engine.clone())),
+            engine,
+            scrub: None,
         }
+    }
+
+    /// Builds denial reasons and log lines from text `scrub` has cleaned.
+    pub fn scrub_with(mut self, scrub: Scrub) -> Self {
+        self.scrub = Some(scrub);
+        self
     }
 
     pub fn engine(&self) -> &Arc<PolicyEngine> {
         &self.engine
+    }
+
+    /// Who may use which server, by the policies this interceptor enforces
+    /// (one cache, shared with the gateway).
+    pub fn access(&self) -> &Arc<ServerAccess> {
+        &self.access
+    }
+
+    fn scrubbed(&self, text: &str) -> String {
+        match &self.scrub {
+            Some(scrub) => scrub(text),
+            None => text.to_owned(),
+        }
     }
 
     fn decision_id(&self) -> String {
@@ -382,40 +416,9 @@ impl Authz {
         let time = SystemTime::now();
         let mut kept = Vec::with_capacity(items.len());
         for item in items {
-            let target = directory.as_deref().and_then(|directory| {
-                let name = |k: &str| item.get(k).and_then(Value::as_str);
-                match key {
-                    "tools" => {
-                        let name = name("name")?;
-                        Some(Target::Tool {
-                            name: name.to_owned(),
-                            server: directory.tool_server(name)?.to_owned(),
-                            annotations: ToolAnnotations::from_definition(item),
-                        })
-                    }
-                    "prompts" => {
-                        let name = name("name")?;
-                        Some(Target::Prompt {
-                            name: name.to_owned(),
-                            server: directory.prompt_server(name)?.to_owned(),
-                        })
-                    }
-                    "resources" => {
-                        let uri = name("uri")?;
-                        Some(Target::Resource {
-                            uri: uri.to_owned(),
-                            server: directory.resource_server(uri)?.to_owned(),
-                        })
-                    }
-                    _ => {
-                        let template = name("uriTemplate")?;
-                        Some(Target::Resource {
-                            uri: template.to_owned(),
-                            server: directory.template_server(template)?.to_owned(),
-                        })
-                    }
-                }
-            });
+            let target = directory
+                .as_deref()
+                .and_then(|directory| list_target(directory, key, item));
             // An item whose server is unknown is hidden: fail closed.
             let Some(target) = target else { continue };
             if store
@@ -436,6 +439,44 @@ impl Authz {
             *slot = Value::Array(kept);
         }
         Verdict::Modify(message)
+    }
+}
+
+/// The Cedar target of an item of the merged list `key` (`tools`,
+/// `prompts`, `resources`, `resourceTemplates`), with its server; `None`
+/// when no server is known for it (such an item is hidden: fail closed).
+pub(crate) fn list_target(directory: &dyn Directory, key: &str, item: &Value) -> Option<Target> {
+    let name = |k: &str| item.get(k).and_then(Value::as_str);
+    match key {
+        "tools" => {
+            let name = name("name")?;
+            Some(Target::Tool {
+                name: name.to_owned(),
+                server: directory.tool_server(name)?.to_owned(),
+                annotations: ToolAnnotations::from_definition(item),
+            })
+        }
+        "prompts" => {
+            let name = name("name")?;
+            Some(Target::Prompt {
+                name: name.to_owned(),
+                server: directory.prompt_server(name)?.to_owned(),
+            })
+        }
+        "resources" => {
+            let uri = name("uri")?;
+            Some(Target::Resource {
+                uri: uri.to_owned(),
+                server: directory.resource_server(uri)?.to_owned(),
+            })
+        }
+        _ => {
+            let template = name("uriTemplate")?;
+            Some(Target::Resource {
+                uri: template.to_owned(),
+                server: directory.template_server(template)?.to_owned(),
+            })
+        }
     }
 }
 
@@ -495,23 +536,28 @@ impl Interceptor for Authz {
             );
         }
         let (_, resource) = target.entity();
-        // A URI's query may carry credentials: logs show what comes before.
-        let logged = resource.split('?').next().unwrap_or_default();
+        // A URI may carry a credential: what is shown (the client's error,
+        // hence the audit record and the trace) is scrubbed, and logs also
+        // leave out a query.
         if decision.allowed {
-            tracing::debug!(
-                client = %exchange.context.client.name,
-                action = action.name(),
-                resource = logged,
-                decision_id = %id,
-                policies = %decision.policies.join(","),
-                "allowed"
-            );
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let shown = self.scrubbed(resource);
+                tracing::debug!(
+                    client = %exchange.context.client.name,
+                    action = action.name(),
+                    resource = shown.split('?').next().unwrap_or_default(),
+                    decision_id = %id,
+                    policies = %decision.policies.join(","),
+                    "allowed"
+                );
+            }
             return Verdict::Continue;
         }
+        let resource = self.scrubbed(resource);
         tracing::info!(
             client = %exchange.context.client.name,
             action = action.name(),
-            resource = logged,
+            resource = resource.split('?').next().unwrap_or_default(),
             decision_id = %id,
             policy_set = %decision.policy_set,
             policies = %decision.policies.join(","),
@@ -534,6 +580,52 @@ impl Interceptor for Authz {
                 .with("decision_id", id)
                 .with("policy_set", decision.policy_set.to_string()),
         )
+    }
+
+    /// A server's notification to a session. One tied to a call
+    /// (`context.request_id` set: the call's progress, its log messages)
+    /// follows the call, which was decided. A resource update is decided as
+    /// the subscription was (`subscribe_resource` on its URI). Any other
+    /// reaches the session only if its client may use the server (see
+    /// [`ServerAccess`]). The proxy's own (no server) are not decided.
+    fn on_notification(&self, exchange: &mut Exchange) -> Verdict {
+        let context = &exchange.context;
+        if exchange.direction != Direction::ServerToClient || context.request_id.is_some() {
+            return Verdict::Continue;
+        }
+        let Some(server) = context.server.clone() else {
+            return Verdict::Continue;
+        };
+        let store = self.engine.current();
+        let allowed = if &*context.method == "notifications/resources/updated" {
+            let target = Target::Resource {
+                uri: context.target.clone().unwrap_or_default(),
+                server: server.to_string(),
+            };
+            store
+                .decide(&Self::query(
+                    exchange,
+                    Action::SubscribeResource,
+                    &target,
+                    None,
+                    SystemTime::now(),
+                ))
+                .allowed
+        } else {
+            // Without the catalog nobody can tell: fail closed.
+            context.directory.as_ref().is_some_and(|directory| {
+                self.access
+                    .may_use(&context.client, context.transport, &server, directory)
+            })
+        };
+        self.annotate(exchange, "policy_set", store.id.to_string());
+        if allowed {
+            return Verdict::Continue;
+        }
+        Verdict::Deny(Denial::new(
+            code::DENIED,
+            format!("notifications of server `{server}` are not for this client"),
+        ))
     }
 
     fn on_response(&self, exchange: &mut Exchange) -> Verdict {

@@ -1,0 +1,151 @@
+//! Whether a client may use a server at all: what decides who sees the
+//! notifications a server sends on its own (no call of anyone's in flight)
+//! and whose `logging/setLevel` reaches it.
+//!
+//! A client *may use* a server when the lists it would see hold at least
+//! one item of that server: Cedar's `list_tools`, `list_prompts` and
+//! `list_resources` on the server's tools, prompts, resources and
+//! templates, decided exactly as [`Authz`](super::Authz) filters lists. A
+//! client denied everything on a server therefore hears nothing from it.
+//! No action of its own: a policy author controls it through the lists.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use super::request::Query;
+use super::{LIST_METHODS, PolicyEngine, list_target};
+use crate::chain::{ClientIdentity, Directory, Transport};
+
+/// Decides (and remembers) whether a client may use a server. Without
+/// authz in the chain ([`ServerAccess::everyone`]) every client may use
+/// every server.
+pub struct ServerAccess {
+    engine: Option<Arc<PolicyEngine>>,
+    cache: Mutex<Cache>,
+}
+
+impl std::fmt::Debug for ServerAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerAccess")
+            .field("enforced", &self.engine.is_some())
+            .finish()
+    }
+}
+
+/// Decisions for one policy set and one catalog: a reload or a new catalog
+/// (any list of any server read again) starts afresh. Bounded by the
+/// configured clients × 2 transports × the configured servers.
+#[derive(Default)]
+struct Cache {
+    policy_set: Option<Arc<str>>,
+    directory: Option<Arc<dyn Directory>>,
+    decided: HashMap<(Arc<str>, Transport, Arc<str>), bool>,
+}
+
+impl ServerAccess {
+    /// Decided by the policies in force in `engine`.
+    pub fn new(engine: Arc<PolicyEngine>) -> Self {
+        Self {
+            engine: Some(engine),
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    /// No authz: every client may use every server.
+    pub fn everyone() -> Self {
+        Self {
+            engine: None,
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    /// Whether `client` (over `transport`) would see at least one item of
+    /// `server` in the lists of `directory`. The decision is kept until the
+    /// policy set or the catalog changes; a list policy that reads
+    /// `context.time` or `context.session` is evaluated once per client,
+    /// at its first use (with an empty session).
+    pub fn may_use(
+        &self,
+        client: &ClientIdentity,
+        transport: Transport,
+        server: &str,
+        directory: &Arc<dyn Directory>,
+    ) -> bool {
+        let Some(engine) = &self.engine else {
+            return true;
+        };
+        let store = engine.current();
+        let key = (client.name.clone(), transport, Arc::<str>::from(server));
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = cache.policy_set.as_deref() == Some(&*store.id)
+                && cache
+                    .directory
+                    .as_ref()
+                    .is_some_and(|known| Arc::ptr_eq(known, directory));
+            if !fresh {
+                cache.policy_set = Some(store.id.clone());
+                cache.directory = Some(directory.clone());
+                cache.decided.clear();
+            }
+            if let Some(decided) = cache.decided.get(&key) {
+                return *decided;
+            }
+        }
+        // Decided outside the lock: a server with many items takes many
+        // decisions, and other sessions' lookups should not wait on them.
+        let offered = directory.offered();
+        let time = SystemTime::now();
+        let allowed = LIST_METHODS.iter().any(|(_, list, action)| {
+            let items = match *list {
+                "tools" => offered.tools,
+                "prompts" => offered.prompts,
+                "resources" => offered.resources,
+                _ => offered.templates,
+            };
+            items.iter().any(|item| {
+                let Some(target) = list_target(&**directory, list, item) else {
+                    return false;
+                };
+                if target.server() != server {
+                    return false;
+                }
+                store
+                    .decide(&Query {
+                        client: &client.name,
+                        groups: &client.groups,
+                        attributes: Some(&client.attributes),
+                        action: *action,
+                        target: &target,
+                        arguments: None,
+                        transport: transport.as_str(),
+                        session: "",
+                        time,
+                    })
+                    .allowed
+            })
+        });
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        // Kept only if nothing changed meanwhile.
+        if cache.policy_set.as_deref() == Some(&*store.id)
+            && cache
+                .directory
+                .as_ref()
+                .is_some_and(|known| Arc::ptr_eq(known, directory))
+        {
+            cache.decided.insert(key, allowed);
+        }
+        allowed
+    }
+
+    /// How many decisions are kept (for tests).
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> usize {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .decided
+            .len()
+    }
+}
