@@ -325,8 +325,10 @@ impl Gateway {
         }
     }
 
-    /// Scrubs what a record carries from a peer's words: its target, its
-    /// reason, and its detail (the kept arguments are already redacted).
+    /// Scrubs what a record carries from a peer's words: its method and
+    /// request id (a client chooses both, and an unknown method is recorded
+    /// as sent), its target, its reason, and its detail (the kept
+    /// arguments are already redacted).
     fn scrub_record(&self, record: &mut crate::audit::AuditRecord) {
         let Some(scrubber) = self.scrubber.get() else {
             return;
@@ -334,8 +336,12 @@ impl Gateway {
         for text in [&mut record.target, &mut record.reason]
             .into_iter()
             .flatten()
+            .chain(std::iter::once(&mut record.method))
         {
             *text = scrub_with(scrubber, text);
+        }
+        if let Some(id) = &mut record.request_id {
+            scrubber.redact_all(id);
         }
         match &mut record.detail {
             Some(Value::Object(detail)) => {

@@ -134,33 +134,7 @@ impl Redact {
     /// Replaces every secret any rule finds in `value` by its placeholder,
     /// whatever the configured actions (for what the audit log keeps).
     pub fn redact_all(&self, value: &mut Value) {
-        walk::Pass::new(self, 0, true, "", Phase::Notification).message(value);
-    }
-
-    /// Like [`redact_all`](Self::redact_all), for a message about `method`
-    /// in `phase` (whose base64 fields are then known by position).
-    pub fn redact_all_of(&self, value: &mut Value, method: &str, phase: Phase) {
-        walk::Pass::new(self, 0, true, method, phase).message(value);
-    }
-
-    /// The findings in one string as the walk makes them: the text, its
-    /// percent-decoded form and its base64 runs decoded (for `redact scan`
-    /// and the benchmarks).
-    pub fn scan_text(&self, text: &[u8], out: &mut Vec<Finding>) {
-        let mut pass = walk::Pass::new(self, 0, true, "", Phase::Notification);
-        pass.collect(text, None);
-        pass.take_found(out);
-    }
-
-    /// Every secret in `text` replaced by its placeholder (for what is
-    /// stored, traced or logged: targets, reasons).
-    pub fn redact_text(&self, text: &str) -> Option<String> {
-        let mut value = Value::String(text.to_owned());
-        self.redact_all(&mut value);
-        match value {
-            Value::String(redacted) if redacted != text => Some(redacted),
-            _ => None,
-        }
+        walk::Pass::new(self, 0, true, "", Phase::Notification).value(value);
     }
 
     fn inspect(&self, exchange: &mut Exchange) -> Verdict {

@@ -281,6 +281,19 @@ fn encoded_secrets_in_text_are_decoded_once() {
 }
 
 #[test]
+fn what_is_stored_is_redacted_whatever_its_keys() {
+    let interceptor = redact(&RedactConfig::default());
+    // Kept arguments and record details are not envelopes: `id` and
+    // `method` in them are scanned like any member.
+    let mut kept = json!({"method": TOKEN, "id": TOKEN, "jsonrpc": TOKEN, TOKEN: 1});
+    interceptor.redact_all(&mut kept);
+    assert!(!kept.to_string().contains(TOKEN), "{kept}");
+    let mut text = json!(format!("uri file:///x?k={TOKEN}"));
+    interceptor.redact_all(&mut text);
+    assert_eq!(text, json!("uri file:///x?k=[REDACTED:tok]"));
+}
+
+#[test]
 fn too_deep_to_scan_is_refused() {
     let interceptor = redact(&RedactConfig::default());
     let mut deep = json!(TOKEN);

@@ -147,6 +147,11 @@ impl<'a> Pass<'a> {
         out.append(&mut self.found);
     }
 
+    /// Walks any value: nothing in it is the envelope's own.
+    pub fn value(&mut self, value: &mut Value) {
+        self.walk(value, Position::Plain, 0);
+    }
+
     /// Walks a whole JSON-RPC message.
     pub fn message(&mut self, message: &mut Value) {
         match message {
