@@ -77,6 +77,9 @@ pub struct Gateway {
     /// use it asked for. Held while levels are sent, so they arrive in
     /// the order they were decided.
     log_levels: tokio::sync::Mutex<HashMap<InstanceKey, protocol::LogLevel>>,
+    /// Per server instance: the current second's unattributed
+    /// notifications (relayed, dropped over the cap).
+    unattributed: Mutex<HashMap<InstanceKey, NoticeWindow>>,
     upstreams: Vec<Upstream>,
     names: Vec<Arc<str>>,
     catalog: RwLock<Arc<Catalog>>,
@@ -116,6 +119,21 @@ type ForwardedKey = (usize, Option<Arc<str>>, IdKey);
 
 /// A running copy of a server: (server, the client of a per-client instance).
 type InstanceKey = (usize, Option<Arc<str>>);
+
+/// The most notifications no call owns that one server instance gets
+/// relayed (and recorded) per second; past it they are dropped and counted,
+/// so a server cannot flood sessions or the audit log.
+const UNATTRIBUTED_PER_SECOND: u32 = 100;
+
+/// One second of a server instance's unattributed notifications.
+struct NoticeWindow {
+    started: std::time::Instant,
+    relayed: u32,
+    dropped: u64,
+}
+
+/// How long the proxy waits for a server to take a new log level.
+const LOG_LEVEL_WAIT: Duration = Duration::from_secs(5);
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
@@ -178,6 +196,7 @@ impl Gateway {
             arguments_kept: std::sync::atomic::AtomicBool::new(false),
             access: std::sync::OnceLock::new(),
             log_levels: tokio::sync::Mutex::new(HashMap::new()),
+            unattributed: Mutex::new(HashMap::new()),
             config,
             sessions: RwLock::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -1253,49 +1272,59 @@ impl Gateway {
     /// server restarted). No session with a level: the server keeps the
     /// last one it was sent.
     async fn apply_log_levels(&self, asked_by: Option<&Session>) {
-        let mut sent = self.log_levels.lock().await;
-        let sessions = self.initialized_sessions();
-        let instances = self.instances(asked_by.map(|session| &session.client.name));
-        for ((index, instance), upstream) in instances {
-            if asked_by.is_some_and(|session| !self.may_use(session, index)) {
-                continue;
-            }
-            let Status::Ready(info) = upstream.status() else {
-                continue;
-            };
-            if info.pointer("/capabilities/logging").is_none() {
-                continue;
-            }
-            let levels = sessions
-                .iter()
-                .filter(|session| {
-                    instance
-                        .as_ref()
-                        .is_none_or(|client| session.client.name == *client)
-                        && self.may_use(session, index)
-                })
-                .map(|session| session.log_level());
-            let Some(wanted) = lowest_level(levels) else {
-                continue;
-            };
-            let key = (index, instance);
-            if sent.get(&key) == Some(&wanted) {
-                continue;
-            }
-            match upstream
-                .request("logging/setLevel", json!({ "level": wanted.as_str() }))
-                .await
-            {
-                Ok(_) => {
-                    sent.insert(key, wanted);
+        // Decided under the lock, sent outside it: a server that never
+        // answers holds nobody else's `logging/setLevel`.
+        let mut sends = Vec::new();
+        {
+            let mut sent = self.log_levels.lock().await;
+            let sessions = self.initialized_sessions();
+            let instances = self.instances(asked_by.map(|session| &session.client.name));
+            for ((index, instance), upstream) in instances {
+                if asked_by.is_some_and(|session| !self.may_use(session, index)) {
+                    continue;
                 }
-                Err(err) => {
-                    // The server's own words: scrubbed like a record's.
-                    let error = self.scrub(&err.to_string());
-                    tracing::warn!(server = %upstream.name(), error, "cannot set the log level")
+                let Status::Ready(info) = upstream.status() else {
+                    continue;
+                };
+                if info.pointer("/capabilities/logging").is_none() {
+                    continue;
                 }
+                let levels = sessions
+                    .iter()
+                    .filter(|session| {
+                        instance
+                            .as_ref()
+                            .is_none_or(|client| session.client.name == *client)
+                            && self.may_use(session, index)
+                    })
+                    .map(|session| session.log_level());
+                let Some(wanted) = lowest_level(levels) else {
+                    continue;
+                };
+                let key = (index, instance);
+                if sent.get(&key) == Some(&wanted) {
+                    continue;
+                }
+                sent.insert(key.clone(), wanted);
+                sends.push((key, wanted, upstream));
             }
         }
+        let requests = sends.into_iter().map(|(key, wanted, upstream)| async move {
+            let asked = upstream.request("logging/setLevel", json!({ "level": wanted.as_str() }));
+            let failed = match tokio::time::timeout(LOG_LEVEL_WAIT, asked).await {
+                Ok(Ok(_)) => return,
+                // The server's own words: scrubbed like a record's.
+                Ok(Err(err)) => self.scrub(&err.to_string()),
+                Err(_) => format!("no answer within {LOG_LEVEL_WAIT:?}"),
+            };
+            tracing::warn!(server = %upstream.name(), error = failed, "cannot set the log level");
+            // Not set after all: the next change tries again.
+            let mut sent = self.log_levels.lock().await;
+            if sent.get(&key) == Some(&wanted) {
+                sent.remove(&key);
+            }
+        });
+        futures_util::future::join_all(requests).await;
     }
 
     /// Starts the lazy servers that nobody has used yet, and waits (each up
@@ -1545,7 +1574,7 @@ impl Gateway {
         );
         if let Err(refusal) = self.chain.run(&mut exchange) {
             // A client chooses the method: a long one is cut.
-            let method = protocol::cut(&method, 128);
+            let method = self.scrub(protocol::cut(&method, 128));
             tracing::debug!(session = %session.id, method, interceptor = %refusal.interceptor, "notification refused");
             self.chain.finish(&exchange, &refusal.outcome());
             return;
@@ -1563,14 +1592,20 @@ impl Gateway {
                 }
             }
             "notifications/roots/list_changed" => {
+                // The proxy's own, with nothing of the client's in it, and
+                // only to the servers this client may use.
+                let notice = protocol::notification("notifications/roots/list_changed", json!({}));
                 for upstream in self.serving(&session.client.name) {
-                    if matches!(upstream.status(), Status::Ready(_)) {
-                        let _ = upstream.send(exchange.message.clone()).await;
+                    let usable = self
+                        .index_of(upstream.name())
+                        .is_some_and(|index| self.may_use(session, index));
+                    if usable && matches!(upstream.status(), Status::Ready(_)) {
+                        let _ = upstream.send(notice.clone()).await;
                     }
                 }
             }
             _ => {
-                let method = protocol::cut(&method, 128);
+                let method = self.scrub(protocol::cut(&method, 128));
                 tracing::debug!(session = %session.id, method, "notification not relayed")
             }
         }
@@ -1773,15 +1808,27 @@ impl Gateway {
         let caps = info.get("capabilities").cloned().unwrap_or_default();
         let mut lists = ServerLists::default();
         if caps.get("tools").is_some() {
-            lists.tools = fetch_all(upstream, "tools/list", "tools").await;
+            lists.tools =
+                fetch_all(upstream, "tools/list", "tools", &|text| self.scrub(text)).await;
         }
         if caps.get("prompts").is_some() {
-            lists.prompts = fetch_all(upstream, "prompts/list", "prompts").await;
+            lists.prompts = fetch_all(upstream, "prompts/list", "prompts", &|text| {
+                self.scrub(text)
+            })
+            .await;
         }
         if caps.get("resources").is_some() {
-            lists.resources = fetch_all(upstream, "resources/list", "resources").await;
-            lists.templates =
-                fetch_all(upstream, "resources/templates/list", "resourceTemplates").await;
+            lists.resources = fetch_all(upstream, "resources/list", "resources", &|text| {
+                self.scrub(text)
+            })
+            .await;
+            lists.templates = fetch_all(
+                upstream,
+                "resources/templates/list",
+                "resourceTemplates",
+                &|text| self.scrub(text),
+            )
+            .await;
         }
         tracing::debug!(server = %upstream.name(), tools = lists.tools.len(), prompts = lists.prompts.len(), resources = lists.resources.len(), "lists refreshed");
         self.set_lists(index, Some(lists));
@@ -1896,10 +1943,47 @@ impl Gateway {
         message: Value,
         ambiguous: bool,
     ) {
+        let now = std::time::Instant::now();
+        let (admitted, dropped_before) = {
+            let mut windows = lock(&self.unattributed);
+            let window = windows
+                .entry((index, instance.clone()))
+                .or_insert(NoticeWindow {
+                    started: now,
+                    relayed: 0,
+                    dropped: 0,
+                });
+            let mut dropped_before = 0;
+            if now.duration_since(window.started) >= Duration::from_secs(1) {
+                dropped_before = std::mem::take(&mut window.dropped);
+                window.started = now;
+                window.relayed = 0;
+            }
+            let admitted = window.relayed < UNATTRIBUTED_PER_SECOND;
+            if admitted {
+                window.relayed += 1;
+            } else {
+                window.dropped += 1;
+            }
+            (admitted, dropped_before)
+        };
+        if dropped_before > 0 {
+            let mut record = crate::audit::AuditRecord::event("server_notification", "deny");
+            record.server = self.names.get(index).map(|name| name.to_string());
+            record.reason = Some(format!(
+                "{dropped_before} notifications dropped: over {UNATTRIBUTED_PER_SECOND} per second that no call owns"
+            ));
+            record.detail = Some(json!({ "dropped": dropped_before }));
+            self.record_event(record);
+        }
+        if !admitted {
+            return;
+        }
         let method = protocol::method(&message).unwrap_or_default().to_owned();
         let sessions = self.sessions_of(instance);
         let mut counts: HashMap<Delivery, usize> = HashMap::new();
         if ambiguous {
+            let method = self.scrub(protocol::cut(&method, 128));
             tracing::debug!(server = %self.names[index], method, "dropped a notification that cannot be tied to one client session");
             counts.insert(Delivery::Withheld, sessions.len());
         } else {
@@ -2282,10 +2366,9 @@ fn scrub_trace(
     recording: &mut crate::traces::Recording,
 ) {
     root.name = scrub_with(scrubber, &root.name);
-    for (key, value) in &mut root.attributes {
-        if let Attr::Text(text) = value
-            && (*key == "mcp.resource.uri" || key.starts_with("gen_ai."))
-        {
+    // Every text attribute: names, URIs, the request id a peer chose.
+    for (_, value) in &mut root.attributes {
+        if let Attr::Text(text) = value {
             *value = Attr::from(scrub_with(scrubber, text.as_str()));
         }
     }
@@ -2559,7 +2642,12 @@ fn reply_id(message: &Value) -> Value {
 
 /// Every page of a server's list (up to [`MAX_LIST_PAGES`]); a failure keeps
 /// what was read so far.
-async fn fetch_all(upstream: &Upstream, method: &str, key: &str) -> Vec<Value> {
+async fn fetch_all(
+    upstream: &Upstream,
+    method: &str,
+    key: &str,
+    scrub: &(dyn Fn(&str) -> String + Sync),
+) -> Vec<Value> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..MAX_LIST_PAGES {
@@ -2578,7 +2666,9 @@ async fn fetch_all(upstream: &Upstream, method: &str, key: &str) -> Vec<Value> {
                 }
             }
             Err(err) => {
-                tracing::warn!(server = %upstream.name(), method, error = %err, "cannot read the list");
+                // The server's own words: scrubbed like a record's.
+                let error = scrub(&err.to_string());
+                tracing::warn!(server = %upstream.name(), method, error, "cannot read the list");
                 break;
             }
         }

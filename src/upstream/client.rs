@@ -334,9 +334,12 @@ impl Shared {
                             let _ = follow.send(message);
                             return;
                         }
-                        // Calls of several sessions in flight: it could hold
+                        // Calls of several sessions in flight, or a call
+                        // the transport named that has ended: it could hold
                         // any one client's data, so it goes to none of them.
-                        if self.pending().values().any(|p| p.origin.is_some()) {
+                        let ended_call =
+                            related.is_some_and(|id| !self.pending().contains_key(&id));
+                        if ended_call || self.pending().values().any(|p| p.origin.is_some()) {
                             let event = UpstreamEvent::Notification {
                                 source: self.source(),
                                 message,

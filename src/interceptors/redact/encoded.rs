@@ -21,6 +21,8 @@ const ALNUM: u8 = 1;
 const STD_ONLY: u8 = 2; // `+` `/`
 const URL_ONLY: u8 = 4; // `-` `_`
 const NOT_HEX: u8 = 8; // a letter past `f`/`F`
+const UPPER: u8 = 16;
+const LOWER: u8 = 32;
 
 const fn classes() -> [u8; 256] {
     let mut table = [0u8; 256];
@@ -28,8 +30,11 @@ const fn classes() -> [u8; 256] {
     while b < 256 {
         let c = b as u8;
         table[b] = match c {
-            b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => ALNUM,
-            b'g'..=b'z' | b'G'..=b'Z' => ALNUM | NOT_HEX,
+            b'0'..=b'9' => ALNUM,
+            b'a'..=b'f' => ALNUM | LOWER,
+            b'A'..=b'F' => ALNUM | UPPER,
+            b'g'..=b'z' => ALNUM | NOT_HEX | LOWER,
+            b'G'..=b'Z' => ALNUM | NOT_HEX | UPPER,
             b'+' | b'/' => STD_ONLY,
             b'-' | b'_' => URL_ONLY,
             _ => 0,
@@ -52,32 +57,55 @@ fn block_in_class(block: &[u8]) -> bool {
 
 /// A run of base64 characters worth decoding: `start..end` (without any
 /// `=` padding) and its decoded bytes.
-pub(super) struct Run {
+pub(super) struct Run<'a> {
     pub start: usize,
     pub end: usize,
-    pub decoded: Vec<u8>,
+    pub decoded: &'a [u8],
 }
 
 /// Calls `each` with every decodable base64 run of at least
 /// [`MIN_BASE64_RUN`] characters in `text`. Runs of hex digits and dashes
-/// (hashes, git SHAs, UUIDs) are not base64 of text and are skipped.
-pub(super) fn base64_runs(text: &[u8], mut each: impl FnMut(Run)) {
+/// (hashes, git SHAs, UUIDs) and runs in one letter case (identifiers,
+/// `snake_case`, `SHOUTING_CASE`) are not base64 of text and are skipped:
+/// base64 of 18 bytes or more of text holds both cases.
+pub(super) fn base64_runs(text: &[u8], mut each: impl FnMut(Run<'_>) -> bool) {
+    let mut decoded = Vec::new();
     // A run of 24 characters or more holds two whole aligned 8-byte blocks,
     // one of them at an even block index: only even blocks are tested, and
     // the run is measured around the ones that pass.
+    let block_at = |at: usize| -> bool {
+        match text.get(at..at + 8).map(<&[u8; 8]>::try_from) {
+            Some(Ok(block)) => block_in_class(block),
+            _ => false,
+        }
+    };
     let mut at = 0;
     let mut scanned_to = 0;
     while at + 8 <= text.len() {
-        if at < scanned_to || !block_in_class(&text[at..at + 8]) {
+        // The run's two whole blocks are this one and a neighbour: a block
+        // alone in its run belongs to one shorter than 24.
+        if at < scanned_to || !block_at(at) || !((at >= 8 && block_at(at - 8)) || block_at(at + 8))
+        {
             at += 16;
             continue;
         }
+        let mut seen = 0u8;
         let mut start = at;
-        while start > scanned_to && CLASS[usize::from(text[start - 1])] != 0 {
+        while start > scanned_to {
+            let class = CLASS[usize::from(text[start - 1])];
+            if class == 0 {
+                break;
+            }
+            seen |= class;
             start -= 1;
         }
-        let mut end = at + 8;
-        while end < text.len() && CLASS[usize::from(text[end])] != 0 {
+        let mut end = at;
+        while end < text.len() {
+            let class = CLASS[usize::from(text[end])];
+            if class == 0 {
+                break;
+            }
+            seen |= class;
             end += 1;
         }
         scanned_to = end;
@@ -85,71 +113,89 @@ pub(super) fn base64_runs(text: &[u8], mut each: impl FnMut(Run)) {
         if end - start < MIN_BASE64_RUN {
             continue;
         }
-        let run = &text[start..end];
-        let seen = run
-            .iter()
-            .fold(0u8, |seen, &b| seen | CLASS[usize::from(b)]);
-        if seen & NOT_HEX == 0 {
+        if seen & NOT_HEX == 0 || seen & (UPPER | LOWER) != UPPER | LOWER {
             continue;
         }
-        let engine = match (seen & STD_ONLY != 0, seen & URL_ONLY != 0) {
-            (true, true) => continue,
-            (false, true) => &URL_SAFE,
-            _ => &STANDARD,
-        };
-        // A run whose length leaves one character over is cut by one: the
-        // encoding may start one character in (`x` + base64).
-        let decoded = engine.decode(run).or_else(|_| {
-            if run.len() % 4 == 1 {
-                engine.decode(&run[1..])
-            } else {
-                Err(base64::DecodeError::InvalidLength(run.len()))
+        if seen & STD_ONLY != 0 && seen & URL_ONLY != 0 {
+            // Both alphabets: standard base64 glued to `-` or `_` (`id_…`)
+            // or the other way round. Each side of the other alphabet's
+            // characters is tried as its own run.
+            for (alphabet, engine) in [(URL_ONLY, &STANDARD), (STD_ONLY, &URL_SAFE)] {
+                let mut piece = start;
+                for at in start..=end {
+                    if at == end || CLASS[usize::from(text[at])] & alphabet != 0 {
+                        if at - piece >= MIN_BASE64_RUN {
+                            try_alignments(text, piece, at, engine, &mut decoded, &mut each);
+                        }
+                        piece = at + 1;
+                    }
+                }
             }
-        });
-        if let Ok(decoded) = decoded {
-            each(Run {
-                start,
-                end,
-                decoded,
-            });
+            continue;
         }
+        let engine = if seen & URL_ONLY != 0 {
+            &URL_SAFE
+        } else {
+            &STANDARD
+        };
+        try_alignments(text, start, end, engine, &mut decoded, &mut each);
     }
 }
 
-/// `text` with its percent-escapes decoded, and for each decoded byte the
-/// offset in `text` it came from (one more entry: `text.len()`), if it has
-/// any escape.
-pub(super) fn percent_decoded(text: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
-    let first = memchr::memchr(b'%', text)?;
+/// The words of `text` (runs without whitespace) that hold a valid
+/// percent-escape, each decoded: `(start of the word in text, decoded
+/// bytes, for each decoded byte the offset in the word it came from and one
+/// more entry: the word's length)`. A percent-encoded secret is one word.
+pub(super) fn percent_words(text: &[u8], mut each: impl FnMut(usize, &[u8], &[usize])) {
     let hex = |b: u8| match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     };
-    let mut decoded = Vec::with_capacity(text.len());
-    let mut origin = Vec::with_capacity(text.len() + 1);
-    decoded.extend_from_slice(&text[..first]);
-    origin.extend(0..first);
-    let mut escapes = 0;
-    let mut at = first;
-    while at < text.len() {
-        if text[at] == b'%'
-            && at + 2 < text.len()
-            && let (Some(high), Some(low)) = (hex(text[at + 1]), hex(text[at + 2]))
-        {
-            decoded.push(high << 4 | low);
-            origin.push(at);
-            at += 3;
-            escapes += 1;
+    let escape_at = |at: usize| -> Option<u8> {
+        let (high, low) = (hex(*text.get(at + 1)?)?, hex(*text.get(at + 2)?)?);
+        Some(high << 4 | low)
+    };
+    let mut decoded = Vec::new();
+    let mut origin = Vec::new();
+    let mut from = 0;
+    while let Some(found) = memchr::memchr(b'%', &text[from..]) {
+        let percent = from + found;
+        if escape_at(percent).is_none() {
+            from = percent + 1;
             continue;
         }
-        decoded.push(text[at]);
-        origin.push(at);
-        at += 1;
+        let start = text[..percent]
+            .iter()
+            .rposition(u8::is_ascii_whitespace)
+            .map_or(0, |at| at + 1)
+            .max(from);
+        let end = text[percent..]
+            .iter()
+            .position(u8::is_ascii_whitespace)
+            .map_or(text.len(), |at| percent + at);
+        decoded.clear();
+        origin.clear();
+        let mut at = start;
+        while at < end {
+            if text[at] == b'%'
+                && at + 2 < end
+                && let Some(byte) = escape_at(at)
+            {
+                decoded.push(byte);
+                origin.push(at - start);
+                at += 3;
+                continue;
+            }
+            decoded.push(text[at]);
+            origin.push(at - start);
+            at += 1;
+        }
+        origin.push(end - start);
+        each(start, &decoded, &origin);
+        from = end;
     }
-    origin.push(text.len());
-    (escapes > 0).then_some((decoded, origin))
 }
 
 /// The bytes of a schema base64 field, or `None` when they do not decode.
@@ -167,6 +213,38 @@ pub(super) fn decode_field(text: &str) -> Option<Vec<u8>> {
     STANDARD.decode(bytes).ok()
 }
 
+/// Decodes `text[start..end]` from each of its four alignments (the
+/// encoding may start a few characters in: `/callback/` + base64) until
+/// `each` says it found something.
+fn try_alignments(
+    text: &[u8],
+    start: usize,
+    end: usize,
+    engine: &GeneralPurpose,
+    decoded: &mut Vec<u8>,
+    each: &mut impl FnMut(Run<'_>) -> bool,
+) {
+    for skip in 0..4 {
+        let mut piece = &text[start + skip..end];
+        if piece.len() % 4 == 1 {
+            piece = &piece[..piece.len() - 1];
+        }
+        if piece.len() < MIN_BASE64_RUN - 4 {
+            return;
+        }
+        decoded.clear();
+        if engine.decode_vec(piece, decoded).is_ok()
+            && each(Run {
+                start,
+                end,
+                decoded,
+            })
+        {
+            return;
+        }
+    }
+}
+
 /// Encodes bytes for a schema base64 field (standard, padded).
 pub(super) fn encode_field(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -179,7 +257,9 @@ mod tests {
     fn runs(text: &str) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
         base64_runs(text.as_bytes(), |run| {
-            out.push((text[run.start..run.end].to_owned(), run.decoded))
+            let found = run.decoded.starts_with(b"which") || run.decoded.starts_with(b"token");
+            out.push((text[run.start..run.end].to_owned(), run.decoded.to_vec()));
+            found
         });
         out
     }
@@ -196,8 +276,28 @@ mod tests {
         assert!(runs("id 550e8400-e29b-41d4-a716-446655440000 done").is_empty());
         assert!(runs("aGVsbG8= short").is_empty());
         // URL-safe alphabet, no padding.
-        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xfb_u8; 30]);
-        assert_eq!(runs(&format!("x {url} y"))[0].1, [0xfb_u8; 30]);
+        let text = b"which?>>? token=abcdefgh12345678 ~~~ >>>";
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        assert!(url.contains('-') || url.contains('_'), "{url}");
+        assert_eq!(runs(&format!("x {url} y"))[0].1, text);
+        // One letter case: an identifier, not base64 of text.
+        assert!(runs("a some_long_snake_case_identifier_name here").is_empty());
+        assert!(runs("a SOME_LONG_SHOUTING_CASE_IDENTIFIER here").is_empty());
+        // Glued to a prefix of any length, or to the other alphabet.
+        let holds = |text: &str| {
+            let mut hit = false;
+            base64_runs(text.as_bytes(), |run| {
+                hit |= memchr::memmem::find(run.decoded, b"token=hunter2").is_some();
+                hit
+            });
+            hit
+        };
+        for prefix in ["/callback/", "/cb/", "x", "ab", "abc", "id_", "key-"] {
+            assert!(holds(&format!("see {prefix}{encoded} ok")), "{prefix}");
+        }
+        let slashed = encode_field(b"??>token=hunter2-and-some-more-text??>");
+        assert!(slashed.contains('/') || slashed.contains('+'), "{slashed}");
+        assert!(holds(&format!("id_{slashed}")));
         // At the very start and end of the text, and of odd alignment.
         for pad in 0..9 {
             let text = format!("{}{encoded}", " ".repeat(pad));
@@ -205,14 +305,29 @@ mod tests {
         }
     }
 
+    fn words(text: &str) -> Vec<(usize, Vec<u8>, Vec<usize>)> {
+        let mut out = Vec::new();
+        percent_words(text.as_bytes(), |start, decoded, origin| {
+            out.push((start, decoded.to_vec(), origin.to_vec()))
+        });
+        out
+    }
+
     #[test]
     fn percent_decoding_maps_back_to_the_text() {
-        let text = b"a%5Fb%zz%41";
-        let (decoded, origin) = percent_decoded(text).unwrap_or_default();
-        assert_eq!(decoded, b"a_b%zzA");
-        assert_eq!(origin, [0, 1, 4, 5, 6, 7, 8, 11]);
-        assert!(percent_decoded(b"no escapes").is_none());
-        assert!(percent_decoded(b"100% sure").is_none());
+        assert_eq!(
+            words("x a%5Fb%zz%41 y%2"),
+            [(2, b"a_b%zzA".to_vec(), vec![0, 1, 4, 5, 6, 7, 8, 11])]
+        );
+        assert_eq!(
+            words("%41 and %42"),
+            [
+                (0, b"A".to_vec(), vec![0, 3]),
+                (8, b"B".to_vec(), vec![0, 3])
+            ]
+        );
+        assert!(words("no escapes").is_empty());
+        assert!(words("100% sure, 5%").is_empty());
     }
 
     #[test]

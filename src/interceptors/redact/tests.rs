@@ -153,6 +153,20 @@ fn base64_fields_that_do_not_decode_are_refused_and_shapes_elsewhere_are_text() 
     blob.context.method = "resources/read".into();
     assert!(denied_reason(interceptor.on_response(&mut blob)).contains("does not decode"));
 
+    // A secret written into a base64 field as text decodes to noise: it is
+    // read as text too, and refuses the message.
+    let mut raw = result(json!({
+        "content": [{"type": "image", "data": TOKEN, "mimeType": "image/png"}]
+    }));
+    assert!(denied_reason(interceptor.on_response(&mut raw)).contains("as text"));
+    // A method name with a secret cannot be redacted: refused.
+    let mut named = exchange(
+        json!({"jsonrpc":"2.0","method": format!("notifications/{TOKEN}"),"params":{}}),
+        Direction::ServerToClient,
+        Phase::Notification,
+    );
+    assert!(denied_reason(interceptor.on_notification(&mut named)).contains("method name"));
+
     // An image-shaped argument is not a schema position: its data is text.
     let mut request = call(json!({"picture": {"type": "image", "data": TOKEN}}));
     assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
@@ -197,6 +211,15 @@ fn keys_envelope_members_and_meta_are_scanned() {
     assert_eq!(request.message["[REDACTED:tok]"], json!(true));
     assert_eq!(request.message["id"], json!(7));
     assert_eq!(request.message["method"], json!("tools/call"));
+
+    // A key that holds a secret encoded is read decoded, like a value.
+    let encoded_key = b64(format!("token={TOKEN}").as_bytes());
+    let mut encoded = call(json!({ encoded_key: 1 }));
+    assert_eq!(interceptor.on_request(&mut encoded), Verdict::Continue);
+    assert_eq!(
+        encoded.message["params"]["arguments"],
+        json!({"[REDACTED:tok]": 1})
+    );
 
     // Two keys that redact to one name: refused, not merged.
     let other = TOKEN.replace('Q', "R");
@@ -291,6 +314,23 @@ fn what_is_stored_is_redacted_whatever_its_keys() {
     let mut text = json!(format!("uri file:///x?k={TOKEN}"));
     interceptor.redact_all(&mut text);
     assert_eq!(text, json!("uri file:///x?k=[REDACTED:tok]"));
+}
+
+#[test]
+fn many_findings_in_one_string_are_all_redacted() {
+    // The key as context, a percent-escape and base64 runs make the same
+    // findings again: they are merged, not compared pairwise.
+    let interceptor = redact(&RedactConfig::default());
+    let encoded = b64(format!("token={TOKEN}").as_bytes());
+    let text = format!("%41 {TOKEN} {encoded} ").repeat(3000);
+    let mut request = call(json!({ "api_key": text }));
+    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    let out = request.message["params"]["arguments"]["api_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!out.contains(TOKEN) && !out.contains(&encoded));
+    assert_eq!(out.matches("[REDACTED:tok]").count(), 6000);
 }
 
 #[test]

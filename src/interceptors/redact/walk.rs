@@ -10,6 +10,8 @@
 //!   schema base64 (image/audio `data`, resource `blob`) ──► decoded ──► scanned ──► re-encoded
 //! ```
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 
 use super::encoded;
@@ -120,7 +122,7 @@ pub(super) struct Pass<'a> {
     /// belong to (known by its address: it is redacted when its own walk
     /// reaches it, together with its own findings, so that neither
     /// redaction destroys the other's context).
-    across: Vec<(*const String, Vec<Finding>)>,
+    across: HashMap<usize, Vec<Finding>>,
 }
 
 impl<'a> Pass<'a> {
@@ -137,7 +139,7 @@ impl<'a> Pass<'a> {
             found: Vec::new(),
             more: Vec::new(),
             kept: Vec::new(),
-            across: Vec::new(),
+            across: HashMap::new(),
         }
     }
 
@@ -156,6 +158,17 @@ impl<'a> Pass<'a> {
     pub fn message(&mut self, message: &mut Value) {
         match message {
             Value::Object(members) => {
+                // A method name cannot be redacted: a secret in it refuses
+                // the message (or, with `log`, counts).
+                if let Some(Value::String(name)) = members.get("method") {
+                    self.collect(name.as_bytes(), None);
+                    let mut found = std::mem::take(&mut self.found);
+                    found.retain(|finding| self.account(finding.rule));
+                    if !found.is_empty() && !self.all {
+                        self.refused.get_or_insert("the method name holds a secret");
+                    }
+                    self.found = found;
+                }
                 let (method, phase) = (self.method, self.phase);
                 self.object(members, 0, |key, _, _| match key {
                     // The envelope's own members: `id` never crosses the
@@ -249,7 +262,7 @@ impl<'a> Pass<'a> {
 
     /// Scans a key; `Some(new key)` when it is to be renamed.
     fn key(&mut self, key: &str) -> Option<String> {
-        self.redact.scanner.scan(key.as_bytes(), &mut self.found);
+        self.collect(key.as_bytes(), None);
         if self.found.is_empty() {
             return None;
         }
@@ -282,6 +295,24 @@ impl<'a> Pass<'a> {
     /// A base64 field of the schema: decoded, scanned, re-encoded if a
     /// secret in it is redacted.
     fn binary(&mut self, text: &mut String) {
+        // Read as text first: a secret written there as it is (base64's
+        // alphabet holds most tokens) decodes to noise and would pass.
+        self.redact.scanner.scan(text.as_bytes(), &mut self.found);
+        if !self.found.is_empty() {
+            let mut found = std::mem::take(&mut self.found);
+            found.retain(|finding| self.account(finding.rule));
+            if !found.is_empty() {
+                if self.all {
+                    *text = "[REDACTED:base64-field]".to_owned();
+                } else {
+                    self.refused
+                        .get_or_insert("a base64 field of the MCP schema holds a secret as text");
+                }
+                self.found = found;
+                return;
+            }
+            self.found = found;
+        }
         let Some(mut bytes) = encoded::decode_field(text) else {
             if self.all {
                 *text = "[REDACTED:undecodable]".to_owned();
@@ -311,8 +342,7 @@ impl<'a> Pass<'a> {
             true => None,
             false => {
                 let at: *const String = text;
-                let index = self.across.iter().position(|(of, _)| std::ptr::eq(*of, at));
-                index.map(|index| self.across.swap_remove(index).1)
+                self.across.remove(&(at as usize))
             }
         };
         if self.found.is_empty() && across.is_none() {
@@ -394,37 +424,40 @@ impl<'a> Pass<'a> {
             });
             add_disjoint(&mut self.found, &self.more);
         }
-        if let Some((decoded, origin)) = encoded::percent_decoded(text) {
-            scanner.scan(&decoded, &mut self.more);
-            for finding in &mut self.more {
-                finding.start = origin[finding.start];
-                finding.end = origin[finding.end];
-                finding.match_start = origin[finding.match_start];
-                finding.match_end = origin[finding.match_end];
+        let (found, more) = (&mut self.found, &mut self.more);
+        encoded::percent_words(text, |start, decoded, origin| {
+            scanner.scan(decoded, more);
+            for finding in more.iter_mut() {
+                finding.start = start + origin[finding.start];
+                finding.end = start + origin[finding.end];
+                finding.match_start = start + origin[finding.match_start];
+                finding.match_end = start + origin[finding.match_end];
             }
-            add_disjoint(&mut self.found, &self.more);
-        }
+            add_disjoint(found, more);
+        });
         let mut runs = std::mem::take(&mut self.kept);
         runs.clear();
+        let (found, more) = (&self.found, &mut self.more);
         encoded::base64_runs(text, |run| {
-            let overlaps = self
-                .found
-                .iter()
-                .any(|f| run.start < f.end && f.start < run.end);
-            if overlaps {
-                return;
+            // `found` is in order: the first finding that ends after the
+            // run starts is the only one that can overlap it.
+            let next = found.partition_point(|f| f.end <= run.start);
+            if found.get(next).is_some_and(|f| f.start < run.end) {
+                return true;
             }
-            scanner.scan(&run.decoded, &mut self.more);
-            if let Some(first) = self.more.first() {
-                // The whole encoded run stands for the secret.
-                runs.push(Finding {
-                    rule: first.rule,
-                    start: run.start,
-                    end: run.end,
-                    match_start: run.start,
-                    match_end: run.end,
-                });
-            }
+            scanner.scan(run.decoded, more);
+            let Some(first) = more.first() else {
+                return false;
+            };
+            // The whole encoded run stands for the secret.
+            runs.push(Finding {
+                rule: first.rule,
+                start: run.start,
+                end: run.end,
+                match_start: run.start,
+                match_end: run.end,
+            });
+            true
         });
         add_disjoint(&mut self.found, &runs);
         self.kept = runs;
@@ -464,10 +497,11 @@ impl<'a> Pass<'a> {
         let scanner = &*redact.scanner;
         scanner.scan(&joined, &mut self.more);
         // Only what crosses a join: the rest each text's own scan finds.
+        // `starts` is in order: the first join after a match's start says.
+        let joins = &starts[1..starts.len() - 1];
         let crosses = |f: &Finding| {
-            starts[1..starts.len() - 1]
-                .iter()
-                .any(|&join| f.match_start < join && join < f.match_end)
+            let next = joins.partition_point(|&join| join <= f.match_start);
+            joins.get(next).is_some_and(|&join| join < f.match_end)
         };
         let across: Vec<Finding> = self.more.iter().copied().filter(crosses).collect();
         if across.is_empty() {
@@ -478,12 +512,17 @@ impl<'a> Pass<'a> {
             if !self.account(finding.rule) {
                 continue;
             }
-            for (index, part) in parts.iter_mut().enumerate() {
+            // The texts it covers: from the one it starts in on.
+            let first = starts.partition_point(|&start| start <= finding.start) - 1;
+            for index in first..items.len() {
                 let (start, end) = (starts[index], starts[index + 1]);
-                if finding.start < end && start < finding.end {
+                if start >= finding.end {
+                    break;
+                }
+                if finding.start < end {
                     let local_start = finding.start.max(start) - start;
                     let local_end = finding.end.min(end) - start;
-                    part.push(Finding {
+                    parts[index].push(Finding {
                         rule: finding.rule,
                         start: local_start,
                         end: local_end,
@@ -499,7 +538,7 @@ impl<'a> Pass<'a> {
             }
             if let Some(text) = text_of_mut(item) {
                 let at: *const String = text;
-                self.across.push((at, part));
+                self.across.insert(at as usize, part);
             }
         }
     }
@@ -540,28 +579,42 @@ fn text_of_mut(item: &mut Value) -> Option<&mut String> {
     }
 }
 
-/// Adds the findings of `more` that overlap none in `found`; `found` stays
-/// in order.
+/// Adds the findings of `more` that overlap none in `found` (and, among
+/// themselves, none kept before them); both are in order by start and the
+/// result is too. Linear: a string with many findings costs no more than
+/// its length.
 fn add_disjoint(found: &mut Vec<Finding>, more: &[Finding]) {
-    let before = found.len();
+    if more.is_empty() {
+        return;
+    }
+    let mut added: Vec<Finding> = Vec::new();
+    let mut mine = 0;
+    let mut end = 0;
     for finding in more {
-        let overlaps = found[..before]
-            .iter()
-            .any(|f| finding.start < f.end && f.start < finding.end);
-        if !overlaps {
-            found.push(*finding);
+        while mine < found.len() && found[mine].end <= finding.start {
+            mine += 1;
         }
+        let overlaps_mine = found.get(mine).is_some_and(|f| f.start < finding.end);
+        if overlaps_mine || finding.start < end {
+            continue;
+        }
+        end = finding.end;
+        added.push(*finding);
     }
-    if found.len() > before {
-        found.sort_unstable_by_key(|f| f.start);
-        // Two additions may overlap each other: keep the first.
-        let mut end = 0;
-        found.retain(|f| {
-            let keep = f.start >= end;
-            if keep {
-                end = f.end;
-            }
-            keep
-        });
+    if added.is_empty() {
+        return;
     }
+    let old = std::mem::take(found);
+    found.reserve(old.len() + added.len());
+    let (mut a, mut b) = (old.into_iter().peekable(), added.into_iter().peekable());
+    while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+        let next = if x.start <= y.start {
+            a.next()
+        } else {
+            b.next()
+        };
+        found.extend(next);
+    }
+    found.extend(a);
+    found.extend(b);
 }
