@@ -17,126 +17,23 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/secrets.rs"]
+mod secrets;
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use common::{TOKEN, TestProxy};
+use secrets::Secret;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 // ---------------------------------------------------------------------------
-// Secrets, made at run time.
-
-/// splitmix64, seeded from the clock, the process and a counter: every
-/// secret is new (no token is ever committed), and no two tests share one.
-struct Rng(u64);
-
-impl Rng {
-    fn fresh() -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-        Self(nanos ^ (u64::from(std::process::id()) << 32) ^ count.wrapping_mul(0x9E37_79B9))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn pick(&mut self, alphabet: &[u8], n: usize) -> String {
-        (0..n)
-            .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize] as char)
-            .collect()
-    }
-}
-
-const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-const DIGITS: &[u8] = b"0123456789";
-
-/// A well-formed secret: its text, its random part, the rule that finds it.
-struct Secret {
-    text: String,
-    random: String,
-    rule: &'static str,
-}
-
-impl Secret {
-    /// A GitHub classic personal access token.
-    fn github() -> Self {
-        let random = Rng::fresh().pick(ALNUM, 36);
-        Self {
-            text: format!("ghp_{random}"),
-            random,
-            rule: "github-pat-classic",
-        }
-    }
-
-    /// A Stripe live secret key.
-    fn stripe() -> Self {
-        let random = Rng::fresh().pick(ALNUM, 24);
-        Self {
-            text: format!("sk_live_{random}"),
-            random,
-            rule: "stripe-live-secret-key",
-        }
-    }
-
-    /// A Slack bot token.
-    fn slack() -> Self {
-        let mut rng = Rng::fresh();
-        let random = rng.pick(ALNUM, 24);
-        Self {
-            text: format!(
-                "xoxb-{}-{}-{random}",
-                rng.pick(DIGITS, 12),
-                rng.pick(DIGITS, 12)
-            ),
-            random,
-            rule: "slack-bot-token",
-        }
-    }
-
-    fn placeholder(&self) -> String {
-        format!("[REDACTED:{}]", self.rule)
-    }
-
-    /// The first and second half of the random part.
-    fn halves(&self) -> (&str, &str) {
-        self.random.split_at(self.random.len() / 2)
-    }
-
-    /// Every form of the secret that must not reach the other side: itself,
-    /// each half of its random part, its base64 (standard and URL-safe) at
-    /// each of the three alignments it can have inside a longer encoded
-    /// run, and every byte percent-encoded.
-    fn forms(&self) -> Vec<String> {
-        let (first, second) = self.halves();
-        let mut forms = vec![self.text.clone(), first.to_owned(), second.to_owned()];
-        let bytes = self.text.as_bytes();
-        for skip in 0..3 {
-            let usable = (bytes.len() - skip) / 3 * 3;
-            let chunk = &bytes[skip..skip + usable];
-            forms.push(STANDARD_NO_PAD.encode(chunk));
-            forms.push(URL_SAFE_NO_PAD.encode(chunk));
-        }
-        forms.push(bytes.iter().map(|b| format!("%{b:02X}")).collect());
-        forms.push(bytes.iter().map(|b| format!("%{b:02x}")).collect());
-        forms
-    }
-}
+// Checks (the secrets are made at run time by `secrets`).
 
 /// Panics if any form of any of `secrets` occurs in `text`.
 fn assert_clean(what: &str, text: &str, secrets: &[&Secret]) {
@@ -156,6 +53,19 @@ fn assert_clean(what: &str, text: &str, secrets: &[&Secret]) {
 fn assert_frame_clean(what: &str, frame: &Frame, secrets: &[&Secret]) {
     assert_clean(what, &frame.raw, secrets);
     assert_clean(what, &frame.value.to_string(), secrets);
+}
+
+/// `data`, base64 in `frame`, must stay base64, and what it decodes to must
+/// hold no form of `secrets`.
+fn assert_decodes_clean(what: &str, frame: &Frame, data: &str, secrets: &[&Secret]) {
+    let decoded = STANDARD
+        .decode(data)
+        .unwrap_or_else(|err| panic!("{what} stays base64 ({err}): {}", frame.raw));
+    assert_clean(
+        &format!("{what}, decoded"),
+        &String::from_utf8_lossy(&decoded),
+        secrets,
+    );
 }
 
 /// `text` percent-encoded the hostile way: `_` and `-` always, and every
@@ -201,6 +111,14 @@ impl Hostile {
         }
     }
 
+    /// A proxy with the server scripted by `script`, and a client of it
+    /// connected `via`.
+    async fn start(script: Value, via: Via) -> (Self, AnyClient) {
+        let hostile = Self::new(script);
+        let client = AnyClient::start(&hostile, via).await;
+        (hostile, client)
+    }
+
     /// Every line that reached the server so far, as it came.
     fn received(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
@@ -228,6 +146,15 @@ impl Hostile {
                     lines.join("\n")
                 )
             })
+    }
+
+    /// No form of `secrets` may be in anything that reached the server.
+    fn assert_received_clean(&self, secrets: &[&Secret]) {
+        assert_clean(
+            "all the server received",
+            &self.received().join("\n"),
+            secrets,
+        );
     }
 
     /// The `tools/call` of `tool` (unprefixed) as it reached the server.
@@ -424,27 +351,7 @@ impl HttpClient {
     async fn connect(server: common::HttpProxy) -> Self {
         let url = server.url.clone();
         let http = reqwest::Client::new();
-        let response = http
-            .post(&url)
-            .bearer_auth(TOKEN)
-            .header("accept", "application/json, text/event-stream")
-            .json(
-                &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
-                "protocolVersion":"2025-06-18","capabilities":{},
-                "clientInfo":{"name":"hostile-http","version":"0"}}}),
-            )
-            .send()
-            .await
-            .expect("initialize over HTTP");
-        assert!(
-            response.status().is_success(),
-            "initialize: {}",
-            response.status()
-        );
-        let session = response.headers()["mcp-session-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let session = common::initialize_http(&http, &url, TOKEN, "hostile-http").await;
         let mut client = Self {
             _server: server,
             http,
@@ -556,6 +463,11 @@ impl AnyClient {
             Self::Http(client) => client.seen.join("\n"),
         }
     }
+
+    /// No form of `secrets` may be in anything the client received.
+    fn assert_received_clean(&self, secrets: &[&Secret]) {
+        assert_clean("all the client received", &self.everything(), secrets);
+    }
 }
 
 /// The reply must be a result (delivered), not an error.
@@ -567,62 +479,93 @@ fn assert_result(reply: &Frame) {
     );
 }
 
+/// `found`, a member of `frame`, must be `expected` (the frame shown if not).
+fn assert_member(frame: &Frame, found: &Value, expected: Value) {
+    assert_eq!(found, &expected, "{}", frame.raw);
+}
+
 /// The reply must be the redact interceptor's refusal.
 fn assert_refused_by_redact(reply: &Frame) {
-    assert_eq!(reply.value["error"]["code"], json!(-32010), "{}", reply.raw);
-    assert_eq!(
-        reply.value["error"]["data"]["interceptor"],
+    assert_member(reply, &reply.value["error"]["code"], json!(-32010));
+    assert_member(
+        reply,
+        &reply.value["error"]["data"]["interceptor"],
         json!("redact"),
-        "{}",
-        reply.raw
     );
+}
+
+/// `hidden` and then `control`, to check a frame for.
+fn with_control<'a>(hidden: &[&'a Secret], control: &'a Secret) -> Vec<&'a Secret> {
+    hidden.iter().copied().chain([control]).collect()
+}
+
+/// The two tests of a scenario `async fn(Via)`: over stdio and over HTTP.
+macro_rules! over_stdio_and_http {
+    ($scenario:ident, $stdio:ident, $http:ident) => {
+        #[tokio::test]
+        async fn $stdio() {
+            $scenario(Via::Stdio).await;
+        }
+
+        #[tokio::test]
+        async fn $http() {
+            $scenario(Via::Http).await;
+        }
+    };
 }
 
 // ---------------------------------------------------------------------------
 // Server → client.
 
+/// The reply to a call whose result carries `control` in a control block:
+/// it must arrive as a result with the control redacted, and no form of
+/// `hidden` or of the control may be in it.
+fn assert_reply_clean(what: &str, reply: &Frame, hidden: &[&Secret], control: &Secret) {
+    assert_result(reply);
+    assert_control_redacted(&reply.value, control);
+    assert_frame_clean(what, reply, &with_control(hidden, control));
+}
+
 /// 1. A secret in `structuredContent` under a key named `blob`.
 async fn structured_content_blob(via: Via) {
     let (secret, control) = (Secret::github(), Secret::stripe());
-    let hostile = Hostile::new(json!({"tools": {"blobby": [reply(&json!({
-        "content": [control_block(&control)],
-        "structuredContent": {"blob": secret.text, "size": 3},
-    }))]}}));
-    let mut client = AnyClient::start(&hostile, via).await;
+    let (_hostile, mut client) = Hostile::start(
+        json!({"tools": {"blobby": [reply(&json!({
+            "content": [control_block(&control)],
+            "structuredContent": {"blob": secret.text, "size": 3},
+        }))]}}),
+        via,
+    )
+    .await;
     let reply = client.call_tool(1, "h__blobby", json!({})).await;
-    assert_result(&reply);
-    assert_control_redacted(&reply.value, &control);
-    assert_frame_clean("structuredContent.blob", &reply, &[&secret, &control]);
+    assert_reply_clean("structuredContent.blob", &reply, &[&secret], &control);
     let blob = reply.value["result"]["structuredContent"]["blob"]
         .as_str()
         .unwrap_or_default();
     assert_eq!(blob, secret.placeholder(), "{}", reply.raw);
-    assert_clean("all the client received", &client.everything(), &[&secret]);
+    client.assert_received_clean(&[&secret]);
 }
 
-#[tokio::test]
-async fn structured_content_blob_key_is_redacted_over_stdio() {
-    structured_content_blob(Via::Stdio).await;
-}
-
-#[tokio::test]
-async fn structured_content_blob_key_is_redacted_over_http() {
-    structured_content_blob(Via::Http).await;
-}
+over_stdio_and_http!(
+    structured_content_blob,
+    structured_content_blob_key_is_redacted_over_stdio,
+    structured_content_blob_key_is_redacted_over_http
+);
 
 /// 2. A secret as an object key inside `structuredContent`.
 #[tokio::test]
 async fn a_secret_as_a_structured_content_key_is_renamed() {
     let (secret, control) = (Secret::github(), Secret::stripe());
-    let hostile = Hostile::new(json!({"tools": {"keyed": [reply(&json!({
-        "content": [control_block(&control)],
-        "structuredContent": {"env": {format!("cfg-{}", secret.text): "value-kept"}},
-    }))]}}));
-    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let (_hostile, mut client) = Hostile::start(
+        json!({"tools": {"keyed": [reply(&json!({
+            "content": [control_block(&control)],
+            "structuredContent": {"env": {format!("cfg-{}", secret.text): "value-kept"}},
+        }))]}}),
+        Via::Stdio,
+    )
+    .await;
     let reply = client.call_tool(1, "h__keyed", json!({})).await;
-    assert_result(&reply);
-    assert_control_redacted(&reply.value, &control);
-    assert_frame_clean("a structuredContent key", &reply, &[&secret, &control]);
+    assert_reply_clean("a structuredContent key", &reply, &[&secret], &control);
     let env = &reply.value["result"]["structuredContent"]["env"];
     assert_eq!(
         env,
@@ -640,80 +583,66 @@ async fn envelope_beside_result(via: Via) {
         r#"{{"jsonrpc":"2.0","id":{{id}},"result":{result},"x-debug":{}}}"#,
         json!(format!("upstream token {}", secret.text))
     );
-    let hostile = Hostile::new(json!({"tools": {"enveloped": [send(line)]}}));
-    let mut client = AnyClient::start(&hostile, via).await;
+    let script = json!({"tools": {"enveloped": [send(line)]}});
+    let (_hostile, mut client) = Hostile::start(script, via).await;
     let reply = client.call_tool(1, "h__enveloped", json!({})).await;
-    assert_result(&reply);
-    assert_control_redacted(&reply.value, &control);
-    assert_frame_clean("a field beside `result`", &reply, &[&secret, &control]);
-    assert_clean("all the client received", &client.everything(), &[&secret]);
+    assert_reply_clean("a field beside `result`", &reply, &[&secret], &control);
+    client.assert_received_clean(&[&secret]);
 }
 
-#[tokio::test]
-async fn an_envelope_field_beside_result_does_not_carry_a_secret_over_stdio() {
-    envelope_beside_result(Via::Stdio).await;
-}
-
-#[tokio::test]
-async fn an_envelope_field_beside_result_does_not_carry_a_secret_over_http() {
-    envelope_beside_result(Via::Http).await;
-}
+over_stdio_and_http!(
+    envelope_beside_result,
+    an_envelope_field_beside_result_does_not_carry_a_secret_over_stdio,
+    an_envelope_field_beside_result_does_not_carry_a_secret_over_http
+);
 
 /// 4. A secret split across two adjacent `text` blocks.
 async fn split_across_blocks(via: Via) {
     let (secret, control) = (Secret::github(), Secret::stripe());
     let (first, second) = secret.halves();
-    let hostile = Hostile::new(json!({"tools": {"split": [reply(&json!({
-        "content": [
-            text(format!("the deploy key is ghp_{first}")),
-            text(format!("{second} (rotate monthly)")),
-            control_block(&control),
-        ],
-    }))]}}));
-    let mut client = AnyClient::start(&hostile, via).await;
+    let (_hostile, mut client) = Hostile::start(
+        json!({"tools": {"split": [reply(&json!({
+            "content": [
+                text(format!("the deploy key is ghp_{first}")),
+                text(format!("{second} (rotate monthly)")),
+                control_block(&control),
+            ],
+        }))]}}),
+        via,
+    )
+    .await;
     let reply = client.call_tool(1, "h__split", json!({})).await;
-    assert_result(&reply);
-    assert_control_redacted(&reply.value, &control);
+    assert_reply_clean("a secret split across blocks", &reply, &[&secret], &control);
     let joined = content_texts(&reply.value).concat();
     assert_clean("the blocks' texts joined", &joined, &[&secret]);
-    assert_frame_clean("a secret split across blocks", &reply, &[&secret, &control]);
 }
 
-#[tokio::test]
-async fn a_secret_split_across_text_blocks_is_redacted_over_stdio() {
-    split_across_blocks(Via::Stdio).await;
-}
-
-#[tokio::test]
-async fn a_secret_split_across_text_blocks_is_redacted_over_http() {
-    split_across_blocks(Via::Http).await;
-}
+over_stdio_and_http!(
+    split_across_blocks,
+    a_secret_split_across_text_blocks_is_redacted_over_stdio,
+    a_secret_split_across_text_blocks_is_redacted_over_http
+);
 
 /// 5. A secret in a result's `_meta`.
 #[tokio::test]
 async fn a_secret_in_result_meta_is_redacted() {
     let (secret, nested, control) = (Secret::github(), Secret::slack(), Secret::stripe());
-    let hostile = Hostile::new(json!({"tools": {"meta": [reply(&json!({
-        "content": [control_block(&control)],
-        "_meta": {"x-debug": secret.text, "trace": {"spans": [nested.text]}},
-    }))]}}));
-    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let (_hostile, mut client) = Hostile::start(
+        json!({"tools": {"meta": [reply(&json!({
+            "content": [control_block(&control)],
+            "_meta": {"x-debug": secret.text, "trace": {"spans": [nested.text]}},
+        }))]}}),
+        Via::Stdio,
+    )
+    .await;
     let reply = client.call_tool(1, "h__meta", json!({})).await;
-    assert_result(&reply);
-    assert_control_redacted(&reply.value, &control);
-    assert_frame_clean("result._meta", &reply, &[&secret, &nested, &control]);
+    assert_reply_clean("result._meta", &reply, &[&secret, &nested], &control);
     let meta = &reply.value["result"]["_meta"];
-    assert_eq!(
-        meta["x-debug"],
-        json!(secret.placeholder()),
-        "{}",
-        reply.raw
-    );
-    assert_eq!(
-        meta["trace"]["spans"][0],
+    assert_member(&reply, &meta["x-debug"], json!(secret.placeholder()));
+    assert_member(
+        &reply,
+        &meta["trace"]["spans"][0],
         json!(nested.placeholder()),
-        "{}",
-        reply.raw
     );
 }
 
@@ -722,17 +651,18 @@ async fn a_secret_in_result_meta_is_redacted() {
 async fn an_image_whose_data_decodes_to_a_secret_is_redacted() {
     let (secret, control) = (Secret::github(), Secret::stripe());
     let data = b64(&format!("token={}\n", secret.text));
-    let hostile = Hostile::new(json!({"tools": {"picture": [reply(&json!({
-        "content": [
-            {"type": "image", "mimeType": "image/png", "data": data},
-            control_block(&control),
-        ],
-    }))]}}));
-    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let (_hostile, mut client) = Hostile::start(
+        json!({"tools": {"picture": [reply(&json!({
+            "content": [
+                {"type": "image", "mimeType": "image/png", "data": data},
+                control_block(&control),
+            ],
+        }))]}}),
+        Via::Stdio,
+    )
+    .await;
     let reply = client.call_tool(1, "h__picture", json!({})).await;
-    assert_result(&reply);
-    assert_control_redacted(&reply.value, &control);
-    assert_frame_clean("an image's base64 data", &reply, &[&secret, &control]);
+    assert_reply_clean("an image's base64 data", &reply, &[&secret], &control);
     let image = reply.value["result"]["content"]
         .as_array()
         .unwrap()
@@ -740,14 +670,7 @@ async fn an_image_whose_data_decodes_to_a_secret_is_redacted() {
         .find(|block| block["type"] == "image")
         .unwrap_or_else(|| panic!("the image block is kept: {}", reply.raw));
     let data = image["data"].as_str().unwrap_or_default();
-    let decoded = STANDARD
-        .decode(data)
-        .unwrap_or_else(|err| panic!("the image data stays base64 ({err}): {}", reply.raw));
-    assert_clean(
-        "the decoded image data",
-        &String::from_utf8_lossy(&decoded),
-        &[&secret],
-    );
+    assert_decodes_clean("the image data", &reply, data, &[&secret]);
 }
 
 /// 6b. An `image` block whose `data` is not base64: it cannot be checked,
@@ -756,13 +679,16 @@ async fn an_image_whose_data_decodes_to_a_secret_is_redacted() {
 async fn an_image_whose_data_is_not_base64_is_refused() {
     let secret = Secret::github();
     let png = STANDARD.encode(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0");
-    let hostile = Hostile::new(json!({"tools": {
-        "fine": [reply(&json!({"content": [{"type": "image", "mimeType": "image/png", "data": png}]}))],
-        "bogus": [reply(&json!({"content": [
-            {"type": "image", "mimeType": "image/png", "data": format!("not base64: {}", secret.text)},
-        ]}))],
-    }}));
-    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let (_hostile, mut client) = Hostile::start(
+        json!({"tools": {
+            "fine": [reply(&json!({"content": [{"type": "image", "mimeType": "image/png", "data": png}]}))],
+            "bogus": [reply(&json!({"content": [
+                {"type": "image", "mimeType": "image/png", "data": format!("not base64: {}", secret.text)},
+            ]}))],
+        }}),
+        Via::Stdio,
+    )
+    .await;
     let fine = client.call_tool(1, "h__fine", json!({})).await;
     assert_eq!(
         fine.value["result"]["content"][0]["data"],
@@ -775,19 +701,27 @@ async fn an_image_whose_data_is_not_base64_is_refused() {
     assert_refused_by_redact(&reply);
 }
 
+/// `resources/read` of `uri`: the reply.
+async fn read_resource(client: &mut AnyClient, uri: &str) -> Frame {
+    client
+        .call(json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri": uri}}))
+        .await
+}
+
 /// 7a. A `resources/read` blob that is base64 of a secret.
 #[tokio::test]
 async fn a_resource_blob_that_decodes_to_a_secret_is_redacted() {
     let (secret, control) = (Secret::github(), Secret::stripe());
     let uri = "hostile://blob";
-    let hostile = Hostile::new(json!({"resources": {uri: [reply(&json!({"contents": [
-        {"uri": uri, "mimeType": "application/octet-stream", "blob": b64(&format!("token={}", secret.text))},
-        {"uri": uri, "mimeType": "text/plain", "text": format!("control {}", control.text)},
-    ]}))]}}));
-    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
-    let reply = client
-        .call(json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri": uri}}))
-        .await;
+    let (_hostile, mut client) = Hostile::start(
+        json!({"resources": {uri: [reply(&json!({"contents": [
+            {"uri": uri, "mimeType": "application/octet-stream", "blob": b64(&format!("token={}", secret.text))},
+            {"uri": uri, "mimeType": "text/plain", "text": format!("control {}", control.text)},
+        ]}))]}}),
+        Via::Stdio,
+    )
+    .await;
+    let reply = read_resource(&mut client, uri).await;
     assert_result(&reply);
     let contents = reply.value["result"]["contents"].as_array().unwrap();
     assert!(
@@ -799,14 +733,7 @@ async fn a_resource_blob_that_decodes_to_a_secret_is_redacted() {
     );
     assert_frame_clean("a resource blob", &reply, &[&secret, &control]);
     for blob in contents.iter().filter_map(|c| c["blob"].as_str()) {
-        let decoded = STANDARD
-            .decode(blob)
-            .unwrap_or_else(|err| panic!("the blob stays base64 ({err}): {}", reply.raw));
-        assert_clean(
-            "the decoded blob",
-            &String::from_utf8_lossy(&decoded),
-            &[&secret],
-        );
+        assert_decodes_clean("the blob", &reply, blob, &[&secret]);
     }
 }
 
@@ -815,21 +742,47 @@ async fn a_resource_blob_that_decodes_to_a_secret_is_redacted() {
 async fn a_text_resource_holding_a_secret_is_redacted() {
     let secret = Secret::github();
     let uri = "hostile://notes.txt";
-    let hostile = Hostile::new(json!({"resources": {uri: [reply(&json!({"contents": [
-        {"uri": uri, "mimeType": "text/plain", "text": format!("deploy key: {}\n", secret.text)},
-    ]}))]}}));
-    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
-    let reply = client
-        .call(json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri": uri}}))
-        .await;
+    let (_hostile, mut client) = Hostile::start(
+        json!({"resources": {uri: [reply(&json!({"contents": [
+            {"uri": uri, "mimeType": "text/plain", "text": format!("deploy key: {}\n", secret.text)},
+        ]}))]}}),
+        Via::Stdio,
+    )
+    .await;
+    let reply = read_resource(&mut client, uri).await;
     assert_result(&reply);
     assert_frame_clean("a text resource", &reply, &[&secret]);
-    assert_eq!(
-        reply.value["result"]["contents"][0]["text"],
+    assert_member(
+        &reply,
+        &reply.value["result"]["contents"][0]["text"],
         json!(format!("deploy key: {}\n", secret.placeholder())),
-        "{}",
-        reply.raw
     );
+}
+
+/// A tool `name` whose result is `content` (a text block) and a control
+/// block: the reply, checked with `assert_reply_clean`, and the text of its
+/// first block.
+async fn text_reply(
+    what: &str,
+    name: &str,
+    content: String,
+    secret: &Secret,
+    control: &Secret,
+) -> (Frame, String) {
+    let (_hostile, mut client) = Hostile::start(
+        json!({"tools": {name: [reply(&json!({
+            "content": [text(content), control_block(control)],
+        }))]}}),
+        Via::Stdio,
+    )
+    .await;
+    let reply = client.call_tool(1, &format!("h__{name}"), json!({})).await;
+    assert_reply_clean(what, &reply, &[secret], control);
+    let first = reply.value["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (reply, first)
 }
 
 /// 8a. A base64-encoded secret inside ordinary text.
@@ -837,17 +790,8 @@ async fn a_text_resource_holding_a_secret_is_redacted() {
 async fn a_base64_encoded_secret_in_text_is_redacted() {
     let (secret, control) = (Secret::github(), Secret::stripe());
     let encoded = b64(&format!("token={}", secret.text));
-    let hostile = Hostile::new(json!({"tools": {"encoded": [reply(&json!({
-        "content": [text(format!("config: {encoded}")), control_block(&control)],
-    }))]}}));
-    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
-    let reply = client.call_tool(1, "h__encoded", json!({})).await;
-    assert_result(&reply);
-    assert_control_redacted(&reply.value, &control);
-    assert_frame_clean("base64 in text", &reply, &[&secret, &control]);
-    let first = reply.value["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default();
+    let content = format!("config: {encoded}");
+    let (reply, first) = text_reply("base64 in text", "encoded", content, &secret, &control).await;
     assert!(!first.contains(&encoded), "{}", reply.raw);
     assert!(
         first.starts_with("config: ") && first.contains("[REDACTED:"),
@@ -861,18 +805,9 @@ async fn a_base64_encoded_secret_in_text_is_redacted() {
 async fn a_percent_encoded_secret_in_a_url_is_redacted() {
     let (secret, control) = (Secret::stripe(), Secret::github());
     let encoded = percent_encoded(&secret.text);
-    let url = format!("https://x.test/cb?t={encoded}&state=1");
-    let hostile = Hostile::new(json!({"tools": {"callback": [reply(&json!({
-        "content": [text(format!("open {url} to finish")), control_block(&control)],
-    }))]}}));
-    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
-    let reply = client.call_tool(1, "h__callback", json!({})).await;
-    assert_result(&reply);
-    assert_control_redacted(&reply.value, &control);
-    assert_frame_clean("a percent-encoded secret", &reply, &[&secret, &control]);
-    let first = reply.value["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default();
+    let content = format!("open https://x.test/cb?t={encoded}&state=1 to finish");
+    let what = "a percent-encoded secret";
+    let (reply, first) = text_reply(what, "callback", content, &secret, &control).await;
     assert!(
         !first.contains(&encoded),
         "the encoded secret got through: {}",
@@ -891,33 +826,33 @@ async fn a_secret_in_an_error_message_and_data_is_redacted() {
             json!({"code": -32000, "message": format!("auth failed for {}", in_message.text), "data": data})
         ))
     };
-    let hostile = Hostile::new(json!({"tools": {
-        "fails": [error(json!({"request": {"headers": [format!("X-Token {}", in_object.text)]}}))],
-        "fails_plain": [error(json!(format!("retry with {}", in_string.text)))],
-    }}));
-    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let (_hostile, mut client) = Hostile::start(
+        json!({"tools": {
+            "fails": [error(json!({"request": {"headers": [format!("X-Token {}", in_object.text)]}}))],
+            "fails_plain": [error(json!(format!("retry with {}", in_string.text)))],
+        }}),
+        Via::Stdio,
+    )
+    .await;
     let reply = client.call_tool(1, "h__fails", json!({})).await;
     assert_frame_clean("an error", &reply, &[&in_message, &in_object]);
     let error = &reply.value["error"];
-    assert_eq!(
-        error["message"],
+    assert_member(
+        &reply,
+        &error["message"],
         json!(format!("auth failed for {}", in_message.placeholder())),
-        "{}",
-        reply.raw
     );
-    assert_eq!(
-        error["data"]["request"]["headers"][0],
+    assert_member(
+        &reply,
+        &error["data"]["request"]["headers"][0],
         json!(format!("X-Token {}", in_object.placeholder())),
-        "{}",
-        reply.raw
     );
     let reply = client.call_tool(2, "h__fails_plain", json!({})).await;
     assert_frame_clean("an error's string data", &reply, &[&in_message, &in_string]);
-    assert_eq!(
-        reply.value["error"]["data"],
+    assert_member(
+        &reply,
+        &reply.value["error"]["data"],
         json!(format!("retry with {}", in_string.placeholder())),
-        "{}",
-        reply.raw
     );
 }
 
@@ -933,14 +868,17 @@ fn only<'a>(frames: &'a [Frame], what: &str, matches: impl Fn(&Value) -> bool) -
 /// 10a. A secret in a progress notification sent during a call.
 async fn progress_notification(via: Via) {
     let secret = Secret::github();
-    let hostile = Hostile::new(json!({"tools": {"slow": [
-        send(format!(
-            r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{{progressToken}},"progress":1,"total":2,"message":{}}}}}"#,
-            json!(format!("cloning with {}", secret.text))
-        )),
-        reply(&json!({"content": [text("done")]})),
-    ]}}));
-    let mut client = AnyClient::start(&hostile, via).await;
+    let (_hostile, mut client) = Hostile::start(
+        json!({"tools": {"slow": [
+            send(format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{{progressToken}},"progress":1,"total":2,"message":{}}}}}"#,
+                json!(format!("cloning with {}", secret.text))
+            )),
+            reply(&json!({"content": [text("done")]})),
+        ]}}),
+        via,
+    )
+    .await;
     let frames = client
         .exchange(json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
             "params":{"name":"h__slow","arguments":{},"_meta":{"progressToken":"p-1"}}}))
@@ -949,26 +887,25 @@ async fn progress_notification(via: Via) {
     let progress = only(&frames, "progress notification", |m| {
         m["method"] == "notifications/progress"
     });
-    assert_eq!(progress.value["params"]["progressToken"], json!("p-1"));
-    assert_frame_clean("a progress notification", progress, &[&secret]);
-    assert_eq!(
-        progress.value["params"]["message"],
-        json!(format!("cloning with {}", secret.placeholder())),
-        "{}",
-        progress.raw
+    assert_member(
+        progress,
+        &progress.value["params"]["progressToken"],
+        json!("p-1"),
     );
-    assert_clean("all the client received", &client.everything(), &[&secret]);
+    assert_frame_clean("a progress notification", progress, &[&secret]);
+    assert_member(
+        progress,
+        &progress.value["params"]["message"],
+        json!(format!("cloning with {}", secret.placeholder())),
+    );
+    client.assert_received_clean(&[&secret]);
 }
 
-#[tokio::test]
-async fn a_secret_in_a_progress_notification_is_redacted_over_stdio() {
-    progress_notification(Via::Stdio).await;
-}
-
-#[tokio::test]
-async fn a_secret_in_a_progress_notification_is_redacted_over_http() {
-    progress_notification(Via::Http).await;
-}
+over_stdio_and_http!(
+    progress_notification,
+    a_secret_in_a_progress_notification_is_redacted_over_stdio,
+    a_secret_in_a_progress_notification_is_redacted_over_http
+);
 
 /// 10b. Secrets in log notifications sent during a call: `data` as a string
 /// and nested in an object.
@@ -980,12 +917,15 @@ async fn log_notifications(via: Via) {
             json!({"level": "warning", "logger": "auth", "data": data})
         ))
     };
-    let hostile = Hostile::new(json!({"tools": {"chatty": [
-        log(json!(format!("logged in with {}", plain.text))),
-        log(json!({"event": "login", "detail": {"attempts": [format!("bot {}", nested.text)]}})),
-        reply(&json!({"content": [text("done")]})),
-    ]}}));
-    let mut client = AnyClient::start(&hostile, via).await;
+    let (_hostile, mut client) = Hostile::start(
+        json!({"tools": {"chatty": [
+            log(json!(format!("logged in with {}", plain.text))),
+            log(json!({"event": "login", "detail": {"attempts": [format!("bot {}", nested.text)]}})),
+            reply(&json!({"content": [text("done")]})),
+        ]}}),
+        via,
+    )
+    .await;
     let frames = client
         .exchange(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h__chatty","arguments":{}}}))
         .await;
@@ -998,29 +938,23 @@ async fn log_notifications(via: Via) {
     });
     assert_frame_clean("a log message (string)", string, &[&plain, &nested]);
     assert_frame_clean("a log message (object)", object, &[&plain, &nested]);
-    assert_eq!(
-        string.value["params"]["data"],
+    assert_member(
+        string,
+        &string.value["params"]["data"],
         json!(format!("logged in with {}", plain.placeholder())),
-        "{}",
-        string.raw
     );
-    assert_eq!(
-        object.value["params"]["data"]["detail"]["attempts"][0],
+    assert_member(
+        object,
+        &object.value["params"]["data"]["detail"]["attempts"][0],
         json!(format!("bot {}", nested.placeholder())),
-        "{}",
-        object.raw
     );
 }
 
-#[tokio::test]
-async fn a_secret_in_a_log_notification_is_redacted_over_stdio() {
-    log_notifications(Via::Stdio).await;
-}
-
-#[tokio::test]
-async fn a_secret_in_a_log_notification_is_redacted_over_http() {
-    log_notifications(Via::Http).await;
-}
+over_stdio_and_http!(
+    log_notifications,
+    a_secret_in_a_log_notification_is_redacted_over_stdio,
+    a_secret_in_a_log_notification_is_redacted_over_http
+);
 
 /// 11. A sampling request holding a secret, and a client answer holding one.
 #[tokio::test]
@@ -1044,11 +978,10 @@ async fn secrets_in_a_sampling_request_and_its_answer_are_redacted() {
         })
         .await;
     assert_frame_clean("a sampling request", &sampling, &[&asked]);
-    assert_eq!(
-        sampling.value["params"]["messages"][0]["content"]["text"],
+    assert_member(
+        &sampling,
+        &sampling.value["params"]["messages"][0]["content"]["text"],
         json!(format!("summarize {}", asked.placeholder())),
-        "{}",
-        sampling.raw
     );
     client
         .send(&json!({"jsonrpc":"2.0","id":sampling.value["id"],"result":{
@@ -1063,11 +996,10 @@ async fn secrets_in_a_sampling_request_and_its_answer_are_redacted() {
         m["id"] == "hostile-s1" && m.get("method").is_none()
     });
     assert_frame_clean("the sampling answer", &answer, &[&answered]);
-    assert_eq!(
-        answer.value["result"]["content"]["text"],
+    assert_member(
+        &answer,
+        &answer.value["result"]["content"]["text"],
         json!(format!("the key is {}", answered.placeholder())),
-        "{}",
-        answer.raw
     );
 }
 
@@ -1088,62 +1020,64 @@ fn assert_control_argument_redacted(call: &Frame, control: &Secret) {
     );
 }
 
+/// The call of the server's `sink` tool, after `reply` to it: the reply must
+/// be a result, and the call must have reached the server with its control
+/// argument redacted and no form of `hidden` or of the control in it.
+fn sink_call_clean(
+    hostile: &Hostile,
+    what: &str,
+    reply: &Frame,
+    hidden: &[&Secret],
+    control: &Secret,
+) -> Frame {
+    assert_result(reply);
+    let call = hostile.received_call("sink");
+    assert_control_argument_redacted(&call, control);
+    assert_frame_clean(what, &call, &with_control(hidden, control));
+    call
+}
+
+/// A hostile server with nothing scripted (its `sink` tool answers every
+/// call), a client `via` calling `sink` with `arguments` and the control
+/// argument: the call as it reached the server (see `sink_call_clean`).
+async fn call_sink(
+    via: Via,
+    what: &str,
+    mut arguments: Value,
+    hidden: &[&Secret],
+    control: &Secret,
+) -> (Hostile, Frame) {
+    arguments["text"] = json!(control_argument(control));
+    let (hostile, mut client) = Hostile::start(json!({}), via).await;
+    let reply = client.call_tool(1, "h__sink", arguments).await;
+    let call = sink_call_clean(&hostile, what, &reply, hidden, control);
+    (hostile, call)
+}
+
 /// 12. A secret in `tools/call` arguments under a key named `blob`.
 async fn argument_blob(via: Via) {
     let (secret, control) = (Secret::github(), Secret::stripe());
-    let hostile = Hostile::new(json!({}));
-    let mut client = AnyClient::start(&hostile, via).await;
-    let reply = client
-        .call_tool(
-            1,
-            "h__sink",
-            json!({"blob": secret.text, "text": control_argument(&control)}),
-        )
-        .await;
-    assert_result(&reply);
-    let call = hostile.received_call("sink");
-    assert_control_argument_redacted(&call, &control);
-    assert_frame_clean("an argument named `blob`", &call, &[&secret, &control]);
-    assert_eq!(
-        call.value["params"]["arguments"]["blob"],
-        json!(secret.placeholder()),
-        "{}",
-        call.raw
-    );
-    assert_clean(
-        "all the server received",
-        &hostile.received().join("\n"),
-        &[&secret],
-    );
+    let arguments = json!({"blob": secret.text});
+    let what = "an argument named `blob`";
+    let (hostile, call) = call_sink(via, what, arguments, &[&secret], &control).await;
+    let blob = &call.value["params"]["arguments"]["blob"];
+    assert_member(&call, blob, json!(secret.placeholder()));
+    hostile.assert_received_clean(&[&secret]);
 }
 
-#[tokio::test]
-async fn an_argument_named_blob_is_redacted_over_stdio() {
-    argument_blob(Via::Stdio).await;
-}
-
-#[tokio::test]
-async fn an_argument_named_blob_is_redacted_over_http() {
-    argument_blob(Via::Http).await;
-}
+over_stdio_and_http!(
+    argument_blob,
+    an_argument_named_blob_is_redacted_over_stdio,
+    an_argument_named_blob_is_redacted_over_http
+);
 
 /// 13. A secret as an argument's key.
 #[tokio::test]
 async fn a_secret_as_an_argument_key_is_renamed() {
     let (secret, control) = (Secret::github(), Secret::stripe());
-    let hostile = Hostile::new(json!({}));
-    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
-    let reply = client
-        .call_tool(
-            1,
-            "h__sink",
-            json!({format!("cfg-{}", secret.text): "kept", "text": control_argument(&control)}),
-        )
-        .await;
-    assert_result(&reply);
-    let call = hostile.received_call("sink");
-    assert_control_argument_redacted(&call, &control);
-    assert_frame_clean("an argument key", &call, &[&secret, &control]);
+    let arguments = json!({format!("cfg-{}", secret.text): "kept"});
+    let what = "an argument key";
+    let (_hostile, call) = call_sink(Via::Stdio, what, arguments, &[&secret], &control).await;
     assert_eq!(
         call.value["params"]["arguments"][format!("cfg-{}", secret.placeholder())],
         json!("kept"),
@@ -1157,82 +1091,57 @@ async fn a_secret_as_an_argument_key_is_renamed() {
 #[tokio::test]
 async fn an_image_shaped_argument_is_scanned_as_text() {
     let (secret, control) = (Secret::github(), Secret::stripe());
-    let hostile = Hostile::new(json!({}));
-    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
-    let reply = client
-        .call_tool(
-            1,
-            "h__sink",
-            json!({
-                "attachment": {"type": "image", "mimeType": "image/png", "data": secret.text},
-                "text": control_argument(&control),
-            }),
-        )
-        .await;
-    assert_result(&reply);
-    let call = hostile.received_call("sink");
-    assert_control_argument_redacted(&call, &control);
-    assert_frame_clean("an image-shaped argument", &call, &[&secret, &control]);
-    assert_eq!(
-        call.value["params"]["arguments"]["attachment"]["data"],
-        json!(secret.placeholder()),
-        "{}",
-        call.raw
-    );
+    let arguments = json!({
+        "attachment": {"type": "image", "mimeType": "image/png", "data": secret.text},
+    });
+    let what = "an image-shaped argument";
+    let (_hostile, call) = call_sink(Via::Stdio, what, arguments, &[&secret], &control).await;
+    let data = &call.value["params"]["arguments"]["attachment"]["data"];
+    assert_member(&call, data, json!(secret.placeholder()));
 }
 
 /// 15. A secret in a top-level envelope field beside `params`.
 async fn envelope_beside_params(via: Via) {
     let (secret, control) = (Secret::github(), Secret::stripe());
-    let hostile = Hostile::new(json!({}));
-    let mut client = AnyClient::start(&hostile, via).await;
+    let (hostile, mut client) = Hostile::start(json!({}), via).await;
     let reply = client
         .call(json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
             "params":{"name":"h__sink","arguments":{"text": control_argument(&control)}},
             "x-debug": format!("client token {}", secret.text)}))
         .await;
-    assert_result(&reply);
-    let call = hostile.received_call("sink");
-    assert_control_argument_redacted(&call, &control);
-    assert_frame_clean("a field beside `params`", &call, &[&secret, &control]);
-    assert_clean(
-        "all the server received",
-        &hostile.received().join("\n"),
-        &[&secret],
-    );
+    let what = "a field beside `params`";
+    sink_call_clean(&hostile, what, &reply, &[&secret], &control);
+    hostile.assert_received_clean(&[&secret]);
 }
 
-#[tokio::test]
-async fn an_envelope_field_beside_params_does_not_carry_a_secret_over_stdio() {
-    envelope_beside_params(Via::Stdio).await;
-}
-
-#[tokio::test]
-async fn an_envelope_field_beside_params_does_not_carry_a_secret_over_http() {
-    envelope_beside_params(Via::Http).await;
-}
+over_stdio_and_http!(
+    envelope_beside_params,
+    an_envelope_field_beside_params_does_not_carry_a_secret_over_stdio,
+    an_envelope_field_beside_params_does_not_carry_a_secret_over_http
+);
 
 /// 16. A secret in `params._meta`.
 #[tokio::test]
 async fn a_secret_in_params_meta_is_redacted() {
     let (secret, nested, control) = (Secret::github(), Secret::slack(), Secret::stripe());
-    let hostile = Hostile::new(json!({}));
-    let mut client = AnyClient::start(&hostile, Via::Stdio).await;
+    let (hostile, mut client) = Hostile::start(json!({}), Via::Stdio).await;
     let reply = client
         .call(json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
             "params":{"name":"h__sink","arguments":{"text": control_argument(&control)},
                       "_meta":{"x-trace": secret.text, "baggage": {"items": [nested.text]}}}}))
         .await;
-    assert_result(&reply);
-    let call = hostile.received_call("sink");
-    assert_control_argument_redacted(&call, &control);
-    assert_frame_clean("params._meta", &call, &[&secret, &nested, &control]);
+    let call = sink_call_clean(
+        &hostile,
+        "params._meta",
+        &reply,
+        &[&secret, &nested],
+        &control,
+    );
     let meta = &call.value["params"]["_meta"];
-    assert_eq!(meta["x-trace"], json!(secret.placeholder()), "{}", call.raw);
-    assert_eq!(
-        meta["baggage"]["items"][0],
+    assert_member(&call, &meta["x-trace"], json!(secret.placeholder()));
+    assert_member(
+        &call,
+        &meta["baggage"]["items"][0],
         json!(nested.placeholder()),
-        "{}",
-        call.raw
     );
 }

@@ -11,6 +11,9 @@
 //! skip list would use (`blob`, `data` beside `"type": "image"`, `_meta`).
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/secrets.rs"]
+mod secrets;
+
 use std::sync::LazyLock;
 
 use portcullis::chain::{
@@ -19,6 +22,7 @@ use portcullis::chain::{
 use portcullis::config::{LimitsConfig, RedactAction, RedactConfig};
 use portcullis::interceptors::{Limits, Redact};
 use proptest::prelude::*;
+use secrets::{Kind as SecretKind, Rng, Secret};
 use serde_json::{Map, Value, json};
 
 /// Built once per binary: compiling the built-in rules is slow in debug builds.
@@ -36,73 +40,14 @@ static DENYING: LazyLock<Redact> = LazyLock::new(|| {
 // ---------------------------------------------------------------------------
 // Secrets.
 
-/// splitmix64 from a seed: every seed (shrunk ones too) draws characters
-/// with the entropy a real token has, so each secret is well-formed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn pick(&mut self, alphabet: &[u8], n: usize) -> String {
-        (0..n)
-            .map(|_| alphabet[(self.next() % alphabet.len() as u64) as usize] as char)
-            .collect()
-    }
-}
-
-const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-const DIGITS: &[u8] = b"0123456789";
-
-#[derive(Debug, Clone)]
-struct Secret {
-    text: String,
-    random: String,
-}
-
-impl Secret {
-    fn new(kind: u8, seed: u64) -> Self {
-        let mut rng = Rng(seed);
-        match kind % 3 {
-            0 => {
-                let random = rng.pick(ALNUM, 36);
-                Self {
-                    text: format!("ghp_{random}"),
-                    random,
-                }
-            }
-            1 => {
-                let random = rng.pick(ALNUM, 24);
-                Self {
-                    text: format!("sk_live_{random}"),
-                    random,
-                }
-            }
-            _ => {
-                let (a, b) = (rng.pick(DIGITS, 12), rng.pick(DIGITS, 12));
-                let random = rng.pick(ALNUM, 24);
-                Self {
-                    text: format!("xoxb-{a}-{b}-{random}"),
-                    random,
-                }
-            }
-        }
-    }
-
-    /// The secret and each half of its random part: none may be left.
-    fn forms(&self) -> [&str; 3] {
-        let (first, second) = self.random.split_at(self.random.len() / 2);
-        [&self.text, first, second]
-    }
+/// A secret of any kind drawn from a seed: every seed (shrunk ones too) draws
+/// characters with the entropy a real token has, so each is well-formed.
+fn seeded_secret(kind: u8, seed: u64) -> Secret {
+    Secret::drawn(SecretKind::nth(kind), &mut Rng(seed))
 }
 
 fn secret() -> impl Strategy<Value = Secret> {
-    (any::<u8>(), any::<u64>()).prop_map(|(kind, seed)| Secret::new(kind, seed))
+    (any::<u8>(), any::<u64>()).prop_map(|(kind, seed)| seeded_secret(kind, seed))
 }
 
 // ---------------------------------------------------------------------------
@@ -388,7 +333,7 @@ fn run(interceptor: &Redact, case: &Case) -> (Exchange, Verdict) {
 }
 
 fn assert_no_secret(what: &str, text: &str, secret: &Secret) -> Result<(), TestCaseError> {
-    for form in secret.forms() {
+    for form in secret.plain_forms() {
         prop_assert!(
             !text.contains(form),
             "{what}: `{form}` (of the secret `{}`) is still there:\n{text}",
@@ -518,7 +463,7 @@ proptest! {
 #[test]
 fn a_secret_in_an_ordinary_text_is_redacted_and_denied() {
     for kind in 0..3 {
-        let secret = Secret::new(kind, 42);
+        let secret = seeded_secret(kind, 42);
         let case = Case {
             message: json!({"jsonrpc": "2.0", "id": 7, "result": {
                 "content": [{"type": "text", "text": embedded(&secret, false)}]}}),

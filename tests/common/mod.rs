@@ -558,6 +558,39 @@ pub fn first_text(response: &Value) -> String {
         .to_owned()
 }
 
+/// Sends `initialize` to the streamable HTTP endpoint `url` as the client
+/// whose bearer token is `token`, named `client_name` in its `clientInfo`;
+/// the session id the proxy gave. (`notifications/initialized` is the
+/// caller's to send.)
+pub async fn initialize_http(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    client_name: &str,
+) -> String {
+    let response = http
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":client_name,"version":"0"}}}),
+        )
+        .send()
+        .await
+        .expect("initialize over HTTP");
+    assert!(
+        response.status().is_success(),
+        "initialize: {}",
+        response.status()
+    );
+    response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// A streamable HTTP session of the `tester` client that asks for JSON replies.
 pub struct HttpSession {
     http: reqwest::Client,
@@ -574,23 +607,7 @@ impl HttpSession {
     /// A session of the client whose bearer token is `token`.
     pub async fn connect_as(url: &str, token: &str) -> Self {
         let http = reqwest::Client::new();
-        let response = http
-            .post(url)
-            .bearer_auth(token)
-            .header("accept", "application/json, text/event-stream")
-            .json(&serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"http-test","version":"0"}}}))
-            .send()
-            .await
-            .expect("initialize over HTTP");
-        assert!(
-            response.status().is_success(),
-            "initialize: {}",
-            response.status()
-        );
-        let session = response.headers()["mcp-session-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let session = initialize_http(&http, url, token, "http-test").await;
         let this = Self {
             http,
             url: url.to_owned(),

@@ -46,13 +46,58 @@ const fn classes() -> [u8; 256] {
 
 static CLASS: [u8; 256] = classes();
 
-/// Whether all eight bytes are base64 characters (either alphabet).
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = ONES * 0x80;
+const LOW7: u64 = ONES * 0x7F;
+
+/// The high bit of each byte of `x` strictly between `low` and `high`
+/// (both at most 0x80), eight bytes at once.
 #[inline(always)]
-fn block_in_class(block: &[u8]) -> bool {
-    block
-        .iter()
-        .fold(1u8, |all, &b| all & (CLASS[usize::from(b)] != 0) as u8)
-        == 1
+fn between(x: u64, low: u64, high: u64) -> u64 {
+    (ONES * (127 + high)).wrapping_sub(x & LOW7)
+        & !x
+        & (x & LOW7).wrapping_add(ONES * (127 - low))
+        & HIGHS
+}
+
+/// The high bit of each byte of `x` equal to `byte`.
+#[inline(always)]
+fn equal(x: u64, byte: u64) -> u64 {
+    let other = x ^ (ONES * byte);
+    !((other & LOW7).wrapping_add(LOW7) | other) & HIGHS
+}
+
+/// Whether all eight bytes are base64 characters (either alphabet),
+/// without a look-up or a branch per byte.
+#[inline(always)]
+fn in_class(x: u64) -> bool {
+    let alnum = between(x, 0x2F, 0x3A) | between(x, 0x40, 0x5B) | between(x, 0x60, 0x7B);
+    let marks = equal(x, b'+'.into())
+        | equal(x, b'-'.into())
+        | equal(x, b'/'.into())
+        | equal(x, b'_'.into());
+    (alnum | marks) == HIGHS
+}
+
+/// Whether a word of text holds a byte outside `+`…`z` (a space, a line
+/// break, a quote, a bracket, anything not ASCII): no base64 there. A
+/// cheap test that most blocks of prose and code fail.
+#[inline(always)]
+fn outside_base64_span(word: u64) -> bool {
+    let below = word.wrapping_sub(ONES * 0x2B) & !word & HIGHS;
+    let above = (word.wrapping_add(ONES * (127 - 0x7A)) | word) & HIGHS;
+    (below | above) != 0
+}
+
+/// Whether all eight bytes are hex digits or dashes (a hash, a SHA, a
+/// UUID). Only for words with every byte within `+`…`z`
+/// ([`outside_base64_span`] is false): folding the case then makes
+/// nothing else a hex digit or a dash.
+#[inline(always)]
+fn all_hex(x: u64) -> bool {
+    let folded = x | (ONES * 0x20);
+    (between(folded, 0x2F, 0x3A) | between(folded, 0x60, 0x67) | equal(folded, b'-'.into()))
+        == HIGHS
 }
 
 /// A run of base64 characters worth decoding: `start..end` (without any
@@ -73,19 +118,48 @@ pub(super) fn base64_runs(text: &[u8], mut each: impl FnMut(Run<'_>) -> bool) {
     // A run of 24 characters or more holds two whole aligned 8-byte blocks,
     // one of them at an even block index: only even blocks are tested, and
     // the run is measured around the ones that pass.
-    let block_at = |at: usize| -> bool {
-        match text.get(at..at + 8).map(<&[u8; 8]>::try_from) {
-            Some(Ok(block)) => block_in_class(block),
-            _ => false,
+    // 0: not all base64; 1: base64; 2: base64, all hex digits and dashes.
+    // Cheapest test first: most blocks of prose and code hold a space, a
+    // line break, a quote or a bracket.
+    let block_at = |at: usize| -> u8 {
+        let word = match text.get(at..at + 8).map(<[u8; 8]>::try_from) {
+            Some(Ok(block)) => u64::from_le_bytes(block),
+            _ => return 0,
+        };
+        if outside_base64_span(word) {
+            0
+        } else if all_hex(word) {
+            2
+        } else {
+            u8::from(in_class(word))
         }
     };
     let mut at = 0;
     let mut scanned_to = 0;
+    // The block before `at`, when the last round looked at it.
+    let mut before: Option<u8> = None;
     while at + 8 <= text.len() {
+        let left = before.take();
+        if at < scanned_to {
+            at += 16;
+            continue;
+        }
         // The run's two whole blocks are this one and a neighbour: a block
-        // alone in its run belongs to one shorter than 24.
-        if at < scanned_to || !block_at(at) || !((at >= 8 && block_at(at - 8)) || block_at(at + 8))
-        {
+        // alone in its run belongs to one shorter than 24. Where they are
+        // all hex, the run is looked at from another even block, if it has
+        // one that is not (base64 of text has one).
+        let here = block_at(at);
+        if here == 0 {
+            at += 16;
+            continue;
+        }
+        let right = block_at(at + 8);
+        before = Some(right);
+        let worth = (here == 1 && right != 0) || right == 1 || {
+            let left = left.unwrap_or_else(|| if at >= 8 { block_at(at - 8) } else { 0 });
+            if here == 1 { left != 0 } else { left == 1 }
+        };
+        if !worth {
             at += 16;
             continue;
         }
@@ -262,6 +336,44 @@ mod tests {
             found
         });
         out
+    }
+
+    #[test]
+    fn classes_are_told_eight_bytes_at_once() {
+        // Every byte value in every position: the same answer as the table.
+        for byte in 0..=255u8 {
+            for at in 0..8 {
+                let mut block = *b"AAAAAAAA";
+                block[at] = byte;
+                assert_eq!(
+                    in_class(u64::from_le_bytes(block)),
+                    CLASS[usize::from(byte)] != 0,
+                    "byte {byte:#04x} at {at}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hex_blocks_are_told_eight_bytes_at_once() {
+        for (block, hex) in [
+            (b"0123abcd", true),
+            (b"ABCDEF09", true),
+            (b"e29b-41d", true),
+            (b"0123abcg", false),
+            (b"0123_bcd", false),
+            (b"0123/bcd", false),
+            (b"0123+bcd", false),
+            (b"GHIJklmn", false),
+            (b"9:;<=>?@", false),
+            (b"0123@567", false),
+            (b"0123`567", false),
+        ] {
+            let word = u64::from_le_bytes(*block);
+            let label = String::from_utf8_lossy(block);
+            assert!(!outside_base64_span(word), "{label}");
+            assert_eq!(all_hex(word), hex, "{label}");
+        }
     }
 
     #[test]
