@@ -257,6 +257,18 @@ fn secrets_split_across_adjacent_text_blocks_are_found() {
     );
     assert_eq!(counted(&response), [("tok".into(), "response".into(), 1)]);
 
+    // Around an image between the two halves, likewise.
+    let mut around = result(json!({
+        "content": [
+            {"type": "text", "text": format!("key {head}")},
+            {"type": "image", "data": b64(b"\x89PNG"), "mimeType": "image/png"},
+            {"type": "text", "text": format!("{tail} end")}
+        ]
+    }));
+    assert_eq!(interceptor.on_response(&mut around), Verdict::Continue);
+    let text = around.message.to_string();
+    assert!(!text.contains(head) && !text.contains(tail), "{text}");
+
     // Prompt messages whose content is a text block, likewise.
     let mut prompt = result(json!({
         "messages": [

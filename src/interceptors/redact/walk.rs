@@ -463,34 +463,29 @@ impl<'a> Pass<'a> {
         self.kept = runs;
     }
 
-    /// Secrets split across adjacent text blocks (content blocks, resource
-    /// contents, messages with a text block): the texts are joined and
+    /// Secrets split across the text blocks of a list (content blocks,
+    /// resource contents, messages with a text block), whatever stands
+    /// between them: the texts are joined and
     /// scanned, and what is found across a join is redacted on both sides
     /// when the walk reaches each text.
     fn joins(&mut self, items: &mut [Value]) {
-        let mut from = 0;
-        while from < items.len() {
-            if text_of(&items[from]).is_none() {
-                from += 1;
-                continue;
-            }
-            let mut to = from + 1;
-            while to < items.len() && text_of(&items[to]).is_some() {
-                to += 1;
-            }
-            if to - from >= 2 {
-                self.join_run(&mut items[from..to]);
-            }
-            from = to;
+        // Every text of the list in order, across anything between them (a
+        // secret split around an image block is read as one).
+        let texts: Vec<usize> = (0..items.len())
+            .filter(|&index| text_of(&items[index]).is_some())
+            .collect();
+        if texts.len() >= 2 {
+            self.join_run(items, &texts);
         }
     }
 
-    fn join_run(&mut self, items: &mut [Value]) {
+    /// Joins the texts of `items` at `texts` (indices, in order).
+    fn join_run(&mut self, items: &mut [Value], texts: &[usize]) {
         let mut joined = Vec::new();
-        let mut starts = Vec::with_capacity(items.len() + 1);
-        for item in items.iter() {
+        let mut starts = Vec::with_capacity(texts.len() + 1);
+        for &index in texts {
             starts.push(joined.len());
-            joined.extend_from_slice(text_of(item).unwrap_or_default().as_bytes());
+            joined.extend_from_slice(text_of(&items[index]).unwrap_or_default().as_bytes());
         }
         starts.push(joined.len());
         let redact = self.redact;
@@ -507,14 +502,14 @@ impl<'a> Pass<'a> {
         if across.is_empty() {
             return;
         }
-        let mut parts: Vec<Vec<Finding>> = vec![Vec::new(); items.len()];
+        let mut parts: Vec<Vec<Finding>> = vec![Vec::new(); texts.len()];
         for finding in across {
             if !self.account(finding.rule) {
                 continue;
             }
             // The texts it covers: from the one it starts in on.
             let first = starts.partition_point(|&start| start <= finding.start) - 1;
-            for index in first..items.len() {
+            for index in first..texts.len() {
                 let (start, end) = (starts[index], starts[index + 1]);
                 if start >= finding.end {
                     break;
@@ -532,11 +527,11 @@ impl<'a> Pass<'a> {
                 }
             }
         }
-        for (item, part) in items.iter_mut().zip(parts) {
+        for (&index, part) in texts.iter().zip(parts) {
             if part.is_empty() {
                 continue;
             }
-            if let Some(text) = text_of_mut(item) {
+            if let Some(text) = items.get_mut(index).and_then(text_of_mut) {
                 let at: *const String = text;
                 self.across.insert(at as usize, part);
             }
