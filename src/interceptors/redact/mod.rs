@@ -1,6 +1,6 @@
 //! `redact`: secret scanning of every string in every message, both ways.
 //!
-//! Every member of a message but `jsonrpc`, `id` and `method` is walked
+//! Every member of a message but `id` and `method` is walked
 //! (see [`walk`]): every string and every key is scanned (see [`engine`]);
 //! a string that is the value of an object member is also scanned as
 //! `key: value` when the key holds a keyword, so `{"api_key": "…"}` is

@@ -221,6 +221,15 @@ fn keys_envelope_members_and_meta_are_scanned() {
         json!({"[REDACTED:tok]": 1})
     );
 
+    // Nothing checks a server's `jsonrpc`: it is walked like the rest.
+    let mut odd = exchange(
+        json!({"jsonrpc": TOKEN, "id": 1, "result": {}}),
+        Direction::ClientToServer,
+        Phase::Response,
+    );
+    assert_eq!(interceptor.on_response(&mut odd), Verdict::Continue);
+    assert_eq!(odd.message["jsonrpc"], json!("[REDACTED:tok]"));
+
     // Two keys that redact to one name: refused, not merged.
     let other = TOKEN.replace('Q', "R");
     let mut clash = call(json!({TOKEN: 1, other: 2}));

@@ -1,5 +1,6 @@
-//! One message's walk: every member of the envelope but `jsonrpc`, `id` and
-//! `method`, every key, every string, in every position. Where a value
+//! One message's walk: every member of the envelope but `id` (remapped
+//! both ways) and `method` (refused if it holds a secret), every key, every
+//! string, in every position. Where a value
 //! stands in the MCP schema matters in one way only: the base64 fields the
 //! schema defines are decoded and their bytes scanned, not read as text.
 //!
@@ -171,10 +172,10 @@ impl<'a> Pass<'a> {
                 }
                 let (method, phase) = (self.method, self.phase);
                 self.object(members, 0, |key, _, _| match key {
-                    // The envelope's own members: `id` never crosses the
-                    // proxy (ids are remapped), `method` is routed on and
-                    // must be a known one.
-                    "jsonrpc" | "id" | "method" => None,
+                    // `id` never crosses the proxy (ids are remapped both
+                    // ways); `method` was read above. `jsonrpc` is walked:
+                    // nothing checks a server's.
+                    "id" | "method" => None,
                     _ => Some(Position::top(method, phase, key)),
                 });
             }
