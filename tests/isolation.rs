@@ -161,11 +161,7 @@ async fn server_log_messages_and_levels_stay_with_the_clients_that_may_use_the_s
 
     served.terminate().await;
     // Each message `shared` sent on its own is recorded with who got it.
-    let config = proxy.dir().join("portcullis.toml");
-    let notes: Vec<Value> = records(&config, &["--server", "shared"])
-        .into_iter()
-        .filter(|r| r["kind"] == "server_notification")
-        .collect();
+    let notes = shared_records(&proxy, |r| r["kind"] == "server_notification");
     assert_eq!(notes.len(), 3, "{notes:?}");
     let first = &notes[0]["detail"];
     assert_eq!(first["method"], "notifications/message", "{first}");
@@ -195,11 +191,7 @@ async fn a_secret_in_a_resource_uri_is_neither_stored_nor_shown_in_a_denial() {
     assert!(read.get("result").is_some(), "{read}");
 
     served.terminate().await;
-    let config = proxy.dir().join("portcullis.toml");
-    let reads: Vec<Value> = records(&config, &["--server", "shared"])
-        .into_iter()
-        .filter(|r| r["method"] == "resources/read")
-        .collect();
+    let reads = shared_records(&proxy, |r| r["method"] == "resources/read");
     assert_eq!(reads.len(), 2, "{reads:?}");
     for record in &reads {
         let target = record["target"].as_str().unwrap();
@@ -217,4 +209,14 @@ async fn a_secret_in_a_resource_uri_is_neither_stored_nor_shown_in_a_denial() {
         !contains(&bytes, SECRET),
         "the secret reached the data folder"
     );
+}
+
+/// The audit records of server `shared` that `keep` keeps, read once the
+/// proxy has stopped.
+fn shared_records(proxy: &TestProxy, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let config = proxy.dir().join("portcullis.toml");
+    records(&config, &["--server", "shared"])
+        .into_iter()
+        .filter(|record| keep(record))
+        .collect()
 }

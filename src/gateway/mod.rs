@@ -339,7 +339,7 @@ impl Gateway {
     /// `text` with every secret replaced by its placeholder.
     fn scrub(&self, text: &str) -> String {
         match self.scrubber.get() {
-            Some(scrubber) => scrub_with(scrubber, text),
+            Some(scrubber) => scrubber.scrubbed(text),
             None => text.to_owned(),
         }
     }
@@ -357,7 +357,7 @@ impl Gateway {
             .flatten()
             .chain(std::iter::once(&mut record.method))
         {
-            *text = scrub_with(scrubber, text);
+            *text = scrubber.scrubbed(text);
         }
         if let Some(id) = &mut record.request_id {
             scrubber.redact_all(id);
@@ -1595,11 +1595,9 @@ impl Gateway {
                 // The proxy's own, with nothing of the client's in it, and
                 // only to the servers this client may use.
                 let notice = protocol::notification("notifications/roots/list_changed", json!({}));
-                for upstream in self.serving(&session.client.name) {
-                    let usable = self
-                        .index_of(upstream.name())
-                        .is_some_and(|index| self.may_use(session, index));
-                    if usable && matches!(upstream.status(), Status::Ready(_)) {
+                for ((index, _), upstream) in self.instances(Some(&session.client.name)) {
+                    if self.may_use(session, index) && matches!(upstream.status(), Status::Ready(_))
+                    {
                         let _ = upstream.send(notice.clone()).await;
                     }
                 }
@@ -1750,25 +1748,6 @@ impl Gateway {
         out
     }
 
-    /// The running instances that serve `client`: the shared servers, and
-    /// its own instances of per-client ones.
-    fn serving(&self, client: &Arc<str>) -> Vec<Upstream> {
-        let mut out: Vec<Upstream> = self
-            .upstreams
-            .iter()
-            .enumerate()
-            .filter(|(index, _)| !self.per_client(*index))
-            .map(|(_, upstream)| upstream.clone())
-            .collect();
-        out.extend(
-            lock(&self.instances)
-                .iter()
-                .filter(|((_, owner), _)| owner == client)
-                .map(|(_, instance)| instance.clone()),
-        );
-        out
-    }
-
     /// The instance an event came from.
     fn upstream_of(&self, index: usize, instance: &Option<Arc<str>>) -> Option<Upstream> {
         match instance {
@@ -1807,26 +1786,20 @@ impl Gateway {
         };
         let caps = info.get("capabilities").cloned().unwrap_or_default();
         let mut lists = ServerLists::default();
+        let scrub = |text: &str| self.scrub(text);
         if caps.get("tools").is_some() {
-            lists.tools =
-                fetch_all(upstream, "tools/list", "tools", &|text| self.scrub(text)).await;
+            lists.tools = fetch_all(upstream, "tools/list", "tools", &scrub).await;
         }
         if caps.get("prompts").is_some() {
-            lists.prompts = fetch_all(upstream, "prompts/list", "prompts", &|text| {
-                self.scrub(text)
-            })
-            .await;
+            lists.prompts = fetch_all(upstream, "prompts/list", "prompts", &scrub).await;
         }
         if caps.get("resources").is_some() {
-            lists.resources = fetch_all(upstream, "resources/list", "resources", &|text| {
-                self.scrub(text)
-            })
-            .await;
+            lists.resources = fetch_all(upstream, "resources/list", "resources", &scrub).await;
             lists.templates = fetch_all(
                 upstream,
                 "resources/templates/list",
                 "resourceTemplates",
-                &|text| self.scrub(text),
+                &scrub,
             )
             .await;
         }
@@ -2346,16 +2319,6 @@ pub fn observe(
     }
 }
 
-/// `text` with every secret `scrubber` finds replaced by its placeholder.
-fn scrub_with(scrubber: &crate::interceptors::Redact, text: &str) -> String {
-    let mut value = Value::from(text);
-    scrubber.redact_all(&mut value);
-    match value {
-        Value::String(text) => text,
-        _ => String::new(),
-    }
-}
-
 /// Scrubs what a trace carries from a peer's words before it is exported:
 /// the exchange's name and its tool, prompt or resource names (a URI may
 /// hold a credential; a server names its tools), and every span's error
@@ -2365,17 +2328,17 @@ fn scrub_trace(
     root: &mut Root,
     recording: &mut crate::traces::Recording,
 ) {
-    root.name = scrub_with(scrubber, &root.name);
+    root.name = scrubber.scrubbed(&root.name);
     // Every text attribute: names, URIs, the request id a peer chose.
     for (_, value) in &mut root.attributes {
         if let Attr::Text(text) = value {
-            *value = Attr::from(scrub_with(scrubber, text.as_str()));
+            *value = Attr::from(scrubber.scrubbed(text.as_str()));
         }
     }
     let errors = std::iter::once(&mut root.error)
         .chain(recording.spans_mut().iter_mut().map(|span| &mut span.error));
     for error in errors.flatten() {
-        *error = scrub_with(scrubber, error);
+        *error = scrubber.scrubbed(error);
     }
 }
 

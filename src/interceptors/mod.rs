@@ -109,16 +109,8 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
                 );
                 policies = Some(engine.clone());
                 let redact = scrubber.clone();
-                let authz = Authz::new(engine, &config.proxy.namespace_separator).scrub_with(
-                    Arc::new(move |text: &str| {
-                        let mut value = serde_json::Value::from(text);
-                        redact.redact_all(&mut value);
-                        match value {
-                            serde_json::Value::String(text) => text,
-                            _ => String::new(),
-                        }
-                    }),
-                );
+                let authz = Authz::new(engine, &config.proxy.namespace_separator)
+                    .scrub_with(Arc::new(move |text: &str| redact.scrubbed(text)));
                 access = Some(authz.access().clone());
                 interceptors.push(Arc::new(authz));
             }

@@ -61,8 +61,9 @@ pub enum UpstreamEvent {
     /// A notification not tied to a call. Progress, and whatever else the
     /// server sends during a call (log messages, …), go to the call instead
     /// ([`PendingCall::send_and_follow`]). `ambiguous`: it came while calls
-    /// of several client sessions were in flight, so it may hold any one's
-    /// data and goes to none of them (the gateway records it).
+    /// of several client sessions were in flight, or on the stream of a call
+    /// that has ended, so it may hold any one's data and goes to none of
+    /// them (the gateway records it).
     Notification {
         source: Source,
         message: Value,
@@ -291,6 +292,7 @@ impl Shared {
             }
             Some(Kind::Notification) => {
                 let mut message = message;
+                let mut ambiguous = false;
                 match protocol::method(&message) {
                     Some("notifications/progress") => {
                         let Some(token) = message
@@ -337,23 +339,15 @@ impl Shared {
                         // Calls of several sessions in flight, or a call
                         // the transport named that has ended: it could hold
                         // any one client's data, so it goes to none of them.
-                        let ended_call =
-                            related.is_some_and(|id| !self.pending().contains_key(&id));
-                        if ended_call || self.pending().values().any(|p| p.origin.is_some()) {
-                            let event = UpstreamEvent::Notification {
-                                source: self.source(),
-                                message,
-                                ambiguous: true,
-                            };
-                            let _ = self.events.send(event).await;
-                            return;
-                        }
+                        let pending = self.pending();
+                        let ended_call = related.is_some_and(|id| !pending.contains_key(&id));
+                        ambiguous = ended_call || pending.values().any(|p| p.origin.is_some());
                     }
                 }
                 let event = UpstreamEvent::Notification {
                     source: self.source(),
                     message,
-                    ambiguous: false,
+                    ambiguous,
                 };
                 let _ = self.events.send(event).await;
             }

@@ -43,6 +43,18 @@ struct Cache {
     decided: HashMap<(Arc<str>, Transport, Arc<str>), bool>,
 }
 
+impl Cache {
+    /// Whether these decisions were made under `policy_set` and on
+    /// `directory` (the very catalog, not an equal one).
+    fn is_for(&self, policy_set: &str, directory: &Arc<dyn Directory>) -> bool {
+        self.policy_set.as_deref() == Some(policy_set)
+            && self
+                .directory
+                .as_ref()
+                .is_some_and(|known| Arc::ptr_eq(known, directory))
+    }
+}
+
 impl ServerAccess {
     /// Decided by the policies in force in `engine`.
     pub fn new(engine: Arc<PolicyEngine>) -> Self {
@@ -79,12 +91,7 @@ impl ServerAccess {
         let key = (client.name.clone(), transport, Arc::<str>::from(server));
         {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            let fresh = cache.policy_set.as_deref() == Some(&*store.id)
-                && cache
-                    .directory
-                    .as_ref()
-                    .is_some_and(|known| Arc::ptr_eq(known, directory));
-            if !fresh {
+            if !cache.is_for(&store.id, directory) {
                 cache.policy_set = Some(store.id.clone());
                 cache.directory = Some(directory.clone());
                 cache.decided.clear();
@@ -128,12 +135,7 @@ impl ServerAccess {
         });
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         // Kept only if nothing changed meanwhile.
-        if cache.policy_set.as_deref() == Some(&*store.id)
-            && cache
-                .directory
-                .as_ref()
-                .is_some_and(|known| Arc::ptr_eq(known, directory))
-        {
+        if cache.is_for(&store.id, directory) {
             cache.decided.insert(key, allowed);
         }
         allowed

@@ -137,6 +137,15 @@ impl Redact {
         walk::Pass::new(self, 0, true, "", Phase::Notification).value(value);
     }
 
+    /// `text` with every secret any rule finds replaced by its placeholder,
+    /// whatever the configured actions (for what is stored, traced or
+    /// logged: targets, reasons, method names).
+    pub fn scrubbed(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        walk::Pass::new(self, 0, true, "", Phase::Notification).string(&mut text, None);
+        text
+    }
+
     /// The findings in one string as the walk makes them: the text, its
     /// percent-decoded words and its base64 runs decoded (for `redact scan`
     /// and the benchmarks).

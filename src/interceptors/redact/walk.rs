@@ -93,9 +93,8 @@ impl Position {
     /// Whether member `key` of an object here is base64 by the schema.
     fn is_base64(self, key: &str, kind: Option<&str>) -> bool {
         match self {
-            Self::Block | Self::BlockOrBlocks => {
-                key == "data" && matches!(kind, Some("image" | "audio"))
-            }
+            // (An object at `BlockOrBlocks` is walked as a `Block`.)
+            Self::Block => key == "data" && matches!(kind, Some("image" | "audio")),
             Self::Resource => key == "blob",
             _ => false,
         }
@@ -163,12 +162,9 @@ impl<'a> Pass<'a> {
                 // the message (or, with `log`, counts).
                 if let Some(Value::String(name)) = members.get("method") {
                     self.collect(name.as_bytes(), None);
-                    let mut found = std::mem::take(&mut self.found);
-                    found.retain(|finding| self.account(finding.rule));
-                    if !found.is_empty() && !self.all {
+                    if self.settle(name).is_some() && !self.all {
                         self.refused.get_or_insert("the method name holds a secret");
                     }
-                    self.found = found;
                 }
                 let (method, phase) = (self.method, self.phase);
                 self.object(members, 0, |key, _, _| match key {
@@ -299,20 +295,14 @@ impl<'a> Pass<'a> {
         // Read as text first: a secret written there as it is (base64's
         // alphabet holds most tokens) decodes to noise and would pass.
         self.redact.scanner.scan(text.as_bytes(), &mut self.found);
-        if !self.found.is_empty() {
-            let mut found = std::mem::take(&mut self.found);
-            found.retain(|finding| self.account(finding.rule));
-            if !found.is_empty() {
-                if self.all {
-                    *text = "[REDACTED:base64-field]".to_owned();
-                } else {
-                    self.refused
-                        .get_or_insert("a base64 field of the MCP schema holds a secret as text");
-                }
-                self.found = found;
-                return;
+        if self.settle(text).is_some() {
+            if self.all {
+                *text = "[REDACTED:base64-field]".to_owned();
+            } else {
+                self.refused
+                    .get_or_insert("a base64 field of the MCP schema holds a secret as text");
             }
-            self.found = found;
+            return;
         }
         let Some(mut bytes) = encoded::decode_field(text) else {
             if self.all {
@@ -337,7 +327,7 @@ impl<'a> Pass<'a> {
     }
 
     /// Scans a string (with its key as context) and its decoded forms.
-    fn string(&mut self, text: &mut String, key: Option<&str>) {
+    pub fn string(&mut self, text: &mut String, key: Option<&str>) {
         self.collect(text.as_bytes(), key);
         let across = match self.across.is_empty() {
             true => None,
@@ -540,36 +530,29 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// The text of an array item that is a text block: a `text` content block,
-/// resource contents with `text`, or a message whose content is one.
-fn text_of(item: &Value) -> Option<&str> {
+/// Where the text of an array item that is a text block stands: a `text`
+/// content block or resource contents with `text` (`/text`), or a message
+/// whose content is a text block (`/content/text`).
+fn text_pointer(item: &Value) -> Option<&'static str> {
     let object = item.as_object()?;
-    if let Some(Value::String(text)) = object.get("text")
+    if object.get("text").is_some_and(Value::is_string)
         && (object.get("type").and_then(Value::as_str) == Some("text")
             || object.contains_key("uri"))
     {
-        return Some(text);
+        return Some("/text");
     }
     let content = object.get("content")?.as_object()?;
-    if content.get("type").and_then(Value::as_str) == Some("text") {
-        return content.get("text")?.as_str();
-    }
-    None
+    (content.get("type").and_then(Value::as_str) == Some("text")
+        && content.get("text").is_some_and(Value::is_string))
+    .then_some("/content/text")
+}
+
+fn text_of(item: &Value) -> Option<&str> {
+    item.pointer(text_pointer(item)?)?.as_str()
 }
 
 fn text_of_mut(item: &mut Value) -> Option<&mut String> {
-    let direct = {
-        let object = item.as_object()?;
-        object.get("text").is_some_and(Value::is_string)
-            && (object.get("type").and_then(Value::as_str) == Some("text")
-                || object.contains_key("uri"))
-    };
-    let text = if direct {
-        item.get_mut("text")
-    } else {
-        item.pointer_mut("/content/text")
-    };
-    match text {
+    match item.pointer_mut(text_pointer(item)?) {
         Some(Value::String(text)) => Some(text),
         _ => None,
     }
