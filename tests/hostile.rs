@@ -1145,3 +1145,47 @@ async fn a_secret_in_params_meta_is_redacted() {
         json!(nested.placeholder()),
     );
 }
+
+/// 17. A client's `notifications/roots/list_changed` with a secret in its
+/// params, its `_meta` and beside them: the server gets the proxy's own,
+/// empty notification, nothing of the client's.
+#[tokio::test]
+async fn a_roots_list_changed_reaches_the_server_as_the_proxys_own() {
+    let secret = Secret::github();
+    let (hostile, client) = Hostile::start(json!({}), Via::Stdio).await;
+    let AnyClient::Stdio(mut client) = client else {
+        panic!("started over stdio");
+    };
+    client
+        .send(
+            &json!({"jsonrpc":"2.0","method":"notifications/roots/list_changed",
+            "params":{"note": secret.text, "_meta": {"k": secret.text}},
+            "x-debug": secret.text}),
+        )
+        .await;
+    // A notification has no reply: wait (bounded) until it reached the server.
+    let mut waited = Duration::ZERO;
+    let line = loop {
+        let found = hostile
+            .received()
+            .into_iter()
+            .find(|line| line.contains("notifications/roots/list_changed"));
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            waited < Duration::from_secs(10),
+            "the notification never reached the server; it got:\n{}",
+            hostile.received().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    };
+    let received: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        received,
+        json!({"jsonrpc":"2.0","method":"notifications/roots/list_changed","params":{}}),
+        "{line}"
+    );
+    hostile.assert_received_clean(&[&secret]);
+}
