@@ -6,7 +6,8 @@
 //! (the text alone); and the `redact` interceptor's cost per call on a
 //! typical 2 KiB tool result, against the previous engine's walk.
 //!
-//! `cargo bench --bench redact` (options after `--`: `--rounds N`, default 20).
+//! `cargo bench --bench redact` (options after `--`: `--rounds N`, default 20;
+//! `--string-path-only` times this engine's string path alone, for a profiler).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -248,10 +249,13 @@ fn per_call(label: &str, iterations: usize, mut work: impl FnMut()) -> f64 {
 
 fn main() {
     let mut rounds = 20usize;
+    let mut string_path_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--rounds" {
             rounds = args.next().and_then(|n| n.parse().ok()).unwrap_or(rounds);
+        } else if arg == "--string-path-only" {
+            string_path_only = true;
         }
     }
     let _ = common::stats; // the shared helpers are not all used here
@@ -262,6 +266,19 @@ fn main() {
     );
 
     let clean = clean_text(MIB);
+    if string_path_only {
+        // For a profiler: the string path alone, `rounds` times.
+        let interceptor = Redact::new(&RedactConfig::default()).unwrap();
+        let mut found = Vec::new();
+        let time = best(rounds, || {
+            interceptor.scan_text(clean.as_bytes(), &mut found)
+        });
+        println!(
+            "string path: {:.0} MB/s",
+            clean.len() as f64 / time.as_secs_f64() / 1e6
+        );
+        return;
+    }
     let (dense, planted) = dense_text(MIB, 512);
     println!("\n| 1 MiB scanned as one string | ms | MB/s | findings |");
     println!("|---|---:|---:|---:|");

@@ -1003,6 +1003,59 @@ async fn secrets_in_a_sampling_request_and_its_answer_are_redacted() {
     );
 }
 
+/// 11b. A sampling request whose messages carry lists of blocks, a secret
+/// split from the last text of one message to the first of the next, past
+/// an image.
+#[tokio::test]
+async fn a_secret_split_across_sampling_messages_is_redacted() {
+    let asked = Secret::github();
+    let (head, tail) = asked.text.split_at(asked.text.len() / 2);
+    let request = json!({"jsonrpc": "2.0", "id": "hostile-s2", "method": "sampling/createMessage",
+        "params": {"maxTokens": 10, "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "first"},
+                {"type": "text", "text": format!("the key is {head}")},
+                {"type": "image", "data": b64("not a secret"), "mimeType": "image/png"}]},
+            {"role": "user", "content": [{"type": "text", "text": format!("{tail} and more")}]}]}});
+    let hostile = Hostile::new(json!({"tools": {"ask": [
+        send(request.to_string()),
+        {"await": "hostile-s2"},
+        reply(&json!({"content": [text("asked")]})),
+    ]}}));
+    let mut client = StdioClient::start(&hostile.proxy).await;
+    client
+        .send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h__ask","arguments":{}}}))
+        .await;
+    let sampling = client
+        .recv_matching("the sampling request", |m| {
+            m["method"] == "sampling/createMessage"
+        })
+        .await;
+    for piece in [head, tail] {
+        assert!(
+            !sampling.raw.contains(piece),
+            "half of a split secret reached the client: {}",
+            sampling.raw
+        );
+    }
+    let messages = &sampling.value["params"]["messages"];
+    assert_member(
+        &sampling,
+        &messages[0]["content"][1]["text"],
+        json!(format!("the key is {}", asked.placeholder())),
+    );
+    assert_member(
+        &sampling,
+        &messages[1]["content"][0]["text"],
+        json!(format!("{} and more", asked.placeholder())),
+    );
+    assert_member(
+        &sampling,
+        &messages[0]["content"][0]["text"],
+        json!("first"),
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Client → server.
 

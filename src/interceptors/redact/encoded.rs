@@ -16,25 +16,16 @@ const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
 const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
 const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
 
-// Byte classes for the run finder.
-const ALNUM: u8 = 1;
-const STD_ONLY: u8 = 2; // `+` `/`
-const URL_ONLY: u8 = 4; // `-` `_`
-const NOT_HEX: u8 = 8; // a letter past `f`/`F`
-const UPPER: u8 = 16;
-const LOWER: u8 = 32;
+// Byte classes for the run finder's slow path.
+const STD_ONLY: u8 = 1; // `+` `/`
+const URL_ONLY: u8 = 2; // `-` `_`
 
 const fn classes() -> [u8; 256] {
     let mut table = [0u8; 256];
     let mut b = 0;
     while b < 256 {
-        let c = b as u8;
-        table[b] = match c {
-            b'0'..=b'9' => ALNUM,
-            b'a'..=b'f' => ALNUM | LOWER,
-            b'A'..=b'F' => ALNUM | UPPER,
-            b'g'..=b'z' => ALNUM | NOT_HEX | LOWER,
-            b'G'..=b'Z' => ALNUM | NOT_HEX | UPPER,
+        table[b] = match b as u8 {
+            b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' => 4,
             b'+' | b'/' => STD_ONLY,
             b'-' | b'_' => URL_ONLY,
             _ => 0,
@@ -46,58 +37,179 @@ const fn classes() -> [u8; 256] {
 
 static CLASS: [u8; 256] = classes();
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = ONES * 0x80;
-const LOW7: u64 = ONES * 0x7F;
+/// Sixteen bytes at once. On x86-64, SSE2 (every x86-64 CPU has it)
+/// through `safe_arch`'s safe wrappers; elsewhere a byte at a time.
+mod lanes {
+    /// Sixteen bytes of text.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) struct Block(safe_arch::m128i);
 
-/// The high bit of each byte of `x` strictly between `low` and `high`
-/// (both at most 0x80), eight bytes at once.
-#[inline(always)]
-fn between(x: u64, low: u64, high: u64) -> u64 {
-    (ONES * (127 + high)).wrapping_sub(x & LOW7)
-        & !x
-        & (x & LOW7).wrapping_add(ONES * (127 - low))
-        & HIGHS
+    /// One flag per byte of a [`Block`].
+    #[cfg(target_arch = "x86_64")]
+    #[derive(Clone, Copy)]
+    pub(super) struct Mask(safe_arch::m128i);
+
+    #[cfg(target_arch = "x86_64")]
+    impl Block {
+        #[inline(always)]
+        pub fn load(bytes: &[u8; 16]) -> Self {
+            Self(safe_arch::load_unaligned_m128i(bytes))
+        }
+
+        /// Bytes that, with the bits of `or` set, are in `low..low + count`
+        /// (`count` at most 128).
+        #[inline(always)]
+        pub fn range(&self, or: u8, low: u8, count: u8) -> Mask {
+            use safe_arch::*;
+            let folded = if or == 0 {
+                self.0
+            } else {
+                bitor_m128i(self.0, set_splat_i8_m128i(or as i8))
+            };
+            // Shift the range to start at -128, then one signed compare.
+            let shifted = add_i8_m128i(folded, set_splat_i8_m128i(0x80u8.wrapping_sub(low) as i8));
+            let limit = set_splat_i8_m128i(count.wrapping_sub(0x80) as i8);
+            Mask(cmp_lt_mask_i8_m128i(shifted, limit))
+        }
+
+        /// Bytes that, with the bits of `or` set, equal `byte`.
+        #[inline(always)]
+        pub fn equal(&self, or: u8, byte: u8) -> Mask {
+            use safe_arch::*;
+            let folded = if or == 0 {
+                self.0
+            } else {
+                bitor_m128i(self.0, set_splat_i8_m128i(or as i8))
+            };
+            Mask(cmp_eq_mask_i8_m128i(folded, set_splat_i8_m128i(byte as i8)))
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl Mask {
+        #[inline(always)]
+        pub fn or(self, other: Self) -> Self {
+            Self(safe_arch::bitor_m128i(self.0, other.0))
+        }
+
+        /// The flags of `self` without those of `other`.
+        #[inline(always)]
+        pub fn and_not(self, other: Self) -> Self {
+            Self(safe_arch::bitandnot_m128i(other.0, self.0))
+        }
+
+        /// Bit `i` set where byte `i` is flagged.
+        #[inline(always)]
+        pub fn bits(self) -> u16 {
+            safe_arch::move_mask_i8_m128i(self.0) as u16
+        }
+    }
+
+    /// Sixteen bytes of text.
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) struct Block([u8; 16]);
+
+    /// One flag per byte of a [`Block`].
+    #[cfg(not(target_arch = "x86_64"))]
+    #[derive(Clone, Copy)]
+    pub(super) struct Mask(u16);
+
+    #[cfg(not(target_arch = "x86_64"))]
+    impl Block {
+        pub fn load(bytes: &[u8; 16]) -> Self {
+            Self(*bytes)
+        }
+
+        pub fn range(&self, or: u8, low: u8, count: u8) -> Mask {
+            self.flags(|b| (b | or).wrapping_sub(low) < count)
+        }
+
+        pub fn equal(&self, or: u8, byte: u8) -> Mask {
+            self.flags(|b| b | or == byte)
+        }
+
+        fn flags(&self, test: impl Fn(u8) -> bool) -> Mask {
+            Mask((0..16).fold(0, |bits, i| bits | u16::from(test(self.0[i])) << i))
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    impl Mask {
+        pub fn or(self, other: Self) -> Self {
+            Self(self.0 | other.0)
+        }
+
+        pub fn and_not(self, other: Self) -> Self {
+            Self(self.0 & !other.0)
+        }
+
+        pub fn bits(self) -> u16 {
+            self.0
+        }
+    }
 }
 
-/// The high bit of each byte of `x` equal to `byte`.
+use lanes::Block;
+
+/// Bit `i` set where byte `i` of `block` is a base64 character of either
+/// alphabet: a letter, a digit, `+`, `-`, `/` or `_`.
 #[inline(always)]
-fn equal(x: u64, byte: u64) -> u64 {
-    let other = x ^ (ONES * byte);
-    !((other & LOW7).wrapping_add(LOW7) | other) & HIGHS
+fn base64_bits(block: &Block) -> u16 {
+    let letters = block.range(0x20, b'a', 26);
+    // `+` … `9` but `,` and `.` (the two that become `.` with bit 1 set).
+    let digits_and_marks = block.range(0, b'+', 15).and_not(block.equal(0x02, b'.'));
+    letters.or(digits_and_marks).or(block.equal(0, b'_')).bits()
 }
 
-/// Whether all eight bytes are base64 characters (either alphabet),
-/// without a look-up or a branch per byte.
-#[inline(always)]
-fn in_class(x: u64) -> bool {
-    let alnum = between(x, 0x2F, 0x3A) | between(x, 0x40, 0x5B) | between(x, 0x60, 0x7B);
-    let marks = equal(x, b'+'.into())
-        | equal(x, b'-'.into())
-        | equal(x, b'/'.into())
-        | equal(x, b'_'.into());
-    (alnum | marks) == HIGHS
+/// What a run holds, for telling base64 of text from hashes and names.
+const NOT_HEX: u8 = 1; // a letter past `f`/`F`
+const UPPER: u8 = 2;
+const LOWER: u8 = 4;
+
+fn letter_classes(block: &Block, keep: u16) -> u8 {
+    let mut seen = 0;
+    if block.range(0x20, b'g', 20).bits() & keep != 0 {
+        seen |= NOT_HEX;
+    }
+    if block.range(0, b'A', 26).bits() & keep != 0 {
+        seen |= UPPER;
+    }
+    if block.range(0, b'a', 26).bits() & keep != 0 {
+        seen |= LOWER;
+    }
+    seen
 }
 
-/// Whether a word of text holds a byte outside `+`…`z` (a space, a line
-/// break, a quote, a bracket, anything not ASCII): no base64 there. A
-/// cheap test that most blocks of prose and code fail.
-#[inline(always)]
-fn outside_base64_span(word: u64) -> bool {
-    let below = word.wrapping_sub(ONES * 0x2B) & !word & HIGHS;
-    let above = (word.wrapping_add(ONES * (127 - 0x7A)) | word) & HIGHS;
-    (below | above) != 0
+/// Sixteen bytes of `text` from `at`, zeros past its end.
+fn sixteen(text: &[u8], at: usize) -> [u8; 16] {
+    match text.get(at..at + 16).map(<[u8; 16]>::try_from) {
+        Some(Ok(block)) => block,
+        _ => {
+            let mut block = [0u8; 16];
+            let rest = text.get(at..).unwrap_or_default();
+            block[..rest.len()].copy_from_slice(rest);
+            block
+        }
+    }
 }
 
-/// Whether all eight bytes are hex digits or dashes (a hash, a SHA, a
-/// UUID). Only for words with every byte within `+`…`z`
-/// ([`outside_base64_span`] is false): folding the case then makes
-/// nothing else a hex digit or a dash.
-#[inline(always)]
-fn all_hex(x: u64) -> bool {
-    let folded = x | (ONES * 0x20);
-    (between(folded, 0x2F, 0x3A) | between(folded, 0x60, 0x67) | equal(folded, b'-'.into()))
-        == HIGHS
+/// Sixty-four bytes of `text` from `at` as a bit set of base64 characters
+/// (nothing past the end).
+fn chunk_bits(text: &[u8], at: usize) -> u64 {
+    if let Some(chunk) = text.get(at..at + 64) {
+        return chunk
+            .chunks_exact(16)
+            .enumerate()
+            .fold(0, |bits, (part, block)| {
+                let block = <&[u8; 16]>::try_from(block)
+                    .map_or(0, |block| base64_bits(&Block::load(block)));
+                bits | u64::from(block) << (16 * part)
+            });
+    }
+    (0..4).fold(0, |bits, part| {
+        let block = Block::load(&sixteen(text, at + 16 * part));
+        bits | u64::from(base64_bits(&block)) << (16 * part)
+    })
 }
 
 /// A run of base64 characters worth decoding: `start..end` (without any
@@ -113,107 +225,113 @@ pub(super) struct Run<'a> {
 /// (hashes, git SHAs, UUIDs) and runs in one letter case (identifiers,
 /// `snake_case`, `SHOUTING_CASE`) are not base64 of text and are skipped:
 /// base64 of 18 bytes or more of text holds both cases.
+///
+/// The text is read 64 bytes at a time as a bit set of base64 characters;
+/// runs long enough are found with shifts and masks (most chunks of prose
+/// and code hold none), and only those are looked at byte by byte.
 pub(super) fn base64_runs(text: &[u8], mut each: impl FnMut(Run<'_>) -> bool) {
+    if text.len() < MIN_BASE64_RUN {
+        return;
+    }
     let mut decoded = Vec::new();
-    // A run of 24 characters or more holds two whole aligned 8-byte blocks,
-    // one of them at an even block index: only even blocks are tested, and
-    // the run is measured around the ones that pass.
-    // 0: not all base64; 1: base64; 2: base64, all hex digits and dashes.
-    // Cheapest test first: most blocks of prose and code hold a space, a
-    // line break, a quote or a bracket.
-    let block_at = |at: usize| -> u8 {
-        let word = match text.get(at..at + 8).map(<[u8; 8]>::try_from) {
-            Some(Ok(block)) => u64::from_le_bytes(block),
-            _ => return 0,
-        };
-        if outside_base64_span(word) {
-            0
-        } else if all_hex(word) {
-            2
-        } else {
-            u8::from(in_class(word))
+    // Where the run reaching the end of the last chunk started (the next
+    // chunk's start when none does). No branch on what the text holds but
+    // for a run long enough: prose starts and ends chunks mid-word as often
+    // as not.
+    let mut carry = 0;
+    let mut base = 0;
+    while base < text.len() {
+        let bits = chunk_bits(text, base);
+        if bits == u64::MAX {
+            base += 64;
+            continue;
         }
+        // The run at the chunk's start, continuing the carried one.
+        let first = bits.trailing_ones() as usize;
+        if base + first - carry >= MIN_BASE64_RUN {
+            consider(text, carry, base + first, &mut decoded, &mut each);
+        }
+        // The run at its end is carried to the next chunk.
+        let last = bits.leading_ones() as usize;
+        carry = base + 64 - last;
+        let inner = bits & u64::MAX << first & u64::MAX >> last;
+        // Bit `i` of `long`: bits `i..i + 24` of `inner` all set.
+        let mut long = inner & inner >> 1;
+        long &= long >> 2;
+        long &= long >> 4;
+        long &= long >> 8;
+        long &= long >> 8;
+        while long != 0 {
+            let start = long.trailing_zeros() as usize;
+            let end = start + (inner >> start).trailing_ones() as usize;
+            consider(text, base + start, base + end, &mut decoded, &mut each);
+            long &= u64::MAX << end;
+        }
+        base += 64;
+    }
+    if carry + MIN_BASE64_RUN <= text.len() {
+        consider(text, carry, text.len(), &mut decoded, &mut each);
+    }
+}
+
+/// The low `count` bits (`count` at most 64).
+#[inline(always)]
+fn low_bits(count: usize) -> u64 {
+    if count >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << count) - 1
+    }
+}
+
+/// One run of base64 characters, `text[start..end]`, of the minimum
+/// length: decoded unless it is hex or in one letter case.
+fn consider(
+    text: &[u8],
+    start: usize,
+    end: usize,
+    decoded: &mut Vec<u8>,
+    each: &mut impl FnMut(Run<'_>) -> bool,
+) {
+    let blocks = || {
+        (start..end)
+            .step_by(16)
+            .map(move |at| (Block::load(&sixteen(text, at)), low_bits(end - at) as u16))
     };
-    let mut at = 0;
-    let mut scanned_to = 0;
-    // The block before `at`, when the last round looked at it.
-    let mut before: Option<u8> = None;
-    while at + 8 <= text.len() {
-        let left = before.take();
-        if at < scanned_to {
-            at += 16;
-            continue;
-        }
-        // The run's two whole blocks are this one and a neighbour: a block
-        // alone in its run belongs to one shorter than 24. Where they are
-        // all hex, the run is looked at from another even block, if it has
-        // one that is not (base64 of text has one).
-        let here = block_at(at);
-        if here == 0 {
-            at += 16;
-            continue;
-        }
-        let right = block_at(at + 8);
-        before = Some(right);
-        let worth = (here == 1 && right != 0) || right == 1 || {
-            let left = left.unwrap_or_else(|| if at >= 8 { block_at(at - 8) } else { 0 });
-            if here == 1 { left != 0 } else { left == 1 }
-        };
-        if !worth {
-            at += 16;
-            continue;
-        }
-        let mut seen = 0u8;
-        let mut start = at;
-        while start > scanned_to {
-            let class = CLASS[usize::from(text[start - 1])];
-            if class == 0 {
-                break;
-            }
-            seen |= class;
-            start -= 1;
-        }
-        let mut end = at;
-        while end < text.len() {
-            let class = CLASS[usize::from(text[end])];
-            if class == 0 {
-                break;
-            }
-            seen |= class;
-            end += 1;
-        }
-        scanned_to = end;
-        at += 16;
-        if end - start < MIN_BASE64_RUN {
-            continue;
-        }
-        if seen & NOT_HEX == 0 || seen & (UPPER | LOWER) != UPPER | LOWER {
-            continue;
-        }
-        if seen & STD_ONLY != 0 && seen & URL_ONLY != 0 {
-            // Both alphabets: standard base64 glued to `-` or `_` (`id_…`)
-            // or the other way round. Each side of the other alphabet's
-            // characters is tried as its own run.
-            for (alphabet, engine) in [(URL_ONLY, &STANDARD), (STD_ONLY, &URL_SAFE)] {
-                let mut piece = start;
-                for at in start..=end {
-                    if at == end || CLASS[usize::from(text[at])] & alphabet != 0 {
-                        if at - piece >= MIN_BASE64_RUN {
-                            try_alignments(text, piece, at, engine, &mut decoded, &mut each);
-                        }
-                        piece = at + 1;
+    // A hash or a UUID has no letter past `f`: looked for first.
+    if !blocks().any(|(block, keep)| letter_classes(&block, keep) & NOT_HEX != 0) {
+        return;
+    }
+    let seen = blocks().fold(0, |seen, (block, keep)| seen | letter_classes(&block, keep));
+    if seen & NOT_HEX == 0 || seen & (UPPER | LOWER) != UPPER | LOWER {
+        return;
+    }
+    let marks = text[start..end]
+        .iter()
+        .fold(0, |marks, &b| marks | CLASS[usize::from(b)]);
+    if marks & STD_ONLY != 0 && marks & URL_ONLY != 0 {
+        // Both alphabets: standard base64 glued to `-` or `_` (`id_…`)
+        // or the other way round. Each side of the other alphabet's
+        // characters is tried as its own run.
+        for (alphabet, engine) in [(URL_ONLY, &STANDARD), (STD_ONLY, &URL_SAFE)] {
+            let mut piece = start;
+            for at in start..=end {
+                if at == end || CLASS[usize::from(text[at])] & alphabet != 0 {
+                    if at - piece >= MIN_BASE64_RUN {
+                        try_alignments(text, piece, at, engine, decoded, each);
                     }
+                    piece = at + 1;
                 }
             }
-            continue;
         }
-        let engine = if seen & URL_ONLY != 0 {
-            &URL_SAFE
-        } else {
-            &STANDARD
-        };
-        try_alignments(text, start, end, engine, &mut decoded, &mut each);
+        return;
     }
+    let engine = if marks & URL_ONLY != 0 {
+        &URL_SAFE
+    } else {
+        &STANDARD
+    };
+    try_alignments(text, start, end, engine, decoded, each);
 }
 
 /// The words of `text` (runs without whitespace) that hold a valid
@@ -339,41 +457,104 @@ mod tests {
     }
 
     #[test]
-    fn classes_are_told_eight_bytes_at_once() {
-        // Every byte value in every position: the same answer as the table.
+    fn classes_are_told_sixteen_bytes_at_once() {
+        // Every byte value in every lane: the same answer as a byte test.
+        let base64 = |b: u8| b.is_ascii_alphanumeric() || b"+-/_".contains(&b);
         for byte in 0..=255u8 {
-            for at in 0..8 {
-                let mut block = *b"AAAAAAAA";
-                block[at] = byte;
+            for lane in 0..16 {
+                let mut bytes = *b"AAAAAAAAAAAAAAAA";
+                bytes[lane] = byte;
+                let block = Block::load(&bytes);
+                let bit = 1u16 << lane;
+                let label = format!("byte {byte:#04x} in lane {lane}");
+                assert_eq!(base64_bits(&block) & bit != 0, base64(byte), "{label}");
+                let mut zeros = [0u8; 16];
+                zeros[lane] = byte;
+                let seen = letter_classes(&Block::load(&zeros), bit);
+                let lower = byte.to_ascii_lowercase();
                 assert_eq!(
-                    in_class(u64::from_le_bytes(block)),
-                    CLASS[usize::from(byte)] != 0,
-                    "byte {byte:#04x} at {at}"
+                    seen & NOT_HEX != 0,
+                    (b'g'..=b'z').contains(&lower),
+                    "{label}"
                 );
+                assert_eq!(seen & UPPER != 0, byte.is_ascii_uppercase(), "{label}");
+                assert_eq!(seen & LOWER != 0, byte.is_ascii_lowercase(), "{label}");
             }
         }
     }
 
-    #[test]
-    fn hex_blocks_are_told_eight_bytes_at_once() {
-        for (block, hex) in [
-            (b"0123abcd", true),
-            (b"ABCDEF09", true),
-            (b"e29b-41d", true),
-            (b"0123abcg", false),
-            (b"0123_bcd", false),
-            (b"0123/bcd", false),
-            (b"0123+bcd", false),
-            (b"GHIJklmn", false),
-            (b"9:;<=>?@", false),
-            (b"0123@567", false),
-            (b"0123`567", false),
-        ] {
-            let word = u64::from_le_bytes(*block);
-            let label = String::from_utf8_lossy(block);
-            assert!(!outside_base64_span(word), "{label}");
-            assert_eq!(all_hex(word), hex, "{label}");
+    /// Every maximal run of base64 characters of at least the minimum
+    /// length, byte by byte: what the bit sets must find.
+    fn naive_runs(text: &[u8]) -> Vec<(usize, usize)> {
+        let base64 = |b: &u8| b.is_ascii_alphanumeric() || b"+-/_".contains(b);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < text.len() {
+            if !base64(&text[at]) {
+                at += 1;
+                continue;
+            }
+            let start = at;
+            while at < text.len() && base64(&text[at]) {
+                at += 1;
+            }
+            if at - start >= MIN_BASE64_RUN {
+                out.push((start, at));
+            }
         }
+        out
+    }
+
+    #[test]
+    fn every_long_run_is_found_wherever_it_falls_in_the_chunks() {
+        // Mixed case with a letter past `f`, so every run is decoded: the
+        // run finder reports each one (from some alignment) exactly once.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |below: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % below as u64) as usize
+        };
+        let mut total = 0;
+        for round in 0..3000 {
+            let len = next(300);
+            let text: Vec<u8> = (0..len)
+                .map(|_| match next(20) {
+                    0 => b' ',
+                    1 if round % 2 == 0 => b'.',
+                    _ => b"QmFzZTY0IHRleHQgaGVyZQ"[next(22)],
+                })
+                .collect();
+            let expected = naive_runs(&text);
+            let mut got = Vec::new();
+            base64_runs(&text, |run| {
+                got.push((run.start, run.end));
+                true
+            });
+            let decodable: Vec<_> = expected
+                .iter()
+                .copied()
+                .filter(|&(start, end)| {
+                    let run = &text[start..end];
+                    run.iter()
+                        .any(|b| (b'g'..=b'z').contains(&b.to_ascii_lowercase()))
+                        && run.iter().any(u8::is_ascii_uppercase)
+                        && run.iter().any(u8::is_ascii_lowercase)
+                        && (0..4).any(|skip| {
+                            let mut piece = &text[start + skip..end];
+                            if piece.len() % 4 == 1 {
+                                piece = &piece[..piece.len() - 1];
+                            }
+                            STANDARD.decode(piece).is_ok()
+                        })
+                })
+                .collect();
+            assert_eq!(got, decodable, "{:?}", String::from_utf8_lossy(&text));
+            total += got.len();
+        }
+        // The texts held runs of every length, across chunk edges.
+        assert!(total > 1000, "{total}");
     }
 
     #[test]
@@ -392,6 +573,9 @@ mod tests {
         let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
         assert!(url.contains('-') || url.contains('_'), "{url}");
         assert_eq!(runs(&format!("x {url} y"))[0].1, text);
+        // Both cases in the first sixteen bytes, a letter past `f` only
+        // after them: still base64.
+        assert!(!runs(" ABCDEF0123abcdefghijklmnop ").is_empty());
         // One letter case: an identifier, not base64 of text.
         assert!(runs("a some_long_snake_case_identifier_name here").is_empty());
         assert!(runs("a SOME_LONG_SHOUTING_CASE_IDENTIFIER here").is_empty());

@@ -64,16 +64,26 @@ pub struct Scanner {
     unkeyed: Vec<u32>,
     stopwords: Option<AhoCorasick>,
     allow: Allowlist,
+    /// This scanner's number, unique in the process.
+    id: u64,
 }
 
 /// Reused buffers, one per thread.
 #[derive(Default)]
 struct Scratch {
-    /// (rule, keyword start, keyword end)
-    hits: Vec<(u32, usize, usize)>,
+    /// Per rule: its keyword hits, (rule, keyword start, keyword end).
+    hits: Vec<Vec<(u32, usize, usize)>>,
+    /// The rules with hits, in the order first hit.
+    touched: Vec<u32>,
     found: Vec<Finding>,
+    /// Per rule of the scanner `owner`: a regex's cache serves that regex
+    /// only, so another scanner on this thread starts them afresh.
     captures: Vec<Option<(Captures, Cache)>>,
+    owner: u64,
 }
+
+/// Tells scanners apart for [`Scratch::owner`].
+static SCANNERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
@@ -121,6 +131,7 @@ impl Scanner {
             unkeyed,
             stopwords,
             allow,
+            id: SCANNERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -153,36 +164,48 @@ impl Scanner {
     fn scan_with(&self, text: &[u8], scratch: &mut Scratch, out: &mut Vec<Finding>) {
         let Scratch {
             hits,
+            touched,
             found,
             captures,
+            owner,
         } = scratch;
-        hits.clear();
-        found.clear();
-        self.keywords.each(text, |word, start| {
-            let end = start + self.keywords.len_of(word);
-            for &rule in &self.keyword_rules[word as usize] {
-                hits.push((rule, start, end));
-            }
-        });
-        if hits.is_empty() && self.unkeyed.is_empty() {
-            return;
+        if *owner != self.id {
+            captures.clear();
+            *owner = self.id;
         }
-        hits.sort_unstable();
+        for &rule in touched.iter() {
+            hits[rule as usize].clear();
+        }
+        touched.clear();
+        found.clear();
+        if hits.len() < self.rules.len() {
+            hits.resize_with(self.rules.len(), Vec::new);
+        }
         if captures.len() < self.rules.len() {
             captures.resize(self.rules.len(), None);
         }
-        let mut from = 0;
-        while from < hits.len() {
-            let rule = hits[from].0;
-            let to = from + hits[from..].partition_point(|hit| hit.0 == rule);
-            self.run_rule(
-                rule,
-                text,
-                &hits[from..to],
-                &mut captures[rule as usize],
-                found,
-            );
-            from = to;
+        // Hits gathered per rule as they come: no sort of them all.
+        self.keywords.each(text, |word, start| {
+            let end = start + self.keywords.len_of(word);
+            for &rule in &self.keyword_rules[word as usize] {
+                let list = &mut hits[rule as usize];
+                if list.is_empty() {
+                    touched.push(rule);
+                }
+                list.push((rule, start, end));
+            }
+        });
+        if touched.is_empty() && self.unkeyed.is_empty() {
+            return;
+        }
+        touched.sort_unstable();
+        for &rule in touched.iter() {
+            let list = &mut hits[rule as usize];
+            // In order but where two keywords' anchors sit differently.
+            if !list.is_sorted() {
+                list.sort_unstable();
+            }
+            self.run_rule(rule, text, list, &mut captures[rule as usize], found);
         }
         for &rule in &self.unkeyed {
             let whole = [(rule, 0, text.len())];
@@ -595,6 +618,30 @@ priority = -10
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn scanners_sharing_a_thread_keep_their_own_regexes() {
+        // Rule 0 of each is another regex under the same keyword: a cache
+        // built for one must never serve the other.
+        let rules = |id: &str, tail: &str| {
+            format!(
+                "[[rule]]\nid = \"{id}\"\ndescription = \"x\"\nkeywords = [\"tok_\"]\n\
+                 regex = '''\\btok_{tail}\\b'''\nseverity = \"high\"\n"
+            )
+        };
+        let digits = scanner(&rules("digits", "[0-9]{12}"));
+        let letters = scanner(&rules("letters", "(?P<secret>[a-z]{12})(?:_[a-z]{4})?"));
+        for _ in 0..3 {
+            assert_eq!(
+                ids(&digits, "a tok_123456789012 tok_abcdefghijkl"),
+                [("digits".into(), "tok_123456789012".into())]
+            );
+            assert_eq!(
+                ids(&letters, "a tok_123456789012 tok_abcdefghijkl_mnop"),
+                [("letters".into(), "abcdefghijkl".into())]
+            );
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ severity = "medium"
 "#;
 
 const TOKEN: &str = "tok_Q8zR2mKx7LpW4nVb9TcY";
+const OTHER_TOKEN: &str = "tok_Hj3Nw8QpZ2rTx5VmKc7L";
 
 fn redact(config: &RedactConfig) -> Redact {
     let set = match RuleSet::parse(RULES, Path::new("test.toml")) {
@@ -292,6 +293,39 @@ fn secrets_split_across_adjacent_text_blocks_are_found() {
         "{}",
         prompt.message
     );
+
+    // Messages whose content is a list of blocks: split from the last
+    // text of one message to the first of the next, past an image, and
+    // within one message's list as well; each secret counted once.
+    let (second_head, second_tail) = OTHER_TOKEN.split_at(12);
+    let mut sampling = exchange(
+        json!({"jsonrpc": "2.0", "id": 4, "method": "sampling/createMessage", "params": {
+            "maxTokens": 10,
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "first"},
+                    {"type": "text", "text": format!("key {head}")},
+                    {"type": "image", "data": b64(b"\x89PNG"), "mimeType": "image/png"}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": format!("{tail} then {second_head}")},
+                    {"type": "text", "text": format!("{second_tail} end")}
+                ]}
+            ]
+        }}),
+        Direction::ServerToClient,
+        Phase::Request,
+    );
+    assert_eq!(interceptor.on_request(&mut sampling), Verdict::Continue);
+    let text = sampling.message.to_string();
+    for piece in [head, tail, second_head, second_tail] {
+        assert!(!text.contains(piece), "{piece} in {text}");
+    }
+    assert_eq!(
+        sampling.message["params"]["messages"][1]["content"][0]["text"],
+        "[REDACTED:tok] then [REDACTED:tok]"
+    );
+    assert_eq!(counted(&sampling), [("tok".into(), "response".into(), 2)]);
 }
 
 #[test]

@@ -455,39 +455,49 @@ impl<'a> Pass<'a> {
     }
 
     /// Secrets split across the text blocks of a list (content blocks,
-    /// resource contents, messages with a text block), whatever stands
-    /// between them: the texts are joined and
+    /// resource contents, messages whose content is a text block or a list
+    /// of blocks), whatever stands between them: the texts are joined and
     /// scanned, and what is found across a join is redacted on both sides
     /// when the walk reaches each text.
     fn joins(&mut self, items: &mut [Value]) {
         // Every text of the list in order, across anything between them (a
-        // secret split around an image block is read as one).
-        let texts: Vec<usize> = (0..items.len())
-            .filter(|&index| text_of(&items[index]).is_some())
-            .collect();
+        // secret split around an image block is read as one): (item, where
+        // in it).
+        let mut texts: Vec<(usize, String)> = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            texts.extend(text_pointers(item).into_iter().map(|at| (index, at)));
+        }
         if texts.len() >= 2 {
             self.join_run(items, &texts);
         }
     }
 
-    /// Joins the texts of `items` at `texts` (indices, in order).
-    fn join_run(&mut self, items: &mut [Value], texts: &[usize]) {
+    /// Joins the texts of `items` at `texts`, in order. A secret within
+    /// one item (the blocks of one message's content) is left to the walk
+    /// of that item's own list.
+    fn join_run(&mut self, items: &mut [Value], texts: &[(usize, String)]) {
+        let text = |(index, at): &(usize, String)| {
+            items[*index]
+                .pointer(at)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
         let mut joined = Vec::new();
         let mut starts = Vec::with_capacity(texts.len() + 1);
-        for &index in texts {
+        for place in texts {
             starts.push(joined.len());
-            joined.extend_from_slice(text_of(&items[index]).unwrap_or_default().as_bytes());
+            joined.extend_from_slice(text(place).as_bytes());
         }
         starts.push(joined.len());
         let redact = self.redact;
         let scanner = &*redact.scanner;
         scanner.scan(&joined, &mut self.more);
-        // Only what crosses a join: the rest each text's own scan finds.
-        // `starts` is in order: the first join after a match's start says.
-        let joins = &starts[1..starts.len() - 1];
+        // Only what crosses from one item to another: the rest each text's
+        // own scan (or its item's list) finds. `starts` is in order.
+        let text_at = |offset: usize| starts.partition_point(|&start| start <= offset) - 1;
         let crosses = |f: &Finding| {
-            let next = joins.partition_point(|&join| join <= f.match_start);
-            joins.get(next).is_some_and(|&join| join < f.match_end)
+            f.match_end > f.match_start
+                && texts[text_at(f.match_start)].0 != texts[text_at(f.match_end - 1)].0
         };
         let across: Vec<Finding> = self.more.iter().copied().filter(crosses).collect();
         if across.is_empty() {
@@ -499,8 +509,7 @@ impl<'a> Pass<'a> {
                 continue;
             }
             // The texts it covers: from the one it starts in on.
-            let first = starts.partition_point(|&start| start <= finding.start) - 1;
-            for index in first..texts.len() {
+            for index in text_at(finding.start)..texts.len() {
                 let (start, end) = (starts[index], starts[index + 1]);
                 if start >= finding.end {
                     break;
@@ -518,44 +527,53 @@ impl<'a> Pass<'a> {
                 }
             }
         }
-        for (&index, part) in texts.iter().zip(parts) {
+        for ((index, at), part) in texts.iter().zip(parts) {
             if part.is_empty() {
                 continue;
             }
-            if let Some(text) = items.get_mut(index).and_then(text_of_mut) {
+            if let Some(Value::String(text)) =
+                items.get_mut(*index).and_then(|item| item.pointer_mut(at))
+            {
                 let at: *const String = text;
-                self.across.insert(at as usize, part);
+                // A text may also be joined within its own item's list.
+                let mut all = self.across.remove(&(at as usize)).unwrap_or_default();
+                all.extend(part);
+                all.sort_by_key(|finding| finding.start);
+                self.across.insert(at as usize, all);
             }
         }
     }
 }
 
-/// Where the text of an array item that is a text block stands: a `text`
-/// content block or resource contents with `text` (`/text`), or a message
-/// whose content is a text block (`/content/text`).
-fn text_pointer(item: &Value) -> Option<&'static str> {
-    let object = item.as_object()?;
-    if object.get("text").is_some_and(Value::is_string)
-        && (object.get("type").and_then(Value::as_str) == Some("text")
-            || object.contains_key("uri"))
+/// Where the texts of an array item stand, in order: a `text` content
+/// block or resource contents with `text` (`/text`), a message whose
+/// content is a text block (`/content/text`), or one whose content is a
+/// list of blocks (`/content/N/text` for each text block).
+fn text_pointers(item: &Value) -> Vec<String> {
+    let Some(object) = item.as_object() else {
+        return Vec::new();
+    };
+    if is_text(object)
+        || (object.get("text").is_some_and(Value::is_string) && object.contains_key("uri"))
     {
-        return Some("/text");
+        return vec!["/text".to_owned()];
     }
-    let content = object.get("content")?.as_object()?;
-    (content.get("type").and_then(Value::as_str) == Some("text")
-        && content.get("text").is_some_and(Value::is_string))
-    .then_some("/content/text")
+    match object.get("content") {
+        Some(Value::Object(content)) if is_text(content) => vec!["/content/text".to_owned()],
+        Some(Value::Array(blocks)) => blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, block)| block.as_object().is_some_and(is_text))
+            .map(|(index, _)| format!("/content/{index}/text"))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
-fn text_of(item: &Value) -> Option<&str> {
-    item.pointer(text_pointer(item)?)?.as_str()
-}
-
-fn text_of_mut(item: &mut Value) -> Option<&mut String> {
-    match item.pointer_mut(text_pointer(item)?) {
-        Some(Value::String(text)) => Some(text),
-        _ => None,
-    }
+/// A `text` content block.
+fn is_text(object: &Map<String, Value>) -> bool {
+    object.get("type").and_then(Value::as_str) == Some("text")
+        && object.get("text").is_some_and(Value::is_string)
 }
 
 /// Adds the findings of `more` that overlap none in `found` (and, among
