@@ -326,6 +326,32 @@ fn secrets_split_across_adjacent_text_blocks_are_found() {
         "[REDACTED:tok] then [REDACTED:tok]"
     );
     assert_eq!(counted(&sampling), [("tok".into(), "response".into(), 2)]);
+
+    // Spans found at two levels that overlap: a long assignment cut at its
+    // cap across one message's blocks, a token from there into the next
+    // message. Every byte of both is covered.
+    let long: String = "Zq7Xw2Kp9Lm4Rt8Vb3Nc6Hj1Fg5Ds0A".repeat(4)[..106].to_owned();
+    let mut overlapping = exchange(
+        json!({"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage", "params": {
+            "maxTokens": 10,
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": format!("secret={long}")},
+                    {"type": "text", "text": format!("abcdefghij0123456789-{}", &TOKEN[..15])}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": format!("{} and more", &TOKEN[15..])}
+                ]}
+            ]
+        }}),
+        Direction::ServerToClient,
+        Phase::Request,
+    );
+    assert_eq!(interceptor.on_request(&mut overlapping), Verdict::Continue);
+    let text = overlapping.message.to_string();
+    for piece in [&TOKEN[4..15], &TOKEN[15..], &long[..20]] {
+        assert!(!text.contains(piece), "{piece} in {text}");
+    }
 }
 
 #[test]
