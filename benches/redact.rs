@@ -123,6 +123,19 @@ fn throughput(
     (mb_per_s, found.len())
 }
 
+/// This engine's string path over `text`: best time, MB/s, findings.
+fn string_path(interceptor: &Redact, text: &str, rounds: usize) -> (Duration, f64, usize) {
+    let mut found = Vec::new();
+    let time = best(rounds, || {
+        interceptor.scan_text(text.as_bytes(), &mut found)
+    });
+    (
+        time,
+        text.len() as f64 / time.as_secs_f64() / 1e6,
+        found.len(),
+    )
+}
+
 /// The previous engine's walk (the baseline): the strings under `params`,
 /// `result` and `error`, with their keys as context; `blob` and image or
 /// audio `data` skipped by name; keys, the envelope, encoded text and joins
@@ -266,17 +279,11 @@ fn main() {
     );
 
     let clean = clean_text(MIB);
+    let interceptor = Redact::new(&RedactConfig::default()).unwrap();
     if string_path_only {
         // For a profiler: the string path alone, `rounds` times.
-        let interceptor = Redact::new(&RedactConfig::default()).unwrap();
-        let mut found = Vec::new();
-        let time = best(rounds, || {
-            interceptor.scan_text(clean.as_bytes(), &mut found)
-        });
-        println!(
-            "string path: {:.0} MB/s",
-            clean.len() as f64 / time.as_secs_f64() / 1e6
-        );
+        let (_, mb_per_s, _) = string_path(&interceptor, &clean, rounds);
+        println!("string path: {mb_per_s:.0} MB/s");
         return;
     }
     let (dense, planted) = dense_text(MIB, 512);
@@ -289,16 +296,10 @@ fn main() {
         rounds,
         false,
     );
-    let interceptor = Redact::new(&RedactConfig::default()).unwrap();
-    let mut found = Vec::new();
-    let string_path = best(rounds, || {
-        interceptor.scan_text(clean.as_bytes(), &mut found);
-    });
-    let string_path_mb = clean.len() as f64 / string_path.as_secs_f64() / 1e6;
+    let (time, string_path_mb, findings) = string_path(&interceptor, &clean, rounds);
     println!(
-        "| clean text, this engine's string path (+ percent-escapes, base64 runs) | {:.2} | {string_path_mb:.0} | {} |",
-        string_path.as_secs_f64() * 1e3,
-        found.len()
+        "| clean text, this engine's string path (+ percent-escapes, base64 runs) | {:.2} | {string_path_mb:.0} | {findings} |",
+        time.as_secs_f64() * 1e3,
     );
     let keyword_pass = best(rounds, || {
         std::hint::black_box(scanner.keyword_hits(clean.as_bytes()));

@@ -956,16 +956,13 @@ over_stdio_and_http!(
     a_secret_in_a_log_notification_is_redacted_over_http
 );
 
-/// 11. A sampling request holding a secret, and a client answer holding one.
-#[tokio::test]
-async fn secrets_in_a_sampling_request_and_its_answer_are_redacted() {
-    let (asked, answered) = (Secret::github(), Secret::stripe());
-    let request = json!({"jsonrpc": "2.0", "id": "hostile-s1", "method": "sampling/createMessage",
-        "params": {"messages": [{"role": "user", "content": {"type": "text", "text": format!("summarize {}", asked.text)}}],
-                   "maxTokens": 10}});
+/// A hostile server that, asked to run `ask`, sends `request` (a sampling
+/// request) to the client and answers once the client answered; a stdio
+/// client that called `ask`; and the request as the client received it.
+async fn sampling_request(request: &Value) -> (Hostile, StdioClient, Frame) {
     let hostile = Hostile::new(json!({"tools": {"ask": [
         send(request.to_string()),
-        {"await": "hostile-s1"},
+        {"await": request["id"]},
         reply(&json!({"content": [text("asked")]})),
     ]}}));
     let mut client = StdioClient::start(&hostile.proxy).await;
@@ -977,6 +974,17 @@ async fn secrets_in_a_sampling_request_and_its_answer_are_redacted() {
             m["method"] == "sampling/createMessage"
         })
         .await;
+    (hostile, client, sampling)
+}
+
+/// 11. A sampling request holding a secret, and a client answer holding one.
+#[tokio::test]
+async fn secrets_in_a_sampling_request_and_its_answer_are_redacted() {
+    let (asked, answered) = (Secret::github(), Secret::stripe());
+    let request = json!({"jsonrpc": "2.0", "id": "hostile-s1", "method": "sampling/createMessage",
+        "params": {"messages": [{"role": "user", "content": {"type": "text", "text": format!("summarize {}", asked.text)}}],
+                   "maxTokens": 10}});
+    let (hostile, mut client, sampling) = sampling_request(&request).await;
     assert_frame_clean("a sampling request", &sampling, &[&asked]);
     assert_member(
         &sampling,
@@ -1017,20 +1025,7 @@ async fn a_secret_split_across_sampling_messages_is_redacted() {
                 {"type": "text", "text": format!("the key is {head}")},
                 {"type": "image", "data": b64("not a secret"), "mimeType": "image/png"}]},
             {"role": "user", "content": [{"type": "text", "text": format!("{tail} and more")}]}]}});
-    let hostile = Hostile::new(json!({"tools": {"ask": [
-        send(request.to_string()),
-        {"await": "hostile-s2"},
-        reply(&json!({"content": [text("asked")]})),
-    ]}}));
-    let mut client = StdioClient::start(&hostile.proxy).await;
-    client
-        .send(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h__ask","arguments":{}}}))
-        .await;
-    let sampling = client
-        .recv_matching("the sampling request", |m| {
-            m["method"] == "sampling/createMessage"
-        })
-        .await;
+    let (_hostile, _client, sampling) = sampling_request(&request).await;
     for piece in [head, tail] {
         assert!(
             !sampling.raw.contains(piece),

@@ -196,16 +196,6 @@ fn sixteen(text: &[u8], at: usize) -> [u8; 16] {
 /// Sixty-four bytes of `text` from `at` as a bit set of base64 characters
 /// (nothing past the end).
 fn chunk_bits(text: &[u8], at: usize) -> u64 {
-    if let Some(chunk) = text.get(at..at + 64) {
-        return chunk
-            .chunks_exact(16)
-            .enumerate()
-            .fold(0, |bits, (part, block)| {
-                let block = <&[u8; 16]>::try_from(block)
-                    .map_or(0, |block| base64_bits(&Block::load(block)));
-                bits | u64::from(block) << (16 * part)
-            });
-    }
     (0..4).fold(0, |bits, part| {
         let block = Block::load(&sixteen(text, at + 16 * part));
         bits | u64::from(base64_bits(&block)) << (16 * part)

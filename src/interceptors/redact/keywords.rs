@@ -144,6 +144,14 @@ fn hash_all(word: u64) -> u64 {
     word ^ (word >> 3) ^ (word >> 6)
 }
 
+/// The eight bytes of `text` at `at`, case-folded and hashed ([`hash_all`]),
+/// when there are eight.
+#[inline(always)]
+fn hashed_word(text: &[u8], at: usize) -> Option<u64> {
+    let bytes = <[u8; 8]>::try_from(text.get(at..at + 8)?).ok()?;
+    Some(hash_all(u64::from_le_bytes(bytes) | 0x2020_2020_2020_2020))
+}
+
 fn window(bytes: &[u8]) -> u32 {
     (u32::from(bytes[0]) | u32::from(bytes[1]) << 8 | u32::from(bytes[2]) << 16) | FOLD
 }
@@ -215,44 +223,20 @@ impl Keywords {
     /// Calls `hit(word, start)` for every occurrence of every keyword, in
     /// no particular order.
     pub fn each(&self, text: &[u8], mut hit: impl FnMut(u32, usize)) {
-        let len = text.len();
         let mut at = 0;
         // Two words a round: twelve windows.
-        while at + 14 <= len {
-            let (Ok(one), Ok(two)) = (
-                <[u8; 8]>::try_from(&text[at..at + 8]),
-                <[u8; 8]>::try_from(&text[at + 6..at + 14]),
-            ) else {
-                break;
-            };
-            let one = hash_all(u64::from_le_bytes(one) | 0x2020_2020_2020_2020);
-            let two = hash_all(u64::from_le_bytes(two) | 0x2020_2020_2020_2020);
-            for (hashed, from) in [(one, at), (two, at + 6)] {
-                for offset in 0..6 {
-                    let bit = (hashed >> (8 * offset) & SLOT_MASK) as usize;
-                    if self.filter[bit / 64] >> (bit % 64) & 1 == 1 {
-                        self.check(text, from + offset, bit, &mut hit);
-                    }
-                }
-            }
+        while let (Some(one), Some(two)) = (hashed_word(text, at), hashed_word(text, at + 6)) {
+            self.windows(text, one, at, &mut hit);
+            self.windows(text, two, at + 6, &mut hit);
             at += 12;
         }
-        while at + 8 <= len {
-            let Ok(chunk) = <[u8; 8]>::try_from(&text[at..at + 8]) else {
-                break;
-            };
-            let hashed = hash_all(u64::from_le_bytes(chunk) | 0x2020_2020_2020_2020);
-            for offset in 0..6 {
-                let bit = (hashed >> (8 * offset) & SLOT_MASK) as usize;
-                if self.filter[bit / 64] >> (bit % 64) & 1 == 1 {
-                    self.check(text, at + offset, bit, &mut hit);
-                }
-            }
+        while let Some(word) = hashed_word(text, at) {
+            self.windows(text, word, at, &mut hit);
             at += 6;
         }
-        while at + 3 <= len {
+        while at + 3 <= text.len() {
             let bit = slot(window(&text[at..]));
-            if self.filter[bit / 64] >> (bit % 64) & 1 == 1 {
+            if self.is_set(bit) {
                 self.check(text, at, bit, &mut hit);
             }
             at += 1;
@@ -260,6 +244,23 @@ impl Keywords {
         if let Some((automaton, index)) = &self.short {
             for found in automaton.find_overlapping_iter(text) {
                 hit(index[found.pattern().as_usize()], found.start());
+            }
+        }
+    }
+
+    /// Whether `bit` of the anchor set is set.
+    #[inline(always)]
+    fn is_set(&self, bit: usize) -> bool {
+        self.filter[bit / 64] >> (bit % 64) & 1 == 1
+    }
+
+    /// The six windows of a word hashed by [`hashed_word`], from `at`.
+    #[inline(always)]
+    fn windows(&self, text: &[u8], hashed: u64, at: usize, hit: &mut impl FnMut(u32, usize)) {
+        for offset in 0..6 {
+            let bit = (hashed >> (8 * offset) & SLOT_MASK) as usize;
+            if self.is_set(bit) {
+                self.check(text, at + offset, bit, hit);
             }
         }
     }
