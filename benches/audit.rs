@@ -3,7 +3,9 @@
 //! same loop with the log off), two fsyncs of the same disk (a small write
 //! in place and its `fdatasync`; the `fdatasync` of an append), taking turns
 //! with the one-caller durable commits, and filtered queries over a store of
-//! a million records.
+//! a million records. "durable, keyed" is durable with `[audit] key` and
+//! `signing_key` set: each record sealed with HMAC-SHA256, the head signed
+//! (Ed25519) every 1000 records.
 //!
 //! Run: `cargo bench --bench audit` (options after `--`: `--seconds S` per
 //! load phase, `--records N` for the query store). Prints Markdown tables.
@@ -61,6 +63,7 @@ fn record(n: u64) -> AuditRecord {
         detail: None,
         prev_hash: String::new(),
         hash: String::new(),
+        mac: None,
     }
 }
 
@@ -100,6 +103,21 @@ async fn load(audit: Option<&Audit>, callers: usize, seconds: f64) -> (Vec<Durat
     (samples, start.elapsed())
 }
 
+/// The keyed chain as `[audit] key` and `signing_key` make it: HMAC-SHA256
+/// per record, a signed checkpoint every 1000 records (the default).
+fn sealing(keyed: bool) -> portcullis::audit::Sealing {
+    if !keyed {
+        return portcullis::audit::Sealing::default();
+    }
+    let (chain, signing, _) = portcullis::audit::seal::generate().unwrap();
+    portcullis::audit::Sealing {
+        seal: portcullis::audit::Seal::keyed(&chain).unwrap(),
+        signer: Some(portcullis::audit::Signer::from_text(&signing).unwrap()),
+        store: "bench".into(),
+        ..Default::default()
+    }
+}
+
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -131,12 +149,19 @@ async fn main() {
     for callers in [1usize, 16, 128] {
         let (off, off_elapsed) = load(None, callers, seconds.min(1.0)).await;
         let off = stats("off", off, off_elapsed);
-        for (mode, durable) in [("durable", true), ("buffered", false)] {
-            let store_dir = dir.path().join(format!("{mode}-{callers}"));
+        for (mode, durable, keyed) in [
+            ("durable", true, false),
+            ("durable, keyed", true, true),
+            ("buffered", false, false),
+        ] {
+            let store_dir = dir
+                .path()
+                .join(format!("{}-{callers}", mode.replace(", ", "-")));
             let flush_every = (!durable).then(|| Duration::from_millis(10));
             let storage = SledStorage::open_with(&store_dir, flush_every).unwrap();
-            let audit = Audit::start(storage, durable).unwrap();
-            let on = if callers == 1 && durable {
+            let audit =
+                Audit::start_sealed(storage, durable, Default::default(), sealing(keyed)).unwrap();
+            let on = if callers == 1 && mode == "durable" {
                 let (mut samples, mut elapsed) = (Vec::new(), Duration::ZERO);
                 for _ in 0..ROUNDS {
                     appends.extend(probe.append(200));
@@ -298,7 +323,7 @@ fn breakdown(dir: &std::path::Path) {
         .iter_mut()
         .enumerate()
         .map(|(i, r)| {
-            let value = r.seal_to_json(i as u64 + 1, &prev);
+            let value = r.seal_to_json(i as u64 + 1, &prev, &portcullis::audit::Seal::Plain);
             prev.clone_from(&r.hash);
             value
         })

@@ -9,15 +9,18 @@
 //! on one kept-alive connection; one request in flight, no SDK overhead) so
 //! that what is measured is the transport and the proxy. The HTTP `ping` line
 //! (answered by the proxy itself) shows what the HTTP transport alone costs.
+//! The HTTPS lines are the same client over TLS (rustls, TLS 1.3) to the
+//! same proxy configured with `[listener] tls_cert`/`tls_key` (a P-256
+//! certificate the bench makes with the `openssl` command).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -34,21 +37,37 @@ const TOKEN: &str = "bench-token";
 /// the headers a real client sends (`Accept: application/json,
 /// text/event-stream`, bearer token, session, protocol version).
 struct HttpClient {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Io>>,
     host: String,
     path: String,
     session: Option<String>,
     next_id: u64,
 }
 
+/// The connection: plain TCP or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 impl HttpClient {
-    async fn connect(url: &str) -> Self {
-        let rest = url.strip_prefix("http://").expect("an http:// URL");
+    /// Connects to `url` (`http://` or, with `tls`, `https://`) and opens a
+    /// session.
+    async fn connect(url: &str, tls: Option<&tokio_rustls::TlsConnector>) -> Self {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .expect("an http(s):// URL");
         let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let tcp = TcpStream::connect(host).await.unwrap();
         tcp.set_nodelay(true).unwrap();
+        let io: Box<dyn Io> = match tls {
+            None => Box::new(tcp),
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                Box::new(connector.connect(name, tcp).await.unwrap())
+            }
+        };
         let mut client = Self {
-            stream: BufReader::new(tcp),
+            stream: BufReader::new(io),
             host: host.to_owned(),
             path: path.to_owned(),
             session: None,
@@ -131,6 +150,174 @@ impl HttpClient {
             .await;
         assert!(body.contains("\"result\""), "call failed: {body}");
     }
+}
+
+/// A CA and a certificate for localhost/127.0.0.1 signed by it, made with
+/// `openssl` in `dir`: the connector that trusts the CA, and the
+/// `[listener]` keys that serve the certificate.
+fn tls_setup(dir: &std::path::Path) -> (tokio_rustls::TlsConnector, String) {
+    let openssl = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command (the HTTPS lines need it)");
+        assert!(output.status.success(), "openssl {args:?} failed");
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=bench CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+    ]);
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let listener = format!(
+        "\n[listener]\ntls_cert = {:?}\ntls_key = {:?}\n",
+        dir.join("server.pem"),
+        dir.join("server.key")
+    );
+    (tokio_rustls::TlsConnector::from(Arc::new(config)), listener)
+}
+
+/// Calls through one session (after a warm-up of a tenth as many), then
+/// pings through it: the two lines' stats.
+async fn one_session(
+    url: &str,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    label: &str,
+    calls: usize,
+) -> (common::Stats, common::Stats) {
+    let mut client = HttpClient::connect(url, tls).await;
+    for _ in 0..calls / 10 {
+        client.call().await;
+    }
+    let mut samples = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for _ in 0..calls {
+        let t = Instant::now();
+        client.call().await;
+        samples.push(t.elapsed());
+    }
+    let one = stats(
+        &format!("proxied ({label}, 1 session)"),
+        samples,
+        start.elapsed(),
+    );
+    let mut samples = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for _ in 0..calls {
+        let t = Instant::now();
+        client.ping().await;
+        samples.push(t.elapsed());
+    }
+    let ping = stats(
+        &format!("ping answered by the proxy ({label})"),
+        samples,
+        start.elapsed(),
+    );
+    (one, ping)
+}
+
+/// `sessions` sessions calling for `seconds`, each on its own connection.
+async fn many_sessions(
+    url: &str,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    label: &str,
+    sessions: usize,
+    seconds: u64,
+) -> common::Stats {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for _ in 0..sessions {
+        let url = url.to_owned();
+        let tls = tls.cloned();
+        tasks.push(tokio::spawn(async move {
+            let mut client = HttpClient::connect(&url, tls.as_ref()).await;
+            let mut samples = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                client.call().await;
+                samples.push(t.elapsed());
+            }
+            samples
+        }));
+    }
+    let mut all_samples = Vec::new();
+    for task in tasks {
+        all_samples.extend(task.await.unwrap());
+    }
+    stats(
+        &format!("proxied ({label}, {sessions} sessions)"),
+        all_samples,
+        start.elapsed(),
+    )
 }
 
 fn write_config(
@@ -240,63 +427,36 @@ async fn run(calls: usize, seconds: u64) {
 
     let http_config = write_config(dir.path(), example, true, "durable");
     let (_proxy, url) = start_http_proxy(portcullis, &http_config).await;
-    let mut client = HttpClient::connect(&url).await;
-    for _ in 0..calls / 10 {
-        client.call().await;
-    }
-    let mut samples = Vec::with_capacity(calls);
-    let start = Instant::now();
-    for _ in 0..calls {
-        let t = Instant::now();
-        client.call().await;
-        samples.push(t.elapsed());
-    }
-    let http_one = stats("proxied (HTTP, 1 session)", samples, start.elapsed());
-    let mut samples = Vec::with_capacity(calls);
-    let start = Instant::now();
-    for _ in 0..calls {
-        let t = Instant::now();
-        client.ping().await;
-        samples.push(t.elapsed());
-    }
-    let http_ping = stats(
-        "ping answered by the proxy (HTTP)",
-        samples,
-        start.elapsed(),
-    );
+    let (http_one, http_ping) = one_session(&url, None, "HTTP", calls).await;
+    let http_many = many_sessions(&url, None, "HTTP", 16, seconds).await;
 
-    let sessions = 16;
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    let mut all_samples = Vec::new();
-    let start = Instant::now();
-    for _ in 0..sessions {
-        let url = url.clone();
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut client = HttpClient::connect(&url).await;
-            let mut samples = Vec::new();
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                client.call().await;
-                samples.push(t.elapsed());
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            samples
-        }));
-    }
-    for task in tasks {
-        all_samples.extend(task.await.unwrap());
-    }
-    let http_many = stats("proxied (HTTP, 16 sessions)", all_samples, start.elapsed());
+    // The same over TLS: another proxy on the same config with TLS keys.
+    let (connector, listener) = tls_setup(dir.path());
+    let https_config = dir.path().join("https-durable.toml");
+    let text = std::fs::read_to_string(&http_config)
+        .unwrap()
+        .replace("data_dir = \"data-durable\"", "data_dir = \"data-https\"");
+    std::fs::write(&https_config, format!("{text}{listener}")).unwrap();
+    let (_tls_proxy, tls_url) = start_http_proxy(portcullis, &https_config).await;
+    let tls_url = tls_url.replacen("http://", "https://", 1);
+    let (https_one, https_ping) = one_session(&tls_url, Some(&connector), "HTTPS", calls).await;
+    let https_many = many_sessions(&tls_url, Some(&connector), "HTTPS", 16, seconds).await;
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     print_table(
         "path",
         "p50 vs direct stdio",
         &[
-            &direct, &buffered, &proxied, &fsync, &http_one, &http_ping, &http_many,
+            &direct,
+            &buffered,
+            &proxied,
+            &fsync,
+            &http_one,
+            &http_ping,
+            &http_many,
+            &https_one,
+            &https_ping,
+            &https_many,
         ],
         &direct,
     );
@@ -309,7 +469,11 @@ async fn run(calls: usize, seconds: u64) {
         us(http_one.p50) / us(proxied.p50)
     );
     println!(
-        "calls per measurement: {calls}; concurrent phase: {seconds} s; done {}",
-        done.load(Ordering::Relaxed)
+        "HTTPS / HTTP, same run: 1 session p50 {:.2}×, ping p50 {:.2}×, 16 sessions calls/s {:.2}× (p50 {:.2}×)",
+        us(https_one.p50) / us(http_one.p50),
+        us(https_ping.p50) / us(http_ping.p50),
+        https_many.calls_per_sec / http_many.calls_per_sec,
+        us(https_many.p50) / us(http_many.p50),
     );
+    println!("calls per measurement: {calls}; concurrent phase: {seconds} s each");
 }

@@ -12,6 +12,7 @@ pub mod downstream;
 pub mod gateway;
 pub mod interceptors;
 pub mod metrics;
+pub mod private_dir;
 pub mod protocol;
 pub mod traces;
 pub mod upstream;

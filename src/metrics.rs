@@ -328,6 +328,11 @@ pub struct Metrics {
     pub audit_commit_seconds: Histogram,
     /// Exchanges refused because the audit log could not commit them.
     pub audit_failures: Counter,
+    /// Connections refused at the listener: the cap that refused them.
+    pub connections_refused: Family<1, Counter>,
+    /// HTTP authentication failures and throttled attempts: endpoint,
+    /// outcome (`refused`, `throttled`).
+    pub auth_failures: Family<2, Counter>,
 }
 
 impl Default for Metrics {
@@ -344,6 +349,8 @@ impl Default for Metrics {
             upstream_start_seconds: Family::new(["server", "upstream"]),
             audit_commit_seconds: Histogram::default(),
             audit_failures: Counter::default(),
+            connections_refused: Family::new(["cap"]),
+            auth_failures: Family::new(["endpoint", "outcome"]),
         }
     }
 }
@@ -395,6 +402,16 @@ impl Metrics {
             out,
             "portcullis_upstream_start_duration_seconds",
             "How long a server took to start and answer initialize (a container's cold start), by server and upstream kind.",
+        );
+        self.connections_refused.render(
+            out,
+            "portcullis_connections_refused_total",
+            "Connections refused at the listener, by the cap that refused them.",
+        );
+        self.auth_failures.render(
+            out,
+            "portcullis_auth_failures_total",
+            "HTTP authentication failures, and attempts refused by the brute-force throttle, by endpoint and outcome (refused, throttled).",
         );
         out.declare(
             "portcullis_audit_commit_duration_seconds",

@@ -329,7 +329,11 @@ fn the_proxy_does_not_run_without_an_audit_log_it_can_write() {
     );
     std::fs::write(&config, text).unwrap();
     let stderr = common::serve_refused(&config);
-    assert!(stderr.contains("cannot open the audit log"), "{stderr}");
+    // Refused as the data folder is checked, before the store is opened.
+    assert!(
+        stderr.contains("`proxy.data_dir`") && stderr.contains("blocked` is not a folder"),
+        "{stderr}"
+    );
 }
 
 /// `portcullis audit ARGS` with an auditor token in the environment.
@@ -378,7 +382,10 @@ async fn next_records(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auditors_read_a_running_proxys_log_over_the_admin_api_and_clients_cannot() {
-    let proxy = TestProxy::new().with_example_server("example");
+    // Failures are recorded once a second (aggregated per interval).
+    let proxy = TestProxy::new()
+        .with_example_server("example")
+        .with_config("[listener]\nfailure_record_interval = \"1s\"");
     let config = proxy.write_config();
     let served = proxy.serve_http().await;
     let base = served.base.clone();

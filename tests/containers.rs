@@ -52,6 +52,16 @@ async fn wait_for_containers(docker: &Docker, server: &str, count: usize) -> Vec
     }
 }
 
+/// A proxy with one eager `container` server `name` whose stdio goes
+/// through FIFOs (the bridge of `scripts/build-test-image.sh`).
+fn fifo_proxy(name: &str) -> TestProxy {
+    common::test_image();
+    let bridge = common::repo_root().join("target/static/portcullis-bridge");
+    TestProxy::new()
+        .with_config(&format!("bridge = {:?}", bridge.display().to_string()))
+        .with_container_server(name, ", stdio = \"fifo\", start = \"eager\"", "")
+}
+
 async fn initialized(proxy: &TestProxy) -> RawClient {
     let mut client = proxy.raw_stdio().await;
     client.initialize().await;
@@ -548,11 +558,7 @@ async fn per_client_isolation_gives_each_client_its_own_container() {
 async fn fifo_stdio_bypasses_the_engine_and_keeps_the_profile() {
     let _serial = SERIAL.lock().await;
     let docker = docker().await;
-    common::test_image();
-    let bridge = common::repo_root().join("target/static/portcullis-bridge");
-    let proxy = TestProxy::new()
-        .with_config(&format!("bridge = {:?}", bridge.display().to_string()))
-        .with_container_server("box-fifo", ", stdio = \"fifo\", start = \"eager\"", "");
+    let proxy = fifo_proxy("box-fifo");
     let mut client = initialized(&proxy).await;
     let echoed = client
         .call(
@@ -885,4 +891,139 @@ fn dangerous_relaxations_and_literal_secrets_are_config_errors() {
         !stderr.contains("ghp_abcdefghijklmnop"),
         "never echoed: {stderr}"
     );
+}
+
+/// The one FIFO folder under the proxy's `run/`.
+fn fifo_folder(data: &std::path::Path) -> std::path::PathBuf {
+    let folders: Vec<_> = std::fs::read_dir(data.join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    folders[0].clone()
+}
+
+/// What another local user (uid 4242, in no group of the proxy's) may do
+/// with a FIFO folder, with every folder above it opened to them: nothing.
+fn another_user_cannot_reach(folder: &std::path::Path) {
+    let data = folder.parent().and_then(|run| run.parent()).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    for open in [data.to_path_buf(), data.join("run")] {
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let folder = folder.display();
+    for (what, script) in [
+        ("list the folder", format!("ls {folder}")),
+        (
+            "write a call into the server's stdin",
+            format!(
+                "printf '%s\\n' '{{\"jsonrpc\":\"2.0\",\"id\":99,\"method\":\"tools/call\",\"params\":{{\"name\":\"crash\",\"arguments\":{{}}}}}}' > {folder}/in"
+            ),
+        ),
+        (
+            "read the server's stdout",
+            format!("head -c1 < {folder}/out"),
+        ),
+    ] {
+        let (ok, stderr) = common::as_other_user(4242, &script);
+        assert!(!ok, "another user could {what}");
+        assert!(stderr.contains("Permission denied"), "{what}: {stderr}");
+    }
+    for close in [data.to_path_buf(), data.join("run")] {
+        std::fs::set_permissions(&close, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifos_are_the_container_users_and_closed_to_every_other_local_user() {
+    let _serial = SERIAL.lock().await;
+    let proxy = fifo_proxy("box-private");
+    let mut client = initialized(&proxy).await;
+    let echo = json!({"name":"box-private__echo","arguments":{"text":"private"}});
+    let reply = client.call(1, "tools/call", echo.clone()).await;
+    assert_eq!(first_text(&reply), "box-private: private");
+
+    // The proxy runs as root: the folder and FIFOs are given to the
+    // container's user (65534), closed to everyone else.
+    let data = proxy.dir().join(".portcullis");
+    assert_eq!(common::mode_of(&data).0, 0o700);
+    assert_eq!(common::mode_of(&data.join("run")).0, 0o700);
+    let folder = fifo_folder(&data);
+    assert_eq!(common::mode_of(&folder), (0o700, 65534, 65534));
+    for fifo in ["in", "out"] {
+        assert_eq!(common::mode_of(&folder.join(fifo)), (0o600, 65534, 65534));
+    }
+    another_user_cannot_reach(&folder);
+
+    // Nothing reached the server: the next call is answered as ever.
+    let reply = client.call(2, "tools/call", echo).await;
+    assert_eq!(first_text(&reply), "box-private: private");
+    client.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_that_is_not_root_shares_the_fifos_with_its_container_through_its_group() {
+    use std::os::unix::fs::MetadataExt as _;
+    let _serial = SERIAL.lock().await;
+    let docker = docker().await;
+    let proxy = fifo_proxy("box-user");
+    let config = proxy.write_config();
+    // The proxy's folder belongs to its user, uid 4243, who may use the
+    // Docker socket through its group.
+    const PROXY_UID: u32 = 4243;
+    let status = std::process::Command::new("chown")
+        .args(["-R", &format!("{PROXY_UID}:{PROXY_UID}")])
+        .arg(proxy.dir())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let socket_group = std::fs::metadata("/var/run/docker.sock").unwrap().gid();
+    let mut command = tokio::process::Command::new("setpriv");
+    command
+        .args([
+            format!("--reuid={PROXY_UID}"),
+            format!("--regid={PROXY_UID}"),
+            format!("--groups={socket_group}"),
+            "--".to_owned(),
+        ])
+        .arg(common::portcullis_bin())
+        .args(["stdio", "--config"])
+        .arg(&config)
+        .args(["--client", "tester"])
+        .env("PORTCULLIS_LOG", "info")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut client = RawClient::spawn(command);
+    client.initialize().await;
+    let echo = json!({"name":"box-user__echo","arguments":{"text":"shared"}});
+    let reply = client.call(1, "tools/call", echo.clone()).await;
+    assert_eq!(first_text(&reply), "box-user: shared");
+
+    // The proxy keeps the FIFOs and shares them through its own group,
+    // which the container has as a supplementary group.
+    let data = proxy.dir().join(".portcullis");
+    assert_eq!(common::mode_of(&data), (0o700, PROXY_UID, PROXY_UID));
+    let folder = fifo_folder(&data);
+    assert_eq!(common::mode_of(&folder), (0o710, PROXY_UID, PROXY_UID));
+    for fifo in ["in", "out"] {
+        assert_eq!(
+            common::mode_of(&folder.join(fifo)),
+            (0o660, PROXY_UID, PROXY_UID)
+        );
+    }
+    let running = wait_for_containers(&docker, "box-user", 1).await;
+    let inspected = docker
+        .inspect_container(running[0].id.as_deref().unwrap(), None)
+        .await
+        .unwrap();
+    let groups = inspected.host_config.unwrap().group_add.unwrap_or_default();
+    assert_eq!(groups, vec![PROXY_UID.to_string()]);
+    another_user_cannot_reach(&folder);
+
+    let reply = client.call(2, "tools/call", echo).await;
+    assert_eq!(first_text(&reply), "box-user: shared");
+    client.finish().await;
+    assert!(containers(&docker, "box-user").await.is_empty());
 }

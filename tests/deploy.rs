@@ -114,6 +114,7 @@ async fn the_proxy_image_runs_read_only_as_non_root_and_serves_a_container_serve
         etc.join("portcullis.toml"),
         format!(
             "[proxy]\nlisten = \"0.0.0.0:8811\"\ndata_dir = \"/data\"\nstartup_timeout = \"30s\"\n\n\
+             [listener]\ninsecure_plaintext = true\n\n\
              [[clients]]\nname = \"tester\"\ntoken_sha256 = \"{}\"\n\n\
              [[auditors]]\nname = \"auditors\"\ntoken_sha256 = \"{}\"\n\n\
              [[servers]]\nname = \"{server}\"\ncontainer = {{ image = \"{server_image}\", args = [\"--name\", \"{server}\"] }}\n",

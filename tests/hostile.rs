@@ -1237,3 +1237,157 @@ async fn a_roots_list_changed_reaches_the_server_as_the_proxys_own() {
     );
     hostile.assert_received_clean(&[&secret]);
 }
+
+/// 14. A server floods a call with progress while its client reads nothing
+/// (a small receive window, then no reads): the call's stream holds a
+/// bounded number of messages, the rest are dropped, and the reply still
+/// arrives once the client reads. Unbounded, every one would be queued in
+/// the proxy's memory and delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_stream_its_client_does_not_read_stays_bounded() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const FLOOD: usize = 50_000;
+    let hostile = Hostile::new(json!({"tools": {"flood": [
+        {"send": r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":{progressToken},"progress":1,"message":"working"}}"#,
+         "times": FLOOD},
+        reply(&json!({"content": [text("done")]})),
+    ]}}));
+    let served = hostile.proxy.serve_http().await;
+    let http = reqwest::Client::new();
+    let session = common::initialize_http(&http, &served.url, common::TOKEN, "slow").await;
+
+    let body = json!({"jsonrpc":"2.0","id":7,"method":"tools/call",
+        "params":{"name":"h__flood","arguments":{},"_meta":{"progressToken":"p-7"}}})
+    .to_string();
+    let to: std::net::SocketAddr = served.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nMcp-Session-Id: {session}\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        common::TOKEN,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The server sends everything while the client reads nothing.
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let received = std::fs::read_to_string(&hostile.log).unwrap_or_default();
+            if received.contains("h__flood") || received.contains("\"flood\"") {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(sent.is_ok(), "the call did not reach the server");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the stream did not end");
+    let answer = String::from_utf8_lossy(&answer);
+    let progress = answer.matches("notifications/progress").count();
+    assert!(progress > 0, "{}", &answer[..answer.len().min(2000)]);
+    assert!(progress < FLOOD, "all {progress} were queued and delivered");
+    assert!(
+        answer.contains(r#""id":7"#) && answer.contains("done"),
+        "the reply was lost: {}",
+        &answer[answer.len().saturating_sub(2000)..]
+    );
+    served.terminate().await;
+}
+
+/// 15. The same flood through `portcullis stdio` to a client that stops
+/// reading its stdout: the proxy keeps a bounded number of lines for it and
+/// drops the rest, and the call's reply still arrives, whole, once the
+/// client reads again. Unbounded, all of them would be queued and written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stdio_client_that_does_not_read_gets_a_bounded_queue() {
+    const FLOOD: usize = 50_000;
+    let hostile = Hostile::new(json!({"tools": {"flood": [
+        {"send": r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":{progressToken},"progress":1,"message":"working"}}"#,
+         "times": FLOOD},
+        reply(&json!({"content": [text("done")]})),
+    ]}}));
+    let mut command = hostile.proxy.stdio_command();
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().expect("spawn portcullis stdio");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut write = async |message: Value| {
+        let mut line = serde_json::to_vec(&message).unwrap();
+        line.push(b'\n');
+        stdin.write_all(&line).await.unwrap();
+        stdin.flush().await.unwrap();
+    };
+    write(
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},
+        "clientInfo":{"name":"deaf","version":"0"}}}),
+    )
+    .await;
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(60), stdout.read_line(&mut line))
+        .await
+        .expect("initialize answered")
+        .unwrap();
+    assert!(
+        line.contains(r#""id":0"#) && line.contains("result"),
+        "{line}"
+    );
+    write(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await;
+    write(json!({"jsonrpc":"2.0","id":7,"method":"tools/call",
+        "params":{"name":"h__flood","arguments":{},"_meta":{"progressToken":"p-7"}}}))
+    .await;
+
+    // The server sends everything while the client reads nothing.
+    let reached = tokio::time::timeout(Duration::from_secs(30), async {
+        while !std::fs::read_to_string(&hostile.log)
+            .unwrap_or_default()
+            .contains("\"flood\"")
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "the call did not reach the server");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let (mut progress, mut reply) = (0_usize, None::<Value>);
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            line.clear();
+            if stdout.read_line(&mut line).await.unwrap() == 0 {
+                return;
+            }
+            let message: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|err| panic!("not a JSON line ({err}): {line}"));
+            if message["method"] == "notifications/progress" {
+                assert_eq!(message["params"]["progressToken"], "p-7", "{line}");
+                progress += 1;
+            } else if message["id"] == 7 {
+                reply = Some(message);
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the reply never came");
+    let reply = reply.expect("the proxy closed stdout before the reply");
+    assert_eq!(reply["result"]["content"][0]["text"], "done", "{reply}");
+    assert!(progress > 0, "no progress reached the client");
+    assert!(
+        progress < FLOOD / 2,
+        "{progress} of {FLOOD} were queued and delivered"
+    );
+    let _ = child.kill().await;
+}

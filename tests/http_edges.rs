@@ -274,3 +274,53 @@ async fn bad_bodies_and_headers_get_clear_errors() {
     let body: Value = ping.json().await.unwrap();
     assert_eq!(body["result"], json!({}));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plaintext_bind_off_loopback_must_be_said_and_checks_the_host_it_is_reached_by() {
+    let proxy = TestProxy::new().with_raw_server("raw");
+    let config = proxy.write_config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let off_loopback = text.replacen(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"0.0.0.0:0\"\nallowed_hosts = [\"mcp.test\"]\n",
+        1,
+    );
+    std::fs::write(&config, &off_loopback).unwrap();
+    let stderr = common::serve_refused(&config);
+    assert!(stderr.contains("is not a loopback address"), "{stderr}");
+    assert!(stderr.contains("insecure_plaintext = true"), "{stderr}");
+
+    std::fs::write(
+        &config,
+        format!("{off_loopback}\n[listener]\ninsecure_plaintext = true\n"),
+    )
+    .unwrap();
+    let served = common::serve_config(&config).await;
+    // Reached over loopback all the same.
+    let url = served.url.replace("0.0.0.0", "127.0.0.1");
+    let http = client();
+    let with_host = |host: &'static str| {
+        http.post(&url)
+            .bearer_auth(TOKEN)
+            .header("host", host)
+            .header("accept", "application/json, text/event-stream")
+            .json(&init_body())
+            .send()
+    };
+    assert_eq!(
+        with_host("mcp.test").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        with_host("MCP.test:8811").await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        with_host("localhost").await.unwrap().status(),
+        StatusCode::OK
+    );
+    let rebound = with_host("attacker.example").await.unwrap();
+    assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
+    assert!(rebound.text().await.unwrap().contains("allowed_hosts"));
+    served.terminate().await;
+}

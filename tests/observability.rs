@@ -282,9 +282,13 @@ permit(principal, action == Action::"list_tools", resource);"#,
         value(&samples, "portcullis_events_total{kind=\"server_ready\"}"),
         1.0
     );
-    // The three refused scrapes.
+    // The three refused scrapes (their audit records are aggregated per
+    // interval; the counter counts each).
     assert_eq!(
-        value(&samples, "portcullis_events_total{kind=\"auth_failure\"}"),
+        value(
+            &samples,
+            "portcullis_auth_failures_total{endpoint=\"/admin\",outcome=\"refused\"}"
+        ),
         3.0
     );
     // One audit commit timed per exchange.

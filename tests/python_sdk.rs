@@ -23,8 +23,7 @@ const OPS: &[&str] = &[
 /// Runs `tests/python/mcp_client.py` with the test virtualenv and returns its
 /// JSON document.
 async fn run_client(transport_args: Vec<String>) -> Value {
-    let mut command = tokio::process::Command::new(common::python());
-    command.arg(common::repo_root().join("tests/python/mcp_client.py"));
+    let mut command = common::python_client();
     let (head, tail) = match transport_args.iter().position(|a| a == "--") {
         Some(split) => transport_args.split_at(split),
         None => (&transport_args[..], &[][..]),
@@ -35,17 +34,7 @@ async fn run_client(transport_args: Vec<String>) -> Value {
         command.args(["--op", op]);
     }
     command.args(tail);
-    let output = tokio::time::timeout(std::time::Duration::from_secs(120), command.output())
-        .await
-        .expect("the Python client finished in time")
-        .expect("run the Python client");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the Python client failed: {stderr}"
-    );
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|err| panic!("bad JSON from the Python client ({err}); stderr: {stderr}"))
+    common::python_client_output(command).await
 }
 
 fn op<'a>(doc: &'a Value, name: &str) -> &'a Value {

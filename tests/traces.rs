@@ -306,15 +306,7 @@ async fn loop_until_counted(base: &str, spans: usize) -> f64 {
 }
 
 async fn trace_counter(base: &str, outcome: &str) -> f64 {
-    let text = reqwest::Client::new()
-        .get(format!("{base}/metrics"))
-        .bearer_auth(AUDITOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(base).await;
     let series = format!("portcullis_trace_spans_total{{outcome=\"{outcome}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&series))

@@ -12,10 +12,12 @@
 
 mod query;
 mod record;
+pub mod seal;
 mod store;
 
-pub use query::{Filter, FilterError, FilterParams, Reader, Verification};
+pub use query::{Filter, FilterError, FilterParams, Keys, Reader, Verification};
 pub use record::{AuditRecord, GENESIS, Redaction, sha256_canonical};
+pub use seal::{Checkpoint, MacCheck, Seal, SealError, Signer, Statement, Verifier};
 pub use store::{Anchor, Apply, ChainEnd, SledStorage, Storage};
 
 use std::sync::Arc;
@@ -121,6 +123,8 @@ pub struct Audit {
     /// readable yet: see [`Audit::caught_up`]).
     logged: Arc<AtomicU64>,
     reader: Option<Reader>,
+    /// What verification of this store checks with: the writer's keys.
+    keys: Keys,
 }
 
 impl std::fmt::Debug for Audit {
@@ -145,7 +149,22 @@ impl Audit {
         durable: bool,
         retention: Retention,
     ) -> Result<Self, AuditError> {
+        Self::start_sealed(storage, durable, retention, Sealing::default())
+    }
+
+    /// Starts the writer with a retention and a way of sealing records
+    /// (a chain key, a checkpoint signer).
+    pub fn start_sealed(
+        storage: impl Storage,
+        durable: bool,
+        retention: Retention,
+        sealing: Sealing,
+    ) -> Result<Self, AuditError> {
         let failing = Arc::new(Failing::default());
+        let keys = Keys {
+            seal: sealing.seal.clone(),
+            checkpoints: sealing.signer.as_ref().map(Signer::verifier),
+        };
         let tip = match storage.last()? {
             Some(end) => Tip {
                 seq: end.seq,
@@ -176,6 +195,7 @@ impl Audit {
             tell,
             failing: failing.clone(),
             applier,
+            signing: Signing::new(sealing),
         };
         writer.prune();
         let writer = Arc::new(std::sync::Mutex::new(writer));
@@ -191,7 +211,14 @@ impl Audit {
             written,
             logged,
             reader,
+            keys,
         })
+    }
+
+    /// The keys the writer seals and signs with, as verification needs
+    /// them.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// Commits a record: durable, returns its sequence number once it is
@@ -477,6 +504,61 @@ struct Writer {
     /// Makes logged records readable off the callers' path, when the
     /// storage has an applier.
     applier: Option<ApplierThread>,
+    /// The seal, and when the head is next signed.
+    signing: Signing,
+}
+
+/// How the writer seals records and signs the chain's head.
+#[derive(Debug, Clone)]
+pub struct Sealing {
+    pub seal: Seal,
+    pub signer: Option<Signer>,
+    /// The store's name in signed statements (its folder's name).
+    pub store: String,
+    /// A signed checkpoint after this many records…
+    pub checkpoint_every: u64,
+    /// …or once this long has passed since the last (at the next write,
+    /// and when the writer flushes at stop).
+    pub checkpoint_interval: std::time::Duration,
+}
+
+impl Default for Sealing {
+    fn default() -> Self {
+        Self {
+            seal: Seal::Plain,
+            signer: None,
+            store: String::new(),
+            checkpoint_every: crate::config::CHECKPOINT_EVERY,
+            checkpoint_interval: crate::config::CHECKPOINT_INTERVAL,
+        }
+    }
+}
+
+struct Signing {
+    sealing: Sealing,
+    since: u64,
+    last: std::time::Instant,
+}
+
+impl Signing {
+    fn new(sealing: Sealing) -> Self {
+        Self {
+            sealing,
+            since: 0,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether the head is due a signed checkpoint (`at_stop`: whatever
+    /// was written since the last one is vouched for before the store
+    /// closes).
+    fn due(&self, at_stop: bool) -> bool {
+        self.sealing.signer.is_some()
+            && self.since > 0
+            && (at_stop
+                || self.since >= self.sealing.checkpoint_every
+                || self.last.elapsed() >= self.sealing.checkpoint_interval)
+    }
 }
 
 impl Writer {
@@ -496,7 +578,7 @@ impl Writer {
             } else {
                 time.clone_from(&record.time);
             }
-            values.push(record.seal_to_json(next_seq, &prev));
+            values.push(record.seal_to_json(next_seq, &prev, &self.signing.sealing.seal));
             prev.clone_from(&record.hash);
         }
         let seqs: Vec<u64> = records.iter().map(|record| record.seq).collect();
@@ -510,6 +592,7 @@ impl Writer {
                 };
                 self.logged.store(next_seq, Ordering::Release);
                 self.logged_since += seqs.len() as u64;
+                self.signing.since += seqs.len() as u64;
                 match (&self.applier, pending) {
                     (_, false) => tell_readable(&self.tell, next_seq),
                     (Some(applier), true) => applier.wake(),
@@ -534,6 +617,34 @@ impl Writer {
         }
         if prune {
             self.prune();
+        }
+        self.sign_if_due(false);
+    }
+
+    /// Appends a `signed_checkpoint` record vouching for the head as it
+    /// is, when one is due. A failure is logged (the writer's failure
+    /// state refuses calls as for any record).
+    fn sign_if_due(&mut self, at_stop: bool) {
+        if !self.signing.due(at_stop) {
+            return;
+        }
+        let Some(signer) = &self.signing.sealing.signer else {
+            return;
+        };
+        let checkpoint = signer.sign(Statement {
+            store: self.signing.sealing.store.clone(),
+            seq: self.tip.seq,
+            hash: self.tip.hash.clone(),
+            time: timestamp(std::time::SystemTime::now()),
+        });
+        let mut record = AuditRecord::event("signed_checkpoint", "allow");
+        record.detail = serde_json::to_value(&checkpoint).ok();
+        match self.write(vec![record]) {
+            Ok(_) => {
+                self.signing.since = 0;
+                self.signing.last = std::time::Instant::now();
+            }
+            Err(err) => tracing::error!(error = %err, "AUDIT: cannot write a signed checkpoint"),
         }
     }
 
@@ -574,6 +685,7 @@ impl Writer {
 
     /// Applies and flushes everything logged.
     fn flush(&mut self) -> Result<u64, AuditError> {
+        self.sign_if_due(true);
         self.storage.flush()?;
         self.unapplied = false;
         self.failing.applied();
@@ -582,8 +694,12 @@ impl Writer {
     }
 
     fn prune(&mut self) {
-        self.pruning
-            .run(&mut *self.storage, &mut self.tip, &self.tell);
+        self.pruning.run(
+            &mut *self.storage,
+            &mut self.tip,
+            &self.tell,
+            &self.signing.sealing.seal,
+        );
     }
 
     /// The writer thread: it writes each batch it finds waiting in its
@@ -671,7 +787,13 @@ impl Pruning {
     /// joins the chain (where the kept chain starts, and the hash it starts
     /// from), then the anchor is stored and the older records removed. A
     /// failure is logged; the log keeps growing and calls go on.
-    fn run(&mut self, storage: &mut dyn Storage, tip: &mut Tip, tell: &watch::Sender<u64>) {
+    fn run(
+        &mut self,
+        storage: &mut dyn Storage,
+        tip: &mut Tip,
+        tell: &watch::Sender<u64>,
+        seal: &Seal,
+    ) {
         self.last_run = std::time::Instant::now();
         self.written_since = 0;
         if self.retention.keeps_everything() {
@@ -693,7 +815,7 @@ impl Pruning {
                 "max_age_s": self.retention.max_age.map(|age| age.as_secs()),
                 "max_records": self.retention.max_records,
             }));
-            let value = checkpoint.seal_to_json(tip.seq + 1, &tip.hash);
+            let value = checkpoint.seal_to_json(tip.seq + 1, &tip.hash, seal);
             let (seq, hash, time) = (
                 checkpoint.seq,
                 checkpoint.hash.clone(),
@@ -824,6 +946,7 @@ mod tests {
             detail: None,
             prev_hash: String::new(),
             hash: String::new(),
+            mac: None,
         }
     }
 

@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::seal::Seal;
+
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -30,6 +32,7 @@ pub const KINDS: &[&str] = &[
     "plugin_circuit_open",
     "plugin_circuit_closed",
     "checkpoint",
+    "signed_checkpoint",
 ];
 
 /// One redaction count, per rule and direction.
@@ -79,6 +82,10 @@ pub struct AuditRecord {
     pub detail: Option<Value>,
     pub prev_hash: String,
     pub hash: String,
+    /// With a chain key: HMAC-SHA256 of `hash` under it (hex). Not part of
+    /// the bytes `hash` covers; absent on records sealed without a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl AuditRecord {
@@ -111,6 +118,7 @@ impl AuditRecord {
             detail: None,
             prev_hash: String::new(),
             hash: String::new(),
+            mac: None,
         }
     }
 
@@ -118,9 +126,15 @@ impl AuditRecord {
     /// space) with `hash` set to `""`; `prev_hash` is included, so a
     /// changed, removed or reordered record breaks the chain.
     pub fn compute_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.canonical()))
+    }
+
+    /// The bytes a record's seal covers: its canonical JSON with `hash`
+    /// set to `""`.
+    pub fn canonical(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(1024);
         self.write_canonical(&mut bytes, "");
-        hex::encode(Sha256::digest(&bytes))
+        bytes
     }
 
     /// The record as the log stores it: its canonical JSON with `hash`
@@ -129,19 +143,36 @@ impl AuditRecord {
     pub fn to_json(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(1024);
         self.write_canonical(&mut bytes, &self.hash);
+        self.append_mac(&mut bytes);
         bytes
+    }
+
+    /// Writes `mac` into stored bytes, as their last member (it is not
+    /// part of what `hash` covers, so not of the canonical bytes).
+    fn append_mac(&self, bytes: &mut Vec<u8>) {
+        if let Some(mac) = &self.mac
+            && bytes.last() == Some(&b'}')
+        {
+            bytes.pop();
+            bytes.extend_from_slice(b",\"mac\":");
+            // Writing into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *bytes, mac);
+            bytes.push(b'}');
+        }
     }
 
     /// Seals the record (as [`AuditRecord::seal`]) and returns it as the
     /// log stores it ([`AuditRecord::to_json`]): the bytes the hash covers,
     /// with the hash then written into them, so the record is written once.
-    pub fn seal_to_json(&mut self, seq: u64, prev_hash: &str) -> Vec<u8> {
+    pub fn seal_to_json(&mut self, seq: u64, prev_hash: &str, seal: &Seal) -> Vec<u8> {
         self.seq = seq;
         self.prev_hash = prev_hash.to_owned();
         let mut bytes = Vec::with_capacity(1024);
         let at = self.write_canonical(&mut bytes, "");
         self.hash = hex::encode(Sha256::digest(&bytes));
+        self.mac = seal.mac(&self.hash);
         bytes.splice(at..at, self.hash.bytes());
+        self.append_mac(&mut bytes);
         bytes
     }
 
@@ -266,6 +297,7 @@ impl AuditRecord {
         self.seq = seq;
         self.prev_hash = prev_hash.to_owned();
         self.hash = self.compute_hash();
+        self.mac = None;
     }
 }
 
@@ -364,7 +396,7 @@ mod tests {
         // Sealed to JSON: what `seal` gives, and the bytes read back as the
         // record, hash included.
         let mut sealed = record.clone();
-        let bytes = sealed.seal_to_json(8, &record.hash);
+        let bytes = sealed.seal_to_json(8, &record.hash, &Seal::Plain);
         record.seal(8, &record.hash.clone());
         assert_eq!(sealed, record);
         assert_eq!(bytes, record.to_json());

@@ -618,9 +618,10 @@ impl SledStorage {
     /// [`Reader::verify_with`] on this store.
     pub fn verify_with(
         &self,
+        keys: &super::Keys,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Verification, AuditError> {
-        self.reader().verify_with(progress)
+        self.reader().verify_with(keys, progress)
     }
 
     /// Rebuilds the index when it was written by another index version (or

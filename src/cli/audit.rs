@@ -56,12 +56,25 @@ pub enum AuditCommand {
         /// Write to this file instead of standard output.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Then keep exporting each record as the running proxy commits it
+        /// (signed checkpoints among them: ship them off the host), each
+        /// line flushed as it comes, until interrupted.
+        #[arg(long)]
+        follow: bool,
     },
     /// Walk the hash chain; name the first record that was changed, removed
     /// or reordered.
     Verify {
         #[command(flatten)]
         source: Source,
+        #[command(flatten)]
+        keys: VerifyKeys,
+    },
+    /// Make a chain key and a checkpoint signing key (with its public key)
+    /// in DIR: the keys `[audit] key` and `signing_key` name.
+    Keygen {
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -280,7 +293,8 @@ fn check(params: &FilterParams) -> anyhow::Result<()> {
 
 pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     match command {
-        AuditCommand::Verify { source } => verify(&source).await,
+        AuditCommand::Verify { source, keys } => verify(&source, &keys).await,
+        AuditCommand::Keygen { dir } => super::audit_keys::keygen(&dir),
         AuditCommand::Query {
             source,
             filter,
@@ -318,10 +332,14 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
             filter,
             after,
             output,
+            follow,
         } => {
             let params = filter.params(None, Some(after.unwrap_or(0)));
             check(&params)?;
             let (config, stores) = open_stores(&source).await?;
+            if follow {
+                return export_following(&stores, &params, output.as_deref()).await;
+            }
             if stores.len() > 1 && source.store.is_none() {
                 let names: Vec<&str> = stores.iter().map(Store::name).collect();
                 bail!(
@@ -413,46 +431,125 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn verify(source: &Source) -> anyhow::Result<()> {
-    let (_, stores) = open_stores(source).await?;
+/// `audit export --follow`: the running proxy's records from `params`'
+/// `after` on, then each as it is committed, every line written through.
+async fn export_following(
+    stores: &[Store],
+    params: &FilterParams,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    let Some(api) = stores.iter().find_map(|store| match store {
+        Store::Remote { api, .. } => Some(api),
+        Store::Local { .. } => None,
+    }) else {
+        bail!(
+            "no proxy is serving this config: there is nothing to follow (`audit export` without --follow reads the log)"
+        );
+    };
+    let mut out: Box<dyn std::io::Write> = match output {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut response = api.get("/admin/audit/tail", params).await?;
+    while let Some(chunk) = response.chunk().await? {
+        out.write_all(&chunk)?;
+        out.flush()?;
+    }
+    bail!("the proxy closed the stream (it stopped?)")
+}
+
+/// Where a verification's keys and kept checkpoints come from.
+#[derive(Args)]
+pub struct VerifyKeys {
+    /// The chain key (hex, as `audit keygen` writes it): every keyed
+    /// record's MAC is checked. Default: the config's `[audit] key`, when
+    /// it can be read here.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Checkpoints kept elsewhere (`audit export` lines, or bare signed
+    /// checkpoints): a log that ends before the newest, or holds another
+    /// record where it points, was cut or rewritten.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// The checkpoint signer's public key (hex, `checkpoint.pub`). Default:
+    /// derived from the config's `[audit] signing_key`, when it can be read.
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+}
+
+async fn verify(source: &Source, with: &VerifyKeys) -> anyhow::Result<()> {
+    let (config, stores) = open_stores(source).await?;
+    let keys =
+        super::audit_keys::verify_keys(&config, with.key.as_deref(), with.public_key.as_deref())?;
+    let kept = match &with.checkpoint {
+        None => Vec::new(),
+        Some(file) => {
+            let Some(verifier) = &keys.checkpoints else {
+                bail!(
+                    "--checkpoint needs the signer's public key: give --public-key FILE (checkpoint.pub)"
+                );
+            };
+            super::audit_keys::kept_checkpoints(file, verifier)?
+        }
+    };
+    // A kept checkpoint of a store that is not here: the store was removed
+    // (or renamed) — as much a cut as a missing tail.
+    for checkpoint in &kept {
+        let store = &checkpoint.statement.store;
+        if !stores.iter().any(|s| s.name() == store) {
+            bail!(
+                "a kept checkpoint vouches for {} records of store `{store}`, which is not here: it was removed or renamed",
+                checkpoint.statement.seq
+            );
+        }
+    }
     let mut broken = 0;
     for store in &stores {
         let name = store.name();
-        let verification = match store {
+        let mut verification = match store {
             Store::Local { store, .. } => {
                 let progress = Progress::counted(format!("verifying `{name}`"), None, "records");
-                store.verify_with(&mut |checked, total| {
+                store.verify_with(&keys, &mut |checked, total| {
                     progress.set_total(total);
                     progress.set(checked);
                 })?
             }
             Store::Remote { api, .. } => {
+                // The proxy checks with its own keys.
                 let _progress = Progress::step(format!("the proxy verifies `{name}`"));
                 let answer: serde_json::Value = api
                     .get("/admin/audit/verify", &FilterParams::default())
                     .await?
                     .json()
                     .await?;
-                let field = |key: &str| answer.get(key).cloned().unwrap_or_default();
-                match answer.get("state").and_then(|s| s.as_str()) {
-                    Some("intact") => Verification::Intact {
-                        records: field("records").as_u64().unwrap_or_default(),
-                        first_seq: field("first_seq").as_u64().unwrap_or(1),
-                        last_hash: field("last_hash").as_str().unwrap_or_default().to_owned(),
-                    },
-                    Some("broken") => Verification::Broken {
-                        seq: field("seq").as_u64().unwrap_or_default(),
-                        problem: field("problem").as_str().unwrap_or_default().to_owned(),
-                    },
-                    _ => bail!("the proxy's answer does not parse: {answer}"),
-                }
+                serde_json::from_value(answer.clone())
+                    .with_context(|| format!("the proxy's answer does not parse: {answer}"))?
             }
         };
+        // The newest checkpoint kept for this store, against its log.
+        let newest = kept
+            .iter()
+            .filter(|c| c.statement.store == name)
+            .max_by_key(|c| c.statement.seq);
+        if let (Some(checkpoint), Verification::Intact { .. }) = (newest, &verification)
+            && let Err((seq, problem)) = judge(store, checkpoint).await?
+        {
+            verification = Verification::Broken { seq, problem };
+        }
         match verification {
             Verification::Intact {
                 records,
                 first_seq,
                 last_hash,
+                keyed,
+                macs_checked,
+                signed_checkpoints,
             } => {
                 let from = if first_seq > 1 {
                     format!(
@@ -461,7 +558,25 @@ async fn verify(source: &Source) -> anyhow::Result<()> {
                 } else {
                     String::new()
                 };
-                println!("{name}: intact: {records} records{from}; last hash {last_hash}");
+                let keyed = match (keyed, macs_checked) {
+                    (0, _) => String::new(),
+                    (n, true) => format!("; {n} keyed, their MACs checked"),
+                    (n, false) => format!("; {n} keyed, their MACs NOT checked (give --key)"),
+                };
+                let signed = if signed_checkpoints > 0 {
+                    format!("; {signed_checkpoints} signed checkpoints verified")
+                } else {
+                    String::new()
+                };
+                let reaches = newest.map_or(String::new(), |c| {
+                    format!(
+                        "; reaches the kept checkpoint at record {}",
+                        c.statement.seq
+                    )
+                });
+                println!(
+                    "{name}: intact: {records} records{from}{keyed}{signed}{reaches}; last hash {last_hash}"
+                );
             }
             Verification::Broken { seq, problem } => {
                 broken += 1;
@@ -473,6 +588,40 @@ async fn verify(source: &Source) -> anyhow::Result<()> {
         bail!("{broken} audit chain(s) broken");
     }
     Ok(())
+}
+
+/// A kept checkpoint against a store's log (see [`Checkpoint::judge`]).
+async fn judge(
+    store: &Store,
+    checkpoint: &crate::audit::Checkpoint,
+) -> anyhow::Result<Result<(), (u64, String)>> {
+    let seq = checkpoint.statement.seq;
+    let (first, last, hash) = match store {
+        Store::Local { store, .. } => {
+            let reader = store.reader();
+            let hash = reader.get(seq)?.map(|record| record.hash);
+            (reader.first_seq()?, reader.last_seq()?, hash)
+        }
+        Store::Remote { api, .. } => {
+            let params = FilterParams {
+                after: Some(seq.saturating_sub(1).to_string()),
+                limit: Some("1".into()),
+                ..FilterParams::default()
+            };
+            let answer: serde_json::Value = api.get("/admin/audit", &params).await?.json().await?;
+            let last = answer["last_seq"].as_u64().unwrap_or_default();
+            let next: Option<AuditRecord> = answer["records"]
+                .get(0)
+                .and_then(|r| serde_json::from_value(r.clone()).ok());
+            match next {
+                Some(record) if record.seq == seq => (1, last, Some(record.hash)),
+                // The first record kept is past it: removed by retention.
+                Some(record) => (record.seq, last, None),
+                None => (1, last, None),
+            }
+        }
+    };
+    Ok(checkpoint.judge(first, last, hash.as_deref()))
 }
 
 fn print_records(

@@ -315,7 +315,12 @@ pub fn client_config(
                 std::net::IpAddr::V6(ip) => format!("[{ip}]"),
                 std::net::IpAddr::V4(ip) => ip.to_string(),
             };
-            let url = format!("http://{host}:{}/mcp", listen.port());
+            let scheme = if config.listener.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let url = format!("{scheme}://{host}:{}/mcp", listen.port());
             // The token stays out of the file: each client's own way of
             // filling it in at start.
             let token = match app {

@@ -1,6 +1,7 @@
 //! The `portcullis` command line.
 
 mod audit;
+mod audit_keys;
 mod containers;
 mod init;
 mod pins;
@@ -199,6 +200,9 @@ enum Format {
 
 /// Entry point of the binary: errors are printed once, here.
 pub fn main() -> ExitCode {
+    // Before anything is written: whatever this process creates (the
+    // audit store, pins, FIFO folders, a scaffolded config) is private.
+    crate::private_dir::restrict_umask();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -653,21 +657,40 @@ async fn serve(config: Config, stdio_client: Option<ClientIdentity>) -> anyhow::
         (None, Some(client)) => format!("stdio-{}", client.name),
         _ => "serve".to_owned(),
     };
+    // The data folder is checked before anything in it is opened: one that
+    // another user owns or may write to is refused.
+    let narrowed = crate::private_dir::prepare(&config.proxy.data_dir)
+        .with_context(|| format!("{}: `proxy.data_dir`", config.file.display()))?;
+    if !narrowed.is_empty() {
+        tracing::warn!(
+            data_dir = %config.proxy.data_dir.display(),
+            count = narrowed.len(),
+            "closed the data folder to other users (it was readable by them): folders are now 0700, files 0600"
+        );
+    }
     let audit_dir = config.proxy.data_dir.join("audit");
     let durability = config.audit.durability;
     let flush_every = match durability {
         Durability::Durable => None,
         Durability::Buffered => Some(std::time::Duration::from_millis(10)),
     };
-    let audit = SledStorage::open_for(&audit_dir, &role, flush_every)
-        .and_then(|store| {
-            Audit::start_with(
-                store,
-                durability == Durability::Durable,
-                config.audit.retention,
-            )
-        })
-        .with_context(|| format!("{}: cannot open the audit log", config.file.display()))?;
+    let cannot = || format!("{}: cannot open the audit log", config.file.display());
+    let store = SledStorage::open_for(&audit_dir, &role, flush_every).with_context(cannot)?;
+    let sealing = audit_keys::sealing(&config, &store).with_context(cannot)?;
+    if sealing.seal.is_keyed() || sealing.signer.is_some() {
+        tracing::info!(
+            keyed = sealing.seal.is_keyed(),
+            signed_checkpoints = sealing.signer.is_some(),
+            "the audit chain is keyed and/or its head signed"
+        );
+    }
+    let audit = Audit::start_sealed(
+        store,
+        durability == Durability::Durable,
+        config.audit.retention,
+        sealing,
+    )
+    .with_context(cannot)?;
     let config_sha256 = std::fs::read(&config.file)
         .map(|bytes| sha256_hex(&bytes))
         .ok();

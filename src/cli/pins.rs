@@ -310,7 +310,10 @@ async fn record_approvals(
     let dir = config.proxy.data_dir.join("audit");
     let store = SledStorage::open_for(&dir, "cli", None)
         .with_context(|| format!("{}: cannot record the approval", dir.display()))?;
-    let audit = Audit::start(store, true)?;
+    // Sealed like the proxy's own stores, so that `audit verify` with the
+    // chain key checks this one too.
+    let sealing = super::audit_keys::sealing(config, &store)?;
+    let audit = Audit::start_sealed(store, true, config.audit.retention, sealing)?;
     let separator = &config.proxy.namespace_separator;
     for (name, previous, sha256) in approved {
         let mut record = AuditRecord::event("pin_approved", "allow");

@@ -14,12 +14,14 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod container;
+mod listener;
 mod plugin;
 
 pub use container::{
     BindMount, ContainerSpec, Fifos, Isolation, PullPolicy, Sandbox, StartPolicy, TmpfsMount,
     parse_size,
 };
+pub use listener::{ListenerConfig, TlsConfig};
 use plugin::RawChainEntry;
 pub use plugin::{
     DEFAULT_PLUGIN_MEMORY, InstanceMode, OnError, Phases, PluginConfig, method_matches,
@@ -56,6 +58,7 @@ pub struct Config {
     /// The file it came from; relative paths inside it resolve against its folder.
     pub file: PathBuf,
     pub proxy: ProxyConfig,
+    pub listener: ListenerConfig,
     pub limits: LimitsConfig,
     pub clients: Vec<ClientConfig>,
     pub auditors: Vec<AuditorConfig>,
@@ -458,13 +461,39 @@ impl<T> Located<T> {
     }
 }
 
+/// `[audit] checkpoint_every` and `checkpoint_interval` by default.
+pub const CHECKPOINT_EVERY: u64 = 1000;
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+
 /// `[audit]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
     pub durability: Durability,
     pub retention: Retention,
     /// Whether exchange records keep the call's arguments.
     pub arguments: AuditArguments,
+    /// The chain key (hex): records are sealed with HMAC-SHA256 under it.
+    pub key: Option<SecretRef>,
+    /// The Ed25519 key (PKCS#8, hex) that signs checkpoints of the head.
+    pub signing_key: Option<SecretRef>,
+    /// A signed checkpoint after this many records…
+    pub checkpoint_every: u64,
+    /// …or this long after the last one (at the next write, and at stop).
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::default(),
+            retention: Retention::default(),
+            arguments: AuditArguments::default(),
+            key: None,
+            signing_key: None,
+            checkpoint_every: CHECKPOINT_EVERY,
+            checkpoint_interval: CHECKPOINT_INTERVAL,
+        }
+    }
 }
 
 /// `[audit] arguments`.
@@ -518,8 +547,13 @@ pub struct ProxyConfig {
     pub call_timeout: Duration,
     pub startup_timeout: Duration,
     pub allowed_origins: Vec<String>,
+    /// Host names (and addresses) the `Host` header may name, besides this
+    /// machine's loopback names and the listen address itself.
+    pub allowed_hosts: Vec<String>,
     pub list_page_size: usize,
     pub max_sessions: usize,
+    /// Sessions one client may hold at once (at most `max_sessions`).
+    pub max_sessions_per_client: usize,
     pub session_idle_timeout: Duration,
 }
 
@@ -543,6 +577,9 @@ pub struct ClientConfig {
     pub name: String,
     /// Lower-case hex SHA-256 of the bearer token; `None` for stdio-only clients.
     pub token_sha256: Option<String>,
+    /// Lower-case hex SHA-256 of the client's TLS certificate (DER), when it
+    /// may authenticate with one (`[listener] tls_client_ca`).
+    pub cert_sha256: Option<String>,
     pub groups: Vec<String>,
     /// Attributes of the client's Cedar entity (strings, integers, booleans
     /// and arrays of those).
@@ -674,6 +711,8 @@ struct RawConfig {
     #[serde(default)]
     proxy: RawProxy,
     #[serde(default)]
+    listener: listener::RawListener,
+    #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
     clients: Vec<Spanned<RawClient>>,
@@ -794,6 +833,10 @@ struct RawAudit {
     arguments: Option<Spanned<String>>,
     max_age: Option<Spanned<String>>,
     max_records: Option<Spanned<i64>>,
+    key: Option<Spanned<String>>,
+    signing_key: Option<Spanned<String>>,
+    checkpoint_every: Option<Spanned<i64>>,
+    checkpoint_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -809,8 +852,11 @@ struct RawProxy {
     startup_timeout: Option<Spanned<String>>,
     #[serde(default)]
     allowed_origins: Vec<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
     list_page_size: Option<Spanned<usize>>,
     max_sessions: Option<usize>,
+    max_sessions_per_client: Option<Spanned<usize>>,
     session_idle_timeout: Option<Spanned<String>>,
 }
 
@@ -826,6 +872,7 @@ struct RawLimits {
 struct RawClient {
     name: String,
     token_sha256: Option<String>,
+    cert_sha256: Option<String>,
     #[serde(default)]
     groups: Vec<String>,
     #[serde(default)]
@@ -971,6 +1018,7 @@ impl Validator<'_> {
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
         let proxy = raw.proxy;
+        let listen_span = proxy.listen.as_ref().map(Spanned::span);
         let listen = match proxy.listen {
             None => None,
             Some(listen) => Some(listen.get_ref().parse::<SocketAddr>().map_err(|_| {
@@ -1016,6 +1064,18 @@ impl Validator<'_> {
             Some(size) => size.into_inner(),
             None => 1000,
         };
+        let max_sessions = proxy.max_sessions.unwrap_or(1000).max(1);
+        let max_sessions_per_client = match proxy.max_sessions_per_client {
+            None => max_sessions.min(100),
+            Some(cap) if (1..=max_sessions).contains(cap.get_ref()) => cap.into_inner(),
+            Some(cap) => {
+                return Err(self.error(
+                    Some(cap.span()),
+                    "proxy.max_sessions_per_client",
+                    format!("must be between 1 and proxy.max_sessions ({max_sessions})"),
+                ));
+            }
+        };
         let proxy_config = ProxyConfig {
             listen,
             data_dir: resolve(
@@ -1041,8 +1101,14 @@ impl Validator<'_> {
                 Duration::from_secs(30),
             )?,
             allowed_origins: proxy.allowed_origins,
+            allowed_hosts: proxy
+                .allowed_hosts
+                .iter()
+                .map(|host| host.trim().to_ascii_lowercase())
+                .collect(),
             list_page_size,
-            max_sessions: proxy.max_sessions.unwrap_or(1000),
+            max_sessions,
+            max_sessions_per_client,
             session_idle_timeout: self.duration(
                 proxy.session_idle_timeout,
                 "proxy.session_idle_timeout",
@@ -1075,6 +1141,7 @@ impl Validator<'_> {
         }
 
         let mut token_hashes = HashSet::new();
+        let mut cert_hashes = HashSet::new();
         let mut clients = Vec::new();
         let mut names = HashSet::new();
         for (index, client) in raw.clients.into_iter().enumerate() {
@@ -1109,6 +1176,23 @@ impl Validator<'_> {
                     Some(self.token_hash(&hash, &mut token_hashes, span.clone(), &key)?)
                 }
             };
+            let cert_sha256 = match client.cert_sha256 {
+                None => None,
+                Some(hash) => {
+                    let normalized = hash.trim().replace(':', "").to_ascii_lowercase();
+                    if normalized.len() != 64
+                        || !normalized.chars().all(|c| c.is_ascii_hexdigit())
+                        || !cert_hashes.insert(normalized.clone())
+                    {
+                        return Err(self.error(
+                            Some(span),
+                            &format!("{key}.cert_sha256"),
+                            "must be the SHA-256 of the client's certificate (DER), 64 hex characters (`openssl x509 -in CERT -outform der | sha256sum`), one per client".into(),
+                        ));
+                    }
+                    Some(normalized)
+                }
+            };
             let mut attributes = serde_json::Map::new();
             for (name, value) in client.attributes {
                 let valid_name = name
@@ -1136,6 +1220,7 @@ impl Validator<'_> {
             clients.push(ClientConfig {
                 name: client.name,
                 token_sha256,
+                cert_sha256,
                 groups: client.groups,
                 attributes,
             });
@@ -1504,7 +1589,7 @@ impl Validator<'_> {
                 ],
             )?
             .unwrap_or_default();
-        let durability = match raw.audit.durability {
+        let durability = match &raw.audit.durability {
             None => Durability::Durable,
             Some(value) => match value.get_ref().as_str() {
                 "durable" => Durability::Durable,
@@ -1519,19 +1604,63 @@ impl Validator<'_> {
             },
         };
 
+        let listener = self.listener(raw.listener)?;
+        let mtls = listener
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca.is_some());
+        if let Some(client) = clients.iter().find(|c| c.cert_sha256.is_some())
+            && !mtls
+        {
+            return Err(self.error(
+                None,
+                "clients.cert_sha256",
+                format!(
+                    "client `{}` has a `cert_sha256`, but no client certificate is asked for: set `[listener] tls_client_ca` (with `tls_cert` and `tls_key`)",
+                    client.name
+                ),
+            ));
+        }
+        if let Some(host) = proxy_config.allowed_hosts.iter().find(|h| {
+            h.is_empty()
+                || h.contains([':', '[', ']', '/', '@']) && h.parse::<std::net::Ipv6Addr>().is_err()
+        }) {
+            return Err(self.error(
+                None,
+                "proxy.allowed_hosts",
+                format!("`{host}` is not a host name or address: give names without scheme or port (`mcp.example.com`, `10.0.0.5`, `2001:db8::5`)"),
+            ));
+        }
+        if let Some(addr) = proxy_config.listen
+            && !addr.ip().is_loopback()
+            && listener.tls.is_none()
+            && !listener.insecure_plaintext
+        {
+            return Err(self.error(
+                listen_span,
+                "proxy.listen",
+                format!(
+                    "`{addr}` is not a loopback address, and the listener would speak plain HTTP: bearer tokens and every call would cross the network readable by anyone on the path; set `[listener] tls_cert` and `tls_key`, or set `[listener] insecure_plaintext = true` if the network is yours alone (a container's own network, say)"
+                ),
+            ));
+        }
+        let audit = self.audit_keys(
+            &raw.audit,
+            &proxy_config.data_dir,
+            durability,
+            retention,
+            arguments,
+        )?;
         Ok(Config {
             file: self.path.to_owned(),
             proxy: proxy_config,
+            listener,
             limits,
             clients,
             auditors,
             servers,
             chain,
-            audit: AuditConfig {
-                durability,
-                retention,
-                arguments,
-            },
+            audit,
             redact,
             ratelimit,
             schema,
@@ -1544,6 +1673,62 @@ impl Validator<'_> {
                     .map(|traces| self.traces(traces))
                     .transpose()?,
             },
+        })
+    }
+
+    /// `[audit]` with its keys: references to files outside `data_dir`
+    /// (whoever can write the store must not be able to read them there),
+    /// or environment variables.
+    fn audit_keys(
+        &self,
+        raw: &RawAudit,
+        data_dir: &Path,
+        durability: Durability,
+        retention: Retention,
+        arguments: AuditArguments,
+    ) -> Result<AuditConfig, ConfigError> {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let key_ref = |value: &Option<Spanned<String>>,
+                       key: &str|
+         -> Result<Option<SecretRef>, ConfigError> {
+            let Some(value) = value else {
+                return Ok(None);
+            };
+            let fail = |message: String| self.error(Some(value.span()), key, message);
+            let reference = parse_secret_ref(value.get_ref(), base).map_err(fail)?;
+            if let SecretRef::File(path) = &reference
+                && inside(path, data_dir)
+            {
+                return Err(fail(format!(
+                    "`{}` is inside `proxy.data_dir`: keep the key where whoever can write the audit store cannot read it",
+                    path.display()
+                )));
+            }
+            Ok(Some(reference))
+        };
+        let checkpoint_every = match &raw.checkpoint_every {
+            None => CHECKPOINT_EVERY,
+            Some(value) if *value.get_ref() >= 1 => *value.get_ref() as u64,
+            Some(value) => {
+                return Err(self.error(
+                    Some(value.span()),
+                    "audit.checkpoint_every",
+                    "must be at least 1".into(),
+                ));
+            }
+        };
+        Ok(AuditConfig {
+            durability,
+            retention,
+            arguments,
+            key: key_ref(&raw.key, "audit.key")?,
+            signing_key: key_ref(&raw.signing_key, "audit.signing_key")?,
+            checkpoint_every,
+            checkpoint_interval: self.duration(
+                raw.checkpoint_interval.clone(),
+                "audit.checkpoint_interval",
+                CHECKPOINT_INTERVAL,
+            )?,
         })
     }
 
@@ -1994,6 +2179,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("`{text}` must be longer than zero"));
     }
     Ok(duration)
+}
+
+/// Whether `path` lies in `dir` (both made absolute and, where they exist,
+/// resolved through links).
+fn inside(path: &Path, dir: &Path) -> bool {
+    let real = |p: &Path| {
+        std::fs::canonicalize(p).unwrap_or_else(|_| {
+            std::env::current_dir()
+                .map(|cwd| cwd.join(p))
+                .unwrap_or_else(|_| p.to_path_buf())
+        })
+    };
+    let dir = real(dir);
+    // A key file that does not exist yet: its folder decides.
+    let path = match path.parent() {
+        Some(parent) if !path.exists() => real(parent).join(path.file_name().unwrap_or_default()),
+        _ => real(path),
+    };
+    path.starts_with(&dir)
 }
 
 fn parse_secret_ref(text: &str, base: &Path) -> Result<SecretRef, String> {

@@ -19,14 +19,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::net::SocketAddr;
+
 use axum::Router;
-use axum::extract::{Form, Path, Query, State};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::http::HttpState;
+use super::throttle::{Credential, Source};
 use crate::audit::{AuditRecord, FilterParams, Reader};
 
 mod pins;
@@ -161,7 +165,7 @@ fn secure(response: &mut Response, content_type: &'static str) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
-fn login_page(status: StatusCode, problem: Option<&str>) -> Response {
+pub(super) fn login_page(status: StatusCode, problem: Option<&str>) -> Response {
     let problem = problem
         .map(|p| format!("<p class=\"problem\" role=\"alert\">{}</p>", esc(p)))
         .unwrap_or_default();
@@ -206,22 +210,39 @@ struct LoginForm {
     token: String,
 }
 
+/// The longest login form read (a token is far shorter).
+const MAX_LOGIN_FORM: usize = 8 * 1024;
+
 async fn login(
     State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+    body: Body,
 ) -> Response {
     if let Err(response) = state.check_same_origin(&headers) {
         return *response;
     }
-    let Ok(Form(form)) = form else {
+    let form = match super::http::read_body(body, MAX_LOGIN_FORM, state.body_read_timeout).await {
+        Ok(form) => form,
+        Err(super::http::BodyError::TimedOut) => return super::http::body_timed_out(),
+        Err(_) => return login_page(StatusCode::BAD_REQUEST, Some("Enter an auditor token.")),
+    };
+    let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(&form) else {
         return login_page(StatusCode::BAD_REQUEST, Some("Enter an auditor token."));
     };
-    let Some(auditor) = state.auditor_of_token(&form.token) else {
-        return login_page(
-            StatusCode::UNAUTHORIZED,
-            Some("This is not an auditor's token."),
-        );
+    // The source was checked by the guard; the token's prefix is checked
+    // here, where the token is read.
+    let credential = Some(Credential::of(form.token.trim()));
+    if let Some(throttled) = state.throttled(Source::of(peer.ip()), credential, "/admin/login") {
+        return throttled;
+    }
+    let refused = login_page(
+        StatusCode::UNAUTHORIZED,
+        Some("This is not an auditor's token."),
+    );
+    let auditor = match state.auditor_of_token(&form.token, refused) {
+        Ok(auditor) => auditor,
+        Err(refused) => return *refused,
     };
     let id = format!(
         "{}{}",
@@ -249,8 +270,10 @@ async fn login(
     tracing::info!(%auditor, "console login");
     let mut response = Redirect::to("/admin/").into_response();
     if let Ok(value) = HeaderValue::from_str(&format!(
-        "{COOKIE}={id}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}",
-        LOGIN_TTL.as_secs()
+        "{COOKIE}={id}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        LOGIN_TTL.as_secs(),
+        // Over TLS the browser must never send it in clear.
+        if state.tls { "; Secure" } else { "" }
     )) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
@@ -271,9 +294,11 @@ async fn logout(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Resp
     let mut response = Redirect::to("/admin/").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static(
-            "portcullis_console=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0",
-        ),
+        HeaderValue::from_static(if state.tls {
+            "portcullis_console=; Path=/admin; HttpOnly; SameSite=Strict; Secure; Max-Age=0"
+        } else {
+            "portcullis_console=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0"
+        }),
     );
     response
 }

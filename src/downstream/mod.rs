@@ -3,7 +3,11 @@
 mod admin;
 mod console;
 pub mod http;
+mod listener;
+mod slots;
 pub mod stdio;
+mod throttle;
+mod tls;
 
 /// Failures of a downstream transport.
 #[derive(Debug, thiserror::Error)]
@@ -13,8 +17,8 @@ pub enum DownstreamError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("the HTTP server failed: {0}")]
-    Serve(std::io::Error),
     #[error("stdio failed: {0}")]
     Stdio(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }

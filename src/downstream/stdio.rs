@@ -14,11 +14,31 @@ use crate::chain::{ClientIdentity, Transport};
 use crate::gateway::{Gateway, Outlet};
 use crate::protocol::{self, Frame, FrameReader, Kind};
 
-struct StdioOutlet(mpsc::UnboundedSender<Vec<u8>>);
+/// Lines waiting for a client that has not read them yet. Past it, what
+/// servers send on their own (progress, logs, list changes) is dropped and
+/// counted as undelivered; replies wait for room, and while they wait the
+/// proxy stops reading the client's input (at most [`STDIO_IN_FLIGHT`]
+/// requests of its are in the works), so a client that does not read cannot
+/// make the proxy hold its output without end.
+const STDIO_QUEUE_CAP: usize = 1024;
+/// Places of the queue that only replies and the servers' requests
+/// (sampling, elicitation, roots) may take: a burst of progress does not
+/// crowd out a request a call waits on.
+const STDIO_QUEUE_RESERVE: usize = 64;
+/// Requests of the client's that run at once; past it the next one is read
+/// when one of them has been answered.
+const STDIO_IN_FLIGHT: usize = 256;
+
+struct StdioOutlet(mpsc::Sender<Vec<u8>>);
 
 impl Outlet for StdioOutlet {
     fn deliver(&self, message: Value, _related: Option<&Value>) -> bool {
-        self.0.send(protocol::encode_line(&message)).is_ok()
+        if self.0.capacity() < STDIO_QUEUE_RESERVE
+            && protocol::classify(&message) == Some(Kind::Notification)
+        {
+            return false;
+        }
+        self.0.try_send(protocol::encode_line(&message)).is_ok()
     }
 }
 
@@ -68,7 +88,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let limits = gateway.config().limits;
-    let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (lines_tx, mut lines_rx) = mpsc::channel::<Vec<u8>>(STDIO_QUEUE_CAP);
     let writer = tokio::spawn(async move {
         let mut output = BufWriter::with_capacity(64 * 1024, output);
         while let Some(line) = lines_rx.recv().await {
@@ -96,6 +116,7 @@ where
     );
     let mut reader = FrameReader::new(input, limits.max_message_bytes);
     let shutdown = gateway.shutdown_token();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(STDIO_IN_FLIGHT));
     let result = loop {
         let frame = tokio::select! {
             frame = reader.next() => frame,
@@ -109,8 +130,10 @@ where
                 };
                 // Answered with the request's own id when its head shows
                 // it, so that the client's call ends instead of waiting.
-                let id = protocol::sniff_id(&head).unwrap_or(Value::Null);
-                let _ = lines_tx.send(protocol::encode_line(&error.to_response(id)));
+                let id = protocol::refusal_id(&head);
+                let _ = lines_tx
+                    .send(protocol::encode_line(&error.to_response(id)))
+                    .await;
                 continue;
             }
             Ok(None) => break Ok(()),
@@ -119,7 +142,10 @@ where
         let message = match protocol::parse(&line, limits.max_depth) {
             Ok(message) => message,
             Err(err) => {
-                let _ = lines_tx.send(protocol::encode_line(&err.to_response(Value::Null)));
+                let id = protocol::refusal_id(&line);
+                let _ = lines_tx
+                    .send(protocol::encode_line(&err.to_response(id)))
+                    .await;
                 continue;
             }
         };
@@ -128,13 +154,24 @@ where
         // requests run concurrently.
         let inline = protocol::classify(&message) != Some(Kind::Request)
             || protocol::method(&message) == Some("initialize");
+        // A request waits here, unread behind it, while all the client's
+        // others are in the works (their replies wait for the client).
+        let permit = if inline {
+            None
+        } else {
+            tokio::select! {
+                permit = in_flight.clone().acquire_owned() => permit.ok(),
+                () = shutdown.cancelled() => break Ok(()),
+            }
+        };
         let gateway = gateway.clone();
         let session = session.clone();
         let lines = lines_tx.clone();
         let work = async move {
             if let Some(reply) = gateway.handle(&session, message).await {
-                let _ = lines.send(protocol::encode_line(&reply));
+                let _ = lines.send(protocol::encode_line(&reply)).await;
             }
+            drop(permit);
         };
         if inline {
             work.await;

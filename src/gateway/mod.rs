@@ -112,7 +112,11 @@ pub struct Gateway {
     /// The task that exports the tracer's spans; `stop` lets it send what
     /// is left.
     trace_export: Mutex<Option<Export>>,
+    /// Run by `stop` before `proxy_stop`: see [`Gateway::on_stop`].
+    stop_flushes: Mutex<Vec<StopFlush>>,
 }
+
+type StopFlush = Box<dyn Fn() -> Vec<crate::audit::AuditRecord> + Send + Sync>;
 
 /// A server→client request in flight: (server, instance, the server's id).
 type ForwardedKey = (usize, Option<Arc<str>>, IdKey);
@@ -210,6 +214,7 @@ impl Gateway {
             metrics,
             tracer: std::sync::OnceLock::new(),
             trace_export: Mutex::new(None),
+            stop_flushes: Mutex::new(Vec::new()),
         });
         (gateway, events_rx)
     }
@@ -250,6 +255,10 @@ impl Gateway {
         for session in sessions {
             session.close();
             ended.push(Self::session_end(&session));
+        }
+        let flushes: Vec<_> = lock(&self.stop_flushes).drain(..).collect();
+        for flush in flushes {
+            self.record_events(flush());
         }
         // Events recorded just before (a session that ended as the proxy
         // was told to stop) go before `proxy_stop`.
@@ -488,6 +497,20 @@ impl Gateway {
             "restarts": restarts,
         }));
         record
+    }
+
+    /// Counts and times for `GET /metrics`, when they are on.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// Runs `flush` as the proxy stops, before `proxy_stop` is recorded,
+    /// and records what it returns (events held back to be aggregated).
+    pub fn on_stop(
+        &self,
+        flush: impl Fn() -> Vec<crate::audit::AuditRecord> + Send + Sync + 'static,
+    ) {
+        lock(&self.stop_flushes).push(Box::new(flush));
     }
 
     pub fn config(&self) -> &Config {
@@ -2546,6 +2569,7 @@ fn record_of(
         detail: detail_of(exchange, arguments),
         prev_hash: String::new(),
         hash: String::new(),
+        mac: None,
     }
 }
 

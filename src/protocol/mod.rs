@@ -243,6 +243,17 @@ pub fn sniff_id(head: &[u8]) -> Option<Value> {
         .filter(|id| id.is_string() || id.is_number())
 }
 
+/// The id to answer a refused message with: its top-level `id` when its
+/// bytes show one and it is a request (has a `method`), else `null`. A
+/// message refused for its size, depth or syntax still ends its caller's
+/// wait this way.
+pub fn refusal_id(bytes: &[u8]) -> Value {
+    if !sniff_has_method(bytes) {
+        return Value::Null;
+    }
+    sniff_id(bytes).unwrap_or(Value::Null)
+}
+
 /// Whether the first bytes of a message show a top-level `method`: a
 /// request or notification, not a response.
 pub fn sniff_has_method(head: &[u8]) -> bool {

@@ -139,9 +139,17 @@ struct Pending {
     progress_token: Option<Value>,
     /// Where the call's own notifications (progress, log messages) go: to
     /// the task that waits for the reply, so that none can be overtaken by
-    /// the reply it precedes.
-    follow: mpsc::UnboundedSender<Value>,
+    /// the reply it precedes. Bounded ([`FOLLOW_CAP`]).
+    follow: mpsc::Sender<Value>,
 }
+
+/// Notifications of one call the proxy holds while the task that waits for
+/// its reply has not taken them yet. That task hands each one on at once
+/// (to the client's own bounded queue, never waiting for the client), so a
+/// full queue means only that the server sends faster than the proxy passes
+/// them on: reading from the server then waits for room, which slows that
+/// server alone, loses nothing, and holds no more than this in memory.
+const FOLLOW_CAP: usize = 256;
 
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
@@ -313,7 +321,7 @@ impl Shared {
                             return;
                         };
                         message["params"]["progressToken"] = client_token;
-                        let _ = follow.send(message);
+                        let _ = follow.send(message).await;
                         return;
                     }
                     // Handled by the proxy itself (lists read again,
@@ -333,7 +341,7 @@ impl Shared {
                             .call_for(related)
                             .and_then(|id| self.pending().get(&id).map(|p| p.follow.clone()));
                         if let Some(follow) = follow {
-                            let _ = follow.send(message);
+                            let _ = follow.send(message).await;
                             return;
                         }
                         // Calls of several sessions in flight, or a call
@@ -471,7 +479,7 @@ pub struct PendingCall {
     id: u64,
     message: Option<Value>,
     reply: Option<oneshot::Receiver<Result<Value, String>>>,
-    follow: Option<mpsc::UnboundedReceiver<Value>>,
+    follow: Option<mpsc::Receiver<Value>>,
     done: bool,
 }
 
@@ -770,7 +778,7 @@ impl Upstream {
             Some(token) => Some(std::mem::replace(token, Value::from(id))),
             None => None,
         };
-        let (follow_tx, follow_rx) = mpsc::unbounded_channel();
+        let (follow_tx, follow_rx) = mpsc::channel(FOLLOW_CAP);
         let (reply_tx, reply_rx) = oneshot::channel();
         self.shared.pending().insert(
             id,

@@ -462,12 +462,18 @@ const FIFO_DIR_IN_CONTAINER: &str = "/run/portcullis";
 const BRIDGE_IN_CONTAINER: &str = "/run/portcullis-bridge";
 
 /// A private folder with a container's two FIFOs (`in`: the server's stdin,
-/// `out`: its stdout), removed when dropped. The folder's name is random and
-/// it cannot be listed; the FIFOs belong to the container's user when the
-/// proxy may give them away (it runs as root), else anyone who knows the
-/// path may open them.
+/// `out`: its stdout), removed when dropped. Only the proxy and the
+/// container's user may open them: a proxy running as root gives the folder
+/// (0700) and the FIFOs (0600) to the container's user; any other proxy
+/// keeps them and shares them through its own group (folder 0710, FIFOs
+/// 0660), which the container gets as a supplementary group. Nobody else
+/// may list the folder or open a FIFO; besides, it lies in the data folder,
+/// which is the proxy's alone.
 struct FifoDir {
     path: std::path::PathBuf,
+    /// The group the container must be given to open the FIFOs, when the
+    /// proxy could not give them to its user.
+    shared_group: Option<u32>,
 }
 
 impl FifoDir {
@@ -480,33 +486,42 @@ impl FifoDir {
         // folders of a dead one from those of a live one.
         let path = run_dir.join(format!("{}.{}", owner_key(), uuid::Uuid::new_v4().simple()));
         std::fs::DirBuilder::new()
-            .mode(0o711)
+            .mode(0o700)
             .create(&path)
             .map_err(|e| failed(&format!("create `{}`", path.display()), &e))?;
-        let dir = Self { path };
-        let mut ids = user
-            .split(':')
-            .map(|id| id.trim_start_matches('+').parse::<u32>().ok());
-        let uid = ids.next().flatten();
-        let gid = ids.next().flatten();
-        let root = nix::unistd::geteuid().is_root();
+        let mut dir = Self {
+            path,
+            shared_group: None,
+        };
+        let (folder_mode, fifo_mode, owner) = if nix::unistd::geteuid().is_root() {
+            let mut ids = user
+                .split(':')
+                .map(|id| id.trim_start_matches('+').parse::<u32>().ok());
+            let uid = ids.next().flatten().map(nix::unistd::Uid::from_raw);
+            let gid = ids.next().flatten().map(nix::unistd::Gid::from_raw);
+            (0o700, 0o600, Some((uid, gid)))
+        } else {
+            dir.shared_group = Some(nix::unistd::getegid().as_raw());
+            (0o710, 0o660, None)
+        };
         for name in ["in", "out"] {
             let fifo = dir.path.join(name);
             nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
                 .map_err(|e| failed("make a FIFO", &e))?;
-            let mode = if root {
-                nix::unistd::chown(
-                    &fifo,
-                    uid.map(nix::unistd::Uid::from_raw),
-                    gid.map(nix::unistd::Gid::from_raw),
-                )
-                .map_err(|e| failed("give the FIFO to the container's user", &e))?;
-                0o600
-            } else {
-                0o666
-            };
-            std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| failed("set the FIFO's mode", &e))?;
+        }
+        // The FIFOs first, the folder last: nobody but the proxy can reach
+        // a FIFO before its mode and owner are final.
+        for (path, mode) in [
+            (dir.path.join("in"), fifo_mode),
+            (dir.path.join("out"), fifo_mode),
+            (dir.path.clone(), folder_mode),
+        ] {
+            if let Some((uid, gid)) = owner {
+                nix::unistd::chown(&path, uid, gid)
+                    .map_err(|e| failed("give the FIFOs to the container's user", &e))?;
+            }
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| failed("set the FIFOs' modes", &e))?;
         }
         Ok(dir)
     }
@@ -573,6 +588,11 @@ fn use_fifos(body: &mut ContainerCreateBody, setup: &Fifos, dir: &FifoDir, comma
     body.open_stdin = Some(false);
     body.stdin_once = Some(false);
     if let Some(host) = body.host_config.as_mut() {
+        if let Some(group) = dir.shared_group {
+            host.group_add
+                .get_or_insert_with(Vec::new)
+                .push(group.to_string());
+        }
         let mounts = host.mounts.get_or_insert_with(Vec::new);
         for (source, target) in [
             (dir.path.as_path(), FIFO_DIR_IN_CONTAINER),

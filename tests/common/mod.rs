@@ -92,6 +92,33 @@ pub fn image_from(script: &str) -> String {
         .to_owned()
 }
 
+/// Runs `tests/python/mcp_client.py` (the official Python SDK's client)
+/// with `command`'s arguments added by the caller, and returns the JSON
+/// document it prints; fails when it fails or takes over two minutes.
+pub async fn python_client_output(mut command: Command) -> Value {
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .expect("the Python client finished in time")
+        .expect("run the Python client");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the Python client failed: {stderr}"
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("bad JSON from the Python client ({err}); stderr: {stderr}"))
+}
+
+/// `python tests/python/mcp_client.py` in the test virtualenv, arguments
+/// to be added.
+pub fn python_client() -> Command {
+    let mut command = Command::new(python());
+    command
+        .arg(repo_root().join("tests/python/mcp_client.py"))
+        .stdin(Stdio::null());
+    command
+}
+
 /// Runs the `portcullis` binary to completion: (success, stdout, stderr).
 pub fn run_portcullis<I, S>(args: I) -> (bool, String, String)
 where
@@ -121,7 +148,11 @@ pub fn serve_refused(config: &Path) -> String {
 }
 
 pub fn sha256_hex(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
+    sha256_hex_bytes(text.as_bytes())
+}
+
+pub fn sha256_hex_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// A proxy config under construction (builder style).
@@ -619,6 +650,11 @@ impl HttpSession {
         this
     }
 
+    /// The session's id (`Mcp-Session-Id`).
+    pub fn id(&self) -> String {
+        self.session.clone()
+    }
+
     async fn post(&self, message: Value) -> reqwest::Response {
         self.http
             .post(&self.url)
@@ -678,10 +714,46 @@ impl HttpSession {
     }
 }
 
+/// Calls the raw fixture server's `raw__mirror` through `session` and
+/// checks the answer: the proxy still serves a real client.
+pub async fn assert_mirrored(session: &HttpSession, id: i64) {
+    let reply = session
+        .call(
+            id,
+            "tools/call",
+            serde_json::json!({"name":"raw__mirror","arguments":{"id":id}}),
+        )
+        .await;
+    assert_eq!(first_text(&reply), "mirrored", "{reply}");
+}
+
+/// The running proxy's `GET /metrics` text, read with the auditors' token.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(AUDITOR_TOKEN)
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics text")
+}
+
 /// The running proxy's audit records matching `query` (`tool=echo&kind=exchange`),
 /// read over the admin API with `token`.
 pub async fn admin_records(base: &str, query: &str, token: &str) -> Vec<Value> {
-    let answer: Value = reqwest::Client::new()
+    admin_records_with(&reqwest::Client::new(), base, query, token).await
+}
+
+/// [`admin_records`] through `http` (an https client, say).
+pub async fn admin_records_with(
+    http: &reqwest::Client,
+    base: &str,
+    query: &str,
+    token: &str,
+) -> Vec<Value> {
+    let answer: Value = http
         .get(format!("{base}/admin/audit?{query}"))
         .bearer_auth(token)
         .send()
@@ -789,4 +861,36 @@ pub fn example_plugin(name: &str) -> PathBuf {
         Some(out) => out.join(file),
         None => repo_root().join("plugins/examples").join(name).join(file),
     }
+}
+
+/// Runs `script` with `sh -c` as the user `uid` (group `uid`, no other
+/// groups), as another local user of this host would: (success, stderr).
+pub fn as_other_user(uid: u32, script: &str) -> (bool, String) {
+    let output = std::process::Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".to_owned(),
+            "--".to_owned(),
+            "timeout".to_owned(),
+            "10".to_owned(),
+            "sh".to_owned(),
+            "-c".to_owned(),
+            script.to_owned(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv (util-linux)");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The permission bits, owner and group of `path` (not following a link).
+pub fn mode_of(path: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta =
+        std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (meta.mode() & 0o7777, meta.uid(), meta.gid())
 }

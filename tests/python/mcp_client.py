@@ -76,6 +76,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="dump results with exclude_unset=True too, dropping SDK model defaults the server did "
         "not send (e.g. resultType, ttlMs, cacheScope)",
     )
+    p.add_argument("--ca", metavar="FILE", help="http: trust this CA (PEM) for https")
+    p.add_argument("--client-cert", metavar="FILE", help="http: present this client certificate (PEM; mTLS)")
+    p.add_argument("--client-key", metavar="FILE", help="http: the client certificate's key (PEM)")
     p.add_argument("--client-name", default="portcullis-test-client", help="clientInfo.name")
     p.add_argument("--compact", action="store_true", help="print the JSON on one line")
     return p
@@ -409,7 +413,13 @@ async def amain(ns: argparse.Namespace, command: list[str], ops: list[Op]) -> di
             headers[k.strip()] = v.strip()
         recorder = HttpRecorder()
         # The SDK's own defaults (create_mcp_http_client): 30 s, 300 s read for SSE streams.
+        verify: Any = True
+        if ns.ca is not None or ns.client_cert is not None:
+            verify = ssl.create_default_context(cafile=ns.ca)
+            if ns.client_cert is not None:
+                verify.load_cert_chain(ns.client_cert, ns.client_key)
         http_client = httpx2.AsyncClient(
+            verify=verify,
             headers=headers,
             timeout=httpx2.Timeout(30.0, read=300.0),
             event_hooks={"request": [recorder.on_request], "response": [recorder.on_response]},

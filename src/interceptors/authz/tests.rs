@@ -218,6 +218,7 @@ fn client_attributes_from_the_config_reach_policies_and_must_fit_the_schema() {
     let client = |attributes: Value| crate::config::ClientConfig {
         name: "alice".into(),
         token_sha256: None,
+        cert_sha256: None,
         groups: vec!["analysts".into()],
         attributes: attributes.as_object().cloned().unwrap_or_default(),
     };
