@@ -96,6 +96,12 @@ impl Hostile {
     /// `script` is the server's script: `{"tools": {name: [step]},
     /// "resources": {uri: [step]}}` (see the fixture's docstring).
     fn new(script: Value) -> Self {
+        Self::with_server_keys(script, "")
+    }
+
+    /// Like [`Hostile::new`], with more keys for the server's `[[servers]]`
+    /// entry (`timeout = "4s"`, say).
+    fn with_server_keys(script: Value, keys: &str) -> Self {
         let proxy = TestProxy::new();
         let log = proxy.dir().join("received.jsonl");
         let script_path = proxy.dir().join("script.json");
@@ -103,7 +109,7 @@ impl Hostile {
         std::fs::write(&script_path, serde_json::to_vec(&script).unwrap()).unwrap();
         let server = common::repo_root().join("tests/fixtures/hostile_server.py");
         let snippet = format!(
-            "[[servers]]\nname = \"h\"\nprocess = {{ command = \"python3\", args = [{server:?}, \"--log\", {log:?}, \"--script\", {script_path:?}] }}\n"
+            "[[servers]]\nname = \"h\"\nprocess = {{ command = \"python3\", args = [{server:?}, \"--log\", {log:?}, \"--script\", {script_path:?}] }}\n{keys}\n"
         );
         Self {
             proxy: proxy.with_server_toml(&snippet),
@@ -1390,4 +1396,306 @@ async fn a_stdio_client_that_does_not_read_gets_a_bounded_queue() {
         "{progress} of {FLOOD} were queued and delivered"
     );
     let _ = child.kill().await;
+}
+
+/// 16. A client with a valid token starts calls on one HTTP session that a
+/// server never answers, each time reading the start of the call's stream
+/// and going away (the call runs on without it): the session's places run
+/// out and the next request is refused with 429 and its own id, instead of
+/// the proxy holding any number of them. The places come back as the calls
+/// time out.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_session_cannot_keep_unbounded_calls_in_the_works() {
+    const PLACES: usize = 256;
+    let hostile = Hostile::with_server_keys(
+        json!({"tools": {"hang": [
+            {"send": r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":{progressToken},"progress":1}}"#},
+        ]}}),
+        r#"timeout = "6s""#,
+    );
+    let served = hostile.proxy.serve_http().await;
+    let http = reqwest::Client::new();
+    let session = common::initialize_http(&http, &served.url, common::TOKEN, "hoarder").await;
+    let call = |id: usize, tool: &str| {
+        http.post(&served.url)
+            .bearer_auth(common::TOKEN)
+            .header("mcp-session-id", &session)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+                "params":{"name":tool,"arguments":{},"_meta":{"progressToken":id}}}))
+            .send()
+    };
+    for id in 1..=PLACES {
+        let mut response = call(id, "h__hang").await.unwrap();
+        assert_eq!(response.status(), 200, "call {id}");
+        // The stream has begun (the progress came first); the client goes.
+        let first = response.chunk().await.unwrap().unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&first).contains("notifications/progress"),
+            "call {id}: {}",
+            String::from_utf8_lossy(&first)
+        );
+    }
+    for id in PLACES + 1..PLACES + 4 {
+        let response = call(id, "h__sink").await.unwrap();
+        assert_eq!(response.status(), 429, "call {id}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["id"], id, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("256 requests"),
+            "{body}"
+        );
+    }
+    // The hung calls time out and give their places back.
+    let answered = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let response = call(9999, "h__sink").await.unwrap();
+            if response.status() == 200 {
+                return response.text().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the places never came back");
+    assert!(
+        answered.contains(r#""id":9999"#) && answered.contains("ok"),
+        "{answered}"
+    );
+    served.terminate().await;
+}
+
+/// 17. A server floods `notifications/tools/list_changed`: the proxy reads
+/// its lists again a bounded number of times (notifications that come while
+/// a read waits are folded into it), instead of one read, and one task, for
+/// each of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_list_changed_is_folded_into_a_few_reads() {
+    const FLOOD: usize = 5_000;
+    let hostile = Hostile::new(json!({"tools": {"churn": [
+        {"send": r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#, "times": FLOOD},
+        reply(&json!({"content": [text("done")]})),
+    ]}}));
+    let served = hostile.proxy.serve_http().await;
+    let http = reqwest::Client::new();
+    let session = common::initialize_http(&http, &served.url, common::TOKEN, "churner").await;
+    let reply = http
+        .post(&served.url)
+        .bearer_auth(common::TOKEN)
+        .header("mcp-session-id", &session)
+        .header("accept", "application/json")
+        .json(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+            "params":{"name":"h__churn","arguments":{}}}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(reply.contains("done"), "{reply}");
+    // A barrier: a list read after the flood was taken in. Then the reads
+    // the server received are counted.
+    let reads = || {
+        std::fs::read_to_string(&hostile.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(r#""method":"tools/list""#))
+            .count()
+    };
+    let mut last = reads();
+    let settled = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = reads();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    })
+    .await
+    .expect("the reads never stopped");
+    assert!(settled >= 2, "the lists were not read again: {settled}");
+    assert!(
+        settled < FLOOD / 10,
+        "{settled} reads of the lists for {FLOOD} notifications"
+    );
+    served.terminate().await;
+}
+
+/// 18. A client subscribes one session to ever new resources (the server
+/// accepts every one): past the cap each new one is refused with its own
+/// id, so the proxy does not keep any number of them for the session's
+/// life; one it holds may be renewed, and unsubscribing makes room.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_cannot_subscribe_to_unbounded_resources() {
+    const CAP: usize = 1000;
+    let hostile = Hostile::new(json!({"templates": ["note:///n/{id}"]}));
+    let served = hostile.proxy.serve_http().await;
+    let http = reqwest::Client::new();
+    let session = common::initialize_http(&http, &served.url, common::TOKEN, "hoarder").await;
+    let ask = |id: usize, method: &str, uri: String| {
+        let request = http
+            .post(&served.url)
+            .bearer_auth(common::TOKEN)
+            .header("mcp-session-id", &session)
+            .header("accept", "application/json")
+            .json(&json!({"jsonrpc":"2.0","id":id,"method":method,"params":{"uri":uri}}));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    for n in 0..CAP {
+        let reply = ask(n, "resources/subscribe", format!("note:///n/{n}")).await;
+        assert!(reply.get("result").is_some(), "subscription {n}: {reply}");
+    }
+    let refused = ask(CAP, "resources/subscribe", format!("note:///n/{CAP}")).await;
+    assert_eq!(refused["id"], CAP, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("subscribed to 1000 resources"),
+        "{refused}"
+    );
+    let renewed = ask(CAP + 1, "resources/subscribe", "note:///n/7".into()).await;
+    assert!(renewed.get("result").is_some(), "{renewed}");
+    let left = ask(CAP + 2, "resources/unsubscribe", "note:///n/7".into()).await;
+    assert!(left.get("result").is_some(), "{left}");
+    let room = ask(CAP + 3, "resources/subscribe", format!("note:///n/{CAP}")).await;
+    assert!(room.get("result").is_some(), "{room}");
+    // Nor can one subscription be of any size.
+    let unsubscribed = ask(CAP + 4, "resources/unsubscribe", "note:///n/8".into()).await;
+    assert!(unsubscribed.get("result").is_some(), "{unsubscribed}");
+    let long = ask(
+        CAP + 5,
+        "resources/subscribe",
+        format!("note:///n/{}", "x".repeat(9000)),
+    )
+    .await;
+    assert_eq!(long["id"], CAP + 5, "{long}");
+    assert_eq!(long["error"]["code"], -32602, "{long}");
+    // Only the accepted subscriptions reached the server.
+    let received = std::fs::read_to_string(&hostile.log).unwrap();
+    let subscribes = received
+        .lines()
+        .filter(|line| line.contains(r#""method":"resources/subscribe""#))
+        .count();
+    assert_eq!(subscribes, CAP + 2, "the refused one reached the server");
+    served.terminate().await;
+}
+
+/// 19. A process server writes 200 MB to its stderr without ever ending the
+/// line: the proxy logs it a bounded line at a time (it never holds the
+/// whole line) and serves the server as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_never_ends_a_stderr_line_is_read_a_bounded_piece_at_a_time() {
+    const FLOOD: u64 = 200 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("received.jsonl");
+    let script = dir.path().join("script.json");
+    std::fs::write(&log, "").unwrap();
+    std::fs::write(&script, "{}").unwrap();
+    let server = common::repo_root().join("tests/fixtures/hostile_server.py");
+    let shell = format!(
+        "head -c {FLOOD} /dev/zero | tr '\\0' x >&2; exec python3 {} --log {} --script {}",
+        server.display(),
+        log.display(),
+        script.display()
+    );
+    let proxy = TestProxy::new().with_server_toml(&format!(
+        "[[servers]]\nname = \"h\"\nprocess = {{ command = \"sh\", args = [\"-c\", {shell:?}] }}\n"
+    ));
+    let served = proxy.serve_http().await;
+    let http = reqwest::Client::new();
+    let session = common::initialize_http(&http, &served.url, common::TOKEN, "plain").await;
+    let reply = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let reply: Value = http
+                .post(&served.url)
+                .bearer_auth(common::TOKEN)
+                .header("mcp-session-id", &session)
+                .header("accept", "application/json")
+                .json(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
+                    "params":{"name":"h__sink","arguments":{}}}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if reply.get("result").is_some() {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the server never came up behind the proxy");
+    assert_eq!(reply["result"]["content"][0]["text"], "ok", "{reply}");
+    // The whole line held at once would take the proxy's peak memory past
+    // 200 MB.
+    let pid = served.child.id().expect("the proxy runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    assert!(
+        peak_kib * 1024 < FLOOD / 2,
+        "the proxy's peak memory was {peak_kib} KiB"
+    );
+    served.terminate().await;
+}
+
+/// 20. A client sends a call on the plain-JSON path and goes away before
+/// the server answers: the call still runs to its end and is recorded in
+/// the audit log (its place given back), instead of vanishing unrecorded
+/// with the dropped connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_whose_http_client_goes_away_is_still_recorded() {
+    let hostile = Hostile::with_server_keys(
+        json!({"tools": {"hold": [{"await": "never"}]}}),
+        r#"timeout = "3s""#,
+    );
+    let served = hostile.proxy.serve_http().await;
+    let http = reqwest::Client::new();
+    let session = common::initialize_http(&http, &served.url, common::TOKEN, "leaver").await;
+    let gone = http
+        .post(&served.url)
+        .bearer_auth(common::TOKEN)
+        .header("mcp-session-id", &session)
+        .header("accept", "application/json")
+        .timeout(Duration::from_millis(500))
+        .json(&json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
+            "params":{"name":"h__hold","arguments":{}}}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the call was answered at once: {gone:?}");
+    let record = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let records = common::admin_records_with(
+                &http,
+                &served.base,
+                "tool=h__hold",
+                common::AUDITOR_TOKEN,
+            )
+            .await;
+            if let Some(record) = records.into_iter().find(|r| r["method"] == "tools/call") {
+                return record;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the call left no audit record");
+    assert_eq!(record["client"], "tester", "{record}");
+    assert_eq!(record["request_id"], 5, "{record}");
+    assert!(
+        record["reason"].as_str().unwrap_or_default().contains("3s"),
+        "the call's timeout is recorded: {record}"
+    );
+    served.terminate().await;
 }

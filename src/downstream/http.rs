@@ -6,9 +6,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -26,6 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::DownstreamError;
+use super::detached::Detached;
 use super::slots::{Cap, Slot, Slots};
 use super::throttle::{Credential, Failure, Source, Throttle};
 use super::tls::PeerCertificate;
@@ -49,6 +48,9 @@ const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 const CALL_STREAM_CAP: usize = 256;
 /// Places of a call's stream that only the server's requests may take.
 const CALL_STREAM_RESERVE: usize = 16;
+/// Requests of one session in the works at once (as over stdio); past it a
+/// request is refused with 429 until some are answered.
+const SESSION_IN_FLIGHT: usize = 256;
 
 /// Where messages for one HTTP session go: the stream of the POST they
 /// belong to, or else the session's GET stream. Both are bounded.
@@ -95,6 +97,10 @@ impl Outlet for HttpOutlet {
 struct HttpSession {
     session: Arc<Session>,
     outlet: Arc<HttpOutlet>,
+    /// Places for the session's requests in the works
+    /// ([`SESSION_IN_FLIGHT`]): a call whose client went away runs on, and
+    /// still holds its place until it ends.
+    in_flight: Arc<tokio::sync::Semaphore>,
     /// Its place under the session caps, given back when it is gone.
     _slot: Slot<Arc<str>>,
 }
@@ -839,6 +845,7 @@ async fn post_message(
         Arc::new(HttpSession {
             session,
             outlet,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(SESSION_IN_FLIGHT)),
             _slot: slot,
         })
     } else {
@@ -874,6 +881,18 @@ async fn post_message(
         return response;
     }
 
+    // Each request holds a place until it has been answered; one past them
+    // is refused rather than queued.
+    let Ok(place) = http_session.in_flight.clone().try_acquire_owned() else {
+        return rpc_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            request_id,
+            code::RATE_LIMITED,
+            &format!(
+                "this session has {SESSION_IN_FLIGHT} requests in the works; send more when some are answered"
+            ),
+        );
+    };
     let id = message.get("id").and_then(IdKey::from_value);
     let local = matches!(
         method.as_deref(),
@@ -882,11 +901,7 @@ async fn post_message(
         )
     );
     if local || !accepts(&headers, "text/event-stream") || id.is_none() {
-        let reply = state.gateway.handle(&session, message).await;
-        return match reply {
-            Some(reply) => axum::Json(reply).into_response(),
-            None => StatusCode::ACCEPTED.into_response(),
-        };
+        return answer_in_json(state.gateway.clone(), session, message, place).await;
     }
 
     // A routed request: answer on an SSE stream, so that progress and the
@@ -905,6 +920,7 @@ async fn post_message(
             // Waits for room: ends when the client reads, or goes.
             let _ = tx.send(reply).await;
         }
+        drop(place);
     });
     // The reply alone is sent as plain JSON (one write, no stream to hold
     // open); only when something else for this call comes first does the
@@ -942,40 +958,23 @@ async fn post_message(
         .into_response()
 }
 
-/// Work that must run to its end even if whoever awaits it goes away: when
-/// dropped or detached before it finished, it goes on as a task of its own.
-struct Detached(Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>);
-
-impl Detached {
-    fn new(work: impl Future<Output = ()> + Send + 'static) -> Self {
-        Self(Some(Box::pin(work)))
-    }
-
-    fn detach(&mut self) {
-        if let Some(work) = self.0.take() {
-            tokio::spawn(work);
-        }
-    }
-}
-
-impl Future for Detached {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let Some(work) = self.0.as_mut() else {
-            return std::task::Poll::Ready(());
-        };
-        let done = work.as_mut().poll(cx);
-        if done.is_ready() {
-            self.0 = None;
-        }
-        done
-    }
-}
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        self.detach();
+/// A request answered with its reply alone. It runs to its end (recorded,
+/// its place given back when it ends) even if the client goes away.
+async fn answer_in_json(
+    gateway: Arc<Gateway>,
+    session: Arc<Session>,
+    message: Value,
+    place: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+    Detached::new(async move {
+        let _ = reply_tx.send(gateway.handle(&session, message).await);
+        drop(place);
+    })
+    .await;
+    match reply_rx.await.ok().flatten() {
+        Some(reply) => axum::Json(reply).into_response(),
+        None => StatusCode::ACCEPTED.into_response(),
     }
 }
 

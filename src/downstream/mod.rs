@@ -2,6 +2,7 @@
 
 mod admin;
 mod console;
+mod detached;
 pub mod http;
 mod listener;
 mod slots;

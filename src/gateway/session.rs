@@ -51,7 +51,17 @@ pub struct Session {
     /// When the session opened (its `session_end` record gives its length).
     pub(crate) opened: Instant,
     pub(crate) closed: CancellationToken,
+    /// How many resources the session is subscribed to (at most
+    /// [`MAX_SUBSCRIPTIONS`]).
+    pub(crate) subscribed: std::sync::atomic::AtomicUsize,
 }
+
+/// Resources one session may be subscribed to at once: each is kept for
+/// the session's life, so a client cannot make the proxy hold any number.
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 1000;
+/// The longest URI a session may subscribe to (its subscriptions are kept
+/// for its life, so their size is bounded as well as their number).
+pub(crate) const MAX_SUBSCRIBED_URI_BYTES: usize = 8 * 1024;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded values are plain maps and flags, valid after any panic.
@@ -78,6 +88,7 @@ impl Session {
             next_request_id: AtomicU64::new(1),
             last_active: Mutex::new(Instant::now()),
             opened: Instant::now(),
+            subscribed: std::sync::atomic::AtomicUsize::new(0),
             closed: CancellationToken::new(),
         }
     }

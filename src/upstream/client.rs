@@ -151,6 +151,10 @@ struct Pending {
 /// server alone, loses nothing, and holds no more than this in memory.
 const FOLLOW_CAP: usize = 256;
 
+/// How long a notification, or an answer to a server's request, may wait
+/// for the server to take it.
+const SEND_WAIT: Duration = Duration::from_secs(10);
+
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     /// The client this instance serves alone (per-client isolation).
@@ -254,6 +258,11 @@ impl Shared {
         if let Ok(mut slot) = self.link.write() {
             *slot = link;
         }
+    }
+
+    /// Whether the call with this upstream id still waits for its reply.
+    pub(crate) fn in_flight(&self, id: u64) -> bool {
+        self.pending().contains_key(&id)
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
@@ -605,7 +614,9 @@ impl Drop for PendingCall {
                             "notifications/cancelled",
                             json!({ "requestId": id, "reason": "cancelled by the proxy" }),
                         );
-                        let _ = link.send(cancel).await;
+                        // A server that stops reading its input does not
+                        // keep this task.
+                        let _ = tokio::time::timeout(SEND_WAIT, link.send(cancel)).await;
                     }
                 });
             }
@@ -820,6 +831,11 @@ impl Upstream {
 
     /// Sends a notification, or a response to a server→client request.
     pub async fn send(&self, message: Value) -> Result<(), UpstreamError> {
+        self.send_within(message, SEND_WAIT).await
+    }
+
+    /// Like [`send`](Self::send), waiting at most `wait` for the server.
+    async fn send_within(&self, message: Value, wait: Duration) -> Result<(), UpstreamError> {
         let unavailable = |reason: String| UpstreamError::Unavailable {
             server: self.shared.name.to_string(),
             reason,
@@ -828,7 +844,15 @@ impl Upstream {
             .shared
             .current_link()
             .ok_or_else(|| unavailable("it is not running".into()))?;
-        link.send(message).await.map_err(unavailable)
+        // A server that stops reading its input (or a remote one that
+        // never answers the POST) holds the sender no longer than this.
+        match tokio::time::timeout(wait, link.send(message)).await {
+            Ok(sent) => sent.map_err(unavailable),
+            Err(_) => Err(unavailable(format!(
+                "it did not take the message within {}",
+                super::humanize(wait)
+            ))),
+        }
     }
 
     async fn connect(&self) -> Result<Connected, UpstreamError> {
@@ -910,10 +934,11 @@ impl Upstream {
         if let Some(link) = self.shared.current_link() {
             link.set_protocol_version(version);
         }
-        self.send(protocol::notification(
-            "notifications/initialized",
-            json!({}),
-        ))
+        // Part of the handshake: as long as a call may take.
+        self.send_within(
+            protocol::notification("notifications/initialized", json!({})),
+            self.config.call_timeout,
+        )
         .await?;
         Ok(result.clone())
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, BufWriter};
+use tokio::io::{BufReader, BufWriter};
 use tokio::process::{ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -95,10 +95,16 @@ pub(super) async fn spawn(
     {
         let server = server.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let line: String = line.chars().take(2000).collect();
-                tracing::debug!(server = %server, "stderr: {line}");
+            // Read a bounded line at a time: a server that never ends a
+            // line cannot make the proxy hold it all.
+            let mut lines = crate::protocol::FrameReader::new(BufReader::new(stderr), 2000);
+            while let Ok(Some(frame)) = lines.next().await {
+                let (line, cut) = match &frame {
+                    crate::protocol::Frame::Line(line) => (line, ""),
+                    crate::protocol::Frame::Oversize(head) => (head, " …"),
+                };
+                let line = String::from_utf8_lossy(line);
+                tracing::debug!(server = %server, "stderr: {line}{cut}");
             }
         });
     }

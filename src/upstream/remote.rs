@@ -109,10 +109,23 @@ impl RemoteLink {
     async fn read_events(&self, mut response: reqwest::Response, related: Option<u64>) {
         let mut parser = SseParser::new(self.limits.max_message_bytes);
         let mut events = Vec::new();
+        // A call's stream is read while the call waits for its reply: once
+        // it has one (or ended otherwise), a server that keeps the stream
+        // open holds no task, buffer or connection of the proxy's.
+        let call_ended = |id: u64| !self.shared.in_flight(id);
+        let mut check = tokio::time::interval(CALL_STREAM_CHECK);
         loop {
             let chunk = tokio::select! {
                 chunk = response.chunk() => chunk,
                 () = self.closed.cancelled() => return,
+                // On a timer of its own, so that a server that sends a
+                // comment now and then cannot keep the stream open.
+                _ = check.tick(), if related.is_some() => {
+                    if related.is_some_and(call_ended) {
+                        return;
+                    }
+                    continue;
+                }
             };
             let Ok(Some(chunk)) = chunk else {
                 return;
@@ -121,7 +134,12 @@ impl RemoteLink {
             for event in events.drain(..) {
                 match event {
                     SseEvent::Data(data) => match protocol::parse(&data, self.limits.max_depth) {
-                        Ok(message) => self.shared.dispatch(message, related).await,
+                        Ok(message) => {
+                            self.shared.dispatch(message, related).await;
+                            if related.is_some_and(call_ended) {
+                                return;
+                            }
+                        }
                         Err(err) => {
                             tracing::warn!(server = %self.shared.name, error = %err, "dropped an event from the server")
                         }
@@ -177,6 +195,10 @@ fn without_url(err: &reqwest::Error) -> String {
     }
     text
 }
+
+/// How often a call's response stream that has gone quiet is checked for
+/// whether its call has ended.
+const CALL_STREAM_CHECK: Duration = Duration::from_secs(2);
 
 async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();

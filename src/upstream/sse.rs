@@ -68,12 +68,15 @@ impl SseParser {
         };
         match field {
             b"data" => {
-                if !self.data.is_empty() {
-                    self.data.push(b'\n');
-                }
-                if self.data.len() + value.len() > self.limit {
+                // Checked before anything is added (the line break too):
+                // an event past the limit stops growing at once.
+                let separator = usize::from(!self.data.is_empty());
+                if self.overflow || self.data.len() + separator + value.len() > self.limit {
                     self.overflow = true;
                 } else {
+                    if separator == 1 {
+                        self.data.push(b'\n');
+                    }
                     self.data.extend_from_slice(value);
                 }
             }
@@ -86,6 +89,25 @@ impl SseParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that sends a `data` line, then empty ones on and on without
+    /// ending the event (each adds a line break) cannot grow the event past
+    /// the limit.
+    #[test]
+    fn empty_data_lines_do_not_grow_an_event_past_the_limit() {
+        let mut parser = SseParser::new(1024);
+        let mut out = Vec::new();
+        parser.feed(b"data: x\n", &mut out);
+        for _ in 0..100_000 {
+            parser.feed(b"data\n", &mut out);
+            assert!(parser.data.len() <= 1024, "{}", parser.data.len());
+        }
+        parser.feed(b"\n", &mut out);
+        assert!(matches!(out.as_slice(), [SseEvent::TooLarge]));
+        // The next event is read as usual.
+        parser.feed(b"data: {}\n\n", &mut out);
+        assert!(matches!(out.get(1), Some(SseEvent::Data(data)) if data == b"{}"));
+    }
 
     #[test]
     fn events_split_across_chunks() {

@@ -18,6 +18,7 @@
 //! approval made while the proxy runs), and each change is announced as an
 //! event (for the audit log and `tools/list_changed`).
 
+mod batch;
 pub mod poison;
 pub mod review;
 pub mod store;
@@ -33,9 +34,16 @@ use tokio_util::sync::CancellationToken;
 use crate::chain::{Annotation, Definition, Denial, Direction, Exchange, Interceptor, Verdict};
 use crate::config::{FirstUse, OnChange, PinningConfig, Poisoning};
 use crate::protocol::code;
+use batch::{Batch, server_of};
 use poison::Rules;
 pub use review::{ReviewState, ToolReview};
 pub use store::{Files, Finding, Pin, PinError, PinFile, Seen, SeenFile};
+
+/// Tools the pin file, and the file of tools awaiting review, hold at most.
+/// Names are never taken out by themselves, so a server that renames its
+/// tools at every `list_changed` could grow them for good; past this, a new
+/// name is withheld (as if unpinned) and not written down.
+const MOST_PINS: usize = 10_000;
 
 /// Where flags go in a listed item.
 const META_PREFIX: &str = "dev.portcullis/";
@@ -147,14 +155,6 @@ struct Cached {
     judgement: Arc<Judgement>,
 }
 
-/// Changes one judging pass makes, written together.
-#[derive(Default)]
-struct Batch {
-    pins: Vec<(String, Pin)>,
-    seen: Vec<(String, Option<Seen>)>,
-    events: Vec<PinEvent>,
-}
-
 pub struct Pinning {
     first_use: FirstUse,
     on_change: OnChange,
@@ -170,6 +170,8 @@ pub struct Pinning {
     /// The last rejected pin file's error (reported once).
     rejected: Mutex<Option<String>>,
     events: broadcast::Sender<PinEvent>,
+    /// [`MOST_PINS`] (smaller in tests).
+    most_pins: usize,
 }
 
 impl Pinning {
@@ -184,6 +186,7 @@ impl Pinning {
             Poisoning::Flag | Poisoning::Deny => Some(Rules::load(config.extra_rules.as_deref())?),
         };
         Ok(Self {
+            most_pins: MOST_PINS,
             first_use: config.first_use,
             on_change: config.on_change,
             poisoning: config.poisoning,
@@ -305,6 +308,7 @@ impl Pinning {
     ) -> Judgement {
         let canonical = store::canonical(own_name, value);
         let sha256 = store::sha256(&canonical);
+        let server = (server_of(name, &self.separator), self.separator.as_str());
         let findings = self.scan(&canonical);
         let pin = pins.tools.get(name);
         let state = match pin {
@@ -316,7 +320,10 @@ impl Pinning {
                 }
             }
             Some(_) => PinState::Changed,
-            None if self.first_use == FirstUse::Pin => {
+            None if self.first_use == FirstUse::Pin
+                && batch.counts(server, pins, seen).0 < self.most_pins =>
+            {
+                batch.counts(server, pins, seen).0 += 1;
                 tracing::debug!(tool = name, sha256 = %short(&sha256), "tool pinned on first use");
                 batch.pins.push((
                     name.to_owned(),
@@ -333,7 +340,16 @@ impl Pinning {
                 });
                 PinState::Pinned
             }
-            None => PinState::Unpinned,
+            None => {
+                if self.first_use == FirstUse::Pin && self.first_report(name, "", "pin file full") {
+                    tracing::warn!(
+                        tool = name,
+                        most = self.most_pins,
+                        "the pin file is full: a new tool is not pinned on first use but withheld until a person reviews it"
+                    );
+                }
+                PinState::Unpinned
+            }
         };
         let approve = format!("approve it with `portcullis tools approve {name}`");
         let mut withheld = match state {
@@ -361,8 +377,15 @@ impl Pinning {
         // `tools approve`; what no longer does is taken out.
         let awaits = withheld.is_some() || matches!(state, PinState::Changed | PinState::Unpinned);
         let noted = seen.tools.get(name);
+        // Past its cap, what awaits a person is not written down for names
+        // not already there (the tool is withheld all the same): a server
+        // that renames its tools on and on cannot grow the file for good.
         if awaits {
-            if noted.is_none_or(|noted| noted.sha256 != sha256) {
+            let room = noted.is_some() || batch.counts(server, pins, seen).1 < self.most_pins;
+            if room && noted.is_none_or(|noted| noted.sha256 != sha256) {
+                if noted.is_none() {
+                    batch.counts(server, pins, seen).1 += 1;
+                }
                 batch.seen.push((
                     name.to_owned(),
                     Some(Seen {
@@ -377,29 +400,7 @@ impl Pinning {
             batch.seen.push((name.to_owned(), None));
         }
 
-        if state == PinState::Changed && self.first_report(name, &sha256, "changed") {
-            let pinned = pin.map(|pin| pin.sha256.clone()).unwrap_or_default();
-            tracing::warn!(
-                tool = name,
-                pinned = %short(&pinned),
-                seen = %short(&sha256),
-                withheld = withheld.is_some(),
-                "RUG PULL? a tool's definition is not the pinned one (`portcullis tools pins` shows the difference)"
-            );
-            batch.events.push(PinEvent::Changed {
-                tool: name.to_owned(),
-                pinned,
-                seen: sha256.clone(),
-                withheld: withheld.is_some(),
-            });
-        }
-        if state == PinState::Unpinned && self.first_report(name, &sha256, "unpinned") {
-            tracing::warn!(tool = name, sha256 = %short(&sha256), "a tool that is not in the pin file is withheld");
-            batch.events.push(PinEvent::Unpinned {
-                tool: name.to_owned(),
-                sha256: sha256.clone(),
-            });
-        }
+        self.report_state(name, state, pin, &sha256, withheld.is_some(), batch);
         self.report_flagged(
             "tool",
             name,
@@ -414,6 +415,42 @@ impl Pinning {
             state: Some(state),
             findings,
             withheld,
+        }
+    }
+
+    /// Logs and announces, once per process, a tool whose definition is not
+    /// its pin, or that has none.
+    fn report_state(
+        &self,
+        name: &str,
+        state: PinState,
+        pin: Option<&Pin>,
+        sha256: &str,
+        withheld: bool,
+        batch: &mut Batch,
+    ) {
+        if state == PinState::Changed && self.first_report(name, sha256, "changed") {
+            let pinned = pin.map(|pin| pin.sha256.clone()).unwrap_or_default();
+            tracing::warn!(
+                tool = name,
+                pinned = %short(&pinned),
+                seen = %short(sha256),
+                withheld,
+                "RUG PULL? a tool's definition is not the pinned one (`portcullis tools pins` shows the difference)"
+            );
+            batch.events.push(PinEvent::Changed {
+                tool: name.to_owned(),
+                pinned,
+                seen: sha256.to_owned(),
+                withheld,
+            });
+        }
+        if state == PinState::Unpinned && self.first_report(name, sha256, "unpinned") {
+            tracing::warn!(tool = name, sha256 = %short(sha256), "a tool that is not in the pin file is withheld");
+            batch.events.push(PinEvent::Unpinned {
+                tool: name.to_owned(),
+                sha256: sha256.to_owned(),
+            });
         }
     }
 
@@ -496,7 +533,9 @@ impl Pinning {
     /// Writes a pass's new pins and notes (one locked write each), and
     /// announces its events.
     fn commit(&self, batch: Batch) {
-        let Batch { pins, seen, events } = batch;
+        let Batch {
+            pins, seen, events, ..
+        } = batch;
         if !pins.is_empty() {
             tracing::info!(tools = pins.len(), file = %self.files.pins.display(), "tools pinned on first use");
         }

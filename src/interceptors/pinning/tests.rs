@@ -433,3 +433,50 @@ fn resources_and_server_instructions_are_scanned_too() {
         .collect();
     assert_eq!(kinds, ["resource", "instructions"]);
 }
+
+/// A server that renames its tools on and on (a new name at every
+/// `list_changed`) cannot grow the pin file, or the file of tools awaiting
+/// review, for good: past their cap a new name is withheld as unpinned and
+/// not written down.
+#[test]
+fn a_server_renaming_its_tools_cannot_grow_the_pin_files_for_good() {
+    // The cap is MOST_PINS; a smaller one keeps the test fast.
+    const MOST: usize = 40;
+    const { assert!(MOST_PINS >= 10 * MOST) };
+    let names: Vec<String> = (0..MOST + 5).map(|n| format!("t{n}")).collect();
+    let listed = tools(
+        &names
+            .iter()
+            .map(|name| (name.as_str(), "Does a thing."))
+            .collect::<Vec<_>>(),
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut pinning = Pinning::new(&config(dir.path()), "__").unwrap_or_else(|e| panic!("{e}"));
+    pinning.most_pins = MOST;
+    assert_eq!(list(&pinning, &listed).0.len(), MOST);
+    let pins = pinning
+        .files()
+        .load_pins()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pins.tools.len(), MOST);
+    let last = format!("t{}", MOST + 4);
+    assert_eq!(
+        denial(call(&pinning, &listed, &last)).data["pin"],
+        json!("unpinned")
+    );
+
+    let strict_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut strict = Pinning::new(
+        &PinningConfig {
+            first_use: FirstUse::Deny,
+            ..config(strict_dir.path())
+        },
+        "__",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    strict.most_pins = MOST;
+    assert!(list(&strict, &listed).0.is_empty());
+    let seen = strict.files().load_seen().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(seen.tools.len(), MOST, "the awaiting file is capped");
+    assert!(seen.tools.contains_key("srv__t0"));
+}

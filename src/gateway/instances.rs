@@ -1,0 +1,96 @@
+//! Which running copy of a server serves a client (per-client isolation), and
+//! which sessions it serves.
+
+use std::sync::Arc;
+
+use crate::config::{Isolation, UpstreamSpec};
+use crate::upstream::Upstream;
+
+use super::{Gateway, InstanceKey, Session, lock};
+
+impl Gateway {
+    /// Whether each client gets its own instance of the server.
+    pub(super) fn per_client(&self, index: usize) -> bool {
+        self.config.servers.get(index).is_some_and(|server| {
+            matches!(&server.kind, UpstreamSpec::Container(spec) if spec.isolation == Isolation::PerClient)
+        })
+    }
+
+    /// The instance of server `index` that serves `client`: the server's own,
+    /// or for a per-client server the client's, created (lazy) at first use.
+    pub(super) fn upstream_for(&self, index: usize, client: &Arc<str>) -> Option<Upstream> {
+        let primary = self.upstreams.get(index)?;
+        if !self.per_client(index) {
+            return Some(primary.clone());
+        }
+        let mut instances = lock(&self.instances);
+        if let Some(instance) = instances.get(&(index, client.clone())) {
+            return Some(instance.clone());
+        }
+        if self.shutdown.is_cancelled() {
+            return None;
+        }
+        let instance = Upstream::new(
+            primary.config_handle(),
+            Some(client.clone()),
+            self.config.limits,
+            self.config.proxy.startup_timeout,
+            self.events.clone(),
+        );
+        lock(&self.tasks).push(instance.start(self.shutdown.clone()));
+        instances.insert((index, client.clone()), instance.clone());
+        tracing::debug!(server = %primary.name(), client = %client, "per-client instance created");
+        Some(instance)
+    }
+
+    /// The instances clients' calls reach, with their keys: the shared
+    /// servers and the per-client instances (of `client` only, if given).
+    pub(super) fn instances(&self, client: Option<&Arc<str>>) -> Vec<(InstanceKey, Upstream)> {
+        let mut out: Vec<(InstanceKey, Upstream)> = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !self.per_client(*index))
+            .map(|(index, upstream)| ((index, None), upstream.clone()))
+            .collect();
+        out.extend(
+            lock(&self.instances)
+                .iter()
+                .filter(|((_, owner), _)| client.is_none_or(|client| owner == client))
+                .map(|((index, owner), instance)| {
+                    ((*index, Some(owner.clone())), instance.clone())
+                }),
+        );
+        out
+    }
+
+    /// The instance an event came from.
+    pub(super) fn upstream_of(
+        &self,
+        index: usize,
+        instance: &Option<Arc<str>>,
+    ) -> Option<Upstream> {
+        match instance {
+            None => self.upstreams.get(index).cloned(),
+            Some(client) => lock(&self.instances).get(&(index, client.clone())).cloned(),
+        }
+    }
+
+    pub(super) fn index_of(&self, server: &str) -> Option<usize> {
+        self.names.iter().position(|name| &**name == server)
+    }
+
+    /// The sessions a notification from `instance` may be offered to (authz
+    /// then decides per session): every one, or only its client's for a
+    /// per-client instance.
+    pub(super) fn sessions_of(&self, instance: &Option<Arc<str>>) -> Vec<Arc<Session>> {
+        let sessions = self.initialized_sessions();
+        match instance {
+            None => sessions,
+            Some(client) => sessions
+                .into_iter()
+                .filter(|s| s.client.name == *client)
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The servers' lists (tools, prompts, resources): read, merged into the
+//! catalog, and announced when they change.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+
+use crate::protocol;
+use crate::upstream::{Status, Upstream};
+
+use super::{Gateway, ListKind, ServerLists};
+
+/// Upstream pagination is followed for at most this many pages per list.
+pub(super) const MAX_LIST_PAGES: usize = 100;
+
+/// Every page of a server's list (up to [`MAX_LIST_PAGES`]); a failure keeps
+/// what was read so far.
+pub(super) async fn fetch_all(
+    upstream: &Upstream,
+    method: &str,
+    key: &str,
+    scrub: &(dyn Fn(&str) -> String + Sync),
+) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_LIST_PAGES {
+        let params = match &cursor {
+            Some(cursor) => json!({ "cursor": cursor }),
+            None => json!({}),
+        };
+        match upstream.request(method, params).await {
+            Ok(result) => {
+                if let Some(page) = result.get(key).and_then(Value::as_array) {
+                    items.extend(page.iter().cloned());
+                }
+                match result.get("nextCursor").and_then(Value::as_str) {
+                    Some(next) if !next.is_empty() => cursor = Some(next.to_owned()),
+                    _ => break,
+                }
+            }
+            Err(err) => {
+                // The server's own words: scrubbed like a record's.
+                let error = scrub(&err.to_string());
+                tracing::warn!(server = %upstream.name(), method, error, "cannot read the list");
+                break;
+            }
+        }
+    }
+    items
+}
+
+impl Gateway {
+    /// Starts the lazy servers that nobody has used yet, and waits (each up
+    /// to the startup timeout) until every running server's lists are read:
+    /// a client's first `initialize` and lists see every server.
+    pub(super) async fn await_lists(self: &Arc<Self>) {
+        let catalog = self.catalog();
+        let unlisted = (0..self.upstreams.len()).filter(|&index| {
+            catalog.server_lists(index).is_none()
+                && self.upstreams.get(index).is_some_and(|u| {
+                    matches!(
+                        u.status(),
+                        Status::Idle(_) | Status::Starting | Status::Ready(_)
+                    )
+                })
+        });
+        let waits = unlisted.map(|index| async move {
+            let Some(upstream) = self.upstreams.get(index) else {
+                return;
+            };
+            match upstream
+                .ensure_running(self.config.proxy.startup_timeout)
+                .await
+            {
+                Ok(()) => self.list_once(index).await,
+                Err(err) => tracing::warn!(server = %upstream.name(), error = %err, "cannot start the server"),
+            }
+        });
+        futures_util::future::join_all(waits).await;
+    }
+
+    /// Reads a server's lists unless they are already known.
+    pub(super) async fn list_once(self: &Arc<Self>, index: usize) {
+        self.read_lists(index, true).await;
+    }
+
+    /// Re-reads a server's lists and tells the sessions what changed.
+    pub async fn refresh(self: &Arc<Self>, index: usize) {
+        self.read_lists(index, false).await;
+    }
+
+    /// Reads a server's lists again after it said they changed. What it
+    /// says while a read waits to start is folded into that read: however
+    /// many notifications a server sends, at most one read of its lists
+    /// runs and one waits.
+    pub(super) fn refresh_soon(self: &Arc<Self>, index: usize) {
+        let Some(server) = self.per_server.get(index) else {
+            return;
+        };
+        if server.refresh_waiting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Some(server) = this.per_server.get(index) else {
+                return;
+            };
+            // After the read in progress, if any: what the server says from
+            // now on needs a read of its own.
+            drop(server.refreshing.lock().await);
+            server.refresh_waiting.store(false, Ordering::Release);
+            this.refresh(index).await;
+        });
+    }
+
+    pub(super) async fn read_lists(self: &Arc<Self>, index: usize, unless_known: bool) {
+        let Some(upstream) = self.upstreams.get(index) else {
+            return;
+        };
+        let Some(_guard) = self.per_server.get(index).map(|s| s.refreshing.lock()) else {
+            return;
+        };
+        let _guard = _guard.await;
+        if unless_known && self.catalog().server_lists(index).is_some() {
+            return;
+        }
+        let Status::Ready(info) = upstream.status() else {
+            return;
+        };
+        let caps = info.get("capabilities").cloned().unwrap_or_default();
+        let mut lists = ServerLists::default();
+        let scrub = |text: &str| self.scrub(text);
+        if caps.get("tools").is_some() {
+            lists.tools = fetch_all(upstream, "tools/list", "tools", &scrub).await;
+        }
+        if caps.get("prompts").is_some() {
+            lists.prompts = fetch_all(upstream, "prompts/list", "prompts", &scrub).await;
+        }
+        if caps.get("resources").is_some() {
+            lists.resources = fetch_all(upstream, "resources/list", "resources", &scrub).await;
+            lists.templates = fetch_all(
+                upstream,
+                "resources/templates/list",
+                "resourceTemplates",
+                &scrub,
+            )
+            .await;
+        }
+        tracing::debug!(server = %upstream.name(), tools = lists.tools.len(), prompts = lists.prompts.len(), resources = lists.resources.len(), "lists refreshed");
+        self.set_lists(index, Some(lists));
+    }
+
+    pub(super) fn set_lists(&self, index: usize, lists: Option<ServerLists>) {
+        let changed = {
+            let Ok(mut catalog) = self.catalog.write() else {
+                return;
+            };
+            let (next, changed) = catalog.with_server(
+                index,
+                lists,
+                &self.names,
+                &self.config.proxy.namespace_separator,
+            );
+            *catalog = Arc::new(next);
+            changed
+        };
+        for kind in changed {
+            self.announce(kind);
+        }
+    }
+
+    /// Tells every session that a list changed (`notifications/*/list_changed`):
+    /// a server's list, or what the proxy lets through (pins approved).
+    pub fn announce(&self, kind: ListKind) {
+        let message = protocol::notification(kind.notification(), json!({}));
+        for session in self.initialized_sessions() {
+            self.notify(&session, None, message.clone(), None, None);
+        }
+    }
+}

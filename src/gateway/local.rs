@@ -1,0 +1,365 @@
+//! What the proxy answers itself: `initialize`, lists from the catalog,
+//! `logging/setLevel`, subscriptions.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::protocol::{self, code};
+use crate::upstream::Status;
+
+use super::{Catalog, Gateway, Session, lock};
+
+/// How long the proxy waits for a server to take a new log level.
+pub(super) const LOG_LEVEL_WAIT: Duration = Duration::from_secs(5);
+
+/// The level a server is sent: the lowest any session asked for (sessions
+/// that never asked do not count), `None` when none asked.
+pub(super) fn lowest_level(
+    levels: impl IntoIterator<Item = Option<protocol::LogLevel>>,
+) -> Option<protocol::LogLevel> {
+    levels.into_iter().flatten().min()
+}
+
+impl Gateway {
+    pub(super) async fn answer_locally(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        method: &str,
+        message: &Value,
+        listed_from: &mut Option<Arc<Catalog>>,
+    ) -> Result<Value, (i64, String)> {
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        if method != "ping" && method != "logging/setLevel" {
+            self.await_lists().await;
+        }
+        let catalog = self.catalog();
+        *listed_from = Some(catalog.clone());
+        let result = match method {
+            "initialize" => self.initialize(session, message)?,
+            "ping" => json!({}),
+            "tools/list" => self.page(message, &catalog.tools, "tools")?,
+            "prompts/list" => self.page(message, &catalog.prompts, "prompts")?,
+            "resources/list" => self.page(message, &catalog.resources, "resources")?,
+            "resources/templates/list" => {
+                self.page(message, &catalog.templates, "resourceTemplates")?
+            }
+            "logging/setLevel" => {
+                let name = protocol::param_str(message, "level").ok_or_else(|| {
+                    (
+                        code::INVALID_PARAMS,
+                        "`params.level` must be a string".to_owned(),
+                    )
+                })?;
+                let level = protocol::LogLevel::parse(name).ok_or_else(|| {
+                    (
+                        code::INVALID_PARAMS,
+                        format!(
+                            "unknown log level `{}`: use debug, info, notice, warning, error, critical, alert or emergency",
+                            protocol::cut(name, 64)
+                        ),
+                    )
+                })?;
+                // The session's own level: the proxy filters what it gets.
+                session.state().log_level = Some(level);
+                self.apply_log_levels(Some(session)).await;
+                json!({})
+            }
+            _ => {
+                return Err((
+                    code::METHOD_NOT_FOUND,
+                    format!("method not found: `{method}`"),
+                ));
+            }
+        };
+        Ok(protocol::result(id, result))
+    }
+
+    /// Sends each running instance that supports logging the lowest level
+    /// the sessions that may use it asked for (of its client only, for a
+    /// per-client instance), when that changed since it was last sent.
+    /// `asked_by`: only the instances serving that session's client that
+    /// the client may use (a client that may not use a server never
+    /// changes its level); `None`: every instance (a session closed, a
+    /// server restarted). No session with a level: the server keeps the
+    /// last one it was sent.
+    pub(super) async fn apply_log_levels(&self, asked_by: Option<&Session>) {
+        // Decided under the lock, sent outside it: a server that never
+        // answers holds nobody else's `logging/setLevel`.
+        let mut sends = Vec::new();
+        {
+            let mut sent = self.log_levels.lock().await;
+            let sessions = self.initialized_sessions();
+            let instances = self.instances(asked_by.map(|session| &session.client.name));
+            for ((index, instance), upstream) in instances {
+                if asked_by.is_some_and(|session| !self.may_use(session, index)) {
+                    continue;
+                }
+                let Status::Ready(info) = upstream.status() else {
+                    continue;
+                };
+                if info.pointer("/capabilities/logging").is_none() {
+                    continue;
+                }
+                let levels = sessions
+                    .iter()
+                    .filter(|session| {
+                        instance
+                            .as_ref()
+                            .is_none_or(|client| session.client.name == *client)
+                            && self.may_use(session, index)
+                    })
+                    .map(|session| session.log_level());
+                let Some(wanted) = lowest_level(levels) else {
+                    continue;
+                };
+                let key = (index, instance);
+                if sent.get(&key) == Some(&wanted) {
+                    continue;
+                }
+                sent.insert(key.clone(), wanted);
+                sends.push((key, wanted, upstream));
+            }
+        }
+        let requests = sends.into_iter().map(|(key, wanted, upstream)| async move {
+            let asked = upstream.request("logging/setLevel", json!({ "level": wanted.as_str() }));
+            let failed = match tokio::time::timeout(LOG_LEVEL_WAIT, asked).await {
+                Ok(Ok(_)) => return,
+                // The server's own words: scrubbed like a record's.
+                Ok(Err(err)) => self.scrub(&err.to_string()),
+                Err(_) => format!("no answer within {LOG_LEVEL_WAIT:?}"),
+            };
+            tracing::warn!(server = %upstream.name(), error = failed, "cannot set the log level");
+            // Not set after all: the next change tries again.
+            let mut sent = self.log_levels.lock().await;
+            if sent.get(&key) == Some(&wanted) {
+                sent.remove(&key);
+            }
+        });
+        futures_util::future::join_all(requests).await;
+    }
+
+    pub(super) fn initialize(
+        &self,
+        session: &Session,
+        message: &Value,
+    ) -> Result<Value, (i64, String)> {
+        let params = protocol::params(message);
+        let requested = params
+            .and_then(|p| p.get("protocolVersion"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                (
+                    code::INVALID_PARAMS,
+                    "`params.protocolVersion` must be a string".to_owned(),
+                )
+            })?;
+        let version = if protocol::SUPPORTED_VERSIONS.contains(&requested) {
+            requested
+        } else {
+            protocol::LATEST_VERSION
+        };
+        {
+            let mut state = session.state();
+            if state.initialized {
+                return Err((
+                    code::INVALID_REQUEST,
+                    "the session is already initialized".into(),
+                ));
+            }
+            state.initialized = true;
+            state.protocol_version = Some(version.to_owned());
+            state.client_capabilities = params
+                .and_then(|p| p.get("capabilities"))
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+        }
+        let client_name = params
+            .and_then(|p| p.get("clientInfo"))
+            .and_then(|info| info.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        tracing::info!(session = %session.id, client = %session.client.name, agent = client_name, version, "session initialized");
+        let mut started = Self::session_event(session, "session_start");
+        started.detail = Some(json!({
+            "agent": client_name,
+            "agent_version": params
+                .and_then(|p| p.get("clientInfo"))
+                .and_then(|info| info.get("version"))
+                .and_then(Value::as_str),
+            "protocol_version": version,
+        }));
+        self.record_event(started);
+        Ok(json!({
+            "protocolVersion": version,
+            "capabilities": self.capabilities(),
+            "serverInfo": { "name": "portcullis", "version": env!("CARGO_PKG_VERSION") },
+            "instructions": self.instructions(),
+        }))
+    }
+
+    /// The servers' capabilities merged. Tools, prompts and resources are
+    /// always offered (the lists are the proxy's own, and a server that comes
+    /// up later announces itself through `list_changed`).
+    pub(super) fn capabilities(&self) -> Value {
+        let mut subscribe = false;
+        let mut logging = false;
+        let mut completions = false;
+        for upstream in &self.upstreams {
+            if let Some(info) = upstream.status().info() {
+                let caps = info.get("capabilities");
+                let has = |pointer: &str| caps.and_then(|c| c.pointer(pointer)).is_some();
+                subscribe |= caps
+                    .and_then(|c| c.pointer("/resources/subscribe"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                logging |= has("/logging");
+                completions |= has("/completions");
+            }
+        }
+        let mut capabilities = Map::new();
+        capabilities.insert("tools".into(), json!({ "listChanged": true }));
+        capabilities.insert("prompts".into(), json!({ "listChanged": true }));
+        capabilities.insert(
+            "resources".into(),
+            json!({ "listChanged": true, "subscribe": subscribe }),
+        );
+        if logging {
+            capabilities.insert("logging".into(), json!({}));
+        }
+        if completions {
+            capabilities.insert("completions".into(), json!({}));
+        }
+        Value::Object(capabilities)
+    }
+
+    pub(super) fn instructions(&self) -> String {
+        let separator = &self.config.proxy.namespace_separator;
+        let mut text = format!(
+            "Portcullis proxies several MCP servers. Tool and prompt names are prefixed with their server's name and `{separator}`."
+        );
+        for upstream in &self.upstreams {
+            if let Some(info) = upstream.status().info()
+                && let Some(instructions) = info.get("instructions").and_then(Value::as_str)
+                && !instructions.trim().is_empty()
+            {
+                text.push_str(&format!(
+                    "\n\n## Server `{}`\n{}",
+                    upstream.name(),
+                    instructions.trim()
+                ));
+            }
+        }
+        text
+    }
+
+    /// One page of a merged list. Cursors are offsets, opaque to clients.
+    pub(super) fn page(
+        &self,
+        message: &Value,
+        items: &[Value],
+        key: &str,
+    ) -> Result<Value, (i64, String)> {
+        let size = self.config.proxy.list_page_size;
+        let start = match protocol::param_str(message, "cursor") {
+            None => 0,
+            Some(cursor) => cursor
+                .strip_prefix("offset:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&n| n <= items.len())
+                .ok_or_else(|| (code::INVALID_PARAMS, "invalid `cursor`".to_owned()))?,
+        };
+        let end = (start + size).min(items.len());
+        let mut result = Map::new();
+        result.insert(key.into(), Value::Array(items[start..end].to_vec()));
+        if end < items.len() {
+            result.insert("nextCursor".into(), Value::from(format!("offset:{end}")));
+        }
+        Ok(Value::Object(result))
+    }
+
+    pub(super) fn track_subscription(
+        &self,
+        session: &Session,
+        method: &str,
+        uri: &Option<String>,
+        reply: &Value,
+    ) {
+        let (Some(uri), Some(_)) = (uri, reply.get("result")) else {
+            return;
+        };
+        {
+            let mut subscriptions = lock(&self.subscriptions);
+            if method == "resources/subscribe" {
+                let added = subscriptions
+                    .entry(uri.clone())
+                    .or_default()
+                    .insert(session.key);
+                if added {
+                    session.subscribed.fetch_add(1, Ordering::Relaxed);
+                }
+            } else if let Some(subscribers) = subscriptions.get_mut(uri) {
+                if subscribers.remove(&session.key) {
+                    session.subscribed.fetch_sub(1, Ordering::Relaxed);
+                }
+                if subscribers.is_empty() {
+                    subscriptions.remove(uri);
+                }
+            }
+        }
+        self.update_holds();
+    }
+
+    /// Subscriptions live in the server: a server with subscribers is not
+    /// stopped for idleness (every instance of it, for a per-client one).
+    pub(super) fn update_holds(&self) {
+        let catalog = self.catalog();
+        let held: HashSet<usize> = lock(&self.subscriptions)
+            .keys()
+            .filter_map(|uri| catalog.resource_owner(uri))
+            .collect();
+        for (index, upstream) in self.upstreams.iter().enumerate() {
+            upstream.hold(held.contains(&index));
+        }
+        for ((index, _), instance) in lock(&self.instances).iter() {
+            instance.hold(held.contains(index));
+        }
+    }
+
+    /// After a restart the server has forgotten its subscriptions: subscribe
+    /// again to every URI it owns that sessions (of its client, for a
+    /// per-client instance) are subscribed to.
+    pub(super) async fn resubscribe(&self, index: usize, instance: &Option<Arc<str>>) {
+        let Some(upstream) = self.upstream_of(index, instance) else {
+            return;
+        };
+        let catalog = self.catalog();
+        let uris: Vec<String> = lock(&self.subscriptions)
+            .iter()
+            .filter(|(uri, subscribers)| {
+                catalog.resource_owner(uri) == Some(index)
+                    && subscribers.iter().any(|key| {
+                        self.session(*key).is_some_and(|session| {
+                            instance
+                                .as_ref()
+                                .is_none_or(|client| session.client.name == *client)
+                        })
+                    })
+            })
+            .map(|(uri, _)| uri.clone())
+            .collect();
+        for uri in uris {
+            if let Err(err) = upstream
+                .request("resources/subscribe", json!({ "uri": uri }))
+                .await
+            {
+                // The server's words may quote the URI: scrubbed.
+                let error = self.scrub(&err.to_string());
+                tracing::warn!(server = %upstream.name(), error, "cannot renew a resource subscription");
+            }
+        }
+    }
+}

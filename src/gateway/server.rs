@@ -1,0 +1,325 @@
+//! What the servers send on their own: the event loop, and server→client
+//! requests (sampling, elicitation, roots) relayed to the session that caused
+//! them.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::chain::{Direction, Outcome, Phase};
+use crate::protocol::{self, IdKey, code};
+use crate::upstream::{Origin, UpstreamEvent};
+
+use super::record::Arguments;
+use super::{Gateway, Session, lock};
+
+/// A server's requests (sampling, elicitation, roots) relayed to clients
+/// at once; each waits at most the server's call timeout for its client.
+pub(super) const SERVER_REQUESTS: usize = 64;
+/// A server's requests being refused at once, past [`SERVER_REQUESTS`].
+const SERVER_REFUSALS: usize = 16;
+
+/// What the gateway keeps per server.
+pub(super) struct PerServer {
+    /// Serializes catalog refreshes so two do not interleave.
+    pub(super) refreshing: tokio::sync::Mutex<()>,
+    /// A refresh waits to start (later `list_changed` are folded into it).
+    pub(super) refresh_waiting: AtomicBool,
+    /// Places for the server's requests being relayed to clients.
+    requests: Arc<Semaphore>,
+    /// Places for refusing its requests past those.
+    refusals: Arc<Semaphore>,
+}
+
+impl PerServer {
+    pub(super) fn new() -> Self {
+        Self {
+            refreshing: tokio::sync::Mutex::new(()),
+            refresh_waiting: AtomicBool::new(false),
+            requests: Arc::new(Semaphore::new(SERVER_REQUESTS)),
+            refusals: Arc::new(Semaphore::new(SERVER_REFUSALS)),
+        }
+    }
+}
+
+impl Gateway {
+    pub(super) async fn event_loop(self: Arc<Self>, mut events: mpsc::Receiver<UpstreamEvent>) {
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = self.shutdown.cancelled() => None,
+            };
+            let Some(event) = event else { break };
+            match event {
+                // The lists come from the server's own instance; a client's
+                // instance of a per-client server does not change them.
+                UpstreamEvent::Ready { source, took } => {
+                    let mut record = self.server_event("server_ready", &source);
+                    record.total_us = took.as_micros() as u64;
+                    if let Some(metrics) = &self.metrics {
+                        let upstream = record
+                            .detail
+                            .as_ref()
+                            .and_then(|detail| detail["upstream"].as_str())
+                            .unwrap_or("");
+                        metrics
+                            .upstream_start_seconds
+                            .get([&source.server, upstream])
+                            .observe(took);
+                    }
+                    self.record_event(record);
+                    if let Some(index) = self.index_of(&source.server) {
+                        let this = self.clone();
+                        tokio::spawn(async move {
+                            if source.instance.is_none() {
+                                this.refresh(index).await;
+                            }
+                            this.resubscribe(index, &source.instance).await;
+                            // A restarted server forgot its log level.
+                            let key = (index, source.instance.clone());
+                            this.log_levels.lock().await.remove(&key);
+                            this.apply_log_levels(None).await;
+                        });
+                    }
+                }
+                UpstreamEvent::Down { source, reason } => {
+                    let mut record = self.server_event("server_down", &source);
+                    record.reason = Some(reason);
+                    self.record_event(record);
+                    if let Some(index) = self.index_of(&source.server) {
+                        if source.instance.is_none() {
+                            self.set_lists(index, None);
+                        }
+                        self.forget_forwarded(index, &source.instance);
+                    }
+                }
+                UpstreamEvent::Stopped { source, reason } => {
+                    let mut record = self.server_event("server_stopped", &source);
+                    record.reason = Some(reason);
+                    self.record_event(record);
+                }
+                UpstreamEvent::Notification {
+                    source,
+                    message,
+                    ambiguous,
+                } => {
+                    if let Some(index) = self.index_of(&source.server) {
+                        self.server_notification(index, &source.instance, message, ambiguous);
+                    }
+                }
+                UpstreamEvent::Request {
+                    source,
+                    message,
+                    origin,
+                } => {
+                    if let Some(index) = self.index_of(&source.server) {
+                        self.relay_request(index, source.instance, message, origin);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Relays a server's request in a task of its own, within the server's
+    /// places ([`SERVER_REQUESTS`]); past them it is refused at once, and
+    /// past the places for refusals too, dropped (the server sent more
+    /// than it could be waiting for).
+    fn relay_request(
+        self: &Arc<Self>,
+        index: usize,
+        instance: Option<Arc<str>>,
+        message: Value,
+        origin: Option<Origin>,
+    ) {
+        let Some(server) = self.per_server.get(index) else {
+            return;
+        };
+        if let Ok(place) = server.requests.clone().try_acquire_owned() {
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.server_request(index, instance, message, origin).await;
+                drop(place);
+            });
+            return;
+        }
+        let Ok(place) = server.refusals.clone().try_acquire_owned() else {
+            tracing::debug!(server = %self.names[index], "a request of the server's dropped: too many in flight");
+            return;
+        };
+        let Some(upstream) = self.upstream_of(index, &instance) else {
+            return;
+        };
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        let reason = format!(
+            "refused: {SERVER_REQUESTS} requests of this server's are already waiting for clients"
+        );
+        tokio::spawn(async move {
+            let refusal = protocol::error(id, code::CLIENT_UNAVAILABLE, &reason, None);
+            let _ = upstream.send(refusal).await;
+            drop(place);
+        });
+    }
+
+    /// Forwards a server→client request to the client whose call caused it
+    /// and relays the answer back.
+    pub(super) async fn server_request(
+        self: Arc<Self>,
+        index: usize,
+        instance: Option<Arc<str>>,
+        message: Value,
+        origin: Option<Origin>,
+    ) {
+        let Some(upstream) = self.upstream_of(index, &instance) else {
+            return;
+        };
+        let server_id = message.get("id").cloned().unwrap_or(Value::Null);
+        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        let answer =
+            |code: i64, reason: &str| protocol::error(server_id.clone(), code, reason, None);
+        let session = origin.as_ref().and_then(|o| self.session(o.session));
+        let Some(session) = session else {
+            let reason = "no client session to ask: the request is not tied to exactly one client call in flight";
+            let _ = upstream
+                .send(answer(code::CLIENT_UNAVAILABLE, reason))
+                .await;
+            return;
+        };
+        let capability = match method.as_str() {
+            "sampling/createMessage" => Some("sampling"),
+            "elicitation/create" => Some("elicitation"),
+            "roots/list" => Some("roots"),
+            _ => None,
+        };
+        if let Some(capability) = capability
+            && !session.has_client_capability(capability)
+        {
+            let reason = format!("the client does not support {capability}");
+            let _ = upstream.send(answer(code::METHOD_NOT_FOUND, &reason)).await;
+            return;
+        }
+
+        let mut exchange = self.exchange(
+            &session,
+            message,
+            Direction::ServerToClient,
+            Phase::Request,
+            &method,
+        );
+        exchange.context.server = Some(upstream.name().clone());
+        let started = std::time::Instant::now();
+        if let Err(refusal) = self.chain.run(&mut exchange) {
+            let answer = refusal.to_response(server_id.clone());
+            self.chain.finish(&exchange, &refusal.outcome());
+            // Recorded before the server gets the refusal; if the record
+            // cannot be written, the refusal stands.
+            self.record(
+                &mut exchange,
+                &refusal.outcome(),
+                Some(&answer),
+                None,
+                &Arguments::default(),
+                started,
+            )
+            .await;
+            let _ = upstream.send(answer).await;
+            return;
+        }
+        let related = origin.as_ref().map(|o| &o.request_id);
+        let answer_message = self
+            .ask_client(
+                &session,
+                (index, instance),
+                &server_id,
+                &exchange.message,
+                related,
+                upstream.config().call_timeout,
+            )
+            .await;
+        exchange.message = answer_message;
+        exchange.phase = Phase::Response;
+        let outcome = match self.chain.run(&mut exchange) {
+            Ok(()) => Outcome::Delivered,
+            Err(refusal) => {
+                exchange.message = refusal.to_response(server_id.clone());
+                refusal.outcome()
+            }
+        };
+        self.chain.finish(&exchange, &outcome);
+        let asked = started.elapsed();
+        let answer_message = std::mem::take(&mut exchange.message);
+        let recorded = self
+            .record(
+                &mut exchange,
+                &outcome,
+                Some(&answer_message),
+                Some(asked),
+                &Arguments::default(),
+                started,
+            )
+            .await;
+        exchange.message = answer_message;
+        if !recorded {
+            exchange.message = protocol::error(
+                server_id.clone(),
+                code::AUDIT_UNAVAILABLE,
+                "refused: the audit log cannot record this request",
+                None,
+            );
+        }
+        let _ = upstream.send(exchange.message.clone()).await;
+    }
+
+    /// Sends a server's request to the client (with an id of the client
+    /// session's own) and waits, at most the server's call timeout, for
+    /// the answer, which comes back with the server's id.
+    async fn ask_client(
+        &self,
+        session: &Session,
+        (index, instance): (usize, Option<Arc<str>>),
+        server_id: &Value,
+        message: &Value,
+        related: Option<&Value>,
+        timeout: Duration,
+    ) -> Value {
+        let answer =
+            |code: i64, reason: &str| protocol::error(server_id.clone(), code, reason, None);
+        let (client_id, reply) = session.expect_client_answer();
+        let server_key = IdKey::from_value(server_id).map(|key| (index, instance, key));
+        if let Some(key) = &server_key {
+            lock(&self.forwarded).insert(key.clone(), (session.key, client_id));
+        }
+        let mut outgoing = message.clone();
+        outgoing["id"] = Value::from(client_id);
+        let answer_message = if !session.deliver(outgoing, related) {
+            session.forget_client_request(client_id);
+            answer(code::CLIENT_UNAVAILABLE, "the client is not reachable")
+        } else {
+            tokio::select! {
+                result = tokio::time::timeout(timeout, reply) => match result {
+                    Ok(Ok(mut answer_message)) => {
+                        answer_message["id"] = server_id.clone();
+                        answer_message
+                    }
+                    Ok(Err(_)) => answer(code::CLIENT_UNAVAILABLE, "the client session ended"),
+                    Err(_) => {
+                        session.forget_client_request(client_id);
+                        answer(code::UPSTREAM_TIMEOUT, "the client did not answer in time")
+                    }
+                },
+                () = session.closed.cancelled() => answer(code::CLIENT_UNAVAILABLE, "the client session ended"),
+            }
+        };
+        if let Some(key) = &server_key {
+            lock(&self.forwarded).remove(key);
+        }
+        answer_message
+    }
+
+    pub(super) fn forget_forwarded(&self, index: usize, instance: &Option<Arc<str>>) {
+        lock(&self.forwarded)
+            .retain(|(server, from, _), _| !(*server == index && from == instance));
+    }
+}

@@ -1,0 +1,377 @@
+//! The code's shape, checked: no file under `src/` over 800 lines, no
+//! function over 120, and no import cycle between the files of one module
+//! (a file of a module may use its siblings only one way round).
+//!
+//! What was over a limit when these checks came in is listed below with
+//! its size then: it may shrink, never grow, and its line must go once it
+//! is within the limit (the test says so). Standard library only; the
+//! source is read as rustfmt leaves it.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+const MOST_FILE_LINES: usize = 800;
+const MOST_FN_LINES: usize = 120;
+
+/// Files over [`MOST_FILE_LINES`] when the check came in: (path, lines).
+const LONG_FILES: &[(&str, usize)] = &[
+    ("src/audit/mod.rs", 1230),
+    ("src/audit/query.rs", 1112),
+    ("src/audit/store.rs", 1261),
+    ("src/cli/mod.rs", 1040),
+    ("src/config/container.rs", 840),
+    ("src/config/mod.rs", 2731),
+    ("src/downstream/http.rs", 1045),
+    ("src/interceptors/authz/store.rs", 1191),
+    ("src/interceptors/authz/tests.rs", 866),
+    ("src/interceptors/pinning/mod.rs", 1034),
+    ("src/traces.rs", 986),
+    ("src/upstream/client.rs", 1097),
+    ("src/upstream/container.rs", 969),
+];
+
+/// Functions over [`MOST_FN_LINES`] then: (path, name, lines).
+const LONG_FNS: &[(&str, &str, usize)] = &[
+    ("src/audit/query.rs", "verify_with", 123),
+    ("src/cli/audit.rs", "run", 139),
+    ("src/cli/containers.rs", "doctor", 192),
+    ("src/cli/mod.rs", "serve", 159),
+    ("src/cli/mod.rs", "tools_list", 152),
+    ("src/cli/policy.rs", "run", 169),
+    ("src/config/container.rs", "container_spec", 127),
+    ("src/config/mod.rs", "config", 662),
+    ("src/config/mod.rs", "ratelimit", 131),
+    ("src/config/plugin.rs", "plugin", 264),
+    ("src/downstream/http.rs", "post_message", 224),
+    ("src/downstream/http.rs", "serve_on", 128),
+    ("src/interceptors/authz/store.rs", "from_sources", 181),
+    ("src/interceptors/redact/rules.rs", "parse", 135),
+    ("src/upstream/client.rs", "supervise", 151),
+    ("src/upstream/container.rs", "spawn", 161),
+];
+
+/// Import cycles between sibling files then, each as its files in order.
+const CYCLES: &[&[&str]] = &[
+    &["src/audit/query", "src/audit/store"],
+    &["src/downstream/admin", "src/downstream/http"],
+    &[
+        "src/downstream/admin",
+        "src/downstream/http",
+        "src/downstream/console",
+    ],
+    &["src/downstream/console", "src/downstream/http"],
+    &[
+        "src/interceptors/pinning/poison",
+        "src/interceptors/pinning/store",
+    ],
+    &["src/upstream/client", "src/upstream/container"],
+    &["src/upstream/client", "src/upstream/process"],
+    &["src/upstream/client", "src/upstream/remote"],
+];
+
+fn sources() -> Vec<(String, String)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = Vec::new();
+    walk(&root.join("src"), &mut paths);
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let relative = path.strip_prefix(root).unwrap().display().to_string();
+            (relative, text)
+        })
+        .collect()
+}
+
+/// Checks `measured` (name → size) against the limit and the list of what
+/// was over it; returns the complaints.
+fn ratchet(
+    what: &str,
+    limit: usize,
+    measured: &BTreeMap<String, usize>,
+    listed: &BTreeMap<String, usize>,
+) -> Vec<String> {
+    let mut complaints = Vec::new();
+    for (name, &size) in measured {
+        match listed.get(name) {
+            None if size > limit => complaints.push(format!(
+                "{what} {name} has {size} lines, over the limit of {limit}: split it"
+            )),
+            Some(&was) if size > was => complaints.push(format!(
+                "{what} {name} grew to {size} lines (it had {was}, over the limit of {limit}): it may only shrink"
+            )),
+            Some(_) if size <= limit => complaints.push(format!(
+                "{what} {name} is within the limit now ({size} lines): take it off the list in tests/structure.rs"
+            )),
+            _ => {}
+        }
+    }
+    for name in listed.keys() {
+        if !measured.contains_key(name) {
+            complaints.push(format!(
+                "{what} {name} is gone: take it off the list in tests/structure.rs"
+            ));
+        }
+    }
+    complaints
+}
+
+#[test]
+fn no_file_is_over_800_lines() {
+    let measured = sources()
+        .into_iter()
+        .map(|(path, text)| (path, text.lines().count()))
+        .collect();
+    let listed = LONG_FILES
+        .iter()
+        .map(|(path, lines)| ((*path).to_owned(), *lines))
+        .collect();
+    let complaints = ratchet("file", MOST_FILE_LINES, &measured, &listed);
+    assert!(complaints.is_empty(), "{}", complaints.join("\n"));
+}
+
+/// Functions of a file as (name, lines): a `fn` line's body runs to the
+/// first line that closes it at the same indentation.
+fn functions(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (at, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let mut words = trimmed.split_whitespace();
+        let mut name = None;
+        while let Some(word) = words.next() {
+            match word {
+                "pub" | "async" | "const" | "unsafe" | "extern" | "\"C\"" => {}
+                _ if word.starts_with("pub(") => {}
+                "fn" => {
+                    name = words.next().and_then(|word| word.split(['(', '<']).next());
+                    break;
+                }
+                _ => break,
+            }
+        }
+        let Some(name) = name else { continue };
+        if trimmed.starts_with("//") || line.ends_with(';') || line.ends_with('}') {
+            continue;
+        }
+        let close = format!("{}}}", " ".repeat(indent));
+        if let Some(end) = lines[at + 1..].iter().position(|l| *l == close) {
+            found.push((name.to_owned(), end + 2));
+        }
+    }
+    found
+}
+
+#[test]
+fn no_function_is_over_120_lines() {
+    let mut measured = BTreeMap::new();
+    for (path, text) in sources() {
+        for (name, lines) in functions(&text) {
+            let key = format!("{path}::{name}");
+            let longest = measured.entry(key).or_insert(0);
+            *longest = lines.max(*longest);
+        }
+    }
+    let listed = LONG_FNS
+        .iter()
+        .map(|(path, name, lines)| (format!("{path}::{name}"), *lines))
+        .collect();
+    let complaints = ratchet("function", MOST_FN_LINES, &measured, &listed);
+    assert!(complaints.is_empty(), "{}", complaints.join("\n"));
+}
+
+/// For each module folder, which of its files (not `mod.rs`, which wires
+/// them) uses which sibling: through `super::NAME` or `crate::…::NAME`.
+fn sibling_uses(sources: &[(String, String)]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut folders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (path, _) in sources {
+        let (folder, file) = path.rsplit_once('/').unwrap();
+        if let Some(stem) = file.strip_suffix(".rs")
+            && stem != "mod"
+            && stem != "lib"
+            && stem != "main"
+        {
+            folders
+                .entry(folder.to_owned())
+                .or_default()
+                .insert(stem.to_owned());
+        }
+    }
+    let mut uses = BTreeMap::new();
+    for (path, text) in sources {
+        let (folder, file) = path.rsplit_once('/').unwrap();
+        let Some(stem) = file.strip_suffix(".rs") else {
+            continue;
+        };
+        if stem == "mod" {
+            continue;
+        }
+        let siblings = &folders[folder];
+        let module = folder
+            .strip_prefix("src")
+            .unwrap()
+            .trim_start_matches('/')
+            .replace('/', "::");
+        let crate_prefix = if module.is_empty() {
+            "crate::".to_owned()
+        } else {
+            format!("crate::{module}::")
+        };
+        let text = strip_tests(text);
+        let mut used = BTreeSet::new();
+        for sibling in siblings {
+            if sibling == stem {
+                continue;
+            }
+            let named = |prefix: &str| {
+                text.match_indices(prefix).any(|(at, _)| {
+                    let rest = &text[at + prefix.len()..];
+                    starts_with_word(rest, sibling)
+                        || (rest.starts_with('{') && braced_names(rest).contains(sibling))
+                })
+            };
+            // A file at the crate's root names its siblings by `crate::`.
+            if (!module.is_empty() && named("super::")) || named(&crate_prefix) {
+                used.insert(sibling.clone());
+            }
+        }
+        uses.insert(
+            format!("{folder}/{stem}"),
+            used.into_iter().map(|s| format!("{folder}/{s}")).collect(),
+        );
+    }
+    uses
+}
+
+/// The text before the file's `#[cfg(test)]` module, if it has one.
+fn strip_tests(text: &str) -> &str {
+    text.find("\n#[cfg(test)]\nmod tests")
+        .map_or(text, |at| &text[..at])
+}
+
+fn starts_with_word(text: &str, word: &str) -> bool {
+    text.strip_prefix(word)
+        .is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_'))
+}
+
+/// The first path segments named in a `{…}` group.
+fn braced_names(text: &str) -> BTreeSet<String> {
+    let mut depth = 0;
+    let mut end = text.len();
+    for (at, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    end = at;
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    text[1..end]
+        .split(',')
+        .filter_map(|part| {
+            let part = part.trim();
+            let head = part.split("::").next()?.trim();
+            (!head.is_empty()).then(|| head.to_owned())
+        })
+        .collect()
+}
+
+/// Every cycle of the graph, each once, as its nodes from the smallest.
+fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> BTreeSet<Vec<String>> {
+    fn visit(
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        start: &str,
+        path: &mut Vec<String>,
+        found: &mut BTreeSet<Vec<String>>,
+    ) {
+        let Some(last) = path.last().cloned() else {
+            return;
+        };
+        for next in graph.get(&last).into_iter().flatten() {
+            if next == start {
+                found.insert(path.clone());
+            } else if next.as_str() > start && !path.contains(next) {
+                path.push(next.clone());
+                visit(graph, start, path, found);
+                path.pop();
+            }
+        }
+    }
+    let mut found = BTreeSet::new();
+    for start in graph.keys() {
+        visit(graph, start, &mut vec![start.clone()], &mut found);
+    }
+    found
+}
+
+#[test]
+fn no_two_files_of_a_module_use_each_other() {
+    let found = cycles(&sibling_uses(&sources()));
+    let listed: BTreeSet<Vec<String>> = CYCLES
+        .iter()
+        .map(|cycle| cycle.iter().map(|s| (*s).to_owned()).collect())
+        .collect();
+    let mut complaints = Vec::new();
+    for cycle in found.difference(&listed) {
+        complaints.push(format!(
+            "an import cycle: {} → back to the first; move what they share into a module of its own",
+            cycle.join(" → ")
+        ));
+    }
+    for cycle in listed.difference(&found) {
+        complaints.push(format!(
+            "the cycle {} is gone: take it off the list in tests/structure.rs",
+            cycle.join(" → ")
+        ));
+    }
+    assert!(complaints.is_empty(), "{}", complaints.join("\n"));
+}
+
+#[test]
+fn the_checks_see_what_they_look_for() {
+    let text = "fn short() {\n    one();\n}\n\n    pub(crate) async fn longer(\n        a: u8,\n    ) -> u8 {\n        a\n    }\n";
+    assert_eq!(
+        functions(text),
+        [("short".to_owned(), 3), ("longer".to_owned(), 5)]
+    );
+    let sources = vec![
+        ("src/m/a.rs".to_owned(), "use super::b::X;\n".to_owned()),
+        (
+            "src/m/b.rs".to_owned(),
+            "use crate::m::{c, a::Y};\n".to_owned(),
+        ),
+        ("src/m/c.rs".to_owned(), "use super::bb;\n".to_owned()),
+    ];
+    let uses = sibling_uses(&sources);
+    assert_eq!(
+        uses["src/m/b"],
+        BTreeSet::from(["src/m/a".to_owned(), "src/m/c".to_owned()])
+    );
+    assert!(uses["src/m/c"].is_empty(), "bb is not b");
+    assert_eq!(
+        cycles(&uses),
+        BTreeSet::from([vec!["src/m/a".to_owned(), "src/m/b".to_owned()]])
+    );
+}
