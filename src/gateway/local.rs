@@ -293,6 +293,10 @@ impl Gateway {
         };
         {
             let mut subscriptions = lock(&self.subscriptions);
+            // A session that has closed keeps none (its key would stay for good).
+            if method == "resources/subscribe" && session.closed.is_cancelled() {
+                return;
+            }
             if method == "resources/subscribe" {
                 let added = subscriptions
                     .entry(uri.clone())

@@ -394,15 +394,17 @@ impl Gateway {
             let this = self.clone();
             runtime.spawn(async move { this.apply_log_levels(None).await });
         }
+        if !session.closed.is_cancelled() {
+            self.record_event(Self::session_end(session));
+        }
+        session.close();
+        // After it is closed: a subscription that completes meanwhile is
+        // either taken out here or not kept (`track_subscription`).
         lock(&self.subscriptions).retain(|_, subscribers| {
             subscribers.remove(&session.key);
             !subscribers.is_empty()
         });
         self.update_holds();
-        if !session.closed.is_cancelled() {
-            self.record_event(Self::session_end(session));
-        }
-        session.close();
         tracing::debug!(session = %session.id, "session closed");
     }
 
