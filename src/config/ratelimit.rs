@@ -1,0 +1,469 @@
+//! `[ratelimit]`: quotas per client, server and tool, and limits on requests in
+//! flight.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ClientConfig, ConfigError, ProxyConfig, ServerConfig, Validator};
+
+/// `[ratelimit]`: quotas per client, per client and server, per client and
+/// tool. Off when it names none.
+#[derive(Debug, Clone, Default)]
+pub struct RatelimitConfig {
+    pub rules: Vec<RateRule>,
+    /// Per-server limits on requests in flight.
+    pub concurrency: Vec<Concurrency>,
+}
+
+/// `{ server, max_in_flight, queue }`: at most `max_in_flight` requests
+/// to the server at once; up to `queue` more wait (no longer than the
+/// server's call timeout); past that, requests are refused at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Concurrency {
+    pub server: String,
+    pub max_in_flight: usize,
+    pub queue: usize,
+}
+
+impl RatelimitConfig {
+    pub fn enabled(&self) -> bool {
+        !self.rules.is_empty()
+    }
+}
+
+/// One quota and what it applies to. Each client has its own budget under
+/// every rule that applies to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateRule {
+    /// The client it is for; `None`: every client (each its own budget).
+    pub client: Option<String>,
+    pub scope: RateScope,
+    pub quota: Quota,
+    /// Where it was written (`ratelimit.rules[2]`, `ratelimit.default`).
+    pub key: String,
+}
+
+/// What a rate rule counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateScope {
+    /// Every request the client sends (but `initialize` and `ping`).
+    Client,
+    /// Requests routed to one server.
+    Server(String),
+    /// Calls of one tool (`tools/call`).
+    Tool { server: String, tool: String },
+}
+
+impl RateScope {
+    pub fn level(&self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server(_) => "server",
+            Self::Tool { .. } => "tool",
+        }
+    }
+}
+
+/// `count` calls per `period`, up to `burst` at once (`count` unless set):
+/// `"60/min"`, `"5/s"`, `"1000/h burst 50"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub count: u32,
+    pub period: Duration,
+    pub burst: u32,
+}
+
+impl fmt::Display for Quota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.period.as_secs();
+        let unit = match secs {
+            1 => "s".to_owned(),
+            60 => "min".to_owned(),
+            3600 => "h".to_owned(),
+            86_400 => "day".to_owned(),
+            _ => format!("{}ms", self.period.as_millis()),
+        };
+        write!(f, "{}/{unit}", self.count)?;
+        if self.burst != self.count {
+            write!(f, " burst {}", self.burst)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Quota {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let invalid = || {
+            format!(
+                "`{text}` is not a quota like `60/min`, `5/s`, `1000/h` or `100/day`, optionally followed by `burst N`"
+            )
+        };
+        let mut words = text.split_whitespace();
+        let rate = words.next().ok_or_else(invalid)?;
+        let burst = match (words.next(), words.next(), words.next()) {
+            (None, _, _) => None,
+            (Some("burst"), Some(n), None) => Some(n.parse::<u32>().map_err(|_| invalid())?),
+            _ => return Err(invalid()),
+        };
+        let (count, unit) = rate.split_once('/').ok_or_else(invalid)?;
+        let count: u32 = count.parse().map_err(|_| invalid())?;
+        let period = match unit {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86_400),
+            _ => return Err(invalid()),
+        };
+        if count == 0 {
+            return Err(format!(
+                "`{text}`: a quota allows at least one call (to refuse a tool, use a policy)"
+            ));
+        }
+        let burst = burst.unwrap_or(count);
+        if burst == 0 {
+            return Err(format!("`{text}`: a burst is at least 1"));
+        }
+        Ok(Self {
+            count,
+            period,
+            burst,
+        })
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRatelimit {
+    pub(super) default: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) rules: Vec<Spanned<RawRateRule>>,
+    #[serde(default)]
+    pub(super) concurrency: Vec<Spanned<RawConcurrency>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConcurrency {
+    pub(super) server: String,
+    pub(super) max_in_flight: usize,
+    #[serde(default)]
+    pub(super) queue: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRateRule {
+    pub(super) client: Option<String>,
+    pub(super) server: Option<String>,
+    pub(super) tool: Option<String>,
+    pub(super) quota: Spanned<String>,
+}
+
+impl Validator<'_> {
+    pub(super) fn ratelimit(
+        &self,
+        raw: RawRatelimit,
+        clients: &[ClientConfig],
+        servers: &[ServerConfig],
+        proxy: &ProxyConfig,
+    ) -> Result<RatelimitConfig, ConfigError> {
+        let mut rules = Vec::new();
+        if let Some(default) = raw.default {
+            let quota = default.get_ref().parse().map_err(|message| {
+                self.error(Some(default.span()), "ratelimit.default", message)
+            })?;
+            rules.push(RateRule {
+                client: None,
+                scope: RateScope::Client,
+                quota,
+                key: "ratelimit.default".into(),
+            });
+        }
+        let separator = &proxy.namespace_separator;
+        for (index, rule) in raw.rules.into_iter().enumerate() {
+            let span = rule.span();
+            let rule = rule.into_inner();
+            let key = format!("ratelimit.rules[{index}]");
+            let error = |field: &str, message: String| {
+                self.error(Some(span.clone()), &format!("{key}.{field}"), message)
+            };
+            let quota = rule.quota.get_ref().parse().map_err(|message| {
+                self.error(Some(rule.quota.span()), &format!("{key}.quota"), message)
+            })?;
+            if let Some(client) = &rule.client
+                && !clients.iter().any(|c| &c.name == client)
+            {
+                return Err(error(
+                    "client",
+                    format!("no client `{client}` in `[[clients]]`"),
+                ));
+            }
+            let known = |server: &str| servers.iter().any(|s| s.name == server);
+            let scope = match (rule.server, rule.tool) {
+                (None, None) => RateScope::Client,
+                (Some(server), None) => {
+                    if !known(&server) {
+                        return Err(error(
+                            "server",
+                            format!("no server `{server}` in `[[servers]]`"),
+                        ));
+                    }
+                    RateScope::Server(server)
+                }
+                (None, Some(tool)) => {
+                    let Some((server, name)) = tool.split_once(separator.as_str()) else {
+                        return Err(error(
+                            "tool",
+                            format!(
+                                "`{tool}` is not a namespaced tool name like `SERVER{separator}TOOL`"
+                            ),
+                        ));
+                    };
+                    if !known(server) || name.is_empty() {
+                        return Err(error(
+                            "tool",
+                            format!("`{tool}`: no server `{server}` in `[[servers]]`"),
+                        ));
+                    }
+                    RateScope::Tool {
+                        server: server.to_owned(),
+                        tool: name.to_owned(),
+                    }
+                }
+                (Some(_), Some(_)) => {
+                    return Err(error(
+                        "tool",
+                        "set `server` or `tool`, not both (a tool name already names its server)"
+                            .into(),
+                    ));
+                }
+            };
+            if let Some(earlier) = rules
+                .iter()
+                .find(|r: &&RateRule| r.client == rule.client && r.scope == scope)
+            {
+                return Err(error(
+                    "quota",
+                    format!(
+                        "`{}` already sets a quota for the same client and scope",
+                        earlier.key
+                    ),
+                ));
+            }
+            rules.push(RateRule {
+                client: rule.client,
+                scope,
+                quota,
+                key,
+            });
+        }
+        let concurrency = self.concurrency(raw.concurrency, servers)?;
+        Ok(RatelimitConfig { rules, concurrency })
+    }
+
+    /// `[[ratelimit.concurrency]]`: one limit per known server.
+    fn concurrency(
+        &self,
+        raw: Vec<Spanned<RawConcurrency>>,
+        servers: &[ServerConfig],
+    ) -> Result<Vec<Concurrency>, ConfigError> {
+        let mut concurrency: Vec<Concurrency> = Vec::new();
+        for (index, raw) in raw.into_iter().enumerate() {
+            let span = raw.span();
+            let raw = raw.into_inner();
+            let key = format!("ratelimit.concurrency[{index}]");
+            if !servers.iter().any(|s| s.name == raw.server) {
+                return Err(self.error(
+                    Some(span),
+                    &format!("{key}.server"),
+                    format!("no server `{}` in `[[servers]]`", raw.server),
+                ));
+            }
+            if concurrency.iter().any(|c| c.server == raw.server) {
+                return Err(self.error(
+                    Some(span),
+                    &format!("{key}.server"),
+                    format!("server `{}` has a concurrency limit already", raw.server),
+                ));
+            }
+            if raw.max_in_flight == 0 || raw.queue > 100_000 {
+                return Err(self.error(
+                    Some(span),
+                    &key,
+                    "`max_in_flight` is at least 1 and `queue` at most 100000".into(),
+                ));
+            }
+            concurrency.push(Concurrency {
+                server: raw.server,
+                max_in_flight: raw.max_in_flight,
+                queue: raw.queue,
+            });
+        }
+        Ok(concurrency)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("p.toml")).map_err(|e| e.to_string())
+    }
+
+    const BASE: &str =
+        "[[clients]]\nname = \"bot\"\n[[servers]]\nname = \"gh\"\nprocess = { command = \"x\" }\n";
+
+    #[test]
+    fn quotas_parse_with_units_and_bursts() {
+        let cases = [
+            ("60/min", 60, 60, 60),
+            ("5/s", 5, 1, 5),
+            ("1000/h burst 50", 1000, 3600, 50),
+            ("100/day", 100, 86_400, 100),
+            ("2/second burst 1", 2, 1, 1),
+        ];
+        for (text, count, secs, burst) in cases {
+            let quota: Result<Quota, _> = text.parse();
+            assert_eq!(
+                quota,
+                Ok(Quota {
+                    count,
+                    period: Duration::from_secs(secs),
+                    burst
+                }),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            "1000/h burst 50".parse::<Quota>().map(|q| q.to_string()),
+            Ok("1000/h burst 50".into())
+        );
+        for bad in [
+            "60",
+            "60/fortnight",
+            "x/min",
+            "0/min",
+            "5/s burst",
+            "5/s burst 0",
+            "5/s bust 2",
+            "-1/s",
+        ] {
+            assert!(bad.parse::<Quota>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_ratelimit_section_goes_right_after_limits() {
+        let config = parse(&format!(
+            "{BASE}[ratelimit]\ndefault = \"60/min\"\nrules = [\n  {{ client = \"bot\", quota = \"5/s\" }},\n  {{ server = \"gh\", quota = \"30/min\" }},\n  {{ client = \"bot\", tool = \"gh__create_issue\", quota = \"5/min burst 2\" }},\n]\n"
+        ));
+        let Ok(config) = config else {
+            panic!("{config:?}");
+        };
+        assert_eq!(
+            config.chain,
+            [
+                ChainEntry::Limits,
+                ChainEntry::Ratelimit,
+                ChainEntry::Pinning,
+                ChainEntry::Schema,
+                ChainEntry::Redact
+            ]
+        );
+        let scopes: Vec<_> = config
+            .ratelimit
+            .rules
+            .iter()
+            .map(|r| (r.client.as_deref(), r.scope.clone(), r.quota.to_string()))
+            .collect();
+        assert_eq!(
+            scopes,
+            [
+                (None, RateScope::Client, "60/min".to_owned()),
+                (Some("bot"), RateScope::Client, "5/s".to_owned()),
+                (None, RateScope::Server("gh".into()), "30/min".to_owned()),
+                (
+                    Some("bot"),
+                    RateScope::Tool {
+                        server: "gh".into(),
+                        tool: "create_issue".into()
+                    },
+                    "5/min burst 2".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(
+            parse(BASE).map(|c| c.chain),
+            Ok(vec![
+                ChainEntry::Limits,
+                ChainEntry::Pinning,
+                ChainEntry::Schema,
+                ChainEntry::Redact
+            ]),
+            "no quotas, no ratelimit"
+        );
+    }
+
+    #[test]
+    fn bad_quotas_and_unknown_names_are_refused_with_their_place() {
+        let cases = [
+            (
+                "[ratelimit]\ndefault = \"60 per minute\"\n",
+                "p.toml:7:11: `ratelimit.default`: `60 per minute` is not a quota",
+            ),
+            (
+                "[ratelimit]\nrules = [{ client = \"bot\", quota = \"5/fortnight\" }]\n",
+                "p.toml:7:36: `ratelimit.rules[0].quota`: `5/fortnight` is not a quota",
+            ),
+            (
+                "[ratelimit]\nrules = [{ client = \"nobody\", quota = \"5/s\" }]\n",
+                "p.toml:7:10: `ratelimit.rules[0].client`: no client `nobody`",
+            ),
+            (
+                "[ratelimit]\nrules = [{ server = \"gl\", quota = \"5/s\" }]\n",
+                "`ratelimit.rules[0].server`: no server `gl`",
+            ),
+            (
+                "[ratelimit]\nrules = [{ tool = \"create_issue\", quota = \"5/s\" }]\n",
+                "`ratelimit.rules[0].tool`: `create_issue` is not a namespaced tool name like `SERVER__TOOL`",
+            ),
+            (
+                "[ratelimit]\nrules = [{ server = \"gh\", tool = \"gh__x\", quota = \"5/s\" }]\n",
+                "set `server` or `tool`, not both",
+            ),
+            (
+                "[ratelimit]\nrules = [{ server = \"gh\", quota = \"5/s\" }, { server = \"gh\", quota = \"9/s\" }]\n",
+                "`ratelimit.rules[1].quota`: `ratelimit.rules[0]` already sets a quota",
+            ),
+            (
+                "[[chain]]\nkind = \"redact\"\n[[chain]]\nkind = \"schema\"\n[ratelimit]\ndefault = \"5/s\"\n",
+                "has no `ratelimit` entry",
+            ),
+            (
+                "[ratelimit]\nrules = [{ client = \"bot\", quota = \"5/s\", colour = 1 }]\n",
+                "unknown field `colour`",
+            ),
+            (
+                "[ratelimit]\nconcurrency = [{ server = \"gl\", max_in_flight = 2 }]\n",
+                "`ratelimit.concurrency[0].server`: no server `gl`",
+            ),
+            (
+                "[ratelimit]\nconcurrency = [{ server = \"gh\", max_in_flight = 0 }]\n",
+                "`max_in_flight` is at least 1",
+            ),
+        ];
+        for (text, expected) in cases {
+            match parse(&format!("{BASE}{text}")) {
+                Ok(_) => panic!("accepted: {text}"),
+                Err(err) => assert!(err.contains(expected), "{err}\nwanted: {expected}"),
+            }
+        }
+    }
+}

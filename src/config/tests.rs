@@ -1,0 +1,174 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/portcullis/test.toml"))
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config =
+        parse("[[servers]]\nname = \"time\"\nprocess = { command = \"mcp-server-time\" }\n")
+            .map_err(|e| e.to_string());
+    let Ok(config) = config else {
+        panic!("{config:?}");
+    };
+    assert_eq!(config.proxy.namespace_separator, "__");
+    assert_eq!(config.proxy.call_timeout, Duration::from_secs(60));
+    assert_eq!(config.limits.max_message_bytes, 4 * 1024 * 1024);
+    assert_eq!(config.limits.max_depth, 64);
+    assert_eq!(
+        config.chain,
+        vec![
+            ChainEntry::Limits,
+            ChainEntry::Pinning,
+            ChainEntry::Schema,
+            ChainEntry::Redact
+        ]
+    );
+    assert!(config.redact.enabled);
+    assert_eq!(config.pinning.file, config.proxy.data_dir.join("pins.json"));
+    assert_eq!(
+        config.proxy.data_dir,
+        PathBuf::from("/etc/portcullis/.portcullis")
+    );
+}
+
+#[test]
+fn unknown_key_names_file_line_and_path() {
+    let err = parse("[proxy]\nlisten = \"127.0.0.1:1\"\n\n[[servers]]\nname = \"a\"\nprocess = { command = \"x\", comand = \"y\" }\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.starts_with("/etc/portcullis/test.toml:6:"), "{err}");
+    assert!(err.contains("servers[0].process"), "{err}");
+    assert!(err.contains("comand"), "{err}");
+}
+
+#[test]
+fn bad_server_name_points_at_the_entry() {
+    let err = parse("\n[[servers]]\nname = \"Bad__Name\"\nprocess = { command = \"x\" }\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains(":2:"), "{err}");
+    assert!(err.contains("servers[0].name"), "{err}");
+}
+
+#[test]
+fn literal_secrets_and_bad_token_hashes_are_refused() {
+    let err = parse(
+        "[[servers]]\nname = \"a\"\nprocess = { command = \"x\" }\nsecrets = { K = \"hunter2\" }\n",
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(err.contains("file:PATH"), "{err}");
+    let err = parse("[[clients]]\nname = \"c\"\ntoken_sha256 = \"my-token\"\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("hex SHA-256"), "{err}");
+    assert!(
+        !err.contains("my-token"),
+        "the error must not echo the value: {err}"
+    );
+}
+
+#[test]
+fn container_servers_get_the_hardened_default() {
+    let config = parse(
+        "[[servers]]\nname = \"boxed\"\ncontainer = { image = \"img:1\", args = [\"-v\"] }\n",
+    )
+    .map_err(|e| e.to_string());
+    let Ok(config) = config else {
+        panic!("{config:?}");
+    };
+    let UpstreamSpec::Container(spec) = &config.servers[0].kind else {
+        panic!("not a container server");
+    };
+    assert_eq!(spec.image, "img:1");
+    assert_eq!(spec.start, StartPolicy::Lazy);
+    assert_eq!(spec.pull, PullPolicy::Never);
+    assert_eq!(spec.sandbox, Sandbox::default());
+}
+
+#[test]
+fn container_mistakes_are_named() {
+    for (text, expected) in [
+        (
+            "[[servers]]\nname = \"a\"\nprocess = { command = \"x\" }\n[servers.sandbox]\nmemory = \"1g\"\n",
+            "applies to `container` servers only",
+        ),
+        (
+            "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", isolation = \"tenant\" }\n",
+            "is not `shared` or `per-client`",
+        ),
+        (
+            "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", digest = \"latest\" }\n",
+            "not an image digest",
+        ),
+        (
+            "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", stdio = \"fifo\" }\n",
+            "needs `[proxy] bridge`",
+        ),
+        (
+            "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\" }\n[servers.sandbox]\nmemory = \"1k\"\n",
+            "at least 6m",
+        ),
+        (
+            "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\" }\nprocess = { command = \"x\" }\n",
+            "may have only one of",
+        ),
+    ] {
+        let err = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+}
+
+#[test]
+fn client_attributes_are_plain_values() {
+    let config = parse(
+        "[[clients]]\nname = \"c\"\nattributes = { team = \"data\", level = 3, admin = false, regions = [\"eu\"] }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        serde_json::Value::Object(config.clients[0].attributes.clone()),
+        serde_json::json!({"admin": false, "level": 3, "regions": ["eu"], "team": "data"})
+    );
+    for bad in [
+        "ratio = 0.5",
+        "nested = { a = 1 }",
+        "name = \"x\"",
+        "\"bad-name\" = 1",
+    ] {
+        let text = format!("[[clients]]\nname = \"c\"\nattributes = {{ {bad} }}\n");
+        let err = parse(&text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("clients[0].attributes"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert!(parse_duration("0s").is_err());
+    assert!(parse_duration("soon").is_err());
+}
+
+#[test]
+fn header_secret_references() {
+    assert_eq!(
+        parse_header_value("Bearer secret:gh"),
+        HeaderValue::Secret {
+            prefix: "Bearer ".into(),
+            secret: "gh".into()
+        }
+    );
+    assert_eq!(
+        parse_header_value("plain"),
+        HeaderValue::Literal("plain".into())
+    );
+}
