@@ -1244,6 +1244,16 @@ async fn a_roots_list_changed_reaches_the_server_as_the_proxys_own() {
     hostile.assert_received_clean(&[&secret]);
 }
 
+/// A server whose tool `flood` sends `times` progress notifications for
+/// the call, then replies "done".
+fn progress_flood(times: usize) -> Hostile {
+    Hostile::new(json!({"tools": {"flood": [
+        {"send": r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":{progressToken},"progress":1,"message":"working"}}"#,
+         "times": times},
+        reply(&json!({"content": [text("done")]})),
+    ]}}))
+}
+
 /// 14. A server floods a call with progress while its client reads nothing
 /// (a small receive window, then no reads): the call's stream holds a
 /// bounded number of messages, the rest are dropped, and the reply still
@@ -1253,11 +1263,7 @@ async fn a_roots_list_changed_reaches_the_server_as_the_proxys_own() {
 async fn a_call_stream_its_client_does_not_read_stays_bounded() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     const FLOOD: usize = 50_000;
-    let hostile = Hostile::new(json!({"tools": {"flood": [
-        {"send": r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":{progressToken},"progress":1,"message":"working"}}"#,
-         "times": FLOOD},
-        reply(&json!({"content": [text("done")]})),
-    ]}}));
+    let hostile = progress_flood(FLOOD);
     let served = hostile.proxy.serve_http().await;
     let http = reqwest::Client::new();
     let session = common::initialize_http(&http, &served.url, common::TOKEN, "slow").await;
@@ -1316,11 +1322,7 @@ async fn a_call_stream_its_client_does_not_read_stays_bounded() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stdio_client_that_does_not_read_gets_a_bounded_queue() {
     const FLOOD: usize = 50_000;
-    let hostile = Hostile::new(json!({"tools": {"flood": [
-        {"send": r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":{progressToken},"progress":1,"message":"working"}}"#,
-         "times": FLOOD},
-        reply(&json!({"content": [text("done")]})),
-    ]}}));
+    let hostile = progress_flood(FLOOD);
     let mut command = hostile.proxy.stdio_command();
     command
         .stdin(Stdio::piped())
@@ -1480,22 +1482,11 @@ async fn a_flood_of_list_changed_is_folded_into_a_few_reads() {
         reply(&json!({"content": [text("done")]})),
     ]}}));
     let served = hostile.proxy.serve_http().await;
-    let http = reqwest::Client::new();
-    let session = common::initialize_http(&http, &served.url, common::TOKEN, "churner").await;
-    let reply = http
-        .post(&served.url)
-        .bearer_auth(common::TOKEN)
-        .header("mcp-session-id", &session)
-        .header("accept", "application/json")
-        .json(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
-            "params":{"name":"h__churn","arguments":{}}}))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(reply.contains("done"), "{reply}");
+    let session = common::HttpSession::connect(&served.url).await;
+    let reply = session
+        .call(1, "tools/call", json!({"name":"h__churn","arguments":{}}))
+        .await;
+    assert_eq!(reply["result"]["content"][0]["text"], "done", "{reply}");
     // A barrier: a list read after the flood was taken in. Then the reads
     // the server received are counted.
     let reads = || {
@@ -1535,16 +1526,10 @@ async fn a_session_cannot_subscribe_to_unbounded_resources() {
     const CAP: usize = 1000;
     let hostile = Hostile::new(json!({"templates": ["note:///n/{id}"]}));
     let served = hostile.proxy.serve_http().await;
-    let http = reqwest::Client::new();
-    let session = common::initialize_http(&http, &served.url, common::TOKEN, "hoarder").await;
-    let ask = |id: usize, method: &str, uri: String| {
-        let request = http
-            .post(&served.url)
-            .bearer_auth(common::TOKEN)
-            .header("mcp-session-id", &session)
-            .header("accept", "application/json")
-            .json(&json!({"jsonrpc":"2.0","id":id,"method":method,"params":{"uri":uri}}));
-        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    let session = common::HttpSession::connect(&served.url).await;
+    let ask = |id: usize, method: &'static str, uri: String| {
+        let session = &session;
+        async move { session.call(id as i64, method, json!({"uri": uri})).await }
     };
     for n in 0..CAP {
         let reply = ask(n, "resources/subscribe", format!("note:///n/{n}")).await;
@@ -1608,23 +1593,12 @@ async fn a_server_that_never_ends_a_stderr_line_is_read_a_bounded_piece_at_a_tim
         "[[servers]]\nname = \"h\"\nprocess = {{ command = \"sh\", args = [\"-c\", {shell:?}] }}\n"
     ));
     let served = proxy.serve_http().await;
-    let http = reqwest::Client::new();
-    let session = common::initialize_http(&http, &served.url, common::TOKEN, "plain").await;
+    let session = common::HttpSession::connect(&served.url).await;
     let reply = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
-            let reply: Value = http
-                .post(&served.url)
-                .bearer_auth(common::TOKEN)
-                .header("mcp-session-id", &session)
-                .header("accept", "application/json")
-                .json(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call",
-                    "params":{"name":"h__sink","arguments":{}}}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let reply = session
+                .call(1, "tools/call", json!({"name":"h__sink","arguments":{}}))
+                .await;
             if reply.get("result").is_some() {
                 return reply;
             }
