@@ -693,7 +693,7 @@ fn a_pin_file_that_does_not_parse_stops_the_proxy_with_its_place() {
     let stderr = common::serve_refused(&bad_word.write_config());
     assert!(
         stderr.contains(
-            "portcullis.toml:5:13: `pinning.on_change`: `shrug` is not one of `deny`, `warn`"
+            "portcullis.toml:5:13: `pinning.on_change`: unknown variant `shrug`, expected `deny` or `warn`"
         ),
         "{stderr}"
     );

@@ -45,7 +45,8 @@ impl Default for AuditConfig {
 }
 
 /// `[audit] arguments`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AuditArguments {
     /// Only their SHA-256.
     #[default]
@@ -70,7 +71,8 @@ impl Retention {
 }
 
 /// When a record is on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Durability {
     /// Flushed before the reply is sent (the default).
     #[default]
@@ -83,8 +85,8 @@ pub enum Durability {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAudit {
-    pub(super) durability: Option<Spanned<String>>,
-    pub(super) arguments: Option<Spanned<String>>,
+    pub(super) durability: Option<Durability>,
+    pub(super) arguments: Option<AuditArguments>,
     pub(super) max_age: Option<Spanned<String>>,
     pub(super) max_records: Option<Spanned<i64>>,
     pub(super) key: Option<Spanned<String>>,

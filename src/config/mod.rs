@@ -445,14 +445,22 @@ impl Config {
     }
 }
 
-/// 1-based line and byte column of a byte offset into a file's text (for
-/// errors that point into the config, rule files and policy fixtures).
+/// 1-based line and column of a byte offset into a file's text, the column
+/// counted in characters as editors count it (for errors that point into
+/// the config, rule files, pin files and Cedar policies alike, so the same
+/// text gets the same position whichever loader reports it). An offset
+/// inside a character or past the end is taken back to a boundary.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = text.get(..end).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |nl| nl + 1);
     let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
+        .get(line_start..)
+        .map_or(0, |tail| tail.chars().count())
         + 1;
     (line, column)
 }
@@ -997,20 +1005,7 @@ impl Validator<'_> {
             Placement::Last,
             "tool pinning is on but the `[[chain]]` has no `pinning` entry: add `[[chain]] kind = \"pinning\"` where it should run, or set `[pinning] enabled = false`",
         )?;
-        let output = match &raw.schema.output {
-            None => OutputAction::Deny,
-            Some(value) => match value.get_ref().as_str() {
-                "deny" => OutputAction::Deny,
-                "log" => OutputAction::Log,
-                other => {
-                    return Err(self.error(
-                        Some(value.span()),
-                        "schema.output",
-                        format!("`{other}` is not `deny` or `log`"),
-                    ));
-                }
-            },
-        };
+        let output = raw.schema.output.unwrap_or_default();
         let schema = SchemaConfig {
             enabled: raw.schema.enabled.unwrap_or(true),
             output,
@@ -1064,30 +1059,8 @@ impl Validator<'_> {
             max_age,
             max_records,
         };
-        let arguments = self
-            .choice(
-                &raw.audit.arguments,
-                "audit.arguments",
-                &[
-                    ("none", AuditArguments::None),
-                    ("redacted", AuditArguments::Redacted),
-                ],
-            )?
-            .unwrap_or_default();
-        let durability = match &raw.audit.durability {
-            None => Durability::Durable,
-            Some(value) => match value.get_ref().as_str() {
-                "durable" => Durability::Durable,
-                "buffered" => Durability::Buffered,
-                other => {
-                    return Err(self.error(
-                        Some(value.span()),
-                        "audit.durability",
-                        format!("`{other}` is not `durable` or `buffered`"),
-                    ));
-                }
-            },
-        };
+        let arguments = raw.audit.arguments.unwrap_or_default();
+        let durability = raw.audit.durability.unwrap_or_default();
 
         let listener = self.listener(raw.listener)?;
         let mtls = listener
@@ -1161,34 +1134,6 @@ impl Validator<'_> {
         })
     }
 
-    /// One of a few words, or an error that lists them.
-    fn choice<T: Copy>(
-        &self,
-        value: &Option<Spanned<String>>,
-        key: &str,
-        words: &[(&str, T)],
-    ) -> Result<Option<T>, ConfigError> {
-        let Some(value) = value else {
-            return Ok(None);
-        };
-        match words.iter().find(|(word, _)| *word == value.get_ref()) {
-            Some((_, chosen)) => Ok(Some(*chosen)),
-            None => {
-                let names: Vec<String> =
-                    words.iter().map(|(word, _)| format!("`{word}`")).collect();
-                Err(self.error(
-                    Some(value.span()),
-                    key,
-                    format!("`{}` is not one of {}", value.get_ref(), names.join(", ")),
-                ))
-            }
-        }
-    }
-
-    /// Puts an interceptor that is `on` into the chain: where `placement`
-    /// says when the config names no chain; an explicit chain must place it
-    /// itself (`missing` tells how), or the config is refused. One that is
-    /// off is taken out.
     fn place(
         &self,
         chain: &mut Vec<ChainEntry>,

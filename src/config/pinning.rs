@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use toml::Spanned;
 
 use super::{ConfigError, ProxyConfig, Validator};
 
@@ -42,7 +41,8 @@ impl PinningConfig {
 }
 
 /// `[pinning] first_use`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FirstUse {
     /// Trust on first use: the definition seen first is pinned.
     #[default]
@@ -52,7 +52,8 @@ pub enum FirstUse {
 }
 
 /// `[pinning] on_change`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OnChange {
     /// Withheld from lists, calls refused, until approved.
     #[default]
@@ -62,7 +63,8 @@ pub enum OnChange {
 }
 
 /// `[pinning] poisoning`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Poisoning {
     /// Flagged in lists (`_meta`), the log and the audit log; served.
     #[default]
@@ -78,9 +80,9 @@ pub enum Poisoning {
 pub(super) struct RawPinning {
     pub(super) enabled: Option<bool>,
     pub(super) file: Option<PathBuf>,
-    pub(super) first_use: Option<Spanned<String>>,
-    pub(super) on_change: Option<Spanned<String>>,
-    pub(super) poisoning: Option<Spanned<String>>,
+    pub(super) first_use: Option<FirstUse>,
+    pub(super) on_change: Option<OnChange>,
+    pub(super) poisoning: Option<Poisoning>,
     pub(super) extra_rules: Option<PathBuf>,
 }
 
@@ -92,31 +94,12 @@ impl Validator<'_> {
         resolve: &impl Fn(PathBuf) -> PathBuf,
     ) -> Result<PinningConfig, ConfigError> {
         let defaults = PinningConfig::in_data_dir(&proxy.data_dir);
-        let first_use = self.choice(
-            &raw.first_use,
-            "pinning.first_use",
-            &[("pin", FirstUse::Pin), ("deny", FirstUse::Deny)],
-        )?;
-        let on_change = self.choice(
-            &raw.on_change,
-            "pinning.on_change",
-            &[("deny", OnChange::Deny), ("warn", OnChange::Warn)],
-        )?;
-        let poisoning = self.choice(
-            &raw.poisoning,
-            "pinning.poisoning",
-            &[
-                ("flag", Poisoning::Flag),
-                ("deny", Poisoning::Deny),
-                ("off", Poisoning::Off),
-            ],
-        )?;
         Ok(PinningConfig {
             enabled: raw.enabled.unwrap_or(true),
             file: raw.file.map(resolve).unwrap_or(defaults.file),
-            first_use: first_use.unwrap_or(defaults.first_use),
-            on_change: on_change.unwrap_or(defaults.on_change),
-            poisoning: poisoning.unwrap_or(defaults.poisoning),
+            first_use: raw.first_use.unwrap_or(defaults.first_use),
+            on_change: raw.on_change.unwrap_or(defaults.on_change),
+            poisoning: raw.poisoning.unwrap_or(defaults.poisoning),
             extra_rules: raw.extra_rules.map(resolve),
             data_dir: defaults.data_dir,
         })

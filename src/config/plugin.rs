@@ -93,7 +93,8 @@ pub struct Phases {
 }
 
 /// What happens to a message when its plugin fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OnError {
     /// Refuse it (fail closed).
     Deny,
@@ -102,7 +103,8 @@ pub enum OnError {
 }
 
 /// How instances are used across calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum InstanceMode {
     /// Warm instances are reused (state may carry from call to call).
     Pooled,
@@ -129,11 +131,11 @@ pub(super) struct RawChainEntry {
     methods: Option<Spanned<Vec<String>>>,
     tools: Option<Spanned<Vec<String>>>,
     phases: Option<Spanned<Vec<String>>>,
-    on_error: Option<Spanned<String>>,
+    on_error: Option<OnError>,
     timeout: Option<Spanned<String>>,
     fuel: Option<Spanned<u64>>,
     memory: Option<Spanned<String>>,
-    instance: Option<Spanned<String>>,
+    instance: Option<InstanceMode>,
     pool: Option<Spanned<usize>>,
     breaker: Option<Spanned<RawBreaker>>,
     config: Option<Spanned<serde_json::Value>>,
@@ -342,23 +344,8 @@ impl Validator<'_> {
                 chosen
             }
         };
-        let on_error = self
-            .choice(
-                &raw.on_error,
-                &at("on_error"),
-                &[("deny", OnError::Deny), ("continue", OnError::Continue)],
-            )?
-            .unwrap_or(OnError::Deny);
-        let instance = self
-            .choice(
-                &raw.instance,
-                &at("instance"),
-                &[
-                    ("pooled", InstanceMode::Pooled),
-                    ("per-call", InstanceMode::PerCall),
-                ],
-            )?
-            .unwrap_or(InstanceMode::Pooled);
+        let on_error = raw.on_error.unwrap_or(OnError::Deny);
+        let instance = raw.instance.unwrap_or(InstanceMode::Pooled);
         let timeout = match raw.timeout {
             None => DEFAULT_PLUGIN_TIMEOUT,
             Some(value) => plugin_timeout(value.get_ref())

@@ -282,13 +282,13 @@ mod tests {
         let bad = parse("[pinning]\npoisoning = \"loud\"\n");
         assert!(
             bad.as_ref().is_err_and(|e| e
-                == "p.toml:2:13: `pinning.poisoning`: `loud` is not one of `flag`, `deny`, `off`"),
+                == "p.toml:2:13: `pinning.poisoning`: unknown variant `loud`, expected one of `flag`, `deny`, `off`"),
             "{bad:?}"
         );
         let bad = parse("[schema]\noutput = \"maybe\"\n");
         assert!(
             bad.as_ref()
-                .is_err_and(|e| e == "p.toml:2:10: `schema.output`: `maybe` is not `deny` or `log`"),
+                .is_err_and(|e| e == "p.toml:2:10: `schema.output`: unknown variant `maybe`, expected `deny` or `log`"),
             "{bad:?}"
         );
         assert_eq!(

@@ -1,7 +1,6 @@
 //! `[schema]`: JSON-schema validation of arguments and results.
 
 use serde::Deserialize;
-use toml::Spanned;
 
 /// `[schema]`: tool arguments checked against the tools' input schemas. On
 /// unless `enabled = false`.
@@ -22,7 +21,8 @@ impl Default for SchemaConfig {
 }
 
 /// `[schema] output`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OutputAction {
     /// The result is replaced by a JSON-RPC error.
     #[default]
@@ -35,5 +35,5 @@ pub enum OutputAction {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSchema {
     pub(super) enabled: Option<bool>,
-    pub(super) output: Option<Spanned<String>>,
+    pub(super) output: Option<OutputAction>,
 }

@@ -172,3 +172,16 @@ fn header_secret_references() {
         HeaderValue::Literal("plain".into())
     );
 }
+
+#[test]
+fn line_col_counts_characters_and_never_splits_one() {
+    let text = "a = 1\nnamé = \"ü\" x\n";
+    let x = text.find('x').unwrap_or(0);
+    // "namé = \"ü\" " is 11 characters (13 bytes) before the `x`.
+    assert_eq!(line_col(text, x), (2, 12));
+    assert_eq!(line_col(text, 0), (1, 1));
+    // An offset inside `é` is taken back to its start; past the end, to the end.
+    let inside = text.find('é').unwrap_or(0) + 1;
+    assert_eq!(line_col(text, inside), (2, 4));
+    assert_eq!(line_col(text, text.len() + 10), (3, 1));
+}

@@ -335,18 +335,6 @@ fn collect_cedar_files_at(
     Ok(())
 }
 
-/// 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.chars().count(), |i| before[i + 1..].chars().count())
-        + 1;
-    (line, column)
-}
-
 /// A diagnostic from a Cedar error that points into `text`.
 fn diagnostic(
     error: &dyn miette::Diagnostic,
@@ -359,7 +347,7 @@ fn diagnostic(
         .labels()
         .and_then(|mut labels| labels.next())
         .map_or(fallback_offset, |label| label.offset());
-    let (line, column) = line_column(text, offset);
+    let (line, column) = crate::config::line_col(text, offset);
     Diagnostic {
         file: file.to_owned(),
         line,
@@ -449,7 +437,7 @@ impl PolicyStore {
                     .and_then(|rest| rest.find(source.as_str()))
                     .map_or(cursor, |found| cursor + found);
                 cursor = offset + source.len().min(text.len().saturating_sub(offset));
-                let (line, column) = line_column(text, offset);
+                let (line, column) = crate::config::line_col(text, offset);
                 let id = match policy.annotation("id") {
                     Some(id) => id.to_owned(),
                     None => format!("{}:{line}", display_name(path)),
