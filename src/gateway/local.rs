@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::protocol::{self, code};
+use crate::protocol;
 use crate::upstream::Status;
 
+use super::failure::Failure;
 use super::{Catalog, Gateway, Session, lock};
 
 /// How long the proxy waits for a server to take a new log level.
@@ -31,7 +32,7 @@ impl Gateway {
         method: &str,
         message: &Value,
         listed_from: &mut Option<Arc<Catalog>>,
-    ) -> Result<Value, (i64, String)> {
+    ) -> Result<Value, Failure> {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         if method != "ping" && method != "logging/setLevel" {
             self.await_lists().await;
@@ -49,31 +50,20 @@ impl Gateway {
             }
             "logging/setLevel" => {
                 let name = protocol::param_str(message, "level").ok_or_else(|| {
-                    (
-                        code::INVALID_PARAMS,
-                        "`params.level` must be a string".to_owned(),
-                    )
+                    Failure::InvalidParams("`params.level` must be a string".to_owned())
                 })?;
                 let level = protocol::LogLevel::parse(name).ok_or_else(|| {
-                    (
-                        code::INVALID_PARAMS,
-                        format!(
-                            "unknown log level `{}`: use debug, info, notice, warning, error, critical, alert or emergency",
-                            protocol::cut(name, 64)
-                        ),
-                    )
+                    Failure::InvalidParams(format!(
+                        "unknown log level `{}`: use debug, info, notice, warning, error, critical, alert or emergency",
+                        protocol::cut(name, 64)
+                    ))
                 })?;
                 // The session's own level: the proxy filters what it gets.
                 session.state().log_level = Some(level);
                 self.apply_log_levels(Some(session)).await;
                 json!({})
             }
-            _ => {
-                return Err((
-                    code::METHOD_NOT_FOUND,
-                    format!("method not found: `{method}`"),
-                ));
-            }
+            _ => return Err(Failure::MethodNotFound(method.to_owned())),
         };
         Ok(protocol::result(id, result))
     }
@@ -142,20 +132,13 @@ impl Gateway {
         futures_util::future::join_all(requests).await;
     }
 
-    pub(super) fn initialize(
-        &self,
-        session: &Session,
-        message: &Value,
-    ) -> Result<Value, (i64, String)> {
+    pub(super) fn initialize(&self, session: &Session, message: &Value) -> Result<Value, Failure> {
         let params = protocol::params(message);
         let requested = params
             .and_then(|p| p.get("protocolVersion"))
             .and_then(Value::as_str)
             .ok_or_else(|| {
-                (
-                    code::INVALID_PARAMS,
-                    "`params.protocolVersion` must be a string".to_owned(),
-                )
+                Failure::InvalidParams("`params.protocolVersion` must be a string".to_owned())
             })?;
         let version = if protocol::SUPPORTED_VERSIONS.contains(&requested) {
             requested
@@ -165,10 +148,7 @@ impl Gateway {
         {
             let mut state = session.state();
             if state.initialized {
-                return Err((
-                    code::INVALID_REQUEST,
-                    "the session is already initialized".into(),
-                ));
+                return Err(Failure::AlreadyInitialized);
             }
             state.initialized = true;
             state.protocol_version = Some(version.to_owned());
@@ -262,7 +242,7 @@ impl Gateway {
         message: &Value,
         items: &[Value],
         key: &str,
-    ) -> Result<Value, (i64, String)> {
+    ) -> Result<Value, Failure> {
         let size = self.config.proxy.list_page_size;
         let start = match protocol::param_str(message, "cursor") {
             None => 0,
@@ -270,7 +250,7 @@ impl Gateway {
                 .strip_prefix("offset:")
                 .and_then(|n| n.parse::<usize>().ok())
                 .filter(|&n| n <= items.len())
-                .ok_or_else(|| (code::INVALID_PARAMS, "invalid `cursor`".to_owned()))?,
+                .ok_or_else(|| Failure::InvalidParams("invalid `cursor`".to_owned()))?,
         };
         let end = (start + size).min(items.len());
         let mut result = Map::new();

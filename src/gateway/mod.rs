@@ -6,6 +6,9 @@
 //! into JSON-RPC errors for the client.
 
 mod catalog;
+mod failure;
+#[cfg(test)]
+mod harness;
 mod in_flight;
 mod instances;
 mod lists;
@@ -13,6 +16,7 @@ mod local;
 mod notifications;
 mod record;
 mod route;
+mod run;
 mod server;
 mod session;
 mod telemetry;
@@ -20,6 +24,7 @@ mod telemetry;
 mod tests;
 
 pub use catalog::{Catalog, ListKind, ServerLists};
+pub use failure::Failure;
 pub use session::{Outlet, Session};
 pub use telemetry::{observe, root_of};
 
@@ -33,17 +38,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
-use crate::chain::{
-    Chain, ClientIdentity, Context, Direction, Exchange, Outcome, Phase, Transport,
-};
+use crate::chain::{Chain, ClientIdentity, Context, Direction, Exchange, Phase, Transport};
 use crate::config::{Config, UpstreamSpec};
 use crate::metrics::Metrics;
-use crate::protocol::{self, IdKey, Kind, code};
+use crate::protocol::{self, IdKey, Kind};
 use crate::traces::{Export, Tracer};
 use crate::upstream::{Status, Upstream, UpstreamEvent};
 
 use notifications::NoticeWindow;
-use record::Arguments;
 use route::reply_id;
 
 pub struct Gateway {
@@ -440,38 +442,20 @@ impl Gateway {
             None => {
                 // Not a JSON-RPC message at all: the chain's `limits` refuses
                 // it with the precise reason.
-                let started = std::time::Instant::now();
                 let id = reply_id(&message);
-                let mut exchange = self.exchange(
+                let mut run = self.begin(
                     session,
                     message,
                     Direction::ClientToServer,
                     Phase::Request,
                     "",
                 );
-                let refusal = self.chain.run(&mut exchange).err();
-                let reply = match &refusal {
-                    Some(refusal) => refusal.to_response(id),
-                    None => {
-                        protocol::error(id, code::INVALID_REQUEST, "not a JSON-RPC message", None)
-                    }
+                let failure = match self.chain.run(&mut run.exchange) {
+                    Err(refusal) => Failure::from(refusal),
+                    Ok(()) => Failure::NotJsonRpc,
                 };
-                let outcome = refusal.map_or(
-                    Outcome::Failed {
-                        reason: "not a JSON-RPC message".into(),
-                    },
-                    |r| r.outcome(),
-                );
-                self.chain.finish(&exchange, &outcome);
-                self.record(
-                    &mut exchange,
-                    &outcome,
-                    Some(&reply),
-                    None,
-                    &Arguments::default(),
-                    started,
-                )
-                .await;
+                let reply = failure.to_response(id);
+                run.end(&failure.outcome(), Some(&reply)).await;
                 Some(reply)
             }
         }

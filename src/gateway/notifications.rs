@@ -43,24 +43,25 @@ impl Gateway {
         message: Value,
     ) {
         let method = protocol::method(&message).unwrap_or_default().to_owned();
-        let mut exchange = self.exchange(
+        let mut run = self.begin(
             session,
             message,
             Direction::ClientToServer,
             Phase::Notification,
             &method,
         );
-        if let Err(refusal) = self.chain.run(&mut exchange) {
+        if let Err(refusal) = self.chain.run(&mut run.exchange) {
             // A client chooses the method: a long one is cut.
             let method = self.scrub(protocol::cut(&method, 128));
             tracing::debug!(session = %session.id, method, interceptor = %refusal.interceptor, "notification refused");
-            self.chain.finish(&exchange, &refusal.outcome());
+            run.end_notification(&refusal.outcome());
             return;
         }
         match method.as_str() {
             "notifications/initialized" => {}
             "notifications/cancelled" => {
-                let cancelled = exchange
+                let cancelled = run
+                    .exchange
                     .message
                     .pointer("/params/requestId")
                     .and_then(IdKey::from_value)
@@ -85,7 +86,7 @@ impl Gateway {
                 tracing::debug!(session = %session.id, method, "notification not relayed")
             }
         }
-        self.chain.finish(&exchange, &Outcome::Delivered);
+        run.end_notification(&Outcome::Delivered);
     }
 
     // -- server → proxy ----------------------------------------------------
@@ -108,13 +109,14 @@ impl Gateway {
         if server.is_some() && method == "notifications/message" && !session.wants_log(&message) {
             return Delivery::BelowLevel;
         }
-        let mut exchange = self.exchange(
+        let mut run = self.begin(
             session,
             message,
             Direction::ServerToClient,
             Phase::Notification,
             &method,
         );
+        let exchange = &mut run.exchange;
         exchange.context.server = server.and_then(|s| self.names.get(s).cloned());
         exchange.context.request_id = call;
         if exchange.context.server.is_some() {
@@ -124,8 +126,8 @@ impl Gateway {
             }
             exchange.context.directory = Some(self.catalog());
         }
-        if let Err(refusal) = self.chain.run(&mut exchange) {
-            self.chain.finish(&exchange, &refusal.outcome());
+        if let Err(refusal) = self.chain.run(exchange) {
+            run.end_notification(&refusal.outcome());
             return Delivery::Withheld;
         }
         let delivered = session.deliver(exchange.message.clone(), related);
@@ -137,7 +139,7 @@ impl Gateway {
             };
             (outcome, Delivery::Unreachable)
         };
-        self.chain.finish(&exchange, &outcome);
+        run.end_notification(&outcome);
         delivery
     }
 

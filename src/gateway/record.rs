@@ -200,14 +200,21 @@ impl Gateway {
 
     /// Commits event records in the background, in this order (records
     /// committed from separate tasks may land in either order).
-    pub fn record_events(&self, mut records: Vec<crate::audit::AuditRecord>) {
-        for record in &mut records {
-            self.scrub_record(record);
-        }
+    pub fn record_events(&self, records: Vec<crate::audit::AuditRecord>) {
         if let Some(metrics) = &self.metrics {
             for record in &records {
                 metrics.events.get([&record.kind]).add(1);
             }
+        }
+        self.commit_in_background(records);
+    }
+
+    /// Scrubs records and commits them in a task of their own, in this
+    /// order: nothing waits for them; a failure is logged loudly, and the
+    /// calls that follow are refused while the store cannot be written.
+    pub(super) fn commit_in_background(&self, mut records: Vec<crate::audit::AuditRecord>) {
+        for record in &mut records {
+            self.scrub_record(record);
         }
         let Some(audit) = self.audit.clone() else {
             return;
@@ -278,8 +285,9 @@ impl Gateway {
         record
     }
 
-    /// Commits an exchange's record; `false` when the log cannot take it
-    /// (the caller refuses the exchange).
+    /// Commits an exchange's record, then counts and traces it; `false`
+    /// when the log cannot take it (the caller refuses the exchange). Only
+    /// an exchange's end calls it ([`super::run::ExchangeRun::end`]).
     pub(super) async fn record(
         &self,
         exchange: &mut Exchange,

@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::{Direction, Exchange, Outcome, Phase};
-use crate::protocol::{self, IdKey, code};
+use crate::protocol::{self, IdKey};
 use crate::traces::{Span, SpanId, SpanKind};
 use crate::upstream::Origin;
 
-use super::record::Arguments;
+use super::failure::Failure;
+use super::run::ExchangeRun;
 use super::session::{MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS};
 use super::{Catalog, Gateway, Session, lock};
 
@@ -28,12 +29,6 @@ pub(super) enum Route {
     },
 }
 
-#[derive(Clone, Copy)]
-pub(super) enum RouteKind {
-    Local,
-    Server,
-}
-
 pub(super) enum Rename {
     /// `params.name` (tools/call, prompts/get).
     Name(String),
@@ -41,28 +36,25 @@ pub(super) enum Rename {
     RefName(String),
 }
 
-/// How a request ended, for its audit record.
-pub(super) struct Handled {
-    /// The reply to send (`None`: the client cancelled the request).
-    pub(super) reply: Option<Value>,
-    pub(super) exchange: Exchange,
-    pub(super) outcome: Outcome,
-    /// Time spent waiting on the server, if the request reached one.
-    pub(super) upstream: Option<Duration>,
-    /// The arguments as the chain left them, as the audit keeps them.
-    pub(super) arguments: Arguments,
-}
-
 /// What became of a request sent on to its server.
 enum Relayed {
-    /// The server's answer (an error response included) and how long it
-    /// took.
-    Answered((Value, Outcome), Duration),
+    /// The server's answer (an error response included), or why there is
+    /// none, and how long it took.
+    Answered(Result<Value, Failure>, Duration),
     /// Refused before it was sent (the server's limit on requests in
     /// flight).
     Refused(crate::chain::Refusal),
     /// The client cancelled it while it was at the server.
     Cancelled(Duration),
+}
+
+/// A reply and how the exchange ended.
+type Ended = (Option<Value>, Outcome);
+
+/// An exchange that ended in `failure`: its error response and outcome.
+fn failed(id: &Value, failure: impl Into<Failure>) -> Ended {
+    let failure = failure.into();
+    (Some(failure.to_response(id.clone())), failure.outcome())
 }
 
 /// Puts the W3C `traceparent` of the proxy's upstream span into a request's
@@ -97,198 +89,96 @@ impl Gateway {
         session: &Arc<Session>,
         message: Value,
     ) -> Option<Value> {
-        let started = std::time::Instant::now();
-        let id = message.get("id").cloned().unwrap_or(Value::Null);
-        let mut handled = match &self.audit {
-            Some(audit) if audit.is_failing() => {
-                let method = protocol::method(&message).unwrap_or_default().to_owned();
-                let exchange = self.exchange(
-                    session,
-                    message,
-                    Direction::ClientToServer,
-                    Phase::Request,
-                    &method,
-                );
-                let reason = "the audit log cannot be written: calls are refused until it can";
-                Handled {
-                    reply: Some(protocol::error(
-                        id.clone(),
-                        code::AUDIT_UNAVAILABLE,
-                        reason,
-                        None,
-                    )),
-                    exchange,
-                    outcome: Outcome::Failed {
-                        reason: reason.into(),
-                    },
-                    upstream: None,
-                    // Never past the chain: its arguments are not looked at.
-                    arguments: Arguments::default(),
-                }
-            }
-            _ => self.decide_and_relay(session, message).await,
-        };
-        let recorded = self
-            .record(
-                &mut handled.exchange,
-                &handled.outcome,
-                handled.reply.as_ref(),
-                handled.upstream,
-                &handled.arguments,
-                started,
-            )
-            .await;
-        if recorded {
-            return handled.reply;
-        }
-        handled.reply.map(|_| {
-            protocol::error(
-                id,
-                code::AUDIT_UNAVAILABLE,
-                "the call is refused: the audit log cannot record it",
-                None,
-            )
-        })
-    }
-
-    pub(super) async fn decide_and_relay(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        message: Value,
-    ) -> Handled {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         let method = protocol::method(&message).unwrap_or_default().to_owned();
-        let mut exchange = self.exchange(
+        let mut run = self.begin(
             session,
             message,
             Direction::ClientToServer,
             Phase::Request,
             &method,
         );
+        let (reply, outcome) = match &self.audit {
+            // Never past the chain: its arguments are not looked at.
+            Some(audit) if audit.is_failing() => failed(&id, Failure::AuditUnavailable),
+            _ => self.decide_and_relay(session, &mut run, &method, &id).await,
+        };
+        if run.end(&outcome, reply.as_ref()).await {
+            return reply;
+        }
+        reply.map(|_| Failure::NotRecorded.to_response(id))
+    }
+
+    /// Routes, decides (the request chain), relays or answers, and decides
+    /// again (the response chain): the reply (`None`: the client cancelled
+    /// the request) and how the exchange ended.
+    async fn decide_and_relay(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        run: &mut ExchangeRun<'_>,
+        method: &str,
+        id: &Value,
+    ) -> Ended {
         // Routing first, so that interceptors see the target server, name
         // and listed definition.
-        let route = match self.route_exchange(session, &method, &mut exchange) {
-            Ok(route) => route,
-            Err((code, reason)) => {
-                // Still give the chain its say (`limits` names a broken
-                // envelope more precisely than routing can).
-                let ran = self.chain.run(&mut exchange);
-                let arguments = self.arguments_of(&exchange.message);
-                return match ran {
-                    Err(refusal) => {
-                        let reply = refusal.to_response(id);
-                        self.done(exchange, arguments, Some(reply), refusal.outcome(), None)
-                    }
-                    Ok(()) => {
-                        let reply = protocol::error(id, code, &reason, None);
-                        let outcome = Outcome::Failed { reason };
-                        self.done(exchange, arguments, Some(reply), outcome, None)
-                    }
-                };
-            }
+        let routed = self.route_exchange(session, method, &mut run.exchange);
+        let ran = self.chain.run(&mut run.exchange);
+        // The arguments' hash is taken once the request chain has run: of
+        // the arguments as forwarded (after redaction), never of a secret.
+        run.arguments = self.arguments_of(&run.exchange.message);
+        let route = match (routed, ran) {
+            // The chain's refusal first (`limits` names a broken envelope
+            // more precisely than routing can).
+            (_, Err(refusal)) => return failed(id, refusal),
+            (Err(failure), Ok(())) => return failed(id, failure),
+            (Ok(route), Ok(())) => route,
         };
-
-        let ran = self.chain.run(&mut exchange);
-        // The arguments' hash is taken once the request chain has run: of the
-        // arguments as forwarded (after redaction), never of a secret.
-        let arguments = self.arguments_of(&exchange.message);
-        if let Err(refusal) = ran {
-            let reply = refusal.to_response(id);
-            return self.done(exchange, arguments, Some(reply), refusal.outcome(), None);
-        }
-
-        let route_kind = match route {
-            Route::Local => RouteKind::Local,
-            Route::Server { .. } => RouteKind::Server,
-        };
-        let mut upstream = None;
         // The catalog a list was answered from (interceptors judge the
         // items against that one, not a newer one).
         let mut listed_from = None;
-        let reply = match route {
-            Route::Local => self
-                .answer_locally(session, &method, &exchange.message, &mut listed_from)
-                .await
-                .map(|reply| (reply, Outcome::Delivered)),
+        let answered = match route {
+            Route::Local => {
+                self.answer_locally(session, method, &run.exchange.message, &mut listed_from)
+                    .await
+            }
             Route::Server { server, rename } => {
                 match self
-                    .relay(session, server, rename, &id, &mut exchange)
+                    .relay(session, server, rename, id, &mut run.exchange)
                     .await
                 {
-                    Relayed::Answered(reply, waited) => {
-                        upstream = Some(waited);
-                        Ok(reply)
+                    Relayed::Answered(answered, waited) => {
+                        run.upstream = Some(waited);
+                        answered
                     }
-                    Relayed::Refused(refusal) => {
-                        let reply = refusal.to_response(id);
-                        return self.done(
-                            exchange,
-                            arguments,
-                            Some(reply),
-                            refusal.outcome(),
-                            None,
-                        );
-                    }
+                    Relayed::Refused(refusal) => return failed(id, refusal),
                     Relayed::Cancelled(waited) => {
-                        let outcome = Outcome::Failed {
-                            reason: "cancelled by the client".into(),
-                        };
-                        return self.done(exchange, arguments, None, outcome, Some(waited));
+                        run.upstream = Some(waited);
+                        return (None, Failure::Cancelled.outcome());
                     }
                 }
             }
         };
-        let (reply, outcome) = match reply {
-            Ok(answered) => answered,
-            Err((code, reason)) => (
-                protocol::error(id.clone(), code, &reason, None),
-                Outcome::Failed { reason },
-            ),
+        let (reply, outcome) = match answered {
+            Ok(reply) => (reply, Outcome::Delivered),
+            Err(failure) => (failure.to_response(id.clone()), failure.outcome()),
         };
 
         if method == "resources/subscribe" || method == "resources/unsubscribe" {
-            self.track_subscription(session, &method, &exchange.context.target, &reply);
+            self.track_subscription(session, method, &run.exchange.context.target, &reply);
         }
 
+        let exchange = &mut run.exchange;
         exchange.message = reply;
         exchange.phase = Phase::Response;
-        if matches!(route_kind, RouteKind::Local) {
+        if let Some(catalog) = listed_from {
             // A list answered from the catalog: the very catalog it came
             // from (lists may have been read meanwhile).
-            exchange.context.directory = Some(listed_from.unwrap_or_else(|| self.catalog()));
+            exchange.context.directory = Some(catalog);
         }
-        if let Err(refusal) = self.chain.run(&mut exchange) {
-            let reply = refusal.to_response(id);
-            return self.done(
-                exchange,
-                arguments,
-                Some(reply),
-                refusal.outcome(),
-                upstream,
-            );
+        if let Err(refusal) = self.chain.run(exchange) {
+            return failed(id, refusal);
         }
-        let reply = exchange.message.clone();
-        self.done(exchange, arguments, Some(reply), outcome, upstream)
-    }
-
-    /// The end of every request: the chain's `finish`, then what the audit
-    /// record needs.
-    fn done(
-        &self,
-        exchange: Exchange,
-        arguments: Arguments,
-        reply: Option<Value>,
-        outcome: Outcome,
-        upstream: Option<Duration>,
-    ) -> Handled {
-        self.chain.finish(&exchange, &outcome);
-        Handled {
-            reply,
-            exchange,
-            outcome,
-            upstream,
-            arguments,
-        }
+        (Some(exchange.message.clone()), outcome)
     }
 
     /// Routes the exchange's request and tells the chain what routing found:
@@ -298,7 +188,7 @@ impl Gateway {
         session: &Session,
         method: &str,
         exchange: &mut Exchange,
-    ) -> Result<Route, (i64, String)> {
+    ) -> Result<Route, Failure> {
         let catalog = self.catalog();
         let (route, target) = self.route(&catalog, session, method, &exchange.message)?;
         if let Route::Server { server, .. } = &route {
@@ -361,34 +251,29 @@ impl Gateway {
             let mut call = Span::with_id(span, name, SpanKind::Client, sent, ended);
             call.attributes
                 .push(("portcullis.server", self.names[server].clone().into()));
-            if let Some((_, Outcome::Failed { reason } | Outcome::Denied { reason, .. })) =
-                &forwarded
-            {
-                call.error = Some(reason.clone());
+            if let Err(failure) = &forwarded {
+                call.error = Some(failure.to_string());
             }
             trace.push(call);
         }
         match forwarded {
-            Some(reply) => Relayed::Answered(reply, ended - sent),
-            None => Relayed::Cancelled(ended - sent),
+            Err(Failure::Cancelled) => Relayed::Cancelled(ended - sent),
+            answered => Relayed::Answered(answered, ended - sent),
         }
     }
 
     /// Decides where a request goes, and its target (unprefixed tool or prompt
-    /// name, or resource URI). Errors are (code, client-safe reason).
+    /// name, or resource URI).
     pub(super) fn route(
         &self,
         catalog: &Catalog,
         session: &Session,
         method: &str,
         message: &Value,
-    ) -> Result<(Route, Option<String>), (i64, String)> {
-        let invalid = |reason: String| (code::INVALID_PARAMS, reason);
+    ) -> Result<(Route, Option<String>), Failure> {
+        let invalid = |reason: &str| Failure::InvalidParams(reason.to_owned());
         if method != "initialize" && method != "ping" && !session.is_initialized() {
-            return Err((
-                code::INVALID_REQUEST,
-                "the session is not initialized: send `initialize` first".into(),
-            ));
+            return Err(Failure::NotInitialized);
         }
         match method {
             "initialize"
@@ -400,7 +285,7 @@ impl Gateway {
             | "logging/setLevel" => Ok((Route::Local, None)),
             "tools/call" | "prompts/get" => {
                 let name = protocol::param_str(message, "name")
-                    .ok_or_else(|| invalid("`params.name` must be a string".into()))?;
+                    .ok_or_else(|| invalid("`params.name` must be a string"))?;
                 let found = if method == "tools/call" {
                     catalog.tool(name)
                 } else {
@@ -426,7 +311,7 @@ impl Gateway {
             }
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let uri = protocol::param_str(message, "uri")
-                    .ok_or_else(|| invalid("`params.uri` must be a string".into()))?;
+                    .ok_or_else(|| invalid("`params.uri` must be a string"))?;
                 if method == "resources/subscribe" {
                     self.may_subscribe(session, uri)?;
                 }
@@ -438,19 +323,19 @@ impl Gateway {
                         },
                         Some(uri.to_owned()),
                     )),
-                    None => Err((-32002, format!("resource not found: `{uri}`"))),
+                    None => Err(Failure::ResourceNotFound(uri.to_owned())),
                 }
             }
             "completion/complete" => {
                 let reference = protocol::params(message)
                     .and_then(|p| p.get("ref"))
-                    .ok_or_else(|| invalid("`params.ref` is required".into()))?;
+                    .ok_or_else(|| invalid("`params.ref` is required"))?;
                 match reference.get("type").and_then(Value::as_str) {
                     Some("ref/prompt") => {
                         let name = reference
                             .get("name")
                             .and_then(Value::as_str)
-                            .ok_or_else(|| invalid("`params.ref.name` must be a string".into()))?;
+                            .ok_or_else(|| invalid("`params.ref.name` must be a string"))?;
                         let (server, original) = catalog
                             .prompt(name)
                             .map(|(s, o)| (s, o.to_owned()))
@@ -467,10 +352,10 @@ impl Gateway {
                         let uri = reference
                             .get("uri")
                             .and_then(Value::as_str)
-                            .ok_or_else(|| invalid("`params.ref.uri` must be a string".into()))?;
+                            .ok_or_else(|| invalid("`params.ref.uri` must be a string"))?;
                         let server = catalog
                             .resource_owner(uri)
-                            .ok_or_else(|| (-32002, format!("resource not found: `{uri}`")))?;
+                            .ok_or_else(|| Failure::ResourceNotFound(uri.to_owned()))?;
                         Ok((
                             Route::Server {
                                 server,
@@ -480,28 +365,20 @@ impl Gateway {
                         ))
                     }
                     _ => Err(invalid(
-                        "`params.ref.type` must be `ref/prompt` or `ref/resource`".into(),
+                        "`params.ref.type` must be `ref/prompt` or `ref/resource`",
                     )),
                 }
             }
-            _ => Err((
-                code::METHOD_NOT_FOUND,
-                format!("method not found: `{method}`"),
-            )),
+            _ => Err(Failure::MethodNotFound(method.to_owned())),
         }
     }
 
     /// A session subscribed to [`MAX_SUBSCRIPTIONS`] resources may
     /// subscribe again only to one of those; a URI longer than
     /// [`MAX_SUBSCRIBED_URI_BYTES`] is not kept at all.
-    fn may_subscribe(&self, session: &Session, uri: &str) -> Result<(), (i64, String)> {
+    fn may_subscribe(&self, session: &Session, uri: &str) -> Result<(), Failure> {
         if uri.len() > MAX_SUBSCRIBED_URI_BYTES {
-            return Err((
-                code::INVALID_PARAMS,
-                format!(
-                    "a URI to subscribe to may be at most {MAX_SUBSCRIBED_URI_BYTES} bytes long"
-                ),
-            ));
+            return Err(Failure::UriTooLong);
         }
         if session.subscribed.load(Ordering::Relaxed) < MAX_SUBSCRIPTIONS
             || lock(&self.subscriptions)
@@ -510,58 +387,43 @@ impl Gateway {
         {
             return Ok(());
         }
-        Err((
-            code::RATE_LIMITED,
-            format!(
-                "this session is subscribed to {MAX_SUBSCRIPTIONS} resources; unsubscribe from some first"
-            ),
-        ))
+        Err(Failure::TooManySubscriptions)
     }
 
     /// An unknown tool or prompt; if its server is down, or up again but its
     /// lists not read yet, say so instead.
-    pub(super) fn not_found(&self, what: &str, name: &str) -> (i64, String) {
+    pub(super) fn not_found(&self, what: &'static str, name: &str) -> Failure {
         let separator = &self.config.proxy.namespace_separator;
         if let Some((server, _)) = name.split_once(separator.as_str())
             && let Some(index) = self.index_of(server)
             && self.catalog().server_lists(index).is_none()
         {
-            return (
-                code::UPSTREAM_UNAVAILABLE,
-                format!("server `{server}` is not available right now"),
-            );
+            return Failure::ServerNotReady(server.to_owned());
         }
-        (code::INVALID_PARAMS, format!("unknown {what} `{name}`"))
+        Failure::Unknown {
+            what,
+            name: name.to_owned(),
+        }
     }
 
-    /// Sends a request to a server and returns its reply with the client's id
-    /// restored; `None` when the client cancelled it.
+    /// Sends a request to a server and returns its reply with the client's
+    /// id restored ([`Failure::Cancelled`] when the client cancelled it).
     pub(super) async fn forward(
         &self,
         session: &Arc<Session>,
         server: usize,
         client_id: &Value,
         outgoing: Value,
-    ) -> Option<(Value, Outcome)> {
-        let failed = |code: i64, reason: String| {
-            let reply = protocol::error(client_id.clone(), code, &reason, None);
-            Some((reply, Outcome::Failed { reason }))
-        };
-        let Some(upstream) = self.upstream_for(server, &session.client.name) else {
-            return failed(
-                code::UPSTREAM_UNAVAILABLE,
-                "the server is not available: the proxy is shutting down".into(),
-            );
-        };
+    ) -> Result<Value, Failure> {
+        let upstream = self
+            .upstream_for(server, &session.client.name)
+            .ok_or(Failure::ShuttingDown)?;
         let key = IdKey::from_value(client_id);
         let cancel = CancellationToken::new();
         if let Some(key) = &key
             && !session.begin_call(key.clone(), cancel.clone())
         {
-            return failed(
-                code::INVALID_REQUEST,
-                "a request with this id is already in flight".into(),
-            );
+            return Err(Failure::DuplicateId);
         }
         // A stopped (lazy or idle) server starts here: the cold start.
         if let Err(err) = upstream
@@ -571,7 +433,7 @@ impl Gateway {
             if let Some(key) = &key {
                 session.end_call(key);
             }
-            return failed(err.code(), err.to_string());
+            return Err(err.into());
         }
         let origin = Origin {
             session: session.key,
@@ -596,22 +458,8 @@ impl Gateway {
         if let Some(key) = &key {
             session.end_call(key);
         }
-        let mut reply = match result? {
-            Ok(reply) => reply,
-            // The reply was too large to relay: refused by `limits`.
-            Err(err @ crate::upstream::UpstreamError::Refused { .. }) => {
-                let reason = err.to_string();
-                let data = json!({ "interceptor": "limits" });
-                let reply = protocol::error(client_id.clone(), err.code(), &reason, Some(data));
-                let outcome = Outcome::Denied {
-                    interceptor: "limits".into(),
-                    reason,
-                };
-                return Some((reply, outcome));
-            }
-            Err(err) => return failed(err.code(), err.to_string()),
-        };
+        let mut reply = result.ok_or(Failure::Cancelled)??;
         reply["id"] = client_id.clone();
-        Some((reply, Outcome::Delivered))
+        Ok(reply)
     }
 }

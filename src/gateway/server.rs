@@ -10,10 +10,10 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::chain::{Direction, Outcome, Phase};
-use crate::protocol::{self, IdKey, code};
+use crate::protocol::{self, IdKey};
 use crate::upstream::{Origin, UpstreamEvent};
 
-use super::record::Arguments;
+use super::failure::Failure;
 use super::{Gateway, Session, lock};
 
 /// A server's requests (sampling, elicitation, roots) relayed to clients
@@ -153,11 +153,8 @@ impl Gateway {
             return;
         };
         let id = message.get("id").cloned().unwrap_or(Value::Null);
-        let reason = format!(
-            "refused: {SERVER_REQUESTS} requests of this server's are already waiting for clients"
-        );
         tokio::spawn(async move {
-            let refusal = protocol::error(id, code::CLIENT_UNAVAILABLE, &reason, None);
+            let refusal = Failure::TooManyServerRequests.to_response(id);
             let _ = upstream.send(refusal).await;
             drop(place);
         });
@@ -177,14 +174,10 @@ impl Gateway {
         };
         let server_id = message.get("id").cloned().unwrap_or(Value::Null);
         let method = protocol::method(&message).unwrap_or_default().to_owned();
-        let answer =
-            |code: i64, reason: &str| protocol::error(server_id.clone(), code, reason, None);
+        let answer = |failure: Failure| failure.to_response(server_id.clone());
         let session = origin.as_ref().and_then(|o| self.session(o.session));
         let Some(session) = session else {
-            let reason = "no client session to ask: the request is not tied to exactly one client call in flight";
-            let _ = upstream
-                .send(answer(code::CLIENT_UNAVAILABLE, reason))
-                .await;
+            let _ = upstream.send(answer(Failure::NoClientToAsk)).await;
             return;
         };
         let capability = match method.as_str() {
@@ -196,34 +189,27 @@ impl Gateway {
         if let Some(capability) = capability
             && !session.has_client_capability(capability)
         {
-            let reason = format!("the client does not support {capability}");
-            let _ = upstream.send(answer(code::METHOD_NOT_FOUND, &reason)).await;
+            let _ = upstream
+                .send(answer(Failure::ClientLacks(capability)))
+                .await;
             return;
         }
 
-        let mut exchange = self.exchange(
+        let mut run = self.begin(
             &session,
             message,
             Direction::ServerToClient,
             Phase::Request,
             &method,
         );
-        exchange.context.server = Some(upstream.name().clone());
+        run.exchange.context.server = Some(upstream.name().clone());
         let started = std::time::Instant::now();
-        if let Err(refusal) = self.chain.run(&mut exchange) {
-            let answer = refusal.to_response(server_id.clone());
-            self.chain.finish(&exchange, &refusal.outcome());
+        if let Err(refusal) = self.chain.run(&mut run.exchange) {
+            let refusal = Failure::from(refusal);
+            let answer = answer(refusal.clone());
             // Recorded before the server gets the refusal; if the record
             // cannot be written, the refusal stands.
-            self.record(
-                &mut exchange,
-                &refusal.outcome(),
-                Some(&answer),
-                None,
-                &Arguments::default(),
-                started,
-            )
-            .await;
+            run.end(&refusal.outcome(), Some(&answer)).await;
             let _ = upstream.send(answer).await;
             return;
         }
@@ -233,43 +219,31 @@ impl Gateway {
                 &session,
                 (index, instance),
                 &server_id,
-                &exchange.message,
+                &run.exchange.message,
                 related,
                 upstream.config().call_timeout,
             )
             .await;
+        let exchange = &mut run.exchange;
         exchange.message = answer_message;
         exchange.phase = Phase::Response;
-        let outcome = match self.chain.run(&mut exchange) {
+        let outcome = match self.chain.run(exchange) {
             Ok(()) => Outcome::Delivered,
             Err(refusal) => {
-                exchange.message = refusal.to_response(server_id.clone());
+                let refusal = Failure::from(refusal);
+                exchange.message = answer(refusal.clone());
                 refusal.outcome()
             }
         };
-        self.chain.finish(&exchange, &outcome);
-        let asked = started.elapsed();
-        let answer_message = std::mem::take(&mut exchange.message);
-        let recorded = self
-            .record(
-                &mut exchange,
-                &outcome,
-                Some(&answer_message),
-                Some(asked),
-                &Arguments::default(),
-                started,
-            )
-            .await;
-        exchange.message = answer_message;
-        if !recorded {
-            exchange.message = protocol::error(
-                server_id.clone(),
-                code::AUDIT_UNAVAILABLE,
-                "refused: the audit log cannot record this request",
-                None,
-            );
-        }
-        let _ = upstream.send(exchange.message.clone()).await;
+        run.upstream = Some(started.elapsed());
+        let answer_message = std::mem::take(&mut run.exchange.message);
+        let recorded = run.end(&outcome, Some(&answer_message)).await;
+        let answer_message = if recorded {
+            answer_message
+        } else {
+            answer(Failure::RequestNotRecorded)
+        };
+        let _ = upstream.send(answer_message).await;
     }
 
     /// Sends a server's request to the client (with an id of the client
@@ -284,8 +258,7 @@ impl Gateway {
         related: Option<&Value>,
         timeout: Duration,
     ) -> Value {
-        let answer =
-            |code: i64, reason: &str| protocol::error(server_id.clone(), code, reason, None);
+        let answer = |failure: Failure| failure.to_response(server_id.clone());
         let (client_id, reply) = session.expect_client_answer();
         let server_key = IdKey::from_value(server_id).map(|key| (index, instance, key));
         if let Some(key) = &server_key {
@@ -295,7 +268,7 @@ impl Gateway {
         outgoing["id"] = Value::from(client_id);
         let answer_message = if !session.deliver(outgoing, related) {
             session.forget_client_request(client_id);
-            answer(code::CLIENT_UNAVAILABLE, "the client is not reachable")
+            answer(Failure::ClientUnreachable)
         } else {
             tokio::select! {
                 result = tokio::time::timeout(timeout, reply) => match result {
@@ -303,13 +276,13 @@ impl Gateway {
                         answer_message["id"] = server_id.clone();
                         answer_message
                     }
-                    Ok(Err(_)) => answer(code::CLIENT_UNAVAILABLE, "the client session ended"),
+                    Ok(Err(_)) => answer(Failure::ClientSessionEnded),
                     Err(_) => {
                         session.forget_client_request(client_id);
-                        answer(code::UPSTREAM_TIMEOUT, "the client did not answer in time")
+                        answer(Failure::ClientTimeout)
                     }
                 },
-                () = session.closed.cancelled() => answer(code::CLIENT_UNAVAILABLE, "the client session ended"),
+                () = session.closed.cancelled() => answer(Failure::ClientSessionEnded),
             }
         };
         if let Some(key) = &server_key {

@@ -119,7 +119,7 @@ pub fn error(id: Value, code: i64, message: &str, data: Option<Value>) -> Value 
 }
 
 /// Why a line of input is not a message we can handle.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
     #[error("message exceeds {limit} bytes")]
     TooLarge { limit: usize },

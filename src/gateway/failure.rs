@@ -1,0 +1,233 @@
+//! Every error the gateway answers with, and the one place each becomes a
+//! JSON-RPC error response and an outcome for the exchange's record.
+//!
+//! A client gets these for its requests; a server gets the last group for
+//! the requests it sends a client (sampling, elicitation, roots). Messages
+//! are safe to show the peer: no policy internals, no secrets (what a peer
+//! chose — a method, a tool name, a URI — is quoted back only to it).
+
+use serde_json::{Value, json};
+
+use crate::chain::{Outcome, Refusal};
+use crate::protocol::{self, ParseError, code};
+use crate::upstream::UpstreamError;
+
+use super::server::SERVER_REQUESTS;
+use super::session::{MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Failure {
+    /// An interceptor refused the message (its reason, `data.interceptor`).
+    #[error("denied by {}: {}", .0.interceptor, .0.denial.reason)]
+    Denied(Refusal),
+    /// The bytes are not one message the proxy can read.
+    #[error("{0}")]
+    Parse(ParseError),
+    #[error("not a JSON-RPC message")]
+    NotJsonRpc,
+    #[error("the session is not initialized: send `initialize` first")]
+    NotInitialized,
+    #[error("the session is already initialized")]
+    AlreadyInitialized,
+    #[error("method not found: `{0}`")]
+    MethodNotFound(String),
+    /// A parameter is missing or malformed (the text says which and how).
+    #[error("{0}")]
+    InvalidParams(String),
+    /// A tool or prompt the client's lists do not hold.
+    #[error("unknown {what} `{name}`")]
+    Unknown { what: &'static str, name: String },
+    #[error("resource not found: `{0}`")]
+    ResourceNotFound(String),
+    #[error("a URI to subscribe to may be at most {MAX_SUBSCRIBED_URI_BYTES} bytes long")]
+    UriTooLong,
+    #[error(
+        "this session is subscribed to {MAX_SUBSCRIPTIONS} resources; unsubscribe from some first"
+    )]
+    TooManySubscriptions,
+    /// The name's server is down, or up again with its lists not read yet.
+    #[error("server `{0}` is not available right now")]
+    ServerNotReady(String),
+    #[error("the server is not available: the proxy is shutting down")]
+    ShuttingDown,
+    #[error("a request with this id is already in flight")]
+    DuplicateId,
+    /// The server failed the call, or its reply was refused (`limits`).
+    #[error("{0}")]
+    Upstream(UpstreamError),
+    /// The client cancelled the request: it gets no reply.
+    #[error("cancelled by the client")]
+    Cancelled,
+    /// The audit log is failing: calls are refused until it is written again.
+    #[error("the audit log cannot be written: calls are refused until it can")]
+    AuditUnavailable,
+    /// This exchange's record could not be committed: its reply is withheld.
+    #[error("the call is refused: the audit log cannot record it")]
+    NotRecorded,
+
+    // -- toward a server, for its own requests -----------------------------
+    #[error("refused: {SERVER_REQUESTS} requests of this server's are already waiting for clients")]
+    TooManyServerRequests,
+    #[error(
+        "no client session to ask: the request is not tied to exactly one client call in flight"
+    )]
+    NoClientToAsk,
+    #[error("the client does not support {0}")]
+    ClientLacks(&'static str),
+    #[error("the client is not reachable")]
+    ClientUnreachable,
+    #[error("the client session ended")]
+    ClientSessionEnded,
+    #[error("the client did not answer in time")]
+    ClientTimeout,
+    #[error("refused: the audit log cannot record this request")]
+    RequestNotRecorded,
+}
+
+impl Failure {
+    /// The JSON-RPC error code.
+    pub fn code(&self) -> i64 {
+        match self {
+            Self::Denied(refusal) => refusal.denial.code,
+            Self::Parse(error) => error.code(),
+            Self::NotJsonRpc
+            | Self::NotInitialized
+            | Self::AlreadyInitialized
+            | Self::DuplicateId => code::INVALID_REQUEST,
+            Self::MethodNotFound(_) | Self::ClientLacks(_) => code::METHOD_NOT_FOUND,
+            Self::InvalidParams(_) | Self::Unknown { .. } | Self::UriTooLong => {
+                code::INVALID_PARAMS
+            }
+            // MCP's code for an unknown resource.
+            Self::ResourceNotFound(_) => -32002,
+            Self::TooManySubscriptions => code::RATE_LIMITED,
+            Self::ServerNotReady(_) | Self::ShuttingDown => code::UPSTREAM_UNAVAILABLE,
+            Self::Upstream(error) => error.code(),
+            Self::Cancelled => code::INTERNAL_ERROR,
+            Self::AuditUnavailable | Self::NotRecorded | Self::RequestNotRecorded => {
+                code::AUDIT_UNAVAILABLE
+            }
+            Self::TooManyServerRequests
+            | Self::NoClientToAsk
+            | Self::ClientUnreachable
+            | Self::ClientSessionEnded => code::CLIENT_UNAVAILABLE,
+            Self::ClientTimeout => code::UPSTREAM_TIMEOUT,
+        }
+    }
+
+    /// The interceptor that refused, for refusals (a server's reply too
+    /// large to relay, or input too large or deep to read, is `limits`'s).
+    fn interceptor(&self) -> Option<&str> {
+        match self {
+            Self::Denied(refusal) => Some(&refusal.interceptor),
+            Self::Upstream(UpstreamError::Refused { .. }) => Some("limits"),
+            Self::Parse(ParseError::TooLarge { .. } | ParseError::TooDeep { .. }) => Some("limits"),
+            _ => None,
+        }
+    }
+
+    /// The error response to a request with this `id`.
+    pub fn to_response(&self, id: Value) -> Value {
+        if let Self::Denied(refusal) = self {
+            return refusal.to_response(id);
+        }
+        let data = self
+            .interceptor()
+            .map(|interceptor| json!({ "interceptor": interceptor }));
+        protocol::error(id, self.code(), &self.to_string(), data)
+    }
+
+    /// How the exchange ended, for its record, metrics and trace: a
+    /// refusal names its interceptor; anything else failed.
+    pub fn outcome(&self) -> Outcome {
+        match (self, self.interceptor()) {
+            (Self::Denied(refusal), _) => refusal.outcome(),
+            (_, Some(interceptor)) => Outcome::Denied {
+                interceptor: interceptor.into(),
+                reason: self.to_string(),
+            },
+            _ => Outcome::Failed {
+                reason: self.to_string(),
+            },
+        }
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Self {
+        Self::Denied(refusal)
+    }
+}
+
+impl From<UpstreamError> for Failure {
+    fn from(error: UpstreamError) -> Self {
+        Self::Upstream(error)
+    }
+}
+
+impl From<ParseError> for Failure {
+    fn from(error: ParseError) -> Self {
+        Self::Parse(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Denial;
+
+    #[test]
+    fn a_refusal_names_its_interceptor_and_keeps_its_data() {
+        let mut denial = Denial::new(code::DENIED, "no");
+        denial.data.insert("decision_id".into(), json!("d-1"));
+        let failure = Failure::from(Refusal {
+            interceptor: "authz".into(),
+            denial,
+        });
+        assert_eq!(
+            failure.to_response(json!(7)),
+            json!({"jsonrpc": "2.0", "id": 7, "error": {
+                "code": code::DENIED, "message": "denied by authz: no",
+                "data": {"interceptor": "authz", "decision_id": "d-1"}}})
+        );
+        assert!(
+            matches!(failure.outcome(), Outcome::Denied { interceptor, reason }
+            if &*interceptor == "authz" && reason == "no")
+        );
+    }
+
+    #[test]
+    fn a_reply_too_large_is_a_refusal_by_limits() {
+        let failure = Failure::from(UpstreamError::Refused {
+            server: "s".into(),
+            reason: "too large".into(),
+        });
+        let response = failure.to_response(json!("a"));
+        assert_eq!(response["error"]["data"], json!({"interceptor": "limits"}));
+        assert_eq!(response["error"]["message"], "too large");
+        assert!(
+            matches!(failure.outcome(), Outcome::Denied { interceptor, .. }
+            if &*interceptor == "limits")
+        );
+    }
+
+    #[test]
+    fn other_failures_are_failed_outcomes_with_their_text() {
+        let failure = Failure::Unknown {
+            what: "tool",
+            name: "x__y".into(),
+        };
+        let response = failure.to_response(json!(1));
+        assert_eq!(response["error"]["code"], code::INVALID_PARAMS);
+        assert_eq!(response["error"]["message"], "unknown tool `x__y`");
+        assert!(response["error"].get("data").is_none());
+        assert!(matches!(failure.outcome(), Outcome::Failed { reason }
+            if reason == "unknown tool `x__y`"));
+        assert_eq!(Failure::ResourceNotFound("u".into()).code(), -32002);
+        assert_eq!(
+            Failure::TooManySubscriptions.code(),
+            code::RATE_LIMITED,
+            "a cap, like a quota"
+        );
+    }
+}

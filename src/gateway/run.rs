@@ -1,0 +1,122 @@
+//! An exchange from its start to its end. Ending one is the only path to
+//! the chain's `finish`, the audit record, the metrics and the trace: no
+//! path of the gateway completes any of them by hand, so none can skip
+//! one, and an exchange dropped before it ended (its task was cancelled)
+//! still gets every one of them.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::chain::{Direction, Exchange, Outcome, Phase};
+
+use super::record::{Arguments, record_of};
+use super::telemetry::observe;
+use super::{Gateway, Session};
+
+/// What an exchange dropped before its end is recorded as.
+const ABANDONED: &str = "abandoned: the proxy stopped handling it before it ended";
+
+#[must_use = "an exchange must be ended: `end` or `end_notification`"]
+pub(super) struct ExchangeRun<'g> {
+    gateway: &'g Gateway,
+    pub(super) exchange: Exchange,
+    started: Instant,
+    /// Requests (of either direction) have a record of their own;
+    /// notifications are accounted for where they are relayed.
+    recorded: bool,
+    /// The arguments as the request chain left them, as the record keeps
+    /// them (set once that chain has run; never of a secret).
+    pub(super) arguments: Arguments,
+    /// Time spent waiting on the other side, if the exchange reached it.
+    pub(super) upstream: Option<Duration>,
+    ended: bool,
+}
+
+impl Gateway {
+    /// Starts an exchange of `session`'s: a request of either direction is
+    /// traced and recorded when it ends.
+    pub(super) fn begin(
+        &self,
+        session: &Session,
+        message: Value,
+        direction: Direction,
+        phase: Phase,
+        method: &str,
+    ) -> ExchangeRun<'_> {
+        ExchangeRun {
+            gateway: self,
+            exchange: self.exchange(session, message, direction, phase, method),
+            started: Instant::now(),
+            recorded: phase == Phase::Request,
+            arguments: Arguments::default(),
+            upstream: None,
+            ended: false,
+        }
+    }
+}
+
+impl ExchangeRun<'_> {
+    /// Ends the exchange: the chain's `finish`, then (for a request) its
+    /// record is committed, then its metrics and trace. `false` when the
+    /// audit log cannot take the record: the caller refuses the exchange.
+    pub(super) async fn end(mut self, outcome: &Outcome, reply: Option<&Value>) -> bool {
+        self.ended = true;
+        let gateway = self.gateway;
+        gateway.chain.finish(&self.exchange, outcome);
+        if !self.recorded {
+            gateway.finish_trace(&mut self.exchange, outcome, None);
+            return true;
+        }
+        gateway
+            .record(
+                &mut self.exchange,
+                outcome,
+                reply,
+                self.upstream,
+                &self.arguments,
+                self.started,
+            )
+            .await
+    }
+
+    /// Ends a notification (nothing waits for its record: it has none of
+    /// its own).
+    pub(super) fn end_notification(mut self, outcome: &Outcome) {
+        self.close(outcome);
+    }
+
+    /// Ends the exchange without waiting: `finish`, and a request's record
+    /// committed in the background.
+    fn close(&mut self, outcome: &Outcome) {
+        self.ended = true;
+        let gateway = self.gateway;
+        gateway.chain.finish(&self.exchange, outcome);
+        if self.recorded {
+            let total = self.started.elapsed();
+            if let Some(metrics) = &gateway.metrics {
+                observe(metrics, &self.exchange, outcome, self.upstream, total);
+            }
+            let record = record_of(
+                &self.exchange,
+                outcome,
+                None,
+                self.upstream,
+                &self.arguments,
+                total,
+            );
+            gateway.commit_in_background(vec![record]);
+        }
+        gateway.finish_trace(&mut self.exchange, outcome, None);
+    }
+}
+
+impl Drop for ExchangeRun<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.close(&Outcome::Failed {
+                reason: ABANDONED.into(),
+            });
+        }
+    }
+}
