@@ -59,7 +59,7 @@ pub(super) struct RawClient {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAuditor {
-    /// The auditor's name, as the records of its logins and failures give it.
+    /// The auditor's name, as the log and `auth_failure` records give it.
     name: String,
     /// The lower-case hex SHA-256 of its bearer token, which opens the admin
     /// API, the console and `/metrics` (and not `/mcp`).

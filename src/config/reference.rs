@@ -408,3 +408,143 @@ pub(super) fn toml_literal(value: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_reference_in_docs_is_up_to_date() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+        let generated = markdown();
+        if std::env::var_os("PORTCULLIS_BLESS").is_some() {
+            if let Err(err) = std::fs::write(&path, &generated) {
+                panic!("cannot write {}: {err}", path.display());
+            }
+            return;
+        }
+        let written = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            written == generated,
+            "docs/configuration.md is not what the config's types say: write it again with `PORTCULLIS_BLESS=1 cargo test --lib config::reference` (and commit it)"
+        );
+    }
+
+    #[test]
+    fn every_table_key_and_word_has_a_description() {
+        let root = SchemaGenerator::new(SchemaSettings::draft2020_12())
+            .into_root_schema_for::<RawConfig>()
+            .to_value();
+        let mut missing = Vec::new();
+        let mut schemas = vec![("RawConfig".to_owned(), &root)];
+        if let Some(defs) = root.get("$defs").and_then(Value::as_object) {
+            schemas.extend(defs.iter().map(|(name, schema)| (name.clone(), schema)));
+        }
+        for (name, schema) in schemas {
+            if text(schema.get("description")).is_empty() {
+                missing.push(name.clone());
+            }
+            for (key, property) in properties(schema) {
+                if text(property.get("description")).is_empty() {
+                    missing.push(format!("{name}.{key}"));
+                }
+            }
+            let variants = schema.get("oneOf").and_then(Value::as_array);
+            for variant in variants.into_iter().flatten() {
+                if text(variant.get("description")).is_empty() {
+                    missing.push(format!(
+                        "{name}: {}",
+                        variant.get("const").unwrap_or(variant)
+                    ));
+                }
+            }
+            if schema.get("enum").is_some() {
+                missing.push(format!("{name}: its words"));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "write a doc comment (it is the configuration reference) on: {}",
+            missing.join(", ")
+        );
+    }
+
+    /// A config in which a table's keys can be set: the table's header
+    /// with what it requires, and what it requires around it.
+    fn context(path: &str) -> Option<String> {
+        let server = "[[servers]]\nname = \"a\"\n";
+        let container = format!("{server}container = {{ image = \"i\" }}\n");
+        let plugin = "[[chain]]\nkind = \"wasm\"\npath = \"p.wasm\"\n";
+        Some(match path {
+            "proxy"
+            | "listener"
+            | "limits"
+            | "audit"
+            | "redact"
+            | "ratelimit"
+            | "schema"
+            | "pinning"
+            | "observability"
+            | "observability.traces" => format!("[{path}]\n"),
+            "clients" => "[[clients]]\nname = \"c\"\n".into(),
+            "servers" => format!("{server}process = {{ command = \"x\" }}\n"),
+            "servers.process" => format!("{server}[servers.process]\ncommand = \"x\"\n"),
+            "servers.remote" => {
+                format!("{server}[servers.remote]\nurl = \"https://example.com/mcp\"\n")
+            }
+            "servers.container" => format!("{server}[servers.container]\nimage = \"i\"\n"),
+            "servers.sandbox" => format!("{container}[servers.sandbox]\n"),
+            "servers.sandbox.mounts" => format!(
+                "{container}[[servers.sandbox.mounts]]\nsource = \"/srv\"\ntarget = \"/srv\"\n"
+            ),
+            "servers.sandbox.tmpfs" => {
+                format!("{container}[[servers.sandbox.tmpfs]]\ntarget = \"/cache\"\n")
+            }
+            "chain" => plugin.into(),
+            "chain.breaker" => format!("{plugin}[chain.breaker]\n"),
+            "ratelimit.concurrency" => format!(
+                "{server}process = {{ command = \"x\" }}\n[[ratelimit.concurrency]]\nserver = \"a\"\nmax_in_flight = 1\n"
+            ),
+            _ => return None,
+        })
+    }
+
+    #[test]
+    fn every_default_is_what_leaving_the_key_out_gives() {
+        let load = |text: &str| {
+            Config::parse(text, Path::new("/etc/portcullis/portcullis.toml"))
+                .map(|config| format!("{config:?}"))
+                .map_err(|err| err.to_string())
+        };
+        let mut checked = 0;
+        for table in tables() {
+            for key in &table.keys {
+                let Default::Value(value) = &key.default else {
+                    continue;
+                };
+                let Some(context) = context(table.header.trim_matches(['[', ']'])) else {
+                    panic!(
+                        "`{}` has a default: give its table a context in this test",
+                        table.header
+                    );
+                };
+                let written = format!("{context}{} = {}\n", key.name, toml_literal(value));
+                let left_out = load(&context);
+                assert!(left_out.is_ok(), "{context}: {left_out:?}");
+                assert_eq!(
+                    load(&written),
+                    left_out,
+                    "`{}` `{}`: the reference says its default is `{}`, but writing it changes the config",
+                    table.header,
+                    key.name,
+                    toml_literal(value)
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "only {checked} defaults checked");
+    }
+}
