@@ -48,8 +48,8 @@ fn invalid_configs_name_file_line_and_key() {
         ),
         (
             "[[chain]]\nkind = \"firewall\"\n",
-            ":1:1",
-            "unknown interceptor kind `firewall`",
+            ":2:8",
+            "unknown variant `firewall`, expected one of `limits`, `ratelimit`, `authz`, `pinning`, `schema`, `redact`, `wasm`",
         ),
         (
             "[[servers]]\nname = \"a\"\nprocess = { command = \"x\" }\n[[servers]]\nname = \"a\"\nprocess = { command = \"y\" }\n",

@@ -3,10 +3,12 @@
 use std::path::Path;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, SecretRef, Validator, inside, parse_secret_ref};
+use super::values::{DurationText, SecretText};
+use super::{ConfigError, SecretRef, Validator, parse_duration};
 
 /// `[audit] checkpoint_every` and `checkpoint_interval` by default.
 pub const CHECKPOINT_EVERY: u64 = 1000;
@@ -45,7 +47,7 @@ impl Default for AuditConfig {
 }
 
 /// `[audit] arguments`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuditArguments {
     /// Only their SHA-256.
@@ -71,7 +73,7 @@ impl Retention {
 }
 
 /// When a record is on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Durability {
     /// Flushed before the reply is sent (the default).
@@ -82,40 +84,72 @@ pub enum Durability {
     Buffered,
 }
 
-#[derive(Deserialize, Default)]
+/// `[audit]` as written.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAudit {
-    pub(super) durability: Option<Durability>,
-    pub(super) arguments: Option<AuditArguments>,
-    pub(super) max_age: Option<Spanned<String>>,
-    pub(super) max_records: Option<Spanned<i64>>,
-    pub(super) key: Option<Spanned<String>>,
-    pub(super) signing_key: Option<Spanned<String>>,
-    pub(super) checkpoint_every: Option<Spanned<i64>>,
-    pub(super) checkpoint_interval: Option<Spanned<String>>,
+    /// When a record is on disk.
+    #[schemars(extend("default" = "durable"))]
+    durability: Option<Durability>,
+    /// What an exchange's record keeps of the call's arguments.
+    #[schemars(extend("default" = "none"))]
+    arguments: Option<AuditArguments>,
+    /// Retention: records older than this are dropped.
+    #[schemars(
+        with = "Option<DurationText>",
+        extend("x-default" = "none: kept whatever their age")
+    )]
+    max_age: Option<Spanned<String>>,
+    /// Retention: at most this many records are kept (at least 100).
+    #[schemars(with = "Option<i64>", extend("x-default" = "none: no limit"))]
+    max_records: Option<Spanned<i64>>,
+    /// The chain key (hex, 32 bytes or more; `portcullis audit keygen` makes
+    /// one): every record gets a `mac`, HMAC-SHA256 of its hash under it.
+    /// A file must lie outside `[proxy] data_dir`.
+    #[schemars(with = "Option<SecretText>")]
+    key: Option<Spanned<String>>,
+    /// The Ed25519 key (PKCS#8, hex) that signs checkpoints of the chain's
+    /// head, appended as `signed_checkpoint` records. A file must lie
+    /// outside `[proxy] data_dir`.
+    #[schemars(with = "Option<SecretText>")]
+    signing_key: Option<Spanned<String>>,
+    /// With `signing_key`: a signed checkpoint after this many records (at
+    /// least 1)…
+    #[schemars(with = "Option<i64>", extend("default" = CHECKPOINT_EVERY))]
+    checkpoint_every: Option<Spanned<i64>>,
+    /// …or this long after the last one (at the next write, and at stop).
+    #[schemars(with = "Option<DurationText>", extend("default" = "1m"))]
+    checkpoint_interval: Option<Spanned<String>>,
 }
 
-impl Validator<'_> {
-    /// `[audit]` with its keys: references to files outside `data_dir`
-    /// (whoever can write the store must not be able to read them there),
-    /// or environment variables.
-    pub(super) fn audit_keys(
-        &self,
-        raw: &RawAudit,
+impl RawAudit {
+    /// `[audit]`; key files must lie outside `data_dir` (whoever can write
+    /// the store must not be able to read them there).
+    pub(super) fn validate(
+        self,
+        v: &Validator<'_>,
         data_dir: &Path,
-        durability: Durability,
-        retention: Retention,
-        arguments: AuditArguments,
     ) -> Result<AuditConfig, ConfigError> {
-        let base = self.path.parent().unwrap_or(Path::new("."));
+        let max_age = v.parsed(self.max_age.as_ref(), "audit.max_age", parse_duration)?;
+        let max_records = match &self.max_records {
+            None => None,
+            Some(value) if *value.get_ref() >= 100 => Some(*value.get_ref() as u64),
+            Some(value) => {
+                return Err(v.error(
+                    Some(value.span()),
+                    "audit.max_records",
+                    format!("{} is too few: keep at least 100 records", value.get_ref()),
+                ));
+            }
+        };
         let key_ref = |value: &Option<Spanned<String>>,
                        key: &str|
          -> Result<Option<SecretRef>, ConfigError> {
             let Some(value) = value else {
                 return Ok(None);
             };
-            let fail = |message: String| self.error(Some(value.span()), key, message);
-            let reference = parse_secret_ref(value.get_ref(), base).map_err(fail)?;
+            let fail = |message: String| v.error(Some(value.span()), key, message);
+            let reference = v.secret_ref(value.get_ref()).map_err(fail)?;
             if let SecretRef::File(path) = &reference
                 && inside(path, data_dir)
             {
@@ -126,29 +160,44 @@ impl Validator<'_> {
             }
             Ok(Some(reference))
         };
-        let checkpoint_every = match &raw.checkpoint_every {
-            None => CHECKPOINT_EVERY,
-            Some(value) if *value.get_ref() >= 1 => *value.get_ref() as u64,
-            Some(value) => {
-                return Err(self.error(
-                    Some(value.span()),
-                    "audit.checkpoint_every",
-                    "must be at least 1".into(),
-                ));
-            }
-        };
         Ok(AuditConfig {
-            durability,
-            retention,
-            arguments,
-            key: key_ref(&raw.key, "audit.key")?,
-            signing_key: key_ref(&raw.signing_key, "audit.signing_key")?,
-            checkpoint_every,
-            checkpoint_interval: self.duration(
-                raw.checkpoint_interval.clone(),
-                "audit.checkpoint_interval",
-                CHECKPOINT_INTERVAL,
-            )?,
+            durability: self.durability.unwrap_or_default(),
+            retention: Retention {
+                max_age,
+                max_records,
+            },
+            arguments: self.arguments.unwrap_or_default(),
+            key: key_ref(&self.key, "audit.key")?,
+            signing_key: key_ref(&self.signing_key, "audit.signing_key")?,
+            checkpoint_every: v
+                .at_least(self.checkpoint_every, "audit.checkpoint_every", 1)?
+                .map_or(CHECKPOINT_EVERY, |every| every as u64),
+            checkpoint_interval: v
+                .parsed(
+                    self.checkpoint_interval.as_ref(),
+                    "audit.checkpoint_interval",
+                    parse_duration,
+                )?
+                .unwrap_or(CHECKPOINT_INTERVAL),
         })
     }
+}
+
+/// Whether `path` lies in `dir` (both made absolute and, where they exist,
+/// resolved through links).
+fn inside(path: &Path, dir: &Path) -> bool {
+    let real = |p: &Path| {
+        std::fs::canonicalize(p).unwrap_or_else(|_| {
+            std::env::current_dir()
+                .map(|cwd| cwd.join(p))
+                .unwrap_or_else(|_| p.to_path_buf())
+        })
+    };
+    let dir = real(dir);
+    // A key file that does not exist yet: its folder decides.
+    let path = match path.parent() {
+        Some(parent) if !path.exists() => real(parent).join(path.file_name().unwrap_or_default()),
+        _ => real(path),
+    };
+    path.starts_with(&dir)
 }

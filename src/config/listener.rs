@@ -5,10 +5,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, Quota, Validator};
+use super::values::{DurationText, PathText, QuotaText};
+use super::{ConfigError, Quota, Validator, parse_duration};
 
 /// The listener's timeouts, connection caps and brute-force throttle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,68 +84,104 @@ impl Default for ListenerConfig {
     }
 }
 
-#[derive(Deserialize, Default)]
+/// `[listener]` as written.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawListener {
+    /// A request's headers must arrive within this time of its first byte
+    /// (of the connection's start, for its first request; the TLS handshake
+    /// counts); from `100ms` to `1h`.
+    #[schemars(with = "Option<DurationText>", extend("default" = "10s"))]
     header_read_timeout: Option<Spanned<String>>,
+    /// A request's body must arrive within this time of its headers, else
+    /// 408 and the connection is closed; from `100ms` to `1h`.
+    #[schemars(with = "Option<DurationText>", extend("default" = "30s"))]
     body_read_timeout: Option<Spanned<String>>,
+    /// A kept-alive connection with no request under way is closed after
+    /// this long without a byte; from `100ms` to `1h`.
+    #[schemars(with = "Option<DurationText>", extend("default" = "60s"))]
     idle_timeout: Option<Spanned<String>>,
+    /// A reply or stream the client takes no bytes of for this long ends
+    /// the connection; from `100ms` to `1h`.
+    #[schemars(with = "Option<DurationText>", extend("default" = "30s"))]
     write_timeout: Option<Spanned<String>>,
+    /// Connections open at once, all sources together; past it a
+    /// connection is answered 503.
+    #[schemars(with = "Option<usize>", extend("default" = 1024))]
     max_connections: Option<Spanned<usize>>,
+    /// Connections open at once from one IPv4 address or IPv6 /64, at most
+    /// `max_connections`.
+    #[schemars(
+        with = "Option<usize>",
+        extend("x-default" = "`128`, or `max_connections` when that is less")
+    )]
     max_connections_per_ip: Option<Spanned<usize>>,
+    /// Authentication failures one source (an IPv4 address or IPv6 /64) may
+    /// make; past it, every request from it gets 429 until enough have
+    /// drained.
+    #[schemars(with = "Option<QuotaText>", extend("default" = "10/min"))]
     auth_failures_per_source: Option<Spanned<String>>,
+    /// Authentication failures with tokens of one 8-character prefix, from
+    /// any source; past it, such tokens get 429.
+    #[schemars(with = "Option<QuotaText>", extend("default" = "30/min"))]
     auth_failures_per_credential: Option<Spanned<String>>,
+    /// Authentication failures reach the audit log as one `auth_failure`
+    /// record per source, endpoint, reason and token owner per interval,
+    /// with their count; from `100ms` to `1h`.
+    #[schemars(with = "Option<DurationText>", extend("default" = "1m"))]
     failure_record_interval: Option<Spanned<String>>,
+    /// Allows plain HTTP on a `[proxy] listen` address that is not loopback,
+    /// for a network that is yours alone; the proxy warns `PLAINTEXT` at
+    /// every start.
+    #[schemars(extend("default" = false))]
     insecure_plaintext: Option<bool>,
+    /// HTTPS: the certificate chain (PEM, leaf first), read again when it
+    /// changes and on SIGHUP. Needs `tls_key`.
+    #[schemars(with = "Option<PathText>")]
     tls_cert: Option<Spanned<PathBuf>>,
+    /// The certificate's private key (PEM).
+    #[schemars(with = "Option<PathText>")]
     tls_key: Option<Spanned<PathBuf>>,
+    /// mTLS: CA certificates (PEM) a client certificate may chain to; a
+    /// client presenting one is the client whose `cert_sha256` it has. Needs
+    /// `tls_cert` and `tls_key`.
+    #[schemars(with = "Option<PathText>")]
     tls_client_ca: Option<Spanned<PathBuf>>,
 }
 
-impl Validator<'_> {
-    pub(super) fn listener(&self, raw: RawListener) -> Result<ListenerConfig, ConfigError> {
+impl RawListener {
+    pub(super) fn validate(self, v: &Validator<'_>) -> Result<ListenerConfig, ConfigError> {
         let defaults = ListenerConfig::default();
         let timeout = |value: Option<Spanned<String>>, key: &str, default: Duration| {
-            let span = value.as_ref().map(Spanned::span);
-            let duration = self.duration(value, key, default)?;
+            let duration = v
+                .parsed(value.as_ref(), key, parse_duration)?
+                .unwrap_or(default);
             if duration < Duration::from_millis(100) || duration > Duration::from_secs(3600) {
-                return Err(self.error(span, key, "must be between 100ms and 1h".into()));
+                let span = value.as_ref().map(Spanned::span);
+                return Err(v.error(span, key, "must be between 100ms and 1h".into()));
             }
             Ok(duration)
         };
-        let count = |value: Option<Spanned<usize>>, key: &str, default: usize| match value {
-            None => Ok(default),
-            Some(value) if *value.get_ref() >= 1 => Ok(value.into_inner()),
-            Some(value) => Err(self.error(Some(value.span()), key, "must be at least 1".into())),
-        };
-        let quota = |value: Option<Spanned<String>>, key: &str, default: Quota| match value {
-            None => Ok(default),
-            Some(value) => value
-                .get_ref()
-                .parse::<Quota>()
-                .map_err(|message| self.error(Some(value.span()), key, message)),
-        };
-        let max_connections = count(
-            raw.max_connections,
-            "listener.max_connections",
-            defaults.max_connections,
-        )?;
-        let per_ip_span = raw.max_connections_per_ip.as_ref().map(Spanned::span);
-        let max_connections_per_ip = count(
-            raw.max_connections_per_ip,
-            "listener.max_connections_per_ip",
-            defaults.max_connections_per_ip.min(max_connections),
-        )?;
+        let max_connections = v
+            .at_least(self.max_connections, "listener.max_connections", 1)?
+            .unwrap_or(defaults.max_connections);
+        let per_ip_span = self.max_connections_per_ip.as_ref().map(Spanned::span);
+        let max_connections_per_ip = v
+            .at_least(
+                self.max_connections_per_ip,
+                "listener.max_connections_per_ip",
+                1,
+            )?
+            .unwrap_or(defaults.max_connections_per_ip.min(max_connections));
         if max_connections_per_ip > max_connections {
-            return Err(self.error(
+            return Err(v.error(
                 per_ip_span,
                 "listener.max_connections_per_ip",
                 format!("must not exceed listener.max_connections ({max_connections})"),
             ));
         }
-        let base = self.path.parent().unwrap_or(std::path::Path::new("."));
-        let file = |value: Spanned<PathBuf>| base.join(value.into_inner());
-        let tls = match (raw.tls_cert, raw.tls_key, raw.tls_client_ca) {
+        let file = |value: Spanned<PathBuf>| v.resolve(value.into_inner());
+        let tls = match (self.tls_cert, self.tls_key, self.tls_client_ca) {
             (None, None, None) => None,
             (Some(cert), Some(key), client_ca) => Some(TlsConfig {
                 cert: file(cert),
@@ -156,7 +194,7 @@ impl Validator<'_> {
                     .or(key.as_ref())
                     .or(ca.as_ref())
                     .map(Spanned::span);
-                return Err(self.error(
+                return Err(v.error(
                     span,
                     "listener.tls_cert",
                     "TLS needs both `tls_cert` and `tls_key` (and `tls_client_ca` needs them)"
@@ -166,43 +204,47 @@ impl Validator<'_> {
         };
         Ok(ListenerConfig {
             header_read_timeout: timeout(
-                raw.header_read_timeout,
+                self.header_read_timeout,
                 "listener.header_read_timeout",
                 defaults.header_read_timeout,
             )?,
             body_read_timeout: timeout(
-                raw.body_read_timeout,
+                self.body_read_timeout,
                 "listener.body_read_timeout",
                 defaults.body_read_timeout,
             )?,
             idle_timeout: timeout(
-                raw.idle_timeout,
+                self.idle_timeout,
                 "listener.idle_timeout",
                 defaults.idle_timeout,
             )?,
             write_timeout: timeout(
-                raw.write_timeout,
+                self.write_timeout,
                 "listener.write_timeout",
                 defaults.write_timeout,
             )?,
             max_connections,
             max_connections_per_ip,
-            auth_failures_per_source: quota(
-                raw.auth_failures_per_source,
-                "listener.auth_failures_per_source",
-                defaults.auth_failures_per_source,
-            )?,
-            auth_failures_per_credential: quota(
-                raw.auth_failures_per_credential,
-                "listener.auth_failures_per_credential",
-                defaults.auth_failures_per_credential,
-            )?,
+            auth_failures_per_source: v
+                .parsed(
+                    self.auth_failures_per_source.as_ref(),
+                    "listener.auth_failures_per_source",
+                    str::parse,
+                )?
+                .unwrap_or(defaults.auth_failures_per_source),
+            auth_failures_per_credential: v
+                .parsed(
+                    self.auth_failures_per_credential.as_ref(),
+                    "listener.auth_failures_per_credential",
+                    str::parse,
+                )?
+                .unwrap_or(defaults.auth_failures_per_credential),
             failure_record_interval: timeout(
-                raw.failure_record_interval,
+                self.failure_record_interval,
                 "listener.failure_record_interval",
                 defaults.failure_record_interval,
             )?,
-            insecure_plaintext: raw.insecure_plaintext.unwrap_or(false),
+            insecure_plaintext: self.insecure_plaintext.unwrap_or(false),
             tls,
         })
     }

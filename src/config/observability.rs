@@ -1,12 +1,15 @@
 //! `[observability]`: metrics and traces (`[observability.traces]`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::ops::Range;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, HeaderValue, SecretRef, Validator, parse_header_value, parse_secret_ref};
+use super::secrets::headers;
+use super::values::{HeaderText, SecretText};
+use super::{ConfigError, HeaderValue, SecretRef, Validator};
 
 /// `[observability]`: what the proxy tells operators about itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,37 +78,72 @@ pub fn resolve_headers(
     Ok(map)
 }
 
-#[derive(Deserialize, Default)]
+/// `[observability]` as written.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawObservability {
-    pub(super) metrics: Option<bool>,
-    pub(super) traces: Option<Spanned<RawTraces>>,
+    /// Counts and times exchanges for `GET /metrics` (auditor tokens);
+    /// `false`: nothing is counted and `/metrics` answers 404.
+    #[schemars(extend("default" = true))]
+    metrics: Option<bool>,
+    /// OpenTelemetry traces exported over OTLP/HTTP (JSON); without the
+    /// table, no traces.
+    #[schemars(with = "Option<RawTraces>")]
+    traces: Option<Spanned<RawTraces>>,
 }
 
-#[derive(Deserialize)]
+/// `[observability.traces]` as written.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawTraces {
-    pub(super) endpoint: Option<String>,
+struct RawTraces {
+    /// The collector's OTLP/HTTP traces URL (`http://` or `https://`).
+    #[schemars(extend("default" = DEFAULT_TRACES_ENDPOINT))]
+    endpoint: Option<String>,
+    /// Headers of every export request; a value may end in `secret:NAME`,
+    /// a secret of this table's `secrets`.
     #[serde(default)]
-    pub(super) headers: BTreeMap<String, String>,
+    #[schemars(with = "BTreeMap<String, HeaderText>")]
+    headers: BTreeMap<String, String>,
+    /// Secrets the headers name, read at start (one that cannot be read
+    /// stops the proxy).
     #[serde(default)]
-    pub(super) secrets: BTreeMap<String, String>,
-    pub(super) sample_ratio: Option<f64>,
-    pub(super) service_name: Option<String>,
+    #[schemars(with = "BTreeMap<String, SecretText>")]
+    secrets: BTreeMap<String, String>,
+    /// The share of new traces kept, from 0 to 1 (by trace id); a caller's
+    /// sampled `traceparent` decides for its own trace.
+    #[schemars(extend("default" = 1.0))]
+    sample_ratio: Option<f64>,
+    /// The resource's `service.name`.
+    #[schemars(extend("default" = "portcullis"))]
+    service_name: Option<String>,
 }
 
-impl Validator<'_> {
-    pub(super) fn traces(&self, raw: Spanned<RawTraces>) -> Result<TracesConfig, ConfigError> {
-        let span = raw.span();
-        let raw = raw.into_inner();
+impl RawObservability {
+    pub(super) fn validate(self, v: &Validator<'_>) -> Result<ObservabilityConfig, ConfigError> {
+        Ok(ObservabilityConfig {
+            metrics: self.metrics.unwrap_or(true),
+            traces: self
+                .traces
+                .map(|traces| {
+                    let span = traces.span();
+                    traces.into_inner().validate(v, span)
+                })
+                .transpose()?,
+        })
+    }
+}
+
+impl RawTraces {
+    /// `span` is the table's: errors point at its first line.
+    fn validate(self, v: &Validator<'_>, span: Range<usize>) -> Result<TracesConfig, ConfigError> {
         let err = |field: &str, message: String| {
-            self.error(
+            v.error(
                 Some(span.clone()),
                 &format!("observability.traces.{field}"),
                 message,
             )
         };
-        let endpoint = raw
+        let endpoint = self
             .endpoint
             .unwrap_or_else(|| DEFAULT_TRACES_ENDPOINT.to_owned());
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
@@ -116,39 +154,35 @@ impl Validator<'_> {
                 format!("`{endpoint}` is not an http:// or https:// URL"),
             ));
         }
-        let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+        let sample_ratio = self.sample_ratio.unwrap_or(1.0);
         if !(0.0..=1.0).contains(&sample_ratio) {
             return Err(err(
                 "sample_ratio",
                 format!("`{sample_ratio}` must be between 0 and 1"),
             ));
         }
-        let service_name = raw.service_name.unwrap_or_else(|| "portcullis".into());
+        let service_name = self.service_name.unwrap_or_else(|| "portcullis".into());
         if service_name.is_empty() {
             return Err(err("service_name", "must not be empty".into()));
         }
-        let base = self.path.parent().unwrap_or(Path::new("."));
         let mut secrets = Vec::new();
-        for (name, reference) in raw.secrets {
-            let reference = parse_secret_ref(&reference, base)
+        for (name, reference) in self.secrets {
+            let reference = v
+                .secret_ref(&reference)
                 .map_err(|m| err(&format!("secrets.{name}"), m))?;
             secrets.push((name, reference));
         }
-        let mut headers = Vec::new();
-        for (header, value) in raw.headers {
-            let parsed = parse_header_value(&value);
-            if let HeaderValue::Secret { secret, .. } = &parsed
-                && !secrets.iter().any(|(name, _)| name == secret)
-            {
-                return Err(err(
-                    &format!("headers.{header}"),
-                    format!(
-                        "refers to `secret:{secret}`, which is not in `[observability.traces] secrets`"
-                    ),
-                ));
-            }
-            headers.push((header, parsed));
-        }
+        let headers = headers(self.headers, |name| {
+            secrets.iter().any(|(known, _)| known == name)
+        })
+        .map_err(|(header, secret)| {
+            err(
+                &format!("headers.{header}"),
+                format!(
+                    "refers to `secret:{secret}`, which is not in `[observability.traces] secrets`"
+                ),
+            )
+        })?;
         Ok(TracesConfig {
             endpoint,
             headers,

@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{ConfigError, ProxyConfig, Validator};
+use super::values::PathText;
+use super::{ProxyConfig, Validator};
 
 /// `[pinning]`: tool definitions pinned by their SHA-256, and descriptions
 /// scanned for poisoning. On unless `enabled = false`.
@@ -41,7 +43,7 @@ impl PinningConfig {
 }
 
 /// `[pinning] first_use`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum FirstUse {
     /// Trust on first use: the definition seen first is pinned.
@@ -52,7 +54,7 @@ pub enum FirstUse {
 }
 
 /// `[pinning] on_change`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnChange {
     /// Withheld from lists, calls refused, until approved.
@@ -63,7 +65,7 @@ pub enum OnChange {
 }
 
 /// `[pinning] poisoning`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Poisoning {
     /// Flagged in lists (`_meta`), the log and the audit log; served.
@@ -75,33 +77,50 @@ pub enum Poisoning {
     Off,
 }
 
-#[derive(Deserialize, Default)]
+/// `[pinning]` as written.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPinning {
-    pub(super) enabled: Option<bool>,
-    pub(super) file: Option<PathBuf>,
-    pub(super) first_use: Option<FirstUse>,
-    pub(super) on_change: Option<OnChange>,
-    pub(super) poisoning: Option<Poisoning>,
-    pub(super) extra_rules: Option<PathBuf>,
+    /// Whether the `pinning` interceptor runs.
+    #[schemars(extend("default" = true))]
+    enabled: Option<bool>,
+    /// The pin file; one checked into a repository works too (with
+    /// `first_use = "deny"` the proxy never writes it).
+    #[schemars(
+        with = "Option<PathText>",
+        extend("x-default" = "`pins.json` in `[proxy] data_dir`")
+    )]
+    file: Option<PathBuf>,
+    /// A tool the pin file does not name.
+    #[schemars(extend("default" = "pin"))]
+    first_use: Option<FirstUse>,
+    /// A tool whose definition is not its pin.
+    #[schemars(extend("default" = "deny"))]
+    on_change: Option<OnChange>,
+    /// A tool, prompt, resource or server instructions that a poisoning rule
+    /// flags.
+    #[schemars(extend("default" = "flag"))]
+    poisoning: Option<Poisoning>,
+    /// Poisoning rules of your own, in the built-in rules' format
+    /// (`[[rules]] id, description, regex`).
+    #[schemars(with = "Option<PathText>")]
+    extra_rules: Option<PathBuf>,
 }
 
-impl Validator<'_> {
-    pub(super) fn pinning(
-        &self,
-        raw: RawPinning,
-        proxy: &ProxyConfig,
-        resolve: &impl Fn(PathBuf) -> PathBuf,
-    ) -> Result<PinningConfig, ConfigError> {
+impl RawPinning {
+    pub(super) fn validate(self, v: &Validator<'_>, proxy: &ProxyConfig) -> PinningConfig {
         let defaults = PinningConfig::in_data_dir(&proxy.data_dir);
-        Ok(PinningConfig {
-            enabled: raw.enabled.unwrap_or(true),
-            file: raw.file.map(resolve).unwrap_or(defaults.file),
-            first_use: raw.first_use.unwrap_or(defaults.first_use),
-            on_change: raw.on_change.unwrap_or(defaults.on_change),
-            poisoning: raw.poisoning.unwrap_or(defaults.poisoning),
-            extra_rules: raw.extra_rules.map(resolve),
+        PinningConfig {
+            enabled: self.enabled.unwrap_or(true),
+            file: self
+                .file
+                .map(|file| v.resolve(file))
+                .unwrap_or(defaults.file),
+            first_use: self.first_use.unwrap_or(defaults.first_use),
+            on_change: self.on_change.unwrap_or(defaults.on_change),
+            poisoning: self.poisoning.unwrap_or(defaults.poisoning),
+            extra_rules: self.extra_rules.map(|file| v.resolve(file)),
             data_dir: defaults.data_dir,
-        })
+        }
     }
 }

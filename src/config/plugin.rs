@@ -1,14 +1,17 @@
-//! `[[chain]] kind = "wasm"` entries: a WASM plugin, its limits and its own
-//! config, validated into a [`PluginConfig`].
+//! `[[chain]]` entries as written, and `kind = "wasm"` entries validated
+//! into a [`PluginConfig`]: a WASM plugin, its limits and its own config.
+//! Every key of an entry but `kind` belongs to a `wasm` entry.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::container::parse_size;
-use super::{Validator, parse_duration};
+use super::names::valid_plugin_name;
+use super::values::{DurationText, PathText, SizeText};
+use super::{ConfigError, Entry, parse_duration, parse_size};
 
 /// The limits a plugin gets unless its entry sets others.
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(10);
@@ -93,7 +96,7 @@ pub struct Phases {
 }
 
 /// What happens to a message when its plugin fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnError {
     /// Refuse it (fail closed).
@@ -103,7 +106,7 @@ pub enum OnError {
 }
 
 /// How instances are used across calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceMode {
     /// Warm instances are reused (state may carry from call to call).
@@ -112,32 +115,114 @@ pub enum InstanceMode {
     PerCall,
 }
 
-#[derive(Deserialize, Default)]
+/// `phases`: a phase of an exchange a plugin may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Phase {
+    /// A request or notification on its way to the server (or, from a
+    /// server, to the client).
+    Request,
+    /// The reply on its way back.
+    Response,
+    /// A notification.
+    Notification,
+}
+
+/// `[[chain]] kind`: the interceptor an entry places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum ChainKind {
+    /// Envelope validity, message size and depth (`[limits]`); always in the
+    /// chain, first unless placed.
+    Limits,
+    /// Quotas (`[ratelimit]`).
+    Ratelimit,
+    /// Cedar policies (`[proxy] policies`).
+    Authz,
+    /// Tool pinning and the poisoning scan (`[pinning]`).
+    Pinning,
+    /// Arguments and results against the tools' schemas (`[schema]`).
+    Schema,
+    /// Secret scanning (`[redact]`).
+    Redact,
+    /// A WASM plugin, set by the keys below.
+    Wasm,
+}
+
+/// `breaker` as written.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBreaker {
+    /// Failures in a row that open the breaker: the plugin is not called,
+    /// and its messages are handled by `on_error`; at least 1.
+    #[schemars(with = "Option<u32>", extend("default" = DEFAULT_BREAKER_FAILURES))]
     failures: Option<Spanned<u32>>,
+    /// How long an open breaker stays open.
+    #[schemars(with = "Option<DurationText>", extend("default" = "30s"))]
     cooldown: Option<Spanned<String>>,
 }
 
-/// One `[[chain]]` entry as written: its kind, and the fields of a `wasm`
+/// One `[[chain]]` entry as written: its kind, and the keys of a `wasm`
 /// entry (other kinds take none of them).
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawChainEntry {
-    pub(super) kind: String,
+    /// The interceptor at this place of the chain.
+    pub(super) kind: ChainKind,
+    /// The plugin's name, unique in the chain: 1 to 64 letters, digits, `-`
+    /// or `_`. Its interceptor is `wasm:NAME`.
+    #[schemars(
+        with = "Option<String>",
+        extend("x-default" = "the file's name without its extension")
+    )]
     name: Option<Spanned<String>>,
+    /// The plugin: a WebAssembly component (`.wasm`, or `.wat` text).
+    /// Required for `wasm`.
+    #[schemars(with = "Option<PathText>")]
     path: Option<Spanned<PathBuf>>,
+    /// The file's SHA-256 (64 hex digits, `sha256:` before them allowed):
+    /// the proxy does not start with another file.
+    #[schemars(with = "Option<String>")]
     sha256: Option<Spanned<String>>,
+    /// The methods whose messages it sees: a method (`tools/call`),
+    /// `prefix/*`, `*/suffix` or `*`.
+    #[schemars(with = "Option<Vec<String>>", extend("default" = ["*"]))]
     methods: Option<Spanned<Vec<String>>>,
+    /// Only exchanges about these namespaced tools: a name
+    /// (`github__create_issue`) or a prefix ending in `*` (`github__*`).
+    #[schemars(with = "Option<Vec<String>>", extend("x-default" = "every exchange"))]
     tools: Option<Spanned<Vec<String>>>,
-    phases: Option<Spanned<Vec<String>>>,
+    /// The phases of an exchange it sees.
+    #[schemars(
+        with = "Option<Vec<Phase>>",
+        extend("default" = ["request", "response", "notification"])
+    )]
+    phases: Option<Spanned<Vec<Phase>>>,
+    /// What happens to a message when the plugin fails (traps, overruns,
+    /// returns something invalid).
+    #[schemars(extend("default" = "deny"))]
     on_error: Option<OnError>,
+    /// The wall-clock budget of one call, at most `1s`.
+    #[schemars(with = "Option<DurationText>", extend("default" = "10ms"))]
     timeout: Option<Spanned<String>>,
+    /// An instruction budget per call besides `timeout` (about one unit per
+    /// WASM instruction); at least 1.
+    #[schemars(with = "Option<u64>")]
     fuel: Option<Spanned<u64>>,
+    /// The cap on the plugin's linear memory, from `64k` to `1g`.
+    #[schemars(with = "Option<SizeText>", extend("default" = "32m"))]
     memory: Option<Spanned<String>>,
+    /// How instances serve calls.
+    #[schemars(extend("default" = "pooled"))]
     instance: Option<InstanceMode>,
+    /// Warm instances kept for reuse, from 1 to 64.
+    #[schemars(with = "Option<usize>", extend("default" = DEFAULT_PLUGIN_POOL))]
     pool: Option<Spanned<usize>>,
+    /// The circuit breaker.
+    #[schemars(with = "Option<RawBreaker>")]
     breaker: Option<Spanned<RawBreaker>>,
+    /// The plugin's own config, handed to its `configure` as JSON.
+    #[schemars(with = "Option<serde_json::Value>", extend("default" = {}))]
     config: Option<Spanned<serde_json::Value>>,
 }
 
@@ -163,44 +248,23 @@ impl RawChainEntry {
         .into_iter()
         .find_map(|(field, set)| set.then_some(field))
     }
-}
 
-impl Validator<'_> {
-    /// A `wasm` entry of the chain; `key` is `chain[N]`.
-    pub(super) fn plugin(
-        &self,
-        raw: RawChainEntry,
-        entry: std::ops::Range<usize>,
-        key: &str,
-        base: &Path,
-    ) -> Result<PluginConfig, super::ConfigError> {
-        let at = |field: &str| format!("{key}.{field}");
-        let Some(path) = raw.path else {
-            return Err(self.error(
-                Some(entry),
-                &at("path"),
+    /// A `wasm` entry; `at` is the entry (`chain[N]`).
+    pub(super) fn plugin(self, at: &Entry<'_>) -> Result<PluginConfig, ConfigError> {
+        let Some(path) = self.path else {
+            return Err(at.error(
+                ".path",
                 "a `wasm` entry needs `path`: the plugin's .wasm file".into(),
             ));
         };
         let path_span = path.span();
-        let path = path.into_inner();
-        let path = if path.is_absolute() {
-            path
-        } else {
-            base.join(path)
-        };
-        let name = match raw.name {
+        let path = at.validator.resolve(path.into_inner());
+        let name = match self.name {
             Some(name) => {
-                let valid = !name.get_ref().is_empty()
-                    && name.get_ref().len() <= 64
-                    && name
-                        .get_ref()
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-                if !valid {
-                    return Err(self.error(
-                        Some(name.span()),
-                        &at("name"),
+                if !valid_plugin_name(name.get_ref()) {
+                    return Err(at.error_in(
+                        name.span(),
+                        ".name",
                         format!(
                             "`{}` is not a plugin name: 1 to 64 letters, digits, `-` or `_`",
                             name.get_ref()
@@ -209,195 +273,60 @@ impl Validator<'_> {
                 }
                 name.into_inner()
             }
-            None => {
-                let stem = path
-                    .file_stem()
-                    .and_then(|stem| stem.to_str())
-                    .map(|stem| {
-                        stem.chars()
-                            .map(|c| {
-                                if c.is_ascii_alphanumeric() || c == '-' {
-                                    c
-                                } else {
-                                    '_'
-                                }
-                            })
-                            .take(64)
-                            .collect::<String>()
-                    })
-                    .filter(|stem| !stem.is_empty());
-                match stem {
-                    Some(stem) => stem,
-                    None => {
-                        return Err(self.error(
-                            Some(path_span),
-                            &at("path"),
-                            "cannot name the plugin after this path: set `name`".into(),
-                        ));
-                    }
-                }
-            }
+            None => name_after(&path).ok_or_else(|| {
+                at.error_in(
+                    path_span,
+                    ".path",
+                    "cannot name the plugin after this path: set `name`".into(),
+                )
+            })?,
         };
-        let sha256 = match raw.sha256 {
+        let sha256 = match self.sha256 {
             None => None,
             Some(hash) => {
                 let text = hash.get_ref().trim().to_ascii_lowercase();
                 let text = text.strip_prefix("sha256:").unwrap_or(&text).to_owned();
                 if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(self.error(
-                        Some(hash.span()),
-                        &at("sha256"),
+                    return Err(at.error_in(
+                        hash.span(),
+                        ".sha256",
                         "not a SHA-256: 64 hex digits".into(),
                     ));
                 }
                 Some(text)
             }
         };
-        let methods = match raw.methods {
-            None => vec!["*".to_owned()],
-            Some(methods) => {
-                let span = methods.span();
-                let methods = methods.into_inner();
-                if methods.is_empty() {
-                    return Err(self.error(
-                        Some(span),
-                        &at("methods"),
-                        "an empty list: the plugin would see nothing (leave `methods` out for all)"
-                            .into(),
-                    ));
-                }
-                for method in &methods {
-                    if !valid_pattern(method) {
-                        return Err(self.error(
-                            Some(span),
-                            &at("methods"),
-                            format!("`{method}` is not a method pattern: a method (`tools/call`), `prefix/*`, `*/suffix` or `*`"),
-                        ));
-                    }
-                }
-                methods
-            }
-        };
-        let tools = match raw.tools {
-            None => Vec::new(),
-            Some(tools) => {
-                let span = tools.span();
-                let tools = tools.into_inner();
-                if tools.is_empty() {
-                    return Err(self.error(
-                        Some(span),
-                        &at("tools"),
-                        "an empty list: the plugin would see nothing (leave `tools` out for all)"
-                            .into(),
-                    ));
-                }
-                if let Some(bad) = tools.iter().find(|tool| {
-                    let stem = tool.strip_suffix('*').unwrap_or(tool);
-                    stem.contains('*') || (stem.is_empty() && tool.is_empty())
-                }) {
-                    return Err(self.error(
-                        Some(span),
-                        &at("tools"),
-                        format!("`{bad}` is not a tool pattern: a namespaced tool (`github__create_issue`), `github__*` or `*`"),
-                    ));
-                }
-                tools
-            }
-        };
-        let phases = match raw.phases {
-            None => Phases {
-                request: true,
-                response: true,
-                notification: true,
-            },
-            Some(phases) => {
-                let span = phases.span();
-                let mut chosen = Phases {
-                    request: false,
-                    response: false,
-                    notification: false,
-                };
-                for phase in phases.get_ref() {
-                    match phase.as_str() {
-                        "request" => chosen.request = true,
-                        "response" => chosen.response = true,
-                        "notification" => chosen.notification = true,
-                        other => {
-                            return Err(self.error(
-                                Some(span),
-                                &at("phases"),
-                                format!(
-                                    "`{other}` is not one of `request`, `response`, `notification`"
-                                ),
-                            ));
-                        }
-                    }
-                }
-                if !(chosen.request || chosen.response || chosen.notification) {
-                    return Err(self.error(
-                        Some(span),
-                        &at("phases"),
-                        "an empty list: the plugin would see nothing (leave `phases` out for all)"
-                            .into(),
-                    ));
-                }
-                chosen
-            }
-        };
-        let on_error = raw.on_error.unwrap_or(OnError::Deny);
-        let instance = raw.instance.unwrap_or(InstanceMode::Pooled);
-        let timeout = match raw.timeout {
-            None => DEFAULT_PLUGIN_TIMEOUT,
-            Some(value) => plugin_timeout(value.get_ref())
-                .map_err(|message| self.error(Some(value.span()), &at("timeout"), message))?,
-        };
-        let fuel = match raw.fuel {
-            Some(fuel) if *fuel.get_ref() == 0 => {
-                return Err(self.error(
-                    Some(fuel.span()),
-                    &at("fuel"),
-                    "0 fuel: the plugin could not run at all".into(),
-                ));
-            }
-            fuel => fuel.map(Spanned::into_inner),
-        };
-        let memory = match raw.memory {
-            None => DEFAULT_PLUGIN_MEMORY,
-            Some(value) => plugin_memory(value.get_ref())
-                .map_err(|message| self.error(Some(value.span()), &at("memory"), message))?,
-        };
-        let pool = match raw.pool {
-            None => DEFAULT_PLUGIN_POOL,
-            Some(pool) if (1..=64).contains(pool.get_ref()) => pool.into_inner(),
-            Some(pool) => {
-                return Err(self.error(
-                    Some(pool.span()),
-                    &at("pool"),
-                    "must be from 1 to 64 warm instances".into(),
-                ));
-            }
-        };
-        let breaker = raw.breaker.map(Spanned::into_inner).unwrap_or_default();
-        let breaker_failures = match breaker.failures {
-            None => DEFAULT_BREAKER_FAILURES,
-            Some(failures) if *failures.get_ref() >= 1 => failures.into_inner(),
-            Some(failures) => {
-                return Err(self.error(
-                    Some(failures.span()),
-                    &at("breaker.failures"),
-                    "must be at least 1".into(),
-                ));
-            }
-        };
-        let breaker_cooldown = self.duration(
-            breaker.cooldown,
-            &at("breaker.cooldown"),
-            DEFAULT_BREAKER_COOLDOWN,
-        )?;
-        let config = match raw.config {
-            None => serde_json::Value::Object(serde_json::Map::new()),
-            Some(config) => config.into_inner(),
-        };
+        let methods = patterns(
+            at,
+            self.methods,
+            "methods",
+            valid_pattern,
+            "a method pattern: a method (`tools/call`), `prefix/*`, `*/suffix` or `*`",
+        )?
+        .unwrap_or_else(|| vec!["*".to_owned()]);
+        let tools = patterns(
+            at,
+            self.tools,
+            "tools",
+            valid_tool_pattern,
+            "a tool pattern: a namespaced tool (`github__create_issue`), `github__*` or `*`",
+        )?
+        .unwrap_or_default();
+        let phases = phases(at, self.phases)?;
+        let limits = Limits::validate(at, self.timeout, self.fuel, self.memory, self.pool)?;
+        let breaker = self.breaker.map(Spanned::into_inner).unwrap_or_default();
+        let breaker_failures = at
+            .validator
+            .at_least(breaker.failures, &format!("{}.breaker.failures", at.key), 1)?
+            .unwrap_or(DEFAULT_BREAKER_FAILURES);
+        let breaker_cooldown = at
+            .validator
+            .parsed(
+                breaker.cooldown.as_ref(),
+                &format!("{}.breaker.cooldown", at.key),
+                parse_duration,
+            )?
+            .unwrap_or(DEFAULT_BREAKER_COOLDOWN);
         Ok(PluginConfig {
             name,
             path,
@@ -405,15 +334,149 @@ impl Validator<'_> {
             methods,
             tools,
             phases,
-            on_error,
+            on_error: self.on_error.unwrap_or(OnError::Deny),
+            timeout: limits.timeout,
+            fuel: limits.fuel,
+            memory: limits.memory,
+            instance: self.instance.unwrap_or(InstanceMode::Pooled),
+            pool: limits.pool,
+            breaker_failures,
+            breaker_cooldown,
+            config: match self.config {
+                None => serde_json::Value::Object(serde_json::Map::new()),
+                Some(config) => config.into_inner(),
+            },
+        })
+    }
+}
+
+/// A plugin named after its file: the stem, each character other than a
+/// letter, a digit or `-` made `_`.
+fn name_after(path: &Path) -> Option<String> {
+    path.file_stem()
+        .and_then(|stem| stem.to_str())
+        .map(|stem| {
+            stem.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|stem| !stem.is_empty())
+}
+
+/// `methods` or `tools`: not empty (leaving the key out means all), each
+/// pattern valid; `what` says what a valid one is.
+fn patterns(
+    at: &Entry<'_>,
+    raw: Option<Spanned<Vec<String>>>,
+    field: &str,
+    valid: impl Fn(&str) -> bool,
+    what: &str,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(patterns) = raw else {
+        return Ok(None);
+    };
+    let span = patterns.span();
+    let patterns = patterns.into_inner();
+    if patterns.is_empty() {
+        return Err(at.error_in(
+            span,
+            &format!(".{field}"),
+            format!("an empty list: the plugin would see nothing (leave `{field}` out for all)"),
+        ));
+    }
+    if let Some(bad) = patterns.iter().find(|pattern| !valid(pattern)) {
+        return Err(at.error_in(span, &format!(".{field}"), format!("`{bad}` is not {what}")));
+    }
+    Ok(Some(patterns))
+}
+
+/// A tool pattern: a namespaced tool, or a prefix ending in `*`.
+fn valid_tool_pattern(tool: &str) -> bool {
+    let stem = tool.strip_suffix('*').unwrap_or(tool);
+    !(stem.contains('*') || (stem.is_empty() && tool.is_empty()))
+}
+
+fn phases(at: &Entry<'_>, raw: Option<Spanned<Vec<Phase>>>) -> Result<Phases, ConfigError> {
+    let Some(phases) = raw else {
+        return Ok(Phases {
+            request: true,
+            response: true,
+            notification: true,
+        });
+    };
+    let chosen = Phases {
+        request: phases.get_ref().contains(&Phase::Request),
+        response: phases.get_ref().contains(&Phase::Response),
+        notification: phases.get_ref().contains(&Phase::Notification),
+    };
+    if !(chosen.request || chosen.response || chosen.notification) {
+        return Err(at.error_in(
+            phases.span(),
+            ".phases",
+            "an empty list: the plugin would see nothing (leave `phases` out for all)".into(),
+        ));
+    }
+    Ok(chosen)
+}
+
+/// A plugin's budget per call and its instances.
+struct Limits {
+    timeout: Duration,
+    fuel: Option<u64>,
+    memory: u64,
+    pool: usize,
+}
+
+impl Limits {
+    fn validate(
+        at: &Entry<'_>,
+        timeout: Option<Spanned<String>>,
+        fuel: Option<Spanned<u64>>,
+        memory: Option<Spanned<String>>,
+        pool: Option<Spanned<usize>>,
+    ) -> Result<Self, ConfigError> {
+        let key = |field: &str| format!("{}.{field}", at.key);
+        let timeout = at
+            .validator
+            .parsed(timeout.as_ref(), &key("timeout"), plugin_timeout)?
+            .unwrap_or(DEFAULT_PLUGIN_TIMEOUT);
+        let fuel = match fuel {
+            Some(fuel) if *fuel.get_ref() == 0 => {
+                return Err(at.error_in(
+                    fuel.span(),
+                    ".fuel",
+                    "0 fuel: the plugin could not run at all".into(),
+                ));
+            }
+            fuel => fuel.map(Spanned::into_inner),
+        };
+        let memory = at
+            .validator
+            .parsed(memory.as_ref(), &key("memory"), plugin_memory)?
+            .unwrap_or(DEFAULT_PLUGIN_MEMORY);
+        let pool = match pool {
+            None => DEFAULT_PLUGIN_POOL,
+            Some(pool) if (1..=64).contains(pool.get_ref()) => pool.into_inner(),
+            Some(pool) => {
+                return Err(at.error_in(
+                    pool.span(),
+                    ".pool",
+                    "must be from 1 to 64 warm instances".into(),
+                ));
+            }
+        };
+        Ok(Self {
             timeout,
             fuel,
             memory,
-            instance,
             pool,
-            breaker_failures,
-            breaker_cooldown,
-            config,
         })
     }
 }

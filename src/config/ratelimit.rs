@@ -4,10 +4,12 @@
 use std::fmt;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ClientConfig, ConfigError, ProxyConfig, ServerConfig, Validator};
+use super::values::QuotaText;
+use super::{ClientConfig, ConfigError, Entry, ProxyConfig, ServerConfig, Validator};
 
 /// `[ratelimit]`: quotas per client, per client and server, per client and
 /// tool. Off when it names none.
@@ -136,47 +138,69 @@ impl std::str::FromStr for Quota {
     }
 }
 
-#[derive(Deserialize, Default)]
+/// `[ratelimit]` as written.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRatelimit {
-    pub(super) default: Option<Spanned<String>>,
+    /// A quota for every client, each its own budget: every request it
+    /// sends but `initialize` and `ping`.
+    #[schemars(with = "Option<QuotaText>")]
+    default: Option<Spanned<String>>,
+    /// Quotas for one client, a server or a tool. A request must pass one
+    /// rule per level that applies (client, server, tool), the most
+    /// specific at each level.
     #[serde(default)]
-    pub(super) rules: Vec<Spanned<RawRateRule>>,
+    #[schemars(with = "Vec<RawRateRule>")]
+    rules: Vec<Spanned<RawRateRule>>,
+    /// Limits on the requests a server has in flight.
     #[serde(default)]
-    pub(super) concurrency: Vec<Spanned<RawConcurrency>>,
+    #[schemars(with = "Vec<RawConcurrency>")]
+    concurrency: Vec<Spanned<RawConcurrency>>,
 }
 
-#[derive(Deserialize)]
+/// `[[ratelimit.concurrency]]` as written.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawConcurrency {
-    pub(super) server: String,
-    pub(super) max_in_flight: usize,
+struct RawConcurrency {
+    /// The server, by its `[[servers]]` name; one limit per server.
+    server: String,
+    /// Requests to it at once, at least 1.
+    max_in_flight: usize,
+    /// Requests that may wait past `max_in_flight` (each at most the
+    /// server's call timeout), at most 100000; past them a request is
+    /// refused at once.
     #[serde(default)]
-    pub(super) queue: usize,
+    queue: usize,
 }
 
-#[derive(Deserialize)]
+/// `[[ratelimit.rules]]` as written.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawRateRule {
-    pub(super) client: Option<String>,
-    pub(super) server: Option<String>,
-    pub(super) tool: Option<String>,
-    pub(super) quota: Spanned<String>,
+struct RawRateRule {
+    /// The client it is for, by its `[[clients]]` name.
+    #[schemars(extend("x-default" = "every client, each its own budget"))]
+    client: Option<String>,
+    /// Counts the requests routed to this server (by its `[[servers]]`
+    /// name).
+    server: Option<String>,
+    /// Counts the calls of this tool, by its namespaced name
+    /// (`github__create_issue`); not with `server`.
+    tool: Option<String>,
+    /// The quota.
+    #[schemars(with = "QuotaText")]
+    quota: Spanned<String>,
 }
 
-impl Validator<'_> {
-    pub(super) fn ratelimit(
-        &self,
-        raw: RawRatelimit,
+impl RawRatelimit {
+    pub(super) fn validate(
+        self,
+        v: &Validator<'_>,
         clients: &[ClientConfig],
         servers: &[ServerConfig],
         proxy: &ProxyConfig,
     ) -> Result<RatelimitConfig, ConfigError> {
         let mut rules = Vec::new();
-        if let Some(default) = raw.default {
-            let quota = default.get_ref().parse().map_err(|message| {
-                self.error(Some(default.span()), "ratelimit.default", message)
-            })?;
+        if let Some(quota) = v.parsed(self.default.as_ref(), "ratelimit.default", str::parse)? {
             rules.push(RateRule {
                 client: None,
                 scope: RateScope::Client,
@@ -184,127 +208,129 @@ impl Validator<'_> {
                 key: "ratelimit.default".into(),
             });
         }
-        let separator = &proxy.namespace_separator;
-        for (index, rule) in raw.rules.into_iter().enumerate() {
-            let span = rule.span();
-            let rule = rule.into_inner();
-            let key = format!("ratelimit.rules[{index}]");
-            let error = |field: &str, message: String| {
-                self.error(Some(span.clone()), &format!("{key}.{field}"), message)
-            };
-            let quota = rule.quota.get_ref().parse().map_err(|message| {
-                self.error(Some(rule.quota.span()), &format!("{key}.quota"), message)
-            })?;
-            if let Some(client) = &rule.client
-                && !clients.iter().any(|c| &c.name == client)
-            {
-                return Err(error(
-                    "client",
-                    format!("no client `{client}` in `[[clients]]`"),
-                ));
-            }
-            let known = |server: &str| servers.iter().any(|s| s.name == server);
-            let scope = match (rule.server, rule.tool) {
-                (None, None) => RateScope::Client,
-                (Some(server), None) => {
-                    if !known(&server) {
-                        return Err(error(
-                            "server",
-                            format!("no server `{server}` in `[[servers]]`"),
-                        ));
-                    }
-                    RateScope::Server(server)
-                }
-                (None, Some(tool)) => {
-                    let Some((server, name)) = tool.split_once(separator.as_str()) else {
-                        return Err(error(
-                            "tool",
-                            format!(
-                                "`{tool}` is not a namespaced tool name like `SERVER{separator}TOOL`"
-                            ),
-                        ));
-                    };
-                    if !known(server) || name.is_empty() {
-                        return Err(error(
-                            "tool",
-                            format!("`{tool}`: no server `{server}` in `[[servers]]`"),
-                        ));
-                    }
-                    RateScope::Tool {
-                        server: server.to_owned(),
-                        tool: name.to_owned(),
-                    }
-                }
-                (Some(_), Some(_)) => {
-                    return Err(error(
-                        "tool",
-                        "set `server` or `tool`, not both (a tool name already names its server)"
-                            .into(),
-                    ));
-                }
-            };
+        for (at, rule) in v.entries(self.rules, "ratelimit.rules") {
+            let rule = rule.validate(&at, clients, servers, proxy)?;
             if let Some(earlier) = rules
                 .iter()
-                .find(|r: &&RateRule| r.client == rule.client && r.scope == scope)
+                .find(|r: &&RateRule| r.client == rule.client && r.scope == rule.scope)
             {
-                return Err(error(
-                    "quota",
+                return Err(at.error(
+                    ".quota",
                     format!(
                         "`{}` already sets a quota for the same client and scope",
                         earlier.key
                     ),
                 ));
             }
-            rules.push(RateRule {
-                client: rule.client,
-                scope,
-                quota,
-                key,
-            });
+            rules.push(rule);
         }
-        let concurrency = self.concurrency(raw.concurrency, servers)?;
+        let mut concurrency: Vec<Concurrency> = Vec::new();
+        for (at, limit) in v.entries(self.concurrency, "ratelimit.concurrency") {
+            let limit = limit.validate(&at, servers, &concurrency)?;
+            concurrency.push(limit);
+        }
         Ok(RatelimitConfig { rules, concurrency })
     }
+}
 
-    /// `[[ratelimit.concurrency]]`: one limit per known server.
-    fn concurrency(
-        &self,
-        raw: Vec<Spanned<RawConcurrency>>,
+impl RawRateRule {
+    fn validate(
+        self,
+        at: &Entry<'_>,
+        clients: &[ClientConfig],
         servers: &[ServerConfig],
-    ) -> Result<Vec<Concurrency>, ConfigError> {
-        let mut concurrency: Vec<Concurrency> = Vec::new();
-        for (index, raw) in raw.into_iter().enumerate() {
-            let span = raw.span();
-            let raw = raw.into_inner();
-            let key = format!("ratelimit.concurrency[{index}]");
-            if !servers.iter().any(|s| s.name == raw.server) {
-                return Err(self.error(
-                    Some(span),
-                    &format!("{key}.server"),
-                    format!("no server `{}` in `[[servers]]`", raw.server),
-                ));
-            }
-            if concurrency.iter().any(|c| c.server == raw.server) {
-                return Err(self.error(
-                    Some(span),
-                    &format!("{key}.server"),
-                    format!("server `{}` has a concurrency limit already", raw.server),
-                ));
-            }
-            if raw.max_in_flight == 0 || raw.queue > 100_000 {
-                return Err(self.error(
-                    Some(span),
-                    &key,
-                    "`max_in_flight` is at least 1 and `queue` at most 100000".into(),
-                ));
-            }
-            concurrency.push(Concurrency {
-                server: raw.server,
-                max_in_flight: raw.max_in_flight,
-                queue: raw.queue,
-            });
+        proxy: &ProxyConfig,
+    ) -> Result<RateRule, ConfigError> {
+        let quota = self
+            .quota
+            .get_ref()
+            .parse()
+            .map_err(|message| at.error_in(self.quota.span(), ".quota", message))?;
+        if let Some(client) = &self.client
+            && !clients.iter().any(|c| &c.name == client)
+        {
+            return Err(at.error(".client", format!("no client `{client}` in `[[clients]]`")));
         }
-        Ok(concurrency)
+        let known = |server: &str| servers.iter().any(|s| s.name == server);
+        let separator = &proxy.namespace_separator;
+        let scope = match (self.server, self.tool) {
+            (None, None) => RateScope::Client,
+            (Some(server), None) => {
+                if !known(&server) {
+                    return Err(
+                        at.error(".server", format!("no server `{server}` in `[[servers]]`"))
+                    );
+                }
+                RateScope::Server(server)
+            }
+            (None, Some(tool)) => {
+                let Some((server, name)) = tool.split_once(separator.as_str()) else {
+                    return Err(at.error(
+                        ".tool",
+                        format!(
+                            "`{tool}` is not a namespaced tool name like `SERVER{separator}TOOL`"
+                        ),
+                    ));
+                };
+                if !known(server) || name.is_empty() {
+                    return Err(at.error(
+                        ".tool",
+                        format!("`{tool}`: no server `{server}` in `[[servers]]`"),
+                    ));
+                }
+                RateScope::Tool {
+                    server: server.to_owned(),
+                    tool: name.to_owned(),
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(at.error(
+                    ".tool",
+                    "set `server` or `tool`, not both (a tool name already names its server)"
+                        .into(),
+                ));
+            }
+        };
+        Ok(RateRule {
+            client: self.client,
+            scope,
+            quota,
+            key: at.key.clone(),
+        })
+    }
+}
+
+impl RawConcurrency {
+    /// One limit per known server; `earlier` are the limits before it.
+    fn validate(
+        self,
+        at: &Entry<'_>,
+        servers: &[ServerConfig],
+        earlier: &[Concurrency],
+    ) -> Result<Concurrency, ConfigError> {
+        if !servers.iter().any(|s| s.name == self.server) {
+            return Err(at.error(
+                ".server",
+                format!("no server `{}` in `[[servers]]`", self.server),
+            ));
+        }
+        if earlier.iter().any(|c| c.server == self.server) {
+            return Err(at.error(
+                ".server",
+                format!("server `{}` has a concurrency limit already", self.server),
+            ));
+        }
+        if self.max_in_flight == 0 || self.queue > 100_000 {
+            return Err(at.error(
+                "",
+                "`max_in_flight` is at least 1 and `queue` at most 100000".into(),
+            ));
+        }
+        Ok(Concurrency {
+            server: self.server,
+            max_in_flight: self.max_in_flight,
+            queue: self.queue,
+        })
     }
 }
 

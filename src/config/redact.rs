@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, Located, Validator, line_col};
+use super::values::PathText;
+use super::{ConfigError, Located, Validator};
 
 /// `[redact]`: secret scanning. On unless `enabled = false`.
 #[derive(Debug, Clone)]
@@ -52,11 +54,14 @@ pub struct RuleActions {
 }
 
 /// What happens to a message carrying a secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
 pub enum RedactAction {
-    /// The secret is replaced by `[REDACTED:<rule-id>]`.
+    /// The secret is replaced by `[REDACTED:<rule-id>]`; the context around
+    /// it stays.
     Redact,
-    /// The message is refused with an error naming the rule.
+    /// The message is refused with an error naming the rule, never the
+    /// secret.
     Deny,
     /// Counted (audit record, log) and passed on unchanged.
     Log,
@@ -73,99 +78,86 @@ impl RedactAction {
             Self::Off => "off",
         }
     }
-
-    fn parse(text: &str) -> Result<Self, String> {
-        match text {
-            "redact" => Ok(Self::Redact),
-            "deny" => Ok(Self::Deny),
-            "log" => Ok(Self::Log),
-            "off" => Ok(Self::Off),
-            other => Err(format!("`{other}` is not `redact`, `deny`, `log` or `off`")),
-        }
-    }
 }
 
-#[derive(Deserialize, Default)]
+/// `[redact]` as written.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRedact {
-    pub(super) enabled: Option<bool>,
-    pub(super) requests: Option<Spanned<String>>,
-    pub(super) responses: Option<Spanned<String>>,
-    pub(super) extra_rules: Option<PathBuf>,
+    /// Whether the `redact` interceptor runs.
+    #[schemars(extend("default" = true))]
+    enabled: Option<bool>,
+    /// Messages on their way to a server: the client's requests and
+    /// notifications, its answers to sampling or elicitation.
+    #[schemars(extend("default" = "redact"))]
+    requests: Option<RedactAction>,
+    /// Messages on their way to the client: results, errors, notifications,
+    /// and server requests such as sampling.
+    #[schemars(extend("default" = "redact"))]
+    responses: Option<RedactAction>,
+    /// Rules of your own, in the built-in rules' format, checked at start.
+    #[schemars(with = "Option<PathText>")]
+    extra_rules: Option<PathBuf>,
+    /// Ids of rules that do not run.
     #[serde(default)]
-    pub(super) disable: Vec<Spanned<String>>,
+    #[schemars(with = "Vec<String>")]
+    disable: Vec<Spanned<String>>,
+    /// Values never reported, whatever the rule.
     #[serde(default)]
-    pub(super) allow: Vec<String>,
+    allow: Vec<String>,
+    /// Values matching one of these regular expressions are never reported.
     #[serde(default)]
-    pub(super) allow_regex: Vec<Spanned<String>>,
+    #[schemars(with = "Vec<String>")]
+    allow_regex: Vec<Spanned<String>>,
+    /// One rule's actions, by its id, in place of `requests` and `responses`.
     #[serde(default)]
-    pub(super) rules: BTreeMap<String, Spanned<RawRuleActions>>,
+    #[schemars(with = "BTreeMap<String, RawRuleActions>")]
+    rules: BTreeMap<String, Spanned<RawRuleActions>>,
 }
 
-#[derive(Deserialize)]
+/// `[redact.rules.ID]` as written.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawRuleActions {
-    pub(super) action: Option<Spanned<String>>,
-    pub(super) requests: Option<Spanned<String>>,
-    pub(super) responses: Option<Spanned<String>>,
+struct RawRuleActions {
+    /// The rule's action in both directions (or set `requests` and
+    /// `responses`).
+    #[schemars(extend("x-default" = "`[redact] requests` and `responses`"))]
+    action: Option<RedactAction>,
+    /// The rule's action on messages to a server.
+    #[schemars(extend("x-default" = "`[redact] requests`"))]
+    requests: Option<RedactAction>,
+    /// The rule's action on messages to the client.
+    #[schemars(extend("x-default" = "`[redact] responses`"))]
+    responses: Option<RedactAction>,
 }
 
-impl Validator<'_> {
-    pub(super) fn redact(
-        &self,
-        raw: Option<RawRedact>,
-        resolve: &dyn Fn(PathBuf) -> PathBuf,
-    ) -> Result<RedactConfig, ConfigError> {
-        let Some(raw) = raw else {
-            return Ok(RedactConfig::default());
-        };
-        let action = |value: &Option<Spanned<String>>,
-                      key: &str|
-         -> Result<Option<RedactAction>, ConfigError> {
-            match value {
-                None => Ok(None),
-                Some(value) => RedactAction::parse(value.get_ref())
-                    .map(Some)
-                    .map_err(|message| self.error(Some(value.span()), key, message)),
-            }
-        };
-        let located = |value: &Spanned<String>, key: String| Located {
-            value: value.get_ref().clone(),
-            file: self.path.to_owned(),
-            location: Some(line_col(self.text, value.span().start)),
-            key,
-        };
+impl RawRedact {
+    pub(super) fn validate(self, v: &Validator<'_>) -> Result<RedactConfig, ConfigError> {
         let mut rules = Vec::new();
-        for (id, entry) in &raw.rules {
+        for (id, entry) in self.rules {
             let key = format!("redact.rules.{id}");
             let span = entry.span();
-            let entry = entry.get_ref();
-            let both = action(&entry.action, &format!("{key}.action"))?;
-            if both.is_some() && (entry.requests.is_some() || entry.responses.is_some()) {
-                return Err(self.error(
+            let entry = entry.into_inner();
+            if entry.action.is_some() && (entry.requests.is_some() || entry.responses.is_some()) {
+                return Err(v.error(
                     Some(span),
                     &key,
                     "set `action` (both directions) or `requests`/`responses`, not both".into(),
                 ));
             }
             rules.push(RuleActions {
-                id: Located {
-                    value: id.clone(),
-                    file: self.path.to_owned(),
-                    location: Some(line_col(self.text, span.start)),
-                    key: key.clone(),
-                },
-                requests: both.or(action(&entry.requests, &format!("{key}.requests"))?),
-                responses: both.or(action(&entry.responses, &format!("{key}.responses"))?),
+                id: v.located(id, span, key),
+                requests: entry.action.or(entry.requests),
+                responses: entry.action.or(entry.responses),
             });
         }
-        let allow_regex = raw
+        let allow_regex = self
             .allow_regex
             .iter()
             .enumerate()
             .map(|(i, pattern)| {
                 regex::bytes::Regex::new(pattern.get_ref()).map_err(|err| {
-                    self.error(
+                    v.error(
                         Some(pattern.span()),
                         &format!("redact.allow_regex[{i}]"),
                         err.to_string(),
@@ -174,17 +166,20 @@ impl Validator<'_> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RedactConfig {
-            enabled: raw.enabled.unwrap_or(true),
-            requests: action(&raw.requests, "redact.requests")?.unwrap_or(RedactAction::Redact),
-            responses: action(&raw.responses, "redact.responses")?.unwrap_or(RedactAction::Redact),
-            extra_rules: raw.extra_rules.map(resolve),
-            disable: raw
+            enabled: self.enabled.unwrap_or(true),
+            requests: self.requests.unwrap_or(RedactAction::Redact),
+            responses: self.responses.unwrap_or(RedactAction::Redact),
+            extra_rules: self.extra_rules.map(|file| v.resolve(file)),
+            disable: self
                 .disable
-                .iter()
+                .into_iter()
                 .enumerate()
-                .map(|(i, id)| located(id, format!("redact.disable[{i}]")))
+                .map(|(i, id)| {
+                    let span = id.span();
+                    v.located(id.into_inner(), span, format!("redact.disable[{i}]"))
+                })
                 .collect(),
-            allow: raw.allow,
+            allow: self.allow,
             allow_regex,
             rules,
         })
@@ -326,7 +321,7 @@ mod tests {
         for (text, expected) in [
             (
                 "[redact]\nrequests = \"mask\"\n",
-                "p.toml:2:12: `redact.requests`: `mask` is not `redact`, `deny`, `log` or `off`",
+                "p.toml:2:12: `redact.requests`: unknown variant `mask`, expected one of `redact`, `deny`, `log`, `off`",
             ),
             (
                 "[redact]\nallow_regex = ['(']\n",

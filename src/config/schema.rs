@@ -1,5 +1,6 @@
 //! `[schema]`: JSON-schema validation of arguments and results.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// `[schema]`: tool arguments checked against the tools' input schemas. On
@@ -21,7 +22,7 @@ impl Default for SchemaConfig {
 }
 
 /// `[schema] output`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputAction {
     /// The result is replaced by a JSON-RPC error.
@@ -31,9 +32,24 @@ pub enum OutputAction {
     Log,
 }
 
-#[derive(Deserialize, Default)]
+/// `[schema]` as written.
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSchema {
-    pub(super) enabled: Option<bool>,
-    pub(super) output: Option<OutputAction>,
+    /// Whether the `schema` interceptor runs.
+    #[schemars(extend("default" = true))]
+    enabled: Option<bool>,
+    /// A result that does not fit its tool's `outputSchema` (or lacks the
+    /// `structuredContent` it asks for).
+    #[schemars(extend("default" = "deny"))]
+    output: Option<OutputAction>,
+}
+
+impl RawSchema {
+    pub(super) fn validate(self) -> SchemaConfig {
+        SchemaConfig {
+            enabled: self.enabled.unwrap_or(true),
+            output: self.output.unwrap_or_default(),
+        }
+    }
 }

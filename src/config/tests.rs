@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -101,7 +103,7 @@ fn container_mistakes_are_named() {
         ),
         (
             "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", isolation = \"tenant\" }\n",
-            "is not `shared` or `per-client`",
+            "unknown variant `tenant`, expected `shared` or `per-client`",
         ),
         (
             "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", digest = \"latest\" }\n",
@@ -151,29 +153,6 @@ fn client_attributes_are_plain_values() {
 }
 
 #[test]
-fn durations_parse() {
-    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-    assert!(parse_duration("0s").is_err());
-    assert!(parse_duration("soon").is_err());
-}
-
-#[test]
-fn header_secret_references() {
-    assert_eq!(
-        parse_header_value("Bearer secret:gh"),
-        HeaderValue::Secret {
-            prefix: "Bearer ".into(),
-            secret: "gh".into()
-        }
-    );
-    assert_eq!(
-        parse_header_value("plain"),
-        HeaderValue::Literal("plain".into())
-    );
-}
-
-#[test]
 fn line_col_counts_characters_and_never_splits_one() {
     let text = "a = 1\nnamé = \"ü\" x\n";
     let x = text.find('x').unwrap_or(0);
@@ -184,4 +163,33 @@ fn line_col_counts_characters_and_never_splits_one() {
     let inside = text.find('é').unwrap_or(0) + 1;
     assert_eq!(line_col(text, inside), (2, 4));
     assert_eq!(line_col(text, text.len() + 10), (3, 1));
+}
+
+#[test]
+fn fixed_words_are_refused_with_their_place_and_the_words_allowed() {
+    for (text, expected) in [
+        (
+            "[[servers]]\nname = \"a\"\ncontainer = { image = \"i\", pull = \"always\" }\n",
+            "/etc/portcullis/test.toml:3:35: `servers[0].container.pull`: unknown variant `always`, expected `never` or `missing`",
+        ),
+        (
+            "[[servers]]\nname = \"a\"\n[servers.container]\nimage = \"i\"\nstart = \"soon\"\n",
+            "/etc/portcullis/test.toml:5:9: `servers[0].container.start`: unknown variant `soon`, expected `lazy` or `eager`",
+        ),
+        (
+            "[[servers]]\nname = \"a\"\n[servers.container]\nimage = \"i\"\nstdio = \"pipe\"\n",
+            "/etc/portcullis/test.toml:5:9: `servers[0].container.stdio`: unknown variant `pipe`, expected `attach` or `fifo`",
+        ),
+        (
+            "[[chain]]\nkind = \"wasm\"\npath = \"p.wasm\"\nphases = [\"request\", \"reply\"]\n",
+            "/etc/portcullis/test.toml:4:22: `chain[0].phases[1]`: unknown variant `reply`, expected one of `request`, `response`, `notification`",
+        ),
+        (
+            "[redact.rules.jwt]\naction = \"mask\"\n",
+            "/etc/portcullis/test.toml:2:10: `redact.rules.jwt.action`: unknown variant `mask`, expected one of `redact`, `deny`, `log`, `off`",
+        ),
+    ] {
+        let err = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(err, expected, "{text}");
+    }
 }

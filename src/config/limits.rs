@@ -1,0 +1,60 @@
+//! `[limits]`: the size and depth every message must keep to.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigError, Validator};
+
+#[derive(Debug, Clone, Copy)]
+pub struct LimitsConfig {
+    pub max_message_bytes: usize,
+    pub max_depth: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_depth: 64,
+        }
+    }
+}
+
+/// `[limits]` as written.
+#[derive(Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    /// The largest message, in bytes, enforced while reading; at least 1024.
+    #[schemars(with = "Option<usize>", extend("default" = 4_194_304))]
+    max_message_bytes: Option<Spanned<usize>>,
+    /// The deepest nesting of arrays and objects in a message, from 4 to 128.
+    #[schemars(with = "Option<usize>", extend("default" = 64))]
+    max_depth: Option<Spanned<usize>>,
+}
+
+impl RawLimits {
+    pub(super) fn validate(self, v: &Validator<'_>) -> Result<LimitsConfig, ConfigError> {
+        let defaults = LimitsConfig::default();
+        let max_message_bytes = v
+            .at_least(self.max_message_bytes, "limits.max_message_bytes", 1024)?
+            .unwrap_or(defaults.max_message_bytes);
+        let max_depth = match self.max_depth {
+            None => defaults.max_depth,
+            // serde_json refuses nesting past 128 on its own; a larger limit
+            // would promise something the parser does not do.
+            Some(depth) if !(4..=128).contains(depth.get_ref()) => {
+                return Err(v.error(
+                    Some(depth.span()),
+                    "limits.max_depth",
+                    "must be between 4 and 128".into(),
+                ));
+            }
+            Some(depth) => depth.into_inner(),
+        };
+        Ok(LimitsConfig {
+            max_message_bytes,
+            max_depth,
+        })
+    }
+}

@@ -1,0 +1,43 @@
+//! What the config accepts as a name: of a server, a client, a plugin, and
+//! of an identifier (a client attribute, a server's secret).
+
+/// A character of a server name: `a-z`, `0-9`, `-`.
+pub(super) fn is_server_name_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+}
+
+/// 1-63 characters of `a-z`, `0-9` and `-`, starting and ending with a
+/// letter or digit (a DNS label: it names containers and tools).
+pub fn valid_server_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(is_server_name_char)
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Letters, digits, `-`, `_` and `.`.
+pub(super) fn valid_client_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// 1 to 64 letters, digits, `-` or `_`.
+pub(super) fn valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Letters, digits and `_`, not starting with a digit: what Cedar takes as
+/// an attribute and a container as an environment variable's name.
+pub(super) fn is_identifier(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}

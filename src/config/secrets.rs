@@ -1,0 +1,230 @@
+//! Secrets in the config: where their values come from (`file:PATH` and
+//! `env:VAR` references, `secret:NAME` at the end of a header value), and
+//! the checks that keep literal secrets out of environments and command
+//! lines.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where a secret's value comes from. The value itself is never stored in
+/// the config, printed, or logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    File(PathBuf),
+    Env(String),
+}
+
+impl SecretRef {
+    /// Reads the secret's value (trailing newlines trimmed).
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            Self::File(path) => std::fs::read_to_string(path)
+                .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|err| format!("cannot read secret file `{}`: {err}", path.display())),
+            Self::Env(var) => {
+                std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))
+            }
+        }
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Env(var) => write!(f, "env:{var}"),
+        }
+    }
+}
+
+/// A header value: literal text, or text ending in a secret reference
+/// (`"Bearer secret:github_token"`) resolved when the connection opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValue {
+    Literal(String),
+    Secret { prefix: String, secret: String },
+}
+
+/// `file:PATH` (relative to `base`) or `env:VAR`; anything else is refused.
+pub(super) fn parse_secret_ref(text: &str, base: &Path) -> Result<SecretRef, String> {
+    if let Some(path) = text.strip_prefix("file:") {
+        let path = PathBuf::from(path);
+        Ok(SecretRef::File(if path.is_absolute() {
+            path
+        } else {
+            base.join(path)
+        }))
+    } else if let Some(var) = text.strip_prefix("env:") {
+        if var.is_empty() {
+            return Err("`env:` needs a variable name".into());
+        }
+        Ok(SecretRef::Env(var.to_owned()))
+    } else {
+        Err(
+            "a secret must be `file:PATH` or `env:VAR`; literal values do not belong in the config"
+                .into(),
+        )
+    }
+}
+
+pub(super) fn parse_header_value(text: &str) -> HeaderValue {
+    let (prefix, last) = match text.rsplit_once(' ') {
+        Some((prefix, last)) => (format!("{prefix} "), last),
+        None => (String::new(), text),
+    };
+    match last.strip_prefix("secret:") {
+        Some(secret) if !secret.is_empty() => HeaderValue::Secret {
+            prefix,
+            secret: secret.to_owned(),
+        },
+        _ => HeaderValue::Literal(text.to_owned()),
+    }
+}
+
+/// Header values as written, each secret they name checked with `known`.
+/// Errors are (header, the secret no table defines).
+pub(super) fn headers(
+    raw: BTreeMap<String, String>,
+    known: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, HeaderValue)>, (String, String)> {
+    let mut headers = Vec::new();
+    for (header, value) in raw {
+        let parsed = parse_header_value(&value);
+        if let HeaderValue::Secret { secret, .. } = &parsed
+            && !known(secret)
+        {
+            return Err((header, secret.clone()));
+        }
+        headers.push((header, parsed));
+    }
+    Ok(headers)
+}
+
+/// Words in an environment variable's name that say it holds a secret.
+const SECRET_NAME_HINTS: &[&str] = &[
+    "SECRET",
+    "TOKEN",
+    "PASSWORD",
+    "PASSWD",
+    "API_KEY",
+    "APIKEY",
+    "PRIVATE_KEY",
+    "CREDENTIAL",
+    "ACCESS_KEY",
+    "SECRET_KEY",
+    "SIGNING_KEY",
+    "BEARER",
+];
+
+/// Prefixes of well-known credential formats.
+const SECRET_VALUE_PREFIXES: &[&str] = &[
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "ghu_",
+    "github_pat_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+    "sk-",
+    "sk_live_",
+    "rk_live_",
+    "AKIA",
+    "ASIA",
+    "AIza",
+    "-----BEGIN",
+];
+
+/// Whether a value is shaped like a well-known credential, or is a URL with
+/// a password in it.
+fn shaped_like_secret(value: &str) -> bool {
+    let known = SECRET_VALUE_PREFIXES
+        .iter()
+        .any(|prefix| value.contains(prefix) && value.len() >= prefix.len() + 8);
+    let url_password = value
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    known || url_password
+}
+
+/// Refuses command-line arguments that look like literal secrets: a command
+/// line is visible to every process on the host. Errors are (index, message).
+pub(super) fn check_args(args: &[String]) -> Result<(), (usize, String)> {
+    match args.iter().position(|arg| shaped_like_secret(arg)) {
+        Some(index) => Err((
+            index,
+            "looks like a literal secret on a command line, where every process on the host can read it; pass it in the server's `secrets` (as environment) instead".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Refuses `env` entries that look like literal secrets: secrets belong in
+/// `secrets` (file or environment references), never in the config.
+/// Errors are (variable, message); the message never repeats the value.
+pub(super) fn check_env(env: &BTreeMap<String, String>) -> Result<(), (String, String)> {
+    for (name, value) in env {
+        let upper = name.to_ascii_uppercase();
+        let named_like_secret = SECRET_NAME_HINTS.iter().any(|hint| upper.contains(hint));
+        if (named_like_secret && !value.is_empty()) || shaped_like_secret(value) {
+            return Err((
+                name.clone(),
+                format!(
+                    "`{name}` looks like a literal secret; put a reference in the server's `secrets` instead, e.g. `secrets = {{ {name} = \"file:./secrets/{}\" }}` or `\"env:{name}\"`",
+                    name.to_ascii_lowercase()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_secret_references() {
+        assert_eq!(
+            parse_header_value("Bearer secret:gh"),
+            HeaderValue::Secret {
+                prefix: "Bearer ".into(),
+                secret: "gh".into()
+            }
+        );
+        assert_eq!(
+            parse_header_value("plain"),
+            HeaderValue::Literal("plain".into())
+        );
+    }
+
+    #[test]
+    fn literal_secrets_in_env_are_refused_without_echoing_them() {
+        for (name, value) in [
+            ("GITHUB_TOKEN", "abc"),
+            ("db_password", "hunter2"),
+            ("OPENAI", "sk-0123456789abcdef"),
+            ("X", "ghp_0123456789abcdefghij"),
+        ] {
+            let env = BTreeMap::from([(name.to_owned(), value.to_owned())]);
+            let Err((key, message)) = check_env(&env) else {
+                panic!("{name} should be refused");
+            };
+            assert_eq!(key, name);
+            assert!(message.contains("secrets"), "{message}");
+            assert!(!message.contains(value), "{message}");
+        }
+        assert!(check_args(&["--token".into(), "ghp_0123456789abcdefghij".into()]).is_err());
+        assert!(check_args(&["--db".into(), "postgres://app:pw@db/app".into()]).is_err());
+        assert!(check_args(&["--url".into(), "https://example.com/a@b".into()]).is_ok());
+        let fine = BTreeMap::from([
+            ("LOG_LEVEL".to_owned(), "debug".to_owned()),
+            ("TOKEN_CACHE".to_owned(), String::new()),
+            ("SKETCH".to_owned(), "sk-short".to_owned()),
+        ]);
+        assert_eq!(check_env(&fine), Ok(()));
+    }
+}

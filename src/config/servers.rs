@@ -1,0 +1,272 @@
+//! `[[servers]]`: the MCP servers behind the proxy, each a `container`, a
+//! `process` or a `remote`, with its secrets and timeout.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::container::RawContainer;
+use super::names::{is_identifier, valid_server_name};
+use super::sandbox::RawSandbox;
+use super::secrets::{self, HeaderValue, SecretRef, check_args, check_env};
+use super::values::{DurationText, HeaderText, PathText, SecretText};
+use super::{ConfigError, ContainerSpec, Entry, ProxyConfig, parse_duration};
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub name: String,
+    pub kind: UpstreamSpec,
+    /// Per-call timeout; the proxy's `call_timeout` unless the server sets one.
+    pub call_timeout: Duration,
+    pub secrets: BTreeMap<String, SecretRef>,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpstreamSpec {
+    Process(ProcessSpec),
+    Remote(RemoteSpec),
+    Container(Box<ContainerSpec>),
+}
+
+impl UpstreamSpec {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Process(_) => "process",
+            Self::Remote(_) => "remote",
+            Self::Container(_) => "container",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteSpec {
+    pub url: String,
+    pub headers: Vec<(String, HeaderValue)>,
+}
+
+/// One `[[servers]]` entry as written.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    /// The server's name: 1-63 characters of `a-z`, `0-9` and `-`, starting
+    /// and ending with a letter or digit. Its tools are `NAME__TOOL` to
+    /// clients (`[proxy] namespace_separator`).
+    name: String,
+    /// A local command speaking MCP over stdio, run with the proxy's own
+    /// rights (logged as `UNSANDBOXED` at every start).
+    process: Option<RawProcess>,
+    /// A server reached over streamable HTTP.
+    remote: Option<RawRemote>,
+    /// An image run by Docker under the hardened profile.
+    container: Option<RawContainer>,
+    /// Relaxations of a `container` server's hardened profile, each logged
+    /// at every start.
+    sandbox: Option<RawSandbox>,
+    /// How long a call to this server may take.
+    #[schemars(
+        with = "Option<DurationText>",
+        extend("x-default" = "`[proxy] call_timeout`")
+    )]
+    timeout: Option<String>,
+    /// Secrets by name, read when the server starts and never printed: a
+    /// `process` or `container` server gets each as an environment variable
+    /// of that name (letters, digits and `_`, not starting with a digit); a
+    /// `remote` server's headers name them as `secret:NAME`.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, SecretText>")]
+    secrets: BTreeMap<String, String>,
+}
+
+/// `[servers.process]` as written.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    /// The program: a name looked up in `PATH`, or a path (with a `/`),
+    /// relative to the config file's folder.
+    command: String,
+    /// Its arguments; one that looks like a literal secret is refused (every
+    /// process on the host can read a command line).
+    #[serde(default)]
+    args: Vec<String>,
+    /// Environment variables besides the proxy's own; one that looks like a
+    /// literal secret is refused (secrets go in the server's `secrets`).
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// The folder it runs in.
+    #[schemars(with = "Option<PathText>", extend("x-default" = "the proxy's"))]
+    cwd: Option<PathBuf>,
+}
+
+/// `[servers.remote]` as written.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RawRemote {
+    /// The server's streamable HTTP endpoint: an `http://` or `https://` URL.
+    url: String,
+    /// Headers sent with every request; a value may end in `secret:NAME`,
+    /// a secret of this server's `secrets`.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, HeaderText>")]
+    headers: BTreeMap<String, String>,
+}
+
+impl RawServer {
+    /// One server; `names` are the servers' names so far.
+    pub(super) fn validate(
+        self,
+        at: &Entry<'_>,
+        names: &mut HashSet<String>,
+        proxy: &ProxyConfig,
+    ) -> Result<ServerConfig, ConfigError> {
+        if !valid_server_name(&self.name) {
+            return Err(at.error(
+                ".name",
+                format!(
+                    "server name `{}` must be 1-63 characters of a-z, 0-9 and `-`, starting and ending with a letter or digit",
+                    self.name
+                ),
+            ));
+        }
+        if !names.insert(self.name.clone()) {
+            return Err(at.error(".name", format!("server `{}` is defined twice", self.name)));
+        }
+        if self.sandbox.is_some() && self.container.is_none() {
+            return Err(at.error(
+                ".sandbox",
+                format!(
+                    "server `{}`: `[servers.sandbox]` applies to `container` servers only; a `process` server runs unsandboxed",
+                    self.name
+                ),
+            ));
+        }
+        let secrets = self.secrets(at)?;
+        let kinds = [
+            self.process.is_some(),
+            self.remote.is_some(),
+            self.container.is_some(),
+        ];
+        let one_of = |how: &str| {
+            at.error(
+                "",
+                format!(
+                    "server `{}` {how} one of `container`, `process` or `remote`",
+                    self.name
+                ),
+            )
+        };
+        if kinds.iter().filter(|&&given| given).count() > 1 {
+            return Err(one_of("may have only"));
+        }
+        let kind = match (self.container, self.process, self.remote) {
+            (Some(container), _, _) => UpstreamSpec::Container(Box::new(container.validate(
+                at,
+                &self.name,
+                self.sandbox,
+                proxy,
+            )?)),
+            (None, Some(process), _) => UpstreamSpec::Process(process.validate(at)?),
+            (None, None, Some(remote)) => UpstreamSpec::Remote(remote.validate(at, &secrets)?),
+            (None, None, None) => return Err(one_of("needs")),
+        };
+        let call_timeout = match self.timeout {
+            None => proxy.call_timeout,
+            Some(text) => parse_duration(&text).map_err(|m| at.error(".timeout", m))?,
+        };
+        Ok(ServerConfig {
+            name: self.name,
+            kind,
+            call_timeout,
+            secrets,
+        })
+    }
+
+    fn secrets(&self, at: &Entry<'_>) -> Result<BTreeMap<String, SecretRef>, ConfigError> {
+        let mut secrets = BTreeMap::new();
+        for (name, reference) in &self.secrets {
+            let fail = |message: String| {
+                at.error(
+                    &format!(".secrets.{name}"),
+                    format!("server `{}`: {message}", self.name),
+                )
+            };
+            // Secrets become environment variables: a name the engine
+            // would refuse would echo the value in its error.
+            if !is_identifier(name) {
+                return Err(fail(format!(
+                    "secret name `{name}` must be letters, digits and `_`, not starting with a digit (it becomes an environment variable)"
+                )));
+            }
+            let parsed = at.validator.secret_ref(reference).map_err(fail)?;
+            secrets.insert(name.clone(), parsed);
+        }
+        Ok(secrets)
+    }
+}
+
+impl RawProcess {
+    fn validate(self, at: &Entry<'_>) -> Result<ProcessSpec, ConfigError> {
+        if self.command.trim().is_empty() {
+            return Err(at.error(".process.command", "the command is empty".into()));
+        }
+        check_env(&self.env)
+            .map_err(|(name, message)| at.error(&format!(".process.env.{name}"), message))?;
+        check_args(&self.args)
+            .map_err(|(index, message)| at.error(&format!(".process.args[{index}]"), message))?;
+        // A relative path (not a bare name looked up in PATH) is relative
+        // to the config file, like every other path.
+        let command = if self.command.contains('/') {
+            at.validator
+                .resolve(PathBuf::from(&self.command))
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            self.command
+        };
+        Ok(ProcessSpec {
+            command,
+            args: self.args,
+            env: self.env,
+            cwd: self.cwd.map(|cwd| at.validator.resolve(cwd)),
+        })
+    }
+}
+
+impl RawRemote {
+    fn validate(
+        self,
+        at: &Entry<'_>,
+        secrets: &BTreeMap<String, SecretRef>,
+    ) -> Result<RemoteSpec, ConfigError> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://"))
+            || reqwest::Url::parse(&self.url).is_err()
+        {
+            return Err(at.error(
+                ".remote.url",
+                format!("`{}` is not an http:// or https:// URL", self.url),
+            ));
+        }
+        let headers = secrets::headers(self.headers, |name| secrets.contains_key(name)).map_err(
+            |(header, secret)| {
+                at.error(
+                    &format!(".remote.headers.{header}"),
+                    format!("refers to `secret:{secret}`, which is not in this server's `secrets`"),
+                )
+            },
+        )?;
+        Ok(RemoteSpec {
+            url: self.url,
+            headers,
+        })
+    }
+}
