@@ -1,4 +1,4 @@
-//! The configuration reference (`docs/configuration.md`), generated from the
+//! The configuration reference (`docs/configuration-reference.md`), generated from the
 //! config's types as written: the JSON Schema that `schemars` derives from
 //! the `Raw*` types, read back into one section per table and one row per
 //! key, with its type, its default and its doc comment.
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn the_reference_in_docs_is_up_to_date() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration-reference.md");
         let generated = markdown();
         if std::env::var_os("PORTCULLIS_BLESS").is_some() {
             if let Err(err) = std::fs::write(&path, &generated) {
@@ -429,7 +429,7 @@ mod tests {
         let written = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             written == generated,
-            "docs/configuration.md is not what the config's types say: write it again with `PORTCULLIS_BLESS=1 cargo test --lib config::reference` (and commit it)"
+            "docs/configuration-reference.md is not what the config's types say: write it again with `PORTCULLIS_BLESS=1 cargo test --lib config::reference` (and commit it)"
         );
     }
 
