@@ -12,7 +12,6 @@ use crate::chain::{Outcome, Refusal};
 use crate::protocol::{self, ParseError, code};
 use crate::upstream::UpstreamError;
 
-use super::server::SERVER_REQUESTS;
 use super::session::{MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -66,8 +65,10 @@ pub enum Failure {
     NotRecorded,
 
     // -- toward a server, for its own requests -----------------------------
-    #[error("refused: {SERVER_REQUESTS} requests of this server's are already waiting for clients")]
-    TooManyServerRequests,
+    /// The server's places for requests waiting on clients (how many) are
+    /// all taken.
+    #[error("refused: {0} requests of this server's are already waiting for clients")]
+    TooManyServerRequests(usize),
     #[error(
         "no client session to ask: the request is not tied to exactly one client call in flight"
     )]
@@ -107,7 +108,7 @@ impl Failure {
             Self::AuditUnavailable | Self::NotRecorded | Self::RequestNotRecorded => {
                 code::AUDIT_UNAVAILABLE
             }
-            Self::TooManyServerRequests
+            Self::TooManyServerRequests(_)
             | Self::NoClientToAsk
             | Self::ClientUnreachable
             | Self::ClientSessionEnded => code::CLIENT_UNAVAILABLE,

@@ -287,7 +287,7 @@ impl Gateway {
 
     /// Commits an exchange's record, then counts and traces it; `false`
     /// when the log cannot take it (the caller refuses the exchange). Only
-    /// an exchange's end calls it ([`super::run::ExchangeRun::end`]).
+    /// an exchange's end calls it (`ExchangeRun::end`).
     pub(super) async fn record(
         &self,
         exchange: &mut Exchange,

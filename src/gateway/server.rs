@@ -154,7 +154,7 @@ impl Gateway {
         };
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         tokio::spawn(async move {
-            let refusal = Failure::TooManyServerRequests.to_response(id);
+            let refusal = Failure::TooManyServerRequests(SERVER_REQUESTS).to_response(id);
             let _ = upstream.send(refusal).await;
             drop(place);
         });
