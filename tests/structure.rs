@@ -17,9 +17,6 @@ const MOST_FN_LINES: usize = 120;
 
 /// Files over [`MOST_FILE_LINES`] when the check came in: (path, lines).
 const LONG_FILES: &[(&str, usize)] = &[
-    ("src/audit/mod.rs", 1230),
-    ("src/audit/query.rs", 1112),
-    ("src/audit/store.rs", 1261),
     ("src/cli/mod.rs", 1040),
     ("src/config/container.rs", 840),
     ("src/config/mod.rs", 1354),
@@ -34,7 +31,6 @@ const LONG_FILES: &[(&str, usize)] = &[
 
 /// Functions over [`MOST_FN_LINES`] then: (path, name, lines).
 const LONG_FNS: &[(&str, &str, usize)] = &[
-    ("src/audit/query.rs", "verify_with", 123),
     ("src/cli/audit.rs", "run", 139),
     ("src/cli/containers.rs", "doctor", 192),
     ("src/cli/mod.rs", "serve", 159),
@@ -53,7 +49,6 @@ const LONG_FNS: &[(&str, &str, usize)] = &[
 
 /// Import cycles between sibling files then, each as its files in order.
 const CYCLES: &[&[&str]] = &[
-    &["src/audit/query", "src/audit/store"],
     &["src/downstream/admin", "src/downstream/http"],
     &[
         "src/downstream/admin",
