@@ -24,7 +24,6 @@ const LONG_FILES: &[(&str, usize)] = &[
     ("src/interceptors/authz/store.rs", 1191),
     ("src/interceptors/authz/tests.rs", 866),
     ("src/interceptors/pinning/mod.rs", 1034),
-    ("src/traces.rs", 986),
     ("src/upstream/client.rs", 1097),
     ("src/upstream/container.rs", 969),
 ];
