@@ -124,11 +124,7 @@ fn tell_readable(tell: &watch::Sender<u64>, seq: u64) {
 
 /// The time now as an audit timestamp, `YYYY-MM-DDThh:mm:ss.mmmZ`.
 pub fn timestamp(time: std::time::SystemTime) -> String {
-    let millis = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_millis());
-    let seconds = crate::protocol::datetime_literal(time);
-    format!("{}.{millis:03}Z", seconds.trim_end_matches('Z'))
+    crate::protocol::datetime_millis(time)
 }
 
 #[cfg(test)]

@@ -670,6 +670,10 @@ mod tests {
         assert_eq!(error(|p| p.after = Some("-3".into())).0, "after");
         assert_eq!(error(|p| p.decision = Some("denied".into())).0, "decision");
         assert_eq!(error(|p| p.since = Some("last week".into())).0, "since");
+        // A day the calendar does not have is no time (it was 3 March).
+        let (field, message) = error(|p| p.until = Some("2026-02-31T00:00:00Z".into()));
+        assert_eq!(field, "until");
+        assert!(message.contains("neither a time"), "{message}");
         assert_eq!(error(|p| p.tool = Some(String::new())).0, "tool");
         let until_first = error(|p| {
             p.since = Some("1h".into());
