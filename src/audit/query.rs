@@ -1,117 +1,19 @@
-//! Reading the log: filters, the secondary indexes, and the walk that
-//! answers a query without scanning every record.
+//! Reading the log: filters, and the walk that answers a query without
+//! scanning every record.
 //!
-//! The index tree holds postings: for each (field, value) and each block of
-//! 1024 sequence numbers, one key `tag · len(u16 BE) · value · block(u64
-//! BE)` whose value lists the offsets (u16 BE, ascending) of that block's
-//! records with that value. The writer rewrites the few keys a batch
-//! touches (not one key per record per field), and the records of one value
-//! are a key range sorted by sequence number. A query intersects the ranges
-//! of its filters by leapfrogging (each range seeks to the candidate of the
-//! others), bounds the walk by sequence numbers found by binary search on
-//! time (record times never go backwards along the chain), and checks every
-//! candidate against the whole filter: the index only narrows the search,
-//! it never decides an answer.
+//! A query intersects the postings ranges of its filters (see `index`) by
+//! leapfrogging (each range seeks to the candidate of the others), bounds
+//! the walk by sequence numbers found by binary search on time (record
+//! times never go backwards along the chain), and checks every candidate
+//! against the whole filter: the index only narrows the search, it never
+//! decides an answer.
 
-use std::path::{Path, PathBuf};
-
-use super::AuditError;
-use super::record::{AuditRecord, GENESIS};
-use super::seal::{Checkpoint, MacCheck, Seal, Verifier};
-
-/// Index tags.
-pub(super) const CLIENT: u8 = b'c';
-pub(super) const SERVER: u8 = b's';
-pub(super) const TARGET: u8 = b't';
-pub(super) const DECISION: u8 = b'd';
-/// Records of a kind other than `exchange` (which is most of them).
-pub(super) const KIND: u8 = b'k';
-/// Index values are cut at this many bytes (long resource URIs): equal cut
-/// values are told apart by the check against the whole filter.
-const MAX_VALUE: usize = 512;
-
-/// The key prefix of one indexed value.
-pub(super) fn index_prefix(tag: u8, value: &str) -> Vec<u8> {
-    let mut bytes = value.as_bytes();
-    if bytes.len() > MAX_VALUE {
-        bytes = &bytes[..MAX_VALUE];
-    }
-    let mut key = Vec::with_capacity(3 + bytes.len() + 8);
-    key.push(tag);
-    key.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
-    key.extend_from_slice(bytes);
-    key
-}
-
-/// Sequence numbers per postings block: 1024 (16 in unit tests, so that
-/// small stores span many blocks).
-pub(super) const BLOCK_BITS: u32 = if cfg!(test) { 4 } else { 10 };
-
-/// The postings key of an index prefix and a sequence number's block.
-pub(super) fn block_key(prefix: &[u8], seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + 8);
-    key.extend_from_slice(prefix);
-    key.extend_from_slice(&(seq >> BLOCK_BITS).to_be_bytes());
-    key
-}
-
-/// The sequence numbers a postings value lists, ascending.
-fn postings(key: &[u8], value: &[u8]) -> Vec<u64> {
-    let base = key_seq(key) << BLOCK_BITS;
-    value
-        .chunks_exact(2)
-        .map(|pair| base + u64::from(u16::from_be_bytes([pair[0], pair[1]])))
-        .collect()
-}
-
-/// Adds offsets to a postings value, keeping it ascending and without
-/// duplicates (the index is rewritten for records it already lists at
-/// open).
-pub(super) fn add_postings(value: &mut Vec<u8>, offsets: &[u16]) {
-    let last = value
-        .rchunks_exact(2)
-        .next()
-        .map(|pair| u16::from_be_bytes([pair[0], pair[1]]));
-    if offsets
-        .first()
-        .is_some_and(|first| last.is_none_or(|last| *first > last))
-        && offsets.windows(2).all(|w| w[0] < w[1])
-    {
-        for offset in offsets {
-            value.extend_from_slice(&offset.to_be_bytes());
-        }
-        return;
-    }
-    let mut all: Vec<u16> = value
-        .chunks_exact(2)
-        .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
-        .chain(offsets.iter().copied())
-        .collect();
-    all.sort_unstable();
-    all.dedup();
-    value.clear();
-    for offset in all {
-        value.extend_from_slice(&offset.to_be_bytes());
-    }
-}
-
-/// The index prefixes of a record (one per indexed field it has).
-pub(super) fn index_keys(record: &AuditRecord) -> Vec<Vec<u8>> {
-    let mut keys = vec![index_prefix(CLIENT, &record.client)];
-    if record.decision != "allow" {
-        keys.push(index_prefix(DECISION, &record.decision));
-    }
-    if let Some(server) = &record.server {
-        keys.push(index_prefix(SERVER, server));
-    }
-    if let Some(target) = &record.target {
-        keys.push(index_prefix(TARGET, target));
-    }
-    if record.kind != "exchange" {
-        keys.push(index_prefix(KIND, &record.kind));
-    }
-    keys
-}
+use super::index::{
+    BLOCK_BITS, CLIENT, DECISION, KIND, SERVER, TARGET, index_prefix, key_seq, postings,
+};
+use super::reader::Reader;
+use super::record::AuditRecord;
+use super::{AuditError, read_error};
 
 /// Which records a query wants.
 #[derive(Debug, Clone, Default)]
@@ -279,28 +181,6 @@ impl FilterParams {
             limit,
         })
     }
-}
-
-/// What `verify` found.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum Verification {
-    /// Every record is intact and in order, from `first_seq` (1, or where
-    /// retention's checkpoint anchors the chain).
-    Intact {
-        records: u64,
-        first_seq: u64,
-        last_hash: String,
-        /// Records sealed with a chain key (the rest, before them, plain).
-        keyed: u64,
-        /// Whether their MACs were checked (the key was given).
-        macs_checked: bool,
-        /// Signed checkpoints whose signature was checked and whose head
-        /// the chain holds.
-        signed_checkpoints: u64,
-    },
-    /// The first record that breaks the chain, and how.
-    Broken { seq: u64, problem: String },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -471,111 +351,7 @@ impl Cursor {
     }
 }
 
-/// A read handle on a store; cheap to clone, usable while the writer writes.
-#[derive(Clone)]
-pub struct Reader {
-    pub(super) path: PathBuf,
-    pub(super) records: sled::Tree,
-    pub(super) index: sled::Tree,
-    pub(super) meta: sled::Tree,
-}
-
-fn read_error(err: sled::Error) -> AuditError {
-    AuditError::Read(err.to_string())
-}
-
-pub(super) fn key_seq(key: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let tail = &key[key.len().saturating_sub(8)..];
-    bytes[8 - tail.len()..].copy_from_slice(tail);
-    u64::from_be_bytes(bytes)
-}
-
-pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<(u64, AuditRecord), AuditError> {
-    let seq = key_seq(key);
-    let record = serde_json::from_slice(value)
-        .map_err(|e| AuditError::Read(format!("record {seq} does not parse: {e}")))?;
-    Ok((seq, record))
-}
-
 impl Reader {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The last record's sequence number (0 for an empty log).
-    pub fn last_seq(&self) -> Result<u64, AuditError> {
-        Ok(self
-            .records
-            .last()
-            .map_err(read_error)?
-            .map_or(0, |(key, _)| key_seq(&key)))
-    }
-
-    /// Where the kept chain starts, once retention removed older records.
-    pub fn anchor(&self) -> Result<Option<super::store::Anchor>, AuditError> {
-        match self
-            .meta
-            .get(super::store::ANCHOR_KEY)
-            .map_err(read_error)?
-        {
-            Some(value) => serde_json::from_slice(&value)
-                .map(Some)
-                .map_err(|e| AuditError::Read(format!("the retention anchor does not parse: {e}"))),
-            None => Ok(None),
-        }
-    }
-
-    pub fn first_seq(&self) -> Result<u64, AuditError> {
-        Ok(self
-            .records
-            .first()
-            .map_err(read_error)?
-            .map_or(1, |(key, _)| key_seq(&key)))
-    }
-
-    /// The record stored under `seq`, if any.
-    pub fn get(&self, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
-        match self.records.get(seq.to_be_bytes()).map_err(read_error)? {
-            Some(value) => Ok(Some(decode(&seq.to_be_bytes(), &value)?.1)),
-            None => Ok(None),
-        }
-    }
-
-    /// The time of the record at `seq`, or of the nearest one before it.
-    fn time_at(&self, seq: u64) -> Result<Option<String>, AuditError> {
-        match self
-            .records
-            .range(..=seq.to_be_bytes())
-            .next_back()
-            .transpose()
-            .map_err(read_error)?
-        {
-            Some((key, value)) => Ok(Some(decode(&key, &value)?.1.time)),
-            None => Ok(None),
-        }
-    }
-
-    /// The first sequence number in `[lo, hi]` whose record's time is at
-    /// least `time` (`hi + 1` when none): a binary search, since times never
-    /// go backwards along the chain.
-    pub(super) fn first_at_or_after(
-        &self,
-        time: &str,
-        lo: u64,
-        hi: u64,
-    ) -> Result<u64, AuditError> {
-        let (mut lo, mut hi) = (lo, hi.saturating_add(1));
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.time_at(mid)? {
-                Some(found) if found.as_str() >= time => hi = mid,
-                _ => lo = mid + 1,
-            }
-        }
-        Ok(lo)
-    }
-
     /// The streams a filter walks (none: every record is a candidate).
     fn streams(&self, filter: &Filter, separator: &str) -> Vec<Stream> {
         let mut streams = Vec::new();
@@ -716,201 +492,6 @@ impl Reader {
         });
         Ok(page)
     }
-
-    /// Walks the chain: each key equals its record's `seq`, sequence numbers
-    /// follow each other, each `prev_hash` is the previous record's `hash`,
-    /// and each `hash` is the record's own.
-    pub fn verify(&self) -> Result<Verification, AuditError> {
-        self.verify_with(&Keys::default(), &mut |_, _| {})
-    }
-
-    /// [`Reader::verify`] with the keys there are, telling `progress`
-    /// (records checked, records to check) every few thousand records.
-    ///
-    /// With the chain key, every keyed record's MAC is checked, and a log
-    /// with records but none keyed is broken (it was written without the
-    /// key, or rewritten). Without it, keyed records are checked for their
-    /// links only. With or without it, a plain record after a keyed one is
-    /// broken: only a writer without the key writes one there. With the
-    /// checkpoint key, each `signed_checkpoint` record's signature is
-    /// checked and the head it vouches for must be in the chain.
-    pub fn verify_with(
-        &self,
-        keys: &Keys,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<Verification, AuditError> {
-        let anchor = self.anchor()?;
-        let (first_seq, mut expected_prev) = match &anchor {
-            Some(anchor) => (anchor.first_seq, anchor.prev_hash.clone()),
-            None => (1, GENESIS.to_owned()),
-        };
-        let to_check = (self.last_seq()? + 1).saturating_sub(first_seq);
-        let mut expected_seq = first_seq;
-        let mut count: u64 = 0;
-        let mut keyed: u64 = 0;
-        let mut signed: u64 = 0;
-        // Records before an anchor are a prune in progress: not checked.
-        for entry in self.records.range(first_seq.to_be_bytes()..) {
-            if count.is_multiple_of(4_096) {
-                progress(count, to_check);
-            }
-            let (key, value) = entry.map_err(read_error)?;
-            let seq = key_seq(&key);
-            let broken = |problem: String| Ok(Verification::Broken { seq, problem });
-            let record: AuditRecord = match serde_json::from_slice(&value) {
-                Ok(record) => record,
-                Err(err) => return broken(format!("the record does not parse: {err}")),
-            };
-            if record.seq != seq {
-                return broken(format!(
-                    "the record stored under {seq} says it is {} (moved or reordered)",
-                    record.seq
-                ));
-            }
-            if seq != expected_seq {
-                let what = if count == 0 { "the first" } else { "the next" };
-                return Ok(Verification::Broken {
-                    seq: expected_seq,
-                    problem: format!("missing: {what} record is {seq} (removed)"),
-                });
-            }
-            if record.prev_hash != expected_prev {
-                let problem = if count == 0 && anchor.is_some() {
-                    "its prev_hash is not the one retention's checkpoint anchored (records before it were removed or changed outside retention)"
-                } else {
-                    "its prev_hash is not the previous record's hash (a record before it was removed, changed or reordered)"
-                };
-                return broken(problem.into());
-            }
-            if record.compute_hash() != record.hash {
-                return broken("its hash does not match its content (changed)".into());
-            }
-            match keys.seal.check(&record.hash, record.mac.as_deref()) {
-                MacCheck::Bad => {
-                    return broken(
-                        "its mac does not match under this key (rewritten, or sealed with another key)"
-                            .into(),
-                    );
-                }
-                MacCheck::Unkeyed if keyed > 0 => {
-                    return broken(
-                        "it has no mac after records sealed with the chain key (rewritten by someone without the key)"
-                            .into(),
-                    );
-                }
-                MacCheck::Unkeyed => {}
-                MacCheck::Valid | MacCheck::Unchecked => keyed += 1,
-            }
-            if record.kind == "signed_checkpoint"
-                && let Some(verifier) = &keys.checkpoints
-            {
-                if let Err(problem) =
-                    self.check_signed(&record, verifier, &expected_prev, first_seq)
-                {
-                    return broken(problem);
-                }
-                signed += 1;
-            }
-            expected_prev = record.hash;
-            expected_seq = seq + 1;
-            count += 1;
-        }
-        // An anchor is believed only if a checkpoint record of the kept
-        // chain (hash-chained like every record) names it: records removed
-        // past it, outside retention, have no checkpoint to name the new
-        // start. (Any checkpoint, not only the newest: the writer appends
-        // a checkpoint before it moves the anchor.)
-        if let Some(anchor) = &anchor {
-            let checkpoints = self.query(
-                &Filter {
-                    kind: Some("checkpoint".into()),
-                    ..Filter::default()
-                },
-                "",
-            )?;
-            let names_it = |record: &AuditRecord| {
-                let detail = record.detail.clone().unwrap_or_default();
-                detail.get("first_seq").and_then(serde_json::Value::as_u64)
-                    == Some(anchor.first_seq)
-                    && detail.get("prev_hash").and_then(serde_json::Value::as_str)
-                        == Some(anchor.prev_hash.as_str())
-            };
-            if !checkpoints.iter().any(names_it) {
-                return Ok(Verification::Broken {
-                    seq: anchor.first_seq,
-                    problem: "records before it were removed, but no checkpoint record names this start (removed outside retention?)".into(),
-                });
-            }
-        }
-        if keys.seal.is_keyed() && count > 0 && keyed == 0 {
-            return Ok(Verification::Broken {
-                seq: first_seq,
-                problem: "no record is sealed with the chain key: the log was written without it, or rewritten".into(),
-            });
-        }
-        Ok(Verification::Intact {
-            records: count,
-            first_seq,
-            last_hash: expected_prev,
-            keyed,
-            macs_checked: keys.seal.is_keyed(),
-            signed_checkpoints: signed,
-        })
-    }
-
-    /// Checks a `signed_checkpoint` record: its statement is signed by
-    /// `verifier`'s key, and the head it vouches for is the chain's
-    /// (`previous`: the hash of the record just before it).
-    fn check_signed(
-        &self,
-        record: &AuditRecord,
-        verifier: &Verifier,
-        previous: &str,
-        first_seq: u64,
-    ) -> Result<(), String> {
-        let checkpoint: Checkpoint = record
-            .detail
-            .clone()
-            .and_then(|detail| serde_json::from_value(detail).ok())
-            .ok_or("a signed checkpoint that does not parse")?;
-        if !verifier.verifies(&checkpoint) {
-            return Err(format!(
-                "a signed checkpoint whose signature does not verify under key {} (forged, or signed with key {})",
-                verifier.key_id(),
-                checkpoint.key_id
-            ));
-        }
-        let store = self
-            .path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if checkpoint.statement.store != store {
-            return Err(format!(
-                "a signed checkpoint of store `{}` in store `{store}` (copied from another log)",
-                checkpoint.statement.store
-            ));
-        }
-        // What the checkpoint vouched for, against the chain as walked so
-        // far: it ends just before this record.
-        let at = checkpoint.statement.seq;
-        let held = if at + 1 == record.seq {
-            Some(previous.to_owned())
-        } else {
-            self.get(at).ok().flatten().map(|r| r.hash)
-        };
-        checkpoint
-            .judge(first_seq, record.seq.saturating_sub(1), held.as_deref())
-            .map_err(|(_, problem)| format!("the signed checkpoint names record {at}: {problem}"))
-    }
-}
-
-/// The keys a verification has: the chain key (or none) and the
-/// checkpoint signer's public key (or none).
-#[derive(Debug, Clone, Default)]
-pub struct Keys {
-    pub seal: Seal,
-    pub checkpoints: Option<Verifier>,
 }
 
 #[cfg(test)]
@@ -918,8 +499,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::record::GENESIS;
-    use super::super::store::{SledStorage, Storage};
     use super::super::tests::sample;
+    use super::super::{SledStorage, Storage};
     use super::*;
 
     /// A record from small choices, so that filters hit and miss.
@@ -1089,6 +670,10 @@ mod tests {
         assert_eq!(error(|p| p.after = Some("-3".into())).0, "after");
         assert_eq!(error(|p| p.decision = Some("denied".into())).0, "decision");
         assert_eq!(error(|p| p.since = Some("last week".into())).0, "since");
+        // A day the calendar does not have is no time (it was 3 March).
+        let (field, message) = error(|p| p.until = Some("2026-02-31T00:00:00Z".into()));
+        assert_eq!(field, "until");
+        assert!(message.contains("neither a time"), "{message}");
         assert_eq!(error(|p| p.tool = Some(String::new())).0, "tool");
         let until_first = error(|p| {
             p.since = Some("1h".into());

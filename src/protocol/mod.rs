@@ -327,81 +327,68 @@ impl IdKey {
 }
 
 /// Parses `YYYY-MM-DDThh:mm:ssZ` (UTC), with optional milliseconds
-/// (`…ss.mmmZ`, the audit timestamps).
+/// (`…ss.mmmZ`, one to three digits: the audit timestamps), from 1970 on.
+/// A date the calendar does not have (31 February, 29 February of a
+/// common year) is `None`, as is any other shape.
+///
+/// jiff reads the date, after a check of the shape: its parser takes more
+/// than this one (an offset, a space or a lowercase `t` for the `T`, a time
+/// without seconds, nine fraction digits, the basic format), while the
+/// audit filters, the console and the policy fixtures say they take this
+/// one, and the audit filters compare milliseconds (a fourth digit would be
+/// cut off, not compared). A leap second (`:60`) is read as the second
+/// before it, as jiff reads it.
 pub fn parse_datetime(text: &str) -> Option<std::time::SystemTime> {
-    let text = text.strip_suffix('Z')?;
-    let (text, millis) = match text.split_once('.') {
-        Some((text, fraction))
-            if (1..=3).contains(&fraction.len())
-                && fraction.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            let padded = format!("{fraction:0<3}");
-            (text, padded.parse::<u64>().ok()?)
-        }
-        Some(_) => return None,
-        None => (text, 0),
-    };
-    let (date, time) = text.split_once('T')?;
-    let date: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let time: Vec<u64> = time
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let ([year, month, day], [hour, minute, second]) = (date.as_slice(), time.as_slice()) else {
-        return None;
-    };
-    let (year, month, day) = (*year, *month, *day);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || *hour > 23
-        || *minute > 59
-        || *second > 60
-    {
+    if !is_utc_datetime(text) {
         return None;
     }
-    // Days since 1970-01-01 from a civil date (H. Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let seconds = u64::try_from(days * 86_400).ok()? + hour * 3600 + minute * 60 + second;
-    Some(
-        std::time::UNIX_EPOCH
-            + std::time::Duration::from_secs(seconds)
-            + std::time::Duration::from_millis(millis),
-    )
+    let time: jiff::Timestamp = text.parse().ok()?;
+    // Before 1970 is no time a request or an audit record has.
+    (time >= jiff::Timestamp::UNIX_EPOCH).then(|| time.into())
 }
 
-/// A time as `YYYY-MM-DDThh:mm:ssZ` (UTC): a Cedar `datetime` literal, and
-/// the seconds of audit timestamps.
+/// Whether `text` is shaped `YYYY-MM-DDThh:mm:ss`, then nothing or `.` and
+/// one to three digits, then `Z` (digits where the pattern has `0`).
+fn is_utc_datetime(text: &str) -> bool {
+    const SHAPE: &[u8] = b"0000-00-00T00:00:00";
+    let Some((head, tail)) = text.as_bytes().split_at_checked(SHAPE.len()) else {
+        return false;
+    };
+    let head_fits = head.iter().zip(SHAPE).all(|(byte, shape)| match shape {
+        b'0' => byte.is_ascii_digit(),
+        _ => byte == shape,
+    });
+    let tail_fits = match tail {
+        [b'Z'] => true,
+        [b'.', digits @ .., b'Z'] => {
+            (1..=3).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
+        }
+        _ => false,
+    };
+    head_fits && tail_fits
+}
+
+/// `time` as jiff writes it: a time before 1970 (which no request or
+/// record has) is written as 1970, one past what jiff holds (the year
+/// 9999) as its last.
+fn utc(time: std::time::SystemTime) -> jiff::Timestamp {
+    if time < std::time::UNIX_EPOCH {
+        return jiff::Timestamp::UNIX_EPOCH;
+    }
+    jiff::Timestamp::try_from(time).unwrap_or(jiff::Timestamp::MAX)
+}
+
+/// A time as `YYYY-MM-DDThh:mm:ssZ` (UTC, the fraction cut off): a Cedar
+/// `datetime` literal, one per request on the authorization path (jiff
+/// writes it faster than the hand-written civil-date conversion did).
 pub fn datetime_literal(time: std::time::SystemTime) -> String {
-    let seconds = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let days = seconds.div_euclid(86_400);
-    let of_day = seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
+    format!("{:.0}", utc(time))
+}
+
+/// A time as `YYYY-MM-DDThh:mm:ss.mmmZ` (UTC, milliseconds cut off): the
+/// audit timestamps.
+pub fn datetime_millis(time: std::time::SystemTime) -> String {
+    format!("{:.3}", utc(time))
 }
 
 /// `text` cut at a character boundary at or below `most` bytes.
@@ -466,6 +453,73 @@ impl LogLevel {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn datetimes_are_read_in_one_shape_and_only_on_the_calendar() {
+        let at = |seconds: u64, millis: u64| {
+            Some(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(seconds)
+                    + std::time::Duration::from_millis(millis),
+            )
+        };
+        // 2026-11-23T07:00:00Z, with one to three fraction digits.
+        assert_eq!(parse_datetime("2026-11-23T07:00:00Z"), at(1_795_417_200, 0));
+        assert_eq!(
+            parse_datetime("2026-11-23T07:00:00.5Z"),
+            at(1_795_417_200, 500)
+        );
+        assert_eq!(
+            parse_datetime("2026-11-23T07:00:00.05Z"),
+            at(1_795_417_200, 50)
+        );
+        assert_eq!(
+            parse_datetime("2026-11-23T07:00:00.123Z"),
+            at(1_795_417_200, 123)
+        );
+        assert_eq!(parse_datetime("1970-01-01T00:00:00Z"), at(0, 0));
+        // A leap day, and the end of a 31-day month.
+        assert_eq!(parse_datetime("2000-02-29T12:34:56Z"), at(951_827_696, 0));
+        assert_eq!(parse_datetime("2024-02-29T00:00:00Z"), at(1_709_164_800, 0));
+        assert_eq!(parse_datetime("2026-12-31T23:59:59Z"), at(1_798_761_599, 0));
+        // A leap second is the second before it (it was the one after).
+        assert_eq!(parse_datetime("2016-12-31T23:59:60Z"), at(1_483_228_799, 0));
+        for refused in [
+            // Days the calendar does not have.
+            "2026-02-31T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2100-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-00-10T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-00T00:00:00Z",
+            "2026-11-23T24:00:00Z",
+            "2026-11-23T23:60:00Z",
+            // Before 1970.
+            "1969-12-31T23:59:59Z",
+            // Other shapes jiff would read: an offset, no `Z`, a space or a
+            // lowercase letter, no seconds, more than three fraction digits
+            // (the audit filters compare milliseconds), the basic format.
+            "2026-11-23T07:00:00+02:00",
+            "2026-11-23T07:00:00",
+            "2026-11-23 07:00:00Z",
+            "2026-11-23t07:00:00z",
+            "2026-11-23T07:00Z",
+            "2026-11-23T07:00:00.1234Z",
+            "2026-11-23T07:00:00,5Z",
+            "2026-11-23T07:00:00.Z",
+            "20261123T070000Z",
+            "+2026-11-23T07:00:00Z",
+            "2026-1-23T07:00:00Z",
+            "2026-11-23T07:00:00Z[UTC]",
+            " 2026-11-23T07:00:00Z",
+            "２０２６-11-23T07:00:00Z",
+            "",
+        ] {
+            assert_eq!(parse_datetime(refused), None, "{refused:?}");
+        }
+    }
+
+    #[test]
     fn datetimes_are_utc_literals() {
         assert_eq!(
             datetime_literal(std::time::UNIX_EPOCH),
@@ -475,6 +529,14 @@ mod tests {
         assert_eq!(datetime_literal(t), "2026-11-23T07:00:00Z");
         let leap = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_827_696); // 2000-02-29T12:34:56Z
         assert_eq!(datetime_literal(leap), "2000-02-29T12:34:56Z");
+        // The fraction is cut off, not rounded; before 1970 is 1970.
+        let late = t + std::time::Duration::from_nanos(999_999_999);
+        assert_eq!(datetime_literal(late), "2026-11-23T07:00:00Z");
+        assert_eq!(datetime_millis(late), "2026-11-23T07:00:00.999Z");
+        assert_eq!(datetime_millis(t), "2026-11-23T07:00:00.000Z");
+        let early = std::time::UNIX_EPOCH - std::time::Duration::from_secs(5);
+        assert_eq!(datetime_literal(early), "1970-01-01T00:00:00Z");
+        assert_eq!(datetime_millis(early), "1970-01-01T00:00:00.000Z");
     }
 
     use super::*;

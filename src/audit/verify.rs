@@ -1,0 +1,234 @@
+//! Verification: the walk along the chain that finds the first record
+//! changed, removed or reordered, with the keys there are (the chain key's
+//! MACs, the checkpoint signer's signatures).
+
+use super::index::key_seq;
+use super::query::Filter;
+use super::reader::{Anchor, Reader};
+use super::record::{AuditRecord, GENESIS};
+use super::seal::{Checkpoint, MacCheck, Seal, Verifier};
+use super::{AuditError, read_error};
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Verification {
+    /// Every record is intact and in order, from `first_seq` (1, or where
+    /// retention's checkpoint anchors the chain).
+    Intact {
+        records: u64,
+        first_seq: u64,
+        last_hash: String,
+        /// Records sealed with a chain key (the rest, before them, plain).
+        keyed: u64,
+        /// Whether their MACs were checked (the key was given).
+        macs_checked: bool,
+        /// Signed checkpoints whose signature was checked and whose head
+        /// the chain holds.
+        signed_checkpoints: u64,
+    },
+    /// The first record that breaks the chain, and how.
+    Broken { seq: u64, problem: String },
+}
+
+/// The keys a verification has: the chain key (or none) and the
+/// checkpoint signer's public key (or none).
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    pub seal: Seal,
+    pub checkpoints: Option<Verifier>,
+}
+
+impl Reader {
+    /// Walks the chain: each key equals its record's `seq`, sequence numbers
+    /// follow each other, each `prev_hash` is the previous record's `hash`,
+    /// and each `hash` is the record's own.
+    pub fn verify(&self) -> Result<Verification, AuditError> {
+        self.verify_with(&Keys::default(), &mut |_, _| {})
+    }
+
+    /// [`Reader::verify`] with the keys there are, telling `progress`
+    /// (records checked, records to check) every few thousand records.
+    ///
+    /// With the chain key, every keyed record's MAC is checked, and a log
+    /// with records but none keyed is broken (it was written without the
+    /// key, or rewritten). Without it, keyed records are checked for their
+    /// links only. With or without it, a plain record after a keyed one is
+    /// broken: only a writer without the key writes one there. With the
+    /// checkpoint key, each `signed_checkpoint` record's signature is
+    /// checked and the head it vouches for must be in the chain.
+    pub fn verify_with(
+        &self,
+        keys: &Keys,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Verification, AuditError> {
+        let anchor = self.anchor()?;
+        let (first_seq, mut expected_prev) = match &anchor {
+            Some(anchor) => (anchor.first_seq, anchor.prev_hash.clone()),
+            None => (1, GENESIS.to_owned()),
+        };
+        let to_check = (self.last_seq()? + 1).saturating_sub(first_seq);
+        let mut expected_seq = first_seq;
+        let mut count: u64 = 0;
+        let mut keyed: u64 = 0;
+        let mut signed: u64 = 0;
+        // Records before an anchor are a prune in progress: not checked.
+        for entry in self.records.range(first_seq.to_be_bytes()..) {
+            if count.is_multiple_of(4_096) {
+                progress(count, to_check);
+            }
+            let (key, value) = entry.map_err(read_error)?;
+            let seq = key_seq(&key);
+            let broken = |problem: String| Ok(Verification::Broken { seq, problem });
+            let record: AuditRecord = match serde_json::from_slice(&value) {
+                Ok(record) => record,
+                Err(err) => return broken(format!("the record does not parse: {err}")),
+            };
+            if record.seq != seq {
+                return broken(format!(
+                    "the record stored under {seq} says it is {} (moved or reordered)",
+                    record.seq
+                ));
+            }
+            if seq != expected_seq {
+                let what = if count == 0 { "the first" } else { "the next" };
+                return Ok(Verification::Broken {
+                    seq: expected_seq,
+                    problem: format!("missing: {what} record is {seq} (removed)"),
+                });
+            }
+            if record.prev_hash != expected_prev {
+                let problem = if count == 0 && anchor.is_some() {
+                    "its prev_hash is not the one retention's checkpoint anchored (records before it were removed or changed outside retention)"
+                } else {
+                    "its prev_hash is not the previous record's hash (a record before it was removed, changed or reordered)"
+                };
+                return broken(problem.into());
+            }
+            if record.compute_hash() != record.hash {
+                return broken("its hash does not match its content (changed)".into());
+            }
+            match keys.seal.check(&record.hash, record.mac.as_deref()) {
+                MacCheck::Bad => {
+                    return broken(
+                        "its mac does not match under this key (rewritten, or sealed with another key)"
+                            .into(),
+                    );
+                }
+                MacCheck::Unkeyed if keyed > 0 => {
+                    return broken(
+                        "it has no mac after records sealed with the chain key (rewritten by someone without the key)"
+                            .into(),
+                    );
+                }
+                MacCheck::Unkeyed => {}
+                MacCheck::Valid | MacCheck::Unchecked => keyed += 1,
+            }
+            if record.kind == "signed_checkpoint"
+                && let Some(verifier) = &keys.checkpoints
+            {
+                if let Err(problem) =
+                    self.check_signed(&record, verifier, &expected_prev, first_seq)
+                {
+                    return broken(problem);
+                }
+                signed += 1;
+            }
+            expected_prev = record.hash;
+            expected_seq = seq + 1;
+            count += 1;
+        }
+        // An anchor is believed only if a checkpoint record of the kept
+        // chain (hash-chained like every record) names it: records removed
+        // past it, outside retention, have no checkpoint to name the new
+        // start. (Any checkpoint, not only the newest: the writer appends
+        // a checkpoint before it moves the anchor.)
+        if let Some(anchor) = &anchor
+            && !self.checkpoint_names(anchor)?
+        {
+            return Ok(Verification::Broken {
+                seq: anchor.first_seq,
+                problem: "records before it were removed, but no checkpoint record names this start (removed outside retention?)".into(),
+            });
+        }
+        if keys.seal.is_keyed() && count > 0 && keyed == 0 {
+            return Ok(Verification::Broken {
+                seq: first_seq,
+                problem: "no record is sealed with the chain key: the log was written without it, or rewritten".into(),
+            });
+        }
+        Ok(Verification::Intact {
+            records: count,
+            first_seq,
+            last_hash: expected_prev,
+            keyed,
+            macs_checked: keys.seal.is_keyed(),
+            signed_checkpoints: signed,
+        })
+    }
+
+    /// Whether a `checkpoint` record of the kept chain names `anchor` as
+    /// where the chain starts.
+    fn checkpoint_names(&self, anchor: &Anchor) -> Result<bool, AuditError> {
+        let checkpoints = self.query(
+            &Filter {
+                kind: Some("checkpoint".into()),
+                ..Filter::default()
+            },
+            "",
+        )?;
+        let names_it = |record: &AuditRecord| {
+            let detail = record.detail.clone().unwrap_or_default();
+            detail.get("first_seq").and_then(serde_json::Value::as_u64) == Some(anchor.first_seq)
+                && detail.get("prev_hash").and_then(serde_json::Value::as_str)
+                    == Some(anchor.prev_hash.as_str())
+        };
+        Ok(checkpoints.iter().any(names_it))
+    }
+
+    /// Checks a `signed_checkpoint` record: its statement is signed by
+    /// `verifier`'s key, and the head it vouches for is the chain's
+    /// (`previous`: the hash of the record just before it).
+    fn check_signed(
+        &self,
+        record: &AuditRecord,
+        verifier: &Verifier,
+        previous: &str,
+        first_seq: u64,
+    ) -> Result<(), String> {
+        let checkpoint: Checkpoint = record
+            .detail
+            .clone()
+            .and_then(|detail| serde_json::from_value(detail).ok())
+            .ok_or("a signed checkpoint that does not parse")?;
+        if !verifier.verifies(&checkpoint) {
+            return Err(format!(
+                "a signed checkpoint whose signature does not verify under key {} (forged, or signed with key {})",
+                verifier.key_id(),
+                checkpoint.key_id
+            ));
+        }
+        let store = self
+            .path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if checkpoint.statement.store != store {
+            return Err(format!(
+                "a signed checkpoint of store `{}` in store `{store}` (copied from another log)",
+                checkpoint.statement.store
+            ));
+        }
+        // What the checkpoint vouched for, against the chain as walked so
+        // far: it ends just before this record.
+        let at = checkpoint.statement.seq;
+        let held = if at + 1 == record.seq {
+            Some(previous.to_owned())
+        } else {
+            self.get(at).ok().flatten().map(|r| r.hash)
+        };
+        checkpoint
+            .judge(first_seq, record.seq.saturating_sub(1), held.as_deref())
+            .map_err(|(_, problem)| format!("the signed checkpoint names record {at}: {problem}"))
+    }
+}
