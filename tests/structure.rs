@@ -26,7 +26,6 @@ const LONG_FILES: &[(&str, usize)] = &[
     ("src/downstream/http.rs", 1045),
     ("src/interceptors/authz/store.rs", 1191),
     ("src/interceptors/authz/tests.rs", 866),
-    ("src/interceptors/pinning/mod.rs", 1034),
     ("src/traces.rs", 986),
     ("src/upstream/client.rs", 1097),
     ("src/upstream/container.rs", 969),
@@ -61,10 +60,6 @@ const CYCLES: &[&[&str]] = &[
         "src/downstream/console",
     ],
     &["src/downstream/console", "src/downstream/http"],
-    &[
-        "src/interceptors/pinning/poison",
-        "src/interceptors/pinning/store",
-    ],
     &["src/upstream/client", "src/upstream/container"],
     &["src/upstream/client", "src/upstream/process"],
     &["src/upstream/client", "src/upstream/remote"],
