@@ -15,7 +15,7 @@
 //!
 //! The limiter is generic over its clock: the proxy runs on governor's
 //! default (monotonic) clock, tests on a clock they move by hand
-//! ([`Ratelimit::for_test`]). A type parameter rather than a `dyn Clock`:
+//! (`Ratelimit::for_test`). A type parameter rather than a `dyn Clock`:
 //! the check is on every request's path, and a generic costs nothing there.
 
 use std::collections::HashMap;
