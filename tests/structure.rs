@@ -42,7 +42,6 @@ const LONG_FNS: &[(&str, &str, usize)] = &[
     ("src/config/plugin.rs", "plugin", 264),
     ("src/downstream/http.rs", "post_message", 224),
     ("src/downstream/http.rs", "serve_on", 128),
-    ("src/interceptors/redact/rules.rs", "parse", 135),
     ("src/upstream/client.rs", "supervise", 151),
     ("src/upstream/container.rs", "spawn", 161),
 ];
