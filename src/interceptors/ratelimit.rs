@@ -244,6 +244,16 @@ mod tests {
         }
     }
 
+    /// A limiter of `rules` on a fake clock, and the clock.
+    fn on_fake_clock(rules: Vec<RateRule>) -> (Ratelimit<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let config = RatelimitConfig {
+            concurrency: Vec::new(),
+            rules,
+        };
+        (Ratelimit::for_test(&config, &clock), clock)
+    }
+
     fn call(client: &str, server: &str, tool: &str) -> Exchange {
         let mut context = Context::new(
             "s".into(),
@@ -330,14 +340,7 @@ mod tests {
 
     #[test]
     fn a_refusal_says_when_to_retry_and_names_the_limit() {
-        let clock = FakeRelativeClock::default();
-        let limit = Ratelimit::for_test(
-            &RatelimitConfig {
-                concurrency: Vec::new(),
-                rules: vec![rule(None, RateScope::Server("gh".into()), "1/h")],
-            },
-            &clock,
-        );
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Server("gh".into()), "1/h")]);
         assert!(allowed(&limit, &mut call("ann", "gh", "issue")));
         let denial = refused(&limit, &mut call("ann", "gh", "issue"));
         let wait = retry_after(&denial);
@@ -372,14 +375,7 @@ mod tests {
 
     #[test]
     fn idle_keys_are_pruned() {
-        let clock = FakeRelativeClock::default();
-        let limit = Ratelimit::for_test(
-            &RatelimitConfig {
-                concurrency: Vec::new(),
-                rules: vec![rule(None, RateScope::Client, "1000/s")],
-            },
-            &clock,
-        );
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Client, "1000/s")]);
         for n in 0..100 {
             assert!(allowed(&limit, &mut call(&format!("c{n}"), "gh", "x")));
         }
@@ -409,14 +405,7 @@ mod tests {
     #[test]
     fn a_pruned_limiter_keeps_the_budgets_still_in_use() {
         // 10 a second: a call takes 100 ms of budget.
-        let clock = FakeRelativeClock::default();
-        let limit = Ratelimit::for_test(
-            &RatelimitConfig {
-                concurrency: Vec::new(),
-                rules: vec![rule(None, RateScope::Client, "10/s")],
-            },
-            &clock,
-        );
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Client, "10/s")]);
         for n in 0..100 {
             assert!(allowed(&limit, &mut call(&format!("c{n}"), "gh", "x")));
         }
@@ -447,14 +436,7 @@ mod tests {
 
     #[test]
     fn idle_keys_are_pruned_as_calls_go_by() {
-        let clock = FakeRelativeClock::default();
-        let limit = Ratelimit::for_test(
-            &RatelimitConfig {
-                concurrency: Vec::new(),
-                rules: vec![rule(None, RateScope::Client, "1000/s")],
-            },
-            &clock,
-        );
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Client, "1000/s")]);
         for n in 0..100 {
             assert!(allowed(&limit, &mut call(&format!("c{n}"), "gh", "x")));
         }
@@ -524,14 +506,7 @@ mod tests {
 
     #[test]
     fn a_client_quota_lets_its_count_through_and_refills_on_the_clock() {
-        let clock = FakeRelativeClock::default();
-        let limit = Ratelimit::for_test(
-            &RatelimitConfig {
-                concurrency: Vec::new(),
-                rules: vec![rule(None, RateScope::Client, "4/min")],
-            },
-            &clock,
-        );
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Client, "4/min")]);
         trips_and_refills(
             &limit,
             &clock,
@@ -545,17 +520,10 @@ mod tests {
 
     #[test]
     fn a_named_clients_quota_lets_its_count_through_and_refills_on_the_clock() {
-        let clock = FakeRelativeClock::default();
-        let limit = Ratelimit::for_test(
-            &RatelimitConfig {
-                concurrency: Vec::new(),
-                rules: vec![
-                    rule(None, RateScope::Client, "100/min"),
-                    rule(Some("bot"), RateScope::Client, "2/min"),
-                ],
-            },
-            &clock,
-        );
+        let (limit, clock) = on_fake_clock(vec![
+            rule(None, RateScope::Client, "100/min"),
+            rule(Some("bot"), RateScope::Client, "2/min"),
+        ]);
         trips_and_refills(
             &limit,
             &clock,
@@ -573,14 +541,7 @@ mod tests {
 
     #[test]
     fn a_server_quota_lets_its_count_through_and_refills_on_the_clock() {
-        let clock = FakeRelativeClock::default();
-        let limit = Ratelimit::for_test(
-            &RatelimitConfig {
-                concurrency: Vec::new(),
-                rules: vec![rule(None, RateScope::Server("gh".into()), "5/h")],
-            },
-            &clock,
-        );
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Server("gh".into()), "5/h")]);
         trips_and_refills(
             &limit,
             &clock,
@@ -599,24 +560,17 @@ mod tests {
     /// back, and no more.
     #[test]
     fn a_tool_quota_lets_its_count_through_and_refills_on_the_clock() {
-        let clock = FakeRelativeClock::default();
-        let limit = Ratelimit::for_test(
-            &RatelimitConfig {
-                concurrency: Vec::new(),
-                rules: vec![
-                    rule(
-                        None,
-                        RateScope::Tool {
-                            server: "example".into(),
-                            tool: "add".into(),
-                        },
-                        "3/s",
-                    ),
-                    rule(Some("tester"), RateScope::Client, "1000/min"),
-                ],
-            },
-            &clock,
-        );
+        let (limit, clock) = on_fake_clock(vec![
+            rule(
+                None,
+                RateScope::Tool {
+                    server: "example".into(),
+                    tool: "add".into(),
+                },
+                "3/s",
+            ),
+            rule(Some("tester"), RateScope::Client, "1000/min"),
+        ]);
         trips_and_refills(
             &limit,
             &clock,
@@ -632,21 +586,14 @@ mod tests {
 
     #[test]
     fn a_named_clients_tool_quota_lets_its_count_through_and_refills_on_the_clock() {
-        let clock = FakeRelativeClock::default();
         let tool = || RateScope::Tool {
             server: "gh".into(),
             tool: "issue".into(),
         };
-        let limit = Ratelimit::for_test(
-            &RatelimitConfig {
-                concurrency: Vec::new(),
-                rules: vec![
-                    rule(None, tool(), "2/min"),
-                    rule(Some("vip"), tool(), "3/min"),
-                ],
-            },
-            &clock,
-        );
+        let (limit, clock) = on_fake_clock(vec![
+            rule(None, tool(), "2/min"),
+            rule(Some("vip"), tool(), "3/min"),
+        ]);
         trips_and_refills(
             &limit,
             &clock,
