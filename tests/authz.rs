@@ -267,11 +267,44 @@ async fn concurrent_calls_during_reloads_each_get_one_sets_decision() {
     let toggler = {
         let dir = dir.clone();
         let done = done.clone();
+        let url = http.url.clone();
+        let forbid_id = forbid_id.clone();
         tokio::spawn(async move {
-            for round in 0..30 {
-                let text = if round % 2 == 0 { forbid } else { allow };
+            // Each set stays until the proxy decides by it (its own probe
+            // says so), then the next is written: every set is in force
+            // for a while, without guessing how long a reload takes. (A
+            // poll and a reload take about 200 ms in a debug build on a
+            // busy machine: sixteen rounds are about as many reloads as
+            // thirty writes 120 ms apart could get applied, in about the
+            // same time.)
+            let probe = HttpSession::connect(&url).await;
+            let mut call = 0;
+            for round in 0..16 {
+                let forbidding = round % 2 == 0;
+                let text = if forbidding { forbid } else { allow };
                 write_atomically(&dir.join("main.cedar"), text);
-                tokio::time::sleep(Duration::from_millis(120)).await;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    call += 1;
+                    let reply = probe
+                        .call(
+                            call,
+                            "tools/call",
+                            json!({"name": "example__echo", "arguments": {"text": "probe"}}),
+                        )
+                        .await;
+                    let allowed = reply.get("result").is_some();
+                    if !allowed {
+                        assert_eq!(assert_denied(&reply).1, forbid_id, "{reply}");
+                    }
+                    if allowed != forbidding {
+                        break;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "round {round}: the written set is not in force after 10 s"
+                    );
+                }
             }
             done.store(true, std::sync::atomic::Ordering::Relaxed);
         })

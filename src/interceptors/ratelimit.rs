@@ -12,14 +12,21 @@
 //! Budgets are keyed by the client's configured name (never by a string a
 //! peer chose), one limiter per rule, and keys idle for longer than the
 //! rule's period are pruned as calls go by, so memory stays bounded.
+//!
+//! The limiter is generic over its clock: the proxy runs on governor's
+//! default (monotonic) clock, tests on a clock they move by hand
+//! (`Ratelimit::for_test`). A type parameter rather than a `dyn Clock`:
+//! the check is on every request's path, and a generic costs nothing there.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use governor::RateLimiter;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, RateLimiter};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
 use serde_json::Value;
 
 use crate::chain::{Denial, Exchange, Interceptor, Phase, Verdict};
@@ -52,19 +59,46 @@ impl Level {
     }
 }
 
-pub struct Ratelimit {
+/// One rule's budgets, a GCRA state per client, on the clock `C`.
+type Limiter<C> = RateLimiter<
+    Arc<str>,
+    DefaultKeyedStateStore<Arc<str>>,
+    C,
+    NoOpMiddleware<<C as Clock>::Instant>,
+>;
+
+pub struct Ratelimit<C: Clock = DefaultClock> {
     rules: Vec<RateRule>,
-    limiters: Vec<DefaultKeyedRateLimiter<Arc<str>>>,
+    limiters: Vec<Limiter<C>>,
     clients: Level,
     servers: HashMap<String, Level>,
     /// server → tool → rules.
     tools: HashMap<String, HashMap<String, Level>>,
-    clock: DefaultClock,
+    /// The limiters' clock, for the wait a refusal reports.
+    clock: C,
     checks: AtomicU64,
 }
 
 impl Ratelimit {
     pub fn new(config: &RatelimitConfig) -> Self {
+        Self::with_clock(config, DefaultClock::default())
+    }
+}
+
+#[cfg(test)]
+impl Ratelimit<governor::clock::FakeRelativeClock> {
+    /// On a clock the test moves (`clock.advance(…)`); its clones share
+    /// the time, so the test keeps one and the limiters read it.
+    pub(crate) fn for_test(
+        config: &RatelimitConfig,
+        clock: &governor::clock::FakeRelativeClock,
+    ) -> Self {
+        Self::with_clock(config, clock.clone())
+    }
+}
+
+impl<C: Clock + Clone> Ratelimit<C> {
+    fn with_clock(config: &RatelimitConfig, clock: C) -> Self {
         let mut clients = Level::default();
         let mut servers: HashMap<String, Level> = HashMap::new();
         let mut tools: HashMap<String, HashMap<String, Level>> = HashMap::new();
@@ -83,7 +117,11 @@ impl Ratelimit {
                     .or_default()
                     .add(&rule.client, index),
             }
-            limiters.push(RateLimiter::keyed(quota(rule)));
+            limiters.push(RateLimiter::new(
+                quota(rule),
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            ));
         }
         Self {
             rules: config.rules.clone(),
@@ -91,11 +129,13 @@ impl Ratelimit {
             clients,
             servers,
             tools,
-            clock: DefaultClock::default(),
+            clock,
             checks: AtomicU64::new(0),
         }
     }
+}
 
+impl<C: Clock> Ratelimit<C> {
     /// The rules that apply to a request, most specific level first.
     fn applicable(&self, exchange: &Exchange) -> [Option<usize>; 3] {
         let context = &exchange.context;
@@ -140,7 +180,10 @@ fn quota(rule: &RateRule) -> governor::Quota {
         .allow_burst(burst)
 }
 
-impl Interceptor for Ratelimit {
+impl<C> Interceptor for Ratelimit<C>
+where
+    C: Clock + Send + Sync + 'static,
+{
     fn name(&self) -> &str {
         "ratelimit"
     }
@@ -183,9 +226,11 @@ impl Interceptor for Ratelimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::{ClientIdentity, Context, Direction, Transport};
+    use crate::chain::{ClientIdentity, Context, Denial, Direction, Transport};
     use crate::config::Quota;
+    use governor::clock::FakeRelativeClock;
     use serde_json::json;
+    use std::time::Duration;
 
     fn rule(client: Option<&str>, scope: RateScope, quota: &str) -> RateRule {
         RateRule {
@@ -197,6 +242,16 @@ mod tests {
             },
             key: "test".into(),
         }
+    }
+
+    /// A limiter of `rules` on a fake clock, and the clock.
+    fn on_fake_clock(rules: Vec<RateRule>) -> (Ratelimit<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let config = RatelimitConfig {
+            concurrency: Vec::new(),
+            rules,
+        };
+        (Ratelimit::for_test(&config, &clock), clock)
     }
 
     fn call(client: &str, server: &str, tool: &str) -> Exchange {
@@ -216,7 +271,10 @@ mod tests {
         )
     }
 
-    fn allowed(limit: &Ratelimit, exchange: &mut Exchange) -> bool {
+    fn allowed<C: Clock + Send + Sync + 'static>(
+        limit: &Ratelimit<C>,
+        exchange: &mut Exchange,
+    ) -> bool {
         match limit.on_request(exchange) {
             Verdict::Continue => true,
             Verdict::Deny(denial) => {
@@ -282,16 +340,15 @@ mod tests {
 
     #[test]
     fn a_refusal_says_when_to_retry_and_names_the_limit() {
-        let limit = Ratelimit::new(&RatelimitConfig {
-            concurrency: Vec::new(),
-            rules: vec![rule(None, RateScope::Server("gh".into()), "1/h")],
-        });
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Server("gh".into()), "1/h")]);
         assert!(allowed(&limit, &mut call("ann", "gh", "issue")));
-        let Verdict::Deny(denial) = limit.on_request(&mut call("ann", "gh", "issue")) else {
-            panic!("the second call in an hour is refused");
-        };
-        let wait = denial.data["retry_after_ms"].as_u64().unwrap_or(0);
+        let denial = refused(&limit, &mut call("ann", "gh", "issue"));
+        let wait = retry_after(&denial);
         assert!(wait > 3_500_000 && wait <= 3_600_000, "{wait}");
+        assert_eq!(wait, 3_600_000, "no time passed: the whole hour");
+        clock.advance(Duration::from_secs(600));
+        let later = retry_after(&refused(&limit, &mut call("ann", "gh", "issue")));
+        assert_eq!(later, 3_000_000, "ten minutes on, fifty to go");
         assert_eq!(denial.data["limit"], json!("1/h"));
         assert_eq!(denial.data["scope"], json!("server"));
         assert!(denial.reason.contains("server quota of 1/h"));
@@ -318,16 +375,238 @@ mod tests {
 
     #[test]
     fn idle_keys_are_pruned() {
-        let limit = Ratelimit::new(&RatelimitConfig {
-            concurrency: Vec::new(),
-            rules: vec![rule(None, RateScope::Client, "1000/s")],
-        });
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Client, "1000/s")]);
         for n in 0..100 {
             assert!(allowed(&limit, &mut call(&format!("c{n}"), "gh", "x")));
         }
         assert_eq!(limit.keys(), 100);
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        limit.prune();
+        assert_eq!(limit.keys(), 100, "budgets in use are kept");
+        clock.advance(Duration::from_millis(20));
         limit.prune();
         assert_eq!(limit.keys(), 0, "budgets full again are forgotten");
+    }
+
+    /// The proxy's own clock moves: what it prunes and refills is real
+    /// time (every other test here runs on the fake clock).
+    #[test]
+    fn on_the_proxys_clock_idle_keys_are_pruned() {
+        let limit = Ratelimit::new(&RatelimitConfig {
+            concurrency: Vec::new(),
+            rules: vec![rule(None, RateScope::Client, "1000/s")],
+        });
+        assert!(allowed(&limit, &mut call("ann", "gh", "x")));
+        assert_eq!(limit.keys(), 1);
+        std::thread::sleep(Duration::from_millis(20));
+        limit.prune();
+        assert_eq!(limit.keys(), 0, "budgets full again are forgotten");
+    }
+
+    #[test]
+    fn a_pruned_limiter_keeps_the_budgets_still_in_use() {
+        // 10 a second: a call takes 100 ms of budget.
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Client, "10/s")]);
+        for n in 0..100 {
+            assert!(allowed(&limit, &mut call(&format!("c{n}"), "gh", "x")));
+        }
+        for _ in 0..10 {
+            assert!(allowed(&limit, &mut call("busy", "gh", "x")));
+        }
+        assert_eq!(limit.keys(), 101);
+        // Half a second on, the one-call budgets are full again; `busy`
+        // has won back five calls of ten.
+        clock.advance(Duration::from_millis(500));
+        limit.prune();
+        assert_eq!(limit.keys(), 1, "only `busy` is kept");
+        for _ in 0..5 {
+            assert!(allowed(&limit, &mut call("busy", "gh", "x")));
+        }
+        assert!(
+            !allowed(&limit, &mut call("busy", "gh", "x")),
+            "what `busy` used is remembered across the pruning"
+        );
+        // A pruned client starts afresh: its whole burst.
+        for _ in 0..10 {
+            assert!(allowed(&limit, &mut call("c0", "gh", "x")));
+        }
+        clock.advance(Duration::from_secs(3));
+        limit.prune();
+        assert_eq!(limit.keys(), 0);
+    }
+
+    #[test]
+    fn idle_keys_are_pruned_as_calls_go_by() {
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Client, "1000/s")]);
+        for n in 0..100 {
+            assert!(allowed(&limit, &mut call(&format!("c{n}"), "gh", "x")));
+        }
+        clock.advance(Duration::from_secs(1));
+        // Every PRUNE_EVERY-th check prunes; 100 checks are made already.
+        let mut exchange = call("ann", "gh", "x");
+        for _ in 100..PRUNE_EVERY - 1 {
+            limit.on_request(&mut exchange);
+        }
+        assert_eq!(limit.keys(), 101, "not pruned yet");
+        limit.on_request(&mut exchange);
+        assert_eq!(limit.keys(), 1, "pruned: only `ann`, just checked, is kept");
+    }
+
+    /// A call the limiter must refuse: its denial.
+    fn refused<C: Clock + Send + Sync + 'static>(
+        limit: &Ratelimit<C>,
+        exchange: &mut Exchange,
+    ) -> Denial {
+        match limit.on_request(exchange) {
+            Verdict::Deny(denial) => {
+                assert_eq!(denial.code, code::RATE_LIMITED);
+                denial
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    fn retry_after(denial: &Denial) -> u64 {
+        match denial.data["retry_after_ms"].as_u64() {
+            Some(wait) => wait,
+            None => panic!("no retry_after_ms in {denial:?}"),
+        }
+    }
+
+    /// Under a quota of `count` calls per `period`, on the fake clock, for
+    /// the calls `call` makes: exactly `count` pass and the next is refused
+    /// with the wait for one call's refill (`period / count`) as its
+    /// retry-after; a millisecond before that refill it is still refused,
+    /// at it one more call passes (and the next is refused); after a whole
+    /// period the whole quota is back, and no more.
+    fn trips_and_refills(
+        limit: &Ratelimit<FakeRelativeClock>,
+        clock: &FakeRelativeClock,
+        call: &dyn Fn() -> Exchange,
+        count: u32,
+        period: Duration,
+    ) {
+        let refill = period / count;
+        let refill_ms = refill.as_millis() as u64;
+        for n in 0..count {
+            assert!(allowed(limit, &mut call()), "call {n} of {count}");
+        }
+        let denial = refused(limit, &mut call());
+        assert_eq!(retry_after(&denial), refill_ms, "call {count}: {denial:?}");
+        clock.advance(refill - Duration::from_millis(1));
+        assert_eq!(retry_after(&refused(limit, &mut call())), 1);
+        clock.advance(Duration::from_millis(1));
+        assert!(allowed(limit, &mut call()), "one call's refill");
+        assert_eq!(retry_after(&refused(limit, &mut call())), refill_ms);
+        clock.advance(period);
+        for n in 0..count {
+            assert!(allowed(limit, &mut call()), "after the period, call {n}");
+        }
+        assert_eq!(retry_after(&refused(limit, &mut call())), refill_ms);
+    }
+
+    #[test]
+    fn a_client_quota_lets_its_count_through_and_refills_on_the_clock() {
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Client, "4/min")]);
+        trips_and_refills(
+            &limit,
+            &clock,
+            &|| call("ann", "gh", "issue"),
+            4,
+            Duration::from_secs(60),
+        );
+        // Each client its own budget.
+        assert!(allowed(&limit, &mut call("bob", "fs", "read")));
+    }
+
+    #[test]
+    fn a_named_clients_quota_lets_its_count_through_and_refills_on_the_clock() {
+        let (limit, clock) = on_fake_clock(vec![
+            rule(None, RateScope::Client, "100/min"),
+            rule(Some("bot"), RateScope::Client, "2/min"),
+        ]);
+        trips_and_refills(
+            &limit,
+            &clock,
+            &|| call("bot", "gh", "issue"),
+            2,
+            Duration::from_secs(60),
+        );
+        for n in 0..10 {
+            assert!(
+                allowed(&limit, &mut call("ann", "gh", "issue")),
+                "everyone else's rule: call {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_quota_lets_its_count_through_and_refills_on_the_clock() {
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Server("gh".into()), "5/h")]);
+        trips_and_refills(
+            &limit,
+            &clock,
+            &|| call("ann", "gh", "issue"),
+            5,
+            Duration::from_secs(3600),
+        );
+        assert!(
+            allowed(&limit, &mut call("ann", "fs", "read")),
+            "another server is not under that quota"
+        );
+    }
+
+    /// What `a_tool_quota_trips_at_exactly_its_count` (tests/guards.rs)
+    /// showed by waiting a second: after its period a tool's whole quota is
+    /// back, and no more.
+    #[test]
+    fn a_tool_quota_lets_its_count_through_and_refills_on_the_clock() {
+        let (limit, clock) = on_fake_clock(vec![
+            rule(
+                None,
+                RateScope::Tool {
+                    server: "example".into(),
+                    tool: "add".into(),
+                },
+                "3/s",
+            ),
+            rule(Some("tester"), RateScope::Client, "1000/min"),
+        ]);
+        trips_and_refills(
+            &limit,
+            &clock,
+            &|| call("tester", "example", "add"),
+            3,
+            Duration::from_secs(1),
+        );
+        assert!(
+            allowed(&limit, &mut call("tester", "example", "echo")),
+            "another tool is not under that quota"
+        );
+    }
+
+    #[test]
+    fn a_named_clients_tool_quota_lets_its_count_through_and_refills_on_the_clock() {
+        let tool = || RateScope::Tool {
+            server: "gh".into(),
+            tool: "issue".into(),
+        };
+        let (limit, clock) = on_fake_clock(vec![
+            rule(None, tool(), "2/min"),
+            rule(Some("vip"), tool(), "3/min"),
+        ]);
+        trips_and_refills(
+            &limit,
+            &clock,
+            &|| call("vip", "gh", "issue"),
+            3,
+            Duration::from_secs(60),
+        );
+        trips_and_refills(
+            &limit,
+            &clock,
+            &|| call("ann", "gh", "issue"),
+            2,
+            Duration::from_secs(60),
+        );
     }
 }

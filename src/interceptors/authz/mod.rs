@@ -9,8 +9,12 @@
 //! atomically and never lets a broken folder replace a good set.
 
 mod access;
+mod diagnostic;
 pub mod fixtures;
+mod model;
 pub mod request;
+mod slice;
+mod sources;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -24,10 +28,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use access::ServerAccess;
+pub use diagnostic::{Diagnostic, PolicyError, Severity};
 pub use request::{Action, Query, Target, ToolAnnotations};
-pub use store::{
-    Decision, Diagnostic, ListedPolicy, Origin, PolicyError, PolicyStore, Severity, Sources,
-};
+pub use sources::Sources;
+pub use store::{Decision, ListedPolicy, Origin, PolicyStore};
 
 use crate::chain::{
     Annotation, Denial, Direction, Directory, Exchange, Interceptor, Phase, Verdict,

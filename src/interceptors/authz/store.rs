@@ -18,88 +18,26 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
+    Authorizer, Context, Entities, Entity, EntityUid, Policy, PolicyId, PolicySet, Request,
     RestrictedExpression, Schema, SchemaFragment, ValidationMode, Validator,
 };
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use super::request::{
-    Action, ArgType, Query, Target, convert_record, datetime_literal, left_out, plain_value,
-};
+use super::diagnostic::{Diagnostic, PolicyError, Severity, diagnostic};
+use super::model::{ContextShape, Types, client_entity, context_shapes, model_problem};
+use super::request::{Action, Query, Target, convert_record, datetime_literal, left_out};
+use super::slice::{Indexed, Prepared, Reads, index_by_action};
+use super::sources::Sources;
 use crate::config::ClientConfig;
 
-/// The schema's file name inside the policies folder.
-pub const SCHEMA_FILE: &str = "schema.cedarschema";
+/// The schema's file name, also here, where the console finds it.
+pub use super::sources::SCHEMA_FILE;
 
 /// Slices kept per policy set before the cache starts over.
 const MAX_CACHED_SLICES: usize = 8_192;
 
 /// Longer keys (long resource URIs, many attributes) are not cached.
 const MAX_CACHED_KEY_BYTES: usize = 512;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    Error,
-    Warning,
-}
-
-/// One problem in a policy or schema file, where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-    pub severity: Severity,
-    pub message: String,
-    pub help: Option<String>,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let severity = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        write!(
-            f,
-            "{}:{}:{}: {severity}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )?;
-        if let Some(help) = &self.help {
-            write!(f, "\n  help: {help}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Why a policy folder did not load.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("{}: cannot read: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}", list(.0))]
-    Invalid(Vec<Diagnostic>),
-    #[error(
-        "client `{client}`: its `[[clients]]` attributes do not fit the schema's `Client` entity: {message}"
-    )]
-    Clients { client: String, message: String },
-}
-
-fn list(diagnostics: &[Diagnostic]) -> String {
-    diagnostics
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// Where a policy came from.
 #[derive(Debug, Clone)]
@@ -134,68 +72,6 @@ pub struct Decision {
     pub policy_set: Arc<str>,
 }
 
-/// The context attributes an action's context type declares.
-#[derive(Debug, Clone, Default)]
-struct ContextShape {
-    attributes: HashSet<String>,
-    /// The declared arguments (a record type), if `arguments` is declared.
-    arguments: Option<Vec<(String, ArgType, bool)>>,
-}
-
-#[derive(Debug, Clone)]
-struct Indexed {
-    policy: Policy,
-    principal: Option<EntityUid>,
-    resource: Option<EntityUid>,
-    reads: Reads,
-}
-
-struct Types {
-    client: EntityTypeName,
-    group: EntityTypeName,
-    server: EntityTypeName,
-    tool: EntityTypeName,
-    prompt: EntityTypeName,
-    resource: EntityTypeName,
-    actions: HashMap<Action, EntityUid>,
-}
-
-impl Types {
-    fn new() -> Option<Self> {
-        let name = |n: &str| EntityTypeName::from_str(n).ok();
-        let action = EntityTypeName::from_str("Action").ok()?;
-        Some(Self {
-            client: name("Client")?,
-            group: name("Group")?,
-            server: name("Server")?,
-            tool: name("Tool")?,
-            prompt: name("Prompt")?,
-            resource: name("Resource")?,
-            actions: Action::ALL
-                .into_iter()
-                .map(|a| {
-                    (
-                        a,
-                        EntityUid::from_type_name_and_id(action.clone(), EntityId::new(a.name())),
-                    )
-                })
-                .collect(),
-        })
-    }
-
-    fn uid(&self, kind: &str, id: &str) -> EntityUid {
-        let type_name = match kind {
-            "Tool" => &self.tool,
-            "Prompt" => &self.prompt,
-            "Resource" => &self.resource,
-            "Group" => &self.group,
-            "Client" => &self.client,
-            _ => &self.server,
-        };
-        EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(id))
-    }
-}
-
 /// A loaded, validated policy set.
 pub struct PolicyStore {
     schema: Schema,
@@ -227,137 +103,6 @@ impl fmt::Debug for PolicyStore {
     }
 }
 
-/// The files of a policy folder, read: (path, text), schema first.
-pub struct Sources {
-    pub schema: (PathBuf, String),
-    pub policies: Vec<(PathBuf, String)>,
-}
-
-impl Sources {
-    /// Reads the schema and every `*.cedar` file under `dir` (sorted).
-    pub fn read(dir: &Path) -> Result<Self, PolicyError> {
-        let schema_path = dir.join(SCHEMA_FILE);
-        let schema = match std::fs::read_to_string(&schema_path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound && dir.is_dir() => {
-                return Err(PolicyError::Invalid(vec![Diagnostic {
-                    file: schema_path,
-                    line: 1,
-                    column: 1,
-                    severity: Severity::Error,
-                    message: "the schema is missing: every policy folder needs a `schema.cedarschema`; policies are validated strictly against it".into(),
-                    help: Some("start from the schema in the repository's `policies/` folder".into()),
-                }]));
-            }
-            Err(source) => {
-                return Err(PolicyError::Io {
-                    path: if dir.is_dir() {
-                        schema_path
-                    } else {
-                        dir.to_owned()
-                    },
-                    source,
-                });
-            }
-        };
-        let mut paths = Vec::new();
-        collect_cedar_files(dir, &mut paths)?;
-        paths.sort();
-        let mut policies = Vec::new();
-        for path in paths {
-            let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            policies.push((path, text));
-        }
-        Ok(Self {
-            schema: (schema_path, schema),
-            policies,
-        })
-    }
-
-    /// A short hash over every file's path (inside the folder) and content.
-    pub fn fingerprint(&self) -> String {
-        let mut hasher = Sha256::new();
-        let dir = self.schema.0.parent().unwrap_or(Path::new(""));
-        for (path, text) in std::iter::once(&self.schema).chain(&self.policies) {
-            let name = path.strip_prefix(dir).unwrap_or(path).to_string_lossy();
-            hasher.update(name.as_bytes());
-            hasher.update([0]);
-            hasher.update((text.len() as u64).to_le_bytes());
-            hasher.update(text.as_bytes());
-        }
-        hex::encode(&hasher.finalize()[..6])
-    }
-}
-
-fn collect_cedar_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
-    collect_cedar_files_at(dir, out, 0)
-}
-
-fn collect_cedar_files_at(
-    dir: &Path,
-    out: &mut Vec<PathBuf>,
-    depth: usize,
-) -> Result<(), PolicyError> {
-    if depth > 16 {
-        return Err(PolicyError::Io {
-            path: dir.to_owned(),
-            source: std::io::Error::other("folders nest deeper than 16 levels (a symlink loop?)"),
-        });
-    }
-    let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| PolicyError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let path = entry.path();
-        // Followed through symlinks (a folder swapped in by a link, as
-        // configuration systems do, is read like any other).
-        let is_dir = std::fs::metadata(&path).is_ok_and(|m| m.is_dir());
-        let hidden = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if hidden {
-            continue;
-        }
-        if is_dir {
-            collect_cedar_files_at(&path, out, depth + 1)?;
-        } else if path.extension().is_some_and(|e| e == "cedar") {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// A diagnostic from a Cedar error that points into `text`.
-fn diagnostic(
-    error: &dyn miette::Diagnostic,
-    file: &Path,
-    text: &str,
-    severity: Severity,
-    fallback_offset: usize,
-) -> Diagnostic {
-    let offset = error
-        .labels()
-        .and_then(|mut labels| labels.next())
-        .map_or(fallback_offset, |label| label.offset());
-    let (line, column) = crate::config::line_col(text, offset);
-    Diagnostic {
-        file: file.to_owned(),
-        line,
-        column,
-        severity,
-        message: error.to_string(),
-        help: error.help().map(|h| h.to_string()),
-    }
-}
-
 impl PolicyStore {
     /// Loads and validates a policy folder.
     pub fn load(dir: &Path) -> Result<Self, PolicyError> {
@@ -366,116 +111,18 @@ impl PolicyStore {
 
     pub fn from_sources(sources: &Sources) -> Result<Self, PolicyError> {
         let (schema_path, schema_text) = &sources.schema;
-        let schema = match Schema::from_cedarschema_str(schema_text) {
-            Ok((schema, _warnings)) => schema,
-            Err(err) => {
-                return Err(PolicyError::Invalid(vec![diagnostic(
-                    &err,
-                    schema_path,
-                    schema_text,
-                    Severity::Error,
-                    0,
-                )]));
-            }
-        };
-        if let Some(problem) = model_problem(&schema) {
-            return Err(PolicyError::Invalid(vec![Diagnostic {
-                file: schema_path.clone(),
-                line: 1,
-                column: 1,
-                severity: Severity::Error,
-                message: problem,
-                help: Some("start from the schema in the repository's `policies/` folder; add attributes and types, do not rename or namespace the model's".into()),
-            }]));
-        }
+        let schema = schema_of(schema_path, schema_text)?;
         let shapes = SchemaFragment::from_cedarschema_str(schema_text)
             .ok()
             .and_then(|(fragment, _)| fragment.to_json_value().ok())
             .map(|json| context_shapes(&json))
             .unwrap_or_default();
 
-        let mut errors = Vec::new();
-        let mut policies: Vec<Policy> = Vec::new();
-        let mut origins: HashMap<String, Origin> = HashMap::new();
-        // Policy id → (file, text, offset of the policy in the file).
-        let mut located: HashMap<String, (usize, usize)> = HashMap::new();
-        for (file_index, (path, text)) in sources.policies.iter().enumerate() {
-            let set = match PolicySet::from_str(text) {
-                Ok(set) => set,
-                Err(err) => {
-                    for error in err.iter() {
-                        errors.push(diagnostic(error, path, text, Severity::Error, 0));
-                    }
-                    continue;
-                }
-            };
-            if set.templates().next().is_some() {
-                errors.push(Diagnostic {
-                    file: path.clone(),
-                    line: 1,
-                    column: 1,
-                    severity: Severity::Error,
-                    message: "policy templates (`?principal`, `?resource`) are not supported; write static policies".into(),
-                    help: None,
-                });
-                continue;
-            }
-            // `from_str` names policies policy0, policy1, … in source order.
-            let mut parsed: Vec<&Policy> = set.policies().collect();
-            parsed.sort_by_key(|p| {
-                p.id()
-                    .to_string()
-                    .trim_start_matches("policy")
-                    .parse::<usize>()
-                    .unwrap_or(usize::MAX)
-            });
-            let mut cursor = 0;
-            for policy in parsed {
-                let source = policy.to_string();
-                let offset = text
-                    .get(cursor..)
-                    .and_then(|rest| rest.find(source.as_str()))
-                    .map_or(cursor, |found| cursor + found);
-                cursor = offset + source.len().min(text.len().saturating_sub(offset));
-                let (line, column) = crate::config::line_col(text, offset);
-                let id = match policy.annotation("id") {
-                    Some(id) => id.to_owned(),
-                    None => format!("{}:{line}", display_name(path)),
-                };
-                if let Some(first) = origins.get(&id) {
-                    errors.push(Diagnostic {
-                        file: path.clone(),
-                        line,
-                        column,
-                        severity: Severity::Error,
-                        message: format!(
-                            "policy id `{id}` is used twice (first at {}:{})",
-                            first.file.display(),
-                            first.line
-                        ),
-                        help: Some("give every policy a unique `@id(\"…\")`".into()),
-                    });
-                    continue;
-                }
-                let effect = match policy.effect() {
-                    cedar_policy::Effect::Permit => "permit",
-                    cedar_policy::Effect::Forbid => "forbid",
-                };
-                origins.insert(
-                    id.clone(),
-                    Origin {
-                        file: path.clone(),
-                        line,
-                        effect,
-                    },
-                );
-                located.insert(id.clone(), (file_index, offset));
-                policies.push(policy.new_id(PolicyId::new(&id)));
-            }
-        }
-        if !errors.is_empty() {
-            return Err(PolicyError::Invalid(errors));
-        }
+        let Parsed {
+            policies,
+            origins,
+            located,
+        } = parse_policies(sources)?;
         let all = PolicySet::from_policies(policies.iter().cloned()).map_err(|err| {
             PolicyError::Invalid(vec![Diagnostic {
                 file: schema_path.parent().map(Path::to_owned).unwrap_or_default(),
@@ -487,26 +134,7 @@ impl PolicyStore {
             }])
         })?;
 
-        let validation = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
-        let locate = |id: &PolicyId| {
-            located
-                .get(&id.to_string())
-                .and_then(|(file, offset)| sources.policies.get(*file).map(|f| (f, *offset)))
-        };
-        let mut warnings = Vec::new();
-        for error in validation.validation_errors() {
-            if let Some(((path, text), offset)) = locate(error.policy_id()) {
-                errors.push(diagnostic(error, path, text, Severity::Error, offset));
-            }
-        }
-        for warning in validation.validation_warnings() {
-            if let Some(((path, text), offset)) = locate(warning.policy_id()) {
-                warnings.push(diagnostic(warning, path, text, Severity::Warning, offset));
-            }
-        }
-        if !errors.is_empty() {
-            return Err(PolicyError::Invalid(errors));
-        }
+        let warnings = validate(&schema, &all, sources, &located)?;
 
         let action_entities = if schema.action_groups().next().is_some() {
             schema
@@ -897,283 +525,169 @@ impl PolicyStore {
     }
 }
 
-fn client_entity(
-    types: &Types,
-    name: &str,
-    parents: HashSet<EntityUid>,
-    attributes: Option<&serde_json::Map<String, Value>>,
-) -> Result<Entity, String> {
-    let mut values = HashMap::from([(
-        "name".to_owned(),
-        RestrictedExpression::new_string(name.to_owned()),
-    )]);
-    for (key, value) in attributes.into_iter().flatten() {
-        let converted = plain_value(value).ok_or_else(|| {
-            format!("client attribute `{key}` is not a string, integer, boolean or array")
-        })?;
-        values.insert(key.clone(), converted);
-    }
-    Entity::new(types.uid("Client", name), values, parents).map_err(|e| e.to_string())
-}
-
-/// A slice of the policies and the entities of one kind of request.
-struct Prepared {
-    policies: Arc<PolicySet>,
-    entities: Arc<Entities>,
-    /// The context attributes a policy of the slice may read.
-    reads: Reads,
-}
-
-/// Which context attributes a policy may read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Reads {
-    arguments: bool,
-    transport: bool,
-    session: bool,
-    time: bool,
-}
-
-impl Reads {
-    const ALL: Self = Self {
-        arguments: true,
-        transport: true,
-        session: true,
-        time: true,
-    };
-    const NONE: Self = Self {
-        arguments: false,
-        transport: false,
-        session: false,
-        time: false,
-    };
-
-    /// From a policy's source: an attribute is read if the policy names it
-    /// as an identifier (`context.x`, `context has x`), and all are if it
-    /// reaches the context any other way — as a whole value, or through a
-    /// string (`context["x"]`, `context has "x"`), where escapes could spell
-    /// a name the text does not show. Over-approximates, never under.
-    fn of(source: &str) -> Self {
-        let mut rest = source;
-        while let Some(found) = rest.find("context") {
-            let after = rest[found + "context".len()..].trim_start();
-            let by_identifier = after.starts_with('.')
-                || after
-                    .strip_prefix("has")
-                    .is_some_and(|name| !name.trim_start().starts_with('"'));
-            if !by_identifier {
-                return Self::ALL;
-            }
-            rest = &rest[found + "context".len()..];
-        }
-        Self {
-            arguments: source.contains("arguments"),
-            transport: source.contains("transport"),
-            session: source.contains("session"),
-            time: source.contains("time"),
-        }
-    }
-
-    fn union(self, other: Self) -> Self {
-        Self {
-            arguments: self.arguments || other.arguments,
-            transport: self.transport || other.transport,
-            session: self.session || other.session,
-            time: self.time || other.time,
-        }
-    }
-}
-
-/// Why a schema does not describe the entities the proxy builds, if it does
-/// not. A schema that renamed `Server`, or put the model in a namespace,
-/// would validate policies that can never match a request — and a forbid
-/// that never matches fails open.
-fn model_problem(schema: &Schema) -> Option<String> {
-    let types: HashSet<String> = schema.entity_types().map(ToString::to_string).collect();
-    if let Some(namespaced) = types.iter().find(|t| t.contains("::")) {
-        return Some(format!(
-            "entity type `{namespaced}` is in a namespace; the proxy builds the model's entities without one"
-        ));
-    }
-    for required in ["Client", "Group", "Server", "Tool", "Prompt", "Resource"] {
-        if !types.contains(required) {
-            return Some(format!(
-                "the schema does not declare entity type `{required}`, which the proxy builds for every decision"
-            ));
-        }
-    }
-    let action_type = EntityTypeName::from_str("Action").ok()?;
-    for action in Action::ALL {
-        let uid =
-            EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(action.name()));
-        let principals: Vec<String> = schema
-            .principals_for_action(&uid)
-            .map(|it| it.map(ToString::to_string).collect())
-            .unwrap_or_default();
-        let resources: Vec<String> = schema
-            .resources_for_action(&uid)
-            .map(|it| it.map(ToString::to_string).collect())
-            .unwrap_or_default();
-        let expected: &[&str] = match action {
-            Action::CallTool | Action::ListTools => &["Tool"],
-            Action::GetPrompt | Action::ListPrompts => &["Prompt"],
-            Action::ReadResource | Action::ListResources | Action::SubscribeResource => {
-                &["Resource"]
-            }
-            Action::Complete => &["Prompt", "Resource"],
-            Action::Sampling | Action::Elicitation | Action::Roots => &["Server"],
-        };
-        if !principals.iter().any(|p| p == "Client")
-            || !expected.iter().all(|e| resources.iter().any(|r| r == e))
-        {
-            return Some(format!(
-                "action `{}` must apply to principal `Client` and resource {}",
-                action.name(),
-                expected
-                    .iter()
-                    .map(|e| format!("`{e}`"))
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            ));
-        }
-    }
-    None
-}
-
 fn display_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 
-/// Indexes each policy under the actions its action scope includes, with
-/// the entity its principal and resource scopes are tied to (if any).
-fn index_by_action(
-    policies: &[Policy],
-    schema: &Schema,
-    types: &Types,
-) -> HashMap<Action, Vec<Indexed>> {
-    let action_entities = schema.action_entities().ok();
-    let covers = |scope: &EntityUid, action: &EntityUid| {
-        scope == action
-            || action_entities
-                .as_ref()
-                .is_some_and(|entities| entities.is_ancestor_of(scope, action))
-    };
-    let mut by_action: HashMap<Action, Vec<Indexed>> = HashMap::new();
-    for policy in policies {
-        let principal = match policy.principal_constraint() {
-            PrincipalConstraint::Any | PrincipalConstraint::Is(_) => None,
-            PrincipalConstraint::In(uid)
-            | PrincipalConstraint::Eq(uid)
-            | PrincipalConstraint::IsIn(_, uid) => Some(uid),
-        };
-        let resource = match policy.resource_constraint() {
-            ResourceConstraint::Any | ResourceConstraint::Is(_) => None,
-            ResourceConstraint::In(uid)
-            | ResourceConstraint::Eq(uid)
-            | ResourceConstraint::IsIn(_, uid) => Some(uid),
-        };
-        let constraint = policy.action_constraint();
-        let reads = Reads::of(&policy.to_string());
-        for (action, uid) in &types.actions {
-            let applies = match &constraint {
-                ActionConstraint::Any => true,
-                ActionConstraint::Eq(scope) => covers(scope, uid),
-                ActionConstraint::In(scopes) => scopes.iter().any(|scope| covers(scope, uid)),
-            };
-            if applies {
-                by_action.entry(*action).or_default().push(Indexed {
-                    policy: policy.clone(),
-                    principal: principal.clone(),
-                    resource: resource.clone(),
-                    reads,
-                });
-            }
+/// The folder's schema, parsed, and checked to declare the model the proxy
+/// builds its requests in.
+fn schema_of(schema_path: &Path, schema_text: &str) -> Result<Schema, PolicyError> {
+    let schema = match Schema::from_cedarschema_str(schema_text) {
+        Ok((schema, _warnings)) => schema,
+        Err(err) => {
+            return Err(PolicyError::Invalid(vec![diagnostic(
+                &err,
+                schema_path,
+                schema_text,
+                Severity::Error,
+                0,
+            )]));
         }
+    };
+    if let Some(problem) = model_problem(&schema) {
+        return Err(PolicyError::Invalid(vec![Diagnostic {
+            file: schema_path.to_owned(),
+            line: 1,
+            column: 1,
+            severity: Severity::Error,
+            message: problem,
+            help: Some("start from the schema in the repository's `policies/` folder; add attributes and types, do not rename or namespace the model's".into()),
+        }]));
     }
-    by_action
+    Ok(schema)
 }
 
-/// Reads, from the schema's JSON form, each action's context attributes and
-/// the type of its `arguments`.
-fn context_shapes(json: &Value) -> HashMap<Action, ContextShape> {
-    let mut shapes = HashMap::new();
-    let Some(namespaces) = json.as_object() else {
-        return shapes;
-    };
-    for namespace in namespaces.values() {
-        let common = namespace.get("commonTypes").cloned().unwrap_or(Value::Null);
-        let Some(actions) = namespace.get("actions").and_then(Value::as_object) else {
-            continue;
-        };
-        for (name, action) in actions {
-            let Some(parsed) = Action::parse(name) else {
-                continue;
-            };
-            let Some(context) = action.pointer("/appliesTo/context") else {
-                shapes.insert(parsed, ContextShape::default());
-                continue;
-            };
-            let Some(ArgType::Record(attributes)) = arg_type(context, &common, 0) else {
-                continue;
-            };
-            let mut shape = ContextShape::default();
-            for (attribute, kind, _) in attributes {
-                if attribute == "arguments"
-                    && let ArgType::Record(fields) = &kind
-                {
-                    shape.arguments = Some(fields.clone());
+/// The policies of a folder's files, each under its id.
+struct Parsed {
+    policies: Vec<Policy>,
+    origins: HashMap<String, Origin>,
+    /// Policy id → (its file's index in the sources, offset of the policy
+    /// in the file).
+    located: HashMap<String, (usize, usize)>,
+}
+
+/// Every policy of the folder's files, named by its `@id` (or its file and
+/// line), with where it came from; or every problem found in them.
+fn parse_policies(sources: &Sources) -> Result<Parsed, PolicyError> {
+    let mut errors = Vec::new();
+    let mut policies: Vec<Policy> = Vec::new();
+    let mut origins: HashMap<String, Origin> = HashMap::new();
+    // Policy id → (file, text, offset of the policy in the file).
+    let mut located: HashMap<String, (usize, usize)> = HashMap::new();
+    for (file_index, (path, text)) in sources.policies.iter().enumerate() {
+        let set = match PolicySet::from_str(text) {
+            Ok(set) => set,
+            Err(err) => {
+                for error in err.iter() {
+                    errors.push(diagnostic(error, path, text, Severity::Error, 0));
                 }
-                shape.attributes.insert(attribute);
+                continue;
             }
-            shapes.insert(parsed, shape);
+        };
+        if set.templates().next().is_some() {
+            errors.push(Diagnostic {
+                file: path.clone(),
+                line: 1,
+                column: 1,
+                severity: Severity::Error,
+                message: "policy templates (`?principal`, `?resource`) are not supported; write static policies".into(),
+                help: None,
+            });
+            continue;
+        }
+        // `from_str` names policies policy0, policy1, … in source order.
+        let mut parsed: Vec<&Policy> = set.policies().collect();
+        parsed.sort_by_key(|p| {
+            p.id()
+                .to_string()
+                .trim_start_matches("policy")
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        let mut cursor = 0;
+        for policy in parsed {
+            let source = policy.to_string();
+            let offset = text
+                .get(cursor..)
+                .and_then(|rest| rest.find(source.as_str()))
+                .map_or(cursor, |found| cursor + found);
+            cursor = offset + source.len().min(text.len().saturating_sub(offset));
+            let (line, column) = crate::config::line_col(text, offset);
+            let id = match policy.annotation("id") {
+                Some(id) => id.to_owned(),
+                None => format!("{}:{line}", display_name(path)),
+            };
+            if let Some(first) = origins.get(&id) {
+                errors.push(Diagnostic {
+                    file: path.clone(),
+                    line,
+                    column,
+                    severity: Severity::Error,
+                    message: format!(
+                        "policy id `{id}` is used twice (first at {}:{})",
+                        first.file.display(),
+                        first.line
+                    ),
+                    help: Some("give every policy a unique `@id(\"…\")`".into()),
+                });
+                continue;
+            }
+            let effect = match policy.effect() {
+                cedar_policy::Effect::Permit => "permit",
+                cedar_policy::Effect::Forbid => "forbid",
+            };
+            origins.insert(
+                id.clone(),
+                Origin {
+                    file: path.clone(),
+                    line,
+                    effect,
+                },
+            );
+            located.insert(id.clone(), (file_index, offset));
+            policies.push(policy.new_id(PolicyId::new(&id)));
         }
     }
-    shapes
+    if !errors.is_empty() {
+        return Err(PolicyError::Invalid(errors));
+    }
+    Ok(Parsed {
+        policies,
+        origins,
+        located,
+    })
 }
 
-/// A schema type (JSON form) as an argument type, resolving common types.
-fn arg_type(ty: &Value, common: &Value, depth: usize) -> Option<ArgType> {
-    if depth > 16 {
-        return None;
-    }
-    let kind = ty.get("type").and_then(Value::as_str)?;
-    let named = |name: &str| -> Option<ArgType> {
-        match name {
-            "String" | "__cedar::String" => Some(ArgType::String),
-            "Long" | "__cedar::Long" => Some(ArgType::Long),
-            "Bool" | "Boolean" | "__cedar::Bool" | "__cedar::Boolean" => Some(ArgType::Bool),
-            other => match common.get(other) {
-                Some(resolved) => arg_type(resolved, common, depth + 1),
-                None => Some(ArgType::Unsupported),
-            },
-        }
+/// Validates a set strictly against the schema, each error and warning
+/// placed in its policy's file: the warnings, or every error.
+fn validate(
+    schema: &Schema,
+    all: &PolicySet,
+    sources: &Sources,
+    located: &HashMap<String, (usize, usize)>,
+) -> Result<Vec<Diagnostic>, PolicyError> {
+    let validation = Validator::new(schema.clone()).validate(all, ValidationMode::Strict);
+    let locate = |id: &PolicyId| {
+        located
+            .get(&id.to_string())
+            .and_then(|(file, offset)| sources.policies.get(*file).map(|f| (f, *offset)))
     };
-    match kind {
-        "Record" => {
-            let attributes = ty.get("attributes").and_then(Value::as_object)?;
-            Some(ArgType::Record(
-                attributes
-                    .iter()
-                    .map(|(name, attribute)| {
-                        let required = attribute
-                            .get("required")
-                            .and_then(Value::as_bool)
-                            .unwrap_or(true);
-                        let kind =
-                            arg_type(attribute, common, depth + 1).unwrap_or(ArgType::Unsupported);
-                        (name.clone(), kind, required)
-                    })
-                    .collect(),
-            ))
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    for error in validation.validation_errors() {
+        if let Some(((path, text), offset)) = locate(error.policy_id()) {
+            errors.push(diagnostic(error, path, text, Severity::Error, offset));
         }
-        "Set" => Some(ArgType::Set(Box::new(
-            ty.get("element")
-                .and_then(|element| arg_type(element, common, depth + 1))
-                .unwrap_or(ArgType::Unsupported),
-        ))),
-        "EntityOrCommon" => named(ty.get("name").and_then(Value::as_str)?),
-        "Entity" | "Extension" => Some(ArgType::Unsupported),
-        other => named(other),
     }
+    for warning in validation.validation_warnings() {
+        if let Some(((path, text), offset)) = locate(warning.policy_id()) {
+            warnings.push(diagnostic(warning, path, text, Severity::Warning, offset));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(PolicyError::Invalid(errors));
+    }
+    Ok(warnings)
 }

@@ -47,32 +47,6 @@ pub struct Rules {
     set: RegexSet,
 }
 
-/// Characters that are invisible or change the direction of text.
-pub fn is_invisible(c: char) -> bool {
-    matches!(
-        c as u32,
-        0x00AD
-            | 0x034F
-            | 0x061C
-            | 0x115F
-            | 0x1160
-            | 0x180E
-            | 0x200B
-            | 0x200C
-            | 0x200E
-            | 0x200F
-            | 0x202A..=0x202E
-            | 0x2060..=0x2064
-            | 0x2066..=0x2069
-            | 0x3164
-            | 0xFE00..=0xFE0D
-            | 0xFEFF
-            | 0xFFA0
-            | 0xE0000..=0xE007F
-            | 0xE0100..=0xE01EF
-    )
-}
-
 impl Rules {
     /// The built-in rules, and those of `extra` (a rule file) after them.
     pub fn load(extra: Option<&Path>) -> Result<Self, PoisonError> {

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::invisible;
+
 /// The format version both files carry.
 pub const VERSION: u32 = 1;
 
@@ -332,25 +334,13 @@ pub fn diff(old: &Value, new: &Value) -> Vec<String> {
 
 /// A value as a diff shows it: JSON, with invisible characters escaped.
 fn shown_value(value: &Value) -> String {
-    visible(&value.to_string())
+    invisible::escaped(&value.to_string())
 }
 
 /// A definition for review: pretty JSON, with invisible characters escaped
 /// (as in [`diff`]) so that nothing in it hides from the reviewer.
 pub fn shown_pretty(value: &Value) -> String {
-    visible(&serde_json::to_string_pretty(value).unwrap_or_default())
-}
-
-fn visible(text: &str) -> String {
-    let mut shown = String::with_capacity(text.len());
-    for c in text.chars() {
-        if super::poison::is_invisible(c) {
-            shown.push_str(&format!("\\u{{{:04X}}}", c as u32));
-        } else {
-            shown.push(c);
-        }
-    }
-    shown
+    invisible::escaped(&serde_json::to_string_pretty(value).unwrap_or_default())
 }
 
 /// The leaves of a JSON value by JSON pointer.

@@ -1,6 +1,9 @@
+use serde_json::{Value, json};
+
 use super::*;
-use crate::chain::{ClientIdentity, Context, Directory, Phase, Transport};
+use crate::chain::{ClientIdentity, Context, Denial, Directory, Phase, Transport};
 use crate::config::PinningConfig;
+use crate::protocol::code;
 
 /// One server `srv`, its tools listed as given.
 #[derive(Debug)]

@@ -2,6 +2,7 @@
 //! binary) and custom rule files in the same format, validated once at load.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -114,7 +115,7 @@ impl RuleSet {
 
     /// Validates a rule file's text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, RuleError> {
-        let error = |span: Option<std::ops::Range<usize>>, message: String| RuleError {
+        let error = |span: Option<Range<usize>>, message: String| RuleError {
             file: path.to_owned(),
             location: span.map(|span| line_col(text, span.start)),
             message,
@@ -125,119 +126,7 @@ impl RuleSet {
         let mut rules = Vec::with_capacity(raw.rule.len());
         let mut seen = HashSet::new();
         for (index, raw_rule) in raw.rule.into_iter().enumerate() {
-            let span = raw_rule.span();
-            let raw_rule = raw_rule.into_inner();
-            let at = |field: &str, message: String| {
-                error(
-                    Some(span.clone()),
-                    format!(
-                        "`rule[{index}].{field}` (rule `{}`): {message}",
-                        raw_rule.id
-                    ),
-                )
-            };
-            if !valid_id(&raw_rule.id) {
-                return Err(at(
-                    "id",
-                    "an id is lowercase letters and digits in dash-separated words, e.g. `acme-api-token`".into(),
-                ));
-            }
-            if !seen.insert(raw_rule.id.clone()) {
-                return Err(at("id", "this id is used twice".into()));
-            }
-            for keyword in &raw_rule.keywords {
-                if keyword.len() < 2 || !keyword.is_ascii() {
-                    return Err(at(
-                        "keywords",
-                        format!("`{keyword}`: a keyword is at least 2 ASCII characters"),
-                    ));
-                }
-            }
-            let regex_error = |err: String| {
-                error(
-                    Some(raw_rule.regex.span()),
-                    format!("`rule[{index}].regex` (rule `{}`): {err}", raw_rule.id),
-                )
-            };
-            let hir =
-                parse(raw_rule.regex.get_ref()).map_err(|err| regex_error(err.to_string()))?;
-            let regex = meta::Regex::builder()
-                .configure(
-                    meta::Config::new()
-                        .nfa_size_limit(Some(1 << 22))
-                        .utf8_empty(false),
-                )
-                .build_from_hir(&hir)
-                .map_err(|err| regex_error(err.to_string()))?;
-            let secret_group = regex
-                .group_info()
-                .to_index(regex_automata::PatternID::ZERO, "secret");
-            let severity = match raw_rule.severity.as_str() {
-                "critical" => Severity::Critical,
-                "high" => Severity::High,
-                "medium" => Severity::Medium,
-                "low" => Severity::Low,
-                other => {
-                    return Err(at(
-                        "severity",
-                        format!("`{other}` is not `critical`, `high`, `medium` or `low`"),
-                    ));
-                }
-            };
-            if let Some(entropy) = raw_rule.entropy
-                && !(0.0..=8.0).contains(&entropy)
-            {
-                return Err(at(
-                    "entropy",
-                    format!("{entropy} is not between 0 and 8 bits per byte"),
-                ));
-            }
-            let max_len = raw_rule.max_len.unwrap_or(256);
-            if max_len == 0 || max_len > MAX_MATCH_LEN {
-                return Err(at(
-                    "max_len",
-                    format!("{max_len} is not between 1 and {MAX_MATCH_LEN}"),
-                ));
-            }
-            let lead = match raw_rule.lead {
-                Some(lead) => lead,
-                None if starts_with_keyword(&hir, &raw_rule.keywords) => 0,
-                None => max_len,
-            };
-            if lead > max_len {
-                return Err(at(
-                    "lead",
-                    format!("{lead} is more than `max_len` ({max_len})"),
-                ));
-            }
-            let head = match starts(&hir, 16, &[]) {
-                Some(starts) if starts.iter().all(|start| !start.bytes.is_empty()) => {
-                    starts.into_iter().map(|start| start.bytes).collect()
-                }
-                _ => Vec::new(),
-            };
-            let allow_regex = raw_rule
-                .allow_regex
-                .iter()
-                .map(|pattern| compile(pattern).map_err(|err| at("allow_regex", format!("{err}"))))
-                .collect::<Result<Vec<_>, _>>()?;
-            rules.push(Rule {
-                id: Arc::from(raw_rule.id.as_str()),
-                description: raw_rule.description,
-                keywords: raw_rule.keywords,
-                regex,
-                secret_group,
-                entropy: raw_rule.entropy,
-                severity,
-                priority: raw_rule.priority,
-                stopwords: raw_rule.stopwords,
-                allow: raw_rule.allow.into_iter().map(String::into_bytes).collect(),
-                allow_regex,
-                max_len,
-                lead,
-                head,
-                origin: origin.clone(),
-            });
+            rules.push(build_rule(raw_rule, index, &mut seen, &origin, &error)?);
         }
         Ok(Self {
             rules,
@@ -267,6 +156,135 @@ impl RuleSet {
         }
         Ok(())
     }
+}
+
+/// The `index`th rule of a file, checked and compiled; its id must not be
+/// in `seen` (it is added). `error` places a message in the file.
+fn build_rule(
+    raw_rule: Spanned<RawRule>,
+    index: usize,
+    seen: &mut HashSet<String>,
+    origin: &Arc<str>,
+    error: &dyn Fn(Option<Range<usize>>, String) -> RuleError,
+) -> Result<Rule, RuleError> {
+    let span = raw_rule.span();
+    let raw_rule = raw_rule.into_inner();
+    let at = |field: &str, message: String| {
+        error(
+            Some(span.clone()),
+            format!(
+                "`rule[{index}].{field}` (rule `{}`): {message}",
+                raw_rule.id
+            ),
+        )
+    };
+    if !valid_id(&raw_rule.id) {
+        return Err(at(
+            "id",
+            "an id is lowercase letters and digits in dash-separated words, e.g. `acme-api-token`"
+                .into(),
+        ));
+    }
+    if !seen.insert(raw_rule.id.clone()) {
+        return Err(at("id", "this id is used twice".into()));
+    }
+    for keyword in &raw_rule.keywords {
+        if keyword.len() < 2 || !keyword.is_ascii() {
+            return Err(at(
+                "keywords",
+                format!("`{keyword}`: a keyword is at least 2 ASCII characters"),
+            ));
+        }
+    }
+    let regex_error = |err: String| {
+        error(
+            Some(raw_rule.regex.span()),
+            format!("`rule[{index}].regex` (rule `{}`): {err}", raw_rule.id),
+        )
+    };
+    let hir = parse(raw_rule.regex.get_ref()).map_err(|err| regex_error(err.to_string()))?;
+    let regex = scanner_regex(&hir).map_err(regex_error)?;
+    let secret_group = regex
+        .group_info()
+        .to_index(regex_automata::PatternID::ZERO, "secret");
+    let severity = match raw_rule.severity.as_str() {
+        "critical" => Severity::Critical,
+        "high" => Severity::High,
+        "medium" => Severity::Medium,
+        "low" => Severity::Low,
+        other => {
+            return Err(at(
+                "severity",
+                format!("`{other}` is not `critical`, `high`, `medium` or `low`"),
+            ));
+        }
+    };
+    if let Some(entropy) = raw_rule.entropy
+        && !(0.0..=8.0).contains(&entropy)
+    {
+        return Err(at(
+            "entropy",
+            format!("{entropy} is not between 0 and 8 bits per byte"),
+        ));
+    }
+    let max_len = raw_rule.max_len.unwrap_or(256);
+    if max_len == 0 || max_len > MAX_MATCH_LEN {
+        return Err(at(
+            "max_len",
+            format!("{max_len} is not between 1 and {MAX_MATCH_LEN}"),
+        ));
+    }
+    let lead = match raw_rule.lead {
+        Some(lead) => lead,
+        None if starts_with_keyword(&hir, &raw_rule.keywords) => 0,
+        None => max_len,
+    };
+    if lead > max_len {
+        return Err(at(
+            "lead",
+            format!("{lead} is more than `max_len` ({max_len})"),
+        ));
+    }
+    let head = match starts(&hir, 16, &[]) {
+        Some(starts) if starts.iter().all(|start| !start.bytes.is_empty()) => {
+            starts.into_iter().map(|start| start.bytes).collect()
+        }
+        _ => Vec::new(),
+    };
+    let allow_regex = raw_rule
+        .allow_regex
+        .iter()
+        .map(|pattern| compile(pattern).map_err(|err| at("allow_regex", format!("{err}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Rule {
+        id: Arc::from(raw_rule.id.as_str()),
+        description: raw_rule.description,
+        keywords: raw_rule.keywords,
+        regex,
+        secret_group,
+        entropy: raw_rule.entropy,
+        severity,
+        priority: raw_rule.priority,
+        stopwords: raw_rule.stopwords,
+        allow: raw_rule.allow.into_iter().map(String::into_bytes).collect(),
+        allow_regex,
+        max_len,
+        lead,
+        head,
+        origin: origin.clone(),
+    })
+}
+
+/// A rule's parsed regex, built for the scanner (its automaton bounded).
+fn scanner_regex(hir: &Hir) -> Result<meta::Regex, String> {
+    meta::Regex::builder()
+        .configure(
+            meta::Config::new()
+                .nfa_size_limit(Some(1 << 22))
+                .utf8_empty(false),
+        )
+        .build_from_hir(hir)
+        .map_err(|err| err.to_string())
 }
 
 /// A rule's regex, parsed as [`compile`] does.
