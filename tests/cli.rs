@@ -195,44 +195,60 @@ fn every_example_config_loads() {
 
 #[test]
 fn the_readmes_config_examples_load() {
-    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
+    // The README and every page under docs/: the reference moved there, and
+    // its examples must keep loading.
+    let root = common::repo_root();
+    let mut pages = vec![root.join("README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().and_then(|e| e.to_str()) == Some("md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
     let dir = tempfile::tempdir().unwrap();
     let mut checked = 0;
-    for (index, block) in readme.split("```toml\n").skip(1).enumerate() {
-        let block = block.split("```").next().unwrap_or_default();
-        // The README writes placeholders where a real value is the user's.
-        let text = block
-            .replace(
-                "token_sha256 = \"…\"",
-                &format!("token_sha256 = \"{}\"", "b".repeat(64)),
-            )
-            .replace("sha256:…", &format!("sha256:{}", "a".repeat(64)));
-        let path = dir.path().join(format!("readme-{index}.toml"));
-        std::fs::write(&path, &text).unwrap();
-        if text.contains("[[rule]]") {
-            // A secret-scanning rule file: loaded as `extra_rules`.
-            let config = dir.path().join(format!("readme-{index}-config.toml"));
-            std::fs::write(
-                &config,
-                format!("[redact]\nextra_rules = {:?}\n", path.display().to_string()),
-            )
-            .unwrap();
-            let (ok, stdout, stderr) =
-                run(&["redact", "rules", "--config", config.to_str().unwrap()]);
+    for page in &pages {
+        let name = page.strip_prefix(&root).unwrap().display().to_string();
+        let page_text = std::fs::read_to_string(page).unwrap();
+        for (index, block) in page_text.split("```toml\n").skip(1).enumerate() {
+            let block = block.split("```").next().unwrap_or_default();
+            // The docs write placeholders where a real value is the user's.
+            let text = block
+                .replace(
+                    "token_sha256 = \"…\"",
+                    &format!("token_sha256 = \"{}\"", "b".repeat(64)),
+                )
+                .replace("sha256:…", &format!("sha256:{}", "a".repeat(64)));
+            let path = dir.path().join(format!("block-{checked}.toml"));
+            std::fs::write(&path, &text).unwrap();
+            if text.contains("[[rule]]") {
+                // A secret-scanning rule file: loaded as `extra_rules`.
+                let config = dir.path().join(format!("block-{checked}-config.toml"));
+                std::fs::write(
+                    &config,
+                    format!("[redact]\nextra_rules = {:?}\n", path.display().to_string()),
+                )
+                .unwrap();
+                let (ok, stdout, stderr) =
+                    run(&["redact", "rules", "--config", config.to_str().unwrap()]);
+                assert!(
+                    ok,
+                    "{name} rule block {index} does not load: {stderr}\n{block}"
+                );
+                assert!(stdout.contains("acme-api-token"), "{stdout}");
+                checked += 1;
+                continue;
+            }
+            let (ok, _, stderr) = run(&["servers", "list", "--config", path.to_str().unwrap()]);
             assert!(
                 ok,
-                "README rule block {index} does not load: {stderr}\n{block}"
+                "{name} toml block {index} does not load: {stderr}\n{block}"
             );
-            assert!(stdout.contains("acme-api-token"), "{stdout}");
             checked += 1;
-            continue;
         }
-        let (ok, _, stderr) = run(&["servers", "list", "--config", path.to_str().unwrap()]);
-        assert!(
-            ok,
-            "README toml block {index} does not load: {stderr}\n{block}"
-        );
-        checked += 1;
     }
-    assert!(checked >= 2, "found {checked} toml blocks");
+    // Six when the reference moved out of the README: a page that loses its
+    // examples (or a test that stops finding them) shows here.
+    assert!(checked >= 6, "found {checked} toml blocks");
 }
