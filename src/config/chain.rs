@@ -74,7 +74,9 @@ impl Switchable {
             // Pinning after `authz` (a client never learns of a tool it may
             // not see), before `schema`; schema validation after `authz` (a
             // call it refuses is not checked further); secret scanning last
-            // (so on the way back it is the last stage before the client).
+            // of the native ones (plugins follow it): responses run the chain
+            // in reverse, so on the way back it scans what every plugin
+            // left, and the stages after it only remove items or refuse.
             Self::Pinning | Self::Schema | Self::Redact => Placement::Last,
         }
     }
