@@ -562,7 +562,10 @@ async fn cancellation_reaches_the_server_and_the_call_gets_no_reply() {
     assert_eq!(seen["params"]["requestId"], hung);
     // The client's free-text reason is not relayed; the proxy gives its own.
     assert_eq!(seen["params"]["reason"], "cancelled by the proxy");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A barrier: the proxy has taken in and answered everything sent before
+    // this ping (the cancellation included) when its answer arrives.
+    let pong = client.call(8, "ping", json!({})).await;
+    assert_eq!(pong["result"], json!({}), "{pong}");
     assert!(
         client.backlog().iter().all(|m| m["id"] != json!(5)),
         "a cancelled request gets no response: {:?}",
