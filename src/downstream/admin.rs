@@ -1,8 +1,8 @@
 //! The auditors' HTTP API under `/admin/audit`, on the proxy's listener.
 //!
-//! Authenticated by auditor tokens (`[[auditors]]`) only: a client's token
-//! gets 401 here, and an auditor's token gets 401 at `/mcp`. The same Host
-//! and Origin checks as `/mcp` apply.
+//! Authenticated by auditor tokens (`[[auditors]]`) only ([`Auditor`]): a
+//! client's token gets 401 here, and an auditor's token gets 401 at `/mcp`.
+//! The same Host and Origin checks as `/mcp` apply (the router's layer).
 //!
 //! - `GET /admin/audit?client=&server=&tool=&decision=&kind=&since=&until=&after=&limit=`:
 //!   `{"records": [...], "last_seq": N}`, oldest first: the newest `limit`
@@ -24,13 +24,14 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::http::{HttpState, plain_error};
+use super::auth::Auditor;
+use super::state::{HttpState, plain_error};
 use crate::audit::{AuditError, Filter, FilterParams, Reader};
 
 /// The most records one `/admin/audit` answer holds.
@@ -49,11 +50,9 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/metrics", get(metrics))
 }
 
-/// The checks every admin request passes: Host and Origin, an auditor's
-/// token, a store to read.
-fn admit(state: &HttpState, headers: &HeaderMap) -> Result<Reader, Box<Response>> {
-    state.check_origin(headers)?;
-    let auditor = state.authenticate_auditor(headers)?;
+/// The store an auditor's request reads (Host, Origin and the auditor
+/// were checked before the handler ran).
+fn admit(state: &HttpState, Auditor(auditor): Auditor) -> Result<Reader, Box<Response>> {
     tracing::debug!(%auditor, "admin request");
     match state.gateway.audit().and_then(|audit| audit.reader()) {
         Some(reader) => Ok(reader.clone()),
@@ -65,13 +64,7 @@ fn admit(state: &HttpState, headers: &HeaderMap) -> Result<Reader, Box<Response>
 }
 
 /// `GET /metrics`, for an auditor's token (a scraper is given one).
-async fn metrics(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    if let Err(response) = state.check_origin(&headers) {
-        return *response;
-    }
-    if let Err(response) = state.authenticate_auditor(&headers) {
-        return *response;
-    }
+async fn metrics(State(state): State<Arc<HttpState>>, _: Auditor) -> Response {
     match state.gateway.render_metrics() {
         Some(text) => (
             [(
@@ -107,24 +100,16 @@ type Params = Result<Query<FilterParams>, axum::extract::rejection::QueryRejecti
 /// naming what is wrong.
 fn admit_with_filter(
     state: &HttpState,
-    headers: &HeaderMap,
+    auditor: Auditor,
     params: Params,
     max: Option<usize>,
 ) -> Result<(Reader, Filter), Box<Response>> {
-    let reader = admit(state, headers)?;
+    let reader = admit(state, auditor)?;
     let Query(params) = params.map_err(|rejection| Box::new(bad_filter(rejection.body_text())))?;
     let filter = params
         .to_filter(SystemTime::now(), max)
         .map_err(|err| Box::new(bad_filter(err.to_string())))?;
     Ok((reader, filter))
-}
-
-/// Waits until every record committed before the request is readable (a
-/// second at most: a store that cannot take them is answered as it is).
-pub(super) async fn caught_up(state: &HttpState) {
-    if let Some(audit) = state.gateway.audit() {
-        audit.caught_up(std::time::Duration::from_secs(1)).await;
-    }
 }
 
 /// Runs a read off the async threads (a query may walk much of the store).
@@ -138,17 +123,13 @@ async fn read<T: Send + 'static>(
         .map_err(|err| AuditError::Read(format!("the read task failed: {err}")))?
 }
 
-async fn query(
-    State(state): State<Arc<HttpState>>,
-    headers: HeaderMap,
-    params: Params,
-) -> Response {
-    let (reader, filter) = match admit_with_filter(&state, &headers, params, Some(MAX_PAGE)) {
+async fn query(State(state): State<Arc<HttpState>>, auditor: Auditor, params: Params) -> Response {
+    let (reader, filter) = match admit_with_filter(&state, auditor, params, Some(MAX_PAGE)) {
         Ok(admitted) => admitted,
         Err(response) => return *response,
     };
     let separator = state.gateway.config().proxy.namespace_separator.clone();
-    caught_up(&state).await;
+    state.caught_up().await;
     // `last_seq` is read before the query: a follower that pages on from
     // it never skips a record written in between.
     let found = read(&reader, move |reader| {
@@ -164,12 +145,12 @@ async fn query(
     }
 }
 
-async fn verify(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    let reader = match admit(&state, &headers) {
+async fn verify(State(state): State<Arc<HttpState>>, auditor: Auditor) -> Response {
+    let reader = match admit(&state, auditor) {
         Ok(reader) => reader,
         Err(response) => return *response,
     };
-    caught_up(&state).await;
+    state.caught_up().await;
     // The proxy checks with its own keys: MACs and signed checkpoints.
     let keys = state
         .gateway
@@ -214,16 +195,12 @@ async fn send_page(lines: &mpsc::Sender<Bytes>, records: &[crate::audit::AuditRe
     true
 }
 
-async fn export(
-    State(state): State<Arc<HttpState>>,
-    headers: HeaderMap,
-    params: Params,
-) -> Response {
-    let (reader, filter) = match admit_with_filter(&state, &headers, params, None) {
+async fn export(State(state): State<Arc<HttpState>>, auditor: Auditor, params: Params) -> Response {
+    let (reader, filter) = match admit_with_filter(&state, auditor, params, None) {
         Ok(admitted) => admitted,
         Err(response) => return *response,
     };
-    caught_up(&state).await;
+    state.caught_up().await;
     let separator = state.gateway.config().proxy.namespace_separator.clone();
     let shutdown = state.gateway.shutdown_token();
     let (lines, body) = mpsc::channel(64);
@@ -263,8 +240,8 @@ async fn export(
     json_lines(body)
 }
 
-async fn tail(State(state): State<Arc<HttpState>>, headers: HeaderMap, params: Params) -> Response {
-    let (reader, mut filter) = match admit_with_filter(&state, &headers, params, Some(MAX_PAGE)) {
+async fn tail(State(state): State<Arc<HttpState>>, auditor: Auditor, params: Params) -> Response {
+    let (reader, mut filter) = match admit_with_filter(&state, auditor, params, Some(MAX_PAGE)) {
         Ok(admitted) => admitted,
         Err(response) => return *response,
     };
@@ -275,7 +252,7 @@ async fn tail(State(state): State<Arc<HttpState>>, headers: HeaderMap, params: P
             "this proxy keeps no audit log",
         );
     };
-    caught_up(&state).await;
+    state.caught_up().await;
     let separator = state.gateway.config().proxy.namespace_separator.clone();
     let shutdown = state.gateway.shutdown_token();
     let (lines, body) = mpsc::channel(64);

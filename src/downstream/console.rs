@@ -1,206 +1,81 @@
 //! The web console at `/admin/`, for auditors and security teams: a live
 //! view of calls with filters, one exchange's detail, the chain's
-//! verification, the servers, the tool pins awaiting approval ([`pins`])
-//! and the policy set in force ([`policies`]). Server-rendered HTML with a
-//! little plain JavaScript, both inside the binary (no build step, nothing
-//! fetched from elsewhere).
+//! verification, the servers ([`servers`]), the tool pins awaiting
+//! approval ([`pins`]) and the policy set in force ([`policies`]).
+//! Server-rendered HTML with a little plain JavaScript, both inside the
+//! binary (no build step, nothing fetched from elsewhere).
 //!
-//! Login: an auditor's token posted to `/admin/login` gives an `HttpOnly`,
-//! `SameSite=Strict` cookie naming a random login (kept in memory, 8 hours);
-//! a client's token is refused (and recorded, as at `/admin/audit`). The
-//! cookie then also opens the admin API the page's script polls. Every page
-//! is sent with a strict Content-Security-Policy (scripts and styles from
-//! the proxy only, no inline script), `nosniff`, no framing, no caching,
-//! and the referrer sent to the proxy itself only (with `no-referrer` a
-//! form's `Origin` would be `null`, which the origin check refuses); every
-//! value from the log is HTML-escaped (tool names, reasons and details come
-//! from clients and servers).
-
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+//! Login: an auditor's token posted to `/admin/login` gives a cookie
+//! naming a random login ([`super::logins`]); a client's token is refused
+//! (and recorded, as at `/admin/audit`). The cookie then also opens the
+//! admin API the page's script polls. Every page is sent with the
+//! console's security headers ([`super::layout`]); every value from the
+//! log is HTML-escaped by the templates (tool names, reasons and details
+//! come from clients and servers).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum_extra::extract::CookieJar;
+use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::http::HttpState;
+use super::auth::{self, LoggedIn};
+use super::layout::{login_page, page, secure};
+use super::logins;
+use super::state::{BodyError, HttpState, body_timed_out, read_body};
 use super::throttle::{Credential, Source};
 use crate::audit::{AuditRecord, FilterParams, Reader};
 
 mod pins;
 mod policies;
+mod servers;
 
-/// The login cookie's name.
-const COOKIE: &str = "portcullis_console";
-/// How long a login lasts.
-const LOGIN_TTL: Duration = Duration::from_secs(8 * 3600);
-/// At most this many logins at once (expired ones are dropped first).
-const MAX_LOGINS: usize = 1_000;
 /// Rows the live view starts with.
 const FIRST_ROWS: usize = 100;
 
 const SCRIPT: &str = include_str!("console/console.js");
 const STYLE: &str = include_str!("console/console.css");
 
-/// One console login.
-#[derive(Debug, Clone)]
-pub(super) struct Login {
-    auditor: String,
-    expires: Instant,
-}
-
+/// The console's pages and forms. Every page asks for [`LoggedIn`]; the
+/// login and logout forms are open to anyone (behind the router's origin
+/// check).
 pub(super) fn routes() -> Router<Arc<HttpState>> {
     Router::new()
-        .route("/admin", get(|| async { Redirect::to("/admin/") }))
         .route("/admin/", get(index))
         .route("/admin/login", post(login))
         .route("/admin/logout", post(logout))
         .route("/admin/exchange/{seq}", get(exchange))
-        .route("/admin/servers", get(servers))
+        .route("/admin/servers", get(servers::servers))
         .route("/admin/pins", get(pins::pins))
         .route("/admin/policies", get(policies::policies))
+}
+
+/// What anyone may fetch: the way in, the script and the style.
+pub(super) fn public_routes() -> Router<Arc<HttpState>> {
+    Router::new()
+        .route("/admin", get(|| async { Redirect::to("/admin/") }))
         .route("/admin/static/console.js", get(script))
         .route("/admin/static/console.css", get(style))
 }
 
-/// The auditor logged in with the request's cookie, if any. A browser's
-/// request made by another site's page does not count, even on this
-/// machine: `SameSite` ignores ports, so a page served from another port
-/// of localhost would send the cookie; `Sec-Fetch-Site` tells them apart.
-pub(super) fn logged_in(state: &HttpState, headers: &HeaderMap) -> Option<String> {
-    if let Some(site) = headers.get("sec-fetch-site")
-        && !matches!(site.as_bytes(), b"same-origin" | b"none")
-    {
-        return None;
-    }
-    let id = cookie(headers)?;
-    let mut logins = state.console.lock().unwrap_or_else(|p| p.into_inner());
-    match logins.get(&id) {
-        Some(login) if login.expires > Instant::now() => Some(login.auditor.clone()),
-        Some(_) => {
-            logins.remove(&id);
-            None
-        }
-        None => None,
-    }
-}
-
-fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
-}
-
-/// Text made safe for HTML (element content and quoted attributes).
-fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A page with the console's headers.
-fn page(status: StatusCode, title: &str, auditor: Option<&str>, body: &str) -> Response {
-    let nav = match auditor {
-        Some(auditor) => format!(
-            "<nav><a href=\"/admin/\">Calls</a><a href=\"/admin/servers\">Servers</a>\
-             <a href=\"/admin/pins\">Tool pins</a><a href=\"/admin/policies\">Policies</a><span class=\"who\">{}</span>\
-             <form method=\"post\" action=\"/admin/logout\"><button type=\"submit\">Log out</button></form></nav>",
-            esc(auditor)
-        ),
-        None => String::new(),
-    };
-    let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · Portcullis</title>\
-         <link rel=\"stylesheet\" href=\"/admin/static/console.css\">\
-         <script src=\"/admin/static/console.js\" defer></script></head>\
-         <body><header><h1>Portcullis</h1>{nav}</header><main>{body}</main></body></html>\n",
-        title = esc(title),
-    );
-    let mut response = (status, html).into_response();
-    secure(&mut response, "text/html; charset=utf-8");
-    response
-}
-
-fn secure(response: &mut Response, content_type: &'static str) {
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-             img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-}
-
-pub(super) fn login_page(status: StatusCode, problem: Option<&str>) -> Response {
-    let problem = problem
-        .map(|p| format!("<p class=\"problem\" role=\"alert\">{}</p>", esc(p)))
-        .unwrap_or_default();
-    page(
-        status,
-        "Log in",
-        None,
-        &format!(
-            "<section class=\"login\"><h2>Auditors' console</h2>{problem}\
-             <form method=\"post\" action=\"/admin/login\">\
-             <label for=\"token\">Auditor token</label>\
-             <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"off\" required>\
-             <button type=\"submit\">Log in</button></form>\
-             <p class=\"hint\">An <code>[[auditors]]</code> token from the proxy's config. Client tokens cannot read the log.</p></section>"
-        ),
-    )
-}
-
-/// The checks every console page passes: Host and Origin, then the login.
-/// The auditor, or the page to answer with.
-fn auditor(state: &HttpState, headers: &HeaderMap) -> Result<String, Box<Response>> {
-    state.check_same_origin(headers)?;
-    logged_in(state, headers).ok_or_else(|| Box::new(login_page(StatusCode::OK, None)))
-}
-
-/// [`auditor`], and the audit log to read.
-fn admit(state: &HttpState, headers: &HeaderMap) -> Result<(String, Reader), Box<Response>> {
-    let auditor = auditor(state, headers)?;
+/// The audit log a logged-in auditor's page reads, or the page saying
+/// there is none.
+fn reader(state: &HttpState, auditor: &str) -> Result<Reader, Box<Response>> {
     match state.gateway.audit().and_then(|audit| audit.reader()) {
-        Some(reader) => Ok((auditor, reader.clone())),
+        Some(reader) => Ok(reader.clone()),
         None => Err(Box::new(page(
             StatusCode::SERVICE_UNAVAILABLE,
             "No audit log",
-            Some(&auditor),
-            "<p class=\"problem\">This proxy keeps no audit log.</p>",
+            Some(auditor),
+            html! { p class="problem" { "This proxy keeps no audit log." } },
         ))),
     }
 }
@@ -216,15 +91,12 @@ const MAX_LOGIN_FORM: usize = 8 * 1024;
 async fn login(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    jar: CookieJar,
     body: Body,
 ) -> Response {
-    if let Err(response) = state.check_same_origin(&headers) {
-        return *response;
-    }
-    let form = match super::http::read_body(body, MAX_LOGIN_FORM, state.body_read_timeout).await {
+    let form = match read_body(body, MAX_LOGIN_FORM, state.body_read_timeout).await {
         Ok(form) => form,
-        Err(super::http::BodyError::TimedOut) => return super::http::body_timed_out(),
+        Err(BodyError::TimedOut) => return body_timed_out(),
         Err(_) => return login_page(StatusCode::BAD_REQUEST, Some("Enter an auditor token.")),
     };
     let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(&form) else {
@@ -233,94 +105,65 @@ async fn login(
     // The source was checked by the guard; the token's prefix is checked
     // here, where the token is read.
     let credential = Some(Credential::of(form.token.trim()));
-    if let Some(throttled) = state.throttled(Source::of(peer.ip()), credential, "/admin/login") {
+    if let Some(throttled) =
+        auth::throttled(&state, Source::of(peer.ip()), credential, "/admin/login")
+    {
         return throttled;
     }
     let refused = login_page(
         StatusCode::UNAUTHORIZED,
         Some("This is not an auditor's token."),
     );
-    let auditor = match state.auditor_of_token(&form.token, refused) {
+    let auditor = match auth::auditor_of_token(&state.credentials, &form.token, refused) {
         Ok(auditor) => auditor,
         Err(refused) => return *refused,
     };
-    let id = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    {
-        let mut logins = state.console.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        logins.retain(|_, login| login.expires > now);
-        if logins.len() >= MAX_LOGINS {
-            return login_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some("Too many console logins at once; try again later."),
-            );
-        }
-        logins.insert(
-            id.clone(),
-            Login {
-                auditor: auditor.clone(),
-                expires: now + LOGIN_TTL,
-            },
+    let Ok(id) = state.logins.open(&auditor) else {
+        return login_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("Too many console logins at once; try again later."),
         );
-    }
+    };
     tracing::info!(%auditor, "console login");
-    let mut response = Redirect::to("/admin/").into_response();
-    if let Ok(value) = HeaderValue::from_str(&format!(
-        "{COOKIE}={id}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        LOGIN_TTL.as_secs(),
-        // Over TLS the browser must never send it in clear.
-        if state.tls { "; Secure" } else { "" }
-    )) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
+    (
+        jar.add(logins::login_cookie(id, state.tls)),
+        Redirect::to("/admin/"),
+    )
+        .into_response()
 }
 
-async fn logout(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    if let Err(response) = state.check_same_origin(&headers) {
-        return *response;
+async fn logout(
+    State(state): State<Arc<HttpState>>,
+    jar: CookieJar,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(id) = logins::cookie(&headers) {
+        state.logins.end(&id);
     }
-    if let Some(id) = cookie(&headers) {
-        state
-            .console
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-    }
-    let mut response = Redirect::to("/admin/").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(if state.tls {
-            "portcullis_console=; Path=/admin; HttpOnly; SameSite=Strict; Secure; Max-Age=0"
-        } else {
-            "portcullis_console=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0"
-        }),
-    );
-    response
+    (
+        jar.add(logins::logout_cookie(state.tls)),
+        Redirect::to("/admin/"),
+    )
+        .into_response()
 }
 
 /// What a call's row shows (the script builds the same cells).
-fn row(record: &AuditRecord) -> String {
+fn row(record: &AuditRecord) -> Markup {
     let what = record.target.as_deref().unwrap_or(&record.method);
     let latency = format!("{:.1}", record.total_us as f64 / 1000.0);
-    format!(
-        "<tr data-seq=\"{seq}\" class=\"decision-{decision}\">\
-         <td><a href=\"/admin/exchange/{seq}\">{seq}</a></td><td>{time}</td><td>{client}</td>\
-         <td>{server}</td><td>{method}</td><td>{what}</td><td class=\"decision\">{decision}</td>\
-         <td>{by}</td><td class=\"num\">{latency}</td></tr>",
-        seq = record.seq,
-        time = esc(&record.time),
-        client = esc(&record.client),
-        server = esc(record.server.as_deref().unwrap_or("")),
-        method = esc(&record.method),
-        what = esc(what),
-        decision = esc(&record.decision),
-        by = esc(record.decided_by.as_deref().unwrap_or("")),
-    )
+    html! {
+        tr data-seq=(record.seq) class={ "decision-" (record.decision) } {
+            td { a href={ "/admin/exchange/" (record.seq) } { (record.seq) } }
+            td { (record.time) }
+            td { (record.client) }
+            td { (record.server.as_deref().unwrap_or("")) }
+            td { (record.method) }
+            td { (what) }
+            td class="decision" { (record.decision) }
+            td { (record.decided_by.as_deref().unwrap_or("")) }
+            td class="num" { (latency) }
+        }
+    }
 }
 
 /// The filters the live view keeps, as written in its form.
@@ -355,48 +198,50 @@ impl ViewFilter {
         };
         serde_urlencoded::to_string(&params).unwrap_or_default()
     }
+
+    /// The live view's filter form, filled in as the view is.
+    fn form(&self) -> Markup {
+        let field = |name: &str, value: &Option<String>, hint: &str| {
+            html! {
+                label { (name) input name=(name) value=(value.as_deref().unwrap_or("")) placeholder=(hint); }
+            }
+        };
+        let decision = self.decision.as_deref().unwrap_or("");
+        html! {
+            form class="filters" method="get" action="/admin/" {
+                (field("client", &self.client, "any client"))
+                (field("server", &self.server, "any server"))
+                (field("tool", &self.tool, "server__tool"))
+                label {
+                    "decision"
+                    select name="decision" {
+                        @for d in ["", "allow", "deny", "error"] {
+                            option value=(d) selected[d == decision] {
+                                (if d.is_empty() { "any" } else { d })
+                            }
+                        }
+                    }
+                }
+                button type="submit" { "Filter" }
+                a href="/admin/" { "Clear" }
+            }
+        }
+    }
 }
 
 async fn index(
     State(state): State<Arc<HttpState>>,
-    headers: HeaderMap,
+    LoggedIn(auditor): LoggedIn,
     view: Result<Query<ViewFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let (auditor, reader) = match admit(&state, &headers) {
-        Ok(admitted) => admitted,
+    let reader = match reader(&state, &auditor) {
+        Ok(reader) => reader,
         Err(response) => return *response,
     };
-    let view = view.map(|Query(view)| view).unwrap_or_default();
     // (Parameters the view does not know are ignored: a bookmark stays
     // usable.)
-    let field = |name: &str, value: &Option<String>, hint: &str| {
-        format!(
-            "<label>{name}<input name=\"{name}\" value=\"{}\" placeholder=\"{hint}\"></label>",
-            esc(value.as_deref().unwrap_or(""))
-        )
-    };
-    let decision = view.decision.as_deref().unwrap_or("");
-    let options: String = ["", "allow", "deny", "error"]
-        .iter()
-        .map(|d| {
-            format!(
-                "<option value=\"{d}\"{}>{}</option>",
-                if *d == decision { " selected" } else { "" },
-                if d.is_empty() { "any" } else { d }
-            )
-        })
-        .collect();
-    let form = format!(
-        "<form class=\"filters\" method=\"get\" action=\"/admin/\">{}{}{}\
-         <label>decision<select name=\"decision\">{options}</select></label>\
-         <button type=\"submit\">Filter</button><a href=\"/admin/\">Clear</a></form>",
-        field("client", &view.client, "any client"),
-        field("server", &view.server, "any server"),
-        field("tool", &view.tool, "server__tool"),
-    );
-    let verify = "<section class=\"verify\"><button id=\"verify\" type=\"button\">Verify the chain</button>\
-                  <span id=\"verify-state\" aria-live=\"polite\"></span></section>";
-    super::admin::caught_up(&state).await;
+    let view = view.map(|Query(view)| view).unwrap_or_default();
+    state.caught_up().await;
     let separator = state.gateway.config().proxy.namespace_separator.clone();
     let filter = match view.params().to_filter(SystemTime::now(), None) {
         Ok(filter) => filter,
@@ -405,10 +250,10 @@ async fn index(
                 StatusCode::BAD_REQUEST,
                 "Calls",
                 Some(&auditor),
-                &format!(
-                    "{form}<p class=\"problem\" role=\"alert\">{}</p>",
-                    esc(&err.to_string())
-                ),
+                html! {
+                    (view.form())
+                    p class="problem" role="alert" { (err) }
+                },
             );
         }
     };
@@ -424,19 +269,29 @@ async fn index(
         Ok(Err(err)) => return store_problem(&auditor, &err.to_string()),
         Err(err) => return store_problem(&auditor, &err.to_string()),
     };
-    let rows: String = records.iter().rev().map(row).collect();
     page(
         StatusCode::OK,
         "Calls",
         Some(&auditor),
-        &format!(
-            "{verify}{form}<table id=\"calls\" data-last-seq=\"{last_seq}\" data-filter=\"{filter}\">\
-             <thead><tr><th>seq</th><th>time</th><th>client</th><th>server</th><th>method</th>\
-             <th>target</th><th>decision</th><th>decided by</th><th class=\"num\">ms</th></tr></thead>\
-             <tbody>{rows}</tbody></table>\
-             <p class=\"hint\">Newest first; new calls appear as they are recorded.</p>",
-            filter = esc(&view.query()),
-        ),
+        html! {
+            section class="verify" {
+                button id="verify" type="button" { "Verify the chain" }
+                span id="verify-state" aria-live="polite" {}
+            }
+            (view.form())
+            table id="calls" data-last-seq=(last_seq) data-filter=(view.query()) {
+                thead {
+                    tr {
+                        th { "seq" } th { "time" } th { "client" } th { "server" } th { "method" }
+                        th { "target" } th { "decision" } th { "decided by" } th class="num" { "ms" }
+                    }
+                }
+                tbody {
+                    @for record in records.iter().rev() { (row(record)) }
+                }
+            }
+            p class="hint" { "Newest first; new calls appear as they are recorded." }
+        },
     )
 }
 
@@ -445,45 +300,66 @@ fn store_problem(auditor: &str, message: &str) -> Response {
         StatusCode::INTERNAL_SERVER_ERROR,
         "Audit log",
         Some(auditor),
-        &format!(
-            "<p class=\"problem\" role=\"alert\">The audit log cannot be read: {}</p>",
-            esc(message)
-        ),
+        html! {
+            p class="problem" role="alert" { "The audit log cannot be read: " (message) }
+        },
     )
 }
 
 async fn exchange(
     State(state): State<Arc<HttpState>>,
-    headers: HeaderMap,
+    LoggedIn(auditor): LoggedIn,
     Path(seq): Path<String>,
 ) -> Response {
-    let (auditor, reader) = match admit(&state, &headers) {
-        Ok(admitted) => admitted,
+    let reader = match reader(&state, &auditor) {
+        Ok(reader) => reader,
         Err(response) => return *response,
     };
-    let Ok(seq) = seq.parse::<u64>() else {
-        return page(
-            StatusCode::BAD_REQUEST,
+    let problem = |status, text: String| {
+        page(
+            status,
             "Exchange",
             Some(&auditor),
-            "<p class=\"problem\">A record is named by its sequence number.</p>",
+            html! { p class="problem" { (text) } },
+        )
+    };
+    let Ok(seq) = seq.parse::<u64>() else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "A record is named by its sequence number.".into(),
         );
     };
-    super::admin::caught_up(&state).await;
+    state.caught_up().await;
     let record = match tokio::task::spawn_blocking(move || reader.get(seq)).await {
         Ok(Ok(Some(record))) => record,
-        Ok(Ok(None)) => {
-            return page(
-                StatusCode::NOT_FOUND,
-                "Exchange",
-                Some(&auditor),
-                &format!("<p class=\"problem\">No record {seq}.</p>"),
-            );
-        }
+        Ok(Ok(None)) => return problem(StatusCode::NOT_FOUND, format!("No record {seq}.")),
         Ok(Err(err)) => return store_problem(&auditor, &err.to_string()),
         Err(err) => return store_problem(&auditor, &err.to_string()),
     };
-    let mut fields: Vec<(&str, String)> = vec![
+    page(
+        StatusCode::OK,
+        &format!("Exchange {seq}"),
+        Some(&auditor),
+        html! {
+            h2 { "Exchange " (seq) }
+            p class={ "decision-" (record.decision) } { (record.decision) }
+            table class="detail" id="detail" {
+                @for (name, value) in exchange_fields(&record) {
+                    tr {
+                        th { (name) }
+                        td class={ "field-" (name.replace(' ', "-")) } { pre { (value) } }
+                    }
+                }
+            }
+            p { a href="/admin/" { "Back to calls" } }
+        },
+    )
+}
+
+/// Every field of an exchange's record, named as its page shows them.
+fn exchange_fields(record: &AuditRecord) -> Vec<(&'static str, String)> {
+    let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
+    let mut fields = vec![
         ("sequence", record.seq.to_string()),
         ("time", record.time.clone()),
         ("kind", record.kind.clone()),
@@ -527,15 +403,9 @@ async fn exchange(
         ("error", record.is_error.to_string()),
         (
             "upstream ms",
-            record
-                .upstream_us
-                .map(|us| format!("{:.3}", us as f64 / 1000.0))
-                .unwrap_or_default(),
+            record.upstream_us.map(ms).unwrap_or_default(),
         ),
-        (
-            "total ms",
-            format!("{:.3}", record.total_us as f64 / 1000.0),
-        ),
+        ("total ms", ms(record.total_us)),
         ("previous hash", record.prev_hash.clone()),
         ("hash", record.hash.clone()),
     ];
@@ -545,161 +415,22 @@ async fn exchange(
             serde_json::to_string_pretty(detail).unwrap_or_default(),
         ));
     }
-    let rows: String = fields
-        .iter()
-        .map(|(name, value)| {
-            format!(
-                "<tr><th>{name}</th><td class=\"field-{}\"><pre>{}</pre></td></tr>",
-                name.replace(' ', "-"),
-                esc(value)
-            )
-        })
-        .collect();
-    page(
-        StatusCode::OK,
-        &format!("Exchange {seq}"),
-        Some(&auditor),
-        &format!(
-            "<h2>Exchange {seq}</h2><p class=\"decision-{decision}\">{decision}</p>\
-             <table class=\"detail\" id=\"detail\">{rows}</table>\
-             <p><a href=\"/admin/\">Back to calls</a></p>",
-            decision = esc(&record.decision),
-        ),
-    )
-}
-
-/// The servers: how each runs, its state now, and for containers the
-/// sandbox profile in force (the hardened default and every relaxation).
-async fn servers(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    let auditor = match auditor(&state, &headers) {
-        Ok(auditor) => auditor,
-        Err(response) => return *response,
-    };
-    use crate::config::UpstreamSpec;
-    use crate::upstream::Status;
-    let gateway = &state.gateway;
-    let mut sections = String::new();
-    for (server, upstream) in gateway.config().servers.iter().zip(gateway.upstreams()) {
-        let (status, detail) = match upstream.status() {
-            Status::Idle(_) => ("idle", String::new()),
-            Status::Starting => ("starting", String::new()),
-            Status::Ready(_) => ("ready", String::new()),
-            Status::Down(reason) => ("down", reason),
-            Status::Stopped => ("stopped", String::new()),
-        };
-        let mut fields: Vec<(&str, String)> = vec![
-            ("state", status.to_owned()),
-            ("restarts", upstream.restarts().to_string()),
-        ];
-        if !detail.is_empty() {
-            fields.push(("last failure", detail));
-        }
-        match &server.kind {
-            UpstreamSpec::Container(spec) => {
-                let sandbox = &spec.sandbox;
-                fields.push(("runs", "container".into()));
-                fields.push((
-                    "image",
-                    match &spec.digest {
-                        Some(digest) => format!("{} ({digest})", spec.image),
-                        None => spec.image.clone(),
-                    },
-                ));
-                fields.push(("profile", sandbox.summary()));
-                fields.push(("user", sandbox.user.clone()));
-                fields.push(("network", sandbox.network.clone()));
-                fields.push((
-                    "memory",
-                    format!("{} bytes (swap: none)", sandbox.memory_bytes),
-                ));
-                fields.push(("cpus", sandbox.cpus.to_string()));
-                fields.push(("pids", sandbox.pids.to_string()));
-                fields.push((
-                    "root filesystem",
-                    if sandbox.read_only_root {
-                        "read-only".into()
-                    } else {
-                        "WRITABLE".into()
-                    },
-                ));
-                fields.push((
-                    "/tmp",
-                    format!("tmpfs, {} bytes, noexec,nosuid,nodev", sandbox.tmp_bytes),
-                ));
-                fields.push((
-                    "always",
-                    "all capabilities dropped, no-new-privileges, Docker's default seccomp profile, an init process"
-                        .into(),
-                ));
-                let relaxations = sandbox.relaxations();
-                fields.push((
-                    "relaxations",
-                    if relaxations.is_empty() {
-                        "none".into()
-                    } else {
-                        relaxations.join("; ")
-                    },
-                ));
-                let dangers = sandbox.dangers();
-                if !dangers.is_empty() {
-                    fields.push(("DANGEROUS", dangers.join("; ")));
-                }
-            }
-            UpstreamSpec::Process(spec) => {
-                fields.push((
-                    "runs",
-                    "process (UNSANDBOXED: the proxy's own rights)".into(),
-                ));
-                fields.push(("command", spec.command.clone()));
-            }
-            UpstreamSpec::Remote(spec) => {
-                fields.push(("runs", "remote".into()));
-                fields.push(("url", shown_url(&spec.url)));
-            }
-        }
-        sections.push_str(&format!(
-            "<section class=\"server\" data-server=\"{name}\"><h2>{name} <span class=\"state state-{status}\">{status}</span></h2>\
-             {table}</section>",
-            name = esc(&server.name),
-            table = detail_table(&fields),
-        ));
-    }
-    if sections.is_empty() {
-        sections = "<p class=\"hint\">No servers are configured.</p>".into();
-    }
-    page(StatusCode::OK, "Servers", Some(&auditor), &sections)
+    fields
 }
 
 /// A table of named values, each value's cell classed `field-NAME` (spaces
-/// as dashes) for the style and the tests; everything escaped.
-fn detail_table(fields: &[(&str, String)]) -> String {
-    let rows: String = fields
-        .iter()
-        .map(|(name, value)| {
-            format!(
-                "<tr><th>{}</th><td class=\"field-{}\">{}</td></tr>",
-                esc(name),
-                esc(&name.replace(' ', "-")),
-                esc(value)
-            )
-        })
-        .collect();
-    format!("<table class=\"detail\">{rows}</table>")
-}
-
-/// A URL without what may hold a credential: user information, query and
-/// fragment are left out.
-fn shown_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority.rsplit('@').next().unwrap_or_default();
-    let hidden = if url.contains('?') || authority.contains('@') {
-        " (credentials and query not shown)"
-    } else {
-        ""
-    };
-    format!("{scheme}://{host}{path}{hidden}")
+/// as dashes) for the style and the tests.
+fn detail_table(fields: &[(&str, String)]) -> Markup {
+    html! {
+        table class="detail" {
+            @for (name, value) in fields {
+                tr {
+                    th { (name) }
+                    td class={ "field-" (name.replace(' ', "-")) } { (value) }
+                }
+            }
+        }
+    }
 }
 
 async fn script() -> Response {
@@ -724,33 +455,30 @@ mod tests {
         record.seq = 7;
         record.target = Some("<script>alert('x')</script>".into());
         record.client = "a\"b&c".into();
-        let html = row(&record);
+        let html = row(&record).into_string();
         assert!(!html.contains("<script>"), "{html}");
-        assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
+        // maud escapes `&`, `<`, `>` and `"`; it always quotes attributes
+        // with `"`, so a `'` cannot end one and is left as it is.
+        assert!(html.contains("&lt;script&gt;alert('x')&lt;/script&gt;"));
         assert!(html.contains("a&quot;b&amp;c"));
     }
 
     #[test]
-    fn remote_urls_are_shown_without_credentials() {
-        assert_eq!(
-            shown_url("https://user:pw@mcp.example.com:8443/v1/mcp?api_key=s3cret#x"),
-            "https://mcp.example.com:8443/v1/mcp (credentials and query not shown)"
+    fn a_value_cannot_leave_its_attribute() {
+        let view = ViewFilter {
+            client: Some("\" autofocus onfocus=\"alert(1)".into()),
+            ..ViewFilter::default()
+        };
+        let html = view.form().into_string();
+        assert!(
+            html.contains("value=\"&quot; autofocus onfocus=&quot;alert(1)\""),
+            "{html}"
         );
-        assert_eq!(
-            shown_url("https://mcp.example.com/mcp"),
-            "https://mcp.example.com/mcp"
+        let fields = [("a\" onclick=\"x", "<b>".to_owned())];
+        let html = detail_table(&fields).into_string();
+        assert!(
+            html.contains("<td class=\"field-a&quot;-onclick=&quot;x\">&lt;b&gt;</td>"),
+            "{html}"
         );
-    }
-
-    #[test]
-    fn the_login_cookie_is_found_among_others() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::COOKIE,
-            HeaderValue::from_static("theme=dark; portcullis_console=abc123; x=y"),
-        );
-        assert_eq!(cookie(&headers).as_deref(), Some("abc123"));
-        headers.insert(header::COOKIE, HeaderValue::from_static("other=1"));
-        assert_eq!(cookie(&headers), None);
     }
 }

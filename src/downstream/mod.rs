@@ -1,11 +1,23 @@
 //! The transports toward clients: stdio and streamable HTTP.
+//!
+//! HTTP, from the top: `http` assembles the router and serves it; its
+//! routes are `mcp` (clients), `admin` (the auditors' API) and `console`
+//! (the auditors' pages), each behind `auth`; all share `state` (with the
+//! `sessions` and console `logins` tables); `layout` frames the console's
+//! pages; `listener` and `tls` carry the connections.
 
 mod admin;
+mod auth;
 mod console;
 mod detached;
 pub mod http;
+mod layout;
 mod listener;
+mod logins;
+mod mcp;
+mod sessions;
 mod slots;
+mod state;
 pub mod stdio;
 mod throttle;
 mod tls;

@@ -8,47 +8,52 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
+use maud::{Markup, html};
 
-use super::{auditor, detail_table, esc, page};
+use super::detail_table;
 use crate::config::{FirstUse, OnChange, PinningConfig, Poisoning};
-use crate::downstream::http::HttpState;
+use crate::downstream::auth::LoggedIn;
+use crate::downstream::layout::page;
+use crate::downstream::state::HttpState;
 use crate::interceptors::pinning::{Finding, ToolReview, short, store};
 
-pub(super) async fn pins(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    let auditor = match auditor(&state, &headers) {
-        Ok(auditor) => auditor,
-        Err(response) => return *response,
-    };
+pub(super) async fn pins(
+    State(state): State<Arc<HttpState>>,
+    LoggedIn(auditor): LoggedIn,
+) -> Response {
     let config = state.gateway.config();
     let body = match &state.enforcement.pinning {
-        None => "<p class=\"hint\" id=\"pins-off\">Tool pinning is off (<code>[pinning] enabled = false</code>, \
-                 or no <code>pinning</code> in the <code>[[chain]]</code>): tool definitions are served as \
-                 the servers list them, and nothing awaits approval.</p>"
-            .to_owned(),
+        None => html! {
+            p class="hint" id="pins-off" {
+                "Tool pinning is off (" code { "[pinning] enabled = false" } ", or no "
+                code { "pinning" } " in the " code { "[[chain]]" } "): tool definitions are served as \
+                 the servers list them, and nothing awaits approval."
+            }
+        },
         Some(pinning) => {
             // As the command is typed where the proxy runs: the config's
             // path made absolute against the proxy's folder.
-            let config_file = std::path::absolute(&config.file).unwrap_or_else(|_| config.file.clone());
-            let mut body = String::new();
-            if let Some(problem) = pinning.rejected() {
-                body.push_str(&format!(
-                    "<p class=\"problem\" role=\"alert\">The pin file changed and does not load: {}. \
-                     The pins in force are the last that loaded.</p>",
-                    esc(&problem)
-                ));
+            let config_file =
+                std::path::absolute(&config.file).unwrap_or_else(|_| config.file.clone());
+            html! {
+                @if let Some(problem) = pinning.rejected() {
+                    p class="problem" role="alert" {
+                        "The pin file changed and does not load: " (problem)
+                        ". The pins in force are the last that loaded."
+                    }
+                }
+                (listing(
+                    &pinning.review(),
+                    &config.pinning,
+                    &config.proxy.namespace_separator,
+                    &config_file,
+                ))
             }
-            body.push_str(&listing(
-                &pinning.review(),
-                &config.pinning,
-                &config.proxy.namespace_separator,
-                &config_file,
-            ));
-            body
         }
     };
-    page(StatusCode::OK, "Tool pins", Some(&auditor), &body)
+    page(StatusCode::OK, "Tool pins", Some(&auditor), body)
 }
 
 /// The page's body: a summary, each tool awaiting approval in full, then
@@ -58,7 +63,7 @@ fn listing(
     pinning: &PinningConfig,
     separator: &str,
     config_file: &Path,
-) -> String {
+) -> Markup {
     let (awaiting, fine): (Vec<&ToolReview>, Vec<&ToolReview>) =
         reviewed.iter().partition(|tool| tool.awaits_approval());
     let mode = format!(
@@ -77,57 +82,57 @@ fn listing(
             Poisoning::Deny => "deny",
         },
     );
-    let mut body = format!(
-        "<p id=\"pins-summary\"><strong>{waiting}</strong> awaiting approval; \
-         <strong>{fine}</strong> pinned tools are fine (served as pinned).</p>\
-         <p class=\"hint\">Pin file <code>{file}</code>; <code>[pinning] {mode}</code>. \
-         The console does not approve: the security team reviews each change below and runs \
-         the command shown, which pins that very definition and is recorded in the audit log.</p>\
-         <h2>Awaiting approval</h2>",
-        waiting = awaiting.len(),
-        fine = fine.len(),
-        file = esc(&pinning.file.display().to_string()),
-        mode = esc(&mode),
-    );
-    if awaiting.is_empty() {
-        body.push_str("<p class=\"hint\">Nothing awaits approval.</p>");
+    html! {
+        p id="pins-summary" {
+            strong { (awaiting.len()) } " awaiting approval; "
+            strong { (fine.len()) } " pinned tools are fine (served as pinned)."
+        }
+        p class="hint" {
+            "Pin file " code { (pinning.file.display()) } "; " code { "[pinning] " (mode) } ". \
+             The console does not approve: the security team reviews each change below and runs \
+             the command shown, which pins that very definition and is recorded in the audit log."
+        }
+        h2 { "Awaiting approval" }
+        @if awaiting.is_empty() {
+            p class="hint" { "Nothing awaits approval." }
+        }
+        @for tool in &awaiting {
+            (awaiting_section(tool, separator, config_file))
+        }
+        h2 { "Pinned (" (fine.len()) ")" }
+        @if fine.is_empty() {
+            p class="hint" {
+                "No tool is pinned yet: tools are pinned when the proxy first lists them."
+            }
+        } @else {
+            table id="pinned" {
+                thead {
+                    tr {
+                        th { "tool" } th { "state" } th { "sha256" } th { "by" }
+                        th { "pinned at" } th { "poisoning flags" }
+                    }
+                }
+                tbody {
+                    @for tool in &fine {
+                        @let pin = tool.pin.as_ref();
+                        tr data-tool=(tool.tool) {
+                            td { (tool.tool) }
+                            td { (tool.state.as_str()) }
+                            td { code { (short(pin.map_or("", |p| &p.sha256))) } }
+                            td { (pin.map_or("", |p| &p.by)) }
+                            td { (pin.map_or("", |p| &p.pinned_at)) }
+                            td { (flags(&tool.findings)) }
+                        }
+                    }
+                }
+            }
+        }
     }
-    for tool in &awaiting {
-        body.push_str(&awaiting_section(tool, separator, config_file));
-    }
-    body.push_str(&format!("<h2>Pinned ({})</h2>", fine.len()));
-    if fine.is_empty() {
-        body.push_str(
-            "<p class=\"hint\">No tool is pinned yet: tools are pinned when the proxy first lists them.</p>",
-        );
-        return body;
-    }
-    let rows: String = fine
-        .iter()
-        .map(|tool| {
-            let pin = tool.pin.as_ref();
-            format!(
-                "<tr data-tool=\"{name}\"><td>{name}</td><td>{state}</td><td><code>{sha}</code></td>\
-                 <td>{by}</td><td>{at}</td><td>{flags}</td></tr>",
-                name = esc(&tool.tool),
-                state = tool.state.as_str(),
-                sha = esc(short(pin.map_or("", |p| &p.sha256))),
-                by = esc(pin.map_or("", |p| &p.by)),
-                at = esc(pin.map_or("", |p| &p.pinned_at)),
-                flags = esc(&flags(&tool.findings)),
-            )
-        })
-        .collect();
-    body.push_str(&format!(
-        "<table id=\"pinned\"><thead><tr><th>tool</th><th>state</th><th>sha256</th><th>by</th>\
-         <th>pinned at</th><th>poisoning flags</th></tr></thead><tbody>{rows}</tbody></table>"
-    ));
-    body
 }
 
 /// One tool awaiting approval: both hashes, when it was seen, what
 /// changed, its flags, the definition awaiting approval, and the command.
-fn awaiting_section(tool: &ToolReview, separator: &str, config_file: &Path) -> String {
+fn awaiting_section(tool: &ToolReview, separator: &str, config_file: &Path) -> Markup {
     let (server, own) = tool
         .tool
         .split_once(separator)
@@ -149,43 +154,48 @@ fn awaiting_section(tool: &ToolReview, separator: &str, config_file: &Path) -> S
     fields.push(("new sha256", new_sha256.to_owned()));
     fields.push(("seen", seen.map_or(String::new(), |s| s.seen_at.clone())));
     fields.push(("poisoning flags", flags(&tool.findings)));
-    let changes = if tool.diff.is_empty() {
-        match &tool.pin {
-            Some(_) => "<p class=\"hint\">The definition is the pinned one; it is withheld by the poisoning rules.</p>".to_owned(),
-            None => "<p class=\"hint\">Never pinned: the whole definition is new.</p>".to_owned(),
-        }
-    } else {
-        let lines: String = tool
-            .diff
-            .iter()
-            .map(|line| {
-                let class = match line.trim_start().as_bytes().first() {
-                    Some(b'-') => "del",
-                    Some(b'+') => "add",
-                    _ => "same",
-                };
-                format!("<span class=\"{class}\">{}</span>\n", esc(line))
-            })
-            .collect();
-        format!("<h3>What changed</h3><pre class=\"diff\">{lines}</pre>")
-    };
     let definition = seen.map_or(String::new(), |s| store::shown_pretty(&s.definition));
     let command = format!(
         "portcullis tools approve {} --config {} --sha256 {new_sha256}",
         shell_word(&tool.tool),
         shell_word(&config_file.display().to_string()),
     );
-    format!(
-        "<section class=\"pin\" data-tool=\"{name}\"><h2>{name} <span class=\"state state-{state}\">{state}</span></h2>\
-         {table}{changes}\
-         <details><summary>The definition awaiting approval</summary><pre class=\"definition\">{definition}</pre></details>\
-         <p>Once reviewed, approve it where the proxy runs:</p><pre class=\"command\">{command}</pre></section>",
-        name = esc(&tool.tool),
-        state = tool.state.as_str(),
-        table = detail_table(&fields),
-        definition = esc(&definition),
-        command = esc(&command),
-    )
+    let state = tool.state.as_str();
+    html! {
+        section class="pin" data-tool=(tool.tool) {
+            h2 { (tool.tool) " " span class={ "state state-" (state) } { (state) } }
+            (detail_table(&fields))
+            @if tool.diff.is_empty() {
+                @if tool.pin.is_some() {
+                    p class="hint" { "The definition is the pinned one; it is withheld by the poisoning rules." }
+                } @else {
+                    p class="hint" { "Never pinned: the whole definition is new." }
+                }
+            } @else {
+                h3 { "What changed" }
+                pre class="diff" {
+                    @for line in &tool.diff {
+                        span class=(diff_class(line)) { (line) } "\n"
+                    }
+                }
+            }
+            details {
+                summary { "The definition awaiting approval" }
+                pre class="definition" { (definition) }
+            }
+            p { "Once reviewed, approve it where the proxy runs:" }
+            pre class="command" { (command) }
+        }
+    }
+}
+
+/// How a line of the diff is shown: taken out, put in, or the same.
+fn diff_class(line: &str) -> &'static str {
+    match line.trim_start().as_bytes().first() {
+        Some(b'-') => "del",
+        Some(b'+') => "add",
+        _ => "same",
+    }
 }
 
 fn flags(findings: &[Finding]) -> String {
@@ -268,7 +278,8 @@ mod tests {
             &PinningConfig::in_data_dir(Path::new("/data")),
             "__",
             Path::new("/etc/portcullis.toml"),
-        );
+        )
+        .into_string();
         let pinned = change
             .pin
             .as_ref()
@@ -306,12 +317,13 @@ mod tests {
     #[test]
     fn a_hostile_tool_name_is_escaped_and_quoted_for_the_shell() {
         let hostile = changed("srv__x'; rm -rf ~ #<script>", "a", "b");
-        let html = awaiting_section(&hostile, "__", Path::new("/my configs/p.toml"));
+        let html = awaiting_section(&hostile, "__", Path::new("/my configs/p.toml")).into_string();
         assert!(!html.contains("<script>"), "{html}");
+        // (maud leaves `'` as it is: attributes are quoted with `"`.)
         assert!(
             html.contains(
-                "portcullis tools approve &#39;srv__x&#39;\\&#39;&#39;; rm -rf ~ #&lt;script&gt;&#39; \
-                 --config &#39;/my configs/p.toml&#39; --sha256"
+                "portcullis tools approve 'srv__x'\\''; rm -rf ~ #&lt;script&gt;' \
+                 --config '/my configs/p.toml' --sha256"
             ),
             "{html}"
         );

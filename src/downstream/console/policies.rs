@@ -7,30 +7,35 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
+use maud::{Markup, html};
 
-use super::{auditor, detail_table, esc, page};
-use crate::downstream::http::HttpState;
+use super::detail_table;
+use crate::downstream::auth::LoggedIn;
+use crate::downstream::layout::page;
+use crate::downstream::state::HttpState;
 use crate::interceptors::authz::store::SCHEMA_FILE;
 use crate::interceptors::authz::{PolicyStore, Rejection};
 
-pub(super) async fn policies(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    let auditor = match auditor(&state, &headers) {
-        Ok(auditor) => auditor,
-        Err(response) => return *response,
-    };
+pub(super) async fn policies(
+    State(state): State<Arc<HttpState>>,
+    LoggedIn(auditor): LoggedIn,
+) -> Response {
     let body = match &state.enforcement.policies {
-        None => "<p class=\"problem\" id=\"no-policies\">No policies are configured \
-                 (<code>[proxy] policies</code>): every client may use every tool, prompt and resource.</p>"
-            .to_owned(),
+        None => html! {
+            p class="problem" id="no-policies" {
+                "No policies are configured (" code { "[proxy] policies" }
+                "): every client may use every tool, prompt and resource."
+            }
+        },
         Some(engine) => listing(&engine.current(), engine.dir(), engine.rejection().as_ref()),
     };
-    page(StatusCode::OK, "Policies", Some(&auditor), &body)
+    page(StatusCode::OK, "Policies", Some(&auditor), body)
 }
 
 /// The page's body for the set in force and the last refused reload.
-fn listing(store: &PolicyStore, dir: &Path, rejection: Option<&Rejection>) -> String {
+fn listing(store: &PolicyStore, dir: &Path, rejection: Option<&Rejection>) -> Markup {
     let within = |path: &Path| path.strip_prefix(dir).unwrap_or(path).display().to_string();
     let validation = match rejection {
         None => format!("valid against the schema ({SCHEMA_FILE})"),
@@ -52,61 +57,51 @@ fn listing(store: &PolicyStore, dir: &Path, rejection: Option<&Rejection>) -> St
         ),
         ("validation", validation),
     ];
-    let mut body = format!(
-        "<h2>Policy set {id}</h2>{table}\
-         <p class=\"hint\">Audit records name the set that decided by this id (<code>policy_set</code>); \
-         <code>policy_reload</code> records mark each change. The folder is read again every \
-         <code>[proxy] policy_poll</code> and on SIGHUP.</p>",
-        id = esc(&store.id),
-        table = detail_table(&fields),
-    );
-    if let Some(rejection) = rejection {
-        body.push_str(&format!(
-            "<section class=\"rejected\" role=\"alert\"><h2>The last reload was refused</h2>\
-             <p class=\"problem\">Since {at} the folder does not load, for the reason below. \
-             The proxy keeps enforcing the set above ({id}), the last that validated: a reload \
-             never replaces it with a set that does not, nor empties it. Fix the files, and the \
-             next poll loads them.</p><pre id=\"policy-error\">{message}</pre></section>",
-            at = esc(&crate::audit::timestamp(rejection.at)),
-            id = esc(&store.id),
-            message = esc(&rejection.message),
-        ));
-    }
-    if !store.warnings.is_empty() {
-        let warnings: String = store
-            .warnings
-            .iter()
-            .map(|warning| format!("{}\n", esc(&warning.to_string())))
-            .collect();
-        body.push_str(&format!(
-            "<h2>Warnings</h2><pre class=\"warnings\">{warnings}</pre>"
-        ));
-    }
     let listed = store.policies();
-    if listed.is_empty() {
-        body.push_str("<p class=\"problem\">The set has no policies: every request is denied.</p>");
-        return body;
+    html! {
+        h2 { "Policy set " (store.id) }
+        (detail_table(&fields))
+        p class="hint" {
+            "Audit records name the set that decided by this id (" code { "policy_set" } "); "
+            code { "policy_reload" } " records mark each change. The folder is read again every "
+            code { "[proxy] policy_poll" } " and on SIGHUP."
+        }
+        @if let Some(rejection) = rejection {
+            section class="rejected" role="alert" {
+                h2 { "The last reload was refused" }
+                p class="problem" {
+                    "Since " (crate::audit::timestamp(rejection.at)) " the folder does not load, for \
+                     the reason below. The proxy keeps enforcing the set above (" (store.id) "), the \
+                     last that validated: a reload never replaces it with a set that does not, nor \
+                     empties it. Fix the files, and the next poll loads them."
+                }
+                pre id="policy-error" { (rejection.message) }
+            }
+        }
+        @if !store.warnings.is_empty() {
+            h2 { "Warnings" }
+            pre class="warnings" {
+                @for warning in &store.warnings { (warning) "\n" }
+            }
+        }
+        @if listed.is_empty() {
+            p class="problem" { "The set has no policies: every request is denied." }
+        } @else {
+            table id="policies" {
+                thead { tr { th { "@id" } th { "effect" } th { "where" } th { "policy" } } }
+                tbody {
+                    @for policy in &listed {
+                        tr data-policy=(policy.id) {
+                            td class="id" { (policy.id) }
+                            td class={ "effect effect-" (policy.origin.effect) } { (policy.origin.effect) }
+                            td class="where" { (within(&policy.origin.file)) ":" (policy.origin.line) }
+                            td { pre { (policy.text) } }
+                        }
+                    }
+                }
+            }
+        }
     }
-    let rows: String = listed
-        .iter()
-        .map(|policy| {
-            format!(
-                "<tr data-policy=\"{id}\"><td class=\"id\">{id}</td>\
-                 <td class=\"effect effect-{effect}\">{effect}</td><td class=\"where\">{file}:{line}</td>\
-                 <td><pre>{text}</pre></td></tr>",
-                id = esc(policy.id),
-                effect = policy.origin.effect,
-                file = esc(&within(&policy.origin.file)),
-                line = policy.origin.line,
-                text = esc(&policy.text),
-            )
-        })
-        .collect();
-    body.push_str(&format!(
-        "<table id=\"policies\"><thead><tr><th>@id</th><th>effect</th><th>where</th>\
-         <th>policy</th></tr></thead><tbody>{rows}</tbody></table>"
-    ));
-    body
 }
 
 #[cfg(test)]
@@ -131,7 +126,7 @@ mod tests {
              @id(\"<b>no-add</b>\") forbid(principal, action, resource == Tool::\"ex__add\");",
         );
         let store = PolicyStore::load(dir.path()).unwrap_or_else(|err| panic!("{err}"));
-        let html = listing(&store, dir.path(), None);
+        let html = listing(&store, dir.path(), None).into_string();
         assert!(
             html.contains(&format!("<h2>Policy set {}</h2>", store.id)),
             "{html}"
@@ -155,7 +150,7 @@ mod tests {
             message: "/p/bad.cedar:3:1: error: unexpected token `<`".into(),
             at: SystemTime::now(),
         };
-        let html = listing(&store, dir.path(), Some(&rejection));
+        let html = listing(&store, dir.path(), Some(&rejection)).into_string();
         assert!(html.contains("does not validate now"), "{html}");
         assert!(html.contains(
             "<pre id=\"policy-error\">/p/bad.cedar:3:1: error: unexpected token `&lt;`</pre>"

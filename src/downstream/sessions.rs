@@ -1,0 +1,173 @@
+//! The HTTP sessions: where each one's messages go (the stream of the POST
+//! they belong to, or its GET stream), its requests in the works, when it
+//! was last used; and the table of them by `Mcp-Session-Id`.
+//!
+//! Idle time is read from tokio's clock, so that a test with paused time
+//! can let hours pass at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::slots::Slot;
+use crate::chain::ClientIdentity;
+use crate::gateway::{Outlet, Session};
+use crate::protocol::{self, IdKey, Kind};
+
+/// Messages a call's stream holds for a client that has not read them yet
+/// (progress, logs, server requests, then the reply). Past it, what the
+/// server sends for the call is dropped (and counted as undelivered) until
+/// the client reads; the reply waits for room. A client that reads nothing
+/// is cut off by the listener's write timeout, which ends the stream.
+pub(super) const CALL_STREAM_CAP: usize = 256;
+/// Places of a call's stream that only the server's requests may take.
+const CALL_STREAM_RESERVE: usize = 16;
+/// Requests of one session in the works at once (as over stdio); past it a
+/// request is refused with 429 until some are answered.
+pub(super) const SESSION_IN_FLIGHT: usize = 256;
+/// Messages the session's GET stream holds for a client that has not read
+/// them yet; past it they are dropped (counted as undelivered).
+pub(super) const GET_STREAM_CAP: usize = 1024;
+
+/// Where messages for one HTTP session go: the stream of the POST they
+/// belong to, or else the session's GET stream. Both are bounded.
+#[derive(Default)]
+pub(super) struct HttpOutlet {
+    pub(super) get_stream: Mutex<Option<mpsc::Sender<Value>>>,
+    pub(super) post_streams: Mutex<HashMap<IdKey, mpsc::Sender<Value>>>,
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Outlet for HttpOutlet {
+    fn deliver(&self, mut message: Value, related: Option<&Value>) -> bool {
+        let stream = related
+            .and_then(IdKey::from_value)
+            .and_then(|key| lock(&self.post_streams).get(&key).cloned());
+        if let Some(stream) = stream {
+            // The last places are kept for the server's requests (sampling,
+            // elicitation, roots): a burst of progress does not crowd out
+            // a request the call waits on.
+            if stream.capacity() < CALL_STREAM_RESERVE
+                && protocol::classify(&message) == Some(Kind::Notification)
+            {
+                return false;
+            }
+            match stream.try_send(message) {
+                Ok(()) => return true,
+                // A full stream drops the message rather than sending it on
+                // the session's GET stream ahead of the ones it waits behind.
+                Err(mpsc::error::TrySendError::Full(_)) => return false,
+                // The client left the call's stream: the GET stream, if any.
+                Err(mpsc::error::TrySendError::Closed(back)) => message = back,
+            }
+        }
+        match lock(&self.get_stream).as_ref() {
+            Some(stream) => stream.try_send(message).is_ok(),
+            None => false,
+        }
+    }
+}
+
+pub(super) struct HttpSession {
+    pub(super) session: Arc<Session>,
+    pub(super) outlet: Arc<HttpOutlet>,
+    /// Places for the session's requests in the works
+    /// ([`SESSION_IN_FLIGHT`]): a call whose client went away runs on, and
+    /// still holds its place until it ends.
+    pub(super) in_flight: Arc<tokio::sync::Semaphore>,
+    /// When the client last sent the session a message.
+    last_active: Mutex<Instant>,
+    /// Its place under the session caps, given back when it is gone.
+    _slot: Slot<Arc<str>>,
+}
+
+impl HttpSession {
+    pub(super) fn new(
+        session: Arc<Session>,
+        outlet: Arc<HttpOutlet>,
+        slot: Slot<Arc<str>>,
+    ) -> Self {
+        Self {
+            session,
+            outlet,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(SESSION_IN_FLIGHT)),
+            last_active: Mutex::new(Instant::now()),
+            _slot: slot,
+        }
+    }
+
+    /// The client sent a message for the session: it is not idle.
+    pub(super) fn touch(&self) {
+        *lock(&self.last_active) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        lock(&self.last_active).elapsed()
+    }
+}
+
+/// The open sessions by id.
+#[derive(Default)]
+pub(super) struct SessionTable {
+    sessions: RwLock<HashMap<String, Arc<HttpSession>>>,
+}
+
+/// Why a request's session was not found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unknown {
+    /// The request names none.
+    Unnamed,
+    /// No open session has that id, or it is another client's.
+    Unknown,
+}
+
+impl SessionTable {
+    pub(super) fn insert(&self, session: Arc<HttpSession>) {
+        if let Ok(mut sessions) = self.sessions.write() {
+            sessions.insert(session.session.id.to_string(), session);
+        }
+    }
+
+    pub(super) fn remove(&self, id: &str) {
+        if let Ok(mut sessions) = self.sessions.write() {
+            sessions.remove(id);
+        }
+    }
+
+    /// The session named `id`; it must belong to the same client.
+    pub(super) fn find(
+        &self,
+        id: Option<&str>,
+        client: &ClientIdentity,
+    ) -> Result<Arc<HttpSession>, Unknown> {
+        let id = id.ok_or(Unknown::Unnamed)?;
+        let session = self.sessions.read().ok().and_then(|s| s.get(id).cloned());
+        match session {
+            Some(session) if session.session.client.name == client.name => Ok(session),
+            // Another client's session is reported as unknown, not as forbidden.
+            _ => Err(Unknown::Unknown),
+        }
+    }
+
+    /// Takes out the sessions idle for longer than `idle`.
+    pub(super) fn take_idle(&self, idle: Duration) -> Vec<Arc<HttpSession>> {
+        match self.sessions.write() {
+            Ok(mut sessions) => {
+                let ids: Vec<String> = sessions
+                    .iter()
+                    .filter(|(_, s)| s.idle_for() > idle)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                ids.iter().filter_map(|id| sessions.remove(id)).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
