@@ -1,4 +1,6 @@
-//! The `portcullis` command line.
+//! The `portcullis` command line: the clap definitions and the dispatch
+//! here; each command (or family of commands: `audit`, `policy`, …) in a
+//! file of its own.
 
 mod audit;
 mod audit_keys;
