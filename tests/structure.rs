@@ -17,18 +17,12 @@ const MOST_FN_LINES: usize = 120;
 
 /// Files over [`MOST_FILE_LINES`] when the check came in: (path, lines).
 const LONG_FILES: &[(&str, usize)] = &[
-    ("src/cli/mod.rs", 1040),
     ("src/upstream/client.rs", 1097),
     ("src/upstream/container.rs", 969),
 ];
 
 /// Functions over [`MOST_FN_LINES`] then: (path, name, lines).
 const LONG_FNS: &[(&str, &str, usize)] = &[
-    ("src/cli/audit.rs", "run", 139),
-    ("src/cli/containers.rs", "doctor", 192),
-    ("src/cli/mod.rs", "serve", 159),
-    ("src/cli/mod.rs", "tools_list", 152),
-    ("src/cli/policy.rs", "run", 169),
     ("src/upstream/client.rs", "supervise", 151),
     ("src/upstream/container.rs", "spawn", 161),
 ];

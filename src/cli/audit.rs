@@ -300,135 +300,168 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
             filter,
             limit,
             format,
-        } => {
-            let params = filter.params(Some(limit), None);
-            check(&params)?;
-            let (config, stores) = open_stores(&source).await?;
-            let several = stores.len() > 1;
-            let mut records = Vec::new();
-            for store in &stores {
-                let found = match store {
-                    Store::Local { store, .. } => {
-                        let filter = params.to_filter(std::time::SystemTime::now(), None)?;
-                        store.query(&filter, &config.proxy.namespace_separator)?
-                    }
-                    Store::Remote { api, .. } => {
-                        let answer: serde_json::Value =
-                            api.get("/admin/audit", &params).await?.json().await?;
-                        serde_json::from_value(answer.get("records").cloned().unwrap_or_default())
-                            .context("the proxy's answer does not parse")?
-                    }
-                };
-                records.extend(found.into_iter().map(|r| (store.name().to_owned(), r)));
-            }
-            // Several stores: merged by time, the newest `--limit` kept.
-            records.sort_by(|(_, a), (_, b)| a.time.cmp(&b.time).then(a.seq.cmp(&b.seq)));
-            let excess = records.len().saturating_sub(limit);
-            records.drain(..excess);
-            print_records(&records, format, several, true)
-        }
+        } => query(&source, &filter, limit, format).await,
         AuditCommand::Export {
             source,
             filter,
             after,
             output,
             follow,
-        } => {
-            let params = filter.params(None, Some(after.unwrap_or(0)));
-            check(&params)?;
-            let (config, stores) = open_stores(&source).await?;
-            if follow {
-                return export_following(&stores, &params, output.as_deref()).await;
-            }
-            if stores.len() > 1 && source.store.is_none() {
-                let names: Vec<&str> = stores.iter().map(Store::name).collect();
-                bail!(
-                    "this data_dir has {} stores ({}), each with its own sequence numbers: pick one with --store",
-                    names.len(),
-                    names.join(", ")
-                );
-            }
-            let mut out: Box<dyn std::io::Write> = match &output {
-                Some(path) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(path)
-                        .with_context(|| format!("cannot create {}", path.display()))?,
-                )),
-                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-            };
-            let mut count = 0u64;
-            let progress = Progress::counted("exporting", None, "records");
-            for store in &stores {
-                progress.relabel(format!("exporting `{}`", store.name()));
-                match store {
-                    Store::Local { store, .. } => {
-                        let mut filter = params.to_filter(std::time::SystemTime::now(), None)?;
-                        let separator = &config.proxy.namespace_separator;
-                        loop {
-                            let page = store.reader().next_page(&mut filter, separator, 1_000)?;
-                            for record in &page {
-                                serde_json::to_writer(&mut out, record)?;
-                                out.write_all(b"\n")?;
-                            }
-                            count += page.len() as u64;
-                            progress.set(count);
-                            if page.len() < 1_000 {
-                                break;
-                            }
-                        }
-                    }
-                    Store::Remote { api, .. } => {
-                        let mut response = api.get("/admin/audit/export", &params).await?;
-                        while let Some(chunk) = response.chunk().await? {
-                            count += chunk.iter().filter(|b| **b == b'\n').count() as u64;
-                            progress.set(count);
-                            out.write_all(&chunk)?;
-                        }
-                    }
-                }
-            }
-            out.flush()?;
-            drop(progress);
-            if output.is_some() {
-                eprintln!("exported {count} records");
-            }
-            Ok(())
-        }
+        } => export(&source, &filter, after, output.as_deref(), follow).await,
         AuditCommand::Tail {
             source,
             filter,
             limit,
             format,
-        } => {
-            let params = filter.params(Some(limit.min(10)), None);
-            check(&params)?;
-            let (_, stores) = open_stores(&source).await?;
-            let Some(api) = stores.iter().find_map(|store| match store {
-                Store::Remote { api, .. } => Some(api),
-                Store::Local { .. } => None,
-            }) else {
-                bail!(
-                    "no proxy is serving this config: there is nothing to follow (`audit query` reads the log)"
-                );
-            };
-            let mut response = api.get("/admin/audit/tail", &params).await?;
-            let mut pending = Vec::new();
-            let mut header = true;
-            while let Some(chunk) = response.chunk().await? {
-                pending.extend_from_slice(&chunk);
-                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=end).collect();
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
+        } => tail(&source, &filter, limit, format).await,
+    }
+}
+
+/// `audit query`: the records of every store that match, merged by time,
+/// the newest `limit` kept.
+async fn query(
+    source: &Source,
+    filter: &FilterArgs,
+    limit: usize,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let params = filter.params(Some(limit), None);
+    check(&params)?;
+    let (config, stores) = open_stores(source).await?;
+    let several = stores.len() > 1;
+    let mut records = Vec::new();
+    for store in &stores {
+        let found = match store {
+            Store::Local { store, .. } => {
+                let filter = params.to_filter(std::time::SystemTime::now(), None)?;
+                store.query(&filter, &config.proxy.namespace_separator)?
+            }
+            Store::Remote { api, .. } => {
+                let answer: serde_json::Value =
+                    api.get("/admin/audit", &params).await?.json().await?;
+                serde_json::from_value(answer.get("records").cloned().unwrap_or_default())
+                    .context("the proxy's answer does not parse")?
+            }
+        };
+        records.extend(found.into_iter().map(|r| (store.name().to_owned(), r)));
+    }
+    // Several stores: merged by time, the newest `--limit` kept.
+    records.sort_by(|(_, a), (_, b)| a.time.cmp(&b.time).then(a.seq.cmp(&b.seq)));
+    let excess = records.len().saturating_sub(limit);
+    records.drain(..excess);
+    print_records(&records, format, several, true)
+}
+
+/// `audit export`: one store's records as JSON lines, to a file or stdout
+/// (or, with `follow`, the running proxy's records as they come).
+async fn export(
+    source: &Source,
+    filter: &FilterArgs,
+    after: Option<u64>,
+    output: Option<&Path>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let params = filter.params(None, Some(after.unwrap_or(0)));
+    check(&params)?;
+    let (config, stores) = open_stores(source).await?;
+    if follow {
+        return export_following(&stores, &params, output).await;
+    }
+    if stores.len() > 1 && source.store.is_none() {
+        let names: Vec<&str> = stores.iter().map(Store::name).collect();
+        bail!(
+            "this data_dir has {} stores ({}), each with its own sequence numbers: pick one with --store",
+            names.len(),
+            names.join(", ")
+        );
+    }
+    let mut out: Box<dyn std::io::Write> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut count = 0u64;
+    let progress = Progress::counted("exporting", None, "records");
+    for store in &stores {
+        progress.relabel(format!("exporting `{}`", store.name()));
+        match store {
+            Store::Local { store, .. } => {
+                let mut filter = params.to_filter(std::time::SystemTime::now(), None)?;
+                let separator = &config.proxy.namespace_separator;
+                loop {
+                    let page = store.reader().next_page(&mut filter, separator, 1_000)?;
+                    for record in &page {
+                        serde_json::to_writer(&mut out, record)?;
+                        out.write_all(b"\n")?;
                     }
-                    let record: AuditRecord = serde_json::from_slice(&line)
-                        .context("the proxy sent a line that is not a record")?;
-                    print_records(&[(String::new(), record)], format, false, header)?;
-                    header = false;
+                    count += page.len() as u64;
+                    progress.set(count);
+                    if page.len() < 1_000 {
+                        break;
+                    }
                 }
             }
-            bail!("the proxy closed the stream (it stopped?)")
+            Store::Remote { api, .. } => {
+                let mut response = api.get("/admin/audit/export", &params).await?;
+                while let Some(chunk) = response.chunk().await? {
+                    count += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+                    progress.set(count);
+                    out.write_all(&chunk)?;
+                }
+            }
         }
     }
+    out.flush()?;
+    drop(progress);
+    if output.is_some() {
+        eprintln!("exported {count} records");
+    }
+    Ok(())
+}
+
+/// `audit tail`: the running proxy's newest records, then each as it is
+/// committed.
+async fn tail(
+    source: &Source,
+    filter: &FilterArgs,
+    limit: usize,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let params = filter.params(Some(limit.min(10)), None);
+    check(&params)?;
+    let (_, stores) = open_stores(source).await?;
+    let Some(api) = running_proxy(&stores) else {
+        bail!(
+            "no proxy is serving this config: there is nothing to follow (`audit query` reads the log)"
+        );
+    };
+    let mut response = api.get("/admin/audit/tail", &params).await?;
+    let mut pending = Vec::new();
+    let mut header = true;
+    while let Some(chunk) = response.chunk().await? {
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let record: AuditRecord = serde_json::from_slice(&line)
+                .context("the proxy sent a line that is not a record")?;
+            print_records(&[(String::new(), record)], format, false, header)?;
+            header = false;
+        }
+    }
+    bail!("the proxy closed the stream (it stopped?)")
+}
+
+/// The admin API of the proxy that serves this config, if one runs.
+fn running_proxy(stores: &[Store]) -> Option<&Api> {
+    stores.iter().find_map(|store| match store {
+        Store::Remote { api, .. } => Some(api),
+        Store::Local { .. } => None,
+    })
 }
 
 /// `audit export --follow`: the running proxy's records from `params`'
@@ -438,10 +471,7 @@ async fn export_following(
     params: &FilterParams,
     output: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let Some(api) = stores.iter().find_map(|store| match store {
-        Store::Remote { api, .. } => Some(api),
-        Store::Local { .. } => None,
-    }) else {
+    let Some(api) = running_proxy(stores) else {
         bail!(
             "no proxy is serving this config: there is nothing to follow (`audit export` without --follow reads the log)"
         );

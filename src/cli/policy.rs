@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::{ClientConfig, Config};
 use crate::interceptors::authz::fixtures::{self, Case};
-use crate::interceptors::authz::{Decision, PolicyError, PolicyStore, Severity};
+use crate::interceptors::authz::{Decision, PolicyError, PolicyStore, Query, Severity};
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
@@ -113,171 +113,194 @@ impl Source {
 
 pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
     match command {
-        PolicyCommand::Check { source } => {
-            let setup = source.setup()?;
-            let store = load(&setup.dir)?;
-            store.check_clients(&setup.configured)?;
-            for warning in &store.warnings {
-                eprintln!("{warning}");
-            }
+        PolicyCommand::Check { source } => check(&source),
+        PolicyCommand::Test { source, fixtures } => test(&source, fixtures),
+        PolicyCommand::Explain(args) => explain(*args),
+    }
+}
+
+/// `policy check`: the policies load, validated strictly against the schema
+/// and the config's clients.
+fn check(source: &Source) -> anyhow::Result<()> {
+    let setup = source.setup()?;
+    let store = load(&setup.dir)?;
+    store.check_clients(&setup.configured)?;
+    for warning in &store.warnings {
+        eprintln!("{warning}");
+    }
+    println!(
+        "{}: OK: {} policies in {} files, validated strictly against {}; policy set {}",
+        setup.dir.display(),
+        store.policy_count(),
+        store.files.len().saturating_sub(1),
+        store
+            .files
+            .first()
+            .map_or("the schema".into(), |p| p.display().to_string()),
+        store.id
+    );
+    Ok(())
+}
+
+/// `policy test`: every fixture case decided, in a pass/fail table.
+fn test(source: &Source, fixtures: Option<PathBuf>) -> anyhow::Result<()> {
+    let setup = source.setup()?;
+    let store = load(&setup.dir)?;
+    let folder = fixtures.unwrap_or_else(|| setup.dir.join("tests"));
+    let outcomes = fixtures::run(&store, &folder, &setup.clients, &setup.separator)?;
+    if outcomes.is_empty() {
+        bail!(
+            "{}: no fixture cases (`[[case]]` in *.toml)",
+            folder.display()
+        );
+    }
+    println!("{:<6} {:<64} {:<6} DECIDED BY", "RESULT", "CASE", "GOT");
+    let mut failed = 0;
+    for outcome in &outcomes {
+        let (got, by) = match &outcome.decision {
+            Some(d) => (if d.allowed { "allow" } else { "deny" }, decided_by(d)),
+            None => ("-", String::new()),
+        };
+        let result = if outcome.failure.is_some() {
+            "FAIL"
+        } else {
+            "pass"
+        };
+        println!(
+            "{result:<6} {:<64} {got:<6} {by}",
+            truncate(&outcome.name, 64)
+        );
+        if let Some(failure) = &outcome.failure {
+            failed += 1;
             println!(
-                "{}: OK: {} policies in {} files, validated strictly against {}; policy set {}",
-                setup.dir.display(),
-                store.policy_count(),
-                store.files.len().saturating_sub(1),
-                store
-                    .files
-                    .first()
-                    .map_or("the schema".into(), |p| p.display().to_string()),
-                store.id
+                "       {}:{}: {failure}",
+                outcome.file.display(),
+                outcome.line
             );
-            Ok(())
         }
-        PolicyCommand::Test { source, fixtures } => {
-            let setup = source.setup()?;
-            let store = load(&setup.dir)?;
-            let folder = fixtures.unwrap_or_else(|| setup.dir.join("tests"));
-            let outcomes = fixtures::run(&store, &folder, &setup.clients, &setup.separator)?;
-            if outcomes.is_empty() {
-                bail!(
-                    "{}: no fixture cases (`[[case]]` in *.toml)",
-                    folder.display()
-                );
-            }
-            println!("{:<6} {:<64} {:<6} DECIDED BY", "RESULT", "CASE", "GOT");
-            let mut failed = 0;
-            for outcome in &outcomes {
-                let (got, by) = match &outcome.decision {
-                    Some(d) => (if d.allowed { "allow" } else { "deny" }, decided_by(d)),
-                    None => ("-", String::new()),
-                };
-                let result = if outcome.failure.is_some() {
-                    "FAIL"
-                } else {
-                    "pass"
-                };
-                println!(
-                    "{result:<6} {:<64} {got:<6} {by}",
-                    truncate(&outcome.name, 64)
-                );
-                if let Some(failure) = &outcome.failure {
-                    failed += 1;
-                    println!(
-                        "       {}:{}: {failure}",
-                        outcome.file.display(),
-                        outcome.line
-                    );
-                }
-            }
-            println!(
-                "{} cases: {} passed, {failed} failed (policy set {})",
-                outcomes.len(),
-                outcomes.len() - failed,
-                store.id
-            );
-            if failed > 0 {
-                bail!("{failed} policy test case(s) failed");
-            }
-            Ok(())
-        }
-        PolicyCommand::Explain(args) => {
-            let ExplainArgs {
-                source,
-                client,
-                groups,
-                action,
-                tool,
-                prompt,
-                resource,
-                server,
-                arguments,
-                annotations,
-                transport,
-                time,
-            } = *args;
-            let setup = source.setup()?;
-            let store = load(&setup.dir)?;
-            let arguments = match arguments {
-                None => None,
-                Some(text) => Some(
-                    serde_json::from_str::<toml::Table>(&text)
-                        .context("--arguments must be a JSON object")?,
+    }
+    println!(
+        "{} cases: {} passed, {failed} failed (policy set {})",
+        outcomes.len(),
+        outcomes.len() - failed,
+        store.id
+    );
+    if failed > 0 {
+        bail!("{failed} policy test case(s) failed");
+    }
+    Ok(())
+}
+
+/// `policy explain`: one request decided, and what decided it.
+fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    let setup = args.source.setup()?;
+    let store = load(&setup.dir)?;
+    let case = args.into_case()?;
+    let prepared = case
+        .prepare(&setup.clients, &setup.separator)
+        .map_err(anyhow::Error::msg)?;
+    let query = prepared.query();
+    let decision = store.decide(&query);
+    print_explanation(&store, &query, &decision);
+    Ok(())
+}
+
+impl ExplainArgs {
+    /// The request as a fixture case (its JSON options parsed).
+    fn into_case(self) -> anyhow::Result<Case> {
+        let ExplainArgs {
+            source: _,
+            client,
+            groups,
+            action,
+            tool,
+            prompt,
+            resource,
+            server,
+            arguments,
+            annotations,
+            transport,
+            time,
+        } = self;
+        let arguments = match arguments {
+            None => None,
+            Some(text) => Some(
+                serde_json::from_str::<toml::Table>(&text)
+                    .context("--arguments must be a JSON object")?,
+            ),
+        };
+        let annotations = match annotations {
+            None => Default::default(),
+            Some(text) => serde_json::from_str(&text).context(
+                "--annotations must be a JSON object of read_only, destructive, idempotent, open_world",
+            )?,
+        };
+        Ok(Case {
+            client,
+            groups,
+            action,
+            tool,
+            prompt,
+            resource,
+            server,
+            annotations,
+            arguments,
+            transport,
+            time,
+            ..Case::default()
+        })
+    }
+}
+
+/// The decision, the request as Cedar saw it, and the policies (with their
+/// file and line) that decided it.
+fn print_explanation(store: &PolicyStore, query: &Query<'_>, decision: &Decision) {
+    let (kind, id) = query.target.entity();
+    println!(
+        "decision:   {}",
+        if decision.allowed { "ALLOW" } else { "DENY" }
+    );
+    println!(
+        "request:    Client::{:?} (groups: {}) {} {kind}::{id:?} in Server::{:?}",
+        query.client,
+        if query.groups.is_empty() {
+            "none".to_owned()
+        } else {
+            query.groups.join(", ")
+        },
+        query.action.name(),
+        query.target.server()
+    );
+    println!(
+        "policy set: {} ({} policies; {} can match this request's scope)",
+        store.id,
+        store.policy_count(),
+        store.slice_size(query)
+    );
+    if decision.policies.is_empty() {
+        println!("decided by: no permit applies (default deny)");
+    } else {
+        println!("decided by:");
+        for id in &decision.policies {
+            match store.origin(id) {
+                Some(origin) => println!(
+                    "  {:<7} {id:<40} {}:{}",
+                    origin.effect,
+                    origin.file.display(),
+                    origin.line
                 ),
-            };
-            let annotations = match annotations {
-                None => Default::default(),
-                Some(text) => serde_json::from_str(&text).context(
-                    "--annotations must be a JSON object of read_only, destructive, idempotent, open_world",
-                )?,
-            };
-            let case = Case {
-                client,
-                groups,
-                action,
-                tool,
-                prompt,
-                resource,
-                server,
-                annotations,
-                arguments,
-                transport,
-                time,
-                ..Case::default()
-            };
-            let prepared = case
-                .prepare(&setup.clients, &setup.separator)
-                .map_err(anyhow::Error::msg)?;
-            let query = prepared.query();
-            let decision = store.decide(&query);
-            let (kind, id) = query.target.entity();
-            println!(
-                "decision:   {}",
-                if decision.allowed { "ALLOW" } else { "DENY" }
-            );
-            println!(
-                "request:    Client::{:?} (groups: {}) {} {kind}::{id:?} in Server::{:?}",
-                query.client,
-                if query.groups.is_empty() {
-                    "none".to_owned()
-                } else {
-                    query.groups.join(", ")
-                },
-                query.action.name(),
-                query.target.server()
-            );
-            println!(
-                "policy set: {} ({} policies; {} can match this request's scope)",
-                store.id,
-                store.policy_count(),
-                store.slice_size(&query)
-            );
-            if decision.policies.is_empty() {
-                println!("decided by: no permit applies (default deny)");
-            } else {
-                println!("decided by:");
-                for id in &decision.policies {
-                    match store.origin(id) {
-                        Some(origin) => println!(
-                            "  {:<7} {id:<40} {}:{}",
-                            origin.effect,
-                            origin.file.display(),
-                            origin.line
-                        ),
-                        None => println!("  {id}"),
-                    }
-                }
+                None => println!("  {id}"),
             }
-            for error in &decision.errors {
-                println!("error:      {error} (an evaluation error denies)");
-            }
-            if !decision.dropped_arguments.is_empty() {
-                println!(
-                    "left out of context.arguments (undeclared in the schema or of another type): {}",
-                    decision.dropped_arguments.join(", ")
-                );
-            }
-            Ok(())
         }
+    }
+    for error in &decision.errors {
+        println!("error:      {error} (an evaluation error denies)");
+    }
+    if !decision.dropped_arguments.is_empty() {
+        println!(
+            "left out of context.arguments (undeclared in the schema or of another type): {}",
+            decision.dropped_arguments.join(", ")
+        );
     }
 }
 

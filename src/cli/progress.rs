@@ -1,48 +1,46 @@
 //! Progress of long operations (`doctor`, `audit export`, `audit verify`)
-//! on a terminal: one status line on stderr, redrawn ten times a second by a
-//! ticker thread (so a step that waits, on the engine or the network, still
-//! shows its time going by), and cleared when the work is done.
+//! on a terminal: one status line on stderr (an indicatif spinner), redrawn
+//! ten times a second by its ticker thread (so a step that waits, on the
+//! engine or the network, still shows its time going by), and cleared when
+//! the work is done.
 //!
 //! Nothing is drawn when stderr is not a terminal: logs, pipes and CI stay
 //! clean. `PORTCULLIS_PROGRESS=always` draws anyway, `never` never does.
 
+use std::fmt;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+
+/// The spinner's frames; indicatif keeps the last for a finished line, which
+/// is never seen here (the line is cleared).
+const FRAMES: &str = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ ";
 const REDRAW: Duration = Duration::from_millis(100);
+/// `⠋ verifying `serve`: 12 of 40 records (30%), 8/s 1.5s`.
+const TEMPLATE: &str = "{spinner} {msg}{counts} {seconds}";
 
 /// A status line; dropping it clears the line.
 pub struct Progress {
-    shared: Option<Arc<Shared>>,
-    ticker: Option<std::thread::JoinHandle<()>>,
+    bar: ProgressBar,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    stopped: Condvar,
-}
-
-struct State {
-    label: String,
-    done: u64,
-    total: Option<u64>,
-    /// What `done` counts (`records`); empty for a step with no count.
-    unit: &'static str,
-    started: Instant,
-    frame: usize,
-    drawn: bool,
-    stop: bool,
-}
-
-/// Whether progress is drawn: stderr is a terminal, unless the environment
-/// says otherwise.
-fn wanted() -> bool {
-    match std::env::var("PORTCULLIS_PROGRESS").as_deref() {
+/// Where the line is drawn: stderr, when it is wanted there.
+///
+/// Decided here, not by indicatif's own stderr target, because that one also
+/// hides the line when `TERM` is unset or `dumb` (a terminal under CI's
+/// environment) and cannot be told to draw anyway (`always`). Drawn through
+/// `term_like`, which leaves the decision to us.
+fn target() -> ProgressDrawTarget {
+    let wanted = match std::env::var("PORTCULLIS_PROGRESS").as_deref() {
         Ok("always") => true,
         Ok("never") => false,
         _ => std::io::stderr().is_terminal(),
+    };
+    if wanted {
+        ProgressDrawTarget::term_like_with_hz(Box::new(console::Term::buffered_stderr()), 20)
+    } else {
+        ProgressDrawTarget::hidden()
     }
 }
 
@@ -58,168 +56,90 @@ impl Progress {
     }
 
     fn start(label: String, total: Option<u64>, unit: &'static str) -> Self {
-        if !wanted() {
+        let target = target();
+        if target.is_hidden() {
             return Self {
-                shared: None,
-                ticker: None,
+                bar: ProgressBar::hidden(),
             };
         }
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(label, total, unit)),
-            stopped: Condvar::new(),
-        });
+        let style = ProgressStyle::with_template(TEMPLATE)
+            .unwrap_or_else(|_| ProgressStyle::default_spinner())
+            .tick_chars(FRAMES)
+            .with_key(
+                "counts",
+                move |state: &ProgressState, out: &mut dyn fmt::Write| {
+                    let _ = out.write_str(&counts(state.pos(), state.len(), unit, state.elapsed()));
+                },
+            )
+            .with_key(
+                "seconds",
+                |state: &ProgressState, out: &mut dyn fmt::Write| {
+                    let _ = write!(out, "{:.1}s", state.elapsed().as_secs_f64());
+                },
+            );
+        let bar = ProgressBar::with_draw_target(total, target)
+            .with_style(style)
+            .with_message(label);
         // Drawn at once: the ticker may not run before quick work is done.
-        lock(&shared.state).draw();
-        let ticking = shared.clone();
-        let ticker = std::thread::Builder::new()
-            .name("progress".into())
-            .spawn(move || {
-                let mut state = lock(&ticking.state);
-                loop {
-                    state = match ticking.stopped.wait_timeout(state, REDRAW) {
-                        Ok((state, _)) => state,
-                        Err(poisoned) => poisoned.into_inner().0,
-                    };
-                    if state.stop {
-                        return;
-                    }
-                    state.draw();
-                }
-            })
-            .ok();
-        Self {
-            shared: Some(shared),
-            ticker,
-        }
+        bar.tick();
+        bar.enable_steady_tick(REDRAW);
+        Self { bar }
     }
 
-    /// How much is done so far.
+    /// How much is done so far (drawn at the next tick).
     pub fn set(&self, done: u64) {
-        if let Some(shared) = &self.shared {
-            lock(&shared.state).done = done;
-        }
+        self.bar.set_position(done);
     }
 
     /// The total, once it is known (drawn at once when it changes).
     pub fn set_total(&self, total: u64) {
-        if let Some(shared) = &self.shared {
-            let mut state = lock(&shared.state);
-            if state.total != Some(total) {
-                state.total = Some(total);
-                state.draw();
-            }
+        // Called for every record checked: only a change is worth a redraw.
+        if self.bar.length() != Some(total) {
+            self.bar.set_length(total);
         }
     }
 
     /// Moves on to another step, the clock restarted.
     pub fn relabel(&self, label: impl Into<String>) {
-        if let Some(shared) = &self.shared {
-            let mut state = lock(&shared.state);
-            state.label = label.into();
-            state.started = Instant::now();
-            state.draw();
-        }
+        self.bar.reset_elapsed();
+        self.bar.set_message(label.into());
     }
 
     /// Prints a line on stdout without tearing the status line: cleared
     /// first, drawn again after.
     pub fn println(&self, line: &str) {
-        let Some(shared) = &self.shared else {
+        self.bar.suspend(|| {
             println!("{line}");
-            return;
-        };
-        let mut state = lock(&shared.state);
-        state.clear();
-        println!("{line}");
-        let _ = std::io::stdout().flush();
-        state.draw();
+            let _ = std::io::stdout().flush();
+        });
     }
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        if let Some(shared) = &self.shared {
-            lock(&shared.state).stop = true;
-            shared.stopped.notify_all();
-        }
-        if let Some(ticker) = self.ticker.take() {
-            let _ = ticker.join();
-        }
-        if let Some(shared) = &self.shared {
-            lock(&shared.state).clear();
-        }
+        self.bar.finish_and_clear();
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl State {
-    fn new(label: String, total: Option<u64>, unit: &'static str) -> Self {
-        Self {
-            label,
-            done: 0,
-            total,
-            unit,
-            started: Instant::now(),
-            frame: 0,
-            drawn: false,
-            stop: false,
-        }
+/// What follows the label: for counted work, the count so far (of the total
+/// when it is known) and, after half a second, the rate; `…` for a step.
+fn counts(done: u64, total: Option<u64>, unit: &str, elapsed: Duration) -> String {
+    if unit.is_empty() {
+        return "…".to_owned();
     }
-
-    fn line(&self) -> String {
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let frame = FRAMES[self.frame % FRAMES.len()];
-        let mut line = format!("{frame} {}", self.label);
-        if !self.unit.is_empty() {
-            line.push_str(&format!(": {}", count(self.done)));
-            if let Some(total) = self.total.filter(|total| *total > 0) {
-                let percent = (self.done.min(total) as f64 / total as f64) * 100.0;
-                line.push_str(&format!(
-                    " of {} {} ({percent:.0}%)",
-                    count(total),
-                    self.unit
-                ));
-            } else {
-                line.push_str(&format!(" {}", self.unit));
-            }
-            if elapsed >= 0.5 {
-                line.push_str(&format!(
-                    ", {}/s",
-                    count((self.done as f64 / elapsed) as u64)
-                ));
-            }
-        } else {
-            line.push('…');
+    let mut text = format!(": {}", count(done));
+    match total.filter(|total| *total > 0) {
+        Some(total) => {
+            let percent = (done.min(total) as f64 / total as f64) * 100.0;
+            text.push_str(&format!(" of {} {unit} ({percent:.0}%)", count(total)));
         }
-        line.push_str(&format!(" {elapsed:.1}s"));
-        line
+        None => text.push_str(&format!(" {unit}")),
     }
-
-    fn draw(&mut self) {
-        if self.stop {
-            return;
-        }
-        self.frame += 1;
-        let mut err = std::io::stderr().lock();
-        // Carriage return and erase-line: the status line is redrawn in place.
-        let _ = write!(err, "\r\x1b[2K{}", self.line());
-        let _ = err.flush();
-        self.drawn = true;
+    let seconds = elapsed.as_secs_f64();
+    if seconds >= 0.5 {
+        text.push_str(&format!(", {}/s", count((done as f64 / seconds) as u64)));
     }
-
-    fn clear(&mut self) {
-        if self.drawn {
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K");
-            let _ = err.flush();
-            self.drawn = false;
-        }
-    }
+    text
 }
 
 /// A count with thin groups of three (`1 000 000`), as the tables print them.
@@ -239,31 +159,23 @@ fn count(n: u64) -> String {
 mod tests {
     use super::*;
 
-    fn state(done: u64, total: Option<u64>, unit: &'static str) -> State {
-        State {
-            done,
-            ..State::new("verifying `serve`".into(), total, unit)
-        }
-    }
-
     #[test]
     fn lines_say_what_how_much_and_how_long() {
         assert_eq!(count(0), "0");
         assert_eq!(count(999), "999");
         assert_eq!(count(1_000), "1 000");
         assert_eq!(count(1_234_567), "1 234 567");
-        let line = state(250_000, Some(1_000_000), "records").line();
-        assert!(
-            line.starts_with("⠋ verifying `serve`: 250 000 of 1 000 000 records (25%)"),
-            "{line}"
+        let quick = Duration::from_millis(100);
+        assert_eq!(
+            counts(250_000, Some(1_000_000), "records", quick),
+            ": 250 000 of 1 000 000 records (25%)"
         );
-        let line = state(12, None, "records").line();
-        assert!(
-            line.starts_with("⠋ verifying `serve`: 12 records "),
-            "{line}"
+        assert_eq!(counts(12, None, "records", quick), ": 12 records");
+        assert_eq!(
+            counts(3_000, None, "records", Duration::from_secs(2)),
+            ": 3 000 records, 1 500/s"
         );
-        let line = state(0, None, "").line();
-        assert!(line.starts_with("⠋ verifying `serve`… "), "{line}");
-        assert!(line.ends_with('s'), "{line}");
+        assert_eq!(counts(0, None, "", quick), "…");
+        assert!(ProgressStyle::with_template(TEMPLATE).is_ok());
     }
 }

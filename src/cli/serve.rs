@@ -1,0 +1,267 @@
+//! `portcullis serve` and `portcullis stdio`: the audit log opened, the
+//! gateway built and started, its events recorded, then the transports
+//! served until a signal.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::launch::{build_gateway, start};
+use super::records::{plugin_record, record_start, reload_record};
+use super::{audit_keys, pins, sha256_hex};
+use crate::audit::{Audit, SledStorage};
+use crate::chain::ClientIdentity;
+use crate::config::{Config, Durability, UpstreamSpec};
+use crate::downstream;
+use crate::gateway::Gateway;
+use crate::interceptors;
+
+/// Serves MCP on `[proxy] listen` and/or to one client on stdio, until a
+/// signal (or, with stdio only, the end of stdin).
+pub(super) async fn serve(
+    config: Config,
+    stdio_client: Option<ClientIdentity>,
+) -> anyhow::Result<()> {
+    announce_sandboxing(&config);
+    let listen = config.proxy.listen;
+    // The signal handlers come first: a SIGTERM while servers start must
+    // still remove every container that was started.
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    // The audit log opens first: no exchange happens that it cannot record.
+    // One store (and hash chain) per proxy role: several stdio proxies may
+    // share a config, each with its own log.
+    let role = match (&config.proxy.listen, &stdio_client) {
+        (None, Some(client)) => format!("stdio-{}", client.name),
+        _ => "serve".to_owned(),
+    };
+    let audit = open_audit(&config, &role)?;
+    let config_sha256 = std::fs::read(&config.file)
+        .map(|bytes| sha256_hex(&bytes))
+        .ok();
+    let (gateway, events, policies, pinning, plugins) = build_gateway(config, Some(audit))?;
+    export_traces(&gateway)?;
+    record_start(
+        &gateway,
+        &role,
+        config_sha256,
+        policies.as_deref(),
+        &plugins,
+    );
+    record_events(&gateway, policies.as_ref(), pinning.as_ref(), &plugins);
+    tokio::select! {
+        () = start(&gateway, events) => {}
+        () = &mut signal => {
+            tracing::info!("shutting down during start-up");
+            gateway.stop().await;
+            return Ok(());
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = listen {
+        let gateway = gateway.clone();
+        // For the console's pages on policies and pins.
+        let enforcement = downstream::http::Enforcement { policies, pinning };
+        tasks.spawn(async move { downstream::http::serve(gateway, addr, enforcement).await });
+    }
+    let stdio_only = listen.is_none();
+    if let Some(client) = stdio_client {
+        let gateway = gateway.clone();
+        tasks.spawn(async move { downstream::stdio::serve(gateway, client).await });
+    }
+    let result = tokio::select! {
+        () = &mut signal => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        // With stdio only, the end of stdin ends the proxy; with HTTP, a
+        // transport ending means it failed.
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) if stdio_only => Ok(()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(anyhow::Error::new(err)),
+            Err(err) => Err(anyhow::anyhow!("a transport task failed: {err}")),
+        },
+    };
+    gateway.stop().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    result
+}
+
+/// The audit log of this proxy role, opened (and its keys loaded) before
+/// anything else, in a data folder checked to be the user's alone.
+fn open_audit(config: &Config, role: &str) -> anyhow::Result<Audit> {
+    // The data folder is checked before anything in it is opened: one that
+    // another user owns or may write to is refused.
+    let narrowed = crate::private_dir::prepare(&config.proxy.data_dir)
+        .with_context(|| format!("{}: `proxy.data_dir`", config.file.display()))?;
+    if !narrowed.is_empty() {
+        tracing::warn!(
+            data_dir = %config.proxy.data_dir.display(),
+            count = narrowed.len(),
+            "closed the data folder to other users (it was readable by them): folders are now 0700, files 0600"
+        );
+    }
+    let audit_dir = config.proxy.data_dir.join("audit");
+    let durability = config.audit.durability;
+    let flush_every = match durability {
+        Durability::Durable => None,
+        Durability::Buffered => Some(std::time::Duration::from_millis(10)),
+    };
+    let cannot = || format!("{}: cannot open the audit log", config.file.display());
+    let store = SledStorage::open_for(&audit_dir, role, flush_every).with_context(cannot)?;
+    let sealing = audit_keys::sealing(config, &store).with_context(cannot)?;
+    if sealing.seal.is_keyed() || sealing.signer.is_some() {
+        tracing::info!(
+            keyed = sealing.seal.is_keyed(),
+            signed_checkpoints = sealing.signer.is_some(),
+            "the audit chain is keyed and/or its head signed"
+        );
+    }
+    Audit::start_sealed(
+        store,
+        durability == Durability::Durable,
+        config.audit.retention,
+        sealing,
+    )
+    .with_context(cannot)
+}
+
+/// Exports traces over OTLP/HTTP, when `[observability.traces]` asks.
+fn export_traces(gateway: &Gateway) -> anyhow::Result<()> {
+    if let Some(traces) = &gateway.config().observability.traces {
+        let (tracer, queue) = crate::traces::Tracer::new(traces.sample_ratio);
+        let exporter =
+            crate::traces::Exporter::new(traces, tracer.counters()).with_context(|| {
+                format!("{}: cannot export traces", gateway.config().file.display())
+            })?;
+        tracing::info!(endpoint = %traces.endpoint, sample_ratio = traces.sample_ratio, "exporting traces over OTLP/HTTP");
+        gateway.trace_with(tracer, exporter.spawn(queue));
+    }
+    Ok(())
+}
+
+/// Plugin, pin and policy events go to the audit log as they happen; pins
+/// and policies are watched for changes.
+fn record_events(
+    gateway: &Arc<Gateway>,
+    policies: Option<&Arc<interceptors::PolicyEngine>>,
+    pinning: Option<&Arc<interceptors::Pinning>>,
+    plugins: &[Arc<interceptors::Plugin>],
+) {
+    for plugin in plugins {
+        // Breaker events go to the audit log.
+        let recorder = gateway.clone();
+        forward_events(plugin.subscribe(), "plugin", move |event| {
+            recorder.record_event(plugin_record(&event));
+        });
+    }
+    if let Some(pinning) = pinning {
+        // Pin events go to the audit log; approvals reach the sessions as
+        // `tools/list_changed` (a withheld tool may be back).
+        let recorder = gateway.clone();
+        let separator = recorder.config().proxy.namespace_separator.clone();
+        forward_events(pinning.subscribe(), "pin", move |event| {
+            if matches!(
+                event,
+                crate::interceptors::pinning::PinEvent::Reloaded { .. }
+            ) {
+                recorder.announce(crate::gateway::ListKind::Tools);
+            }
+            recorder.record_event(pins::record(&event, &separator));
+        });
+        let poll = gateway.config().proxy.policy_poll;
+        tokio::spawn(pinning.clone().watch(poll, gateway.shutdown_token()));
+    }
+    match policies {
+        Some(engine) => {
+            let mut reloads = engine.subscribe();
+            let recorder = gateway.clone();
+            tokio::spawn(async move {
+                while let Ok(reload) = reloads.recv().await {
+                    recorder.record_event(reload_record(&reload));
+                }
+            });
+            let store = engine.current();
+            tracing::info!(
+                dir = %engine.dir().display(),
+                policy_set = %store.id,
+                policies = store.policy_count(),
+                "policies loaded"
+            );
+            if store.policy_count() == 0 {
+                tracing::warn!("the policy folder has no policies: every request is denied");
+            }
+            let poll = gateway.config().proxy.policy_poll;
+            tokio::spawn(engine.clone().watch(poll, gateway.shutdown_token()));
+        }
+        None => tracing::warn!(
+            "no `[proxy] policies`: every client may use every tool, prompt and resource"
+        ),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+fn announce_sandboxing(config: &Config) {
+    for server in &config.servers {
+        match &server.kind {
+            UpstreamSpec::Process(spec) => tracing::warn!(
+                server = %server.name,
+                command = %spec.command,
+                "UNSANDBOXED: process server runs with the proxy's own rights"
+            ),
+            UpstreamSpec::Container(spec) => {
+                for relaxation in spec.sandbox.relaxations() {
+                    tracing::warn!(server = %server.name, relaxation, "container sandbox relaxed");
+                }
+                for danger in spec.sandbox.dangers() {
+                    tracing::warn!(server = %server.name, danger, "DANGEROUS: allowed by `allow_dangerous = true`");
+                }
+            }
+            UpstreamSpec::Remote(_) => {}
+        }
+    }
+}
+
+/// Hands each event of a broadcast to `on_event` until the sender is gone;
+/// events lost to a full channel are logged loudly (`what`: whose events).
+fn forward_events<E: Clone + Send + 'static>(
+    mut events: tokio::sync::broadcast::Receiver<E>,
+    what: &'static str,
+    mut on_event: impl FnMut(E) + Send + 'static,
+) {
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => on_event(event),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::error!(missed, "AUDIT: {what} events were dropped");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+}
