@@ -28,7 +28,6 @@ const LONG_FILES: &[(&str, usize)] = &[
     ("src/interceptors/authz/tests.rs", 866),
     ("src/interceptors/pinning/mod.rs", 1034),
     ("src/traces.rs", 986),
-    ("src/upstream/client.rs", 1097),
     ("src/upstream/container.rs", 969),
 ];
 
@@ -47,7 +46,6 @@ const LONG_FNS: &[(&str, &str, usize)] = &[
     ("src/downstream/http.rs", "serve_on", 128),
     ("src/interceptors/authz/store.rs", "from_sources", 181),
     ("src/interceptors/redact/rules.rs", "parse", 135),
-    ("src/upstream/client.rs", "supervise", 151),
     ("src/upstream/container.rs", "spawn", 161),
 ];
 
@@ -65,9 +63,6 @@ const CYCLES: &[&[&str]] = &[
         "src/interceptors/pinning/poison",
         "src/interceptors/pinning/store",
     ],
-    &["src/upstream/client", "src/upstream/container"],
-    &["src/upstream/client", "src/upstream/process"],
-    &["src/upstream/client", "src/upstream/remote"],
 ];
 
 fn sources() -> Vec<(String, String)> {

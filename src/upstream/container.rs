@@ -32,7 +32,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::client::{Connected, Link, Shared, read_messages, write_message};
+use super::link::{Connected, Inbox, Link, read_messages, write_message};
 use crate::config::{ContainerSpec, Fifos, LimitsConfig, PullPolicy};
 
 /// Every container Portcullis starts carries these labels.
@@ -687,10 +687,10 @@ pub(super) async fn spawn(
     spec: &ContainerSpec,
     secrets: &[(String, String)],
     limits: LimitsConfig,
-    shared: Arc<Shared>,
+    inbox: Arc<dyn Inbox>,
     restarts: u64,
 ) -> Result<Connected, UpstreamError> {
-    let server = shared.name.clone();
+    let server = inbox.server().clone();
     let fail = |reason: String| UpstreamError::Start {
         server: server.to_string(),
         reason,
@@ -711,11 +711,7 @@ pub(super) async fn spawn(
         )
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
-    let mut body = create_body(
-        spec,
-        env,
-        labels(&server, shared.instance.as_deref(), restarts),
-    );
+    let mut body = create_body(spec, env, labels(&server, inbox.instance(), restarts));
     // With FIFOs, the bridge is the entrypoint and execs the server's own
     // command with the FIFOs as its stdio; the attach carries stderr only.
     let fifos = match &spec.fifos {
@@ -777,7 +773,7 @@ pub(super) async fn spawn(
     let relaxations = spec.sandbox.relaxations();
     tracing::info!(
         server = %server,
-        client = shared.instance.as_deref().unwrap_or("(all)"),
+        client = inbox.instance().unwrap_or("(all)"),
         container = short(&id),
         image = %spec.image,
         relaxations = relaxations.len(),
@@ -790,7 +786,7 @@ pub(super) async fn spawn(
     // stderr goes to the log at debug level.
     {
         let closed = closed.clone();
-        let shared = shared.clone();
+        let inbox = inbox.clone();
         let server = server.clone();
         let stdout = output.filter_map(move |item| {
             let server = server.clone();
@@ -812,13 +808,13 @@ pub(super) async fn spawn(
         match &fifos {
             None => {
                 let stdout = tokio_util::io::StreamReader::new(Box::pin(stdout));
-                tokio::spawn(read_messages(stdout, limits, shared, closed));
+                tokio::spawn(read_messages(stdout, limits, inbox, closed));
             }
             Some(dir) => {
                 // The attach stream (stderr) ends when the container does;
                 // the FIFO never does, since the proxy holds both its ends.
                 let output = dir.open_output().map_err(fail)?;
-                tokio::spawn(read_messages(output, limits, shared, closed.clone()));
+                tokio::spawn(read_messages(output, limits, inbox, closed.clone()));
                 tokio::spawn(async move {
                     let mut stderr = Box::pin(stdout);
                     while stderr.next().await.is_some() {}
