@@ -255,7 +255,9 @@ impl ScriptedServer {
 
     /// Sends a message to the upstream, as a server writes a line to its
     /// stdout (or on its standalone HTTP stream). Returns once the upstream
-    /// has routed it. Nothing is sent once the link is closed.
+    /// has routed it, so it waits while the upstream's events channel, or
+    /// the queue of the call it belongs to, is full. Nothing is sent once
+    /// the link is closed.
     pub(crate) async fn send(&self, message: Value) {
         if !self.closed.is_cancelled() {
             self.inbox.dispatch(message, None).await;

@@ -281,7 +281,7 @@ async fn dropping_a_sent_call_tells_the_server_it_was_cancelled() {
 
 #[tokio::test(start_paused = true)]
 async fn a_call_that_times_out_fails_and_is_cancelled_at_the_server() {
-    let (running, mut server) = Running::ready("files").await;
+    let (mut running, mut server) = Running::ready("files").await;
     let call = running.upstream.begin(tool_call(json!(1), "slow"), None);
     let id = call.upstream_id();
     let task = tokio::spawn(call.send_and_wait(Duration::from_secs(3)));
@@ -302,6 +302,8 @@ async fn a_call_that_times_out_fails_and_is_cancelled_at_the_server() {
     assert_eq!(cancelled["params"]["requestId"], json!(id));
     // The late reply goes nowhere.
     server.reply(&request, json!({})).await;
+    assert!(running.events.try_recv().is_err());
+    assert!(server.try_received().is_none());
 }
 
 #[tokio::test(start_paused = true)]
@@ -326,8 +328,14 @@ async fn a_link_that_closes_mid_call_fails_the_call_and_the_server_restarts() {
     }
     assert_eq!(running.upstream.restarts(), 1);
     assert!(matches!(running.upstream.status(), Status::Down(_)));
-    // A call meanwhile fails at once: nothing is linked.
-    assert!(running.upstream.send(json!({})).await.is_err());
+    // Meanwhile nothing is linked: what the proxy sends fails at once.
+    assert_eq!(
+        running.upstream.send(json!({})).await,
+        Err(UpstreamError::Unavailable {
+            server: "files".into(),
+            reason: "it is not running".into(),
+        })
+    );
 
     let mut server = running.next_ready().await;
     let (_, task) = running.call(1, tool_call(json!(2), "again"));
