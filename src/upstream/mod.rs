@@ -8,15 +8,34 @@
 //!
 //! How bytes reach the server is a link: `process` (a local command over
 //! stdio), `container` (an image run through the Docker engine, stdio
-//! attached) and `remote` (streamable HTTP).
+//! attached) and `remote` (streamable HTTP). What the links and the client
+//! share is in `link`; the links know nothing else of the client.
+//!
+//! The client itself: `client` ([`Upstream`], what the proxy holds),
+//! `calls` (the calls in flight, [`PendingCall`]), `dispatch` (where what
+//! the server sends goes), `supervisor` (start, restart, idle stop) and
+//! `connect` (the link the config names). Tests replace that last one with
+//! a scripted link: see `scripted`.
 
+mod calls;
 mod client;
+mod connect;
 pub mod container;
+mod dispatch;
+mod events;
+mod link;
 mod process;
 mod remote;
+#[cfg(test)]
+pub(crate) mod scripted;
 mod sse;
+mod supervisor;
+#[cfg(test)]
+mod tests;
 
-pub use client::{Origin, PendingCall, Source, Status, Upstream, UpstreamEvent};
+pub use calls::PendingCall;
+pub use client::Upstream;
+pub use events::{Origin, Source, Status, UpstreamEvent};
 
 use std::time::Duration;
 

@@ -12,7 +12,7 @@ use tokio::process::{ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::client::{Connected, Link, Shared, read_messages, write_message};
+use super::link::{Connected, Inbox, Link, read_messages, write_message};
 use crate::config::{LimitsConfig, ProcessSpec};
 
 struct ProcessLink {
@@ -35,9 +35,9 @@ pub(super) async fn spawn(
     spec: &ProcessSpec,
     secrets: &[(String, String)],
     limits: LimitsConfig,
-    shared: Arc<Shared>,
+    inbox: Arc<dyn Inbox>,
 ) -> Result<Connected, UpstreamError> {
-    let server = shared.name.clone();
+    let server = inbox.server().clone();
     let mut command = Command::new(&spec.command);
     command
         .args(&spec.args)
@@ -86,8 +86,8 @@ pub(super) async fn spawn(
     // Its stdout: one message per line, each dispatched in order.
     {
         let closed = closed.clone();
-        let shared = shared.clone();
-        tokio::spawn(read_messages(stdout, limits, shared, closed));
+        let inbox = inbox.clone();
+        tokio::spawn(read_messages(stdout, limits, inbox, closed));
     }
 
     // Its stderr goes to the log at debug level: servers print anything

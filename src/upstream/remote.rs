@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::client::{Connected, Link, Shared};
+use super::link::{Connected, Inbox, Link};
 use super::sse::{SseEvent, SseParser};
 use crate::config::{self, LimitsConfig, RemoteSpec};
 use crate::protocol::{self, Kind};
@@ -27,7 +27,7 @@ struct RemoteLink {
     version: RwLock<Option<HeaderValue>>,
     listening: AtomicBool,
     limits: LimitsConfig,
-    shared: Arc<Shared>,
+    inbox: Arc<dyn Inbox>,
     closed: CancellationToken,
 }
 
@@ -93,7 +93,7 @@ impl RemoteLink {
             let body = read_limited(response, self.limits.max_message_bytes).await?;
             let message =
                 protocol::parse(&body, self.limits.max_depth).map_err(|e| e.to_string())?;
-            self.shared.dispatch(message, related).await;
+            self.inbox.dispatch(message, related).await;
             Ok(())
         } else {
             Err(format!(
@@ -112,7 +112,7 @@ impl RemoteLink {
         // A call's stream is read while the call waits for its reply: once
         // it has one (or ended otherwise), a server that keeps the stream
         // open holds no task, buffer or connection of the proxy's.
-        let call_ended = |id: u64| !self.shared.in_flight(id);
+        let call_ended = |id: u64| !self.inbox.in_flight(id);
         let mut check = tokio::time::interval(CALL_STREAM_CHECK);
         loop {
             let chunk = tokio::select! {
@@ -135,17 +135,17 @@ impl RemoteLink {
                 match event {
                     SseEvent::Data(data) => match protocol::parse(&data, self.limits.max_depth) {
                         Ok(message) => {
-                            self.shared.dispatch(message, related).await;
+                            self.inbox.dispatch(message, related).await;
                             if related.is_some_and(call_ended) {
                                 return;
                             }
                         }
                         Err(err) => {
-                            tracing::warn!(server = %self.shared.name, error = %err, "dropped an event from the server")
+                            tracing::warn!(server = %self.inbox.server(), error = %err, "dropped an event from the server")
                         }
                     },
                     SseEvent::TooLarge => {
-                        tracing::warn!(server = %self.shared.name, "dropped an event from the server: too large")
+                        tracing::warn!(server = %self.inbox.server(), "dropped an event from the server: too large")
                     }
                 }
             }
@@ -259,10 +259,10 @@ pub(super) async fn open(
     spec: &RemoteSpec,
     secrets: &[(String, String)],
     limits: LimitsConfig,
-    shared: Arc<Shared>,
+    inbox: Arc<dyn Inbox>,
 ) -> Result<Connected, UpstreamError> {
     let start_error = |reason: String| UpstreamError::Start {
-        server: shared.name.to_string(),
+        server: inbox.server().to_string(),
         reason,
     };
     // reqwest is built without a bundled crypto provider; ring is ours.
@@ -287,7 +287,7 @@ pub(super) async fn open(
         version: RwLock::new(None),
         listening: AtomicBool::new(false),
         limits,
-        shared,
+        inbox,
         closed: closed.clone(),
     });
     Ok(Connected {

@@ -1,0 +1,404 @@
+//! The calls in flight to one server: the state its client shares with its
+//! supervisor and its link's reader (the table of calls, the link in use,
+//! the status), and [`PendingCall`], one call from the caller's side.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::UpstreamError;
+use super::events::{Origin, Source, Status, UpstreamEvent};
+use super::link::Link;
+use crate::protocol;
+
+pub(super) struct Pending {
+    /// The server's reply, or why the proxy refused it (too large).
+    pub(super) reply: oneshot::Sender<Result<Value, String>>,
+    pub(super) origin: Option<Origin>,
+    /// The client's progress token, if it asked for progress.
+    pub(super) progress_token: Option<Value>,
+    /// Where the call's own notifications (progress, log messages) go: to
+    /// the task that waits for the reply, so that none can be overtaken by
+    /// the reply it precedes. Bounded ([`FOLLOW_CAP`]).
+    pub(super) follow: mpsc::Sender<Value>,
+}
+
+/// Notifications of one call the proxy holds while the task that waits for
+/// its reply has not taken them yet. That task hands each one on at once
+/// (to the client's own bounded queue, never waiting for the client), so a
+/// full queue means only that the server sends faster than the proxy passes
+/// them on: reading from the server then waits for room, which slows that
+/// server alone, loses nothing, and holds no more than this in memory.
+const FOLLOW_CAP: usize = 256;
+
+/// How long a notification, or an answer to a server's request, may wait
+/// for the server to take it.
+pub(super) const SEND_WAIT: Duration = Duration::from_secs(10);
+
+/// What the client of one server shares with its supervisor, its calls and
+/// its link's reader.
+pub(crate) struct Shared {
+    pub(super) name: Arc<str>,
+    /// The client this instance serves alone (per-client isolation).
+    pub(super) instance: Option<Arc<str>>,
+    pub(super) link: RwLock<Option<Arc<dyn Link>>>,
+    pub(super) pending: Mutex<HashMap<u64, Pending>>,
+    pub(super) next_id: AtomicU64,
+    pub(super) events: mpsc::Sender<UpstreamEvent>,
+    pub(super) status: watch::Sender<Status>,
+    pub(super) restarts: AtomicU64,
+    /// Whether the server should be running (always, for an eager server).
+    pub(super) wanted: AtomicBool,
+    pub(super) wake: tokio::sync::Notify,
+    /// When it was last used, in ms since `epoch`.
+    pub(super) last_used_ms: AtomicU64,
+    /// Held running (by resource subscriptions, which live in the server).
+    pub(super) held: AtomicBool,
+    pub(super) epoch: Instant,
+}
+
+impl Shared {
+    /// `wanted`: whether the server should run from the start (an eager one).
+    pub(super) fn new(
+        name: Arc<str>,
+        instance: Option<Arc<str>>,
+        events: mpsc::Sender<UpstreamEvent>,
+        status: watch::Sender<Status>,
+        wanted: bool,
+    ) -> Self {
+        Self {
+            name,
+            instance,
+            link: RwLock::new(None),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            events,
+            status,
+            restarts: AtomicU64::new(0),
+            wanted: AtomicBool::new(wanted),
+            wake: tokio::sync::Notify::new(),
+            last_used_ms: AtomicU64::new(0),
+            held: AtomicBool::new(false),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Starts the server if it is idle and waits (up to `timeout`) until it
+    /// is ready.
+    pub(super) async fn wait_running(&self, timeout: Duration) -> Result<(), UpstreamError> {
+        if matches!(*self.status.borrow(), Status::Ready(_)) {
+            return Ok(());
+        }
+        self.want();
+        let server = self.name.to_string();
+        let mut status = self.status.subscribe();
+        let ready = async {
+            loop {
+                match status.borrow_and_update().clone() {
+                    Status::Ready(_) => return Ok(()),
+                    // The reason stays in the proxy's log: it can name host
+                    // paths and the engine's own words.
+                    Status::Down(_) => {
+                        return Err(UpstreamError::Unavailable {
+                            server: server.clone(),
+                            reason: "it failed to start or exited (the proxy's log says why)"
+                                .into(),
+                        });
+                    }
+                    Status::Stopped => {
+                        return Err(UpstreamError::Unavailable {
+                            server: server.clone(),
+                            reason: "the proxy is shutting down".into(),
+                        });
+                    }
+                    // Idle again (stopped just as we asked): ask once more.
+                    Status::Idle(_) => self.want(),
+                    Status::Starting => {}
+                }
+                if status.changed().await.is_err() {
+                    return Err(UpstreamError::Unavailable {
+                        server: server.clone(),
+                        reason: "the proxy is shutting down".into(),
+                    });
+                }
+            }
+        };
+        tokio::time::timeout(timeout, ready)
+            .await
+            .unwrap_or_else(|_| {
+                Err(UpstreamError::Unavailable {
+                    server: server.clone(),
+                    reason: format!("it did not start within {}", super::humanize(timeout)),
+                })
+            })
+    }
+
+    pub(super) fn want(&self) {
+        self.touch();
+        if !self.wanted.swap(true, Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+
+    pub(super) fn source(&self) -> Source {
+        Source {
+            server: self.name.clone(),
+            instance: self.instance.clone(),
+        }
+    }
+
+    pub(super) fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_used_ms.store(now, Ordering::Relaxed);
+    }
+
+    pub(super) fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    pub(super) fn current_link(&self) -> Option<Arc<dyn Link>> {
+        self.link.read().ok().and_then(|link| link.clone())
+    }
+
+    pub(super) fn set_link(&self, link: Option<Arc<dyn Link>>) {
+        if let Ok(mut slot) = self.link.write() {
+            *slot = link;
+        }
+    }
+
+    pub(super) fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        // A poisoned lock only means another thread panicked mid-update of a
+        // plain map; the map itself is still usable.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Ends a call in flight with an error response of the proxy's own.
+    pub(super) fn fail_call(&self, id: u64, reason: &str) {
+        if let Some(pending) = self.pending().remove(&id) {
+            let _ = pending.reply.send(Err(reason.to_owned()));
+        }
+    }
+
+    pub(super) fn fail_all_pending(&self) {
+        // Dropping the senders wakes every waiter with an error.
+        self.pending().clear();
+    }
+
+    /// Prepares a request for the server: gives it a fresh id and, if it asks
+    /// for progress, a fresh progress token; the originals stay with the call.
+    pub(super) fn begin(
+        self: &Arc<Self>,
+        mut message: Value,
+        origin: Option<Origin>,
+    ) -> PendingCall {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if origin.is_some() {
+            self.touch();
+        }
+        message["id"] = Value::from(id);
+        let client_token = match message
+            .get_mut("params")
+            .and_then(|params| params.get_mut("_meta"))
+            .and_then(|meta| meta.get_mut("progressToken"))
+        {
+            // The upstream id doubles as the progress token: unique per connection.
+            Some(token) => Some(std::mem::replace(token, Value::from(id))),
+            None => None,
+        };
+        let (follow_tx, follow_rx) = mpsc::channel(FOLLOW_CAP);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.pending().insert(
+            id,
+            Pending {
+                reply: reply_tx,
+                origin,
+                progress_token: client_token,
+                follow: follow_tx,
+            },
+        );
+        PendingCall {
+            shared: self.clone(),
+            id,
+            message: Some(message),
+            reply: Some(reply_rx),
+            follow: Some(follow_rx),
+            done: false,
+        }
+    }
+
+    /// Sends a notification, or a response to a server→client request,
+    /// waiting at most `wait` for the server to take it.
+    pub(super) async fn send_within(
+        &self,
+        message: Value,
+        wait: Duration,
+    ) -> Result<(), UpstreamError> {
+        let unavailable = |reason: String| UpstreamError::Unavailable {
+            server: self.name.to_string(),
+            reason,
+        };
+        let link = self
+            .current_link()
+            .ok_or_else(|| unavailable("it is not running".into()))?;
+        // A server that stops reading its input (or a remote one that
+        // never answers the POST) holds the sender no longer than this.
+        match tokio::time::timeout(wait, link.send(message)).await {
+            Ok(sent) => sent.map_err(unavailable),
+            Err(_) => Err(unavailable(format!(
+                "it did not take the message within {}",
+                super::humanize(wait)
+            ))),
+        }
+    }
+}
+
+/// A call sent (or about to be sent) to the server. Dropping it before the
+/// reply arrives withdraws the call and tells the server it was cancelled.
+pub struct PendingCall {
+    shared: Arc<Shared>,
+    id: u64,
+    message: Option<Value>,
+    reply: Option<oneshot::Receiver<Result<Value, String>>>,
+    follow: Option<mpsc::Receiver<Value>>,
+    done: bool,
+}
+
+impl PendingCall {
+    /// The id the server sees for this call.
+    pub fn upstream_id(&self) -> u64 {
+        self.id
+    }
+
+    /// Sends the call and waits for the server's response message (with the
+    /// upstream id still in it).
+    pub async fn send_and_wait(self, timeout: Duration) -> Result<Value, UpstreamError> {
+        self.send_and_follow(timeout, |_| {}).await
+    }
+
+    /// Like [`send_and_wait`](Self::send_and_wait), handing each notification
+    /// that belongs to the call (progress with its token restored to the
+    /// client's, log messages) to `on_notification` as it comes, all of them
+    /// before the reply.
+    pub async fn send_and_follow(
+        mut self,
+        timeout: Duration,
+        mut on_notification: impl FnMut(Value),
+    ) -> Result<Value, UpstreamError> {
+        let server = self.shared.name.to_string();
+        let unavailable = |reason: String| UpstreamError::Unavailable {
+            server: server.clone(),
+            reason,
+        };
+        // Stopped for idleness just after this call was begun: it starts
+        // the server again (the call stays registered meanwhile).
+        let link = match self.shared.current_link() {
+            Some(link) => Some(link),
+            None => match self.shared.wait_running(timeout).await {
+                Ok(()) => self.shared.current_link(),
+                Err(err) => {
+                    self.done = true;
+                    self.shared.pending().remove(&self.id);
+                    return Err(err);
+                }
+            },
+        };
+        let Some(link) = link else {
+            self.done = true;
+            self.shared.pending().remove(&self.id);
+            return Err(unavailable("it is not running".into()));
+        };
+        let (Some(message), Some(reply)) = (self.message.take(), self.reply.take()) else {
+            return Err(unavailable("the call was already sent".into()));
+        };
+        // A server that stops reading its input must not hold the call (or
+        // the writers queued behind it) past the call's timeout.
+        let sent = match tokio::time::timeout(timeout, link.send(message)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(format!(
+                "it did not take the call within {}",
+                super::humanize(timeout)
+            )),
+        };
+        if let Err(reason) = sent {
+            self.done = true;
+            self.shared.pending().remove(&self.id);
+            return Err(unavailable(reason));
+        }
+        let mut follow = self.follow.take();
+        let reply = async {
+            let mut reply = reply;
+            loop {
+                // Biased: what the server sent before its reply is already
+                // queued when the reply arrives, and goes first.
+                tokio::select! {
+                    biased;
+                    Some(message) = async {
+                        match follow.as_mut() {
+                            Some(follow) => follow.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => on_notification(message),
+                    reply = &mut reply => return reply,
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(Ok(response))) => {
+                self.done = true;
+                Ok(response)
+            }
+            Ok(Ok(Err(reason))) => {
+                self.done = true;
+                Err(UpstreamError::Refused { server, reason })
+            }
+            Ok(Err(_)) => {
+                self.done = true;
+                Err(unavailable(
+                    "it stopped while the call was in flight".into(),
+                ))
+            }
+            Err(_) => {
+                // Drop sends `notifications/cancelled`.
+                Err(UpstreamError::Timeout {
+                    server,
+                    after: timeout,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let was_pending = self.shared.pending().remove(&self.id).is_some();
+        if was_pending && self.message.is_none() {
+            // It was sent: tell the server to stop working on it.
+            let shared = self.shared.clone();
+            let id = self.id;
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Some(link) = shared.current_link() {
+                        let cancel = protocol::notification(
+                            "notifications/cancelled",
+                            json!({ "requestId": id, "reason": "cancelled by the proxy" }),
+                        );
+                        // A server that stops reading its input does not
+                        // keep this task.
+                        let _ = tokio::time::timeout(SEND_WAIT, link.send(cancel)).await;
+                    }
+                });
+            }
+        }
+    }
+}

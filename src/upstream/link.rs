@@ -1,0 +1,143 @@
+//! What the client and its links share: the [`Link`] a client sends through,
+//! the [`Inbox`] a link hands what the server sends to, the [`Connector`]
+//! that opens a link, and the line framing of the stdio links.
+//!
+//! The links (`process`, `container`, `remote`) use this module and nothing
+//! of the client's; the client uses this module and the links' constructors.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::UpstreamError;
+use crate::config::LimitsConfig;
+use crate::protocol::{self, Frame, FrameReader};
+
+/// A way to send bytes to a running server. What the server sends back is
+/// handed to the client's [`Inbox`] by the link's own reader.
+pub(crate) trait Link: Send + Sync {
+    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>>;
+    /// Called once the handshake settled the protocol version.
+    fn set_protocol_version(&self, _version: &str) {}
+    /// Stops the link: kills the process, removes the container or ends the
+    /// HTTP session, and returns once that is done.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// A running link and the token it cancels when the connection dies.
+pub(crate) struct Connected {
+    pub link: Arc<dyn Link>,
+    pub closed: CancellationToken,
+}
+
+/// Where a link hands what the server sends: the client of one server, with
+/// its calls in flight.
+pub(crate) trait Inbox: Send + Sync {
+    /// The server's name, for logs and errors.
+    fn server(&self) -> &Arc<str>;
+    /// The client this instance serves alone (per-client isolation).
+    fn instance(&self) -> Option<&str>;
+    /// Routes one message the server sent. `related` is the id of our
+    /// request whose HTTP response stream carried it, when the transport
+    /// knows. Messages are handed over one at a time, in the order the
+    /// server sent them: the next waits until this one is routed.
+    fn dispatch(&self, message: Value, related: Option<u64>) -> BoxFuture<'_, ()>;
+    /// Whether the call with this upstream id still waits for its reply.
+    fn in_flight(&self, id: u64) -> bool;
+    /// Ends a call in flight with an error of the proxy's own (its reply was
+    /// refused).
+    fn fail_call(&self, id: u64, reason: &str);
+    /// The link in use, to answer the server on (the server's own request
+    /// refused while it was read).
+    fn current_link(&self) -> Option<Arc<dyn Link>>;
+}
+
+/// Opens a link to a server: the supervisor calls it for every start and
+/// restart. The real one is chosen from the server's config; tests script
+/// one in memory (`scripted`).
+pub(crate) trait Connector: Send + Sync {
+    /// Starts the server and connects to it; what it sends goes to `inbox`.
+    /// `restarts`: how many times it had been restarted before this start.
+    fn connect(
+        &self,
+        inbox: Arc<dyn Inbox>,
+        restarts: u64,
+    ) -> BoxFuture<'_, Result<Connected, UpstreamError>>;
+}
+
+/// Writes one message to a server's input as a line, and flushes. A write
+/// that fails closes the link (`closed`): the server is gone.
+pub(crate) async fn write_message<W: tokio::io::AsyncWrite + Unpin>(
+    input: &tokio::sync::Mutex<W>,
+    message: &Value,
+    closed: &CancellationToken,
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt as _;
+    let line = protocol::encode_line(message);
+    let mut input = input.lock().await;
+    let written = async {
+        input.write_all(&line).await?;
+        input.flush().await
+    }
+    .await;
+    written.map_err(|err| {
+        closed.cancel();
+        format!("cannot write to the server: {err}")
+    })
+}
+
+/// Reads a server's output, one message per line (each bounded while it is
+/// read), and dispatches each in order until the output ends or `closed`
+/// fires; then fires `closed`.
+pub(crate) async fn read_messages(
+    output: impl tokio::io::AsyncRead + Unpin,
+    limits: LimitsConfig,
+    inbox: Arc<dyn Inbox>,
+    closed: CancellationToken,
+) {
+    let mut frames = FrameReader::new(
+        tokio::io::BufReader::with_capacity(64 * 1024, output),
+        limits.max_message_bytes,
+    );
+    loop {
+        let frame = tokio::select! {
+            frame = frames.next() => frame,
+            () = closed.cancelled() => break,
+        };
+        match frame {
+            Ok(Some(Frame::Line(line))) => match protocol::parse(&line, limits.max_depth) {
+                Ok(message) => inbox.dispatch(message, None).await,
+                Err(err) => {
+                    tracing::warn!(server = %inbox.server(), error = %err, "dropped a message from the server")
+                }
+            },
+            Ok(Some(Frame::Oversize(head))) => {
+                tracing::warn!(
+                    server = %inbox.server(),
+                    limit = limits.max_message_bytes,
+                    "dropped a message from the server: too large"
+                );
+                let error = protocol::ParseError::TooLarge {
+                    limit: limits.max_message_bytes,
+                };
+                let id = protocol::sniff_id(&head);
+                if protocol::sniff_has_method(&head) {
+                    // The server's own request: refused to the server, whose
+                    // ids are not ours to match against our calls.
+                    if let (Some(id), Some(link)) = (id, inbox.current_link()) {
+                        let refusal = error.to_response(id);
+                        let _ = link.send(refusal).await;
+                    }
+                } else if let Some(id) = id.and_then(|id| id.as_u64()) {
+                    // A reply too large to relay still ends its call, at once.
+                    let reason = format!("the server's reply was refused: {error}");
+                    inbox.fail_call(id, &reason);
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    closed.cancel();
+}

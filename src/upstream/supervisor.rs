@@ -1,0 +1,311 @@
+//! The supervisor of one server: starts it (a link, then the `initialize`
+//! handshake), restarts it with backoff when it dies, and stops it once it
+//! has been idle for its idle timeout.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::UpstreamError;
+use super::calls::Shared;
+use super::events::{Status, UpstreamEvent};
+use super::link::{Connected, Connector};
+use crate::protocol;
+
+pub(super) const BACKOFF_START: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A server that ran this long before dying restarts from the shortest backoff.
+pub(super) const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Closed,
+    Shutdown,
+    Idle,
+}
+
+/// Keeps one server running until shutdown: the task
+/// [`Upstream::start`](super::Upstream::start) spawns.
+pub(super) struct Supervisor {
+    pub(super) shared: Arc<Shared>,
+    pub(super) connector: Arc<dyn Connector>,
+    /// Stops the server after this long without a call; never, if `None`.
+    pub(super) idle_timeout: Option<Duration>,
+    /// How long the handshake may take.
+    pub(super) startup_timeout: Duration,
+    pub(super) call_timeout: Duration,
+}
+
+impl Supervisor {
+    pub(super) async fn run(self, shutdown: CancellationToken) {
+        let name = self.shared.name.clone();
+        let mut backoff = BACKOFF_START;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if !self.shared.wanted.load(Ordering::SeqCst) {
+                // Lazy and not used yet, or stopped after being idle: keep
+                // what it said of itself, and wait for the next use.
+                let last = self.shared.status.borrow().info();
+                self.shared.status.send_replace(Status::Idle(last));
+                tokio::select! {
+                    () = self.shared.wake.notified() => {}
+                    () = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            self.shared.status.send_replace(Status::Starting);
+            let started = Instant::now();
+            let attempt = tokio::select! {
+                attempt = self.start_once() => attempt,
+                () = shutdown.cancelled() => break,
+            };
+            match attempt {
+                Ok((connected, info)) => {
+                    match self.serve(connected, info, started, &shutdown).await {
+                        Ended::Idle => {
+                            backoff = BACKOFF_START;
+                            continue;
+                        }
+                        Ended::Shutdown => break,
+                        Ended::Closed => {
+                            if started.elapsed() > STABLE_AFTER {
+                                backoff = BACKOFF_START;
+                            }
+                        }
+                    }
+                }
+                Err(err) => {
+                    self.shared.set_link(None);
+                    self.shared.fail_all_pending();
+                    tracing::warn!(server = %name, error = %err, retry_in_ms = backoff.as_millis() as u64, "server failed to start");
+                    self.shared
+                        .status
+                        .send_replace(Status::Down(err.to_string()));
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        if let Some(link) = self.shared.current_link() {
+            link.close().await;
+        }
+        self.shared.set_link(None);
+        self.shared.fail_all_pending();
+        self.shared.status.send_replace(Status::Stopped);
+    }
+
+    /// Opens a link and does the handshake on it; a link whose handshake
+    /// fails is closed.
+    async fn start_once(&self) -> Result<(Connected, Value), UpstreamError> {
+        let restarts = self.shared.restarts.load(Ordering::Relaxed);
+        let connected = self
+            .connector
+            .connect(self.shared.clone(), restarts)
+            .await?;
+        self.shared.set_link(Some(connected.link.clone()));
+        let handshake = tokio::select! {
+            result = self.handshake() => result,
+            () = connected.closed.cancelled() => Err(UpstreamError::Start {
+                server: self.shared.name.to_string(),
+                reason: "it exited during the handshake".into(),
+            }),
+        };
+        match handshake {
+            Ok(info) => Ok((connected, info)),
+            Err(err) => {
+                connected.link.close().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn handshake(&self) -> Result<Value, UpstreamError> {
+        let handshake_error = |reason: String| UpstreamError::Handshake {
+            server: self.shared.name.to_string(),
+            reason,
+        };
+        let params = json!({
+            "protocolVersion": protocol::LATEST_VERSION,
+            "capabilities": {
+                "sampling": {},
+                "elicitation": {},
+                "roots": { "listChanged": true }
+            },
+            "clientInfo": { "name": "portcullis", "version": env!("CARGO_PKG_VERSION") }
+        });
+        let call = self
+            .shared
+            .begin(protocol::request(Value::Null, "initialize", params), None);
+        let response = call
+            .send_and_wait(self.startup_timeout)
+            .await
+            .map_err(|err| handshake_error(err.to_string()))?;
+        let Some(result) = response.get("result") else {
+            return Err(handshake_error(
+                response
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no result")
+                    .to_owned(),
+            ));
+        };
+        let version = result
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let known = rmcp::model::ProtocolVersion::KNOWN_VERSIONS
+            .iter()
+            .any(|known| known.as_str() == version && known.has_initialize());
+        if !known {
+            return Err(handshake_error(format!(
+                "it answered with protocol version `{version}`, which Portcullis does not speak"
+            )));
+        }
+        if let Some(link) = self.shared.current_link() {
+            link.set_protocol_version(version);
+        }
+        // Part of the handshake: as long as a call may take.
+        self.shared
+            .send_within(
+                protocol::notification("notifications/initialized", json!({})),
+                self.call_timeout,
+            )
+            .await?;
+        Ok(result.clone())
+    }
+
+    /// Runs a started server until its link closes, the proxy shuts down or
+    /// it has been idle, and does what each end asks for.
+    async fn serve(
+        &self,
+        connected: Connected,
+        info: Value,
+        started: Instant,
+        shutdown: &CancellationToken,
+    ) -> Ended {
+        let name = &self.shared.name;
+        let info = Arc::new(info);
+        tracing::info!(server = %name, "server ready");
+        // The idle clock starts when it is ready, not when it was asked
+        // for: a slow start is not idleness.
+        self.shared.touch();
+        self.shared.status.send_replace(Status::Ready(info.clone()));
+        let _ = self
+            .shared
+            .events
+            .send(UpstreamEvent::Ready {
+                source: self.shared.source(),
+                took: started.elapsed(),
+            })
+            .await;
+        let ended = self.wait_for_end(&connected, &info, shutdown).await;
+        // A Ctrl-C in a terminal reaches the server too, and it may exit
+        // just before the proxy starts shutting down.
+        let ended = if shutdown.is_cancelled() {
+            Ended::Shutdown
+        } else {
+            ended
+        };
+        if ended == Ended::Idle {
+            // Its lists stay with the gateway; calls that came since the
+            // decision wait for the next start.
+            tracing::info!(server = %name, idle_for = ?self.shared.idle_for(), "stopping the server: idle");
+            connected.link.close().await;
+            let _ = self
+                .shared
+                .events
+                .send(UpstreamEvent::Stopped {
+                    source: self.shared.source(),
+                    reason: "idle".into(),
+                })
+                .await;
+            return ended;
+        }
+        // Unlinked first: a call from now on fails fast instead of writing
+        // to a server on its way out.
+        self.shared.set_link(None);
+        connected.link.close().await;
+        self.shared.fail_all_pending();
+        if ended == Ended::Shutdown {
+            return ended;
+        }
+        let reason = "the server exited or its connection closed".to_owned();
+        tracing::warn!(server = %name, "{reason}; restarting");
+        self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .status
+            .send_replace(Status::Down(reason.clone()));
+        let _ = self
+            .shared
+            .events
+            .send(UpstreamEvent::Down {
+                source: self.shared.source(),
+                reason,
+            })
+            .await;
+        ended
+    }
+
+    /// Waits until the server's link closes, the proxy shuts down, or the
+    /// server is idle; once idle, it is unlinked (and no longer wanted)
+    /// before this returns.
+    async fn wait_for_end(
+        &self,
+        connected: &Connected,
+        info: &Arc<Value>,
+        shutdown: &CancellationToken,
+    ) -> Ended {
+        loop {
+            let ended = tokio::select! {
+                () = connected.closed.cancelled() => Ended::Closed,
+                () = shutdown.cancelled() => Ended::Shutdown,
+                () = self.idle() => Ended::Idle,
+            };
+            if ended != Ended::Idle {
+                return ended;
+            }
+            // Decided under the lock that registers calls: a call begun
+            // from here on finds the server idle and starts it again, and
+            // none is cut off.
+            let pending = self.shared.pending();
+            if pending.is_empty() && !self.shared.held.load(Ordering::SeqCst) {
+                self.shared.wanted.store(false, Ordering::SeqCst);
+                self.shared.set_link(None);
+                self.shared
+                    .status
+                    .send_replace(Status::Idle(Some(info.clone())));
+                return Ended::Idle;
+            }
+        }
+    }
+
+    /// Resolves once the server has been idle (no call for `idle_timeout`,
+    /// none in flight); never, without an idle timeout.
+    async fn idle(&self) {
+        let Some(timeout) = self.idle_timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let idle_for = self.shared.idle_for();
+            if idle_for >= timeout
+                && self.shared.pending().is_empty()
+                && !self.shared.held.load(Ordering::SeqCst)
+            {
+                return;
+            }
+            let left = timeout
+                .saturating_sub(idle_for)
+                .max(Duration::from_millis(100));
+            tokio::time::sleep(left).await;
+        }
+    }
+}
