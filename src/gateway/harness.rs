@@ -1,19 +1,24 @@
 //! An in-process gateway for fast tests: no binary, no sockets, no
-//! processes. It records what the chain saw end (`on_outcome`), keeps the
+//! processes. Its servers are scripted (`upstream::scripted`): every server
+//! of the config, and every per-client instance, connects to a link the
+//! test drives. It records what the chain saw end (`on_outcome`), keeps the
 //! audit log in memory (and can make it fail), and opens sessions whose
 //! outlet collects what the client would receive.
 //!
 //! ```ignore
-//! let harness = Harness::new("[[clients]]\nname = \"alice\"\n");
-//! let (session, mut received) = harness.session("alice");
-//! let reply = harness.gateway.handle(&session, json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).await;
-//! assert_eq!(harness.records().await[0].method, "ping");
+//! let harness = Harness::new("[[clients]]\nname = \"alice\"\n[[servers]]\nname = \"files\"\nprocess = { command = \"scripted\" }\n");
+//! let starting = harness.start();
+//! let mut files = harness.serve("files", json!([{ "name": "read", "inputSchema": { "type": "object" } }])).await;
+//! starting.await?;
+//! let (session, mut received) = harness.initialized_session("alice").await;
+//! let listed = harness.gateway.handle(&session, request(1, "tools/list", json!({}))).await;
 //! ```
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::audit::{Audit, AuditError, AuditRecord, ChainEnd, Storage};
@@ -21,8 +26,15 @@ use crate::chain::{
     Chain, ClientIdentity, Exchange, Interceptor, Outcome, Phase, Transport, Verdict,
 };
 use crate::config::Config;
+use crate::protocol;
+use crate::upstream::scripted::{self, Connections, ScriptedServer};
+use crate::upstream::{Upstream, UpstreamEvent};
 
 use super::{Gateway, Outlet, Session};
+
+/// The test's side of each upstream the gateway made: by (server, client
+/// of a per-client instance).
+type Opened = Arc<Mutex<HashMap<(String, Option<String>), Connections>>>;
 
 type Shared<T> = Arc<Mutex<Vec<T>>>;
 
@@ -91,6 +103,8 @@ pub(super) struct Harness {
     pub(super) audit_broken: Arc<AtomicBool>,
     written: Shared<AuditRecord>,
     ends: Shared<(String, Phase, Outcome)>,
+    opened: Opened,
+    events: Mutex<Option<mpsc::Receiver<UpstreamEvent>>>,
 }
 
 impl Harness {
@@ -113,13 +127,86 @@ impl Harness {
             Ok(audit) => audit,
             Err(err) => panic!("the audit writer starts: {err}"),
         };
-        let (gateway, _events) = Gateway::new(config, chain, Some(audit));
+        let opened = Opened::default();
+        let make = {
+            let opened = opened.clone();
+            move |server: Arc<crate::config::ServerConfig>, instance: Option<Arc<str>>, events| {
+                let (connector, connections) = scripted::connector();
+                let key = (server.name.clone(), instance.as_deref().map(str::to_owned));
+                if let Ok(mut opened) = opened.lock() {
+                    opened.insert(key, connections);
+                }
+                Upstream::instance_for_test(server, instance, events, connector)
+            }
+        };
+        let (gateway, events) = Gateway::with_upstreams(config, chain, Some(audit), Arc::new(make));
         Self {
             gateway,
             audit_broken,
             written,
             ends,
+            opened,
+            events: Mutex::new(Some(events)),
         }
+    }
+
+    /// Starts the gateway in a task of its own: it waits for its servers'
+    /// handshakes and first lists, which the test answers meanwhile
+    /// ([`Harness::serve`]).
+    pub(super) fn start(&self) -> tokio::task::JoinHandle<()> {
+        let gateway = self.gateway.clone();
+        let events = self.events.lock().ok().and_then(|mut events| events.take());
+        let Some(events) = events else {
+            panic!("the harness's gateway starts once");
+        };
+        tokio::spawn(async move { gateway.start(events).await })
+    }
+
+    /// The links of `server` (of `client`'s instance, for a per-client
+    /// server) as they open; once per server and instance.
+    pub(super) fn connections(&self, server: &str, client: Option<&str>) -> Connections {
+        let key = (server.to_owned(), client.map(str::to_owned));
+        match self
+            .opened
+            .lock()
+            .ok()
+            .and_then(|mut opened| opened.remove(&key))
+        {
+            Some(connections) => connections,
+            None => panic!("no upstream was made for {key:?}"),
+        }
+    }
+
+    /// Brings `server` up: its first link handshakes with the tools
+    /// capability and answers every `tools/list` with `tools` by itself.
+    pub(super) async fn serve(&self, server: &str, tools: Value) -> ScriptedServer {
+        let mut link = self.connections(server, None).next().await;
+        link.answer_lists(tools);
+        link.handshake().await;
+        link
+    }
+
+    /// A session of `client` that has done the handshake.
+    pub(super) async fn initialized_session(
+        &self,
+        client: &str,
+    ) -> (Arc<Session>, mpsc::UnboundedReceiver<Value>) {
+        let (session, inbox) = self.session(client);
+        let initialize = request(
+            0,
+            "initialize",
+            json!({ "protocolVersion": protocol::LATEST_VERSION,
+                    "capabilities": { "sampling": {}, "elicitation": {}, "roots": {} },
+                    "clientInfo": { "name": "harness", "version": "0" } }),
+        );
+        let reply = self.gateway.handle(&session, initialize).await;
+        assert!(
+            reply.as_ref().is_some_and(|r| r.get("result").is_some()),
+            "{reply:?}"
+        );
+        let initialized = protocol::notification("notifications/initialized", json!({}));
+        self.gateway.handle(&session, initialized).await;
+        (session, inbox)
     }
 
     /// Opens a session of `client` over HTTP; its receiver gets what the
@@ -157,4 +244,9 @@ impl Harness {
     pub(super) fn ends(&self) -> Vec<(String, Phase, Outcome)> {
         take(&self.ends)
     }
+}
+
+/// A JSON-RPC request.
+pub(super) fn request(id: i64, method: &str, params: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params })
 }

@@ -30,11 +30,9 @@ impl Gateway {
         if self.shutdown.is_cancelled() {
             return None;
         }
-        let instance = Upstream::new(
+        let instance = (self.make_upstream)(
             primary.config_handle(),
             Some(client.clone()),
-            self.config.limits,
-            self.config.proxy.startup_timeout,
             self.events.clone(),
         );
         lock(&self.tasks).push(instance.start(self.shutdown.clone()));

@@ -15,6 +15,8 @@ mod lists;
 mod local;
 mod notifications;
 mod record;
+#[cfg(test)]
+mod relay_tests;
 mod route;
 mod run;
 mod server;
@@ -85,6 +87,8 @@ pub struct Gateway {
     /// configured clients.
     instances: Mutex<HashMap<(usize, Arc<str>), Upstream>>,
     events: mpsc::Sender<UpstreamEvent>,
+    /// Makes upstreams (per-client instances too).
+    make_upstream: Arc<MakeUpstream>,
     /// Per server: its refreshes and the places for its requests.
     per_server: Vec<server::PerServer>,
     shutdown: CancellationToken,
@@ -118,12 +122,34 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
+/// Makes the upstream of a server: its own, or (given a client's name) that
+/// client's instance of a per-client server. The proxy's makes what the
+/// config names; a test's connects scripted servers instead.
+pub(crate) type MakeUpstream = dyn Fn(Arc<crate::config::ServerConfig>, Option<Arc<str>>, mpsc::Sender<UpstreamEvent>) -> Upstream
+    + Send
+    + Sync;
+
 impl Gateway {
     /// Builds the gateway; nothing runs until [`Gateway::start`].
     pub fn new(
         config: Arc<Config>,
         chain: Chain,
         audit: Option<Audit>,
+    ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
+        let (limits, startup_timeout) = (config.limits, config.proxy.startup_timeout);
+        let make = move |server, instance, events| {
+            Upstream::new(server, instance, limits, startup_timeout, events)
+        };
+        Self::with_upstreams(config, chain, audit, Arc::new(make))
+    }
+
+    /// Builds the gateway with upstreams from `make` (the seam the
+    /// in-process tests use).
+    pub(crate) fn with_upstreams(
+        config: Arc<Config>,
+        chain: Chain,
+        audit: Option<Audit>,
+        make: Arc<MakeUpstream>,
     ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
         let (events_tx, events_rx) = mpsc::channel(1024);
         let metrics = config
@@ -137,15 +163,7 @@ impl Gateway {
         let upstreams: Vec<Upstream> = config
             .servers
             .iter()
-            .map(|server| {
-                Upstream::new(
-                    Arc::new(server.clone()),
-                    None,
-                    config.limits,
-                    config.proxy.startup_timeout,
-                    events_tx.clone(),
-                )
-            })
+            .map(|server| make(Arc::new(server.clone()), None, events_tx.clone()))
             .collect();
         let names = upstreams.iter().map(|u| u.name().clone()).collect();
         let in_flight = config
@@ -180,6 +198,7 @@ impl Gateway {
             forwarded: Mutex::new(HashMap::new()),
             instances: Mutex::new(HashMap::new()),
             events: events_tx,
+            make_upstream: make,
             shutdown: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             event_records: tokio_util::task::TaskTracker::new(),
@@ -426,7 +445,6 @@ impl Gateway {
     /// Handles one message from a client. Returns the reply for requests
     /// (`None` when the client cancelled the request, which gets no reply).
     pub async fn handle(self: &Arc<Self>, session: &Arc<Session>, message: Value) -> Option<Value> {
-        session.touch();
         match protocol::classify(&message) {
             Some(Kind::Request) => self.handle_request(session, message).await,
             Some(Kind::Notification) => {

@@ -47,7 +47,6 @@ pub struct Session {
     /// Server→client requests forwarded to this client, by the id we gave them.
     client_requests: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
     next_request_id: AtomicU64,
-    last_active: Mutex<Instant>,
     /// When the session opened (its `session_end` record gives its length).
     pub(crate) opened: Instant,
     pub(crate) closed: CancellationToken,
@@ -86,7 +85,6 @@ impl Session {
             calls: Mutex::new(HashMap::new()),
             client_requests: Mutex::new(HashMap::new()),
             next_request_id: AtomicU64::new(1),
-            last_active: Mutex::new(Instant::now()),
             opened: Instant::now(),
             subscribed: std::sync::atomic::AtomicUsize::new(0),
             closed: CancellationToken::new(),
@@ -124,14 +122,6 @@ impl Session {
             None => true,
             Some(least) => LogLevel::of_message(message).is_some_and(|level| level >= least),
         }
-    }
-
-    pub fn touch(&self) {
-        *lock(&self.last_active) = Instant::now();
-    }
-
-    pub fn idle_for(&self) -> std::time::Duration {
-        lock(&self.last_active).elapsed()
     }
 
     pub(crate) fn deliver(&self, message: Value, related: Option<&Value>) -> bool {

@@ -1,4 +1,4 @@
-use super::harness::Harness;
+use super::harness::{Harness, request};
 use super::local::lowest_level;
 use super::telemetry::scrub_trace;
 use super::*;
@@ -129,10 +129,6 @@ fn what_a_record_and_a_trace_keep_is_scrubbed() {
 // -- exchanges end one way only (in-process, through the harness) --------
 
 const ONE_CLIENT: &str = "[[clients]]\nname = \"alice\"\n";
-
-fn request(id: i64, method: &str, params: Value) -> Value {
-    json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params })
-}
 
 #[tokio::test]
 async fn an_exchange_dropped_before_its_end_is_still_finished_and_recorded() {

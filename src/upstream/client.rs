@@ -97,7 +97,19 @@ impl Upstream {
         events: mpsc::Sender<UpstreamEvent>,
         connector: Arc<dyn Connector>,
     ) -> Self {
-        Self::with_connector(config, None, Duration::from_secs(30), events, connector)
+        Self::instance_for_test(config, None, events, connector)
+    }
+
+    /// [`Upstream::for_test`] for the instance of a client (`instance`) or
+    /// of none.
+    #[cfg(test)]
+    pub(crate) fn instance_for_test(
+        config: Arc<ServerConfig>,
+        instance: Option<Arc<str>>,
+        events: mpsc::Sender<UpstreamEvent>,
+        connector: Arc<dyn Connector>,
+    ) -> Self {
+        Self::with_connector(config, instance, Duration::from_secs(30), events, connector)
     }
 
     fn with_connector(

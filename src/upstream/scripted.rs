@@ -146,14 +146,18 @@ impl Connector for ScriptedConnector {
         }
         let (to_server, received) = mpsc::unbounded_channel();
         let closed = CancellationToken::new();
+        let tools = Arc::new(Mutex::new(None));
         let link = Arc::new(ScriptedLink {
             to_server,
             closed: closed.clone(),
+            tools: tools.clone(),
+            inbox: inbox.clone(),
         });
         let server = ScriptedServer {
             received,
             inbox,
             closed: closed.clone(),
+            tools,
         };
         // A test that stopped listening for links gets none: the start fails.
         let opened = self.servers.send(server).map_err(|_| UpstreamError::Start {
@@ -168,10 +172,28 @@ impl Connector for ScriptedConnector {
 struct ScriptedLink {
     to_server: mpsc::UnboundedSender<Value>,
     closed: CancellationToken,
+    /// What the server answers `tools/list` with by itself, if set.
+    tools: Arc<Mutex<Option<Value>>>,
+    inbox: Arc<dyn Inbox>,
 }
 
 impl Link for ScriptedLink {
     fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>> {
+        let tools = self
+            .tools
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        if let Some(tools) = tools.filter(|_| {
+            !self.closed.is_cancelled() && protocol::method(&message) == Some("tools/list")
+        }) {
+            let reply = protocol::result(id_of(&message), json!({ "tools": tools }));
+            return async move {
+                self.inbox.dispatch(reply, None).await;
+                Ok(())
+            }
+            .boxed();
+        }
         let sent = if self.closed.is_cancelled() {
             Err("the scripted link is closed".to_owned())
         } else {
@@ -226,9 +248,20 @@ pub(crate) struct ScriptedServer {
     received: mpsc::UnboundedReceiver<Value>,
     inbox: Arc<dyn Inbox>,
     closed: CancellationToken,
+    tools: Arc<Mutex<Option<Value>>>,
 }
 
 impl ScriptedServer {
+    /// From now on the server answers every `tools/list` itself with
+    /// `tools` (the test no longer sees those requests): for tests about
+    /// something else than when lists are read.
+    pub(crate) fn answer_lists(&self, tools: Value) {
+        *self
+            .tools
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(tools);
+    }
+
     /// The next message the upstream sent the server, in order. Panics if
     /// the link closed with nothing left to take, or if nothing comes
     /// within a minute of tokio's clock.

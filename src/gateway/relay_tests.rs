@@ -1,0 +1,276 @@
+//! The gateway between clients and scripted servers, in-process: lists
+//! merged, calls routed with their ids remapped and restored, what a server
+//! sends delivered to the session it belongs to, cancellation, and a
+//! server's own requests relayed. No process, socket or sleep: the scripted
+//! server's `send` returns once the gateway routed what it sent, which is
+//! the barrier for "nothing else arrived".
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::Session;
+use super::harness::{Harness, request};
+use crate::protocol;
+
+const TWO_SERVERS: &str = "[[clients]]\nname = \"alice\"\n[[clients]]\nname = \"bob\"\n\
+    [[servers]]\nname = \"files\"\nprocess = { command = \"scripted\" }\n\
+    [[servers]]\nname = \"notes\"\nprocess = { command = \"scripted\" }\n";
+
+fn tool(name: &str) -> Value {
+    json!({ "name": name, "inputSchema": { "type": "object" } })
+}
+
+fn call(id: i64, tool: &str, text: &str) -> Value {
+    request(
+        id,
+        "tools/call",
+        json!({ "name": tool, "arguments": { "text": text } }),
+    )
+}
+
+fn text_result(text: &str) -> Value {
+    json!({ "content": [{ "type": "text", "text": text }] })
+}
+
+/// Everything a session's client got so far.
+fn drain(inbox: &mut UnboundedReceiver<Value>) -> Vec<Value> {
+    std::iter::from_fn(|| inbox.try_recv().ok()).collect()
+}
+
+/// The next message a session's client gets (bounded: a test that waits
+/// for one that never comes fails instead of hanging).
+async fn next(inbox: &mut UnboundedReceiver<Value>) -> Value {
+    match tokio::time::timeout(Duration::from_secs(30), inbox.recv()).await {
+        Ok(Some(message)) => message,
+        other => panic!("the client got nothing: {other:?}"),
+    }
+}
+
+/// A gateway with `files` (tools `read`, `write`) and `notes` (`read`) up.
+async fn two_servers() -> (
+    Harness,
+    crate::upstream::scripted::ScriptedServer,
+    crate::upstream::scripted::ScriptedServer,
+) {
+    let harness = Harness::new(TWO_SERVERS);
+    let starting = harness.start();
+    let files = harness
+        .serve("files", json!([tool("read"), tool("write")]))
+        .await;
+    let notes = harness.serve("notes", json!([tool("read")])).await;
+    if let Err(err) = starting.await {
+        panic!("the gateway did not start: {err}");
+    }
+    (harness, files, notes)
+}
+
+async fn handle(harness: &Harness, session: &Arc<Session>, message: Value) -> Value {
+    harness
+        .gateway
+        .handle(session, message)
+        .await
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_servers_lists_are_merged_under_their_names() {
+    let (harness, _files, _notes) = two_servers().await;
+    let (session, _inbox) = harness.initialized_session("alice").await;
+    let listed = handle(&harness, &session, request(1, "tools/list", json!({}))).await;
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|tool| tool["name"].as_str())
+        .collect();
+    assert_eq!(names, ["files__read", "files__write", "notes__read"]);
+}
+
+#[tokio::test]
+async fn calls_of_two_sessions_with_one_id_reach_the_server_apart_and_come_back_to_each() {
+    let (harness, mut files, _notes) = two_servers().await;
+    let (alice, _a) = harness.initialized_session("alice").await;
+    let (bob, _b) = harness.initialized_session("bob").await;
+    let gateway = harness.gateway.clone();
+    let from_alice = tokio::spawn({
+        let (gateway, alice) = (gateway.clone(), alice.clone());
+        async move { gateway.handle(&alice, call(1, "files__read", "a")).await }
+    });
+    let first = files.next_received().await;
+    let from_bob = tokio::spawn({
+        let (gateway, bob) = (gateway.clone(), bob.clone());
+        async move { gateway.handle(&bob, call(1, "files__read", "b")).await }
+    });
+    let second = files.next_received().await;
+    // The server sees its own tool's name and two distinct ids.
+    for (seen, text) in [(&first, "a"), (&second, "b")] {
+        assert_eq!(seen["method"], "tools/call", "{seen}");
+        assert_eq!(seen["params"]["name"], "read", "{seen}");
+        assert_eq!(seen["params"]["arguments"]["text"], text, "{seen}");
+    }
+    assert_ne!(first["id"], second["id"]);
+    // Answered the other way round: each client gets its own, as id 1.
+    files.reply(&second, text_result("for b")).await;
+    files.reply(&first, text_result("for a")).await;
+    let (Ok(Some(to_alice)), Ok(Some(to_bob))) = (from_alice.await, from_bob.await) else {
+        panic!("each call is answered");
+    };
+    assert_eq!(to_alice["id"], 1);
+    assert_eq!(to_alice["result"]["content"][0]["text"], "for a");
+    assert_eq!(to_bob["id"], 1);
+    assert_eq!(to_bob["result"]["content"][0]["text"], "for b");
+    let records = harness.exchanges().await;
+    let calls: Vec<_> = records
+        .iter()
+        .filter(|r| r.method == "tools/call")
+        .map(|r| (r.client.as_str(), r.server.as_deref(), r.decision.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("bob", Some("files"), "allow"),
+            ("alice", Some("files"), "allow")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn what_a_server_sends_on_a_calls_stream_reaches_that_session_alone_before_the_reply() {
+    let (harness, mut files, _notes) = two_servers().await;
+    let (alice, mut alice_inbox) = harness.initialized_session("alice").await;
+    let (_bob, mut bob_inbox) = harness.initialized_session("bob").await;
+    drain(&mut alice_inbox);
+    drain(&mut bob_inbox);
+    let gateway = harness.gateway.clone();
+    let answered = tokio::spawn({
+        let alice = alice.clone();
+        async move { gateway.handle(&alice, call(3, "files__read", "x")).await }
+    });
+    let seen = files.next_received().await;
+    let log = protocol::notification(
+        "notifications/message",
+        json!({ "level": "info", "data": "reading x" }),
+    );
+    files.send_on_stream_of(&seen, log).await;
+    files.reply(&seen, text_result("x")).await;
+    let Ok(Some(reply)) = answered.await else {
+        panic!("the call is answered");
+    };
+    assert_eq!(reply["id"], 3);
+    let got = drain(&mut alice_inbox);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["method"], "notifications/message");
+    assert_eq!(got[0]["params"]["data"], "reading x");
+    assert!(drain(&mut bob_inbox).is_empty(), "not another session's");
+}
+
+#[tokio::test]
+async fn a_list_change_is_read_again_and_announced_to_every_session() {
+    let (harness, files, _notes) = two_servers().await;
+    let (alice, mut alice_inbox) = harness.initialized_session("alice").await;
+    let (_bob, mut bob_inbox) = harness.initialized_session("bob").await;
+    drain(&mut alice_inbox);
+    drain(&mut bob_inbox);
+    files.answer_lists(json!([tool("read"), tool("delete")]));
+    files
+        .notify("notifications/tools/list_changed", json!({}))
+        .await;
+    for inbox in [&mut alice_inbox, &mut bob_inbox] {
+        let announced = next(inbox).await;
+        assert_eq!(announced["method"], "notifications/tools/list_changed");
+    }
+    let listed = handle(&harness, &alice, request(4, "tools/list", json!({}))).await;
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|tool| tool["name"].as_str())
+        .collect();
+    assert_eq!(names, ["files__read", "files__delete", "notes__read"]);
+}
+
+#[tokio::test]
+async fn a_cancelled_call_is_cancelled_at_the_server_by_its_own_id_and_gets_no_reply() {
+    let (harness, mut files, _notes) = two_servers().await;
+    let (alice, _inbox) = harness.initialized_session("alice").await;
+    let gateway = harness.gateway.clone();
+    let answered = tokio::spawn({
+        let (gateway, alice) = (gateway.clone(), alice.clone());
+        async move { gateway.handle(&alice, call(7, "files__read", "slow")).await }
+    });
+    let seen = files.next_received().await;
+    let cancel = protocol::notification(
+        "notifications/cancelled",
+        json!({ "requestId": 7, "reason": "the user gave up" }),
+    );
+    assert_eq!(gateway.handle(&alice, cancel).await, None);
+    let Ok(reply) = answered.await else {
+        panic!("the call's task ends");
+    };
+    assert_eq!(reply, None, "a cancelled request gets no reply");
+    let cancelled = files.next_received().await;
+    assert_eq!(cancelled["method"], "notifications/cancelled");
+    assert_eq!(
+        cancelled["params"]["requestId"], seen["id"],
+        "the server's id"
+    );
+    assert_eq!(
+        cancelled["params"]["reason"], "cancelled by the proxy",
+        "the client's own words are not relayed"
+    );
+    let records = harness.exchanges().await;
+    let record = records.iter().find(|r| r.method == "tools/call");
+    assert!(
+        record.is_some_and(
+            |r| r.decision == "error" && r.reason.as_deref() == Some("cancelled by the client")
+        ),
+        "{records:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_servers_request_during_a_call_is_asked_of_that_client_and_answered_with_its_id() {
+    let (harness, mut files, _notes) = two_servers().await;
+    let (alice, mut inbox) = harness.initialized_session("alice").await;
+    drain(&mut inbox);
+    let gateway = harness.gateway.clone();
+    let answered = tokio::spawn({
+        let (gateway, alice) = (gateway.clone(), alice.clone());
+        async move {
+            gateway
+                .handle(&alice, call(9, "files__write", "draft"))
+                .await
+        }
+    });
+    let seen = files.next_received().await;
+    let sampling = json!({ "jsonrpc": "2.0", "id": "srv-1", "method": "sampling/createMessage",
+        "params": { "messages": [], "maxTokens": 5 } });
+    files.send_on_stream_of(&seen, sampling).await;
+    let asked = next(&mut inbox).await;
+    assert_eq!(asked["method"], "sampling/createMessage");
+    assert_ne!(
+        asked["id"], "srv-1",
+        "the client sees an id of its session's"
+    );
+    let answer = json!({ "jsonrpc": "2.0", "id": asked["id"].clone(),
+        "result": { "role": "assistant", "content": { "type": "text", "text": "ok" }, "model": "m" } });
+    assert_eq!(gateway.handle(&alice, answer).await, None);
+    let relayed = files.next_received().await;
+    assert_eq!(relayed["id"], "srv-1", "back with the server's own id");
+    assert_eq!(relayed["result"]["content"]["text"], "ok");
+    files.reply(&seen, text_result("written")).await;
+    let Ok(Some(reply)) = answered.await else {
+        panic!("the call is answered");
+    };
+    assert_eq!(reply["result"]["content"][0]["text"], "written");
+    let records = harness.exchanges().await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r.method == "sampling/createMessage" && r.decision == "allow"),
+        "the server's request is recorded: {records:?}"
+    );
+}
