@@ -27,8 +27,8 @@ use super::sessions::{
 use super::slots::Cap;
 use super::state::{BodyError, HttpState, body_timed_out, plain_error, read_body};
 use crate::chain::{ClientIdentity, Transport};
-use crate::gateway::{Gateway, Session};
-use crate::protocol::{self, IdKey, Kind, ParseError, code};
+use crate::gateway::{Failure, Gateway, Session};
+use crate::protocol::{self, IdKey, Kind, ParseError};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -44,8 +44,9 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
     )
 }
 
-fn rpc_error(status: StatusCode, id: Value, code: i64, message: &str) -> Response {
-    (status, axum::Json(protocol::error(id, code, message, None))).into_response()
+/// A refusal as a JSON-RPC error in an HTTP response of `status`.
+fn rpc_error(status: StatusCode, id: Value, failure: Failure) -> Response {
+    (status, axum::Json(failure.to_response(id))).into_response()
 }
 
 fn accepts(headers: &HeaderMap, mime: &str) -> bool {
@@ -92,7 +93,7 @@ async fn read_message(
             return Err((
                 StatusCode::PAYLOAD_TOO_LARGE,
                 [(header::CONNECTION, HeaderValue::from_static("close"))],
-                axum::Json(error.to_response(protocol::refusal_id(&head))),
+                axum::Json(Failure::from(error).to_response(protocol::refusal_id(&head))),
             )
                 .into_response());
         }
@@ -107,11 +108,8 @@ async fn read_message(
     let message = match protocol::parse(&bytes, limits.max_depth) {
         Ok(message) => message,
         Err(error) => {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                axum::Json(error.to_response(protocol::refusal_id(&bytes))),
-            )
-                .into_response());
+            let id = protocol::refusal_id(&bytes);
+            return Err(rpc_error(StatusCode::BAD_REQUEST, id, error.into()));
         }
     };
     let kind = protocol::classify(&message);
@@ -126,8 +124,7 @@ async fn read_message(
         return Err(rpc_error(
             StatusCode::BAD_REQUEST,
             request_id,
-            code::INVALID_REQUEST,
-            "the Mcp-Method header does not match the message's method",
+            Failure::MethodHeaderMismatch,
         ));
     }
     if let Some(version) = headers.get(VERSION_HEADER) {
@@ -138,8 +135,7 @@ async fn read_message(
             return Err(rpc_error(
                 StatusCode::BAD_REQUEST,
                 request_id,
-                code::INVALID_REQUEST,
-                "unsupported MCP-Protocol-Version",
+                Failure::UnsupportedVersionHeader,
             ));
         }
     }
@@ -164,22 +160,14 @@ fn new_session(
         Ok(slot) => slot,
         Err(cap) => {
             tracing::info!(client = %client.name, "refused a new session past a session cap");
-            let (status, message) = match cap {
-                Cap::Total => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many sessions; try again later",
-                ),
+            let (status, failure) = match cap {
+                Cap::Total => (StatusCode::SERVICE_UNAVAILABLE, Failure::TooManySessions),
                 Cap::PerKey => (
                     StatusCode::TOO_MANY_REQUESTS,
-                    "this client has too many sessions open; end one (DELETE) or wait for one to expire",
+                    Failure::TooManySessionsOfClient,
                 ),
             };
-            return Err(Box::new(rpc_error(
-                status,
-                request_id,
-                code::INTERNAL_ERROR,
-                message,
-            )));
+            return Err(Box::new(rpc_error(status, request_id, failure)));
         }
     };
     let id = uuid::Uuid::new_v4().to_string();
@@ -201,19 +189,11 @@ fn find_session(
 ) -> Result<Arc<HttpSession>, Box<Response>> {
     let id = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
     state.sessions.find(id, client).map_err(|unknown| {
-        let (status, message) = match unknown {
-            Unknown::Unnamed => (
-                StatusCode::BAD_REQUEST,
-                "missing Mcp-Session-Id header: send `initialize` first",
-            ),
-            Unknown::Unknown => (StatusCode::NOT_FOUND, "unknown or expired session"),
+        let (status, failure) = match unknown {
+            Unknown::Unnamed => (StatusCode::BAD_REQUEST, Failure::NoSession),
+            Unknown::Unknown => (StatusCode::NOT_FOUND, Failure::UnknownSession),
         };
-        Box::new(rpc_error(
-            status,
-            Value::Null,
-            code::INVALID_REQUEST,
-            message,
-        ))
+        Box::new(rpc_error(status, Value::Null, failure))
     })
 }
 
@@ -270,10 +250,7 @@ async fn post_message(
         return rpc_error(
             StatusCode::TOO_MANY_REQUESTS,
             incoming.request_id,
-            code::RATE_LIMITED,
-            &format!(
-                "this session has {SESSION_IN_FLIGHT} requests in the works; send more when some are answered"
-            ),
+            Failure::TooManyInFlight(SESSION_IN_FLIGHT),
         );
     };
     http_session.touch();

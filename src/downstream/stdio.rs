@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::DownstreamError;
 use crate::chain::{ClientIdentity, Transport};
-use crate::gateway::{Gateway, Outlet};
+use crate::gateway::{Failure, Gateway, Outlet};
 use crate::protocol::{self, Frame, FrameReader, Kind};
 
 /// Lines waiting for a client that has not read them yet. Past it, what
@@ -132,7 +132,7 @@ where
                 // it, so that the client's call ends instead of waiting.
                 let id = protocol::refusal_id(&head);
                 let _ = lines_tx
-                    .send(protocol::encode_line(&error.to_response(id)))
+                    .send(protocol::encode_line(&Failure::from(error).to_response(id)))
                     .await;
                 continue;
             }
@@ -144,7 +144,7 @@ where
             Err(err) => {
                 let id = protocol::refusal_id(&line);
                 let _ = lines_tx
-                    .send(protocol::encode_line(&err.to_response(id)))
+                    .send(protocol::encode_line(&Failure::from(err).to_response(id)))
                     .await;
                 continue;
             }

@@ -64,6 +64,23 @@ pub enum Failure {
     #[error("the call is refused: the audit log cannot record it")]
     NotRecorded,
 
+    // -- at the HTTP transport, before the gateway sees the message --------
+    #[error("the Mcp-Method header does not match the message's method")]
+    MethodHeaderMismatch,
+    #[error("unsupported MCP-Protocol-Version")]
+    UnsupportedVersionHeader,
+    #[error("missing Mcp-Session-Id header: send `initialize` first")]
+    NoSession,
+    #[error("unknown or expired session")]
+    UnknownSession,
+    #[error("too many sessions; try again later")]
+    TooManySessions,
+    #[error("this client has too many sessions open; end one (DELETE) or wait for one to expire")]
+    TooManySessionsOfClient,
+    /// A session's places for requests in the works (how many) are taken.
+    #[error("this session has {0} requests in the works; send more when some are answered")]
+    TooManyInFlight(usize),
+
     // -- toward a server, for its own requests -----------------------------
     /// The server's places for requests waiting on clients (how many) are
     /// all taken.
@@ -94,7 +111,13 @@ impl Failure {
             Self::NotJsonRpc
             | Self::NotInitialized
             | Self::AlreadyInitialized
-            | Self::DuplicateId => code::INVALID_REQUEST,
+            | Self::DuplicateId
+            | Self::MethodHeaderMismatch
+            | Self::UnsupportedVersionHeader
+            | Self::NoSession
+            | Self::UnknownSession => code::INVALID_REQUEST,
+            Self::TooManySessions | Self::TooManySessionsOfClient => code::INTERNAL_ERROR,
+            Self::TooManyInFlight(_) => code::RATE_LIMITED,
             Self::MethodNotFound(_) | Self::ClientLacks(_) => code::METHOD_NOT_FOUND,
             Self::InvalidParams(_) | Self::Unknown { .. } | Self::UriTooLong => {
                 code::INVALID_PARAMS
@@ -129,8 +152,10 @@ impl Failure {
 
     /// The error response to a request with this `id`.
     pub fn to_response(&self, id: Value) -> Value {
-        if let Self::Denied(refusal) = self {
-            return refusal.to_response(id);
+        match self {
+            Self::Denied(refusal) => return refusal.to_response(id),
+            Self::Parse(error) => return error.to_response(id),
+            _ => {}
         }
         let data = self
             .interceptor()
