@@ -3,7 +3,7 @@
 //! filters by client; a client's token is refused; a tool whose definition
 //! changed awaits approval on the pins page; the policies page shows the
 //! set in force and a refused reload. Screenshots of each page go to
-//! `target/console-screenshots/` (the README's come from there).
+//! `target/console-screenshots/` (docs/console/, shown in docs/audit.md, come from there).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

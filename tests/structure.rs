@@ -1,7 +1,8 @@
-//! The code's shape, checked: no file under `src/` over 800 lines, no
-//! function over 120, and no import cycle between the files of one module
-//! (a file of a module may use its siblings only one way round; `mod.rs`
-//! wires them and is exempt). Standard library only; the source is read as
+//! The code's shape, checked: no module of the crate imports one of a layer
+//! above its own (docs/ARCHITECTURE.md draws them), no file under `src/`
+//! over 800 lines, no function over 120, and no import cycle between the
+//! files of one module (a file of a module may use its siblings only one
+//! way round; `mod.rs` wires them and is exempt). Standard library only; the source is read as
 //! rustfmt leaves it.
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
@@ -11,6 +12,23 @@ use std::path::{Path, PathBuf};
 
 const MOST_FILE_LINES: usize = 800;
 const MOST_FN_LINES: usize = 120;
+
+/// The crate's modules by layer, bottom (0) to top: a module may import
+/// only modules of a lower layer than its own.
+const LAYERS: &[(&str, usize)] = &[
+    ("protocol", 0),
+    ("config", 0),
+    ("metrics", 0),
+    ("private_dir", 0),
+    ("traces", 1),
+    ("chain", 2),
+    ("audit", 3),
+    ("upstream", 3),
+    ("interceptors", 4),
+    ("gateway", 5),
+    ("downstream", 6),
+    ("cli", 7),
+];
 
 fn sources() -> Vec<(String, String)> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -249,8 +267,76 @@ fn no_two_files_of_a_module_use_each_other() {
     assert!(complaints.is_empty(), "{}", complaints.join("\n"));
 }
 
+/// The crate's top module a file under `src/` belongs to (`None` for
+/// `lib.rs`, `main.rs` and the binaries).
+fn top_module(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("src/")?;
+    let head = rest.split('/').next()?;
+    let name = head.strip_suffix(".rs").unwrap_or(head);
+    (!matches!(name, "lib" | "main" | "bin")).then_some(name)
+}
+
+/// The top modules a file names through `crate::`.
+fn crate_modules(text: &str) -> BTreeSet<String> {
+    let mut named = BTreeSet::new();
+    for (at, _) in text.match_indices("crate::") {
+        let rest = &text[at + "crate::".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            named.insert(name);
+        } else if rest.starts_with('{') {
+            named.extend(braced_names(rest));
+        }
+    }
+    named
+}
+
+#[test]
+fn no_module_imports_one_above_it() {
+    let layer = |module: &str| LAYERS.iter().find(|(name, _)| *name == module).map(|l| l.1);
+    let mut complaints = Vec::new();
+    for (path, text) in sources() {
+        let Some(module) = top_module(&path) else {
+            continue;
+        };
+        let Some(own) = layer(module) else {
+            complaints.push(format!(
+                "{path}: the module `{module}` has no layer in LAYERS"
+            ));
+            continue;
+        };
+        for used in crate_modules(&text) {
+            if used == module {
+                continue;
+            }
+            match layer(&used) {
+                Some(other) if other < own => {}
+                Some(other) => complaints.push(format!(
+                    "{path}: `{module}` (layer {own}) uses `{used}` (layer {other}): a module may use only those below it"
+                )),
+                None => complaints.push(format!("{path}: `crate::{used}` is not a module in LAYERS")),
+            }
+        }
+    }
+    assert!(complaints.is_empty(), "{}", complaints.join("\n"));
+}
+
 #[test]
 fn the_checks_see_what_they_look_for() {
+    assert_eq!(top_module("src/gateway/route.rs"), Some("gateway"));
+    assert_eq!(top_module("src/chain.rs"), Some("chain"));
+    assert_eq!(top_module("src/bin/portcullis-bridge.rs"), None);
+    assert_eq!(
+        crate_modules("use crate::{audit::X, chain};\nlet a = crate::protocol::code::DENIED;"),
+        BTreeSet::from([
+            "audit".to_owned(),
+            "chain".to_owned(),
+            "protocol".to_owned()
+        ])
+    );
     let text = "fn short() {\n    one();\n}\n\n    pub(crate) async fn longer(\n        a: u8,\n    ) -> u8 {\n        a\n    }\n";
     assert_eq!(
         functions(text),

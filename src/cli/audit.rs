@@ -106,7 +106,7 @@ pub struct FilterArgs {
     /// allow, deny or error.
     #[arg(long)]
     decision: Option<String>,
-    /// exchange, session_start, session_end, … (README, "Audit log").
+    /// exchange, session_start, session_end, … (docs/audit.md).
     #[arg(long)]
     kind: Option<String>,
     /// `YYYY-MM-DDThh:mm:ssZ`, or a duration ago such as `15m`, `2h`.

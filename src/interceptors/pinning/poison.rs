@@ -33,7 +33,7 @@ struct RawRule {
     regex: toml::Spanned<String>,
 }
 
-/// One rule, as `tools pins` and the README list it.
+/// One rule, as `tools pins` and docs/pinning.md list it.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub id: String,
