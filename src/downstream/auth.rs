@@ -366,7 +366,7 @@ fn logged_in(state: &HttpState, headers: &HeaderMap) -> Option<String> {
     {
         return None;
     }
-    state.logins.auditor(&logins::cookie(headers)?)
+    state.logins.auditor_of(&logins::cookies(headers))
 }
 
 /// The auditor whose token this is: the console's login. A client's token

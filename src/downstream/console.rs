@@ -137,7 +137,9 @@ async fn logout(
     jar: CookieJar,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(id) = logins::cookie(&headers) {
+    // Every login the request names ends (a planted one too): the browser
+    // forgets the cookie, so no login it held may outlive it.
+    for id in logins::cookies(&headers) {
         state.logins.end(&id);
     }
     (

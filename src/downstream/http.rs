@@ -98,7 +98,9 @@ pub async fn serve_on(
 
 /// Every route, each group behind its checks (see the module's notes).
 /// The Host/Origin layers are route layers: a path no route matches is a
-/// plain 404, as a method no route takes is a 405.
+/// plain 404; a method a route does not take is a 405 once Host and Origin
+/// pass (the layer wraps the route's own 405 too, so a foreign origin gets
+/// 403 first).
 fn router(state: Arc<HttpState>) -> Router {
     let body_limit = state.gateway.config().limits.max_message_bytes;
     let strict = from_fn_with_state(state.clone(), super::auth::host_and_origin);

@@ -78,24 +78,42 @@ impl Logins {
         }
     }
 
+    /// The auditor of the one login among `ids` (a request's login
+    /// cookies): a planted cookie that names no login is passed over (it
+    /// cannot lock an auditor out), and two that name different logins
+    /// are refused (nobody is made to act under another's login).
+    pub(super) fn auditor_of(&self, ids: &[String]) -> Option<String> {
+        let mut found: Option<(&str, String)> = None;
+        for id in ids {
+            let Some(auditor) = self.auditor(id) else {
+                continue;
+            };
+            match &found {
+                Some((seen, _)) if *seen != id.as_str() => return None,
+                _ => found = Some((id, auditor)),
+            }
+        }
+        found.map(|(_, auditor)| auditor)
+    }
+
     pub(super) fn end(&self, id: &str) {
         self.lock().remove(id);
     }
 }
 
-/// The login a request's cookie names, if any. The first cookie of the
-/// name counts: a browser sends the one of the longest path first, and
-/// the proxy's own is set for `/admin` (a page of another port of this
-/// machine may set one for `/`).
-pub(super) fn cookie(headers: &HeaderMap) -> Option<String> {
+/// The values of every login cookie a request carries. A browser may send
+/// several: a page of another port of this machine (or a sibling host) can
+/// plant one, even for a longer path than ours, so that it comes first.
+pub(super) fn cookies(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|cookie| cookie.name() == COOKIE)
+        .filter(|cookie| cookie.name() == COOKIE)
         .map(|cookie| cookie.value().to_owned())
+        .collect()
 }
 
 /// The cookie that carries the login `id`; over TLS the browser must never
@@ -129,21 +147,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_login_cookie_is_found_among_others() {
+    fn the_login_cookies_are_found_among_others() {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
             HeaderValue::from_static("theme=dark; portcullis_console=abc123; x=y"),
         );
-        assert_eq!(cookie(&headers).as_deref(), Some("abc123"));
+        assert_eq!(cookies(&headers), ["abc123"]);
         headers.insert(header::COOKIE, HeaderValue::from_static("other=1"));
-        assert_eq!(cookie(&headers), None);
-        // Of two, the first (the browser sends the longest path first).
+        assert!(cookies(&headers).is_empty());
         headers.insert(
             header::COOKIE,
-            HeaderValue::from_static("portcullis_console=own; portcullis_console=planted"),
+            HeaderValue::from_static("portcullis_console=planted; portcullis_console=own"),
         );
-        assert_eq!(cookie(&headers).as_deref(), Some("own"));
+        assert_eq!(cookies(&headers), ["planted", "own"]);
+    }
+
+    #[test]
+    fn a_planted_cookie_neither_locks_out_nor_stands_in_for_a_login() {
+        let logins = Logins::default();
+        let (Ok(own), Ok(other)) = (logins.open("alice"), logins.open("mallory")) else {
+            panic!("room for logins");
+        };
+        // Junk planted first (a longer path) is passed over, either order.
+        for ids in [
+            vec!["junk".to_owned(), own.clone()],
+            vec![own.clone(), "junk".to_owned()],
+            vec![own.clone(), own.clone()],
+        ] {
+            assert_eq!(logins.auditor_of(&ids).as_deref(), Some("alice"), "{ids:?}");
+        }
+        // Another's valid login beside one's own: neither counts.
+        assert_eq!(logins.auditor_of(&[other.clone(), own.clone()]), None);
+        assert_eq!(logins.auditor_of(&[own, other]), None);
+        assert_eq!(logins.auditor_of(&["junk".to_owned()]), None);
+        assert_eq!(logins.auditor_of(&[]), None);
     }
 
     #[test]

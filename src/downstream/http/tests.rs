@@ -97,12 +97,25 @@ const ROUTES: &[(&str, Method, Without)] = &[
 
 /// The methods tried on every path: those a route does not list must be
 /// refused with 405 (so a method added to a route must be listed too).
-const METHODS: [Method; 5] = [
+const METHODS: [Method; 8] = [
     Method::GET,
     Method::POST,
     Method::PUT,
     Method::DELETE,
     Method::PATCH,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+/// What else registers a route (or a handler of paths no route matches):
+/// none of it is read by [`registered_paths`], so the module may not use it.
+const UNREAD: [&str; 5] = [
+    ".route_service(",
+    ".nest(",
+    ".nest_service(",
+    ".fallback(",
+    ".fallback_service(",
 ];
 
 /// The paths the module's sources register with `Router::route`, read from
@@ -123,13 +136,25 @@ fn registered_paths() -> BTreeSet<String> {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for unread in UNREAD {
+                assert!(
+                    !text.contains(unread),
+                    "{}: `{unread}` registers what the route table cannot see; register routes with `.route(\"/path\", …)`",
+                    path.display()
+                );
+            }
             for (at, _) in text.match_indices(".route(") {
                 let rest = text[at + ".route(".len()..].trim_start();
-                if let Some(rest) = rest.strip_prefix('"')
-                    && let Some(end) = rest.find('"')
-                {
-                    found.insert(rest[..end].to_owned());
-                }
+                let path_text = rest
+                    .strip_prefix('"')
+                    .and_then(|rest| rest.find('"').map(|end| &rest[..end]));
+                let Some(literal) = path_text else {
+                    panic!(
+                        "{}: a route whose path is not a string literal; the route table reads literals only",
+                        path.display()
+                    );
+                };
+                found.insert(literal.to_owned());
             }
         }
     }
