@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
-use crate::chain::{Chain, ClientIdentity, Context, Direction, Exchange, Phase, Transport};
+use crate::chain::{Chain, ClientIdentity, Direction, Phase, Transport};
 use crate::config::{Config, UpstreamSpec};
 use crate::metrics::Metrics;
 use crate::protocol::{self, IdKey, Kind};
@@ -477,36 +477,5 @@ impl Gateway {
                 Some(reply)
             }
         }
-    }
-
-    fn exchange(
-        &self,
-        session: &Session,
-        message: Value,
-        direction: Direction,
-        phase: Phase,
-        method: &str,
-    ) -> Exchange {
-        let request_id = message.get("id").cloned();
-        let trace = match (phase, self.tracer.get()) {
-            (Phase::Request, Some(tracer)) => tracer.start(&message),
-            _ => None,
-        };
-        let mut exchange = Exchange::new(
-            message,
-            direction,
-            phase,
-            Context {
-                request_id,
-                ..Context::new(
-                    session.id.clone(),
-                    session.client.clone(),
-                    session.transport,
-                    method,
-                )
-            },
-        );
-        exchange.trace = trace;
-        exchange
     }
 }

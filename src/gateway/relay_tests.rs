@@ -75,18 +75,36 @@ async fn handle(harness: &Harness, session: &Arc<Session>, message: Value) -> Va
         .unwrap_or_default()
 }
 
+/// The names of the tools `session` is listed (one page).
+async fn tool_names(harness: &Harness, session: &Arc<Session>, id: i64) -> Vec<String> {
+    let listed = handle(harness, session, request(id, "tools/list", json!({}))).await;
+    listed["result"]["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|tool| tool["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Hands `message` to the gateway in a task of its own (the test goes on to
+/// play the server meanwhile); the task ends with the reply, if any.
+fn spawn_handle(
+    harness: &Harness,
+    session: &Arc<Session>,
+    message: Value,
+) -> tokio::task::JoinHandle<Option<Value>> {
+    let (gateway, session) = (harness.gateway.clone(), session.clone());
+    tokio::spawn(async move { gateway.handle(&session, message).await })
+}
+
 #[tokio::test]
 async fn the_servers_lists_are_merged_under_their_names() {
     let (harness, _files, _notes) = two_servers().await;
     let (session, _inbox) = harness.initialized_session("alice").await;
-    let listed = handle(&harness, &session, request(1, "tools/list", json!({}))).await;
-    let names: Vec<&str> = listed["result"]["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|tool| tool["name"].as_str())
-        .collect();
-    assert_eq!(names, ["files__read", "files__write", "notes__read"]);
+    assert_eq!(
+        tool_names(&harness, &session, 1).await,
+        ["files__read", "files__write", "notes__read"]
+    );
 }
 
 #[tokio::test]
@@ -94,16 +112,9 @@ async fn calls_of_two_sessions_with_one_id_reach_the_server_apart_and_come_back_
     let (harness, mut files, _notes) = two_servers().await;
     let (alice, _a) = harness.initialized_session("alice").await;
     let (bob, _b) = harness.initialized_session("bob").await;
-    let gateway = harness.gateway.clone();
-    let from_alice = tokio::spawn({
-        let (gateway, alice) = (gateway.clone(), alice.clone());
-        async move { gateway.handle(&alice, call(1, "files__read", "a")).await }
-    });
+    let from_alice = spawn_handle(&harness, &alice, call(1, "files__read", "a"));
     let first = files.next_received().await;
-    let from_bob = tokio::spawn({
-        let (gateway, bob) = (gateway.clone(), bob.clone());
-        async move { gateway.handle(&bob, call(1, "files__read", "b")).await }
-    });
+    let from_bob = spawn_handle(&harness, &bob, call(1, "files__read", "b"));
     let second = files.next_received().await;
     // The server sees its own tool's name and two distinct ids.
     for (seen, text) in [(&first, "a"), (&second, "b")] {
@@ -144,11 +155,7 @@ async fn what_a_server_sends_on_a_calls_stream_reaches_that_session_alone_before
     let (_bob, mut bob_inbox) = harness.initialized_session("bob").await;
     drain(&mut alice_inbox);
     drain(&mut bob_inbox);
-    let gateway = harness.gateway.clone();
-    let answered = tokio::spawn({
-        let alice = alice.clone();
-        async move { gateway.handle(&alice, call(3, "files__read", "x")).await }
-    });
+    let answered = spawn_handle(&harness, &alice, call(3, "files__read", "x"));
     let seen = files.next_received().await;
     let log = protocol::notification(
         "notifications/message",
@@ -182,14 +189,10 @@ async fn a_list_change_is_read_again_and_announced_to_every_session() {
         let announced = next(inbox).await;
         assert_eq!(announced["method"], "notifications/tools/list_changed");
     }
-    let listed = handle(&harness, &alice, request(4, "tools/list", json!({}))).await;
-    let names: Vec<&str> = listed["result"]["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|tool| tool["name"].as_str())
-        .collect();
-    assert_eq!(names, ["files__read", "files__delete", "notes__read"]);
+    assert_eq!(
+        tool_names(&harness, &alice, 4).await,
+        ["files__read", "files__delete", "notes__read"]
+    );
 }
 
 #[tokio::test]
@@ -197,10 +200,7 @@ async fn a_cancelled_call_is_cancelled_at_the_server_by_its_own_id_and_gets_no_r
     let (harness, mut files, _notes) = two_servers().await;
     let (alice, _inbox) = harness.initialized_session("alice").await;
     let gateway = harness.gateway.clone();
-    let answered = tokio::spawn({
-        let (gateway, alice) = (gateway.clone(), alice.clone());
-        async move { gateway.handle(&alice, call(7, "files__read", "slow")).await }
-    });
+    let answered = spawn_handle(&harness, &alice, call(7, "files__read", "slow"));
     let seen = files.next_received().await;
     let cancel = protocol::notification(
         "notifications/cancelled",
@@ -237,14 +237,7 @@ async fn a_servers_request_during_a_call_is_asked_of_that_client_and_answered_wi
     let (alice, mut inbox) = harness.initialized_session("alice").await;
     drain(&mut inbox);
     let gateway = harness.gateway.clone();
-    let answered = tokio::spawn({
-        let (gateway, alice) = (gateway.clone(), alice.clone());
-        async move {
-            gateway
-                .handle(&alice, call(9, "files__write", "draft"))
-                .await
-        }
-    });
+    let answered = spawn_handle(&harness, &alice, call(9, "files__write", "draft"));
     let seen = files.next_received().await;
     let sampling = json!({ "jsonrpc": "2.0", "id": "srv-1", "method": "sampling/createMessage",
         "params": { "messages": [], "maxTokens": 5 } });

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::chain::{Direction, Exchange, Outcome, Phase};
+use crate::chain::{Context, Direction, Exchange, Outcome, Phase};
 
 use super::record::{Arguments, record_of};
 use super::telemetry::observe;
@@ -44,9 +44,25 @@ impl Gateway {
         phase: Phase,
         method: &str,
     ) -> ExchangeRun<'_> {
+        let request_id = message.get("id").cloned();
+        let trace = match (phase, self.tracer.get()) {
+            (Phase::Request, Some(tracer)) => tracer.start(&message),
+            _ => None,
+        };
+        let context = Context {
+            request_id,
+            ..Context::new(
+                session.id.clone(),
+                session.client.clone(),
+                session.transport,
+                method,
+            )
+        };
+        let mut exchange = Exchange::new(message, direction, phase, context);
+        exchange.trace = trace;
         ExchangeRun {
             gateway: self,
-            exchange: self.exchange(session, message, direction, phase, method),
+            exchange,
             started: Instant::now(),
             recorded: phase == Phase::Request,
             arguments: Arguments::default(),
