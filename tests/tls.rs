@@ -422,7 +422,14 @@ async fn a_replaced_certificate_is_served_after_sighup_and_a_bad_one_is_not() {
     // A certificate file that does not load: the current one stays.
     std::fs::write(pki.file("server.pem"), "not a certificate").unwrap();
     served.signal("HUP");
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // A barrier: the proxy says it tried the files and kept the certificate.
+    served
+        .log
+        .wait_for(&[
+            "the changed files do not load",
+            "still serving the previous",
+        ])
+        .await;
     assert_eq!(served_certificate(&addr, &pki), second);
     let answer = initialize(&client(&pki, None), &https(&served.url), Some(TOKEN))
         .await

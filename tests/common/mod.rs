@@ -358,15 +358,55 @@ pub async fn serve_config(config: &Path) -> HttpProxy {
     .flatten()
     .expect("the proxy did not report its address");
     // Keep draining the log so the proxy never blocks on a full pipe.
+    let log = ProxyLog::default();
+    let kept = log.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             eprintln!("[proxy] {line}");
+            kept.push(line);
         }
     });
     HttpProxy {
         child,
         url: format!("http://{addr}/mcp"),
         base: format!("http://{addr}"),
+        log,
+    }
+}
+
+/// A proxy's log as it is read (its stderr), for waiting on what it says
+/// instead of waiting for time to pass.
+#[derive(Clone, Default)]
+pub struct ProxyLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl ProxyLog {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+
+    /// The log so far, one line each.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 60 s) until a line contains all of `parts`.
+    pub async fn wait_for(&self, parts: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = self
+                .lines()
+                .into_iter()
+                .find(|line| parts.iter().all(|part| line.contains(part)))
+            {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line with {parts:?} in:\n{}",
+                self.lines().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -374,6 +414,8 @@ pub struct HttpProxy {
     pub child: Child,
     pub url: String,
     pub base: String,
+    /// Its log since it reported its address.
+    pub log: ProxyLog,
 }
 
 impl HttpProxy {
@@ -405,7 +447,7 @@ impl HttpProxy {
 pub struct RawClient {
     pub child: Child,
     /// The proxy's log lines so far (when its stderr was piped).
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    log: ProxyLog,
     stdin: Option<ChildStdin>,
     incoming: mpsc::UnboundedReceiver<Value>,
     /// Messages read while waiting for something else.
@@ -417,14 +459,14 @@ impl RawClient {
         let mut child = command.spawn().expect("spawn portcullis");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = child.stdout.take().expect("stdout");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = ProxyLog::default();
         if let Some(stderr) = child.stderr.take() {
             let log = log.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     eprintln!("[proxy] {line}");
-                    log.lock().unwrap().push(line);
+                    log.push(line);
                 }
             });
         }
@@ -551,27 +593,12 @@ impl RawClient {
 
     /// The proxy's log so far, one line each.
     pub fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
+        self.log.lines()
     }
 
     /// Waits (up to 60 s) until a log line contains all of `parts`.
     pub async fn wait_for_log(&self, parts: &[&str]) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(line) = self
-                .log()
-                .into_iter()
-                .find(|line| parts.iter().all(|part| line.contains(part)))
-            {
-                return line;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no log line with {parts:?} in:\n{}",
-                self.log().join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.log.wait_for(parts).await
     }
 
     /// Messages that arrived but were not asked for yet.
