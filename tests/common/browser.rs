@@ -134,6 +134,14 @@ impl Browser {
 
     /// Sends one command and returns its result (events are skipped).
     pub async fn command(&mut self, method: &str, params: Value) -> Value {
+        match self.try_command(method, params).await {
+            Ok(result) => result,
+            Err(error) => panic!("{method} failed: {error}"),
+        }
+    }
+
+    /// Sends one command: its result, or the error DevTools answered.
+    async fn try_command(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         let id = self.next_id;
         self.next_id += 1;
         let message = json!({"id": id, "method": method, "params": params}).to_string();
@@ -157,10 +165,10 @@ impl Browser {
         .ok()
         .flatten()
         .unwrap_or_else(|| panic!("no answer to {method}"));
-        if let Some(error) = answer.get("error") {
-            panic!("{method} failed: {error}");
+        match answer.get("error") {
+            Some(error) => Err(error.clone()),
+            None => Ok(answer["result"].clone()),
         }
-        answer["result"].clone()
     }
 
     /// Opens a URL and waits until the page has loaded.
@@ -184,17 +192,24 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
-    /// Waits (up to 20 s) until the expression is truthy; its value.
+    /// Waits (up to 20 s) until the expression is truthy; its value. A
+    /// page that is navigating (a form posted, a redirect followed) cannot
+    /// evaluate anything: DevTools' "navigated or closed" and "context
+    /// destroyed" answers count as "not yet".
     pub async fn wait_for(&mut self, expression: &str, what: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let value = self
-                .command(
+            let value = match self
+                .try_command(
                     "Runtime.evaluate",
                     json!({"expression": expression, "returnByValue": true}),
                 )
-                .await;
-            let value = value["result"]["value"].clone();
+                .await
+            {
+                Ok(result) => result["result"]["value"].clone(),
+                Err(error) if navigating(&error) => Value::Null,
+                Err(error) => panic!("Runtime.evaluate failed: {error}"),
+            };
             let truthy = match &value {
                 Value::Null => false,
                 Value::Bool(b) => *b,
@@ -232,4 +247,17 @@ impl Browser {
     pub async fn close(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// Whether DevTools refused an evaluation because the page was between two
+/// documents.
+fn navigating(error: &Value) -> bool {
+    let message = error["message"].as_str().unwrap_or_default();
+    [
+        "navigated or closed",
+        "context was destroyed",
+        "Cannot find context",
+    ]
+    .iter()
+    .any(|known| message.contains(known))
 }
