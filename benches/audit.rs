@@ -62,6 +62,7 @@ fn record(n: u64) -> AuditRecord {
         total_us: 912,
         detail: None,
         prev_hash: String::new(),
+        protocol: None,
         hash: String::new(),
         mac: None,
     }

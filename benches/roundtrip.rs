@@ -41,6 +41,9 @@ struct HttpClient {
     host: String,
     path: String,
     session: Option<String>,
+    /// A 2026-07-28 client: no session; each request carries its envelope
+    /// and the revision's headers.
+    stateless: bool,
     next_id: u64,
 }
 
@@ -52,27 +55,7 @@ impl HttpClient {
     /// Connects to `url` (`http://` or, with `tls`, `https://`) and opens a
     /// session.
     async fn connect(url: &str, tls: Option<&tokio_rustls::TlsConnector>) -> Self {
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"))
-            .expect("an http(s):// URL");
-        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let tcp = TcpStream::connect(host).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let io: Box<dyn Io> = match tls {
-            None => Box::new(tcp),
-            Some(connector) => {
-                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-                Box::new(connector.connect(name, tcp).await.unwrap())
-            }
-        };
-        let mut client = Self {
-            stream: BufReader::new(io),
-            host: host.to_owned(),
-            path: path.to_owned(),
-            session: None,
-            next_id: 1,
-        };
+        let mut client = Self::open(url, tls).await;
         let (headers, _) = client
             .post(json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}))
             .await;
@@ -91,9 +74,55 @@ impl HttpClient {
         client
     }
 
+    /// Connects to `url` as a 2026-07-28 client: no handshake.
+    async fn stateless(url: &str) -> Self {
+        let mut client = Self::open(url, None).await;
+        client.stateless = true;
+        client
+    }
+
+    async fn open(url: &str, tls: Option<&tokio_rustls::TlsConnector>) -> Self {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .expect("an http(s):// URL");
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let tcp = TcpStream::connect(host).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let io: Box<dyn Io> = match tls {
+            None => Box::new(tcp),
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                Box::new(connector.connect(name, tcp).await.unwrap())
+            }
+        };
+        Self {
+            stream: BufReader::new(io),
+            host: host.to_owned(),
+            path: path.to_owned(),
+            session: None,
+            stateless: false,
+            next_id: 1,
+        }
+    }
+
     /// One POST; returns the response's headers and body. Replies must carry
     /// a Content-Length (the proxy answers a lone reply as plain JSON).
-    async fn post(&mut self, message: Value) -> (String, String) {
+    async fn post(&mut self, mut message: Value) -> (String, String) {
+        let mut modern = String::new();
+        if self.stateless {
+            message["params"]["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            });
+            modern = format!(
+                "mcp-protocol-version: 2026-07-28\r\nmcp-method: {}\r\n",
+                message["method"].as_str().unwrap_or_default()
+            );
+            if let Some(name) = message["params"]["name"].as_str() {
+                modern.push_str(&format!("mcp-name: {name}\r\n"));
+            }
+        }
         let body = serde_json::to_vec(&message).unwrap();
         let mut request = format!(
             "POST {} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\n",
@@ -106,6 +135,7 @@ impl HttpClient {
                 "mcp-session-id: {session}\r\nmcp-protocol-version: 2025-06-18\r\n"
             ));
         }
+        request.push_str(&modern);
         request.push_str("\r\n");
         let mut bytes = request.into_bytes();
         bytes.extend_from_slice(&body);
@@ -284,6 +314,27 @@ async fn one_session(
     (one, ping)
 }
 
+/// Calls as a 2026-07-28 client (no session; the envelope and headers on
+/// each request), on one kept-alive connection like [`one_session`].
+async fn stateless_calls(url: &str, calls: usize) -> common::Stats {
+    let mut client = HttpClient::stateless(url).await;
+    for _ in 0..calls / 10 {
+        client.call().await;
+    }
+    let mut samples = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for _ in 0..calls {
+        let t = Instant::now();
+        client.call().await;
+        samples.push(t.elapsed());
+    }
+    stats(
+        "proxied (HTTP, 2026-07-28 stateless)",
+        samples,
+        start.elapsed(),
+    )
+}
+
 /// `sessions` sessions calling for `seconds`, each on its own connection.
 async fn many_sessions(
     url: &str,
@@ -428,6 +479,7 @@ async fn run(calls: usize, seconds: u64) {
     let http_config = write_config(dir.path(), example, true, "durable");
     let (_proxy, url) = start_http_proxy(portcullis, &http_config).await;
     let (http_one, http_ping) = one_session(&url, None, "HTTP", calls).await;
+    let http_stateless = stateless_calls(&url, calls).await;
     let http_many = many_sessions(&url, None, "HTTP", 16, seconds).await;
 
     // The same over TLS: another proxy on the same config with TLS keys.
@@ -452,6 +504,7 @@ async fn run(calls: usize, seconds: u64) {
             &proxied,
             &fsync,
             &http_one,
+            &http_stateless,
             &http_ping,
             &http_many,
             &https_one,
@@ -474,6 +527,11 @@ async fn run(calls: usize, seconds: u64) {
         us(https_ping.p50) / us(http_ping.p50),
         https_many.calls_per_sec / http_many.calls_per_sec,
         us(https_many.p50) / us(http_many.p50),
+    );
+    println!(
+        "2026-07-28 stateless / 2025 session (HTTP, same proxy, same run): p50 {:.2}×, calls/s {:.2}×",
+        us(http_stateless.p50) / us(http_one.p50),
+        http_stateless.calls_per_sec / http_one.calls_per_sec,
     );
     println!("calls per measurement: {calls}; concurrent phase: {seconds} s each");
 }

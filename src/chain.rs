@@ -102,6 +102,9 @@ pub struct Context {
     /// The servers' listed items, as routing saw them: which server lists a
     /// tool, prompt or resource. Set on client requests.
     pub directory: Option<Arc<dyn Directory>>,
+    /// The MCP revision the client speaks (`2026-07-28`, `2025-11-25`, …),
+    /// once known.
+    pub protocol: Option<Arc<str>>,
 }
 
 impl Context {
@@ -121,6 +124,7 @@ impl Context {
             request_id: None,
             definition: None,
             directory: None,
+            protocol: None,
         }
     }
 }

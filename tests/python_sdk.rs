@@ -52,8 +52,48 @@ fn ok<'a>(doc: &'a Value, name: &str) -> &'a Value {
     &result["result"]
 }
 
+/// What every revision must show alike.
 fn check(doc: &Value) {
     assert_eq!(doc["server_info"]["name"], "portcullis", "{doc}");
+    check_common(doc);
+    let sampled = ok(doc, OPS[7]);
+    assert_eq!(sampled["content"][0]["text"], "sampled: python model reply");
+    assert_eq!(
+        doc["sampling_requests"][0]["messages"][0]["content"]["text"],
+        "python asks"
+    );
+}
+
+/// A 2026-07-28 client: the same answers, each result framed as that
+/// revision wants; a server's request to the client mid-call (the example's
+/// sampling) has no way to the client yet, and is refused clearly at the
+/// server, whose tool then fails.
+fn check_modern(doc: &Value) {
+    assert_eq!(doc["protocol_version"], "2026-07-28", "{doc}");
+    check_common(doc);
+    // Every result names the proxy; lists and reads are private to the
+    // client (authz filters them per client) and stale at once.
+    for name in ["list_tools", "list_resources", "read:example://greeting"] {
+        let result = ok(doc, name);
+        assert_eq!(result["resultType"], "complete", "{result}");
+        assert_eq!(result["cacheScope"], "private", "{result}");
+        assert_eq!(result["ttlMs"], 0, "{result}");
+        let named = &result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"];
+        assert_eq!(named, "portcullis", "{result}");
+    }
+    let sampled = ok(doc, OPS[7]);
+    assert_eq!(sampled["isError"], true, "{sampled}");
+    let said = sampled["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(said.contains("no requests from server to client"), "{said}");
+    assert!(
+        doc["sampling_requests"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{doc}"
+    );
+}
+
+fn check_common(doc: &Value) {
     let tools: Vec<&str> = ok(doc, "list_tools")["tools"]
         .as_array()
         .unwrap()
@@ -78,40 +118,12 @@ fn check(doc: &Value) {
     let prompt = ok(doc, OPS[6]);
     assert_eq!(prompt["messages"][0]["content"]["text"], "Please greet Py");
 
-    let sampled = ok(doc, OPS[7]);
-    assert_eq!(sampled["content"][0]["text"], "sampled: python model reply");
-    assert_eq!(
-        doc["sampling_requests"][0]["messages"][0]["content"]["text"],
-        "python asks"
-    );
-
     let unknown = op(doc, "call:example__nope");
     assert_eq!(unknown["ok"], false);
     assert_eq!(unknown["error"]["code"], json!(-32602), "{unknown}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn python_sdk_over_stdio() {
-    let proxy = TestProxy::new()
-        .with_example_server("example")
-        .with_time_server("time");
-    let config = proxy.write_config();
-    let doc = run_client(vec![
-        "stdio".into(),
-        "--".into(),
-        common::portcullis_bin().into(),
-        "stdio".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--client".into(),
-        "tester".into(),
-    ])
-    .await;
-    check(&doc);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn python_sdk_over_http() {
+async fn over_http(mode: &str) -> Value {
     let proxy = TestProxy::new()
         .with_example_server("example")
         .with_time_server("time");
@@ -121,7 +133,70 @@ async fn python_sdk_over_http() {
         server.url.clone(),
         "--token".into(),
         TOKEN.into(),
+        "--mode".into(),
+        mode.into(),
     ])
     .await;
+    server.terminate().await;
+    doc
+}
+
+/// The SDK's default: `server/discover` first, answered, so no handshake.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_auto_over_http_speaks_2026_07_28() {
+    let doc = over_http("auto").await;
+    // What `server/discover` said of the server.
+    assert_eq!(doc["server_info"]["name"], "portcullis", "{doc}");
+    check_modern(&doc);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_pinned_to_2026_07_28_over_http() {
+    check_modern(&over_http("2026-07-28").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_legacy_mode_over_http_keeps_the_handshake() {
+    let doc = over_http("legacy").await;
+    assert_eq!(doc["protocol_version"], "2025-11-25", "{doc}");
+    check(&doc);
+}
+
+async fn over_stdio(mode: &str) -> Value {
+    let proxy = TestProxy::new()
+        .with_example_server("example")
+        .with_time_server("time");
+    let config = proxy.write_config();
+    run_client(vec![
+        "stdio".into(),
+        "--mode".into(),
+        mode.into(),
+        "--".into(),
+        common::portcullis_bin().into(),
+        "stdio".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--client".into(),
+        "tester".into(),
+    ])
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_auto_over_stdio_speaks_2026_07_28() {
+    let doc = over_stdio("auto").await;
+    assert_eq!(doc["server_info"]["name"], "portcullis", "{doc}");
+    check_modern(&doc);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_pinned_to_2026_07_28_over_stdio() {
+    check_modern(&over_stdio("2026-07-28").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_legacy_mode_over_stdio_keeps_the_handshake() {
+    let doc = over_stdio("legacy").await;
+    assert_eq!(doc["protocol_version"], "2025-11-25", "{doc}");
     check(&doc);
 }

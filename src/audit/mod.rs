@@ -218,6 +218,7 @@ mod tests {
             total_us: 150,
             detail: None,
             prev_hash: String::new(),
+            protocol: None,
             hash: String::new(),
             mac: None,
         }

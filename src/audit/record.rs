@@ -81,6 +81,11 @@ pub struct AuditRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Value>,
     pub prev_hash: String,
+    /// The MCP revision the exchange's client spoke (`2026-07-28`,
+    /// `2025-11-25`, …), once it is known; absent on events and on records
+    /// written before the field came in (so their hashes still verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     pub hash: String,
     /// With a chain key: HMAC-SHA256 of `hash` under it (hex). Not part of
     /// the bytes `hash` covers; absent on records sealed without a key.
@@ -117,6 +122,7 @@ impl AuditRecord {
             total_us: 0,
             detail: None,
             prev_hash: String::new(),
+            protocol: None,
             hash: String::new(),
             mac: None,
         }
@@ -247,6 +253,10 @@ impl AuditRecord {
         optional_text(out, self.policy_set.as_deref());
         key(out, "prev_hash", false);
         text(out, &self.prev_hash);
+        if let Some(protocol) = &self.protocol {
+            key(out, "protocol", false);
+            text(out, protocol);
+        }
         key(out, "reason", false);
         optional_text(out, self.reason.as_deref());
         key(out, "redactions", false);

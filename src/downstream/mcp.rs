@@ -3,39 +3,32 @@
 //!
 //! Order of checks on every request, cheapest and least revealing first:
 //! Host and Origin (the sub-router's layer), the client ([`Client`]), then
-//! the session.
+//! the session. A 2026-07-28 request has no session: it goes to
+//! [`super::stateless`], and that revision has no GET stream nor DELETE
+//! (405, `Allow: POST`).
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 
 use super::auth::Client;
-use super::detached::Detached;
-use super::sessions::{
-    CALL_STREAM_CAP, GET_STREAM_CAP, HttpOutlet, HttpSession, SESSION_IN_FLIGHT, Unknown, lock,
+use super::messages::{
+    Incoming, METHOD_HEADER, SESSION_HEADER, VERSION_HEADER, accepts, answer_in_json,
+    answer_in_stream, event, read_message, rpc_error, sse,
 };
+use super::sessions::{GET_STREAM_CAP, HttpOutlet, HttpSession, SESSION_IN_FLIGHT, Unknown, lock};
 use super::slots::Cap;
-use super::state::{BodyError, HttpState, body_timed_out, plain_error, read_body};
+use super::state::{HttpState, plain_error};
 use crate::chain::{ClientIdentity, Transport};
-use crate::gateway::{Failure, Gateway, Session};
-use crate::protocol::{self, IdKey, Kind, ParseError};
-
-const SESSION_HEADER: &str = "mcp-session-id";
-const VERSION_HEADER: &str = "mcp-protocol-version";
-const METHOD_HEADER: &str = "mcp-method";
-/// A comment line on an idle SSE stream, so that neither side nor a proxy
-/// between them takes it for dead.
-const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+use crate::gateway::Failure;
+use crate::protocol::{self, IdKey, Kind};
 
 pub(super) fn routes() -> Router<Arc<HttpState>> {
     Router::new().route(
@@ -44,107 +37,37 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
     )
 }
 
-/// A refusal as a JSON-RPC error in an HTTP response of `status`.
-fn rpc_error(status: StatusCode, id: Value, failure: Failure) -> Response {
-    (status, axum::Json(failure.to_response(id))).into_response()
-}
-
-fn accepts(headers: &HeaderMap, mime: &str) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains(mime) || v.contains("*/*"))
-}
-
-/// A POSTed message, read and checked against the request's headers.
-struct Incoming {
-    message: Value,
-    kind: Option<Kind>,
-    method: Option<String>,
-    /// What a refusal answers: a request's id, anything else `null`, so
-    /// that a refused response is never taken for the answer to a request.
-    request_id: Value,
-}
-
-impl Incoming {
-    fn is_initialize(&self) -> bool {
-        self.kind == Some(Kind::Request) && self.method.as_deref() == Some("initialize")
-    }
-}
-
-/// Reads and parses the body, and checks the `Mcp-Method` and
-/// `MCP-Protocol-Version` headers against it.
-async fn read_message(
-    state: &HttpState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Incoming, Response> {
-    let limits = state.gateway.config().limits;
-    let bytes = match read_body(body, limits.max_message_bytes, state.body_read_timeout).await {
-        Ok(bytes) => bytes,
-        Err(BodyError::TooLarge(head)) => {
-            let error = ParseError::TooLarge {
-                limit: limits.max_message_bytes,
-            };
-            // The rest of the body is never read, so the connection cannot
-            // carry another request: tell the client to open a new one.
-            // The request's id, when its head shows it, ends its call.
-            return Err((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                [(header::CONNECTION, HeaderValue::from_static("close"))],
-                axum::Json(Failure::from(error).to_response(protocol::refusal_id(&head))),
-            )
-                .into_response());
-        }
-        Err(BodyError::TimedOut) => return Err(body_timed_out()),
-        Err(BodyError::Failed) => {
-            return Err(plain_error(
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read",
-            ));
-        }
-    };
-    let message = match protocol::parse(&bytes, limits.max_depth) {
-        Ok(message) => message,
-        Err(error) => {
-            let id = protocol::refusal_id(&bytes);
-            return Err(rpc_error(StatusCode::BAD_REQUEST, id, error.into()));
-        }
-    };
-    let kind = protocol::classify(&message);
-    let request_id = match kind {
-        Some(Kind::Request) => message.get("id").cloned().unwrap_or(Value::Null),
-        _ => Value::Null,
-    };
-    let method = protocol::method(&message).map(str::to_owned);
+/// The handshake revisions: the `Mcp-Method` and `MCP-Protocol-Version`
+/// headers, where sent, must agree with the body.
+fn handshake_headers_match(headers: &HeaderMap, incoming: &Incoming) -> Result<(), Failure> {
     if let Some(header_method) = headers.get(METHOD_HEADER)
-        && header_method.to_str().ok() != method.as_deref()
+        && header_method.to_str().ok() != incoming.method.as_deref()
     {
-        return Err(rpc_error(
-            StatusCode::BAD_REQUEST,
-            request_id,
-            Failure::MethodHeaderMismatch,
-        ));
+        return Err(Failure::MethodHeaderMismatch);
     }
     if let Some(version) = headers.get(VERSION_HEADER) {
         let known = version
             .to_str()
             .is_ok_and(|v| protocol::SUPPORTED_VERSIONS.contains(&v));
         if !known {
-            return Err(rpc_error(
-                StatusCode::BAD_REQUEST,
-                request_id,
-                Failure::UnsupportedVersionHeader,
-            ));
+            return Err(Failure::UnsupportedVersionHeader);
         }
     }
-    Ok(Incoming {
-        message,
-        kind,
-        method,
-        request_id,
-    })
+    Ok(())
+}
+
+/// Whether a POST is a 2026-07-28 request: its `MCP-Protocol-Version`
+/// header names that revision, or (with a header of no revision the proxy
+/// knows, or none) its body carries that revision's envelope and it is not
+/// the handshake's `initialize`. A handshake revision's header keeps a
+/// request on the session path, whatever its body says.
+fn is_modern(headers: &HeaderMap, incoming: &Incoming) -> bool {
+    let header = headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok());
+    if header.is_some_and(|v| protocol::SUPPORTED_VERSIONS.contains(&v)) {
+        return false;
+    }
+    header == Some(protocol::MODERN_VERSION)
+        || (protocol::envelope_version(&incoming.message).is_some() && !incoming.is_initialize())
 }
 
 /// A new session for an `initialize` without a session id, if the caps
@@ -203,10 +126,16 @@ async fn post_message(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let incoming = match read_message(&state, &headers, body).await {
+    let incoming = match read_message(&state, body).await {
         Ok(incoming) => incoming,
         Err(refused) => return refused,
     };
+    if is_modern(&headers, &incoming) {
+        return super::stateless::post(&state, client, &headers, incoming).await;
+    }
+    if let Err(failure) = handshake_headers_match(&headers, &incoming) {
+        return rpc_error(StatusCode::BAD_REQUEST, incoming.request_id, failure);
+    }
     let named = headers.get(SESSION_HEADER).is_some();
     let http_session = if incoming.is_initialize() && !named {
         new_session(&state, client, incoming.request_id.clone())
@@ -263,85 +192,37 @@ async fn post_message(
     );
     match message.get("id").and_then(IdKey::from_value) {
         Some(id) if !local && accepts(&headers, "text/event-stream") => {
-            answer_in_stream(state.gateway.clone(), &http_session, message, id, place).await
+            let parts = (session, http_session.outlet.clone());
+            answer_in_stream(
+                state.gateway.clone(),
+                parts,
+                (message, id),
+                place,
+                (),
+                |_| StatusCode::OK,
+            )
+            .await
         }
-        _ => answer_in_json(state.gateway.clone(), session, message, place).await,
+        _ => {
+            answer_in_json(state.gateway.clone(), session, message, place, |_| {
+                StatusCode::OK
+            })
+            .await
+        }
     }
 }
 
-/// A request answered with its reply alone. It runs to its end (recorded,
-/// its place given back when it ends) even if the client goes away.
-async fn answer_in_json(
-    gateway: Arc<Gateway>,
-    session: Arc<Session>,
-    message: Value,
-    place: OwnedSemaphorePermit,
-) -> Response {
-    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
-    Detached::new(async move {
-        let _ = reply_tx.send(gateway.handle(&session, message).await);
-        drop(place);
+/// A GET or DELETE of the 2026-07-28 revision, which has neither: 405.
+fn modern_refusal(headers: &HeaderMap) -> Option<Response> {
+    let version = headers.get(VERSION_HEADER)?;
+    (version.as_bytes() == protocol::MODERN_VERSION.as_bytes()).then(|| {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, HeaderValue::from_static("POST"))],
+            "the 2026-07-28 protocol has no GET stream nor DELETE on /mcp: POST each request",
+        )
+            .into_response()
     })
-    .await;
-    match reply_rx.await.ok().flatten() {
-        Some(reply) => axum::Json(reply).into_response(),
-        None => StatusCode::ACCEPTED.into_response(),
-    }
-}
-
-/// A routed request: answered on an SSE stream, so that progress and the
-/// server's requests for this call travel with it.
-async fn answer_in_stream(
-    gateway: Arc<Gateway>,
-    http_session: &HttpSession,
-    message: Value,
-    id: IdKey,
-    place: OwnedSemaphorePermit,
-) -> Response {
-    let (tx, rx) = mpsc::channel::<Value>(CALL_STREAM_CAP);
-    lock(&http_session.outlet.post_streams).insert(id.clone(), tx.clone());
-    let session = http_session.session.clone();
-    let outlet = http_session.outlet.clone();
-    let mut work = Detached::new(async move {
-        let reply = gateway.handle(&session, message).await;
-        lock(&outlet.post_streams).remove(&id);
-        if let Some(reply) = reply {
-            // Waits for room: ends when the client reads, or goes.
-            let _ = tx.send(reply).await;
-        }
-        drop(place);
-    });
-    // The reply alone is sent as plain JSON (one write, no stream to hold
-    // open); only when something else for this call comes first does the
-    // answer become an SSE stream, which the client said it accepts. The
-    // call runs in this task until then (no hop to another task on the
-    // common path), and on its own if the answer becomes a stream or the
-    // client goes away.
-    let mut rx = rx;
-    let first = tokio::select! {
-        biased;
-        () = &mut work => rx.recv().await,
-        first = rx.recv() => first,
-    };
-    let Some(first) = first else {
-        return StatusCode::ACCEPTED.into_response();
-    };
-    if matches!(
-        protocol::classify(&first),
-        Some(Kind::Response | Kind::ErrorResponse)
-    ) {
-        return axum::Json(first).into_response();
-    }
-    work.detach();
-    let stream =
-        futures_util::stream::unfold((Some(first), rx), |(mut first, mut rx)| async move {
-            let message = match first.take() {
-                Some(message) => message,
-                None => rx.recv().await?,
-            };
-            Some((event(&message), (None, rx)))
-        });
-    sse(stream)
 }
 
 async fn open_stream(
@@ -349,6 +230,9 @@ async fn open_stream(
     Client(client): Client,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(refused) = modern_refusal(&headers) {
+        return refused;
+    }
     if !accepts(&headers, "text/event-stream") {
         return plain_error(
             StatusCode::NOT_ACCEPTABLE,
@@ -377,25 +261,14 @@ async fn open_stream(
     sse(stream)
 }
 
-/// One message as an SSE event.
-fn event(message: &Value) -> Result<Event, Infallible> {
-    Ok(Event::default().data(serde_json::to_string(message).unwrap_or_default()))
-}
-
-/// An SSE answer, kept alive while idle.
-fn sse(
-    stream: impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static,
-) -> Response {
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(SSE_HEARTBEAT))
-        .into_response()
-}
-
 async fn end_session(
     State(state): State<Arc<HttpState>>,
     Client(client): Client,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(refused) = modern_refusal(&headers) {
+        return refused;
+    }
     let http_session = match find_session(&state, &headers, &client) {
         Ok(session) => session,
         Err(refused) => return *refused,

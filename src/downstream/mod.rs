@@ -4,7 +4,9 @@
 //! routes are `mcp` (clients), `admin` (the auditors' API) and `console`
 //! (the auditors' pages), each behind `auth`; all share `state` (with the
 //! `sessions` and console `logins` tables); `layout` frames the console's
-//! pages; `listener` and `tls` carry the connections.
+//! pages; `listener` and `tls` carry the connections. Under `/mcp`, a
+//! handshake session's requests are `mcp`'s and a 2026-07-28 request's
+//! (no session) `stateless`'s; both answer through `messages`.
 
 mod admin;
 mod auth;
@@ -15,9 +17,11 @@ mod layout;
 mod listener;
 mod logins;
 mod mcp;
+mod messages;
 mod sessions;
 mod slots;
 mod state;
+mod stateless;
 pub mod stdio;
 mod throttle;
 mod tls;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::slots::Slot;
@@ -72,6 +72,25 @@ impl Outlet for HttpOutlet {
             Some(stream) => stream.try_send(message).is_ok(),
             None => false,
         }
+    }
+}
+
+/// Stateless requests of one client in the works at once; past it a
+/// request is refused with 429 until some are answered.
+pub(super) const CLIENT_IN_FLIGHT: usize = 256;
+
+/// Each client's places for stateless requests in the works (one entry per
+/// configured client at most: only authenticated clients get here).
+#[derive(Default)]
+pub(super) struct Places(Mutex<HashMap<Arc<str>, Arc<Semaphore>>>);
+
+impl Places {
+    pub(super) fn of(&self, client: &str) -> Arc<Semaphore> {
+        let mut places = lock(&self.0);
+        places
+            .entry(Arc::from(client))
+            .or_insert_with(|| Arc::new(Semaphore::new(CLIENT_IN_FLIGHT)))
+            .clone()
     }
 }
 

@@ -19,7 +19,7 @@ use futures_util::StreamExt as _;
 use serde_json::json;
 
 use super::logins::Logins;
-use super::sessions::SessionTable;
+use super::sessions::{Places, SessionTable};
 use super::slots::Slots;
 use super::throttle::Throttle;
 use crate::chain::ClientIdentity;
@@ -45,6 +45,8 @@ pub(super) struct HttpState {
     pub(super) body_read_timeout: Duration,
     /// Whether the listener speaks TLS (the console's cookie is `Secure`).
     pub(super) tls: bool,
+    /// Each client's places for 2026-07-28 requests in the works.
+    pub(super) stateless_places: Places,
 }
 
 /// Who may use the listener, by the SHA-256 (hex) of what they present.
@@ -132,6 +134,7 @@ impl HttpState {
             ),
             body_read_timeout: config.listener.body_read_timeout,
             tls: config.listener.tls.is_some(),
+            stateless_places: Places::default(),
             gateway,
         }
     }

@@ -1,8 +1,9 @@
 //! MCP over stdin/stdout for one client (Claude Desktop, Cursor, …).
 //! Logs never go to stdout: it carries only protocol messages.
 
+use std::collections::HashMap;
 use std::os::fd::AsFd as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -11,8 +12,8 @@ use tokio::sync::mpsc;
 
 use super::DownstreamError;
 use crate::chain::{ClientIdentity, Transport};
-use crate::gateway::{Failure, Gateway, Outlet};
-use crate::protocol::{self, Frame, FrameReader, Kind};
+use crate::gateway::{Failure, Gateway, Outlet, Session, checked_envelope};
+use crate::protocol::{self, Frame, FrameReader, IdKey, Kind};
 
 /// Lines waiting for a client that has not read them yet. Past it, what
 /// servers send on their own (progress, logs, list changes) is dropped and
@@ -107,13 +108,13 @@ where
         }
     });
 
-    let session_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-    let session = gateway.open_session(
-        session_id,
+    let mut connection = Connection {
+        gateway: gateway.clone(),
         client,
-        Transport::Stdio,
-        Arc::new(StdioOutlet(lines_tx.clone())),
-    );
+        outlet: Arc::new(StdioOutlet(lines_tx.clone())),
+        lines: lines_tx.clone(),
+        era: Era::Undecided,
+    };
     let mut reader = FrameReader::new(input, limits.max_message_bytes);
     let shutdown = gateway.shutdown_token();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(STDIO_IN_FLIGHT));
@@ -131,8 +132,8 @@ where
                 // Answered with the request's own id when its head shows
                 // it, so that the client's call ends instead of waiting.
                 let id = protocol::refusal_id(&head);
-                let _ = lines_tx
-                    .send(protocol::encode_line(&Failure::from(error).to_response(id)))
+                connection
+                    .answer(Failure::from(error).to_response(id))
                     .await;
                 continue;
             }
@@ -143,9 +144,7 @@ where
             Ok(message) => message,
             Err(err) => {
                 let id = protocol::refusal_id(&line);
-                let _ = lines_tx
-                    .send(protocol::encode_line(&Failure::from(err).to_response(id)))
-                    .await;
+                connection.answer(Failure::from(err).to_response(id)).await;
                 continue;
             }
         };
@@ -164,13 +163,11 @@ where
                 () = shutdown.cancelled() => break Ok(()),
             }
         };
-        let gateway = gateway.clone();
-        let session = session.clone();
-        let lines = lines_tx.clone();
+        let Some(work) = connection.work(message) else {
+            continue;
+        };
         let work = async move {
-            if let Some(reply) = gateway.handle(&session, message).await {
-                let _ = lines.send(protocol::encode_line(&reply)).await;
-            }
+            work.await;
             drop(permit);
         };
         if inline {
@@ -179,11 +176,194 @@ where
             tokio::spawn(work);
         }
     };
-    gateway.close_session(&session);
+    connection.close();
+    drop(connection);
     drop(lines_tx);
-    drop(session);
     // Replies still being produced hold senders; the writer ends when the
     // last one is gone, or at shutdown.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     result
+}
+
+/// Which protocol a connection speaks, decided by its first request: the
+/// handshake's `initialize` (or any request without a 2026-07-28 envelope)
+/// makes it a handshake connection with one session; a request with that
+/// envelope makes it a 2026-07-28 connection, where each request is a
+/// session of its own. A connection does not change its mind.
+enum Era {
+    Undecided,
+    Handshake(Arc<Session>),
+    /// The requests in the works, by id: a `notifications/cancelled`
+    /// names one.
+    Modern(Arc<Mutex<HashMap<IdKey, Arc<Session>>>>),
+}
+
+/// One stdio client's connection to the gateway.
+struct Connection {
+    gateway: Arc<Gateway>,
+    client: ClientIdentity,
+    outlet: Arc<StdioOutlet>,
+    lines: mpsc::Sender<Vec<u8>>,
+    era: Era,
+}
+
+type Work = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+fn in_flight(
+    calls: &Mutex<HashMap<IdKey, Arc<Session>>>,
+) -> MutexGuard<'_, HashMap<IdKey, Arc<Session>>> {
+    calls.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Connection {
+    /// Sends one line to the client, waiting for room.
+    async fn answer(&self, message: Value) {
+        let _ = self.lines.send(protocol::encode_line(&message)).await;
+    }
+
+    /// What to do with one message: the work that handles it, or `None`
+    /// when it was dealt with here.
+    fn work(&mut self, message: Value) -> Option<Work> {
+        if matches!(self.era, Era::Undecided) && protocol::classify(&message) == Some(Kind::Request)
+        {
+            let modern = protocol::envelope_version(&message).is_some()
+                && protocol::method(&message) != Some("initialize");
+            self.era = if modern {
+                tracing::debug!(client = %self.client.name, "stdio connection speaks 2026-07-28");
+                Era::Modern(Arc::default())
+            } else {
+                Era::Handshake(self.handshake_session())
+            };
+        }
+        match &self.era {
+            Era::Modern(calls) => self.modern(calls.clone(), message),
+            Era::Handshake(session) => {
+                if protocol::classify(&message) == Some(Kind::Request)
+                    && protocol::envelope_version(&message) == Some(protocol::MODERN_VERSION)
+                    && protocol::method(&message) != Some("initialize")
+                {
+                    return Some(self.refusal(&message, Failure::ModernOnHandshake));
+                }
+                Some(self.relay(session.clone(), message))
+            }
+            // Before any request (a notification, a stray response): a
+            // handshake session hears it, as before there were two eras.
+            Era::Undecided => {
+                let session = self.handshake_session();
+                self.era = Era::Handshake(session.clone());
+                Some(self.relay(session, message))
+            }
+        }
+    }
+
+    fn handshake_session(&self) -> Arc<Session> {
+        self.gateway.open_session(
+            Arc::from(uuid::Uuid::new_v4().to_string()),
+            self.client.clone(),
+            Transport::Stdio,
+            self.outlet.clone(),
+        )
+    }
+
+    /// The message handled by the gateway in `session`, its reply sent.
+    fn relay(&self, session: Arc<Session>, message: Value) -> Work {
+        let gateway = self.gateway.clone();
+        let lines = self.lines.clone();
+        Box::pin(async move {
+            if let Some(reply) = gateway.handle(&session, message).await {
+                let _ = lines.send(protocol::encode_line(&reply)).await;
+            }
+        })
+    }
+
+    fn refusal(&self, message: &Value, failure: Failure) -> Work {
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        let lines = self.lines.clone();
+        Box::pin(async move {
+            let _ = lines
+                .send(protocol::encode_line(&failure.to_response(id)))
+                .await;
+        })
+    }
+
+    /// One message of a 2026-07-28 connection: a request runs in a session
+    /// of its own; `notifications/cancelled` cancels the request it names;
+    /// any other notification or response is dropped (nothing outlives its
+    /// request, and nothing was asked of the client).
+    fn modern(
+        &self,
+        calls: Arc<Mutex<HashMap<IdKey, Arc<Session>>>>,
+        message: Value,
+    ) -> Option<Work> {
+        match protocol::classify(&message) {
+            Some(Kind::Request) => {}
+            Some(Kind::Notification) => {
+                if protocol::method(&message) == Some("notifications/cancelled")
+                    && let Some(id) = message
+                        .pointer("/params/requestId")
+                        .and_then(IdKey::from_value)
+                    && let Some(session) = in_flight(&calls).remove(&id)
+                {
+                    self.gateway.close_stateless(&session);
+                }
+                return None;
+            }
+            _ => return None,
+        }
+        if protocol::method(&message) == Some("initialize") {
+            let asked = message
+                .pointer("/params/protocolVersion")
+                .and_then(Value::as_str)
+                .map(|v| protocol::cut(v, 64).to_owned())
+                .unwrap_or_default();
+            return Some(self.refusal(&message, Failure::HandshakeOnModern(asked)));
+        }
+        let envelope = match checked_envelope(&message) {
+            Ok(envelope) => envelope,
+            Err(failure) => return Some(self.refusal(&message, failure)),
+        };
+        let Some(id) = message.get("id").and_then(IdKey::from_value) else {
+            return Some(self.refusal(&message, Failure::DuplicateId));
+        };
+        let session = self.gateway.open_stateless(
+            Arc::from(uuid::Uuid::new_v4().to_string()),
+            self.client.clone(),
+            Transport::Stdio,
+            self.outlet.clone(),
+            &envelope,
+        );
+        {
+            let mut running = in_flight(&calls);
+            if running.contains_key(&id) {
+                drop(running);
+                self.gateway.close_stateless(&session);
+                return Some(self.refusal(&message, Failure::DuplicateId));
+            }
+            running.insert(id.clone(), session.clone());
+        }
+        let gateway = self.gateway.clone();
+        let lines = self.lines.clone();
+        Some(Box::pin(async move {
+            let reply = gateway.handle(&session, message).await;
+            in_flight(&calls).remove(&id);
+            gateway.close_stateless(&session);
+            if let Some(reply) = reply {
+                let _ = lines.send(protocol::encode_line(&reply)).await;
+            }
+        }))
+    }
+
+    /// The client is gone: its sessions end, and calls still at servers
+    /// are cancelled.
+    fn close(&mut self) {
+        match std::mem::replace(&mut self.era, Era::Undecided) {
+            Era::Handshake(session) => self.gateway.close_session(&session),
+            Era::Modern(calls) => {
+                for (_, session) in in_flight(&calls).drain() {
+                    self.gateway.close_stateless(&session);
+                }
+            }
+            Era::Undecided => {}
+        }
+    }
 }

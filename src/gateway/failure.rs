@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use crate::chain::{Outcome, Refusal};
-use crate::protocol::{self, ParseError, code};
+use crate::protocol::{self, EnvelopeError, ParseError, code};
 use crate::upstream::UpstreamError;
 
 use super::session::{MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS};
@@ -64,6 +64,33 @@ pub enum Failure {
     #[error("the call is refused: the audit log cannot record it")]
     NotRecorded,
 
+    // -- 2026-07-28 ----------------------------------------------------------
+    /// A stateless request without a well-formed envelope.
+    #[error("{0}")]
+    Envelope(EnvelopeError),
+    /// A stateless request of a version the proxy does not speak.
+    #[error("protocol version `{0}` is not supported")]
+    UnsupportedVersion(String),
+    /// An HTTP header does not say what the body says (which one, how).
+    #[error("{0}")]
+    HeaderMismatch(String),
+    /// `initialize` on a stdio connection that serves 2026-07-28.
+    #[error(
+        "this connection serves the 2026-07-28 protocol; the initialize handshake is not accepted"
+    )]
+    HandshakeOnModern(String),
+    /// A 2026-07-28 request on a stdio connection that did the handshake.
+    #[error(
+        "this connection serves the handshake protocol; a 2026-07-28 request is not accepted on it"
+    )]
+    ModernOnHandshake,
+    /// A server asked a 2026-07-28 client something during a call: that
+    /// revision has no requests from server to client.
+    #[error(
+        "the client speaks 2026-07-28, which has no requests from server to client; the request is refused"
+    )]
+    NoBackChannel,
+
     // -- at the HTTP transport, before the gateway sees the message --------
     #[error("the Mcp-Method header does not match the message's method")]
     MethodHeaderMismatch,
@@ -117,6 +144,13 @@ impl Failure {
             | Self::NoSession
             | Self::UnknownSession => code::INVALID_REQUEST,
             Self::TooManySessions | Self::TooManySessionsOfClient => code::INTERNAL_ERROR,
+            Self::Envelope(_) => code::INVALID_PARAMS,
+            Self::UnsupportedVersion(_) | Self::HandshakeOnModern(_) => {
+                code::UNSUPPORTED_PROTOCOL_VERSION
+            }
+            Self::HeaderMismatch(_) => code::HEADER_MISMATCH,
+            Self::ModernOnHandshake => code::INVALID_REQUEST,
+            Self::NoBackChannel => code::CLIENT_UNAVAILABLE,
             Self::TooManyInFlight(_) => code::RATE_LIMITED,
             Self::MethodNotFound(_) | Self::ClientLacks(_) => code::METHOD_NOT_FOUND,
             Self::InvalidParams(_) | Self::Unknown { .. } | Self::UriTooLong => {
@@ -157,9 +191,19 @@ impl Failure {
             Self::Parse(error) => return error.to_response(id),
             _ => {}
         }
-        let data = self
-            .interceptor()
-            .map(|interceptor| json!({ "interceptor": interceptor }));
+        let data = match self {
+            // What a client falls back to, or retries with.
+            Self::UnsupportedVersion(requested) | Self::HandshakeOnModern(requested) => {
+                let supported = match self {
+                    Self::HandshakeOnModern(_) => &[protocol::MODERN_VERSION][..],
+                    _ => protocol::ALL_VERSIONS,
+                };
+                Some(json!({ "supported": supported, "requested": requested }))
+            }
+            _ => self
+                .interceptor()
+                .map(|interceptor| json!({ "interceptor": interceptor })),
+        };
         protocol::error(id, self.code(), &self.to_string(), data)
     }
 

@@ -41,6 +41,12 @@ impl Gateway {
         *listed_from = Some(catalog.clone());
         let result = match method {
             "initialize" => self.initialize(session, message)?,
+            "server/discover" => json!({
+                "supportedVersions": protocol::ALL_VERSIONS,
+                "capabilities": self.stateless_capabilities(),
+                "instructions": self.instructions(),
+                "_meta": { protocol::meta::SERVER_INFO: super::modern::server_info() },
+            }),
             "ping" => json!({}),
             "tools/list" => self.page(message, &catalog.tools, "tools")?,
             "prompts/list" => self.page(message, &catalog.prompts, "prompts")?,
@@ -214,6 +220,18 @@ impl Gateway {
             capabilities.insert("completions".into(), json!({}));
         }
         Value::Object(capabilities)
+    }
+
+    /// What the proxy offers a 2026-07-28 client: its capabilities
+    /// without what comes with sessions (list-changed notices and resource
+    /// subscriptions, which that revision carries on a listen stream the
+    /// proxy does not offer yet).
+    fn stateless_capabilities(&self) -> Value {
+        let mut capabilities = self.capabilities();
+        for kind in ["tools", "prompts", "resources"] {
+            capabilities[kind] = json!({});
+        }
+        capabilities
     }
 
     pub(super) fn instructions(&self) -> String {

@@ -13,6 +13,7 @@ mod in_flight;
 mod instances;
 mod lists;
 mod local;
+mod modern;
 mod notifications;
 mod record;
 #[cfg(test)]
@@ -27,6 +28,7 @@ mod tests;
 
 pub use catalog::{Catalog, ListKind, ServerLists};
 pub use failure::Failure;
+pub use modern::{checked_envelope, version_spoken};
 pub use session::{Outlet, Session};
 pub use telemetry::{observe, root_of};
 
@@ -400,6 +402,40 @@ impl Gateway {
         session
     }
 
+    /// Opens the session of one 2026-07-28 request (its envelope says who
+    /// the client is this time): registered while the request runs, so the
+    /// server's answers and notifications for it find their way back, and
+    /// closed by [`Gateway::close_stateless`] when it is answered. It is
+    /// no session of the client's: nothing is recorded of its opening or
+    /// end, and what is announced to sessions (list changes, servers' log
+    /// levels) does not reach it.
+    pub fn open_stateless(
+        &self,
+        id: Arc<str>,
+        client: ClientIdentity,
+        transport: Transport,
+        outlet: Arc<dyn Outlet>,
+        envelope: &protocol::Envelope,
+    ) -> Arc<Session> {
+        let key = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session::of_request(
+            key, id, client, transport, outlet, envelope,
+        ));
+        if let Ok(mut sessions) = self.sessions.write() {
+            sessions.insert(key, session.clone());
+        }
+        session
+    }
+
+    /// Ends the session of a 2026-07-28 request: a call of it still at a
+    /// server is cancelled (the client went away).
+    pub fn close_stateless(&self, session: &Session) {
+        if let Ok(mut sessions) = self.sessions.write() {
+            sessions.remove(&session.key);
+        }
+        session.close();
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.read().map(|s| s.len()).unwrap_or(0)
     }
@@ -433,10 +469,17 @@ impl Gateway {
         self.sessions.read().ok().and_then(|s| s.get(&key).cloned())
     }
 
+    /// The sessions that did the handshake: those what is announced to
+    /// sessions reaches (a 2026-07-28 request's session is not one).
     fn initialized_sessions(&self) -> Vec<Arc<Session>> {
         self.sessions
             .read()
-            .map(|s| s.values().filter(|s| s.is_initialized()).cloned().collect())
+            .map(|s| {
+                s.values()
+                    .filter(|s| s.is_initialized() && !s.stateless)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -446,6 +489,11 @@ impl Gateway {
     /// (`None` when the client cancelled the request, which gets no reply).
     pub async fn handle(self: &Arc<Self>, session: &Arc<Session>, message: Value) -> Option<Value> {
         match protocol::classify(&message) {
+            Some(Kind::Request) if session.stateless => {
+                let method = protocol::method(&message).unwrap_or_default().to_owned();
+                let reply = self.handle_request(session, message).await;
+                reply.map(|reply| modern::frame_reply(&method, reply))
+            }
             Some(Kind::Request) => self.handle_request(session, message).await,
             Some(Kind::Notification) => {
                 self.handle_notification(session, message).await;

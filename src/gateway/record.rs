@@ -100,6 +100,7 @@ pub(super) fn record_of(
         total_us: total.as_micros() as u64,
         detail: detail_of(exchange, arguments),
         prev_hash: String::new(),
+        protocol: context.protocol.as_deref().map(str::to_owned),
         hash: String::new(),
         mac: None,
     }

@@ -217,6 +217,9 @@ impl Gateway {
         exchange: &mut Exchange,
     ) -> Relayed {
         let mut outgoing = std::mem::take(&mut exchange.message);
+        if session.stateless {
+            super::modern::strip_envelope(&mut outgoing);
+        }
         match rename {
             Some(Rename::Name(name)) => outgoing["params"]["name"] = Value::from(name),
             Some(Rename::RefName(name)) => outgoing["params"]["ref"]["name"] = Value::from(name),
@@ -275,8 +278,14 @@ impl Gateway {
         if method != "initialize" && method != "ping" && !session.is_initialized() {
             return Err(Failure::NotInitialized);
         }
+        // The handshake and what came with sessions are gone from
+        // 2026-07-28: unknown methods there.
+        if session.stateless && protocol::REMOVED_IN_MODERN.contains(&method) {
+            return Err(Failure::MethodNotFound(method.to_owned()));
+        }
         match method {
             "initialize"
+            | "server/discover"
             | "ping"
             | "tools/list"
             | "prompts/list"

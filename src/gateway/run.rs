@@ -4,6 +4,7 @@
 //! one, and an exchange dropped before it ended (its task was cancelled)
 //! still gets every one of them.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -51,6 +52,7 @@ impl Gateway {
         };
         let context = Context {
             request_id,
+            protocol: session.protocol_version().map(Arc::from),
             ..Context::new(
                 session.id.clone(),
                 session.client.clone(),

@@ -180,6 +180,10 @@ impl Gateway {
             let _ = upstream.send(answer(Failure::NoClientToAsk)).await;
             return;
         };
+        if session.stateless {
+            let _ = upstream.send(answer(Failure::NoBackChannel)).await;
+            return;
+        }
         let capability = match method.as_str() {
             "sampling/createMessage" => Some("sampling"),
             "elicitation/create" => Some("elicitation"),

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::{ClientIdentity, Transport};
-use crate::protocol::{IdKey, LogLevel};
+use crate::protocol::{Envelope, IdKey, LogLevel};
 
 /// Delivers messages the client did not ask for: notifications and
 /// server→client requests. `related` is the client request they belong to
@@ -53,6 +53,10 @@ pub struct Session {
     /// How many resources the session is subscribed to (at most
     /// [`MAX_SUBSCRIPTIONS`]).
     pub(crate) subscribed: std::sync::atomic::AtomicUsize,
+    /// The session of one 2026-07-28 request (no handshake, no state kept
+    /// between requests): what its client says of itself comes with the
+    /// request, and it lives only as long as that request.
+    pub(crate) stateless: bool,
 }
 
 /// Resources one session may be subscribed to at once: each is kept for
@@ -88,7 +92,32 @@ impl Session {
             opened: Instant::now(),
             subscribed: std::sync::atomic::AtomicUsize::new(0),
             closed: CancellationToken::new(),
+            stateless: false,
         }
+    }
+
+    /// The session of one 2026-07-28 request with this `envelope`: its
+    /// version, capabilities and log level are the request's own.
+    pub(crate) fn of_request(
+        key: u64,
+        id: Arc<str>,
+        client: ClientIdentity,
+        transport: Transport,
+        outlet: Arc<dyn Outlet>,
+        envelope: &Envelope,
+    ) -> Self {
+        let session = Self {
+            stateless: true,
+            ..Self::new(key, id, client, transport, outlet)
+        };
+        {
+            let mut state = session.state();
+            state.initialized = true;
+            state.protocol_version = Some(envelope.version.clone());
+            state.client_capabilities = Value::Object(envelope.capabilities.clone());
+            state.log_level = envelope.log_level;
+        }
+        session
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, SessionState> {
@@ -115,11 +144,12 @@ impl Session {
     }
 
     /// Whether a server's log message is one the client asked for: at or
-    /// above its level (every message, if it never set one). A message
-    /// without a level MCP names is below any level.
+    /// above its level (every message, if it never set one; none, for a
+    /// 2026-07-28 request that did not ask for a level). A message without
+    /// a level MCP names is below any level.
     pub(crate) fn wants_log(&self, message: &Value) -> bool {
         match self.log_level() {
-            None => true,
+            None => !self.stateless,
             Some(least) => LogLevel::of_message(message).is_some_and(|level| level >= least),
         }
     }

@@ -548,7 +548,13 @@ impl RawClient {
         self.response(Value::from(id)).await
     }
 
-    /// `initialize` + `notifications/initialized`.
+    /// Sends a whole request (its id its own) and waits for its response.
+    pub async fn call_raw(&mut self, request: Value) -> Value {
+        let id = request["id"].clone();
+        self.send(request).await;
+        self.response(id).await
+    }
+
     /// `tools/call` with `params` (ids from `first_id` + 1 on) until a call
     /// has a result, e.g. while a crashed server is started again; panics
     /// after `within`.

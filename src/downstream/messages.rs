@@ -1,0 +1,202 @@
+//! What both kinds of `/mcp` request share — a handshake session's and a
+//! 2026-07-28 stateless one's: the headers' names, reading and parsing a
+//! POSTed message, a refusal as a response, and answering a request with
+//! its reply alone or on an SSE stream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::detached::Detached;
+use super::sessions::{CALL_STREAM_CAP, HttpOutlet, lock};
+use super::state::{BodyError, HttpState, body_timed_out, plain_error, read_body};
+use crate::gateway::{Failure, Gateway, Session};
+use crate::protocol::{self, IdKey, Kind, ParseError};
+
+pub(super) const SESSION_HEADER: &str = "mcp-session-id";
+pub(super) const VERSION_HEADER: &str = "mcp-protocol-version";
+pub(super) const METHOD_HEADER: &str = "mcp-method";
+pub(super) const NAME_HEADER: &str = "mcp-name";
+/// A comment line on an idle SSE stream, so that neither side nor a proxy
+/// between them takes it for dead.
+const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// A refusal as a JSON-RPC error in an HTTP response of `status`.
+pub(super) fn rpc_error(status: StatusCode, id: Value, failure: Failure) -> Response {
+    (status, axum::Json(failure.to_response(id))).into_response()
+}
+
+pub(super) fn accepts(headers: &HeaderMap, mime: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains(mime) || v.contains("*/*"))
+}
+
+/// A POSTed message, read and parsed.
+pub(super) struct Incoming {
+    pub(super) message: Value,
+    pub(super) kind: Option<Kind>,
+    pub(super) method: Option<String>,
+    /// What a refusal answers: a request's id, anything else `null`, so
+    /// that a refused response is never taken for the answer to a request.
+    pub(super) request_id: Value,
+}
+
+impl Incoming {
+    pub(super) fn is_initialize(&self) -> bool {
+        self.kind == Some(Kind::Request) && self.method.as_deref() == Some("initialize")
+    }
+}
+
+/// Reads and parses the body.
+pub(super) async fn read_message(state: &HttpState, body: Body) -> Result<Incoming, Response> {
+    let limits = state.gateway.config().limits;
+    let bytes = match read_body(body, limits.max_message_bytes, state.body_read_timeout).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge(head)) => {
+            let error = ParseError::TooLarge {
+                limit: limits.max_message_bytes,
+            };
+            // The rest of the body is never read, so the connection cannot
+            // carry another request: tell the client to open a new one.
+            // The request's id, when its head shows it, ends its call.
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [(header::CONNECTION, HeaderValue::from_static("close"))],
+                axum::Json(Failure::from(error).to_response(protocol::refusal_id(&head))),
+            )
+                .into_response());
+        }
+        Err(BodyError::TimedOut) => return Err(body_timed_out()),
+        Err(BodyError::Failed) => {
+            return Err(plain_error(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            ));
+        }
+    };
+    let message = match protocol::parse(&bytes, limits.max_depth) {
+        Ok(message) => message,
+        Err(error) => {
+            let id = protocol::refusal_id(&bytes);
+            return Err(rpc_error(StatusCode::BAD_REQUEST, id, error.into()));
+        }
+    };
+    let kind = protocol::classify(&message);
+    let request_id = match kind {
+        Some(Kind::Request) => message.get("id").cloned().unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    let method = protocol::method(&message).map(str::to_owned);
+    Ok(Incoming {
+        message,
+        kind,
+        method,
+        request_id,
+    })
+}
+
+/// The HTTP status a reply goes out with.
+pub(super) type StatusOf = fn(&Value) -> StatusCode;
+
+/// A request answered with its reply alone. It runs to its end (recorded,
+/// `keep` dropped when it ends) even if the client goes away.
+pub(super) async fn answer_in_json(
+    gateway: Arc<Gateway>,
+    session: Arc<Session>,
+    message: Value,
+    keep: impl Send + 'static,
+    status_of: StatusOf,
+) -> Response {
+    let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+    Detached::new(async move {
+        let _ = reply_tx.send(gateway.handle(&session, message).await);
+        drop(keep);
+    })
+    .await;
+    match reply_rx.await.ok().flatten() {
+        Some(reply) => (status_of(&reply), axum::Json(reply)).into_response(),
+        None => StatusCode::ACCEPTED.into_response(),
+    }
+}
+
+/// A routed request: answered on an SSE stream, so that progress and the
+/// server's requests for this call travel with it. `place` is held until
+/// the call ends; `hold` as long as the answer is being sent (its drop
+/// says the client is gone or has it all).
+pub(super) async fn answer_in_stream(
+    gateway: Arc<Gateway>,
+    (session, outlet): (Arc<Session>, Arc<HttpOutlet>),
+    (message, id): (Value, IdKey),
+    place: impl Send + 'static,
+    hold: impl Send + 'static,
+    status_of: StatusOf,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Value>(CALL_STREAM_CAP);
+    lock(&outlet.post_streams).insert(id.clone(), tx.clone());
+    let mut work = Detached::new(async move {
+        let reply = gateway.handle(&session, message).await;
+        lock(&outlet.post_streams).remove(&id);
+        if let Some(reply) = reply {
+            // Waits for room: ends when the client reads, or goes.
+            let _ = tx.send(reply).await;
+        }
+        drop(place);
+    });
+    // The reply alone is sent as plain JSON (one write, no stream to hold
+    // open); only when something else for this call comes first does the
+    // answer become an SSE stream, which the client said it accepts. The
+    // call runs in this task until then (no hop to another task on the
+    // common path), and on its own if the answer becomes a stream or the
+    // client goes away.
+    let mut rx = rx;
+    let first = tokio::select! {
+        biased;
+        () = &mut work => rx.recv().await,
+        first = rx.recv() => first,
+    };
+    let Some(first) = first else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    if matches!(
+        protocol::classify(&first),
+        Some(Kind::Response | Kind::ErrorResponse)
+    ) {
+        return (status_of(&first), axum::Json(first)).into_response();
+    }
+    work.detach();
+    let stream = futures_util::stream::unfold(
+        (Some(first), rx, hold),
+        |(mut first, mut rx, hold)| async move {
+            let message = match first.take() {
+                Some(message) => message,
+                None => rx.recv().await?,
+            };
+            Some((event(&message), (None, rx, hold)))
+        },
+    );
+    sse(stream)
+}
+
+/// One message as an SSE event.
+pub(super) fn event(message: &Value) -> Result<Event, Infallible> {
+    Ok(Event::default().data(serde_json::to_string(message).unwrap_or_default()))
+}
+
+/// An SSE answer, kept alive while idle.
+pub(super) fn sse(
+    stream: impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(SSE_HEARTBEAT))
+        .into_response()
+}

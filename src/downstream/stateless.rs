@@ -1,0 +1,179 @@
+//! 2026-07-28 requests over streamable HTTP: no handshake, no session.
+//! Each POST carries its protocol version and its client's capabilities in
+//! `params._meta`, and says in headers what its body says (its version,
+//! method and, for the methods that name a tool, prompt or resource, that
+//! name), so that something between client and proxy can route it without
+//! reading the body. The proxy decides on the body alone; a header that does
+//! not agree with the body is refused rather than trusted.
+//!
+//! Order of checks, each refusal before any work: the envelope (400,
+//! `-32602`), the headers against the body (400, `-32020`), the version
+//! (400, `-32022` listing the versions spoken), the kind of message (a
+//! notification is accepted and dropped: nothing outlives its request; a
+//! response is refused: nothing was asked), the client's places for
+//! requests in the works (429). The request then runs in a session of its
+//! own that ends with it: the client closing the response is the
+//! revision's cancellation, and cancels the call at its server.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::messages::{
+    Incoming, METHOD_HEADER, NAME_HEADER, VERSION_HEADER, accepts, answer_in_json,
+    answer_in_stream, rpc_error,
+};
+use super::sessions::{CLIENT_IN_FLIGHT, HttpOutlet};
+use super::state::HttpState;
+use crate::chain::{ClientIdentity, Transport};
+use crate::gateway::{Failure, Gateway, Session, checked_envelope};
+use crate::protocol::{self, IdKey, Kind, code};
+
+/// Ends a request's session when dropped: when its answer was sent, or
+/// when the client closed the response before that (which cancels the
+/// call still at a server).
+struct Hangup {
+    gateway: Arc<Gateway>,
+    session: Arc<Session>,
+}
+
+impl Drop for Hangup {
+    fn drop(&mut self) {
+        self.gateway.close_stateless(&self.session);
+    }
+}
+
+/// A 2026-07-28 reply's HTTP status: an unknown method is 404, anything
+/// else (a result, or an error the JSON-RPC body carries) 200.
+fn status_of(reply: &Value) -> StatusCode {
+    if reply["error"]["code"].as_i64() == Some(code::METHOD_NOT_FOUND) {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// One header's value as text; `None` when absent.
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Failure> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| Failure::HeaderMismatch(format!("the {name} header is not text"))),
+    }
+}
+
+/// The headers say what the body says: `MCP-Protocol-Version` (required)
+/// its version, `Mcp-Method` (required on a request) its method, and for a
+/// request that names a tool, prompt or resource, `Mcp-Name` (required)
+/// that name, plain or as `=?base64?…?=`.
+fn headers_match(headers: &HeaderMap, incoming: &Incoming, version: &str) -> Result<(), Failure> {
+    let mismatch = |what: &str| Err(Failure::HeaderMismatch(what.to_owned()));
+    match header(headers, VERSION_HEADER)? {
+        None => return mismatch("the MCP-Protocol-Version header is required"),
+        Some(sent) if sent != version => {
+            return mismatch(
+                "the MCP-Protocol-Version header does not match the request's version",
+            );
+        }
+        Some(_) => {}
+    }
+    match header(headers, METHOD_HEADER)? {
+        None if incoming.kind == Some(Kind::Request) => {
+            return mismatch("the Mcp-Method header is required");
+        }
+        Some(sent) if Some(sent) != incoming.method.as_deref() => {
+            return mismatch("the Mcp-Method header does not match the message's method");
+        }
+        _ => {}
+    }
+    let Some(name) = protocol::routing_name(&incoming.message) else {
+        return Ok(());
+    };
+    let Ok(name) = name else {
+        // The body names nothing: the gateway refuses it as it is.
+        return Ok(());
+    };
+    match headers.get(NAME_HEADER) {
+        None => mismatch("the Mcp-Name header is required for this method"),
+        Some(sent) => match protocol::decode_header_value(sent.as_bytes()) {
+            Some(sent) if sent == name => Ok(()),
+            Some(_) => mismatch("the Mcp-Name header does not match the name in the body"),
+            None => mismatch("the Mcp-Name header is neither plain text nor =?base64?…?="),
+        },
+    }
+}
+
+/// Answers one 2026-07-28 POST.
+pub(super) async fn post(
+    state: &HttpState,
+    client: ClientIdentity,
+    headers: &HeaderMap,
+    incoming: Incoming,
+) -> Response {
+    let refuse = |status, failure| rpc_error(status, incoming.request_id.clone(), failure);
+    // A notification or a response carries no envelope to check.
+    match incoming.kind {
+        Some(Kind::Request) => {}
+        Some(Kind::Notification) => {
+            if let Err(failure) = header(headers, VERSION_HEADER)
+                .and_then(|version| headers_match(headers, &incoming, version.unwrap_or_default()))
+            {
+                return refuse(StatusCode::BAD_REQUEST, failure);
+            }
+            return StatusCode::ACCEPTED.into_response();
+        }
+        _ => return refuse(StatusCode::BAD_REQUEST, Failure::NoBackChannel),
+    }
+    let envelope = match protocol::envelope(&incoming.message) {
+        Ok(envelope) => envelope,
+        Err(error) => return refuse(StatusCode::BAD_REQUEST, Failure::Envelope(error)),
+    };
+    if let Err(failure) = headers_match(headers, &incoming, &envelope.version) {
+        return refuse(StatusCode::BAD_REQUEST, failure);
+    }
+    if let Err(failure) = checked_envelope(&incoming.message) {
+        return refuse(StatusCode::BAD_REQUEST, failure);
+    }
+    let Ok(place) = state.stateless_places.of(&client.name).try_acquire_owned() else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            Failure::TooManyInFlight(CLIENT_IN_FLIGHT),
+        );
+    };
+    let outlet = Arc::new(HttpOutlet::default());
+    let session = state.gateway.open_stateless(
+        Arc::from(uuid::Uuid::new_v4().to_string()),
+        client,
+        Transport::Http,
+        outlet.clone(),
+        &envelope,
+    );
+    let hangup = Hangup {
+        gateway: state.gateway.clone(),
+        session: session.clone(),
+    };
+    let gateway = state.gateway.clone();
+    match incoming.message.get("id").and_then(IdKey::from_value) {
+        Some(id) if accepts(headers, "text/event-stream") => {
+            let parts = (session, outlet);
+            answer_in_stream(
+                gateway,
+                parts,
+                (incoming.message, id),
+                place,
+                hangup,
+                status_of,
+            )
+            .await
+        }
+        _ => {
+            // Held here, not by the call: the client going away drops it.
+            let _hangup = hangup;
+            answer_in_json(gateway, session, incoming.message, place, status_of).await
+        }
+    }
+}

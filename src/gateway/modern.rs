@@ -1,0 +1,192 @@
+//! The 2026-07-28 revision toward clients: a request brings its version and
+//! the client's capabilities in `params._meta` (no handshake, no session),
+//! and every result says what it is (`resultType`) and how long it may be
+//! kept (`ttlMs`, `cacheScope` on lists and reads).
+//!
+//! What a client sees depends on who it is (authz filters lists and reads
+//! per client), so nothing the proxy answers is shared-cacheable: every
+//! cacheable result is `private`, and the proxy's own lists are stale at
+//! once (`ttlMs: 0`): a policy reload or a server's list change may change
+//! them with no notice to a client that holds no listen stream.
+
+use serde_json::{Map, Value, json};
+
+use crate::protocol::{self, Envelope, meta};
+
+use super::failure::Failure;
+
+/// Who the proxy says it is, in `_meta` of its 2026-07-28 results.
+pub(super) fn server_info() -> Value {
+    json!({ "name": "portcullis", "version": env!("CARGO_PKG_VERSION") })
+}
+
+/// A stateless request's envelope, checked: well formed, and of the
+/// version the proxy speaks statelessly.
+pub fn checked_envelope(message: &Value) -> Result<Envelope, Failure> {
+    let envelope = protocol::envelope(message).map_err(Failure::Envelope)?;
+    version_spoken(&envelope)?;
+    Ok(envelope)
+}
+
+/// Whether the envelope's version is the stateless one the proxy speaks
+/// (`-32022`, listing those it does, if not).
+pub fn version_spoken(envelope: &Envelope) -> Result<(), Failure> {
+    if envelope.version == protocol::MODERN_VERSION {
+        return Ok(());
+    }
+    Err(Failure::UnsupportedVersion(
+        protocol::cut(&envelope.version, 64).to_owned(),
+    ))
+}
+
+/// A reply to a 2026-07-28 request of `method`, framed as that revision
+/// requires: a result says it is complete (a server of an earlier revision
+/// never says so), and a cacheable one is private to the client, its own
+/// `ttlMs` kept when it is a valid one (else `0`); the result names the
+/// proxy as its server.
+pub(super) fn frame_reply(method: &str, mut reply: Value) -> Value {
+    let Some(result) = reply.get_mut("result").and_then(Value::as_object_mut) else {
+        return reply;
+    };
+    result
+        .entry("resultType")
+        .or_insert_with(|| Value::from("complete"));
+    let complete = result.get("resultType").and_then(Value::as_str) == Some("complete");
+    if complete && protocol::CACHEABLE.contains(&method) {
+        let ttl = result
+            .get("ttlMs")
+            .and_then(Value::as_u64)
+            .unwrap_or_default();
+        result.insert("ttlMs".into(), Value::from(ttl));
+        result.insert("cacheScope".into(), Value::from("private"));
+    }
+    let meta = result
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(meta) = meta.as_object_mut() {
+        meta.insert(meta::SERVER_INFO.into(), server_info());
+    }
+    reply
+}
+
+/// Takes out of a request's `params._meta` what the revision defines for
+/// the hop between client and proxy (version, capabilities, client info,
+/// log level): a server is sent the request as a client of its own
+/// revision would send it. An emptied `_meta` goes too.
+pub(super) fn strip_envelope(request: &mut Value) {
+    let Some(params) = request.get_mut("params").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let Some(found) = params.get_mut("_meta").and_then(Value::as_object_mut) else {
+        return;
+    };
+    found.retain(|key, _| !key.starts_with(meta::PREFIX));
+    if found.is_empty() {
+        params.remove("_meta");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(meta: Value) -> Value {
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": { "_meta": meta } })
+    }
+
+    #[test]
+    fn an_envelope_needs_its_version_and_capabilities_and_the_version_spoken() {
+        let good = request(json!({ meta::PROTOCOL_VERSION: "2026-07-28",
+            meta::CLIENT_CAPABILITIES: {}, meta::LOG_LEVEL: "warning" }));
+        let envelope = checked_envelope(&good).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(envelope.log_level, Some(protocol::LogLevel::Warning));
+        for bad in [
+            request(json!({ meta::PROTOCOL_VERSION: "2026-07-28" })),
+            request(json!({ meta::CLIENT_CAPABILITIES: {} })),
+            request(json!({ meta::PROTOCOL_VERSION: 2026, meta::CLIENT_CAPABILITIES: {} })),
+            json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" }),
+        ] {
+            let refused = checked_envelope(&bad).err();
+            assert_eq!(
+                refused.map(|f| f.code()),
+                Some(protocol::code::INVALID_PARAMS),
+                "{bad}"
+            );
+        }
+        let bad_level = request(json!({ meta::PROTOCOL_VERSION: "2026-07-28",
+            meta::CLIENT_CAPABILITIES: {}, meta::LOG_LEVEL: "loud" }));
+        assert!(checked_envelope(&bad_level).is_err());
+        let old = request(json!({ meta::PROTOCOL_VERSION: "2099-01-01",
+            meta::CLIENT_CAPABILITIES: {} }));
+        let Err(refused) = checked_envelope(&old) else {
+            panic!("an unknown version is refused");
+        };
+        let response = refused.to_response(json!(1));
+        assert_eq!(
+            response["error"]["code"],
+            protocol::code::UNSUPPORTED_PROTOCOL_VERSION
+        );
+        assert_eq!(response["error"]["data"]["requested"], "2099-01-01");
+        assert_eq!(
+            response["error"]["data"]["supported"],
+            json!(protocol::ALL_VERSIONS)
+        );
+    }
+
+    #[test]
+    fn results_are_framed_complete_private_and_named() {
+        let list = frame_reply(
+            "tools/list",
+            json!({ "jsonrpc": "2.0", "id": 1, "result": { "tools": [] } }),
+        );
+        assert_eq!(list["result"]["resultType"], "complete");
+        assert_eq!(list["result"]["ttlMs"], 0);
+        assert_eq!(list["result"]["cacheScope"], "private");
+        assert_eq!(
+            list["result"]["_meta"][meta::SERVER_INFO]["name"],
+            "portcullis"
+        );
+        // A server's public hint is made private; its valid TTL is kept.
+        let read = frame_reply(
+            "resources/read",
+            json!({ "jsonrpc": "2.0", "id": 2, "result": { "contents": [],
+                "ttlMs": 5000, "cacheScope": "public", "_meta": { "x": 1 } } }),
+        );
+        assert_eq!(read["result"]["ttlMs"], 5000);
+        assert_eq!(read["result"]["cacheScope"], "private");
+        assert_eq!(read["result"]["_meta"]["x"], 1);
+        let negative = frame_reply(
+            "resources/read",
+            json!({ "jsonrpc": "2.0", "id": 2, "result": { "contents": [], "ttlMs": -5 } }),
+        );
+        assert_eq!(negative["result"]["ttlMs"], 0);
+        // A call is not cacheable; an error is left as it is.
+        let call = frame_reply(
+            "tools/call",
+            json!({ "jsonrpc": "2.0", "id": 3, "result": { "content": [] } }),
+        );
+        assert_eq!(call["result"]["resultType"], "complete");
+        assert!(call["result"].get("ttlMs").is_none());
+        let error =
+            json!({ "jsonrpc": "2.0", "id": 4, "error": { "code": -32602, "message": "x" } });
+        assert_eq!(frame_reply("tools/list", error.clone()), error);
+    }
+
+    #[test]
+    fn a_server_is_sent_no_part_of_the_clients_envelope() {
+        let mut call = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": { "name": "x", "_meta": { meta::PROTOCOL_VERSION: "2026-07-28",
+                meta::CLIENT_CAPABILITIES: {}, meta::CLIENT_INFO: { "name": "c" },
+                "progressToken": 7, "traceparent": "00-ab-cd-01" } } });
+        strip_envelope(&mut call);
+        assert_eq!(
+            call["params"]["_meta"],
+            json!({ "progressToken": 7, "traceparent": "00-ab-cd-01" })
+        );
+        let mut bare = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list",
+            "params": { "_meta": { meta::PROTOCOL_VERSION: "2026-07-28",
+                meta::CLIENT_CAPABILITIES: {} } } });
+        strip_envelope(&mut bare);
+        assert_eq!(bare["params"], json!({}));
+    }
+}
