@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{AUDITOR_TOKEN, TOKEN, TestProxy};
+use common::{AUDITOR_TOKEN, OTHER_TOKEN, TOKEN, TestProxy};
 use serde_json::{Value, json};
 
 const VERSION: &str = "2026-07-28";
@@ -21,6 +21,8 @@ const POLICIES: &str = r#"
 @id("all") permit (principal, action, resource);
 @id("no-add")
 forbid (principal, action in [Action::"call_tool", Action::"list_tools"], resource == Tool::"example__add");
+@id("other-not-example")
+forbid (principal == Client::"other", action, resource in Server::"example");
 "#;
 
 /// A GitHub token (the redaction rules know its shape).
@@ -101,8 +103,15 @@ async fn requests_without_a_session_are_enforced_framed_and_recorded() {
     );
     assert_eq!(result["resultType"], "complete");
     assert_eq!(result["cacheScope"], "private", "{result}");
-    // No list-change notices nor subscriptions without a listen stream.
-    assert_eq!(result["capabilities"]["tools"], json!({}), "{result}");
+    // List changes and resource updates, on a listen stream.
+    assert_eq!(
+        result["capabilities"]["tools"]["listChanged"], true,
+        "{result}"
+    );
+    assert_eq!(
+        result["capabilities"]["resources"]["subscribe"], true,
+        "{result}"
+    );
 
     // The list is this client's: a tool Cedar forbids is not in it.
     let (status, list) = send(url, request(2, "tools/list", json!({}))).await;
@@ -219,6 +228,21 @@ async fn headers_that_do_not_say_what_the_body_says_are_refused_before_any_work(
             replace(&add, "mcp-name", Some("=?base64?ZXhhbXBsZV9fZWNobw==?=")),
         ),
         (
+            // Two names: a router between may read the other one.
+            "a name sent twice",
+            &echo,
+            {
+                let mut headers = headers_of(&echo);
+                headers.push(("mcp-name", "example__add".to_owned()));
+                headers
+            },
+        ),
+        ("a version sent twice", &echo, {
+            let mut headers = headers_of(&echo);
+            headers.push(("mcp-protocol-version", "2025-11-25".to_owned()));
+            headers
+        }),
+        (
             "raw UTF-8 where the revision wants base64",
             &echo,
             replace(&echo, "mcp-name", Some("exämple__echo")),
@@ -278,6 +302,23 @@ async fn unknown_versions_removed_methods_and_missing_envelopes_get_clear_refusa
         (400, &json!(-32602)),
         "{reply}"
     );
+
+    // A method the proxy does not know is 404; a server's own unknown-
+    // method error to a method the proxy serves is a JSON-RPC error (200).
+    let (status, reply) = send(url, request(7, "frobnicate/now", json!({}))).await;
+    assert_eq!(
+        (status, &reply["error"]["code"]),
+        (404, &json!(-32601)),
+        "{reply}"
+    );
+    let complete = request(
+        8,
+        "completion/complete",
+        json!({ "ref": { "type": "ref/prompt", "name": "example__greet" },
+            "argument": { "name": "name", "value": "A" } }),
+    );
+    let (status, reply) = send(url, complete).await;
+    assert_eq!(status, 200, "{reply}");
 
     // What the revision removed is an unknown method: 404.
     for (id, method) in [(3, "ping"), (4, "logging/setLevel"), (5, "initialize")] {
@@ -369,6 +410,22 @@ async fn a_stdio_connection_keeps_the_revision_its_first_request_spoke() {
     // A 2026-07-28 connection: no handshake; `initialize` later is refused
     // with the one version it serves.
     let mut client = proxy.raw_stdio().await;
+    // A notification before any request decides nothing.
+    client
+        .send(
+            json!({ "jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": { "requestId": 99 } }),
+        )
+        .await;
+    let discover = client
+        .call_raw(request(10, "server/discover", json!({})))
+        .await;
+    // This connection now speaks 2026-07-28 and nothing else.
+    assert_eq!(
+        discover["result"]["supportedVersions"],
+        json!([VERSION]),
+        "{discover}"
+    );
     let list = client.call_raw(request(1, "tools/list", json!({}))).await;
     assert_eq!(list["result"]["resultType"], "complete", "{list}");
     assert!(!names(&list).contains(&"example__add".to_owned()));
@@ -400,6 +457,8 @@ async fn a_stdio_connection_keeps_the_revision_its_first_request_spoke() {
     assert_eq!(refused["error"]["code"], -32600, "{refused}");
     let list = client.call(6, "tools/list", json!({})).await;
     assert!(list["result"].get("resultType").is_none(), "{list}");
+    let discover = client.call(7, "server/discover", json!({})).await;
+    assert_eq!(discover["error"]["code"], -32601, "{discover}");
     client.finish().await;
 }
 
@@ -486,4 +545,178 @@ async fn rmcp_client_at_latest_over_stdio() {
         .spawn()
         .expect("spawn portcullis stdio");
     rmcp_at_latest(transport).await;
+}
+
+/// A listen stream over rmcp at LATEST: what it was granted, then the list
+/// changes and resource updates it asked for, tagged with its id, and
+/// nothing it did not ask for.
+async fn listen_through<T, E, A>(transport: T)
+where
+    T: rmcp::transport::IntoTransport<rmcp::RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use rmcp::model::{
+        CallToolRequestParams, ProtocolVersion, ServerNotification, SubscriptionFilter,
+    };
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::LATEST],
+    };
+    let client = ().serve_with_lifecycle(transport, lifecycle).await.expect("connect");
+    let filter = SubscriptionFilter::builder()
+        .tools_list_changed()
+        .resource_subscription("example://greeting")
+        // No server lists it: not granted.
+        .resource_subscription("example://nowhere")
+        .build();
+    let mut subscription = client.listen(filter).await.expect("subscriptions/listen");
+    let granted = subscription.acknowledged().clone();
+    assert_eq!(granted.tools_list_changed, Some(true));
+    assert_eq!(granted.prompts_list_changed, None);
+    assert_eq!(
+        granted.resource_subscriptions,
+        Some(vec!["example://greeting".to_owned()])
+    );
+    let call = |name: &str, arguments: Value| {
+        CallToolRequestParams::new(name.to_owned())
+            .with_arguments(arguments.as_object().unwrap().clone())
+    };
+    // Not asked for: never on the stream. Asked for: on it.
+    client
+        .call_tool(call(
+            "example__touch",
+            json!({ "uri": "example://items/1" }),
+        ))
+        .await
+        .expect("touch an item");
+    client
+        .call_tool(call(
+            "example__touch",
+            json!({ "uri": "example://greeting" }),
+        ))
+        .await
+        .expect("touch the greeting");
+    let next = tokio::time::timeout(Duration::from_secs(20), subscription.next())
+        .await
+        .expect("an update in time")
+        .expect("the stream is up")
+        .expect("a notification");
+    let ServerNotification::ResourceUpdatedNotification(updated) = next else {
+        panic!("expected resources/updated, got {next:?}");
+    };
+    assert_eq!(updated.params.uri, "example://greeting");
+    client
+        .call_tool(call("example__add_tool", json!({ "name": "fresh" })))
+        .await
+        .expect("add a tool");
+    let next = tokio::time::timeout(Duration::from_secs(20), subscription.next())
+        .await
+        .expect("a list change in time")
+        .expect("the stream is up")
+        .expect("a notification");
+    assert!(
+        matches!(next, ServerNotification::ToolListChangedNotification(_)),
+        "{next:?}"
+    );
+    subscription.cancel().await.expect("end the stream");
+    client.cancel().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_listen_over_http_carries_what_was_granted() {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let proxy = proxy();
+    let served = proxy.serve_http().await;
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(served.url.clone()).auth_header(TOKEN),
+    );
+    listen_through(transport).await;
+    // The subscription was recorded as the client's own, and ended with
+    // the stream.
+    let records = common::admin_records(&served.base, "kind=exchange", AUDITOR_TOKEN).await;
+    let subscribed = records
+        .iter()
+        .find(|r| r["method"] == "resources/subscribe" && r["target"] == "example://greeting")
+        .unwrap_or_else(|| panic!("the subscription is recorded: {records:?}"));
+    assert_eq!(subscribed["client"], "tester");
+    assert_eq!(subscribed["decision"], "allow");
+    assert_eq!(subscribed["protocol"], VERSION);
+    served.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_listen_over_stdio_carries_what_was_granted() {
+    use rmcp::transport::TokioChildProcess;
+    let proxy = proxy();
+    let (transport, _) = TokioChildProcess::builder(proxy.stdio_command())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn portcullis stdio");
+    listen_through(transport).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listen_stream_hears_nothing_of_a_server_its_client_may_not_use() {
+    use rmcp::model::{
+        CallToolRequestParams, ProtocolVersion, ServerNotification, SubscriptionFilter,
+    };
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let proxy = proxy();
+    let served = proxy.serve_http().await;
+    let connect = |token: &str| {
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(served.url.clone()).auth_header(token),
+        );
+        let lifecycle = ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::LATEST],
+        };
+        ().serve_with_lifecycle(transport, lifecycle)
+    };
+    let tester = connect(TOKEN).await.expect("tester connects");
+    let other = connect(OTHER_TOKEN).await.expect("other connects");
+    // `other` asks for the greeting's updates: Cedar refuses the
+    // subscription, so the stream is not granted it.
+    let filter = SubscriptionFilter::builder()
+        .tools_list_changed()
+        .resource_subscription("example://greeting")
+        .build();
+    let mut listening = other.listen(filter).await.expect("other listens");
+    assert_eq!(listening.acknowledged().tools_list_changed, Some(true));
+    assert_eq!(listening.acknowledged().resource_subscriptions, None);
+    let call = |name: &str, arguments: Value| {
+        CallToolRequestParams::new(name.to_owned())
+            .with_arguments(arguments.as_object().unwrap().clone())
+    };
+    // The greeting changes, then a list does: `other` hears only the list.
+    tester
+        .call_tool(call(
+            "example__touch",
+            json!({ "uri": "example://greeting" }),
+        ))
+        .await
+        .expect("touch");
+    tester
+        .call_tool(call("example__add_tool", json!({ "name": "late" })))
+        .await
+        .expect("add a tool");
+    let next = tokio::time::timeout(Duration::from_secs(20), listening.next())
+        .await
+        .expect("a notification in time")
+        .expect("the stream is up")
+        .expect("a notification");
+    assert!(
+        matches!(next, ServerNotification::ToolListChangedNotification(_)),
+        "other heard {next:?}"
+    );
+    let records = common::admin_records(&served.base, "kind=exchange", AUDITOR_TOKEN).await;
+    let refused = records
+        .iter()
+        .find(|r| r["method"] == "resources/subscribe" && r["client"] == "other")
+        .unwrap_or_else(|| panic!("the refused subscription is recorded: {records:?}"));
+    assert_eq!(refused["decision"], "deny");
+    listening.cancel().await.expect("end the stream");
+    served.terminate().await;
 }

@@ -58,16 +58,20 @@ fn handshake_headers_match(headers: &HeaderMap, incoming: &Incoming) -> Result<(
 
 /// Whether a POST is a 2026-07-28 request: its `MCP-Protocol-Version`
 /// header names that revision, or (with a header of no revision the proxy
-/// knows, or none) its body carries that revision's envelope and it is not
-/// the handshake's `initialize`. A handshake revision's header keeps a
-/// request on the session path, whatever its body says.
+/// knows, or none, and no session named) its body carries an envelope and
+/// it is not the handshake's `initialize` (a future revision's envelope is
+/// then refused with the versions the proxy speaks). A handshake
+/// revision's header, or a session's id, keeps a request on the session
+/// path, whatever its body says.
 fn is_modern(headers: &HeaderMap, incoming: &Incoming) -> bool {
     let header = headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok());
     if header.is_some_and(|v| protocol::SUPPORTED_VERSIONS.contains(&v)) {
         return false;
     }
     header == Some(protocol::MODERN_VERSION)
-        || (protocol::envelope_version(&incoming.message).is_some() && !incoming.is_initialize())
+        || (protocol::envelope_version(&incoming.message).is_some()
+            && !incoming.is_initialize()
+            && !headers.contains_key(SESSION_HEADER))
 }
 
 /// A new session for an `initialize` without a session id, if the caps

@@ -26,9 +26,9 @@ use super::messages::{
     answer_in_stream, rpc_error,
 };
 use super::sessions::{CLIENT_IN_FLIGHT, HttpOutlet};
-use super::state::HttpState;
+use super::state::{HttpState, plain_error};
 use crate::chain::{ClientIdentity, Transport};
-use crate::gateway::{Failure, Gateway, Session, checked_envelope};
+use crate::gateway::{Failure, Gateway, Session, version_spoken};
 use crate::protocol::{self, IdKey, Kind, code};
 
 /// Ends a request's session when dropped: when its answer was sent, or
@@ -45,9 +45,9 @@ impl Drop for Hangup {
     }
 }
 
-/// A 2026-07-28 reply's HTTP status: an unknown method is 404, anything
-/// else (a result, or an error the JSON-RPC body carries) 200.
-fn status_of(reply: &Value) -> StatusCode {
+/// A 2026-07-28 reply's HTTP status when the request's method is one the
+/// proxy does not know: its unknown-method error is 404.
+fn unknown_method(reply: &Value) -> StatusCode {
     if reply["error"]["code"].as_i64() == Some(code::METHOD_NOT_FOUND) {
         StatusCode::NOT_FOUND
     } else {
@@ -55,15 +55,28 @@ fn status_of(reply: &Value) -> StatusCode {
     }
 }
 
-/// One header's value as text; `None` when absent.
+/// A reply's HTTP status for a method the proxy serves: 200, whatever the
+/// JSON-RPC body says (a server's own unknown-method error included).
+fn known_method(_reply: &Value) -> StatusCode {
+    StatusCode::OK
+}
+
+/// One header's value as text; `None` when absent. A header sent twice is
+/// refused: something between client and proxy may read the other one.
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Failure> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .map(Some)
-            .map_err(|_| Failure::HeaderMismatch(format!("the {name} header is not text"))),
-    }
+    let mut values = headers.get_all(name).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return match headers.contains_key(name) {
+            true => Err(Failure::HeaderMismatch(format!(
+                "the {name} header is sent twice"
+            ))),
+            false => Ok(None),
+        };
+    };
+    value
+        .to_str()
+        .map(Some)
+        .map_err(|_| Failure::HeaderMismatch(format!("the {name} header is not text")))
 }
 
 /// The headers say what the body says: `MCP-Protocol-Version` (required)
@@ -97,9 +110,11 @@ fn headers_match(headers: &HeaderMap, incoming: &Incoming, version: &str) -> Res
         // The body names nothing: the gateway refuses it as it is.
         return Ok(());
     };
-    match headers.get(NAME_HEADER) {
-        None => mismatch("the Mcp-Name header is required for this method"),
-        Some(sent) => match protocol::decode_header_value(sent.as_bytes()) {
+    let mut sent = headers.get_all(NAME_HEADER).iter();
+    match (sent.next(), sent.next()) {
+        (None, _) => mismatch("the Mcp-Name header is required for this method"),
+        (Some(_), Some(_)) => mismatch("the Mcp-Name header is sent twice"),
+        (Some(sent), None) => match protocol::decode_header_value(sent.as_bytes()) {
             Some(sent) if sent == name => Ok(()),
             Some(_) => mismatch("the Mcp-Name header does not match the name in the body"),
             None => mismatch("the Mcp-Name header is neither plain text nor =?base64?…?="),
@@ -119,14 +134,17 @@ pub(super) async fn post(
     match incoming.kind {
         Some(Kind::Request) => {}
         Some(Kind::Notification) => {
-            if let Err(failure) = header(headers, VERSION_HEADER)
-                .and_then(|version| headers_match(headers, &incoming, version.unwrap_or_default()))
-            {
+            // Of the one version spoken here, said in the header.
+            if let Err(failure) = headers_match(headers, &incoming, protocol::MODERN_VERSION) {
                 return refuse(StatusCode::BAD_REQUEST, failure);
             }
             return StatusCode::ACCEPTED.into_response();
         }
-        _ => return refuse(StatusCode::BAD_REQUEST, Failure::NoBackChannel),
+        // Nothing was asked of the client: there is nothing to answer.
+        Some(Kind::Response | Kind::ErrorResponse) => {
+            return refuse(StatusCode::BAD_REQUEST, Failure::NoBackChannel);
+        }
+        None => return refuse(StatusCode::BAD_REQUEST, Failure::NotJsonRpc),
     }
     let envelope = match protocol::envelope(&incoming.message) {
         Ok(envelope) => envelope,
@@ -135,8 +153,18 @@ pub(super) async fn post(
     if let Err(failure) = headers_match(headers, &incoming, &envelope.version) {
         return refuse(StatusCode::BAD_REQUEST, failure);
     }
-    if let Err(failure) = checked_envelope(&incoming.message) {
+    if let Err(failure) = version_spoken(&envelope) {
         return refuse(StatusCode::BAD_REQUEST, failure);
+    }
+    // A listen stream is a stream: a client that takes only JSON would wait
+    // for an answer that comes at shutdown.
+    if incoming.method.as_deref() == Some("subscriptions/listen")
+        && !accepts(headers, "text/event-stream")
+    {
+        return plain_error(
+            StatusCode::NOT_ACCEPTABLE,
+            "subscriptions/listen answers on an SSE stream: send `Accept: text/event-stream`",
+        );
     }
     let Ok(place) = state.stateless_places.of(&client.name).try_acquire_owned() else {
         return refuse(
@@ -157,6 +185,11 @@ pub(super) async fn post(
         session: session.clone(),
     };
     let gateway = state.gateway.clone();
+    let known = incoming
+        .method
+        .as_deref()
+        .is_some_and(|method| protocol::MODERN_METHODS.contains(&method));
+    let status_of = if known { known_method } else { unknown_method };
     match incoming.message.get("id").and_then(IdKey::from_value) {
         Some(id) if accepts(headers, "text/event-stream") => {
             let parts = (session, outlet);

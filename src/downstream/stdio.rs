@@ -246,13 +246,13 @@ impl Connection {
                 }
                 Some(self.relay(session.clone(), message))
             }
-            // Before any request (a notification, a stray response): a
-            // handshake session hears it, as before there were two eras.
-            Era::Undecided => {
-                let session = self.handshake_session();
-                self.era = Era::Handshake(session.clone());
-                Some(self.relay(session, message))
-            }
+            // Before any request: a notification or a stray response is
+            // for no session yet (the handshake's own `initialized` comes
+            // after `initialize`); anything else is not a message.
+            Era::Undecided => match protocol::classify(&message) {
+                None => Some(self.refusal(&message, Failure::NotJsonRpc)),
+                Some(_) => None,
+            },
         }
     }
 
@@ -277,7 +277,7 @@ impl Connection {
     }
 
     fn refusal(&self, message: &Value, failure: Failure) -> Work {
-        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        let id = crate::gateway::reply_id(message);
         let lines = self.lines.clone();
         Box::pin(async move {
             let _ = lines
@@ -323,7 +323,7 @@ impl Connection {
             Err(failure) => return Some(self.refusal(&message, failure)),
         };
         let Some(id) = message.get("id").and_then(IdKey::from_value) else {
-            return Some(self.refusal(&message, Failure::DuplicateId));
+            return Some(self.refusal(&message, Failure::NotJsonRpc));
         };
         let session = self.gateway.open_stateless(
             Arc::from(uuid::Uuid::new_v4().to_string()),
@@ -345,7 +345,17 @@ impl Connection {
         let lines = self.lines.clone();
         Some(Box::pin(async move {
             let reply = gateway.handle(&session, message).await;
-            in_flight(&calls).remove(&id);
+            {
+                // Only its own entry: a cancelled request's id may be
+                // reused by a later one while this one winds down.
+                let mut running = in_flight(&calls);
+                if running
+                    .get(&id)
+                    .is_some_and(|found| Arc::ptr_eq(found, &session))
+                {
+                    running.remove(&id);
+                }
+            }
             gateway.close_stateless(&session);
             if let Some(reply) = reply {
                 let _ = lines.send(protocol::encode_line(&reply)).await;

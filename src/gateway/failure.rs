@@ -90,6 +90,11 @@ pub enum Failure {
         "the client speaks 2026-07-28, which has no requests from server to client; the request is refused"
     )]
     NoBackChannel,
+    /// A server's result to a 2026-07-28 client said it was not complete.
+    #[error(
+        "the server answered with resultType `{0}`, which a server of the handshake revisions cannot send: refused"
+    )]
+    ServerResultType(String),
 
     // -- at the HTTP transport, before the gateway sees the message --------
     #[error("the Mcp-Method header does not match the message's method")]
@@ -105,7 +110,9 @@ pub enum Failure {
     #[error("this client has too many sessions open; end one (DELETE) or wait for one to expire")]
     TooManySessionsOfClient,
     /// A session's places for requests in the works (how many) are taken.
-    #[error("this session has {0} requests in the works; send more when some are answered")]
+    #[error(
+        "{0} requests of this session (or, for 2026-07-28 requests, of this client) are in the works; send more when some are answered"
+    )]
     TooManyInFlight(usize),
 
     // -- toward a server, for its own requests -----------------------------
@@ -151,6 +158,7 @@ impl Failure {
             Self::HeaderMismatch(_) => code::HEADER_MISMATCH,
             Self::ModernOnHandshake => code::INVALID_REQUEST,
             Self::NoBackChannel => code::CLIENT_UNAVAILABLE,
+            Self::ServerResultType(_) => code::INTERNAL_ERROR,
             Self::TooManyInFlight(_) => code::RATE_LIMITED,
             Self::MethodNotFound(_) | Self::ClientLacks(_) => code::METHOD_NOT_FOUND,
             Self::InvalidParams(_) | Self::Unknown { .. } | Self::UriTooLong => {

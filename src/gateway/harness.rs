@@ -222,6 +222,28 @@ impl Harness {
         (session, receiver)
     }
 
+    /// The session of one 2026-07-28 request of `client` over HTTP (no
+    /// handshake); its receiver gets what that request's stream would.
+    pub(super) fn stateless_session(
+        &self,
+        client: &str,
+    ) -> (Arc<Session>, mpsc::UnboundedReceiver<Value>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let envelope = protocol::Envelope {
+            version: protocol::MODERN_VERSION.to_owned(),
+            capabilities: serde_json::Map::new(),
+            log_level: None,
+        };
+        let session = self.gateway.open_stateless(
+            format!("request-of-{client}").into(),
+            ClientIdentity::new(client, &[]),
+            Transport::Http,
+            Arc::new(Inbox(sender)),
+            &envelope,
+        );
+        (session, receiver)
+    }
+
     /// Every record committed so far (after the background ones landed).
     pub(super) async fn records(&self) -> Vec<AuditRecord> {
         self.gateway.event_records.close();

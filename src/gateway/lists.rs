@@ -174,7 +174,8 @@ impl Gateway {
     /// a server's list, or what the proxy lets through (pins approved).
     pub fn announce(&self, kind: ListKind) {
         let message = protocol::notification(kind.notification(), json!({}));
-        for session in self.initialized_sessions() {
+        let listeners = self.listeners();
+        for session in self.initialized_sessions().into_iter().chain(listeners) {
             self.notify(&session, None, message.clone(), None, None);
         }
     }

@@ -42,8 +42,13 @@ impl Gateway {
         let result = match method {
             "initialize" => self.initialize(session, message)?,
             "server/discover" => json!({
-                "supportedVersions": protocol::ALL_VERSIONS,
-                "capabilities": self.stateless_capabilities(),
+                // A stdio connection that speaks 2026-07-28 speaks nothing
+                // else; over HTTP each request may pick its revision.
+                "supportedVersions": match session.transport {
+                    crate::chain::Transport::Stdio => &[protocol::MODERN_VERSION][..],
+                    _ => protocol::ALL_VERSIONS,
+                },
+                "capabilities": self.capabilities(),
                 "instructions": self.instructions(),
                 "_meta": { protocol::meta::SERVER_INFO: super::modern::server_info() },
             }),
@@ -220,18 +225,6 @@ impl Gateway {
             capabilities.insert("completions".into(), json!({}));
         }
         Value::Object(capabilities)
-    }
-
-    /// What the proxy offers a 2026-07-28 client: its capabilities
-    /// without what comes with sessions (list-changed notices and resource
-    /// subscriptions, which that revision carries on a listen stream the
-    /// proxy does not offer yet).
-    fn stateless_capabilities(&self) -> Value {
-        let mut capabilities = self.capabilities();
-        for kind in ["tools", "prompts", "resources"] {
-            capabilities[kind] = json!({});
-        }
-        capabilities
     }
 
     pub(super) fn instructions(&self) -> String {

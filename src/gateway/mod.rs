@@ -11,9 +11,12 @@ mod failure;
 mod harness;
 mod in_flight;
 mod instances;
+mod listen;
 mod lists;
 mod local;
 mod modern;
+#[cfg(test)]
+mod modern_tests;
 mod notifications;
 mod record;
 #[cfg(test)]
@@ -29,6 +32,7 @@ mod tests;
 pub use catalog::{Catalog, ListKind, ServerLists};
 pub use failure::Failure;
 pub use modern::{checked_envelope, version_spoken};
+pub use route::reply_id;
 pub use session::{Outlet, Session};
 pub use telemetry::{observe, root_of};
 
@@ -50,7 +54,6 @@ use crate::traces::{Export, Tracer};
 use crate::upstream::{Status, Upstream, UpstreamEvent};
 
 use notifications::NoticeWindow;
-use route::reply_id;
 
 pub struct Gateway {
     config: Arc<Config>,
@@ -402,8 +405,9 @@ impl Gateway {
         session
     }
 
-    /// Opens the session of one 2026-07-28 request (its envelope says who
-    /// the client is this time): registered while the request runs, so the
+    /// Opens the session of one 2026-07-28 request (its envelope gives the
+    /// version, capabilities and log level; who the client is comes from
+    /// its credential, as ever): registered while the request runs, so the
     /// server's answers and notifications for it find their way back, and
     /// closed by [`Gateway::close_stateless`] when it is answered. It is
     /// no session of the client's: nothing is recorded of its opening or
@@ -428,12 +432,20 @@ impl Gateway {
     }
 
     /// Ends the session of a 2026-07-28 request: a call of it still at a
-    /// server is cancelled (the client went away).
+    /// server is cancelled (the client went away), and what a listen
+    /// request subscribed to is given up.
     pub fn close_stateless(&self, session: &Session) {
         if let Ok(mut sessions) = self.sessions.write() {
             sessions.remove(&session.key);
         }
         session.close();
+        if session.listen_asked.load(Ordering::Relaxed) {
+            lock(&self.subscriptions).retain(|_, subscribers| {
+                subscribers.remove(&session.key);
+                !subscribers.is_empty()
+            });
+            self.update_holds();
+        }
     }
 
     pub fn session_count(&self) -> usize {
@@ -467,6 +479,20 @@ impl Gateway {
 
     fn session(&self, key: u64) -> Option<Arc<Session>> {
         self.sessions.read().ok().and_then(|s| s.get(&key).cloned())
+    }
+
+    /// The 2026-07-28 listen streams that have been acknowledged: what the
+    /// proxy announces of its lists reaches them too.
+    fn listeners(&self) -> Vec<Arc<Session>> {
+        self.sessions
+            .read()
+            .map(|s| {
+                s.values()
+                    .filter(|s| s.listen.get().is_some())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The sessions that did the handshake: those what is announced to

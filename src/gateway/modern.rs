@@ -39,33 +39,59 @@ pub fn version_spoken(envelope: &Envelope) -> Result<(), Failure> {
     ))
 }
 
+/// A server's result for a 2026-07-28 client, checked: the servers behind
+/// the proxy speak a handshake revision, whose results are complete. One
+/// that says otherwise (`input_required`: a question the client would answer
+/// by retrying, around every check the proxy makes of a server's requests)
+/// is refused.
+pub(super) fn checked_result(reply: Value) -> Result<Value, Failure> {
+    match reply.pointer("/result/resultType") {
+        None => Ok(reply),
+        Some(Value::String(kind)) if kind == "complete" => Ok(reply),
+        Some(other) => {
+            let shown = match other {
+                Value::String(kind) => protocol::cut(kind, 64).to_owned(),
+                _ => "(not a string)".to_owned(),
+            };
+            Err(Failure::ServerResultType(shown))
+        }
+    }
+}
+
 /// A reply to a 2026-07-28 request of `method`, framed as that revision
-/// requires: a result says it is complete (a server of an earlier revision
-/// never says so), and a cacheable one is private to the client, its own
-/// `ttlMs` kept when it is a valid one (else `0`); the result names the
-/// proxy as its server.
+/// requires, whatever the server put there: the result is complete
+/// (checked before: [`checked_result`]), a cacheable one is private to the
+/// client and stale at once (`ttlMs: 0`: what a client may see changes
+/// with a policy reload), any other carries no cache hint; its `_meta`
+/// keeps the server's own keys but none of the protocol's, and names the
+/// proxy as its server (a listen result keeps its subscription id, the
+/// proxy's own).
 pub(super) fn frame_reply(method: &str, mut reply: Value) -> Value {
     let Some(result) = reply.get_mut("result").and_then(Value::as_object_mut) else {
         return reply;
     };
-    result
-        .entry("resultType")
-        .or_insert_with(|| Value::from("complete"));
-    let complete = result.get("resultType").and_then(Value::as_str) == Some("complete");
-    if complete && protocol::CACHEABLE.contains(&method) {
-        let ttl = result
-            .get("ttlMs")
-            .and_then(Value::as_u64)
-            .unwrap_or_default();
-        result.insert("ttlMs".into(), Value::from(ttl));
+    result.insert("resultType".into(), Value::from("complete"));
+    for key in ["inputRequests", "requestState", "ttlMs", "cacheScope"] {
+        result.remove(key);
+    }
+    if protocol::CACHEABLE.contains(&method) {
+        result.insert("ttlMs".into(), Value::from(0));
         result.insert("cacheScope".into(), Value::from("private"));
     }
-    let meta = result
-        .entry("_meta")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Some(meta) = meta.as_object_mut() {
-        meta.insert(meta::SERVER_INFO.into(), server_info());
+    let mut found = match result.remove("_meta") {
+        Some(Value::Object(found)) => found,
+        _ => Map::new(),
+    };
+    let subscription = match method {
+        "subscriptions/listen" => found.get(meta::SUBSCRIPTION_ID).cloned(),
+        _ => None,
+    };
+    found.retain(|key, _| !key.starts_with(meta::PREFIX));
+    if let Some(subscription) = subscription {
+        found.insert(meta::SUBSCRIPTION_ID.into(), subscription);
     }
+    found.insert(meta::SERVER_INFO.into(), server_info());
+    result.insert("_meta".into(), Value::Object(found));
     reply
 }
 
@@ -134,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn results_are_framed_complete_private_and_named() {
+    fn results_are_framed_complete_private_and_named_whatever_the_server_says() {
         let list = frame_reply(
             "tools/list",
             json!({ "jsonrpc": "2.0", "id": 1, "result": { "tools": [] } }),
@@ -146,30 +172,56 @@ mod tests {
             list["result"]["_meta"][meta::SERVER_INFO]["name"],
             "portcullis"
         );
-        // A server's public hint is made private; its valid TTL is kept.
+        // A server's public, long-lived hint is made private and stale; its
+        // own `_meta` keys stay, the protocol's go (the proxy names itself).
         let read = frame_reply(
             "resources/read",
             json!({ "jsonrpc": "2.0", "id": 2, "result": { "contents": [],
-                "ttlMs": 5000, "cacheScope": "public", "_meta": { "x": 1 } } }),
+                "ttlMs": u64::MAX, "cacheScope": "public", "_meta": { "x": 1,
+                    meta::SERVER_INFO: { "name": "impostor" },
+                    meta::SUBSCRIPTION_ID: 9 } } }),
         );
-        assert_eq!(read["result"]["ttlMs"], 5000);
+        assert_eq!(read["result"]["ttlMs"], 0);
         assert_eq!(read["result"]["cacheScope"], "private");
         assert_eq!(read["result"]["_meta"]["x"], 1);
-        let negative = frame_reply(
-            "resources/read",
-            json!({ "jsonrpc": "2.0", "id": 2, "result": { "contents": [], "ttlMs": -5 } }),
+        assert_eq!(
+            read["result"]["_meta"][meta::SERVER_INFO]["name"],
+            "portcullis"
         );
-        assert_eq!(negative["result"]["ttlMs"], 0);
-        // A call is not cacheable; an error is left as it is.
+        assert!(read["result"]["_meta"].get(meta::SUBSCRIPTION_ID).is_none());
+        // A call is not cacheable: a server's hints go; a `_meta` that is
+        // not an object is replaced.
         let call = frame_reply(
             "tools/call",
-            json!({ "jsonrpc": "2.0", "id": 3, "result": { "content": [] } }),
+            json!({ "jsonrpc": "2.0", "id": 3, "result": { "content": [],
+                "ttlMs": 60000, "cacheScope": "public", "_meta": "odd",
+                "inputRequests": {}, "requestState": "x" } }),
         );
         assert_eq!(call["result"]["resultType"], "complete");
-        assert!(call["result"].get("ttlMs").is_none());
+        for gone in ["ttlMs", "cacheScope", "inputRequests", "requestState"] {
+            assert!(call["result"].get(gone).is_none(), "{gone}: {call}");
+        }
+        assert_eq!(
+            call["result"]["_meta"][meta::SERVER_INFO]["name"],
+            "portcullis"
+        );
         let error =
             json!({ "jsonrpc": "2.0", "id": 4, "error": { "code": -32602, "message": "x" } });
         assert_eq!(frame_reply("tools/list", error.clone()), error);
+    }
+
+    #[test]
+    fn a_server_result_that_is_not_complete_is_refused() {
+        let complete = json!({ "jsonrpc": "2.0", "id": 1, "result": { "resultType": "complete" } });
+        assert!(checked_result(complete).is_ok());
+        let plain = json!({ "jsonrpc": "2.0", "id": 1, "result": {} });
+        assert!(checked_result(plain).is_ok());
+        for odd in [json!("input_required"), json!(7)] {
+            let reply = json!({ "jsonrpc": "2.0", "id": 1, "result": { "resultType": odd,
+                "inputRequests": { "a": { "method": "elicitation/create" } } } });
+            let refused = checked_result(reply).err().map(|f| f.code());
+            assert_eq!(refused, Some(protocol::code::INTERNAL_ERROR));
+        }
     }
 
     #[test]

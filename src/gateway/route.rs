@@ -22,6 +22,8 @@ use super::{Catalog, Gateway, Session, lock};
 pub(super) enum Route {
     /// Answered by the proxy itself.
     Local,
+    /// A 2026-07-28 `subscriptions/listen`: runs until the client ends it.
+    Listen,
     /// Sent to a server, with the request's name rewritten to the server's own.
     Server {
         server: usize,
@@ -73,7 +75,7 @@ pub(super) fn propagate(outgoing: &mut Value, traceparent: String) {
 }
 
 /// The id to answer a message with: its own if it has a usable one.
-pub(super) fn reply_id(message: &Value) -> Value {
+pub fn reply_id(message: &Value) -> Value {
     match message.get("id") {
         Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
         _ => Value::Null,
@@ -141,6 +143,12 @@ impl Gateway {
                 self.answer_locally(session, method, &run.exchange.message, &mut listed_from)
                     .await
             }
+            Route::Listen => match self.listen(session, &run.exchange.message, id).await {
+                Ok(Some(reply)) => Ok(reply),
+                // The client ended it: nothing to answer.
+                Ok(None) => return (None, Failure::Cancelled.outcome()),
+                Err(failure) => Err(failure),
+            },
             Route::Server { server, rename } => {
                 match self
                     .relay(session, server, rename, id, &mut run.exchange)
@@ -157,6 +165,10 @@ impl Gateway {
                     }
                 }
             }
+        };
+        let answered = match answered {
+            Ok(reply) if session.stateless => super::modern::checked_result(reply),
+            answered => answered,
         };
         let (reply, outcome) = match answered {
             Ok(reply) => (reply, Outcome::Delivered),
@@ -231,7 +243,15 @@ impl Gateway {
             None => None,
             Some(limit) => {
                 let wait = self.config.servers[server].call_timeout;
-                match limit.enter(&self.names[server], wait).await {
+                // A client that goes away while its call waits here (a
+                // 2026-07-28 client hanging up) gives its place up.
+                let entered = tokio::select! {
+                    entered = limit.enter(&self.names[server], wait) => entered,
+                    () = session.closed.cancelled() => {
+                        return Relayed::Cancelled(Duration::ZERO);
+                    }
+                };
+                match entered {
                     Ok(permit) => Some(permit),
                     Err(refusal) => {
                         exchange.message = outgoing;
@@ -278,10 +298,8 @@ impl Gateway {
         if method != "initialize" && method != "ping" && !session.is_initialized() {
             return Err(Failure::NotInitialized);
         }
-        // The handshake and what came with sessions are gone from
-        // 2026-07-28: unknown methods there.
-        if session.stateless && protocol::REMOVED_IN_MODERN.contains(&method) {
-            return Err(Failure::MethodNotFound(method.to_owned()));
+        if let Some(routed) = Self::revision_route(session, method) {
+            return routed;
         }
         match method {
             "initialize"
@@ -385,6 +403,31 @@ impl Gateway {
     /// A session subscribed to [`MAX_SUBSCRIPTIONS`] resources may
     /// subscribe again only to one of those; a URI longer than
     /// [`MAX_SUBSCRIBED_URI_BYTES`] is not kept at all.
+    /// What one revision has and the other has not: the handshake and
+    /// what came with sessions are gone from 2026-07-28 (unknown methods
+    /// there; a listen request still subscribes on the client's behalf),
+    /// and `server/discover` and `subscriptions/listen` are 2026-07-28's
+    /// alone. `None`: routed alike.
+    fn revision_route(
+        session: &Session,
+        method: &str,
+    ) -> Option<Result<(Route, Option<String>), Failure>> {
+        let unknown = || Some(Err(Failure::MethodNotFound(method.to_owned())));
+        if session.stateless {
+            let listening =
+                method == "resources/subscribe" && session.listen_asked.load(Ordering::Relaxed);
+            if protocol::REMOVED_IN_MODERN.contains(&method) && !listening {
+                return unknown();
+            }
+            if method == "subscriptions/listen" {
+                return Some(Ok((Route::Listen, None)));
+            }
+        } else if method == "server/discover" || method == "subscriptions/listen" {
+            return unknown();
+        }
+        None
+    }
+
     fn may_subscribe(&self, session: &Session, uri: &str) -> Result<(), Failure> {
         if uri.len() > MAX_SUBSCRIBED_URI_BYTES {
             return Err(Failure::UriTooLong);
@@ -434,14 +477,27 @@ impl Gateway {
         {
             return Err(Failure::DuplicateId);
         }
-        // A stopped (lazy or idle) server starts here: the cold start.
-        if let Err(err) = upstream
-            .ensure_running(self.config.proxy.startup_timeout)
-            .await
-        {
+        let end_call = || {
             if let Some(key) = &key {
                 session.end_call(key);
             }
+        };
+        // Registered after the session closed (its calls were cancelled
+        // before this one was registered): cancelled too.
+        if session.closed.is_cancelled() {
+            end_call();
+            return Err(Failure::Cancelled);
+        }
+        // A stopped (lazy or idle) server starts here: the cold start.
+        let started = tokio::select! {
+            started = upstream.ensure_running(self.config.proxy.startup_timeout) => started,
+            () = cancel.cancelled() => {
+                end_call();
+                return Err(Failure::Cancelled);
+            }
+        };
+        if let Err(err) = started {
+            end_call();
             return Err(err.into());
         }
         let origin = Origin {
@@ -464,9 +520,7 @@ impl Gateway {
             result = call.send_and_follow(upstream.config().call_timeout, follow) => Some(result),
             () = cancel.cancelled() => None,
         };
-        if let Some(key) = &key {
-            session.end_call(key);
-        }
+        end_call();
         let mut reply = result.ok_or(Failure::Cancelled)??;
         reply["id"] = client_id.clone();
         Ok(reply)

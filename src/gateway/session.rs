@@ -57,6 +57,59 @@ pub struct Session {
     /// between requests): what its client says of itself comes with the
     /// request, and it lives only as long as that request.
     pub(crate) stateless: bool,
+    /// A 2026-07-28 `subscriptions/listen` request runs in this session:
+    /// it may subscribe to resources on the client's behalf.
+    pub(crate) listen_asked: std::sync::atomic::AtomicBool,
+    /// What that request listens to, once acknowledged: from then on the
+    /// session carries those notifications, and only those.
+    pub(crate) listen: std::sync::OnceLock<Listen>,
+}
+
+/// What a `subscriptions/listen` stream was granted: the list changes it
+/// asked for, and the resources it is subscribed to.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Listen {
+    /// The listen request's id, which tags each notification it carries.
+    pub id: Value,
+    pub tools: bool,
+    pub prompts: bool,
+    pub resources: bool,
+    pub uris: std::collections::BTreeSet<String>,
+}
+
+impl Listen {
+    /// Whether the stream carries `message`.
+    fn accepts(&self, message: &Value) -> bool {
+        match crate::protocol::method(message) {
+            Some("notifications/tools/list_changed") => self.tools,
+            Some("notifications/prompts/list_changed") => self.prompts,
+            Some("notifications/resources/list_changed") => self.resources,
+            Some("notifications/resources/updated") => crate::protocol::param_str(message, "uri")
+                .is_some_and(|uri| self.uris.contains(uri)),
+            _ => false,
+        }
+    }
+
+    /// The filter as the revision spells it (what was accepted).
+    pub(crate) fn filter(&self) -> Value {
+        let mut filter = serde_json::Map::new();
+        for (key, on) in [
+            ("toolsListChanged", self.tools),
+            ("promptsListChanged", self.prompts),
+            ("resourcesListChanged", self.resources),
+        ] {
+            if on {
+                filter.insert(key.into(), Value::Bool(true));
+            }
+        }
+        if !self.uris.is_empty() {
+            filter.insert(
+                "resourceSubscriptions".into(),
+                self.uris.iter().cloned().collect(),
+            );
+        }
+        Value::Object(filter)
+    }
 }
 
 /// Resources one session may be subscribed to at once: each is kept for
@@ -65,6 +118,26 @@ pub(crate) const MAX_SUBSCRIPTIONS: usize = 1000;
 /// The longest URI a session may subscribe to (its subscriptions are kept
 /// for its life, so their size is bounded as well as their number).
 pub(crate) const MAX_SUBSCRIBED_URI_BYTES: usize = 8 * 1024;
+
+/// Puts a listen request's id in a notification's `_meta`.
+fn tag_subscription(message: &mut Value, id: &Value) {
+    let Some(params) = message
+        .as_object_mut()
+        .map(|m| {
+            m.entry("params")
+                .or_insert_with(|| Value::Object(Default::default()))
+        })
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let meta = params
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(meta) = meta.as_object_mut() {
+        meta.insert(crate::protocol::meta::SUBSCRIPTION_ID.into(), id.clone());
+    }
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded values are plain maps and flags, valid after any panic.
@@ -93,6 +166,8 @@ impl Session {
             subscribed: std::sync::atomic::AtomicUsize::new(0),
             closed: CancellationToken::new(),
             stateless: false,
+            listen_asked: std::sync::atomic::AtomicBool::new(false),
+            listen: std::sync::OnceLock::new(),
         }
     }
 
@@ -154,8 +229,33 @@ impl Session {
         }
     }
 
-    pub(crate) fn deliver(&self, message: Value, related: Option<&Value>) -> bool {
+    /// Sends the client a message it did not ask for. A listen stream
+    /// carries only what it was granted, each tagged with its id; any other
+    /// 2026-07-28 request's session only what belongs to that request.
+    pub(crate) fn deliver(&self, mut message: Value, related: Option<&Value>) -> bool {
+        if let Some(listen) = self.listen.get() {
+            if !listen.accepts(&message) {
+                return false;
+            }
+            tag_subscription(&mut message, &listen.id);
+            return self.outlet.deliver(message, Some(&listen.id));
+        }
+        if self.stateless && related.is_none() {
+            return false;
+        }
         self.outlet.deliver(message, related)
+    }
+
+    /// Sends a listen stream's acknowledgment, before anything else on it.
+    pub(crate) fn acknowledge(&self, listen: Listen) -> bool {
+        let mut ack = crate::protocol::notification(
+            "notifications/subscriptions/acknowledged",
+            serde_json::json!({ "notifications": listen.filter() }),
+        );
+        tag_subscription(&mut ack, &listen.id);
+        let sent = self.outlet.deliver(ack, Some(&listen.id));
+        let _ = self.listen.set(listen);
+        sent
     }
 
     /// Registers a call in flight; returns false if the id is already in use.

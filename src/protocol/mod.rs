@@ -72,6 +72,8 @@ pub mod meta {
     pub const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
     /// Who the server says it is, on results.
     pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+    /// The `subscriptions/listen` request a notification belongs to.
+    pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
     /// The prefix of every key the protocol itself defines.
     pub const PREFIX: &str = "io.modelcontextprotocol/";
 }
@@ -83,7 +85,6 @@ pub struct Envelope {
     pub capabilities: Map<String, Value>,
     /// The least severe log message the request wants, if it asked for any.
     pub log_level: Option<LogLevel>,
-    pub client_info: Option<Value>,
 }
 
 /// Why a request is not a well-formed 2026-07-28 request.
@@ -132,7 +133,6 @@ pub fn envelope(message: &Value) -> Result<Envelope, EnvelopeError> {
         version: version.to_owned(),
         capabilities: capabilities.clone(),
         log_level,
-        client_info: found.and_then(|m| m.get(meta::CLIENT_INFO)).cloned(),
     })
 }
 
@@ -144,6 +144,22 @@ pub const REMOVED_IN_MODERN: &[&str] = &[
     "logging/setLevel",
     "resources/subscribe",
     "resources/unsubscribe",
+];
+
+/// The client→server requests of 2026-07-28 the proxy serves: a request of
+/// any other method is one the proxy does not know (404 over HTTP), while
+/// an unknown-method error to one of these came from a server (200).
+pub const MODERN_METHODS: &[&str] = &[
+    "server/discover",
+    "subscriptions/listen",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "completion/complete",
 ];
 
 /// The 2026-07-28 results that carry cache hints (`ttlMs`, `cacheScope`).

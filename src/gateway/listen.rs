@@ -1,0 +1,141 @@
+//! `subscriptions/listen`, the 2026-07-28 way to hear of changes: one
+//! long request whose stream carries the list changes and resource updates
+//! the client asked for, until the client ends it (closes the response,
+//! or over stdio cancels it) or the proxy shuts down.
+//!
+//! Each resource asked for is subscribed to as a `resources/subscribe` of
+//! the client's would be: through the chain (Cedar decides, the record
+//! says), at the server that owns the URI. What the stream was granted is
+//! acknowledged first (`notifications/subscriptions/acknowledged`); only
+//! those notifications reach it, each tagged with the listen request's id,
+//! and only from servers the client may use (per-client instances: its
+//! own).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+
+use crate::protocol::{self, meta};
+
+use super::failure::Failure;
+use super::session::{Listen, MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS};
+use super::{Gateway, Session};
+
+/// What a listen request asks for: `params.notifications`.
+fn asked(message: &Value, id: &Value) -> Result<Listen, Failure> {
+    let invalid = |why: &str| Failure::InvalidParams(why.to_owned());
+    let filter = message
+        .pointer("/params/notifications")
+        .and_then(Value::as_object)
+        .ok_or_else(|| invalid("`params.notifications` must be an object"))?;
+    let flag = |key: &str| match filter.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(on)) => Ok(*on),
+        Some(_) => Err(invalid(&format!("`notifications.{key}` must be a boolean"))),
+    };
+    let mut uris = BTreeSet::new();
+    match filter.get("resourceSubscriptions") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) if items.len() <= MAX_SUBSCRIPTIONS => {
+            for item in items {
+                let uri = item.as_str().ok_or_else(|| {
+                    invalid("`notifications.resourceSubscriptions` must hold strings")
+                })?;
+                if uri.len() > MAX_SUBSCRIBED_URI_BYTES {
+                    return Err(Failure::UriTooLong);
+                }
+                uris.insert(uri.to_owned());
+            }
+        }
+        Some(_) => {
+            return Err(invalid(&format!(
+                "`notifications.resourceSubscriptions` must be an array of at most {MAX_SUBSCRIPTIONS} URIs"
+            )));
+        }
+    }
+    Ok(Listen {
+        id: id.clone(),
+        tools: flag("toolsListChanged")?,
+        prompts: flag("promptsListChanged")?,
+        resources: flag("resourcesListChanged")?,
+        uris,
+    })
+}
+
+impl Gateway {
+    /// Runs one listen request: its result when the proxy ends it, `None`
+    /// when the client did.
+    pub(super) async fn listen(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        message: &Value,
+        id: &Value,
+    ) -> Result<Option<Value>, Failure> {
+        let mut listen = asked(message, id)?;
+        session.listen_asked.store(true, Ordering::Relaxed);
+        let mut granted = BTreeSet::new();
+        for (n, uri) in std::mem::take(&mut listen.uris).into_iter().enumerate() {
+            let subscribe = json!({ "jsonrpc": "2.0", "id": format!("portcullis-listen-{n}"),
+                "method": "resources/subscribe", "params": { "uri": uri } });
+            let reply = Box::pin(self.handle_request(session, subscribe)).await;
+            if reply.is_some_and(|reply| reply.get("result").is_some()) {
+                granted.insert(uri);
+            }
+            if session.closed.is_cancelled() {
+                return Ok(None);
+            }
+        }
+        listen.uris = granted;
+        session.acknowledge(listen);
+        tokio::select! {
+            () = session.closed.cancelled() => Ok(None),
+            () = self.shutdown.cancelled() => Ok(Some(protocol::result(
+                id.clone(),
+                json!({ "_meta": { meta::SUBSCRIPTION_ID: id } }),
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listen(notifications: Value) -> Value {
+        json!({ "jsonrpc": "2.0", "id": 7, "method": "subscriptions/listen",
+            "params": { "notifications": notifications } })
+    }
+
+    #[test]
+    fn a_filter_is_read_strictly_and_bounded() {
+        let id = json!(7);
+        let read = asked(
+            &listen(
+                json!({ "toolsListChanged": true, "resourceSubscriptions": ["a://1", "a://1"] }),
+            ),
+            &id,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(read.tools && !read.prompts && !read.resources);
+        assert_eq!(read.uris.len(), 1, "duplicates count once");
+        assert_eq!(
+            read.filter(),
+            json!({ "toolsListChanged": true, "resourceSubscriptions": ["a://1"] })
+        );
+        let many: Vec<String> = (0..=MAX_SUBSCRIPTIONS)
+            .map(|i| format!("a://{i}"))
+            .collect();
+        for bad in [
+            json!({ "jsonrpc": "2.0", "id": 7, "method": "subscriptions/listen", "params": {} }),
+            listen(json!({ "toolsListChanged": "yes" })),
+            listen(json!({ "resourceSubscriptions": "a://1" })),
+            listen(json!({ "resourceSubscriptions": [1] })),
+            listen(json!({ "resourceSubscriptions": many })),
+            listen(json!({ "resourceSubscriptions": ["x".repeat(MAX_SUBSCRIBED_URI_BYTES + 1)] })),
+        ] {
+            assert!(asked(&bad, &id).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! 2026-07-28 requests through the gateway, in-process, against scripted
+//! servers that misbehave: what a server cannot make the proxy tell a
+//! 2026-07-28 client, the envelope kept from the server, and a request's
+//! session ending (its client hung up) wherever its call stands.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::Session;
+use super::harness::{Harness, request};
+use crate::protocol::{self, meta};
+
+const ONE_SERVER: &str = "[[clients]]\nname = \"alice\"\n[[clients]]\nname = \"bob\"\n\
+    [[servers]]\nname = \"files\"\nprocess = { command = \"scripted\" }\n\
+    [ratelimit]\nconcurrency = [{ server = \"files\", max_in_flight = 1, queue = 4 }]\n";
+
+fn tool(name: &str) -> Value {
+    json!({ "name": name, "inputSchema": { "type": "object" } })
+}
+
+/// A 2026-07-28 request: the envelope in `params._meta`.
+fn modern(id: i64, method: &str, mut params: Value) -> Value {
+    params["_meta"] = json!({ meta::PROTOCOL_VERSION: protocol::MODERN_VERSION,
+        meta::CLIENT_CAPABILITIES: {}, "progressToken": "p1" });
+    request(id, method, params)
+}
+
+async fn one_server() -> (Harness, crate::upstream::scripted::ScriptedServer) {
+    let harness = Harness::new(ONE_SERVER);
+    let starting = harness.start();
+    let files = harness.serve("files", json!([tool("read")])).await;
+    if let Err(err) = starting.await {
+        panic!("the gateway did not start: {err}");
+    }
+    (harness, files)
+}
+
+fn spawn_handle(
+    harness: &Harness,
+    session: &Arc<Session>,
+    message: Value,
+) -> tokio::task::JoinHandle<Option<Value>> {
+    let (gateway, session) = (harness.gateway.clone(), session.clone());
+    tokio::spawn(async move { gateway.handle(&session, message).await })
+}
+
+#[tokio::test]
+async fn a_servers_input_required_result_and_cache_hints_never_reach_a_modern_client() {
+    let (harness, mut files) = one_server().await;
+    let (session, _inbox) = harness.stateless_session("alice");
+    let call = modern(
+        1,
+        "tools/call",
+        json!({ "name": "files__read", "arguments": {} }),
+    );
+    let answer = spawn_handle(&harness, &session, call);
+    let seen = files.next_received().await;
+    // The server was sent no part of the client's envelope; the rest of
+    // `_meta` (a progress token) went on.
+    let sent_meta = &seen["params"]["_meta"];
+    assert!(sent_meta.get(meta::PROTOCOL_VERSION).is_none(), "{seen}");
+    assert!(sent_meta.get(meta::CLIENT_CAPABILITIES).is_none(), "{seen}");
+    assert!(sent_meta.get("progressToken").is_some(), "{seen}");
+    // A question for the client dressed as a result: refused, not relayed.
+    files
+        .reply(
+            &seen,
+            json!({ "resultType": "input_required", "inputRequests": { "q": {
+                "method": "elicitation/create", "params": { "message": "password?" } } } }),
+        )
+        .await;
+    let reply = answer.await.ok().flatten().unwrap_or_default();
+    assert_eq!(
+        reply["error"]["code"],
+        protocol::code::INTERNAL_ERROR,
+        "{reply}"
+    );
+    assert!(!reply.to_string().contains("password?"), "{reply}");
+    let records = harness.exchanges().await;
+    let recorded = records
+        .iter()
+        .find(|r| r.method == "tools/call")
+        .unwrap_or_else(|| panic!("the call is recorded: {records:?}"));
+    assert_eq!(recorded.decision, "error");
+    assert_eq!(recorded.protocol.as_deref(), Some(protocol::MODERN_VERSION));
+
+    // A long-lived public cache hint on a call: taken out.
+    let call = modern(
+        2,
+        "tools/call",
+        json!({ "name": "files__read", "arguments": {} }),
+    );
+    let answer = spawn_handle(&harness, &session, call);
+    let seen = files.next_received().await;
+    files
+        .reply(
+            &seen,
+            json!({ "content": [], "ttlMs": 86_400_000, "cacheScope": "public",
+                "_meta": { meta::SERVER_INFO: { "name": "impostor" } } }),
+        )
+        .await;
+    let reply = answer.await.ok().flatten().unwrap_or_default();
+    let result = &reply["result"];
+    assert_eq!(result["resultType"], "complete", "{reply}");
+    assert!(result.get("ttlMs").is_none(), "{reply}");
+    assert!(result.get("cacheScope").is_none(), "{reply}");
+    assert_eq!(result["_meta"][meta::SERVER_INFO]["name"], "portcullis");
+    harness.gateway.close_stateless(&session);
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_while_its_call_waits_for_a_place_gives_the_place_up() {
+    let (harness, mut files) = one_server().await;
+    // Alice's call takes the one place the server has.
+    let (alice, _a) = harness.initialized_session("alice").await;
+    let holding = spawn_handle(
+        &harness,
+        &alice,
+        request(
+            1,
+            "tools/call",
+            json!({ "name": "files__read", "arguments": {} }),
+        ),
+    );
+    let first = files.next_received().await;
+    // Bob's 2026-07-28 call waits for it; Bob hangs up.
+    let (bob, _b) = harness.stateless_session("bob");
+    let waiting = spawn_handle(
+        &harness,
+        &bob,
+        modern(
+            1,
+            "tools/call",
+            json!({ "name": "files__read", "arguments": {} }),
+        ),
+    );
+    tokio::task::yield_now().await;
+    harness.gateway.close_stateless(&bob);
+    // Bounded: before the fix it waited for Alice's place, for ever.
+    let gone = tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("Bob's call still waits for a place after he hung up"));
+    assert_eq!(gone.ok().flatten(), None, "a hung-up request gets no reply");
+    // Alice's call ends; the server never saw Bob's.
+    files.reply(&first, json!({ "content": [] })).await;
+    assert!(holding.await.ok().flatten().is_some());
+    assert!(
+        files.try_received().is_none(),
+        "Bob's call reached the server"
+    );
+    let records = harness.exchanges().await;
+    let bobs = records
+        .iter()
+        .find(|r| r.client == "bob")
+        .unwrap_or_else(|| panic!("Bob's call is recorded: {records:?}"));
+    assert_eq!(bobs.reason.as_deref(), Some("cancelled by the client"));
+}
+
+#[tokio::test]
+async fn the_handshake_and_what_came_with_sessions_are_unknown_to_a_modern_request() {
+    let (harness, _files) = one_server().await;
+    let (session, _inbox) = harness.stateless_session("alice");
+    for (id, method) in [
+        (1, "initialize"),
+        (2, "ping"),
+        (3, "logging/setLevel"),
+        (4, "resources/subscribe"),
+    ] {
+        let reply = harness
+            .gateway
+            .handle(
+                &session,
+                modern(id, method, json!({ "uri": "x://y", "level": "info" })),
+            )
+            .await
+            .unwrap_or_default();
+        assert_eq!(
+            reply["error"]["code"],
+            protocol::code::METHOD_NOT_FOUND,
+            "{method}: {reply}"
+        );
+    }
+    // And what is 2026-07-28's alone is unknown to a handshake session.
+    let (legacy, _inbox) = harness.initialized_session("bob").await;
+    for (id, method) in [(5, "server/discover"), (6, "subscriptions/listen")] {
+        let reply = harness
+            .gateway
+            .handle(&legacy, request(id, method, json!({ "notifications": {} })))
+            .await
+            .unwrap_or_default();
+        assert_eq!(
+            reply["error"]["code"],
+            protocol::code::METHOD_NOT_FOUND,
+            "{method}: {reply}"
+        );
+    }
+    harness.gateway.close_stateless(&session);
+}
