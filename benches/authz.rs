@@ -191,6 +191,7 @@ fn main() {
         target: &target,
         arguments: arguments.as_object(),
         transport: "http",
+        protocol: "2025-11-25",
         session: "session-1",
         time: SystemTime::now(),
     };

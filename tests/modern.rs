@@ -720,3 +720,37 @@ async fn a_listen_stream_hears_nothing_of_a_server_its_client_may_not_use() {
     listening.cancel().await.expect("end the stream");
     served.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_can_tell_a_2026_07_28_request_from_a_session_call() {
+    let proxy = TestProxy::new()
+        .with_config("policies = \"policies\"")
+        .with_example_server("example");
+    proxy.policy_folder(
+        r#"
+@id("all") permit (principal, action, resource);
+@id("no-stateless-echo")
+forbid (principal, action == Action::"call_tool", resource == Tool::"example__echo")
+when { context.protocol == "2026-07-28" };
+"#,
+    );
+    let served = proxy.serve_http().await;
+    let echo = request(
+        1,
+        "tools/call",
+        json!({ "name": "example__echo", "arguments": { "text": "hi" } }),
+    );
+    let (_, refused) = send(&served.url, echo).await;
+    assert_eq!(refused["error"]["code"], -32010, "{refused}");
+    // The same call in a handshake session is allowed.
+    let session = common::HttpSession::connect(&served.url).await;
+    let allowed = session
+        .call(
+            2,
+            "tools/call",
+            json!({ "name": "example__echo", "arguments": { "text": "hi" } }),
+        )
+        .await;
+    assert_eq!(common::first_text(&allowed), "example: hi", "{allowed}");
+    served.terminate().await;
+}

@@ -75,8 +75,9 @@ impl ServerAccess {
     /// Whether `client` (over `transport`) would see at least one item of
     /// `server` in the lists of `directory`. The decision is kept until the
     /// policy set or the catalog changes; a list policy that reads
-    /// `context.time` or `context.session` is evaluated once per client,
-    /// at its first use (with an empty session).
+    /// `context.time`, `context.session` or `context.protocol` is evaluated
+    /// once per client, at its first use (with an empty session and
+    /// protocol).
     pub fn may_use(
         &self,
         client: &ClientIdentity,
@@ -127,6 +128,7 @@ impl ServerAccess {
                         target: &target,
                         arguments: None,
                         transport: transport.as_str(),
+                        protocol: "",
                         session: "",
                         time,
                     })

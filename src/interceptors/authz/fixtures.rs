@@ -53,6 +53,8 @@ pub struct Case {
     pub annotations: AnnotationsSpec,
     pub arguments: Option<toml::Table>,
     pub transport: Option<String>,
+    /// The MCP revision the client speaks; default the latest handshake one.
+    pub protocol: Option<String>,
     pub session: Option<String>,
     /// `YYYY-MM-DDThh:mm:ssZ`; default: now.
     pub time: Option<String>,
@@ -82,6 +84,7 @@ pub struct Prepared {
     pub target: Target,
     pub arguments: Option<serde_json::Map<String, Value>>,
     pub transport: String,
+    pub protocol: String,
     pub session: String,
     pub time: SystemTime,
 }
@@ -96,6 +99,7 @@ impl Prepared {
             target: &self.target,
             arguments: self.arguments.as_ref(),
             transport: &self.transport,
+            protocol: &self.protocol,
             session: &self.session,
             time: self.time,
         }
@@ -191,6 +195,10 @@ impl Case {
             target,
             arguments,
             transport: self.transport.clone().unwrap_or_else(|| "stdio".into()),
+            protocol: self
+                .protocol
+                .clone()
+                .unwrap_or_else(|| crate::protocol::LATEST_VERSION.into()),
             session: self.session.clone().unwrap_or_else(|| "policy-test".into()),
             time,
         })

@@ -394,6 +394,7 @@ impl Authz {
             target,
             arguments,
             transport: context.transport.as_str(),
+            protocol: context.protocol.as_deref().unwrap_or_default(),
             session: &context.session,
             time,
         }

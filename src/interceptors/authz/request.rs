@@ -157,6 +157,8 @@ pub struct Query<'a> {
     pub target: &'a Target,
     pub arguments: Option<&'a Map<String, Value>>,
     pub transport: &'a str,
+    /// The MCP revision the client speaks (`""` when not known).
+    pub protocol: &'a str,
     pub session: &'a str,
     pub time: SystemTime,
 }

@@ -35,6 +35,7 @@ pub(super) struct Prepared {
 pub(super) struct Reads {
     pub(super) arguments: bool,
     pub(super) transport: bool,
+    pub(super) protocol: bool,
     pub(super) session: bool,
     pub(super) time: bool,
 }
@@ -43,12 +44,14 @@ impl Reads {
     pub(super) const ALL: Self = Self {
         arguments: true,
         transport: true,
+        protocol: true,
         session: true,
         time: true,
     };
     pub(super) const NONE: Self = Self {
         arguments: false,
         transport: false,
+        protocol: false,
         session: false,
         time: false,
     };
@@ -74,6 +77,7 @@ impl Reads {
         Self {
             arguments: source.contains("arguments"),
             transport: source.contains("transport"),
+            protocol: source.contains("protocol"),
             session: source.contains("session"),
             time: source.contains("time"),
         }
@@ -83,6 +87,7 @@ impl Reads {
         Self {
             arguments: self.arguments || other.arguments,
             transport: self.transport || other.transport,
+            protocol: self.protocol || other.protocol,
             session: self.session || other.session,
             time: self.time || other.time,
         }

@@ -404,6 +404,12 @@ impl PolicyStore {
                 RestrictedExpression::new_string(query.transport.to_owned()),
             ));
         }
+        if reads.protocol && declared("protocol") {
+            pairs.push((
+                "protocol".to_owned(),
+                RestrictedExpression::new_string(query.protocol.to_owned()),
+            ));
+        }
         if reads.session && declared("session") {
             pairs.push((
                 "session".to_owned(),

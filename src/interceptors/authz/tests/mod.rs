@@ -66,6 +66,7 @@ fn query<'a>(
         target,
         arguments,
         transport: "http",
+        protocol: "2025-11-25",
         session: "s1",
         time: SystemTime::now(),
     }
