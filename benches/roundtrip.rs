@@ -284,21 +284,7 @@ async fn one_session(
     calls: usize,
 ) -> (common::Stats, common::Stats) {
     let mut client = HttpClient::connect(url, tls).await;
-    for _ in 0..calls / 10 {
-        client.call().await;
-    }
-    let mut samples = Vec::with_capacity(calls);
-    let start = Instant::now();
-    for _ in 0..calls {
-        let t = Instant::now();
-        client.call().await;
-        samples.push(t.elapsed());
-    }
-    let one = stats(
-        &format!("proxied ({label}, 1 session)"),
-        samples,
-        start.elapsed(),
-    );
+    let one = timed_calls(&mut client, &format!("proxied ({label}, 1 session)"), calls).await;
     let mut samples = Vec::with_capacity(calls);
     let start = Instant::now();
     for _ in 0..calls {
@@ -318,6 +304,12 @@ async fn one_session(
 /// each request), on one kept-alive connection like [`one_session`].
 async fn stateless_calls(url: &str, calls: usize) -> common::Stats {
     let mut client = HttpClient::stateless(url).await;
+    timed_calls(&mut client, "proxied (HTTP, 2026-07-28 stateless)", calls).await
+}
+
+/// `calls` calls through `client`, timed one by one, after a warm-up of a
+/// tenth as many.
+async fn timed_calls(client: &mut HttpClient, label: &str, calls: usize) -> common::Stats {
     for _ in 0..calls / 10 {
         client.call().await;
     }
@@ -328,11 +320,7 @@ async fn stateless_calls(url: &str, calls: usize) -> common::Stats {
         client.call().await;
         samples.push(t.elapsed());
     }
-    stats(
-        "proxied (HTTP, 2026-07-28 stateless)",
-        samples,
-        start.elapsed(),
-    )
+    stats(label, samples, start.elapsed())
 }
 
 /// `sessions` sessions calling for `seconds`, each on its own connection.

@@ -547,6 +547,48 @@ async fn rmcp_client_at_latest_over_stdio() {
     rmcp_at_latest(transport).await;
 }
 
+/// An rmcp client over `transport` that speaks 2026-07-28 only (no
+/// handshake to fall back to).
+async fn modern_rmcp<T, E, A>(transport: T) -> rmcp::service::RunningService<rmcp::RoleClient, ()>
+where
+    T: rmcp::transport::IntoTransport<rmcp::RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use rmcp::model::ProtocolVersion;
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::LATEST],
+    };
+    ().serve_with_lifecycle(transport, lifecycle)
+        .await
+        .expect("connect at 2026-07-28")
+}
+
+/// Calls `name` with `arguments` through an rmcp client.
+async fn call_tool(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    name: &str,
+    arguments: Value,
+) {
+    let params = rmcp::model::CallToolRequestParams::new(name.to_owned())
+        .with_arguments(arguments.as_object().cloned().unwrap_or_default());
+    client
+        .call_tool(params)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+}
+
+/// The next notification on a listen stream (bounded).
+async fn next_notification(
+    subscription: &mut rmcp::service::Subscription,
+) -> rmcp::model::ServerNotification {
+    tokio::time::timeout(Duration::from_secs(20), subscription.next())
+        .await
+        .expect("a notification in time")
+        .expect("the stream is up")
+        .expect("a notification")
+}
+
 /// A listen stream over rmcp at LATEST: what it was granted, then the list
 /// changes and resource updates it asked for, tagged with its id, and
 /// nothing it did not ask for.
@@ -555,14 +597,8 @@ where
     T: rmcp::transport::IntoTransport<rmcp::RoleClient, E, A>,
     E: std::error::Error + Send + Sync + 'static,
 {
-    use rmcp::model::{
-        CallToolRequestParams, ProtocolVersion, ServerNotification, SubscriptionFilter,
-    };
-    use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
-    let lifecycle = ClientLifecycleMode::Discover {
-        preferred_versions: vec![ProtocolVersion::LATEST],
-    };
-    let client = ().serve_with_lifecycle(transport, lifecycle).await.expect("connect");
+    use rmcp::model::{ServerNotification, SubscriptionFilter};
+    let client = modern_rmcp(transport).await;
     let filter = SubscriptionFilter::builder()
         .tools_list_changed()
         .resource_subscription("example://greeting")
@@ -577,43 +613,17 @@ where
         granted.resource_subscriptions,
         Some(vec!["example://greeting".to_owned()])
     );
-    let call = |name: &str, arguments: Value| {
-        CallToolRequestParams::new(name.to_owned())
-            .with_arguments(arguments.as_object().unwrap().clone())
-    };
     // Not asked for: never on the stream. Asked for: on it.
-    client
-        .call_tool(call(
-            "example__touch",
-            json!({ "uri": "example://items/1" }),
-        ))
-        .await
-        .expect("touch an item");
-    client
-        .call_tool(call(
-            "example__touch",
-            json!({ "uri": "example://greeting" }),
-        ))
-        .await
-        .expect("touch the greeting");
-    let next = tokio::time::timeout(Duration::from_secs(20), subscription.next())
-        .await
-        .expect("an update in time")
-        .expect("the stream is up")
-        .expect("a notification");
+    let touch = |uri: &str| json!({ "uri": uri });
+    call_tool(&client, "example__touch", touch("example://items/1")).await;
+    call_tool(&client, "example__touch", touch("example://greeting")).await;
+    let next = next_notification(&mut subscription).await;
     let ServerNotification::ResourceUpdatedNotification(updated) = next else {
         panic!("expected resources/updated, got {next:?}");
     };
     assert_eq!(updated.params.uri, "example://greeting");
-    client
-        .call_tool(call("example__add_tool", json!({ "name": "fresh" })))
-        .await
-        .expect("add a tool");
-    let next = tokio::time::timeout(Duration::from_secs(20), subscription.next())
-        .await
-        .expect("a list change in time")
-        .expect("the stream is up")
-        .expect("a notification");
+    call_tool(&client, "example__add_tool", json!({ "name": "fresh" })).await;
+    let next = next_notification(&mut subscription).await;
     assert!(
         matches!(next, ServerNotification::ToolListChangedNotification(_)),
         "{next:?}"
@@ -658,25 +668,18 @@ async fn subscriptions_listen_over_stdio_carries_what_was_granted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listen_stream_hears_nothing_of_a_server_its_client_may_not_use() {
-    use rmcp::model::{
-        CallToolRequestParams, ProtocolVersion, ServerNotification, SubscriptionFilter,
-    };
-    use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
+    use rmcp::model::{ServerNotification, SubscriptionFilter};
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     let proxy = proxy();
     let served = proxy.serve_http().await;
-    let connect = |token: &str| {
-        let transport = StreamableHttpClientTransport::from_config(
+    let transport = |token: &str| {
+        StreamableHttpClientTransport::from_config(
             StreamableHttpClientTransportConfig::with_uri(served.url.clone()).auth_header(token),
-        );
-        let lifecycle = ClientLifecycleMode::Discover {
-            preferred_versions: vec![ProtocolVersion::LATEST],
-        };
-        ().serve_with_lifecycle(transport, lifecycle)
+        )
     };
-    let tester = connect(TOKEN).await.expect("tester connects");
-    let other = connect(OTHER_TOKEN).await.expect("other connects");
+    let tester = modern_rmcp(transport(TOKEN)).await;
+    let other = modern_rmcp(transport(OTHER_TOKEN)).await;
     // `other` asks for the greeting's updates: Cedar refuses the
     // subscription, so the stream is not granted it.
     let filter = SubscriptionFilter::builder()
@@ -686,27 +689,11 @@ async fn a_listen_stream_hears_nothing_of_a_server_its_client_may_not_use() {
     let mut listening = other.listen(filter).await.expect("other listens");
     assert_eq!(listening.acknowledged().tools_list_changed, Some(true));
     assert_eq!(listening.acknowledged().resource_subscriptions, None);
-    let call = |name: &str, arguments: Value| {
-        CallToolRequestParams::new(name.to_owned())
-            .with_arguments(arguments.as_object().unwrap().clone())
-    };
     // The greeting changes, then a list does: `other` hears only the list.
-    tester
-        .call_tool(call(
-            "example__touch",
-            json!({ "uri": "example://greeting" }),
-        ))
-        .await
-        .expect("touch");
-    tester
-        .call_tool(call("example__add_tool", json!({ "name": "late" })))
-        .await
-        .expect("add a tool");
-    let next = tokio::time::timeout(Duration::from_secs(20), listening.next())
-        .await
-        .expect("a notification in time")
-        .expect("the stream is up")
-        .expect("a notification");
+    let greeting = json!({ "uri": "example://greeting" });
+    call_tool(&tester, "example__touch", greeting).await;
+    call_tool(&tester, "example__add_tool", json!({ "name": "late" })).await;
+    let next = next_notification(&mut listening).await;
     assert!(
         matches!(next, ServerNotification::ToolListChangedNotification(_)),
         "other heard {next:?}"

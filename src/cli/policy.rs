@@ -62,6 +62,9 @@ pub struct ExplainArgs {
     annotations: Option<String>,
     #[arg(long)]
     transport: Option<String>,
+    /// The MCP revision the client speaks (default 2025-11-25).
+    #[arg(long)]
+    protocol: Option<String>,
     /// `YYYY-MM-DDThh:mm:ssZ` (default: now).
     #[arg(long)]
     time: Option<String>,
@@ -220,6 +223,7 @@ impl ExplainArgs {
             arguments,
             annotations,
             transport,
+            protocol,
             time,
         } = self;
         let arguments = match arguments {
@@ -246,6 +250,7 @@ impl ExplainArgs {
             annotations,
             arguments,
             transport,
+            protocol,
             time,
             ..Case::default()
         })

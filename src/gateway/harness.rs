@@ -268,6 +268,17 @@ impl Harness {
     }
 }
 
+/// Hands `message` to the gateway in a task of its own (the test goes on to
+/// play the server meanwhile); the task ends with the reply, if any.
+pub(super) fn spawn_handle(
+    harness: &Harness,
+    session: &Arc<Session>,
+    message: Value,
+) -> tokio::task::JoinHandle<Option<Value>> {
+    let (gateway, session) = (harness.gateway.clone(), session.clone());
+    tokio::spawn(async move { gateway.handle(&session, message).await })
+}
+
 /// A JSON-RPC request.
 pub(super) fn request(id: i64, method: &str, params: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params })

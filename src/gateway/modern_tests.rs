@@ -3,12 +3,9 @@
 //! 2026-07-28 client, the envelope kept from the server, and a request's
 //! session ending (its client hung up) wherever its call stands.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 
-use super::Session;
-use super::harness::{Harness, request};
+use super::harness::{Harness, request, spawn_handle};
 use crate::protocol::{self, meta};
 
 const ONE_SERVER: &str = "[[clients]]\nname = \"alice\"\n[[clients]]\nname = \"bob\"\n\
@@ -34,15 +31,6 @@ async fn one_server() -> (Harness, crate::upstream::scripted::ScriptedServer) {
         panic!("the gateway did not start: {err}");
     }
     (harness, files)
-}
-
-fn spawn_handle(
-    harness: &Harness,
-    session: &Arc<Session>,
-    message: Value,
-) -> tokio::task::JoinHandle<Option<Value>> {
-    let (gateway, session) = (harness.gateway.clone(), session.clone());
-    tokio::spawn(async move { gateway.handle(&session, message).await })
 }
 
 #[tokio::test]
@@ -161,32 +149,24 @@ async fn a_client_hanging_up_while_its_call_waits_for_a_place_gives_the_place_up
 async fn the_handshake_and_what_came_with_sessions_are_unknown_to_a_modern_request() {
     let (harness, _files) = one_server().await;
     let (session, _inbox) = harness.stateless_session("alice");
-    for (id, method) in [
-        (1, "initialize"),
-        (2, "ping"),
-        (3, "logging/setLevel"),
-        (4, "resources/subscribe"),
-    ] {
-        let reply = harness
-            .gateway
-            .handle(
-                &session,
-                modern(id, method, json!({ "uri": "x://y", "level": "info" })),
-            )
-            .await
-            .unwrap_or_default();
-        assert_eq!(
-            reply["error"]["code"],
-            protocol::code::METHOD_NOT_FOUND,
-            "{method}: {reply}"
-        );
-    }
     // And what is 2026-07-28's alone is unknown to a handshake session.
     let (legacy, _inbox) = harness.initialized_session("bob").await;
-    for (id, method) in [(5, "server/discover"), (6, "subscriptions/listen")] {
+    let params = json!({ "uri": "x://y", "level": "info", "notifications": {} });
+    for (asker, id, method) in [
+        (&session, 1, "initialize"),
+        (&session, 2, "ping"),
+        (&session, 3, "logging/setLevel"),
+        (&session, 4, "resources/subscribe"),
+        (&legacy, 5, "server/discover"),
+        (&legacy, 6, "subscriptions/listen"),
+    ] {
+        let message = match asker.stateless {
+            true => modern(id, method, params.clone()),
+            false => request(id, method, params.clone()),
+        };
         let reply = harness
             .gateway
-            .handle(&legacy, request(id, method, json!({ "notifications": {} })))
+            .handle(asker, message)
             .await
             .unwrap_or_default();
         assert_eq!(

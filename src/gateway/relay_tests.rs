@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::Session;
-use super::harness::{Harness, request};
+use super::harness::{Harness, request, spawn_handle};
 use crate::protocol;
 
 const TWO_SERVERS: &str = "[[clients]]\nname = \"alice\"\n[[clients]]\nname = \"bob\"\n\
@@ -84,17 +84,6 @@ async fn tool_names(harness: &Harness, session: &Arc<Session>, id: i64) -> Vec<S
         .flatten()
         .filter_map(|tool| tool["name"].as_str().map(str::to_owned))
         .collect()
-}
-
-/// Hands `message` to the gateway in a task of its own (the test goes on to
-/// play the server meanwhile); the task ends with the reply, if any.
-fn spawn_handle(
-    harness: &Harness,
-    session: &Arc<Session>,
-    message: Value,
-) -> tokio::task::JoinHandle<Option<Value>> {
-    let (gateway, session) = (harness.gateway.clone(), session.clone());
-    tokio::spawn(async move { gateway.handle(&session, message).await })
 }
 
 #[tokio::test]
