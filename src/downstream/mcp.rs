@@ -40,6 +40,14 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
 /// The handshake revisions: the `Mcp-Method` and `MCP-Protocol-Version`
 /// headers, where sent, must agree with the body.
 fn handshake_headers_match(headers: &HeaderMap, incoming: &Incoming) -> Result<(), Failure> {
+    // Sent twice, something between client and proxy may read the other.
+    for name in [METHOD_HEADER, VERSION_HEADER] {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(Failure::HeaderMismatch(format!(
+                "the {name} header is sent twice"
+            )));
+        }
+    }
     if let Some(header_method) = headers.get(METHOD_HEADER)
         && header_method.to_str().ok() != incoming.method.as_deref()
     {

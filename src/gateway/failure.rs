@@ -95,6 +95,9 @@ pub enum Failure {
         "the server answered with resultType `{0}`, which a server of the handshake revisions cannot send: refused"
     )]
     ServerResultType(String),
+    /// A client's listen streams (how many) are all open.
+    #[error("this client has {0} listen streams open; end one first")]
+    TooManyListens(usize),
 
     // -- at the HTTP transport, before the gateway sees the message --------
     #[error("the Mcp-Method header does not match the message's method")]
@@ -159,6 +162,7 @@ impl Failure {
             Self::ModernOnHandshake => code::INVALID_REQUEST,
             Self::NoBackChannel => code::CLIENT_UNAVAILABLE,
             Self::ServerResultType(_) => code::INTERNAL_ERROR,
+            Self::TooManyListens(_) => code::RATE_LIMITED,
             Self::TooManyInFlight(_) => code::RATE_LIMITED,
             Self::MethodNotFound(_) | Self::ClientLacks(_) => code::METHOD_NOT_FOUND,
             Self::InvalidParams(_) | Self::Unknown { .. } | Self::UriTooLong => {

@@ -23,6 +23,45 @@ use super::failure::Failure;
 use super::session::{Listen, MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS};
 use super::{Gateway, Session};
 
+/// Listen streams one client may hold open at once: each holds up to
+/// [`MAX_SUBSCRIPTIONS`] subscriptions and a place among the client's
+/// requests in the works, so a client cannot make the proxy hold any number.
+pub(super) const MAX_LISTENS_PER_CLIENT: usize = 16;
+
+/// A client's place among its listen streams, given back when dropped.
+struct ListenSlot<'a> {
+    gateway: &'a Gateway,
+    client: Arc<str>,
+}
+
+impl Drop for ListenSlot<'_> {
+    fn drop(&mut self) {
+        let mut listens = super::lock(&self.gateway.listens);
+        if let Some(count) = listens.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                listens.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// A place for one more listen stream of `client`, if it has one left.
+    fn listen_slot(&self, client: &Arc<str>) -> Result<ListenSlot<'_>, Failure> {
+        let mut listens = super::lock(&self.listens);
+        let count = listens.entry(client.clone()).or_default();
+        if *count >= MAX_LISTENS_PER_CLIENT {
+            return Err(Failure::TooManyListens(MAX_LISTENS_PER_CLIENT));
+        }
+        *count += 1;
+        Ok(ListenSlot {
+            gateway: self,
+            client: client.clone(),
+        })
+    }
+}
+
 /// What a listen request asks for: `params.notifications`.
 fn asked(message: &Value, id: &Value) -> Result<Listen, Failure> {
     let invalid = |why: &str| Failure::InvalidParams(why.to_owned());
@@ -74,6 +113,7 @@ impl Gateway {
         id: &Value,
     ) -> Result<Option<Value>, Failure> {
         let mut listen = asked(message, id)?;
+        let _slot = self.listen_slot(&session.client.name)?;
         session.listen_asked.store(true, Ordering::Relaxed);
         let mut granted = BTreeSet::new();
         for (n, uri) in std::mem::take(&mut listen.uris).into_iter().enumerate() {
@@ -89,12 +129,15 @@ impl Gateway {
         }
         listen.uris = granted;
         session.acknowledge(listen);
+        // The proxy stopping also closes every session: its shutdown is
+        // looked at first, so that the stream is answered, not dropped.
         tokio::select! {
-            () = session.closed.cancelled() => Ok(None),
+            biased;
             () = self.shutdown.cancelled() => Ok(Some(protocol::result(
                 id.clone(),
                 json!({ "_meta": { meta::SUBSCRIPTION_ID: id } }),
             ))),
+            () = session.closed.cancelled() => Ok(None),
         }
     }
 }

@@ -308,6 +308,52 @@ impl Gateway {
         self.update_holds();
     }
 
+    /// A closed session's subscriptions: taken out, and a URI nobody else
+    /// (of its client, at a per-client instance) is subscribed to any more
+    /// is unsubscribed from at its server, so that a server does not keep
+    /// sending updates nobody reads.
+    pub(super) fn drop_subscriptions(&self, session: &Session) {
+        let catalog = self.catalog();
+        let mut released = Vec::new();
+        {
+            let mut subscriptions = lock(&self.subscriptions);
+            subscriptions.retain(|uri, subscribers| {
+                if !subscribers.remove(&session.key) {
+                    return !subscribers.is_empty();
+                }
+                if let Some(index) = catalog.resource_owner(uri) {
+                    let instance = self.per_client(index).then(|| session.client.name.clone());
+                    let others = subscribers.iter().any(|key| {
+                        instance.is_none()
+                            || self
+                                .session(*key)
+                                .is_some_and(|other| other.client.name == session.client.name)
+                    });
+                    if !others {
+                        released.push((index, instance, uri.clone()));
+                    }
+                }
+                !subscribers.is_empty()
+            });
+        }
+        self.update_holds();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for (index, instance, uri) in released {
+            let Some(upstream) = self.upstream_of(index, &instance) else {
+                continue;
+            };
+            let scrubbed = self.scrub(&uri);
+            runtime.spawn(async move {
+                let asked = upstream.request("resources/unsubscribe", json!({ "uri": uri }));
+                if asked.await.is_err() {
+                    tracing::debug!(server = %upstream.name(), uri = scrubbed, "cannot unsubscribe");
+                }
+            });
+        }
+    }
+
     /// Subscriptions live in the server: a server with subscribers is not
     /// stopped for idleness (every instance of it, for a per-client one).
     pub(super) fn update_holds(&self) {

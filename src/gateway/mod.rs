@@ -84,6 +84,10 @@ pub struct Gateway {
     next_session: AtomicU64,
     /// Resource URI → sessions subscribed to it.
     subscriptions: Mutex<HashMap<String, HashSet<u64>>>,
+    /// Each client's 2026-07-28 listen streams open (at most
+    /// [`listen::MAX_LISTENS_PER_CLIENT`]; bounded by the configured
+    /// clients).
+    listens: Mutex<HashMap<Arc<str>, usize>>,
     /// (server, instance, the server's request id) → (session, the id the
     /// client saw), for server→client requests in flight.
     forwarded: Mutex<HashMap<ForwardedKey, (u64, u64)>>,
@@ -200,6 +204,7 @@ impl Gateway {
             sessions: RwLock::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             subscriptions: Mutex::new(HashMap::new()),
+            listens: Mutex::new(HashMap::new()),
             forwarded: Mutex::new(HashMap::new()),
             instances: Mutex::new(HashMap::new()),
             events: events_tx,
@@ -250,7 +255,10 @@ impl Gateway {
         let mut ended = Vec::new();
         for session in sessions {
             session.close();
-            ended.push(Self::session_end(&session));
+            // A 2026-07-28 request's session was never opened as one.
+            if !session.stateless {
+                ended.push(Self::session_end(&session));
+            }
         }
         let flushes: Vec<_> = lock(&self.stop_flushes).drain(..).collect();
         for flush in flushes {
@@ -338,7 +346,13 @@ impl Gateway {
             return true;
         };
         let directory: Arc<dyn crate::chain::Directory> = self.catalog();
-        access.may_use(&session.client, session.transport, name, &directory)
+        let protocol = session.protocol_version().unwrap_or_default();
+        access.may_use(
+            &session.client,
+            (session.transport, &protocol),
+            name,
+            &directory,
+        )
     }
 
     /// `text` with every secret replaced by its placeholder.
@@ -440,11 +454,7 @@ impl Gateway {
         }
         session.close();
         if session.listen_asked.load(Ordering::Relaxed) {
-            lock(&self.subscriptions).retain(|_, subscribers| {
-                subscribers.remove(&session.key);
-                !subscribers.is_empty()
-            });
-            self.update_holds();
+            self.drop_subscriptions(session);
         }
     }
 
@@ -469,11 +479,7 @@ impl Gateway {
         session.close();
         // After it is closed: a subscription that completes meanwhile is
         // either taken out here or not kept (`track_subscription`).
-        lock(&self.subscriptions).retain(|_, subscribers| {
-            subscribers.remove(&session.key);
-            !subscribers.is_empty()
-        });
-        self.update_holds();
+        self.drop_subscriptions(session);
         tracing::debug!(session = %session.id, "session closed");
     }
 

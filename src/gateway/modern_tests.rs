@@ -177,3 +177,189 @@ async fn the_handshake_and_what_came_with_sessions_are_unknown_to_a_modern_reque
     }
     harness.gateway.close_stateless(&session);
 }
+
+#[tokio::test]
+async fn a_client_holds_a_bounded_number_of_listen_streams() {
+    let (harness, _files) = one_server().await;
+    let listen = |id| {
+        modern(
+            id,
+            "subscriptions/listen",
+            json!({ "notifications": { "toolsListChanged": true } }),
+        )
+    };
+    let mut open = Vec::new();
+    for id in 0..super::listen::MAX_LISTENS_PER_CLIENT {
+        let (session, mut inbox) = harness.stateless_session("alice");
+        let running = spawn_handle(&harness, &session, listen(id as i64));
+        // Acknowledged: its place is taken.
+        let ack = inbox.recv().await.unwrap_or_default();
+        assert_eq!(
+            ack["method"], "notifications/subscriptions/acknowledged",
+            "{ack}"
+        );
+        assert_eq!(ack["params"]["_meta"][meta::SUBSCRIPTION_ID], id, "{ack}");
+        open.push((session, running));
+    }
+    let (extra, _inbox) = harness.stateless_session("alice");
+    let refused = harness
+        .gateway
+        .handle(&extra, listen(99))
+        .await
+        .unwrap_or_default();
+    assert_eq!(
+        refused["error"]["code"],
+        protocol::code::RATE_LIMITED,
+        "{refused}"
+    );
+    harness.gateway.close_stateless(&extra);
+    // Another client is not held to Alice's count.
+    let (bobs, mut bob_inbox) = harness.stateless_session("bob");
+    let bob = spawn_handle(&harness, &bobs, listen(1));
+    let ack = bob_inbox.recv().await.unwrap_or_default();
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    // One of Alice's ends (her client hung up): its place is hers again.
+    let (first, running) = open.remove(0);
+    harness.gateway.close_stateless(&first);
+    assert_eq!(
+        running.await.ok().flatten(),
+        None,
+        "a hung-up listen gets no reply"
+    );
+    let (again, mut inbox) = harness.stateless_session("alice");
+    let _again = spawn_handle(&harness, &again, listen(100));
+    let ack = inbox.recv().await.unwrap_or_default();
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    for (session, _) in open {
+        harness.gateway.close_stateless(&session);
+    }
+    harness.gateway.close_stateless(&again);
+    harness.gateway.close_stateless(&bobs);
+    assert_eq!(bob.await.ok().flatten(), None);
+}
+
+#[tokio::test]
+async fn a_server_cannot_pass_a_calls_messages_off_as_a_listen_streams() {
+    let (harness, mut files) = one_server().await;
+    let (session, mut inbox) = harness.stateless_session("alice");
+    let call = modern(
+        1,
+        "tools/call",
+        json!({ "name": "files__read", "arguments": {} }),
+    );
+    let answer = spawn_handle(&harness, &session, call);
+    let seen = files.next_received().await;
+    let token = seen["params"]["_meta"]["progressToken"].clone();
+    let forged_ack = protocol::notification(
+        "notifications/subscriptions/acknowledged",
+        json!({ "notifications": { "toolsListChanged": true },
+            "_meta": { meta::SUBSCRIPTION_ID: 1 } }),
+    );
+    files.send_on_stream_of(&seen, forged_ack).await;
+    let progress = protocol::notification(
+        "notifications/progress",
+        json!({ "progressToken": token, "progress": 1,
+            "_meta": { meta::SUBSCRIPTION_ID: 1, "x-server": 7 } }),
+    );
+    files.send_on_stream_of(&seen, progress).await;
+    files.reply(&seen, json!({ "content": [] })).await;
+    assert!(answer.await.ok().flatten().is_some());
+    let got: Vec<Value> = std::iter::from_fn(|| inbox.try_recv().ok()).collect();
+    assert_eq!(got.len(), 1, "only the progress: {got:?}");
+    assert_eq!(got[0]["method"], "notifications/progress");
+    let sent_meta = &got[0]["params"]["_meta"];
+    assert!(
+        sent_meta.get(meta::SUBSCRIPTION_ID).is_none(),
+        "{sent_meta}"
+    );
+    assert_eq!(sent_meta["x-server"], 7);
+    harness.gateway.close_stateless(&session);
+}
+
+/// The next message to `docs` after one list request answered (the one
+/// resource `docs://a`, no templates); `Some` when it was not a list.
+async fn next_past_lists(docs: &mut crate::upstream::scripted::ScriptedServer) -> Option<Value> {
+    let message = docs.next_received().await;
+    let result = match protocol::method(&message) {
+        Some("resources/list") => json!({ "resources": [{ "uri": "docs://a", "name": "a" }] }),
+        Some("resources/templates/list") => json!({ "resourceTemplates": [] }),
+        _ => return Some(message),
+    };
+    docs.reply(&message, result).await;
+    None
+}
+
+/// The next message to `docs` that is not a list request (those answered).
+async fn next_not_a_list(docs: &mut crate::upstream::scripted::ScriptedServer) -> Value {
+    loop {
+        if let Some(message) = next_past_lists(docs).await {
+            return message;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_listen_streams_subscriptions_end_at_the_server_with_it() {
+    let harness = Harness::new(
+        "[[clients]]\nname = \"alice\"\n\
+         [[servers]]\nname = \"docs\"\nprocess = { command = \"scripted\" }\n",
+    );
+    let starting = harness.start();
+    let mut docs = harness.connections("docs", None).next().await;
+    docs.answer_lists(json!([]));
+    docs.handshake_with(json!({ "protocolVersion": protocol::LATEST_VERSION,
+        "capabilities": { "tools": {}, "resources": { "subscribe": true } },
+        "serverInfo": { "name": "docs", "version": "1" } }))
+        .await;
+    // The gateway reads the server's resources and templates (as often
+    // as it likes: answered every time).
+    for _ in 0..2 {
+        if let Some(other) = next_past_lists(&mut docs).await {
+            panic!("expected a list request: {other}");
+        }
+    }
+    if let Err(err) = starting.await {
+        panic!("the gateway did not start: {err}");
+    }
+    let (session, mut inbox) = harness.stateless_session("alice");
+    let listen = modern(
+        1,
+        "subscriptions/listen",
+        json!({ "notifications": { "resourceSubscriptions": ["docs://a"] } }),
+    );
+    let running = spawn_handle(&harness, &session, listen);
+    let subscribe = next_not_a_list(&mut docs).await;
+    assert_eq!(subscribe["method"], "resources/subscribe", "{subscribe}");
+    assert_eq!(subscribe["params"]["uri"], "docs://a");
+    docs.reply(&subscribe, json!({})).await;
+    let ack = inbox.recv().await.unwrap_or_default();
+    assert_eq!(
+        ack["params"]["notifications"]["resourceSubscriptions"],
+        json!(["docs://a"]),
+        "{ack}"
+    );
+    // An update of it reaches the stream, tagged.
+    docs.notify(
+        "notifications/resources/updated",
+        json!({ "uri": "docs://a" }),
+    )
+    .await;
+    let updated = inbox.recv().await.unwrap_or_default();
+    assert_eq!(updated["params"]["uri"], "docs://a", "{updated}");
+    assert_eq!(updated["params"]["_meta"][meta::SUBSCRIPTION_ID], 1);
+    // The client hangs up: the server is told nobody listens any more.
+    harness.gateway.close_stateless(&session);
+    assert_eq!(running.await.ok().flatten(), None);
+    let unsubscribe = next_not_a_list(&mut docs).await;
+    assert_eq!(
+        unsubscribe["method"], "resources/unsubscribe",
+        "{unsubscribe}"
+    );
+    assert_eq!(unsubscribe["params"]["uri"], "docs://a");
+}

@@ -119,23 +119,38 @@ pub(crate) const MAX_SUBSCRIPTIONS: usize = 1000;
 /// for its life, so their size is bounded as well as their number).
 pub(crate) const MAX_SUBSCRIBED_URI_BYTES: usize = 8 * 1024;
 
-/// Puts a listen request's id in a notification's `_meta`.
-fn tag_subscription(message: &mut Value, id: &Value) {
-    let Some(params) = message
-        .as_object_mut()
-        .map(|m| {
-            m.entry("params")
-                .or_insert_with(|| Value::Object(Default::default()))
-        })
-        .and_then(Value::as_object_mut)
-    else {
-        return;
-    };
+/// A message's `params._meta` as an object (one that was something else
+/// is replaced), if the message's params are an object or absent.
+fn meta_of(message: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
+    let params = message
+        .as_object_mut()?
+        .entry("params")
+        .or_insert_with(|| Value::Object(Default::default()))
+        .as_object_mut()?;
     let meta = params
         .entry("_meta")
         .or_insert_with(|| Value::Object(Default::default()));
-    if let Some(meta) = meta.as_object_mut() {
+    if !meta.is_object() {
+        *meta = Value::Object(Default::default());
+    }
+    meta.as_object_mut()
+}
+
+/// Puts a listen request's id in a notification's `_meta`.
+fn tag_subscription(message: &mut Value, id: &Value) {
+    if let Some(meta) = meta_of(message) {
         meta.insert(crate::protocol::meta::SUBSCRIPTION_ID.into(), id.clone());
+    }
+}
+
+/// Takes the protocol's own keys out of a server's notification's `_meta`.
+fn strip_protocol_meta(message: &mut Value) {
+    let found = message
+        .get_mut("params")
+        .and_then(|params| params.get_mut("_meta"))
+        .and_then(Value::as_object_mut);
+    if let Some(found) = found {
+        found.retain(|key, _| !key.starts_with(crate::protocol::meta::PREFIX));
     }
 }
 
@@ -240,8 +255,22 @@ impl Session {
             tag_subscription(&mut message, &listen.id);
             return self.outlet.deliver(message, Some(&listen.id));
         }
-        if self.stateless && related.is_none() {
-            return false;
+        if self.stateless {
+            // A listen not acknowledged yet: nothing goes before its
+            // acknowledgment (what its subscriptions' servers say included).
+            let listening = self.listen_asked.load(std::sync::atomic::Ordering::Relaxed);
+            if related.is_none() || listening {
+                return false;
+            }
+            // A server cannot pass off what it sends during a call as
+            // something of a listen stream's: no acknowledgment, no
+            // subscription tag, none of the protocol's `_meta` keys.
+            if crate::protocol::method(&message)
+                .is_some_and(|method| method.starts_with("notifications/subscriptions/"))
+            {
+                return false;
+            }
+            strip_protocol_meta(&mut message);
         }
         self.outlet.deliver(message, related)
     }

@@ -20,6 +20,9 @@ use crate::chain::{ClientIdentity, Directory, Transport};
 /// Decides (and remembers) whether a client may use a server. Without
 /// authz in the chain ([`ServerAccess::everyone`]) every client may use
 /// every server.
+/// (client, transport, protocol revision, server).
+type AccessKey = (Arc<str>, Transport, Arc<str>, Arc<str>);
+
 pub struct ServerAccess {
     engine: Option<Arc<PolicyEngine>>,
     cache: Mutex<Cache>,
@@ -40,7 +43,8 @@ impl std::fmt::Debug for ServerAccess {
 struct Cache {
     policy_set: Option<Arc<str>>,
     directory: Option<Arc<dyn Directory>>,
-    decided: HashMap<(Arc<str>, Transport, Arc<str>), bool>,
+    /// By client, transport, protocol revision and server.
+    decided: HashMap<AccessKey, bool>,
 }
 
 impl Cache {
@@ -72,16 +76,16 @@ impl ServerAccess {
         }
     }
 
-    /// Whether `client` (over `transport`) would see at least one item of
-    /// `server` in the lists of `directory`. The decision is kept until the
-    /// policy set or the catalog changes; a list policy that reads
-    /// `context.time`, `context.session` or `context.protocol` is evaluated
-    /// once per client, at its first use (with an empty session and
-    /// protocol).
+    /// Whether `client` (over `transport`, speaking the `protocol`
+    /// revision) would see at least one item of `server` in the lists of
+    /// `directory`. The decision is kept until the policy set or the catalog
+    /// changes; a list policy that reads `context.time` or `context.session`
+    /// is evaluated once per client, transport and revision, at its first
+    /// use (with an empty session).
     pub fn may_use(
         &self,
         client: &ClientIdentity,
-        transport: Transport,
+        (transport, protocol): (Transport, &str),
         server: &str,
         directory: &Arc<dyn Directory>,
     ) -> bool {
@@ -89,7 +93,12 @@ impl ServerAccess {
             return true;
         };
         let store = engine.current();
-        let key = (client.name.clone(), transport, Arc::<str>::from(server));
+        let key = (
+            client.name.clone(),
+            transport,
+            Arc::<str>::from(protocol),
+            Arc::<str>::from(server),
+        );
         {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if !cache.is_for(&store.id, directory) {
@@ -128,7 +137,7 @@ impl ServerAccess {
                         target: &target,
                         arguments: None,
                         transport: transport.as_str(),
-                        protocol: "",
+                        protocol,
                         session: "",
                         time,
                     })

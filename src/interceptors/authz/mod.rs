@@ -619,8 +619,13 @@ impl Interceptor for Authz {
         } else {
             // Without the catalog nobody can tell: fail closed.
             context.directory.as_ref().is_some_and(|directory| {
-                self.access
-                    .may_use(&context.client, context.transport, &server, directory)
+                let protocol = context.protocol.as_deref().unwrap_or_default();
+                self.access.may_use(
+                    &context.client,
+                    (context.transport, protocol),
+                    &server,
+                    directory,
+                )
             })
         };
         self.annotate(exchange, "policy_set", store.id.to_string());

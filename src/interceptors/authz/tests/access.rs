@@ -55,7 +55,7 @@ fn a_client_may_use_a_server_whose_lists_it_sees_and_reloads_or_new_catalogs_dec
     let bob = ClientIdentity::new("bob", &[]);
     let catalog = tools_of(&["a__read", "b__write"]);
     let may = |who: &ClientIdentity, server: &str, catalog: &Arc<dyn crate::chain::Directory>| {
-        access.may_use(who, Transport::Http, server, catalog)
+        access.may_use(who, (Transport::Http, "2025-11-25"), server, catalog)
     };
     assert!(may(&alice, "a", &catalog));
     assert!(!may(&alice, "b", &catalog));
@@ -88,7 +88,7 @@ fn a_client_may_use_a_server_whose_lists_it_sees_and_reloads_or_new_catalogs_dec
 
     // Without authz every client may use every server.
     let everyone = ServerAccess::everyone();
-    assert!(everyone.may_use(&bob, Transport::Stdio, "a", &catalog));
+    assert!(everyone.may_use(&bob, (Transport::Stdio, "2025-11-25"), "a", &catalog));
 }
 
 #[test]
