@@ -20,6 +20,20 @@ const OPS: &[&str] = &[
     "call:example__nope",
 ];
 
+/// The Python SDK's `Client.listen` (2026-07-28 only): updates of the
+/// greeting while the example server touches it.
+const LISTEN: &str = "listen:example__touch@example://greeting";
+
+/// The options that make the client speak `mode`, and what only that mode
+/// can do.
+fn mode_args(mode: &str) -> Vec<String> {
+    let mut args = vec!["--mode".to_owned(), mode.to_owned()];
+    if mode != "legacy" {
+        args.extend(["--op".to_owned(), LISTEN.to_owned()]);
+    }
+    args
+}
+
 /// Runs `tests/python/mcp_client.py` with the test virtualenv and returns its
 /// JSON document.
 async fn run_client(transport_args: Vec<String>) -> Value {
@@ -71,6 +85,15 @@ fn check(doc: &Value) {
 fn check_modern(doc: &Value) {
     assert_eq!(doc["protocol_version"], "2026-07-28", "{doc}");
     check_common(doc);
+    // A listen stream: granted the greeting's updates, and told of one.
+    let listened = ok(doc, LISTEN);
+    assert_eq!(
+        listened["honored"]["resourceSubscriptions"],
+        json!(["example://greeting"]),
+        "{listened}"
+    );
+    let event = listened["event"].as_str().unwrap_or_default();
+    assert!(event.contains("example://greeting"), "{event}");
     // Every result names the proxy; lists and reads are private to the
     // client (authz filters them per client) and stale at once.
     for name in ["list_tools", "list_resources", "read:example://greeting"] {
@@ -128,14 +151,17 @@ async fn over_http(mode: &str) -> Value {
         .with_example_server("example")
         .with_time_server("time");
     let server = proxy.serve_http().await;
-    let doc = run_client(vec![
-        "http".into(),
-        server.url.clone(),
-        "--token".into(),
-        TOKEN.into(),
-        "--mode".into(),
-        mode.into(),
-    ])
+    let doc = run_client(
+        vec![
+            "http".into(),
+            server.url.clone(),
+            "--token".into(),
+            TOKEN.into(),
+        ]
+        .into_iter()
+        .chain(mode_args(mode))
+        .collect(),
+    )
     .await;
     server.terminate().await;
     doc
@@ -167,18 +193,21 @@ async fn over_stdio(mode: &str) -> Value {
         .with_example_server("example")
         .with_time_server("time");
     let config = proxy.write_config();
-    run_client(vec![
-        "stdio".into(),
-        "--mode".into(),
-        mode.into(),
-        "--".into(),
-        common::portcullis_bin().into(),
-        "stdio".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--client".into(),
-        "tester".into(),
-    ])
+    let mut args = vec!["stdio".to_owned()];
+    args.extend(mode_args(mode));
+    run_client(
+        args.into_iter()
+            .chain([
+                "--".into(),
+                common::portcullis_bin().into(),
+                "stdio".into(),
+                "--config".into(),
+                config.display().to_string(),
+                "--client".into(),
+                "tester".into(),
+            ])
+            .collect(),
+    )
     .await
 }
 

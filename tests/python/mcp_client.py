@@ -24,6 +24,11 @@ Operations (--op, repeatable, run in the order given):
     read:URI                       resources/read
     prompt:NAME[:JSON_OBJECT]      prompts/get (values must be strings)
     raw:METHOD[:JSON_OBJECT]       any request; result is the raw JSON object
+    listen:TOOL@URI                (2026-07-28) open a subscriptions/listen stream for
+                                   tools list changes and URI's updates, call TOOL with
+                                   {"uri": URI}, and report what the stream was granted
+                                   ("honored") and its first event ("event"), waiting
+                                   up to 30 s for it
 
 A tool result with isError=true is still ok:true (it is a successful JSON-RPC
 response). An error the server returns (JSON-RPC error object), a per-request
@@ -141,6 +146,11 @@ def parse_op(text: str) -> Op:
     if text in LIST_OPS:
         return Op(text, text)
     kind, sep, rest = text.partition(":")
+    if kind == "listen" and sep:
+        tool, at, uri = rest.partition("@")
+        if not tool or not at or not uri:
+            raise UsageError(f"--op {text!r}: expected listen:TOOL@URI")
+        return Op(text, kind, name=tool, args={"uri": uri})
     if not sep or kind not in ("call", "read", "prompt", "raw"):
         raise UsageError(
             f"--op {text!r}: expected one of {', '.join(LIST_OPS)}, call:TOOL[:JSON], read:URI, "
@@ -188,6 +198,14 @@ async def run_op(client: Client, op: Op, validate: bool) -> Any:
         return await client.read_resource(op.name)
     if op.kind == "prompt":
         return await client.get_prompt(op.name, op.args)
+    if op.kind == "listen":
+        uri = (op.args or {})["uri"]
+        async with client.listen(tools_list_changed=True, resource_subscriptions=[uri]) as sub:
+            honored = dump(sub.honored)
+            await client.call_tool(op.name, {"uri": uri})
+            with anyio.fail_after(30):
+                event = await sub.__anext__()
+        return {"honored": honored, "event": dump(event) if hasattr(event, "model_dump") else repr(event)}
     if op.kind == "raw":
         request = types.Request[dict[str, Any] | None, str](method=op.name, params=op.args)
         return await client.session.send_request(request, _RAW_RESULT)
