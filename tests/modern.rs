@@ -651,6 +651,9 @@ async fn subscriptions_listen_over_http_carries_what_was_granted() {
         .unwrap_or_else(|| panic!("the subscription is recorded: {records:?}"));
     assert_eq!(subscribed["client"], "tester");
     assert_eq!(subscribed["decision"], "allow");
+    // Its id names the listen request it was made for.
+    let id = subscribed["request_id"].as_str().unwrap_or_default();
+    assert!(id.starts_with("portcullis-listen-"), "{subscribed}");
     assert_eq!(subscribed["protocol"], VERSION);
     served.terminate().await;
 }

@@ -28,6 +28,12 @@ use super::{Gateway, Session};
 /// requests in the works, so a client cannot make the proxy hold any number.
 pub(super) const MAX_LISTENS_PER_CLIENT: usize = 16;
 
+/// How long a listen request subscribes before it is acknowledged with
+/// what was granted by then (a hung server delays it no longer).
+const SUBSCRIBING: std::time::Duration = std::time::Duration::from_secs(30);
+/// Subscriptions of one listen request asked for at once.
+const SUBSCRIBING_AT_ONCE: usize = 8;
+
 /// A client's place among its listen streams, given back when dropped.
 struct ListenSlot<'a> {
     gateway: &'a Gateway,
@@ -104,6 +110,38 @@ fn asked(message: &Value, id: &Value) -> Result<Listen, Failure> {
 }
 
 impl Gateway {
+    /// Subscribes to `uris` on the client's behalf, a few at a time, each
+    /// as its own `resources/subscribe` (through the chain, recorded with
+    /// an id that names the listen request): those granted.
+    async fn subscribe_all(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        id: &Value,
+        uris: BTreeSet<String>,
+    ) -> BTreeSet<String> {
+        use futures_util::StreamExt as _;
+        let listen_id = match id {
+            Value::String(text) => protocol::cut(text, 64).to_owned(),
+            other => other.to_string(),
+        };
+        let subscribes = uris.into_iter().enumerate().map(|(n, uri)| {
+            let subscribe = json!({ "jsonrpc": "2.0",
+                "id": format!("portcullis-listen-{listen_id}-{n}"),
+                "method": "resources/subscribe", "params": { "uri": uri } });
+            async move {
+                let reply = Box::pin(self.handle_request(session, subscribe)).await;
+                if reply.is_some_and(|reply| reply.get("result").is_some()) {
+                    super::lock(&session.listen_granted).insert(uri);
+                }
+            }
+        });
+        futures_util::stream::iter(subscribes)
+            .buffer_unordered(SUBSCRIBING_AT_ONCE)
+            .for_each(|()| async {})
+            .await;
+        std::mem::take(&mut *super::lock(&session.listen_granted))
+    }
+
     /// Runs one listen request: its result when the proxy ends it, `None`
     /// when the client did.
     pub(super) async fn listen(
@@ -115,17 +153,16 @@ impl Gateway {
         let mut listen = asked(message, id)?;
         let _slot = self.listen_slot(&session.client.name)?;
         session.listen_asked.store(true, Ordering::Relaxed);
-        let mut granted = BTreeSet::new();
-        for (n, uri) in std::mem::take(&mut listen.uris).into_iter().enumerate() {
-            let subscribe = json!({ "jsonrpc": "2.0", "id": format!("portcullis-listen-{n}"),
-                "method": "resources/subscribe", "params": { "uri": uri } });
-            let reply = Box::pin(self.handle_request(session, subscribe)).await;
-            if reply.is_some_and(|reply| reply.get("result").is_some()) {
-                granted.insert(uri);
-            }
-            if session.closed.is_cancelled() {
-                return Ok(None);
-            }
+        let uris = std::mem::take(&mut listen.uris);
+        let granted =
+            match tokio::time::timeout(SUBSCRIBING, self.subscribe_all(session, id, uris)).await {
+                Ok(granted) => granted,
+                // Those not answered by then are not granted (the session's
+                // subscriptions all end with it, late ones included).
+                Err(_) => std::mem::take(&mut *super::lock(&session.listen_granted)),
+            };
+        if session.closed.is_cancelled() {
+            return Ok(None);
         }
         listen.uris = granted;
         session.acknowledge(listen);

@@ -63,6 +63,8 @@ pub struct Session {
     /// What that request listens to, once acknowledged: from then on the
     /// session carries those notifications, and only those.
     pub(crate) listen: std::sync::OnceLock<Listen>,
+    /// The URIs a listen request's subscriptions were granted so far.
+    pub(crate) listen_granted: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What a `subscriptions/listen` stream was granted: the list changes it
@@ -183,6 +185,7 @@ impl Session {
             stateless: false,
             listen_asked: std::sync::atomic::AtomicBool::new(false),
             listen: std::sync::OnceLock::new(),
+            listen_granted: Mutex::new(Default::default()),
         }
     }
 
