@@ -654,6 +654,25 @@ async fn subscriptions_listen_over_http_carries_what_was_granted() {
     // Its id names the listen request it was made for.
     let id = subscribed["request_id"].as_str().unwrap_or_default();
     assert!(id.starts_with("portcullis-listen-"), "{subscribed}");
+    // The listen itself is recorded when it ends: the client ending it is
+    // its normal end.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let listened = loop {
+        let records = common::admin_records(&served.base, "kind=exchange", AUDITOR_TOKEN).await;
+        if let Some(found) = records
+            .iter()
+            .find(|r| r["method"] == "subscriptions/listen")
+        {
+            break found.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ended listen was never recorded: {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(listened["decision"], "allow", "{listened}");
+    assert_eq!(listened["protocol"], VERSION);
     assert_eq!(subscribed["protocol"], VERSION);
     served.terminate().await;
 }

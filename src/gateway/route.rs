@@ -145,8 +145,9 @@ impl Gateway {
             }
             Route::Listen => match self.listen(session, &run.exchange.message, id).await {
                 Ok(Some(reply)) => Ok(reply),
-                // The client ended it: nothing to answer.
-                Ok(None) => return (None, Failure::Cancelled.outcome()),
+                // The client ended it, as a listen stream is ended: nothing
+                // to answer, and nothing went wrong.
+                Ok(None) => return (None, Outcome::Delivered),
                 Err(failure) => Err(failure),
             },
             Route::Server { server, rename } => {
