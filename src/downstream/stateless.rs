@@ -6,12 +6,13 @@
 //! reading the body. The proxy decides on the body alone; a header that does
 //! not agree with the body is refused rather than trusted.
 //!
-//! Order of checks, each refusal before any work: the envelope (400,
-//! `-32602`), the headers against the body (400, `-32020`), the version
-//! (400, `-32022` listing the versions spoken), the kind of message (a
-//! notification is accepted and dropped: nothing outlives its request; a
-//! response is refused: nothing was asked), the client's places for
-//! requests in the works (429). The request then runs in a session of its
+//! Order of checks, each refusal before any work: the kind of message (a
+//! notification, its headers checked, is accepted and dropped: nothing
+//! outlives its request; a response is refused: nothing was asked), the
+//! envelope (400, `-32602`), the headers against the body (400, `-32020`),
+//! the version (400, `-32022` listing the versions spoken), a listen that
+//! cannot take a stream (406), the client's places for requests in the
+//! works (429). The request then runs in a session of its
 //! own that ends with it: the client closing the response is the
 //! revision's cancellation, and cancels the call at its server.
 
