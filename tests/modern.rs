@@ -265,6 +265,24 @@ async fn headers_that_do_not_say_what_the_body_says_are_refused_before_any_work(
         "{reply}"
     );
 
+    // A handshake session's request with a header sent twice: refused too.
+    let http = reqwest::Client::new();
+    let session = common::initialize_http(&http, url, TOKEN, "twice").await;
+    let response = http
+        .post(url)
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json")
+        .header("mcp-session-id", &session)
+        .header("mcp-method", "tools/list")
+        .header("mcp-method", "tools/call")
+        .json(&json!({ "jsonrpc": "2.0", "id": 7, "method": "tools/list" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(reply["error"]["code"], -32020, "{reply}");
+
     // None of them reached a server or the chain: nothing was recorded.
     let records = common::admin_records(&served.base, "kind=exchange", AUDITOR_TOKEN).await;
     assert!(
