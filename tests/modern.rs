@@ -543,13 +543,9 @@ where
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rmcp_client_at_latest_over_http() {
-    use rmcp::transport::StreamableHttpClientTransport;
-    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     let proxy = proxy();
     let served = proxy.serve_http().await;
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(served.url.clone()).auth_header(TOKEN),
-    );
+    let transport = http_transport(&served.url, TOKEN);
     rmcp_at_latest(transport).await;
     served.terminate().await;
 }
@@ -563,6 +559,17 @@ async fn rmcp_client_at_latest_over_stdio() {
         .spawn()
         .expect("spawn portcullis stdio");
     rmcp_at_latest(transport).await;
+}
+
+/// rmcp's streamable HTTP transport to `url` with the bearer `token`.
+fn http_transport(
+    url: &str,
+    token: &str,
+) -> rmcp::transport::StreamableHttpClientTransport<reqwest::Client> {
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    rmcp::transport::StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token),
+    )
 }
 
 /// An rmcp client over `transport` that speaks 2026-07-28 only (no
@@ -652,13 +659,9 @@ where
 
 #[tokio::test(flavor = "multi_thread")]
 async fn subscriptions_listen_over_http_carries_what_was_granted() {
-    use rmcp::transport::StreamableHttpClientTransport;
-    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     let proxy = proxy();
     let served = proxy.serve_http().await;
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(served.url.clone()).auth_header(TOKEN),
-    );
+    let transport = http_transport(&served.url, TOKEN);
     listen_through(transport).await;
     // The subscription was recorded as the client's own, and ended with
     // the stream.
@@ -709,17 +712,10 @@ async fn subscriptions_listen_over_stdio_carries_what_was_granted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listen_stream_hears_nothing_of_a_server_its_client_may_not_use() {
     use rmcp::model::{ServerNotification, SubscriptionFilter};
-    use rmcp::transport::StreamableHttpClientTransport;
-    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     let proxy = proxy();
     let served = proxy.serve_http().await;
-    let transport = |token: &str| {
-        StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(served.url.clone()).auth_header(token),
-        )
-    };
-    let tester = modern_rmcp(transport(TOKEN)).await;
-    let other = modern_rmcp(transport(OTHER_TOKEN)).await;
+    let tester = modern_rmcp(http_transport(&served.url, TOKEN)).await;
+    let other = modern_rmcp(http_transport(&served.url, OTHER_TOKEN)).await;
     // `other` asks for the greeting's updates: Cedar refuses the
     // subscription, so the stream is not granted it.
     let filter = SubscriptionFilter::builder()

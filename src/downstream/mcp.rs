@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::auth::Client;
 use super::messages::{
     Incoming, METHOD_HEADER, SESSION_HEADER, VERSION_HEADER, accepts, answer_in_json,
-    answer_in_stream, event, read_message, rpc_error, sse,
+    answer_in_stream, event, read_message, rpc_error, single_header, sse,
 };
 use super::sessions::{GET_STREAM_CAP, HttpOutlet, HttpSession, SESSION_IN_FLIGHT, Unknown, lock};
 use super::slots::Cap;
@@ -40,20 +40,16 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
 /// The handshake revisions: the `Mcp-Method` and `MCP-Protocol-Version`
 /// headers, where sent, must agree with the body.
 fn handshake_headers_match(headers: &HeaderMap, incoming: &Incoming) -> Result<(), Failure> {
-    // Sent twice, something between client and proxy may read the other.
-    for name in [METHOD_HEADER, VERSION_HEADER] {
-        if headers.get_all(name).iter().nth(1).is_some() {
-            return Err(Failure::HeaderMismatch(format!(
-                "the {name} header is sent twice"
-            )));
-        }
-    }
-    if let Some(header_method) = headers.get(METHOD_HEADER)
+    let (method, version) = (
+        single_header(headers, METHOD_HEADER)?,
+        single_header(headers, VERSION_HEADER)?,
+    );
+    if let Some(header_method) = method
         && header_method.to_str().ok() != incoming.method.as_deref()
     {
         return Err(Failure::MethodHeaderMismatch);
     }
-    if let Some(version) = headers.get(VERSION_HEADER) {
+    if let Some(version) = version {
         let known = version
             .to_str()
             .is_ok_and(|v| protocol::SUPPORTED_VERSIONS.contains(&v));

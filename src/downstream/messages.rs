@@ -28,6 +28,21 @@ pub(super) const NAME_HEADER: &str = "mcp-name";
 /// between them takes it for dead.
 const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 
+/// The one value of header `name`, if it was sent. Sent twice it is
+/// refused: something between client and proxy may read the other one.
+pub(super) fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a HeaderValue>, Failure> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (_, Some(_)) => Err(Failure::HeaderMismatch(format!(
+            "the {name} header is sent twice"
+        ))),
+        (value, None) => Ok(value),
+    }
+}
+
 /// A refusal as a JSON-RPC error in an HTTP response of `status`.
 pub(super) fn rpc_error(status: StatusCode, id: Value, failure: Failure) -> Response {
     (status, axum::Json(failure.to_response(id))).into_response()

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::messages::{
     Incoming, METHOD_HEADER, NAME_HEADER, VERSION_HEADER, accepts, answer_in_json,
-    answer_in_stream, rpc_error,
+    answer_in_stream, rpc_error, single_header,
 };
 use super::sessions::{CLIENT_IN_FLIGHT, HttpOutlet};
 use super::state::{HttpState, plain_error};
@@ -62,17 +62,10 @@ fn known_method(_reply: &Value) -> StatusCode {
     StatusCode::OK
 }
 
-/// One header's value as text; `None` when absent. A header sent twice is
-/// refused: something between client and proxy may read the other one.
+/// One header's value as text; `None` when absent (sent twice, refused).
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Failure> {
-    let mut values = headers.get_all(name).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return match headers.contains_key(name) {
-            true => Err(Failure::HeaderMismatch(format!(
-                "the {name} header is sent twice"
-            ))),
-            false => Ok(None),
-        };
+    let Some(value) = single_header(headers, name)? else {
+        return Ok(None);
     };
     value
         .to_str()
@@ -111,11 +104,9 @@ fn headers_match(headers: &HeaderMap, incoming: &Incoming, version: &str) -> Res
         // The body names nothing: the gateway refuses it as it is.
         return Ok(());
     };
-    let mut sent = headers.get_all(NAME_HEADER).iter();
-    match (sent.next(), sent.next()) {
-        (None, _) => mismatch("the Mcp-Name header is required for this method"),
-        (Some(_), Some(_)) => mismatch("the Mcp-Name header is sent twice"),
-        (Some(sent), None) => match protocol::decode_header_value(sent.as_bytes()) {
+    match single_header(headers, NAME_HEADER)? {
+        None => mismatch("the Mcp-Name header is required for this method"),
+        Some(sent) => match protocol::decode_header_value(sent.as_bytes()) {
             Some(sent) if sent == name => Ok(()),
             Some(_) => mismatch("the Mcp-Name header does not match the name in the body"),
             None => mismatch("the Mcp-Name header is neither plain text nor =?base64?…?="),

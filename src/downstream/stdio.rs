@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd as _;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -11,6 +11,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use super::DownstreamError;
+use super::sessions::lock;
 use crate::chain::{ClientIdentity, Transport};
 use crate::gateway::{Failure, Gateway, Outlet, Session, checked_envelope};
 use crate::protocol::{self, Frame, FrameReader, IdKey, Kind};
@@ -209,12 +210,6 @@ struct Connection {
 
 type Work = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-fn in_flight(
-    calls: &Mutex<HashMap<IdKey, Arc<Session>>>,
-) -> MutexGuard<'_, HashMap<IdKey, Arc<Session>>> {
-    calls.lock().unwrap_or_else(|poison| poison.into_inner())
-}
-
 impl Connection {
     /// Sends one line to the client, waiting for room.
     async fn answer(&self, message: Value) {
@@ -302,7 +297,7 @@ impl Connection {
                     && let Some(id) = message
                         .pointer("/params/requestId")
                         .and_then(IdKey::from_value)
-                    && let Some(session) = in_flight(&calls).remove(&id)
+                    && let Some(session) = lock(&calls).remove(&id)
                 {
                     self.gateway.close_stateless(&session);
                 }
@@ -325,6 +320,11 @@ impl Connection {
         let Some(id) = message.get("id").and_then(IdKey::from_value) else {
             return Some(self.refusal(&message, Failure::NotJsonRpc));
         };
+        // Only this reader adds entries (finished requests take theirs
+        // out): an id free now is still free when its session is added.
+        if lock(&calls).contains_key(&id) {
+            return Some(self.refusal(&message, Failure::DuplicateId));
+        }
         let session = self.gateway.open_stateless(
             Arc::from(uuid::Uuid::new_v4().to_string()),
             self.client.clone(),
@@ -332,15 +332,7 @@ impl Connection {
             self.outlet.clone(),
             &envelope,
         );
-        {
-            let mut running = in_flight(&calls);
-            if running.contains_key(&id) {
-                drop(running);
-                self.gateway.close_stateless(&session);
-                return Some(self.refusal(&message, Failure::DuplicateId));
-            }
-            running.insert(id.clone(), session.clone());
-        }
+        lock(&calls).insert(id.clone(), session.clone());
         let gateway = self.gateway.clone();
         let lines = self.lines.clone();
         Some(Box::pin(async move {
@@ -348,7 +340,7 @@ impl Connection {
             {
                 // Only its own entry: a cancelled request's id may be
                 // reused by a later one while this one winds down.
-                let mut running = in_flight(&calls);
+                let mut running = lock(&calls);
                 if running
                     .get(&id)
                     .is_some_and(|found| Arc::ptr_eq(found, &session))
@@ -369,7 +361,7 @@ impl Connection {
         match std::mem::replace(&mut self.era, Era::Undecided) {
             Era::Handshake(session) => self.gateway.close_session(&session),
             Era::Modern(calls) => {
-                for (_, session) in in_flight(&calls).drain() {
+                for (_, session) in lock(&calls).drain() {
                     self.gateway.close_stateless(&session);
                 }
             }

@@ -112,13 +112,16 @@ fn asked(message: &Value, id: &Value) -> Result<Listen, Failure> {
 impl Gateway {
     /// Subscribes to `uris` on the client's behalf, a few at a time, each
     /// as its own `resources/subscribe` (through the chain, recorded with
-    /// an id that names the listen request): those granted.
+    /// an id that names the listen request); each granted one goes into
+    /// `granted` as it is (so that what was granted by a deadline is known
+    /// if this is dropped then).
     async fn subscribe_all(
         self: &Arc<Self>,
         session: &Arc<Session>,
         id: &Value,
         uris: BTreeSet<String>,
-    ) -> BTreeSet<String> {
+        granted: &std::sync::Mutex<BTreeSet<String>>,
+    ) {
         use futures_util::StreamExt as _;
         let listen_id = match id {
             Value::String(text) => protocol::cut(text, 64).to_owned(),
@@ -131,7 +134,7 @@ impl Gateway {
             async move {
                 let reply = Box::pin(self.handle_request(session, subscribe)).await;
                 if reply.is_some_and(|reply| reply.get("result").is_some()) {
-                    super::lock(&session.listen_granted).insert(uri);
+                    super::lock(granted).insert(uri);
                 }
             }
         });
@@ -139,7 +142,6 @@ impl Gateway {
             .buffer_unordered(SUBSCRIBING_AT_ONCE)
             .for_each(|()| async {})
             .await;
-        std::mem::take(&mut *super::lock(&session.listen_granted))
     }
 
     /// Runs one listen request: its result when the proxy ends it, `None`
@@ -154,13 +156,12 @@ impl Gateway {
         let _slot = self.listen_slot(&session.client.name)?;
         session.listen_asked.store(true, Ordering::Relaxed);
         let uris = std::mem::take(&mut listen.uris);
-        let granted =
-            match tokio::time::timeout(SUBSCRIBING, self.subscribe_all(session, id, uris)).await {
-                Ok(granted) => granted,
-                // Those not answered by then are not granted (the session's
-                // subscriptions all end with it, late ones included).
-                Err(_) => std::mem::take(&mut *super::lock(&session.listen_granted)),
-            };
+        let granted = std::sync::Mutex::new(BTreeSet::new());
+        // Those not answered by the deadline are not granted (the session's
+        // subscriptions all end with it, late ones included).
+        let subscribing = self.subscribe_all(session, id, uris, &granted);
+        let _ = tokio::time::timeout(SUBSCRIBING, subscribing).await;
+        let granted = std::mem::take(&mut *super::lock(&granted));
         if session.closed.is_cancelled() {
             return Ok(None);
         }

@@ -487,32 +487,24 @@ impl Gateway {
         self.sessions.read().ok().and_then(|s| s.get(&key).cloned())
     }
 
+    /// The open sessions that `keep` keeps.
+    fn sessions_where(&self, keep: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
+        self.sessions
+            .read()
+            .map(|s| s.values().filter(|s| keep(s)).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The 2026-07-28 listen streams that have been acknowledged: what the
     /// proxy announces of its lists reaches them too.
     fn listeners(&self) -> Vec<Arc<Session>> {
-        self.sessions
-            .read()
-            .map(|s| {
-                s.values()
-                    .filter(|s| s.listen.get().is_some())
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.sessions_where(|s| s.listen.get().is_some())
     }
 
     /// The sessions that did the handshake: those what is announced to
     /// sessions reaches (a 2026-07-28 request's session is not one).
     fn initialized_sessions(&self) -> Vec<Arc<Session>> {
-        self.sessions
-            .read()
-            .map(|s| {
-                s.values()
-                    .filter(|s| s.is_initialized() && !s.stateless)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.sessions_where(|s| s.is_initialized() && !s.stateless)
     }
 
     // -- client → proxy ----------------------------------------------------

@@ -98,16 +98,17 @@ pub(super) fn frame_reply(method: &str, mut reply: Value) -> Value {
 /// Takes out of a request's `params._meta` what the revision defines for
 /// the hop between client and proxy (version, capabilities, client info,
 /// log level): a server is sent the request as a client of its own
-/// revision would send it. An emptied `_meta` goes too.
+/// revision would send it. A `_meta` emptied so goes too.
 pub(super) fn strip_envelope(request: &mut Value) {
-    let Some(params) = request.get_mut("params").and_then(Value::as_object_mut) else {
+    if !protocol::strip_protocol_meta(request) {
         return;
-    };
-    let Some(found) = params.get_mut("_meta").and_then(Value::as_object_mut) else {
-        return;
-    };
-    found.retain(|key, _| !key.starts_with(meta::PREFIX));
-    if found.is_empty() {
+    }
+    if let Some(params) = request.get_mut("params").and_then(Value::as_object_mut)
+        && params
+            .get("_meta")
+            .and_then(Value::as_object)
+            .is_some_and(Map::is_empty)
+    {
         params.remove("_meta");
     }
 }

@@ -401,9 +401,6 @@ impl Gateway {
         }
     }
 
-    /// A session subscribed to [`MAX_SUBSCRIPTIONS`] resources may
-    /// subscribe again only to one of those; a URI longer than
-    /// [`MAX_SUBSCRIBED_URI_BYTES`] is not kept at all.
     /// What one revision has and the other has not: the handshake and
     /// what came with sessions are gone from 2026-07-28 (unknown methods
     /// there; a listen request still subscribes on the client's behalf),
@@ -429,6 +426,9 @@ impl Gateway {
         None
     }
 
+    /// A session subscribed to [`MAX_SUBSCRIPTIONS`] resources may
+    /// subscribe again only to one of those; a URI longer than
+    /// [`MAX_SUBSCRIBED_URI_BYTES`] is not kept at all.
     fn may_subscribe(&self, session: &Session, uri: &str) -> Result<(), Failure> {
         if uri.len() > MAX_SUBSCRIBED_URI_BYTES {
             return Err(Failure::UriTooLong);

@@ -63,8 +63,6 @@ pub struct Session {
     /// What that request listens to, once acknowledged: from then on the
     /// session carries those notifications, and only those.
     pub(crate) listen: std::sync::OnceLock<Listen>,
-    /// The URIs a listen request's subscriptions were granted so far.
-    pub(crate) listen_granted: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What a `subscriptions/listen` stream was granted: the list changes it
@@ -145,17 +143,6 @@ fn tag_subscription(message: &mut Value, id: &Value) {
     }
 }
 
-/// Takes the protocol's own keys out of a server's notification's `_meta`.
-fn strip_protocol_meta(message: &mut Value) {
-    let found = message
-        .get_mut("params")
-        .and_then(|params| params.get_mut("_meta"))
-        .and_then(Value::as_object_mut);
-    if let Some(found) = found {
-        found.retain(|key, _| !key.starts_with(crate::protocol::meta::PREFIX));
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded values are plain maps and flags, valid after any panic.
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
@@ -185,7 +172,6 @@ impl Session {
             stateless: false,
             listen_asked: std::sync::atomic::AtomicBool::new(false),
             listen: std::sync::OnceLock::new(),
-            listen_granted: Mutex::new(Default::default()),
         }
     }
 
@@ -273,7 +259,7 @@ impl Session {
             {
                 return false;
             }
-            strip_protocol_meta(&mut message);
+            crate::protocol::strip_protocol_meta(&mut message);
         }
         self.outlet.deliver(message, related)
     }

@@ -6,8 +6,14 @@
 //! except the small helpers that build Portcullis's own replies.
 
 mod framing;
+mod modern;
 
 pub use framing::{Frame, FrameReader, HEAD_BYTES, encode_line, write_message};
+pub use modern::{
+    ALL_VERSIONS, CACHEABLE, Envelope, EnvelopeError, MODERN_METHODS, MODERN_VERSION,
+    REMOVED_IN_MODERN, decode_header_value, envelope, envelope_version, meta, routing_name,
+    strip_protocol_meta,
+};
 
 use serde_json::{Map, Value, json};
 
@@ -51,159 +57,6 @@ pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18"];
 /// The revision Portcullis offers when a client asks for one it does not know,
 /// and the one it asks upstream servers for.
 pub const LATEST_VERSION: &str = "2025-11-25";
-
-/// The stateless revision: no handshake, no session; every request carries
-/// its version and the client's capabilities in `params._meta`.
-pub const MODERN_VERSION: &str = "2026-07-28";
-
-/// Every revision Portcullis speaks toward clients, newest first (what
-/// `server/discover` and a `-32022` refusal list).
-pub const ALL_VERSIONS: &[&str] = &[MODERN_VERSION, "2025-11-25", "2025-06-18"];
-
-/// The `_meta` keys of the 2026-07-28 revision.
-pub mod meta {
-    /// A request's protocol version (required).
-    pub const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-    /// A request's client capabilities (required; `{}` for none).
-    pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
-    /// Who the client says it is (self-reported).
-    pub const CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
-    /// The least severe `notifications/message` the request wants.
-    pub const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
-    /// Who the server says it is, on results.
-    pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
-    /// The `subscriptions/listen` request a notification belongs to.
-    pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
-    /// The prefix of every key the protocol itself defines.
-    pub const PREFIX: &str = "io.modelcontextprotocol/";
-}
-
-/// What a 2026-07-28 request says about itself in `params._meta`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Envelope {
-    pub version: String,
-    pub capabilities: Map<String, Value>,
-    /// The least severe log message the request wants, if it asked for any.
-    pub log_level: Option<LogLevel>,
-}
-
-/// Why a request is not a well-formed 2026-07-28 request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EnvelopeError {
-    #[error(
-        "`params._meta` must carry `io.modelcontextprotocol/protocolVersion` (a string) and `io.modelcontextprotocol/clientCapabilities` (an object)"
-    )]
-    Missing,
-    #[error("`params._meta.io.modelcontextprotocol/logLevel` is not a log level")]
-    LogLevel,
-}
-
-/// The protocol version a request names in `params._meta`, if it names one
-/// (whether or not the rest of its envelope is well formed).
-pub fn envelope_version(message: &Value) -> Option<&str> {
-    params(message)?
-        .get("_meta")?
-        .get(meta::PROTOCOL_VERSION)?
-        .as_str()
-}
-
-/// A 2026-07-28 request's envelope: its version and capabilities are
-/// required; its log level, when present, must be one.
-pub fn envelope(message: &Value) -> Result<Envelope, EnvelopeError> {
-    let found = params(message).and_then(|p| p.get("_meta"));
-    let version = found
-        .and_then(|m| m.get(meta::PROTOCOL_VERSION))
-        .and_then(Value::as_str);
-    let capabilities = found
-        .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
-        .and_then(Value::as_object);
-    let (Some(version), Some(capabilities)) = (version, capabilities) else {
-        return Err(EnvelopeError::Missing);
-    };
-    let log_level = match found.and_then(|m| m.get(meta::LOG_LEVEL)) {
-        None => None,
-        Some(level) => Some(
-            level
-                .as_str()
-                .and_then(LogLevel::parse)
-                .ok_or(EnvelopeError::LogLevel)?,
-        ),
-    };
-    Ok(Envelope {
-        version: version.to_owned(),
-        capabilities: capabilities.clone(),
-        log_level,
-    })
-}
-
-/// The methods of the handshake revisions that 2026-07-28 removed: a
-/// stateless request naming one is an unknown method.
-pub const REMOVED_IN_MODERN: &[&str] = &[
-    "initialize",
-    "ping",
-    "logging/setLevel",
-    "resources/subscribe",
-    "resources/unsubscribe",
-];
-
-/// The client→server requests of 2026-07-28 the proxy serves: a request of
-/// any other method is one the proxy does not know (404 over HTTP), while
-/// an unknown-method error to one of these came from a server (200).
-pub const MODERN_METHODS: &[&str] = &[
-    "server/discover",
-    "subscriptions/listen",
-    "tools/list",
-    "tools/call",
-    "prompts/list",
-    "prompts/get",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-    "completion/complete",
-];
-
-/// The 2026-07-28 results that carry cache hints (`ttlMs`, `cacheScope`).
-pub const CACHEABLE: &[&str] = &[
-    "server/discover",
-    "tools/list",
-    "prompts/list",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-];
-
-/// The 2026-07-28 `Mcp-Name` header's value for a request, when the
-/// revision requires one: `params.name` of `tools/call` and `prompts/get`,
-/// `params.uri` of `resources/read`. `Err` when the method needs one and the
-/// body has none.
-pub fn routing_name(message: &Value) -> Option<Result<&str, ()>> {
-    let key = match method(message)? {
-        "tools/call" | "prompts/get" => "name",
-        "resources/read" => "uri",
-        _ => return None,
-    };
-    Some(param_str(message, key).ok_or(()))
-}
-
-/// An `Mcp-Name` (or `Mcp-Param-*`) header value decoded: plain visible
-/// ASCII as it is, or `=?base64?…?=` holding UTF-8. `None` when it is
-/// neither.
-pub fn decode_header_value(value: &[u8]) -> Option<String> {
-    use base64::Engine as _;
-    let text = std::str::from_utf8(value).ok()?;
-    if let Some(inner) = text
-        .strip_prefix("=?base64?")
-        .and_then(|rest| rest.strip_suffix("?="))
-    {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(inner)
-            .ok()?;
-        return String::from_utf8(bytes).ok();
-    }
-    let visible = text.bytes().all(|b| (0x20..=0x7e).contains(&b));
-    let trimmed = text.trim() == text;
-    (visible && trimmed).then(|| text.to_owned())
-}
 
 /// What a JSON-RPC message is, judged from the members it has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
