@@ -239,6 +239,28 @@ struct StdioClient {
 
 impl StdioClient {
     async fn start(proxy: &TestProxy) -> Self {
+        let mut client = Self::spawn(proxy);
+        let reply = client
+            .call(
+                json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+                "protocolVersion":"2025-06-18",
+                "capabilities":{"sampling":{}},
+                "clientInfo":{"name":"hostile-test","version":"0"}}}),
+            )
+            .await;
+        assert!(
+            reply.value.get("result").is_some(),
+            "initialize: {}",
+            reply.raw
+        );
+        client
+            .send(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await;
+        client
+    }
+
+    /// A connection that has sent nothing yet (no handshake).
+    fn spawn(proxy: &TestProxy) -> Self {
         let mut command = proxy.stdio_command();
         command
             .stdin(Stdio::piped())
@@ -263,30 +285,13 @@ impl StdioClient {
                 }
             }
         });
-        let mut client = Self {
+        Self {
             _child: child,
             stdin,
             incoming,
             backlog: Vec::new(),
             seen: Vec::new(),
-        };
-        let reply = client
-            .call(
-                json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
-                "protocolVersion":"2025-06-18",
-                "capabilities":{"sampling":{}},
-                "clientInfo":{"name":"hostile-test","version":"0"}}}),
-            )
-            .await;
-        assert!(
-            reply.value.get("result").is_some(),
-            "initialize: {}",
-            reply.raw
-        );
-        client
-            .send(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
-            .await;
-        client
+        }
     }
 
     async fn send(&mut self, message: &Value) {
@@ -1010,6 +1015,64 @@ async fn secrets_in_a_sampling_request_and_its_answer_are_redacted() {
         m["id"] == "hostile-s1" && m.get("method").is_none()
     });
     assert_frame_clean("the sampling answer", &answer, &[&answered]);
+    assert_member(
+        &answer,
+        &answer.value["result"]["content"]["text"],
+        json!(format!("the key is {}", answered.placeholder())),
+    );
+}
+
+/// 11a. The same through a 2026-07-28 client, which has no requests from
+/// server to client: the question comes as a round of its call
+/// (`input_required`), the answer with its retry.
+#[tokio::test]
+async fn secrets_in_a_round_question_and_its_retry_answer_are_redacted() {
+    let (asked, answered) = (Secret::github(), Secret::stripe());
+    let request = json!({"jsonrpc": "2.0", "id": "hostile-r1", "method": "sampling/createMessage",
+        "params": {"messages": [{"role": "user", "content": {"type": "text", "text": format!("summarize {}", asked.text)}}],
+                   "maxTokens": 10}});
+    let hostile = Hostile::new(json!({"tools": {"ask": [
+        send(request.to_string()),
+        {"await": request["id"]},
+        reply(&json!({"content": [text("asked")]})),
+    ]}}));
+    let mut client = StdioClient::spawn(&hostile.proxy);
+    let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+        "name":"h__ask","arguments":{},
+        "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+                 "io.modelcontextprotocol/clientCapabilities":{"sampling":{}}}}});
+    client.send(&call).await;
+    let round = client
+        .recv_matching("the round", |m| m["id"] == 1 && m.get("method").is_none())
+        .await;
+    assert_eq!(
+        round.value["result"]["resultType"], "input_required",
+        "{}",
+        round.raw
+    );
+    assert_frame_clean("a round's question", &round, &[&asked]);
+    let questions = round.value["result"]["inputRequests"].as_object().unwrap();
+    let (key, question) = questions.iter().next().unwrap();
+    assert_member(
+        &round,
+        &question["params"]["messages"][0]["content"]["text"],
+        json!(format!("summarize {}", asked.placeholder())),
+    );
+    let mut retry = call.clone();
+    retry["id"] = json!(2);
+    retry["params"]["requestState"] = round.value["result"]["requestState"].clone();
+    retry["params"]["inputResponses"] = json!({ key.clone(): {
+        "role":"assistant","model":"m",
+        "content":{"type":"text","text":format!("the key is {}", answered.text)}}});
+    client.send(&retry).await;
+    let reply = client
+        .recv_matching("the reply", |m| m["id"] == 2 && m.get("method").is_none())
+        .await;
+    assert_result(&reply);
+    let answer = hostile.received_matching("the answer", |m| {
+        m["id"] == "hostile-r1" && m.get("method").is_none()
+    });
+    assert_frame_clean("the round's answer", &answer, &[&answered]);
     assert_member(
         &answer,
         &answer.value["result"]["content"]["text"],

@@ -95,6 +95,17 @@ pub enum Failure {
         "the server answered with resultType `{0}`, which a server of the handshake revisions cannot send: refused"
     )]
     ServerResultType(String),
+    /// A 2026-07-28 retry's `requestState` names no call of this client's
+    /// waiting for input (never given, answered already, expired, or
+    /// another client's: which, is not said).
+    #[error(
+        "the requestState is unknown or expired: send the request again, without requestState and inputResponses"
+    )]
+    UnknownRequestState,
+    /// A 2026-07-28 retry that does not continue the request its
+    /// `requestState` was given for.
+    #[error("the retry does not match the request its requestState belongs to: {0}")]
+    RequestStateMismatch(&'static str),
     /// A client's listen streams (how many) are all open.
     #[error("this client has {0} listen streams open; end one first")]
     TooManyListens(usize),
@@ -127,6 +138,9 @@ pub enum Failure {
         "no client session to ask: the request is not tied to exactly one client call in flight"
     )]
     NoClientToAsk,
+    /// The client's calls waiting for its input (how many) are all taken.
+    #[error("refused: {0} calls of this client are already waiting for its input")]
+    TooManyWaiting(usize),
     #[error("the client does not support {0}")]
     ClientLacks(&'static str),
     #[error("the client is not reachable")]
@@ -163,6 +177,7 @@ impl Failure {
             Self::NoBackChannel => code::CLIENT_UNAVAILABLE,
             Self::ServerResultType(_) => code::INTERNAL_ERROR,
             Self::TooManyListens(_) => code::RATE_LIMITED,
+            Self::UnknownRequestState | Self::RequestStateMismatch(_) => code::INVALID_PARAMS,
             Self::TooManyInFlight(_) => code::RATE_LIMITED,
             Self::MethodNotFound(_) | Self::ClientLacks(_) => code::METHOD_NOT_FOUND,
             Self::InvalidParams(_) | Self::Unknown { .. } | Self::UriTooLong => {
@@ -178,6 +193,7 @@ impl Failure {
                 code::AUDIT_UNAVAILABLE
             }
             Self::TooManyServerRequests(_)
+            | Self::TooManyWaiting(_)
             | Self::NoClientToAsk
             | Self::ClientUnreachable
             | Self::ClientSessionEnded => code::CLIENT_UNAVAILABLE,

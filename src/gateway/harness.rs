@@ -228,10 +228,20 @@ impl Harness {
         &self,
         client: &str,
     ) -> (Arc<Session>, mpsc::UnboundedReceiver<Value>) {
+        self.stateless_session_with(client, json!({}))
+    }
+
+    /// The same, with the client's `capabilities` (an object) in its
+    /// envelope.
+    pub(super) fn stateless_session_with(
+        &self,
+        client: &str,
+        capabilities: Value,
+    ) -> (Arc<Session>, mpsc::UnboundedReceiver<Value>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let envelope = protocol::Envelope {
             version: protocol::MODERN_VERSION.to_owned(),
-            capabilities: serde_json::Map::new(),
+            capabilities: capabilities.as_object().cloned().unwrap_or_default(),
             log_level: None,
         };
         let session = self.gateway.open_stateless(

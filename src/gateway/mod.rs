@@ -21,6 +21,9 @@ mod notifications;
 mod record;
 #[cfg(test)]
 mod relay_tests;
+mod rounds;
+#[cfg(test)]
+mod rounds_tests;
 mod route;
 mod run;
 mod server;
@@ -84,6 +87,10 @@ pub struct Gateway {
     next_session: AtomicU64,
     /// Resource URI → sessions subscribed to it.
     subscriptions: Mutex<HashMap<String, HashSet<u64>>>,
+    /// 2026-07-28 calls waiting for their client's next round, by the
+    /// `requestState` the client was given (at most
+    /// [`rounds::WAITING_PER_CLIENT`] per client).
+    parked: Mutex<HashMap<String, rounds::Parked>>,
     /// Each client's 2026-07-28 listen streams open (at most
     /// [`listen::MAX_LISTENS_PER_CLIENT`]; bounded by the configured
     /// clients).
@@ -205,6 +212,7 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             subscriptions: Mutex::new(HashMap::new()),
             listens: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
             forwarded: Mutex::new(HashMap::new()),
             instances: Mutex::new(HashMap::new()),
             events: events_tx,
@@ -247,6 +255,7 @@ impl Gateway {
     /// Stops every server and ends every session.
     pub async fn stop(&self) {
         self.shutdown.cancel();
+        self.drop_parked();
         let sessions: Vec<_> = self
             .sessions
             .write()
@@ -448,12 +457,19 @@ impl Gateway {
     /// Ends the session of a 2026-07-28 request: a call of it still at a
     /// server is cancelled (the client went away), and what a listen
     /// request subscribed to is given up.
+    /// A parked call's session (waiting for its client's next round) is
+    /// left to the rounds: the request that parked it has ended, the call
+    /// has not.
     pub fn close_stateless(&self, session: &Session) {
-        if let Ok(mut sessions) = self.sessions.write() {
-            sessions.remove(&session.key);
-        }
-        session.close();
-        if session.listen_asked.load(Ordering::Relaxed) {
+        let mut closed = false;
+        session.unless_parked(|| {
+            if let Ok(mut sessions) = self.sessions.write() {
+                sessions.remove(&session.key);
+            }
+            session.close();
+            closed = true;
+        });
+        if closed && session.listen_asked.load(Ordering::Relaxed) {
             self.drop_subscriptions(session);
         }
     }
@@ -514,9 +530,7 @@ impl Gateway {
     pub async fn handle(self: &Arc<Self>, session: &Arc<Session>, message: Value) -> Option<Value> {
         match protocol::classify(&message) {
             Some(Kind::Request) if session.stateless => {
-                let method = protocol::method(&message).unwrap_or_default().to_owned();
-                let reply = self.handle_request(session, message).await;
-                reply.map(|reply| modern::frame_reply(&method, reply))
+                self.stateless_request(session, message).await
             }
             Some(Kind::Request) => self.handle_request(session, message).await,
             Some(Kind::Notification) => {

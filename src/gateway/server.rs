@@ -180,7 +180,9 @@ impl Gateway {
             let _ = upstream.send(answer(Failure::NoClientToAsk)).await;
             return;
         };
-        if session.stateless {
+        // A 2026-07-28 client is asked in its call's rounds, if the call
+        // can take them.
+        if session.stateless && session.asks.get().is_none() {
             let _ = upstream.send(answer(Failure::NoBackChannel)).await;
             return;
         }
@@ -218,16 +220,20 @@ impl Gateway {
             return;
         }
         let related = origin.as_ref().map(|o| &o.request_id);
-        let answer_message = self
-            .ask_client(
+        let timeout = upstream.config().call_timeout;
+        let answer_message = if session.stateless {
+            super::rounds::ask_in_round(&session, &server_id, &run.exchange.message, timeout).await
+        } else {
+            self.ask_client(
                 &session,
                 (index, instance),
                 &server_id,
                 &run.exchange.message,
                 related,
-                upstream.config().call_timeout,
+                timeout,
             )
-            .await;
+            .await
+        };
         let exchange = &mut run.exchange;
         exchange.message = answer_message;
         exchange.phase = Phase::Response;

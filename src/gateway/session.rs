@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::{ClientIdentity, Transport};
@@ -31,6 +31,44 @@ pub(crate) struct SessionState {
     pub log_level: Option<LogLevel>,
 }
 
+/// A server's request (sampling, elicitation, roots) to a 2026-07-28
+/// client during one of its calls, decided and redacted: the client is
+/// asked in the call's next round (`inputRequests`), and its answer comes
+/// with its retry (`inputResponses`).
+pub(crate) struct InputAsk {
+    /// `{ "method", "params" }` as the client is to see it.
+    pub request: Value,
+    /// The server's id for it.
+    pub server_id: Value,
+    /// The answer to send the server (under its id): the client's result,
+    /// or an error saying why there is none.
+    pub answer: oneshot::Sender<Value>,
+    /// How long the server waits for it.
+    pub timeout: std::time::Duration,
+}
+
+/// An outlet that reaches nobody: a parked call's session between rounds.
+pub(crate) struct Nowhere;
+
+impl Outlet for Nowhere {
+    fn deliver(&self, _message: Value, _related: Option<&Value>) -> bool {
+        false
+    }
+}
+
+/// Sends what a parked call's session delivers on the stream of the request
+/// that continues it (the retry, under its own id).
+pub(crate) struct Relay {
+    pub to: Arc<dyn Outlet>,
+    pub related: Value,
+}
+
+impl Outlet for Relay {
+    fn deliver(&self, message: Value, _related: Option<&Value>) -> bool {
+        self.to.deliver(message, Some(&self.related))
+    }
+}
+
 /// A call of this session's that is in flight at a server.
 pub(crate) struct InFlight {
     pub cancel: CancellationToken,
@@ -41,7 +79,9 @@ pub struct Session {
     pub id: Arc<str>,
     pub client: ClientIdentity,
     pub transport: Transport,
-    outlet: Arc<dyn Outlet>,
+    /// Where what the client did not ask for goes (a parked call's session
+    /// is pointed at the request that continues it).
+    outlet: Mutex<Arc<dyn Outlet>>,
     state: Mutex<SessionState>,
     calls: Mutex<HashMap<IdKey, InFlight>>,
     /// Server→client requests forwarded to this client, by the id we gave them.
@@ -63,6 +103,12 @@ pub struct Session {
     /// What that request listens to, once acknowledged: from then on the
     /// session carries those notifications, and only those.
     pub(crate) listen: std::sync::OnceLock<Listen>,
+    /// A 2026-07-28 call that may take several rounds: where its server's
+    /// requests to the client go (see `gateway::rounds`).
+    pub(crate) asks: std::sync::OnceLock<mpsc::Sender<InputAsk>>,
+    /// The call waits for the client's next round: its session outlives
+    /// the request that began it (closing it is then the rounds' to do).
+    parked: Mutex<bool>,
 }
 
 /// What a `subscriptions/listen` stream was granted: the list changes it
@@ -161,7 +207,7 @@ impl Session {
             id,
             client,
             transport,
-            outlet,
+            outlet: Mutex::new(outlet),
             state: Mutex::new(SessionState::default()),
             calls: Mutex::new(HashMap::new()),
             client_requests: Mutex::new(HashMap::new()),
@@ -172,6 +218,8 @@ impl Session {
             stateless: false,
             listen_asked: std::sync::atomic::AtomicBool::new(false),
             listen: std::sync::OnceLock::new(),
+            asks: std::sync::OnceLock::new(),
+            parked: Mutex::new(false),
         }
     }
 
@@ -242,7 +290,7 @@ impl Session {
                 return false;
             }
             tag_subscription(&mut message, &listen.id);
-            return self.outlet.deliver(message, Some(&listen.id));
+            return self.outlet().deliver(message, Some(&listen.id));
         }
         if self.stateless {
             // A listen not acknowledged yet: nothing goes before its
@@ -261,7 +309,42 @@ impl Session {
             }
             crate::protocol::strip_protocol_meta(&mut message);
         }
-        self.outlet.deliver(message, related)
+        self.outlet().deliver(message, related)
+    }
+
+    /// Where what the client did not ask for goes now.
+    pub(crate) fn outlet(&self) -> Arc<dyn Outlet> {
+        lock(&self.outlet).clone()
+    }
+
+    /// Points the session at another way to its client.
+    pub(crate) fn redirect(&self, outlet: Arc<dyn Outlet>) {
+        *lock(&self.outlet) = outlet;
+    }
+
+    /// Parks the session (its call waits for the client's next round);
+    /// false if it was closed already.
+    pub(crate) fn park(&self) -> bool {
+        let mut parked = lock(&self.parked);
+        if self.closed.is_cancelled() {
+            return false;
+        }
+        *parked = true;
+        true
+    }
+
+    /// Ends the parking: closing the session is its requests' to do again.
+    pub(crate) fn unpark(&self) {
+        *lock(&self.parked) = false;
+    }
+
+    /// Runs `close` unless the session is parked (decided under the same
+    /// lock as parking, so a session is never parked once closed).
+    pub(crate) fn unless_parked(&self, close: impl FnOnce()) {
+        let parked = lock(&self.parked);
+        if !*parked {
+            close();
+        }
     }
 
     /// Sends a listen stream's acknowledgment, before anything else on it.
@@ -271,7 +354,7 @@ impl Session {
             serde_json::json!({ "notifications": listen.filter() }),
         );
         tag_subscription(&mut ack, &listen.id);
-        let sent = self.outlet.deliver(ack, Some(&listen.id));
+        let sent = self.outlet().deliver(ack, Some(&listen.id));
         let _ = self.listen.set(listen);
         sent
     }

@@ -70,6 +70,9 @@ Options that add keys to the document:
                            sampling/createMessage with an assistant text message
                            TEXT (model "test-model"); adds "sampling_requests":
                            the params of each request received.
+    --elicit-reply NAME    advertise the elicitation capability and accept every
+                           elicitation/create with content {"name": NAME}; adds
+                           "elicitation_requests": the params of each received.
     --notifications        adds "notifications": the server notifications seen.
     --http-trace           (http) adds "http_trace": one entry per HTTP request
                            (method, url, request headers, JSON-RPC method/id,
@@ -189,10 +192,21 @@ async def run_op(client: Client, op: Op, validate: bool) -> Any:
     if op.kind == "call":
         arguments = op.args if op.args is not None else {}
         if not validate:
-            # One tools/call on the wire and nothing else: Client.call_tool would also send
+            # tools/call on the wire and nothing else: Client.call_tool would also send
             # tools/list (for an unlisted tool) and check structuredContent against outputSchema.
-            request = types.CallToolRequest(params=types.CallToolRequestParams(name=op.name, arguments=arguments))
-            return await client.session.send_request(request, types.CallToolResult)
+            # A 2026-07-28 input_required result is driven as Client.call_tool drives it:
+            # the questions answered by the callbacks, the call retried with the answers.
+            session = client.session
+
+            async def retry(responses: Any, state: str | None) -> Any:
+                params = types.CallToolRequestParams(
+                    name=op.name, arguments=arguments, input_responses=responses, request_state=state
+                )
+                adapter = session._call_tool_adapter  # pyright: ignore[reportPrivateUsage]
+                return await session.send_request(types.CallToolRequest(params=params), adapter)
+
+            drive = client._drive_input_required  # pyright: ignore[reportPrivateUsage]
+            return await drive(await retry(None, None), retry)
         return await client.call_tool(op.name, arguments)
     if op.kind == "read":
         return await client.read_resource(op.name)
@@ -335,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=30.0, help="per-request read timeout, seconds (default 30)")
     p.add_argument("--sampling-reply", metavar="TEXT", help="answer sampling/createMessage with this text")
+    p.add_argument("--elicit-reply", metavar="NAME", help='accept elicitation/create with {"name": NAME}')
     p.add_argument("--notifications", action="store_true", help="record server notifications in the output")
     p.add_argument("--http-trace", action="store_true", help="http: record HTTP requests in the output")
     p.add_argument(
@@ -410,6 +425,7 @@ async def amain(ns: argparse.Namespace, command: list[str], ops: list[Op]) -> di
     recorder: HttpRecorder | None = None
     notifications: list[Any] = []
     sampling_requests: list[Any] = []
+    elicitation_requests: list[Any] = []
 
     if ns.transport == "stdio":
         env = dict(os.environ)  # the SDK would otherwise pass only HOME, PATH, SHELL, TERM, USER, LOGNAME
@@ -464,12 +480,22 @@ async def amain(ns: argparse.Namespace, command: list[str], ops: list[Op]) -> di
                 stop_reason="endTurn",
             )
 
+    elicitation_callback = None
+    if ns.elicit_reply is not None:
+
+        async def elicitation_callback(
+            context: ClientRequestContext, params: types.ElicitRequestParams
+        ) -> types.ElicitResult:
+            elicitation_requests.append(dump(params))
+            return types.ElicitResult(action="accept", content={"name": ns.elicit_reply})
+
     results: list[dict[str, Any]] = []
     client = Client(
         watched(transport, watch),
         mode=ns.mode,
         read_timeout_seconds=ns.timeout,
         sampling_callback=sampling_callback,
+        elicitation_callback=elicitation_callback,
         message_handler=on_message,
         client_info=types.Implementation(name=ns.client_name, version="0.1.0"),
         cache=None,  # every op must reach the wire
@@ -519,6 +545,8 @@ async def amain(ns: argparse.Namespace, command: list[str], ops: list[Op]) -> di
 
     if ns.sampling_reply is not None:
         doc["sampling_requests"] = sampling_requests
+    if ns.elicit_reply is not None:
+        doc["elicitation_requests"] = elicitation_requests
     if ns.notifications:
         doc["notifications"] = notifications
     if ns.http_trace and recorder is not None:

@@ -1,0 +1,441 @@
+//! Multi round-trip requests toward 2026-07-28 clients: that revision has no
+//! requests from server to client. When a server behind the proxy (which
+//! speaks a handshake revision) asks the client something during a
+//! `tools/call`, `prompts/get` or `resources/read` — sampling, elicitation,
+//! roots — the proxy decides that request as it decides any server's
+//! request to a client (Cedar, the capability the client declared,
+//! redaction, a record), answers the client's request with
+//! `resultType: input_required`, its `inputRequests` and a `requestState`,
+//! and keeps the server's call waiting ("parked"). The client's retry of the
+//! same request, with `inputResponses` and that `requestState`, hands each
+//! answer to the server (decided and recorded as the answer to its request)
+//! and waits for the call's next round or its result.
+//!
+//! `requestState` is an unguessable handle to the parked call, good for one
+//! retry of the client it was given to, of the same request (method and
+//! params): any other retry is refused as unknown, and the call goes on
+//! waiting. Each round gives a new one. A call no retry continues within
+//! its server's call timeout is cancelled at its server; so is one whose
+//! retry the client abandons (closing the response, or cancelling it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::chain::{Direction, Phase};
+use crate::protocol;
+
+use super::failure::Failure;
+use super::session::{InputAsk, Nowhere, Relay};
+use super::{Gateway, Session, lock, modern, reply_id};
+
+/// The requests a 2026-07-28 server may answer with `input_required`: the
+/// ones whose server's requests to the client become rounds.
+pub(super) const IN_ROUNDS: &[&str] = &["tools/call", "prompts/get", "resources/read"];
+/// A client's calls waiting for its input at once; past them, a server's
+/// request to that client is refused.
+pub(super) const WAITING_PER_CLIENT: usize = 64;
+/// A server's requests queued for one call's next round.
+const ASKS_PER_CALL: usize = 16;
+/// The longest `requestState` the proxy gives (longer ones are not its).
+const STATE_BYTES: usize = 64;
+/// What a retry's params carry for the rounds, besides the request it
+/// continues.
+const ROUND_KEYS: &[&str] = &["_meta", "inputResponses", "requestState"];
+
+/// A call waiting for its client's next round.
+pub(super) struct Parked {
+    client: Arc<str>,
+    method: String,
+    /// The request's params without what rounds add: a retry asks for the
+    /// same.
+    params: Value,
+    /// The call's session, which outlives the request that began it.
+    session: Arc<Session>,
+    /// The call's reply (recorded), when it ends.
+    done: oneshot::Receiver<Option<Value>>,
+    asks: mpsc::Receiver<InputAsk>,
+    /// Asks taken from the queue and not yet put to the client.
+    queued: Vec<InputAsk>,
+    /// What the client was asked in the last round, by key: the server's
+    /// id and where its answer goes.
+    pending: BTreeMap<String, (Value, oneshot::Sender<Value>)>,
+    /// Keys given so far: a key names one request of the server's.
+    keys: u64,
+}
+
+enum Round {
+    /// The call ended (`None`: it was cancelled).
+    Complete(Option<Value>),
+    /// The server asked the client something.
+    Input(Vec<InputAsk>),
+}
+
+impl Parked {
+    async fn next_round(&mut self) -> Round {
+        if !self.queued.is_empty() {
+            return Round::Input(std::mem::take(&mut self.queued));
+        }
+        tokio::select! {
+            biased;
+            reply = &mut self.done => Round::Complete(reply.ok().flatten()),
+            Some(ask) = self.asks.recv() => {
+                let mut asks = vec![ask];
+                while let Ok(more) = self.asks.try_recv() {
+                    asks.push(more);
+                }
+                Round::Input(asks)
+            }
+        }
+    }
+}
+
+/// A request's params as a retry must repeat them: without `_meta` (a
+/// new progress token, say), `inputResponses` and `requestState`.
+fn round_params(message: &Value) -> Value {
+    match message.get("params") {
+        Some(Value::Object(params)) => Value::Object(
+            params
+                .iter()
+                .filter(|(key, _)| !ROUND_KEYS.contains(&key.as_str()))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+        ),
+        Some(other) => other.clone(),
+        None => Value::Object(Map::new()),
+    }
+}
+
+/// Whether a retry answers exactly what its round asked: an object with a
+/// result object for every key, and no other key.
+fn answers_match(
+    responses: Option<&Value>,
+    pending: &BTreeMap<String, (Value, oneshot::Sender<Value>)>,
+) -> Result<(), Failure> {
+    let empty = Map::new();
+    let responses = match responses {
+        None => &empty,
+        Some(Value::Object(responses)) => responses,
+        Some(_) => {
+            return Err(Failure::InvalidParams(
+                "inputResponses must be an object".into(),
+            ));
+        }
+    };
+    if responses.len() != pending.len() || !pending.keys().all(|k| responses.contains_key(k)) {
+        return Err(Failure::RequestStateMismatch(
+            "inputResponses must answer each of the round's inputRequests, and nothing else",
+        ));
+    }
+    if !responses.values().all(Value::is_object) {
+        return Err(Failure::InvalidParams(
+            "each of inputResponses must be a result object".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A new `requestState`: 244 random bits.
+fn new_state() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Asks the client a server's request in its call's next round, and waits
+/// (at most `timeout`) for the answer: the server's answer message.
+pub(super) async fn ask_in_round(
+    session: &Session,
+    server_id: &Value,
+    message: &Value,
+    timeout: Duration,
+) -> Value {
+    let answer = |failure: Failure| failure.to_response(server_id.clone());
+    let Some(asks) = session.asks.get() else {
+        return answer(Failure::NoBackChannel);
+    };
+    let mut shown = message.clone();
+    protocol::strip_protocol_meta(&mut shown);
+    let mut request = Map::new();
+    for key in ["method", "params"] {
+        if let Some(value) = shown.get_mut(key) {
+            request.insert(key.into(), value.take());
+        }
+    }
+    let (tx, rx) = oneshot::channel();
+    let ask = InputAsk {
+        request: Value::Object(request),
+        server_id: server_id.clone(),
+        answer: tx,
+        timeout,
+    };
+    if asks.try_send(ask).is_err() {
+        return answer(Failure::ClientUnreachable);
+    }
+    tokio::select! {
+        result = tokio::time::timeout(timeout, rx) => match result {
+            Ok(Ok(answered)) => answered,
+            Ok(Err(_)) => answer(Failure::ClientSessionEnded),
+            Err(_) => answer(Failure::ClientTimeout),
+        },
+        () = session.closed.cancelled() => answer(Failure::ClientSessionEnded),
+    }
+}
+
+impl Gateway {
+    /// A 2026-07-28 request: in rounds where its method can take them,
+    /// framed as that revision wants.
+    pub(super) async fn stateless_request(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        message: Value,
+    ) -> Option<Value> {
+        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        if !IN_ROUNDS.contains(&method.as_str()) {
+            let reply = self.handle_request(session, message).await;
+            return reply.map(|reply| modern::frame_reply(&method, reply));
+        }
+        if message.pointer("/params/requestState").is_some() {
+            return self.resume(session, message, method).await;
+        }
+        self.first_round(session, message, method).await
+    }
+
+    /// A request that may take rounds: runs here until it ends or its
+    /// server asks the client something, then on its own.
+    async fn first_round(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        message: Value,
+        method: String,
+    ) -> Option<Value> {
+        let (asks_tx, mut asks) = mpsc::channel(ASKS_PER_CALL);
+        let _ = session.asks.set(asks_tx);
+        let params = round_params(&message);
+        let id = reply_id(&message);
+        let (this, call_session) = (self.clone(), session.clone());
+        let mut call = Box::pin(async move { this.handle_request(&call_session, message).await });
+        let first = tokio::select! {
+            biased;
+            reply = &mut call => return reply.map(|reply| modern::frame_reply(&method, reply)),
+            Some(ask) = asks.recv() => ask,
+        };
+        let (done_tx, done) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = done_tx.send(call.await);
+        });
+        let parked = Parked {
+            client: session.client.name.clone(),
+            method,
+            params,
+            session: session.clone(),
+            done,
+            asks,
+            queued: vec![first],
+            pending: BTreeMap::new(),
+            keys: 0,
+        };
+        self.drive(parked, id, session).await
+    }
+
+    /// A retry carrying a `requestState`: the answers go to the parked
+    /// call's server, and the call's next round or result is the reply.
+    async fn resume(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        message: Value,
+        method: String,
+    ) -> Option<Value> {
+        let id = reply_id(&message);
+        let taken = self.take_parked(session, &message, &method);
+        let mut parked = match taken {
+            Ok(parked) => parked,
+            Err(failure) => {
+                let reply = failure.to_response(id);
+                let run = self.begin(
+                    session,
+                    message,
+                    Direction::ClientToServer,
+                    Phase::Request,
+                    &method,
+                );
+                run.end(&failure.outcome(), Some(&reply)).await;
+                return Some(reply);
+            }
+        };
+        let mut responses = match message.pointer("/params/inputResponses") {
+            Some(Value::Object(responses)) => responses.clone(),
+            _ => Map::new(),
+        };
+        for (key, (server_id, answer)) in std::mem::take(&mut parked.pending) {
+            if let Some(result) = responses.remove(&key) {
+                let _ = answer.send(json!({ "jsonrpc": "2.0", "id": server_id, "result": result }));
+            }
+        }
+        let relay = Relay {
+            to: session.outlet(),
+            related: id.clone(),
+        };
+        parked.session.redirect(Arc::new(relay));
+        self.drive(parked, id, session).await
+    }
+
+    /// The parked call `message`'s `requestState` names, if it is this
+    /// client's and `message` continues it; taken only then (otherwise it
+    /// goes on waiting for the right retry).
+    fn take_parked(
+        &self,
+        session: &Session,
+        message: &Value,
+        method: &str,
+    ) -> Result<Parked, Failure> {
+        let state = message
+            .pointer("/params/requestState")
+            .and_then(Value::as_str)
+            .filter(|state| state.len() <= STATE_BYTES)
+            .ok_or(Failure::UnknownRequestState)?;
+        let mut parked = lock(&self.parked);
+        let found = parked
+            .get(state)
+            .filter(|found| found.client == session.client.name)
+            .ok_or(Failure::UnknownRequestState)?;
+        if found.method != method {
+            return Err(Failure::RequestStateMismatch("another method"));
+        }
+        if found.params != round_params(message) {
+            return Err(Failure::RequestStateMismatch("other params"));
+        }
+        answers_match(message.pointer("/params/inputResponses"), &found.pending)?;
+        parked.remove(state).ok_or(Failure::UnknownRequestState)
+    }
+
+    /// Waits for the call's next round, while `current` (the request that
+    /// continues it) is open: its result, re-identified as `current`'s; or
+    /// the client's next questions, the call parked again.
+    async fn drive(
+        self: &Arc<Self>,
+        mut parked: Parked,
+        id: Value,
+        current: &Session,
+    ) -> Option<Value> {
+        loop {
+            let round = tokio::select! {
+                biased;
+                () = current.closed.cancelled() => {
+                    self.end_parked(parked);
+                    return None;
+                }
+                round = parked.next_round() => round,
+            };
+            match round {
+                Round::Complete(reply) => {
+                    parked.session.unpark();
+                    self.close_stateless(&parked.session);
+                    return reply.map(|mut reply| {
+                        reply["id"] = id;
+                        modern::frame_reply(&parked.method, reply)
+                    });
+                }
+                Round::Input(asks) => match self.park(parked, asks, &id) {
+                    Ok(reply) => return Some(reply),
+                    Err(back) => parked = *back,
+                },
+            }
+        }
+    }
+
+    /// Parks the call with the client's questions (those its server still
+    /// waits for): the `input_required` reply, or the call back if it
+    /// cannot wait (the client's places are taken, or its session ended;
+    /// the questions are then refused at the server).
+    fn park(
+        self: &Arc<Self>,
+        mut parked: Parked,
+        asks: Vec<InputAsk>,
+        id: &Value,
+    ) -> Result<Value, Box<Parked>> {
+        let asks: Vec<InputAsk> = asks.into_iter().filter(|a| !a.answer.is_closed()).collect();
+        if asks.is_empty() {
+            return Err(Box::new(parked));
+        }
+        let waiting = {
+            let all = lock(&self.parked);
+            all.values().filter(|p| p.client == parked.client).count()
+        };
+        let refusal = if waiting >= WAITING_PER_CLIENT {
+            Some(Failure::TooManyWaiting(WAITING_PER_CLIENT))
+        } else if !parked.session.park() {
+            Some(Failure::ClientSessionEnded)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            for ask in asks {
+                let _ = ask.answer.send(refusal.to_response(ask.server_id));
+            }
+            return Err(Box::new(parked));
+        }
+        let mut requests = Map::new();
+        let mut timeout = Duration::ZERO;
+        for ask in asks {
+            parked.keys += 1;
+            let key = parked.keys.to_string();
+            requests.insert(key.clone(), ask.request);
+            parked.pending.insert(key, (ask.server_id, ask.answer));
+            timeout = timeout.max(ask.timeout);
+        }
+        // Between rounds nobody listens for the call's notifications.
+        parked.session.redirect(Arc::new(Nowhere));
+        let state = new_state();
+        lock(&self.parked).insert(state.clone(), parked);
+        self.expire(state.clone(), timeout);
+        Ok(json!({ "jsonrpc": "2.0", "id": id, "result": {
+            "resultType": "input_required",
+            "inputRequests": requests,
+            "requestState": state,
+            "_meta": { protocol::meta::SERVER_INFO: modern::server_info() },
+        } }))
+    }
+
+    /// Cancels the call parked under `state` if no retry takes it within
+    /// `timeout` (how long its server waits for the answers).
+    fn expire(self: &Arc<Self>, state: String, timeout: Duration) {
+        let gateway: Weak<Self> = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => {}
+                () = shutdown.cancelled() => {}
+            }
+            let Some(gateway) = gateway.upgrade() else {
+                return;
+            };
+            let expired = lock(&gateway.parked).remove(&state);
+            if let Some(parked) = expired {
+                tracing::debug!(client = %parked.client, "a call waiting for its client's input expired");
+                gateway.end_parked(parked);
+            }
+        });
+    }
+
+    /// Ends a parked call: cancelled at its server, its questions
+    /// withdrawn.
+    fn end_parked(&self, parked: Parked) {
+        parked.session.unpark();
+        self.close_stateless(&parked.session);
+    }
+
+    /// Every parked call, as the proxy stops (their sessions are closed
+    /// with the others).
+    pub(super) fn drop_parked(&self) {
+        let parked: HashMap<String, Parked> = std::mem::take(&mut *lock(&self.parked));
+        for (_, parked) in parked {
+            parked.session.unpark();
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Multi round-trip requests, in-process: a handshake server's question
+//! during a 2026-07-28 client's call becomes an `input_required` round, and
+//! the client's retry carries the answer back; every retry that is not the
+//! right client's continuation of the right request is refused, and the
+//! call goes on waiting for the right one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::Session;
+use super::harness::{Harness, request, spawn_handle};
+use crate::protocol::{self, meta};
+use crate::upstream::scripted::ScriptedServer;
+
+const CONFIG: &str = "[proxy]\ncall_timeout = \"3s\"\n\
+    [[clients]]\nname = \"alice\"\n[[clients]]\nname = \"bob\"\n\
+    [[servers]]\nname = \"files\"\nprocess = { command = \"scripted\" }\n";
+
+/// A 2026-07-28 request with `extra` in its params (a retry's answers and
+/// state).
+fn modern(id: i64, method: &str, mut params: Value) -> Value {
+    params["_meta"] = json!({ meta::PROTOCOL_VERSION: protocol::MODERN_VERSION,
+        meta::CLIENT_CAPABILITIES: { "sampling": {} }, "progressToken": id });
+    request(id, method, params)
+}
+
+fn read_call(id: i64, path: &str) -> Value {
+    modern(
+        id,
+        "tools/call",
+        json!({ "name": "files__read", "arguments": { "path": path } }),
+    )
+}
+
+/// `call` retried as `id` with `answers` and `state`.
+fn retry(call: &Value, id: i64, answers: Value, state: &Value) -> Value {
+    let mut retried = call.clone();
+    retried["id"] = json!(id);
+    retried["params"]["_meta"]["progressToken"] = json!(id);
+    retried["params"]["inputResponses"] = answers;
+    retried["params"]["requestState"] = state.clone();
+    retried
+}
+
+fn sampled(text: &str) -> Value {
+    json!({ "role": "assistant", "content": { "type": "text", "text": text }, "model": "m" })
+}
+
+async fn started() -> (Harness, ScriptedServer) {
+    let harness = Harness::new(CONFIG);
+    let starting = harness.start();
+    let files = harness
+        .serve(
+            "files",
+            json!([{ "name": "read", "inputSchema": { "type": "object" } }]),
+        )
+        .await;
+    if let Err(err) = starting.await {
+        panic!("the gateway did not start: {err}");
+    }
+    (harness, files)
+}
+
+fn alice(harness: &Harness) -> Arc<Session> {
+    harness
+        .stateless_session_with("alice", json!({ "sampling": {} }))
+        .0
+}
+
+/// Sends `call`, has the server ask a sampling question as `srv-1` during
+/// it: what the server received, and the client's `input_required` reply.
+async fn asked(harness: &Harness, files: &mut ScriptedServer, call: &Value) -> (Value, Value) {
+    let session = alice(harness);
+    let answer = spawn_handle(harness, &session, call.clone());
+    // (What the server is told of an earlier call's end may come first.)
+    let seen = loop {
+        let got = files.next_received().await;
+        if got["method"] == "tools/call" {
+            break got;
+        }
+    };
+    let question = json!({ "jsonrpc": "2.0", "id": "srv-1", "method": "sampling/createMessage",
+        "params": { "messages": [], "maxTokens": 5,
+            "_meta": { meta::SUBSCRIPTION_ID: 1, "x-server": 2 } } });
+    files.send_on_stream_of(&seen, question).await;
+    let Ok(Some(reply)) = answer.await else {
+        panic!("the first round is answered");
+    };
+    // The request that began the call has ended; the call has not.
+    harness.gateway.close_stateless(&session);
+    (seen, reply)
+}
+
+/// The only key of a round's `inputRequests`.
+fn only_key(reply: &Value) -> String {
+    let requests = reply["result"]["inputRequests"]
+        .as_object()
+        .unwrap_or_else(|| panic!("inputRequests: {reply}"));
+    assert_eq!(requests.len(), 1, "{reply}");
+    requests.keys().next().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_servers_question_mid_call_is_a_round_and_its_answer_goes_back_with_the_servers_id() {
+    let (harness, mut files) = started().await;
+    let call = read_call(1, "a");
+    let (seen, round) = asked(&harness, &mut files, &call).await;
+    let result = &round["result"];
+    assert_eq!(round["id"], 1, "{round}");
+    assert_eq!(result["resultType"], "input_required", "{round}");
+    let key = only_key(&round);
+    let question = &result["inputRequests"][&key];
+    assert_eq!(question["method"], "sampling/createMessage", "{round}");
+    assert!(question.get("id").is_none(), "{round}");
+    // The server's own `_meta` keys go on; the protocol's are not its to set.
+    assert_eq!(question["params"]["_meta"]["x-server"], 2, "{round}");
+    assert!(
+        question["params"]["_meta"]
+            .get(meta::SUBSCRIPTION_ID)
+            .is_none()
+    );
+    let state = result["requestState"].clone();
+    assert!(state.as_str().is_some_and(|s| s.len() >= 32), "{round}");
+    assert!(
+        files.try_received().is_none(),
+        "the parked call was not cancelled"
+    );
+
+    let answers = json!({ key.clone(): sampled("yes") });
+    let session = alice(&harness);
+    let continued = spawn_handle(&harness, &session, retry(&call, 2, answers.clone(), &state));
+    let relayed = files.next_received().await;
+    assert_eq!(relayed["id"], "srv-1", "back with the server's own id");
+    assert_eq!(relayed["result"]["content"]["text"], "yes");
+    files
+        .reply(
+            &seen,
+            json!({ "content": [{ "type": "text", "text": "read a" }] }),
+        )
+        .await;
+    let Ok(Some(done)) = continued.await else {
+        panic!("the retry is answered");
+    };
+    harness.gateway.close_stateless(&session);
+    assert_eq!(done["id"], 2, "the retry's own id: {done}");
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    assert_eq!(done["result"]["content"][0]["text"], "read a");
+
+    // Used once: the same state again is refused.
+    let session = alice(&harness);
+    let again = harness
+        .gateway
+        .handle(&session, retry(&call, 3, answers, &state))
+        .await
+        .unwrap_or_default();
+    harness.gateway.close_stateless(&session);
+    assert_eq!(again["error"]["code"], protocol::code::INVALID_PARAMS);
+    let records = harness.exchanges().await;
+    let calls: Vec<_> = records
+        .iter()
+        .filter(|r| r.method == "tools/call")
+        .collect();
+    assert_eq!(
+        calls.len(),
+        2,
+        "the call, and the refused replay: {records:?}"
+    );
+    assert_eq!(calls[0].decision, "allow", "{records:?}");
+    assert_ne!(calls[1].decision, "allow", "{records:?}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.method == "sampling/createMessage" && r.decision == "allow"),
+        "the server's question is recorded: {records:?}"
+    );
+    // Every session of the call is gone.
+    assert_eq!(harness.gateway.session_count(), 0);
+}
+
+#[tokio::test]
+async fn a_retry_not_the_clients_own_continuation_is_refused_and_the_call_waits_on() {
+    let (harness, mut files) = started().await;
+    let call = read_call(1, "a");
+    let (seen, round) = asked(&harness, &mut files, &call).await;
+    let key = only_key(&round);
+    let state = round["result"]["requestState"].clone();
+    let answers = json!({ key.clone(): sampled("yes") });
+    let refused = |reply: Option<Value>| {
+        let reply = reply.unwrap_or_default();
+        assert_eq!(
+            reply["error"]["code"],
+            protocol::code::INVALID_PARAMS,
+            "{reply}"
+        );
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // Bob holding Alice's state: unknown to him, as any forged one.
+    let (bob, _inbox) = harness.stateless_session_with("bob", json!({ "sampling": {} }));
+    let bobs = harness
+        .gateway
+        .handle(&bob, retry(&call, 2, answers.clone(), &state))
+        .await;
+    assert!(refused(bobs).contains("unknown"));
+    harness.gateway.close_stateless(&bob);
+    let hostile = [
+        // Another tool's arguments under the state Cedar allowed for this one.
+        retry(&read_call(1, "/etc/shadow"), 3, answers.clone(), &state),
+        // The answers to questions not asked, or none.
+        retry(&call, 4, json!({ "other": sampled("x") }), &state),
+        retry(&call, 5, json!({}), &state),
+        retry(&call, 6, json!({ key.clone(): "not an object" }), &state),
+        retry(&call, 7, answers.clone(), &json!("0".repeat(64))),
+        retry(&call, 8, answers.clone(), &json!(7)),
+    ];
+    for (n, message) in hostile.into_iter().enumerate() {
+        let session = alice(&harness);
+        let reply = harness.gateway.handle(&session, message).await;
+        let said = refused(reply);
+        assert!(!said.is_empty(), "hostile retry {n}");
+        harness.gateway.close_stateless(&session);
+    }
+    assert!(files.try_received().is_none(), "nothing reached the server");
+    // The right retry still continues the call.
+    let session = alice(&harness);
+    let continued = spawn_handle(&harness, &session, retry(&call, 9, answers, &state));
+    let relayed = files.next_received().await;
+    assert_eq!(relayed["id"], "srv-1");
+    files.reply(&seen, json!({ "content": [] })).await;
+    let Ok(Some(done)) = continued.await else {
+        panic!("the right retry is answered");
+    };
+    harness.gateway.close_stateless(&session);
+    assert_eq!(done["id"], 9, "{done}");
+    let records = harness.exchanges().await;
+    let refusals = records
+        .iter()
+        .filter(|r| r.method == "tools/call" && r.decision != "allow")
+        .count();
+    assert_eq!(refusals, 7, "each hostile retry is recorded: {records:?}");
+}
+
+#[tokio::test]
+async fn a_call_nobody_continues_expires_and_one_whose_retry_hangs_up_is_cancelled() {
+    let (harness, mut files) = started().await;
+    // Nobody retries: within the server's call timeout the call is ended,
+    // and its state is good for nothing after.
+    let call = read_call(1, "a");
+    let (_seen, round) = asked(&harness, &mut files, &call).await;
+    let key = only_key(&round);
+    let state = round["result"]["requestState"].clone();
+    // The server's question is refused (no answer came in time).
+    let refused_question = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let got = files.next_received().await;
+            if got["id"] == "srv-1" {
+                return got;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the call did not expire"));
+    assert!(
+        refused_question.get("error").is_some(),
+        "{refused_question}"
+    );
+    // The session of the call is gone (the call ended at its server).
+    for _ in 0..300 {
+        if harness.gateway.session_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(harness.gateway.session_count(), 0);
+    let session = alice(&harness);
+    let late = harness
+        .gateway
+        .handle(
+            &session,
+            retry(&call, 2, json!({ key: sampled("late") }), &state),
+        )
+        .await
+        .unwrap_or_default();
+    harness.gateway.close_stateless(&session);
+    assert_eq!(
+        late["error"]["code"],
+        protocol::code::INVALID_PARAMS,
+        "{late}"
+    );
+
+    // A retry whose client hangs up while the call goes on: the call is
+    // cancelled at its server.
+    let call = read_call(3, "b");
+    let (seen, round) = asked(&harness, &mut files, &call).await;
+    let key = only_key(&round);
+    let state = round["result"]["requestState"].clone();
+    let session = alice(&harness);
+    let continued = spawn_handle(
+        &harness,
+        &session,
+        retry(&call, 4, json!({ key: sampled("ok") }), &state),
+    );
+    let relayed = files.next_received().await;
+    assert_eq!(relayed["id"], "srv-1", "{relayed}");
+    harness.gateway.close_stateless(&session);
+    assert_eq!(continued.await.ok().flatten(), None);
+    loop {
+        let got = files.next_received().await;
+        if got["method"] == "notifications/cancelled" && got["params"]["requestId"] == seen["id"] {
+            break;
+        }
+    }
+}
