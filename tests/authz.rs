@@ -205,6 +205,15 @@ async fn sampling_is_denied_until_a_reloaded_policy_allows_it() {
         &format!("{POLICIES}\n{SAMPLING}"),
     );
     client.wait_for_log(&["policies reloaded"]).await;
+    // What the client may list may have changed: it is told so.
+    for list in ["tools", "prompts", "resources"] {
+        let method = format!("notifications/{list}/list_changed");
+        client
+            .recv_matching("a list change at the reload", |m| {
+                m["method"] == json!(method)
+            })
+            .await;
+    }
     client
         .send(json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"example__sample","arguments":{"prompt":"hello?"}}}))
         .await;

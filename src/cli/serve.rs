@@ -183,6 +183,14 @@ fn record_events(
             tokio::spawn(async move {
                 while let Ok(reload) = reloads.recv().await {
                     recorder.record_event(reload_record(&reload));
+                    // What each client may list may have changed: it is
+                    // told, as of a server's list change.
+                    if reload.rejected.is_none() {
+                        use crate::gateway::ListKind;
+                        for kind in [ListKind::Tools, ListKind::Prompts, ListKind::Resources] {
+                            recorder.announce(kind);
+                        }
+                    }
                 }
             });
             let store = engine.current();

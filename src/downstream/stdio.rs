@@ -364,6 +364,9 @@ impl Connection {
                 for (_, session) in lock(&calls).drain() {
                     self.gateway.close_stateless(&session);
                 }
+                // And those waiting for its next round.
+                let outlet: Arc<dyn Outlet> = self.outlet.clone();
+                self.gateway.end_parked_from(&outlet);
             }
             Era::Undecided => {}
         }

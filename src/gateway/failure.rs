@@ -106,6 +106,10 @@ pub enum Failure {
     /// `requestState` was given for.
     #[error("the retry does not match the request its requestState belongs to: {0}")]
     RequestStateMismatch(&'static str),
+    /// A call waiting for its client's input ended otherwise (the proxy
+    /// stopping) before its result could be given.
+    #[error("the call ended before its result could be given")]
+    CallEnded,
     /// A client's listen streams (how many) are all open.
     #[error("this client has {0} listen streams open; end one first")]
     TooManyListens(usize),
@@ -178,6 +182,7 @@ impl Failure {
             Self::ServerResultType(_) => code::INTERNAL_ERROR,
             Self::TooManyListens(_) => code::RATE_LIMITED,
             Self::UnknownRequestState | Self::RequestStateMismatch(_) => code::INVALID_PARAMS,
+            Self::CallEnded => code::INTERNAL_ERROR,
             Self::TooManyInFlight(_) => code::RATE_LIMITED,
             Self::MethodNotFound(_) | Self::ClientLacks(_) => code::METHOD_NOT_FOUND,
             Self::InvalidParams(_) | Self::Unknown { .. } | Self::UriTooLong => {

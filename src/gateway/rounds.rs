@@ -29,7 +29,7 @@ use crate::chain::{Direction, Phase};
 use crate::protocol;
 
 use super::failure::Failure;
-use super::session::{InputAsk, Nowhere, Relay};
+use super::session::{InputAsk, Nowhere, Outlet, Relay};
 use super::{Gateway, Session, lock, modern, reply_id};
 
 /// The requests a 2026-07-28 server may answer with `input_required`: the
@@ -37,7 +37,10 @@ use super::{Gateway, Session, lock, modern, reply_id};
 pub(super) const IN_ROUNDS: &[&str] = &["tools/call", "prompts/get", "resources/read"];
 /// A client's calls waiting for its input at once; past them, a server's
 /// request to that client is refused.
-pub(super) const WAITING_PER_CLIENT: usize = 64;
+/// Each waiting question holds one of its server's places for requests to
+/// clients (64) until answered or timed out: one client holds at most a
+/// quarter of a server's.
+pub(super) const WAITING_PER_CLIENT: usize = 16;
 /// A server's requests queued for one call's next round.
 const ASKS_PER_CALL: usize = 16;
 /// The longest `requestState` the proxy gives (longer ones are not its).
@@ -50,11 +53,14 @@ const ROUND_KEYS: &[&str] = &["_meta", "inputResponses", "requestState"];
 pub(super) struct Parked {
     client: Arc<str>,
     method: String,
-    /// The request's params without what rounds add: a retry asks for the
-    /// same.
-    params: Value,
+    /// The digest of the request's params without what rounds add: a
+    /// retry asks for the same.
+    params: [u8; 32],
     /// The call's session, which outlives the request that began it.
     session: Arc<Session>,
+    /// How the request that parked it came (a stdio connection's calls
+    /// end with it).
+    origin: Arc<dyn Outlet>,
     /// The call's reply (recorded), when it ends.
     done: oneshot::Receiver<Option<Value>>,
     asks: mpsc::Receiver<InputAsk>,
@@ -93,20 +99,56 @@ impl Parked {
     }
 }
 
-/// A request's params as a retry must repeat them: without `_meta` (a
-/// new progress token, say), `inputResponses` and `requestState`.
-fn round_params(message: &Value) -> Value {
+/// The digest of a request's params as a retry must repeat them (whatever
+/// the order of their keys): without `_meta` (a new progress token, say),
+/// `inputResponses` and `requestState`.
+fn round_params(message: &Value) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut bytes = Vec::new();
     match message.get("params") {
-        Some(Value::Object(params)) => Value::Object(
-            params
+        Some(Value::Object(params)) => {
+            let kept = params
                 .iter()
-                .filter(|(key, _)| !ROUND_KEYS.contains(&key.as_str()))
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect(),
-        ),
-        Some(other) => other.clone(),
-        None => Value::Object(Map::new()),
+                .filter(|(key, _)| !ROUND_KEYS.contains(&key.as_str()));
+            canonical_object(kept, &mut bytes);
+        }
+        Some(other) => canonical(other, &mut bytes),
+        None => {}
     }
+    sha2::Sha256::digest(&bytes).into()
+}
+
+/// `value` as JSON with every object's keys in order.
+fn canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => canonical_object(map.iter(), out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (n, item) in items.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+    }
+}
+
+fn canonical_object<'a>(members: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut Vec<u8>) {
+    let mut members: Vec<_> = members.collect();
+    members.sort_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    for (n, (key, value)) in members.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(Value::from(key.as_str()).to_string().as_bytes());
+        out.push(b':');
+        canonical(value, out);
+    }
+    out.push(b'}');
 }
 
 /// Whether a retry answers exactly what its round asked: an object with a
@@ -234,6 +276,7 @@ impl Gateway {
             method,
             params,
             session: session.clone(),
+            origin: session.outlet(),
             done,
             asks,
             queued: vec![first],
@@ -252,22 +295,36 @@ impl Gateway {
         method: String,
     ) -> Option<Value> {
         let id = reply_id(&message);
-        let taken = self.take_parked(session, &message, &method);
+        let params = round_params(&message);
+        let taken = self.take_parked(session, &message, &method, &params);
         let mut parked = match taken {
             Ok(parked) => parked,
             Err(failure) => {
                 let reply = failure.to_response(id);
-                let run = self.begin(
+                let target = protocol::routing_name(&message)
+                    .and_then(Result::ok)
+                    .map(str::to_owned);
+                let mut run = self.begin(
                     session,
                     message,
                     Direction::ClientToServer,
                     Phase::Request,
                     &method,
                 );
+                run.exchange.context.target = target;
                 run.end(&failure.outcome(), Some(&reply)).await;
                 return Some(reply);
             }
         };
+        // The call's messages go on this request's stream from now on
+        // (before the server has the answers, so nothing it sends after
+        // reading them is lost); progress under this request's token.
+        let relay = Relay {
+            to: session.outlet(),
+            related: id.clone(),
+            progress: message.pointer("/params/_meta/progressToken").cloned(),
+        };
+        parked.session.redirect(Arc::new(relay));
         let mut responses = match message.pointer("/params/inputResponses") {
             Some(Value::Object(responses)) => responses.clone(),
             _ => Map::new(),
@@ -277,11 +334,6 @@ impl Gateway {
                 let _ = answer.send(json!({ "jsonrpc": "2.0", "id": server_id, "result": result }));
             }
         }
-        let relay = Relay {
-            to: session.outlet(),
-            related: id.clone(),
-        };
-        parked.session.redirect(Arc::new(relay));
         self.drive(parked, id, session).await
     }
 
@@ -293,6 +345,7 @@ impl Gateway {
         session: &Session,
         message: &Value,
         method: &str,
+        params: &[u8; 32],
     ) -> Result<Parked, Failure> {
         let state = message
             .pointer("/params/requestState")
@@ -307,7 +360,7 @@ impl Gateway {
         if found.method != method {
             return Err(Failure::RequestStateMismatch("another method"));
         }
-        if found.params != round_params(message) {
+        if &found.params != params {
             return Err(Failure::RequestStateMismatch("other params"));
         }
         answers_match(message.pointer("/params/inputResponses"), &found.pending)?;
@@ -323,6 +376,7 @@ impl Gateway {
         id: Value,
         current: &Session,
     ) -> Option<Value> {
+        parked.origin = current.outlet();
         loop {
             let round = tokio::select! {
                 biased;
@@ -336,12 +390,18 @@ impl Gateway {
                 Round::Complete(reply) => {
                     parked.session.unpark();
                     self.close_stateless(&parked.session);
-                    return reply.map(|mut reply| {
-                        reply["id"] = id;
-                        modern::frame_reply(&parked.method, reply)
-                    });
+                    let reply = match reply {
+                        Some(reply) => reply,
+                        // Its client went: nobody to answer.
+                        None if current.closed.is_cancelled() => return None,
+                        // Ended otherwise (the proxy stopping, say).
+                        None => Failure::CallEnded.to_response(id.clone()),
+                    };
+                    let mut reply = modern::frame_reply(&parked.method, reply);
+                    reply["id"] = id;
+                    return Some(reply);
                 }
-                Round::Input(asks) => match self.park(parked, asks, &id) {
+                Round::Input(asks) => match self.park(parked, asks, &id, current) {
                     Ok(reply) => return Some(reply),
                     Err(back) => parked = *back,
                 },
@@ -351,23 +411,27 @@ impl Gateway {
 
     /// Parks the call with the client's questions (those its server still
     /// waits for): the `input_required` reply, or the call back if it
-    /// cannot wait (the client's places are taken, or its session ended;
-    /// the questions are then refused at the server).
+    /// cannot wait (the client's places are taken, or the request that
+    /// would carry the round has ended; the questions are then refused at
+    /// the server). Decided and done under the lock of the parked calls, so
+    /// that a request that ends (and ends what it parked) is never parked
+    /// after.
     fn park(
         self: &Arc<Self>,
         mut parked: Parked,
         asks: Vec<InputAsk>,
         id: &Value,
+        current: &Session,
     ) -> Result<Value, Box<Parked>> {
         let asks: Vec<InputAsk> = asks.into_iter().filter(|a| !a.answer.is_closed()).collect();
         if asks.is_empty() {
             return Err(Box::new(parked));
         }
-        let waiting = {
-            let all = lock(&self.parked);
-            all.values().filter(|p| p.client == parked.client).count()
-        };
-        let refusal = if waiting >= WAITING_PER_CLIENT {
+        let mut all = lock(&self.parked);
+        let waiting = all.values().filter(|p| p.client == parked.client).count();
+        let refusal = if current.closed.is_cancelled() {
+            Some(Failure::ClientSessionEnded)
+        } else if waiting >= WAITING_PER_CLIENT {
             Some(Failure::TooManyWaiting(WAITING_PER_CLIENT))
         } else if !parked.session.park() {
             Some(Failure::ClientSessionEnded)
@@ -375,6 +439,7 @@ impl Gateway {
             None
         };
         if let Some(refusal) = refusal {
+            drop(all);
             for ask in asks {
                 let _ = ask.answer.send(refusal.to_response(ask.server_id));
             }
@@ -392,7 +457,8 @@ impl Gateway {
         // Between rounds nobody listens for the call's notifications.
         parked.session.redirect(Arc::new(Nowhere));
         let state = new_state();
-        lock(&self.parked).insert(state.clone(), parked);
+        all.insert(state.clone(), parked);
+        drop(all);
         self.expire(state.clone(), timeout);
         Ok(json!({ "jsonrpc": "2.0", "id": id, "result": {
             "resultType": "input_required",
@@ -428,6 +494,28 @@ impl Gateway {
     fn end_parked(&self, parked: Parked) {
         parked.session.unpark();
         self.close_stateless(&parked.session);
+    }
+
+    /// Ends the calls parked by requests that came through `origin` (a
+    /// stdio connection that ended: nobody can continue them).
+    pub fn end_parked_from(&self, origin: &Arc<dyn Outlet>) {
+        let same =
+            |found: &Arc<dyn Outlet>| std::ptr::addr_eq(Arc::as_ptr(found), Arc::as_ptr(origin));
+        let ended: Vec<Parked> = {
+            let mut parked = lock(&self.parked);
+            let states: Vec<String> = parked
+                .iter()
+                .filter(|(_, p)| same(&p.origin))
+                .map(|(state, _)| state.clone())
+                .collect();
+            states
+                .iter()
+                .filter_map(|state| parked.remove(state))
+                .collect()
+        };
+        for parked in ended {
+            self.end_parked(parked);
+        }
     }
 
     /// Every parked call, as the proxy stops (their sessions are closed

@@ -129,11 +129,20 @@ async fn a_servers_question_mid_call_is_a_round_and_its_answer_goes_back_with_th
     );
 
     let answers = json!({ key.clone(): sampled("yes") });
-    let session = alice(&harness);
+    let (session, mut inbox) = harness.stateless_session_with("alice", json!({ "sampling": {} }));
     let continued = spawn_handle(&harness, &session, retry(&call, 2, answers.clone(), &state));
     let relayed = files.next_received().await;
     assert_eq!(relayed["id"], "srv-1", "back with the server's own id");
     assert_eq!(relayed["result"]["content"]["text"], "yes");
+    // The call's progress reaches the retry, under the retry's token.
+    let progress = protocol::notification(
+        "notifications/progress",
+        json!({ "progressToken": seen["params"]["_meta"]["progressToken"], "progress": 1 }),
+    );
+    files.send_on_stream_of(&seen, progress).await;
+    let told = inbox.recv().await.unwrap_or_default();
+    assert_eq!(told["method"], "notifications/progress", "{told}");
+    assert_eq!(told["params"]["progressToken"], 2, "{told}");
     files
         .reply(
             &seen,
@@ -314,4 +323,62 @@ async fn a_call_nobody_continues_expires_and_one_whose_retry_hangs_up_is_cancell
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn the_calls_a_connection_parked_end_with_it() {
+    let (harness, mut files) = started().await;
+    let session = alice(&harness);
+    // What a stdio connection's requests all come through.
+    let origin = session.outlet();
+    let call = read_call(1, "a");
+    let answer = spawn_handle(&harness, &session, call);
+    let seen = files.next_received().await;
+    let question = json!({ "jsonrpc": "2.0", "id": "srv-1", "method": "sampling/createMessage",
+        "params": { "messages": [], "maxTokens": 5 } });
+    files.send_on_stream_of(&seen, question).await;
+    let round = answer.await.ok().flatten().unwrap_or_default();
+    assert_eq!(round["result"]["resultType"], "input_required", "{round}");
+    harness.gateway.close_stateless(&session);
+    // Another connection's end leaves it waiting.
+    let (other, _inbox) = harness.stateless_session("alice");
+    harness.gateway.end_parked_from(&other.outlet());
+    harness.gateway.close_stateless(&other);
+    assert!(files.try_received().is_none(), "another's end cancelled it");
+    harness.gateway.end_parked_from(&origin);
+    loop {
+        let got = files.next_received().await;
+        if got["method"] == "notifications/cancelled" && got["params"]["requestId"] == seen["id"] {
+            break;
+        }
+    }
+    assert_eq!(harness.gateway.session_count(), 0);
+}
+
+#[tokio::test]
+async fn a_server_asks_a_round_only_what_a_round_can_carry() {
+    let (harness, mut files) = started().await;
+    let session = alice(&harness);
+    let answer = spawn_handle(&harness, &session, read_call(1, "a"));
+    let seen = files.next_received().await;
+    // A ping is answered by the proxy; another method is refused; neither
+    // makes a round.
+    for (id, method) in [("srv-ping", "ping"), ("srv-list", "tools/list")] {
+        let asked = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": {} });
+        files.send_on_stream_of(&seen, asked).await;
+        let got = files.next_received().await;
+        assert_eq!(got["id"], id, "{got}");
+        match method {
+            "ping" => assert_eq!(got["result"], json!({}), "{got}"),
+            _ => assert_eq!(
+                got["error"]["code"],
+                protocol::code::METHOD_NOT_FOUND,
+                "{got}"
+            ),
+        }
+    }
+    files.reply(&seen, json!({ "content": [] })).await;
+    let done = answer.await.ok().flatten().unwrap_or_default();
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    harness.gateway.close_stateless(&session);
 }

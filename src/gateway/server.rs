@@ -181,10 +181,24 @@ impl Gateway {
             return;
         };
         // A 2026-07-28 client is asked in its call's rounds, if the call
-        // can take them.
-        if session.stateless && session.asks.get().is_none() {
-            let _ = upstream.send(answer(Failure::NoBackChannel)).await;
-            return;
+        // can take them, and only what a round can carry.
+        if session.stateless {
+            let refusal = match method.as_str() {
+                _ if session.asks.get().is_none() => Some(Failure::NoBackChannel),
+                "sampling/createMessage" | "elicitation/create" | "roots/list" => None,
+                // Answered here: the client has no way to be pinged.
+                "ping" => {
+                    let pong =
+                        serde_json::json!({ "jsonrpc": "2.0", "id": server_id, "result": {} });
+                    let _ = upstream.send(pong).await;
+                    return;
+                }
+                other => Some(Failure::MethodNotFound(protocol::cut(other, 64).to_owned())),
+            };
+            if let Some(refusal) = refusal {
+                let _ = upstream.send(answer(refusal)).await;
+                return;
+            }
         }
         let capability = match method.as_str() {
             "sampling/createMessage" => Some("sampling"),

@@ -57,14 +57,24 @@ impl Outlet for Nowhere {
 }
 
 /// Sends what a parked call's session delivers on the stream of the request
-/// that continues it (the retry, under its own id).
+/// that continues it (the retry, under its own id): its progress under the
+/// retry's progress token, or none if the retry asked for none.
 pub(crate) struct Relay {
     pub to: Arc<dyn Outlet>,
     pub related: Value,
+    pub progress: Option<Value>,
 }
 
 impl Outlet for Relay {
-    fn deliver(&self, message: Value, _related: Option<&Value>) -> bool {
+    fn deliver(&self, mut message: Value, _related: Option<&Value>) -> bool {
+        if crate::protocol::method(&message) == Some("notifications/progress") {
+            let Some(token) = &self.progress else {
+                return false;
+            };
+            if let Some(params) = message.get_mut("params").and_then(Value::as_object_mut) {
+                params.insert("progressToken".into(), token.clone());
+            }
+        }
         self.to.deliver(message, Some(&self.related))
     }
 }
