@@ -181,12 +181,28 @@ fn record_events(
             let mut reloads = engine.subscribe();
             let recorder = gateway.clone();
             tokio::spawn(async move {
-                while let Ok(reload) = reloads.recv().await {
-                    recorder.record_event(reload_record(&reload));
+                use crate::gateway::ListKind;
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    let applied = match reloads.recv().await {
+                        Ok(reload) => {
+                            recorder.record_event(reload_record(&reload));
+                            reload.rejected.is_none()
+                        }
+                        // Reloads came faster than they were recorded:
+                        // some set may have been applied meanwhile.
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(
+                                missed,
+                                "policy reloads not recorded: they came too fast"
+                            );
+                            true
+                        }
+                        Err(RecvError::Closed) => break,
+                    };
                     // What each client may list may have changed: it is
                     // told, as of a server's list change.
-                    if reload.rejected.is_none() {
-                        use crate::gateway::ListKind;
+                    if applied {
                         for kind in [ListKind::Tools, ListKind::Prompts, ListKind::Resources] {
                             recorder.announce(kind);
                         }

@@ -142,8 +142,9 @@ pub enum Failure {
         "no client session to ask: the request is not tied to exactly one client call in flight"
     )]
     NoClientToAsk,
-    /// The client's calls waiting for its input (how many) are all taken.
-    #[error("refused: {0} calls of this client are already waiting for its input")]
+    /// The client's places for questions or calls waiting for its input
+    /// (how many) are all taken.
+    #[error("refused: {0} questions or calls of this client are already waiting for its input")]
     TooManyWaiting(usize),
     #[error("the client does not support {0}")]
     ClientLacks(&'static str),

@@ -91,6 +91,10 @@ pub struct Gateway {
     /// `requestState` the client was given (at most
     /// [`rounds::WAITING_PER_CLIENT`] per client).
     parked: Mutex<HashMap<String, rounds::Parked>>,
+    /// Each client's questions (a server's requests in a 2026-07-28 call's
+    /// rounds) waiting for its answers (at most
+    /// [`rounds::QUESTIONS_PER_CLIENT`]; bounded by the configured clients).
+    questions: Mutex<HashMap<Arc<str>, usize>>,
     /// Each client's 2026-07-28 listen streams open (at most
     /// [`listen::MAX_LISTENS_PER_CLIENT`]; bounded by the configured
     /// clients).
@@ -213,6 +217,7 @@ impl Gateway {
             subscriptions: Mutex::new(HashMap::new()),
             listens: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
+            questions: Mutex::new(HashMap::new()),
             forwarded: Mutex::new(HashMap::new()),
             instances: Mutex::new(HashMap::new()),
             events: events_tx,

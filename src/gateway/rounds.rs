@@ -37,10 +37,12 @@ use super::{Gateway, Session, lock, modern, reply_id};
 pub(super) const IN_ROUNDS: &[&str] = &["tools/call", "prompts/get", "resources/read"];
 /// A client's calls waiting for its input at once; past them, a server's
 /// request to that client is refused.
-/// Each waiting question holds one of its server's places for requests to
-/// clients (64) until answered or timed out: one client holds at most a
-/// quarter of a server's.
 pub(super) const WAITING_PER_CLIENT: usize = 16;
+/// A client's questions waiting for its answers at once, whatever calls
+/// they belong to: each holds one of its server's places for requests to
+/// clients ([`super::server::SERVER_REQUESTS`]) until answered or timed
+/// out, so one client holds at most a quarter of a server's.
+pub(super) const QUESTIONS_PER_CLIENT: usize = 16;
 /// A server's requests queued for one call's next round.
 const ASKS_PER_CALL: usize = 16;
 /// The longest `requestState` the proxy gives (longer ones are not its).
@@ -102,7 +104,7 @@ impl Parked {
 /// The digest of a request's params as a retry must repeat them (whatever
 /// the order of their keys): without `_meta` (a new progress token, say),
 /// `inputResponses` and `requestState`.
-fn round_params(message: &Value) -> [u8; 32] {
+pub(super) fn round_params(message: &Value) -> [u8; 32] {
     use sha2::Digest as _;
     let mut bytes = Vec::new();
     match message.get("params") {
@@ -189,47 +191,86 @@ fn new_state() -> String {
     )
 }
 
-/// Asks the client a server's request in its call's next round, and waits
-/// (at most `timeout`) for the answer: the server's answer message.
-pub(super) async fn ask_in_round(
-    session: &Session,
-    server_id: &Value,
-    message: &Value,
-    timeout: Duration,
-) -> Value {
-    let answer = |failure: Failure| failure.to_response(server_id.clone());
-    let Some(asks) = session.asks.get() else {
-        return answer(Failure::NoBackChannel);
-    };
-    let mut shown = message.clone();
-    protocol::strip_protocol_meta(&mut shown);
-    let mut request = Map::new();
-    for key in ["method", "params"] {
-        if let Some(value) = shown.get_mut(key) {
-            request.insert(key.into(), value.take());
+/// One of a client's questions waiting for its answer; its place is given
+/// back when dropped.
+struct Question<'a> {
+    gateway: &'a Gateway,
+    client: Arc<str>,
+}
+
+impl Drop for Question<'_> {
+    fn drop(&mut self) {
+        let mut questions = lock(&self.gateway.questions);
+        if let Some(count) = questions.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                questions.remove(&self.client);
+            }
         }
-    }
-    let (tx, rx) = oneshot::channel();
-    let ask = InputAsk {
-        request: Value::Object(request),
-        server_id: server_id.clone(),
-        answer: tx,
-        timeout,
-    };
-    if asks.try_send(ask).is_err() {
-        return answer(Failure::ClientUnreachable);
-    }
-    tokio::select! {
-        result = tokio::time::timeout(timeout, rx) => match result {
-            Ok(Ok(answered)) => answered,
-            Ok(Err(_)) => answer(Failure::ClientSessionEnded),
-            Err(_) => answer(Failure::ClientTimeout),
-        },
-        () = session.closed.cancelled() => answer(Failure::ClientSessionEnded),
     }
 }
 
 impl Gateway {
+    /// A place for one more of `client`'s questions, if it has one.
+    fn question(&self, client: &Arc<str>) -> Option<Question<'_>> {
+        let mut questions = lock(&self.questions);
+        let count = questions.entry(client.clone()).or_insert(0);
+        if *count >= QUESTIONS_PER_CLIENT {
+            return None;
+        }
+        *count += 1;
+        Some(Question {
+            gateway: self,
+            client: client.clone(),
+        })
+    }
+
+    /// Asks the client a server's request in its call's next round, and
+    /// waits (at most `timeout`) for the answer: the server's answer
+    /// message. Past the client's places for questions
+    /// ([`QUESTIONS_PER_CLIENT`]), refused at once.
+    pub(super) async fn ask_in_round(
+        &self,
+        session: &Session,
+        server_id: &Value,
+        message: &Value,
+        timeout: Duration,
+    ) -> Value {
+        let answer = |failure: Failure| failure.to_response(server_id.clone());
+        let Some(asks) = session.asks.get() else {
+            return answer(Failure::NoBackChannel);
+        };
+        let Some(_question) = self.question(&session.client.name) else {
+            return answer(Failure::TooManyWaiting(QUESTIONS_PER_CLIENT));
+        };
+        let mut shown = message.clone();
+        protocol::strip_protocol_meta(&mut shown);
+        let mut request = Map::new();
+        for key in ["method", "params"] {
+            if let Some(value) = shown.get_mut(key) {
+                request.insert(key.into(), value.take());
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let ask = InputAsk {
+            request: Value::Object(request),
+            server_id: server_id.clone(),
+            answer: tx,
+            timeout,
+        };
+        if asks.try_send(ask).is_err() {
+            return answer(Failure::ClientUnreachable);
+        }
+        tokio::select! {
+            result = tokio::time::timeout(timeout, rx) => match result {
+                Ok(Ok(answered)) => answered,
+                Ok(Err(_)) => answer(Failure::ClientSessionEnded),
+                Err(_) => answer(Failure::ClientTimeout),
+            },
+            () = session.closed.cancelled() => answer(Failure::ClientSessionEnded),
+        }
+    }
+
     /// A 2026-07-28 request: in rounds where its method can take them,
     /// framed as that revision wants.
     pub(super) async fn stateless_request(
@@ -429,7 +470,9 @@ impl Gateway {
         }
         let mut all = lock(&self.parked);
         let waiting = all.values().filter(|p| p.client == parked.client).count();
-        let refusal = if current.closed.is_cancelled() {
+        let refusal = if self.shutdown.is_cancelled() {
+            Some(Failure::ShuttingDown)
+        } else if current.closed.is_cancelled() {
             Some(Failure::ClientSessionEnded)
         } else if waiting >= WAITING_PER_CLIENT {
             Some(Failure::TooManyWaiting(WAITING_PER_CLIENT))

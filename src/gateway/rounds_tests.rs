@@ -361,8 +361,8 @@ async fn a_server_asks_a_round_only_what_a_round_can_carry() {
     let session = alice(&harness);
     let answer = spawn_handle(&harness, &session, read_call(1, "a"));
     let seen = files.next_received().await;
-    // A ping is answered by the proxy; another method is refused; neither
-    // makes a round.
+    // A ping is answered by the proxy (its upstream); another method is
+    // refused; neither makes a round.
     for (id, method) in [("srv-ping", "ping"), ("srv-list", "tools/list")] {
         let asked = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": {} });
         files.send_on_stream_of(&seen, asked).await;
@@ -381,4 +381,69 @@ async fn a_server_asks_a_round_only_what_a_round_can_carry() {
     let done = answer.await.ok().flatten().unwrap_or_default();
     assert_eq!(done["result"]["resultType"], "complete", "{done}");
     harness.gateway.close_stateless(&session);
+}
+
+#[test]
+fn a_retry_repeats_the_params_whatever_their_order_and_nothing_else() {
+    use super::rounds::round_params;
+    let first = json!({ "params": { "name": "t", "arguments": { "a": 1, "b": [1.5, "x"] } } });
+    let reordered = json!({ "params": { "arguments": { "b": [1.5, "x"], "a": 1 }, "name": "t",
+        "_meta": { "progressToken": 9 }, "inputResponses": { "1": {} }, "requestState": "s" } });
+    assert_eq!(round_params(&first), round_params(&reordered));
+    for other in [
+        json!({ "params": { "name": "t", "arguments": { "a": 1.0, "b": [1.5, "x"] } } }),
+        json!({ "params": { "name": "t", "arguments": { "a": 1, "b": ["x", 1.5] } } }),
+        json!({ "params": { "name": "t", "arguments": { "a": "1", "b": [1.5, "x"] } } }),
+        json!({ "params": { "name": "t", "arguments": { "a": 1, "b": [1.5, "x"], "c": null } } }),
+        json!({ "params": { "name": "t2", "arguments": { "a": 1, "b": [1.5, "x"] } } }),
+        json!({ "params": { "name": "t", "arguments": { "a\":1,\"b": 1 } } }),
+    ] {
+        assert_ne!(round_params(&first), round_params(&other), "{other}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_holds_a_bounded_number_of_questions() {
+    let (harness, mut files) = started().await;
+    let mut parked = Vec::new();
+    for n in 0..=super::rounds::QUESTIONS_PER_CLIENT {
+        let session = alice(&harness);
+        let answer = spawn_handle(&harness, &session, read_call(n as i64, "a"));
+        let seen = files.next_received().await;
+        assert_eq!(seen["method"], "tools/call", "{seen}");
+        let id = format!("q-{n}");
+        let question = json!({ "jsonrpc": "2.0", "id": id, "method": "sampling/createMessage",
+            "params": { "messages": [], "maxTokens": 5 } });
+        files.send_on_stream_of(&seen, question).await;
+        if n < super::rounds::QUESTIONS_PER_CLIENT {
+            let round = answer.await.ok().flatten().unwrap_or_default();
+            assert_eq!(round["result"]["resultType"], "input_required", "{round}");
+            harness.gateway.close_stateless(&session);
+            parked.push(round);
+            continue;
+        }
+        // One too many: refused at the server, which then ends its call.
+        let refused = files.next_received().await;
+        assert_eq!(refused["id"], id, "{refused}");
+        assert_eq!(
+            refused["error"]["code"],
+            protocol::code::CLIENT_UNAVAILABLE,
+            "{refused}"
+        );
+        files.reply(&seen, json!({ "content": [] })).await;
+        let done = answer.await.ok().flatten().unwrap_or_default();
+        assert_eq!(done["result"]["resultType"], "complete", "{done}");
+        harness.gateway.close_stateless(&session);
+    }
+    // Another client's places are its own.
+    let (bob, _inbox) = harness.stateless_session_with("bob", json!({ "sampling": {} }));
+    let answer = spawn_handle(&harness, &bob, read_call(99, "b"));
+    let seen = files.next_received().await;
+    let question = json!({ "jsonrpc": "2.0", "id": "bob-q", "method": "sampling/createMessage",
+        "params": { "messages": [], "maxTokens": 5 } });
+    files.send_on_stream_of(&seen, question).await;
+    let round = answer.await.ok().flatten().unwrap_or_default();
+    assert_eq!(round["result"]["resultType"], "input_required", "{round}");
+    harness.gateway.close_stateless(&bob);
+    assert_eq!(parked.len(), super::rounds::QUESTIONS_PER_CLIENT);
 }

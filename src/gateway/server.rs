@@ -186,13 +186,7 @@ impl Gateway {
             let refusal = match method.as_str() {
                 _ if session.asks.get().is_none() => Some(Failure::NoBackChannel),
                 "sampling/createMessage" | "elicitation/create" | "roots/list" => None,
-                // Answered here: the client has no way to be pinged.
-                "ping" => {
-                    let pong =
-                        serde_json::json!({ "jsonrpc": "2.0", "id": server_id, "result": {} });
-                    let _ = upstream.send(pong).await;
-                    return;
-                }
+                // (A server's `ping` never gets here: the upstream answers it.)
                 other => Some(Failure::MethodNotFound(protocol::cut(other, 64).to_owned())),
             };
             if let Some(refusal) = refusal {
@@ -236,7 +230,8 @@ impl Gateway {
         let related = origin.as_ref().map(|o| &o.request_id);
         let timeout = upstream.config().call_timeout;
         let answer_message = if session.stateless {
-            super::rounds::ask_in_round(&session, &server_id, &run.exchange.message, timeout).await
+            self.ask_in_round(&session, &server_id, &run.exchange.message, timeout)
+                .await
         } else {
             self.ask_client(
                 &session,

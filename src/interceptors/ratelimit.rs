@@ -203,7 +203,8 @@ where
             if let Err(not_until) = self.limiters[index].check_key(client) {
                 let wait = not_until.wait_time_from(self.clock.now());
                 let rule = &self.rules[index];
-                let retry_after_ms = wait.as_millis().max(1) as u64;
+                // Rounded up: a client that waits what it is told is let in.
+                let retry_after_ms = wait.as_nanos().div_ceil(1_000_000).max(1) as u64;
                 return Verdict::Deny(
                     Denial::new(
                         code::RATE_LIMITED,
@@ -486,7 +487,7 @@ mod tests {
         period: Duration,
     ) {
         let refill = period / count;
-        let refill_ms = refill.as_millis() as u64;
+        let refill_ms = refill.as_nanos().div_ceil(1_000_000) as u64;
         for n in 0..count {
             assert!(allowed(limit, &mut call()), "call {n} of {count}");
         }
@@ -502,6 +503,19 @@ mod tests {
             assert!(allowed(limit, &mut call()), "after the period, call {n}");
         }
         assert_eq!(retry_after(&refused(limit, &mut call())), refill_ms);
+    }
+
+    #[test]
+    fn a_client_that_waits_its_retry_after_is_let_in() {
+        // 7 a second: one call's refill is 142.857… ms, told as 143.
+        let (limit, clock) = on_fake_clock(vec![rule(None, RateScope::Client, "7/s")]);
+        for n in 0..7 {
+            assert!(allowed(&limit, &mut call("ann", "gh", "issue")), "call {n}");
+        }
+        let wait = retry_after(&refused(&limit, &mut call("ann", "gh", "issue")));
+        assert_eq!(wait, 143);
+        clock.advance(Duration::from_millis(wait));
+        assert!(allowed(&limit, &mut call("ann", "gh", "issue")));
     }
 
     #[test]
