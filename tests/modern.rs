@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{AUDITOR_TOKEN, OTHER_TOKEN, TOKEN, TestProxy};
+use common::{AUDITOR_TOKEN, GITHUB_TOKEN, OTHER_TOKEN, TOKEN, TestProxy};
 use serde_json::{Value, json};
 
 const VERSION: &str = "2026-07-28";
@@ -25,15 +25,8 @@ forbid (principal, action in [Action::"call_tool", Action::"list_tools"], resour
 forbid (principal == Client::"other", action, resource in Server::"example");
 "#;
 
-/// A GitHub token (the redaction rules know its shape).
-const GITHUB_TOKEN: &str = "ghp_R8xT2mQ9vL4nK7pW3sZ6yB1cD5fG0hJ8aE2u";
-
 fn proxy() -> TestProxy {
-    let proxy = TestProxy::new()
-        .with_config("policies = \"policies\"\n[redact]\nresponses = \"redact\"")
-        .with_example_server("example");
-    proxy.policy_folder(POLICIES);
-    proxy
+    common::redacting_proxy(POLICIES)
 }
 
 /// A 2026-07-28 request of `method`.

@@ -15,7 +15,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{AUDITOR_TOKEN, OTHER_TOKEN, TOKEN, TestProxy};
+use common::{AUDITOR_TOKEN, GITHUB_TOKEN, OTHER_TOKEN, TOKEN, TestProxy};
 use serde_json::{Value, json};
 
 const VERSION: &str = "2026-07-28";
@@ -27,15 +27,8 @@ const POLICIES: &str = r#"
 forbid (principal == Client::"other", action == Action::"sampling", resource == Server::"example");
 "#;
 
-/// A GitHub token (the redaction rules know its shape).
-const GITHUB_TOKEN: &str = "ghp_R8xT2mQ9vL4nK7pW3sZ6yB1cD5fG0hJ8aE2u";
-
 fn proxy() -> TestProxy {
-    let proxy = TestProxy::new()
-        .with_config("policies = \"policies\"\n[redact]\nresponses = \"redact\"")
-        .with_example_server("example");
-    proxy.policy_folder(POLICIES);
-    proxy
+    common::redacting_proxy(POLICIES)
 }
 
 /// A 2026-07-28 `tools/call` of `name` by a client that can sample and

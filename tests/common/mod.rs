@@ -614,6 +614,19 @@ impl RawClient {
 }
 
 /// The text of the first content item of a `tools/call` result message.
+/// A GitHub token (the redaction rules know its shape).
+pub const GITHUB_TOKEN: &str = "ghp_R8xT2mQ9vL4nK7pW3sZ6yB1cD5fG0hJ8aE2u";
+
+/// A proxy with the example server as `example`, Cedar `policies` and
+/// redaction toward the client.
+pub fn redacting_proxy(policies: &str) -> TestProxy {
+    let proxy = TestProxy::new()
+        .with_config("policies = \"policies\"\n[redact]\nresponses = \"redact\"")
+        .with_example_server("example");
+    proxy.policy_folder(policies);
+    proxy
+}
+
 pub fn first_text(response: &Value) -> String {
     response
         .pointer("/result/content/0/text")
