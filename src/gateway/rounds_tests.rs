@@ -447,3 +447,100 @@ async fn a_client_holds_a_bounded_number_of_questions() {
     harness.gateway.close_stateless(&bob);
     assert_eq!(parked.len(), super::rounds::QUESTIONS_PER_CLIENT);
 }
+
+/// Answers the list requests a server gets (a read of its tools, its
+/// prompt `greet`, its resource `files://a`); the first other message.
+async fn past_lists(files: &mut ScriptedServer) -> Option<Value> {
+    let message = files.next_received().await;
+    let result = match protocol::method(&message) {
+        Some("prompts/list") => json!({ "prompts": [{ "name": "greet" }] }),
+        Some("resources/list") => json!({ "resources": [{ "uri": "files://a", "name": "a" }] }),
+        Some("resources/templates/list") => json!({ "resourceTemplates": [] }),
+        _ => return Some(message),
+    };
+    files.reply(&message, result).await;
+    None
+}
+
+async fn next_not_a_list(files: &mut ScriptedServer) -> Value {
+    loop {
+        if let Some(message) = past_lists(files).await {
+            return message;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_read_and_a_prompt_take_rounds_as_a_call_does() {
+    let harness = Harness::new(CONFIG);
+    let mut starting = harness.start();
+    let mut files = harness.connections("files", None).next().await;
+    files.answer_lists(json!([{ "name": "read", "inputSchema": { "type": "object" } }]));
+    files
+        .handshake_with(json!({ "protocolVersion": protocol::LATEST_VERSION,
+            "capabilities": { "tools": {}, "prompts": {}, "resources": {} },
+            "serverInfo": { "name": "files", "version": "1" } }))
+        .await;
+    loop {
+        tokio::select! {
+            started = &mut starting => {
+                if let Err(err) = started {
+                    panic!("the gateway did not start: {err}");
+                }
+                break;
+            }
+            unexpected = past_lists(&mut files) => {
+                if let Some(message) = unexpected {
+                    panic!("only lists are read at start: {message}");
+                }
+            }
+        }
+    }
+    let capabilities = json!({ "roots": {}, "elicitation": {} });
+    let asks = [
+        (
+            "resources/read",
+            json!({ "uri": "files://a" }),
+            "roots/list",
+            json!({ "roots": [{ "uri": "file:///home" }] }),
+        ),
+        (
+            "prompts/get",
+            json!({ "name": "files__greet", "arguments": {} }),
+            "elicitation/create",
+            json!({ "action": "accept", "content": { "name": "Ada" } }),
+        ),
+    ];
+    for (n, (method, params, question, answer)) in asks.into_iter().enumerate() {
+        let id = 10 * n as i64;
+        let mut first = request(id, method, params);
+        first["params"]["_meta"] = json!({ meta::PROTOCOL_VERSION: protocol::MODERN_VERSION,
+            meta::CLIENT_CAPABILITIES: capabilities });
+        let (session, _inbox) = harness.stateless_session_with("alice", capabilities.clone());
+        let answering = spawn_handle(&harness, &session, first.clone());
+        let seen = next_not_a_list(&mut files).await;
+        assert_eq!(seen["method"], method, "{seen}");
+        let asked = json!({ "jsonrpc": "2.0", "id": "srv-q", "method": question, "params": {} });
+        files.send_on_stream_of(&seen, asked).await;
+        let round = answering.await.ok().flatten().unwrap_or_default();
+        harness.gateway.close_stateless(&session);
+        let key = only_key(&round);
+        assert_eq!(round["result"]["inputRequests"][&key]["method"], question);
+        let state = round["result"]["requestState"].clone();
+        let (session, _inbox) = harness.stateless_session_with("alice", capabilities.clone());
+        let answers = json!({ key: answer.clone() });
+        let continued = spawn_handle(&harness, &session, retry(&first, id + 1, answers, &state));
+        let relayed = next_not_a_list(&mut files).await;
+        assert_eq!(relayed["id"], "srv-q", "{relayed}");
+        assert_eq!(relayed["result"], answer, "{relayed}");
+        let result = match method {
+            "resources/read" => json!({ "contents": [{ "uri": "files://a", "text": "a" }] }),
+            _ => json!({ "messages": [] }),
+        };
+        files.reply(&seen, result).await;
+        let done = continued.await.ok().flatten().unwrap_or_default();
+        harness.gateway.close_stateless(&session);
+        assert_eq!(done["id"], id + 1, "{done}");
+        assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    }
+}
