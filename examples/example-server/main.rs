@@ -43,13 +43,18 @@ struct Args {
     /// a server whose tool definitions change between runs, for pinning.
     #[arg(long, value_name = "TOOL=TEXT")]
     describe: Vec<String>,
+
+    /// Speak MCP 2026-07-28 alone: `initialize` is refused, each request must
+    /// carry its version and capabilities in `params._meta`.
+    #[arg(long)]
+    stateless: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging();
-    let server = ExampleServer::new(args.name);
+    let server = ExampleServer::new(args.name, args.stateless);
     for change in &args.describe {
         let Some((tool, text)) = change.split_once('=') else {
             anyhow::bail!("--describe {change:?}: expected TOOL=TEXT");

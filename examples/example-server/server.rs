@@ -48,15 +48,19 @@ pub struct ExampleServer {
 
 struct Shared {
     name: String,
+    /// Speaks 2026-07-28 alone (`--stateless`): no `initialize`, each
+    /// request carries its envelope.
+    stateless: bool,
     /// Copy-on-write so that a call never holds the lock (tools may add tools).
     tools: RwLock<Arc<ToolRouter<ExampleServer>>>,
 }
 
 impl ExampleServer {
-    pub fn new(name: String) -> Self {
+    pub fn new(name: String, stateless: bool) -> Self {
         Self {
             shared: Arc::new(Shared {
                 name,
+                stateless,
                 tools: RwLock::new(Arc::new(Self::tool_router())),
             }),
             subscriptions: Arc::default(),
@@ -173,8 +177,12 @@ impl ServerHandler for ExampleServer {
     }
 
     /// Up to 2025-11-25: later versions forbid the server-to-client requests
-    /// (sampling, elicitation, roots) that this server's tools make.
+    /// (sampling, elicitation, roots) that this server's tools make. With
+    /// `--stateless`, 2026-07-28 alone (those tools then fail).
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        if self.shared.stateless {
+            return Cow::Owned(vec![ProtocolVersion::V_2026_07_28]);
+        }
         Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
     }
 

@@ -22,6 +22,22 @@ pub struct ServerConfig {
     /// Per-call timeout; the proxy's `call_timeout` unless the server sets one.
     pub call_timeout: Duration,
     pub secrets: BTreeMap<String, SecretRef>,
+    /// The revision the proxy speaks to it.
+    pub protocol: ServerProtocol,
+}
+
+/// `[[servers]] protocol`: the MCP revision the proxy speaks to a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum ServerProtocol {
+    /// The handshake (`initialize`), offering 2025-11-25: the server may
+    /// answer with 2025-06-18.
+    #[default]
+    #[serde(rename = "2025-11-25")]
+    Handshake,
+    /// 2026-07-28 (stateless): `server/discover` at start, then each
+    /// request with its envelope. For `process` and `container` servers.
+    #[serde(rename = "2026-07-28")]
+    Stateless,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +102,14 @@ pub(super) struct RawServer {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, SecretText>")]
     secrets: BTreeMap<String, String>,
+    /// The MCP revision the proxy speaks to the server: `"2025-11-25"`
+    /// (the handshake; the server may settle on 2025-06-18) or
+    /// `"2026-07-28"` (no handshake: `server/discover`, then each request
+    /// carries its envelope; `process` and `container` servers only, and
+    /// what the proxy cannot yet relay of that revision is refused).
+    #[serde(default)]
+    #[schemars(extend("x-default" = "`\"2025-11-25\"`"))]
+    protocol: ServerProtocol,
 }
 
 /// `[servers.process]` as written.
@@ -183,11 +207,21 @@ impl RawServer {
             None => proxy.call_timeout,
             Some(text) => parse_duration(&text).map_err(|m| at.error(".timeout", m))?,
         };
+        if self.protocol == ServerProtocol::Stateless && matches!(kind, UpstreamSpec::Remote(_)) {
+            return Err(at.error(
+                ".protocol",
+                format!(
+                    "server `{}`: a `remote` server is spoken to with the handshake (\"2025-11-25\"); 2026-07-28 toward remote servers is not supported yet",
+                    self.name
+                ),
+            ));
+        }
         Ok(ServerConfig {
             name: self.name,
             kind,
             call_timeout,
             secrets,
+            protocol: self.protocol,
         })
     }
 

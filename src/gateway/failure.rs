@@ -95,6 +95,10 @@ pub enum Failure {
         "the server answered with resultType `{0}`, which a server of the handshake revisions cannot send: refused"
     )]
     ServerResultType(String),
+    /// A request a server spoken to in 2026-07-28 cannot take through the
+    /// proxy yet.
+    #[error("{0} is not supported yet for a server spoken to in 2026-07-28")]
+    NotOnStatelessServer(String),
     /// A 2026-07-28 retry's `requestState` names no call of this client's
     /// waiting for input (never given, answered already, expired, or
     /// another client's: which, is not said).
@@ -185,7 +189,9 @@ impl Failure {
             Self::UnknownRequestState | Self::RequestStateMismatch(_) => code::INVALID_PARAMS,
             Self::CallEnded => code::INTERNAL_ERROR,
             Self::TooManyInFlight(_) => code::RATE_LIMITED,
-            Self::MethodNotFound(_) | Self::ClientLacks(_) => code::METHOD_NOT_FOUND,
+            Self::MethodNotFound(_) | Self::ClientLacks(_) | Self::NotOnStatelessServer(_) => {
+                code::METHOD_NOT_FOUND
+            }
             Self::InvalidParams(_) | Self::Unknown { .. } | Self::UriTooLong => {
                 code::INVALID_PARAMS
             }

@@ -102,7 +102,8 @@ impl Gateway {
                 let Status::Ready(info) = upstream.status() else {
                     continue;
                 };
-                if info.pointer("/capabilities/logging").is_none() {
+                // A 2026-07-28 server has no `logging/setLevel`.
+                if info.pointer("/capabilities/logging").is_none() || self.speaks_stateless(index) {
                     continue;
                 }
                 let levels = sessions

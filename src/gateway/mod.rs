@@ -369,6 +369,15 @@ impl Gateway {
         )
     }
 
+    /// Whether server `index` is spoken to in 2026-07-28 (no sessions,
+    /// subscriptions or log levels there).
+    fn speaks_stateless(&self, index: usize) -> bool {
+        self.config
+            .servers
+            .get(index)
+            .is_some_and(|server| server.protocol == crate::config::ServerProtocol::Stateless)
+    }
+
     /// `text` with every secret replaced by its placeholder.
     fn scrub(&self, text: &str) -> String {
         match self.scrubber.get() {

@@ -95,6 +95,25 @@ pub(super) fn frame_reply(method: &str, mut reply: Value) -> Value {
     reply
 }
 
+/// A 2026-07-28 server's result (complete: checked before) as a client of
+/// a handshake revision gets it: without what only 2026-07-28 defines
+/// (`resultType`, the cache hints, the protocol's `_meta` keys).
+pub(super) fn handshake_result(mut reply: Value) -> Value {
+    let Some(result) = reply.get_mut("result").and_then(Value::as_object_mut) else {
+        return reply;
+    };
+    for key in ["resultType", "ttlMs", "cacheScope"] {
+        result.remove(key);
+    }
+    if let Some(found) = result.get_mut("_meta").and_then(Value::as_object_mut) {
+        found.retain(|key, _| !key.starts_with(meta::PREFIX));
+        if found.is_empty() {
+            result.remove("_meta");
+        }
+    }
+    reply
+}
+
 /// Takes out of a request's `params._meta` what the revision defines for
 /// the hop between client and proxy (version, capabilities, client info,
 /// log level): a server is sent the request as a client of its own

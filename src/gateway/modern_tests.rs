@@ -363,3 +363,98 @@ async fn a_listen_streams_subscriptions_end_at_the_server_with_it() {
     );
     assert_eq!(unsubscribe["params"]["uri"], "docs://a");
 }
+
+#[tokio::test]
+async fn a_2026_07_28_server_gets_the_envelope_and_its_results_are_framed_for_each_client() {
+    let harness = Harness::new(
+        "[[clients]]\nname = \"alice\"\n\
+         [[servers]]\nname = \"files\"\nprotocol = \"2026-07-28\"\nprocess = { command = \"scripted\" }\n",
+    );
+    let starting = harness.start();
+    let mut files = harness.connections("files", None).next().await;
+    // No handshake: `server/discover`, with the proxy's envelope.
+    let discover = files.next_received().await;
+    assert_eq!(discover["method"], "server/discover", "{discover}");
+    let sent_meta = &discover["params"]["_meta"];
+    assert_eq!(sent_meta[meta::PROTOCOL_VERSION], protocol::MODERN_VERSION);
+    assert_eq!(
+        sent_meta[meta::CLIENT_CAPABILITIES],
+        json!({}),
+        "{discover}"
+    );
+    files.answer_lists(json!([tool("read")]));
+    files
+        .reply(
+            &discover,
+            json!({ "supportedVersions": [protocol::MODERN_VERSION],
+                "capabilities": { "tools": {} },
+                "_meta": { meta::SERVER_INFO: { "name": "files", "version": "1" } } }),
+        )
+        .await;
+    if let Err(err) = starting.await {
+        panic!("the gateway did not start: {err}");
+    }
+    // A handshake client's call: the server gets the envelope (not the
+    // client's: it has none), the client a result of its own revision.
+    let (legacy, _inbox) = harness.initialized_session("alice").await;
+    let call = request(
+        1,
+        "tools/call",
+        json!({ "name": "files__read", "arguments": {} }),
+    );
+    let answer = spawn_handle(&harness, &legacy, call.clone());
+    let seen = files.next_received().await;
+    assert_eq!(
+        seen["params"]["_meta"][meta::PROTOCOL_VERSION],
+        protocol::MODERN_VERSION,
+        "{seen}"
+    );
+    files
+        .reply(
+            &seen,
+            json!({ "content": [], "resultType": "complete", "ttlMs": 5, "cacheScope": "public",
+                "_meta": { meta::SERVER_INFO: { "name": "files" }, "x": 1 } }),
+        )
+        .await;
+    let reply = answer.await.ok().flatten().unwrap_or_default();
+    let result = &reply["result"];
+    for gone in ["resultType", "ttlMs", "cacheScope"] {
+        assert!(result.get(gone).is_none(), "{gone}: {reply}");
+    }
+    assert_eq!(result["_meta"], json!({ "x": 1 }), "{reply}");
+    // Its question (which the proxy's envelope said it may not ask): refused.
+    let answer = spawn_handle(&harness, &legacy, call);
+    let seen = files.next_received().await;
+    files
+        .reply(
+            &seen,
+            json!({ "resultType": "input_required", "inputRequests": { "q": {
+                "method": "elicitation/create", "params": { "message": "password?" } } } }),
+        )
+        .await;
+    let reply = answer.await.ok().flatten().unwrap_or_default();
+    assert_eq!(
+        reply["error"]["code"],
+        protocol::code::INTERNAL_ERROR,
+        "{reply}"
+    );
+    assert!(!reply.to_string().contains("password?"), "{reply}");
+    // A 2026-07-28 client's call: framed as ever.
+    let (modern_session, _inbox) = harness.stateless_session("alice");
+    let answer = spawn_handle(
+        &harness,
+        &modern_session,
+        modern(
+            2,
+            "tools/call",
+            json!({ "name": "files__read", "arguments": {} }),
+        ),
+    );
+    let seen = files.next_received().await;
+    files
+        .reply(&seen, json!({ "content": [], "resultType": "complete" }))
+        .await;
+    let reply = answer.await.ok().flatten().unwrap_or_default();
+    assert_eq!(reply["result"]["resultType"], "complete", "{reply}");
+    harness.gateway.close_stateless(&modern_session);
+}

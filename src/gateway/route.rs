@@ -138,6 +138,8 @@ impl Gateway {
         // The catalog a list was answered from (interceptors judge the
         // items against that one, not a newer one).
         let mut listed_from = None;
+        let from_stateless =
+            matches!(&route, Route::Server { server, .. } if self.speaks_stateless(*server));
         let answered = match route {
             Route::Local => {
                 self.answer_locally(session, method, &run.exchange.message, &mut listed_from)
@@ -168,7 +170,16 @@ impl Gateway {
             }
         };
         let answered = match answered {
-            Ok(reply) if session.stateless => super::modern::checked_result(reply),
+            Ok(reply) if session.stateless || from_stateless => {
+                super::modern::checked_result(reply)
+            }
+            answered => answered,
+        };
+        // A handshake client is not told what only 2026-07-28 says.
+        let answered = match answered {
+            Ok(reply) if from_stateless && !session.stateless => {
+                Ok(super::modern::handshake_result(reply))
+            }
             answered => answered,
         };
         let (reply, outcome) = match answered {
@@ -344,6 +355,12 @@ impl Gateway {
                     self.may_subscribe(session, uri)?;
                 }
                 match catalog.resource_owner(uri) {
+                    // 2026-07-28 has no `resources/subscribe`: its servers'
+                    // updates come on a listen stream of the proxy's own,
+                    // which is not there yet.
+                    Some(server) if method != "resources/read" && self.speaks_stateless(server) => {
+                        Err(Failure::NotOnStatelessServer(method.to_owned()))
+                    }
                     Some(server) => Ok((
                         Route::Server {
                             server,

@@ -90,6 +90,31 @@ pub fn envelope(message: &Value) -> Result<Envelope, EnvelopeError> {
     })
 }
 
+/// Puts `envelope`'s keys in a request's `params._meta` (made an object if
+/// it was absent or not one), over any of the same name.
+pub fn put_envelope(message: &mut Value, envelope: &Map<String, Value>) {
+    let Some(request) = message.as_object_mut() else {
+        return;
+    };
+    let params = request
+        .entry("params")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(params) = params.as_object_mut() else {
+        return;
+    };
+    let found = params
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !found.is_object() {
+        *found = Value::Object(Map::new());
+    }
+    if let Some(found) = found.as_object_mut() {
+        for (key, value) in envelope {
+            found.insert(key.clone(), value.clone());
+        }
+    }
+}
+
 /// Takes the protocol's own keys (`io.modelcontextprotocol/…`) out of a
 /// message's `params._meta`: whether there were any.
 pub fn strip_protocol_meta(message: &mut Value) -> bool {

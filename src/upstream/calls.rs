@@ -40,6 +40,24 @@ const FOLLOW_CAP: usize = 256;
 /// for the server to take it.
 pub(super) const SEND_WAIT: Duration = Duration::from_secs(10);
 
+/// What the proxy says of itself to a 2026-07-28 server in each request's
+/// `params._meta`: the version, no client capabilities (a server may not
+/// ask it anything: it cannot relay a server's `input_required` yet), and
+/// its name.
+pub(super) fn proxy_envelope() -> serde_json::Map<String, Value> {
+    let mut envelope = serde_json::Map::new();
+    envelope.insert(
+        protocol::meta::PROTOCOL_VERSION.into(),
+        Value::from(protocol::MODERN_VERSION),
+    );
+    envelope.insert(protocol::meta::CLIENT_CAPABILITIES.into(), json!({}));
+    envelope.insert(
+        protocol::meta::CLIENT_INFO.into(),
+        json!({ "name": "portcullis", "version": env!("CARGO_PKG_VERSION") }),
+    );
+    envelope
+}
+
 /// What the client of one server shares with its supervisor, its calls and
 /// its link's reader.
 pub(crate) struct Shared {
@@ -59,6 +77,8 @@ pub(crate) struct Shared {
     pub(super) last_used_ms: AtomicU64,
     /// Held running (by resource subscriptions, which live in the server).
     pub(super) held: AtomicBool,
+    /// Spoken to in 2026-07-28: every request carries the envelope.
+    pub(super) stateless: bool,
     pub(super) epoch: Instant,
 }
 
@@ -84,6 +104,7 @@ impl Shared {
             wake: tokio::sync::Notify::new(),
             last_used_ms: AtomicU64::new(0),
             held: AtomicBool::new(false),
+            stateless: false,
             epoch: Instant::now(),
         }
     }
@@ -204,6 +225,9 @@ impl Shared {
             self.touch();
         }
         message["id"] = Value::from(id);
+        if self.stateless {
+            protocol::put_envelope(&mut message, &proxy_envelope());
+        }
         let client_token = match message
             .get_mut("params")
             .and_then(|params| params.get_mut("_meta"))

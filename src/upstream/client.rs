@@ -126,13 +126,15 @@ impl Upstream {
             Status::Starting
         };
         let (status_tx, status) = watch::channel(initial);
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             Arc::from(config.name.as_str()),
             instance,
             events,
             status_tx,
             !policy.lazy,
-        ));
+        );
+        shared.stateless = config.protocol == crate::config::ServerProtocol::Stateless;
+        let shared = Arc::new(shared);
         Self {
             shared,
             policy,

@@ -112,6 +112,7 @@ fn server_config(name: &str, kind: UpstreamSpec) -> Arc<ServerConfig> {
         kind,
         call_timeout: Duration::from_secs(10),
         secrets: BTreeMap::new(),
+        protocol: Default::default(),
     })
 }
 

@@ -129,6 +129,9 @@ impl Supervisor {
     }
 
     async fn handshake(&self) -> Result<Value, UpstreamError> {
+        if self.shared.stateless {
+            return self.discover().await;
+        }
         let handshake_error = |reason: String| UpstreamError::Handshake {
             server: self.shared.name.to_string(),
             reason,
@@ -181,6 +184,71 @@ impl Supervisor {
             )
             .await?;
         Ok(result.clone())
+    }
+
+    /// Starts a 2026-07-28 server: no handshake, `server/discover` (sent,
+    /// as every request to it, with the proxy's envelope) says it speaks
+    /// that revision and what it offers. What it said stands for the
+    /// `initialize` result of a handshake server: its capabilities and who
+    /// it is, under the version spoken.
+    async fn discover(&self) -> Result<Value, UpstreamError> {
+        let failed = |reason: String| UpstreamError::Handshake {
+            server: self.shared.name.to_string(),
+            reason,
+        };
+        let call = self.shared.begin(
+            protocol::request(Value::Null, "server/discover", json!({})),
+            None,
+        );
+        let response = call
+            .send_and_wait(self.startup_timeout)
+            .await
+            .map_err(|err| failed(err.to_string()))?;
+        let Some(result) = response.get("result") else {
+            let said = response
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .unwrap_or("no result");
+            return Err(failed(format!(
+                "server/discover failed ({}): is it a 2026-07-28 server?",
+                protocol::cut(said, 200)
+            )));
+        };
+        let speaks = result
+            .get("supportedVersions")
+            .and_then(Value::as_array)
+            .is_some_and(|versions| versions.iter().any(|v| v == protocol::MODERN_VERSION));
+        if !speaks {
+            return Err(failed(format!(
+                "its server/discover does not list {}: set `protocol = \"2025-11-25\"` for it",
+                protocol::MODERN_VERSION
+            )));
+        }
+        let server_info = result
+            .get("serverInfo")
+            .or_else(|| result.get("_meta")?.get(protocol::meta::SERVER_INFO))
+            .cloned()
+            .unwrap_or_else(|| json!({ "name": self.shared.name.to_string(), "version": "" }));
+        let mut info = serde_json::Map::new();
+        info.insert(
+            "protocolVersion".into(),
+            Value::from(protocol::MODERN_VERSION),
+        );
+        info.insert(
+            "capabilities".into(),
+            result
+                .get("capabilities")
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+        );
+        info.insert("serverInfo".into(), server_info);
+        if let Some(instructions) = result.get("instructions") {
+            info.insert("instructions".into(), instructions.clone());
+        }
+        if let Some(link) = self.shared.current_link() {
+            link.set_protocol_version(protocol::MODERN_VERSION);
+        }
+        Ok(Value::Object(info))
     }
 
     /// Runs a started server until its link closes, the proxy shuts down or
