@@ -200,15 +200,19 @@ impl Gateway {
         let mut subscribe = false;
         let mut logging = false;
         let mut completions = false;
-        for upstream in &self.upstreams {
+        for (index, upstream) in self.upstreams.iter().enumerate() {
             if let Some(info) = upstream.status().info() {
                 let caps = info.get("capabilities");
                 let has = |pointer: &str| caps.and_then(|c| c.pointer(pointer)).is_some();
-                subscribe |= caps
-                    .and_then(|c| c.pointer("/resources/subscribe"))
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                logging |= has("/logging");
+                // What the proxy does not relay to a 2026-07-28 server is
+                // not offered for it.
+                let relayed = !self.speaks_stateless(index);
+                subscribe |= relayed
+                    && caps
+                        .and_then(|c| c.pointer("/resources/subscribe"))
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                logging |= relayed && has("/logging");
                 completions |= has("/completions");
             }
         }
@@ -342,6 +346,10 @@ impl Gateway {
             return;
         };
         for (index, instance, uri) in released {
+            // (A 2026-07-28 server was never subscribed to.)
+            if self.speaks_stateless(index) {
+                continue;
+            }
             let Some(upstream) = self.upstream_of(index, &instance) else {
                 continue;
             };
@@ -375,6 +383,9 @@ impl Gateway {
     /// again to every URI it owns that sessions (of its client, for a
     /// per-client instance) are subscribed to.
     pub(super) async fn resubscribe(&self, index: usize, instance: &Option<Arc<str>>) {
+        if self.speaks_stateless(index) {
+            return;
+        }
         let Some(upstream) = self.upstream_of(index, instance) else {
             return;
         };

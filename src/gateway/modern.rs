@@ -102,7 +102,13 @@ pub(super) fn handshake_result(mut reply: Value) -> Value {
     let Some(result) = reply.get_mut("result").and_then(Value::as_object_mut) else {
         return reply;
     };
-    for key in ["resultType", "ttlMs", "cacheScope"] {
+    for key in [
+        "resultType",
+        "ttlMs",
+        "cacheScope",
+        "inputRequests",
+        "requestState",
+    ] {
         result.remove(key);
     }
     if let Some(found) = result.get_mut("_meta").and_then(Value::as_object_mut) {

@@ -364,8 +364,9 @@ async fn a_listen_streams_subscriptions_end_at_the_server_with_it() {
     assert_eq!(unsubscribe["params"]["uri"], "docs://a");
 }
 
-#[tokio::test]
-async fn a_2026_07_28_server_gets_the_envelope_and_its_results_are_framed_for_each_client() {
+/// A gateway whose one server, `files`, is spoken to in 2026-07-28: its
+/// start (`server/discover`, with the proxy's envelope) checked.
+async fn stateless_server_started() -> (Harness, crate::upstream::scripted::ScriptedServer) {
     let harness = Harness::new(
         "[[clients]]\nname = \"alice\"\n\
          [[servers]]\nname = \"files\"\nprotocol = \"2026-07-28\"\nprocess = { command = \"scripted\" }\n",
@@ -394,20 +395,51 @@ async fn a_2026_07_28_server_gets_the_envelope_and_its_results_are_framed_for_ea
     if let Err(err) = starting.await {
         panic!("the gateway did not start: {err}");
     }
+    (harness, files)
+}
+
+#[tokio::test]
+async fn a_2026_07_28_server_gets_the_envelope_and_its_results_are_framed_for_each_client() {
+    let (harness, mut files) = stateless_server_started().await;
     // A handshake client's call: the server gets the envelope (not the
     // client's: it has none), the client a result of its own revision.
-    let (legacy, _inbox) = harness.initialized_session("alice").await;
+    let (legacy, mut inbox) = harness.initialized_session("alice").await;
     let call = request(
         1,
         "tools/call",
         json!({ "name": "files__read", "arguments": {} }),
     );
-    let answer = spawn_handle(&harness, &legacy, call.clone());
+    // A client's own protocol keys, and answers to a question never asked.
+    let mut forged = call.clone();
+    forged["params"]["_meta"] = json!({ meta::LOG_LEVEL: "debug",
+        meta::CLIENT_CAPABILITIES: { "sampling": {} }, "x-client": 1 });
+    forged["params"]["inputResponses"] = json!({ "q": { "action": "accept" } });
+    forged["params"]["requestState"] = json!("forged");
+    let answer = spawn_handle(&harness, &legacy, forged);
     let seen = files.next_received().await;
+    let sent_meta = &seen["params"]["_meta"];
     assert_eq!(
-        seen["params"]["_meta"][meta::PROTOCOL_VERSION],
+        sent_meta[meta::PROTOCOL_VERSION],
         protocol::MODERN_VERSION,
         "{seen}"
+    );
+    assert_eq!(sent_meta[meta::CLIENT_CAPABILITIES], json!({}), "{seen}");
+    assert!(sent_meta.get(meta::LOG_LEVEL).is_none(), "{seen}");
+    assert_eq!(sent_meta["x-client"], 1, "{seen}");
+    for gone in ["inputResponses", "requestState"] {
+        assert!(seen["params"].get(gone).is_none(), "{gone}: {seen}");
+    }
+    // It asks the client something all the same: refused at the server,
+    // never relayed.
+    let question = json!({ "jsonrpc": "2.0", "id": "srv-q", "method": "elicitation/create",
+        "params": { "message": "password?" } });
+    files.send_on_stream_of(&seen, question).await;
+    let refused = files.next_received().await;
+    assert_eq!(refused["id"], "srv-q", "{refused}");
+    assert_eq!(
+        refused["error"]["code"],
+        protocol::code::METHOD_NOT_FOUND,
+        "{refused}"
     );
     files
         .reply(
@@ -422,6 +454,11 @@ async fn a_2026_07_28_server_gets_the_envelope_and_its_results_are_framed_for_ea
         assert!(result.get(gone).is_none(), "{gone}: {reply}");
     }
     assert_eq!(result["_meta"], json!({ "x": 1 }), "{reply}");
+    let told: Vec<Value> = std::iter::from_fn(|| inbox.try_recv().ok()).collect();
+    assert!(
+        told.iter().all(|m| m["method"] != "elicitation/create"),
+        "{told:?}"
+    );
     // Its question (which the proxy's envelope said it may not ask): refused.
     let answer = spawn_handle(&harness, &legacy, call);
     let seen = files.next_received().await;
@@ -440,17 +477,23 @@ async fn a_2026_07_28_server_gets_the_envelope_and_its_results_are_framed_for_ea
     );
     assert!(!reply.to_string().contains("password?"), "{reply}");
     // A 2026-07-28 client's call: framed as ever.
-    let (modern_session, _inbox) = harness.stateless_session("alice");
-    let answer = spawn_handle(
-        &harness,
-        &modern_session,
-        modern(
-            2,
-            "tools/call",
-            json!({ "name": "files__read", "arguments": {} }),
-        ),
+    let (modern_session, _inbox) =
+        harness.stateless_session_with("alice", json!({ "sampling": {} }));
+    let mut call = modern(
+        2,
+        "tools/call",
+        json!({ "name": "files__read", "arguments": {} }),
     );
+    call["params"]["_meta"][meta::CLIENT_CAPABILITIES] = json!({ "sampling": {} });
+    call["params"]["inputResponses"] = json!({ "q": { "action": "accept" } });
+    let answer = spawn_handle(&harness, &modern_session, call);
     let seen = files.next_received().await;
+    assert_eq!(
+        seen["params"]["_meta"][meta::CLIENT_CAPABILITIES],
+        json!({}),
+        "{seen}"
+    );
+    assert!(seen["params"].get("inputResponses").is_none(), "{seen}");
     files
         .reply(&seen, json!({ "content": [], "resultType": "complete" }))
         .await;

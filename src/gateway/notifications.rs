@@ -75,7 +75,10 @@ impl Gateway {
                 // only to the servers this client may use.
                 let notice = protocol::notification("notifications/roots/list_changed", json!({}));
                 for ((index, _), upstream) in self.instances(Some(&session.client.name)) {
-                    if self.may_use(session, index) && matches!(upstream.status(), Status::Ready(_))
+                    // (2026-07-28 has no roots to tell a server of.)
+                    if self.may_use(session, index)
+                        && !self.speaks_stateless(index)
+                        && matches!(upstream.status(), Status::Ready(_))
                     {
                         let _ = upstream.send(notice.clone()).await;
                     }

@@ -180,6 +180,13 @@ impl Gateway {
             let _ = upstream.send(answer(Failure::NoClientToAsk)).await;
             return;
         };
+        // A 2026-07-28 server has no requests to clients (the proxy's
+        // envelope told it it may ask nothing).
+        if self.speaks_stateless(index) {
+            let refusal = Failure::NotOnStatelessServer(protocol::cut(&method, 64).to_owned());
+            let _ = upstream.send(answer(refusal)).await;
+            return;
+        }
         // A 2026-07-28 client is asked in its call's rounds, if the call
         // can take them, and only what a round can carry.
         if session.stateless {

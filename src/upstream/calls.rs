@@ -226,6 +226,14 @@ impl Shared {
         }
         message["id"] = Value::from(id);
         if self.stateless {
+            // The proxy's envelope, none of a client's protocol keys, and no
+            // answers to questions the proxy never relayed: whatever a
+            // client put there, the server hears only the proxy.
+            protocol::strip_protocol_meta(&mut message);
+            if let Some(params) = message.get_mut("params").and_then(Value::as_object_mut) {
+                params.remove("inputResponses");
+                params.remove("requestState");
+            }
             protocol::put_envelope(&mut message, &proxy_envelope());
         }
         let client_token = match message
