@@ -105,9 +105,14 @@ impl Parked {
 /// the order of their keys): without `_meta` (a new progress token, say),
 /// `inputResponses` and `requestState`.
 pub(super) fn round_params(message: &Value) -> [u8; 32] {
+    params_digest(message.get("params"))
+}
+
+/// [`round_params`] of a request's `params`.
+fn params_digest(params: Option<&Value>) -> [u8; 32] {
     use sha2::Digest as _;
     let mut bytes = Vec::new();
-    match message.get("params") {
+    match params {
         Some(Value::Object(params)) => {
             let kept = params
                 .iter()
@@ -299,7 +304,8 @@ impl Gateway {
     ) -> Option<Value> {
         let (asks_tx, mut asks) = mpsc::channel(ASKS_PER_CALL);
         let _ = session.asks.set(asks_tx);
-        let params = round_params(&message);
+        // Kept to be digested if the call is parked (most calls are not).
+        let params = message.get("params").cloned();
         let id = reply_id(&message);
         let (this, call_session) = (self.clone(), session.clone());
         let mut call = Box::pin(async move { this.handle_request(&call_session, message).await });
@@ -315,7 +321,7 @@ impl Gateway {
         let parked = Parked {
             client: session.client.name.clone(),
             method,
-            params,
+            params: params_digest(params.as_ref()),
             session: session.clone(),
             origin: session.outlet(),
             done,
