@@ -187,26 +187,31 @@ impl Gateway {
             let _ = upstream.send(answer(refusal)).await;
             return;
         }
-        // A 2026-07-28 client is asked in its call's rounds, if the call
-        // can take them, and only what a round can carry.
-        if session.stateless {
-            let refusal = match method.as_str() {
-                _ if session.asks.get().is_none() => Some(Failure::NoBackChannel),
-                "sampling/createMessage" | "elicitation/create" | "roots/list" => None,
-                // (A server's `ping` never gets here: the upstream answers it.)
-                other => Some(Failure::MethodNotFound(protocol::cut(other, 64).to_owned())),
-            };
-            if let Some(refusal) = refusal {
-                let _ = upstream.send(answer(refusal)).await;
-                return;
-            }
-        }
         let capability = match method.as_str() {
             "sampling/createMessage" => Some("sampling"),
             "elicitation/create" => Some("elicitation"),
             "roots/list" => Some("roots"),
             _ => None,
         };
+        // A 2026-07-28 client is asked in its call's rounds, if the call
+        // can take them, and only what a round can carry (the requests that
+        // need a capability; a server's `ping` never gets here: the
+        // upstream answers it).
+        if session.stateless {
+            let refusal = if session.asks.get().is_none() {
+                Some(Failure::NoBackChannel)
+            } else if capability.is_none() {
+                Some(Failure::MethodNotFound(
+                    protocol::cut(&method, 64).to_owned(),
+                ))
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                let _ = upstream.send(answer(refusal)).await;
+                return;
+            }
+        }
         if let Some(capability) = capability
             && !session.has_client_capability(capability)
         {
