@@ -484,7 +484,7 @@ where
     T: rmcp::transport::IntoTransport<rmcp::RoleClient, E, A>,
     E: std::error::Error + Send + Sync + 'static,
 {
-    use rmcp::model::{CallToolRequestParams, ProtocolVersion, ReadResourceRequestParams};
+    use rmcp::model::ProtocolVersion;
     use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
     let lifecycle = ClientLifecycleMode::Auto {
         preferred_versions: vec![ProtocolVersion::LATEST],
@@ -494,43 +494,7 @@ where
     let info = client.peer_info().expect("what the proxy said of itself");
     assert_eq!(info.protocol_version, ProtocolVersion::LATEST);
     assert_eq!(info.protocol_version.to_string(), VERSION);
-    let tools = client.list_all_tools().await.expect("tools/list");
-    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-    assert!(names.contains(&"example__echo"), "{names:?}");
-    assert!(
-        !names.contains(&"example__add"),
-        "Cedar hides it: {names:?}"
-    );
-    let arguments = json!({ "text": format!("rmcp {GITHUB_TOKEN}") });
-    let echoed = client
-        .call_tool(
-            CallToolRequestParams::new("example__echo")
-                .with_arguments(arguments.as_object().unwrap().clone()),
-        )
-        .await
-        .expect("tools/call");
-    let echoed = serde_json::to_value(&echoed).unwrap();
-    assert_eq!(
-        echoed["content"][0]["text"],
-        "example: rmcp [REDACTED:github-pat-classic]"
-    );
-    let denied = client
-        .call_tool(
-            CallToolRequestParams::new("example__add")
-                .with_arguments(json!({ "a": 1, "b": 2 }).as_object().unwrap().clone()),
-        )
-        .await;
-    let denied = format!("{:?}", denied.expect_err("Cedar denies it"));
-    assert!(
-        denied.contains("-32010") || denied.contains("denied by authz"),
-        "{denied}"
-    );
-    let read = client
-        .read_resource(ReadResourceRequestParams::new("example://greeting"))
-        .await
-        .expect("resources/read");
-    let read = serde_json::to_value(&read).unwrap();
-    assert_eq!(read["contents"][0]["text"], "hello from example", "{read}");
+    common::rmcp_enforced(&client, "example").await;
     client.cancel().await.expect("close");
 }
 

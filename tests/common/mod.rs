@@ -627,6 +627,60 @@ pub fn redacting_proxy(policies: &str) -> TestProxy {
     proxy
 }
 
+/// Through an rmcp client of a [`redacting_proxy`] whose policies forbid
+/// `add`: the example server's tools as `server` lists them (`echo` there,
+/// `add` hidden), its echo of a GitHub token redacted, `add` refused by
+/// Cedar, and its greeting read.
+pub async fn rmcp_enforced(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    server: &str,
+) {
+    use rmcp::model::{CallToolRequestParams, ReadResourceRequestParams};
+    let tools = client.list_all_tools().await.expect("tools/list");
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert!(
+        names.contains(&format!("{server}__echo").as_str()),
+        "{names:?}"
+    );
+    let add = format!("{server}__add");
+    assert!(!names.contains(&add.as_str()), "Cedar hides it: {names:?}");
+    let arguments = serde_json::json!({ "text": format!("use {GITHUB_TOKEN}") });
+    let echoed = client
+        .call_tool(
+            CallToolRequestParams::new(format!("{server}__echo"))
+                .with_arguments(arguments.as_object().unwrap().clone()),
+        )
+        .await
+        .expect("tools/call");
+    let echoed = serde_json::to_value(&echoed).unwrap();
+    assert_eq!(
+        echoed["content"][0]["text"],
+        format!("{server}: use [REDACTED:github-pat-classic]"),
+        "{echoed}"
+    );
+    let arguments = serde_json::json!({ "a": 1, "b": 2 });
+    let denied = client
+        .call_tool(
+            CallToolRequestParams::new(add).with_arguments(arguments.as_object().unwrap().clone()),
+        )
+        .await;
+    let denied = format!("{:?}", denied.expect_err("Cedar denies it"));
+    assert!(
+        denied.contains("-32010") || denied.contains("denied by authz"),
+        "{denied}"
+    );
+    let read = client
+        .read_resource(ReadResourceRequestParams::new("example://greeting"))
+        .await
+        .expect("resources/read");
+    let read = serde_json::to_value(&read).unwrap();
+    assert_eq!(
+        read["contents"][0]["text"],
+        format!("hello from {server}"),
+        "{read}"
+    );
+}
+
 pub fn first_text(response: &Value) -> String {
     response
         .pointer("/result/content/0/text")
