@@ -12,6 +12,7 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::listening::{call_tool, listen_through, modern_rmcp, next_notification};
 use common::{AUDITOR_TOKEN, GITHUB_TOKEN, OTHER_TOKEN, TOKEN, TestProxy};
 use serde_json::{Value, json};
 
@@ -529,97 +530,12 @@ fn http_transport(
     )
 }
 
-/// An rmcp client over `transport` that speaks 2026-07-28 only (no
-/// handshake to fall back to).
-async fn modern_rmcp<T, E, A>(transport: T) -> rmcp::service::RunningService<rmcp::RoleClient, ()>
-where
-    T: rmcp::transport::IntoTransport<rmcp::RoleClient, E, A>,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    use rmcp::model::ProtocolVersion;
-    use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
-    let lifecycle = ClientLifecycleMode::Discover {
-        preferred_versions: vec![ProtocolVersion::LATEST],
-    };
-    ().serve_with_lifecycle(transport, lifecycle)
-        .await
-        .expect("connect at 2026-07-28")
-}
-
-/// Calls `name` with `arguments` through an rmcp client.
-async fn call_tool(
-    client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
-    name: &str,
-    arguments: Value,
-) {
-    let params = rmcp::model::CallToolRequestParams::new(name.to_owned())
-        .with_arguments(arguments.as_object().cloned().unwrap_or_default());
-    client
-        .call_tool(params)
-        .await
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-}
-
-/// The next notification on a listen stream (bounded).
-async fn next_notification(
-    subscription: &mut rmcp::service::Subscription,
-) -> rmcp::model::ServerNotification {
-    tokio::time::timeout(Duration::from_secs(20), subscription.next())
-        .await
-        .expect("a notification in time")
-        .expect("the stream is up")
-        .expect("a notification")
-}
-
-/// A listen stream over rmcp at LATEST: what it was granted, then the list
-/// changes and resource updates it asked for, tagged with its id, and
-/// nothing it did not ask for.
-async fn listen_through<T, E, A>(transport: T)
-where
-    T: rmcp::transport::IntoTransport<rmcp::RoleClient, E, A>,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    use rmcp::model::{ServerNotification, SubscriptionFilter};
-    let client = modern_rmcp(transport).await;
-    let filter = SubscriptionFilter::builder()
-        .tools_list_changed()
-        .resource_subscription("example://greeting")
-        // No server lists it: not granted.
-        .resource_subscription("example://nowhere")
-        .build();
-    let mut subscription = client.listen(filter).await.expect("subscriptions/listen");
-    let granted = subscription.acknowledged().clone();
-    assert_eq!(granted.tools_list_changed, Some(true));
-    assert_eq!(granted.prompts_list_changed, None);
-    assert_eq!(
-        granted.resource_subscriptions,
-        Some(vec!["example://greeting".to_owned()])
-    );
-    // Not asked for: never on the stream. Asked for: on it.
-    let touch = |uri: &str| json!({ "uri": uri });
-    call_tool(&client, "example__touch", touch("example://items/1")).await;
-    call_tool(&client, "example__touch", touch("example://greeting")).await;
-    let next = next_notification(&mut subscription).await;
-    let ServerNotification::ResourceUpdatedNotification(updated) = next else {
-        panic!("expected resources/updated, got {next:?}");
-    };
-    assert_eq!(updated.params.uri, "example://greeting");
-    call_tool(&client, "example__add_tool", json!({ "name": "fresh" })).await;
-    let next = next_notification(&mut subscription).await;
-    assert!(
-        matches!(next, ServerNotification::ToolListChangedNotification(_)),
-        "{next:?}"
-    );
-    subscription.cancel().await.expect("end the stream");
-    client.cancel().await.expect("close");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn subscriptions_listen_over_http_carries_what_was_granted() {
     let proxy = proxy();
     let served = proxy.serve_http().await;
     let transport = http_transport(&served.url, TOKEN);
-    listen_through(transport).await;
+    listen_through(transport, "example").await;
     // The subscription was recorded as the client's own, and ended with
     // the stream.
     let records = common::admin_records(&served.base, "kind=exchange", AUDITOR_TOKEN).await;
@@ -663,7 +579,7 @@ async fn subscriptions_listen_over_stdio_carries_what_was_granted() {
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("spawn portcullis stdio");
-    listen_through(transport).await;
+    listen_through(transport, "example").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -25,10 +25,10 @@ use rmcp::{
         ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument,
         PromptMessage, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
         ReadResourceResult, Reference, Resource, ResourceContents, ResourceTemplate, Role,
-        ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams, Tool,
-        UnsubscribeRequestParams,
+        ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams,
+        SubscriptionFilter, Tool, UnsubscribeRequestParams,
     },
-    service::RequestContext,
+    service::{RequestContext, SubscriptionContext, SubscriptionSink},
 };
 use serde_json::json;
 
@@ -53,6 +53,9 @@ struct Shared {
     stateless: bool,
     /// Copy-on-write so that a call never holds the lock (tools may add tools).
     tools: RwLock<Arc<ToolRouter<ExampleServer>>>,
+    /// The open `subscriptions/listen` streams (2026-07-28): list changes
+    /// and resource updates go on them.
+    listeners: Mutex<Vec<SubscriptionSink>>,
 }
 
 impl ExampleServer {
@@ -62,6 +65,7 @@ impl ExampleServer {
                 name,
                 stateless,
                 tools: RwLock::new(Arc::new(Self::tool_router())),
+                listeners: Mutex::default(),
             }),
             subscriptions: Arc::default(),
         }
@@ -120,6 +124,21 @@ impl ExampleServer {
     /// Whether this session subscribed to `uri` with resources/subscribe.
     pub fn is_subscribed(&self, uri: &str) -> bool {
         self.subscriptions().contains(uri)
+    }
+
+    /// Whether it speaks 2026-07-28 alone (`--stateless`).
+    pub fn is_stateless(&self) -> bool {
+        self.shared.stateless
+    }
+
+    /// The open listen streams (2026-07-28), to send a change on; each one
+    /// sends only what it accepted.
+    pub fn listeners(&self) -> Vec<SubscriptionSink> {
+        self.shared
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn subscriptions(&self) -> MutexGuard<'_, BTreeSet<String>> {
@@ -261,6 +280,44 @@ impl ServerHandler for ExampleServer {
             ));
         };
         Ok(ReadResourceResult::new(vec![ResourceContents::text(text, uri)]).into())
+    }
+
+    /// 2026-07-28: every notification asked for that the capabilities
+    /// offer (rmcp narrows the filter to them), and the resources it has
+    /// (the greeting, items with a numeric id): no other URI is granted.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let exists = |uri: &String| {
+            uri == GREETING_URI
+                || uri
+                    .strip_prefix(ITEM_URI_PREFIX)
+                    .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let mut accepted = requested.clone();
+        if let Some(uris) = accepted.resource_subscriptions.as_mut() {
+            uris.retain(exists);
+        }
+        self.shared.stateless.then_some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let sink = context.sink().clone();
+        let id = sink.id().clone();
+        tracing::info!(?id, accepted = ?sink.accepted(), "listen stream open");
+        self.shared
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(sink);
+        context.cancelled().await;
+        self.shared
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|sink| *sink.id() != id);
+        Ok(())
     }
 
     async fn subscribe(

@@ -348,9 +348,7 @@ impl ExampleServer {
         if !self.add_dynamic_tool(&name) {
             return error_result(format!("there is already a tool {name}"));
         }
-        if let Err(error) = peer.notify_tool_list_changed().await {
-            tracing::warn!(%error, "cannot send tools/list_changed");
-        }
+        self.tools_changed(&peer).await;
         text_result(format!("added tool {name}"))
     }
 
@@ -365,10 +363,22 @@ impl ExampleServer {
         if !self.set_description(&tool, &description) {
             return error_result(format!("there is no tool {tool}"));
         }
-        if let Err(error) = peer.notify_tool_list_changed().await {
+        self.tools_changed(&peer).await;
+        text_result(format!("redescribed {tool}"))
+    }
+
+    /// Tells the client the tool list changed: on the session, or (in
+    /// 2026-07-28) on the listen streams that asked for it.
+    async fn tools_changed(&self, peer: &Peer<RoleServer>) {
+        if self.is_stateless() {
+            for sink in self.listeners() {
+                if let Err(error) = sink.notify_tool_list_changed().await {
+                    tracing::info!(%error, "tools/list_changed not sent on a stream");
+                }
+            }
+        } else if let Err(error) = peer.notify_tool_list_changed().await {
             tracing::warn!(%error, "cannot send tools/list_changed");
         }
-        text_result(format!("redescribed {tool}"))
     }
 
     /// Notify the client that resource `uri` changed (notifications/resources/updated),
@@ -380,6 +390,15 @@ impl ExampleServer {
         peer: Peer<RoleServer>,
     ) -> CallToolResult {
         tracing::info!(%uri, subscribed = self.is_subscribed(&uri), "resource touched");
+        if self.is_stateless() {
+            // On the listen streams that asked for it (2026-07-28).
+            for sink in self.listeners() {
+                if let Err(error) = sink.notify_resource_updated(uri.clone()).await {
+                    tracing::info!(%error, "resources/updated not sent on a stream");
+                }
+            }
+            return text_result("touched");
+        }
         match peer
             .notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
             .await

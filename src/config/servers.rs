@@ -38,6 +38,11 @@ pub enum ServerProtocol {
     /// request with its envelope. For `process` and `container` servers.
     #[serde(rename = "2026-07-28")]
     Stateless,
+    /// `server/discover` at the first start: 2026-07-28 if the server
+    /// answers it as such, the handshake otherwise; remembered for the
+    /// proxy's life. A `remote` server gets the handshake.
+    #[serde(rename = "auto")]
+    Auto,
 }
 
 #[derive(Debug, Clone)]

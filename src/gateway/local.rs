@@ -52,7 +52,9 @@ impl Gateway {
                 "instructions": self.instructions(),
                 "_meta": { protocol::meta::SERVER_INFO: super::modern::server_info() },
             }),
-            "ping" => json!({}),
+            // Another session still reads it there (see
+            // `unsubscribes_at_server`): this session's alone is taken out.
+            "ping" | "resources/unsubscribe" => json!({}),
             "tools/list" => self.page(message, &catalog.tools, "tools")?,
             "prompts/list" => self.page(message, &catalog.prompts, "prompts")?,
             "resources/list" => self.page(message, &catalog.resources, "resources")?,
@@ -207,11 +209,12 @@ impl Gateway {
                 // What the proxy does not relay to a 2026-07-28 server is
                 // not offered for it.
                 let relayed = !self.speaks_stateless(index);
-                subscribe |= relayed
-                    && caps
-                        .and_then(|c| c.pointer("/resources/subscribe"))
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false);
+                // (Subscriptions to a 2026-07-28 server are made on the
+                // proxy's listen stream to it.)
+                subscribe |= caps
+                    .and_then(|c| c.pointer("/resources/subscribe"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 logging |= relayed && has("/logging");
                 completions |= has("/completions");
             }
@@ -313,6 +316,43 @@ impl Gateway {
         self.update_holds();
     }
 
+    /// Whether any of `subscribers` but `session` reads updates from the
+    /// instance of server `index` that `session` reads them from: any
+    /// session, at a shared server; one of its client's, at a per-client
+    /// one.
+    fn others_at_instance(
+        &self,
+        index: usize,
+        session: &Session,
+        subscribers: &HashSet<u64>,
+    ) -> bool {
+        let per_client = self.per_client(index);
+        subscribers.iter().any(|key| {
+            *key != session.key
+                && (!per_client
+                    || self
+                        .session(*key)
+                        .is_some_and(|other| other.client.name == session.client.name))
+        })
+    }
+
+    /// Whether a session's `resources/unsubscribe` of `uri` (of server
+    /// `index`) goes to the server: only if the session is subscribed to it
+    /// and is the last there. Otherwise it is answered by the proxy (its
+    /// own subscription taken out), so that no session ends another's.
+    pub(super) fn unsubscribes_at_server(
+        &self,
+        session: &Session,
+        uri: &str,
+        index: usize,
+    ) -> bool {
+        let subscriptions = lock(&self.subscriptions);
+        subscriptions.get(uri).is_some_and(|subscribers| {
+            subscribers.contains(&session.key)
+                && !self.others_at_instance(index, session, subscribers)
+        })
+    }
+
     /// A closed session's subscriptions: taken out, and a URI nobody else
     /// (of its client, at a per-client instance) is subscribed to any more
     /// is unsubscribed from at its server, so that a server does not keep
@@ -328,13 +368,7 @@ impl Gateway {
                 }
                 if let Some(index) = catalog.resource_owner(uri) {
                     let instance = self.per_client(index).then(|| session.client.name.clone());
-                    let others = subscribers.iter().any(|key| {
-                        instance.is_none()
-                            || self
-                                .session(*key)
-                                .is_some_and(|other| other.client.name == session.client.name)
-                    });
-                    if !others {
+                    if !self.others_at_instance(index, session, subscribers) {
                         released.push((index, instance, uri.clone()));
                     }
                 }
@@ -346,17 +380,19 @@ impl Gateway {
             return;
         };
         for (index, instance, uri) in released {
-            // (A 2026-07-28 server was never subscribed to.)
-            if self.speaks_stateless(index) {
-                continue;
-            }
             let Some(upstream) = self.upstream_of(index, &instance) else {
                 continue;
             };
             let scrubbed = self.scrub(&uri);
             runtime.spawn(async move {
-                let asked = upstream.request("resources/unsubscribe", json!({ "uri": uri }));
-                if asked.await.is_err() {
+                // A 2026-07-28 server's: off the proxy's listen stream.
+                let asked = if upstream.speaks_stateless() {
+                    upstream.listen_change(&uri, false).await
+                } else {
+                    let asked = upstream.request("resources/unsubscribe", json!({ "uri": uri }));
+                    asked.await.map(drop)
+                };
+                if asked.is_err() {
                     tracing::debug!(server = %upstream.name(), uri = scrubbed, "cannot unsubscribe");
                 }
             });
@@ -383,6 +419,8 @@ impl Gateway {
     /// again to every URI it owns that sessions (of its client, for a
     /// per-client instance) are subscribed to.
     pub(super) async fn resubscribe(&self, index: usize, instance: &Option<Arc<str>>) {
+        // A 2026-07-28 server's subscriptions are on the proxy's listen
+        // stream, asked again at each start.
         if self.speaks_stateless(index) {
             return;
         }

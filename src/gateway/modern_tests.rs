@@ -304,12 +304,9 @@ async fn next_not_a_list(docs: &mut crate::upstream::scripted::ScriptedServer) -
     }
 }
 
-#[tokio::test]
-async fn a_listen_streams_subscriptions_end_at_the_server_with_it() {
-    let harness = Harness::new(
-        "[[clients]]\nname = \"alice\"\n\
-         [[servers]]\nname = \"docs\"\nprocess = { command = \"scripted\" }\n",
-    );
+/// `harness`'s server `docs` started: it offers subscriptions and lists
+/// one resource, `docs://a`.
+async fn docs_started(harness: &Harness) -> crate::upstream::scripted::ScriptedServer {
     let starting = harness.start();
     let mut docs = harness.connections("docs", None).next().await;
     docs.answer_lists(json!([]));
@@ -327,6 +324,16 @@ async fn a_listen_streams_subscriptions_end_at_the_server_with_it() {
     if let Err(err) = starting.await {
         panic!("the gateway did not start: {err}");
     }
+    docs
+}
+
+#[tokio::test]
+async fn a_listen_streams_subscriptions_end_at_the_server_with_it() {
+    let harness = Harness::new(
+        "[[clients]]\nname = \"alice\"\n\
+         [[servers]]\nname = \"docs\"\nprocess = { command = \"scripted\" }\n",
+    );
+    let mut docs = docs_started(&harness).await;
     let (session, mut inbox) = harness.stateless_session("alice");
     let listen = modern(
         1,
@@ -362,6 +369,69 @@ async fn a_listen_streams_subscriptions_end_at_the_server_with_it() {
         "{unsubscribe}"
     );
     assert_eq!(unsubscribe["params"]["uri"], "docs://a");
+}
+
+#[tokio::test]
+async fn no_session_ends_another_sessions_subscription_at_the_server() {
+    let harness = Harness::new(
+        "[[clients]]\nname = \"alice\"\n[[clients]]\nname = \"bob\"\n\
+         [[servers]]\nname = \"docs\"\nprocess = { command = \"scripted\" }\n",
+    );
+    let mut docs = docs_started(&harness).await;
+    let (alice, mut alice_inbox) = harness.initialized_session("alice").await;
+    let (bob, _bob_inbox) = harness.initialized_session("bob").await;
+    let uri = json!({ "uri": "docs://a" });
+    let unsubscribe = |id| request(id, "resources/unsubscribe", uri.clone());
+    // Bob unsubscribes from what he never subscribed to: answered by the
+    // proxy, never sent to the server.
+    let local = std::time::Duration::from_secs(10);
+    let reply = tokio::time::timeout(local, harness.gateway.handle(&bob, unsubscribe(1))).await;
+    assert_eq!(
+        reply.ok().flatten().unwrap_or_default()["result"],
+        json!({})
+    );
+    // Both subscribe (each subscription made at the server).
+    // (The gateway may subscribe again meanwhile, as it does when it sees
+    // the server ready: every subscription is answered.)
+    for (session, id) in [(&alice, 2), (&bob, 3)] {
+        let subscribe = request(id, "resources/subscribe", uri.clone());
+        let mut running = spawn_handle(&harness, session, subscribe);
+        let reply = loop {
+            tokio::select! {
+                done = &mut running => break done.ok().flatten().unwrap_or_default(),
+                sent = next_not_a_list(&mut docs) => {
+                    assert_eq!(sent["method"], "resources/subscribe", "{sent}");
+                    docs.reply(&sent, json!({})).await;
+                }
+            }
+        };
+        assert_eq!(reply["result"], json!({}), "{reply}");
+    }
+    // Bob unsubscribes while Alice reads it: his alone is taken out, and
+    // he is answered without the server (which answers nothing here).
+    let local = std::time::Duration::from_secs(10);
+    let reply = tokio::time::timeout(local, harness.gateway.handle(&bob, unsubscribe(4))).await;
+    assert_eq!(
+        reply.ok().flatten().unwrap_or_default()["result"],
+        json!({})
+    );
+    docs.notify("notifications/resources/updated", uri.clone())
+        .await;
+    let updated = alice_inbox.recv().await.unwrap_or_default();
+    assert_eq!(updated["params"]["uri"], "docs://a", "{updated}");
+    // Alice, the last, ends it there.
+    let running = spawn_handle(&harness, &alice, unsubscribe(5));
+    let sent = loop {
+        let sent = next_not_a_list(&mut docs).await;
+        if sent["method"] != "resources/subscribe" {
+            break sent;
+        }
+        docs.reply(&sent, json!({})).await;
+    };
+    assert_eq!(sent["method"], "resources/unsubscribe", "{sent}");
+    docs.reply(&sent, json!({})).await;
+    let reply = running.await.ok().flatten().unwrap_or_default();
+    assert_eq!(reply["result"], json!({}), "{reply}");
 }
 
 /// A gateway whose one server, `files`, is spoken to in 2026-07-28: its

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::{Direction, Exchange, Outcome, Phase};
@@ -138,8 +138,10 @@ impl Gateway {
         // The catalog a list was answered from (interceptors judge the
         // items against that one, not a newer one).
         let mut listed_from = None;
-        let from_stateless =
-            matches!(&route, Route::Server { server, .. } if self.speaks_stateless(*server));
+        let relayed_to = match &route {
+            Route::Server { server, .. } => Some(*server),
+            _ => None,
+        };
         let answered = match route {
             Route::Local => {
                 self.answer_locally(session, method, &run.exchange.message, &mut listed_from)
@@ -169,6 +171,9 @@ impl Gateway {
                 }
             }
         };
+        // Asked once the server has answered: a `protocol = "auto"` server
+        // knows its revision once it has started.
+        let from_stateless = relayed_to.is_some_and(|server| self.speaks_stateless(server));
         let answered = match answered {
             Ok(reply) if session.stateless || from_stateless => {
                 super::modern::checked_result(reply)
@@ -355,11 +360,11 @@ impl Gateway {
                     self.may_subscribe(session, uri)?;
                 }
                 match catalog.resource_owner(uri) {
-                    // 2026-07-28 has no `resources/subscribe`: its servers'
-                    // updates come on a listen stream of the proxy's own,
-                    // which is not there yet.
-                    Some(server) if method != "resources/read" && self.speaks_stateless(server) => {
-                        Err(Failure::NotOnStatelessServer(method.to_owned()))
+                    Some(server)
+                        if method == "resources/unsubscribe"
+                            && !self.unsubscribes_at_server(session, uri, server) =>
+                    {
+                        Ok((Route::Local, Some(uri.to_owned())))
                     }
                     Some(server) => Ok((
                         Route::Server {
@@ -522,6 +527,21 @@ impl Gateway {
             session: session.key,
             request_id: client_id.clone(),
         };
+        // 2026-07-28 has no `resources/subscribe`: a subscription to such a
+        // server is one more URI on the proxy's listen stream to it.
+        let method = protocol::method(&outgoing).unwrap_or_default();
+        if upstream.speaks_stateless()
+            && (method == "resources/subscribe" || method == "resources/unsubscribe")
+        {
+            let uri = protocol::param_str(&outgoing, "uri").unwrap_or_default();
+            let changed = tokio::select! {
+                changed = upstream.listen_change(uri, method == "resources/subscribe") => Some(changed),
+                () = cancel.cancelled() => None,
+            };
+            end_call();
+            changed.ok_or(Failure::Cancelled)??;
+            return Ok(protocol::result(client_id.clone(), json!({})));
+        }
         let call = upstream.begin(outgoing, Some(origin));
         // What the server sends during the call is the call's: it goes to
         // this session alone, on the call's stream.

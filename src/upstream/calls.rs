@@ -77,8 +77,11 @@ pub(crate) struct Shared {
     pub(super) last_used_ms: AtomicU64,
     /// Held running (by resource subscriptions, which live in the server).
     pub(super) held: AtomicBool,
-    /// Spoken to in 2026-07-28: every request carries the envelope.
-    pub(super) stateless: bool,
+    /// The revision it is spoken to in, as configured or as learned
+    /// ([`super::era`]): in 2026-07-28 every request carries the envelope.
+    pub(super) era: super::era::Remembered,
+    /// The proxy's listen stream to it, when it speaks 2026-07-28.
+    pub(super) listening: super::listen::Listening,
     pub(super) epoch: Instant,
 }
 
@@ -104,7 +107,8 @@ impl Shared {
             wake: tokio::sync::Notify::new(),
             last_used_ms: AtomicU64::new(0),
             held: AtomicBool::new(false),
-            stateless: false,
+            era: super::era::Remembered::default(),
+            listening: super::listen::Listening::default(),
             epoch: Instant::now(),
         }
     }
@@ -213,6 +217,13 @@ impl Shared {
         self.pending().clear();
     }
 
+    /// Whether no call is in flight but the proxy's listen stream (which
+    /// does not keep the server from idling). `pending`: the table, locked.
+    pub(super) fn no_calls(&self, pending: &HashMap<u64, Pending>) -> bool {
+        let stream = self.listening.id.load(Ordering::Acquire);
+        pending.keys().all(|id| *id == stream)
+    }
+
     /// Prepares a request for the server: gives it a fresh id and, if it asks
     /// for progress, a fresh progress token; the originals stay with the call.
     pub(super) fn begin(
@@ -225,7 +236,7 @@ impl Shared {
             self.touch();
         }
         message["id"] = Value::from(id);
-        if self.stateless {
+        if self.era.stateless() {
             // The proxy's envelope, none of a client's protocol keys, and no
             // answers to questions the proxy never relayed: whatever a
             // client put there, the server hears only the proxy.

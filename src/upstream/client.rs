@@ -126,14 +126,14 @@ impl Upstream {
             Status::Starting
         };
         let (status_tx, status) = watch::channel(initial);
-        let mut shared = Shared::new(
+        let shared = Shared::new(
             Arc::from(config.name.as_str()),
             instance,
             events,
             status_tx,
             !policy.lazy,
         );
-        shared.stateless = config.protocol == crate::config::ServerProtocol::Stateless;
+        shared.era.configure(config.protocol, &config.kind);
         let shared = Arc::new(shared);
         Self {
             shared,
@@ -160,6 +160,12 @@ impl Upstream {
 
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// Whether it is spoken to in 2026-07-28: configured so, or found so
+    /// by `protocol = "auto"` (false until then).
+    pub fn speaks_stateless(&self) -> bool {
+        self.shared.era.stateless()
     }
 
     pub fn restarts(&self) -> u64 {
@@ -209,6 +215,17 @@ impl Upstream {
     /// for progress, a fresh progress token; the originals stay with the call.
     pub fn begin(&self, message: Value, origin: Option<Origin>) -> PendingCall {
         self.shared.begin(message, origin)
+    }
+
+    /// A client's `resources/subscribe` (or, with `subscribe` false,
+    /// `unsubscribe`) of `uri` to a 2026-07-28 server: done on the proxy's
+    /// listen stream to it ([`super::listen`]), within the call timeout.
+    pub async fn listen_change(&self, uri: &str, subscribe: bool) -> Result<(), UpstreamError> {
+        let timeout = self.config.call_timeout;
+        let listening = &self.shared.listening;
+        listening
+            .change_and_wait(&self.shared.name, uri, subscribe, timeout)
+            .await
     }
 
     /// A request of the proxy's own (lists, handshake), with the call timeout.

@@ -48,69 +48,97 @@ impl Shared {
                 };
                 let _ = self.events.send(event).await;
             }
-            Some(Kind::Notification) => {
-                let mut message = message;
-                let mut ambiguous = false;
-                match protocol::method(&message) {
-                    Some("notifications/progress") => {
-                        let Some(token) = message
-                            .get("params")
-                            .and_then(|p| p.get("progressToken"))
-                            .and_then(Value::as_u64)
-                        else {
-                            return;
-                        };
-                        let restored = {
-                            let pending = self.pending();
-                            pending
-                                .get(&token)
-                                .and_then(|p| Some((p.progress_token.clone()?, p.follow.clone())))
-                        };
-                        let Some((client_token, follow)) = restored else {
-                            tracing::debug!(server = %self.name, "progress for a call no longer in flight");
-                            return;
-                        };
-                        message["params"]["progressToken"] = client_token;
-                        let _ = follow.send(message).await;
-                        return;
-                    }
-                    // Handled by the proxy itself (lists read again,
-                    // subscribers told, the server's request withdrawn).
-                    Some(
-                        "notifications/tools/list_changed"
-                        | "notifications/prompts/list_changed"
-                        | "notifications/resources/list_changed"
-                        | "notifications/resources/updated"
-                        | "notifications/cancelled",
-                    ) => {}
-                    // Anything else sent while one client session has calls
-                    // in flight belongs to that session (to the call whose
-                    // response stream carried it, when the transport tells).
-                    _ => {
-                        let follow = self
-                            .call_for(related)
-                            .and_then(|id| self.pending().get(&id).map(|p| p.follow.clone()));
-                        if let Some(follow) = follow {
-                            let _ = follow.send(message).await;
-                            return;
-                        }
-                        // Calls of several sessions in flight, or a call
-                        // the transport named that has ended: it could hold
-                        // any one client's data, so it goes to none of them.
-                        let pending = self.pending();
-                        let ended_call = related.is_some_and(|id| !pending.contains_key(&id));
-                        ambiguous = ended_call || pending.values().any(|p| p.origin.is_some());
-                    }
-                }
-                let event = UpstreamEvent::Notification {
-                    source: self.source(),
-                    message,
-                    ambiguous,
-                };
-                let _ = self.events.send(event).await;
-            }
+            Some(Kind::Notification) => self.dispatch_notification(message, related).await,
             None => tracing::debug!(server = %self.name, "ignored a message that is not JSON-RPC"),
         }
+    }
+
+    /// Routes a notification the server sent (see [`Shared::dispatch`]).
+    async fn dispatch_notification(&self, mut message: Value, related: Option<u64>) {
+        let mut ambiguous = false;
+        match protocol::method(&message) {
+            Some("notifications/progress") => {
+                let Some(token) = message
+                    .get("params")
+                    .and_then(|p| p.get("progressToken"))
+                    .and_then(Value::as_u64)
+                else {
+                    return;
+                };
+                let restored = {
+                    let pending = self.pending();
+                    pending
+                        .get(&token)
+                        .and_then(|p| Some((p.progress_token.clone()?, p.follow.clone())))
+                };
+                let Some((client_token, follow)) = restored else {
+                    tracing::debug!(server = %self.name, "progress for a call no longer in flight");
+                    return;
+                };
+                message["params"]["progressToken"] = client_token;
+                let _ = follow.send(message).await;
+                return;
+            }
+            // Handled by the proxy itself (lists read again,
+            // subscribers told, the server's request withdrawn).
+            Some(
+                "notifications/tools/list_changed"
+                | "notifications/prompts/list_changed"
+                | "notifications/resources/list_changed"
+                | "notifications/resources/updated"
+                | "notifications/cancelled",
+            ) => {
+                // A 2026-07-28 server tags them with the proxy's
+                // listen stream: the protocol's keys are not passed on.
+                if protocol::strip_protocol_meta(&mut message)
+                    && let Some(params) = message["params"].as_object_mut()
+                    && params
+                        .get("_meta")
+                        .is_some_and(|m| m.as_object().is_some_and(serde_json::Map::is_empty))
+                {
+                    params.remove("_meta");
+                }
+            }
+            // Of the proxy's own listen stream to a 2026-07-28
+            // server: what it granted goes to that stream alone.
+            Some("notifications/subscriptions/acknowledged") => {
+                let follow = super::listen::stream_of(&message)
+                    .and_then(|id| self.pending().get(&id).map(|p| p.follow.clone()));
+                match follow {
+                    Some(follow) => {
+                        let _ = follow.send(message).await;
+                    }
+                    None => {
+                        tracing::debug!(server = %self.name, "acknowledgement of no listen stream in flight");
+                    }
+                }
+                return;
+            }
+            // Anything else sent while one client session has calls
+            // in flight belongs to that session (to the call whose
+            // response stream carried it, when the transport tells).
+            _ => {
+                let follow = self
+                    .call_for(related)
+                    .and_then(|id| self.pending().get(&id).map(|p| p.follow.clone()));
+                if let Some(follow) = follow {
+                    let _ = follow.send(message).await;
+                    return;
+                }
+                // Calls of several sessions in flight, or a call
+                // the transport named that has ended: it could hold
+                // any one client's data, so it goes to none of them.
+                let pending = self.pending();
+                let ended_call = related.is_some_and(|id| !pending.contains_key(&id));
+                ambiguous = ended_call || pending.values().any(|p| p.origin.is_some());
+            }
+        }
+        let event = UpstreamEvent::Notification {
+            source: self.source(),
+            message,
+            ambiguous,
+        };
+        let _ = self.events.send(event).await;
     }
 
     /// Which client call a server→client message belongs to: the call whose

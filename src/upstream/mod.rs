@@ -22,8 +22,10 @@ mod client;
 mod connect;
 pub mod container;
 mod dispatch;
+mod era;
 mod events;
 mod link;
+mod listen;
 mod process;
 mod remote;
 #[cfg(test)]
@@ -54,13 +56,17 @@ pub enum UpstreamError {
     /// The proxy refused the server's reply (`limits`: too large).
     #[error("{reason}")]
     Refused { server: String, reason: String },
+    /// A 2026-07-28 server did not grant a subscription on the proxy's
+    /// listen stream.
+    #[error("server `{server}` {reason}")]
+    NotGranted { server: String, reason: String },
 }
 
 impl UpstreamError {
     pub fn code(&self) -> i64 {
         match self {
             Self::Timeout { .. } => crate::protocol::code::UPSTREAM_TIMEOUT,
-            Self::Refused { .. } => crate::protocol::code::INTERNAL_ERROR,
+            Self::Refused { .. } | Self::NotGranted { .. } => crate::protocol::code::INTERNAL_ERROR,
             _ => crate::protocol::code::UPSTREAM_UNAVAILABLE,
         }
     }

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::calls::Shared;
+use super::calls::{Shared, proxy_envelope};
+use super::era::Era;
 use super::events::{Status, UpstreamEvent};
 use super::link::{Connected, Connector};
 use crate::protocol;
@@ -20,6 +21,13 @@ pub(super) const BACKOFF_START: Duration = Duration::from_millis(100);
 pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A server that ran this long before dying restarts from the shortest backoff.
 pub(super) const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// How long one listen stream to a 2026-07-28 server may stay open before
+/// it is asked again.
+const LISTEN_FOR: Duration = Duration::from_secs(24 * 3600);
+/// The wait before a listen stream the server ended or refused is asked
+/// again, doubled up to the next while it keeps refusing.
+const LISTEN_AGAIN_AFTER: Duration = Duration::from_secs(1);
+const LISTEN_AGAIN_AT_MOST: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
@@ -114,10 +122,13 @@ impl Supervisor {
         self.shared.set_link(Some(connected.link.clone()));
         let handshake = tokio::select! {
             result = self.handshake() => result,
-            () = connected.closed.cancelled() => Err(UpstreamError::Start {
-                server: self.shared.name.to_string(),
-                reason: "it exited during the handshake".into(),
-            }),
+            () = connected.closed.cancelled() => {
+                self.shared.era.exited_during_start();
+                Err(UpstreamError::Start {
+                    server: self.shared.name.to_string(),
+                    reason: "it exited during the handshake".into(),
+                })
+            }
         };
         match handshake {
             Ok(info) => Ok((connected, info)),
@@ -128,10 +139,61 @@ impl Supervisor {
         }
     }
 
+    /// The start in the server's revision ([`super::era`]): what it said
+    /// about itself, as an `initialize` result.
     async fn handshake(&self) -> Result<Value, UpstreamError> {
-        if self.shared.stateless {
-            return self.discover().await;
+        match self.shared.era.get() {
+            Era::Stateless => {
+                let answer = self.ask_discover().await?;
+                self.discovered(&answer)
+                    .map_err(|reason| self.start_error(reason))
+            }
+            Era::Handshake => self.initialize().await,
+            Era::HandshakeNext => {
+                let started = self.initialize().await;
+                self.shared.era.learn(match started {
+                    Ok(_) => Era::Handshake,
+                    Err(_) => Era::Unknown,
+                });
+                started
+            }
+            Era::Unknown => self.probe().await,
         }
+    }
+
+    /// `protocol = "auto"`, not known yet: `server/discover`, and the
+    /// handshake on the same link if the server does not answer it as a
+    /// 2026-07-28 server.
+    async fn probe(&self) -> Result<Value, UpstreamError> {
+        let why_not = match self.ask_discover().await {
+            Ok(answer) => match self.discovered(&answer) {
+                Ok(info) => {
+                    self.shared.era.learn(Era::Stateless);
+                    tracing::info!(server = %self.shared.name, "it speaks 2026-07-28 (server/discover)");
+                    return Ok(info);
+                }
+                Err(reason) => reason,
+            },
+            Err(unanswered) => unanswered.to_string(),
+        };
+        tracing::info!(server = %self.shared.name, reason = %why_not, "not a 2026-07-28 server: the handshake instead");
+        let started = self.initialize().await;
+        self.shared.era.learn(match started {
+            Ok(_) => Era::Handshake,
+            Err(_) => Era::HandshakeNext,
+        });
+        started
+    }
+
+    fn start_error(&self, reason: String) -> UpstreamError {
+        UpstreamError::Handshake {
+            server: self.shared.name.to_string(),
+            reason,
+        }
+    }
+
+    /// The `initialize` handshake, offering the latest handshake revision.
+    async fn initialize(&self) -> Result<Value, UpstreamError> {
         let handshake_error = |reason: String| UpstreamError::Handshake {
             server: self.shared.name.to_string(),
             reason,
@@ -186,43 +248,42 @@ impl Supervisor {
         Ok(result.clone())
     }
 
-    /// Starts a 2026-07-28 server: no handshake, `server/discover` (sent,
-    /// as every request to it, with the proxy's envelope) says it speaks
-    /// that revision and what it offers. What it said stands for the
-    /// `initialize` result of a handshake server: its capabilities and who
-    /// it is, under the version spoken.
-    async fn discover(&self) -> Result<Value, UpstreamError> {
-        let failed = |reason: String| UpstreamError::Handshake {
-            server: self.shared.name.to_string(),
-            reason,
-        };
-        let call = self.shared.begin(
-            protocol::request(Value::Null, "server/discover", json!({})),
-            None,
-        );
-        let response = call
+    /// `server/discover`, sent with the proxy's envelope (as every request
+    /// to a 2026-07-28 server): its answer.
+    async fn ask_discover(&self) -> Result<Value, UpstreamError> {
+        let mut request = protocol::request(Value::Null, "server/discover", json!({}));
+        protocol::put_envelope(&mut request, &proxy_envelope());
+        self.shared
+            .begin(request, None)
             .send_and_wait(self.startup_timeout)
             .await
-            .map_err(|err| failed(err.to_string()))?;
+            .map_err(|err| self.start_error(err.to_string()))
+    }
+
+    /// A 2026-07-28 server's start: its answer to `server/discover` says it
+    /// speaks that revision and what it offers. What it said stands for the
+    /// `initialize` result of a handshake server: its capabilities and who
+    /// it is, under the version spoken. Otherwise, why it is not one.
+    fn discovered(&self, response: &Value) -> Result<Value, String> {
         let Some(result) = response.get("result") else {
             let said = response
                 .pointer("/error/message")
                 .and_then(Value::as_str)
                 .unwrap_or("no result");
-            return Err(failed(format!(
+            return Err(format!(
                 "server/discover failed ({}): is it a 2026-07-28 server?",
                 protocol::cut(said, 200)
-            )));
+            ));
         };
         let speaks = result
             .get("supportedVersions")
             .and_then(Value::as_array)
             .is_some_and(|versions| versions.iter().any(|v| v == protocol::MODERN_VERSION));
         if !speaks {
-            return Err(failed(format!(
+            return Err(format!(
                 "its server/discover does not list {}: set `protocol = \"2025-11-25\"` for it",
                 protocol::MODERN_VERSION
-            )));
+            ));
         }
         let server_info = result
             .get("serverInfo")
@@ -332,11 +393,21 @@ impl Supervisor {
         info: &Arc<Value>,
         shutdown: &CancellationToken,
     ) -> Ended {
+        // A 2026-07-28 server's list changes and resource updates come on
+        // the proxy's listen stream, held as long as it runs.
+        let listening = async {
+            if self.shared.era.stateless() {
+                self.keep_listening(info).await;
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::pin!(listening);
         loop {
             let ended = tokio::select! {
                 () = connected.closed.cancelled() => Ended::Closed,
                 () = shutdown.cancelled() => Ended::Shutdown,
                 () = self.idle() => Ended::Idle,
+                () = &mut listening => Ended::Closed,
             };
             if ended != Ended::Idle {
                 return ended;
@@ -345,13 +416,68 @@ impl Supervisor {
             // from here on finds the server idle and starts it again, and
             // none is cut off.
             let pending = self.shared.pending();
-            if pending.is_empty() && !self.shared.held.load(Ordering::SeqCst) {
+            if self.shared.no_calls(&pending) && !self.shared.held.load(Ordering::SeqCst) {
                 self.shared.wanted.store(false, Ordering::SeqCst);
                 self.shared.set_link(None);
                 self.shared
                     .status
                     .send_replace(Status::Idle(Some(info.clone())));
                 return Ended::Idle;
+            }
+        }
+    }
+
+    /// Holds the proxy's listen stream to a started 2026-07-28 server
+    /// (`info`: what it said of itself) while it runs, asked again at each
+    /// change of the subscriptions ([`super::listen`]): never returns.
+    async fn keep_listening(&self, info: &Value) {
+        let listening = &self.shared.listening;
+        let mut again = LISTEN_AGAIN_AFTER;
+        let heard = std::sync::atomic::AtomicBool::new(false);
+        loop {
+            let changed = listening.changes();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (asked, filter) = listening.to_ask(info);
+            if filter.is_empty() {
+                // Nothing to listen for: every subscription asked is refused.
+                listening.settle(asked, Some(Default::default()));
+                changed.await;
+                continue;
+            }
+            let params = json!({ "notifications": filter });
+            let call = self.shared.begin(
+                protocol::request(Value::Null, "subscriptions/listen", params),
+                None,
+            );
+            listening.id.store(call.upstream_id(), Ordering::Release);
+            let acknowledge = |message: Value| {
+                if listening.acknowledgement(asked, &message) {
+                    heard.store(true, Ordering::Relaxed);
+                }
+            };
+            tokio::select! {
+                ended = call.send_and_follow(LISTEN_FOR, acknowledge) => {
+                    listening.id.store(0, Ordering::Release);
+                    listening.settle(asked, None);
+                    let said = match &ended {
+                        Ok(reply) => reply
+                            .pointer("/error/message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("it ended the stream")
+                            .to_owned(),
+                        Err(err) => err.to_string(),
+                    };
+                    tracing::debug!(server = %self.shared.name, reason = %protocol::cut(&said, 200), "listen stream ended; asking again");
+                    // A stream that was acknowledged ran: the wait starts over.
+                    if heard.swap(false, Ordering::Relaxed) {
+                        again = LISTEN_AGAIN_AFTER;
+                    }
+                    tokio::time::sleep(again).await;
+                    again = (again * 2).min(LISTEN_AGAIN_AT_MOST);
+                }
+                // Dropping the call cancels it at the server.
+                () = &mut changed => again = LISTEN_AGAIN_AFTER,
             }
         }
     }
@@ -365,7 +491,7 @@ impl Supervisor {
         loop {
             let idle_for = self.shared.idle_for();
             if idle_for >= timeout
-                && self.shared.pending().is_empty()
+                && self.shared.no_calls(&self.shared.pending())
                 && !self.shared.held.load(Ordering::SeqCst)
             {
                 return;

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod browser;
+pub mod listening;
 pub mod wasm_fixtures;
 
 use std::path::{Path, PathBuf};
