@@ -105,7 +105,7 @@ impl Gateway {
                     continue;
                 };
                 // A 2026-07-28 server has no `logging/setLevel`.
-                if info.pointer("/capabilities/logging").is_none() || self.speaks_stateless(index) {
+                if info.pointer("/capabilities/logging").is_none() || upstream.speaks_stateless() {
                     continue;
                 }
                 let levels = sessions
@@ -202,13 +202,13 @@ impl Gateway {
         let mut subscribe = false;
         let mut logging = false;
         let mut completions = false;
-        for (index, upstream) in self.upstreams.iter().enumerate() {
+        for upstream in &self.upstreams {
             if let Some(info) = upstream.status().info() {
                 let caps = info.get("capabilities");
                 let has = |pointer: &str| caps.and_then(|c| c.pointer(pointer)).is_some();
                 // What the proxy does not relay to a 2026-07-28 server is
                 // not offered for it.
-                let relayed = !self.speaks_stateless(index);
+                let relayed = !upstream.speaks_stateless();
                 // (Subscriptions to a 2026-07-28 server are made on the
                 // proxy's listen stream to it.)
                 subscribe |= caps
@@ -419,14 +419,14 @@ impl Gateway {
     /// again to every URI it owns that sessions (of its client, for a
     /// per-client instance) are subscribed to.
     pub(super) async fn resubscribe(&self, index: usize, instance: &Option<Arc<str>>) {
-        // A 2026-07-28 server's subscriptions are on the proxy's listen
-        // stream, asked again at each start.
-        if self.speaks_stateless(index) {
-            return;
-        }
         let Some(upstream) = self.upstream_of(index, instance) else {
             return;
         };
+        // A 2026-07-28 server's subscriptions are on the proxy's listen
+        // stream, asked again at each start.
+        if upstream.speaks_stateless() {
+            return;
+        }
         let catalog = self.catalog();
         let uris: Vec<String> = lock(&self.subscriptions)
             .iter()

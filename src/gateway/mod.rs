@@ -369,25 +369,13 @@ impl Gateway {
         )
     }
 
-    /// Whether server `index` is spoken to in 2026-07-28 (no sessions,
-    /// subscriptions or log levels there): configured so, or, under
-    /// `protocol = "auto"`, found so when it started (an instance of it,
-    /// for a per-client server: they run the same image).
-    fn speaks_stateless(&self, index: usize) -> bool {
-        use crate::config::ServerProtocol;
-        match self.config.servers.get(index).map(|server| server.protocol) {
-            Some(ServerProtocol::Stateless) => true,
-            Some(ServerProtocol::Auto) => {
-                self.upstreams
-                    .get(index)
-                    .is_some_and(crate::upstream::Upstream::speaks_stateless)
-                    || (self.per_client(index)
-                        && lock(&self.instances)
-                            .iter()
-                            .any(|((at, _), instance)| *at == index && instance.speaks_stateless()))
-            }
-            Some(ServerProtocol::Handshake) | None => false,
-        }
+    /// Whether the instance of server `index` that serves `client` is
+    /// spoken to in 2026-07-28 (configured so, or found so when it started
+    /// under `protocol = "auto"`).
+    fn speaks_stateless(&self, index: usize, client: &Arc<str>) -> bool {
+        let instance = self.per_client(index).then(|| client.clone());
+        self.upstream_of(index, &instance)
+            .is_some_and(|upstream| upstream.speaks_stateless())
     }
 
     /// `text` with every secret replaced by its placeholder.

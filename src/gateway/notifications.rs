@@ -77,7 +77,7 @@ impl Gateway {
                 for ((index, _), upstream) in self.instances(Some(&session.client.name)) {
                     // (2026-07-28 has no roots to tell a server of.)
                     if self.may_use(session, index)
-                        && !self.speaks_stateless(index)
+                        && !upstream.speaks_stateless()
                         && matches!(upstream.status(), Status::Ready(_))
                     {
                         let _ = upstream.send(notice.clone()).await;

@@ -173,7 +173,8 @@ impl Gateway {
         };
         // Asked once the server has answered: a `protocol = "auto"` server
         // knows its revision once it has started.
-        let from_stateless = relayed_to.is_some_and(|server| self.speaks_stateless(server));
+        let from_stateless =
+            relayed_to.is_some_and(|server| self.speaks_stateless(server, &session.client.name));
         let answered = match answered {
             Ok(reply) if session.stateless || from_stateless => {
                 super::modern::checked_result(reply)

@@ -182,11 +182,41 @@ impl Gateway {
         };
         // A 2026-07-28 server has no requests to clients (the proxy's
         // envelope told it it may ask nothing).
-        if self.speaks_stateless(index) {
+        if upstream.speaks_stateless() {
             let refusal = Failure::NotOnStatelessServer(protocol::cut(&method, 64).to_owned());
             let _ = upstream.send(answer(refusal)).await;
             return;
         }
+        let related = origin.as_ref().map(|o| o.request_id.clone());
+        let answer_message = self
+            .put_to_client(
+                (index, instance),
+                &upstream,
+                &session,
+                message,
+                related.as_ref(),
+            )
+            .await;
+        let _ = upstream.send(answer_message).await;
+    }
+
+    /// A server's request to a client (`message`, with the server's id),
+    /// put to `session`, the session of the call it came during
+    /// (`related`): decided (the capability the client declared, the
+    /// chain: Cedar, redaction), asked (on the session; for a 2026-07-28
+    /// client, as a round of its call), its answer through the chain and
+    /// recorded. The answer message for the server, under its id.
+    pub(super) async fn put_to_client(
+        self: &Arc<Self>,
+        (index, instance): (usize, Option<Arc<str>>),
+        upstream: &crate::upstream::Upstream,
+        session: &Arc<Session>,
+        message: Value,
+        related: Option<&Value>,
+    ) -> Value {
+        let server_id = message.get("id").cloned().unwrap_or(Value::Null);
+        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        let answer = |failure: Failure| failure.to_response(server_id.clone());
         let capability = match method.as_str() {
             "sampling/createMessage" => Some("sampling"),
             "elicitation/create" => Some("elicitation"),
@@ -208,21 +238,17 @@ impl Gateway {
                 None
             };
             if let Some(refusal) = refusal {
-                let _ = upstream.send(answer(refusal)).await;
-                return;
+                return answer(refusal);
             }
         }
         if let Some(capability) = capability
             && !session.has_client_capability(capability)
         {
-            let _ = upstream
-                .send(answer(Failure::ClientLacks(capability)))
-                .await;
-            return;
+            return answer(Failure::ClientLacks(capability));
         }
 
         let mut run = self.begin(
-            &session,
+            session,
             message,
             Direction::ServerToClient,
             Phase::Request,
@@ -236,17 +262,15 @@ impl Gateway {
             // Recorded before the server gets the refusal; if the record
             // cannot be written, the refusal stands.
             run.end(&refusal.outcome(), Some(&answer)).await;
-            let _ = upstream.send(answer).await;
-            return;
+            return answer;
         }
-        let related = origin.as_ref().map(|o| &o.request_id);
         let timeout = upstream.config().call_timeout;
         let answer_message = if session.stateless {
-            self.ask_in_round(&session, &server_id, &run.exchange.message, timeout)
+            self.ask_in_round(session, &server_id, &run.exchange.message, timeout)
                 .await
         } else {
             self.ask_client(
-                &session,
+                session,
                 (index, instance),
                 &server_id,
                 &run.exchange.message,
@@ -269,12 +293,11 @@ impl Gateway {
         run.upstream = Some(started.elapsed());
         let answer_message = std::mem::take(&mut run.exchange.message);
         let recorded = run.end(&outcome, Some(&answer_message)).await;
-        let answer_message = if recorded {
+        if recorded {
             answer_message
         } else {
             answer(Failure::RequestNotRecorded)
-        };
-        let _ = upstream.send(answer_message).await;
+        }
     }
 
     /// Sends a server's request to the client (with an id of the client

@@ -221,11 +221,16 @@ impl Upstream {
     /// `unsubscribe`) of `uri` to a 2026-07-28 server: done on the proxy's
     /// listen stream to it ([`super::listen`]), within the call timeout.
     pub async fn listen_change(&self, uri: &str, subscribe: bool) -> Result<(), UpstreamError> {
-        let timeout = self.config.call_timeout;
+        // A use of the server, as a call is: it is not stopped for
+        // idleness while the subscription waits.
+        self.shared.touch();
         let listening = &self.shared.listening;
-        listening
-            .change_and_wait(&self.shared.name, uri, subscribe, timeout)
-            .await
+        if !subscribe {
+            listening.unsubscribe(uri);
+            return Ok(());
+        }
+        let timeout = self.config.call_timeout;
+        listening.subscribe(&self.shared.name, uri, timeout).await
     }
 
     /// A request of the proxy's own (lists, handshake), with the call timeout.

@@ -55,6 +55,22 @@ impl Shared {
 
     /// Routes a notification the server sent (see [`Shared::dispatch`]).
     async fn dispatch_notification(&self, mut message: Value, related: Option<u64>) {
+        // A 2026-07-28 server's protocol keys (the tag of the proxy's listen
+        // stream, say) are the proxy's business: never passed on.
+        // (An acknowledgement is the proxy's alone, and read by its tag.)
+        let acknowledgement =
+            protocol::method(&message) == Some("notifications/subscriptions/acknowledged");
+        if self.era.stateless() && !acknowledgement && protocol::strip_protocol_meta(&mut message) {
+            let params = message.get_mut("params").and_then(Value::as_object_mut);
+            if let Some(params) = params
+                && params
+                    .get("_meta")
+                    .and_then(Value::as_object)
+                    .is_some_and(serde_json::Map::is_empty)
+            {
+                params.remove("_meta");
+            }
+        }
         let mut ambiguous = false;
         match protocol::method(&message) {
             Some("notifications/progress") => {
@@ -87,22 +103,13 @@ impl Shared {
                 | "notifications/resources/list_changed"
                 | "notifications/resources/updated"
                 | "notifications/cancelled",
-            ) => {
-                // A 2026-07-28 server tags them with the proxy's
-                // listen stream: the protocol's keys are not passed on.
-                if protocol::strip_protocol_meta(&mut message)
-                    && let Some(params) = message["params"].as_object_mut()
-                    && params
-                        .get("_meta")
-                        .is_some_and(|m| m.as_object().is_some_and(serde_json::Map::is_empty))
-                {
-                    params.remove("_meta");
-                }
-            }
+            ) => {}
             // Of the proxy's own listen stream to a 2026-07-28
             // server: what it granted goes to that stream alone.
             Some("notifications/subscriptions/acknowledged") => {
+                let stream = self.listening.id.load(std::sync::atomic::Ordering::Acquire);
                 let follow = super::listen::stream_of(&message)
+                    .filter(|id| *id == stream)
                     .and_then(|id| self.pending().get(&id).map(|p| p.follow.clone()));
                 match follow {
                     Some(follow) => {

@@ -432,6 +432,7 @@ impl Supervisor {
     /// change of the subscriptions ([`super::listen`]): never returns.
     async fn keep_listening(&self, info: &Value) {
         let listening = &self.shared.listening;
+        listening.restart();
         let mut again = LISTEN_AGAIN_AFTER;
         let heard = std::sync::atomic::AtomicBool::new(false);
         loop {
@@ -456,29 +457,40 @@ impl Supervisor {
                     heard.store(true, Ordering::Relaxed);
                 }
             };
-            tokio::select! {
-                ended = call.send_and_follow(LISTEN_FOR, acknowledge) => {
-                    listening.id.store(0, Ordering::Release);
-                    listening.settle(asked, None);
-                    let said = match &ended {
-                        Ok(reply) => reply
-                            .pointer("/error/message")
-                            .and_then(Value::as_str)
-                            .unwrap_or("it ended the stream")
-                            .to_owned(),
-                        Err(err) => err.to_string(),
-                    };
-                    tracing::debug!(server = %self.shared.name, reason = %protocol::cut(&said, 200), "listen stream ended; asking again");
-                    // A stream that was acknowledged ran: the wait starts over.
-                    if heard.swap(false, Ordering::Relaxed) {
-                        again = LISTEN_AGAIN_AFTER;
-                    }
-                    tokio::time::sleep(again).await;
-                    again = (again * 2).min(LISTEN_AGAIN_AT_MOST);
-                }
+            let opened = Instant::now();
+            let ended = tokio::select! {
+                ended = call.send_and_follow(LISTEN_FOR, acknowledge) => ended,
                 // Dropping the call cancels it at the server.
-                () = &mut changed => again = LISTEN_AGAIN_AFTER,
+                () = &mut changed => {
+                    again = LISTEN_AGAIN_AFTER;
+                    continue;
+                }
+            };
+            listening.id.store(0, Ordering::Release);
+            // Refused before it was acknowledged: the subscriptions waiting
+            // are refused too (one acknowledged stays the answer).
+            if !heard.swap(false, Ordering::Relaxed) {
+                listening.settle(asked, None);
             }
+            let said = match &ended {
+                Ok(reply) => reply
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("it ended the stream")
+                    .to_owned(),
+                Err(err) => err.to_string(),
+            };
+            tracing::debug!(server = %self.shared.name, reason = %protocol::cut(&said, 200), "listen stream ended; asking again");
+            // Only a stream that lasted starts the wait over: a server
+            // that ends each stream at once is asked ever more rarely.
+            if opened.elapsed() >= STABLE_AFTER {
+                again = LISTEN_AGAIN_AFTER;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(again) => {}
+                () = &mut changed => {}
+            }
+            again = (again * 2).min(LISTEN_AGAIN_AT_MOST);
         }
     }
 
