@@ -296,3 +296,125 @@ async fn rmcp_at_2026_07_28_answers_a_sampling_round_over_stdio() {
         .expect("spawn portcullis stdio");
     rmcp_samples(transport, "tester", None).await;
 }
+
+/// The example server speaking 2026-07-28 alone (`--stateless`) as
+/// `modern`, whose `ask` tool answers `input_required` itself; `other` may
+/// not be asked to elicit by it.
+fn modern_proxy() -> TestProxy {
+    let snippet = format!(
+        "[[servers]]\nname = \"modern\"\nprotocol = \"2026-07-28\"\n\
+         process = {{ command = {cmd:?}, args = [\"--name\", \"modern\", \"--stateless\"] }}\n",
+        cmd = common::example_server_bin()
+    );
+    let proxy = TestProxy::new()
+        .with_config("policies = \"policies\"\n[redact]\nresponses = \"redact\"")
+        .with_server_toml(&snippet);
+    proxy.policy_folder(
+        r#"
+@id("all") permit (principal, action, resource);
+@id("no-elicitation-of-other")
+forbid (principal == Client::"other", action == Action::"elicitation", resource == Server::"modern");
+"#,
+    );
+    proxy
+}
+
+/// What `ask` replies once the client accepted with `name`.
+fn asked(name: &str) -> String {
+    let answer = json!({ "action": "accept", "content": { "name": name } });
+    format!("asked: {answer}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2026_07_28_servers_input_required_is_a_round_of_the_proxys_for_a_2026_07_28_client() {
+    let proxy = modern_proxy();
+    let served = proxy.serve_http().await;
+    let url = &served.url;
+    let asking = call(
+        1,
+        "modern__ask",
+        json!({ "message": format!("confirm {GITHUB_TOKEN}") }),
+    );
+    let (status, round) = post(url, TOKEN, &asking).await;
+    assert_eq!(status, 200, "{round}");
+    let (key, question) = only_question(&round);
+    assert_eq!(question["method"], "elicitation/create", "{round}");
+    assert_eq!(
+        question["params"]["message"],
+        "confirm [REDACTED:github-pat-classic]"
+    );
+    // The server's own requestState never leaves the proxy.
+    assert!(!round.to_string().contains("ask-round-1"), "{round}");
+    assert!(!round.to_string().contains(GITHUB_TOKEN));
+    let state = round["result"]["requestState"].clone();
+    let answers = json!({ key: { "action": "accept", "content": { "name": "Ada" } } });
+    let (status, done) = post(url, TOKEN, &retry(&asking, 2, answers, &state)).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["id"], 2, "{done}");
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    assert_eq!(common::first_text(&done), asked("Ada"), "{done}");
+
+    // Cedar forbids the question for `other`: it never sees it, and the
+    // call ends with an error (inputResponses carry no refusals).
+    let (status, refused) = post(
+        url,
+        OTHER_TOKEN,
+        &call(3, "modern__ask", json!({ "message": "?" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{refused}");
+    assert_eq!(refused["error"]["code"], -32603, "{refused}");
+    let said = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(said.contains("was not answered"), "{said}");
+    assert!(refused.get("result").is_none(), "{refused}");
+
+    let records = common::admin_records(&served.base, "kind=exchange", AUDITOR_TOKEN).await;
+    let decided: Vec<(&Value, &Value)> = records
+        .iter()
+        .filter(|r| r["method"] == "elicitation/create")
+        .map(|r| (&r["client"], &r["decision"]))
+        .collect();
+    assert!(
+        decided.contains(&(&json!("tester"), &json!("allow")))
+            && decided.contains(&(&json!("other"), &json!("deny"))),
+        "{decided:?}"
+    );
+    served.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2026_07_28_servers_input_required_is_a_request_on_a_handshake_session() {
+    let proxy = modern_proxy();
+    let mut client = proxy.raw_stdio().await;
+    let hello = json!({ "protocolVersion": "2025-11-25", "capabilities": { "elicitation": {} },
+        "clientInfo": { "name": "raw-test", "version": "0" } });
+    client.call(0, "initialize", hello).await;
+    client
+        .send(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }))
+        .await;
+    let arguments = json!({ "message": format!("confirm {GITHUB_TOKEN}") });
+    client
+        .send(json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": { "name": "modern__ask", "arguments": arguments } }))
+        .await;
+    let question = client
+        .recv_matching("elicitation/create", |m| {
+            m["method"] == "elicitation/create"
+        })
+        .await;
+    assert_eq!(
+        question["params"]["message"], "confirm [REDACTED:github-pat-classic]",
+        "{question}"
+    );
+    // The proxy's id, not the server's key.
+    assert_ne!(question["id"], "name", "{question}");
+    client
+        .send(json!({ "jsonrpc": "2.0", "id": question["id"].clone(),
+            "result": { "action": "accept", "content": { "name": "Ada" } } }))
+        .await;
+    let done = client.response(json!(1)).await;
+    assert_eq!(common::first_text(&done), asked("Ada"), "{done}");
+    // A handshake client is not shown what only 2026-07-28 says.
+    assert!(done["result"].get("resultType").is_none(), "{done}");
+    client.finish().await;
+}

@@ -11,6 +11,7 @@
 //! | `progress`      | `steps`, `delay_ms`  | progress notifications, then "done N steps"    |
 //! | `sample`        | `prompt`             | "sampled: " + the client's sampling reply      |
 //! | `elicit`        | `message`            | the client's elicitation action and content    |
+//! | `ask`           | `message`            | 2026-07-28: the same, asked in rounds          |
 //! | `roots`         |                      | the client's root URIs, one per line           |
 //! | `log`           | `level`, `message`   | a logging notification, then "logged"          |
 //! | `add_tool`      | `name`               | adds tool NAME (replies "dynamic NAME")        |
@@ -27,11 +28,18 @@ use std::time::Duration;
 
 use rmcp::{
     ErrorData as McpError, Json, Peer, RoleServer,
-    handler::server::{tool::schema_for_output, wrapper::Parameters},
+    handler::server::{
+        tool::{
+            InputResponses as InputResponsesPart, RequestState as RequestStatePart,
+            schema_for_output,
+        },
+        wrapper::Parameters,
+    },
     model::{
-        CallToolResult, ClientResult, ContentBlock, CreateMessageRequestParams, ElicitRequest,
-        ElicitRequestParams, ElicitationSchema, LoggingLevel, LoggingMessageNotificationParam,
-        MetaObject, ProgressNotificationParam, RequestMetaObject, ResourceUpdatedNotificationParam,
+        CallToolResponse, CallToolResult, ClientResult, ContentBlock, CreateMessageRequestParams,
+        ElicitRequest, ElicitRequestParams, ElicitationSchema, InputRequest, InputRequests,
+        InputRequiredResult, LoggingLevel, LoggingMessageNotificationParam, MetaObject,
+        ProgressNotificationParam, RequestMetaObject, ResourceUpdatedNotificationParam,
         SamplingMessage, ServerRequest,
     },
     tool, tool_router,
@@ -48,6 +56,9 @@ use crate::{
 
 /// The most `large` returns: 64 MiB.
 const LARGE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// The `requestState` of `ask`'s round (a server keeping no state needs
+/// nothing else: the answer is in the retry).
+const ASK_STATE: &str = "ask-round-1";
 
 #[derive(Debug, Deserialize, JsonSchema)]
 struct EchoArgs {
@@ -304,6 +315,37 @@ impl ExampleServer {
                 Err(error) => error_result(format!("elicitation failed: {error}")),
             },
         )
+    }
+
+    /// (2026-07-28, `--stateless`) Ask the user for a name in a round: the
+    /// first call answers `input_required` with an elicitation (key
+    /// "name"); the retry's answer (with the round's `requestState`) is
+    /// replied as "asked: " and the answer's JSON.
+    #[tool]
+    async fn ask(
+        &self,
+        Parameters(ElicitArgs { message }): Parameters<ElicitArgs>,
+        InputResponsesPart(responses): InputResponsesPart,
+        RequestStatePart(state): RequestStatePart,
+    ) -> Result<CallToolResponse, McpError> {
+        if let Some(answer) = responses.and_then(|mut responses| responses.remove("name")) {
+            if state.as_deref() != Some(ASK_STATE) {
+                return Ok(error_result("the retry's requestState is not this round's").into());
+            }
+            return Ok(text_result(format!("asked: {answer}")).into());
+        }
+        let requested_schema = ElicitationSchema::builder()
+            .required_string("name")
+            .build()
+            .map_err(|error| McpError::internal_error(error, None))?;
+        let request = ElicitRequest::new(ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message,
+            requested_schema,
+        });
+        let mut requests = InputRequests::new();
+        requests.insert("name".to_owned(), InputRequest::Elicitation(request));
+        Ok(InputRequiredResult::new(Some(requests), Some(ASK_STATE.to_owned())).into())
     }
 
     /// List the client's roots (roots/list); reply with their URIs, one per line.

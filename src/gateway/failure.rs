@@ -114,6 +114,11 @@ pub enum Failure {
     /// stopping) before its result could be given.
     #[error("the call ended before its result could be given")]
     CallEnded,
+    /// A 2026-07-28 server's `input_required` the proxy cannot carry on
+    /// (malformed, past the rounds allowed, or a question the client did
+    /// not answer): why.
+    #[error("the server's input_required cannot be completed: {0}")]
+    ServerRounds(String),
     /// A client's listen streams (how many) are all open.
     #[error("this client has {0} listen streams open; end one first")]
     TooManyListens(usize),
@@ -187,7 +192,7 @@ impl Failure {
             Self::ServerResultType(_) => code::INTERNAL_ERROR,
             Self::TooManyListens(_) => code::RATE_LIMITED,
             Self::UnknownRequestState | Self::RequestStateMismatch(_) => code::INVALID_PARAMS,
-            Self::CallEnded => code::INTERNAL_ERROR,
+            Self::CallEnded | Self::ServerRounds(_) => code::INTERNAL_ERROR,
             Self::TooManyInFlight(_) => code::RATE_LIMITED,
             Self::MethodNotFound(_) | Self::ClientLacks(_) | Self::NotOnStatelessServer(_) => {
                 code::METHOD_NOT_FOUND

@@ -10,6 +10,7 @@ mod failure;
 #[cfg(test)]
 mod harness;
 mod in_flight;
+mod input_required;
 mod instances;
 mod listen;
 mod lists;

@@ -493,7 +493,13 @@ async fn a_2026_07_28_server_gets_the_envelope_and_its_results_are_framed_for_ea
         protocol::MODERN_VERSION,
         "{seen}"
     );
-    assert_eq!(sent_meta[meta::CLIENT_CAPABILITIES], json!({}), "{seen}");
+    // The capabilities the session declared (what the proxy can relay),
+    // not what the client wrote in `_meta`.
+    assert_eq!(
+        sent_meta[meta::CLIENT_CAPABILITIES],
+        json!({ "sampling": {}, "elicitation": {}, "roots": {} }),
+        "{seen}"
+    );
     assert!(sent_meta.get(meta::LOG_LEVEL).is_none(), "{seen}");
     assert_eq!(sent_meta["x-client"], 1, "{seen}");
     for gone in ["inputResponses", "requestState"] {
@@ -529,23 +535,6 @@ async fn a_2026_07_28_server_gets_the_envelope_and_its_results_are_framed_for_ea
         told.iter().all(|m| m["method"] != "elicitation/create"),
         "{told:?}"
     );
-    // Its question (which the proxy's envelope said it may not ask): refused.
-    let answer = spawn_handle(&harness, &legacy, call);
-    let seen = files.next_received().await;
-    files
-        .reply(
-            &seen,
-            json!({ "resultType": "input_required", "inputRequests": { "q": {
-                "method": "elicitation/create", "params": { "message": "password?" } } } }),
-        )
-        .await;
-    let reply = answer.await.ok().flatten().unwrap_or_default();
-    assert_eq!(
-        reply["error"]["code"],
-        protocol::code::INTERNAL_ERROR,
-        "{reply}"
-    );
-    assert!(!reply.to_string().contains("password?"), "{reply}");
     // A 2026-07-28 client's call: framed as ever.
     let (modern_session, _inbox) =
         harness.stateless_session_with("alice", json!({ "sampling": {} }));
@@ -560,7 +549,7 @@ async fn a_2026_07_28_server_gets_the_envelope_and_its_results_are_framed_for_ea
     let seen = files.next_received().await;
     assert_eq!(
         seen["params"]["_meta"][meta::CLIENT_CAPABILITIES],
-        json!({}),
+        json!({ "sampling": {} }),
         "{seen}"
     );
     assert!(seen["params"].get("inputResponses").is_none(), "{seen}");
@@ -570,4 +559,93 @@ async fn a_2026_07_28_server_gets_the_envelope_and_its_results_are_framed_for_ea
     let reply = answer.await.ok().flatten().unwrap_or_default();
     assert_eq!(reply["result"]["resultType"], "complete", "{reply}");
     harness.gateway.close_stateless(&modern_session);
+}
+
+#[tokio::test]
+async fn a_2026_07_28_server_asking_round_after_round_is_cut_off() {
+    let (harness, mut files) = stateless_server_started().await;
+    let (legacy, mut inbox) = harness.initialized_session("alice").await;
+    let call = request(
+        1,
+        "tools/call",
+        json!({ "name": "files__read", "arguments": {} }),
+    );
+    let mut answer = spawn_handle(&harness, &legacy, call);
+    let mut sent = 0;
+    let reply = loop {
+        tokio::select! {
+            done = &mut answer => break done.ok().flatten().unwrap_or_default(),
+            reply = files.next_received() => {
+                sent += 1;
+                let more = json!({ "resultType": "input_required",
+                    "inputRequests": { "r": { "method": "roots/list" } } });
+                files.reply(&reply, more).await;
+            }
+            told = inbox.recv() => {
+                let told = told.unwrap_or_default();
+                if told["method"] == "roots/list" {
+                    let roots = json!({ "jsonrpc": "2.0", "id": told["id"].clone(),
+                        "result": { "roots": [] } });
+                    harness.gateway.handle(&legacy, roots).await;
+                }
+            }
+        }
+    };
+    assert_eq!(
+        reply["error"]["code"],
+        protocol::code::INTERNAL_ERROR,
+        "{reply}"
+    );
+    let said = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(said.contains("more than 10 rounds"), "{said}");
+    // The call and ten retries, and no more.
+    assert_eq!(sent, 11);
+}
+
+#[tokio::test]
+async fn a_2026_07_28_servers_question_in_a_round_is_a_request_on_a_handshake_session() {
+    let (harness, mut files) = stateless_server_started().await;
+    let (legacy, mut inbox) = harness.initialized_session("alice").await;
+    let call = request(
+        1,
+        "tools/call",
+        json!({ "name": "files__read", "arguments": {} }),
+    );
+    // Its question in a round (`input_required`): a request on the
+    // handshake session (under an id of the proxy's); the answer goes back
+    // in the call sent again, with the server's state.
+    let answer = spawn_handle(&harness, &legacy, call);
+    let seen = files.next_received().await;
+    files
+        .reply(
+            &seen,
+            json!({ "resultType": "input_required", "requestState": "srv-state",
+                "inputRequests": { "q": {
+                    "method": "elicitation/create", "params": { "message": "password?" } } } }),
+        )
+        .await;
+    let asked = loop {
+        let told = inbox.recv().await.unwrap_or_default();
+        if told["method"] == "elicitation/create" {
+            break told;
+        }
+    };
+    assert_eq!(asked["params"]["message"], "password?", "{asked}");
+    assert_ne!(asked["id"], "q", "{asked}");
+    let declined = json!({ "jsonrpc": "2.0", "id": asked["id"].clone(),
+        "result": { "action": "decline" } });
+    harness.gateway.handle(&legacy, declined).await;
+    let again = files.next_received().await;
+    assert_eq!(again["method"], "tools/call", "{again}");
+    assert_eq!(
+        again["params"]["inputResponses"],
+        json!({ "q": { "action": "decline" } }),
+        "{again}"
+    );
+    assert_eq!(again["params"]["requestState"], "srv-state", "{again}");
+    files
+        .reply(&again, json!({ "content": [], "resultType": "complete" }))
+        .await;
+    let reply = answer.await.ok().flatten().unwrap_or_default();
+    assert_eq!(reply["result"], json!({ "content": [] }), "{reply}");
 }

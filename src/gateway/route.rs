@@ -239,7 +239,7 @@ impl Gateway {
     /// name, within the server's limit on requests in flight, traced as a
     /// child span) and waits for its answer.
     async fn relay(
-        &self,
+        self: &Arc<Self>,
         session: &Arc<Session>,
         server: usize,
         rename: Option<Rename>,
@@ -485,7 +485,7 @@ impl Gateway {
     /// Sends a request to a server and returns its reply with the client's
     /// id restored ([`Failure::Cancelled`] when the client cancelled it).
     pub(super) async fn forward(
-        &self,
+        self: &Arc<Self>,
         session: &Arc<Session>,
         server: usize,
         client_id: &Value,
@@ -531,9 +531,8 @@ impl Gateway {
         // 2026-07-28 has no `resources/subscribe`: a subscription to such a
         // server is one more URI on the proxy's listen stream to it.
         let method = protocol::method(&outgoing).unwrap_or_default();
-        if upstream.speaks_stateless()
-            && (method == "resources/subscribe" || method == "resources/unsubscribe")
-        {
+        let stateless = upstream.speaks_stateless();
+        if stateless && (method == "resources/subscribe" || method == "resources/unsubscribe") {
             let uri = protocol::param_str(&outgoing, "uri").unwrap_or_default();
             let changed = tokio::select! {
                 changed = upstream.listen_change(uri, method == "resources/subscribe") => Some(changed),
@@ -543,9 +542,56 @@ impl Gateway {
             changed.ok_or(Failure::Cancelled)??;
             return Ok(protocol::result(client_id.clone(), json!({})));
         }
-        let call = upstream.begin(outgoing, Some(origin));
-        // What the server sends during the call is the call's: it goes to
-        // this session alone, on the call's stream.
+        // A 2026-07-28 server is told what the client can be asked, and may
+        // ask it in rounds (`input_required`), which the proxy carries.
+        let rounds = stateless && super::rounds::IN_ROUNDS.contains(&method);
+        let kept = rounds.then(|| outgoing.clone());
+        let capabilities = if stateless {
+            session.relayed_capabilities()
+        } else {
+            serde_json::Map::new()
+        };
+        let mut call = upstream.begin(outgoing, Some(origin.clone()));
+        if stateless {
+            call = call.in_round(capabilities.clone(), None);
+        }
+        let reply = self
+            .send_call(session, server, &upstream, call, client_id, &cancel)
+            .await;
+        let reply = match (reply, kept) {
+            (Ok(reply), Some(sent)) => {
+                let call = super::input_required::RoundCall {
+                    session,
+                    server,
+                    upstream: &upstream,
+                    sent,
+                    origin,
+                    capabilities,
+                    cancel: &cancel,
+                };
+                self.through_rounds(call, reply, client_id).await
+            }
+            (reply, _) => reply,
+        };
+        end_call();
+        let mut reply = reply?;
+        reply["id"] = client_id.clone();
+        Ok(reply)
+    }
+
+    /// Sends `call` (of `session`'s request `client_id`, to server
+    /// `server`) and waits for the server's reply (its id the server's);
+    /// what the server sends during the call goes to this session alone, on
+    /// the call's stream.
+    pub(super) async fn send_call(
+        &self,
+        session: &Arc<Session>,
+        server: usize,
+        upstream: &crate::upstream::Upstream,
+        call: crate::upstream::PendingCall,
+        client_id: &Value,
+        cancel: &CancellationToken,
+    ) -> Result<Value, Failure> {
         let follow = |message: Value| {
             self.notify(
                 session,
@@ -555,13 +601,9 @@ impl Gateway {
                 Some(client_id.clone()),
             );
         };
-        let result = tokio::select! {
-            result = call.send_and_follow(upstream.config().call_timeout, follow) => Some(result),
-            () = cancel.cancelled() => None,
-        };
-        end_call();
-        let mut reply = result.ok_or(Failure::Cancelled)??;
-        reply["id"] = client_id.clone();
-        Ok(reply)
+        tokio::select! {
+            result = call.send_and_follow(upstream.config().call_timeout, follow) => Ok(result?),
+            () = cancel.cancelled() => Err(Failure::Cancelled),
+        }
     }
 }

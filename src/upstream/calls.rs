@@ -315,6 +315,34 @@ pub struct PendingCall {
 }
 
 impl PendingCall {
+    /// For a 2026-07-28 server, before it is sent: the client capabilities
+    /// its envelope declares (`capabilities`, instead of none), and, for a
+    /// retry of an `input_required` call, its `inputResponses` and the
+    /// server's `requestState`.
+    pub fn in_round(
+        mut self,
+        capabilities: serde_json::Map<String, Value>,
+        answers: Option<(serde_json::Map<String, Value>, Option<Value>)>,
+    ) -> Self {
+        if let Some(message) = self.message.as_mut()
+            && let Some(params) = message.get_mut("params").and_then(Value::as_object_mut)
+        {
+            if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
+                meta.insert(
+                    protocol::meta::CLIENT_CAPABILITIES.into(),
+                    Value::Object(capabilities),
+                );
+            }
+            if let Some((responses, state)) = answers {
+                params.insert("inputResponses".into(), Value::Object(responses));
+                if let Some(state) = state {
+                    params.insert("requestState".into(), state);
+                }
+            }
+        }
+        self
+    }
+
     /// The id the server sees for this call.
     pub fn upstream_id(&self) -> u64 {
         self.id

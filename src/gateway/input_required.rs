@@ -1,0 +1,194 @@
+//! A 2026-07-28 server's questions to the client, asked the way that
+//! revision asks them: it answers a `tools/call`, `prompts/get` or
+//! `resources/read` with `resultType: "input_required"`, its
+//! `inputRequests` and a `requestState`, and the request is sent again with
+//! `inputResponses` and that state.
+//!
+//! The proxy tells the server the capabilities of the client whose call it
+//! sends (sampling, elicitation, roots, as that client declared them) and
+//! carries each round itself: every input request is put to the client as
+//! a request of that server's would be (the capability, Cedar, redaction
+//! both ways, a record; on a handshake session a request on it, to a
+//! 2026-07-28 client a round of its own call, under a `requestState` of the
+//! proxy's), and with every answer the call goes to the server again. The
+//! server's `requestState` never leaves the proxy. A question the client
+//! does not answer (refused, declined by policy, timed out) ends the call
+//! with an error: `inputResponses` can carry only results.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol;
+use crate::upstream::{Origin, Upstream};
+
+use super::failure::Failure;
+use super::{Gateway, Session};
+
+/// Rounds of one call the proxy carries (as the SDKs' clients do).
+const MAX_ROUNDS: usize = 10;
+/// Questions in one round.
+const MAX_INPUTS: usize = 16;
+/// What a round may ask: the requests that need a client capability.
+const ASKABLE: &[&str] = &["sampling/createMessage", "elicitation/create", "roots/list"];
+
+/// One client call to a 2026-07-28 server, as the rounds need it.
+pub(super) struct RoundCall<'a> {
+    pub(super) session: &'a Arc<Session>,
+    pub(super) server: usize,
+    pub(super) upstream: &'a Upstream,
+    /// The request as the proxy first sent it (before the envelope).
+    pub(super) sent: Value,
+    pub(super) origin: Origin,
+    pub(super) capabilities: Map<String, Value>,
+    pub(super) cancel: &'a CancellationToken,
+}
+
+/// A round's questions (each key with its request, as a message whose id
+/// is the key) and the server's `requestState`.
+type Questions = (Vec<(String, Value)>, Option<Value>);
+
+/// The questions of an `input_required` result, checked. `None`: the
+/// result is not `input_required`.
+fn questions(reply: &Value) -> Option<Result<Questions, Failure>> {
+    let result = reply.get("result")?;
+    if result.get("resultType").and_then(Value::as_str) != Some("input_required") {
+        return None;
+    }
+    let bad = |why: &str| Some(Err(Failure::ServerRounds(why.to_owned())));
+    let Some(requests) = result.get("inputRequests").and_then(Value::as_object) else {
+        return bad("`inputRequests` is not an object");
+    };
+    if requests.is_empty() || requests.len() > MAX_INPUTS {
+        return bad("`inputRequests` must hold 1 to 16 requests");
+    }
+    let mut asked = Vec::with_capacity(requests.len());
+    for (key, request) in requests {
+        let method = request.get("method").and_then(Value::as_str);
+        let Some(method) = method.filter(|method| ASKABLE.contains(method)) else {
+            return bad("an input request is not sampling, elicitation or roots");
+        };
+        let mut message = protocol::request(json!(key), method, json!({}));
+        if let Some(params) = request.get("params") {
+            message["params"] = params.clone();
+        }
+        asked.push((key.clone(), message));
+    }
+    let state = match result.get("requestState") {
+        None => None,
+        Some(Value::String(state)) => Some(Value::from(state.as_str())),
+        Some(_) => return bad("`requestState` is not a string"),
+    };
+    Some(Ok((asked, state)))
+}
+
+impl Gateway {
+    /// `reply`, the server's answer to `call`, carried to its end: while it
+    /// is `input_required`, its questions are put to the client and the
+    /// request is sent again with the answers. The last reply, with the
+    /// server's id.
+    pub(super) async fn through_rounds(
+        self: &Arc<Self>,
+        call: RoundCall<'_>,
+        mut reply: Value,
+        client_id: &Value,
+    ) -> Result<Value, Failure> {
+        let instance = self
+            .per_client(call.server)
+            .then(|| call.session.client.name.clone());
+        for round in 0..=MAX_ROUNDS {
+            let Some(asked) = questions(&reply) else {
+                return Ok(reply);
+            };
+            let (asked, state) = asked?;
+            if round == MAX_ROUNDS {
+                return Err(Failure::ServerRounds(format!(
+                    "more than {MAX_ROUNDS} rounds"
+                )));
+            }
+            let answers = asked.iter().map(|(_, message)| {
+                let (session, upstream) = (call.session, call.upstream);
+                let at = (call.server, instance.clone());
+                self.put_to_client(at, upstream, session, message.clone(), Some(client_id))
+            });
+            let answers = tokio::select! {
+                answers = futures_util::future::join_all(answers) => answers,
+                () = call.cancel.cancelled() => return Err(Failure::Cancelled),
+            };
+            let mut responses = Map::new();
+            for ((key, message), answer) in asked.into_iter().zip(answers) {
+                let Some(result) = answer.get("result") else {
+                    let method = protocol::method(&message).unwrap_or_default();
+                    let said = answer
+                        .pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no result");
+                    return Err(Failure::ServerRounds(format!(
+                        "its `{method}` was not answered: {}",
+                        protocol::cut(said, 200)
+                    )));
+                };
+                responses.insert(key, result.clone());
+            }
+            let again = call
+                .upstream
+                .begin(call.sent.clone(), Some(call.origin.clone()))
+                .in_round(call.capabilities.clone(), Some((responses, state)));
+            reply = self
+                .send_call(
+                    call.session,
+                    call.server,
+                    call.upstream,
+                    again,
+                    client_id,
+                    call.cancel,
+                )
+                .await?;
+        }
+        Err(Failure::ServerRounds(format!(
+            "more than {MAX_ROUNDS} rounds"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input_required(requests: Value, state: Value) -> Value {
+        json!({ "jsonrpc": "2.0", "id": 1, "result": {
+            "resultType": "input_required", "inputRequests": requests, "requestState": state } })
+    }
+
+    #[test]
+    fn only_well_formed_questions_of_the_three_kinds_are_asked() {
+        let complete = json!({ "jsonrpc": "2.0", "id": 1, "result": { "resultType": "complete" } });
+        assert!(questions(&complete).is_none());
+        let ok = input_required(
+            json!({ "a": { "method": "elicitation/create", "params": { "message": "hi" } } }),
+            json!("s1"),
+        );
+        let (asked, state) = match questions(&ok) {
+            Some(Ok(found)) => found,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(state, Some(json!("s1")));
+        assert_eq!(asked[0].0, "a");
+        assert_eq!(asked[0].1["id"], "a");
+        assert_eq!(asked[0].1["params"]["message"], "hi");
+        let many: Map<String, Value> = (0..=MAX_INPUTS)
+            .map(|n| (n.to_string(), json!({ "method": "roots/list" })))
+            .collect();
+        for bad in [
+            input_required(json!({ "a": { "method": "ping" } }), json!("s")),
+            input_required(json!({ "a": { "method": "tools/call" } }), json!("s")),
+            input_required(json!({}), json!("s")),
+            input_required(json!([]), json!("s")),
+            input_required(Value::Object(many), json!("s")),
+            input_required(json!({ "a": { "method": "roots/list" } }), json!(7)),
+        ] {
+            assert!(matches!(questions(&bad), Some(Err(_))), "{bad}");
+        }
+    }
+}
