@@ -336,27 +336,29 @@ async fn auto_falls_back_to_the_handshake_on_the_same_process() {
     client.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn auto_starts_a_server_that_exits_on_discover_again_with_the_handshake() {
-    let proxy = strict_proxy("--exits-unless-initialized");
+/// Under `auto`, the strict server (`flag`) fails its first start as the
+/// log says (`failed`), and the next one, with the handshake first, serves:
+/// its process was never sent `server/discover`.
+async fn started_again_with_the_handshake(flag: &str, failed: &str) {
+    let proxy = strict_proxy(flag);
     let mut client = proxy.raw_stdio().await;
     client.initialize().await;
-    client
-        .wait_for_log(&["server=strict", "exited during the handshake"])
-        .await;
-    // The process that serves was never sent `server/discover`.
+    client.wait_for_log(&["server=strict", failed]).await;
     assert_eq!(sent_before_initialize(&mut client).await, json!([]));
     client.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn auto_starts_a_server_whose_first_request_decides_again_with_the_handshake() {
-    let proxy = strict_proxy("--first-request-decides");
-    let mut client = proxy.raw_stdio().await;
-    client.initialize().await;
-    client
-        .wait_for_log(&["server=strict", "took its revision from its first request"])
+async fn auto_starts_a_server_that_exits_on_discover_again_with_the_handshake() {
+    started_again_with_the_handshake("--exits-unless-initialized", "exited during the handshake")
         .await;
-    assert_eq!(sent_before_initialize(&mut client).await, json!([]));
-    client.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_starts_a_server_whose_first_request_decides_again_with_the_handshake() {
+    started_again_with_the_handshake(
+        "--first-request-decides",
+        "took its revision from its first request",
+    )
+    .await;
 }

@@ -290,15 +290,7 @@ impl ExampleServer {
         Parameters(ElicitArgs { message }): Parameters<ElicitArgs>,
         peer: Peer<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        let requested_schema = ElicitationSchema::builder()
-            .required_string("name")
-            .build()
-            .map_err(|error| McpError::internal_error(error, None))?;
-        let request = ElicitRequest::new(ElicitRequestParams::FormElicitationParams {
-            meta: None,
-            message,
-            requested_schema,
-        });
+        let request = name_request(message)?;
         // Sent as a plain request: rmcp's `create_elicitation` needs its
         // `elicitation` feature, which this build does not enable.
         Ok(
@@ -334,15 +326,7 @@ impl ExampleServer {
             }
             return Ok(text_result(format!("asked: {answer}")).into());
         }
-        let requested_schema = ElicitationSchema::builder()
-            .required_string("name")
-            .build()
-            .map_err(|error| McpError::internal_error(error, None))?;
-        let request = ElicitRequest::new(ElicitRequestParams::FormElicitationParams {
-            meta: None,
-            message,
-            requested_schema,
-        });
+        let request = name_request(message)?;
         let mut requests = InputRequests::new();
         requests.insert("name".to_owned(), InputRequest::Elicitation(request));
         Ok(InputRequiredResult::new(Some(requests), Some(ASK_STATE.to_owned())).into())
@@ -475,4 +459,19 @@ impl ExampleServer {
     fn sandbox_probe(&self) -> Json<SandboxProbe> {
         Json(sandbox::probe())
     }
+}
+
+/// An elicitation asking the user for a `name`, saying `message`.
+fn name_request(message: String) -> Result<ElicitRequest, McpError> {
+    let requested_schema = ElicitationSchema::builder()
+        .required_string("name")
+        .build()
+        .map_err(|error| McpError::internal_error(error, None))?;
+    Ok(ElicitRequest::new(
+        ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message,
+            requested_schema,
+        },
+    ))
 }

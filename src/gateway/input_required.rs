@@ -16,7 +16,9 @@
 //! with an error: `inputResponses` can carry only results.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures_util::StreamExt as _;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -30,8 +32,44 @@ use super::{Gateway, Session};
 const MAX_ROUNDS: usize = 10;
 /// Questions in one round.
 const MAX_INPUTS: usize = 16;
-/// What a round may ask: the requests that need a client capability.
+/// What a round may ask: the requests that need a client capability, and
+/// of each capability what the proxy tells a server (the rest of what the
+/// client declared is not passed on).
 const ASKABLE: &[&str] = &["sampling/createMessage", "elicitation/create", "roots/list"];
+const DECLARED: &[(&str, &[&str])] = &[
+    ("sampling", &["context", "tools"]),
+    ("elicitation", &["form", "url"]),
+    ("roots", &["listChanged"]),
+];
+
+/// Numbers the questions of every round: each is put to the client under
+/// an id of the proxy's (`portcullis-round-N`), never the server's key.
+static QUESTIONS: AtomicU64 = AtomicU64::new(1);
+
+/// What a 2026-07-28 server is told the client can be asked
+/// (`clientCapabilities`), from what the client declared (`declared`): the
+/// capabilities a round can use, each with the keys MCP defines for it.
+pub(super) fn told_capabilities(declared: &Value) -> Map<String, Value> {
+    let mut told = Map::new();
+    for (capability, keys) in DECLARED {
+        let Some(given) = declared.get(*capability).filter(|given| !given.is_null()) else {
+            continue;
+        };
+        let kept: Map<String, Value> = keys
+            .iter()
+            .filter_map(|key| {
+                let value = given.get(*key)?;
+                let small = match value {
+                    Value::Object(inner) => inner.is_empty(),
+                    other => other.is_boolean(),
+                };
+                small.then(|| ((*key).to_owned(), value.clone()))
+            })
+            .collect();
+        told.insert((*capability).to_owned(), Value::Object(kept));
+    }
+    told
+}
 
 /// One client call to a 2026-07-28 server, as the rounds need it.
 pub(super) struct RoundCall<'a> {
@@ -41,6 +79,7 @@ pub(super) struct RoundCall<'a> {
     /// The request as the proxy first sent it (before the envelope).
     pub(super) sent: Value,
     pub(super) origin: Origin,
+    /// What the server is told the client can be asked.
     pub(super) capabilities: Map<String, Value>,
     pub(super) cancel: &'a CancellationToken,
 }
@@ -69,7 +108,11 @@ fn questions(reply: &Value) -> Option<Result<Questions, Failure>> {
         let Some(method) = method.filter(|method| ASKABLE.contains(method)) else {
             return bad("an input request is not sampling, elicitation or roots");
         };
-        let mut message = protocol::request(json!(key), method, json!({}));
+        let id = format!(
+            "portcullis-round-{}",
+            QUESTIONS.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut message = protocol::request(json!(id), method, json!({}));
         if let Some(params) = request.get("params") {
             message["params"] = params.clone();
         }
@@ -107,19 +150,43 @@ impl Gateway {
                     "more than {MAX_ROUNDS} rounds"
                 )));
             }
-            let answers = asked.iter().map(|(_, message)| {
-                let (session, upstream) = (call.session, call.upstream);
-                let at = (call.server, instance.clone());
-                self.put_to_client(at, upstream, session, message.clone(), Some(client_id))
-            });
-            let answers = tokio::select! {
-                answers = futures_util::future::join_all(answers) => answers,
-                () = call.cancel.cancelled() => return Err(Failure::Cancelled),
+            // Each question holds one of the server's places for requests
+            // to clients while it waits.
+            let Some(_places) = self.per_server[call.server].question_places(asked.len()) else {
+                return Err(Failure::ServerRounds(
+                    "the server has too many requests to clients waiting".to_owned(),
+                ));
             };
+            let mut answers: futures_util::stream::FuturesUnordered<_> = asked
+                .iter()
+                .enumerate()
+                .map(|(at, (_, message))| {
+                    let (session, upstream) = (call.session, call.upstream);
+                    let from = (call.server, instance.clone());
+                    let asking = self.put_to_client(
+                        from,
+                        upstream,
+                        session,
+                        message.clone(),
+                        Some(client_id),
+                    );
+                    async move { (at, asking.await) }
+                })
+                .collect();
             let mut responses = Map::new();
-            for ((key, message), answer) in asked.into_iter().zip(answers) {
+            loop {
+                let next = tokio::select! {
+                    next = answers.next() => next,
+                    () = call.cancel.cancelled() => return Err(Failure::Cancelled),
+                };
+                let Some((at, answer)) = next else {
+                    break;
+                };
+                let (key, message) = &asked[at];
+                // The first question not answered with a result ends the
+                // call (the others are withdrawn from the client).
                 let Some(result) = answer.get("result") else {
-                    let method = protocol::method(&message).unwrap_or_default();
+                    let method = protocol::method(message).unwrap_or_default();
                     let said = answer
                         .pointer("/error/message")
                         .and_then(Value::as_str)
@@ -129,7 +196,7 @@ impl Gateway {
                         protocol::cut(said, 200)
                     )));
                 };
-                responses.insert(key, result.clone());
+                responses.insert(key.clone(), result.clone());
             }
             let again = call
                 .upstream
@@ -162,6 +229,20 @@ mod tests {
     }
 
     #[test]
+    fn a_server_is_told_the_capabilities_a_round_can_use_and_their_keys_alone() {
+        let declared = json!({
+            "sampling": { "tools": {}, "x-big": "a".repeat(64) },
+            "elicitation": { "form": {}, "url": { "x": 1 } },
+            "experimental": { "x": {} },
+            "roots": null,
+        });
+        assert_eq!(
+            Value::Object(told_capabilities(&declared)),
+            json!({ "sampling": { "tools": {} }, "elicitation": { "form": {} } })
+        );
+    }
+
+    #[test]
     fn only_well_formed_questions_of_the_three_kinds_are_asked() {
         let complete = json!({ "jsonrpc": "2.0", "id": 1, "result": { "resultType": "complete" } });
         assert!(questions(&complete).is_none());
@@ -175,7 +256,8 @@ mod tests {
         };
         assert_eq!(state, Some(json!("s1")));
         assert_eq!(asked[0].0, "a");
-        assert_eq!(asked[0].1["id"], "a");
+        let id = asked[0].1["id"].as_str().unwrap_or_default();
+        assert!(id.starts_with("portcullis-round-"), "{id}");
         assert_eq!(asked[0].1["params"]["message"], "hi");
         let many: Map<String, Value> = (0..=MAX_INPUTS)
             .map(|n| (n.to_string(), json!({ "method": "roots/list" })))

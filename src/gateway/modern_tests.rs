@@ -649,3 +649,87 @@ async fn a_2026_07_28_servers_question_in_a_round_is_a_request_on_a_handshake_se
     let reply = answer.await.ok().flatten().unwrap_or_default();
     assert_eq!(reply["result"], json!({ "content": [] }), "{reply}");
 }
+
+/// A 2026-07-28 server's round of two questions, an elicitation and a
+/// roots request, as the reply to `call`.
+async fn two_questions(files: &mut crate::upstream::scripted::ScriptedServer) -> Value {
+    let seen = files.next_received().await;
+    let round = json!({ "resultType": "input_required", "inputRequests": {
+        "e": { "method": "elicitation/create", "params": { "message": "name?" } },
+        "r": { "method": "roots/list" } } });
+    files.reply(&seen, round).await;
+    seen
+}
+
+#[tokio::test]
+async fn a_question_not_answered_ends_the_call_and_its_round_is_withdrawn() {
+    let (harness, mut files) = stateless_server_started().await;
+    let (legacy, mut inbox) = harness.initialized_session("alice").await;
+    let call = request(1, "tools/call", json!({ "name": "files__read" }));
+    let answer = spawn_handle(&harness, &legacy, call);
+    two_questions(&mut files).await;
+    let mut asked = Vec::new();
+    while asked.len() < 2 {
+        let told = inbox.recv().await.unwrap_or_default();
+        if told.get("id").is_some() {
+            asked.push(told);
+        }
+    }
+    // The client refuses the roots request: the call ends, and the
+    // elicitation still open is withdrawn from it.
+    let roots = asked.iter().find(|m| m["method"] == "roots/list");
+    let elicit = asked.iter().find(|m| m["method"] == "elicitation/create");
+    let (Some(roots), Some(elicit)) = (roots, elicit) else {
+        panic!("{asked:?}");
+    };
+    let refusal = json!({ "jsonrpc": "2.0", "id": roots["id"].clone(),
+        "error": { "code": -1, "message": "no roots here" } });
+    harness.gateway.handle(&legacy, refusal).await;
+    let reply = answer.await.ok().flatten().unwrap_or_default();
+    assert_eq!(
+        reply["error"]["code"],
+        protocol::code::INTERNAL_ERROR,
+        "{reply}"
+    );
+    let withdrawn = loop {
+        let told = inbox.recv().await.unwrap_or_default();
+        if told["method"] == "notifications/cancelled" {
+            break told;
+        }
+    };
+    assert_eq!(
+        withdrawn["params"]["requestId"], elicit["id"],
+        "{withdrawn}"
+    );
+    // The server was not sent the call again.
+    assert!(files.try_received().is_none());
+}
+
+#[tokio::test]
+async fn a_rounds_questions_reach_a_2026_07_28_client_in_one_round() {
+    let (harness, mut files) = stateless_server_started().await;
+    let capabilities = json!({ "elicitation": {}, "roots": {} });
+    let (session, _inbox) = harness.stateless_session_with("alice", capabilities.clone());
+    let mut call = modern(1, "tools/call", json!({ "name": "files__read" }));
+    call["params"]["_meta"][meta::CLIENT_CAPABILITIES] = capabilities;
+    let answer = spawn_handle(&harness, &session, call);
+    let seen = two_questions(&mut files).await;
+    assert_eq!(
+        seen["params"]["_meta"][meta::CLIENT_CAPABILITIES],
+        json!({ "elicitation": {}, "roots": {} }),
+        "{seen}"
+    );
+    let round = answer.await.ok().flatten().unwrap_or_default();
+    assert_eq!(round["result"]["resultType"], "input_required", "{round}");
+    let asked = round["result"]["inputRequests"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(asked.len(), 2, "{round}");
+    // Keys of the proxy's, not the server's.
+    assert!(
+        !asked.contains_key("e") && !asked.contains_key("r"),
+        "{round}"
+    );
+    harness.gateway.drop_parked();
+}

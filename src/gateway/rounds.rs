@@ -314,6 +314,12 @@ impl Gateway {
             reply = &mut call => return reply.map(|reply| modern::frame_reply(&method, reply)),
             Some(ask) = asks.recv() => ask,
         };
+        // Questions asked together (a round of a 2026-07-28 server's, say)
+        // go in one round.
+        let mut queued = vec![first];
+        while let Ok(more) = asks.try_recv() {
+            queued.push(more);
+        }
         let (done_tx, done) = oneshot::channel();
         tokio::spawn(async move {
             let _ = done_tx.send(call.await);
@@ -326,7 +332,7 @@ impl Gateway {
             origin: session.outlet(),
             done,
             asks,
-            queued: vec![first],
+            queued,
             pending: BTreeMap::new(),
             keys: 0,
         };

@@ -546,13 +546,14 @@ impl Gateway {
         // ask it in rounds (`input_required`), which the proxy carries.
         let rounds = stateless && super::rounds::IN_ROUNDS.contains(&method);
         let kept = rounds.then(|| outgoing.clone());
-        let capabilities = if stateless {
-            session.relayed_capabilities()
+        // Only where a round can carry a question (elsewhere it has none).
+        let capabilities = if rounds {
+            super::input_required::told_capabilities(&session.client_capabilities())
         } else {
             serde_json::Map::new()
         };
         let mut call = upstream.begin(outgoing, Some(origin.clone()));
-        if stateless {
+        if rounds {
             call = call.in_round(capabilities.clone(), None);
         }
         let reply = self

@@ -35,6 +35,17 @@ pub(super) struct PerServer {
 }
 
 impl PerServer {
+    /// Places for `count` questions of a round of the server's (each one
+    /// of its [`SERVER_REQUESTS`], as a request of its to a client is), if
+    /// it has them.
+    pub(super) fn question_places(
+        &self,
+        count: usize,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let count = u32::try_from(count).ok()?;
+        self.requests.clone().try_acquire_many_owned(count).ok()
+    }
+
     pub(super) fn new() -> Self {
         Self {
             refreshing: tokio::sync::Mutex::new(()),
@@ -180,8 +191,8 @@ impl Gateway {
             let _ = upstream.send(answer(Failure::NoClientToAsk)).await;
             return;
         };
-        // A 2026-07-28 server has no requests to clients (the proxy's
-        // envelope told it it may ask nothing).
+        // A 2026-07-28 server has no requests to clients: it asks in
+        // rounds (`input_required`), which the proxy carries.
         if upstream.speaks_stateless() {
             let refusal = Failure::NotOnStatelessServer(protocol::cut(&method, 64).to_owned());
             let _ = upstream.send(answer(refusal)).await;
@@ -318,6 +329,13 @@ impl Gateway {
         if let Some(key) = &server_key {
             lock(&self.forwarded).insert(key.clone(), (session.key, client_id));
         }
+        let mut asked = Asked {
+            gateway: self,
+            session,
+            client_id,
+            server_key,
+            settled: false,
+        };
         let mut outgoing = message.clone();
         outgoing["id"] = Value::from(client_id);
         let answer_message = if !session.deliver(outgoing, related) {
@@ -339,14 +357,41 @@ impl Gateway {
                 () = session.closed.cancelled() => answer(Failure::ClientSessionEnded),
             }
         };
-        if let Some(key) = &server_key {
-            lock(&self.forwarded).remove(key);
-        }
+        asked.settled = true;
         answer_message
     }
 
     pub(super) fn forget_forwarded(&self, index: usize, instance: &Option<Arc<str>>) {
         lock(&self.forwarded)
             .retain(|(server, from, _), _| !(*server == index && from == instance));
+    }
+}
+
+/// A server's request put to a client, until it is settled (answered,
+/// refused, timed out). Given up before (the call it belongs to ended:
+/// cancelled, or another question of its round refused), the client is
+/// told it was cancelled, and the proxy forgets it either way.
+struct Asked<'a> {
+    gateway: &'a Gateway,
+    session: &'a Session,
+    client_id: u64,
+    server_key: Option<(usize, Option<Arc<str>>, IdKey)>,
+    settled: bool,
+}
+
+impl Drop for Asked<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = &self.server_key {
+            lock(&self.gateway.forwarded).remove(key);
+        }
+        if !self.settled {
+            self.session.forget_client_request(self.client_id);
+            let notice = protocol::notification(
+                "notifications/cancelled",
+                serde_json::json!({ "requestId": self.client_id,
+                    "reason": "the call it belongs to ended" }),
+            );
+            let _ = self.session.deliver(notice, None);
+        }
     }
 }

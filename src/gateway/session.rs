@@ -269,18 +269,10 @@ impl Session {
         self.state().protocol_version.clone()
     }
 
-    /// The capabilities the client declared that a server may use through
-    /// the proxy (sampling, elicitation, roots), as declared: what the
-    /// proxy tells a 2026-07-28 server of the client whose call it sends.
-    pub(crate) fn relayed_capabilities(&self) -> serde_json::Map<String, Value> {
-        let state = self.state();
-        ["sampling", "elicitation", "roots"]
-            .into_iter()
-            .filter_map(|key| {
-                let declared = state.client_capabilities.get(key)?;
-                (!declared.is_null()).then(|| (key.to_owned(), declared.clone()))
-            })
-            .collect()
+    /// The capabilities the client declared (its `initialize`, or the
+    /// request's envelope).
+    pub(crate) fn client_capabilities(&self) -> Value {
+        self.state().client_capabilities.clone()
     }
 
     pub(crate) fn has_client_capability(&self, capability: &str) -> bool {

@@ -41,9 +41,9 @@ const FOLLOW_CAP: usize = 256;
 pub(super) const SEND_WAIT: Duration = Duration::from_secs(10);
 
 /// What the proxy says of itself to a 2026-07-28 server in each request's
-/// `params._meta`: the version, no client capabilities (a server may not
-/// ask it anything: it cannot relay a server's `input_required` yet), and
-/// its name.
+/// `params._meta`: the version, no client capabilities (a client's call
+/// that can take rounds is sent with its client's instead:
+/// [`PendingCall::in_round`]), and its name.
 pub(super) fn proxy_envelope() -> serde_json::Map<String, Value> {
     let mut envelope = serde_json::Map::new();
     envelope.insert(
