@@ -32,10 +32,8 @@ use super::{Gateway, Session};
 const MAX_ROUNDS: usize = 10;
 /// Questions in one round.
 const MAX_INPUTS: usize = 16;
-/// What a round may ask: the requests that need a client capability, and
-/// of each capability what the proxy tells a server (the rest of what the
-/// client declared is not passed on).
-const ASKABLE: &[&str] = &["sampling/createMessage", "elicitation/create", "roots/list"];
+/// Of each capability a round can use, what the proxy tells a server (the
+/// rest of what the client declared is not passed on).
 const DECLARED: &[(&str, &[&str])] = &[
     ("sampling", &["context", "tools"]),
     ("elicitation", &["form", "url"]),
@@ -84,8 +82,8 @@ pub(super) struct RoundCall<'a> {
     pub(super) cancel: &'a CancellationToken,
 }
 
-/// A round's questions (each key with its request, as a message whose id
-/// is the key) and the server's `requestState`.
+/// A round's questions (each of the server's keys with its request, as a
+/// message under an id of the proxy's) and the server's `requestState`.
 type Questions = (Vec<(String, Value)>, Option<Value>);
 
 /// The questions of an `input_required` result, checked. `None`: the
@@ -105,7 +103,9 @@ fn questions(reply: &Value) -> Option<Result<Questions, Failure>> {
     let mut asked = Vec::with_capacity(requests.len());
     for (key, request) in requests {
         let method = request.get("method").and_then(Value::as_str);
-        let Some(method) = method.filter(|method| ASKABLE.contains(method)) else {
+        // What a round may ask: the requests that need a client capability.
+        let askable = |method: &&str| super::server::capability_of(method).is_some();
+        let Some(method) = method.filter(askable) else {
             return bad("an input request is not sampling, elicitation or roots");
         };
         let id = format!(
@@ -140,12 +140,13 @@ impl Gateway {
         let instance = self
             .per_client(call.server)
             .then(|| call.session.client.name.clone());
-        for round in 0..=MAX_ROUNDS {
+        let mut rounds = 0;
+        loop {
             let Some(asked) = questions(&reply) else {
                 return Ok(reply);
             };
             let (asked, state) = asked?;
-            if round == MAX_ROUNDS {
+            if rounds == MAX_ROUNDS {
                 return Err(Failure::ServerRounds(format!(
                     "more than {MAX_ROUNDS} rounds"
                 )));
@@ -212,10 +213,8 @@ impl Gateway {
                     call.cancel,
                 )
                 .await?;
+            rounds += 1;
         }
-        Err(Failure::ServerRounds(format!(
-            "more than {MAX_ROUNDS} rounds"
-        )))
     }
 }
 

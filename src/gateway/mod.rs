@@ -373,10 +373,17 @@ impl Gateway {
     /// Whether the instance of server `index` that serves `client` is
     /// spoken to in 2026-07-28 (configured so, or found so when it started
     /// under `protocol = "auto"`).
+    /// Asked on every relayed request: looked up without taking a copy.
     fn speaks_stateless(&self, index: usize, client: &Arc<str>) -> bool {
-        let instance = self.per_client(index).then(|| client.clone());
-        self.upstream_of(index, &instance)
-            .is_some_and(|upstream| upstream.speaks_stateless())
+        if !self.per_client(index) {
+            return self
+                .upstreams
+                .get(index)
+                .is_some_and(crate::upstream::Upstream::speaks_stateless);
+        }
+        lock(&self.instances)
+            .get(&(index, client.clone()))
+            .is_some_and(crate::upstream::Upstream::speaks_stateless)
     }
 
     /// `text` with every secret replaced by its placeholder.

@@ -22,6 +22,17 @@ pub(super) const SERVER_REQUESTS: usize = 64;
 /// A server's requests being refused at once, past [`SERVER_REQUESTS`].
 const SERVER_REFUSALS: usize = 16;
 
+/// The client capability a server's request to a client needs (sampling,
+/// elicitation, roots): the one list of the requests a round can carry.
+pub(super) fn capability_of(method: &str) -> Option<&'static str> {
+    match method {
+        "sampling/createMessage" => Some("sampling"),
+        "elicitation/create" => Some("elicitation"),
+        "roots/list" => Some("roots"),
+        _ => None,
+    }
+}
+
 /// What the gateway keeps per server.
 pub(super) struct PerServer {
     /// Serializes catalog refreshes so two do not interleave.
@@ -228,12 +239,7 @@ impl Gateway {
         let server_id = message.get("id").cloned().unwrap_or(Value::Null);
         let method = protocol::method(&message).unwrap_or_default().to_owned();
         let answer = |failure: Failure| failure.to_response(server_id.clone());
-        let capability = match method.as_str() {
-            "sampling/createMessage" => Some("sampling"),
-            "elicitation/create" => Some("elicitation"),
-            "roots/list" => Some("roots"),
-            _ => None,
-        };
+        let capability = capability_of(&method);
         // A 2026-07-28 client is asked in its call's rounds, if the call
         // can take them, and only what a round can carry (the requests that
         // need a capability; a server's `ping` never gets here: the
