@@ -105,6 +105,10 @@ pub struct Context {
     /// The MCP revision the client speaks (`2026-07-28`, `2025-11-25`, …),
     /// once known.
     pub protocol: Option<Arc<str>>,
+    /// For a request about a task (`tasks/get`, `tasks/update`,
+    /// `tasks/cancel`): the arguments of the call that created it, as they
+    /// were forwarded (the request itself has none).
+    pub call_arguments: Option<Arc<serde_json::Map<String, Value>>>,
 }
 
 impl Context {
@@ -125,6 +129,7 @@ impl Context {
             definition: None,
             directory: None,
             protocol: None,
+            call_arguments: None,
         }
     }
 }

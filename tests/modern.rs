@@ -48,7 +48,8 @@ fn headers_of(message: &Value) -> Headers {
         ("mcp-method", message["method"].as_str().unwrap().to_owned()),
     ];
     let params = &message["params"];
-    if let Some(name) = params["name"].as_str().or(params["uri"].as_str()) {
+    let name = params["name"].as_str().or(params["uri"].as_str());
+    if let Some(name) = name.or(params["taskId"].as_str()) {
         headers.push(("mcp-name", name.to_owned()));
     }
     headers
@@ -188,6 +189,8 @@ async fn headers_that_do_not_say_what_the_body_says_are_refused_before_any_work(
         "tools/call",
         json!({ "name": "example__add", "arguments": { "a": 1, "b": 2 } }),
     );
+    // A task's request names its task: a router would send it by that.
+    let get = request(3, "tasks/get", json!({ "taskId": "portcullis-task-a" }));
     let replace = |message: &Value, name: &'static str, value: Option<&str>| {
         let mut headers = headers_of(message);
         headers.retain(|(n, _)| *n != name);
@@ -210,6 +213,12 @@ async fn headers_that_do_not_say_what_the_body_says_are_refused_before_any_work(
             replace(&echo, "mcp-method", Some("tools/list")),
         ),
         ("no name", &echo, replace(&echo, "mcp-name", None)),
+        (
+            "a task that is not the body's",
+            &get,
+            replace(&get, "mcp-name", Some("portcullis-task-b")),
+        ),
+        ("no task named", &get, replace(&get, "mcp-name", None)),
         ("no method", &echo, replace(&echo, "mcp-method", None)),
         (
             "no version",
@@ -280,7 +289,9 @@ async fn headers_that_do_not_say_what_the_body_says_are_refused_before_any_work(
     // None of them reached a server or the chain: nothing was recorded.
     let records = common::admin_records(&served.base, "kind=exchange", AUDITOR_TOKEN).await;
     assert!(
-        records.iter().all(|r| r["method"] != "tools/call"),
+        records
+            .iter()
+            .all(|r| r["method"] != "tools/call" && r["method"] != "tasks/get"),
         "{records:?}"
     );
     served.terminate().await;

@@ -362,3 +362,360 @@ async fn auto_starts_a_server_whose_first_request_decides_again_with_the_handsha
     )
     .await;
 }
+
+/// An rmcp client at 2026-07-28 that takes tasks (and is asked for
+/// elicitation), as the client `token` names.
+async fn tasks_client(
+    url: &str,
+    token: &str,
+) -> rmcp::service::RunningService<rmcp::RoleClient, rmcp::model::ClientConfig> {
+    use rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token),
+    );
+    let capabilities = ClientCapabilities::builder()
+        .enable_elicitation()
+        .enable_tasks()
+        .build();
+    let info = ClientConfig::new(capabilities, Implementation::new("tasks-test", "1"));
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::LATEST],
+    };
+    info.serve_with_lifecycle(transport, lifecycle)
+        .await
+        .expect("connect at 2026-07-28")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_runs_through_the_proxy_over_stdio() {
+    use rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
+    use rmcp::transport::TokioChildProcess;
+    let proxy = stateless_proxy();
+    let (transport, _) = TokioChildProcess::builder(proxy.stdio_command())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn portcullis stdio");
+    let capabilities = ClientCapabilities::builder().enable_tasks().build();
+    let info = ClientConfig::new(capabilities, Implementation::new("tasks-test", "1"));
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::LATEST],
+    };
+    let client = info
+        .serve_with_lifecycle(transport, lifecycle)
+        .await
+        .expect("connect at 2026-07-28");
+    let id = start_task(&client, "sleep", json!({ "ms": 100 })).await;
+    assert!(id.starts_with("portcullis-task-"), "{id}");
+    let finished = poll_until(&client, &id, "completed").await;
+    assert_eq!(
+        finished["result"]["content"][0]["text"], "slept 100 ms",
+        "{finished}"
+    );
+    client.cancel().await.expect("close");
+}
+
+/// Calls `modern__NAME` expecting a task: its id.
+async fn start_task<S: rmcp::service::Service<rmcp::RoleClient>>(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, S>,
+    name: &str,
+    arguments: Value,
+) -> String {
+    use rmcp::model::{CallToolRequestParams, CallToolResponse};
+    let params = CallToolRequestParams::new(format!("modern__{name}"))
+        .with_arguments(arguments.as_object().cloned().unwrap_or_default());
+    match client.call_tool_once(params).await.expect("tools/call") {
+        CallToolResponse::Task(created) => created.task.task_id,
+        other => panic!("expected a task, got {other:?}"),
+    }
+}
+
+/// Polls task `id` until its status is `until` (bounded): the task as
+/// JSON.
+async fn poll_until<S: rmcp::service::Service<rmcp::RoleClient>>(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, S>,
+    id: &str,
+    until: &str,
+) -> Value {
+    use rmcp::model::GetTaskParams;
+    for _ in 0..200 {
+        let polled = client
+            .get_task(GetTaskParams::new(id.to_owned()))
+            .await
+            .expect("tasks/get");
+        let polled = serde_json::to_value(&polled).unwrap();
+        if polled["status"] == until {
+            return polled;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("task {id} never became {until}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_is_created_polled_and_cancelled_through_the_proxy_by_its_client_alone() {
+    use rmcp::model::{CancelTaskParams, GetTaskParams};
+    let proxy = stateless_proxy();
+    let served = proxy.serve_http().await;
+    let client = tasks_client(&served.url, TOKEN).await;
+    let other = tasks_client(&served.url, common::OTHER_TOKEN).await;
+
+    // Created and polled to its end, under an id of the proxy's.
+    let done = start_task(&client, "sleep", json!({ "ms": 200 })).await;
+    assert!(done.starts_with("portcullis-task-"), "{done}");
+    let finished = poll_until(&client, &done, "completed").await;
+    assert_eq!(finished["taskId"], done.as_str(), "{finished}");
+    assert_eq!(
+        finished["result"]["content"][0]["text"], "slept 200 ms",
+        "{finished}"
+    );
+
+    // Another client can neither read nor cancel it: to it, no such task.
+    let long = start_task(&client, "sleep", json!({ "ms": 60000 })).await;
+    let read = other.get_task(GetTaskParams::new(long.clone())).await;
+    let read = format!("{:?}", read.expect_err("another client's task"));
+    assert!(read.contains("unknown task"), "{read}");
+    let cancel = other.cancel_task(CancelTaskParams::new(long.clone())).await;
+    assert!(cancel.is_err(), "another client's task cannot be cancelled");
+    let still = poll_until(&client, &long, "working").await;
+    assert_eq!(still["taskId"], long.as_str());
+
+    // Its own client cancels it; the server ends it.
+    client
+        .cancel_task(CancelTaskParams::new(long.clone()))
+        .await
+        .expect("tasks/cancel");
+    poll_until(&client, &long, "cancelled").await;
+
+    // Each request is recorded as a call of the task's tool, as its client.
+    let records = common::admin_records(&served.base, "kind=exchange", AUDITOR_TOKEN).await;
+    for method in ["tasks/get", "tasks/cancel"] {
+        let record = records
+            .iter()
+            .find(|r| r["method"] == method && r["client"] == "tester")
+            .unwrap_or_else(|| panic!("{method} is recorded: {records:?}"));
+        assert_eq!(
+            (&record["server"], &record["target"]),
+            (&json!("modern"), &json!("sleep")),
+            "{record}"
+        );
+        assert_eq!(record["decision"], "allow", "{record}");
+    }
+    let refused = records
+        .iter()
+        .find(|r| r["method"] == "tasks/get" && r["client"] == "other")
+        .unwrap_or_else(|| panic!("the refusal is recorded: {records:?}"));
+    assert_ne!(refused["outcome"], "delivered", "{refused}");
+    client.cancel().await.expect("close");
+    other.cancel().await.expect("close");
+    served.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tasks_question_is_redacted_and_answered_and_a_policy_decides_its_requests() {
+    use rmcp::model::{GetTaskParams, UpdateTaskParams};
+    let snippet = format!(
+        "[[servers]]\nname = \"modern\"\nprotocol = \"2026-07-28\"\n\
+         process = {{ command = {:?}, args = [\"--name\", \"modern\", \"--stateless\"] }}\n",
+        common::example_server_bin()
+    );
+    let proxy = TestProxy::new()
+        .with_config(
+            "policies = \"policies\"\npolicy_poll = \"100ms\"\n[redact]\nresponses = \"redact\"",
+        )
+        .with_server_toml(&snippet);
+    let folder = proxy.policy_folder(POLICIES);
+    let served = proxy.serve_http().await;
+    let client = tasks_client(&served.url, TOKEN).await;
+
+    // The task asks the client a question: shown through the chain (a
+    // secret in it redacted), answered with tasks/update.
+    let message = format!("name, for {}", common::GITHUB_TOKEN);
+    let asking = start_task(&client, "elicit", json!({ "message": message })).await;
+    let waiting = poll_until(&client, &asking, "input_required").await;
+    let question = &waiting["inputRequests"]["name"];
+    assert_eq!(question["method"], "elicitation/create", "{waiting}");
+    assert_eq!(
+        question["params"]["message"], "name, for [REDACTED:github-pat-classic]",
+        "{waiting}"
+    );
+    let answer = json!({ "action": "accept", "content": { "name": "Ada" } });
+    // An answer to a question the client was not shown: refused.
+    let unasked = [("other".to_owned(), answer.clone())].into_iter().collect();
+    let refused = client
+        .update_task(UpdateTaskParams::new(asking.clone(), unasked))
+        .await;
+    let refused = format!("{:?}", refused.expect_err("an unasked question"));
+    assert!(refused.contains("has not asked"), "{refused}");
+    let responses = [("name".to_owned(), answer)].into_iter().collect();
+    client
+        .update_task(UpdateTaskParams::new(asking.clone(), responses))
+        .await
+        .expect("tasks/update");
+    let answered = poll_until(&client, &asking, "completed").await;
+    let text = answered["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.starts_with("asked: ") && text.contains("Ada"),
+        "{answered}"
+    );
+
+    // A policy that forbids the tool once its task runs: the task's
+    // requests are refused from then on.
+    let long = start_task(&client, "sleep", json!({ "ms": 60000 })).await;
+    std::fs::write(
+        folder.join("no-sleep.cedar"),
+        r#"@id("no-sleep") forbid (principal, action == Action::"call_tool", resource == Tool::"modern__sleep");"#,
+    )
+    .unwrap();
+    let mut denied = None;
+    for _ in 0..100 {
+        match client.get_task(GetTaskParams::new(long.clone())).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(error) => {
+                denied = Some(format!("{error:?}"));
+                break;
+            }
+        }
+    }
+    let denied = denied.expect("the reloaded policy refuses the task's requests");
+    assert!(
+        denied.contains("-32010") || denied.contains("not permitted"),
+        "{denied}"
+    );
+    client.cancel().await.expect("close");
+    served.terminate().await;
+}
+
+/// `params` with a 2026-07-28 envelope declaring `capabilities`.
+fn enveloped(mut params: Value, capabilities: Value) -> Value {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": capabilities,
+        "io.modelcontextprotocol/clientInfo": { "name": "by-hand", "version": "0" },
+    });
+    params
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_servers_tasks_are_checked_before_a_client_sees_anything_of_them() {
+    let script = common::repo_root().join("tests/fixtures/raw_upstream.py");
+    let proxy = TestProxy::new()
+        .with_config("policies = \"policies\"\n[redact]\nresponses = \"redact\"")
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"hostile\"\nprotocol = \"2026-07-28\"\n\
+             process = {{ command = \"python3\", args = [{script:?}, \"--tasks\"] }}\n"
+        ));
+    proxy.policy_folder(
+        r#"@id("all") permit (principal, action, resource);
+@id("no-sampling") forbid (principal, action == Action::"sampling", resource);"#,
+    );
+    let tasks = json!({ "extensions": { "io.modelcontextprotocol/tasks": {} },
+        "sampling": {} });
+    let mut client = proxy.raw_stdio().await;
+    let call = |kind: &str, capabilities: &Value| {
+        enveloped(
+            json!({ "name": "hostile__task", "arguments": { "kind": kind } }),
+            capabilities.clone(),
+        )
+    };
+
+    // A task to a client that did not declare the extension: refused.
+    let reply = client.call(1, "tools/call", call("done", &json!({}))).await;
+    assert_eq!(reply["error"]["code"], -32603, "{reply}");
+
+    // To one that did: under the proxy's id, with nothing else of the
+    // server's; polled, its result redacted.
+    let reply = client.call(2, "tools/call", call("done", &tasks)).await;
+    let created = &reply["result"];
+    let id = created["taskId"].as_str().unwrap_or_default().to_owned();
+    assert!(id.starts_with("portcullis-task-"), "{reply}");
+    assert_eq!(created["resultType"], "task", "{reply}");
+    assert_eq!(created["pollIntervalMs"], 100, "{reply}");
+    let shown = reply.to_string();
+    assert!(
+        !shown.contains("srv-") && !shown.contains("ghp_"),
+        "{shown}"
+    );
+    let get = |id: &str| enveloped(json!({ "taskId": id }), tasks.clone());
+    let polled = client.call(3, "tasks/get", get(&id)).await;
+    assert_eq!(polled["result"]["status"], "completed", "{polled}");
+    assert_eq!(polled["result"]["taskId"], id.as_str(), "{polled}");
+    assert_eq!(
+        polled["result"]["result"]["content"][0]["text"], "done with [REDACTED:github-pat-classic]",
+        "{polled}"
+    );
+    let shown = polled.to_string();
+    assert!(
+        !shown.contains("srv-") && !shown.contains("ghp_"),
+        "{shown}"
+    );
+    // A task's request without the extension declared on it.
+    let bare = client
+        .call(
+            4,
+            "tasks/get",
+            enveloped(json!({ "taskId": id }), json!({})),
+        )
+        .await;
+    assert_eq!(bare["error"]["code"], -32021, "{bare}");
+
+    // A question Cedar forbids, and one no client can be asked: refused,
+    // and the task cancelled at the server.
+    for (n, kind, code) in [(5, "sampling", -32010), (7, "tools", -32603)] {
+        let reply = client.call(n, "tools/call", call(kind, &tasks)).await;
+        let id = reply["result"]["taskId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let polled = client.call(n + 1, "tasks/get", get(&id)).await;
+        assert_eq!(polled["error"]["code"], code, "{kind}: {polled}");
+        assert!(!polled.to_string().contains("inputRequests"), "{polled}");
+    }
+    // A task its server forgot: answered as any unknown task, with
+    // nothing of the server's, and forgotten.
+    let reply = client.call(10, "tools/call", call("gone", &tasks)).await;
+    let gone = reply["result"]["taskId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for n in [11, 12] {
+        let polled = client.call(n, "tasks/get", get(&gone)).await;
+        assert_eq!(polled["error"]["code"], -32602, "{polled}");
+        let said = polled["error"]["message"].as_str().unwrap_or_default();
+        assert!(said.contains(&gone) && !said.contains("srv-"), "{polled}");
+    }
+    // (Cancelled in the background: asked until the server has them.)
+    let expected = json!(["srv-done-1", "srv-sampling-3", "srv-tools-4"]);
+    let mut cancelled = Value::Null;
+    for n in 0..100 {
+        let mirror = enveloped(
+            json!({ "name": "hostile__mirror", "arguments": {} }),
+            json!({}),
+        );
+        let mirrored = client.call(100 + n, "tools/call", mirror).await;
+        cancelled = mirrored["result"]["structuredContent"]["cancelled"].clone();
+        if cancelled.as_array().map(Vec::len) == Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut sorted = cancelled.as_array().cloned().unwrap_or_default();
+    sorted.sort_by_key(Value::to_string);
+    assert_eq!(Value::from(sorted), expected, "{cancelled}");
+    client.finish().await;
+
+    // A handshake client is never handed a task.
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    let reply = client
+        .call(
+            2,
+            "tools/call",
+            json!({ "name": "hostile__task", "arguments": {} }),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], -32603, "{reply}");
+    client.finish().await;
+}

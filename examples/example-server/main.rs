@@ -8,6 +8,7 @@
 
 mod sandbox;
 mod server;
+mod tasks;
 mod tools;
 
 use std::{net::SocketAddr, sync::Arc};

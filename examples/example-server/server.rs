@@ -19,16 +19,18 @@ use rmcp::{
         tool::ToolCallContext,
     },
     model::{
-        CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams,
-        CompleteResult, CompletionInfo, ContentBlock, GetPromptRequestParams, GetPromptResponse,
-        GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult,
-        ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument,
-        PromptMessage, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
-        ReadResourceResult, Reference, Resource, ResourceContents, ResourceTemplate, Role,
-        ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams,
-        SubscriptionFilter, Tool, UnsubscribeRequestParams,
+        CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
+        CompleteRequestParams, CompleteResult, CompletionInfo, ContentBlock,
+        GetPromptRequestParams, GetPromptResponse, GetPromptResult, GetTaskParams, GetTaskResult,
+        Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+        ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument, PromptMessage,
+        ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+        Reference, Resource, ResourceContents, ResourceTemplate, Role, ServerCapabilities,
+        ServerConfig, SetLevelRequestParams, SubscribeRequestParams, SubscriptionFilter, Tool,
+        UnsubscribeRequestParams, UpdateTaskParams,
     },
     service::{RequestContext, SubscriptionContext, SubscriptionSink},
+    task_manager::TaskManager,
 };
 use serde_json::json;
 
@@ -56,6 +58,8 @@ struct Shared {
     /// The open `subscriptions/listen` streams (2026-07-28): list changes
     /// and resource updates go on them.
     listeners: Mutex<Vec<SubscriptionSink>>,
+    /// The tasks made for clients that take them (2026-07-28).
+    tasks: TaskManager,
 }
 
 impl ExampleServer {
@@ -66,6 +70,7 @@ impl ExampleServer {
                 stateless,
                 tools: RwLock::new(Arc::new(Self::tool_router())),
                 listeners: Mutex::default(),
+                tasks: TaskManager::new(),
             }),
             subscriptions: Arc::default(),
         }
@@ -183,8 +188,13 @@ impl ServerHandler for ExampleServer {
             .enable_resources_subscribe()
             .enable_resources_list_changed()
             .enable_tools()
-            .enable_tool_list_changed()
-            .build();
+            .enable_tool_list_changed();
+        // Tasks are a 2026-07-28 extension.
+        let capabilities = if self.shared.stateless {
+            capabilities.enable_tasks().build()
+        } else {
+            capabilities.build()
+        };
         ServerConfig::new(capabilities)
             .with_protocol_version(ProtocolVersion::V_2025_11_25)
             .with_server_info(Implementation::new(self.name(), env!("CARGO_PKG_VERSION")))
@@ -210,10 +220,47 @@ impl ServerHandler for ExampleServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        let takes_tasks = context
+            .client_capabilities()
+            .is_some_and(|capabilities| capabilities.supports_tasks());
+        if self.shared.stateless
+            && takes_tasks
+            && let Some(task) = crate::tasks::start(&self.shared.tasks, &request)
+        {
+            return task;
+        }
         let tools = self.tools();
         tools
             .call(ToolCallContext::new(self, request, context))
             .await
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        Ok(GetTaskResult::new(
+            self.shared.tasks.get_task(&request.task_id)?,
+        ))
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.shared
+            .tasks
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.shared.tasks.cancel_task(&request.task_id)
     }
 
     async fn list_tools(

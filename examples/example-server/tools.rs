@@ -19,6 +19,9 @@
 //! | `crash`         | `code`               | exits the process with `code`                  |
 //! | `raw_meta`      |                      | "meta" with custom `_meta` fields              |
 //! | `sandbox_probe` |                      | what the process sees of its sandbox           |
+//!
+//! With `--stateless`, to a client that takes tasks, `sleep` and `elicit` run
+//! as tasks (see `tasks.rs`).
 
 // Sampling, roots and logging are deprecated in rmcp (SEP-2577) but are part of
 // the protocol versions this server speaks, and what these tools exercise.
@@ -462,7 +465,7 @@ impl ExampleServer {
 }
 
 /// An elicitation asking the user for a `name`, saying `message`.
-fn name_request(message: String) -> Result<ElicitRequest, McpError> {
+pub(crate) fn name_request(message: String) -> Result<ElicitRequest, McpError> {
     let requested_schema = ElicitationSchema::builder()
         .required_string("name")
         .build()

@@ -12,7 +12,7 @@ use crate::chain::{Outcome, Refusal};
 use crate::protocol::{self, EnvelopeError, ParseError, code};
 use crate::upstream::UpstreamError;
 
-use super::session::{MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS};
+use super::session::{MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS, MAX_TASKS_PER_CLIENT};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Failure {
@@ -119,6 +119,25 @@ pub enum Failure {
     /// not answer): why.
     #[error("the server's input_required cannot be completed: {0}")]
     ServerRounds(String),
+    /// A task id that names no task of this client's (unknown, expired,
+    /// another client's, or forgotten by its server: which, is not said).
+    #[error("unknown task: `{0}`")]
+    UnknownTask(String),
+    /// A task request from a client that did not declare the tasks
+    /// extension on it.
+    #[error(
+        "the client did not declare the io.modelcontextprotocol/tasks extension on this request"
+    )]
+    TasksNotDeclared,
+    /// The client runs as many tasks at the server as it may.
+    #[error("this client runs {MAX_TASKS_PER_CLIENT} tasks at this server: let some end first")]
+    TooManyTasks,
+    /// A server's task (or its answer to a task's request) the proxy
+    /// cannot pass on: malformed, a finished task starting again, a
+    /// question no client can be asked, a call's arguments too large to
+    /// keep with it: why.
+    #[error("the server's task is refused: {0}")]
+    ServerTask(String),
     /// A client's listen streams (how many) are all open.
     #[error("this client has {0} listen streams open; end one first")]
     TooManyListens(usize),
@@ -192,7 +211,10 @@ impl Failure {
             Self::ServerResultType(_) => code::INTERNAL_ERROR,
             Self::TooManyListens(_) => code::RATE_LIMITED,
             Self::UnknownRequestState | Self::RequestStateMismatch(_) => code::INVALID_PARAMS,
-            Self::CallEnded | Self::ServerRounds(_) => code::INTERNAL_ERROR,
+            Self::CallEnded | Self::ServerRounds(_) | Self::ServerTask(_) => code::INTERNAL_ERROR,
+            Self::UnknownTask(_) => code::INVALID_PARAMS,
+            Self::TasksNotDeclared => code::EXTENSION_REQUIRED,
+            Self::TooManyTasks => code::RATE_LIMITED,
             Self::TooManyInFlight(_) => code::RATE_LIMITED,
             Self::MethodNotFound(_) | Self::ClientLacks(_) | Self::NotOnStatelessServer(_) => {
                 code::METHOD_NOT_FOUND
@@ -245,6 +267,8 @@ impl Failure {
                 };
                 Some(json!({ "supported": supported, "requested": requested }))
             }
+            Self::TasksNotDeclared => Some(json!({ "requiredCapabilities":
+                { "extensions": { protocol::TASKS_EXTENSION: {} } } })),
             _ => self
                 .interceptor()
                 .map(|interceptor| json!({ "interceptor": interceptor })),

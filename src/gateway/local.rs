@@ -48,7 +48,7 @@ impl Gateway {
                     crate::chain::Transport::Stdio => &[protocol::MODERN_VERSION][..],
                     _ => protocol::ALL_VERSIONS,
                 },
-                "capabilities": self.capabilities(),
+                "capabilities": self.discovered_capabilities(),
                 "instructions": self.instructions(),
                 "_meta": { protocol::meta::SERVER_INFO: super::modern::server_info() },
             }),
@@ -193,6 +193,20 @@ impl Gateway {
             "serverInfo": { "name": "portcullis", "version": env!("CARGO_PKG_VERSION") },
             "instructions": self.instructions(),
         }))
+    }
+
+    /// What `server/discover` offers: the capabilities, and the tasks
+    /// extension (whether a call becomes a task is its server's choice;
+    /// the proxy carries the tasks of those that make them).
+    fn discovered_capabilities(&self) -> Value {
+        let mut capabilities = self.capabilities();
+        if let Some(offered) = capabilities.as_object_mut() {
+            offered.insert(
+                "extensions".into(),
+                json!({ super::task_table::EXTENSION: {} }),
+            );
+        }
+        capabilities
     }
 
     /// The servers' capabilities merged. Tools, prompts and resources are

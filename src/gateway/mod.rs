@@ -29,6 +29,10 @@ mod route;
 mod run;
 mod server;
 mod session;
+mod task_table;
+#[cfg(test)]
+mod task_table_tests;
+mod tasks;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -107,6 +111,8 @@ pub struct Gateway {
     /// (server, client): created at a client's first call. Bounded by the
     /// configured clients.
     instances: Mutex<HashMap<(usize, Arc<str>), Upstream>>,
+    /// The 2026-07-28 tasks passed on to clients, by the proxy's id.
+    client_tasks: task_table::Tasks,
     events: mpsc::Sender<UpstreamEvent>,
     /// Makes upstreams (per-client instances too).
     make_upstream: Arc<MakeUpstream>,
@@ -221,6 +227,7 @@ impl Gateway {
             questions: Mutex::new(HashMap::new()),
             forwarded: Mutex::new(HashMap::new()),
             instances: Mutex::new(HashMap::new()),
+            client_tasks: task_table::Tasks::default(),
             events: events_tx,
             make_upstream: make,
             shutdown: CancellationToken::new(),

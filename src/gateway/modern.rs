@@ -62,7 +62,8 @@ pub(super) fn checked_result(reply: Value) -> Result<Value, Failure> {
 /// requires, whatever the server put there: the result is complete
 /// (checked before: [`checked_result`]), a cacheable one is private to the
 /// client and stale at once (`ttlMs: 0`: what a client may see changes
-/// with a policy reload), any other carries no cache hint; its `_meta`
+/// with a policy reload), any other carries no cache hint (a task keeps
+/// what the gateway left of it: see `gateway::tasks`); its `_meta`
 /// keeps the server's own keys but none of the protocol's, and names the
 /// proxy as its server (a listen result keeps its subscription id, the
 /// proxy's own).
@@ -70,9 +71,22 @@ pub(super) fn frame_reply(method: &str, mut reply: Value) -> Value {
     let Some(result) = reply.get_mut("result").and_then(Value::as_object_mut) else {
         return reply;
     };
-    result.insert("resultType".into(), Value::from("complete"));
-    for key in ["inputRequests", "requestState", "ttlMs", "cacheScope"] {
-        result.remove(key);
+    // A task (a call's, passed on by the gateway, or one polled) keeps
+    // its own fields: its `ttlMs` is how long the task is kept, and a
+    // polled one may carry its questions, decided by the gateway.
+    let task =
+        method == "tools/call" && result.get("resultType").and_then(Value::as_str) == Some("task");
+    let polled = method == "tasks/get";
+    if !task {
+        result.insert("resultType".into(), Value::from("complete"));
+    }
+    let dropped: &[&str] = if task || polled {
+        &["requestState", "cacheScope"]
+    } else {
+        &["inputRequests", "requestState", "ttlMs", "cacheScope"]
+    };
+    for key in dropped {
+        result.remove(*key);
     }
     if protocol::CACHEABLE.contains(&method) {
         result.insert("ttlMs".into(), Value::from(0));

@@ -36,6 +36,8 @@ pub(super) enum Rename {
     Name(String),
     /// `params.ref.name` (completion/complete for a prompt).
     RefName(String),
+    /// `params.taskId` (the server's own id for a task).
+    TaskId(String),
 }
 
 /// What became of a request sent on to its server.
@@ -135,6 +137,8 @@ impl Gateway {
             (Err(failure), Ok(())) => return failed(id, failure),
             (Ok(route), Ok(())) => route,
         };
+        // What a task's reply needs of the request, which the relay takes.
+        let asked = super::tasks::Asked::of(session, method, &run.exchange.message);
         // The catalog a list was answered from (interceptors judge the
         // items against that one, not a newer one).
         let mut listed_from = None;
@@ -171,22 +175,12 @@ impl Gateway {
                 }
             }
         };
-        // Asked once the server has answered: a `protocol = "auto"` server
-        // knows its revision once it has started.
-        let from_stateless =
-            relayed_to.is_some_and(|server| self.speaks_stateless(server, &session.client.name));
-        let answered = match answered {
-            Ok(reply) if session.stateless || from_stateless => {
-                super::modern::checked_result(reply)
+        let answered = match (answered, relayed_to) {
+            (Ok(reply), Some(server)) => {
+                let target = run.exchange.context.target.as_deref();
+                self.shaped(session, server, target, asked, reply).await
             }
-            answered => answered,
-        };
-        // A handshake client is not told what only 2026-07-28 says.
-        let answered = match answered {
-            Ok(reply) if from_stateless && !session.stateless => {
-                Ok(super::modern::handshake_result(reply))
-            }
-            answered => answered,
+            (answered, _) => answered,
         };
         let (reply, outcome) = match answered {
             Ok(reply) => (reply, Outcome::Delivered),
@@ -206,9 +200,52 @@ impl Gateway {
             exchange.context.directory = Some(catalog);
         }
         if let Err(refusal) = self.chain.run(exchange) {
+            // A task the client does not get is not left running.
+            self.task_not_given(session, &exchange.message);
             return failed(id, refusal);
         }
         (Some(exchange.message.clone()), outcome)
+    }
+
+    /// A server's answer as the client is to get it: a task passed on
+    /// under the proxy's id; checked (a 2026-07-28 client's, a 2026-07-28
+    /// server's); without what only 2026-07-28 says, to a handshake client.
+    async fn shaped(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        server: usize,
+        target: Option<&str>,
+        asked: super::tasks::Asked,
+        reply: Value,
+    ) -> Result<Value, Failure> {
+        // Asked once the server has answered: a `protocol = "auto"` server
+        // knows its revision once it has started.
+        let from_stateless = self.speaks_stateless(server, &session.client.name);
+        if session.stateless
+            && let Some(reply) = self
+                .task_reply(session, (server, from_stateless), target, asked, &reply)
+                .await
+        {
+            return reply;
+        }
+        // A task no one asked for is refused below: not left running.
+        if from_stateless
+            && super::task_table::is_task(&reply)
+            && let Some(server_task) = reply.pointer("/result/taskId").and_then(Value::as_str)
+        {
+            self.cancel_at_server(session, server, server_task);
+        }
+        let reply = if session.stateless || from_stateless {
+            super::modern::checked_result(reply)?
+        } else {
+            reply
+        };
+        // A handshake client is not told what only 2026-07-28 says.
+        Ok(if from_stateless && !session.stateless {
+            super::modern::handshake_result(reply)
+        } else {
+            reply
+        })
     }
 
     /// Routes the exchange's request and tells the chain what routing found:
@@ -228,6 +265,15 @@ impl Gateway {
         exchange.context.definition = match method {
             "tools/call" => name.and_then(|name| catalog.tool_definition(name)),
             "prompts/get" => name.and_then(|name| catalog.prompt_definition(name)),
+            _ if super::task_table::METHODS.contains(&method) => {
+                // Decided as the call that created the task.
+                let task = protocol::param_str(&exchange.message, "taskId")
+                    .and_then(|id| self.client_tasks.find(&session.client.name, id));
+                task.and_then(|task| {
+                    exchange.context.call_arguments = task.arguments;
+                    catalog.tool_definition(&task.listed)
+                })
+            }
             _ => None,
         };
         exchange.context.target = target;
@@ -253,6 +299,7 @@ impl Gateway {
         match rename {
             Some(Rename::Name(name)) => outgoing["params"]["name"] = Value::from(name),
             Some(Rename::RefName(name)) => outgoing["params"]["ref"]["name"] = Value::from(name),
+            Some(Rename::TaskId(id)) => outgoing["params"]["taskId"] = Value::from(id),
             None => {}
         }
         // A place among the server's requests in flight, if it limits them
@@ -354,6 +401,7 @@ impl Gateway {
                     }
                 }
             }
+            "tasks/get" | "tasks/update" | "tasks/cancel" => self.task_route(session, message),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let uri = protocol::param_str(message, "uri")
                     .ok_or_else(|| invalid("`params.uri` must be a string"))?;
@@ -447,6 +495,55 @@ impl Gateway {
             return unknown();
         }
         None
+    }
+
+    /// Where a 2026-07-28 client's `tasks/*` request goes: to the server
+    /// of the task it names, about the task's tool.
+    fn task_route(
+        &self,
+        session: &Session,
+        message: &Value,
+    ) -> Result<(Route, Option<String>), Failure> {
+        let task = self.task_of(session, message)?;
+        let rename = Some(Rename::TaskId(task.server_task));
+        let server = task.server;
+        Ok((Route::Server { server, rename }, Some(task.tool)))
+    }
+
+    /// The task a 2026-07-28 client's `tasks/*` request names: one of its
+    /// own, on a request that declares the extension.
+    fn task_of(
+        &self,
+        session: &Session,
+        message: &Value,
+    ) -> Result<super::task_table::Task, Failure> {
+        if !session.stateless {
+            let method = protocol::method(message).unwrap_or_default();
+            return Err(Failure::MethodNotFound(method.to_owned()));
+        }
+        if !super::task_table::declared(&session.client_capabilities()) {
+            return Err(Failure::TasksNotDeclared);
+        }
+        let id = protocol::param_str(message, "taskId")
+            .ok_or_else(|| Failure::InvalidParams("`params.taskId` must be a string".into()))?;
+        let task = self
+            .client_tasks
+            .find(&session.client.name, id)
+            .ok_or_else(|| Failure::UnknownTask(protocol::cut(id, 128).to_owned()))?;
+        if protocol::method(message) == Some("tasks/update") {
+            let answers = protocol::params(message)
+                .and_then(|params| params.get("inputResponses"))
+                .and_then(Value::as_object)
+                .ok_or_else(|| {
+                    Failure::InvalidParams("`params.inputResponses` must be an object".into())
+                })?;
+            if !super::task_table::Tasks::answerable(&task, answers) {
+                return Err(Failure::InvalidParams(
+                    "`inputResponses` answers a question the task has not asked this client".into(),
+                ));
+            }
+        }
+        Ok(task)
     }
 
     /// A session subscribed to [`MAX_SUBSCRIPTIONS`] resources may
@@ -547,13 +644,25 @@ impl Gateway {
         let rounds = stateless && super::rounds::IN_ROUNDS.contains(&method);
         let kept = rounds.then(|| outgoing.clone());
         // Only where a round can carry a question (elsewhere it has none).
-        let capabilities = if rounds {
+        let mut capabilities = if rounds {
             super::input_required::told_capabilities(&session.client_capabilities())
         } else {
             serde_json::Map::new()
         };
+        // Tasks, where the client takes them (on a call, and on the task's
+        // own requests, which a server refuses without it).
+        let tasks = stateless
+            && session.stateless
+            && (method == "tools/call" || super::task_table::METHODS.contains(&method))
+            && super::task_table::declared(&session.client_capabilities());
+        if tasks {
+            capabilities.insert(
+                "extensions".into(),
+                json!({ super::task_table::EXTENSION: {} }),
+            );
+        }
         let mut call = upstream.begin(outgoing, Some(origin.clone()));
-        if rounds {
+        if rounds || tasks {
             call = call.in_round(capabilities.clone(), None);
         }
         let reply = self

@@ -202,6 +202,9 @@ impl Schema {
         let Some(result) = exchange.message.get("result") else {
             return Verdict::Continue; // a JSON-RPC error carries no result to check
         };
+        let Some(result) = tool_result(&context.method, result) else {
+            return Verdict::Continue; // a task, not (yet) a tool's result
+        };
         if result.get("isError") == Some(&Value::Bool(true)) {
             return Verdict::Continue; // a tool error need not have the result's shape
         }
@@ -407,9 +410,23 @@ impl Interceptor for Schema {
         }
         match &*exchange.context.method {
             "tools/list" => self.filter_tools(exchange),
-            "tools/call" => self.check_result(exchange),
+            "tools/call" | "tasks/get" => self.check_result(exchange),
             _ => Verdict::Continue,
         }
+    }
+}
+
+/// The tool's result in a reply to `method`: a call's result, or the
+/// result of a task (2026-07-28) in the poll that finds it completed
+/// (routing set the task's tool as the target). `None`: none in it (a call
+/// answered with a task, a task still running).
+fn tool_result<'a>(method: &str, result: &'a Value) -> Option<&'a Value> {
+    let says = |key: &str, value: &str| result.get(key).and_then(Value::as_str) == Some(value);
+    match method {
+        "tools/call" if says("resultType", "task") => None,
+        "tools/call" => Some(result),
+        "tasks/get" if says("status", "completed") => result.get("result"),
+        _ => None,
     }
 }
 
@@ -594,6 +611,39 @@ mod tests {
         assert_eq!(log.on_response(&mut logged), Verdict::Continue);
         assert_eq!(logged.annotations.len(), 1);
         assert_eq!(logged.annotations[0].key, "output_violation");
+    }
+
+    #[test]
+    fn a_tasks_result_is_checked_when_its_poll_finds_it_completed() {
+        let list = Arc::new(vec![json!({
+            "name": "t",
+            "inputSchema": {"type": "object"},
+            "outputSchema": {"type": "object", "required": ["count"]}
+        })]);
+        let deny = Schema::new(&SchemaConfig::default());
+        // A call answered with a task has no result to check yet.
+        let task =
+            json!({"resultType": "task", "taskId": "portcullis-task-1", "status": "working"});
+        assert_eq!(
+            deny.on_response(&mut result(&list, task)),
+            Verdict::Continue
+        );
+        let polled = |task: Value| {
+            let mut exchange = result(&list, task);
+            exchange.context.method = "tasks/get".into();
+            exchange
+        };
+        let working = json!({"taskId": "portcullis-task-1", "status": "working"});
+        assert_eq!(deny.on_response(&mut polled(working)), Verdict::Continue);
+        let good = json!({"taskId": "portcullis-task-1", "status": "completed",
+            "result": {"content": [], "structuredContent": {"count": 1}}});
+        assert_eq!(deny.on_response(&mut polled(good)), Verdict::Continue);
+        let bad = json!({"taskId": "portcullis-task-1", "status": "completed",
+            "result": {"content": []}});
+        assert!(matches!(
+            deny.on_response(&mut polled(bad)),
+            Verdict::Deny(d) if d.reason.contains("no `structuredContent`")
+        ));
     }
 
     #[test]

@@ -11,8 +11,8 @@ mod modern;
 pub use framing::{Frame, FrameReader, HEAD_BYTES, encode_line, write_message};
 pub use modern::{
     ALL_VERSIONS, CACHEABLE, Envelope, EnvelopeError, MODERN_METHODS, MODERN_VERSION,
-    REMOVED_IN_MODERN, decode_header_value, envelope, envelope_version, meta, put_envelope,
-    routing_name, strip_protocol_meta,
+    REMOVED_IN_MODERN, TASKS_EXTENSION, decode_header_value, encode_header_value, envelope, envelope_version, meta,
+    put_envelope, routing_name, strip_protocol_meta,
 };
 
 use serde_json::{Map, Value, json};
@@ -45,6 +45,9 @@ pub mod code {
     /// 2026-07-28: an HTTP header does not say what the body says (or a
     /// required one is missing).
     pub const HEADER_MISMATCH: i64 = -32020;
+    /// 2026-07-28: the request needs a capability or extension the client
+    /// did not declare on it (`data.requiredCapabilities` says which).
+    pub const EXTENSION_REQUIRED: i64 = -32021;
     /// 2026-07-28: the request's protocol version is not one the proxy speaks
     /// (`data.supported` lists those it does).
     pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;

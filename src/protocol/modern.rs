@@ -154,7 +154,14 @@ pub const MODERN_METHODS: &[&str] = &[
     "resources/templates/list",
     "resources/read",
     "completion/complete",
+    // The tasks extension (io.modelcontextprotocol/tasks).
+    "tasks/get",
+    "tasks/update",
+    "tasks/cancel",
 ];
+
+/// The tasks extension's name, in capabilities.
+pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
 
 /// The 2026-07-28 results that carry cache hints (`ttlMs`, `cacheScope`).
 pub const CACHEABLE: &[&str] = &[
@@ -174,9 +181,24 @@ pub fn routing_name(message: &Value) -> Option<Result<&str, ()>> {
     let key = match method(message)? {
         "tools/call" | "prompts/get" => "name",
         "resources/read" => "uri",
+        // The tasks extension: the task's id.
+        "tasks/get" | "tasks/update" | "tasks/cancel" => "taskId",
         _ => return None,
     };
     Some(param_str(message, key).ok_or(()))
+}
+
+/// An `Mcp-Name` header value for `text`, as the revision writes it:
+/// plain visible ASCII as it is (no space at either end), anything else as
+/// `=?base64?…?=` of its UTF-8.
+pub fn encode_header_value(text: &str) -> String {
+    use base64::Engine as _;
+    let visible = text.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if visible && text.trim() == text && !text.starts_with("=?") {
+        return text.to_owned();
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    format!("=?base64?{encoded}?=")
 }
 
 /// An `Mcp-Name` (or `Mcp-Param-*`) header value decoded: plain visible

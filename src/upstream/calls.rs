@@ -241,8 +241,13 @@ impl Shared {
             // answers to questions the proxy never relayed: whatever a
             // client put there, the server hears only the proxy.
             protocol::strip_protocol_meta(&mut message);
+            // (A task's answers are the client's to a task's questions the
+            // gateway showed it, checked there.)
+            let answers_a_task = protocol::method(&message) == Some("tasks/update");
             if let Some(params) = message.get_mut("params").and_then(Value::as_object_mut) {
-                params.remove("inputResponses");
+                if !answers_a_task {
+                    params.remove("inputResponses");
+                }
                 params.remove("requestState");
             }
             protocol::put_envelope(&mut message, &proxy_envelope());

@@ -340,7 +340,11 @@ impl Authz {
                     server: server.to_owned(),
                 };
                 match &*context.method {
-                    "tools/call" => Some((Action::CallTool, tool())),
+                    // A task's requests are decided as the call that
+                    // created it (routing found its tool).
+                    "tools/call" | "tasks/get" | "tasks/update" | "tasks/cancel" => {
+                        Some((Action::CallTool, tool()))
+                    }
                     "prompts/get" => Some((Action::GetPrompt, prompt())),
                     "resources/read" => Some((Action::ReadResource, resource())),
                     // Unsubscribing is decided like subscribing: a client
@@ -508,6 +512,9 @@ impl Interceptor for Authz {
             return Verdict::Continue;
         };
         let arguments = match action {
+            Action::CallTool if exchange.context.method.starts_with("tasks/") => {
+                exchange.context.call_arguments.as_deref()
+            }
             Action::CallTool | Action::GetPrompt => exchange
                 .message
                 .pointer("/params/arguments")

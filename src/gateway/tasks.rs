@@ -1,0 +1,314 @@
+//! Tasks (the `io.modelcontextprotocol/tasks` extension of 2026-07-28): a
+//! server may answer a `tools/call` with a task (`resultType: "task"`) that
+//! the client then polls (`tasks/get`), answers (`tasks/update`) and
+//! cancels (`tasks/cancel`).
+//!
+//! The proxy tells a 2026-07-28 server a client takes tasks only when that
+//! client declared the extension on its request, and carries a task only
+//! to a 2026-07-28 client that did. Each task the proxy passes on gets an
+//! id of the proxy's (random, never the server's; see `task_table`): the id
+//! names the server, the server's id and the client that created it, so
+//! that no client can read, answer or cancel a task of another's (an
+//! unknown id, another client's id and a task its server forgot get the
+//! same answer), and two servers' ids never collide. A task's requests are
+//! decided and recorded as the call that created it: `call_tool` on its
+//! tool, with the call's arguments as forwarded. What a server says of a
+//! task is checked and framed: only the fields the extension defines, a
+//! finished task never starts again, its questions decided (and recorded)
+//! each time they are shown, and answered only once shown.
+//!
+//! The table lives in the proxy: a task survives its server's restart as
+//! far as the server keeps it, not the proxy's own restart.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use crate::chain::{Direction, Outcome, Phase};
+use crate::protocol::{self, code};
+
+use super::failure::Failure;
+use super::task_table::{self, Created, METHODS};
+use super::{Gateway, Session};
+
+/// What a task's reply needs of the request it answers (taken before the
+/// request is relayed).
+pub(super) enum Asked {
+    /// Neither a call that may become a task nor a task's request.
+    Nothing,
+    /// A call of a client that takes tasks: its tool as the client's lists
+    /// name it, and its arguments as forwarded (`Err`: too large to keep).
+    Call {
+        listed: String,
+        arguments: Result<Option<Arc<Map<String, Value>>>, ()>,
+    },
+    /// A task's request, under the proxy's id, and the questions a
+    /// `tasks/update` answers.
+    Task {
+        method: &'static str,
+        id: String,
+        answers: Vec<String>,
+    },
+}
+
+impl Asked {
+    pub(super) fn of(session: &Session, method: &str, message: &Value) -> Self {
+        if !session.stateless || !task_table::declared(&session.client_capabilities()) {
+            return Self::Nothing;
+        }
+        let param = |key: &str| {
+            protocol::param_str(message, key)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if method == "tools/call" {
+            return Self::Call {
+                listed: param("name"),
+                arguments: task_table::kept_arguments(message),
+            };
+        }
+        let Some(method) = METHODS.iter().copied().find(|known| *known == method) else {
+            return Self::Nothing;
+        };
+        let answers = message
+            .pointer("/params/inputResponses")
+            .and_then(Value::as_object)
+            .map(|answers| answers.keys().cloned().collect())
+            .unwrap_or_default();
+        Self::Task {
+            method,
+            id: param("taskId"),
+            answers,
+        }
+    }
+}
+
+impl Gateway {
+    /// A server's reply to a 2026-07-28 client, where tasks shape it: a
+    /// call answered with a task (taken on, under the proxy's id), a task
+    /// polled, updated or cancelled. `None`: no task in it.
+    /// `from_stateless`: the server speaks 2026-07-28 (no other has tasks).
+    pub(super) async fn task_reply(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        (server, from_stateless): (usize, bool),
+        target: Option<&str>,
+        asked: Asked,
+        reply: &Value,
+    ) -> Option<Result<Value, Failure>> {
+        match asked {
+            Asked::Call { listed, arguments } if from_stateless && task_table::is_task(reply) => {
+                let taken = match arguments {
+                    Ok(arguments) => {
+                        let created = Created {
+                            client: session.client.name.clone(),
+                            server,
+                            tool: target.unwrap_or_default().to_owned(),
+                            listed,
+                            arguments,
+                        };
+                        self.client_tasks.create(created, reply)
+                    }
+                    Err(()) => Err(Failure::ServerTask(format!(
+                        "the call's arguments are over {} KiB, too large to keep with a task",
+                        task_table::MAX_KEPT_ARGUMENTS / 1024
+                    ))),
+                };
+                if taken.is_err()
+                    && let Some(server_task) =
+                        reply.pointer("/result/taskId").and_then(Value::as_str)
+                {
+                    // Not passed on: not left running either.
+                    self.cancel_at_server(session, server, server_task);
+                }
+                Some(taken)
+            }
+            Asked::Task { .. } if !from_stateless => Some(Err(Failure::ServerTask(
+                "its server no longer speaks 2026-07-28".to_owned(),
+            ))),
+            Asked::Task {
+                method,
+                id,
+                answers,
+            } => Some(
+                self.task_answered(session, server, method, (&id, answers), reply)
+                    .await,
+            ),
+            _ => None,
+        }
+    }
+
+    /// The server's answer to a task's request (`id`: the proxy's): a
+    /// poll's task framed, its questions decided; an update or a cancel
+    /// acknowledged; an error of the server's told without anything of the
+    /// server's in it (a task it does not know is forgotten, and answered as
+    /// any unknown task).
+    async fn task_answered(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        server: usize,
+        method: &str,
+        (id, answers): (&str, Vec<String>),
+        reply: &Value,
+    ) -> Result<Value, Failure> {
+        let client = &session.client.name;
+        if let Some(error) = reply.get("error") {
+            let said = error.get("code").and_then(Value::as_i64);
+            if method == "tasks/get" && said == Some(code::INVALID_PARAMS) {
+                self.client_tasks.forget(id);
+                return Err(Failure::UnknownTask(protocol::cut(id, 128).to_owned()));
+            }
+            return Err(Failure::ServerTask(format!(
+                "its server refused `{method}` (code {})",
+                said.unwrap_or_default()
+            )));
+        }
+        match method {
+            "tasks/get" => self.task_polled(session, server, id, reply).await,
+            "tasks/update" => {
+                self.client_tasks.answered(client, id, answers.iter());
+                Ok(task_table::acknowledgement(reply))
+            }
+            _ => {
+                self.client_tasks.cancel_asked(client, id);
+                Ok(task_table::acknowledgement(reply))
+            }
+        }
+    }
+
+    /// A `tasks/get` result: framed, and the questions of a task that needs
+    /// input decided as the server's requests to the client would be. A
+    /// question refused ends the task (cancelled at the server).
+    async fn task_polled(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        server: usize,
+        id: &str,
+        reply: &Value,
+    ) -> Result<Value, Failure> {
+        let client = &session.client.name;
+        let Some((mut framed, status, questions)) = task_table::framed_get(reply, id)? else {
+            return Err(Failure::ServerTask("its server answered no task".into()));
+        };
+        let shown = match questions {
+            None => Map::new(),
+            Some(questions) => match self.task_questions(session, server, questions).await {
+                Ok(shown) => shown,
+                Err(refused) => {
+                    if let Some(task) = self.client_tasks.find(client, id) {
+                        self.cancel_at_server(session, server, &task.server_task);
+                    }
+                    return Err(refused);
+                }
+            },
+        };
+        let left = self
+            .client_tasks
+            .polled(client, id, status, shown.keys().cloned())?;
+        task_table::set_ttl(&mut framed, left);
+        if !shown.is_empty()
+            && let Some(result) = framed.get_mut("result").and_then(Value::as_object_mut)
+        {
+            result.insert("inputRequests".into(), Value::Object(shown));
+        }
+        Ok(framed)
+    }
+
+    /// A task's questions, each decided (the capability the client
+    /// declared, the chain: Cedar, redaction) and recorded as a request of
+    /// its server's to the client; as the client is to see them.
+    async fn task_questions(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        server: usize,
+        questions: Map<String, Value>,
+    ) -> Result<Map<String, Value>, Failure> {
+        let mut shown = Map::new();
+        for (key, question) in questions {
+            let method = question
+                .get("method")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let Some(capability) = super::server::capability_of(&method) else {
+                return Err(Failure::ServerTask(
+                    "a question is not sampling, elicitation or roots".into(),
+                ));
+            };
+            if !session.has_client_capability(capability) {
+                return Err(Failure::ClientLacks(capability));
+            }
+            let params = question.get("params").cloned().unwrap_or_else(|| json!({}));
+            let message = protocol::request(Value::from(key.as_str()), &method, params);
+            let mut run = self.begin(
+                session,
+                message,
+                Direction::ServerToClient,
+                Phase::Request,
+                &method,
+            );
+            run.exchange.context.server = self.names.get(server).cloned();
+            if let Err(refusal) = self.chain.run(&mut run.exchange) {
+                let refusal = Failure::from(refusal);
+                run.end(&refusal.outcome(), None).await;
+                return Err(refusal);
+            }
+            let params = run.exchange.message.get("params").cloned();
+            let asked = json!({ "method": method, "params": params.unwrap_or_else(|| json!({})) });
+            if !run.end(&Outcome::Delivered, None).await {
+                return Err(Failure::NotRecorded);
+            }
+            shown.insert(key, asked);
+        }
+        Ok(shown)
+    }
+
+    /// A created task the client will not get (its reply refused by the
+    /// chain, say): forgotten, and cancelled at its server.
+    pub(super) fn task_not_given(self: &Arc<Self>, session: &Arc<Session>, reply: &Value) {
+        if !task_table::is_task(reply) {
+            return;
+        }
+        let id = reply.pointer("/result/taskId").and_then(Value::as_str);
+        let Some(task) = id.and_then(|id| self.client_tasks.find(&session.client.name, id)) else {
+            return;
+        };
+        if let Some(id) = id {
+            self.client_tasks.forget(id);
+        }
+        self.cancel_at_server(session, task.server, &task.server_task);
+    }
+
+    /// Tells a server to cancel its task `server_task` (one the proxy does
+    /// not pass on, or one whose question was refused), in the background:
+    /// the request that found it may end first.
+    pub(super) fn cancel_at_server(
+        self: &Arc<Self>,
+        session: &Session,
+        server: usize,
+        server_task: &str,
+    ) {
+        let Some(upstream) = self.upstream_for(server, &session.client.name) else {
+            return;
+        };
+        let request = protocol::request(
+            Value::Null,
+            "tasks/cancel",
+            json!({ "taskId": server_task }),
+        );
+        let told = Map::from_iter([(
+            "extensions".to_owned(),
+            json!({ task_table::EXTENSION: {} }),
+        )]);
+        let name = self.names[server].clone();
+        tokio::spawn(async move {
+            let timeout = upstream.config().call_timeout;
+            let call = upstream.begin(request, None).in_round(told, None);
+            let outcome = match call.send_and_wait(timeout).await {
+                Ok(reply) if reply.get("result").is_some() => "cancelled",
+                Ok(_) | Err(_) => "not cancelled",
+            };
+            tracing::info!(server = %name, outcome, "a task the proxy did not pass on");
+        });
+    }
+}
