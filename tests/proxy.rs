@@ -30,7 +30,6 @@ use rmcp::transport::{
 };
 use rmcp::{ClientHandler, ErrorData as McpError, ServiceExt as _};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A client that answers the server's requests the way a desktop agent
 /// would, and records every notification it gets.
@@ -299,36 +298,9 @@ async fn rmcp_client_over_http_reaches_two_servers() {
     client.cancel().await.unwrap();
 }
 
-/// The example server over streamable HTTP, as a `remote` upstream.
-async fn start_remote_example(name: &str) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(common::example_server_bin())
-        .args(["--http", "127.0.0.1:0", "--name", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the example server over HTTP");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                return Some(addr.trim().to_owned());
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .expect("the example server reports its address");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://{addr}/mcp"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn remote_upstreams_carry_calls_progress_and_sampling() {
-    let (_remote, url) = start_remote_example("far").await;
+    let (_remote, url) = common::start_remote_example("far", &[]).await;
     let proxy = TestProxy::new()
         .with_server_toml(&format!(
             "[[servers]]\nname = \"far\"\nremote = {{ url = {url:?}, headers = {{ X-Api-Key = \"secret:key\" }} }}\nsecrets = {{ key = \"env:PORTCULLIS_TEST_REMOTE_KEY\" }}\n"

@@ -232,16 +232,93 @@ async fn a_server_configured_2026_07_28_that_does_not_speak_it_does_not_start() 
     client.finish().await;
 }
 
-#[test]
-fn a_remote_server_cannot_be_configured_2026_07_28_yet() {
-    let proxy = TestProxy::new().with_server_toml(
-        "[[servers]]\nname = \"far\"\nprotocol = \"2026-07-28\"\n\
-         remote = { url = \"http://127.0.0.1:9/mcp\" }\n",
+/// The example server over HTTP speaking 2026-07-28 alone, as a `remote`
+/// server `modern` spoken to in `protocol`.
+async fn remote_proxy(protocol: &str) -> (tokio::process::Child, TestProxy) {
+    let (remote, url) = common::start_remote_example("modern", &["--stateless"]).await;
+    let proxy = TestProxy::new()
+        .with_config("policies = \"policies\"\n[redact]\nresponses = \"redact\"")
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"modern\"\nprotocol = \"{protocol}\"\nremote = {{ url = {url:?} }}\n"
+        ));
+    proxy.policy_folder(POLICIES);
+    (remote, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_2026_07_28_server_serves_both_kinds_of_client_with_every_interceptor() {
+    use rmcp::transport::TokioChildProcess;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let (_remote, proxy) = remote_proxy("2026-07-28").await;
+    let (transport, _) = TokioChildProcess::builder(proxy.stdio_command())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn portcullis stdio");
+    let lifecycle = ClientLifecycleMode::Initialize;
+    exercise(transport, lifecycle, ProtocolVersion::V_2025_11_25).await;
+    let served = proxy.serve_http().await;
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(served.url.clone()).auth_header(TOKEN),
     );
-    let config = proxy.write_config();
-    let said = common::serve_refused(&config);
-    assert!(said.contains("servers[0].protocol"), "{said}");
-    assert!(said.contains("not supported yet"), "{said}");
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::LATEST],
+    };
+    exercise(transport, lifecycle, ProtocolVersion::LATEST).await;
+    // Its changes on the proxy's listen stream to it, over HTTP.
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(served.url.clone()).auth_header(TOKEN),
+    );
+    common::listening::listen_through(transport, "modern").await;
+    // A task of it, polled to its end.
+    let client = tasks_client(&served.url, TOKEN).await;
+    let id = start_task(&client, "sleep", json!({ "ms": 100 })).await;
+    let finished = poll_until(&client, &id, "completed").await;
+    assert_eq!(
+        finished["result"]["content"][0]["text"], "slept 100 ms",
+        "{finished}"
+    );
+    client.cancel().await.expect("close");
+    served.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_finds_a_remote_server_of_either_kind() {
+    // A 2026-07-28 one: spoken to statelessly (each call a request of its own).
+    let (_remote, proxy) = remote_proxy("auto").await;
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    let reply = client
+        .call_until_served(
+            2,
+            json!({ "name": "modern__echo", "arguments": { "text": "hi" } }),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(common::first_text(&reply), "modern: hi", "{reply}");
+    client
+        .wait_for_log(&["modern", "it speaks 2026-07-28"])
+        .await;
+    client.finish().await;
+    // A handshake one (the example server without `--stateless`): the
+    // handshake after its refusal of server/discover.
+    let (_remote, url) = common::start_remote_example("old", &[]).await;
+    let proxy = TestProxy::new().with_server_toml(&format!(
+        "[[servers]]\nname = \"old\"\nprotocol = \"auto\"\nremote = {{ url = {url:?} }}\n"
+    ));
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    let reply = client
+        .call_until_served(
+            2,
+            json!({ "name": "old__echo", "arguments": { "text": "hi" } }),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(common::first_text(&reply), "old: hi", "{reply}");
+    client
+        .wait_for_log(&["old", "not a 2026-07-28 server"])
+        .await;
+    client.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -486,6 +563,28 @@ async fn a_task_is_created_polled_and_cancelled_through_the_proxy_by_its_client_
         .await
         .expect("tasks/cancel");
     poll_until(&client, &long, "cancelled").await;
+
+    // A task of a process that exited is forgotten with it: the process
+    // started again may give its id to another task.
+    let lost = start_task(&client, "sleep", json!({ "ms": 60000 })).await;
+    let crash = rmcp::model::CallToolRequestParams::new("modern__crash").with_arguments(
+        json!({ "code": 3 })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let _ = client.call_tool(crash).await;
+    let mut forgotten = None;
+    for _ in 0..200 {
+        match client.get_task(GetTaskParams::new(lost.clone())).await {
+            Err(error) if format!("{error:?}").contains("unknown task") => {
+                forgotten = Some(error);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(forgotten.is_some(), "the task outlived its process");
 
     // Each request is recorded as a call of the task's tool, as its client.
     let records = common::admin_records(&served.base, "kind=exchange", AUDITOR_TOKEN).await;

@@ -38,7 +38,8 @@ pub struct PluginConfig {
     pub methods: Vec<String>,
     /// Namespaced tool patterns it is limited to (`github__create_issue`,
     /// `github__*`); empty = every exchange. When set, the plugin sees only
-    /// exchanges about a matching tool.
+    /// exchanges about a matching tool (its calls, and the requests of the
+    /// 2026-07-28 tasks they made, `tasks/*`, which `methods` must name).
     pub tools: Vec<String>,
     pub phases: Phases,
     pub on_error: OnError,
@@ -190,6 +191,8 @@ pub(super) struct RawChainEntry {
     methods: Option<Spanned<Vec<String>>>,
     /// Only exchanges about these namespaced tools: a name
     /// (`github__create_issue`) or a prefix ending in `*` (`github__*`).
+    /// A 2026-07-28 task's requests (`tasks/*`) are about the tool whose
+    /// call made the task.
     #[schemars(with = "Option<Vec<String>>", extend("x-default" = "every exchange"))]
     tools: Option<Spanned<Vec<String>>>,
     /// The phases of an exchange it sees.

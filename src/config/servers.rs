@@ -35,12 +35,13 @@ pub enum ServerProtocol {
     #[serde(rename = "2025-11-25")]
     Handshake,
     /// 2026-07-28 (stateless): `server/discover` at start, then each
-    /// request with its envelope. For `process` and `container` servers.
+    /// request with its envelope (over HTTP, a `remote` server's requests
+    /// also with their headers, and no session).
     #[serde(rename = "2026-07-28")]
     Stateless,
     /// `server/discover` at the first start: 2026-07-28 if the server
     /// answers it as such, the handshake otherwise; remembered for the
-    /// proxy's life. A `remote` server gets the handshake.
+    /// proxy's life.
     #[serde(rename = "auto")]
     Auto,
 }
@@ -110,8 +111,8 @@ pub(super) struct RawServer {
     /// The MCP revision the proxy speaks to the server: `"2025-11-25"`
     /// (the handshake; the server may settle on 2025-06-18) or
     /// `"2026-07-28"` (no handshake: `server/discover`, then each request
-    /// carries its envelope; `process` and `container` servers only, and
-    /// what the proxy cannot yet relay of that revision is refused).
+    /// carries its envelope; what the proxy cannot yet relay of that
+    /// revision is refused) or `"auto"` (found at the first start).
     #[serde(default)]
     #[schemars(extend("x-default" = "`\"2025-11-25\"`"))]
     protocol: ServerProtocol,
@@ -212,15 +213,6 @@ impl RawServer {
             None => proxy.call_timeout,
             Some(text) => parse_duration(&text).map_err(|m| at.error(".timeout", m))?,
         };
-        if self.protocol == ServerProtocol::Stateless && matches!(kind, UpstreamSpec::Remote(_)) {
-            return Err(at.error(
-                ".protocol",
-                format!(
-                    "server `{}`: a `remote` server is spoken to with the handshake (\"2025-11-25\"); 2026-07-28 toward remote servers is not supported yet",
-                    self.name
-                ),
-            ));
-        }
         Ok(ServerConfig {
             name: self.name,
             kind,

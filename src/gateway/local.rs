@@ -413,14 +413,16 @@ impl Gateway {
         }
     }
 
-    /// Subscriptions live in the server: a server with subscribers is not
-    /// stopped for idleness (every instance of it, for a per-client one).
+    /// Subscriptions and tasks live in the server: a server with
+    /// subscribers or tasks running is not stopped for idleness (every
+    /// instance of it, for a per-client one).
     pub(super) fn update_holds(&self) {
         let catalog = self.catalog();
-        let held: HashSet<usize> = lock(&self.subscriptions)
+        let mut held: HashSet<usize> = lock(&self.subscriptions)
             .keys()
             .filter_map(|uri| catalog.resource_owner(uri))
             .collect();
+        held.extend(self.client_tasks.running_servers());
         for (index, upstream) in self.upstreams.iter().enumerate() {
             upstream.hold(held.contains(&index));
         }

@@ -401,7 +401,7 @@ impl Gateway {
                     }
                 }
             }
-            "tasks/get" | "tasks/update" | "tasks/cancel" => self.task_route(session, message),
+            _ if method.starts_with("tasks/") => self.task_route(catalog, session, message),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let uri = protocol::param_str(message, "uri")
                     .ok_or_else(|| invalid("`params.uri` must be a string"))?;
@@ -501,10 +501,22 @@ impl Gateway {
     /// of the task it names, about the task's tool.
     fn task_route(
         &self,
+        catalog: &Catalog,
         session: &Session,
         message: &Value,
     ) -> Result<(Route, Option<String>), Failure> {
+        let method = protocol::method(message).unwrap_or_default();
+        if !super::task_table::METHODS.contains(&method) {
+            return Err(Failure::MethodNotFound(
+                protocol::cut(method, 64).to_owned(),
+            ));
+        }
         let task = self.task_of(session, message)?;
+        // Decided and checked against its tool as listed now: a tool its
+        // server no longer lists (or not yet, after a restart) is not there.
+        if catalog.tool_definition(&task.listed).is_none() {
+            return Err(self.not_found("tool", &task.listed));
+        }
         let rename = Some(Rename::TaskId(task.server_task));
         let server = task.server;
         Ok((Route::Server { server, rename }, Some(task.tool)))
@@ -526,10 +538,18 @@ impl Gateway {
         }
         let id = protocol::param_str(message, "taskId")
             .ok_or_else(|| Failure::InvalidParams("`params.taskId` must be a string".into()))?;
+        let unknown = || Failure::UnknownTask(protocol::cut(id, 128).to_owned());
         let task = self
             .client_tasks
             .find(&session.client.name, id)
-            .ok_or_else(|| Failure::UnknownTask(protocol::cut(id, 128).to_owned()))?;
+            .ok_or_else(unknown)?;
+        // Made by a process of its server's that has exited since.
+        if task.generation.is_some()
+            && task.generation != self.generation(task.server, &session.client.name)
+        {
+            self.client_tasks.forget(&session.client.name, id);
+            return Err(unknown());
+        }
         if protocol::method(message) == Some("tasks/update") {
             let answers = protocol::params(message)
                 .and_then(|params| params.get("inputResponses"))
@@ -537,6 +557,11 @@ impl Gateway {
                 .ok_or_else(|| {
                     Failure::InvalidParams("`params.inputResponses` must be an object".into())
                 })?;
+            if answers.values().any(|answer| !answer.is_object()) {
+                return Err(Failure::InvalidParams(
+                    "each of `inputResponses` must be an object (a result)".into(),
+                ));
+            }
             if !super::task_table::Tasks::answerable(&task, answers) {
                 return Err(Failure::InvalidParams(
                     "`inputResponses` answers a question the task has not asked this client".into(),

@@ -168,10 +168,10 @@ impl Listen {
     }
 }
 
+/// Tasks (2026-07-28) one client may run at once at one server.
+pub(crate) const MAX_TASKS_PER_CLIENT: usize = 64;
 /// Resources one session may be subscribed to at once: each is kept for
 /// the session's life, so a client cannot make the proxy hold any number.
-/// Tasks (2026-07-28) one client may hold at a time.
-pub(crate) const MAX_TASKS_PER_CLIENT: usize = 64;
 pub(crate) const MAX_SUBSCRIPTIONS: usize = 1000;
 /// The longest URI a session may subscribe to (its subscriptions are kept
 /// for its life, so their size is bounded as well as their number).

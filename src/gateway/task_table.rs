@@ -31,7 +31,7 @@ const FINISHED_KEPT: Duration = Duration::from_secs(600);
 const SHORTEST_POLL_MS: u64 = 100;
 /// The largest call arguments (as JSON) kept with a task; a call with
 /// larger ones is not passed on as a task.
-pub(super) const MAX_KEPT_ARGUMENTS: usize = 256 * 1024;
+pub(super) const MAX_KEPT_ARGUMENTS: usize = 64 * 1024;
 /// The longest key of a task's question.
 const MAX_QUESTION_KEY: usize = 256;
 /// The statuses a task can have, and those it ends in.
@@ -94,6 +94,10 @@ pub(super) struct Task {
     pub(super) listed: String,
     /// The arguments of the call that created it, as forwarded.
     pub(super) arguments: Option<Arc<Map<String, Value>>>,
+    /// The start of its server's process it was made by (`None`: a remote
+    /// server, whose tasks may outlive a reconnection): a process started
+    /// since knows nothing of it.
+    pub(super) generation: Option<u64>,
     /// The last status the server gave it.
     status: &'static str,
     /// Its client asked to cancel it: it no longer counts as running.
@@ -118,6 +122,9 @@ pub(super) struct Created {
     pub(super) tool: String,
     pub(super) listed: String,
     pub(super) arguments: Option<Arc<Map<String, Value>>>,
+    pub(super) generation: Option<u64>,
+    /// Its server serves every client (not one instance per client).
+    pub(super) shared: bool,
 }
 
 /// The tasks the proxy passed on, by the proxy's id.
@@ -159,7 +166,15 @@ impl Tasks {
         framed.insert("ttlMs".into(), Value::from(millis(kept)));
         {
             let mut tasks = lock(&self.by_id);
-            tasks.retain(|_, task| task.expires > now);
+            // An id its server gives again (a process started since, one
+            // that forgot it) names the new task alone: the old entry could
+            // otherwise reach it, whosever it is.
+            let again = |task: &Task| {
+                task.server == created.server
+                    && task.server_task == server_task
+                    && (created.shared || task.client == created.client)
+            };
+            tasks.retain(|_, task| task.expires > now && !again(task));
             let same = |task: &Task| task.client == created.client && task.server == created.server;
             let running = tasks.values().filter(|t| same(t) && t.running()).count();
             if running >= MAX_TASKS_PER_CLIENT {
@@ -185,6 +200,7 @@ impl Tasks {
                     tool: created.tool,
                     listed: created.listed,
                     arguments: created.arguments,
+                    generation: created.generation,
                     status,
                     cancel_asked: false,
                     shown: BTreeSet::new(),
@@ -208,9 +224,36 @@ impl Tasks {
             .cloned()
     }
 
-    /// Forgets task `id` (its server forgot it, or it was never passed on).
-    pub(super) fn forget(&self, id: &str) {
-        lock(&self.by_id).remove(id);
+    /// Forgets `client`'s task `id` (its server forgot it, or it was never
+    /// passed on).
+    pub(super) fn forget(&self, client: &str, id: &str) {
+        let mut tasks = lock(&self.by_id);
+        if tasks.get(id).is_some_and(|task| &*task.client == client) {
+            tasks.remove(id);
+        }
+    }
+
+    /// Whether `client`'s task `id` may be found `status` by a poll: known,
+    /// and not a finished task starting again.
+    pub(super) fn may_become(&self, client: &str, id: &str, status: &str) -> Result<(), Failure> {
+        let task = self
+            .find(client, id)
+            .ok_or_else(|| Failure::UnknownTask(protocol::cut(id, 128).to_owned()))?;
+        if FINISHED.contains(&task.status) && task.status != status {
+            return Err(bad("a finished task cannot change its status"));
+        }
+        Ok(())
+    }
+
+    /// The servers (by index) with tasks running: not stopped for
+    /// idleness, since the tasks live in them.
+    pub(super) fn running_servers(&self) -> std::collections::HashSet<usize> {
+        let now = Instant::now();
+        lock(&self.by_id)
+            .values()
+            .filter(|task| task.running() && task.expires > now)
+            .map(|task| task.server)
+            .collect()
     }
 
     /// A poll of `client`'s task `id` found it `status` (with questions
@@ -240,12 +283,14 @@ impl Tasks {
         Ok(task.expires.saturating_duration_since(now))
     }
 
-    /// `client` asked to cancel its task `id`, and its server took it.
+    /// `client` asked to cancel its task `id`, and its server took it: it
+    /// no longer counts as running, and is kept as a finished one is.
     pub(super) fn cancel_asked(&self, client: &str, id: &str) {
         if let Some(task) = lock(&self.by_id).get_mut(id)
             && &*task.client == client
         {
             task.cancel_asked = true;
+            task.expires = task.expires.min(Instant::now() + FINISHED_KEPT);
         }
     }
 

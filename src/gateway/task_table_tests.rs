@@ -17,6 +17,8 @@ fn created(client: &str, server: usize) -> Created {
         tool: "slow".into(),
         listed: "s__slow".into(),
         arguments: None,
+        generation: Some(0),
+        shared: true,
     }
 }
 
@@ -58,7 +60,9 @@ fn a_task_gets_the_proxys_id_and_only_its_creator_finds_it() {
         .create(created("alice", 0), &task_reply("2", Value::Null))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(forever["result"]["ttlMs"], 86_400_000);
-    tasks.forget(&id);
+    tasks.forget("bob", &id);
+    assert!(tasks.find("alice", &id).is_some());
+    tasks.forget("alice", &id);
     assert!(tasks.find("alice", &id).is_none());
 }
 
@@ -115,6 +119,32 @@ fn a_client_runs_a_bounded_number_of_tasks_per_server_and_finished_ones_make_roo
             .is_ok()
     );
     assert_eq!(tasks.len(), before + 1);
+}
+
+#[test]
+fn an_id_its_server_gives_again_names_the_new_task_alone() {
+    let tasks = Tasks::default();
+    let first = tasks.create(created("alice", 0), &task_reply("1", json!(60000)));
+    let first = id_of(&first.unwrap_or_else(|e| panic!("{e}")));
+    // The server (shared by every client) gives "1" again, to Bob: Alice's
+    // old id no longer reaches it.
+    let second = tasks.create(created("bob", 0), &task_reply("1", json!(60000)));
+    let second = id_of(&second.unwrap_or_else(|e| panic!("{e}")));
+    assert!(tasks.find("alice", &first).is_none());
+    assert!(tasks.find("bob", &second).is_some());
+    // One instance per client: each client's "1" is its own.
+    let per_client = |client: &str| Created {
+        shared: false,
+        ..created(client, 1)
+    };
+    let a = tasks.create(per_client("alice"), &task_reply("1", json!(60000)));
+    let b = tasks.create(per_client("bob"), &task_reply("1", json!(60000)));
+    let (a, b) = (
+        id_of(&a.unwrap_or_else(|e| panic!("{e}"))),
+        id_of(&b.unwrap_or_else(|e| panic!("{e}"))),
+    );
+    assert!(tasks.find("alice", &a).is_some() && tasks.find("bob", &b).is_some());
+    assert_eq!(tasks.running_servers().len(), 2);
 }
 
 #[test]

@@ -10,15 +10,19 @@
 //! names the server, the server's id and the client that created it, so
 //! that no client can read, answer or cancel a task of another's (an
 //! unknown id, another client's id and a task its server forgot get the
-//! same answer), and two servers' ids never collide. A task's requests are
+//! same answer to a poll), and two servers' ids never collide. A task's requests are
 //! decided and recorded as the call that created it: `call_tool` on its
 //! tool, with the call's arguments as forwarded. What a server says of a
 //! task is checked and framed: only the fields the extension defines, a
 //! finished task never starts again, its questions decided (and recorded)
 //! each time they are shown, and answered only once shown.
 //!
-//! The table lives in the proxy: a task survives its server's restart as
-//! far as the server keeps it, not the proxy's own restart.
+//! The table lives in the proxy. A task of a `process` or `container`
+//! server is forgotten when its process is started again (a new process
+//! knows nothing of it, and may give its id to another task); a remote
+//! server's survives a reconnection as far as the server keeps it. None
+//! survives the proxy's own restart. A server with tasks running is not
+//! stopped for idleness.
 
 use std::sync::Arc;
 
@@ -106,8 +110,12 @@ impl Gateway {
                             tool: target.unwrap_or_default().to_owned(),
                             listed,
                             arguments,
+                            generation: self.generation(server, &session.client.name),
+                            shared: !self.per_client(server),
                         };
-                        self.client_tasks.create(created, reply)
+                        let taken = self.client_tasks.create(created, reply);
+                        self.update_holds();
+                        taken
                     }
                     Err(()) => Err(Failure::ServerTask(format!(
                         "the call's arguments are over {} KiB, too large to keep with a task",
@@ -155,7 +163,8 @@ impl Gateway {
         if let Some(error) = reply.get("error") {
             let said = error.get("code").and_then(Value::as_i64);
             if method == "tasks/get" && said == Some(code::INVALID_PARAMS) {
-                self.client_tasks.forget(id);
+                self.client_tasks.forget(client, id);
+                self.update_holds();
                 return Err(Failure::UnknownTask(protocol::cut(id, 128).to_owned()));
             }
             return Err(Failure::ServerTask(format!(
@@ -171,6 +180,7 @@ impl Gateway {
             }
             _ => {
                 self.client_tasks.cancel_asked(client, id);
+                self.update_holds();
                 Ok(task_table::acknowledgement(reply))
             }
         }
@@ -190,6 +200,9 @@ impl Gateway {
         let Some((mut framed, status, questions)) = task_table::framed_get(reply, id)? else {
             return Err(Failure::ServerTask("its server answered no task".into()));
         };
+        // Known still, and not a finished task starting again, before its
+        // questions are decided.
+        self.client_tasks.may_become(client, id, status)?;
         let shown = match questions {
             None => Map::new(),
             Some(questions) => match self.task_questions(session, server, questions).await {
@@ -205,6 +218,7 @@ impl Gateway {
         let left = self
             .client_tasks
             .polled(client, id, status, shown.keys().cloned())?;
+        self.update_holds();
         task_table::set_ttl(&mut framed, left);
         if !shown.is_empty()
             && let Some(result) = framed.get_mut("result").and_then(Value::as_object_mut)
@@ -274,9 +288,23 @@ impl Gateway {
             return;
         };
         if let Some(id) = id {
-            self.client_tasks.forget(id);
+            self.client_tasks.forget(&session.client.name, id);
         }
         self.cancel_at_server(session, task.server, &task.server_task);
+    }
+
+    /// The start of the process of server `server` (for `client`) that
+    /// makes a task now; `None` for a remote server.
+    pub(super) fn generation(&self, server: usize, client: &Arc<str>) -> Option<u64> {
+        let remote = matches!(
+            self.config.servers.get(server).map(|config| &config.kind),
+            Some(crate::config::UpstreamSpec::Remote(_))
+        );
+        if remote {
+            return None;
+        }
+        self.upstream_for(server, client)
+            .map(|upstream| upstream.restarts())
     }
 
     /// Tells a server to cancel its task `server_task` (one the proxy does
@@ -303,6 +331,10 @@ impl Gateway {
         let name = self.names[server].clone();
         tokio::spawn(async move {
             let timeout = upstream.config().call_timeout;
+            if upstream.ensure_running(timeout).await.is_err() {
+                tracing::info!(server = %name, "a task the proxy did not pass on: not cancelled (the server is not running)");
+                return;
+            }
             let call = upstream.begin(request, None).in_round(told, None);
             let outcome = match call.send_and_wait(timeout).await {
                 Ok(reply) if reply.get("result").is_some() => "cancelled",

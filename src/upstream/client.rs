@@ -133,7 +133,7 @@ impl Upstream {
             status_tx,
             !policy.lazy,
         );
-        shared.era.configure(config.protocol, &config.kind);
+        shared.era.configure(config.protocol);
         let shared = Arc::new(shared);
         Self {
             shared,

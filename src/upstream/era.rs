@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::config::{ServerProtocol, UpstreamSpec};
+use crate::config::ServerProtocol;
 
 /// What the next start of a server begins with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,14 +57,11 @@ impl Era {
 pub(crate) struct Remembered(AtomicU8);
 
 impl Remembered {
-    /// The era a server's config sets. A `remote` server is spoken to with
-    /// the handshake under `auto` (2026-07-28 toward remote servers is not
-    /// supported yet: the config refuses it when named).
-    pub(super) fn configure(&self, protocol: ServerProtocol, kind: &UpstreamSpec) {
+    /// The era a server's config sets.
+    pub(super) fn configure(&self, protocol: ServerProtocol) {
         let era = match protocol {
             ServerProtocol::Handshake => Era::Handshake,
             ServerProtocol::Stateless => Era::Stateless,
-            ServerProtocol::Auto if matches!(kind, UpstreamSpec::Remote(_)) => Era::Handshake,
             ServerProtocol::Auto => Era::Unknown,
         };
         self.learn(era);

@@ -18,6 +18,8 @@ use crate::protocol::{self, Kind};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
+const METHOD_HEADER: &str = "mcp-method";
+const NAME_HEADER: &str = "mcp-name";
 
 struct RemoteLink {
     client: reqwest::Client,
@@ -26,6 +28,13 @@ struct RemoteLink {
     session: RwLock<Option<HeaderValue>>,
     version: RwLock<Option<HeaderValue>>,
     listening: AtomicBool,
+    /// Spoken to in 2026-07-28: no session, no GET stream; each request
+    /// says what it is in its headers, and is cancelled by closing its
+    /// response.
+    stateless: AtomicBool,
+    /// The response streams of requests in flight, by the request's id:
+    /// cancelled, a stream is closed.
+    streams: std::sync::Mutex<std::collections::HashMap<u64, CancellationToken>>,
     limits: LimitsConfig,
     inbox: Arc<dyn Inbox>,
     closed: CancellationToken,
@@ -33,15 +42,50 @@ struct RemoteLink {
 
 impl RemoteLink {
     fn post(&self, message: &Value) -> reqwest::RequestBuilder {
-        let mut request = self
+        let request = self
             .client
             .post(self.url.clone())
             .headers(self.headers.clone())
             .header(ACCEPT, "application/json, text/event-stream")
             .header(CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(message).unwrap_or_default());
-        request = self.with_session(request);
+        match protocol::envelope_version(message) {
+            Some(version) => Self::stateless_headers(request, message, version),
+            None => self.with_session(request),
+        }
+    }
+
+    /// A 2026-07-28 request's headers (no session): its version, method
+    /// and, where the revision wants one, the name it is about.
+    fn stateless_headers(
+        mut request: reqwest::RequestBuilder,
+        message: &Value,
+        version: &str,
+    ) -> reqwest::RequestBuilder {
+        request = request.header(VERSION_HEADER, version);
+        if let Some(method) = protocol::method(message) {
+            request = request.header(METHOD_HEADER, method);
+        }
+        if let Some(Ok(name)) = protocol::routing_name(message) {
+            request = request.header(NAME_HEADER, protocol::encode_header_value(name));
+        }
         request
+    }
+
+    fn is_stateless(&self) -> bool {
+        self.stateless.load(Ordering::Relaxed)
+    }
+
+    /// What the proxy tells a 2026-07-28 server by notification: a request
+    /// cancelled is its response stream closed; nothing else is sent.
+    fn notify_stateless(&self, message: &Value) {
+        if protocol::method(message) != Some("notifications/cancelled") {
+            return;
+        }
+        let id = message.pointer("/params/requestId").and_then(Value::as_u64);
+        if let Some(stream) = id.and_then(|id| lock(&self.streams).remove(&id)) {
+            stream.cancel();
+        }
     }
 
     fn with_session(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -56,6 +100,11 @@ impl RemoteLink {
 
     async fn send_message(self: Arc<Self>, message: Value) -> Result<(), String> {
         let kind = protocol::classify(&message);
+        let stateless = protocol::envelope_version(&message).is_some();
+        if self.is_stateless() && kind != Some(Kind::Request) {
+            self.notify_stateless(&message);
+            return Ok(());
+        }
         let related = message.get("id").and_then(Value::as_u64);
         let response = self
             .post(&message)
@@ -63,7 +112,8 @@ impl RemoteLink {
             .await
             .map_err(|err| format!("cannot reach {}: {}", self.url, without_url(&err)))?;
         let status = response.status();
-        if let Some(session) = response.headers().get(SESSION_HEADER)
+        if !stateless
+            && let Some(session) = response.headers().get(SESSION_HEADER)
             && let Ok(mut slot) = self.session.write()
         {
             *slot = Some(session.clone());
@@ -73,21 +123,33 @@ impl RemoteLink {
             self.closed.cancel();
             return Err("the server ended the session".into());
         }
-        if !status.is_success() {
-            return Err(format!("the server answered HTTP {status}"));
-        }
-        if kind != Some(Kind::Request) {
-            return Ok(());
-        }
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_ascii_lowercase();
+        // A 2026-07-28 server answers an error with its HTTP status too (an
+        // unknown method is 404): its JSON-RPC error is the answer.
+        let error_answer = stateless && content_type.starts_with("application/json");
+        if !status.is_success() && !error_answer {
+            return Err(format!("the server answered HTTP {status}"));
+        }
+        if kind != Some(Kind::Request) {
+            return Ok(());
+        }
         if content_type.starts_with("text/event-stream") {
             let link = self.clone();
-            tokio::spawn(async move { link.read_events(response, related).await });
+            let stream = CancellationToken::new();
+            if let Some(id) = related.filter(|_| stateless) {
+                lock(&self.streams).insert(id, stream.clone());
+            }
+            tokio::spawn(async move {
+                link.read_events(response, related, &stream).await;
+                if let Some(id) = related.filter(|_| stateless) {
+                    lock(&link.streams).remove(&id);
+                }
+            });
             Ok(())
         } else if content_type.starts_with("application/json") {
             let body = read_limited(response, self.limits.max_message_bytes).await?;
@@ -106,7 +168,12 @@ impl RemoteLink {
         self.session.read().map(|s| s.is_some()).unwrap_or(false)
     }
 
-    async fn read_events(&self, mut response: reqwest::Response, related: Option<u64>) {
+    async fn read_events(
+        &self,
+        mut response: reqwest::Response,
+        related: Option<u64>,
+        cancelled: &CancellationToken,
+    ) {
         let mut parser = SseParser::new(self.limits.max_message_bytes);
         let mut events = Vec::new();
         // A call's stream is read while the call waits for its reply: once
@@ -118,6 +185,8 @@ impl RemoteLink {
             let chunk = tokio::select! {
                 chunk = response.chunk() => chunk,
                 () = self.closed.cancelled() => return,
+                // The request was cancelled: its stream is closed.
+                () = cancelled.cancelled() => return,
                 // On a timer of its own, so that a server that sends a
                 // comment now and then cannot keep the stream open.
                 _ = check.tick(), if related.is_some() => {
@@ -164,7 +233,8 @@ impl RemoteLink {
                 .header(ACCEPT, "text/event-stream");
             match request.send().await {
                 Ok(response) if response.status().is_success() => {
-                    self.read_events(response, None).await;
+                    self.read_events(response, None, &CancellationToken::new())
+                        .await;
                 }
                 Ok(response) if response.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => {
                     return;
@@ -177,6 +247,12 @@ impl RemoteLink {
             }
         }
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// reqwest errors print the URL, which may carry credentials in its query.
@@ -223,6 +299,12 @@ impl Link for RemoteHandle {
     }
 
     fn set_protocol_version(&self, version: &str) {
+        if version == protocol::MODERN_VERSION {
+            // No session to name, no stream of its own to open: each
+            // request carries its version.
+            self.0.stateless.store(true, Ordering::Relaxed);
+            return;
+        }
         if let (Ok(value), Ok(mut slot)) = (HeaderValue::from_str(version), self.0.version.write())
         {
             *slot = Some(value);
@@ -286,6 +368,8 @@ pub(super) async fn open(
         session: RwLock::new(None),
         version: RwLock::new(None),
         listening: AtomicBool::new(false),
+        stateless: AtomicBool::new(false),
+        streams: std::sync::Mutex::default(),
         limits,
         inbox,
         closed: closed.clone(),

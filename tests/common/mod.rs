@@ -618,6 +618,35 @@ impl RawClient {
 /// A GitHub token (the redaction rules know its shape).
 pub const GITHUB_TOKEN: &str = "ghp_R8xT2mQ9vL4nK7pW3sZ6yB1cD5fG0hJ8aE2u";
 
+/// The example server over streamable HTTP (with `extra` arguments), as a
+/// `remote` upstream: the process and its URL.
+pub async fn start_remote_example(name: &str, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(example_server_bin())
+        .args(["--http", "127.0.0.1:0", "--name", name])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the example server over HTTP");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                return Some(addr.trim().to_owned());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("the example server reports its address");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("http://{addr}/mcp"))
+}
+
 /// A proxy with the example server as `example`, Cedar `policies` and
 /// redaction toward the client.
 pub fn redacting_proxy(policies: &str) -> TestProxy {

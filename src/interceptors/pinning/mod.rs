@@ -272,7 +272,9 @@ impl Interceptor for Pinning {
             return Verdict::Continue;
         }
         match &*exchange.context.method {
-            "tools/call" => self.check(exchange, false),
+            // A task's poll and answers too (2026-07-28): its result and
+            // questions come from the tool as it is now.
+            "tools/call" | "tasks/get" | "tasks/update" => self.check(exchange, false),
             "prompts/get" if self.rules.is_some() => self.check(exchange, true),
             _ => Verdict::Continue,
         }

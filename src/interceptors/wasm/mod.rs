@@ -207,10 +207,15 @@ impl Plugin {
         }
         let context = &exchange.context;
         match (&context.server, &context.target) {
-            (Some(server), Some(target)) if context.method.starts_with("tools/") => tool_matches(
-                &self.config.tools,
-                &format!("{server}{}{target}", self.separator),
-            ),
+            // A task's requests (2026-07-28) are about its tool.
+            (Some(server), Some(target))
+                if context.method.starts_with("tools/") || context.method.starts_with("tasks/") =>
+            {
+                tool_matches(
+                    &self.config.tools,
+                    &format!("{server}{}{target}", self.separator),
+                )
+            }
             _ => false,
         }
     }
