@@ -12,7 +12,9 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::listening::{call_tool, listen_through, modern_rmcp, next_notification};
+use common::listening::{
+    call_tool, http_transport, listen_through, modern_rmcp, next_notification, stdio_transport,
+};
 use common::{AUDITOR_TOKEN, GITHUB_TOKEN, OTHER_TOKEN, TOKEN, TestProxy};
 use serde_json::{Value, json};
 
@@ -521,24 +523,9 @@ async fn rmcp_client_at_latest_over_http() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rmcp_client_at_latest_over_stdio() {
-    use rmcp::transport::TokioChildProcess;
     let proxy = proxy();
-    let (transport, _) = TokioChildProcess::builder(proxy.stdio_command())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn portcullis stdio");
+    let transport = stdio_transport(&proxy);
     rmcp_at_latest(transport).await;
-}
-
-/// rmcp's streamable HTTP transport to `url` with the bearer `token`.
-fn http_transport(
-    url: &str,
-    token: &str,
-) -> rmcp::transport::StreamableHttpClientTransport<reqwest::Client> {
-    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-    rmcp::transport::StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -584,12 +571,8 @@ async fn subscriptions_listen_over_http_carries_what_was_granted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn subscriptions_listen_over_stdio_carries_what_was_granted() {
-    use rmcp::transport::TokioChildProcess;
     let proxy = proxy();
-    let (transport, _) = TokioChildProcess::builder(proxy.stdio_command())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn portcullis stdio");
+    let transport = stdio_transport(&proxy);
     listen_through(transport, "example").await;
 }
 

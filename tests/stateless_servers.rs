@@ -18,6 +18,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::listening::{http_transport, stdio_transport};
 use common::{AUDITOR_TOKEN, TOKEN, TestProxy};
 use rmcp::model::{GetPromptRequestParams, ProtocolVersion};
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
@@ -78,24 +79,17 @@ where
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_2026_07_28_server_serves_a_handshake_client() {
-    use rmcp::transport::TokioChildProcess;
     let proxy = stateless_proxy();
-    let (transport, _) = TokioChildProcess::builder(proxy.stdio_command())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn portcullis stdio");
+    let transport = stdio_transport(&proxy);
     let lifecycle = ClientLifecycleMode::Initialize;
     exercise(transport, lifecycle, ProtocolVersion::V_2025_11_25).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_2026_07_28_server_serves_a_2026_07_28_client_and_each_call_is_recorded() {
-    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     let proxy = stateless_proxy();
     let served = proxy.serve_http().await;
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(served.url.clone()).auth_header(TOKEN),
-    );
+    let transport = http_transport(&served.url, TOKEN);
     let lifecycle = ClientLifecycleMode::Discover {
         preferred_versions: vec![ProtocolVersion::LATEST],
     };
@@ -139,12 +133,7 @@ async fn a_2026_07_28_servers_questions_to_clients_fail_at_it_and_say_so() {
 async fn a_2026_07_28_servers_changes_reach_a_2026_07_28_client_on_its_listen_stream() {
     let proxy = stateless_proxy();
     let served = proxy.serve_http().await;
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
-        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
-            served.url.clone(),
-        )
-        .auth_header(TOKEN),
-    );
+    let transport = http_transport(&served.url, TOKEN);
     common::listening::listen_through(transport, "modern").await;
     served.terminate().await;
 }
@@ -247,27 +236,18 @@ async fn remote_proxy(protocol: &str) -> (tokio::process::Child, TestProxy) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remote_2026_07_28_server_serves_both_kinds_of_client_with_every_interceptor() {
-    use rmcp::transport::TokioChildProcess;
-    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     let (_remote, proxy) = remote_proxy("2026-07-28").await;
-    let (transport, _) = TokioChildProcess::builder(proxy.stdio_command())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn portcullis stdio");
+    let transport = stdio_transport(&proxy);
     let lifecycle = ClientLifecycleMode::Initialize;
     exercise(transport, lifecycle, ProtocolVersion::V_2025_11_25).await;
     let served = proxy.serve_http().await;
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(served.url.clone()).auth_header(TOKEN),
-    );
+    let transport = http_transport(&served.url, TOKEN);
     let lifecycle = ClientLifecycleMode::Discover {
         preferred_versions: vec![ProtocolVersion::LATEST],
     };
     exercise(transport, lifecycle, ProtocolVersion::LATEST).await;
     // Its changes on the proxy's listen stream to it, over HTTP.
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(served.url.clone()).auth_header(TOKEN),
-    );
+    let transport = http_transport(&served.url, TOKEN);
     common::listening::listen_through(transport, "modern").await;
     // A task of it, polled to its end.
     let client = tasks_client(&served.url, TOKEN).await;
@@ -285,54 +265,44 @@ async fn a_remote_2026_07_28_server_serves_both_kinds_of_client_with_every_inter
 async fn auto_finds_a_remote_server_of_either_kind() {
     // A 2026-07-28 one: spoken to statelessly (each call a request of its own).
     let (_remote, proxy) = remote_proxy("auto").await;
-    let mut client = proxy.raw_stdio().await;
-    client.initialize().await;
-    let reply = client
-        .call_until_served(
-            2,
-            json!({ "name": "modern__echo", "arguments": { "text": "hi" } }),
-            Duration::from_secs(30),
-        )
-        .await;
-    assert_eq!(common::first_text(&reply), "modern: hi", "{reply}");
-    client
-        .wait_for_log(&["modern", "it speaks 2026-07-28"])
-        .await;
-    client.finish().await;
+    echoes_as_found(&proxy, "modern", "it speaks 2026-07-28").await;
     // A handshake one (the example server without `--stateless`): the
     // handshake after its refusal of server/discover.
     let (_remote, url) = common::start_remote_example("old", &[]).await;
     let proxy = TestProxy::new().with_server_toml(&format!(
         "[[servers]]\nname = \"old\"\nprotocol = \"auto\"\nremote = {{ url = {url:?} }}\n"
     ));
+    echoes_as_found(&proxy, "old", "not a 2026-07-28 server").await;
+}
+
+/// Server `server` of `proxy` echoes (once it is up), and the log says
+/// what `auto` found it to be (`found`).
+async fn echoes_as_found(proxy: &TestProxy, server: &str, found: &str) {
     let mut client = proxy.raw_stdio().await;
     client.initialize().await;
     let reply = client
         .call_until_served(
             2,
-            json!({ "name": "old__echo", "arguments": { "text": "hi" } }),
+            json!({ "name": format!("{server}__echo"), "arguments": { "text": "hi" } }),
             Duration::from_secs(30),
         )
         .await;
-    assert_eq!(common::first_text(&reply), "old: hi", "{reply}");
-    client
-        .wait_for_log(&["old", "not a 2026-07-28 server"])
-        .await;
+    assert_eq!(
+        common::first_text(&reply),
+        format!("{server}: hi"),
+        "{reply}"
+    );
+    client.wait_for_log(&[server, found]).await;
     client.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_finds_a_2026_07_28_server_and_serves_both_kinds_of_client_from_it() {
-    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     // The server refuses `initialize` and any request without its
     // envelope: it works only if the proxy found what it speaks.
     let proxy = proxy("auto", ", \"--stateless\"");
     let served = proxy.serve_http().await;
-    let connect = || {
-        rmcp::transport::StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(served.url.clone()).auth_header(TOKEN),
-        )
-    };
+    let connect = || http_transport(&served.url, TOKEN);
     let modern = ClientLifecycleMode::Discover {
         preferred_versions: vec![ProtocolVersion::LATEST],
     };
@@ -447,10 +417,7 @@ async fn tasks_client(
     token: &str,
 ) -> rmcp::service::RunningService<rmcp::RoleClient, rmcp::model::ClientConfig> {
     use rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
-    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token),
-    );
+    let transport = http_transport(url, token);
     let capabilities = ClientCapabilities::builder()
         .enable_elicitation()
         .enable_tasks()
@@ -467,12 +434,8 @@ async fn tasks_client(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_runs_through_the_proxy_over_stdio() {
     use rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
-    use rmcp::transport::TokioChildProcess;
     let proxy = stateless_proxy();
-    let (transport, _) = TokioChildProcess::builder(proxy.stdio_command())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn portcullis stdio");
+    let transport = stdio_transport(&proxy);
     let capabilities = ClientCapabilities::builder().enable_tasks().build();
     let info = ClientConfig::new(capabilities, Implementation::new("tasks-test", "1"));
     let lifecycle = ClientLifecycleMode::Discover {

@@ -35,6 +35,26 @@ pub(super) struct ExchangeRun<'g> {
 }
 
 impl Gateway {
+    /// Starts the exchange of a request of server `server`'s (sampling,
+    /// elicitation, roots) to `session`'s client.
+    pub(super) fn begin_asking(
+        &self,
+        session: &Session,
+        message: Value,
+        method: &str,
+        server: Option<Arc<str>>,
+    ) -> ExchangeRun<'_> {
+        let mut run = self.begin(
+            session,
+            message,
+            Direction::ServerToClient,
+            Phase::Request,
+            method,
+        );
+        run.exchange.context.server = server;
+        run
+    }
+
     /// Starts an exchange of `session`'s: a request of either direction is
     /// traced and recorded when it ends.
     pub(super) fn begin(

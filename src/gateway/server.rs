@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::chain::{Direction, Outcome, Phase};
+use crate::chain::{Outcome, Phase};
 use crate::protocol::{self, IdKey};
 use crate::upstream::{Origin, UpstreamEvent};
 
@@ -264,14 +264,7 @@ impl Gateway {
             return answer(Failure::ClientLacks(capability));
         }
 
-        let mut run = self.begin(
-            session,
-            message,
-            Direction::ServerToClient,
-            Phase::Request,
-            &method,
-        );
-        run.exchange.context.server = Some(upstream.name().clone());
+        let mut run = self.begin_asking(session, message, &method, Some(upstream.name().clone()));
         let started = std::time::Instant::now();
         if let Err(refusal) = self.chain.run(&mut run.exchange) {
             let refusal = Failure::from(refusal);

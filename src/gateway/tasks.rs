@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use crate::chain::{Direction, Outcome, Phase};
+use crate::chain::Outcome;
 use crate::protocol::{self, code};
 
 use super::failure::Failure;
@@ -254,14 +254,8 @@ impl Gateway {
             }
             let params = question.get("params").cloned().unwrap_or_else(|| json!({}));
             let message = protocol::request(Value::from(key.as_str()), &method, params);
-            let mut run = self.begin(
-                session,
-                message,
-                Direction::ServerToClient,
-                Phase::Request,
-                &method,
-            );
-            run.exchange.context.server = self.names.get(server).cloned();
+            let mut run =
+                self.begin_asking(session, message, &method, self.names.get(server).cloned());
             if let Err(refusal) = self.chain.run(&mut run.exchange) {
                 let refusal = Failure::from(refusal);
                 run.end(&refusal.outcome(), None).await;

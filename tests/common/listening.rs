@@ -24,6 +24,26 @@ where
         .expect("connect at 2026-07-28")
 }
 
+/// rmcp's streamable HTTP transport to `url` with the bearer `token`.
+pub fn http_transport(
+    url: &str,
+    token: &str,
+) -> rmcp::transport::StreamableHttpClientTransport<reqwest::Client> {
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    rmcp::transport::StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token),
+    )
+}
+
+/// `portcullis stdio` of `proxy` as rmcp's child-process transport.
+pub fn stdio_transport(proxy: &super::TestProxy) -> rmcp::transport::TokioChildProcess {
+    let (transport, _) = rmcp::transport::TokioChildProcess::builder(proxy.stdio_command())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn portcullis stdio");
+    transport
+}
+
 /// Calls `name` with `arguments` through an rmcp client.
 pub async fn call_tool(
     client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
