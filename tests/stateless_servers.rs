@@ -781,3 +781,70 @@ async fn a_hostile_servers_tasks_are_checked_before_a_client_sees_anything_of_th
     assert_eq!(reply["error"]["code"], -32603, "{reply}");
     client.finish().await;
 }
+
+/// The log messages `client` got (in its backlog) saying `text`.
+fn logged(client: &common::RawClient, text: &str) -> usize {
+    client
+        .backlog()
+        .iter()
+        .filter(|m| m["method"] == "notifications/message" && m["params"]["data"] == text)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2026_07_28_servers_log_messages_reach_each_client_at_its_level() {
+    let proxy = stateless_proxy();
+    // A 2026-07-28 client: the level of its request is the server's to
+    // honour (the example server sends only what the request asked for).
+    let mut client = proxy.raw_stdio().await;
+    let log = |level: Option<&str>, text: &str| {
+        let mut params = enveloped(
+            json!({ "name": "modern__log", "arguments": { "level": "warning", "message": text } }),
+            json!({}),
+        );
+        if let Some(level) = level {
+            params["_meta"]["io.modelcontextprotocol/logLevel"] = json!(level);
+        }
+        params
+    };
+    for (n, level, text) in [
+        (1, Some("info"), "wanted"),
+        (2, Some("error"), "too low"),
+        (3, None, "unasked"),
+    ] {
+        let reply = client.call(n, "tools/call", log(level, text)).await;
+        assert_eq!(common::first_text(&reply), "logged", "{reply}");
+    }
+    assert_eq!(logged(&client, "wanted"), 1, "{:?}", client.backlog());
+    assert_eq!(logged(&client, "too low") + logged(&client, "unasked"), 0);
+    client.finish().await;
+
+    // A handshake client: none before it sets a level, then those at it.
+    let mut client = proxy.raw_stdio().await;
+    let init = client.initialize().await;
+    assert!(
+        init["result"]["capabilities"].get("logging").is_some(),
+        "{init}"
+    );
+    call(
+        &mut client,
+        2,
+        "log",
+        json!({ "level": "warning", "message": "early" }),
+    )
+    .await;
+    let set = client
+        .call(3, "logging/setLevel", json!({ "level": "info" }))
+        .await;
+    assert!(set.get("result").is_some(), "{set}");
+    call(
+        &mut client,
+        4,
+        "log",
+        json!({ "level": "warning", "message": "set" }),
+    )
+    .await;
+    assert_eq!(logged(&client, "set"), 1, "{:?}", client.backlog());
+    assert_eq!(logged(&client, "early"), 0, "{:?}", client.backlog());
+    client.finish().await;
+}

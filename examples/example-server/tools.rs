@@ -348,13 +348,21 @@ impl ExampleServer {
     }
 
     /// Send a logging notification (notifications/message) with `level` and
-    /// `message`, then reply "logged".
+    /// `message`, then reply "logged". With `--stateless` (2026-07-28), only
+    /// when the request's `logLevel` asks for that level ("logged" still).
     #[tool]
     async fn log(
         &self,
         Parameters(LogArgs { level, message }): Parameters<LogArgs>,
         peer: Peer<RoleServer>,
+        meta: RequestMetaObject,
     ) -> CallToolResult {
+        if self.is_stateless() {
+            let wanted = meta.log_level();
+            if wanted.is_none_or(|least| (level as u8) < (least as u8)) {
+                return text_result("logged");
+            }
+        }
         let notification =
             LoggingMessageNotificationParam::new(level, json!(message)).with_logger(self.name());
         match peer.notify_logging_message(notification).await {

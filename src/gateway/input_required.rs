@@ -202,6 +202,7 @@ impl Gateway {
             let again = call
                 .upstream
                 .begin(call.sent.clone(), Some(call.origin.clone()))
+                .log_level(call.session.log_level())
                 .in_round(call.capabilities.clone(), Some((responses, state)));
             reply = self
                 .send_call(

@@ -220,16 +220,14 @@ impl Gateway {
             if let Some(info) = upstream.status().info() {
                 let caps = info.get("capabilities");
                 let has = |pointer: &str| caps.and_then(|c| c.pointer(pointer)).is_some();
-                // What the proxy does not relay to a 2026-07-28 server is
-                // not offered for it.
-                let relayed = !upstream.speaks_stateless();
                 // (Subscriptions to a 2026-07-28 server are made on the
-                // proxy's listen stream to it.)
+                // proxy's listen stream to it; its log messages are asked
+                // for in each request's envelope, at the client's level.)
                 subscribe |= caps
                     .and_then(|c| c.pointer("/resources/subscribe"))
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
-                logging |= relayed && has("/logging");
+                logging |= has("/logging");
                 completions |= has("/completions");
             }
         }

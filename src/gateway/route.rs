@@ -686,7 +686,10 @@ impl Gateway {
                 json!({ super::task_table::EXTENSION: {} }),
             );
         }
-        let mut call = upstream.begin(outgoing, Some(origin.clone()));
+        // Its log messages, as the client wants them.
+        let mut call = upstream
+            .begin(outgoing, Some(origin.clone()))
+            .log_level(session.log_level());
         if rounds || tasks {
             call = call.in_round(capabilities.clone(), None);
         }

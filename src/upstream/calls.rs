@@ -348,6 +348,26 @@ impl PendingCall {
         self
     }
 
+    /// For a 2026-07-28 server, before it is sent: the least severe log
+    /// message the calling client wants (`logLevel` in the envelope; a
+    /// server sends none for a request without one).
+    pub fn log_level(mut self, level: Option<protocol::LogLevel>) -> Self {
+        if let Some(level) = level
+            && let Some(meta) = self
+                .message
+                .as_mut()
+                .and_then(|message| message.pointer_mut("/params/_meta"))
+                .and_then(Value::as_object_mut)
+            && meta.contains_key(protocol::meta::PROTOCOL_VERSION)
+        {
+            meta.insert(
+                protocol::meta::LOG_LEVEL.into(),
+                Value::from(level.as_str()),
+            );
+        }
+        self
+    }
+
     /// The id the server sees for this call.
     pub fn upstream_id(&self) -> u64 {
         self.id
