@@ -252,7 +252,11 @@ async fn unknown_fields_custom_annotations_and_numbers_survive_both_ways() {
             "name": "raw__mirror",
             "arguments": {"int": 1, "float": 1.0, "big": 9007199254740993u64, "nested": {"x-y": [true, null]}},
             "x-request-extra": {"keep": "me"},
-            "_meta": {"x-trace": "abc"}
+            // 2026-07-28's envelope keys: not for a handshake server's ears.
+            "_meta": {"x-trace": "abc",
+                "io.modelcontextprotocol/protocolVersion": "2099-01-01",
+                "io.modelcontextprotocol/clientCapabilities": {"sampling": {}},
+                "io.modelcontextprotocol/logLevel": "debug"}
         },
         "x-envelope-extra": 42
     });

@@ -12,7 +12,7 @@ pub use framing::{Frame, FrameReader, HEAD_BYTES, encode_line, write_message};
 pub use modern::{
     ALL_VERSIONS, CACHEABLE, Envelope, EnvelopeError, MODERN_METHODS, MODERN_VERSION,
     REMOVED_IN_MODERN, TASKS_EXTENSION, decode_header_value, encode_header_value, envelope,
-    envelope_version, meta, put_envelope, routing_name, strip_protocol_meta,
+    envelope_version, meta, put_envelope, routing_name, strip_envelope_keys, strip_protocol_meta,
 };
 
 use serde_json::{Map, Value, json};

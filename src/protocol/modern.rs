@@ -130,6 +130,25 @@ pub fn strip_protocol_meta(message: &mut Value) -> bool {
     found.len() != before
 }
 
+/// Takes the 2026-07-28 envelope's keys (version, client capabilities,
+/// client info, log level) out of a message's `params._meta`.
+pub fn strip_envelope_keys(message: &mut Value) {
+    if let Some(found) = message
+        .get_mut("params")
+        .and_then(|params| params.get_mut("_meta"))
+        .and_then(Value::as_object_mut)
+    {
+        for key in [
+            meta::PROTOCOL_VERSION,
+            meta::CLIENT_CAPABILITIES,
+            meta::CLIENT_INFO,
+            meta::LOG_LEVEL,
+        ] {
+            found.remove(key);
+        }
+    }
+}
+
 /// The methods of the handshake revisions that 2026-07-28 removed: a
 /// stateless request naming one is an unknown method.
 pub const REMOVED_IN_MODERN: &[&str] = &[

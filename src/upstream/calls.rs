@@ -251,6 +251,11 @@ impl Shared {
                 params.remove("requestState");
             }
             protocol::put_envelope(&mut message, &proxy_envelope());
+        } else if origin.is_some() {
+            // What only 2026-07-28 puts in `_meta` (a version, capabilities):
+            // a handshake server is not told it by a client (the proxy's
+            // own probe, `server/discover`, carries the proxy's).
+            protocol::strip_envelope_keys(&mut message);
         }
         let client_token = match message
             .get_mut("params")

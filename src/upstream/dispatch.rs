@@ -132,6 +132,14 @@ impl Shared {
                     let _ = follow.send(message).await;
                     return;
                 }
+                // A 2026-07-28 server logs only for a request that asked:
+                // one that belongs to no call in flight is nobody else's.
+                if self.era.stateless()
+                    && protocol::method(&message) == Some("notifications/message")
+                {
+                    tracing::debug!(server = %self.name, "a log message of no call in flight dropped");
+                    return;
+                }
                 // Calls of several sessions in flight, or a call
                 // the transport named that has ended: it could hold
                 // any one client's data, so it goes to none of them.

@@ -49,10 +49,18 @@ impl RemoteLink {
             .header(ACCEPT, "application/json, text/event-stream")
             .header(CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(message).unwrap_or_default());
-        match protocol::envelope_version(message) {
-            Some(version) => Self::stateless_headers(request, message, version),
-            None => self.with_session(request),
+        if self.speaks_stateless(message) {
+            Self::stateless_headers(request, message)
+        } else {
+            self.with_session(request)
         }
+    }
+
+    /// Whether `message` goes as a 2026-07-28 request: to a server spoken to
+    /// in that revision, or the probe of whether it is one. Decided by the
+    /// link, never by what a message says of itself.
+    fn speaks_stateless(&self, message: &Value) -> bool {
+        self.is_stateless() || protocol::method(message) == Some("server/discover")
     }
 
     /// A 2026-07-28 request's headers (no session): its version, method
@@ -60,9 +68,8 @@ impl RemoteLink {
     fn stateless_headers(
         mut request: reqwest::RequestBuilder,
         message: &Value,
-        version: &str,
     ) -> reqwest::RequestBuilder {
-        request = request.header(VERSION_HEADER, version);
+        request = request.header(VERSION_HEADER, protocol::MODERN_VERSION);
         if let Some(method) = protocol::method(message) {
             request = request.header(METHOD_HEADER, method);
         }
@@ -100,17 +107,16 @@ impl RemoteLink {
 
     async fn send_message(self: Arc<Self>, message: Value) -> Result<(), String> {
         let kind = protocol::classify(&message);
-        let stateless = protocol::envelope_version(&message).is_some();
+        let stateless = self.speaks_stateless(&message);
         if self.is_stateless() && kind != Some(Kind::Request) {
             self.notify_stateless(&message);
             return Ok(());
         }
         let related = message.get("id").and_then(Value::as_u64);
-        let response = self
-            .post(&message)
-            .send()
-            .await
-            .map_err(|err| format!("cannot reach {}: {}", self.url, without_url(&err)))?;
+        let response =
+            self.post(&message).send().await.map_err(|err| {
+                format!("cannot reach {}: {}", shown(&self.url), without_url(&err))
+            })?;
         let status = response.status();
         if !stateless
             && let Some(session) = response.headers().get(SESSION_HEADER)
@@ -129,13 +135,24 @@ impl RemoteLink {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_ascii_lowercase();
-        // A 2026-07-28 server answers an error with its HTTP status too (an
-        // unknown method is 404): its JSON-RPC error is the answer.
-        let error_answer = stateless && content_type.starts_with("application/json");
-        if !status.is_success() && !error_answer {
-            return Err(format!("the server answered HTTP {status}"));
-        }
         if kind != Some(Kind::Request) {
+            return match status.is_success() {
+                true => Ok(()),
+                false => Err(format!("the server answered HTTP {status}")),
+            };
+        }
+        if !status.is_success() {
+            // A 2026-07-28 server answers an error with its HTTP status too
+            // (an unknown method is 404): its JSON-RPC error to this very
+            // request is the answer; anything else is the status alone.
+            let answer = match stateless && content_type.starts_with("application/json") {
+                true => self.error_answer(response, related).await,
+                false => None,
+            };
+            let Some(answer) = answer else {
+                return Err(format!("the server answered HTTP {status}"));
+            };
+            self.inbox.dispatch(answer, related).await;
             return Ok(());
         }
         if content_type.starts_with("text/event-stream") {
@@ -162,6 +179,24 @@ impl RemoteLink {
                 "the server answered with content type `{content_type}`"
             ))
         }
+    }
+
+    /// The JSON-RPC error response to request `related` in an HTTP error's
+    /// body, if that is what it holds.
+    async fn error_answer(
+        &self,
+        response: reqwest::Response,
+        related: Option<u64>,
+    ) -> Option<Value> {
+        let body = read_limited(response, self.limits.max_message_bytes)
+            .await
+            .ok()?;
+        let message = protocol::parse(&body, self.limits.max_depth).ok()?;
+        let answers = message
+            .get("id")
+            .and_then(Value::as_u64)
+            .is_some_and(|id| Some(id) == related);
+        (answers && protocol::classify(&message) == Some(Kind::ErrorResponse)).then_some(message)
     }
 
     fn has_session(&self) -> bool {
@@ -253,6 +288,16 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Where a server is, as errors may say it: its scheme, host and port (the
+/// URL's path, query and user info may carry credentials).
+fn shown(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or("?");
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    }
 }
 
 /// reqwest errors print the URL, which may carry credentials in its query.
