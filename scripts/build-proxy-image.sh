@@ -22,8 +22,8 @@ static_build --bin portcullis --bin portcullis-example-server
 CONTEXT="$ROOT/target/proxy-image"
 rm -rf "$CONTEXT"
 mkdir -p "$CONTEXT"
-cp "$ROOT/target/$HOST/release/portcullis" "$CONTEXT/portcullis"
-cp "$ROOT/target/$HOST/release/portcullis-example-server" "$CONTEXT/portcullis-example-server"
+cp "$ROOT/target/$HOST/$OUT/portcullis" "$CONTEXT/portcullis"
+cp "$ROOT/target/$HOST/$OUT/portcullis-example-server" "$CONTEXT/portcullis-example-server"
 cp "$ROOT/Dockerfile" "$CONTEXT/Dockerfile"
 # The CA certificates `remote` servers and an OTLP collector over https are
 # checked against (the client refuses to start without any): this machine's.

@@ -27,12 +27,23 @@ lock() {
 HOST="$(rustc -vV | sed -n 's/^host: //p')"
 [[ -n "$HOST" ]] || die "cannot tell the host target triple from rustc -vV"
 
-# Builds the named binaries (`--bin NAME` each) statically, in release, into
-# target/$HOST/release/.
+# The cargo profile of the static builds: `release` (what an image is made
+# of), unless PORTCULLIS_IMAGE_PROFILE names another. The tests set `dev`:
+# their images need no optimised code, and a dev build shares the host's
+# build scripts and proc macros with the tests' own build and compiles in a
+# fraction of a release build's time. OUT is the profile's folder.
+PROFILE="${PORTCULLIS_IMAGE_PROFILE:-release}"
+case "$PROFILE" in
+    dev) OUT=debug ;;
+    *) OUT="$PROFILE" ;;
+esac
+
+# Builds the named binaries (`--bin NAME` each) statically, in $PROFILE, into
+# target/$HOST/$OUT/.
 static_build() {
     (
         cd "$ROOT"
-        RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked \
+        RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile "$PROFILE" --locked \
             --target "$HOST" "$@"
     ) >&2 || die "the static build of $* failed"
 }

@@ -648,4 +648,27 @@ mod tests {
             "integers stay integers and floats stay floats"
         );
     }
+
+    #[test]
+    fn an_mcp_name_header_is_plain_ascii_or_base64_and_reads_back() {
+        for (name, plain) in [
+            ("example__echo", true),
+            ("file:///tmp/a b", true),
+            ("exämple__echo", false),
+            (" padded", false),
+            ("line\r\nX-Injected: 1", false),
+            ("=?base64?eA==?=", false),
+        ] {
+            let header = super::encode_header_value(name);
+            assert_eq!(header == name, plain, "{name:?} → {header:?}");
+            assert!(
+                header.bytes().all(|b| (0x20..=0x7e).contains(&b)),
+                "{header:?}"
+            );
+            assert_eq!(
+                super::decode_header_value(header.as_bytes()).as_deref(),
+                Some(name)
+            );
+        }
+    }
 }

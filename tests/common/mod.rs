@@ -73,10 +73,15 @@ pub fn test_image() -> String {
         .clone()
 }
 
-/// Runs `scripts/SCRIPT` (an image script) and returns the tag it built.
+/// Runs `scripts/SCRIPT` (an image script) and returns the tag it built:
+/// a `dev` build of the binaries, linked statically (what the tests check
+/// of an image is not its speed; `PORTCULLIS_IMAGE_PROFILE` set outside
+/// chooses another profile).
 pub fn image_from(script: &str) -> String {
+    let profile = std::env::var("PORTCULLIS_IMAGE_PROFILE").unwrap_or_else(|_| "dev".to_owned());
     let output = std::process::Command::new("bash")
         .arg(repo_root().join("scripts").join(script))
+        .env("PORTCULLIS_IMAGE_PROFILE", profile)
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|err| panic!("cannot run scripts/{script}: {err}"));
