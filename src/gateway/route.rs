@@ -36,8 +36,9 @@ pub(super) enum Rename {
     Name(String),
     /// `params.ref.name` (completion/complete for a prompt).
     RefName(String),
-    /// `params.taskId` (the server's own id for a task).
-    TaskId(String),
+    /// `params.taskId`: the server's own id of the task the request names
+    /// (the task, as routing found it, decides the request too).
+    Task(Box<super::task_table::Task>),
 }
 
 /// What became of a request sent on to its server.
@@ -229,11 +230,8 @@ impl Gateway {
             return reply;
         }
         // A task no one asked for is refused below: not left running.
-        if from_stateless
-            && super::task_table::is_task(&reply)
-            && let Some(server_task) = reply.pointer("/result/taskId").and_then(Value::as_str)
-        {
-            self.cancel_at_server(session, server, server_task);
+        if from_stateless {
+            self.cancel_task_of(session, server, &reply);
         }
         let reply = if session.stateless || from_stateless {
             super::modern::checked_result(reply)?
@@ -258,21 +256,30 @@ impl Gateway {
     ) -> Result<Route, Failure> {
         let catalog = self.catalog();
         let (route, target) = self.route(&catalog, session, method, &exchange.message)?;
-        if let Route::Server { server, .. } = &route {
-            exchange.context.server = self.names.get(*server).cloned();
-        }
+        let task = match &route {
+            Route::Server { server, rename } => {
+                exchange.context.server = self.names.get(*server).cloned();
+                match rename {
+                    Some(Rename::Task(task)) => Some(task),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
         let name = protocol::param_str(&exchange.message, "name");
-        exchange.context.definition = match method {
-            "tools/call" => name.and_then(|name| catalog.tool_definition(name)),
-            "prompts/get" => name.and_then(|name| catalog.prompt_definition(name)),
-            _ if super::task_table::METHODS.contains(&method) => {
-                // Decided as the call that created the task.
-                let task = protocol::param_str(&exchange.message, "taskId")
-                    .and_then(|id| self.client_tasks.find(&session.client.name, id));
-                task.and_then(|task| {
-                    exchange.context.call_arguments = task.arguments;
-                    catalog.tool_definition(&task.listed)
-                })
+        exchange.context.definition = match (method, task) {
+            ("tools/call", _) => name.and_then(|name| catalog.tool_definition(name)),
+            ("prompts/get", _) => name.and_then(|name| catalog.prompt_definition(name)),
+            // Decided as the call that created the task, against its tool
+            // as listed now: a tool its server no longer lists (or not
+            // yet, after a restart) is not there.
+            (_, Some(task)) => {
+                let definition = catalog.tool_definition(&task.listed);
+                if definition.is_none() {
+                    return Err(self.not_found("tool", &task.listed));
+                }
+                exchange.context.call_arguments = task.arguments.clone();
+                definition
             }
             _ => None,
         };
@@ -299,7 +306,9 @@ impl Gateway {
         match rename {
             Some(Rename::Name(name)) => outgoing["params"]["name"] = Value::from(name),
             Some(Rename::RefName(name)) => outgoing["params"]["ref"]["name"] = Value::from(name),
-            Some(Rename::TaskId(id)) => outgoing["params"]["taskId"] = Value::from(id),
+            Some(Rename::Task(task)) => {
+                outgoing["params"]["taskId"] = Value::from(task.server_task)
+            }
             None => {}
         }
         // A place among the server's requests in flight, if it limits them
@@ -401,7 +410,7 @@ impl Gateway {
                     }
                 }
             }
-            _ if method.starts_with("tasks/") => self.task_route(catalog, session, message),
+            _ if method.starts_with("tasks/") => self.task_route(session, message),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let uri = protocol::param_str(message, "uri")
                     .ok_or_else(|| invalid("`params.uri` must be a string"))?;
@@ -501,7 +510,6 @@ impl Gateway {
     /// of the task it names, about the task's tool.
     fn task_route(
         &self,
-        catalog: &Catalog,
         session: &Session,
         message: &Value,
     ) -> Result<(Route, Option<String>), Failure> {
@@ -512,14 +520,9 @@ impl Gateway {
             ));
         }
         let task = self.task_of(session, message)?;
-        // Decided and checked against its tool as listed now: a tool its
-        // server no longer lists (or not yet, after a restart) is not there.
-        if catalog.tool_definition(&task.listed).is_none() {
-            return Err(self.not_found("tool", &task.listed));
-        }
-        let rename = Some(Rename::TaskId(task.server_task));
-        let server = task.server;
-        Ok((Route::Server { server, rename }, Some(task.tool)))
+        let (server, tool) = (task.server, task.tool.clone());
+        let rename = Some(Rename::Task(Box::new(task)));
+        Ok((Route::Server { server, rename }, Some(tool)))
     }
 
     /// The task a 2026-07-28 client's `tasks/*` request names: one of its
@@ -538,7 +541,7 @@ impl Gateway {
         }
         let id = protocol::param_str(message, "taskId")
             .ok_or_else(|| Failure::InvalidParams("`params.taskId` must be a string".into()))?;
-        let unknown = || Failure::UnknownTask(protocol::cut(id, 128).to_owned());
+        let unknown = || super::task_table::unknown_task(id);
         let task = self
             .client_tasks
             .find(&session.client.name, id)
@@ -669,8 +672,9 @@ impl Gateway {
         let rounds = stateless && super::rounds::IN_ROUNDS.contains(&method);
         let kept = rounds.then(|| outgoing.clone());
         // Only where a round can carry a question (elsewhere it has none).
+        let declared = session.client_capabilities();
         let mut capabilities = if rounds {
-            super::input_required::told_capabilities(&session.client_capabilities())
+            super::input_required::told_capabilities(&declared)
         } else {
             serde_json::Map::new()
         };
@@ -679,7 +683,7 @@ impl Gateway {
         let tasks = stateless
             && session.stateless
             && (method == "tools/call" || super::task_table::METHODS.contains(&method))
-            && super::task_table::declared(&session.client_capabilities());
+            && super::task_table::declared(&declared);
         if tasks {
             capabilities.insert(
                 "extensions".into(),

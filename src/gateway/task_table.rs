@@ -113,6 +113,15 @@ impl Task {
     fn running(&self) -> bool {
         !FINISHED.contains(&self.status) && !self.cancel_asked
     }
+
+    /// Whether a poll may find it `status`: a finished task never starts
+    /// again.
+    fn may_become(&self, status: &str) -> Result<(), Failure> {
+        if FINISHED.contains(&self.status) && self.status != status {
+            return Err(bad("a finished task cannot change its status"));
+        }
+        Ok(())
+    }
 }
 
 /// What a new task is made of.
@@ -236,13 +245,8 @@ impl Tasks {
     /// Whether `client`'s task `id` may be found `status` by a poll: known,
     /// and not a finished task starting again.
     pub(super) fn may_become(&self, client: &str, id: &str, status: &str) -> Result<(), Failure> {
-        let task = self
-            .find(client, id)
-            .ok_or_else(|| Failure::UnknownTask(protocol::cut(id, 128).to_owned()))?;
-        if FINISHED.contains(&task.status) && task.status != status {
-            return Err(bad("a finished task cannot change its status"));
-        }
-        Ok(())
+        let task = self.find(client, id).ok_or_else(|| unknown_task(id))?;
+        task.may_become(status)
     }
 
     /// The servers (by index) with tasks running: not stopped for
@@ -271,10 +275,10 @@ impl Tasks {
         let task = tasks
             .get_mut(id)
             .filter(|task| &*task.client == client && task.expires > now)
-            .ok_or_else(|| Failure::UnknownTask(protocol::cut(id, 128).to_owned()))?;
-        if FINISHED.contains(&task.status) && task.status != status {
-            return Err(bad("a finished task cannot change its status"));
-        }
+            .ok_or_else(|| unknown_task(id))?;
+        // Checked again under the lock: the poll's questions were decided
+        // since.
+        task.may_become(status)?;
         if FINISHED.contains(&status) && !FINISHED.contains(&task.status) {
             task.expires = task.expires.min(now + FINISHED_KEPT);
         }
@@ -323,6 +327,11 @@ impl Tasks {
     pub(super) fn len(&self) -> usize {
         lock(&self.by_id).len()
     }
+}
+
+/// The answer to a task id that names no task of the client's.
+pub(super) fn unknown_task(id: &str) -> Failure {
+    Failure::UnknownTask(protocol::cut(id, 128).to_owned())
 }
 
 fn bad(why: &str) -> Failure {

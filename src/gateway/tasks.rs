@@ -122,12 +122,9 @@ impl Gateway {
                         task_table::MAX_KEPT_ARGUMENTS / 1024
                     ))),
                 };
-                if taken.is_err()
-                    && let Some(server_task) =
-                        reply.pointer("/result/taskId").and_then(Value::as_str)
-                {
+                if taken.is_err() {
                     // Not passed on: not left running either.
-                    self.cancel_at_server(session, server, server_task);
+                    self.cancel_task_of(session, server, reply);
                 }
                 Some(taken)
             }
@@ -165,7 +162,7 @@ impl Gateway {
             if method == "tasks/get" && said == Some(code::INVALID_PARAMS) {
                 self.client_tasks.forget(client, id);
                 self.update_holds();
-                return Err(Failure::UnknownTask(protocol::cut(id, 128).to_owned()));
+                return Err(task_table::unknown_task(id));
             }
             return Err(Failure::ServerTask(format!(
                 "its server refused `{method}` (code {})",
@@ -299,6 +296,21 @@ impl Gateway {
         }
         self.upstream_for(server, client)
             .map(|upstream| upstream.restarts())
+    }
+
+    /// Tells a server to cancel the task its `reply` made, if it made one
+    /// (see [`Self::cancel_at_server`]).
+    pub(super) fn cancel_task_of(
+        self: &Arc<Self>,
+        session: &Session,
+        server: usize,
+        reply: &Value,
+    ) {
+        if task_table::is_task(reply)
+            && let Some(server_task) = reply.pointer("/result/taskId").and_then(Value::as_str)
+        {
+            self.cancel_at_server(session, server, server_task);
+        }
     }
 
     /// Tells a server to cancel its task `server_task` (one the proxy does
