@@ -1309,10 +1309,33 @@ async fn a_roots_list_changed_reaches_the_server_as_the_proxys_own() {
 
 /// A server whose tool `flood` sends `times` progress notifications for
 /// the call, then replies "done".
+/// Waits until the flood's server has written all of it (the last of it
+/// then sits in its stdout pipe or has been read by the proxy): reading
+/// before then, on a slow machine, would take most of the flood as it
+/// comes, which proves nothing about a client that does not read.
+async fn flood_sent(hostile: &Hostile) {
+    let sent = tokio::time::timeout(Duration::from_secs(180), async {
+        while !std::fs::read_to_string(&hostile.log)
+            .unwrap_or_default()
+            .contains("# flood sent")
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let received = std::fs::read_to_string(&hostile.log).unwrap_or_default();
+    assert!(
+        sent.is_ok(),
+        "the server did not finish its flood; it received: {}",
+        &received[..received.len().min(2000)]
+    );
+}
+
 fn progress_flood(times: usize) -> Hostile {
     Hostile::new(json!({"tools": {"flood": [
         {"send": r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":{progressToken},"progress":1,"message":"working"}}"#,
          "times": times},
+        {"mark": "flood sent"},
         reply(&json!({"content": [text("done")]})),
     ]}}))
 }
@@ -1347,21 +1370,10 @@ async fn a_call_stream_its_client_does_not_read_stays_bounded() {
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     // The server sends everything while the client reads nothing.
-    let sent = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        loop {
-            let received = std::fs::read_to_string(&hostile.log).unwrap_or_default();
-            if received.contains("h__flood") || received.contains("\"flood\"") {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(sent.is_ok(), "the call did not reach the server");
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    flood_sent(&hostile).await;
     let mut answer = Vec::new();
     let read = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(120),
         stream.read_to_end(&mut answer),
     )
     .await;
@@ -1421,20 +1433,10 @@ async fn a_stdio_client_that_does_not_read_gets_a_bounded_queue() {
     .await;
 
     // The server sends everything while the client reads nothing.
-    let reached = tokio::time::timeout(Duration::from_secs(30), async {
-        while !std::fs::read_to_string(&hostile.log)
-            .unwrap_or_default()
-            .contains("\"flood\"")
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(reached.is_ok(), "the call did not reach the server");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    flood_sent(&hostile).await;
 
     let (mut progress, mut reply) = (0_usize, None::<Value>);
-    let read = tokio::time::timeout(Duration::from_secs(60), async {
+    let read = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             line.clear();
             if stdout.read_line(&mut line).await.unwrap() == 0 {
