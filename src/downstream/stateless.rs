@@ -170,7 +170,7 @@ pub(super) async fn post(
         client,
         Transport::Http,
         outlet.clone(),
-        &envelope,
+        envelope,
     );
     let hangup = Hangup {
         gateway: state.gateway.clone(),

@@ -330,7 +330,7 @@ impl Connection {
             self.client.clone(),
             Transport::Stdio,
             self.outlet.clone(),
-            &envelope,
+            envelope,
         );
         lock(&calls).insert(id.clone(), session.clone());
         let gateway = self.gateway.clone();

@@ -65,15 +65,19 @@ impl Storage for Memory {
 }
 
 /// An interceptor that lets everything through and notes every end it is
-/// told of: (method, phase at the end, outcome).
-struct Ends(Shared<(String, Phase, Outcome)>);
+/// told of: (method, phase at the end, outcome), and every client request
+/// as it saw it.
+struct Ends(Shared<(String, Phase, Outcome)>, Shared<Value>);
 
 impl Interceptor for Ends {
     fn name(&self) -> &str {
         "ends"
     }
 
-    fn on_request(&self, _: &mut Exchange) -> Verdict {
+    fn on_request(&self, exchange: &mut Exchange) -> Verdict {
+        if let Ok(mut seen) = self.1.lock() {
+            seen.push(exchange.message.clone());
+        }
         Verdict::Continue
     }
 
@@ -103,6 +107,7 @@ pub(super) struct Harness {
     pub(super) audit_broken: Arc<AtomicBool>,
     written: Shared<AuditRecord>,
     ends: Shared<(String, Phase, Outcome)>,
+    requests_seen: Shared<Value>,
     opened: Opened,
     events: Mutex<Option<mpsc::Receiver<UpstreamEvent>>>,
 }
@@ -115,8 +120,8 @@ impl Harness {
             Ok(config) => Arc::new(config),
             Err(err) => panic!("the test config loads: {err}"),
         };
-        let ends = Shared::default();
-        let chain = Chain::new(vec![Arc::new(Ends(ends.clone()))]);
+        let (ends, requests_seen) = (Shared::default(), Shared::default());
+        let chain = Chain::new(vec![Arc::new(Ends(ends.clone(), requests_seen.clone()))]);
         let audit_broken = Arc::new(AtomicBool::new(false));
         let written = Shared::default();
         let storage = Memory {
@@ -145,6 +150,7 @@ impl Harness {
             audit_broken,
             written,
             ends,
+            requests_seen,
             opened,
             events: Mutex::new(Some(events)),
         }
@@ -249,7 +255,7 @@ impl Harness {
             ClientIdentity::new(client, &[]),
             Transport::Http,
             Arc::new(Inbox(sender)),
-            &envelope,
+            envelope,
         );
         (session, receiver)
     }
@@ -275,6 +281,11 @@ impl Harness {
     /// Every end the chain was told of: (method, phase, outcome).
     pub(super) fn ends(&self) -> Vec<(String, Phase, Outcome)> {
         take(&self.ends)
+    }
+
+    /// The client requests the chain was given, as it saw them.
+    pub(super) fn requests_seen(&self) -> Vec<Value> {
+        take(&self.requests_seen)
     }
 }
 

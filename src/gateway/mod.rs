@@ -471,7 +471,7 @@ impl Gateway {
         client: ClientIdentity,
         transport: Transport,
         outlet: Arc<dyn Outlet>,
-        envelope: &protocol::Envelope,
+        envelope: protocol::Envelope,
     ) -> Arc<Session> {
         let key = self.next_session.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session::of_request(

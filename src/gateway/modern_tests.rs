@@ -98,6 +98,50 @@ async fn a_servers_input_required_result_and_cache_hints_never_reach_a_modern_cl
 }
 
 #[tokio::test]
+async fn the_chain_sees_a_modern_request_without_its_envelope() {
+    let (harness, mut files) = one_server().await;
+    let (session, _inbox) = harness.stateless_session("alice");
+    // The envelope, a protocol key of no known use, and one of the
+    // client's own beside a progress token.
+    let mut call = modern(
+        1,
+        "tools/call",
+        json!({ "name": "files__read", "arguments": {} }),
+    );
+    call["params"]["_meta"]["io.modelcontextprotocol/related-task"] = json!({ "taskId": "t" });
+    call["params"]["_meta"]["com.example/trace"] = json!("kept");
+    let answer = spawn_handle(&harness, &session, call);
+    let seen = files.next_received().await;
+    files.reply(&seen, json!({ "content": [] })).await;
+    let _ = answer.await;
+    // The envelope alone: `_meta` goes with it.
+    let bare = request(
+        2,
+        "tools/list",
+        json!({ "_meta": { meta::PROTOCOL_VERSION: protocol::MODERN_VERSION,
+            meta::CLIENT_CAPABILITIES: {} } }),
+    );
+    let _ = harness.gateway.handle(&session, bare).await;
+
+    let requests = harness.requests_seen();
+    let call = requests
+        .iter()
+        .find(|r| r["method"] == "tools/call")
+        .unwrap_or_else(|| panic!("the chain saw the call: {requests:?}"));
+    let kept = call["params"]["_meta"]
+        .as_object()
+        .unwrap_or_else(|| panic!("the client's own keys stay: {call}"));
+    let mut keys: Vec<&str> = kept.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["com.example/trace", "progressToken"], "{call}");
+    let list = requests
+        .iter()
+        .find(|r| r["method"] == "tools/list")
+        .unwrap_or_else(|| panic!("the chain saw the list: {requests:?}"));
+    assert!(list["params"].get("_meta").is_none(), "{list}");
+}
+
+#[tokio::test]
 async fn a_client_hanging_up_while_its_call_waits_for_a_place_gives_the_place_up() {
     let (harness, mut files) = one_server().await;
     // Alice's call takes the one place the server has.

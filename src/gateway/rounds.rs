@@ -19,6 +19,7 @@
 //! retry the client abandons (closing the response, or cancelling it).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -106,6 +107,14 @@ impl Parked {
 /// `inputResponses` and `requestState`.
 pub(super) fn round_params(message: &Value) -> [u8; 32] {
     params_digest(message.get("params"))
+}
+
+/// Whether a client's declared capabilities let a server ask it anything
+/// (what [`super::server::capability_of`] names).
+fn can_be_asked(declared: &Value) -> bool {
+    ["sampling", "elicitation", "roots"]
+        .iter()
+        .any(|capability| declared.get(capability).is_some_and(|c| !c.is_null()))
 }
 
 /// [`round_params`] of a request's `params`.
@@ -277,12 +286,15 @@ impl Gateway {
     }
 
     /// A 2026-07-28 request: in rounds where its method can take them,
-    /// framed as that revision wants.
+    /// framed as that revision wants. Its envelope (already read into the
+    /// request's session) is taken out first: the chain, its plugins and
+    /// the record see the request as a session's request would be.
     pub(super) async fn stateless_request(
         self: &Arc<Self>,
         session: &Arc<Session>,
-        message: Value,
+        mut message: Value,
     ) -> Option<Value> {
+        modern::strip_envelope(&mut message);
         let method = protocol::method(&message).unwrap_or_default().to_owned();
         if !IN_ROUNDS.contains(&method.as_str()) {
             let reply = self.handle_request(session, message).await;
@@ -290,6 +302,15 @@ impl Gateway {
         }
         if message.pointer("/params/requestState").is_some() {
             return self.resume(session, message, method).await;
+        }
+        session.in_rounds.store(true, Ordering::Relaxed);
+        // A client that declared nothing a server could ask it is refused
+        // every question (as lacking the capability) before a round would
+        // be needed: its call runs as any other request, with no place
+        // kept for questions and nothing kept to resume it by.
+        if !session.client_capabilities(can_be_asked) {
+            let reply = self.handle_request(session, message).await;
+            return reply.map(|reply| modern::frame_reply(&method, reply));
         }
         self.first_round(session, message, method).await
     }

@@ -383,6 +383,38 @@ async fn a_server_asks_a_round_only_what_a_round_can_carry() {
     harness.gateway.close_stateless(&session);
 }
 
+#[tokio::test]
+async fn a_client_that_declared_nothing_a_server_can_ask_gets_no_round() {
+    let (harness, mut files) = started().await;
+    let (session, mut inbox) = harness.stateless_session_with("alice", json!({}));
+    let answer = spawn_handle(&harness, &session, read_call(1, "a"));
+    let seen = files.next_received().await;
+    // Each question refused at the server as the client lacking it (an
+    // unknown method as unknown); none reaches the client.
+    for (id, method) in [
+        ("q-sampling", "sampling/createMessage"),
+        ("q-elicitation", "elicitation/create"),
+        ("q-roots", "roots/list"),
+        ("q-list", "tools/list"),
+    ] {
+        let asked = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": {} });
+        files.send_on_stream_of(&seen, asked).await;
+        let got = files.next_received().await;
+        assert_eq!(got["id"], id, "{got}");
+        assert_eq!(
+            got["error"]["code"],
+            protocol::code::METHOD_NOT_FOUND,
+            "{got}"
+        );
+    }
+    files.reply(&seen, json!({ "content": [] })).await;
+    let done = answer.await.ok().flatten().unwrap_or_default();
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    assert!(inbox.try_recv().is_err(), "the client was sent something");
+    harness.gateway.close_stateless(&session);
+    assert_eq!(harness.gateway.session_count(), 0);
+}
+
 #[test]
 fn a_retry_repeats_the_params_whatever_their_order_and_nothing_else() {
     use super::rounds::round_params;

@@ -536,7 +536,7 @@ impl Gateway {
             let method = protocol::method(message).unwrap_or_default();
             return Err(Failure::MethodNotFound(method.to_owned()));
         }
-        if !super::task_table::declared(&session.client_capabilities()) {
+        if !session.client_capabilities(super::task_table::declared) {
             return Err(Failure::TasksNotDeclared);
         }
         let id = protocol::param_str(message, "taskId")
@@ -672,18 +672,20 @@ impl Gateway {
         let rounds = stateless && super::rounds::IN_ROUNDS.contains(&method);
         let kept = rounds.then(|| outgoing.clone());
         // Only where a round can carry a question (elsewhere it has none).
-        let declared = session.client_capabilities();
-        let mut capabilities = if rounds {
-            super::input_required::told_capabilities(&declared)
-        } else {
-            serde_json::Map::new()
-        };
+        let (mut capabilities, declares_tasks) = session.client_capabilities(|declared| {
+            let told = if rounds {
+                super::input_required::told_capabilities(declared)
+            } else {
+                serde_json::Map::new()
+            };
+            (told, super::task_table::declared(declared))
+        });
         // Tasks, where the client takes them (on a call, and on the task's
         // own requests, which a server refuses without it).
         let tasks = stateless
             && session.stateless
             && (method == "tools/call" || super::task_table::METHODS.contains(&method))
-            && super::task_table::declared(&declared);
+            && declares_tasks;
         if tasks {
             capabilities.insert(
                 "extensions".into(),

@@ -245,7 +245,7 @@ impl Gateway {
         // need a capability; a server's `ping` never gets here: the
         // upstream answers it).
         if session.stateless {
-            let refusal = if session.asks.get().is_none() {
+            let refusal = if !session.in_rounds.load(std::sync::atomic::Ordering::Relaxed) {
                 Some(Failure::NoBackChannel)
             } else if capability.is_none() {
                 Some(Failure::MethodNotFound(

@@ -113,6 +113,9 @@ pub struct Session {
     /// What that request listens to, once acknowledged: from then on the
     /// session carries those notifications, and only those.
     pub(crate) listen: std::sync::OnceLock<Listen>,
+    /// A 2026-07-28 request whose method can take rounds (a call, a prompt,
+    /// a read): its server may ask the client what the client declared.
+    pub(crate) in_rounds: std::sync::atomic::AtomicBool,
     /// A 2026-07-28 call that may take several rounds: where its server's
     /// requests to the client go (see `gateway::rounds`).
     pub(crate) asks: std::sync::OnceLock<mpsc::Sender<InputAsk>>,
@@ -230,6 +233,7 @@ impl Session {
             stateless: false,
             listen_asked: std::sync::atomic::AtomicBool::new(false),
             listen: std::sync::OnceLock::new(),
+            in_rounds: std::sync::atomic::AtomicBool::new(false),
             asks: std::sync::OnceLock::new(),
             parked: Mutex::new(false),
         }
@@ -243,7 +247,7 @@ impl Session {
         client: ClientIdentity,
         transport: Transport,
         outlet: Arc<dyn Outlet>,
-        envelope: &Envelope,
+        envelope: Envelope,
     ) -> Self {
         let session = Self {
             stateless: true,
@@ -252,8 +256,8 @@ impl Session {
         {
             let mut state = session.state();
             state.initialized = true;
-            state.protocol_version = Some(envelope.version.clone());
-            state.client_capabilities = Value::Object(envelope.capabilities.clone());
+            state.protocol_version = Some(envelope.version);
+            state.client_capabilities = Value::Object(envelope.capabilities);
             state.log_level = envelope.log_level;
         }
         session
@@ -271,10 +275,10 @@ impl Session {
         self.state().protocol_version.clone()
     }
 
-    /// The capabilities the client declared (its `initialize`, or the
-    /// request's envelope).
-    pub(crate) fn client_capabilities(&self) -> Value {
-        self.state().client_capabilities.clone()
+    /// What `read` finds in the capabilities the client declared (its
+    /// `initialize`, or the request's envelope), read in place.
+    pub(crate) fn client_capabilities<T>(&self, read: impl FnOnce(&Value) -> T) -> T {
+        read(&self.state().client_capabilities)
     }
 
     pub(crate) fn has_client_capability(&self, capability: &str) -> bool {

@@ -57,7 +57,7 @@ pub(super) enum Asked {
 
 impl Asked {
     pub(super) fn of(session: &Session, method: &str, message: &Value) -> Self {
-        if !session.stateless || !task_table::declared(&session.client_capabilities()) {
+        if !session.stateless || !session.client_capabilities(task_table::declared) {
             return Self::Nothing;
         }
         let param = |key: &str| {
