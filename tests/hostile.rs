@@ -1307,8 +1307,6 @@ async fn a_roots_list_changed_reaches_the_server_as_the_proxys_own() {
     hostile.assert_received_clean(&[&secret]);
 }
 
-/// A server whose tool `flood` sends `times` progress notifications for
-/// the call, then replies "done".
 /// Waits until the flood's server has written all of it (the last of it
 /// then sits in its stdout pipe or has been read by the proxy): reading
 /// before then, on a slow machine, would take most of the flood as it
@@ -1331,6 +1329,8 @@ async fn flood_sent(hostile: &Hostile) {
     );
 }
 
+/// A server whose tool `flood` sends `times` progress notifications for
+/// the call, marks its log "flood sent", then replies "done".
 fn progress_flood(times: usize) -> Hostile {
     Hostile::new(json!({"tools": {"flood": [
         {"send": r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":{progressToken},"progress":1,"message":"working"}}"#,

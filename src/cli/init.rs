@@ -152,7 +152,7 @@ pub fn init(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A random bearer token: 256 bits from the OS, in hex.
+/// A random bearer token: 256 bits in hex, 244 of them random from the OS.
 fn new_token() -> String {
     let mut bytes = Vec::with_capacity(32);
     for _ in 0..2 {

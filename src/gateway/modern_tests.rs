@@ -143,6 +143,13 @@ async fn the_chain_sees_a_modern_request_without_its_envelope() {
 
 #[tokio::test]
 async fn a_client_hanging_up_while_its_call_waits_for_a_place_gives_the_place_up() {
+    // A client that can be asked nothing (its call runs as any request),
+    // and one that can (its call runs ready for rounds).
+    hanging_up_while_waiting_for_a_place(json!({})).await;
+    hanging_up_while_waiting_for_a_place(json!({ "sampling": {} })).await;
+}
+
+async fn hanging_up_while_waiting_for_a_place(capabilities: Value) {
     let (harness, mut files) = one_server().await;
     // Alice's call takes the one place the server has.
     let (alice, _a) = harness.initialized_session("alice").await;
@@ -157,7 +164,7 @@ async fn a_client_hanging_up_while_its_call_waits_for_a_place_gives_the_place_up
     );
     let first = files.next_received().await;
     // Bob's 2026-07-28 call waits for it; Bob hangs up.
-    let (bob, _b) = harness.stateless_session("bob");
+    let (bob, _b) = harness.stateless_session_with("bob", capabilities);
     let waiting = spawn_handle(
         &harness,
         &bob,

@@ -387,7 +387,9 @@ async fn a_server_asks_a_round_only_what_a_round_can_carry() {
 async fn a_client_that_declared_nothing_a_server_can_ask_gets_no_round() {
     let (harness, mut files) = started().await;
     let (session, mut inbox) = harness.stateless_session_with("alice", json!({}));
-    let answer = spawn_handle(&harness, &session, read_call(1, "a"));
+    let mut call = read_call(1, "a");
+    call["params"]["_meta"][meta::CLIENT_CAPABILITIES] = json!({});
+    let answer = spawn_handle(&harness, &session, call);
     let seen = files.next_received().await;
     // Each question refused at the server as the client lacking it (an
     // unknown method as unknown); none reaches the client.

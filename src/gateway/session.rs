@@ -276,7 +276,8 @@ impl Session {
     }
 
     /// What `read` finds in the capabilities the client declared (its
-    /// `initialize`, or the request's envelope), read in place.
+    /// `initialize`, or the request's envelope), read in place, under the
+    /// session's state lock: `read` must not touch the session.
     pub(crate) fn client_capabilities<T>(&self, read: impl FnOnce(&Value) -> T) -> T {
         read(&self.state().client_capabilities)
     }
