@@ -87,6 +87,9 @@ pub(super) struct Places(Mutex<HashMap<Arc<str>, Arc<Semaphore>>>);
 impl Places {
     pub(super) fn of(&self, client: &str) -> Arc<Semaphore> {
         let mut places = lock(&self.0);
+        if let Some(found) = places.get(client) {
+            return found.clone();
+        }
         places
             .entry(Arc::from(client))
             .or_insert_with(|| Arc::new(Semaphore::new(CLIENT_IN_FLIGHT)))

@@ -223,7 +223,7 @@ pub fn encode_header_value(text: &str) -> String {
 /// An `Mcp-Name` (or `Mcp-Param-*`) header value decoded: plain visible
 /// ASCII as it is, or `=?base64?…?=` holding UTF-8. `None` when it is
 /// neither.
-pub fn decode_header_value(value: &[u8]) -> Option<String> {
+pub fn decode_header_value(value: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     use base64::Engine as _;
     let text = std::str::from_utf8(value).ok()?;
     if let Some(inner) = text
@@ -233,9 +233,9 @@ pub fn decode_header_value(value: &[u8]) -> Option<String> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(inner)
             .ok()?;
-        return String::from_utf8(bytes).ok();
+        return String::from_utf8(bytes).ok().map(std::borrow::Cow::Owned);
     }
     let visible = text.bytes().all(|b| (0x20..=0x7e).contains(&b));
     let trimmed = text.trim() == text;
-    (visible && trimmed).then(|| text.to_owned())
+    (visible && trimmed).then_some(std::borrow::Cow::Borrowed(text))
 }
