@@ -9,45 +9,17 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{GITHUB_TOKEN, HttpSession, TOKEN, TestProxy};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 /// The fixture server, listening: it and its `/mcp` URL.
 async fn hostile_server() -> (Child, String) {
-    let script = common::repo_root().join("tests/fixtures/hostile_http_upstream.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the hostile HTTP server (python3)");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                return Some(addr.trim().to_owned());
-            }
-            eprintln!("[hostile] {line}");
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .expect("the hostile server reports its address");
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            eprintln!("[hostile] {line}");
-        }
-    });
-    (child, format!("http://{addr}/mcp"))
+    let mut command = Command::new("python3");
+    command.arg(common::repo_root().join("tests/fixtures/hostile_http_upstream.py"));
+    common::start_http_server(command, "the hostile HTTP server (python3)").await
 }
 
 /// A proxy redacting toward clients, with the fixture as `h` (2026-07-28,

@@ -63,6 +63,25 @@ async fn started() -> (Harness, ScriptedServer) {
     (harness, files)
 }
 
+/// The server's next message is its request `id` refused with `code`.
+async fn refused_at_server(files: &mut ScriptedServer, id: &str, code: i64) {
+    let got = files.next_received().await;
+    assert_eq!(got["id"], id, "{got}");
+    assert_eq!(got["error"]["code"], code, "{got}");
+}
+
+/// The server answers the call it was sent (`seen`); the client's reply
+/// is complete.
+async fn completes(
+    files: &mut ScriptedServer,
+    seen: &Value,
+    answer: tokio::task::JoinHandle<Option<Value>>,
+) {
+    files.reply(seen, json!({ "content": [] })).await;
+    let done = answer.await.ok().flatten().unwrap_or_default();
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+}
+
 fn alice(harness: &Harness) -> Arc<Session> {
     harness
         .stateless_session_with("alice", json!({ "sampling": {} }))
@@ -366,20 +385,15 @@ async fn a_server_asks_a_round_only_what_a_round_can_carry() {
     for (id, method) in [("srv-ping", "ping"), ("srv-list", "tools/list")] {
         let asked = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": {} });
         files.send_on_stream_of(&seen, asked).await;
-        let got = files.next_received().await;
-        assert_eq!(got["id"], id, "{got}");
-        match method {
-            "ping" => assert_eq!(got["result"], json!({}), "{got}"),
-            _ => assert_eq!(
-                got["error"]["code"],
-                protocol::code::METHOD_NOT_FOUND,
-                "{got}"
-            ),
+        if method == "ping" {
+            let got = files.next_received().await;
+            assert_eq!(got["id"], id, "{got}");
+            assert_eq!(got["result"], json!({}), "{got}");
+        } else {
+            refused_at_server(&mut files, id, protocol::code::METHOD_NOT_FOUND).await;
         }
     }
-    files.reply(&seen, json!({ "content": [] })).await;
-    let done = answer.await.ok().flatten().unwrap_or_default();
-    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    completes(&mut files, &seen, answer).await;
     harness.gateway.close_stateless(&session);
 }
 
@@ -401,17 +415,9 @@ async fn a_client_that_declared_nothing_a_server_can_ask_gets_no_round() {
     ] {
         let asked = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": {} });
         files.send_on_stream_of(&seen, asked).await;
-        let got = files.next_received().await;
-        assert_eq!(got["id"], id, "{got}");
-        assert_eq!(
-            got["error"]["code"],
-            protocol::code::METHOD_NOT_FOUND,
-            "{got}"
-        );
+        refused_at_server(&mut files, id, protocol::code::METHOD_NOT_FOUND).await;
     }
-    files.reply(&seen, json!({ "content": [] })).await;
-    let done = answer.await.ok().flatten().unwrap_or_default();
-    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    completes(&mut files, &seen, answer).await;
     assert!(inbox.try_recv().is_err(), "the client was sent something");
     harness.gateway.close_stateless(&session);
     assert_eq!(harness.gateway.session_count(), 0);
@@ -457,16 +463,8 @@ async fn a_client_holds_a_bounded_number_of_questions() {
             continue;
         }
         // One too many: refused at the server, which then ends its call.
-        let refused = files.next_received().await;
-        assert_eq!(refused["id"], id, "{refused}");
-        assert_eq!(
-            refused["error"]["code"],
-            protocol::code::CLIENT_UNAVAILABLE,
-            "{refused}"
-        );
-        files.reply(&seen, json!({ "content": [] })).await;
-        let done = answer.await.ok().flatten().unwrap_or_default();
-        assert_eq!(done["result"]["resultType"], "complete", "{done}");
+        refused_at_server(&mut files, &id, protocol::code::CLIENT_UNAVAILABLE).await;
+        completes(&mut files, &seen, answer).await;
         harness.gateway.close_stateless(&session);
     }
     // Another client's places are its own.

@@ -626,15 +626,23 @@ pub const GITHUB_TOKEN: &str = "ghp_R8xT2mQ9vL4nK7pW3sZ6yB1cD5fG0hJ8aE2u";
 /// The example server over streamable HTTP (with `extra` arguments), as a
 /// `remote` upstream: the process and its URL.
 pub async fn start_remote_example(name: &str, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(example_server_bin())
+    let mut command = Command::new(example_server_bin());
+    command
         .args(["--http", "127.0.0.1:0", "--name", name])
-        .args(extra)
+        .args(extra);
+    start_http_server(command, "the example server").await
+}
+
+/// Runs `command`, an MCP server over HTTP that writes `listening on
+/// HOST:PORT` to stderr: it and its `/mcp` URL (its stderr drained after).
+pub async fn start_http_server(mut command: Command, what: &str) -> (Child, String) {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn the example server over HTTP");
+        .unwrap_or_else(|err| panic!("spawn {what}: {err}"));
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
@@ -647,7 +655,7 @@ pub async fn start_remote_example(name: &str, extra: &[&str]) -> (Child, String)
     .await
     .ok()
     .flatten()
-    .expect("the example server reports its address");
+    .unwrap_or_else(|| panic!("{what} did not report its address"));
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, format!("http://{addr}/mcp"))
 }
