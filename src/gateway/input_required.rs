@@ -80,6 +80,10 @@ pub(super) struct RoundCall<'a> {
     /// What the server is told the client can be asked.
     pub(super) capabilities: Map<String, Value>,
     pub(super) cancel: &'a CancellationToken,
+    /// When the call, rounds and all, is out of time: its first sending
+    /// plus the server's call timeout, as for a call to a handshake server
+    /// whose questions come while its call waits.
+    pub(super) deadline: tokio::time::Instant,
 }
 
 /// A round's questions (each of the server's keys with its request, as a
@@ -132,6 +136,29 @@ impl Gateway {
     /// request is sent again with the answers. The last reply, with the
     /// server's id.
     pub(super) async fn through_rounds(
+        self: &Arc<Self>,
+        call: RoundCall<'_>,
+        reply: Value,
+        client_id: &Value,
+    ) -> Result<Value, Failure> {
+        let deadline = call.deadline;
+        let (server, after) = (
+            call.upstream.name().to_string(),
+            call.upstream.config().call_timeout,
+        );
+        // Past it, what is in the works is dropped: a question is withdrawn
+        // from the client, a request sent again is cancelled at the server.
+        match tokio::time::timeout_at(deadline, self.rounds(call, reply, client_id)).await {
+            Ok(done) => done,
+            Err(_) => Err(Failure::Upstream(crate::upstream::UpstreamError::Timeout {
+                server,
+                after,
+            })),
+        }
+    }
+
+    /// [`Gateway::through_rounds`] without its deadline.
+    async fn rounds(
         self: &Arc<Self>,
         call: RoundCall<'_>,
         mut reply: Value,

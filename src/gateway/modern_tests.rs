@@ -488,10 +488,18 @@ async fn no_session_ends_another_sessions_subscription_at_the_server() {
 /// A gateway whose one server, `files`, is spoken to in 2026-07-28: its
 /// start (`server/discover`, with the proxy's envelope) checked.
 async fn stateless_server_started() -> (Harness, crate::upstream::scripted::ScriptedServer) {
-    let harness = Harness::new(
+    stateless_server_with("").await
+}
+
+/// A 2026-07-28 server `files` (with `extra` in its `[[servers]]` entry),
+/// started: its `server/discover` answered.
+pub(super) async fn stateless_server_with(
+    extra: &str,
+) -> (Harness, crate::upstream::scripted::ScriptedServer) {
+    let harness = Harness::new(&format!(
         "[[clients]]\nname = \"alice\"\n\
-         [[servers]]\nname = \"files\"\nprotocol = \"2026-07-28\"\nprocess = { command = \"scripted\" }\n",
-    );
+         [[servers]]\nname = \"files\"\nprotocol = \"2026-07-28\"\nprocess = {{ command = \"scripted\" }}\n{extra}"
+    ));
     let starting = harness.start();
     let mut files = harness.connections("files", None).next().await;
     // No handshake: `server/discover`, with the proxy's envelope.

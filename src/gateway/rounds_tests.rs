@@ -576,3 +576,57 @@ async fn a_read_and_a_prompt_take_rounds_as_a_call_does() {
         assert_eq!(done["result"]["resultType"], "complete", "{done}");
     }
 }
+
+#[tokio::test]
+async fn a_2026_07_28_servers_rounds_end_with_the_calls_time() {
+    let (harness, mut files) =
+        super::modern_tests::stateless_server_with("timeout = \"1s\"\n").await;
+    let (legacy, mut inbox) = harness.initialized_session("alice").await;
+    let call = request(
+        1,
+        "tools/call",
+        json!({ "name": "files__read", "arguments": {} }),
+    );
+    let mut answer = spawn_handle(&harness, &legacy, call);
+    let mut sent = 0;
+    let reply = loop {
+        tokio::select! {
+            done = &mut answer => break done.ok().flatten().unwrap_or_default(),
+            received = files.next_received() => {
+                if received.get("id").is_none() {
+                    continue;
+                }
+                sent += 1;
+                // Each round well within the second the call has; together
+                // past it (ten of them would take three).
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let more = json!({ "resultType": "input_required",
+                    "inputRequests": { "r": { "method": "roots/list" } } });
+                files.reply(&received, more).await;
+            }
+            told = inbox.recv() => {
+                let told = told.unwrap_or_default();
+                if told["method"] == "roots/list" {
+                    let roots = json!({ "jsonrpc": "2.0", "id": told["id"].clone(),
+                        "result": { "roots": [] } });
+                    harness.gateway.handle(&legacy, roots).await;
+                }
+            }
+        }
+    };
+    assert_eq!(
+        reply["error"]["code"],
+        protocol::code::UPSTREAM_TIMEOUT,
+        "{reply}"
+    );
+    assert!(
+        sent < 11,
+        "ended by the ten-round limit, not its time: {reply}"
+    );
+    let records = harness.exchanges().await;
+    let recorded = records
+        .iter()
+        .find(|r| r.method == "tools/call")
+        .unwrap_or_else(|| panic!("the call is recorded: {records:?}"));
+    assert_eq!(recorded.decision, "error", "{records:?}");
+}

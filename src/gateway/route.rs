@@ -699,6 +699,7 @@ impl Gateway {
         if rounds || tasks {
             call = call.in_round(capabilities.clone(), None);
         }
+        let deadline = tokio::time::Instant::now() + upstream.config().call_timeout;
         let reply = self
             .send_call(session, server, &upstream, call, client_id, &cancel)
             .await;
@@ -712,6 +713,7 @@ impl Gateway {
                     origin,
                     capabilities,
                     cancel: &cancel,
+                    deadline,
                 };
                 self.through_rounds(call, reply, client_id).await
             }
