@@ -16,7 +16,7 @@
 //! with an error: `inputResponses` can carry only results.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures_util::StreamExt as _;
 use serde_json::{Map, Value, json};
@@ -147,9 +147,15 @@ impl Gateway {
             call.upstream.config().call_timeout,
         );
         // Past it, what is in the works is dropped: a question is withdrawn
-        // from the client, a request sent again is cancelled at the server.
-        match tokio::time::timeout_at(deadline, self.rounds(call, reply, client_id)).await {
+        // from the client, a request sent again is cancelled at the server;
+        // the call ends as the one of them it was waiting for.
+        let asking = AtomicBool::new(false);
+        let rounds = self.rounds(call, reply, client_id, &asking);
+        match tokio::time::timeout_at(deadline, rounds).await {
             Ok(done) => done,
+            Err(_) if asking.load(Ordering::Relaxed) => Err(Failure::ServerRounds(
+                "its questions were not answered within the call's time".to_owned(),
+            )),
             Err(_) => Err(Failure::Upstream(crate::upstream::UpstreamError::Timeout {
                 server,
                 after,
@@ -157,12 +163,14 @@ impl Gateway {
         }
     }
 
-    /// [`Gateway::through_rounds`] without its deadline.
+    /// [`Gateway::through_rounds`] without its deadline; `asking` says
+    /// whether it waits for the client (else for the server).
     async fn rounds(
         self: &Arc<Self>,
         call: RoundCall<'_>,
         mut reply: Value,
         client_id: &Value,
+        asking: &AtomicBool,
     ) -> Result<Value, Failure> {
         let instance = self
             .per_client(call.server)
@@ -202,6 +210,7 @@ impl Gateway {
                 })
                 .collect();
             let mut responses = Map::new();
+            asking.store(true, Ordering::Relaxed);
             loop {
                 let next = tokio::select! {
                     next = answers.next() => next,
@@ -226,6 +235,7 @@ impl Gateway {
                 };
                 responses.insert(key.clone(), result.clone());
             }
+            asking.store(false, Ordering::Relaxed);
             let again = call
                 .upstream
                 .begin(call.sent.clone(), Some(call.origin.clone()))
