@@ -488,43 +488,7 @@ async fn no_session_ends_another_sessions_subscription_at_the_server() {
 /// A gateway whose one server, `files`, is spoken to in 2026-07-28: its
 /// start (`server/discover`, with the proxy's envelope) checked.
 async fn stateless_server_started() -> (Harness, crate::upstream::scripted::ScriptedServer) {
-    stateless_server_with("").await
-}
-
-/// A 2026-07-28 server `files` (with `extra` in its `[[servers]]` entry),
-/// started: its `server/discover` answered.
-pub(super) async fn stateless_server_with(
-    extra: &str,
-) -> (Harness, crate::upstream::scripted::ScriptedServer) {
-    let harness = Harness::new(&format!(
-        "[[clients]]\nname = \"alice\"\n\
-         [[servers]]\nname = \"files\"\nprotocol = \"2026-07-28\"\nprocess = {{ command = \"scripted\" }}\n{extra}"
-    ));
-    let starting = harness.start();
-    let mut files = harness.connections("files", None).next().await;
-    // No handshake: `server/discover`, with the proxy's envelope.
-    let discover = files.next_received().await;
-    assert_eq!(discover["method"], "server/discover", "{discover}");
-    let sent_meta = &discover["params"]["_meta"];
-    assert_eq!(sent_meta[meta::PROTOCOL_VERSION], protocol::MODERN_VERSION);
-    assert_eq!(
-        sent_meta[meta::CLIENT_CAPABILITIES],
-        json!({}),
-        "{discover}"
-    );
-    files.answer_lists(json!([tool("read")]));
-    files
-        .reply(
-            &discover,
-            json!({ "supportedVersions": [protocol::MODERN_VERSION],
-                "capabilities": { "tools": {} },
-                "_meta": { meta::SERVER_INFO: { "name": "files", "version": "1" } } }),
-        )
-        .await;
-    if let Err(err) = starting.await {
-        panic!("the gateway did not start: {err}");
-    }
-    (harness, files)
+    super::rounds_tests::stateless_server_with("").await
 }
 
 #[tokio::test]
@@ -622,34 +586,8 @@ async fn a_2026_07_28_server_gets_the_envelope_and_its_results_are_framed_for_ea
 
 #[tokio::test]
 async fn a_2026_07_28_server_asking_round_after_round_is_cut_off() {
-    let (harness, mut files) = stateless_server_started().await;
-    let (legacy, mut inbox) = harness.initialized_session("alice").await;
-    let call = request(
-        1,
-        "tools/call",
-        json!({ "name": "files__read", "arguments": {} }),
-    );
-    let mut answer = spawn_handle(&harness, &legacy, call);
-    let mut sent = 0;
-    let reply = loop {
-        tokio::select! {
-            done = &mut answer => break done.ok().flatten().unwrap_or_default(),
-            reply = files.next_received() => {
-                sent += 1;
-                let more = json!({ "resultType": "input_required",
-                    "inputRequests": { "r": { "method": "roots/list" } } });
-                files.reply(&reply, more).await;
-            }
-            told = inbox.recv() => {
-                let told = told.unwrap_or_default();
-                if told["method"] == "roots/list" {
-                    let roots = json!({ "jsonrpc": "2.0", "id": told["id"].clone(),
-                        "result": { "roots": [] } });
-                    harness.gateway.handle(&legacy, roots).await;
-                }
-            }
-        }
-    };
+    let mut call = super::rounds_tests::legacy_call("").await;
+    let (reply, sent) = call.round_after_round(std::time::Duration::ZERO).await;
     assert_eq!(
         reply["error"]["code"],
         protocol::code::INTERNAL_ERROR,

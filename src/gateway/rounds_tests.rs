@@ -577,43 +577,111 @@ async fn a_read_and_a_prompt_take_rounds_as_a_call_does() {
     }
 }
 
-#[tokio::test]
-async fn a_2026_07_28_servers_rounds_end_with_the_calls_time() {
-    let (harness, mut files) =
-        super::modern_tests::stateless_server_with("timeout = \"1s\"\n").await;
-    let (legacy, mut inbox) = harness.initialized_session("alice").await;
+/// A 2026-07-28 server `files` (with `extra` in its `[[servers]]` entry),
+/// started: its `server/discover` answered.
+pub(super) async fn stateless_server_with(
+    extra: &str,
+) -> (Harness, crate::upstream::scripted::ScriptedServer) {
+    let harness = Harness::new(&format!(
+        "[[clients]]\nname = \"alice\"\n\
+         [[servers]]\nname = \"files\"\nprotocol = \"2026-07-28\"\nprocess = {{ command = \"scripted\" }}\n{extra}"
+    ));
+    let starting = harness.start();
+    let mut files = harness.connections("files", None).next().await;
+    // No handshake: `server/discover`, with the proxy's envelope.
+    let discover = files.next_received().await;
+    assert_eq!(discover["method"], "server/discover", "{discover}");
+    let sent_meta = &discover["params"]["_meta"];
+    assert_eq!(sent_meta[meta::PROTOCOL_VERSION], protocol::MODERN_VERSION);
+    assert_eq!(
+        sent_meta[meta::CLIENT_CAPABILITIES],
+        json!({}),
+        "{discover}"
+    );
+    files.answer_lists(json!([{ "name": "read", "inputSchema": { "type": "object" } }]));
+    files
+        .reply(
+            &discover,
+            json!({ "supportedVersions": [protocol::MODERN_VERSION],
+                "capabilities": { "tools": {} },
+                "_meta": { meta::SERVER_INFO: { "name": "files", "version": "1" } } }),
+        )
+        .await;
+    if let Err(err) = starting.await {
+        panic!("the gateway did not start: {err}");
+    }
+    (harness, files)
+}
+
+/// A handshake session of alice's, its `files__read` call on a 2026-07-28
+/// server `files` (`extra` in its entry) sent: the call in the works.
+pub(super) struct LegacyCall {
+    pub(super) harness: Harness,
+    pub(super) files: ScriptedServer,
+    pub(super) legacy: Arc<Session>,
+    pub(super) inbox: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    pub(super) answer: tokio::task::JoinHandle<Option<Value>>,
+}
+
+pub(super) async fn legacy_call(extra: &str) -> LegacyCall {
+    let (harness, files) = stateless_server_with(extra).await;
+    let (legacy, inbox) = harness.initialized_session("alice").await;
     let call = request(
         1,
         "tools/call",
         json!({ "name": "files__read", "arguments": {} }),
     );
-    let mut answer = spawn_handle(&harness, &legacy, call);
-    let mut sent = 0;
-    let reply = loop {
-        tokio::select! {
-            done = &mut answer => break done.ok().flatten().unwrap_or_default(),
-            received = files.next_received() => {
-                if received.get("id").is_none() {
-                    continue;
+    let answer = spawn_handle(&harness, &legacy, call);
+    LegacyCall {
+        harness,
+        files,
+        legacy,
+        inbox,
+        answer,
+    }
+}
+
+impl LegacyCall {
+    /// Until the call ends: the server answers each request of it, after
+    /// `delay`, with another round (a `roots/list`), and the client answers
+    /// each question at once. The call's reply, and how many times the
+    /// server was sent the call.
+    pub(super) async fn round_after_round(&mut self, delay: Duration) -> (Value, usize) {
+        let mut sent = 0;
+        let reply = loop {
+            tokio::select! {
+                done = &mut self.answer => break done.ok().flatten().unwrap_or_default(),
+                received = self.files.next_received() => {
+                    if received.get("id").is_none() {
+                        continue;
+                    }
+                    sent += 1;
+                    tokio::time::sleep(delay).await;
+                    let more = json!({ "resultType": "input_required",
+                        "inputRequests": { "r": { "method": "roots/list" } } });
+                    self.files.reply(&received, more).await;
                 }
-                sent += 1;
-                // Each round well within the second the call has; together
-                // past it (ten of them would take three).
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let more = json!({ "resultType": "input_required",
-                    "inputRequests": { "r": { "method": "roots/list" } } });
-                files.reply(&received, more).await;
-            }
-            told = inbox.recv() => {
-                let told = told.unwrap_or_default();
-                if told["method"] == "roots/list" {
-                    let roots = json!({ "jsonrpc": "2.0", "id": told["id"].clone(),
-                        "result": { "roots": [] } });
-                    harness.gateway.handle(&legacy, roots).await;
+                told = self.inbox.recv() => {
+                    let told = told.unwrap_or_default();
+                    if told["method"] == "roots/list" {
+                        let roots = json!({ "jsonrpc": "2.0", "id": told["id"].clone(),
+                            "result": { "roots": [] } });
+                        self.harness.gateway.handle(&self.legacy, roots).await;
+                    }
                 }
             }
-        }
-    };
+        };
+        (reply, sent)
+    }
+}
+
+#[tokio::test]
+async fn a_2026_07_28_servers_rounds_end_with_the_calls_time() {
+    let mut call = legacy_call("timeout = \"1s\"\n").await;
+    // Each round well within the second the call has; together past it
+    // (ten of them would take three).
+    let (reply, sent) = call.round_after_round(Duration::from_millis(300)).await;
+    let harness = call.harness;
     // Out of time while the server had the request (mostly) or while the
     // client was being asked (in the moment its answer took).
     let code = reply["error"]["code"].as_i64();
@@ -635,15 +703,12 @@ async fn a_2026_07_28_servers_rounds_end_with_the_calls_time() {
 
 #[tokio::test]
 async fn a_question_unanswered_past_the_calls_time_ends_the_call_and_is_withdrawn() {
-    let (harness, mut files) =
-        super::modern_tests::stateless_server_with("timeout = \"1s\"\n").await;
-    let (legacy, mut inbox) = harness.initialized_session("alice").await;
-    let call = request(
-        1,
-        "tools/call",
-        json!({ "name": "files__read", "arguments": {} }),
-    );
-    let answer = spawn_handle(&harness, &legacy, call);
+    let LegacyCall {
+        mut files,
+        mut inbox,
+        answer,
+        ..
+    } = legacy_call("timeout = \"1s\"\n").await;
     let sent = files.next_received().await;
     let asks = json!({ "resultType": "input_required",
         "inputRequests": { "r": { "method": "roots/list" } } });
