@@ -109,14 +109,6 @@ pub(super) fn round_params(message: &Value) -> [u8; 32] {
     params_digest(message.get("params"))
 }
 
-/// Whether a client's declared capabilities let a server ask it anything
-/// (what [`super::server::capability_of`] names).
-fn can_be_asked(declared: &Value) -> bool {
-    ["sampling", "elicitation", "roots"]
-        .iter()
-        .any(|capability| declared.get(capability).is_some_and(|c| !c.is_null()))
-}
-
 /// [`round_params`] of a request's `params`.
 fn params_digest(params: Option<&Value>) -> [u8; 32] {
     use sha2::Digest as _;
@@ -296,23 +288,20 @@ impl Gateway {
     ) -> Option<Value> {
         modern::strip_envelope(&mut message);
         let method = protocol::method(&message).unwrap_or_default().to_owned();
-        if !IN_ROUNDS.contains(&method.as_str()) {
-            let reply = self.handle_request(session, message).await;
-            return reply.map(|reply| modern::frame_reply(&method, reply));
-        }
-        if message.pointer("/params/requestState").is_some() {
+        let in_rounds = IN_ROUNDS.contains(&method.as_str());
+        if in_rounds && message.pointer("/params/requestState").is_some() {
             return self.resume(session, message, method).await;
         }
-        session.in_rounds.store(true, Ordering::Relaxed);
+        session.in_rounds.store(in_rounds, Ordering::Relaxed);
         // A client that declared nothing a server could ask it is refused
         // every question (as lacking the capability) before a round would
         // be needed: its call runs as any other request, with no place
         // kept for questions and nothing kept to resume it by.
-        if !session.client_capabilities(can_be_asked) {
-            let reply = self.handle_request(session, message).await;
-            return reply.map(|reply| modern::frame_reply(&method, reply));
+        if in_rounds && session.can_be_asked() {
+            return self.first_round(session, message, method).await;
         }
-        self.first_round(session, message, method).await
+        let reply = self.handle_request(session, message).await;
+        reply.map(|reply| modern::frame_reply(&method, reply))
     }
 
     /// A request that may take rounds: runs here until it ends or its

@@ -204,6 +204,15 @@ fn tag_subscription(message: &mut Value, id: &Value) {
     }
 }
 
+/// The client capabilities a server's request to a client may need (what
+/// `gateway::server::capability_of` names).
+const ASKABLE: [&str; 3] = ["sampling", "elicitation", "roots"];
+
+/// Whether `declared` (a client's capabilities) holds `capability`.
+fn declares(declared: &Value, capability: &str) -> bool {
+    declared.get(capability).is_some_and(|c| !c.is_null())
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded values are plain maps and flags, valid after any panic.
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
@@ -283,10 +292,17 @@ impl Session {
     }
 
     pub(crate) fn has_client_capability(&self, capability: &str) -> bool {
-        self.state()
-            .client_capabilities
-            .get(capability)
-            .is_some_and(|c| !c.is_null())
+        self.client_capabilities(|declared| declares(declared, capability))
+    }
+
+    /// Whether the client declared any capability a server's request to it
+    /// needs ([`ASKABLE`]).
+    pub(crate) fn can_be_asked(&self) -> bool {
+        self.client_capabilities(|declared| {
+            ASKABLE
+                .iter()
+                .any(|capability| declares(declared, capability))
+        })
     }
 
     pub fn log_level(&self) -> Option<LogLevel> {
