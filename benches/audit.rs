@@ -63,6 +63,7 @@ fn record(n: u64) -> AuditRecord {
         detail: None,
         prev_hash: String::new(),
         protocol: None,
+        identity: None,
         hash: String::new(),
         mac: None,
     }

@@ -193,6 +193,7 @@ fn main() {
         transport: "http",
         protocol: "2025-11-25",
         session: "session-1",
+        scopes: &[],
         time: SystemTime::now(),
     };
     assert_eq!(store.decide(&query), store.decide_unsliced(&query));

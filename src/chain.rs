@@ -63,6 +63,22 @@ pub struct ClientIdentity {
     pub groups: Arc<[Arc<str>]>,
     /// Attributes from `[[clients]] attributes` (policies read them).
     pub attributes: Arc<serde_json::Map<String, Value>>,
+    /// What the client's access token says, when it proved itself with one
+    /// from an identity provider (`[oauth]`).
+    pub token: Option<Arc<TokenFacts>>,
+}
+
+/// Who vouched for a client that came with an access token, and what the
+/// token grants: for the audit record and `context.scopes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFacts {
+    /// The `[[oauth.providers]]` name of the token's issuer.
+    pub provider: Arc<str>,
+    /// The token's `sub`.
+    pub subject: Option<String>,
+    /// The OAuth client the token was issued to (`client_id`, or `azp`).
+    pub client_id: Option<String>,
+    pub scopes: Arc<[Arc<str>]>,
 }
 
 impl ClientIdentity {
@@ -74,7 +90,13 @@ impl ClientIdentity {
                 .map(|group| Arc::from(group.as_str()))
                 .collect(),
             attributes: Arc::default(),
+            token: None,
         }
+    }
+
+    /// The token's scopes (none for a client without a token).
+    pub fn scopes(&self) -> &[Arc<str>] {
+        self.token.as_ref().map_or(&[], |token| &token.scopes)
     }
 
     pub fn with_attributes(mut self, attributes: serde_json::Map<String, Value>) -> Self {

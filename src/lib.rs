@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod downstream;
 pub mod gateway;
+pub mod identity;
 pub mod interceptors;
 pub mod metrics;
 pub mod private_dir;

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("chain", 2),
     ("audit", 3),
     ("upstream", 3),
+    ("identity", 3),
     ("interceptors", 4),
     ("gateway", 5),
     ("downstream", 6),

@@ -38,7 +38,7 @@ mod writer;
 pub use commit::Audit;
 pub use query::{Filter, FilterError, FilterParams};
 pub use reader::{Anchor, Reader};
-pub use record::{AuditRecord, GENESIS, Redaction, sha256_canonical};
+pub use record::{AuditRecord, GENESIS, Redaction, TokenIdentity, sha256_canonical};
 pub use retention::PRUNE_EVERY;
 pub use seal::{Checkpoint, MacCheck, Seal, SealError, Signer, Statement, Verifier};
 pub use sled_store::SledStorage;
@@ -219,6 +219,7 @@ mod tests {
             detail: None,
             prev_hash: String::new(),
             protocol: None,
+            identity: None,
             hash: String::new(),
             mac: None,
         }

@@ -26,6 +26,10 @@ pub struct Filter {
     pub decision: Option<String>,
     /// `exchange`, `session_start`, … (DESIGN.md, "Audit record").
     pub kind: Option<String>,
+    /// The identity provider that vouched for the client (`[[oauth.providers]]`
+    /// name), and the token's subject.
+    pub provider: Option<String>,
+    pub subject: Option<String>,
     /// Timestamps in the records' own format (`YYYY-MM-DDThh:mm:ss.mmmZ`).
     pub since: Option<String>,
     pub until: Option<String>,
@@ -59,6 +63,13 @@ impl Filter {
             && self.target.as_deref().is_none_or(target_matches)
             && self.decision.as_ref().is_none_or(|d| *d == record.decision)
             && self.kind.as_ref().is_none_or(|k| *k == record.kind)
+            && self
+                .provider
+                .as_ref()
+                .is_none_or(|p| record.identity.as_ref().map(|i| &i.provider) == Some(p))
+            && self.subject.as_ref().is_none_or(|s| {
+                record.identity.as_ref().and_then(|i| i.subject.as_ref()) == Some(s)
+            })
             && self.since.as_ref().is_none_or(|t| record.time >= *t)
             && self.until.as_ref().is_none_or(|t| record.time < *t)
             && self.after.is_none_or(|after| record.seq > after)
@@ -80,6 +91,10 @@ pub struct FilterParams {
     pub decision: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// `YYYY-MM-DDThh:mm:ss[.mmm]Z`, or a duration ago (`15m`, `2h`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
@@ -175,6 +190,8 @@ impl FilterParams {
             target: empty("tool", &self.tool)?,
             decision: one_of("decision", &self.decision, &["allow", "deny", "error"])?,
             kind: one_of("kind", &self.kind, super::record::KINDS)?,
+            provider: empty("provider", &self.provider)?,
+            subject: empty("subject", &self.subject)?,
             since,
             until,
             after: number("after", &self.after)?,
@@ -542,6 +559,7 @@ mod tests {
                 _ => Some(u64::from(pick[7] / 3)),
             },
             limit: Some(limit),
+            ..Filter::default()
         }
     }
 

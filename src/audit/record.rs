@@ -86,11 +86,28 @@ pub struct AuditRecord {
     /// written before the field came in (so their hashes still verify).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// Who vouched for the client, when it came with an access token from
+    /// an identity provider (`[oauth]`); absent otherwise (and on records
+    /// written before the field came in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<TokenIdentity>,
     pub hash: String,
     /// With a chain key: HMAC-SHA256 of `hash` under it (hex). Not part of
     /// the bytes `hash` covers; absent on records sealed without a key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+}
+
+/// The identity provider, subject and OAuth client of a call made with an
+/// access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenIdentity {
+    /// The `[[oauth.providers]]` name.
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 impl AuditRecord {
@@ -123,6 +140,7 @@ impl AuditRecord {
             detail: None,
             prev_hash: String::new(),
             protocol: None,
+            identity: None,
             hash: String::new(),
             mac: None,
         }
@@ -234,6 +252,10 @@ impl AuditRecord {
         let hash_at = out.len();
         out.extend_from_slice(hash.as_bytes());
         out.push(b'"');
+        if let Some(identity) = &self.identity {
+            key(out, "identity", false);
+            value(out, serde_json::to_value(identity).ok().as_ref());
+        }
         key(out, "is_error", false);
         out.extend_from_slice(if self.is_error { b"true" } else { b"false" });
         key(out, "kind", false);
@@ -399,6 +421,12 @@ mod tests {
         record.upstream_us = None;
         record.detail = Some(json!({"policies": 3, "agent": {"name": "x", "version": "1"}}));
         record.is_error = true;
+        assert_eq!(fast(&record), generic(&record));
+        record.identity = Some(TokenIdentity {
+            provider: "corp".into(),
+            subject: Some("alice \"a\"".into()),
+            client_id: None,
+        });
         assert_eq!(fast(&record), generic(&record));
         let parsed: Value = serde_json::from_str(&fast(&record)).unwrap_or(Value::Null);
         assert_eq!(parsed["client"], json!(record.client));

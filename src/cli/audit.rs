@@ -109,6 +109,13 @@ pub struct FilterArgs {
     /// exchange, session_start, session_end, … (docs/audit.md).
     #[arg(long)]
     kind: Option<String>,
+    /// The identity provider (`[[oauth.providers]]` name) that vouched for
+    /// the client.
+    #[arg(long)]
+    provider: Option<String>,
+    /// The subject (`sub`) of the client's access token.
+    #[arg(long)]
+    subject: Option<String>,
     /// `YYYY-MM-DDThh:mm:ssZ`, or a duration ago such as `15m`, `2h`.
     #[arg(long)]
     since: Option<String>,
@@ -124,6 +131,8 @@ impl FilterArgs {
             tool: self.tool.clone(),
             decision: self.decision.clone(),
             kind: self.kind.clone(),
+            provider: self.provider.clone(),
+            subject: self.subject.clone(),
             since: self.since.clone(),
             until: self.until.clone(),
             after: after.map(|a| a.to_string()),

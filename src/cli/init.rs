@@ -265,16 +265,36 @@ pub enum Via {
     Stdio,
     /// The client connects to a running `portcullis serve` with its token.
     Http,
+    /// The client connects to `[oauth] resource` and signs in with the
+    /// organisation's identity provider (the MCP authorization flow).
+    Oauth,
 }
 
 /// The snippet for `app`, for `client` of `config`.
 pub fn client_config(
     config: &Config,
     app: ClientApp,
-    client: &str,
+    client: Option<&str>,
     via: Via,
 ) -> anyhow::Result<Value> {
     let file = config.file.display();
+    if via == Via::Oauth {
+        let Some(oauth) = &config.oauth else {
+            bail!("{file}: `[oauth]` is not set: clients cannot sign in with an identity provider");
+        };
+        // No token: the client finds the identity provider from the
+        // proxy's 401 and signs its user in.
+        let server = json!({ "type": "http", "url": oauth.resource });
+        return Ok(match app {
+            ClientApp::Vscode => json!({ "servers": { "portcullis": server } }),
+            ClientApp::Claude | ClientApp::Cursor => {
+                json!({ "mcpServers": { "portcullis": server } })
+            }
+        });
+    }
+    let Some(client) = client else {
+        bail!("name the client (`--client NAME`, from `[[clients]]`)");
+    };
     let Some(entry) = config.client(client) else {
         bail!("{file}: client `{client}` is not defined; add a `[[clients]]` entry with that name");
     };
@@ -334,6 +354,8 @@ pub fn client_config(
                 "headers": { "Authorization": format!("Bearer {token}") }
             })
         }
+        // Answered above.
+        Via::Oauth => bail!("an identity provider's client needs no `--client`"),
     };
     Ok(match app {
         ClientApp::Vscode if via == Via::Http => json!({

@@ -122,13 +122,16 @@ enum Command {
     ClientConfig {
         #[arg(value_enum)]
         app: init::ClientApp,
-        /// The client's name from `[[clients]]`.
+        /// The client's name from `[[clients]]` (not with `--transport
+        /// oauth`, where the identity provider says who it is).
         #[arg(long)]
-        client: String,
+        client: Option<String>,
         #[arg(long, short, default_value = "portcullis.toml")]
         config: PathBuf,
         /// `stdio`: the client starts `portcullis stdio`; `http`: it
-        /// connects to a running `portcullis serve` with its token.
+        /// connects to a running `portcullis serve` with its token;
+        /// `oauth`: it connects to `[oauth] resource` and signs in with the
+        /// organisation's identity provider.
         #[arg(long, value_enum, default_value = "stdio")]
         transport: init::Via,
     },
@@ -369,7 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             transport,
         } => {
-            let snippet = init::client_config(&load(&config)?, app, &client, transport)?;
+            let snippet = init::client_config(&load(&config)?, app, client.as_deref(), transport)?;
             println!("{}", serde_json::to_string_pretty(&snippet)?);
             Ok(())
         }

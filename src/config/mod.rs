@@ -26,6 +26,7 @@ mod identities;
 mod limits;
 mod listener;
 mod names;
+mod oauth;
 mod observability;
 mod pinning;
 mod plugin;
@@ -55,6 +56,10 @@ use limits::RawLimits;
 use listener::RawListener;
 pub use listener::{ListenerConfig, TlsConfig};
 pub use names::valid_server_name;
+use oauth::RawOauth;
+pub use oauth::{
+    IntrospectionConfig, JwtAlgorithm, OauthConfig, ProviderConfig, is_loopback, secure_url,
+};
 use observability::RawObservability;
 pub use observability::{
     DEFAULT_TRACES_ENDPOINT, ObservabilityConfig, TracesConfig, resolve_headers,
@@ -114,6 +119,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub clients: Vec<ClientConfig>,
     pub auditors: Vec<AuditorConfig>,
+    /// Clients with access tokens from the organisation's identity
+    /// provider, beside `clients`' static tokens.
+    pub oauth: Option<OauthConfig>,
     pub servers: Vec<ServerConfig>,
     pub chain: Vec<ChainEntry>,
     pub audit: AuditConfig,
@@ -174,6 +182,9 @@ struct RawConfig {
     #[serde(default)]
     #[schemars(with = "Vec<RawAuditor>")]
     auditors: Vec<Spanned<RawAuditor>>,
+    /// Clients with access tokens from the organisation's OAuth 2.1 / OIDC
+    /// provider: the proxy is then an OAuth protected resource for `/mcp`.
+    oauth: Option<RawOauth>,
     /// The MCP servers behind the proxy, one entry each: exactly one of
     /// `container`, `process` or `remote`.
     #[serde(default)]
@@ -307,6 +318,14 @@ impl Validator<'_> {
             raw.validate(at, &mut taken)
         })?;
         identities::check_certificates(self, &clients, &listener)?;
+        let oauth = raw.oauth.map(|raw| raw.validate(self)).transpose()?;
+        if oauth.is_some() && proxy.listen.is_none() {
+            return Err(self.error(
+                None,
+                "oauth",
+                "access tokens are for HTTP clients: set `[proxy] listen`".into(),
+            ));
+        }
         let mut names = HashSet::new();
         let servers = self.each(raw.servers, "servers", |at, raw| {
             raw.validate(at, &mut names, &proxy)
@@ -330,6 +349,7 @@ impl Validator<'_> {
             limits,
             clients,
             auditors,
+            oauth,
             servers,
             chain: chain.finish(),
             redact,

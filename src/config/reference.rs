@@ -478,6 +478,10 @@ mod tests {
         let server = "[[servers]]\nname = \"a\"\n";
         let container = format!("{server}container = {{ image = \"i\" }}\n");
         let plugin = "[[chain]]\nkind = \"wasm\"\npath = \"p.wasm\"\n";
+        let listen = "[proxy]\nlisten = \"127.0.0.1:8811\"\n";
+        let provider = "[[oauth.providers]]\nname = \"p\"\nissuer = \"https://idp.example\"\n";
+        let oauth = format!("{listen}[oauth]\nresource = \"https://p.example/mcp\"\n");
+        let oauth_provider = format!("{listen}{provider}");
         Some(match path {
             "proxy"
             | "listener"
@@ -503,6 +507,11 @@ mod tests {
             "servers.sandbox.tmpfs" => {
                 format!("{container}[[servers.sandbox.tmpfs]]\ntarget = \"/cache\"\n")
             }
+            "oauth" => format!("{oauth_provider}[oauth]\nresource = \"https://p.example/mcp\"\n"),
+            "oauth.providers" => format!("{oauth}{provider}"),
+            "oauth.providers.introspection" => format!(
+                "{oauth}{provider}[oauth.providers.introspection]\nclient_id = \"c\"\nclient_secret = \"env:S\"\n"
+            ),
             "chain" => plugin.into(),
             "chain.breaker" => format!("{plugin}[chain.breaker]\n"),
             "ratelimit.concurrency" => format!(

@@ -30,10 +30,12 @@ use sha2::{Digest, Sha256};
 
 use super::layout::login_page;
 use super::logins;
+use super::resource::{Challenge, challenge};
 use super::state::{Credentials, HttpState, plain_error};
 use super::throttle::{Credential, Failure, Source};
 use super::tls::PeerCertificate;
 use crate::chain::ClientIdentity;
+use crate::identity::{OauthVerifier, TokenError};
 
 /// Set on a response that refused a credential, for [`guard`] to count
 /// against the request's source and credential prefix.
@@ -76,7 +78,15 @@ pub(super) async fn guard(
     next: Next,
 ) -> Response {
     let source = Source::of(peer.ip());
-    let credential = bearer_token(request.headers()).map(Credential::of);
+    let credential = bearer_token(request.headers()).map(|token| {
+        // With an identity provider, only tokens in the static tokens'
+        // format are counted by prefix.
+        if state.oauth.is_some() && !token.starts_with(STATIC_PREFIX) {
+            Credential::whole(token)
+        } else {
+            Credential::of(token)
+        }
+    });
     let endpoint = endpoint_of(request.uri().path());
     // A client certificate was proven at the handshake: a request that
     // brings one and no token guesses nothing, and is not held back by
@@ -251,9 +261,76 @@ impl FromRequestParts<Arc<HttpState>> for Client {
         state: &Arc<HttpState>,
     ) -> Result<Self, Response> {
         let certificate = parts.extensions.get::<PeerCertificate>();
+        if let Some(oauth) = &state.oauth
+            && certificate.is_none()
+            && let Some(token) = bearer_token(&parts.headers)
+            && !state.credentials.is_static(token)
+            // A token in the static tokens' format (a wrong or retired
+            // one) is never shown to an identity provider.
+            && !token.starts_with(STATIC_PREFIX)
+        {
+            return with_token(oauth, token).await.map(Client);
+        }
         authenticate(&state.credentials, &parts.headers, certificate)
             .map(Client)
-            .map_err(|refused| *refused)
+            .map_err(|refused| {
+                let mut refused = *refused;
+                if let Some(oauth) = &state.oauth
+                    && refused.status() == StatusCode::UNAUTHORIZED
+                {
+                    let kind = match bearer_token(&parts.headers) {
+                        Some(_) => Challenge::InvalidToken("the bearer token is not valid"),
+                        None => Challenge::NoToken,
+                    };
+                    refused
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, challenge(oauth.config(), kind));
+                }
+                refused
+            })
+    }
+}
+
+/// A client with an access token from an identity provider: who the token
+/// says, or the refusal the MCP authorization spec asks for (401 with a
+/// challenge pointing at the metadata; 403 `insufficient_scope`; 503 when
+/// the provider cannot be asked, which is no failure of the client's).
+async fn with_token(oauth: &OauthVerifier, token: &str) -> Result<ClientIdentity, Response> {
+    match oauth.verify(token).await {
+        Ok(identity) => Ok(identity),
+        Err(TokenError::InsufficientScope) => {
+            let mut refused = plain_error(
+                StatusCode::FORBIDDEN,
+                "the access token lacks a scope this resource requires",
+            );
+            refused.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                challenge(oauth.config(), Challenge::InsufficientScope),
+            );
+            Err(refused)
+        }
+        Err(error @ TokenError::Unreachable(_)) => {
+            tracing::warn!(%error, "cannot check an access token");
+            let mut refused = plain_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the identity provider cannot be reached to check the token; try again later",
+            );
+            refused
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            // Counted like a refusal: while the provider is away, a guess
+            // at a static token must not get an answer for free.
+            Err(counted(refused, &error))
+        }
+        Err(error) => {
+            let description = error.to_string();
+            let mut refused = plain_error(StatusCode::UNAUTHORIZED, &description);
+            refused.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                challenge(oauth.config(), Challenge::InvalidToken(&description)),
+            );
+            Err(counted(refused, &error))
+        }
     }
 }
 
@@ -392,6 +469,16 @@ pub(super) fn auditor_of_token(
         Some(Credential::of(token)),
     )))
 }
+
+/// `refused`, marked for [`guard`] as a refused access token.
+fn counted(refused: Response, error: &TokenError) -> Response {
+    AuthFailure::attach(refused, "/mcp", error.reason(), "", None)
+}
+
+/// How the tokens `portcullis init` makes begin (`pcl_` and 64 hex
+/// digits): a token so made is counted by its prefix and never sent to an
+/// identity provider.
+const STATIC_PREFIX: &str = "pcl_";
 
 /// Why an auditor's token is refused at `/mcp`, in the failure records.
 const AUDITORS_TOKEN: &str = "an auditor's token (auditors cannot call tools)";

@@ -175,6 +175,8 @@ struct ViewFilter {
     server: Option<String>,
     tool: Option<String>,
     decision: Option<String>,
+    provider: Option<String>,
+    subject: Option<String>,
 }
 
 impl ViewFilter {
@@ -185,6 +187,8 @@ impl ViewFilter {
             server: set(&self.server),
             tool: set(&self.tool),
             decision: set(&self.decision),
+            provider: set(&self.provider),
+            subject: set(&self.subject),
             kind: Some("exchange".into()),
             limit: Some(FIRST_ROWS.to_string()),
             ..FilterParams::default()
@@ -214,6 +218,8 @@ impl ViewFilter {
                 (field("client", &self.client, "any client"))
                 (field("server", &self.server, "any server"))
                 (field("tool", &self.tool, "server__tool"))
+                (field("provider", &self.provider, "any identity provider"))
+                (field("subject", &self.subject, "any token subject"))
                 label {
                     "decision"
                     select name="decision" {

@@ -58,10 +58,21 @@ pub async fn serve_on(
             "PLAINTEXT: the listener is not on a loopback address and speaks plain HTTP (`[listener] insecure_plaintext = true`): tokens and calls cross the network in clear"
         );
     }
+    let oauth = match &config.oauth {
+        None => None,
+        Some(oauth) => {
+            // No token may name a client that has its own credential.
+            let reserved = config.clients.iter().map(|c| c.name.clone()).collect();
+            let verifier = crate::identity::OauthVerifier::new(oauth.clone(), reserved)
+                .map_err(DownstreamError::Oauth)?;
+            Some(Arc::new(verifier))
+        }
+    };
     let state = Arc::new(HttpState::new(
         gateway.clone(),
         enforcement,
         listener.local_addr().ok(),
+        oauth,
     ));
     let app = router(state.clone());
     let sweeper = sweep(state.clone());
@@ -112,6 +123,7 @@ fn router(state: Arc<HttpState>) -> Router {
                 .route_layer(from_fn_with_state(state.clone(), super::auth::own_origin)),
         )
         .merge(super::console::public_routes())
+        .merge(super::resource::routes())
         .layer(from_fn_with_state(state.clone(), super::auth::guard))
         .route("/healthz", get(healthz))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

@@ -18,6 +18,7 @@ mod listener;
 mod logins;
 mod mcp;
 mod messages;
+mod resource;
 mod sessions;
 mod slots;
 mod state;
@@ -38,4 +39,6 @@ pub enum DownstreamError {
     Stdio(std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("[oauth]: {0}")]
+    Oauth(String),
 }

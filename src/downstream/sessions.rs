@@ -80,15 +80,22 @@ impl Outlet for HttpOutlet {
 pub(super) const CLIENT_IN_FLIGHT: usize = 256;
 
 /// Each client's places for stateless requests in the works (one entry per
-/// configured client at most: only authenticated clients get here).
+/// client: only authenticated clients get here; past [`PLACES_KEPT`]
+/// clients, those with nothing in the works are forgotten, as identity
+/// providers' clients are as many as the organisation's people).
 #[derive(Default)]
 pub(super) struct Places(Mutex<HashMap<Arc<str>, Arc<Semaphore>>>);
+
+const PLACES_KEPT: usize = 4096;
 
 impl Places {
     pub(super) fn of(&self, client: &str) -> Arc<Semaphore> {
         let mut places = lock(&self.0);
         if let Some(found) = places.get(client) {
             return found.clone();
+        }
+        if places.len() >= PLACES_KEPT {
+            places.retain(|_, places| Arc::strong_count(places) > 1);
         }
         places
             .entry(Arc::from(client))
@@ -163,7 +170,11 @@ impl SessionTable {
         }
     }
 
-    /// The session named `id`; it must belong to the same client.
+    /// The session named `id`; it must belong to the same client, as it
+    /// was when the session began: a client from an identity provider
+    /// whose token now says other groups, attributes or scopes is told the
+    /// session is unknown, and starts another (it would otherwise keep the
+    /// rights it had).
     pub(super) fn find(
         &self,
         id: Option<&str>,
@@ -172,7 +183,7 @@ impl SessionTable {
         let id = id.ok_or(Unknown::Unnamed)?;
         let session = self.sessions.read().ok().and_then(|s| s.get(id).cloned());
         match session {
-            Some(session) if session.session.client.name == client.name => Ok(session),
+            Some(session) if session.session.client == *client => Ok(session),
             // Another client's session is reported as unknown, not as forbidden.
             _ => Err(Unknown::Unknown),
         }

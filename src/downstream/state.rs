@@ -17,6 +17,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use serde_json::json;
+use sha2::Digest as _;
 
 use super::logins::Logins;
 use super::sessions::{Places, SessionTable};
@@ -25,6 +26,7 @@ use super::throttle::Throttle;
 use crate::chain::ClientIdentity;
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::identity::OauthVerifier;
 use crate::interceptors::{Pinning, PolicyEngine};
 
 pub(super) struct HttpState {
@@ -47,6 +49,8 @@ pub(super) struct HttpState {
     pub(super) tls: bool,
     /// Each client's places for 2026-07-28 requests in the works.
     pub(super) stateless_places: Places,
+    /// Access tokens from the organisation's identity provider (`[oauth]`).
+    pub(super) oauth: Option<Arc<OauthVerifier>>,
 }
 
 /// Who may use the listener, by the SHA-256 (hex) of what they present.
@@ -60,6 +64,13 @@ pub(super) struct Credentials {
 }
 
 impl Credentials {
+    /// Whether `token` is a client's or an auditor's static token (else it
+    /// may be an access token from an identity provider).
+    pub(super) fn is_static(&self, token: &str) -> bool {
+        let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+        self.tokens.contains_key(&hash) || self.auditors.contains_key(&hash)
+    }
+
     fn of(config: &Config) -> Self {
         // Each client's identity, by its token's hash and by its certificate's.
         let (mut tokens, mut certificates) = (HashMap::new(), HashMap::new());
@@ -102,6 +113,7 @@ impl HttpState {
         gateway: Arc<Gateway>,
         enforcement: Enforcement,
         local: Option<SocketAddr>,
+        oauth: Option<Arc<OauthVerifier>>,
     ) -> Self {
         let config = gateway.config();
         // DNS rebinding: a page on another site whose name now resolves to
@@ -135,6 +147,7 @@ impl HttpState {
             body_read_timeout: config.listener.body_read_timeout,
             tls: config.listener.tls.is_some(),
             stateless_places: Places::default(),
+            oauth,
             gateway,
         }
     }

@@ -59,17 +59,31 @@ impl std::fmt::Display for Source {
 }
 
 /// The key of a presented token's per-credential count: a hash of its
-/// first characters (the token itself is never kept).
+/// first characters (the token itself is never kept). A JWT's is a hash of
+/// all of it: every JWT begins alike (`eyJhbGciOi…`), so a prefix would
+/// put every access token in one count, which a few bad tokens would
+/// close to everyone; and a JWT is not guessed character by character.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Credential([u8; 32]);
 
 impl Credential {
     pub fn of(token: &str) -> Self {
+        if token.starts_with("eyJ") && token.contains('.') {
+            return Self::whole(token);
+        }
         let end = token
             .char_indices()
             .nth(CREDENTIAL_PREFIX)
             .map_or(token.len(), |(at, _)| at);
         Self(Sha256::digest(&token.as_bytes()[..end]).into())
+    }
+
+    /// The key of a token counted on its own: an identity provider's
+    /// tokens (opaque ones share prefixes like `ory_at_` as JWTs share
+    /// `eyJ`) are not guessed character by character, and a prefix's count
+    /// would lock out every token that shares it.
+    pub fn whole(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
     }
 }
 

@@ -101,6 +101,15 @@ pub(super) fn record_of(
         detail: detail_of(exchange, arguments),
         prev_hash: String::new(),
         protocol: context.protocol.as_deref().map(str::to_owned),
+        identity: context
+            .client
+            .token
+            .as_ref()
+            .map(|token| crate::audit::TokenIdentity {
+                provider: token.provider.to_string(),
+                subject: token.subject.clone(),
+                client_id: token.client_id.clone(),
+            }),
         hash: String::new(),
         mac: None,
     }

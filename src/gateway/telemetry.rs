@@ -39,7 +39,18 @@ pub fn observe(
         Outcome::Denied { interceptor, .. } => {
             metrics.denials.get([interceptor, method]).add(1);
             if &**interceptor == "ratelimit" {
-                metrics.rate_limited.get([&context.client.name]).add(1);
+                // A label per configured client; one per identity provider for
+                // the clients its tokens name (as many as the organisation's
+                // people: not a label each).
+                let provider;
+                let label = match &context.client.token {
+                    Some(token) => {
+                        provider = format!("oauth:{}", token.provider);
+                        provider.as_str()
+                    }
+                    None => &*context.client.name,
+                };
+                metrics.rate_limited.get([label]).add(1);
             }
             "deny"
         }

@@ -166,6 +166,7 @@ pub struct TestProxy {
     dir: tempfile::TempDir,
     servers: Vec<String>,
     extra: String,
+    listen: String,
 }
 
 impl Default for TestProxy {
@@ -183,6 +184,7 @@ impl TestProxy {
             dir: tempfile::tempdir().expect("tempdir"),
             servers: Vec::new(),
             extra: String::new(),
+            listen: "127.0.0.1:0".into(),
         }
     }
 
@@ -255,6 +257,12 @@ impl TestProxy {
         self
     }
 
+    /// Listens on `addr` instead of a port the system picks.
+    pub fn with_listen(mut self, addr: &str) -> Self {
+        self.listen = addr.to_owned();
+        self
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -275,10 +283,13 @@ impl TestProxy {
         dir
     }
 
-    /// Writes the config; `listen` is `127.0.0.1:0` (the proxy logs its port).
+    /// Writes the config; `listen` is `127.0.0.1:0` (the proxy logs its
+    /// port) unless [`TestProxy::with_listen`].
     pub fn write_config(&self) -> PathBuf {
-        let mut text =
-            String::from("[proxy]\nlisten = \"127.0.0.1:0\"\nstartup_timeout = \"20s\"\n");
+        let mut text = format!(
+            "[proxy]\nlisten = \"{}\"\nstartup_timeout = \"20s\"\n",
+            self.listen
+        );
         text.push_str(&self.extra);
         text.push_str(&format!(
             "\n[[clients]]\nname = \"tester\"\ntoken_sha256 = \"{}\"\ngroups = [\"dev\"]\n\n[[clients]]\nname = \"other\"\ntoken_sha256 = \"{}\"\n\n[[auditors]]\nname = \"auditors\"\ntoken_sha256 = \"{}\"\n\n",

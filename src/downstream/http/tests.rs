@@ -33,7 +33,7 @@ fn state() -> Arc<HttpState> {
     let config = Config::parse(&text, Path::new("portcullis.toml"))
         .unwrap_or_else(|err| panic!("the test config loads: {err}"));
     let (gateway, _events) = Gateway::new(Arc::new(config), Chain::default(), None);
-    Arc::new(HttpState::new(gateway, Enforcement::default(), None))
+    Arc::new(HttpState::new(gateway, Enforcement::default(), None, None))
 }
 
 /// What a route answers a request that brings no credentials.
@@ -93,6 +93,18 @@ const ROUTES: &[(&str, Method, Without)] = &[
         Without::Public(StatusCode::OK),
     ),
     ("/healthz", Method::GET, Without::Public(StatusCode::OK)),
+    // The protected resource metadata: public, and not found without
+    // `[oauth]` (as here).
+    (
+        "/.well-known/oauth-protected-resource",
+        Method::GET,
+        Without::Public(StatusCode::NOT_FOUND),
+    ),
+    (
+        "/.well-known/oauth-protected-resource/{*path}",
+        Method::GET,
+        Without::Public(StatusCode::NOT_FOUND),
+    ),
 ];
 
 /// The methods tried on every path: those a route does not list must be

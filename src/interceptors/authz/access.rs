@@ -20,8 +20,35 @@ use crate::chain::{ClientIdentity, Directory, Transport};
 /// Decides (and remembers) whether a client may use a server. Without
 /// authz in the chain ([`ServerAccess::everyone`]) every client may use
 /// every server.
-/// (client, transport, protocol revision, server).
-type AccessKey = (Arc<str>, Transport, Arc<str>, Arc<str>);
+/// (client as decided on, transport, protocol revision, server).
+type AccessKey = (String, Transport, Arc<str>, Arc<str>);
+
+/// Decisions kept at most (a full cache starts afresh): clients from an
+/// identity provider are as many as the organisation's people.
+const MAX_DECIDED: usize = 10_000;
+
+/// All a decision about a client depends on: its name, groups, attributes
+/// and token scopes (a client from an identity provider may come back with
+/// other groups under the same name), length-prefixed so that no two
+/// clients share a key.
+fn identity_key(client: &ClientIdentity) -> String {
+    let mut key = String::with_capacity(64);
+    let mut push = |part: &str| {
+        key.push_str(&part.len().to_string());
+        key.push(':');
+        key.push_str(part);
+    };
+    push(&client.name);
+    push(&client.groups.len().to_string());
+    for group in client.groups.iter() {
+        push(group);
+    }
+    push(&serde_json::Value::Object((*client.attributes).clone()).to_string());
+    for scope in client.scopes() {
+        push(scope);
+    }
+    key
+}
 
 pub struct ServerAccess {
     engine: Option<Arc<PolicyEngine>>,
@@ -37,8 +64,8 @@ impl std::fmt::Debug for ServerAccess {
 }
 
 /// Decisions for one policy set and one catalog: a reload or a new catalog
-/// (any list of any server read again) starts afresh. Bounded by the
-/// configured clients × 2 transports × the configured servers.
+/// (any list of any server read again) starts afresh. Bounded by
+/// [`MAX_DECIDED`].
 #[derive(Default)]
 struct Cache {
     policy_set: Option<Arc<str>>,
@@ -94,7 +121,7 @@ impl ServerAccess {
         };
         let store = engine.current();
         let key = (
-            client.name.clone(),
+            identity_key(client),
             transport,
             Arc::<str>::from(protocol),
             Arc::<str>::from(server),
@@ -139,6 +166,7 @@ impl ServerAccess {
                         transport: transport.as_str(),
                         protocol,
                         session: "",
+                        scopes: client.scopes(),
                         time,
                     })
                     .allowed
@@ -147,6 +175,9 @@ impl ServerAccess {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         // Kept only if nothing changed meanwhile.
         if cache.is_for(&store.id, directory) {
+            if cache.decided.len() >= MAX_DECIDED {
+                cache.decided.clear();
+            }
             cache.decided.insert(key, allowed);
         }
         allowed

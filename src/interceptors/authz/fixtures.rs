@@ -56,6 +56,9 @@ pub struct Case {
     /// The MCP revision the client speaks; default the latest handshake one.
     pub protocol: Option<String>,
     pub session: Option<String>,
+    /// The scopes of the client's access token (`context.scopes`); default
+    /// none.
+    pub scopes: Option<Vec<String>>,
     /// `YYYY-MM-DDThh:mm:ssZ`; default: now.
     pub time: Option<String>,
     #[serde(default)]
@@ -86,6 +89,7 @@ pub struct Prepared {
     pub transport: String,
     pub protocol: String,
     pub session: String,
+    pub scopes: Vec<Arc<str>>,
     pub time: SystemTime,
 }
 
@@ -101,6 +105,7 @@ impl Prepared {
             transport: &self.transport,
             protocol: &self.protocol,
             session: &self.session,
+            scopes: &self.scopes,
             time: self.time,
         }
     }
@@ -200,6 +205,12 @@ impl Case {
                 .clone()
                 .unwrap_or_else(|| crate::protocol::LATEST_VERSION.into()),
             session: self.session.clone().unwrap_or_else(|| "policy-test".into()),
+            scopes: self
+                .scopes
+                .iter()
+                .flatten()
+                .map(|scope| Arc::from(scope.as_str()))
+                .collect(),
             time,
         })
     }

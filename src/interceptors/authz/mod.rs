@@ -400,6 +400,7 @@ impl Authz {
             transport: context.transport.as_str(),
             protocol: context.protocol.as_deref().unwrap_or_default(),
             session: &context.session,
+            scopes: context.client.scopes(),
             time,
         }
     }

@@ -160,6 +160,9 @@ pub struct Query<'a> {
     /// The MCP revision the client speaks (`""` when not known).
     pub protocol: &'a str,
     pub session: &'a str,
+    /// The scopes of the client's access token (`context.scopes`; none
+    /// for a client without one).
+    pub scopes: &'a [Arc<str>],
     pub time: SystemTime,
 }
 

@@ -38,6 +38,7 @@ pub(super) struct Reads {
     pub(super) protocol: bool,
     pub(super) session: bool,
     pub(super) time: bool,
+    pub(super) scopes: bool,
 }
 
 impl Reads {
@@ -47,6 +48,7 @@ impl Reads {
         protocol: true,
         session: true,
         time: true,
+        scopes: true,
     };
     pub(super) const NONE: Self = Self {
         arguments: false,
@@ -54,6 +56,7 @@ impl Reads {
         protocol: false,
         session: false,
         time: false,
+        scopes: false,
     };
 
     /// From a policy's source: an attribute is read if the policy names it
@@ -80,6 +83,7 @@ impl Reads {
             protocol: source.contains("protocol"),
             session: source.contains("session"),
             time: source.contains("time"),
+            scopes: source.contains("scopes"),
         }
     }
 
@@ -90,6 +94,7 @@ impl Reads {
             protocol: self.protocol || other.protocol,
             session: self.session || other.session,
             time: self.time || other.time,
+            scopes: self.scopes || other.scopes,
         }
     }
 }

@@ -416,6 +416,13 @@ impl PolicyStore {
                 RestrictedExpression::new_string(query.session.to_owned()),
             ));
         }
+        if reads.scopes && declared("scopes") {
+            let scopes = query
+                .scopes
+                .iter()
+                .map(|scope| RestrictedExpression::new_string(scope.to_string()));
+            pairs.push(("scopes".to_owned(), RestrictedExpression::new_set(scopes)));
+        }
         if reads.time && declared("time") {
             pairs.push((
                 "time".to_owned(),

@@ -68,6 +68,7 @@ fn query<'a>(
         transport: "http",
         protocol: "2025-11-25",
         session: "s1",
+        scopes: &[],
         time: SystemTime::now(),
     }
 }

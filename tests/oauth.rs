@@ -1,0 +1,606 @@
+//! Clients identified by the organisation's identity provider (`[oauth]`),
+//! end to end: a real authorization server (`tests/fixtures/oauth_server.py`,
+//! built on the Python SDK's `mcp.server.auth`, issuing JWTs and serving
+//! JWKS and introspection), the real proxy, and the Python SDK's own OAuth
+//! client (`mcp.client.auth`, driven by `tests/python/oauth_client.py`) or
+//! plain HTTP carrying tokens the server minted, good and hostile.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{AUDITOR_TOKEN, HttpProxy, TOKEN, TestProxy, python, repo_root};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+/// The authorization server: it, and its issuer URL.
+async fn authorization_server(args: &[&str]) -> (Child, String) {
+    let mut command = Command::new(python());
+    command
+        .arg(repo_root().join("tests/fixtures/oauth_server.py"))
+        .args(args);
+    let (child, url) = common::start_http_server(command, "the authorization server").await;
+    let issuer = url.trim_end_matches("/mcp").to_owned();
+    (child, issuer)
+}
+
+/// A JSON request to the authorization server's control API.
+async fn control(issuer: &str, path: &str, body: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{issuer}/control/{path}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("the control API");
+    assert!(
+        response.status().is_success(),
+        "control/{path}: {}",
+        response.status()
+    );
+    response.json().await.expect("a JSON answer")
+}
+
+async fn stats(issuer: &str) -> Value {
+    reqwest::get(format!("{issuer}/control/stats"))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("JSON stats")
+}
+
+/// A token minted by the authorization server with `spec`.
+async fn mint(issuer: &str, spec: Value) -> String {
+    control(issuer, "mint", spec).await["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned()
+}
+
+/// A JWT for `sub` in `groups`, for the proxy's `resource`.
+async fn member(issuer: &str, resource: &str, sub: &str, groups: &[&str]) -> String {
+    mint(
+        issuer,
+        json!({"sub": sub, "aud": resource, "claims": {"groups": groups}}),
+    )
+    .await
+}
+
+/// A loopback port free now (the proxy's `resource` must name its port
+/// before it starts).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Policies: anyone from the identity provider in `payroll` may call the
+/// example server's tools; `echo` also for a token with the `tools:echo`
+/// scope; the static client `tester` may call everything.
+const POLICIES: &str = r#"
+permit(principal in Group::"payroll", action, resource);
+permit(principal == Client::"tester", action, resource);
+permit(principal, action == Action::"call_tool", resource == Tool::"example__echo")
+  when { context.scopes.contains("tools:echo") };
+permit(principal, action == Action::"list_tools", resource);
+"#;
+
+/// The proxy with `[oauth]` trusting `issuer`, the example server behind
+/// it, and `extra` keys in the provider's entry.
+async fn proxy(issuer: &str, oauth: &str, provider: &str) -> (TestProxy, HttpProxy) {
+    proxy_with(issuer, oauth, provider, |proxy| {
+        proxy.with_example_server("example")
+    })
+    .await
+}
+
+/// [`proxy`] with other servers behind it.
+async fn proxy_with(
+    issuer: &str,
+    oauth: &str,
+    provider: &str,
+    servers: impl FnOnce(TestProxy) -> TestProxy,
+) -> (TestProxy, HttpProxy) {
+    let port = free_port();
+    let resource = format!("http://127.0.0.1:{port}/mcp");
+    let proxy = TestProxy::new()
+        .with_listen(&format!("127.0.0.1:{port}"))
+        .with_config(&format!(
+            "policies = \"policies\"\n[redact]\nresponses = \"redact\"\n[listener]\nauth_failures_per_source = \"100/min\"\n\n[oauth]\nresource = \"{resource}\"\n{oauth}\n\n[[oauth.providers]]\nname = \"corp\"\nissuer = \"{issuer}\"\ngroups_claim = \"groups\"\nattributes = {{ email = \"email\" }}\n{provider}\n"
+        ));
+    let proxy = servers(proxy);
+    proxy.policy_folder(POLICIES);
+    let served = proxy.serve_http().await;
+    assert_eq!(
+        served.url, resource,
+        "the proxy listens where its resource says"
+    );
+    (proxy, served)
+}
+
+/// A `tools/call` of `example__echo` with `token`: the HTTP status, the
+/// `WWW-Authenticate` header, and the body.
+async fn call_with(url: &str, token: Option<&str>, text: &str) -> (u16, String, Value) {
+    call_tool(url, token, "example__echo", json!({"text": text})).await
+}
+
+/// A 2026-07-28 `tools/call` of `tool` with `token`: the HTTP status, the
+/// `WWW-Authenticate` header, and the body.
+async fn call_tool(
+    url: &str,
+    token: Option<&str>,
+    tool: &str,
+    arguments: Value,
+) -> (u16, String, Value) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool)
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {
+                "name": tool, "arguments": arguments,
+                "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities": {}
+                }
+            }
+        }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("POST /mcp");
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, challenge, body)
+}
+
+/// The SDK client's flow through `tests/python/oauth_client.py`: its JSON
+/// lines on stdout and its trace on stderr.
+async fn sdk_client(url: &str, args: &[&str]) -> (Vec<Value>, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new(python())
+            .arg(repo_root().join("tests/python/oauth_client.py"))
+            .arg(url)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the SDK client finished in time")
+    .expect("run the SDK client");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "the SDK client failed: {stderr}");
+    let lines = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    (lines, stderr)
+}
+
+#[tokio::test]
+async fn the_sdk_client_finds_the_metadata_from_the_401_and_calls_as_the_tokens_identity() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let (_proxy, served) = proxy(&issuer, "scopes = [\"mcp\"]", "").await;
+    let (lines, trace) = sdk_client(
+        &served.url,
+        &[
+            "--tool",
+            "example__echo",
+            "--args",
+            r#"{"text":"hello from alice"}"#,
+        ],
+    )
+    .await;
+    // The flow as the SDK ran it: the 401's challenge named the metadata,
+    // which named the authorization server; the token was asked for this
+    // resource.
+    let metadata = format!("{}/.well-known/oauth-protected-resource/mcp", served.base);
+    assert!(
+        trace.contains(&format!("resource_metadata=\"{metadata}\"")),
+        "{trace}"
+    );
+    assert!(
+        trace.contains(&format!("prm GET {metadata} -> 200")),
+        "{trace}"
+    );
+    assert!(
+        trace.contains(&format!("resource={}", served.url)),
+        "the token is asked for this resource: {trace}"
+    );
+    let result = lines
+        .iter()
+        .find_map(|line| line.get("result"))
+        .unwrap_or_else(|| panic!("no result: {lines:?}"));
+    assert!(result.to_string().contains("hello from alice"), "{result}");
+    // Recorded as the token's identity: the client named by `sub`, and
+    // who vouched for it.
+    let records = common::admin_records(
+        &served.base,
+        "kind=exchange&provider=corp&subject=alice",
+        AUDITOR_TOKEN,
+    )
+    .await;
+    let all = common::admin_records(&served.base, "kind=exchange", AUDITOR_TOKEN).await;
+    let call = records
+        .iter()
+        .find(|r| r["method"] == "tools/call")
+        .unwrap_or_else(|| panic!("no call of alice's recorded: {records:?}; all: {all:?}"));
+    assert_eq!(call["client"], "alice");
+    assert_eq!(call["decision"], "allow");
+    assert_eq!(call["identity"]["provider"], "corp");
+    assert!(call["identity"]["client_id"].is_string(), "{call}");
+}
+
+#[tokio::test]
+async fn groups_and_scopes_in_the_token_decide_cedar_policies() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let (_proxy, served) = proxy(&issuer, "", "").await;
+    let resource = served.url.clone();
+    let payroll = member(&issuer, &resource, "pat", &["payroll"]).await;
+    let outsider = member(&issuer, &resource, "olly", &["sales"]).await;
+    let scoped = mint(
+        &issuer,
+        json!({"sub": "sam", "aud": resource, "scope": "mcp tools:echo", "claims": {"groups": []}}),
+    )
+    .await;
+    let (status, _, body) = call_with(&served.url, Some(&payroll), "paid").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.to_string().contains("paid"), "{body}");
+    let (status, _, body) = call_with(&served.url, Some(&outsider), "not paid").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["error"].is_object(),
+        "Cedar refuses a client outside payroll: {body}"
+    );
+    assert!(!body.to_string().contains("not paid"), "{body}");
+    let (status, _, body) = call_with(&served.url, Some(&scoped), "scoped").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.to_string().contains("scoped"),
+        "the scope permits echo: {body}"
+    );
+    // A static token still works beside the identity provider's.
+    let (status, _, body) = call_with(&served.url, Some(TOKEN), "static").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.to_string().contains("static"), "{body}");
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_with_401_and_the_challenge() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let (_proxy, served) = proxy(&issuer, "scopes = [\"mcp\"]", "").await;
+    let resource = served.url.clone();
+    let metadata = format!(
+        "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+        served.base
+    );
+    let good = json!({"sub": "alice", "aud": resource});
+    let with = |changes: Value| {
+        let mut spec = good.clone();
+        for (key, value) in changes.as_object().unwrap() {
+            spec[key] = value.clone();
+        }
+        spec
+    };
+    // No token: where to get one, no error.
+    let (status, challenge, _) = call_with(&served.url, None, "x").await;
+    assert_eq!(status, 401);
+    assert!(
+        challenge.contains(&metadata) && challenge.contains("scope=\"mcp\""),
+        "{challenge}"
+    );
+    assert!(!challenge.contains("error="), "{challenge}");
+    let cases = [
+        ("expired", with(json!({"exp_in": -3600}))),
+        ("not yet valid", with(json!({"nbf_in": 3600}))),
+        (
+            "for another audience",
+            with(json!({"aud": "http://127.0.0.1:1/mcp"})),
+        ),
+        (
+            "from another issuer",
+            with(json!({"iss": "http://127.0.0.1:1"})),
+        ),
+        ("alg none", with(json!({"alg": "none"}))),
+        (
+            "HMAC keyed with the public key",
+            with(json!({"alg": "HS256-with-public-key"})),
+        ),
+        ("of an unknown kid", with(json!({"kid": "no-such-key"}))),
+        ("tampered after signing", with(json!({"tamper": true}))),
+        (
+            "signed by a key never published",
+            with(json!({"foreign": true})),
+        ),
+        ("without an audience", with(json!({"aud": null}))),
+        ("without an expiry", with(json!({"exp_in": null}))),
+    ];
+    // The current (RSA) key's id, for tokens that name it falsely.
+    let keys: Value = reqwest::get(format!("{issuer}/control/keys"))
+        .await
+        .expect("the keys")
+        .json()
+        .await
+        .expect("JSON keys");
+    let rsa_kid = keys
+        .as_array()
+        .and_then(|keys| keys.iter().find(|key| key["current"] == true))
+        .and_then(|key| key["kid"].as_str())
+        .expect("a current key")
+        .to_owned();
+    let cases = cases.into_iter().chain([
+        // Signed by an EC key, naming the RSA key: no key of that id fits
+        // the algorithm.
+        (
+            "ES256 naming the RSA key",
+            with(json!({"alg": "ES256", "kid": rsa_kid})),
+        ),
+        // Signed by a key never published, naming the published one: the
+        // signature does not verify.
+        (
+            "forged under a published key id",
+            with(json!({"foreign": true, "kid": rsa_kid})),
+        ),
+    ]);
+    for (what, spec) in cases {
+        let token = mint(&issuer, spec).await;
+        let (status, challenge, body) = call_with(&served.url, Some(&token), "must not pass").await;
+        assert_eq!(status, 401, "a token {what} is refused: {body}");
+        assert!(
+            challenge.contains(&metadata) && challenge.contains("error=\"invalid_token\""),
+            "a token {what}: {challenge}"
+        );
+        assert!(
+            !body.to_string().contains("must not pass"),
+            "{what}: {body}"
+        );
+    }
+    // The good token passes, so the refusals above were the tokens'.
+    let token = mint(&issuer, good).await;
+    let (status, _, body) = call_with(&served.url, Some(&token), "passes").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.to_string().contains("passes"), "{body}");
+}
+
+#[tokio::test]
+async fn a_token_without_a_required_scope_gets_403_insufficient_scope() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let (_proxy, served) = proxy(
+        &issuer,
+        "scopes = [\"mcp\"]\nrequired_scopes = [\"mcp\"]",
+        "",
+    )
+    .await;
+    let resource = served.url.clone();
+    let token = mint(
+        &issuer,
+        json!({"sub": "pat", "aud": resource, "scope": "other"}),
+    )
+    .await;
+    let (status, challenge, _) = call_with(&served.url, Some(&token), "x").await;
+    assert_eq!(status, 403);
+    assert!(
+        challenge.contains("error=\"insufficient_scope\"") && challenge.contains("scope=\"mcp\""),
+        "{challenge}"
+    );
+    let token = mint(
+        &issuer,
+        json!({"sub": "pat", "aud": resource, "scope": "mcp", "claims": {"groups": ["payroll"]}}),
+    )
+    .await;
+    let (status, _, body) = call_with(&served.url, Some(&token), "scoped").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn key_rotation_at_the_issuer_is_followed_without_a_restart() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let (_proxy, served) = proxy(&issuer, "", "").await;
+    let resource = served.url.clone();
+    let spec = json!({"sub": "pat", "aud": resource, "claims": {"groups": ["payroll"]}});
+    let before = mint(&issuer, spec.clone()).await;
+    let (status, _, body) = call_with(&served.url, Some(&before), "before").await;
+    assert_eq!(status, 200, "{body}");
+    let fetched = stats(&issuer).await["jwks"].as_u64().unwrap_or_default();
+    // A new key (an EC one), the old one withdrawn. The proxy reads a key
+    // set for a key id it never looked for at most once a second: the
+    // first read (for `before`) must be that old.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    control(
+        &issuer,
+        "rotate",
+        json!({"alg": "ES256", "keep_old": false}),
+    )
+    .await;
+    let after = mint(&issuer, spec).await;
+    let (status, _, body) = call_with(&served.url, Some(&after), "after").await;
+    assert_eq!(status, 200, "a token of the new key passes: {body}");
+    assert!(body.to_string().contains("after"), "{body}");
+    assert!(
+        stats(&issuer).await["jwks"].as_u64().unwrap_or_default() > fetched,
+        "the key set was read again for the new key"
+    );
+    // The withdrawn key's token, remembered as good before, is not any more.
+    let (status, challenge, _) = call_with(&served.url, Some(&before), "withdrawn").await;
+    assert_eq!(status, 401, "{challenge}");
+}
+
+#[tokio::test]
+async fn an_opaque_token_is_introspected_cached_and_refused_once_revoked() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let secret = proxy_dir.path().join("introspection-secret");
+    std::fs::write(&secret, "introspector-secret\n").unwrap();
+    let (_proxy, served) = proxy(
+        &issuer,
+        "",
+        &format!(
+            "introspection = {{ client_id = \"introspector\", client_secret = \"file:{}\", cache = \"1s\" }}",
+            secret.display()
+        ),
+    )
+    .await;
+    let resource = served.url.clone();
+    let token = mint(
+        &issuer,
+        json!({"sub": "opal", "aud": resource, "opaque": true, "claims": {"groups": ["payroll"]}}),
+    )
+    .await;
+    assert!(!token.contains('.'), "an opaque token: {token}");
+    // The provider answers only a client that authenticates: the proxy's
+    // own credential from its secret.
+    control(
+        &issuer,
+        "config",
+        json!({"introspection_auth_required": true}),
+    )
+    .await;
+    control(&issuer, "stats/reset", json!({})).await;
+    // A static token, good or wrong (in the format `portcullis init`
+    // makes), is never shown to the provider.
+    let (status, _, body) = call_with(&served.url, Some(TOKEN), "static").await;
+    assert_eq!(status, 200, "{body}");
+    let wrong = format!("pcl_{}", "0".repeat(64));
+    let (status, challenge, _) = call_with(&served.url, Some(&wrong), "guess").await;
+    assert_eq!(status, 401, "{challenge}");
+    assert_eq!(
+        stats(&issuer).await["introspect"],
+        0,
+        "no static token was introspected"
+    );
+    for round in 0..3 {
+        let (status, _, body) =
+            call_with(&served.url, Some(&token), &format!("opaque {round}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.to_string().contains(&format!("opaque {round}")),
+            "{body}"
+        );
+    }
+    let counted = stats(&issuer).await;
+    assert_eq!(
+        counted["introspect"], 1,
+        "the answer was kept for the calls that followed: {counted}"
+    );
+    assert_eq!(
+        counted["introspect_by"]["introspector"], 1,
+        "the proxy authenticated as its client: {counted}"
+    );
+    control(&issuer, "revoke", json!({"token": token})).await;
+    // Once the kept answer is older than the cache's second, the provider
+    // is asked again, and says the token is no longer active.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, challenge, _) = call_with(&served.url, Some(&token), "revoked").await;
+    assert_eq!(status, 401, "{challenge}");
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+}
+
+#[tokio::test]
+async fn the_protected_resource_metadata_names_the_resource_and_its_issuer() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let (_proxy, served) = proxy(&issuer, "scopes = [\"mcp\", \"tools:echo\"]", "").await;
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let metadata: Value = reqwest::get(format!("{}{path}", served.base))
+            .await
+            .expect("the metadata")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(metadata["resource"], served.url.as_str(), "{path}");
+        assert_eq!(metadata["authorization_servers"], json!([issuer]), "{path}");
+        assert_eq!(
+            metadata["scopes_supported"],
+            json!(["mcp", "tools:echo"]),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_server_behind_the_proxy_gets_its_own_credential_never_the_clients_token() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let mut upstream = Command::new("python3");
+    upstream.arg(repo_root().join("tests/fixtures/hostile_http_upstream.py"));
+    let (_upstream, upstream_url) =
+        common::start_http_server(upstream, "the mirroring HTTP server").await;
+    let credentials = tempfile::tempdir().unwrap();
+    let credential = credentials.path().join("upstream-credential");
+    std::fs::write(&credential, "the-servers-own-credential\n").unwrap();
+    let (_proxy, served) = proxy_with(&issuer, "", "", |proxy| {
+        proxy.with_server_toml(&format!(
+            "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\n\
+             remote = {{ url = {upstream_url:?}, headers = {{ Authorization = \"Bearer secret:upstream\" }} }}\n\
+             secrets = {{ upstream = \"file:{}\" }}\n",
+            credential.display()
+        ))
+    })
+    .await;
+    let token = member(&issuer, &served.url, "pat", &["payroll"]).await;
+    let (status, _, body) = call_tool(&served.url, Some(&token), "h__mirror", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = common::first_text(&body);
+    assert!(
+        seen.contains("Bearer the-servers-own-credential"),
+        "the server got its own credential: {seen}"
+    );
+    assert!(
+        !seen.contains(&token),
+        "the client's token reached the server: {seen}"
+    );
+    let signature = token.rsplit('.').next().unwrap_or_default();
+    assert!(
+        !seen.contains(signature),
+        "part of the client's token reached the server: {seen}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_does_not_outlive_the_rights_it_began_with() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let (_proxy, served) = proxy(&issuer, "", "").await;
+    let resource = served.url.clone();
+    let in_payroll = member(&issuer, &resource, "pat", &["payroll"]).await;
+    // The same person after leaving payroll: a new token, same subject.
+    let left = member(&issuer, &resource, "pat", &["sales"]).await;
+    let session = common::HttpSession::connect_as(&served.url, &in_payroll).await;
+    let reply = session
+        .call(
+            1,
+            "tools/call",
+            json!({"name": "example__echo", "arguments": {"text": "in payroll"}}),
+        )
+        .await;
+    assert!(reply.to_string().contains("in payroll"), "{reply}");
+    let response = reqwest::Client::new()
+        .post(&served.url)
+        .bearer_auth(&left)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", session.id())
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "example__echo", "arguments": {"text": "after leaving"}}}))
+        .send()
+        .await
+        .expect("POST /mcp");
+    assert_eq!(
+        response.status().as_u16(),
+        404,
+        "the session begun in payroll is not the new token's"
+    );
+    let body = response.text().await.unwrap_or_default();
+    assert!(!body.contains("after leaving"), "{body}");
+}
