@@ -90,16 +90,20 @@ permit(principal, action == Action::"list_tools", resource);
 /// The proxy with `[oauth]` trusting `issuer`, the example server behind
 /// it, and `extra` keys in the provider's entry.
 async fn proxy(issuer: &str, oauth: &str, provider: &str) -> (TestProxy, HttpProxy) {
-    proxy_with(issuer, oauth, provider, |proxy| {
+    proxy_with(issuer, (REDACTING, oauth), provider, |proxy| {
         proxy.with_example_server("example")
     })
     .await
 }
 
-/// [`proxy`] with other servers behind it.
+/// Redaction toward clients, as most tests have it.
+const REDACTING: &str = "[redact]\nresponses = \"redact\"";
+
+/// [`proxy`] with other servers behind it, and `redact` as its `[redact]`
+/// table.
 async fn proxy_with(
     issuer: &str,
-    oauth: &str,
+    (redact, oauth): (&str, &str),
     provider: &str,
     servers: impl FnOnce(TestProxy) -> TestProxy,
 ) -> (TestProxy, HttpProxy) {
@@ -108,7 +112,7 @@ async fn proxy_with(
     let proxy = TestProxy::new()
         .with_listen(&format!("127.0.0.1:{port}"))
         .with_config(&format!(
-            "policies = \"policies\"\n[redact]\nresponses = \"redact\"\n[listener]\nauth_failures_per_source = \"100/min\"\n\n[oauth]\nresource = \"{resource}\"\n{oauth}\n\n[[oauth.providers]]\nname = \"corp\"\nissuer = \"{issuer}\"\ngroups_claim = \"groups\"\nattributes = {{ email = \"email\" }}\n{provider}\n"
+            "policies = \"policies\"\n{redact}\n[listener]\nauth_failures_per_source = \"100/min\"\n\n[oauth]\nresource = \"{resource}\"\n{oauth}\n\n[[oauth.providers]]\nname = \"corp\"\nissuer = \"{issuer}\"\ngroups_claim = \"groups\"\nattributes = {{ email = \"email\" }}\n{provider}\n"
         ));
     let proxy = servers(proxy);
     proxy.policy_folder(POLICIES);
@@ -540,7 +544,7 @@ async fn a_server_behind_the_proxy_gets_its_own_credential_never_the_clients_tok
     let credentials = tempfile::tempdir().unwrap();
     let credential = credentials.path().join("upstream-credential");
     std::fs::write(&credential, "the-servers-own-credential\n").unwrap();
-    let (_proxy, served) = proxy_with(&issuer, "", "", |proxy| {
+    let (_proxy, served) = proxy_with(&issuer, (REDACTING, ""), "", |proxy| {
         proxy.with_server_toml(&format!(
             "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\n\
              remote = {{ url = {upstream_url:?}, headers = {{ Authorization = \"Bearer secret:upstream\" }} }}\n\
@@ -603,4 +607,55 @@ async fn a_session_does_not_outlive_the_rights_it_began_with() {
     );
     let body = response.text().await.unwrap_or_default();
     assert!(!body.contains("after leaving"), "{body}");
+}
+
+#[tokio::test]
+async fn a_server_gets_a_token_of_its_own_from_the_authorization_server() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let mut upstream = Command::new("python3");
+    upstream.arg(repo_root().join("tests/fixtures/hostile_http_upstream.py"));
+    let (_upstream, upstream_url) =
+        common::start_http_server(upstream, "the mirroring HTTP server").await;
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("machine-secret");
+    std::fs::write(&secret, "machine-secret\n").unwrap();
+    // Not redacted toward the client: the test reads the token the
+    // server was sent.
+    let unredacted = ("[redact]\nenabled = false", "");
+    let (_proxy, served) = proxy_with(&issuer, unredacted, "", |proxy| {
+        proxy.with_server_toml(&format!(
+            "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\n\
+             remote = {{ url = {upstream_url:?}, oauth = {{ token_endpoint = \"{issuer}/token\", client_id = \"machine\", client_secret = \"secret:machine\", scope = \"crm.read\" }} }}\n\
+             secrets = {{ machine = \"file:{}\" }}\n",
+            secret.display()
+        ))
+    })
+    .await;
+    let token = member(&issuer, &served.url, "pat", &["payroll"]).await;
+    let (status, _, body) = call_tool(&served.url, Some(&token), "h__mirror", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = common::first_text(&body);
+    assert!(
+        !seen.contains(&token),
+        "the client's token reached the server: {seen}"
+    );
+    // The server saw the token the authorization server issued the proxy
+    // for it: the machine's, for the server's URL.
+    let issued: Value = reqwest::get(format!("{issuer}/control/issued"))
+        .await
+        .expect("the issued tokens")
+        .json()
+        .await
+        .expect("JSON");
+    let machine = issued
+        .as_array()
+        .and_then(|all| all.iter().find(|t| t["grant"] == "client_credentials"))
+        .unwrap_or_else(|| panic!("no client-credentials token was issued: {issued}"));
+    let machine_token = machine["token"].as_str().expect("its token");
+    assert!(
+        seen.contains(&format!("Bearer {machine_token}")),
+        "the server got the proxy's token for it: {seen}"
+    );
+    assert_eq!(machine["claims"]["aud"], upstream_url.as_str(), "{machine}");
+    assert_eq!(machine["claims"]["scope"], "crm.read", "{machine}");
 }

@@ -82,7 +82,9 @@ use schema::RawSchema;
 pub use schema::{OutputAction, SchemaConfig};
 pub use secrets::{HeaderValue, SecretRef};
 use servers::RawServer;
-pub use servers::{ProcessSpec, RemoteSpec, ServerConfig, ServerProtocol, UpstreamSpec};
+pub use servers::{
+    ProcessSpec, RemoteOauth, RemoteSpec, ServerConfig, ServerProtocol, UpstreamSpec,
+};
 pub use values::{parse_duration, parse_size};
 
 /// A config that failed to load.

@@ -620,6 +620,39 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_servers_own_token_is_checked_as_written() {
+        let server = |oauth: &str, extra: &str| {
+            format!(
+                "[[servers]]\nname = \"crm\"\nremote = {{ url = \"https://crm.example.com/mcp\", oauth = {{ {oauth} }}{extra} }}\nsecrets = {{ crm = \"env:CRM\" }}\n"
+            )
+        };
+        let good = "token_endpoint = \"https://idp.example.com/token\", client_id = \"p\", client_secret = \"secret:crm\"";
+        let config = load(&server(good, "")).unwrap();
+        let crate::config::UpstreamSpec::Remote(remote) = &config.servers[0].kind else {
+            panic!("a remote server");
+        };
+        let oauth = remote.oauth.as_ref().unwrap();
+        assert_eq!(oauth.resource, "https://crm.example.com/mcp");
+        assert_eq!(oauth.client_secret, "crm");
+        refused(
+            &server(&good.replace("secret:crm", "secret:other"), ""),
+            "client_secret",
+        );
+        refused(
+            &server(&good.replace("secret:crm", "env:CRM"), ""),
+            "client_secret",
+        );
+        refused(
+            &server(&good.replace("https://idp", "http://idp"), ""),
+            "token_endpoint",
+        );
+        refused(
+            &server(good, ", headers = { Authorization = \"Bearer x\" }"),
+            "sends the server's token as Authorization itself",
+        );
+    }
+
+    #[test]
     fn oauth_needs_a_listener_and_a_provider() {
         refused(
             &format!("[oauth]\nresource = \"https://mcp.example.com/mcp\"\n{PROVIDER}"),

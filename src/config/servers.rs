@@ -75,6 +75,25 @@ pub struct ProcessSpec {
 pub struct RemoteSpec {
     pub url: String,
     pub headers: Vec<(String, HeaderValue)>,
+    /// The server's own access token, from the organisation's
+    /// authorization server (the client-credentials grant).
+    pub oauth: Option<RemoteOauth>,
+}
+
+/// `remote = { oauth = { … } }`: the proxy gets the server its own access
+/// token with the OAuth 2.1 client-credentials grant (HTTP Basic), sends it
+/// as `Authorization: Bearer …` and renews it before it expires. Never a
+/// client's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteOauth {
+    pub token_endpoint: String,
+    pub client_id: String,
+    /// The name of the server's secret holding the client secret.
+    pub client_secret: String,
+    pub scope: Option<String>,
+    /// The resource indicator (RFC 8707) asked for: the server's URL unless
+    /// set.
+    pub resource: String,
 }
 
 /// One `[[servers]]` entry as written.
@@ -149,6 +168,30 @@ struct RawRemote {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, HeaderText>")]
     headers: BTreeMap<String, String>,
+    /// The server's own access token from the organisation's
+    /// authorization server (the client-credentials grant), sent as
+    /// `Authorization: Bearer …` and renewed before it expires; never a
+    /// client's token.
+    oauth: Option<RawRemoteOauth>,
+}
+
+/// `remote = { oauth = { … } }` as written.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteOauth {
+    /// The authorization server's token endpoint: `https://` (`http://`
+    /// only on loopback).
+    token_endpoint: String,
+    /// The proxy's client id there.
+    client_id: String,
+    /// `secret:NAME`: the client secret, a secret of this server's
+    /// `secrets`.
+    client_secret: String,
+    /// The scope asked for (space-separated), if any.
+    scope: Option<String>,
+    /// The resource indicator (RFC 8707) asked for.
+    #[schemars(extend("x-default" = "the server's `url`"))]
+    resource: Option<String>,
 }
 
 impl RawServer {
@@ -295,9 +338,48 @@ impl RawRemote {
                 )
             },
         )?;
+        let oauth = match self.oauth {
+            None => None,
+            Some(oauth) => {
+                if !super::secure_url(&oauth.token_endpoint) {
+                    return Err(at.error(
+                        ".remote.oauth.token_endpoint",
+                        "must be an https:// URL (http:// only on loopback)".into(),
+                    ));
+                }
+                let secret = oauth
+                    .client_secret
+                    .strip_prefix("secret:")
+                    .filter(|name| secrets.contains_key(*name))
+                    .ok_or_else(|| {
+                        at.error(
+                            ".remote.oauth.client_secret",
+                            "must be `secret:NAME`, a secret of this server's `secrets`".into(),
+                        )
+                    })?;
+                if headers
+                    .iter()
+                    .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+                {
+                    return Err(at.error(
+                        ".remote.headers.Authorization",
+                        "with `oauth`, the proxy sends the server's token as Authorization itself"
+                            .into(),
+                    ));
+                }
+                Some(RemoteOauth {
+                    token_endpoint: oauth.token_endpoint,
+                    client_id: oauth.client_id,
+                    client_secret: secret.to_owned(),
+                    scope: oauth.scope,
+                    resource: oauth.resource.unwrap_or_else(|| self.url.clone()),
+                })
+            }
+        };
         Ok(RemoteSpec {
             url: self.url,
             headers,
+            oauth,
         })
     }
 }

@@ -141,6 +141,9 @@ pub enum Failure {
     /// A client's listen streams (how many) are all open.
     #[error("this client has {0} listen streams open; end one first")]
     TooManyListens(usize),
+    /// A per-client server's instances (how many) are all taken.
+    #[error("this server already runs {0} per-client instances; no more clients can be given one")]
+    TooManyInstances(usize),
 
     // -- at the HTTP transport, before the gateway sees the message --------
     #[error("the Mcp-Method header does not match the message's method")]
@@ -210,6 +213,7 @@ impl Failure {
             Self::NoBackChannel => code::CLIENT_UNAVAILABLE,
             Self::ServerResultType(_) => code::INTERNAL_ERROR,
             Self::TooManyListens(_) => code::RATE_LIMITED,
+            Self::TooManyInstances(_) => code::UPSTREAM_UNAVAILABLE,
             Self::UnknownRequestState | Self::RequestStateMismatch(_) => code::INVALID_PARAMS,
             Self::CallEnded | Self::ServerRounds(_) | Self::ServerTask(_) => code::INTERNAL_ERROR,
             Self::UnknownTask(_) => code::INVALID_PARAMS,

@@ -8,6 +8,9 @@ use crate::upstream::Upstream;
 
 use super::{Gateway, InstanceKey, Session, lock};
 
+/// Per-client instances of one server at most.
+pub(super) const MAX_INSTANCES_PER_SERVER: usize = 256;
+
 impl Gateway {
     /// Whether each client gets its own instance of the server.
     pub(super) fn per_client(&self, index: usize) -> bool {
@@ -30,6 +33,13 @@ impl Gateway {
         if self.shutdown.is_cancelled() {
             return None;
         }
+        // Clients from an identity provider are as many as the
+        // organisation's people: past the cap a new client is refused
+        // rather than given one more container.
+        if instances.keys().filter(|(at, _)| *at == index).count() >= MAX_INSTANCES_PER_SERVER {
+            tracing::warn!(server = %primary.name(), client = %client, cap = MAX_INSTANCES_PER_SERVER, "refused a per-client instance past the cap");
+            return None;
+        }
         let instance = (self.make_upstream)(
             primary.config_handle(),
             Some(client.clone()),
@@ -39,6 +49,15 @@ impl Gateway {
         instances.insert((index, client.clone()), instance.clone());
         tracing::debug!(server = %primary.name(), client = %client, "per-client instance created");
         Some(instance)
+    }
+
+    /// Why [`Gateway::upstream_for`] gave no instance.
+    pub(super) fn no_instance(&self) -> super::Failure {
+        if self.shutdown.is_cancelled() {
+            super::Failure::ShuttingDown
+        } else {
+            super::Failure::TooManyInstances(MAX_INSTANCES_PER_SERVER)
+        }
     }
 
     /// The instances clients' calls reach, with their keys: the shared

@@ -618,7 +618,7 @@ impl Gateway {
     ) -> Result<Value, Failure> {
         let upstream = self
             .upstream_for(server, &session.client.name)
-            .ok_or(Failure::ShuttingDown)?;
+            .ok_or_else(|| self.no_instance())?;
         let key = IdKey::from_value(client_id);
         let cancel = CancellationToken::new();
         if let Some(key) = &key

@@ -28,6 +28,7 @@ mod link;
 mod listen;
 mod process;
 mod remote;
+mod remote_token;
 #[cfg(test)]
 pub(crate) mod scripted;
 mod sse;

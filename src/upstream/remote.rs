@@ -25,6 +25,8 @@ struct RemoteLink {
     client: reqwest::Client,
     url: reqwest::Url,
     headers: HeaderMap,
+    /// The server's own access token (`remote = { oauth = … }`), if any.
+    token: Option<Arc<super::remote_token::ServerToken>>,
     session: RwLock<Option<HeaderValue>>,
     version: RwLock<Option<HeaderValue>>,
     listening: AtomicBool,
@@ -41,11 +43,20 @@ struct RemoteLink {
 }
 
 impl RemoteLink {
+    /// The configured headers, and the server's own token.
+    fn headers(&self) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        if let Some(token) = &self.token {
+            headers.insert(reqwest::header::AUTHORIZATION, token.header());
+        }
+        headers
+    }
+
     fn post(&self, message: &Value) -> reqwest::RequestBuilder {
         let request = self
             .client
             .post(self.url.clone())
-            .headers(self.headers.clone())
+            .headers(self.headers())
             .header(ACCEPT, "application/json, text/event-stream")
             .header(CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(message).unwrap_or_default());
@@ -260,11 +271,7 @@ impl RemoteLink {
     async fn listen(self: Arc<Self>) {
         while !self.closed.is_cancelled() {
             let request = self
-                .with_session(
-                    self.client
-                        .get(self.url.clone())
-                        .headers(self.headers.clone()),
-                )
+                .with_session(self.client.get(self.url.clone()).headers(self.headers()))
                 .header(ACCEPT, "text/event-stream");
             match request.send().await {
                 Ok(response) if response.status().is_success() => {
@@ -368,11 +375,7 @@ impl Link for RemoteHandle {
             if self.0.has_session() {
                 let link = &self.0;
                 let _ = link
-                    .with_session(
-                        link.client
-                            .delete(link.url.clone())
-                            .headers(link.headers.clone()),
-                    )
+                    .with_session(link.client.delete(link.url.clone()).headers(link.headers()))
                     .timeout(Duration::from_secs(2))
                     .send()
                     .await;
@@ -406,10 +409,35 @@ pub(super) async fn open(
             ))
         })?;
     let closed = CancellationToken::new();
+    let token = match &spec.oauth {
+        None => None,
+        Some(oauth) => {
+            let secret = secrets
+                .iter()
+                .find(|(name, _)| *name == oauth.client_secret)
+                .map(|(_, value)| value.clone())
+                .ok_or_else(|| {
+                    start_error(format!("the secret `{}` is not set", oauth.client_secret))
+                })?;
+            let token = super::remote_token::start(
+                oauth,
+                secret,
+                client.clone(),
+                inbox.server().clone(),
+                closed.clone(),
+            )
+            .await
+            .map_err(|reason| {
+                start_error(format!("cannot get the server's access token: {reason}"))
+            })?;
+            Some(token)
+        }
+    };
     let link = Arc::new(RemoteLink {
         client,
         url,
         headers,
+        token,
         session: RwLock::new(None),
         version: RwLock::new(None),
         listening: AtomicBool::new(false),
