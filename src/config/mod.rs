@@ -80,7 +80,7 @@ pub use redact::{RedactAction, RedactConfig, RuleActions};
 pub use sandbox::{BindMount, Sandbox, TmpfsMount};
 use schema::RawSchema;
 pub use schema::{OutputAction, SchemaConfig};
-pub use secrets::{HeaderValue, SecretRef};
+pub use secrets::{HeaderValue, SecretRef, form_encoded};
 use servers::RawServer;
 pub use servers::{
     ProcessSpec, RemoteOauth, RemoteSpec, ServerConfig, ServerProtocol, UpstreamSpec,

@@ -632,7 +632,10 @@ mod tests {
             panic!("a remote server");
         };
         let oauth = remote.oauth.as_ref().unwrap();
-        assert_eq!(oauth.resource, "https://crm.example.com/mcp");
+        assert_eq!(
+            oauth.resource.as_deref(),
+            Some("https://crm.example.com/mcp")
+        );
         assert_eq!(oauth.client_secret, "crm");
         refused(
             &server(&good.replace("secret:crm", "secret:other"), ""),

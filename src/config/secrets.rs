@@ -46,6 +46,23 @@ pub enum HeaderValue {
     Secret { prefix: String, secret: String },
 }
 
+/// A client id or secret as HTTP Basic carries them to an OAuth server
+/// (RFC 6749 2.3.1: form-urlencoded first, so that `:`, `%` or `+` in a
+/// secret reach the server as written).
+pub fn form_encoded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(char::from(byte));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
 /// `file:PATH` (relative to `base`) or `env:VAR`; anything else is refused.
 pub(super) fn parse_secret_ref(text: &str, base: &Path) -> Result<SecretRef, String> {
     if let Some(path) = text.strip_prefix("file:") {
@@ -185,6 +202,12 @@ pub(super) fn check_env(env: &BTreeMap<String, String>) -> Result<(), (String, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_credentials_are_form_encoded_for_basic_auth() {
+        assert_eq!(form_encoded("portcullis"), "portcullis");
+        assert_eq!(form_encoded("a:b%c+d e/é"), "a%3Ab%25c%2Bd+e%2F%C3%A9");
+    }
 
     #[test]
     fn header_secret_references() {

@@ -91,9 +91,10 @@ pub struct RemoteOauth {
     /// The name of the server's secret holding the client secret.
     pub client_secret: String,
     pub scope: Option<String>,
-    /// The resource indicator (RFC 8707) asked for: the server's URL unless
-    /// set.
-    pub resource: String,
+    /// The resource indicator (RFC 8707) asked for: the server's URL
+    /// (without its query) unless set; `None` when set to `""` (a server,
+    /// like Entra ID's, that refuses the parameter).
+    pub resource: Option<String>,
 }
 
 /// One `[[servers]]` entry as written.
@@ -189,8 +190,9 @@ struct RawRemoteOauth {
     client_secret: String,
     /// The scope asked for (space-separated), if any.
     scope: Option<String>,
-    /// The resource indicator (RFC 8707) asked for.
-    #[schemars(extend("x-default" = "the server's `url`"))]
+    /// The resource indicator (RFC 8707) asked for; `""` sends none (Entra
+    /// ID refuses the parameter).
+    #[schemars(extend("x-default" = "the server's `url` without its query"))]
     resource: Option<String>,
 }
 
@@ -341,6 +343,14 @@ impl RawRemote {
         let oauth = match self.oauth {
             None => None,
             Some(oauth) => {
+                // The server's token is a bearer credential: never over
+                // plain HTTP to another machine.
+                if !super::secure_url(&self.url) {
+                    return Err(at.error(
+                        ".remote.url",
+                        "with `oauth`, the server must be https:// (http:// only on loopback): its token would cross the network in clear".into(),
+                    ));
+                }
                 if !super::secure_url(&oauth.token_endpoint) {
                     return Err(at.error(
                         ".remote.oauth.token_endpoint",
@@ -367,12 +377,33 @@ impl RawRemote {
                             .into(),
                     ));
                 }
+                let resource = match oauth.resource {
+                    Some(resource) if resource.is_empty() => None,
+                    Some(resource) => {
+                        // RFC 8707: an absolute URI without a fragment.
+                        if reqwest::Url::parse(&resource).is_err() || resource.contains('#') {
+                            return Err(at.error(
+                                ".remote.oauth.resource",
+                                "must be an absolute URI without a fragment, or \"\" to send none"
+                                    .into(),
+                            ));
+                        }
+                        Some(resource)
+                    }
+                    // The URL without its query (which may hold a key)
+                    // or fragment.
+                    None => reqwest::Url::parse(&self.url).ok().map(|mut url| {
+                        url.set_query(None);
+                        url.set_fragment(None);
+                        url.to_string()
+                    }),
+                };
                 Some(RemoteOauth {
                     token_endpoint: oauth.token_endpoint,
                     client_id: oauth.client_id,
                     client_secret: secret.to_owned(),
                     scope: oauth.scope,
-                    resource: oauth.resource.unwrap_or_else(|| self.url.clone()),
+                    resource,
                 })
             }
         };

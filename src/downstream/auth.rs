@@ -310,6 +310,7 @@ async fn with_token(oauth: &OauthVerifier, token: &str) -> Result<ClientIdentity
             Err(refused)
         }
         Err(error @ TokenError::Unreachable(_)) => {
+            let jwt = oauth.names_a_provider(token);
             tracing::warn!(%error, "cannot check an access token");
             let mut refused = plain_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -318,8 +319,12 @@ async fn with_token(oauth: &OauthVerifier, token: &str) -> Result<ClientIdentity
             refused
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            // Counted like a refusal: while the provider is away, a guess
-            // at a static token must not get an answer for free.
+            // While the provider is away, a guess at a static token (an
+            // opaque one) must not get an answer for free: counted. A JWT
+            // of a provider here is no such guess.
+            if jwt {
+                return Err(refused);
+            }
             Err(counted(refused, &error))
         }
         Err(error) => {
@@ -329,6 +334,9 @@ async fn with_token(oauth: &OauthVerifier, token: &str) -> Result<ClientIdentity
                 header::WWW_AUTHENTICATE,
                 challenge(oauth.config(), Challenge::InvalidToken(&description)),
             );
+            if !error.is_guess() {
+                return Err(refused);
+            }
             Err(counted(refused, &error))
         }
     }

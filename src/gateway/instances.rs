@@ -8,7 +8,9 @@ use crate::upstream::Upstream;
 
 use super::{Gateway, InstanceKey, Session, lock};
 
-/// Per-client instances of one server at most.
+/// Per-client instances of one server running (or starting, or restarting)
+/// at once at most; an idle one, stopped after its idle timeout, does not
+/// count.
 pub(super) const MAX_INSTANCES_PER_SERVER: usize = 256;
 
 impl Gateway {
@@ -36,7 +38,17 @@ impl Gateway {
         // Clients from an identity provider are as many as the
         // organisation's people: past the cap a new client is refused
         // rather than given one more container.
-        if instances.keys().filter(|(at, _)| *at == index).count() >= MAX_INSTANCES_PER_SERVER {
+        let running = instances
+            .iter()
+            .filter(|((at, _), instance)| {
+                *at == index
+                    && !matches!(
+                        instance.status(),
+                        crate::upstream::Status::Idle(_) | crate::upstream::Status::Stopped
+                    )
+            })
+            .count();
+        if running >= MAX_INSTANCES_PER_SERVER {
             tracing::warn!(server = %primary.name(), client = %client, cap = MAX_INSTANCES_PER_SERVER, "refused a per-client instance past the cap");
             return None;
         }

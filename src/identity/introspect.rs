@@ -67,7 +67,10 @@ impl Introspection {
         })?;
         let request = http
             .post(&endpoint)
-            .basic_auth(&self.config.client_id, Some(secret))
+            .basic_auth(
+                crate::config::form_encoded(&self.config.client_id),
+                Some(crate::config::form_encoded(&secret)),
+            )
             .form(&[("token", token), ("token_type_hint", "access_token")]);
         let answer = fetch::json(request, &endpoint)
             .await

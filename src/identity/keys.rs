@@ -106,7 +106,7 @@ fn alg_name(alg: Algorithm) -> String {
         .unwrap_or_default()
 }
 
-/// The endpoints as far as they are known.
+/// The endpoints as far as they are known, and when to read them next.
 enum Found {
     Never,
     Read(Endpoints, Instant),
@@ -194,14 +194,26 @@ impl KeySet {
             return Ok(key.clone());
         }
         if !self.may_read(kid) {
-            return found.ok_or(KeyError::Unknown);
+            return found.ok_or_else(|| self.missing());
         }
         match self.read(kid).await {
             Ok(()) => self.lookup(kid, alg).0.ok_or(KeyError::Unknown),
             // Keys already held still serve while the provider is away,
             // for a while.
-            Err(reason) if self.too_stale() => Err(KeyError::Unreachable(reason)),
             Err(reason) => found.ok_or(KeyError::Unreachable(reason)),
+        }
+    }
+
+    /// Why no key is found when none may be read now: the provider's keys
+    /// were never read or are too old (it is away), or it has no such key.
+    fn missing(&self) -> KeyError {
+        if self.too_stale() {
+            KeyError::Unreachable(format!(
+                "the keys of `{}` could not be read (again) in time",
+                self.provider.issuer
+            ))
+        } else {
+            KeyError::Unknown
         }
     }
 
@@ -224,6 +236,10 @@ impl KeySet {
     fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> (Option<Arc<Key>>, bool) {
         let held = self.held.read().unwrap_or_else(|p| p.into_inner());
         let fresh = held.fetched.is_some_and(|at| at.elapsed() < MAX_AGE);
+        // Keys this old are not used at all, whatever else happens.
+        if held.fetched.is_none_or(|at| at.elapsed() >= MAX_STALE) {
+            return (None, false);
+        }
         let mut fitting = held
             .keys
             .iter()
@@ -285,6 +301,10 @@ impl KeySet {
         let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(keys) => {
+                // A key id looked for before and now published is new no
+                // more; one still missing is remembered as looked for.
+                held.missed
+                    .retain(|missed| !keys.iter().any(|key| key.kid.as_deref() == Some(missed)));
                 if let Some(kid) = kid
                     && !keys.iter().any(|key| key.kid.as_deref() == Some(kid))
                 {
@@ -312,24 +332,26 @@ impl KeySet {
     /// away).
     pub async fn endpoints(&self) -> Result<Endpoints, String> {
         let mut endpoints = self.endpoints.lock().await;
+        let now = Instant::now();
         match &*endpoints {
-            Found::Read(known, at) if at.elapsed() < MAX_AGE => return Ok(known.clone()),
-            Found::Failed(reason, at) if at.elapsed() < MIN_REFRESH => {
-                return Err(reason.clone());
-            }
+            Found::Read(known, next) if now < *next => return Ok(known.clone()),
+            Found::Failed(reason, next) if now < *next => return Err(reason.clone()),
             _ => {}
         }
         match self.metadata().await {
             Ok(read) => {
-                *endpoints = Found::Read(read.clone(), Instant::now());
+                *endpoints = Found::Read(read.clone(), Instant::now() + MAX_AGE);
                 Ok(read)
             }
             Err(reason) => {
-                // Endpoints read before still serve.
+                let next = Instant::now() + MIN_REFRESH;
+                // Endpoints read before still serve; asked again later.
                 if let Found::Read(known, _) = &*endpoints {
-                    return Ok(known.clone());
+                    let known = known.clone();
+                    *endpoints = Found::Read(known.clone(), next);
+                    return Ok(known);
                 }
-                *endpoints = Found::Failed(reason.clone(), Instant::now());
+                *endpoints = Found::Failed(reason.clone(), next);
                 Err(reason)
             }
         }

@@ -66,6 +66,24 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// Whether the refusal may be a guess: the token is not one the
+    /// provider vouches for. A token whose signature (or introspection)
+    /// held but which has expired, is for another audience or names a
+    /// client it may not is a real token, presented as OAuth clients do
+    /// before they refresh: counting it would lock out the address of
+    /// everyone behind one NAT.
+    pub fn is_guess(&self) -> bool {
+        matches!(
+            self,
+            Self::Malformed
+                | Self::UnknownIssuer
+                | Self::Algorithm
+                | Self::UnknownKey
+                | Self::Signature
+                | Self::Inactive
+        )
+    }
+
     /// The reason in failure records: a fixed text per kind.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -142,6 +160,16 @@ impl OauthVerifier {
 
     pub fn config(&self) -> &OauthConfig {
         &self.config
+    }
+
+    /// Whether `token` reads as a JWT of a provider here (not checked).
+    pub fn names_a_provider(&self, token: &str) -> bool {
+        Jwt::parse(token).is_some_and(|jwt| {
+            self.config
+                .providers
+                .iter()
+                .any(|p| Some(&p.issuer) == jwt.issuer.as_ref())
+        })
     }
 
     /// The identity a bearer token proves.
@@ -296,6 +324,10 @@ impl OauthVerifier {
                     .ok_or_else(|| claim(key))?
                     .into_iter()
                     .map(|group| format!("{}{group}", provider.group_prefix))
+                    // In a stable order: a refreshed token listing the same
+                    // groups otherwise is the same client.
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
                     .collect(),
             },
         };
@@ -320,6 +352,9 @@ impl OauthVerifier {
         if scopes.len() > MAX_ITEMS || !scopes.iter().all(|scope| well_formed(scope)) {
             return Err(claim(&provider.scopes_claim));
         }
+        let mut scopes = scopes;
+        scopes.sort();
+        scopes.dedup();
         let has = |wanted: &String| scopes.iter().any(|scope| **scope == **wanted);
         if !self.config.required_scopes.iter().all(has) {
             return Err(TokenError::InsufficientScope);

@@ -419,17 +419,12 @@ pub(super) async fn open(
                 .ok_or_else(|| {
                     start_error(format!("the secret `{}` is not set", oauth.client_secret))
                 })?;
-            let token = super::remote_token::start(
-                oauth,
-                secret,
-                client.clone(),
-                inbox.server().clone(),
-                closed.clone(),
-            )
-            .await
-            .map_err(|reason| {
-                start_error(format!("cannot get the server's access token: {reason}"))
-            })?;
+            let token =
+                super::remote_token::start(oauth, secret, inbox.server().clone(), closed.clone())
+                    .await
+                    .map_err(|reason| {
+                        start_error(format!("cannot get the server's access token: {reason}"))
+                    })?;
             Some(token)
         }
     };

@@ -19,8 +19,11 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// A token is renewed this long before it expires (or at half its life,
 /// if that is sooner).
 const RENEW_BEFORE: Duration = Duration::from_secs(60);
-/// After a failed renewal, the next try.
+/// After a failed renewal, the next try (doubling up to [`MOST_RETRY`]).
 const RETRY: Duration = Duration::from_secs(5);
+const MOST_RETRY: Duration = Duration::from_secs(60);
+/// How long a token lives when its endpoint does not say (`expires_in`).
+const UNSAID_LIFE: Duration = Duration::from_secs(300);
 
 /// The current token, shared with the requests that send it.
 pub(super) struct ServerToken {
@@ -38,14 +41,21 @@ impl ServerToken {
 }
 
 /// Gets the first token (the server does not start without one) and keeps
-/// it renewed until `closed`.
+/// it renewed until `closed`. A token that expires unrenewed closes the
+/// link: the server is down (and restarted with backoff, its secrets read
+/// again), not sending a token it knows is dead.
 pub(super) async fn start(
     oauth: &RemoteOauth,
     secret: String,
-    client: reqwest::Client,
     server: Arc<str>,
     closed: CancellationToken,
 ) -> Result<Arc<ServerToken>, String> {
+    // Its own client: a token endpoint's redirect is not followed.
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|err| format!("cannot build an HTTP client: {err}"))?;
     let (header, lives) = fetch(&client, oauth, &secret).await?;
     let token = Arc::new(ServerToken {
         current: RwLock::new(header),
@@ -53,7 +63,9 @@ pub(super) async fn start(
     let kept = token.clone();
     let oauth = oauth.clone();
     tokio::spawn(async move {
+        let mut expires = Instant::now() + lives;
         let mut wait = renew_after(lives);
+        let mut retry = RETRY;
         loop {
             tokio::select! {
                 () = closed.cancelled() => return,
@@ -62,11 +74,19 @@ pub(super) async fn start(
             match fetch(&client, &oauth, &secret).await {
                 Ok((header, lives)) => {
                     *kept.current.write().unwrap_or_else(|p| p.into_inner()) = header;
+                    expires = Instant::now() + lives;
                     wait = renew_after(lives);
+                    retry = RETRY;
+                }
+                Err(reason) if Instant::now() >= expires => {
+                    tracing::warn!(%server, %reason, "the server's access token expired unrenewed: closing its connection");
+                    closed.cancel();
+                    return;
                 }
                 Err(reason) => {
                     tracing::warn!(%server, %reason, "cannot renew the server's access token");
-                    wait = RETRY;
+                    wait = retry.min(expires.saturating_duration_since(Instant::now()));
+                    retry = (retry * 2).min(MOST_RETRY);
                 }
             }
         }
@@ -87,17 +107,20 @@ async fn fetch(
     secret: &str,
 ) -> Result<(HeaderValue, Duration), String> {
     let endpoint = &oauth.token_endpoint;
-    let mut form = vec![
-        ("grant_type", "client_credentials"),
-        ("resource", oauth.resource.as_str()),
-    ];
+    let mut form = vec![("grant_type", "client_credentials")];
+    if let Some(resource) = &oauth.resource {
+        form.push(("resource", resource));
+    }
     if let Some(scope) = &oauth.scope {
         form.push(("scope", scope));
     }
     let started = Instant::now();
     let mut response = client
         .post(endpoint)
-        .basic_auth(&oauth.client_id, Some(secret))
+        .basic_auth(
+            crate::config::form_encoded(&oauth.client_id),
+            Some(crate::config::form_encoded(secret)),
+        )
         .header(reqwest::header::ACCEPT, "application/json")
         .form(&form)
         .timeout(Duration::from_secs(10))
@@ -148,7 +171,7 @@ async fn fetch(
     let lives = answer
         .get("expires_in")
         .and_then(Value::as_u64)
-        .map_or(Duration::from_secs(3600), Duration::from_secs)
+        .map_or(UNSAID_LIFE, Duration::from_secs)
         .saturating_sub(started.elapsed());
     Ok((header, lives))
 }
