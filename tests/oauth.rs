@@ -659,3 +659,53 @@ async fn a_server_gets_a_token_of_its_own_from_the_authorization_server() {
     assert_eq!(machine["claims"]["aud"], upstream_url.as_str(), "{machine}");
     assert_eq!(machine["claims"]["scope"], "crm.read", "{machine}");
 }
+
+#[tokio::test]
+async fn a_call_in_rounds_is_continued_only_by_the_identity_that_began_it() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let (_proxy, served) = proxy(&issuer, "", "").await;
+    let resource = served.url.clone();
+    let began = member(&issuer, &resource, "pat", &["payroll"]).await;
+    // The same subject with other groups (here more): another identity.
+    let other = member(&issuer, &resource, "pat", &["payroll", "admins"]).await;
+    let asking = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+    "name": "example__elicit", "arguments": {"message": "confirm"},
+    "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}
+    }}});
+    let post = |token: String, message: Value| {
+        let url = served.url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(&url)
+                .bearer_auth(token)
+                .header("accept", "application/json")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "example__elicit")
+                .json(&message)
+                .send()
+                .await
+                .expect("POST /mcp")
+                .json::<Value>()
+                .await
+                .expect("a JSON reply")
+        }
+    };
+    let round = post(began.clone(), asking.clone()).await;
+    assert_eq!(round["result"]["resultType"], "input_required", "{round}");
+    let key = round["result"]["inputRequests"]
+        .as_object()
+        .and_then(|questions| questions.keys().next().cloned())
+        .expect("a question");
+    let mut retry = asking.clone();
+    retry["id"] = json!(2);
+    retry["params"]["requestState"] = round["result"]["requestState"].clone();
+    retry["params"]["inputResponses"] =
+        json!({ key: {"action": "accept", "content": {"name": "Ada"}} });
+    let refused = post(other, retry.clone()).await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    let done = post(began, retry).await;
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+}

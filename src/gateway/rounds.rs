@@ -418,7 +418,12 @@ impl Gateway {
         let mut parked = lock(&self.parked);
         let found = parked
             .get(state)
-            .filter(|found| found.client == session.client.name)
+            // The same client as the call began with, all of it: one
+            // whose token now says other groups or scopes (same name)
+            // does not continue a call decided under the old ones.
+            .filter(|found| {
+                found.client == session.client.name && found.session.client == session.client
+            })
             .ok_or(Failure::UnknownRequestState)?;
         if found.method != method {
             return Err(Failure::RequestStateMismatch("another method"));
