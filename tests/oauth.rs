@@ -67,6 +67,47 @@ async fn member(issuer: &str, resource: &str, sub: &str, groups: &[&str]) -> Str
     .await
 }
 
+/// A 2026-07-28 server over HTTP whose `mirror` tool answers with the
+/// headers it was sent (`tests/fixtures/hostile_http_upstream.py`).
+async fn mirror() -> (Child, String) {
+    let mut command = Command::new("python3");
+    command.arg(repo_root().join("tests/fixtures/hostile_http_upstream.py"));
+    common::start_http_server(command, "the mirroring HTTP server").await
+}
+
+/// What the mirroring server `h` (2026-07-28, `remote` with `keys`, its
+/// secret `name` read from `file`) behind a proxy with `redact` was sent
+/// for a call of a payroll member: the text it answered, the member's
+/// token, and the server's URL.
+async fn seen_by_mirror(
+    issuer: &str,
+    redact: &str,
+    keys: &str,
+    (name, file): (&str, &std::path::Path),
+) -> (String, String, String) {
+    let (_upstream, url) = mirror().await;
+    let (_proxy, served) = proxy_with(issuer, (redact, ""), "", |proxy| {
+        proxy.with_server_toml(&format!(
+            "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\n\
+             remote = {{ url = {url:?}, {keys} }}\nsecrets = {{ {name} = \"file:{}\" }}\n",
+            file.display()
+        ))
+    })
+    .await;
+    let token = member(issuer, &served.url, "pat", &["payroll"]).await;
+    let (status, _, body) = call_tool(&served.url, Some(&token), "h__mirror", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    (common::first_text(&body), token, url)
+}
+
+/// A file holding `secret`, in a folder kept as long as the first value.
+fn secret_file(secret: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    (dir, path)
+}
+
 /// A loopback port free now (the proxy's `resource` must name its port
 /// before it starts).
 fn free_port() -> u16 {
@@ -443,9 +484,7 @@ async fn key_rotation_at_the_issuer_is_followed_without_a_restart() {
 #[tokio::test]
 async fn an_opaque_token_is_introspected_cached_and_refused_once_revoked() {
     let (_server, issuer) = authorization_server(&[]).await;
-    let proxy_dir = tempfile::tempdir().unwrap();
-    let secret = proxy_dir.path().join("introspection-secret");
-    std::fs::write(&secret, "introspector-secret\n").unwrap();
+    let (_secrets, secret) = secret_file("introspector-secret");
     let (_proxy, served) = proxy(
         &issuer,
         "",
@@ -537,26 +576,14 @@ async fn the_protected_resource_metadata_names_the_resource_and_its_issuer() {
 #[tokio::test]
 async fn a_server_behind_the_proxy_gets_its_own_credential_never_the_clients_token() {
     let (_server, issuer) = authorization_server(&[]).await;
-    let mut upstream = Command::new("python3");
-    upstream.arg(repo_root().join("tests/fixtures/hostile_http_upstream.py"));
-    let (_upstream, upstream_url) =
-        common::start_http_server(upstream, "the mirroring HTTP server").await;
-    let credentials = tempfile::tempdir().unwrap();
-    let credential = credentials.path().join("upstream-credential");
-    std::fs::write(&credential, "the-servers-own-credential\n").unwrap();
-    let (_proxy, served) = proxy_with(&issuer, (REDACTING, ""), "", |proxy| {
-        proxy.with_server_toml(&format!(
-            "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\n\
-             remote = {{ url = {upstream_url:?}, headers = {{ Authorization = \"Bearer secret:upstream\" }} }}\n\
-             secrets = {{ upstream = \"file:{}\" }}\n",
-            credential.display()
-        ))
-    })
+    let (_credentials, credential) = secret_file("the-servers-own-credential");
+    let (seen, token, _) = seen_by_mirror(
+        &issuer,
+        REDACTING,
+        "headers = { Authorization = \"Bearer secret:upstream\" }",
+        ("upstream", &credential),
+    )
     .await;
-    let token = member(&issuer, &served.url, "pat", &["payroll"]).await;
-    let (status, _, body) = call_tool(&served.url, Some(&token), "h__mirror", json!({})).await;
-    assert_eq!(status, 200, "{body}");
-    let seen = common::first_text(&body);
     assert!(
         seen.contains("Bearer the-servers-own-credential"),
         "the server got its own credential: {seen}"
@@ -612,29 +639,18 @@ async fn a_session_does_not_outlive_the_rights_it_began_with() {
 #[tokio::test]
 async fn a_server_gets_a_token_of_its_own_from_the_authorization_server() {
     let (_server, issuer) = authorization_server(&[]).await;
-    let mut upstream = Command::new("python3");
-    upstream.arg(repo_root().join("tests/fixtures/hostile_http_upstream.py"));
-    let (_upstream, upstream_url) =
-        common::start_http_server(upstream, "the mirroring HTTP server").await;
-    let secrets = tempfile::tempdir().unwrap();
-    let secret = secrets.path().join("machine-secret");
-    std::fs::write(&secret, "machine-secret\n").unwrap();
+    let (_secrets, secret) = secret_file("machine-secret");
     // Not redacted toward the client: the test reads the token the
     // server was sent.
-    let unredacted = ("[redact]\nenabled = false", "");
-    let (_proxy, served) = proxy_with(&issuer, unredacted, "", |proxy| {
-        proxy.with_server_toml(&format!(
-            "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\n\
-             remote = {{ url = {upstream_url:?}, oauth = {{ token_endpoint = \"{issuer}/token\", client_id = \"machine\", client_secret = \"secret:machine\", scope = \"crm.read\" }} }}\n\
-             secrets = {{ machine = \"file:{}\" }}\n",
-            secret.display()
-        ))
-    })
+    let (seen, token, upstream_url) = seen_by_mirror(
+        &issuer,
+        "[redact]\nenabled = false",
+        &format!(
+            "oauth = {{ token_endpoint = \"{issuer}/token\", client_id = \"machine\", client_secret = \"secret:machine\", scope = \"crm.read\" }}"
+        ),
+        ("machine", &secret),
+    )
     .await;
-    let token = member(&issuer, &served.url, "pat", &["payroll"]).await;
-    let (status, _, body) = call_tool(&served.url, Some(&token), "h__mirror", json!({})).await;
-    assert_eq!(status, 200, "{body}");
-    let seen = common::first_text(&body);
     assert!(
         !seen.contains(&token),
         "the client's token reached the server: {seen}"

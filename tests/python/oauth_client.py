@@ -71,6 +71,7 @@ import sys
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+from mcp_client import describe  # the same messages as the other driver
 import anyio
 import httpx2
 from mcp import Client, MCPError
@@ -243,19 +244,6 @@ class HeadlessBrowser:
         return result
 
 
-def unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def describe(exc: BaseException) -> str:
-    exc = unwrap(exc)
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(describe(e) for e in exc.exceptions)
-    if isinstance(exc, MCPError):
-        return f"MCP error {exc.code}: {exc.message}"
-    return f"{type(exc).__name__}: {str(exc) or repr(exc)}"
 
 
 class Failed(Exception):
