@@ -261,17 +261,22 @@ impl FromRequestParts<Arc<HttpState>> for Client {
         state: &Arc<HttpState>,
     ) -> Result<Self, Response> {
         let certificate = parts.extensions.get::<PeerCertificate>();
+        // The token is hashed once: its hash finds a static token, and
+        // keys an access token the verifier has seen.
+        let token = bearer_token(&parts.headers);
+        let digest: Option<[u8; 32]> = token.map(|token| Sha256::digest(token.as_bytes()).into());
+        let hash = digest.map(hex::encode);
         if let Some(oauth) = &state.oauth
             && certificate.is_none()
-            && let Some(token) = bearer_token(&parts.headers)
-            && !state.credentials.is_static(token)
+            && let (Some(token), Some(digest), Some(hash)) = (token, digest, &hash)
+            && !state.credentials.is_static(hash)
             // A token in the static tokens' format (a wrong or retired
             // one) is never shown to an identity provider.
             && !token.starts_with(STATIC_PREFIX)
         {
-            return with_token(oauth, token).await.map(Client);
+            return with_token(oauth, token, digest).await.map(Client);
         }
-        authenticate(&state.credentials, &parts.headers, certificate)
+        authenticate(&state.credentials, hash.as_deref(), certificate)
             .map(Client)
             .map_err(|refused| {
                 let mut refused = *refused;
@@ -295,8 +300,12 @@ impl FromRequestParts<Arc<HttpState>> for Client {
 /// says, or the refusal the MCP authorization spec asks for (401 with a
 /// challenge pointing at the metadata; 403 `insufficient_scope`; 503 when
 /// the provider cannot be asked, which is no failure of the client's).
-async fn with_token(oauth: &OauthVerifier, token: &str) -> Result<ClientIdentity, Response> {
-    match oauth.verify(token).await {
+async fn with_token(
+    oauth: &OauthVerifier,
+    token: &str,
+    digest: [u8; 32],
+) -> Result<ClientIdentity, Response> {
+    match oauth.verify_hashed(token, digest).await {
         Ok(identity) => Ok(identity),
         Err(TokenError::InsufficientScope) => {
             let mut refused = plain_error(
@@ -342,9 +351,11 @@ async fn with_token(oauth: &OauthVerifier, token: &str) -> Result<ClientIdentity
     }
 }
 
+/// A client by its certificate or by `hash`, its bearer token's SHA-256
+/// (hex).
 fn authenticate(
     credentials: &Credentials,
-    headers: &HeaderMap,
+    hash: Option<&str>,
     certificate: Option<&PeerCertificate>,
 ) -> Result<ClientIdentity, Box<Response>> {
     if let Some(certificate) = certificate {
@@ -357,10 +368,10 @@ fn authenticate(
                 None,
             )));
         };
-        if let Some(hash) = bearer_hash(headers)
+        if let Some(hash) = hash
             && credentials
                 .tokens
-                .get(&hash)
+                .get(hash)
                 .is_none_or(|other| other.name != client.name)
         {
             return Err(Box::new(AuthFailure::attach(
@@ -373,17 +384,17 @@ fn authenticate(
         }
         return Ok(client.clone());
     }
-    let Some(hash) = bearer_hash(headers) else {
+    let Some(hash) = hash else {
         return Err(no_token("/mcp"));
     };
-    match credentials.tokens.get(&hash) {
+    match credentials.tokens.get(hash) {
         Some(client) => Ok(client.clone()),
         None => Err(Box::new(wrong_token(
             unauthorized("the bearer token is not valid"),
             "/mcp",
             credentials
                 .auditors
-                .get(&hash)
+                .get(hash)
                 .map(|auditor| (AUDITORS_TOKEN, auditor.as_str())),
             None,
         ))),

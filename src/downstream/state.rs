@@ -17,7 +17,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use serde_json::json;
-use sha2::Digest as _;
 
 use super::logins::Logins;
 use super::sessions::{Places, SessionTable};
@@ -64,11 +63,11 @@ pub(super) struct Credentials {
 }
 
 impl Credentials {
-    /// Whether `token` is a client's or an auditor's static token (else it
-    /// may be an access token from an identity provider).
-    pub(super) fn is_static(&self, token: &str) -> bool {
-        let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
-        self.tokens.contains_key(&hash) || self.auditors.contains_key(&hash)
+    /// Whether the token of SHA-256 (hex) `hash` is a client's or an
+    /// auditor's static token (else it may be an access token from an
+    /// identity provider).
+    pub(super) fn is_static(&self, hash: &str) -> bool {
+        self.tokens.contains_key(hash) || self.auditors.contains_key(hash)
     }
 
     fn of(config: &Config) -> Self {

@@ -174,7 +174,17 @@ impl OauthVerifier {
 
     /// The identity a bearer token proves.
     pub async fn verify(&self, token: &str) -> Result<ClientIdentity, TokenError> {
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.verify_hashed(token, Sha256::digest(token.as_bytes()).into())
+            .await
+    }
+
+    /// [`OauthVerifier::verify`] of a token whose SHA-256 the caller has
+    /// already taken.
+    pub async fn verify_hashed(
+        &self,
+        token: &str,
+        hash: [u8; 32],
+    ) -> Result<ClientIdentity, TokenError> {
         let now = unix_now();
         if let Some(identity) = self.remembered(&hash, now) {
             return Ok(identity);

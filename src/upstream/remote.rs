@@ -328,7 +328,10 @@ fn without_url(err: &reqwest::Error) -> String {
 /// whether its call has ended.
 const CALL_STREAM_CHECK: Duration = Duration::from_secs(2);
 
-async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+pub(super) async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()

@@ -115,7 +115,7 @@ async fn fetch(
         form.push(("scope", scope));
     }
     let started = Instant::now();
-    let mut response = client
+    let response = client
         .post(endpoint)
         .basic_auth(
             crate::config::form_encoded(&oauth.client_id),
@@ -128,17 +128,9 @@ async fn fetch(
         .await
         .map_err(|err| format!("{endpoint}: {}", err.without_url()))?;
     let status = response.status();
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+    let body = super::remote::read_limited(response, MAX_ANSWER)
         .await
-        .map_err(|err| format!("{endpoint}: {}", err.without_url()))?
-    {
-        if body.len() + chunk.len() > MAX_ANSWER {
-            return Err(format!("{endpoint} sent more than {MAX_ANSWER} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
+        .map_err(|reason| format!("{endpoint}: {reason}"))?;
     let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if !status.is_success() {
         // The error code and description are the server's words about the
