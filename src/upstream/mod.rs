@@ -24,6 +24,7 @@ pub mod container;
 mod dispatch;
 mod era;
 mod events;
+mod http_body;
 mod link;
 mod listen;
 mod process;

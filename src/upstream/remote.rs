@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
+use super::http_body::{read_limited, without_url};
 use super::link::{Connected, Inbox, Link};
 use super::sse::{SseEvent, SseParser};
 use crate::config::{self, LimitsConfig, RemoteSpec};
@@ -307,44 +308,9 @@ fn shown(url: &reqwest::Url) -> String {
     }
 }
 
-/// reqwest errors print the URL, which may carry credentials in its query.
-fn without_url(err: &reqwest::Error) -> String {
-    let mut text = if err.is_connect() {
-        "connection failed".to_owned()
-    } else if err.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
-}
-
 /// How often a call's response stream that has gone quiet is checked for
 /// whether its call has ended.
 const CALL_STREAM_CHECK: Duration = Duration::from_secs(2);
-
-pub(super) async fn read_limited(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|err| format!("cannot read the response: {}", without_url(&err)))?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(format!("the server's response exceeds {limit} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
 
 struct RemoteHandle(Arc<RemoteLink>);
 

@@ -128,7 +128,7 @@ async fn fetch(
         .await
         .map_err(|err| format!("{endpoint}: {}", err.without_url()))?;
     let status = response.status();
-    let body = super::remote::read_limited(response, MAX_ANSWER)
+    let body = super::http_body::read_limited(response, MAX_ANSWER)
         .await
         .map_err(|reason| format!("{endpoint}: {reason}"))?;
     let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
