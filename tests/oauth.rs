@@ -725,3 +725,121 @@ async fn a_call_in_rounds_is_continued_only_by_the_identity_that_began_it() {
     let done = post(began, retry).await;
     assert_eq!(done["result"]["resultType"], "complete", "{done}");
 }
+
+/// The tokens the authorization server issued by `grant`.
+async fn issued_by(issuer: &str, grant: &str) -> Vec<Value> {
+    let issued: Value = reqwest::get(format!("{issuer}/control/issued"))
+        .await
+        .expect("the issued tokens")
+        .json()
+        .await
+        .expect("JSON");
+    issued
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|t| t["grant"] == grant)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_server_that_acts_as_the_user_gets_an_exchanged_token_never_the_users_own() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let (_secrets, secret) = secret_file("machine-secret");
+    let (_upstream, url) = mirror().await;
+    // Not redacted toward the client: the test reads the token the
+    // server was sent.
+    let (_proxy, served) = proxy_with(&issuer, ("[redact]\nenabled = false", ""), "", |proxy| {
+        proxy.with_server_toml(&format!(
+            "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\n\
+             remote = {{ url = {url:?}, oauth = {{ token_endpoint = \"{issuer}/token\", client_id = \"machine\", client_secret = \"secret:machine\", grant = \"token_exchange\", scope = \"crm.read\" }} }}\n\
+             secrets = {{ machine = \"file:{}\" }}\n",
+            secret.display()
+        ))
+    })
+    .await;
+    // The server's tools were listed with the proxy's own token.
+    assert_eq!(issued_by(&issuer, "client_credentials").await.len(), 1);
+    let mut exchanged = Vec::new();
+    for user in ["pat", "sam"] {
+        let minted = control(
+            &issuer,
+            "mint",
+            json!({"sub": user, "aud": served.url, "claims": {"groups": ["payroll"]}}),
+        )
+        .await;
+        let token = minted["token"].as_str().expect("a token");
+        let (status, _, body) = call_tool(&served.url, Some(token), "h__mirror", json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        let seen = common::first_text(&body);
+        let signature = token.rsplit('.').next().unwrap_or_default();
+        assert!(
+            !seen.contains(signature),
+            "the user's own token reached the server: {seen}"
+        );
+        // The server was sent a token issued to the proxy for this user,
+        // in exchange for the user's (that very token).
+        let exchange = issued_by(&issuer, "token_exchange")
+            .await
+            .into_iter()
+            .find(|t| t["claims"]["sub"] == user)
+            .unwrap_or_else(|| panic!("no token was exchanged for {user}"));
+        assert_eq!(
+            exchange["subject_jti"], minted["claims"]["jti"],
+            "{exchange}"
+        );
+        assert_eq!(exchange["claims"]["act"]["sub"], "machine", "{exchange}");
+        assert_eq!(exchange["claims"]["aud"], url.as_str(), "{exchange}");
+        assert_eq!(exchange["claims"]["scope"], "crm.read", "{exchange}");
+        let sent = exchange["token"].as_str().expect("its token").to_owned();
+        assert!(
+            seen.contains(&format!("Bearer {sent}")),
+            "the server got the token exchanged for {user}: {seen}"
+        );
+        exchanged.push((sent, seen));
+    }
+    // Each user's calls went with that user's token alone.
+    assert!(
+        !exchanged[1].1.contains(&exchanged[0].0),
+        "sam's call carried pat's token"
+    );
+    // A second call of pat's reuses pat's connection and token.
+    let pat = member(&issuer, &served.url, "pat", &["payroll"]).await;
+    let (_, _, body) = call_tool(&served.url, Some(&pat), "h__mirror", json!({})).await;
+    assert!(
+        common::first_text(&body).contains(&exchanged[0].0),
+        "{body}"
+    );
+    assert_eq!(issued_by(&issuer, "token_exchange").await.len(), 2);
+    // A client with a static token has no user to act as: refused, and
+    // the server is never reached.
+    let (status, _, body) = call_tool(&served.url, Some(TOKEN), "h__mirror", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let error = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(error.contains("acts as the client's user"), "{body}");
+    assert_eq!(issued_by(&issuer, "token_exchange").await.len(), 2);
+    // A token the authorization server no longer honours (revoked there;
+    // the proxy checks a JWT itself) is exchanged for nothing: the call
+    // fails, and the exchange is not tried again before the user's next
+    // call.
+    let kim = member(&issuer, &served.url, "kim", &["payroll"]).await;
+    control(&issuer, "revoke", json!({"token": kim})).await;
+    let asked = |stats: Value| stats["token_exchange_asked"].as_u64().unwrap_or(0);
+    let before = asked(stats(&issuer).await);
+    let (_, _, body) = call_tool(&served.url, Some(&kim), "h__mirror", json!({})).await;
+    assert!(body["error"].is_object(), "{body}");
+    assert!(!body.to_string().contains("Bearer"), "{body}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(asked(stats(&issuer).await), before + 1, "tried once");
+    let (_, _, body) = call_tool(&served.url, Some(&kim), "h__mirror", json!({})).await;
+    assert!(body["error"].is_object(), "{body}");
+    assert_eq!(
+        asked(stats(&issuer).await),
+        before + 2,
+        "tried at the next call"
+    );
+    assert_eq!(issued_by(&issuer, "token_exchange").await.len(), 2);
+}

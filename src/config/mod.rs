@@ -22,6 +22,7 @@ use toml::Spanned;
 mod audit;
 mod chain;
 mod container;
+mod exchanges;
 mod identities;
 mod limits;
 mod listener;
@@ -83,7 +84,7 @@ pub use schema::{OutputAction, SchemaConfig};
 pub use secrets::{HeaderValue, SecretRef, form_encoded};
 use servers::RawServer;
 pub use servers::{
-    ProcessSpec, RemoteOauth, RemoteSpec, ServerConfig, ServerProtocol, UpstreamSpec,
+    ProcessSpec, RemoteGrant, RemoteOauth, RemoteSpec, ServerConfig, ServerProtocol, UpstreamSpec,
 };
 pub use values::{parse_duration, parse_size};
 
@@ -332,6 +333,7 @@ impl Validator<'_> {
         let servers = self.each(raw.servers, "servers", |at, raw| {
             raw.validate(at, &mut names, &proxy)
         })?;
+        exchanges::check(self, &servers, oauth.as_ref())?;
         let mut chain = Chain::parse(self, raw.chain, &proxy)?;
         chain.place(self, Switchable::Authz, proxy.policies.is_some())?;
         let ratelimit = raw.ratelimit.validate(self, &clients, &servers, &proxy)?;

@@ -499,6 +499,9 @@ mod tests {
             "servers.remote" => {
                 format!("{server}[servers.remote]\nurl = \"https://example.com/mcp\"\n")
             }
+            "servers.remote.oauth" => format!(
+                "{server}secrets = {{ s = \"env:S\" }}\n[servers.remote]\nurl = \"https://example.com/mcp\"\n[servers.remote.oauth]\ntoken_endpoint = \"https://idp.example/token\"\nclient_id = \"c\"\nclient_secret = \"secret:s\"\n"
+            ),
             "servers.container" => format!("{server}[servers.container]\nimage = \"i\"\n"),
             "servers.sandbox" => format!("{container}[servers.sandbox]\n"),
             "servers.sandbox.mounts" => format!(

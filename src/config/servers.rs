@@ -95,6 +95,24 @@ pub struct RemoteOauth {
     /// (without its query) unless set; `None` when set to `""` (a server,
     /// like Entra ID's, that refuses the parameter).
     pub resource: Option<String>,
+    /// The `audience` asked for (Keycloak, Auth0), if any.
+    pub audience: Option<String>,
+    pub grant: RemoteGrant,
+}
+
+/// How a remote server's calls get their token (`remote.oauth.grant`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteGrant {
+    /// Every call with one token, the proxy's own (the client-credentials
+    /// grant).
+    ClientCredentials,
+    /// Each client's calls, over its own connection to the server, with a
+    /// token the authorization server issues for the client's user in
+    /// exchange for the client's access token (RFC 8693; needs `[oauth]`):
+    /// the server sees the user, never the user's own token. The server's
+    /// tools are listed with the proxy's own token (client credentials).
+    TokenExchange,
 }
 
 /// One `[[servers]]` entry as written.
@@ -194,6 +212,12 @@ struct RawRemoteOauth {
     /// ID refuses the parameter).
     #[schemars(extend("x-default" = "the server's `url` without its query"))]
     resource: Option<String>,
+    /// The `audience` asked for, if any (Keycloak's and Auth0's name for
+    /// the server the token is for).
+    audience: Option<String>,
+    /// How the server's token is got.
+    #[schemars(extend("default" = "client_credentials"))]
+    grant: Option<RemoteGrant>,
 }
 
 impl RawServer {
@@ -404,6 +428,8 @@ impl RawRemote {
                     client_secret: secret.to_owned(),
                     scope: oauth.scope,
                     resource,
+                    audience: oauth.audience.filter(|audience| !audience.is_empty()),
+                    grant: oauth.grant.unwrap_or(RemoteGrant::ClientCredentials),
                 })
             }
         };

@@ -274,7 +274,13 @@ impl FromRequestParts<Arc<HttpState>> for Client {
             // one) is never shown to an identity provider.
             && !token.starts_with(STATIC_PREFIX)
         {
-            return with_token(oauth, token, digest).await.map(Client);
+            let client = with_token(oauth, token, digest).await?;
+            // A server that acts as the client's user exchanges it.
+            if state.gateway.keeps_user_tokens() {
+                let until = oauth.good_until(&digest).unwrap_or_default();
+                state.gateway.keep_user_token(&client.name, token, until);
+            }
+            return Ok(Client(client));
         }
         authenticate(&state.credentials, hash.as_deref(), certificate)
             .map(Client)

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{Isolation, UpstreamSpec};
+use crate::config::{Isolation, RemoteGrant, UpstreamSpec};
 use crate::upstream::Upstream;
 
 use super::{Gateway, InstanceKey, Session, lock};
@@ -14,11 +14,39 @@ use super::{Gateway, InstanceKey, Session, lock};
 pub(super) const MAX_INSTANCES_PER_SERVER: usize = 256;
 
 impl Gateway {
-    /// Whether each client gets its own instance of the server.
+    /// Whether each client gets its own instance of the server: a
+    /// per-client container, or a remote server that acts as each
+    /// client's user.
     pub(super) fn per_client(&self, index: usize) -> bool {
         self.config.servers.get(index).is_some_and(|server| {
             matches!(&server.kind, UpstreamSpec::Container(spec) if spec.isolation == Isolation::PerClient)
+                || acts_as_user(&server.kind)
         })
+    }
+
+    /// Whether server `index` acts as each client's user
+    /// (`grant = "token_exchange"`).
+    pub(super) fn acts_as_user(&self, index: usize) -> bool {
+        self.config
+            .servers
+            .get(index)
+            .is_some_and(|server| acts_as_user(&server.kind))
+    }
+
+    /// Whether the HTTP listener must keep the access tokens clients come
+    /// with (see [`Gateway::keep_user_token`]).
+    pub fn keeps_user_tokens(&self) -> bool {
+        self.config
+            .servers
+            .iter()
+            .any(|server| acts_as_user(&server.kind))
+    }
+
+    /// `client` came with the access token `token` (good until `until`,
+    /// Unix seconds): what its instances of servers that act as its user
+    /// exchange. Kept in memory only.
+    pub fn keep_user_token(&self, client: &Arc<str>, token: &str, until: u64) {
+        self.user_tokens.keep(client, token, until);
     }
 
     /// The instance of server `index` that serves `client`: the server's own,
@@ -122,4 +150,9 @@ impl Gateway {
                 .collect(),
         }
     }
+}
+
+fn acts_as_user(kind: &UpstreamSpec) -> bool {
+    matches!(kind, UpstreamSpec::Remote(spec)
+        if spec.oauth.as_ref().is_some_and(|oauth| oauth.grant == RemoteGrant::TokenExchange))
 }

@@ -116,6 +116,8 @@ pub struct Gateway {
     events: mpsc::Sender<UpstreamEvent>,
     /// Makes upstreams (per-client instances too).
     make_upstream: Arc<MakeUpstream>,
+    /// Clients' access tokens, for servers that act as their users.
+    user_tokens: Arc<crate::upstream::UserTokens>,
     /// Per server: its refreshes and the places for its requests.
     per_server: Vec<server::PerServer>,
     shutdown: CancellationToken,
@@ -164,19 +166,39 @@ impl Gateway {
         audit: Option<Audit>,
     ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
         let (limits, startup_timeout) = (config.limits, config.proxy.startup_timeout);
+        let user_tokens = Arc::new(crate::upstream::UserTokens::default());
+        let tokens = user_tokens.clone();
         let make = move |server, instance, events| {
-            Upstream::new(server, instance, limits, startup_timeout, events)
+            Upstream::new(
+                server,
+                instance,
+                limits,
+                startup_timeout,
+                events,
+                tokens.clone(),
+            )
         };
-        Self::with_upstreams(config, chain, audit, Arc::new(make))
+        Self::build(config, chain, audit, Arc::new(make), user_tokens)
     }
 
     /// Builds the gateway with upstreams from `make` (the seam the
     /// in-process tests use).
+    #[cfg(test)]
     pub(crate) fn with_upstreams(
         config: Arc<Config>,
         chain: Chain,
         audit: Option<Audit>,
         make: Arc<MakeUpstream>,
+    ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
+        Self::build(config, chain, audit, make, Arc::default())
+    }
+
+    fn build(
+        config: Arc<Config>,
+        chain: Chain,
+        audit: Option<Audit>,
+        make: Arc<MakeUpstream>,
+        user_tokens: Arc<crate::upstream::UserTokens>,
     ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
         let (events_tx, events_rx) = mpsc::channel(1024);
         let metrics = config
@@ -230,6 +252,7 @@ impl Gateway {
             client_tasks: task_table::Tasks::default(),
             events: events_tx,
             make_upstream: make,
+            user_tokens,
             shutdown: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             event_records: tokio_util::task::TaskTracker::new(),

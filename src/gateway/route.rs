@@ -616,6 +616,10 @@ impl Gateway {
         client_id: &Value,
         outgoing: Value,
     ) -> Result<Value, Failure> {
+        if self.acts_as_user(server) && session.client.token.is_none() {
+            let name = self.names.get(server).map(ToString::to_string);
+            return Err(Failure::NoUserToken(name.unwrap_or_default()));
+        }
         let upstream = self
             .upstream_for(server, &session.client.name)
             .ok_or_else(|| self.no_instance())?;

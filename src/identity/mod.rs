@@ -394,6 +394,14 @@ impl OauthVerifier {
 
     /// A token that passed before and still would: not expired, its key
     /// still published.
+    /// Until when (Unix seconds) a token just verified, by its SHA-256,
+    /// is taken: its `exp` (with the leeway), or for an introspected one
+    /// the end of its cached answer.
+    pub fn good_until(&self, hash: &[u8; 32]) -> Option<u64> {
+        let passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
+        passed.get(hash).map(|found| found.until)
+    }
+
     fn remembered(&self, hash: &[u8; 32], now: u64) -> Option<ClientIdentity> {
         let passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
         let found = passed.get(hash)?;

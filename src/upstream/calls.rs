@@ -119,10 +119,21 @@ impl Shared {
         if matches!(*self.status.borrow(), Status::Ready(_)) {
             return Ok(());
         }
-        self.want();
         let server = self.name.to_string();
         let mut status = self.status.subscribe();
+        let woke = self.want();
         let ready = async {
+            // Down and not wanted (a client's instance left until the
+            // client's next call): that was before; its start says anew.
+            if woke
+                && matches!(*status.borrow(), Status::Down(_))
+                && status.changed().await.is_err()
+            {
+                return Err(UpstreamError::Unavailable {
+                    server: server.clone(),
+                    reason: "the proxy is shutting down".into(),
+                });
+            }
             loop {
                 match status.borrow_and_update().clone() {
                     Status::Ready(_) => return Ok(()),
@@ -142,7 +153,9 @@ impl Shared {
                         });
                     }
                     // Idle again (stopped just as we asked): ask once more.
-                    Status::Idle(_) => self.want(),
+                    Status::Idle(_) => {
+                        self.want();
+                    }
                     Status::Starting => {}
                 }
                 if status.changed().await.is_err() {
@@ -163,11 +176,14 @@ impl Shared {
             })
     }
 
-    pub(super) fn want(&self) {
+    /// Asks for the server to run; whether it was not wanted until now.
+    pub(super) fn want(&self) -> bool {
         self.touch();
-        if !self.wanted.swap(true, Ordering::SeqCst) {
+        let woke = !self.wanted.swap(true, Ordering::SeqCst);
+        if woke {
             self.wake.notify_one();
         }
+        woke
     }
 
     pub(super) fn source(&self) -> Source {

@@ -32,8 +32,23 @@ struct RunPolicy {
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl RunPolicy {
-    fn of(config: &ServerConfig) -> Self {
+    /// `for_client`: the policy of a client's own instance.
+    fn of(config: &ServerConfig, for_client: bool) -> Self {
         match &config.kind {
+            // A client's connection to a server that acts as its user
+            // (`token_exchange`): opened at its first call, closed when
+            // idle, and not retried while the client has no live token.
+            UpstreamSpec::Remote(spec)
+                if for_client
+                    && spec.oauth.as_ref().is_some_and(|oauth| {
+                        oauth.grant == crate::config::RemoteGrant::TokenExchange
+                    }) =>
+            {
+                Self {
+                    lazy: true,
+                    idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+                }
+            }
             UpstreamSpec::Container(spec) => {
                 let lazy = spec.start == StartPolicy::Lazy;
                 Self {
@@ -79,10 +94,12 @@ impl Upstream {
         limits: LimitsConfig,
         startup_timeout: Duration,
         events: mpsc::Sender<UpstreamEvent>,
+        tokens: Arc<super::UserTokens>,
     ) -> Self {
         let connector = Arc::new(ConfigConnector {
             config: config.clone(),
             limits,
+            tokens,
         });
         Self::with_connector(config, instance, startup_timeout, events, connector)
     }
@@ -119,7 +136,7 @@ impl Upstream {
         events: mpsc::Sender<UpstreamEvent>,
         connector: Arc<dyn Connector>,
     ) -> Self {
-        let policy = RunPolicy::of(&config);
+        let policy = RunPolicy::of(&config, instance.is_some());
         let initial = if policy.lazy {
             Status::Idle(None)
         } else {

@@ -13,6 +13,8 @@ use crate::config::{LimitsConfig, ServerConfig, UpstreamSpec};
 pub(super) struct ConfigConnector {
     pub(super) config: Arc<ServerConfig>,
     pub(super) limits: LimitsConfig,
+    /// Clients' access tokens, for a `token_exchange` server's instances.
+    pub(super) tokens: Arc<super::UserTokens>,
 }
 
 impl Connector for ConfigConnector {
@@ -44,7 +46,9 @@ impl ConfigConnector {
             .collect::<Result<Vec<_>, _>>()?;
         match &self.config.kind {
             UpstreamSpec::Process(spec) => process::spawn(spec, &secrets, self.limits, inbox).await,
-            UpstreamSpec::Remote(spec) => remote::open(spec, &secrets, self.limits, inbox).await,
+            UpstreamSpec::Remote(spec) => {
+                remote::open(spec, &secrets, self.limits, inbox, &self.tokens).await
+            }
             UpstreamSpec::Container(spec) => {
                 container::spawn(spec, &secrets, self.limits, inbox, restarts).await
             }

@@ -40,6 +40,7 @@ mod tests;
 pub use calls::PendingCall;
 pub use client::Upstream;
 pub use events::{Origin, Source, Status, UpstreamEvent};
+pub use remote_token::UserTokens;
 
 use std::time::Duration;
 
@@ -53,6 +54,12 @@ pub enum UpstreamError {
     Timeout { server: String, after: Duration },
     #[error("server `{server}` failed to start: {reason}")]
     Start { server: String, reason: String },
+    /// A client's instance of a server that acts as its user, without a
+    /// token for the user (the client has no live access token, or the
+    /// authorization server refused to exchange it): opened again at the
+    /// client's next call, not retried before.
+    #[error("server `{server}` acts as the client's user and has no token for it: {reason}")]
+    NeedsClient { server: String, reason: String },
     #[error("server `{server}` refused the handshake: {reason}")]
     Handshake { server: String, reason: String },
     /// The proxy refused the server's reply (`limits`: too large).

@@ -359,6 +359,7 @@ pub(super) async fn open(
     secrets: &[(String, String)],
     limits: LimitsConfig,
     inbox: Arc<dyn Inbox>,
+    tokens: &Arc<super::UserTokens>,
 ) -> Result<Connected, UpstreamError> {
     let start_error = |reason: String| UpstreamError::Start {
         server: inbox.server().to_string(),
@@ -388,12 +389,36 @@ pub(super) async fn open(
                 .ok_or_else(|| {
                     start_error(format!("the secret `{}` is not set", oauth.client_secret))
                 })?;
-            let token =
-                super::remote_token::start(oauth, secret, inbox.server().clone(), closed.clone())
-                    .await
-                    .map_err(|reason| {
-                        start_error(format!("cannot get the server's access token: {reason}"))
-                    })?;
+            let grant = match inbox.instance() {
+                Some(client) if oauth.grant == config::RemoteGrant::TokenExchange => {
+                    super::remote_token::Grant::For {
+                        tokens: tokens.clone(),
+                        client: Arc::from(client),
+                    }
+                }
+                _ => super::remote_token::Grant::Own,
+            };
+            let for_client = matches!(grant, super::remote_token::Grant::For { .. });
+            let token = super::remote_token::start(
+                oauth,
+                secret,
+                grant,
+                inbox.server().clone(),
+                closed.clone(),
+            )
+            .await
+            .map_err(|reason| {
+                // A client's: not retried before the client's next call
+                // (with a token that may be exchanged then).
+                if for_client {
+                    UpstreamError::NeedsClient {
+                        server: inbox.server().to_string(),
+                        reason,
+                    }
+                } else {
+                    start_error(format!("cannot get the server's access token: {reason}"))
+                }
+            })?;
             Some(token)
         }
     };

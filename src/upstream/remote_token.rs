@@ -4,9 +4,16 @@
 //! asking for the server as the resource, RFC 8707), sent as
 //! `Authorization: Bearer …` on every request to the server, and renewed
 //! before it expires. A client's own token never reaches a server.
+//!
+//! With `grant = "token_exchange"` each client has its own connection to
+//! the server, whose token is got by exchanging the client's access token
+//! (the newest it came with, kept in [`UserTokens`]) for one issued to
+//! the proxy for that user (RFC 8693): the server sees the user, and the
+//! authorization server alone ever sees the user's own token.
 
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::HeaderValue;
 use serde_json::Value;
@@ -24,6 +31,89 @@ const RETRY: Duration = Duration::from_secs(5);
 const MOST_RETRY: Duration = Duration::from_secs(60);
 /// How long a token lives when its endpoint does not say (`expires_in`).
 const UNSAID_LIFE: Duration = Duration::from_secs(300);
+
+/// Clients whose tokens are kept at most: past it the one expiring first
+/// goes.
+const MAX_KEPT: usize = 4096;
+
+/// RFC 8693's names.
+const EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// The newest access token each client came with (by client name), while
+/// it lives: what a `token_exchange` server's connection for that client
+/// exchanges. Filled by the HTTP listener only when some server exchanges
+/// tokens; never written anywhere, never logged.
+#[derive(Default)]
+pub struct UserTokens {
+    kept: Mutex<HashMap<Arc<str>, Kept>>,
+}
+
+struct Kept {
+    token: String,
+    /// Unix seconds.
+    until: u64,
+}
+
+impl UserTokens {
+    /// `client` came with `token`, good until `until` (Unix seconds).
+    pub fn keep(&self, client: &Arc<str>, token: &str, until: u64) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = kept.get(client)
+            && held.token == token
+        {
+            return;
+        }
+        if kept.len() >= MAX_KEPT && !kept.contains_key(client) {
+            let now = unix_now();
+            kept.retain(|_, held| held.until > now);
+            if kept.len() >= MAX_KEPT
+                && let Some(first) = kept
+                    .iter()
+                    .min_by_key(|(_, held)| held.until)
+                    .map(|(name, _)| name.clone())
+            {
+                kept.remove(&first);
+            }
+        }
+        kept.insert(
+            client.clone(),
+            Kept {
+                token: token.to_owned(),
+                until,
+            },
+        );
+    }
+
+    /// The client's token, if it still lives.
+    fn current(&self, client: &str) -> Option<String> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let held = kept.get(client)?;
+        if held.until <= unix_now() {
+            kept.remove(client);
+            return None;
+        }
+        Some(held.token.clone())
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// Whose token a connection's token is got for.
+#[derive(Clone)]
+pub(super) enum Grant {
+    /// The proxy's own (client credentials).
+    Own,
+    /// The client's user's, by exchanging the client's newest token.
+    For {
+        tokens: Arc<UserTokens>,
+        client: Arc<str>,
+    },
+}
 
 /// The current token, shared with the requests that send it.
 pub(super) struct ServerToken {
@@ -47,6 +137,7 @@ impl ServerToken {
 pub(super) async fn start(
     oauth: &RemoteOauth,
     secret: String,
+    grant: Grant,
     server: Arc<str>,
     closed: CancellationToken,
 ) -> Result<Arc<ServerToken>, String> {
@@ -56,7 +147,7 @@ pub(super) async fn start(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|err| format!("cannot build an HTTP client: {err}"))?;
-    let (header, lives) = fetch(&client, oauth, &secret).await?;
+    let (header, lives) = fetch(&client, oauth, &secret, &grant).await?;
     let token = Arc::new(ServerToken {
         current: RwLock::new(header),
     });
@@ -71,7 +162,7 @@ pub(super) async fn start(
                 () = closed.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
-            match fetch(&client, &oauth, &secret).await {
+            match fetch(&client, &oauth, &secret, &grant).await {
                 Ok((header, lives)) => {
                     *kept.current.write().unwrap_or_else(|p| p.into_inner()) = header;
                     expires = Instant::now() + lives;
@@ -98,18 +189,36 @@ fn renew_after(lives: Duration) -> Duration {
     lives.saturating_sub(RENEW_BEFORE).max(lives / 2).max(RETRY)
 }
 
-/// One client-credentials grant: the `Authorization` value and how long
-/// the token lives. Errors name the endpoint and what it said, never a
-/// secret or a token.
+/// One grant (client credentials, or the exchange of a client's token):
+/// the `Authorization` value and how long the token lives. Errors name
+/// the endpoint and what it said, never a secret or a token.
 async fn fetch(
     client: &reqwest::Client,
     oauth: &RemoteOauth,
     secret: &str,
+    grant: &Grant,
 ) -> Result<(HeaderValue, Duration), String> {
     let endpoint = &oauth.token_endpoint;
-    let mut form = vec![("grant_type", "client_credentials")];
+    let subject;
+    let mut form = match grant {
+        Grant::Own => vec![("grant_type", "client_credentials")],
+        Grant::For { tokens, client } => {
+            subject = tokens.current(client).ok_or_else(|| {
+                format!("the client `{client}` has no live access token to exchange")
+            })?;
+            vec![
+                ("grant_type", EXCHANGE_GRANT),
+                ("subject_token", subject.as_str()),
+                ("subject_token_type", ACCESS_TOKEN_TYPE),
+                ("requested_token_type", ACCESS_TOKEN_TYPE),
+            ]
+        }
+    };
     if let Some(resource) = &oauth.resource {
         form.push(("resource", resource));
+    }
+    if let Some(audience) = &oauth.audience {
+        form.push(("audience", audience));
     }
     if let Some(scope) = &oauth.scope {
         form.push(("scope", scope));
@@ -171,6 +280,33 @@ async fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clients_token_is_kept_while_it_lives_and_the_kept_are_bounded() {
+        let tokens = UserTokens::default();
+        let now = unix_now();
+        let alice: Arc<str> = Arc::from("alice");
+        tokens.keep(&alice, "first", now + 60);
+        tokens.keep(&alice, "second", now + 60);
+        assert_eq!(tokens.current("alice").as_deref(), Some("second"));
+        tokens.keep(&alice, "dead", now.saturating_sub(1));
+        assert_eq!(
+            tokens.current("alice"),
+            None,
+            "an expired token is not exchanged"
+        );
+        assert_eq!(tokens.current("bob"), None);
+        for n in 0..MAX_KEPT + 10 {
+            tokens.keep(&Arc::from(format!("c{n}")), "t", now + 600 + n as u64);
+        }
+        let kept = tokens.kept.lock().unwrap().len();
+        assert!(kept <= MAX_KEPT, "{kept}");
+        assert_eq!(
+            tokens.current(&format!("c{}", MAX_KEPT + 9)).as_deref(),
+            Some("t")
+        );
+        assert_eq!(tokens.current("c0"), None, "the one expiring first went");
+    }
 
     #[test]
     fn a_token_is_renewed_before_it_expires_and_never_in_a_loop() {

@@ -49,6 +49,18 @@ pub(super) struct Supervisor {
 }
 
 impl Supervisor {
+    /// Waits until a call wants the server (a wake-up left over from
+    /// before is not one); `false` at shutdown.
+    async fn until_wanted(&self, shutdown: &CancellationToken) -> bool {
+        while !self.shared.wanted.load(Ordering::SeqCst) {
+            tokio::select! {
+                () = self.shared.wake.notified() => {}
+                () = shutdown.cancelled() => return false,
+            }
+        }
+        true
+    }
+
     pub(super) async fn run(self, shutdown: CancellationToken) {
         let name = self.shared.name.clone();
         let mut backoff = BACKOFF_START;
@@ -87,6 +99,22 @@ impl Supervisor {
                             }
                         }
                     }
+                }
+                Err(err @ UpstreamError::NeedsClient { .. }) => {
+                    // Nothing to retry with: down until the client's next
+                    // call, which comes with a token.
+                    tracing::warn!(server = %name, error = %err, "a client's connection not started; tried again at the client's next call");
+                    self.shared.set_link(None);
+                    self.shared.wanted.store(false, Ordering::SeqCst);
+                    self.shared.fail_all_pending();
+                    self.shared
+                        .status
+                        .send_replace(Status::Down(err.to_string()));
+                    backoff = BACKOFF_START;
+                    if !self.until_wanted(&shutdown).await {
+                        break;
+                    }
+                    continue;
                 }
                 Err(err) => {
                     self.shared.set_link(None);
