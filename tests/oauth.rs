@@ -843,3 +843,124 @@ async fn a_server_that_acts_as_the_user_gets_an_exchanged_token_never_the_users_
     );
     assert_eq!(issued_by(&issuer, "token_exchange").await.len(), 2);
 }
+
+/// rmcp 3.11's own OAuth client (`auth`): it connects without a token, gets
+/// the 401 and its challenge, discovers the metadata, registers, completes
+/// the authorization-code flow (PKCE, the resource indicator) against the
+/// authorization server, and calls a tool as the token's user.
+#[tokio::test(flavor = "multi_thread")]
+async fn rmcps_oauth_client_completes_the_flow_and_calls_as_the_tokens_identity() {
+    use rmcp::ServiceExt as _;
+    use rmcp::model::{CallToolRequestParams, ClientConfig};
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::auth::{AuthClient, AuthorizationRequest, OAuthState};
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+    let (_server, issuer) = authorization_server(&[]).await;
+    let (_proxy, served) = proxy(&issuer, "scopes = [\"mcp\"]", "").await;
+    let refused = match ClientConfig::default()
+        .serve(StreamableHttpClientTransport::from_uri(served.url.clone()))
+        .await
+    {
+        Ok(_) => panic!("connected without a token"),
+        Err(refused) => refused,
+    };
+    let challenge = refused
+        .auth_challenge()
+        .unwrap_or_else(|| panic!("no challenge: {refused}"))
+        .to_owned();
+    assert!(
+        challenge.contains(&format!(
+            "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+            served.base
+        )),
+        "{challenge}"
+    );
+    let mut flow = OAuthState::new(served.url.as_str(), None)
+        .await
+        .expect("the metadata");
+    flow.start_authorization(
+        AuthorizationRequest::new("http://127.0.0.1:9/callback")
+            .with_client_name("rmcp through portcullis")
+            .with_challenge(&challenge),
+    )
+    .await
+    .expect("registered, the authorization started");
+    let authorize = flow.get_authorization_url().await.expect("the URL");
+    assert!(
+        authorize.starts_with(&format!("{issuer}/authorize")),
+        "{authorize}"
+    );
+    // The authorization server approves at once: its redirect carries the
+    // code (no browser here).
+    let approved = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(&authorize)
+        .send()
+        .await
+        .expect("the authorization endpoint");
+    let callback = approved
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("no redirect: {}", approved.status()))
+        .to_owned();
+    flow.handle_callback_url(&callback)
+        .await
+        .expect("the code exchanged for a token");
+    let manager = flow.into_authorization_manager().expect("authorized");
+    let transport = StreamableHttpClientTransport::with_client(
+        AuthClient::new(reqwest::Client::default(), manager),
+        StreamableHttpClientTransportConfig::with_uri(served.url.clone()),
+    );
+    let client = ClientConfig::default()
+        .serve(transport)
+        .await
+        .expect("connected with the token");
+    let tools = client.list_all_tools().await.expect("tools/list");
+    assert!(
+        tools.iter().any(|tool| tool.name == "example__echo"),
+        "{tools:?}"
+    );
+    let mut arguments = serde_json::Map::new();
+    arguments.insert("text".into(), json!("hello from rmcp"));
+    let result = client
+        .call_tool(CallToolRequestParams::new("example__echo").with_arguments(arguments))
+        .await
+        .expect("tools/call");
+    assert!(
+        serde_json::to_string(&result)
+            .unwrap()
+            .contains("hello from rmcp"),
+        "{result:?}"
+    );
+    client.cancel().await.expect("close");
+    // The token was issued for the proxy's resource, and the call is
+    // recorded as its user.
+    let issued = issued_by(&issuer, "authorization_code").await;
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0]["resource"], served.url.as_str(), "{issued:?}");
+    assert_eq!(
+        issued[0]["claims"]["aud"],
+        served.url.as_str(),
+        "{issued:?}"
+    );
+    let records = common::admin_records(
+        &served.base,
+        "kind=exchange&provider=corp&subject=alice",
+        AUDITOR_TOKEN,
+    )
+    .await;
+    let call = records
+        .iter()
+        .find(|r| r["method"] == "tools/call")
+        .unwrap_or_else(|| panic!("no call of alice's recorded: {records:?}"));
+    assert_eq!(call["client"], "alice");
+    assert_eq!(call["identity"]["provider"], "corp");
+    assert_eq!(
+        call["identity"]["client_id"], issued[0]["client_id"],
+        "{call}"
+    );
+}

@@ -1,45 +1,75 @@
 //! `remote.oauth.grant = "token_exchange"` against the rest of the config:
 //! it exchanges the calling client's access token, so the clients must
-//! come with one, and one client name must be one person.
+//! come with one from the provider named, and one client name must be one
+//! person.
 
 use super::{ConfigError, OauthConfig, RemoteGrant, ServerConfig, UpstreamSpec, Validator};
 
-/// Claims that name an application, not a person: clients named by them
-/// would share one user's identity at a server that acts as the user.
-const APPLICATION_CLAIMS: &[&str] = &["client_id", "azp", "cid", "appid"];
+/// Claims that name one person: a client named by another (an
+/// application's `client_id` or `azp`, a tenant, a role) would share one
+/// user's connection and identity at a server that acts as the user.
+const PERSON_CLAIMS: &[&str] = &["sub", "oid", "upn", "email"];
 
+/// Checks every `token_exchange` server and sets its provider when the
+/// config has only one.
 pub(super) fn check(
     validator: &Validator<'_>,
-    servers: &[ServerConfig],
+    servers: &mut [ServerConfig],
     oauth: Option<&OauthConfig>,
 ) -> Result<(), ConfigError> {
-    let Some(server) = servers.iter().find(|server| {
-        matches!(&server.kind, UpstreamSpec::Remote(spec)
-            if spec.oauth.as_ref().is_some_and(|o| o.grant == RemoteGrant::TokenExchange))
-    }) else {
-        return Ok(());
-    };
-    let key = format!("servers.{}.remote.oauth.grant", server.name);
-    let Some(oauth) = oauth else {
-        return Err(validator.error(
-            None,
-            &key,
-            "\"token_exchange\" exchanges the calling client's access token from the identity provider: set up `[oauth]`".into(),
-        ));
-    };
-    if let Some(provider) = oauth
-        .providers
-        .iter()
-        .find(|provider| APPLICATION_CLAIMS.contains(&provider.client_claim.as_str()))
-    {
-        return Err(validator.error(
-            None,
-            &key,
-            format!(
-                "\"token_exchange\" acts as each client's user, but provider `{}` names clients by `{}`, an application shared by many users: name them by a person's claim (`sub`, `email`)",
-                provider.name, provider.client_claim
-            ),
-        ));
+    for server in servers {
+        let UpstreamSpec::Remote(spec) = &mut server.kind else {
+            continue;
+        };
+        let Some(exchange) = spec
+            .oauth
+            .as_mut()
+            .filter(|o| o.grant == RemoteGrant::TokenExchange)
+        else {
+            continue;
+        };
+        let key = format!("servers.{}.remote.oauth", server.name);
+        let Some(oauth) = oauth else {
+            return Err(validator.error(
+                None,
+                &format!("{key}.grant"),
+                "\"token_exchange\" exchanges the calling client's access token from the identity provider: set up `[oauth]`".into(),
+            ));
+        };
+        let provider = match &exchange.provider {
+            Some(name) => oauth
+                .providers
+                .iter()
+                .find(|p| &p.name == name)
+                .ok_or_else(|| {
+                    validator.error(
+                        None,
+                        &format!("{key}.provider"),
+                        format!("no `[[oauth.providers]]` is named `{name}`"),
+                    )
+                })?,
+            None => match oauth.providers.as_slice() {
+                [only] => only,
+                _ => {
+                    return Err(validator.error(
+                        None,
+                        &format!("{key}.provider"),
+                        "several providers are configured: name the one whose users' tokens this token endpoint exchanges (no other provider's token is sent there)".into(),
+                    ));
+                }
+            },
+        };
+        if !PERSON_CLAIMS.contains(&provider.client_claim.as_str()) {
+            return Err(validator.error(
+                None,
+                &format!("{key}.grant"),
+                format!(
+                    "\"token_exchange\" acts as each client's user, but provider `{}` names clients by `{}`, which may be shared by several people: name them by `sub` (or `oid`, `upn`, `email`)",
+                    provider.name, provider.client_claim
+                ),
+            ));
+        }
+        exchange.provider = Some(provider.name.clone());
     }
     Ok(())
 }
@@ -48,7 +78,7 @@ pub(super) fn check(
 mod tests {
     use std::path::Path;
 
-    use crate::config::Config;
+    use crate::config::{Config, RemoteGrant, UpstreamSpec};
 
     fn load(text: &str) -> Result<Config, String> {
         Config::parse(text, Path::new("/etc/portcullis/portcullis.toml")).map_err(|e| e.to_string())
@@ -56,6 +86,16 @@ mod tests {
 
     const SERVER: &str = "[[servers]]\nname = \"crm\"\n[servers.remote]\nurl = \"https://crm.example.com/mcp\"\noauth = { token_endpoint = \"https://id.example.com/token\", client_id = \"proxy\", client_secret = \"secret:crm\", grant = \"token_exchange\" }\n[servers.secrets]\ncrm = \"env:CRM_SECRET\"\n";
     const OAUTH: &str = "[proxy]\nlisten = \"127.0.0.1:0\"\n[oauth]\nresource = \"https://proxy.example.com/mcp\"\n[[oauth.providers]]\nname = \"corp\"\nissuer = \"https://id.example.com\"\n";
+    const PARTNER: &str = "[[oauth.providers]]\nname = \"partner\"\nissuer = \"https://partner.example.com\"\nname_prefix = \"p:\"\ngroup_prefix = \"p:\"\n";
+
+    fn provider_of(config: &Config) -> Option<String> {
+        let UpstreamSpec::Remote(spec) = &config.servers[0].kind else {
+            panic!("a remote server");
+        };
+        let oauth = spec.oauth.as_ref().unwrap();
+        assert_eq!(oauth.grant, RemoteGrant::TokenExchange);
+        oauth.provider.clone()
+    }
 
     #[test]
     fn token_exchange_needs_clients_from_an_identity_provider() {
@@ -63,17 +103,32 @@ mod tests {
         assert!(error.contains("servers.crm.remote.oauth.grant"), "{error}");
         assert!(error.contains("[oauth]"), "{error}");
         let config = load(&format!("{OAUTH}{SERVER}")).unwrap();
-        let crate::config::UpstreamSpec::Remote(spec) = &config.servers[0].kind else {
-            panic!("a remote server");
-        };
-        let oauth = spec.oauth.as_ref().unwrap();
-        assert_eq!(oauth.grant, crate::config::RemoteGrant::TokenExchange);
+        assert_eq!(provider_of(&config).as_deref(), Some("corp"));
     }
 
     #[test]
-    fn token_exchange_refuses_clients_named_by_their_application() {
-        let error = load(&format!("{OAUTH}client_claim = \"azp\"\n{SERVER}")).unwrap_err();
-        assert!(error.contains("`azp`"), "{error}");
+    fn with_several_providers_the_exchanging_one_is_named() {
+        let corp = format!("{OAUTH}name_prefix = \"c:\"\ngroup_prefix = \"c:\"\n{PARTNER}");
+        let error = load(&format!("{corp}{SERVER}")).unwrap_err();
+        assert!(
+            error.contains("servers.crm.remote.oauth.provider"),
+            "{error}"
+        );
+        let named = SERVER.replace("grant = ", "provider = \"partner\", grant = ");
+        let config = load(&format!("{corp}{named}")).unwrap();
+        assert_eq!(provider_of(&config).as_deref(), Some("partner"));
+        let unknown = SERVER.replace("grant = ", "provider = \"nobody\", grant = ");
+        let error = load(&format!("{corp}{unknown}")).unwrap_err();
+        assert!(error.contains("`nobody`"), "{error}");
+    }
+
+    #[test]
+    fn token_exchange_refuses_clients_named_by_a_shared_claim() {
+        for claim in ["azp", "client_id", "clientId", "tid", "roles"] {
+            let error = load(&format!("{OAUTH}client_claim = \"{claim}\"\n{SERVER}")).unwrap_err();
+            assert!(error.contains(&format!("`{claim}`")), "{error}");
+        }
+        load(&format!("{OAUTH}client_claim = \"email\"\n{SERVER}")).unwrap();
     }
 
     #[test]

@@ -330,10 +330,10 @@ impl Validator<'_> {
             ));
         }
         let mut names = HashSet::new();
-        let servers = self.each(raw.servers, "servers", |at, raw| {
+        let mut servers = self.each(raw.servers, "servers", |at, raw| {
             raw.validate(at, &mut names, &proxy)
         })?;
-        exchanges::check(self, &servers, oauth.as_ref())?;
+        exchanges::check(self, &mut servers, oauth.as_ref())?;
         let mut chain = Chain::parse(self, raw.chain, &proxy)?;
         chain.place(self, Switchable::Authz, proxy.policies.is_some())?;
         let ratelimit = raw.ratelimit.validate(self, &clients, &servers, &proxy)?;

@@ -98,6 +98,10 @@ pub struct RemoteOauth {
     /// The `audience` asked for (Keycloak, Auth0), if any.
     pub audience: Option<String>,
     pub grant: RemoteGrant,
+    /// With `token_exchange`: the `[[oauth.providers]]` whose users'
+    /// tokens are exchanged at this token endpoint (set from the only
+    /// provider when not written; checked against `[oauth]`).
+    pub provider: Option<String>,
 }
 
 /// How a remote server's calls get their token (`remote.oauth.grant`).
@@ -218,6 +222,12 @@ struct RawRemoteOauth {
     /// How the server's token is got.
     #[schemars(extend("default" = "client_credentials"))]
     grant: Option<RemoteGrant>,
+    /// With `grant = "token_exchange"`: the name of the
+    /// `[[oauth.providers]]` entry whose users' tokens this token endpoint
+    /// exchanges (only that provider's clients may call the server, and no
+    /// other provider's token is ever sent here).
+    #[schemars(extend("x-default" = "the only provider, when there is one"))]
+    provider: Option<String>,
 }
 
 impl RawServer {
@@ -430,6 +440,7 @@ impl RawRemote {
                     resource,
                     audience: oauth.audience.filter(|audience| !audience.is_empty()),
                     grant: oauth.grant.unwrap_or(RemoteGrant::ClientCredentials),
+                    provider: oauth.provider,
                 })
             }
         };

@@ -276,9 +276,10 @@ impl FromRequestParts<Arc<HttpState>> for Client {
         {
             let client = with_token(oauth, token, digest).await?;
             // A server that acts as the client's user exchanges it.
-            if state.gateway.keeps_user_tokens() {
-                let until = oauth.good_until(&digest).unwrap_or_default();
-                state.gateway.keep_user_token(&client.name, token, until);
+            if state.gateway.keeps_user_tokens()
+                && let Some(until) = oauth.good_until(&digest)
+            {
+                state.gateway.keep_user_token(&client, token, until);
             }
             return Ok(Client(client));
         }

@@ -142,11 +142,12 @@ pub enum Failure {
     #[error("this client has {0} listen streams open; end one first")]
     TooManyListens(usize),
     /// A server that acts as each client's user, called by a client with
-    /// no access token from the identity provider (a static token, stdio).
+    /// no access token from the identity provider it exchanges tokens of
+    /// (a static token, stdio, another provider's token).
     #[error(
-        "server `{0}` acts as the client's user: only a client with an access token from the identity provider can use it"
+        "server `{0}` acts as the client's user: only a client with an access token from the identity provider `{1}` can use it"
     )]
-    NoUserToken(String),
+    NoUserToken(String, String),
     /// A per-client server's instances (how many) are all taken.
     #[error("this server already runs {0} per-client instances; no more clients can be given one")]
     TooManyInstances(usize),
@@ -220,7 +221,7 @@ impl Failure {
             Self::ServerResultType(_) => code::INTERNAL_ERROR,
             Self::TooManyListens(_) => code::RATE_LIMITED,
             Self::TooManyInstances(_) => code::UPSTREAM_UNAVAILABLE,
-            Self::NoUserToken(_) => code::INVALID_REQUEST,
+            Self::NoUserToken(..) => code::INVALID_REQUEST,
             Self::UnknownRequestState | Self::RequestStateMismatch(_) => code::INVALID_PARAMS,
             Self::CallEnded | Self::ServerRounds(_) | Self::ServerTask(_) => code::INTERNAL_ERROR,
             Self::UnknownTask(_) => code::INVALID_PARAMS,

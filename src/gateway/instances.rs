@@ -20,17 +20,17 @@ impl Gateway {
     pub(super) fn per_client(&self, index: usize) -> bool {
         self.config.servers.get(index).is_some_and(|server| {
             matches!(&server.kind, UpstreamSpec::Container(spec) if spec.isolation == Isolation::PerClient)
-                || acts_as_user(&server.kind)
+                || acts_as_user(&server.kind).is_some()
         })
     }
 
-    /// Whether server `index` acts as each client's user
-    /// (`grant = "token_exchange"`).
-    pub(super) fn acts_as_user(&self, index: usize) -> bool {
+    /// The provider whose users server `index` acts as
+    /// (`grant = "token_exchange"`), if it does.
+    pub(super) fn acts_as_user(&self, index: usize) -> Option<&str> {
         self.config
             .servers
             .get(index)
-            .is_some_and(|server| acts_as_user(&server.kind))
+            .and_then(|server| acts_as_user(&server.kind))
     }
 
     /// Whether the HTTP listener must keep the access tokens clients come
@@ -39,14 +39,26 @@ impl Gateway {
         self.config
             .servers
             .iter()
-            .any(|server| acts_as_user(&server.kind))
+            .any(|server| acts_as_user(&server.kind).is_some())
     }
 
     /// `client` came with the access token `token` (good until `until`,
     /// Unix seconds): what its instances of servers that act as its user
-    /// exchange. Kept in memory only.
-    pub fn keep_user_token(&self, client: &Arc<str>, token: &str, until: u64) {
-        self.user_tokens.keep(client, token, until);
+    /// exchange. Kept in memory only, and only a token of a provider whose
+    /// users some server acts as.
+    pub fn keep_user_token(&self, client: &crate::chain::ClientIdentity, token: &str, until: u64) {
+        let Some(facts) = &client.token else {
+            return;
+        };
+        let exchanged = self
+            .config
+            .servers
+            .iter()
+            .any(|server| acts_as_user(&server.kind) == Some(&*facts.provider));
+        if exchanged {
+            self.user_tokens
+                .keep(&client.name, &facts.provider, token, until);
+        }
     }
 
     /// The instance of server `index` that serves `client`: the server's own,
@@ -65,11 +77,13 @@ impl Gateway {
         }
         // Clients from an identity provider are as many as the
         // organisation's people: past the cap a new client is refused
-        // rather than given one more container.
+        // rather than given one more container. One down until its client
+        // calls again (a refused token exchange) holds nothing.
         let running = instances
             .iter()
             .filter(|((at, _), instance)| {
                 *at == index
+                    && instance.is_wanted()
                     && !matches!(
                         instance.status(),
                         crate::upstream::Status::Idle(_) | crate::upstream::Status::Stopped
@@ -152,7 +166,12 @@ impl Gateway {
     }
 }
 
-fn acts_as_user(kind: &UpstreamSpec) -> bool {
-    matches!(kind, UpstreamSpec::Remote(spec)
-        if spec.oauth.as_ref().is_some_and(|oauth| oauth.grant == RemoteGrant::TokenExchange))
+/// The provider whose users a server acts as, if it does.
+fn acts_as_user(kind: &UpstreamSpec) -> Option<&str> {
+    let UpstreamSpec::Remote(spec) = kind else {
+        return None;
+    };
+    let oauth = spec.oauth.as_ref()?;
+    (oauth.grant == RemoteGrant::TokenExchange)
+        .then(|| oauth.provider.as_deref().unwrap_or_default())
 }

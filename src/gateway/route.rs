@@ -616,9 +616,18 @@ impl Gateway {
         client_id: &Value,
         outgoing: Value,
     ) -> Result<Value, Failure> {
-        if self.acts_as_user(server) && session.client.token.is_none() {
+        if let Some(provider) = self.acts_as_user(server)
+            && session
+                .client
+                .token
+                .as_ref()
+                .is_none_or(|facts| *facts.provider != *provider)
+        {
             let name = self.names.get(server).map(ToString::to_string);
-            return Err(Failure::NoUserToken(name.unwrap_or_default()));
+            return Err(Failure::NoUserToken(
+                name.unwrap_or_default(),
+                provider.to_owned(),
+            ));
         }
         let upstream = self
             .upstream_for(server, &session.client.name)

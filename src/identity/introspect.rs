@@ -87,6 +87,13 @@ impl Introspection {
         claims.ok_or(TokenError::Inactive)
     }
 
+    /// How much longer the active answer kept for a token stands.
+    pub(super) fn answer_lives(&self, hash: &[u8; 32]) -> Option<Duration> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let found = kept.get(hash).filter(|kept| kept.claims.is_some())?;
+        Some(found.until.saturating_duration_since(Instant::now()))
+    }
+
     fn kept(&self, hash: &[u8; 32]) -> Option<Option<Map<String, Value>>> {
         let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         kept.get(hash)

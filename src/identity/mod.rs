@@ -392,16 +392,22 @@ impl OauthVerifier {
         Ok(identity)
     }
 
-    /// A token that passed before and still would: not expired, its key
-    /// still published.
     /// Until when (Unix seconds) a token just verified, by its SHA-256,
-    /// is taken: its `exp` (with the leeway), or for an introspected one
-    /// the end of its cached answer.
+    /// is taken without asking again: a JWT's `exp` (with the leeway), an
+    /// introspected token's cached answer.
     pub fn good_until(&self, hash: &[u8; 32]) -> Option<u64> {
         let passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
-        passed.get(hash).map(|found| found.until)
+        if let Some(found) = passed.get(hash) {
+            return Some(found.until);
+        }
+        drop(passed);
+        let (_, introspection) = self.introspection.as_ref()?;
+        let left = introspection.answer_lives(hash)?;
+        Some(unix_now().saturating_add(left.as_secs()))
     }
 
+    /// A token that passed before and still would: not expired, its key
+    /// still published.
     fn remembered(&self, hash: &[u8; 32], now: u64) -> Option<ClientIdentity> {
         let passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
         let found = passed.get(hash)?;

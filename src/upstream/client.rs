@@ -175,6 +175,12 @@ impl Upstream {
         self.config.clone()
     }
 
+    /// Whether the server is to run: started, starting, or being
+    /// restarted (not idle, and not down until a client's next call).
+    pub fn is_wanted(&self) -> bool {
+        self.shared.wanted.load(Ordering::SeqCst)
+    }
+
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
     }

@@ -394,6 +394,7 @@ pub(super) async fn open(
                     super::remote_token::Grant::For {
                         tokens: tokens.clone(),
                         client: Arc::from(client),
+                        provider: Arc::from(oauth.provider.as_deref().unwrap_or_default()),
                     }
                 }
                 _ => super::remote_token::Grant::Own,

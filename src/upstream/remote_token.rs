@@ -51,13 +51,19 @@ pub struct UserTokens {
 
 struct Kept {
     token: String,
+    /// The `[[oauth.providers]]` that issued it.
+    provider: Arc<str>,
     /// Unix seconds.
     until: u64,
 }
 
 impl UserTokens {
-    /// `client` came with `token`, good until `until` (Unix seconds).
-    pub fn keep(&self, client: &Arc<str>, token: &str, until: u64) {
+    /// `client` came with `token`, issued by `provider` and good until
+    /// `until` (Unix seconds).
+    pub fn keep(&self, client: &Arc<str>, provider: &Arc<str>, token: &str, until: u64) {
+        if until <= unix_now() {
+            return;
+        }
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(held) = kept.get(client)
             && held.token == token
@@ -80,20 +86,21 @@ impl UserTokens {
             client.clone(),
             Kept {
                 token: token.to_owned(),
+                provider: provider.clone(),
                 until,
             },
         );
     }
 
-    /// The client's token, if it still lives.
-    fn current(&self, client: &str) -> Option<String> {
+    /// The client's token from `provider`, if it still lives.
+    fn current(&self, client: &str, provider: &str) -> Option<String> {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         let held = kept.get(client)?;
         if held.until <= unix_now() {
             kept.remove(client);
             return None;
         }
-        Some(held.token.clone())
+        (*held.provider == *provider).then(|| held.token.clone())
     }
 }
 
@@ -108,10 +115,12 @@ fn unix_now() -> u64 {
 pub(super) enum Grant {
     /// The proxy's own (client credentials).
     Own,
-    /// The client's user's, by exchanging the client's newest token.
+    /// The client's user's, by exchanging the client's newest token (one
+    /// of `provider`'s: no other provider's token is sent).
     For {
         tokens: Arc<UserTokens>,
         client: Arc<str>,
+        provider: Arc<str>,
     },
 }
 
@@ -202,8 +211,12 @@ async fn fetch(
     let subject;
     let mut form = match grant {
         Grant::Own => vec![("grant_type", "client_credentials")],
-        Grant::For { tokens, client } => {
-            subject = tokens.current(client).ok_or_else(|| {
+        Grant::For {
+            tokens,
+            client,
+            provider,
+        } => {
+            subject = tokens.current(client, provider).ok_or_else(|| {
                 format!("the client `{client}` has no live access token to exchange")
             })?;
             vec![
@@ -244,11 +257,16 @@ async fn fetch(
     if !status.is_success() {
         // The error code and description are the server's words about the
         // request, not secrets.
+        // An exchange's description is left out: a server may quote the
+        // user's token in it.
         let said = |key: &str| answer.get(key).and_then(Value::as_str).unwrap_or_default();
+        let description = match grant {
+            Grant::Own => crate::protocol::cut(said("error_description"), 200),
+            Grant::For { .. } => "",
+        };
         return Err(format!(
-            "{endpoint} answered {status} {} {}",
+            "{endpoint} answered {status} {} {description}",
             crate::protocol::cut(said("error"), 64),
-            crate::protocol::cut(said("error_description"), 200)
         ));
     }
     let token = answer
@@ -285,27 +303,43 @@ mod tests {
     fn a_clients_token_is_kept_while_it_lives_and_the_kept_are_bounded() {
         let tokens = UserTokens::default();
         let now = unix_now();
-        let alice: Arc<str> = Arc::from("alice");
-        tokens.keep(&alice, "first", now + 60);
-        tokens.keep(&alice, "second", now + 60);
-        assert_eq!(tokens.current("alice").as_deref(), Some("second"));
-        tokens.keep(&alice, "dead", now.saturating_sub(1));
+        let (alice, corp): (Arc<str>, Arc<str>) = (Arc::from("alice"), Arc::from("corp"));
+        tokens.keep(&alice, &corp, "first", now + 60);
+        tokens.keep(&alice, &corp, "second", now + 60);
+        assert_eq!(tokens.current("alice", "corp").as_deref(), Some("second"));
         assert_eq!(
-            tokens.current("alice"),
+            tokens.current("alice", "partner"),
             None,
-            "an expired token is not exchanged"
+            "never sent for another provider"
         );
-        assert_eq!(tokens.current("bob"), None);
+        tokens.keep(&alice, &corp, "dead", now.saturating_sub(1));
+        assert_eq!(
+            tokens.current("alice", "corp").as_deref(),
+            Some("second"),
+            "a dead token replaces no live one"
+        );
+        assert_eq!(tokens.current("bob", "corp"), None);
         for n in 0..MAX_KEPT + 10 {
-            tokens.keep(&Arc::from(format!("c{n}")), "t", now + 600 + n as u64);
+            tokens.keep(
+                &Arc::from(format!("c{n}")),
+                &corp,
+                "t",
+                now + 600 + n as u64,
+            );
         }
         let kept = tokens.kept.lock().unwrap().len();
         assert!(kept <= MAX_KEPT, "{kept}");
         assert_eq!(
-            tokens.current(&format!("c{}", MAX_KEPT + 9)).as_deref(),
+            tokens
+                .current(&format!("c{}", MAX_KEPT + 9), "corp")
+                .as_deref(),
             Some("t")
         );
-        assert_eq!(tokens.current("c0"), None, "the one expiring first went");
+        assert_eq!(
+            tokens.current("c0", "corp"),
+            None,
+            "the one expiring first went"
+        );
     }
 
     #[test]
