@@ -19,12 +19,12 @@ SCRIPT=build-test-image.sh
 # shellcheck source=static-build.sh
 source "$ROOT/scripts/static-build.sh"
 lock test-image 900
-static_build --bin portcullis-example-server --bin portcullis-bridge
+static_build_small --bin portcullis-example-server --bin portcullis-bridge
 mkdir -p "$ROOT/target/static"
-cp -f "$ROOT/target/$HOST/$OUT/portcullis-bridge" "$ROOT/target/static/portcullis-bridge.tmp"
+cp -f "$STATIC_BINS/portcullis-bridge" "$ROOT/target/static/portcullis-bridge.tmp"
 mv -f "$ROOT/target/static/portcullis-bridge.tmp" "$ROOT/target/static/portcullis-bridge"
 
-BIN="$ROOT/target/$HOST/$OUT/portcullis-example-server"
+BIN="$STATIC_BINS/portcullis-example-server"
 CONTEXT="$ROOT/target/test-image"
 rm -rf "$CONTEXT"
 mkdir -p "$CONTEXT"

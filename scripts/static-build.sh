@@ -38,12 +38,37 @@ case "$PROFILE" in
     *) OUT="$PROFILE" ;;
 esac
 
-# Builds the named binaries (`--bin NAME` each) statically, in $PROFILE, into
-# target/$HOST/$OUT/.
+# Builds the named binaries of the root package (`--bin NAME` each)
+# statically, in $PROFILE, into target/$HOST/$OUT/.
 static_build() {
     (
         cd "$ROOT"
         RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile "$PROFILE" --locked \
             --target "$HOST" "$@"
     ) >&2 || die "the static build of $* failed"
+}
+
+# The example server and the bridge, statically, in $PROFILE, from the
+# package in static/ (the same sources without the proxy's library, which
+# cargo would build with any bin of the root package), into
+# target/static-bins/$HOST/$OUT/ (STATIC_BINS).
+STATIC_BINS="$ROOT/target/static-bins/$HOST/$OUT"
+static_build_small() {
+    (
+        cd "$ROOT/static"
+        RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile "$PROFILE" --locked \
+            --target "$HOST" --target-dir "$ROOT/target/static-bins" "$@"
+    ) >&2 || die "the static build of $* failed"
+}
+
+# Copies the shared libraries the dynamically linked executable $1 needs
+# (as `ldd` lists them, the loader too) into the folder $2, at their paths:
+# an image FROM scratch can then run it.
+copy_libraries() {
+    local binary="$1" rootfs="$2" lib
+    command -v ldd >/dev/null 2>&1 || die "ldd is not installed (it lists what $binary needs)"
+    for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
+        mkdir -p "$rootfs$(dirname "$lib")"
+        cp -L "$lib" "$rootfs$lib"
+    done
 }

@@ -1,6 +1,7 @@
 //! The proxy itself in a container, on the real Docker engine: the image of
-//! the repository's Dockerfile (a static `portcullis` FROM scratch, built by
-//! `scripts/build-proxy-image.sh`) runs read-only as a non-root user with the
+//! the repository's Dockerfile (`portcullis` FROM scratch, built by
+//! `scripts/build-proxy-image.sh` from the binary under test and the
+//! libraries it links) runs read-only as a non-root user with the
 //! engine's socket mounted, launches a hardened container server through
 //! it, and a client's call goes through; on `docker stop` it removes the
 //! server's container. Fails, never skips, without an engine.
@@ -31,9 +32,14 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// The proxy's image (`scripts/build-proxy-image.sh`).
+/// The proxy's image (`scripts/build-proxy-image.sh`), made of the proxy
+/// binary these tests were built with and the libraries it links (not of a
+/// second, static build of the whole proxy: CI's time).
 fn proxy_image() -> String {
-    image_from("build-proxy-image.sh")
+    image_from_with(
+        "build-proxy-image.sh",
+        &[("PORTCULLIS_PROXY_BINARY", env!("CARGO_BIN_EXE_portcullis"))],
+    )
 }
 
 /// Removes the container when the test ends, passed or not.

@@ -41,13 +41,18 @@ async fn control(issuer: &str, path: &str, body: Value) -> Value {
     response.json().await.expect("a JSON answer")
 }
 
-async fn stats(issuer: &str) -> Value {
-    reqwest::get(format!("{issuer}/control/stats"))
+/// What the authorization server's control API says at `path` (GET).
+async fn control_get(issuer: &str, path: &str) -> Value {
+    reqwest::get(format!("{issuer}/control/{path}"))
         .await
-        .expect("stats")
+        .unwrap_or_else(|err| panic!("control/{path}: {err}"))
         .json()
         .await
-        .expect("JSON stats")
+        .unwrap_or_else(|err| panic!("control/{path}: {err}"))
+}
+
+async fn stats(issuer: &str) -> Value {
+    control_get(issuer, "stats").await
 }
 
 /// A token minted by the authorization server with `spec`.
@@ -372,12 +377,7 @@ async fn every_bad_token_is_refused_with_401_and_the_challenge() {
         ("without an expiry", with(json!({"exp_in": null}))),
     ];
     // The current (RSA) key's id, for tokens that name it falsely.
-    let keys: Value = reqwest::get(format!("{issuer}/control/keys"))
-        .await
-        .expect("the keys")
-        .json()
-        .await
-        .expect("JSON keys");
+    let keys = control_get(&issuer, "keys").await;
     let rsa_kid = keys
         .as_array()
         .and_then(|keys| keys.iter().find(|key| key["current"] == true))
@@ -657,16 +657,10 @@ async fn a_server_gets_a_token_of_its_own_from_the_authorization_server() {
     );
     // The server saw the token the authorization server issued the proxy
     // for it: the machine's, for the server's URL.
-    let issued: Value = reqwest::get(format!("{issuer}/control/issued"))
-        .await
-        .expect("the issued tokens")
-        .json()
-        .await
-        .expect("JSON");
+    let issued = issued_by(&issuer, "client_credentials").await;
     let machine = issued
-        .as_array()
-        .and_then(|all| all.iter().find(|t| t["grant"] == "client_credentials"))
-        .unwrap_or_else(|| panic!("no client-credentials token was issued: {issued}"));
+        .first()
+        .unwrap_or_else(|| panic!("no client-credentials token was issued"));
     let machine_token = machine["token"].as_str().expect("its token");
     assert!(
         seen.contains(&format!("Bearer {machine_token}")),
@@ -728,13 +722,8 @@ async fn a_call_in_rounds_is_continued_only_by_the_identity_that_began_it() {
 
 /// The tokens the authorization server issued by `grant`.
 async fn issued_by(issuer: &str, grant: &str) -> Vec<Value> {
-    let issued: Value = reqwest::get(format!("{issuer}/control/issued"))
+    control_get(issuer, "issued")
         .await
-        .expect("the issued tokens")
-        .json()
-        .await
-        .expect("JSON");
-    issued
         .as_array()
         .map(|all| {
             all.iter()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::{Isolation, RemoteGrant, UpstreamSpec};
 use crate::upstream::Upstream;
 
-use super::{Gateway, InstanceKey, Session, lock};
+use super::{Failure, Gateway, InstanceKey, Session, lock};
 
 /// Per-client instances of one server running (or starting, or restarting)
 /// at once at most; an idle one, stopped after its idle timeout, does not
@@ -31,6 +31,24 @@ impl Gateway {
             .servers
             .get(index)
             .and_then(|server| acts_as_user(&server.kind))
+    }
+
+    /// Refuses a session without an access token of the provider whose
+    /// users server `index` acts as (if it does): there is nobody to
+    /// act as.
+    pub(super) fn may_act_as_user(&self, index: usize, session: &Session) -> Result<(), Failure> {
+        let Some(provider) = self.acts_as_user(index) else {
+            return Ok(());
+        };
+        let token = session.client.token.as_ref();
+        if token.is_some_and(|facts| *facts.provider == *provider) {
+            return Ok(());
+        }
+        let name = self.names.get(index).map(ToString::to_string);
+        Err(Failure::NoUserToken(
+            name.unwrap_or_default(),
+            provider.to_owned(),
+        ))
     }
 
     /// Whether the HTTP listener must keep the access tokens clients come

@@ -616,19 +616,7 @@ impl Gateway {
         client_id: &Value,
         outgoing: Value,
     ) -> Result<Value, Failure> {
-        if let Some(provider) = self.acts_as_user(server)
-            && session
-                .client
-                .token
-                .as_ref()
-                .is_none_or(|facts| *facts.provider != *provider)
-        {
-            let name = self.names.get(server).map(ToString::to_string);
-            return Err(Failure::NoUserToken(
-                name.unwrap_or_default(),
-                provider.to_owned(),
-            ));
-        }
+        self.may_act_as_user(server, session)?;
         let upstream = self
             .upstream_for(server, &session.client.name)
             .ok_or_else(|| self.no_instance())?;
