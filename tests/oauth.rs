@@ -158,7 +158,7 @@ async fn proxy_with(
     let proxy = TestProxy::new()
         .with_listen(&format!("127.0.0.1:{port}"))
         .with_config(&format!(
-            "policies = \"policies\"\n{redact}\n[listener]\nauth_failures_per_source = \"100/min\"\n\n[oauth]\nresource = \"{resource}\"\n{oauth}\n\n[[oauth.providers]]\nname = \"corp\"\nissuer = \"{issuer}\"\ngroups_claim = \"groups\"\nattributes = {{ email = \"email\" }}\n{provider}\n"
+            "policies = \"policies\"\n{redact}\n[listener]\nauth_failures_per_source = \"100/min\"\nfailure_record_interval = \"1s\"\n\n[oauth]\nresource = \"{resource}\"\n{oauth}\n\n[[oauth.providers]]\nname = \"corp\"\nissuer = \"{issuer}\"\ngroups_claim = \"groups\"\nattributes = {{ email = \"email\" }}\n{provider}\n"
         ));
     let proxy = servers(proxy);
     proxy.policy_folder(POLICIES);
@@ -398,8 +398,10 @@ async fn every_bad_token_is_refused_with_401_and_the_challenge() {
             with(json!({"foreign": true, "kid": rsa_kid})),
         ),
     ]);
+    let mut refused = Vec::new();
     for (what, spec) in cases {
         let token = mint(&issuer, spec).await;
+        refused.push(token.rsplit('.').next().unwrap_or_default().to_owned());
         let (status, challenge, body) = call_with(&served.url, Some(&token), "must not pass").await;
         assert_eq!(status, 401, "a token {what} is refused: {body}");
         assert!(
@@ -416,6 +418,34 @@ async fn every_bad_token_is_refused_with_401_and_the_challenge() {
     let (status, _, body) = call_with(&served.url, Some(&token), "passes").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.to_string().contains("passes"), "{body}");
+    // Every refusal is in the log: a guess (a bad signature) and a real
+    // token refused (expired, for another audience) alike, by reason.
+    let wanted = [
+        "token: expired",
+        "token: not yet valid",
+        "token: wrong audience",
+        "token: bad signature",
+        "token: unknown key",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let records =
+            common::admin_records(&served.base, "kind=auth_failure&limit=1000", AUDITOR_TOKEN)
+                .await;
+        let reasons: Vec<&str> = records.iter().filter_map(|r| r["reason"].as_str()).collect();
+        if wanted.iter().all(|reason| reasons.contains(reason)) {
+            let log = serde_json::to_string(&records).unwrap();
+            for signature in refused.iter().filter(|s| s.len() > 16) {
+                assert!(!log.contains(signature.as_str()), "a token in the log: {log}");
+            }
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refusals are recorded: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test]
@@ -435,6 +465,18 @@ async fn a_token_without_a_required_scope_gets_403_insufficient_scope() {
     .await;
     let (status, challenge, _) = call_with(&served.url, Some(&token), "x").await;
     assert_eq!(status, 403);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !common::admin_records(&served.base, "kind=auth_failure", AUDITOR_TOKEN)
+        .await
+        .iter()
+        .any(|r| r["reason"] == "token: insufficient scope")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refusal is recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     assert!(
         challenge.contains("error=\"insufficient_scope\"") && challenge.contains("scope=\"mcp\""),
         "{challenge}"

@@ -38,13 +38,17 @@ use crate::chain::ClientIdentity;
 use crate::identity::{OauthVerifier, TokenError};
 
 /// Set on a response that refused a credential, for [`guard`] to count
-/// against the request's source and credential prefix.
+/// against the request's source and credential prefix, and to record.
 #[derive(Clone)]
 struct AuthFailure {
     failure: Failure,
     /// The presented credential, when it did not come in the
     /// `Authorization` header (the console's login form).
     credential: Option<Credential>,
+    /// Counted against the source and credential (a guess); else only
+    /// recorded (a real token refused: expired, for another audience,
+    /// short of a scope, its provider away).
+    counted: bool,
 }
 
 impl AuthFailure {
@@ -62,6 +66,21 @@ impl AuthFailure {
                 who: who.to_owned(),
             },
             credential,
+            counted: true,
+        });
+        response
+    }
+
+    /// A refusal recorded (in the `auth_failure` records) but not counted.
+    fn noted(mut response: Response, reason: &'static str) -> Response {
+        response.extensions_mut().insert(Self {
+            failure: Failure {
+                endpoint: "/mcp",
+                reason,
+                who: String::new(),
+            },
+            credential: None,
+            counted: false,
         });
         response
     }
@@ -104,12 +123,16 @@ pub(super) async fn guard(
                 .get([refused.failure.endpoint, "refused"])
                 .add(1);
         }
-        state.throttle.failed(
-            source,
-            refused.credential.or(credential),
-            refused.failure,
-            std::time::Instant::now(),
-        );
+        if refused.counted {
+            state.throttle.failed(
+                source,
+                refused.credential.or(credential),
+                refused.failure,
+                std::time::Instant::now(),
+            );
+        } else {
+            state.throttle.tally(source, refused.failure);
+        }
     }
     response
 }
@@ -314,7 +337,7 @@ async fn with_token(
 ) -> Result<ClientIdentity, Response> {
     match oauth.verify_hashed(token, digest).await {
         Ok(identity) => Ok(identity),
-        Err(TokenError::InsufficientScope) => {
+        Err(error @ TokenError::InsufficientScope) => {
             let mut refused = plain_error(
                 StatusCode::FORBIDDEN,
                 "the access token lacks a scope this resource requires",
@@ -323,7 +346,7 @@ async fn with_token(
                 header::WWW_AUTHENTICATE,
                 challenge(oauth.config(), Challenge::InsufficientScope),
             );
-            Err(refused)
+            Err(AuthFailure::noted(refused, error.reason()))
         }
         Err(error @ TokenError::Unreachable(_)) => {
             let jwt = oauth.names_a_provider(token);
@@ -339,7 +362,7 @@ async fn with_token(
             // opaque one) must not get an answer for free: counted. A JWT
             // of a provider here is no such guess.
             if jwt {
-                return Err(refused);
+                return Err(AuthFailure::noted(refused, error.reason()));
             }
             Err(counted(refused, &error))
         }
@@ -351,7 +374,7 @@ async fn with_token(
                 challenge(oauth.config(), Challenge::InvalidToken(&description)),
             );
             if !error.is_guess() {
-                return Err(refused);
+                return Err(AuthFailure::noted(refused, error.reason()));
             }
             Err(counted(refused, &error))
         }
