@@ -432,11 +432,17 @@ async fn every_bad_token_is_refused_with_401_and_the_challenge() {
         let records =
             common::admin_records(&served.base, "kind=auth_failure&limit=1000", AUDITOR_TOKEN)
                 .await;
-        let reasons: Vec<&str> = records.iter().filter_map(|r| r["reason"].as_str()).collect();
+        let reasons: Vec<&str> = records
+            .iter()
+            .filter_map(|r| r["reason"].as_str())
+            .collect();
         if wanted.iter().all(|reason| reasons.contains(reason)) {
             let log = serde_json::to_string(&records).unwrap();
             for signature in refused.iter().filter(|s| s.len() > 16) {
-                assert!(!log.contains(signature.as_str()), "a token in the log: {log}");
+                assert!(
+                    !log.contains(signature.as_str()),
+                    "a token in the log: {log}"
+                );
             }
             break;
         }

@@ -544,13 +544,13 @@ impl Gateway {
         let unknown = || super::task_table::unknown_task(id);
         let task = self
             .client_tasks
-            .find(&session.client.name, id)
+            .find(&session.client, id)
             .ok_or_else(unknown)?;
         // Made by a process of its server's that has exited since.
         if task.generation.is_some()
             && task.generation != self.generation(task.server, &session.client.name)
         {
-            self.client_tasks.forget(&session.client.name, id);
+            self.client_tasks.forget(&session.client, id);
             return Err(unknown());
         }
         if protocol::method(message) == Some("tasks/update") {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
+use crate::chain::ClientIdentity;
 use crate::protocol::{self, meta};
 
 use super::failure::Failure;
@@ -85,7 +86,12 @@ pub(super) fn kept_arguments(message: &Value) -> Result<Option<Arc<Map<String, V
 /// One task the proxy passed on.
 #[derive(Clone)]
 pub(super) struct Task {
+    /// The name of the client that created it (its instance of a
+    /// per-client server, its count of tasks).
     pub(super) client: Arc<str>,
+    /// The very identity that created it: only it may poll, update or
+    /// cancel it (the same name with other groups or scopes may not).
+    owner: ClientIdentity,
     pub(super) server: usize,
     /// The server's own id for it.
     pub(super) server_task: String,
@@ -127,6 +133,7 @@ impl Task {
 /// What a new task is made of.
 pub(super) struct Created {
     pub(super) client: Arc<str>,
+    pub(super) owner: ClientIdentity,
     pub(super) server: usize,
     pub(super) tool: String,
     pub(super) listed: String,
@@ -204,6 +211,7 @@ impl Tasks {
                 id,
                 Task {
                     client: created.client,
+                    owner: created.owner,
                     server: created.server,
                     server_task,
                     tool: created.tool,
@@ -225,26 +233,31 @@ impl Tasks {
 
     /// `client`'s task `id`: `None` when there is none (unknown, expired,
     /// or another client's: which, is not said).
-    pub(super) fn find(&self, client: &str, id: &str) -> Option<Task> {
+    pub(super) fn find(&self, client: &ClientIdentity, id: &str) -> Option<Task> {
         let now = Instant::now();
         lock(&self.by_id)
             .get(id)
-            .filter(|task| &*task.client == client && task.expires > now)
+            .filter(|task| task.owner == *client && task.expires > now)
             .cloned()
     }
 
     /// Forgets `client`'s task `id` (its server forgot it, or it was never
     /// passed on).
-    pub(super) fn forget(&self, client: &str, id: &str) {
+    pub(super) fn forget(&self, client: &ClientIdentity, id: &str) {
         let mut tasks = lock(&self.by_id);
-        if tasks.get(id).is_some_and(|task| &*task.client == client) {
+        if tasks.get(id).is_some_and(|task| task.owner == *client) {
             tasks.remove(id);
         }
     }
 
     /// Whether `client`'s task `id` may be found `status` by a poll: known,
     /// and not a finished task starting again.
-    pub(super) fn may_become(&self, client: &str, id: &str, status: &str) -> Result<(), Failure> {
+    pub(super) fn may_become(
+        &self,
+        client: &ClientIdentity,
+        id: &str,
+        status: &str,
+    ) -> Result<(), Failure> {
         let task = self.find(client, id).ok_or_else(|| unknown_task(id))?;
         task.may_become(status)
     }
@@ -265,7 +278,7 @@ impl Tasks {
     /// its client, and never starts again. How long the proxy keeps it yet.
     pub(super) fn polled(
         &self,
-        client: &str,
+        client: &ClientIdentity,
         id: &str,
         status: &'static str,
         asked: impl Iterator<Item = String>,
@@ -274,7 +287,7 @@ impl Tasks {
         let mut tasks = lock(&self.by_id);
         let task = tasks
             .get_mut(id)
-            .filter(|task| &*task.client == client && task.expires > now)
+            .filter(|task| task.owner == *client && task.expires > now)
             .ok_or_else(|| unknown_task(id))?;
         // Checked again under the lock: the poll's questions were decided
         // since.
@@ -289,9 +302,9 @@ impl Tasks {
 
     /// `client` asked to cancel its task `id`, and its server took it: it
     /// no longer counts as running, and is kept as a finished one is.
-    pub(super) fn cancel_asked(&self, client: &str, id: &str) {
+    pub(super) fn cancel_asked(&self, client: &ClientIdentity, id: &str) {
         if let Some(task) = lock(&self.by_id).get_mut(id)
-            && &*task.client == client
+            && task.owner == *client
         {
             task.cancel_asked = true;
             task.expires = task.expires.min(Instant::now() + FINISHED_KEPT);
@@ -302,12 +315,12 @@ impl Tasks {
     /// its server: they cannot be answered again.
     pub(super) fn answered<'a>(
         &self,
-        client: &str,
+        client: &ClientIdentity,
         id: &str,
         keys: impl Iterator<Item = &'a String>,
     ) {
         if let Some(task) = lock(&self.by_id).get_mut(id)
-            && &*task.client == client
+            && task.owner == *client
         {
             for key in keys {
                 task.shown.remove(key);

@@ -8,11 +8,18 @@ use serde_json::{Value, json};
 use super::failure::Failure;
 use super::session::MAX_TASKS_PER_CLIENT;
 use super::task_table::{Created, EXTENSION, Tasks, acknowledgement, declared, framed_get};
+use crate::chain::ClientIdentity;
 use crate::protocol;
+
+/// A client by name, with no groups.
+fn who(name: &str) -> ClientIdentity {
+    ClientIdentity::new(name, &[])
+}
 
 fn created(client: &str, server: usize) -> Created {
     Created {
         client: Arc::from(client),
+        owner: who(client),
         server,
         tool: "slow".into(),
         listed: "s__slow".into(),
@@ -51,19 +58,24 @@ fn a_task_gets_the_proxys_id_and_only_its_creator_finds_it() {
     // A poll interval the client would hammer the proxy with is raised.
     assert_eq!(result["pollIntervalMs"], 100);
     assert!(result.get("_meta").is_none() && result.get("extra").is_none());
-    let found = tasks.find("alice", &id).map(|task| task.server_task);
+    let found = tasks.find(&who("alice"), &id).map(|task| task.server_task);
     assert_eq!(found.as_deref(), Some("1"));
-    assert!(tasks.find("bob", &id).is_none());
-    assert!(tasks.find("alice", "1").is_none());
+    assert!(tasks.find(&who("bob"), &id).is_none());
+    assert!(tasks.find(&who("alice"), "1").is_none());
+    // The same name in other groups (a token after a change at the
+    // identity provider) is not the identity that created it.
+    let moved = ClientIdentity::new("alice", &["payroll".to_owned()]);
+    assert!(tasks.find(&moved, &id).is_none());
+    tasks.forget(&moved, &id);
     // A task kept for ever by its server is kept a day by the proxy.
     let forever = tasks
         .create(created("alice", 0), &task_reply("2", Value::Null))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(forever["result"]["ttlMs"], 86_400_000);
-    tasks.forget("bob", &id);
-    assert!(tasks.find("alice", &id).is_some());
-    tasks.forget("alice", &id);
-    assert!(tasks.find("alice", &id).is_none());
+    tasks.forget(&who("bob"), &id);
+    assert!(tasks.find(&who("alice"), &id).is_some());
+    tasks.forget(&who("alice"), &id);
+    assert!(tasks.find(&who("alice"), &id).is_none());
 }
 
 #[test]
@@ -91,9 +103,9 @@ fn a_client_runs_a_bounded_number_of_tasks_per_server_and_finished_ones_make_roo
             .is_ok()
     );
     // One finished, one given up: room for two more.
-    let done = tasks.polled("alice", &ids[0], "completed", std::iter::empty());
+    let done = tasks.polled(&who("alice"), &ids[0], "completed", std::iter::empty());
     assert!(done.is_ok_and(|left| left <= Duration::from_secs(600)));
-    tasks.cancel_asked("alice", &ids[1]);
+    tasks.cancel_asked(&who("alice"), &ids[1]);
     for n in 0..2 {
         let made = tasks.create(
             created("alice", 0),
@@ -130,8 +142,8 @@ fn an_id_its_server_gives_again_names_the_new_task_alone() {
     // old id no longer reaches it.
     let second = tasks.create(created("bob", 0), &task_reply("1", json!(60000)));
     let second = id_of(&second.unwrap_or_else(|e| panic!("{e}")));
-    assert!(tasks.find("alice", &first).is_none());
-    assert!(tasks.find("bob", &second).is_some());
+    assert!(tasks.find(&who("alice"), &first).is_none());
+    assert!(tasks.find(&who("bob"), &second).is_some());
     // One instance per client: each client's "1" is its own.
     let per_client = |client: &str| Created {
         shared: false,
@@ -143,7 +155,7 @@ fn an_id_its_server_gives_again_names_the_new_task_alone() {
         id_of(&a.unwrap_or_else(|e| panic!("{e}"))),
         id_of(&b.unwrap_or_else(|e| panic!("{e}"))),
     );
-    assert!(tasks.find("alice", &a).is_some() && tasks.find("bob", &b).is_some());
+    assert!(tasks.find(&who("alice"), &a).is_some() && tasks.find(&who("bob"), &b).is_some());
     assert_eq!(tasks.running_servers().len(), 2);
 }
 
@@ -171,22 +183,22 @@ fn malformed_tasks_and_a_finished_task_starting_again_are_refused() {
     let id = id_of(&made.unwrap_or_else(|e| panic!("{e}")));
     assert!(
         tasks
-            .polled("dave", &id, "failed", std::iter::empty())
+            .polled(&who("dave"), &id, "failed", std::iter::empty())
             .is_ok()
     );
     assert!(
         tasks
-            .polled("dave", &id, "failed", std::iter::empty())
+            .polled(&who("dave"), &id, "failed", std::iter::empty())
             .is_ok()
     );
     assert!(
         tasks
-            .polled("dave", &id, "working", std::iter::empty())
+            .polled(&who("dave"), &id, "working", std::iter::empty())
             .is_err()
     );
     assert!(
         tasks
-            .polled("eve", &id, "failed", std::iter::empty())
+            .polled(&who("eve"), &id, "failed", std::iter::empty())
             .is_err()
     );
 }
@@ -203,7 +215,7 @@ fn only_the_questions_of_the_last_poll_not_yet_answered_may_be_answered() {
     };
     let answerable = |keys: &[&str]| {
         let task = tasks
-            .find("alice", &id)
+            .find(&who("alice"), &id)
             .unwrap_or_else(|| panic!("the task"));
         Tasks::answerable(&task, &answers(keys))
     };
@@ -211,15 +223,15 @@ fn only_the_questions_of_the_last_poll_not_yet_answered_may_be_answered() {
     let asked = ["q".to_owned(), "r".to_owned()];
     assert!(
         tasks
-            .polled("alice", &id, "input_required", asked.into_iter())
+            .polled(&who("alice"), &id, "input_required", asked.into_iter())
             .is_ok()
     );
     assert!(answerable(&["q", "r"]) && !answerable(&["s"]));
-    tasks.answered("alice", &id, ["q".to_owned()].iter());
+    tasks.answered(&who("alice"), &id, ["q".to_owned()].iter());
     assert!(!answerable(&["q"]) && answerable(&["r"]));
     assert!(
         tasks
-            .polled("alice", &id, "working", std::iter::empty())
+            .polled(&who("alice"), &id, "working", std::iter::empty())
             .is_ok()
     );
     assert!(!answerable(&["r"]));

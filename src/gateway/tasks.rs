@@ -106,6 +106,7 @@ impl Gateway {
                     Ok(arguments) => {
                         let created = Created {
                             client: session.client.name.clone(),
+                            owner: session.client.clone(),
                             server,
                             tool: target.unwrap_or_default().to_owned(),
                             listed,
@@ -156,7 +157,7 @@ impl Gateway {
         (id, answers): (&str, Vec<String>),
         reply: &Value,
     ) -> Result<Value, Failure> {
-        let client = &session.client.name;
+        let client = &session.client;
         if let Some(error) = reply.get("error") {
             let said = error.get("code").and_then(Value::as_i64);
             if method == "tasks/get" && said == Some(code::INVALID_PARAMS) {
@@ -193,7 +194,7 @@ impl Gateway {
         id: &str,
         reply: &Value,
     ) -> Result<Value, Failure> {
-        let client = &session.client.name;
+        let client = &session.client;
         let Some((mut framed, status, questions)) = task_table::framed_get(reply, id)? else {
             return Err(Failure::ServerTask("its server answered no task".into()));
         };
@@ -275,11 +276,11 @@ impl Gateway {
             return;
         }
         let id = reply.pointer("/result/taskId").and_then(Value::as_str);
-        let Some(task) = id.and_then(|id| self.client_tasks.find(&session.client.name, id)) else {
+        let Some(task) = id.and_then(|id| self.client_tasks.find(&session.client, id)) else {
             return;
         };
         if let Some(id) = id {
-            self.client_tasks.forget(&session.client.name, id);
+            self.client_tasks.forget(&session.client, id);
         }
         self.cancel_at_server(session, task.server, &task.server_task);
     }
