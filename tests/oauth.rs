@@ -719,6 +719,54 @@ async fn a_server_gets_a_token_of_its_own_from_the_authorization_server() {
 }
 
 #[tokio::test]
+async fn a_token_the_server_refuses_is_renewed_at_once() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let (_secrets, secret) = secret_file("machine-secret");
+    let (_upstream, url) = mirror().await;
+    let (_proxy, served) = proxy_with(&issuer, ("[redact]\nenabled = false", ""), "", |proxy| {
+        proxy.with_server_toml(&format!(
+            "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\n\
+             remote = {{ url = {url:?}, oauth = {{ token_endpoint = \"{issuer}/token\", client_id = \"machine\", client_secret = \"secret:machine\" }} }}\n\
+             secrets = {{ machine = \"file:{}\" }}\n",
+            secret.display()
+        ))
+    })
+    .await;
+    assert_eq!(issued_by(&issuer, "client_credentials").await.len(), 1);
+    let pat = member(&issuer, &served.url, "pat", &["payroll"]).await;
+    // The server answers 401: its token is no longer good there.
+    let (_, _, body) = call_tool(&served.url, Some(&pat), "h__unauthorized", json!({})).await;
+    assert!(body["error"].is_object(), "{body}");
+    assert!(!body.to_string().contains("Bearer"), "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let renewed = loop {
+        let issued = issued_by(&issuer, "client_credentials").await;
+        if issued.len() == 2 {
+            break issued[1]["token"].as_str().expect("a token").to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the token is renewed without waiting for its expiry (an hour): {issued:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The next call carries the new token.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = call_tool(&served.url, Some(&pat), "h__mirror", json!({})).await;
+        if common::first_text(&body).contains(&format!("Bearer {renewed}")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Refused again at once: not renewed again before ten seconds.
+    let (_, _, _) = call_tool(&served.url, Some(&pat), "h__unauthorized", json!({})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(issued_by(&issuer, "client_credentials").await.len(), 2);
+}
+
+#[tokio::test]
 async fn a_call_in_rounds_is_continued_only_by_the_identity_that_began_it() {
     let (_server, issuer) = authorization_server(&[]).await;
     let (_proxy, served) = proxy(&issuer, "", "").await;

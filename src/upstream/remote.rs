@@ -130,6 +130,13 @@ impl RemoteLink {
                 format!("cannot reach {}: {}", shown(&self.url), without_url(&err))
             })?;
         let status = response.status();
+        // The server no longer takes its token (revoked there, rotated):
+        // a new one for the next request.
+        if status == reqwest::StatusCode::UNAUTHORIZED
+            && let Some(token) = &self.token
+        {
+            token.refused();
+        }
         if !stateless
             && let Some(session) = response.headers().get(SESSION_HEADER)
             && let Ok(mut slot) = self.session.write()

@@ -127,9 +127,21 @@ pub(super) enum Grant {
 /// The current token, shared with the requests that send it.
 pub(super) struct ServerToken {
     current: RwLock<HeaderValue>,
+    /// The server answered 401 to it: renewed now.
+    refused: tokio::sync::Notify,
 }
 
+/// A token the server refuses is renewed at once, but not more often than
+/// this (a server that refuses every token is not a loop of grants).
+const MIN_RENEW: Duration = Duration::from_secs(10);
+
 impl ServerToken {
+    /// The server answered 401: the token is renewed without waiting for
+    /// its time (at most every [`MIN_RENEW`]).
+    pub(super) fn refused(&self) {
+        self.refused.notify_one();
+    }
+
     /// The `Authorization` value to send now.
     pub(super) fn header(&self) -> HeaderValue {
         self.current
@@ -159,6 +171,7 @@ pub(super) async fn start(
     let (header, lives) = fetch(&client, oauth, &secret, &grant).await?;
     let token = Arc::new(ServerToken {
         current: RwLock::new(header),
+        refused: tokio::sync::Notify::new(),
     });
     let kept = token.clone();
     let oauth = oauth.clone();
@@ -166,11 +179,21 @@ pub(super) async fn start(
         let mut expires = Instant::now() + lives;
         let mut wait = renew_after(lives);
         let mut retry = RETRY;
+        let mut last = Instant::now();
         loop {
             tokio::select! {
                 () = closed.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
+                () = kept.refused.notified() => {
+                    tracing::info!(%server, "the server refused its access token: renewing it");
+                    let early = MIN_RENEW.saturating_sub(last.elapsed());
+                    tokio::select! {
+                        () = closed.cancelled() => return,
+                        () = tokio::time::sleep(early) => {}
+                    }
+                }
             }
+            last = Instant::now();
             match fetch(&client, &oauth, &secret, &grant).await {
                 Ok((header, lives)) => {
                     *kept.current.write().unwrap_or_else(|p| p.into_inner()) = header;
