@@ -1049,3 +1049,42 @@ async fn rmcps_oauth_client_completes_the_flow_and_calls_as_the_tokens_identity(
         "{call}"
     );
 }
+
+#[tokio::test]
+async fn a_stream_ends_when_the_token_it_was_opened_with_expires() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    let (_proxy, served) = proxy(&issuer, "", "leeway = \"1s\"").await;
+    let exp_in = 4;
+    let minted = control(
+        &issuer,
+        "mint",
+        json!({"sub": "pat", "aud": served.url, "claims": {"groups": ["payroll"]}, "exp_in": exp_in}),
+    )
+    .await;
+    let token = minted["token"].as_str().expect("a token");
+    let expires = minted["claims"]["exp"].as_u64().expect("its exp");
+    let session = common::HttpSession::connect_as(&served.url, token).await;
+    let response = reqwest::Client::new()
+        .get(&served.url)
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", session.id())
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .expect("GET /mcp");
+    assert_eq!(response.status().as_u16(), 200);
+    // The stream is read to its end, which comes when the token expires
+    // (not at once, and not never).
+    let ended = tokio::time::timeout(Duration::from_secs(60), response.bytes())
+        .await
+        .expect("the stream ended once its token expired");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        now >= expires,
+        "ended at {now}, before the token's exp {expires}: {ended:?}"
+    );
+}

@@ -274,7 +274,32 @@ fn check_same_origin(state: &HttpState, headers: &HeaderMap) -> Result<(), Box<R
 /// one (a bearer token beside it must be the same client's), else its
 /// bearer token. An auditor's token is refused (auditors cannot call
 /// tools).
-pub(super) struct Client(pub(super) ClientIdentity);
+pub(super) struct Client(pub(super) ClientIdentity, pub(super) Expiry);
+
+/// When the credential a request came with stops being good: an access
+/// token's expiry (a stream it opened ends then); never, for a static token
+/// or a certificate.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Expiry(Option<tokio::time::Instant>);
+
+impl Expiry {
+    /// At `until` (Unix seconds).
+    fn at(until: u64) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        let left = std::time::Duration::from_secs(until.saturating_sub(now));
+        Self(Some(tokio::time::Instant::now() + left))
+    }
+
+    /// Waits until then (for ever, when never).
+    pub(super) async fn reached(self) {
+        match self.0 {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+}
 
 impl FromRequestParts<Arc<HttpState>> for Client {
     type Rejection = Response;
@@ -304,10 +329,11 @@ impl FromRequestParts<Arc<HttpState>> for Client {
             {
                 state.gateway.keep_user_token(&client, token, until);
             }
-            return Ok(Client(client));
+            let expiry = oauth.expires(&digest).map(Expiry::at).unwrap_or_default();
+            return Ok(Client(client, expiry));
         }
         authenticate(&state.credentials, hash.as_deref(), certificate)
-            .map(Client)
+            .map(|client| Client(client, Expiry::default()))
             .map_err(|refused| {
                 let mut refused = *refused;
                 if let Some(oauth) = &state.oauth

@@ -130,7 +130,7 @@ fn find_session(
 
 async fn post_message(
     State(state): State<Arc<HttpState>>,
-    Client(client): Client,
+    Client(client, expiry): Client,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -139,7 +139,7 @@ async fn post_message(
         Err(refused) => return refused,
     };
     if is_modern(&headers, &incoming) {
-        return super::stateless::post(&state, client, &headers, incoming).await;
+        return super::stateless::post(&state, (client, expiry), &headers, incoming).await;
     }
     if let Err(failure) = handshake_headers_match(&headers, &incoming) {
         return rpc_error(StatusCode::BAD_REQUEST, incoming.request_id, failure);
@@ -206,7 +206,7 @@ async fn post_message(
                 parts,
                 (message, id),
                 place,
-                (),
+                ((), super::auth::Expiry::default()),
                 |_| StatusCode::OK,
             )
             .await
@@ -235,7 +235,7 @@ fn modern_refusal(headers: &HeaderMap) -> Option<Response> {
 
 async fn open_stream(
     State(state): State<Arc<HttpState>>,
-    Client(client): Client,
+    Client(client, expiry): Client,
     headers: HeaderMap,
 ) -> Response {
     if let Some(refused) = modern_refusal(&headers) {
@@ -255,13 +255,16 @@ async fn open_stream(
     *lock(&http_session.outlet.get_stream) = Some(tx);
     let closed = http_session.session.closed.clone();
     let shutdown = state.gateway.shutdown_token();
+    // Ends when the client's access token does: a stream does not outlive
+    // the credential it was opened with.
     let stream = futures_util::stream::unfold(
         (rx, closed, shutdown),
-        |(mut rx, closed, shutdown)| async move {
+        move |(mut rx, closed, shutdown)| async move {
             let message = tokio::select! {
                 message = rx.recv() => message?,
                 () = closed.cancelled() => return None,
                 () = shutdown.cancelled() => return None,
+                () = expiry.reached() => return None,
             };
             Some((event(&message), (rx, closed, shutdown)))
         },
@@ -271,7 +274,7 @@ async fn open_stream(
 
 async fn end_session(
     State(state): State<Arc<HttpState>>,
-    Client(client): Client,
+    Client(client, _): Client,
     headers: HeaderMap,
 ) -> Response {
     if let Some(refused) = modern_refusal(&headers) {

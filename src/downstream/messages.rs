@@ -153,7 +153,7 @@ pub(super) async fn answer_in_stream(
     (session, outlet): (Arc<Session>, Arc<HttpOutlet>),
     (message, id): (Value, IdKey),
     place: impl Send + 'static,
-    hold: impl Send + 'static,
+    (hold, ends): (impl Send + 'static, super::auth::Expiry),
     status_of: StatusOf,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Value>(CALL_STREAM_CAP);
@@ -189,12 +189,17 @@ pub(super) async fn answer_in_stream(
         return (status_of(&first), axum::Json(first)).into_response();
     }
     work.detach();
+    // `ends`: a listen stream ends with the access token it was opened
+    // with (dropping `hold` ends the request's session).
     let stream = futures_util::stream::unfold(
         (Some(first), rx, hold),
-        |(mut first, mut rx, hold)| async move {
+        move |(mut first, mut rx, hold)| async move {
             let message = match first.take() {
                 Some(message) => message,
-                None => rx.recv().await?,
+                None => tokio::select! {
+                    message = rx.recv() => message?,
+                    () = ends.reached() => return None,
+                },
             };
             Some((event(&message), (None, rx, hold)))
         },

@@ -117,7 +117,7 @@ fn headers_match(headers: &HeaderMap, incoming: &Incoming, version: &str) -> Res
 /// Answers one 2026-07-28 POST.
 pub(super) async fn post(
     state: &HttpState,
-    client: ClientIdentity,
+    (client, expiry): (ClientIdentity, super::auth::Expiry),
     headers: &HeaderMap,
     incoming: Incoming,
 ) -> Response {
@@ -185,6 +185,12 @@ pub(super) async fn post(
         .method
         .as_deref()
         .is_some_and(|method| protocol::MODERN_METHODS.contains(&method));
+    // A listen stream lasts as long as the token it was opened with; a
+    // call's stream, until its answer.
+    let ends = match incoming.method.as_deref() {
+        Some("subscriptions/listen") => expiry,
+        _ => super::auth::Expiry::default(),
+    };
     let status_of = if known { known_method } else { unknown_method };
     match incoming.message.get("id").and_then(IdKey::from_value) {
         Some(id) if accepts(headers, "text/event-stream") => {
@@ -194,7 +200,7 @@ pub(super) async fn post(
                 parts,
                 (incoming.message, id),
                 place,
-                hangup,
+                (hangup, ends),
                 status_of,
             )
             .await

@@ -87,6 +87,12 @@ impl Introspection {
         claims.ok_or(TokenError::Inactive)
     }
 
+    /// The `exp` (Unix seconds) of an active token whose answer is kept.
+    pub(super) fn expiry(&self, hash: &[u8; 32]) -> Option<u64> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.get(hash)?.claims.as_ref()?.get("exp")?.as_u64()
+    }
+
     /// How much longer the active answer kept for a token stands.
     pub(super) fn answer_lives(&self, hash: &[u8; 32]) -> Option<Duration> {
         let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());

@@ -406,6 +406,20 @@ impl OauthVerifier {
         Some(unix_now().saturating_add(left.as_secs()))
     }
 
+    /// When (Unix seconds) a token just verified expires, with the leeway:
+    /// what a stream opened with it lasts. `None` for an opaque token whose
+    /// answer said no `exp`.
+    pub fn expires(&self, hash: &[u8; 32]) -> Option<u64> {
+        let passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = passed.get(hash) {
+            return Some(found.until);
+        }
+        drop(passed);
+        let (at, introspection) = self.introspection.as_ref()?;
+        let leeway = self.config.providers.get(*at)?.leeway.as_secs();
+        Some(introspection.expiry(hash)?.saturating_add(leeway))
+    }
+
     /// A token that passed before and still would: not expired, its key
     /// still published.
     fn remembered(&self, hash: &[u8; 32], now: u64) -> Option<ClientIdentity> {
