@@ -100,10 +100,16 @@ impl Supervisor {
                         }
                     }
                 }
-                Err(err @ UpstreamError::NeedsClient { .. }) => {
-                    // Nothing to retry with: down until the client's next
-                    // call, which comes with a token.
-                    tracing::warn!(server = %name, error = %err, "a client's connection not started; tried again at the client's next call");
+                Err(err)
+                    if self.shared.instance.is_some()
+                        || matches!(err, UpstreamError::NeedsClient { .. }) =>
+                {
+                    // A client's own instance (a per-client container, a
+                    // connection that acts as the user) serves that client
+                    // alone: down until its next call, not started again
+                    // and again for nobody (nor, for a connection acting as
+                    // the user, exchanging a token in a loop).
+                    tracing::warn!(server = %name, error = %err, "a client's instance not started; tried again at the client's next call");
                     self.shared.set_link(None);
                     self.shared.wanted.store(false, Ordering::SeqCst);
                     self.shared.fail_all_pending();

@@ -25,9 +25,15 @@ struct Running {
 impl Running {
     /// Starts `config`'s upstream; nothing is connected yet.
     fn start(config: std::sync::Arc<ServerConfig>) -> Self {
+        Self::start_for(config, None)
+    }
+
+    /// [`Running::start`] of the instance of client `instance` (or of none).
+    fn start_for(config: std::sync::Arc<ServerConfig>, instance: Option<&str>) -> Self {
         let (events_tx, events) = mpsc::channel(64);
         let (connector, connections) = scripted::connector();
-        let upstream = Upstream::for_test(config, events_tx, connector);
+        let upstream =
+            Upstream::instance_for_test(config, instance.map(Into::into), events_tx, connector);
         let shutdown = CancellationToken::new();
         upstream.start(shutdown.clone());
         Self {
@@ -553,4 +559,33 @@ async fn what_the_server_sends_on_its_own_becomes_events() {
         listed.map_err(|err| err.to_string()),
         Err("server `files` is not available: `tools/list` failed: no tools here".into())
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clients_instance_that_fails_to_start_waits_for_the_clients_next_call() {
+    let mut running = Running::start_for(
+        scripted::lazy_config("box", Duration::from_secs(600)),
+        Some("alice"),
+    );
+    running.connections.refuse_next("no such image");
+    let refused = running
+        .upstream
+        .ensure_running(Duration::from_secs(10))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(running.connections.try_next().is_none());
+    // Nobody calls: an hour passes without another start.
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert!(
+        running.connections.try_next().is_none(),
+        "started again for nobody"
+    );
+    assert!(!running.upstream.is_wanted());
+    // The client calls again: started at once.
+    let upstream = running.upstream.clone();
+    let ensure =
+        tokio::spawn(async move { upstream.ensure_running(Duration::from_secs(10)).await });
+    let mut server = running.connections.next().await;
+    server.handshake().await;
+    assert!(ensure.await.unwrap().is_ok());
 }
