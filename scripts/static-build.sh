@@ -67,6 +67,9 @@ static_build_small() {
 copy_libraries() {
     local binary="$1" rootfs="$2" lib
     command -v ldd >/dev/null 2>&1 || die "ldd is not installed (it lists what $binary needs)"
+    if ldd "$binary" | grep -q 'not found'; then
+        die "$binary needs libraries this machine lacks: $(ldd "$binary" | grep 'not found' | tr -s ' \n' ' ')"
+    fi
     for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
         mkdir -p "$rootfs$(dirname "$lib")"
         cp -L "$lib" "$rootfs$lib"

@@ -116,7 +116,13 @@ pub(super) async fn guard(
     }
     let mut response = next.run(request).await;
     if let Some(refused) = response.extensions_mut().remove::<AuthFailure>() {
-        tracing::info!(%source, endpoint = refused.failure.endpoint, reason = refused.failure.reason, "refused a credential");
+        // A guess is worth a line; a real token refused (as often as its
+        // client retries it) is in the records already.
+        if refused.counted {
+            tracing::info!(%source, endpoint = refused.failure.endpoint, reason = refused.failure.reason, "refused a credential");
+        } else {
+            tracing::debug!(%source, endpoint = refused.failure.endpoint, reason = refused.failure.reason, "refused a credential");
+        }
         if let Some(metrics) = state.gateway.metrics() {
             metrics
                 .auth_failures
@@ -276,6 +282,10 @@ fn check_same_origin(state: &HttpState, headers: &HeaderMap) -> Result<(), Box<R
 /// tools).
 pub(super) struct Client(pub(super) ClientIdentity, pub(super) Expiry);
 
+/// How long (seconds) a stream opened with an access token whose expiry is
+/// not known lasts.
+const UNKNOWN_EXPIRY: u64 = 60;
+
 /// When the credential a request came with stops being good: an access
 /// token's expiry (a stream it opened ends then); never, for a static token
 /// or a certificate.
@@ -283,12 +293,16 @@ pub(super) struct Client(pub(super) ClientIdentity, pub(super) Expiry);
 pub(super) struct Expiry(Option<tokio::time::Instant>);
 
 impl Expiry {
-    /// At `until` (Unix seconds).
-    fn at(until: u64) -> Self {
+    /// At `until` (Unix seconds), or, when the verifier no longer holds
+    /// the token's expiry (its memory emptied meanwhile, an introspected
+    /// token without `exp`), a minute from now: never "never".
+    fn at(until: Option<u64>) -> Self {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs());
-        let left = std::time::Duration::from_secs(until.saturating_sub(now));
+        let left = until.map_or(UNKNOWN_EXPIRY, |until| until.saturating_sub(now));
+        // A year at most: an `exp` far off overflows no clock.
+        let left = std::time::Duration::from_secs(left.min(365 * 24 * 3600));
         Self(Some(tokio::time::Instant::now() + left))
     }
 
@@ -329,7 +343,7 @@ impl FromRequestParts<Arc<HttpState>> for Client {
             {
                 state.gateway.keep_user_token(&client, token, until);
             }
-            let expiry = oauth.expires(&digest).map(Expiry::at).unwrap_or_default();
+            let expiry = Expiry::at(oauth.expires(&digest));
             return Ok(Client(client, expiry));
         }
         authenticate(&state.credentials, hash.as_deref(), certificate)

@@ -125,6 +125,7 @@ impl RemoteLink {
             return Ok(());
         }
         let related = message.get("id").and_then(Value::as_u64);
+        let sent = self.token.as_ref().map(|token| token.header());
         let response =
             self.post(&message).send().await.map_err(|err| {
                 format!("cannot reach {}: {}", shown(&self.url), without_url(&err))
@@ -133,9 +134,9 @@ impl RemoteLink {
         // The server no longer takes its token (revoked there, rotated):
         // a new one for the next request.
         if status == reqwest::StatusCode::UNAUTHORIZED
-            && let Some(token) = &self.token
+            && let (Some(token), Some(sent)) = (&self.token, &sent)
         {
-            token.refused();
+            token.refused(sent);
         }
         if !stateless
             && let Some(session) = response.headers().get(SESSION_HEADER)

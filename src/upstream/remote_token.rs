@@ -136,10 +136,13 @@ pub(super) struct ServerToken {
 const MIN_RENEW: Duration = Duration::from_secs(10);
 
 impl ServerToken {
-    /// The server answered 401: the token is renewed without waiting for
-    /// its time (at most every [`MIN_RENEW`]).
-    pub(super) fn refused(&self) {
-        self.refused.notify_one();
+    /// The server answered 401 to `sent`: if that is still the token, it
+    /// is renewed without waiting for its time (at most every
+    /// [`MIN_RENEW`]); a refusal of a token renewed since asks nothing.
+    pub(super) fn refused(&self, sent: &HeaderValue) {
+        if *sent == self.header() {
+            self.refused.notify_one();
+        }
     }
 
     /// The `Authorization` value to send now.
