@@ -721,17 +721,7 @@ async fn a_server_gets_a_token_of_its_own_from_the_authorization_server() {
 #[tokio::test]
 async fn a_token_the_server_refuses_is_renewed_at_once() {
     let (_server, issuer) = authorization_server(&[]).await;
-    let (_secrets, secret) = secret_file("machine-secret");
-    let (_upstream, url) = mirror().await;
-    let (_proxy, served) = proxy_with(&issuer, ("[redact]\nenabled = false", ""), "", |proxy| {
-        proxy.with_server_toml(&format!(
-            "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\n\
-             remote = {{ url = {url:?}, oauth = {{ token_endpoint = \"{issuer}/token\", client_id = \"machine\", client_secret = \"secret:machine\" }} }}\n\
-             secrets = {{ machine = \"file:{}\" }}\n",
-            secret.display()
-        ))
-    })
-    .await;
+    let (_kept, served) = mirror_with_oauth(&issuer, "").await;
     assert_eq!(issued_by(&issuer, "client_credentials").await.len(), 1);
     let pat = member(&issuer, &served.url, "pat", &["payroll"]).await;
     // The server answers 401: its token is no longer good there.
@@ -816,6 +806,29 @@ async fn a_call_in_rounds_is_continued_only_by_the_identity_that_began_it() {
     assert_eq!(done["result"]["resultType"], "complete", "{done}");
 }
 
+/// What [`mirror_with_oauth`] keeps alive: the mirroring server, its URL,
+/// the folder of the proxy's client secret, and the proxy.
+type MirrorBehind = (Child, String, tempfile::TempDir, TestProxy);
+
+/// The mirroring server `h` behind a proxy (redaction off: the tests read
+/// the token the server was sent), its token got from the authorization
+/// server by the proxy as the `machine` client, `extra` keys added to its
+/// `remote.oauth`.
+async fn mirror_with_oauth(issuer: &str, extra: &str) -> (MirrorBehind, HttpProxy) {
+    let (dir, secret) = secret_file("machine-secret");
+    let (upstream, url) = mirror().await;
+    let (proxy, served) = proxy_with(issuer, ("[redact]\nenabled = false", ""), "", |proxy| {
+        proxy.with_server_toml(&format!(
+            "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\n\
+             remote = {{ url = {url:?}, oauth = {{ token_endpoint = \"{issuer}/token\", client_id = \"machine\", client_secret = \"secret:machine\"{extra} }} }}\n\
+             secrets = {{ machine = \"file:{}\" }}\n",
+            secret.display()
+        ))
+    })
+    .await;
+    ((upstream, url, dir, proxy), served)
+}
+
 /// The tokens the authorization server issued by `grant`.
 async fn issued_by(issuer: &str, grant: &str) -> Vec<Value> {
     control_get(issuer, "issued")
@@ -833,19 +846,12 @@ async fn issued_by(issuer: &str, grant: &str) -> Vec<Value> {
 #[tokio::test]
 async fn a_server_that_acts_as_the_user_gets_an_exchanged_token_never_the_users_own() {
     let (_server, issuer) = authorization_server(&[]).await;
-    let (_secrets, secret) = secret_file("machine-secret");
-    let (_upstream, url) = mirror().await;
-    // Not redacted toward the client: the test reads the token the
-    // server was sent.
-    let (_proxy, served) = proxy_with(&issuer, ("[redact]\nenabled = false", ""), "", |proxy| {
-        proxy.with_server_toml(&format!(
-            "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\n\
-             remote = {{ url = {url:?}, oauth = {{ token_endpoint = \"{issuer}/token\", client_id = \"machine\", client_secret = \"secret:machine\", grant = \"token_exchange\", scope = \"crm.read\" }} }}\n\
-             secrets = {{ machine = \"file:{}\" }}\n",
-            secret.display()
-        ))
-    })
+    let (kept, served) = mirror_with_oauth(
+        &issuer,
+        ", grant = \"token_exchange\", scope = \"crm.read\"",
+    )
     .await;
+    let url = &kept.1;
     // The server's tools were listed with the proxy's own token.
     assert_eq!(issued_by(&issuer, "client_credentials").await.len(), 1);
     let mut exchanged = Vec::new();

@@ -396,28 +396,28 @@ impl OauthVerifier {
     /// is taken without asking again: a JWT's `exp` (with the leeway), an
     /// introspected token's cached answer.
     pub fn good_until(&self, hash: &[u8; 32]) -> Option<u64> {
-        let passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(found) = passed.get(hash) {
-            return Some(found.until);
-        }
-        drop(passed);
-        let (_, introspection) = self.introspection.as_ref()?;
-        let left = introspection.answer_lives(hash)?;
-        Some(unix_now().saturating_add(left.as_secs()))
+        self.passed_until(hash).or_else(|| {
+            let (_, introspection) = self.introspection.as_ref()?;
+            let left = introspection.answer_lives(hash)?;
+            Some(unix_now().saturating_add(left.as_secs()))
+        })
     }
 
     /// When (Unix seconds) a token just verified expires, with the leeway:
     /// what a stream opened with it lasts. `None` for an opaque token whose
     /// answer said no `exp`.
     pub fn expires(&self, hash: &[u8; 32]) -> Option<u64> {
+        self.passed_until(hash).or_else(|| {
+            let (at, introspection) = self.introspection.as_ref()?;
+            let leeway = self.config.providers.get(*at)?.leeway.as_secs();
+            Some(introspection.expiry(hash)?.saturating_add(leeway))
+        })
+    }
+
+    /// The `exp` (with the leeway) of a JWT that passed, while remembered.
+    fn passed_until(&self, hash: &[u8; 32]) -> Option<u64> {
         let passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(found) = passed.get(hash) {
-            return Some(found.until);
-        }
-        drop(passed);
-        let (at, introspection) = self.introspection.as_ref()?;
-        let leeway = self.config.providers.get(*at)?.leeway.as_secs();
-        Some(introspection.expiry(hash)?.saturating_add(leeway))
+        passed.get(hash).map(|found| found.until)
     }
 
     /// A token that passed before and still would: not expired, its key
