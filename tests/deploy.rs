@@ -36,9 +36,12 @@ fn docker(args: &[&str]) -> String {
 /// binary these tests were built with and the libraries it links (not of a
 /// second, static build of the whole proxy: CI's time).
 fn proxy_image() -> String {
+    // Under a tag of its own: `portcullis/proxy:dev` stays the static
+    // image the script builds for users.
     image_from_with(
         "build-proxy-image.sh",
         &[("PORTCULLIS_PROXY_BINARY", env!("CARGO_BIN_EXE_portcullis"))],
+        Some("portcullis/proxy:test-dynamic"),
     )
 }
 

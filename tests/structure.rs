@@ -367,3 +367,51 @@ fn the_checks_see_what_they_look_for() {
         BTreeSet::from([vec!["src/m/a".to_owned(), "src/m/b".to_owned()]])
     );
 }
+
+/// The package in `static/` (the test images' static example server and
+/// bridge) builds the root's own sources: it keeps the root's version and
+/// edition, declares each dependency as the root does, and locks no version
+/// the root's lock does not have.
+#[test]
+fn the_static_package_keeps_the_roots_dependencies() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |path: &str| -> toml::Value {
+        let text = std::fs::read_to_string(root.join(path)).unwrap();
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let versions = |path: &str| -> BTreeMap<String, BTreeSet<String>> {
+        let mut versions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for package in read(path)["package"].as_array().unwrap() {
+            versions
+                .entry(package["name"].as_str().unwrap().to_owned())
+                .or_default()
+                .insert(package["version"].as_str().unwrap().to_owned());
+        }
+        versions
+    };
+    let (ours, theirs) = (versions("Cargo.lock"), versions("static/Cargo.lock"));
+    let drifted: Vec<String> = theirs
+        .iter()
+        .filter(|(name, _)| name.as_str() != "portcullis-static-bins")
+        .filter(|(name, locked)| !ours.get(*name).is_some_and(|root| locked.is_subset(root)))
+        .map(|(name, locked)| format!("{name} {locked:?} (root: {:?})", ours.get(name)))
+        .collect();
+    assert!(
+        drifted.is_empty(),
+        "static/Cargo.lock locks versions the root's does not (copy Cargo.lock to static/ and build there once): {drifted:?}"
+    );
+    let (root_manifest, static_manifest) = (read("Cargo.toml"), read("static/Cargo.toml"));
+    for key in ["version", "edition"] {
+        assert_eq!(
+            root_manifest["package"][key], static_manifest["package"][key],
+            "static/Cargo.toml's package {key}"
+        );
+    }
+    for (name, spec) in static_manifest["dependencies"].as_table().unwrap() {
+        assert_eq!(
+            root_manifest["dependencies"].get(name),
+            Some(spec),
+            "static/Cargo.toml declares `{name}` otherwise than the root"
+        );
+    }
+}

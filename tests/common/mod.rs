@@ -78,14 +78,16 @@ pub fn test_image() -> String {
 /// of an image is not its speed; `PORTCULLIS_IMAGE_PROFILE` set outside
 /// chooses another profile).
 pub fn image_from(script: &str) -> String {
-    image_from_with(script, &[])
+    image_from_with(script, &[], None)
 }
 
-/// [`image_from`] with more of the script's environment.
-pub fn image_from_with(script: &str, env: &[(&str, &str)]) -> String {
+/// [`image_from`] with more of the script's environment, and the tag to
+/// build (else the script's own).
+pub fn image_from_with(script: &str, env: &[(&str, &str)], tag: Option<&str>) -> String {
     let profile = std::env::var("PORTCULLIS_IMAGE_PROFILE").unwrap_or_else(|_| "dev".to_owned());
     let output = std::process::Command::new("bash")
         .arg(repo_root().join("scripts").join(script))
+        .args(tag)
         .env("PORTCULLIS_IMAGE_PROFILE", profile)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
