@@ -297,9 +297,7 @@ impl Expiry {
     /// the token's expiry (its memory emptied meanwhile, an introspected
     /// token without `exp`), a minute from now: never "never".
     fn at(until: Option<u64>) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs());
+        let now = crate::protocol::unix_now();
         let left = until.map_or(UNKNOWN_EXPIRY, |until| until.saturating_sub(now));
         // A year at most: an `exp` far off overflows no clock.
         let left = std::time::Duration::from_secs(left.min(365 * 24 * 3600));
@@ -338,11 +336,9 @@ impl FromRequestParts<Arc<HttpState>> for Client {
         {
             let client = with_token(oauth, token, digest).await?;
             // A server that acts as the client's user exchanges it.
-            if state.gateway.keeps_user_tokens()
-                && let Some(until) = oauth.good_until(&digest)
-            {
-                state.gateway.keep_user_token(&client, token, until);
-            }
+            state
+                .gateway
+                .keep_user_token(&client, token, || oauth.good_until(&digest));
             let expiry = Expiry::at(oauth.expires(&digest));
             return Ok(Client(client, expiry));
         }

@@ -51,20 +51,17 @@ impl Gateway {
         ))
     }
 
-    /// Whether the HTTP listener must keep the access tokens clients come
-    /// with (see [`Gateway::keep_user_token`]).
-    pub fn keeps_user_tokens(&self) -> bool {
-        self.config
-            .servers
-            .iter()
-            .any(|server| acts_as_user(&server.kind).is_some())
-    }
-
-    /// `client` came with the access token `token` (good until `until`,
-    /// Unix seconds): what its instances of servers that act as its user
-    /// exchange. Kept in memory only, and only a token of a provider whose
-    /// users some server acts as.
-    pub fn keep_user_token(&self, client: &crate::chain::ClientIdentity, token: &str, until: u64) {
+    /// `client` came with the access token `token` (good until what
+    /// `until` says, Unix seconds, asked only when it is kept): what its
+    /// instances of servers that act as its user exchange. Kept in memory
+    /// only, and only a token of a provider whose users some server acts
+    /// as.
+    pub fn keep_user_token(
+        &self,
+        client: &crate::chain::ClientIdentity,
+        token: &str,
+        until: impl FnOnce() -> Option<u64>,
+    ) {
         let Some(facts) = &client.token else {
             return;
         };
@@ -73,7 +70,7 @@ impl Gateway {
             .servers
             .iter()
             .any(|server| acts_as_user(&server.kind) == Some(&*facts.provider));
-        if exchanged {
+        if exchanged && let Some(until) = until() {
             self.user_tokens
                 .keep(&client.name, &facts.provider, token, until);
         }

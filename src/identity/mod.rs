@@ -19,9 +19,9 @@ mod fetch;
 mod introspect;
 mod keys;
 
+use crate::protocol::unix_now;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
@@ -530,12 +530,6 @@ fn overage(claims: &Map<String, Value>, key: &str) -> bool {
         .and_then(Value::as_object)
         .is_some_and(|names| names.contains_key(key))
         || (key == "groups" && claims.get("hasgroups") == Some(&Value::Bool(true)))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 #[cfg(test)]

@@ -383,6 +383,14 @@ fn is_utc_datetime(text: &str) -> bool {
     head_fits && tail_fits
 }
 
+/// Now, in whole seconds since 1970 (what tokens' `exp` counts): 0 on a
+/// clock set before 1970.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
 /// `time` as jiff writes it: a time before 1970 (which no request or
 /// record has) is written as 1970, one past what jiff holds (the year
 /// 9999) as its last.
