@@ -2,7 +2,9 @@
 //! to the same upstream directly, in one run.
 //!
 //! Run: `cargo bench --bench roundtrip` (options after `--`: `--calls N`,
-//! `--seconds S` for the concurrent phase). Prints a Markdown table with
+//! `--seconds S` for the concurrent phase; `--turns durable|buffered` runs
+//! only the 2026-07-28 stateless against 2025 session comparison, with the
+//! audit log so). Prints a Markdown table with
 //! p50/p99 latency, calls/s and the ratios to the direct baseline.
 //!
 //! The clients are minimal (a JSON-RPC client on pipes, an HTTP/1.1 client
@@ -448,11 +450,13 @@ async fn start_http_proxy(portcullis: &str, config: &std::path::Path) -> (Child,
 fn main() {
     let mut calls = 5000usize;
     let mut seconds = 5u64;
+    let mut turns = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--calls" => calls = args.next().and_then(|n| n.parse().ok()).unwrap_or(calls),
             "--seconds" => seconds = args.next().and_then(|n| n.parse().ok()).unwrap_or(seconds),
+            "--turns" => turns = args.next(),
             _ => {} // cargo bench passes `--bench`
         }
     }
@@ -460,7 +464,28 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(calls, seconds));
+    match turns {
+        Some(durability) => runtime.block_on(only_turns(calls, &durability)),
+        None => runtime.block_on(run(calls, seconds)),
+    }
+}
+
+/// The stateless against session comparison alone (`--turns`).
+async fn only_turns(calls: usize, durability: &str) {
+    let portcullis = env!("CARGO_BIN_EXE_portcullis");
+    let example = env!("CARGO_BIN_EXE_portcullis-example-server");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), example, true, durability);
+    let (_proxy, url) = start_http_proxy(portcullis, &config).await;
+    let (session, stateless) = stateless_against_session(&url, calls).await;
+    print_table("path", "vs the session", &[&session, &stateless], &session);
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "2026-07-28 stateless / 2025 session (HTTP, audit {durability}, call for call in turn): p50 {:.3}×, p99 {:.3}×, calls/s {:.3}×",
+        us(stateless.p50) / us(session.p50),
+        us(stateless.p99) / us(session.p99),
+        stateless.calls_per_sec / session.calls_per_sec,
+    );
 }
 
 async fn run(calls: usize, seconds: u64) {

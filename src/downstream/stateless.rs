@@ -166,11 +166,6 @@ pub(super) async fn post(
     };
     let outlet = Arc::new(HttpOutlet::default());
     let session = state.gateway.open_stateless(
-        Arc::from(
-            uuid::Uuid::new_v4()
-                .hyphenated()
-                .encode_lower(&mut uuid::Uuid::encode_buffer()) as &str,
-        ),
         client,
         Transport::Http,
         outlet.clone(),

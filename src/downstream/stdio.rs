@@ -326,7 +326,6 @@ impl Connection {
             return Some(self.refusal(&message, Failure::DuplicateId));
         }
         let session = self.gateway.open_stateless(
-            Arc::from(uuid::Uuid::new_v4().to_string()),
             self.client.clone(),
             Transport::Stdio,
             self.outlet.clone(),

@@ -251,7 +251,6 @@ impl Harness {
             log_level: None,
         };
         let session = self.gateway.open_stateless(
-            format!("request-of-{client}").into(),
             ClientIdentity::new(client, &[]),
             Transport::Http,
             Arc::new(Inbox(sender)),

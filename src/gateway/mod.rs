@@ -487,16 +487,19 @@ impl Gateway {
     /// closed by [`Gateway::close_stateless`] when it is answered. It is
     /// no session of the client's: nothing is recorded of its opening or
     /// end, and what is announced to sessions (list changes, servers' log
-    /// levels) does not reach it.
+    /// levels) does not reach it. Its id (in its records, for plugins) is
+    /// no secret and never reaches the client: a UUID (version 8) of this
+    /// process's random prefix, drawn once from the OS, and the session's
+    /// number, unique without a draw per request.
     pub fn open_stateless(
         &self,
-        id: Arc<str>,
         client: ClientIdentity,
         transport: Transport,
         outlet: Arc<dyn Outlet>,
         envelope: protocol::Envelope,
     ) -> Arc<Session> {
         let key = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let id = request_session_id(key);
         let session = Arc::new(Session::of_request(
             key, id, client, transport, outlet, envelope,
         ));
@@ -616,4 +619,19 @@ impl Gateway {
             }
         }
     }
+}
+
+/// A 2026-07-28 request's session id: this process's random half (from the
+/// OS, once) and the session's number, as a version 8 UUID.
+fn request_session_id(key: u64) -> Arc<str> {
+    static PREFIX: std::sync::LazyLock<[u8; 8]> = std::sync::LazyLock::new(|| {
+        let mut prefix = [0; 8];
+        prefix.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+        prefix
+    });
+    let mut bytes = [0; 16];
+    bytes[..8].copy_from_slice(&*PREFIX);
+    bytes[8..].copy_from_slice(&key.to_be_bytes());
+    let id = uuid::Builder::from_custom_bytes(bytes).into_uuid();
+    Arc::from(id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()) as &str)
 }

@@ -17,7 +17,10 @@ use super::failure::Failure;
 
 /// Who the proxy says it is, in `_meta` of its 2026-07-28 results.
 pub(super) fn server_info() -> Value {
-    json!({ "name": "portcullis", "version": env!("CARGO_PKG_VERSION") })
+    static INFO: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
+        || json!({ "name": "portcullis", "version": env!("CARGO_PKG_VERSION") }),
+    );
+    INFO.clone()
 }
 
 /// A stateless request's envelope, checked: well formed, and of the

@@ -289,8 +289,11 @@ impl Gateway {
         modern::strip_envelope(&mut message);
         let method = protocol::method(&message).unwrap_or_default().to_owned();
         let in_rounds = IN_ROUNDS.contains(&method.as_str());
+        // The rounds' futures are boxed: kept out of this one's (and so out
+        // of every plain request's), which would otherwise be as large as
+        // the largest of them and be copied as such.
         if in_rounds && message.pointer("/params/requestState").is_some() {
-            return self.resume(session, message, method).await;
+            return Box::pin(self.resume(session, message, method)).await;
         }
         session.in_rounds.store(in_rounds, Ordering::Relaxed);
         // A client that declared nothing a server could ask it is refused
@@ -298,7 +301,7 @@ impl Gateway {
         // be needed: its call runs as any other request, with no place
         // kept for questions and nothing kept to resume it by.
         if in_rounds && session.can_be_asked() {
-            return self.first_round(session, message, method).await;
+            return Box::pin(self.first_round(session, message, method)).await;
         }
         let reply = self.handle_request(session, message).await;
         reply.map(|reply| modern::frame_reply(&method, reply))
