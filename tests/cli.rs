@@ -34,7 +34,7 @@ fn invalid_configs_name_file_line_and_key() {
         (
             "[[servers]]\nname = \"a\"\n",
             ":1:1",
-            "needs one of `container`, `process` or `remote`",
+            "needs one of `container`, `process`, `remote` or `from`",
         ),
         (
             "[[servers]]\nname = \"a\"\nremote = { url = \"ftp://x\" }\n",
@@ -211,6 +211,19 @@ fn the_readmes_config_examples_load() {
     for page in &pages {
         let name = page.strip_prefix(&root).unwrap().display().to_string();
         let page_text = std::fs::read_to_string(page).unwrap();
+        // The files a page's configs name (`# team.yaml` on a YAML block's
+        // first line) are written beside them.
+        for block in page_text.split("```yaml\n").skip(1) {
+            let block = block.split("```").next().unwrap_or_default();
+            if let Some(file) = block
+                .lines()
+                .next()
+                .and_then(|line| line.strip_prefix("# "))
+                .filter(|file| file.ends_with(".yaml") && !file.contains('/'))
+            {
+                std::fs::write(dir.path().join(file), block).unwrap();
+            }
+        }
         for (index, block) in page_text.split("```toml\n").skip(1).enumerate() {
             let block = block.split("```").next().unwrap_or_default();
             // The docs write placeholders where a real value is the user's.

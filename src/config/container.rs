@@ -34,6 +34,11 @@ pub struct ContainerSpec {
     pub sandbox: Sandbox,
     /// Stdio through FIFOs instead of the engine's attach stream.
     pub fifos: Option<Fifos>,
+    /// A `docker://` server: its command and environment come from the
+    /// image's `io.docker.server.metadata` label, read (and checked against
+    /// the sandbox) each time the container starts, from the image that
+    /// runs.
+    pub label: Option<super::catalog::Operator>,
 }
 
 /// Where a `stdio = "fifo"` server's FIFOs and launcher come from.
@@ -88,11 +93,13 @@ pub(super) enum Stdio {
 }
 
 /// `[servers.container]`: an image run under the hardened profile.
-#[derive(Deserialize, JsonSchema)]
+#[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawContainer {
-    /// The image, by name and tag or by id.
-    image: String,
+    /// The image, by name and tag or by id (with `from`: the metadata's,
+    /// and not written here).
+    #[schemars(extend("x-default" = "required, unless the server has `from`"))]
+    image: Option<String>,
     /// `sha256:` and 64 hex digits: the image's id or one of its repo digests
     /// must match, or the server does not start.
     digest: Option<String>,
@@ -140,9 +147,16 @@ impl RawContainer {
         proxy: &ProxyConfig,
     ) -> Result<ContainerSpec, ConfigError> {
         let fail = |key: &str, message: String| Err(at.error(key, message));
-        if self.image.trim().is_empty() {
-            return fail(".container.image", "the image is empty".into());
-        }
+        let image = match &self.image {
+            Some(image) if !image.trim().is_empty() => image.clone(),
+            Some(_) => return fail(".container.image", "the image is empty".into()),
+            None => {
+                return fail(
+                    ".container.image",
+                    format!("server `{server}` needs an `image` (or a `from` reference)"),
+                );
+            }
+        };
         if let Some(digest) = &self.digest {
             let hex = digest.strip_prefix("sha256:").unwrap_or_default();
             if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -174,7 +188,7 @@ impl RawContainer {
             );
         }
         Ok(ContainerSpec {
-            image: self.image,
+            image,
             digest: self.digest.map(|d| d.to_ascii_lowercase()),
             entrypoint: self.entrypoint,
             args: self.args,
@@ -185,7 +199,35 @@ impl RawContainer {
             isolation: self.isolation.unwrap_or(Isolation::Shared),
             sandbox,
             fifos,
+            label: None,
         })
+    }
+
+    /// The container of a server described by metadata (`from`): its image
+    /// and command are the metadata's, so the operator's table may set only
+    /// how it runs.
+    pub(super) fn described(
+        mut self,
+        at: &Entry<'_>,
+        image: String,
+        digest: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let written = [
+            ("image", self.image.is_some()),
+            ("digest", self.digest.is_some()),
+            ("entrypoint", self.entrypoint.is_some()),
+            ("args", !self.args.is_empty()),
+            ("env", !self.env.is_empty()),
+        ];
+        if let Some((key, _)) = written.iter().find(|(_, set)| *set) {
+            return Err(at.error(
+                &format!(".container.{key}"),
+                "a server with `from` takes its image and command from its metadata; `container` may set only `pull`, `start`, `idle_timeout`, `isolation` and `stdio`".into(),
+            ));
+        }
+        self.image = Some(image);
+        self.digest = digest;
+        Ok(self)
     }
 
     /// The entrypoint names a program; no literal secret in the command or

@@ -20,8 +20,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod audit;
+pub mod catalog;
 mod chain;
 mod container;
+mod described;
 mod exchanges;
 mod identities;
 mod limits;
@@ -50,6 +52,8 @@ pub use audit::{
 pub use chain::ChainEntry;
 use chain::{Chain, Switchable};
 pub use container::{ContainerSpec, Fifos, Isolation, PullPolicy, StartPolicy};
+use described::RawCatalog;
+pub use described::{CatalogConfig, from_label};
 pub use identities::{AuditorConfig, ClientConfig};
 use identities::{RawAuditor, RawClient, Taken};
 pub use limits::LimitsConfig;
@@ -126,6 +130,8 @@ pub struct Config {
     /// provider, beside `clients`' static tokens.
     pub oauth: Option<OauthConfig>,
     pub servers: Vec<ServerConfig>,
+    /// The catalogs `[[catalogs]]` names, read.
+    pub catalogs: Vec<CatalogConfig>,
     pub chain: Vec<ChainEntry>,
     pub audit: AuditConfig,
     pub redact: RedactConfig,
@@ -188,8 +194,13 @@ struct RawConfig {
     /// Clients with access tokens from the organisation's OAuth 2.1 / OIDC
     /// provider: the proxy is then an OAuth protected resource for `/mcp`.
     oauth: Option<RawOauth>,
+    /// Catalogs of servers in Docker's format, which `[[servers]] from =
+    /// "catalog://NAME/SERVER"` draws on.
+    #[serde(default)]
+    #[schemars(with = "Vec<RawCatalog>")]
+    catalogs: Vec<Spanned<RawCatalog>>,
     /// The MCP servers behind the proxy, one entry each: exactly one of
-    /// `container`, `process` or `remote`.
+    /// `container`, `process`, `remote` or `from`.
     #[serde(default)]
     #[schemars(with = "Vec<RawServer>")]
     servers: Vec<Spanned<RawServer>>,
@@ -329,9 +340,13 @@ impl Validator<'_> {
                 "access tokens are for HTTP clients: set `[proxy] listen`".into(),
             ));
         }
+        let mut catalog_names = Vec::new();
+        let catalogs = self.each(raw.catalogs, "catalogs", |at, raw| {
+            raw.validate(at, self, &mut catalog_names)
+        })?;
         let mut names = HashSet::new();
         let mut servers = self.each(raw.servers, "servers", |at, raw| {
-            raw.validate(at, &mut names, &proxy)
+            raw.validate(at, &mut names, &proxy, &catalogs)
         })?;
         exchanges::check(self, &mut servers, oauth.as_ref())?;
         let mut chain = Chain::parse(self, raw.chain, &proxy)?;
@@ -355,6 +370,7 @@ impl Validator<'_> {
             auditors,
             oauth,
             servers,
+            catalogs,
             chain: chain.finish(),
             redact,
             ratelimit,

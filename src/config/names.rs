@@ -41,3 +41,17 @@ pub(super) fn is_identifier(name: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
+
+/// Text from a file someone else wrote (a catalog, an image's label), as an
+/// error shows it: at most 80 characters, control characters escaped.
+pub(super) fn shown(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(80)
+        .flat_map(char::escape_default)
+        .collect();
+    if text.chars().nth(80).is_some() {
+        out.push('…');
+    }
+    out
+}

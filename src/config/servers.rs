@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::container::RawContainer;
+use super::described::{self, CatalogConfig, Described};
 use super::names::{is_identifier, valid_server_name};
 use super::sandbox::RawSandbox;
 use super::secrets::{self, HeaderValue, SecretRef, check_args, check_env};
@@ -150,6 +151,17 @@ pub(super) struct RawServer {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, SecretText>")]
     secrets: BTreeMap<String, String>,
+    /// The server as described elsewhere, in Docker's catalog format:
+    /// `catalog://CATALOG/SERVER` (an entry of a `[[catalogs]]` file),
+    /// `file://PATH` (one server's YAML) or `docker://IMAGE[@sha256:…]` (the
+    /// image's own `io.docker.server.metadata` label, read when it starts).
+    /// Its image, command and environment are the description's;
+    /// `container` may then set only how it runs, and what it asks beyond
+    /// the hardened profile is refused unless `sandbox` grants it.
+    from: Option<String>,
+    /// Values for a `from` server's `{{server.key}}` templates.
+    #[serde(default)]
+    config: BTreeMap<String, String>,
     /// The MCP revision the proxy speaks to the server: `"2025-11-25"`
     /// (the handshake; the server may settle on 2025-06-18) or
     /// `"2026-07-28"` (no handshake: `server/discover`, then each request
@@ -237,6 +249,7 @@ impl RawServer {
         at: &Entry<'_>,
         names: &mut HashSet<String>,
         proxy: &ProxyConfig,
+        catalogs: &[CatalogConfig],
     ) -> Result<ServerConfig, ConfigError> {
         if !valid_server_name(&self.name) {
             return Err(at.error(
@@ -250,7 +263,7 @@ impl RawServer {
         if !names.insert(self.name.clone()) {
             return Err(at.error(".name", format!("server `{}` is defined twice", self.name)));
         }
-        if self.sandbox.is_some() && self.container.is_none() {
+        if self.sandbox.is_some() && self.container.is_none() && self.from.is_none() {
             return Err(at.error(
                 ".sandbox",
                 format!(
@@ -269,7 +282,7 @@ impl RawServer {
             at.error(
                 "",
                 format!(
-                    "server `{}` {how} one of `container`, `process` or `remote`",
+                    "server `{}` {how} one of `container`, `process`, `remote` or `from`",
                     self.name
                 ),
             )
@@ -277,16 +290,49 @@ impl RawServer {
         if kinds.iter().filter(|&&given| given).count() > 1 {
             return Err(one_of("may have only"));
         }
-        let kind = match (self.container, self.process, self.remote) {
-            (Some(container), _, _) => UpstreamSpec::Container(Box::new(container.validate(
-                at,
-                &self.name,
-                self.sandbox,
-                proxy,
-            )?)),
-            (None, Some(process), _) => UpstreamSpec::Process(process.validate(at)?),
-            (None, None, Some(remote)) => UpstreamSpec::Remote(remote.validate(at, &secrets)?),
-            (None, None, None) => return Err(one_of("needs")),
+        if !self.config.is_empty() && self.from.is_none() {
+            return Err(at.error(
+                ".config",
+                format!(
+                    "server `{}`: `config` fills the templates of a server described by `from`",
+                    self.name
+                ),
+            ));
+        }
+        let kind = match (self.from, self.container, self.process, self.remote) {
+            (Some(from), container, None, None) => {
+                let described = Described {
+                    name: &self.name,
+                    from: &from,
+                    config: self.config,
+                    secrets: secrets.keys().cloned().collect(),
+                    container,
+                    sandbox: self.sandbox,
+                };
+                UpstreamSpec::Container(Box::new(described::container(
+                    described, at, catalogs, proxy,
+                )?))
+            }
+            (Some(_), ..) => {
+                return Err(at.error(
+                    ".from",
+                    format!(
+                        "server `{}`: `from` describes the server; it cannot also be a `process` or `remote`",
+                        self.name
+                    ),
+                ));
+            }
+            (None, container, process, remote) => match (container, process, remote) {
+                (Some(container), _, _) => UpstreamSpec::Container(Box::new(container.validate(
+                    at,
+                    &self.name,
+                    self.sandbox,
+                    proxy,
+                )?)),
+                (None, Some(process), _) => UpstreamSpec::Process(process.validate(at)?),
+                (None, None, Some(remote)) => UpstreamSpec::Remote(remote.validate(at, &secrets)?),
+                (None, None, None) => return Err(one_of("needs")),
+            },
         };
         let call_timeout = match self.timeout {
             None => proxy.call_timeout,

@@ -165,12 +165,9 @@ pub(super) async fn post(
         );
     };
     let outlet = Arc::new(HttpOutlet::default());
-    let session = state.gateway.open_stateless(
-        client,
-        Transport::Http,
-        outlet.clone(),
-        envelope,
-    );
+    let session = state
+        .gateway
+        .open_stateless(client, Transport::Http, outlet.clone(), envelope);
     let hangup = Hangup {
         gateway: state.gateway.clone(),
         session: session.clone(),

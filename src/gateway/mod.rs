@@ -633,5 +633,8 @@ fn request_session_id(key: u64) -> Arc<str> {
     bytes[..8].copy_from_slice(&*PREFIX);
     bytes[8..].copy_from_slice(&key.to_be_bytes());
     let id = uuid::Builder::from_custom_bytes(bytes).into_uuid();
-    Arc::from(id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()) as &str)
+    Arc::from(
+        id.hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()) as &str,
+    )
 }

@@ -102,6 +102,7 @@ pub(crate) fn lazy_config(name: &str, idle_timeout: Duration) -> Arc<ServerConfi
             isolation: Isolation::Shared,
             sandbox: Sandbox::default(),
             fifos: None,
+            label: None,
         })),
     )
 }

@@ -116,6 +116,15 @@ pub(in crate::upstream) async fn spawn(
     };
     let docker = engine().await.map_err(fail)?;
     let image = ensure_image(docker, spec).await.map_err(fail)?;
+    // A `docker://` server runs as the label of this very image (the one
+    // whose id is started) says, checked against its sandbox.
+    let described = image
+        .config
+        .as_ref()
+        .and_then(|config| config.labels.as_ref())
+        .and_then(|labels| labels.get(crate::config::catalog::METADATA_LABEL));
+    let resolved = crate::config::from_label(spec, described.map(String::as_str)).map_err(fail)?;
+    let spec = &resolved;
     let labels = labels(&server, inbox.instance(), restarts);
     let (body, fifos) = create_request(spec, secrets, image, labels).map_err(fail)?;
     let attached = fifos.is_none();

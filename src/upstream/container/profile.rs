@@ -124,6 +124,7 @@ mod tests {
             isolation: Isolation::Shared,
             sandbox,
             fifos: None,
+            label: None,
         }
     }
 

@@ -1,0 +1,204 @@
+use super::*;
+use crate::config::sandbox::BindMount;
+
+const CATALOG: &str = r#"
+version: 2
+name: team
+displayName: Team catalog
+registry:
+  time:
+    title: Time
+    type: server
+    image: mcp/time@sha256:0123
+    description: Tells the time
+    command: ["--local-timezone", "{{time.zone|or:UTC}}"]
+    env:
+      - name: MODE
+        value: "{{time.mode}}"
+      - name: EMPTY
+        value: ""
+    secrets:
+      - name: time.api_key
+        env: TIME_API_KEY
+    config:
+      - name: time
+        type: object
+        properties:
+          mode: { type: string }
+    tools:
+      - name: get_current_time
+        description: The time now
+    prompts: 3
+  web:
+    type: remote
+    remote: { url: "https://mcp.example.com/mcp" }
+"#;
+
+fn operator(config: &[(&str, &str)], secrets: &[&str]) -> Operator {
+    Operator {
+        meta_name: "time".into(),
+        server: "clock".into(),
+        config: config
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        secrets: secrets.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+fn time() -> ServerMeta {
+    let catalog = parse_catalog(CATALOG).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(catalog.name.as_deref(), Some("team"));
+    assert_eq!(catalog.registry.len(), 2);
+    catalog.registry["time"].clone()
+}
+
+#[test]
+fn a_catalog_entry_runs_with_its_command_env_and_the_operators_values() {
+    let meta = time();
+    assert_eq!(meta.tools[0].name, "get_current_time");
+    let launched = launch(
+        &meta,
+        &operator(&[("mode", "fast")], &["TIME_API_KEY"]),
+        &Sandbox::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(launched.args, ["--local-timezone", "UTC"]);
+    // An empty value leaves the variable out, as Docker does.
+    assert_eq!(
+        launched.env.into_iter().collect::<Vec<_>>(),
+        [("MODE".to_owned(), "fast".to_owned())]
+    );
+    // The proxy's name for the server reads the same values.
+    let mut by_server = time();
+    by_server.command = vec!["{{clock.zone}}".into()];
+    let zoned = operator(&[("zone", "CET")], &["TIME_API_KEY"]);
+    let launched =
+        launch(&by_server, &zoned, &Sandbox::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(launched.args, ["CET"]);
+}
+
+#[test]
+fn a_missing_secret_or_value_is_named() {
+    let meta = time();
+    let refused = launch(&meta, &operator(&[], &[]), &Sandbox::default()).err();
+    let refused = refused.unwrap_or_default();
+    assert!(
+        refused.contains("time.api_key") && refused.contains("TIME_API_KEY"),
+        "{refused}"
+    );
+    let mut meta = time();
+    meta.command = vec!["--key={{time.key}}".into()];
+    let refused = launch(
+        &meta,
+        &operator(&[], &["TIME_API_KEY"]),
+        &Sandbox::default(),
+    )
+    .err();
+    assert!(refused.unwrap_or_default().contains("time.key"));
+    // Another server's config, and functions Portcullis does not know.
+    for command in ["{{other.key}}", "{{time.key|volume}}", "{{time.key"] {
+        let mut meta = time();
+        meta.command = vec![command.into()];
+        let refused = launch(
+            &meta,
+            &operator(&[("key", "x")], &["TIME_API_KEY"]),
+            &Sandbox::default(),
+        );
+        assert!(refused.is_err(), "{command}");
+    }
+}
+
+#[test]
+fn what_metadata_asks_beyond_the_hardened_profile_is_refused_unless_granted() {
+    let ok = operator(&[], &["TIME_API_KEY"]);
+    let refused = |meta: &ServerMeta, sandbox: &Sandbox| launch(meta, &ok, sandbox).err();
+    let mut root = time();
+    root.user = Some("root".into());
+    let message = refused(&root, &Sandbox::default()).unwrap_or_default();
+    assert!(
+        message.contains("root") && message.contains("[servers.sandbox] user"),
+        "{message}"
+    );
+    let granted = Sandbox {
+        user: "root".into(),
+        ..Sandbox::default()
+    };
+    assert!(refused(&root, &granted).is_none());
+
+    let mut hosts = time();
+    hosts.allow_hosts = vec!["api.example.com:443".into()];
+    assert!(refused(&hosts, &Sandbox::default()).is_some());
+    let bridged = Sandbox {
+        network: "bridge".into(),
+        ..Sandbox::default()
+    };
+    assert!(refused(&hosts, &bridged).is_none());
+
+    let mut volume = time();
+    volume.volumes = vec!["/var/run/docker.sock:/var/run/docker.sock".into()];
+    assert!(refused(&volume, &Sandbox::default()).is_some());
+    let mounted = Sandbox {
+        mounts: vec![BindMount {
+            source: "/srv/data".into(),
+            target: "/var/run/docker.sock".into(),
+            writable: false,
+        }],
+        ..Sandbox::default()
+    };
+    assert!(refused(&volume, &mounted).is_none());
+
+    let mut extra = time();
+    extra.extra_hosts = vec!["host.docker.internal:host-gateway".into()];
+    assert!(refused(&extra, &bridged).is_some());
+
+    // Engine options no metadata may ask for, whatever is granted.
+    for key in ["network", "privileged", "capAdd", "devices", "pid"] {
+        let text = format!("image: x\n{key}: host\n");
+        let meta = parse_server(&text, MAX_LABEL_BYTES).unwrap_or_else(|e| panic!("{e}"));
+        let dangerous = Sandbox {
+            allow_dangerous: true,
+            ..bridged.clone()
+        };
+        assert!(refused(&meta, &dangerous).is_some(), "{key}");
+    }
+    // Secrets cannot be set as plain environment.
+    let mut shadow = time();
+    shadow.env.push(MetaEnv {
+        name: "TIME_API_KEY".into(),
+        value: "x".into(),
+    });
+    assert!(refused(&shadow, &Sandbox::default()).is_some());
+}
+
+#[test]
+fn only_server_entries_run_as_containers() {
+    let catalog = parse_catalog(CATALOG).unwrap_or_else(|e| panic!("{e}"));
+    let ok = operator(&[], &[]);
+    assert!(launch(&catalog.registry["web"], &ok, &Sandbox::default()).is_err());
+    let poci = parse_server("type: poci\nimage: x\n", MAX_LABEL_BYTES).unwrap_or_default();
+    let refused = launch(&poci, &ok, &Sandbox::default())
+        .err()
+        .unwrap_or_default();
+    assert!(refused.contains("poci"), "{refused}");
+}
+
+#[test]
+fn hostile_documents_are_refused_not_expanded() {
+    // An alias bomb: each level doubles the one before.
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x]\n");
+    for level in 1..40 {
+        let previous = level - 1;
+        bomb.push_str(&format!(
+            "a{level}: &a{level} [*a{previous}, *a{previous}, *a{previous}, *a{previous}]\n"
+        ));
+    }
+    bomb.push_str("image: x\n");
+    assert!(parse_server(&bomb, MAX_LABEL_BYTES).is_err());
+    let long = "x".repeat(MAX_LABEL_BYTES + 1);
+    assert!(parse_server(&long, MAX_LABEL_BYTES).is_err());
+    // Docker's parser is not strict about keys; neither is this one, but
+    // a key given twice is an error, not a guess.
+    assert!(parse_server("image: a\nimage: b\n", MAX_LABEL_BYTES).is_err());
+    assert!(parse_catalog("registry: [1, 2]").is_err());
+}

@@ -1,0 +1,302 @@
+//! Servers described elsewhere (`[[servers]] from`), and the catalogs that
+//! describe them (`[[catalogs]]`): `catalog://CATALOG/SERVER`, `file://PATH`
+//! and `docker://IMAGE[@sha256:…]`, in Docker's catalog format (see
+//! `catalog`). A described server runs under the same hardened profile,
+//! chain and records as any other; its description never relaxes them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::catalog::{self, MAX_LABEL_BYTES, Operator, ServerMeta};
+use super::container::RawContainer;
+use super::names::shown;
+use super::sandbox::RawSandbox;
+use super::values::PathText;
+use super::{ConfigError, ContainerSpec, Entry, ProxyConfig, Validator};
+
+/// `[[catalogs]]` as written.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCatalog {
+    /// The name `catalog://NAME/SERVER` uses: 1-63 characters of `a-z`,
+    /// `0-9` and `-`.
+    name: String,
+    /// A catalog file in Docker's format (`registry:` and its servers),
+    /// relative to this file.
+    #[schemars(with = "PathText")]
+    path: PathBuf,
+}
+
+/// A catalog the config names, read.
+#[derive(Debug, Clone)]
+pub struct CatalogConfig {
+    pub name: String,
+    pub path: PathBuf,
+    /// Its servers by name.
+    pub servers: BTreeMap<String, ServerMeta>,
+}
+
+impl RawCatalog {
+    pub(super) fn validate(
+        self,
+        at: &Entry<'_>,
+        validator: &Validator<'_>,
+        names: &mut Vec<String>,
+    ) -> Result<CatalogConfig, ConfigError> {
+        if !super::names::valid_server_name(&self.name) {
+            return Err(at.error(
+                ".name",
+                format!(
+                    "catalog name `{}` must be 1-63 characters of a-z, 0-9 and `-`",
+                    shown(&self.name)
+                ),
+            ));
+        }
+        if names.contains(&self.name) {
+            return Err(at.error(".name", format!("catalog `{}` is named twice", self.name)));
+        }
+        names.push(self.name.clone());
+        let path = validator.resolve(self.path);
+        let text = read(&path).map_err(|message| at.error(".path", message))?;
+        let file = catalog::parse_catalog(&text)
+            .map_err(|message| at.error(".path", format!("{}: {message}", path.display())))?;
+        Ok(CatalogConfig {
+            name: self.name,
+            path,
+            servers: file.registry,
+        })
+    }
+}
+
+/// A file the config names, read whole (at most the catalog's limit).
+fn read(path: &std::path::Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
+    if meta.len() > catalog::MAX_CATALOG_BYTES as u64 {
+        return Err(format!(
+            "`{}` is over {} MiB",
+            path.display(),
+            catalog::MAX_CATALOG_BYTES / 1024 / 1024
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|err| format!("cannot read `{}`: {err}", path.display()))
+}
+
+/// Where a `from` reference points.
+#[derive(Debug, PartialEq, Eq)]
+enum Source {
+    Catalog {
+        catalog: String,
+        server: String,
+    },
+    File(PathBuf),
+    Docker {
+        image: String,
+        digest: Option<String>,
+    },
+}
+
+fn source(text: &str) -> Result<Source, String> {
+    if let Some(rest) = text.strip_prefix("catalog://") {
+        return match rest.split_once('/') {
+            Some((catalog, server)) if !catalog.is_empty() && !server.is_empty() => {
+                Ok(Source::Catalog {
+                    catalog: catalog.to_owned(),
+                    server: server.to_owned(),
+                })
+            }
+            _ => Err("a catalog reference is `catalog://CATALOG/SERVER`".into()),
+        };
+    }
+    if let Some(path) = text.strip_prefix("file://") {
+        if path.is_empty() {
+            return Err("a file reference is `file://PATH` (relative to this file)".into());
+        }
+        return Ok(Source::File(PathBuf::from(path)));
+    }
+    if let Some(image) = text.strip_prefix("docker://") {
+        let (image, digest) = match image.split_once('@') {
+            Some((image, digest)) => (image, Some(digest.to_ascii_lowercase())),
+            None => (image, None),
+        };
+        if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("an image reference is `docker://IMAGE[:TAG][@sha256:DIGEST]`".into());
+        }
+        return Ok(Source::Docker {
+            image: image.to_owned(),
+            digest,
+        });
+    }
+    Err(format!(
+        "`{}` is not a server reference: `catalog://CATALOG/SERVER`, `file://PATH` or `docker://IMAGE[@sha256:…]`",
+        shown(text)
+    ))
+}
+
+/// What a `from` server's entry holds besides its reference.
+pub(super) struct Described<'a> {
+    pub name: &'a str,
+    pub from: &'a str,
+    pub config: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub container: Option<RawContainer>,
+    pub sandbox: Option<RawSandbox>,
+}
+
+/// A described server's container: the metadata's image, command and
+/// environment, the operator's sandbox and run settings. A `docker://`
+/// server's command is read from its label when it starts.
+pub(super) fn container(
+    described: Described<'_>,
+    at: &Entry<'_>,
+    catalogs: &[CatalogConfig],
+    proxy: &ProxyConfig,
+) -> Result<ContainerSpec, ConfigError> {
+    let fail =
+        |message: String| at.error(".from", format!("server `{}`: {message}", described.name));
+    let source = source(described.from).map_err(fail)?;
+    let raw = described.container.unwrap_or_default();
+    let (meta_name, meta) = match source {
+        Source::Docker { image, digest } => {
+            let raw = raw.described(at, image, digest)?;
+            let mut spec = raw.validate(at, described.name, described.sandbox, proxy)?;
+            spec.label = Some(Operator {
+                meta_name: String::new(),
+                server: described.name.to_owned(),
+                config: described.config,
+                secrets: described.secrets,
+            });
+            return Ok(spec);
+        }
+        Source::Catalog { catalog, server } => {
+            let Some(found) = catalogs.iter().find(|c| c.name == catalog) else {
+                return Err(fail(format!(
+                    "no `[[catalogs]]` is named `{}`",
+                    shown(&catalog)
+                )));
+            };
+            let Some(meta) = found.servers.get(&server) else {
+                return Err(fail(format!(
+                    "catalog `{catalog}` has no server `{}`",
+                    shown(&server)
+                )));
+            };
+            (server, meta.clone())
+        }
+        Source::File(path) => {
+            let path = at.validator.resolve(path);
+            let text = read(&path).map_err(fail)?;
+            let meta = catalog::parse_server(&text, catalog::MAX_CATALOG_BYTES)
+                .map_err(|message| fail(format!("{}: {message}", path.display())))?;
+            let name = meta
+                .name
+                .clone()
+                .unwrap_or_else(|| described.name.to_owned());
+            (name, meta)
+        }
+    };
+    if meta.kind.as_deref() == Some("remote") {
+        return Err(fail(
+            "its metadata describes a `remote` server: write it as `remote = { url = … }`, whose headers and secrets the config states"
+                .into(),
+        ));
+    }
+    let Some(image) = meta.image.clone().filter(|image| !image.trim().is_empty()) else {
+        return Err(fail("its metadata names no `image`".into()));
+    };
+    let (image, digest) = match image.split_once('@') {
+        Some((image, digest)) => (image.to_owned(), Some(digest.to_ascii_lowercase())),
+        None => (image, None),
+    };
+    let raw = raw.described(at, image, digest)?;
+    let mut spec = raw.validate(at, described.name, described.sandbox, proxy)?;
+    let operator = Operator {
+        meta_name,
+        server: described.name.to_owned(),
+        config: described.config,
+        secrets: described.secrets,
+    };
+    let launch = catalog::launch(&meta, &operator, &spec.sandbox).map_err(fail)?;
+    super::secrets::check_env(&launch.env)
+        .map_err(|(_, message)| fail(format!("its metadata's environment: {message}")))?;
+    super::secrets::check_args(&launch.args)
+        .map_err(|(_, message)| fail(format!("its metadata's command: {message}")))?;
+    spec.args = launch.args;
+    spec.env = launch.env;
+    Ok(spec)
+}
+
+/// A `docker://` server's command and environment from the label of the
+/// image that is about to run, checked as a catalog entry's is.
+pub fn from_label(spec: &ContainerSpec, label: Option<&str>) -> Result<ContainerSpec, String> {
+    let Some(operator) = &spec.label else {
+        return Ok(spec.clone());
+    };
+    let Some(label) = label else {
+        return Err(format!(
+            "image `{}` has no `{}` label: it does not describe itself",
+            spec.image,
+            catalog::METADATA_LABEL
+        ));
+    };
+    let meta = catalog::parse_server(label, MAX_LABEL_BYTES)
+        .map_err(|message| format!("image `{}`: {message}", spec.image))?;
+    let operator = Operator {
+        meta_name: meta.name.clone().unwrap_or_default(),
+        ..operator.clone()
+    };
+    let launch = catalog::launch(&meta, &operator, &spec.sandbox)
+        .map_err(|message| format!("image `{}`: {message}", spec.image))?;
+    super::secrets::check_env(&launch.env).map_err(|(_, message)| {
+        format!("image `{}`: its label's environment: {message}", spec.image)
+    })?;
+    super::secrets::check_args(&launch.args).map_err(|(_, message)| {
+        format!("image `{}`: its label's command: {message}", spec.image)
+    })?;
+    let mut resolved = spec.clone();
+    resolved.args = launch.args;
+    resolved.env = launch.env;
+    resolved.label = None;
+    Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_parsed_strictly() {
+        assert_eq!(
+            source("catalog://team/github"),
+            Ok(Source::Catalog {
+                catalog: "team".into(),
+                server: "github".into()
+            })
+        );
+        assert_eq!(
+            source("docker://mcp/time@SHA256:AB"),
+            Ok(Source::Docker {
+                image: "mcp/time".into(),
+                digest: Some("sha256:ab".into())
+            })
+        );
+        assert_eq!(
+            source("file://servers/time.yaml"),
+            Ok(Source::File(PathBuf::from("servers/time.yaml")))
+        );
+        for bad in [
+            "catalog://team",
+            "catalog:///x",
+            "docker://",
+            "docker://a b",
+            "file://",
+            "https://example.com/x",
+            "mcp/time",
+        ] {
+            assert!(source(bad).is_err(), "{bad}");
+        }
+    }
+}

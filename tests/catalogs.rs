@@ -1,0 +1,309 @@
+//! Servers described in Docker's catalog format, on the real engine:
+//! `docker://` (an image's own `io.docker.server.metadata` label, and
+//! nothing else), `catalog://` (an entry of a catalog file) and `file://`
+//! (one server's YAML); what their metadata asks beyond the hardened profile
+//! is refused, and a secret it needs comes from the operator's references
+//! only. These tests fail, never skip, when the engine is missing.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write as _;
+use std::process::Stdio;
+use std::sync::OnceLock;
+
+use bollard::Docker;
+use common::{RawClient, TestProxy, first_text};
+use portcullis::upstream::container::{self, LABEL_SERVER};
+use serde_json::{Value, json};
+
+/// The tests start containers named by their servers: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn docker() -> Docker {
+    Docker::connect_with_defaults()
+        .expect("a Docker client")
+        .negotiate_version()
+        .await
+        .expect("the Docker engine answers (these tests need it)")
+}
+
+/// The example server's image with `label` as its metadata label, tagged
+/// `tag` (built once per tag and run).
+fn labelled_image(tag: &str, label: &str) -> String {
+    let base = common::test_image();
+    let mut build = std::process::Command::new("docker")
+        .args(["build", "--quiet", "-t", tag, "--label"])
+        .arg(format!("io.docker.server.metadata={label}"))
+        .arg("-")
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run docker build");
+    build
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("FROM {base}\n").as_bytes())
+        .unwrap();
+    let output = build.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "docker build {tag}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    tag.to_owned()
+}
+
+const LABEL: &str = r#"name: labelled
+title: Example
+description: The example server, described by its own label alone
+command: ["--name", "{{labelled.greeting}}"]
+env:
+  - name: MODE
+    value: "{{labelled.mode|or:plain}}"
+secrets:
+  - name: labelled.api_key
+    env: EXAMPLE_API_KEY
+tools:
+  - name: echo
+"#;
+
+fn good_image() -> String {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| labelled_image("portcullis/example-labelled:test", LABEL))
+        .clone()
+}
+
+async fn initialized(proxy: &TestProxy, env: &[(&str, &str)]) -> RawClient {
+    let mut client = proxy.raw_stdio_with_env(env).await;
+    client.initialize().await;
+    client
+}
+
+async fn echo(client: &mut RawClient, id: i64, tool: &str) -> Value {
+    client
+        .call(
+            id,
+            "tools/call",
+            json!({ "name": tool, "arguments": { "text": "hi" } }),
+        )
+        .await
+}
+
+/// The environment the engine gave the container of `server`.
+async fn container_env(docker: &Docker, server: &str) -> Vec<String> {
+    let found = container::labelled(docker, &format!("{LABEL_SERVER}={server}"))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let id = found[0].id.clone().unwrap();
+    let inspected = docker
+        .inspect_container(
+            &id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap();
+    inspected.config.unwrap().env.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_is_served_from_its_label_alone_hardened() {
+    let _serial = SERIAL.lock().await;
+    let docker = docker().await;
+    let image = good_image();
+    let proxy = TestProxy::new().with_server_toml(&format!(
+        "[[servers]]\nname = \"described\"\nfrom = \"docker://{image}\"\nconfig = {{ greeting = \"from-the-label\" }}\nsecrets = {{ EXAMPLE_API_KEY = \"env:LABEL_TEST_KEY\" }}\n"
+    ));
+    let mut client = initialized(&proxy, &[("LABEL_TEST_KEY", "k-123")]).await;
+    // The label's command, with the operator's value in its template.
+    let reply = echo(&mut client, 1, "described__echo").await;
+    assert_eq!(first_text(&reply), "from-the-label: hi", "{reply}");
+    // The label's environment (its default) and the operator's secret.
+    let env = container_env(&docker, "described").await;
+    assert!(env.contains(&"MODE=plain".to_owned()), "{env:?}");
+    assert!(env.contains(&"EXAMPLE_API_KEY=k-123".to_owned()), "{env:?}");
+    // Under the hardened profile, whatever the label says.
+    let probe = client
+        .call(
+            2,
+            "tools/call",
+            json!({ "name": "described__sandbox_probe", "arguments": {} }),
+        )
+        .await;
+    let probe = &probe["result"]["structuredContent"];
+    assert_eq!(probe["uid"], 65534, "{probe}");
+    assert_eq!(probe["network_interfaces"], json!(["lo"]), "{probe}");
+    client.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_label_asking_for_root_or_the_host_network_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let docker = docker().await;
+    let root = labelled_image(
+        "portcullis/example-labelled-root:test",
+        "name: rooted\nuser: root\n",
+    );
+    let host = labelled_image(
+        "portcullis/example-labelled-host:test",
+        "name: hosted\nnetwork: host\n",
+    );
+    let unlabelled = common::test_image();
+    let proxy = TestProxy::new()
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"rooted\"\nfrom = \"docker://{root}\"\n"
+        ))
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"hosted\"\nfrom = \"docker://{host}\"\n[servers.sandbox]\nnetwork = \"bridge\"\n"
+        ))
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"silent\"\nfrom = \"docker://{unlabelled}\"\n"
+        ))
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"nosecret\"\nfrom = \"docker://{}\"\nconfig = {{ greeting = \"x\" }}\n",
+            good_image()
+        ));
+    let mut client = initialized(&proxy, &[]).await;
+    let listed = client.call(1, "tools/list", json!({})).await;
+    let tools = listed["result"]["tools"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(tools.is_empty(), "no refused server lists tools: {listed}");
+    for (id, server) in [(2, "rooted"), (3, "hosted"), (4, "silent"), (5, "nosecret")] {
+        let reply = echo(&mut client, id, &format!("{server}__echo")).await;
+        assert!(reply.get("error").is_some(), "{server}: {reply}");
+        // Nothing of it ran.
+        let found = container::labelled(&docker, &format!("{LABEL_SERVER}={server}"))
+            .await
+            .unwrap();
+        assert!(found.is_empty(), "{server}: {found:?}");
+    }
+    client
+        .wait_for_log(&[
+            "rooted",
+            "asks to run as user `root`",
+            "[servers.sandbox] user",
+        ])
+        .await;
+    client.wait_for_log(&["hosted", "asks for `network`"]).await;
+    client
+        .wait_for_log(&[
+            "silent",
+            "io.docker.server.metadata",
+            "does not describe itself",
+        ])
+        .await;
+    client
+        .wait_for_log(&[
+            "nosecret",
+            "needs the secret `labelled.api_key`",
+            "EXAMPLE_API_KEY",
+        ])
+        .await;
+    client.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn catalog_and_file_entries_run_as_described() {
+    let _serial = SERIAL.lock().await;
+    let image = common::test_image();
+    let proxy = TestProxy::new();
+    std::fs::write(
+        proxy.dir().join("team.yaml"),
+        format!(
+            "version: 2\nname: team\nregistry:\n  example:\n    type: server\n    image: {image}\n    title: Example\n    command: [\"--name\", \"{{{{example.who}}}}\"]\n  other:\n    image: {image}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        proxy.dir().join("one.yaml"),
+        format!("name: single\nimage: {image}\ncommand: [\"--name\", \"from-a-file\"]\n"),
+    )
+    .unwrap();
+    let proxy = proxy
+        .with_config("[[catalogs]]\nname = \"team\"\npath = \"team.yaml\"\n")
+        .with_server_toml(
+            "[[servers]]\nname = \"listed\"\nfrom = \"catalog://team/example\"\nconfig = { who = \"from-the-catalog\" }\n",
+        )
+        .with_server_toml("[[servers]]\nname = \"filed\"\nfrom = \"file://one.yaml\"\n");
+    let mut client = initialized(&proxy, &[]).await;
+    let reply = echo(&mut client, 1, "listed__echo").await;
+    assert_eq!(first_text(&reply), "from-the-catalog: hi", "{reply}");
+    let reply = echo(&mut client, 2, "filed__echo").await;
+    assert_eq!(first_text(&reply), "from-a-file: hi", "{reply}");
+    client.finish().await;
+}
+
+#[test]
+fn a_catalog_server_missing_a_value_or_secret_or_asking_too_much_is_a_config_error() {
+    let image = "portcullis/example-server:dev";
+    let cases = [
+        (
+            format!("    image: {image}\n    command: [\"{{{{example.who}}}}\"]\n"),
+            "has no value",
+        ),
+        (
+            format!(
+                "    image: {image}\n    secrets:\n      - name: example.token\n        env: EXAMPLE_TOKEN\n"
+            ),
+            "needs the secret `example.token`",
+        ),
+        (
+            format!(
+                "    image: {image}\n    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n"
+            ),
+            "asks for the volume",
+        ),
+        (
+            format!("    image: {image}\n    allowHosts: [\"api.example.com:443\"]\n"),
+            "asks for network access",
+        ),
+        ("    type: poci\n    image: x\n".to_owned(), "not supported"),
+    ];
+    for (entry, expected) in cases {
+        let proxy = TestProxy::new();
+        std::fs::write(
+            proxy.dir().join("team.yaml"),
+            format!("registry:\n  example:\n{entry}"),
+        )
+        .unwrap();
+        let proxy = proxy
+            .with_config("[[catalogs]]\nname = \"team\"\npath = \"team.yaml\"\n")
+            .with_server_toml("[[servers]]\nname = \"bad\"\nfrom = \"catalog://team/example\"\n");
+        let stderr = common::serve_refused(&proxy.write_config());
+        assert!(
+            stderr.contains(expected) && stderr.contains("server `bad`"),
+            "{expected}: {stderr}"
+        );
+    }
+    // A reference to nothing, and a catalog that is not one.
+    let proxy = TestProxy::new();
+    std::fs::write(proxy.dir().join("team.yaml"), "registry: [1, 2]\n").unwrap();
+    let proxy = proxy
+        .with_config("[[catalogs]]\nname = \"team\"\npath = \"team.yaml\"\n")
+        .with_server_toml("[[servers]]\nname = \"bad\"\nfrom = \"catalog://team/example\"\n");
+    let stderr = common::serve_refused(&proxy.write_config());
+    assert!(stderr.contains("not a catalog"), "{stderr}");
+    let proxy = TestProxy::new()
+        .with_server_toml("[[servers]]\nname = \"bad\"\nfrom = \"catalog://nowhere/x\"\n");
+    let stderr = common::serve_refused(&proxy.write_config());
+    assert!(
+        stderr.contains("no `[[catalogs]]` is named `nowhere`"),
+        "{stderr}"
+    );
+    // The metadata's image and command are not the operator's to restate.
+    let proxy = TestProxy::new().with_server_toml(
+        "[[servers]]\nname = \"bad\"\nfrom = \"docker://x\"\ncontainer = { image = \"y\" }\n",
+    );
+    let stderr = common::serve_refused(&proxy.write_config());
+    assert!(
+        stderr.contains("takes its image and command from its metadata"),
+        "{stderr}"
+    );
+}
