@@ -116,10 +116,17 @@ async fn an_image_is_served_from_its_label_alone_hardened() {
     let _serial = SERIAL.lock().await;
     let docker = docker().await;
     let image = good_image();
-    let proxy = TestProxy::new().with_server_toml(&format!(
-        "[[servers]]\nname = \"described\"\nfrom = \"docker://{image}\"\nconfig = {{ greeting = \"from-the-label\" }}\nsecrets = {{ EXAMPLE_API_KEY = \"env:LABEL_TEST_KEY\" }}\n"
+    // The secret from a `.env` file, as Docker's `--secrets` reads them.
+    let proxy = TestProxy::new();
+    std::fs::write(
+        proxy.dir().join(".env"),
+        "# keys\nLABEL_TEST_KEY=\"k-123\"\n",
+    )
+    .unwrap();
+    let proxy = proxy.with_server_toml(&format!(
+        "[[servers]]\nname = \"described\"\nfrom = \"docker://{image}\"\nconfig = {{ greeting = \"from-the-label\" }}\nsecrets = {{ EXAMPLE_API_KEY = \"dotenv:.env#LABEL_TEST_KEY\" }}\n"
     ));
-    let mut client = initialized(&proxy, &[("LABEL_TEST_KEY", "k-123")]).await;
+    let mut client = initialized(&proxy, &[]).await;
     // The label's command, with the operator's value in its template.
     let reply = echo(&mut client, 1, "described__echo").await;
     assert_eq!(first_text(&reply), "from-the-label: hi", "{reply}");

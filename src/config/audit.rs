@@ -150,7 +150,7 @@ impl RawAudit {
             };
             let fail = |message: String| v.error(Some(value.span()), key, message);
             let reference = v.secret_ref(value.get_ref()).map_err(fail)?;
-            if let SecretRef::File(path) = &reference
+            if let SecretRef::File(path) | SecretRef::DotEnv { file: path, .. } = &reference
                 && inside(path, data_dir)
             {
                 return Err(fail(format!(

@@ -53,7 +53,7 @@ key below is optional unless its default says *required*. Unknown keys are refus
 every error names the file, the line and column, and the key's path, e.g.
 ``portcullis.toml:12:1: `servers[0].process`: unknown field `comand` ``. Relative paths
 are relative to the config file's folder. Secrets are never written in the config:
-it holds references to them (`file:PATH` or `env:VAR`).
+it holds references to them (`file:PATH`, `env:VAR` or `dotenv:PATH#KEY`).
 ";
 
 /// One table of the config: `[proxy]`, `[[servers]]`, `[servers.container]`.

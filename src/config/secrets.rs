@@ -1,5 +1,6 @@
-//! Secrets in the config: where their values come from (`file:PATH` and
-//! `env:VAR` references, `secret:NAME` at the end of a header value), and
+//! Secrets in the config: where their values come from (`file:PATH`,
+//! `env:VAR` and `dotenv:PATH#KEY` references, `secret:NAME` at the end of a
+//! header value), and
 //! the checks that keep literal secrets out of environments and command
 //! lines.
 
@@ -13,6 +14,12 @@ use std::path::{Path, PathBuf};
 pub enum SecretRef {
     File(PathBuf),
     Env(String),
+    /// `KEY` of a `.env` file (`KEY=VALUE` lines, as Docker's gateway reads
+    /// its `--secrets` files).
+    DotEnv {
+        file: PathBuf,
+        key: String,
+    },
 }
 
 impl SecretRef {
@@ -25,8 +32,46 @@ impl SecretRef {
             Self::Env(var) => {
                 std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))
             }
+            Self::DotEnv { file, key } => {
+                let text = std::fs::read_to_string(file).map_err(|err| {
+                    format!("cannot read secrets file `{}`: {err}", file.display())
+                })?;
+                dotenv_value(&text, key)
+                    .ok_or_else(|| format!("secrets file `{}` has no `{key}`", file.display()))
+            }
         }
     }
+}
+
+/// `key`'s value in a `.env` file: the last `KEY=VALUE` line of that key
+/// (`export ` before it allowed; `#` lines are comments; a value in single
+/// or double quotes is taken inside them, as written).
+fn dotenv_value(text: &str, key: &str) -> Option<String> {
+    let mut found = None;
+    for line in text.lines() {
+        let line = line.trim_start();
+        if line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((name, value)) = line.split_once('=') else {
+            continue;
+        };
+        if name.trim() != key {
+            continue;
+        }
+        let value = value.trim();
+        let unquoted = ['"', '\'']
+            .iter()
+            .find_map(|quote| {
+                value
+                    .strip_prefix(*quote)
+                    .and_then(|inner| inner.strip_suffix(*quote))
+            })
+            .unwrap_or(value);
+        found = Some(unquoted.to_owned());
+    }
+    found
 }
 
 impl fmt::Display for SecretRef {
@@ -34,6 +79,7 @@ impl fmt::Display for SecretRef {
         match self {
             Self::File(path) => write!(f, "file:{}", path.display()),
             Self::Env(var) => write!(f, "env:{var}"),
+            Self::DotEnv { file, key } => write!(f, "dotenv:{}#{key}", file.display()),
         }
     }
 }
@@ -63,9 +109,26 @@ pub fn form_encoded(text: &str) -> String {
     out
 }
 
-/// `file:PATH` (relative to `base`) or `env:VAR`; anything else is refused.
+/// `file:PATH` (relative to `base`), `env:VAR` or `dotenv:PATH#KEY`;
+/// anything else is refused.
 pub(super) fn parse_secret_ref(text: &str, base: &Path) -> Result<SecretRef, String> {
-    if let Some(path) = text.strip_prefix("file:") {
+    if let Some(rest) = text.strip_prefix("dotenv:") {
+        let Some((path, key)) = rest
+            .rsplit_once('#')
+            .filter(|(path, key)| !path.is_empty() && super::names::is_identifier(key))
+        else {
+            return Err("`dotenv:` is `dotenv:PATH#KEY`: a `.env` file and the name in it".into());
+        };
+        let path = PathBuf::from(path);
+        Ok(SecretRef::DotEnv {
+            file: if path.is_absolute() {
+                path
+            } else {
+                base.join(path)
+            },
+            key: key.to_owned(),
+        })
+    } else if let Some(path) = text.strip_prefix("file:") {
         let path = PathBuf::from(path);
         Ok(SecretRef::File(if path.is_absolute() {
             path
@@ -79,7 +142,7 @@ pub(super) fn parse_secret_ref(text: &str, base: &Path) -> Result<SecretRef, Str
         Ok(SecretRef::Env(var.to_owned()))
     } else {
         Err(
-            "a secret must be `file:PATH` or `env:VAR`; literal values do not belong in the config"
+            "a secret must be `file:PATH`, `env:VAR` or `dotenv:PATH#KEY`; literal values do not belong in the config"
                 .into(),
         )
     }
@@ -202,6 +265,30 @@ pub(super) fn check_env(env: &BTreeMap<String, String>) -> Result<(), (String, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dotenv_reference_reads_its_key_from_the_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.path().join(".env"),
+            "# the team's keys\nA=1\nexport GITHUB_TOKEN=\"ghp x\"\nA = 2\nQUOTED='q'\nEQ=a=b\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let read = |key: &str| {
+            parse_secret_ref(&format!("dotenv:.env#{key}"), dir.path())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .resolve()
+        };
+        assert_eq!(read("GITHUB_TOKEN"), Ok("ghp x".into()));
+        assert_eq!(read("A"), Ok("2".into()));
+        assert_eq!(read("QUOTED"), Ok("q".into()));
+        assert_eq!(read("EQ"), Ok("a=b".into()));
+        let missing = read("NOPE").err().unwrap_or_default();
+        assert!(missing.contains("has no `NOPE`"), "{missing}");
+        for bad in ["dotenv:.env", "dotenv:#KEY", "dotenv:.env#bad-key"] {
+            assert!(parse_secret_ref(bad, dir.path()).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn client_credentials_are_form_encoded_for_basic_auth() {

@@ -92,7 +92,7 @@ forms! {
         "a file or folder; a relative path is relative to the config file's folder";
     /// [`super::SecretRef`].
     SecretText => "secret reference":
-        "`file:PATH` (the file's contents, trailing newlines trimmed; a relative path is relative to the config file's folder) or `env:VAR` (an environment variable of the proxy); read when needed, never printed or logged. A literal secret is refused";
+        "`file:PATH` (the file's contents, trailing newlines trimmed; a relative path is relative to the config file's folder) or `env:VAR` (an environment variable of the proxy) or `dotenv:PATH#KEY` (`KEY` of a `.env` file of `KEY=VALUE` lines, relative like `file:`); read when needed, never printed or logged. A literal secret is refused";
     /// [`super::HeaderValue`].
     HeaderText => "header value":
         "literal text, or text whose last word is `secret:NAME`, replaced by the secret `NAME` of the same table when the connection opens: `Bearer secret:gh_token`";
