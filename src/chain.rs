@@ -45,6 +45,8 @@ impl Phase {
 pub enum Transport {
     Stdio,
     Http,
+    /// The operator's own `portcullis tools call`.
+    Cli,
 }
 
 impl Transport {
@@ -52,6 +54,7 @@ impl Transport {
         match self {
             Self::Stdio => "stdio",
             Self::Http => "http",
+            Self::Cli => "cli",
         }
     }
 }

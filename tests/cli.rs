@@ -265,3 +265,99 @@ fn the_readmes_config_examples_load() {
     // examples (or a test that stops finding them) shows here.
     assert!(checked >= 6, "found {checked} toml blocks");
 }
+
+#[test]
+fn tools_call_goes_through_the_chain_as_the_client_and_is_recorded() {
+    let proxy = TestProxy::new()
+        .with_config("policies = \"policies\"")
+        .with_example_server("example");
+    proxy.policy_folder(
+        r#"@id("echo-only") permit(principal == Client::"tester", action, resource == Tool::"example__echo");"#,
+    );
+    let config = proxy.write_config();
+    let config = config.to_str().unwrap();
+    let call = |tool: &str, args: &str, client: &str| {
+        run(&[
+            "tools", "call", tool, "--args", args, "--client", client, "--config", config,
+        ])
+    };
+    let (ok, stdout, stderr) = call("example__echo", r#"{"text":"from the cli"}"#, "tester");
+    assert!(ok, "{stderr}");
+    let result: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        result["content"][0]["text"], "example: from the cli",
+        "{stdout}"
+    );
+    // The policies decide, as for any client.
+    let (ok, _, stderr) = call("example__add", r#"{"a":1,"b":2}"#, "tester");
+    assert!(
+        !ok && stderr.contains("was not called") && stderr.contains("-32010"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = call("example__echo", r#"{"text":"x"}"#, "other");
+    assert!(!ok && stderr.contains("-32010"), "{stderr}");
+    // Bad input is named, and nothing is called.
+    let (ok, _, stderr) = call("example__echo", "[1]", "tester");
+    assert!(!ok && stderr.contains("must be a JSON object"), "{stderr}");
+    let (ok, _, stderr) = call("example__echo", r#"{"text":"x"}"#, "nobody");
+    assert!(
+        !ok && stderr.contains("client `nobody` is not defined"),
+        "{stderr}"
+    );
+
+    // Recorded as the client's, over the CLI, each decision as made.
+    let records = common::records(
+        proxy.dir().join("portcullis.toml").as_path(),
+        &["--limit", "1000"],
+    );
+    let calls: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "exchange" && r["method"] == "tools/call")
+        .collect();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    for record in &calls {
+        assert_eq!(record["transport"], "cli", "{record}");
+    }
+    let allowed: Vec<_> = calls
+        .iter()
+        .filter(|r| r["decision"] == "allow")
+        .map(|r| {
+            (
+                r["client"].as_str().unwrap(),
+                r["target"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(allowed, [("tester", "echo")], "{calls:?}");
+
+    // `tools inspect`: the definition as that client sees it listed.
+    let (ok, stdout, stderr) = run(&[
+        "tools",
+        "inspect",
+        "example__echo",
+        "--client",
+        "tester",
+        "--config",
+        config,
+    ]);
+    assert!(ok, "{stderr}");
+    let tool: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(tool["name"], "example__echo");
+    assert!(
+        tool["inputSchema"]["properties"]["text"].is_object(),
+        "{tool}"
+    );
+    let (ok, _, stderr) = run(&[
+        "tools",
+        "inspect",
+        "example__add",
+        "--client",
+        "tester",
+        "--config",
+        config,
+    ]);
+    assert!(
+        !ok && stderr.contains("is not listed to client `tester`"),
+        "{stderr}"
+    );
+}

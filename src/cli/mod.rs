@@ -16,6 +16,7 @@ mod redact;
 mod serve;
 mod servers;
 mod tools;
+mod tools_call;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -167,6 +168,30 @@ enum ToolsCommand {
         client: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+    },
+    /// Call one tool (SERVER__TOOL) through the whole chain, as a client
+    /// would; the call is recorded (transport `cli`, store `cli-tools`).
+    Call {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The tool, by its namespaced name.
+        tool: String,
+        /// Its arguments, a JSON object.
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        args: String,
+        /// Call as this `[[clients]]` entry, under the policies (without it:
+        /// as the operator, with no policy, recorded as `(operator)`).
+        #[arg(long)]
+        client: Option<String>,
+    },
+    /// Show one tool's definition as a client (or the operator) sees it.
+    Inspect {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The tool, by its namespaced name.
+        tool: String,
+        #[arg(long)]
+        client: Option<String>,
     },
     /// The pinned tool definitions, those awaiting approval, and what changed.
     Pins {
@@ -337,6 +362,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = load(&config)?;
             tools::tools_list(config, client.as_deref(), format).await
+        }
+        Command::Tools {
+            command:
+                ToolsCommand::Call {
+                    config,
+                    tool,
+                    args,
+                    client,
+                },
+        } => {
+            let config = load(&config)?;
+            tools_call::tools_call(config, &tool, &args, client.as_deref()).await
+        }
+        Command::Tools {
+            command:
+                ToolsCommand::Inspect {
+                    config,
+                    tool,
+                    client,
+                },
+        } => {
+            let config = load(&config)?;
+            tools_call::tools_inspect(config, &tool, client.as_deref()).await
         }
         Command::Tools {
             command: ToolsCommand::Pins { config, format },

@@ -93,7 +93,7 @@ pub(super) async fn serve(
 
 /// The audit log of this proxy role, opened (and its keys loaded) before
 /// anything else, in a data folder checked to be the user's alone.
-fn open_audit(config: &Config, role: &str) -> anyhow::Result<Audit> {
+pub(super) fn open_audit(config: &Config, role: &str) -> anyhow::Result<Audit> {
     // The data folder is checked before anything in it is opened: one that
     // another user owns or may write to is refused.
     let narrowed = crate::private_dir::prepare(&config.proxy.data_dir)

@@ -13,7 +13,7 @@ use crate::config::{ChainEntry, Config};
 use crate::gateway::{Gateway, Outlet, Session};
 use crate::upstream::Status;
 
-struct Discard;
+pub(super) struct Discard;
 
 impl Outlet for Discard {
     fn deliver(&self, _message: Value, _related: Option<&Value>) -> bool {
@@ -56,7 +56,7 @@ pub(super) async fn tools_list(
 
 /// Whose view is listed: the client named, or without one the operator's
 /// (the config then loses its policies).
-fn viewer(config: &mut Config, client: Option<&str>) -> anyhow::Result<ClientIdentity> {
+pub(super) fn viewer(config: &mut Config, client: Option<&str>) -> anyhow::Result<ClientIdentity> {
     match client {
         Some(name) => client_identity(config, name),
         None => {
@@ -71,7 +71,10 @@ fn viewer(config: &mut Config, client: Option<&str>) -> anyhow::Result<ClientIde
 
 /// Every page of `tools/list` after `initialize`, as the session sees it;
 /// the error's message if the gateway answers with one.
-async fn list_tools(gateway: &Arc<Gateway>, session: &Arc<Session>) -> Result<Vec<Value>, String> {
+pub(super) async fn list_tools(
+    gateway: &Arc<Gateway>,
+    session: &Arc<Session>,
+) -> Result<Vec<Value>, String> {
     let init = crate::protocol::request(
         json!(0),
         "initialize",

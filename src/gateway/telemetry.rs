@@ -201,7 +201,7 @@ impl Gateway {
             .unwrap_or_default()
         {
             match session.transport {
-                crate::chain::Transport::Stdio => stdio += 1,
+                crate::chain::Transport::Stdio | crate::chain::Transport::Cli => stdio += 1,
                 crate::chain::Transport::Http => http += 1,
             }
         }

@@ -1,0 +1,105 @@
+//! `portcullis tools call` and `tools inspect`: one tool called (or shown)
+//! as a client would call it, through the whole chain, the call recorded in
+//! the audit log as the CLI's (`transport` `cli`), in a store of its own
+//! (`cli-tools`), so that it works beside a running proxy.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use super::launch::{build_gateway, start};
+use super::tools::{Discard, list_tools, viewer};
+use crate::chain::Transport;
+use crate::config::Config;
+
+/// The audit store of the CLI's calls.
+const ROLE: &str = "cli-tools";
+
+pub(super) async fn tools_call(
+    mut config: Config,
+    tool: &str,
+    arguments: &str,
+    client: Option<&str>,
+) -> anyhow::Result<()> {
+    let arguments: Value = serde_json::from_str(arguments)
+        .context("`--args` must be a JSON object, e.g. '{\"text\": \"hi\"}'")?;
+    if !arguments.is_object() {
+        bail!("`--args` must be a JSON object, e.g. '{{\"text\": \"hi\"}}'");
+    }
+    let identity = viewer(&mut config, client)?;
+    let audit = super::serve::open_audit(&config, ROLE)?;
+    let (gateway, events, ..) = build_gateway(config, Some(audit))?;
+    start(&gateway, events).await;
+    let session = gateway.open_session(
+        Arc::from(uuid::Uuid::new_v4().to_string()),
+        identity,
+        Transport::Cli,
+        Arc::new(Discard),
+    );
+    let init = crate::protocol::request(
+        json!(0),
+        "initialize",
+        json!({ "protocolVersion": crate::protocol::LATEST_VERSION, "capabilities": {},
+            "clientInfo": { "name": "portcullis-cli", "version": env!("CARGO_PKG_VERSION") } }),
+    );
+    let _ = gateway.handle(&session, init).await;
+    let call = crate::protocol::request(
+        json!(1),
+        "tools/call",
+        json!({ "name": tool, "arguments": arguments }),
+    );
+    let reply = gateway.handle(&session, call).await.unwrap_or(Value::Null);
+    // Stopped first: the record is committed, no container outlives it.
+    gateway.close_session(&session);
+    gateway.stop().await;
+    if let Some(error) = reply.get("error") {
+        bail!(
+            "`{tool}` was not called: {} ({})",
+            error["message"].as_str().unwrap_or("unknown error"),
+            error["code"]
+        );
+    }
+    let result = &reply["result"];
+    println!(
+        "{}",
+        serde_json::to_string_pretty(result).unwrap_or_default()
+    );
+    if result["isError"] == true {
+        bail!("`{tool}` answered with an error (its result above)");
+    }
+    Ok(())
+}
+
+/// The tool's definition as the client (or the operator) sees it listed.
+pub(super) async fn tools_inspect(
+    mut config: Config,
+    tool: &str,
+    client: Option<&str>,
+) -> anyhow::Result<()> {
+    let identity = viewer(&mut config, client)?;
+    let gateway = super::launch::start_gateway(config).await?;
+    let session = gateway.open_session(
+        Arc::from("tools-inspect"),
+        identity,
+        Transport::Cli,
+        Arc::new(Discard),
+    );
+    let listed = list_tools(&gateway, &session).await;
+    gateway.close_session(&session);
+    gateway.stop().await;
+    let listed = listed.map_err(|message| anyhow::anyhow!("tools/list failed: {message}"))?;
+    let Some(found) = listed.iter().find(|t| t["name"] == tool) else {
+        bail!(
+            "`{tool}` is not listed{}: `portcullis tools list` shows what is, and why a tool is missing",
+            client
+                .map(|c| format!(" to client `{c}`"))
+                .unwrap_or_default()
+        );
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(found).unwrap_or_default()
+    );
+    Ok(())
+}
