@@ -64,6 +64,7 @@ fn record(n: u64) -> AuditRecord {
         prev_hash: String::new(),
         protocol: None,
         identity: None,
+        profile: None,
         hash: String::new(),
         mac: None,
     }

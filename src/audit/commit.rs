@@ -87,6 +87,8 @@ pub struct Audit {
     reader: Option<Reader>,
     /// What verification of this store checks with: the writer's keys.
     keys: Keys,
+    /// The profile every record of this proxy names (`serve --profile`).
+    profile: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -155,7 +157,14 @@ impl Audit {
             logged,
             reader,
             keys,
+            profile: None,
         })
+    }
+
+    /// Every record committed from now on names `profile`.
+    pub fn with_profile(mut self, profile: Option<&str>) -> Self {
+        self.profile = profile.map(Arc::from);
+        self
     }
 
     /// The keys the writer seals and signs with, as verification needs
@@ -168,7 +177,10 @@ impl Audit {
     /// flushed; buffered, returns `None` once the writer has it (a failure
     /// then shows in [`Audit::is_failing`], and the calls after it are
     /// refused).
-    pub async fn commit(&self, record: AuditRecord) -> Result<Option<u64>, AuditError> {
+    pub async fn commit(&self, mut record: AuditRecord) -> Result<Option<u64>, AuditError> {
+        if let Some(profile) = &self.profile {
+            record.profile = Some(profile.to_string());
+        }
         if self.is_failing() && !self.durable {
             return Err(AuditError::Write(
                 "the last records could not be written".into(),

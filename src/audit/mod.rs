@@ -220,6 +220,7 @@ mod tests {
             prev_hash: String::new(),
             protocol: None,
             identity: None,
+            profile: None,
             hash: String::new(),
             mac: None,
         }

@@ -91,6 +91,9 @@ pub struct AuditRecord {
     /// written before the field came in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<TokenIdentity>,
+    /// The profile the proxy ran under (`serve --profile`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     pub hash: String,
     /// With a chain key: HMAC-SHA256 of `hash` under it (hex). Not part of
     /// the bytes `hash` covers; absent on records sealed without a key.
@@ -141,6 +144,7 @@ impl AuditRecord {
             prev_hash: String::new(),
             protocol: None,
             identity: None,
+            profile: None,
             hash: String::new(),
             mac: None,
         }
@@ -275,9 +279,11 @@ impl AuditRecord {
         optional_text(out, self.policy_set.as_deref());
         key(out, "prev_hash", false);
         text(out, &self.prev_hash);
-        if let Some(protocol) = &self.protocol {
-            key(out, "protocol", false);
-            text(out, protocol);
+        for (name, present) in [("profile", &self.profile), ("protocol", &self.protocol)] {
+            if let Some(present) = present {
+                key(out, name, false);
+                text(out, present);
+            }
         }
         key(out, "reason", false);
         optional_text(out, self.reason.as_deref());
@@ -316,10 +322,7 @@ impl AuditRecord {
         key(out, "transport", false);
         text(out, &self.transport);
         key(out, "upstream_us", false);
-        match self.upstream_us {
-            Some(us) => number(out, us),
-            None => out.extend_from_slice(b"null"),
-        }
+        value(out, self.upstream_us.map(Value::from).as_ref());
         out.push(b'}');
         hash_at
     }
@@ -427,6 +430,8 @@ mod tests {
             subject: Some("alice \"a\"".into()),
             client_id: None,
         });
+        assert_eq!(fast(&record), generic(&record));
+        record.profile = Some("research".into());
         assert_eq!(fast(&record), generic(&record));
         let parsed: Value = serde_json::from_str(&fast(&record)).unwrap_or(Value::Null);
         assert_eq!(parsed["client"], json!(record.client));

@@ -10,6 +10,7 @@ mod launch;
 mod pins;
 mod plugin;
 mod policy;
+mod profiles;
 mod progress;
 mod records;
 mod redact;
@@ -67,6 +68,10 @@ enum Command {
         /// The client served on stdio (a `[[clients]]` name).
         #[arg(long)]
         client: Option<String>,
+        /// Run under a profile (`profiles/NAME.toml`): its servers and tools
+        /// only.
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
     },
     /// Serve one client over stdin/stdout (for Claude Desktop, Cursor, VS Code, …).
     Stdio {
@@ -75,6 +80,14 @@ enum Command {
         /// The client's name from `[[clients]]`.
         #[arg(long)]
         client: String,
+        /// Run under a profile (`profiles/NAME.toml`).
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+    },
+    /// Profiles: named sets of servers and their tools (`profiles/*.toml`).
+    Profile {
+        #[command(subcommand)]
+        command: profiles::ProfileCommand,
     },
     /// Check the Docker engine, the images, the servers and their sandboxes.
     Doctor {
@@ -310,8 +323,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             stdio,
             client,
+            profile,
         } => {
-            let config = load(&config)?;
+            let config = load_with(&config, profile.as_deref())?;
             let stdio_client = match (stdio, client) {
                 (true, Some(name)) => Some(client_identity(&config, &name)?),
                 _ => None,
@@ -324,8 +338,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             serve::serve(config, stdio_client).await
         }
-        Command::Stdio { config, client } => {
-            let mut config = load(&config)?;
+        Command::Profile { command } => profiles::run(command),
+        Command::Stdio {
+            config,
+            client,
+            profile,
+        } => {
+            let mut config = load_with(&config, profile.as_deref())?;
             let identity = client_identity(&config, &client)?;
             // `stdio` serves exactly one client; HTTP stays off.
             config.proxy.listen = None;
@@ -352,63 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load(&config)?;
             servers::servers_status(&config, format).await
         }
-        Command::Tools {
-            command:
-                ToolsCommand::List {
-                    config,
-                    client,
-                    format,
-                },
-        } => {
-            let config = load(&config)?;
-            tools::tools_list(config, client.as_deref(), format).await
-        }
-        Command::Tools {
-            command:
-                ToolsCommand::Call {
-                    config,
-                    tool,
-                    args,
-                    client,
-                },
-        } => {
-            let config = load(&config)?;
-            tools_call::tools_call(config, &tool, &args, client.as_deref()).await
-        }
-        Command::Tools {
-            command:
-                ToolsCommand::Inspect {
-                    config,
-                    tool,
-                    client,
-                },
-        } => {
-            let config = load(&config)?;
-            tools_call::tools_inspect(config, &tool, client.as_deref()).await
-        }
-        Command::Tools {
-            command: ToolsCommand::Pins { config, format },
-        } => pins::list(&load(&config)?, format),
-        Command::Tools {
-            command:
-                ToolsCommand::Approve {
-                    config,
-                    tools,
-                    all,
-                    by,
-                    sha256,
-                },
-        } => {
-            let config = load(&config)?;
-            pins::approve(
-                &config,
-                &tools,
-                all.as_deref(),
-                by.as_deref(),
-                sha256.as_deref(),
-            )
-            .await
-        }
+        Command::Tools { command } => run_tools(command).await,
         Command::Policy { command } => policy::run(command),
         Command::Redact { command } => redact::run(command),
         Command::Plugin { command } => plugin::run(command),
@@ -432,8 +395,66 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
 }
 
+/// `portcullis tools …`.
+async fn run_tools(command: ToolsCommand) -> anyhow::Result<()> {
+    match command {
+        ToolsCommand::List {
+            config,
+            client,
+            format,
+        } => {
+            let config = load(&config)?;
+            tools::tools_list(config, client.as_deref(), format).await
+        }
+        ToolsCommand::Call {
+            config,
+            tool,
+            args,
+            client,
+        } => {
+            let config = load(&config)?;
+            tools_call::tools_call(config, &tool, &args, client.as_deref()).await
+        }
+        ToolsCommand::Inspect {
+            config,
+            tool,
+            client,
+        } => {
+            let config = load(&config)?;
+            tools_call::tools_inspect(config, &tool, client.as_deref()).await
+        }
+        ToolsCommand::Pins { config, format } => pins::list(&load(&config)?, format),
+        ToolsCommand::Approve {
+            config,
+            tools,
+            all,
+            by,
+            sha256,
+        } => {
+            let config = load(&config)?;
+            pins::approve(
+                &config,
+                &tools,
+                all.as_deref(),
+                by.as_deref(),
+                sha256.as_deref(),
+            )
+            .await
+        }
+    }
+}
+
 fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
+}
+
+/// The config, narrowed to a profile when one is named.
+fn load_with(path: &Path, profile: Option<&str>) -> anyhow::Result<Config> {
+    let config = load(path)?;
+    Ok(match profile {
+        Some(name) => config.with_profile(name)?,
+        None => config,
+    })
 }
 
 fn client_identity(config: &Config, name: &str) -> anyhow::Result<ClientIdentity> {

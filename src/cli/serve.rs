@@ -35,7 +35,8 @@ pub(super) async fn serve(
         (None, Some(client)) => format!("stdio-{}", client.name),
         _ => "serve".to_owned(),
     };
-    let audit = open_audit(&config, &role)?;
+    let audit = open_audit(&config, &role)?
+        .with_profile(config.profile.as_ref().map(|profile| profile.name.as_str()));
     let config_sha256 = std::fs::read(&config.file)
         .map(|bytes| sha256_hex(&bytes))
         .ok();

@@ -33,6 +33,7 @@ mod oauth;
 mod observability;
 mod pinning;
 mod plugin;
+pub mod profiles;
 mod proxy;
 mod ratelimit;
 mod redact;
@@ -132,6 +133,8 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     /// The catalogs `[[catalogs]]` names, read.
     pub catalogs: Vec<CatalogConfig>,
+    /// The profile in force (`serve --profile NAME`), if any.
+    pub profile: Option<profiles::Profile>,
     pub chain: Vec<ChainEntry>,
     pub audit: AuditConfig,
     pub redact: RedactConfig,
@@ -371,6 +374,7 @@ impl Validator<'_> {
             oauth,
             servers,
             catalogs,
+            profile: None,
             chain: chain.finish(),
             redact,
             ratelimit,

@@ -151,7 +151,17 @@ impl Gateway {
         self.set_lists(index, Some(lists));
     }
 
-    pub(super) fn set_lists(&self, index: usize, lists: Option<ServerLists>) {
+    pub(super) fn set_lists(&self, index: usize, mut lists: Option<ServerLists>) {
+        // A profile's tools alone: the others are not listed, and so not
+        // found when called (before any policy is asked).
+        if let (Some(profile), Some(lists), Some(server)) =
+            (&self.config.profile, lists.as_mut(), self.names.get(index))
+        {
+            lists.tools.retain(|tool| {
+                let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+                profile.allows_tool(server, name)
+            });
+        }
         let changed = {
             let Ok(mut catalog) = self.catalog.write() else {
                 return;

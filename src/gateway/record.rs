@@ -112,6 +112,7 @@ pub(super) fn record_of(
             }),
         hash: String::new(),
         mac: None,
+        profile: None,
     }
 }
 
