@@ -304,6 +304,43 @@ fn a_catalog_server_missing_a_value_or_secret_or_asking_too_much_is_a_config_err
         stderr.contains("no `[[catalogs]]` is named `nowhere`"),
         "{stderr}"
     );
+    // The operator's pin and the description's must agree.
+    let proxy = TestProxy::new();
+    std::fs::write(
+        proxy.dir().join("team.yaml"),
+        format!(
+            "registry:\n  example:\n    image: x@sha256:{}\n",
+            "a".repeat(64)
+        ),
+    )
+    .unwrap();
+    let proxy = proxy
+        .with_config("[[catalogs]]\nname = \"team\"\npath = \"team.yaml\"\n")
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"bad\"\nfrom = \"catalog://team/example\"\ncontainer = {{ digest = \"sha256:{}\" }}\n",
+            "b".repeat(64)
+        ));
+    let stderr = common::serve_refused(&proxy.write_config());
+    assert!(stderr.contains("but the description pins"), "{stderr}");
+    // A catalog that is not a regular file, or names no image reference.
+    let proxy = TestProxy::new();
+    std::fs::write(
+        proxy.dir().join("team.yaml"),
+        "registry:\n  example:\n    image: \"x\\e[2J\"\n",
+    )
+    .unwrap();
+    let proxy = proxy
+        .with_config("[[catalogs]]\nname = \"team\"\npath = \"team.yaml\"\n")
+        .with_server_toml("[[servers]]\nname = \"bad\"\nfrom = \"catalog://team/example\"\n");
+    let stderr = common::serve_refused(&proxy.write_config());
+    assert!(
+        stderr.contains("is not an image reference") && !stderr.contains('\u{1b}'),
+        "{stderr}"
+    );
+    let proxy =
+        TestProxy::new().with_config("[[catalogs]]\nname = \"team\"\npath = \"/dev/zero\"\n");
+    let stderr = common::serve_refused(&proxy.write_config());
+    assert!(stderr.contains("is not a regular file"), "{stderr}");
     // The metadata's image and command are not the operator's to restate.
     let proxy = TestProxy::new().with_server_toml(
         "[[servers]]\nname = \"bad\"\nfrom = \"docker://x\"\ncontainer = { image = \"y\" }\n",

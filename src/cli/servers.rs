@@ -22,10 +22,21 @@ pub fn servers_list(config: &Config, format: Format) {
                 UpstreamSpec::Remote(spec) => (redact_url(&spec.url), "remote".to_owned()),
                 UpstreamSpec::Container(spec) => (spec.image.clone(), spec.sandbox.summary()),
             };
+            // What a container runs (a described server's, from its
+            // description): arguments, and the names of its environment.
+            let command = match &server.kind {
+                UpstreamSpec::Container(spec) => json!({
+                    "args": spec.args,
+                    "env": spec.env.keys().collect::<Vec<_>>(),
+                    "from_image_label": spec.label.is_some(),
+                }),
+                _ => Value::Null,
+            };
             json!({
                 "name": server.name,
                 "kind": server.kind.kind_name(),
                 "target": target,
+                "command": command,
                 "sandbox": sandbox,
                 "timeout_ms": server.call_timeout.as_millis() as u64,
                 // Names of the secrets only; never their values or sources.

@@ -134,6 +134,17 @@ const ENGINE_ASKS: &[&str] = &[
     "sysctls",
 ];
 
+/// The parser's options: errors name a line and column but quote nothing
+/// (a file that is not a catalog, say a key file a symlink points at, is
+/// not echoed into the log); aliases may replay at most `replays` events
+/// (a label is small: a few thousand are plenty).
+fn options(replays: usize) -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    options.alias_limits.max_total_replayed_events = replays;
+    options
+}
+
 /// Parses a catalog file.
 pub fn parse_catalog(text: &str) -> Result<CatalogFile, String> {
     if text.len() > MAX_CATALOG_BYTES {
@@ -142,7 +153,8 @@ pub fn parse_catalog(text: &str) -> Result<CatalogFile, String> {
             MAX_CATALOG_BYTES / 1024 / 1024
         ));
     }
-    serde_saphyr::from_str(text).map_err(|err| format!("not a catalog in Docker's format: {err}"))
+    serde_saphyr::from_str_with_options(text, options(1_000_000))
+        .map_err(|err| format!("not a catalog in Docker's format: {}", first_line(&err)))
 }
 
 /// Parses one server's metadata (a `file://` server, an image's label).
@@ -153,7 +165,48 @@ pub fn parse_server(text: &str, limit: usize) -> Result<ServerMeta, String> {
             limit / 1024
         ));
     }
-    serde_saphyr::from_str(text).map_err(|err| format!("not a server's metadata: {err}"))
+    let replays = if limit <= MAX_LABEL_BYTES {
+        10_000
+    } else {
+        1_000_000
+    };
+    serde_saphyr::from_str_with_options(text, options(replays))
+        .map_err(|err| format!("not a server's metadata: {}", first_line(&err)))
+}
+
+/// A parse error's first line, its control characters escaped.
+fn first_line(err: &serde_saphyr::Error) -> String {
+    super::names::shown(err.to_string().lines().next().unwrap_or_default())
+}
+
+/// Environment variables no description may set: they would send the
+/// server's traffic (and so the operator's secrets) elsewhere, change whom
+/// it trusts, or load code into it. The operator may still set them, in
+/// the server's `secrets`.
+fn redirecting(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    const EXACT: &[&str] = &[
+        "NODE_OPTIONS",
+        "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS",
+        "JDK_JAVA_OPTIONS",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "RUBYOPT",
+        "PERL5OPT",
+        "BASH_ENV",
+        "ENV",
+    ];
+    const PREFIXES: &[&str] = &[
+        "LD_", "DYLD_", "SSL_", "NODE_TLS", "PYTHON", "GIT_SSL", "GODEBUG",
+    ];
+    EXACT.contains(&upper.as_str())
+        || PREFIXES.iter().any(|prefix| upper.starts_with(prefix))
+        || upper.ends_with("_PROXY")
+        || upper.contains("CA_BUNDLE")
+        || upper.contains("CA_CERT")
+        || upper.contains("CERT_FILE")
 }
 
 /// What the operator's entry brings to a server described by metadata.
@@ -216,6 +269,12 @@ pub fn launch(meta: &ServerMeta, operator: &Operator, sandbox: &Sandbox) -> Resu
             return Err(format!(
                 "its environment variable `{}` is not a valid name",
                 super::names::shown(&entry.name)
+            ));
+        }
+        if redirecting(&entry.name) {
+            return Err(format!(
+                "its environment sets `{}`, which could send the server's traffic (and your secrets) elsewhere or load code into it; no description may set it",
+                entry.name
             ));
         }
         if operator.secrets.contains(&entry.name) {

@@ -162,6 +162,25 @@ fn what_metadata_asks_beyond_the_hardened_profile_is_refused_unless_granted() {
         };
         assert!(refused(&meta, &dangerous).is_some(), "{key}");
     }
+    // Nor environment that would redirect the server or load code into it.
+    for name in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "LD_PRELOAD",
+        "NODE_OPTIONS",
+        "SSL_CERT_FILE",
+        "PYTHONPATH",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_TLS_REJECT_UNAUTHORIZED",
+    ] {
+        let mut redirect = time();
+        redirect.env.push(MetaEnv {
+            name: name.into(),
+            value: "x".into(),
+        });
+        let message = refused(&redirect, &Sandbox::default()).unwrap_or_default();
+        assert!(message.contains("elsewhere"), "{name}: {message}");
+    }
     // Secrets cannot be set as plain environment.
     let mut shadow = time();
     shadow.env.push(MetaEnv {
@@ -201,4 +220,10 @@ fn hostile_documents_are_refused_not_expanded() {
     // a key given twice is an error, not a guess.
     assert!(parse_server("image: a\nimage: b\n", MAX_LABEL_BYTES).is_err());
     assert!(parse_catalog("registry: [1, 2]").is_err());
+    // An error quotes nothing of the file (a symlink to a key file, say).
+    let secret = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
+    let error = parse_catalog(&format!("registry:\n  x: {secret}\n  - [\n"))
+        .err()
+        .unwrap_or_default();
+    assert!(!error.contains(secret) && !error.contains('\n'), "{error}");
 }

@@ -214,7 +214,6 @@ impl RawContainer {
     ) -> Result<Self, ConfigError> {
         let written = [
             ("image", self.image.is_some()),
-            ("digest", self.digest.is_some()),
             ("entrypoint", self.entrypoint.is_some()),
             ("args", !self.args.is_empty()),
             ("env", !self.env.is_empty()),
@@ -222,11 +221,26 @@ impl RawContainer {
         if let Some((key, _)) = written.iter().find(|(_, set)| *set) {
             return Err(at.error(
                 &format!(".container.{key}"),
-                "a server with `from` takes its image and command from its metadata; `container` may set only `pull`, `start`, `idle_timeout`, `isolation` and `stdio`".into(),
+                "a server with `from` takes its image and command from its metadata; `container` may set only `digest` (a pin), `pull`, `start`, `idle_timeout`, `isolation` and `stdio`".into(),
+            ));
+        }
+        // The operator may pin the image the description names (a catalog
+        // that names a tag runs what the tag points at); both pins, if
+        // both are written, must agree.
+        let operator = self.digest.as_ref().map(|d| d.to_ascii_lowercase());
+        if let (Some(pinned), Some(described)) = (&operator, &digest)
+            && pinned != described
+        {
+            return Err(at.error(
+                ".container.digest",
+                format!(
+                    "pins `{pinned}`, but the description pins `{}`",
+                    super::names::shown(described)
+                ),
             ));
         }
         self.image = Some(image);
-        self.digest = digest;
+        self.digest = operator.or(digest);
         Ok(self)
     }
 

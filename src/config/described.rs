@@ -71,18 +71,38 @@ impl RawCatalog {
     }
 }
 
-/// A file the config names, read whole (at most the catalog's limit).
+/// A file the config names, read whole (at most the catalog's limit): a
+/// regular file only (not a FIFO that never ends, not a device), checked on
+/// the handle that is read.
 fn read(path: &std::path::Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path)
-        .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
-    if meta.len() > catalog::MAX_CATALOG_BYTES as u64 {
+    use std::io::Read as _;
+    let cannot = |err: std::io::Error| format!("cannot read `{}`: {err}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    if !file.metadata().map_err(cannot)?.is_file() {
+        return Err(format!("`{}` is not a regular file", path.display()));
+    }
+    let mut text = String::new();
+    file.take(catalog::MAX_CATALOG_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() > catalog::MAX_CATALOG_BYTES {
         return Err(format!(
             "`{}` is over {} MiB",
             path.display(),
             catalog::MAX_CATALOG_BYTES / 1024 / 1024
         ));
     }
-    std::fs::read_to_string(path).map_err(|err| format!("cannot read `{}`: {err}", path.display()))
+    Ok(text)
+}
+
+/// An image reference as the engine takes it (`[registry/]name[:tag]`,
+/// and a digest apart): nothing a terminal or a log line would act on.
+fn image_reference(image: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-/:".contains(c);
+    if image.is_empty() || image.len() > 255 || !image.chars().all(allowed) {
+        return Err(format!("`{}` is not an image reference", shown(image)));
+    }
+    Ok(())
 }
 
 /// Where a `from` reference points.
@@ -122,7 +142,7 @@ fn source(text: &str) -> Result<Source, String> {
             Some((image, digest)) => (image, Some(digest.to_ascii_lowercase())),
             None => (image, None),
         };
-        if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if image_reference(image).is_err() {
             return Err("an image reference is `docker://IMAGE[:TAG][@sha256:DIGEST]`".into());
         }
         return Ok(Source::Docker {
@@ -211,6 +231,15 @@ pub(super) fn container(
         Some((image, digest)) => (image.to_owned(), Some(digest.to_ascii_lowercase())),
         None => (image, None),
     };
+    image_reference(&image).map_err(|message| fail(format!("its metadata's image: {message}")))?;
+    if let Some(digest) = &digest
+        && !digest.starts_with("sha256:")
+    {
+        return Err(fail(format!(
+            "its metadata's image digest `{}` is not `sha256:…`",
+            shown(digest)
+        )));
+    }
     let raw = raw.described(at, image, digest)?;
     let mut spec = raw.validate(at, described.name, described.sandbox, proxy)?;
     let operator = Operator {
