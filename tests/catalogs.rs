@@ -20,14 +20,6 @@ use serde_json::{Value, json};
 /// The tests start containers named by their servers: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn docker() -> Docker {
-    Docker::connect_with_defaults()
-        .expect("a Docker client")
-        .negotiate_version()
-        .await
-        .expect("the Docker engine answers (these tests need it)")
-}
-
 /// The example server's image with `label` as its metadata label, tagged
 /// `tag` (built once per tag and run).
 fn labelled_image(tag: &str, label: &str) -> String {
@@ -114,7 +106,7 @@ async fn container_env(docker: &Docker, server: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_image_is_served_from_its_label_alone_hardened() {
     let _serial = SERIAL.lock().await;
-    let docker = docker().await;
+    let docker = common::docker().await;
     let image = good_image();
     // The secret from a `.env` file, as Docker's `--secrets` reads them.
     let proxy = TestProxy::new();
@@ -151,7 +143,7 @@ async fn an_image_is_served_from_its_label_alone_hardened() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_label_asking_for_root_or_the_host_network_is_refused() {
     let _serial = SERIAL.lock().await;
-    let docker = docker().await;
+    let docker = common::docker().await;
     let root = labelled_image(
         "portcullis/example-labelled-root:test",
         "name: rooted\nuser: root\n",
@@ -247,6 +239,19 @@ async fn catalog_and_file_entries_run_as_described() {
     client.finish().await;
 }
 
+/// `serve`'s refusal of a config with catalog `team` (`catalog`, its text)
+/// and server `bad` from its entry `example` (`extra`: more of its keys).
+fn refused_with_catalog(catalog: &str, extra: &str) -> String {
+    let proxy = TestProxy::new();
+    std::fs::write(proxy.dir().join("team.yaml"), catalog).unwrap();
+    let proxy = proxy
+        .with_config("[[catalogs]]\nname = \"team\"\npath = \"team.yaml\"\n")
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"bad\"\nfrom = \"catalog://team/example\"\n{extra}"
+        ));
+    common::serve_refused(&proxy.write_config())
+}
+
 #[test]
 fn a_catalog_server_missing_a_value_or_secret_or_asking_too_much_is_a_config_error() {
     let image = "portcullis/example-server:dev";
@@ -274,28 +279,14 @@ fn a_catalog_server_missing_a_value_or_secret_or_asking_too_much_is_a_config_err
         ("    type: poci\n    image: x\n".to_owned(), "not supported"),
     ];
     for (entry, expected) in cases {
-        let proxy = TestProxy::new();
-        std::fs::write(
-            proxy.dir().join("team.yaml"),
-            format!("registry:\n  example:\n{entry}"),
-        )
-        .unwrap();
-        let proxy = proxy
-            .with_config("[[catalogs]]\nname = \"team\"\npath = \"team.yaml\"\n")
-            .with_server_toml("[[servers]]\nname = \"bad\"\nfrom = \"catalog://team/example\"\n");
-        let stderr = common::serve_refused(&proxy.write_config());
+        let stderr = refused_with_catalog(&format!("registry:\n  example:\n{entry}"), "");
         assert!(
             stderr.contains(expected) && stderr.contains("server `bad`"),
             "{expected}: {stderr}"
         );
     }
-    // A reference to nothing, and a catalog that is not one.
-    let proxy = TestProxy::new();
-    std::fs::write(proxy.dir().join("team.yaml"), "registry: [1, 2]\n").unwrap();
-    let proxy = proxy
-        .with_config("[[catalogs]]\nname = \"team\"\npath = \"team.yaml\"\n")
-        .with_server_toml("[[servers]]\nname = \"bad\"\nfrom = \"catalog://team/example\"\n");
-    let stderr = common::serve_refused(&proxy.write_config());
+    // A catalog that is not one.
+    let stderr = refused_with_catalog("registry: [1, 2]\n", "");
     assert!(stderr.contains("not a catalog"), "{stderr}");
     let proxy = TestProxy::new()
         .with_server_toml("[[servers]]\nname = \"bad\"\nfrom = \"catalog://nowhere/x\"\n");
@@ -305,34 +296,16 @@ fn a_catalog_server_missing_a_value_or_secret_or_asking_too_much_is_a_config_err
         "{stderr}"
     );
     // The operator's pin and the description's must agree.
-    let proxy = TestProxy::new();
-    std::fs::write(
-        proxy.dir().join("team.yaml"),
-        format!(
+    let stderr = refused_with_catalog(
+        &format!(
             "registry:\n  example:\n    image: x@sha256:{}\n",
             "a".repeat(64)
         ),
-    )
-    .unwrap();
-    let proxy = proxy
-        .with_config("[[catalogs]]\nname = \"team\"\npath = \"team.yaml\"\n")
-        .with_server_toml(&format!(
-            "[[servers]]\nname = \"bad\"\nfrom = \"catalog://team/example\"\ncontainer = {{ digest = \"sha256:{}\" }}\n",
-            "b".repeat(64)
-        ));
-    let stderr = common::serve_refused(&proxy.write_config());
+        &format!("container = {{ digest = \"sha256:{}\" }}\n", "b".repeat(64)),
+    );
     assert!(stderr.contains("but the description pins"), "{stderr}");
     // A catalog that is not a regular file, or names no image reference.
-    let proxy = TestProxy::new();
-    std::fs::write(
-        proxy.dir().join("team.yaml"),
-        "registry:\n  example:\n    image: \"x\\e[2J\"\n",
-    )
-    .unwrap();
-    let proxy = proxy
-        .with_config("[[catalogs]]\nname = \"team\"\npath = \"team.yaml\"\n")
-        .with_server_toml("[[servers]]\nname = \"bad\"\nfrom = \"catalog://team/example\"\n");
-    let stderr = common::serve_refused(&proxy.write_config());
+    let stderr = refused_with_catalog("registry:\n  example:\n    image: \"x\\e[2J\"\n", "");
     assert!(
         stderr.contains("is not an image reference") && !stderr.contains('\u{1b}'),
         "{stderr}"

@@ -21,11 +21,7 @@ use serde_json::{Value, json};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn docker() -> Docker {
-    Docker::connect_with_defaults()
-        .expect("a Docker client")
-        .negotiate_version()
-        .await
-        .expect("the Docker engine answers (these tests need it)")
+    common::docker().await
 }
 
 /// Every container (running or not) of the server `name`.

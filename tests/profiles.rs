@@ -16,6 +16,14 @@ fn run(args: &[&str]) -> (bool, String, String) {
     common::run_portcullis(args)
 }
 
+/// `portcullis profile ARGS --config CONFIG`.
+fn profile(args: &[&str], config: &str) -> (bool, String, String) {
+    let mut all = vec!["profile"];
+    all.extend_from_slice(args);
+    all.extend(["--config", config]);
+    run(&all)
+}
+
 fn under_profile(config: &str, profile: &str) -> RawClient {
     let mut command = Command::new(common::portcullis_bin());
     command
@@ -48,41 +56,33 @@ async fn a_profile_narrows_what_the_policies_then_decide() {
     let config = proxy.write_config();
     let config = config.to_str().unwrap();
 
-    let (ok, stdout, stderr) = run(&[
-        "profile",
-        "create",
-        "research",
-        "--server",
-        "example",
-        "--description",
-        "echo only",
-        "--config",
+    let (ok, stdout, stderr) = profile(
+        &[
+            "create",
+            "research",
+            "--server",
+            "example",
+            "--description",
+            "echo only",
+        ],
         config,
-    ]);
+    );
     assert!(ok, "{stderr}");
     assert!(stdout.contains("profiles/research.toml"), "{stdout}");
-    let (ok, stdout, stderr) = run(&[
-        "profile",
-        "tools",
-        "research",
-        "--enable",
-        "example__echo",
-        "--enable",
-        "example__add",
-        "--config",
+    let (ok, stdout, stderr) = profile(
+        &[
+            "tools",
+            "research",
+            "--enable",
+            "example__echo",
+            "--enable",
+            "example__add",
+        ],
         config,
-    ]);
+    );
     assert!(ok, "{stderr}");
     assert!(stdout.contains("example: add, echo"), "{stdout}");
-    let (ok, stdout, _) = run(&[
-        "profile",
-        "tools",
-        "research",
-        "--disable",
-        "example__add",
-        "--config",
-        config,
-    ]);
+    let (ok, stdout, _) = profile(&["tools", "research", "--disable", "example__add"], config);
     assert!(ok && stdout.contains("example: echo"), "{stdout}");
     // Refused: a server the profile does not run, a name that is not one,
     // taking a tool from a server that lets every tool through.
@@ -93,35 +93,24 @@ async fn a_profile_narrows_what_the_policies_then_decide() {
         ),
         (vec!["--enable", "echo"], "is not SERVER__TOOL"),
     ] {
-        let mut all = vec!["profile", "tools", "research"];
+        let mut all = vec!["tools", "research"];
         all.extend(args);
-        all.extend(["--config", config]);
-        let (ok, _, stderr) = run(&all);
+        let (ok, _, stderr) = profile(&all, config);
         assert!(!ok && stderr.contains(expected), "{expected}: {stderr}");
     }
-    let (ok, _, stderr) = run(&[
-        "profile", "create", "whole", "--server", "spare", "--config", config,
-    ]);
+    let (ok, _, stderr) = profile(&["create", "whole", "--server", "spare"], config);
     assert!(ok, "{stderr}");
-    let (ok, _, stderr) = run(&[
-        "profile",
-        "tools",
-        "whole",
-        "--disable",
-        "spare__echo",
-        "--config",
-        config,
-    ]);
+    let (ok, _, stderr) = profile(&["tools", "whole", "--disable", "spare__echo"], config);
     assert!(
         !ok && stderr.contains("lets every tool of `spare` through"),
         "{stderr}"
     );
-    let (ok, stdout, _) = run(&["profile", "ls", "--config", config]);
+    let (ok, stdout, _) = profile(&["ls"], config);
     assert!(
         ok && stdout.contains("research") && stdout.contains("whole"),
         "{stdout}"
     );
-    let (ok, stdout, _) = run(&["profile", "show", "research", "--config", config]);
+    let (ok, stdout, _) = profile(&["show", "research"], config);
     assert!(ok && stdout.contains("echo only"), "{stdout}");
 
     let mut client = under_profile(config, "research");

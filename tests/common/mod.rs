@@ -150,6 +150,16 @@ where
     )
 }
 
+/// A client of the Docker engine, which the container tests need (they
+/// fail, never skip, without it).
+pub async fn docker() -> bollard::Docker {
+    bollard::Docker::connect_with_defaults()
+        .expect("a Docker client")
+        .negotiate_version()
+        .await
+        .expect("the Docker engine answers (these tests need it)")
+}
+
 /// `portcullis serve --config CONFIG`, which must refuse to start; its stderr.
 pub fn serve_refused(config: &Path) -> String {
     let (ok, _, stderr) = run_portcullis([
