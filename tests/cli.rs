@@ -330,6 +330,38 @@ fn tools_call_goes_through_the_chain_as_the_client_and_is_recorded() {
         .collect();
     assert_eq!(allowed, [("tester", "echo")], "{calls:?}");
 
+    // Each run recorded as a proxy's is: its start, as the CLI's.
+    let starts = records
+        .iter()
+        .filter(|r| r["kind"] == "proxy_start" && r["detail"]["role"] == "cli-tools")
+        .count();
+    assert!(starts >= 3, "{records:?}");
+    // `--args -`: the arguments from stdin, off the command line.
+    let mut child = std::process::Command::new(common::portcullis_bin())
+        .args([
+            "tools",
+            "call",
+            "example__echo",
+            "--args",
+            "-",
+            "--client",
+            "tester",
+        ])
+        .args(["--config", config])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        br#"{"text":"from stdin"}"#,
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("example: from stdin"), "{stdout}");
+
     // `tools inspect`: the definition as that client sees it listed.
     let (ok, stdout, stderr) = run(&[
         "tools",

@@ -189,7 +189,8 @@ enum ToolsCommand {
         config: PathBuf,
         /// The tool, by its namespaced name.
         tool: String,
-        /// Its arguments, a JSON object.
+        /// Its arguments, a JSON object (`-`: read from stdin, off the
+        /// command line).
         #[arg(long, value_name = "JSON", default_value = "{}")]
         args: String,
         /// Call as this `[[clients]]` entry, under the policies (without it:

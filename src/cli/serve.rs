@@ -147,7 +147,7 @@ fn export_traces(gateway: &Gateway) -> anyhow::Result<()> {
 
 /// Plugin, pin and policy events go to the audit log as they happen; pins
 /// and policies are watched for changes.
-fn record_events(
+pub(super) fn record_events(
     gateway: &Arc<Gateway>,
     policies: Option<&Arc<interceptors::PolicyEngine>>,
     pinning: Option<&Arc<interceptors::Pinning>>,
@@ -229,7 +229,7 @@ fn record_events(
     }
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

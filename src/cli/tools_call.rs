@@ -22,15 +22,71 @@ pub(super) async fn tools_call(
     arguments: &str,
     client: Option<&str>,
 ) -> anyhow::Result<()> {
-    let arguments: Value = serde_json::from_str(arguments)
+    // `-`: from stdin, which keeps the values off the command line (and
+    // out of `ps` and the shell's history).
+    let arguments = if arguments == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("cannot read the arguments from stdin")?;
+        text
+    } else {
+        arguments.to_owned()
+    };
+    let arguments: Value = serde_json::from_str(&arguments)
         .context("`--args` must be a JSON object, e.g. '{\"text\": \"hi\"}'")?;
     if !arguments.is_object() {
         bail!("`--args` must be a JSON object, e.g. '{{\"text\": \"hi\"}}'");
     }
     let identity = viewer(&mut config, client)?;
-    let audit = super::serve::open_audit(&config, ROLE)?;
-    let (gateway, events, ..) = build_gateway(config, Some(audit))?;
-    start(&gateway, events).await;
+    let config_sha256 = std::fs::read(&config.file)
+        .map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))
+        .ok();
+    let audit = super::serve::open_audit(&config, ROLE)?
+        .with_profile(config.profile.as_ref().map(|profile| profile.name.as_str()));
+    let (gateway, events, policies, pinning, plugins) = build_gateway(config, Some(audit))?;
+    // Recorded as a proxy's run is: its start, and what pinning and the
+    // plugins report while it runs (a first-use pin, a flagged tool).
+    super::records::record_start(&gateway, ROLE, config_sha256, policies.as_deref(), &plugins);
+    super::serve::record_events(&gateway, policies.as_ref(), pinning.as_ref(), &plugins);
+    let signal = super::serve::shutdown_signal();
+    tokio::pin!(signal);
+    let reply = tokio::select! {
+        reply = call(&gateway, identity, tool, arguments, events) => reply,
+        () = &mut signal => None,
+    };
+    // Stopped in every case: the record is committed, no container
+    // outlives the command.
+    gateway.stop().await;
+    let Some(reply) = reply else {
+        bail!("interrupted, or no answer: `{tool}` may not have been called");
+    };
+    if let Some(error) = reply.get("error") {
+        bail!(
+            "`{tool}` was not called: {} ({})",
+            error["message"].as_str().unwrap_or("unknown error"),
+            error["code"]
+        );
+    }
+    let result = &reply["result"];
+    println!(
+        "{}",
+        serde_json::to_string_pretty(result).unwrap_or_default()
+    );
+    if result["isError"] == true {
+        bail!("`{tool}` answered with an error (its result above)");
+    }
+    Ok(())
+}
+
+/// Starts the servers, and makes the call in a session of the CLI's.
+async fn call(
+    gateway: &Arc<crate::gateway::Gateway>,
+    identity: crate::chain::ClientIdentity,
+    tool: &str,
+    arguments: Value,
+    events: tokio::sync::mpsc::Receiver<crate::upstream::UpstreamEvent>,
+) -> Option<Value> {
+    start(gateway, events).await;
     let session = gateway.open_session(
         Arc::from(uuid::Uuid::new_v4().to_string()),
         identity,
@@ -49,26 +105,9 @@ pub(super) async fn tools_call(
         "tools/call",
         json!({ "name": tool, "arguments": arguments }),
     );
-    let reply = gateway.handle(&session, call).await.unwrap_or(Value::Null);
-    // Stopped first: the record is committed, no container outlives it.
+    let reply = gateway.handle(&session, call).await;
     gateway.close_session(&session);
-    gateway.stop().await;
-    if let Some(error) = reply.get("error") {
-        bail!(
-            "`{tool}` was not called: {} ({})",
-            error["message"].as_str().unwrap_or("unknown error"),
-            error["code"]
-        );
-    }
-    let result = &reply["result"];
-    println!(
-        "{}",
-        serde_json::to_string_pretty(result).unwrap_or_default()
-    );
-    if result["isError"] == true {
-        bail!("`{tool}` answered with an error (its result above)");
-    }
-    Ok(())
+    reply
 }
 
 /// The tool's definition as the client (or the operator) sees it listed.

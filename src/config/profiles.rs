@@ -68,7 +68,7 @@ pub fn load(config: &Config, name: &str) -> Result<Profile, ConfigError> {
         ));
     }
     let path = dir.join(format!("{name}.toml"));
-    let text = std::fs::read_to_string(&path)
+    let text = read_profile(&path)
         .map_err(|err| error(&path, format!("cannot read profile `{name}`: {err}")))?;
     let mut profile: Profile = toml::from_str(&text)
         .map_err(|err| error(&path, format!("not a profile: {}", err.message())))?;
@@ -106,10 +106,38 @@ pub fn save(config: &Config, profile: &Profile) -> Result<PathBuf, String> {
     std::fs::create_dir_all(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
     let path = dir.join(format!("{}.toml", profile.name));
     let text = toml::to_string_pretty(profile).map_err(|err| err.to_string())?;
-    let temporary = dir.join(format!(".{}.toml.tmp", profile.name));
-    std::fs::write(&temporary, text).map_err(|err| format!("{}: {err}", temporary.display()))?;
+    // A fresh temporary file (never one a link points at), on disk before
+    // it replaces the profile.
+    let temporary = dir.join(format!(
+        ".{}.{}.tmp",
+        profile.name,
+        uuid::Uuid::new_v4().simple()
+    ));
+    let failed = |err: std::io::Error| format!("{}: {err}", temporary.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)
+        .map_err(failed)?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(failed)?;
+    file.sync_all().map_err(failed)?;
     std::fs::rename(&temporary, &path).map_err(|err| format!("{}: {err}", path.display()))?;
     Ok(path)
+}
+
+/// A profile file's text: a regular file of at most 1 MiB.
+fn read_profile(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(1024 * 1024 + 1).read_to_string(&mut text)?;
+    if text.len() > 1024 * 1024 {
+        return Err(std::io::Error::other("over 1 MiB"));
+    }
+    Ok(text)
 }
 
 /// The names of the config's profiles.

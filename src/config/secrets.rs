@@ -33,45 +33,114 @@ impl SecretRef {
                 std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))
             }
             Self::DotEnv { file, key } => {
-                let text = std::fs::read_to_string(file).map_err(|err| {
-                    format!("cannot read secrets file `{}`: {err}", file.display())
-                })?;
-                dotenv_value(&text, key)
-                    .ok_or_else(|| format!("secrets file `{}` has no `{key}`", file.display()))
+                let text = read_small_file(file)?;
+                match dotenv_value(&text, key) {
+                    Ok(Some(value)) => Ok(value),
+                    Ok(None) => Err(format!("secrets file `{}` has no `{key}`", file.display())),
+                    Err(message) => Err(format!("secrets file `{}`: {message}", file.display())),
+                }
             }
         }
     }
 }
 
+/// The largest `.env` file read.
+const MAX_DOTENV_BYTES: u64 = 1024 * 1024;
+
+/// A regular file's text, at most [`MAX_DOTENV_BYTES`] (not a FIFO that
+/// never ends, not a device).
+fn read_small_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let cannot =
+        |err: std::io::Error| format!("cannot read secrets file `{}`: {err}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    if !file.metadata().map_err(cannot)?.is_file() {
+        return Err(format!(
+            "secrets file `{}` is not a regular file",
+            path.display()
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_DOTENV_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_DOTENV_BYTES {
+        return Err(format!("secrets file `{}` is over 1 MiB", path.display()));
+    }
+    Ok(text)
+}
+
 /// `key`'s value in a `.env` file: the last `KEY=VALUE` line of that key
-/// (`export ` before it allowed; `#` lines are comments; a value in single
-/// or double quotes is taken inside them, as written).
-fn dotenv_value(text: &str, key: &str) -> Option<String> {
+/// (`export` before it allowed; `#` lines are comments). A value is taken
+/// whole on its line: in double or single quotes (`"…"` with `\"`, `\\`
+/// and `\n` escapes; `'…'` as written), then an optional `# comment`; or
+/// bare, up to ` #`. An empty value, an unclosed quote, or text after a
+/// closing quote is an error (by line number; the value is never shown):
+/// a wrong secret must not reach a server silently.
+fn dotenv_value(text: &str, key: &str) -> Result<Option<String>, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut found = None;
-    for line in text.lines() {
-        let line = line.trim_start();
-        if line.starts_with('#') {
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let line = line.strip_prefix("export ").unwrap_or(line);
+        let line = line
+            .strip_prefix("export")
+            .filter(|rest| rest.starts_with([' ', '\t']))
+            .map_or(line, str::trim_start);
         let Some((name, value)) = line.split_once('=') else {
             continue;
         };
         if name.trim() != key {
             continue;
         }
+        let bad = |why: &str| Err(format!("line {}: `{key}` {why}", number + 1));
         let value = value.trim();
-        let unquoted = ['"', '\'']
-            .iter()
-            .find_map(|quote| {
-                value
-                    .strip_prefix(*quote)
-                    .and_then(|inner| inner.strip_suffix(*quote))
-            })
-            .unwrap_or(value);
-        found = Some(unquoted.to_owned());
+        let parsed = match value.chars().next() {
+            Some(quote @ ('"' | '\'')) => {
+                let mut out = String::new();
+                let mut chars = value[1..].chars();
+                let mut closed = false;
+                while let Some(c) = chars.next() {
+                    match c {
+                        c if c == quote => {
+                            closed = true;
+                            break;
+                        }
+                        '\\' if quote == '"' => match chars.next() {
+                            Some('n') => out.push('\n'),
+                            Some(other @ ('"' | '\\')) => out.push(other),
+                            Some(other) => {
+                                out.push('\\');
+                                out.push(other);
+                            }
+                            None => break,
+                        },
+                        c => out.push(c),
+                    }
+                }
+                let rest = chars.as_str().trim_start();
+                if !closed {
+                    return bad("has a quote that does not close on its line");
+                }
+                if !rest.is_empty() && !rest.starts_with('#') {
+                    return bad("has text after its closing quote");
+                }
+                out
+            }
+            _ => value
+                .split_once(" #")
+                .map_or(value, |(bare, _)| bare)
+                .trim_end()
+                .to_owned(),
+        };
+        if parsed.is_empty() {
+            return bad("is empty");
+        }
+        found = Some(parsed);
     }
-    found
+    Ok(found)
 }
 
 impl fmt::Display for SecretRef {
@@ -271,7 +340,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(
             dir.path().join(".env"),
-            "# the team's keys\nA=1\nexport GITHUB_TOKEN=\"ghp x\"\nA = 2\nQUOTED='q'\nEQ=a=b\n",
+            "\u{feff}FIRST=1\r\n# the team's keys\nA=1\nexport GITHUB_TOKEN=\"ghp x\" # work\nA = 2\nQUOTED='q \\n'\nEQ=a=b # note\nESC=\"a\\\"b\\nc\"\nOPEN=\"abc\nTRAIL=\"abc\" x\nEMPTY=\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let read = |key: &str| {
@@ -279,15 +348,35 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"))
                 .resolve()
         };
+        assert_eq!(read("FIRST"), Ok("1".into()));
         assert_eq!(read("GITHUB_TOKEN"), Ok("ghp x".into()));
         assert_eq!(read("A"), Ok("2".into()));
-        assert_eq!(read("QUOTED"), Ok("q".into()));
+        assert_eq!(read("QUOTED"), Ok("q \\n".into()));
         assert_eq!(read("EQ"), Ok("a=b".into()));
-        let missing = read("NOPE").err().unwrap_or_default();
-        assert!(missing.contains("has no `NOPE`"), "{missing}");
+        assert_eq!(read("ESC"), Ok("a\"b\nc".into()));
+        for (key, why) in [
+            ("OPEN", "line 9: `OPEN` has a quote"),
+            ("TRAIL", "line 10: `TRAIL` has text after"),
+            ("EMPTY", "line 11: `EMPTY` is empty"),
+            ("NOPE", "has no `NOPE`"),
+        ] {
+            let refused = read(key).err().unwrap_or_default();
+            assert!(
+                refused.contains(why) && !refused.contains("abc"),
+                "{key}: {refused}"
+            );
+        }
         for bad in ["dotenv:.env", "dotenv:#KEY", "dotenv:.env#bad-key"] {
             assert!(parse_secret_ref(bad, dir.path()).is_err(), "{bad}");
         }
+        let fifo = parse_secret_ref("dotenv:/dev/zero#KEY", dir.path())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .resolve();
+        assert!(
+            fifo.err()
+                .unwrap_or_default()
+                .contains("not a regular file")
+        );
     }
 
     #[test]
