@@ -24,18 +24,23 @@ fn profile(args: &[&str], config: &str) -> (bool, String, String) {
     run(&all)
 }
 
+/// `stdio --config CONFIG --client tester --profile PROFILE`.
+fn stdio_args<'a>(config: &'a str, profile: &'a str) -> [&'a str; 7] {
+    [
+        "stdio",
+        "--config",
+        config,
+        "--client",
+        "tester",
+        "--profile",
+        profile,
+    ]
+}
+
 fn under_profile(config: &str, profile: &str) -> RawClient {
     let mut command = Command::new(common::portcullis_bin());
     command
-        .args([
-            "stdio",
-            "--config",
-            config,
-            "--client",
-            "tester",
-            "--profile",
-            profile,
-        ])
+        .args(stdio_args(config, profile))
         .env("PORTCULLIS_LOG", "info")
         .kill_on_drop(true)
         .stdin(Stdio::piped())
@@ -56,30 +61,14 @@ async fn a_profile_narrows_what_the_policies_then_decide() {
     let config = proxy.write_config();
     let config = config.to_str().unwrap();
 
-    let (ok, stdout, stderr) = profile(
-        &[
-            "create",
-            "research",
-            "--server",
-            "example",
-            "--description",
-            "echo only",
-        ],
-        config,
-    );
+    let create = "create research --server example --description";
+    let mut args: Vec<&str> = create.split(' ').collect();
+    args.push("echo only");
+    let (ok, stdout, stderr) = profile(&args, config);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("profiles/research.toml"), "{stdout}");
-    let (ok, stdout, stderr) = profile(
-        &[
-            "tools",
-            "research",
-            "--enable",
-            "example__echo",
-            "--enable",
-            "example__add",
-        ],
-        config,
-    );
+    let enable = "tools research --enable example__echo --enable example__add";
+    let (ok, stdout, stderr) = profile(&enable.split(' ').collect::<Vec<_>>(), config);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("example: add, echo"), "{stdout}");
     let (ok, stdout, _) = profile(&["tools", "research", "--disable", "example__add"], config);
@@ -171,25 +160,10 @@ async fn a_profile_narrows_what_the_policies_then_decide() {
         "servers = [\"example\", \"ghost\"]\n",
     )
     .unwrap();
-    let (ok, _, stderr) = run(&[
-        "stdio",
-        "--config",
-        config,
-        "--client",
-        "tester",
-        "--profile",
-        "broken",
-    ]);
+    let stdio = |name: &str| run(&stdio_args(config, name));
+    let (ok, _, stderr) = stdio("broken");
     assert!(!ok && stderr.contains("names server `ghost`"), "{stderr}");
-    let (ok, _, stderr) = run(&[
-        "stdio",
-        "--config",
-        config,
-        "--client",
-        "tester",
-        "--profile",
-        "absent",
-    ]);
+    let (ok, _, stderr) = stdio("absent");
     assert!(
         !ok && stderr.contains("cannot read profile `absent`"),
         "{stderr}"
