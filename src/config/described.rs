@@ -71,28 +71,10 @@ impl RawCatalog {
     }
 }
 
-/// A file the config names, read whole (at most the catalog's limit): a
-/// regular file only (not a FIFO that never ends, not a device), checked on
-/// the handle that is read.
+/// A file the config names, read whole (at most the catalog's limit).
 fn read(path: &std::path::Path) -> Result<String, String> {
-    use std::io::Read as _;
-    let cannot = |err: std::io::Error| format!("cannot read `{}`: {err}", path.display());
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    if !file.metadata().map_err(cannot)?.is_file() {
-        return Err(format!("`{}` is not a regular file", path.display()));
-    }
-    let mut text = String::new();
-    file.take(catalog::MAX_CATALOG_BYTES as u64 + 1)
-        .read_to_string(&mut text)
-        .map_err(cannot)?;
-    if text.len() > catalog::MAX_CATALOG_BYTES {
-        return Err(format!(
-            "`{}` is over {} MiB",
-            path.display(),
-            catalog::MAX_CATALOG_BYTES / 1024 / 1024
-        ));
-    }
-    Ok(text)
+    super::values::read_regular(path, catalog::MAX_CATALOG_BYTES)
+        .map_err(|err| format!("cannot read `{}`: {err}", path.display()))
 }
 
 /// An image reference as the engine takes it (`[registry/]name[:tag]`,

@@ -68,7 +68,7 @@ pub fn load(config: &Config, name: &str) -> Result<Profile, ConfigError> {
         ));
     }
     let path = dir.join(format!("{name}.toml"));
-    let text = read_profile(&path)
+    let text = super::values::read_regular(&path, 1024 * 1024)
         .map_err(|err| error(&path, format!("cannot read profile `{name}`: {err}")))?;
     let mut profile: Profile = toml::from_str(&text)
         .map_err(|err| error(&path, format!("not a profile: {}", err.message())))?;
@@ -123,21 +123,6 @@ pub fn save(config: &Config, profile: &Profile) -> Result<PathBuf, String> {
     file.sync_all().map_err(failed)?;
     std::fs::rename(&temporary, &path).map_err(|err| format!("{}: {err}", path.display()))?;
     Ok(path)
-}
-
-/// A profile file's text: a regular file of at most 1 MiB.
-fn read_profile(path: &Path) -> std::io::Result<String> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut text = String::new();
-    file.take(1024 * 1024 + 1).read_to_string(&mut text)?;
-    if text.len() > 1024 * 1024 {
-        return Err(std::io::Error::other("over 1 MiB"));
-    }
-    Ok(text)
 }
 
 /// The names of the config's profiles.

@@ -45,29 +45,11 @@ impl SecretRef {
 }
 
 /// The largest `.env` file read.
-const MAX_DOTENV_BYTES: u64 = 1024 * 1024;
+const MAX_DOTENV_BYTES: usize = 1024 * 1024;
 
-/// A regular file's text, at most [`MAX_DOTENV_BYTES`] (not a FIFO that
-/// never ends, not a device).
 fn read_small_file(path: &Path) -> Result<String, String> {
-    use std::io::Read as _;
-    let cannot =
-        |err: std::io::Error| format!("cannot read secrets file `{}`: {err}", path.display());
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    if !file.metadata().map_err(cannot)?.is_file() {
-        return Err(format!(
-            "secrets file `{}` is not a regular file",
-            path.display()
-        ));
-    }
-    let mut text = String::new();
-    file.take(MAX_DOTENV_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(cannot)?;
-    if text.len() as u64 > MAX_DOTENV_BYTES {
-        return Err(format!("secrets file `{}` is over 1 MiB", path.display()));
-    }
-    Ok(text)
+    super::values::read_regular(path, MAX_DOTENV_BYTES)
+        .map_err(|err| format!("cannot read secrets file `{}`: {err}", path.display()))
 }
 
 /// `key`'s value in a `.env` file: the last `KEY=VALUE` line of that key

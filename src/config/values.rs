@@ -101,6 +101,27 @@ forms! {
         "an IP address and a port: `127.0.0.1:8811`, `[::1]:8811`";
 }
 
+/// The text of a file the config names (a catalog, a server's description,
+/// a `.env` file, a profile): a regular file only (not a FIFO that never
+/// ends, not a device), checked on the handle that is read, and at most
+/// `max` bytes.
+pub(super) fn read_regular(path: &std::path::Path, max: usize) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("is not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(max as u64 + 1).read_to_string(&mut text)?;
+    if text.len() > max {
+        return Err(std::io::Error::other(format!(
+            "is over {} MiB",
+            max / 1024 / 1024
+        )));
+    }
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
