@@ -15,5 +15,6 @@ pub mod interceptors;
 pub mod metrics;
 pub mod private_dir;
 pub mod protocol;
+pub mod search;
 pub mod traces;
 pub mod upstream;

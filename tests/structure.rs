@@ -20,6 +20,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("config", 0),
     ("metrics", 0),
     ("private_dir", 0),
+    ("search", 0),
     ("traces", 1),
     ("chain", 2),
     ("audit", 3),

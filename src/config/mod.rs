@@ -24,6 +24,7 @@ pub mod catalog;
 mod chain;
 mod container;
 mod described;
+mod discovery;
 mod exchanges;
 mod identities;
 mod limits;
@@ -55,6 +56,8 @@ use chain::{Chain, Switchable};
 pub use container::{ContainerSpec, Fifos, Isolation, PullPolicy, StartPolicy};
 use described::RawCatalog;
 pub use described::{CatalogConfig, from_label};
+use discovery::RawDiscovery;
+pub use discovery::{Discoverable, DiscoveryConfig, PROXY_SERVER};
 pub use identities::{AuditorConfig, ClientConfig};
 use identities::{RawAuditor, RawClient, Taken};
 pub use limits::LimitsConfig;
@@ -133,6 +136,8 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     /// The catalogs `[[catalogs]]` names, read.
     pub catalogs: Vec<CatalogConfig>,
+    /// `[discovery]`: the servers agents may find and add, if it is on.
+    pub discovery: Option<DiscoveryConfig>,
     /// The profile in force (`serve --profile NAME`), if any.
     pub profile: Option<profiles::Profile>,
     pub chain: Vec<ChainEntry>,
@@ -202,6 +207,10 @@ struct RawConfig {
     #[serde(default)]
     #[schemars(with = "Vec<RawCatalog>")]
     catalogs: Vec<Spanned<RawCatalog>>,
+    /// What agents may find and add themselves: `portcullis__find`,
+    /// `portcullis__add` and `portcullis__remove`, over these catalogs.
+    #[serde(default)]
+    discovery: RawDiscovery,
     /// The MCP servers behind the proxy, one entry each: exactly one of
     /// `container`, `process`, `remote` or `from`.
     #[serde(default)]
@@ -352,6 +361,7 @@ impl Validator<'_> {
             raw.validate(at, &mut names, &proxy, &catalogs)
         })?;
         exchanges::check(self, &mut servers, oauth.as_ref())?;
+        let discovery = raw.discovery.validate(self, &catalogs, &servers, &proxy)?;
         let mut chain = Chain::parse(self, raw.chain, &proxy)?;
         chain.place(self, Switchable::Authz, proxy.policies.is_some())?;
         let ratelimit = raw.ratelimit.validate(self, &clients, &servers, &proxy)?;
@@ -374,6 +384,7 @@ impl Validator<'_> {
             oauth,
             servers,
             catalogs,
+            discovery,
             profile: None,
             chain: chain.finish(),
             redact,

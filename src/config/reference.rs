@@ -515,6 +515,8 @@ mod tests {
             "oauth.providers.introspection" => format!(
                 "{oauth}{provider}[oauth.providers.introspection]\nclient_id = \"c\"\nclient_secret = \"env:S\"\n"
             ),
+            // Without a catalog file to read: the defaults of an empty one.
+            "discovery" => "[discovery]\n".into(),
             "chain" => plugin.into(),
             "chain.breaker" => format!("{plugin}[chain.breaker]\n"),
             "ratelimit.concurrency" => format!(

@@ -208,6 +208,24 @@ impl Catalog {
         self.names.get(server).map(|name| &**name)
     }
 
+    /// The server an item of the merged list `kind` (`tools`, `prompts`,
+    /// `resources`, `resourceTemplates`) came from.
+    pub fn owner_of(&self, kind: &str, item: &Value) -> Option<usize> {
+        let text = |key: &str| item.get(key).and_then(Value::as_str);
+        match kind {
+            "tools" => self.tool(text("name")?).map(|(server, _)| server),
+            "prompts" => self.prompt(text("name")?).map(|(server, _)| server),
+            "resources" => self.resource_index.get(text("uri")?).copied(),
+            _ => {
+                let prefix = text("uriTemplate")?.split('{').next().unwrap_or_default();
+                self.template_prefixes
+                    .iter()
+                    .find(|(known, _)| known == prefix)
+                    .map(|(_, server)| *server)
+            }
+        }
+    }
+
     /// The server a resource URI belongs to: a listed resource, or else the
     /// template with the longest matching literal prefix.
     pub fn resource_owner(&self, uri: &str) -> Option<usize> {

@@ -18,19 +18,19 @@ impl Gateway {
     /// per-client container, or a remote server that acts as each
     /// client's user.
     pub(super) fn per_client(&self, index: usize) -> bool {
-        self.config.servers.get(index).is_some_and(|server| {
-            matches!(&server.kind, UpstreamSpec::Container(spec) if spec.isolation == Isolation::PerClient)
-                || acts_as_user(&server.kind).is_some()
+        self.upstreams.get(index).is_some_and(|upstream| {
+            let kind = &upstream.config().kind;
+            matches!(kind, UpstreamSpec::Container(spec) if spec.isolation == Isolation::PerClient)
+                || acts_as_user(kind).is_some()
         })
     }
 
     /// The provider whose users server `index` acts as
     /// (`grant = "token_exchange"`), if it does.
     pub(super) fn acts_as_user(&self, index: usize) -> Option<&str> {
-        self.config
-            .servers
+        self.upstreams
             .get(index)
-            .and_then(|server| acts_as_user(&server.kind))
+            .and_then(|upstream| acts_as_user(&upstream.config().kind))
     }
 
     /// Refuses a session without an access token of the provider whose

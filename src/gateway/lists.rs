@@ -58,6 +58,7 @@ impl Gateway {
         let catalog = self.catalog();
         let unlisted = (0..self.upstreams.len()).filter(|&index| {
             catalog.server_lists(index).is_none()
+                && !self.is_catalogued(index)
                 && self.upstreams.get(index).is_some_and(|u| {
                     matches!(
                         u.status(),
@@ -176,7 +177,12 @@ impl Gateway {
             changed
         };
         for kind in changed {
-            self.announce(kind);
+            // A catalog's server is heard only by those that added it.
+            if self.is_catalogued(index) {
+                self.announce_to_holders(index, kind);
+            } else {
+                self.announce(kind);
+            }
         }
     }
 

@@ -55,11 +55,21 @@ impl Gateway {
             // Another session still reads it there (see
             // `unsubscribes_at_server`): this session's alone is taken out.
             "ping" | "resources/unsubscribe" => json!({}),
-            "tools/list" => self.page(message, &catalog.tools, "tools")?,
-            "prompts/list" => self.page(message, &catalog.prompts, "prompts")?,
-            "resources/list" => self.page(message, &catalog.resources, "resources")?,
+            "tools/list" => {
+                let items = self.visible_items(session, &catalog, "tools");
+                self.page(message, &items, "tools")?
+            }
+            "prompts/list" => {
+                let items = self.visible_items(session, &catalog, "prompts");
+                self.page(message, &items, "prompts")?
+            }
+            "resources/list" => {
+                let items = self.visible_items(session, &catalog, "resources");
+                self.page(message, &items, "resources")?
+            }
             "resources/templates/list" => {
-                self.page(message, &catalog.templates, "resourceTemplates")?
+                let items = self.visible_items(session, &catalog, "resourceTemplates");
+                self.page(message, &items, "resourceTemplates")?
             }
             "logging/setLevel" => {
                 let name = protocol::param_str(message, "level").ok_or_else(|| {

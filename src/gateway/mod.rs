@@ -6,6 +6,7 @@
 //! into JSON-RPC errors for the client.
 
 mod catalog;
+mod discovery;
 mod failure;
 #[cfg(test)]
 mod harness;
@@ -137,6 +138,9 @@ pub struct Gateway {
     trace_export: Mutex<Option<Export>>,
     /// Run by `stop` before `proxy_stop`: see [`Gateway::on_stop`].
     stop_flushes: Mutex<Vec<StopFlush>>,
+    /// `[discovery]`: the catalogs' servers (upstreams from
+    /// `discovery.first`) and who added which.
+    discovery: Option<discovery::Discovery>,
 }
 
 type StopFlush = Box<dyn Fn() -> Vec<crate::audit::AuditRecord> + Send + Sync>;
@@ -209,12 +213,35 @@ impl Gateway {
             Some(metrics) => chain.timed(metrics),
             None => chain,
         };
+        let (discovery, catalogued) = match &config.discovery {
+            Some(offered) => {
+                let (discovery, servers) = discovery::Discovery::new(offered, config.servers.len());
+                (Some(discovery), servers)
+            }
+            None => (None, Vec::new()),
+        };
         let upstreams: Vec<Upstream> = config
             .servers
             .iter()
+            .chain(&catalogued)
             .map(|server| make(Arc::new(server.clone()), None, events_tx.clone()))
             .collect();
-        let names = upstreams.iter().map(|u| u.name().clone()).collect();
+        let mut names: Vec<Arc<str>> = upstreams.iter().map(|u| u.name().clone()).collect();
+        if discovery.is_some() {
+            // The proxy's own tools, listed as a server's past the last.
+            names.push(Arc::from(crate::config::PROXY_SERVER));
+        }
+        let mut catalog = Catalog::new(names.len());
+        if let Some(discovery) = &discovery {
+            catalog = catalog
+                .with_server(
+                    discovery.proxy,
+                    Some(discovery::Discovery::lists()),
+                    &names,
+                    &config.proxy.namespace_separator,
+                )
+                .0;
+        }
         let in_flight = config
             .servers
             .iter()
@@ -229,7 +256,7 @@ impl Gateway {
             .collect();
         let gateway = Arc::new(Self {
             in_flight,
-            catalog: RwLock::new(Arc::new(Catalog::new(upstreams.len()))),
+            catalog: RwLock::new(Arc::new(catalog)),
             per_server: upstreams.iter().map(|_| server::PerServer::new()).collect(),
             upstreams,
             names,
@@ -260,6 +287,7 @@ impl Gateway {
             tracer: std::sync::OnceLock::new(),
             trace_export: Mutex::new(None),
             stop_flushes: Mutex::new(Vec::new()),
+            discovery,
         });
         (gateway, events_rx)
     }
@@ -268,18 +296,19 @@ impl Gateway {
     /// timeout) until each server is ready or has failed its first start.
     pub async fn start(self: &Arc<Self>, events: mpsc::Receiver<UpstreamEvent>) {
         let mut tasks = Vec::new();
-        for upstream in &self.upstreams {
+        // A catalog's servers start when a session adds them.
+        for upstream in self.upstreams() {
             tasks.push(upstream.start(self.shutdown.clone()));
         }
         let this = self.clone();
         tasks.push(tokio::spawn(async move { this.event_loop(events).await }));
         lock(&self.tasks).extend(tasks);
         let settle =
-            futures_util::future::join_all(self.upstreams.iter().map(|u| u.wait_settled()));
+            futures_util::future::join_all(self.upstreams().iter().map(|u| u.wait_settled()));
         let _ = tokio::time::timeout(self.config.proxy.startup_timeout, settle).await;
         // Lists of the servers that came up are fetched by the event loop;
         // wait for those fetches so the first `tools/list` is complete.
-        for (index, upstream) in self.upstreams.iter().enumerate() {
+        for (index, upstream) in self.upstreams().iter().enumerate() {
             if matches!(upstream.status(), Status::Ready(_)) {
                 let _ =
                     tokio::time::timeout(self.config.proxy.startup_timeout, self.refresh(index))
@@ -333,10 +362,9 @@ impl Gateway {
         // A container whose creation was under way when its supervisor
         // stopped is still ours: none may outlive the proxy.
         let containers = self
-            .config
-            .servers
+            .upstreams
             .iter()
-            .any(|server| matches!(server.kind, UpstreamSpec::Container(_)));
+            .any(|upstream| matches!(upstream.config().kind, UpstreamSpec::Container(_)));
         if containers {
             match crate::upstream::container::remove_owned().await {
                 Ok(0) => {}
@@ -387,6 +415,9 @@ impl Gateway {
     /// Whether `session`'s client may use server `index` (see
     /// [`ServerAccess`](crate::interceptors::ServerAccess)).
     fn may_use(&self, session: &Session, index: usize) -> bool {
+        if !self.visible(session, index) {
+            return false;
+        }
         let (Some(access), Some(name)) = (self.access.get(), self.names.get(index)) else {
             return true;
         };
@@ -447,8 +478,14 @@ impl Gateway {
         &self.config
     }
 
+    /// The configured servers' upstreams (not the catalogs' of
+    /// `[discovery]`).
     pub fn upstreams(&self) -> &[Upstream] {
-        &self.upstreams
+        let configured = self
+            .discovery
+            .as_ref()
+            .map_or(self.upstreams.len(), |discovery| discovery.first);
+        self.upstreams.get(..configured).unwrap_or(&self.upstreams)
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -548,6 +585,9 @@ impl Gateway {
             self.record_event(Self::session_end(session));
         }
         session.close();
+        if let Some(discovery) = &self.discovery {
+            discovery.forget(&discovery::Holder::Session(session.key));
+        }
         // After it is closed: a subscription that completes meanwhile is
         // either taken out here or not kept (`track_subscription`).
         self.drop_subscriptions(session);

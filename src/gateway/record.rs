@@ -139,6 +139,16 @@ pub(super) fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Va
     if !plugins.is_empty() {
         detail.insert("plugins".into(), Value::Object(plugins));
     }
+    // A `[discovery]` call: which tool, and the server it added or removed.
+    let discovery: serde_json::Map<String, Value> = exchange
+        .annotations
+        .iter()
+        .filter(|a| &*a.interceptor == "discovery")
+        .map(|a| (a.key.clone(), Value::from(a.value.as_str())))
+        .collect();
+    if !discovery.is_empty() {
+        detail.insert("discovery".into(), Value::Object(discovery));
+    }
     // The trace the exchange is part of: from the record to its spans.
     if let Some(trace) = &exchange.trace {
         detail.insert("trace_id".into(), Value::from(trace.trace_id().to_hex()));

@@ -24,6 +24,8 @@ pub(super) enum Route {
     Local,
     /// A 2026-07-28 `subscriptions/listen`: runs until the client ends it.
     Listen,
+    /// One of the proxy's own tools (`[discovery]`).
+    Discovery(super::discovery::Tool),
     /// Sent to a server, with the request's name rewritten to the server's own.
     Server {
         server: usize,
@@ -152,6 +154,7 @@ impl Gateway {
                 self.answer_locally(session, method, &run.exchange.message, &mut listed_from)
                     .await
             }
+            Route::Discovery(tool) => self.discovery_call(session, tool, &mut run.exchange).await,
             Route::Listen => match self.listen(session, &run.exchange.message, id).await {
                 Ok(Some(reply)) => Ok(reply),
                 // The client ended it, as a listen stream is ended: nothing
@@ -257,6 +260,10 @@ impl Gateway {
         let catalog = self.catalog();
         let (route, target) = self.route(&catalog, session, method, &exchange.message)?;
         let task = match &route {
+            Route::Discovery(_) => {
+                exchange.context.server = Some(Arc::from(crate::config::PROXY_SERVER));
+                None
+            }
             Route::Server { server, rename } => {
                 exchange.context.server = self.names.get(*server).cloned();
                 match rename {
@@ -313,10 +320,13 @@ impl Gateway {
         }
         // A place among the server's requests in flight, if it limits them
         // (the wait is bounded by its call timeout).
-        let _place = match &self.in_flight[server] {
+        let _place = match self.in_flight.get(server).and_then(Option::as_ref) {
             None => None,
             Some(limit) => {
-                let wait = self.config.servers[server].call_timeout;
+                let wait = self
+                    .upstreams
+                    .get(server)
+                    .map_or(self.config.proxy.call_timeout, |u| u.config().call_timeout);
                 // A client that goes away while its call waits here (a
                 // 2026-07-28 client hanging up) gives its place up.
                 let entered = tokio::select! {
@@ -384,32 +394,7 @@ impl Gateway {
             | "resources/list"
             | "resources/templates/list"
             | "logging/setLevel" => Ok((Route::Local, None)),
-            "tools/call" | "prompts/get" => {
-                let name = protocol::param_str(message, "name")
-                    .ok_or_else(|| invalid("`params.name` must be a string"))?;
-                let found = if method == "tools/call" {
-                    catalog.tool(name)
-                } else {
-                    catalog.prompt(name)
-                };
-                match found {
-                    Some((server, original)) => Ok((
-                        Route::Server {
-                            server,
-                            rename: Some(Rename::Name(original.to_owned())),
-                        },
-                        Some(original.to_owned()),
-                    )),
-                    None => {
-                        let what = if method == "tools/call" {
-                            "tool"
-                        } else {
-                            "prompt"
-                        };
-                        Err(self.not_found(what, name))
-                    }
-                }
-            }
+            "tools/call" | "prompts/get" => self.named_route(catalog, session, method, message),
             _ if method.starts_with("tasks/") => self.task_route(session, message),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let uri = protocol::param_str(message, "uri")
@@ -417,7 +402,10 @@ impl Gateway {
                 if method == "resources/subscribe" {
                     self.may_subscribe(session, uri)?;
                 }
-                match catalog.resource_owner(uri) {
+                match catalog
+                    .resource_owner(uri)
+                    .filter(|server| self.visible(session, *server))
+                {
                     Some(server)
                         if method == "resources/unsubscribe"
                             && !self.unsubscribes_at_server(session, uri, server) =>
@@ -446,6 +434,7 @@ impl Gateway {
                             .ok_or_else(|| invalid("`params.ref.name` must be a string"))?;
                         let (server, original) = catalog
                             .prompt(name)
+                            .filter(|(server, _)| self.visible(session, *server))
                             .map(|(s, o)| (s, o.to_owned()))
                             .ok_or_else(|| self.not_found("prompt", name))?;
                         Ok((
@@ -463,6 +452,7 @@ impl Gateway {
                             .ok_or_else(|| invalid("`params.ref.uri` must be a string"))?;
                         let server = catalog
                             .resource_owner(uri)
+                            .filter(|server| self.visible(session, *server))
                             .ok_or_else(|| Failure::ResourceNotFound(uri.to_owned()))?;
                         Ok((
                             Route::Server {
@@ -479,6 +469,41 @@ impl Gateway {
             }
             _ => Err(Failure::MethodNotFound(method.to_owned())),
         }
+    }
+
+    /// Where a `tools/call` or `prompts/get` goes: the server that lists
+    /// the name (one the session sees), or the proxy's own tool.
+    fn named_route(
+        &self,
+        catalog: &Catalog,
+        session: &Session,
+        method: &str,
+        message: &Value,
+    ) -> Result<(Route, Option<String>), Failure> {
+        let name = protocol::param_str(message, "name")
+            .ok_or_else(|| Failure::InvalidParams("`params.name` must be a string".into()))?;
+        let (what, found) = if method == "tools/call" {
+            ("tool", catalog.tool(name))
+        } else {
+            ("prompt", catalog.prompt(name))
+        };
+        let Some((server, original)) = found.filter(|(server, _)| self.visible(session, *server))
+        else {
+            return Err(self.not_found(what, name));
+        };
+        if self.discovery.as_ref().is_some_and(|d| d.proxy == server) {
+            let tool = super::discovery::Tool::parse(original)
+                .filter(|_| method == "tools/call")
+                .ok_or_else(|| self.not_found(what, name))?;
+            return Ok((Route::Discovery(tool), Some(original.to_owned())));
+        }
+        Ok((
+            Route::Server {
+                server,
+                rename: Some(Rename::Name(original.to_owned())),
+            },
+            Some(original.to_owned()),
+        ))
     }
 
     /// What one revision has and the other has not: the handshake and
@@ -597,6 +622,7 @@ impl Gateway {
         let separator = &self.config.proxy.namespace_separator;
         if let Some((server, _)) = name.split_once(separator.as_str())
             && let Some(index) = self.index_of(server)
+            && !self.is_catalogued(index)
             && self.catalog().server_lists(index).is_none()
         {
             return Failure::ServerNotReady(server.to_owned());

@@ -289,7 +289,7 @@ impl Gateway {
     /// makes a task now; `None` for a remote server.
     pub(super) fn generation(&self, server: usize, client: &Arc<str>) -> Option<u64> {
         let remote = matches!(
-            self.config.servers.get(server).map(|config| &config.kind),
+            self.upstreams.get(server).map(|u| &u.config().kind),
             Some(crate::config::UpstreamSpec::Remote(_))
         );
         if remote {

@@ -183,6 +183,33 @@ impl ServerAccess {
         allowed
     }
 
+    /// Decides `action` on `target` for `client` (over `transport`,
+    /// speaking `protocol`, in `session`), uncached: `portcullis__find` and
+    /// `portcullis__add` on a catalog's server. `None`: no authz, so
+    /// allowed.
+    pub fn decide(
+        &self,
+        client: &ClientIdentity,
+        (transport, protocol, session): (Transport, &str, &str),
+        action: super::Action,
+        target: &super::Target,
+    ) -> Option<super::Decision> {
+        let engine = self.engine.as_ref()?;
+        Some(engine.current().decide(&Query {
+            client: &client.name,
+            groups: &client.groups,
+            attributes: Some(&client.attributes),
+            action,
+            target,
+            arguments: None,
+            transport: transport.as_str(),
+            protocol,
+            session,
+            scopes: client.scopes(),
+            time: SystemTime::now(),
+        }))
+    }
+
     /// How many decisions are kept (for tests).
     #[cfg(test)]
     pub(crate) fn cached(&self) -> usize {

@@ -94,8 +94,15 @@ pub(super) fn model_problem(schema: &Schema) -> Option<String> {
                 &["Resource"]
             }
             Action::Complete => &["Prompt", "Resource"],
-            Action::Sampling | Action::Elicitation | Action::Roots => &["Server"],
+            Action::Sampling
+            | Action::Elicitation
+            | Action::Roots
+            | Action::FindServers
+            | Action::AddServer => &["Server"],
         };
+        if Action::OPTIONAL.contains(&action) && principals.is_empty() && resources.is_empty() {
+            continue;
+        }
         if !principals.iter().any(|p| p == "Client")
             || !expected.iter().all(|e| resources.iter().any(|r| r == e))
         {

@@ -24,10 +24,14 @@ pub enum Action {
     Sampling,
     Elicitation,
     Roots,
+    /// `portcullis__find` shows a catalog server ([`Target::Catalogued`]).
+    FindServers,
+    /// `portcullis__add` starts a catalog server for the session.
+    AddServer,
 }
 
 impl Action {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::CallTool,
         Self::ListTools,
         Self::ReadResource,
@@ -39,7 +43,13 @@ impl Action {
         Self::Sampling,
         Self::Elicitation,
         Self::Roots,
+        Self::FindServers,
+        Self::AddServer,
     ];
+
+    /// The actions a schema may leave out (those of `[discovery]`): a
+    /// schema without them permits none of them.
+    pub const OPTIONAL: [Self; 2] = [Self::FindServers, Self::AddServer];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -54,6 +64,8 @@ impl Action {
             Self::Sampling => "sampling",
             Self::Elicitation => "elicitation",
             Self::Roots => "roots",
+            Self::FindServers => "find_servers",
+            Self::AddServer => "add_server",
         }
     }
 
@@ -123,6 +135,14 @@ pub enum Target {
     Server {
         name: String,
     },
+    /// A server of a catalog, as `portcullis__find` shows it and
+    /// `portcullis__add` starts it: `Server::"<name>"` with its catalog and
+    /// image (with its digest when the catalog pins one).
+    Catalogued {
+        name: String,
+        catalog: String,
+        image: String,
+    },
 }
 
 impl Target {
@@ -131,7 +151,7 @@ impl Target {
             Self::Tool { server, .. }
             | Self::Prompt { server, .. }
             | Self::Resource { server, .. } => server,
-            Self::Server { name } => name,
+            Self::Server { name } | Self::Catalogued { name, .. } => name,
         }
     }
 
@@ -141,7 +161,7 @@ impl Target {
             Self::Tool { name, .. } => ("Tool", name),
             Self::Prompt { name, .. } => ("Prompt", name),
             Self::Resource { uri, .. } => ("Resource", uri),
-            Self::Server { name } => ("Server", name),
+            Self::Server { name } | Self::Catalogued { name, .. } => ("Server", name),
         }
     }
 }

@@ -320,12 +320,13 @@ impl PolicyStore {
         let client = client_entity(types, query.client, parents, query.attributes)?;
         let server_name = query.target.server();
         let server_uid = types.uid("Server", server_name);
-        let server = Entity::new(
-            server_uid.clone(),
-            HashMap::from([("name".to_owned(), string(server_name))]),
-            HashSet::new(),
-        )
-        .map_err(|e| e.to_string())?;
+        let mut facts = HashMap::from([("name".to_owned(), string(server_name))]);
+        if let Target::Catalogued { catalog, image, .. } = query.target {
+            facts.insert("catalog".to_owned(), string(catalog));
+            facts.insert("image".to_owned(), string(image));
+        }
+        let server =
+            Entity::new(server_uid.clone(), facts, HashSet::new()).map_err(|e| e.to_string())?;
         let (kind, id) = query.target.entity();
         let mut entities = vec![client, server];
         let parent = HashSet::from([server_uid]);
@@ -359,7 +360,7 @@ impl PolicyStore {
             Target::Resource { uri, .. } => {
                 Some(vec![("uri", string(uri)), ("server", string(server_name))])
             }
-            Target::Server { .. } => None,
+            Target::Server { .. } | Target::Catalogued { .. } => None,
         };
         if let Some(attributes) = attributes {
             entities.push(

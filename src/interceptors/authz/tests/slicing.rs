@@ -116,7 +116,11 @@ fn request_parts(spec: (u8, u8, u8, u8, u8)) -> Parts {
             name: format!("{server}__p{}", pick % 3),
             server,
         },
-        Action::Sampling | Action::Elicitation | Action::Roots => Target::Server { name: server },
+        Action::Sampling
+        | Action::Elicitation
+        | Action::Roots
+        | Action::FindServers
+        | Action::AddServer => Target::Server { name: server },
         _ => Target::Resource {
             uri: format!("u{}", pick % 3),
             server,

@@ -1,0 +1,644 @@
+//! `[discovery]`: the proxy's own tools `portcullis__find`,
+//! `portcullis__add` and `portcullis__remove`, over the catalogs the
+//! operator named.
+//!
+//! Every server of those catalogs is a server of the gateway from the
+//! start (an index past the configured ones), but nobody's: it runs, and
+//! is listed, routed and heard, only for the sessions that added it (a
+//! 2026-07-28 client, which has no session, adds it for its name). Cedar
+//! decides what `find` shows (`find_servers`) and what `add` starts
+//! (`add_server`), on `Server::"<name>"` with its catalog and image; the
+//! calls themselves are tools of the server `portcullis`, decided, checked
+//! and recorded like any other tool's.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+use crate::chain::{Annotation, Denial, Exchange, Refusal};
+use crate::config::{DiscoveryConfig, ServerConfig};
+use crate::interceptors::authz::{Action, Target};
+use crate::protocol;
+use crate::search::{Field, Index};
+
+use super::{Catalog, Gateway, ListKind, ServerLists, Session, lock};
+
+/// Servers `portcullis__find` returns unless the call asks for fewer.
+const DEFAULT_FOUND: usize = 10;
+/// Servers `portcullis__find` returns at most.
+const MAX_FOUND: usize = 50;
+/// A query is at most this long (bytes).
+const MAX_QUERY_BYTES: usize = 1024;
+
+/// The proxy's own tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tool {
+    Find,
+    Add,
+    Remove,
+}
+
+impl Tool {
+    pub(super) fn parse(name: &str) -> Option<Self> {
+        match name {
+            "find" => Some(Self::Find),
+            "add" => Some(Self::Add),
+            "remove" => Some(Self::Remove),
+            _ => None,
+        }
+    }
+}
+
+/// Who added a server: a session, or a 2026-07-28 client (by name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Holder {
+    Session(u64),
+    Client(Arc<str>),
+}
+
+impl Holder {
+    pub(super) fn of(session: &Session) -> Self {
+        if session.stateless {
+            Self::Client(session.client.name.clone())
+        } else {
+            Self::Session(session.key)
+        }
+    }
+}
+
+/// One server of the catalogs.
+struct Entry {
+    name: String,
+    catalog: String,
+    title: String,
+    description: String,
+    tools: Vec<String>,
+    image: String,
+    /// Its server index, or why it cannot be added.
+    server: Result<usize, String>,
+}
+
+pub(super) struct Discovery {
+    /// The first catalog server's index; those before are configured.
+    pub(super) first: usize,
+    /// The index the proxy's own tools are listed under (no upstream).
+    pub(super) proxy: usize,
+    entries: Vec<Entry>,
+    search: Index,
+    max_per_session: usize,
+    /// What each holder added, in order.
+    added: Mutex<HashMap<Holder, Vec<usize>>>,
+    /// Per catalog server (from `first`): whether its supervisor runs.
+    started: Vec<AtomicBool>,
+}
+
+impl Discovery {
+    /// The discovery of `config`, its servers numbered from `first`, and
+    /// those servers' configs in that order.
+    pub(super) fn new(config: &DiscoveryConfig, first: usize) -> (Self, Vec<ServerConfig>) {
+        let mut servers = Vec::new();
+        let entries: Vec<Entry> = config
+            .servers
+            .iter()
+            .map(|found| {
+                let server = match &found.server {
+                    Ok(server) => {
+                        servers.push(server.clone());
+                        Ok(first + servers.len() - 1)
+                    }
+                    Err(reason) => Err(reason.clone()),
+                };
+                Entry {
+                    name: found.name.clone(),
+                    catalog: found.catalog.clone(),
+                    title: found.title.clone(),
+                    description: found.description.clone(),
+                    tools: found.tools.iter().map(|(name, _)| name.clone()).collect(),
+                    image: found.image.clone(),
+                    server,
+                }
+            })
+            .collect();
+        let search = Index::new(config.servers.iter().map(|found| {
+            let mut fields = vec![
+                Field {
+                    text: &found.name,
+                    weight: 4.0,
+                },
+                Field {
+                    text: &found.title,
+                    weight: 3.0,
+                },
+                Field {
+                    text: &found.description,
+                    weight: 1.0,
+                },
+            ];
+            for (name, description) in &found.tools {
+                fields.push(Field {
+                    text: name,
+                    weight: 2.0,
+                });
+                fields.push(Field {
+                    text: description,
+                    weight: 1.0,
+                });
+            }
+            fields
+        }));
+        let started = servers.iter().map(|_| AtomicBool::new(false)).collect();
+        let discovery = Self {
+            first,
+            proxy: first + servers.len(),
+            entries,
+            search,
+            max_per_session: config.max_per_session,
+            added: Mutex::new(HashMap::new()),
+            started,
+        };
+        (discovery, servers)
+    }
+
+    /// The proxy's own tools, as its server lists them.
+    pub(super) fn lists() -> ServerLists {
+        let tool = |name: &str, description: &str, schema: Value| {
+            json!({
+                "name": name,
+                "description": description,
+                "inputSchema": schema,
+                "annotations": { "readOnlyHint": name == "find", "destructiveHint": false, "openWorldHint": false },
+            })
+        };
+        ServerLists {
+            tools: vec![
+                tool(
+                    "find",
+                    "Search the catalogs of MCP servers this proxy may start for you, by words of their names, descriptions and tools. Returns each server's name, catalog, description, tools and whether it can be added.",
+                    json!({
+                        "type": "object",
+                        "properties": {
+                            "query": { "type": "string", "maxLength": MAX_QUERY_BYTES, "description": "Words to look for" },
+                            "limit": { "type": "integer", "minimum": 1, "maximum": MAX_FOUND, "description": "Servers to return at most (10 unless set)" },
+                        },
+                        "required": ["query"],
+                        "additionalProperties": false,
+                    }),
+                ),
+                tool(
+                    "add",
+                    "Start a catalog server (by the name portcullis__find gave) for this session: its tools are listed from then on, as SERVER__TOOL.",
+                    json!({
+                        "type": "object",
+                        "properties": { "name": { "type": "string", "maxLength": 63 } },
+                        "required": ["name"],
+                        "additionalProperties": false,
+                    }),
+                ),
+                tool(
+                    "remove",
+                    "Take a server this session added out of it: its tools are no longer listed.",
+                    json!({
+                        "type": "object",
+                        "properties": { "name": { "type": "string", "maxLength": 63 } },
+                        "required": ["name"],
+                        "additionalProperties": false,
+                    }),
+                ),
+            ],
+            ..ServerLists::default()
+        }
+    }
+
+    fn entry(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|entry| entry.name == name)
+    }
+
+    fn target(entry: &Entry) -> Target {
+        Target::Catalogued {
+            name: entry.name.clone(),
+            catalog: entry.catalog.clone(),
+            image: entry.image.clone(),
+        }
+    }
+
+    /// The servers `holder` added.
+    fn added_by(&self, holder: &Holder) -> Vec<usize> {
+        lock(&self.added).get(holder).cloned().unwrap_or_default()
+    }
+
+    /// Forgets what `holder` added (its session closed).
+    pub(super) fn forget(&self, holder: &Holder) {
+        lock(&self.added).remove(holder);
+    }
+}
+
+/// A tool's result: its text, an error or not.
+fn tool_result(id: Value, text: String, error: bool) -> Value {
+    protocol::result(
+        id,
+        json!({ "content": [{ "type": "text", "text": text }], "isError": error }),
+    )
+}
+
+/// Notes what a discovery call was about, for its record's `detail`.
+fn note(exchange: &mut Exchange, key: &str, value: &str) {
+    exchange.annotations.push(Annotation {
+        interceptor: Arc::from("discovery"),
+        key: key.to_owned(),
+        value: value.to_owned(),
+    });
+}
+
+impl Gateway {
+    /// Whether server `index` is a catalog's (found and added, not
+    /// configured).
+    pub(super) fn is_catalogued(&self, index: usize) -> bool {
+        self.discovery
+            .as_ref()
+            .is_some_and(|discovery| index >= discovery.first && index < discovery.proxy)
+    }
+
+    /// Whether `session` sees server `index`: every configured one, a
+    /// catalog's only once it added it.
+    pub(super) fn visible(&self, session: &Session, index: usize) -> bool {
+        if !self.is_catalogued(index) {
+            return true;
+        }
+        self.discovery.as_ref().is_some_and(|discovery| {
+            lock(&discovery.added)
+                .get(&Holder::of(session))
+                .is_some_and(|added| added.contains(&index))
+        })
+    }
+
+    /// A merged list as `session` sees it: without the items of catalog
+    /// servers it did not add.
+    pub(super) fn visible_items<'c>(
+        &self,
+        session: &Session,
+        catalog: &'c Catalog,
+        kind: &str,
+    ) -> Cow<'c, [Value]> {
+        let items: &'c [Value] = match kind {
+            "tools" => &catalog.tools,
+            "prompts" => &catalog.prompts,
+            "resources" => &catalog.resources,
+            _ => &catalog.templates,
+        };
+        let Some(discovery) = &self.discovery else {
+            return Cow::Borrowed(items);
+        };
+        let running =
+            (discovery.first..discovery.proxy).any(|index| catalog.server_lists(index).is_some());
+        if !running {
+            return Cow::Borrowed(items);
+        }
+        Cow::Owned(
+            items
+                .iter()
+                .filter(|item| {
+                    catalog
+                        .owner_of(kind, item)
+                        .is_none_or(|index| self.visible(session, index))
+                })
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Tells the sessions that added catalog server `index` that its list
+    /// changed (nobody else sees it).
+    pub(super) fn announce_to_holders(&self, index: usize, kind: ListKind) {
+        let Some(discovery) = &self.discovery else {
+            return;
+        };
+        let holders: Vec<Holder> = lock(&discovery.added)
+            .iter()
+            .filter(|(_, added)| added.contains(&index))
+            .map(|(holder, _)| holder.clone())
+            .collect();
+        for holder in holders {
+            self.tell(&holder, kind);
+        }
+    }
+
+    /// Sends `holder` a list change: its session, or a 2026-07-28 client's
+    /// listen streams.
+    fn tell(&self, holder: &Holder, kind: ListKind) {
+        let message = protocol::notification(kind.notification(), json!({}));
+        let sessions = match holder {
+            Holder::Session(key) => self.session(*key).into_iter().collect(),
+            Holder::Client(name) => {
+                self.sessions_where(|s| s.listen.get().is_some() && s.client.name == *name)
+            }
+        };
+        for session in sessions {
+            self.notify(&session, None, message.clone(), None, None);
+        }
+    }
+
+    /// Runs `portcullis__find`, `__add` or `__remove` (decided by the
+    /// chain as a tool of `portcullis`); what a server asks for is decided
+    /// here by Cedar.
+    pub(super) async fn discovery_call(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        tool: Tool,
+        exchange: &mut Exchange,
+    ) -> Result<Value, super::Failure> {
+        let id = exchange.message.get("id").cloned().unwrap_or(Value::Null);
+        let Some(discovery) = &self.discovery else {
+            return Err(super::Failure::MethodNotFound("tools/call".into()));
+        };
+        let arguments = exchange
+            .message
+            .pointer("/params/arguments")
+            .cloned()
+            .unwrap_or_default();
+        let text = |key: &str| {
+            arguments
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
+        note(
+            exchange,
+            "tool",
+            match tool {
+                Tool::Find => "find",
+                Tool::Add => "add",
+                Tool::Remove => "remove",
+            },
+        );
+        match tool {
+            Tool::Find => {
+                let query = protocol::cut(text("query"), MAX_QUERY_BYTES).to_owned();
+                let limit = arguments
+                    .get("limit")
+                    .and_then(Value::as_u64)
+                    .map_or(DEFAULT_FOUND, |n| usize::try_from(n).unwrap_or(MAX_FOUND))
+                    .clamp(1, MAX_FOUND);
+                let found = self.find(session, discovery, &query, limit);
+                Ok(tool_result(id, found.to_string(), false))
+            }
+            Tool::Add => {
+                let name = protocol::cut(text("name"), 63).to_owned();
+                note(exchange, "server", &name);
+                self.add(session, discovery, &name, exchange)
+                    .await
+                    .map(|(text, error)| tool_result(id, text, error))
+            }
+            Tool::Remove => {
+                let name = protocol::cut(text("name"), 63).to_owned();
+                note(exchange, "server", &name);
+                let (text, error) = self.remove(session, discovery, &name);
+                Ok(tool_result(id, text, error))
+            }
+        }
+    }
+
+    /// The servers that match `query`, best first, among those Cedar lets
+    /// `session`'s client find.
+    fn find(&self, session: &Session, discovery: &Discovery, query: &str, limit: usize) -> Value {
+        let added = discovery.added_by(&Holder::of(session));
+        let protocol = session.protocol_version().unwrap_or_default();
+        let hits = discovery.search.search(query, limit, |position| {
+            let Some(entry) = discovery.entries.get(position) else {
+                return false;
+            };
+            self.decide(session, &protocol, Action::FindServers, entry)
+                .is_none_or(|decision| decision.allowed)
+        });
+        let servers: Vec<Value> = hits
+            .into_iter()
+            .filter_map(|(position, _)| discovery.entries.get(position))
+            .map(|entry| {
+                let mut found = json!({
+                    "name": entry.name,
+                    "catalog": entry.catalog,
+                    "title": entry.title,
+                    "description": entry.description,
+                    "tools": entry.tools,
+                    "added": entry.server.as_ref().is_ok_and(|index| added.contains(index)),
+                    "available": entry.server.is_ok(),
+                });
+                if let Err(reason) = &entry.server {
+                    found["reason"] = Value::from(reason.as_str());
+                }
+                found
+            })
+            .collect();
+        json!({ "servers": servers })
+    }
+
+    /// Cedar's decision on `action` for a catalog server (`None`: no
+    /// authz).
+    fn decide(
+        &self,
+        session: &Session,
+        protocol: &str,
+        action: Action,
+        entry: &Entry,
+    ) -> Option<crate::interceptors::authz::Decision> {
+        let access = self.access.get()?;
+        access.decide(
+            &session.client,
+            (session.transport, protocol, &session.id),
+            action,
+            &Discovery::target(entry),
+        )
+    }
+
+    /// Adds a catalog server to `session`: decided (`add_server`), started
+    /// under the hardened profile, its lists read, and the session told.
+    /// The text for the caller, and whether it is an error.
+    async fn add(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        discovery: &Discovery,
+        name: &str,
+        exchange: &mut Exchange,
+    ) -> Result<(String, bool), super::Failure> {
+        let Some(entry) = discovery.entry(name) else {
+            return Ok((
+                format!(
+                    "no catalog offers a server named `{name}`: portcullis__find lists those that do"
+                ),
+                true,
+            ));
+        };
+        note(exchange, "catalog", &entry.catalog);
+        let protocol = session.protocol_version().unwrap_or_default();
+        if let Some(decision) = self.decide(session, &protocol, Action::AddServer, entry) {
+            let decision_id = uuid::Uuid::new_v4().to_string();
+            exchange.annotations.retain(|a| {
+                &*a.interceptor != "authz"
+                    || !matches!(
+                        a.key.as_str(),
+                        "decision" | "decision_id" | "policy_ids" | "policy_set"
+                    )
+            });
+            for (key, value) in [
+                (
+                    "decision",
+                    if decision.allowed { "allow" } else { "deny" }.to_owned(),
+                ),
+                ("decision_id", decision_id.clone()),
+                ("policy_ids", decision.policies.join(",")),
+                ("policy_set", decision.policy_set.to_string()),
+            ] {
+                exchange.annotations.push(Annotation {
+                    interceptor: Arc::from("authz"),
+                    key: key.to_owned(),
+                    value,
+                });
+            }
+            if !decision.allowed {
+                tracing::info!(client = %session.client.name, server = %entry.name, decision_id = %decision_id, "add_server denied by policy");
+                return Err(super::Failure::Denied(Refusal {
+                    interceptor: Arc::from("authz"),
+                    denial: Denial::new(
+                        protocol::code::DENIED,
+                        format!(
+                            "add_server on `{}` is not permitted (decision {decision_id})",
+                            entry.name
+                        ),
+                    )
+                    .with("decision_id", decision_id)
+                    .with("policy_set", decision.policy_set.to_string()),
+                }));
+            }
+        }
+        let index = match &entry.server {
+            Ok(index) => *index,
+            Err(reason) => {
+                return Ok((format!("`{name}` cannot be added: {reason}"), true));
+            }
+        };
+        let holder = Holder::of(session);
+        let added = discovery.added_by(&holder);
+        if added.contains(&index) {
+            return Ok((self.added_text(name, index, true), false));
+        }
+        if added.len() >= discovery.max_per_session {
+            return Ok((
+                format!(
+                    "this session has added {} servers, the most it may: remove one with portcullis__remove first",
+                    added.len()
+                ),
+                true,
+            ));
+        }
+        let Some(upstream) = self.upstreams.get(index) else {
+            return Ok((format!("`{name}` cannot be added"), true));
+        };
+        if let Some(started) = discovery.started.get(index - discovery.first)
+            && !started.swap(true, Ordering::AcqRel)
+        {
+            let task = upstream.start(self.shutdown.clone());
+            lock(&self.tasks).push(task);
+        }
+        if let Err(err) = upstream
+            .ensure_running(self.config.proxy.startup_timeout)
+            .await
+        {
+            let error = self.scrub(&err.to_string());
+            tracing::warn!(server = %name, error, "an added server did not start");
+            return Ok((format!("`{name}` did not start: {error}"), true));
+        }
+        self.list_once(index).await;
+        {
+            let mut all = lock(&discovery.added);
+            let mine = all.entry(holder.clone()).or_default();
+            if mine.len() >= discovery.max_per_session {
+                return Ok((
+                    "this session added as many servers meanwhile: remove one first".into(),
+                    true,
+                ));
+            }
+            if !mine.contains(&index) {
+                mine.push(index);
+            }
+        }
+        // A session that closed meanwhile keeps nothing.
+        if matches!(holder, Holder::Session(_)) && session.closed.is_cancelled() {
+            discovery.forget(&holder);
+        }
+        tracing::info!(client = %session.client.name, server = %name, catalog = %entry.catalog, "catalog server added");
+        self.tell_lists(&holder, index);
+        Ok((self.added_text(name, index, false), false))
+    }
+
+    /// Tells `holder` every list of server `index` that has items.
+    fn tell_lists(&self, holder: &Holder, index: usize) {
+        let catalog = self.catalog();
+        let Some(lists) = catalog.server_lists(index) else {
+            return;
+        };
+        let kinds = [
+            (!lists.tools.is_empty(), ListKind::Tools),
+            (!lists.prompts.is_empty(), ListKind::Prompts),
+            (
+                !lists.resources.is_empty() || !lists.templates.is_empty(),
+                ListKind::Resources,
+            ),
+        ];
+        for (changed, kind) in kinds {
+            if changed {
+                self.tell(holder, kind);
+            }
+        }
+    }
+
+    /// What `add` tells its caller: the server's tools as it now calls them.
+    fn added_text(&self, name: &str, index: usize, already: bool) -> String {
+        let catalog = self.catalog();
+        let separator = &self.config.proxy.namespace_separator;
+        let tools: Vec<String> = catalog
+            .server_lists(index)
+            .map(|lists| {
+                lists
+                    .tools
+                    .iter()
+                    .filter_map(|tool| tool.get("name").and_then(Value::as_str))
+                    .map(|tool| format!("{name}{separator}{tool}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!({
+            "added": name,
+            "already": already,
+            "tools": tools,
+        })
+        .to_string()
+    }
+
+    /// Takes a server out of `session`'s (it keeps running for others until
+    /// its idle timeout).
+    fn remove(&self, session: &Session, discovery: &Discovery, name: &str) -> (String, bool) {
+        let Some(Ok(index)) = discovery.entry(name).map(|entry| entry.server.clone()) else {
+            return (format!("this session has not added `{name}`"), true);
+        };
+        let holder = Holder::of(session);
+        let removed = {
+            let mut all = lock(&discovery.added);
+            let removed = all.get_mut(&holder).is_some_and(|mine| {
+                let before = mine.len();
+                mine.retain(|&added| added != index);
+                mine.len() != before
+            });
+            if all.get(&holder).is_some_and(Vec::is_empty) {
+                all.remove(&holder);
+            }
+            removed
+        };
+        if !removed {
+            return (format!("this session has not added `{name}`"), true);
+        }
+        self.tell_lists(&holder, index);
+        (json!({ "removed": name }).to_string(), false)
+    }
+}
