@@ -17,7 +17,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -26,16 +25,15 @@ use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, RemoveContainerOptions,
 };
-use common::{StdioClient, measure_stdio, print_table, stats};
+use common::{
+    INIT, INITIALIZED, StdioClient, bare_engine_start, build_image, measure_stdio, print_table,
+    stats,
+};
 use futures_util::StreamExt;
 use portcullis::upstream::container::{self, LABEL_SERVER};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
-
-const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}"#;
-const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}"#;
 
 fn main() {
     let mut starts = 10usize;
@@ -53,65 +51,6 @@ fn main() {
         .build()
         .unwrap()
         .block_on(run(starts, calls));
-}
-
-fn build_image() -> String {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let output = std::process::Command::new("bash")
-        .arg(format!("{root}/scripts/build-test-image.sh"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "building the image failed");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-/// `docker run --rm -i IMAGE`: start, initialize, one call, its reply.
-async fn bare_engine_start(image: &str) -> Duration {
-    let started = Instant::now();
-    let mut child = Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "-i",
-            "--network",
-            "none",
-            image,
-            "--name",
-            "example",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    stdin
-        .write_all(format!("{INIT}\n{INITIALIZED}\n{CALL}\n").as_bytes())
-        .await
-        .unwrap();
-    loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the server answers");
-        if line.contains("\"id\":1") {
-            break;
-        }
-    }
-    let elapsed = started.elapsed();
-    drop(stdin);
-    let _ = child.wait().await;
-    elapsed
 }
 
 /// `calls` echo round trips over the engine's attach stream, no proxy.

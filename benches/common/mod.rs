@@ -263,3 +263,68 @@ pub async fn measure_stdio(label: &str, command: Command, tool: &str, calls: usi
     client.finish().await;
     stats(label, samples, elapsed)
 }
+
+pub const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}"#;
+pub const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+pub const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}"#;
+
+/// Builds the example server's image (`scripts/build-test-image.sh`) and
+/// returns its reference.
+pub fn build_image() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let output = std::process::Command::new("bash")
+        .arg(format!("{root}/scripts/build-test-image.sh"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "building the image failed");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// `docker run --rm -i IMAGE`: start, initialize, one call, its reply.
+pub async fn bare_engine_start(image: &str) -> Duration {
+    let started = Instant::now();
+    let mut child = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "-i",
+            "--network",
+            "none",
+            image,
+            "--name",
+            "example",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    stdin
+        .write_all(format!("{INIT}\n{INITIALIZED}\n{CALL}\n").as_bytes())
+        .await
+        .unwrap();
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the server answers");
+        if line.contains("\"id\":1") {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    drop(stdin);
+    let _ = child.wait().await;
+    elapsed
+}

@@ -4,6 +4,7 @@
 
 mod audit;
 mod audit_keys;
+mod catalogs;
 mod doctor;
 mod init;
 mod launch;
@@ -83,6 +84,11 @@ enum Command {
         /// Run under a profile (`profiles/NAME.toml`).
         #[arg(long, value_name = "NAME")]
         profile: Option<String>,
+    },
+    /// Catalogs: the config's, and those in OCI registries (pull, push).
+    Catalog {
+        #[command(subcommand)]
+        command: catalogs::CatalogCommand,
     },
     /// Profiles: named sets of servers and their tools (`profiles/*.toml`).
     Profile {
@@ -340,6 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             serve::serve(config, stdio_client).await
         }
         Command::Profile { command } => profiles::run(command),
+        Command::Catalog { command } => catalogs::run(command).await,
         Command::Stdio {
             config,
             client,

@@ -157,6 +157,15 @@ pub fn parse_catalog(text: &str) -> Result<CatalogFile, String> {
         .map_err(|err| format!("not a catalog in Docker's format: {}", first_line(&err)))
 }
 
+/// A catalog file (YAML or JSON) as the JSON an OCI catalog's layer holds:
+/// every key kept; refused unless it parses as a catalog.
+pub fn to_json(text: &str) -> Result<Vec<u8>, String> {
+    parse_catalog(text)?;
+    let value: Value = serde_saphyr::from_str_with_options(text, options(1_000_000))
+        .map_err(|err| format!("not a catalog in Docker's format: {}", first_line(&err)))?;
+    serde_json::to_vec(&value).map_err(|err| err.to_string())
+}
+
 /// Parses one server's metadata (a `file://` server, an image's label).
 pub fn parse_server(text: &str, limit: usize) -> Result<ServerMeta, String> {
     if text.len() > limit {

@@ -25,9 +25,16 @@ pub(super) struct RawCatalog {
     /// `0-9` and `-`.
     name: String,
     /// A catalog file in Docker's format (`registry:` and its servers),
-    /// relative to this file.
-    #[schemars(with = "PathText")]
-    path: PathBuf,
+    /// relative to this file. With `oci`: where `portcullis catalog pull`
+    /// keeps it.
+    #[schemars(with = "Option<PathText>")]
+    #[schemars(extend("x-default" = "with `oci`: `catalogs/NAME.json`"))]
+    path: Option<PathBuf>,
+    /// A catalog in an OCI registry (`REGISTRY/REPOSITORY[:TAG][@sha256:…]`,
+    /// as `docker mcp catalog push` stores them): `portcullis catalog pull`
+    /// fetches it (the proxy never does at start) and the proxy refuses to
+    /// start until it has. A pinned digest must be what was pulled.
+    oci: Option<String>,
 }
 
 /// A catalog the config names, read.
@@ -37,6 +44,10 @@ pub struct CatalogConfig {
     pub path: PathBuf,
     /// Its servers by name.
     pub servers: BTreeMap<String, ServerMeta>,
+    /// Where it is pulled from, for an OCI catalog.
+    pub oci: Option<String>,
+    /// An OCI catalog not pulled yet (no servers until it is).
+    pub unpulled: bool,
 }
 
 impl RawCatalog {
@@ -59,14 +70,49 @@ impl RawCatalog {
             return Err(at.error(".name", format!("catalog `{}` is named twice", self.name)));
         }
         names.push(self.name.clone());
-        let path = validator.resolve(self.path);
-        let text = read(&path).map_err(|message| at.error(".path", message))?;
+        let path = match (&self.path, &self.oci) {
+            (Some(path), _) => validator.resolve(path.clone()),
+            (None, Some(_)) => {
+                validator.resolve(PathBuf::from(format!("catalogs/{}.json", self.name)))
+            }
+            (None, None) => {
+                return Err(at.error(
+                    "",
+                    format!(
+                        "catalog `{}` needs a `path` (a file) or `oci` (a registry's)",
+                        self.name
+                    ),
+                ));
+            }
+        };
+        let text = match &self.oci {
+            None => read(&path).map_err(|message| at.error(".path", message))?,
+            Some(reference) => {
+                super::pulled::check_reference(reference).map_err(|m| at.error(".oci", m))?;
+                let pulled = super::pulled::read(&path, reference, catalog::MAX_CATALOG_BYTES)
+                    .map_err(|m| at.error(".oci", format!("catalog `{}`: {m}", self.name)))?;
+                match pulled {
+                    Some(text) => text,
+                    None => {
+                        return Ok(CatalogConfig {
+                            name: self.name,
+                            path,
+                            servers: BTreeMap::new(),
+                            oci: self.oci,
+                            unpulled: true,
+                        });
+                    }
+                }
+            }
+        };
         let file = catalog::parse_catalog(&text)
             .map_err(|message| at.error(".path", format!("{}: {message}", path.display())))?;
         Ok(CatalogConfig {
             name: self.name,
             path,
             servers: file.registry,
+            oci: self.oci,
+            unpulled: false,
         })
     }
 }

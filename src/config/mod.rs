@@ -36,6 +36,7 @@ mod pinning;
 mod plugin;
 pub mod profiles;
 mod proxy;
+pub mod pulled;
 mod ratelimit;
 mod redact;
 pub mod reference;
@@ -287,6 +288,34 @@ impl Config {
         Validator { text, path }.config(raw)
     }
 
+    /// The config's `[[catalogs]]` alone, the rest of the file unread (an
+    /// OCI catalog not pulled yet is listed as such): what `portcullis
+    /// catalog` works on, before the whole config can load.
+    pub fn catalogs_only(path: &Path) -> Result<Vec<CatalogConfig>, ConfigError> {
+        #[derive(Deserialize)]
+        struct Catalogs {
+            #[serde(default)]
+            catalogs: Vec<Spanned<RawCatalog>>,
+        }
+        let text = values::read_regular(path, 16 * 1024 * 1024).map_err(|err| ConfigError {
+            file: path.to_owned(),
+            location: None,
+            key: None,
+            message: format!("cannot read the config: {err}"),
+        })?;
+        let raw: Catalogs = toml::from_str(&text).map_err(|err| ConfigError {
+            file: path.to_owned(),
+            location: err.span().map(|span| line_col(&text, span.start)),
+            key: None,
+            message: err.message().to_owned(),
+        })?;
+        let validator = Validator { text: &text, path };
+        let mut names = Vec::new();
+        validator.each(raw.catalogs, "catalogs", |at, raw| {
+            raw.validate(at, &validator, &mut names)
+        })
+    }
+
     /// The folder relative paths in the config resolve against.
     pub fn base_dir(&self) -> &Path {
         self.file.parent().unwrap_or_else(|| Path::new("."))
@@ -356,6 +385,18 @@ impl Validator<'_> {
         let catalogs = self.each(raw.catalogs, "catalogs", |at, raw| {
             raw.validate(at, self, &mut catalog_names)
         })?;
+        if let Some(unpulled) = catalogs.iter().find(|catalog| catalog.unpulled) {
+            return Err(self.error(
+                None,
+                "catalogs",
+                format!(
+                    "catalog `{}` (`{}`) has not been pulled: run `portcullis catalog pull --config {}`",
+                    unpulled.name,
+                    unpulled.oci.as_deref().unwrap_or_default(),
+                    self.path.display()
+                ),
+            ));
+        }
         let mut names = HashSet::new();
         let mut servers = self.each(raw.servers, "servers", |at, raw| {
             raw.validate(at, &mut names, &proxy, &catalogs)

@@ -27,6 +27,7 @@ mod events;
 mod http_body;
 mod link;
 mod listen;
+pub mod oci;
 mod process;
 mod remote;
 mod remote_token;

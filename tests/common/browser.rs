@@ -20,39 +20,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub fn chromium() -> PathBuf {
     static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     FOUND
-        .get_or_init(|| {
-            let find = || {
-                ["chromium", "chromium-browser"].iter().find_map(|name| {
-                    std::process::Command::new("sh")
-                        .args(["-c", &format!("command -v {name}")])
-                        .output()
-                        .ok()
-                        .filter(|out| out.status.success())
-                        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-                })
-            };
-            if let Some(found) = find() {
-                return found;
-            }
-            eprintln!("chromium is missing: installing Debian's package");
-            for args in [
-                &["install", "-y", "--no-install-recommends", "chromium"][..],
-                &["update"][..],
-                &["install", "-y", "--no-install-recommends", "chromium"][..],
-            ] {
-                let status = std::process::Command::new("apt-get")
-                    .args(args)
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .status();
-                if let Some(found) = find() {
-                    return found;
-                }
-                eprintln!("apt-get {args:?}: {status:?}");
-            }
-            panic!(
-                "the console's browser tests need headless Chromium: `apt-get install chromium` failed"
-            )
-        })
+        .get_or_init(|| super::debian::program(&["chromium", "chromium-browser"], "chromium"))
         .clone()
 }
 

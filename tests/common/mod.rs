@@ -3,7 +3,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod browser;
+pub mod debian;
 pub mod listening;
+pub mod registry;
 pub mod wasm_fixtures;
 
 use std::path::{Path, PathBuf};
