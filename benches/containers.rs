@@ -26,8 +26,8 @@ use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, RemoveContainerOptions,
 };
 use common::{
-    INIT, INITIALIZED, StdioClient, bare_engine_start, build_image, measure_stdio, print_table,
-    stats,
+    INIT, INITIALIZED, StdioClient, bare_engine_start, build_image, measure_stdio, print_ms_table,
+    print_table, stats,
 };
 use futures_util::StreamExt;
 use portcullis::upstream::container::{self, LABEL_SERVER};
@@ -248,17 +248,12 @@ async fn run(starts: usize, calls: usize) {
     );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!("\n| cold start ({starts} runs) | p50 ms | p99 ms | vs engine p50 |");
-    println!("|---|---:|---:|---:|");
-    for s in [&bare, &cold] {
-        println!(
-            "| {} | {:.1} | {:.1} | {:.2}× |",
-            s.label,
-            ms(s.p50),
-            ms(s.p99),
-            ms(s.p50) / ms(bare.p50)
-        );
-    }
+    print_ms_table(
+        &format!("cold start ({starts} runs)"),
+        "vs engine p50",
+        &[&bare, &cold],
+        &bare,
+    );
     print_table(
         &format!("warm calls ({calls} each)"),
         "vs process p50",

@@ -18,8 +18,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{StdioClient, bare_engine_start, build_image, print_table, stats};
-use portcullis::search::{Field, Index};
+use common::{StdioClient, bare_engine_start, build_image, print_ms_table, print_table, stats};
+use portcullis::search::{Index, server_fields};
 use serde_json::json;
 use tokio::process::Command;
 
@@ -235,31 +235,12 @@ fn main() {
 
 fn in_process(servers: &[Server], queries: &[String]) {
     let index = Index::new(servers.iter().map(|server| {
-        let mut fields = vec![
-            Field {
-                text: &server.name,
-                weight: 4.0,
-            },
-            Field {
-                text: &server.title,
-                weight: 3.0,
-            },
-            Field {
-                text: &server.description,
-                weight: 1.0,
-            },
-        ];
-        for (name, description) in &server.tools {
-            fields.push(Field {
-                text: name,
-                weight: 2.0,
-            });
-            fields.push(Field {
-                text: description,
-                weight: 1.0,
-            });
-        }
-        fields
+        server_fields(
+            &server.name,
+            &server.title,
+            &server.description,
+            &server.tools,
+        )
     }));
     let time = |label: &str, work: &dyn Fn(&str) -> usize| {
         let mut samples = Vec::with_capacity(queries.len());
@@ -395,18 +376,12 @@ async fn add_to_first_call(dir: &std::path::Path, image: &str, adds: usize) {
         added,
         Duration::from_secs(1),
     );
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!("\n| add to first call ({adds} runs) | p50 ms | p99 ms | vs engine p50 |");
-    println!("|---|---:|---:|---:|");
-    for s in [&bare, &added] {
-        println!(
-            "| {} | {:.1} | {:.1} | {:.2}× |",
-            s.label,
-            ms(s.p50),
-            ms(s.p99),
-            ms(s.p50) / ms(bare.p50)
-        );
-    }
+    print_ms_table(
+        &format!("add to first call ({adds} runs)"),
+        "vs engine p50",
+        &[&bare, &added],
+        &bare,
+    );
 }
 
 async fn run(queries_run: usize, adds: usize) {

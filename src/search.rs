@@ -39,6 +39,42 @@ pub fn terms(text: &str) -> impl Iterator<Item = String> + '_ {
         .map(str::to_lowercase)
 }
 
+/// A catalog server as `portcullis__find` indexes it: Docker's weights
+/// (name ×4, title ×3, each tool's name ×2, the description and each
+/// tool's description ×1).
+pub fn server_fields<'a>(
+    name: &'a str,
+    title: &'a str,
+    description: &'a str,
+    tools: &'a [(String, String)],
+) -> Vec<Field<'a>> {
+    let mut fields = vec![
+        Field {
+            text: name,
+            weight: 4.0,
+        },
+        Field {
+            text: title,
+            weight: 3.0,
+        },
+        Field {
+            text: description,
+            weight: 1.0,
+        },
+    ];
+    for (tool, about) in tools {
+        fields.push(Field {
+            text: tool,
+            weight: 2.0,
+        });
+        fields.push(Field {
+            text: about,
+            weight: 1.0,
+        });
+    }
+    fields
+}
+
 impl Index {
     /// Indexes `documents`, each a set of weighted fields, in order: a hit
     /// names its document by position.
@@ -133,22 +169,11 @@ mod tests {
     use super::*;
 
     fn index(documents: &[(&str, &str, &str)]) -> Index {
-        Index::new(documents.iter().map(|(name, title, description)| {
-            vec![
-                Field {
-                    text: name,
-                    weight: 4.0,
-                },
-                Field {
-                    text: title,
-                    weight: 3.0,
-                },
-                Field {
-                    text: description,
-                    weight: 1.0,
-                },
-            ]
-        }))
+        Index::new(
+            documents
+                .iter()
+                .map(|(name, title, description)| server_fields(name, title, description, &[])),
+        )
     }
 
     #[test]

@@ -224,6 +224,18 @@ fn the_readmes_config_examples_load() {
                 std::fs::write(dir.path().join(file), block).unwrap();
             }
         }
+        // A page's `[signatures]` example names this key file.
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        {
+            use p256::pkcs8::EncodePublicKey as _;
+            let key = p256::ecdsa::SigningKey::from_slice(&[5; 32]).unwrap();
+            let pem = key
+                .verifying_key()
+                .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+                .unwrap();
+            std::fs::write(keys.join("cosign.pub"), pem).unwrap();
+        }
         for (index, block) in page_text.split("```toml\n").skip(1).enumerate() {
             let block = block.split("```").next().unwrap_or_default();
             // The docs write placeholders where a real value is the user's.

@@ -82,6 +82,17 @@ async fn call_tool(session: &HttpSession, id: i64, name: &str, arguments: Value)
         .await
 }
 
+/// `portcullis__find` of `query`: its answer.
+async fn find(session: &HttpSession, id: i64, query: &str) -> Value {
+    text_json(&call_tool(session, id, "portcullis__find", json!({ "query": query })).await)
+}
+
+/// The reply refuses a call of a tool the session does not see.
+fn assert_unknown(reply: &Value) {
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("unknown tool"), "{reply}");
+}
+
 async fn list(session: &HttpSession, id: i64) -> Vec<String> {
     tool_names(&session.call(id, "tools/list", json!({})).await)
 }
@@ -116,15 +127,7 @@ async fn an_agent_finds_and_adds_a_server_for_its_session_only() {
     assert_eq!(running(&docker, "echoer").await, 0);
 
     // find: ranked by BM25, `clock` hidden by policy, refusals shown.
-    let found = text_json(
-        &call_tool(
-            &mine,
-            2,
-            "portcullis__find",
-            json!({ "query": "echo text" }),
-        )
-        .await,
-    );
+    let found = find(&mine, 2, "echo text").await;
     let servers = found["servers"].as_array().unwrap();
     assert_eq!(servers[0]["name"], "echoer", "{found}");
     assert_eq!(servers[0]["available"], true, "{found}");
@@ -138,15 +141,7 @@ async fn an_agent_finds_and_adds_a_server_for_its_session_only() {
         rooted["reason"].as_str().unwrap().contains("root"),
         "{found}"
     );
-    let found = text_json(
-        &call_tool(
-            &mine,
-            3,
-            "portcullis__find",
-            json!({ "query": "time zone clock" }),
-        )
-        .await,
-    );
+    let found = find(&mine, 3, "time zone clock").await;
     assert!(
         found["servers"]
             .as_array()
@@ -157,13 +152,7 @@ async fn an_agent_finds_and_adds_a_server_for_its_session_only() {
     );
     // A catalog server's tool is unknown to whoever did not add it.
     let refused = call_tool(&mine, 4, "echoer__echo", json!({ "text": "hi" })).await;
-    assert!(
-        refused["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown tool"),
-        "{refused}"
-    );
+    assert_unknown(&refused);
 
     // add: started for this session, which is told its list changed.
     let mut events = mine.events().await;
@@ -200,13 +189,7 @@ async fn an_agent_finds_and_adds_a_server_for_its_session_only() {
     // Another session of the same client neither lists nor calls it.
     assert!(!list(&theirs, 1).await.contains(&"echoer__echo".to_owned()));
     let refused = call_tool(&theirs, 2, "echoer__echo", json!({ "text": "hi" })).await;
-    assert!(
-        refused["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown tool"),
-        "{refused}"
-    );
+    assert_unknown(&refused);
 
     // A Cedar forbid on add_server stops another client.
     let denied = call_tool(&other, 1, "portcullis__add", json!({ "name": "echoer" })).await;
@@ -244,13 +227,7 @@ async fn an_agent_finds_and_adds_a_server_for_its_session_only() {
     assert_eq!(removed["result"]["isError"], false, "{removed}");
     assert!(!list(&mine, 15).await.contains(&"echoer__echo".to_owned()));
     let refused = call_tool(&mine, 16, "echoer__echo", json!({ "text": "hi" })).await;
-    assert!(
-        refused["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown tool"),
-        "{refused}"
-    );
+    assert_unknown(&refused);
 
     // Every call recorded: the add allowed, the add denied with its decision.
     let records = common::admin_records(

@@ -207,30 +207,10 @@ async fn an_artifact_that_is_not_a_catalog_is_not_pulled() {
 async fn an_image_is_pulled_from_the_registry_when_missing_and_its_pin_holds() {
     let _docker = common::docker().await;
     let registry = Registry::start().await;
-    let image = common::test_image();
-    let remote = format!("{}/example:pulled", registry.address);
-    let docker = |args: &[&str]| {
-        let output = std::process::Command::new("docker")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
-    docker(&["tag", &image, &remote]);
-    let pushed = docker(&["push", &remote]);
-    let digest = pushed
-        .split_whitespace()
-        .skip_while(|word| *word != "digest:")
-        .nth(1)
-        .unwrap_or_else(|| panic!("a digest in {pushed}"))
-        .to_owned();
+    let digest = push_image(&registry, "example");
+    let remote = format!("{}/example:v1", registry.address);
     // Gone from the engine: only a pull brings it back.
-    docker(&["rmi", &remote]);
+    docker_cli(&["rmi", &remote]);
     let server = |name: &str, pin: &str| {
         format!(
             "[[servers]]\nname = \"{name}\"\ncontainer = {{ image = \"{remote}\", args = [\"--name\", \"{name}\"], pull = \"missing\"{pin} }}\n"
@@ -268,4 +248,221 @@ async fn an_image_is_pulled_from_the_registry_when_missing_and_its_pin_holds() {
     let _ = std::process::Command::new("docker")
         .args(["rmi", &remote])
         .output();
+}
+
+/// A key of the test's own (a fixed scalar: the test signs what it needs).
+fn signing_key(seed: u8) -> p256::ecdsa::SigningKey {
+    p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap()
+}
+
+fn public_pem(key: &p256::ecdsa::SigningKey) -> String {
+    use p256::pkcs8::EncodePublicKey as _;
+    key.verifying_key()
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap()
+}
+
+/// Pushes, as cosign does, a signature by `key` of a payload naming
+/// `signed_digest`, at the signature tag of `repository`'s image `digest`.
+async fn sign(
+    registry: &Registry,
+    repository: &str,
+    digest: &str,
+    signed_digest: &str,
+    key: &p256::ecdsa::SigningKey,
+) {
+    use p256::ecdsa::signature::Signer as _;
+    let payload = serde_json::to_vec(&json!({
+        "critical": {
+            "identity": { "docker-reference": format!("{}/{repository}", registry.address) },
+            "image": { "docker-manifest-digest": signed_digest },
+            "type": "cosign container image signature",
+        },
+        "optional": null,
+    }))
+    .unwrap();
+    let signature: p256::ecdsa::Signature = key.sign(&payload);
+    let encoded = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        signature.to_der().as_bytes(),
+    );
+    let tag = format!("sha256-{}.sig", digest.trim_start_matches("sha256:"));
+    let reference: oci_client::Reference = format!("{}/{repository}:{tag}", registry.address)
+        .parse()
+        .unwrap();
+    let layers = [oci_client::client::ImageLayer::new(
+        payload,
+        "application/vnd.dev.cosign.simplesigning.v1+json".to_owned(),
+        Some(std::collections::BTreeMap::from([(
+            "dev.cosignproject.cosign/signature".to_owned(),
+            encoded,
+        )])),
+    )];
+    let config = oci_client::client::Config::new(
+        b"{}".to_vec(),
+        "application/vnd.oci.image.config.v1+json".to_owned(),
+        None,
+    );
+    oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::Http,
+        ..Default::default()
+    })
+    .push(
+        &reference,
+        &layers,
+        config,
+        &oci_client::secrets::RegistryAuth::Anonymous,
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+/// `docker ARGS…`: its stdout, or a panic with its stderr.
+fn docker_cli(args: &[&str]) -> String {
+    let output = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Tags the test image as `repository:v1` in the registry and pushes it;
+/// its digest there.
+fn push_image(registry: &Registry, repository: &str) -> String {
+    let remote = format!("{}/{repository}:v1", registry.address);
+    docker_cli(&["tag", &common::test_image(), &remote]);
+    let pushed = docker_cli(&["push", &remote]);
+    pushed
+        .split_whitespace()
+        .skip_while(|word| *word != "digest:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a digest in {pushed}"))
+        .to_owned()
+}
+
+/// A proxy whose server `name` runs `repository:v1` from the registry and
+/// must be signed by `key`; the reply to a call of its `echo`, and the
+/// proxy's log.
+async fn call_signed(
+    registry: &Registry,
+    name: &str,
+    repository: &str,
+    key: &str,
+) -> (Value, Vec<String>) {
+    let proxy = TestProxy::new();
+    std::fs::write(proxy.dir().join("cosign.pub"), key).unwrap();
+    let proxy = proxy
+        .with_config("[signatures]\nkeys = [\"cosign.pub\"]\n")
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"{name}\"\ncontainer = {{ image = \"{}/{repository}:v1\", args = [\"--name\", \"{name}\"], require_signature = true }}\n",
+            registry.address
+        ));
+    let mut client = proxy.raw_stdio().await;
+    client.initialize().await;
+    let reply = client
+        .call(
+            1,
+            "tools/call",
+            json!({ "name": format!("{name}__echo"), "arguments": { "text": "hi" } }),
+        )
+        .await;
+    let log = client.log();
+    client.finish().await;
+    // The run's records: a refused start is one (`server_down`, why).
+    let config = proxy.write_config();
+    let (ok, records, stderr) = run_portcullis([
+        "audit",
+        "query",
+        "--config",
+        config.to_str().unwrap(),
+        "--kind",
+        "server_down",
+        "--format",
+        "jsonl",
+    ]);
+    assert!(ok, "{stderr}");
+    let mut log = log;
+    log.extend(records.lines().map(|line| format!("record: {line}")));
+    (reply, log)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_image_starts_and_an_unsigned_or_wrongly_signed_one_does_not() {
+    let _docker = common::docker().await;
+    let registry = Registry::start().await;
+    let ours = signing_key(7);
+    let theirs = signing_key(9);
+    let ours_pem = public_pem(&ours);
+
+    // Signed by our key, for its own digest: it runs.
+    let digest = push_image(&registry, "signed");
+    sign(&registry, "signed", &digest, &digest, &ours).await;
+    let (reply, _) = call_signed(&registry, "signed", "signed", &ours_pem).await;
+    assert_eq!(first_text(&reply), "signed: hi", "{reply}");
+
+    // Not signed at all (the same image under a repository with no signature).
+    let unsigned = push_image(&registry, "unsigned");
+    let (reply, log) = call_signed(&registry, "unsigned", "unsigned", &ours_pem).await;
+    assert!(reply.get("error").is_some(), "{reply}");
+    assert!(
+        log.iter().any(|line| line.contains("is not signed")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|line| line.starts_with("record: ") && line.contains("is not signed")),
+        "the refusal is recorded: {log:?}"
+    );
+
+    // Signed, but by another key.
+    let other = push_image(&registry, "other-key");
+    sign(&registry, "other-key", &other, &other, &theirs).await;
+    let (reply, log) = call_signed(&registry, "other", "other-key", &ours_pem).await;
+    assert!(reply.get("error").is_some(), "{reply}");
+    assert!(
+        log.iter()
+            .any(|line| line.contains("not signed by any key")),
+        "{log:?}"
+    );
+
+    // Signed by our key, but the payload names another image.
+    let moved = push_image(&registry, "moved");
+    let elsewhere = format!("sha256:{}", "e".repeat(64));
+    sign(&registry, "moved", &moved, &elsewhere, &ours).await;
+    let (reply, log) = call_signed(&registry, "moved", "moved", &ours_pem).await;
+    assert!(reply.get("error").is_some(), "{reply}");
+    assert!(
+        log.iter().any(|line| line.contains("is for another image")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|line| line.starts_with("record: ") && line.contains("is for another image")),
+        "{log:?}"
+    );
+    assert_eq!(unsigned, digest, "one image under several repositories");
+
+    // A key file that is not a key stops the proxy at start.
+    let proxy = TestProxy::new();
+    std::fs::write(proxy.dir().join("cosign.pub"), "not a key").unwrap();
+    let refused = common::serve_refused(
+        &proxy
+            .with_config("[signatures]\nkeys = [\"cosign.pub\"]\nrequire = true\n")
+            .write_config(),
+    );
+    assert!(refused.contains("is not a PEM public key"), "{refused}");
+    // Signatures required, no key to check them with: refused too.
+    let refused = common::serve_refused(
+        &TestProxy::new()
+            .with_config("[signatures]\nrequire = true\n")
+            .with_container_server("c", "", "")
+            .write_config(),
+    );
+    assert!(refused.contains("names no key"), "{refused}");
 }

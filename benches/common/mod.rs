@@ -109,6 +109,23 @@ pub fn print_table(title: &str, ratio: &str, rows: &[&Stats], baseline: &Stats) 
     }
 }
 
+/// A Markdown table of slow operations in milliseconds, each row's p50 as a
+/// ratio of `baseline`'s.
+pub fn print_ms_table(title: &str, ratio: &str, rows: &[&Stats], baseline: &Stats) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("\n| {title} | p50 ms | p99 ms | {ratio} |");
+    println!("|---|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2}× |",
+            row.label,
+            ms(row.p50),
+            ms(row.p99),
+            ms(row.p50) / ms(baseline.p50)
+        );
+    }
+}
+
 /// One small write and `fdatasync` on the disk under `dir`, `count` times:
 /// what a durable commit costs at best.
 pub fn measure_fsync(dir: &std::path::Path, count: usize) -> Stats {

@@ -39,6 +39,10 @@ pub struct ContainerSpec {
     /// the sandbox) each time the container starts, from the image that
     /// runs.
     pub label: Option<super::catalog::Operator>,
+    /// Its image must carry a cosign signature by one of `signature_keys`
+    /// (`[signatures]`), checked at each start.
+    pub require_signature: bool,
+    pub signature_keys: super::SignatureKeys,
 }
 
 /// Where a `stdio = "fifo"` server's FIFOs and launcher come from.
@@ -131,6 +135,10 @@ pub(super) struct RawContainer {
     /// Who shares a container.
     #[schemars(extend("default" = "shared"))]
     isolation: Option<Isolation>,
+    /// Its image must be signed (cosign) by one of `[signatures] keys`,
+    /// checked before each start.
+    #[schemars(extend("default" = false))]
+    require_signature: Option<bool>,
     /// How MCP crosses into the container.
     #[schemars(extend("x-default" = "`fifo` when `[proxy] bridge` is set, else `attach`"))]
     stdio: Option<Stdio>,
@@ -200,6 +208,8 @@ impl RawContainer {
             sandbox,
             fifos,
             label: None,
+            require_signature: self.require_signature.unwrap_or(false),
+            signature_keys: std::sync::Arc::default(),
         })
     }
 

@@ -35,6 +35,10 @@ pub(super) struct RawCatalog {
     /// fetches it (the proxy never does at start) and the proxy refuses to
     /// start until it has. A pinned digest must be what was pulled.
     oci: Option<String>,
+    /// Every server this catalog describes runs only a signed image (see
+    /// `[signatures]`).
+    #[schemars(extend("x-default" = "`false`"))]
+    require_signature: Option<bool>,
 }
 
 /// A catalog the config names, read.
@@ -48,6 +52,8 @@ pub struct CatalogConfig {
     pub oci: Option<String>,
     /// An OCI catalog not pulled yet (no servers until it is).
     pub unpulled: bool,
+    /// Its servers' images must be signed.
+    pub require_signature: bool,
 }
 
 impl RawCatalog {
@@ -100,6 +106,7 @@ impl RawCatalog {
                             servers: BTreeMap::new(),
                             oci: self.oci,
                             unpulled: true,
+                            require_signature: self.require_signature.unwrap_or(false),
                         });
                     }
                 }
@@ -113,6 +120,7 @@ impl RawCatalog {
             servers: file.registry,
             oci: self.oci,
             unpulled: false,
+            require_signature: self.require_signature.unwrap_or(false),
         })
     }
 }
@@ -207,7 +215,7 @@ pub(super) fn container(
         |message: String| at.error(".from", format!("server `{}`: {message}", described.name));
     let source = source(described.from).map_err(fail)?;
     let raw = described.container.unwrap_or_default();
-    let (meta_name, meta) = match source {
+    let (meta_name, meta, catalog_signed) = match source {
         Source::Docker { image, digest } => {
             let raw = raw.described(at, image, digest)?;
             let mut spec = raw.validate(at, described.name, described.sandbox, proxy)?;
@@ -232,7 +240,7 @@ pub(super) fn container(
                     shown(&server)
                 )));
             };
-            (server, meta.clone())
+            (server, meta.clone(), found.require_signature)
         }
         Source::File(path) => {
             let path = at.validator.resolve(path);
@@ -243,7 +251,7 @@ pub(super) fn container(
                 .name
                 .clone()
                 .unwrap_or_else(|| described.name.to_owned());
-            (name, meta)
+            (name, meta, false)
         }
     };
     if meta.kind.as_deref() == Some("remote") {
@@ -270,6 +278,7 @@ pub(super) fn container(
     }
     let raw = raw.described(at, image, digest)?;
     let mut spec = raw.validate(at, described.name, described.sandbox, proxy)?;
+    spec.require_signature |= catalog_signed;
     let operator = Operator {
         meta_name,
         server: described.name.to_owned(),

@@ -44,6 +44,7 @@ mod sandbox;
 mod schema;
 mod secrets;
 mod servers;
+mod signatures;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -95,6 +96,8 @@ use servers::RawServer;
 pub use servers::{
     ProcessSpec, RemoteGrant, RemoteOauth, RemoteSpec, ServerConfig, ServerProtocol, UpstreamSpec,
 };
+use signatures::RawSignatures;
+pub use signatures::{SignatureKey, SignatureKeys};
 pub use values::{parse_duration, parse_size};
 
 /// A config that failed to load.
@@ -212,6 +215,10 @@ struct RawConfig {
     /// `portcullis__add` and `portcullis__remove`, over these catalogs.
     #[serde(default)]
     discovery: RawDiscovery,
+    /// The operator's public keys, and which servers' images must be
+    /// signed by one of them.
+    #[serde(default)]
+    signatures: RawSignatures,
     /// The MCP servers behind the proxy, one entry each: exactly one of
     /// `container`, `process`, `remote` or `from`.
     #[serde(default)]
@@ -402,7 +409,9 @@ impl Validator<'_> {
             raw.validate(at, &mut names, &proxy, &catalogs)
         })?;
         exchanges::check(self, &mut servers, oauth.as_ref())?;
-        let discovery = raw.discovery.validate(self, &catalogs, &servers, &proxy)?;
+        let mut discovery = raw.discovery.validate(self, &catalogs, &servers, &proxy)?;
+        raw.signatures
+            .apply(self, &mut servers, discovery.as_mut())?;
         let mut chain = Chain::parse(self, raw.chain, &proxy)?;
         chain.place(self, Switchable::Authz, proxy.policies.is_some())?;
         let ratelimit = raw.ratelimit.validate(self, &clients, &servers, &proxy)?;

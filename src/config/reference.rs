@@ -517,6 +517,7 @@ mod tests {
             ),
             // Without a catalog file to read: the defaults of an empty one.
             "discovery" => "[discovery]\n".into(),
+            "signatures" => "[signatures]\n".into(),
             "chain" => plugin.into(),
             "chain.breaker" => format!("{plugin}[chain.breaker]\n"),
             "ratelimit.concurrency" => format!(

@@ -22,7 +22,7 @@ use crate::chain::{Annotation, Denial, Exchange, Refusal};
 use crate::config::{DiscoveryConfig, ServerConfig};
 use crate::interceptors::authz::{Action, Target};
 use crate::protocol;
-use crate::search::{Field, Index};
+use crate::search::{Index, server_fields};
 
 use super::{Catalog, Gateway, ListKind, ServerLists, Session, lock};
 
@@ -123,31 +123,7 @@ impl Discovery {
             })
             .collect();
         let search = Index::new(config.servers.iter().map(|found| {
-            let mut fields = vec![
-                Field {
-                    text: &found.name,
-                    weight: 4.0,
-                },
-                Field {
-                    text: &found.title,
-                    weight: 3.0,
-                },
-                Field {
-                    text: &found.description,
-                    weight: 1.0,
-                },
-            ];
-            for (name, description) in &found.tools {
-                fields.push(Field {
-                    text: name,
-                    weight: 2.0,
-                });
-                fields.push(Field {
-                    text: description,
-                    weight: 1.0,
-                });
-            }
-            fields
+            server_fields(&found.name, &found.title, &found.description, &found.tools)
         }));
         let started = servers.iter().map(|_| AtomicBool::new(false)).collect();
         let discovery = Self {

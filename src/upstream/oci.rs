@@ -78,7 +78,8 @@ pub fn is_loopback(registry: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn client(reference: &Reference) -> Client {
+/// A registry client for `reference`: plain HTTP only on loopback.
+pub(crate) fn client_for(reference: &Reference) -> Client {
     // The registry's TLS, with the proxy's crypto (ring), as every client of
     // the proxy's has it.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -112,7 +113,7 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 /// layer's bytes are checked against its digest as they arrive.
 pub async fn pull_catalog(text: &str, limit: u64) -> Result<PulledCatalog, OciError> {
     let reference = reference(text)?;
-    let client = client(&reference);
+    let client = client_for(&reference);
     let (manifest, digest) = client
         .pull_image_manifest(&reference, &RegistryAuth::Anonymous)
         .await
@@ -203,7 +204,7 @@ pub async fn push_catalog(text: &str, json: Vec<u8>) -> Result<String, OciError>
             "{text}: push to a tag, not a digest"
         )));
     }
-    let client = client(&reference);
+    let client = client_for(&reference);
     let layers = [ImageLayer::new(json, CATALOG_LAYER.to_owned(), None)];
     let config = Config::new(b"{}".to_vec(), EMPTY_CONFIG.to_owned(), None);
     let mut manifest = OciImageManifest::build(&layers, &config, None);

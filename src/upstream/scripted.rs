@@ -103,6 +103,8 @@ pub(crate) fn lazy_config(name: &str, idle_timeout: Duration) -> Arc<ServerConfi
             sandbox: Sandbox::default(),
             fifos: None,
             label: None,
+            require_signature: false,
+            signature_keys: Default::default(),
         })),
     )
 }

@@ -110,6 +110,7 @@ impl Supervisor {
                     // and again for nobody (nor, for a connection acting as
                     // the user, exchanging a token in a loop).
                     tracing::warn!(server = %name, error = %err, "a client's instance not started; tried again at the client's next call");
+                    self.report_failed_start(&err).await;
                     self.shared.set_link(None);
                     self.shared.wanted.store(false, Ordering::SeqCst);
                     self.shared.fail_all_pending();
@@ -126,6 +127,10 @@ impl Supervisor {
                     self.shared.set_link(None);
                     self.shared.fail_all_pending();
                     tracing::warn!(server = %name, error = %err, retry_in_ms = backoff.as_millis() as u64, "server failed to start");
+                    // Recorded once per run of failures, not at each retry.
+                    if backoff == BACKOFF_START {
+                        self.report_failed_start(&err).await;
+                    }
                     self.shared
                         .status
                         .send_replace(Status::Down(err.to_string()));
@@ -143,6 +148,20 @@ impl Supervisor {
         self.shared.set_link(None);
         self.shared.fail_all_pending();
         self.shared.status.send_replace(Status::Stopped);
+    }
+
+    /// Tells the gateway (which records it as `server_down`) why a start
+    /// failed: an image refused (its signature, its pin), a command that
+    /// exits, a handshake that never comes.
+    async fn report_failed_start(&self, err: &UpstreamError) {
+        let _ = self
+            .shared
+            .events
+            .send(UpstreamEvent::Down {
+                source: self.shared.source(),
+                reason: err.to_string(),
+            })
+            .await;
     }
 
     /// Opens a link and does the handshake on it; a link whose handshake

@@ -494,6 +494,13 @@ async fn a_server_that_speaks_an_unknown_version_is_refused_and_retried() {
                 .into()
         )
     );
+    // Reported (the gateway records it as `server_down`), once.
+    match running.next_event().await {
+        UpstreamEvent::Down { reason, .. } => {
+            assert!(reason.contains("1999-01-01"), "{reason}");
+        }
+        other => panic!("expected the failed start reported, got {other:?}"),
+    }
     let _server = running.next_ready().await;
 }
 

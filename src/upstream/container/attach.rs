@@ -116,6 +116,12 @@ pub(in crate::upstream) async fn spawn(
     };
     let docker = engine().await.map_err(fail)?;
     let image = ensure_image(docker, spec).await.map_err(fail)?;
+    if spec.require_signature {
+        let verified = super::signature::verify(spec, &image, &spec.signature_keys)
+            .await
+            .map_err(fail)?;
+        tracing::info!(server = %server, image = %spec.image, verified, "image signature verified");
+    }
     // A `docker://` server runs as the label of this very image (the one
     // whose id is started) says, checked against its sandbox.
     let described = image

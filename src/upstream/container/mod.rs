@@ -21,6 +21,7 @@ mod image;
 mod orphans;
 mod owner;
 mod profile;
+pub mod signature;
 
 pub(super) use attach::spawn;
 pub use engine::{describe, engine, engine_address, labelled, short};

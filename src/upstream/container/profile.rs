@@ -125,6 +125,8 @@ mod tests {
             sandbox,
             fifos: None,
             label: None,
+            require_signature: false,
+            signature_keys: Default::default(),
         }
     }
 
