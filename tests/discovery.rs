@@ -41,6 +41,16 @@ registry:
     tools:
       - name: echo
         description: Echo the text
+  second:
+    image: {image}
+    description: Another echo
+    command: ["--name", "second"]
+    tools:
+      - name: echo
+  third:
+    image: {image}
+    description: A third echo
+    command: ["--name", "third"]
   clock:
     image: {image}
     title: Clock
@@ -212,15 +222,24 @@ async fn an_agent_finds_and_adds_a_server_for_its_session_only() {
     }
     let unknown = call_tool(&mine, 11, "portcullis__add", json!({ "name": "nope" })).await;
     assert_eq!(unknown["result"]["isError"], true, "{unknown}");
+    // A server the client may not find is one no catalog offers, to it.
+    let hidden = call_tool(&mine, 17, "portcullis__add", json!({ "name": "clock" })).await;
+    assert_eq!(hidden["result"]["isError"], true, "{hidden}");
+    assert_eq!(
+        first_text(&hidden),
+        first_text(&unknown).replace("nope", "clock"),
+        "no hint that it exists"
+    );
 
     // The session's cap (2): a second server fits, a third does not.
-    let second = call_tool(&mine, 12, "portcullis__add", json!({ "name": "clock" })).await;
+    let second = call_tool(&mine, 12, "portcullis__add", json!({ "name": "second" })).await;
     assert_eq!(second["result"]["isError"], false, "{second}");
-    let plain_count = list(&mine, 13).await;
-    assert!(
-        plain_count.contains(&"clock__echo".to_owned()),
-        "{plain_count:?}"
-    );
+    let names = list(&mine, 13).await;
+    assert!(names.contains(&"second__echo".to_owned()), "{names:?}");
+    let third = call_tool(&mine, 18, "portcullis__add", json!({ "name": "third" })).await;
+    assert_eq!(third["result"]["isError"], true, "{third}");
+    assert!(first_text(&third).contains("the most it may"), "{third}");
+    assert_eq!(running(&docker, "third").await, 0);
 
     // remove: gone from the session's lists and calls.
     let removed = call_tool(&mine, 14, "portcullis__remove", json!({ "name": "echoer" })).await;

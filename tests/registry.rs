@@ -271,10 +271,29 @@ async fn sign(
     signed_digest: &str,
     key: &p256::ecdsa::SigningKey,
 ) {
+    sign_for(
+        registry,
+        (repository, repository),
+        digest,
+        signed_digest,
+        key,
+    )
+    .await;
+}
+
+/// [`sign`], the payload naming `identity`'s repository while the
+/// signature is pushed to `repository`'s tag.
+async fn sign_for(
+    registry: &Registry,
+    (repository, identity): (&str, &str),
+    digest: &str,
+    signed_digest: &str,
+    key: &p256::ecdsa::SigningKey,
+) {
     use p256::ecdsa::signature::Signer as _;
     let payload = serde_json::to_vec(&json!({
         "critical": {
-            "identity": { "docker-reference": format!("{}/{repository}", registry.address) },
+            "identity": { "docker-reference": format!("{}/{identity}", registry.address) },
             "image": { "docker-manifest-digest": signed_digest },
             "type": "cosign container image signature",
         },
@@ -447,6 +466,18 @@ async fn a_signed_image_starts_and_an_unsigned_or_wrongly_signed_one_does_not() 
         "{log:?}"
     );
     assert_eq!(unsigned, digest, "one image under several repositories");
+
+    // Our signature of the same digest, made for another repository and
+    // copied to this one's signature tag: refused.
+    let copied = push_image(&registry, "copied");
+    sign_for(&registry, ("copied", "signed"), &copied, &copied, &ours).await;
+    let (reply, log) = call_signed(&registry, "copied", "copied", &ours_pem).await;
+    assert!(reply.get("error").is_some(), "{reply}");
+    assert!(
+        log.iter()
+            .any(|line| line.contains("is for another image") && line.contains("repository")),
+        "{log:?}"
+    );
 
     // A key file that is not a key stops the proxy at start.
     let proxy = TestProxy::new();

@@ -80,7 +80,9 @@ pub(super) async fn run(command: CatalogCommand) -> anyhow::Result<()> {
                 }
             };
             let json = catalog::to_json(&text).map_err(|m| anyhow::anyhow!("{source}: {m}"))?;
-            let digest = oci::push_catalog(&reference, json).await?;
+            let digest = tokio::time::timeout(oci::DEADLINE, oci::push_catalog(&reference, json))
+                .await
+                .map_err(|_| anyhow::anyhow!("the push took over {:?}", oci::DEADLINE))??;
             println!("pushed {source} to {reference}@{digest}");
             Ok(())
         }
@@ -137,7 +139,8 @@ pub(super) async fn run(command: CatalogCommand) -> anyhow::Result<()> {
                 super::Format::Table => {
                     for (server, meta) in &found.servers {
                         println!(
-                            "{server:<24} {:<40} {}",
+                            "{:<24} {:<40} {}",
+                            clean(server),
                             clean(meta.image.as_deref().unwrap_or("-")),
                             clean(meta.description.as_deref().unwrap_or_default())
                         );
@@ -227,9 +230,19 @@ async fn pull(config: &std::path::Path, names: &[String]) -> anyhow::Result<()> 
             }
             continue;
         };
-        let got = oci::pull_catalog(reference, MAX_CATALOG_BYTES as u64)
-            .await
-            .with_context(|| format!("catalog `{}`", catalog.name))?;
+        let got = tokio::time::timeout(
+            oci::DEADLINE,
+            oci::pull_catalog(reference, MAX_CATALOG_BYTES as u64),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "catalog `{}`: the pull took over {:?}",
+                catalog.name,
+                oci::DEADLINE
+            )
+        })?
+        .with_context(|| format!("catalog `{}`", catalog.name))?;
         let text = std::str::from_utf8(&got.json)
             .map_err(|_| anyhow::anyhow!("catalog `{}`: its layer is not UTF-8", catalog.name))?;
         let parsed = catalog::parse_catalog(text)

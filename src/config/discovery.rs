@@ -25,6 +25,13 @@ pub const PROXY_SERVER: &str = "portcullis";
 /// Servers one session adds at most, unless `max_servers_per_session` says.
 const DEFAULT_PER_SESSION: usize = 4;
 
+/// Catalog servers in use at once (by any session), unless `max_servers`
+/// says.
+const DEFAULT_MAX_SERVERS: usize = 16;
+
+/// Servers the discovery catalogs may offer together, at most.
+const MAX_OFFERED: usize = 10_000;
+
 /// How long an added server's container runs with no call, unless
 /// `idle_timeout` says.
 const DEFAULT_IDLE: Duration = Duration::from_secs(600);
@@ -41,15 +48,20 @@ pub(super) struct RawDiscovery {
     /// Servers one session may add, at most.
     #[schemars(extend("x-default" = "`4`"))]
     max_servers_per_session: Option<usize>,
+    /// Catalog servers in use by all sessions together, at most (each a
+    /// container).
+    #[schemars(extend("x-default" = "`16`"))]
+    max_servers: Option<usize>,
     /// How long an added server's container runs with no call before it is
     /// stopped (it starts again at the next call).
     #[schemars(extend("x-default" = "`\"10m\"`"))]
     idle_timeout: Option<String>,
-    /// Secret references by the variable a server's metadata reads them
-    /// from (`GITHUB_PERSONAL_ACCESS_TOKEN = "env:GH_TOKEN"`): each added
-    /// server gets those its metadata declares, and no other.
+    /// Secret references per server, by the variable its metadata reads
+    /// them from: `[discovery.secrets.github] GITHUB_PERSONAL_ACCESS_TOKEN =
+    /// "env:GH_TOKEN"`. A server gets its own, and only those its metadata
+    /// declares.
     #[serde(default)]
-    secrets: BTreeMap<String, String>,
+    secrets: BTreeMap<String, BTreeMap<String, String>>,
     /// Values for an added server's `{{server.key}}` templates, by server:
     /// `[discovery.config.SERVER] key = "value"`.
     #[serde(default)]
@@ -61,6 +73,7 @@ pub(super) struct RawDiscovery {
 pub struct DiscoveryConfig {
     pub catalogs: Vec<String>,
     pub max_per_session: usize,
+    pub max_servers: usize,
     /// Every server of those catalogs, in catalog then name order.
     pub servers: Vec<Discoverable>,
 }
@@ -123,23 +136,15 @@ impl RawDiscovery {
                 "must be 1 to 64".into(),
             ));
         }
+        let max_servers = self.max_servers.unwrap_or(DEFAULT_MAX_SERVERS);
+        if max_servers == 0 || max_servers > 256 {
+            return Err(error("discovery.max_servers", "must be 1 to 256".into()));
+        }
         let idle = match &self.idle_timeout {
             None => DEFAULT_IDLE,
             Some(text) => parse_duration(text).map_err(|m| error("discovery.idle_timeout", m))?,
         };
-        let mut secrets = BTreeMap::new();
-        for (name, reference) in &self.secrets {
-            if !super::names::is_identifier(name) {
-                return Err(error(
-                    &format!("discovery.secrets.{name}"),
-                    format!("`{}` is not an environment variable's name", shown(name)),
-                ));
-            }
-            let parsed = validator
-                .secret_ref(reference)
-                .map_err(|m| error(&format!("discovery.secrets.{name}"), m))?;
-            secrets.insert(name.clone(), parsed);
-        }
+        let secrets = self.secret_refs(validator)?;
         let mut taken: HashSet<&str> = configured.iter().map(|s| s.name.as_str()).collect();
         taken.insert(PROXY_SERVER);
         let at = Entry {
@@ -153,19 +158,22 @@ impl RawDiscovery {
                 continue;
             };
             for (server, meta) in &catalog.servers {
+                // A name a configured server (or an earlier catalog) has is
+                // not offered: not even its existence is shown.
+                if taken.contains(server.as_str()) {
+                    continue;
+                }
                 let described = if !super::valid_server_name(server) {
                     Err(format!(
                         "`{}` is not a server name Portcullis accepts (1-63 characters of a-z, 0-9 and `-`)",
                         shown(server)
                     ))
-                } else if taken.contains(server.as_str()) {
-                    Err(format!(
-                        "a server named `{server}` is already configured or offered by an earlier catalog"
-                    ))
                 } else {
                     taken.insert(server);
                     let declared: BTreeMap<_, _> = secrets
-                        .iter()
+                        .get(server)
+                        .into_iter()
+                        .flatten()
                         .filter(|(env, _)| meta.secrets.iter().any(|s| s.env == **env))
                         .map(|(env, reference)| (env.clone(), reference.clone()))
                         .collect();
@@ -179,26 +187,76 @@ impl RawDiscovery {
                         idle,
                     )
                 };
-                servers.push(Discoverable {
-                    catalog: name.clone(),
-                    name: server.clone(),
-                    title: meta.title.clone().unwrap_or_default(),
-                    description: meta.description.clone().unwrap_or_default(),
-                    tools: meta
-                        .tools
-                        .iter()
-                        .map(|tool| (tool.name.clone(), tool.description.clone()))
-                        .collect(),
-                    image: meta.image.clone().unwrap_or_default(),
-                    server: described,
-                });
+                servers.push(discoverable(name, server, meta, described));
             }
+        }
+        if servers.len() > MAX_OFFERED {
+            return Err(error(
+                "discovery.catalogs",
+                format!(
+                    "the catalogs offer {} servers, over the limit of {MAX_OFFERED}",
+                    servers.len()
+                ),
+            ));
         }
         Ok(Some(DiscoveryConfig {
             catalogs: self.catalogs,
             max_per_session,
+            max_servers,
             servers,
         }))
+    }
+}
+
+impl RawDiscovery {
+    /// `[discovery.secrets.SERVER]`, parsed: by server, by variable.
+    fn secret_refs(
+        &self,
+        validator: &Validator<'_>,
+    ) -> Result<BTreeMap<String, BTreeMap<String, super::SecretRef>>, ConfigError> {
+        let mut secrets: BTreeMap<String, BTreeMap<String, super::SecretRef>> = BTreeMap::new();
+        for (server, references) in &self.secrets {
+            for (name, reference) in references {
+                let key = format!("discovery.secrets.{server}.{name}");
+                if !super::names::is_identifier(name) {
+                    return Err(validator.error(
+                        None,
+                        &key,
+                        format!("`{}` is not an environment variable's name", shown(name)),
+                    ));
+                }
+                let parsed = validator
+                    .secret_ref(reference)
+                    .map_err(|m| validator.error(None, &key, m))?;
+                secrets
+                    .entry(server.clone())
+                    .or_default()
+                    .insert(name.clone(), parsed);
+            }
+        }
+        Ok(secrets)
+    }
+}
+
+/// A catalog's entry as `find` shows it, and how it runs (or why not).
+fn discoverable(
+    catalog: &str,
+    server: &str,
+    meta: &super::catalog::ServerMeta,
+    described: Result<ServerConfig, String>,
+) -> Discoverable {
+    Discoverable {
+        catalog: catalog.to_owned(),
+        name: server.to_owned(),
+        title: meta.title.clone().unwrap_or_default(),
+        description: meta.description.clone().unwrap_or_default(),
+        tools: meta
+            .tools
+            .iter()
+            .map(|tool| (tool.name.clone(), tool.description.clone()))
+            .collect(),
+        image: meta.image.clone().unwrap_or_default(),
+        server: described,
     }
 }
 

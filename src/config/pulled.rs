@@ -109,8 +109,14 @@ pub(super) fn read(path: &Path, reference: &str, limit: usize) -> Result<Option<
 /// Keeps a pulled catalog: its file, then its record (so a file without a
 /// record, or with another's, is refused at load). Both owner-only.
 pub fn write(path: &Path, record: &PulledRecord, json: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+    if let Some(parent) = path.parent()
+        && !parent.exists()
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
     }
     write_private(path, json)?;
     let text = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;

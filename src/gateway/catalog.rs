@@ -53,14 +53,24 @@ pub struct Catalog {
     resource_index: HashMap<String, usize>,
     /// Literal prefixes of URI templates (before the first `{`), longest first.
     template_prefixes: Vec<(String, usize)>,
+    /// The first server that a catalog offers (`[discovery]`): a URI a
+    /// configured server covers is never theirs.
+    catalogued_from: usize,
 }
 
 impl Catalog {
     pub fn new(servers: usize) -> Self {
         Self {
             per_server: vec![None; servers],
+            catalogued_from: usize::MAX,
             ..Self::default()
         }
+    }
+
+    /// Servers from `first` on are a catalog's (see `resource_owner`).
+    pub fn catalogued_from(mut self, first: usize) -> Self {
+        self.catalogued_from = first;
+        self
     }
 
     pub fn server_lists(&self, server: usize) -> Option<&ServerLists> {
@@ -96,7 +106,9 @@ impl Catalog {
         if let Some(slot) = per_server.get_mut(server) {
             *slot = lists;
         }
-        (Self::build(per_server, names, separator), changed)
+        let mut next = Self::build(per_server, names, separator);
+        next.catalogued_from = self.catalogued_from;
+        (next, changed)
     }
 
     fn build(per_server: Vec<Option<ServerLists>>, names: &[Arc<str>], separator: &str) -> Self {
@@ -175,6 +187,7 @@ impl Catalog {
             prompt_index,
             resource_index,
             template_prefixes,
+            catalogued_from: usize::MAX,
         }
     }
 
@@ -228,13 +241,25 @@ impl Catalog {
 
     /// The server a resource URI belongs to: a listed resource, or else the
     /// template with the longest matching literal prefix.
+    /// A configured server's claim comes first: a URI it lists or its
+    /// templates cover is never a catalog server's (one that a session
+    /// added cannot take another's reads or updates).
     pub fn resource_owner(&self, uri: &str) -> Option<usize> {
-        self.resource_index.get(uri).copied().or_else(|| {
-            self.template_prefixes
-                .iter()
-                .find(|(prefix, _)| !prefix.is_empty() && uri.starts_with(prefix.as_str()))
-                .map(|(_, server)| *server)
-        })
+        let exact = self.resource_index.get(uri).copied();
+        if let Some(server) = exact.filter(|&server| server < self.catalogued_from) {
+            return Some(server);
+        }
+        let mut covering = self
+            .template_prefixes
+            .iter()
+            .filter(|(prefix, _)| !prefix.is_empty() && uri.starts_with(prefix.as_str()))
+            .map(|(_, server)| *server);
+        let first = covering.next();
+        let configured = first
+            .into_iter()
+            .chain(covering)
+            .find(|&server| server < self.catalogued_from);
+        configured.or(exact).or(first)
     }
 }
 

@@ -69,6 +69,13 @@ impl Holder {
     }
 }
 
+/// Why `reserve` took no place.
+enum Reserved {
+    /// The holder has it already.
+    Already,
+    Refused(String),
+}
+
 /// One server of the catalogs.
 struct Entry {
     name: String,
@@ -89,6 +96,8 @@ pub(super) struct Discovery {
     entries: Vec<Entry>,
     search: Index,
     max_per_session: usize,
+    /// Catalog servers in use by any holder at once, at most.
+    max_servers: usize,
     /// What each holder added, in order.
     added: Mutex<HashMap<Holder, Vec<usize>>>,
     /// Per catalog server (from `first`): whether its supervisor runs.
@@ -132,6 +141,7 @@ impl Discovery {
             entries,
             search,
             max_per_session: config.max_per_session,
+            max_servers: config.max_servers,
             added: Mutex::new(HashMap::new()),
             started,
         };
@@ -145,7 +155,12 @@ impl Discovery {
                 "name": name,
                 "description": description,
                 "inputSchema": schema,
-                "annotations": { "readOnlyHint": name == "find", "destructiveHint": false, "openWorldHint": false },
+                // `add` starts a container: no hint that it is harmless.
+                "annotations": if name == "find" {
+                    json!({ "readOnlyHint": true, "openWorldHint": false })
+                } else {
+                    json!({ "readOnlyHint": false })
+                },
             })
         };
         ServerLists {
@@ -203,6 +218,43 @@ impl Discovery {
     /// The servers `holder` added.
     fn added_by(&self, holder: &Holder) -> Vec<usize> {
         lock(&self.added).get(holder).cloned().unwrap_or_default()
+    }
+
+    /// Takes a place for `index` among `holder`'s servers (before it
+    /// starts, so concurrent adds cannot pass the caps): `None` when taken;
+    /// otherwise why not.
+    fn reserve(&self, holder: &Holder, index: usize) -> Option<Reserved> {
+        let mut all = lock(&self.added);
+        let in_use: std::collections::HashSet<usize> = all.values().flatten().copied().collect();
+        let mine = all.entry(holder.clone()).or_default();
+        if mine.contains(&index) {
+            return Some(Reserved::Already);
+        }
+        if mine.len() >= self.max_per_session {
+            return Some(Reserved::Refused(format!(
+                "this session has added {} servers, the most it may: remove one with portcullis__remove first",
+                mine.len()
+            )));
+        }
+        if !in_use.contains(&index) && in_use.len() >= self.max_servers {
+            return Some(Reserved::Refused(format!(
+                "the proxy already runs {} catalog servers for its sessions, the most `[discovery] max_servers` allows",
+                in_use.len()
+            )));
+        }
+        mine.push(index);
+        None
+    }
+
+    /// Gives back a place `reserve` took (the server did not start).
+    fn release(&self, holder: &Holder, index: usize) {
+        let mut all = lock(&self.added);
+        if let Some(mine) = all.get_mut(holder) {
+            mine.retain(|&added| added != index);
+            if mine.is_empty() {
+                all.remove(holder);
+            }
+        }
     }
 
     /// Forgets what `holder` added (its session closed).
@@ -438,7 +490,12 @@ impl Gateway {
         name: &str,
         exchange: &mut Exchange,
     ) -> Result<(String, bool), super::Failure> {
-        let Some(entry) = discovery.entry(name) else {
+        let protocol = session.protocol_version().unwrap_or_default();
+        // A server the client may not find is, to it, one no catalog offers.
+        let Some(entry) = discovery.entry(name).filter(|entry| {
+            self.decide(session, &protocol, Action::FindServers, entry)
+                .is_none_or(|decision| decision.allowed)
+        }) else {
             return Ok((
                 format!(
                     "no catalog offers a server named `{name}`: portcullis__find lists those that do"
@@ -447,46 +504,8 @@ impl Gateway {
             ));
         };
         note(exchange, "catalog", &entry.catalog);
-        let protocol = session.protocol_version().unwrap_or_default();
         if let Some(decision) = self.decide(session, &protocol, Action::AddServer, entry) {
-            let decision_id = uuid::Uuid::new_v4().to_string();
-            exchange.annotations.retain(|a| {
-                &*a.interceptor != "authz"
-                    || !matches!(
-                        a.key.as_str(),
-                        "decision" | "decision_id" | "policy_ids" | "policy_set"
-                    )
-            });
-            for (key, value) in [
-                (
-                    "decision",
-                    if decision.allowed { "allow" } else { "deny" }.to_owned(),
-                ),
-                ("decision_id", decision_id.clone()),
-                ("policy_ids", decision.policies.join(",")),
-                ("policy_set", decision.policy_set.to_string()),
-            ] {
-                exchange.annotations.push(Annotation {
-                    interceptor: Arc::from("authz"),
-                    key: key.to_owned(),
-                    value,
-                });
-            }
-            if !decision.allowed {
-                tracing::info!(client = %session.client.name, server = %entry.name, decision_id = %decision_id, "add_server denied by policy");
-                return Err(super::Failure::Denied(Refusal {
-                    interceptor: Arc::from("authz"),
-                    denial: Denial::new(
-                        protocol::code::DENIED,
-                        format!(
-                            "add_server on `{}` is not permitted (decision {decision_id})",
-                            entry.name
-                        ),
-                    )
-                    .with("decision_id", decision_id)
-                    .with("policy_set", decision.policy_set.to_string()),
-                }));
-            }
+            self.note_decision(exchange, session, entry, decision)?;
         }
         let index = match &entry.server {
             Ok(index) => *index,
@@ -495,50 +514,18 @@ impl Gateway {
             }
         };
         let holder = Holder::of(session);
-        let added = discovery.added_by(&holder);
-        if added.contains(&index) {
-            return Ok((self.added_text(name, index, true), false));
+        if let Some(refused) = discovery.reserve(&holder, index) {
+            return Ok(match refused {
+                Reserved::Already => (self.added_text(name, index, true), false),
+                Reserved::Refused(why) => (why, true),
+            });
         }
-        if added.len() >= discovery.max_per_session {
-            return Ok((
-                format!(
-                    "this session has added {} servers, the most it may: remove one with portcullis__remove first",
-                    added.len()
-                ),
-                true,
-            ));
-        }
-        let Some(upstream) = self.upstreams.get(index) else {
-            return Ok((format!("`{name}` cannot be added"), true));
-        };
-        if let Some(started) = discovery.started.get(index - discovery.first)
-            && !started.swap(true, Ordering::AcqRel)
-        {
-            let task = upstream.start(self.shutdown.clone());
-            lock(&self.tasks).push(task);
-        }
-        if let Err(err) = upstream
-            .ensure_running(self.config.proxy.startup_timeout)
-            .await
-        {
-            let error = self.scrub(&err.to_string());
+        if let Err(error) = self.start_catalogued(discovery, index).await {
+            discovery.release(&holder, index);
             tracing::warn!(server = %name, error, "an added server did not start");
             return Ok((format!("`{name}` did not start: {error}"), true));
         }
         self.list_once(index).await;
-        {
-            let mut all = lock(&discovery.added);
-            let mine = all.entry(holder.clone()).or_default();
-            if mine.len() >= discovery.max_per_session {
-                return Ok((
-                    "this session added as many servers meanwhile: remove one first".into(),
-                    true,
-                ));
-            }
-            if !mine.contains(&index) {
-                mine.push(index);
-            }
-        }
         // A session that closed meanwhile keeps nothing.
         if matches!(holder, Holder::Session(_)) && session.closed.is_cancelled() {
             discovery.forget(&holder);
@@ -546,6 +533,75 @@ impl Gateway {
         tracing::info!(client = %session.client.name, server = %name, catalog = %entry.catalog, "catalog server added");
         self.tell_lists(&holder, index);
         Ok((self.added_text(name, index, false), false))
+    }
+
+    /// Notes `add_server`'s decision in the exchange (its record carries
+    /// it); a denial is the call's refusal.
+    fn note_decision(
+        &self,
+        exchange: &mut Exchange,
+        session: &Session,
+        entry: &Entry,
+        decision: crate::interceptors::authz::Decision,
+    ) -> Result<(), super::Failure> {
+        let decision_id = uuid::Uuid::new_v4().to_string();
+        exchange.annotations.retain(|a| {
+            &*a.interceptor != "authz"
+                || !matches!(
+                    a.key.as_str(),
+                    "decision" | "decision_id" | "policy_ids" | "policy_set"
+                )
+        });
+        for (key, value) in [
+            (
+                "decision",
+                if decision.allowed { "allow" } else { "deny" }.to_owned(),
+            ),
+            ("decision_id", decision_id.clone()),
+            ("policy_ids", decision.policies.join(",")),
+            ("policy_set", decision.policy_set.to_string()),
+        ] {
+            exchange.annotations.push(Annotation {
+                interceptor: Arc::from("authz"),
+                key: key.to_owned(),
+                value,
+            });
+        }
+        if decision.allowed {
+            return Ok(());
+        }
+        tracing::info!(client = %session.client.name, server = %entry.name, decision_id = %decision_id, "add_server denied by policy");
+        Err(super::Failure::Denied(Refusal {
+            interceptor: Arc::from("authz"),
+            denial: Denial::new(
+                protocol::code::DENIED,
+                format!(
+                    "add_server on `{}` is not permitted (decision {decision_id})",
+                    entry.name
+                ),
+            )
+            .with("decision_id", decision_id)
+            .with("policy_set", decision.policy_set.to_string()),
+        }))
+    }
+
+    /// Starts catalog server `index` (its supervisor at its first add) and
+    /// reads its lists; why not, scrubbed.
+    async fn start_catalogued(&self, discovery: &Discovery, index: usize) -> Result<(), String> {
+        let Some(upstream) = self.upstreams.get(index) else {
+            return Err("it has no server".into());
+        };
+        if let Some(started) = discovery.started.get(index - discovery.first)
+            && !started.swap(true, Ordering::AcqRel)
+        {
+            let task = upstream.start(self.shutdown.clone());
+            lock(&self.tasks).push(task);
+        }
+        upstream
+            .ensure_running(self.config.proxy.startup_timeout)
+            .await
+            .map_err(|err| self.scrub(&err.to_string()))?;
+        Ok(())
     }
 
     /// Tells `holder` every list of server `index` that has items.

@@ -226,7 +226,9 @@ impl Gateway {
         let mut subscribe = false;
         let mut logging = false;
         let mut completions = false;
-        for upstream in &self.upstreams {
+        // The configured servers': a catalog's is only its holders' (a
+        // session that did not add it hears nothing of it).
+        for upstream in self.upstreams() {
             if let Some(info) = upstream.status().info() {
                 let caps = info.get("capabilities");
                 let has = |pointer: &str| caps.and_then(|c| c.pointer(pointer)).is_some();
@@ -262,7 +264,7 @@ impl Gateway {
         let mut text = format!(
             "Portcullis proxies several MCP servers. Tool and prompt names are prefixed with their server's name and `{separator}`."
         );
-        for upstream in &self.upstreams {
+        for upstream in self.upstreams() {
             if let Some(info) = upstream.status().info()
                 && let Some(instructions) = info.get("instructions").and_then(Value::as_str)
                 && !instructions.trim().is_empty()

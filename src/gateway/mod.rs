@@ -7,6 +7,8 @@
 
 mod catalog;
 mod discovery;
+#[cfg(test)]
+mod discovery_tests;
 mod failure;
 #[cfg(test)]
 mod harness;
@@ -232,6 +234,9 @@ impl Gateway {
             names.push(Arc::from(crate::config::PROXY_SERVER));
         }
         let mut catalog = Catalog::new(names.len());
+        if let Some(discovery) = &discovery {
+            catalog = catalog.catalogued_from(discovery.first);
+        }
         if let Some(discovery) = &discovery {
             catalog = catalog
                 .with_server(

@@ -108,6 +108,10 @@ impl Gateway {
         related: Option<&Value>,
         call: Option<Value>,
     ) -> Delivery {
+        // A catalog's server is heard only by the sessions that added it.
+        if server.is_some_and(|index| !self.visible(session, index)) {
+            return Delivery::Withheld;
+        }
         let method = protocol::method(&message).unwrap_or_default().to_owned();
         if server.is_some() && method == "notifications/message" && !session.wants_log(&message) {
             return Delivery::BelowLevel;

@@ -284,10 +284,11 @@ impl Gateway {
         };
         let mut record = crate::audit::AuditRecord::event(kind, decision);
         record.server = Some(source.server.to_string());
+        // Configured or a catalog's (`[discovery]`): every upstream's.
         let upstream = self
-            .config
-            .servers
+            .upstreams
             .iter()
+            .map(crate::upstream::Upstream::config)
             .find(|server| *server.name == *source.server)
             .map(|server| match &server.kind {
                 UpstreamSpec::Container(_) => "container",

@@ -91,14 +91,49 @@ pub(crate) fn client_for(reference: &Reference) -> Client {
     };
     Client::new(ClientConfig {
         protocol,
+        // A registry that stalls fails the pull or the start, never holds
+        // it: each read and connect is bounded (the whole operation too,
+        // by its caller).
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        read_timeout: Some(std::time::Duration::from_secs(30)),
         ..ClientConfig::default()
     })
 }
 
 fn registry_error(reference: &Reference, err: impl std::fmt::Display) -> OciError {
     OciError::Registry {
-        registry: reference.resolve_registry().to_owned(),
-        message: err.to_string(),
+        registry: shown(reference.resolve_registry()),
+        message: shown(&err.to_string()),
+    }
+}
+
+/// How long a whole pull or push, or a signature check, may take.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What a registry says, fit for a log line or a terminal: cut, and every
+/// control character escaped.
+pub fn shown(text: &str) -> String {
+    crate::protocol::cut(text, 300)
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// A layer as it is fetched: from the registry alone, never from the
+/// `urls` a manifest may list (a registry could point the proxy at any
+/// address of its network that way).
+pub fn registry_only(
+    layer: &oci_client::manifest::OciDescriptor,
+) -> oci_client::manifest::OciDescriptor {
+    oci_client::manifest::OciDescriptor {
+        urls: None,
+        ..layer.clone()
     }
 }
 
@@ -164,7 +199,7 @@ pub async fn pull_catalog(text: &str, limit: u64) -> Result<PulledCatalog, OciEr
         });
     }
     let mut stream = client
-        .pull_blob_stream(&reference, layer)
+        .pull_blob_stream(&reference, &registry_only(layer))
         .await
         .map_err(|err| registry_error(&reference, err))?;
     let mut json = Vec::new();

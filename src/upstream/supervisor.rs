@@ -64,6 +64,8 @@ impl Supervisor {
     pub(super) async fn run(self, shutdown: CancellationToken) {
         let name = self.shared.name.clone();
         let mut backoff = BACKOFF_START;
+        // The reason of the last failed start recorded (see below).
+        let mut last_reported: Option<String> = None;
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -127,9 +129,14 @@ impl Supervisor {
                     self.shared.set_link(None);
                     self.shared.fail_all_pending();
                     tracing::warn!(server = %name, error = %err, retry_in_ms = backoff.as_millis() as u64, "server failed to start");
-                    // Recorded once per run of failures, not at each retry.
-                    if backoff == BACKOFF_START {
+                    // Recorded at the first failure of a run, and whenever
+                    // the reason changes (a harmless failure first does not
+                    // hide a refused image after it); not at each retry.
+                    let reason = err.to_string();
+                    if backoff == BACKOFF_START || last_reported.as_deref() != Some(reason.as_str())
+                    {
                         self.report_failed_start(&err).await;
+                        last_reported = Some(reason);
                     }
                     self.shared
                         .status

@@ -388,6 +388,11 @@ async fn restarts_back_off_and_a_stable_run_resets_the_backoff() {
         running.upstream.status(),
         Status::Down("server `files` failed to start: no such image".into())
     );
+    // Reported, with its reason (a new one in this run of failures).
+    match running.next_event().await {
+        UpstreamEvent::Down { reason, .. } => assert!(reason.contains("no such image"), "{reason}"),
+        other => panic!("expected the failed start reported, got {other:?}"),
+    }
     let next = running.next_ready().await;
     let waited = crashed.elapsed();
     assert!(

@@ -242,6 +242,14 @@ impl PolicyStore {
     /// Decides over the slice of policies that can apply, with the
     /// request's entities cached beside it.
     pub fn decide(&self, query: &Query<'_>) -> Decision {
+        // An action the schema may leave out and did: nothing permits it
+        // (a policy with no action constraint would, unvalidated).
+        if Action::OPTIONAL.contains(&query.action) && !self.shapes.contains_key(&query.action) {
+            return self.failed(format!(
+                "the schema does not declare action `{}`",
+                query.action.name()
+            ));
+        }
         match self.prepare(query) {
             Ok(prepared) => self.evaluate(query, &prepared),
             Err(reason) => self.failed(reason),
@@ -467,6 +475,10 @@ impl PolicyStore {
             query.target.server(),
         ] {
             push(&mut key, part);
+        }
+        if let Target::Catalogued { catalog, image, .. } = query.target {
+            push(&mut key, catalog);
+            push(&mut key, image);
         }
         if let Target::Tool { annotations: a, .. } = query.target {
             let flags: String = [a.read_only, a.destructive, a.idempotent, a.open_world]

@@ -117,9 +117,19 @@ pub(in crate::upstream) async fn spawn(
     let docker = engine().await.map_err(fail)?;
     let image = ensure_image(docker, spec).await.map_err(fail)?;
     if spec.require_signature {
-        let verified = super::signature::verify(spec, &image, &spec.signature_keys)
-            .await
-            .map_err(fail)?;
+        let verified = tokio::time::timeout(
+            crate::upstream::oci::DEADLINE,
+            super::signature::verify(spec, &image, &spec.signature_keys),
+        )
+        .await
+        .map_err(|_| {
+            fail(format!(
+                "image `{}`: its signature could not be checked within {:?}",
+                spec.image,
+                crate::upstream::oci::DEADLINE
+            ))
+        })?
+        .map_err(fail)?;
         tracing::info!(server = %server, image = %spec.image, verified, "image signature verified");
     }
     // A `docker://` server runs as the label of this very image (the one

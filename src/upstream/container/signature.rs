@@ -90,7 +90,7 @@ pub async fn verify(
             return Err(format!(
                 "image `{}@{digest}` is not signed: no signature at `{name}:{tag}` ({})",
                 spec.image,
-                crate::protocol::cut(&err.to_string(), 200)
+                super::super::oci::shown(&err.to_string())
             ));
         }
     };
@@ -120,8 +120,9 @@ pub async fn verify(
             .await
             .map_err(|err| {
                 format!(
-                    "image `{}`: its signature cannot be read: {err}",
-                    spec.image
+                    "image `{}`: its signature cannot be read: {}",
+                    spec.image,
+                    super::super::oci::shown(&err)
                 )
             })?
         else {
@@ -143,6 +144,20 @@ pub async fn verify(
             .as_ref()
             .and_then(|p| p.pointer("/critical/type"))
             .and_then(Value::as_str);
+        // Signed for this repository too: a signature of another image of
+        // the operator's (an older version, another tool) copied here does
+        // not pass, even for the same digest under another name.
+        let signed_for = signed
+            .as_ref()
+            .and_then(|p| p.pointer("/critical/identity/docker-reference"))
+            .and_then(Value::as_str);
+        if signed_for.is_some_and(|signed_for| signed_for != name) {
+            by_our_keys_for_others.push(format!(
+                "repository {}",
+                super::super::oci::shown(signed_for.unwrap_or_default())
+            ));
+            continue;
+        }
         if signed_digest == Some(digest.as_str())
             && kind == Some("cosign container image signature")
         {
@@ -177,7 +192,7 @@ async fn read_payload(
         return Ok(None);
     }
     let mut stream = client
-        .pull_blob_stream(reference, layer)
+        .pull_blob_stream(reference, &super::super::oci::registry_only(layer))
         .await
         .map_err(|err| err.to_string())?;
     let mut payload = Vec::new();
