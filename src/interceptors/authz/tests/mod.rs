@@ -330,3 +330,62 @@ fn symlinked_folders_are_read() {
     let store = PolicyStore::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(store.policy_count(), 2);
 }
+
+#[test]
+fn discovery_actions_are_decided_only_where_the_schema_declares_them() {
+    let target = Target::Catalogued {
+        name: "time".into(),
+        catalog: "team".into(),
+        image: "example/time:1".into(),
+    };
+    let groups: Vec<Arc<str>> = Vec::new();
+    // Declared (the repository's schema): the catalog attribute decides.
+    let declared = store(&[
+        r#"permit(principal, action == Action::"add_server", resource) when { resource has catalog && resource.catalog == "team" };"#,
+    ]);
+    let decided = declared.decide(&query("c", &groups, Action::AddServer, &target, None));
+    assert!(decided.allowed, "{decided:?}");
+    let other = Target::Catalogued {
+        name: "time".into(),
+        catalog: "elsewhere".into(),
+        image: "example/time:1".into(),
+    };
+    assert!(
+        !declared
+            .decide(&query("c", &groups, Action::AddServer, &other, None))
+            .allowed,
+        "decided by this catalog, not the first one asked about"
+    );
+    // A schema that leaves them out loads, and a policy with no action
+    // constraint permits neither.
+    let text: String = schema_text()
+        .split("action find_servers, add_server")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let sources = Sources {
+        schema: (PathBuf::from("schema.cedarschema"), text),
+        policies: vec![(
+            PathBuf::from("all.cedar"),
+            "permit(principal, action, resource);".into(),
+        )],
+    };
+    let without = PolicyStore::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"));
+    for action in [Action::FindServers, Action::AddServer] {
+        let decided = without.decide(&query("c", &groups, action, &target, None));
+        assert!(!decided.allowed, "{action:?}: {decided:?}");
+    }
+    assert!(
+        without
+            .decide(&query(
+                "c",
+                &groups,
+                Action::Sampling,
+                &Target::Server {
+                    name: "time".into()
+                },
+                None
+            ))
+            .allowed
+    );
+}
