@@ -189,20 +189,8 @@ fn configured(config: &std::path::Path, name: &str) -> anyhow::Result<CatalogCon
 }
 
 fn read_file(path: &std::path::Path) -> anyhow::Result<String> {
-    use std::io::Read as _;
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-    if !file.metadata()?.is_file() {
-        bail!("cannot read `{}`: is not a regular file", path.display());
-    }
-    let mut text = String::new();
-    file.take(MAX_CATALOG_BYTES as u64 + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("cannot read `{}`", path.display()))?;
-    if text.len() > MAX_CATALOG_BYTES {
-        bail!("`{}` is over {MAX_CATALOG_BYTES} bytes", path.display());
-    }
-    Ok(text)
+    crate::config::read_regular(path, MAX_CATALOG_BYTES)
+        .with_context(|| format!("cannot read `{}`", path.display()))
 }
 
 /// Pulls the OCI catalogs of the config named in `names` (all when

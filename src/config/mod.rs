@@ -98,7 +98,7 @@ pub use servers::{
 };
 use signatures::RawSignatures;
 pub use signatures::{SignatureKey, SignatureKeys};
-pub use values::{parse_duration, parse_size};
+pub use values::{parse_duration, parse_size, read_regular};
 
 /// A config that failed to load.
 #[derive(Debug, thiserror::Error)]

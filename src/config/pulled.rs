@@ -30,8 +30,8 @@ pub fn record_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// `sha256:<hex>` of `bytes`.
-fn digest(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`, as registries name blobs and manifests.
+pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
@@ -97,7 +97,7 @@ pub(super) fn read(path: &Path, reference: &str, limit: usize) -> Result<Option<
     }
     let text = super::values::read_regular(path, limit)
         .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
-    if digest(text.as_bytes()) != record.layer {
+    if sha256_digest(text.as_bytes()) != record.layer {
         return Err(format!(
             "`{}` is not the catalog that was pulled (its SHA-256 differs from the pull's record): {again}",
             path.display()
@@ -167,7 +167,7 @@ mod tests {
         let record = PulledRecord {
             reference: reference.into(),
             digest: PIN.into(),
-            layer: digest(json),
+            layer: sha256_digest(json),
         };
         write(&path, &record, json).unwrap();
         assert_eq!(

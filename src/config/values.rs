@@ -105,7 +105,7 @@ forms! {
 /// a `.env` file, a profile): a regular file only (not a FIFO that never
 /// ends, not a device), checked on the handle that is read, and at most
 /// `max` bytes.
-pub(super) fn read_regular(path: &std::path::Path, max: usize) -> std::io::Result<String> {
+pub fn read_regular(path: &std::path::Path, max: usize) -> std::io::Result<String> {
     use std::io::Read as _;
     let file = std::fs::File::open(path)?;
     if !file.metadata()?.is_file() {

@@ -246,15 +246,21 @@ impl Discovery {
         None
     }
 
-    /// Gives back a place `reserve` took (the server did not start).
-    fn release(&self, holder: &Holder, index: usize) {
+    /// Takes `index` out of `holder`'s servers (a place `reserve` took for
+    /// a server that did not start, or one `remove` gives up); whether it
+    /// was there.
+    fn release(&self, holder: &Holder, index: usize) -> bool {
         let mut all = lock(&self.added);
-        if let Some(mine) = all.get_mut(holder) {
-            mine.retain(|&added| added != index);
-            if mine.is_empty() {
-                all.remove(holder);
-            }
+        let Some(mine) = all.get_mut(holder) else {
+            return false;
+        };
+        let before = mine.len();
+        mine.retain(|&added| added != index);
+        let released = mine.len() != before;
+        if mine.is_empty() {
+            all.remove(holder);
         }
+        released
     }
 
     /// Forgets what `holder` added (its session closed).
@@ -324,13 +330,16 @@ impl Gateway {
         if !running {
             return Cow::Borrowed(items);
         }
+        // The session's own, read once for the whole list.
+        let added = discovery.added_by(&Holder::of(session));
+        let catalogued = discovery.first..discovery.proxy;
         Cow::Owned(
             items
                 .iter()
                 .filter(|item| {
                     catalog
                         .owner_of(kind, item)
-                        .is_none_or(|index| self.visible(session, index))
+                        .is_none_or(|index| !catalogued.contains(&index) || added.contains(&index))
                 })
                 .cloned()
                 .collect(),
@@ -521,7 +530,7 @@ impl Gateway {
             });
         }
         if let Err(error) = self.start_catalogued(discovery, index).await {
-            discovery.release(&holder, index);
+            let _ = discovery.release(&holder, index);
             tracing::warn!(server = %name, error, "an added server did not start");
             return Ok((format!("`{name}` did not start: {error}"), true));
         }
@@ -655,19 +664,7 @@ impl Gateway {
             return (format!("this session has not added `{name}`"), true);
         };
         let holder = Holder::of(session);
-        let removed = {
-            let mut all = lock(&discovery.added);
-            let removed = all.get_mut(&holder).is_some_and(|mine| {
-                let before = mine.len();
-                mine.retain(|&added| added != index);
-                mine.len() != before
-            });
-            if all.get(&holder).is_some_and(Vec::is_empty) {
-                all.remove(&holder);
-            }
-            removed
-        };
-        if !removed {
+        if !discovery.release(&holder, index) {
             return (format!("this session has not added `{name}`"), true);
         }
         self.tell_lists(&holder, index);

@@ -14,7 +14,6 @@ use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use sha2::{Digest as _, Sha256};
 
 /// The artifact type of a catalog (Docker's).
 pub const CATALOG_ARTIFACT: &str = "application/vnd.docker.mcp.catalog.v1+json";
@@ -137,10 +136,7 @@ pub fn registry_only(
     }
 }
 
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
+pub use crate::config::pulled::sha256_digest;
 
 /// Pulls the catalog at `text`, at most `limit` bytes: refused unless its
 /// manifest says it is one (its artifact type, one JSON layer), and, if
