@@ -18,6 +18,7 @@ pub const KINDS: &[&str] = &[
     "proxy_start",
     "proxy_stop",
     "policy_reload",
+    "config_reload",
     "server_ready",
     "server_down",
     "server_stopped",

@@ -15,6 +15,7 @@ mod profiles;
 mod progress;
 mod records;
 mod redact;
+mod reload;
 mod serve;
 mod servers;
 mod tools;

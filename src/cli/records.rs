@@ -31,7 +31,40 @@ pub(super) fn record_start(
     }));
     // One task commits them all, so `proxy_start` is first.
     let mut records = vec![start];
-    for server in &config.servers {
+    records.extend(relaxed_records(config.servers.iter()));
+    for plugin in plugins {
+        let config = plugin.config();
+        let mut record = crate::audit::AuditRecord::event("plugin_loaded", "allow");
+        record.target = Some(config.name.clone());
+        record.detail = Some(serde_json::json!({
+            "path": config.path.display().to_string(),
+            "sha256": plugin.sha256(),
+            "methods": config.methods,
+            "tools": config.tools,
+            "on_error": match config.on_error {
+                crate::config::OnError::Deny => "deny",
+                crate::config::OnError::Continue => "continue",
+            },
+            "instance": match config.instance {
+                crate::config::InstanceMode::Pooled => "pooled",
+                crate::config::InstanceMode::PerCall => "per-call",
+            },
+            "timeout_ms": config.timeout.as_millis() as u64,
+            "fuel": config.fuel,
+            "memory_bytes": config.memory,
+        }));
+        records.push(record);
+    }
+    gateway.record_events(records);
+}
+
+/// A `sandbox_relaxed` record per server of `servers` that runs with less
+/// than the hardened profile (at start, and as a reload starts servers).
+pub(super) fn relaxed_records<'s>(
+    servers: impl Iterator<Item = &'s crate::config::ServerConfig>,
+) -> Vec<crate::audit::AuditRecord> {
+    let mut records = Vec::new();
+    for server in servers {
         let (relaxations, dangers): (Vec<String>, Vec<String>) = match &server.kind {
             UpstreamSpec::Process(_) => (
                 vec!["unsandboxed: a process server runs with the proxy's own rights".into()],
@@ -62,30 +95,7 @@ pub(super) fn record_start(
         }));
         records.push(record);
     }
-    for plugin in plugins {
-        let config = plugin.config();
-        let mut record = crate::audit::AuditRecord::event("plugin_loaded", "allow");
-        record.target = Some(config.name.clone());
-        record.detail = Some(serde_json::json!({
-            "path": config.path.display().to_string(),
-            "sha256": plugin.sha256(),
-            "methods": config.methods,
-            "tools": config.tools,
-            "on_error": match config.on_error {
-                crate::config::OnError::Deny => "deny",
-                crate::config::OnError::Continue => "continue",
-            },
-            "instance": match config.instance {
-                crate::config::InstanceMode::Pooled => "pooled",
-                crate::config::InstanceMode::PerCall => "per-call",
-            },
-            "timeout_ms": config.timeout.as_millis() as u64,
-            "fuel": config.fuel,
-            "memory_bytes": config.memory,
-        }));
-        records.push(record);
-    }
-    gateway.record_events(records);
+    records
 }
 
 /// The `policy_reload` record of a reload: `allow` when applied, `error`
@@ -138,6 +148,31 @@ pub(super) fn plugin_record(event: &interceptors::wasm::PluginEvent) -> crate::a
             record.target = Some(plugin.clone());
             record.decided_by = Some(format!("wasm:{plugin}"));
             record
+        }
+    }
+}
+
+/// Warns of each server of `servers` that runs with less than the hardened
+/// profile (at start, and as a reload starts servers).
+pub(super) fn announce_sandboxing<'s>(
+    servers: impl Iterator<Item = &'s crate::config::ServerConfig>,
+) {
+    for server in servers {
+        match &server.kind {
+            UpstreamSpec::Process(spec) => tracing::warn!(
+                server = %server.name,
+                command = %spec.command,
+                "UNSANDBOXED: process server runs with the proxy's own rights"
+            ),
+            UpstreamSpec::Container(spec) => {
+                for relaxation in spec.sandbox.relaxations() {
+                    tracing::warn!(server = %server.name, relaxation, "container sandbox relaxed");
+                }
+                for danger in spec.sandbox.dangers() {
+                    tracing::warn!(server = %server.name, danger, "DANGEROUS: allowed by `allow_dangerous = true`");
+                }
+            }
+            UpstreamSpec::Remote(_) => {}
         }
     }
 }

@@ -11,7 +11,7 @@ use super::records::{plugin_record, record_start, reload_record};
 use super::{audit_keys, pins, sha256_hex};
 use crate::audit::{Audit, SledStorage};
 use crate::chain::ClientIdentity;
-use crate::config::{Config, Durability, UpstreamSpec};
+use crate::config::{Config, Durability};
 use crate::downstream;
 use crate::gateway::Gateway;
 use crate::interceptors;
@@ -22,7 +22,7 @@ pub(super) async fn serve(
     config: Config,
     stdio_client: Option<ClientIdentity>,
 ) -> anyhow::Result<()> {
-    announce_sandboxing(&config);
+    super::records::announce_sandboxing(config.servers.iter());
     let listen = config.proxy.listen;
     // The signal handlers come first: a SIGTERM while servers start must
     // still remove every container that was started.
@@ -37,6 +37,13 @@ pub(super) async fn serve(
     };
     let audit = open_audit(&config, &role)?
         .with_profile(config.profile.as_ref().map(|profile| profile.name.as_str()));
+    // What a reload reads the config as (`stdio` serves no HTTP, whatever
+    // the file says).
+    let source = super::reload::Source {
+        file: config.file.clone(),
+        profile: config.profile.as_ref().map(|profile| profile.name.clone()),
+        listen_off: stdio_client.is_some() && listen.is_none(),
+    };
     let config_sha256 = std::fs::read(&config.file)
         .map(|bytes| sha256_hex(&bytes))
         .ok();
@@ -58,6 +65,7 @@ pub(super) async fn serve(
             return Ok(());
         }
     }
+    super::reload::watch(gateway.clone(), source);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = listen {
         let gateway = gateway.clone();
@@ -247,27 +255,6 @@ pub(super) async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
-    }
-}
-
-fn announce_sandboxing(config: &Config) {
-    for server in &config.servers {
-        match &server.kind {
-            UpstreamSpec::Process(spec) => tracing::warn!(
-                server = %server.name,
-                command = %spec.command,
-                "UNSANDBOXED: process server runs with the proxy's own rights"
-            ),
-            UpstreamSpec::Container(spec) => {
-                for relaxation in spec.sandbox.relaxations() {
-                    tracing::warn!(server = %server.name, relaxation, "container sandbox relaxed");
-                }
-                for danger in spec.sandbox.dangers() {
-                    tracing::warn!(server = %server.name, danger, "DANGEROUS: allowed by `allow_dangerous = true`");
-                }
-            }
-            UpstreamSpec::Remote(_) => {}
-        }
     }
 }
 

@@ -323,6 +323,36 @@ impl Config {
         })
     }
 
+    /// The sections of `next` (this config loaded again) that differ from
+    /// this one's and that a running proxy applies only at its next start:
+    /// everything but the servers and the profile, which a reload applies.
+    /// (Config values hold no hashed collections: their debug forms are
+    /// stable, and compare every setting.)
+    pub fn changes_needing_restart(&self, next: &Config) -> Vec<&'static str> {
+        let differs = |a: &dyn fmt::Debug, b: &dyn fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let sections: [(&'static str, &dyn fmt::Debug, &dyn fmt::Debug); 14] = [
+            ("proxy", &self.proxy, &next.proxy),
+            ("listener", &self.listener, &next.listener),
+            ("limits", &self.limits, &next.limits),
+            ("clients", &self.clients, &next.clients),
+            ("auditors", &self.auditors, &next.auditors),
+            ("oauth", &self.oauth, &next.oauth),
+            ("discovery", &self.discovery, &next.discovery),
+            ("chain", &self.chain, &next.chain),
+            ("audit", &self.audit, &next.audit),
+            ("redact", &self.redact, &next.redact),
+            ("ratelimit", &self.ratelimit, &next.ratelimit),
+            ("schema", &self.schema, &next.schema),
+            ("pinning", &self.pinning, &next.pinning),
+            ("observability", &self.observability, &next.observability),
+        ];
+        sections
+            .into_iter()
+            .filter(|(_, a, b)| differs(*a, *b))
+            .map(|(name, _, _)| name)
+            .collect()
+    }
+
     /// The folder relative paths in the config resolve against.
     pub fn base_dir(&self) -> &Path {
         self.file.parent().unwrap_or_else(|| Path::new("."))

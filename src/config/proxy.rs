@@ -19,8 +19,9 @@ pub struct ProxyConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub policies: Option<PathBuf>,
-    /// How often the policy folder is checked for changes (a SIGHUP
-    /// reloads at once).
+    /// How often the policy folder, the pin file and the config (with its
+    /// catalogs and profile) are checked for changes (a SIGHUP reloads at
+    /// once).
     pub policy_poll: Duration,
     /// The static `portcullis-bridge`, for container servers with
     /// `stdio = "fifo"`.
@@ -60,8 +61,9 @@ pub(super) struct RawProxy {
     /// puts `authz` in the chain.
     #[schemars(with = "Option<PathText>")]
     policies: Option<Spanned<PathBuf>>,
-    /// How often the policy folder and the pin file are checked for changes
-    /// (SIGHUP reloads at once).
+    /// How often the policy folder, the pin file, and the config with its
+    /// catalogs and profile are checked for changes (SIGHUP reloads at
+    /// once).
     #[schemars(with = "Option<DurationText>", extend("default" = "1s"))]
     policy_poll: Option<Spanned<String>>,
     /// The static `portcullis-bridge`: container servers then speak through

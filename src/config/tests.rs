@@ -193,3 +193,32 @@ fn fixed_words_are_refused_with_their_place_and_the_words_allowed() {
         assert_eq!(err, expected, "{text}");
     }
 }
+
+#[test]
+fn a_reload_names_the_sections_that_wait_for_a_restart_and_only_those() {
+    let server = "[[servers]]\nname = \"time\"\nprocess = { command = \"mcp-server-time\" }\n";
+    let load = |text: &str| {
+        parse(text)
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let running = load(&format!("[proxy]\ncall_timeout = \"60s\"\n{server}"));
+    // The same text read again: stable, nothing to restart.
+    let again = load(&format!("[proxy]\ncall_timeout = \"60s\"\n{server}"));
+    assert!(running.changes_needing_restart(&again).is_empty());
+    // Servers are the reload's own: added, changed, removed.
+    let servers = load(&format!(
+        "[proxy]\ncall_timeout = \"60s\"\n{server}timeout = \"5s\"\n[[servers]]\nname = \"more\"\nprocess = {{ command = \"x\" }}\n"
+    ));
+    assert!(running.changes_needing_restart(&servers).is_empty());
+    let none = load("[proxy]\ncall_timeout = \"60s\"\n");
+    assert!(running.changes_needing_restart(&none).is_empty());
+    // What is wired at start is named.
+    let wired = load(&format!(
+        "[proxy]\ncall_timeout = \"61s\"\n[limits]\nmax_depth = 10\n[[clients]]\nname = \"new\"\n{server}"
+    ));
+    assert_eq!(
+        running.changes_needing_restart(&wired),
+        ["proxy", "limits", "clients"]
+    );
+}

@@ -53,23 +53,22 @@ pub struct Catalog {
     resource_index: HashMap<String, usize>,
     /// Literal prefixes of URI templates (before the first `{`), longest first.
     template_prefixes: Vec<(String, usize)>,
-    /// The first server that a catalog offers (`[discovery]`): a URI a
+    /// The servers that a catalog offers (`[discovery]`): a URI a
     /// configured server covers is never theirs.
-    catalogued_from: usize,
+    catalogued: std::ops::Range<usize>,
 }
 
 impl Catalog {
     pub fn new(servers: usize) -> Self {
         Self {
             per_server: vec![None; servers],
-            catalogued_from: usize::MAX,
             ..Self::default()
         }
     }
 
-    /// Servers from `first` on are a catalog's (see `resource_owner`).
-    pub fn catalogued_from(mut self, first: usize) -> Self {
-        self.catalogued_from = first;
+    /// Servers `range` are a catalog's (see `resource_owner`).
+    pub fn catalogued(mut self, range: std::ops::Range<usize>) -> Self {
+        self.catalogued = range;
         self
     }
 
@@ -103,11 +102,15 @@ impl Catalog {
         if old.resources != new.resources || old.templates != new.templates {
             changed.push(ListKind::Resources);
         }
+        // A server a reload added is past the last one known.
+        if per_server.len() <= server {
+            per_server.resize(server + 1, None);
+        }
         if let Some(slot) = per_server.get_mut(server) {
             *slot = lists;
         }
         let mut next = Self::build(per_server, names, separator);
-        next.catalogued_from = self.catalogued_from;
+        next.catalogued = self.catalogued.clone();
         (next, changed)
     }
 
@@ -187,7 +190,7 @@ impl Catalog {
             prompt_index,
             resource_index,
             template_prefixes,
-            catalogued_from: usize::MAX,
+            catalogued: 0..0,
         }
     }
 
@@ -246,7 +249,7 @@ impl Catalog {
     /// added cannot take another's reads or updates).
     pub fn resource_owner(&self, uri: &str) -> Option<usize> {
         let exact = self.resource_index.get(uri).copied();
-        if let Some(server) = exact.filter(|&server| server < self.catalogued_from) {
+        if let Some(server) = exact.filter(|server| !self.catalogued.contains(server)) {
             return Some(server);
         }
         let mut covering = self
@@ -258,7 +261,7 @@ impl Catalog {
         let configured = first
             .into_iter()
             .chain(covering)
-            .find(|&server| server < self.catalogued_from);
+            .find(|server| !self.catalogued.contains(server));
         configured.or(exact).or(first)
     }
 }

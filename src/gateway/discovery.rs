@@ -203,6 +203,13 @@ impl Discovery {
         }
     }
 
+    /// Whether a server named `name` is one of the catalogs' (it has an
+    /// index), or the proxy's own tools.
+    pub(super) fn takes_name(&self, name: &str) -> bool {
+        name == crate::config::PROXY_SERVER
+            || self.entry(name).is_some_and(|entry| entry.server.is_ok())
+    }
+
     fn entry(&self, name: &str) -> Option<&Entry> {
         self.entries.iter().find(|entry| entry.name == name)
     }
@@ -597,13 +604,16 @@ impl Gateway {
     /// Starts catalog server `index` (its supervisor at its first add) and
     /// reads its lists; why not, scrubbed.
     async fn start_catalogued(&self, discovery: &Discovery, index: usize) -> Result<(), String> {
-        let Some(upstream) = self.upstreams.get(index) else {
+        let Some(slot) = self.slot(index) else {
+            return Err("it has no server".into());
+        };
+        let Some(upstream) = &slot.upstream else {
             return Err("it has no server".into());
         };
         if let Some(started) = discovery.started.get(index - discovery.first)
             && !started.swap(true, Ordering::AcqRel)
         {
-            let task = upstream.start(self.shutdown.clone());
+            let task = upstream.start(slot.stop.clone());
             lock(&self.tasks).push(task);
         }
         upstream

@@ -183,6 +183,23 @@ impl Harness {
         }
     }
 
+    /// [`Harness::serve`] once the gateway has made `server`'s upstream
+    /// (a reload makes it as it applies; up to 10 s).
+    pub(super) async fn serve_when_made(&self, server: &str, tools: Value) -> ScriptedServer {
+        let key = (server.to_owned(), None);
+        for _ in 0..1000 {
+            if self
+                .opened
+                .lock()
+                .is_ok_and(|opened| opened.contains_key(&key))
+            {
+                return self.serve(server, tools).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("no upstream was made for {key:?}");
+    }
+
     /// Brings `server` up: its first link handshakes with the tools
     /// capability and answers every `tools/list` with `tools` by itself.
     pub(super) async fn serve(&self, server: &str, tools: Value) -> ScriptedServer {

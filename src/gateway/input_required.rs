@@ -188,7 +188,10 @@ impl Gateway {
             }
             // Each question holds one of the server's places for requests
             // to clients while it waits.
-            let Some(_places) = self.per_server[call.server].question_places(asked.len()) else {
+            let places = self
+                .slot(call.server)
+                .and_then(|slot| slot.per_server.question_places(asked.len()));
+            let Some(_places) = places else {
                 return Err(Failure::ServerRounds(
                     "the server has too many requests to clients waiting".to_owned(),
                 ));

@@ -18,7 +18,7 @@ impl Gateway {
     /// per-client container, or a remote server that acts as each
     /// client's user.
     pub(super) fn per_client(&self, index: usize) -> bool {
-        self.upstreams.get(index).is_some_and(|upstream| {
+        self.upstream_at(index).is_some_and(|upstream| {
             let kind = &upstream.config().kind;
             matches!(kind, UpstreamSpec::Container(spec) if spec.isolation == Isolation::PerClient)
                 || acts_as_user(kind).is_some()
@@ -28,8 +28,7 @@ impl Gateway {
     /// The provider whose users server `index` acts as
     /// (`grant = "token_exchange"`), if it does.
     pub(super) fn acts_as_user(&self, index: usize) -> Option<&str> {
-        self.upstreams
-            .get(index)
+        self.upstream_at(index)
             .and_then(|upstream| acts_as_user(&upstream.config().kind))
     }
 
@@ -44,7 +43,7 @@ impl Gateway {
         if token.is_some_and(|facts| *facts.provider == *provider) {
             return Ok(());
         }
-        let name = self.names.get(index).map(ToString::to_string);
+        let name = self.name_at(index).map(ToString::to_string);
         Err(Failure::NoUserToken(
             name.unwrap_or_default(),
             provider.to_owned(),
@@ -65,11 +64,12 @@ impl Gateway {
         let Some(facts) = &client.token else {
             return;
         };
-        let exchanged = self
-            .config
-            .servers
-            .iter()
-            .any(|server| acts_as_user(&server.kind) == Some(&*facts.provider));
+        let exchanged = self.slots.iter().any(|(_, slot)| {
+            !slot.is_retired()
+                && slot.upstream.as_ref().is_some_and(|upstream| {
+                    acts_as_user(&upstream.config().kind) == Some(&*facts.provider)
+                })
+        });
         if exchanged && let Some(until) = until() {
             self.user_tokens
                 .keep(&client.name, &facts.provider, token, until);
@@ -79,7 +79,8 @@ impl Gateway {
     /// The instance of server `index` that serves `client`: the server's own,
     /// or for a per-client server the client's, created (lazy) at first use.
     pub(super) fn upstream_for(&self, index: usize, client: &Arc<str>) -> Option<Upstream> {
-        let primary = self.upstreams.get(index)?;
+        let slot = self.slot(index)?;
+        let primary = slot.upstream.as_ref()?;
         if !self.per_client(index) {
             return Some(primary.clone());
         }
@@ -87,7 +88,7 @@ impl Gateway {
         if let Some(instance) = instances.get(&(index, client.clone())) {
             return Some(instance.clone());
         }
-        if self.shutdown.is_cancelled() {
+        if slot.stop.is_cancelled() {
             return None;
         }
         // Clients from an identity provider are as many as the
@@ -114,7 +115,7 @@ impl Gateway {
             Some(client.clone()),
             self.events.clone(),
         );
-        lock(&self.tasks).push(instance.start(self.shutdown.clone()));
+        lock(&self.tasks).push(instance.start(slot.stop.clone()));
         instances.insert((index, client.clone()), instance.clone());
         tracing::debug!(server = %primary.name(), client = %client, "per-client instance created");
         Some(instance)
@@ -133,11 +134,10 @@ impl Gateway {
     /// servers and the per-client instances (of `client` only, if given).
     pub(super) fn instances(&self, client: Option<&Arc<str>>) -> Vec<(InstanceKey, Upstream)> {
         let mut out: Vec<(InstanceKey, Upstream)> = self
-            .upstreams
+            .slots
             .iter()
-            .enumerate()
-            .filter(|(index, _)| !self.per_client(*index))
-            .map(|(index, upstream)| ((index, None), upstream.clone()))
+            .filter(|(index, slot)| !slot.is_retired() && !self.per_client(*index))
+            .filter_map(|(index, slot)| Some(((index, None), slot.upstream.clone()?)))
             .collect();
         out.extend(
             lock(&self.instances)
@@ -157,13 +157,33 @@ impl Gateway {
         instance: &Option<Arc<str>>,
     ) -> Option<Upstream> {
         match instance {
-            None => self.upstreams.get(index).cloned(),
+            None => self.upstream_at(index).cloned(),
             Some(client) => lock(&self.instances).get(&(index, client.clone())).cloned(),
         }
     }
 
+    /// The index of the server an event came from: the server in force
+    /// whose upstream (or per-client instance) sent it. The last words of
+    /// a server a reload took out (as it stops) are nobody's.
+    pub(super) fn index_of_source(&self, source: &crate::upstream::Source) -> Option<usize> {
+        let index = self.index_of(&source.server)?;
+        let sent_it = |upstream: &Upstream| Arc::ptr_eq(upstream.name(), &source.server);
+        let ours = match &source.instance {
+            None => self.upstream_at(index).is_some_and(sent_it),
+            Some(client) => lock(&self.instances)
+                .get(&(index, client.clone()))
+                .is_some_and(sent_it),
+        };
+        ours.then_some(index)
+    }
+
+    /// The index of server `server` in force (a reload may have retired
+    /// others of that name).
     pub(super) fn index_of(&self, server: &str) -> Option<usize> {
-        self.names.iter().position(|name| &**name == server)
+        self.slots
+            .iter()
+            .find(|(_, slot)| &*slot.name == server && !slot.is_retired())
+            .map(|(index, _)| index)
     }
 
     /// The sessions a notification from `instance` may be offered to (authz

@@ -56,10 +56,11 @@ impl Gateway {
     /// a client's first `initialize` and lists see every server.
     pub(super) async fn await_lists(self: &Arc<Self>) {
         let catalog = self.catalog();
-        let unlisted = (0..self.upstreams.len()).filter(|&index| {
+        let unlisted = (0..self.slots.count()).filter(|&index| {
             catalog.server_lists(index).is_none()
                 && !self.is_catalogued(index)
-                && self.upstreams.get(index).is_some_and(|u| {
+                && !self.is_retired(index)
+                && self.upstream_at(index).is_some_and(|u| {
                     matches!(
                         u.status(),
                         Status::Idle(_) | Status::Starting | Status::Ready(_)
@@ -67,7 +68,7 @@ impl Gateway {
                 })
         });
         let waits = unlisted.map(|index| async move {
-            let Some(upstream) = self.upstreams.get(index) else {
+            let Some(upstream) = self.upstream_at(index) else {
                 return;
             };
             match upstream
@@ -96,7 +97,7 @@ impl Gateway {
     /// many notifications a server sends, at most one read of its lists
     /// runs and one waits.
     pub(super) fn refresh_soon(self: &Arc<Self>, index: usize) {
-        let Some(server) = self.per_server.get(index) else {
+        let Some(server) = self.slot(index).map(|slot| &slot.per_server) else {
             return;
         };
         if server.refresh_waiting.swap(true, Ordering::AcqRel) {
@@ -104,7 +105,7 @@ impl Gateway {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let Some(server) = this.per_server.get(index) else {
+            let Some(server) = this.slot(index).map(|slot| &slot.per_server) else {
                 return;
             };
             // After the read in progress, if any: what the server says from
@@ -116,10 +117,10 @@ impl Gateway {
     }
 
     pub(super) async fn read_lists(self: &Arc<Self>, index: usize, unless_known: bool) {
-        let Some(upstream) = self.upstreams.get(index) else {
+        let Some(upstream) = self.upstream_at(index) else {
             return;
         };
-        let Some(_guard) = self.per_server.get(index).map(|s| s.refreshing.lock()) else {
+        let Some(_guard) = self.slot(index).map(|s| s.per_server.refreshing.lock()) else {
             return;
         };
         let _guard = _guard.await;
@@ -155,8 +156,9 @@ impl Gateway {
     pub(super) fn set_lists(&self, index: usize, mut lists: Option<ServerLists>) {
         // A profile's tools alone: the others are not listed, and so not
         // found when called (before any policy is asked).
+        let profile = self.profile();
         if let (Some(profile), Some(lists), Some(server)) =
-            (&self.config.profile, lists.as_mut(), self.names.get(index))
+            (profile.as_deref(), lists.as_mut(), self.name_at(index))
         {
             lists.tools.retain(|tool| {
                 let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -167,12 +169,16 @@ impl Gateway {
             let Ok(mut catalog) = self.catalog.write() else {
                 return;
             };
-            let (next, changed) = catalog.with_server(
-                index,
-                lists,
-                &self.names,
-                &self.config.proxy.namespace_separator,
-            );
+            // Read under the catalog's lock, as a reload retires a server
+            // and appends slots before it takes that lock: a server taken
+            // out lists nothing (a read of its lists under way ends here),
+            // and every name is known.
+            if self.is_retired(index) {
+                lists = None;
+            }
+            let names = self.names();
+            let (next, changed) =
+                catalog.with_server(index, lists, &names, &self.config.proxy.namespace_separator);
             *catalog = Arc::new(next);
             changed
         };

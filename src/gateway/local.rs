@@ -433,8 +433,10 @@ impl Gateway {
             .filter_map(|uri| catalog.resource_owner(uri))
             .collect();
         held.extend(self.client_tasks.running_servers());
-        for (index, upstream) in self.upstreams.iter().enumerate() {
-            upstream.hold(held.contains(&index));
+        for (index, slot) in &self.slots {
+            if let Some(upstream) = &slot.upstream {
+                upstream.hold(held.contains(&index));
+            }
         }
         for ((index, _), instance) in lock(&self.instances).iter() {
             instance.hold(held.contains(index));

@@ -25,6 +25,9 @@ mod notifications;
 mod record;
 #[cfg(test)]
 mod relay_tests;
+mod reload;
+#[cfg(test)]
+mod reload_tests;
 mod rounds;
 #[cfg(test)]
 mod rounds_tests;
@@ -32,6 +35,7 @@ mod route;
 mod run;
 mod server;
 mod session;
+mod slots;
 mod task_table;
 #[cfg(test)]
 mod task_table_tests;
@@ -43,6 +47,7 @@ mod tests;
 pub use catalog::{Catalog, ListKind, ServerLists};
 pub use failure::Failure;
 pub use modern::{checked_envelope, version_spoken};
+pub use reload::{ReloadError, Reloaded};
 pub use route::reply_id;
 pub use session::{Outlet, Session};
 pub use telemetry::{observe, root_of};
@@ -88,8 +93,13 @@ pub struct Gateway {
     /// Per server instance: the current second's unattributed
     /// notifications (relayed, dropped over the cap).
     unattributed: Mutex<HashMap<InstanceKey, NoticeWindow>>,
-    upstreams: Vec<Upstream>,
-    names: Vec<Arc<str>>,
+    /// The servers by index (see [`slots`]): configured, then a catalog's,
+    /// then the proxy's own tools, then those reloads added.
+    slots: boxcar::Vec<slots::Slot>,
+    /// The profile in force (`serve --profile`), replaced by a reload.
+    profile: RwLock<Option<Arc<crate::config::profiles::Profile>>>,
+    /// Held while a reload applies, so two never interleave.
+    reloading: tokio::sync::Mutex<()>,
     catalog: RwLock<Arc<Catalog>>,
     sessions: RwLock<HashMap<u64, Arc<Session>>>,
     next_session: AtomicU64,
@@ -121,15 +131,11 @@ pub struct Gateway {
     make_upstream: Arc<MakeUpstream>,
     /// Clients' access tokens, for servers that act as their users.
     user_tokens: Arc<crate::upstream::UserTokens>,
-    /// Per server: its refreshes and the places for its requests.
-    per_server: Vec<server::PerServer>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Event records being committed in the background: `stop` waits for
     /// them, so `proxy_stop` is the last record of the chain.
     event_records: tokio_util::task::TaskTracker,
-    /// Per server: its limit on requests in flight, if it has one.
-    in_flight: Vec<Option<in_flight::InFlight>>,
     /// Counts and times for `GET /metrics` (`[observability] metrics`).
     metrics: Option<Arc<Metrics>>,
     /// Traces of exchanges (`[observability.traces]`), set once by
@@ -222,23 +228,36 @@ impl Gateway {
             }
             None => (None, Vec::new()),
         };
-        let upstreams: Vec<Upstream> = config
-            .servers
-            .iter()
-            .chain(&catalogued)
-            .map(|server| make(Arc::new(server.clone()), None, events_tx.clone()))
-            .collect();
-        let mut names: Vec<Arc<str>> = upstreams.iter().map(|u| u.name().clone()).collect();
+        let shutdown = CancellationToken::new();
+        let slots = boxcar::Vec::new();
+        for (position, server) in config.servers.iter().chain(&catalogued).enumerate() {
+            let upstream = make(Arc::new(server.clone()), None, events_tx.clone());
+            // A catalog's servers have no limit of their own.
+            let in_flight = (position < config.servers.len())
+                .then(|| in_flight_of(&config, &server.name))
+                .flatten();
+            let name = upstream.name().clone();
+            slots.push(slots::Slot::new(
+                name,
+                Some(upstream),
+                in_flight,
+                shutdown.child_token(),
+            ));
+        }
         if discovery.is_some() {
             // The proxy's own tools, listed as a server's past the last.
-            names.push(Arc::from(crate::config::PROXY_SERVER));
+            slots.push(slots::Slot::new(
+                Arc::from(crate::config::PROXY_SERVER),
+                None,
+                None,
+                shutdown.child_token(),
+            ));
         }
+        let names: Vec<Arc<str>> = slots.iter().map(|(_, slot)| slot.name.clone()).collect();
         let mut catalog = Catalog::new(names.len());
         if let Some(discovery) = &discovery {
-            catalog = catalog.catalogued_from(discovery.first);
-        }
-        if let Some(discovery) = &discovery {
             catalog = catalog
+                .catalogued(discovery.first..discovery.proxy)
                 .with_server(
                     discovery.proxy,
                     Some(discovery::Discovery::lists()),
@@ -247,24 +266,12 @@ impl Gateway {
                 )
                 .0;
         }
-        let in_flight = config
-            .servers
-            .iter()
-            .map(|server| {
-                config
-                    .ratelimit
-                    .concurrency
-                    .iter()
-                    .find(|limit| limit.server == server.name)
-                    .map(in_flight::InFlight::new)
-            })
-            .collect();
+        let profile = RwLock::new(config.profile.clone().map(Arc::new));
         let gateway = Arc::new(Self {
-            in_flight,
             catalog: RwLock::new(Arc::new(catalog)),
-            per_server: upstreams.iter().map(|_| server::PerServer::new()).collect(),
-            upstreams,
-            names,
+            slots,
+            profile,
+            reloading: tokio::sync::Mutex::new(()),
             chain,
             audit,
             scrubber: std::sync::OnceLock::new(),
@@ -285,7 +292,7 @@ impl Gateway {
             events: events_tx,
             make_upstream: make,
             user_tokens,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: Mutex::new(Vec::new()),
             event_records: tokio_util::task::TaskTracker::new(),
             metrics,
@@ -300,23 +307,30 @@ impl Gateway {
     /// Starts every server and the event loop, and waits (up to the startup
     /// timeout) until each server is ready or has failed its first start.
     pub async fn start(self: &Arc<Self>, events: mpsc::Receiver<UpstreamEvent>) {
-        let mut tasks = Vec::new();
-        // A catalog's servers start when a session adds them.
-        for upstream in self.upstreams() {
-            tasks.push(upstream.start(self.shutdown.clone()));
-        }
         let this = self.clone();
-        tasks.push(tokio::spawn(async move { this.event_loop(events).await }));
+        lock(&self.tasks).push(tokio::spawn(async move { this.event_loop(events).await }));
+        // A catalog's servers start when a session adds them.
+        let configured = self.configured();
+        self.start_servers(&configured).await;
+    }
+
+    /// Starts servers (by index), and waits (up to the startup timeout)
+    /// until each is ready or has failed its first start, then for the
+    /// lists of those that came up: a first `tools/list` is complete.
+    async fn start_servers(self: &Arc<Self>, servers: &[(usize, Upstream)]) {
+        let mut tasks = Vec::new();
+        for (index, upstream) in servers {
+            if let Some(slot) = self.slot(*index) {
+                tasks.push(upstream.start(slot.stop.clone()));
+            }
+        }
         lock(&self.tasks).extend(tasks);
-        let settle =
-            futures_util::future::join_all(self.upstreams().iter().map(|u| u.wait_settled()));
+        let settle = futures_util::future::join_all(servers.iter().map(|(_, u)| u.wait_settled()));
         let _ = tokio::time::timeout(self.config.proxy.startup_timeout, settle).await;
-        // Lists of the servers that came up are fetched by the event loop;
-        // wait for those fetches so the first `tools/list` is complete.
-        for (index, upstream) in self.upstreams().iter().enumerate() {
+        for (index, upstream) in servers {
             if matches!(upstream.status(), Status::Ready(_)) {
                 let _ =
-                    tokio::time::timeout(self.config.proxy.startup_timeout, self.refresh(index))
+                    tokio::time::timeout(self.config.proxy.startup_timeout, self.refresh(*index))
                         .await;
             }
         }
@@ -366,10 +380,11 @@ impl Gateway {
         .await;
         // A container whose creation was under way when its supervisor
         // stopped is still ours: none may outlive the proxy.
-        let containers = self
-            .upstreams
-            .iter()
-            .any(|upstream| matches!(upstream.config().kind, UpstreamSpec::Container(_)));
+        let containers = self.slots.iter().any(|(_, slot)| {
+            slot.upstream
+                .as_ref()
+                .is_some_and(|u| matches!(u.config().kind, UpstreamSpec::Container(_)))
+        });
         if containers {
             match crate::upstream::container::remove_owned().await {
                 Ok(0) => {}
@@ -423,7 +438,7 @@ impl Gateway {
         if !self.visible(session, index) {
             return false;
         }
-        let (Some(access), Some(name)) = (self.access.get(), self.names.get(index)) else {
+        let (Some(access), Some(name)) = (self.access.get(), self.name_at(index)) else {
             return true;
         };
         let directory: Arc<dyn crate::chain::Directory> = self.catalog();
@@ -443,8 +458,7 @@ impl Gateway {
     fn speaks_stateless(&self, index: usize, client: &Arc<str>) -> bool {
         if !self.per_client(index) {
             return self
-                .upstreams
-                .get(index)
+                .upstream_at(index)
                 .is_some_and(crate::upstream::Upstream::speaks_stateless);
         }
         lock(&self.instances)
@@ -483,14 +497,13 @@ impl Gateway {
         &self.config
     }
 
-    /// The configured servers' upstreams (not the catalogs' of
-    /// `[discovery]`).
-    pub fn upstreams(&self) -> &[Upstream] {
-        let configured = self
-            .discovery
-            .as_ref()
-            .map_or(self.upstreams.len(), |discovery| discovery.first);
-        self.upstreams.get(..configured).unwrap_or(&self.upstreams)
+    /// The configured servers' upstreams in force (not the catalogs' of
+    /// `[discovery]`, not those a reload took out), in order.
+    pub fn upstreams(&self) -> Vec<Upstream> {
+        self.configured()
+            .into_iter()
+            .map(|(_, upstream)| upstream)
+            .collect()
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
@@ -664,6 +677,16 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Server `name`'s limit on requests in flight (`[ratelimit] concurrency`).
+fn in_flight_of(config: &Config, name: &str) -> Option<in_flight::InFlight> {
+    config
+        .ratelimit
+        .concurrency
+        .iter()
+        .find(|limit| limit.server == name)
+        .map(in_flight::InFlight::new)
 }
 
 /// A 2026-07-28 request's session id: this process's random half (from the

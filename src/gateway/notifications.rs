@@ -124,7 +124,7 @@ impl Gateway {
             &method,
         );
         let exchange = &mut run.exchange;
-        exchange.context.server = server.and_then(|s| self.names.get(s).cloned());
+        exchange.context.server = server.and_then(|s| self.name_at(s).cloned());
         exchange.context.request_id = call;
         if exchange.context.server.is_some() {
             if method == "notifications/resources/updated" {
@@ -187,7 +187,7 @@ impl Gateway {
         };
         if dropped_before > 0 {
             let mut record = crate::audit::AuditRecord::event("server_notification", "deny");
-            record.server = self.names.get(index).map(|name| name.to_string());
+            record.server = self.name_at(index).map(|name| name.to_string());
             record.reason = Some(format!(
                 "{dropped_before} notifications dropped: over {UNATTRIBUTED_PER_SECOND} per second that no call owns"
             ));
@@ -202,7 +202,7 @@ impl Gateway {
         let mut counts: HashMap<Delivery, usize> = HashMap::new();
         if ambiguous {
             let method = self.scrub(protocol::cut(&method, 128));
-            tracing::debug!(server = %self.names[index], method, "dropped a notification that cannot be tied to one client session");
+            tracing::debug!(server = %self.name_or_none(index), method, "dropped a notification that cannot be tied to one client session");
             counts.insert(Delivery::Withheld, sessions.len());
         } else {
             for session in &sessions {
@@ -219,7 +219,7 @@ impl Gateway {
             "allow"
         };
         let mut record = crate::audit::AuditRecord::event("server_notification", decision);
-        record.server = self.names.get(index).map(|name| name.to_string());
+        record.server = self.name_at(index).map(|name| name.to_string());
         // A server chooses the method: a long one is cut.
         let method = protocol::cut(&method, 128);
         record.method = method.to_owned();

@@ -285,19 +285,16 @@ impl Gateway {
         let mut record = crate::audit::AuditRecord::event(kind, decision);
         record.server = Some(source.server.to_string());
         // Configured or a catalog's (`[discovery]`): every upstream's.
-        let upstream = self
-            .upstreams
-            .iter()
-            .map(crate::upstream::Upstream::config)
-            .find(|server| *server.name == *source.server)
-            .map(|server| match &server.kind {
+        let index = self.index_of(&source.server);
+        let upstream = index
+            .and_then(|index| self.upstream_at(index))
+            .map(|upstream| match &upstream.config().kind {
                 UpstreamSpec::Container(_) => "container",
                 UpstreamSpec::Process(_) => "process",
                 UpstreamSpec::Remote(_) => "remote",
             });
-        let restarts = self
-            .index_of(&source.server)
-            .and_then(|index| self.upstreams.get(index))
+        let restarts = index
+            .and_then(|index| self.upstream_at(index))
             .map(|upstream| upstream.restarts());
         record.detail = Some(json!({
             "upstream": upstream,

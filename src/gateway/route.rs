@@ -265,7 +265,7 @@ impl Gateway {
                 None
             }
             Route::Server { server, rename } => {
-                exchange.context.server = self.names.get(*server).cloned();
+                exchange.context.server = self.name_at(*server).cloned();
                 match rename {
                     Some(Rename::Task(task)) => Some(task),
                     _ => None,
@@ -320,17 +320,17 @@ impl Gateway {
         }
         // A place among the server's requests in flight, if it limits them
         // (the wait is bounded by its call timeout).
-        let _place = match self.in_flight.get(server).and_then(Option::as_ref) {
+        let _place = match self.slot(server).and_then(|slot| slot.in_flight.as_ref()) {
             None => None,
             Some(limit) => {
                 let wait = self
-                    .upstreams
-                    .get(server)
+                    .upstream_at(server)
                     .map_or(self.config.proxy.call_timeout, |u| u.config().call_timeout);
                 // A client that goes away while its call waits here (a
                 // 2026-07-28 client hanging up) gives its place up.
+                let name = self.name_or_none(server);
                 let entered = tokio::select! {
-                    entered = limit.enter(&self.names[server], wait) => entered,
+                    entered = limit.enter(&name, wait) => entered,
                     () = session.closed.cancelled() => {
                         return Relayed::Cancelled(Duration::ZERO);
                     }
@@ -354,10 +354,10 @@ impl Gateway {
         let forwarded = self.forward(session, server, id, outgoing).await;
         let ended = std::time::Instant::now();
         if let (Some(trace), Some(span)) = (exchange.trace.as_deref_mut(), upstream_span) {
-            let name = format!("upstream {}", self.names[server]);
+            let name = format!("upstream {}", self.name_or_none(server));
             let mut call = Span::with_id(span, name, SpanKind::Client, sent, ended);
             call.attributes
-                .push(("portcullis.server", self.names[server].clone().into()));
+                .push(("portcullis.server", self.name_or_none(server).into()));
             if let Err(failure) = &forwarded {
                 call.error = Some(failure.to_string());
             }

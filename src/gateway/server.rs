@@ -93,7 +93,7 @@ impl Gateway {
                             .observe(took);
                     }
                     self.record_event(record);
-                    if let Some(index) = self.index_of(&source.server) {
+                    if let Some(index) = self.index_of_source(&source) {
                         let this = self.clone();
                         tokio::spawn(async move {
                             if source.instance.is_none() {
@@ -111,7 +111,7 @@ impl Gateway {
                     let mut record = self.server_event("server_down", &source);
                     record.reason = Some(reason);
                     self.record_event(record);
-                    if let Some(index) = self.index_of(&source.server) {
+                    if let Some(index) = self.index_of_source(&source) {
                         if source.instance.is_none() {
                             self.set_lists(index, None);
                         }
@@ -128,7 +128,7 @@ impl Gateway {
                     message,
                     ambiguous,
                 } => {
-                    if let Some(index) = self.index_of(&source.server) {
+                    if let Some(index) = self.index_of_source(&source) {
                         self.server_notification(index, &source.instance, message, ambiguous);
                     }
                 }
@@ -137,7 +137,7 @@ impl Gateway {
                     message,
                     origin,
                 } => {
-                    if let Some(index) = self.index_of(&source.server) {
+                    if let Some(index) = self.index_of_source(&source) {
                         self.relay_request(index, source.instance, message, origin);
                     }
                 }
@@ -156,7 +156,7 @@ impl Gateway {
         message: Value,
         origin: Option<Origin>,
     ) {
-        let Some(server) = self.per_server.get(index) else {
+        let Some(server) = self.slot(index).map(|slot| &slot.per_server) else {
             return;
         };
         if let Ok(place) = server.requests.clone().try_acquire_owned() {
@@ -168,7 +168,7 @@ impl Gateway {
             return;
         }
         let Ok(place) = server.refusals.clone().try_acquire_owned() else {
-            tracing::debug!(server = %self.names[index], "a request of the server's dropped: too many in flight");
+            tracing::debug!(server = %self.name_or_none(index), "a request of the server's dropped: too many in flight");
             return;
         };
         let Some(upstream) = self.upstream_of(index, &instance) else {

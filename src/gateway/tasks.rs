@@ -253,7 +253,7 @@ impl Gateway {
             let params = question.get("params").cloned().unwrap_or_else(|| json!({}));
             let message = protocol::request(Value::from(key.as_str()), &method, params);
             let mut run =
-                self.begin_asking(session, message, &method, self.names.get(server).cloned());
+                self.begin_asking(session, message, &method, self.name_at(server).cloned());
             if let Err(refusal) = self.chain.run(&mut run.exchange) {
                 let refusal = Failure::from(refusal);
                 run.end(&refusal.outcome(), None).await;
@@ -289,7 +289,7 @@ impl Gateway {
     /// makes a task now; `None` for a remote server.
     pub(super) fn generation(&self, server: usize, client: &Arc<str>) -> Option<u64> {
         let remote = matches!(
-            self.upstreams.get(server).map(|u| &u.config().kind),
+            self.upstream_at(server).map(|u| &u.config().kind),
             Some(crate::config::UpstreamSpec::Remote(_))
         );
         if remote {
@@ -335,7 +335,7 @@ impl Gateway {
             "extensions".to_owned(),
             json!({ task_table::EXTENSION: {} }),
         )]);
-        let name = self.names[server].clone();
+        let name = self.name_or_none(server);
         tokio::spawn(async move {
             let timeout = upstream.config().call_timeout;
             if upstream.ensure_running(timeout).await.is_err() {

@@ -226,7 +226,12 @@ impl Gateway {
             "Times the server was started again after it stopped, by server.",
             "counter",
         );
-        for upstream in &self.upstreams {
+        let running = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| !slot.is_retired())
+            .filter_map(|(_, slot)| slot.upstream.as_ref());
+        for upstream in running {
             let state = match upstream.status() {
                 Status::Idle(_) => "idle",
                 Status::Starting => "starting",

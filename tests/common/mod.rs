@@ -365,11 +365,17 @@ impl TestProxy {
 /// `portcullis serve --config CONFIG` (whose `listen` port is 0); returns
 /// once it listens.
 pub async fn serve_config(config: &Path) -> HttpProxy {
+    serve_config_with(config, &[]).await
+}
+
+/// [`serve_config`] with more arguments (`--profile NAME`).
+pub async fn serve_config_with(config: &Path, more: &[&str]) -> HttpProxy {
     // The tests' HTTP clients (reqwest) need a crypto provider: ring's.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut child = Command::new(portcullis_bin())
         .args(["serve", "--config"])
         .arg(config)
+        .args(more)
         .env("PORTCULLIS_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -21,16 +21,18 @@ pub(super) async fn servers(
     LoggedIn(auditor): LoggedIn,
 ) -> Response {
     let gateway = &state.gateway;
-    let servers = gateway.config().servers.iter().zip(gateway.upstreams());
+    // The servers in force, a reload's additions and changes included.
+    let upstreams = gateway.upstreams();
     let body = html! {
-        @for (server, upstream) in servers {
+        @for upstream in &upstreams {
+            @let server = upstream.config();
             @let (status, fields) = fields(server, upstream);
             section class="server" data-server=(server.name) {
                 h2 { (server.name) " " span class={ "state state-" (status) } { (status) } }
                 (detail_table(&fields))
             }
         }
-        @if gateway.config().servers.is_empty() {
+        @if upstreams.is_empty() {
             p class="hint" { "No servers are configured." }
         }
     };

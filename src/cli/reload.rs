@@ -1,0 +1,247 @@
+//! Config reload for `serve` and `stdio`: the config file, its catalogs
+//! and the profile in force are checked every `[proxy] policy_poll`, and
+//! read again at once on SIGHUP. The gateway applies the new config's
+//! servers and profile without closing a session; a file that does not
+//! load keeps the config in force. Each reload is logged and recorded
+//! (`config_reload`), with the sections that changed but wait for the next
+//! start.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::audit::AuditRecord;
+use crate::config::{Config, ConfigError};
+use crate::gateway::{Gateway, Reloaded};
+
+/// What a reload reads the config as: the file, the profile in force, and
+/// whether HTTP is off whatever the file says (`portcullis stdio`).
+#[derive(Clone)]
+pub(super) struct Source {
+    pub(super) file: PathBuf,
+    pub(super) profile: Option<String>,
+    pub(super) listen_off: bool,
+}
+
+impl Source {
+    fn load(&self) -> Result<Config, ConfigError> {
+        let config = Config::load(&self.file)?;
+        let mut config = match &self.profile {
+            Some(name) => config.with_profile(name)?,
+            None => config,
+        };
+        if self.listen_off {
+            config.proxy.listen = None;
+        }
+        Ok(config)
+    }
+}
+
+/// The files a change of reloads the config: the config itself, each
+/// catalog (and a pulled one's record), the profile.
+fn watched(config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![config.file.clone()];
+    for catalog in &config.catalogs {
+        files.push(catalog.path.clone());
+        if catalog.oci.is_some() {
+            files.push(crate::config::pulled::record_path(&catalog.path));
+        }
+    }
+    if let Some(profile) = &config.profile {
+        files.push(crate::config::profiles::folder(config).join(format!("{}.toml", profile.name)));
+    }
+    files
+}
+
+/// Refuses files that another user (root aside) owns or may write to, or
+/// that sit in a folder others may write to (unless it is sticky, as
+/// `/tmp` is): a reload starts what the files say, so whoever may change
+/// them would run servers as the proxy's user.
+fn trusted(files: &[PathBuf]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = nix::unistd::geteuid().as_raw();
+    let mut checked: Vec<(&std::path::Path, bool)> = Vec::new();
+    for file in files {
+        checked.push((file, false));
+        if let Some(folder) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+            checked.push((folder, true));
+        }
+    }
+    for (path, folder) in checked {
+        // A file that is gone is the load's to report.
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
+        if owner != uid && owner != 0 {
+            return Err(format!(
+                "`{}` belongs to uid {owner}, neither the proxy's user (uid {uid}) nor root: the config was not reloaded",
+                path.display()
+            ));
+        }
+        let sticky = folder && mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && !sticky {
+            return Err(format!(
+                "`{}` may be written by other users (mode {mode:04o}): the config was not reloaded; `chmod go-w` it",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A file as it is now: device, inode, size, and its modification and
+/// change times (a write moves `ctime`, which no one can set back).
+type Stamp = (u64, u64, u64, i64, i64, i64, i64);
+
+/// What each file is now; `None` for one that is gone.
+fn stamps(files: &[PathBuf]) -> Vec<Option<Stamp>> {
+    use std::os::unix::fs::MetadataExt as _;
+    files
+        .iter()
+        .map(|file| {
+            std::fs::metadata(file).ok().map(|m| {
+                (
+                    m.dev(),
+                    m.ino(),
+                    m.size(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Watches the config of `gateway` (read as `source` says) until the proxy
+/// stops.
+pub(super) fn watch(gateway: Arc<Gateway>, source: Source) {
+    // Before this returns: a SIGHUP from now on reloads (and never ends
+    // the proxy, as it would unhandled).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    tokio::spawn(async move {
+        let poll = gateway.config().proxy.policy_poll;
+        let shutdown = gateway.shutdown_token();
+        let mut files = watched(gateway.config());
+        let mut seen = stamps(&files);
+        loop {
+            let asked = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let forced = tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(poll) => false,
+                Some(()) = asked => true,
+            };
+            let now = stamps(&files);
+            if !forced && now == seen {
+                continue;
+            }
+            seen = now;
+            if let Some(next) = reload(&gateway, &source, &files).await {
+                // A catalog added, or another profile file: watched too.
+                files = next;
+                seen = stamps(&files);
+            }
+        }
+    });
+}
+
+/// Loads the config again and applies it; the files it was read from, when
+/// it was applied.
+async fn reload(
+    gateway: &Arc<Gateway>,
+    source: &Source,
+    files: &[PathBuf],
+) -> Option<Vec<PathBuf>> {
+    if let Err(error) = trusted(files) {
+        refused(gateway, error);
+        return None;
+    }
+    let loading = source.clone();
+    let loaded = match tokio::task::spawn_blocking(move || loading.load()).await {
+        Ok(loaded) => loaded.map_err(|err| err.to_string()),
+        Err(err) => Err(format!("the config could not be read: {err}")),
+    };
+    let next = match loaded {
+        Ok(next) => next,
+        Err(error) => {
+            refused(gateway, error);
+            return None;
+        }
+    };
+    // The files the new config names (a catalog added) too.
+    let next_files = watched(&next);
+    if let Err(error) = trusted(&next_files) {
+        refused(gateway, error);
+        return None;
+    }
+    let pending = gateway.config().changes_needing_restart(&next);
+    match gateway.reload(&next).await {
+        Ok(reloaded) => {
+            applied(gateway, &next, &reloaded, &pending);
+            Some(next_files)
+        }
+        Err(err) => {
+            refused(gateway, err.to_string());
+            None
+        }
+    }
+}
+
+/// A config that did not load (or apply): the one in force stays.
+fn refused(gateway: &Gateway, error: String) {
+    tracing::error!(error = %error, "the config was not reloaded: the last good one stays in force");
+    let mut record = AuditRecord::event("config_reload", "error");
+    record.reason = Some(cut(&error));
+    gateway.record_event(record);
+}
+
+fn applied(gateway: &Gateway, next: &Config, reloaded: &Reloaded, pending: &[&'static str]) {
+    let started: Vec<&crate::config::ServerConfig> = next
+        .servers
+        .iter()
+        .filter(|server| {
+            reloaded.added.contains(&server.name) || reloaded.restarted.contains(&server.name)
+        })
+        .collect();
+    super::records::announce_sandboxing(started.iter().copied());
+    tracing::info!(
+        added = ?reloaded.added,
+        removed = ?reloaded.removed,
+        restarted = ?reloaded.restarted,
+        profile = reloaded.profile,
+        "config reloaded"
+    );
+    if !pending.is_empty() {
+        tracing::warn!(
+            sections = ?pending,
+            "config sections changed that apply only at the next start: restart the proxy to apply them"
+        );
+    }
+    let config_sha256 = std::fs::read(&next.file)
+        .map(|bytes| super::sha256_hex(&bytes))
+        .ok();
+    let mut record = AuditRecord::event("config_reload", "allow");
+    record.detail = Some(serde_json::json!({
+        "config_sha256": config_sha256,
+        "added": reloaded.added,
+        "removed": reloaded.removed,
+        "restarted": reloaded.restarted,
+        "profile_changed": reloaded.profile,
+        "servers": next.servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        "restart_required": pending,
+    }));
+    let mut records = vec![record];
+    records.extend(super::records::relaxed_records(started.into_iter()));
+    gateway.record_events(records);
+}
+
+/// An error as a record keeps it: at most 4 KiB.
+fn cut(text: &str) -> String {
+    crate::protocol::cut(text, 4096).to_owned()
+}

@@ -1,0 +1,151 @@
+//! A config loaded again, applied to the running gateway: its servers and
+//! its profile. Sessions stay open throughout: a server the new config
+//! adds starts and is announced (`list_changed`), one it drops stops and
+//! its tools, prompts and resources leave the lists, one it changes
+//! restarts under its new settings. Everything else the config says is
+//! wired into the chain at start; the caller compares it and says what
+//! waits for a restart.
+
+use std::sync::Arc;
+
+use crate::config::{Config, ServerConfig};
+use crate::upstream::Upstream;
+
+use super::slots::Slot;
+use super::{Gateway, in_flight_of, lock};
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Servers started: new in the config.
+    pub added: Vec<String>,
+    /// Servers stopped: no longer in the config.
+    pub removed: Vec<String>,
+    /// Servers started anew: their settings changed.
+    pub restarted: Vec<String>,
+    /// The profile's servers or tools changed.
+    pub profile: bool,
+}
+
+/// Why a reload applied nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// A configured server may not take a name a catalog offers while
+    /// `[discovery]` runs, nor that of the proxy's own tools (both would
+    /// answer to it).
+    #[error(
+        "server `{0}` has the name of a server `[discovery]` offers (or of its own tools): restart the proxy to give it that name"
+    )]
+    NameTaken(String),
+}
+
+/// Whether two configs of a server say the same. Config values hold no
+/// hashed collections, so their debug forms are stable and compare
+/// every setting (secrets by reference: a secret's value is read when the
+/// server starts).
+fn same_server(a: &ServerConfig, b: &ServerConfig) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+impl Gateway {
+    /// Applies the servers and the profile of `next` (the config loaded
+    /// again); nothing else of it. Waits (up to the startup timeout) for
+    /// the servers it starts, as the proxy's start does. Reloads run one
+    /// at a time.
+    pub async fn reload(self: &Arc<Self>, next: &Config) -> Result<Reloaded, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        if let Some(discovery) = &self.discovery
+            && let Some(taken) = next
+                .servers
+                .iter()
+                .find(|server| discovery.takes_name(&server.name))
+        {
+            return Err(ReloadError::NameTaken(taken.name.clone()));
+        }
+        let current = self.configured();
+        let mut reloaded = Reloaded::default();
+        let mut retire = Vec::new();
+        let mut start: Vec<&ServerConfig> = Vec::new();
+        for (index, upstream) in &current {
+            let name = upstream.name().to_string();
+            match next.servers.iter().find(|server| server.name == name) {
+                None => {
+                    retire.push(*index);
+                    reloaded.removed.push(name);
+                }
+                Some(server) if !same_server(server, upstream.config()) => {
+                    retire.push(*index);
+                    start.push(server);
+                    reloaded.restarted.push(name);
+                }
+                Some(_) => {}
+            }
+        }
+        for server in &next.servers {
+            let known = current
+                .iter()
+                .any(|(_, upstream)| **upstream.name() == *server.name);
+            if !known {
+                start.push(server);
+                reloaded.added.push(server.name.clone());
+            }
+        }
+        let profile = next.profile.clone().map(Arc::new);
+        reloaded.profile = format!("{:?}", self.profile()) != format!("{profile:?}");
+        if reloaded.profile
+            && let Ok(mut held) = self.profile.write()
+        {
+            *held = profile;
+        }
+        // Out first: a changed server's new slot is the only one of its
+        // name from here on.
+        for index in retire {
+            self.retire(index);
+        }
+        let mut started: Vec<(usize, Upstream)> = Vec::new();
+        for server in start {
+            let upstream =
+                (self.make_upstream)(Arc::new(server.clone()), None, self.events.clone());
+            let index = self.slots.push(Slot::new(
+                upstream.name().clone(),
+                Some(upstream.clone()),
+                in_flight_of(&self.config, &server.name),
+                self.shutdown.child_token(),
+            ));
+            started.push((index, upstream));
+        }
+        self.start_servers(&started).await;
+        if reloaded.profile {
+            // The tools a profile lets through are filtered as lists are
+            // read: read the others again.
+            for (index, _) in &current {
+                if !self.is_retired(*index) {
+                    self.refresh(*index).await;
+                }
+            }
+        }
+        Ok(reloaded)
+    }
+
+    /// The profile in force.
+    pub(super) fn profile(&self) -> Option<Arc<crate::config::profiles::Profile>> {
+        match self.profile.read() {
+            Ok(profile) => profile.clone(),
+            Err(poison) => poison.into_inner().clone(),
+        }
+    }
+
+    /// Takes server `index` out: no longer found by name, listed or routed
+    /// (its lists leave the catalog and sessions are told), then stopped
+    /// with its per-client instances (calls in flight to it fail).
+    fn retire(&self, index: usize) {
+        let Some(slot) = self.slot(index) else {
+            return;
+        };
+        slot.retire();
+        lock(&self.instances).retain(|(at, _), _| *at != index);
+        self.set_lists(index, None);
+        self.forget_forwarded(index, &None);
+        tracing::info!(server = %slot.name, "server taken out by a config reload");
+    }
+}
