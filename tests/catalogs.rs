@@ -103,6 +103,16 @@ async fn container_env(docker: &Docker, server: &str) -> Vec<String> {
     inspected.config.unwrap().env.unwrap_or_default()
 }
 
+/// `portcullis doctor` on the proxy's config: (success, stdout, stderr).
+fn doctor(proxy: &TestProxy) -> (bool, String, String) {
+    let config = proxy.dir().join("portcullis.toml");
+    common::run_portcullis([
+        std::ffi::OsStr::new("doctor"),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_image_is_served_from_its_label_alone_hardened() {
     let _serial = SERIAL.lock().await;
@@ -138,6 +148,35 @@ async fn an_image_is_served_from_its_label_alone_hardened() {
     assert_eq!(probe["uid"], 65534, "{probe}");
     assert_eq!(probe["network_interfaces"], json!(["lo"]), "{probe}");
     client.finish().await;
+    // A profile's own value fills the label's template over the config's.
+    let profiles = proxy.dir().join("profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("loud.toml"),
+        "servers = [\"described\"]\n[config.described]\ngreeting = \"from-the-profile\"\n",
+    )
+    .unwrap();
+    let mut command = proxy.stdio_command();
+    command
+        .args(["--profile", "loud"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut client = RawClient::spawn(command);
+    client.initialize().await;
+    let reply = echo(&mut client, 3, "described__echo").await;
+    assert_eq!(first_text(&reply), "from-the-profile: hi", "{reply}");
+    client.finish().await;
+    // `doctor` shows what the label asks before anything runs.
+    let (ok, stdout, stderr) = doctor(&proxy);
+    let said = format!("{stdout}{stderr}");
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("server `described`: its label runs it with arguments")
+            && said.contains("from-the-label")
+            && said.contains("MODE"),
+        "{said}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,6 +245,23 @@ async fn a_label_asking_for_root_or_the_host_network_is_refused() {
         ])
         .await;
     client.finish().await;
+    // `doctor` refuses each as its start would, before anything runs.
+    let (ok, stdout, stderr) = doctor(&proxy);
+    let said = format!("{stdout}{stderr}");
+    assert!(!ok, "{said}");
+    for (server, reason) in [
+        ("rooted", "asks to run as user `root`"),
+        ("hosted", "asks for `network`"),
+        ("silent", "does not describe itself"),
+        ("nosecret", "needs the secret `labelled.api_key`"),
+    ] {
+        assert!(
+            said.lines()
+                .any(|line| line.starts_with(&format!("FAIL  server `{server}`"))
+                    && line.contains(reason)),
+            "{server}: {said}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

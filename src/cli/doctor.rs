@@ -8,6 +8,7 @@ use super::progress::Progress;
 use super::servers::as_text;
 use crate::config::{Config, ContainerSpec, ServerConfig, UpstreamSpec};
 use crate::upstream::container::{self, describe, engine, engine_address};
+use crate::upstream::oci::shown;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Level {
@@ -170,15 +171,20 @@ async fn check_images(docker: &Docker, containers: &[(&str, &ContainerSpec)], re
         let what = format!("server `{name}`");
         report.checking(&format!("the image of `{name}` ({})", spec.image));
         match container::ensure_image_present(docker, spec).await {
-            Ok(image) => report.line(
-                Level::Ok,
-                &what,
-                format!(
-                    "image `{}` present ({})",
-                    spec.image,
-                    image.id.unwrap_or_default()
-                ),
-            ),
+            Ok(image) => {
+                report.line(
+                    Level::Ok,
+                    &what,
+                    format!(
+                        "image `{}` present ({})",
+                        spec.image,
+                        image.id.as_deref().unwrap_or_default()
+                    ),
+                );
+                if spec.label.is_some() {
+                    check_label(spec, &image, &what, report);
+                }
+            }
             Err(container::Missing::No(message))
                 if spec.pull == crate::config::PullPolicy::Missing =>
             {
@@ -190,6 +196,37 @@ async fn check_images(docker: &Docker, containers: &[(&str, &ContainerSpec)], re
             }
             Err(err) => report.line(Level::Fail, &what, err.into_message()),
         }
+    }
+}
+
+/// What the label of a `docker://` server's image asks, read as its first
+/// start will read it: the command and environment it runs with, or why
+/// it would be refused (root, a network, a secret not given, no label).
+/// The label is the image author's text: shown escaped.
+fn check_label(
+    spec: &ContainerSpec,
+    image: &bollard::models::ImageInspect,
+    what: &str,
+    report: &mut Report,
+) {
+    let label = image
+        .config
+        .as_ref()
+        .and_then(|config| config.labels.as_ref())
+        .and_then(|labels| labels.get(crate::config::catalog::METADATA_LABEL));
+    match crate::config::from_label(spec, label.map(String::as_str)) {
+        Ok(resolved) => {
+            let env: Vec<&str> = resolved.env.keys().map(String::as_str).collect();
+            report.line(
+                Level::Ok,
+                what,
+                shown(&format!(
+                    "its label runs it with arguments {:?} and environment {env:?}, under the hardened profile",
+                    resolved.args
+                )),
+            );
+        }
+        Err(message) => report.line(Level::Fail, what, shown(&message)),
     }
 }
 

@@ -459,11 +459,7 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 
 /// The config, narrowed to a profile when one is named.
 fn load_with(path: &Path, profile: Option<&str>) -> anyhow::Result<Config> {
-    let config = load(path)?;
-    Ok(match profile {
-        Some(name) => config.with_profile(name)?,
-        None => config,
-    })
+    Ok(Config::load_with_profile(path, profile)?)
 }
 
 fn client_identity(config: &Config, name: &str) -> anyhow::Result<ClientIdentity> {

@@ -87,7 +87,7 @@ pub(super) fn run(command: ProfileCommand) -> anyhow::Result<()> {
                 name,
                 description: description.unwrap_or_default(),
                 servers,
-                tools: Default::default(),
+                ..Profile::default()
             };
             let path = profiles::save(&config, &profile).map_err(anyhow::Error::msg)?;
             println!("wrote {}", path.display());
@@ -145,6 +145,17 @@ fn print(profile: &Profile) {
             Some(tools) => {
                 let tools: Vec<&str> = tools.iter().map(String::as_str).collect();
                 println!("  {server}: {}", tools.join(", "));
+            }
+        }
+        // Its own values and secrets, by key (a secret's reference is no
+        // secret, but the list says only what is set).
+        for (what, keys) in [
+            ("values", profile.config.get(server)),
+            ("secrets", profile.secrets.get(server)),
+        ] {
+            if let Some(keys) = keys.filter(|keys| !keys.is_empty()) {
+                let keys: Vec<&str> = keys.keys().map(String::as_str).collect();
+                println!("    its own {what}: {}", keys.join(", "));
             }
         }
     }

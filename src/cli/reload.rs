@@ -24,11 +24,7 @@ pub(super) struct Source {
 
 impl Source {
     fn load(&self) -> Result<Config, ConfigError> {
-        let config = Config::load(&self.file)?;
-        let mut config = match &self.profile {
-            Some(name) => config.with_profile(name)?,
-            None => config,
-        };
+        let mut config = Config::load_with_profile(&self.file, self.profile.as_deref())?;
         if self.listen_off {
             config.proxy.listen = None;
         }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::{Config, UpstreamSpec};
 use crate::config::sandbox::BindMount;
 
 const CATALOG: &str = r#"
@@ -227,4 +228,82 @@ fn hostile_documents_are_refused_not_expanded() {
         .err()
         .unwrap_or_default();
     assert!(!error.contains(&secret) && !error.contains('\n'), "{error}");
+}
+
+#[test]
+fn a_profile_gives_its_servers_values_and_secrets_over_the_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = format!("sha256:{}", "0".repeat(64));
+    std::fs::write(
+        dir.path().join("team.yaml"),
+        CATALOG.replace("sha256:0123", &digest),
+    )
+    .unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        "[[catalogs]]\nname = \"team\"\npath = \"team.yaml\"\n\
+         [[servers]]\nname = \"time\"\nfrom = \"catalog://team/time\"\n\
+         config = { mode = \"plain\", zone = \"UTC\" }\nsecrets = { TIME_API_KEY = \"env:CONFIG_KEY\" }\n\
+         [[servers]]\nname = \"other\"\nprocess = { command = \"x\" }\n",
+    )
+    .unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    let profile = |text: &str| std::fs::write(profiles.join("night.toml"), text).unwrap();
+    profile(
+        "servers = [\"time\"]\n[config.time]\nzone = \"Europe/Paris\"\n[secrets.time]\nTIME_API_KEY = \"env:PROFILE_KEY\"\n",
+    );
+    let spec = |config: &Config| {
+        let server = config.server("time").unwrap();
+        let UpstreamSpec::Container(spec) = &server.kind else {
+            panic!("{server:?}");
+        };
+        (
+            spec.args.clone(),
+            spec.env.clone(),
+            format!("{:?}", server.secrets),
+        )
+    };
+    let plain = Config::load(&config).unwrap();
+    let (args, env, secrets) = spec(&plain);
+    assert_eq!(args, ["--local-timezone", "UTC"]);
+    assert_eq!(env.get("MODE").map(String::as_str), Some("plain"));
+    assert!(secrets.contains("CONFIG_KEY"), "{secrets}");
+
+    let night = Config::load_with_profile(&config, Some("night")).unwrap();
+    let names: Vec<&str> = night.servers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["time"]);
+    let (args, env, secrets) = spec(&night);
+    // Its value and its secret; the config's others stay.
+    assert_eq!(args, ["--local-timezone", "Europe/Paris"]);
+    assert_eq!(env.get("MODE").map(String::as_str), Some("plain"));
+    assert!(
+        secrets.contains("PROFILE_KEY") && !secrets.contains("CONFIG_KEY"),
+        "{secrets}"
+    );
+
+    // Values for a server it does not run, values for a server that has no
+    // templates, a secret name that cannot be a variable: refused.
+    for (text, expected) in [
+        (
+            "servers = [\"time\"]\n[config.other]\nk = \"v\"\n",
+            "which it does not run",
+        ),
+        (
+            "servers = [\"other\"]\n[config.other]\nk = \"v\"\n",
+            "fills the templates of a server described by `from`",
+        ),
+        (
+            "servers = [\"time\"]\n[secrets.time]\n\"A-B\" = \"env:X\"\n",
+            "must be letters, digits and `_`",
+        ),
+    ] {
+        profile(text);
+        let err = Config::load_with_profile(&config, Some("night"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{text}: {err}");
+    }
 }

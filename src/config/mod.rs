@@ -257,20 +257,29 @@ struct RawConfig {
     observability: RawObservability,
 }
 
+/// A config file's text.
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|err| ConfigError {
+        file: path.to_owned(),
+        location: None,
+        key: None,
+        message: format!("cannot read the config: {err}"),
+    })
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
-            file: path.to_owned(),
-            location: None,
-            key: None,
-            message: format!("cannot read the config: {err}"),
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&read_config(path)?, path)
     }
 
     /// Validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Validator { text, path }.config(Self::parse_raw(text, path)?)
+    }
+
+    /// Config text as written, not validated yet.
+    fn parse_raw(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
         let located = |span: Option<Range<usize>>| span.map(|span| line_col(text, span.start));
         let deserializer = toml::de::Deserializer::parse(text).map_err(|err| ConfigError {
             file: path.to_owned(),
@@ -292,7 +301,7 @@ impl Config {
                 message: inner.message().to_owned(),
             }
         })?;
-        Validator { text, path }.config(raw)
+        Ok(raw)
     }
 
     /// The config's `[[catalogs]]` alone, the rest of the file unread (an

@@ -3,7 +3,9 @@
 //! --profile NAME` runs the config narrowed to one: the other servers do not
 //! start, a tool outside its list is neither listed nor callable (refused
 //! as unknown, before any policy is asked), and every record names the
-//! profile. A profile only narrows; the policies still decide.
+//! profile. A profile only narrows; the policies still decide. It may give
+//! its servers template values and secret references of its own
+//! (`[config.SERVER]`, `[secrets.SERVER]`), over the config's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,6 +30,14 @@ pub struct Profile {
     /// names); a server not here lets every tool through.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tools: BTreeMap<String, BTreeSet<String>>,
+    /// Per server, `{{server.key}}` template values over the config's (a
+    /// server described by `from` only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per server, secret references (`file:`, `env:`, `dotenv:`) over
+    /// the config's, by the variable the server reads.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Profile {
@@ -60,20 +70,29 @@ fn error(path: &Path, message: String) -> ConfigError {
 
 /// Reads profile `name` of `config`, checked against its servers.
 pub fn load(config: &Config, name: &str) -> Result<Profile, ConfigError> {
-    let dir = folder(config);
+    let profile = read(&folder(config), name)?;
+    check(config, &profile).map_err(|message| error(&path_of(&folder(config), name), message))?;
+    Ok(profile)
+}
+
+fn path_of(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.toml"))
+}
+
+/// Reads profile `name` from the folder `dir`, not checked yet.
+fn read(dir: &Path, name: &str) -> Result<Profile, ConfigError> {
     if !valid_name(name) {
         return Err(error(
-            &dir,
+            dir,
             format!("profile name `{name}` must be 1-63 characters of a-z, 0-9 and `-`"),
         ));
     }
-    let path = dir.join(format!("{name}.toml"));
+    let path = path_of(dir, name);
     let text = super::values::read_regular(&path, 1024 * 1024)
         .map_err(|err| error(&path, format!("cannot read profile `{name}`: {err}")))?;
     let mut profile: Profile = toml::from_str(&text)
         .map_err(|err| error(&path, format!("not a profile: {}", err.message())))?;
     profile.name = name.to_owned();
-    check(config, &profile).map_err(|message| error(&path, message))?;
     Ok(profile)
 }
 
@@ -94,6 +113,12 @@ pub fn check(config: &Config, profile: &Profile) -> Result<(), String> {
     if let Some(server) = profile.tools.keys().find(|s| !seen.contains(s)) {
         return Err(format!(
             "lists tools of server `{server}`, which it does not run (add it to `servers`)"
+        ));
+    }
+    let valued = profile.config.keys().chain(profile.secrets.keys());
+    if let Some(server) = valued.clone().find(|s| !seen.contains(s)) {
+        return Err(format!(
+            "gives values or secrets to server `{server}`, which it does not run (add it to `servers`)"
         ));
     }
     Ok(())
@@ -143,12 +168,44 @@ pub fn names(config: &Config) -> Vec<String> {
 }
 
 impl Config {
-    /// The config narrowed to profile `name`: only its servers.
-    pub fn with_profile(mut self, name: &str) -> Result<Self, ConfigError> {
-        let profile = load(&self, name)?;
-        self.servers
+    /// The config at `path`, under profile `name` when one is named: only
+    /// its servers, with its template values and secret references over
+    /// the config's (checked as the config's are).
+    pub fn load_with_profile(path: &Path, name: Option<&str>) -> Result<Self, ConfigError> {
+        let Some(name) = name else {
+            return Self::load(path);
+        };
+        let dir = path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("profiles");
+        let profile = read(&dir, name)?;
+        let text = super::read_config(path)?;
+        let mut raw = Self::parse_raw(&text, path)?;
+        // Only onto the servers it runs (values for another are refused
+        // by `check`, naming the profile).
+        for server in &mut raw.servers {
+            let server = server.get_mut();
+            let name = server.name().to_owned();
+            if profile.servers.contains(&name) {
+                server.overlay(profile.config.get(&name), profile.secrets.get(&name));
+            }
+        }
+        let own = !profile.config.is_empty() || !profile.secrets.is_empty();
+        let mut config = super::Validator { text: &text, path }
+            .config(raw)
+            .map_err(|mut err| {
+                if own {
+                    err.message
+                        .push_str(&format!(" (with the values of profile `{name}`)"));
+                }
+                err
+            })?;
+        check(&config, &profile).map_err(|message| error(&path_of(&dir, name), message))?;
+        config
+            .servers
             .retain(|server| profile.servers.contains(&server.name));
-        self.profile = Some(profile);
-        Ok(self)
+        config.profile = Some(profile);
+        Ok(config)
     }
 }

@@ -243,6 +243,26 @@ struct RawRemoteOauth {
 }
 
 impl RawServer {
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A profile's values for this server over the config's: its
+    /// `{{server.key}}` template values and its secret references, each
+    /// replacing the config's of the same key.
+    pub(super) fn overlay(
+        &mut self,
+        config: Option<&BTreeMap<String, String>>,
+        secrets: Option<&BTreeMap<String, String>>,
+    ) {
+        for (key, value) in config.into_iter().flatten() {
+            self.config.insert(key.clone(), value.clone());
+        }
+        for (name, reference) in secrets.into_iter().flatten() {
+            self.secrets.insert(name.clone(), reference.clone());
+        }
+    }
+
     /// One server; `names` are the servers' names so far.
     pub(super) fn validate(
         self,

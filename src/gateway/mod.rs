@@ -339,6 +339,9 @@ impl Gateway {
     /// Stops every server and ends every session.
     pub async fn stop(&self) {
         self.shutdown.cancel();
+        // A reload under way ends first (its servers, started under the
+        // cancelled token, stop at once): every slot is known below.
+        let _no_reload = self.reloading.lock().await;
         self.drop_parked();
         let sessions: Vec<_> = self
             .sessions

@@ -54,6 +54,10 @@ impl Gateway {
     /// at a time.
     pub async fn reload(self: &Arc<Self>, next: &Config) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
+        // A proxy that is stopping starts nothing more.
+        if self.shutdown.is_cancelled() {
+            return Ok(Reloaded::default());
+        }
         if let Some(discovery) = &self.discovery
             && let Some(taken) = next
                 .servers
