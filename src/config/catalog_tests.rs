@@ -1,6 +1,6 @@
 use super::*;
-use crate::config::{Config, UpstreamSpec};
 use crate::config::sandbox::BindMount;
+use crate::config::{Config, UpstreamSpec};
 
 const CATALOG: &str = r#"
 version: 2

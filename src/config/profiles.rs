@@ -192,15 +192,16 @@ impl Config {
             }
         }
         let own = !profile.config.is_empty() || !profile.secrets.is_empty();
-        let mut config = super::Validator { text: &text, path }
-            .config(raw)
-            .map_err(|mut err| {
-                if own {
-                    err.message
-                        .push_str(&format!(" (with the values of profile `{name}`)"));
-                }
-                err
-            })?;
+        let mut config =
+            super::Validator { text: &text, path }
+                .config(raw)
+                .map_err(|mut err| {
+                    if own {
+                        err.message
+                            .push_str(&format!(" (with the values of profile `{name}`)"));
+                    }
+                    err
+                })?;
         check(&config, &profile).map_err(|message| error(&path_of(&dir, name), message))?;
         config
             .servers

@@ -80,6 +80,11 @@ impl Gateway {
     /// or for a per-client server the client's, created (lazy) at first use.
     pub(super) fn upstream_for(&self, index: usize, client: &Arc<str>) -> Option<Upstream> {
         let slot = self.slot(index)?;
+        // A server a reload took out takes nothing new (a task's poll, a
+        // call routed before it went).
+        if slot.is_retired() {
+            return None;
+        }
         let primary = slot.upstream.as_ref()?;
         if !self.per_client(index) {
             return Some(primary.clone());
@@ -121,10 +126,12 @@ impl Gateway {
         Some(instance)
     }
 
-    /// Why [`Gateway::upstream_for`] gave no instance.
-    pub(super) fn no_instance(&self) -> super::Failure {
+    /// Why [`Gateway::upstream_for`] gave server `index` no instance.
+    pub(super) fn no_instance(&self, index: usize) -> super::Failure {
         if self.shutdown.is_cancelled() {
             super::Failure::ShuttingDown
+        } else if self.is_retired(index) {
+            super::Failure::ServerNotReady(self.name_or_none(index).to_string())
         } else {
             super::Failure::TooManyInstances(MAX_INSTANCES_PER_SERVER)
         }

@@ -645,7 +645,7 @@ impl Gateway {
         self.may_act_as_user(server, session)?;
         let upstream = self
             .upstream_for(server, &session.client.name)
-            .ok_or_else(|| self.no_instance())?;
+            .ok_or_else(|| self.no_instance(server))?;
         let key = IdKey::from_value(client_id);
         let cancel = CancellationToken::new();
         if let Some(key) = &key
