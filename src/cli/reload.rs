@@ -49,38 +49,60 @@ fn watched(config: &Config) -> Vec<PathBuf> {
 }
 
 /// Refuses files that another user (root aside) owns or may write to, or
-/// that sit in a folder others may write to (unless it is sticky, as
-/// `/tmp` is): a reload starts what the files say, so whoever may change
-/// them would run servers as the proxy's user.
+/// that sit in a folder, at any depth, that another user owns or may
+/// write to (unless it is sticky, as `/tmp` is): a reload starts what the
+/// files say, so whoever may change them would run servers as the
+/// proxy's user. A link is checked as a path (its own owner, its folders)
+/// and as the file it leads to (that file and its folders).
 fn trusted(files: &[PathBuf]) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt as _;
     let uid = nix::unistd::geteuid().as_raw();
-    let mut checked: Vec<(&std::path::Path, bool)> = Vec::new();
     for file in files {
-        checked.push((file, false));
-        if let Some(folder) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
-            checked.push((folder, true));
-        }
-    }
-    for (path, folder) in checked {
         // A file that is gone is the load's to report.
-        let Ok(meta) = std::fs::metadata(path) else {
+        let Ok(absolute) = std::path::absolute(file) else {
             continue;
         };
-        let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
-        if owner != uid && owner != 0 {
-            return Err(format!(
-                "`{}` belongs to uid {owner}, neither the proxy's user (uid {uid}) nor root: the config was not reloaded",
-                path.display()
-            ));
+        let mut paths = vec![absolute.clone()];
+        if let Ok(real) = std::fs::canonicalize(&absolute)
+            && real != absolute
+        {
+            paths.push(real);
         }
-        let sticky = folder && mode & 0o1000 != 0;
-        if mode & 0o022 != 0 && !sticky {
-            return Err(format!(
-                "`{}` may be written by other users (mode {mode:04o}): the config was not reloaded; `chmod go-w` it",
-                path.display()
-            ));
+        for path in &paths {
+            for (depth, at) in path.ancestors().enumerate() {
+                if at.as_os_str().is_empty() {
+                    continue;
+                }
+                if let Ok(meta) = std::fs::symlink_metadata(at) {
+                    check_entry(at, &meta, uid, depth > 0)?;
+                }
+            }
         }
+    }
+    Ok(())
+}
+
+/// One path of [`trusted`]'s: its owner, and (but for a link, whose mode
+/// means nothing) who may write to it.
+fn check_entry(
+    path: &std::path::Path,
+    meta: &std::fs::Metadata,
+    uid: u32,
+    folder: bool,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
+    if owner != uid && owner != 0 {
+        return Err(format!(
+            "`{}` belongs to uid {owner}, neither the proxy's user (uid {uid}) nor root: the config was not reloaded",
+            path.display()
+        ));
+    }
+    let sticky = folder && mode & 0o1000 != 0;
+    if !meta.file_type().is_symlink() && mode & 0o022 != 0 && !sticky {
+        return Err(format!(
+            "`{}` may be written by other users (mode {mode:04o}): the config was not reloaded; `chmod go-w` it",
+            path.display()
+        ));
     }
     Ok(())
 }
@@ -138,22 +160,24 @@ pub(super) fn watch(gateway: Arc<Gateway>, source: Source) {
                 continue;
             }
             seen = now;
-            if let Some(next) = reload(&gateway, &source, &files).await {
-                // A catalog added, or another profile file: watched too.
+            if let Some((next, read_as)) = reload(&gateway, &source, &files).await {
+                // A catalog added, or another profile file: watched too,
+                // as they were when read (an edit while the reload
+                // applied is seen next time).
                 files = next;
-                seen = stamps(&files);
+                seen = read_as;
             }
         }
     });
 }
 
-/// Loads the config again and applies it; the files it was read from, when
-/// it was applied.
+/// Loads the config again and applies it; the files it was read from and
+/// what they were just after, when it was applied.
 async fn reload(
     gateway: &Arc<Gateway>,
     source: &Source,
     files: &[PathBuf],
-) -> Option<Vec<PathBuf>> {
+) -> Option<(Vec<PathBuf>, Vec<Option<Stamp>>)> {
     if let Err(error) = trusted(files) {
         refused(gateway, error);
         return None;
@@ -176,11 +200,12 @@ async fn reload(
         refused(gateway, error);
         return None;
     }
+    let read_as = stamps(&next_files);
     let pending = gateway.config().changes_needing_restart(&next);
     match gateway.reload(&next).await {
         Ok(reloaded) => {
             applied(gateway, &next, &reloaded, &pending);
-            Some(next_files)
+            Some((next_files, read_as))
         }
         Err(err) => {
             refused(gateway, err.to_string());
@@ -189,8 +214,10 @@ async fn reload(
     }
 }
 
-/// A config that did not load (or apply): the one in force stays.
+/// A config that did not load (or apply): the one in force stays. (An
+/// error may quote a value of the file: scrubbed like a record.)
 fn refused(gateway: &Gateway, error: String) {
+    let error = gateway.scrubbed(&error);
     tracing::error!(error = %error, "the config was not reloaded: the last good one stays in force");
     let mut record = AuditRecord::event("config_reload", "error");
     record.reason = Some(cut(&error));

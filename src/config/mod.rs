@@ -257,6 +257,29 @@ struct RawConfig {
     observability: RawObservability,
 }
 
+/// A section's settings as compared by a reload: its debug form without
+/// where values were written (`Located`'s line and column: a line added
+/// above them changes nothing).
+fn settings(section: &dyn fmt::Debug) -> String {
+    const AT: &str = "location: Some((";
+    let text = format!("{section:?}");
+    let mut kept = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(AT) {
+        let (before, after) = rest.split_at(at);
+        kept.push_str(before);
+        match after.find("))") {
+            Some(end) => rest = after.get(end + 2..).unwrap_or_default(),
+            None => {
+                rest = after;
+                break;
+            }
+        }
+    }
+    kept.push_str(rest);
+    kept
+}
+
 /// A config file's text.
 fn read_config(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|err| ConfigError {
@@ -338,7 +361,7 @@ impl Config {
     /// (Config values hold no hashed collections: their debug forms are
     /// stable, and compare every setting.)
     pub fn changes_needing_restart(&self, next: &Config) -> Vec<&'static str> {
-        let differs = |a: &dyn fmt::Debug, b: &dyn fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let differs = |a: &dyn fmt::Debug, b: &dyn fmt::Debug| settings(a) != settings(b);
         let sections: [(&'static str, &dyn fmt::Debug, &dyn fmt::Debug); 14] = [
             ("proxy", &self.proxy, &next.proxy),
             ("listener", &self.listener, &next.listener),

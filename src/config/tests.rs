@@ -221,4 +221,13 @@ fn a_reload_names_the_sections_that_wait_for_a_restart_and_only_those() {
         running.changes_needing_restart(&wired),
         ["proxy", "limits", "clients"]
     );
+    // Where a value is written is no setting: a line added above moves it.
+    let redact = "[redact]\ndisable = [\"generic-password\"]\n";
+    let before = load(&format!("{redact}{server}"));
+    let moved = load(&format!("# a comment\n\n{redact}{server}"));
+    assert!(before.changes_needing_restart(&moved).is_empty());
+    let other = load(&format!(
+        "[redact]\ndisable = [\"generic-password\", \"jwt\"]\n{server}"
+    ));
+    assert_eq!(before.changes_needing_restart(&other), ["redact"]);
 }

@@ -56,6 +56,10 @@ pub struct Catalog {
     /// The servers that a catalog offers (`[discovery]`): a URI a
     /// configured server covers is never theirs.
     catalogued: std::ops::Range<usize>,
+    /// The configured servers in the config's order, merged first (the
+    /// others follow by index): where two list one URI, the first in the
+    /// config keeps it, whatever index a reload gave it.
+    order: Vec<usize>,
 }
 
 impl Catalog {
@@ -109,12 +113,25 @@ impl Catalog {
         if let Some(slot) = per_server.get_mut(server) {
             *slot = lists;
         }
-        let mut next = Self::build(per_server, names, separator);
+        let mut next = Self::build(per_server, names, separator, &self.order);
         next.catalogued = self.catalogued.clone();
         (next, changed)
     }
 
-    fn build(per_server: Vec<Option<ServerLists>>, names: &[Arc<str>], separator: &str) -> Self {
+    /// The catalog with the configured servers merged in `order` (see
+    /// [`Catalog::order`]).
+    pub fn ordered(&self, order: Vec<usize>, names: &[Arc<str>], separator: &str) -> Self {
+        let mut next = Self::build(self.per_server.clone(), names, separator, &order);
+        next.catalogued = self.catalogued.clone();
+        next
+    }
+
+    fn build(
+        per_server: Vec<Option<ServerLists>>,
+        names: &[Arc<str>],
+        separator: &str,
+        order: &[usize],
+    ) -> Self {
         let mut tools = Vec::new();
         let mut prompts = Vec::new();
         let mut resources = Vec::new();
@@ -123,8 +140,16 @@ impl Catalog {
         let mut prompt_index = HashMap::new();
         let mut resource_index = HashMap::new();
         let mut template_prefixes = Vec::new();
-        for (server, lists) in per_server.iter().enumerate() {
-            let (Some(lists), Some(name)) = (lists, names.get(server)) else {
+        let count = per_server.len();
+        let mut merged = vec![false; count];
+        let ranked = order.iter().copied().chain(0..count);
+        for server in ranked {
+            match merged.get_mut(server) {
+                Some(done) if !*done => *done = true,
+                _ => continue,
+            }
+            let (Some(Some(lists)), Some(name)) = (per_server.get(server), names.get(server))
+            else {
                 continue;
             };
             namespace(
@@ -191,6 +216,7 @@ impl Catalog {
             resource_index,
             template_prefixes,
             catalogued: 0..0,
+            order: order.to_vec(),
         }
     }
 
@@ -335,6 +361,32 @@ fn namespace(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_first_configured_server_keeps_a_shared_uri_whatever_its_index() {
+        let names: Vec<Arc<str>> = vec!["old".into(), "other".into(), "restarted".into()];
+        let shared = |name: &str| ServerLists {
+            resources: vec![json!({"uri":"file:///shared","name":name})],
+            templates: vec![json!({"uriTemplate":"file:///{path}","name":name})],
+            ..Default::default()
+        };
+        // `restarted` is first in the config: a reload started it anew at
+        // index 2 (index 0 is its retired slot, which lists nothing).
+        let (catalog, _) = Catalog::new(3).with_server(1, Some(shared("other")), &names, "__");
+        let (catalog, _) = catalog.with_server(2, Some(shared("restarted")), &names, "__");
+        assert_eq!(
+            catalog.resource_owner("file:///shared"),
+            Some(1),
+            "index order"
+        );
+        let catalog = catalog.ordered(vec![2, 1], &names, "__");
+        assert_eq!(catalog.resource_owner("file:///shared"), Some(2));
+        assert_eq!(catalog.resource_owner("file:///elsewhere"), Some(2));
+        // The order holds as lists change.
+        let (catalog, _) = catalog.with_server(1, Some(shared("other2")), &names, "__");
+        assert_eq!(catalog.resource_owner("file:///shared"), Some(2));
+        assert_eq!(catalog.resources.len(), 1, "{:?}", catalog.resources);
+    }
 
     #[test]
     fn merges_namespaces_and_routes() {

@@ -184,6 +184,24 @@ impl Gateway {
         ours.then_some(index)
     }
 
+    /// The server an event came from, for its record: a retired one too
+    /// (its last words as it stops are its own, not its successor's).
+    pub(super) fn sender_of(&self, source: &crate::upstream::Source) -> Option<usize> {
+        if source.instance.is_some() {
+            return self
+                .index_of_source(source)
+                .or_else(|| self.index_of(&source.server));
+        }
+        self.slots
+            .iter()
+            .find(|(_, slot)| {
+                slot.upstream
+                    .as_ref()
+                    .is_some_and(|upstream| Arc::ptr_eq(upstream.name(), &source.server))
+            })
+            .map(|(index, _)| index)
+    }
+
     /// The index of server `server` in force (a reload may have retired
     /// others of that name).
     pub(super) fn index_of(&self, server: &str) -> Option<usize> {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::protocol;
 use crate::upstream::{Status, Upstream};
 
-use super::{Gateway, ListKind, ServerLists};
+use super::{Gateway, ListKind, ServerLists, lock};
 
 /// Upstream pagination is followed for at most this many pages per list.
 pub(super) const MAX_LIST_PAGES: usize = 100;
@@ -153,28 +153,31 @@ impl Gateway {
         self.set_lists(index, Some(lists));
     }
 
-    pub(super) fn set_lists(&self, index: usize, mut lists: Option<ServerLists>) {
-        // A profile's tools alone: the others are not listed, and so not
-        // found when called (before any policy is asked).
-        let profile = self.profile();
-        if let (Some(profile), Some(lists), Some(server)) =
-            (profile.as_deref(), lists.as_mut(), self.name_at(index))
-        {
-            lists.tools.retain(|tool| {
-                let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
-                profile.allows_tool(server, name)
-            });
-        }
+    pub(super) fn set_lists(&self, index: usize, lists: Option<ServerLists>) {
         let changed = {
             let Ok(mut catalog) = self.catalog.write() else {
                 return;
             };
-            // Read under the catalog's lock, as a reload retires a server
-            // and appends slots before it takes that lock: a server taken
-            // out lists nothing (a read of its lists under way ends here),
-            // and every name is known.
-            if self.is_retired(index) {
-                lists = None;
+            // Read under the catalog's lock, as a reload retires a server,
+            // appends slots and changes the profile before it takes that
+            // lock: a server taken out lists nothing (a read of its lists
+            // under way ends here), every name is known, and the profile
+            // is the one in force.
+            let mut lists = if self.is_retired(index) { None } else { lists };
+            // As the server sent them, for a profile that changes later.
+            if let Some(slot) = self.slot(index) {
+                *lock(&slot.lists) = lists.clone();
+            }
+            // A profile's tools alone: the others are not listed, and so
+            // not found when called (before any policy is asked).
+            let profile = self.profile();
+            if let (Some(profile), Some(lists), Some(server)) =
+                (profile.as_deref(), lists.as_mut(), self.name_at(index))
+            {
+                lists.tools.retain(|tool| {
+                    let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+                    profile.allows_tool(server, name)
+                });
             }
             let names = self.names();
             let (next, changed) =
@@ -188,6 +191,18 @@ impl Gateway {
                 self.announce_to_holders(index, kind);
             } else {
                 self.announce(kind);
+            }
+        }
+    }
+
+    /// Applies the profile in force again to every server's lists as the
+    /// server last sent them, whatever state the server is in (one stopped
+    /// for idleness keeps its lists).
+    pub(super) fn filter_again(&self) {
+        for (index, slot) in &self.slots {
+            let lists = lock(&slot.lists).clone();
+            if lists.is_some() {
+                self.set_lists(index, lists);
             }
         }
     }

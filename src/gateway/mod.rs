@@ -327,13 +327,13 @@ impl Gateway {
         lock(&self.tasks).extend(tasks);
         let settle = futures_util::future::join_all(servers.iter().map(|(_, u)| u.wait_settled()));
         let _ = tokio::time::timeout(self.config.proxy.startup_timeout, settle).await;
-        for (index, upstream) in servers {
-            if matches!(upstream.status(), Status::Ready(_)) {
-                let _ =
-                    tokio::time::timeout(self.config.proxy.startup_timeout, self.refresh(*index))
-                        .await;
-            }
-        }
+        // Their lists, read at once, within one startup timeout.
+        let reads = servers
+            .iter()
+            .filter(|(_, upstream)| matches!(upstream.status(), Status::Ready(_)))
+            .map(|(index, _)| self.refresh(*index));
+        let all = futures_util::future::join_all(reads);
+        let _ = tokio::time::timeout(self.config.proxy.startup_timeout, all).await;
     }
 
     /// Stops every server and ends every session.
@@ -467,6 +467,12 @@ impl Gateway {
         lock(&self.instances)
             .get(&(index, client.clone()))
             .is_some_and(crate::upstream::Upstream::speaks_stateless)
+    }
+
+    /// `text` with every secret replaced by its placeholder (for what is
+    /// logged or recorded outside the gateway).
+    pub fn scrubbed(&self, text: &str) -> String {
+        self.scrub(text)
     }
 
     /// `text` with every secret replaced by its placeholder.

@@ -285,7 +285,7 @@ impl Gateway {
         let mut record = crate::audit::AuditRecord::event(kind, decision);
         record.server = Some(source.server.to_string());
         // Configured or a catalog's (`[discovery]`): every upstream's.
-        let index = self.index_of(&source.server);
+        let index = self.sender_of(source);
         let upstream = index
             .and_then(|index| self.upstream_at(index))
             .map(|upstream| match &upstream.config().kind {

@@ -118,17 +118,29 @@ impl Gateway {
             ));
             started.push((index, upstream));
         }
-        self.start_servers(&started).await;
+        self.keep_config_order(next);
         if reloaded.profile {
-            // The tools a profile lets through are filtered as lists are
-            // read: read the others again.
-            for (index, _) in &current {
-                if !self.is_retired(*index) {
-                    self.refresh(*index).await;
-                }
-            }
+            // What the servers listed, filtered by the new profile: at
+            // once, whatever state each server is in.
+            self.filter_again();
         }
+        self.start_servers(&started).await;
         Ok(reloaded)
+    }
+
+    /// Merges the configured servers in `next`'s order from now on (a
+    /// server a reload started anew keeps its place among the others).
+    fn keep_config_order(&self, next: &Config) {
+        let order = next
+            .servers
+            .iter()
+            .filter_map(|server| self.index_of(&server.name))
+            .collect();
+        let names = self.names();
+        if let Ok(mut catalog) = self.catalog.write() {
+            let ordered = catalog.ordered(order, &names, &self.config.proxy.namespace_separator);
+            *catalog = Arc::new(ordered);
+        }
     }
 
     /// The profile in force.

@@ -177,3 +177,54 @@ async fn a_name_discovery_answers_to_is_refused_and_nothing_changes() {
         .collect();
     assert_eq!(names, ["files"]);
 }
+
+#[tokio::test]
+async fn a_narrower_profile_applies_to_the_lists_at_once_without_asking_the_server() {
+    let harness = Harness::new(FILES);
+    let starting = harness.start();
+    let files = harness
+        .serve("files", json!([tool("read"), tool("write")]))
+        .await;
+    starting.await.unwrap();
+    let (session, mut inbox) = harness.initialized_session("alice").await;
+    assert_eq!(
+        tools_listed(&harness, &session).await,
+        ["files__read", "files__write"]
+    );
+    // Asked again, the server would list `extra`: the lists it sent are
+    // filtered again instead, at once.
+    files.answer_lists(json!([tool("read"), tool("write"), tool("extra")]));
+    let mut next = parse(FILES);
+    next.profile = Some(crate::config::profiles::Profile {
+        name: "narrow".into(),
+        servers: vec!["files".into()],
+        tools: [(
+            "files".to_owned(),
+            ["read".to_owned(), "extra".to_owned()].into(),
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let reloaded = harness.gateway.reload(&next).await.unwrap();
+    assert!(reloaded.profile && reloaded.restarted.is_empty());
+    assert_eq!(tools_listed(&harness, &session).await, ["files__read"]);
+    let told: Vec<Value> = std::iter::from_fn(|| inbox.try_recv().ok()).collect();
+    assert!(
+        told.iter()
+            .any(|m| m["method"] == "notifications/tools/list_changed"),
+        "{told:?}"
+    );
+    let hidden = harness
+        .gateway
+        .handle(
+            &session,
+            request(
+                4,
+                "tools/call",
+                json!({ "name": "files__write", "arguments": {} }),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(hidden["error"].is_object(), "{hidden}");
+}

@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::upstream::Upstream;
 
-use super::Gateway;
 use super::in_flight::InFlight;
 use super::server::PerServer;
+use super::{Gateway, ServerLists};
 
 /// One server of the gateway.
 pub(super) struct Slot {
@@ -26,6 +26,8 @@ pub(super) struct Slot {
     pub(super) per_server: PerServer,
     /// Its limit on requests in flight, if it has one.
     pub(super) in_flight: Option<InFlight>,
+    /// Its lists as it last sent them (before a profile filtered them).
+    pub(super) lists: std::sync::Mutex<Option<ServerLists>>,
     /// What its supervisor and its per-client instances run under (a child
     /// of the proxy's shutdown): cancelled when a reload retires it.
     pub(super) stop: CancellationToken,
@@ -45,6 +47,7 @@ impl Slot {
             upstream,
             per_server: PerServer::new(),
             in_flight,
+            lists: std::sync::Mutex::new(None),
             stop,
             retired: AtomicBool::new(false),
         }
