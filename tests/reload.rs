@@ -291,5 +291,25 @@ async fn sighup_reloads_the_profile_and_a_broken_one_keeps_the_last_good() {
         "{open}"
     );
     assert_eq!(listed(&session, 7).await, ["example__echo"]);
+
+    // A link to a file in a folder others may write to: refused, though
+    // the link and the file themselves are closed.
+    let open = proxy.dir().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let target = open.join("narrow.toml");
+    std::fs::write(&target, "servers = [\"example\", \"spare\"]\n").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(&profile).unwrap();
+    std::os::unix::fs::symlink(&target, &profile).unwrap();
+    served.signal("HUP");
+    let linked = nth_reload(&served, 5).await;
+    assert_eq!(linked["decision"], "error", "{linked}");
+    let reason = linked["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("may be written by other users") && reason.contains("/open`"),
+        "{linked}"
+    );
+    assert_eq!(listed(&session, 8).await, ["example__echo"]);
     served.terminate().await;
 }

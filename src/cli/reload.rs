@@ -52,18 +52,33 @@ fn watched(config: &Config) -> Vec<PathBuf> {
 /// that sit in a folder, at any depth, that another user owns or may
 /// write to (unless it is sticky, as `/tmp` is): a reload starts what the
 /// files say, so whoever may change them would run servers as the
-/// proxy's user. A link is checked as a path (its own owner, its folders)
-/// and as the file it leads to (that file and its folders).
+/// proxy's user. A link is checked as a path (its own owner, its folders),
+/// and so is each target it leads through to the file.
 fn trusted(files: &[PathBuf]) -> Result<(), String> {
+    /// Links followed at most from one file (the kernel's own limit).
+    const MAX_LINKS: usize = 40;
     let uid = nix::unistd::geteuid().as_raw();
     for file in files {
         // A file that is gone is the load's to report.
         let Ok(absolute) = std::path::absolute(file) else {
             continue;
         };
+        // The path, each link's target hop by hop (a link in the middle
+        // of a chain could be switched too), and where it all ends.
         let mut paths = vec![absolute.clone()];
+        let mut at = absolute.clone();
+        for _ in 0..MAX_LINKS {
+            let Ok(target) = std::fs::read_link(&at) else {
+                break;
+            };
+            at = match at.parent() {
+                Some(folder) => folder.join(target),
+                None => target,
+            };
+            paths.push(at.clone());
+        }
         if let Ok(real) = std::fs::canonicalize(&absolute)
-            && real != absolute
+            && !paths.contains(&real)
         {
             paths.push(real);
         }
@@ -159,25 +174,33 @@ pub(super) fn watch(gateway: Arc<Gateway>, source: Source) {
             if !forced && now == seen {
                 continue;
             }
-            seen = now;
-            if let Some((next, read_as)) = reload(&gateway, &source, &files).await {
-                // A catalog added, or another profile file: watched too,
-                // as they were when read (an edit while the reload
-                // applied is seen next time).
+            seen = now.clone();
+            if let Some(next) = reload(&gateway, &source, &files).await {
+                // A catalog added, or another profile file: watched too.
+                // Each as it was before it was read (an edit made while
+                // the reload read and applied it is seen next time); one
+                // new to the watch counts as changed (one more reload,
+                // which finds nothing to do).
+                seen = next
+                    .iter()
+                    .map(|file| {
+                        let known = files.iter().position(|watched| watched == file);
+                        known.and_then(|at| now.get(at).copied().flatten())
+                    })
+                    .collect();
                 files = next;
-                seen = read_as;
             }
         }
     });
 }
 
-/// Loads the config again and applies it; the files it was read from and
-/// what they were just after, when it was applied.
+/// Loads the config again and applies it; the files it was read from, when
+/// it was applied.
 async fn reload(
     gateway: &Arc<Gateway>,
     source: &Source,
     files: &[PathBuf],
-) -> Option<(Vec<PathBuf>, Vec<Option<Stamp>>)> {
+) -> Option<Vec<PathBuf>> {
     if let Err(error) = trusted(files) {
         refused(gateway, error);
         return None;
@@ -200,12 +223,11 @@ async fn reload(
         refused(gateway, error);
         return None;
     }
-    let read_as = stamps(&next_files);
     let pending = gateway.config().changes_needing_restart(&next);
     match gateway.reload(&next).await {
         Ok(reloaded) => {
             applied(gateway, &next, &reloaded, &pending);
-            Some((next_files, read_as))
+            Some(next_files)
         }
         Err(err) => {
             refused(gateway, err.to_string());

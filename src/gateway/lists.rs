@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::protocol;
 use crate::upstream::{Status, Upstream};
 
-use super::{Gateway, ListKind, ServerLists, lock};
+use super::{Catalog, Gateway, ListKind, ServerLists, lock};
 
 /// Upstream pagination is followed for at most this many pages per list.
 pub(super) const MAX_LIST_PAGES: usize = 100;
@@ -158,33 +158,47 @@ impl Gateway {
             let Ok(mut catalog) = self.catalog.write() else {
                 return;
             };
-            // Read under the catalog's lock, as a reload retires a server,
-            // appends slots and changes the profile before it takes that
-            // lock: a server taken out lists nothing (a read of its lists
-            // under way ends here), every name is known, and the profile
-            // is the one in force.
-            let mut lists = if self.is_retired(index) { None } else { lists };
-            // As the server sent them, for a profile that changes later.
-            if let Some(slot) = self.slot(index) {
-                *lock(&slot.lists) = lists.clone();
-            }
-            // A profile's tools alone: the others are not listed, and so
-            // not found when called (before any policy is asked).
-            let profile = self.profile();
-            if let (Some(profile), Some(lists), Some(server)) =
-                (profile.as_deref(), lists.as_mut(), self.name_at(index))
-            {
-                lists.tools.retain(|tool| {
-                    let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
-                    profile.allows_tool(server, name)
-                });
-            }
-            let names = self.names();
-            let (next, changed) =
-                catalog.with_server(index, lists, &names, &self.config.proxy.namespace_separator);
-            *catalog = Arc::new(next);
-            changed
+            self.set_lists_locked(&mut catalog, index, lists)
         };
+        self.announce_changes(index, changed);
+    }
+
+    /// [`Gateway::set_lists`] under the catalog's lock. Read under it, as
+    /// a reload retires a server, appends slots and changes the profile
+    /// before it takes that lock: a server taken out lists nothing (a read
+    /// of its lists under way ends here), every name is known, and the
+    /// profile is the one in force.
+    fn set_lists_locked(
+        &self,
+        catalog: &mut Arc<Catalog>,
+        index: usize,
+        lists: Option<ServerLists>,
+    ) -> Vec<ListKind> {
+        let mut lists = if self.is_retired(index) { None } else { lists };
+        // As the server sent them, for a profile that changes later.
+        if let Some(slot) = self.slot(index) {
+            *lock(&slot.lists) = lists.clone();
+        }
+        // A profile's tools alone: the others are not listed, and so not
+        // found when called (before any policy is asked).
+        let profile = self.profile();
+        if let (Some(profile), Some(lists), Some(server)) =
+            (profile.as_deref(), lists.as_mut(), self.name_at(index))
+        {
+            lists.tools.retain(|tool| {
+                let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
+                profile.allows_tool(server, name)
+            });
+        }
+        let names = self.names();
+        let (next, changed) =
+            catalog.with_server(index, lists, &names, &self.config.proxy.namespace_separator);
+        *catalog = Arc::new(next);
+        changed
+    }
+
+    /// Tells who hears server `index` that its lists changed.
+    fn announce_changes(&self, index: usize, changed: Vec<ListKind>) {
         for kind in changed {
             // A catalog's server is heard only by those that added it.
             if self.is_catalogued(index) {
@@ -197,13 +211,24 @@ impl Gateway {
 
     /// Applies the profile in force again to every server's lists as the
     /// server last sent them, whatever state the server is in (one stopped
-    /// for idleness keeps its lists).
+    /// for idleness keeps its lists). All under the catalog's lock: a read
+    /// of a server's lists, or its going down, lands before or after, never
+    /// under an older copy.
     pub(super) fn filter_again(&self) {
-        for (index, slot) in &self.slots {
-            let lists = lock(&slot.lists).clone();
-            if lists.is_some() {
-                self.set_lists(index, lists);
+        let mut changes = Vec::new();
+        {
+            let Ok(mut catalog) = self.catalog.write() else {
+                return;
+            };
+            for (index, slot) in &self.slots {
+                let lists = lock(&slot.lists).clone();
+                if lists.is_some() {
+                    changes.push((index, self.set_lists_locked(&mut catalog, index, lists)));
+                }
             }
+        }
+        for (index, changed) in changes {
+            self.announce_changes(index, changed);
         }
     }
 
