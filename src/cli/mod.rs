@@ -404,6 +404,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
 }
 
+/// The SHA-256 of the config file as it is now, for the records of a run
+/// and of a reload (`None` if it cannot be read).
+fn config_sha256(file: &Path) -> Option<String> {
+    std::fs::read(file).map(|bytes| sha256_hex(&bytes)).ok()
+}
+
 /// `portcullis tools …`.
 async fn run_tools(command: ToolsCommand) -> anyhow::Result<()> {
     match command {

@@ -98,6 +98,11 @@ pub(super) fn relaxed_records<'s>(
     records
 }
 
+/// An error as a reload's record keeps it: at most 4 KiB.
+pub(super) fn reason(text: &str) -> String {
+    crate::protocol::cut(text, 4096).to_owned()
+}
+
 /// The `policy_reload` record of a reload: `allow` when applied, `error`
 /// when refused (the diagnostics, cut to 4 KiB, as the reason).
 pub(super) fn reload_record(
@@ -110,13 +115,7 @@ pub(super) fn reload_record(
     };
     let mut record = crate::audit::AuditRecord::event("policy_reload", decision);
     record.policy_set = Some(reload.policy_set.to_string());
-    record.reason = reload.rejected.as_ref().map(|text| {
-        let mut end = text.len().min(4096);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text[..end].to_owned()
-    });
+    record.reason = reload.rejected.as_deref().map(reason);
     record.detail = Some(serde_json::json!({
         "previous": &*reload.previous,
         "policies": reload.policies,

@@ -43,7 +43,7 @@ fn watched(config: &Config) -> Vec<PathBuf> {
         }
     }
     if let Some(profile) = &config.profile {
-        files.push(crate::config::profiles::folder(config).join(format!("{}.toml", profile.name)));
+        files.push(crate::config::profiles::path(config, &profile.name));
     }
     files
 }
@@ -242,7 +242,7 @@ fn refused(gateway: &Gateway, error: String) {
     let error = gateway.scrubbed(&error);
     tracing::error!(error = %error, "the config was not reloaded: the last good one stays in force");
     let mut record = AuditRecord::event("config_reload", "error");
-    record.reason = Some(cut(&error));
+    record.reason = Some(super::records::reason(&error));
     gateway.record_event(record);
 }
 
@@ -268,9 +268,7 @@ fn applied(gateway: &Gateway, next: &Config, reloaded: &Reloaded, pending: &[&'s
             "config sections changed that apply only at the next start: restart the proxy to apply them"
         );
     }
-    let config_sha256 = std::fs::read(&next.file)
-        .map(|bytes| super::sha256_hex(&bytes))
-        .ok();
+    let config_sha256 = super::config_sha256(&next.file);
     let mut record = AuditRecord::event("config_reload", "allow");
     record.detail = Some(serde_json::json!({
         "config_sha256": config_sha256,
@@ -284,9 +282,4 @@ fn applied(gateway: &Gateway, next: &Config, reloaded: &Reloaded, pending: &[&'s
     let mut records = vec![record];
     records.extend(super::records::relaxed_records(started.into_iter()));
     gateway.record_events(records);
-}
-
-/// An error as a record keeps it: at most 4 KiB.
-fn cut(text: &str) -> String {
-    crate::protocol::cut(text, 4096).to_owned()
 }

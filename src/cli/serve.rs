@@ -8,7 +8,7 @@ use anyhow::Context as _;
 
 use super::launch::{build_gateway, start};
 use super::records::{plugin_record, record_start, reload_record};
-use super::{audit_keys, pins, sha256_hex};
+use super::{audit_keys, pins};
 use crate::audit::{Audit, SledStorage};
 use crate::chain::ClientIdentity;
 use crate::config::{Config, Durability};
@@ -44,9 +44,7 @@ pub(super) async fn serve(
         profile: config.profile.as_ref().map(|profile| profile.name.clone()),
         listen_off: stdio_client.is_some() && listen.is_none(),
     };
-    let config_sha256 = std::fs::read(&config.file)
-        .map(|bytes| sha256_hex(&bytes))
-        .ok();
+    let config_sha256 = super::config_sha256(&config.file);
     let (gateway, events, policies, pinning, plugins) = build_gateway(config, Some(audit))?;
     export_traces(&gateway)?;
     record_start(

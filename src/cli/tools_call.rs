@@ -38,9 +38,7 @@ pub(super) async fn tools_call(
         bail!("`--args` must be a JSON object, e.g. '{{\"text\": \"hi\"}}'");
     }
     let identity = viewer(&mut config, client)?;
-    let config_sha256 = std::fs::read(&config.file)
-        .map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))
-        .ok();
+    let config_sha256 = super::config_sha256(&config.file);
     let audit = super::serve::open_audit(&config, ROLE)?
         .with_profile(config.profile.as_ref().map(|profile| profile.name.as_str()));
     let (gateway, events, policies, pinning, plugins) = build_gateway(config, Some(audit))?;

@@ -257,6 +257,14 @@ struct RawConfig {
     observability: RawObservability,
 }
 
+/// Whether two forms of a section (or of a server) say the same, as a
+/// reload compares them. Config values hold no hashed collections, so
+/// their debug forms are stable and cover every setting (secrets by
+/// reference: a secret's value is read when its server starts).
+pub fn same_settings(a: &dyn fmt::Debug, b: &dyn fmt::Debug) -> bool {
+    settings(a) == settings(b)
+}
+
 /// A section's settings as compared by a reload: its debug form without
 /// where values were written (`Located`'s line and column: a line added
 /// above them changes nothing).
@@ -361,7 +369,7 @@ impl Config {
     /// (Config values hold no hashed collections: their debug forms are
     /// stable, and compare every setting.)
     pub fn changes_needing_restart(&self, next: &Config) -> Vec<&'static str> {
-        let differs = |a: &dyn fmt::Debug, b: &dyn fmt::Debug| settings(a) != settings(b);
+        let differs = |a: &dyn fmt::Debug, b: &dyn fmt::Debug| !same_settings(a, b);
         let sections: [(&'static str, &dyn fmt::Debug, &dyn fmt::Debug); 14] = [
             ("proxy", &self.proxy, &next.proxy),
             ("listener", &self.listener, &next.listener),

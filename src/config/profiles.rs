@@ -71,8 +71,13 @@ fn error(path: &Path, message: String) -> ConfigError {
 /// Reads profile `name` of `config`, checked against its servers.
 pub fn load(config: &Config, name: &str) -> Result<Profile, ConfigError> {
     let profile = read(&folder(config), name)?;
-    check(config, &profile).map_err(|message| error(&path_of(&folder(config), name), message))?;
+    check(config, &profile).map_err(|message| error(&path(config, name), message))?;
     Ok(profile)
+}
+
+/// The file of `config`'s profile `name`.
+pub fn path(config: &Config, name: &str) -> PathBuf {
+    path_of(&folder(config), name)
 }
 
 fn path_of(dir: &Path, name: &str) -> PathBuf {

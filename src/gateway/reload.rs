@@ -39,14 +39,6 @@ pub enum ReloadError {
     NameTaken(String),
 }
 
-/// Whether two configs of a server say the same. Config values hold no
-/// hashed collections, so their debug forms are stable and compare
-/// every setting (secrets by reference: a secret's value is read when the
-/// server starts).
-fn same_server(a: &ServerConfig, b: &ServerConfig) -> bool {
-    format!("{a:?}") == format!("{b:?}")
-}
-
 impl Gateway {
     /// Applies the servers and the profile of `next` (the config loaded
     /// again); nothing else of it. Waits (up to the startup timeout) for
@@ -77,7 +69,7 @@ impl Gateway {
                     retire.push(*index);
                     reloaded.removed.push(name);
                 }
-                Some(server) if !same_server(server, upstream.config()) => {
+                Some(server) if !crate::config::same_settings(server, upstream.config()) => {
                     retire.push(*index);
                     start.push(server);
                     reloaded.restarted.push(name);
