@@ -333,6 +333,17 @@ pub struct Metrics {
     /// HTTP authentication failures and throttled attempts: endpoint,
     /// outcome (`refused`, `throttled`).
     pub auth_failures: Family<2, Counter>,
+    /// `[audit.ship]`: how far the log is shipped, and whether shipping
+    /// fails now (set once shipping starts).
+    pub shipping: std::sync::OnceLock<Shipping>,
+}
+
+/// The shipper's own state, read when rendering.
+#[derive(Debug, Clone, Default)]
+pub struct Shipping {
+    /// The last record the fleet's database holds.
+    pub shipped: Arc<AtomicU64>,
+    pub failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Metrics {
@@ -351,6 +362,7 @@ impl Default for Metrics {
             audit_failures: Counter::default(),
             connections_refused: Family::new(["cap"]),
             auth_failures: Family::new(["endpoint", "outcome"]),
+            shipping: std::sync::OnceLock::new(),
         }
     }
 }
@@ -433,6 +445,28 @@ impl Metrics {
             &[],
             self.audit_failures.get() as f64,
         );
+        if let Some(shipping) = self.shipping.get() {
+            out.declare(
+                "portcullis_audit_shipped_seq",
+                "The last audit record the fleet's database holds (`[audit.ship]`): the lag is portcullis_audit_last_seq minus this.",
+                "gauge",
+            );
+            out.sample(
+                "portcullis_audit_shipped_seq",
+                &[],
+                shipping.shipped.load(Ordering::Relaxed) as f64,
+            );
+            out.declare(
+                "portcullis_audit_ship_failing",
+                "Whether shipping to the fleet's database fails now (1: records wait in this replica's store).",
+                "gauge",
+            );
+            out.sample(
+                "portcullis_audit_ship_failing",
+                &[],
+                f64::from(u8::from(shipping.failing.load(Ordering::Relaxed))),
+            );
+        }
     }
 }
 

@@ -689,77 +689,12 @@ async fn policy_reloads_and_server_restarts_are_recorded() {
     assert!(readies[1]["seq"].as_u64() > downs[0]["seq"].as_u64());
 }
 
-/// One HTTP client that calls `echo` until the proxy goes away; the
-/// (session, request id) of every reply it received.
-async fn call_until_refused(url: String, worker: u64) -> Vec<(String, u64)> {
-    let http = reqwest::Client::new();
-    let post = |session: Option<&str>, body: Value| {
-        let mut request = http
-            .post(&url)
-            .bearer_auth(common::TOKEN)
-            .header("accept", "application/json, text/event-stream")
-            .json(&body);
-        if let Some(session) = session {
-            request = request.header("mcp-session-id", session);
-        }
-        request.send()
-    };
-    let Ok(response) = post(
-        None,
-        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"load","version":"0"}}}),
-    )
-    .await
-    else {
-        return Vec::new();
-    };
-    let session = response.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let _ = post(
-        Some(&session),
-        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
-    )
-    .await;
-    let mut received = Vec::new();
-    for id in 1.. {
-        let text = format!("worker {worker} call {id}");
-        let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"example__echo","arguments":{"text":text}}});
-        let Ok(response) = post(Some(&session), body).await else {
-            break;
-        };
-        let Ok(reply) = response.json::<Value>().await else {
-            break;
-        };
-        if first_text(&reply) != format!("example: {text}") {
-            break;
-        }
-        received.push((session.clone(), id));
-    }
-    received
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn under_concurrent_load_every_reply_survives_a_killed_proxy() {
     let proxy = TestProxy::new().with_example_server("example");
     let config = proxy.write_config();
     let mut served = proxy.serve_http().await;
-    let workers: Vec<_> = (0..8)
-        .map(|worker| tokio::spawn(call_until_refused(served.url.clone(), worker)))
-        .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    // SIGKILL while the calls run: no shutdown, no flush.
-    served.child.start_kill().unwrap();
-    let _ = served.child.wait().await;
-    let mut received = Vec::new();
-    for worker in workers {
-        received.extend(worker.await.unwrap());
-    }
-    assert!(
-        received.len() >= 16,
-        "the load ran: {} replies",
-        received.len()
-    );
+    let received = common::calls_then_kill(&mut served, 8).await;
     eprintln!("{} replies received before the kill", received.len());
 
     let (ok, stdout, stderr) = audit(&config, &["verify"]);

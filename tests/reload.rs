@@ -313,3 +313,113 @@ async fn sighup_reloads_the_profile_and_a_broken_one_keeps_the_last_good() {
     assert_eq!(listed(&session, 8).await, ["example__echo"]);
     served.terminate().await;
 }
+
+/// `GET /healthz` (public, for a load balancer's check), as JSON.
+async fn health(proxy: &HttpProxy) -> Value {
+    reqwest::get(format!("{}/healthz", proxy.base))
+        .await
+        .expect("GET /healthz")
+        .json()
+        .await
+        .expect("/healthz is JSON")
+}
+
+/// The SHA-256 of a file, in hex.
+fn file_sha256(path: &std::path::Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Waits (up to 60 s) until `/healthz` says `key` is `want`.
+async fn health_says(proxy: &HttpProxy, key: &str, want: &Value) -> Value {
+    for _ in 0..600 {
+        let health = health(proxy).await;
+        if &health[key] == want {
+            return health;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "/healthz never said {key} = {want}: {}",
+        health(proxy).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_and_metrics_name_the_policy_set_and_config_a_replica_enforces() {
+    let proxy = TestProxy::new()
+        .with_config("policies = \"policies\"\npolicy_poll = \"100ms\"")
+        .with_example_server("example");
+    let folder = proxy.policy_folder(r#"@id("all") permit(principal, action, resource);"#);
+    let served = proxy.serve_http().await;
+    let config = proxy.dir().join("portcullis.toml");
+
+    // At start: the set and the file the start record names.
+    let start = admin_records(&served.base, "kind=proxy_start", AUDITOR_TOKEN).await;
+    let start = &start[0];
+    let health = health(&served).await;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["policy_set"], start["policy_set"], "{health}");
+    assert_eq!(
+        health["config_sha256"],
+        json!(file_sha256(&config)),
+        "{health}"
+    );
+    assert_eq!(
+        health["config_sha256"], start["detail"]["config_sha256"],
+        "{health}"
+    );
+    assert!(
+        health.get("restart_required").is_none(),
+        "only on /metrics: {health}"
+    );
+    let metrics = common::metrics_text(&served.base).await;
+    let policy_line = format!(
+        "portcullis_policy_set_info{{policy_set=\"{}\"}} 1",
+        start["policy_set"].as_str().unwrap()
+    );
+    assert!(metrics.contains(&policy_line), "{metrics}");
+
+    // A new policy set: the one its reload record names.
+    std::fs::write(
+        folder.join("extra.cedar"),
+        r#"@id("no-add") forbid(principal, action, resource == Tool::"example__add");"#,
+    )
+    .unwrap();
+    served.log.wait_for(&["policies reloaded"]).await;
+    let reloaded = admin_records(&served.base, "kind=policy_reload", AUDITOR_TOKEN).await;
+    let new_set = reloaded.last().unwrap()["policy_set"].clone();
+    assert_ne!(new_set, start["policy_set"]);
+    health_says(&served, "policy_set", &new_set).await;
+    let metrics = common::metrics_text(&served.base).await;
+    let policy_line = format!(
+        "portcullis_policy_set_info{{policy_set=\"{}\"}} 1",
+        new_set.as_str().unwrap()
+    );
+    assert!(metrics.contains(&policy_line), "{metrics}");
+
+    // A config whose `[proxy]` changed: its digest, and the section that
+    // waits for a restart.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("policy_poll = \"100ms\"", "policy_poll = \"150ms\""),
+    )
+    .unwrap();
+    let digest = json!(file_sha256(&config));
+    let health = health_says(&served, "config_sha256", &digest).await;
+    assert_eq!(health["policy_set"], new_set, "{health}");
+    let reload = nth_reload(&served, 1).await;
+    assert_eq!(reload["detail"]["config_sha256"], digest, "{reload}");
+    let metrics = common::metrics_text(&served.base).await;
+    for line in [
+        format!(
+            "portcullis_config_info{{config_sha256=\"{}\"}} 1",
+            digest.as_str().unwrap()
+        ),
+        "portcullis_config_restart_required{section=\"proxy\"} 1".to_owned(),
+    ] {
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    served.terminate().await;
+}

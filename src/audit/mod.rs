@@ -22,6 +22,7 @@
 
 mod applier;
 mod commit;
+pub mod fleet;
 mod index;
 mod inserts;
 mod query;
@@ -43,7 +44,7 @@ pub use retention::PRUNE_EVERY;
 pub use seal::{Checkpoint, MacCheck, Seal, SealError, Signer, Statement, Verifier};
 pub use sled_store::SledStorage;
 pub use storage::{Apply, ChainEnd, Storage};
-pub use verify::{Keys, Verification};
+pub use verify::{ChainWalk, Keys, Verification};
 pub use writer::Sealing;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,6 @@
 //! MACs, the checkpoint signer's signatures).
 
 use super::index::key_seq;
-use super::query::Filter;
 use super::reader::{Anchor, Reader};
 use super::record::{AuditRecord, GENESIS};
 use super::seal::{Checkpoint, MacCheck, Seal, Verifier};
@@ -39,6 +38,224 @@ pub struct Keys {
     pub checkpoints: Option<Verifier>,
 }
 
+/// How many of the last hashes a walk keeps, for a signed checkpoint that
+/// vouches for a record a little before it.
+const RECENT: usize = 4_096;
+
+/// The walk along one chain, a record at a time, whatever holds it (a
+/// replica's store, the fleet's database): each record's `seq` follows the
+/// one before, its `prev_hash` is that record's `hash`, its `hash` is its
+/// own, its `mac` holds under the chain key, and each signed checkpoint
+/// holds under the checkpoint key.
+pub struct ChainWalk<'k> {
+    keys: &'k Keys,
+    /// The store's name, which a signed checkpoint names.
+    store: String,
+    anchor: Option<Anchor>,
+    first_seq: u64,
+    expected_seq: u64,
+    expected_prev: String,
+    count: u64,
+    keyed: u64,
+    signed: u64,
+    /// Whether a `checkpoint` record names the anchor.
+    anchor_named: bool,
+    recent: std::collections::VecDeque<(u64, String)>,
+}
+
+impl<'k> ChainWalk<'k> {
+    /// A walk of store `store`'s chain from its start: the genesis, or
+    /// where retention anchored it.
+    pub fn new(keys: &'k Keys, store: &str, anchor: Option<Anchor>) -> Self {
+        let (first_seq, expected_prev) = match &anchor {
+            Some(anchor) => (anchor.first_seq, anchor.prev_hash.clone()),
+            None => (1, GENESIS.to_owned()),
+        };
+        Self {
+            keys,
+            store: store.to_owned(),
+            anchor,
+            first_seq,
+            expected_seq: first_seq,
+            expected_prev,
+            count: 0,
+            keyed: 0,
+            signed: 0,
+            anchor_named: false,
+            recent: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Records checked so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Checks the record stored under `seq` (as stored: `value`); where it
+    /// breaks the chain, how. `hash_at` finds an older record's hash for a
+    /// signed checkpoint that vouches for one the walk no longer holds.
+    pub fn step(
+        &mut self,
+        seq: u64,
+        value: &[u8],
+        hash_at: &dyn Fn(u64) -> Option<String>,
+    ) -> Option<Verification> {
+        let broken = |problem: String| Some(Verification::Broken { seq, problem });
+        let record: AuditRecord = match serde_json::from_slice(value) {
+            Ok(record) => record,
+            Err(err) => return broken(format!("the record does not parse: {err}")),
+        };
+        if record.seq != seq {
+            return broken(format!(
+                "the record stored under {seq} says it is {} (moved or reordered)",
+                record.seq
+            ));
+        }
+        if seq != self.expected_seq {
+            let what = if self.count == 0 {
+                "the first"
+            } else {
+                "the next"
+            };
+            return Some(Verification::Broken {
+                seq: self.expected_seq,
+                problem: format!("missing: {what} record is {seq} (removed)"),
+            });
+        }
+        if record.prev_hash != self.expected_prev {
+            let problem = if self.count == 0 && self.anchor.is_some() {
+                "its prev_hash is not the one retention's checkpoint anchored (records before it were removed or changed outside retention)"
+            } else {
+                "its prev_hash is not the previous record's hash (a record before it was removed, changed or reordered)"
+            };
+            return broken(problem.into());
+        }
+        if record.compute_hash() != record.hash {
+            return broken("its hash does not match its content (changed)".into());
+        }
+        match self.keys.seal.check(&record.hash, record.mac.as_deref()) {
+            MacCheck::Bad => {
+                return broken(
+                    "its mac does not match under this key (rewritten, or sealed with another key)"
+                        .into(),
+                );
+            }
+            MacCheck::Unkeyed if self.keyed > 0 => {
+                return broken(
+                    "it has no mac after records sealed with the chain key (rewritten by someone without the key)"
+                        .into(),
+                );
+            }
+            MacCheck::Unkeyed => {}
+            MacCheck::Valid | MacCheck::Unchecked => self.keyed += 1,
+        }
+        if record.kind == "signed_checkpoint"
+            && let Some(verifier) = &self.keys.checkpoints
+        {
+            if let Err(problem) = self.check_signed(&record, verifier, hash_at) {
+                return broken(problem);
+            }
+            self.signed += 1;
+        }
+        if record.kind == "checkpoint"
+            && let Some(anchor) = &self.anchor
+        {
+            let detail = record.detail.clone().unwrap_or_default();
+            self.anchor_named |= detail.get("first_seq").and_then(serde_json::Value::as_u64)
+                == Some(anchor.first_seq)
+                && detail.get("prev_hash").and_then(serde_json::Value::as_str)
+                    == Some(anchor.prev_hash.as_str());
+        }
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, record.hash.clone()));
+        self.expected_prev = record.hash;
+        self.expected_seq = seq + 1;
+        self.count += 1;
+        None
+    }
+
+    /// What the walk found, once every record was stepped through.
+    pub fn finish(self) -> Verification {
+        // An anchor is believed only if a checkpoint record of the kept
+        // chain (hash-chained like every record) names it: records removed
+        // past it, outside retention, have no checkpoint to name the new
+        // start. (Any checkpoint, not only the newest: the writer appends
+        // a checkpoint before it moves the anchor.)
+        if let Some(anchor) = &self.anchor
+            && !self.anchor_named
+        {
+            return Verification::Broken {
+                seq: anchor.first_seq,
+                problem: "records before it were removed, but no checkpoint record names this start (removed outside retention?)".into(),
+            };
+        }
+        if self.keys.seal.is_keyed() && self.count > 0 && self.keyed == 0 {
+            return Verification::Broken {
+                seq: self.first_seq,
+                problem: "no record is sealed with the chain key: the log was written without it, or rewritten".into(),
+            };
+        }
+        Verification::Intact {
+            records: self.count,
+            first_seq: self.first_seq,
+            last_hash: self.expected_prev,
+            keyed: self.keyed,
+            macs_checked: self.keys.seal.is_keyed(),
+            signed_checkpoints: self.signed,
+        }
+    }
+
+    /// Checks a `signed_checkpoint` record: its statement is signed by
+    /// `verifier`'s key, and the head it vouches for is the chain's.
+    fn check_signed(
+        &self,
+        record: &AuditRecord,
+        verifier: &Verifier,
+        hash_at: &dyn Fn(u64) -> Option<String>,
+    ) -> Result<(), String> {
+        let checkpoint: Checkpoint = record
+            .detail
+            .clone()
+            .and_then(|detail| serde_json::from_value(detail).ok())
+            .ok_or("a signed checkpoint that does not parse")?;
+        if !verifier.verifies(&checkpoint) {
+            return Err(format!(
+                "a signed checkpoint whose signature does not verify under key {} (forged, or signed with key {})",
+                verifier.key_id(),
+                checkpoint.key_id
+            ));
+        }
+        if checkpoint.statement.store != self.store {
+            return Err(format!(
+                "a signed checkpoint of store `{}` in store `{}` (copied from another log)",
+                checkpoint.statement.store, self.store
+            ));
+        }
+        // What the checkpoint vouched for, against the chain as walked so
+        // far: it ends just before this record.
+        let at = checkpoint.statement.seq;
+        let held = if at + 1 == record.seq {
+            Some(self.expected_prev.clone())
+        } else {
+            self.recent
+                .iter()
+                .rev()
+                .find(|(seq, _)| *seq == at)
+                .map(|(_, hash)| hash.clone())
+                .or_else(|| hash_at(at))
+        };
+        checkpoint
+            .judge(
+                self.first_seq,
+                record.seq.saturating_sub(1),
+                held.as_deref(),
+            )
+            .map_err(|(_, problem)| format!("the signed checkpoint names record {at}: {problem}"))
+    }
+}
+
 impl Reader {
     /// Walks the chain: each key equals its record's `seq`, sequence numbers
     /// follow each other, each `prev_hash` is the previous record's `hash`,
@@ -63,172 +280,25 @@ impl Reader {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Verification, AuditError> {
         let anchor = self.anchor()?;
-        let (first_seq, mut expected_prev) = match &anchor {
-            Some(anchor) => (anchor.first_seq, anchor.prev_hash.clone()),
-            None => (1, GENESIS.to_owned()),
-        };
-        let to_check = (self.last_seq()? + 1).saturating_sub(first_seq);
-        let mut expected_seq = first_seq;
-        let mut count: u64 = 0;
-        let mut keyed: u64 = 0;
-        let mut signed: u64 = 0;
-        // Records before an anchor are a prune in progress: not checked.
-        for entry in self.records.range(first_seq.to_be_bytes()..) {
-            if count.is_multiple_of(4_096) {
-                progress(count, to_check);
-            }
-            let (key, value) = entry.map_err(read_error)?;
-            let seq = key_seq(&key);
-            let broken = |problem: String| Ok(Verification::Broken { seq, problem });
-            let record: AuditRecord = match serde_json::from_slice(&value) {
-                Ok(record) => record,
-                Err(err) => return broken(format!("the record does not parse: {err}")),
-            };
-            if record.seq != seq {
-                return broken(format!(
-                    "the record stored under {seq} says it is {} (moved or reordered)",
-                    record.seq
-                ));
-            }
-            if seq != expected_seq {
-                let what = if count == 0 { "the first" } else { "the next" };
-                return Ok(Verification::Broken {
-                    seq: expected_seq,
-                    problem: format!("missing: {what} record is {seq} (removed)"),
-                });
-            }
-            if record.prev_hash != expected_prev {
-                let problem = if count == 0 && anchor.is_some() {
-                    "its prev_hash is not the one retention's checkpoint anchored (records before it were removed or changed outside retention)"
-                } else {
-                    "its prev_hash is not the previous record's hash (a record before it was removed, changed or reordered)"
-                };
-                return broken(problem.into());
-            }
-            if record.compute_hash() != record.hash {
-                return broken("its hash does not match its content (changed)".into());
-            }
-            match keys.seal.check(&record.hash, record.mac.as_deref()) {
-                MacCheck::Bad => {
-                    return broken(
-                        "its mac does not match under this key (rewritten, or sealed with another key)"
-                            .into(),
-                    );
-                }
-                MacCheck::Unkeyed if keyed > 0 => {
-                    return broken(
-                        "it has no mac after records sealed with the chain key (rewritten by someone without the key)"
-                            .into(),
-                    );
-                }
-                MacCheck::Unkeyed => {}
-                MacCheck::Valid | MacCheck::Unchecked => keyed += 1,
-            }
-            if record.kind == "signed_checkpoint"
-                && let Some(verifier) = &keys.checkpoints
-            {
-                if let Err(problem) =
-                    self.check_signed(&record, verifier, &expected_prev, first_seq)
-                {
-                    return broken(problem);
-                }
-                signed += 1;
-            }
-            expected_prev = record.hash;
-            expected_seq = seq + 1;
-            count += 1;
-        }
-        // An anchor is believed only if a checkpoint record of the kept
-        // chain (hash-chained like every record) names it: records removed
-        // past it, outside retention, have no checkpoint to name the new
-        // start. (Any checkpoint, not only the newest: the writer appends
-        // a checkpoint before it moves the anchor.)
-        if let Some(anchor) = &anchor
-            && !self.checkpoint_names(anchor)?
-        {
-            return Ok(Verification::Broken {
-                seq: anchor.first_seq,
-                problem: "records before it were removed, but no checkpoint record names this start (removed outside retention?)".into(),
-            });
-        }
-        if keys.seal.is_keyed() && count > 0 && keyed == 0 {
-            return Ok(Verification::Broken {
-                seq: first_seq,
-                problem: "no record is sealed with the chain key: the log was written without it, or rewritten".into(),
-            });
-        }
-        Ok(Verification::Intact {
-            records: count,
-            first_seq,
-            last_hash: expected_prev,
-            keyed,
-            macs_checked: keys.seal.is_keyed(),
-            signed_checkpoints: signed,
-        })
-    }
-
-    /// Whether a `checkpoint` record of the kept chain names `anchor` as
-    /// where the chain starts.
-    fn checkpoint_names(&self, anchor: &Anchor) -> Result<bool, AuditError> {
-        let checkpoints = self.query(
-            &Filter {
-                kind: Some("checkpoint".into()),
-                ..Filter::default()
-            },
-            "",
-        )?;
-        let names_it = |record: &AuditRecord| {
-            let detail = record.detail.clone().unwrap_or_default();
-            detail.get("first_seq").and_then(serde_json::Value::as_u64) == Some(anchor.first_seq)
-                && detail.get("prev_hash").and_then(serde_json::Value::as_str)
-                    == Some(anchor.prev_hash.as_str())
-        };
-        Ok(checkpoints.iter().any(names_it))
-    }
-
-    /// Checks a `signed_checkpoint` record: its statement is signed by
-    /// `verifier`'s key, and the head it vouches for is the chain's
-    /// (`previous`: the hash of the record just before it).
-    fn check_signed(
-        &self,
-        record: &AuditRecord,
-        verifier: &Verifier,
-        previous: &str,
-        first_seq: u64,
-    ) -> Result<(), String> {
-        let checkpoint: Checkpoint = record
-            .detail
-            .clone()
-            .and_then(|detail| serde_json::from_value(detail).ok())
-            .ok_or("a signed checkpoint that does not parse")?;
-        if !verifier.verifies(&checkpoint) {
-            return Err(format!(
-                "a signed checkpoint whose signature does not verify under key {} (forged, or signed with key {})",
-                verifier.key_id(),
-                checkpoint.key_id
-            ));
-        }
         let store = self
             .path
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if checkpoint.statement.store != store {
-            return Err(format!(
-                "a signed checkpoint of store `{}` in store `{store}` (copied from another log)",
-                checkpoint.statement.store
-            ));
+        let mut walk = ChainWalk::new(keys, &store, anchor);
+        let first_seq = walk.first_seq;
+        let to_check = (self.last_seq()? + 1).saturating_sub(first_seq);
+        let hash_at = |seq: u64| self.get(seq).ok().flatten().map(|record| record.hash);
+        // Records before an anchor are a prune in progress: not checked.
+        for entry in self.records.range(first_seq.to_be_bytes()..) {
+            if walk.count().is_multiple_of(4_096) {
+                progress(walk.count(), to_check);
+            }
+            let (key, value) = entry.map_err(read_error)?;
+            if let Some(broken) = walk.step(key_seq(&key), &value, &hash_at) {
+                return Ok(broken);
+            }
         }
-        // What the checkpoint vouched for, against the chain as walked so
-        // far: it ends just before this record.
-        let at = checkpoint.statement.seq;
-        let held = if at + 1 == record.seq {
-            Some(previous.to_owned())
-        } else {
-            self.get(at).ok().flatten().map(|r| r.hash)
-        };
-        checkpoint
-            .judge(first_seq, record.seq.saturating_sub(1), held.as_deref())
-            .map_err(|(_, problem)| format!("the signed checkpoint names record {at}: {problem}"))
+        Ok(walk.finish())
     }
 }

@@ -70,6 +70,24 @@ pub enum AuditCommand {
         #[command(flatten)]
         keys: VerifyKeys,
     },
+    /// Ship stores to the fleet's PostgreSQL database, each record once
+    /// and in order (a running proxy ships its own with `[audit.ship]`):
+    /// the stores of the config's data_dir that no proxy holds.
+    Ship {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// `postgres://USER@HOST/DATABASE` (default: `[audit.ship] to`);
+        /// the password from `PGPASSWORD` or `[audit.ship] password`.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this store (`serve`, `stdio-<client>`, …).
+        #[arg(long)]
+        store: Option<String>,
+        /// The replica's name in the fleet's log (default: `[audit.ship]
+        /// replica`, or the host name).
+        #[arg(long)]
+        replica: Option<String>,
+    },
     /// Make a chain key and a checkpoint signing key (with its public key)
     /// in DIR: the keys `[audit] key` and `signing_key` name.
     Keygen {
@@ -83,7 +101,9 @@ pub enum AuditCommand {
 pub struct Source {
     #[arg(long, short)]
     config: PathBuf,
-    /// Only this store (`serve`, `stdio-<client>`, …).
+    /// Only this store (`serve`, `stdio-<client>`, …), or the fleet's
+    /// database (`postgres://USER@HOST/DATABASE`, for `query` and
+    /// `verify`; the password from `PGPASSWORD` or `[audit.ship] password`).
     #[arg(long)]
     store: Option<String>,
     /// A file holding an auditor's token, for reading a running proxy's log.
@@ -224,6 +244,11 @@ impl Api {
 /// The stores a command reads: every store under the data_dir (or the one
 /// `--store` names); a running `serve` proxy's store through its admin API.
 async fn open_stores(source: &Source) -> anyhow::Result<(Config, Vec<Store>)> {
+    if super::audit_fleet::is_database(source.store.as_deref()) {
+        bail!(
+            "--store postgres://… is for `audit query` and `audit verify`: the others read one replica's store"
+        );
+    }
     let config = Config::load(&source.config)?;
     let base = source.url.clone().or_else(|| {
         config
@@ -293,6 +318,21 @@ async fn open_stores(source: &Source) -> anyhow::Result<(Config, Vec<Store>)> {
     Ok((config, stores))
 }
 
+/// The fleet's database `--store` names, if it names one (without a
+/// proxy's `--url`).
+fn fleet_url(source: &Source) -> anyhow::Result<Option<&str>> {
+    let store = source.store.as_deref();
+    if !super::audit_fleet::is_database(store) {
+        return Ok(None);
+    }
+    if source.url.is_some() || source.token_file.is_some() {
+        bail!(
+            "--store postgres://… reads the fleet's database itself: --url and --token-file are for a running proxy"
+        );
+    }
+    Ok(store)
+}
+
 fn check(params: &FilterParams) -> anyhow::Result<()> {
     params
         .to_filter(std::time::SystemTime::now(), None)
@@ -304,6 +344,15 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Verify { source, keys } => verify(&source, &keys).await,
         AuditCommand::Keygen { dir } => super::audit_keys::keygen(&dir),
+        AuditCommand::Ship {
+            config,
+            to,
+            store,
+            replica,
+        } => {
+            super::audit_fleet::ship(&config, to.as_deref(), store.as_deref(), replica.as_deref())
+                .await
+        }
         AuditCommand::Query {
             source,
             filter,
@@ -336,6 +385,19 @@ async fn query(
 ) -> anyhow::Result<()> {
     let params = filter.params(Some(limit), None);
     check(&params)?;
+    if let Some(url) = fleet_url(source)? {
+        let config = Config::load(&source.config)?;
+        let filter = params.to_filter(std::time::SystemTime::now(), None)?;
+        let found = super::audit_fleet::query(&config, url, &filter).await?;
+        if format != OutputFormat::Table {
+            return super::audit_fleet::print_json(&found, format == OutputFormat::Jsonl);
+        }
+        let records: Vec<(String, AuditRecord)> = found
+            .into_iter()
+            .map(|found| (format!("{}/{}", found.replica, found.store), found.record))
+            .collect();
+        return print_records(&records, format, true, true);
+    }
     let (config, stores) = open_stores(source).await?;
     let several = stores.len() > 1;
     let mut records = Vec::new();
@@ -523,6 +585,18 @@ pub struct VerifyKeys {
 }
 
 async fn verify(source: &Source, with: &VerifyKeys) -> anyhow::Result<()> {
+    if let Some(url) = fleet_url(source)? {
+        let config = Config::load(&source.config)?;
+        let keys = super::audit_keys::verify_keys(
+            &config,
+            with.key.as_deref(),
+            with.public_key.as_deref(),
+        )?;
+        if with.checkpoint.is_some() {
+            bail!("--checkpoint is for a store's log, not the fleet's database");
+        }
+        return super::audit_fleet::verify(&config, url, &keys).await;
+    }
     let (config, stores) = open_stores(source).await?;
     let keys =
         super::audit_keys::verify_keys(&config, with.key.as_deref(), with.public_key.as_deref())?;
@@ -581,46 +655,8 @@ async fn verify(source: &Source, with: &VerifyKeys) -> anyhow::Result<()> {
         {
             verification = Verification::Broken { seq, problem };
         }
-        match verification {
-            Verification::Intact {
-                records,
-                first_seq,
-                last_hash,
-                keyed,
-                macs_checked,
-                signed_checkpoints,
-            } => {
-                let from = if first_seq > 1 {
-                    format!(
-                        " from {first_seq} (older ones removed by retention, behind a checkpoint)"
-                    )
-                } else {
-                    String::new()
-                };
-                let keyed = match (keyed, macs_checked) {
-                    (0, _) => String::new(),
-                    (n, true) => format!("; {n} keyed, their MACs checked"),
-                    (n, false) => format!("; {n} keyed, their MACs NOT checked (give --key)"),
-                };
-                let signed = if signed_checkpoints > 0 {
-                    format!("; {signed_checkpoints} signed checkpoints verified")
-                } else {
-                    String::new()
-                };
-                let reaches = newest.map_or(String::new(), |c| {
-                    format!(
-                        "; reaches the kept checkpoint at record {}",
-                        c.statement.seq
-                    )
-                });
-                println!(
-                    "{name}: intact: {records} records{from}{keyed}{signed}{reaches}; last hash {last_hash}"
-                );
-            }
-            Verification::Broken { seq, problem } => {
-                broken += 1;
-                println!("{name}: BROKEN at record {seq}: {problem}");
-            }
+        if !super::audit_fleet::report(name, verification, newest.map(|c| c.statement.seq)) {
+            broken += 1;
         }
     }
     if broken > 0 {

@@ -3,6 +3,7 @@
 //! file of its own.
 
 mod audit;
+mod audit_fleet;
 mod audit_keys;
 mod catalogs;
 mod doctor;

@@ -269,6 +269,10 @@ fn applied(gateway: &Gateway, next: &Config, reloaded: &Reloaded, pending: &[&'s
         );
     }
     let config_sha256 = super::config_sha256(&next.file);
+    gateway.set_enforced(crate::gateway::Enforced {
+        config_sha256: config_sha256.clone(),
+        restart_required: pending.to_vec(),
+    });
     let mut record = AuditRecord::event("config_reload", "allow");
     record.detail = Some(serde_json::json!({
         "config_sha256": config_sha256,

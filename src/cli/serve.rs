@@ -46,6 +46,10 @@ pub(super) async fn serve(
     };
     let config_sha256 = super::config_sha256(&config.file);
     let (gateway, events, policies, pinning, plugins) = build_gateway(config, Some(audit))?;
+    gateway.set_enforced(crate::gateway::Enforced {
+        config_sha256: config_sha256.clone(),
+        restart_required: Vec::new(),
+    });
     export_traces(&gateway)?;
     record_start(
         &gateway,
@@ -64,6 +68,13 @@ pub(super) async fn serve(
         }
     }
     super::reload::watch(gateway.clone(), source);
+    let shipping = match ship_audit(&gateway) {
+        Ok(shipping) => shipping,
+        Err(err) => {
+            gateway.stop().await;
+            return Err(err);
+        }
+    };
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = listen {
         let gateway = gateway.clone();
@@ -95,7 +106,62 @@ pub(super) async fn serve(
         while tasks.join_next().await.is_some() {}
     })
     .await;
+    // After `proxy_stop`: the shipper ships it too, if the database
+    // answers in time.
+    if let Some((stop, shipper)) = shipping {
+        stop.cancel();
+        let _ = tokio::time::timeout(SHIP_LAST_CALL * 2, shipper).await;
+    }
     result
+}
+
+/// How long a stopping proxy gives its shipper to ship its last records.
+const SHIP_LAST_CALL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `[audit.ship]`: ships this role's store to the fleet's database as
+/// records are written, until the token is cancelled.
+fn ship_audit(
+    gateway: &crate::gateway::Gateway,
+) -> anyhow::Result<
+    Option<(
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    )>,
+> {
+    let config = gateway.config();
+    let (Some(ship), Some(audit)) = (&config.audit.ship, gateway.audit()) else {
+        return Ok(None);
+    };
+    let Some(reader) = audit.reader() else {
+        return Ok(None);
+    };
+    // The store's own name (`serve`, or `stdio-NAME-2` beside another
+    // proxy's), which its signed checkpoints name too.
+    let store = reader
+        .path()
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let database = crate::audit::fleet::Database::of(ship)
+        .with_context(|| format!("{}: `[audit.ship]`", config.file.display()))?;
+    let gauges = crate::metrics::Shipping::default();
+    if let Some(metrics) = gateway.metrics() {
+        let _ = metrics.shipping.set(gauges.clone());
+    }
+    tracing::info!(replica = %ship.replica, store = %store, "shipping the audit log to the fleet's database");
+    let shipper = crate::audit::fleet::Shipper {
+        database,
+        reader: reader.clone(),
+        replica: ship.replica.clone(),
+        store,
+        batch: ship.batch,
+        written: audit.written(),
+        shipped: gauges.shipped,
+        failing: gauges.failing,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(shipper.run(stop.clone(), SHIP_LAST_CALL));
+    Ok(Some((stop, task)))
 }
 
 /// The audit log of this proxy role, opened (and its keys loaded) before

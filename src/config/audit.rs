@@ -30,6 +30,37 @@ pub struct AuditConfig {
     pub checkpoint_every: u64,
     /// …or this long after the last one (at the next write, and at stop).
     pub checkpoint_interval: Duration,
+    /// `[audit.ship]`: the log shipped to the fleet's PostgreSQL.
+    pub ship: Option<ShipConfig>,
+}
+
+/// `[audit.ship]`: where the log is shipped, in order and exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShipConfig {
+    /// `postgres://USER@HOST[:PORT]/DATABASE[?sslmode=require]`, without
+    /// a password.
+    pub to: String,
+    /// The database user's password.
+    pub password: Option<SecretRef>,
+    /// This replica's name in the fleet's log (one chain per replica and
+    /// store).
+    pub replica: String,
+    /// PEM roots that the database's TLS certificate must chain to
+    /// (the system's roots when unset).
+    pub ca: Option<std::path::PathBuf>,
+    /// Records per transaction.
+    pub batch: u32,
+}
+
+/// `[audit.ship] batch` by default.
+pub const SHIP_BATCH: u32 = 500;
+
+/// This machine's host name (`[audit.ship] replica` by default; a
+/// Kubernetes pod's name).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
 impl Default for AuditConfig {
@@ -42,6 +73,7 @@ impl Default for AuditConfig {
             signing_key: None,
             checkpoint_every: CHECKPOINT_EVERY,
             checkpoint_interval: CHECKPOINT_INTERVAL,
+            ship: None,
         }
     }
 }
@@ -120,6 +152,134 @@ pub(super) struct RawAudit {
     /// …or this long after the last one (at the next write, and at stop).
     #[schemars(with = "Option<DurationText>", extend("default" = "1m"))]
     checkpoint_interval: Option<Spanned<String>>,
+    /// Ship the log to PostgreSQL, where the fleet's replicas' logs are
+    /// read together (`audit query --store postgres://…`).
+    ship: Option<RawShip>,
+}
+
+/// `[audit.ship]` as written.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShip {
+    /// The database: `postgres://USER@HOST[:PORT]/DATABASE`, with
+    /// `?sslmode=require` (TLS, its certificate verified) for any host but
+    /// this machine's own. No password here: see `password`.
+    #[schemars(with = "String")]
+    to: Spanned<String>,
+    /// The database user's password (`env:VAR`, `file:PATH`).
+    #[schemars(with = "Option<SecretText>")]
+    password: Option<Spanned<String>>,
+    /// This replica's name in the fleet's log: unique in the fleet, the
+    /// same across restarts.
+    #[schemars(with = "Option<String>", extend("x-default" = "the host name"))]
+    replica: Option<Spanned<String>>,
+    /// PEM roots the database's certificate must chain to.
+    #[schemars(with = "Option<String>", extend("x-default" = "the system's roots"))]
+    ca: Option<Spanned<std::path::PathBuf>>,
+    /// Records per transaction (1 to 10000).
+    #[schemars(with = "Option<i64>", extend("default" = SHIP_BATCH))]
+    batch: Option<Spanned<i64>>,
+}
+
+impl RawShip {
+    fn validate(self, v: &Validator<'_>) -> Result<ShipConfig, ConfigError> {
+        let to = self.to.get_ref();
+        check_database_url(to)
+            .map_err(|message| v.error(Some(self.to.span()), "audit.ship.to", message))?;
+        let password =
+            match &self.password {
+                None => None,
+                Some(value) => Some(v.secret_ref(value.get_ref()).map_err(|message| {
+                    v.error(Some(value.span()), "audit.ship.password", message)
+                })?),
+            };
+        let replica = match self.replica {
+            Some(name) => {
+                let valid = !name.get_ref().is_empty()
+                    && name.get_ref().len() <= 128
+                    && name
+                        .get_ref()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+                if !valid {
+                    return Err(v.error(
+                        Some(name.span()),
+                        "audit.ship.replica",
+                        "a replica's name is 1 to 128 letters, digits, `-`, `_`, `.` or `:`".into(),
+                    ));
+                }
+                name.into_inner()
+            }
+            None => match host_name() {
+                name if name.is_empty() => {
+                    return Err(v.error(
+                        None,
+                        "audit.ship.replica",
+                        "this machine has no host name: name the replica".into(),
+                    ));
+                }
+                name => name,
+            },
+        };
+        let batch = match &self.batch {
+            None => SHIP_BATCH,
+            Some(value) if (1..=10_000).contains(value.get_ref()) => *value.get_ref() as u32,
+            Some(value) => {
+                return Err(v.error(
+                    Some(value.span()),
+                    "audit.ship.batch",
+                    format!("{} is not between 1 and 10000", value.get_ref()),
+                ));
+            }
+        };
+        Ok(ShipConfig {
+            to: to.clone(),
+            password,
+            replica,
+            ca: self.ca.map(|ca| v.resolve(ca.into_inner())),
+            batch,
+        })
+    }
+}
+
+/// A database URL the proxy may ship to: `postgres://` or
+/// `postgresql://`, without a password (it would sit in the config and in
+/// every error that quotes it), and with TLS (`sslmode=require`) unless
+/// every host it names is on this machine (a loopback address, not the
+/// name `localhost`, or a socket). Read as the driver reads it, query parameters (`host=`,
+/// `hostaddr=`, a later `sslmode=`) included.
+pub fn check_database_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    use tokio_postgres::config::{Host, SslMode};
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("not a `postgres://` URL".into());
+    }
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|err| format!("not a database URL the driver reads: {err}"))?;
+    if config.get_password().is_some() {
+        return Err(
+            "the URL carries a password: give it as `password` (`env:VAR` or `file:PATH`)".into(),
+        );
+    }
+    // An address, not a name: `localhost` is whatever the resolver says.
+    let loopback = |name: &str| {
+        name.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+    };
+    let hosts_local = config.get_hosts().iter().all(|host| match host {
+        Host::Tcp(name) => loopback(name),
+        Host::Unix(_) => true,
+    });
+    let addrs_local = config.get_hostaddrs().iter().all(|ip| ip.is_loopback());
+    let local = !config.get_hosts().is_empty() && hosts_local && addrs_local;
+    if !local && config.get_ssl_mode() != SslMode::Require {
+        return Err(
+            "the database is not on this machine: ship over TLS with `?sslmode=require`".into(),
+        );
+    }
+    Ok(config)
 }
 
 impl RawAudit {
@@ -179,6 +339,7 @@ impl RawAudit {
                     parse_duration,
                 )?
                 .unwrap_or(CHECKPOINT_INTERVAL),
+            ship: self.ship.map(|ship| ship.validate(v)).transpose()?,
         })
     }
 }

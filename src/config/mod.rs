@@ -52,6 +52,7 @@ mod values;
 use audit::RawAudit;
 pub use audit::{
     AuditArguments, AuditConfig, CHECKPOINT_EVERY, CHECKPOINT_INTERVAL, Durability, Retention,
+    SHIP_BATCH, ShipConfig, check_database_url, host_name,
 };
 pub use chain::ChainEntry;
 use chain::{Chain, Switchable};

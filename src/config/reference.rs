@@ -518,6 +518,9 @@ mod tests {
             // Without a catalog file to read: the defaults of an empty one.
             "discovery" => "[discovery]\n".into(),
             "signatures" => "[signatures]\n".into(),
+            "audit.ship" => {
+                "[audit.ship]\nto = \"postgres://log@127.0.0.1/audit\"\nreplica = \"r\"\n".into()
+            }
             "chain" => plugin.into(),
             "chain.breaker" => format!("{plugin}[chain.breaker]\n"),
             "ratelimit.concurrency" => format!(

@@ -231,3 +231,76 @@ fn a_reload_names_the_sections_that_wait_for_a_restart_and_only_those() {
     ));
     assert_eq!(before.changes_needing_restart(&other), ["redact"]);
 }
+
+#[test]
+fn audit_ship_needs_tls_beyond_this_machine_and_no_password_in_its_url() {
+    let ship = |section: &str| {
+        parse(&format!(
+            "[[servers]]\nname = \"a\"\nprocess = {{ command = \"x\" }}\n[audit.ship]\n{section}"
+        ))
+        .map(|config| config.audit.ship)
+        .map_err(|err| err.to_string())
+    };
+    let Ok(Some(local)) = ship(
+        "to = \"postgres://log@127.0.0.1:5432/audit\"\npassword = \"env:PG\"\nreplica = \"r-1\"",
+    ) else {
+        panic!("a local database without TLS is taken");
+    };
+    assert_eq!(local.replica, "r-1");
+    assert_eq!(local.batch, SHIP_BATCH);
+    assert!(local.password.is_some());
+    for (section, expected) in [
+        (
+            "to = \"postgres://log@db.example.com/audit\"",
+            "ship over TLS",
+        ),
+        // A name is what the resolver says: only an address is local.
+        ("to = \"postgres://log@localhost/audit\"", "ship over TLS"),
+        // Query parameters count as the driver reads them.
+        (
+            "to = \"postgres://log@127.0.0.1/audit?host=db.example.com\"",
+            "ship over TLS",
+        ),
+        (
+            "to = \"postgres://log@127.0.0.1/audit?hostaddr=192.0.2.7\"",
+            "ship over TLS",
+        ),
+        (
+            "to = \"postgres://log@db.example.com/audit?sslmode=require&sslmode=prefer\"",
+            "ship over TLS",
+        ),
+        (
+            "to = \"postgres://log:hunter2@127.0.0.1/audit\"",
+            "carries a password",
+        ),
+        (
+            "to = \"mysql://log@127.0.0.1/audit\"",
+            "not a `postgres://` URL",
+        ),
+        ("to = \"postgres://[::1/audit\"", "audit.ship.to"),
+        (
+            "to = \"postgres://log@127.0.0.1/a\"\nreplica = \"a b\"",
+            "replica's name",
+        ),
+        (
+            "to = \"postgres://log@127.0.0.1/a\"\nbatch = 0",
+            "between 1 and 10000",
+        ),
+        (
+            "to = \"postgres://log@127.0.0.1/a\"\npassword = \"hunter2\"",
+            "audit.ship.password",
+        ),
+    ] {
+        let err = ship(section).err().unwrap_or_default();
+        assert!(err.contains(expected), "{section}: {err}");
+        assert!(
+            !err.contains("hunter2") || expected == "audit.ship.password",
+            "{err}"
+        );
+    }
+    let Ok(Some(remote)) = ship("to = \"postgres://log@db.example.com/audit?sslmode=require\"")
+    else {
+        panic!("a remote database over TLS is taken");
+    };
+    assert!(!remote.replica.is_empty(), "the host name by default");
+}

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -151,8 +152,24 @@ fn sweep(state: Arc<HttpState>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-async fn healthz() -> Response {
-    axum::Json(json!({ "status": "ok" })).into_response()
+/// Up, and what it enforces: the policy set's id and the config file's
+/// digest as last applied, so that operators of several replicas (and a
+/// load balancer's check) see one that did not reload. Which sections
+/// wait for a restart (what old setting is still in force) is only on the
+/// auditors' `/metrics`.
+async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
+    let enforced = state.gateway.enforced();
+    let policy_set = state
+        .enforcement
+        .policies
+        .as_ref()
+        .map(|engine| engine.current().id.to_string());
+    axum::Json(json!({
+        "status": "ok",
+        "policy_set": policy_set,
+        "config_sha256": enforced.config_sha256,
+    }))
+    .into_response()
 }
 
 #[cfg(test)]

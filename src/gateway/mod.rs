@@ -50,7 +50,7 @@ pub use modern::{checked_envelope, version_spoken};
 pub use reload::{ReloadError, Reloaded};
 pub use route::reply_id;
 pub use session::{Outlet, Session};
-pub use telemetry::{observe, root_of};
+pub use telemetry::{Enforced, observe, root_of};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,6 +100,9 @@ pub struct Gateway {
     profile: RwLock<Option<Arc<crate::config::profiles::Profile>>>,
     /// Held while a reload applies, so two never interleave.
     reloading: tokio::sync::Mutex<()>,
+    /// The config file's digest as last applied, and the sections that
+    /// changed since the start and wait for a restart (`/healthz`, metrics).
+    enforced: RwLock<telemetry::Enforced>,
     catalog: RwLock<Arc<Catalog>>,
     sessions: RwLock<HashMap<u64, Arc<Session>>>,
     next_session: AtomicU64,
@@ -272,6 +275,7 @@ impl Gateway {
             slots,
             profile,
             reloading: tokio::sync::Mutex::new(()),
+            enforced: RwLock::new(telemetry::Enforced::default()),
             chain,
             audit,
             scrubber: std::sync::OnceLock::new(),

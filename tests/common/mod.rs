@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod debian;
 pub mod listening;
+pub mod postgres;
 pub mod registry;
 pub mod wasm_fixtures;
 
@@ -1073,4 +1074,76 @@ pub fn mode_of(path: &Path) -> (u32, u32, u32) {
     let meta =
         std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     (meta.mode() & 0o7777, meta.uid(), meta.gid())
+}
+
+/// One HTTP client that calls `echo` until the proxy goes away; the
+/// (session, request id) of every reply it received.
+pub async fn call_until_refused(url: String, worker: u64) -> Vec<(String, u64)> {
+    let http = reqwest::Client::new();
+    let post = |session: Option<&str>, body: Value| {
+        let mut request = http
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let Ok(response) = post(
+        None,
+        serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"load","version":"0"}}}),
+    )
+    .await
+    else {
+        return Vec::new();
+    };
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = post(
+        Some(&session),
+        serde_json::json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    )
+    .await;
+    let mut received = Vec::new();
+    for id in 1.. {
+        let text = format!("worker {worker} call {id}");
+        let body = serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"example__echo","arguments":{"text":text}}});
+        let Ok(response) = post(Some(&session), body).await else {
+            break;
+        };
+        let Ok(reply) = response.json::<Value>().await else {
+            break;
+        };
+        if first_text(&reply) != format!("example: {text}") {
+            break;
+        }
+        received.push((session.clone(), id));
+    }
+    received
+}
+
+/// `workers` HTTP clients call `echo` for 1.5 s, then the proxy is
+/// SIGKILLed while they run (no shutdown, no flush): the (session, request
+/// id) of every reply they received.
+pub async fn calls_then_kill(served: &mut HttpProxy, workers: u64) -> Vec<(String, u64)> {
+    let running: Vec<_> = (0..workers)
+        .map(|worker| tokio::spawn(call_until_refused(served.url.clone(), worker)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    served.child.start_kill().unwrap();
+    let _ = served.child.wait().await;
+    let mut received = Vec::new();
+    for worker in running {
+        received.extend(worker.await.unwrap());
+    }
+    assert!(
+        received.len() as u64 >= 2 * workers,
+        "the load ran: {} replies",
+        received.len()
+    );
+    received
 }

@@ -495,6 +495,28 @@ impl Interceptor for Authz {
         "authz"
     }
 
+    /// The policy set in force, so that operators of several replicas see
+    /// one that did not reload.
+    fn render_metrics(&self, out: &mut crate::metrics::Exposition) {
+        let store = self.engine.current();
+        out.declare(
+            "portcullis_policy_set_info",
+            "The policy set this proxy enforces (1), by its id: replicas that enforce the same set report the same id.",
+            "gauge",
+        );
+        out.sample(
+            "portcullis_policy_set_info",
+            &[("policy_set", &store.id)],
+            1.0,
+        );
+        out.declare(
+            "portcullis_policies",
+            "Policies in the set this proxy enforces.",
+            "gauge",
+        );
+        out.sample("portcullis_policies", &[], store.policy_count() as f64);
+    }
+
     fn on_request(&self, exchange: &mut Exchange) -> Verdict {
         let Some((action, target)) = self.subject(exchange) else {
             // A server→client request that no action covers is not

@@ -15,9 +15,7 @@ pub fn owner() -> String {
 }
 
 pub(super) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
+    crate::config::host_name()
 }
 
 /// The inode of our PID namespace: pids mean something only within one.
