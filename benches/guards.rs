@@ -19,7 +19,7 @@ use std::time::Duration;
 use portcullis::chain::{
     Chain, ClientIdentity, Context, Definition, Direction, Exchange, Interceptor, Phase, Transport,
 };
-use portcullis::config::{LimitsConfig, RateRule, RateScope, RatelimitConfig};
+use portcullis::config::LimitsConfig;
 use portcullis::interceptors::{Limits, Pinning, Ratelimit, Schema};
 use serde_json::json;
 
@@ -75,33 +75,7 @@ fn main() {
     let rounds = 5;
     // Quotas no benchmark run can use up, so every check passes and costs
     // what a passing check costs.
-    let quota = |text: &str| text.parse().unwrap();
-    let ratelimit = Ratelimit::new(&RatelimitConfig {
-        rules: vec![
-            RateRule {
-                client: None,
-                scope: RateScope::Client,
-                quota: quota("1000000000/s"),
-                key: "default".into(),
-            },
-            RateRule {
-                client: None,
-                scope: RateScope::Server("gh".into()),
-                quota: quota("1000000000/s"),
-                key: "server".into(),
-            },
-            RateRule {
-                client: None,
-                scope: RateScope::Tool {
-                    server: "gh".into(),
-                    tool: "create_issue".into(),
-                },
-                quota: quota("1000000000/s"),
-                key: "tool".into(),
-            },
-        ],
-        concurrency: Vec::new(),
-    });
+    let ratelimit = Ratelimit::new(&common::three_quotas(None)).expect("local budgets");
     let limits: Arc<dyn Interceptor> = Arc::new(Limits::new(LimitsConfig::default()));
     let baseline_chain = Chain::new(vec![limits.clone()]);
     let ratelimit: Arc<dyn Interceptor> = Arc::new(ratelimit);

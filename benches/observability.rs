@@ -28,7 +28,7 @@ use portcullis::chain::{
     Chain, ClientIdentity, Context, Definition, Direction, Exchange, Interceptor, Outcome, Phase,
     Transport,
 };
-use portcullis::config::{LimitsConfig, RateRule, RateScope, RatelimitConfig};
+use portcullis::config::LimitsConfig;
 use portcullis::interceptors::{Limits, Ratelimit, Schema};
 use portcullis::metrics::{Exposition, Metrics};
 use portcullis::traces::{Export, Span, SpanKind, Tracer};
@@ -53,27 +53,7 @@ fn call(list: &Arc<Vec<serde_json::Value>>) -> Exchange {
 }
 
 fn chain() -> Chain {
-    let quota = |text: &str| text.parse().unwrap();
-    let rule = |scope: RateScope, key: &str| RateRule {
-        client: None,
-        scope,
-        quota: quota("1000000000/s"),
-        key: key.into(),
-    };
-    let ratelimit = Ratelimit::new(&RatelimitConfig {
-        rules: vec![
-            rule(RateScope::Client, "default"),
-            rule(RateScope::Server("gh".into()), "server"),
-            rule(
-                RateScope::Tool {
-                    server: "gh".into(),
-                    tool: "create_issue".into(),
-                },
-                "tool",
-            ),
-        ],
-        concurrency: Vec::new(),
-    });
+    let ratelimit = Ratelimit::new(&common::three_quotas(None)).expect("local budgets");
     let interceptors: Vec<Arc<dyn Interceptor>> = vec![
         Arc::new(Limits::new(LimitsConfig::default())),
         Arc::new(ratelimit),

@@ -341,6 +341,21 @@ pub trait Interceptor: Send + Sync + 'static {
     fn render_metrics(&self, _out: &mut crate::metrics::Exposition) {}
 }
 
+/// A check that waits on something outside the process (budgets shared
+/// by replicas, in Redis), made once the request chain has passed a
+/// client's request and before it is relayed: a request another
+/// interceptor refused uses none of what it checks.
+pub trait Admission: Send + Sync + 'static {
+    /// The interceptor it belongs to (in denials and records).
+    fn name(&self) -> &str;
+
+    /// `None` to let the request through, or why not.
+    fn admit<'a>(
+        &'a self,
+        exchange: &'a Exchange,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Denial>> + Send + 'a>>;
+}
+
 /// The refusal of one interceptor, turned into a JSON-RPC error by
 /// [`Refusal::to_response`] — the one place denials become errors.
 #[derive(Debug, Clone, PartialEq)]
@@ -382,6 +397,8 @@ pub struct Chain {
     /// Each interceptor's span name per phase (`authz request`), beside
     /// `interceptors`: made once, shared by every traced exchange.
     span_names: Arc<[[Arc<str>; 3]]>,
+    /// Checks made after the request chain passed (see [`Admission`]).
+    admissions: Vec<(Arc<str>, Arc<dyn Admission>)>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -409,7 +426,31 @@ impl Chain {
             interceptors,
             timings: None,
             span_names,
+            admissions: Vec::new(),
         }
+    }
+
+    /// Adds checks made once a client's request passed the chain.
+    pub fn with_admissions(mut self, admissions: Vec<Arc<dyn Admission>>) -> Self {
+        self.admissions = admissions
+            .into_iter()
+            .map(|admission| (Arc::from(admission.name()), admission))
+            .collect();
+        self
+    }
+
+    /// Makes the checks that wait on something outside the process, for a
+    /// client's request that passed the chain.
+    pub async fn admit(&self, exchange: &Exchange) -> Result<(), Refusal> {
+        for (name, admission) in &self.admissions {
+            if let Some(denial) = admission.admit(exchange).await {
+                return Err(Refusal {
+                    interceptor: name.clone(),
+                    denial,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Times each interceptor per phase into `metrics`.

@@ -277,3 +277,73 @@ async fn audit_ship_ships_stopped_stores_once_and_refuses_another_under_a_shippe
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_one_quota_in_redis_and_refuse_when_it_is_gone() {
+    let mut redis = common::redis::Redis::start().await;
+    let section = |on_unavailable: &str| {
+        format!(
+            "\n[[ratelimit.rules]]\ntool = \"example__echo\"\nquota = \"5/min\"\n\n[ratelimit.shared]\nredis = \"{}\"\npassword = \"file:{}\"\non_unavailable = \"{on_unavailable}\"\n",
+            redis.url(),
+            redis.password_file.display()
+        )
+    };
+    // Three replicas of one config (the third falls back to its own
+    // budgets while Redis is gone).
+    let mut replicas = Vec::new();
+    for mode in ["refuse", "refuse", "local"] {
+        let proxy = TestProxy::new()
+            .with_example_server("example")
+            .with_config(&section(mode));
+        let served = proxy.serve_http().await;
+        let session = common::HttpSession::connect(&served.url).await;
+        replicas.push((proxy, served, session));
+    }
+    // 5 a minute, whichever replica serves them: exactly 5 of 15 pass.
+    let mut passed = 0;
+    for id in 0..15 {
+        let (_, _, session) = &replicas[id % 3];
+        let reply = echo(session, id as i64 + 1).await;
+        if reply["result"].is_object() {
+            passed += 1;
+            assert_eq!(common::first_text(&reply), "example: q", "{reply}");
+        } else {
+            let message = reply["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("tool quota of 5/min reached"), "{reply}");
+            assert!(
+                reply["error"]["data"]["retry_after_ms"].as_u64() > Some(1000),
+                "{reply}"
+            );
+        }
+    }
+    assert_eq!(passed, 5, "the quota holds across the replicas");
+
+    // Redis gone: refused where the config says so, this replica's own
+    // budget where it says `local`.
+    redis.stop();
+    let reply = echo(&replicas[0].2, 100).await;
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cannot be checked"), "{reply}");
+    assert_eq!(reply["error"]["data"]["unavailable"], true, "{reply}");
+    let reply = echo(&replicas[2].2, 101).await;
+    assert_eq!(common::first_text(&reply), "example: q", "{reply}");
+    replicas[0]
+        .1
+        .log
+        .wait_for(&["RATE LIMITS UNAVAILABLE"])
+        .await;
+    for (_, served, _) in replicas {
+        served.terminate().await;
+    }
+}
+
+/// One `echo` call through `session`.
+async fn echo(session: &common::HttpSession, id: i64) -> Value {
+    session
+        .call(
+            id,
+            "tools/call",
+            serde_json::json!({"name": "example__echo", "arguments": {"text": "q"}}),
+        )
+        .await
+}

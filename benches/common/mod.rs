@@ -345,3 +345,33 @@ pub async fn bare_engine_start(image: &str) -> Duration {
     let _ = child.wait().await;
     elapsed
 }
+
+/// `[ratelimit]` with three quotas no run uses up (every client, server
+/// `gh`, tool `gh__create_issue`), so every check passes and costs what a
+/// passing check costs; their budgets here or in the Redis `shared` names.
+pub fn three_quotas(
+    shared: Option<portcullis::config::SharedConfig>,
+) -> portcullis::config::RatelimitConfig {
+    use portcullis::config::{RateRule, RateScope};
+    let rule = |scope: RateScope, key: &str| RateRule {
+        client: None,
+        scope,
+        quota: "1000000000/s".parse().expect("a quota"),
+        key: key.into(),
+    };
+    portcullis::config::RatelimitConfig {
+        rules: vec![
+            rule(RateScope::Client, "default"),
+            rule(RateScope::Server("gh".into()), "server"),
+            rule(
+                RateScope::Tool {
+                    server: "gh".into(),
+                    tool: "create_issue".into(),
+                },
+                "tool",
+            ),
+        ],
+        concurrency: Vec::new(),
+        shared,
+    }
+}

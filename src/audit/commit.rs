@@ -89,6 +89,9 @@ pub struct Audit {
     keys: Keys,
     /// The profile every record of this proxy names (`serve --profile`).
     profile: Option<Arc<str>>,
+    /// With `[audit.ship]`: the last record shipped (retention keeps
+    /// every record after it).
+    shipped: Option<Arc<AtomicU64>>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -158,7 +161,20 @@ impl Audit {
             reader,
             keys,
             profile: None,
+            shipped: None,
         })
+    }
+
+    /// With `[audit.ship]`: the last record the fleet's database holds,
+    /// as retention reads it (see [`Sealing::shipped`]).
+    pub fn shipping_to(mut self, shipped: Option<Arc<AtomicU64>>) -> Self {
+        self.shipped = shipped;
+        self
+    }
+
+    /// The shipped watermark, for the shipper to move.
+    pub fn shipped(&self) -> Option<Arc<AtomicU64>> {
+        self.shipped.clone()
     }
 
     /// Every record committed from now on names `profile`.

@@ -496,6 +496,50 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn retention_keeps_every_record_the_fleet_database_does_not_hold_yet() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let retention = Retention {
+            max_age: None,
+            max_records: Some(100),
+        };
+        let shipped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let storage = SledStorage::reopen(dir.path());
+        let reader = storage.reader();
+        let sealing = Sealing {
+            shipped: Some(shipped.clone()),
+            ..Sealing::default()
+        };
+        let audit = Audit::start_sealed(storage, true, retention, sealing)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let commit = |count: usize| {
+            let audit = &audit;
+            async move {
+                for _ in 0..count {
+                    audit
+                        .commit(sample())
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                }
+                audit.flush().await.unwrap_or_else(|e| panic!("{e}"));
+            }
+        };
+        // Nothing shipped: nothing removed, however far past `max_records`.
+        commit(350).await;
+        assert_eq!(intact(&reader), (350, 1));
+        // Shipped up to 150: retention removes up to there, no further.
+        shipped.store(150, Ordering::Relaxed);
+        commit(40).await;
+        let (_, first) = intact(&reader);
+        assert!(first <= 151, "kept from {first}: record 151 is not shipped");
+        assert!(first > 1, "shipped records were removed");
+        // All shipped: retention keeps what it keeps without shipping.
+        shipped.store(u64::MAX - 1, Ordering::Relaxed);
+        commit(40).await;
+        let (kept, _) = intact(&reader);
+        assert!((100..=140).contains(&kept), "kept {kept}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn retention_by_age_removes_old_records_at_start() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let (audit, reader) = sled_audit(dir.path(), Retention::default());

@@ -18,14 +18,20 @@ pub(super) struct Pruning {
     retention: Retention,
     last_run: std::time::Instant,
     written_since: u64,
+    /// The last record shipped (`[audit.ship]`): none after it is removed.
+    shipped: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Pruning {
-    pub(super) fn new(retention: Retention) -> Self {
+    pub(super) fn new(
+        retention: Retention,
+        shipped: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Self {
         Self {
             retention,
             last_run: std::time::Instant::now(),
             written_since: 0,
+            shipped,
         }
     }
 
@@ -63,11 +69,37 @@ impl Pruning {
             return;
         }
         let result = (|| -> Result<Option<(Anchor, u64)>, AuditError> {
-            let Some(anchor) =
+            let Some(mut anchor) =
                 storage.prune_point(&self.retention, std::time::SystemTime::now())?
             else {
                 return Ok(None);
             };
+            // Records not yet in the fleet's database wait for it: removed
+            // now, they would never be shipped. The chain is kept from the
+            // first of them.
+            if let Some(shipped) = &self.shipped {
+                let shipped = shipped.load(std::sync::atomic::Ordering::Relaxed);
+                if anchor.first_seq > shipped.saturating_add(1) {
+                    tracing::warn!(
+                        shipped,
+                        would_keep_from = anchor.first_seq,
+                        "audit retention waits for shipping: records not yet in the fleet's database are kept"
+                    );
+                    let Some(reader) = storage.reader() else {
+                        return Ok(None);
+                    };
+                    let Some(last_shipped) = reader.get(shipped)? else {
+                        return Ok(None);
+                    };
+                    if shipped < reader.first_seq()? {
+                        return Ok(None);
+                    }
+                    anchor = Anchor {
+                        first_seq: shipped + 1,
+                        prev_hash: last_shipped.hash,
+                    };
+                }
+            }
             let mut checkpoint = AuditRecord::event("checkpoint", "allow");
             if checkpoint.time < tip.time {
                 checkpoint.time.clone_from(&tip.time);

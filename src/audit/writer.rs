@@ -65,6 +65,9 @@ pub struct Sealing {
     /// …or once this long has passed since the last (at the next write,
     /// and when the writer flushes at stop).
     pub checkpoint_interval: std::time::Duration,
+    /// With `[audit.ship]`: the last record the fleet's database holds.
+    /// Retention removes none after it (shipping would stop at the gap).
+    pub shipped: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Sealing {
@@ -75,6 +78,7 @@ impl Default for Sealing {
             store: String::new(),
             checkpoint_every: crate::config::CHECKPOINT_EVERY,
             checkpoint_interval: crate::config::CHECKPOINT_INTERVAL,
+            shipped: None,
         }
     }
 }
@@ -130,7 +134,7 @@ impl Writer {
             logged,
             storage: Box::new(storage),
             tip,
-            pruning: Pruning::new(retention),
+            pruning: Pruning::new(retention, sealing.shipped.clone()),
             tell,
             failing,
             applier,

@@ -95,6 +95,12 @@ pub fn sealing(config: &Config, store: &SledStorage) -> anyhow::Result<Sealing> 
         store,
         checkpoint_every: audit.checkpoint_every,
         checkpoint_interval: audit.checkpoint_interval,
+        // Nothing shipped yet, as far as retention knows: the shipper
+        // moves it once the database says where it stands.
+        shipped: audit
+            .ship
+            .as_ref()
+            .map(|_| std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0))),
     })
 }
 

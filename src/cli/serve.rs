@@ -144,7 +144,11 @@ fn ship_audit(
         .unwrap_or_default();
     let database = crate::audit::fleet::Database::of(ship)
         .with_context(|| format!("{}: `[audit.ship]`", config.file.display()))?;
-    let gauges = crate::metrics::Shipping::default();
+    // The shipped watermark retention reads, shared with the metrics.
+    let gauges = crate::metrics::Shipping {
+        shipped: audit.shipped().unwrap_or_default(),
+        ..crate::metrics::Shipping::default()
+    };
     if let Some(metrics) = gateway.metrics() {
         let _ = metrics.shipping.set(gauges.clone());
     }
@@ -187,6 +191,7 @@ pub(super) fn open_audit(config: &Config, role: &str) -> anyhow::Result<Audit> {
     let cannot = || format!("{}: cannot open the audit log", config.file.display());
     let store = SledStorage::open_for(&audit_dir, role, flush_every).with_context(cannot)?;
     let sealing = audit_keys::sealing(config, &store).with_context(cannot)?;
+    let shipped = sealing.shipped.clone();
     if sealing.seal.is_keyed() || sealing.signer.is_some() {
         tracing::info!(
             keyed = sealing.seal.is_keyed(),
@@ -194,13 +199,14 @@ pub(super) fn open_audit(config: &Config, role: &str) -> anyhow::Result<Audit> {
             "the audit chain is keyed and/or its head signed"
         );
     }
-    Audit::start_sealed(
+    Ok(Audit::start_sealed(
         store,
         durability == Durability::Durable,
         config.audit.retention,
         sealing,
     )
-    .with_context(cannot)
+    .with_context(cannot)?
+    .shipping_to(shipped))
 }
 
 /// Exports traces over OTLP/HTTP, when `[observability.traces]` asks.

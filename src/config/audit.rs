@@ -261,15 +261,8 @@ pub fn check_database_url(url: &str) -> Result<tokio_postgres::Config, String> {
             "the URL carries a password: give it as `password` (`env:VAR` or `file:PATH`)".into(),
         );
     }
-    // An address, not a name: `localhost` is whatever the resolver says.
-    let loopback = |name: &str| {
-        name.trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-    };
     let hosts_local = config.get_hosts().iter().all(|host| match host {
-        Host::Tcp(name) => loopback(name),
+        Host::Tcp(name) => loopback_address(name),
         Host::Unix(_) => true,
     });
     let addrs_local = config.get_hostaddrs().iter().all(|ip| ip.is_loopback());
@@ -361,4 +354,13 @@ fn inside(path: &Path, dir: &Path) -> bool {
         _ => real(path),
     };
     path.starts_with(&dir)
+}
+
+/// Whether `host` is a loopback address (`127.0.0.1`, `[::1]`): an
+/// address, not a name (`localhost` is whatever the resolver says).
+pub fn loopback_address(host: &str) -> bool {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }

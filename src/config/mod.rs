@@ -86,7 +86,10 @@ pub use plugin::{
 pub use proxy::ProxyConfig;
 use proxy::RawProxy;
 use ratelimit::RawRatelimit;
-pub use ratelimit::{Concurrency, Quota, RateRule, RateScope, RatelimitConfig};
+pub use ratelimit::{
+    Concurrency, Quota, RateRule, RateScope, RatelimitConfig, SHARED_TIMEOUT, SharedConfig,
+    Unavailable, check_redis_url,
+};
 use redact::RawRedact;
 pub use redact::{RedactAction, RedactConfig, RuleActions};
 pub use sandbox::{BindMount, Sandbox, TmpfsMount};

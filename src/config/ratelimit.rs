@@ -18,6 +18,63 @@ pub struct RatelimitConfig {
     pub rules: Vec<RateRule>,
     /// Per-server limits on requests in flight.
     pub concurrency: Vec<Concurrency>,
+    /// `[ratelimit.shared]`: the budgets kept in Redis, shared by replicas.
+    pub shared: Option<SharedConfig>,
+}
+
+/// `[ratelimit.shared]`: every replica checks the same budgets, in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedConfig {
+    /// `redis://HOST[:PORT][/DB]` on this machine, `rediss://…` beyond it.
+    pub redis: String,
+    pub password: Option<super::SecretRef>,
+    /// What a check does while Redis cannot answer.
+    pub on_unavailable: Unavailable,
+    /// How long a check waits for Redis.
+    pub timeout: Duration,
+    /// Put before every key (several fleets in one Redis).
+    pub prefix: String,
+}
+
+/// `[ratelimit.shared] on_unavailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unavailable {
+    /// Refuse the requests a shared quota applies to (the default).
+    #[default]
+    Refuse,
+    /// Check them against this replica's own budgets (each replica lets
+    /// the whole quota through) until Redis answers again.
+    Local,
+}
+
+/// `[ratelimit.shared] timeout` by default.
+pub const SHARED_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// A Redis URL budgets may be kept at: no password in it (it would sit in
+/// the config and in errors), TLS (`rediss://`, its certificate verified)
+/// unless it is on this machine (a loopback address or a socket).
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    use redis::{ConnectionAddr, IntoConnectionInfo as _};
+    let info = url
+        .into_connection_info()
+        .map_err(|err| format!("not a Redis URL: {err}"))?;
+    if info.redis_settings().password().is_some() {
+        return Err(
+            "the URL carries a password: give it as `password` (`env:VAR` or `file:PATH`)".into(),
+        );
+    }
+    match info.addr() {
+        ConnectionAddr::Tcp(host, _) if super::audit::loopback_address(host) => Ok(()),
+        ConnectionAddr::Tcp(..) => Err(
+            "Redis is not on this machine (by address): reach it over TLS with `rediss://`".into(),
+        ),
+        ConnectionAddr::TcpTls { insecure: true, .. } => {
+            Err("`#insecure` turns off the certificate's check: refused".into())
+        }
+        ConnectionAddr::TcpTls { .. } | ConnectionAddr::Unix(_) => Ok(()),
+        _ => Err("a Redis address of a kind not known here".into()),
+    }
 }
 
 /// `{ server, max_in_flight, queue }`: at most `max_in_flight` requests
@@ -156,6 +213,59 @@ pub(super) struct RawRatelimit {
     #[serde(default)]
     #[schemars(with = "Vec<RawConcurrency>")]
     concurrency: Vec<Spanned<RawConcurrency>>,
+    /// Keep the quotas' budgets in Redis, shared by every replica that
+    /// names the same Redis and prefix.
+    shared: Option<RawShared>,
+}
+
+/// `[ratelimit.shared]` as written.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    /// `redis://HOST[:PORT][/DB]` for a Redis on this machine (a loopback
+    /// address or `unix:///PATH`), `rediss://HOST…` (TLS) for one beyond.
+    #[schemars(with = "String")]
+    redis: Spanned<String>,
+    /// The Redis password (`env:VAR`, `file:PATH`).
+    #[schemars(with = "Option<super::values::SecretText>")]
+    password: Option<Spanned<String>>,
+    /// While Redis does not answer: `refuse` the requests a quota applies
+    /// to, or check them against this replica's own budgets (`local`).
+    #[schemars(extend("default" = "refuse"))]
+    on_unavailable: Option<Unavailable>,
+    /// How long a check waits for Redis before it counts as unavailable.
+    #[schemars(with = "Option<super::values::DurationText>", extend("default" = "250ms"))]
+    timeout: Option<Spanned<String>>,
+    /// Put before every key.
+    #[schemars(extend("default" = "portcullis"))]
+    prefix: Option<String>,
+}
+
+impl RawShared {
+    fn validate(self, v: &Validator<'_>) -> Result<SharedConfig, ConfigError> {
+        check_redis_url(self.redis.get_ref()).map_err(|message| {
+            v.error(Some(self.redis.span()), "ratelimit.shared.redis", message)
+        })?;
+        let password = match &self.password {
+            None => None,
+            Some(value) => Some(v.secret_ref(value.get_ref()).map_err(|message| {
+                v.error(Some(value.span()), "ratelimit.shared.password", message)
+            })?),
+        };
+        Ok(SharedConfig {
+            redis: self.redis.into_inner(),
+            password,
+            on_unavailable: self.on_unavailable.unwrap_or_default(),
+            timeout: v
+                .parsed(
+                    self.timeout.as_ref(),
+                    "ratelimit.shared.timeout",
+                    super::parse_duration,
+                )?
+                .unwrap_or(SHARED_TIMEOUT),
+            prefix: self.prefix.unwrap_or_else(|| "portcullis".into()),
+        })
+    }
 }
 
 /// `[[ratelimit.concurrency]]` as written.
@@ -229,7 +339,12 @@ impl RawRatelimit {
             let limit = limit.validate(&at, servers, &concurrency)?;
             concurrency.push(limit);
         }
-        Ok(RatelimitConfig { rules, concurrency })
+        let shared = self.shared.map(|shared| shared.validate(v)).transpose()?;
+        Ok(RatelimitConfig {
+            rules,
+            concurrency,
+            shared,
+        })
     }
 }
 

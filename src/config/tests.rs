@@ -304,3 +304,48 @@ fn audit_ship_needs_tls_beyond_this_machine_and_no_password_in_its_url() {
     };
     assert!(!remote.replica.is_empty(), "the host name by default");
 }
+
+#[test]
+fn shared_quotas_need_tls_beyond_this_machine_and_no_password_in_the_url() {
+    let shared = |section: &str| {
+        parse(&format!(
+            "[[servers]]\nname = \"a\"\nprocess = {{ command = \"x\" }}\n[ratelimit]\ndefault = \"5/min\"\n[ratelimit.shared]\n{section}"
+        ))
+        .map(|config| config.ratelimit.shared)
+        .map_err(|err| err.to_string())
+    };
+    let Ok(Some(local)) = shared("redis = \"redis://127.0.0.1:6379/2\"\npassword = \"env:R\"")
+    else {
+        panic!("a local Redis is taken");
+    };
+    assert_eq!(local.on_unavailable, Unavailable::Refuse, "fails closed");
+    assert_eq!(local.timeout, SHARED_TIMEOUT);
+    assert_eq!(local.prefix, "portcullis");
+    for (section, expected) in [
+        ("redis = \"redis://cache.example.com:6379\"", "over TLS"),
+        ("redis = \"redis://localhost:6379\"", "over TLS"),
+        (
+            "redis = \"redis://:hunter2@127.0.0.1:6379\"",
+            "carries a password",
+        ),
+        (
+            "redis = \"rediss://cache.example.com/#insecure\"",
+            "insecure",
+        ),
+        ("redis = \"http://127.0.0.1\"", "not a Redis URL"),
+        (
+            "redis = \"redis://127.0.0.1\"\non_unavailable = \"open\"",
+            "on_unavailable",
+        ),
+    ] {
+        let err = shared(section).err().unwrap_or_default();
+        assert!(err.contains(expected), "{section}: {err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+    for section in [
+        "redis = \"rediss://cache.example.com:6380\"\non_unavailable = \"local\"",
+        "redis = \"unix:///run/redis/redis.sock\"",
+    ] {
+        assert!(matches!(shared(section), Ok(Some(_))), "{section}");
+    }
+}

@@ -129,7 +129,10 @@ impl Gateway {
         // Routing first, so that interceptors see the target server, name
         // and listed definition.
         let routed = self.route_exchange(session, method, &mut run.exchange);
-        let ran = self.chain.run(&mut run.exchange);
+        let mut ran = self.chain.run(&mut run.exchange);
+        if ran.is_ok() && routed.is_ok() {
+            ran = self.chain.admit(&run.exchange).await;
+        }
         // The arguments' hash is taken once the request chain has run: of
         // the arguments as forwarded (after redaction), never of a secret.
         run.arguments = self.arguments_of(&run.exchange.message);

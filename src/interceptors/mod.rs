@@ -59,6 +59,8 @@ pub enum BuildError {
     },
     #[error("secret scanning: {0}")]
     Redact(#[from] redact::RedactError),
+    #[error("rate limits: {0}")]
+    Ratelimit(String),
 }
 
 impl From<pinning::PinningError> for BuildError {
@@ -74,6 +76,7 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
     let scrubber = Arc::new(Redact::new(&config.redact)?);
     let mut access = None;
     let mut interceptors: Vec<Arc<dyn Interceptor>> = Vec::new();
+    let mut admissions: Vec<Arc<dyn crate::chain::Admission>> = Vec::new();
     let mut plugins = Vec::new();
     // One engine for every plugin, made only when there are plugins.
     let plugin_configs: Vec<&crate::config::PluginConfig> = config
@@ -99,7 +102,12 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
         match entry {
             ChainEntry::Limits => interceptors.push(Arc::new(Limits::new(config.limits))),
             ChainEntry::Ratelimit => {
-                interceptors.push(Arc::new(Ratelimit::new(&config.ratelimit)));
+                let limit =
+                    Arc::new(Ratelimit::new(&config.ratelimit).map_err(BuildError::Ratelimit)?);
+                if limit.is_shared() {
+                    admissions.push(limit.clone());
+                }
+                interceptors.push(limit);
             }
             ChainEntry::Authz => {
                 let dir = config.proxy.policies.clone().unwrap_or_default();
@@ -146,7 +154,7 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
         }
     }
     Ok(Built {
-        chain: Chain::new(interceptors),
+        chain: Chain::new(interceptors).with_admissions(admissions),
         policies,
         pinning: pins,
         plugins,

@@ -6,6 +6,7 @@ pub mod browser;
 pub mod debian;
 pub mod listening;
 pub mod postgres;
+pub mod redis;
 pub mod registry;
 pub mod wasm_fixtures;
 

@@ -178,6 +178,20 @@ where
 /// The tables, made if missing (under a lock: replicas starting together
 /// do not race to make them).
 pub async fn ensure_schema(client: &mut tokio_postgres::Client) -> Result<(), FleetError> {
+    // Made already: nothing is locked (a `CREATE INDEX IF NOT EXISTS`
+    // would hold every replica's inserts for a moment).
+    let made = client
+        .query_one(
+            "SELECT to_regclass('portcullis_chains') IS NOT NULL \
+             AND to_regclass('portcullis_records') IS NOT NULL \
+             AND to_regclass('portcullis_records_time') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(database)?;
+    if made.try_get::<_, bool>(0).map_err(database)? {
+        return Ok(());
+    }
     let transaction = client.transaction().await.map_err(database)?;
     transaction.batch_execute(SCHEMA).await.map_err(database)?;
     transaction.commit().await.map_err(database)
