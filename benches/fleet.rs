@@ -15,9 +15,7 @@ mod common;
 
 use std::sync::Arc;
 
-use portcullis::chain::{
-    Chain, ClientIdentity, Context, Direction, Exchange, Interceptor, Phase, Transport,
-};
+use portcullis::chain::{Chain, Direction, Exchange, Interceptor, Phase};
 use portcullis::config::{LimitsConfig, SharedConfig, Unavailable};
 use portcullis::interceptors::{Limits, Ratelimit};
 use serde_json::json;
@@ -25,14 +23,7 @@ use serde_json::json;
 fn call() -> Exchange {
     let message = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
         "params": {"name": "gh__create_issue", "arguments": {"title": "a bug"}}});
-    let mut context = Context::new(
-        Arc::from("session-1"),
-        ClientIdentity::new("claude-desktop", &[]),
-        Transport::Http,
-        "tools/call",
-    );
-    context.server = Some(Arc::from("gh"));
-    context.target = Some("create_issue".to_owned());
+    let context = common::gh_call_context();
     Exchange::new(message, Direction::ClientToServer, Phase::Request, context)
 }
 

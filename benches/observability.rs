@@ -24,10 +24,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis::chain::{
-    Chain, ClientIdentity, Context, Definition, Direction, Exchange, Interceptor, Outcome, Phase,
-    Transport,
-};
+use portcullis::chain::{Chain, Definition, Direction, Exchange, Interceptor, Outcome, Phase};
 use portcullis::config::LimitsConfig;
 use portcullis::interceptors::{Limits, Ratelimit, Schema};
 use portcullis::metrics::{Exposition, Metrics};
@@ -39,14 +36,7 @@ fn call(list: &Arc<Vec<serde_json::Value>>) -> Exchange {
     let message = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
         "params": {"name": "gh__create_issue", "arguments": {
             "owner": "acme", "repo": "portcullis", "title": "a bug", "body": "details"}}});
-    let mut context = Context::new(
-        Arc::from("session-1"),
-        ClientIdentity::new("claude-desktop", &[]),
-        Transport::Http,
-        "tools/call",
-    );
-    context.server = Some(Arc::from("gh"));
-    context.target = Some("create_issue".to_owned());
+    let mut context = common::gh_call_context();
     context.request_id = Some(json!(7));
     context.definition = Some(Definition::new(list.clone(), 0));
     Exchange::new(message, Direction::ClientToServer, Phase::Request, context)

@@ -375,3 +375,17 @@ pub fn three_quotas(
         shared,
     }
 }
+
+/// The context of a `tools/call` of `gh__create_issue` by `claude-desktop`
+/// over HTTP, routed to server `gh`.
+pub fn gh_call_context() -> portcullis::chain::Context {
+    let mut context = portcullis::chain::Context::new(
+        std::sync::Arc::from("session-1"),
+        portcullis::chain::ClientIdentity::new("claude-desktop", &[]),
+        portcullis::chain::Transport::Http,
+        "tools/call",
+    );
+    context.server = Some(std::sync::Arc::from("gh"));
+    context.target = Some("create_issue".to_owned());
+    context
+}
