@@ -43,6 +43,15 @@ impl Reader {
         &self.path
     }
 
+    /// The store's name: its folder's (`serve`, `stdio-NAME-2`), which its
+    /// signed checkpoints name too.
+    pub fn store_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     /// The last record's sequence number (0 for an empty log).
     pub fn last_seq(&self) -> Result<u64, AuditError> {
         Ok(self

@@ -280,11 +280,7 @@ impl Reader {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Verification, AuditError> {
         let anchor = self.anchor()?;
-        let store = self
-            .path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let store = self.store_name();
         let mut walk = ChainWalk::new(keys, &store, anchor);
         let first_seq = walk.first_seq;
         let to_check = (self.last_seq()? + 1).saturating_sub(first_seq);

@@ -137,11 +137,7 @@ fn ship_audit(
     };
     // The store's own name (`serve`, or `stdio-NAME-2` beside another
     // proxy's), which its signed checkpoints name too.
-    let store = reader
-        .path()
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let store = reader.store_name();
     let database = crate::audit::fleet::Database::of(ship)
         .with_context(|| format!("{}: `[audit.ship]`", config.file.display()))?;
     // The shipped watermark retention reads, shared with the metrics.

@@ -1148,3 +1148,11 @@ pub async fn calls_then_kill(served: &mut HttpProxy, workers: u64) -> Vec<(Strin
     );
     received
 }
+
+/// A TCP port free on loopback now (for a server a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}

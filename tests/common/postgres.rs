@@ -87,10 +87,7 @@ impl Postgres {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::free_port();
         let child = command(&bin.join("postgres"))
             .arg("-D")
             .arg(&data)

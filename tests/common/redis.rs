@@ -23,10 +23,7 @@ impl Redis {
         let dir = tempfile::tempdir().expect("a folder for Redis");
         let password_file = dir.path().join("password");
         std::fs::write(&password_file, PASSWORD).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::free_port();
         let child = std::process::Command::new(program)
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args([

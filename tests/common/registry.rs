@@ -20,10 +20,7 @@ impl Registry {
             "docker-registry",
         );
         let storage = tempfile::tempdir().expect("a storage folder");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::free_port();
         let address = format!("127.0.0.1:{port}");
         let config = storage.path().join("config.yml");
         std::fs::write(
