@@ -2,7 +2,8 @@
 //! (policies, secret-scanning rules, pins, plugins) as `serve` would, with
 //! the example policy folder switched on too, and its policies pass their
 //! tests; container servers and the compose file name only images this
-//! repository builds, and the compose file publishes the proxy alone.
+//! repository builds, and the compose file publishes the proxy alone; the
+//! replicas' compose file runs three of one config behind the balancer.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -49,6 +50,15 @@ fn build(mut config: Config, scratch: &Path) {
     config.proxy.data_dir = scratch.to_owned();
     config.pinning.data_dir = scratch.to_owned();
     config.pinning.file = scratch.join("pins.json");
+    // Secrets the chain reads as it is built (Redis's password) are the
+    // deployment's: a stand-in here.
+    if let Some(shared) = &mut config.ratelimit.shared
+        && shared.password.is_some()
+    {
+        let password = scratch.join("redis-password");
+        std::fs::write(&password, "stand-in").unwrap();
+        shared.password = Some(portcullis::config::SecretRef::File(password));
+    }
     let file = config.file.display().to_string();
     if let Err(err) = portcullis::interceptors::build_chain(&config) {
         panic!("{file}: the chain does not build: {err}");
@@ -119,6 +129,24 @@ fn example_policy_folders_pass_their_tests() {
     }
 }
 
+/// The services of a compose file that publish ports (services are the
+/// two-space-indented keys under `services:`).
+fn publishing(compose: &str) -> Vec<String> {
+    let mut service = "";
+    let mut publishing = Vec::new();
+    let mut in_services = false;
+    for line in compose.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            in_services = line.starts_with("services:");
+        } else if in_services && line.starts_with("  ") && !line.starts_with("   ") {
+            service = line.trim().trim_end_matches(':');
+        } else if in_services && line.trim() == "ports:" {
+            publishing.push(service.to_owned());
+        }
+    }
+    publishing
+}
+
 #[test]
 fn the_compose_file_runs_images_built_here_and_publishes_the_proxy_alone() {
     let compose =
@@ -136,21 +164,8 @@ fn the_compose_file_runs_images_built_here_and_publishes_the_proxy_alone() {
             "compose.yaml runs `{image}`, which this repository does not build ({built_here:?})"
         );
     }
-    // Services are the two-space-indented keys under `services:`; only the
-    // proxy publishes ports, and the servers' network is internal.
-    let mut service = "";
-    let mut publishing = Vec::new();
-    let mut in_services = false;
-    for line in compose.lines() {
-        if !line.starts_with(' ') && !line.is_empty() {
-            in_services = line.starts_with("services:");
-        } else if in_services && line.starts_with("  ") && !line.starts_with("   ") {
-            service = line.trim().trim_end_matches(':');
-        } else if in_services && line.trim() == "ports:" {
-            publishing.push(service.to_owned());
-        }
-    }
-    assert_eq!(publishing, ["portcullis"], "{compose}");
+    // Only the proxy publishes ports, and the servers' network is internal.
+    assert_eq!(publishing(&compose), ["portcullis"], "{compose}");
     assert!(compose.contains("tools:\n    internal: true"), "{compose}");
     assert!(
         compose.contains("\"127.0.0.1:8811:8811\""),
@@ -160,4 +175,59 @@ fn the_compose_file_runs_images_built_here_and_publishes_the_proxy_alone() {
         !compose.contains("docker.sock"),
         "no engine socket in the toolbox"
     );
+}
+
+#[test]
+fn the_replicas_compose_file_runs_three_replicas_of_one_config_behind_the_balancer_alone() {
+    let dir = common::repo_root().join("examples/replicas");
+    let compose = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
+    // The balancer alone publishes a port, on loopback; the replicas'
+    // network and the back end's are internal.
+    assert_eq!(publishing(&compose), ["balancer"], "{compose}");
+    assert!(compose.contains("\"127.0.0.1:8811:8811\""));
+    for network in ["front", "back"] {
+        assert!(
+            compose.contains(&format!("  {network}:\n    internal: true")),
+            "{network}"
+        );
+    }
+    // Three replicas: one image built here, one config, one session key,
+    // each its own data volume and host name (its name in the fleet's log).
+    let built_here = images_built_here();
+    assert!(
+        compose.contains("image: portcullis/proxy:dev")
+            && built_here.iter().any(|i| i == "portcullis/proxy:dev")
+    );
+    for n in 1..=3 {
+        assert!(
+            compose.contains(&format!(
+                "  replica-{n}:\n    <<: *replica\n    hostname: replica-{n}\n"
+            )),
+            "replica-{n}"
+        );
+        assert!(
+            compose.contains(&format!("- replica-{n}-data:/data")),
+            "replica-{n}"
+        );
+    }
+    assert!(compose.contains("secrets: [session_key, redis_password, db_password]"));
+    // HAProxy's configuration is the one the fleet test runs.
+    assert!(compose.contains("./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"));
+    let haproxy = std::fs::read_to_string(dir.join("haproxy.cfg")).unwrap();
+    for n in 1..=3 {
+        assert!(haproxy.contains(&format!("server replica-{n} replica-{n}:8811 check")));
+    }
+    // The replicas' config seals sessions with the shared key, and reaches
+    // Redis and PostgreSQL over TLS only.
+    let config = Config::load(&dir.join("portcullis.toml")).unwrap();
+    assert_eq!(config.proxy.session_keys.len(), 1);
+    let shared = config
+        .ratelimit
+        .shared
+        .as_ref()
+        .expect("[ratelimit.shared]");
+    assert!(shared.redis.starts_with("rediss://"), "{}", shared.redis);
+    let ship = config.audit.ship.as_ref().expect("[audit.ship]");
+    assert!(ship.to.ends_with("?sslmode=require"), "{}", ship.to);
+    assert!(ship.ca.is_some());
 }

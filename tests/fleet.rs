@@ -347,3 +347,303 @@ async fn echo(session: &common::HttpSession, id: i64) -> Value {
         )
         .await
 }
+
+/// A client of the replicas behind the balancer, which reads which
+/// replica answered each request (`X-Portcullis-Replica`).
+struct Balanced {
+    http: reqwest::Client,
+    url: String,
+}
+
+/// One answer through the balancer: its status, the replica that gave it,
+/// its body (`null` if not JSON).
+struct Answer {
+    status: u16,
+    replica: String,
+    body: Value,
+}
+
+impl Balanced {
+    async fn post(&self, session: Option<&str>, body: Value) -> Option<Answer> {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .bearer_auth(common::TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        let response = request.send().await.ok()?;
+        let status = response.status().as_u16();
+        let replica = response
+            .headers()
+            .get("x-portcullis-replica")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Some(Answer {
+            status,
+            replica,
+            body,
+        })
+    }
+
+    /// A new session: its id and the replica that began it.
+    async fn begin(&self) -> (String, String) {
+        let initialize = serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"balanced","version":"0"}}});
+        let mut request = self
+            .http
+            .post(&self.url)
+            .bearer_auth(common::TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize);
+        request = request.timeout(Duration::from_secs(20));
+        let response = request.send().await.expect("initialize");
+        assert_eq!(response.status(), 200);
+        let header = |name: &str| {
+            response.headers()[name]
+                .to_str()
+                .expect("a header")
+                .to_owned()
+        };
+        let (id, replica) = (header("mcp-session-id"), header("x-portcullis-replica"));
+        self.post(
+            Some(&id),
+            serde_json::json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        )
+        .await;
+        (id, replica)
+    }
+
+    /// `SERVER__echo` called in `session` under request id `id`.
+    async fn echo(&self, session: &str, server: &str, id: u64) -> Option<Answer> {
+        let body = serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":format!("{server}__echo"),"arguments":{"text":format!("call {id}")}}});
+        self.post(Some(session), body).await
+    }
+}
+
+/// The replica's config: sealed sessions under `key`, a shared `5/min`
+/// quota on `example__echo` in Redis, its log shipped to PostgreSQL.
+fn replica_config(
+    name: &str,
+    port: u16,
+    key: &Path,
+    redis: &common::redis::Redis,
+    postgres: &Postgres,
+) -> (TestProxy, std::path::PathBuf) {
+    let proxy = TestProxy::new()
+        .with_listen(&format!("127.0.0.1:{port}"))
+        .with_config(&format!("session_keys = [\"file:{}\"]\n", key.display()))
+        .with_example_server("example")
+        .with_example_server("other")
+        .with_config(&format!(
+            "[[ratelimit.rules]]\ntool = \"example__echo\"\nquota = \"5/min\"\n\n[ratelimit.shared]\nredis = \"{}\"\npassword = \"file:{}\"\n",
+            redis.url(),
+            redis.password_file.display()
+        ))
+        .with_config(&ship_section(postgres, name, 5));
+    let config = proxy.write_config();
+    (proxy, config)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_behind_haproxy_act_as_one_proxy() {
+    let postgres = Postgres::start().await;
+    let redis = common::redis::Redis::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("session.key");
+    let (ok, stdout, stderr) =
+        common::run_portcullis(["session-key", "--out", key.to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("session_keys = [\"file:"), "{stdout}");
+    assert_eq!(common::mode_of(&key).0, 0o600, "the owner's alone");
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert!(text.trim_end().len() == 64 && text.trim_end().bytes().all(|b| b.is_ascii_hexdigit()));
+    let (again, _, stderr) =
+        common::run_portcullis(["session-key", "--out", key.to_str().unwrap()]);
+    assert!(!again && stderr.contains("never overwritten"), "{stderr}");
+    let names = ["replica-1", "replica-2", "replica-3"];
+    let mut replicas = HashMap::new();
+    let mut backends = Vec::new();
+    for name in names {
+        let port = common::free_port();
+        let (proxy, config) = replica_config(name, port, &key, &redis, &postgres);
+        let served = serve_config(&config).await;
+        backends.push((name, port));
+        replicas.insert(name.to_owned(), (proxy, config, Some(served)));
+    }
+    let haproxy = common::haproxy::Haproxy::start(&backends).await;
+    let client = Balanced {
+        http: reqwest::Client::new(),
+        url: haproxy.url(),
+    };
+
+    // Three sessions, one on each replica (round robin).
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(client.begin().await);
+    }
+    let mut began_on: Vec<&str> = sessions.iter().map(|(_, r)| r.as_str()).collect();
+    began_on.sort();
+    assert_eq!(began_on, names, "one session on each replica");
+
+    // The quota holds through the balancer: 5 a minute, whichever replica.
+    let mut acked = Vec::new();
+    let mut passed = 0;
+    for id in 1..=15u64 {
+        let (session, replica) = &sessions[id as usize % 3];
+        let answer = client.echo(session, "example", id).await.unwrap();
+        assert_eq!(&answer.replica, replica, "a session sticks to its replica");
+        if answer.body["result"].is_object() {
+            passed += 1;
+            acked.push(id);
+        } else {
+            let message = answer.body["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("tool quota of 5/min reached"),
+                "{}",
+                answer.body
+            );
+        }
+    }
+    assert_eq!(passed, 5, "exactly 5 of 15 pass across three replicas");
+
+    // One client's session, calling without pause; its replica SIGKILLed.
+    let (session, home) = sessions[0].clone();
+    let worker = {
+        let client = Balanced {
+            http: reqwest::Client::new(),
+            url: haproxy.url(),
+        };
+        let (session, home) = (session.clone(), home.clone());
+        tokio::spawn(async move {
+            let mut served = Vec::new();
+            let mut elsewhere = 0;
+            for id in 1000u64.. {
+                if elsewhere == 20 {
+                    break;
+                }
+                let Some(answer) = client.echo(&session, "other", id).await else {
+                    continue;
+                };
+                if common::first_text(&answer.body) == format!("other: call {id}") {
+                    elsewhere += usize::from(answer.replica != home);
+                    served.push((id, answer.replica));
+                } else {
+                    // Only a call cut off by the kill may fail.
+                    assert!(answer.status >= 500, "{} {}", answer.status, answer.body);
+                }
+            }
+            served
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, config, served) = replicas.get_mut(&home).unwrap();
+    let mut killed = served.take().unwrap();
+    killed.child.start_kill().unwrap();
+    let _ = killed.child.wait().await;
+    let config = config.clone();
+    let served = tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the session goes on on another replica")
+        .unwrap();
+    let before: Vec<_> = served.iter().filter(|(_, r)| *r == home).collect();
+    let after: Vec<_> = served.iter().filter(|(_, r)| *r != home).collect();
+    assert!(
+        !before.is_empty() && after.len() >= 20,
+        "served by {home}, then by another"
+    );
+    acked.extend(served.iter().map(|(id, _)| *id));
+
+    // Restarted on its store: what it had not shipped goes now. Then
+    // every replica stops cleanly.
+    let restarted = serve_config(&config).await;
+    let answer = client.echo(&session, "other", 500).await.unwrap();
+    assert_eq!(common::first_text(&answer.body), "other: call 500");
+    acked.push(500);
+    restarted.terminate().await;
+    for (_, _, served) in replicas.values_mut() {
+        if let Some(served) = served.take() {
+            served.terminate().await;
+        }
+    }
+    drop(haproxy);
+
+    // Every acknowledged call is in the database once, whichever replica
+    // served it; the session's calls carry one session id on every replica.
+    let db = postgres.connect().await;
+    let mut seen: HashMap<u64, Vec<(String, Value)>> = HashMap::new();
+    let mut resumed = 0;
+    for name in names {
+        for (_, record) in shipped(&db, name, "serve").await {
+            if record["kind"] == "exchange" && record["method"] == "tools/call" {
+                let id = record["request_id"].as_u64().unwrap();
+                seen.entry(id).or_default().push((name.to_owned(), record));
+            } else if record["kind"] == "session_start" && record["detail"]["resumed"] == true {
+                resumed += 1;
+            }
+        }
+    }
+    assert!(resumed >= 1, "a replica resumed the session");
+    for id in &acked {
+        let records = seen.get(id).map_or(0, Vec::len);
+        assert_eq!(records, 1, "call {id} is in the database once");
+    }
+    let session_ids: std::collections::BTreeSet<&str> = served
+        .iter()
+        .filter_map(|(id, _)| seen.get(id))
+        .flat_map(|records| records.iter().map(|(_, r)| r["session"].as_str().unwrap()))
+        .collect();
+    assert_eq!(session_ids.len(), 1, "{session_ids:?}");
+    let replicas_of_session: std::collections::BTreeSet<&str> = served
+        .iter()
+        .filter_map(|(id, _)| seen.get(id))
+        .flat_map(|records| records.iter().map(|(name, _)| name.as_str()))
+        .collect();
+    assert!(replicas_of_session.len() >= 2, "{replicas_of_session:?}");
+
+    // The chains verify in the database.
+    let url = postgres.url();
+    let (ok, stdout, stderr) = audit(&config, &["verify", "--store", &url]);
+    assert!(ok, "{stdout}{stderr}");
+    for name in names {
+        assert!(
+            stdout.contains(&format!("{name}/serve: intact")),
+            "{stdout}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_replica_with_a_session_key_it_cannot_use_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, expected) in [
+        (Some("00ff\n"), "32 bytes written as 64 hex digits"),
+        (None, "cannot read secret file"),
+    ] {
+        let key = dir.path().join("session.key");
+        let _ = std::fs::remove_file(&key);
+        if let Some(text) = text {
+            std::fs::write(&key, text).unwrap();
+        }
+        let proxy =
+            TestProxy::new().with_config(&format!("session_keys = [\"file:{}\"]\n", key.display()));
+        let config = proxy.write_config();
+        let output = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(common::portcullis_bin())
+                .args(["serve", "--config"])
+                .arg(&config)
+                .output(),
+        )
+        .await
+        .expect("serve stops at once")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains("proxy.session_keys[0]"), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}

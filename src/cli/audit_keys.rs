@@ -16,6 +16,45 @@ const CHAIN_KEY: &str = "audit.key";
 const SIGNING_KEY: &str = "checkpoint.key";
 const PUBLIC_KEY: &str = "checkpoint.pub";
 
+/// Writes `text` to a new file at `path` with `mode` (an existing file is
+/// never overwritten).
+fn write_new_key(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot create {} (an existing key is never overwritten)",
+                path.display()
+            )
+        })?;
+    writeln!(file, "{text}").with_context(|| format!("cannot write {}", path.display()))?;
+    // The process's umask (077) narrowed the public key's mode too; set
+    // on the open file, not by path (which could be swapped).
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))
+}
+
+/// `portcullis session-key --out FILE`: a key that seals session ids
+/// (`[proxy] session_keys`), 32 random bytes as hex, in a new file
+/// readable by its owner only. Every replica behind one balancer is given
+/// the same file.
+pub fn session_key(out: &Path) -> anyhow::Result<()> {
+    use ring::rand::SecureRandom as _;
+    let mut key = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| anyhow::anyhow!("the system's random source failed"))?;
+    write_new_key(out, &hex::encode(key), 0o600)?;
+    println!("wrote {}", out.display());
+    println!("give every replica the same key, in its config:");
+    println!("  [proxy]");
+    println!("  session_keys = [\"file:{}\"]", out.display());
+    Ok(())
+}
+
 /// `portcullis audit keygen --dir DIR`: a chain key, a checkpoint signing
 /// key and its public key, each in a new file (none is overwritten); the
 /// private ones readable by their owner only.
@@ -27,23 +66,7 @@ pub fn keygen(dir: &Path) -> anyhow::Result<()> {
         (SIGNING_KEY, &signing, 0o600),
         (PUBLIC_KEY, &public, 0o644),
     ] {
-        let path = dir.join(name);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&path)
-            .with_context(|| {
-                format!(
-                    "cannot create {} (an existing key is never overwritten)",
-                    path.display()
-                )
-            })?;
-        writeln!(file, "{text}").with_context(|| format!("cannot write {}", path.display()))?;
-        // The process's umask (077) narrowed the public key's mode too; set
-        // on the open file, not by path (which could be swapped).
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+        write_new_key(&dir.join(name), text, mode)?;
     }
     let shown = |name: &str| dir.join(name).display().to_string();
     println!(

@@ -132,6 +132,13 @@ enum Command {
         #[command(subcommand)]
         command: Box<audit::AuditCommand>,
     },
+    /// Write a new key that seals session ids, so that replicas behind one
+    /// balancer serve each other's sessions (`[proxy] session_keys`).
+    SessionKey {
+        /// The new file (never overwritten), readable by its owner only.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a commented config, a policy folder with the schema, a starter
     /// policy set and its tests (never over existing files).
     Init {
@@ -386,6 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Redact { command } => redact::run(command),
         Command::Plugin { command } => plugin::run(command),
         Command::Audit { command } => audit::run(*command).await,
+        Command::SessionKey { out } => audit_keys::session_key(&out),
         Command::Init { dir } => init::init(&dir),
         Command::ClientConfig {
             app,

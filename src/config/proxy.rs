@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::names::is_server_name_char;
 use super::values::{AddressText, DurationText, PathText};
-use super::{ConfigError, ListenerConfig, Validator, parse_duration};
+use super::{ConfigError, ListenerConfig, SecretRef, Validator, parse_duration};
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -38,6 +38,13 @@ pub struct ProxyConfig {
     /// Sessions one client may hold at once (at most `max_sessions`).
     pub max_sessions_per_client: usize,
     pub session_idle_timeout: Duration,
+    /// The keys that seal session ids (`session_keys`): the first seals
+    /// new sessions, each opens them. Empty: ids are random, and only this
+    /// replica knows its sessions.
+    pub session_keys: Vec<SecretRef>,
+    /// How long after its `initialize` a sealed session id may be resumed
+    /// by a replica that does not hold the session.
+    pub session_max_age: Duration,
 }
 
 /// `[proxy]` as written.
@@ -107,6 +114,19 @@ pub(super) struct RawProxy {
     /// A session without a request for this long is ended.
     #[schemars(with = "Option<DurationText>", extend("default" = "1h"))]
     session_idle_timeout: Option<Spanned<String>>,
+    /// Keys (hex, 32 bytes: `portcullis session-key` makes one) as secret
+    /// references (`file:…`, `env:…`, `dotenv:…#KEY`). With them, session
+    /// ids are sealed (AES-256-GCM) and any replica holding one of the
+    /// keys serves a session another replica began. The first key seals
+    /// new sessions; the others still open theirs (key rotation).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    session_keys: Vec<Spanned<String>>,
+    /// How long after its `initialize` a sealed session may be resumed on
+    /// a replica that does not hold it (after which the client is told the
+    /// session is unknown, and begins another).
+    #[schemars(with = "Option<DurationText>", extend("default" = "24h"))]
+    session_max_age: Option<Spanned<String>>,
 }
 
 impl RawProxy {
@@ -154,6 +174,20 @@ impl RawProxy {
                 ));
             }
         };
+        let session_keys = self
+            .session_keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                v.secret_ref(key.get_ref()).map_err(|message| {
+                    v.error(
+                        Some(key.span()),
+                        &format!("proxy.session_keys[{i}]"),
+                        message,
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let proxy = ProxyConfig {
             listen,
             data_dir: v.resolve(
@@ -194,6 +228,14 @@ impl RawProxy {
                     parse_duration,
                 )?
                 .unwrap_or(Duration::from_secs(3600)),
+            session_keys,
+            session_max_age: v
+                .parsed(
+                    self.session_max_age.as_ref(),
+                    "proxy.session_max_age",
+                    parse_duration,
+                )?
+                .unwrap_or(Duration::from_secs(24 * 3600)),
         };
         check_exposure(v, &proxy, listen_span, listener)?;
         Ok(proxy)

@@ -69,11 +69,14 @@ pub async fn serve_on(
             Some(Arc::new(verifier))
         }
     };
+    let sealer =
+        super::sealed::Sealer::load(&config.proxy.session_keys, config.proxy.session_max_age)
+            .map_err(|error| DownstreamError::SessionKeys(error.to_string()))?;
     let state = Arc::new(HttpState::new(
         gateway.clone(),
         enforcement,
         listener.local_addr().ok(),
-        oauth,
+        (oauth, sealer),
     ));
     let app = router(state.clone());
     let sweeper = sweep(state.clone());

@@ -23,11 +23,12 @@ use super::messages::{
     Incoming, METHOD_HEADER, SESSION_HEADER, VERSION_HEADER, accepts, answer_in_json,
     answer_in_stream, event, read_message, rpc_error, single_header, sse,
 };
+use super::sealed::record_id;
 use super::sessions::{GET_STREAM_CAP, HttpOutlet, HttpSession, SESSION_IN_FLIGHT, Unknown, lock};
-use super::slots::Cap;
+use super::slots::{Cap, Slot};
 use super::state::{HttpState, plain_error};
 use crate::chain::{ClientIdentity, Transport};
-use crate::gateway::Failure;
+use crate::gateway::{Failure, Resumed};
 use crate::protocol::{self, IdKey, Kind};
 
 pub(super) fn routes() -> Router<Arc<HttpState>> {
@@ -78,54 +79,113 @@ fn is_modern(headers: &HeaderMap, incoming: &Incoming) -> bool {
             && !headers.contains_key(SESSION_HEADER))
 }
 
+/// A place under the session caps for a new (or resumed) session of
+/// `client`, or the refusal past them.
+fn session_slot(
+    state: &HttpState,
+    client: &ClientIdentity,
+    request_id: Value,
+) -> Result<Slot<Arc<str>>, Box<Response>> {
+    // Taken before the session is opened, under one lock: concurrent
+    // initializes cannot pass a cap together.
+    state.slots.take(&client.name).map_err(|cap| {
+        tracing::info!(client = %client.name, "refused a new session past a session cap");
+        let (status, failure) = match cap {
+            Cap::Total => (StatusCode::SERVICE_UNAVAILABLE, Failure::TooManySessions),
+            Cap::PerKey => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Failure::TooManySessionsOfClient,
+            ),
+        };
+        Box::new(rpc_error(status, request_id, failure))
+    })
+}
+
 /// A new session for an `initialize` without a session id, if the caps
-/// leave room. It enters the table only once initialized.
+/// leave room. It enters the table only once initialized. With session
+/// keys its id is sealed, and its records name it by a digest of that.
 fn new_session(
     state: &HttpState,
     client: ClientIdentity,
-    request_id: Value,
+    incoming: &Incoming,
 ) -> Result<Arc<HttpSession>, Box<Response>> {
-    // Taken before the session is opened, under one lock: concurrent
-    // initializes cannot pass a cap together.
-    let slot = match state.slots.take(&client.name) {
-        Ok(slot) => slot,
-        Err(cap) => {
-            tracing::info!(client = %client.name, "refused a new session past a session cap");
-            let (status, failure) = match cap {
-                Cap::Total => (StatusCode::SERVICE_UNAVAILABLE, Failure::TooManySessions),
-                Cap::PerKey => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Failure::TooManySessionsOfClient,
-                ),
-            };
-            return Err(Box::new(rpc_error(status, request_id, failure)));
+    let slot = session_slot(state, &client, incoming.request_id.clone())?;
+    let (wire_id, id) = match &state.sealer {
+        None => {
+            let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+            (id.clone(), id)
         }
+        Some(sealer) => match sealer.seal(&client, &incoming.message) {
+            Ok(sealed) => (Arc::from(sealed.as_str()), Arc::from(record_id(&sealed))),
+            Err(error) => {
+                tracing::error!(%error, "cannot seal a session id");
+                return Err(Box::new(plain_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the session's id could not be made",
+                )));
+            }
+        },
     };
-    let id = uuid::Uuid::new_v4().to_string();
     let outlet = Arc::new(HttpOutlet::default());
-    let session = state.gateway.open_session(
-        Arc::from(id.as_str()),
-        client,
-        Transport::Http,
-        outlet.clone(),
-    );
-    Ok(Arc::new(HttpSession::new(session, outlet, slot)))
+    let session = state
+        .gateway
+        .open_session(id, client, Transport::Http, outlet.clone());
+    Ok(Arc::new(HttpSession::new(wire_id, session, outlet, slot)))
 }
 
-/// The session a request names; it must belong to the same client.
+/// The session a request names; it must belong to the same client. One
+/// this replica does not hold is resumed from its sealed id, if it has one.
 fn find_session(
     state: &HttpState,
     headers: &HeaderMap,
     client: &ClientIdentity,
 ) -> Result<Arc<HttpSession>, Box<Response>> {
     let id = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
-    state.sessions.find(id, client).map_err(|unknown| {
-        let (status, failure) = match unknown {
-            Unknown::Unnamed => (StatusCode::BAD_REQUEST, Failure::NoSession),
-            Unknown::Unknown => (StatusCode::NOT_FOUND, Failure::UnknownSession),
+    let unknown = match state.sessions.find(id, client) {
+        Ok(session) => return Ok(session),
+        Err(unknown) => unknown,
+    };
+    if let (Some(id), Unknown::Unknown) = (id, unknown)
+        && let Some(resumed) = resume_session(state, id, client)?
+    {
+        return Ok(resumed);
+    }
+    let (status, failure) = match unknown {
+        Unknown::Unnamed => (StatusCode::BAD_REQUEST, Failure::NoSession),
+        Unknown::Unknown => (StatusCode::NOT_FOUND, Failure::UnknownSession),
+    };
+    Err(Box::new(rpc_error(status, Value::Null, failure)))
+}
+
+/// The session sealed id `id` carries, resumed on this replica (another
+/// began it, or this one let it go idle), if the id is sealed by one of
+/// the keys, `client` is the one it belongs to, and it is not too old.
+fn resume_session(
+    state: &HttpState,
+    id: &str,
+    client: &ClientIdentity,
+) -> Result<Option<Arc<HttpSession>>, Box<Response>> {
+    let Some(sealed) = state.sealer.as_ref().and_then(|s| s.open(id, client)) else {
+        return Ok(None);
+    };
+    let slot = session_slot(state, client, Value::Null)?;
+    let made = state.sessions.get_or_insert(id, || {
+        let outlet = Arc::new(HttpOutlet::default());
+        let resumed = Resumed {
+            version: sealed.version,
+            capabilities: sealed.capabilities,
+            agent: sealed.agent,
         };
-        Box::new(rpc_error(status, Value::Null, failure))
-    })
+        let session = state.gateway.resume_session(
+            Arc::from(record_id(id)),
+            client.clone(),
+            outlet.clone(),
+            resumed,
+        );
+        Arc::new(HttpSession::new(Arc::from(id), session, outlet, slot))
+    });
+    // (Made by another request of the same client meanwhile: the same.)
+    Ok(made.filter(|session| session.session.client == *client))
 }
 
 async fn post_message(
@@ -146,7 +206,7 @@ async fn post_message(
     }
     let named = headers.get(SESSION_HEADER).is_some();
     let http_session = if incoming.is_initialize() && !named {
-        new_session(&state, client, incoming.request_id.clone())
+        new_session(&state, client, &incoming)
     } else {
         find_session(&state, &headers, &client)
     };
@@ -172,7 +232,7 @@ async fn post_message(
         let mut response = axum::Json(reply.unwrap_or(Value::Null)).into_response();
         if ok && !named {
             state.sessions.insert(http_session.clone());
-            if let Ok(value) = HeaderValue::from_str(&session.id) {
+            if let Ok(value) = HeaderValue::from_str(&http_session.wire_id) {
                 response.headers_mut().insert(SESSION_HEADER, value);
             }
         } else if !named {
@@ -284,7 +344,10 @@ async fn end_session(
         Ok(session) => session,
         Err(refused) => return *refused,
     };
-    state.sessions.remove(&http_session.session.id);
+    state.sessions.remove(&http_session.wire_id);
+    if let Some(sealer) = &state.sealer {
+        sealer.ended(&http_session.wire_id);
+    }
     state.gateway.close_session(&http_session.session);
     StatusCode::OK.into_response()
 }

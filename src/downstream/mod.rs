@@ -19,6 +19,7 @@ mod logins;
 mod mcp;
 mod messages;
 mod resource;
+pub mod sealed;
 mod sessions;
 mod slots;
 mod state;
@@ -41,4 +42,7 @@ pub enum DownstreamError {
     Tls(#[from] tls::TlsError),
     #[error("[oauth]: {0}")]
     Oauth(String),
+    /// The session keys (`[proxy] session_keys`) cannot be used.
+    #[error("{0}")]
+    SessionKeys(String),
 }

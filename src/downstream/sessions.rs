@@ -105,6 +105,9 @@ impl Places {
 }
 
 pub(super) struct HttpSession {
+    /// The id the client sends (`Mcp-Session-Id`): the session's own, or
+    /// its sealed id (`[proxy] session_keys`).
+    pub(super) wire_id: Arc<str>,
     pub(super) session: Arc<Session>,
     pub(super) outlet: Arc<HttpOutlet>,
     /// Places for the session's requests in the works
@@ -119,11 +122,13 @@ pub(super) struct HttpSession {
 
 impl HttpSession {
     pub(super) fn new(
+        wire_id: Arc<str>,
         session: Arc<Session>,
         outlet: Arc<HttpOutlet>,
         slot: Slot<Arc<str>>,
     ) -> Self {
         Self {
+            wire_id,
             session,
             outlet,
             in_flight: Arc::new(tokio::sync::Semaphore::new(SESSION_IN_FLIGHT)),
@@ -160,8 +165,19 @@ pub(super) enum Unknown {
 impl SessionTable {
     pub(super) fn insert(&self, session: Arc<HttpSession>) {
         if let Ok(mut sessions) = self.sessions.write() {
-            sessions.insert(session.session.id.to_string(), session);
+            sessions.insert(session.wire_id.to_string(), session);
         }
+    }
+
+    /// The session named `id`, or else the one `make` makes, entered under
+    /// that id: two requests resuming one session at once get one.
+    pub(super) fn get_or_insert(
+        &self,
+        id: &str,
+        make: impl FnOnce() -> Arc<HttpSession>,
+    ) -> Option<Arc<HttpSession>> {
+        let mut sessions = self.sessions.write().ok()?;
+        Some(sessions.entry(id.to_owned()).or_insert_with(make).clone())
     }
 
     pub(super) fn remove(&self, id: &str) {

@@ -19,6 +19,7 @@ use futures_util::StreamExt as _;
 use serde_json::json;
 
 use super::logins::Logins;
+use super::sealed::Sealer;
 use super::sessions::{Places, SessionTable};
 use super::slots::Slots;
 use super::throttle::Throttle;
@@ -50,6 +51,9 @@ pub(super) struct HttpState {
     pub(super) stateless_places: Places,
     /// Access tokens from the organisation's identity provider (`[oauth]`).
     pub(super) oauth: Option<Arc<OauthVerifier>>,
+    /// Seals session ids so that any replica serves them (`[proxy]
+    /// session_keys`).
+    pub(super) sealer: Option<Sealer>,
 }
 
 /// Who may use the listener, by the SHA-256 (hex) of what they present.
@@ -112,7 +116,7 @@ impl HttpState {
         gateway: Arc<Gateway>,
         enforcement: Enforcement,
         local: Option<SocketAddr>,
-        oauth: Option<Arc<OauthVerifier>>,
+        (oauth, sealer): (Option<Arc<OauthVerifier>>, Option<Sealer>),
     ) -> Self {
         let config = gateway.config();
         // DNS rebinding: a page on another site whose name now resolves to
@@ -147,6 +151,7 @@ impl HttpState {
             tls: config.listener.tls.is_some(),
             stateless_places: Places::default(),
             oauth,
+            sealer,
             gateway,
         }
     }

@@ -164,11 +164,7 @@ impl Gateway {
             .ok_or_else(|| {
                 Failure::InvalidParams("`params.protocolVersion` must be a string".to_owned())
             })?;
-        let version = if protocol::SUPPORTED_VERSIONS.contains(&requested) {
-            requested
-        } else {
-            protocol::LATEST_VERSION
-        };
+        let version = protocol::negotiated_version(requested);
         {
             let mut state = session.state();
             if state.initialized {
@@ -203,6 +199,34 @@ impl Gateway {
             "serverInfo": { "name": "portcullis", "version": env!("CARGO_PKG_VERSION") },
             "instructions": self.instructions(),
         }))
+    }
+
+    /// Resumes here, as `resumed` says it was settled, a session another
+    /// replica began (or this one forgot): it is initialized, and its
+    /// `session_start` record says it was resumed.
+    pub fn resume_session(
+        &self,
+        id: Arc<str>,
+        client: crate::chain::ClientIdentity,
+        outlet: Arc<dyn super::Outlet>,
+        resumed: super::Resumed,
+    ) -> Arc<Session> {
+        let session = self.open_session(id, client, crate::chain::Transport::Http, outlet);
+        {
+            let mut state = session.state();
+            state.initialized = true;
+            state.protocol_version = Some(resumed.version.clone());
+            state.client_capabilities = resumed.capabilities;
+        }
+        tracing::info!(session = %session.id, client = %session.client.name, agent = resumed.agent, version = resumed.version, "session resumed");
+        let mut started = Self::session_event(&session, "session_start");
+        started.detail = Some(json!({
+            "agent": resumed.agent,
+            "protocol_version": resumed.version,
+            "resumed": true,
+        }));
+        self.record_event(started);
+        session
     }
 
     /// What `server/discover` offers: the capabilities, and the tasks

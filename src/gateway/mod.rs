@@ -49,7 +49,7 @@ pub use failure::Failure;
 pub use modern::{checked_envelope, version_spoken};
 pub use reload::{ReloadError, Reloaded};
 pub use route::reply_id;
-pub use session::{Outlet, Session};
+pub use session::{Outlet, Resumed, Session};
 pub use telemetry::{Enforced, observe, root_of};
 
 use std::collections::{HashMap, HashSet};

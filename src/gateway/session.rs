@@ -47,6 +47,17 @@ pub(crate) struct InputAsk {
     pub timeout: std::time::Duration,
 }
 
+/// What a session begun on another replica settled at its `initialize`,
+/// as its sealed id carries it: this replica resumes it in that state.
+#[derive(Debug, Clone)]
+pub struct Resumed {
+    pub version: String,
+    /// The client capabilities the proxy reads.
+    pub capabilities: Value,
+    /// The agent's name (`clientInfo.name`).
+    pub agent: String,
+}
+
 /// An outlet that reaches nobody: a parked call's session between rounds.
 pub(crate) struct Nowhere;
 

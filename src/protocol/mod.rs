@@ -61,6 +61,16 @@ pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18"];
 /// and the one it asks upstream servers for.
 pub const LATEST_VERSION: &str = "2025-11-25";
 
+/// The handshake revision a client asking for `requested` gets: that one
+/// if the proxy speaks it, else [`LATEST_VERSION`].
+pub fn negotiated_version(requested: &str) -> &'static str {
+    SUPPORTED_VERSIONS
+        .iter()
+        .find(|known| **known == requested)
+        .copied()
+        .unwrap_or(LATEST_VERSION)
+}
+
 /// What a JSON-RPC message is, judged from the members it has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

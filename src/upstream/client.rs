@@ -100,6 +100,7 @@ impl Upstream {
             config: config.clone(),
             limits,
             tokens,
+            containers: Arc::new(super::container::Docker),
         });
         Self::with_connector(config, instance, startup_timeout, events, connector)
     }

@@ -15,6 +15,8 @@ pub(super) struct ConfigConnector {
     pub(super) limits: LimitsConfig,
     /// Clients' access tokens, for a `token_exchange` server's instances.
     pub(super) tokens: Arc<super::UserTokens>,
+    /// What runs `container` servers (the Docker engine).
+    pub(super) containers: Arc<dyn container::Backend>,
 }
 
 impl Connector for ConfigConnector {
@@ -50,7 +52,10 @@ impl ConfigConnector {
                 remote::open(spec, &secrets, self.limits, inbox, &self.tokens).await
             }
             UpstreamSpec::Container(spec) => {
-                container::spawn(spec, &secrets, self.limits, inbox, restarts).await
+                (self
+                    .containers
+                    .spawn(spec, &secrets, self.limits, inbox, restarts))
+                .await
             }
         }
     }

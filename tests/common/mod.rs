@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod debian;
+pub mod haproxy;
 pub mod listening;
 pub mod postgres;
 pub mod redis;

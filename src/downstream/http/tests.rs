@@ -20,20 +20,34 @@ use crate::gateway::Gateway;
 
 const CLIENT_TOKEN: &str = "a-client-token-for-the-router-tests";
 const AUDITOR_TOKEN: &str = "an-auditor-token-for-the-router-tests";
+const OTHER_TOKEN: &str = "another-client-token-for-the-router-tests";
 
 fn state() -> Arc<HttpState> {
+    state_sealing(None)
+}
+
+/// A listener's state (a replica of its own: its own gateway and session
+/// table), its session ids sealed by `sealer` if given.
+fn state_sealing(sealer: Option<crate::downstream::sealed::Sealer>) -> Arc<HttpState> {
     let sha = |token: &str| hex::encode(Sha256::digest(token.as_bytes()));
     let text = format!(
         "[proxy]\nsession_idle_timeout = \"60s\"\n\n\
          [[clients]]\nname = \"tester\"\ntoken_sha256 = \"{}\"\n\n\
+         [[clients]]\nname = \"other\"\ntoken_sha256 = \"{}\"\n\n\
          [[auditors]]\nname = \"auditors\"\ntoken_sha256 = \"{}\"\n",
         sha(CLIENT_TOKEN),
+        sha(OTHER_TOKEN),
         sha(AUDITOR_TOKEN)
     );
     let config = Config::parse(&text, Path::new("portcullis.toml"))
         .unwrap_or_else(|err| panic!("the test config loads: {err}"));
     let (gateway, _events) = Gateway::new(Arc::new(config), Chain::default(), None);
-    Arc::new(HttpState::new(gateway, Enforcement::default(), None, None))
+    Arc::new(HttpState::new(
+        gateway,
+        Enforcement::default(),
+        None,
+        (None, sealer),
+    ))
 }
 
 /// What a route answers a request that brings no credentials.
@@ -359,7 +373,12 @@ async fn the_sweep_ends_a_session_idle_past_the_timeout_and_keeps_one_in_use() {
     let Ok(slot) = state.slots.take(&Arc::from("tester")) else {
         panic!("a place for the session");
     };
-    let http = Arc::new(HttpSession::new(session.clone(), outlet, slot));
+    let http = Arc::new(HttpSession::new(
+        Arc::from("s-1"),
+        session.clone(),
+        outlet,
+        slot,
+    ));
     state.sessions.insert(http.clone());
     drop(http);
     let sweeper = sweep(state.clone());
@@ -395,3 +414,6 @@ async fn the_sweep_ends_a_session_idle_past_the_timeout_and_keeps_one_in_use() {
     assert_eq!(state.slots.taken(), (0, 0), "its place is given back");
     sweeper.abort();
 }
+
+#[path = "resume_tests.rs"]
+mod resume;
