@@ -88,6 +88,7 @@ fn main() {
         on_unavailable: Unavailable::Refuse,
         timeout: std::time::Duration::from_secs(1),
         prefix: "bench".into(),
+        lease: std::time::Duration::from_secs(15),
     }));
     let one = call();
     // The connection is made by the first check, before any is timed.

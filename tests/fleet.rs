@@ -480,14 +480,20 @@ async fn three_replicas_behind_haproxy_act_as_one_proxy() {
         url: haproxy.url(),
     };
 
-    // Three sessions, one on each replica (round robin).
-    let mut sessions = Vec::new();
-    for _ in 0..3 {
-        sessions.push(client.begin().await);
+    // A session on each replica (new sessions are spread round robin).
+    let mut sessions: Vec<(String, String)> = Vec::new();
+    for _ in 0..30 {
+        let (id, replica) = client.begin().await;
+        if !sessions.iter().any(|(_, r)| *r == replica) {
+            sessions.push((id, replica));
+        }
+        if sessions.len() == 3 {
+            break;
+        }
     }
     let mut began_on: Vec<&str> = sessions.iter().map(|(_, r)| r.as_str()).collect();
     began_on.sort();
-    assert_eq!(began_on, names, "one session on each replica");
+    assert_eq!(began_on, names, "a session on each replica");
 
     // The quota holds through the balancer: 5 a minute, whichever replica.
     let mut acked = Vec::new();
@@ -519,13 +525,14 @@ async fn three_replicas_behind_haproxy_act_as_one_proxy() {
         };
         let (session, home) = (session.clone(), home.clone());
         tokio::spawn(async move {
-            let mut served = Vec::new();
+            let (mut served, mut failed) = (Vec::new(), Vec::new());
             let mut elsewhere = 0;
             for id in 1000u64.. {
                 if elsewhere == 20 {
                     break;
                 }
                 let Some(answer) = client.echo(&session, "other", id).await else {
+                    failed.push(id);
                     continue;
                 };
                 if common::first_text(&answer.body) == format!("other: call {id}") {
@@ -534,9 +541,10 @@ async fn three_replicas_behind_haproxy_act_as_one_proxy() {
                 } else {
                     // Only a call cut off by the kill may fail.
                     assert!(answer.status >= 500, "{} {}", answer.status, answer.body);
+                    failed.push(id);
                 }
             }
-            served
+            (served, failed)
         })
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -545,7 +553,7 @@ async fn three_replicas_behind_haproxy_act_as_one_proxy() {
     killed.child.start_kill().unwrap();
     let _ = killed.child.wait().await;
     let config = config.clone();
-    let served = tokio::time::timeout(Duration::from_secs(60), worker)
+    let (served, failed) = tokio::time::timeout(Duration::from_secs(60), worker)
         .await
         .expect("the session goes on on another replica")
         .unwrap();
@@ -555,6 +563,13 @@ async fn three_replicas_behind_haproxy_act_as_one_proxy() {
         !before.is_empty() && after.len() >= 20,
         "served by {home}, then by another"
     );
+    // The call in flight at the kill, at most: a connection refused
+    // meanwhile is tried on another replica by the balancer.
+    assert!(failed.len() <= 2, "{failed:?}");
+    // While its replica is down, the session is served by one other
+    // replica, always the same.
+    let others: std::collections::BTreeSet<&str> = after.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(others.len(), 1, "{others:?}");
     acked.extend(served.iter().map(|(id, _)| *id));
 
     // Restarted on its store: what it had not shipped goes now. Then
@@ -590,6 +605,10 @@ async fn three_replicas_behind_haproxy_act_as_one_proxy() {
     for id in &acked {
         let records = seen.get(id).map_or(0, Vec::len);
         assert_eq!(records, 1, "call {id} is in the database once");
+    }
+    // A call cut off by the kill was never sent again elsewhere.
+    for id in &failed {
+        assert!(seen.get(id).map_or(0, Vec::len) <= 1, "call {id} ran twice");
     }
     let session_ids: std::collections::BTreeSet<&str> = served
         .iter()
@@ -645,5 +664,128 @@ async fn a_replica_with_a_session_key_it_cannot_use_does_not_start() {
         assert!(!output.status.success());
         assert!(stderr.contains("proxy.session_keys[0]"), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
+    }
+}
+
+/// A `sleep` of `ms` through `session`: its reply.
+async fn sleep_call(session: &common::HttpSession, id: i64, ms: u64) -> Value {
+    session
+        .call(
+            id,
+            "tools/call",
+            serde_json::json!({"name": "example__sleep", "arguments": {"ms": ms}}),
+        )
+        .await
+}
+
+fn in_flight_refusal(reply: &Value) -> bool {
+    reply["error"]["data"]["scope"] == "concurrency"
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_a_servers_places_in_flight_and_a_dead_replicas_come_back() {
+    let mut redis = common::redis::Redis::start().await;
+    let section = format!(
+        "\n[[ratelimit.concurrency]]\nserver = \"example\"\nmax_in_flight = 2\n\n[ratelimit.shared]\nredis = \"{}\"\npassword = \"file:{}\"\nlease = \"2s\"\n",
+        redis.url(),
+        redis.password_file.display()
+    );
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let proxy = TestProxy::new()
+            .with_example_server("example")
+            .with_config(&section);
+        let served = proxy.serve_http().await;
+        let session = std::sync::Arc::new(common::HttpSession::connect(&served.url).await);
+        replicas.push((proxy, Some(served), session));
+    }
+    // Two long calls on the first replica take the fleet's two places (one
+    // refused while a probe held a place is made again).
+    let long_call = |n: i64| {
+        let session = replicas[0].2.clone();
+        tokio::spawn(async move { sleep_call(&session, n, 60_000).await })
+    };
+    let mut long: Vec<_> = (100..102).map(long_call).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut id = 200;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for call in &mut long {
+            if call.is_finished() {
+                id += 1;
+                let ended = std::mem::replace(call, long_call(id));
+                let reply = ended.await.unwrap();
+                assert!(in_flight_refusal(&reply), "{reply}");
+            }
+        }
+        id += 1;
+        let reply = sleep_call(&replicas[1].2, id, 1).await;
+        if in_flight_refusal(&reply) && long.iter().all(|call| !call.is_finished()) {
+            assert_eq!(reply["error"]["code"], -32015, "{reply}");
+            assert!(
+                reply["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("2 requests in flight"),
+                "{reply}"
+            );
+            break;
+        }
+        assert!(
+            in_flight_refusal(&reply) || common::first_text(&reply) == "slept 1 ms",
+            "{reply}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the places were never taken"
+        );
+    }
+    let reply = sleep_call(&replicas[2].2, 300, 1).await;
+    assert!(
+        in_flight_refusal(&reply),
+        "the third replica counts them too: {reply}"
+    );
+
+    // The first replica dies holding both: they come back once their
+    // leases run out (nobody renews them), not before.
+    let mut dead = replicas[0].1.take().unwrap();
+    dead.child.start_kill().unwrap();
+    let _ = dead.child.wait().await;
+    for call in long {
+        call.abort();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        id += 1;
+        let reply = sleep_call(&replicas[1].2, id, 1).await;
+        if !in_flight_refusal(&reply) {
+            assert_eq!(common::first_text(&reply), "slept 1 ms", "{reply}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a dead replica's places never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Places given back at each call's end: many calls, one after another.
+    for n in 0..5 {
+        let reply = sleep_call(&replicas[2].2, 400 + n, 1).await;
+        assert_eq!(common::first_text(&reply), "slept 1 ms", "{reply}");
+    }
+
+    // Redis gone: refused (the default), and said so.
+    redis.stop();
+    let reply = sleep_call(&replicas[1].2, 500, 1).await;
+    assert!(in_flight_refusal(&reply), "{reply}");
+    assert_eq!(reply["error"]["data"]["unavailable"], true, "{reply}");
+    let served = replicas[1].1.take().unwrap();
+    served
+        .log
+        .wait_for(&["CONCURRENCY LIMITS UNAVAILABLE"])
+        .await;
+    served.terminate().await;
+    if let Some(served) = replicas[2].1.take() {
+        served.terminate().await;
     }
 }

@@ -4,8 +4,9 @@
 # session key and the two passwords (secrets/). Nothing is overwritten.
 set -euo pipefail
 cd "$(dirname "$0")"
-mkdir -p certs secrets
 umask 077
+mkdir -p certs secrets
+chmod 0700 secrets
 
 if [ ! -f certs/ca.pem ]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
@@ -20,9 +21,11 @@ for host in redis db; do
         -CAcreateserial -out "certs/$host.pem" -days 365 -extfile "certs/$host.ext"
     rm "certs/$host.csr" "certs/$host.ext"
 done
-# The servers read their keys as their own users (redis 999, postgres 999).
+# The servers read their keys as their own users (redis 999, postgres 999);
+# the CA's key stays here, mounted nowhere.
+chmod 0755 certs
 chmod 0644 certs/ca.pem certs/redis.pem certs/db.pem
-chmod 0600 certs/redis.key certs/db.key
+chmod 0600 certs/ca.key certs/redis.key certs/db.key
 if [ "$(id -u)" = 0 ]; then
     chown 999:999 certs/redis.key certs/db.key
 else
@@ -32,7 +35,8 @@ fi
 [ -f secrets/session.key ] || openssl rand -hex 32 > secrets/session.key
 [ -f secrets/redis.password ] || openssl rand -hex 24 > secrets/redis.password
 [ -f secrets/db.password ] || openssl rand -hex 24 > secrets/db.password
-# The folder stays the owner's alone (umask 077); the files are mounted into
-# the containers, whose users (65534, 999) must read them there.
+# The folder is its owner's alone (0700: no other user of this host reaches
+# the files); each file is mounted into the containers that use it, whose
+# users (65534, 999) read it there.
 chmod 0644 secrets/*
 echo "certs/ and secrets/ are ready: docker compose up"

@@ -67,6 +67,9 @@ pub(super) fn build_gateway(config: Config, audit: Option<Audit>) -> anyhow::Res
         gateway.keep_arguments();
     }
     gateway.limit_access(built.access);
+    if let Some(places) = built.shared_places {
+        gateway.share_places(places);
+    }
     Ok((
         gateway,
         events,

@@ -111,7 +111,9 @@ pub(super) struct RawProxy {
         extend("x-default" = "`100`, or `max_sessions` when that is less")
     )]
     max_sessions_per_client: Option<Spanned<usize>>,
-    /// A session without a request for this long is ended.
+    /// A session without a request for this long is ended (with
+    /// `session_keys`: ended on this replica; another replica may still
+    /// resume it until `session_max_age`).
     #[schemars(with = "Option<DurationText>", extend("default" = "1h"))]
     session_idle_timeout: Option<Spanned<String>>,
     /// Keys (hex, 32 bytes: `portcullis session-key` makes one) as secret

@@ -34,6 +34,10 @@ pub struct SharedConfig {
     pub timeout: Duration,
     /// Put before every key (several fleets in one Redis).
     pub prefix: String,
+    /// How long a place among a server's requests in flight is held
+    /// without being renewed (a replica that dies gives its places back
+    /// this long after).
+    pub lease: Duration,
 }
 
 /// `[ratelimit.shared] on_unavailable`.
@@ -50,6 +54,8 @@ pub enum Unavailable {
 
 /// `[ratelimit.shared] timeout` by default.
 pub const SHARED_TIMEOUT: Duration = Duration::from_millis(250);
+/// `[ratelimit.shared] lease` unless set.
+pub const SHARED_LEASE: Duration = Duration::from_secs(15);
 
 /// A Redis URL budgets may be kept at: no password in it (it would sit in
 /// the config and in errors), TLS (`rediss://`, its certificate verified)
@@ -239,6 +245,12 @@ struct RawShared {
     /// Put before every key.
     #[schemars(extend("default" = "portcullis"))]
     prefix: Option<String>,
+    /// Concurrency limits: how long a place among a server's requests in
+    /// flight is held without being renewed (a replica renews its places a
+    /// third of this apart while their requests run). A replica that dies
+    /// gives its places back this long after. From 1s to 10min.
+    #[schemars(with = "Option<super::values::DurationText>", extend("default" = "15s"))]
+    lease: Option<Spanned<String>>,
 }
 
 impl RawShared {
@@ -264,6 +276,25 @@ impl RawShared {
                 )?
                 .unwrap_or(SHARED_TIMEOUT),
             prefix: self.prefix.unwrap_or_else(|| "portcullis".into()),
+            lease: match v.parsed(
+                self.lease.as_ref(),
+                "ratelimit.shared.lease",
+                super::parse_duration,
+            )? {
+                None => SHARED_LEASE,
+                Some(lease)
+                    if (Duration::from_secs(1)..=Duration::from_secs(600)).contains(&lease) =>
+                {
+                    lease
+                }
+                Some(_) => {
+                    return Err(v.error(
+                        self.lease.as_ref().map(Spanned::span),
+                        "ratelimit.shared.lease",
+                        "must be from 1s to 10min".into(),
+                    ));
+                }
+            },
         })
     }
 }

@@ -321,7 +321,16 @@ fn shared_quotas_need_tls_beyond_this_machine_and_no_password_in_the_url() {
     assert_eq!(local.on_unavailable, Unavailable::Refuse, "fails closed");
     assert_eq!(local.timeout, SHARED_TIMEOUT);
     assert_eq!(local.prefix, "portcullis");
+    assert_eq!(local.lease, super::ratelimit::SHARED_LEASE);
     for (section, expected) in [
+        (
+            "redis = \"redis://127.0.0.1\"\nlease = \"500ms\"",
+            "from 1s to 10min",
+        ),
+        (
+            "redis = \"redis://127.0.0.1\"\nlease = \"1h\"",
+            "from 1s to 10min",
+        ),
         ("redis = \"redis://cache.example.com:6379\"", "over TLS"),
         ("redis = \"redis://localhost:6379\"", "over TLS"),
         (

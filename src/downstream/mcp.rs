@@ -139,6 +139,7 @@ fn find_session(
     state: &HttpState,
     headers: &HeaderMap,
     client: &ClientIdentity,
+    request_id: &Value,
 ) -> Result<Arc<HttpSession>, Box<Response>> {
     let id = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
     let unknown = match state.sessions.find(id, client) {
@@ -146,7 +147,7 @@ fn find_session(
         Err(unknown) => unknown,
     };
     if let (Some(id), Unknown::Unknown) = (id, unknown)
-        && let Some(resumed) = resume_session(state, id, client)?
+        && let Some(resumed) = resume_session(state, id, client, request_id)?
     {
         return Ok(resumed);
     }
@@ -164,12 +165,28 @@ fn resume_session(
     state: &HttpState,
     id: &str,
     client: &ClientIdentity,
+    request_id: &Value,
 ) -> Result<Option<Arc<HttpSession>>, Box<Response>> {
-    let Some(sealed) = state.sealer.as_ref().and_then(|s| s.open(id, client)) else {
+    let Some(sealer) = &state.sealer else {
         return Ok(None);
     };
-    let slot = session_slot(state, client, Value::Null)?;
+    let Some(sealed) = sealer.open(id, client) else {
+        return Ok(None);
+    };
+    // Under the table's lock: a session being ended (`DELETE`) is not
+    // brought back, and two requests resuming one session take one place.
+    let mut refused = None;
     let made = state.sessions.get_or_insert(id, || {
+        if sealer.was_ended(id) {
+            return None;
+        }
+        let slot = match session_slot(state, client, request_id.clone()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                refused = Some(refusal);
+                return None;
+            }
+        };
         let outlet = Arc::new(HttpOutlet::default());
         let resumed = Resumed {
             version: sealed.version,
@@ -182,8 +199,16 @@ fn resume_session(
             outlet.clone(),
             resumed,
         );
-        Arc::new(HttpSession::new(Arc::from(id), session, outlet, slot))
+        Some(Arc::new(HttpSession::new(
+            Arc::from(id),
+            session,
+            outlet,
+            slot,
+        )))
     });
+    if let Some(refusal) = refused {
+        return Err(refusal);
+    }
     // (Made by another request of the same client meanwhile: the same.)
     Ok(made.filter(|session| session.session.client == *client))
 }
@@ -208,7 +233,7 @@ async fn post_message(
     let http_session = if incoming.is_initialize() && !named {
         new_session(&state, client, &incoming)
     } else {
-        find_session(&state, &headers, &client)
+        find_session(&state, &headers, &client, &incoming.request_id)
     };
     let http_session = match http_session {
         Ok(session) => session,
@@ -307,7 +332,7 @@ async fn open_stream(
             "GET /mcp needs `Accept: text/event-stream`",
         );
     }
-    let http_session = match find_session(&state, &headers, &client) {
+    let http_session = match find_session(&state, &headers, &client, &Value::Null) {
         Ok(session) => session,
         Err(refused) => return *refused,
     };
@@ -340,14 +365,26 @@ async fn end_session(
     if let Some(refused) = modern_refusal(&headers) {
         return refused;
     }
-    let http_session = match find_session(&state, &headers, &client) {
+    let id = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
+    // A sealed session this replica does not hold is ended here without
+    // being resumed first.
+    if let (Some(id), Some(sealer)) = (id, &state.sealer)
+        && state.sessions.find(Some(id), &client).is_err()
+        && sealer.open(id, &client).is_some()
+    {
+        sealer.ended(id);
+        return StatusCode::OK.into_response();
+    }
+    let http_session = match find_session(&state, &headers, &client, &Value::Null) {
         Ok(session) => session,
         Err(refused) => return *refused,
     };
-    state.sessions.remove(&http_session.wire_id);
+    // Marked ended before it leaves the table: a request between the two
+    // cannot resume it.
     if let Some(sealer) = &state.sealer {
         sealer.ended(&http_session.wire_id);
     }
+    state.sessions.remove(&http_session.wire_id);
     state.gateway.close_session(&http_session.session);
     StatusCode::OK.into_response()
 }

@@ -11,12 +11,13 @@
 //!
 //! The format: `pcs1_` and, in unpadded base64url, the key's id (4 bytes
 //! of the SHA-256 of the key), a random 96-bit nonce, then the sealed
-//! JSON and its tag. The header of the format is bound as associated data.
+//! JSON and its tag. The prefix and the key's id are bound as associated
+//! data.
 //!
 //! What is not in the id is the replica's: the log level a client set,
 //! its resource subscriptions, servers it added through discovery, and
-//! calls in flight. The client sets or makes them again on the replica it
-//! now speaks to (documented in docs/clients.md).
+//! calls in flight. A resumed session starts without them, and the client
+//! is not told (docs/replicas.md says so).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -49,7 +50,8 @@ const SEALED_CAPABILITIES: [&str; 4] = ["sampling", "elicitation", "roots", "ext
 const MAX_CAPABILITY_BYTES: usize = 1024;
 /// The longest agent name kept in an id.
 const MAX_AGENT_CHARS: usize = 64;
-/// Ended sessions this replica refuses to resume, the newest kept.
+/// Ended sessions this replica refuses to resume, the newest kept (by
+/// their record ids: 36 bytes each).
 const ENDED_KEPT: usize = 4096;
 
 /// Why the session keys cannot be used.
@@ -59,6 +61,8 @@ pub enum SealError {
     Key { index: usize, message: String },
     #[error("the system's random source failed")]
     Random,
+    #[error("the session's state could not be sealed: {0}")]
+    Seal(String),
 }
 
 /// A session as its id carries it.
@@ -190,19 +194,27 @@ impl Sealer {
         self.random
             .fill(&mut nonce)
             .map_err(|_| SealError::Random)?;
-        let mut sealed_bytes = serde_json::to_vec(sealed).map_err(|_| SealError::Random)?;
+        let mut sealed_bytes =
+            serde_json::to_vec(sealed).map_err(|err| SealError::Seal(err.to_string()))?;
         key.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(PREFIX.as_bytes()),
+                Aad::from(associated(&key.id)),
                 &mut sealed_bytes,
             )
-            .map_err(|_| SealError::Random)?;
+            .map_err(|_| SealError::Seal("AES-256-GCM refused it".into()))?;
         let mut raw = Vec::with_capacity(KEY_ID_LEN + NONCE_LEN + sealed_bytes.len());
         raw.extend_from_slice(&key.id);
         raw.extend_from_slice(&nonce);
         raw.extend_from_slice(&sealed_bytes);
-        Ok(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw)))
+        let id = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw));
+        if id.len() > MAX_ID_LEN {
+            return Err(SealError::Seal(format!(
+                "{} characters, past {MAX_ID_LEN}",
+                id.len()
+            )));
+        }
+        Ok(id)
     }
 
     /// The session `id` seals, if one of the keys sealed it, `client` is
@@ -233,7 +245,7 @@ impl Sealer {
         let mut sealed = sealed.to_vec();
         let plain = key
             .key
-            .open_in_place(nonce, Aad::from(PREFIX.as_bytes()), &mut sealed)
+            .open_in_place(nonce, Aad::from(associated(&key.id)), &mut sealed)
             .ok()?;
         serde_json::from_slice(plain).ok()
     }
@@ -241,9 +253,10 @@ impl Sealer {
     /// The client ended session `id` here (`DELETE`): this replica no
     /// longer resumes it.
     pub(super) fn ended(&self, id: &str) {
+        let id = record_id(id);
         let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        if ended.ids.insert(id.to_owned()) {
-            ended.order.push_back(id.to_owned());
+        if ended.ids.insert(id.clone()) {
+            ended.order.push_back(id);
         }
         while ended.order.len() > ENDED_KEPT {
             if let Some(oldest) = ended.order.pop_front() {
@@ -252,10 +265,21 @@ impl Sealer {
         }
     }
 
-    fn was_ended(&self, id: &str) -> bool {
+    /// Whether this replica saw session `id` ended.
+    pub(super) fn was_ended(&self, id: &str) -> bool {
+        let id = record_id(id);
         let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        ended.ids.contains(id)
+        ended.ids.contains(&id)
     }
+}
+
+/// What a sealed id's ciphertext is bound to besides itself: the format
+/// and the key that sealed it.
+fn associated(key_id: &[u8; KEY_ID_LEN]) -> [u8; PREFIX.len() + KEY_ID_LEN] {
+    let mut bound = [0u8; PREFIX.len() + KEY_ID_LEN];
+    bound[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+    bound[PREFIX.len()..].copy_from_slice(key_id);
+    bound
 }
 
 /// The id a sealed session's records and logs name it by: a UUID

@@ -169,15 +169,21 @@ impl SessionTable {
         }
     }
 
-    /// The session named `id`, or else the one `make` makes, entered under
-    /// that id: two requests resuming one session at once get one.
+    /// The session named `id`, or else the one `make` makes (if it makes
+    /// one), entered under that id: two requests resuming one session at
+    /// once get one.
     pub(super) fn get_or_insert(
         &self,
         id: &str,
-        make: impl FnOnce() -> Arc<HttpSession>,
+        make: impl FnOnce() -> Option<Arc<HttpSession>>,
     ) -> Option<Arc<HttpSession>> {
         let mut sessions = self.sessions.write().ok()?;
-        Some(sessions.entry(id.to_owned()).or_insert_with(make).clone())
+        if let Some(found) = sessions.get(id) {
+            return Some(found.clone());
+        }
+        let made = make()?;
+        sessions.insert(id.to_owned(), made.clone());
+        Some(made)
     }
 
     pub(super) fn remove(&self, id: &str) {

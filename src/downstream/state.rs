@@ -160,6 +160,11 @@ impl HttpState {
     pub(super) fn expire_idle(&self, idle: Duration) {
         for session in self.sessions.take_idle(idle) {
             tracing::info!(session = %session.session.id, "session expired after being idle");
+            // Ended here as on one replica (another replica may still
+            // resume it until `session_max_age`).
+            if let Some(sealer) = &self.sealer {
+                sealer.ended(&session.wire_id);
+            }
             self.gateway.close_session(&session.session);
         }
     }

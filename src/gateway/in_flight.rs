@@ -1,5 +1,8 @@
 //! Per-server limits on requests in flight (`[ratelimit] concurrency`): a
-//! semaphore, and a bounded count of requests waiting for it.
+//! semaphore, and a bounded count of requests waiting for it. With
+//! `[ratelimit.shared]`, the places are the fleet's, in Redis
+//! (`interceptors::ratelimit::SharedPlaces`): the limit holds across
+//! replicas, and this replica's queue is its own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,14 +11,26 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::chain::{Denial, Refusal};
-use crate::config::Concurrency;
+use crate::config::{Concurrency, Unavailable};
+use crate::interceptors::ratelimit::{Lease, SharedPlaces};
 use crate::protocol::code;
+
+/// How often a request waiting for a shared place asks again.
+const SHARED_POLL: Duration = Duration::from_millis(20);
 
 pub struct InFlight {
     permits: Arc<Semaphore>,
     max_in_flight: usize,
     queue: usize,
     waiting: AtomicUsize,
+    /// Whether Redis answered the last time it was asked.
+    shared_down: std::sync::atomic::AtomicBool,
+}
+
+/// A place among a server's requests in flight, held until dropped.
+pub enum Place {
+    Here { _permit: OwnedSemaphorePermit },
+    Shared { _lease: Lease },
 }
 
 impl InFlight {
@@ -25,42 +40,136 @@ impl InFlight {
             max_in_flight: limit.max_in_flight,
             queue: limit.queue,
             waiting: AtomicUsize::new(0),
+            shared_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// A place among the requests in flight: at once if one is free, after
-    /// waiting (at most `wait`) if the queue has room; otherwise a refusal.
-    pub async fn enter(
-        &self,
-        server: &str,
-        wait: Duration,
-    ) -> Result<OwnedSemaphorePermit, Refusal> {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        let refuse = |reason: String| Refusal {
+    fn refusal(&self, reason: String) -> Refusal {
+        Refusal {
             interceptor: Arc::from("ratelimit"),
             denial: Denial::new(code::RATE_LIMITED, reason)
                 .with("scope", "concurrency")
                 .with("max_in_flight", self.max_in_flight)
                 .with("queue", self.queue),
+        }
+    }
+
+    /// A place among the requests in flight: at once if one is free, after
+    /// waiting (at most `wait`) if the queue has room; otherwise a refusal.
+    /// With `shared`, the place is the fleet's.
+    pub async fn enter(
+        &self,
+        server: &str,
+        wait: Duration,
+        shared: Option<&Arc<SharedPlaces>>,
+    ) -> Result<Place, Refusal> {
+        // (`Err`: Redis does not answer, and `local` says: count here.)
+        if let Some(places) = shared
+            && let Ok(place) = self.enter_shared(server, wait, places).await
+        {
+            return place;
+        }
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(Place::Here { _permit: permit });
+        }
+        let Some(_waiting) = self.wait_in_queue(server) else {
+            return Err(self.full(server));
         };
+        match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Place::Here { _permit: permit }),
+            _ => Err(self.waited_too_long(server, wait)),
+        }
+    }
+
+    fn full(&self, server: &str) -> Refusal {
+        self.refusal(format!(
+            "server `{server}` has {} requests in flight and {} waiting, its limit",
+            self.max_in_flight, self.queue
+        ))
+    }
+
+    fn waited_too_long(&self, server: &str, wait: Duration) -> Refusal {
+        self.refusal(format!(
+            "server `{server}` had no free place for {} ms (at most {} requests in flight)",
+            wait.as_millis(),
+            self.max_in_flight
+        ))
+    }
+
+    /// A place in this replica's queue, if it has room (given back when
+    /// the guard drops).
+    fn wait_in_queue(&self, _server: &str) -> Option<Waiting<'_>> {
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(refuse(format!(
-                "server `{server}` has {} requests in flight and {} waiting, its limit",
-                self.max_in_flight, self.queue
-            )));
+            return None;
         }
-        let waited = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        match waited {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(refuse(format!(
-                "server `{server}` had no free place for {} ms (at most {} requests in flight)",
-                wait.as_millis(),
-                self.max_in_flight
-            ))),
+        Some(Waiting(&self.waiting))
+    }
+
+    /// The fleet's place: `Err(())` when Redis does not answer and the
+    /// config says to fall back on this replica's places.
+    async fn enter_shared(
+        &self,
+        server: &str,
+        wait: Duration,
+        places: &Arc<SharedPlaces>,
+    ) -> Result<Result<Place, Refusal>, ()> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut waiting = None;
+        loop {
+            match places.try_take(server, self.max_in_flight).await {
+                Ok(Some(lease)) => {
+                    self.answered();
+                    return Ok(Ok(Place::Shared { _lease: lease }));
+                }
+                Ok(None) => self.answered(),
+                Err(err) => {
+                    let first = !self.shared_down.swap(true, Ordering::Relaxed);
+                    return match places.unavailable {
+                        Unavailable::Local => {
+                            if first {
+                                tracing::warn!(error = %err, server, "concurrency limits: Redis does not answer: each replica counts its own requests in flight (`on_unavailable = \"local\"`)");
+                            }
+                            Err(())
+                        }
+                        Unavailable::Refuse => {
+                            if first {
+                                tracing::error!(error = %err, server, "CONCURRENCY LIMITS UNAVAILABLE: Redis does not answer: requests to servers with a concurrency limit are refused (`on_unavailable = \"refuse\"`)");
+                            }
+                            let mut refusal = self.refusal(format!(
+                                "server `{server}`'s shared limit on requests in flight cannot be checked (Redis does not answer): refused until it can"
+                            ));
+                            refusal.denial = refusal.denial.with("unavailable", true);
+                            Ok(Err(refusal))
+                        }
+                    };
+                }
+            }
+            if waiting.is_none() {
+                waiting = self.wait_in_queue(server);
+                if waiting.is_none() {
+                    return Ok(Err(self.full(server)));
+                }
+            }
+            if tokio::time::Instant::now() + SHARED_POLL > deadline {
+                return Ok(Err(self.waited_too_long(server, wait)));
+            }
+            tokio::time::sleep(SHARED_POLL).await;
         }
+    }
+
+    fn answered(&self) {
+        if self.shared_down.swap(false, Ordering::Relaxed) {
+            tracing::warn!("concurrency limits: Redis answers again: places are shared again");
+        }
+    }
+}
+
+/// A request counted in the queue until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

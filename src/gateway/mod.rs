@@ -83,6 +83,9 @@ pub struct Gateway {
     scrubber: std::sync::OnceLock<Arc<crate::interceptors::Redact>>,
     /// Whether calls' arguments are kept, redacted, in their records.
     arguments_kept: std::sync::atomic::AtomicBool,
+    /// The fleet's places among servers' requests in flight, in Redis
+    /// (`[ratelimit.shared]`; set at wiring).
+    shared_places: std::sync::OnceLock<Arc<crate::interceptors::ratelimit::SharedPlaces>>,
     /// Who may use which server (set at wiring; everyone without authz).
     access: std::sync::OnceLock<Arc<crate::interceptors::ServerAccess>>,
     /// The log level last sent to each running instance (server, the
@@ -280,6 +283,7 @@ impl Gateway {
             audit,
             scrubber: std::sync::OnceLock::new(),
             arguments_kept: std::sync::atomic::AtomicBool::new(false),
+            shared_places: std::sync::OnceLock::new(),
             access: std::sync::OnceLock::new(),
             log_levels: tokio::sync::Mutex::new(HashMap::new()),
             unattributed: Mutex::new(HashMap::new()),
@@ -425,6 +429,12 @@ impl Gateway {
     /// every rule replaced by its placeholder). Once only.
     pub fn scrub_with(&self, scrubber: Arc<crate::interceptors::Redact>) {
         let _ = self.scrubber.set(scrubber);
+    }
+
+    /// Counts servers' requests in flight in the fleet's places, not this
+    /// replica's alone (`[[ratelimit.concurrency]]` with `[ratelimit.shared]`).
+    pub fn share_places(&self, places: Arc<crate::interceptors::ratelimit::SharedPlaces>) {
+        let _ = self.shared_places.set(places);
     }
 
     /// Keeps calls' arguments in their audit records, every secret redacted

@@ -333,7 +333,7 @@ impl Gateway {
                 // 2026-07-28 client hanging up) gives its place up.
                 let name = self.name_or_none(server);
                 let entered = tokio::select! {
-                    entered = limit.enter(&name, wait) => entered,
+                    entered = limit.enter(&name, wait, self.shared_places.get()) => entered,
                     () = session.closed.cancelled() => {
                         return Relayed::Cancelled(Duration::ZERO);
                     }

@@ -40,6 +40,9 @@ pub struct Built {
     pub keep_arguments: bool,
     /// Who may use which server: authz's, or everyone without authz.
     pub access: Arc<ServerAccess>,
+    /// The fleet's places among servers' requests in flight, in Redis
+    /// (concurrency limits with `[ratelimit.shared]`).
+    pub shared_places: Option<Arc<ratelimit::SharedPlaces>>,
 }
 
 /// An interceptor that cannot be built: the proxy does not start.
@@ -153,8 +156,16 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
             }
         }
     }
+    // Concurrency limits with `[ratelimit.shared]`: the fleet's places.
+    let shared_places = match &config.ratelimit.shared {
+        Some(shared) if !config.ratelimit.concurrency.is_empty() => Some(Arc::new(
+            ratelimit::SharedPlaces::new(shared).map_err(BuildError::Ratelimit)?,
+        )),
+        _ => None,
+    };
     Ok(Built {
         chain: Chain::new(interceptors).with_admissions(admissions),
+        shared_places,
         policies,
         pinning: pins,
         plugins,

@@ -24,11 +24,14 @@ impl Haproxy {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/replicas/haproxy.cfg"),
         )
         .expect("the example's haproxy.cfg");
-        // The example's frontend and servers, on this test's ports.
+        // The example's frontend and servers, on this test's ports (no
+        // Docker DNS here), each answer naming the replica that gave it
+        // (`X-Portcullis-Replica`, for the test alone).
         let mut config: String = example
             .lines()
             .filter(|line| !line.trim_start().starts_with("server "))
             .map(|line| {
+                let line = line.replace(" resolvers docker", "");
                 if line.trim_start().starts_with("bind ") {
                     format!("    bind 127.0.0.1:{port}\n")
                 } else {
@@ -36,6 +39,7 @@ impl Haproxy {
                 }
             })
             .collect();
+        config.push_str("    http-response set-header X-Portcullis-Replica %s\n");
         for (name, replica_port) in replicas {
             config.push_str(&format!(
                 "    server {name} 127.0.0.1:{replica_port} check inter 300ms fall 1 rise 1\n"

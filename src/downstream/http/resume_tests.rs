@@ -170,3 +170,36 @@ async fn resuming_counts_under_the_session_caps() {
     let (status, _, _) = post(&b, CLIENT_TOKEN, Some(&second), ping(3)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn a_session_ended_where_it_is_not_held_is_ended_there_without_being_resumed() {
+    let (_, a) = replica(KEY);
+    let (b_state, b) = replica(KEY);
+    let id = begin(&a, CLIENT_TOKEN).await;
+    // Another client cannot end it.
+    assert_eq!(delete(&b, OTHER_TOKEN, &id).await, StatusCode::NOT_FOUND);
+    assert_eq!(delete(&b, CLIENT_TOKEN, &id).await, StatusCode::OK);
+    assert_eq!(
+        b_state.gateway.session_count(),
+        0,
+        "not resumed to be ended"
+    );
+    assert_eq!(b_state.slots.taken(), (0, 0));
+    let (status, _, _) = post(&b, CLIENT_TOKEN, Some(&id), ping(1)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_idle_past_the_timeout_is_not_resumed_where_it_expired() {
+    let (a_state, a) = replica(KEY);
+    let id = begin(&a, CLIENT_TOKEN).await;
+    tokio::time::advance(Duration::from_secs(61)).await;
+    a_state.expire_idle(Duration::from_secs(60));
+    assert_eq!(a_state.gateway.session_count(), 0);
+    let (status, _, _) = post(&a, CLIENT_TOKEN, Some(&id), ping(1)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Another replica, which never saw it end, still serves it.
+    let (_, b) = replica(KEY);
+    let (status, _, _) = post(&b, CLIENT_TOKEN, Some(&id), ping(2)).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -18,7 +18,11 @@
 //! (`Ratelimit::for_test`). A type parameter rather than a `dyn Clock`:
 //! the check is on every request's path, and a generic costs nothing there.
 
+mod places;
 mod shared;
+
+pub use places::{Lease, SharedPlaces};
+pub use shared::SharedError;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;

@@ -142,6 +142,30 @@ impl Shared {
         }
     }
 
+    /// Runs a prepared script, within the timeout.
+    pub(super) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, SharedError> {
+        let mut connection = self.connection().await?;
+        match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await {
+            Err(_) => Err(SharedError::Timeout(self.timeout)),
+            Ok(answer) => answer.map_err(|err| SharedError::Redis(err.to_string())),
+        }
+    }
+
+    /// Runs one command, within the timeout.
+    pub(super) async fn query<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> Result<T, SharedError> {
+        let mut connection = self.connection().await?;
+        match tokio::time::timeout(self.timeout, command.query_async(&mut connection)).await {
+            Err(_) => Err(SharedError::Timeout(self.timeout)),
+            Ok(answer) => answer.map_err(|err| SharedError::Redis(err.to_string())),
+        }
+    }
+
     /// Checks `client`'s budgets under `rules` (indexes, the most specific
     /// level first) in one script: `None` when every one lets the request
     /// in (and each is used), or the first that refuses and how long to
