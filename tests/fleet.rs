@@ -92,6 +92,9 @@ async fn a_replica_ships_every_acknowledged_call_once_across_a_sigkill() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Auditors read the fleet's log on the replica: the admin API and the
+    // console's Fleet page (a client's token opens neither).
+    fleet_read_over_http(&served.base).await;
     // A clean stop ships its `proxy_stop` too.
     served.terminate().await;
 
@@ -166,6 +169,73 @@ async fn a_replica_ships_every_acknowledged_call_once_across_a_sigkill() {
         stdout.contains(&format!("BROKEN at record {changed}: missing")),
         "{stdout}"
     );
+}
+
+/// The fleet's log through a replica's admin API and console.
+async fn fleet_read_over_http(base: &str) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = format!("{base}/admin/audit/fleet?kind=exchange&limit=3");
+    let answer: Value = http
+        .get(&url)
+        .bearer_auth(common::AUDITOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let records = answer["records"].as_array().cloned().unwrap_or_default();
+    assert_eq!(records.len(), 3, "{answer}");
+    for found in &records {
+        assert_eq!(found["replica"], "replica-a", "{found}");
+        assert_eq!(found["store"], "serve", "{found}");
+        assert_eq!(found["record"]["kind"], "exchange", "{found}");
+    }
+    let status = http
+        .get(&url)
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401, "a client's token reads nothing");
+    let bad = http
+        .get(format!("{base}/admin/audit/fleet?since=yesterday"))
+        .bearer_auth(common::AUDITOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let login = http
+        .post(format!("{base}/admin/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", common::AUDITOR_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = http
+        .get(format!("{base}/admin/fleet?client=tester"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let head: String = html.chars().take(2000).collect();
+    assert!(html.contains("<table id=\"fleet\""), "{head}");
+    assert!(html.contains("<td>replica-a/serve</td>"), "{head}");
+    assert!(html.contains("<td>tools/call</td><td>echo</td>"), "{head}");
 }
 
 /// A proxy that served calls for a moment and stopped (shipping nothing

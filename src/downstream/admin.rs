@@ -14,6 +14,10 @@
 //!   every 15 s keeps idle connections open.
 //! - `GET /admin/audit/verify`: the chain walk, `{"state": "intact", …}` or
 //!   `{"state": "broken", "seq": N, "problem": "…"}`.
+//! - `GET /admin/audit/fleet?…`: the fleet's log (`[audit.ship]`'s
+//!   database), `{"records": [{"replica", "store", "record"}, …]}`, oldest
+//!   first, the newest `limit` matches across every replica; 404 when this
+//!   replica ships no log, 502 when the database cannot be read.
 //! - `GET /metrics`: Prometheus text (version 0.0.4); 404 with
 //!   `[observability] metrics = false`.
 
@@ -47,6 +51,7 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/admin/audit/export", get(export))
         .route("/admin/audit/tail", get(tail))
         .route("/admin/audit/verify", get(verify))
+        .route("/admin/audit/fleet", get(fleet))
         .route("/metrics", get(metrics))
 }
 
@@ -142,6 +147,29 @@ async fn query(State(state): State<Arc<HttpState>>, auditor: Auditor, params: Pa
             axum::Json(json!({ "records": records, "last_seq": last_seq })).into_response()
         }
         Err(err) => store_error(&err),
+    }
+}
+
+async fn fleet(
+    State(state): State<Arc<HttpState>>,
+    Auditor(auditor): Auditor,
+    params: Params,
+) -> Response {
+    tracing::debug!(%auditor, "admin request for the fleet's log");
+    let filter = match params {
+        Ok(Query(params)) => match params.to_filter(SystemTime::now(), Some(MAX_PAGE)) {
+            Ok(filter) => filter,
+            Err(err) => return bad_filter(err.to_string()),
+        },
+        Err(rejection) => return bad_filter(rejection.body_text()),
+    };
+    match state.fleet_records(&filter).await {
+        Ok(Some(records)) => axum::Json(json!({ "records": records })).into_response(),
+        Ok(None) => plain_error(
+            StatusCode::NOT_FOUND,
+            "this replica ships no log (`[audit.ship]`)",
+        ),
+        Err(message) => plain_error(StatusCode::BAD_GATEWAY, &message),
     }
 }
 

@@ -34,6 +34,7 @@ use super::state::{BodyError, HttpState, body_timed_out, read_body};
 use super::throttle::{Credential, Source};
 use crate::audit::{AuditRecord, FilterParams, Reader};
 
+mod fleet;
 mod pins;
 mod policies;
 mod servers;
@@ -54,6 +55,7 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/admin/logout", post(logout))
         .route("/admin/exchange/{seq}", get(exchange))
         .route("/admin/servers", get(servers::servers))
+        .route("/admin/fleet", get(fleet::fleet))
         .route("/admin/pins", get(pins::pins))
         .route("/admin/policies", get(policies::policies))
 }
@@ -207,6 +209,11 @@ impl ViewFilter {
 
     /// The live view's filter form, filled in as the view is.
     fn form(&self) -> Markup {
+        self.form_for("/admin/")
+    }
+
+    /// The filter form of the page at `action`, filled in as the view is.
+    fn form_for(&self, action: &str) -> Markup {
         let field = |name: &str, value: &Option<String>, hint: &str| {
             html! {
                 label { (name) input name=(name) value=(value.as_deref().unwrap_or("")) placeholder=(hint); }
@@ -214,7 +221,7 @@ impl ViewFilter {
         };
         let decision = self.decision.as_deref().unwrap_or("");
         html! {
-            form class="filters" method="get" action="/admin/" {
+            form class="filters" method="get" action=(action) {
                 (field("client", &self.client, "any client"))
                 (field("server", &self.server, "any server"))
                 (field("tool", &self.tool, "server__tool"))
@@ -231,7 +238,7 @@ impl ViewFilter {
                     }
                 }
                 button type="submit" { "Filter" }
-                a href="/admin/" { "Clear" }
+                a href=(action) { "Clear" }
             }
         }
     }

@@ -35,6 +35,7 @@ pub(super) fn page(
                         nav {
                             a href="/admin/" { "Calls" }
                             a href="/admin/servers" { "Servers" }
+                            a href="/admin/fleet" { "Fleet" }
                             a href="/admin/pins" { "Tool pins" }
                             a href="/admin/policies" { "Policies" }
                             span class="who" { (auditor) }

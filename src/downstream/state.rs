@@ -29,6 +29,9 @@ use crate::gateway::Gateway;
 use crate::identity::OauthVerifier;
 use crate::interceptors::{Pinning, PolicyEngine};
 
+/// How long a read of the fleet's log may take (connecting included).
+const FLEET_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
 pub(super) struct HttpState {
     pub(super) gateway: Arc<Gateway>,
     pub(super) credentials: Credentials,
@@ -166,6 +169,36 @@ impl HttpState {
                 sealer.ended(&session.wire_id);
             }
             self.gateway.close_session(&session.session);
+        }
+    }
+
+    /// The records of the fleet's log (`[audit.ship]`'s database) that
+    /// `filter` wants: `Ok(None)` when this replica ships no log.
+    pub(super) async fn fleet_records(
+        &self,
+        filter: &crate::audit::Filter,
+    ) -> Result<Option<Vec<crate::audit::fleet::FleetRecord>>, String> {
+        let config = self.gateway.config();
+        let Some(ship) = &config.audit.ship else {
+            return Ok(None);
+        };
+        let separator = config.proxy.namespace_separator.clone();
+        let read = async {
+            let database = crate::audit::fleet::Database::of(ship).map_err(|e| e.to_string())?;
+            let client = database.connect().await.map_err(|e| e.to_string())?;
+            crate::audit::fleet::query(&client, filter, &separator)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(FLEET_READ_TIMEOUT, read).await {
+            Ok(Ok(records)) => Ok(Some(records)),
+            Ok(Err(message)) => {
+                tracing::error!(error = %message, "the fleet's log cannot be read");
+                Err(message)
+            }
+            Err(_) => Err(format!(
+                "the fleet's database did not answer within {FLEET_READ_TIMEOUT:?}"
+            )),
         }
     }
 

@@ -74,10 +74,12 @@ const ROUTES: &[(&str, Method, Without)] = &[
     ("/admin/audit/export", Method::GET, Without::Auditor),
     ("/admin/audit/tail", Method::GET, Without::Auditor),
     ("/admin/audit/verify", Method::GET, Without::Auditor),
+    ("/admin/audit/fleet", Method::GET, Without::Auditor),
     ("/metrics", Method::GET, Without::Auditor),
     ("/admin/", Method::GET, Without::LoginPage),
     ("/admin/exchange/{seq}", Method::GET, Without::LoginPage),
     ("/admin/servers", Method::GET, Without::LoginPage),
+    ("/admin/fleet", Method::GET, Without::LoginPage),
     ("/admin/pins", Method::GET, Without::LoginPage),
     ("/admin/policies", Method::GET, Without::LoginPage),
     // An empty form: "Enter an auditor token."
