@@ -257,7 +257,7 @@ async fn replicas_behind_haproxy(seconds: u64, counts: &[usize]) {
         let mut running = Vec::new();
         let mut backends = Vec::new();
         for n in 0..replicas {
-            let port = common::free_port();
+            let port = common::ports::free_port();
             let config = dir.path().join(format!("replica-{replicas}-{n}.toml"));
             std::fs::write(
                 &config,

@@ -7,6 +7,8 @@ pub mod debian;
 #[path = "../../tests/common/haproxy.rs"]
 pub mod haproxy;
 pub mod http;
+#[path = "../../tests/common/ports.rs"]
+pub mod ports;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -394,12 +396,4 @@ pub fn gh_call_context() -> portcullis::chain::Context {
     context.server = Some(std::sync::Arc::from("gh"));
     context.target = Some("create_issue".to_owned());
     context
-}
-
-/// A TCP port free on loopback now (for a server a benchmark starts).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }

@@ -5,7 +5,6 @@
 //! when dropped.
 
 use std::path::Path;
-use std::time::Duration;
 
 pub struct Haproxy {
     child: std::process::Child,
@@ -19,7 +18,7 @@ impl Haproxy {
     pub async fn start(replicas: &[(&str, u16)]) -> Self {
         let program = super::debian::program(&["haproxy", "/usr/sbin/haproxy"], "haproxy");
         let dir = tempfile::tempdir().expect("a folder for HAProxy");
-        let port = super::free_port();
+        let port = super::ports::free_port();
         let example = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/replicas/haproxy.cfg"),
         )
@@ -71,16 +70,8 @@ impl Haproxy {
             port,
             _dir: dir,
         };
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return haproxy;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("haproxy did not listen on 127.0.0.1:{port}");
+        super::ports::wait_listening(port, "haproxy").await;
+        haproxy
     }
 
     /// The balancer's `/mcp`.

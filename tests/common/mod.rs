@@ -6,10 +6,13 @@ pub mod browser;
 pub mod debian;
 pub mod haproxy;
 pub mod listening;
+pub mod ports;
 pub mod postgres;
 pub mod redis;
 pub mod registry;
 pub mod wasm_fixtures;
+
+pub use ports::free_port;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -1148,12 +1151,4 @@ pub async fn calls_then_kill(served: &mut HttpProxy, workers: u64) -> Vec<(Strin
         received.len()
     );
     received
-}
-
-/// A TCP port free on loopback now (for a server a test starts).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }

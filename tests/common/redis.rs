@@ -3,7 +3,6 @@
 //! stopped when dropped (or at once with [`Redis::stop`]).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// The server's password (a test value, not a token).
 pub const PASSWORD: &str = "shared-quota-password";
@@ -47,16 +46,8 @@ impl Redis {
             password_file,
             _dir: dir,
         };
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return redis;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server did not listen on 127.0.0.1:{port}");
+        super::ports::wait_listening(port, "redis-server").await;
+        redis
     }
 
     /// `redis://127.0.0.1:PORT`, without the password.

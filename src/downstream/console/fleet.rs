@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
 
-use super::ViewFilter;
+use super::{ViewFilter, call_cells};
 use crate::audit::fleet::FleetRecord;
 use crate::downstream::auth::LoggedIn;
 use crate::downstream::layout::page;
@@ -85,20 +85,11 @@ pub(super) async fn fleet(
 
 fn row(shipped: &FleetRecord) -> Markup {
     let record = &shipped.record;
-    let what = record.target.as_deref().unwrap_or(&record.method);
-    let latency = format!("{:.1}", record.total_us as f64 / 1000.0);
     html! {
         tr class={ "decision-" (record.decision) } data-replica=(shipped.replica) {
             td { (shipped.replica) "/" (shipped.store) }
             td { (record.seq) }
-            td { (record.time) }
-            td { (record.client) }
-            td { (record.server.as_deref().unwrap_or("")) }
-            td { (record.method) }
-            td { (what) }
-            td class="decision" { (record.decision) }
-            td { (record.decided_by.as_deref().unwrap_or("")) }
-            td class="num" { (latency) }
+            (call_cells(record))
         }
     }
 }
