@@ -645,8 +645,21 @@ async fn three_replicas_behind_haproxy_act_as_one_proxy() {
     // Restarted on its store: what it had not shipped goes now. Then
     // every replica stops cleanly.
     let restarted = serve_config(&config).await;
+    // Once the balancer has it up again (a new session begins there)...
+    let mut back = false;
+    for _ in 0..60 {
+        if client.begin().await.1 == home {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "{home} is served again");
     let answer = client.echo(&session, "other", 500).await.unwrap();
     assert_eq!(common::first_text(&answer.body), "other: call 500");
+    // The session stays where it went: its state is there now.
+    let interim = others.iter().next().unwrap().to_string();
+    assert_eq!(answer.replica, interim, "it did not move back to {home}");
     acked.push(500);
     restarted.terminate().await;
     for (_, _, served) in replicas.values_mut() {

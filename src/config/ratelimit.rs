@@ -248,7 +248,8 @@ struct RawShared {
     /// Concurrency limits: how long a place among a server's requests in
     /// flight is held without being renewed (a replica renews its places a
     /// third of this apart while their requests run). A replica that dies
-    /// gives its places back this long after. From 1s to 10min.
+    /// gives its places back this long after. From 1s to 10min, and at
+    /// least four times `timeout`.
     #[schemars(with = "Option<super::values::DurationText>", extend("default" = "15s"))]
     lease: Option<Spanned<String>>,
 }
@@ -264,37 +265,40 @@ impl RawShared {
                 v.error(Some(value.span()), "ratelimit.shared.password", message)
             })?),
         };
+        let timeout = v
+            .parsed(
+                self.timeout.as_ref(),
+                "ratelimit.shared.timeout",
+                super::parse_duration,
+            )?
+            .unwrap_or(SHARED_TIMEOUT);
+        let lease = v
+            .parsed(
+                self.lease.as_ref(),
+                "ratelimit.shared.lease",
+                super::parse_duration,
+            )?
+            .unwrap_or(SHARED_LEASE);
+        // Renewed a third of the lease apart, each renewal waiting at most
+        // `timeout` (twice, with the retry): four times leaves room.
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&lease)
+            || lease < timeout.saturating_mul(4)
+        {
+            return Err(v.error(
+                self.lease.as_ref().map(Spanned::span),
+                "ratelimit.shared.lease",
+                format!(
+                    "must be from 1s to 10min, and at least four times `timeout` ({timeout:?})"
+                ),
+            ));
+        }
         Ok(SharedConfig {
             redis: self.redis.into_inner(),
             password,
             on_unavailable: self.on_unavailable.unwrap_or_default(),
-            timeout: v
-                .parsed(
-                    self.timeout.as_ref(),
-                    "ratelimit.shared.timeout",
-                    super::parse_duration,
-                )?
-                .unwrap_or(SHARED_TIMEOUT),
+            timeout,
             prefix: self.prefix.unwrap_or_else(|| "portcullis".into()),
-            lease: match v.parsed(
-                self.lease.as_ref(),
-                "ratelimit.shared.lease",
-                super::parse_duration,
-            )? {
-                None => SHARED_LEASE,
-                Some(lease)
-                    if (Duration::from_secs(1)..=Duration::from_secs(600)).contains(&lease) =>
-                {
-                    lease
-                }
-                Some(_) => {
-                    return Err(v.error(
-                        self.lease.as_ref().map(Spanned::span),
-                        "ratelimit.shared.lease",
-                        "must be from 1s to 10min".into(),
-                    ));
-                }
-            },
+            lease,
         })
     }
 }

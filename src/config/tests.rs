@@ -331,6 +331,10 @@ fn shared_quotas_need_tls_beyond_this_machine_and_no_password_in_the_url() {
             "redis = \"redis://127.0.0.1\"\nlease = \"1h\"",
             "from 1s to 10min",
         ),
+        (
+            "redis = \"redis://127.0.0.1\"\nlease = \"2s\"\ntimeout = \"1s\"",
+            "four times `timeout`",
+        ),
         ("redis = \"redis://cache.example.com:6379\"", "over TLS"),
         ("redis = \"redis://localhost:6379\"", "over TLS"),
         (

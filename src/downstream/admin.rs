@@ -163,13 +163,18 @@ async fn fleet(
         },
         Err(rejection) => return bad_filter(rejection.body_text()),
     };
+    if filter.after.is_some() {
+        return bad_filter(
+            "`after` is a sequence number of one store: the fleet's log has one per chain; narrow by `since`/`until`".into(),
+        );
+    }
     match state.fleet_records(&filter).await {
         Ok(Some(records)) => axum::Json(json!({ "records": records })).into_response(),
         Ok(None) => plain_error(
             StatusCode::NOT_FOUND,
             "this replica ships no log (`[audit.ship]`)",
         ),
-        Err(message) => plain_error(StatusCode::BAD_GATEWAY, &message),
+        Err(message) => plain_error(StatusCode::BAD_GATEWAY, message),
     }
 }
 

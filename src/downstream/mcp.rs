@@ -366,24 +366,23 @@ async fn end_session(
         return refused;
     }
     let id = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
-    // A sealed session this replica does not hold is ended here without
-    // being resumed first.
+    // A sealed session of this client's is marked ended first (no request
+    // resumes it from then on), then closed here if this replica holds
+    // it; one it does not hold is not resumed to be ended.
     if let (Some(id), Some(sealer)) = (id, &state.sealer)
-        && state.sessions.find(Some(id), &client).is_err()
         && sealer.open(id, &client).is_some()
     {
         sealer.ended(id);
+        if let Ok(held) = state.sessions.find(Some(id), &client) {
+            state.sessions.remove(&held.wire_id);
+            state.gateway.close_session(&held.session);
+        }
         return StatusCode::OK.into_response();
     }
     let http_session = match find_session(&state, &headers, &client, &Value::Null) {
         Ok(session) => session,
         Err(refused) => return *refused,
     };
-    // Marked ended before it leaves the table: a request between the two
-    // cannot resume it.
-    if let Some(sealer) = &state.sealer {
-        sealer.ended(&http_session.wire_id);
-    }
     state.sessions.remove(&http_session.wire_id);
     state.gateway.close_session(&http_session.session);
     StatusCode::OK.into_response()

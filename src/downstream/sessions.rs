@@ -211,8 +211,10 @@ impl SessionTable {
         }
     }
 
-    /// Takes out the sessions idle for longer than `idle`.
-    pub(super) fn take_idle(&self, idle: Duration) -> Vec<Arc<HttpSession>> {
+    /// Takes out the sessions idle for longer than `idle`, calling
+    /// `ended` with each one's id before it leaves the table (under its
+    /// lock: no request finds it gone and not yet ended).
+    pub(super) fn take_idle(&self, idle: Duration, ended: impl Fn(&str)) -> Vec<Arc<HttpSession>> {
         match self.sessions.write() {
             Ok(mut sessions) => {
                 let ids: Vec<String> = sessions
@@ -220,7 +222,12 @@ impl SessionTable {
                     .filter(|(_, s)| s.idle_for() > idle)
                     .map(|(id, _)| id.clone())
                     .collect();
-                ids.iter().filter_map(|id| sessions.remove(id)).collect()
+                ids.iter()
+                    .filter_map(|id| {
+                        ended(id);
+                        sessions.remove(id)
+                    })
+                    .collect()
             }
             Err(_) => Vec::new(),
         }

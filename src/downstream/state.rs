@@ -54,6 +54,8 @@ pub(super) struct HttpState {
     pub(super) stateless_places: Places,
     /// Access tokens from the organisation's identity provider (`[oauth]`).
     pub(super) oauth: Option<Arc<OauthVerifier>>,
+    /// Reads of the fleet's log under way (one at a time).
+    pub(super) fleet_reads: tokio::sync::Semaphore,
     /// Seals session ids so that any replica serves them (`[proxy]
     /// session_keys`).
     pub(super) sealer: Option<Sealer>,
@@ -154,6 +156,7 @@ impl HttpState {
             tls: config.listener.tls.is_some(),
             stateless_places: Places::default(),
             oauth,
+            fleet_reads: tokio::sync::Semaphore::new(1),
             sealer,
             gateway,
         }
@@ -161,45 +164,52 @@ impl HttpState {
 
     /// Ends the sessions idle for longer than `idle`.
     pub(super) fn expire_idle(&self, idle: Duration) {
-        for session in self.sessions.take_idle(idle) {
-            tracing::info!(session = %session.session.id, "session expired after being idle");
-            // Ended here as on one replica (another replica may still
-            // resume it until `session_max_age`).
+        // Ended here as on one replica (another replica may still resume
+        // it until `session_max_age`).
+        let ended = |id: &str| {
             if let Some(sealer) = &self.sealer {
-                sealer.ended(&session.wire_id);
+                sealer.ended(id);
             }
+        };
+        for session in self.sessions.take_idle(idle, ended) {
+            tracing::info!(session = %session.session.id, "session expired after being idle");
             self.gateway.close_session(&session.session);
         }
     }
 
     /// The records of the fleet's log (`[audit.ship]`'s database) that
-    /// `filter` wants: `Ok(None)` when this replica ships no log.
+    /// `filter` wants: `Ok(None)` when this replica ships no log. One read
+    /// at a time per replica (each on a connection of its own): auditors
+    /// cannot take the database's connections from the shippers. The
+    /// error is what the client is told; the reason is logged.
     pub(super) async fn fleet_records(
         &self,
         filter: &crate::audit::Filter,
-    ) -> Result<Option<Vec<crate::audit::fleet::FleetRecord>>, String> {
+    ) -> Result<Option<Vec<crate::audit::fleet::FleetRecord>>, &'static str> {
         let config = self.gateway.config();
         let Some(ship) = &config.audit.ship else {
             return Ok(None);
         };
         let separator = config.proxy.namespace_separator.clone();
         let read = async {
+            let _one = self
+                .fleet_reads
+                .acquire()
+                .await
+                .map_err(|e| e.to_string())?;
             let database = crate::audit::fleet::Database::of(ship).map_err(|e| e.to_string())?;
             let client = database.connect().await.map_err(|e| e.to_string())?;
             crate::audit::fleet::query(&client, filter, &separator)
                 .await
                 .map_err(|e| e.to_string())
         };
-        match tokio::time::timeout(FLEET_READ_TIMEOUT, read).await {
-            Ok(Ok(records)) => Ok(Some(records)),
-            Ok(Err(message)) => {
-                tracing::error!(error = %message, "the fleet's log cannot be read");
-                Err(message)
-            }
-            Err(_) => Err(format!(
-                "the fleet's database did not answer within {FLEET_READ_TIMEOUT:?}"
-            )),
-        }
+        let failed = match tokio::time::timeout(FLEET_READ_TIMEOUT, read).await {
+            Ok(Ok(records)) => return Ok(Some(records)),
+            Ok(Err(message)) => message,
+            Err(_) => format!("no answer within {FLEET_READ_TIMEOUT:?}"),
+        };
+        tracing::error!(error = %failed, "the fleet's log cannot be read");
+        Err("the fleet's database cannot be read (the proxy's log says why)")
     }
 
     /// Waits until every record committed before the request is readable (a

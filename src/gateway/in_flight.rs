@@ -29,8 +29,13 @@ pub struct InFlight {
 
 /// A place among a server's requests in flight, held until dropped.
 pub enum Place {
-    Here { _permit: OwnedSemaphorePermit },
-    Shared { _lease: Lease },
+    Here {
+        _permit: OwnedSemaphorePermit,
+    },
+    Shared {
+        _permit: OwnedSemaphorePermit,
+        _lease: Lease,
+    },
 }
 
 impl InFlight {
@@ -56,28 +61,44 @@ impl InFlight {
 
     /// A place among the requests in flight: at once if one is free, after
     /// waiting (at most `wait`) if the queue has room; otherwise a refusal.
-    /// With `shared`, the place is the fleet's.
+    /// With `shared`, the place is the fleet's as well as this replica's:
+    /// the replica's own is taken first, so that a replica never has more
+    /// than the limit in flight, whether Redis answers or not.
     pub async fn enter(
         &self,
         server: &str,
         wait: Duration,
         shared: Option<&Arc<SharedPlaces>>,
     ) -> Result<Place, Refusal> {
-        // (`Err`: Redis does not answer, and `local` says: count here.)
-        if let Some(places) = shared
-            && let Ok(place) = self.enter_shared(server, wait, places).await
-        {
-            return place;
-        }
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return Ok(Place::Here { _permit: permit });
-        }
-        let Some(_waiting) = self.wait_in_queue(server) else {
-            return Err(self.full(server));
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut waiting = None;
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                waiting = self.wait_in_queue();
+                if waiting.is_none() {
+                    return Err(self.full(server));
+                }
+                match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => return Err(self.waited_too_long(server, wait)),
+                }
+            }
         };
-        match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Place::Here { _permit: permit }),
-            _ => Err(self.waited_too_long(server, wait)),
+        let Some(places) = shared else {
+            return Ok(Place::Here { _permit: permit });
+        };
+        match self
+            .enter_shared(server, (wait, deadline), places, waiting)
+            .await
+        {
+            // Redis does not answer, and `local` says: this replica's alone.
+            Err(()) => Ok(Place::Here { _permit: permit }),
+            Ok(Ok(lease)) => Ok(Place::Shared {
+                _permit: permit,
+                _lease: lease,
+            }),
+            Ok(Err(refusal)) => Err(refusal),
         }
     }
 
@@ -98,7 +119,7 @@ impl InFlight {
 
     /// A place in this replica's queue, if it has room (given back when
     /// the guard drops).
-    fn wait_in_queue(&self, _server: &str) -> Option<Waiting<'_>> {
+    fn wait_in_queue(&self) -> Option<Waiting<'_>> {
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return None;
@@ -107,54 +128,66 @@ impl InFlight {
     }
 
     /// The fleet's place: `Err(())` when Redis does not answer and the
-    /// config says to fall back on this replica's places.
+    /// config says to fall back on this replica's places. A request that
+    /// waits asks Redis again every [`SHARED_POLL`] (and a little), in the
+    /// queue place it may already hold.
     async fn enter_shared(
         &self,
         server: &str,
-        wait: Duration,
+        (wait, deadline): (Duration, tokio::time::Instant),
         places: &Arc<SharedPlaces>,
-    ) -> Result<Result<Place, Refusal>, ()> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut waiting = None;
+        mut waiting: Option<Waiting<'_>>,
+    ) -> Result<Result<Lease, Refusal>, ()> {
         loop {
             match places.try_take(server, self.max_in_flight).await {
                 Ok(Some(lease)) => {
                     self.answered();
-                    return Ok(Ok(Place::Shared { _lease: lease }));
+                    return Ok(Ok(lease));
                 }
                 Ok(None) => self.answered(),
-                Err(err) => {
-                    let first = !self.shared_down.swap(true, Ordering::Relaxed);
-                    return match places.unavailable {
-                        Unavailable::Local => {
-                            if first {
-                                tracing::warn!(error = %err, server, "concurrency limits: Redis does not answer: each replica counts its own requests in flight (`on_unavailable = \"local\"`)");
-                            }
-                            Err(())
-                        }
-                        Unavailable::Refuse => {
-                            if first {
-                                tracing::error!(error = %err, server, "CONCURRENCY LIMITS UNAVAILABLE: Redis does not answer: requests to servers with a concurrency limit are refused (`on_unavailable = \"refuse\"`)");
-                            }
-                            let mut refusal = self.refusal(format!(
-                                "server `{server}`'s shared limit on requests in flight cannot be checked (Redis does not answer): refused until it can"
-                            ));
-                            refusal.denial = refusal.denial.with("unavailable", true);
-                            Ok(Err(refusal))
-                        }
-                    };
-                }
+                Err(err) => return self.unavailable(server, places.unavailable, &err),
             }
             if waiting.is_none() {
-                waiting = self.wait_in_queue(server);
+                waiting = self.wait_in_queue();
                 if waiting.is_none() {
                     return Ok(Err(self.full(server)));
                 }
             }
-            if tokio::time::Instant::now() + SHARED_POLL > deadline {
+            // Up to half as long again, at random: waiting replicas do not
+            // ask in step.
+            let pause = SHARED_POLL + SHARED_POLL.mul_f64(rand_fraction() / 2.0);
+            if tokio::time::Instant::now() + pause > deadline {
                 return Ok(Err(self.waited_too_long(server, wait)));
             }
-            tokio::time::sleep(SHARED_POLL).await;
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Redis did not answer: a refusal, or (`local`) this replica alone.
+    fn unavailable(
+        &self,
+        server: &str,
+        unavailable: Unavailable,
+        err: &crate::interceptors::ratelimit::SharedError,
+    ) -> Result<Result<Lease, Refusal>, ()> {
+        let first = !self.shared_down.swap(true, Ordering::Relaxed);
+        match unavailable {
+            Unavailable::Local => {
+                if first {
+                    tracing::warn!(error = %err, server, "concurrency limits: Redis does not answer: each replica counts its own requests in flight (`on_unavailable = \"local\"`)");
+                }
+                Err(())
+            }
+            Unavailable::Refuse => {
+                if first {
+                    tracing::error!(error = %err, server, "CONCURRENCY LIMITS UNAVAILABLE: Redis does not answer: requests to servers with a concurrency limit are refused (`on_unavailable = \"refuse\"`)");
+                }
+                let mut refusal = self.refusal(format!(
+                    "server `{server}`'s shared limit on requests in flight cannot be checked (Redis does not answer): refused until it can"
+                ));
+                refusal.denial = refusal.denial.with("unavailable", true);
+                Ok(Err(refusal))
+            }
         }
     }
 
@@ -163,6 +196,12 @@ impl InFlight {
             tracing::warn!("concurrency limits: Redis answers again: places are shared again");
         }
     }
+}
+
+/// A number in [0, 1) from the OS's randomness (for jitter).
+fn rand_fraction() -> f64 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    f64::from(u16::from_le_bytes([bytes[0], bytes[1]])) / 65536.0
 }
 
 /// A request counted in the queue until dropped.

@@ -51,12 +51,7 @@ pub(super) async fn fleet(
                 },
             );
         }
-        Err(message) => {
-            return problem(
-                StatusCode::BAD_GATEWAY,
-                format!("The fleet's log cannot be read: {message}"),
-            );
-        }
+        Err(message) => return problem(StatusCode::BAD_GATEWAY, format!("{message}.")),
     };
     page(
         StatusCode::OK,

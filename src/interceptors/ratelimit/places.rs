@@ -17,24 +17,30 @@ use std::time::Duration;
 use super::shared::{Shared, SharedError};
 use crate::config::{SharedConfig, Unavailable};
 
+// The set's key lives a second past its latest lease, whichever
+// replica's (replicas with different leases do not cut each other's).
 const TAKE: &str = r"
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[1], tonumber(last[2]) + 1000)
   return 1
 end
 return 0
 ";
 
+// A lease that is gone (Redis restarted, or renewals failed for longer
+// than the lease) is put back: its request still runs. Returns 1 then.
 const RENEW: &str = r"
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local renewed = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) + 1000)
-return renewed
+local added = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], tonumber(last[2]) + 1000)
+return added
 ";
 
 /// The replicas' shared places, in the Redis `[ratelimit.shared]` names.
@@ -52,14 +58,19 @@ pub struct SharedPlaces {
 }
 
 /// A place held in Redis: renewed while held, given back when dropped.
+/// It exists from before the place is asked for: a request whose answer
+/// is lost (a timeout, or the client hanging up meanwhile) still gives
+/// back the place Redis may have given it.
 pub struct Lease {
-    renewing: tokio::task::JoinHandle<()>,
+    renewing: Option<tokio::task::JoinHandle<()>>,
     give_back: Option<(Arc<SharedPlaces>, String, String)>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.renewing.abort();
+        if let Some(renewing) = &self.renewing {
+            renewing.abort();
+        }
         if let Some((places, key, id)) = self.give_back.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
@@ -104,6 +115,11 @@ impl SharedPlaces {
             self.replica,
             self.next.fetch_add(1, Ordering::Relaxed)
         );
+        // Given back if anything below fails or is dropped.
+        let mut lease = Lease {
+            renewing: None,
+            give_back: Some((self.clone(), key.clone(), id.clone())),
+        };
         let mut invocation = self.take.prepare_invoke();
         invocation
             .key(&key)
@@ -112,9 +128,11 @@ impl SharedPlaces {
             .arg(&id);
         let taken: i64 = self.shared.invoke(&invocation).await?;
         if taken != 1 {
+            // Not given: nothing to give back.
+            lease.give_back = None;
             return Ok(None);
         }
-        let renewing = {
+        lease.renewing = Some({
             let (places, key, id) = (self.clone(), key.clone(), id.clone());
             tokio::spawn(async move {
                 loop {
@@ -124,16 +142,19 @@ impl SharedPlaces {
                         .key(&key)
                         .arg(places.lease.as_millis() as u64)
                         .arg(&id);
-                    if let Err(err) = places.shared.invoke::<i64>(&invocation).await {
-                        tracing::warn!(error = %err, "cannot renew a shared place in flight: it runs out unless renewed");
+                    match places.shared.invoke::<i64>(&invocation).await {
+                        Ok(0) => {}
+                        Ok(_) => tracing::warn!(
+                            "a shared place in flight was gone from Redis (restarted, or unreachable for longer than the lease): put back; the limit may have been passed meanwhile"
+                        ),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot renew a shared place in flight: it runs out unless renewed")
+                        }
                     }
                 }
             })
-        };
-        Ok(Some(Lease {
-            renewing,
-            give_back: Some((self.clone(), key, id)),
-        }))
+        });
+        Ok(Some(lease))
     }
 
     async fn give_back(&self, key: &str, id: &str) -> Result<(), SharedError> {
