@@ -872,3 +872,84 @@ async fn replicas_share_a_servers_places_in_flight_and_a_dead_replicas_come_back
         served.terminate().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_reaches_redis_and_postgresql_over_tls_and_checks_their_certificates() {
+    // A private CA, as `examples/replicas/make-certs.sh` makes one.
+    let certs = tempfile::tempdir().unwrap();
+    common::certs::ca(certs.path(), "fleet");
+    common::certs::signed(certs.path(), "fleet", "server", common::certs::SERVER_EXT);
+    let (ca, cert, key) = (
+        certs.path().join("fleet-ca.pem"),
+        certs.path().join("server.pem"),
+        certs.path().join("server.key"),
+    );
+    let redis = common::redis::Redis::start_tls(&cert, &key).await;
+    let postgres = Postgres::start_tls(&cert, &key).await;
+    // Redis's certificate is checked against the system's roots, which
+    // `SSL_CERT_FILE` names (as the compose example does); PostgreSQL's
+    // against `[audit.ship] ca`.
+    let replica = |name: &str, with_ca: bool| {
+        let ship_ca = if with_ca {
+            format!("ca = \"{}\"\n", ca.display())
+        } else {
+            String::new()
+        };
+        TestProxy::new().with_example_server("example").with_config(&format!(
+            "\n[[ratelimit.rules]]\ntool = \"example__echo\"\nquota = \"3/min\"\n\n[ratelimit.shared]\nredis = \"rediss://127.0.0.1:{}\"\npassword = \"file:{}\"\n\n[audit.ship]\nto = \"{}?sslmode=require\"\npassword = \"file:{}\"\nreplica = \"{name}\"\n{ship_ca}",
+            redis.port,
+            redis.password_file.display(),
+            postgres.url(),
+            postgres.password_file.display(),
+        ))
+    };
+    let trusted = replica("trusted", true);
+    let served = common::serve_config_env(
+        &trusted.write_config(),
+        &[],
+        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+    )
+    .await;
+    let session = common::HttpSession::connect(&served.url).await;
+    let mut passed = 0;
+    for id in 1..=5 {
+        let reply = echo(&session, id).await;
+        if reply["result"].is_object() {
+            passed += 1;
+        } else {
+            let message = reply["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("tool quota of 3/min reached"), "{reply}");
+        }
+    }
+    assert_eq!(passed, 3, "the quota is kept in Redis, over TLS");
+    let db = postgres.connect().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let calls = shipped(&db, "trusted", "serve")
+            .await
+            .iter()
+            .filter(|(_, r)| r["kind"] == "exchange" && r["method"] == "tools/call")
+            .count();
+        if calls == 5 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shipped over TLS: {calls} of 5"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    served.terminate().await;
+
+    // Without the CA: neither certificate is trusted, and nothing is sent
+    // in clear instead.
+    let untrusted = replica("untrusted", false);
+    let served = common::serve_config(&untrusted.write_config()).await;
+    let session = common::HttpSession::connect(&served.url).await;
+    let reply = echo(&session, 1).await;
+    assert_eq!(reply["error"]["data"]["unavailable"], true, "{reply}");
+    served.log.wait_for(&["RATE LIMITS UNAVAILABLE"]).await;
+    served.log.wait_for(&["AUDIT SHIPPING FAILING"]).await;
+    served.terminate().await;
+    assert!(shipped(&db, "untrusted", "serve").await.is_empty());
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod browser;
+pub mod certs;
 pub mod debian;
 pub mod haproxy;
 pub mod listening;
@@ -376,12 +377,18 @@ pub async fn serve_config(config: &Path) -> HttpProxy {
 
 /// [`serve_config`] with more arguments (`--profile NAME`).
 pub async fn serve_config_with(config: &Path, more: &[&str]) -> HttpProxy {
+    serve_config_env(config, more, &[]).await
+}
+
+/// [`serve_config_with`] and more environment variables.
+pub async fn serve_config_env(config: &Path, more: &[&str], env: &[(&str, &str)]) -> HttpProxy {
     // The tests' HTTP clients (reqwest) need a crypto provider: ring's.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut child = Command::new(portcullis_bin())
         .args(["serve", "--config"])
         .arg(config)
         .args(more)
+        .envs(env.iter().copied())
         .env("PORTCULLIS_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

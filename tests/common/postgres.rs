@@ -60,15 +60,48 @@ fn command(program: &Path) -> std::process::Command {
 
 impl Postgres {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A server that also speaks TLS, with the certificate `cert` and key
+    /// `key` (copied into its folder, as its user's).
+    pub async fn start_tls(cert: &Path, key: &Path) -> Self {
+        Self::start_with(Some((cert, key))).await
+    }
+
+    async fn start_with(tls: Option<(&Path, &Path)>) -> Self {
         let bin = programs();
         let dir = tempfile::tempdir().expect("a folder for the cluster");
         let password_file = dir.path().join("password");
         std::fs::write(&password_file, PASSWORD).unwrap();
+        let (server_cert, server_key) =
+            (dir.path().join("server.pem"), dir.path().join("server.key"));
+        let mut ssl = Vec::new();
+        if let Some((cert, key)) = tls {
+            std::fs::copy(cert, &server_cert).unwrap();
+            std::fs::copy(key, &server_key).unwrap();
+            std::fs::set_permissions(
+                &server_key,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+            for setting in [
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={}", server_cert.display()),
+                format!("ssl_key_file={}", server_key.display()),
+            ] {
+                ssl.extend(["-c".to_owned(), setting]);
+            }
+        }
         if nix::unistd::Uid::effective().is_root() {
             let user = nix::unistd::User::from_name("postgres")
                 .unwrap()
                 .expect("Debian's postgresql made the `postgres` user");
-            for path in [dir.path(), password_file.as_path()] {
+            let mut owned = vec![dir.path(), password_file.as_path()];
+            if tls.is_some() {
+                owned.extend([server_cert.as_path(), server_key.as_path()]);
+            }
+            for path in owned {
                 std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
                     .unwrap();
             }
@@ -92,6 +125,7 @@ impl Postgres {
             .arg("-D")
             .arg(&data)
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(&ssl)
             .arg("-c")
             .arg(format!("unix_socket_directories={}", dir.path().display()))
             .arg("-p")

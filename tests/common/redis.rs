@@ -17,14 +17,35 @@ pub struct Redis {
 
 impl Redis {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A Redis that speaks TLS only, with the certificate `cert` and key
+    /// `key` (clients are not asked for one).
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        Self::start_with(Some((cert, key))).await
+    }
+
+    async fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Self {
         let program =
             super::debian::program(&["redis-server", "/usr/bin/redis-server"], "redis-server");
         let dir = tempfile::tempdir().expect("a folder for Redis");
         let password_file = dir.path().join("password");
         std::fs::write(&password_file, PASSWORD).unwrap();
         let port = super::free_port();
-        let child = std::process::Command::new(program)
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        let mut command = std::process::Command::new(program);
+        command.args(["--bind", "127.0.0.1"]);
+        match tls {
+            None => command.args(["--port", &port.to_string()]),
+            Some((cert, key)) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = command
             .args([
                 "--requirepass",
                 PASSWORD,
