@@ -534,6 +534,12 @@ async fn three_replicas_behind_haproxy_act_as_one_proxy() {
     let (again, _, stderr) =
         common::run_portcullis(["session-key", "--out", key.to_str().unwrap()]);
     assert!(!again && stderr.contains("never overwritten"), "{stderr}");
+    let check =
+        TestProxy::new().with_config(&format!("session_keys = [\"file:{}\"]\n", key.display()));
+    let (ok, stdout, stderr) =
+        common::run_portcullis(["doctor", "--config", check.write_config().to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("ok    session keys: 1 key"), "{stdout}");
     let names = ["replica-1", "replica-2", "replica-3"];
     let mut replicas = HashMap::new();
     let mut backends = Vec::new();
@@ -747,6 +753,14 @@ async fn a_replica_with_a_session_key_it_cannot_use_does_not_start() {
         assert!(!output.status.success());
         assert!(stderr.contains("proxy.session_keys[0]"), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
+        // `doctor` says so before a start would.
+        let (ok, stdout, stderr) =
+            common::run_portcullis(["doctor", "--config", config.to_str().unwrap()]);
+        assert!(!ok, "{stdout}{stderr}");
+        assert!(
+            stdout.contains("FAIL  session keys: `proxy.session_keys[0]`"),
+            "{stdout}"
+        );
     }
 }
 

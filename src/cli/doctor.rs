@@ -76,6 +76,7 @@ pub async fn doctor(config: &Config) -> bool {
         check_images(docker, &containers, &mut report).await;
     }
     check_bridge(config, &mut report);
+    check_session_keys(config, &mut report);
     for server in &config.servers {
         check_server(server, &mut report);
     }
@@ -249,6 +250,25 @@ fn check_bridge(config: &Config, report: &mut Report) {
                 bridge.display()
             ),
         ),
+    }
+}
+
+/// The keys that seal session ids (`[proxy] session_keys`) can be read and
+/// are keys, as `serve` will need them.
+fn check_session_keys(config: &Config, report: &mut Report) {
+    let keys = &config.proxy.session_keys;
+    match crate::downstream::sealed::Sealer::load(keys, config.proxy.session_max_age) {
+        Ok(None) => {}
+        Ok(Some(_)) => report.line(
+            Level::Ok,
+            "session keys",
+            format!(
+                "{} key{} (the first seals new sessions): any replica with one of them serves this one's sessions",
+                keys.len(),
+                if keys.len() == 1 { "" } else { "s" }
+            ),
+        ),
+        Err(error) => report.line(Level::Fail, "session keys", error.to_string()),
     }
 }
 

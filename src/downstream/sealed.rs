@@ -109,7 +109,7 @@ struct Ended {
 
 impl Sealer {
     /// The keys from their references (each 32 bytes as hex).
-    pub(super) fn load(keys: &[SecretRef], max_age: Duration) -> Result<Option<Self>, SealError> {
+    pub fn load(keys: &[SecretRef], max_age: Duration) -> Result<Option<Self>, SealError> {
         if keys.is_empty() {
             return Ok(None);
         }
