@@ -209,6 +209,14 @@ async fn fleet_read_over_http(base: &str) {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // One store's sequence number means nothing across the fleet: refused.
+    let paged = http
+        .get(format!("{base}/admin/audit/fleet?after=5"))
+        .bearer_auth(common::AUDITOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paged.status(), 400);
 
     let login = http
         .post(format!("{base}/admin/login"))

@@ -27,15 +27,12 @@ pub struct InFlight {
     shared_down: std::sync::atomic::AtomicBool,
 }
 
-/// A place among a server's requests in flight, held until dropped.
-pub enum Place {
-    Here {
-        _permit: OwnedSemaphorePermit,
-    },
-    Shared {
-        _permit: OwnedSemaphorePermit,
-        _lease: Lease,
-    },
+/// A place among a server's requests in flight, held until dropped: this
+/// replica's, and the fleet's with `[ratelimit.shared]` (unless Redis does
+/// not answer and `local` says to count here alone).
+pub struct Place {
+    _permit: OwnedSemaphorePermit,
+    _lease: Option<Lease>,
 }
 
 impl InFlight {
@@ -85,21 +82,24 @@ impl InFlight {
                 }
             }
         };
-        let Some(places) = shared else {
-            return Ok(Place::Here { _permit: permit });
+        let lease = match shared {
+            None => None,
+            Some(places) => {
+                match self
+                    .enter_shared(server, (wait, deadline), places, waiting)
+                    .await
+                {
+                    // Redis does not answer, and `local` says: here alone.
+                    Err(()) => None,
+                    Ok(Ok(lease)) => Some(lease),
+                    Ok(Err(refusal)) => return Err(refusal),
+                }
+            }
         };
-        match self
-            .enter_shared(server, (wait, deadline), places, waiting)
-            .await
-        {
-            // Redis does not answer, and `local` says: this replica's alone.
-            Err(()) => Ok(Place::Here { _permit: permit }),
-            Ok(Ok(lease)) => Ok(Place::Shared {
-                _permit: permit,
-                _lease: lease,
-            }),
-            Ok(Err(refusal)) => Err(refusal),
-        }
+        Ok(Place {
+            _permit: permit,
+            _lease: lease,
+        })
     }
 
     fn full(&self, server: &str) -> Refusal {

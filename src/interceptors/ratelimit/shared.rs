@@ -175,7 +175,6 @@ impl Shared {
         client: &str,
         rules: &[usize],
     ) -> Result<Option<(usize, Duration)>, SharedError> {
-        let mut connection = self.connection().await?;
         let mut invocation = self.script.prepare_invoke();
         for &index in rules {
             let Some((prefix, t, tau)) = self.rules.get(index) else {
@@ -186,13 +185,9 @@ impl Shared {
                 .arg(*t)
                 .arg(*tau);
         }
-        let answer: Result<Result<(usize, u64), redis::RedisError>, _> =
-            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await;
-        match answer {
-            Err(_) => Err(SharedError::Timeout(self.timeout)),
-            Ok(Err(err)) => Err(SharedError::Redis(err.to_string())),
-            Ok(Ok((0, _))) => Ok(None),
-            Ok(Ok((refused, wait_us))) => Ok(rules
+        match self.invoke::<(usize, u64)>(&invocation).await? {
+            (0, _) => Ok(None),
+            (refused, wait_us) => Ok(rules
                 .get(refused - 1)
                 .map(|&index| (index, Duration::from_micros(wait_us)))),
         }
