@@ -180,7 +180,7 @@ async fn stateless_against_session(url: &str, calls: usize) -> (common::Stats, c
     }
     (
         stats(
-            "proxied (HTTP, 2025-06-18 session, in turn with the next)",
+            "proxied (HTTP, 2025-11-25 session, in turn with the next)",
             in_session,
             session_time,
         ),
@@ -266,7 +266,7 @@ async fn only_turns(calls: usize, durability: &str) {
     print_table("path", "vs the session", &[&session, &stateless], &session);
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "2026-07-28 stateless / 2025 session (HTTP, audit {durability}, call for call in turn): p50 {:.3}×, p99 {:.3}×, calls/s {:.3}×",
+        "2026-07-28 stateless / 2025-11-25 session (HTTP, audit {durability}, call for call in turn): p50 {:.3}×, p99 {:.3}×, calls/s {:.3}×",
         us(stateless.p50) / us(session.p50),
         us(stateless.p99) / us(session.p99),
         stateless.calls_per_sec / session.calls_per_sec,
@@ -366,7 +366,7 @@ async fn run(calls: usize, seconds: u64) {
         us(https_many.p50) / us(http_many.p50),
     );
     println!(
-        "2026-07-28 stateless / 2025 session (HTTP, same proxy, call for call in turn): p50 {:.2}×, p99 {:.2}×, calls/s {:.2}×",
+        "2026-07-28 stateless / 2025-11-25 session (HTTP, same proxy, call for call in turn): p50 {:.2}×, p99 {:.2}×, calls/s {:.2}×",
         us(http_stateless.p50) / us(http_turns.p50),
         us(http_stateless.p99) / us(http_turns.p99),
         http_stateless.calls_per_sec / http_turns.calls_per_sec,

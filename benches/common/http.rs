@@ -41,7 +41,7 @@ impl HttpClient {
     pub async fn connect(url: &str, tls: Option<&tokio_rustls::TlsConnector>) -> Self {
         let mut client = Self::open(url, tls).await;
         let (headers, _) = client
-            .post(json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}))
+            .post(json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"0"}}}))
             .await;
         let session = headers
             .lines()
@@ -116,7 +116,7 @@ impl HttpClient {
         );
         if let Some(session) = &self.session {
             request.push_str(&format!(
-                "mcp-session-id: {session}\r\nmcp-protocol-version: 2025-06-18\r\n"
+                "mcp-session-id: {session}\r\nmcp-protocol-version: 2025-11-25\r\n"
             ));
         }
         request.push_str(&modern);

@@ -58,6 +58,13 @@ struct Shared {
     /// The open `subscriptions/listen` streams (2026-07-28): list changes
     /// and resource updates go on them.
     listeners: Mutex<Vec<SubscriptionSink>>,
+    /// Listen streams accepted whose sink is not in `listeners` yet: rmcp
+    /// sends a stream's acknowledgement before it hands the stream to
+    /// `listen`, so a client told its stream stands may ask for a change
+    /// before the stream can carry it. A change waits for them
+    /// ([`ExampleServer::listeners`]).
+    opening: std::sync::atomic::AtomicUsize,
+    opened: tokio::sync::Notify,
     /// The tasks made for clients that take them (2026-07-28).
     tasks: TaskManager,
 }
@@ -70,6 +77,8 @@ impl ExampleServer {
                 stateless,
                 tools: RwLock::new(Arc::new(Self::tool_router())),
                 listeners: Mutex::default(),
+                opening: std::sync::atomic::AtomicUsize::new(0),
+                opened: tokio::sync::Notify::new(),
                 tasks: TaskManager::new(),
             }),
             subscriptions: Arc::default(),
@@ -137,8 +146,25 @@ impl ExampleServer {
     }
 
     /// The open listen streams (2026-07-28), to send a change on; each one
-    /// sends only what it accepted.
-    pub fn listeners(&self) -> Vec<SubscriptionSink> {
+    /// sends only what it accepted. Streams already acknowledged but not
+    /// yet handed to `listen` are waited for (at most a second: one whose
+    /// request was cancelled meanwhile never arrives).
+    pub async fn listeners(&self) -> Vec<SubscriptionSink> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let opened = self.shared.opened.notified();
+            if self
+                .shared
+                .opening
+                .load(std::sync::atomic::Ordering::Acquire)
+                == 0
+            {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, opened).await.is_err() {
+                break;
+            }
+        }
         self.shared
             .listeners
             .lock()
@@ -346,7 +372,14 @@ impl ServerHandler for ExampleServer {
         if let Some(uris) = accepted.resource_subscriptions.as_mut() {
             uris.retain(exists);
         }
-        self.shared.stateless.then_some(accepted)
+        if !self.shared.stateless {
+            return None;
+        }
+        // Counted until `listen` holds its sink.
+        self.shared
+            .opening
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Some(accepted)
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
@@ -358,6 +391,13 @@ impl ServerHandler for ExampleServer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(sink);
+        let opening = &self.shared.opening;
+        let _ = opening.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |n| n.checked_sub(1),
+        );
+        self.shared.opened.notify_waiters();
         context.cancelled().await;
         self.shared
             .listeners

@@ -408,7 +408,7 @@ impl ExampleServer {
     /// 2026-07-28) on the listen streams that asked for it.
     async fn tools_changed(&self, peer: &Peer<RoleServer>) {
         if self.is_stateless() {
-            for sink in self.listeners() {
+            for sink in self.listeners().await {
                 if let Err(error) = sink.notify_tool_list_changed().await {
                     tracing::info!(%error, "tools/list_changed not sent on a stream");
                 }
@@ -429,7 +429,7 @@ impl ExampleServer {
         tracing::info!(%uri, subscribed = self.is_subscribed(&uri), "resource touched");
         if self.is_stateless() {
             // On the listen streams that asked for it (2026-07-28).
-            for sink in self.listeners() {
+            for sink in self.listeners().await {
                 if let Err(error) = sink.notify_resource_updated(uri.clone()).await {
                     tracing::info!(%error, "resources/updated not sent on a stream");
                 }

@@ -119,7 +119,7 @@ pub(super) async fn post(
     state: &HttpState,
     (client, expiry): (ClientIdentity, super::auth::Expiry),
     headers: &HeaderMap,
-    incoming: Incoming,
+    mut incoming: Incoming,
 ) -> Response {
     let refuse = |status, failure| rpc_error(status, incoming.request_id.clone(), failure);
     // A notification or a response carries no envelope to check.
@@ -138,7 +138,7 @@ pub(super) async fn post(
         }
         None => return refuse(StatusCode::BAD_REQUEST, Failure::NotJsonRpc),
     }
-    let envelope = match protocol::envelope(&incoming.message) {
+    let envelope = match protocol::take_envelope(&mut incoming.message) {
         Ok(envelope) => envelope,
         Err(error) => return refuse(StatusCode::BAD_REQUEST, Failure::Envelope(error)),
     };

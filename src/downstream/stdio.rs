@@ -14,6 +14,7 @@ use super::DownstreamError;
 use super::sessions::lock;
 use crate::chain::{ClientIdentity, Transport};
 use crate::gateway::{Failure, Gateway, Outlet, Session, checked_envelope};
+use crate::protocol::At as _;
 use crate::protocol::{self, Frame, FrameReader, IdKey, Kind};
 
 /// Lines waiting for a client that has not read them yet. Past it, what
@@ -288,14 +289,14 @@ impl Connection {
     fn modern(
         &self,
         calls: Arc<Mutex<HashMap<IdKey, Arc<Session>>>>,
-        message: Value,
+        mut message: Value,
     ) -> Option<Work> {
         match protocol::classify(&message) {
             Some(Kind::Request) => {}
             Some(Kind::Notification) => {
                 if protocol::method(&message) == Some("notifications/cancelled")
                     && let Some(id) = message
-                        .pointer("/params/requestId")
+                        .at(&["params", "requestId"])
                         .and_then(IdKey::from_value)
                     && let Some(session) = lock(&calls).remove(&id)
                 {
@@ -307,13 +308,13 @@ impl Connection {
         }
         if protocol::method(&message) == Some("initialize") {
             let asked = message
-                .pointer("/params/protocolVersion")
+                .at(&["params", "protocolVersion"])
                 .and_then(Value::as_str)
                 .map(|v| protocol::cut(v, 64).to_owned())
                 .unwrap_or_default();
             return Some(self.refusal(&message, Failure::HandshakeOnModern(asked)));
         }
-        let envelope = match checked_envelope(&message) {
+        let envelope = match checked_envelope(&mut message) {
             Ok(envelope) => envelope,
             Err(failure) => return Some(self.refusal(&message, failure)),
         };

@@ -22,6 +22,7 @@ use crate::chain::{Annotation, Denial, Exchange, Refusal};
 use crate::config::{DiscoveryConfig, ServerConfig};
 use crate::interceptors::authz::{Action, Target};
 use crate::protocol;
+use crate::protocol::At as _;
 use crate::search::{Index, server_fields};
 
 use super::{Catalog, Gateway, ListKind, ServerLists, Session, lock};
@@ -399,7 +400,7 @@ impl Gateway {
         };
         let arguments = exchange
             .message
-            .pointer("/params/arguments")
+            .at(&["params", "arguments"])
             .cloned()
             .unwrap_or_default();
         let text = |key: &str| {

@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol;
+use crate::protocol::At as _;
 use crate::upstream::{Origin, Upstream};
 
 use super::failure::Failure;
@@ -228,7 +229,7 @@ impl Gateway {
                 let Some(result) = answer.get("result") else {
                     let method = protocol::method(message).unwrap_or_default();
                     let said = answer
-                        .pointer("/error/message")
+                        .at(&["error", "message"])
                         .and_then(Value::as_str)
                         .unwrap_or("no result");
                     return Err(Failure::ServerRounds(format!(

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
+use crate::protocol::At as _;
 use crate::protocol::{self, meta};
 
 use super::failure::Failure;
@@ -72,7 +73,7 @@ impl Gateway {
 fn asked(message: &Value, id: &Value) -> Result<Listen, Failure> {
     let invalid = |why: &str| Failure::InvalidParams(why.to_owned());
     let filter = message
-        .pointer("/params/notifications")
+        .at(&["params", "notifications"])
         .and_then(Value::as_object)
         .ok_or_else(|| invalid("`params.notifications` must be an object"))?;
     let flag = |key: &str| match filter.get(key) {

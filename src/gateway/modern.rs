@@ -23,10 +23,20 @@ pub(super) fn server_info() -> Value {
     INFO.clone()
 }
 
-/// A stateless request's envelope, checked: well formed, and of the
-/// version the proxy speaks statelessly.
-pub fn checked_envelope(message: &Value) -> Result<Envelope, Failure> {
-    let envelope = protocol::envelope(message).map_err(Failure::Envelope)?;
+/// A result's `_meta` when the server gave none: only who the proxy is
+/// (a copy of one made once: a clone copies the keys' hashes, where
+/// inserting would hash them again on every reply).
+fn proxy_meta() -> Value {
+    static META: std::sync::LazyLock<Value> =
+        std::sync::LazyLock::new(|| json!({ meta::SERVER_INFO: server_info() }));
+    META.clone()
+}
+
+/// A stateless request's envelope, checked (well formed, and of the
+/// version the proxy speaks statelessly) and taken out of it
+/// ([`protocol::take_envelope`]).
+pub fn checked_envelope(message: &mut Value) -> Result<Envelope, Failure> {
+    let envelope = protocol::take_envelope(message).map_err(Failure::Envelope)?;
     version_spoken(&envelope)?;
     Ok(envelope)
 }
@@ -48,7 +58,10 @@ pub fn version_spoken(envelope: &Envelope) -> Result<(), Failure> {
 /// by retrying, around every check the proxy makes of a server's requests)
 /// is refused.
 pub(super) fn checked_result(reply: Value) -> Result<Value, Failure> {
-    match reply.pointer("/result/resultType") {
+    let kind = reply
+        .get("result")
+        .and_then(|result| result.get("resultType"));
+    match kind {
         None => Ok(reply),
         Some(Value::String(kind)) if kind == "complete" => Ok(reply),
         Some(other) => {
@@ -80,35 +93,41 @@ pub(super) fn frame_reply(method: &str, mut reply: Value) -> Value {
     let task =
         method == "tools/call" && result.get("resultType").and_then(Value::as_str) == Some("task");
     let polled = method == "tasks/get";
-    if !task {
-        result.insert("resultType".into(), Value::from("complete"));
-    }
     let dropped: &[&str] = if task || polled {
         &["requestState", "cacheScope"]
     } else {
         &["inputRequests", "requestState", "ttlMs", "cacheScope"]
     };
-    for key in dropped {
-        result.remove(*key);
+    // Most results carry none of them: looked for in one pass over the
+    // keys, each removal (a hash of the key) only for one that is there.
+    if result.keys().any(|key| dropped.contains(&key.as_str())) {
+        for key in dropped {
+            result.remove(*key);
+        }
+    }
+    if !task {
+        result.insert("resultType".into(), Value::from("complete"));
     }
     if protocol::CACHEABLE.contains(&method) {
         result.insert("ttlMs".into(), Value::from(0));
         result.insert("cacheScope".into(), Value::from("private"));
     }
-    let mut found = match result.remove("_meta") {
-        Some(Value::Object(found)) => found,
-        _ => Map::new(),
-    };
-    let subscription = match method {
-        "subscriptions/listen" => found.get(meta::SUBSCRIPTION_ID).cloned(),
-        _ => None,
-    };
-    found.retain(|key, _| !key.starts_with(meta::PREFIX));
-    if let Some(subscription) = subscription {
-        found.insert(meta::SUBSCRIPTION_ID.into(), subscription);
+    // The server's own `_meta` keys stay, in place; the protocol's go (a
+    // listen result keeps its subscription id, the proxy's own).
+    match result.get_mut("_meta") {
+        Some(Value::Object(found)) => {
+            if found.keys().any(|key| key.starts_with(meta::PREFIX)) {
+                let listen = method == "subscriptions/listen";
+                found.retain(|key, _| {
+                    !key.starts_with(meta::PREFIX) || (listen && key == meta::SUBSCRIPTION_ID)
+                });
+            }
+            found.insert(meta::SERVER_INFO.into(), server_info());
+        }
+        _ => {
+            result.insert("_meta".into(), proxy_meta());
+        }
     }
-    found.insert(meta::SERVER_INFO.into(), server_info());
-    result.insert("_meta".into(), Value::Object(found));
     reply
 }
 
@@ -165,29 +184,36 @@ mod tests {
 
     #[test]
     fn an_envelope_needs_its_version_and_capabilities_and_the_version_spoken() {
-        let good = request(json!({ meta::PROTOCOL_VERSION: "2026-07-28",
+        let mut good = request(json!({ meta::PROTOCOL_VERSION: "2026-07-28",
             meta::CLIENT_CAPABILITIES: {}, meta::LOG_LEVEL: "warning" }));
-        let envelope = checked_envelope(&good).unwrap_or_else(|e| panic!("{e}"));
+        let envelope = checked_envelope(&mut good).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(envelope.log_level, Some(protocol::LogLevel::Warning));
-        for bad in [
+        // Taken out: nothing of the protocol's is left for the server.
+        assert_eq!(
+            good,
+            json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {} })
+        );
+        for mut bad in [
             request(json!({ meta::PROTOCOL_VERSION: "2026-07-28" })),
             request(json!({ meta::CLIENT_CAPABILITIES: {} })),
             request(json!({ meta::PROTOCOL_VERSION: 2026, meta::CLIENT_CAPABILITIES: {} })),
             json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" }),
         ] {
-            let refused = checked_envelope(&bad).err();
+            let sent = bad.clone();
+            let refused = checked_envelope(&mut bad).err();
             assert_eq!(
                 refused.map(|f| f.code()),
                 Some(protocol::code::INVALID_PARAMS),
                 "{bad}"
             );
+            assert_eq!(bad, sent, "a refused request is left as it came");
         }
-        let bad_level = request(json!({ meta::PROTOCOL_VERSION: "2026-07-28",
+        let mut bad_level = request(json!({ meta::PROTOCOL_VERSION: "2026-07-28",
             meta::CLIENT_CAPABILITIES: {}, meta::LOG_LEVEL: "loud" }));
-        assert!(checked_envelope(&bad_level).is_err());
-        let old = request(json!({ meta::PROTOCOL_VERSION: "2099-01-01",
+        assert!(checked_envelope(&mut bad_level).is_err());
+        let mut old = request(json!({ meta::PROTOCOL_VERSION: "2099-01-01",
             meta::CLIENT_CAPABILITIES: {} }));
-        let Err(refused) = checked_envelope(&old) else {
+        let Err(refused) = checked_envelope(&mut old) else {
             panic!("an unknown version is refused");
         };
         let response = refused.to_response(json!(1));

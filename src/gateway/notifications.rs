@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::chain::{Direction, Outcome, Phase};
+use crate::protocol::At as _;
 use crate::protocol::{self, IdKey};
 use crate::upstream::Status;
 
@@ -63,7 +64,7 @@ impl Gateway {
                 let cancelled = run
                     .exchange
                     .message
-                    .pointer("/params/requestId")
+                    .at(&["params", "requestId"])
                     .and_then(IdKey::from_value)
                     .is_some_and(|id| session.cancel_call(&id));
                 if !cancelled {
@@ -281,7 +282,7 @@ impl Gateway {
             "notifications/cancelled" => {
                 // The server withdrew one of its requests to a client.
                 let Some(server_id) = message
-                    .pointer("/params/requestId")
+                    .at(&["params", "requestId"])
                     .and_then(IdKey::from_value)
                 else {
                     return;

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::chain::{Exchange, Outcome};
 use crate::config::UpstreamSpec;
+use crate::protocol::At as _;
 use crate::traces::{Span, SpanKind};
 
 use super::telemetry::{authz_note, observe};
@@ -63,7 +64,7 @@ pub(super) fn record_of(
     };
     let is_error = reply.is_some_and(|r| {
         r.get("error").is_some()
-            || r.pointer("/result/isError").and_then(Value::as_bool) == Some(true)
+            || r.at(&["result", "isError"]).and_then(Value::as_bool) == Some(true)
     });
     crate::audit::AuditRecord {
         seq: 0,
@@ -192,7 +193,7 @@ impl Gateway {
     /// A call's arguments as the audit keeps them: the hash of what the
     /// chain left, and (if kept) a copy with every secret redacted.
     pub(super) fn arguments_of(&self, message: &Value) -> Arguments {
-        let Some(arguments) = message.pointer("/params/arguments") else {
+        let Some(arguments) = message.at(&["params", "arguments"]) else {
             return Arguments::default();
         };
         let kept = self.arguments_kept.load(Ordering::Relaxed);

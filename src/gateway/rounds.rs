@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::{Direction, Phase};
 use crate::protocol;
+use crate::protocol::At as _;
 
 use super::failure::Failure;
 use super::session::{InputAsk, Nowhere, Outlet, Relay};
@@ -292,7 +293,7 @@ impl Gateway {
         // The rounds' futures are boxed: kept out of this one's (and so out
         // of every plain request's), which would otherwise be as large as
         // the largest of them and be copied as such.
-        if in_rounds && message.pointer("/params/requestState").is_some() {
+        if in_rounds && message.at(&["params", "requestState"]).is_some() {
             return Box::pin(self.resume(session, message, method)).await;
         }
         session.in_rounds.store(in_rounds, Ordering::Relaxed);
@@ -388,10 +389,10 @@ impl Gateway {
         let relay = Relay {
             to: session.outlet(),
             related: id.clone(),
-            progress: message.pointer("/params/_meta/progressToken").cloned(),
+            progress: message.at(&["params", "_meta", "progressToken"]).cloned(),
         };
         parked.session.redirect(Arc::new(relay));
-        let mut responses = match message.pointer("/params/inputResponses") {
+        let mut responses = match message.at(&["params", "inputResponses"]) {
             Some(Value::Object(responses)) => responses.clone(),
             _ => Map::new(),
         };
@@ -414,7 +415,7 @@ impl Gateway {
         params: &[u8; 32],
     ) -> Result<Parked, Failure> {
         let state = message
-            .pointer("/params/requestState")
+            .at(&["params", "requestState"])
             .and_then(Value::as_str)
             .filter(|state| state.len() <= STATE_BYTES)
             .ok_or(Failure::UnknownRequestState)?;
@@ -434,7 +435,7 @@ impl Gateway {
         if &found.params != params {
             return Err(Failure::RequestStateMismatch("other params"));
         }
-        answers_match(message.pointer("/params/inputResponses"), &found.pending)?;
+        answers_match(message.at(&["params", "inputResponses"]), &found.pending)?;
         parked.remove(state).ok_or(Failure::UnknownRequestState)
     }
 

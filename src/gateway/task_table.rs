@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use crate::chain::ClientIdentity;
+use crate::protocol::At as _;
 use crate::protocol::{self, meta};
 
 use super::failure::Failure;
@@ -64,14 +65,14 @@ pub(super) fn declared(capabilities: &Value) -> bool {
 
 /// Whether a server's reply is a task.
 pub(super) fn is_task(reply: &Value) -> bool {
-    reply.pointer("/result/resultType").and_then(Value::as_str) == Some("task")
+    reply.at(&["result", "resultType"]).and_then(Value::as_str) == Some("task")
 }
 
 /// The arguments of a call as they are kept with its task: `Ok(None)`
 /// when there are none, `Err` when they are too large to keep.
 pub(super) fn kept_arguments(message: &Value) -> Result<Option<Arc<Map<String, Value>>>, ()> {
     let Some(arguments) = message
-        .pointer("/params/arguments")
+        .at(&["params", "arguments"])
         .and_then(Value::as_object)
     else {
         return Ok(None);

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::chain::Outcome;
+use crate::protocol::At as _;
 use crate::protocol::{self, code};
 
 use super::failure::Failure;
@@ -75,7 +76,7 @@ impl Asked {
             return Self::Nothing;
         };
         let answers = message
-            .pointer("/params/inputResponses")
+            .at(&["params", "inputResponses"])
             .and_then(Value::as_object)
             .map(|answers| answers.keys().cloned().collect())
             .unwrap_or_default();
@@ -275,7 +276,7 @@ impl Gateway {
         if !task_table::is_task(reply) {
             return;
         }
-        let id = reply.pointer("/result/taskId").and_then(Value::as_str);
+        let id = reply.at(&["result", "taskId"]).and_then(Value::as_str);
         let Some(task) = id.and_then(|id| self.client_tasks.find(&session.client, id)) else {
             return;
         };
@@ -308,7 +309,7 @@ impl Gateway {
         reply: &Value,
     ) {
         if task_table::is_task(reply)
-            && let Some(server_task) = reply.pointer("/result/taskId").and_then(Value::as_str)
+            && let Some(server_task) = reply.at(&["result", "taskId"]).and_then(Value::as_str)
         {
             self.cancel_at_server(session, server, server_task);
         }

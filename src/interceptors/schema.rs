@@ -24,6 +24,7 @@ use crate::chain::{
     Annotation, Definition, Denial, Direction, Exchange, Interceptor, Phase, Verdict,
 };
 use crate::config::{OutputAction, SchemaConfig};
+use crate::protocol::At as _;
 use crate::protocol::code;
 
 /// At most this many violations are listed in a refusal.
@@ -178,7 +179,7 @@ impl Schema {
         let empty = Value::Object(Map::new());
         let arguments = exchange
             .message
-            .pointer("/params/arguments")
+            .at(&["params", "arguments"])
             .unwrap_or(&empty);
         match violations(validator, arguments) {
             None => Verdict::Continue,
@@ -302,7 +303,7 @@ fn check_prompt(exchange: &Exchange) -> Verdict {
         })
         .unwrap_or_default();
     let empty = Map::new();
-    let given = match exchange.message.pointer("/params/arguments") {
+    let given = match exchange.message.at(&["params", "arguments"]) {
         None | Some(Value::Null) => &empty,
         Some(Value::Object(given)) => given,
         Some(_) => {

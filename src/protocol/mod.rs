@@ -11,8 +11,8 @@ mod modern;
 pub use framing::{Frame, FrameReader, HEAD_BYTES, encode_line, write_message};
 pub use modern::{
     ALL_VERSIONS, CACHEABLE, Envelope, EnvelopeError, MODERN_METHODS, MODERN_VERSION,
-    REMOVED_IN_MODERN, TASKS_EXTENSION, decode_header_value, encode_header_value, envelope,
-    envelope_version, meta, put_envelope, routing_name, strip_envelope_keys, strip_protocol_meta,
+    REMOVED_IN_MODERN, TASKS_EXTENSION, decode_header_value, encode_header_value, envelope_version,
+    meta, put_envelope, routing_name, strip_envelope_keys, strip_protocol_meta, take_envelope,
 };
 
 use serde_json::{Map, Value, json};
@@ -101,6 +101,19 @@ pub fn method(message: &Value) -> Option<&str> {
 
 pub fn id(message: &Value) -> Option<&Value> {
     message.get("id")
+}
+
+/// What is at a path of object keys in a value: what `Value::pointer`
+/// finds for `/a/b`, without the two copies of each key it makes to
+/// unescape it (a cost on every message, for paths that need no escape).
+pub trait At {
+    fn at(&self, path: &[&str]) -> Option<&Value>;
+}
+
+impl At for Value {
+    fn at(&self, path: &[&str]) -> Option<&Value> {
+        path.iter().try_fold(self, |found, key| found.get(*key))
+    }
 }
 
 pub fn params(message: &Value) -> Option<&Map<String, Value>> {

@@ -61,31 +61,56 @@ pub fn envelope_version(message: &Value) -> Option<&str> {
         .as_str()
 }
 
-/// A 2026-07-28 request's envelope: its version and capabilities are
-/// required; its log level, when present, must be one.
-pub fn envelope(message: &Value) -> Result<Envelope, EnvelopeError> {
-    let found = params(message).and_then(|p| p.get("_meta"));
-    let version = found
-        .and_then(|m| m.get(meta::PROTOCOL_VERSION))
-        .and_then(Value::as_str);
-    let capabilities = found
-        .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
-        .and_then(Value::as_object);
-    let (Some(version), Some(capabilities)) = (version, capabilities) else {
+/// A 2026-07-28 request's envelope, taken out of it. Its version (a
+/// string) and capabilities (an object) are required; its log level, when
+/// present, must be one. On success every key of the protocol's in
+/// `params._meta` is moved out of the request (and `_meta` with them when
+/// nothing else is left), so that what goes on is the request as a
+/// session's client would send it. A refused request is left as it came.
+pub fn take_envelope(message: &mut Value) -> Result<Envelope, EnvelopeError> {
+    let params = message.get_mut("params").and_then(Value::as_object_mut);
+    let Some(params) = params else {
         return Err(EnvelopeError::Missing);
     };
-    let log_level = match found.and_then(|m| m.get(meta::LOG_LEVEL)) {
-        None => None,
-        Some(level) => Some(
-            level
-                .as_str()
-                .and_then(LogLevel::parse)
-                .ok_or(EnvelopeError::LogLevel)?,
-        ),
+    let Some(Value::Object(found)) = params.get_mut("_meta") else {
+        return Err(EnvelopeError::Missing);
     };
+    // Checked in one pass over the keys (no lookup, each of which hashes
+    // the key), before anything is moved: a refused request is untouched.
+    let (mut has_version, mut has_capabilities, mut log_level) = (false, false, None);
+    for (key, value) in found.iter() {
+        match key.as_str() {
+            meta::PROTOCOL_VERSION => has_version = value.is_string(),
+            meta::CLIENT_CAPABILITIES => has_capabilities = value.is_object(),
+            meta::LOG_LEVEL => {
+                let level = value.as_str().and_then(LogLevel::parse);
+                log_level = Some(level.ok_or(EnvelopeError::LogLevel)?);
+            }
+            _ => {}
+        }
+    }
+    if !(has_version && has_capabilities) {
+        return Err(EnvelopeError::Missing);
+    }
+    let (mut version, mut capabilities) = (String::new(), Map::new());
+    // One pass, values moved rather than copied.
+    found.retain(|key, value| {
+        if !key.starts_with(meta::PREFIX) {
+            return true;
+        }
+        match (key.as_str(), value.take()) {
+            (meta::PROTOCOL_VERSION, Value::String(taken)) => version = taken,
+            (meta::CLIENT_CAPABILITIES, Value::Object(taken)) => capabilities = taken,
+            _ => {}
+        }
+        false
+    });
+    if found.is_empty() {
+        params.remove("_meta");
+    }
     Ok(Envelope {
-        version: version.to_owned(),
-        capabilities: capabilities.clone(),
+        version,
+        capabilities,
         log_level,
     })
 }
@@ -238,4 +263,48 @@ pub fn decode_header_value(value: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     let visible = text.bytes().all(|b| (0x20..=0x7e).contains(&b));
     let trimmed = text.trim() == text;
     (visible && trimmed).then_some(std::borrow::Cow::Borrowed(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_envelope_is_moved_out_and_only_the_protocols_keys_go_with_it() {
+        let mut request = json!({ "jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "echo",
+            "_meta": {
+                meta::PROTOCOL_VERSION: "2026-07-28",
+                meta::CLIENT_CAPABILITIES: { "elicitation": {} },
+                meta::CLIENT_INFO: { "name": "agent", "version": "1" },
+                meta::LOG_LEVEL: "error",
+                "io.modelcontextprotocol/somethingNew": true,
+                "progressToken": 3,
+            },
+        }});
+        let taken = take_envelope(&mut request).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(taken.version, "2026-07-28");
+        assert_eq!(
+            Value::Object(taken.capabilities),
+            json!({ "elicitation": {} })
+        );
+        assert_eq!(taken.log_level, Some(LogLevel::Error));
+        assert_eq!(
+            request["params"],
+            json!({ "name": "echo", "_meta": { "progressToken": 3 } })
+        );
+        let mut bad_level = json!({ "params": { "_meta": {
+            meta::PROTOCOL_VERSION: "2026-07-28", meta::CLIENT_CAPABILITIES: {},
+            meta::LOG_LEVEL: "shouting" } } });
+        let sent = bad_level.clone();
+        assert_eq!(take_envelope(&mut bad_level), Err(EnvelopeError::LogLevel));
+        assert_eq!(bad_level, sent);
+        let mut meta_not_object = json!({ "params": { "_meta": [1] } });
+        assert_eq!(
+            take_envelope(&mut meta_not_object),
+            Err(EnvelopeError::Missing)
+        );
+    }
 }

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use super::context::{TraceId, TraceParent};
 use super::span::{Recording, Root};
 use crate::metrics::{Counter, Exposition};
+use crate::protocol::At as _;
 
 /// Finished recordings waiting for the exporter; past this, spans are dropped.
 const QUEUE: usize = 4_096;
@@ -115,7 +116,7 @@ impl Tracer {
     /// `None` when it is not sampled.
     pub fn start(&self, message: &Value) -> Option<Box<Recording>> {
         let caller = message
-            .pointer("/params/_meta/traceparent")
+            .at(&["params", "_meta", "traceparent"])
             .and_then(Value::as_str)
             .and_then(TraceParent::parse);
         let (trace_id, parent) = match caller {

@@ -15,6 +15,7 @@ use super::http_body::{read_limited, without_url};
 use super::link::{Connected, Inbox, Link};
 use super::sse::{SseEvent, SseParser};
 use crate::config::{self, LimitsConfig, RemoteSpec};
+use crate::protocol::At as _;
 use crate::protocol::{self, Kind};
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -101,7 +102,7 @@ impl RemoteLink {
         if protocol::method(message) != Some("notifications/cancelled") {
             return;
         }
-        let id = message.pointer("/params/requestId").and_then(Value::as_u64);
+        let id = message.at(&["params", "requestId"]).and_then(Value::as_u64);
         if let Some(stream) = id.and_then(|id| lock(&self.streams).remove(&id)) {
             stream.cancel();
         }

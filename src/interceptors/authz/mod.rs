@@ -37,6 +37,7 @@ use crate::chain::{
     Annotation, Denial, Direction, Directory, Exchange, Interceptor, Phase, Verdict,
 };
 use crate::config::ClientConfig;
+use crate::protocol::At as _;
 use crate::protocol::code;
 
 /// The current policy set of a folder, and its reloads.
@@ -353,7 +354,7 @@ impl Authz {
                         Some((Action::SubscribeResource, resource()))
                     }
                     "completion/complete" => {
-                        let kind = exchange.message.pointer("/params/ref/type");
+                        let kind = exchange.message.at(&["params", "ref", "type"]);
                         if kind.and_then(Value::as_str) == Some("ref/prompt") {
                             Some((Action::Complete, prompt()))
                         } else {
@@ -416,7 +417,7 @@ impl Authz {
     fn filter_list(&self, exchange: &mut Exchange, key: &str, action: Action) -> Verdict {
         let Some(items) = exchange
             .message
-            .pointer(&format!("/result/{key}"))
+            .at(&["result", key])
             .and_then(Value::as_array)
         else {
             return Verdict::Continue;
@@ -540,7 +541,7 @@ impl Interceptor for Authz {
             }
             Action::CallTool | Action::GetPrompt => exchange
                 .message
-                .pointer("/params/arguments")
+                .at(&["params", "arguments"])
                 .and_then(Value::as_object),
             _ => None,
         };

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Counts the instructions the proxy runs per call, for a 2025-11-25 session
+# call and for a 2026-07-28 stateless call, on one `portcullis serve` under
+# valgrind's callgrind: a count that does not depend on the machine's load,
+# where the round-trip benchmark's times do (BENCHMARKS.md). Every thread of
+# the proxy is counted (the audit writer's included); the example server is
+# not.
+#
+# Usage: scripts/instructions-per-call.sh [CALLS]     (default 2000)
+#   Needs valgrind (installed with apt-get when missing) and the release
+#   build of `cargo bench --bench roundtrip --no-run` (made when missing).
+#   Prints one line per path, then the ratio. The callgrind files stay in
+#   the printed directory: `callgrind_annotate --inclusive=yes FILE` shows
+#   where the instructions went.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CALLS="${1:-2000}"
+if ! command -v valgrind > /dev/null; then
+    apt-get install -y valgrind > /dev/null
+fi
+if [ ! -x "$ROOT/target/release/portcullis" ] || [ ! -x "$ROOT/target/release/portcullis-example-server" ]; then
+    (cd "$ROOT" && cargo bench --bench roundtrip --no-run >&2)
+fi
+
+WORK="$(mktemp -d)"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+HASH=$(printf 'bench-token' | sha256sum | cut -d' ' -f1)
+cat > "$WORK/proxy.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$PORT"
+data_dir = "data"
+
+[audit]
+durability = "buffered"
+
+[[clients]]
+name = "bench"
+token_sha256 = "$HASH"
+
+[[servers]]
+name = "example"
+process = { command = "$ROOT/target/release/portcullis-example-server", args = ["--name", "example"] }
+EOF
+
+# The bench client's requests, from Python: a kept-alive HTTP/1.1
+# connection, the session's after its handshake, or the stateless ones with
+# their envelope and headers. It waits (argument 3) before calling, so that
+# the counters are zeroed after the handshake.
+cat > "$WORK/client.py" <<'EOF'
+import json, socket, sys, time
+port, mode, calls, pause = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+conn = socket.create_connection(("127.0.0.1", port))
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+replies = conn.makefile("rb")
+def post(message, extra=""):
+    body = json.dumps(message).encode()
+    head = (f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer bench-token\r\n"
+            f"content-type: application/json\r\naccept: application/json, text/event-stream\r\n"
+            f"content-length: {len(body)}\r\n{extra}\r\n")
+    conn.sendall(head.encode() + body)
+    headers, length = [], 0
+    while (line := replies.readline()) not in (b"\r\n", b""):
+        headers.append(line.decode())
+        name, _, value = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    body = replies.read(length)
+    if not headers or not headers[0].startswith("HTTP/1.1 2"):
+        sys.exit(f"HTTP error: {headers} {body!r}")
+    return headers, body
+extra = ""
+if mode == "session":
+    headers, _ = post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "bench", "version": "0"}}})
+    session = next(h.split(":", 1)[1].strip() for h in headers if h.lower().startswith("mcp-session-id"))
+    extra = f"mcp-session-id: {session}\r\nmcp-protocol-version: 2025-11-25\r\n"
+    post({"jsonrpc": "2.0", "method": "notifications/initialized"}, extra)
+time.sleep(pause)
+for n in range(1, calls + 1):
+    call = {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+            "params": {"name": "example__echo", "arguments": {"text": "hello"}}}
+    headers = extra
+    if mode == "stateless":
+        call["params"]["_meta"] = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                   "io.modelcontextprotocol/clientCapabilities": {}}
+        headers = "mcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: example__echo\r\n"
+    _, body = post(call, headers)
+    if b'"result"' not in body:
+        sys.exit(f"call failed: {body!r}")
+EOF
+
+cd "$WORK"
+valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
+    "$ROOT/target/release/portcullis" serve --config proxy.toml > proxy.log 2>&1 &
+PROXY=$!
+trap 'kill $PROXY 2> /dev/null || true' EXIT
+for _ in $(seq 1 120); do
+    grep -q "listening for MCP" proxy.log && break
+    sleep 1
+done
+grep -q "listening for MCP" proxy.log || { cat proxy.log >&2; exit 1; }
+# Warm-up: both paths, so that neither pays for a first time.
+python3 client.py "$PORT" session 200 0
+python3 client.py "$PORT" stateless 200 0
+declare -A PER_CALL
+for mode in session stateless; do
+    python3 client.py "$PORT" "$mode" "$CALLS" 3 &
+    CLIENT=$!
+    sleep 1.5
+    callgrind_control -z "$PROXY" > /dev/null
+    wait "$CLIENT"
+    callgrind_control -d "$mode" "$PROXY" > /dev/null
+    dump=$(grep -l "^desc: Trigger: dump $mode" "$WORK"/callgrind.*.* | head -1)
+    total=$(awk '/^totals:/ {print $2}' "$dump")
+    PER_CALL[$mode]=$((total / CALLS))
+    echo "$mode: ${PER_CALL[$mode]} instructions per call ($dump)"
+done
+python3 -c "print(f'stateless / session: {${PER_CALL[stateless]} / ${PER_CALL[session]}:.3f}x')"
