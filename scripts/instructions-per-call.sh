@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Counts the instructions the proxy runs per call, for a 2025-11-25 session
 # call and for a 2026-07-28 stateless call, on one `portcullis serve` under
-# valgrind's callgrind: a count that does not depend on the machine's load,
-# where the round-trip benchmark's times do (BENCHMARKS.md). Every thread of
+# valgrind's callgrind: a count that barely moves with the machine's load
+# (the runtime's idle and timer work still varies a little from run to
+# run), where the round-trip benchmark's times move a lot (BENCHMARKS.md). Every thread of
 # the proxy is counted (the audit writer's included); the example server is
 # not.
 #
 # Usage: scripts/instructions-per-call.sh [CALLS]     (default 2000)
 #   Needs valgrind (installed with apt-get when missing) and the release
-#   build of `cargo bench --bench roundtrip --no-run` (made when missing).
+#   build of `cargo bench --bench roundtrip --no-run` (brought up to date
+#   first, so that what is counted is the tree as it is).
 #   Prints one line per path, then the ratio. The callgrind files stay in
 #   the printed directory: `callgrind_annotate --inclusive=yes FILE` shows
 #   where the instructions went.
@@ -17,11 +19,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CALLS="${1:-2000}"
 if ! command -v valgrind > /dev/null; then
-    apt-get install -y valgrind > /dev/null
+    echo "valgrind is missing: installing Debian's package" >&2
+    { apt-get update -qq && apt-get install -y -qq valgrind > /dev/null; } \
+        || { echo "cannot install valgrind: install it, then run this again" >&2; exit 1; }
 fi
-if [ ! -x "$ROOT/target/release/portcullis" ] || [ ! -x "$ROOT/target/release/portcullis-example-server" ]; then
-    (cd "$ROOT" && cargo bench --bench roundtrip --no-run >&2)
-fi
+(cd "$ROOT" && cargo bench --bench roundtrip --no-run >&2)
 
 WORK="$(mktemp -d)"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -45,11 +47,11 @@ EOF
 
 # The bench client's requests, from Python: a kept-alive HTTP/1.1
 # connection, the session's after its handshake, or the stateless ones with
-# their envelope and headers. It waits (argument 3) before calling, so that
-# the counters are zeroed after the handshake.
+# their envelope and headers. After its handshake it says `ready` and waits
+# for a line on stdin, so that the counters are zeroed between the two.
 cat > "$WORK/client.py" <<'EOF'
-import json, socket, sys, time
-port, mode, calls, pause = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+import json, socket, sys
+port, mode, calls, wait = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] == "wait"
 conn = socket.create_connection(("127.0.0.1", port))
 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 replies = conn.makefile("rb")
@@ -77,7 +79,9 @@ if mode == "session":
     session = next(h.split(":", 1)[1].strip() for h in headers if h.lower().startswith("mcp-session-id"))
     extra = f"mcp-session-id: {session}\r\nmcp-protocol-version: 2025-11-25\r\n"
     post({"jsonrpc": "2.0", "method": "notifications/initialized"}, extra)
-time.sleep(pause)
+if wait:
+    print("ready", flush=True)
+    sys.stdin.readline()
 for n in range(1, calls + 1):
     call = {"jsonrpc": "2.0", "id": n, "method": "tools/call",
             "params": {"name": "example__echo", "arguments": {"text": "hello"}}}
@@ -102,17 +106,20 @@ for _ in $(seq 1 120); do
 done
 grep -q "listening for MCP" proxy.log || { cat proxy.log >&2; exit 1; }
 # Warm-up: both paths, so that neither pays for a first time.
-python3 client.py "$PORT" session 200 0
-python3 client.py "$PORT" stateless 200 0
+python3 client.py "$PORT" session 200 go
+python3 client.py "$PORT" stateless 200 go
 declare -A PER_CALL
 for mode in session stateless; do
-    python3 client.py "$PORT" "$mode" "$CALLS" 3 &
-    CLIENT=$!
-    sleep 1.5
+    coproc CLIENT { python3 client.py "$PORT" "$mode" "$CALLS" wait; }
+    client_pid=$CLIENT_PID
+    read -r ready <&"${CLIENT[0]}"
+    [ "$ready" = ready ] || { echo "the $mode client did not start" >&2; exit 1; }
     callgrind_control -z "$PROXY" > /dev/null
-    wait "$CLIENT"
+    echo go >&"${CLIENT[1]}"
+    wait "$client_pid"
     callgrind_control -d "$mode" "$PROXY" > /dev/null
-    dump=$(grep -l "^desc: Trigger: dump $mode" "$WORK"/callgrind.*.* | head -1)
+    dump=$(grep -l "^desc: Trigger: dump $mode" "$WORK"/callgrind.*.* | head -1) \
+        || { echo "callgrind wrote no dump for $mode" >&2; exit 1; }
     total=$(awk '/^totals:/ {print $2}' "$dump")
     PER_CALL[$mode]=$((total / CALLS))
     echo "$mode: ${PER_CALL[$mode]} instructions per call ($dump)"

@@ -48,6 +48,10 @@ pub struct ExampleServer {
     subscriptions: Arc<Mutex<BTreeSet<String>>>,
 }
 
+/// How long a change waits for a listen stream acknowledged but not yet
+/// handed to `listen` (see `Shared::opening`).
+const OPENING_AT_MOST: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Shared {
     name: String,
     /// Speaks 2026-07-28 alone (`--stateless`): no `initialize`, each
@@ -58,12 +62,14 @@ struct Shared {
     /// The open `subscriptions/listen` streams (2026-07-28): list changes
     /// and resource updates go on them.
     listeners: Mutex<Vec<SubscriptionSink>>,
-    /// Listen streams accepted whose sink is not in `listeners` yet: rmcp
-    /// sends a stream's acknowledgement before it hands the stream to
-    /// `listen`, so a client told its stream stands may ask for a change
-    /// before the stream can carry it. A change waits for them
-    /// ([`ExampleServer::listeners`]).
-    opening: std::sync::atomic::AtomicUsize,
+    /// When each listen stream accepted but not yet handed to `listen` was
+    /// accepted: rmcp sends a stream's acknowledgement before it hands the
+    /// stream to `listen`, so a client told its stream stands may ask for a
+    /// change before the stream can carry it. A change waits for them
+    /// ([`ExampleServer::listeners`]); one that never arrives (its
+    /// acknowledgement failed, its request was dropped) is waited for once,
+    /// [`OPENING_AT_MOST`], then forgotten.
+    opening: Mutex<Vec<std::time::Instant>>,
     opened: tokio::sync::Notify,
     /// The tasks made for clients that take them (2026-07-28).
     tasks: TaskManager,
@@ -77,7 +83,7 @@ impl ExampleServer {
                 stateless,
                 tools: RwLock::new(Arc::new(Self::tool_router())),
                 listeners: Mutex::default(),
-                opening: std::sync::atomic::AtomicUsize::new(0),
+                opening: Mutex::default(),
                 opened: tokio::sync::Notify::new(),
                 tasks: TaskManager::new(),
             }),
@@ -147,29 +153,34 @@ impl ExampleServer {
 
     /// The open listen streams (2026-07-28), to send a change on; each one
     /// sends only what it accepted. Streams already acknowledged but not
-    /// yet handed to `listen` are waited for (at most a second: one whose
-    /// request was cancelled meanwhile never arrives).
+    /// yet handed to `listen` are waited for (each at most
+    /// [`OPENING_AT_MOST`] after it was accepted).
     pub async fn listeners(&self) -> Vec<SubscriptionSink> {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
         loop {
             let opened = self.shared.opened.notified();
-            if self
-                .shared
-                .opening
-                .load(std::sync::atomic::Ordering::Acquire)
-                == 0
-            {
+            let oldest = {
+                let mut opening = self.opening();
+                opening.retain(|accepted| accepted.elapsed() < OPENING_AT_MOST);
+                opening.iter().min().copied()
+            };
+            let Some(oldest) = oldest else {
                 break;
-            }
-            if tokio::time::timeout_at(deadline, opened).await.is_err() {
-                break;
-            }
+            };
+            let given_up = tokio::time::Instant::from_std(oldest + OPENING_AT_MOST);
+            let _ = tokio::time::timeout_at(given_up, opened).await;
         }
         self.shared
             .listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    fn opening(&self) -> MutexGuard<'_, Vec<std::time::Instant>> {
+        self.shared
+            .opening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn subscriptions(&self) -> MutexGuard<'_, BTreeSet<String>> {
@@ -375,10 +386,8 @@ impl ServerHandler for ExampleServer {
         if !self.shared.stateless {
             return None;
         }
-        // Counted until `listen` holds its sink.
-        self.shared
-            .opening
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        // Waited for until `listen` holds its sink.
+        self.opening().push(std::time::Instant::now());
         Some(accepted)
     }
 
@@ -391,12 +400,14 @@ impl ServerHandler for ExampleServer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(sink);
-        let opening = &self.shared.opening;
-        let _ = opening.fetch_update(
-            std::sync::atomic::Ordering::AcqRel,
-            std::sync::atomic::Ordering::Acquire,
-            |n| n.checked_sub(1),
-        );
+        {
+            // The oldest is this one's, or one that will never arrive.
+            let mut opening = self.opening();
+            if let Some(oldest) = opening.iter().enumerate().min_by_key(|(_, at)| **at) {
+                let oldest = oldest.0;
+                opening.swap_remove(oldest);
+            }
+        }
         self.shared.opened.notify_waiters();
         context.cancelled().await;
         self.shared

@@ -34,7 +34,9 @@ fn proxy_meta() -> Value {
 
 /// A stateless request's envelope, checked (well formed, and of the
 /// version the proxy speaks statelessly) and taken out of it
-/// ([`protocol::take_envelope`]).
+/// ([`protocol::take_envelope`]: one refused for its form is left as it
+/// came; one of a version not spoken here has lost its envelope, and is
+/// answered only with its id).
 pub fn checked_envelope(message: &mut Value) -> Result<Envelope, Failure> {
     let envelope = protocol::take_envelope(message).map_err(Failure::Envelope)?;
     version_spoken(&envelope)?;

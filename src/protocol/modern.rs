@@ -77,21 +77,23 @@ pub fn take_envelope(message: &mut Value) -> Result<Envelope, EnvelopeError> {
     };
     // Checked in one pass over the keys (no lookup, each of which hashes
     // the key), before anything is moved: a refused request is untouched.
-    let (mut has_version, mut has_capabilities, mut log_level) = (false, false, None);
+    let (mut has_version, mut has_capabilities, mut log_level) = (false, false, Ok(None));
     for (key, value) in found.iter() {
         match key.as_str() {
             meta::PROTOCOL_VERSION => has_version = value.is_string(),
             meta::CLIENT_CAPABILITIES => has_capabilities = value.is_object(),
             meta::LOG_LEVEL => {
                 let level = value.as_str().and_then(LogLevel::parse);
-                log_level = Some(level.ok_or(EnvelopeError::LogLevel)?);
+                log_level = level.map(Some).ok_or(EnvelopeError::LogLevel);
             }
             _ => {}
         }
     }
+    // What is missing is said first, then a bad log level.
     if !(has_version && has_capabilities) {
         return Err(EnvelopeError::Missing);
     }
+    let log_level = log_level?;
     let (mut version, mut capabilities) = (String::new(), Map::new());
     // One pass, values moved rather than copied.
     found.retain(|key, value| {
@@ -301,6 +303,9 @@ mod tests {
         let sent = bad_level.clone();
         assert_eq!(take_envelope(&mut bad_level), Err(EnvelopeError::LogLevel));
         assert_eq!(bad_level, sent);
+        let mut both_wrong = json!({ "params": { "_meta": {
+            meta::CLIENT_CAPABILITIES: {}, meta::LOG_LEVEL: "shouting" } } });
+        assert_eq!(take_envelope(&mut both_wrong), Err(EnvelopeError::Missing));
         let mut meta_not_object = json!({ "params": { "_meta": [1] } });
         assert_eq!(
             take_envelope(&mut meta_not_object),
