@@ -9,7 +9,7 @@
 //! once (`ttlMs: 0`): a policy reload or a server's list change may change
 //! them with no notice to a client that holds no listen stream.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::protocol::{self, Envelope, meta};
 
@@ -163,16 +163,8 @@ pub(super) fn handshake_result(mut reply: Value) -> Value {
 /// log level): a server is sent the request as a client of its own
 /// revision would send it. A `_meta` emptied so goes too.
 pub(super) fn strip_envelope(request: &mut Value) {
-    if !protocol::strip_protocol_meta(request) {
-        return;
-    }
-    if let Some(params) = request.get_mut("params").and_then(Value::as_object_mut)
-        && params
-            .get("_meta")
-            .and_then(Value::as_object)
-            .is_some_and(Map::is_empty)
-    {
-        params.remove("_meta");
+    if let Some(params) = request.get_mut("params").and_then(Value::as_object_mut) {
+        protocol::take_protocol_meta(params, |_, _| {});
     }
 }
 

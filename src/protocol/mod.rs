@@ -13,6 +13,7 @@ pub use modern::{
     ALL_VERSIONS, CACHEABLE, Envelope, EnvelopeError, MODERN_METHODS, MODERN_VERSION,
     REMOVED_IN_MODERN, TASKS_EXTENSION, decode_header_value, encode_header_value, envelope_version,
     meta, put_envelope, routing_name, strip_envelope_keys, strip_protocol_meta, take_envelope,
+    take_protocol_meta,
 };
 
 use serde_json::{Map, Value, json};

@@ -72,7 +72,7 @@ pub fn take_envelope(message: &mut Value) -> Result<Envelope, EnvelopeError> {
     let Some(params) = params else {
         return Err(EnvelopeError::Missing);
     };
-    let Some(Value::Object(found)) = params.get_mut("_meta") else {
+    let Some(Value::Object(found)) = params.get("_meta") else {
         return Err(EnvelopeError::Missing);
     };
     // Checked in one pass over the keys (no lookup, each of which hashes
@@ -95,26 +95,43 @@ pub fn take_envelope(message: &mut Value) -> Result<Envelope, EnvelopeError> {
     }
     let log_level = log_level?;
     let (mut version, mut capabilities) = (String::new(), Map::new());
-    // One pass, values moved rather than copied.
-    found.retain(|key, value| {
-        if !key.starts_with(meta::PREFIX) {
-            return true;
-        }
-        match (key.as_str(), value.take()) {
-            (meta::PROTOCOL_VERSION, Value::String(taken)) => version = taken,
-            (meta::CLIENT_CAPABILITIES, Value::Object(taken)) => capabilities = taken,
-            _ => {}
-        }
-        false
+    take_protocol_meta(params, |key, value| match (key, value) {
+        (meta::PROTOCOL_VERSION, Value::String(taken)) => version = taken,
+        (meta::CLIENT_CAPABILITIES, Value::Object(taken)) => capabilities = taken,
+        _ => {}
     });
-    if found.is_empty() {
-        params.remove("_meta");
-    }
     Ok(Envelope {
         version,
         capabilities,
         log_level,
     })
+}
+
+/// Moves every key of the protocol's out of the `_meta` of a request's
+/// `params`, in one pass, handing each to `take`; a `_meta` they leave
+/// empty goes too. Whether there was any.
+pub fn take_protocol_meta(
+    params: &mut Map<String, Value>,
+    mut take: impl FnMut(&str, Value),
+) -> bool {
+    let Some(Value::Object(found)) = params.get_mut("_meta") else {
+        return false;
+    };
+    let before = found.len();
+    found.retain(|key, value| {
+        if !key.starts_with(meta::PREFIX) {
+            return true;
+        }
+        take(key, value.take());
+        false
+    });
+    if found.len() == before {
+        return false;
+    }
+    if found.is_empty() {
+        params.remove("_meta");
+    }
+    true
 }
 
 /// Puts `envelope`'s keys in a request's `params._meta` (made an object if
