@@ -7,7 +7,7 @@
 
 use std::{
     borrow::Cow,
-    collections::BTreeSet,
+    collections::{BTreeSet, VecDeque},
     sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock},
 };
 
@@ -69,7 +69,7 @@ struct Shared {
     /// ([`ExampleServer::listeners`]); one that never arrives (its
     /// acknowledgement failed, its request was dropped) is waited for once,
     /// [`OPENING_AT_MOST`], then forgotten.
-    opening: Mutex<Vec<std::time::Instant>>,
+    opening: Mutex<VecDeque<std::time::Instant>>,
     opened: tokio::sync::Notify,
     /// The tasks made for clients that take them (2026-07-28).
     tasks: TaskManager,
@@ -161,7 +161,7 @@ impl ExampleServer {
             let oldest = {
                 let mut opening = self.opening();
                 opening.retain(|accepted| accepted.elapsed() < OPENING_AT_MOST);
-                opening.iter().min().copied()
+                opening.front().copied()
             };
             let Some(oldest) = oldest else {
                 break;
@@ -176,7 +176,8 @@ impl ExampleServer {
             .clone()
     }
 
-    fn opening(&self) -> MutexGuard<'_, Vec<std::time::Instant>> {
+    /// The streams accepted and not yet in `listen`, oldest first.
+    fn opening(&self) -> MutexGuard<'_, VecDeque<std::time::Instant>> {
         self.shared
             .opening
             .lock()
@@ -387,7 +388,7 @@ impl ServerHandler for ExampleServer {
             return None;
         }
         // Waited for until `listen` holds its sink.
-        self.opening().push(std::time::Instant::now());
+        self.opening().push_back(std::time::Instant::now());
         Some(accepted)
     }
 
@@ -400,14 +401,8 @@ impl ServerHandler for ExampleServer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(sink);
-        {
-            // The oldest is this one's, or one that will never arrive.
-            let mut opening = self.opening();
-            if let Some(oldest) = opening.iter().enumerate().min_by_key(|(_, at)| **at) {
-                let oldest = oldest.0;
-                opening.swap_remove(oldest);
-            }
-        }
+        // The oldest is this one's, or one that will never arrive.
+        self.opening().pop_front();
         self.shared.opened.notify_waiters();
         context.cancelled().await;
         self.shared
