@@ -14,8 +14,7 @@ use super::DownstreamError;
 use super::sessions::lock;
 use crate::chain::{ClientIdentity, Transport};
 use crate::gateway::{Failure, Gateway, Outlet, Session, checked_envelope};
-use crate::protocol::At as _;
-use crate::protocol::{self, Frame, FrameReader, IdKey, Kind};
+use crate::protocol::{self, At as _, Frame, FrameReader, IdKey, Kind};
 
 /// Lines waiting for a client that has not read them yet. Past it, what
 /// servers send on their own (progress, logs, list changes) is dropped and

@@ -21,8 +21,7 @@ use serde_json::{Value, json};
 use crate::chain::{Annotation, Denial, Exchange, Refusal};
 use crate::config::{DiscoveryConfig, ServerConfig};
 use crate::interceptors::authz::{Action, Target};
-use crate::protocol;
-use crate::protocol::At as _;
+use crate::protocol::{self, At as _};
 use crate::search::{Index, server_fields};
 
 use super::{Catalog, Gateway, ListKind, ServerLists, Session, lock};

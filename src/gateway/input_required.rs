@@ -22,8 +22,7 @@ use futures_util::StreamExt as _;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol;
-use crate::protocol::At as _;
+use crate::protocol::{self, At as _};
 use crate::upstream::{Origin, Upstream};
 
 use super::failure::Failure;

@@ -17,8 +17,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
-use crate::protocol::At as _;
-use crate::protocol::{self, meta};
+use crate::protocol::{self, At as _, meta};
 
 use super::failure::Failure;
 use super::session::{Listen, MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS};

@@ -8,8 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::chain::{Direction, Outcome, Phase};
-use crate::protocol::At as _;
-use crate::protocol::{self, IdKey};
+use crate::protocol::{self, At as _, IdKey};
 use crate::upstream::Status;
 
 use super::{Gateway, Session, lock};

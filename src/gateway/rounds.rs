@@ -27,8 +27,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::{Direction, Phase};
-use crate::protocol;
-use crate::protocol::At as _;
+use crate::protocol::{self, At as _};
 
 use super::failure::Failure;
 use super::session::{InputAsk, Nowhere, Outlet, Relay};

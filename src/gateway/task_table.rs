@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use crate::chain::ClientIdentity;
-use crate::protocol::At as _;
-use crate::protocol::{self, meta};
+use crate::protocol::{self, At as _, meta};
 
 use super::failure::Failure;
 use super::lock;

@@ -29,8 +29,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::chain::Outcome;
-use crate::protocol::At as _;
-use crate::protocol::{self, code};
+use crate::protocol::{self, At as _, code};
 
 use super::failure::Failure;
 use super::task_table::{self, Created, METHODS};

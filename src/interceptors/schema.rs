@@ -24,8 +24,7 @@ use crate::chain::{
     Annotation, Definition, Denial, Direction, Exchange, Interceptor, Phase, Verdict,
 };
 use crate::config::{OutputAction, SchemaConfig};
-use crate::protocol::At as _;
-use crate::protocol::code;
+use crate::protocol::{At as _, code};
 
 /// At most this many violations are listed in a refusal.
 const MOST_VIOLATIONS: usize = 20;

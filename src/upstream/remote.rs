@@ -15,8 +15,7 @@ use super::http_body::{read_limited, without_url};
 use super::link::{Connected, Inbox, Link};
 use super::sse::{SseEvent, SseParser};
 use crate::config::{self, LimitsConfig, RemoteSpec};
-use crate::protocol::At as _;
-use crate::protocol::{self, Kind};
+use crate::protocol::{self, At as _, Kind};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";

@@ -37,8 +37,7 @@ use crate::chain::{
     Annotation, Denial, Direction, Directory, Exchange, Interceptor, Phase, Verdict,
 };
 use crate::config::ClientConfig;
-use crate::protocol::At as _;
-use crate::protocol::code;
+use crate::protocol::{At as _, code};
 
 /// The current policy set of a folder, and its reloads.
 pub struct PolicyEngine {
