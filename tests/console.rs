@@ -551,16 +551,8 @@ async fn the_security_team_sees_pins_awaiting_approval_and_the_policy_set_with_a
     assert!(!set.is_empty());
     assert_eq!(browser.eval(&detail("policies")).await, json!("2"));
     // The id audit records carry.
-    let started: Value = reqwest::Client::new()
-        .get(format!("{}/admin/audit?kind=proxy_start", served.base))
-        .bearer_auth(AUDITOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(started["records"][0]["policy_set"], json!(set), "{started}");
+    let started = common::admin_records(&served.base, "kind=proxy_start", AUDITOR_TOKEN).await;
+    assert_eq!(started[0]["policy_set"], json!(set), "{started:?}");
     browser
         .screenshot(&screenshots().join("policies.png"))
         .await;

@@ -178,17 +178,8 @@ async fn fleet_read_over_http(base: &str) {
         .build()
         .unwrap();
     let url = format!("{base}/admin/audit/fleet?kind=exchange&limit=3");
-    let answer: Value = http
-        .get(&url)
-        .bearer_auth(common::AUDITOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let records = answer["records"].as_array().cloned().unwrap_or_default();
-    assert_eq!(records.len(), 3, "{answer}");
+    let records = common::admin_list(&http, &url, common::AUDITOR_TOKEN).await;
+    assert_eq!(records.len(), 3, "{records:?}");
     for found in &records {
         assert_eq!(found["replica"], "replica-a", "{found}");
         assert_eq!(found["store"], "serve", "{found}");

@@ -16,20 +16,30 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `openssl req` making a new P-256 key `key` (unencrypted) and, with
+/// `rest`, what it writes with it.
+fn request_with_new_key(dir: &Path, key: &str, rest: &[&str]) {
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key,
+    ];
+    args.extend_from_slice(rest);
+    openssl(dir, &args);
+}
+
 /// A CA (`NAME-ca.pem`/`.key`) in `dir`.
 pub fn ca(dir: &Path, name: &str) {
-    openssl(
+    request_with_new_key(
         dir,
+        &format!("{name}-ca.key"),
         &[
-            "req",
             "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}-ca.key"),
             "-out",
             &format!("{name}-ca.pem"),
             "-days",
@@ -43,17 +53,10 @@ pub fn ca(dir: &Path, name: &str) {
 /// A certificate `NAME.pem`/`.key` signed by the CA `CA`, with `extensions`.
 pub fn signed(dir: &Path, ca: &str, name: &str, extensions: &str) {
     std::fs::write(dir.join(format!("{name}.ext")), extensions).unwrap();
-    openssl(
+    request_with_new_key(
         dir,
+        &format!("{name}.key"),
         &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
             "-out",
             &format!("{name}.csr"),
             "-subj",

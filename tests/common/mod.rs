@@ -946,12 +946,17 @@ pub async fn admin_records_with(
     query: &str,
     token: &str,
 ) -> Vec<Value> {
+    admin_list(http, &format!("{base}/admin/audit?{query}"), token).await
+}
+
+/// The `records` an admin API `url` (`/admin/audit…`) answers `token` with.
+pub async fn admin_list(http: &reqwest::Client, url: &str, token: &str) -> Vec<Value> {
     let answer: Value = http
-        .get(format!("{base}/admin/audit?{query}"))
+        .get(url)
         .bearer_auth(token)
         .send()
         .await
-        .expect("GET /admin/audit")
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
         .json()
         .await
         .expect("a JSON answer");
