@@ -657,6 +657,57 @@ async fn a_secret_in_result_meta_is_redacted() {
     );
 }
 
+/// 5b. A 2026-07-28 client's envelope is the proxy's to read: the server
+/// is sent none of the protocol's `_meta` keys (the envelope, or one the
+/// client made up), and the client's own keys as they came.
+#[tokio::test]
+async fn a_stateless_clients_protocol_meta_never_reaches_the_server() {
+    let hostile = Hostile::new(json!({"tools": {"meta": [reply(&json!({
+        "content": [text("answered")],
+    }))]}}));
+    let served = hostile.proxy.serve_http().await;
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "h__meta", "arguments": {},
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {"sampling": {}},
+            "io.modelcontextprotocol/clientInfo": {"name": "agent", "version": "1"},
+            "io.modelcontextprotocol/logLevel": "error",
+            "io.modelcontextprotocol/madeUp": {"smuggled": true},
+            "x-trace": "kept",
+        },
+    }});
+    let answer: Value = reqwest::Client::new()
+        .post(&served.url)
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "h__meta")
+        .json(&call)
+        .send()
+        .await
+        .expect("POST /mcp")
+        .json()
+        .await
+        .expect("a JSON reply");
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "answered",
+        "{answer}"
+    );
+    let received = hostile.received_call("meta");
+    assert!(
+        !received.raw.contains("io.modelcontextprotocol"),
+        "{}",
+        received.raw
+    );
+    assert_eq!(
+        received.value["params"]["_meta"]["x-trace"], "kept",
+        "{}",
+        received.raw
+    );
+}
+
 /// 6a. An `image` block whose `data` is base64 of text holding a secret.
 #[tokio::test]
 async fn an_image_whose_data_decodes_to_a_secret_is_redacted() {
