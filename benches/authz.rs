@@ -90,7 +90,9 @@ fn catalog() -> Arc<Catalog> {
             tools,
             ..ServerLists::default()
         };
-        catalog = catalog.with_server(server, Some(lists), &names, "__").0;
+        catalog = catalog
+            .with_server(server, Some(Arc::new(lists)), &names, "__")
+            .0;
     }
     Arc::new(catalog)
 }

@@ -185,6 +185,7 @@ fn verifier(issuer: &str) -> OauthVerifier {
         scopes: vec![],
         required_scopes: vec![],
         providers: vec![provider],
+        egress: Default::default(),
     };
     OauthVerifier::new(config, HashSet::new()).unwrap()
 }

@@ -181,6 +181,38 @@ impl Definition {
     pub fn same_as(&self, other: &Definition) -> bool {
         Arc::ptr_eq(&self.list, &other.list) && self.index == other.index
     }
+
+    /// Where it is, without keeping its list alive: what a cache keyed by
+    /// definition holds, so that a list replaced is freed with its items
+    /// whatever the caches remember.
+    pub fn downgrade(&self) -> DefinitionRef {
+        DefinitionRef {
+            list: Arc::downgrade(&self.list),
+            index: self.index,
+        }
+    }
+}
+
+/// A [`Definition`]'s place in a list the reference does not keep alive.
+#[derive(Debug, Clone)]
+pub struct DefinitionRef {
+    list: std::sync::Weak<Vec<Value>>,
+    index: usize,
+}
+
+impl DefinitionRef {
+    /// Whether `definition` is the item this refers to (the same list, not
+    /// an equal one: the list's allocation lives as long as this does, so
+    /// no other list can take its address).
+    pub fn is(&self, definition: &Definition) -> bool {
+        std::ptr::eq(self.list.as_ptr(), Arc::as_ptr(&definition.list))
+            && self.index == definition.index
+    }
+
+    /// Whether its list was dropped (nothing can match it any more).
+    pub fn is_gone(&self) -> bool {
+        self.list.strong_count() == 0
+    }
 }
 
 /// Which server lists an item of the merged lists the client sees.

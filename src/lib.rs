@@ -1,7 +1,7 @@
 //! Portcullis: a policy-enforcing security proxy for the Model Context Protocol.
 //!
 //! Layers, bottom to top (a module never imports one above it):
-//! `protocol`, `config` → `chain` → `interceptors`, `upstream` → `gateway`
+//! `protocol`, `config` → `egress` → `traces` → `chain` → `interceptors`, `upstream` → `gateway`
 //! → `downstream` → `cli`.
 
 pub mod audit;
@@ -9,6 +9,7 @@ pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod downstream;
+pub mod egress;
 pub mod gateway;
 pub mod identity;
 pub mod interceptors;

@@ -375,7 +375,9 @@ async fn sigterm_removes_every_container_and_a_killed_proxys_are_removed_at_next
 async fn lazy_servers_start_at_first_use_and_stop_when_idle() {
     let _serial = SERIAL.lock().await;
     let docker = docker().await;
-    let proxy = TestProxy::new().with_container_server("box-lazy", ", idle_timeout = \"1s\"", "");
+    // Idle for ten seconds before it stops: time enough, on a loaded
+    // machine, to see the container it started running.
+    let proxy = TestProxy::new().with_container_server("box-lazy", ", idle_timeout = \"10s\"", "");
     let mut client = proxy.raw_stdio_with_env(&[]).await;
     // The proxy is up (it answers ping) but nobody used the server yet.
     let pong = client.call(1, "ping", json!({})).await;
@@ -397,7 +399,7 @@ async fn lazy_servers_start_at_first_use_and_stop_when_idle() {
     assert!(names.contains(&"box-lazy__echo"), "{names:?}");
     wait_for_containers(&docker, "box-lazy", 1).await;
 
-    // Idle for a second: stopped and removed, its tools still listed.
+    // Idle for its ten seconds: stopped and removed, its tools still listed.
     client
         .wait_for_log(&["box-lazy", "stopping the server: idle"])
         .await;
@@ -432,7 +434,15 @@ async fn lazy_servers_start_at_first_use_and_stop_when_idle() {
         )
         .await;
     assert_eq!(subscribed["result"], json!({}), "{subscribed}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Past its idle timeout: not stopped (the proxy did not decide to, nor
+    // did the container go).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let idle_stops = client
+        .log()
+        .iter()
+        .filter(|line| line.contains("box-lazy") && line.contains("stopping the server: idle"))
+        .count();
+    assert_eq!(idle_stops, 1, "held by the subscription");
     assert_eq!(
         containers(&docker, "box-lazy").await.len(),
         1,

@@ -142,8 +142,115 @@ async fn a_replica_ships_every_acknowledged_call_once_across_a_sigkill() {
     );
     assert!(found.iter().all(|f| f["record"]["kind"] == "exchange"));
 
+    // A side column changed (what a filtered query could narrow by), a row
+    // added outside the chain: each found by verify, and none hides the
+    // record from a query or shows the added row.
+    let (changed, _) = rows
+        .iter()
+        .find(|(_, r)| r["kind"] == "exchange" && r["method"] == "tools/call")
+        .unwrap();
+    let restore = "UPDATE portcullis_records SET time = record::json ->> 'time', \
+                   kind = record::json ->> 'kind', client = record::json ->> 'client', \
+                   server = record::json ->> 'server', decision = record::json ->> 'decision' \
+                   WHERE replica = 'replica-a' AND seq = $1";
+    let found_by = |filters: &[&str]| {
+        let mut args = vec!["query", "--store", &url, "--format", "jsonl"];
+        args.extend_from_slice(filters);
+        let (ok, stdout, stderr) = audit(&config, &args);
+        assert!(ok, "{stderr}");
+        stdout
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|f| f["replica"] == "replica-a")
+            .map(|f| f["record"]["seq"].as_i64().unwrap())
+            .collect::<Vec<i64>>()
+    };
+    let record_of = |seq: &i64| rows.iter().find(|(at, _)| at == seq).unwrap().1.clone();
+    let since = record_of(changed)["time"].as_str().unwrap().to_owned();
+    let by_every_column = [
+        "--client",
+        "tester",
+        "--kind",
+        "exchange",
+        "--server",
+        "example",
+        "--decision",
+        "allow",
+        "--since",
+        &since,
+    ];
+    for (column, sql) in [
+        (
+            "client",
+            "UPDATE portcullis_records SET client = 'someone-else' WHERE replica = 'replica-a' AND seq = $1",
+        ),
+        (
+            "kind",
+            "UPDATE portcullis_records SET kind = 'session_end' WHERE replica = 'replica-a' AND seq = $1",
+        ),
+        (
+            "server",
+            "UPDATE portcullis_records SET server = 'elsewhere' WHERE replica = 'replica-a' AND seq = $1",
+        ),
+        (
+            "decision",
+            "UPDATE portcullis_records SET decision = 'deny' WHERE replica = 'replica-a' AND seq = $1",
+        ),
+        (
+            "time",
+            "UPDATE portcullis_records SET time = '1970-01-01T00:00:00Z' WHERE replica = 'replica-a' AND seq = $1",
+        ),
+    ] {
+        client.execute(sql, &[changed]).await.unwrap();
+        let (ok, stdout, _) = audit(&config, &["verify", "--store", &url]);
+        assert!(!ok, "{column}: {stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "BROKEN at record {changed}: its `{column}` column is not what the record says"
+            )),
+            "{column}: {stdout}"
+        );
+        assert!(
+            found_by(&by_every_column).contains(changed),
+            "{column}: the record is hidden from a query"
+        );
+        client.execute(restore, &[changed]).await.unwrap();
+    }
+    let (ok, stdout, _) = audit(&config, &["verify", "--store", &url]);
+    assert!(ok, "restored: {stdout}");
+    // A forged copy of a record added before the chain's start.
+    client
+        .execute(
+            "INSERT INTO portcullis_records (replica, store, seq, time, kind, client, server, decision, record) \
+             VALUES ('replica-a', 'serve', 0, $1, 'exchange', 'tester', 'example', 'allow', $2)",
+            &[&since, &record_of(changed).to_string()],
+        )
+        .await
+        .unwrap();
+    let (ok, stdout, _) = audit(&config, &["verify", "--store", &url]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("BROKEN at record 0: 1 rows lie outside the chain"),
+        "{stdout}"
+    );
+    // The copy says it is that record: shown, it would be there twice.
+    assert_eq!(
+        found_by(&["--client", "tester", "--kind", "exchange"])
+            .iter()
+            .filter(|seq| *seq == changed)
+            .count(),
+        1,
+        "the forged row is shown"
+    );
+    client
+        .execute(
+            "DELETE FROM portcullis_records WHERE replica = 'replica-a' AND seq = 0",
+            &[],
+        )
+        .await
+        .unwrap();
+
     // A record changed in the database, then one removed: each found.
-    let (changed, _) = rows.iter().find(|(_, r)| r["kind"] == "exchange").unwrap();
     let tampered = |sql: &'static str| {
         let (client, config, url) = (&client, &config, &url);
         async move {

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{TestProxy, tool_names};
 use serde_json::{Value, json};
 
@@ -125,16 +123,34 @@ async fn past_its_concurrency_limit_a_server_queues_then_refuses() {
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                "params": {"name": "example__sleep", "arguments": {"ms": ms}}})
     };
-    // One in flight, one waiting, and a third with no room: refused at once.
-    client.send(sleep(1, 1500)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One in flight: its server asks the client a sampling question and
+    // waits for the answer, so the call holds its place until the test
+    // answers (its question seen, the call is in flight), however slow the
+    // machine.
+    client
+        .send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "example__sample", "arguments": {"prompt": "hold"}}}))
+        .await;
+    let question = client
+        .recv_matching("the sampling question", |m| {
+            m["method"] == json!("sampling/createMessage")
+        })
+        .await;
+    // Two more, which run concurrently: whichever comes to the limit first
+    // waits in the queue, and the other finds no room and is refused at
+    // once, before any call ends.
     client.send(sleep(2, 10)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     client.send(sleep(3, 10)).await;
     let first = client
-        .recv_matching("the first response", |m| m.get("id").is_some())
+        .recv_matching("the first response", |m| {
+            m.get("id").is_some() && m.get("method").is_none()
+        })
         .await;
-    assert_eq!(first["id"], json!(3), "the refusal comes first: {first}");
+    let refused = first["id"].as_i64().unwrap_or_default();
+    assert!(
+        refused == 2 || refused == 3,
+        "the refusal comes first: {first}"
+    );
     assert!(is_rate_limited(&first), "{first}");
     let data = &first["error"]["data"];
     assert_eq!(data["scope"], json!("concurrency"));
@@ -143,13 +159,16 @@ async fn past_its_concurrency_limit_a_server_queues_then_refuses() {
         (json!(1), json!(1))
     );
     // The queued call runs once the first is done.
-    let next = client
-        .recv_matching("the next response", |m| m.get("id").is_some())
+    client
+        .send(
+            json!({"jsonrpc": "2.0", "id": question["id"], "result": {"role": "assistant",
+            "content": {"type": "text", "text": "done"}, "model": "test-model"}}),
+        )
         .await;
-    assert_eq!(next["id"], json!(1), "{next}");
-    assert_eq!(next["result"]["content"][0]["text"], json!("slept 1500 ms"));
-    let last = client.response(json!(2)).await;
-    assert_eq!(last["result"]["content"][0]["text"], json!("slept 10 ms"));
+    let held = client.response(json!(1)).await;
+    assert_eq!(held["result"]["content"][0]["text"], json!("sampled: done"));
+    let queued = client.response(json!(5 - refused)).await;
+    assert_eq!(queued["result"]["content"][0]["text"], json!("slept 10 ms"));
     client.finish().await;
 
     let denied = common::records(&config, &["--decision", "deny"]);

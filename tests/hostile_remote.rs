@@ -9,17 +9,51 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{GITHUB_TOKEN, HttpSession, TOKEN, TestProxy};
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 /// The fixture server, listening: it and its `/mcp` URL.
 async fn hostile_server() -> (Child, String) {
+    hostile_server_redirecting_to("http://127.0.0.1:9/").await
+}
+
+/// The fixture server, its redirects pointing at `trap`.
+async fn hostile_server_redirecting_to(trap: &str) -> (Child, String) {
     let mut command = Command::new("python3");
-    command.arg(common::repo_root().join("tests/fixtures/hostile_http_upstream.py"));
+    command
+        .arg(common::repo_root().join("tests/fixtures/hostile_http_upstream.py"))
+        .env("REDIRECT_TO", trap);
     common::start_http_server(command, "the hostile HTTP server (python3)").await
+}
+
+/// A listener on loopback that takes connections and keeps every byte
+/// sent to it: what a redirect followed would have delivered.
+async fn trap() -> (String, Arc<Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let kept = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            kept.lock().unwrap().extend_from_slice(b"<connection>");
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while let Ok(read) = stream.read(&mut buffer).await {
+                    if read == 0 {
+                        break;
+                    }
+                    kept.lock().unwrap().extend_from_slice(&buffer[..read]);
+                }
+            });
+        }
+    });
+    (url, received)
 }
 
 /// A proxy redacting toward clients, with the fixture as `h` (2026-07-28,
@@ -161,4 +195,79 @@ async fn a_remote_server_is_sent_the_revisions_headers_and_nothing_of_a_clients(
         "{seen}"
     );
     served.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_servers_redirect_is_never_followed_and_its_target_gets_nothing() {
+    let (trap_url, trapped) = trap().await;
+    let (_server, url) = hostile_server_redirecting_to(&trap_url).await;
+    let proxy = TestProxy::new().with_server_toml(&format!(
+        "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\ntimeout = \"10s\"\n\
+         remote = {{ url = {url:?}, headers = {{ X-Api-Key = \"secret:key\" }} }}\n\
+         secrets = {{ key = \"file:api-key\" }}\n"
+    ));
+    std::fs::write(proxy.dir().join("api-key"), "operator-api-key-7f3a").unwrap();
+    let config = proxy.write_config();
+    let served = proxy.serve_http().await;
+    let session = HttpSession::connect(&served.url).await;
+    let mirrored = session
+        .call(
+            1,
+            "tools/call",
+            json!({ "name": "h__mirror", "arguments": {} }),
+        )
+        .await;
+    // The server itself gets its key (redacted on the way back).
+    assert!(
+        common::first_text(&mirrored).contains("\"x-api-key\""),
+        "{mirrored}"
+    );
+    let mut id = 10;
+    for (tool, to) in [
+        ("redirect_301", trap_url.as_str()),
+        ("redirect_302", &trap_url),
+        ("redirect_307", &trap_url),
+        ("redirect_308", &trap_url),
+        ("redirect_private", "http://10.255.255.1"),
+    ] {
+        id += 1;
+        let reply = session
+            .call(
+                id,
+                "tools/call",
+                json!({ "name": format!("h__{tool}"), "arguments": {} }),
+            )
+            .await;
+        let shown = reply.to_string();
+        assert_eq!(reply["id"], id, "{shown}");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("redirects are not followed"),
+            "{tool}: a clear error: {shown}"
+        );
+        let origin = to.trim_end_matches("/mcp");
+        assert!(message.contains(&format!("to {origin}")), "{tool}: {shown}");
+        assert!(!shown.contains("operator-api-key"), "{tool}: {shown}");
+    }
+    // Nothing reached the trap: no connection, no byte, no key.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        trapped.lock().unwrap().is_empty(),
+        "the trap received: {}",
+        String::from_utf8_lossy(&trapped.lock().unwrap())
+    );
+    // The server still serves, and each refused call is recorded with why.
+    let again = session
+        .call(
+            30,
+            "tools/call",
+            json!({ "name": "h__mirror", "arguments": {} }),
+        )
+        .await;
+    assert!(again.get("result").is_some(), "{again}");
+    served.terminate().await;
+    let records = common::records(&config, &["--tool", "redirect_307", "--kind", "exchange"]);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = records[0].to_string();
+    assert!(record.contains("redirects are not followed"), "{record}");
 }

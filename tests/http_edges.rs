@@ -81,16 +81,28 @@ async fn tokens_origins_and_sessions_are_enforced() {
         .await
         .unwrap();
     assert_eq!(cross.status(), StatusCode::FORBIDDEN);
-    // DNS rebinding: a foreign Host header on a loopback listener.
-    let rebound = http
-        .post(&server.url)
-        .bearer_auth(TOKEN)
-        .header("host", "attacker.example")
-        .json(&init_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
+    // DNS rebinding: a foreign Host header on a loopback listener, and
+    // one that begins as this listener's own address.
+    let port = server
+        .url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    for host in [
+        "attacker.example".to_owned(),
+        format!("127.0.0.1:{port}.evil.example"),
+        "127.0.0.1:http".to_owned(),
+    ] {
+        let rebound = http
+            .post(&server.url)
+            .bearer_auth(TOKEN)
+            .header("host", &host)
+            .json(&init_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rebound.status(), StatusCode::FORBIDDEN, "{host}");
+    }
 
     let session = initialize(&http, &server.url, TOKEN).await;
     let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"raw__mirror","arguments":{"k":1}}});

@@ -27,6 +27,8 @@ async fn authorization_server(args: &[&str]) -> (Child, String) {
 
 /// A JSON request to the authorization server's control API.
 async fn control(issuer: &str, path: &str, body: Value) -> Value {
+    // reqwest is built without a crypto provider of its own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let response = reqwest::Client::new()
         .post(format!("{issuer}/control/{path}"))
         .json(&body)
@@ -530,18 +532,59 @@ async fn key_rotation_at_the_issuer_is_followed_without_a_restart() {
 }
 
 #[tokio::test]
+async fn a_key_set_the_metadata_puts_on_another_host_at_loopback_is_never_fetched() {
+    let (_server, issuer) = authorization_server(&[]).await;
+    // The metadata names the key set at `localhost` (loopback, as the
+    // issuer's `127.0.0.1`, but a host the config does not write).
+    control(&issuer, "config", json!({"endpoints_host": "localhost"})).await;
+    let (proxy, served) = proxy(&issuer, "", "").await;
+    let spec = json!({"sub": "pat", "aud": served.url, "claims": {"groups": ["payroll"]}});
+    let token = mint(&issuer, spec.clone()).await;
+    control(&issuer, "stats/reset", json!({})).await;
+    // Unverifiable: refused as when the provider cannot be reached.
+    let (status, challenge, body) = call_with(&served.url, Some(&token), "hello").await;
+    assert_eq!(status, 503, "{challenge} {body}");
+    assert!(!body.to_string().contains("hello"), "{body}");
+    assert_eq!(
+        stats(&issuer).await["jwks"],
+        0,
+        "the key set at an address a peer named was fetched"
+    );
+    let logged = served
+        .log
+        .wait_for(&["`localhost` is", "a loopback address", "a peer named"])
+        .await;
+    assert!(logged.contains("[egress] allow"), "{logged}");
+    served.terminate().await;
+
+    // The operator lets loopback through: the same metadata is followed.
+    let mut proxy = proxy;
+    proxy = proxy.with_config("[egress]\nallow = [\"127.0.0.0/8\", \"::1\"]");
+    let served = proxy.serve_http().await;
+    let token = mint(
+        &issuer,
+        json!({"sub": "pat", "aud": served.url, "claims": {"groups": ["payroll"]}}),
+    )
+    .await;
+    let (status, _, body) = call_with(&served.url, Some(&token), "allowed").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(stats(&issuer).await["jwks"].as_u64().unwrap_or_default() > 0);
+    served.terminate().await;
+}
+
+#[tokio::test]
 async fn an_opaque_token_is_introspected_cached_and_refused_once_revoked() {
     let (_server, issuer) = authorization_server(&[]).await;
     let (_secrets, secret) = secret_file("introspector-secret");
-    let (_proxy, served) = proxy(
-        &issuer,
-        "",
-        &format!(
-            "introspection = {{ client_id = \"introspector\", client_secret = \"file:{}\", cache = \"1s\" }}",
+    let introspection = |cache: &str| {
+        format!(
+            "introspection = {{ client_id = \"introspector\", client_secret = \"file:{}\", cache = \"{cache}\" }}",
             secret.display()
-        ),
-    )
-    .await;
+        )
+    };
+    // Answers kept for the longest the config allows: however slowly the
+    // calls come, they all find the first one's answer kept.
+    let (_proxy, served) = proxy(&issuer, "", &introspection("5m")).await;
     let resource = served.url.clone();
     let token = mint(
         &issuer,
@@ -588,6 +631,17 @@ async fn an_opaque_token_is_introspected_cached_and_refused_once_revoked() {
         counted["introspect_by"]["introspector"], 1,
         "the proxy authenticated as its client: {counted}"
     );
+
+    // Answers kept for a second, on a proxy of its own: the token's answer
+    // is kept, then the token is revoked.
+    let (_short, served) = proxy(&issuer, "", &introspection("1s")).await;
+    let token = mint(
+        &issuer,
+        json!({"sub": "opal", "aud": served.url, "opaque": true, "claims": {"groups": ["payroll"]}}),
+    )
+    .await;
+    let (status, _, body) = call_with(&served.url, Some(&token), "kept").await;
+    assert_eq!(status, 200, "{body}");
     control(&issuer, "revoke", json!({"token": token})).await;
     // Once the kept answer is older than the cache's second, the provider
     // is asked again, and says the token is no longer active.

@@ -74,6 +74,9 @@ rules = [ {{ tool = "example__echo", quota = "4/h" }} ]
 kind = "wasm"
 name = "deny"
 path = {deny:?}
+# The longest budget a call may have: a loaded machine can miss the
+# default 10 ms.
+timeout = "1s"
 methods = ["tools/call"]
 phases = ["request"]
 config = {{ patterns = ['rm\s+-rf'] }}

@@ -33,10 +33,13 @@ async fn the_example_plugins_deny_rewrite_and_mask_real_calls() {
     let mask = example_plugin("mask-pii");
     let proxy = TestProxy::new()
         .with_config(&format!(
+            // Each plugin gets the longest budget a call may have (the
+            // default 10 ms is for a production machine, not a loaded one).
             r#"
 [[chain]]
 kind = "wasm"
 path = {deny}
+timeout = "1s"
 methods = ["tools/call"]
 phases = ["request"]
 config = {{ patterns = ['rm\s+-rf', '(?i)drop\s+table'] }}
@@ -44,6 +47,7 @@ config = {{ patterns = ['rm\s+-rf', '(?i)drop\s+table'] }}
 [[chain]]
 kind = "wasm"
 path = {notice}
+timeout = "1s"
 methods = ["tools/call"]
 phases = ["response"]
 tools = ["example__echo"]
@@ -52,6 +56,7 @@ config = {{ notice = "Checked by Portcullis." }}
 [[chain]]
 kind = "wasm"
 path = {mask}
+timeout = "1s"
 phases = ["response"]
 "#,
             deny = toml_path(&deny),
@@ -181,8 +186,16 @@ async fn hostile_plugins_are_contained_audited_and_the_proxy_keeps_serving() {
     let mut proxy = proxy.with_example_server("example");
     for (name, behaviour, _, on_error) in cases {
         let path = wasm_fixtures::write(&dir, name, behaviour, "0.1.0");
+        // The longest budget a call may have, so that each plugin fails the
+        // way it is built to on a loaded machine too; the looping one keeps
+        // the default, which it runs out of all the same.
+        let timeout = if name == "looping" {
+            ""
+        } else {
+            "timeout = \"1s\"\n"
+        };
         chain.push_str(&format!(
-            "[[chain]]\nkind = \"wasm\"\npath = {}\ntools = [\"{name}__echo\"]\non_error = \"{on_error}\"\nbreaker = {{ failures = 2, cooldown = \"1h\" }}\n\n",
+            "[[chain]]\nkind = \"wasm\"\npath = {}\n{timeout}tools = [\"{name}__echo\"]\non_error = \"{on_error}\"\nbreaker = {{ failures = 2, cooldown = \"1h\" }}\n\n",
             toml_path(&path)
         ));
         proxy = proxy.with_example_server(name);
@@ -332,10 +345,14 @@ fn a_plugin_the_proxy_cannot_use_stops_it_from_starting_with_the_reason() {
 
 #[test]
 fn plugin_check_shows_what_a_plugin_would_do() {
+    // `--timeout 1s`: the longest budget a call may have, not the default
+    // 10 ms, which a loaded machine can miss.
     let (ok, stdout, stderr) = run_portcullis([
         "plugin".as_ref(),
         "check".as_ref(),
         example_plugin("mask-pii").as_os_str(),
+        "--timeout".as_ref(),
+        "1s".as_ref(),
     ]);
     assert!(ok, "{stderr}");
     assert!(
@@ -359,6 +376,8 @@ fn plugin_check_shows_what_a_plugin_would_do() {
         r#"{"patterns": ["rm\\s+-rf"], "code": 4101}"#.as_ref(),
         "--format".as_ref(),
         "json".as_ref(),
+        "--timeout".as_ref(),
+        "1s".as_ref(),
     ]);
     assert!(ok, "{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
@@ -374,6 +393,8 @@ fn plugin_check_shows_what_a_plugin_would_do() {
         "plugin".as_ref(),
         "check".as_ref(),
         example_plugin("deny-pattern").as_os_str(),
+        "--timeout".as_ref(),
+        "1s".as_ref(),
     ]);
     assert!(!ok);
     assert!(
@@ -383,6 +404,7 @@ fn plugin_check_shows_what_a_plugin_would_do() {
 
     let dir = tempfile::tempdir().unwrap();
     let looping = wasm_fixtures::write(dir.path(), "looping", Behaviour::Loop, "0.1.0");
+    // The default budget: a loop runs out of any.
     let (ok, stdout, stderr) =
         run_portcullis(["plugin".as_ref(), "check".as_ref(), looping.as_os_str()]);
     assert!(!ok);
@@ -413,6 +435,8 @@ fn the_checked_in_example_builds_load() {
                 file.as_os_str(),
                 "--config".as_ref(),
                 r#"{"patterns": ["x"]}"#.as_ref(),
+                "--timeout".as_ref(),
+                "1s".as_ref(),
             ]);
             assert!(ok, "{}: {stdout}{stderr}", file.display());
         }

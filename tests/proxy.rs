@@ -587,19 +587,27 @@ async fn a_crashed_server_fails_calls_in_flight_at_once_and_comes_back() {
         .with_example_server("example")
         .with_example_server("steady");
     let server = proxy.serve_http().await;
-    let sleeper = connect_http(&server.url, Agent::default()).await;
+    let sleeper_agent = Agent::default();
+    let sleeper = connect_http(&server.url, sleeper_agent.clone()).await;
     let crasher = connect_http(&server.url, Agent::default()).await;
 
+    // A minute's work that tells of its progress every 100 ms (rmcp gives
+    // each request a progress token): its first progress shows the call in
+    // flight at the server, however long the machine took to get it there.
     let in_flight = tokio::spawn(async move {
         let result = sleeper
             .call_tool(
-                CallToolRequestParams::new("example__sleep")
-                    .with_arguments(args(json!({"ms": 60_000}))),
+                CallToolRequestParams::new("example__progress")
+                    .with_arguments(args(json!({"steps": 600, "delay_ms": 100}))),
             )
             .await;
         (result.map(|r| serde_json::to_value(&r).unwrap()), sleeper)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    sleeper_agent
+        .wait_for("the call's first progress", |event| {
+            event.get("progress").is_some()
+        })
+        .await;
     let started = Instant::now();
     let crash = crasher
         .call_tool(

@@ -21,15 +21,16 @@ const LAYERS: &[(&str, usize)] = &[
     ("metrics", 0),
     ("private_dir", 0),
     ("search", 0),
-    ("traces", 1),
-    ("chain", 2),
-    ("audit", 3),
-    ("upstream", 3),
-    ("identity", 3),
-    ("interceptors", 4),
-    ("gateway", 5),
-    ("downstream", 6),
-    ("cli", 7),
+    ("egress", 1),
+    ("traces", 2),
+    ("chain", 3),
+    ("audit", 4),
+    ("upstream", 4),
+    ("identity", 4),
+    ("interceptors", 5),
+    ("gateway", 6),
+    ("downstream", 7),
+    ("cli", 8),
 ];
 
 fn sources() -> Vec<(String, String)> {
@@ -415,4 +416,30 @@ fn the_static_package_keeps_the_roots_dependencies() {
             "static/Cargo.toml declares `{name}` otherwise than the root"
         );
     }
+}
+
+/// Every HTTP client of the proxy's is built by `egress` (no redirect
+/// followed, no proxy from the environment, the address guard): no other
+/// file builds a reqwest client of its own.
+#[test]
+fn only_egress_builds_an_http_client() {
+    let builders = [
+        "reqwest::Client::",
+        "reqwest::ClientBuilder",
+        "reqwest::get(",
+    ];
+    let complaints: Vec<String> = sources()
+        .into_iter()
+        .filter(|(path, _)| !path.starts_with("src/egress/"))
+        .filter_map(|(path, text)| {
+            let text = strip_tests(&text);
+            builders
+                .iter()
+                .find(|builder| text.contains(*builder))
+                .map(|builder| {
+                    format!("{path} uses `{builder}`: build the client with egress::HttpClient")
+                })
+        })
+        .collect();
+    assert!(complaints.is_empty(), "{}", complaints.join("\n"));
 }

@@ -329,9 +329,10 @@ mod tests {
         }
     }
 
-    /// Waits (at most 5 s) until `done`.
+    /// Waits until `done`: at most a minute, far past what a loaded
+    /// machine takes, since the wait ends as soon as it is.
     async fn eventually(what: &str, done: impl Fn() -> bool) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !done() {
             assert!(std::time::Instant::now() < deadline, "{what}");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -368,7 +369,7 @@ mod tests {
             assert_eq!(*audit.written().borrow(), 0);
             shared.broken.store(false, Ordering::Relaxed);
             assert_eq!(audit.commit(sample()).await.ok().flatten(), Some(5));
-            assert!(audit.caught_up(std::time::Duration::from_secs(5)).await);
+            assert!(audit.caught_up(std::time::Duration::from_secs(60)).await);
             eventually("the store recovers", || !audit.is_failing()).await;
             let seqs: Vec<u64> = shared
                 .applied
@@ -404,7 +405,7 @@ mod tests {
         let mut seqs: Vec<u64> = tasks.join_all().await.into_iter().flatten().collect();
         seqs.sort_unstable();
         assert_eq!(seqs, (1..=1280).collect::<Vec<u64>>());
-        assert!(audit.caught_up(std::time::Duration::from_secs(5)).await);
+        assert!(audit.caught_up(std::time::Duration::from_secs(60)).await);
         assert_eq!(*audit.written().borrow(), 1280);
         assert_eq!(intact(&reader), (1280, 1));
         drop((audit, reader));

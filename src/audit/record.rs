@@ -29,6 +29,8 @@ pub const KINDS: &[&str] = &[
     "pin_approved",
     "pins_reloaded",
     "tool_flagged",
+    "list_cut",
+    "server_notification",
     "plugin_loaded",
     "plugin_circuit_open",
     "plugin_circuit_closed",

@@ -156,18 +156,20 @@ impl SledStorage {
     }
 
     /// Opens a store a test just dropped: sled's flusher thread may still
-    /// hold its lock for a moment.
+    /// hold its lock for a moment (longer on a loaded machine: the deadline
+    /// is far past it, and the first open that works ends the wait).
     #[cfg(test)]
     pub(crate) fn reopen(dir: &Path) -> Self {
-        for _ in 0..100 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
             match Self::open(dir) {
-                Err(AuditError::InUse { .. }) => {
+                Err(AuditError::InUse { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
+                Err(AuditError::InUse { .. }) => panic!("{} stayed locked", dir.display()),
                 other => return other.unwrap_or_else(|e| panic!("{e}")),
             }
         }
-        panic!("{} stayed locked", dir.display())
     }
 
     /// Opens the store of a proxy role (`serve`, `stdio-<client>`) under
@@ -531,5 +533,69 @@ mod tests {
         };
         let found = store.query(&filter, "__").unwrap_or_default();
         assert_eq!(found.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::super::index::{CLIENT, TARGET, block_key, index_prefix};
+    use super::super::tests::sealed;
+    use super::*;
+
+    /// A posting removed (or rewritten without a record) hides that record
+    /// from a filtered query while the chain stays intact: verify says so.
+    #[test]
+    fn verify_finds_a_record_the_index_no_longer_lists() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut store = SledStorage::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        // Several postings blocks (16 records each in tests).
+        let records = sealed(40);
+        store.append(&records).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(store.verify(), Ok(Verification::Intact { .. })));
+        let hidden = &records[20];
+        let target = hidden.target.clone().unwrap_or_default();
+        let filter = Filter {
+            target: Some(target.clone()),
+            ..Filter::default()
+        };
+        assert_eq!(
+            store.query(&filter, "__").unwrap_or_default().len(),
+            1,
+            "found by its target"
+        );
+        // Its posting under its target, taken out of the block's value.
+        let key = block_key(&index_prefix(TARGET, &target), hidden.seq);
+        let _ = store.index.remove(&key);
+        assert!(store.query(&filter, "__").unwrap_or_default().is_empty());
+        match store.verify() {
+            Ok(Verification::Broken { seq, problem }) => {
+                assert_eq!(seq, hidden.seq);
+                assert!(
+                    problem.contains(&format!("does not list it under its target `{target}`")),
+                    "{problem}"
+                );
+            }
+            other => panic!("expected the index's gap to be found, got {other:?}"),
+        }
+        // A posting kept but another record's offset dropped from it.
+        let _ = store.index.insert(&key, Vec::<u8>::new());
+        let client = index_prefix(CLIENT, &records[35].client);
+        let block = block_key(&client, records[35].seq);
+        let value = store.index.get(&block).ok().flatten().unwrap_or_default();
+        let offset = u16::try_from(records[35].seq % 16)
+            .unwrap_or_default()
+            .to_be_bytes();
+        let kept: Vec<u8> = value
+            .chunks_exact(2)
+            .filter(|pair| *pair != offset)
+            .flatten()
+            .copied()
+            .collect();
+        let _ = store.index.insert(&block, kept);
+        // The first gap found is the earlier one.
+        assert!(matches!(
+            store.verify(),
+            Ok(Verification::Broken { seq: 21, .. })
+        ));
     }
 }

@@ -2,7 +2,9 @@
 //! changed, removed or reordered, with the keys there are (the chain key's
 //! MACs, the checkpoint signer's signatures).
 
-use super::index::key_seq;
+use super::index::{
+    BLOCK_BITS, CLIENT, DECISION, KIND, SERVER, TARGET, block_key, index_keys, key_seq, postings,
+};
 use super::reader::{Anchor, Reader};
 use super::record::{AuditRecord, GENESIS};
 use super::seal::{Checkpoint, MacCheck, Seal, Verifier};
@@ -61,6 +63,8 @@ pub struct ChainWalk<'k> {
     /// Whether a `checkpoint` record names the anchor.
     anchor_named: bool,
     recent: std::collections::VecDeque<(u64, String)>,
+    /// The time of the last record checked.
+    last_time: String,
 }
 
 impl<'k> ChainWalk<'k> {
@@ -83,6 +87,7 @@ impl<'k> ChainWalk<'k> {
             signed: 0,
             anchor_named: false,
             recent: std::collections::VecDeque::new(),
+            last_time: String::new(),
         }
     }
 
@@ -91,16 +96,17 @@ impl<'k> ChainWalk<'k> {
         self.count
     }
 
-    /// Checks the record stored under `seq` (as stored: `value`); where it
-    /// breaks the chain, how. `hash_at` finds an older record's hash for a
-    /// signed checkpoint that vouches for one the walk no longer holds.
+    /// Checks the record stored under `seq` (as stored: `value`): the
+    /// record, or how it breaks the chain. `hash_at` finds an older
+    /// record's hash for a signed checkpoint that vouches for one the walk
+    /// no longer holds.
     pub fn step(
         &mut self,
         seq: u64,
         value: &[u8],
         hash_at: &dyn Fn(u64) -> Option<String>,
-    ) -> Option<Verification> {
-        let broken = |problem: String| Some(Verification::Broken { seq, problem });
+    ) -> Result<AuditRecord, Verification> {
+        let broken = |problem: String| Err(Verification::Broken { seq, problem });
         let record: AuditRecord = match serde_json::from_slice(value) {
             Ok(record) => record,
             Err(err) => return broken(format!("the record does not parse: {err}")),
@@ -117,10 +123,19 @@ impl<'k> ChainWalk<'k> {
             } else {
                 "the next"
             };
-            return Some(Verification::Broken {
+            return Err(Verification::Broken {
                 seq: self.expected_seq,
                 problem: format!("missing: {what} record is {seq} (removed)"),
             });
+        }
+        // Queries find a time range by the records' times, in chain order:
+        // a time before the previous record's would hide a record from
+        // them (the writer never writes one).
+        if self.count > 0 && record.time < self.last_time {
+            return broken(format!(
+                "its time {} is before the previous record's {} (time filters would miss it)",
+                record.time, self.last_time
+            ));
         }
         if record.prev_hash != self.expected_prev {
             let problem = if self.count == 0 && self.anchor.is_some() {
@@ -170,10 +185,11 @@ impl<'k> ChainWalk<'k> {
             self.recent.pop_front();
         }
         self.recent.push_back((seq, record.hash.clone()));
-        self.expected_prev = record.hash;
+        self.expected_prev.clone_from(&record.hash);
+        self.last_time.clone_from(&record.time);
         self.expected_seq = seq + 1;
         self.count += 1;
-        None
+        Ok(record)
     }
 
     /// What the walk found, once every record was stepped through.
@@ -285,16 +301,114 @@ impl Reader {
         let first_seq = walk.first_seq;
         let to_check = (self.last_seq()? + 1).saturating_sub(first_seq);
         let hash_at = |seq: u64| self.get(seq).ok().flatten().map(|record| record.hash);
+        let mut indexed = IndexCheck::default();
         // Records before an anchor are a prune in progress: not checked.
         for entry in self.records.range(first_seq.to_be_bytes()..) {
             if walk.count().is_multiple_of(4_096) {
                 progress(walk.count(), to_check);
             }
             let (key, value) = entry.map_err(read_error)?;
-            if let Some(broken) = walk.step(key_seq(&key), &value, &hash_at) {
-                return Ok(broken);
+            let seq = key_seq(&key);
+            match walk.step(seq, &value, &hash_at) {
+                Ok(record) => {
+                    if let Some(broken) = indexed.add(self, seq, &record)? {
+                        return Ok(broken);
+                    }
+                }
+                Err(broken) => return Ok(broken),
             }
+        }
+        if let Some(broken) = indexed.check(self)? {
+            return Ok(broken);
         }
         Ok(walk.finish())
     }
+}
+
+/// What verify checks of the index as it walks the chain: each record is
+/// listed under every value a filtered query finds it by (its client,
+/// decision, server, target, kind), so that no query can miss a record the
+/// chain holds. A posting of a record that is not there harms nothing (a
+/// query checks each record it finds against the whole filter).
+#[derive(Default)]
+struct IndexCheck {
+    /// The block being walked, and for each index prefix the records of
+    /// that block that must be listed under it.
+    block: Option<u64>,
+    wanted: std::collections::HashMap<Vec<u8>, Vec<u64>>,
+}
+
+impl IndexCheck {
+    fn add(
+        &mut self,
+        reader: &Reader,
+        seq: u64,
+        record: &AuditRecord,
+    ) -> Result<Option<Verification>, AuditError> {
+        let block = seq >> BLOCK_BITS;
+        if self.block.is_some_and(|current| current != block)
+            && let Some(broken) = self.check(reader)?
+        {
+            return Ok(Some(broken));
+        }
+        self.block = Some(block);
+        for prefix in index_keys(record) {
+            self.wanted.entry(prefix).or_default().push(seq);
+        }
+        Ok(None)
+    }
+
+    /// Checks the block walked so far against the index.
+    fn check(&mut self, reader: &Reader) -> Result<Option<Verification>, AuditError> {
+        let Some(block) = self.block.take() else {
+            return Ok(None);
+        };
+        let mut wanted: Vec<_> = std::mem::take(&mut self.wanted).into_iter().collect();
+        wanted.sort();
+        for (prefix, seqs) in wanted {
+            let key = block_key(&prefix, block << BLOCK_BITS);
+            let listed = reader
+                .index
+                .get(&key)
+                .map_err(read_error)?
+                .map(|value| postings(&key, &value))
+                .unwrap_or_default();
+            for seq in seqs {
+                if listed.binary_search(&seq).is_ok() {
+                    continue;
+                }
+                // Pruned meanwhile (retention removes a block's postings
+                // with its records): nothing to find.
+                if !reader
+                    .records
+                    .contains_key(seq.to_be_bytes())
+                    .map_err(read_error)?
+                {
+                    continue;
+                }
+                let (field, value) = describe_prefix(&prefix);
+                return Ok(Some(Verification::Broken {
+                    seq,
+                    problem: format!(
+                        "the index does not list it under its {field} `{value}`: a query filtered by it would miss it (the index was changed; the records were not)"
+                    ),
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// An index prefix's field and value, for a problem's words.
+fn describe_prefix(prefix: &[u8]) -> (&'static str, String) {
+    let field = match prefix.first() {
+        Some(&CLIENT) => "client",
+        Some(&SERVER) => "server",
+        Some(&TARGET) => "target",
+        Some(&DECISION) => "decision",
+        Some(&KIND) => "kind",
+        _ => "field",
+    };
+    let value = String::from_utf8_lossy(prefix.get(3..).unwrap_or_default()).into_owned();
+    (field, value)
 }

@@ -14,8 +14,10 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
 use crate::audit::{AuditError, AuditRecord, FilterParams, SledStorage, Verification};
-use crate::config::Config;
+use crate::config::{Config, EgressConfig};
+use crate::egress::{self, HttpClient};
 
+use super::audit_print::{OutputFormat, print_records};
 use super::progress::Progress;
 
 #[derive(Subcommand)]
@@ -161,13 +163,6 @@ impl FilterArgs {
     }
 }
 
-#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
-pub enum OutputFormat {
-    Table,
-    Json,
-    Jsonl,
-}
-
 /// One store to read: opened here, or behind a running proxy.
 enum Store {
     Local { name: String, store: SledStorage },
@@ -186,11 +181,11 @@ impl Store {
 struct Api {
     base: String,
     token: String,
-    http: reqwest::Client,
+    http: HttpClient,
 }
 
 impl Api {
-    fn new(base: &str, token_file: Option<&Path>) -> anyhow::Result<Self> {
+    fn new(base: &str, token_file: Option<&Path>, egress: &EgressConfig) -> anyhow::Result<Self> {
         let token = match (token_file, std::env::var("PORTCULLIS_AUDITOR_TOKEN")) {
             (Some(path), _) => std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the token file {}", path.display()))?
@@ -201,12 +196,11 @@ impl Api {
                 "the proxy at {base} holds the audit log: give an auditor's token with --token-file FILE or PORTCULLIS_AUDITOR_TOKEN"
             ),
         };
-        // reqwest is built without a bundled crypto provider; ring is ours.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .context("cannot build an HTTP client")?;
+        let timeouts = egress::Timeouts {
+            connect: std::time::Duration::from_secs(5),
+            total: None,
+        };
+        let http = HttpClient::new(egress, egress::Trust::Written, &[], timeouts)?;
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             token,
@@ -217,12 +211,12 @@ impl Api {
     /// GET `path` with a filter; errors carry the proxy's own message.
     async fn get(&self, path: &str, params: &FilterParams) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path}", self.base);
-        let response = self
+        let request = self
             .http
-            .get(&url)
+            .request_to(reqwest::Method::GET, &url)?
             .bearer_auth(&self.token)
-            .query(params)
-            .send()
+            .query(params);
+        let response = egress::send(request)
             .await
             .with_context(|| format!("cannot reach the proxy at {}", self.base))?;
         let status = response.status();
@@ -234,6 +228,7 @@ impl Api {
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
             .unwrap_or(body);
+        let message = crate::protocol::shown(&message);
         if status == reqwest::StatusCode::UNAUTHORIZED {
             bail!("the proxy refused the token: {message}");
         }
@@ -273,6 +268,7 @@ async fn open_stores(source: &Source) -> anyhow::Result<(Config, Vec<Store>)> {
         let api = Api::new(
             base.as_deref().unwrap_or_default(),
             source.token_file.as_deref(),
+            &config.egress,
         )?;
         let name = source.store.clone().unwrap_or_else(|| "serve".into());
         return Ok((config, vec![Store::Remote { name, api }]));
@@ -294,6 +290,7 @@ async fn open_stores(source: &Source) -> anyhow::Result<(Config, Vec<Store>)> {
                 let api = Api::new(
                     base.as_deref().unwrap_or_default(),
                     source.token_file.as_deref(),
+                    &config.egress,
                 )?;
                 stores.push(Store::Remote { name, api });
             }
@@ -390,7 +387,7 @@ async fn query(
         let filter = params.to_filter(std::time::SystemTime::now(), None)?;
         let found = super::audit_fleet::query(&config, url, &filter).await?;
         if format != OutputFormat::Table {
-            return super::audit_fleet::print_json(&found, format == OutputFormat::Jsonl);
+            return super::audit_print::print_json(&found, format == OutputFormat::Jsonl);
         }
         let records: Vec<(String, AuditRecord)> = found
             .into_iter()
@@ -697,77 +694,4 @@ async fn judge(
         }
     };
     Ok(checkpoint.judge(first, last, hash.as_deref()))
-}
-
-fn print_records(
-    records: &[(String, AuditRecord)],
-    format: OutputFormat,
-    with_store: bool,
-    header: bool,
-) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match format {
-        OutputFormat::Jsonl => {
-            for (_, record) in records {
-                serde_json::to_writer(&mut out, record)?;
-                writeln!(out)?;
-            }
-        }
-        OutputFormat::Json => {
-            let records: Vec<&AuditRecord> = records.iter().map(|(_, r)| r).collect();
-            serde_json::to_writer_pretty(&mut out, &records)?;
-            writeln!(out)?;
-        }
-        OutputFormat::Table => {
-            let store = |name: &str| {
-                if with_store {
-                    format!("{name:<12} ")
-                } else {
-                    String::new()
-                }
-            };
-            if header {
-                writeln!(
-                    out,
-                    "{}{:>6} {:<24} {:<14} {:<18} {:<30} {:<6} {:>8} REASON",
-                    store("STORE"),
-                    "SEQ",
-                    "TIME",
-                    "CLIENT",
-                    "METHOD",
-                    "TARGET",
-                    "RESULT",
-                    "TOTAL µs"
-                )?;
-            }
-            for (name, r) in records {
-                let target = match (&r.server, &r.target) {
-                    (Some(server), Some(target)) => format!("{server}:{target}"),
-                    (Some(server), None) => server.clone(),
-                    (None, Some(target)) => target.clone(),
-                    (None, None) => String::new(),
-                };
-                let method = if r.kind == "exchange" {
-                    r.method.clone()
-                } else {
-                    format!("[{}]", r.kind)
-                };
-                writeln!(
-                    out,
-                    "{}{:>6} {:<24} {:<14} {:<18} {:<30} {:<6} {:>8} {}",
-                    store(name),
-                    r.seq,
-                    r.time,
-                    r.client,
-                    method,
-                    target,
-                    r.decision,
-                    r.total_us,
-                    r.reason.as_deref().unwrap_or_default()
-                )?;
-            }
-            out.flush()?;
-        }
-    }
-    Ok(())
 }

@@ -8,6 +8,7 @@ use anyhow::{Context as _, bail};
 use crate::audit::fleet::{self, Database};
 use crate::audit::{AuditError, Filter, SledStorage, Verification};
 use crate::config::Config;
+use crate::protocol::shown;
 
 /// Whether `--store` names the fleet's database rather than a store.
 pub(super) fn is_database(store: Option<&str>) -> bool {
@@ -45,23 +46,6 @@ pub(super) async fn query(
     Ok(fleet::query(&client, filter, &config.proxy.namespace_separator).await?)
 }
 
-/// The fleet's records as JSON (an array) or JSON lines: each with its
-/// `replica` and `store` beside the `record`.
-pub(super) fn print_json(records: &[fleet::FleetRecord], lines: bool) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    if lines {
-        for record in records {
-            serde_json::to_writer(&mut out, record)?;
-            writeln!(out)?;
-        }
-    } else {
-        serde_json::to_writer_pretty(&mut out, records)?;
-        writeln!(out)?;
-    }
-    Ok(())
-}
-
 /// `audit verify --store postgres://…`: every chain the database holds;
 /// an error if one is broken.
 pub(super) async fn verify(
@@ -92,6 +76,9 @@ pub(super) async fn verify(
 /// Prints what a chain's verification found (and the newest kept
 /// checkpoint it reaches); whether it is intact.
 pub(super) fn report(name: &str, verification: Verification, reaches: Option<u64>) -> bool {
+    // A store's name (a replica's, from the database) and a problem (which
+    // may quote the log being checked) are printed escaped.
+    let name = shown(name);
     match verification {
         Verification::Intact {
             records,
@@ -125,7 +112,7 @@ pub(super) fn report(name: &str, verification: Verification, reaches: Option<u64
             true
         }
         Verification::Broken { seq, problem } => {
-            println!("{name}: BROKEN at record {seq}: {problem}");
+            println!("{name}: BROKEN at record {seq}: {}", shown(&problem));
             false
         }
     }

@@ -174,11 +174,9 @@ fn pulled_digest(catalog: &CatalogConfig) -> String {
 }
 
 /// What a catalog says, on one terminal line: no control characters.
+/// A catalog's text (its author's) for the table: cut, then escaped.
 fn clean(text: &str) -> String {
-    crate::protocol::cut(text, 120)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    crate::protocol::shown(crate::protocol::cut(text, 120)).into_owned()
 }
 
 fn configured(config: &std::path::Path, name: &str) -> anyhow::Result<CatalogConfig> {
@@ -245,7 +243,7 @@ async fn pull(config: &std::path::Path, names: &[String]) -> anyhow::Result<()> 
         println!(
             "pulled {} ({reference}@{}): {} server(s) into {}",
             catalog.name,
-            got.digest,
+            crate::protocol::shown(&got.digest),
             parsed.registry.len(),
             catalog.path.display()
         );

@@ -38,8 +38,12 @@ impl Report {
                 "FAIL"
             }
         };
-        self.progress
-            .println(&format!("{tag}  {what}: {}", detail.as_ref()));
+        // Details quote the engine, registries, images and plugins: each
+        // is one line, with nothing a terminal acts on.
+        self.progress.println(&format!(
+            "{tag}  {what}: {}",
+            crate::protocol::shown(detail.as_ref())
+        ));
     }
 }
 

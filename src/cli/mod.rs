@@ -5,6 +5,7 @@
 mod audit;
 mod audit_fleet;
 mod audit_keys;
+mod audit_print;
 mod catalogs;
 mod doctor;
 mod init;
@@ -314,6 +315,7 @@ fn init_logging(format: LogFormat) {
     let cap = cap.with_max_level_hint(most);
     let layer = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .fmt_fields(text_fields())
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
@@ -331,6 +333,23 @@ fn init_logging(format: LogFormat) {
     };
     let layer = layer.with_filter(filter).with_filter(cap);
     let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// How text logs write a message and its fields: each escaped
+/// (`protocol::shown`), since they carry what servers, clients and plugins
+/// wrote (a server's stderr line, its error, a tool's name); a record is
+/// one line whatever they hold, with nothing a terminal acts on.
+fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt as _;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = crate::protocol::shown(&text);
+        match field.name() {
+            "message" => write!(writer, "{text}"),
+            name => write!(writer, "{name}={text}"),
+        }
+    })
+    .delimited(" ")
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -488,4 +507,51 @@ fn client_identity(config: &Config, name: &str) -> anyhow::Result<ClientIdentity
         ClientIdentity::new(&client.name, &client.groups)
             .with_attributes(client.attributes.clone()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    /// What a text log record looks like with hostile fields.
+    #[test]
+    fn a_text_log_record_of_hostile_fields_is_one_line_with_no_control() {
+        #[derive(Clone, Default)]
+        struct Kept(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Kept {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let kept = Kept::default();
+        let writer = kept.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(super::text_fields())
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let hostile = "x\u{1b}]0;pwned\u{7}\r\n2026-01-01T00:00:00Z  INFO forged\u{9b}2J\u{202e}";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(server = "s", error = %hostile, tool = hostile, "{hostile}");
+        });
+        let text = String::from_utf8(kept.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            !text
+                .trim_end_matches('\n')
+                .chars()
+                .any(crate::protocol::is_hidden),
+            "{text:?}"
+        );
+        assert!(text.contains("error=x\\u{001B}]0;pwned"), "{text}");
+        assert!(text.contains("server=\"s\""), "{text}");
+    }
 }

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::interceptors::pinning::{
     Files, Finding, Pin, PinEvent, poison::Rules, review, rule_ids, short, store,
 };
+use crate::protocol::{shown, shown_json};
 
 /// The audit record of a pin event.
 pub fn record(event: &PinEvent, separator: &str) -> AuditRecord {
@@ -147,7 +148,8 @@ fn print_table(rows: &[Value], files: &Files) {
         "{:<36} {:<9} {:<12} {:<12} {:<22} FLAGS",
         "TOOL", "STATE", "PINNED", "SEEN", "BY"
     );
-    let text = |value: &Value| value.as_str().unwrap_or("-").to_owned();
+    // Tool names and times come from the pin files, which servers filled.
+    let text = |value: &Value| shown(value.as_str().unwrap_or("-")).into_owned();
     for row in rows {
         let findings: Vec<Finding> =
             serde_json::from_value(row["findings"].clone()).unwrap_or_default();
@@ -175,7 +177,10 @@ fn print_table(rows: &[Value], files: &Files) {
                 text(&row["seen"]["seen_at"]),
             );
             for line in diff {
-                println!("  {}", line.as_str().unwrap_or_default());
+                // Escaped where it was made (`store::diff`); shown again in
+                // case the file was written by hand.
+                let line = line.as_str().unwrap_or_default();
+                println!("  {}", shown_json(line).replace('\n', "\\u000a"));
             }
         }
         if !findings.is_empty() {
@@ -290,11 +295,12 @@ pub async fn approve(
     for (name, previous, sha256) in &approved {
         match previous {
             Some(previous) => println!(
-                "approved {name}: {} -> {} (by {who})",
+                "approved {}: {} -> {} (by {who})",
+                shown(name),
                 short(previous),
                 short(sha256)
             ),
-            None => println!("approved {name}: {} (by {who})", short(sha256)),
+            None => println!("approved {}: {} (by {who})", shown(name), short(sha256)),
         }
     }
     record_approvals(config, &approved, &who).await

@@ -13,6 +13,7 @@ use super::Format;
 use crate::chain::{ClientIdentity, Context, Direction, Exchange, Phase, Transport, Verdict};
 use crate::config::{self, PluginConfig};
 use crate::interceptors::wasm::{Plugin, Runtime};
+use crate::protocol::shown;
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
@@ -239,13 +240,14 @@ fn print_report(report: &Value) {
             ),
             _ => String::new(),
         };
+        // A plugin wrote the verdict's text, annotations and counters.
         println!(
             "{:<12} {:<12} {:<9} {} µs  {}",
             message["phase"].as_str().unwrap_or(""),
             message["method"].as_str().unwrap_or(""),
-            verdict,
+            shown(verdict),
             message["micros"],
-            detail
+            shown(&detail)
         );
         if let Some(annotations) = message["annotations"].as_object()
             && !annotations.is_empty()
@@ -254,13 +256,13 @@ fn print_report(report: &Value) {
                 .iter()
                 .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or("")))
                 .collect();
-            println!("{:<12} annotations: {}", "", notes.join(", "));
+            println!("{:<12} annotations: {}", "", shown(&notes.join(", ")));
         }
     }
     if let Some(counters) = report["counters"].as_object()
         && !counters.is_empty()
     {
-        let shown: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("counters   {}", shown.join(", "));
+        let counted: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("counters   {}", shown(&counted.join(", ")));
     }
 }

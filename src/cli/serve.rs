@@ -239,14 +239,23 @@ pub(super) fn record_events(
         // `tools/list_changed` (a withheld tool may be back).
         let recorder = gateway.clone();
         let separator = recorder.config().proxy.namespace_separator.clone();
-        forward_events(pinning.subscribe(), "pin", move |event| {
-            if matches!(
-                event,
-                crate::interceptors::pinning::PinEvent::Reloaded { .. }
-            ) {
+        forward_events(pinning.subscribe(), "pin", move |events| {
+            let reloaded = events.iter().any(|event| {
+                matches!(
+                    event,
+                    crate::interceptors::pinning::PinEvent::Reloaded { .. }
+                )
+            });
+            if reloaded {
                 recorder.announce(crate::gateway::ListKind::Tools);
             }
-            recorder.record_event(pins::record(&event, &separator));
+            // A batch's records are committed in order, by one task.
+            recorder.record_events(
+                events
+                    .iter()
+                    .map(|event| pins::record(event, &separator))
+                    .collect(),
+            );
         });
         let poll = gateway.config().proxy.policy_poll;
         tokio::spawn(pinning.clone().watch(poll, gateway.shutdown_token()));

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::Format;
 use crate::config::{Config, UpstreamSpec};
+use crate::protocol::{shown, shown_json};
 use crate::upstream::container::{
     self, LABEL_CLIENT, LABEL_OWNER, LABEL_RESTARTS, LABEL_SERVER, engine,
 };
@@ -131,15 +132,17 @@ pub async fn servers_status(config: &Config, format: Format) -> anyhow::Result<(
         }
     }
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Json => println!("{}", shown_json(&serde_json::to_string_pretty(&rows)?)),
         Format::Table => {
             println!(
                 "{:<20} {:<10} {:<10} {:<13} {:>9} {:>8}  {:<12} OWNER",
                 "NAME", "KIND", "STATE", "CONTAINER", "UPTIME", "RESTARTS", "CLIENT"
             );
             for row in &rows {
+                // Labels and states come from the engine, and an image
+                // may set labels of its own.
                 let text = |key: &str| match &row[key] {
-                    Value::String(s) => s.clone(),
+                    Value::String(s) => shown(s).into_owned(),
                     Value::Number(n) => n.to_string(),
                     _ => "-".into(),
                 };
@@ -147,7 +150,7 @@ pub async fn servers_status(config: &Config, format: Format) -> anyhow::Result<(
                     .as_i64()
                     .map_or_else(|| "-".into(), humanize_seconds);
                 let client = match &row["client"] {
-                    Value::String(client) => client.clone(),
+                    Value::String(client) => shown(client).into_owned(),
                     _ if row["kind"] == "container" && row.get("note").is_none() => "(all)".into(),
                     _ => "-".into(),
                 };

@@ -11,6 +11,7 @@ use super::{Format, client_identity};
 use crate::chain::{ClientIdentity, Transport};
 use crate::config::{ChainEntry, Config};
 use crate::gateway::{Gateway, Outlet, Session};
+use crate::protocol::{shown, shown_json};
 use crate::upstream::Status;
 
 pub(super) struct Discard;
@@ -41,7 +42,7 @@ pub(super) async fn tools_list(
             // Stopped first: no container may outlive the command.
             gateway.close_session(&session);
             gateway.stop().await;
-            bail!("tools/list failed: {message}");
+            bail!("tools/list failed: {}", shown(&message));
         }
     };
     let missing = Missing::of(&gateway, &tools, schema_checked, client.is_none());
@@ -174,11 +175,12 @@ impl Missing {
 
     fn print_withheld(&self) {
         for (name, problem) in &self.withheld {
-            eprintln!("withheld: `{name}`: {problem}");
+            eprintln!("withheld: `{}`: {}", shown(name), shown(problem));
         }
         for name in &self.pin_withheld {
             eprintln!(
-                "withheld: `{name}`: its definition awaits approval (`portcullis tools pins`)"
+                "withheld: `{}`: its definition awaits approval (`portcullis tools pins`)",
+                shown(name)
             );
         }
     }
@@ -201,8 +203,8 @@ fn print_flagged(tools: &[Value]) {
             let rules: Vec<&str> = flags.iter().filter_map(|f| f["rule"].as_str()).collect();
             eprintln!(
                 "flagged: `{}`: poisoning rules {}",
-                tool["name"].as_str().unwrap_or_default(),
-                rules.join(", ")
+                shown(tool["name"].as_str().unwrap_or_default()),
+                shown(&rules.join(", "))
             );
         }
     }
@@ -212,23 +214,25 @@ fn print_tools(tools: &[Value], format: Format) {
     match format {
         Format::Json => println!(
             "{}",
-            serde_json::to_string_pretty(tools).unwrap_or_default()
+            shown_json(&serde_json::to_string_pretty(tools).unwrap_or_default())
         ),
         Format::Table => {
             println!("{:<40} DESCRIPTION", "TOOL");
             for tool in tools {
+                // Its first line, cut, then escaped: a server wrote both.
                 let description: String = tool["description"]
                     .as_str()
                     .unwrap_or_default()
-                    .lines()
+                    .split('\n')
                     .next()
                     .unwrap_or_default()
                     .chars()
                     .take(80)
                     .collect();
                 println!(
-                    "{:<40} {description}",
-                    tool["name"].as_str().unwrap_or_default()
+                    "{:<40} {}",
+                    shown(tool["name"].as_str().unwrap_or_default()),
+                    shown(&description)
                 );
             }
         }

@@ -12,6 +12,7 @@ use super::launch::{build_gateway, start};
 use super::tools::{Discard, list_tools, viewer};
 use crate::chain::Transport;
 use crate::config::Config;
+use crate::protocol::{shown, shown_json};
 
 /// The audit store of the CLI's calls.
 const ROLE: &str = "cli-tools";
@@ -61,14 +62,14 @@ pub(super) async fn tools_call(
     if let Some(error) = reply.get("error") {
         bail!(
             "`{tool}` was not called: {} ({})",
-            error["message"].as_str().unwrap_or("unknown error"),
-            error["code"]
+            shown(error["message"].as_str().unwrap_or("unknown error")),
+            shown(&error["code"].to_string())
         );
     }
     let result = &reply["result"];
     println!(
         "{}",
-        serde_json::to_string_pretty(result).unwrap_or_default()
+        shown_json(&serde_json::to_string_pretty(result).unwrap_or_default())
     );
     if result["isError"] == true {
         bail!("`{tool}` answered with an error (its result above)");
@@ -125,7 +126,8 @@ pub(super) async fn tools_inspect(
     let listed = list_tools(&gateway, &session).await;
     gateway.close_session(&session);
     gateway.stop().await;
-    let listed = listed.map_err(|message| anyhow::anyhow!("tools/list failed: {message}"))?;
+    let listed =
+        listed.map_err(|message| anyhow::anyhow!("tools/list failed: {}", shown(&message)))?;
     let Some(found) = listed.iter().find(|t| t["name"] == tool) else {
         bail!(
             "`{tool}` is not listed{}: `portcullis tools list` shows what is, and why a tool is missing",
@@ -136,7 +138,7 @@ pub(super) async fn tools_inspect(
     };
     println!(
         "{}",
-        serde_json::to_string_pretty(found).unwrap_or_default()
+        shown_json(&serde_json::to_string_pretty(found).unwrap_or_default())
     );
     Ok(())
 }

@@ -10,6 +10,12 @@ use super::{ConfigError, Validator};
 pub struct LimitsConfig {
     pub max_message_bytes: usize,
     pub max_depth: usize,
+    /// The most items the proxy keeps of one list of one server (tools,
+    /// prompts, resources, templates each); past it the list is cut.
+    pub max_list_items: usize,
+    /// The most bytes the proxy holds (parsed) of one server's four lists
+    /// together; past it they are cut.
+    pub max_list_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -17,6 +23,8 @@ impl Default for LimitsConfig {
         Self {
             max_message_bytes: 4 * 1024 * 1024,
             max_depth: 64,
+            max_list_items: 10_000,
+            max_list_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -31,6 +39,17 @@ pub(super) struct RawLimits {
     /// The deepest nesting of arrays and objects in a message, from 4 to 128.
     #[schemars(with = "Option<usize>", extend("default" = 64))]
     max_depth: Option<Spanned<usize>>,
+    /// The most items the proxy keeps of one list of one server (its tools,
+    /// prompts, resources or resource templates), at least 1; past it the
+    /// list is cut, logged and recorded (`list_cut`).
+    #[schemars(with = "Option<usize>", extend("default" = 10_000))]
+    max_list_items: Option<Spanned<usize>>,
+    /// The most bytes the proxy holds of one server's lists together,
+    /// counted as parsed (about 20 times their JSON for small tools), at
+    /// least 65536; past it they are cut, logged and recorded (`list_cut`).
+    /// The merged lists clients are served hold about as much again.
+    #[schemars(with = "Option<usize>", extend("default" = 33_554_432))]
+    max_list_bytes: Option<Spanned<usize>>,
 }
 
 impl RawLimits {
@@ -52,9 +71,17 @@ impl RawLimits {
             }
             Some(depth) => depth.into_inner(),
         };
+        let max_list_items = v
+            .at_least(self.max_list_items, "limits.max_list_items", 1)?
+            .unwrap_or(defaults.max_list_items);
+        let max_list_bytes = v
+            .at_least(self.max_list_bytes, "limits.max_list_bytes", 65_536)?
+            .unwrap_or(defaults.max_list_bytes);
         Ok(LimitsConfig {
             max_message_bytes,
             max_depth,
+            max_list_items,
+            max_list_bytes,
         })
     }
 }

@@ -25,6 +25,7 @@ mod chain;
 mod container;
 mod described;
 mod discovery;
+mod egress;
 mod exchanges;
 mod identities;
 mod limits;
@@ -61,6 +62,8 @@ use described::RawCatalog;
 pub use described::{CatalogConfig, from_label};
 use discovery::RawDiscovery;
 pub use discovery::{Discoverable, DiscoveryConfig, PROXY_SERVER};
+use egress::RawEgress;
+pub use egress::{EgressConfig, parse_range};
 pub use identities::{AuditorConfig, ClientConfig};
 use identities::{RawAuditor, RawClient, Taken};
 pub use limits::LimitsConfig;
@@ -155,6 +158,9 @@ pub struct Config {
     pub schema: SchemaConfig,
     pub pinning: PinningConfig,
     pub observability: ObservabilityConfig,
+    /// `[egress]`: also carried by each part that connects out (remote
+    /// servers, identity providers, the trace exporter).
+    pub egress: EgressConfig,
 }
 
 /// A value from the config with where it was written, for errors found
@@ -259,6 +265,12 @@ struct RawConfig {
     /// Metrics and traces.
     #[serde(default)]
     observability: RawObservability,
+    /// Where the proxy may connect on its own: it follows no redirect, and
+    /// refuses loopback, private, link-local and multicast addresses that
+    /// a peer named (link-local ones even where this file names them)
+    /// unless a range here allows them.
+    #[serde(default)]
+    egress: RawEgress,
 }
 
 /// Whether two forms of a section (or of a server) say the same, as a
@@ -374,7 +386,7 @@ impl Config {
     /// stable, and compare every setting.)
     pub fn changes_needing_restart(&self, next: &Config) -> Vec<&'static str> {
         let differs = |a: &dyn fmt::Debug, b: &dyn fmt::Debug| !same_settings(a, b);
-        let sections: [(&'static str, &dyn fmt::Debug, &dyn fmt::Debug); 14] = [
+        let sections: [(&'static str, &dyn fmt::Debug, &dyn fmt::Debug); 15] = [
             ("proxy", &self.proxy, &next.proxy),
             ("listener", &self.listener, &next.listener),
             ("limits", &self.limits, &next.limits),
@@ -389,6 +401,7 @@ impl Config {
             ("schema", &self.schema, &next.schema),
             ("pinning", &self.pinning, &next.pinning),
             ("observability", &self.observability, &next.observability),
+            ("egress", &self.egress, &next.egress),
         ];
         sections
             .into_iter()
@@ -446,6 +459,7 @@ impl Validator<'_> {
         let listener = raw.listener.validate(self)?;
         let proxy = raw.proxy.validate(self, &listener)?;
         let limits = raw.limits.validate(self)?;
+        let egress = raw.egress.validate(self)?;
         let mut taken = Taken::default();
         let clients = self.each(raw.clients, "clients", |at, raw| {
             raw.validate(at, &mut taken)
@@ -454,7 +468,7 @@ impl Validator<'_> {
             raw.validate(at, &mut taken)
         })?;
         identities::check_certificates(self, &clients, &listener)?;
-        let oauth = raw.oauth.map(|raw| raw.validate(self)).transpose()?;
+        let mut oauth = raw.oauth.map(|raw| raw.validate(self)).transpose()?;
         if oauth.is_some() && proxy.listen.is_none() {
             return Err(self.error(
                 None,
@@ -496,10 +510,12 @@ impl Validator<'_> {
         chain.place(self, Switchable::Schema, schema.enabled)?;
         let redact = raw.redact.validate(self)?;
         chain.place(self, Switchable::Redact, redact.enabled)?;
+        let mut observability = raw.observability.validate(self)?;
+        egress::hand_out(&egress, &mut servers, oauth.as_mut(), &mut observability);
         Ok(Config {
             file: self.path.to_owned(),
             audit: raw.audit.validate(self, &proxy.data_dir)?,
-            observability: raw.observability.validate(self)?,
+            observability,
             proxy,
             listener,
             limits,
@@ -515,6 +531,7 @@ impl Validator<'_> {
             ratelimit,
             schema,
             pinning,
+            egress,
         })
     }
 

@@ -72,6 +72,8 @@ pub struct OauthConfig {
     /// `insufficient_scope`.
     pub required_scopes: Vec<String>,
     pub providers: Vec<ProviderConfig>,
+    /// `[egress]`, which the connections to the providers are guarded by.
+    pub egress: super::EgressConfig,
 }
 
 /// One authorization server the proxy trusts.
@@ -317,6 +319,8 @@ impl RawOauth {
             scopes: self.scopes,
             required_scopes: self.required_scopes,
             providers,
+            // Given by `[egress]` once the whole config is read.
+            egress: super::EgressConfig::default(),
         })
     }
 }

@@ -44,6 +44,8 @@ pub struct TracesConfig {
     /// for its own trace).
     pub sample_ratio: f64,
     pub service_name: String,
+    /// `[egress]`, which its connections are guarded by.
+    pub egress: super::EgressConfig,
 }
 
 /// The collector a `[observability.traces]` table without `endpoint` sends to.
@@ -189,6 +191,8 @@ impl RawTraces {
             secrets,
             sample_ratio,
             service_name,
+            // Given by `[egress]` once the whole config is read.
+            egress: super::EgressConfig::default(),
         })
     }
 }

@@ -79,6 +79,8 @@ pub struct RemoteSpec {
     /// The server's own access token, from the organisation's
     /// authorization server (the client-credentials grant).
     pub oauth: Option<RemoteOauth>,
+    /// `[egress]`, which its connections are guarded by.
+    pub egress: super::EgressConfig,
 }
 
 /// `remote = { oauth = { … } }`: the proxy gets the server its own access
@@ -514,6 +516,8 @@ impl RawRemote {
             url: self.url,
             headers,
             oauth,
+            // Given by `[egress]` once the whole config is read.
+            egress: super::EgressConfig::default(),
         })
     }
 }

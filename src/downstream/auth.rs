@@ -235,19 +235,22 @@ fn check_origin(state: &HttpState, headers: &HeaderMap) -> Result<(), Box<Respon
             )));
         }
     }
+    // Parsed strictly: a value that is not an authority names no host.
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let hostname = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => host.split(':').next().unwrap_or_default(),
-    };
-    if !state
-        .allowed_hosts
-        .iter()
-        .any(|allowed| allowed.eq_ignore_ascii_case(hostname))
-    {
+        .and_then(super::authority::host_of);
+    let allowed = host.is_some_and(|(host, _)| {
+        state.allowed_hosts.iter().any(|allowed| {
+            // An IPv6 address as written in the config, in its one form.
+            let allowed = allowed.trim_start_matches('[').trim_end_matches(']');
+            match allowed.parse::<std::net::Ipv6Addr>() {
+                Ok(address) => address.to_string() == host,
+                Err(_) => allowed.eq_ignore_ascii_case(&host),
+            }
+        })
+    });
+    if !allowed {
         return Err(Box::new(plain_error(
             StatusCode::FORBIDDEN,
             "the Host header must name this proxy (`[proxy] allowed_hosts`)",

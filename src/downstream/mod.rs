@@ -10,6 +10,7 @@
 
 mod admin;
 mod auth;
+mod authority;
 mod console;
 mod detached;
 pub mod http;

@@ -133,6 +133,7 @@ mod tests {
             scopes: vec!["mcp".into()],
             required_scopes: vec![],
             providers: vec![],
+            egress: Default::default(),
         }
     }
 

@@ -39,7 +39,9 @@ impl ListKind {
 /// The merged view, rebuilt whenever one server's lists change.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    per_server: Vec<Option<ServerLists>>,
+    /// Each server's lists as the catalog took them: shared (never
+    /// copied) with the slot that keeps them as the server sent them.
+    per_server: Vec<Option<Arc<ServerLists>>>,
     pub tools: Arc<Vec<Value>>,
     pub prompts: Arc<Vec<Value>>,
     pub resources: Arc<Vec<Value>>,
@@ -77,7 +79,7 @@ impl Catalog {
     }
 
     pub fn server_lists(&self, server: usize) -> Option<&ServerLists> {
-        self.per_server.get(server).and_then(Option::as_ref)
+        self.per_server.get(server).and_then(Option::as_deref)
     }
 
     /// A catalog with one server's lists replaced (or removed with `None`),
@@ -85,17 +87,19 @@ impl Catalog {
     pub fn with_server(
         &self,
         server: usize,
-        lists: Option<ServerLists>,
+        lists: Option<Arc<ServerLists>>,
         names: &[Arc<str>],
         separator: &str,
     ) -> (Self, Vec<ListKind>) {
+        // Each server's lists are shared, not copied, into the next catalog.
         let mut per_server = self.per_server.clone();
-        let old = per_server
+        let empty = ServerLists::default();
+        let old = self
+            .per_server
             .get(server)
-            .cloned()
-            .flatten()
-            .unwrap_or_default();
-        let new = lists.clone().unwrap_or_default();
+            .and_then(Option::as_deref)
+            .unwrap_or(&empty);
+        let new = lists.as_deref().unwrap_or(&empty);
         let mut changed = Vec::new();
         if old.tools != new.tools {
             changed.push(ListKind::Tools);
@@ -127,7 +131,7 @@ impl Catalog {
     }
 
     fn build(
-        per_server: Vec<Option<ServerLists>>,
+        per_server: Vec<Option<Arc<ServerLists>>>,
         names: &[Arc<str>],
         separator: &str,
         order: &[usize],
@@ -365,10 +369,12 @@ mod tests {
     #[test]
     fn the_first_configured_server_keeps_a_shared_uri_whatever_its_index() {
         let names: Vec<Arc<str>> = vec!["old".into(), "other".into(), "restarted".into()];
-        let shared = |name: &str| ServerLists {
-            resources: vec![json!({"uri":"file:///shared","name":name})],
-            templates: vec![json!({"uriTemplate":"file:///{path}","name":name})],
-            ..Default::default()
+        let shared = |name: &str| {
+            Arc::new(ServerLists {
+                resources: vec![json!({"uri":"file:///shared","name":name})],
+                templates: vec![json!({"uriTemplate":"file:///{path}","name":name})],
+                ..Default::default()
+            })
         };
         // `restarted` is first in the config: a reload started it anew at
         // index 2 (index 0 is its retired slot, which lists nothing).
@@ -394,24 +400,24 @@ mod tests {
         let catalog = Catalog::new(2);
         let (catalog, changed) = catalog.with_server(
             0,
-            Some(ServerLists {
+            Some(Arc::new(ServerLists {
                 tools: vec![json!({"name":"read","description":"r","x-extra":{"k":1}})],
                 resources: vec![json!({"uri":"file:///a","name":"a"})],
                 templates: vec![json!({"uriTemplate":"file:///{path}","name":"f"})],
                 ..Default::default()
-            }),
+            })),
             &names,
             "__",
         );
         assert_eq!(changed, vec![ListKind::Tools, ListKind::Resources]);
         let (catalog, _) = catalog.with_server(
             1,
-            Some(ServerLists {
+            Some(Arc::new(ServerLists {
                 tools: vec![json!({"name":"now"})],
                 resources: vec![json!({"uri":"file:///a","name":"dup"})],
                 templates: vec![json!({"uriTemplate":"time://{zone}","name":"z"})],
                 ..Default::default()
-            }),
+            })),
             &names,
             "__",
         );

@@ -184,10 +184,12 @@ impl Harness {
     }
 
     /// [`Harness::serve`] once the gateway has made `server`'s upstream
-    /// (a reload makes it as it applies; up to 10 s).
+    /// (a reload makes it as it applies; up to a minute, far past what a
+    /// loaded machine takes).
     pub(super) async fn serve_when_made(&self, server: &str, tools: Value) -> ScriptedServer {
         let key = (server.to_owned(), None);
-        for _ in 0..1000 {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while tokio::time::Instant::now() < deadline {
             if self
                 .opened
                 .lock()

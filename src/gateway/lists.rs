@@ -14,40 +14,175 @@ use super::{Catalog, Gateway, ListKind, ServerLists, lock};
 /// Upstream pagination is followed for at most this many pages per list.
 pub(super) const MAX_LIST_PAGES: usize = 100;
 
-/// Every page of a server's list (up to [`MAX_LIST_PAGES`]); a failure keeps
-/// what was read so far.
+/// What one read of a server's lists may keep: items per list, and bytes
+/// held (parsed, [`held_bytes`]) of the four lists together (`[limits]
+/// max_list_items`, `max_list_bytes`). A server decides how much it sends; this decides how
+/// much the proxy holds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ListBudget {
+    pub(super) items: usize,
+    pub(super) bytes: usize,
+    pub(super) bytes_left: usize,
+}
+
+impl ListBudget {
+    pub(super) fn of(limits: &crate::config::LimitsConfig) -> Self {
+        Self {
+            items: limits.max_list_items,
+            bytes: limits.max_list_bytes,
+            bytes_left: limits.max_list_bytes,
+        }
+    }
+}
+
+/// Why a list was cut short, and what of it was kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Cut {
+    /// `tools/list`, …
+    pub(super) method: &'static str,
+    pub(super) kept: usize,
+    pub(super) cause: CutCause,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum CutCause {
+    /// More items than `max_list_items`.
+    Items(usize),
+    /// More bytes held than `max_list_bytes` (of the server's lists together).
+    Bytes(usize),
+    /// More pages than [`MAX_LIST_PAGES`].
+    Pages,
+    /// A next cursor the server had already given: it would never end.
+    CursorAgain,
+}
+
+impl Cut {
+    /// What the log and the record say of it.
+    pub(super) fn reason(&self) -> String {
+        let cause = match &self.cause {
+            CutCause::Items(limit) => {
+                format!("more than {limit} items (`[limits] max_list_items`)")
+            }
+            CutCause::Bytes(limit) => {
+                format!("over {limit} bytes of lists (`[limits] max_list_bytes`)")
+            }
+            CutCause::Pages => format!("more than {MAX_LIST_PAGES} pages"),
+            CutCause::CursorAgain => "a next cursor it had already sent".to_owned(),
+        };
+        format!(
+            "{} cut at {} items: the server sent {cause}",
+            self.method, self.kept
+        )
+    }
+
+    pub(super) fn detail(&self) -> Value {
+        let (cause, limit) = match &self.cause {
+            CutCause::Items(limit) => ("items", Some(*limit)),
+            CutCause::Bytes(limit) => ("bytes", Some(*limit)),
+            CutCause::Pages => ("pages", Some(MAX_LIST_PAGES)),
+            CutCause::CursorAgain => ("cursor_again", None),
+        };
+        json!({ "list": self.method, "kept": self.kept, "cause": cause, "limit": limit })
+    }
+}
+
+/// About how many bytes the proxy holds for `value` once parsed: what the
+/// budget counts, since that is what a server makes the proxy hold (a list
+/// of empty objects is a few bytes as JSON and many times that parsed).
+/// Each allocation is counted with its bookkeeping; an object's entries
+/// with their hash, and its index.
+pub(super) fn held_bytes(value: &Value) -> usize {
+    /// An allocator's bookkeeping per allocation, about.
+    const PER_ALLOCATION: usize = 16;
+    let own = std::mem::size_of::<Value>();
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => own,
+        Value::String(text) => own + text.capacity() + PER_ALLOCATION,
+        Value::Array(items) => {
+            let items: usize = items.iter().map(held_bytes).sum();
+            own + items + PER_ALLOCATION
+        }
+        Value::Object(map) => {
+            // An entry is its hash, its key (a String) and its value; the
+            // index is a word and a control byte per entry, and a group.
+            let entries: usize = map
+                .iter()
+                .map(|(key, value)| {
+                    8 + std::mem::size_of::<String>()
+                        + key.capacity()
+                        + PER_ALLOCATION
+                        + held_bytes(value)
+                        + 9
+                })
+                .sum();
+            own + entries + 16 + 2 * PER_ALLOCATION
+        }
+    }
+}
+
+/// Every page of a server's list, within `budget` (its bytes shared with
+/// the server's other lists, and spent here); a failure keeps what was
+/// read so far. What was cut, if anything, is said beside the items.
 pub(super) async fn fetch_all(
     upstream: &Upstream,
-    method: &str,
-    key: &str,
+    (method, key): (&'static str, &str),
+    budget: &mut ListBudget,
     scrub: &(dyn Fn(&str) -> String + Sync),
-) -> Vec<Value> {
+) -> (Vec<Value>, Option<Cut>) {
     let mut items = Vec::new();
+    let mut cursors = std::collections::HashSet::new();
     let mut cursor: Option<String> = None;
+    let cut = |items: Vec<Value>, cause| {
+        let kept = items.len();
+        (
+            items,
+            Some(Cut {
+                method,
+                kept,
+                cause,
+            }),
+        )
+    };
     for _ in 0..MAX_LIST_PAGES {
         let params = match &cursor {
             Some(cursor) => json!({ "cursor": cursor }),
             None => json!({}),
         };
-        match upstream.request(method, params).await {
-            Ok(result) => {
-                if let Some(page) = result.get(key).and_then(Value::as_array) {
-                    items.extend(page.iter().cloned());
-                }
-                match result.get("nextCursor").and_then(Value::as_str) {
-                    Some(next) if !next.is_empty() => cursor = Some(next.to_owned()),
-                    _ => break,
-                }
-            }
+        let mut result = match upstream.request(method, params).await {
+            Ok(result) => result,
             Err(err) => {
                 // The server's own words: scrubbed like a record's.
                 let error = scrub(&err.to_string());
                 tracing::warn!(server = %upstream.name(), method, error, "cannot read the list");
-                break;
+                return (items, None);
+            }
+        };
+        // Moved out of the page, not copied: the rest of it is dropped here.
+        if let Some(Value::Array(page)) = result.get_mut(key).map(Value::take) {
+            for item in page {
+                if items.len() >= budget.items {
+                    return cut(items, CutCause::Items(budget.items));
+                }
+                let size = held_bytes(&item);
+                if size > budget.bytes_left {
+                    budget.bytes_left = 0;
+                    return cut(items, CutCause::Bytes(budget.bytes));
+                }
+                budget.bytes_left -= size;
+                items.push(item);
             }
         }
+        match result.get("nextCursor").and_then(Value::as_str) {
+            Some(next) if !next.is_empty() => {
+                if !cursors.insert(next.to_owned()) {
+                    return cut(items, CutCause::CursorAgain);
+                }
+                cursor = Some(next.to_owned());
+            }
+            _ => return (items, None),
+        }
     }
-    items
+    cut(items, CutCause::Pages)
 }
 
 impl Gateway {
@@ -133,27 +268,71 @@ impl Gateway {
         let caps = info.get("capabilities").cloned().unwrap_or_default();
         let mut lists = ServerLists::default();
         let scrub = |text: &str| self.scrub(text);
-        if caps.get("tools").is_some() {
-            lists.tools = fetch_all(upstream, "tools/list", "tools", &scrub).await;
-        }
-        if caps.get("prompts").is_some() {
-            lists.prompts = fetch_all(upstream, "prompts/list", "prompts", &scrub).await;
-        }
-        if caps.get("resources").is_some() {
-            lists.resources = fetch_all(upstream, "resources/list", "resources", &scrub).await;
-            lists.templates = fetch_all(
-                upstream,
+        let mut budget = ListBudget::of(&self.config.limits);
+        let mut cuts = Vec::new();
+        let wanted: [(&str, &'static str, &str, &mut Vec<Value>); 4] = [
+            ("tools", "tools/list", "tools", &mut lists.tools),
+            ("prompts", "prompts/list", "prompts", &mut lists.prompts),
+            (
+                "resources",
+                "resources/list",
+                "resources",
+                &mut lists.resources,
+            ),
+            (
+                "resources",
                 "resources/templates/list",
                 "resourceTemplates",
-                &scrub,
-            )
-            .await;
+                &mut lists.templates,
+            ),
+        ];
+        for (capability, method, key, list) in wanted {
+            if caps.get(capability).is_none() {
+                continue;
+            }
+            let (items, cut) = fetch_all(upstream, (method, key), &mut budget, &scrub).await;
+            *list = items;
+            cuts.extend(cut);
         }
         tracing::debug!(server = %upstream.name(), tools = lists.tools.len(), prompts = lists.prompts.len(), resources = lists.resources.len(), "lists refreshed");
+        self.report_cuts(index, upstream, cuts);
         self.set_lists(index, Some(lists));
     }
 
+    /// Logs and records the cuts of a read of a server's lists, when they
+    /// are not the ones its last read made (a server that announces list
+    /// changes over and over floods neither the log nor the audit log).
+    fn report_cuts(&self, index: usize, upstream: &Upstream, cuts: Vec<Cut>) {
+        let Some(slot) = self.slot(index) else {
+            return;
+        };
+        {
+            let mut last = lock(&slot.per_server.last_cuts);
+            if *last == cuts {
+                return;
+            }
+            last.clone_from(&cuts);
+        }
+        let server = upstream.name();
+        let mut records = Vec::new();
+        for cut in cuts {
+            let reason = cut.reason();
+            tracing::warn!(server = %server, list = cut.method, kept = cut.kept, "a server's list was cut: {reason}");
+            let mut record = crate::audit::AuditRecord::event("list_cut", "deny");
+            record.server = Some(server.to_string());
+            record.method = cut.method.to_owned();
+            record.reason = Some(reason);
+            record.detail = Some(cut.detail());
+            records.push(record);
+        }
+        self.record_events(records);
+    }
+
     pub(super) fn set_lists(&self, index: usize, lists: Option<ServerLists>) {
+        self.set_shared_lists(index, lists.map(Arc::new));
+    }
+
+    fn set_shared_lists(&self, index: usize, lists: Option<Arc<ServerLists>>) {
         let changed = {
             let Ok(mut catalog) = self.catalog.write() else {
                 return;
@@ -172,23 +351,29 @@ impl Gateway {
         &self,
         catalog: &mut Arc<Catalog>,
         index: usize,
-        lists: Option<ServerLists>,
+        lists: Option<Arc<ServerLists>>,
     ) -> Vec<ListKind> {
         let mut lists = if self.is_retired(index) { None } else { lists };
-        // As the server sent them, for a profile that changes later.
+        // As the server sent them, for a profile that changes later (the
+        // same lists the catalog takes, unless a profile filters them).
         if let Some(slot) = self.slot(index) {
             *lock(&slot.lists) = lists.clone();
         }
         // A profile's tools alone: the others are not listed, and so not
         // found when called (before any policy is asked).
         let profile = self.profile();
-        if let (Some(profile), Some(lists), Some(server)) =
-            (profile.as_deref(), lists.as_mut(), self.name_at(index))
+        if let (Some(profile), Some(shared), Some(server)) =
+            (profile.as_deref(), lists.as_ref(), self.name_at(index))
         {
-            lists.tools.retain(|tool| {
+            let allowed = |tool: &Value| {
                 let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
                 profile.allows_tool(server, name)
-            });
+            };
+            if !shared.tools.iter().all(allowed) {
+                let mut filtered = ServerLists::clone(shared);
+                filtered.tools.retain(allowed);
+                lists = Some(Arc::new(filtered));
+            }
         }
         let names = self.names();
         let (next, changed) =
@@ -240,5 +425,31 @@ impl Gateway {
         for session in self.initialized_sessions().into_iter().chain(listeners) {
             self.notify(&session, None, message.clone(), None, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::held_bytes;
+
+    #[test]
+    fn what_a_list_holds_is_counted_parsed_not_as_json() {
+        let tool = json!({
+            "name": "t1",
+            "description": "Lists and reads the things it is named for.",
+            "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}
+        });
+        let json = tool.to_string().len();
+        let held = held_bytes(&tool);
+        // Parsed, a small tool holds many times its JSON.
+        assert!(held > 5 * json, "{held} for {json} bytes of JSON");
+        // Empty objects: a few bytes each as JSON, far more parsed.
+        let empties = json!([{}, {}, {}, {}, {}, {}, {}, {}]);
+        assert!(held_bytes(&empties) > 20 * empties.to_string().len());
+        // A long string is about its length.
+        let long = json!("x".repeat(100_000));
+        assert!((100_000..101_000).contains(&held_bytes(&long)));
     }
 }

@@ -266,7 +266,7 @@ impl Gateway {
                 .catalogued(discovery.first..discovery.proxy)
                 .with_server(
                     discovery.proxy,
-                    Some(discovery::Discovery::lists()),
+                    Some(Arc::new(discovery::Discovery::lists())),
                     &names,
                     &config.proxy.namespace_separator,
                 )

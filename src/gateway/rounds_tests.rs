@@ -14,7 +14,16 @@ use super::harness::{Harness, request, spawn_handle};
 use crate::protocol::{self, meta};
 use crate::upstream::scripted::ScriptedServer;
 
-const CONFIG: &str = "[proxy]\ncall_timeout = \"3s\"\n\
+/// A call timeout far past anything a test waits for, so a parked call
+/// does not expire under a test that asserts it is still there, however
+/// slow the machine.
+const CONFIG: &str = "[proxy]\ncall_timeout = \"60s\"\n\
+    [[clients]]\nname = \"alice\"\n[[clients]]\nname = \"bob\"\n\
+    [[servers]]\nname = \"files\"\nprocess = { command = \"scripted\" }\n";
+
+/// [`CONFIG`] with a call timeout a test waits out: long enough for the
+/// server's question to become a round first, short enough to wait for.
+const EXPIRING: &str = "[proxy]\ncall_timeout = \"5s\"\n\
     [[clients]]\nname = \"alice\"\n[[clients]]\nname = \"bob\"\n\
     [[servers]]\nname = \"files\"\nprocess = { command = \"scripted\" }\n";
 
@@ -49,7 +58,11 @@ fn sampled(text: &str) -> Value {
 }
 
 async fn started() -> (Harness, ScriptedServer) {
-    let harness = Harness::new(CONFIG);
+    started_with(CONFIG).await
+}
+
+async fn started_with(config: &str) -> (Harness, ScriptedServer) {
+    let harness = Harness::new(config);
     let starting = harness.start();
     let files = harness
         .serve(
@@ -274,7 +287,7 @@ async fn a_retry_not_the_clients_own_continuation_is_refused_and_the_call_waits_
 
 #[tokio::test]
 async fn a_call_nobody_continues_expires_and_one_whose_retry_hangs_up_is_cancelled() {
-    let (harness, mut files) = started().await;
+    let (harness, mut files) = started_with(EXPIRING).await;
     // Nobody retries: within the server's call timeout the call is ended,
     // and its state is good for nothing after.
     let call = read_call(1, "a");
@@ -297,10 +310,8 @@ async fn a_call_nobody_continues_expires_and_one_whose_retry_hangs_up_is_cancell
         "{refused_question}"
     );
     // The session of the call is gone (the call ended at its server).
-    for _ in 0..300 {
-        if harness.gateway.session_count() == 0 {
-            break;
-        }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while harness.gateway.session_count() != 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(harness.gateway.session_count(), 0);
@@ -321,7 +332,9 @@ async fn a_call_nobody_continues_expires_and_one_whose_retry_hangs_up_is_cancell
     );
 
     // A retry whose client hangs up while the call goes on: the call is
-    // cancelled at its server.
+    // cancelled at its server. A gateway of its own, whose calls do not
+    // expire while the test looks.
+    let (harness, mut files) = started().await;
     let call = read_call(3, "b");
     let (seen, round) = asked(&harness, &mut files, &call).await;
     let key = only_key(&round);
@@ -708,16 +721,21 @@ async fn a_question_unanswered_past_the_calls_time_ends_the_call_and_is_withdraw
         mut inbox,
         answer,
         ..
-    } = legacy_call("timeout = \"1s\"\n").await;
+    } = legacy_call("timeout = \"5s\"\n").await;
     let sent = files.next_received().await;
     let asks = json!({ "resultType": "input_required",
         "inputRequests": { "r": { "method": "roots/list" } } });
-    // Asked a moment after the call went: the call's time runs out before
-    // the question's own.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Asked a second after the call went: the call's time runs out a second
+    // before the question's own, and the question has four seconds to reach
+    // the client before either.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     files.reply(&sent, asks).await;
     // The client is asked and never answers.
-    let asked = inbox.recv().await.unwrap_or_default();
+    let asked = tokio::time::timeout(Duration::from_secs(30), inbox.recv())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("the client was not asked"));
     assert_eq!(asked["method"], "roots/list", "{asked}");
     let reply = answer.await.ok().flatten().unwrap_or_default();
     assert_eq!(
@@ -732,7 +750,7 @@ async fn a_question_unanswered_past_the_calls_time_ends_the_call_and_is_withdraw
     );
     // The question is withdrawn from the client; the server is not sent
     // the request again.
-    let withdrawn = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+    let withdrawn = tokio::time::timeout(Duration::from_secs(30), inbox.recv())
         .await
         .ok()
         .flatten()

@@ -43,6 +43,8 @@ pub(super) struct PerServer {
     requests: Arc<Semaphore>,
     /// Places for refusing its requests past those.
     refusals: Arc<Semaphore>,
+    /// What the last read of its lists cut (reported only when it changes).
+    pub(super) last_cuts: std::sync::Mutex<Vec<super::lists::Cut>>,
 }
 
 impl PerServer {
@@ -63,6 +65,7 @@ impl PerServer {
             refresh_waiting: AtomicBool::new(false),
             requests: Arc::new(Semaphore::new(SERVER_REQUESTS)),
             refusals: Arc::new(Semaphore::new(SERVER_REFUSALS)),
+            last_cuts: std::sync::Mutex::default(),
         }
     }
 }

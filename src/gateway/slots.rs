@@ -27,7 +27,7 @@ pub(super) struct Slot {
     /// Its limit on requests in flight, if it has one.
     pub(super) in_flight: Option<InFlight>,
     /// Its lists as it last sent them (before a profile filtered them).
-    pub(super) lists: std::sync::Mutex<Option<ServerLists>>,
+    pub(super) lists: std::sync::Mutex<Option<Arc<ServerLists>>>,
     /// What its supervisor and its per-client instances run under (a child
     /// of the proxy's shutdown): cancelled when a reload retires it.
     pub(super) stop: CancellationToken,

@@ -12,6 +12,7 @@ use super::TokenError;
 use super::fetch;
 use super::keys::KeySet;
 use crate::config::IntrospectionConfig;
+use crate::egress::HttpClient;
 
 /// Answers kept at most (a full cache is emptied of what has expired, then
 /// of everything).
@@ -40,7 +41,7 @@ impl Introspection {
     pub async fn claims(
         &self,
         keys: &KeySet,
-        http: &reqwest::Client,
+        http: &HttpClient,
         token: &str,
         hash: [u8; 32],
         now: u64,
@@ -65,8 +66,8 @@ impl Introspection {
         let secret = self.config.client_secret.resolve().map_err(|reason| {
             TokenError::Unreachable(format!("the introspection secret: {reason}"))
         })?;
-        let request = http
-            .post(&endpoint)
+        let request = fetch::request(http, reqwest::Method::POST, &endpoint)
+            .map_err(TokenError::Unreachable)?
             .basic_auth(
                 crate::config::form_encoded(&self.config.client_id),
                 Some(crate::config::form_encoded(&secret)),

@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 
 use super::fetch;
 use crate::config::{ProviderConfig, is_loopback, secure_url};
+use crate::egress::HttpClient;
 
 /// The least time between two reads of a key set for a key id already
 /// looked for (and between reads after a failure).
@@ -132,7 +133,7 @@ struct Held {
 /// A provider's endpoints and keys, read when needed.
 pub(super) struct KeySet {
     pub provider: ProviderConfig,
-    http: reqwest::Client,
+    http: HttpClient,
     endpoints: Mutex<Found>,
     held: RwLock<Held>,
     /// One read at a time.
@@ -148,7 +149,7 @@ pub(super) enum KeyError {
 }
 
 impl KeySet {
-    pub fn new(provider: ProviderConfig, http: reqwest::Client) -> Self {
+    pub fn new(provider: ProviderConfig, http: HttpClient) -> Self {
         Self {
             provider,
             http,
@@ -285,7 +286,7 @@ impl KeySet {
                     .jwks_uri
                     .ok_or_else(|| format!("the metadata of `{}` names no jwks_uri", self.provider.issuer))?,
             };
-            let set = fetch::json(self.http.get(&uri), &uri).await?;
+            let set = fetch::json(fetch::request(&self.http, reqwest::Method::GET, &uri)?, &uri).await?;
             let Some(Value::Array(entries)) = set.get("keys") else {
                 return Err(format!("{uri} is not a JSON Web Key Set"));
             };
@@ -368,7 +369,12 @@ impl KeySet {
         ];
         let mut reasons = Vec::new();
         for url in candidates {
-            match fetch::json(self.http.get(&url), &url).await {
+            match fetch::json(
+                fetch::request(&self.http, reqwest::Method::GET, &url)?,
+                &url,
+            )
+            .await
+            {
                 Ok(metadata) => {
                     if metadata.get("issuer").and_then(Value::as_str) != Some(&self.provider.issuer)
                     {

@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::chain::{ClientIdentity, TokenFacts};
 use crate::config::{JwtAlgorithm, OauthConfig, ProviderConfig};
+use crate::egress::HttpClient;
 use introspect::Introspection;
 use keys::{KeyError, KeySet};
 
@@ -128,7 +129,7 @@ pub struct OauthVerifier {
     introspection: Option<(usize, Introspection)>,
     /// The names of `[[clients]]`: no token may name one of them.
     reserved: HashSet<String>,
-    http: reqwest::Client,
+    http: HttpClient,
     passed: Mutex<HashMap<[u8; 32], Passed>>,
 }
 
@@ -137,7 +138,7 @@ impl OauthVerifier {
     /// clients with their own credentials.
     pub fn new(config: OauthConfig, reserved: HashSet<String>) -> Result<Self, String> {
         crypto::install();
-        let http = fetch::client()?;
+        let http = fetch::client(&config)?;
         let providers: Vec<KeySet> = config
             .providers
             .iter()
@@ -566,6 +567,7 @@ mod tests {
             scopes: vec![],
             required_scopes: required.iter().map(|s| (*s).to_owned()).collect(),
             providers: vec![provider()],
+            egress: Default::default(),
         };
         let reserved: HashSet<String> = reserved.iter().map(|s| (*s).to_owned()).collect();
         OauthVerifier::new(config, reserved).expect("a verifier")

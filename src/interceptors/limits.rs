@@ -172,6 +172,7 @@ mod tests {
         let limits = Limits::new(LimitsConfig {
             max_message_bytes: 1024,
             max_depth: 4,
+            ..LimitsConfig::default()
         });
         let shallow = json!({"jsonrpc":"2.0","id":1,"result":{"a":{"b":1}}});
         let deep = json!({"jsonrpc":"2.0","id":1,"result":{"a":{"b":{"c":{"d":1}}}}});

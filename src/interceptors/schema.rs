@@ -21,7 +21,7 @@ use jsonschema::{PatternOptions, Validator};
 use serde_json::{Map, Value, json};
 
 use crate::chain::{
-    Annotation, Definition, Denial, Direction, Exchange, Interceptor, Phase, Verdict,
+    Annotation, Definition, DefinitionRef, Denial, Direction, Exchange, Interceptor, Phase, Verdict,
 };
 use crate::config::{OutputAction, SchemaConfig};
 use crate::protocol::{At as _, code};
@@ -35,13 +35,15 @@ const MOST_CACHED: usize = 10_000;
 type Compiled = Arc<Result<Validator, String>>;
 
 struct Cached {
-    /// The listed definition it was compiled from.
-    definition: Definition,
+    /// The listed definition it was compiled from (not kept alive by the
+    /// cache: a list replaced is freed, and its entries pruned first).
+    definition: DefinitionRef,
     compiled: Compiled,
 }
 
-/// A listed tool's schemas and why it is withheld, if it is.
-type Listed = (Option<Value>, Option<Value>, Option<String>);
+/// A listed tool's schemas, by their SHA-256 (not copies: a cache of ten
+/// thousand tools holds no schema), and why it is withheld, if it is.
+type Listed = ([u8; 32], Option<String>);
 
 /// (server, tool, which schema).
 type CacheKey = (Arc<str>, String, Which);
@@ -103,19 +105,23 @@ impl Schema {
         let key = (server.clone(), tool.to_owned(), which);
         if let Ok(inputs) = self.compiled.read()
             && let Some(cached) = inputs.get(&key)
-            && cached.definition.same_as(definition)
+            && cached.definition.is(definition)
         {
             return Some(cached.compiled.clone());
         }
         let compiled: Compiled = Arc::new(compile(schema));
         if let Ok(mut inputs) = self.compiled.write() {
             if inputs.len() >= MOST_CACHED {
-                inputs.clear();
+                // Those of lists no longer listed first, then all.
+                inputs.retain(|_, cached| !cached.definition.is_gone());
+                if inputs.len() >= MOST_CACHED {
+                    inputs.clear();
+                }
             }
             inputs.insert(
                 key,
                 Cached {
-                    definition: definition.clone(),
+                    definition: definition.downgrade(),
                     compiled: compiled.clone(),
                 },
             );
@@ -126,11 +132,16 @@ impl Schema {
     /// Why a listed tool is withheld, if it is: its schemas as a list
     /// carries them.
     fn list_problem(&self, name: &str, tool: &Value) -> Option<String> {
-        let (input, output) = (tool.get("inputSchema"), tool.get("outputSchema"));
+        // Their digest as sent (a server that reorders keys gets its
+        // schemas compiled again, nothing worse).
+        let schemas: [u8; 32] = {
+            use sha2::Digest as _;
+            let pair = (tool.get("inputSchema"), tool.get("outputSchema"));
+            sha2::Sha256::digest(serde_json::to_vec(&pair).unwrap_or_default()).into()
+        };
         if let Ok(listed) = self.listed.read()
-            && let Some((seen_input, seen_output, problem)) = listed.get(name)
-            && seen_input.as_ref() == input
-            && seen_output.as_ref() == output
+            && let Some((seen, problem)) = listed.get(name)
+            && *seen == schemas
         {
             return problem.clone();
         }
@@ -142,10 +153,7 @@ impl Schema {
             if listed.len() >= MOST_CACHED {
                 listed.clear();
             }
-            listed.insert(
-                name.to_owned(),
-                (input.cloned(), output.cloned(), problem.clone()),
-            );
+            listed.insert(name.to_owned(), (schemas, problem.clone()));
         }
         problem
     }

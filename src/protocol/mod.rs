@@ -7,6 +7,7 @@
 
 mod framing;
 mod modern;
+mod shown;
 
 pub use framing::{Frame, FrameReader, HEAD_BYTES, encode_line, write_message};
 pub use modern::{
@@ -15,6 +16,7 @@ pub use modern::{
     meta, put_envelope, routing_name, strip_envelope_keys, strip_protocol_meta, take_envelope,
     take_protocol_meta,
 };
+pub use shown::{is_hidden, is_invisible, shown, shown_json};
 
 use serde_json::{Map, Value, json};
 

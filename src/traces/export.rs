@@ -13,6 +13,7 @@ use super::otlp::{attribute, encode};
 use super::span::Attr;
 use super::tracer::{Counters, Finished, MOST_SPANS_PER_REQUEST, Queue};
 use crate::config::{TracesConfig, resolve_headers};
+use crate::egress::{self, EgressError, HttpClient, Timeouts, Trust};
 
 /// How often an exporter-less [`Export::discard`] empties the buffer.
 const DISCARD_EVERY: Duration = Duration::from_millis(100);
@@ -27,7 +28,7 @@ const FINAL_EXPORT: Duration = Duration::from_secs(5);
 /// Sends batches of finished traces to an OTLP/HTTP collector as JSON.
 #[derive(Debug)]
 pub struct Exporter {
-    client: reqwest::Client,
+    client: HttpClient,
     endpoint: reqwest::Url,
     headers: reqwest::header::HeaderMap,
     /// The `resource` object every request carries.
@@ -72,8 +73,6 @@ impl Exporter {
     /// Reads the header secrets and builds the HTTP client: a missing secret
     /// stops the proxy at start, not at the first export.
     pub fn new(config: &TracesConfig, counters: Arc<Counters>) -> Result<Self, TraceError> {
-        // reqwest is built without a bundled crypto provider; ring is ours.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let endpoint = reqwest::Url::parse(&config.endpoint)
             .map_err(|err| TraceError::Exporter(format!("`{}`: {err}", config.endpoint)))?;
         let mut secrets = Vec::new();
@@ -82,11 +81,13 @@ impl Exporter {
             secrets.push((name.clone(), value));
         }
         let headers = resolve_headers(&config.headers, &secrets).map_err(TraceError::Exporter)?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|err| TraceError::Exporter(format!("cannot build an HTTP client: {err}")))?;
+        // The operator wrote the collector's URL.
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(5),
+            total: Some(Duration::from_secs(10)),
+        };
+        let client = HttpClient::new(&config.egress, Trust::Written, &[], timeouts)
+            .map_err(|err| TraceError::Exporter(err.to_string()))?;
         let resource = json!({
             "attributes": [
                 attribute("service.name", &Attr::from(config.service_name.clone())),
@@ -157,14 +158,19 @@ impl Exporter {
         let mut wait = Duration::from_millis(200);
         let mut problem = String::new();
         for attempt in 1..=TRIES {
-            let sent = self
+            let sent = match self
                 .client
-                .post(self.endpoint.clone())
-                .headers(self.headers.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-                .send()
-                .await;
+                .request(reqwest::Method::POST, self.endpoint.clone())
+            {
+                Ok(request) => {
+                    let request = request
+                        .headers(self.headers.clone())
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body.clone());
+                    egress::send(request).await
+                }
+                Err(err) => Err(err),
+            };
             let retry = match sent {
                 Ok(response) if response.status().is_success() => {
                     let rejected = rejected_spans(response).await.min(count);
@@ -183,8 +189,13 @@ impl Exporter {
                     problem = format!("the collector answered {status}");
                     status.as_u16() == 429 || status.is_server_error()
                 }
+                // Neither a redirect nor a refused address is tried again.
+                Err(err @ (EgressError::Redirect { .. } | EgressError::Refused { .. })) => {
+                    problem = err.to_string();
+                    false
+                }
                 Err(err) => {
-                    problem = format!("cannot reach the collector: {}", err.without_url());
+                    problem = format!("cannot reach the collector: {err}");
                     true
                 }
             };

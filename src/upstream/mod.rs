@@ -24,7 +24,6 @@ pub mod container;
 mod dispatch;
 mod era;
 mod events;
-mod http_body;
 mod link;
 mod listen;
 pub mod oci;

@@ -110,18 +110,9 @@ fn registry_error(reference: &Reference, err: impl std::fmt::Display) -> OciErro
 pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What a registry says, fit for a log line or a terminal: cut, and every
-/// control character escaped.
+/// character a terminal acts on or a reader cannot see escaped.
 pub fn shown(text: &str) -> String {
-    crate::protocol::cut(text, 300)
-        .chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    crate::protocol::shown(crate::protocol::cut(text, 300)).into_owned()
 }
 
 /// A layer as it is fetched: from the registry alone, never from the

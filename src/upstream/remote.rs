@@ -11,10 +11,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::http_body::{read_limited, without_url};
 use super::link::{Connected, Inbox, Link};
 use super::sse::{SseEvent, SseParser};
 use crate::config::{self, LimitsConfig, RemoteSpec};
+use crate::egress::{self, EgressError, HttpClient, Timeouts, Trust, read_limited};
 use crate::protocol::{self, At as _, Kind};
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -23,7 +23,7 @@ const METHOD_HEADER: &str = "mcp-method";
 const NAME_HEADER: &str = "mcp-name";
 
 struct RemoteLink {
-    client: reqwest::Client,
+    client: HttpClient,
     url: reqwest::Url,
     headers: HeaderMap,
     /// The server's own access token (`remote = { oauth = … }`), if any.
@@ -53,19 +53,19 @@ impl RemoteLink {
         headers
     }
 
-    fn post(&self, message: &Value) -> reqwest::RequestBuilder {
+    fn post(&self, message: &Value) -> Result<reqwest::RequestBuilder, EgressError> {
         let request = self
             .client
-            .post(self.url.clone())
+            .request(reqwest::Method::POST, self.url.clone())?
             .headers(self.headers())
             .header(ACCEPT, "application/json, text/event-stream")
             .header(CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(message).unwrap_or_default());
-        if self.speaks_stateless(message) {
+        Ok(if self.speaks_stateless(message) {
             Self::stateless_headers(request, message)
         } else {
             self.with_session(request)
-        }
+        })
     }
 
     /// Whether `message` goes as a 2026-07-28 request: to a server spoken to
@@ -126,9 +126,13 @@ impl RemoteLink {
         }
         let related = message.get("id").and_then(Value::as_u64);
         let sent = self.token.as_ref().map(|token| token.header());
-        let response =
-            self.post(&message).send().await.map_err(|err| {
-                format!("cannot reach {}: {}", shown(&self.url), without_url(&err))
+        // A redirect is refused here: following it would send this request,
+        // and the headers the operator set for this server, elsewhere.
+        let response = egress::send(self.post(&message).map_err(|err| err.to_string())?)
+            .await
+            .map_err(|err| match err {
+                EgressError::Redirect { .. } => err.to_string(),
+                err => format!("cannot reach {}: {err}", egress::origin(&self.url)),
             })?;
         let status = response.status();
         // The server no longer takes its token (revoked there, rotated):
@@ -279,10 +283,13 @@ impl RemoteLink {
     /// The standalone GET stream for messages the server sends on its own.
     async fn listen(self: Arc<Self>) {
         while !self.closed.is_cancelled() {
+            let Ok(request) = self.client.request(reqwest::Method::GET, self.url.clone()) else {
+                return;
+            };
             let request = self
-                .with_session(self.client.get(self.url.clone()).headers(self.headers()))
+                .with_session(request.headers(self.headers()))
                 .header(ACCEPT, "text/event-stream");
-            match request.send().await {
+            match egress::send(request).await {
                 Ok(response) if response.status().is_success() => {
                     self.read_events(response, None, &CancellationToken::new())
                         .await;
@@ -290,7 +297,10 @@ impl RemoteLink {
                 Ok(response) if response.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => {
                     return;
                 }
-                Ok(_) | Err(_) => {}
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(server = %self.inbox.server(), error = %err, "the server's stream is not open");
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -304,16 +314,6 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Where a server is, as errors may say it: its scheme, host and port (the
-/// URL's path, query and user info may carry credentials).
-fn shown(url: &reqwest::Url) -> String {
-    let host = url.host_str().unwrap_or("?");
-    match url.port() {
-        Some(port) => format!("{}://{host}:{port}", url.scheme()),
-        None => format!("{}://{host}", url.scheme()),
-    }
 }
 
 /// How often a call's response stream that has gone quiet is checked for
@@ -349,10 +349,15 @@ impl Link for RemoteHandle {
                 return;
             }
             self.0.closed.cancel();
-            if self.0.has_session() {
+            if self.0.has_session()
+                && let Ok(request) = self
+                    .0
+                    .client
+                    .request(reqwest::Method::DELETE, self.0.url.clone())
+            {
                 let link = &self.0;
                 let _ = link
-                    .with_session(link.client.delete(link.url.clone()).headers(link.headers()))
+                    .with_session(request.headers(link.headers()))
                     .timeout(Duration::from_secs(2))
                     .send()
                     .await;
@@ -373,19 +378,15 @@ pub(super) async fn open(
         server: inbox.server().to_string(),
         reason,
     };
-    // reqwest is built without a bundled crypto provider; ring is ours.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let url = reqwest::Url::parse(&spec.url).map_err(|err| start_error(err.to_string()))?;
     let headers = config::resolve_headers(&spec.headers, secrets).map_err(start_error)?;
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|err| {
-            start_error(format!(
-                "cannot build an HTTP client: {}",
-                without_url(&err)
-            ))
-        })?;
+    // The operator wrote the URL: anything but link-local is reachable.
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(10),
+        total: None,
+    };
+    let client = HttpClient::new(&spec.egress, Trust::Written, &[], timeouts)
+        .map_err(|err| start_error(err.to_string()))?;
     let closed = CancellationToken::new();
     let token = match &spec.oauth {
         None => None,
@@ -410,6 +411,7 @@ pub(super) async fn open(
             let for_client = matches!(grant, super::remote_token::Grant::For { .. });
             let token = super::remote_token::start(
                 oauth,
+                &spec.egress,
                 secret,
                 grant,
                 inbox.server().clone(),

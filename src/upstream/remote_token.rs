@@ -19,7 +19,8 @@ use reqwest::header::HeaderValue;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RemoteOauth;
+use crate::config::{EgressConfig, RemoteOauth};
+use crate::egress::{self, HttpClient, Timeouts, Trust};
 use crate::protocol::unix_now;
 
 /// The most of a token endpoint's answer that is read.
@@ -155,17 +156,19 @@ impl ServerToken {
 /// again), not sending a token it knows is dead.
 pub(super) async fn start(
     oauth: &RemoteOauth,
+    egress: &EgressConfig,
     secret: String,
     grant: Grant,
     server: Arc<str>,
     closed: CancellationToken,
 ) -> Result<Arc<ServerToken>, String> {
-    // Its own client: a token endpoint's redirect is not followed.
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|err| format!("cannot build an HTTP client: {err}"))?;
+    // Its own client; the operator wrote the token endpoint.
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(10),
+        total: Some(Duration::from_secs(10)),
+    };
+    let client =
+        HttpClient::new(egress, Trust::Written, &[], timeouts).map_err(|err| err.to_string())?;
     let (header, lives) = fetch(&client, oauth, &secret, &grant).await?;
     let token = Arc::new(ServerToken {
         current: RwLock::new(header),
@@ -223,7 +226,7 @@ fn renew_after(lives: Duration) -> Duration {
 /// the `Authorization` value and how long the token lives. Errors name
 /// the endpoint and what it said, never a secret or a token.
 async fn fetch(
-    client: &reqwest::Client,
+    client: &HttpClient,
     oauth: &RemoteOauth,
     secret: &str,
     grant: &Grant,
@@ -258,20 +261,18 @@ async fn fetch(
         form.push(("scope", scope));
     }
     let started = Instant::now();
-    let response = client
-        .post(endpoint)
+    let request = client
+        .request_to(reqwest::Method::POST, endpoint)
+        .map_err(|err| err.to_string())?
         .basic_auth(
             crate::config::form_encoded(&oauth.client_id),
             Some(crate::config::form_encoded(secret)),
         )
         .header(reqwest::header::ACCEPT, "application/json")
-        .form(&form)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .map_err(|err| format!("{endpoint}: {}", err.without_url()))?;
+        .form(&form);
+    let response = egress::send(request).await.map_err(|err| err.to_string())?;
     let status = response.status();
-    let body = super::http_body::read_limited(response, MAX_ANSWER)
+    let body = egress::read_limited(response, MAX_ANSWER)
         .await
         .map_err(|reason| format!("{endpoint}: {reason}"))?;
     let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);

@@ -84,7 +84,7 @@ impl Running {
         let id = call.upstream_id();
         (
             id,
-            tokio::spawn(call.send_and_wait(Duration::from_secs(10))),
+            tokio::spawn(call.send_and_wait(Duration::from_secs(60))),
         )
     }
 }
@@ -173,7 +173,7 @@ async fn progress_tokens_are_remapped_both_ways() {
     );
     let (followed_tx, mut followed) = mpsc::unbounded_channel();
     let task = tokio::spawn(
-        call.send_and_follow(Duration::from_secs(10), move |message| {
+        call.send_and_follow(Duration::from_secs(60), move |message| {
             let _ = followed_tx.send(message);
         }),
     );

@@ -398,9 +398,12 @@ pub async fn serve_config_env(config: &Path, more: &[&str], env: &[(&str, &str)]
         .expect("spawn portcullis serve");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
+    // Every line, those of the start included.
+    let log = ProxyLog::default();
     let addr = tokio::time::timeout(Duration::from_secs(60), async {
         while let Ok(Some(line)) = lines.next_line().await {
             eprintln!("[proxy] {line}");
+            log.push(line.clone());
             if line.contains("listening for MCP")
                 && let Some(addr) = line.split("addr=").nth(1)
             {
@@ -414,7 +417,6 @@ pub async fn serve_config_env(config: &Path, more: &[&str], env: &[(&str, &str)]
     .flatten()
     .expect("the proxy did not report its address");
     // Keep draining the log so the proxy never blocks on a full pipe.
-    let log = ProxyLog::default();
     let kept = log.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
@@ -1096,6 +1098,29 @@ pub fn mode_of(path: &Path) -> (u32, u32, u32) {
 /// One HTTP client that calls `echo` until the proxy goes away; the
 /// (session, request id) of every reply it received.
 pub async fn call_until_refused(url: String, worker: u64) -> Vec<(String, u64)> {
+    call_until_refused_telling(url, worker, &std::sync::atomic::AtomicU64::new(0)).await
+}
+
+/// [`call_until_refused`], adding one to `settled` once it has had two
+/// replies, or when it stops before that.
+async fn call_until_refused_settling(
+    url: String,
+    worker: u64,
+    settled: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<(String, u64)> {
+    let received = call_until_refused_telling(url, worker, &settled).await;
+    if received.len() < 2 {
+        settled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    received
+}
+
+/// [`call_until_refused`], adding one to `warmed` at its second reply.
+async fn call_until_refused_telling(
+    url: String,
+    worker: u64,
+    warmed: &std::sync::atomic::AtomicU64,
+) -> Vec<(String, u64)> {
     let http = reqwest::Client::new();
     let post = |session: Option<&str>, body: Value| {
         let mut request = http
@@ -1139,18 +1164,34 @@ pub async fn call_until_refused(url: String, worker: u64) -> Vec<(String, u64)> 
             break;
         }
         received.push((session.clone(), id));
+        if received.len() == 2 {
+            warmed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     received
 }
 
-/// `workers` HTTP clients call `echo` for 1.5 s, then the proxy is
-/// SIGKILLed while they run (no shutdown, no flush): the (session, request
-/// id) of every reply they received.
+/// `workers` HTTP clients call `echo` until each has had two replies, then
+/// the proxy is SIGKILLed while they run (no shutdown, no flush): the
+/// (session, request id) of every reply they received.
 pub async fn calls_then_kill(served: &mut HttpProxy, workers: u64) -> Vec<(String, u64)> {
+    let settled = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let running: Vec<_> = (0..workers)
-        .map(|worker| tokio::spawn(call_until_refused(served.url.clone(), worker)))
+        .map(|worker| {
+            let url = served.url.clone();
+            tokio::spawn(call_until_refused_settling(url, worker, settled.clone()))
+        })
         .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Counted, not timed: every worker is calling when the kill comes,
+    // however slowly the machine serves them (a worker that stopped
+    // before its second reply is waited for no longer, and the count
+    // below says so).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while settled.load(std::sync::atomic::Ordering::Relaxed) < workers
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     served.child.start_kill().unwrap();
     let _ = served.child.wait().await;
     let mut received = Vec::new();

@@ -184,7 +184,8 @@ pub async fn ensure_schema(client: &mut tokio_postgres::Client) -> Result<(), Fl
         .query_one(
             "SELECT to_regclass('portcullis_chains') IS NOT NULL \
              AND to_regclass('portcullis_records') IS NOT NULL \
-             AND to_regclass('portcullis_records_time') IS NOT NULL",
+             AND to_regclass('portcullis_records_time') IS NOT NULL \
+             AND to_regclass('portcullis_records_by_record_time') IS NOT NULL",
             &[],
         )
         .await
@@ -225,4 +226,13 @@ CREATE TABLE IF NOT EXISTS portcullis_records (
 );
 CREATE INDEX IF NOT EXISTS portcullis_records_time
     ON portcullis_records (time, replica, store, seq);
+-- What queries filter and order by is read from the hashed record itself,
+-- never from the side columns above (which anyone who may UPDATE a row can
+-- change without touching the chain): these indexes are of the record.
+CREATE INDEX IF NOT EXISTS portcullis_records_by_record_time
+    ON portcullis_records (((record::json ->> 'time') COLLATE \"C\"), replica, store, seq);
+CREATE INDEX IF NOT EXISTS portcullis_records_by_record_client
+    ON portcullis_records ((record::json ->> 'client'));
+CREATE INDEX IF NOT EXISTS portcullis_records_by_record_server
+    ON portcullis_records ((record::json ->> 'server'));
 ";

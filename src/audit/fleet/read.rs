@@ -22,10 +22,13 @@ const PAGE: i64 = 2_000;
 
 /// The records `filter` wants, from every chain, oldest first (by time,
 /// then chain and sequence number): the newest `filter.limit`. The
-/// database narrows by the columns it holds (kind, client, server,
-/// decision, time); every row is then checked against the whole filter,
-/// as a store's query does. `filter.after` (a store's sequence number)
-/// means nothing across chains and is not used.
+/// database narrows by what each hashed record says (its kind, client,
+/// server, decision and time, read from the record's JSON: never from the
+/// side columns, which an `UPDATE` can change without breaking the chain),
+/// and only among the records its chain's shipping covers; every row is
+/// then checked against the whole filter, as a store's query does.
+/// `filter.after` (a store's sequence number) means nothing across chains
+/// and is not used.
 pub async fn query(
     client: &Client,
     filter: &Filter,
@@ -41,12 +44,20 @@ pub async fn query(
     }
     let statement = client
         .prepare(
-            "SELECT replica, store, seq, time, record FROM portcullis_records \
-             WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR client = $2) \
-             AND ($3::text IS NULL OR server = $3) AND ($4::text IS NULL OR decision = $4) \
-             AND ($5::text IS NULL OR time >= $5) AND ($6::text IS NULL OR time < $6) \
-             AND ($7::text IS NULL OR (time, replica, store, seq) < ($7, $8, $9, $10)) \
-             ORDER BY time DESC, replica DESC, store DESC, seq DESC LIMIT $11",
+            "SELECT r.replica, r.store, r.seq, r.record \
+             FROM portcullis_records r JOIN portcullis_chains c \
+             ON c.replica = r.replica AND c.store = r.store \
+             AND r.seq BETWEEN c.first_seq AND c.shipped_seq \
+             WHERE ($1::text IS NULL OR r.record::json ->> 'kind' = $1) \
+             AND ($2::text IS NULL OR r.record::json ->> 'client' = $2) \
+             AND ($3::text IS NULL OR r.record::json ->> 'server' = $3) \
+             AND ($4::text IS NULL OR r.record::json ->> 'decision' = $4) \
+             AND ($5::text IS NULL OR (r.record::json ->> 'time') COLLATE \"C\" >= $5) \
+             AND ($6::text IS NULL OR (r.record::json ->> 'time') COLLATE \"C\" < $6) \
+             AND ($7::text IS NULL OR ((r.record::json ->> 'time') COLLATE \"C\", r.replica, r.store, r.seq) \
+                 < ($7, $8, $9, $10)) \
+             ORDER BY (r.record::json ->> 'time') COLLATE \"C\" DESC, r.replica DESC, r.store DESC, r.seq DESC \
+             LIMIT $11",
         )
         .await
         .map_err(database)?;
@@ -79,15 +90,19 @@ pub async fn query(
                 row.try_get(1).map_err(database)?,
                 row.try_get(2).map_err(database)?,
             );
-            let time: String = row.try_get(3).map_err(database)?;
-            let text: String = row.try_get(4).map_err(database)?;
+            let text: String = row.try_get(3).map_err(database)?;
             let record: AuditRecord =
                 serde_json::from_str(&text).map_err(|err| FleetError::Diverged {
                     replica: replica.clone(),
                     store: store.clone(),
                     problem: format!("its record {seq} in the database does not parse: {err}"),
                 })?;
-            before = (Some(time), replica.clone(), store.clone(), seq);
+            before = (
+                Some(record.time.clone()),
+                replica.clone(),
+                store.clone(),
+                seq,
+            );
             if filter.matches(&record, separator) {
                 found.push(FleetRecord {
                     replica,
@@ -129,8 +144,17 @@ pub async fn verify(client: &Client, keys: &Keys) -> Result<Vec<ChainVerificatio
         .map_err(database)?;
     let page = client
         .prepare(
-            "SELECT seq, record FROM portcullis_records \
+            "SELECT seq, record, time, kind, client, server, decision FROM portcullis_records \
              WHERE replica = $1 AND store = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+        )
+        .await
+        .map_err(database)?;
+    // Rows of a chain that its shipping does not cover: a query must never
+    // show one, and verify says they are there.
+    let strays = client
+        .prepare(
+            "SELECT min(seq), count(*) FROM portcullis_records \
+             WHERE replica = $1 AND store = $2 AND (seq < $3 OR seq > $4)",
         )
         .await
         .map_err(database)?;
@@ -155,7 +179,23 @@ pub async fn verify(client: &Client, keys: &Keys) -> Result<Vec<ChainVerificatio
         let mut walk = ChainWalk::new(keys, &store, anchor);
         let mut at = first_seq.saturating_sub(1);
         let mut broken = None;
-        'walk: loop {
+        let stray = client
+            .query_one(&strays, &[&replica, &store, &first_seq, &shipped])
+            .await
+            .map_err(database)?;
+        let (stray_seq, stray_count): (Option<i64>, i64) = (
+            stray.try_get(0).map_err(database)?,
+            stray.try_get(1).map_err(database)?,
+        );
+        if let Some(seq) = stray_seq.filter(|_| stray_count > 0) {
+            broken = Some(Verification::Broken {
+                seq: seq.max(0) as u64,
+                problem: format!(
+                    "{stray_count} rows lie outside the chain its shipping recorded ({first_seq} to {shipped}): added in the database"
+                ),
+            });
+        }
+        'walk: while broken.is_none() {
             let rows = client
                 .query(&page, &[&replica, &store, &at, &PAGE])
                 .await
@@ -165,9 +205,17 @@ pub async fn verify(client: &Client, keys: &Keys) -> Result<Vec<ChainVerificatio
                 let seq: i64 = row.try_get(0).map_err(database)?;
                 let text: String = row.try_get(1).map_err(database)?;
                 at = seq;
-                if let Some(found) = walk.step(seq.max(0) as u64, text.as_bytes(), &|_| None) {
-                    broken = Some(found);
-                    break 'walk;
+                match walk.step(seq.max(0) as u64, text.as_bytes(), &|_| None) {
+                    Ok(record) => {
+                        if let Some(found) = columns_problem(&row, 2, &record)? {
+                            broken = Some(found);
+                            break 'walk;
+                        }
+                    }
+                    Err(found) => {
+                        broken = Some(found);
+                        break 'walk;
+                    }
                 }
             }
             if last_page {
@@ -197,4 +245,33 @@ pub async fn verify(client: &Client, keys: &Keys) -> Result<Vec<ChainVerificatio
         });
     }
     Ok(verified)
+}
+
+/// Where a row's side columns (those `query` filters on: `time, kind,
+/// client, server, decision`, from column `first` on) are not what its
+/// hashed record says, how: a changed column hides the record from a
+/// filtered query while the chain itself stays intact.
+fn columns_problem(
+    row: &tokio_postgres::Row,
+    first: usize,
+    record: &AuditRecord,
+) -> Result<Option<Verification>, FleetError> {
+    let text =
+        |at: usize| -> Result<String, FleetError> { row.try_get(first + at).map_err(database) };
+    let server: Option<String> = row.try_get(first + 3).map_err(database)?;
+    let changed = [
+        ("time", text(0)? == record.time),
+        ("kind", text(1)? == record.kind),
+        ("client", text(2)? == record.client),
+        ("server", server == record.server),
+        ("decision", text(4)? == record.decision),
+    ]
+    .into_iter()
+    .find(|(_, same)| !same);
+    Ok(changed.map(|(column, _)| Verification::Broken {
+        seq: record.seq,
+        problem: format!(
+            "its `{column}` column is not what the record says (changed in the database): a query filtered by it would miss or misplace the record"
+        ),
+    }))
 }

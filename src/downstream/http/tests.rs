@@ -339,16 +339,42 @@ async fn every_route_but_the_public_ones_checks_host_and_origin() {
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
         assert_eq!(body, r#"{"error":"cross-origin requests are not allowed"}"#);
-        let (status, _, body) = send(
-            &app,
-            request_for(method, path, "evil.example")
-                .body(Body::empty())
-                .unwrap_or_default(),
-        )
-        .await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
-        assert!(body.contains("`[proxy] allowed_hosts`"), "{body}");
+        // Another name, and values that begin like an allowed host but
+        // are not an authority.
+        for host in [
+            "evil.example",
+            "127.0.0.1:8811.evil.example",
+            "localhost:abc",
+            "localhost:1:2",
+            "[::1]evil",
+            "[::1]:80.evil",
+            "user@localhost",
+        ] {
+            let (status, _, body) = send(
+                &app,
+                request_for(method, path, host)
+                    .body(Body::empty())
+                    .unwrap_or_default(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path} {host}");
+            assert!(body.contains("`[proxy] allowed_hosts`"), "{body}");
+        }
     }
+    // The console's own origin is only its own when its Host is one.
+    let (status, ..) = send(
+        &app,
+        request_for(
+            &Method::POST,
+            "/admin/logout",
+            "localhost:8811.evil.example",
+        )
+        .header(header::ORIGIN, "http://localhost:8811.evil.example")
+        .body(Body::empty())
+        .unwrap_or_default(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     // The console's forms come from its own origin.
     let (status, ..) = send(
         &app,

@@ -69,7 +69,8 @@ impl std::fmt::Debug for ServerAccess {
 #[derive(Default)]
 struct Cache {
     policy_set: Option<Arc<str>>,
-    directory: Option<Arc<dyn Directory>>,
+    /// Not kept alive by the cache: a catalog replaced is freed.
+    directory: Option<std::sync::Weak<dyn Directory>>,
     /// By client, transport, protocol revision and server.
     decided: HashMap<AccessKey, bool>,
 }
@@ -82,7 +83,7 @@ impl Cache {
             && self
                 .directory
                 .as_ref()
-                .is_some_and(|known| Arc::ptr_eq(known, directory))
+                .is_some_and(|known| std::ptr::addr_eq(known.as_ptr(), Arc::as_ptr(directory)))
     }
 }
 
@@ -130,7 +131,7 @@ impl ServerAccess {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if !cache.is_for(&store.id, directory) {
                 cache.policy_set = Some(store.id.clone());
-                cache.directory = Some(directory.clone());
+                cache.directory = Some(Arc::downgrade(directory));
                 cache.decided.clear();
             }
             if let Some(decided) = cache.decided.get(&key) {

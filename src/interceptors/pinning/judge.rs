@@ -27,7 +27,7 @@ impl Pinning {
         if let Ok(judged) = self.judged.read()
             && let Some(cached) = judged.get(key)
             && cached.generation == generation
-            && cached.definition.same_as(definition)
+            && cached.definition.is(definition)
         {
             return cached.judgement.clone();
         }
@@ -46,12 +46,16 @@ impl Pinning {
         });
         if let Ok(mut judged) = self.judged.write() {
             if judged.len() >= MOST_CACHED {
-                judged.clear();
+                // Those of lists no longer listed first, then all.
+                judged.retain(|_, cached| !cached.definition.is_gone());
+                if judged.len() >= MOST_CACHED {
+                    judged.clear();
+                }
             }
             judged.insert(
                 key.to_owned(),
                 Cached {
-                    definition: definition.clone(),
+                    definition: definition.downgrade(),
                     generation,
                     judgement: judgement.clone(),
                 },

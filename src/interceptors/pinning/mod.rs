@@ -25,7 +25,6 @@
 
 mod batch;
 mod enforce;
-mod invisible;
 mod judge;
 mod persist;
 pub mod poison;
@@ -38,7 +37,7 @@ use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
-use crate::chain::{Definition, Direction, Exchange, Interceptor, Verdict};
+use crate::chain::{DefinitionRef, Direction, Exchange, Interceptor, Verdict};
 use crate::config::{FirstUse, OnChange, PinningConfig, Poisoning};
 use poison::Rules;
 pub use review::{ReviewState, ToolReview};
@@ -155,7 +154,8 @@ struct Snapshot {
 }
 
 struct Cached {
-    definition: Definition,
+    /// The definition judged, not kept alive by the cache.
+    definition: DefinitionRef,
     generation: u64,
     judgement: Arc<Judgement>,
 }
@@ -174,7 +174,9 @@ pub struct Pinning {
     reported: Mutex<HashSet<(String, String, &'static str)>>,
     /// The last rejected pin file's error (reported once).
     rejected: Mutex<Option<String>>,
-    events: broadcast::Sender<PinEvent>,
+    /// Events in the batches they happened in: a first listing of ten
+    /// thousand tools is one message, never more than the channel holds.
+    events: broadcast::Sender<Arc<[PinEvent]>>,
     /// [`MOST_PINS`] (smaller in tests).
     most_pins: usize,
 }
@@ -211,8 +213,8 @@ impl Pinning {
         })
     }
 
-    /// Pin events, as they happen.
-    pub fn subscribe(&self) -> broadcast::Receiver<PinEvent> {
+    /// Pin events, as they happen, a batch at a time.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<[PinEvent]>> {
         self.events.subscribe()
     }
 

@@ -32,8 +32,8 @@ impl Pinning {
                 ),
             }
         }
-        for event in events {
-            let _ = self.events.send(event);
+        if !events.is_empty() {
+            let _ = self.events.send(events.into());
         }
     }
 
@@ -157,7 +157,7 @@ impl Pinning {
                 continue;
             };
             if let Some(event) = event {
-                let _ = self.events.send(event);
+                let _ = self.events.send(Arc::from([event]));
             }
         }
     }

@@ -1,7 +1,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::chain::{ClientIdentity, Context, Denial, Directory, Phase, Transport};
+use crate::chain::{ClientIdentity, Context, Definition, Denial, Directory, Phase, Transport};
 use crate::config::PinningConfig;
 use crate::protocol::code;
 
@@ -104,8 +104,10 @@ fn config(dir: &std::path::Path) -> PinningConfig {
     PinningConfig::in_data_dir(dir)
 }
 
-fn events(receiver: &mut broadcast::Receiver<PinEvent>) -> Vec<PinEvent> {
-    std::iter::from_fn(|| receiver.try_recv().ok()).collect()
+fn events(receiver: &mut broadcast::Receiver<Arc<[PinEvent]>>) -> Vec<PinEvent> {
+    std::iter::from_fn(|| receiver.try_recv().ok())
+        .flat_map(|batch| batch.to_vec())
+        .collect()
 }
 
 fn denial(verdict: Verdict) -> Denial {

@@ -149,8 +149,15 @@ impl Plugin {
             results: Default::default(),
             opened: Counter::default(),
         };
+        // The first instance is made at start, on no call's path: under a
+        // wall-time budget of its own, so that a busy machine does not stop
+        // the proxy from starting (fuel, if set, still bounds `configure`).
+        let at_start = Budget {
+            timeout: plugin.config.timeout.max(LOAD_TIMEOUT),
+            fuel: plugin.config.fuel,
+        };
         let first = plugin
-            .fresh_instance()
+            .instance_within(at_start)
             .map_err(|message| LoadError::Configure {
                 path: plugin.loaded.path.clone(),
                 message,
@@ -162,13 +169,27 @@ impl Plugin {
     /// A new, configured instance, under a budget that also covers the call
     /// it is made for.
     fn fresh_instance(&self) -> Result<Instance, String> {
+        self.instance_within(budget(&self.config))
+    }
+
+    /// Tests: an open breaker's cool-down is over now (instead of a test
+    /// sleeping past a short one, which a busy machine can outlast).
+    #[cfg(test)]
+    fn end_cooldown(&self) {
+        let mut breaker = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        if let Breaker::Open { until } = &mut *breaker {
+            *until = Instant::now();
+        }
+    }
+
+    fn instance_within(&self, budget: Budget) -> Result<Instance, String> {
         self.runtime.instantiate(
             &self.loaded,
             &self.name,
             &self.counters,
             self.config.memory,
             &self.config_json,
-            budget(&self.config),
+            budget,
             &self.live,
         )
     }
@@ -545,6 +566,10 @@ impl Interceptor for Plugin {
         }
     }
 }
+
+/// The wall time the first instance of a plugin (made at start, or when
+/// `plugin check` loads it) may take to be made and configured.
+const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn budget(config: &PluginConfig) -> Budget {
     Budget {

@@ -113,18 +113,9 @@ impl host::Host for State {
         }
         self.log_budget -= 1;
         let plugin = &*self.plugin;
-        // Control characters are escaped: a plugin cannot forge log lines.
-        let message: String = cut(&message, MAX_LOG_LINE)
-            .chars()
-            .flat_map(|c| {
-                let escaped: Vec<char> = if c.is_control() {
-                    c.escape_default().collect()
-                } else {
-                    vec![c]
-                };
-                escaped
-            })
-            .collect();
+        // Escaped whatever the log's format: a plugin cannot forge log
+        // lines or hide text from whoever reads them.
+        let message = crate::protocol::shown(cut(&message, MAX_LOG_LINE)).into_owned();
         if self.log_budget == 0 {
             tracing::warn!(plugin, "the plugin's log lines for this call are used up");
         }
