@@ -187,11 +187,18 @@ impl Gateway {
                 )));
             }
             // Each question holds one of the server's places for requests
-            // to clients while it waits.
+            // to clients while it waits, and one of the session's.
+            let count = u32::try_from(asked.len()).unwrap_or(u32::MAX);
             let places = self
                 .slot(call.server)
                 .and_then(|slot| slot.per_server.question_places(asked.len()));
-            let Some(_places) = places else {
+            let session_places = call
+                .session
+                .server_requests
+                .clone()
+                .try_acquire_many_owned(count)
+                .ok();
+            let (Some(_places), Some(_session_places)) = (places, session_places) else {
                 return Err(Failure::ServerRounds(
                     "the server has too many requests to clients waiting".to_owned(),
                 ));

@@ -256,3 +256,54 @@ async fn a_servers_request_during_a_call_is_asked_of_that_client_and_answered_wi
         "the server's request is recorded: {records:?}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_never_answers_holds_its_own_places_never_another_sessions() {
+    let (harness, mut files, _notes) = two_servers().await;
+    let (alice, mut alice_inbox) = harness.initialized_session("alice").await;
+    let (bob, mut bob_inbox) = harness.initialized_session("bob").await;
+    drain(&mut alice_inbox);
+    drain(&mut bob_inbox);
+    let gateway = harness.gateway.clone();
+    let _alice_call = spawn_handle(&harness, &alice, call(1, "files__write", "a"));
+    let alices = files.next_received().await;
+    let sampling = |id: String| {
+        json!({ "jsonrpc": "2.0", "id": id, "method": "sampling/createMessage",
+            "params": { "messages": [], "maxTokens": 5 } })
+    };
+    // Alice's client never answers: her session's 16 places fill, and the
+    // server's next request for her is refused at once.
+    let places = super::session::SERVER_REQUESTS_PER_SESSION;
+    for n in 0..places {
+        files
+            .send_on_stream_of(&alices, sampling(format!("a-{n}")))
+            .await;
+        assert_eq!(
+            next(&mut alice_inbox).await["method"],
+            "sampling/createMessage"
+        );
+    }
+    files
+        .send_on_stream_of(&alices, sampling("a-over".into()))
+        .await;
+    let refused = files.next_received().await;
+    assert_eq!(refused["id"], "a-over", "{refused}");
+    assert_eq!(
+        refused["error"]["code"],
+        protocol::code::CLIENT_UNAVAILABLE,
+        "{refused}"
+    );
+    // Bob's session still has all of its own: his client is asked, and
+    // his answer reaches the server.
+    let _bob_call = spawn_handle(&harness, &bob, call(2, "files__write", "b"));
+    let bobs = files.next_received().await;
+    files.send_on_stream_of(&bobs, sampling("b-1".into())).await;
+    let asked = next(&mut bob_inbox).await;
+    assert_eq!(asked["method"], "sampling/createMessage", "{asked}");
+    let answer = json!({ "jsonrpc": "2.0", "id": asked["id"].clone(),
+        "result": { "role": "assistant", "content": { "type": "text", "text": "ok" }, "model": "m" } });
+    assert_eq!(gateway.handle(&bob, answer).await, None);
+    let relayed = files.next_received().await;
+    assert_eq!(relayed["id"], "b-1", "{relayed}");
+    assert_eq!(relayed["result"]["content"]["text"], "ok");
+}

@@ -14,11 +14,12 @@ use crate::protocol::{self, IdKey};
 use crate::upstream::{Origin, UpstreamEvent};
 
 use super::failure::Failure;
+use super::session::SERVER_REQUESTS_PER_SESSION;
 use super::{Gateway, Session, lock};
 
 /// A server's requests (sampling, elicitation, roots) relayed to clients
 /// at once; each waits at most the server's call timeout for its client.
-pub(super) const SERVER_REQUESTS: usize = 64;
+pub(super) const SERVER_REQUESTS: usize = 256;
 /// A server's requests being refused at once, past [`SERVER_REQUESTS`].
 const SERVER_REFUSALS: usize = 16;
 
@@ -148,10 +149,12 @@ impl Gateway {
         }
     }
 
-    /// Relays a server's request in a task of its own, within the server's
-    /// places ([`SERVER_REQUESTS`]); past them it is refused at once, and
-    /// past the places for refusals too, dropped (the server sent more
-    /// than it could be waiting for).
+    /// Relays a server's request in a task of its own, within one of the
+    /// places of the session it is for ([`SERVER_REQUESTS_PER_SESSION`]:
+    /// a client that never answers holds only its own) and of the server's
+    /// ([`SERVER_REQUESTS`], a ceiling on what one server has waiting);
+    /// past them it is refused at once, and past the places for refusals
+    /// too, dropped (the server sent more than it could be waiting for).
     fn relay_request(
         self: &Arc<Self>,
         index: usize,
@@ -162,14 +165,39 @@ impl Gateway {
         let Some(server) = self.slot(index).map(|slot| &slot.per_server) else {
             return;
         };
-        if let Ok(place) = server.requests.clone().try_acquire_owned() {
-            let this = self.clone();
-            tokio::spawn(async move {
-                this.server_request(index, instance, message, origin).await;
-                drop(place);
-            });
+        // No session to ask: no place of one needed (it is refused as such).
+        let session = origin.as_ref().and_then(|o| self.session(o.session));
+        let session_place = match session.map(|s| s.server_requests.clone().try_acquire_owned()) {
+            None => None,
+            Some(Ok(place)) => Some(place),
+            Some(Err(_)) => {
+                self.refuse_request(index, instance, &message, SERVER_REQUESTS_PER_SESSION);
+                return;
+            }
+        };
+        let Ok(place) = server.requests.clone().try_acquire_owned() else {
+            self.refuse_request(index, instance, &message, SERVER_REQUESTS);
             return;
-        }
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.server_request(index, instance, message, origin).await;
+            drop((place, session_place));
+        });
+    }
+
+    /// Refuses a server's request past `limit` places, within the places
+    /// for refusals; past those it is dropped.
+    fn refuse_request(
+        &self,
+        index: usize,
+        instance: Option<Arc<str>>,
+        message: &Value,
+        limit: usize,
+    ) {
+        let Some(server) = self.slot(index).map(|slot| &slot.per_server) else {
+            return;
+        };
         let Ok(place) = server.refusals.clone().try_acquire_owned() else {
             tracing::debug!(server = %self.name_or_none(index), "a request of the server's dropped: too many in flight");
             return;
@@ -179,7 +207,7 @@ impl Gateway {
         };
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         tokio::spawn(async move {
-            let refusal = Failure::TooManyServerRequests(SERVER_REQUESTS).to_response(id);
+            let refusal = Failure::TooManyServerRequests(limit).to_response(id);
             let _ = upstream.send(refusal).await;
             drop(place);
         });

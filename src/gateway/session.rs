@@ -133,7 +133,15 @@ pub struct Session {
     /// The call waits for the client's next round: its session outlives
     /// the request that began it (closing it is then the rounds' to do).
     parked: Mutex<bool>,
+    /// Places for servers' requests put to this client and not answered
+    /// yet ([`SERVER_REQUESTS_PER_SESSION`]): a client that never answers
+    /// holds its own, never another session's.
+    pub(crate) server_requests: Arc<tokio::sync::Semaphore>,
 }
+
+/// Servers' requests (sampling, elicitation, roots, a round's questions) a
+/// session may have waiting for its client's answer at once.
+pub(crate) const SERVER_REQUESTS_PER_SESSION: usize = 16;
 
 /// What a `subscriptions/listen` stream was granted: the list changes it
 /// asked for, and the resources it is subscribed to.
@@ -256,6 +264,7 @@ impl Session {
             in_rounds: std::sync::atomic::AtomicBool::new(false),
             asks: std::sync::OnceLock::new(),
             parked: Mutex::new(false),
+            server_requests: Arc::new(tokio::sync::Semaphore::new(SERVER_REQUESTS_PER_SESSION)),
         }
     }
 

@@ -67,22 +67,66 @@ pub(crate) trait Connector: Send + Sync {
     ) -> BoxFuture<'_, Result<Connected, UpstreamError>>;
 }
 
+/// A server's input, written a line at a time by however many senders: a
+/// send cancelled mid-line (its caller's timeout, a client gone) leaves
+/// the rest of its line here, and the next send writes that rest first, so
+/// no message is ever glued to a piece of another. The line cut short
+/// arrives late but whole.
+pub(crate) struct LineWriter<W> {
+    output: W,
+    /// The line being written, and how much of it is written.
+    line: Vec<u8>,
+    written: usize,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> LineWriter<W> {
+    pub(crate) fn new(output: W) -> Self {
+        Self {
+            output,
+            line: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// Writes the rest of the current line. Each write is cancel-safe
+    /// (nothing is written when it is dropped), and what it wrote is
+    /// counted before the next: a cancelled call leaves an exact rest.
+    async fn finish_line(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        while let Some(rest) = self
+            .line
+            .get(self.written..)
+            .filter(|rest| !rest.is_empty())
+        {
+            let wrote = self.output.write(rest).await?;
+            if wrote == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.written += wrote;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, line: Vec<u8>) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        self.finish_line().await?;
+        self.line = line;
+        self.written = 0;
+        self.finish_line().await?;
+        self.output.flush().await
+    }
+}
+
 /// Writes one message to a server's input as a line, and flushes. A write
 /// that fails closes the link (`closed`): the server is gone.
 pub(crate) async fn write_message<W: tokio::io::AsyncWrite + Unpin>(
-    input: &tokio::sync::Mutex<W>,
+    input: &tokio::sync::Mutex<LineWriter<W>>,
     message: &Value,
     closed: &CancellationToken,
 ) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt as _;
     let line = protocol::encode_line(message);
     let mut input = input.lock().await;
-    let written = async {
-        input.write_all(&line).await?;
-        input.flush().await
-    }
-    .await;
-    written.map_err(|err| {
+    input.send(line).await.map_err(|err| {
         closed.cancel();
         format!("cannot write to the server: {err}")
     })
@@ -140,4 +184,58 @@ pub(crate) async fn read_messages(
         }
     }
     closed.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    /// A send that times out with its line half written leaves no piece
+    /// for the next message to be glued to: the reader gets whole lines.
+    #[tokio::test]
+    async fn a_send_cut_short_never_glues_the_next_message_to_its_rest() {
+        // A pipe that holds 64 bytes until its reader reads.
+        let (writer, mut reader) = tokio::io::duplex(64);
+        let input = tokio::sync::Mutex::new(LineWriter::new(writer));
+        let closed = CancellationToken::new();
+        let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"text": "x".repeat(1024)}});
+        let small = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+        // Nobody reads: the first send stops after 64 bytes, and is dropped
+        // by its timeout there (the timeout fires only once the pipe is
+        // full, whatever the machine's speed).
+        let cut = tokio::time::timeout(
+            Duration::from_millis(50),
+            write_message(&input, &big, &closed),
+        )
+        .await;
+        assert!(cut.is_err(), "the send cannot finish without a reader");
+        assert!(
+            !closed.is_cancelled(),
+            "a send cut short is no failure of the link"
+        );
+        let reading = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let _ = reader.read_to_end(&mut all).await;
+            all
+        });
+        write_message(&input, &small, &closed)
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+        drop(input);
+        let all = reading.await.unwrap_or_default();
+        let lines: Vec<serde_json::Value> = all
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                serde_json::from_slice(line)
+                    .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(line)))
+            })
+            .collect();
+        assert_eq!(lines, vec![big, small]);
+    }
 }

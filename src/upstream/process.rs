@@ -12,11 +12,11 @@ use tokio::process::{ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::link::{Connected, Inbox, Link, read_messages, write_message};
+use super::link::{Connected, Inbox, LineWriter, Link, read_messages, write_message};
 use crate::config::{LimitsConfig, ProcessSpec};
 
 struct ProcessLink {
-    stdin: tokio::sync::Mutex<BufWriter<ChildStdin>>,
+    stdin: tokio::sync::Mutex<LineWriter<BufWriter<ChildStdin>>>,
     closed: CancellationToken,
 }
 
@@ -111,7 +111,7 @@ pub(super) async fn spawn(
 
     Ok(Connected {
         link: Arc::new(ProcessLink {
-            stdin: tokio::sync::Mutex::new(BufWriter::new(stdin)),
+            stdin: tokio::sync::Mutex::new(LineWriter::new(BufWriter::new(stdin))),
             closed: closed.clone(),
         }),
         closed,

@@ -25,7 +25,7 @@ use super::image::{ensure_image, server_command};
 use super::profile::{create_body, labels};
 use crate::config::{ContainerSpec, LimitsConfig};
 use crate::upstream::UpstreamError;
-use crate::upstream::link::{Connected, Inbox, Link, read_messages, write_message};
+use crate::upstream::link::{Connected, Inbox, LineWriter, Link, read_messages, write_message};
 
 /// Removes a container when dropped, unless disarmed: no failure while
 /// starting leaves one behind.
@@ -59,7 +59,7 @@ struct ContainerLink {
     docker: Docker,
     id: String,
     server: Arc<str>,
-    stdin: tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>,
+    stdin: tokio::sync::Mutex<LineWriter<Pin<Box<dyn AsyncWrite + Send>>>>,
     closed: CancellationToken,
 }
 
@@ -171,7 +171,7 @@ pub(in crate::upstream) async fn spawn(
             docker: docker.clone(),
             id,
             server,
-            stdin: tokio::sync::Mutex::new(input),
+            stdin: tokio::sync::Mutex::new(LineWriter::new(input)),
             closed: closed.clone(),
         }),
         closed,
