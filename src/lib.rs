@@ -10,6 +10,8 @@ pub mod cli;
 pub mod config;
 pub mod downstream;
 pub mod egress;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
 pub mod interceptors;

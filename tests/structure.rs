@@ -31,6 +31,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("gateway", 6),
     ("downstream", 7),
     ("cli", 8),
+    ("fuzzing", 9),
 ];
 
 fn sources() -> Vec<(String, String)> {

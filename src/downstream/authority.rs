@@ -9,7 +9,7 @@ use std::net::Ipv6Addr;
 
 /// The host of a `Host` value (lower-cased; an IPv6 address without its
 /// brackets) and its port, or `None` when the value is not an authority.
-pub(super) fn host_of(value: &str) -> Option<(String, Option<u16>)> {
+pub fn host_of(value: &str) -> Option<(String, Option<u16>)> {
     let (host, port) = match value.strip_prefix('[') {
         Some(rest) => {
             let (inside, after) = rest.split_once(']')?;

@@ -10,7 +10,8 @@
 
 mod admin;
 mod auth;
-mod authority;
+#[doc(hidden)]
+pub mod authority;
 mod console;
 mod detached;
 pub mod http;

@@ -120,10 +120,46 @@ impl Gateway {
             Some(client.clone()),
             self.events.clone(),
         );
-        lock(&self.tasks).push(instance.start(slot.stop.clone()));
+        // Its own stop, under the server's: forgotten when idle, it ends.
+        let stop = slot.stop.child_token();
+        {
+            let mut tasks = lock(&self.tasks);
+            tasks.retain(|task| !task.is_finished());
+            tasks.push(instance.start(stop.clone()));
+        }
+        lock(&self.instance_stops).insert((index, client.clone()), stop);
         instances.insert((index, client.clone()), instance.clone());
         tracing::debug!(server = %primary.name(), client = %client, "per-client instance created");
         Some(instance)
+    }
+
+    /// Forgets `client`'s instance of server `index`, stopped for being
+    /// idle, unless a call woke it meanwhile: its supervisor ends, and what
+    /// the proxy kept of it (its log level, its notification window, the
+    /// server's requests it had forwarded) goes with it. Clients from an
+    /// identity provider are as many as the organisation's people: none
+    /// is kept for the life of the proxy. Its next call makes a new one.
+    pub(super) fn forget_idle_instance(self: &Arc<Self>, index: usize, client: &Arc<str>) {
+        let key = (index, client.clone());
+        {
+            let mut instances = lock(&self.instances);
+            if instances.get(&key).is_none_or(Upstream::is_wanted) {
+                return;
+            }
+            instances.remove(&key);
+            if let Some(stop) = lock(&self.instance_stops).remove(&key) {
+                stop.cancel();
+            }
+        }
+        let instance = Some(client.clone());
+        lock(&self.unattributed).remove(&(index, instance.clone()));
+        self.forget_forwarded(index, &instance);
+        lock(&self.tasks).retain(|task| !task.is_finished());
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.log_levels.lock().await.remove(&(index, instance));
+        });
+        tracing::debug!(server = %self.name_or_none(index), client = %client, "an idle per-client instance was forgotten");
     }
 
     /// Why [`Gateway::upstream_for`] gave server `index` no instance.

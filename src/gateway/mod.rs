@@ -130,6 +130,10 @@ pub struct Gateway {
     /// (server, client): created at a client's first call. Bounded by the
     /// configured clients.
     instances: Mutex<HashMap<(usize, Arc<str>), Upstream>>,
+    /// What each per-client instance's supervisor runs under (a child of
+    /// its server's `stop`): cancelled when the instance is forgotten
+    /// after going idle.
+    instance_stops: Mutex<HashMap<(usize, Arc<str>), CancellationToken>>,
     /// The 2026-07-28 tasks passed on to clients, by the proxy's id.
     client_tasks: task_table::Tasks,
     events: mpsc::Sender<UpstreamEvent>,
@@ -302,6 +306,7 @@ impl Gateway {
             user_tokens,
             shutdown,
             tasks: Mutex::new(Vec::new()),
+            instance_stops: Mutex::new(HashMap::new()),
             event_records: tokio_util::task::TaskTracker::new(),
             metrics,
             tracer: std::sync::OnceLock::new(),

@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::Session;
 use super::harness::{Harness, request, spawn_handle};
+use super::{Session, lock};
 use crate::protocol;
 
 const TWO_SERVERS: &str = "[[clients]]\nname = \"alice\"\n[[clients]]\nname = \"bob\"\n\
@@ -306,4 +306,79 @@ async fn a_client_that_never_answers_holds_its_own_places_never_another_sessions
     let relayed = files.next_received().await;
     assert_eq!(relayed["id"], "b-1", "{relayed}");
     assert_eq!(relayed["result"]["content"]["text"], "ok");
+}
+
+/// A per-client instance stopped for being idle is forgotten (its
+/// supervisor ends, nothing is kept for the client); the client's next use
+/// makes a new one. One a call woke meanwhile is kept.
+#[tokio::test(start_paused = true)]
+async fn an_idle_per_client_instance_is_forgotten_and_made_again_when_used() {
+    use crate::upstream::{Source, Status, UpstreamEvent};
+    let harness = Harness::new(
+        "[[clients]]\nname = \"alice\"\n[[servers]]\nname = \"box\"\n\
+         container = { image = \"img\", isolation = \"per-client\", idle_timeout = \"1m\" }\n",
+    );
+    // A per-client server's own instance is not started: each client's is.
+    if let Err(err) = harness.start().await {
+        panic!("the gateway did not start: {err}");
+    }
+    let gateway = harness.gateway.clone();
+    let alice: Arc<str> = Arc::from("alice");
+    let key = (0, alice.clone());
+    // As the instance's supervisor says it (the event names its server by
+    // the very name the instance holds).
+    let idle = |instance: &crate::upstream::Upstream| UpstreamEvent::Stopped {
+        source: Source {
+            server: instance.name().clone(),
+            instance: Some(alice.clone()),
+        },
+        reason: "idle".into(),
+    };
+    for round in 0..2 {
+        let Some(instance) = gateway.upstream_for(0, &alice) else {
+            panic!("round {round}: an instance for alice");
+        };
+        let _opened = harness.connections("box", Some("alice"));
+        assert!(lock(&gateway.instance_stops).contains_key(&key));
+        // Its supervisor stopped it for idleness (not wanted now).
+        assert!(gateway.events.send(idle(&instance)).await.is_ok());
+        for _ in 0..1000 {
+            if !lock(&gateway.instances).contains_key(&key)
+                && matches!(instance.status(), Status::Stopped)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            !lock(&gateway.instances).contains_key(&key),
+            "round {round}: kept"
+        );
+        assert!(!lock(&gateway.instance_stops).contains_key(&key));
+        assert!(
+            matches!(instance.status(), Status::Stopped),
+            "its supervisor ended"
+        );
+    }
+    // Woken by a call before the event is handled: kept.
+    let Some(instance) = gateway.upstream_for(0, &alice) else {
+        panic!("an instance for alice");
+    };
+    let waking = tokio::spawn({
+        let instance = instance.clone();
+        async move { instance.ensure_running(Duration::from_secs(5)).await }
+    });
+    for _ in 0..1000 {
+        if instance.is_wanted() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(gateway.events.send(idle(&instance)).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        lock(&gateway.instances).contains_key(&key),
+        "a woken instance is kept"
+    );
+    waking.abort();
 }

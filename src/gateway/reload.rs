@@ -152,6 +152,7 @@ impl Gateway {
         };
         slot.retire();
         lock(&self.instances).retain(|(at, _), _| *at != index);
+        lock(&self.instance_stops).retain(|(at, _), _| *at != index);
         self.set_lists(index, None);
         self.forget_forwarded(index, &None);
         tracing::info!(server = %slot.name, "server taken out by a config reload");

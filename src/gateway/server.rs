@@ -124,8 +124,14 @@ impl Gateway {
                 }
                 UpstreamEvent::Stopped { source, reason } => {
                     let mut record = self.server_event("server_stopped", &source);
+                    let idle = reason == "idle";
                     record.reason = Some(reason);
                     self.record_event(record);
+                    if let (true, Some(client), Some(index)) =
+                        (idle, &source.instance, self.index_of_source(&source))
+                    {
+                        self.forget_idle_instance(index, client);
+                    }
                 }
                 UpstreamEvent::Notification {
                     source,

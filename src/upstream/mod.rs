@@ -32,7 +32,8 @@ mod remote;
 mod remote_token;
 #[cfg(test)]
 pub(crate) mod scripted;
-mod sse;
+#[doc(hidden)]
+pub mod sse;
 mod supervisor;
 #[cfg(test)]
 mod tests;

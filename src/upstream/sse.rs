@@ -2,7 +2,7 @@
 
 /// Feeds on byte chunks (not aligned to lines) and yields each event's data.
 #[derive(Debug)]
-pub(crate) struct SseParser {
+pub struct SseParser {
     line: Vec<u8>,
     data: Vec<u8>,
     event_is_message: bool,
@@ -12,13 +12,13 @@ pub(crate) struct SseParser {
 
 /// One complete event: its `data` lines joined, or a note that it was too large.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum SseEvent {
+pub enum SseEvent {
     Data(Vec<u8>),
     TooLarge,
 }
 
 impl SseParser {
-    pub(crate) fn new(limit: usize) -> Self {
+    pub fn new(limit: usize) -> Self {
         Self {
             line: Vec::new(),
             data: Vec::new(),
@@ -28,7 +28,7 @@ impl SseParser {
         }
     }
 
-    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) {
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<SseEvent>) {
         for &byte in chunk {
             if byte == b'\n' {
                 let mut line = std::mem::take(&mut self.line);

@@ -1,0 +1,4 @@
+//! `portcullis::fuzzing::envelope`, driven by libFuzzer (see `src/fuzzing.rs`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| portcullis::fuzzing::envelope(data));

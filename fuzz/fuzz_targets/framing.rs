@@ -1,0 +1,4 @@
+//! `portcullis::fuzzing::framing`, driven by libFuzzer (see `src/fuzzing.rs`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| portcullis::fuzzing::framing(data));
