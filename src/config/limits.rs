@@ -16,6 +16,10 @@ pub struct LimitsConfig {
     /// The most bytes the proxy holds (parsed) of one server's four lists
     /// together; past it they are cut.
     pub max_list_bytes: usize,
+    /// The most bytes (held, as parsed) of one server instance's messages
+    /// waiting to be passed on, and of one client session's messages
+    /// waiting for the client to read them.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -25,6 +29,7 @@ impl Default for LimitsConfig {
             max_depth: 64,
             max_list_items: 10_000,
             max_list_bytes: 32 * 1024 * 1024,
+            max_queued_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -50,6 +55,14 @@ pub(super) struct RawLimits {
     /// The merged lists clients are served hold about as much again.
     #[schemars(with = "Option<usize>", extend("default" = 33_554_432))]
     max_list_bytes: Option<Spanned<usize>>,
+    /// The most bytes (counted as parsed) of messages that wait: of one
+    /// server instance's, to be passed on (past it, reading that server
+    /// waits), and of one client session's, for the client to read them
+    /// (past it, what servers send on their own is dropped and counted as
+    /// undelivered). At least 65536; a message larger than it waits for
+    /// an empty queue.
+    #[schemars(with = "Option<usize>", extend("default" = 67_108_864))]
+    max_queued_bytes: Option<Spanned<usize>>,
 }
 
 impl RawLimits {
@@ -77,11 +90,15 @@ impl RawLimits {
         let max_list_bytes = v
             .at_least(self.max_list_bytes, "limits.max_list_bytes", 65_536)?
             .unwrap_or(defaults.max_list_bytes);
+        let max_queued_bytes = v
+            .at_least(self.max_queued_bytes, "limits.max_queued_bytes", 65_536)?
+            .unwrap_or(defaults.max_queued_bytes);
         Ok(LimitsConfig {
             max_message_bytes,
             max_depth,
             max_list_items,
             max_list_bytes,
+            max_queued_bytes,
         })
     }
 }

@@ -24,7 +24,9 @@ use super::messages::{
     answer_in_stream, event, read_message, rpc_error, single_header, sse,
 };
 use super::sealed::record_id;
-use super::sessions::{GET_STREAM_CAP, HttpOutlet, HttpSession, SESSION_IN_FLIGHT, Unknown, lock};
+use super::sessions::{
+    GET_STREAM_CAP, HttpOutlet, HttpSession, Queued, SESSION_IN_FLIGHT, Unknown, lock,
+};
 use super::slots::{Cap, Slot};
 use super::state::{HttpState, plain_error};
 use crate::chain::{ClientIdentity, Transport};
@@ -126,7 +128,9 @@ fn new_session(
             }
         },
     };
-    let outlet = Arc::new(HttpOutlet::default());
+    let outlet = Arc::new(HttpOutlet::new(
+        state.gateway.config().limits.max_queued_bytes,
+    ));
     let session = state
         .gateway
         .open_session(id, client, Transport::Http, outlet.clone());
@@ -187,7 +191,9 @@ fn resume_session(
                 return None;
             }
         };
-        let outlet = Arc::new(HttpOutlet::default());
+        let outlet = Arc::new(HttpOutlet::new(
+            state.gateway.config().limits.max_queued_bytes,
+        ));
         let resumed = Resumed {
             version: sealed.version,
             capabilities: sealed.capabilities,
@@ -336,7 +342,7 @@ async fn open_stream(
         Ok(session) => session,
         Err(refused) => return *refused,
     };
-    let (tx, rx) = mpsc::channel::<Value>(GET_STREAM_CAP);
+    let (tx, rx) = mpsc::channel::<Queued>(GET_STREAM_CAP);
     *lock(&http_session.outlet.get_stream) = Some(tx);
     let closed = http_session.session.closed.clone();
     let shutdown = state.gateway.shutdown_token();
@@ -346,7 +352,7 @@ async fn open_stream(
         (rx, closed, shutdown),
         move |(mut rx, closed, shutdown)| async move {
             let message = tokio::select! {
-                message = rx.recv() => message?,
+                message = rx.recv() => message?.0,
                 () = closed.cancelled() => return None,
                 () = shutdown.cancelled() => return None,
                 () = expiry.reached() => return None,

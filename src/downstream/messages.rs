@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::detached::Detached;
-use super::sessions::{CALL_STREAM_CAP, HttpOutlet, lock};
+use super::sessions::{CALL_STREAM_CAP, HttpOutlet, Queued, lock};
 use super::state::{BodyError, HttpState, body_timed_out, plain_error, read_body};
 use crate::gateway::{Failure, Gateway, Session};
 use crate::protocol::{self, IdKey, Kind, ParseError};
@@ -156,14 +156,14 @@ pub(super) async fn answer_in_stream(
     (hold, ends): (impl Send + 'static, super::auth::Expiry),
     status_of: StatusOf,
 ) -> Response {
-    let (tx, rx) = mpsc::channel::<Value>(CALL_STREAM_CAP);
+    let (tx, rx) = mpsc::channel::<Queued>(CALL_STREAM_CAP);
     lock(&outlet.post_streams).insert(id.clone(), tx.clone());
     let mut work = Detached::new(async move {
         let reply = gateway.handle(&session, message).await;
         lock(&outlet.post_streams).remove(&id);
         if let Some(reply) = reply {
             // Waits for room: ends when the client reads, or goes.
-            let _ = tx.send(reply).await;
+            let _ = tx.send((reply, None)).await;
         }
         drop(place);
     });
@@ -179,7 +179,8 @@ pub(super) async fn answer_in_stream(
         () = &mut work => rx.recv().await,
         first = rx.recv() => first,
     };
-    let Some(first) = first else {
+    // Its share of the session's budget goes once it is taken from the queue.
+    let Some((first, _)) = first else {
         return StatusCode::ACCEPTED.into_response();
     };
     if matches!(
@@ -197,7 +198,7 @@ pub(super) async fn answer_in_stream(
             let message = match first.take() {
                 Some(message) => message,
                 None => tokio::select! {
-                    message = rx.recv() => message?,
+                    message = rx.recv() => message?.0,
                     () = ends.reached() => return None,
                 },
             };

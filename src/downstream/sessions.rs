@@ -33,12 +33,34 @@ pub(super) const SESSION_IN_FLIGHT: usize = 256;
 /// them yet; past it they are dropped (counted as undelivered).
 pub(super) const GET_STREAM_CAP: usize = 1024;
 
+/// A message on its way to a client's stream, with its share of the
+/// session's budget (none for a reply: replies are bounded by the requests
+/// in the works).
+pub(super) type Queued = (Value, Option<protocol::Held>);
+
 /// Where messages for one HTTP session go: the stream of the POST they
-/// belong to, or else the session's GET stream. Both are bounded.
-#[derive(Default)]
+/// belong to, or else the session's GET stream. Both are bounded, in
+/// messages and, together, in bytes (`[limits] max_queued_bytes`).
 pub(super) struct HttpOutlet {
-    pub(super) get_stream: Mutex<Option<mpsc::Sender<Value>>>,
-    pub(super) post_streams: Mutex<HashMap<IdKey, mpsc::Sender<Value>>>,
+    pub(super) get_stream: Mutex<Option<mpsc::Sender<Queued>>>,
+    pub(super) post_streams: Mutex<HashMap<IdKey, mpsc::Sender<Queued>>>,
+    queued: protocol::ByteBudget,
+}
+
+impl HttpOutlet {
+    pub(super) fn new(queued_bytes: usize) -> Self {
+        Self {
+            get_stream: Mutex::default(),
+            post_streams: Mutex::default(),
+            queued: protocol::ByteBudget::new(queued_bytes),
+        }
+    }
+}
+
+impl Default for HttpOutlet {
+    fn default() -> Self {
+        Self::new(crate::config::LimitsConfig::default().max_queued_bytes)
+    }
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -46,7 +68,13 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Outlet for HttpOutlet {
-    fn deliver(&self, mut message: Value, related: Option<&Value>) -> bool {
+    fn deliver(&self, message: Value, related: Option<&Value>) -> bool {
+        // Past the session's bytes, what servers send on their own is
+        // dropped (counted as undelivered), as past its messages.
+        let Some(held) = self.queued.try_take(protocol::held_bytes(&message)) else {
+            return false;
+        };
+        let mut queued = (message, Some(held));
         let stream = related
             .and_then(IdKey::from_value)
             .and_then(|key| lock(&self.post_streams).get(&key).cloned());
@@ -55,21 +83,21 @@ impl Outlet for HttpOutlet {
             // elicitation, roots): a burst of progress does not crowd out
             // a request the call waits on.
             if stream.capacity() < CALL_STREAM_RESERVE
-                && protocol::classify(&message) == Some(Kind::Notification)
+                && protocol::classify(&queued.0) == Some(Kind::Notification)
             {
                 return false;
             }
-            match stream.try_send(message) {
+            match stream.try_send(queued) {
                 Ok(()) => return true,
                 // A full stream drops the message rather than sending it on
                 // the session's GET stream ahead of the ones it waits behind.
                 Err(mpsc::error::TrySendError::Full(_)) => return false,
                 // The client left the call's stream: the GET stream, if any.
-                Err(mpsc::error::TrySendError::Closed(back)) => message = back,
+                Err(mpsc::error::TrySendError::Closed(back)) => queued = back,
             }
         }
         match lock(&self.get_stream).as_ref() {
-            Some(stream) => stream.try_send(message).is_ok(),
+            Some(stream) => stream.try_send(queued).is_ok(),
             None => false,
         }
     }
@@ -231,5 +259,43 @@ impl SessionTable {
             }
             Err(_) => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// What servers send on their own for a client that does not read is
+    /// bounded in bytes as well as in messages: past the session's bytes it
+    /// is dropped (undelivered), and room comes back as the client reads.
+    #[test]
+    fn a_sessions_streams_hold_no_more_bytes_than_its_budget() {
+        let outlet = HttpOutlet::new(256 * 1024);
+        let (tx, mut rx) = mpsc::channel::<Queued>(GET_STREAM_CAP);
+        *lock(&outlet.get_stream) = Some(tx);
+        let big = json!({"jsonrpc": "2.0", "method": "notifications/message",
+            "params": {"level": "info", "data": "x".repeat(100 * 1024)}});
+        let delivered = (0..10)
+            .filter(|_| outlet.deliver(big.clone(), None))
+            .count();
+        assert_eq!(delivered, 2, "two of 100 KiB in a budget of 256 KiB");
+        assert!(!outlet.deliver(big.clone(), None));
+        // Far fewer messages than the stream's cap were queued.
+        assert_eq!(GET_STREAM_CAP - tx_capacity(&outlet), 2);
+        // The client reads one: room for one more.
+        let taken = rx.try_recv();
+        assert!(taken.is_ok());
+        drop(taken);
+        assert!(outlet.deliver(big.clone(), None));
+        assert!(!outlet.deliver(big, None));
+    }
+
+    fn tx_capacity(outlet: &HttpOutlet) -> usize {
+        lock(&outlet.get_stream)
+            .as_ref()
+            .map_or(0, mpsc::Sender::capacity)
     }
 }

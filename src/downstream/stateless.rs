@@ -164,7 +164,9 @@ pub(super) async fn post(
             Failure::TooManyInFlight(CLIENT_IN_FLIGHT),
         );
     };
-    let outlet = Arc::new(HttpOutlet::default());
+    let outlet = Arc::new(HttpOutlet::new(
+        state.gateway.config().limits.max_queued_bytes,
+    ));
     let session = state
         .gateway
         .open_stateless(client, Transport::Http, outlet.clone(), envelope);

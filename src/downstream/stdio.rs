@@ -31,16 +31,31 @@ const STDIO_QUEUE_RESERVE: usize = 64;
 /// when one of them has been answered.
 const STDIO_IN_FLIGHT: usize = 256;
 
-struct StdioOutlet(mpsc::Sender<Vec<u8>>);
+/// A line on its way to the client, with its share of the connection's
+/// budget (none for a reply: replies are bounded by the requests in the
+/// works).
+type Line = (Vec<u8>, Option<protocol::Held>);
+
+/// What servers send on their own, and their requests, for this client:
+/// bounded in lines ([`STDIO_QUEUE_CAP`]) and in bytes (`[limits]
+/// max_queued_bytes`); past either it is dropped (counted as undelivered).
+struct StdioOutlet {
+    lines: mpsc::Sender<Line>,
+    queued: protocol::ByteBudget,
+}
 
 impl Outlet for StdioOutlet {
     fn deliver(&self, message: Value, _related: Option<&Value>) -> bool {
-        if self.0.capacity() < STDIO_QUEUE_RESERVE
+        if self.lines.capacity() < STDIO_QUEUE_RESERVE
             && protocol::classify(&message) == Some(Kind::Notification)
         {
             return false;
         }
-        self.0.try_send(protocol::encode_line(&message)).is_ok()
+        let line = protocol::encode_line(&message);
+        let Some(held) = self.queued.try_take(line.len()) else {
+            return false;
+        };
+        self.lines.try_send((line, Some(held))).is_ok()
     }
 }
 
@@ -90,15 +105,16 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let limits = gateway.config().limits;
-    let (lines_tx, mut lines_rx) = mpsc::channel::<Vec<u8>>(STDIO_QUEUE_CAP);
+    let (lines_tx, mut lines_rx) = mpsc::channel::<Line>(STDIO_QUEUE_CAP);
     let writer = tokio::spawn(async move {
         let mut output = BufWriter::with_capacity(64 * 1024, output);
-        while let Some(line) = lines_rx.recv().await {
+        // Each line's share of the budget goes once it is written.
+        while let Some((line, _held)) = lines_rx.recv().await {
             if output.write_all(&line).await.is_err() {
                 break;
             }
             // Write out whatever else is queued before one flush.
-            while let Ok(line) = lines_rx.try_recv() {
+            while let Ok((line, _held)) = lines_rx.try_recv() {
                 if output.write_all(&line).await.is_err() {
                     return;
                 }
@@ -112,7 +128,10 @@ where
     let mut connection = Connection {
         gateway: gateway.clone(),
         client,
-        outlet: Arc::new(StdioOutlet(lines_tx.clone())),
+        outlet: Arc::new(StdioOutlet {
+            lines: lines_tx.clone(),
+            queued: protocol::ByteBudget::new(limits.max_queued_bytes),
+        }),
         lines: lines_tx.clone(),
         era: Era::Undecided,
     };
@@ -204,7 +223,7 @@ struct Connection {
     gateway: Arc<Gateway>,
     client: ClientIdentity,
     outlet: Arc<StdioOutlet>,
-    lines: mpsc::Sender<Vec<u8>>,
+    lines: mpsc::Sender<Line>,
     era: Era,
 }
 
@@ -213,7 +232,10 @@ type Work = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 impl Connection {
     /// Sends one line to the client, waiting for room.
     async fn answer(&self, message: Value) {
-        let _ = self.lines.send(protocol::encode_line(&message)).await;
+        let _ = self
+            .lines
+            .send((protocol::encode_line(&message), None))
+            .await;
     }
 
     /// What to do with one message: the work that handles it, or `None`
@@ -266,7 +288,7 @@ impl Connection {
         let lines = self.lines.clone();
         Box::pin(async move {
             if let Some(reply) = gateway.handle(&session, message).await {
-                let _ = lines.send(protocol::encode_line(&reply)).await;
+                let _ = lines.send((protocol::encode_line(&reply), None)).await;
             }
         })
     }
@@ -276,7 +298,7 @@ impl Connection {
         let lines = self.lines.clone();
         Box::pin(async move {
             let _ = lines
-                .send(protocol::encode_line(&failure.to_response(id)))
+                .send((protocol::encode_line(&failure.to_response(id)), None))
                 .await;
         })
     }
@@ -349,7 +371,7 @@ impl Connection {
             }
             gateway.close_stateless(&session);
             if let Some(reply) = reply {
-                let _ = lines.send(protocol::encode_line(&reply)).await;
+                let _ = lines.send((protocol::encode_line(&reply), None)).await;
             }
         }))
     }

@@ -15,7 +15,7 @@ use super::{Catalog, Gateway, ListKind, ServerLists, lock};
 pub(super) const MAX_LIST_PAGES: usize = 100;
 
 /// What one read of a server's lists may keep: items per list, and bytes
-/// held (parsed, [`held_bytes`]) of the four lists together (`[limits]
+/// held (parsed, `protocol::held_bytes`) of the four lists together (`[limits]
 /// max_list_items`, `max_list_bytes`). A server decides how much it sends; this decides how
 /// much the proxy holds.
 #[derive(Debug, Clone, Copy)]
@@ -86,40 +86,6 @@ impl Cut {
     }
 }
 
-/// About how many bytes the proxy holds for `value` once parsed: what the
-/// budget counts, since that is what a server makes the proxy hold (a list
-/// of empty objects is a few bytes as JSON and many times that parsed).
-/// Each allocation is counted with its bookkeeping; an object's entries
-/// with their hash, and its index.
-pub(super) fn held_bytes(value: &Value) -> usize {
-    /// An allocator's bookkeeping per allocation, about.
-    const PER_ALLOCATION: usize = 16;
-    let own = std::mem::size_of::<Value>();
-    match value {
-        Value::Null | Value::Bool(_) | Value::Number(_) => own,
-        Value::String(text) => own + text.capacity() + PER_ALLOCATION,
-        Value::Array(items) => {
-            let items: usize = items.iter().map(held_bytes).sum();
-            own + items + PER_ALLOCATION
-        }
-        Value::Object(map) => {
-            // An entry is its hash, its key (a String) and its value; the
-            // index is a word and a control byte per entry, and a group.
-            let entries: usize = map
-                .iter()
-                .map(|(key, value)| {
-                    8 + std::mem::size_of::<String>()
-                        + key.capacity()
-                        + PER_ALLOCATION
-                        + held_bytes(value)
-                        + 9
-                })
-                .sum();
-            own + entries + 16 + 2 * PER_ALLOCATION
-        }
-    }
-}
-
 /// Every page of a server's list, within `budget` (its bytes shared with
 /// the server's other lists, and spent here); a failure keeps what was
 /// read so far. What was cut, if anything, is said beside the items.
@@ -163,7 +129,7 @@ pub(super) async fn fetch_all(
                 if items.len() >= budget.items {
                     return cut(items, CutCause::Items(budget.items));
                 }
-                let size = held_bytes(&item);
+                let size = protocol::held_bytes(&item);
                 if size > budget.bytes_left {
                     budget.bytes_left = 0;
                     return cut(items, CutCause::Bytes(budget.bytes));
@@ -425,31 +391,5 @@ impl Gateway {
         for session in self.initialized_sessions().into_iter().chain(listeners) {
             self.notify(&session, None, message.clone(), None, None);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::held_bytes;
-
-    #[test]
-    fn what_a_list_holds_is_counted_parsed_not_as_json() {
-        let tool = json!({
-            "name": "t1",
-            "description": "Lists and reads the things it is named for.",
-            "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}
-        });
-        let json = tool.to_string().len();
-        let held = held_bytes(&tool);
-        // Parsed, a small tool holds many times its JSON.
-        assert!(held > 5 * json, "{held} for {json} bytes of JSON");
-        // Empty objects: a few bytes each as JSON, far more parsed.
-        let empties = json!([{}, {}, {}, {}, {}, {}, {}, {}]);
-        assert!(held_bytes(&empties) > 20 * empties.to_string().len());
-        // A long string is about its length.
-        let long = json!("x".repeat(100_000));
-        assert!((100_000..101_000).contains(&held_bytes(&long)));
     }
 }

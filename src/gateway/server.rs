@@ -133,10 +133,13 @@ impl Gateway {
                         self.forget_idle_instance(index, client);
                     }
                 }
+                // Its share of the server's queue budget is given back once
+                // handled (when the arm ends).
                 UpstreamEvent::Notification {
                     source,
                     message,
                     ambiguous,
+                    held: _held,
                 } => {
                     if let Some(index) = self.index_of_source(&source) {
                         self.server_notification(index, &source.instance, message, ambiguous);
@@ -146,6 +149,7 @@ impl Gateway {
                     source,
                     message,
                     origin,
+                    held: _held,
                 } => {
                     if let Some(index) = self.index_of_source(&source) {
                         self.relay_request(index, source.instance, message, origin);

@@ -5,10 +5,12 @@
 //! custom annotation keys. Everything here reads a value; nothing rewrites one
 //! except the small helpers that build Portcullis's own replies.
 
+mod budget;
 mod framing;
 mod modern;
 mod shown;
 
+pub use budget::{ByteBudget, Held, held_bytes};
 pub use framing::{Frame, FrameReader, HEAD_BYTES, encode_line, write_message};
 pub use modern::{
     ALL_VERSIONS, CACHEABLE, Envelope, EnvelopeError, MODERN_METHODS, MODERN_VERSION,

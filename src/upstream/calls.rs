@@ -25,7 +25,7 @@ pub(super) struct Pending {
     /// Where the call's own notifications (progress, log messages) go: to
     /// the task that waits for the reply, so that none can be overtaken by
     /// the reply it precedes. Bounded ([`FOLLOW_CAP`]).
-    pub(super) follow: mpsc::Sender<Value>,
+    pub(super) follow: mpsc::Sender<(Value, protocol::Held)>,
 }
 
 /// Notifications of one call the proxy holds while the task that waits for
@@ -82,6 +82,9 @@ pub(crate) struct Shared {
     pub(super) era: super::era::Remembered,
     /// The proxy's listen stream to it, when it speaks 2026-07-28.
     pub(super) listening: super::listen::Listening,
+    /// What it sent that waits to be passed on (its calls' notifications,
+    /// its events), in bytes held: past it, reading it waits.
+    pub(super) queued: protocol::ByteBudget,
     pub(super) epoch: Instant,
 }
 
@@ -92,7 +95,7 @@ impl Shared {
         instance: Option<Arc<str>>,
         events: mpsc::Sender<UpstreamEvent>,
         status: watch::Sender<Status>,
-        wanted: bool,
+        (wanted, queued): (bool, usize),
     ) -> Self {
         Self {
             name,
@@ -108,6 +111,7 @@ impl Shared {
             last_used_ms: AtomicU64::new(0),
             held: AtomicBool::new(false),
             era: super::era::Remembered::default(),
+            queued: protocol::ByteBudget::new(queued),
             listening: super::listen::Listening::default(),
             epoch: Instant::now(),
         }
@@ -336,7 +340,7 @@ pub struct PendingCall {
     id: u64,
     message: Option<Value>,
     reply: Option<oneshot::Receiver<Result<Value, String>>>,
-    follow: Option<mpsc::Receiver<Value>>,
+    follow: Option<mpsc::Receiver<(Value, protocol::Held)>>,
     done: bool,
 }
 
@@ -457,12 +461,16 @@ impl PendingCall {
                 // queued when the reply arrives, and goes first.
                 tokio::select! {
                     biased;
-                    Some(message) = async {
+                    Some((message, held)) = async {
                         match follow.as_mut() {
                             Some(follow) => follow.recv().await,
                             None => std::future::pending().await,
                         }
-                    } => on_notification(message),
+                    } => {
+                        on_notification(message);
+                        // Handed on: its share of the budget is given back.
+                        drop(held);
+                    }
                     reply = &mut reply => return reply,
                 }
             }

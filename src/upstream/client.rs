@@ -31,6 +31,13 @@ struct RunPolicy {
 /// A lazy server stops after this long without a call unless it says otherwise.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// What an upstream is built with besides its config: how long it may take
+/// to start, and the bytes it may have waiting to be passed on.
+struct Starts {
+    startup_timeout: Duration,
+    queued: usize,
+}
+
 impl RunPolicy {
     /// `for_client`: the policy of a client's own instance.
     fn of(config: &ServerConfig, for_client: bool) -> Self {
@@ -102,7 +109,11 @@ impl Upstream {
             tokens,
             containers: Arc::new(super::container::Docker),
         });
-        Self::with_connector(config, instance, startup_timeout, events, connector)
+        let starts = Starts {
+            startup_timeout,
+            queued: limits.max_queued_bytes,
+        };
+        Self::with_connector(config, instance, starts, events, connector)
     }
 
     /// An upstream whose links come from `connector` instead of the config
@@ -127,13 +138,20 @@ impl Upstream {
         events: mpsc::Sender<UpstreamEvent>,
         connector: Arc<dyn Connector>,
     ) -> Self {
-        Self::with_connector(config, instance, Duration::from_secs(30), events, connector)
+        let starts = Starts {
+            startup_timeout: Duration::from_secs(30),
+            queued: LimitsConfig::default().max_queued_bytes,
+        };
+        Self::with_connector(config, instance, starts, events, connector)
     }
 
     fn with_connector(
         config: Arc<ServerConfig>,
         instance: Option<Arc<str>>,
-        startup_timeout: Duration,
+        Starts {
+            startup_timeout,
+            queued,
+        }: Starts,
         events: mpsc::Sender<UpstreamEvent>,
         connector: Arc<dyn Connector>,
     ) -> Self {
@@ -149,7 +167,7 @@ impl Upstream {
             instance,
             events,
             status_tx,
-            !policy.lazy,
+            (!policy.lazy, queued),
         );
         shared.era.configure(config.protocol);
         let shared = Arc::new(shared);

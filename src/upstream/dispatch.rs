@@ -41,10 +41,12 @@ impl Shared {
                     return;
                 }
                 let origin = self.origin_for(related);
+                let held = self.queued.take(protocol::held_bytes(&message)).await;
                 let event = UpstreamEvent::Request {
                     source: self.source(),
                     message,
                     origin,
+                    held,
                 };
                 let _ = self.events.send(event).await;
             }
@@ -92,7 +94,8 @@ impl Shared {
                     return;
                 };
                 message["params"]["progressToken"] = client_token;
-                let _ = follow.send(message).await;
+                let held = self.queued.take(protocol::held_bytes(&message)).await;
+                let _ = follow.send((message, held)).await;
                 return;
             }
             // Handled by the proxy itself (lists read again,
@@ -113,7 +116,8 @@ impl Shared {
                     .and_then(|id| self.pending().get(&id).map(|p| p.follow.clone()));
                 match follow {
                     Some(follow) => {
-                        let _ = follow.send(message).await;
+                        let held = self.queued.take(protocol::held_bytes(&message)).await;
+                        let _ = follow.send((message, held)).await;
                     }
                     None => {
                         tracing::debug!(server = %self.name, "acknowledgement of no listen stream in flight");
@@ -129,7 +133,8 @@ impl Shared {
                     .call_for(related)
                     .and_then(|id| self.pending().get(&id).map(|p| p.follow.clone()));
                 if let Some(follow) = follow {
-                    let _ = follow.send(message).await;
+                    let held = self.queued.take(protocol::held_bytes(&message)).await;
+                    let _ = follow.send((message, held)).await;
                     return;
                 }
                 // A 2026-07-28 server logs only for a request that asked:
@@ -148,10 +153,12 @@ impl Shared {
                 ambiguous = ended_call || pending.values().any(|p| p.origin.is_some());
             }
         }
+        let held = self.queued.take(protocol::held_bytes(&message)).await;
         let event = UpstreamEvent::Notification {
             source: self.source(),
             message,
             ambiguous,
+            held,
         };
         let _ = self.events.send(event).await;
     }

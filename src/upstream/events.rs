@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::protocol;
+
 /// The client session and request a server→client message belongs to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Origin {
@@ -45,6 +47,9 @@ pub enum UpstreamEvent {
         source: Source,
         message: Value,
         ambiguous: bool,
+        /// Its share of the instance's queue budget (`[limits]
+        /// max_queued_bytes`), given back once the event is handled.
+        held: protocol::Held,
     },
     /// A server→client request (`sampling/createMessage`, `elicitation/create`,
     /// `roots/list`, …) with the server's own id. Answer it with
@@ -55,6 +60,8 @@ pub enum UpstreamEvent {
         source: Source,
         message: Value,
         origin: Option<Origin>,
+        /// Its share of the instance's queue budget, as a notification's.
+        held: protocol::Held,
     },
 }
 
