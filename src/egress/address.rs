@@ -46,10 +46,12 @@ fn canonical(ip: IpAddr) -> IpAddr {
     let tail =
         |at: usize| Ipv4Addr::new(octets[at], octets[at + 1], octets[at + 2], octets[at + 3]);
     match segments {
-        // 64:ff9b::/96 (NAT64) and 64:ff9b:1::/48 (local-use NAT64).
-        [0x64, 0xff9b, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 1, ..] => IpAddr::V4(tail(12)),
+        // 64:ff9b::/96 (NAT64).
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => IpAddr::V4(tail(12)),
         // 2002::/16 (6to4): the IPv4 address follows the prefix.
         [0x2002, ..] => IpAddr::V4(tail(2)),
+        // IPv4-compatible (`::a.b.c.d`, deprecated), but for `::` and `::1`.
+        [0, 0, 0, 0, 0, 0, high, low] if high != 0 || low > 1 => IpAddr::V4(tail(12)),
         _ => ip,
     }
 }
@@ -108,9 +110,13 @@ fn class_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("private")
     } else if ip.is_multicast() {
         Some("multicast")
-    } else if first == 0x2001 && ip.segments()[1] == 0xdb8 || (first & 0xe000) != 0x2000 {
-        // Documentation, and everything outside 2000::/3 (the only
-        // global unicast space allocated).
+    } else if first == 0x2001 && ip.segments()[1] == 0xdb8
+        || (first & 0xe000) != 0x2000
+        || ip.segments()[..3] == [0x64, 0xff9b, 1]
+    {
+        // Documentation, everything outside 2000::/3 (the only global
+        // unicast space allocated), and local-use NAT64 (64:ff9b:1::/48,
+        // whose IPv4 address is spread over its bits: refused whole).
         Some("reserved")
     } else {
         None
@@ -155,6 +161,8 @@ mod tests {
             ("64:ff9b::a9fe:a9fe", "link-local (cloud metadata)"),
             ("64:ff9b::7f00:1", "loopback"),
             ("2002:0a00:0001::1", "private"),
+            ("::169.254.169.254", "link-local (cloud metadata)"),
+            ("64:ff9b:1:a9fe:a9:fe00:808:808", "reserved"),
         ];
         for (address, class) in cases {
             assert_eq!(refused(address, Trust::Learned), Some(class), "{address}");
@@ -180,6 +188,7 @@ mod tests {
             "fe80::1",
             "fd00:ec2::254",
             "::ffff:169.254.169.254",
+            "::169.254.169.254",
         ] {
             assert!(refused(metadata, Trust::Written).is_some(), "{metadata}");
         }

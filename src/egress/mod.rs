@@ -50,6 +50,10 @@ pub enum EgressError {
         /// `""`, or why the host's class matters (a peer named it).
         learned: &'static str,
     },
+    #[error(
+        "{url} is not an origin the config writes on `{host}`: a peer may name only those there"
+    )]
+    OtherOrigin { url: String, host: String },
     #[error("cannot resolve `{host}`: {reason}")]
     Unresolved { host: String, reason: String },
     #[error("{where_} answered HTTP {status} (a redirect{to}): redirects are not followed")]
@@ -83,11 +87,15 @@ struct Guard {
     /// by a client for learned hosts (an identity provider's own host,
     /// whose metadata names the rest).
     written: Vec<String>,
+    /// The origins the operator wrote on those hosts (scheme, host, port):
+    /// a peer may name no other origin there (another port of the issuer's
+    /// host could be any local service).
+    origins: Vec<String>,
 }
 
 impl Guard {
     fn trust_of(&self, host: &str) -> Trust {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = bare(host);
         match self.trust {
             Trust::Learned if self.written.iter().any(|w| w.eq_ignore_ascii_case(host)) => {
                 Trust::Written
@@ -166,11 +174,12 @@ impl std::fmt::Debug for HttpClient {
 
 impl HttpClient {
     /// A client for hosts of `trust`; with [`Trust::Learned`], `written`
-    /// are the hosts among them that the operator wrote.
+    /// are the URLs among them that the operator wrote (their origins are
+    /// judged as written; no other origin on their hosts may be reached).
     pub fn new(
         egress: &EgressConfig,
         trust: Trust,
-        written: &[&str],
+        written: &[reqwest::Url],
         timeouts: Timeouts,
     ) -> Result<Self, EgressError> {
         // reqwest is built without a bundled crypto provider; ring is ours.
@@ -180,12 +189,10 @@ impl HttpClient {
             trust,
             written: written
                 .iter()
-                .map(|host| {
-                    host.trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_ascii_lowercase()
-                })
+                .filter_map(reqwest::Url::host_str)
+                .map(|host| bare(host).to_ascii_lowercase())
                 .collect(),
+            origins: written.iter().map(origin).collect(),
         });
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -215,9 +222,33 @@ impl HttpClient {
         let Some(host) = url.host_str() else {
             return Err(EgressError::NotHttp { url: origin(&url) });
         };
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(address) = bare.parse::<IpAddr>() {
-            self.guard.check(bare, address)?;
+        let host = bare(host);
+        // A peer naming another origin on a host the operator wrote: the
+        // name would pass as written at connect time, so it is refused
+        // here (an address is judged as the peer's).
+        let elsewhere = self.guard.trust == Trust::Learned
+            && self.guard.trust_of(host) == Trust::Written
+            && !self.guard.origins.contains(&origin(&url));
+        match host.parse::<IpAddr>() {
+            Ok(address) if elsewhere => {
+                let refused = address::refusal(address, Trust::Learned, &self.guard.allow);
+                if let Some(class) = refused {
+                    return Err(EgressError::Refused {
+                        host: host.to_owned(),
+                        address,
+                        class,
+                        learned: " at an address a peer named",
+                    });
+                }
+            }
+            Ok(address) => self.guard.check(host, address)?,
+            Err(_) if elsewhere => {
+                return Err(EgressError::OtherOrigin {
+                    url: origin(&url),
+                    host: host.to_owned(),
+                });
+            }
+            Err(_) => {}
         }
         Ok(self.http.request(method, url))
     }
@@ -233,6 +264,11 @@ impl HttpClient {
         })?;
         self.request(method, parsed)
     }
+}
+
+/// A host without the brackets of an IPv6 address.
+fn bare(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Sends `request`: an error names where it went (its origin, never its

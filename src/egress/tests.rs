@@ -45,7 +45,11 @@ fn client(allow: &[&str], trust: Trust, written: &[&str]) -> HttpClient {
             .map(|range| crate::config::parse_range(range).unwrap())
             .collect(),
     };
-    HttpClient::new(&egress, trust, written, timeouts()).unwrap()
+    let written: Vec<reqwest::Url> = written
+        .iter()
+        .map(|url| reqwest::Url::parse(url).unwrap())
+        .collect();
+    HttpClient::new(&egress, trust, &written, timeouts()).unwrap()
 }
 
 #[tokio::test]
@@ -111,8 +115,9 @@ async fn a_learned_name_resolving_to_loopback_is_refused_when_connecting() {
     assert_eq!(reached.load(Ordering::SeqCst), 0);
 
     // The same name, written by the operator, or in an allowed range.
+    let written = format!("http://LOCALHOST:{port}/issuer");
     for http in [
-        client(&[], Trust::Learned, &["LOCALHOST"]),
+        client(&[], Trust::Learned, &[&written]),
         client(&["127.0.0.0/8", "::1"], Trust::Learned, &[]),
         client(&[], Trust::Written, &[]),
     ] {
@@ -177,4 +182,39 @@ async fn an_address_written_as_such_is_checked_before_anything_is_sent() {
 fn an_origin_shows_no_path_query_or_user() {
     let url = reqwest::Url::parse("https://user:pw@example.com:8443/p?token=x#f").unwrap();
     assert_eq!(origin(&url), "https://example.com:8443");
+}
+
+#[tokio::test]
+async fn a_peer_names_only_the_origins_the_config_writes_on_its_host() {
+    let (port, reached) = listener(OK).await;
+    let (other, elsewhere) = listener(OK).await;
+    // The issuer is `localhost:PORT` and `127.0.0.1:PORT`; its metadata names
+    // another port of the same hosts (any local service).
+    let issuer = format!("http://localhost:{port}");
+    let literal = format!("http://127.0.0.1:{port}");
+    let http = client(&[], Trust::Learned, &[&issuer, &literal]);
+    for url in [
+        format!("http://localhost:{other}/jwks"),
+        format!("https://localhost:{port}/jwks"),
+    ] {
+        let err = http.request_to(reqwest::Method::GET, &url).expect_err(&url);
+        assert!(matches!(err, EgressError::OtherOrigin { .. }), "{err}");
+    }
+    let err = http
+        .request_to(
+            reqwest::Method::GET,
+            &format!("http://127.0.0.1:{other}/jwks"),
+        )
+        .expect_err("another port of a written address");
+    assert!(err.to_string().contains("a loopback address"), "{err}");
+    assert_eq!(elsewhere.load(Ordering::SeqCst), 0);
+    // Its own origin, any path.
+    let response = send(
+        http.request_to(reqwest::Method::GET, &format!("{issuer}/jwks"))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(reached.load(Ordering::SeqCst), 1);
 }

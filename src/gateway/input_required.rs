@@ -198,7 +198,13 @@ impl Gateway {
                 .clone()
                 .try_acquire_many_owned(count)
                 .ok();
-            let (Some(_places), Some(_session_places)) = (places, session_places) else {
+            let client_places = self
+                .slot(call.server)
+                .map(|slot| slot.per_server.client_places(&call.session.client.name))
+                .and_then(|places| places.try_acquire_many_owned(count).ok());
+            let (Some(_places), Some(_session_places), Some(_client_places)) =
+                (places, session_places, client_places)
+            else {
                 return Err(Failure::ServerRounds(
                     "the server has too many requests to clients waiting".to_owned(),
                 ));

@@ -54,7 +54,14 @@ pub(super) enum CutCause {
     Pages,
     /// A next cursor the server had already given: it would never end.
     CursorAgain,
+    /// A next cursor longer than [`MAX_CURSOR`]: it is sent back, and kept
+    /// while the list is read.
+    CursorTooLong,
 }
+
+/// The longest next cursor the proxy follows: an opaque token, in every
+/// server seen, of tens of bytes.
+const MAX_CURSOR: usize = 4096;
 
 impl Cut {
     /// What the log and the record say of it.
@@ -68,6 +75,7 @@ impl Cut {
             }
             CutCause::Pages => format!("more than {MAX_LIST_PAGES} pages"),
             CutCause::CursorAgain => "a next cursor it had already sent".to_owned(),
+            CutCause::CursorTooLong => format!("a next cursor over {MAX_CURSOR} bytes"),
         };
         format!(
             "{} cut at {} items: the server sent {cause}",
@@ -81,6 +89,7 @@ impl Cut {
             CutCause::Bytes(limit) => ("bytes", Some(*limit)),
             CutCause::Pages => ("pages", Some(MAX_LIST_PAGES)),
             CutCause::CursorAgain => ("cursor_again", None),
+            CutCause::CursorTooLong => ("cursor_too_long", Some(MAX_CURSOR)),
         };
         json!({ "list": self.method, "kept": self.kept, "cause": cause, "limit": limit })
     }
@@ -96,7 +105,13 @@ pub(super) async fn fetch_all(
     scrub: &(dyn Fn(&str) -> String + Sync),
 ) -> (Vec<Value>, Option<Cut>) {
     let mut items = Vec::new();
+    // The cursors seen, by a digest: a repeated one is found without
+    // keeping what a server sent (each at most MAX_CURSOR bytes anyway).
     let mut cursors = std::collections::HashSet::new();
+    let digest = |cursor: &str| -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(cursor.as_bytes()).into()
+    };
     let mut cursor: Option<String> = None;
     let cut = |items: Vec<Value>, cause| {
         let kept = items.len();
@@ -140,7 +155,10 @@ pub(super) async fn fetch_all(
         }
         match result.get("nextCursor").and_then(Value::as_str) {
             Some(next) if !next.is_empty() => {
-                if !cursors.insert(next.to_owned()) {
+                if next.len() > MAX_CURSOR {
+                    return cut(items, CutCause::CursorTooLong);
+                }
+                if !cursors.insert(digest(next)) {
                     return cut(items, CutCause::CursorAgain);
                 }
                 cursor = Some(next.to_owned());

@@ -293,6 +293,34 @@ async fn a_client_that_never_answers_holds_its_own_places_never_another_sessions
         protocol::code::CLIENT_UNAVAILABLE,
         "{refused}"
     );
+    // Her other sessions together hold no more than her client's places.
+    let (second, mut second_inbox) = harness.initialized_session("alice").await;
+    drain(&mut second_inbox);
+    let _second_call = spawn_handle(&harness, &second, call(3, "files__write", "a2"));
+    let seconds = files.next_received().await;
+    let per_client = super::server::SERVER_REQUESTS_PER_CLIENT;
+    for n in places..per_client {
+        files
+            .send_on_stream_of(&seconds, sampling(format!("a2-{n}")))
+            .await;
+        assert_eq!(
+            next(&mut second_inbox).await["method"],
+            "sampling/createMessage"
+        );
+    }
+    let (third, mut third_inbox) = harness.initialized_session("alice").await;
+    drain(&mut third_inbox);
+    let _third_call = spawn_handle(&harness, &third, call(4, "files__write", "a3"));
+    let thirds = files.next_received().await;
+    files
+        .send_on_stream_of(&thirds, sampling("a3-over".into()))
+        .await;
+    let refused = files.next_received().await;
+    assert_eq!(refused["id"], "a3-over", "{refused}");
+    assert!(
+        third_inbox.try_recv().is_err(),
+        "her third session was asked"
+    );
     // Bob's session still has all of its own: his client is asked, and
     // his answer reaches the server.
     let _bob_call = spawn_handle(&harness, &bob, call(2, "files__write", "b"));

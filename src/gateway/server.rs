@@ -46,7 +46,19 @@ pub(super) struct PerServer {
     refusals: Arc<Semaphore>,
     /// What the last read of its lists cut (reported only when it changes).
     pub(super) last_cuts: std::sync::Mutex<Vec<super::lists::Cut>>,
+    /// Each client's places for its requests ([`SERVER_REQUESTS_PER_CLIENT`]):
+    /// a client's many sessions together hold no more of the server's.
+    client_places: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<Semaphore>>>,
 }
+
+/// A server's requests to one client (over all its sessions) waiting for
+/// the client's answer at once: of the server's [`SERVER_REQUESTS`], one
+/// client holds at most this many.
+pub(super) const SERVER_REQUESTS_PER_CLIENT: usize = 32;
+
+/// Clients whose places are kept; past it, those holding none are
+/// forgotten (identity providers' clients are as many as the people).
+const CLIENT_PLACES_KEPT: usize = 4096;
 
 impl PerServer {
     /// Places for `count` questions of a round of the server's (each one
@@ -67,7 +79,20 @@ impl PerServer {
             requests: Arc::new(Semaphore::new(SERVER_REQUESTS)),
             refusals: Arc::new(Semaphore::new(SERVER_REFUSALS)),
             last_cuts: std::sync::Mutex::default(),
+            client_places: std::sync::Mutex::default(),
         }
+    }
+
+    /// `client`'s places for the server's requests.
+    pub(super) fn client_places(&self, client: &Arc<str>) -> Arc<Semaphore> {
+        let mut places = lock(&self.client_places);
+        if places.len() >= CLIENT_PLACES_KEPT && !places.contains_key(client) {
+            places.retain(|_, held| Arc::strong_count(held) > 1);
+        }
+        places
+            .entry(client.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(SERVER_REQUESTS_PER_CLIENT)))
+            .clone()
     }
 }
 
@@ -176,15 +201,22 @@ impl Gateway {
             return;
         };
         // No session to ask: no place of one needed (it is refused as such).
+        // The session's place, then its client's (a client's many sessions
+        // together hold no more than that of the server's).
         let session = origin.as_ref().and_then(|o| self.session(o.session));
-        let session_place = match session.map(|s| s.server_requests.clone().try_acquire_owned()) {
-            None => None,
-            Some(Ok(place)) => Some(place),
-            Some(Err(_)) => {
+        let mut session_places = None;
+        if let Some(session) = &session {
+            let Ok(own) = session.server_requests.clone().try_acquire_owned() else {
                 self.refuse_request(index, instance, &message, SERVER_REQUESTS_PER_SESSION);
                 return;
-            }
-        };
+            };
+            let places = server.client_places(&session.client.name);
+            let Ok(clients) = places.try_acquire_owned() else {
+                self.refuse_request(index, instance, &message, SERVER_REQUESTS_PER_CLIENT);
+                return;
+            };
+            session_places = Some((own, clients));
+        }
         let Ok(place) = server.requests.clone().try_acquire_owned() else {
             self.refuse_request(index, instance, &message, SERVER_REQUESTS);
             return;
@@ -192,7 +224,7 @@ impl Gateway {
         let this = self.clone();
         tokio::spawn(async move {
             this.server_request(index, instance, message, origin).await;
-            drop((place, session_place));
+            drop((place, session_places));
         });
     }
 

@@ -20,7 +20,7 @@ const MAX_DOCUMENT: usize = 512 * 1024;
 
 /// The HTTP client for the identity providers of `config`.
 pub(super) fn client(config: &OauthConfig) -> Result<HttpClient, String> {
-    let mut written: Vec<String> = Vec::new();
+    let mut written = Vec::new();
     for provider in &config.providers {
         let urls = [
             Some(&provider.issuer),
@@ -33,11 +33,9 @@ pub(super) fn client(config: &OauthConfig) -> Result<HttpClient, String> {
         written.extend(
             urls.into_iter()
                 .flatten()
-                .filter_map(|url| reqwest::Url::parse(url).ok())
-                .filter_map(|url| url.host_str().map(str::to_owned)),
+                .filter_map(|url| reqwest::Url::parse(url).ok()),
         );
     }
-    let written: Vec<&str> = written.iter().map(String::as_str).collect();
     let timeouts = Timeouts {
         connect: Duration::from_secs(5),
         total: Some(Duration::from_secs(10)),
