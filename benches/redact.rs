@@ -32,7 +32,7 @@ fn clean_text(size: usize) -> String {
     let mut parts = Vec::new();
     for file in [
         "src/gateway/mod.rs",
-        "src/audit/store.rs",
+        "src/audit/sled_store.rs",
         "src/config/mod.rs",
         "Cargo.lock",
         "README.md",

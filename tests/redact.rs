@@ -1,12 +1,15 @@
 //! Secret scanning: the rule corpus (every rule's true positives and
 //! near-misses, a benign corpus with zero findings, recall and false
-//! positives reported per rule), property tests of the interceptor, and
-//! redaction and denial end to end through the real proxy.
+//! positives reported per rule), gitleaks' default rules and samples
+//! (`redact/gitleaks.rs`), property tests of the interceptor, and redaction
+//! and denial end to end through the real proxy.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 #[path = "redact/corpus.rs"]
 mod corpus;
+#[path = "redact/gitleaks.rs"]
+mod gitleaks;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

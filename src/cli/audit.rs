@@ -461,8 +461,10 @@ async fn export(
                 loop {
                     let page = store.reader().next_page(&mut filter, separator, 1_000)?;
                     for record in &page {
-                        serde_json::to_writer(&mut out, record)?;
-                        out.write_all(b"\n")?;
+                        // The same JSON value, with nothing a terminal
+                        // acts on (what clients and servers wrote).
+                        let line = serde_json::to_string(record)?;
+                        writeln!(out, "{}", crate::protocol::shown_json(&line))?;
                     }
                     count += page.len() as u64;
                     progress.set(count);
@@ -555,8 +557,16 @@ async fn export_following(
         None => Box::new(std::io::stdout().lock()),
     };
     let mut response = api.get("/admin/audit/tail", params).await?;
+    // Whole lines, each the same JSON value with nothing a terminal acts
+    // on; a chunk may end inside a line (or a character).
+    let mut pending = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        out.write_all(&chunk)?;
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line);
+            out.write_all(crate::protocol::shown_json(&text).as_bytes())?;
+        }
         out.flush()?;
     }
     bail!("the proxy closed the stream (it stopped?)")

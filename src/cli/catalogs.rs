@@ -90,7 +90,10 @@ pub(super) async fn run(command: CatalogCommand) -> anyhow::Result<()> {
             let catalogs = Config::catalogs_only(&config)?;
             let rows: Vec<Value> = catalogs.iter().map(row).collect();
             match format {
-                super::Format::Json => println!("{}", Value::Array(rows)),
+                super::Format::Json => println!(
+                    "{}",
+                    crate::protocol::shown_json(&Value::Array(rows).to_string())
+                ),
                 super::Format::Table => {
                     for catalog in &catalogs {
                         let source = match &catalog.oci {
@@ -134,7 +137,8 @@ pub(super) async fn run(command: CatalogCommand) -> anyhow::Result<()> {
                             })
                         })
                         .collect();
-                    println!("{}", json!({ "catalog": row(&found), "servers": servers }));
+                    let shown = json!({ "catalog": row(&found), "servers": servers });
+                    println!("{}", crate::protocol::shown_json(&shown.to_string()));
                 }
                 super::Format::Table => {
                     for (server, meta) in &found.servers {

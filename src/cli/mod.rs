@@ -281,8 +281,15 @@ pub fn main() -> ExitCode {
             tracing::error!(error = %format!("{err:#}"), "portcullis stopped");
             ExitCode::FAILURE
         }
+        // Each line escaped: an error may quote what a server, a plugin
+        // or a database said. Lines of its own making stay lines, the
+        // ones after the first indented.
         Err(err) => {
-            eprintln!("error: {err:#}");
+            let text = format!("{err:#}");
+            for (at, line) in text.lines().enumerate() {
+                let lead = if at == 0 { "error: " } else { "  " };
+                eprintln!("{lead}{}", crate::protocol::shown(line));
+            }
             ExitCode::FAILURE
         }
     }

@@ -129,7 +129,7 @@ pub fn list(config: &Config, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
+            shown_json(&serde_json::to_string_pretty(&rows).unwrap_or_default())
         ),
         Format::Table => print_table(&rows, &files),
     }

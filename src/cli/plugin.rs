@@ -200,7 +200,10 @@ fn check(
         "counters": plugin.counters(),
     });
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Json => println!(
+            "{}",
+            crate::protocol::shown_json(&serde_json::to_string_pretty(&report)?)
+        ),
         Format::Table => print_report(&report),
     }
     if failed {

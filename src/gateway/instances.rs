@@ -134,12 +134,13 @@ impl Gateway {
     }
 
     /// Forgets `client`'s instance of server `index`, stopped for being
-    /// idle, unless a call woke it meanwhile: its supervisor ends, and what
+    /// idle or down and not to be started again, unless a call woke it
+    /// meanwhile: its supervisor ends, and what
     /// the proxy kept of it (its log level, its notification window, the
     /// server's requests it had forwarded) goes with it. Clients from an
     /// identity provider are as many as the organisation's people: none
     /// is kept for the life of the proxy. Its next call makes a new one.
-    pub(super) fn forget_idle_instance(self: &Arc<Self>, index: usize, client: &Arc<str>) {
+    pub(super) fn forget_unwanted_instance(self: &Arc<Self>, index: usize, client: &Arc<str>) {
         let key = (index, client.clone());
         {
             let mut instances = lock(&self.instances);

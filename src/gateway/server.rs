@@ -145,6 +145,12 @@ impl Gateway {
                             self.set_lists(index, None);
                         }
                         self.forget_forwarded(index, &source.instance);
+                        // A client's instance down for good (a token
+                        // exchange refused: not started again before its
+                        // client's next call) is forgotten too.
+                        if let Some(client) = &source.instance {
+                            self.forget_unwanted_instance(index, client);
+                        }
                     }
                 }
                 UpstreamEvent::Stopped { source, reason } => {
@@ -155,7 +161,7 @@ impl Gateway {
                     if let (true, Some(client), Some(index)) =
                         (idle, &source.instance, self.index_of_source(&source))
                     {
-                        self.forget_idle_instance(index, client);
+                        self.forget_unwanted_instance(index, client);
                     }
                 }
                 // Its share of the server's queue budget is given back once

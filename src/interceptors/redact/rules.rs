@@ -87,6 +87,9 @@ pub struct Rule {
     pub head: Vec<Vec<Bytes>>,
     /// Where the rule was defined (built-in or a file).
     pub origin: Arc<str>,
+    /// The ids of the rules of gitleaks' default configuration this rule
+    /// implements, in whole or in part (provenance; no effect on scanning).
+    pub gitleaks: Vec<String>,
 }
 
 /// Rules and the stopwords of the files they came from.
@@ -188,6 +191,14 @@ fn build_rule(
     if !seen.insert(raw_rule.id.clone()) {
         return Err(at("id", "this id is used twice".into()));
     }
+    if let Some(bad) = raw_rule.gitleaks.iter().find(|id| !valid_id(id)) {
+        return Err(at(
+            "gitleaks",
+            format!(
+                "`{bad}` is not a rule id (lowercase letters and digits in dash-separated words)"
+            ),
+        ));
+    }
     for keyword in &raw_rule.keywords {
         if keyword.len() < 2 || !keyword.is_ascii() {
             return Err(at(
@@ -272,6 +283,7 @@ fn build_rule(
         lead,
         head,
         origin: origin.clone(),
+        gitleaks: raw_rule.gitleaks,
     })
 }
 
@@ -523,6 +535,8 @@ struct RawRule {
     id: String,
     description: String,
     #[serde(default)]
+    gitleaks: Vec<String>,
+    #[serde(default)]
     keywords: Vec<String>,
     regex: Spanned<String>,
     entropy: Option<f64>,
@@ -555,6 +569,7 @@ stopwords = ["Example"]
 [[rule]]
 id = "acme-token"
 description = "ACME API token"
+gitleaks = ["acme-api-token"]
 keywords = ["acme_"]
 regex = '''token=(?P<secret>acme_[a-z0-9]{16})'''
 entropy = 3.0
@@ -567,6 +582,7 @@ stopwords = true
         };
         assert_eq!(set.rules.len(), 1);
         assert_eq!(set.rules[0].secret_group, Some(1));
+        assert_eq!(set.rules[0].gitleaks, ["acme-api-token"]);
         assert_eq!(set.stopwords, ["example"]);
     }
 
@@ -600,6 +616,10 @@ stopwords = true
             (
                 "[[rule]]\nid = \"a\"\ndescription = \"d\"\nkeywords = [\"é\"]\nregex = \"x\"\nseverity = \"high\"\n",
                 "at least 2 ASCII characters",
+            ),
+            (
+                "[[rule]]\nid = \"a\"\ndescription = \"d\"\ngitleaks = [\"Generic API Key\"]\nregex = \"x\"\nseverity = \"high\"\n",
+                "`rule[0].gitleaks` (rule `a`): `Generic API Key` is not a rule id",
             ),
         ];
         for (text, expected) in cases {
