@@ -428,18 +428,31 @@ fn only_egress_builds_an_http_client() {
         "reqwest::Client::",
         "reqwest::ClientBuilder",
         "reqwest::get(",
+        "use reqwest::Client",
+        "use reqwest::get",
     ];
+    // `use reqwest::{Client, …}` too.
+    let imports = |text: &str| {
+        text.match_indices("reqwest::{").any(|(at, _)| {
+            let names = braced_names(&text[at + "reqwest::".len()..]);
+            ["Client", "ClientBuilder", "get"]
+                .iter()
+                .any(|name| names.contains(*name))
+        })
+    };
     let complaints: Vec<String> = sources()
         .into_iter()
         .filter(|(path, _)| !path.starts_with("src/egress/"))
         .filter_map(|(path, text)| {
             let text = strip_tests(&text);
-            builders
+            let found = builders
                 .iter()
                 .find(|builder| text.contains(*builder))
-                .map(|builder| {
-                    format!("{path} uses `{builder}`: build the client with egress::HttpClient")
-                })
+                .copied();
+            let found = found.or_else(|| imports(text).then_some("use reqwest::{Client}"));
+            found.map(|builder| {
+                format!("{path} uses `{builder}`: build the client with egress::HttpClient")
+            })
         })
         .collect();
     assert!(complaints.is_empty(), "{}", complaints.join("\n"));

@@ -597,5 +597,15 @@ mod index_tests {
             store.verify(),
             Ok(Verification::Broken { seq: 21, .. })
         ));
+        // Postings out of order: a query walking them as sorted skips some.
+        let _ = store.index.insert(&key, vec![0, 5]);
+        let reversed: Vec<u8> = value.chunks_exact(2).rev().flatten().copied().collect();
+        let _ = store.index.insert(&block, reversed);
+        match store.verify() {
+            Ok(Verification::Broken { problem, .. }) => {
+                assert!(problem.contains("not in order"), "{problem}");
+            }
+            other => panic!("expected postings out of order to be found, got {other:?}"),
+        }
     }
 }

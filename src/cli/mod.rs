@@ -347,16 +347,75 @@ fn init_logging(format: LogFormat) {
 /// wrote (a server's stderr line, its error, a tool's name); a record is
 /// one line whatever they hold, with nothing a terminal acts on.
 fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
-    use tracing_subscriber::field::MakeExt as _;
-    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-        let text = format!("{value:?}");
-        let text = crate::protocol::shown(&text);
-        match field.name() {
-            "message" => write!(writer, "{text}"),
-            name => write!(writer, "{name}={text}"),
+    ShownFields
+}
+
+/// [`text_fields`]: a message as itself, a string field quoted (its quotes
+/// and backslashes escaped, as Debug would), any other field as its Debug
+/// or Display form; each then escaped once.
+struct ShownFields;
+
+impl<'w> tracing_subscriber::field::MakeVisitor<tracing_subscriber::fmt::format::Writer<'w>>
+    for ShownFields
+{
+    type Visitor = ShownVisitor<'w>;
+
+    fn make_visitor(&self, writer: tracing_subscriber::fmt::format::Writer<'w>) -> Self::Visitor {
+        ShownVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
         }
-    })
-    .delimited(" ")
+    }
+}
+
+struct ShownVisitor<'w> {
+    writer: tracing_subscriber::fmt::format::Writer<'w>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl ShownVisitor<'_> {
+    /// Writes `text` (escaped already) as the field's value.
+    fn write(&mut self, field: &tracing::field::Field, text: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        let gap = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = match field.name() {
+            "message" => write!(self.writer, "{gap}{text}"),
+            name => write!(self.writer, "{gap}{name}={text}"),
+        };
+    }
+}
+
+impl tracing::field::Visit for ShownVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        let shown = crate::protocol::shown(value);
+        if field.name() == "message" {
+            self.write(field, &shown);
+        } else {
+            // Quoted: a value with spaces or `=` is still one field.
+            self.write(field, &format!("\"{}\"", shown.replace('"', "\\\"")));
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.write(field, &crate::protocol::shown(&format!("{value:?}")));
+    }
+}
+
+impl tracing_subscriber::field::VisitOutput<std::fmt::Result> for ShownVisitor<'_> {
+    fn finish(self) -> std::fmt::Result {
+        self.result
+    }
+}
+
+impl tracing_subscriber::field::VisitFmt for ShownVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn std::fmt::Write {
+        &mut self.writer
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -27,18 +27,19 @@ pub fn is_invisible(c: char) -> bool {
             | 0x061C
             | 0x115F
             | 0x1160
-            | 0x180E
+            | 0x180B..=0x180F
             | 0x200B
             | 0x200C
             | 0x200E
             | 0x200F
             | 0x202A..=0x202E
             | 0x2060..=0x2064
-            | 0x2066..=0x2069
+            | 0x2066..=0x206F
             | 0x3164
             | 0xFE00..=0xFE0D
             | 0xFEFF
             | 0xFFA0
+            | 0xFFF9..=0xFFFB
             | 0xE0000..=0xE007F
             | 0xE0100..=0xE01EF
     )

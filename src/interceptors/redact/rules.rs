@@ -218,17 +218,14 @@ fn build_rule(
     let secret_group = regex
         .group_info()
         .to_index(regex_automata::PatternID::ZERO, "secret");
-    let severity = match raw_rule.severity.as_str() {
-        "critical" => Severity::Critical,
-        "high" => Severity::High,
-        "medium" => Severity::Medium,
-        "low" => Severity::Low,
-        other => {
-            return Err(at(
-                "severity",
-                format!("`{other}` is not `critical`, `high`, `medium` or `low`"),
-            ));
-        }
+    let Some(severity) = severity_of(&raw_rule.severity) else {
+        return Err(at(
+            "severity",
+            format!(
+                "`{}` is not `critical`, `high`, `medium` or `low`",
+                raw_rule.severity
+            ),
+        ));
     };
     if let Some(entropy) = raw_rule.entropy
         && !(0.0..=8.0).contains(&entropy)
@@ -285,6 +282,17 @@ fn build_rule(
         origin: origin.clone(),
         gitleaks: raw_rule.gitleaks,
     })
+}
+
+/// A severity as a rule file writes it.
+fn severity_of(text: &str) -> Option<Severity> {
+    match text {
+        "critical" => Some(Severity::Critical),
+        "high" => Some(Severity::High),
+        "medium" => Some(Severity::Medium),
+        "low" => Some(Severity::Low),
+        _ => None,
+    }
 }
 
 /// A rule's parsed regex, built for the scanner (its automaton bounded).
