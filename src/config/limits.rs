@@ -20,6 +20,9 @@ pub struct LimitsConfig {
     /// waiting to be passed on, and of one client session's messages
     /// waiting for the client to read them.
     pub max_queued_bytes: usize,
+    /// The most bytes of messages waiting for all HTTP client sessions
+    /// together to read them.
+    pub max_queued_bytes_total: usize,
 }
 
 impl Default for LimitsConfig {
@@ -30,6 +33,7 @@ impl Default for LimitsConfig {
             max_list_items: 10_000,
             max_list_bytes: 32 * 1024 * 1024,
             max_queued_bytes: 64 * 1024 * 1024,
+            max_queued_bytes_total: 512 * 1024 * 1024,
         }
     }
 }
@@ -63,6 +67,12 @@ pub(super) struct RawLimits {
     /// an empty queue.
     #[schemars(with = "Option<usize>", extend("default" = 67_108_864))]
     max_queued_bytes: Option<Spanned<usize>>,
+    /// The most bytes (counted as parsed) of messages waiting for all the
+    /// HTTP client sessions together to read them, beside each session's
+    /// `max_queued_bytes`: past it, what servers send on their own is
+    /// dropped and counted as undelivered. At least 65536.
+    #[schemars(with = "Option<usize>", extend("default" = 536_870_912))]
+    max_queued_bytes_total: Option<Spanned<usize>>,
 }
 
 impl RawLimits {
@@ -93,12 +103,20 @@ impl RawLimits {
         let max_queued_bytes = v
             .at_least(self.max_queued_bytes, "limits.max_queued_bytes", 65_536)?
             .unwrap_or(defaults.max_queued_bytes);
+        let max_queued_bytes_total = v
+            .at_least(
+                self.max_queued_bytes_total,
+                "limits.max_queued_bytes_total",
+                65_536,
+            )?
+            .unwrap_or(defaults.max_queued_bytes_total);
         Ok(LimitsConfig {
             max_message_bytes,
             max_depth,
             max_list_items,
             max_list_bytes,
             max_queued_bytes,
+            max_queued_bytes_total,
         })
     }
 }

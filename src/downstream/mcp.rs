@@ -24,9 +24,7 @@ use super::messages::{
     answer_in_stream, event, read_message, rpc_error, single_header, sse,
 };
 use super::sealed::record_id;
-use super::sessions::{
-    GET_STREAM_CAP, HttpOutlet, HttpSession, Queued, SESSION_IN_FLIGHT, Unknown, lock,
-};
+use super::sessions::{GET_STREAM_CAP, HttpSession, Queued, SESSION_IN_FLIGHT, Unknown, lock};
 use super::slots::{Cap, Slot};
 use super::state::{HttpState, plain_error};
 use crate::chain::{ClientIdentity, Transport};
@@ -128,9 +126,7 @@ fn new_session(
             }
         },
     };
-    let outlet = Arc::new(HttpOutlet::new(
-        state.gateway.config().limits.max_queued_bytes,
-    ));
+    let outlet = Arc::new(state.outlet());
     let session = state
         .gateway
         .open_session(id, client, Transport::Http, outlet.clone());
@@ -191,9 +187,7 @@ fn resume_session(
                 return None;
             }
         };
-        let outlet = Arc::new(HttpOutlet::new(
-            state.gateway.config().limits.max_queued_bytes,
-        ));
+        let outlet = Arc::new(state.outlet());
         let resumed = Resumed {
             version: sealed.version,
             capabilities: sealed.capabilities,

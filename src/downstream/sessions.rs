@@ -36,7 +36,13 @@ pub(super) const GET_STREAM_CAP: usize = 1024;
 /// A message on its way to a client's stream, with its share of the
 /// session's budget (none for a reply: replies are bounded by the requests
 /// in the works).
-pub(super) type Queued = (Value, Option<protocol::Held>);
+pub(super) type Queued = (Value, Option<Shares>);
+
+/// A message's shares of its session's budget and of all sessions'.
+pub(super) struct Shares(
+    #[allow(dead_code, reason = "held for its drop")] protocol::Held,
+    #[allow(dead_code, reason = "held for its drop")] protocol::Held,
+);
 
 /// Where messages for one HTTP session go: the stream of the POST they
 /// belong to, or else the session's GET stream. Both are bounded, in
@@ -45,21 +51,28 @@ pub(super) struct HttpOutlet {
     pub(super) get_stream: Mutex<Option<mpsc::Sender<Queued>>>,
     pub(super) post_streams: Mutex<HashMap<IdKey, mpsc::Sender<Queued>>>,
     queued: protocol::ByteBudget,
+    /// All sessions' budget (`[limits] max_queued_bytes_total`).
+    all: protocol::ByteBudget,
 }
 
 impl HttpOutlet {
-    pub(super) fn new(queued_bytes: usize) -> Self {
+    pub(super) fn new(queued_bytes: usize, all: protocol::ByteBudget) -> Self {
         Self {
             get_stream: Mutex::default(),
             post_streams: Mutex::default(),
             queued: protocol::ByteBudget::new(queued_bytes),
+            all,
         }
     }
 }
 
 impl Default for HttpOutlet {
     fn default() -> Self {
-        Self::new(crate::config::LimitsConfig::default().max_queued_bytes)
+        let limits = crate::config::LimitsConfig::default();
+        Self::new(
+            limits.max_queued_bytes,
+            protocol::ByteBudget::new(limits.max_queued_bytes_total),
+        )
     }
 }
 
@@ -71,10 +84,14 @@ impl Outlet for HttpOutlet {
     fn deliver(&self, message: Value, related: Option<&Value>) -> bool {
         // Past the session's bytes, what servers send on their own is
         // dropped (counted as undelivered), as past its messages.
-        let Some(held) = self.queued.try_take(protocol::held_bytes(&message)) else {
+        let bytes = protocol::held_bytes(&message);
+        let Some(own) = self.queued.try_take(bytes) else {
             return false;
         };
-        let mut queued = (message, Some(held));
+        let Some(all) = self.all.try_take(bytes) else {
+            return false;
+        };
+        let mut queued = (message, Some(Shares(own, all)));
         let stream = related
             .and_then(IdKey::from_value)
             .and_then(|key| lock(&self.post_streams).get(&key).cloned());
@@ -273,7 +290,7 @@ mod tests {
     /// is dropped (undelivered), and room comes back as the client reads.
     #[test]
     fn a_sessions_streams_hold_no_more_bytes_than_its_budget() {
-        let outlet = HttpOutlet::new(256 * 1024);
+        let outlet = HttpOutlet::new(256 * 1024, protocol::ByteBudget::new(1 << 30));
         let (tx, mut rx) = mpsc::channel::<Queued>(GET_STREAM_CAP);
         *lock(&outlet.get_stream) = Some(tx);
         let big = json!({"jsonrpc": "2.0", "method": "notifications/message",
@@ -291,6 +308,27 @@ mod tests {
         drop(taken);
         assert!(outlet.deliver(big.clone(), None));
         assert!(!outlet.deliver(big, None));
+    }
+
+    /// All sessions together hold no more than the proxy's total, whatever
+    /// each one's own budget.
+    #[test]
+    fn all_sessions_together_hold_no_more_than_the_total() {
+        let all = protocol::ByteBudget::new(300 * 1024);
+        let big = json!({"jsonrpc": "2.0", "method": "notifications/message",
+            "params": {"level": "info", "data": "x".repeat(100 * 1024)}});
+        let mut streams = Vec::new();
+        let delivered: usize = (0..3)
+            .map(|_| {
+                let outlet = HttpOutlet::new(256 * 1024, all.clone());
+                let (tx, rx) = mpsc::channel::<Queued>(GET_STREAM_CAP);
+                *lock(&outlet.get_stream) = Some(tx);
+                let count = (0..3).filter(|_| outlet.deliver(big.clone(), None)).count();
+                streams.push((outlet, rx));
+                count
+            })
+            .sum();
+        assert_eq!(delivered, 2, "two of 100 KiB in all sessions' 300 KiB");
     }
 
     fn tx_capacity(outlet: &HttpOutlet) -> usize {

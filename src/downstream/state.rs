@@ -59,6 +59,17 @@ pub(super) struct HttpState {
     /// Seals session ids so that any replica serves them (`[proxy]
     /// session_keys`).
     pub(super) sealer: Option<Sealer>,
+    /// What waits for all HTTP sessions to read it, in bytes (`[limits]
+    /// max_queued_bytes_total`), beside each session's own budget.
+    pub(super) queued_total: crate::protocol::ByteBudget,
+}
+
+impl HttpState {
+    /// A new HTTP session's outlet, under its own budget and all sessions'.
+    pub(super) fn outlet(&self) -> super::sessions::HttpOutlet {
+        let limits = self.gateway.config().limits;
+        super::sessions::HttpOutlet::new(limits.max_queued_bytes, self.queued_total.clone())
+    }
 }
 
 /// Who may use the listener, by the SHA-256 (hex) of what they present.
@@ -158,6 +169,7 @@ impl HttpState {
             oauth,
             fleet_reads: tokio::sync::Semaphore::new(1),
             sealer,
+            queued_total: crate::protocol::ByteBudget::new(config.limits.max_queued_bytes_total),
             gateway,
         }
     }

@@ -26,7 +26,7 @@ use super::messages::{
     Incoming, METHOD_HEADER, NAME_HEADER, VERSION_HEADER, accepts, answer_in_json,
     answer_in_stream, rpc_error, single_header,
 };
-use super::sessions::{CLIENT_IN_FLIGHT, HttpOutlet};
+use super::sessions::CLIENT_IN_FLIGHT;
 use super::state::{HttpState, plain_error};
 use crate::chain::{ClientIdentity, Transport};
 use crate::gateway::{Failure, Gateway, Session, version_spoken};
@@ -164,9 +164,7 @@ pub(super) async fn post(
             Failure::TooManyInFlight(CLIENT_IN_FLIGHT),
         );
     };
-    let outlet = Arc::new(HttpOutlet::new(
-        state.gateway.config().limits.max_queued_bytes,
-    ));
+    let outlet = Arc::new(state.outlet());
     let session = state
         .gateway
         .open_stateless(client, Transport::Http, outlet.clone(), envelope);
