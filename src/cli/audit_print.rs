@@ -141,23 +141,11 @@ mod tests {
         print_table(&mut out, &[(hostile.into(), record.clone())], true, false).unwrap_or_default();
         let text = String::from_utf8(out).unwrap_or_default();
         assert_eq!(text.lines().count(), 1, "{text}");
-        assert!(
-            !text
-                .trim_end_matches('\n')
-                .chars()
-                .any(crate::protocol::is_hidden),
-            "{text:?}"
-        );
+        assert!(crate::protocol::nothing_hidden(&text), "{text:?}");
         let mut out = Vec::new();
         write_json(&mut out, &record, false).unwrap_or_default();
         let line = String::from_utf8(out).unwrap_or_default();
-        assert!(
-            !line
-                .trim_end_matches('\n')
-                .chars()
-                .any(crate::protocol::is_hidden),
-            "{line:?}"
-        );
+        assert!(crate::protocol::nothing_hidden(&line), "{line:?}");
         let back: AuditRecord =
             serde_json::from_str(&line).unwrap_or_else(|_| AuditRecord::event("x", "y"));
         assert_eq!(back.client, hostile);

@@ -610,13 +610,7 @@ mod tests {
         let text = String::from_utf8(kept.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .unwrap_or_default();
         assert_eq!(text.lines().count(), 1, "{text}");
-        assert!(
-            !text
-                .trim_end_matches('\n')
-                .chars()
-                .any(crate::protocol::is_hidden),
-            "{text:?}"
-        );
+        assert!(crate::protocol::nothing_hidden(&text), "{text:?}");
         assert!(text.contains("error=x\\u{001B}]0;pwned"), "{text}");
         assert!(text.contains("server=\"s\""), "{text}");
     }

@@ -18,6 +18,8 @@ pub use modern::{
     meta, put_envelope, routing_name, strip_envelope_keys, strip_protocol_meta, take_envelope,
     take_protocol_meta,
 };
+#[cfg(test)]
+pub(crate) use shown::nothing_hidden;
 pub use shown::{is_hidden, is_invisible, shown, shown_json};
 
 use serde_json::{Map, Value, json};

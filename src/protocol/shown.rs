@@ -89,6 +89,13 @@ pub fn shown_json(json: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Tests: whether printed output holds nothing hidden but the line feeds
+/// that end its lines.
+#[cfg(test)]
+pub(crate) fn nothing_hidden(output: &str) -> bool {
+    !output.chars().any(|c| c != '\n' && is_hidden(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

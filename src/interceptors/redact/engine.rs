@@ -351,9 +351,12 @@ impl Scanner {
                     None
                 };
                 match finding {
+                    // From the secret's end, not the match's: what the match
+                    // took after it (a line feed, a space) may begin the
+                    // next one (`--token A\n--token B`).
                     Some(finding) => {
+                        at = finding.end.max(match_start + 1);
                         found.push(finding);
-                        at = match_end.max(match_start + 1);
                     }
                     // A rejected candidate may hide a real one that starts
                     // inside it (`password: DB_PASSWORD=…`): look again
@@ -452,8 +455,8 @@ impl Scanner {
                 };
                 match finding {
                     Some(finding) => {
+                        at = finding.end.max(m.start() + 1);
                         found.push(finding);
-                        at = m.end().max(m.start() + 1);
                     }
                     None => at = m.start() + 1,
                 }

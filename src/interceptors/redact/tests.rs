@@ -598,3 +598,30 @@ fn counts_parse_back_from_annotations() {
         [("aws-key".into(), "request".into(), 2)]
     );
 }
+
+/// Found by the `redact` fuzz target: a match that takes the line feed
+/// after its secret must leave it to the next match, which begins with it
+/// (the second flag's token survived the first pass).
+#[test]
+fn secrets_on_consecutive_lines_are_each_found_in_one_pass() {
+    let Ok(scanner) = scanner(&RedactConfig::default()) else {
+        panic!("the built-in rules load");
+    };
+    // Tokens of no known shape: only the flag's rule finds them.
+    let tokens = [
+        "Zk8qP2xR7mN4vB9tL3sW6yH1",
+        "Qw7eR4tY1uI8oP5aS2dF9gH3",
+        "Mn6bV3cX0zL7kJ4hG1fD8sA5",
+    ];
+    let text = tokens.map(|token| format!("--token {token}")).join("\n");
+    let mut findings = Vec::new();
+    scanner.scan(text.as_bytes(), &mut findings);
+    assert_eq!(findings.len(), 3, "{findings:?}");
+    let redacted = scanner.redact(&text, &findings);
+    for token in tokens {
+        assert!(!redacted.contains(token), "{redacted}");
+    }
+    let mut again = Vec::new();
+    scanner.scan(redacted.as_bytes(), &mut again);
+    assert!(again.is_empty(), "{redacted}");
+}
