@@ -14,7 +14,12 @@
 //! commit, from handing the record over to hearing it is stored (durable)
 //! or queued (buffered). The baseline loop builds the same record and skips
 //! the commit.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 

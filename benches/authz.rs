@@ -5,7 +5,12 @@
 //!
 //! `cargo bench --bench authz` (options after `--`: `--iterations N` per
 //! sample, default 200; `--samples N`, default 300).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 
@@ -117,7 +122,7 @@ fn call_exchange(catalog: &Arc<Catalog>) -> Exchange {
 
 fn list_exchange(catalog: &Arc<Catalog>) -> Exchange {
     let mut exchange = call_exchange(catalog);
-    exchange.context.method = Arc::from("tools/list");
+    exchange.context.method = portcullis::protocol::Method::ToolsList;
     exchange.context.server = None;
     exchange.context.target = None;
     exchange.context.definition = None;

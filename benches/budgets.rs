@@ -15,7 +15,12 @@
 //!
 //! Run: `cargo bench --bench budgets` (options after `--`: `--tools N`,
 //! `--connections N`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 

@@ -13,7 +13,12 @@
 //! Run: `cargo bench --bench containers` (options after `--`: `--starts N`,
 //! `--calls N`). Needs the Docker engine; builds the example image first
 //! with `scripts/build-test-image.sh`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 

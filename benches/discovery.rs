@@ -12,7 +12,12 @@
 //! Run: `cargo bench --bench discovery` (options after `--`: `--queries N`,
 //! `--adds N`). Needs the Docker engine; builds the example image first with
 //! `scripts/build-test-image.sh`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 

@@ -9,7 +9,12 @@
 //! (Debian's `redis-server` package) on `PATH`: it is started on a free
 //! loopback port for the run. Five rounds of each case in turn; each
 //! case's best round is reported.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 
@@ -31,14 +36,9 @@ fn call() -> Exchange {
 /// their budgets here or in the Redis `shared` names.
 fn chain(shared: Option<SharedConfig>) -> Chain {
     let limit = Arc::new(Ratelimit::new(&common::three_quotas(shared)).expect("the limiter"));
-    let admissions: Vec<Arc<dyn portcullis::chain::Admission>> = if limit.is_shared() {
-        vec![limit.clone()]
-    } else {
-        Vec::new()
-    };
     let interceptors: Vec<Arc<dyn Interceptor>> =
         vec![Arc::new(Limits::new(LimitsConfig::default())), limit];
-    Chain::new(interceptors).with_admissions(admissions)
+    Chain::new(interceptors)
 }
 
 async fn run_chain(chain: &Chain, template: &Exchange) {

@@ -9,7 +9,12 @@
 //! `cargo bench --bench guards` (options after `--`: `--iterations N` per
 //! sample, default 1000; `--samples N`, default 200). Five rounds of every
 //! case in turn; each case's best round is reported.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 

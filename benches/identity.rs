@@ -9,7 +9,12 @@
 //!
 //! `cargo bench --bench identity` (options after `--`: `--iterations N` per
 //! sample, default 100; `--samples N`, default 50).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 

@@ -17,7 +17,12 @@
 //! `cargo bench --bench observability` (options after `--`: `--iterations N`
 //! per sample, default 1000; `--samples N`, default 200; `--calls N` per end
 //! to end round, default 3000).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 

@@ -8,7 +8,12 @@
 //!
 //! `cargo bench --bench redact` (options after `--`: `--rounds N`, default 20;
 //! `--string-path-only` times this engine's string path alone, for a profiler).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 #[path = "../tests/redact/corpus.rs"]
@@ -395,7 +400,7 @@ fn main() {
         &format!("no secret ({size} bytes of JSON), this engine"),
         iterations,
         || {
-            let verdict = interceptor.on_response(&mut exchange);
+            let verdict = interceptor.see(&mut exchange);
             assert!(exchange.annotations.is_empty());
             std::hint::black_box(verdict);
         },
@@ -414,7 +419,7 @@ fn main() {
         iterations,
         || {
             let mut exchange = template.clone();
-            std::hint::black_box(interceptor.on_response(&mut exchange));
+            std::hint::black_box(interceptor.see(&mut exchange));
         },
     );
     println!(

@@ -14,7 +14,12 @@
 //! The HTTPS lines are the same client over TLS (rustls, TLS 1.3) to the
 //! same proxy configured with `[listener] tls_cert`/`tls_key` (a P-256
 //! certificate the bench makes with the `openssl` command).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 

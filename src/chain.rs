@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::metrics::{Histogram, Metrics};
-use crate::protocol;
+use crate::protocol::{self, Method};
 use crate::traces::{Recording, Span, SpanKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +114,8 @@ pub struct Context {
     pub session: Arc<str>,
     pub client: ClientIdentity,
     pub transport: Transport,
-    pub method: Arc<str>,
+    /// The message's method, parsed once (an unknown one kept as sent).
+    pub method: Method,
     /// The server the message is for or from, once routing knows it.
     pub server: Option<Arc<str>>,
     /// The tool or prompt name without the server prefix, or the resource URI.
@@ -143,11 +144,21 @@ impl Context {
         transport: Transport,
         method: &str,
     ) -> Self {
+        Self::of(session, client, transport, Method::parse(method))
+    }
+
+    /// A context for a message whose method is already parsed.
+    pub fn of(
+        session: Arc<str>,
+        client: ClientIdentity,
+        transport: Transport,
+        method: Method,
+    ) -> Self {
         Self {
             session,
             client,
             transport,
-            method: Arc::from(method),
+            method,
             server: None,
             target: None,
             request_id: None,
@@ -343,49 +354,79 @@ pub enum Outcome {
     Failed { reason: String },
 }
 
-/// A message handler in the chain. Every method has a no-op default, so an
-/// interceptor implements only the phases it cares about. Calls are
+/// A check that waits on something outside the process: `None` to let the
+/// request through, or why not.
+pub type Admitting<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<Denial>> + Send + 'a>>;
+
+/// A message handler in the chain, with a phase per direction. Every
+/// method has a no-op default, so an interceptor implements only the
+/// phases it cares about, and never tests the direction by hand. Calls are
 /// synchronous and must be fast: they run on the proxy's hot path.
+///
+/// In an exchange's order: a client's request (`on_client_request`, in
+/// chain order), its admission (`admit`), the server's response
+/// (`on_server_response`, in reverse); a server's request to a client
+/// (`on_server_request`, in chain order) and the client's response
+/// (`on_client_response`, in reverse); a notification either way
+/// (`on_notification`); and, whatever happened, `on_outcome`.
 pub trait Interceptor: Send + Sync + 'static {
     /// The name used in `[[chain]]`, in denials and in audit records.
     fn name(&self) -> &str;
 
-    /// A request, in either direction (server→client requests such as
-    /// `sampling/createMessage` come through here too).
-    fn on_request(&self, _exchange: &mut Exchange) -> Verdict {
+    /// A client's request, on its way to a server (or to the proxy).
+    fn on_client_request(&self, _exchange: &mut Exchange) -> Verdict {
         Verdict::Continue
     }
 
-    /// The response to a request this chain saw; `exchange.context` is the
-    /// request's context.
-    fn on_response(&self, _exchange: &mut Exchange) -> Verdict {
+    /// The answer to a client's request, on its way back to the client;
+    /// `exchange.context` is the request's context.
+    fn on_server_response(&self, _exchange: &mut Exchange) -> Verdict {
         Verdict::Continue
     }
 
+    /// A server's request to a client (`sampling/createMessage`,
+    /// `elicitation/create`, `roots/list`, `ping`).
+    fn on_server_request(&self, _exchange: &mut Exchange) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// A client's answer to a server's request, on its way to the server.
+    fn on_client_response(&self, _exchange: &mut Exchange) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// A notification, either way (`exchange.direction` says which).
     fn on_notification(&self, _exchange: &mut Exchange) -> Verdict {
         Verdict::Continue
+    }
+
+    /// A check that waits on something outside the process (budgets
+    /// shared by replicas, in Redis), made once the whole request chain
+    /// has passed a client's request and before it is relayed: a request
+    /// another interceptor refused uses none of what it checks. `None`
+    /// (the default): nothing to wait on.
+    fn admit<'a>(&'a self, _exchange: &'a Exchange) -> Option<Admitting<'a>> {
+        None
     }
 
     /// Runs once per exchange after it ended, whatever the outcome.
     fn on_outcome(&self, _exchange: &Exchange, _outcome: &Outcome) {}
 
+    /// The phase hook for the exchange where it stands: the one place the
+    /// phase and the direction pick a hook (not for implementors).
+    fn see(&self, exchange: &mut Exchange) -> Verdict {
+        match (exchange.phase, exchange.direction) {
+            (Phase::Request, Direction::ClientToServer) => self.on_client_request(exchange),
+            (Phase::Response, Direction::ClientToServer) => self.on_server_response(exchange),
+            (Phase::Request, Direction::ServerToClient) => self.on_server_request(exchange),
+            (Phase::Response, Direction::ServerToClient) => self.on_client_response(exchange),
+            (Phase::Notification, _) => self.on_notification(exchange),
+        }
+    }
+
     /// Adds the interceptor's own series to the metrics (`GET /metrics`).
     fn render_metrics(&self, _out: &mut crate::metrics::Exposition) {}
-}
-
-/// A check that waits on something outside the process (budgets shared
-/// by replicas, in Redis), made once the request chain has passed a
-/// client's request and before it is relayed: a request another
-/// interceptor refused uses none of what it checks.
-pub trait Admission: Send + Sync + 'static {
-    /// The interceptor it belongs to (in denials and records).
-    fn name(&self) -> &str;
-
-    /// `None` to let the request through, or why not.
-    fn admit<'a>(
-        &'a self,
-        exchange: &'a Exchange,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Denial>> + Send + 'a>>;
 }
 
 /// The refusal of one interceptor, turned into a JSON-RPC error by
@@ -429,8 +470,6 @@ pub struct Chain {
     /// Each interceptor's span name per phase (`authz request`), beside
     /// `interceptors`: made once, shared by every traced exchange.
     span_names: Arc<[[Arc<str>; 3]]>,
-    /// Checks made after the request chain passed (see [`Admission`]).
-    admissions: Vec<(Arc<str>, Arc<dyn Admission>)>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -458,24 +497,18 @@ impl Chain {
             interceptors,
             timings: None,
             span_names,
-            admissions: Vec::new(),
         }
     }
 
-    /// Adds checks made once a client's request passed the chain.
-    pub fn with_admissions(mut self, admissions: Vec<Arc<dyn Admission>>) -> Self {
-        self.admissions = admissions
-            .into_iter()
-            .map(|admission| (Arc::from(admission.name()), admission))
-            .collect();
-        self
-    }
-
-    /// Makes the checks that wait on something outside the process, for a
-    /// client's request that passed the chain.
+    /// Makes the checks that wait on something outside the process
+    /// ([`Interceptor::admit`]), in chain order, for a client's request
+    /// that passed the chain.
     pub async fn admit(&self, exchange: &Exchange) -> Result<(), Refusal> {
-        for (name, admission) in &self.admissions {
-            if let Some(denial) = admission.admit(exchange).await {
+        for (name, interceptor) in &self.interceptors {
+            let Some(admitting) = interceptor.admit(exchange) else {
+                continue;
+            };
+            if let Some(denial) = admitting.await {
                 return Err(Refusal {
                     interceptor: name.clone(),
                     denial,
@@ -521,21 +554,26 @@ impl Chain {
         };
         for step in 0..count {
             let index = if reverse { count - 1 - step } else { step };
-            let (name, interceptor) = &self.interceptors[index];
+            let Some((name, interceptor)) = self.interceptors.get(index) else {
+                continue;
+            };
             let timed = self.timings.is_some() || exchange.trace.is_some();
             let started = timed.then(std::time::Instant::now);
-            let verdict = match exchange.phase {
-                Phase::Request => interceptor.on_request(exchange),
-                Phase::Response => interceptor.on_response(exchange),
-                Phase::Notification => interceptor.on_notification(exchange),
-            };
+            let verdict = interceptor.see(exchange);
             if let Some(started) = started {
                 let ended = std::time::Instant::now();
-                if let Some(timings) = &self.timings {
-                    timings[index][phase].observe(ended - started);
+                if let Some(timing) =
+                    (self.timings.as_ref()).and_then(|timings| timings.get(index)?.get(phase))
+                {
+                    timing.observe(ended - started);
                 }
-                if let Some(trace) = exchange.trace.as_deref_mut() {
-                    let name = self.span_names[index][phase].clone();
+                if let Some(trace) = exchange.trace.as_deref_mut()
+                    && let Some(name) = self
+                        .span_names
+                        .get(index)
+                        .and_then(|names| names.get(phase))
+                {
+                    let name = name.clone();
                     let mut span = Span::new(name, SpanKind::Internal, started, ended);
                     match &verdict {
                         Verdict::Continue => {}
@@ -585,19 +623,19 @@ mod tests {
         fn name(&self) -> &str {
             self.name
         }
-        fn on_request(&self, exchange: &mut Exchange) -> Verdict {
+        fn on_client_request(&self, exchange: &mut Exchange) -> Verdict {
             self.seen
                 .lock()
                 .map(|mut s| s.push(format!("{}:req", self.name)))
                 .ok();
-            if Some(&*exchange.context.method) == self.deny_method {
+            if Some(exchange.context.method.as_str()) == self.deny_method {
                 return Verdict::Deny(Denial::new(protocol::code::DENIED, "not today"));
             }
             let mut message = exchange.message.clone();
             message["params"][self.name] = json!(true);
             Verdict::Modify(message)
         }
-        fn on_response(&self, _exchange: &mut Exchange) -> Verdict {
+        fn on_server_response(&self, _exchange: &mut Exchange) -> Verdict {
             self.seen
                 .lock()
                 .map(|mut s| s.push(format!("{}:resp", self.name)))

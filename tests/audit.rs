@@ -1,7 +1,12 @@
 //! The audit log through the real proxy: one record per exchange with its
 //! decision, no secret in the store, `audit verify` naming tampered records,
 //! and a proxy that will not run without a log it can write.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 
@@ -801,7 +806,8 @@ async fn calls_are_refused_while_the_store_cannot_be_written_and_served_again_af
     let audit = portcullis::audit::Audit::start(disk, true).unwrap();
     let config = std::sync::Arc::new(config);
     let built = portcullis::interceptors::build_chain(&config).unwrap();
-    let (gateway, _events) = portcullis::gateway::Gateway::new(config, built.chain, Some(audit));
+    let (gateway, _events) =
+        portcullis::gateway::Gateway::new(config, built.chain, Some(audit), Default::default());
 
     let (client_side, proxy_side) = tokio::io::duplex(1 << 16);
     let (proxy_read, proxy_write) = tokio::io::split(proxy_side);

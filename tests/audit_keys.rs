@@ -4,7 +4,12 @@
 //! with `audit export --follow`; then the store rewritten (plain, with
 //! another key, whole) and its tail cut, each caught by `audit verify`
 //! with the key or a kept checkpoint, and what a plain verify cannot see.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

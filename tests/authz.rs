@@ -2,7 +2,12 @@
 //! server and `mcp-server-time` from PyPI): allowed and denied calls, lists
 //! filtered per client, argument and annotation rules, server→client
 //! sampling, hot reload, and the `policy` commands.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -1,6 +1,11 @@
 //! Bad input through the real binary over stdio: every case gets a precise
 //! JSON-RPC error, nothing panics or hangs, and the session keeps working.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -3,7 +3,12 @@
 //! cut at `[limits] max_list_items` and `max_list_bytes`, the cut logged
 //! and recorded naming the server, the proxy's memory stays within what
 //! the caps allow, and the other servers' clients keep calling.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

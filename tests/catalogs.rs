@@ -4,7 +4,12 @@
 //! (one server's YAML); what their metadata asks beyond the hardened profile
 //! is refused, and a secret it needs comes from the operator's references
 //! only. These tests fail, never skip, when the engine is missing.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

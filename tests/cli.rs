@@ -1,6 +1,11 @@
 //! The command line through the real binary: config errors, `servers list`,
 //! `tools list`.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -4,7 +4,12 @@
 //! changed awaits approval on the pins page; the policies page shows the
 //! set in force and a refused reload. Screenshots of each page go to
 //! `target/console-screenshots/` (docs/console/, shown in docs/audit.md, come from there).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 

@@ -3,7 +3,12 @@
 //! proxy, over stdio and HTTP, under the hardened profile; restarts, clean
 //! shutdown, orphans of a killed proxy, and bad input. These tests fail, never
 //! skip, when the engine is missing.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

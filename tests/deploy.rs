@@ -5,7 +5,12 @@
 //! engine's socket mounted, launches a hardened container server through
 //! it, and a client's call goes through; on `docker stop` it removes the
 //! server's container. Fails, never skips, without an engine.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

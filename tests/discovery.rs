@@ -4,7 +4,12 @@
 //! `find_servers` and `add_server` decide what a client finds and adds,
 //! what a description asks beyond the hardened profile is never started,
 //! and every call is recorded. Fails, never skips, without the engine.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

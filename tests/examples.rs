@@ -4,7 +4,12 @@
 //! tests; container servers and the compose file name only images this
 //! repository builds, and the compose file publishes the proxy alone; the
 //! replicas' compose file runs three of one config behind the balancer.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 
@@ -84,17 +89,20 @@ fn every_example_config_loads_and_builds_its_chain() {
         }
         build(config, scratch.path());
 
-        // The quickstart's commented `policies` line, switched on: the
-        // example policy set loads under that config too.
+        // The quickstart's `policies` line pointed at the example set: that
+        // set loads under the quickstart's config too.
         let text = std::fs::read_to_string(&path).unwrap();
-        if text.contains("# policies = \"../policies\"") {
+        if text.contains("policies = \"quickstart-policies\"") {
             let enabled = path.with_file_name(format!(
                 ".{}-with-policies.toml",
                 path.file_stem().unwrap().to_string_lossy()
             ));
             std::fs::write(
                 &enabled,
-                text.replace("# policies = \"../policies\"", "policies = \"../policies\""),
+                text.replace(
+                    "policies = \"quickstart-policies\"",
+                    "policies = \"../policies\"",
+                ),
             )
             .unwrap();
             let loaded = Config::load(&enabled);
@@ -230,4 +238,125 @@ fn the_replicas_compose_file_runs_three_replicas_of_one_config_behind_the_balanc
     let ship = config.audit.ship.as_ref().expect("[audit.ship]");
     assert!(ship.to.ends_with("?sslmode=require"), "{}", ship.to);
     assert!(ship.ca.is_some());
+}
+
+/// The README's first success, run as written: the three lines under "A
+/// first call, and a refused one", each with the binary built here and
+/// the quickstart's config (its example server the one built here, its
+/// data in a scratch folder). The call goes through, the refused one is
+/// refused by the quickstart's policy, and the log shows both.
+#[test]
+fn the_readmes_first_call_goes_through_and_its_refused_call_is_refused() {
+    let root = common::repo_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme
+        .split("## A first call, and a refused one")
+        .nth(1)
+        .expect("the README's first-call section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("its commands");
+    let lines: Vec<&str> = block
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 3, "three lines: {lines:?}");
+
+    let scratch = tempfile::tempdir().unwrap();
+    let quickstart = std::fs::read_to_string(root.join("examples/quickstart.toml")).unwrap();
+    let policies = root.join("examples/quickstart-policies");
+    let extra_rules = root.join("policies/redact-extra.toml");
+    let config_text = quickstart
+        .replace(
+            "\"../target/release/portcullis-example-server\"",
+            &format!("{:?}", common::example_server_bin()),
+        )
+        .replace(
+            "data_dir = \"../.portcullis\"",
+            &format!("data_dir = {:?}", scratch.path().join("data")),
+        )
+        .replace(
+            "policies = \"quickstart-policies\"",
+            &format!("policies = {policies:?}"),
+        )
+        .replace(
+            "\"../policies/redact-extra.toml\"",
+            &format!("{extra_rules:?}"),
+        );
+    assert!(!config_text.contains("\"../"), "{config_text}");
+    let config = scratch.path().join("quickstart.toml");
+    std::fs::write(&config, config_text).unwrap();
+
+    let run = |line: &str| {
+        let args = shell_words(line);
+        assert_eq!(args[0], "./target/release/portcullis", "{line}");
+        let args: Vec<String> = args[1..]
+            .iter()
+            .map(|arg| {
+                if arg == "examples/quickstart.toml" {
+                    config.to_string_lossy().into_owned()
+                } else {
+                    arg.clone()
+                }
+            })
+            .collect();
+        common::run_portcullis(args)
+    };
+    let (ok, stdout, stderr) = run(lines[0]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("example: hello"), "{stdout}");
+    let (ok, stdout, stderr) = run(lines[1]);
+    assert!(!ok, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("`example__add` was not called: denied by authz")
+            && stderr.contains("policies=quickstart-no-add"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = run(lines[2]);
+    assert!(ok, "{stdout}{stderr}");
+    let calls: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("tools/call"))
+        .collect();
+    assert_eq!(calls.len(), 2, "{stdout}");
+    assert!(
+        calls[0].contains("example:echo") && calls[0].contains("allow"),
+        "{stdout}"
+    );
+    assert!(
+        calls[1].contains("example:add") && calls[1].contains("deny"),
+        "{stdout}"
+    );
+}
+
+/// A shell line's words: spaces split them, single quotes keep theirs.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                any = true;
+            }
+            ' ' if !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            c => {
+                word.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(word);
+    }
+    words
 }

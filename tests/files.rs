@@ -2,7 +2,12 @@
 //! `data_dir` and everything in it are private (folders 0700, files 0600),
 //! a data folder another user owns or may write to is refused at start, and
 //! one an older proxy left readable is closed.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -5,7 +5,12 @@
 //! `audit query` and `audit verify --store postgres://…` read the fleet's
 //! log, and verification finds a record changed or removed in the
 //! database.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -2,7 +2,12 @@
 //! (`portcullis::fuzzing`) on the stable toolchain: what a fuzzer once
 //! found stays fixed, and the seeds stay meaningful. The fuzzers
 //! themselves run with `scripts/fuzz.sh` (cargo-fuzz, nightly).
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -14,7 +14,12 @@
 //! The attackers: a hostile server (tools, resources, errors, notifications
 //! and sampling requests toward the client) and a hostile client (requests
 //! and sampling answers toward a server).
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 #[path = "common/secrets.rs"]

@@ -5,7 +5,12 @@
 //! errors (only a JSON-RPC error to that very request, redacted; any other
 //! body is the status alone) and of a reply to a request it was not sent
 //! (nothing: the call fails at its timeout).
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -1,6 +1,11 @@
 //! Streamable HTTP edge cases through the real binary: authentication,
 //! DNS-rebinding protection, sessions, headers and bad bodies.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

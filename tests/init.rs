@@ -3,7 +3,12 @@
 //! `serve` on the generated config with the token `init` printed, `init`
 //! refusing to overwrite, and `client-config` snippets that are valid JSON
 //! and start a proxy that answers.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -2,7 +2,12 @@
 //! binary: what a server sends on its own reaches only the clients that may
 //! use it, `logging/setLevel` is per session, and a secret in a resource
 //! URI is neither stored nor shown.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -5,7 +5,12 @@
 //!
 //! Sources other than 127.0.0.1 are other loopback addresses (127.0.0.0/8
 //! is all loopback on Linux), so that one test can play several hosts.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

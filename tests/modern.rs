@@ -5,7 +5,12 @@
 //! are refused before any work, Cedar and redaction hold as on the
 //! handshake path, the record says which revision was spoken, and a client
 //! closing its response cancels the call at the server.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -4,7 +4,12 @@
 //! JWKS and introspection), the real proxy, and the Python SDK's own OAuth
 //! client (`mcp.client.auth`, driven by `tests/python/oauth_client.py`) or
 //! plain HTTP carrying tokens the server minted, good and hostile.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

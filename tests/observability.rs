@@ -1,7 +1,12 @@
 //! Operators' view of the real proxy: `GET /metrics` after a scripted
 //! session (every counter the session should move, moved by exactly that
 //! much), who may read it, and metrics switched off.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 

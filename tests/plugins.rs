@@ -1,7 +1,12 @@
 //! WASM plugins through the real proxy: the example plugins (built from
 //! their sources, or the checked-in builds) acting on real calls, hostile
 //! plugins contained, `plugin check`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 

@@ -2,7 +2,12 @@
 //! proxy run under one (`stdio --profile`): its servers only, a tool it
 //! leaves out neither listed nor callable (and no policy asked about it),
 //! every record naming the profile.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

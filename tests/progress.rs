@@ -2,7 +2,12 @@
 //! real binary run under a pseudo-terminal (`script`, util-linux) draws a
 //! status line on stderr; run with pipes, it prints exactly what it printed
 //! before.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -4,7 +4,12 @@
 //! and the protocol features that cross the proxy: list changes, progress,
 //! cancellation, sampling/elicitation/roots forwarding, resource updates,
 //! crashes and restarts, timeouts.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 // Sampling and roots are deprecated in rmcp (SEP-2577) but are part of the
 // protocol revisions the proxy speaks, and what these tests forward.
 #![allow(deprecated)]

@@ -1,7 +1,12 @@
 //! The official Python MCP SDK (`mcp` from PyPI) as the client, through the
 //! real binary over stdio and over streamable HTTP, with the example server
 //! and `mcp-server-time` behind the proxy.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -3,7 +3,12 @@
 //! positives reported per rule), gitleaks' default rules and samples
 //! (`redact/gitleaks.rs`), property tests of the interceptor, and redaction
 //! and denial end to end through the real proxy.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 #[path = "redact/corpus.rs"]
@@ -58,7 +63,7 @@ fn findings(scanner: &Scanner, text: &str) -> Vec<(String, String)> {
         .iter()
         .map(|f| {
             (
-                scanner.rule(f.rule).id.to_string(),
+                scanner.rule_id(f.rule).to_string(),
                 text[f.start..f.end].to_owned(),
             )
         })
@@ -356,7 +361,7 @@ proptest! {
         });
         let mut exchange = response_exchange(result);
         let before = exchange.message.clone();
-        prop_assert_eq!(interceptor.on_response(&mut exchange), Verdict::Continue);
+        prop_assert_eq!(interceptor.see(&mut exchange), Verdict::Continue);
         if clean {
             prop_assert_eq!(&exchange.message, &before);
             prop_assert!(exchange.annotations.is_empty());
@@ -382,7 +387,7 @@ proptest! {
         });
         let mut exchange = response_exchange(result);
         let before = exchange.message.clone();
-        prop_assert_eq!(interceptor.on_response(&mut exchange), Verdict::Continue);
+        prop_assert_eq!(interceptor.see(&mut exchange), Verdict::Continue);
         let once = exchange.message.clone();
         // Every planted secret is gone, everywhere.
         let serialized = serde_json::to_string(&once).unwrap();
@@ -399,7 +404,7 @@ proptest! {
         // Twice is once.
         let mut again = response_exchange(Value::Null);
         again.message = once.clone();
-        prop_assert_eq!(interceptor.on_response(&mut again), Verdict::Continue);
+        prop_assert_eq!(interceptor.see(&mut again), Verdict::Continue);
         prop_assert_eq!(&again.message, &once);
         prop_assert!(again.annotations.is_empty());
     }

@@ -9,7 +9,12 @@
 //!
 //! No position is special by its name: the generator favours the names a
 //! skip list would use (`blob`, `data` beside `"type": "image"`, `_meta`).
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 #[path = "common/secrets.rs"]
 mod secrets;
@@ -325,8 +330,8 @@ fn run(interceptor: &Redact, case: &Case) -> (Exchange, Verdict) {
         ),
     );
     let verdict = match case.phase {
-        Phase::Request => interceptor.on_request(&mut exchange),
-        Phase::Response => interceptor.on_response(&mut exchange),
+        Phase::Request => interceptor.see(&mut exchange),
+        Phase::Response => interceptor.see(&mut exchange),
         Phase::Notification => interceptor.on_notification(&mut exchange),
     };
     (exchange, verdict)
@@ -382,7 +387,7 @@ fn envelope_ok(message: &Value) -> bool {
             "tools/call",
         ),
     );
-    limits.on_request(&mut exchange) == Verdict::Continue
+    limits.see(&mut exchange) == Verdict::Continue
 }
 
 fn check(case: &Case) -> Result<(), TestCaseError> {

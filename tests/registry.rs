@@ -4,7 +4,12 @@
 //! pulled file that was changed or a pin it does not match); an artifact
 //! that is not a catalog refused; and an image pulled from it with `pull =
 //! "missing"`, its digest pin enforced. Fails, never skips.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

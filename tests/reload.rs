@@ -5,7 +5,12 @@
 //! the last good config; sections that only apply at start are named; a
 //! profile's tools change under `serve --profile`. Every reload is
 //! recorded (`config_reload`).
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -5,7 +5,12 @@
 //! answered by retrying. With rmcp 3.11's client, which drives the rounds
 //! itself, and by hand as an attacker would: another client's
 //! `requestState`, Cedar refusing the question, the record of each part.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 // Sampling is deprecated in rmcp (SEP-2577) but part of the revisions the
 // example server speaks, and what these tests exercise.
 #![allow(deprecated)]

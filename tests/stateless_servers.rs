@@ -12,7 +12,12 @@
 //! `mcp-server-time` from PyPI), a handshake-only one, and strict ones that
 //! exit on, or take their revision from, a first request other than
 //! `initialize`.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

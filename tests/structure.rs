@@ -5,7 +5,12 @@
 //! way round; `mod.rs` wires them and is exempt). Standard library only; the source is read as
 //! rustfmt leaves it.
 
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

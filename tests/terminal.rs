@@ -4,7 +4,12 @@
 //! bidirectional override), printed by the real binary. The output holds
 //! no raw control byte, one line per record; JSON output stays JSON, and
 //! the same value.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

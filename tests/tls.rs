@@ -4,7 +4,12 @@
 //! another CA refused at the handshake; a certificate replaced on disk and
 //! served to new connections after SIGHUP. Certificates are made by the
 //! test with the `openssl` command (which must be installed).
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 

@@ -5,7 +5,12 @@
 //! and handed on to the server in `_meta`, records and spans name each
 //! other, nothing of the arguments leaves, and a collector that is down
 //! costs calls nothing.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod common;
 

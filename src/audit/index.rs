@@ -31,7 +31,7 @@ const MAX_VALUE: usize = 512;
 pub(super) fn index_prefix(tag: u8, value: &str) -> Vec<u8> {
     let mut bytes = value.as_bytes();
     if bytes.len() > MAX_VALUE {
-        bytes = &bytes[..MAX_VALUE];
+        bytes = bytes.get(..MAX_VALUE).unwrap_or(bytes);
     }
     let mut key = Vec::with_capacity(3 + bytes.len() + 8);
     key.push(tag);
@@ -56,8 +56,10 @@ pub(super) fn block_key(prefix: &[u8], seq: u64) -> Vec<u8> {
 pub(super) fn postings(key: &[u8], value: &[u8]) -> Vec<u64> {
     let base = key_seq(key) << BLOCK_BITS;
     value
-        .chunks_exact(2)
-        .map(|pair| base + u64::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .as_chunks::<2>()
+        .0
+        .iter()
+        .map(|pair| base + u64::from(u16::from_be_bytes(*pair)))
         .collect()
 }
 
@@ -66,13 +68,14 @@ pub(super) fn postings(key: &[u8], value: &[u8]) -> Vec<u64> {
 /// open).
 pub(super) fn add_postings(value: &mut Vec<u8>, offsets: &[u16]) {
     let last = value
-        .rchunks_exact(2)
-        .next()
-        .map(|pair| u16::from_be_bytes([pair[0], pair[1]]));
+        .as_rchunks::<2>()
+        .1
+        .last()
+        .map(|pair| u16::from_be_bytes(*pair));
     if offsets
         .first()
         .is_some_and(|first| last.is_none_or(|last| *first > last))
-        && offsets.windows(2).all(|w| w[0] < w[1])
+        && offsets.is_sorted_by(|a, b| a < b)
     {
         for offset in offsets {
             value.extend_from_slice(&offset.to_be_bytes());
@@ -80,8 +83,10 @@ pub(super) fn add_postings(value: &mut Vec<u8>, offsets: &[u16]) {
         return;
     }
     let mut all: Vec<u16> = value
-        .chunks_exact(2)
-        .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+        .as_chunks::<2>()
+        .0
+        .iter()
+        .map(|pair| u16::from_be_bytes(*pair))
         .chain(offsets.iter().copied())
         .collect();
     all.sort_unstable();
@@ -114,7 +119,8 @@ pub(super) fn index_keys(record: &AuditRecord) -> Vec<Vec<u8>> {
 /// key, the block of a postings key.
 pub(super) fn key_seq(key: &[u8]) -> u64 {
     let mut bytes = [0u8; 8];
-    let tail = &key[key.len().saturating_sub(8)..];
-    bytes[8 - tail.len()..].copy_from_slice(tail);
+    for (to, from) in bytes.iter_mut().rev().zip(key.iter().rev()) {
+        *to = *from;
+    }
     u64::from_be_bytes(bytes)
 }

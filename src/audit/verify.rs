@@ -373,8 +373,10 @@ impl IndexCheck {
             let sorted = value.as_deref().is_none_or(|value| {
                 value.len() % 2 == 0
                     && value
-                        .chunks_exact(2)
-                        .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+                        .as_chunks::<2>()
+                        .0
+                        .iter()
+                        .map(|pair| u16::from_be_bytes(*pair))
                         .is_sorted_by(|a, b| a < b)
             });
             if !sorted {

@@ -85,14 +85,17 @@ impl Direct {
             self.tail = tail;
             return Err(std::io::Error::other("no block-aligned buffer"));
         };
-        buffer[..tail.len()].copy_from_slice(&tail);
-        buffer[tail.len()..used].copy_from_slice(frames);
+        // `len` > `used` = the tail and the frames: both fit.
+        let (old, new) = buffer.split_at_mut(tail.len());
+        old.copy_from_slice(&tail);
+        for (to, from) in new.iter_mut().zip(frames) {
+            *to = *from;
+        }
         let result = file.write_all_at(buffer, start);
-        let kept = if result.is_ok() {
+        let kept = match buffer.get(used - used % BLOCK..used) {
             // The new end's partial block.
-            &buffer[used - used % BLOCK..used]
-        } else {
-            &tail[..]
+            Some(partial) if result.is_ok() => partial,
+            _ => &tail[..],
         };
         self.tail = kept.to_vec();
         result
@@ -124,8 +127,11 @@ impl Wal {
             if header == [0; 8] {
                 break;
             }
-            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            let (Some(len), Some(crc)) = (header.first_chunk::<4>(), header.last_chunk::<4>())
+            else {
+                break;
+            };
+            let (len, crc) = (u32::from_le_bytes(*len) as usize, u32::from_le_bytes(*crc));
             let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
                 torn = true; // the append never finished
                 break;
@@ -173,7 +179,7 @@ impl Wal {
             let mut at = len;
             while at < WAL_PREALLOCATED {
                 let chunk = (WAL_PREALLOCATED - at).min(zeros.len() as u64) as usize;
-                file.write_all_at(&zeros[..chunk], at)
+                file.write_all_at(zeros.get(..chunk).unwrap_or(&zeros), at)
                     .map_err(|e| Self::io(path, e))?;
                 at += chunk as u64;
             }

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     };
     // Only returns if the exec failed.
     let err = Command::new(program)
-        .args(&args[4..])
+        .args(args.iter().skip(4))
         .stdin(stdin)
         .stdout(stdout)
         .exec();

@@ -691,9 +691,12 @@ async fn judge(
                 ..FilterParams::default()
             };
             let answer: serde_json::Value = api.get("/admin/audit", &params).await?.json().await?;
-            let last = answer["last_seq"].as_u64().unwrap_or_default();
-            let next: Option<AuditRecord> = answer["records"]
-                .get(0)
+            let last = answer
+                .get("last_seq")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or_default();
+            let next: Option<AuditRecord> = (answer.get("records"))
+                .and_then(|records| records.get(0))
                 .and_then(|r| serde_json::from_value(r.clone()).ok());
             match next {
                 Some(record) if record.seq == seq => (1, last, Some(record.hash)),

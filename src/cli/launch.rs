@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use crate::audit::Audit;
 use crate::config::{Config, UpstreamSpec};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Wiring};
 use crate::interceptors;
 
 /// Containers that a killed proxy left on this host are removed before any
@@ -38,7 +38,7 @@ async fn remove_orphaned_containers(config: &Config) {
 /// A gateway with its servers started, for a command that asks it
 /// something (no audit log).
 pub(super) async fn start_gateway(config: Config) -> anyhow::Result<Arc<Gateway>> {
-    let (gateway, events, _, _, _) = build_gateway(config, None)?;
+    let (gateway, events, _, _, _) = build_gateway(config, None, Traced::No)?;
     start(&gateway, events).await;
     Ok(gateway)
 }
@@ -53,7 +53,11 @@ pub(super) type Built = (
 
 /// The gateway and its chain; fails (before any server starts) when an
 /// interceptor cannot be built, such as a policy folder with errors.
-pub(super) fn build_gateway(config: Config, audit: Option<Audit>) -> anyhow::Result<Built> {
+pub(super) fn build_gateway(
+    config: Config,
+    audit: Option<Audit>,
+    traced: Traced,
+) -> anyhow::Result<Built> {
     let config = Arc::new(config);
     let built = interceptors::build_chain(&config).with_context(|| {
         format!(
@@ -61,15 +65,18 @@ pub(super) fn build_gateway(config: Config, audit: Option<Audit>) -> anyhow::Res
             config.file.display()
         )
     })?;
-    let (gateway, events) = Gateway::new(config, built.chain, audit);
-    gateway.scrub_with(built.scrubber);
-    if built.keep_arguments {
-        gateway.keep_arguments();
-    }
-    gateway.limit_access(built.access);
-    if let Some(places) = built.shared_places {
-        gateway.share_places(places);
-    }
+    let traces = match traced {
+        Traced::Yes => export_traces(&config)?,
+        Traced::No => None,
+    };
+    let wiring = Wiring {
+        scrubber: Some(built.scrubber),
+        keep_arguments: built.keep_arguments,
+        access: Some(built.access),
+        shared_places: built.shared_places,
+        traces,
+    };
+    let (gateway, events) = Gateway::new(config, built.chain, audit, wiring);
     Ok((
         gateway,
         events,
@@ -86,4 +93,25 @@ pub(super) async fn start(
 ) {
     remove_orphaned_containers(gateway.config()).await;
     gateway.start(events).await;
+}
+
+/// Whether a gateway exports traces (`serve` does, when
+/// `[observability.traces]` asks; the CLI's one-shot commands do not).
+pub(super) enum Traced {
+    Yes,
+    No,
+}
+
+/// The tracer and its exporter, when `[observability.traces]` asks.
+fn export_traces(
+    config: &Config,
+) -> anyhow::Result<Option<(crate::traces::Tracer, crate::traces::Export)>> {
+    let Some(traces) = &config.observability.traces else {
+        return Ok(None);
+    };
+    let (tracer, queue) = crate::traces::Tracer::new(traces.sample_ratio);
+    let exporter = crate::traces::Exporter::new(traces, tracer.counters())
+        .with_context(|| format!("{}: cannot export traces", config.file.display()))?;
+    tracing::info!(endpoint = %traces.endpoint, sample_ratio = traces.sample_ratio, "exporting traces over OTLP/HTTP");
+    Ok(Some((tracer, exporter.spawn(queue))))
 }

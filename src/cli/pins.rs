@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::interceptors::pinning::{
     Files, Finding, Pin, PinEvent, poison::Rules, review, rule_ids, short, store,
 };
-use crate::protocol::{shown, shown_json};
+use crate::protocol::{At, shown, shown_json};
 
 /// The audit record of a pin event.
 pub fn record(event: &PinEvent, separator: &str) -> AuditRecord {
@@ -149,32 +149,55 @@ fn print_table(rows: &[Value], files: &Files) {
         "TOOL", "STATE", "PINNED", "SEEN", "BY"
     );
     // Tool names and times come from the pin files, which servers filled.
-    let text = |value: &Value| shown(value.as_str().unwrap_or("-")).into_owned();
+    let text =
+        |value: Option<&Value>| shown(value.and_then(Value::as_str).unwrap_or("-")).into_owned();
     for row in rows {
         let findings: Vec<Finding> =
-            serde_json::from_value(row["findings"].clone()).unwrap_or_default();
+            serde_json::from_value(row.at(&["findings"]).cloned().unwrap_or_default())
+                .unwrap_or_default();
         println!(
             "{:<36} {:<9} {:<12} {:<12} {:<22} {}",
-            text(&row["tool"]),
-            text(&row["state"]),
-            short(row["pinned"]["sha256"].as_str().unwrap_or("-")),
-            short(row["seen"]["sha256"].as_str().unwrap_or("-")),
-            text(&row["pinned"]["by"]),
+            text(row.at(&["tool"])),
+            text(row.at(&["state"])),
+            short(
+                row.at(&["pinned", "sha256"])
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+            ),
+            short(
+                row.at(&["seen", "sha256"])
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+            ),
+            text(row.at(&["pinned", "by"])),
             flags(&findings),
         );
     }
     for row in rows {
-        let name = text(&row["tool"]);
+        let name = text(row.at(&["tool"]));
         let findings: Vec<Finding> =
-            serde_json::from_value(row["findings"].clone()).unwrap_or_default();
-        if let Some(diff) = row["diff"].as_array().filter(|d| !d.is_empty()) {
+            serde_json::from_value(row.at(&["findings"]).cloned().unwrap_or_default())
+                .unwrap_or_default();
+        if let Some(diff) = row
+            .at(&["diff"])
+            .and_then(Value::as_array)
+            .filter(|d| !d.is_empty())
+        {
             println!(
                 "\n{name}: pinned {} ({}, {}) -> seen {} ({}):",
-                short(row["pinned"]["sha256"].as_str().unwrap_or_default()),
-                text(&row["pinned"]["by"]),
-                text(&row["pinned"]["pinned_at"]),
-                short(row["seen"]["sha256"].as_str().unwrap_or_default()),
-                text(&row["seen"]["seen_at"]),
+                short(
+                    row.at(&["pinned", "sha256"])
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                ),
+                text(row.at(&["pinned", "by"])),
+                text(row.at(&["pinned", "pinned_at"])),
+                short(
+                    row.at(&["seen", "sha256"])
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                ),
+                text(row.at(&["seen", "seen_at"])),
             );
             for line in diff {
                 // Escaped where it was made (`store::diff`); shown again in
@@ -190,7 +213,10 @@ fn print_table(rows: &[Value], files: &Files) {
             }
         }
     }
-    let waiting = rows.iter().filter(|row| row["seen"].is_object()).count();
+    let waiting = rows
+        .iter()
+        .filter(|row| row.at(&["seen"]).is_some_and(Value::is_object))
+        .count();
     if waiting > 0 {
         println!(
             "\n{waiting} awaiting approval: `portcullis tools approve TOOL --config FILE` pins what was seen"

@@ -113,11 +113,11 @@ fn scan(file: Option<PathBuf>, config: Option<PathBuf>, format: Format) -> anyho
     let lines = LineIndex::new(&bytes);
     let rows: Vec<_> = findings
         .iter()
-        .map(|finding| {
-            let rule = scanner.rule(finding.rule);
+        .filter_map(|finding| {
+            let rule = scanner.rule(finding.rule)?;
             let (line, column) = lines.locate(&bytes, finding.start);
-            let secret = &bytes[finding.start..finding.end];
-            (rule, line, column, secret.len(), masked(secret))
+            let secret = bytes.get(finding.start..finding.end).unwrap_or_default();
+            Some((rule, line, column, secret.len(), masked(secret)))
         })
         .collect();
     match format {
@@ -163,7 +163,7 @@ pub fn masked(secret: &[u8]) -> String {
         12..24 => 3,
         _ => 6,
     };
-    let head = String::from_utf8_lossy(&secret[..shown]);
+    let head = String::from_utf8_lossy(secret.get(..shown).unwrap_or_default());
     format!("{head}… ({} chars)", secret.len())
 }
 
@@ -182,8 +182,11 @@ impl LineIndex {
 
     fn locate(&self, bytes: &[u8], offset: usize) -> (usize, usize) {
         let line = self.starts.partition_point(|&start| start <= offset);
-        let start = self.starts[line - 1];
-        let column = String::from_utf8_lossy(&bytes[start..offset])
+        let start = (line.checked_sub(1))
+            .and_then(|line| self.starts.get(line))
+            .copied()
+            .unwrap_or_default();
+        let column = String::from_utf8_lossy(bytes.get(start..offset).unwrap_or_default())
             .chars()
             .count()
             + 1;

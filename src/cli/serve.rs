@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::launch::{build_gateway, start};
+use super::launch::{Traced, build_gateway, start};
 use super::records::{plugin_record, record_start, reload_record};
 use super::{audit_keys, pins};
 use crate::audit::{Audit, SledStorage};
@@ -45,12 +45,12 @@ pub(super) async fn serve(
         listen_off: stdio_client.is_some() && listen.is_none(),
     };
     let config_sha256 = super::config_sha256(&config.file);
-    let (gateway, events, policies, pinning, plugins) = build_gateway(config, Some(audit))?;
+    let (gateway, events, policies, pinning, plugins) =
+        build_gateway(config, Some(audit), Traced::Yes)?;
     gateway.set_enforced(crate::gateway::Enforced {
         config_sha256: config_sha256.clone(),
         restart_required: Vec::new(),
     });
-    export_traces(&gateway)?;
     record_start(
         &gateway,
         &role,
@@ -205,20 +205,6 @@ pub(super) fn open_audit(config: &Config, role: &str) -> anyhow::Result<Audit> {
     .shipping_to(shipped))
 }
 
-/// Exports traces over OTLP/HTTP, when `[observability.traces]` asks.
-fn export_traces(gateway: &Gateway) -> anyhow::Result<()> {
-    if let Some(traces) = &gateway.config().observability.traces {
-        let (tracer, queue) = crate::traces::Tracer::new(traces.sample_ratio);
-        let exporter =
-            crate::traces::Exporter::new(traces, tracer.counters()).with_context(|| {
-                format!("{}: cannot export traces", gateway.config().file.display())
-            })?;
-        tracing::info!(endpoint = %traces.endpoint, sample_ratio = traces.sample_ratio, "exporting traces over OTLP/HTTP");
-        gateway.trace_with(tracer, exporter.spawn(queue));
-    }
-    Ok(())
-}
-
 /// Plugin, pin and policy events go to the audit log as they happen; pins
 /// and policies are watched for changes.
 pub(super) fn record_events(
@@ -247,7 +233,7 @@ pub(super) fn record_events(
                 )
             });
             if reloaded {
-                recorder.announce(crate::gateway::ListKind::Tools);
+                recorder.announce(crate::protocol::List::Tools);
             }
             // A batch's records are committed in order, by one task.
             recorder.record_events(
@@ -265,7 +251,7 @@ pub(super) fn record_events(
             let mut reloads = engine.subscribe();
             let recorder = gateway.clone();
             tokio::spawn(async move {
-                use crate::gateway::ListKind;
+                use crate::protocol::List;
                 use tokio::sync::broadcast::error::RecvError;
                 loop {
                     let applied = match reloads.recv().await {
@@ -287,7 +273,7 @@ pub(super) fn record_events(
                     // What each client may list may have changed: it is
                     // told, as of a server's list change.
                     if applied {
-                        for kind in [ListKind::Tools, ListKind::Prompts, ListKind::Resources] {
+                        for kind in [List::Tools, List::Prompts, List::Resources] {
                             recorder.announce(kind);
                         }
                     }

@@ -78,7 +78,7 @@ pub(super) async fn list_tools(
 ) -> Result<Vec<Value>, String> {
     let init = crate::protocol::request(
         json!(0),
-        "initialize",
+        crate::protocol::Method::Initialize.as_str(),
         json!({ "protocolVersion": crate::protocol::LATEST_VERSION, "capabilities": {}, "clientInfo": { "name": "portcullis-cli", "version": env!("CARGO_PKG_VERSION") } }),
     );
     let _ = gateway.handle(session, init).await;
@@ -91,7 +91,11 @@ pub(super) async fn list_tools(
         let reply = gateway
             .handle(
                 session,
-                crate::protocol::request(json!(1), "tools/list", params),
+                crate::protocol::request(
+                    json!(1),
+                    crate::protocol::Method::ToolsList.as_str(),
+                    params,
+                ),
             )
             .await
             .unwrap_or(Value::Null);

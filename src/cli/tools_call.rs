@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use super::launch::{build_gateway, start};
+use super::launch::{Traced, build_gateway, start};
 use super::tools::{Discard, list_tools, viewer};
 use crate::chain::Transport;
 use crate::config::Config;
@@ -42,7 +42,8 @@ pub(super) async fn tools_call(
     let config_sha256 = super::config_sha256(&config.file);
     let audit = super::serve::open_audit(&config, ROLE)?
         .with_profile(config.profile.as_ref().map(|profile| profile.name.as_str()));
-    let (gateway, events, policies, pinning, plugins) = build_gateway(config, Some(audit))?;
+    let (gateway, events, policies, pinning, plugins) =
+        build_gateway(config, Some(audit), Traced::No)?;
     // Recorded as a proxy's run is: its start, and what pinning and the
     // plugins report while it runs (a first-use pin, a flagged tool).
     super::records::record_start(&gateway, ROLE, config_sha256, policies.as_deref(), &plugins);
@@ -66,7 +67,7 @@ pub(super) async fn tools_call(
             shown(&error["code"].to_string())
         );
     }
-    let result = &reply["result"];
+    let result = reply.get("result").unwrap_or(&Value::Null);
     println!(
         "{}",
         shown_json(&serde_json::to_string_pretty(result).unwrap_or_default())
@@ -94,14 +95,14 @@ async fn call(
     );
     let init = crate::protocol::request(
         json!(0),
-        "initialize",
+        crate::protocol::Method::Initialize.as_str(),
         json!({ "protocolVersion": crate::protocol::LATEST_VERSION, "capabilities": {},
             "clientInfo": { "name": "portcullis-cli", "version": env!("CARGO_PKG_VERSION") } }),
     );
     let _ = gateway.handle(&session, init).await;
     let call = crate::protocol::request(
         json!(1),
-        "tools/call",
+        crate::protocol::Method::ToolsCall.as_str(),
         json!({ "name": tool, "arguments": arguments }),
     );
     let reply = gateway.handle(&session, call).await;

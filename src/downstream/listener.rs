@@ -154,12 +154,12 @@ async fn refuse(mut stream: TcpStream) {
     let mut head = [0u8; 4096];
     let mut seen = 0;
     let _ = tokio::time::timeout(REFUSAL_TIME, async {
-        while seen < head.len() {
-            match stream.read(&mut head[seen..]).await {
+        while let Some(rest) = head.get_mut(seen..).filter(|rest| !rest.is_empty()) {
+            match stream.read(rest).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => seen += n,
             }
-            if head[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
+            if (head.get(..seen)).is_some_and(|read| read.windows(4).any(|w| w == b"\r\n\r\n")) {
                 return;
             }
         }

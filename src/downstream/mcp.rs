@@ -29,7 +29,7 @@ use super::slots::{Cap, Slot};
 use super::state::{HttpState, plain_error};
 use crate::chain::{ClientIdentity, Transport};
 use crate::gateway::{Failure, Resumed};
-use crate::protocol::{self, IdKey, Kind};
+use crate::protocol::{self, IdKey, Kind, Method};
 
 pub(super) fn routes() -> Router<Arc<HttpState>> {
     Router::new().route(
@@ -46,7 +46,7 @@ fn handshake_headers_match(headers: &HeaderMap, incoming: &Incoming) -> Result<(
         single_header(headers, VERSION_HEADER)?,
     );
     if let Some(header_method) = method
-        && header_method.to_str().ok() != incoming.method.as_deref()
+        && header_method.to_str().ok() != incoming.method.as_ref().map(Method::as_str)
     {
         return Err(Failure::MethodHeaderMismatch);
     }
@@ -277,12 +277,10 @@ async fn post_message(
     };
     http_session.touch();
     let message = incoming.message;
-    let local = matches!(
-        incoming.method.as_deref(),
-        Some(
-            "ping" | "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list"
-        )
-    );
+    let local = incoming
+        .method
+        .as_ref()
+        .is_some_and(|method| *method == Method::Ping || method.list().is_some());
     match message.get("id").and_then(IdKey::from_value) {
         Some(id) if !local && accepts(&headers, "text/event-stream") => {
             let parts = (session, http_session.outlet.clone());

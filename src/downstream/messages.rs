@@ -18,7 +18,7 @@ use super::detached::Detached;
 use super::sessions::{CALL_STREAM_CAP, HttpOutlet, Queued, lock};
 use super::state::{BodyError, HttpState, body_timed_out, plain_error, read_body};
 use crate::gateway::{Failure, Gateway, Session};
-use crate::protocol::{self, IdKey, Kind, ParseError};
+use crate::protocol::{self, IdKey, Kind, Method, ParseError};
 
 pub(super) const SESSION_HEADER: &str = "mcp-session-id";
 pub(super) const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -60,7 +60,8 @@ pub(super) fn accepts(headers: &HeaderMap, mime: &str) -> bool {
 pub(super) struct Incoming {
     pub(super) message: Value,
     pub(super) kind: Option<Kind>,
-    pub(super) method: Option<String>,
+    /// Parsed once, where the message enters.
+    pub(super) method: Option<Method>,
     /// What a refusal answers: a request's id, anything else `null`, so
     /// that a refused response is never taken for the answer to a request.
     pub(super) request_id: Value,
@@ -68,7 +69,7 @@ pub(super) struct Incoming {
 
 impl Incoming {
     pub(super) fn is_initialize(&self) -> bool {
-        self.kind == Some(Kind::Request) && self.method.as_deref() == Some("initialize")
+        self.kind == Some(Kind::Request) && self.method == Some(Method::Initialize)
     }
 }
 
@@ -111,7 +112,7 @@ pub(super) async fn read_message(state: &HttpState, body: Body) -> Result<Incomi
         Some(Kind::Request) => message.get("id").cloned().unwrap_or(Value::Null),
         _ => Value::Null,
     };
-    let method = protocol::method(&message).map(str::to_owned);
+    let method = Method::of(&message);
     Ok(Incoming {
         message,
         kind,

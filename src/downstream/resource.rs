@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::state::{HttpState, plain_error};
 use crate::config::OauthConfig;
+use crate::protocol::At;
 
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
@@ -59,7 +60,7 @@ async fn metadata(State(state): State<Arc<HttpState>>) -> Response {
         "resource_name": "Portcullis",
     });
     if !config.scopes.is_empty() {
-        body["scopes_supported"] = json!(config.scopes);
+        body.put(&["scopes_supported"], json!(config.scopes));
     }
     (
         [(

@@ -139,7 +139,7 @@ impl Sealer {
             })?;
             let digest = Sha256::digest(bytes);
             let mut id = [0u8; KEY_ID_LEN];
-            id.copy_from_slice(&digest[..KEY_ID_LEN]);
+            id.iter_mut().zip(digest).for_each(|(to, from)| *to = from);
             if keys.iter().any(|key| key.id == id) {
                 return Err(bad("the same key is listed twice"));
             }
@@ -277,8 +277,11 @@ impl Sealer {
 /// and the key that sealed it.
 fn associated(key_id: &[u8; KEY_ID_LEN]) -> [u8; PREFIX.len() + KEY_ID_LEN] {
     let mut bound = [0u8; PREFIX.len() + KEY_ID_LEN];
-    bound[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
-    bound[PREFIX.len()..].copy_from_slice(key_id);
+    let from = PREFIX.as_bytes().iter().chain(key_id);
+    bound
+        .iter_mut()
+        .zip(from)
+        .for_each(|(to, from)| *to = *from);
     bound
 }
 
@@ -288,7 +291,10 @@ fn associated(key_id: &[u8; KEY_ID_LEN]) -> [u8; PREFIX.len() + KEY_ID_LEN] {
 pub fn record_id(sealed_id: &str) -> String {
     let digest = Sha256::digest(sealed_id.as_bytes());
     let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
+    bytes
+        .iter_mut()
+        .zip(digest)
+        .for_each(|(to, from)| *to = from);
     uuid::Builder::from_custom_bytes(bytes)
         .into_uuid()
         .to_string()
@@ -313,7 +319,11 @@ fn identity_digest(client: &ClientIdentity) -> String {
         token,
     ]);
     // 128 bits: the id is sealed, so this need only tell identities apart.
-    hex::encode(&Sha256::digest(identity.to_string())[..16])
+    hex::encode(
+        Sha256::digest(identity.to_string())
+            .get(..16)
+            .unwrap_or_default(),
+    )
 }
 
 /// The client capabilities an id keeps: those the proxy reads, whole if

@@ -264,7 +264,7 @@ pub(super) async fn read_body(
                 for part in &parts {
                     head.extend_from_slice(part);
                 }
-                head.extend_from_slice(&chunk[..limit - length]);
+                head.extend(chunk.iter().take(limit - length));
                 return Err(BodyError::TooLarge(head.into()));
             }
             length += chunk.len();

@@ -30,7 +30,7 @@ use super::sessions::CLIENT_IN_FLIGHT;
 use super::state::{HttpState, plain_error};
 use crate::chain::{ClientIdentity, Transport};
 use crate::gateway::{Failure, Gateway, Session, version_spoken};
-use crate::protocol::{self, IdKey, Kind, code};
+use crate::protocol::{self, At, IdKey, Kind, Method, code};
 
 /// Ends a request's session when dropped: when its answer was sent, or
 /// when the client closed the response before that (which cancels the
@@ -49,7 +49,7 @@ impl Drop for Hangup {
 /// A 2026-07-28 reply's HTTP status when the request's method is one the
 /// proxy does not know: its unknown-method error is 404.
 fn unknown_method(reply: &Value) -> StatusCode {
-    if reply["error"]["code"].as_i64() == Some(code::METHOD_NOT_FOUND) {
+    if reply.at(&["error", "code"]).and_then(Value::as_i64) == Some(code::METHOD_NOT_FOUND) {
         StatusCode::NOT_FOUND
     } else {
         StatusCode::OK
@@ -92,7 +92,7 @@ fn headers_match(headers: &HeaderMap, incoming: &Incoming, version: &str) -> Res
         None if incoming.kind == Some(Kind::Request) => {
             return mismatch("the Mcp-Method header is required");
         }
-        Some(sent) if Some(sent) != incoming.method.as_deref() => {
+        Some(sent) if Some(sent) != incoming.method.as_ref().map(Method::as_str) => {
             return mismatch("the Mcp-Method header does not match the message's method");
         }
         _ => {}
@@ -150,7 +150,7 @@ pub(super) async fn post(
     }
     // A listen stream is a stream: a client that takes only JSON would wait
     // for an answer that comes at shutdown.
-    if incoming.method.as_deref() == Some("subscriptions/listen")
+    if incoming.method == Some(Method::SubscriptionsListen)
         && !accepts(headers, "text/event-stream")
     {
         return plain_error(
@@ -173,14 +173,11 @@ pub(super) async fn post(
         session: session.clone(),
     };
     let gateway = state.gateway.clone();
-    let known = incoming
-        .method
-        .as_deref()
-        .is_some_and(|method| protocol::MODERN_METHODS.contains(&method));
+    let known = incoming.method.as_ref().is_some_and(Method::served_modern);
     // A listen stream lasts as long as the token it was opened with; a
     // call's stream, until its answer.
-    let ends = match incoming.method.as_deref() {
-        Some("subscriptions/listen") => expiry,
+    let ends = match incoming.method {
+        Some(Method::SubscriptionsListen) => expiry,
         _ => super::auth::Expiry::default(),
     };
     let status_of = if known { known_method } else { unknown_method };

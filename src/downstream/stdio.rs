@@ -14,7 +14,7 @@ use super::DownstreamError;
 use super::sessions::lock;
 use crate::chain::{ClientIdentity, Transport};
 use crate::gateway::{Failure, Gateway, Outlet, Session, checked_envelope};
-use crate::protocol::{self, At as _, Frame, FrameReader, IdKey, Kind};
+use crate::protocol::{self, At as _, Frame, FrameReader, IdKey, Kind, Method};
 
 /// Lines waiting for a client that has not read them yet. Past it, what
 /// servers send on their own (progress, logs, list changes) is dropped and
@@ -172,7 +172,7 @@ where
         // that `initialized` or a cancellation is never overtaken; other
         // requests run concurrently.
         let inline = protocol::classify(&message) != Some(Kind::Request)
-            || protocol::method(&message) == Some("initialize");
+            || Method::of(&message) == Some(Method::Initialize);
         // A request waits here, unread behind it, while all the client's
         // others are in the works (their replies wait for the client).
         let permit = if inline {
@@ -244,7 +244,7 @@ impl Connection {
         if matches!(self.era, Era::Undecided) && protocol::classify(&message) == Some(Kind::Request)
         {
             let modern = protocol::envelope_version(&message).is_some()
-                && protocol::method(&message) != Some("initialize");
+                && Method::of(&message) != Some(Method::Initialize);
             self.era = if modern {
                 tracing::debug!(client = %self.client.name, "stdio connection speaks 2026-07-28");
                 Era::Modern(Arc::default())
@@ -257,7 +257,7 @@ impl Connection {
             Era::Handshake(session) => {
                 if protocol::classify(&message) == Some(Kind::Request)
                     && protocol::envelope_version(&message) == Some(protocol::MODERN_VERSION)
-                    && protocol::method(&message) != Some("initialize")
+                    && Method::of(&message) != Some(Method::Initialize)
                 {
                     return Some(self.refusal(&message, Failure::ModernOnHandshake));
                 }
@@ -315,7 +315,7 @@ impl Connection {
         match protocol::classify(&message) {
             Some(Kind::Request) => {}
             Some(Kind::Notification) => {
-                if protocol::method(&message) == Some("notifications/cancelled")
+                if Method::of(&message) == Some(Method::Cancelled)
                     && let Some(id) = message
                         .at(&["params", "requestId"])
                         .and_then(IdKey::from_value)
@@ -327,7 +327,7 @@ impl Connection {
             }
             _ => return None,
         }
-        if protocol::method(&message) == Some("initialize") {
+        if Method::of(&message) == Some(Method::Initialize) {
             let asked = message
                 .at(&["params", "protocolVersion"])
                 .and_then(Value::as_str)

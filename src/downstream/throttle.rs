@@ -75,7 +75,7 @@ impl Credential {
             .char_indices()
             .nth(CREDENTIAL_PREFIX)
             .map_or(token.len(), |(at, _)| at);
-        Self(Sha256::digest(&token.as_bytes()[..end]).into())
+        Self(Sha256::digest(token.as_bytes().get(..end).unwrap_or_default()).into())
     }
 
     /// The key of a token counted on its own: an identity provider's

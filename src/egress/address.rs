@@ -43,8 +43,13 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
     let segments = v6.segments();
     let octets = v6.octets();
-    let tail =
-        |at: usize| Ipv4Addr::new(octets[at], octets[at + 1], octets[at + 2], octets[at + 3]);
+    let tail = |at: usize| {
+        let mut four = [0u8; 4];
+        for (to, from) in four.iter_mut().zip(octets.iter().skip(at)) {
+            *to = *from;
+        }
+        Ipv4Addr::from(four)
+    };
     match segments {
         // 64:ff9b::/96 (NAT64).
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => IpAddr::V4(tail(12)),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::chain::{Definition, Directory, Offered};
+use crate::protocol::{At, List};
 
 /// One server's lists, as it sent them (lossless).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -16,24 +17,6 @@ pub struct ServerLists {
     pub prompts: Vec<Value>,
     pub resources: Vec<Value>,
     pub templates: Vec<Value>,
-}
-
-/// Which list a change touched, for `notifications/*/list_changed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListKind {
-    Tools,
-    Prompts,
-    Resources,
-}
-
-impl ListKind {
-    pub fn notification(self) -> &'static str {
-        match self {
-            Self::Tools => "notifications/tools/list_changed",
-            Self::Prompts => "notifications/prompts/list_changed",
-            Self::Resources => "notifications/resources/list_changed",
-        }
-    }
 }
 
 /// The merged view, rebuilt whenever one server's lists change.
@@ -90,7 +73,7 @@ impl Catalog {
         lists: Option<Arc<ServerLists>>,
         names: &[Arc<str>],
         separator: &str,
-    ) -> (Self, Vec<ListKind>) {
+    ) -> (Self, Vec<List>) {
         // Each server's lists are shared, not copied, into the next catalog.
         let mut per_server = self.per_server.clone();
         let empty = ServerLists::default();
@@ -102,13 +85,13 @@ impl Catalog {
         let new = lists.as_deref().unwrap_or(&empty);
         let mut changed = Vec::new();
         if old.tools != new.tools {
-            changed.push(ListKind::Tools);
+            changed.push(List::Tools);
         }
         if old.prompts != new.prompts {
-            changed.push(ListKind::Prompts);
+            changed.push(List::Prompts);
         }
         if old.resources != new.resources || old.templates != new.templates {
-            changed.push(ListKind::Resources);
+            changed.push(List::Resources);
         }
         // A server a reload added is past the last one known.
         if per_server.len() <= server {
@@ -355,7 +338,7 @@ fn namespace(
             continue;
         }
         let mut item = item.clone();
-        item["name"] = Value::from(namespaced.as_str());
+        item.put(&["name"], Value::from(namespaced.as_str()));
         index.insert(namespaced, (server, name.to_owned(), out.len()));
         out.push(item);
     }
@@ -409,7 +392,7 @@ mod tests {
             &names,
             "__",
         );
-        assert_eq!(changed, vec![ListKind::Tools, ListKind::Resources]);
+        assert_eq!(changed, vec![List::Tools, List::Resources]);
         let (catalog, _) = catalog.with_server(
             1,
             Some(Arc::new(ServerLists {
@@ -448,7 +431,7 @@ mod tests {
         );
 
         let (catalog, changed) = catalog.with_server(0, None, &names, "__");
-        assert_eq!(changed, vec![ListKind::Tools, ListKind::Resources]);
+        assert_eq!(changed, vec![List::Tools, List::Resources]);
         assert_eq!(catalog.tool("fs__read"), None);
         assert_eq!(catalog.resource_owner("file:///a"), Some(1));
     }

@@ -24,7 +24,8 @@ use crate::interceptors::authz::{Action, Target};
 use crate::protocol::{self, At as _};
 use crate::search::{Index, server_fields};
 
-use super::{Catalog, Gateway, ListKind, ServerLists, Session, lock};
+use super::{Catalog, Gateway, ServerLists, Session, lock};
+use crate::protocol::List;
 
 /// Servers `portcullis__find` returns unless the call asks for fewer.
 const DEFAULT_FOUND: usize = 10;
@@ -355,7 +356,7 @@ impl Gateway {
 
     /// Tells the sessions that added catalog server `index` that its list
     /// changed (nobody else sees it).
-    pub(super) fn announce_to_holders(&self, index: usize, kind: ListKind) {
+    pub(super) fn announce_to_holders(&self, index: usize, kind: List) {
         let Some(discovery) = &self.discovery else {
             return;
         };
@@ -371,8 +372,8 @@ impl Gateway {
 
     /// Sends `holder` a list change: its session, or a 2026-07-28 client's
     /// listen streams.
-    fn tell(&self, holder: &Holder, kind: ListKind) {
-        let message = protocol::notification(kind.notification(), json!({}));
+    fn tell(&self, holder: &Holder, kind: List) {
+        let message = protocol::notification(kind.changed().as_str(), json!({}));
         let sessions = match holder {
             Holder::Session(key) => self.session(*key).into_iter().collect(),
             Holder::Client(name) => {
@@ -395,7 +396,9 @@ impl Gateway {
     ) -> Result<Value, super::Failure> {
         let id = exchange.message.get("id").cloned().unwrap_or(Value::Null);
         let Some(discovery) = &self.discovery else {
-            return Err(super::Failure::MethodNotFound("tools/call".into()));
+            return Err(super::Failure::MethodNotFound(
+                protocol::Method::ToolsCall.to_string(),
+            ));
         };
         let arguments = exchange
             .message
@@ -470,7 +473,7 @@ impl Gateway {
                     "available": entry.server.is_ok(),
                 });
                 if let Err(reason) = &entry.server {
-                    found["reason"] = Value::from(reason.as_str());
+                    found.put(&["reason"], Value::from(reason.as_str()));
                 }
                 found
             })
@@ -487,7 +490,7 @@ impl Gateway {
         action: Action,
         entry: &Entry,
     ) -> Option<crate::interceptors::authz::Decision> {
-        let access = self.access.get()?;
+        let access = self.access.as_ref()?;
         access.decide(
             &session.client,
             (session.transport, protocol, &session.id),
@@ -630,11 +633,11 @@ impl Gateway {
             return;
         };
         let kinds = [
-            (!lists.tools.is_empty(), ListKind::Tools),
-            (!lists.prompts.is_empty(), ListKind::Prompts),
+            (!lists.tools.is_empty(), List::Tools),
+            (!lists.prompts.is_empty(), List::Prompts),
             (
                 !lists.resources.is_empty() || !lists.templates.is_empty(),
-                ListKind::Resources,
+                List::Resources,
             ),
         ];
         for (changed, kind) in kinds {

@@ -69,16 +69,27 @@ impl Storage for Memory {
 /// as it saw it.
 struct Ends(Shared<(String, Phase, Outcome)>, Shared<Value>);
 
+impl Ends {
+    /// A request, either way, as it passed.
+    fn saw(&self, exchange: &Exchange) -> Verdict {
+        if let Ok(mut seen) = self.1.lock() {
+            seen.push(exchange.message.clone());
+        }
+        Verdict::Continue
+    }
+}
+
 impl Interceptor for Ends {
     fn name(&self) -> &str {
         "ends"
     }
 
-    fn on_request(&self, exchange: &mut Exchange) -> Verdict {
-        if let Ok(mut seen) = self.1.lock() {
-            seen.push(exchange.message.clone());
-        }
-        Verdict::Continue
+    fn on_client_request(&self, exchange: &mut Exchange) -> Verdict {
+        self.saw(exchange)
+    }
+
+    fn on_server_request(&self, exchange: &mut Exchange) -> Verdict {
+        self.saw(exchange)
     }
 
     fn on_outcome(&self, exchange: &Exchange, outcome: &Outcome) {

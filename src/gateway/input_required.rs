@@ -108,7 +108,11 @@ fn questions(reply: &Value) -> Option<Result<Questions, Failure>> {
     for (key, request) in requests {
         let method = request.get("method").and_then(Value::as_str);
         // What a round may ask: the requests that need a client capability.
-        let askable = |method: &&str| super::server::capability_of(method).is_some();
+        let askable = |method: &&str| {
+            protocol::Method::parse(method)
+                .client_capability()
+                .is_some()
+        };
         let Some(method) = method.filter(askable) else {
             return bad("an input request is not sampling, elicitation or roots");
         };
@@ -118,7 +122,7 @@ fn questions(reply: &Value) -> Option<Result<Questions, Failure>> {
         );
         let mut message = protocol::request(json!(id), method, json!({}));
         if let Some(params) = request.get("params") {
-            message["params"] = params.clone();
+            message.put(&["params"], params.clone());
         }
         asked.push((key.clone(), message));
     }
@@ -235,7 +239,9 @@ impl Gateway {
                 let Some((at, answer)) = next else {
                     break;
                 };
-                let (key, message) = &asked[at];
+                let Some((key, message)) = asked.get(at) else {
+                    continue;
+                };
                 // The first question not answered with a result ends the
                 // call (the others are withdrawn from the client).
                 let Some(result) = answer.get("result") else {

@@ -130,7 +130,7 @@ impl Gateway {
         let subscribes = uris.into_iter().enumerate().map(|(n, uri)| {
             let subscribe = json!({ "jsonrpc": "2.0",
                 "id": format!("portcullis-listen-{listen_id}-{n}"),
-                "method": "resources/subscribe", "params": { "uri": uri } });
+                "method": protocol::Method::ResourcesSubscribe.as_str(), "params": { "uri": uri } });
             async move {
                 let reply = Box::pin(self.handle_request(session, subscribe)).await;
                 if reply.is_some_and(|reply| reply.get("result").is_some()) {

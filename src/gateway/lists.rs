@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
-use crate::protocol;
+use crate::protocol::{self, List};
 use crate::upstream::{Status, Upstream};
 
-use super::{Catalog, Gateway, ListKind, ServerLists, lock};
+use super::{Catalog, Gateway, ServerLists, lock};
 
 /// Upstream pagination is followed for at most this many pages per list.
 pub(super) const MAX_LIST_PAGES: usize = 100;
@@ -38,8 +38,8 @@ impl ListBudget {
 /// Why a list was cut short, and what of it was kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Cut {
-    /// `tools/list`, …
-    pub(super) method: &'static str,
+    /// The list (its method: `tools/list`, …).
+    pub(super) list: List,
     pub(super) kept: usize,
     pub(super) cause: CutCause,
 }
@@ -79,7 +79,8 @@ impl Cut {
         };
         format!(
             "{} cut at {} items: the server sent {cause}",
-            self.method, self.kept
+            self.list.method(),
+            self.kept
         )
     }
 
@@ -91,7 +92,8 @@ impl Cut {
             CutCause::CursorAgain => ("cursor_again", None),
             CutCause::CursorTooLong => ("cursor_too_long", Some(MAX_CURSOR)),
         };
-        json!({ "list": self.method, "kept": self.kept, "cause": cause, "limit": limit })
+        let list = self.list.method();
+        json!({ "list": list.as_str(), "kept": self.kept, "cause": cause, "limit": limit })
     }
 }
 
@@ -100,7 +102,7 @@ impl Cut {
 /// read so far. What was cut, if anything, is said beside the items.
 pub(super) async fn fetch_all(
     upstream: &Upstream,
-    (method, key): (&'static str, &str),
+    list: List,
     budget: &mut ListBudget,
     scrub: &(dyn Fn(&str) -> String + Sync),
 ) -> (Vec<Value>, Option<Cut>) {
@@ -113,28 +115,22 @@ pub(super) async fn fetch_all(
         sha2::Sha256::digest(cursor.as_bytes()).into()
     };
     let mut cursor: Option<String> = None;
+    let (method, key) = (list.method(), list.result_key());
     let cut = |items: Vec<Value>, cause| {
         let kept = items.len();
-        (
-            items,
-            Some(Cut {
-                method,
-                kept,
-                cause,
-            }),
-        )
+        (items, Some(Cut { list, kept, cause }))
     };
     for _ in 0..MAX_LIST_PAGES {
         let params = match &cursor {
             Some(cursor) => json!({ "cursor": cursor }),
             None => json!({}),
         };
-        let mut result = match upstream.request(method, params).await {
+        let mut result = match upstream.request(method.clone(), params).await {
             Ok(result) => result,
             Err(err) => {
                 // The server's own words: scrubbed like a record's.
                 let error = scrub(&err.to_string());
-                tracing::warn!(server = %upstream.name(), method, error, "cannot read the list");
+                tracing::warn!(server = %upstream.name(), %method, error, "cannot read the list");
                 return (items, None);
             }
         };
@@ -254,27 +250,17 @@ impl Gateway {
         let scrub = |text: &str| self.scrub(text);
         let mut budget = ListBudget::of(&self.config.limits);
         let mut cuts = Vec::new();
-        let wanted: [(&str, &'static str, &str, &mut Vec<Value>); 4] = [
-            ("tools", "tools/list", "tools", &mut lists.tools),
-            ("prompts", "prompts/list", "prompts", &mut lists.prompts),
-            (
-                "resources",
-                "resources/list",
-                "resources",
-                &mut lists.resources,
-            ),
-            (
-                "resources",
-                "resources/templates/list",
-                "resourceTemplates",
-                &mut lists.templates,
-            ),
+        let wanted: [(List, &mut Vec<Value>); 4] = [
+            (List::Tools, &mut lists.tools),
+            (List::Prompts, &mut lists.prompts),
+            (List::Resources, &mut lists.resources),
+            (List::ResourceTemplates, &mut lists.templates),
         ];
-        for (capability, method, key, list) in wanted {
-            if caps.get(capability).is_none() {
+        for (kind, list) in wanted {
+            if caps.get(kind.capability()).is_none() {
                 continue;
             }
-            let (items, cut) = fetch_all(upstream, (method, key), &mut budget, &scrub).await;
+            let (items, cut) = fetch_all(upstream, kind, &mut budget, &scrub).await;
             *list = items;
             cuts.extend(cut);
         }
@@ -301,10 +287,10 @@ impl Gateway {
         let mut records = Vec::new();
         for cut in cuts {
             let reason = cut.reason();
-            tracing::warn!(server = %server, list = cut.method, kept = cut.kept, "a server's list was cut: {reason}");
+            tracing::warn!(server = %server, list = %cut.list.method(), kept = cut.kept, "a server's list was cut: {reason}");
             let mut record = crate::audit::AuditRecord::event("list_cut", "deny");
             record.server = Some(server.to_string());
-            record.method = cut.method.to_owned();
+            record.method = cut.list.method().as_str().to_owned();
             record.reason = Some(reason);
             record.detail = Some(cut.detail());
             records.push(record);
@@ -336,7 +322,7 @@ impl Gateway {
         catalog: &mut Arc<Catalog>,
         index: usize,
         lists: Option<Arc<ServerLists>>,
-    ) -> Vec<ListKind> {
+    ) -> Vec<List> {
         let mut lists = if self.is_retired(index) { None } else { lists };
         // As the server sent them, for a profile that changes later (the
         // same lists the catalog takes, unless a profile filters them).
@@ -367,7 +353,7 @@ impl Gateway {
     }
 
     /// Tells who hears server `index` that its lists changed.
-    fn announce_changes(&self, index: usize, changed: Vec<ListKind>) {
+    fn announce_changes(&self, index: usize, changed: Vec<List>) {
         for kind in changed {
             // A catalog's server is heard only by those that added it.
             if self.is_catalogued(index) {
@@ -403,8 +389,8 @@ impl Gateway {
 
     /// Tells every session that a list changed (`notifications/*/list_changed`):
     /// a server's list, or what the proxy lets through (pins approved).
-    pub fn announce(&self, kind: ListKind) {
-        let message = protocol::notification(kind.notification(), json!({}));
+    pub fn announce(&self, kind: List) {
+        let message = protocol::notification(kind.changed().as_str(), json!({}));
         let listeners = self.listeners();
         for session in self.initialized_sessions().into_iter().chain(listeners) {
             self.notify(&session, None, message.clone(), None, None);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::protocol;
+use crate::protocol::{self, Method};
 use crate::upstream::Status;
 
 use super::failure::Failure;
@@ -29,19 +29,19 @@ impl Gateway {
     pub(super) async fn answer_locally(
         self: &Arc<Self>,
         session: &Arc<Session>,
-        method: &str,
+        method: &Method,
         message: &Value,
         listed_from: &mut Option<Arc<Catalog>>,
     ) -> Result<Value, Failure> {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
-        if method != "ping" && method != "logging/setLevel" {
+        if !matches!(method, Method::Ping | Method::LoggingSetLevel) {
             self.await_lists().await;
         }
         let catalog = self.catalog();
         *listed_from = Some(catalog.clone());
         let result = match method {
-            "initialize" => self.initialize(session, message)?,
-            "server/discover" => json!({
+            Method::Initialize => self.initialize(session, message)?,
+            Method::ServerDiscover => json!({
                 // A stdio connection that speaks 2026-07-28 speaks nothing
                 // else; over HTTP each request may pick its revision.
                 "supportedVersions": match session.transport {
@@ -54,24 +54,8 @@ impl Gateway {
             }),
             // Another session still reads it there (see
             // `unsubscribes_at_server`): this session's alone is taken out.
-            "ping" | "resources/unsubscribe" => json!({}),
-            "tools/list" => {
-                let items = self.visible_items(session, &catalog, "tools");
-                self.page(message, &items, "tools")?
-            }
-            "prompts/list" => {
-                let items = self.visible_items(session, &catalog, "prompts");
-                self.page(message, &items, "prompts")?
-            }
-            "resources/list" => {
-                let items = self.visible_items(session, &catalog, "resources");
-                self.page(message, &items, "resources")?
-            }
-            "resources/templates/list" => {
-                let items = self.visible_items(session, &catalog, "resourceTemplates");
-                self.page(message, &items, "resourceTemplates")?
-            }
-            "logging/setLevel" => {
+            Method::Ping | Method::ResourcesUnsubscribe => json!({}),
+            Method::LoggingSetLevel => {
                 let name = protocol::param_str(message, "level").ok_or_else(|| {
                     Failure::InvalidParams("`params.level` must be a string".to_owned())
                 })?;
@@ -86,7 +70,13 @@ impl Gateway {
                 self.apply_log_levels(Some(session)).await;
                 json!({})
             }
-            _ => return Err(Failure::MethodNotFound(method.to_owned())),
+            _ => match method.list() {
+                Some(list) => {
+                    let items = self.visible_items(session, &catalog, list.result_key());
+                    self.page(message, &items, list.result_key())?
+                }
+                None => return Err(Failure::MethodNotFound(method.to_string())),
+            },
         };
         Ok(protocol::result(id, result))
     }
@@ -139,7 +129,8 @@ impl Gateway {
             }
         }
         let requests = sends.into_iter().map(|(key, wanted, upstream)| async move {
-            let asked = upstream.request("logging/setLevel", json!({ "level": wanted.as_str() }));
+            let asked =
+                upstream.request(Method::LoggingSetLevel, json!({ "level": wanted.as_str() }));
             let failed = match tokio::time::timeout(LOG_LEVEL_WAIT, asked).await {
                 Ok(Ok(_)) => return,
                 // The server's own words: scrubbed like a record's.
@@ -321,7 +312,10 @@ impl Gateway {
         };
         let end = (start + size).min(items.len());
         let mut result = Map::new();
-        result.insert(key.into(), Value::Array(items[start..end].to_vec()));
+        result.insert(
+            key.into(),
+            Value::Array(items.get(start..end).unwrap_or_default().to_vec()),
+        );
         if end < items.len() {
             result.insert("nextCursor".into(), Value::from(format!("offset:{end}")));
         }
@@ -331,7 +325,7 @@ impl Gateway {
     pub(super) fn track_subscription(
         &self,
         session: &Session,
-        method: &str,
+        method: &Method,
         uri: &Option<String>,
         reply: &Value,
     ) {
@@ -341,10 +335,11 @@ impl Gateway {
         {
             let mut subscriptions = lock(&self.subscriptions);
             // A session that has closed keeps none (its key would stay for good).
-            if method == "resources/subscribe" && session.closed.is_cancelled() {
+            let subscribe = *method == Method::ResourcesSubscribe;
+            if subscribe && session.closed.is_cancelled() {
                 return;
             }
-            if method == "resources/subscribe" {
+            if subscribe {
                 let added = subscriptions
                     .entry(uri.clone())
                     .or_default()
@@ -437,7 +432,7 @@ impl Gateway {
                 let asked = if upstream.speaks_stateless() {
                     upstream.listen_change(&uri, false).await
                 } else {
-                    let asked = upstream.request("resources/unsubscribe", json!({ "uri": uri }));
+                    let asked = upstream.request(Method::ResourcesUnsubscribe, json!({ "uri": uri }));
                     asked.await.map(drop)
                 };
                 if asked.is_err() {
@@ -496,7 +491,7 @@ impl Gateway {
             .collect();
         for uri in uris {
             if let Err(err) = upstream
-                .request("resources/subscribe", json!({ "uri": uri }))
+                .request(Method::ResourcesSubscribe, json!({ "uri": uri }))
                 .await
             {
                 // The server's words may quote the URI: scrubbed.

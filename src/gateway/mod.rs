@@ -44,8 +44,9 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 
-pub use catalog::{Catalog, ListKind, ServerLists};
+pub use catalog::{Catalog, ServerLists};
 pub use failure::Failure;
+
 pub use modern::{checked_envelope, version_spoken};
 pub use reload::{ReloadError, Reloaded};
 pub use route::reply_id;
@@ -78,16 +79,15 @@ pub struct Gateway {
     audit: Option<Audit>,
     /// Takes every secret out of what is stored and traced (the record's
     /// target, reason and detail, span attributes and errors, arguments
-    /// when kept). Set at wiring ([`Gateway::scrub_with`]); `None` only in
-    /// the CLI's one-shot commands.
-    scrubber: std::sync::OnceLock<Arc<crate::interceptors::Redact>>,
+    /// when kept). `None` only in the CLI's one-shot commands and tests.
+    scrubber: Option<Arc<crate::interceptors::Redact>>,
     /// Whether calls' arguments are kept, redacted, in their records.
-    arguments_kept: std::sync::atomic::AtomicBool,
+    arguments_kept: bool,
     /// The fleet's places among servers' requests in flight, in Redis
-    /// (`[ratelimit.shared]`; set at wiring).
-    shared_places: std::sync::OnceLock<Arc<crate::interceptors::ratelimit::SharedPlaces>>,
-    /// Who may use which server (set at wiring; everyone without authz).
-    access: std::sync::OnceLock<Arc<crate::interceptors::ServerAccess>>,
+    /// (`[ratelimit.shared]`).
+    shared_places: Option<Arc<crate::interceptors::ratelimit::SharedPlaces>>,
+    /// Who may use which server (everyone without authz).
+    access: Option<Arc<crate::interceptors::ServerAccess>>,
     /// The log level last sent to each running instance (server, the
     /// client of a per-client instance): the lowest any session that may
     /// use it asked for. Held while levels are sent, so they arrive in
@@ -148,9 +148,8 @@ pub struct Gateway {
     event_records: tokio_util::task::TaskTracker,
     /// Counts and times for `GET /metrics` (`[observability] metrics`).
     metrics: Option<Arc<Metrics>>,
-    /// Traces of exchanges (`[observability.traces]`), set once by
-    /// [`Gateway::trace_with`] before any session opens.
-    tracer: std::sync::OnceLock<Tracer>,
+    /// Traces of exchanges (`[observability.traces]`).
+    tracer: Option<Tracer>,
     /// The task that exports the tracer's spans; `stop` lets it send what
     /// is left.
     trace_export: Mutex<Option<Export>>,
@@ -180,12 +179,33 @@ pub(crate) type MakeUpstream = dyn Fn(Arc<crate::config::ServerConfig>, Option<A
     + Send
     + Sync;
 
+/// What the gateway is built with besides its config, chain and audit log:
+/// each part given whole at construction, none set afterwards.
+#[derive(Default)]
+pub struct Wiring {
+    /// Takes every secret out of what is stored and traced.
+    pub scrubber: Option<Arc<crate::interceptors::Redact>>,
+    /// Calls' arguments kept, redacted, in their records
+    /// (`[audit] arguments = "redacted"`).
+    pub keep_arguments: bool,
+    /// Who may use which server (authz's); `None`: everyone may use every
+    /// server.
+    pub access: Option<Arc<crate::interceptors::ServerAccess>>,
+    /// Servers' requests in flight counted in the fleet's places
+    /// (`[[ratelimit.concurrency]]` with `[ratelimit.shared]`).
+    pub shared_places: Option<Arc<crate::interceptors::ratelimit::SharedPlaces>>,
+    /// Traces of exchanges and the task that exports them.
+    pub traces: Option<(Tracer, Export)>,
+}
+
 impl Gateway {
-    /// Builds the gateway; nothing runs until [`Gateway::start`].
+    /// Builds the gateway whole from its parts; nothing runs until
+    /// [`Gateway::start`].
     pub fn new(
         config: Arc<Config>,
         chain: Chain,
         audit: Option<Audit>,
+        wiring: Wiring,
     ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
         let (limits, startup_timeout) = (config.limits, config.proxy.startup_timeout);
         let user_tokens = Arc::new(crate::upstream::UserTokens::default());
@@ -200,7 +220,7 @@ impl Gateway {
                 tokens.clone(),
             )
         };
-        Self::build(config, chain, audit, Arc::new(make), user_tokens)
+        Self::build((config, chain, audit, wiring), Arc::new(make), user_tokens)
     }
 
     /// Builds the gateway with upstreams from `make` (the seam the
@@ -212,16 +232,19 @@ impl Gateway {
         audit: Option<Audit>,
         make: Arc<MakeUpstream>,
     ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
-        Self::build(config, chain, audit, make, Arc::default())
+        let parts = (config, chain, audit, Wiring::default());
+        Self::build(parts, make, Arc::default())
     }
 
     fn build(
-        config: Arc<Config>,
-        chain: Chain,
-        audit: Option<Audit>,
+        (config, chain, audit, wiring): (Arc<Config>, Chain, Option<Audit>, Wiring),
         make: Arc<MakeUpstream>,
         user_tokens: Arc<crate::upstream::UserTokens>,
     ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
+        let (tracer, trace_export) = match wiring.traces {
+            Some((tracer, export)) => (Some(tracer), Some(export)),
+            None => (None, None),
+        };
         let (events_tx, events_rx) = mpsc::channel(1024);
         let metrics = config
             .observability
@@ -285,10 +308,10 @@ impl Gateway {
             enforced: RwLock::new(telemetry::Enforced::default()),
             chain,
             audit,
-            scrubber: std::sync::OnceLock::new(),
-            arguments_kept: std::sync::atomic::AtomicBool::new(false),
-            shared_places: std::sync::OnceLock::new(),
-            access: std::sync::OnceLock::new(),
+            scrubber: wiring.scrubber,
+            arguments_kept: wiring.keep_arguments,
+            shared_places: wiring.shared_places,
+            access: wiring.access,
             log_levels: tokio::sync::Mutex::new(HashMap::new()),
             unattributed: Mutex::new(HashMap::new()),
             config,
@@ -309,8 +332,8 @@ impl Gateway {
             instance_stops: Mutex::new(HashMap::new()),
             event_records: tokio_util::task::TaskTracker::new(),
             metrics,
-            tracer: std::sync::OnceLock::new(),
-            trace_export: Mutex::new(None),
+            tracer,
+            trace_export: Mutex::new(trace_export),
             stop_flushes: Mutex::new(Vec::new()),
             discovery,
         });
@@ -422,45 +445,13 @@ impl Gateway {
         }
     }
 
-    /// Traces every exchange through `tracer`, whose spans `export` sends.
-    /// Once only; a second call is ignored.
-    pub fn trace_with(&self, tracer: Tracer, export: Export) {
-        if self.tracer.set(tracer).is_ok() {
-            *lock(&self.trace_export) = Some(export);
-        }
-    }
-
-    /// Scrubs what is stored and traced with `scrubber` (every finding of
-    /// every rule replaced by its placeholder). Once only.
-    pub fn scrub_with(&self, scrubber: Arc<crate::interceptors::Redact>) {
-        let _ = self.scrubber.set(scrubber);
-    }
-
-    /// Counts servers' requests in flight in the fleet's places, not this
-    /// replica's alone (`[[ratelimit.concurrency]]` with `[ratelimit.shared]`).
-    pub fn share_places(&self, places: Arc<crate::interceptors::ratelimit::SharedPlaces>) {
-        let _ = self.shared_places.set(places);
-    }
-
-    /// Keeps calls' arguments in their audit records, every secret redacted
-    /// by the scrubber (`[audit] arguments = "redacted"`).
-    pub fn keep_arguments(&self) {
-        self.arguments_kept.store(true, Ordering::Relaxed);
-    }
-
-    /// Decides who may use which server with `access` (authz's). Once only;
-    /// unset, every client may use every server.
-    pub fn limit_access(&self, access: Arc<crate::interceptors::ServerAccess>) {
-        let _ = self.access.set(access);
-    }
-
     /// Whether `session`'s client may use server `index` (see
     /// [`ServerAccess`](crate::interceptors::ServerAccess)).
     fn may_use(&self, session: &Session, index: usize) -> bool {
         if !self.visible(session, index) {
             return false;
         }
-        let (Some(access), Some(name)) = (self.access.get(), self.name_at(index)) else {
+        let (Some(access), Some(name)) = (self.access.as_ref(), self.name_at(index)) else {
             return true;
         };
         let directory: Arc<dyn crate::chain::Directory> = self.catalog();
@@ -496,7 +487,7 @@ impl Gateway {
 
     /// `text` with every secret replaced by its placeholder.
     fn scrub(&self, text: &str) -> String {
-        match self.scrubber.get() {
+        match self.scrubber.as_ref() {
             Some(scrubber) => scrubber.scrubbed(text),
             None => text.to_owned(),
         }
@@ -693,7 +684,7 @@ impl Gateway {
                     message,
                     Direction::ClientToServer,
                     Phase::Request,
-                    "",
+                    &protocol::Method::parse(""),
                 );
                 let failure = match self.chain.run(&mut run.exchange) {
                     Err(refusal) => Failure::from(refusal),

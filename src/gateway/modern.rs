@@ -11,7 +11,7 @@
 
 use serde_json::{Value, json};
 
-use crate::protocol::{self, Envelope, meta};
+use crate::protocol::{self, Envelope, Method, meta};
 
 use super::failure::Failure;
 
@@ -85,16 +85,16 @@ pub(super) fn checked_result(reply: Value) -> Result<Value, Failure> {
 /// keeps the server's own keys but none of the protocol's, and names the
 /// proxy as its server (a listen result keeps its subscription id, the
 /// proxy's own).
-pub(super) fn frame_reply(method: &str, mut reply: Value) -> Value {
+pub(super) fn frame_reply(method: &Method, mut reply: Value) -> Value {
     let Some(result) = reply.get_mut("result").and_then(Value::as_object_mut) else {
         return reply;
     };
     // A task (a call's, passed on by the gateway, or one polled) keeps
     // its own fields: its `ttlMs` is how long the task is kept, and a
     // polled one may carry its questions, decided by the gateway.
-    let task =
-        method == "tools/call" && result.get("resultType").and_then(Value::as_str) == Some("task");
-    let polled = method == "tasks/get";
+    let task = *method == Method::ToolsCall
+        && result.get("resultType").and_then(Value::as_str) == Some("task");
+    let polled = *method == Method::TasksGet;
     let dropped: &[&str] = if task || polled {
         &["requestState", "cacheScope"]
     } else {
@@ -110,7 +110,7 @@ pub(super) fn frame_reply(method: &str, mut reply: Value) -> Value {
     if !task {
         result.insert("resultType".into(), Value::from("complete"));
     }
-    if protocol::CACHEABLE.contains(&method) {
+    if method.cacheable() {
         result.insert("ttlMs".into(), Value::from(0));
         result.insert("cacheScope".into(), Value::from("private"));
     }
@@ -119,7 +119,7 @@ pub(super) fn frame_reply(method: &str, mut reply: Value) -> Value {
     match result.get_mut("_meta") {
         Some(Value::Object(found)) => {
             if found.keys().any(|key| key.starts_with(meta::PREFIX)) {
-                let listen = method == "subscriptions/listen";
+                let listen = *method == Method::SubscriptionsListen;
                 found.retain(|key, _| {
                     !key.starts_with(meta::PREFIX) || (listen && key == meta::SUBSCRIPTION_ID)
                 });
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn results_are_framed_complete_private_and_named_whatever_the_server_says() {
         let list = frame_reply(
-            "tools/list",
+            &"tools/list".into(),
             json!({ "jsonrpc": "2.0", "id": 1, "result": { "tools": [] } }),
         );
         assert_eq!(list["result"]["resultType"], "complete");
@@ -238,7 +238,7 @@ mod tests {
         // A server's public, long-lived hint is made private and stale; its
         // own `_meta` keys stay, the protocol's go (the proxy names itself).
         let read = frame_reply(
-            "resources/read",
+            &"resources/read".into(),
             json!({ "jsonrpc": "2.0", "id": 2, "result": { "contents": [],
                 "ttlMs": u64::MAX, "cacheScope": "public", "_meta": { "x": 1,
                     meta::SERVER_INFO: { "name": "impostor" },
@@ -255,7 +255,7 @@ mod tests {
         // A call is not cacheable: a server's hints go; a `_meta` that is
         // not an object is replaced.
         let call = frame_reply(
-            "tools/call",
+            &"tools/call".into(),
             json!({ "jsonrpc": "2.0", "id": 3, "result": { "content": [],
                 "ttlMs": 60000, "cacheScope": "public", "_meta": "odd",
                 "inputRequests": {}, "requestState": "x" } }),
@@ -270,7 +270,7 @@ mod tests {
         );
         let error =
             json!({ "jsonrpc": "2.0", "id": 4, "error": { "code": -32602, "message": "x" } });
-        assert_eq!(frame_reply("tools/list", error.clone()), error);
+        assert_eq!(frame_reply(&"tools/list".into(), error.clone()), error);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::chain::{Direction, Outcome, Phase};
-use crate::protocol::{self, At as _, IdKey};
+use crate::protocol::{self, At as _, IdKey, Method};
 use crate::upstream::Status;
 
 use super::{Gateway, Session, lock};
@@ -42,7 +42,7 @@ impl Gateway {
         session: &Arc<Session>,
         message: Value,
     ) {
-        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        let method = Method::of(&message).unwrap_or_else(|| Method::parse(""));
         let mut run = self.begin(
             session,
             message,
@@ -52,14 +52,14 @@ impl Gateway {
         );
         if let Err(refusal) = self.chain.run(&mut run.exchange) {
             // A client chooses the method: a long one is cut.
-            let method = self.scrub(protocol::cut(&method, 128));
+            let method = self.scrub(protocol::cut(method.as_str(), 128));
             tracing::debug!(session = %session.id, method, interceptor = %refusal.interceptor, "notification refused");
             run.end_notification(&refusal.outcome());
             return;
         }
-        match method.as_str() {
-            "notifications/initialized" => {}
-            "notifications/cancelled" => {
+        match method {
+            Method::Initialized => {}
+            Method::Cancelled => {
                 let cancelled = run
                     .exchange
                     .message
@@ -70,10 +70,10 @@ impl Gateway {
                     tracing::debug!(session = %session.id, "cancellation of a request not in flight");
                 }
             }
-            "notifications/roots/list_changed" => {
+            Method::RootsListChanged => {
                 // The proxy's own, with nothing of the client's in it, and
                 // only to the servers this client may use.
-                let notice = protocol::notification("notifications/roots/list_changed", json!({}));
+                let notice = protocol::notification(method.as_str(), json!({}));
                 for ((index, _), upstream) in self.instances(Some(&session.client.name)) {
                     // (2026-07-28 has no roots to tell a server of.)
                     if self.may_use(session, index)
@@ -85,7 +85,7 @@ impl Gateway {
                 }
             }
             _ => {
-                let method = self.scrub(protocol::cut(&method, 128));
+                let method = self.scrub(protocol::cut(method.as_str(), 128));
                 tracing::debug!(session = %session.id, method, "notification not relayed")
             }
         }
@@ -112,8 +112,8 @@ impl Gateway {
         if server.is_some_and(|index| !self.visible(session, index)) {
             return Delivery::Withheld;
         }
-        let method = protocol::method(&message).unwrap_or_default().to_owned();
-        if server.is_some() && method == "notifications/message" && !session.wants_log(&message) {
+        let method = Method::of(&message).unwrap_or_else(|| Method::parse(""));
+        if server.is_some() && method == Method::LogMessage && !session.wants_log(&message) {
             return Delivery::BelowLevel;
         }
         let mut run = self.begin(
@@ -127,7 +127,7 @@ impl Gateway {
         exchange.context.server = server.and_then(|s| self.name_at(s).cloned());
         exchange.context.request_id = call;
         if exchange.context.server.is_some() {
-            if method == "notifications/resources/updated" {
+            if method == Method::ResourceUpdated {
                 exchange.context.target =
                     protocol::param_str(&exchange.message, "uri").map(str::to_owned);
             }
@@ -231,12 +231,15 @@ impl Gateway {
             "unreachable": count(Delivery::Unreachable),
         });
         if ambiguous {
-            detail["reason"] = Value::from(
-                "calls of several client sessions were in flight: it could belong to any of them",
+            detail.put(
+                &["reason"],
+                Value::from(
+                    "calls of several client sessions were in flight: it could belong to any of them",
+                ),
             );
         }
         if let Some(client) = instance {
-            detail["instance"] = Value::from(&**client);
+            detail.put(&["instance"], Value::from(&**client));
         }
         record.detail = Some(detail);
         self.record_event(record);
@@ -249,14 +252,12 @@ impl Gateway {
         message: Value,
         ambiguous: bool,
     ) {
-        let method = protocol::method(&message).unwrap_or_default().to_owned();
-        match method.as_str() {
-            "notifications/tools/list_changed"
-            | "notifications/prompts/list_changed"
-            | "notifications/resources/list_changed" => {
+        let method = Method::of(&message).unwrap_or_else(|| Method::parse(""));
+        match method {
+            _ if method.list_changed().is_some() => {
                 self.refresh_soon(index);
             }
-            "notifications/resources/updated" => {
+            Method::ResourceUpdated => {
                 let Some(uri) = protocol::param_str(&message, "uri") else {
                     return;
                 };
@@ -278,7 +279,7 @@ impl Gateway {
                     }
                 }
             }
-            "notifications/cancelled" => {
+            Method::Cancelled => {
                 // The server withdrew one of its requests to a client.
                 let Some(server_id) = message
                     .at(&["params", "requestId"])
@@ -294,14 +295,14 @@ impl Gateway {
                 if let Some(session) = self.session(session_key) {
                     session.forget_client_request(client_id);
                     let mut message = message;
-                    message["params"]["requestId"] = Value::from(client_id);
+                    message.put(&["params", "requestId"], Value::from(client_id));
                     // It belongs to the request it withdraws.
                     let call = Some(Value::from(client_id));
                     self.notify(&session, Some(index), message, None, call);
                 }
             }
             // Progress belongs to a call: without one it has no reader.
-            "notifications/progress" => {}
+            Method::Progress => {}
             // Everything sent during a call went to that call's session
             // (`forward`); these came while no call was in flight.
             _ => self.unattributed_notification(index, instance, message, ambiguous),

@@ -1,7 +1,6 @@
 //! Audit records: of exchanges, of sessions and servers' events, with every
 //! secret scrubbed out of what is stored.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -164,7 +163,7 @@ impl Gateway {
     /// as sent), its target, its reason, and its detail (the kept
     /// arguments are already redacted).
     pub(super) fn scrub_record(&self, record: &mut crate::audit::AuditRecord) {
-        let Some(scrubber) = self.scrubber.get() else {
+        let Some(scrubber) = self.scrubber.as_ref() else {
             return;
         };
         for text in [&mut record.target, &mut record.reason]
@@ -196,8 +195,8 @@ impl Gateway {
         let Some(arguments) = message.at(&["params", "arguments"]) else {
             return Arguments::default();
         };
-        let kept = self.arguments_kept.load(Ordering::Relaxed);
-        let stored = self.scrubber.get().filter(|_| kept).map(|scrubber| {
+        let kept = self.arguments_kept;
+        let stored = self.scrubber.as_ref().filter(|_| kept).map(|scrubber| {
             let mut copy = arguments.clone();
             scrubber.redact_all(&mut copy);
             let bytes = serde_json::to_vec(&copy).map_or(usize::MAX, |b| b.len());

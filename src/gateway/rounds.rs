@@ -27,15 +27,12 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::chain::{Direction, Phase};
-use crate::protocol::{self, At as _};
+use crate::protocol::{self, At as _, Method};
 
 use super::failure::Failure;
 use super::session::{InputAsk, Nowhere, Outlet, Relay};
 use super::{Gateway, Session, lock, modern, reply_id};
 
-/// The requests a 2026-07-28 server may answer with `input_required`: the
-/// ones whose server's requests to the client become rounds.
-pub(super) const IN_ROUNDS: &[&str] = &["tools/call", "prompts/get", "resources/read"];
 /// A client's calls waiting for its input at once; past them, a server's
 /// request to that client is refused.
 pub(super) const WAITING_PER_CLIENT: usize = 16;
@@ -55,7 +52,7 @@ const ROUND_KEYS: &[&str] = &["_meta", "inputResponses", "requestState"];
 /// A call waiting for its client's next round.
 pub(super) struct Parked {
     client: Arc<str>,
-    method: String,
+    method: Method,
     /// The digest of the request's params without what rounds add: a
     /// retry asks for the same.
     params: [u8; 32],
@@ -287,8 +284,9 @@ impl Gateway {
         mut message: Value,
     ) -> Option<Value> {
         modern::strip_envelope(&mut message);
-        let method = protocol::method(&message).unwrap_or_default().to_owned();
-        let in_rounds = IN_ROUNDS.contains(&method.as_str());
+        let method = Method::of(&message).unwrap_or_else(|| Method::parse(""));
+        // The ones whose server's requests to the client become rounds.
+        let in_rounds = method.takes_rounds();
         // The rounds' futures are boxed: kept out of this one's (and so out
         // of every plain request's), which would otherwise be as large as
         // the largest of them and be copied as such.
@@ -313,7 +311,7 @@ impl Gateway {
         self: &Arc<Self>,
         session: &Arc<Session>,
         message: Value,
-        method: String,
+        method: Method,
     ) -> Option<Value> {
         let (asks_tx, mut asks) = mpsc::channel(ASKS_PER_CALL);
         let _ = session.asks.set(asks_tx);
@@ -358,7 +356,7 @@ impl Gateway {
         self: &Arc<Self>,
         session: &Arc<Session>,
         message: Value,
-        method: String,
+        method: Method,
     ) -> Option<Value> {
         let id = reply_id(&message);
         let params = round_params(&message);
@@ -410,7 +408,7 @@ impl Gateway {
         &self,
         session: &Session,
         message: &Value,
-        method: &str,
+        method: &Method,
         params: &[u8; 32],
     ) -> Result<Parked, Failure> {
         let state = message
@@ -428,7 +426,7 @@ impl Gateway {
                 found.client == session.client.name && found.session.client == session.client
             })
             .ok_or(Failure::UnknownRequestState)?;
-        if found.method != method {
+        if found.method != *method {
             return Err(Failure::RequestStateMismatch("another method"));
         }
         if &found.params != params {
@@ -469,7 +467,7 @@ impl Gateway {
                         None => Failure::CallEnded.to_response(id.clone()),
                     };
                     let mut reply = modern::frame_reply(&parked.method, reply);
-                    reply["id"] = id;
+                    reply.put(&["id"], id);
                     return Some(reply);
                 }
                 Round::Input(asks) => match self.park(parked, asks, &id, current) {

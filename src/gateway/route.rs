@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::{Direction, Exchange, Outcome, Phase};
-use crate::protocol::{self, IdKey};
+use crate::protocol::{self, At, IdKey, Method};
 use crate::traces::{Span, SpanId, SpanKind};
 use crate::upstream::Origin;
 
@@ -97,7 +97,8 @@ impl Gateway {
         message: Value,
     ) -> Option<Value> {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
-        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        // Parsed once: everything past here matches on the `Method`.
+        let method = Method::of(&message).unwrap_or_else(|| Method::parse(""));
         let mut run = self.begin(
             session,
             message,
@@ -123,7 +124,7 @@ impl Gateway {
         self: &Arc<Self>,
         session: &Arc<Session>,
         run: &mut ExchangeRun<'_>,
-        method: &str,
+        method: &Method,
         id: &Value,
     ) -> Ended {
         // Routing first, so that interceptors see the target server, name
@@ -194,7 +195,10 @@ impl Gateway {
             Err(failure) => (failure.to_response(id.clone()), failure.outcome()),
         };
 
-        if method == "resources/subscribe" || method == "resources/unsubscribe" {
+        if matches!(
+            method,
+            Method::ResourcesSubscribe | Method::ResourcesUnsubscribe
+        ) {
             self.track_subscription(session, method, &run.exchange.context.target, &reply);
         }
 
@@ -257,7 +261,7 @@ impl Gateway {
     fn route_exchange(
         &self,
         session: &Session,
-        method: &str,
+        method: &Method,
         exchange: &mut Exchange,
     ) -> Result<Route, Failure> {
         let catalog = self.catalog();
@@ -278,8 +282,8 @@ impl Gateway {
         };
         let name = protocol::param_str(&exchange.message, "name");
         exchange.context.definition = match (method, task) {
-            ("tools/call", _) => name.and_then(|name| catalog.tool_definition(name)),
-            ("prompts/get", _) => name.and_then(|name| catalog.prompt_definition(name)),
+            (Method::ToolsCall, _) => name.and_then(|name| catalog.tool_definition(name)),
+            (Method::PromptsGet, _) => name.and_then(|name| catalog.prompt_definition(name)),
             // Decided as the call that created the task, against its tool
             // as listed now: a tool its server no longer lists (or not
             // yet, after a restart) is not there.
@@ -314,10 +318,14 @@ impl Gateway {
             super::modern::strip_envelope(&mut outgoing);
         }
         match rename {
-            Some(Rename::Name(name)) => outgoing["params"]["name"] = Value::from(name),
-            Some(Rename::RefName(name)) => outgoing["params"]["ref"]["name"] = Value::from(name),
+            Some(Rename::Name(name)) => {
+                outgoing.put(&["params", "name"], Value::from(name));
+            }
+            Some(Rename::RefName(name)) => {
+                outgoing.put(&["params", "ref", "name"], Value::from(name));
+            }
             Some(Rename::Task(task)) => {
-                outgoing["params"]["taskId"] = Value::from(task.server_task)
+                outgoing.put(&["params", "taskId"], Value::from(task.server_task));
             }
             None => {}
         }
@@ -333,7 +341,7 @@ impl Gateway {
                 // 2026-07-28 client hanging up) gives its place up.
                 let name = self.name_or_none(server);
                 let entered = tokio::select! {
-                    entered = limit.enter(&name, wait, self.shared_places.get()) => entered,
+                    entered = limit.enter(&name, wait, self.shared_places.as_ref()) => entered,
                     () = session.closed.cancelled() => {
                         return Relayed::Cancelled(Duration::ZERO);
                     }
@@ -378,31 +386,33 @@ impl Gateway {
         &self,
         catalog: &Catalog,
         session: &Session,
-        method: &str,
+        method: &Method,
         message: &Value,
     ) -> Result<(Route, Option<String>), Failure> {
         let invalid = |reason: &str| Failure::InvalidParams(reason.to_owned());
-        if method != "initialize" && method != "ping" && !session.is_initialized() {
+        if !method.before_initialize() && !session.is_initialized() {
             return Err(Failure::NotInitialized);
         }
         if let Some(routed) = Self::revision_route(session, method) {
             return routed;
         }
         match method {
-            "initialize"
-            | "server/discover"
-            | "ping"
-            | "tools/list"
-            | "prompts/list"
-            | "resources/list"
-            | "resources/templates/list"
-            | "logging/setLevel" => Ok((Route::Local, None)),
-            "tools/call" | "prompts/get" => self.named_route(catalog, session, method, message),
-            _ if method.starts_with("tasks/") => self.task_route(session, message),
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            Method::Initialize
+            | Method::ServerDiscover
+            | Method::Ping
+            | Method::LoggingSetLevel => Ok((Route::Local, None)),
+            _ if method.list().is_some() => Ok((Route::Local, None)),
+            Method::ToolsCall | Method::PromptsGet => {
+                self.named_route(catalog, session, method, message)
+            }
+            // An unknown `tasks/…` too: the tasks extension's refusal.
+            _ if method.is_task() || method.as_str().starts_with("tasks/") => {
+                self.task_route(session, message)
+            }
+            Method::ResourcesRead | Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
                 let uri = protocol::param_str(message, "uri")
                     .ok_or_else(|| invalid("`params.uri` must be a string"))?;
-                if method == "resources/subscribe" {
+                if *method == Method::ResourcesSubscribe {
                     self.may_subscribe(session, uri)?;
                 }
                 match catalog
@@ -410,7 +420,7 @@ impl Gateway {
                     .filter(|server| self.visible(session, *server))
                 {
                     Some(server)
-                        if method == "resources/unsubscribe"
+                        if *method == Method::ResourcesUnsubscribe
                             && !self.unsubscribes_at_server(session, uri, server) =>
                     {
                         Ok((Route::Local, Some(uri.to_owned())))
@@ -425,7 +435,7 @@ impl Gateway {
                     None => Err(Failure::ResourceNotFound(uri.to_owned())),
                 }
             }
-            "completion/complete" => {
+            Method::CompletionComplete => {
                 let reference = protocol::params(message)
                     .and_then(|p| p.get("ref"))
                     .ok_or_else(|| invalid("`params.ref` is required"))?;
@@ -470,7 +480,7 @@ impl Gateway {
                     )),
                 }
             }
-            _ => Err(Failure::MethodNotFound(method.to_owned())),
+            _ => Err(Failure::MethodNotFound(method.to_string())),
         }
     }
 
@@ -480,12 +490,12 @@ impl Gateway {
         &self,
         catalog: &Catalog,
         session: &Session,
-        method: &str,
+        method: &Method,
         message: &Value,
     ) -> Result<(Route, Option<String>), Failure> {
         let name = protocol::param_str(message, "name")
             .ok_or_else(|| Failure::InvalidParams("`params.name` must be a string".into()))?;
-        let (what, found) = if method == "tools/call" {
+        let (what, found) = if *method == Method::ToolsCall {
             ("tool", catalog.tool(name))
         } else {
             ("prompt", catalog.prompt(name))
@@ -496,7 +506,7 @@ impl Gateway {
         };
         if self.discovery.as_ref().is_some_and(|d| d.proxy == server) {
             let tool = super::discovery::Tool::parse(original)
-                .filter(|_| method == "tools/call")
+                .filter(|_| *method == Method::ToolsCall)
                 .ok_or_else(|| self.not_found(what, name))?;
             return Ok((Route::Discovery(tool), Some(original.to_owned())));
         }
@@ -516,19 +526,19 @@ impl Gateway {
     /// alone. `None`: routed alike.
     fn revision_route(
         session: &Session,
-        method: &str,
+        method: &Method,
     ) -> Option<Result<(Route, Option<String>), Failure>> {
-        let unknown = || Some(Err(Failure::MethodNotFound(method.to_owned())));
+        let unknown = || Some(Err(Failure::MethodNotFound(method.to_string())));
         if session.stateless {
-            let listening =
-                method == "resources/subscribe" && session.listen_asked.load(Ordering::Relaxed);
-            if protocol::REMOVED_IN_MODERN.contains(&method) && !listening {
+            let listening = *method == Method::ResourcesSubscribe
+                && session.listen_asked.load(Ordering::Relaxed);
+            if method.removed_in_modern() && !listening {
                 return unknown();
             }
-            if method == "subscriptions/listen" {
+            if *method == Method::SubscriptionsListen {
                 return Some(Ok((Route::Listen, None)));
             }
-        } else if method == "server/discover" || method == "subscriptions/listen" {
+        } else if matches!(method, Method::ServerDiscover | Method::SubscriptionsListen) {
             return unknown();
         }
         None
@@ -542,7 +552,7 @@ impl Gateway {
         message: &Value,
     ) -> Result<(Route, Option<String>), Failure> {
         let method = protocol::method(message).unwrap_or_default();
-        if !super::task_table::METHODS.contains(&method) {
+        if !Method::parse(method).is_task() {
             return Err(Failure::MethodNotFound(
                 protocol::cut(method, 64).to_owned(),
             ));
@@ -581,7 +591,7 @@ impl Gateway {
             self.client_tasks.forget(&session.client, id);
             return Err(unknown());
         }
-        if protocol::method(message) == Some("tasks/update") {
+        if Method::of(message) == Some(Method::TasksUpdate) {
             let answers = protocol::params(message)
                 .and_then(|params| params.get("inputResponses"))
                 .and_then(Value::as_object)
@@ -685,12 +695,13 @@ impl Gateway {
         };
         // 2026-07-28 has no `resources/subscribe`: a subscription to such a
         // server is one more URI on the proxy's listen stream to it.
-        let method = protocol::method(&outgoing).unwrap_or_default();
+        let method = Method::of(&outgoing).unwrap_or_else(|| Method::parse(""));
         let stateless = upstream.speaks_stateless();
-        if stateless && (method == "resources/subscribe" || method == "resources/unsubscribe") {
+        let subscribe = method == Method::ResourcesSubscribe;
+        if stateless && (subscribe || method == Method::ResourcesUnsubscribe) {
             let uri = protocol::param_str(&outgoing, "uri").unwrap_or_default();
             let changed = tokio::select! {
-                changed = upstream.listen_change(uri, method == "resources/subscribe") => Some(changed),
+                changed = upstream.listen_change(uri, subscribe) => Some(changed),
                 () = cancel.cancelled() => None,
             };
             end_call();
@@ -699,7 +710,7 @@ impl Gateway {
         }
         // A 2026-07-28 server is told what the client can be asked, and may
         // ask it in rounds (`input_required`), which the proxy carries.
-        let rounds = stateless && super::rounds::IN_ROUNDS.contains(&method);
+        let rounds = stateless && method.takes_rounds();
         let kept = rounds.then(|| outgoing.clone());
         // Only where a round can carry a question (elsewhere it has none).
         let (mut capabilities, declares_tasks) = session.client_capabilities(|declared| {
@@ -714,7 +725,7 @@ impl Gateway {
         // own requests, which a server refuses without it).
         let tasks = stateless
             && session.stateless
-            && (method == "tools/call" || super::task_table::METHODS.contains(&method))
+            && (method == Method::ToolsCall || method.is_task())
             && declares_tasks;
         if tasks {
             capabilities.insert(
@@ -751,7 +762,7 @@ impl Gateway {
         };
         end_call();
         let mut reply = reply?;
-        reply["id"] = client_id.clone();
+        reply.put(&["id"], client_id.clone());
         Ok(reply)
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::chain::{Context, Direction, Exchange, Outcome, Phase};
+use crate::protocol::Method;
 
 use super::record::{Arguments, record_of};
 use super::telemetry::observe;
@@ -41,7 +42,7 @@ impl Gateway {
         &self,
         session: &Session,
         message: Value,
-        method: &str,
+        method: &Method,
         server: Option<Arc<str>>,
     ) -> ExchangeRun<'_> {
         let mut run = self.begin(
@@ -63,21 +64,21 @@ impl Gateway {
         message: Value,
         direction: Direction,
         phase: Phase,
-        method: &str,
+        method: &Method,
     ) -> ExchangeRun<'_> {
         let request_id = message.get("id").cloned();
-        let trace = match (phase, self.tracer.get()) {
+        let trace = match (phase, self.tracer.as_ref()) {
             (Phase::Request, Some(tracer)) => tracer.start(&message),
             _ => None,
         };
         let context = Context {
             request_id,
             protocol: session.protocol_version().map(Arc::from),
-            ..Context::new(
+            ..Context::of(
                 session.id.clone(),
                 session.client.clone(),
                 session.transport,
-                method,
+                method.clone(),
             )
         };
         let mut exchange = Exchange::new(message, direction, phase, context);

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::chain::{Outcome, Phase};
-use crate::protocol::{self, IdKey};
+use crate::protocol::{self, At, IdKey};
 use crate::upstream::{Origin, UpstreamEvent};
 
 use super::failure::Failure;
@@ -22,17 +22,6 @@ use super::{Gateway, Session, lock};
 pub(super) const SERVER_REQUESTS: usize = 256;
 /// A server's requests being refused at once, past [`SERVER_REQUESTS`].
 const SERVER_REFUSALS: usize = 16;
-
-/// The client capability a server's request to a client needs (sampling,
-/// elicitation, roots): the one list of the requests a round can carry.
-pub(super) fn capability_of(method: &str) -> Option<&'static str> {
-    match method {
-        "sampling/createMessage" => Some("sampling"),
-        "elicitation/create" => Some("elicitation"),
-        "roots/list" => Some("roots"),
-        _ => None,
-    }
-}
 
 /// What the gateway keeps per server.
 pub(super) struct PerServer {
@@ -316,9 +305,9 @@ impl Gateway {
         related: Option<&Value>,
     ) -> Value {
         let server_id = message.get("id").cloned().unwrap_or(Value::Null);
-        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        let method = protocol::Method::of(&message).unwrap_or_else(|| protocol::Method::parse(""));
         let answer = |failure: Failure| failure.to_response(server_id.clone());
-        let capability = capability_of(&method);
+        let capability = method.client_capability();
         // A 2026-07-28 client is asked in its call's rounds, if the call
         // can take them, and only what a round can carry (the requests that
         // need a capability; a server's `ping` never gets here: the
@@ -328,7 +317,7 @@ impl Gateway {
                 Some(Failure::NoBackChannel)
             } else if capability.is_none() {
                 Some(Failure::MethodNotFound(
-                    protocol::cut(&method, 64).to_owned(),
+                    protocol::cut(method.as_str(), 64).to_owned(),
                 ))
             } else {
                 None
@@ -415,7 +404,7 @@ impl Gateway {
             settled: false,
         };
         let mut outgoing = message.clone();
-        outgoing["id"] = Value::from(client_id);
+        outgoing.put(&["id"], Value::from(client_id));
         let answer_message = if !session.deliver(outgoing, related) {
             session.forget_client_request(client_id);
             answer(Failure::ClientUnreachable)
@@ -423,7 +412,7 @@ impl Gateway {
             tokio::select! {
                 result = tokio::time::timeout(timeout, reply) => match result {
                     Ok(Ok(mut answer_message)) => {
-                        answer_message["id"] = server_id.clone();
+                        answer_message.put(&["id"], server_id.clone());
                         answer_message
                     }
                     Ok(Err(_)) => answer(Failure::ClientSessionEnded),
@@ -465,7 +454,7 @@ impl Drop for Asked<'_> {
         if !self.settled {
             self.session.forget_client_request(self.client_id);
             let notice = protocol::notification(
-                "notifications/cancelled",
+                protocol::Method::Cancelled.as_str(),
                 serde_json::json!({ "requestId": self.client_id,
                     "reason": "the call it belongs to ended" }),
             );

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::chain::{ClientIdentity, Transport};
-use crate::protocol::{Envelope, IdKey, LogLevel};
+use crate::protocol::{Envelope, IdKey, LogLevel, Method};
 
 /// Delivers messages the client did not ask for: notifications and
 /// server→client requests. `related` is the client request they belong to
@@ -78,7 +78,7 @@ pub(crate) struct Relay {
 
 impl Outlet for Relay {
     fn deliver(&self, mut message: Value, _related: Option<&Value>) -> bool {
-        if crate::protocol::method(&message) == Some("notifications/progress") {
+        if Method::of(&message) == Some(Method::Progress) {
             let Some(token) = &self.progress else {
                 return false;
             };
@@ -158,11 +158,11 @@ pub(crate) struct Listen {
 impl Listen {
     /// Whether the stream carries `message`.
     fn accepts(&self, message: &Value) -> bool {
-        match crate::protocol::method(message) {
-            Some("notifications/tools/list_changed") => self.tools,
-            Some("notifications/prompts/list_changed") => self.prompts,
-            Some("notifications/resources/list_changed") => self.resources,
-            Some("notifications/resources/updated") => crate::protocol::param_str(message, "uri")
+        match Method::of(message) {
+            Some(Method::ToolsListChanged) => self.tools,
+            Some(Method::PromptsListChanged) => self.prompts,
+            Some(Method::ResourcesListChanged) => self.resources,
+            Some(Method::ResourceUpdated) => crate::protocol::param_str(message, "uri")
                 .is_some_and(|uri| self.uris.contains(uri)),
             _ => false,
         }
@@ -409,7 +409,7 @@ impl Session {
     /// Sends a listen stream's acknowledgment, before anything else on it.
     pub(crate) fn acknowledge(&self, listen: Listen) -> bool {
         let mut ack = crate::protocol::notification(
-            "notifications/subscriptions/acknowledged",
+            Method::SubscriptionsAcknowledged.as_str(),
             serde_json::json!({ "notifications": listen.filter() }),
         );
         tag_subscription(&mut ack, &listen.id);

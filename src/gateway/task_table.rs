@@ -18,8 +18,6 @@ use super::session::MAX_TASKS_PER_CLIENT;
 
 pub(super) use crate::protocol::TASKS_EXTENSION as EXTENSION;
 
-/// The methods of the extension a client sends.
-pub(super) const METHODS: &[&str] = &["tasks/get", "tasks/update", "tasks/cancel"];
 /// Tasks of one client at one server the proxy keeps, finished ones
 /// included (the oldest finished one makes room).
 const MAX_KEPT_PER_SERVER: usize = 4 * MAX_TASKS_PER_CLIENT;
@@ -227,7 +225,7 @@ impl Tasks {
             );
         }
         let mut reply = reply.clone();
-        reply["result"] = Value::Object(framed);
+        reply.put(&["result"], Value::Object(framed));
         Ok(reply)
     }
 
@@ -423,7 +421,7 @@ fn framed_error(error: &Value) -> Result<Value, Failure> {
     };
     let mut framed = json!({ "code": code, "message": protocol::cut(message, 4096) });
     if let Some(data) = error.get("data") {
-        framed["data"] = data.clone();
+        framed.put(&["data"], data.clone());
     }
     Ok(framed)
 }
@@ -468,7 +466,7 @@ pub(super) fn framed_get(reply: &Value, id: &str) -> Result<Option<Polled>, Fail
         _ => {}
     }
     let mut reply = reply.clone();
-    reply["result"] = Value::Object(framed);
+    reply.put(&["result"], Value::Object(framed));
     Ok(Some((reply, status, questions)))
 }
 

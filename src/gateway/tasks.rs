@@ -29,10 +29,10 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::chain::Outcome;
-use crate::protocol::{self, At as _, code};
+use crate::protocol::{self, At as _, Method, code};
 
 use super::failure::Failure;
-use super::task_table::{self, Created, METHODS};
+use super::task_table::{self, Created};
 use super::{Gateway, Session};
 
 /// What a task's reply needs of the request it answers (taken before the
@@ -49,14 +49,14 @@ pub(super) enum Asked {
     /// A task's request, under the proxy's id, and the questions a
     /// `tasks/update` answers.
     Task {
-        method: &'static str,
+        method: Method,
         id: String,
         answers: Vec<String>,
     },
 }
 
 impl Asked {
-    pub(super) fn of(session: &Session, method: &str, message: &Value) -> Self {
+    pub(super) fn of(session: &Session, method: &Method, message: &Value) -> Self {
         if !session.stateless || !session.client_capabilities(task_table::declared) {
             return Self::Nothing;
         }
@@ -65,22 +65,22 @@ impl Asked {
                 .unwrap_or_default()
                 .to_owned()
         };
-        if method == "tools/call" {
+        if *method == Method::ToolsCall {
             return Self::Call {
                 listed: param("name"),
                 arguments: task_table::kept_arguments(message),
             };
         }
-        let Some(method) = METHODS.iter().copied().find(|known| *known == method) else {
+        if !method.is_task() {
             return Self::Nothing;
-        };
+        }
         let answers = message
             .at(&["params", "inputResponses"])
             .and_then(Value::as_object)
             .map(|answers| answers.keys().cloned().collect())
             .unwrap_or_default();
         Self::Task {
-            method,
+            method: method.clone(),
             id: param("taskId"),
             answers,
         }
@@ -137,7 +137,7 @@ impl Gateway {
                 id,
                 answers,
             } => Some(
-                self.task_answered(session, server, method, (&id, answers), reply)
+                self.task_answered(session, server, &method, (&id, answers), reply)
                     .await,
             ),
             _ => None,
@@ -153,14 +153,14 @@ impl Gateway {
         self: &Arc<Self>,
         session: &Arc<Session>,
         server: usize,
-        method: &str,
+        method: &Method,
         (id, answers): (&str, Vec<String>),
         reply: &Value,
     ) -> Result<Value, Failure> {
         let client = &session.client;
         if let Some(error) = reply.get("error") {
             let said = error.get("code").and_then(Value::as_i64);
-            if method == "tasks/get" && said == Some(code::INVALID_PARAMS) {
+            if *method == Method::TasksGet && said == Some(code::INVALID_PARAMS) {
                 self.client_tasks.forget(client, id);
                 self.update_holds();
                 return Err(task_table::unknown_task(id));
@@ -171,8 +171,8 @@ impl Gateway {
             )));
         }
         match method {
-            "tasks/get" => self.task_polled(session, server, id, reply).await,
-            "tasks/update" => {
+            Method::TasksGet => self.task_polled(session, server, id, reply).await,
+            Method::TasksUpdate => {
                 self.client_tasks.answered(client, id, answers.iter());
                 Ok(task_table::acknowledgement(reply))
             }
@@ -237,12 +237,8 @@ impl Gateway {
     ) -> Result<Map<String, Value>, Failure> {
         let mut shown = Map::new();
         for (key, question) in questions {
-            let method = question
-                .get("method")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let Some(capability) = super::server::capability_of(&method) else {
+            let method = Method::of(&question).unwrap_or_else(|| Method::parse(""));
+            let Some(capability) = method.client_capability() else {
                 return Err(Failure::ServerTask(
                     "a question is not sampling, elicitation or roots".into(),
                 ));
@@ -251,7 +247,7 @@ impl Gateway {
                 return Err(Failure::ClientLacks(capability));
             }
             let params = question.get("params").cloned().unwrap_or_else(|| json!({}));
-            let message = protocol::request(Value::from(key.as_str()), &method, params);
+            let message = protocol::request(Value::from(key.as_str()), method.as_str(), params);
             let mut run =
                 self.begin_asking(session, message, &method, self.name_at(server).cloned());
             if let Err(refusal) = self.chain.run(&mut run.exchange) {
@@ -260,7 +256,8 @@ impl Gateway {
                 return Err(refusal);
             }
             let params = run.exchange.message.get("params").cloned();
-            let asked = json!({ "method": method, "params": params.unwrap_or_else(|| json!({})) });
+            let asked =
+                json!({ "method": method.as_str(), "params": params.unwrap_or_else(|| json!({})) });
             if !run.end(&Outcome::Delivered, None).await {
                 return Err(Failure::NotRecorded);
             }
@@ -328,7 +325,7 @@ impl Gateway {
         };
         let request = protocol::request(
             Value::Null,
-            "tasks/cancel",
+            protocol::Method::TasksCancel.as_str(),
             json!({ "taskId": server_task }),
         );
         let told = Map::from_iter([(

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::chain::{Exchange, Outcome};
 use crate::metrics::Metrics;
+use crate::protocol::Method;
 use crate::traces::{Attr, Root};
 use crate::upstream::Status;
 
@@ -25,13 +26,12 @@ pub fn observe(
     total: Duration,
 ) {
     let context = &exchange.context;
-    let method = crate::metrics::method_label(&context.method);
+    let method = method_label(&context.method);
     let server = context.server.as_deref().unwrap_or("");
     // A server chooses its tools' names: a long one is cut.
+    let named = matches!(context.method, Method::ToolsCall | Method::PromptsGet);
     let tool = match (&context.target, &context.server) {
-        (Some(target), Some(_)) if matches!(method, "tools/call" | "prompts/get") => {
-            crate::protocol::cut(target, 128)
-        }
+        (Some(target), Some(_)) if named => crate::protocol::cut(target, 128),
         _ => "",
     };
     let decision = match outcome {
@@ -108,17 +108,10 @@ pub(super) fn authz_note<'a>(exchange: &'a Exchange, key: &str) -> Option<&'a st
 /// names stay few) and never an argument.
 pub fn root_of(exchange: &Exchange, outcome: &Outcome, seq: Option<u64>, separator: &str) -> Root {
     let context = &exchange.context;
-    let method = crate::metrics::method_label(&context.method);
+    let method = method_label(&context.method);
     let mut attributes: Vec<(&'static str, Attr)> = vec![
         // A method outside MCP's is `other`: a client chooses it.
-        (
-            "mcp.method.name",
-            if method == &*context.method {
-                context.method.clone().into()
-            } else {
-                Attr::from("other")
-            },
-        ),
+        ("mcp.method.name", Attr::from(method)),
         ("mcp.session.id", context.session.clone().into()),
         ("portcullis.client", context.client.name.clone().into()),
         ("portcullis.transport", context.transport.as_str().into()),
@@ -136,10 +129,12 @@ pub fn root_of(exchange: &Exchange, outcome: &Outcome, seq: Option<u64>, separat
     if let Some(server) = &context.server {
         attributes.push(("portcullis.server", server.clone().into()));
         if let Some(target) = &context.target {
-            let key = match &*context.method {
-                "tools/call" => Some("gen_ai.tool.name"),
-                "prompts/get" => Some("gen_ai.prompt.name"),
-                "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            let key = match &context.method {
+                Method::ToolsCall => Some("gen_ai.tool.name"),
+                Method::PromptsGet => Some("gen_ai.prompt.name"),
+                Method::ResourcesRead
+                | Method::ResourcesSubscribe
+                | Method::ResourcesUnsubscribe => {
                     attributes.push(("mcp.resource.uri", target.clone().into()));
                     None
                 }
@@ -331,7 +326,7 @@ impl Gateway {
             );
         }
         self.chain.render_metrics(&mut out);
-        if let Some(tracer) = self.tracer.get() {
+        if let Some(tracer) = self.tracer.as_ref() {
             tracer.render_metrics(&mut out);
         }
         Some(out.finish())
@@ -345,7 +340,7 @@ impl Gateway {
         outcome: &Outcome,
         seq: Option<u64>,
     ) {
-        let (Some(tracer), Some(recording)) = (self.tracer.get(), exchange.trace.take()) else {
+        let (Some(tracer), Some(recording)) = (self.tracer.as_ref(), exchange.trace.take()) else {
             return;
         };
         let mut root = root_of(
@@ -355,9 +350,26 @@ impl Gateway {
             &self.config.proxy.namespace_separator,
         );
         let mut recording = recording;
-        if let Some(scrubber) = self.scrubber.get() {
+        if let Some(scrubber) = self.scrubber.as_ref() {
             scrub_trace(scrubber, &mut root, &mut recording);
         }
         tracer.finish(recording, root);
+    }
+}
+
+/// A method as a label value: its name if it is an MCP method the proxy
+/// knows, else `other` (a client may send any method name).
+fn method_label(method: &Method) -> &'static str {
+    method.known_name().unwrap_or(crate::metrics::OTHER)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unknown_methods_are_labelled_other() {
+        let label = |name: &str| super::method_label(&name.into());
+        assert_eq!(label("tools/call"), "tools/call");
+        assert_eq!(label("server/discover"), "server/discover");
+        assert_eq!(label("x/evil\"\n"), "other");
     }
 }

@@ -78,9 +78,12 @@ fn what_a_record_and_a_trace_keep_is_scrubbed() {
         Ok(config) => Arc::new(config),
         Err(err) => panic!("{err}"),
     };
-    let (gateway, _events) = Gateway::new(config, Chain::default(), None);
+    let wiring = super::Wiring {
+        scrubber: Some(scrubber()),
+        ..super::Wiring::default()
+    };
+    let (gateway, _events) = Gateway::new(config, Chain::default(), None, wiring);
     let secret = secret();
-    gateway.scrub_with(scrubber());
     let uri = format!("file:///notes?token={secret}");
     let mut record = crate::audit::AuditRecord::event("exchange", "deny");
     record.target = Some(uri.clone());
@@ -140,7 +143,7 @@ async fn an_exchange_dropped_before_its_end_is_still_finished_and_recorded() {
         message,
         Direction::ClientToServer,
         Phase::Request,
-        "tools/call",
+        &crate::protocol::Method::ToolsCall,
     );
     // The task running it was cancelled: the run is dropped unended.
     drop(run);

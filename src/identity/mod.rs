@@ -209,12 +209,15 @@ impl OauthVerifier {
             .iter()
             .position(|p| Some(&p.issuer) == jwt.issuer.as_ref())
             .ok_or(TokenError::UnknownIssuer)?;
-        let provider = &self.config.providers[at];
+        let (Some(provider), Some(keys)) = (self.config.providers.get(at), self.providers.get(at))
+        else {
+            return Err(TokenError::UnknownIssuer);
+        };
         let alg = JwtAlgorithm::of_name(&jwt.alg)
             .filter(|alg| provider.algorithms.contains(alg))
             .map(algorithm)
             .ok_or(TokenError::Algorithm)?;
-        let key = self.providers[at]
+        let key = keys
             .key(jwt.kid.as_deref(), alg)
             .await
             .map_err(|error| match error {
@@ -269,9 +272,13 @@ impl OauthVerifier {
         let Some((at, introspection)) = &self.introspection else {
             return Err(TokenError::Malformed);
         };
-        let provider = &self.config.providers[*at];
+        let (Some(provider), Some(keys)) =
+            (self.config.providers.get(*at), self.providers.get(*at))
+        else {
+            return Err(TokenError::Malformed);
+        };
         let claims = introspection
-            .claims(&self.providers[*at], &self.http, token, hash, now)
+            .claims(keys, &self.http, token, hash, now)
             .await?;
         let leeway = provider.leeway.as_secs();
         if claims
@@ -426,8 +433,10 @@ impl OauthVerifier {
     fn remembered(&self, hash: &[u8; 32], now: u64) -> Option<ClientIdentity> {
         let passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
         let found = passed.get(hash)?;
-        (now <= found.until && self.providers[found.provider].holds(found.kid.as_deref()))
-            .then(|| found.identity.clone())
+        (now <= found.until
+            && (self.providers.get(found.provider))
+                .is_some_and(|keys| keys.holds(found.kid.as_deref())))
+        .then(|| found.identity.clone())
     }
 
     fn remember(&self, hash: [u8; 32], passed: Passed, now: u64) {

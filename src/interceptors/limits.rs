@@ -42,11 +42,19 @@ impl Interceptor for Limits {
         "limits"
     }
 
-    fn on_request(&self, exchange: &mut Exchange) -> Verdict {
+    fn on_client_request(&self, exchange: &mut Exchange) -> Verdict {
         self.check(&exchange.message)
     }
 
-    fn on_response(&self, exchange: &mut Exchange) -> Verdict {
+    fn on_server_response(&self, exchange: &mut Exchange) -> Verdict {
+        self.check(&exchange.message)
+    }
+
+    fn on_server_request(&self, exchange: &mut Exchange) -> Verdict {
+        self.check(&exchange.message)
+    }
+
+    fn on_client_response(&self, exchange: &mut Exchange) -> Verdict {
         self.check(&exchange.message)
     }
 

@@ -79,7 +79,6 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
     let scrubber = Arc::new(Redact::new(&config.redact)?);
     let mut access = None;
     let mut interceptors: Vec<Arc<dyn Interceptor>> = Vec::new();
-    let mut admissions: Vec<Arc<dyn crate::chain::Admission>> = Vec::new();
     let mut plugins = Vec::new();
     // One engine for every plugin, made only when there are plugins.
     let plugin_configs: Vec<&crate::config::PluginConfig> = config
@@ -104,14 +103,9 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
     for entry in &config.chain {
         match entry {
             ChainEntry::Limits => interceptors.push(Arc::new(Limits::new(config.limits))),
-            ChainEntry::Ratelimit => {
-                let limit =
-                    Arc::new(Ratelimit::new(&config.ratelimit).map_err(BuildError::Ratelimit)?);
-                if limit.is_shared() {
-                    admissions.push(limit.clone());
-                }
-                interceptors.push(limit);
-            }
+            ChainEntry::Ratelimit => interceptors.push(Arc::new(
+                Ratelimit::new(&config.ratelimit).map_err(BuildError::Ratelimit)?,
+            )),
             ChainEntry::Authz => {
                 let dir = config.proxy.policies.clone().unwrap_or_default();
                 let engine = Arc::new(
@@ -164,7 +158,7 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
         _ => None,
     };
     Ok(Built {
-        chain: Chain::new(interceptors).with_admissions(admissions),
+        chain: Chain::new(interceptors),
         shared_places,
         policies,
         pinning: pins,

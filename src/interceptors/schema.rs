@@ -20,11 +20,9 @@ use std::sync::{Arc, RwLock};
 use jsonschema::{PatternOptions, Validator};
 use serde_json::{Map, Value, json};
 
-use crate::chain::{
-    Annotation, Definition, DefinitionRef, Denial, Direction, Exchange, Interceptor, Phase, Verdict,
-};
+use crate::chain::{Annotation, Definition, DefinitionRef, Denial, Exchange, Interceptor, Verdict};
 use crate::config::{OutputAction, SchemaConfig};
-use crate::protocol::{At as _, code};
+use crate::protocol::{At as _, Method, code};
 
 /// At most this many violations are listed in a refusal.
 const MOST_VIOLATIONS: usize = 20;
@@ -398,27 +396,18 @@ impl Interceptor for Schema {
         "schema"
     }
 
-    fn on_request(&self, exchange: &mut Exchange) -> Verdict {
-        if exchange.direction == Direction::ClientToServer
-            && &*exchange.context.method == "tools/call"
-        {
-            return self.check_call(exchange);
+    fn on_client_request(&self, exchange: &mut Exchange) -> Verdict {
+        match exchange.context.method {
+            Method::ToolsCall => self.check_call(exchange),
+            Method::PromptsGet => check_prompt(exchange),
+            _ => Verdict::Continue,
         }
-        if exchange.direction == Direction::ClientToServer
-            && &*exchange.context.method == "prompts/get"
-        {
-            return check_prompt(exchange);
-        }
-        Verdict::Continue
     }
 
-    fn on_response(&self, exchange: &mut Exchange) -> Verdict {
-        if exchange.direction != Direction::ClientToServer || exchange.phase != Phase::Response {
-            return Verdict::Continue;
-        }
-        match &*exchange.context.method {
-            "tools/list" => self.filter_tools(exchange),
-            "tools/call" | "tasks/get" => self.check_result(exchange),
+    fn on_server_response(&self, exchange: &mut Exchange) -> Verdict {
+        match &exchange.context.method {
+            Method::ToolsList => self.filter_tools(exchange),
+            Method::ToolsCall | Method::TasksGet => self.check_result(exchange),
             _ => Verdict::Continue,
         }
     }
@@ -428,12 +417,12 @@ impl Interceptor for Schema {
 /// result of a task (2026-07-28) in the poll that finds it completed
 /// (routing set the task's tool as the target). `None`: none in it (a call
 /// answered with a task, a task still running).
-fn tool_result<'a>(method: &str, result: &'a Value) -> Option<&'a Value> {
+fn tool_result<'a>(method: &Method, result: &'a Value) -> Option<&'a Value> {
     let says = |key: &str, value: &str| result.get(key).and_then(Value::as_str) == Some(value);
     match method {
-        "tools/call" if says("resultType", "task") => None,
-        "tools/call" => Some(result),
-        "tasks/get" if says("status", "completed") => result.get("result"),
+        Method::ToolsCall if says("resultType", "task") => None,
+        Method::ToolsCall => Some(result),
+        Method::TasksGet if says("status", "completed") => result.get("result"),
         _ => None,
     }
 }
@@ -441,7 +430,7 @@ fn tool_result<'a>(method: &str, result: &'a Value) -> Option<&'a Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::{ClientIdentity, Context, Transport};
+    use crate::chain::{ClientIdentity, Context, Direction, Phase, Transport};
 
     fn call(list: &Arc<Vec<Value>>, arguments: Value) -> Exchange {
         let mut context = Context::new(
@@ -479,13 +468,13 @@ mod tests {
             "additionalProperties": false
         }));
         assert_eq!(
-            schema.on_request(&mut call(
+            schema.see(&mut call(
                 &list,
                 json!({"path": "/workspace/a", "depth": 2})
             )),
             Verdict::Continue
         );
-        let Verdict::Deny(denial) = schema.on_request(&mut call(
+        let Verdict::Deny(denial) = schema.see(&mut call(
             &list,
             json!({"path": "/etc/shadow", "depth": -1, "tags": ["a", 7], "extra": true}),
         )) else {
@@ -510,7 +499,7 @@ mod tests {
         missing.message["params"]
             .as_object_mut()
             .map(|p| p.remove("arguments"));
-        let Verdict::Deny(denial) = schema.on_request(&mut missing) else {
+        let Verdict::Deny(denial) = schema.see(&mut missing) else {
             panic!("a missing required argument passes");
         };
         assert_eq!(denial.data["violations"][0]["path"], json!(""));
@@ -521,15 +510,12 @@ mod tests {
         let schema = Schema::new(&SchemaConfig::default());
         let strict = tool(json!({"type": "object", "required": ["a"]}));
         assert!(matches!(
-            schema.on_request(&mut call(&strict, json!({}))),
+            schema.see(&mut call(&strict, json!({}))),
             Verdict::Deny(_)
         ));
         // The same tool in a fresh list, with a looser schema.
         let loose = tool(json!({"type": "object"}));
-        assert_eq!(
-            schema.on_request(&mut call(&loose, json!({}))),
-            Verdict::Continue
-        );
+        assert_eq!(schema.see(&mut call(&loose, json!({}))), Verdict::Continue);
         assert_eq!(schema.compiled.read().map(|i| i.len()).unwrap_or(0), 1);
     }
 
@@ -543,7 +529,7 @@ mod tests {
             json!({"type": "string", "pattern": "(unclosed"}),
         ] {
             let list = tool(bad.clone());
-            let Verdict::Deny(denial) = schema.on_request(&mut call(&list, json!({}))) else {
+            let Verdict::Deny(denial) = schema.see(&mut call(&list, json!({}))) else {
                 panic!("a call to a tool with schema {bad} passes");
             };
             assert_eq!(denial.code, code::DENIED, "{bad}");
@@ -562,7 +548,7 @@ mod tests {
                     "tools/list",
                 ),
             );
-            assert_eq!(schema.on_response(&mut reply), Verdict::Continue);
+            assert_eq!(schema.see(&mut reply), Verdict::Continue);
             assert_eq!(
                 reply.message["result"]["tools"],
                 json!([{"name": "srv__good", "inputSchema": {"type": "object"}}]),
@@ -587,11 +573,8 @@ mod tests {
         })]);
         let deny = Schema::new(&SchemaConfig::default());
         let good = json!({"content": [], "structuredContent": {"count": 3}});
-        assert_eq!(
-            deny.on_response(&mut result(&list, good)),
-            Verdict::Continue
-        );
-        let Verdict::Deny(denial) = deny.on_response(&mut result(
+        assert_eq!(deny.see(&mut result(&list, good)), Verdict::Continue);
+        let Verdict::Deny(denial) = deny.see(&mut result(
             &list,
             json!({"content": [], "structuredContent": {"count": "three"}}),
         )) else {
@@ -601,12 +584,12 @@ mod tests {
         assert_eq!(denial.data["violations"][0]["path"], json!("/count"));
         assert!(!denial.reason.contains("three"), "{denial:?}");
         assert!(matches!(
-            deny.on_response(&mut result(&list, json!({"content": []}))),
+            deny.see(&mut result(&list, json!({"content": []}))),
             Verdict::Deny(d) if d.reason.contains("no `structuredContent`")
         ));
         let tool_error = json!({"content": [{"type": "text", "text": "boom"}], "isError": true});
         assert_eq!(
-            deny.on_response(&mut result(&list, tool_error)),
+            deny.see(&mut result(&list, tool_error)),
             Verdict::Continue,
             "a tool error need not have the result's shape"
         );
@@ -616,7 +599,7 @@ mod tests {
             output: OutputAction::Log,
         });
         let mut logged = result(&list, json!({"structuredContent": {}}));
-        assert_eq!(log.on_response(&mut logged), Verdict::Continue);
+        assert_eq!(log.see(&mut logged), Verdict::Continue);
         assert_eq!(logged.annotations.len(), 1);
         assert_eq!(logged.annotations[0].key, "output_violation");
     }
@@ -632,24 +615,21 @@ mod tests {
         // A call answered with a task has no result to check yet.
         let task =
             json!({"resultType": "task", "taskId": "portcullis-task-1", "status": "working"});
-        assert_eq!(
-            deny.on_response(&mut result(&list, task)),
-            Verdict::Continue
-        );
+        assert_eq!(deny.see(&mut result(&list, task)), Verdict::Continue);
         let polled = |task: Value| {
             let mut exchange = result(&list, task);
             exchange.context.method = "tasks/get".into();
             exchange
         };
         let working = json!({"taskId": "portcullis-task-1", "status": "working"});
-        assert_eq!(deny.on_response(&mut polled(working)), Verdict::Continue);
+        assert_eq!(deny.see(&mut polled(working)), Verdict::Continue);
         let good = json!({"taskId": "portcullis-task-1", "status": "completed",
             "result": {"content": [], "structuredContent": {"count": 1}}});
-        assert_eq!(deny.on_response(&mut polled(good)), Verdict::Continue);
+        assert_eq!(deny.see(&mut polled(good)), Verdict::Continue);
         let bad = json!({"taskId": "portcullis-task-1", "status": "completed",
             "result": {"content": []}});
         assert!(matches!(
-            deny.on_response(&mut polled(bad)),
+            deny.see(&mut polled(bad)),
             Verdict::Deny(d) if d.reason.contains("no `structuredContent`")
         ));
     }
@@ -668,15 +648,14 @@ mod tests {
             exchange
         };
         assert_eq!(
-            schema.on_request(&mut get(json!({"name": "Bob", "tone": "warm"}))),
+            schema.see(&mut get(json!({"name": "Bob", "tone": "warm"}))),
             Verdict::Continue
         );
         assert_eq!(
-            schema.on_request(&mut get(json!({"name": "Bob"}))),
+            schema.see(&mut get(json!({"name": "Bob"}))),
             Verdict::Continue
         );
-        let Verdict::Deny(denial) = schema.on_request(&mut get(json!({"tone": 3, "a/b": "x"})))
-        else {
+        let Verdict::Deny(denial) = schema.see(&mut get(json!({"tone": 3, "a/b": "x"}))) else {
             panic!("bad prompt arguments pass");
         };
         assert_eq!(denial.code, code::INVALID_PARAMS);

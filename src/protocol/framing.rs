@@ -61,18 +61,18 @@ impl<R: AsyncBufRead + Unpin> FrameReader<R> {
                 });
             }
             let (chunk, done) = match memchr::memchr(b'\n', available) {
-                Some(end) => (&available[..end], Some(end + 1)),
+                Some(end) => (available.get(..end).unwrap_or(available), Some(end + 1)),
                 None => (available, None),
             };
             if let Some(head) = &mut oversize {
                 let more = HEAD_BYTES.saturating_sub(head.len()).min(chunk.len());
-                head.extend_from_slice(&chunk[..more]);
+                head.extend(chunk.iter().take(more));
             } else {
                 if self.buffer.len() + chunk.len() > self.limit {
                     let mut head = std::mem::take(&mut self.buffer);
                     head.truncate(HEAD_BYTES);
                     let more = HEAD_BYTES.saturating_sub(head.len()).min(chunk.len());
-                    head.extend_from_slice(&chunk[..more]);
+                    head.extend(chunk.iter().take(more));
                     oversize = Some(head);
                 } else {
                     self.buffer.extend_from_slice(chunk);

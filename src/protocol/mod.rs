@@ -7,16 +7,17 @@
 
 mod budget;
 mod framing;
+mod method;
 mod modern;
 mod shown;
 
 pub use budget::{ByteBudget, Held, held_bytes};
 pub use framing::{Frame, FrameReader, HEAD_BYTES, encode_line, write_message};
+pub use method::{List, Method};
 pub use modern::{
-    ALL_VERSIONS, CACHEABLE, Envelope, EnvelopeError, MODERN_METHODS, MODERN_VERSION,
-    REMOVED_IN_MODERN, TASKS_EXTENSION, decode_header_value, encode_header_value, envelope_version,
-    meta, put_envelope, routing_name, strip_envelope_keys, strip_protocol_meta, take_envelope,
-    take_protocol_meta,
+    ALL_VERSIONS, Envelope, EnvelopeError, MODERN_VERSION, TASKS_EXTENSION, decode_header_value,
+    encode_header_value, envelope_version, meta, put_envelope, routing_name, strip_envelope_keys,
+    strip_protocol_meta, take_envelope, take_protocol_meta,
 };
 #[cfg(test)]
 pub(crate) use shown::nothing_hidden;
@@ -115,11 +116,43 @@ pub fn id(message: &Value) -> Option<&Value> {
 /// unescape it (a cost on every message, for paths that need no escape).
 pub trait At {
     fn at(&self, path: &[&str]) -> Option<&Value>;
+    /// Sets the value at `path`, making objects of nulls on the way, as
+    /// `value["a"]["b"] = new` does; but where a step is neither an object
+    /// nor null (a peer's `"params": "x"`), sets nothing and says so where
+    /// indexing would panic.
+    fn put(&mut self, path: &[&str], new: Value) -> bool;
 }
 
 impl At for Value {
     fn at(&self, path: &[&str]) -> Option<&Value> {
         path.iter().try_fold(self, |found, key| found.get(*key))
+    }
+
+    fn put(&mut self, path: &[&str], new: Value) -> bool {
+        let mut here = self;
+        let Some((last, steps)) = path.split_last() else {
+            *here = new;
+            return true;
+        };
+        for key in steps {
+            if here.is_null() {
+                *here = Value::Object(Map::new());
+            }
+            let Some(object) = here.as_object_mut() else {
+                return false;
+            };
+            here = object.entry(*key).or_insert(Value::Null);
+        }
+        if here.is_null() {
+            *here = Value::Object(Map::new());
+        }
+        match here.as_object_mut() {
+            Some(object) => {
+                object.insert((*last).to_owned(), new);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -283,7 +316,7 @@ pub fn sniff_id(head: &[u8]) -> Option<Value> {
         rest.iter()
             .position(|&c| c == b',' || c == b'}' || c.is_ascii_whitespace())?
     };
-    serde_json::from_slice::<Value>(&rest[..len])
+    serde_json::from_slice::<Value>(rest.get(..len)?)
         .ok()
         .filter(|id| id.is_string() || id.is_number())
 }
@@ -335,7 +368,8 @@ fn top_level_value(head: &[u8], key: &[u8]) -> Option<usize> {
                 at = end + 1;
                 // Only a key is followed by `:`.
                 let colon = skip_space(at);
-                if depth == 1 && &head[start..end] == key && head.get(colon) == Some(&b':') {
+                if depth == 1 && head.get(start..end) == Some(key) && head.get(colon) == Some(&b':')
+                {
                     return Some(skip_space(colon + 1));
                 }
                 continue;

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{LogLevel, method, param_str, params};
+use super::{LogLevel, param_str, params};
 
 /// The stateless revision: no handshake, no session; every request carries
 /// its version and the client's capabilities in `params._meta`.
@@ -193,61 +193,15 @@ pub fn strip_envelope_keys(message: &mut Value) {
     }
 }
 
-/// The methods of the handshake revisions that 2026-07-28 removed: a
-/// stateless request naming one is an unknown method.
-pub const REMOVED_IN_MODERN: &[&str] = &[
-    "initialize",
-    "ping",
-    "logging/setLevel",
-    "resources/subscribe",
-    "resources/unsubscribe",
-];
-
-/// The client→server requests of 2026-07-28 the proxy serves: a request of
-/// any other method is one the proxy does not know (404 over HTTP), while
-/// an unknown-method error to one of these came from a server (200).
-pub const MODERN_METHODS: &[&str] = &[
-    "server/discover",
-    "subscriptions/listen",
-    "tools/list",
-    "tools/call",
-    "prompts/list",
-    "prompts/get",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-    "completion/complete",
-    // The tasks extension (io.modelcontextprotocol/tasks).
-    "tasks/get",
-    "tasks/update",
-    "tasks/cancel",
-];
-
 /// The tasks extension's name, in capabilities.
 pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
-
-/// The 2026-07-28 results that carry cache hints (`ttlMs`, `cacheScope`).
-pub const CACHEABLE: &[&str] = &[
-    "server/discover",
-    "tools/list",
-    "prompts/list",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-];
 
 /// The 2026-07-28 `Mcp-Name` header's value for a request, when the
 /// revision requires one: `params.name` of `tools/call` and `prompts/get`,
 /// `params.uri` of `resources/read`. `Err` when the method needs one and the
 /// body has none.
 pub fn routing_name(message: &Value) -> Option<Result<&str, ()>> {
-    let key = match method(message)? {
-        "tools/call" | "prompts/get" => "name",
-        "resources/read" => "uri",
-        // The tasks extension: the task's id.
-        "tasks/get" | "tasks/update" | "tasks/cancel" => "taskId",
-        _ => return None,
-    };
+    let key = super::Method::of(message)?.routing_key()?;
     Some(param_str(message, key).ok_or(()))
 }
 

@@ -2,6 +2,8 @@
 
 use serde_json::{Value, json};
 
+use crate::protocol::At;
+
 use super::span::{Attr, SpanKind};
 use super::tracer::Finished;
 
@@ -32,7 +34,7 @@ pub fn encode(batch: &[Finished], resource: &Value) -> Value {
                 | if recording.parent.is_some() { FLAG_IS_REMOTE } else { 0 },
         });
         if let Some(parent) = recording.parent {
-            root["parentSpanId"] = Value::from(parent.to_hex());
+            root.put(&["parentSpanId"], Value::from(parent.to_hex()));
         }
         spans.push(root);
         for span in &recording.spans {

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 
 use super::UpstreamError;
 use super::events::{Origin, Source, Status, UpstreamEvent};
-use super::link::Link;
-use crate::protocol;
+use super::link::{Link, LinkError};
+use crate::protocol::{self, At};
 
 pub(super) struct Pending {
     /// The server's reply, or why the proxy refused it (too large).
@@ -255,7 +255,7 @@ impl Shared {
         if origin.is_some() {
             self.touch();
         }
-        message["id"] = Value::from(id);
+        message.put(&["id"], Value::from(id));
         if self.era.stateless() {
             // The proxy's envelope, none of a client's protocol keys, and no
             // answers to questions the proxy never relayed: whatever a
@@ -263,7 +263,8 @@ impl Shared {
             protocol::strip_protocol_meta(&mut message);
             // (A task's answers are the client's to a task's questions the
             // gateway showed it, checked there.)
-            let answers_a_task = protocol::method(&message) == Some("tasks/update");
+            let answers_a_task =
+                protocol::Method::of(&message) == Some(protocol::Method::TasksUpdate);
             if let Some(params) = message.get_mut("params").and_then(Value::as_object_mut) {
                 if !answers_a_task {
                     params.remove("inputResponses");
@@ -323,13 +324,14 @@ impl Shared {
             .ok_or_else(|| unavailable("it is not running".into()))?;
         // A server that stops reading its input (or a remote one that
         // never answers the POST) holds the sender no longer than this.
-        match tokio::time::timeout(wait, link.send(message)).await {
-            Ok(sent) => sent.map_err(unavailable),
-            Err(_) => Err(unavailable(format!(
-                "it did not take the message within {}",
-                super::humanize(wait)
-            ))),
-        }
+        let sent = match tokio::time::timeout(wait, link.send(message)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(LinkError::Slow {
+                what: "message",
+                after: wait,
+            }),
+        };
+        sent.map_err(|error| unavailable(error.to_string()))
     }
 }
 
@@ -443,15 +445,15 @@ impl PendingCall {
         // the writers queued behind it) past the call's timeout.
         let sent = match tokio::time::timeout(timeout, link.send(message)).await {
             Ok(sent) => sent,
-            Err(_) => Err(format!(
-                "it did not take the call within {}",
-                super::humanize(timeout)
-            )),
+            Err(_) => Err(LinkError::Slow {
+                what: "call",
+                after: timeout,
+            }),
         };
-        if let Err(reason) = sent {
+        if let Err(error) = sent {
             self.done = true;
             self.shared.pending().remove(&self.id);
-            return Err(unavailable(reason));
+            return Err(unavailable(error.to_string()));
         }
         let mut follow = self.follow.take();
         let reply = async {
@@ -515,7 +517,7 @@ impl Drop for PendingCall {
                 runtime.spawn(async move {
                     if let Some(link) = shared.current_link() {
                         let cancel = protocol::notification(
-                            "notifications/cancelled",
+                            protocol::Method::Cancelled.as_str(),
                             json!({ "requestId": id, "reason": "cancelled by the proxy" }),
                         );
                         // A server that stops reading its input does not

@@ -276,8 +276,16 @@ impl Upstream {
     }
 
     /// A request of the proxy's own (lists, handshake), with the call timeout.
-    pub async fn request(&self, method: &str, params: Value) -> Result<Value, UpstreamError> {
-        let call = self.begin(protocol::request(Value::Null, method, params), None);
+    pub async fn request(
+        &self,
+        method: impl Into<protocol::Method>,
+        params: Value,
+    ) -> Result<Value, UpstreamError> {
+        let method = method.into();
+        let call = self.begin(
+            protocol::request(Value::Null, method.as_str(), params),
+            None,
+        );
         let response = call.send_and_wait(self.config.call_timeout).await?;
         match response.get("result") {
             Some(result) => Ok(result.clone()),

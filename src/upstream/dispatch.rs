@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::calls::Shared;
 use super::events::{Origin, UpstreamEvent};
 use super::link::{Inbox, Link};
-use crate::protocol::{self, Kind};
+use crate::protocol::{self, At, Kind, Method};
 
 impl Shared {
     /// Routes one message the server sent. `related` is the id of our request
@@ -33,7 +33,7 @@ impl Shared {
                 }
             }
             Some(Kind::Request) => {
-                if protocol::method(&message) == Some("ping") {
+                if Method::of(&message) == Some(Method::Ping) {
                     let id = message.get("id").cloned().unwrap_or(Value::Null);
                     if let Some(link) = self.current_link() {
                         let _ = link.send(protocol::result(id, json!({}))).await;
@@ -60,8 +60,7 @@ impl Shared {
         // A 2026-07-28 server's protocol keys (the tag of the proxy's listen
         // stream, say) are the proxy's business: never passed on.
         // (An acknowledgement is the proxy's alone, and read by its tag.)
-        let acknowledgement =
-            protocol::method(&message) == Some("notifications/subscriptions/acknowledged");
+        let acknowledgement = Method::of(&message) == Some(Method::SubscriptionsAcknowledged);
         if self.era.stateless() && !acknowledgement && protocol::strip_protocol_meta(&mut message) {
             let params = message.get_mut("params").and_then(Value::as_object_mut);
             if let Some(params) = params
@@ -74,8 +73,8 @@ impl Shared {
             }
         }
         let mut ambiguous = false;
-        match protocol::method(&message) {
-            Some("notifications/progress") => {
+        match Method::of(&message) {
+            Some(Method::Progress) => {
                 let Some(token) = message
                     .get("params")
                     .and_then(|p| p.get("progressToken"))
@@ -93,7 +92,7 @@ impl Shared {
                     tracing::debug!(server = %self.name, "progress for a call no longer in flight");
                     return;
                 };
-                message["params"]["progressToken"] = client_token;
+                message.put(&["params", "progressToken"], client_token);
                 let held = self.queued.take(protocol::held_bytes(&message)).await;
                 let _ = follow.send((message, held)).await;
                 return;
@@ -101,15 +100,15 @@ impl Shared {
             // Handled by the proxy itself (lists read again,
             // subscribers told, the server's request withdrawn).
             Some(
-                "notifications/tools/list_changed"
-                | "notifications/prompts/list_changed"
-                | "notifications/resources/list_changed"
-                | "notifications/resources/updated"
-                | "notifications/cancelled",
+                Method::ToolsListChanged
+                | Method::PromptsListChanged
+                | Method::ResourcesListChanged
+                | Method::ResourceUpdated
+                | Method::Cancelled,
             ) => {}
             // Of the proxy's own listen stream to a 2026-07-28
             // server: what it granted goes to that stream alone.
-            Some("notifications/subscriptions/acknowledged") => {
+            Some(Method::SubscriptionsAcknowledged) => {
                 let stream = self.listening.id.load(std::sync::atomic::Ordering::Acquire);
                 let follow = super::listen::stream_of(&message)
                     .filter(|id| *id == stream)
@@ -139,9 +138,7 @@ impl Shared {
                 }
                 // A 2026-07-28 server logs only for a request that asked:
                 // one that belongs to no call in flight is nobody else's.
-                if self.era.stateless()
-                    && protocol::method(&message) == Some("notifications/message")
-                {
+                if self.era.stateless() && Method::of(&message) == Some(Method::LogMessage) {
                     tracing::debug!(server = %self.name, "a log message of no call in flight dropped");
                     return;
                 }

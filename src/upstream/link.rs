@@ -15,10 +15,37 @@ use super::UpstreamError;
 use crate::config::LimitsConfig;
 use crate::protocol::{self, Frame, FrameReader};
 
+/// Why a message did not reach a server: the link seam's one error. The
+/// client turns it into the call's [`UpstreamError`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LinkError {
+    /// The server's input would not take the line: the server is gone.
+    #[error("cannot write to the server: {0}")]
+    Write(#[source] std::io::Error),
+    /// The link is closed (its server stopped, or ended the session).
+    #[error("{0}")]
+    Closed(&'static str),
+    /// A remote server could not be reached (or a redirect was refused).
+    #[error("{0}")]
+    Unreachable(String),
+    /// A remote server answered with an HTTP error status.
+    #[error("the server answered HTTP {0}")]
+    Status(reqwest::StatusCode),
+    /// A remote server's answer could not be taken as a message.
+    #[error("{0}")]
+    Answer(String),
+    /// The server did not take the message in time.
+    #[error("it did not take the {what} within {}", super::humanize(*after))]
+    Slow {
+        what: &'static str,
+        after: std::time::Duration,
+    },
+}
+
 /// A way to send bytes to a running server. What the server sends back is
 /// handed to the client's [`Inbox`] by the link's own reader.
 pub(crate) trait Link: Send + Sync {
-    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>>;
+    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), LinkError>>;
     /// Called once the handshake settled the protocol version.
     fn set_protocol_version(&self, _version: &str) {}
     /// Stops the link: kills the process, removes the container or ends the
@@ -123,12 +150,12 @@ pub(crate) async fn write_message<W: tokio::io::AsyncWrite + Unpin>(
     input: &tokio::sync::Mutex<LineWriter<W>>,
     message: &Value,
     closed: &CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let line = protocol::encode_line(message);
     let mut input = input.lock().await;
     input.send(line).await.map_err(|err| {
         closed.cancel();
-        format!("cannot write to the server: {err}")
+        LinkError::Write(err)
     })
 }
 

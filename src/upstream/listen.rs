@@ -242,7 +242,7 @@ impl Listening {
     /// Takes `message`, sent on the stream asked at `asked`: true if it is
     /// its acknowledgement (what it granted then settled).
     pub(super) fn acknowledgement(&self, asked: u64, message: &Value) -> bool {
-        if protocol::method(message) != Some("notifications/subscriptions/acknowledged")
+        if protocol::Method::of(message) != Some(protocol::Method::SubscriptionsAcknowledged)
             || stream_of(message) != Some(self.id.load(Ordering::Acquire))
         {
             return false;

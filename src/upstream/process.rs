@@ -12,7 +12,7 @@ use tokio::process::{ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::link::{Connected, Inbox, LineWriter, Link, read_messages, write_message};
+use super::link::{Connected, Inbox, LineWriter, Link, LinkError, read_messages, write_message};
 use crate::config::{LimitsConfig, ProcessSpec};
 
 struct ProcessLink {
@@ -21,7 +21,7 @@ struct ProcessLink {
 }
 
 impl Link for ProcessLink {
-    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>> {
+    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), LinkError>> {
         async move { write_message(&self.stdin, &message, &self.closed).await }.boxed()
     }
 

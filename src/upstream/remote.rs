@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::link::{Connected, Inbox, Link};
+use super::link::{Connected, Inbox, Link, LinkError};
 use super::sse::{SseEvent, SseParser};
 use crate::config::{self, LimitsConfig, RemoteSpec};
 use crate::egress::{self, EgressError, HttpClient, Timeouts, Trust, read_limited};
@@ -72,7 +72,8 @@ impl RemoteLink {
     /// in that revision, or the probe of whether it is one. Decided by the
     /// link, never by what a message says of itself.
     fn speaks_stateless(&self, message: &Value) -> bool {
-        self.is_stateless() || protocol::method(message) == Some("server/discover")
+        self.is_stateless()
+            || protocol::Method::of(message) == Some(protocol::Method::ServerDiscover)
     }
 
     /// A 2026-07-28 request's headers (no session): its version, method
@@ -98,7 +99,7 @@ impl RemoteLink {
     /// What the proxy tells a 2026-07-28 server by notification: a request
     /// cancelled is its response stream closed; nothing else is sent.
     fn notify_stateless(&self, message: &Value) {
-        if protocol::method(message) != Some("notifications/cancelled") {
+        if protocol::Method::of(message) != Some(protocol::Method::Cancelled) {
             return;
         }
         let id = message.at(&["params", "requestId"]).and_then(Value::as_u64);
@@ -117,7 +118,7 @@ impl RemoteLink {
         request
     }
 
-    async fn send_message(self: Arc<Self>, message: Value) -> Result<(), String> {
+    async fn send_message(self: Arc<Self>, message: Value) -> Result<(), LinkError> {
         let kind = protocol::classify(&message);
         let stateless = self.speaks_stateless(&message);
         if self.is_stateless() && kind != Some(Kind::Request) {
@@ -128,12 +129,15 @@ impl RemoteLink {
         let sent = self.token.as_ref().map(|token| token.header());
         // A redirect is refused here: following it would send this request,
         // and the headers the operator set for this server, elsewhere.
-        let response = egress::send(self.post(&message).map_err(|err| err.to_string())?)
-            .await
-            .map_err(|err| match err {
-                EgressError::Redirect { .. } => err.to_string(),
-                err => format!("cannot reach {}: {err}", egress::origin(&self.url)),
-            })?;
+        let request = self
+            .post(&message)
+            .map_err(|err| LinkError::Unreachable(err.to_string()))?;
+        let response = egress::send(request).await.map_err(|err| match err {
+            EgressError::Redirect { .. } => LinkError::Unreachable(err.to_string()),
+            err => {
+                LinkError::Unreachable(format!("cannot reach {}: {err}", egress::origin(&self.url)))
+            }
+        })?;
         let status = response.status();
         // The server no longer takes its token (revoked there, rotated):
         // a new one for the next request.
@@ -151,7 +155,7 @@ impl RemoteLink {
         if status == reqwest::StatusCode::NOT_FOUND && self.has_session() {
             // The server forgot our session: start over with a new handshake.
             self.closed.cancel();
-            return Err("the server ended the session".into());
+            return Err(LinkError::Closed("the server ended the session"));
         }
         let content_type = response
             .headers()
@@ -162,7 +166,7 @@ impl RemoteLink {
         if kind != Some(Kind::Request) {
             return match status.is_success() {
                 true => Ok(()),
-                false => Err(format!("the server answered HTTP {status}")),
+                false => Err(LinkError::Status(status)),
             };
         }
         if !status.is_success() {
@@ -174,7 +178,7 @@ impl RemoteLink {
                 false => None,
             };
             let Some(answer) = answer else {
-                return Err(format!("the server answered HTTP {status}"));
+                return Err(LinkError::Status(status));
             };
             self.inbox.dispatch(answer, related).await;
             return Ok(());
@@ -193,15 +197,17 @@ impl RemoteLink {
             });
             Ok(())
         } else if content_type.starts_with("application/json") {
-            let body = read_limited(response, self.limits.max_message_bytes).await?;
-            let message =
-                protocol::parse(&body, self.limits.max_depth).map_err(|e| e.to_string())?;
+            let body = read_limited(response, self.limits.max_message_bytes)
+                .await
+                .map_err(LinkError::Answer)?;
+            let message = protocol::parse(&body, self.limits.max_depth)
+                .map_err(|e| LinkError::Answer(e.to_string()))?;
             self.inbox.dispatch(message, related).await;
             Ok(())
         } else {
-            Err(format!(
+            Err(LinkError::Answer(format!(
                 "the server answered with content type `{content_type}`"
-            ))
+            )))
         }
     }
 
@@ -323,7 +329,7 @@ const CALL_STREAM_CHECK: Duration = Duration::from_secs(2);
 struct RemoteHandle(Arc<RemoteLink>);
 
 impl Link for RemoteHandle {
-    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>> {
+    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), LinkError>> {
         self.0.clone().send_message(message).boxed()
     }
 

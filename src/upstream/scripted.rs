@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::link::{Connected, Connector, Inbox, Link};
+use super::link::{Connected, Connector, Inbox, Link, LinkError};
 use crate::config::{
     ContainerSpec, Isolation, ProcessSpec, PullPolicy, Sandbox, ServerConfig, StartPolicy,
     UpstreamSpec,
@@ -182,7 +182,7 @@ struct ScriptedLink {
 }
 
 impl Link for ScriptedLink {
-    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>> {
+    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), LinkError>> {
         let tools = self
             .tools
             .lock()
@@ -199,11 +199,11 @@ impl Link for ScriptedLink {
             .boxed();
         }
         let sent = if self.closed.is_cancelled() {
-            Err("the scripted link is closed".to_owned())
+            Err(LinkError::Closed("the scripted link is closed"))
         } else {
             self.to_server
                 .send(message)
-                .map_err(|_| "the scripted server is gone".to_owned())
+                .map_err(|_| LinkError::Closed("the scripted server is gone"))
         };
         std::future::ready(sent).boxed()
     }

@@ -61,8 +61,9 @@ impl SseParser {
         }
         let (field, value) = match line.iter().position(|&b| b == b':') {
             Some(colon) => {
-                let value = &line[colon + 1..];
-                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+                let (field, value) = line.split_at(colon);
+                let value = value.get(1..).unwrap_or_default();
+                (field, value.strip_prefix(b" ").unwrap_or(value))
             }
             None => (line, &[][..]),
         };

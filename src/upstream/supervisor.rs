@@ -267,9 +267,10 @@ impl Supervisor {
             },
             "clientInfo": { "name": "portcullis", "version": env!("CARGO_PKG_VERSION") }
         });
-        let call = self
-            .shared
-            .begin(protocol::request(Value::Null, "initialize", params), None);
+        let call = self.shared.begin(
+            protocol::request(Value::Null, protocol::Method::Initialize.as_str(), params),
+            None,
+        );
         let response = call
             .send_and_wait(self.startup_timeout)
             .await
@@ -301,7 +302,7 @@ impl Supervisor {
         // Part of the handshake: as long as a call may take.
         self.shared
             .send_within(
-                protocol::notification("notifications/initialized", json!({})),
+                protocol::notification(protocol::Method::Initialized.as_str(), json!({})),
                 self.call_timeout,
             )
             .await?;
@@ -311,7 +312,11 @@ impl Supervisor {
     /// `server/discover`, sent with the proxy's envelope (as every request
     /// to a 2026-07-28 server): its answer.
     async fn ask_discover(&self) -> Result<Value, UpstreamError> {
-        let mut request = protocol::request(Value::Null, "server/discover", json!({}));
+        let mut request = protocol::request(
+            Value::Null,
+            protocol::Method::ServerDiscover.as_str(),
+            json!({}),
+        );
         protocol::put_envelope(&mut request, &proxy_envelope());
         self.shared
             .begin(request, None)
@@ -508,7 +513,11 @@ impl Supervisor {
             }
             let params = json!({ "notifications": filter });
             let call = self.shared.begin(
-                protocol::request(Value::Null, "subscriptions/listen", params),
+                protocol::request(
+                    Value::Null,
+                    protocol::Method::SubscriptionsListen.as_str(),
+                    params,
+                ),
                 None,
             );
             listening.id.store(call.upstream_id(), Ordering::Release);

@@ -282,7 +282,7 @@ fn gitleaks_samples_are_caught_by_the_rules_mapped_to_them() {
                 tally.flagged += 1;
                 let message = format!(
                     "false positive flagged by `{}`: {}",
-                    scanner.rule(finding.rule).id,
+                    scanner.rule_id(finding.rule),
                     short(&sample.text)
                 );
                 failures.push(format!("{}: {message}", record.rule));

@@ -41,7 +41,8 @@ fn state_sealing(sealer: Option<crate::downstream::sealed::Sealer>) -> Arc<HttpS
     );
     let config = Config::parse(&text, Path::new("portcullis.toml"))
         .unwrap_or_else(|err| panic!("the test config loads: {err}"));
-    let (gateway, _events) = Gateway::new(Arc::new(config), Chain::default(), None);
+    let (gateway, _events) =
+        Gateway::new(Arc::new(config), Chain::default(), None, Default::default());
     Arc::new(HttpState::new(
         gateway,
         Enforcement::default(),

@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::request::Query;
-use super::{LIST_METHODS, PolicyEngine, list_target};
+use super::{PolicyEngine, list_action, list_target};
 use crate::chain::{ClientIdentity, Directory, Transport};
+use crate::protocol::List;
 
 /// Decides (and remembers) whether a client may use a server. Without
 /// authz in the chain ([`ServerAccess::everyone`]) every client may use
@@ -142,12 +143,13 @@ impl ServerAccess {
         // decisions, and other sessions' lookups should not wait on them.
         let offered = directory.offered();
         let time = SystemTime::now();
-        let allowed = LIST_METHODS.iter().any(|(_, list, action)| {
-            let items = match *list {
-                "tools" => offered.tools,
-                "prompts" => offered.prompts,
-                "resources" => offered.resources,
-                _ => offered.templates,
+        let allowed = List::ALL.into_iter().any(|kind| {
+            let (list, action) = (kind.result_key(), list_action(kind));
+            let items = match kind {
+                List::Tools => offered.tools,
+                List::Prompts => offered.prompts,
+                List::Resources => offered.resources,
+                List::ResourceTemplates => offered.templates,
             };
             items.iter().any(|item| {
                 let Some(target) = list_target(&**directory, list, item) else {
@@ -161,7 +163,7 @@ impl ServerAccess {
                         client: &client.name,
                         groups: &client.groups,
                         attributes: Some(&client.attributes),
-                        action: *action,
+                        action,
                         target: &target,
                         arguments: None,
                         transport: transport.as_str(),

@@ -33,11 +33,9 @@ pub use request::{Action, Query, Target, ToolAnnotations};
 pub use sources::Sources;
 pub use store::{Decision, ListedPolicy, Origin, PolicyStore};
 
-use crate::chain::{
-    Annotation, Denial, Direction, Directory, Exchange, Interceptor, Phase, Verdict,
-};
+use crate::chain::{Annotation, Denial, Direction, Directory, Exchange, Interceptor, Verdict};
 use crate::config::ClientConfig;
-use crate::protocol::{At as _, code};
+use crate::protocol::{At as _, List, Method, code};
 
 /// The current policy set of a folder, and its reloads.
 pub struct PolicyEngine {
@@ -258,16 +256,14 @@ pub struct Authz {
     scrub: Option<Scrub>,
 }
 
-const LIST_METHODS: [(&str, &str, Action); 4] = [
-    ("tools/list", "tools", Action::ListTools),
-    ("prompts/list", "prompts", Action::ListPrompts),
-    ("resources/list", "resources", Action::ListResources),
-    (
-        "resources/templates/list",
-        "resourceTemplates",
-        Action::ListResources,
-    ),
-];
+/// The action that decides each item of a list.
+fn list_action(list: List) -> Action {
+    match list {
+        List::Tools => Action::ListTools,
+        List::Prompts => Action::ListPrompts,
+        List::Resources | List::ResourceTemplates => Action::ListResources,
+    }
+}
 
 impl Authz {
     pub fn new(engine: Arc<PolicyEngine>, separator: &str) -> Self {
@@ -339,20 +335,21 @@ impl Authz {
                     uri: target.to_owned(),
                     server: server.to_owned(),
                 };
-                match &*context.method {
+                match &context.method {
                     // A task's requests are decided as the call that
                     // created it (routing found its tool).
-                    "tools/call" | "tasks/get" | "tasks/update" | "tasks/cancel" => {
-                        Some((Action::CallTool, tool()))
-                    }
-                    "prompts/get" => Some((Action::GetPrompt, prompt())),
-                    "resources/read" => Some((Action::ReadResource, resource())),
+                    Method::ToolsCall
+                    | Method::TasksGet
+                    | Method::TasksUpdate
+                    | Method::TasksCancel => Some((Action::CallTool, tool())),
+                    Method::PromptsGet => Some((Action::GetPrompt, prompt())),
+                    Method::ResourcesRead => Some((Action::ReadResource, resource())),
                     // Unsubscribing is decided like subscribing: a client
                     // with no rights on a resource has nothing to cancel.
-                    "resources/subscribe" | "resources/unsubscribe" => {
+                    Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
                         Some((Action::SubscribeResource, resource()))
                     }
-                    "completion/complete" => {
+                    Method::CompletionComplete => {
                         let kind = exchange.message.at(&["params", "ref", "type"]);
                         if kind.and_then(Value::as_str) == Some("ref/prompt") {
                             Some((Action::Complete, prompt()))
@@ -364,10 +361,10 @@ impl Authz {
                 }
             }
             Direction::ServerToClient => {
-                let action = match &*context.method {
-                    "sampling/createMessage" => Action::Sampling,
-                    "elicitation/create" => Action::Elicitation,
-                    "roots/list" => Action::Roots,
+                let action = match &context.method {
+                    Method::SamplingCreateMessage => Action::Sampling,
+                    Method::ElicitationCreate => Action::Elicitation,
+                    Method::RootsList => Action::Roots,
                     // Any other server→client request is refused in
                     // `on_request`; `ping` is harmless.
                     _ => return None,
@@ -450,80 +447,12 @@ impl Authz {
         }
         Verdict::Modify(message)
     }
-}
 
-/// The Cedar target of an item of the merged list `key` (`tools`,
-/// `prompts`, `resources`, `resourceTemplates`), with its server; `None`
-/// when no server is known for it (such an item is hidden: fail closed).
-pub(crate) fn list_target(directory: &dyn Directory, key: &str, item: &Value) -> Option<Target> {
-    let name = |k: &str| item.get(k).and_then(Value::as_str);
-    match key {
-        "tools" => {
-            let name = name("name")?;
-            Some(Target::Tool {
-                name: name.to_owned(),
-                server: directory.tool_server(name)?.to_owned(),
-                annotations: ToolAnnotations::from_definition(item),
-            })
-        }
-        "prompts" => {
-            let name = name("name")?;
-            Some(Target::Prompt {
-                name: name.to_owned(),
-                server: directory.prompt_server(name)?.to_owned(),
-            })
-        }
-        "resources" => {
-            let uri = name("uri")?;
-            Some(Target::Resource {
-                uri: uri.to_owned(),
-                server: directory.resource_server(uri)?.to_owned(),
-            })
-        }
-        _ => {
-            let template = name("uriTemplate")?;
-            Some(Target::Resource {
-                uri: template.to_owned(),
-                server: directory.template_server(template)?.to_owned(),
-            })
-        }
-    }
-}
-
-impl Interceptor for Authz {
-    fn name(&self) -> &str {
-        "authz"
-    }
-
-    /// The policy set in force, so that operators of several replicas see
-    /// one that did not reload.
-    fn render_metrics(&self, out: &mut crate::metrics::Exposition) {
-        let store = self.engine.current();
-        out.declare(
-            "portcullis_policy_set_info",
-            "The policy set this proxy enforces (1), by its id: replicas that enforce the same set report the same id.",
-            "gauge",
-        );
-        out.sample(
-            "portcullis_policy_set_info",
-            &[("policy_set", &store.id)],
-            1.0,
-        );
-        out.declare(
-            "portcullis_policies",
-            "Policies in the set this proxy enforces.",
-            "gauge",
-        );
-        out.sample("portcullis_policies", &[], store.policy_count() as f64);
-    }
-
-    fn on_request(&self, exchange: &mut Exchange) -> Verdict {
+    /// Decides a request (`server_asks`: a server's to a client, which
+    /// must be one the model names).
+    fn decide(&self, exchange: &mut Exchange, server_asks: bool) -> Verdict {
         let Some((action, target)) = self.subject(exchange) else {
-            // A server→client request that no action covers is not
-            // forwarded: the model names every request a server may make.
-            if exchange.direction == Direction::ServerToClient
-                && &*exchange.context.method != "ping"
-            {
+            if server_asks && exchange.context.method != Method::Ping {
                 return Verdict::Deny(Denial::new(
                     code::DENIED,
                     format!(
@@ -535,7 +464,7 @@ impl Interceptor for Authz {
             return Verdict::Continue;
         };
         let arguments = match action {
-            Action::CallTool if exchange.context.method.starts_with("tasks/") => {
+            Action::CallTool if exchange.context.method.is_task() => {
                 exchange.context.call_arguments.as_deref()
             }
             Action::CallTool | Action::GetPrompt => exchange
@@ -616,6 +545,82 @@ impl Interceptor for Authz {
                 .with("policy_set", decision.policy_set.to_string()),
         )
     }
+}
+
+/// The Cedar target of an item of the merged list `key` (`tools`,
+/// `prompts`, `resources`, `resourceTemplates`), with its server; `None`
+/// when no server is known for it (such an item is hidden: fail closed).
+pub(crate) fn list_target(directory: &dyn Directory, key: &str, item: &Value) -> Option<Target> {
+    let name = |k: &str| item.get(k).and_then(Value::as_str);
+    match key {
+        "tools" => {
+            let name = name("name")?;
+            Some(Target::Tool {
+                name: name.to_owned(),
+                server: directory.tool_server(name)?.to_owned(),
+                annotations: ToolAnnotations::from_definition(item),
+            })
+        }
+        "prompts" => {
+            let name = name("name")?;
+            Some(Target::Prompt {
+                name: name.to_owned(),
+                server: directory.prompt_server(name)?.to_owned(),
+            })
+        }
+        "resources" => {
+            let uri = name("uri")?;
+            Some(Target::Resource {
+                uri: uri.to_owned(),
+                server: directory.resource_server(uri)?.to_owned(),
+            })
+        }
+        _ => {
+            let template = name("uriTemplate")?;
+            Some(Target::Resource {
+                uri: template.to_owned(),
+                server: directory.template_server(template)?.to_owned(),
+            })
+        }
+    }
+}
+
+impl Interceptor for Authz {
+    fn name(&self) -> &str {
+        "authz"
+    }
+
+    /// The policy set in force, so that operators of several replicas see
+    /// one that did not reload.
+    fn render_metrics(&self, out: &mut crate::metrics::Exposition) {
+        let store = self.engine.current();
+        out.declare(
+            "portcullis_policy_set_info",
+            "The policy set this proxy enforces (1), by its id: replicas that enforce the same set report the same id.",
+            "gauge",
+        );
+        out.sample(
+            "portcullis_policy_set_info",
+            &[("policy_set", &store.id)],
+            1.0,
+        );
+        out.declare(
+            "portcullis_policies",
+            "Policies in the set this proxy enforces.",
+            "gauge",
+        );
+        out.sample("portcullis_policies", &[], store.policy_count() as f64);
+    }
+
+    fn on_client_request(&self, exchange: &mut Exchange) -> Verdict {
+        self.decide(exchange, false)
+    }
+
+    fn on_server_request(&self, exchange: &mut Exchange) -> Verdict {
+        // A server→client request that no action covers is not forwarded:
+        // the model names every request a server may make.
+        self.decide(exchange, true)
+    }
 
     /// A server's notification to a session. One tied to a call
     /// (`context.request_id` set: the call's progress, its log messages)
@@ -632,7 +637,7 @@ impl Interceptor for Authz {
             return Verdict::Continue;
         };
         let store = self.engine.current();
-        let allowed = if &*context.method == "notifications/resources/updated" {
+        let allowed = if context.method == Method::ResourceUpdated {
             let target = Target::Resource {
                 uri: context.target.clone().unwrap_or_default(),
                 server: server.to_string(),
@@ -668,15 +673,9 @@ impl Interceptor for Authz {
         ))
     }
 
-    fn on_response(&self, exchange: &mut Exchange) -> Verdict {
-        if exchange.direction != Direction::ClientToServer || exchange.phase != Phase::Response {
-            return Verdict::Continue;
-        }
-        match LIST_METHODS
-            .iter()
-            .find(|(method, _, _)| *method == &*exchange.context.method)
-        {
-            Some((_, key, action)) => self.filter_list(exchange, key, *action),
+    fn on_server_response(&self, exchange: &mut Exchange) -> Verdict {
+        match exchange.context.method.list() {
+            Some(list) => self.filter_list(exchange, list.result_key(), list_action(list)),
             None => Verdict::Continue,
         }
     }

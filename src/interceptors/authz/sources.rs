@@ -72,7 +72,7 @@ impl Sources {
             hasher.update((text.len() as u64).to_le_bytes());
             hasher.update(text.as_bytes());
         }
-        hex::encode(&hasher.finalize()[..6])
+        hex::encode(hasher.finalize().get(..6).unwrap_or_default())
     }
 }
 

@@ -37,8 +37,9 @@ use std::time::SystemTime;
 
 use tokio::sync::broadcast;
 
-use crate::chain::{DefinitionRef, Direction, Exchange, Interceptor, Verdict};
+use crate::chain::{DefinitionRef, Exchange, Interceptor, Verdict};
 use crate::config::{FirstUse, OnChange, PinningConfig, Poisoning};
+use crate::protocol::{List, Method};
 use poison::Rules;
 pub use review::{ReviewState, ToolReview};
 pub use store::{Files, Finding, Pin, PinError, PinFile, Seen, SeenFile};
@@ -269,31 +270,29 @@ impl Interceptor for Pinning {
         "pinning"
     }
 
-    fn on_request(&self, exchange: &mut Exchange) -> Verdict {
-        if exchange.direction != Direction::ClientToServer {
-            return Verdict::Continue;
-        }
-        match &*exchange.context.method {
+    fn on_client_request(&self, exchange: &mut Exchange) -> Verdict {
+        match &exchange.context.method {
             // A task's poll and answers too (2026-07-28): its result and
             // questions come from the tool as it is now.
-            "tools/call" | "tasks/get" | "tasks/update" => self.check(exchange, false),
-            "prompts/get" if self.rules.is_some() => self.check(exchange, true),
+            Method::ToolsCall | Method::TasksGet | Method::TasksUpdate => {
+                self.check(exchange, false)
+            }
+            Method::PromptsGet if self.rules.is_some() => self.check(exchange, true),
             _ => Verdict::Continue,
         }
     }
 
-    fn on_response(&self, exchange: &mut Exchange) -> Verdict {
-        if exchange.direction != Direction::ClientToServer {
-            return Verdict::Continue;
-        }
-        match &*exchange.context.method {
-            "tools/list" => self.filter(exchange, false),
-            "prompts/list" if self.rules.is_some() => self.filter(exchange, true),
-            "resources/list" if self.rules.is_some() => self.scan_list(exchange, "resources"),
-            "resources/templates/list" if self.rules.is_some() => {
-                self.scan_list(exchange, "resourceTemplates")
+    fn on_server_response(&self, exchange: &mut Exchange) -> Verdict {
+        match &exchange.context.method {
+            Method::ToolsList => self.filter(exchange, false),
+            Method::PromptsList if self.rules.is_some() => self.filter(exchange, true),
+            Method::ResourcesList if self.rules.is_some() => {
+                self.scan_list(exchange, List::Resources.result_key())
             }
-            "initialize" if self.rules.is_some() => self.scan_instructions(exchange),
+            Method::ResourceTemplatesList if self.rules.is_some() => {
+                self.scan_list(exchange, List::ResourceTemplates.result_key())
+            }
+            Method::Initialize if self.rules.is_some() => self.scan_instructions(exchange),
             _ => Verdict::Continue,
         }
     }

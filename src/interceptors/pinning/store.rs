@@ -366,6 +366,10 @@ fn flatten(value: &Value, at: String, out: &mut Vec<(String, Value)>) {
 /// `+ ` added. Lines are cut after each line feed, which each shows
 /// escaped (`\n`, `\r\n`): a line ending that changed is a change, and
 /// the text's own breaks never start a line of the diff.
+#[expect(
+    clippy::indexing_slicing,
+    reason = "the table is (a.len() + 1) × (b.len() + 1) and every index is within the loops' bounds"
+)]
 fn line_diff(old: &str, new: &str) -> Vec<String> {
     let a: Vec<&str> = old.split_inclusive('\n').collect();
     let b: Vec<&str> = new.split_inclusive('\n').collect();

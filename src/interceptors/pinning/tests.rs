@@ -1,7 +1,9 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::chain::{ClientIdentity, Context, Definition, Denial, Directory, Phase, Transport};
+use crate::chain::{
+    ClientIdentity, Context, Definition, Denial, Direction, Directory, Phase, Transport,
+};
 use crate::config::PinningConfig;
 use crate::protocol::code;
 
@@ -73,7 +75,7 @@ fn list(pinning: &Pinning, listed: &Arc<Listed>) -> (Vec<String>, Value) {
         Phase::Response,
         context("tools/list", listed),
     );
-    assert_eq!(pinning.on_response(&mut exchange), Verdict::Continue);
+    assert_eq!(pinning.see(&mut exchange), Verdict::Continue);
     let names = exchange.message["result"]["tools"]
         .as_array()
         .map(|tools| {
@@ -97,7 +99,7 @@ fn call(pinning: &Pinning, listed: &Arc<Listed>, tool: &str) -> Verdict {
         Phase::Request,
         context,
     );
-    pinning.on_request(&mut exchange)
+    pinning.see(&mut exchange)
 }
 
 fn config(dir: &std::path::Path) -> PinningConfig {
@@ -391,7 +393,7 @@ fn resources_and_server_instructions_are_scanned_too() {
             Phase::Response,
             context(method, &listed),
         );
-        assert_eq!(pinning.on_response(&mut exchange), Verdict::Continue);
+        assert_eq!(pinning.see(&mut exchange), Verdict::Continue);
         exchange.message
     };
 

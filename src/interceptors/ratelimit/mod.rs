@@ -35,9 +35,9 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use serde_json::Value;
 
-use crate::chain::{Denial, Exchange, Interceptor, Phase, Verdict};
+use crate::chain::{Admitting, Denial, Exchange, Interceptor, Phase, Verdict};
 use crate::config::{RateRule, RateScope, RatelimitConfig, Unavailable};
-use crate::protocol::code;
+use crate::protocol::{Method, code};
 
 /// Prune idle keys once per this many checks.
 const PRUNE_EVERY: u64 = 4096;
@@ -84,7 +84,7 @@ pub struct Ratelimit<C: Clock = DefaultClock> {
     clock: C,
     checks: AtomicU64,
     /// `[ratelimit.shared]`: the budgets in Redis (checked as the chain's
-    /// admission, see [`crate::chain::Admission`]), and what to do while
+    /// admission, see [`Interceptor::admit`]), and what to do while
     /// Redis does not answer.
     shared: Option<(shared::Shared, Unavailable)>,
     /// Whether Redis did not answer the last check (logged once).
@@ -169,8 +169,8 @@ impl<C: Clock> Ratelimit<C> {
         let context = &exchange.context;
         let client = &*context.client.name;
         let server = context.server.as_deref();
-        let tool = match (&*context.method, server, &context.target) {
-            ("tools/call", Some(server), Some(tool)) => self
+        let tool = match (&context.method, server, &context.target) {
+            (Method::ToolsCall, Some(server), Some(tool)) => self
                 .tools
                 .get(server)
                 .and_then(|tools| tools.get(tool.as_str()))
@@ -216,7 +216,13 @@ where
         "ratelimit"
     }
 
-    fn on_request(&self, exchange: &mut Exchange) -> Verdict {
+    /// Shared budgets: checked once the whole chain passed the request.
+    fn admit<'a>(&'a self, exchange: &'a Exchange) -> Option<Admitting<'a>> {
+        self.shared.as_ref()?;
+        Some(self.admit_shared(exchange))
+    }
+
+    fn on_client_request(&self, exchange: &mut Exchange) -> Verdict {
         // Shared budgets are checked once the chain passed the request.
         if self.shared.is_some() || !counted(exchange) {
             return Verdict::Continue;
@@ -233,7 +239,7 @@ where
 fn counted(exchange: &Exchange) -> bool {
     exchange.phase == Phase::Request
         && exchange.toward_server()
-        && !matches!(&*exchange.context.method, "initialize" | "ping")
+        && !exchange.context.method.before_initialize()
 }
 
 impl<C: Clock> Ratelimit<C> {
@@ -244,7 +250,9 @@ impl<C: Clock> Ratelimit<C> {
         }
         let client = &exchange.context.client.name;
         for index in self.applicable(exchange).into_iter().flatten() {
-            if let Err(not_until) = self.limiters[index].check_key(client) {
+            if let Some(limiter) = self.limiters.get(index)
+                && let Err(not_until) = limiter.check_key(client)
+            {
                 return Some(self.refused(index, not_until.wait_time_from(self.clock.now())));
             }
         }
@@ -253,9 +261,14 @@ impl<C: Clock> Ratelimit<C> {
 
     /// The refusal of rule `index`'s quota, to be retried after `wait`.
     fn refused(&self, index: usize, wait: std::time::Duration) -> Denial {
-        let rule = &self.rules[index];
         // Rounded up: a client that waits what it is told is let in.
         let retry_after_ms = wait.as_nanos().div_ceil(1_000_000).max(1) as u64;
+        let Some(rule) = self.rules.get(index) else {
+            // Not a rule of this interceptor (cannot happen): refused all
+            // the same.
+            return Denial::new(code::RATE_LIMITED, "quota reached".to_owned())
+                .with("retry_after_ms", retry_after_ms);
+        };
         Denial::new(
             code::RATE_LIMITED,
             format!(
@@ -270,18 +283,12 @@ impl<C: Clock> Ratelimit<C> {
     }
 }
 
-impl<C> crate::chain::Admission for Ratelimit<C>
+impl<C> Ratelimit<C>
 where
     C: Clock + Send + Sync + 'static,
 {
-    fn name(&self) -> &str {
-        "ratelimit"
-    }
-
-    fn admit<'a>(
-        &'a self,
-        exchange: &'a Exchange,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Denial>> + Send + 'a>> {
+    /// The request checked against the budgets the replicas share.
+    fn admit_shared<'a>(&'a self, exchange: &'a Exchange) -> Admitting<'a> {
         Box::pin(async move {
             let (shared, unavailable) = self.shared.as_ref()?;
             if !counted(exchange) {

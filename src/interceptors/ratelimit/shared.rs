@@ -68,7 +68,11 @@ pub struct Shared {
 fn rule_id(rule: &RateRule) -> String {
     use sha2::Digest as _;
     let identity = format!("{:?}|{:?}|{}", rule.client, rule.scope, rule.quota);
-    hex::encode(&sha2::Sha256::digest(identity.as_bytes())[..12])
+    hex::encode(
+        sha2::Sha256::digest(identity.as_bytes())
+            .get(..12)
+            .unwrap_or_default(),
+    )
 }
 
 impl Shared {

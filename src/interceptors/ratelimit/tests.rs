@@ -57,7 +57,7 @@ fn allowed<C: Clock + Send + Sync + 'static>(
     limit: &Ratelimit<C>,
     exchange: &mut Exchange,
 ) -> bool {
-    match limit.on_request(exchange) {
+    match limit.see(exchange) {
         Verdict::Continue => true,
         Verdict::Deny(denial) => {
             assert_eq!(denial.code, code::RATE_LIMITED);
@@ -152,7 +152,7 @@ fn initialize_ping_and_responses_are_not_counted() {
     }
     let mut response = call("ann", "gh", "issue");
     response.phase = Phase::Response;
-    assert_eq!(limit.on_request(&mut response), Verdict::Continue);
+    assert_eq!(limit.see(&mut response), Verdict::Continue);
     assert!(allowed(&limit, &mut call("ann", "gh", "issue")));
     assert!(!allowed(&limit, &mut call("ann", "gh", "issue")));
 }
@@ -229,10 +229,10 @@ fn idle_keys_are_pruned_as_calls_go_by() {
     // Every PRUNE_EVERY-th check prunes; 100 checks are made already.
     let mut exchange = call("ann", "gh", "x");
     for _ in 100..PRUNE_EVERY - 1 {
-        limit.on_request(&mut exchange);
+        limit.see(&mut exchange);
     }
     assert_eq!(limit.keys(), 101, "not pruned yet");
-    limit.on_request(&mut exchange);
+    limit.see(&mut exchange);
     assert_eq!(limit.keys(), 1, "pruned: only `ann`, just checked, is kept");
 }
 
@@ -241,7 +241,7 @@ fn refused<C: Clock + Send + Sync + 'static>(
     limit: &Ratelimit<C>,
     exchange: &mut Exchange,
 ) -> Denial {
-    match limit.on_request(exchange) {
+    match limit.see(exchange) {
         Verdict::Deny(denial) => {
             assert_eq!(denial.code, code::RATE_LIMITED);
             denial

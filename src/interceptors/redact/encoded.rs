@@ -20,6 +20,10 @@ const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE
 const STD_ONLY: u8 = 1; // `+` `/`
 const URL_ONLY: u8 = 2; // `-` `_`
 
+#[expect(
+    clippy::indexing_slicing,
+    reason = "evaluated at compile time: an index out of range fails the build"
+)]
 const fn classes() -> [u8; 256] {
     let mut table = [0u8; 256];
     let mut b = 0;
@@ -36,6 +40,11 @@ const fn classes() -> [u8; 256] {
 }
 
 static CLASS: [u8; 256] = classes();
+
+/// A byte's class ([`STD_ONLY`], [`URL_ONLY`], 4 for alphanumerics).
+fn class(b: u8) -> u8 {
+    CLASS.get(usize::from(b)).copied().unwrap_or(0)
+}
 
 /// Sixteen bytes at once. On x86-64, SSE2 (every x86-64 CPU has it)
 /// through `safe_arch`'s safe wrappers; elsewhere a byte at a time.
@@ -187,7 +196,9 @@ fn sixteen(text: &[u8], at: usize) -> [u8; 16] {
         _ => {
             let mut block = [0u8; 16];
             let rest = text.get(at..).unwrap_or_default();
-            block[..rest.len()].copy_from_slice(rest);
+            for (to, from) in block.iter_mut().zip(rest) {
+                *to = *from;
+            }
             block
         }
     }
@@ -296,9 +307,9 @@ fn consider(
     if seen & NOT_HEX == 0 || seen & (UPPER | LOWER) != UPPER | LOWER {
         return;
     }
-    let marks = text[start..end]
+    let marks = (text.get(start..end).unwrap_or_default())
         .iter()
-        .fold(0, |marks, &b| marks | CLASS[usize::from(b)]);
+        .fold(0, |marks, &b| marks | class(b));
     if marks & STD_ONLY != 0 && marks & URL_ONLY != 0 {
         // Both alphabets: standard base64 glued to `-` or `_` (`id_…`)
         // or the other way round. Each side of the other alphabet's
@@ -306,7 +317,7 @@ fn consider(
         for (alphabet, engine) in [(URL_ONLY, &STANDARD), (STD_ONLY, &URL_SAFE)] {
             let mut piece = start;
             for at in start..=end {
-                if at == end || CLASS[usize::from(text[at])] & alphabet != 0 {
+                if at == end || text.get(at).is_some_and(|&b| class(b) & alphabet != 0) {
                     if at - piece >= MIN_BASE64_RUN {
                         try_alignments(text, piece, at, engine, decoded, each);
                     }
@@ -342,26 +353,26 @@ pub(super) fn percent_words(text: &[u8], mut each: impl FnMut(usize, &[u8], &[us
     let mut decoded = Vec::new();
     let mut origin = Vec::new();
     let mut from = 0;
-    while let Some(found) = memchr::memchr(b'%', &text[from..]) {
+    while let Some(found) = memchr::memchr(b'%', text.get(from..).unwrap_or_default()) {
         let percent = from + found;
         if escape_at(percent).is_none() {
             from = percent + 1;
             continue;
         }
-        let start = text[..percent]
+        let start = (text.get(..percent).unwrap_or_default())
             .iter()
             .rposition(u8::is_ascii_whitespace)
             .map_or(0, |at| at + 1)
             .max(from);
-        let end = text[percent..]
+        let end = (text.get(percent..).unwrap_or_default())
             .iter()
             .position(u8::is_ascii_whitespace)
             .map_or(text.len(), |at| percent + at);
         decoded.clear();
         origin.clear();
         let mut at = start;
-        while at < end {
-            if text[at] == b'%'
+        while let Some(&byte) = text.get(at).filter(|_| at < end) {
+            if byte == b'%'
                 && at + 2 < end
                 && let Some(byte) = escape_at(at)
             {
@@ -370,7 +381,7 @@ pub(super) fn percent_words(text: &[u8], mut each: impl FnMut(usize, &[u8], &[us
                 at += 3;
                 continue;
             }
-            decoded.push(text[at]);
+            decoded.push(byte);
             origin.push(at - start);
             at += 1;
         }
@@ -407,9 +418,9 @@ fn try_alignments(
     each: &mut impl FnMut(Run<'_>) -> bool,
 ) {
     for skip in 0..4 {
-        let mut piece = &text[start + skip..end];
+        let mut piece = text.get(start + skip..end).unwrap_or_default();
         if piece.len() % 4 == 1 {
-            piece = &piece[..piece.len() - 1];
+            piece = piece.split_last().map_or(piece, |(_, rest)| rest);
         }
         if piece.len() < MIN_BASE64_RUN - 4 {
             return;

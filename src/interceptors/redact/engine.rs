@@ -21,7 +21,7 @@ use regex_automata::util::captures::Captures;
 use regex_automata::{Anchored, Input};
 
 use super::keywords::Keywords;
-use super::rules::{Rule, RuleSet};
+use super::rules::{Rule, RuleSet, has_byte};
 
 /// What a redacted secret is replaced with: `[REDACTED:<rule-id>]`.
 pub const PLACEHOLDER_PREFIX: &[u8] = b"[REDACTED:";
@@ -103,8 +103,10 @@ impl Scanner {
                 let lower = keyword.to_ascii_lowercase();
                 match patterns.iter().position(|p| *p == lower) {
                     Some(at) => {
-                        if !keyword_rules[at].contains(&index) {
-                            keyword_rules[at].push(index);
+                        if let Some(rules) = keyword_rules.get_mut(at)
+                            && !rules.contains(&index)
+                        {
+                            rules.push(index);
                         }
                     }
                     None => {
@@ -139,8 +141,15 @@ impl Scanner {
         &self.rules
     }
 
-    pub fn rule(&self, index: u32) -> &Rule {
-        &self.rules[index as usize]
+    /// The rule a finding names (`None` for an index no rule of this
+    /// scanner has).
+    pub fn rule(&self, index: u32) -> Option<&Rule> {
+        self.rules.get(index as usize)
+    }
+
+    /// The id of the rule a finding names, as placeholders show it.
+    pub fn rule_id(&self, index: u32) -> &str {
+        self.rule(index).map_or("secret", |rule| &rule.id)
     }
 
     /// Whether any keyword occurs in `text` (or some rule has none).
@@ -174,7 +183,9 @@ impl Scanner {
             *owner = self.id;
         }
         for &rule in touched.iter() {
-            hits[rule as usize].clear();
+            if let Some(list) = hits.get_mut(rule as usize) {
+                list.clear();
+            }
         }
         touched.clear();
         found.clear();
@@ -187,8 +198,14 @@ impl Scanner {
         // Hits gathered per rule as they come: no sort of them all.
         self.keywords.each(text, |word, start| {
             let end = start + self.keywords.len_of(word);
-            for &rule in &self.keyword_rules[word as usize] {
-                let list = &mut hits[rule as usize];
+            let rules = self
+                .keyword_rules
+                .get(word as usize)
+                .map_or(&[][..], Vec::as_slice);
+            for &rule in rules {
+                let Some(list) = hits.get_mut(rule as usize) else {
+                    continue;
+                };
                 if list.is_empty() {
                     touched.push(rule);
                 }
@@ -200,16 +217,22 @@ impl Scanner {
         }
         touched.sort_unstable();
         for &rule in touched.iter() {
-            let list = &mut hits[rule as usize];
+            let (Some(list), Some(captures)) =
+                (hits.get_mut(rule as usize), captures.get_mut(rule as usize))
+            else {
+                continue;
+            };
             // In order but where two keywords' anchors sit differently.
             if !list.is_sorted() {
                 list.sort_unstable();
             }
-            self.run_rule(rule, text, list, &mut captures[rule as usize], found);
+            self.run_rule(rule, text, list, captures, found);
         }
         for &rule in &self.unkeyed {
             let whole = [(rule, 0, text.len())];
-            self.run_rule(rule, text, &whole, &mut captures[rule as usize], found);
+            if let Some(captures) = captures.get_mut(rule as usize) {
+                self.run_rule(rule, text, &whole, captures, found);
+            }
         }
         resolve_overlaps(&self.rules, found, out);
     }
@@ -223,7 +246,9 @@ impl Scanner {
         captures: &mut Option<(Captures, Cache)>,
         found: &mut Vec<Finding>,
     ) {
-        let rule = &self.rules[index as usize];
+        let Some(rule) = self.rule(index) else {
+            return;
+        };
         let (captures, cache) = captures
             .get_or_insert_with(|| (rule.regex.create_captures(), rule.regex.create_cache()));
         if rule.lead == 0 && !rule.keywords.is_empty() {
@@ -245,7 +270,9 @@ impl Scanner {
         cache: &mut Cache,
         found: &mut Vec<Finding>,
     ) {
-        let rule = &self.rules[index as usize];
+        let Some(rule) = self.rule(index) else {
+            return;
+        };
         // Where the last match found ended: a hit inside it is part of it.
         let mut covered = 0;
         let mut previous = None;
@@ -259,8 +286,8 @@ impl Scanner {
                     text.len() - at >= head.len()
                         && head
                             .iter()
-                            .zip(&text[at..])
-                            .all(|(set, &b)| set[usize::from(b) / 64] >> (b % 64) & 1 == 1)
+                            .zip(text.get(at..).unwrap_or_default())
+                            .all(|(set, &b)| has_byte(set, b))
                 })
             {
                 continue;
@@ -298,14 +325,15 @@ impl Scanner {
         cache: &mut Cache,
         found: &mut Vec<Finding>,
     ) {
-        let rule = &self.rules[index as usize];
+        let Some(rule) = self.rule(index) else {
+            return;
+        };
         let span = rule.max_len;
         let unkeyed = rule.keywords.is_empty();
         // Where the regex has looked already: windows never rescan.
         let mut scanned = 0;
         let mut next = 0;
-        while next < hits.len() {
-            let (_, first_start, first_end) = hits[next];
+        while let Some(&(_, first_start, first_end)) = hits.get(next) {
             let window_start = first_end
                 .saturating_sub(span)
                 .max(first_start.saturating_sub(rule.lead))
@@ -313,14 +341,13 @@ impl Scanner {
             let mut window_end = (first_start + span).min(text.len());
             next += 1;
             // Merge the windows of the hits that follow.
-            while next < hits.len()
-                && hits[next]
-                    .2
+            while let Some(&(_, start, end)) = hits.get(next)
+                && end
                     .saturating_sub(span)
-                    .max(hits[next].1.saturating_sub(rule.lead))
+                    .max(start.saturating_sub(rule.lead))
                     <= window_end
             {
-                window_end = window_end.max((hits[next].1 + span).min(text.len()));
+                window_end = window_end.max((start + span).min(text.len()));
                 next += 1;
             }
             let mut at = window_start;
@@ -341,7 +368,8 @@ impl Scanner {
                     continue;
                 }
                 let contains_keyword = unkeyed
-                    || hits[hits.partition_point(|hit| hit.1 < match_start)..]
+                    || (hits.get(hits.partition_point(|hit| hit.1 < match_start)..))
+                        .unwrap_or_default()
                         .iter()
                         .take_while(|hit| hit.1 <= match_start + rule.lead)
                         .any(|hit| hit.2 <= match_end);
@@ -371,21 +399,20 @@ impl Scanner {
     /// The match in `captures` as a finding, if its secret passes the
     /// filters.
     fn candidate(&self, index: u32, text: &[u8], captures: &Captures) -> Option<Finding> {
-        let rule = &self.rules[index as usize];
+        let rule = self.rule(index)?;
         let matched = captures.get_match()?;
         let secret = match rule.secret_group {
             Some(group) => captures.get_group(group)?,
             None => matched.span(),
         };
-        (secret.start < secret.end && self.reportable(rule, &text[secret.start..secret.end])).then(
-            || Finding {
-                rule: index,
-                start: secret.start,
-                end: secret.end,
-                match_start: matched.start(),
-                match_end: matched.end(),
-            },
-        )
+        let bytes = text.get(secret.start..secret.end)?;
+        (secret.start < secret.end && self.reportable(rule, bytes)).then(|| Finding {
+            rule: index,
+            start: secret.start,
+            end: secret.end,
+            match_start: matched.start(),
+            match_end: matched.end(),
+        })
     }
 
     /// The filters a candidate secret must pass.
@@ -440,7 +467,7 @@ impl Scanner {
                 let Some(m) = captures.get_match() else {
                     break;
                 };
-                let matched = &text[m.start()..m.end()];
+                let matched = text.get(m.start()..m.end()).unwrap_or_default();
                 let contains_keyword = rule.keywords.is_empty()
                     || rule.keywords.iter().any(|k| {
                         matched
@@ -485,13 +512,13 @@ impl Scanner {
             if start < copied || end <= start {
                 continue;
             }
-            out.push_str(&text[copied..start]);
+            out.push_str(text.get(copied..start).unwrap_or_default());
             out.push_str("[REDACTED:");
-            out.push_str(&self.rule(finding.rule).id);
+            out.push_str(self.rule_id(finding.rule));
             out.push(']');
             copied = end;
         }
-        out.push_str(&text[copied..]);
+        out.push_str(text.get(copied..).unwrap_or_default());
         out
     }
 }
@@ -507,13 +534,13 @@ impl Scanner {
             if end <= start {
                 continue;
             }
-            out.extend_from_slice(&bytes[copied..start]);
+            out.extend_from_slice(bytes.get(copied..start).unwrap_or_default());
             out.extend_from_slice(PLACEHOLDER_PREFIX);
-            out.extend_from_slice(self.rule(finding.rule).id.as_bytes());
+            out.extend_from_slice(self.rule_id(finding.rule).as_bytes());
             out.push(b']');
             copied = end;
         }
-        out.extend_from_slice(&bytes[copied..]);
+        out.extend_from_slice(bytes.get(copied..).unwrap_or_default());
         out
     }
 }
@@ -527,9 +554,9 @@ fn resolve_overlaps(rules: &[Rule], found: &mut Vec<Finding>, out: &mut Vec<Find
         return;
     }
     found.sort_unstable_by(|a, b| {
-        let (ra, rb) = (&rules[a.rule as usize], &rules[b.rule as usize]);
-        rb.priority
-            .cmp(&ra.priority)
+        let priority = |f: &Finding| rules.get(f.rule as usize).map(|rule| rule.priority);
+        priority(b)
+            .cmp(&priority(a))
             .then((b.match_end - b.match_start).cmp(&(a.match_end - a.match_start)))
             .then(a.rule.cmp(&b.rule))
             .then(a.match_start.cmp(&b.match_start))
@@ -555,7 +582,9 @@ pub fn entropy(bytes: &[u8]) -> f64 {
     }
     let mut counts = [0u32; 256];
     for &b in bytes {
-        counts[b as usize] += 1;
+        if let Some(count) = counts.get_mut(usize::from(b)) {
+            *count += 1;
+        }
     }
     let len = bytes.len() as f64;
     counts
@@ -616,7 +645,7 @@ priority = -10
         out.iter()
             .map(|f| {
                 (
-                    s.rule(f.rule).id.to_string(),
+                    s.rule_id(f.rule).to_string(),
                     text[f.start..f.end].to_owned(),
                 )
             })

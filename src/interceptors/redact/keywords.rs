@@ -101,8 +101,8 @@ fn anchor(word: &[u8], common: &HashMap<&[u8], usize>) -> usize {
         Some(rank) => 10_000_000 + (COMMON_WINDOWS - rank) * 10_000,
         None => window.iter().map(|&b| commonness(b) as usize).product(),
     };
-    (0..=word.len() - 3)
-        .min_by_key(|&at| cost(&word[at..at + 3]))
+    (0..=word.len().saturating_sub(3))
+        .min_by_key(|&at| cost(word.get(at..at + 3).unwrap_or_default()))
         .unwrap_or(0)
 }
 
@@ -115,7 +115,9 @@ fn head(text: &[u8], at: usize) -> u64 {
     }
     let mut bytes = [0u8; 8];
     let available = text.len().saturating_sub(at).min(8);
-    bytes[..available].copy_from_slice(&text[at..at + available]);
+    for (to, from) in bytes.iter_mut().zip(text.iter().skip(at)) {
+        *to = *from;
+    }
     let mask = if available == 8 {
         u64::MAX
     } else {
@@ -152,8 +154,10 @@ fn hashed_word(text: &[u8], at: usize) -> Option<u64> {
     Some(hash_all(u64::from_le_bytes(bytes) | 0x2020_2020_2020_2020))
 }
 
+/// The first three bytes of `bytes` (zeros past its end) packed, folded.
 fn window(bytes: &[u8]) -> u32 {
-    (u32::from(bytes[0]) | u32::from(bytes[1]) << 8 | u32::from(bytes[2]) << 16) | FOLD
+    let [a, b, c] = bytes.first_chunk::<3>().copied().unwrap_or_default();
+    (u32::from(a) | u32::from(b) << 8 | u32::from(c) << 16) | FOLD
 }
 
 impl Keywords {
@@ -175,20 +179,24 @@ impl Keywords {
             let word = word.to_ascii_lowercase().into_bytes();
             if word.len() >= 3 {
                 let anchor = anchor(&word, &common);
-                let bit = slot(window(&word[anchor..]));
-                filter[bit / 64] |= 1 << (bit % 64);
+                let bit = slot(window(word.get(anchor..).unwrap_or_default()));
+                if let Some(bits) = filter.get_mut(bit / 64) {
+                    *bits |= 1 << (bit % 64);
+                }
                 let known = word.len().min(8);
                 let mask = if known == 8 {
                     u64::MAX
                 } else {
                     (1u64 << (8 * known)) - 1
                 };
-                buckets[bit >> SPREAD].push(Entry {
-                    head: head(&word, 0) & mask,
-                    mask,
-                    word: index as u32,
-                    anchor: anchor as u32,
-                });
+                if let Some(bucket) = buckets.get_mut(bit >> SPREAD) {
+                    bucket.push(Entry {
+                        head: head(&word, 0) & mask,
+                        mask,
+                        word: index as u32,
+                        anchor: anchor as u32,
+                    });
+                }
             } else {
                 short_words.push(word.clone());
                 short_index.push(index as u32);
@@ -235,7 +243,7 @@ impl Keywords {
             at += 6;
         }
         while at + 3 <= text.len() {
-            let bit = slot(window(&text[at..]));
+            let bit = slot(window(text.get(at..).unwrap_or_default()));
             if self.is_set(bit) {
                 self.check(text, at, bit, &mut hit);
             }
@@ -243,7 +251,9 @@ impl Keywords {
         }
         if let Some((automaton, index)) = &self.short {
             for found in automaton.find_overlapping_iter(text) {
-                hit(index[found.pattern().as_usize()], found.start());
+                if let Some(&word) = index.get(found.pattern().as_usize()) {
+                    hit(word, found.start());
+                }
             }
         }
     }
@@ -251,7 +261,7 @@ impl Keywords {
     /// Whether `bit` of the anchor set is set.
     #[inline(always)]
     fn is_set(&self, bit: usize) -> bool {
-        self.filter[bit / 64] >> (bit % 64) & 1 == 1
+        (self.filter.get(bit / 64)).is_some_and(|bits| bits >> (bit % 64) & 1 == 1)
     }
 
     /// The six windows of a word hashed by [`hashed_word`], from `at`.
@@ -269,20 +279,23 @@ impl Keywords {
     /// to `bit`.
     fn check(&self, text: &[u8], at: usize, bit: usize, hit: &mut impl FnMut(u32, usize)) {
         let bucket = bit >> SPREAD;
-        let (from, to) = (
-            self.bucket[bucket] as usize,
-            self.bucket[bucket + 1] as usize,
-        );
-        for entry in &self.entries[from..to] {
+        let (Some(&from), Some(&to)) = (self.bucket.get(bucket), self.bucket.get(bucket + 1))
+        else {
+            return;
+        };
+        let entries = (self.entries.get(from as usize..to as usize)).unwrap_or_default();
+        for entry in entries {
             let Some(start) = at.checked_sub(entry.anchor as usize) else {
                 continue;
             };
             if head(text, start) & entry.mask != entry.head {
                 continue;
             }
-            let word = &self.words[entry.word as usize];
-            if text.len() - start >= word.len()
-                && text[start..start + word.len()].eq_ignore_ascii_case(word)
+            let Some(word) = self.words.get(entry.word as usize) else {
+                continue;
+            };
+            if (text.get(start..start + word.len()))
+                .is_some_and(|found| found.eq_ignore_ascii_case(word))
             {
                 hit(entry.word, start);
             }
@@ -291,7 +304,7 @@ impl Keywords {
 
     /// The length of keyword `index`.
     pub fn len_of(&self, index: u32) -> usize {
-        self.words[index as usize].len()
+        self.words.get(index as usize).map_or(0, |word| word.len())
     }
 
     /// Whether any keyword occurs in `text`.

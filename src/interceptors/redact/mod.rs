@@ -31,7 +31,7 @@ use serde_json::Value;
 pub use engine::{Allowlist, Finding, PLACEHOLDER_PREFIX, Scanner, ScannerError, entropy};
 pub use rules::{Rule, RuleError, RuleSet, Severity};
 
-use crate::chain::{Annotation, Denial, Exchange, Interceptor, Phase, Verdict};
+use crate::chain::{Annotation, Denial, Direction, Exchange, Interceptor, Phase, Verdict};
 use crate::config::{ConfigError, RedactAction, RedactConfig};
 use crate::protocol::code;
 
@@ -134,7 +134,7 @@ impl Redact {
     /// Replaces every secret any rule finds in `value` by its placeholder,
     /// whatever the configured actions (for what the audit log keeps).
     pub fn redact_all(&self, value: &mut Value) {
-        walk::Pass::new(self, 0, true, "", Phase::Notification).value(value);
+        walk::Pass::new(self, 0, true, None, Phase::Notification).value(value);
     }
 
     /// `text` with every secret any rule finds replaced by its placeholder,
@@ -142,7 +142,7 @@ impl Redact {
     /// logged: targets, reasons, method names).
     pub fn scrubbed(&self, text: &str) -> String {
         let mut text = text.to_owned();
-        walk::Pass::new(self, 0, true, "", Phase::Notification).string(&mut text, None);
+        walk::Pass::new(self, 0, true, None, Phase::Notification).string(&mut text, None);
         text
     }
 
@@ -150,19 +150,19 @@ impl Redact {
     /// percent-decoded words and its base64 runs decoded (for `redact scan`
     /// and the benchmarks).
     pub fn scan_text(&self, text: &[u8], out: &mut Vec<Finding>) {
-        let mut pass = walk::Pass::new(self, 0, true, "", Phase::Notification);
+        let mut pass = walk::Pass::new(self, 0, true, None, Phase::Notification);
         pass.collect(text, None);
         pass.take_found(out);
     }
 
-    fn inspect(&self, exchange: &mut Exchange) -> Verdict {
-        let toward_server = exchange.toward_server();
+    /// `toward_server`: the message goes to a server (the phase says so).
+    fn inspect(&self, exchange: &mut Exchange, toward_server: bool) -> Verdict {
         let side = usize::from(!toward_server);
-        if self.actions.iter().all(|a| a[side] == RedactAction::Off) {
+        if (self.actions.iter()).all(|a| a.get(side) == Some(&RedactAction::Off)) {
             return Verdict::Continue;
         }
         let method = exchange.context.method.clone();
-        let mut pass = walk::Pass::new(self, side, false, &method, exchange.phase);
+        let mut pass = walk::Pass::new(self, side, false, Some(&method), exchange.phase);
         pass.message(&mut exchange.message);
         if let Some(reason) = pass.refused {
             tracing::info!(
@@ -184,19 +184,19 @@ impl Redact {
             exchange.annotations.push(Annotation {
                 interceptor: self.name.clone(),
                 key: ANNOTATION.to_owned(),
-                value: format!("{direction} {} {count}", self.scanner.rule(*rule).id),
+                value: format!("{direction} {} {count}", self.scanner.rule_id(*rule)),
             });
         }
         let summary = || {
             pass.counts
                 .iter()
-                .map(|(rule, count)| format!("{}×{count}", self.scanner.rule(*rule).id))
+                .map(|(rule, count)| format!("{}×{count}", self.scanner.rule_id(*rule)))
                 .collect::<Vec<_>>()
                 .join(",")
         };
         match pass.denied_by {
             Some(rule) => {
-                let id = &self.scanner.rule(rule).id;
+                let id = self.scanner.rule_id(rule);
                 tracing::info!(
                     session = %exchange.context.session,
                     method = %exchange.context.method,
@@ -231,16 +231,25 @@ impl Interceptor for Redact {
         &self.name
     }
 
-    fn on_request(&self, exchange: &mut Exchange) -> Verdict {
-        self.inspect(exchange)
+    fn on_client_request(&self, exchange: &mut Exchange) -> Verdict {
+        self.inspect(exchange, true)
     }
 
-    fn on_response(&self, exchange: &mut Exchange) -> Verdict {
-        self.inspect(exchange)
+    fn on_server_response(&self, exchange: &mut Exchange) -> Verdict {
+        self.inspect(exchange, false)
+    }
+
+    fn on_server_request(&self, exchange: &mut Exchange) -> Verdict {
+        self.inspect(exchange, false)
+    }
+
+    fn on_client_response(&self, exchange: &mut Exchange) -> Verdict {
+        self.inspect(exchange, true)
     }
 
     fn on_notification(&self, exchange: &mut Exchange) -> Verdict {
-        self.inspect(exchange)
+        let toward_server = exchange.direction == Direction::ClientToServer;
+        self.inspect(exchange, toward_server)
     }
 }
 

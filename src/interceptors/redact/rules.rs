@@ -320,6 +320,19 @@ fn parse(pattern: &str) -> Result<Hir, String> {
 /// A set of bytes.
 pub type Bytes = [u64; 4];
 
+/// Adds `b` to a byte set.
+pub fn add_byte(set: &mut Bytes, b: u8) {
+    if let Some(word) = set.get_mut(usize::from(b / 64)) {
+        *word |= 1 << (b % 64);
+    }
+}
+
+/// Whether a byte set holds `b`.
+pub fn has_byte(set: &Bytes, b: u8) -> bool {
+    set.get(usize::from(b / 64))
+        .is_some_and(|word| word >> (b % 64) & 1 == 1)
+}
+
 /// The most ways a regex may start that are followed.
 const MOST: usize = 64;
 
@@ -360,7 +373,7 @@ impl Start {
                 && keyword.bytes().zip(&self.bytes).all(|(k, set)| {
                     let mut allowed = [0u64; 4];
                     for b in [k.to_ascii_lowercase(), k.to_ascii_uppercase()] {
-                        allowed[usize::from(b) / 64] |= 1 << (b % 64);
+                        add_byte(&mut allowed, b);
                     }
                     set.iter().zip(allowed).all(|(s, a)| s & !a == 0)
                 })
@@ -381,7 +394,7 @@ fn starts(hir: &Hir, depth: usize, keywords: &[String]) -> Option<Vec<Start>> {
                 .take(depth)
                 .map(|&b| {
                     let mut set = [0u64; 4];
-                    set[usize::from(b) / 64] |= 1 << (b % 64);
+                    add_byte(&mut set, b);
                     set
                 })
                 .collect(),
@@ -396,13 +409,14 @@ fn starts(hir: &Hir, depth: usize, keywords: &[String]) -> Option<Vec<Start>> {
                     let lower = b.to_ascii_lowercase();
                     let index = sets
                         .iter()
-                        .position(|set| set[usize::from(lower) / 64] >> (lower % 64) & 1 == 1)
+                        .position(|set| has_byte(set, lower))
                         .unwrap_or_else(|| {
                             sets.push([0u64; 4]);
                             sets.len() - 1
                         });
-                    for b in [b, lower] {
-                        sets[index][usize::from(b) / 64] |= 1 << (b % 64);
+                    if let Some(set) = sets.get_mut(index) {
+                        add_byte(set, b);
+                        add_byte(set, lower);
                     }
                 }
             }

@@ -81,7 +81,7 @@ fn counted(exchange: &Exchange) -> Vec<(String, String, u64)> {
 fn arguments_and_results_are_redacted_and_counted_per_direction() {
     let interceptor = redact(&RedactConfig::default());
     let mut request = call(json!({"text": format!("use {TOKEN} twice: {TOKEN}"), "n": 3}));
-    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut request), Verdict::Continue);
     assert_eq!(
         request.message["params"]["arguments"],
         json!({"text": "use [REDACTED:tok] twice: [REDACTED:tok]", "n": 3})
@@ -98,7 +98,7 @@ fn arguments_and_results_are_redacted_and_counted_per_direction() {
         ],
         "structuredContent": {"deep": [{"k": TOKEN}], "blob": TOKEN, "data": TOKEN}
     }));
-    assert_eq!(interceptor.on_response(&mut response), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut response), Verdict::Continue);
     let content = &response.message["result"]["content"];
     assert_eq!(content[0]["text"], json!("here: [REDACTED:tok]"));
     assert_eq!(
@@ -144,7 +144,7 @@ fn base64_fields_that_do_not_decode_are_refused_and_shapes_elsewhere_are_text() 
     let mut response = result(json!({
         "content": [{"type": "image", "data": "not base64 at all!", "mimeType": "image/png"}]
     }));
-    let reason = denied_reason(interceptor.on_response(&mut response));
+    let reason = denied_reason(interceptor.see(&mut response));
     assert!(reason.contains("does not decode"), "{reason}");
     let mut blob = exchange(
         json!({"jsonrpc":"2.0","id":1,"result":{"contents":[{"uri":"file:///x","blob":"%%%"}]}}),
@@ -152,14 +152,14 @@ fn base64_fields_that_do_not_decode_are_refused_and_shapes_elsewhere_are_text() 
         Phase::Response,
     );
     blob.context.method = "resources/read".into();
-    assert!(denied_reason(interceptor.on_response(&mut blob)).contains("does not decode"));
+    assert!(denied_reason(interceptor.see(&mut blob)).contains("does not decode"));
 
     // A secret written into a base64 field as text decodes to noise: it is
     // read as text too, and refuses the message.
     let mut raw = result(json!({
         "content": [{"type": "image", "data": TOKEN, "mimeType": "image/png"}]
     }));
-    assert!(denied_reason(interceptor.on_response(&mut raw)).contains("as text"));
+    assert!(denied_reason(interceptor.see(&mut raw)).contains("as text"));
     // A method name with a secret cannot be redacted: refused.
     let mut named = exchange(
         json!({"jsonrpc":"2.0","method": format!("notifications/{TOKEN}"),"params":{}}),
@@ -170,14 +170,14 @@ fn base64_fields_that_do_not_decode_are_refused_and_shapes_elsewhere_are_text() 
 
     // An image-shaped argument is not a schema position: its data is text.
     let mut request = call(json!({"picture": {"type": "image", "data": TOKEN}}));
-    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut request), Verdict::Continue);
     assert_eq!(
         request.message["params"]["arguments"]["picture"]["data"],
         json!("[REDACTED:tok]")
     );
     // Nor is an image in a tool's result outside `content`.
     let mut odd = result(json!({"structuredContent": {"type": "image", "data": "not base64!"}}));
-    assert_eq!(interceptor.on_response(&mut odd), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut odd), Verdict::Continue);
 }
 
 #[test]
@@ -197,7 +197,7 @@ fn keys_envelope_members_and_meta_are_scanned() {
         Direction::ClientToServer,
         Phase::Request,
     );
-    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut request), Verdict::Continue);
     let text = request.message.to_string();
     assert!(!text.contains(TOKEN), "{text}");
     assert_eq!(
@@ -216,7 +216,7 @@ fn keys_envelope_members_and_meta_are_scanned() {
     // A key that holds a secret encoded is read decoded, like a value.
     let encoded_key = b64(format!("token={TOKEN}").as_bytes());
     let mut encoded = call(json!({ encoded_key: 1 }));
-    assert_eq!(interceptor.on_request(&mut encoded), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut encoded), Verdict::Continue);
     assert_eq!(
         encoded.message["params"]["arguments"],
         json!({"[REDACTED:tok]": 1})
@@ -228,13 +228,13 @@ fn keys_envelope_members_and_meta_are_scanned() {
         Direction::ClientToServer,
         Phase::Response,
     );
-    assert_eq!(interceptor.on_response(&mut odd), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut odd), Verdict::Continue);
     assert_eq!(odd.message["jsonrpc"], json!("[REDACTED:tok]"));
 
     // Two keys that redact to one name: refused, not merged.
     let other = TOKEN.replace('Q', "R");
     let mut clash = call(json!({TOKEN: 1, other: 2}));
-    let reason = denied_reason(interceptor.on_request(&mut clash));
+    let reason = denied_reason(interceptor.see(&mut clash));
     assert!(reason.contains("merge two members"), "{reason}");
 }
 
@@ -251,7 +251,7 @@ fn secrets_split_across_adjacent_text_blocks_are_found() {
             {"type": "text", "text": "unrelated"}
         ]
     }));
-    assert_eq!(interceptor.on_response(&mut response), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut response), Verdict::Continue);
     let texts: Vec<&str> = response.message["result"]["content"]
         .as_array()
         .map(|blocks| blocks.iter().filter_map(|b| b["text"].as_str()).collect())
@@ -275,7 +275,7 @@ fn secrets_split_across_adjacent_text_blocks_are_found() {
             {"type": "text", "text": format!("{tail} end")}
         ]
     }));
-    assert_eq!(interceptor.on_response(&mut around), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut around), Verdict::Continue);
     let text = around.message.to_string();
     assert!(!text.contains(head) && !text.contains(tail), "{text}");
 
@@ -287,7 +287,7 @@ fn secrets_split_across_adjacent_text_blocks_are_found() {
         ]
     }));
     prompt.context.method = "prompts/get".into();
-    interceptor.on_response(&mut prompt);
+    interceptor.see(&mut prompt);
     assert!(
         !prompt.message.to_string().contains(tail),
         "{}",
@@ -316,7 +316,7 @@ fn secrets_split_across_adjacent_text_blocks_are_found() {
         Direction::ServerToClient,
         Phase::Request,
     );
-    assert_eq!(interceptor.on_request(&mut sampling), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut sampling), Verdict::Continue);
     let text = sampling.message.to_string();
     for piece in [head, tail, second_head, second_tail] {
         assert!(!text.contains(piece), "{piece} in {text}");
@@ -347,7 +347,7 @@ fn secrets_split_across_adjacent_text_blocks_are_found() {
         Direction::ServerToClient,
         Phase::Request,
     );
-    assert_eq!(interceptor.on_request(&mut overlapping), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut overlapping), Verdict::Continue);
     let text = overlapping.message.to_string();
     for piece in [&TOKEN[4..15], &TOKEN[15..], &long[..20]] {
         assert!(!text.contains(piece), "{piece} in {text}");
@@ -363,7 +363,7 @@ fn encoded_secrets_in_text_are_decoded_once() {
         "config": format!("blob: {encoded} (base64)"),
         "url": format!("https://x.test/cb?t={escaped}&ok=1"),
     }));
-    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut request), Verdict::Continue);
     assert_eq!(
         request.message["params"]["arguments"],
         json!({
@@ -379,7 +379,7 @@ fn encoded_secrets_in_text_are_decoded_once() {
         "png": b64(&[0x89, b'P', b'N', b'G', 13, 10, 26, 10, 0, 0, 0, 13, b'I', b'H', b'D', b'R', 0, 0, 1, 0, 0, 0, 1, 0, 8, 6]),
     });
     let mut clean = call(benign.clone());
-    assert_eq!(interceptor.on_request(&mut clean), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut clean), Verdict::Continue);
     assert_eq!(clean.message["params"]["arguments"], benign);
     assert!(clean.annotations.is_empty());
 }
@@ -405,7 +405,7 @@ fn many_findings_in_one_string_are_all_redacted() {
     let encoded = b64(format!("token={TOKEN}").as_bytes());
     let text = format!("%41 {TOKEN} {encoded} ").repeat(3000);
     let mut request = call(json!({ "api_key": text }));
-    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut request), Verdict::Continue);
     let out = request.message["params"]["arguments"]["api_key"]
         .as_str()
         .unwrap_or_default()
@@ -422,21 +422,21 @@ fn too_deep_to_scan_is_refused() {
         deep = json!([deep]);
     }
     let mut request = call(json!({ "deep": deep }));
-    assert!(denied_reason(interceptor.on_request(&mut request)).contains("nested too deeply"));
+    assert!(denied_reason(interceptor.see(&mut request)).contains("nested too deeply"));
 }
 
 #[test]
 fn an_object_key_is_context_for_its_value() {
     let interceptor = redact(&RedactConfig::default());
     let mut request = call(json!({"api_key": "Zq8-Lm3!Wx7pR2", "note": "Zq8-Lm3!Wx7pR2"}));
-    interceptor.on_request(&mut request);
+    interceptor.see(&mut request);
     assert_eq!(
         request.message["params"]["arguments"],
         json!({"api_key": "[REDACTED:generic-secret]", "note": "Zq8-Lm3!Wx7pR2"}),
         "the value under `api_key` is a secret; the same text elsewhere has no context"
     );
     let mut quiet = call(json!({"api_key": "an example value 123"}));
-    interceptor.on_request(&mut quiet);
+    interceptor.see(&mut quiet);
     assert!(quiet.annotations.is_empty(), "stopwords still apply");
 }
 
@@ -448,7 +448,7 @@ fn deny_names_the_rule_never_the_secret() {
     };
     let interceptor = redact(&config);
     let mut response = result(json!({"content": [{"type": "text", "text": TOKEN}]}));
-    let Verdict::Deny(denial) = interceptor.on_response(&mut response) else {
+    let Verdict::Deny(denial) = interceptor.see(&mut response) else {
         panic!("a secret toward the client is denied");
     };
     assert_eq!(denial.data.get("rule"), Some(&json!("tok")));
@@ -463,7 +463,7 @@ fn deny_names_the_rule_never_the_secret() {
 
     // Requests keep the default (redact).
     let mut request = call(json!({"t": TOKEN}));
-    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut request), Verdict::Continue);
     assert_eq!(
         request.message["params"]["arguments"]["t"],
         json!("[REDACTED:tok]")
@@ -495,7 +495,7 @@ fn per_rule_actions_override_the_direction_default() {
     };
     let interceptor = redact(&config);
     let mut request = call(json!({"t": TOKEN}));
-    assert_eq!(interceptor.on_request(&mut request), Verdict::Continue);
+    assert_eq!(interceptor.see(&mut request), Verdict::Continue);
     assert_eq!(
         request.message["params"]["arguments"]["t"],
         json!(TOKEN),
@@ -504,14 +504,11 @@ fn per_rule_actions_override_the_direction_default() {
     assert_eq!(counted(&request), [("tok".into(), "request".into(), 1)]);
 
     let mut response = result(json!({"content": [{"type": "text", "text": TOKEN}]}));
-    interceptor.on_response(&mut response);
+    interceptor.see(&mut response);
     assert!(response.annotations.is_empty(), "off: not even counted");
 
     let mut generic = call(json!({"q": "secret = Zq8-Lm3!Wx7pR2"}));
-    assert!(matches!(
-        interceptor.on_request(&mut generic),
-        Verdict::Deny(_)
-    ));
+    assert!(matches!(interceptor.see(&mut generic), Verdict::Deny(_)));
 }
 
 #[test]
@@ -523,7 +520,7 @@ fn every_kind_of_message_is_scanned_in_the_right_direction() {
         Direction::ServerToClient,
         Phase::Request,
     );
-    interceptor.on_request(&mut sampling);
+    interceptor.see(&mut sampling);
     assert_eq!(
         sampling.message["params"]["messages"][0]["content"]["text"],
         json!("[REDACTED:tok]")
@@ -535,7 +532,7 @@ fn every_kind_of_message_is_scanned_in_the_right_direction() {
         Direction::ServerToClient,
         Phase::Response,
     );
-    interceptor.on_response(&mut answer);
+    interceptor.see(&mut answer);
     assert_eq!(counted(&answer), [("tok".into(), "request".into(), 1)]);
     // Log notifications and error messages.
     let mut log = exchange(
@@ -553,7 +550,7 @@ fn every_kind_of_message_is_scanned_in_the_right_direction() {
         Direction::ClientToServer,
         Phase::Response,
     );
-    interceptor.on_response(&mut error);
+    interceptor.see(&mut error);
     assert_eq!(
         error.message["error"]["message"],
         json!("bad key [REDACTED:tok]")

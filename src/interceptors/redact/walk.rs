@@ -19,6 +19,7 @@ use super::encoded;
 use super::{Finding, Redact};
 use crate::chain::Phase;
 use crate::config::RedactAction;
+use crate::protocol::Method;
 
 /// Deeper than this, a message is refused rather than walked further
 /// (parsed messages nest at most 128 levels; `limits` refuses far less).
@@ -55,13 +56,15 @@ enum Position {
 
 impl Position {
     /// The position of a top-level member of a message about `method`.
-    fn top(method: &str, phase: Phase, member: &str) -> Self {
+    fn top(method: Option<&Method>, phase: Phase, member: &str) -> Self {
         match (member, phase, method) {
-            ("result", Phase::Response, "tools/call") => Self::ToolResult,
-            ("result", Phase::Response, "prompts/get") => Self::PromptResult,
-            ("result", Phase::Response, "resources/read") => Self::ReadResult,
-            ("params", Phase::Request, "sampling/createMessage") => Self::SamplingParams,
-            ("result", Phase::Response, "sampling/createMessage") => Self::SamplingResult,
+            ("result", Phase::Response, Some(Method::ToolsCall)) => Self::ToolResult,
+            ("result", Phase::Response, Some(Method::PromptsGet)) => Self::PromptResult,
+            ("result", Phase::Response, Some(Method::ResourcesRead)) => Self::ReadResult,
+            ("params", Phase::Request, Some(Method::SamplingCreateMessage)) => Self::SamplingParams,
+            ("result", Phase::Response, Some(Method::SamplingCreateMessage)) => {
+                Self::SamplingResult
+            }
             _ => Self::Plain,
         }
     }
@@ -108,7 +111,7 @@ pub(super) struct Pass<'a> {
     all: bool,
     /// 0: toward servers, 1: toward the client.
     side: usize,
-    method: &'a str,
+    method: Option<&'a Method>,
     phase: Phase,
     pub counts: Vec<(u32, u64)>,
     pub denied_by: Option<u32>,
@@ -126,7 +129,13 @@ pub(super) struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    pub fn new(redact: &'a Redact, side: usize, all: bool, method: &'a str, phase: Phase) -> Self {
+    pub fn new(
+        redact: &'a Redact,
+        side: usize,
+        all: bool,
+        method: Option<&'a Method>,
+        phase: Phase,
+    ) -> Self {
         Self {
             redact,
             all,
@@ -368,7 +377,11 @@ impl<'a> Pass<'a> {
         if self.all {
             return true;
         }
-        let action = self.redact.actions[rule as usize][self.side];
+        // A rule the table does not know (cannot happen) is redacted.
+        let action = (self.redact.actions.get(rule as usize))
+            .and_then(|actions| actions.get(self.side))
+            .copied()
+            .unwrap_or(RedactAction::Redact);
         if action == RedactAction::Off {
             return false;
         }
@@ -421,11 +434,13 @@ impl<'a> Pass<'a> {
         let (found, more) = (&mut self.found, &mut self.more);
         encoded::percent_words(text, |start, decoded, origin| {
             scanner.scan(decoded, more);
+            // `origin` has an entry per decoded byte and one past them.
+            let back = |at: usize| start + origin.get(at).copied().unwrap_or(at);
             for finding in more.iter_mut() {
-                finding.start = start + origin[finding.start];
-                finding.end = start + origin[finding.end];
-                finding.match_start = start + origin[finding.match_start];
-                finding.match_end = start + origin[finding.match_end];
+                finding.start = back(finding.start);
+                finding.end = back(finding.end);
+                finding.match_start = back(finding.match_start);
+                finding.match_end = back(finding.match_end);
             }
             add_disjoint(found, more);
         });
@@ -480,8 +495,8 @@ impl<'a> Pass<'a> {
     /// of that item's own list.
     fn join_run(&mut self, items: &mut [Value], texts: &[(usize, String)]) {
         let text = |(index, at): &(usize, String)| {
-            items[*index]
-                .pointer(at)
+            (items.get(*index))
+                .and_then(|item| item.pointer(at))
                 .and_then(Value::as_str)
                 .unwrap_or_default()
         };
@@ -497,10 +512,11 @@ impl<'a> Pass<'a> {
         scanner.scan(&joined, &mut self.more);
         // Only what crosses from one item to another: the rest each text's
         // own scan (or its item's list) finds. `starts` is in order.
-        let text_at = |offset: usize| starts.partition_point(|&start| start <= offset) - 1;
+        let text_at =
+            |offset: usize| (starts.partition_point(|&start| start <= offset)).saturating_sub(1);
+        let item_at = |offset: usize| texts.get(text_at(offset)).map(|(item, _)| *item);
         let crosses = |f: &Finding| {
-            f.match_end > f.match_start
-                && texts[text_at(f.match_start)].0 != texts[text_at(f.match_end - 1)].0
+            f.match_end > f.match_start && item_at(f.match_start) != item_at(f.match_end - 1)
         };
         let across: Vec<Finding> = self.more.iter().copied().filter(crosses).collect();
         if across.is_empty() {
@@ -512,15 +528,16 @@ impl<'a> Pass<'a> {
                 continue;
             }
             // The texts it covers: from the one it starts in on.
-            for index in text_at(finding.start)..texts.len() {
-                let (start, end) = (starts[index], starts[index + 1]);
+            let first = text_at(finding.start);
+            let bounds = starts.iter().zip(starts.iter().skip(1));
+            for ((&start, &end), part) in bounds.zip(parts.iter_mut()).skip(first) {
                 if start >= finding.end {
                     break;
                 }
                 if finding.start < end {
                     let local_start = finding.start.max(start) - start;
                     let local_end = finding.end.min(end) - start;
-                    parts[index].push(Finding {
+                    part.push(Finding {
                         rule: finding.rule,
                         start: local_start,
                         end: local_end,
@@ -591,7 +608,7 @@ fn add_disjoint(found: &mut Vec<Finding>, more: &[Finding]) {
     let mut mine = 0;
     let mut end = 0;
     for finding in more {
-        while mine < found.len() && found[mine].end <= finding.start {
+        while found.get(mine).is_some_and(|f| f.end <= finding.start) {
             mine += 1;
         }
         let overlaps_mine = found.get(mine).is_some_and(|f| f.start < finding.end);

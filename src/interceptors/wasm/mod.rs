@@ -25,7 +25,7 @@ use tokio::sync::broadcast;
 use crate::chain::{Annotation, Denial, Direction, Exchange, Interceptor, Phase, Verdict};
 use crate::config::{InstanceMode, OnError, PluginConfig, method_matches, tool_matches};
 use crate::metrics::{Counter, Exposition};
-use crate::protocol;
+use crate::protocol::{self, Method};
 
 /// The code generated from the WIT file.
 pub(crate) mod bindings {
@@ -220,7 +220,7 @@ impl Plugin {
             Phase::Response => phases.response,
             Phase::Notification => phases.notification,
         };
-        if !phase || !method_matches(&self.config.methods, &exchange.context.method) {
+        if !phase || !method_matches(&self.config.methods, exchange.context.method.as_str()) {
             return false;
         }
         if self.config.tools.is_empty() {
@@ -230,7 +230,7 @@ impl Plugin {
         match (&context.server, &context.target) {
             // A task's requests (2026-07-28) are about its tool.
             (Some(server), Some(target))
-                if context.method.starts_with("tools/") || context.method.starts_with("tasks/") =>
+                if context.method == Method::ToolsCall || context.method.is_task() =>
             {
                 tool_matches(
                     &self.config.tools,
@@ -284,8 +284,12 @@ impl Plugin {
     }
 
     fn count(&self, result: &str) {
-        if let Some(index) = RESULTS.iter().position(|r| *r == result) {
-            self.results[index].add(1);
+        if let Some((_, counter)) = RESULTS
+            .iter()
+            .zip(&self.results)
+            .find(|(r, _)| **r == result)
+        {
+            counter.add(1);
         }
     }
 
@@ -501,11 +505,19 @@ impl Interceptor for Plugin {
         &self.name
     }
 
-    fn on_request(&self, exchange: &mut Exchange) -> Verdict {
+    fn on_client_request(&self, exchange: &mut Exchange) -> Verdict {
         self.run(exchange)
     }
 
-    fn on_response(&self, exchange: &mut Exchange) -> Verdict {
+    fn on_server_response(&self, exchange: &mut Exchange) -> Verdict {
+        self.run(exchange)
+    }
+
+    fn on_server_request(&self, exchange: &mut Exchange) -> Verdict {
+        self.run(exchange)
+    }
+
+    fn on_client_response(&self, exchange: &mut Exchange) -> Verdict {
         self.run(exchange)
     }
 

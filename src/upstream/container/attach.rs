@@ -25,7 +25,9 @@ use super::image::{ensure_image, server_command};
 use super::profile::{create_body, labels};
 use crate::config::{ContainerSpec, LimitsConfig};
 use crate::upstream::UpstreamError;
-use crate::upstream::link::{Connected, Inbox, LineWriter, Link, read_messages, write_message};
+use crate::upstream::link::{
+    Connected, Inbox, LineWriter, Link, LinkError, read_messages, write_message,
+};
 
 /// Removes a container when dropped, unless disarmed: no failure while
 /// starting leaves one behind.
@@ -64,7 +66,7 @@ struct ContainerLink {
 }
 
 impl Link for ContainerLink {
-    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), String>> {
+    fn send(&self, message: Value) -> BoxFuture<'_, Result<(), LinkError>> {
         async move { write_message(&self.stdin, &message, &self.closed).await }.boxed()
     }
 

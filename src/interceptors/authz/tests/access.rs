@@ -158,7 +158,7 @@ fn a_denial_reason_is_built_from_the_scrubbed_uri() {
         Phase::Request,
         context,
     );
-    let Verdict::Deny(denial) = authz.on_request(&mut exchange) else {
+    let Verdict::Deny(denial) = authz.see(&mut exchange) else {
         panic!("bob may not read");
     };
     assert!(!denial.reason.contains("hunter2"), "{}", denial.reason);
