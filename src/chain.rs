@@ -386,7 +386,8 @@ pub trait Interceptor: Send + Sync + 'static {
     }
 
     /// A server's request to a client (`sampling/createMessage`,
-    /// `elicitation/create`, `roots/list`, `ping`).
+    /// `elicitation/create`, `roots/list`; a server's `ping` is answered by
+    /// the proxy and never gets here).
     fn on_server_request(&self, _exchange: &mut Exchange) -> Verdict {
         Verdict::Continue
     }

@@ -317,17 +317,24 @@ impl Gateway {
         if session.stateless {
             super::modern::strip_envelope(&mut outgoing);
         }
-        match rename {
-            Some(Rename::Name(name)) => {
-                outgoing.put(&["params", "name"], Value::from(name));
-            }
+        let renamed = match rename {
+            Some(Rename::Name(name)) => outgoing.put(&["params", "name"], Value::from(name)),
             Some(Rename::RefName(name)) => {
-                outgoing.put(&["params", "ref", "name"], Value::from(name));
+                outgoing.put(&["params", "ref", "name"], Value::from(name))
             }
             Some(Rename::Task(task)) => {
-                outgoing.put(&["params", "taskId"], Value::from(task.server_task));
+                outgoing.put(&["params", "taskId"], Value::from(task.server_task))
             }
-            None => {}
+            None => true,
+        };
+        // Routing read these names from objects, but a plugin may have
+        // reshaped what holds them since: the client's name never goes out.
+        if !renamed {
+            let failure = Failure::InvalidParams(
+                "`params` is no longer an object: the request cannot be named for its server"
+                    .to_owned(),
+            );
+            return Relayed::Answered(Err(failure), Duration::ZERO);
         }
         // A place among the server's requests in flight, if it limits them
         // (the wait is bounded by its call timeout).

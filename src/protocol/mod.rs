@@ -540,6 +540,35 @@ impl LogLevel {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn put_writes_through_objects_and_nulls_and_refuses_anything_else() {
+        use super::At as _;
+        let mut message = serde_json::json!({ "id": 1, "params": { "name": "a__b" } });
+        assert!(message.put(&["params", "name"], "b".into()));
+        assert!(message.put(&["params", "_meta", "progressToken"], 7.into()));
+        assert_eq!(
+            message,
+            serde_json::json!({ "id": 1, "params": { "name": "b", "_meta": { "progressToken": 7 } } })
+        );
+        let mut null = serde_json::Value::Null;
+        assert!(null.put(&["id"], 2.into()));
+        assert_eq!(null, serde_json::json!({ "id": 2 }));
+        // Where indexing would panic: nothing set, the value as it was.
+        for hostile in [
+            serde_json::json!({ "params": "x" }),
+            serde_json::json!({ "params": [1, 2] }),
+            serde_json::json!({ "params": { "ref": 3 } }),
+            serde_json::json!("a string"),
+        ] {
+            let mut value = hostile.clone();
+            assert!(
+                !value.put(&["params", "ref", "name"], "n".into()),
+                "{hostile}"
+            );
+            assert_eq!(value, hostile);
+        }
+    }
+
+    #[test]
     fn datetimes_are_read_in_one_shape_and_only_on_the_calendar() {
         let at = |seconds: u64, millis: u64| {
             Some(

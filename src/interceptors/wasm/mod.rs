@@ -247,7 +247,7 @@ impl Plugin {
         if !self.sees(exchange) {
             return Verdict::Continue;
         }
-        let admission = match self.admit() {
+        let admission = match self.breaker_admits() {
             Ok(admission) => admission,
             Err(failure) => {
                 self.count(failure.kind);
@@ -294,7 +294,7 @@ impl Plugin {
     }
 
     /// Whether the breaker lets a call through, and as what.
-    fn admit(&self) -> Result<Admission, Failure> {
+    fn breaker_admits(&self) -> Result<Admission, Failure> {
         let Ok(mut breaker) = self.breaker.lock() else {
             return Ok(Admission::Normal);
         };
@@ -632,6 +632,7 @@ fn same_envelope(before: &Value, after: &Value, phase: Phase) -> Result<(), Stri
                 "/params/uri",
                 "/params/ref",
                 "/params/requestId",
+                "/params/taskId",
                 "/params/_meta/progressToken",
                 "/params/progressToken",
             ] {

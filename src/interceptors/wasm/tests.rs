@@ -282,3 +282,24 @@ fn a_wrong_interface_version_or_a_missing_file_is_a_clear_load_error() {
     let err = load(&pinned).err().map(|e| e.to_string()).expect("refused");
     assert!(err.contains("but the config pins"), "{err}");
 }
+
+#[test]
+fn a_plugin_may_not_change_what_routing_and_authorization_went_by() {
+    let before = json!({"jsonrpc": "2.0", "id": 1, "method": "tasks/get",
+        "params": {"taskId": "portcullis-task-1"}});
+    let same = before.clone();
+    assert!(same_envelope(&before, &same, Phase::Request).is_ok());
+    for after in [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tasks/get", "params": {"taskId": "other"}}),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tasks/get", "params": "x"}),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tasks/get", "params": {}}),
+    ] {
+        let refused = same_envelope(&before, &after, Phase::Request);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|reason| reason.contains("taskId")),
+            "{after}: {refused:?}"
+        );
+    }
+}
