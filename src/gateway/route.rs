@@ -327,13 +327,9 @@ impl Gateway {
             }
             None => true,
         };
-        // Routing read these names from objects, but a plugin may have
-        // reshaped what holds them since: the client's name never goes out.
+        // A plugin may have reshaped what routing read: the client's name never goes out.
         if !renamed {
-            let failure = Failure::InvalidParams(
-                "`params` is no longer an object: the request cannot be named for its server"
-                    .to_owned(),
-            );
+            let failure = Failure::InvalidParams("`params` is no longer an object".to_owned());
             return Relayed::Answered(Err(failure), Duration::ZERO);
         }
         // A place among the server's requests in flight, if it limits them
