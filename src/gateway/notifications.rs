@@ -42,7 +42,7 @@ impl Gateway {
         session: &Arc<Session>,
         message: Value,
     ) {
-        let method = Method::of(&message).unwrap_or_else(|| Method::parse(""));
+        let method = Method::named_in(&message);
         let mut run = self.begin(
             session,
             message,
@@ -112,7 +112,7 @@ impl Gateway {
         if server.is_some_and(|index| !self.visible(session, index)) {
             return Delivery::Withheld;
         }
-        let method = Method::of(&message).unwrap_or_else(|| Method::parse(""));
+        let method = Method::named_in(&message);
         if server.is_some() && method == Method::LogMessage && !session.wants_log(&message) {
             return Delivery::BelowLevel;
         }
@@ -252,7 +252,7 @@ impl Gateway {
         message: Value,
         ambiguous: bool,
     ) {
-        let method = Method::of(&message).unwrap_or_else(|| Method::parse(""));
+        let method = Method::named_in(&message);
         match method {
             _ if method.list_changed().is_some() => {
                 self.refresh_soon(index);

@@ -284,7 +284,7 @@ impl Gateway {
         mut message: Value,
     ) -> Option<Value> {
         modern::strip_envelope(&mut message);
-        let method = Method::of(&message).unwrap_or_else(|| Method::parse(""));
+        let method = Method::named_in(&message);
         // The ones whose server's requests to the client become rounds.
         let in_rounds = method.takes_rounds();
         // The rounds' futures are boxed: kept out of this one's (and so out

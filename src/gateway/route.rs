@@ -98,7 +98,7 @@ impl Gateway {
     ) -> Option<Value> {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         // Parsed once: everything past here matches on the `Method`.
-        let method = Method::of(&message).unwrap_or_else(|| Method::parse(""));
+        let method = Method::named_in(&message);
         let mut run = self.begin(
             session,
             message,
@@ -698,7 +698,7 @@ impl Gateway {
         };
         // 2026-07-28 has no `resources/subscribe`: a subscription to such a
         // server is one more URI on the proxy's listen stream to it.
-        let method = Method::of(&outgoing).unwrap_or_else(|| Method::parse(""));
+        let method = Method::named_in(&outgoing);
         let stateless = upstream.speaks_stateless();
         let subscribe = method == Method::ResourcesSubscribe;
         if stateless && (subscribe || method == Method::ResourcesUnsubscribe) {

@@ -305,7 +305,7 @@ impl Gateway {
         related: Option<&Value>,
     ) -> Value {
         let server_id = message.get("id").cloned().unwrap_or(Value::Null);
-        let method = protocol::Method::of(&message).unwrap_or_else(|| protocol::Method::parse(""));
+        let method = protocol::Method::named_in(&message);
         let answer = |failure: Failure| failure.to_response(server_id.clone());
         let capability = method.client_capability();
         // A 2026-07-28 client is asked in its call's rounds, if the call

@@ -237,7 +237,7 @@ impl Gateway {
     ) -> Result<Map<String, Value>, Failure> {
         let mut shown = Map::new();
         for (key, question) in questions {
-            let method = Method::of(&question).unwrap_or_else(|| Method::parse(""));
+            let method = Method::named_in(&question);
             let Some(capability) = method.client_capability() else {
                 return Err(Failure::ServerTask(
                     "a question is not sampling, elicitation or roots".into(),

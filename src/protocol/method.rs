@@ -163,13 +163,14 @@ impl Method {
         super::method(message).map(Self::parse)
     }
 
-    pub fn is_known(&self) -> bool {
-        !matches!(self, Self::Other(_))
+    /// The method of `message`, the empty (unknown) name when it names
+    /// none: what an exchange of a message without one is recorded as.
+    pub fn named_in(message: &Value) -> Self {
+        Self::parse(super::method(message).unwrap_or_default())
     }
 
-    /// A notification (by its name: an unknown `notifications/…` too).
-    pub fn is_notification(&self) -> bool {
-        self.as_str().starts_with("notifications/")
+    pub fn is_known(&self) -> bool {
+        !matches!(self, Self::Other(_))
     }
 
     /// The handshake revisions' methods that 2026-07-28 removed: a
