@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder};
 use regex::bytes::Regex;
-use regex_automata::meta::Cache;
+use regex_automata::meta::{self, Cache};
 use regex_automata::util::captures::Captures;
 use regex_automata::{Anchored, Input};
 
@@ -249,12 +249,32 @@ impl Scanner {
         let Some(rule) = self.rule(index) else {
             return;
         };
-        let (captures, cache) = captures
-            .get_or_insert_with(|| (rule.regex.create_captures(), rule.regex.create_cache()));
+        let regex = match rule.regex.get() {
+            Ok(regex) => regex,
+            Err(err) => {
+                // Cannot happen for a pattern a test compiled; were it to,
+                // the text around each hit is taken as the secret (fail
+                // closed), never passed unscanned.
+                tracing::error!(rule = %rule.id, error = %err, "a secret rule's regex cannot be compiled; the text around its keywords is treated as a secret");
+                found.extend(hits.iter().map(|&(_, start, end)| {
+                    let from = start.saturating_sub(rule.lead);
+                    let to = (start + rule.max_len).min(text.len()).max(end);
+                    Finding {
+                        rule: index,
+                        start: from,
+                        end: to,
+                        match_start: from,
+                        match_end: to,
+                    }
+                }));
+                return;
+            }
+        };
+        let state = captures.get_or_insert_with(|| (regex.create_captures(), regex.create_cache()));
         if rule.lead == 0 && !rule.keywords.is_empty() {
-            self.run_anchored(index, text, hits, captures, cache, found);
+            self.run_anchored(index, regex, text, hits, state, found);
         } else {
-            self.run_windows(index, text, hits, captures, cache, found);
+            self.run_windows(index, regex, text, hits, state, found);
         }
     }
 
@@ -264,10 +284,10 @@ impl Scanner {
     fn run_anchored(
         &self,
         index: u32,
+        regex: &meta::Regex,
         text: &[u8],
         hits: &[(u32, usize, usize)],
-        captures: &mut Captures,
-        cache: &mut Cache,
+        (captures, cache): &mut (Captures, Cache),
         found: &mut Vec<Finding>,
     ) {
         let Some(rule) = self.rule(index) else {
@@ -295,7 +315,7 @@ impl Scanner {
             // One byte more than the longest match: a match that reaches
             // it is too long and refused whole, never cut short.
             let end = (at + rule.max_len + 1).min(text.len());
-            rule.regex.search_captures_with(
+            regex.search_captures_with(
                 cache,
                 &Input::new(text).range(at..end).anchored(Anchored::Yes),
                 captures,
@@ -319,10 +339,10 @@ impl Scanner {
     fn run_windows(
         &self,
         index: u32,
+        regex: &meta::Regex,
         text: &[u8],
         hits: &[(u32, usize, usize)],
-        captures: &mut Captures,
-        cache: &mut Cache,
+        (captures, cache): &mut (Captures, Cache),
         found: &mut Vec<Finding>,
     ) {
         let Some(rule) = self.rule(index) else {
@@ -352,7 +372,7 @@ impl Scanner {
             }
             let mut at = window_start;
             while at <= window_end {
-                rule.regex.search_captures_with(
+                regex.search_captures_with(
                     cache,
                     &Input::new(text).range(at..window_end),
                     captures,
@@ -459,11 +479,13 @@ impl Scanner {
         let mut found = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
             let index = index as u32;
-            let mut captures = rule.regex.create_captures();
+            let Ok(regex) = rule.regex.get() else {
+                continue;
+            };
+            let mut captures = regex.create_captures();
             let mut at = 0;
             while at <= text.len() {
-                rule.regex
-                    .search_captures(&Input::new(text).range(at..), &mut captures);
+                regex.search_captures(&Input::new(text).range(at..), &mut captures);
                 let Some(m) = captures.get_match() else {
                     break;
                 };

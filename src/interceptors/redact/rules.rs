@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use regex::bytes::Regex;
 use regex_automata::meta;
@@ -61,7 +61,7 @@ pub struct Rule {
     /// ASCII, matched case-insensitively; a match counts only if it contains
     /// one. Empty: the rule runs on every string (costly, so rare).
     pub keywords: Vec<String>,
-    pub regex: meta::Regex,
+    pub regex: RuleRegex,
     /// The capture group holding the secret (`(?P<secret>…)`); the whole
     /// match when absent.
     pub secret_group: Option<usize>,
@@ -92,6 +92,65 @@ pub struct Rule {
     pub gitleaks: Vec<String>,
 }
 
+/// A rule's regex, compiled when a scan first needs it. The built-in set's
+/// 314 automata held some 13 MiB from start-up, most of them for rules no
+/// message ever meets. Its patterns are part of the binary and a test
+/// compiles each of them; a custom file's are compiled as it loads, so a
+/// pattern the compiler refuses is refused there, never at a scan.
+#[derive(Debug, Clone)]
+pub struct RuleRegex {
+    pattern: Arc<str>,
+    /// Shared by the clones of the rule: each compiles it once at most.
+    compiled: Arc<OnceLock<Result<meta::Regex, String>>>,
+}
+
+impl RuleRegex {
+    /// Compiled on first use.
+    fn lazy(pattern: &str) -> Self {
+        Self {
+            pattern: Arc::from(pattern),
+            compiled: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Compiled now, from its parsed form; an error if it cannot be.
+    fn now(pattern: &str, hir: &Hir) -> Result<Self, String> {
+        let regex = scanner_regex(hir)?;
+        Ok(Self {
+            pattern: Arc::from(pattern),
+            compiled: Arc::new(OnceLock::from(Ok(regex))),
+        })
+    }
+
+    /// The compiled regex (compiling it if no scan has yet), or why it
+    /// cannot be compiled.
+    pub fn get(&self) -> Result<&meta::Regex, &str> {
+        self.compiled
+            .get_or_init(|| parse(&self.pattern).and_then(|hir| scanner_regex(&hir)))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
+    /// Whether it has been compiled yet.
+    pub fn is_compiled(&self) -> bool {
+        self.compiled.get().is_some()
+    }
+
+    /// The pattern as the rule file writes it.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+}
+
+/// When a rule file's regexes are compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compile {
+    /// As the file loads: a custom file, whose patterns no test has seen.
+    Now,
+    /// At first use: the built-in set.
+    Lazily,
+}
+
 /// Rules and the stopwords of the files they came from.
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
@@ -103,7 +162,7 @@ pub struct RuleSet {
 impl RuleSet {
     /// The built-in rules.
     pub fn builtin() -> Result<Self, RuleError> {
-        Self::parse(BUILTIN, Path::new(BUILTIN_NAME))
+        Self::parse_with(BUILTIN, Path::new(BUILTIN_NAME), Compile::Lazily)
     }
 
     /// Reads a custom rule file.
@@ -116,8 +175,15 @@ impl RuleSet {
         Self::parse(&text, path)
     }
 
-    /// Validates a rule file's text; `path` names it in errors.
+    /// Validates a rule file's text, its regexes compiled; `path` names it
+    /// in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, RuleError> {
+        Self::parse_with(text, path, Compile::Now)
+    }
+
+    /// Validates a rule file's text, its regexes compiled when `compile`
+    /// says; `path` names it in errors.
+    pub fn parse_with(text: &str, path: &Path, compile: Compile) -> Result<Self, RuleError> {
         let error = |span: Option<Range<usize>>, message: String| RuleError {
             file: path.to_owned(),
             location: span.map(|span| line_col(text, span.start)),
@@ -129,7 +195,9 @@ impl RuleSet {
         let mut rules = Vec::with_capacity(raw.rule.len());
         let mut seen = HashSet::new();
         for (index, raw_rule) in raw.rule.into_iter().enumerate() {
-            rules.push(build_rule(raw_rule, index, &mut seen, &origin, &error)?);
+            rules.push(build_rule(
+                raw_rule, index, &mut seen, &origin, compile, &error,
+            )?);
         }
         Ok(Self {
             rules,
@@ -168,6 +236,7 @@ fn build_rule(
     index: usize,
     seen: &mut HashSet<String>,
     origin: &Arc<str>,
+    when: Compile,
     error: &dyn Fn(Option<Range<usize>>, String) -> RuleError,
 ) -> Result<Rule, RuleError> {
     let span = raw_rule.span();
@@ -214,10 +283,11 @@ fn build_rule(
         )
     };
     let hir = parse(raw_rule.regex.get_ref()).map_err(|err| regex_error(err.to_string()))?;
-    let regex = scanner_regex(&hir).map_err(regex_error)?;
-    let secret_group = regex
-        .group_info()
-        .to_index(regex_automata::PatternID::ZERO, "secret");
+    let regex = match when {
+        Compile::Now => RuleRegex::now(raw_rule.regex.get_ref(), &hir).map_err(regex_error)?,
+        Compile::Lazily => RuleRegex::lazy(raw_rule.regex.get_ref()),
+    };
+    let secret_group = capture_index(&hir, "secret");
     let Some(severity) = severity_of(&raw_rule.severity) else {
         return Err(at(
             "severity",
@@ -305,6 +375,25 @@ fn scanner_regex(hir: &Hir) -> Result<meta::Regex, String> {
         )
         .build_from_hir(hir)
         .map_err(|err| err.to_string())
+}
+
+/// The index of the capture group called `name` (as the compiled regex
+/// numbers its groups: the whole match is 0).
+fn capture_index(hir: &Hir, name: &str) -> Option<usize> {
+    match hir.kind() {
+        HirKind::Capture(capture) => {
+            if capture.name.as_deref() == Some(name) {
+                usize::try_from(capture.index).ok()
+            } else {
+                capture_index(&capture.sub, name)
+            }
+        }
+        HirKind::Repetition(repetition) => capture_index(&repetition.sub, name),
+        HirKind::Concat(subs) | HirKind::Alternation(subs) => {
+            subs.iter().find_map(|sub| capture_index(sub, name))
+        }
+        HirKind::Empty | HirKind::Literal(_) | HirKind::Class(_) | HirKind::Look(_) => None,
+    }
 }
 
 /// A rule's regex, parsed as [`compile`] does.
@@ -659,6 +748,55 @@ stopwords = true
     fn the_builtin_rules_load() {
         match RuleSet::builtin() {
             Ok(set) => assert!(set.rules.len() >= 80, "{} built-in rules", set.rules.len()),
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// The built-in regexes are compiled at first use, so each must
+    /// compile here, and its secret group be the one the compiled regex
+    /// numbers.
+    #[test]
+    fn every_builtin_regex_compiles_when_first_used() {
+        let set = match RuleSet::builtin() {
+            Ok(set) => set,
+            Err(err) => panic!("{err}"),
+        };
+        assert!(
+            set.rules.iter().all(|rule| !rule.regex.is_compiled()),
+            "nothing compiled at load"
+        );
+        for rule in &set.rules {
+            match rule.regex.get() {
+                Ok(regex) => assert_eq!(
+                    rule.secret_group,
+                    regex
+                        .group_info()
+                        .to_index(regex_automata::PatternID::ZERO, "secret"),
+                    "rule `{}`",
+                    rule.id
+                ),
+                Err(err) => panic!("rule `{}`: {err}", rule.id),
+            }
+        }
+        assert!(set.rules.iter().all(|rule| rule.regex.is_compiled()));
+    }
+
+    #[test]
+    fn a_custom_files_regexes_are_compiled_as_it_loads() {
+        // Parses, but its automaton is past the size limit: refused at
+        // load, never at a scan.
+        let text = "[[rule]]\nid = \"big\"\ndescription = \"d\"\nregex = \"(?:[a-z]{1000}){1000}\"\nseverity = \"high\"\n";
+        match parse(text) {
+            Ok(_) => panic!("accepted an automaton past the limit"),
+            Err(err) => assert!(
+                err.to_string().contains("`rule[0].regex` (rule `big`)"),
+                "{err}"
+            ),
+        }
+        match parse(
+            "[[rule]]\nid = \"a\"\ndescription = \"d\"\nregex = \"x(?P<secret>y)\"\nseverity = \"high\"\n",
+        ) {
+            Ok(set) => assert!(set.rules.iter().all(|rule| rule.regex.is_compiled())),
             Err(err) => panic!("{err}"),
         }
     }
