@@ -55,7 +55,7 @@ pub(super) fn record_start(
         }));
         records.push(record);
     }
-    gateway.record_events(records);
+    gateway.records().events(records);
 }
 
 /// A `sandbox_relaxed` record per server of `servers` that runs with less

@@ -239,11 +239,11 @@ async fn reload(
 /// A config that did not load (or apply): the one in force stays. (An
 /// error may quote a value of the file: scrubbed like a record.)
 fn refused(gateway: &Gateway, error: String) {
-    let error = gateway.scrubbed(&error);
+    let error = gateway.records().scrubbed(&error);
     tracing::error!(error = %error, "the config was not reloaded: the last good one stays in force");
     let mut record = AuditRecord::event("config_reload", "error");
     record.reason = Some(super::records::reason(&error));
-    gateway.record_event(record);
+    gateway.records().event(record);
 }
 
 fn applied(gateway: &Gateway, next: &Config, reloaded: &Reloaded, pending: &[&'static str]) {
@@ -285,5 +285,5 @@ fn applied(gateway: &Gateway, next: &Config, reloaded: &Reloaded, pending: &[&'s
     }));
     let mut records = vec![record];
     records.extend(super::records::relaxed_records(started.into_iter()));
-    gateway.record_events(records);
+    gateway.records().events(records);
 }

@@ -129,7 +129,7 @@ fn ship_audit(
     )>,
 > {
     let config = gateway.config();
-    let (Some(ship), Some(audit)) = (&config.audit.ship, gateway.audit()) else {
+    let (Some(ship), Some(audit)) = (&config.audit.ship, gateway.records().audit()) else {
         return Ok(None);
     };
     let Some(reader) = audit.reader() else {
@@ -145,7 +145,7 @@ fn ship_audit(
         shipped: audit.shipped().unwrap_or_default(),
         ..crate::metrics::Shipping::default()
     };
-    if let Some(metrics) = gateway.metrics() {
+    if let Some(metrics) = gateway.records().metrics() {
         let _ = metrics.shipping.set(gauges.clone());
     }
     tracing::info!(replica = %ship.replica, store = %store, "shipping the audit log to the fleet's database");
@@ -217,7 +217,7 @@ pub(super) fn record_events(
         // Breaker events go to the audit log.
         let recorder = gateway.clone();
         forward_events(plugin.subscribe(), "plugin", move |event| {
-            recorder.record_event(plugin_record(&event));
+            recorder.records().event(plugin_record(&event));
         });
     }
     if let Some(pinning) = pinning {
@@ -236,7 +236,7 @@ pub(super) fn record_events(
                 recorder.announce(crate::protocol::List::Tools);
             }
             // A batch's records are committed in order, by one task.
-            recorder.record_events(
+            recorder.records().events(
                 events
                     .iter()
                     .map(|event| pins::record(event, &separator))
@@ -256,7 +256,7 @@ pub(super) fn record_events(
                 loop {
                     let applied = match reloads.recv().await {
                         Ok(reload) => {
-                            recorder.record_event(reload_record(&reload));
+                            recorder.records().event(reload_record(&reload));
                             reload.rejected.is_none()
                         }
                         // Reloads came faster than they were recorded:

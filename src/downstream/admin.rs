@@ -59,7 +59,12 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
 /// were checked before the handler ran).
 fn admit(state: &HttpState, Auditor(auditor): Auditor) -> Result<Reader, Box<Response>> {
     tracing::debug!(%auditor, "admin request");
-    match state.gateway.audit().and_then(|audit| audit.reader()) {
+    match state
+        .gateway
+        .records()
+        .audit()
+        .and_then(|audit| audit.reader())
+    {
         Some(reader) => Ok(reader.clone()),
         None => Err(Box::new(plain_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -187,6 +192,7 @@ async fn verify(State(state): State<Arc<HttpState>>, auditor: Auditor) -> Respon
     // The proxy checks with its own keys: MACs and signed checkpoints.
     let keys = state
         .gateway
+        .records()
         .audit()
         .map(|audit| audit.keys().clone())
         .unwrap_or_default();
@@ -279,7 +285,12 @@ async fn tail(State(state): State<Arc<HttpState>>, auditor: Auditor, params: Par
         Err(response) => return *response,
     };
     // `admit` found the log: it has a writer to follow.
-    let Some(mut written) = state.gateway.audit().map(crate::audit::Audit::written) else {
+    let Some(mut written) = state
+        .gateway
+        .records()
+        .audit()
+        .map(crate::audit::Audit::written)
+    else {
         return plain_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this proxy keeps no audit log",

@@ -123,7 +123,7 @@ pub(super) async fn guard(
         } else {
             tracing::debug!(%source, endpoint = refused.failure.endpoint, reason = refused.failure.reason, "refused a credential");
         }
-        if let Some(metrics) = state.gateway.metrics() {
+        if let Some(metrics) = state.gateway.records().metrics() {
             metrics
                 .auth_failures
                 .get([refused.failure.endpoint, "refused"])
@@ -192,7 +192,7 @@ pub(super) fn throttled(
             who: String::new(),
         },
     );
-    if let Some(metrics) = state.gateway.metrics() {
+    if let Some(metrics) = state.gateway.records().metrics() {
         metrics.auth_failures.get([endpoint, "throttled"]).add(1);
     }
     Some(too_many_attempts(endpoint, wait))

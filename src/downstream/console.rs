@@ -71,7 +71,12 @@ pub(super) fn public_routes() -> Router<Arc<HttpState>> {
 /// The audit log a logged-in auditor's page reads, or the page saying
 /// there is none.
 fn reader(state: &HttpState, auditor: &str) -> Result<Reader, Box<Response>> {
-    match state.gateway.audit().and_then(|audit| audit.reader()) {
+    match state
+        .gateway
+        .records()
+        .audit()
+        .and_then(|audit| audit.reader())
+    {
         Some(reader) => Ok(reader.clone()),
         None => Err(Box::new(page(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -83,7 +83,7 @@ pub async fn serve_on(
     {
         // The failures of the last interval are recorded as the proxy stops.
         let state = Arc::downgrade(&state);
-        gateway.on_stop(move || {
+        gateway.records().on_stop(move || {
             state
                 .upgrade()
                 .map(|state| state.throttle.take_records())
@@ -103,7 +103,7 @@ pub async fn serve_on(
         app,
         config.listener.clone(),
         tls,
-        gateway.metrics().cloned(),
+        gateway.records().metrics().cloned(),
         gateway.shutdown_token(),
     )
     .await;
@@ -147,7 +147,7 @@ fn sweep(state: Arc<HttpState>) -> tokio::task::JoinHandle<()> {
             tokio::select! {
                 _ = sweep.tick() => state.expire_idle(idle),
                 _ = record.tick() => {
-                    state.gateway.record_events(state.throttle.take_records());
+                    state.gateway.records().events(state.throttle.take_records());
                 }
                 () = shutdown.cancelled() => return,
             }

@@ -227,7 +227,7 @@ impl HttpState {
     /// Waits until every record committed before the request is readable (a
     /// second at most: a store that cannot take them is answered as it is).
     pub(super) async fn caught_up(&self) {
-        if let Some(audit) = self.gateway.audit() {
+        if let Some(audit) = self.gateway.records().audit() {
             audit.caught_up(Duration::from_secs(1)).await;
         }
     }

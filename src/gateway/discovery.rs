@@ -622,7 +622,7 @@ impl Gateway {
         upstream
             .ensure_running(self.config.proxy.startup_timeout)
             .await
-            .map_err(|err| self.scrub(&err.to_string()))?;
+            .map_err(|err| self.records.scrubbed(&err.to_string()))?;
         Ok(())
     }
 

@@ -291,12 +291,7 @@ impl Harness {
 
     /// Every record committed so far (after the background ones landed).
     pub(super) async fn records(&self) -> Vec<AuditRecord> {
-        self.gateway.event_records.close();
-        self.gateway.event_records.wait().await;
-        self.gateway.event_records.reopen();
-        if let Some(audit) = &self.gateway.audit {
-            let _ = audit.flush().await;
-        }
+        self.gateway.records.settled().await;
         take(&self.written)
     }
 

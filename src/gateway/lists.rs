@@ -247,7 +247,7 @@ impl Gateway {
         };
         let caps = info.get("capabilities").cloned().unwrap_or_default();
         let mut lists = ServerLists::default();
-        let scrub = |text: &str| self.scrub(text);
+        let scrub = |text: &str| self.records.scrubbed(text);
         let mut budget = ListBudget::of(&self.config.limits);
         let mut cuts = Vec::new();
         let wanted: [(List, &mut Vec<Value>); 4] = [
@@ -295,7 +295,7 @@ impl Gateway {
             record.detail = Some(cut.detail());
             records.push(record);
         }
-        self.record_events(records);
+        self.records.events(records);
     }
 
     pub(super) fn set_lists(&self, index: usize, lists: Option<ServerLists>) {

@@ -134,7 +134,7 @@ impl Gateway {
             let failed = match tokio::time::timeout(LOG_LEVEL_WAIT, asked).await {
                 Ok(Ok(_)) => return,
                 // The server's own words: scrubbed like a record's.
-                Ok(Err(err)) => self.scrub(&err.to_string()),
+                Ok(Err(err)) => self.records.scrubbed(&err.to_string()),
                 Err(_) => format!("no answer within {LOG_LEVEL_WAIT:?}"),
             };
             tracing::warn!(server = %upstream.name(), error = failed, "cannot set the log level");
@@ -174,7 +174,7 @@ impl Gateway {
             .and_then(Value::as_str)
             .unwrap_or("?");
         tracing::info!(session = %session.id, client = %session.client.name, agent = client_name, version, "session initialized");
-        let mut started = Self::session_event(session, "session_start");
+        let mut started = super::record::session_event(session, "session_start");
         started.detail = Some(json!({
             "agent": client_name,
             "agent_version": params
@@ -183,7 +183,7 @@ impl Gateway {
                 .and_then(Value::as_str),
             "protocol_version": version,
         }));
-        self.record_event(started);
+        self.records.event(started);
         Ok(json!({
             "protocolVersion": version,
             "capabilities": self.capabilities(),
@@ -210,13 +210,13 @@ impl Gateway {
             state.client_capabilities = resumed.capabilities;
         }
         tracing::info!(session = %session.id, client = %session.client.name, agent = resumed.agent, version = resumed.version, "session resumed");
-        let mut started = Self::session_event(&session, "session_start");
+        let mut started = super::record::session_event(&session, "session_start");
         started.detail = Some(json!({
             "agent": resumed.agent,
             "protocol_version": resumed.version,
             "resumed": true,
         }));
-        self.record_event(started);
+        self.records.event(started);
         session
     }
 
@@ -426,7 +426,7 @@ impl Gateway {
             let Some(upstream) = self.upstream_of(index, &instance) else {
                 continue;
             };
-            let scrubbed = self.scrub(&uri);
+            let scrubbed = self.records.scrubbed(&uri);
             runtime.spawn(async move {
                 // A 2026-07-28 server's: off the proxy's listen stream.
                 let asked = if upstream.speaks_stateless() {
@@ -495,7 +495,7 @@ impl Gateway {
                 .await
             {
                 // The server's words may quote the URI: scrubbed.
-                let error = self.scrub(&err.to_string());
+                let error = self.records.scrubbed(&err.to_string());
                 tracing::warn!(server = %upstream.name(), error, "cannot renew a resource subscription");
             }
         }

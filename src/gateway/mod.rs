@@ -48,6 +48,7 @@ pub use catalog::{Catalog, ServerLists};
 pub use failure::Failure;
 
 pub use modern::{checked_envelope, version_spoken};
+pub use record::Records;
 pub use reload::{ReloadError, Reloaded};
 pub use route::reply_id;
 pub use session::{Outlet, Resumed, Session};
@@ -58,7 +59,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -75,14 +76,8 @@ use notifications::NoticeWindow;
 pub struct Gateway {
     config: Arc<Config>,
     chain: Chain,
-    /// The audit log (`None` only for the CLI's one-shot commands).
-    audit: Option<Audit>,
-    /// Takes every secret out of what is stored and traced (the record's
-    /// target, reason and detail, span attributes and errors, arguments
-    /// when kept). `None` only in the CLI's one-shot commands and tests.
-    scrubber: Option<Arc<crate::interceptors::Redact>>,
-    /// Whether calls' arguments are kept, redacted, in their records.
-    arguments_kept: bool,
+    /// Each exchange's and event's record, counts and trace.
+    records: Records,
     /// The fleet's places among servers' requests in flight, in Redis
     /// (`[ratelimit.shared]`).
     shared_places: Option<Arc<crate::interceptors::ratelimit::SharedPlaces>>,
@@ -143,24 +138,10 @@ pub struct Gateway {
     user_tokens: Arc<crate::upstream::UserTokens>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// Event records being committed in the background: `stop` waits for
-    /// them, so `proxy_stop` is the last record of the chain.
-    event_records: tokio_util::task::TaskTracker,
-    /// Counts and times for `GET /metrics` (`[observability] metrics`).
-    metrics: Option<Arc<Metrics>>,
-    /// Traces of exchanges (`[observability.traces]`).
-    tracer: Option<Tracer>,
-    /// The task that exports the tracer's spans; `stop` lets it send what
-    /// is left.
-    trace_export: Mutex<Option<Export>>,
-    /// Run by `stop` before `proxy_stop`: see [`Gateway::on_stop`].
-    stop_flushes: Mutex<Vec<StopFlush>>,
     /// `[discovery]`: the catalogs' servers (upstreams from
     /// `discovery.first`) and who added which.
     discovery: Option<discovery::Discovery>,
 }
-
-type StopFlush = Box<dyn Fn() -> Vec<crate::audit::AuditRecord> + Send + Sync>;
 
 /// A server→client request in flight: (server, instance, the server's id).
 type ForwardedKey = (usize, Option<Arc<str>>, IdKey);
@@ -237,14 +218,10 @@ impl Gateway {
     }
 
     fn build(
-        (config, chain, audit, wiring): (Arc<Config>, Chain, Option<Audit>, Wiring),
+        (config, chain, audit, mut wiring): (Arc<Config>, Chain, Option<Audit>, Wiring),
         make: Arc<MakeUpstream>,
         user_tokens: Arc<crate::upstream::UserTokens>,
     ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
-        let (tracer, trace_export) = match wiring.traces {
-            Some((tracer, export)) => (Some(tracer), Some(export)),
-            None => (None, None),
-        };
         let (events_tx, events_rx) = mpsc::channel(1024);
         let metrics = config
             .observability
@@ -300,6 +277,12 @@ impl Gateway {
                 .0;
         }
         let profile = RwLock::new(config.profile.clone().map(Arc::new));
+        let records = Records::new(
+            audit,
+            &mut wiring,
+            metrics,
+            &config.proxy.namespace_separator,
+        );
         let gateway = Arc::new(Self {
             catalog: RwLock::new(Arc::new(catalog)),
             slots,
@@ -307,9 +290,7 @@ impl Gateway {
             reloading: tokio::sync::Mutex::new(()),
             enforced: RwLock::new(telemetry::Enforced::default()),
             chain,
-            audit,
-            scrubber: wiring.scrubber,
-            arguments_kept: wiring.keep_arguments,
+            records,
             shared_places: wiring.shared_places,
             access: wiring.access,
             log_levels: tokio::sync::Mutex::new(HashMap::new()),
@@ -330,11 +311,6 @@ impl Gateway {
             shutdown,
             tasks: Mutex::new(Vec::new()),
             instance_stops: Mutex::new(HashMap::new()),
-            event_records: tokio_util::task::TaskTracker::new(),
-            metrics,
-            tracer,
-            trace_export: Mutex::new(trace_export),
-            stop_flushes: Mutex::new(Vec::new()),
             discovery,
         });
         (gateway, events_rx)
@@ -389,27 +365,10 @@ impl Gateway {
             session.close();
             // A 2026-07-28 request's session was never opened as one.
             if !session.stateless {
-                ended.push(Self::session_end(&session));
+                ended.push(record::session_end(&session));
             }
         }
-        let flushes: Vec<_> = lock(&self.stop_flushes).drain(..).collect();
-        for flush in flushes {
-            self.record_events(flush());
-        }
-        // Events recorded just before (a session that ended as the proxy
-        // was told to stop) go before `proxy_stop`.
-        self.event_records.close();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.event_records.wait()).await;
-        if let Some(audit) = &self.audit {
-            let mut stop = crate::audit::AuditRecord::event("proxy_stop", "allow");
-            stop.detail = Some(json!({ "sessions_ended": ended.len() }));
-            ended.push(stop);
-            for record in ended {
-                if let Err(err) = audit.commit(record).await {
-                    tracing::error!(error = %err, "AUDIT: an event cannot be recorded");
-                }
-            }
-        }
+        self.records.stopping(ended).await;
         let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
         // Long enough for every container to be removed.
         let _ = tokio::time::timeout(
@@ -434,15 +393,7 @@ impl Gateway {
             }
         }
         // Last: the records of everything that ended above are on disk.
-        if let Some(audit) = &self.audit
-            && let Err(err) = audit.flush().await
-        {
-            tracing::error!(error = %err, "AUDIT: the last records could not be flushed");
-        }
-        let export = lock(&self.trace_export).take();
-        if let Some(export) = export {
-            export.finish().await;
-        }
+        self.records.close().await;
     }
 
     /// Whether `session`'s client may use server `index` (see
@@ -479,37 +430,9 @@ impl Gateway {
             .is_some_and(crate::upstream::Upstream::speaks_stateless)
     }
 
-    /// `text` with every secret replaced by its placeholder (for what is
-    /// logged or recorded outside the gateway).
-    pub fn scrubbed(&self, text: &str) -> String {
-        self.scrub(text)
-    }
-
-    /// `text` with every secret replaced by its placeholder.
-    fn scrub(&self, text: &str) -> String {
-        match self.scrubber.as_ref() {
-            Some(scrubber) => scrubber.scrubbed(text),
-            None => text.to_owned(),
-        }
-    }
-
-    /// The audit log, if this gateway keeps one.
-    pub fn audit(&self) -> Option<&Audit> {
-        self.audit.as_ref()
-    }
-
-    /// Counts and times for `GET /metrics`, when they are on.
-    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
-        self.metrics.as_ref()
-    }
-
-    /// Runs `flush` as the proxy stops, before `proxy_stop` is recorded,
-    /// and records what it returns (events held back to be aggregated).
-    pub fn on_stop(
-        &self,
-        flush: impl Fn() -> Vec<crate::audit::AuditRecord> + Send + Sync + 'static,
-    ) {
-        lock(&self.stop_flushes).push(Box::new(flush));
+    /// What is written about what passes: records, metrics, traces.
+    pub fn records(&self) -> &Records {
+        &self.records
     }
 
     pub fn config(&self) -> &Config {
@@ -619,7 +542,7 @@ impl Gateway {
             runtime.spawn(async move { this.apply_log_levels(None).await });
         }
         if !session.closed.is_cancelled() {
-            self.record_event(Self::session_end(session));
+            self.records.event(record::session_end(session));
         }
         session.close();
         if let Some(discovery) = &self.discovery {

@@ -52,7 +52,7 @@ impl Gateway {
         );
         if let Err(refusal) = self.chain.run(&mut run.exchange) {
             // A client chooses the method: a long one is cut.
-            let method = self.scrub(protocol::cut(method.as_str(), 128));
+            let method = self.records.scrubbed(protocol::cut(method.as_str(), 128));
             tracing::debug!(session = %session.id, method, interceptor = %refusal.interceptor, "notification refused");
             run.end_notification(&refusal.outcome());
             return;
@@ -85,7 +85,7 @@ impl Gateway {
                 }
             }
             _ => {
-                let method = self.scrub(protocol::cut(method.as_str(), 128));
+                let method = self.records.scrubbed(protocol::cut(method.as_str(), 128));
                 tracing::debug!(session = %session.id, method, "notification not relayed")
             }
         }
@@ -192,7 +192,7 @@ impl Gateway {
                 "{dropped_before} notifications dropped: over {UNATTRIBUTED_PER_SECOND} per second that no call owns"
             ));
             record.detail = Some(json!({ "dropped": dropped_before }));
-            self.record_event(record);
+            self.records.event(record);
         }
         if !admitted {
             return;
@@ -201,7 +201,7 @@ impl Gateway {
         let sessions = self.sessions_of(instance);
         let mut counts: HashMap<Delivery, usize> = HashMap::new();
         if ambiguous {
-            let method = self.scrub(protocol::cut(&method, 128));
+            let method = self.records.scrubbed(protocol::cut(&method, 128));
             tracing::debug!(server = %self.name_or_none(index), method, "dropped a notification that cannot be tied to one client session");
             counts.insert(Delivery::Withheld, sessions.len());
         } else {
@@ -242,7 +242,7 @@ impl Gateway {
             detail.put(&["instance"], Value::from(&**client));
         }
         record.detail = Some(detail);
-        self.record_event(record);
+        self.records.event(record);
     }
 
     pub(super) fn server_notification(

@@ -1,17 +1,107 @@
 //! Audit records: of exchanges, of sessions and servers' events, with every
 //! secret scrubbed out of what is stored.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::audit::{Audit, AuditRecord};
 use crate::chain::{Exchange, Outcome};
 use crate::config::UpstreamSpec;
+use crate::interceptors::Redact;
+use crate::metrics::Metrics;
 use crate::protocol::At as _;
-use crate::traces::{Span, SpanKind};
+use crate::traces::{Export, Span, SpanKind, Tracer};
 
-use super::telemetry::{authz_note, observe};
-use super::{Gateway, Session};
+use super::telemetry::{authz_note, observe, root_of, scrub_trace};
+use super::{Gateway, Session, lock};
+
+/// What is written about what passes the gateway: each exchange's and
+/// event's record (its secrets scrubbed out, committed to the audit log),
+/// its counts in the metrics, its trace. One job, one part of the gateway,
+/// built whole with it.
+pub struct Records {
+    /// The audit log (`None` only for the CLI's one-shot commands).
+    audit: Option<Audit>,
+    /// Takes every secret out of what is stored and traced (the record's
+    /// target, reason and detail, span attributes and errors, arguments
+    /// when kept). `None` only in the CLI's one-shot commands and tests.
+    scrubber: Option<Arc<Redact>>,
+    /// Whether calls' arguments are kept, redacted, in their records.
+    arguments_kept: bool,
+    /// Counts and times for `GET /metrics` (`[observability] metrics`).
+    metrics: Option<Arc<Metrics>>,
+    /// Traces of exchanges (`[observability.traces]`).
+    tracer: Option<Tracer>,
+    /// The task that exports the tracer's spans; [`Records::close`] lets
+    /// it send what is left.
+    trace_export: Mutex<Option<Export>>,
+    /// Event records being committed in the background: the proxy's stop
+    /// waits for them, so `proxy_stop` is the last record of the chain.
+    background: tokio_util::task::TaskTracker,
+    /// Run as the proxy stops, before `proxy_stop`: see [`Records::on_stop`].
+    stop_flushes: Mutex<Vec<StopFlush>>,
+    /// Names a server's tool in a trace's root span.
+    separator: String,
+}
+
+type StopFlush = Box<dyn Fn() -> Vec<AuditRecord> + Send + Sync>;
+
+impl Records {
+    pub(super) fn new(
+        audit: Option<Audit>,
+        wiring: &mut super::Wiring,
+        metrics: Option<Arc<Metrics>>,
+        separator: &str,
+    ) -> Self {
+        let (tracer, trace_export) = match wiring.traces.take() {
+            Some((tracer, export)) => (Some(tracer), Some(export)),
+            None => (None, None),
+        };
+        Self {
+            audit,
+            scrubber: wiring.scrubber.take(),
+            arguments_kept: wiring.keep_arguments,
+            metrics,
+            tracer,
+            trace_export: Mutex::new(trace_export),
+            background: tokio_util::task::TaskTracker::new(),
+            stop_flushes: Mutex::new(Vec::new()),
+            separator: separator.to_owned(),
+        }
+    }
+
+    /// The audit log, if this gateway keeps one.
+    pub fn audit(&self) -> Option<&Audit> {
+        self.audit.as_ref()
+    }
+
+    /// Counts and times for `GET /metrics`, when they are on.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// Traces of exchanges, when they are on.
+    pub(super) fn tracer(&self) -> Option<&Tracer> {
+        self.tracer.as_ref()
+    }
+
+    /// `text` with every secret replaced by its placeholder (for what is
+    /// logged, recorded or answered from a peer's or an error's words).
+    pub fn scrubbed(&self, text: &str) -> String {
+        match self.scrubber.as_ref() {
+            Some(scrubber) => scrubber.scrubbed(text),
+            None => text.to_owned(),
+        }
+    }
+
+    /// Runs `flush` as the proxy stops, before `proxy_stop` is recorded,
+    /// and records what it returns (events held back to be aggregated).
+    pub fn on_stop(&self, flush: impl Fn() -> Vec<AuditRecord> + Send + Sync + 'static) {
+        lock(&self.stop_flushes).push(Box::new(flush));
+    }
+}
 
 /// A call's arguments as its audit record keeps them.
 #[derive(Debug, Default)]
@@ -157,12 +247,12 @@ pub(super) fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Va
     (!detail.is_empty()).then_some(Value::Object(detail))
 }
 
-impl Gateway {
+impl Records {
     /// Scrubs what a record carries from a peer's words: its method and
     /// request id (a client chooses both, and an unknown method is recorded
     /// as sent), its target, its reason, and its detail (the kept
     /// arguments are already redacted).
-    pub(super) fn scrub_record(&self, record: &mut crate::audit::AuditRecord) {
+    pub(super) fn scrub_record(&self, record: &mut AuditRecord) {
         let Some(scrubber) = self.scrubber.as_ref() else {
             return;
         };
@@ -215,13 +305,13 @@ impl Gateway {
     /// Commits an event record in the background (events are not replies:
     /// nothing waits for them; a failure is logged loudly, and the calls
     /// that follow are refused while the store cannot be written).
-    pub fn record_event(&self, record: crate::audit::AuditRecord) {
-        self.record_events(vec![record]);
+    pub fn event(&self, record: AuditRecord) {
+        self.events(vec![record]);
     }
 
     /// Commits event records in the background, in this order (records
     /// committed from separate tasks may land in either order).
-    pub fn record_events(&self, records: Vec<crate::audit::AuditRecord>) {
+    pub fn events(&self, records: Vec<AuditRecord>) {
         if let Some(metrics) = &self.metrics {
             for record in &records {
                 metrics.events.get([&record.kind]).add(1);
@@ -233,7 +323,7 @@ impl Gateway {
     /// Scrubs records and commits them in a task of their own, in this
     /// order: nothing waits for them; a failure is logged loudly, and the
     /// calls that follow are refused while the store cannot be written.
-    pub(super) fn commit_in_background(&self, mut records: Vec<crate::audit::AuditRecord>) {
+    pub(super) fn commit_in_background(&self, mut records: Vec<AuditRecord>) {
         for record in &mut records {
             self.scrub_record(record);
         }
@@ -243,7 +333,7 @@ impl Gateway {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        self.event_records.spawn_on(
+        self.background.spawn_on(
             async move {
                 for record in records {
                     if let Err(err) = audit.commit(record).await {
@@ -255,59 +345,10 @@ impl Gateway {
         );
     }
 
-    /// A session's event record.
-    pub(super) fn session_event(session: &Session, kind: &str) -> crate::audit::AuditRecord {
-        let mut record = crate::audit::AuditRecord::event(kind, "allow");
-        record.session = session.id.to_string();
-        record.client = session.client.name.to_string();
-        record.transport = session.transport.as_str().into();
-        record
-    }
-
-    /// The `session_end` record of a session.
-    pub(super) fn session_end(session: &Session) -> crate::audit::AuditRecord {
-        let mut record = Self::session_event(session, "session_end");
-        record.total_us = session.opened.elapsed().as_micros() as u64;
-        record
-    }
-
-    /// A server's event record.
-    pub(super) fn server_event(
-        &self,
-        kind: &str,
-        source: &crate::upstream::Source,
-    ) -> crate::audit::AuditRecord {
-        let decision = if kind == "server_down" {
-            "error"
-        } else {
-            "allow"
-        };
-        let mut record = crate::audit::AuditRecord::event(kind, decision);
-        record.server = Some(source.server.to_string());
-        // Configured or a catalog's (`[discovery]`): every upstream's.
-        let index = self.sender_of(source);
-        let upstream = index
-            .and_then(|index| self.upstream_at(index))
-            .map(|upstream| match &upstream.config().kind {
-                UpstreamSpec::Container(_) => "container",
-                UpstreamSpec::Process(_) => "process",
-                UpstreamSpec::Remote(_) => "remote",
-            });
-        let restarts = index
-            .and_then(|index| self.upstream_at(index))
-            .map(|upstream| upstream.restarts());
-        record.detail = Some(json!({
-            "upstream": upstream,
-            "instance": source.instance.as_deref(),
-            "restarts": restarts,
-        }));
-        record
-    }
-
     /// Commits an exchange's record, then counts and traces it; `false`
     /// when the log cannot take it (the caller refuses the exchange). Only
     /// an exchange's end calls it (`ExchangeRun::end`).
-    pub(super) async fn record(
+    pub(super) async fn exchange(
         &self,
         exchange: &mut Exchange,
         outcome: &Outcome,
@@ -361,4 +402,119 @@ impl Gateway {
             }
         }
     }
+
+    /// Ends the exchange's span (if it is traced) and hands its trace to
+    /// the exporter.
+    pub(super) fn finish_trace(
+        &self,
+        exchange: &mut Exchange,
+        outcome: &Outcome,
+        seq: Option<u64>,
+    ) {
+        let (Some(tracer), Some(recording)) = (self.tracer.as_ref(), exchange.trace.take()) else {
+            return;
+        };
+        let mut root = root_of(exchange, outcome, seq, &self.separator);
+        let mut recording = recording;
+        if let Some(scrubber) = self.scrubber.as_ref() {
+            scrub_trace(scrubber, &mut root, &mut recording);
+        }
+        tracer.finish(recording, root);
+    }
+
+    /// The proxy stops: what [`Records::on_stop`] holds back is recorded,
+    /// the events under way are committed, then `ended` (the sessions'
+    /// ends) and `proxy_stop`, in that order.
+    pub(super) async fn stopping(&self, mut ended: Vec<AuditRecord>) {
+        let flushes: Vec<_> = lock(&self.stop_flushes).drain(..).collect();
+        for flush in flushes {
+            self.events(flush());
+        }
+        // Events recorded just before (a session that ended as the proxy
+        // was told to stop) go before `proxy_stop`.
+        self.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.background.wait()).await;
+        if let Some(audit) = &self.audit {
+            let mut stop = AuditRecord::event("proxy_stop", "allow");
+            stop.detail = Some(json!({ "sessions_ended": ended.len() }));
+            ended.push(stop);
+            for record in ended {
+                if let Err(err) = audit.commit(record).await {
+                    tracing::error!(error = %err, "AUDIT: an event cannot be recorded");
+                }
+            }
+        }
+    }
+
+    /// Waits until the records committed in the background are on disk
+    /// (the tests' harness reads them).
+    #[cfg(test)]
+    pub(super) async fn settled(&self) {
+        self.background.close();
+        self.background.wait().await;
+        self.background.reopen();
+        if let Some(audit) = &self.audit {
+            let _ = audit.flush().await;
+        }
+    }
+
+    /// Last of all: the records are on disk and the last spans sent.
+    pub(super) async fn close(&self) {
+        if let Some(audit) = &self.audit
+            && let Err(err) = audit.flush().await
+        {
+            tracing::error!(error = %err, "AUDIT: the last records could not be flushed");
+        }
+        let export = lock(&self.trace_export).take();
+        if let Some(export) = export {
+            export.finish().await;
+        }
+    }
+}
+
+impl Gateway {
+    /// A server's event record.
+    pub(super) fn server_event(&self, kind: &str, source: &crate::upstream::Source) -> AuditRecord {
+        let decision = if kind == "server_down" {
+            "error"
+        } else {
+            "allow"
+        };
+        let mut record = AuditRecord::event(kind, decision);
+        record.server = Some(source.server.to_string());
+        // Configured or a catalog's (`[discovery]`): every upstream's.
+        let index = self.sender_of(source);
+        let upstream = index
+            .and_then(|index| self.upstream_at(index))
+            .map(|upstream| match &upstream.config().kind {
+                UpstreamSpec::Container(_) => "container",
+                UpstreamSpec::Process(_) => "process",
+                UpstreamSpec::Remote(_) => "remote",
+            });
+        let restarts = index
+            .and_then(|index| self.upstream_at(index))
+            .map(|upstream| upstream.restarts());
+        record.detail = Some(json!({
+            "upstream": upstream,
+            "instance": source.instance.as_deref(),
+            "restarts": restarts,
+        }));
+        record
+    }
+}
+
+/// A session's event record.
+pub(super) fn session_event(session: &Session, kind: &str) -> AuditRecord {
+    let mut record = AuditRecord::event(kind, "allow");
+    record.session = session.id.to_string();
+    record.client = session.client.name.to_string();
+    record.transport = session.transport.as_str().into();
+    record
+}
+
+/// The `session_end` record of a session.
+pub(super) fn session_end(session: &Session) -> AuditRecord {
+    let mut record = session_event(session, "session_end");
+    record.total_us = session.opened.elapsed().as_micros() as u64;
+    record
 }

@@ -106,7 +106,7 @@ impl Gateway {
             Phase::Request,
             &method,
         );
-        let (reply, outcome) = match &self.audit {
+        let (reply, outcome) = match self.records.audit() {
             // Never past the chain: its arguments are not looked at.
             Some(audit) if audit.is_failing() => failed(&id, Failure::AuditUnavailable),
             _ => self.decide_and_relay(session, &mut run, &method, &id).await,
@@ -136,7 +136,7 @@ impl Gateway {
         }
         // The arguments' hash is taken once the request chain has run: of
         // the arguments as forwarded (after redaction), never of a secret.
-        run.arguments = self.arguments_of(&run.exchange.message);
+        run.arguments = self.records.arguments_of(&run.exchange.message);
         let route = match (routed, ran) {
             // The chain's refusal first (`limits` names a broken envelope
             // more precisely than routing can).

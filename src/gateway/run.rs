@@ -67,7 +67,7 @@ impl Gateway {
         method: &Method,
     ) -> ExchangeRun<'_> {
         let request_id = message.get("id").cloned();
-        let trace = match (phase, self.tracer.as_ref()) {
+        let trace = match (phase, self.records.tracer()) {
             (Phase::Request, Some(tracer)) => tracer.start(&message),
             _ => None,
         };
@@ -104,11 +104,14 @@ impl ExchangeRun<'_> {
         let gateway = self.gateway;
         gateway.chain.finish(&self.exchange, outcome);
         if !self.recorded {
-            gateway.finish_trace(&mut self.exchange, outcome, None);
+            gateway
+                .records
+                .finish_trace(&mut self.exchange, outcome, None);
             return true;
         }
         gateway
-            .record(
+            .records
+            .exchange(
                 &mut self.exchange,
                 outcome,
                 reply,
@@ -133,7 +136,7 @@ impl ExchangeRun<'_> {
         gateway.chain.finish(&self.exchange, outcome);
         if self.recorded {
             let total = self.started.elapsed();
-            if let Some(metrics) = &gateway.metrics {
+            if let Some(metrics) = gateway.records.metrics() {
                 observe(metrics, &self.exchange, outcome, self.upstream, total);
             }
             let record = record_of(
@@ -144,9 +147,11 @@ impl ExchangeRun<'_> {
                 &self.arguments,
                 total,
             );
-            gateway.commit_in_background(vec![record]);
+            gateway.records.commit_in_background(vec![record]);
         }
-        gateway.finish_trace(&mut self.exchange, outcome, None);
+        gateway
+            .records
+            .finish_trace(&mut self.exchange, outcome, None);
     }
 }
 

@@ -99,7 +99,7 @@ impl Gateway {
                 UpstreamEvent::Ready { source, took } => {
                     let mut record = self.server_event("server_ready", &source);
                     record.total_us = took.as_micros() as u64;
-                    if let Some(metrics) = &self.metrics {
+                    if let Some(metrics) = self.records.metrics() {
                         let upstream = record
                             .detail
                             .as_ref()
@@ -110,7 +110,7 @@ impl Gateway {
                             .get([&source.server, upstream])
                             .observe(took);
                     }
-                    self.record_event(record);
+                    self.records.event(record);
                     if let Some(index) = self.index_of_source(&source) {
                         let this = self.clone();
                         tokio::spawn(async move {
@@ -128,7 +128,7 @@ impl Gateway {
                 UpstreamEvent::Down { source, reason } => {
                     let mut record = self.server_event("server_down", &source);
                     record.reason = Some(reason);
-                    self.record_event(record);
+                    self.records.event(record);
                     if let Some(index) = self.index_of_source(&source) {
                         if source.instance.is_none() {
                             self.set_lists(index, None);
@@ -146,7 +146,7 @@ impl Gateway {
                     let mut record = self.server_event("server_stopped", &source);
                     let idle = reason == "idle";
                     record.reason = Some(reason);
-                    self.record_event(record);
+                    self.records.event(record);
                     if let (true, Some(client), Some(index)) =
                         (idle, &source.instance, self.index_of_source(&source))
                     {

@@ -235,7 +235,7 @@ impl Gateway {
     /// own series.
     pub fn render_metrics(&self) -> Option<String> {
         use crate::metrics::Exposition;
-        let metrics = self.metrics.as_ref()?;
+        let metrics = self.records.metrics()?;
         let mut out = Exposition::default();
         out.declare("portcullis_build_info", "The proxy's version.", "gauge");
         out.sample(
@@ -303,7 +303,7 @@ impl Gateway {
                 upstream.restarts() as f64,
             );
         }
-        if let Some(audit) = &self.audit {
+        if let Some(audit) = self.records.audit() {
             out.declare(
                 "portcullis_audit_last_seq",
                 "The sequence number of the last audit record written.",
@@ -326,34 +326,10 @@ impl Gateway {
             );
         }
         self.chain.render_metrics(&mut out);
-        if let Some(tracer) = self.tracer.as_ref() {
+        if let Some(tracer) = self.records.tracer() {
             tracer.render_metrics(&mut out);
         }
         Some(out.finish())
-    }
-
-    /// Ends the exchange's span (if it is traced) and hands its trace to
-    /// the exporter.
-    pub(super) fn finish_trace(
-        &self,
-        exchange: &mut Exchange,
-        outcome: &Outcome,
-        seq: Option<u64>,
-    ) {
-        let (Some(tracer), Some(recording)) = (self.tracer.as_ref(), exchange.trace.take()) else {
-            return;
-        };
-        let mut root = root_of(
-            exchange,
-            outcome,
-            seq,
-            &self.config.proxy.namespace_separator,
-        );
-        let mut recording = recording;
-        if let Some(scrubber) = self.scrubber.as_ref() {
-            scrub_trace(scrubber, &mut root, &mut recording);
-        }
-        tracer.finish(recording, root);
     }
 }
 

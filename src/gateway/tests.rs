@@ -5,6 +5,7 @@ use super::*;
 use crate::chain::Outcome;
 use crate::protocol::LogLevel;
 use crate::traces::{Attr, Root, Span, SpanKind};
+use serde_json::json;
 use std::sync::atomic::Ordering;
 
 /// A token the default rules find (built here, so that the source
@@ -92,7 +93,7 @@ fn what_a_record_and_a_trace_keep_is_scrubbed() {
         "plugins": { "p": { "note": secret } },
         "arguments": { "kept": "already redacted" },
     }));
-    gateway.scrub_record(&mut record);
+    gateway.records.scrub_record(&mut record);
     let stored = serde_json::to_string(&record).unwrap_or_default();
     assert!(!stored.contains(&secret), "{stored}");
     assert_eq!(
@@ -180,7 +181,7 @@ async fn a_call_refused_while_the_audit_log_fails_still_ends_in_the_chain() {
     let harness = Harness::new(ONE_CLIENT);
     let (session, _inbox) = harness.session("alice");
     harness.audit_broken.store(true, Ordering::Relaxed);
-    let Some(audit) = harness.gateway.audit() else {
+    let Some(audit) = harness.gateway.records().audit() else {
         panic!("the harness keeps an audit log");
     };
     assert!(
