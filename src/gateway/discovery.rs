@@ -375,10 +375,10 @@ impl Gateway {
     fn tell(&self, holder: &Holder, kind: List) {
         let message = protocol::notification(kind.changed().as_str(), json!({}));
         let sessions = match holder {
-            Holder::Session(key) => self.session(*key).into_iter().collect(),
-            Holder::Client(name) => {
-                self.sessions_where(|s| s.listen.get().is_some() && s.client.name == *name)
-            }
+            Holder::Session(key) => self.sessions.get(*key).into_iter().collect(),
+            Holder::Client(name) => self
+                .sessions
+                .matching(|s| s.listen.get().is_some() && s.client.name == *name),
         };
         for session in sessions {
             self.notify(&session, None, message.clone(), None, None);

@@ -252,7 +252,7 @@ impl Gateway {
     /// then decides per session): every one, or only its client's for a
     /// per-client instance.
     pub(super) fn sessions_of(&self, instance: &Option<Arc<str>>) -> Vec<Arc<Session>> {
-        let sessions = self.initialized_sessions();
+        let sessions = self.sessions.initialized();
         match instance {
             None => sessions,
             Some(client) => sessions

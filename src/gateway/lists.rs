@@ -391,8 +391,8 @@ impl Gateway {
     /// a server's list, or what the proxy lets through (pins approved).
     pub fn announce(&self, kind: List) {
         let message = protocol::notification(kind.changed().as_str(), json!({}));
-        let listeners = self.listeners();
-        for session in self.initialized_sessions().into_iter().chain(listeners) {
+        let listeners = self.sessions.listeners();
+        for session in self.sessions.initialized().into_iter().chain(listeners) {
             self.notify(&session, None, message.clone(), None, None);
         }
     }

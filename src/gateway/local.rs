@@ -95,7 +95,7 @@ impl Gateway {
         let mut sends = Vec::new();
         {
             let mut sent = self.log_levels.lock().await;
-            let sessions = self.initialized_sessions();
+            let sessions = self.sessions.initialized();
             let instances = self.instances(asked_by.map(|session| &session.client.name));
             for ((index, instance), upstream) in instances {
                 if asked_by.is_some_and(|session| !self.may_use(session, index)) {
@@ -374,7 +374,8 @@ impl Gateway {
             *key != session.key
                 && (!per_client
                     || self
-                        .session(*key)
+                        .sessions
+                        .get(*key)
                         .is_some_and(|other| other.client.name == session.client.name))
         })
     }
@@ -480,7 +481,7 @@ impl Gateway {
             .filter(|(uri, subscribers)| {
                 catalog.resource_owner(uri) == Some(index)
                     && subscribers.iter().any(|key| {
-                        self.session(*key).is_some_and(|session| {
+                        self.sessions.get(*key).is_some_and(|session| {
                             instance
                                 .as_ref()
                                 .is_none_or(|client| session.client.name == *client)

@@ -51,11 +51,11 @@ pub use modern::{checked_envelope, version_spoken};
 pub use record::Records;
 pub use reload::{ReloadError, Reloaded};
 pub use route::reply_id;
-pub use session::{Outlet, Resumed, Session};
+pub use session::{Outlet, Resumed, Session, Sessions};
 pub use telemetry::{Enforced, observe, root_of};
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -102,8 +102,8 @@ pub struct Gateway {
     /// changed since the start and wait for a restart (`/healthz`, metrics).
     enforced: RwLock<telemetry::Enforced>,
     catalog: RwLock<Arc<Catalog>>,
-    sessions: RwLock<HashMap<u64, Arc<Session>>>,
-    next_session: AtomicU64,
+    /// The sessions open.
+    sessions: Sessions,
     /// Resource URI → sessions subscribed to it.
     subscriptions: Mutex<HashMap<String, HashSet<u64>>>,
     /// 2026-07-28 calls waiting for their client's next round, by the
@@ -296,8 +296,7 @@ impl Gateway {
             log_levels: tokio::sync::Mutex::new(HashMap::new()),
             unattributed: Mutex::new(HashMap::new()),
             config,
-            sessions: RwLock::new(HashMap::new()),
-            next_session: AtomicU64::new(1),
+            sessions: Sessions::default(),
             subscriptions: Mutex::new(HashMap::new()),
             listens: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
@@ -355,11 +354,7 @@ impl Gateway {
         // cancelled token, stop at once): every slot is known below.
         let _no_reload = self.reloading.lock().await;
         self.drop_parked();
-        let sessions: Vec<_> = self
-            .sessions
-            .write()
-            .map(|mut s| s.drain().map(|(_, s)| s).collect())
-            .unwrap_or_default();
+        let sessions = self.sessions.drain();
         let mut ended = Vec::new();
         for session in sessions {
             session.close();
@@ -468,11 +463,9 @@ impl Gateway {
         transport: Transport,
         outlet: Arc<dyn Outlet>,
     ) -> Arc<Session> {
-        let key = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let key = self.sessions.next_key();
         let session = Arc::new(Session::new(key, id, client, transport, outlet));
-        if let Ok(mut sessions) = self.sessions.write() {
-            sessions.insert(key, session.clone());
-        }
+        self.sessions.insert(session.clone());
         tracing::debug!(session = %session.id, client = %session.client.name, "session opened");
         session
     }
@@ -495,14 +488,12 @@ impl Gateway {
         outlet: Arc<dyn Outlet>,
         envelope: protocol::Envelope,
     ) -> Arc<Session> {
-        let key = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let key = self.sessions.next_key();
         let id = request_session_id(key);
         let session = Arc::new(Session::of_request(
             key, id, client, transport, outlet, envelope,
         ));
-        if let Ok(mut sessions) = self.sessions.write() {
-            sessions.insert(key, session.clone());
-        }
+        self.sessions.insert(session.clone());
         session
     }
 
@@ -515,9 +506,7 @@ impl Gateway {
     pub fn close_stateless(&self, session: &Session) {
         let mut closed = false;
         session.unless_parked(|| {
-            if let Ok(mut sessions) = self.sessions.write() {
-                sessions.remove(&session.key);
-            }
+            self.sessions.remove(session.key);
             session.close();
             closed = true;
         });
@@ -526,14 +515,13 @@ impl Gateway {
         }
     }
 
-    pub fn session_count(&self) -> usize {
-        self.sessions.read().map(|s| s.len()).unwrap_or(0)
+    /// The sessions open.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     pub fn close_session(self: &Arc<Self>, session: &Session) {
-        if let Ok(mut sessions) = self.sessions.write() {
-            sessions.remove(&session.key);
-        }
+        self.sessions.remove(session.key);
         // Its level no longer counts: a server may be sent a higher one.
         if session.log_level().is_some()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -552,30 +540,6 @@ impl Gateway {
         // either taken out here or not kept (`track_subscription`).
         self.drop_subscriptions(session);
         tracing::debug!(session = %session.id, "session closed");
-    }
-
-    fn session(&self, key: u64) -> Option<Arc<Session>> {
-        self.sessions.read().ok().and_then(|s| s.get(&key).cloned())
-    }
-
-    /// The open sessions that `keep` keeps.
-    fn sessions_where(&self, keep: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
-        self.sessions
-            .read()
-            .map(|s| s.values().filter(|s| keep(s)).cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// The 2026-07-28 listen streams that have been acknowledged: what the
-    /// proxy announces of its lists reaches them too.
-    fn listeners(&self) -> Vec<Arc<Session>> {
-        self.sessions_where(|s| s.listen.get().is_some())
-    }
-
-    /// The sessions that did the handshake: those what is announced to
-    /// sessions reaches (a 2026-07-28 request's session is not one).
-    fn initialized_sessions(&self) -> Vec<Arc<Session>> {
-        self.sessions_where(|s| s.is_initialized() && !s.stateless)
     }
 
     // -- client → proxy ----------------------------------------------------

@@ -270,7 +270,7 @@ impl Gateway {
                     .map(|s| s.iter().copied().collect())
                     .unwrap_or_default();
                 for key in subscribers {
-                    if let Some(session) = self.session(key)
+                    if let Some(session) = self.sessions.get(key)
                         && instance
                             .as_ref()
                             .is_none_or(|client| session.client.name == *client)
@@ -292,7 +292,7 @@ impl Gateway {
                 else {
                     return;
                 };
-                if let Some(session) = self.session(session_key) {
+                if let Some(session) = self.sessions.get(session_key) {
                     session.forget_client_request(client_id);
                     let mut message = message;
                     message.put(&["params", "requestId"], Value::from(client_id));

@@ -217,7 +217,7 @@ async fn a_servers_question_mid_call_is_a_round_and_its_answer_goes_back_with_th
         "the server's question is recorded: {records:?}"
     );
     // Every session of the call is gone.
-    assert_eq!(harness.gateway.session_count(), 0);
+    assert_eq!(harness.gateway.sessions().count(), 0);
 }
 
 #[tokio::test]
@@ -311,10 +311,10 @@ async fn a_call_nobody_continues_expires_and_one_whose_retry_hangs_up_is_cancell
     );
     // The session of the call is gone (the call ended at its server).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while harness.gateway.session_count() != 0 && tokio::time::Instant::now() < deadline {
+    while harness.gateway.sessions().count() != 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(harness.gateway.session_count(), 0);
+    assert_eq!(harness.gateway.sessions().count(), 0);
     let session = alice(&harness);
     let late = harness
         .gateway
@@ -384,7 +384,7 @@ async fn the_calls_a_connection_parked_end_with_it() {
             break;
         }
     }
-    assert_eq!(harness.gateway.session_count(), 0);
+    assert_eq!(harness.gateway.sessions().count(), 0);
 }
 
 #[tokio::test]
@@ -433,7 +433,7 @@ async fn a_client_that_declared_nothing_a_server_can_ask_gets_no_round() {
     completes(&mut files, &seen, answer).await;
     assert!(inbox.try_recv().is_err(), "the client was sent something");
     harness.gateway.close_stateless(&session);
-    assert_eq!(harness.gateway.session_count(), 0);
+    assert_eq!(harness.gateway.sessions().count(), 0);
 }
 
 #[test]

@@ -198,7 +198,7 @@ impl Gateway {
         // No session to ask: no place of one needed (it is refused as such).
         // The session's place, then its client's (a client's many sessions
         // together hold no more than that of the server's).
-        let session = origin.as_ref().and_then(|o| self.session(o.session));
+        let session = origin.as_ref().and_then(|o| self.sessions.get(o.session));
         let mut session_places = None;
         if let Some(session) = &session {
             let Ok(own) = session.server_requests.clone().try_acquire_owned() else {
@@ -265,7 +265,7 @@ impl Gateway {
         let server_id = message.get("id").cloned().unwrap_or(Value::Null);
         let method = protocol::method(&message).unwrap_or_default().to_owned();
         let answer = |failure: Failure| failure.to_response(server_id.clone());
-        let session = origin.as_ref().and_then(|o| self.session(o.session));
+        let session = origin.as_ref().and_then(|o| self.sessions.get(o.session));
         let Some(session) = session else {
             let _ = upstream.send(answer(Failure::NoClientToAsk)).await;
             return;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -472,5 +472,78 @@ impl Session {
             call.cancel.cancel();
         }
         lock(&self.client_requests).clear();
+    }
+}
+
+/// The sessions open (a client's, and each 2026-07-28 request's while it
+/// runs), by the proxy's own number for them: one part of the gateway,
+/// with one job, finding a session.
+pub struct Sessions {
+    open: RwLock<HashMap<u64, Arc<Session>>>,
+    next: AtomicU64,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            open: RwLock::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Sessions {
+    /// A number no session of this process had.
+    pub(super) fn next_key(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(super) fn insert(&self, session: Arc<Session>) {
+        if let Ok(mut open) = self.open.write() {
+            open.insert(session.key, session);
+        }
+    }
+
+    pub(super) fn remove(&self, key: u64) {
+        if let Ok(mut open) = self.open.write() {
+            open.remove(&key);
+        }
+    }
+
+    /// Every session, taken out (the proxy stops).
+    pub(super) fn drain(&self) -> Vec<Arc<Session>> {
+        self.open
+            .write()
+            .map(|mut open| open.drain().map(|(_, s)| s).collect())
+            .unwrap_or_default()
+    }
+
+    /// How many are open.
+    pub fn count(&self) -> usize {
+        self.open.read().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub(super) fn get(&self, key: u64) -> Option<Arc<Session>> {
+        self.open.read().ok().and_then(|s| s.get(&key).cloned())
+    }
+
+    /// The open sessions that `keep` keeps.
+    pub(super) fn matching(&self, keep: impl Fn(&Session) -> bool) -> Vec<Arc<Session>> {
+        self.open
+            .read()
+            .map(|s| s.values().filter(|s| keep(s)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The 2026-07-28 listen streams that have been acknowledged: what the
+    /// proxy announces of its lists reaches them too.
+    pub(super) fn listeners(&self) -> Vec<Arc<Session>> {
+        self.matching(|s| s.listen.get().is_some())
+    }
+
+    /// The sessions that did the handshake: those what is announced to
+    /// sessions reaches (a 2026-07-28 request's session is not one).
+    pub(super) fn initialized(&self) -> Vec<Arc<Session>> {
+        self.matching(|s| s.is_initialized() && !s.stateless)
     }
 }

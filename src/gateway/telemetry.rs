@@ -246,12 +246,7 @@ impl Gateway {
         metrics.render(&mut out);
         self.render_enforced(&mut out);
         let (mut stdio, mut http) = (0u64, 0u64);
-        for session in self
-            .sessions
-            .read()
-            .map(|s| s.values().cloned().collect::<Vec<_>>())
-            .unwrap_or_default()
-        {
+        for session in self.sessions.matching(|_| true) {
             match session.transport {
                 crate::chain::Transport::Stdio | crate::chain::Transport::Cli => stdio += 1,
                 crate::chain::Transport::Http => http += 1,

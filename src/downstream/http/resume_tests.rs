@@ -111,14 +111,14 @@ async fn a_session_begun_on_one_replica_is_served_by_another() {
     // Again: the same session, not another.
     let (status, _, _) = post(&b, CLIENT_TOKEN, Some(&id), ping(2)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(b_state.gateway.session_count(), 1);
+    assert_eq!(b_state.gateway.sessions().count(), 1);
 
     // Ended on B: B no longer serves it (A, which has not heard, still
     // does; the id is the same client's either way).
     assert_eq!(delete(&b, CLIENT_TOKEN, &id).await, StatusCode::OK);
     let (status, _, _) = post(&b, CLIENT_TOKEN, Some(&id), ping(3)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(b_state.gateway.session_count(), 0);
+    assert_eq!(b_state.gateway.sessions().count(), 0);
     assert_eq!(b_state.slots.taken(), (0, 0));
     let (status, _, _) = post(&a, CLIENT_TOKEN, Some(&id), ping(4)).await;
     assert_eq!(status, StatusCode::OK);
@@ -144,7 +144,7 @@ async fn a_sealed_id_is_refused_to_another_client_a_foreign_key_and_when_changed
     let changed = String::from_utf8(changed).unwrap_or_default();
     let (status, _, _) = post(&c, CLIENT_TOKEN, Some(&changed), ping(3)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(c_state.gateway.session_count(), 0, "nothing was resumed");
+    assert_eq!(c_state.gateway.sessions().count(), 0, "nothing was resumed");
     assert_eq!(c_state.slots.taken(), (0, 0));
     // Its rightful client is served.
     let (status, _, _) = post(&c, CLIENT_TOKEN, Some(&id), ping(4)).await;
@@ -180,7 +180,7 @@ async fn a_session_ended_where_it_is_not_held_is_ended_there_without_being_resum
     assert_eq!(delete(&b, OTHER_TOKEN, &id).await, StatusCode::NOT_FOUND);
     assert_eq!(delete(&b, CLIENT_TOKEN, &id).await, StatusCode::OK);
     assert_eq!(
-        b_state.gateway.session_count(),
+        b_state.gateway.sessions().count(),
         0,
         "not resumed to be ended"
     );
@@ -195,7 +195,7 @@ async fn a_session_idle_past_the_timeout_is_not_resumed_where_it_expired() {
     let id = begin(&a, CLIENT_TOKEN).await;
     tokio::time::advance(Duration::from_secs(61)).await;
     a_state.expire_idle(Duration::from_secs(60));
-    assert_eq!(a_state.gateway.session_count(), 0);
+    assert_eq!(a_state.gateway.sessions().count(), 0);
     let (status, _, _) = post(&a, CLIENT_TOKEN, Some(&id), ping(1)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // Another replica, which never saw it end, still serves it.

@@ -428,7 +428,7 @@ async fn the_sweep_ends_a_session_idle_past_the_timeout_and_keeps_one_in_use() {
         found.touch();
     }
     assert!(!session.closed.is_cancelled());
-    assert_eq!(state.gateway.session_count(), 1);
+    assert_eq!(state.gateway.sessions().count(), 1);
 
     // Then idle: gone by the first sweep past the timeout.
     pass(60).await;
@@ -439,7 +439,7 @@ async fn the_sweep_ends_a_session_idle_past_the_timeout_and_keeps_one_in_use() {
     pass(15).await;
     assert!(state.sessions.find(Some("s-1"), &client).is_err());
     assert!(session.closed.is_cancelled(), "the gateway closed it");
-    assert_eq!(state.gateway.session_count(), 0);
+    assert_eq!(state.gateway.sessions().count(), 0);
     assert_eq!(state.slots.taken(), (0, 0), "its place is given back");
     sweeper.abort();
 }
