@@ -21,6 +21,7 @@
 mod encoded;
 mod engine;
 mod keywords;
+mod rule_regex;
 pub mod rules;
 mod walk;
 

@@ -4,15 +4,17 @@
 use std::collections::HashSet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use regex::bytes::Regex;
-use regex_automata::meta;
 use regex_syntax::hir::{Class, Hir, HirKind};
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::line_col;
+
+use super::rule_regex::capture_index;
+pub use super::rule_regex::{Compile, RuleRegex};
 
 /// The built-in rules, in the format custom rule files use.
 pub const BUILTIN: &str = include_str!("rules.toml");
@@ -90,65 +92,6 @@ pub struct Rule {
     /// The ids of the rules of gitleaks' default configuration this rule
     /// implements, in whole or in part (provenance; no effect on scanning).
     pub gitleaks: Vec<String>,
-}
-
-/// A rule's regex, compiled when a scan first needs it. The built-in set's
-/// 314 automata held some 13 MiB from start-up, most of them for rules no
-/// message ever meets. Its patterns are part of the binary and a test
-/// compiles each of them; a custom file's are compiled as it loads, so a
-/// pattern the compiler refuses is refused there, never at a scan.
-#[derive(Debug, Clone)]
-pub struct RuleRegex {
-    pattern: Arc<str>,
-    /// Shared by the clones of the rule: each compiles it once at most.
-    compiled: Arc<OnceLock<Result<meta::Regex, String>>>,
-}
-
-impl RuleRegex {
-    /// Compiled on first use.
-    fn lazy(pattern: &str) -> Self {
-        Self {
-            pattern: Arc::from(pattern),
-            compiled: Arc::new(OnceLock::new()),
-        }
-    }
-
-    /// Compiled now, from its parsed form; an error if it cannot be.
-    fn now(pattern: &str, hir: &Hir) -> Result<Self, String> {
-        let regex = scanner_regex(hir)?;
-        Ok(Self {
-            pattern: Arc::from(pattern),
-            compiled: Arc::new(OnceLock::from(Ok(regex))),
-        })
-    }
-
-    /// The compiled regex (compiling it if no scan has yet), or why it
-    /// cannot be compiled.
-    pub fn get(&self) -> Result<&meta::Regex, &str> {
-        self.compiled
-            .get_or_init(|| parse(&self.pattern).and_then(|hir| scanner_regex(&hir)))
-            .as_ref()
-            .map_err(String::as_str)
-    }
-
-    /// Whether it has been compiled yet.
-    pub fn is_compiled(&self) -> bool {
-        self.compiled.get().is_some()
-    }
-
-    /// The pattern as the rule file writes it.
-    pub fn pattern(&self) -> &str {
-        &self.pattern
-    }
-}
-
-/// When a rule file's regexes are compiled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compile {
-    /// As the file loads: a custom file, whose patterns no test has seen.
-    Now,
-    /// At first use: the built-in set.
-    Lazily,
 }
 
 /// Rules and the stopwords of the files they came from.
@@ -276,17 +219,12 @@ fn build_rule(
             ));
         }
     }
-    let regex_error = |err: String| {
+    let (hir, regex) = RuleRegex::of(raw_rule.regex.get_ref(), when).map_err(|err| {
         error(
             Some(raw_rule.regex.span()),
             format!("`rule[{index}].regex` (rule `{}`): {err}", raw_rule.id),
         )
-    };
-    let hir = parse(raw_rule.regex.get_ref()).map_err(|err| regex_error(err.to_string()))?;
-    let regex = match when {
-        Compile::Now => RuleRegex::now(raw_rule.regex.get_ref(), &hir).map_err(regex_error)?,
-        Compile::Lazily => RuleRegex::lazy(raw_rule.regex.get_ref()),
-    };
+    })?;
     let secret_group = capture_index(&hir, "secret");
     let Some(severity) = severity_of(&raw_rule.severity) else {
         return Err(at(
@@ -363,47 +301,6 @@ fn severity_of(text: &str) -> Option<Severity> {
         "low" => Some(Severity::Low),
         _ => None,
     }
-}
-
-/// A rule's parsed regex, built for the scanner (its automaton bounded).
-fn scanner_regex(hir: &Hir) -> Result<meta::Regex, String> {
-    meta::Regex::builder()
-        .configure(
-            meta::Config::new()
-                .nfa_size_limit(Some(1 << 22))
-                .utf8_empty(false),
-        )
-        .build_from_hir(hir)
-        .map_err(|err| err.to_string())
-}
-
-/// The index of the capture group called `name` (as the compiled regex
-/// numbers its groups: the whole match is 0).
-fn capture_index(hir: &Hir, name: &str) -> Option<usize> {
-    match hir.kind() {
-        HirKind::Capture(capture) => {
-            if capture.name.as_deref() == Some(name) {
-                usize::try_from(capture.index).ok()
-            } else {
-                capture_index(&capture.sub, name)
-            }
-        }
-        HirKind::Repetition(repetition) => capture_index(&repetition.sub, name),
-        HirKind::Concat(subs) | HirKind::Alternation(subs) => {
-            subs.iter().find_map(|sub| capture_index(sub, name))
-        }
-        HirKind::Empty | HirKind::Literal(_) | HirKind::Class(_) | HirKind::Look(_) => None,
-    }
-}
-
-/// A rule's regex, parsed as [`compile`] does.
-fn parse(pattern: &str) -> Result<Hir, String> {
-    regex_syntax::ParserBuilder::new()
-        .unicode(false)
-        .utf8(false)
-        .build()
-        .parse(pattern)
-        .map_err(|err| err.to_string())
 }
 
 /// A set of bytes.
@@ -803,7 +700,7 @@ stopwords = true
 
     fn anchored(pattern: &str, keywords: &[&str]) -> bool {
         let keywords: Vec<String> = keywords.iter().map(|k| k.to_string()).collect();
-        match super::parse(pattern) {
+        match crate::interceptors::redact::rule_regex::parse(pattern) {
             Ok(hir) => starts_with_keyword(&hir, &keywords),
             Err(err) => panic!("{err}"),
         }
