@@ -218,7 +218,7 @@ impl Gateway {
     }
 
     fn build(
-        (config, chain, audit, mut wiring): (Arc<Config>, Chain, Option<Audit>, Wiring),
+        (config, chain, audit, wiring): (Arc<Config>, Chain, Option<Audit>, Wiring),
         make: Arc<MakeUpstream>,
         user_tokens: Arc<crate::upstream::UserTokens>,
     ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
@@ -277,9 +277,18 @@ impl Gateway {
                 .0;
         }
         let profile = RwLock::new(config.profile.clone().map(Arc::new));
+        let Wiring {
+            scrubber,
+            keep_arguments,
+            access,
+            shared_places,
+            traces,
+        } = wiring;
         let records = Records::new(
             audit,
-            &mut wiring,
+            scrubber,
+            keep_arguments,
+            traces,
             metrics,
             &config.proxy.namespace_separator,
         );
@@ -291,8 +300,8 @@ impl Gateway {
             enforced: RwLock::new(telemetry::Enforced::default()),
             chain,
             records,
-            shared_places: wiring.shared_places,
-            access: wiring.access,
+            shared_places,
+            access,
             log_levels: tokio::sync::Mutex::new(HashMap::new()),
             unattributed: Mutex::new(HashMap::new()),
             config,

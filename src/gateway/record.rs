@@ -49,20 +49,24 @@ pub struct Records {
 type StopFlush = Box<dyn Fn() -> Vec<AuditRecord> + Send + Sync>;
 
 impl Records {
+    /// `arguments_kept`: `[audit] arguments = "redacted"`; `separator`
+    /// names a server's tool in a trace.
     pub(super) fn new(
         audit: Option<Audit>,
-        wiring: &mut super::Wiring,
+        scrubber: Option<Arc<Redact>>,
+        arguments_kept: bool,
+        traces: Option<(Tracer, Export)>,
         metrics: Option<Arc<Metrics>>,
         separator: &str,
     ) -> Self {
-        let (tracer, trace_export) = match wiring.traces.take() {
+        let (tracer, trace_export) = match traces {
             Some((tracer, export)) => (Some(tracer), Some(export)),
             None => (None, None),
         };
         Self {
             audit,
-            scrubber: wiring.scrubber.take(),
-            arguments_kept: wiring.keep_arguments,
+            scrubber,
+            arguments_kept,
             metrics,
             tracer,
             trace_export: Mutex::new(trace_export),

@@ -56,13 +56,9 @@ impl RuleRegex {
     }
 
     /// Whether it has been compiled yet.
-    pub fn is_compiled(&self) -> bool {
+    #[cfg(test)]
+    pub(super) fn is_compiled(&self) -> bool {
         self.compiled.get().is_some()
-    }
-
-    /// The pattern as the rule file writes it.
-    pub fn pattern(&self) -> &str {
-        &self.pattern
     }
 }
 

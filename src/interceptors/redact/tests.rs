@@ -77,6 +77,32 @@ fn counted(exchange: &Exchange) -> Vec<(String, String, u64)> {
     counts(&exchange.annotations)
 }
 
+/// A lazily compiled rule whose regex cannot be built when a scan first
+/// needs it (a built-in pattern is never so: a test compiles each): what
+/// reaches the server has the text its keyword starts, up to the rule's
+/// longest match, redacted; nothing is passed on unscanned.
+#[test]
+fn a_rule_that_cannot_compile_at_its_first_scan_redacts_around_its_keyword() {
+    let rules = "[[rule]]\nid = \"big\"\ndescription = \"x\"\nkeywords = [\"tok_\"]\n\
+                 regex = '''tok_(?:[a-z]{1000}){1000}'''\nseverity = \"high\"\nmax_len = 16\n";
+    let set = match RuleSet::parse_with(rules, Path::new("t.toml"), rules::Compile::Lazily) {
+        Ok(set) => set,
+        Err(err) => panic!("{err}"),
+    };
+    let interceptor = match Scanner::new(set, Allowlist::default()) {
+        Ok(scanner) => Redact::with_scanner(scanner, &RedactConfig::default()),
+        Err(err) => panic!("{err}"),
+    };
+    let mut request = call(json!({"text": "key tok_abcdefghijklmnopqrstuvwxyz end", "n": 3}));
+    assert_eq!(interceptor.see(&mut request), Verdict::Continue);
+    assert_eq!(
+        request.message["params"]["arguments"],
+        json!({"text": "key [REDACTED:big]mnopqrstuvwxyz end", "n": 3}),
+        "from the keyword, `max_len` bytes"
+    );
+    assert_eq!(counted(&request), [("big".into(), "request".into(), 1)]);
+}
+
 #[test]
 fn arguments_and_results_are_redacted_and_counted_per_direction() {
     let interceptor = redact(&RedactConfig::default());
