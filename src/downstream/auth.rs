@@ -341,6 +341,7 @@ impl FromRequestParts<Arc<HttpState>> for Client {
             // A server that acts as the client's user exchanges it.
             state
                 .gateway
+                .servers()
                 .keep_user_token(&client, token, || oauth.good_until(&digest));
             let expiry = Expiry::at(oauth.expires(&digest));
             return Ok(Client(client, expiry));

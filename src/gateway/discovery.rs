@@ -295,18 +295,10 @@ fn note(exchange: &mut Exchange, key: &str, value: &str) {
 }
 
 impl Gateway {
-    /// Whether server `index` is a catalog's (found and added, not
-    /// configured).
-    pub(super) fn is_catalogued(&self, index: usize) -> bool {
-        self.discovery
-            .as_ref()
-            .is_some_and(|discovery| index >= discovery.first && index < discovery.proxy)
-    }
-
     /// Whether `session` sees server `index`: every configured one, a
     /// catalog's only once it added it.
     pub(super) fn visible(&self, session: &Session, index: usize) -> bool {
-        if !self.is_catalogued(index) {
+        if !self.servers.is_catalogued(index) {
             return true;
         }
         self.discovery.as_ref().is_some_and(|discovery| {
@@ -607,7 +599,7 @@ impl Gateway {
     /// Starts catalog server `index` (its supervisor at its first add) and
     /// reads its lists; why not, scrubbed.
     async fn start_catalogued(&self, discovery: &Discovery, index: usize) -> Result<(), String> {
-        let Some(slot) = self.slot(index) else {
+        let Some(slot) = self.servers.slot(index) else {
             return Err("it has no server".into());
         };
         let Some(upstream) = &slot.upstream else {
@@ -617,7 +609,7 @@ impl Gateway {
             && !started.swap(true, Ordering::AcqRel)
         {
             let task = upstream.start(slot.stop.clone());
-            lock(&self.tasks).push(task);
+            self.servers.keep_tasks([task]);
         }
         upstream
             .ensure_running(self.config.proxy.startup_timeout)

@@ -177,6 +177,7 @@ impl Gateway {
         asking: &AtomicBool,
     ) -> Result<Value, Failure> {
         let instance = self
+            .servers
             .per_client(call.server)
             .then(|| call.session.client.name.clone());
         let mut rounds = 0;
@@ -194,6 +195,7 @@ impl Gateway {
             // to clients while it waits, and one of the session's.
             let count = u32::try_from(asked.len()).unwrap_or(u32::MAX);
             let places = self
+                .servers
                 .slot(call.server)
                 .and_then(|slot| slot.per_server.question_places(asked.len()));
             let session_places = call
@@ -203,6 +205,7 @@ impl Gateway {
                 .try_acquire_many_owned(count)
                 .ok();
             let client_places = self
+                .servers
                 .slot(call.server)
                 .map(|slot| slot.per_server.client_places(&call.session.client.name))
                 .and_then(|places| places.try_acquire_many_owned(count).ok());

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use crate::config::{Isolation, RemoteGrant, UpstreamSpec};
 use crate::upstream::Upstream;
 
-use super::{Failure, Gateway, InstanceKey, Session, lock};
+use super::{Failure, Gateway, InstanceKey, Servers, Session, lock};
 
 /// Per-client instances of one server running (or starting, or restarting)
 /// at once at most; an idle one, stopped after its idle timeout, does not
 /// count.
 pub(super) const MAX_INSTANCES_PER_SERVER: usize = 256;
 
-impl Gateway {
+impl Servers {
     /// Whether each client gets its own instance of the server: a
     /// per-client container, or a remote server that acts as each
     /// client's user.
@@ -115,18 +115,14 @@ impl Gateway {
             tracing::warn!(server = %primary.name(), client = %client, cap = MAX_INSTANCES_PER_SERVER, "refused a per-client instance past the cap");
             return None;
         }
-        let instance = (self.make_upstream)(
+        let instance = (self.make)(
             primary.config_handle(),
             Some(client.clone()),
             self.events.clone(),
         );
         // Its own stop, under the server's: forgotten when idle, it ends.
         let stop = slot.stop.child_token();
-        {
-            let mut tasks = lock(&self.tasks);
-            tasks.retain(|task| !task.is_finished());
-            tasks.push(instance.start(stop.clone()));
-        }
+        self.keep_tasks([instance.start(stop.clone())]);
         lock(&self.instance_stops).insert((index, client.clone()), stop);
         instances.insert((index, client.clone()), instance.clone());
         tracing::debug!(server = %primary.name(), client = %client, "per-client instance created");
@@ -135,35 +131,23 @@ impl Gateway {
 
     /// Forgets `client`'s instance of server `index`, stopped for being
     /// idle or down and not to be started again, unless a call woke it
-    /// meanwhile: its supervisor ends, and what
-    /// the proxy kept of it (its log level, its notification window, the
-    /// server's requests it had forwarded) goes with it. Clients from an
-    /// identity provider are as many as the organisation's people: none
-    /// is kept for the life of the proxy. Its next call makes a new one.
-    pub(super) fn forget_unwanted_instance(self: &Arc<Self>, index: usize, client: &Arc<str>) {
+    /// meanwhile: its supervisor ends. Whether it was forgotten.
+    pub(super) fn forget_unwanted(&self, index: usize, client: &Arc<str>) -> bool {
         let key = (index, client.clone());
-        {
-            let mut instances = lock(&self.instances);
-            if instances.get(&key).is_none_or(Upstream::is_wanted) {
-                return;
-            }
-            instances.remove(&key);
-            if let Some(stop) = lock(&self.instance_stops).remove(&key) {
-                stop.cancel();
-            }
+        let mut instances = lock(&self.instances);
+        if instances.get(&key).is_none_or(Upstream::is_wanted) {
+            return false;
         }
-        let instance = Some(client.clone());
-        lock(&self.unattributed).remove(&(index, instance.clone()));
-        self.forget_forwarded(index, &instance);
-        lock(&self.tasks).retain(|task| !task.is_finished());
-        let this = self.clone();
-        tokio::spawn(async move {
-            this.log_levels.lock().await.remove(&(index, instance));
-        });
-        tracing::debug!(server = %self.name_or_none(index), client = %client, "an idle per-client instance was forgotten");
+        instances.remove(&key);
+        if let Some(stop) = lock(&self.instance_stops).remove(&key) {
+            stop.cancel();
+        }
+        drop(instances);
+        self.keep_tasks([]);
+        true
     }
 
-    /// Why [`Gateway::upstream_for`] gave server `index` no instance.
+    /// Why [`Servers::upstream_for`] gave server `index` no instance.
     pub(super) fn no_instance(&self, index: usize) -> super::Failure {
         if self.shutdown.is_cancelled() {
             super::Failure::ShuttingDown
@@ -172,6 +156,21 @@ impl Gateway {
         } else {
             super::Failure::TooManyInstances(MAX_INSTANCES_PER_SERVER)
         }
+    }
+
+    /// Whether the instance of server `index` that serves `client` is
+    /// spoken to in 2026-07-28 (configured so, or found so when it started
+    /// under `protocol = "auto"`).
+    /// Asked on every relayed request: looked up without taking a copy.
+    pub(super) fn speaks_stateless(&self, index: usize, client: &Arc<str>) -> bool {
+        if !self.per_client(index) {
+            return self
+                .upstream_at(index)
+                .is_some_and(crate::upstream::Upstream::speaks_stateless);
+        }
+        lock(&self.instances)
+            .get(&(index, client.clone()))
+            .is_some_and(crate::upstream::Upstream::speaks_stateless)
     }
 
     /// The instances clients' calls reach, with their keys: the shared
@@ -247,19 +246,27 @@ impl Gateway {
             .find(|(_, slot)| &*slot.name == server && !slot.is_retired())
             .map(|(index, _)| index)
     }
+}
 
-    /// The sessions a notification from `instance` may be offered to (authz
-    /// then decides per session): every one, or only its client's for a
-    /// per-client instance.
-    pub(super) fn sessions_of(&self, instance: &Option<Arc<str>>) -> Vec<Arc<Session>> {
-        let sessions = self.sessions.initialized();
-        match instance {
-            None => sessions,
-            Some(client) => sessions
-                .into_iter()
-                .filter(|s| s.client.name == *client)
-                .collect(),
+impl Gateway {
+    /// Forgets `client`'s instance of server `index` (see
+    /// [`Servers::forget_unwanted`]), and what the proxy kept of it: its
+    /// log level, its notification window, the server's requests it had
+    /// forwarded. Clients from an identity provider are as many as the
+    /// organisation's people: none is kept for the life of the proxy. Its
+    /// next call makes a new one.
+    pub(super) fn forget_unwanted_instance(self: &Arc<Self>, index: usize, client: &Arc<str>) {
+        if !self.servers.forget_unwanted(index, client) {
+            return;
         }
+        let instance = Some(client.clone());
+        lock(&self.unattributed).remove(&(index, instance.clone()));
+        self.forget_forwarded(index, &instance);
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.log_levels.lock().await.remove(&(index, instance));
+        });
+        tracing::debug!(server = %self.servers.name_or_none(index), client = %client, "an idle per-client instance was forgotten");
     }
 }
 

@@ -171,11 +171,11 @@ impl Gateway {
     /// a client's first `initialize` and lists see every server.
     pub(super) async fn await_lists(self: &Arc<Self>) {
         let catalog = self.catalog();
-        let unlisted = (0..self.slots.count()).filter(|&index| {
+        let unlisted = (0..self.servers.count()).filter(|&index| {
             catalog.server_lists(index).is_none()
-                && !self.is_catalogued(index)
-                && !self.is_retired(index)
-                && self.upstream_at(index).is_some_and(|u| {
+                && !self.servers.is_catalogued(index)
+                && !self.servers.is_retired(index)
+                && self.servers.upstream_at(index).is_some_and(|u| {
                     matches!(
                         u.status(),
                         Status::Idle(_) | Status::Starting | Status::Ready(_)
@@ -183,7 +183,7 @@ impl Gateway {
                 })
         });
         let waits = unlisted.map(|index| async move {
-            let Some(upstream) = self.upstream_at(index) else {
+            let Some(upstream) = self.servers.upstream_at(index) else {
                 return;
             };
             match upstream
@@ -212,7 +212,7 @@ impl Gateway {
     /// many notifications a server sends, at most one read of its lists
     /// runs and one waits.
     pub(super) fn refresh_soon(self: &Arc<Self>, index: usize) {
-        let Some(server) = self.slot(index).map(|slot| &slot.per_server) else {
+        let Some(server) = self.servers.slot(index).map(|slot| &slot.per_server) else {
             return;
         };
         if server.refresh_waiting.swap(true, Ordering::AcqRel) {
@@ -220,7 +220,7 @@ impl Gateway {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let Some(server) = this.slot(index).map(|slot| &slot.per_server) else {
+            let Some(server) = this.servers().slot(index).map(|slot| &slot.per_server) else {
                 return;
             };
             // After the read in progress, if any: what the server says from
@@ -232,10 +232,14 @@ impl Gateway {
     }
 
     pub(super) async fn read_lists(self: &Arc<Self>, index: usize, unless_known: bool) {
-        let Some(upstream) = self.upstream_at(index) else {
+        let Some(upstream) = self.servers.upstream_at(index) else {
             return;
         };
-        let Some(_guard) = self.slot(index).map(|s| s.per_server.refreshing.lock()) else {
+        let Some(_guard) = self
+            .servers
+            .slot(index)
+            .map(|s| s.per_server.refreshing.lock())
+        else {
             return;
         };
         let _guard = _guard.await;
@@ -273,7 +277,7 @@ impl Gateway {
     /// are not the ones its last read made (a server that announces list
     /// changes over and over floods neither the log nor the audit log).
     fn report_cuts(&self, index: usize, upstream: &Upstream, cuts: Vec<Cut>) {
-        let Some(slot) = self.slot(index) else {
+        let Some(slot) = self.servers.slot(index) else {
             return;
         };
         {
@@ -323,18 +327,24 @@ impl Gateway {
         index: usize,
         lists: Option<Arc<ServerLists>>,
     ) -> Vec<List> {
-        let mut lists = if self.is_retired(index) { None } else { lists };
+        let mut lists = if self.servers.is_retired(index) {
+            None
+        } else {
+            lists
+        };
         // As the server sent them, for a profile that changes later (the
         // same lists the catalog takes, unless a profile filters them).
-        if let Some(slot) = self.slot(index) {
+        if let Some(slot) = self.servers.slot(index) {
             *lock(&slot.lists) = lists.clone();
         }
         // A profile's tools alone: the others are not listed, and so not
         // found when called (before any policy is asked).
         let profile = self.profile();
-        if let (Some(profile), Some(shared), Some(server)) =
-            (profile.as_deref(), lists.as_ref(), self.name_at(index))
-        {
+        if let (Some(profile), Some(shared), Some(server)) = (
+            profile.as_deref(),
+            lists.as_ref(),
+            self.servers.name_at(index),
+        ) {
             let allowed = |tool: &Value| {
                 let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
                 profile.allows_tool(server, name)
@@ -345,7 +355,7 @@ impl Gateway {
                 lists = Some(Arc::new(filtered));
             }
         }
-        let names = self.names();
+        let names = self.servers.names();
         let (next, changed) =
             catalog.with_server(index, lists, &names, &self.config.proxy.namespace_separator);
         *catalog = Arc::new(next);
@@ -356,7 +366,7 @@ impl Gateway {
     fn announce_changes(&self, index: usize, changed: Vec<List>) {
         for kind in changed {
             // A catalog's server is heard only by those that added it.
-            if self.is_catalogued(index) {
+            if self.servers.is_catalogued(index) {
                 self.announce_to_holders(index, kind);
             } else {
                 self.announce(kind);
@@ -375,7 +385,7 @@ impl Gateway {
             let Ok(mut catalog) = self.catalog.write() else {
                 return;
             };
-            for (index, slot) in &self.slots {
+            for (index, slot) in self.servers.iter() {
                 let lists = lock(&slot.lists).clone();
                 if lists.is_some() {
                     changes.push((index, self.set_lists_locked(&mut catalog, index, lists)));

@@ -96,7 +96,9 @@ impl Gateway {
         {
             let mut sent = self.log_levels.lock().await;
             let sessions = self.sessions.initialized();
-            let instances = self.instances(asked_by.map(|session| &session.client.name));
+            let instances = self
+                .servers
+                .instances(asked_by.map(|session| &session.client.name));
             for ((index, instance), upstream) in instances {
                 if asked_by.is_some_and(|session| !self.may_use(session, index)) {
                     continue;
@@ -369,7 +371,7 @@ impl Gateway {
         session: &Session,
         subscribers: &HashSet<u64>,
     ) -> bool {
-        let per_client = self.per_client(index);
+        let per_client = self.servers.per_client(index);
         subscribers.iter().any(|key| {
             *key != session.key
                 && (!per_client
@@ -411,7 +413,10 @@ impl Gateway {
                     return !subscribers.is_empty();
                 }
                 if let Some(index) = catalog.resource_owner(uri) {
-                    let instance = self.per_client(index).then(|| session.client.name.clone());
+                    let instance = self
+                        .servers
+                        .per_client(index)
+                        .then(|| session.client.name.clone());
                     if !self.others_at_instance(index, session, subscribers) {
                         released.push((index, instance, uri.clone()));
                     }
@@ -424,7 +429,7 @@ impl Gateway {
             return;
         };
         for (index, instance, uri) in released {
-            let Some(upstream) = self.upstream_of(index, &instance) else {
+            let Some(upstream) = self.servers.upstream_of(index, &instance) else {
                 continue;
             };
             let scrubbed = self.records.scrubbed(&uri);
@@ -453,21 +458,14 @@ impl Gateway {
             .filter_map(|uri| catalog.resource_owner(uri))
             .collect();
         held.extend(self.client_tasks.running_servers());
-        for (index, slot) in &self.slots {
-            if let Some(upstream) = &slot.upstream {
-                upstream.hold(held.contains(&index));
-            }
-        }
-        for ((index, _), instance) in lock(&self.instances).iter() {
-            instance.hold(held.contains(index));
-        }
+        self.servers.hold(&held);
     }
 
     /// After a restart the server has forgotten its subscriptions: subscribe
     /// again to every URI it owns that sessions (of its client, for a
     /// per-client instance) are subscribed to.
     pub(super) async fn resubscribe(&self, index: usize, instance: &Option<Arc<str>>) {
-        let Some(upstream) = self.upstream_of(index, instance) else {
+        let Some(upstream) = self.servers.upstream_of(index, instance) else {
             return;
         };
         // A 2026-07-28 server's subscriptions are on the proxy's listen

@@ -52,6 +52,7 @@ pub use record::Records;
 pub use reload::{ReloadError, Reloaded};
 pub use route::reply_id;
 pub use session::{Outlet, Resumed, Session, Sessions};
+pub use slots::Servers;
 pub use telemetry::{Enforced, observe, root_of};
 
 use std::collections::{HashMap, HashSet};
@@ -65,7 +66,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
 use crate::chain::{Chain, ClientIdentity, Direction, Phase, Transport};
-use crate::config::{Config, UpstreamSpec};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{self, IdKey, Kind};
 use crate::traces::{Export, Tracer};
@@ -91,9 +92,8 @@ pub struct Gateway {
     /// Per server instance: the current second's unattributed
     /// notifications (relayed, dropped over the cap).
     unattributed: Mutex<HashMap<InstanceKey, NoticeWindow>>,
-    /// The servers by index (see [`slots`]): configured, then a catalog's,
-    /// then the proxy's own tools, then those reloads added.
-    slots: boxcar::Vec<slots::Slot>,
+    /// The servers by index and their per-client instances (see [`slots`]).
+    servers: Servers,
     /// The profile in force (`serve --profile`), replaced by a reload.
     profile: RwLock<Option<Arc<crate::config::profiles::Profile>>>,
     /// Held while a reload applies, so two never interleave.
@@ -121,23 +121,9 @@ pub struct Gateway {
     /// (server, instance, the server's request id) → (session, the id the
     /// client saw), for server→client requests in flight.
     forwarded: Mutex<HashMap<ForwardedKey, (u64, u64)>>,
-    /// The per-client instances of `isolation = "per-client"` servers, by
-    /// (server, client): created at a client's first call. Bounded by the
-    /// configured clients.
-    instances: Mutex<HashMap<(usize, Arc<str>), Upstream>>,
-    /// What each per-client instance's supervisor runs under (a child of
-    /// its server's `stop`): cancelled when the instance is forgotten
-    /// after going idle.
-    instance_stops: Mutex<HashMap<(usize, Arc<str>), CancellationToken>>,
     /// The 2026-07-28 tasks passed on to clients, by the proxy's id.
     client_tasks: task_table::Tasks,
-    events: mpsc::Sender<UpstreamEvent>,
-    /// Makes upstreams (per-client instances too).
-    make_upstream: Arc<MakeUpstream>,
-    /// Clients' access tokens, for servers that act as their users.
-    user_tokens: Arc<crate::upstream::UserTokens>,
     shutdown: CancellationToken,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// `[discovery]`: the catalogs' servers (upstreams from
     /// `discovery.first`) and who added which.
     discovery: Option<discovery::Discovery>,
@@ -239,31 +225,14 @@ impl Gateway {
             None => (None, Vec::new()),
         };
         let shutdown = CancellationToken::new();
-        let slots = boxcar::Vec::new();
-        for (position, server) in config.servers.iter().chain(&catalogued).enumerate() {
-            let upstream = make(Arc::new(server.clone()), None, events_tx.clone());
-            // A catalog's servers have no limit of their own.
-            let in_flight = (position < config.servers.len())
-                .then(|| in_flight_of(&config, &server.name))
-                .flatten();
-            let name = upstream.name().clone();
-            slots.push(slots::Slot::new(
-                name,
-                Some(upstream),
-                in_flight,
-                shutdown.child_token(),
-            ));
-        }
-        if discovery.is_some() {
-            // The proxy's own tools, listed as a server's past the last.
-            slots.push(slots::Slot::new(
-                Arc::from(crate::config::PROXY_SERVER),
-                None,
-                None,
-                shutdown.child_token(),
-            ));
-        }
-        let names: Vec<Arc<str>> = slots.iter().map(|(_, slot)| slot.name.clone()).collect();
+        let servers = Servers::new(
+            &config,
+            &catalogued,
+            discovery.is_some(),
+            (make, events_tx, user_tokens),
+            shutdown.clone(),
+        );
+        let names = servers.names();
         let mut catalog = Catalog::new(names.len());
         if let Some(discovery) = &discovery {
             catalog = catalog
@@ -294,7 +263,7 @@ impl Gateway {
         );
         let gateway = Arc::new(Self {
             catalog: RwLock::new(Arc::new(catalog)),
-            slots,
+            servers,
             profile,
             reloading: tokio::sync::Mutex::new(()),
             enforced: RwLock::new(telemetry::Enforced::default()),
@@ -311,14 +280,8 @@ impl Gateway {
             parked: Mutex::new(HashMap::new()),
             questions: Mutex::new(HashMap::new()),
             forwarded: Mutex::new(HashMap::new()),
-            instances: Mutex::new(HashMap::new()),
             client_tasks: task_table::Tasks::default(),
-            events: events_tx,
-            make_upstream: make,
-            user_tokens,
             shutdown,
-            tasks: Mutex::new(Vec::new()),
-            instance_stops: Mutex::new(HashMap::new()),
             discovery,
         });
         (gateway, events_rx)
@@ -328,9 +291,10 @@ impl Gateway {
     /// timeout) until each server is ready or has failed its first start.
     pub async fn start(self: &Arc<Self>, events: mpsc::Receiver<UpstreamEvent>) {
         let this = self.clone();
-        lock(&self.tasks).push(tokio::spawn(async move { this.event_loop(events).await }));
+        let event_loop = tokio::spawn(async move { this.event_loop(events).await });
+        self.servers.keep_tasks([event_loop]);
         // A catalog's servers start when a session adds them.
-        let configured = self.configured();
+        let configured = self.servers.configured();
         self.start_servers(&configured).await;
     }
 
@@ -338,13 +302,7 @@ impl Gateway {
     /// until each is ready or has failed its first start, then for the
     /// lists of those that came up: a first `tools/list` is complete.
     async fn start_servers(self: &Arc<Self>, servers: &[(usize, Upstream)]) {
-        let mut tasks = Vec::new();
-        for (index, upstream) in servers {
-            if let Some(slot) = self.slot(*index) {
-                tasks.push(upstream.start(slot.stop.clone()));
-            }
-        }
-        lock(&self.tasks).extend(tasks);
+        self.servers.start(servers);
         let settle = futures_util::future::join_all(servers.iter().map(|(_, u)| u.wait_settled()));
         let _ = tokio::time::timeout(self.config.proxy.startup_timeout, settle).await;
         // Their lists, read at once, within one startup timeout.
@@ -373,7 +331,7 @@ impl Gateway {
             }
         }
         self.records.stopping(ended).await;
-        let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
+        let tasks = self.servers.take_tasks();
         // Long enough for every container to be removed.
         let _ = tokio::time::timeout(
             Duration::from_secs(20),
@@ -382,12 +340,7 @@ impl Gateway {
         .await;
         // A container whose creation was under way when its supervisor
         // stopped is still ours: none may outlive the proxy.
-        let containers = self.slots.iter().any(|(_, slot)| {
-            slot.upstream
-                .as_ref()
-                .is_some_and(|u| matches!(u.config().kind, UpstreamSpec::Container(_)))
-        });
-        if containers {
+        if self.servers.any_container() {
             match crate::upstream::container::remove_owned().await {
                 Ok(0) => {}
                 Ok(count) => {
@@ -406,7 +359,7 @@ impl Gateway {
         if !self.visible(session, index) {
             return false;
         }
-        let (Some(access), Some(name)) = (self.access.as_ref(), self.name_at(index)) else {
+        let (Some(access), Some(name)) = (self.access.as_ref(), self.servers.name_at(index)) else {
             return true;
         };
         let directory: Arc<dyn crate::chain::Directory> = self.catalog();
@@ -419,24 +372,14 @@ impl Gateway {
         )
     }
 
-    /// Whether the instance of server `index` that serves `client` is
-    /// spoken to in 2026-07-28 (configured so, or found so when it started
-    /// under `protocol = "auto"`).
-    /// Asked on every relayed request: looked up without taking a copy.
-    fn speaks_stateless(&self, index: usize, client: &Arc<str>) -> bool {
-        if !self.per_client(index) {
-            return self
-                .upstream_at(index)
-                .is_some_and(crate::upstream::Upstream::speaks_stateless);
-        }
-        lock(&self.instances)
-            .get(&(index, client.clone()))
-            .is_some_and(crate::upstream::Upstream::speaks_stateless)
-    }
-
     /// What is written about what passes: records, metrics, traces.
     pub fn records(&self) -> &Records {
         &self.records
+    }
+
+    /// The servers and their per-client instances.
+    pub fn servers(&self) -> &Servers {
+        &self.servers
     }
 
     pub fn config(&self) -> &Config {
@@ -446,7 +389,8 @@ impl Gateway {
     /// The configured servers' upstreams in force (not the catalogs' of
     /// `[discovery]`, not those a reload took out), in order.
     pub fn upstreams(&self) -> Vec<Upstream> {
-        self.configured()
+        self.servers
+            .configured()
             .into_iter()
             .map(|(_, upstream)| upstream)
             .collect()
@@ -592,16 +536,6 @@ impl Gateway {
             }
         }
     }
-}
-
-/// Server `name`'s limit on requests in flight (`[ratelimit] concurrency`).
-fn in_flight_of(config: &Config, name: &str) -> Option<in_flight::InFlight> {
-    config
-        .ratelimit
-        .concurrency
-        .iter()
-        .find(|limit| limit.server == name)
-        .map(in_flight::InFlight::new)
 }
 
 /// A 2026-07-28 request's session id: this process's random half (from the

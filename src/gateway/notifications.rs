@@ -74,7 +74,7 @@ impl Gateway {
                 // The proxy's own, with nothing of the client's in it, and
                 // only to the servers this client may use.
                 let notice = protocol::notification(method.as_str(), json!({}));
-                for ((index, _), upstream) in self.instances(Some(&session.client.name)) {
+                for ((index, _), upstream) in self.servers.instances(Some(&session.client.name)) {
                     // (2026-07-28 has no roots to tell a server of.)
                     if self.may_use(session, index)
                         && !upstream.speaks_stateless()
@@ -124,7 +124,7 @@ impl Gateway {
             &method,
         );
         let exchange = &mut run.exchange;
-        exchange.context.server = server.and_then(|s| self.name_at(s).cloned());
+        exchange.context.server = server.and_then(|s| self.servers.name_at(s).cloned());
         exchange.context.request_id = call;
         if exchange.context.server.is_some() {
             if method == Method::ResourceUpdated {
@@ -187,7 +187,7 @@ impl Gateway {
         };
         if dropped_before > 0 {
             let mut record = crate::audit::AuditRecord::event("server_notification", "deny");
-            record.server = self.name_at(index).map(|name| name.to_string());
+            record.server = self.servers.name_at(index).map(|name| name.to_string());
             record.reason = Some(format!(
                 "{dropped_before} notifications dropped: over {UNATTRIBUTED_PER_SECOND} per second that no call owns"
             ));
@@ -198,11 +198,11 @@ impl Gateway {
             return;
         }
         let method = protocol::method(&message).unwrap_or_default().to_owned();
-        let sessions = self.sessions_of(instance);
+        let sessions = self.sessions.of_instance(instance);
         let mut counts: HashMap<Delivery, usize> = HashMap::new();
         if ambiguous {
             let method = self.records.scrubbed(protocol::cut(&method, 128));
-            tracing::debug!(server = %self.name_or_none(index), method, "dropped a notification that cannot be tied to one client session");
+            tracing::debug!(server = %self.servers.name_or_none(index), method, "dropped a notification that cannot be tied to one client session");
             counts.insert(Delivery::Withheld, sessions.len());
         } else {
             for session in &sessions {
@@ -219,7 +219,7 @@ impl Gateway {
             "allow"
         };
         let mut record = crate::audit::AuditRecord::event("server_notification", decision);
-        record.server = self.name_at(index).map(|name| name.to_string());
+        record.server = self.servers.name_at(index).map(|name| name.to_string());
         // A server chooses the method: a long one is cut.
         let method = protocol::cut(&method, 128);
         record.method = method.to_owned();

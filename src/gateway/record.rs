@@ -487,16 +487,16 @@ impl Gateway {
         let mut record = AuditRecord::event(kind, decision);
         record.server = Some(source.server.to_string());
         // Configured or a catalog's (`[discovery]`): every upstream's.
-        let index = self.sender_of(source);
+        let index = self.servers.sender_of(source);
         let upstream = index
-            .and_then(|index| self.upstream_at(index))
+            .and_then(|index| self.servers.upstream_at(index))
             .map(|upstream| match &upstream.config().kind {
                 UpstreamSpec::Container(_) => "container",
                 UpstreamSpec::Process(_) => "process",
                 UpstreamSpec::Remote(_) => "remote",
             });
         let restarts = index
-            .and_then(|index| self.upstream_at(index))
+            .and_then(|index| self.servers.upstream_at(index))
             .map(|upstream| upstream.restarts());
         record.detail = Some(json!({
             "upstream": upstream,

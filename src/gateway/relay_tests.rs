@@ -363,15 +363,15 @@ async fn an_idle_per_client_instance_is_forgotten_and_made_again_when_used() {
         reason: "idle".into(),
     };
     for round in 0..2 {
-        let Some(instance) = gateway.upstream_for(0, &alice) else {
+        let Some(instance) = gateway.servers().upstream_for(0, &alice) else {
             panic!("round {round}: an instance for alice");
         };
         let _opened = harness.connections("box", Some("alice"));
-        assert!(lock(&gateway.instance_stops).contains_key(&key));
+        assert!(lock(&gateway.servers.instance_stops).contains_key(&key));
         // Its supervisor stopped it for idleness (not wanted now).
-        assert!(gateway.events.send(idle(&instance)).await.is_ok());
+        assert!(gateway.servers.events.send(idle(&instance)).await.is_ok());
         for _ in 0..1000 {
-            if !lock(&gateway.instances).contains_key(&key)
+            if !lock(&gateway.servers.instances).contains_key(&key)
                 && matches!(instance.status(), Status::Stopped)
             {
                 break;
@@ -379,17 +379,17 @@ async fn an_idle_per_client_instance_is_forgotten_and_made_again_when_used() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(
-            !lock(&gateway.instances).contains_key(&key),
+            !lock(&gateway.servers.instances).contains_key(&key),
             "round {round}: kept"
         );
-        assert!(!lock(&gateway.instance_stops).contains_key(&key));
+        assert!(!lock(&gateway.servers.instance_stops).contains_key(&key));
         assert!(
             matches!(instance.status(), Status::Stopped),
             "its supervisor ended"
         );
     }
     // Woken by a call before the event is handled: kept.
-    let Some(instance) = gateway.upstream_for(0, &alice) else {
+    let Some(instance) = gateway.servers().upstream_for(0, &alice) else {
         panic!("an instance for alice");
     };
     let waking = tokio::spawn({
@@ -402,10 +402,10 @@ async fn an_idle_per_client_instance_is_forgotten_and_made_again_when_used() {
         }
         tokio::task::yield_now().await;
     }
-    assert!(gateway.events.send(idle(&instance)).await.is_ok());
+    assert!(gateway.servers.events.send(idle(&instance)).await.is_ok());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
-        lock(&gateway.instances).contains_key(&key),
+        lock(&gateway.servers.instances).contains_key(&key),
         "a woken instance is kept"
     );
     waking.abort();

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use crate::config::{Config, ServerConfig};
 use crate::upstream::Upstream;
 
-use super::slots::Slot;
-use super::{Gateway, in_flight_of, lock};
+use super::Gateway;
 
 /// What a reload changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -58,7 +57,7 @@ impl Gateway {
         {
             return Err(ReloadError::NameTaken(taken.name.clone()));
         }
-        let current = self.configured();
+        let current = self.servers.configured();
         let mut reloaded = Reloaded::default();
         let mut retire = Vec::new();
         let mut start: Vec<&ServerConfig> = Vec::new();
@@ -100,15 +99,7 @@ impl Gateway {
         }
         let mut started: Vec<(usize, Upstream)> = Vec::new();
         for server in start {
-            let upstream =
-                (self.make_upstream)(Arc::new(server.clone()), None, self.events.clone());
-            let index = self.slots.push(Slot::new(
-                upstream.name().clone(),
-                Some(upstream.clone()),
-                in_flight_of(&self.config, &server.name),
-                self.shutdown.child_token(),
-            ));
-            started.push((index, upstream));
+            started.push(self.servers.add(server, &self.config));
         }
         self.keep_config_order(next);
         if reloaded.profile {
@@ -126,9 +117,9 @@ impl Gateway {
         let order = next
             .servers
             .iter()
-            .filter_map(|server| self.index_of(&server.name))
+            .filter_map(|server| self.servers.index_of(&server.name))
             .collect();
-        let names = self.names();
+        let names = self.servers.names();
         if let Ok(mut catalog) = self.catalog.write() {
             let ordered = catalog.ordered(order, &names, &self.config.proxy.namespace_separator);
             *catalog = Arc::new(ordered);
@@ -147,14 +138,11 @@ impl Gateway {
     /// (its lists leave the catalog and sessions are told), then stopped
     /// with its per-client instances (calls in flight to it fail).
     fn retire(&self, index: usize) {
-        let Some(slot) = self.slot(index) else {
+        let Some(name) = self.servers.retire(index) else {
             return;
         };
-        slot.retire();
-        lock(&self.instances).retain(|(at, _), _| *at != index);
-        lock(&self.instance_stops).retain(|(at, _), _| *at != index);
         self.set_lists(index, None);
         self.forget_forwarded(index, &None);
-        tracing::info!(server = %slot.name, "server taken out by a config reload");
+        tracing::info!(server = %name, "server taken out by a config reload");
     }
 }

@@ -231,7 +231,7 @@ impl Gateway {
     ) -> Result<Value, Failure> {
         // Asked once the server has answered: a `protocol = "auto"` server
         // knows its revision once it has started.
-        let from_stateless = self.speaks_stateless(server, &session.client.name);
+        let from_stateless = self.servers.speaks_stateless(server, &session.client.name);
         if session.stateless
             && let Some(reply) = self
                 .task_reply(session, (server, from_stateless), target, asked, &reply)
@@ -272,7 +272,7 @@ impl Gateway {
                 None
             }
             Route::Server { server, rename } => {
-                exchange.context.server = self.name_at(*server).cloned();
+                exchange.context.server = self.servers.name_at(*server).cloned();
                 match rename {
                     Some(Rename::Task(task)) => Some(task),
                     _ => None,
@@ -334,15 +334,20 @@ impl Gateway {
         }
         // A place among the server's requests in flight, if it limits them
         // (the wait is bounded by its call timeout).
-        let _place = match self.slot(server).and_then(|slot| slot.in_flight.as_ref()) {
+        let _place = match self
+            .servers
+            .slot(server)
+            .and_then(|slot| slot.in_flight.as_ref())
+        {
             None => None,
             Some(limit) => {
                 let wait = self
+                    .servers
                     .upstream_at(server)
                     .map_or(self.config.proxy.call_timeout, |u| u.config().call_timeout);
                 // A client that goes away while its call waits here (a
                 // 2026-07-28 client hanging up) gives its place up.
-                let name = self.name_or_none(server);
+                let name = self.servers.name_or_none(server);
                 let entered = tokio::select! {
                     entered = limit.enter(&name, wait, self.shared_places.as_ref()) => entered,
                     () = session.closed.cancelled() => {
@@ -368,10 +373,12 @@ impl Gateway {
         let forwarded = self.forward(session, server, id, outgoing).await;
         let ended = std::time::Instant::now();
         if let (Some(trace), Some(span)) = (exchange.trace.as_deref_mut(), upstream_span) {
-            let name = format!("upstream {}", self.name_or_none(server));
+            let name = format!("upstream {}", self.servers.name_or_none(server));
             let mut call = Span::with_id(span, name, SpanKind::Client, sent, ended);
-            call.attributes
-                .push(("portcullis.server", self.name_or_none(server).into()));
+            call.attributes.push((
+                "portcullis.server",
+                self.servers.name_or_none(server).into(),
+            ));
             if let Err(failure) = &forwarded {
                 call.error = Some(failure.to_string());
             }
@@ -637,8 +644,8 @@ impl Gateway {
     pub(super) fn not_found(&self, what: &'static str, name: &str) -> Failure {
         let separator = &self.config.proxy.namespace_separator;
         if let Some((server, _)) = name.split_once(separator.as_str())
-            && let Some(index) = self.index_of(server)
-            && !self.is_catalogued(index)
+            && let Some(index) = self.servers.index_of(server)
+            && !self.servers.is_catalogued(index)
             && self.catalog().server_lists(index).is_none()
         {
             return Failure::ServerNotReady(server.to_owned());
@@ -658,10 +665,11 @@ impl Gateway {
         client_id: &Value,
         outgoing: Value,
     ) -> Result<Value, Failure> {
-        self.may_act_as_user(server, session)?;
+        self.servers.may_act_as_user(server, session)?;
         let upstream = self
+            .servers
             .upstream_for(server, &session.client.name)
-            .ok_or_else(|| self.no_instance(server))?;
+            .ok_or_else(|| self.servers.no_instance(server))?;
         let key = IdKey::from_value(client_id);
         let cancel = CancellationToken::new();
         if let Some(key) = &key

@@ -111,7 +111,7 @@ impl Gateway {
                             .observe(took);
                     }
                     self.records.event(record);
-                    if let Some(index) = self.index_of_source(&source) {
+                    if let Some(index) = self.servers.index_of_source(&source) {
                         let this = self.clone();
                         tokio::spawn(async move {
                             if source.instance.is_none() {
@@ -129,7 +129,7 @@ impl Gateway {
                     let mut record = self.server_event("server_down", &source);
                     record.reason = Some(reason);
                     self.records.event(record);
-                    if let Some(index) = self.index_of_source(&source) {
+                    if let Some(index) = self.servers.index_of_source(&source) {
                         if source.instance.is_none() {
                             self.set_lists(index, None);
                         }
@@ -147,9 +147,11 @@ impl Gateway {
                     let idle = reason == "idle";
                     record.reason = Some(reason);
                     self.records.event(record);
-                    if let (true, Some(client), Some(index)) =
-                        (idle, &source.instance, self.index_of_source(&source))
-                    {
+                    if let (true, Some(client), Some(index)) = (
+                        idle,
+                        &source.instance,
+                        self.servers.index_of_source(&source),
+                    ) {
                         self.forget_unwanted_instance(index, client);
                     }
                 }
@@ -161,7 +163,7 @@ impl Gateway {
                     ambiguous,
                     held: _held,
                 } => {
-                    if let Some(index) = self.index_of_source(&source) {
+                    if let Some(index) = self.servers.index_of_source(&source) {
                         self.server_notification(index, &source.instance, message, ambiguous);
                     }
                 }
@@ -171,7 +173,7 @@ impl Gateway {
                     origin,
                     held: _held,
                 } => {
-                    if let Some(index) = self.index_of_source(&source) {
+                    if let Some(index) = self.servers.index_of_source(&source) {
                         self.relay_request(index, source.instance, message, origin);
                     }
                 }
@@ -192,7 +194,7 @@ impl Gateway {
         message: Value,
         origin: Option<Origin>,
     ) {
-        let Some(server) = self.slot(index).map(|slot| &slot.per_server) else {
+        let Some(server) = self.servers.slot(index).map(|slot| &slot.per_server) else {
             return;
         };
         // No session to ask: no place of one needed (it is refused as such).
@@ -232,14 +234,14 @@ impl Gateway {
         message: &Value,
         limit: usize,
     ) {
-        let Some(server) = self.slot(index).map(|slot| &slot.per_server) else {
+        let Some(server) = self.servers.slot(index).map(|slot| &slot.per_server) else {
             return;
         };
         let Ok(place) = server.refusals.clone().try_acquire_owned() else {
-            tracing::debug!(server = %self.name_or_none(index), "a request of the server's dropped: too many in flight");
+            tracing::debug!(server = %self.servers.name_or_none(index), "a request of the server's dropped: too many in flight");
             return;
         };
-        let Some(upstream) = self.upstream_of(index, &instance) else {
+        let Some(upstream) = self.servers.upstream_of(index, &instance) else {
             return;
         };
         let id = message.get("id").cloned().unwrap_or(Value::Null);
@@ -259,7 +261,7 @@ impl Gateway {
         message: Value,
         origin: Option<Origin>,
     ) {
-        let Some(upstream) = self.upstream_of(index, &instance) else {
+        let Some(upstream) = self.servers.upstream_of(index, &instance) else {
             return;
         };
         let server_id = message.get("id").cloned().unwrap_or(Value::Null);

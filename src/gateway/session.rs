@@ -546,4 +546,16 @@ impl Sessions {
     pub(super) fn initialized(&self) -> Vec<Arc<Session>> {
         self.matching(|s| s.is_initialized() && !s.stateless)
     }
+
+    /// The sessions a notification from `instance` may be offered to (authz
+    /// then decides per session): every one, or only its client's for a
+    /// per-client instance.
+    pub(super) fn of_instance(&self, instance: &Option<Arc<str>>) -> Vec<Arc<Session>> {
+        match instance {
+            None => self.initialized(),
+            Some(client) => {
+                self.matching(|s| s.is_initialized() && !s.stateless && s.client.name == *client)
+            }
+        }
+    }
 }

@@ -112,7 +112,7 @@ impl Gateway {
                             listed,
                             arguments,
                             generation: self.generation(server, &session.client.name),
-                            shared: !self.per_client(server),
+                            shared: !self.servers.per_client(server),
                         };
                         let taken = self.client_tasks.create(created, reply);
                         self.update_holds();
@@ -248,8 +248,12 @@ impl Gateway {
             }
             let params = question.get("params").cloned().unwrap_or_else(|| json!({}));
             let message = protocol::request(Value::from(key.as_str()), method.as_str(), params);
-            let mut run =
-                self.begin_asking(session, message, &method, self.name_at(server).cloned());
+            let mut run = self.begin_asking(
+                session,
+                message,
+                &method,
+                self.servers.name_at(server).cloned(),
+            );
             if let Err(refusal) = self.chain.run(&mut run.exchange) {
                 let refusal = Failure::from(refusal);
                 run.end(&refusal.outcome(), None).await;
@@ -286,13 +290,14 @@ impl Gateway {
     /// makes a task now; `None` for a remote server.
     pub(super) fn generation(&self, server: usize, client: &Arc<str>) -> Option<u64> {
         let remote = matches!(
-            self.upstream_at(server).map(|u| &u.config().kind),
+            self.servers.upstream_at(server).map(|u| &u.config().kind),
             Some(crate::config::UpstreamSpec::Remote(_))
         );
         if remote {
             return None;
         }
-        self.upstream_for(server, client)
+        self.servers
+            .upstream_for(server, client)
             .map(|upstream| upstream.restarts())
     }
 
@@ -320,7 +325,7 @@ impl Gateway {
         server: usize,
         server_task: &str,
     ) {
-        let Some(upstream) = self.upstream_for(server, &session.client.name) else {
+        let Some(upstream) = self.servers.upstream_for(server, &session.client.name) else {
             return;
         };
         let request = protocol::request(
@@ -332,7 +337,7 @@ impl Gateway {
             "extensions".to_owned(),
             json!({ task_table::EXTENSION: {} }),
         )]);
-        let name = self.name_or_none(server);
+        let name = self.servers.name_or_none(server);
         tokio::spawn(async move {
             let timeout = upstream.config().call_timeout;
             if upstream.ensure_running(timeout).await.is_err() {

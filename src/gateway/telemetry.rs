@@ -274,7 +274,7 @@ impl Gateway {
             "counter",
         );
         let running = self
-            .slots
+            .servers
             .iter()
             .filter(|(_, slot)| !slot.is_retired())
             .filter_map(|(_, slot)| slot.upstream.as_ref());
