@@ -4,8 +4,8 @@
 //! a fault-around window in two of the whole of it (BENCHMARKS.md, "Idle
 //! memory"). Only the release `portcullis` binary for x86_64 Linux (GNU),
 //! linked by the Rust toolchain's own `rust-lld`, which takes the file; a
-//! build that names another linker, or sets `PORTCULLIS_STARTUP_ORDER=off`,
-//! is left as it is. Ordering changes where code sits, never what it does.
+//! build that names another linker, a static one (`+crt-static`, the
+//! images'), or one with `PORTCULLIS_STARTUP_ORDER=off` is left as it is. Ordering changes where code sits, never what it does.
 
 use std::env;
 use std::path::Path;
@@ -32,6 +32,14 @@ fn main() {
             || flag.contains("link-self-contained=-linker")
             || flag.starts_with("linker=")
     }) {
+        return;
+    }
+    // The static build of the images (`+crt-static`) is left as it is: its
+    // link is not the one the file was measured with.
+    if var("CARGO_CFG_TARGET_FEATURE")
+        .split(',')
+        .any(|feature| feature == "crt-static")
+    {
         return;
     }
     let order = Path::new(&var("CARGO_MANIFEST_DIR")).join("startup-order.txt");
