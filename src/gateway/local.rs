@@ -1,9 +1,7 @@
 //! What the proxy answers itself: `initialize`, lists from the catalog,
 //! `logging/setLevel`, subscriptions.
 
-use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -12,7 +10,7 @@ use crate::protocol::{self, Method};
 use crate::upstream::Status;
 
 use super::failure::Failure;
-use super::{Catalog, Gateway, Session, lock};
+use super::{Catalog, Gateway, Session};
 
 /// How long the proxy waits for a server to take a new log level.
 pub(super) const LOG_LEVEL_WAIT: Duration = Duration::from_secs(5);
@@ -324,6 +322,9 @@ impl Gateway {
         Ok(Value::Object(result))
     }
 
+    /// `session`'s `resources/subscribe` or `resources/unsubscribe` of
+    /// `uri`, answered with `reply`: kept if it succeeded, and what is held
+    /// at servers told.
     pub(super) fn track_subscription(
         &self,
         session: &Session,
@@ -334,69 +335,9 @@ impl Gateway {
         let (Some(uri), Some(_)) = (uri, reply.get("result")) else {
             return;
         };
-        {
-            let mut subscriptions = lock(&self.subscriptions);
-            // A session that has closed keeps none (its key would stay for good).
-            let subscribe = *method == Method::ResourcesSubscribe;
-            if subscribe && session.closed.is_cancelled() {
-                return;
-            }
-            if subscribe {
-                let added = subscriptions
-                    .entry(uri.clone())
-                    .or_default()
-                    .insert(session.key);
-                if added {
-                    session.subscribed.fetch_add(1, Ordering::Relaxed);
-                }
-            } else if let Some(subscribers) = subscriptions.get_mut(uri) {
-                if subscribers.remove(&session.key) {
-                    session.subscribed.fetch_sub(1, Ordering::Relaxed);
-                }
-                if subscribers.is_empty() {
-                    subscriptions.remove(uri);
-                }
-            }
-        }
+        let subscribe = *method == Method::ResourcesSubscribe;
+        self.subscriptions.track(session, subscribe, uri);
         self.update_holds();
-    }
-
-    /// Whether any of `subscribers` but `session` reads updates from the
-    /// instance of server `index` that `session` reads them from: any
-    /// session, at a shared server; one of its client's, at a per-client
-    /// one.
-    fn others_at_instance(
-        &self,
-        index: usize,
-        session: &Session,
-        subscribers: &HashSet<u64>,
-    ) -> bool {
-        let per_client = self.servers.per_client(index);
-        subscribers.iter().any(|key| {
-            *key != session.key
-                && (!per_client
-                    || self
-                        .sessions
-                        .get(*key)
-                        .is_some_and(|other| other.client.name == session.client.name))
-        })
-    }
-
-    /// Whether a session's `resources/unsubscribe` of `uri` (of server
-    /// `index`) goes to the server: only if the session is subscribed to it
-    /// and is the last there. Otherwise it is answered by the proxy (its
-    /// own subscription taken out), so that no session ends another's.
-    pub(super) fn unsubscribes_at_server(
-        &self,
-        session: &Session,
-        uri: &str,
-        index: usize,
-    ) -> bool {
-        let subscriptions = lock(&self.subscriptions);
-        subscriptions.get(uri).is_some_and(|subscribers| {
-            subscribers.contains(&session.key)
-                && !self.others_at_instance(index, session, subscribers)
-        })
     }
 
     /// A closed session's subscriptions: taken out, and a URI nobody else
@@ -404,26 +345,11 @@ impl Gateway {
     /// is unsubscribed from at its server, so that a server does not keep
     /// sending updates nobody reads.
     pub(super) fn drop_subscriptions(&self, session: &Session) {
-        let catalog = self.catalog();
-        let mut released = Vec::new();
-        {
-            let mut subscriptions = lock(&self.subscriptions);
-            subscriptions.retain(|uri, subscribers| {
-                if !subscribers.remove(&session.key) {
-                    return !subscribers.is_empty();
-                }
-                if let Some(index) = catalog.resource_owner(uri) {
-                    let instance = self
-                        .servers
-                        .per_client(index)
-                        .then(|| session.client.name.clone());
-                    if !self.others_at_instance(index, session, subscribers) {
-                        released.push((index, instance, uri.clone()));
-                    }
-                }
-                !subscribers.is_empty()
-            });
-        }
+        let released = self.subscriptions.drop_session(
+            session,
+            &self.catalog(),
+            (&self.servers, &self.sessions),
+        );
         self.update_holds();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -453,10 +379,7 @@ impl Gateway {
     /// instance of it, for a per-client one).
     pub(super) fn update_holds(&self) {
         let catalog = self.catalog();
-        let mut held: HashSet<usize> = lock(&self.subscriptions)
-            .keys()
-            .filter_map(|uri| catalog.resource_owner(uri))
-            .collect();
+        let mut held = self.subscriptions.owners(&catalog);
         held.extend(self.client_tasks.running_servers());
         self.servers.hold(&held);
     }
@@ -474,20 +397,16 @@ impl Gateway {
             return;
         }
         let catalog = self.catalog();
-        let uris: Vec<String> = lock(&self.subscriptions)
-            .iter()
-            .filter(|(uri, subscribers)| {
-                catalog.resource_owner(uri) == Some(index)
-                    && subscribers.iter().any(|key| {
-                        self.sessions.get(*key).is_some_and(|session| {
-                            instance
-                                .as_ref()
-                                .is_none_or(|client| session.client.name == *client)
-                        })
+        let uris = self.subscriptions.uris(|uri, subscribers| {
+            catalog.resource_owner(uri) == Some(index)
+                && subscribers.iter().any(|key| {
+                    self.sessions.get(*key).is_some_and(|session| {
+                        instance
+                            .as_ref()
+                            .is_none_or(|client| session.client.name == *client)
                     })
-            })
-            .map(|(uri, _)| uri.clone())
-            .collect();
+                })
+        });
         for uri in uris {
             if let Err(err) = upstream
                 .request(Method::ResourcesSubscribe, json!({ "uri": uri }))

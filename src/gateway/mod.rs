@@ -36,6 +36,7 @@ mod run;
 mod server;
 mod session;
 mod slots;
+mod subscriptions;
 mod task_table;
 #[cfg(test)]
 mod task_table_tests;
@@ -55,7 +56,7 @@ pub use session::{Outlet, Resumed, Session, Sessions};
 pub use slots::Servers;
 pub use telemetry::{Enforced, observe, root_of};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -105,7 +106,7 @@ pub struct Gateway {
     /// The sessions open.
     sessions: Sessions,
     /// Resource URI → sessions subscribed to it.
-    subscriptions: Mutex<HashMap<String, HashSet<u64>>>,
+    subscriptions: subscriptions::Subscriptions,
     /// 2026-07-28 calls waiting for their client's next round, by the
     /// `requestState` the client was given (at most
     /// [`rounds::WAITING_PER_CLIENT`] per client).
@@ -275,7 +276,7 @@ impl Gateway {
             unattributed: Mutex::new(HashMap::new()),
             config,
             sessions: Sessions::default(),
-            subscriptions: Mutex::new(HashMap::new()),
+            subscriptions: subscriptions::Subscriptions::default(),
             listens: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             questions: Mutex::new(HashMap::new()),

@@ -265,11 +265,7 @@ impl Gateway {
                 if self.catalog().resource_owner(uri) != Some(index) {
                     return;
                 }
-                let subscribers: Vec<u64> = lock(&self.subscriptions)
-                    .get(uri)
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default();
-                for key in subscribers {
+                for key in self.subscriptions.subscribers(uri) {
                     if let Some(session) = self.sessions.get(key)
                         && instance
                             .as_ref()

@@ -15,8 +15,7 @@ use crate::upstream::Origin;
 
 use super::failure::Failure;
 use super::run::ExchangeRun;
-use super::session::{MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS};
-use super::{Catalog, Gateway, Session, lock};
+use super::{Catalog, Gateway, Session};
 
 /// Where a client request goes.
 pub(super) enum Route {
@@ -423,7 +422,7 @@ impl Gateway {
                 let uri = protocol::param_str(message, "uri")
                     .ok_or_else(|| invalid("`params.uri` must be a string"))?;
                 if *method == Method::ResourcesSubscribe {
-                    self.may_subscribe(session, uri)?;
+                    self.subscriptions.may_subscribe(session, uri)?;
                 }
                 match catalog
                     .resource_owner(uri)
@@ -431,7 +430,11 @@ impl Gateway {
                 {
                     Some(server)
                         if *method == Method::ResourcesUnsubscribe
-                            && !self.unsubscribes_at_server(session, uri, server) =>
+                            && !self.subscriptions.unsubscribes_at_server(
+                                (session, uri, server),
+                                &self.servers,
+                                &self.sessions,
+                            ) =>
                     {
                         Ok((Route::Local, Some(uri.to_owned())))
                     }
@@ -620,23 +623,6 @@ impl Gateway {
             }
         }
         Ok(task)
-    }
-
-    /// A session subscribed to [`MAX_SUBSCRIPTIONS`] resources may
-    /// subscribe again only to one of those; a URI longer than
-    /// [`MAX_SUBSCRIBED_URI_BYTES`] is not kept at all.
-    fn may_subscribe(&self, session: &Session, uri: &str) -> Result<(), Failure> {
-        if uri.len() > MAX_SUBSCRIBED_URI_BYTES {
-            return Err(Failure::UriTooLong);
-        }
-        if session.subscribed.load(Ordering::Relaxed) < MAX_SUBSCRIPTIONS
-            || lock(&self.subscriptions)
-                .get(uri)
-                .is_some_and(|subscribers| subscribers.contains(&session.key))
-        {
-            return Ok(());
-        }
-        Err(Failure::TooManySubscriptions)
     }
 
     /// An unknown tool or prompt; if its server is down, or up again but its
