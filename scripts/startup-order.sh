@@ -8,8 +8,9 @@
 # `.text` (BENCHMARKS.md, "Idle memory").
 #
 # Usage: scripts/startup-order.sh [OUTPUT]     (default: startup-order.txt)
-#   Env: IDLE_SECONDS (default 5) how long it idles under valgrind after its
-#        first answer, so that the idle loop's timers have run too.
+#   Env: IDLE_SECONDS (default 10, as scripts/idle-memory.sh reads it) how
+#        long it idles under valgrind after its first answer, so that the
+#        idle loop's timers have run too.
 #
 # Needs valgrind (callgrind counts which functions run; Debian: `apt-get
 # install valgrind`). Takes about a minute beside the release build.
@@ -24,7 +25,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUTPUT="${1:-$ROOT/startup-order.txt}"
-IDLE_SECONDS="${IDLE_SECONDS:-5}"
+IDLE_SECONDS="${IDLE_SECONDS:-10}"
 
 command -v valgrind > /dev/null || {
     echo "startup-order: valgrind is needed (Debian: apt-get install valgrind)" >&2
@@ -33,14 +34,20 @@ command -v valgrind > /dev/null || {
 
 WORK="$(mktemp -d)"
 CONFIG="$ROOT/examples/.startup-order-$$.toml"
+pid=""
 cleanup() {
+    if [ -n "$pid" ]; then
+        kill -INT "$pid" 2> /dev/null || true
+        wait "$pid" 2> /dev/null || true
+    fi
     rm -f "$CONFIG"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 (cd "$ROOT" && cargo build --release --locked --bin portcullis --bin portcullis-example-server >&2)
-BINARY="$ROOT/target/release/portcullis"
+TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+BINARY="$TARGET_DIR/release/portcullis"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 sed -e "s|^listen = .*|listen = \"127.0.0.1:$PORT\"|" \
@@ -60,13 +67,14 @@ for _ in $(seq 1 1200); do
 done
 curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" || { echo "startup-order: serve never answered" >&2; exit 1; }
 sleep "$IDLE_SECONDS"
-kill -INT "$pid"
+kill -INT "$pid" || { cat "$WORK/log" >&2; echo "startup-order: serve ended while it idled" >&2; exit 1; }
 wait "$pid" || true
+pid=""
 
 # Every function with a cost of its own (`fn=`) in the proxy's binary
 # (`ob=`), once, sorted: the order within the group matters little, and a
 # sorted file changes by the lines that changed.
-python3 - "$WORK/callgrind.out" "$BINARY" > "$OUTPUT" <<'PYTHON'
+python3 - "$WORK/callgrind.out" "$BINARY" > "$WORK/order.txt" <<'PYTHON'
 import os
 import sys
 
@@ -87,4 +95,6 @@ if len(names) < 1000:
 for name in sorted(names):
     print(name)
 PYTHON
+# Only a whole list replaces the file in the tree.
+mv "$WORK/order.txt" "$OUTPUT"
 echo "startup-order: $(wc -l < "$OUTPUT") functions written to $OUTPUT" >&2

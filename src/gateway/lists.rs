@@ -220,7 +220,7 @@ impl Gateway {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let Some(server) = this.servers().slot(index).map(|slot| &slot.per_server) else {
+            let Some(server) = this.servers.slot(index).map(|slot| &slot.per_server) else {
                 return;
             };
             // After the read in progress, if any: what the server says from
