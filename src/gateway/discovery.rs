@@ -608,8 +608,7 @@ impl Gateway {
         if let Some(started) = discovery.started.get(index - discovery.first)
             && !started.swap(true, Ordering::AcqRel)
         {
-            let task = upstream.start(slot.stop.clone());
-            self.servers.keep_tasks([task]);
+            self.servers.start(&[(index, upstream.clone())]);
         }
         upstream
             .ensure_running(self.config.proxy.startup_timeout)
