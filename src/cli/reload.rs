@@ -269,7 +269,7 @@ fn applied(gateway: &Gateway, next: &Config, reloaded: &Reloaded, pending: &[&'s
         );
     }
     let config_sha256 = super::config_sha256(&next.file);
-    gateway.set_enforced(crate::gateway::Enforced {
+    gateway.reloads().set_enforced(crate::gateway::Enforced {
         config_sha256: config_sha256.clone(),
         restart_required: pending.to_vec(),
     });

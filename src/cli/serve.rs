@@ -47,7 +47,7 @@ pub(super) async fn serve(
     let config_sha256 = super::config_sha256(&config.file);
     let (gateway, events, policies, pinning, plugins) =
         build_gateway(config, Some(audit), Traced::Yes)?;
-    gateway.set_enforced(crate::gateway::Enforced {
+    gateway.reloads().set_enforced(crate::gateway::Enforced {
         config_sha256: config_sha256.clone(),
         restart_required: Vec::new(),
     });

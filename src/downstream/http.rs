@@ -161,7 +161,7 @@ fn sweep(state: Arc<HttpState>) -> tokio::task::JoinHandle<()> {
 /// wait for a restart (what old setting is still in force) is only on the
 /// auditors' `/metrics`.
 async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
-    let enforced = state.gateway.enforced();
+    let enforced = state.gateway.reloads().enforced();
     let policy_set = state
         .enforcement
         .policies

@@ -294,24 +294,22 @@ fn note(exchange: &mut Exchange, key: &str, value: &str) {
     });
 }
 
-impl Gateway {
+impl Discovery {
     /// Whether `session` sees server `index`: every configured one, a
     /// catalog's only once it added it.
     pub(super) fn visible(&self, session: &Session, index: usize) -> bool {
-        if !self.servers.is_catalogued(index) {
+        if !(self.first..self.proxy).contains(&index) {
             return true;
         }
-        self.discovery.as_ref().is_some_and(|discovery| {
-            lock(&discovery.added)
-                .get(&Holder::of(session))
-                .is_some_and(|added| added.contains(&index))
-        })
+        lock(&self.added)
+            .get(&Holder::of(session))
+            .is_some_and(|added| added.contains(&index))
     }
 
     /// A merged list as `session` sees it: without the items of catalog
-    /// servers it did not add.
+    /// servers it did not add (all of them without `[discovery]`).
     pub(super) fn visible_items<'c>(
-        &self,
+        discovery: Option<&Self>,
         session: &Session,
         catalog: &'c Catalog,
         kind: &str,
@@ -322,7 +320,7 @@ impl Gateway {
             "resources" => &catalog.resources,
             _ => &catalog.templates,
         };
-        let Some(discovery) = &self.discovery else {
+        let Some(discovery) = discovery else {
             return Cow::Borrowed(items);
         };
         let running =
@@ -348,50 +346,43 @@ impl Gateway {
 
     /// Tells the sessions that added catalog server `index` that its list
     /// changed (nobody else sees it).
-    pub(super) fn announce_to_holders(&self, index: usize, kind: List) {
-        let Some(discovery) = &self.discovery else {
-            return;
-        };
-        let holders: Vec<Holder> = lock(&discovery.added)
+    pub(super) fn announce_to_holders(&self, gateway: &Gateway, index: usize, kind: List) {
+        let holders: Vec<Holder> = lock(&self.added)
             .iter()
             .filter(|(_, added)| added.contains(&index))
             .map(|(holder, _)| holder.clone())
             .collect();
         for holder in holders {
-            self.tell(&holder, kind);
+            self.tell(gateway, &holder, kind);
         }
     }
 
     /// Sends `holder` a list change: its session, or a 2026-07-28 client's
     /// listen streams.
-    fn tell(&self, holder: &Holder, kind: List) {
+    fn tell(&self, gateway: &Gateway, holder: &Holder, kind: List) {
         let message = protocol::notification(kind.changed().as_str(), json!({}));
         let sessions = match holder {
-            Holder::Session(key) => self.sessions.get(*key).into_iter().collect(),
-            Holder::Client(name) => self
+            Holder::Session(key) => gateway.sessions.get(*key).into_iter().collect(),
+            Holder::Client(name) => gateway
                 .sessions
                 .matching(|s| s.listen.get().is_some() && s.client.name == *name),
         };
         for session in sessions {
-            self.notify(&session, None, message.clone(), None, None);
+            gateway.notify(&session, None, message.clone(), None, None);
         }
     }
 
     /// Runs `portcullis__find`, `__add` or `__remove` (decided by the
     /// chain as a tool of `portcullis`); what a server asks for is decided
     /// here by Cedar.
-    pub(super) async fn discovery_call(
-        self: &Arc<Self>,
+    pub(super) async fn call(
+        &self,
+        gateway: &Arc<Gateway>,
         session: &Arc<Session>,
         tool: Tool,
         exchange: &mut Exchange,
     ) -> Result<Value, super::Failure> {
         let id = exchange.message.get("id").cloned().unwrap_or(Value::Null);
-        let Some(discovery) = &self.discovery else {
-            return Err(super::Failure::MethodNotFound(
-                protocol::Method::ToolsCall.to_string(),
-            ));
-        };
         let arguments = exchange
             .message
             .at(&["params", "arguments"])
@@ -420,20 +411,20 @@ impl Gateway {
                     .and_then(Value::as_u64)
                     .map_or(DEFAULT_FOUND, |n| usize::try_from(n).unwrap_or(MAX_FOUND))
                     .clamp(1, MAX_FOUND);
-                let found = self.find(session, discovery, &query, limit);
+                let found = self.find(gateway, session, &query, limit);
                 Ok(tool_result(id, found.to_string(), false))
             }
             Tool::Add => {
                 let name = protocol::cut(text("name"), 63).to_owned();
                 note(exchange, "server", &name);
-                self.add(session, discovery, &name, exchange)
+                self.add(gateway, session, &name, exchange)
                     .await
                     .map(|(text, error)| tool_result(id, text, error))
             }
             Tool::Remove => {
                 let name = protocol::cut(text("name"), 63).to_owned();
                 note(exchange, "server", &name);
-                let (text, error) = self.remove(session, discovery, &name);
+                let (text, error) = self.remove(gateway, session, &name);
                 Ok(tool_result(id, text, error))
             }
         }
@@ -441,19 +432,19 @@ impl Gateway {
 
     /// The servers that match `query`, best first, among those Cedar lets
     /// `session`'s client find.
-    fn find(&self, session: &Session, discovery: &Discovery, query: &str, limit: usize) -> Value {
-        let added = discovery.added_by(&Holder::of(session));
+    fn find(&self, gateway: &Gateway, session: &Session, query: &str, limit: usize) -> Value {
+        let added = self.added_by(&Holder::of(session));
         let protocol = session.protocol_version().unwrap_or_default();
-        let hits = discovery.search.search(query, limit, |position| {
-            let Some(entry) = discovery.entries.get(position) else {
+        let hits = self.search.search(query, limit, |position| {
+            let Some(entry) = self.entries.get(position) else {
                 return false;
             };
-            self.decide(session, &protocol, Action::FindServers, entry)
+            Self::decide(gateway, session, &protocol, Action::FindServers, entry)
                 .is_none_or(|decision| decision.allowed)
         });
         let servers: Vec<Value> = hits
             .into_iter()
-            .filter_map(|(position, _)| discovery.entries.get(position))
+            .filter_map(|(position, _)| self.entries.get(position))
             .map(|entry| {
                 let mut found = json!({
                     "name": entry.name,
@@ -476,13 +467,13 @@ impl Gateway {
     /// Cedar's decision on `action` for a catalog server (`None`: no
     /// authz).
     fn decide(
-        &self,
+        gateway: &Gateway,
         session: &Session,
         protocol: &str,
         action: Action,
         entry: &Entry,
     ) -> Option<crate::interceptors::authz::Decision> {
-        let access = self.access.as_ref()?;
+        let access = gateway.access.as_ref()?;
         access.decide(
             &session.client,
             (session.transport, protocol, &session.id),
@@ -495,16 +486,16 @@ impl Gateway {
     /// under the hardened profile, its lists read, and the session told.
     /// The text for the caller, and whether it is an error.
     async fn add(
-        self: &Arc<Self>,
+        &self,
+        gateway: &Arc<Gateway>,
         session: &Arc<Session>,
-        discovery: &Discovery,
         name: &str,
         exchange: &mut Exchange,
     ) -> Result<(String, bool), super::Failure> {
         let protocol = session.protocol_version().unwrap_or_default();
         // A server the client may not find is, to it, one no catalog offers.
-        let Some(entry) = discovery.entry(name).filter(|entry| {
-            self.decide(session, &protocol, Action::FindServers, entry)
+        let Some(entry) = self.entry(name).filter(|entry| {
+            Self::decide(gateway, session, &protocol, Action::FindServers, entry)
                 .is_none_or(|decision| decision.allowed)
         }) else {
             return Ok((
@@ -515,7 +506,8 @@ impl Gateway {
             ));
         };
         note(exchange, "catalog", &entry.catalog);
-        if let Some(decision) = self.decide(session, &protocol, Action::AddServer, entry) {
+        if let Some(decision) = Self::decide(gateway, session, &protocol, Action::AddServer, entry)
+        {
             self.note_decision(exchange, session, entry, decision)?;
         }
         let index = match &entry.server {
@@ -525,25 +517,25 @@ impl Gateway {
             }
         };
         let holder = Holder::of(session);
-        if let Some(refused) = discovery.reserve(&holder, index) {
+        if let Some(refused) = self.reserve(&holder, index) {
             return Ok(match refused {
-                Reserved::Already => (self.added_text(name, index, true), false),
+                Reserved::Already => (self.added_text(gateway, name, index, true), false),
                 Reserved::Refused(why) => (why, true),
             });
         }
-        if let Err(error) = self.start_catalogued(discovery, index).await {
-            let _ = discovery.release(&holder, index);
+        if let Err(error) = self.start_catalogued(gateway, index).await {
+            let _ = self.release(&holder, index);
             tracing::warn!(server = %name, error, "an added server did not start");
             return Ok((format!("`{name}` did not start: {error}"), true));
         }
-        self.list_once(index).await;
+        gateway.lists.list_once(gateway, index).await;
         // A session that closed meanwhile keeps nothing.
         if matches!(holder, Holder::Session(_)) && session.closed.is_cancelled() {
-            discovery.forget(&holder);
+            self.forget(&holder);
         }
         tracing::info!(client = %session.client.name, server = %name, catalog = %entry.catalog, "catalog server added");
-        self.tell_lists(&holder, index);
-        Ok((self.added_text(name, index, false), false))
+        self.tell_lists(gateway, &holder, index);
+        Ok((self.added_text(gateway, name, index, false), false))
     }
 
     /// Notes `add_server`'s decision in the exchange (its record carries
@@ -598,28 +590,28 @@ impl Gateway {
 
     /// Starts catalog server `index` (its supervisor at its first add) and
     /// reads its lists; why not, scrubbed.
-    async fn start_catalogued(&self, discovery: &Discovery, index: usize) -> Result<(), String> {
-        let Some(slot) = self.servers.slot(index) else {
+    async fn start_catalogued(&self, gateway: &Gateway, index: usize) -> Result<(), String> {
+        let Some(slot) = gateway.servers.slot(index) else {
             return Err("it has no server".into());
         };
         let Some(upstream) = &slot.upstream else {
             return Err("it has no server".into());
         };
-        if let Some(started) = discovery.started.get(index - discovery.first)
+        if let Some(started) = self.started.get(index - self.first)
             && !started.swap(true, Ordering::AcqRel)
         {
-            self.servers.start(&[(index, upstream.clone())]);
+            gateway.servers.start(&[(index, upstream.clone())]);
         }
         upstream
-            .ensure_running(self.config.proxy.startup_timeout)
+            .ensure_running(gateway.config.proxy.startup_timeout)
             .await
-            .map_err(|err| self.records.scrubbed(&err.to_string()))?;
+            .map_err(|err| gateway.records.scrubbed(&err.to_string()))?;
         Ok(())
     }
 
     /// Tells `holder` every list of server `index` that has items.
-    fn tell_lists(&self, holder: &Holder, index: usize) {
-        let catalog = self.catalog();
+    fn tell_lists(&self, gateway: &Gateway, holder: &Holder, index: usize) {
+        let catalog = gateway.catalog();
         let Some(lists) = catalog.server_lists(index) else {
             return;
         };
@@ -633,15 +625,15 @@ impl Gateway {
         ];
         for (changed, kind) in kinds {
             if changed {
-                self.tell(holder, kind);
+                self.tell(gateway, holder, kind);
             }
         }
     }
 
     /// What `add` tells its caller: the server's tools as it now calls them.
-    fn added_text(&self, name: &str, index: usize, already: bool) -> String {
-        let catalog = self.catalog();
-        let separator = &self.config.proxy.namespace_separator;
+    fn added_text(&self, gateway: &Gateway, name: &str, index: usize, already: bool) -> String {
+        let catalog = gateway.catalog();
+        let separator = &gateway.config.proxy.namespace_separator;
         let tools: Vec<String> = catalog
             .server_lists(index)
             .map(|lists| {
@@ -663,15 +655,15 @@ impl Gateway {
 
     /// Takes a server out of `session`'s (it keeps running for others until
     /// its idle timeout).
-    fn remove(&self, session: &Session, discovery: &Discovery, name: &str) -> (String, bool) {
-        let Some(Ok(index)) = discovery.entry(name).map(|entry| entry.server.clone()) else {
+    fn remove(&self, gateway: &Gateway, session: &Session, name: &str) -> (String, bool) {
+        let Some(Ok(index)) = self.entry(name).map(|entry| entry.server.clone()) else {
             return (format!("this session has not added `{name}`"), true);
         };
         let holder = Holder::of(session);
-        if !discovery.release(&holder, index) {
+        if !self.release(&holder, index) {
             return (format!("this session has not added `{name}`"), true);
         }
-        self.tell_lists(&holder, index);
+        self.tell_lists(gateway, &holder, index);
         (json!({ "removed": name }).to_string(), false)
     }
 }

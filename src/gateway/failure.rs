@@ -138,6 +138,10 @@ pub enum Failure {
     /// keep with it: why.
     #[error("the server's task is refused: {0}")]
     ServerTask(String),
+    /// A task's request whose server was restarted speaking an older
+    /// revision (tasks are 2026-07-28's alone).
+    #[error("the server's task is refused: its server no longer speaks 2026-07-28")]
+    TaskServerNotModern,
     /// A client's listen streams (how many) are all open.
     #[error("this client has {0} listen streams open; end one first")]
     TooManyListens(usize),
@@ -223,7 +227,10 @@ impl Failure {
             Self::TooManyInstances(_) => code::UPSTREAM_UNAVAILABLE,
             Self::NoUserToken(..) => code::INVALID_REQUEST,
             Self::UnknownRequestState | Self::RequestStateMismatch(_) => code::INVALID_PARAMS,
-            Self::CallEnded | Self::ServerRounds(_) | Self::ServerTask(_) => code::INTERNAL_ERROR,
+            Self::CallEnded
+            | Self::ServerRounds(_)
+            | Self::ServerTask(_)
+            | Self::TaskServerNotModern => code::INTERNAL_ERROR,
             Self::UnknownTask(_) => code::INVALID_PARAMS,
             Self::TasksNotDeclared => code::EXTENSION_REQUIRED,
             Self::TooManyTasks => code::RATE_LIMITED,

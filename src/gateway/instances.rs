@@ -3,9 +3,13 @@
 
 use std::sync::Arc;
 
+use serde_json::{Map, Value, json};
+
 use crate::config::{Isolation, RemoteGrant, UpstreamSpec};
+use crate::protocol;
 use crate::upstream::Upstream;
 
+use super::task_table;
 use super::{Failure, Gateway, InstanceKey, Servers, Session, lock};
 
 /// Per-client instances of one server running (or starting, or restarting)
@@ -246,6 +250,52 @@ impl Servers {
             .find(|(_, slot)| &*slot.name == server && !slot.is_retired())
             .map(|(index, _)| index)
     }
+
+    /// The start of the process of server `server` (for `client`) that
+    /// makes a task now; `None` for a remote server.
+    pub(super) fn generation(&self, server: usize, client: &Arc<str>) -> Option<u64> {
+        let remote = matches!(
+            self.upstream_at(server).map(|u| &u.config().kind),
+            Some(crate::config::UpstreamSpec::Remote(_))
+        );
+        if remote {
+            return None;
+        }
+        self.upstream_for(server, client)
+            .map(|upstream| upstream.restarts())
+    }
+
+    /// Tells a server to cancel its task `server_task` (one the proxy does
+    /// not pass on, or one whose question was refused), in the background:
+    /// the request that found it may end first.
+    pub(super) fn cancel_task(&self, server: usize, server_task: &str, client: &Arc<str>) {
+        let Some(upstream) = self.upstream_for(server, client) else {
+            return;
+        };
+        let request = protocol::request(
+            Value::Null,
+            protocol::Method::TasksCancel.as_str(),
+            json!({ "taskId": server_task }),
+        );
+        let told = Map::from_iter([(
+            "extensions".to_owned(),
+            json!({ task_table::EXTENSION: {} }),
+        )]);
+        let name = self.name_or_none(server);
+        tokio::spawn(async move {
+            let timeout = upstream.config().call_timeout;
+            if upstream.ensure_running(timeout).await.is_err() {
+                tracing::info!(server = %name, "a task the proxy did not pass on: not cancelled (the server is not running)");
+                return;
+            }
+            let call = upstream.begin(request, None).in_round(told, None);
+            let outcome = match call.send_and_wait(timeout).await {
+                Ok(reply) if reply.get("result").is_some() => "cancelled",
+                Ok(_) | Err(_) => "not cancelled",
+            };
+            tracing::info!(server = %name, outcome, "a task the proxy did not pass on");
+        });
+    }
 }
 
 impl Gateway {
@@ -260,11 +310,11 @@ impl Gateway {
             return;
         }
         let instance = Some(client.clone());
-        lock(&self.unattributed).remove(&(index, instance.clone()));
-        self.forget_forwarded(index, &instance);
+        self.unattributed.forget(&(index, instance.clone()));
+        self.forwarded.forget(index, &instance);
         let this = self.clone();
         tokio::spawn(async move {
-            this.log_levels.lock().await.remove(&(index, instance));
+            this.log_levels.forget(&(index, instance)).await;
         });
         tracing::debug!(server = %self.servers.name_or_none(index), client = %client, "an idle per-client instance was forgotten");
     }

@@ -11,7 +11,7 @@
 //! and only from servers the client may use (per-client instances: its
 //! own).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -34,15 +34,20 @@ const SUBSCRIBING: std::time::Duration = std::time::Duration::from_secs(30);
 /// Subscriptions of one listen request asked for at once.
 const SUBSCRIBING_AT_ONCE: usize = 8;
 
+/// Each client's listen streams open (at most [`MAX_LISTENS_PER_CLIENT`];
+/// bounded by the configured clients).
+#[derive(Default)]
+pub(super) struct Listens(std::sync::Mutex<HashMap<Arc<str>, usize>>);
+
 /// A client's place among its listen streams, given back when dropped.
 struct ListenSlot<'a> {
-    gateway: &'a Gateway,
+    listens: &'a Listens,
     client: Arc<str>,
 }
 
 impl Drop for ListenSlot<'_> {
     fn drop(&mut self) {
-        let mut listens = super::lock(&self.gateway.listens);
+        let mut listens = super::lock(&self.listens.0);
         if let Some(count) = listens.get_mut(&self.client) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -52,17 +57,17 @@ impl Drop for ListenSlot<'_> {
     }
 }
 
-impl Gateway {
+impl Listens {
     /// A place for one more listen stream of `client`, if it has one left.
     fn listen_slot(&self, client: &Arc<str>) -> Result<ListenSlot<'_>, Failure> {
-        let mut listens = super::lock(&self.listens);
+        let mut listens = super::lock(&self.0);
         let count = listens.entry(client.clone()).or_default();
         if *count >= MAX_LISTENS_PER_CLIENT {
             return Err(Failure::TooManyListens(MAX_LISTENS_PER_CLIENT));
         }
         *count += 1;
         Ok(ListenSlot {
-            gateway: self,
+            listens: self,
             client: client.clone(),
         })
     }
@@ -109,14 +114,14 @@ fn asked(message: &Value, id: &Value) -> Result<Listen, Failure> {
     })
 }
 
-impl Gateway {
+impl Listens {
     /// Subscribes to `uris` on the client's behalf, a few at a time, each
     /// as its own `resources/subscribe` (through the chain, recorded with
     /// an id that names the listen request); each granted one goes into
     /// `granted` as it is (so that what was granted by a deadline is known
     /// if this is dropped then).
     async fn subscribe_all(
-        self: &Arc<Self>,
+        gateway: &Arc<Gateway>,
         session: &Arc<Session>,
         id: &Value,
         uris: BTreeSet<String>,
@@ -132,7 +137,7 @@ impl Gateway {
                 "id": format!("portcullis-listen-{listen_id}-{n}"),
                 "method": protocol::Method::ResourcesSubscribe.as_str(), "params": { "uri": uri } });
             async move {
-                let reply = Box::pin(self.handle_request(session, subscribe)).await;
+                let reply = Box::pin(gateway.handle_request(session, subscribe)).await;
                 if reply.is_some_and(|reply| reply.get("result").is_some()) {
                     super::lock(granted).insert(uri);
                 }
@@ -147,7 +152,8 @@ impl Gateway {
     /// Runs one listen request: its result when the proxy ends it, `None`
     /// when the client did.
     pub(super) async fn listen(
-        self: &Arc<Self>,
+        &self,
+        gateway: &Arc<Gateway>,
         session: &Arc<Session>,
         message: &Value,
         id: &Value,
@@ -159,7 +165,7 @@ impl Gateway {
         let granted = std::sync::Mutex::new(BTreeSet::new());
         // Those not answered by the deadline are not granted (the session's
         // subscriptions all end with it, late ones included).
-        let subscribing = self.subscribe_all(session, id, uris, &granted);
+        let subscribing = Self::subscribe_all(gateway, session, id, uris, &granted);
         let _ = tokio::time::timeout(SUBSCRIBING, subscribing).await;
         let granted = std::mem::take(&mut *super::lock(&granted));
         if session.closed.is_cancelled() {
@@ -171,7 +177,7 @@ impl Gateway {
         // looked at first, so that the stream is answered, not dropped.
         tokio::select! {
             biased;
-            () = self.shutdown.cancelled() => Ok(Some(protocol::result(
+            () = gateway.shutdown.cancelled() => Ok(Some(protocol::result(
                 id.clone(),
                 json!({ "_meta": { meta::SUBSCRIPTION_ID: id } }),
             ))),

@@ -1,8 +1,8 @@
 //! The servers' lists (tools, prompts, resources): read, merged into the
 //! catalog, and announced when they change.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 
 use serde_json::{Value, json};
 
@@ -165,17 +165,44 @@ pub(super) async fn fetch_all(
     cut(items, CutCause::Pages)
 }
 
-impl Gateway {
+/// The merged lists clients see, and the profile that filters the tools
+/// in them (`serve --profile`, replaced by a reload).
+pub(super) struct Lists {
+    pub(super) catalog: RwLock<Arc<Catalog>>,
+    pub(super) profile: RwLock<Option<Arc<crate::config::profiles::Profile>>>,
+}
+
+impl Lists {
+    pub(super) fn new(
+        catalog: Catalog,
+        profile: Option<Arc<crate::config::profiles::Profile>>,
+    ) -> Self {
+        Self {
+            catalog: RwLock::new(Arc::new(catalog)),
+            profile: RwLock::new(profile),
+        }
+    }
+
+    /// The merged lists as they are now.
+    pub(super) fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|poison| poison.into_inner().clone())
+    }
+}
+
+impl Lists {
     /// Starts the lazy servers that nobody has used yet, and waits (each up
     /// to the startup timeout) until every running server's lists are read:
     /// a client's first `initialize` and lists see every server.
-    pub(super) async fn await_lists(self: &Arc<Self>) {
+    pub(super) async fn await_lists(&self, gateway: &Arc<Gateway>) {
         let catalog = self.catalog();
-        let unlisted = (0..self.servers.count()).filter(|&index| {
+        let unlisted = (0..gateway.servers.count()).filter(|&index| {
             catalog.server_lists(index).is_none()
-                && !self.servers.is_catalogued(index)
-                && !self.servers.is_retired(index)
-                && self.servers.upstream_at(index).is_some_and(|u| {
+                && !gateway.servers.is_catalogued(index)
+                && !gateway.servers.is_retired(index)
+                && gateway.servers.upstream_at(index).is_some_and(|u| {
                     matches!(
                         u.status(),
                         Status::Idle(_) | Status::Starting | Status::Ready(_)
@@ -183,14 +210,14 @@ impl Gateway {
                 })
         });
         let waits = unlisted.map(|index| async move {
-            let Some(upstream) = self.servers.upstream_at(index) else {
+            let Some(upstream) = gateway.servers.upstream_at(index) else {
                 return;
             };
             match upstream
-                .ensure_running(self.config.proxy.startup_timeout)
+                .ensure_running(gateway.config.proxy.startup_timeout)
                 .await
             {
-                Ok(()) => self.list_once(index).await,
+                Ok(()) => self.list_once(gateway, index).await,
                 Err(err) => tracing::warn!(server = %upstream.name(), error = %err, "cannot start the server"),
             }
         });
@@ -198,27 +225,27 @@ impl Gateway {
     }
 
     /// Reads a server's lists unless they are already known.
-    pub(super) async fn list_once(self: &Arc<Self>, index: usize) {
-        self.read_lists(index, true).await;
+    pub(super) async fn list_once(&self, gateway: &Arc<Gateway>, index: usize) {
+        self.read_lists(gateway, index, true).await;
     }
 
     /// Re-reads a server's lists and tells the sessions what changed.
-    pub async fn refresh(self: &Arc<Self>, index: usize) {
-        self.read_lists(index, false).await;
+    pub async fn refresh(&self, gateway: &Arc<Gateway>, index: usize) {
+        self.read_lists(gateway, index, false).await;
     }
 
     /// Reads a server's lists again after it said they changed. What it
     /// says while a read waits to start is folded into that read: however
     /// many notifications a server sends, at most one read of its lists
     /// runs and one waits.
-    pub(super) fn refresh_soon(self: &Arc<Self>, index: usize) {
-        let Some(server) = self.servers.slot(index).map(|slot| &slot.per_server) else {
+    pub(super) fn refresh_soon(&self, gateway: &Arc<Gateway>, index: usize) {
+        let Some(server) = gateway.servers.slot(index).map(|slot| &slot.per_server) else {
             return;
         };
         if server.refresh_waiting.swap(true, Ordering::AcqRel) {
             return;
         }
-        let this = self.clone();
+        let this = gateway.clone();
         tokio::spawn(async move {
             let Some(server) = this.servers.slot(index).map(|slot| &slot.per_server) else {
                 return;
@@ -227,15 +254,20 @@ impl Gateway {
             // now on needs a read of its own.
             drop(server.refreshing.lock().await);
             server.refresh_waiting.store(false, Ordering::Release);
-            this.refresh(index).await;
+            this.lists.refresh(&this, index).await;
         });
     }
 
-    pub(super) async fn read_lists(self: &Arc<Self>, index: usize, unless_known: bool) {
-        let Some(upstream) = self.servers.upstream_at(index) else {
+    pub(super) async fn read_lists(
+        &self,
+        gateway: &Arc<Gateway>,
+        index: usize,
+        unless_known: bool,
+    ) {
+        let Some(upstream) = gateway.servers.upstream_at(index) else {
             return;
         };
-        let Some(_guard) = self
+        let Some(_guard) = gateway
             .servers
             .slot(index)
             .map(|s| s.per_server.refreshing.lock())
@@ -251,8 +283,8 @@ impl Gateway {
         };
         let caps = info.get("capabilities").cloned().unwrap_or_default();
         let mut lists = ServerLists::default();
-        let scrub = |text: &str| self.records.scrubbed(text);
-        let mut budget = ListBudget::of(&self.config.limits);
+        let scrub = |text: &str| gateway.records.scrubbed(text);
+        let mut budget = ListBudget::of(&gateway.config.limits);
         let mut cuts = Vec::new();
         let wanted: [(List, &mut Vec<Value>); 4] = [
             (List::Tools, &mut lists.tools),
@@ -269,15 +301,15 @@ impl Gateway {
             cuts.extend(cut);
         }
         tracing::debug!(server = %upstream.name(), tools = lists.tools.len(), prompts = lists.prompts.len(), resources = lists.resources.len(), "lists refreshed");
-        self.report_cuts(index, upstream, cuts);
-        self.set_lists(index, Some(lists));
+        self.report_cuts(gateway, index, upstream, cuts);
+        self.set_lists(gateway, index, Some(lists));
     }
 
     /// Logs and records the cuts of a read of a server's lists, when they
     /// are not the ones its last read made (a server that announces list
     /// changes over and over floods neither the log nor the audit log).
-    fn report_cuts(&self, index: usize, upstream: &Upstream, cuts: Vec<Cut>) {
-        let Some(slot) = self.servers.slot(index) else {
+    fn report_cuts(&self, gateway: &Gateway, index: usize, upstream: &Upstream, cuts: Vec<Cut>) {
+        let Some(slot) = gateway.servers.slot(index) else {
             return;
         };
         {
@@ -299,21 +331,21 @@ impl Gateway {
             record.detail = Some(cut.detail());
             records.push(record);
         }
-        self.records.events(records);
+        gateway.records.events(records);
     }
 
-    pub(super) fn set_lists(&self, index: usize, lists: Option<ServerLists>) {
-        self.set_shared_lists(index, lists.map(Arc::new));
+    pub(super) fn set_lists(&self, gateway: &Gateway, index: usize, lists: Option<ServerLists>) {
+        self.set_shared_lists(gateway, index, lists.map(Arc::new));
     }
 
-    fn set_shared_lists(&self, index: usize, lists: Option<Arc<ServerLists>>) {
+    fn set_shared_lists(&self, gateway: &Gateway, index: usize, lists: Option<Arc<ServerLists>>) {
         let changed = {
             let Ok(mut catalog) = self.catalog.write() else {
                 return;
             };
-            self.set_lists_locked(&mut catalog, index, lists)
+            self.set_lists_locked(gateway, &mut catalog, index, lists)
         };
-        self.announce_changes(index, changed);
+        self.announce_changes(gateway, index, changed);
     }
 
     /// [`Gateway::set_lists`] under the catalog's lock. Read under it, as
@@ -323,18 +355,19 @@ impl Gateway {
     /// profile is the one in force.
     fn set_lists_locked(
         &self,
+        gateway: &Gateway,
         catalog: &mut Arc<Catalog>,
         index: usize,
         lists: Option<Arc<ServerLists>>,
     ) -> Vec<List> {
-        let mut lists = if self.servers.is_retired(index) {
+        let mut lists = if gateway.servers.is_retired(index) {
             None
         } else {
             lists
         };
         // As the server sent them, for a profile that changes later (the
         // same lists the catalog takes, unless a profile filters them).
-        if let Some(slot) = self.servers.slot(index) {
+        if let Some(slot) = gateway.servers.slot(index) {
             *lock(&slot.lists) = lists.clone();
         }
         // A profile's tools alone: the others are not listed, and so not
@@ -343,7 +376,7 @@ impl Gateway {
         if let (Some(profile), Some(shared), Some(server)) = (
             profile.as_deref(),
             lists.as_ref(),
-            self.servers.name_at(index),
+            gateway.servers.name_at(index),
         ) {
             let allowed = |tool: &Value| {
                 let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -355,21 +388,27 @@ impl Gateway {
                 lists = Some(Arc::new(filtered));
             }
         }
-        let names = self.servers.names();
-        let (next, changed) =
-            catalog.with_server(index, lists, &names, &self.config.proxy.namespace_separator);
+        let names = gateway.servers.names();
+        let (next, changed) = catalog.with_server(
+            index,
+            lists,
+            &names,
+            &gateway.config.proxy.namespace_separator,
+        );
         *catalog = Arc::new(next);
         changed
     }
 
     /// Tells who hears server `index` that its lists changed.
-    fn announce_changes(&self, index: usize, changed: Vec<List>) {
+    fn announce_changes(&self, gateway: &Gateway, index: usize, changed: Vec<List>) {
         for kind in changed {
             // A catalog's server is heard only by those that added it.
-            if self.servers.is_catalogued(index) {
-                self.announce_to_holders(index, kind);
+            if gateway.servers.is_catalogued(index) {
+                if let Some(discovery) = &gateway.discovery {
+                    discovery.announce_to_holders(gateway, index, kind);
+                }
             } else {
-                self.announce(kind);
+                self.announce(gateway, kind);
             }
         }
     }
@@ -379,31 +418,44 @@ impl Gateway {
     /// for idleness keeps its lists). All under the catalog's lock: a read
     /// of a server's lists, or its going down, lands before or after, never
     /// under an older copy.
-    pub(super) fn filter_again(&self) {
+    pub(super) fn filter_again(&self, gateway: &Gateway) {
         let mut changes = Vec::new();
         {
             let Ok(mut catalog) = self.catalog.write() else {
                 return;
             };
-            for (index, slot) in self.servers.iter() {
+            for (index, slot) in gateway.servers.iter() {
                 let lists = lock(&slot.lists).clone();
                 if lists.is_some() {
-                    changes.push((index, self.set_lists_locked(&mut catalog, index, lists)));
+                    changes.push((
+                        index,
+                        self.set_lists_locked(gateway, &mut catalog, index, lists),
+                    ));
                 }
             }
         }
         for (index, changed) in changes {
-            self.announce_changes(index, changed);
+            self.announce_changes(gateway, index, changed);
         }
     }
 
     /// Tells every session that a list changed (`notifications/*/list_changed`):
     /// a server's list, or what the proxy lets through (pins approved).
-    pub fn announce(&self, kind: List) {
+    pub fn announce(&self, gateway: &Gateway, kind: List) {
         let message = protocol::notification(kind.changed().as_str(), json!({}));
-        let listeners = self.sessions.listeners();
-        for session in self.sessions.initialized().into_iter().chain(listeners) {
-            self.notify(&session, None, message.clone(), None, None);
+        let listeners = gateway.sessions.listeners();
+        for session in gateway.sessions.initialized().into_iter().chain(listeners) {
+            gateway.notify(&session, None, message.clone(), None, None);
+        }
+    }
+}
+
+impl Lists {
+    /// The profile in force.
+    pub(super) fn profile(&self) -> Option<Arc<crate::config::profiles::Profile>> {
+        match self.profile.read() {
+            Ok(profile) => profile.clone(),
+            Err(poison) => poison.into_inner().clone(),
         }
     }
 }

@@ -2,26 +2,13 @@
 //! `logging/setLevel`, subscriptions.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
 use crate::protocol::{self, Method};
-use crate::upstream::Status;
 
 use super::failure::Failure;
 use super::{Catalog, Gateway, Session};
-
-/// How long the proxy waits for a server to take a new log level.
-pub(super) const LOG_LEVEL_WAIT: Duration = Duration::from_secs(5);
-
-/// The level a server is sent: the lowest any session asked for (sessions
-/// that never asked do not count), `None` when none asked.
-pub(super) fn lowest_level(
-    levels: impl IntoIterator<Item = Option<protocol::LogLevel>>,
-) -> Option<protocol::LogLevel> {
-    levels.into_iter().flatten().min()
-}
 
 impl Gateway {
     pub(super) async fn answer_locally(
@@ -33,7 +20,7 @@ impl Gateway {
     ) -> Result<Value, Failure> {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         if !matches!(method, Method::Ping | Method::LoggingSetLevel) {
-            self.await_lists().await;
+            self.lists.await_lists(self).await;
         }
         let catalog = self.catalog();
         *listed_from = Some(catalog.clone());
@@ -65,86 +52,23 @@ impl Gateway {
                 })?;
                 // The session's own level: the proxy filters what it gets.
                 session.state().log_level = Some(level);
-                self.apply_log_levels(Some(session)).await;
+                self.log_levels.apply(self, Some(session)).await;
                 json!({})
             }
             _ => match method.list() {
                 Some(list) => {
-                    let items = self.visible_items(session, &catalog, list.result_key());
+                    let items = super::discovery::Discovery::visible_items(
+                        self.discovery.as_ref(),
+                        session,
+                        &catalog,
+                        list.result_key(),
+                    );
                     self.page(message, &items, list.result_key())?
                 }
                 None => return Err(Failure::MethodNotFound(method.to_string())),
             },
         };
         Ok(protocol::result(id, result))
-    }
-
-    /// Sends each running instance that supports logging the lowest level
-    /// the sessions that may use it asked for (of its client only, for a
-    /// per-client instance), when that changed since it was last sent.
-    /// `asked_by`: only the instances serving that session's client that
-    /// the client may use (a client that may not use a server never
-    /// changes its level); `None`: every instance (a session closed, a
-    /// server restarted). No session with a level: the server keeps the
-    /// last one it was sent.
-    pub(super) async fn apply_log_levels(&self, asked_by: Option<&Session>) {
-        // Decided under the lock, sent outside it: a server that never
-        // answers holds nobody else's `logging/setLevel`.
-        let mut sends = Vec::new();
-        {
-            let mut sent = self.log_levels.lock().await;
-            let sessions = self.sessions.initialized();
-            let instances = self
-                .servers
-                .instances(asked_by.map(|session| &session.client.name));
-            for ((index, instance), upstream) in instances {
-                if asked_by.is_some_and(|session| !self.may_use(session, index)) {
-                    continue;
-                }
-                let Status::Ready(info) = upstream.status() else {
-                    continue;
-                };
-                // A 2026-07-28 server has no `logging/setLevel`.
-                if info.pointer("/capabilities/logging").is_none() || upstream.speaks_stateless() {
-                    continue;
-                }
-                let levels = sessions
-                    .iter()
-                    .filter(|session| {
-                        instance
-                            .as_ref()
-                            .is_none_or(|client| session.client.name == *client)
-                            && self.may_use(session, index)
-                    })
-                    .map(|session| session.log_level());
-                let Some(wanted) = lowest_level(levels) else {
-                    continue;
-                };
-                let key = (index, instance);
-                if sent.get(&key) == Some(&wanted) {
-                    continue;
-                }
-                sent.insert(key.clone(), wanted);
-                sends.push((key, wanted, upstream));
-            }
-        }
-        let requests = sends.into_iter().map(|(key, wanted, upstream)| async move {
-            let asked =
-                upstream.request(Method::LoggingSetLevel, json!({ "level": wanted.as_str() }));
-            let failed = match tokio::time::timeout(LOG_LEVEL_WAIT, asked).await {
-                Ok(Ok(_)) => return,
-                // The server's own words: scrubbed like a record's.
-                Ok(Err(err)) => self.records.scrubbed(&err.to_string()),
-                Err(_) => format!("no answer within {LOG_LEVEL_WAIT:?}"),
-            };
-            tracing::warn!(server = %upstream.name(), error = failed, "cannot set the log level");
-            // Not set after all: the next change tries again.
-            let mut sent = self.log_levels.lock().await;
-            if sent.get(&key) == Some(&wanted) {
-                sent.remove(&key);
-            }
-        });
-        futures_util::future::join_all(requests).await;
     }
 
     pub(super) fn initialize(&self, session: &Session, message: &Value) -> Result<Value, Failure> {
@@ -322,58 +246,6 @@ impl Gateway {
         Ok(Value::Object(result))
     }
 
-    /// `session`'s `resources/subscribe` or `resources/unsubscribe` of
-    /// `uri`, answered with `reply`: kept if it succeeded, and what is held
-    /// at servers told.
-    pub(super) fn track_subscription(
-        &self,
-        session: &Session,
-        method: &Method,
-        uri: &Option<String>,
-        reply: &Value,
-    ) {
-        let (Some(uri), Some(_)) = (uri, reply.get("result")) else {
-            return;
-        };
-        let subscribe = *method == Method::ResourcesSubscribe;
-        self.subscriptions.track(session, subscribe, uri);
-        self.update_holds();
-    }
-
-    /// A closed session's subscriptions: taken out, and a URI nobody else
-    /// (of its client, at a per-client instance) is subscribed to any more
-    /// is unsubscribed from at its server, so that a server does not keep
-    /// sending updates nobody reads.
-    pub(super) fn drop_subscriptions(&self, session: &Session) {
-        let released = self.subscriptions.drop_session(
-            session,
-            &self.catalog(),
-            (&self.servers, &self.sessions),
-        );
-        self.update_holds();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        for (index, instance, uri) in released {
-            let Some(upstream) = self.servers.upstream_of(index, &instance) else {
-                continue;
-            };
-            let scrubbed = self.records.scrubbed(&uri);
-            runtime.spawn(async move {
-                // A 2026-07-28 server's: off the proxy's listen stream.
-                let asked = if upstream.speaks_stateless() {
-                    upstream.listen_change(&uri, false).await
-                } else {
-                    let asked = upstream.request(Method::ResourcesUnsubscribe, json!({ "uri": uri }));
-                    asked.await.map(drop)
-                };
-                if asked.is_err() {
-                    tracing::debug!(server = %upstream.name(), uri = scrubbed, "cannot unsubscribe");
-                }
-            });
-        }
-    }
-
     /// Subscriptions and tasks live in the server: a server with
     /// subscribers or tasks running is not stopped for idleness (every
     /// instance of it, for a per-client one).
@@ -382,40 +254,5 @@ impl Gateway {
         let mut held = self.subscriptions.owners(&catalog);
         held.extend(self.client_tasks.running_servers());
         self.servers.hold(&held);
-    }
-
-    /// After a restart the server has forgotten its subscriptions: subscribe
-    /// again to every URI it owns that sessions (of its client, for a
-    /// per-client instance) are subscribed to.
-    pub(super) async fn resubscribe(&self, index: usize, instance: &Option<Arc<str>>) {
-        let Some(upstream) = self.servers.upstream_of(index, instance) else {
-            return;
-        };
-        // A 2026-07-28 server's subscriptions are on the proxy's listen
-        // stream, asked again at each start.
-        if upstream.speaks_stateless() {
-            return;
-        }
-        let catalog = self.catalog();
-        let uris = self.subscriptions.uris(|uri, subscribers| {
-            catalog.resource_owner(uri) == Some(index)
-                && subscribers.iter().any(|key| {
-                    self.sessions.get(*key).is_some_and(|session| {
-                        instance
-                            .as_ref()
-                            .is_none_or(|client| session.client.name == *client)
-                    })
-                })
-        });
-        for uri in uris {
-            if let Err(err) = upstream
-                .request(Method::ResourcesSubscribe, json!({ "uri": uri }))
-                .await
-            {
-                // The server's words may quote the URI: scrubbed.
-                let error = self.records.scrubbed(&err.to_string());
-                tracing::warn!(server = %upstream.name(), error, "cannot renew a resource subscription");
-            }
-        }
     }
 }

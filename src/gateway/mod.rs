@@ -18,6 +18,7 @@ mod instances;
 mod listen;
 mod lists;
 mod local;
+mod log_levels;
 mod modern;
 #[cfg(test)]
 mod modern_tests;
@@ -50,15 +51,14 @@ pub use failure::Failure;
 
 pub use modern::{checked_envelope, version_spoken};
 pub use record::Records;
-pub use reload::{ReloadError, Reloaded};
+pub use reload::{ReloadError, Reloaded, Reloads};
 pub use route::reply_id;
 pub use session::{Outlet, Resumed, Session, Sessions};
 pub use slots::Servers;
 pub use telemetry::{Enforced, observe, root_of};
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -69,11 +69,9 @@ use crate::audit::Audit;
 use crate::chain::{Chain, ClientIdentity, Direction, Phase, Transport};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::protocol::{self, IdKey, Kind};
+use crate::protocol::{self, Kind};
 use crate::traces::{Export, Tracer};
 use crate::upstream::{Status, Upstream, UpstreamEvent};
-
-use notifications::NoticeWindow;
 
 pub struct Gateway {
     config: Arc<Config>,
@@ -85,43 +83,29 @@ pub struct Gateway {
     shared_places: Option<Arc<crate::interceptors::ratelimit::SharedPlaces>>,
     /// Who may use which server (everyone without authz).
     access: Option<Arc<crate::interceptors::ServerAccess>>,
-    /// The log level last sent to each running instance (server, the
-    /// client of a per-client instance): the lowest any session that may
-    /// use it asked for. Held while levels are sent, so they arrive in
-    /// the order they were decided.
-    log_levels: tokio::sync::Mutex<HashMap<InstanceKey, protocol::LogLevel>>,
+    /// The log level last sent to each running instance.
+    log_levels: log_levels::LogLevels,
     /// Per server instance: the current second's unattributed
     /// notifications (relayed, dropped over the cap).
-    unattributed: Mutex<HashMap<InstanceKey, NoticeWindow>>,
+    unattributed: notifications::Unattributed,
     /// The servers by index and their per-client instances (see [`slots`]).
     servers: Servers,
-    /// The profile in force (`serve --profile`), replaced by a reload.
-    profile: RwLock<Option<Arc<crate::config::profiles::Profile>>>,
-    /// Held while a reload applies, so two never interleave.
-    reloading: tokio::sync::Mutex<()>,
-    /// The config file's digest as last applied, and the sections that
-    /// changed since the start and wait for a restart (`/healthz`, metrics).
-    enforced: RwLock<telemetry::Enforced>,
-    catalog: RwLock<Arc<Catalog>>,
+    /// Config reloads, and what config is enforced.
+    reloads: Reloads,
+    /// The merged lists and the profile that filters them.
+    lists: lists::Lists,
     /// The sessions open.
     sessions: Sessions,
     /// Resource URI → sessions subscribed to it.
     subscriptions: subscriptions::Subscriptions,
-    /// 2026-07-28 calls waiting for their client's next round, by the
-    /// `requestState` the client was given (at most
-    /// [`rounds::WAITING_PER_CLIENT`] per client).
-    parked: Mutex<HashMap<String, rounds::Parked>>,
-    /// Each client's questions (a server's requests in a 2026-07-28 call's
-    /// rounds) waiting for its answers (at most
-    /// [`rounds::QUESTIONS_PER_CLIENT`]; bounded by the configured clients).
-    questions: Mutex<HashMap<Arc<str>, usize>>,
-    /// Each client's 2026-07-28 listen streams open (at most
-    /// [`listen::MAX_LISTENS_PER_CLIENT`]; bounded by the configured
-    /// clients).
-    listens: Mutex<HashMap<Arc<str>, usize>>,
+    /// 2026-07-28 calls waiting for their client's next round, and each
+    /// client's questions waiting for its answers.
+    rounds: rounds::Rounds,
+    /// Each client's 2026-07-28 listen streams open.
+    listens: listen::Listens,
     /// (server, instance, the server's request id) → (session, the id the
     /// client saw), for server→client requests in flight.
-    forwarded: Mutex<HashMap<ForwardedKey, (u64, u64)>>,
+    forwarded: server::Forwarded,
     /// The 2026-07-28 tasks passed on to clients, by the proxy's id.
     client_tasks: task_table::Tasks,
     shutdown: CancellationToken,
@@ -129,9 +113,6 @@ pub struct Gateway {
     /// `discovery.first`) and who added which.
     discovery: Option<discovery::Discovery>,
 }
-
-/// A server→client request in flight: (server, instance, the server's id).
-type ForwardedKey = (usize, Option<Arc<str>>, IdKey);
 
 /// A running copy of a server: (server, the client of a per-client instance).
 type InstanceKey = (usize, Option<Arc<str>>);
@@ -246,7 +227,7 @@ impl Gateway {
                 )
                 .0;
         }
-        let profile = RwLock::new(config.profile.clone().map(Arc::new));
+        let lists = lists::Lists::new(catalog, config.profile.clone().map(Arc::new));
         let Wiring {
             scrubber,
             keep_arguments,
@@ -263,24 +244,21 @@ impl Gateway {
             &config.proxy.namespace_separator,
         );
         let gateway = Arc::new(Self {
-            catalog: RwLock::new(Arc::new(catalog)),
+            lists,
             servers,
-            profile,
-            reloading: tokio::sync::Mutex::new(()),
-            enforced: RwLock::new(telemetry::Enforced::default()),
+            reloads: Reloads::default(),
             chain,
             records,
             shared_places,
             access,
-            log_levels: tokio::sync::Mutex::new(HashMap::new()),
-            unattributed: Mutex::new(HashMap::new()),
+            log_levels: log_levels::LogLevels::default(),
+            unattributed: notifications::Unattributed::default(),
             config,
             sessions: Sessions::default(),
             subscriptions: subscriptions::Subscriptions::default(),
-            listens: Mutex::new(HashMap::new()),
-            parked: Mutex::new(HashMap::new()),
-            questions: Mutex::new(HashMap::new()),
-            forwarded: Mutex::new(HashMap::new()),
+            listens: listen::Listens::default(),
+            rounds: rounds::Rounds::default(),
+            forwarded: server::Forwarded::default(),
             client_tasks: task_table::Tasks::default(),
             shutdown,
             discovery,
@@ -310,7 +288,7 @@ impl Gateway {
         let reads = servers
             .iter()
             .filter(|(_, upstream)| matches!(upstream.status(), Status::Ready(_)))
-            .map(|(index, _)| self.refresh(*index));
+            .map(|(index, _)| self.lists.refresh(self, *index));
         let all = futures_util::future::join_all(reads);
         let _ = tokio::time::timeout(self.config.proxy.startup_timeout, all).await;
     }
@@ -320,8 +298,8 @@ impl Gateway {
         self.shutdown.cancel();
         // A reload under way ends first (its servers, started under the
         // cancelled token, stop at once): every slot is known below.
-        let _no_reload = self.reloading.lock().await;
-        self.drop_parked();
+        let _no_reload = self.reloads.stopping().await;
+        self.rounds.drop_parked();
         let sessions = self.sessions.drain();
         let mut ended = Vec::new();
         for session in sessions {
@@ -373,6 +351,14 @@ impl Gateway {
         )
     }
 
+    /// Whether `session` sees server `index`: every configured one, a
+    /// catalog's only once it added it.
+    fn visible(&self, session: &Session, index: usize) -> bool {
+        self.discovery
+            .as_ref()
+            .is_none_or(|discovery| discovery.visible(session, index))
+    }
+
     /// What is written about what passes: records, metrics, traces.
     pub fn records(&self) -> &Records {
         &self.records
@@ -398,10 +384,23 @@ impl Gateway {
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_else(|poison| poison.into_inner().clone())
+        self.lists.catalog()
+    }
+
+    /// Applies the servers and the profile of `next` (the config loaded
+    /// again); see [`Reloads`].
+    pub async fn reload(self: &Arc<Self>, next: &Config) -> Result<Reloaded, ReloadError> {
+        self.reloads.reload(self, next).await
+    }
+
+    /// Config reloads, and what config the proxy enforces.
+    pub fn reloads(&self) -> &Reloads {
+        &self.reloads
+    }
+
+    /// Tells every session (and listen stream) that a list changed.
+    pub fn announce(&self, kind: crate::protocol::List) {
+        self.lists.announce(self, kind);
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -465,8 +464,14 @@ impl Gateway {
             closed = true;
         });
         if closed && session.listen_asked.load(Ordering::Relaxed) {
-            self.drop_subscriptions(session);
+            self.subscriptions.session_closed(self, session);
         }
+    }
+
+    /// Ends the 2026-07-28 calls parked by requests that came through
+    /// `origin` (a stdio connection that ended: nobody can continue them).
+    pub fn end_parked_from(&self, origin: &Arc<dyn Outlet>) {
+        self.rounds.end_parked_from(self, origin);
     }
 
     /// The sessions open.
@@ -481,7 +486,7 @@ impl Gateway {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let this = self.clone();
-            runtime.spawn(async move { this.apply_log_levels(None).await });
+            runtime.spawn(async move { this.log_levels.apply(&this, None).await });
         }
         if !session.closed.is_cancelled() {
             self.records.event(record::session_end(session));
@@ -492,7 +497,7 @@ impl Gateway {
         }
         // After it is closed: a subscription that completes meanwhile is
         // either taken out here or not kept (`track_subscription`).
-        self.drop_subscriptions(session);
+        self.subscriptions.session_closed(self, session);
         tracing::debug!(session = %session.id, "session closed");
     }
 
@@ -503,7 +508,7 @@ impl Gateway {
     pub async fn handle(self: &Arc<Self>, session: &Arc<Session>, message: Value) -> Option<Value> {
         match protocol::classify(&message) {
             Some(Kind::Request) if session.stateless => {
-                self.stateless_request(session, message).await
+                self.rounds.request(self, session, message).await
             }
             Some(Kind::Request) => self.handle_request(session, message).await,
             Some(Kind::Notification) => {

@@ -728,5 +728,5 @@ async fn a_rounds_questions_reach_a_2026_07_28_client_in_one_round() {
         !asked.contains_key("e") && !asked.contains_key("r"),
         "{round}"
     );
-    harness.gateway.drop_parked();
+    harness.gateway.rounds.drop_parked();
 }

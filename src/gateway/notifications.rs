@@ -11,7 +11,7 @@ use crate::chain::{Direction, Outcome, Phase};
 use crate::protocol::{self, At as _, IdKey, Method};
 use crate::upstream::Status;
 
-use super::{Gateway, Session, lock};
+use super::{Gateway, InstanceKey, Session, lock};
 
 /// The most notifications no call owns that one server instance gets
 /// relayed (and recorded) per second; past it they are dropped and counted,
@@ -23,6 +23,114 @@ pub(super) struct NoticeWindow {
     pub(super) started: std::time::Instant,
     pub(super) relayed: u32,
     pub(super) dropped: u64,
+}
+
+/// Per server instance: the current second's notifications that belong to
+/// no call (relayed, dropped over [`UNATTRIBUTED_PER_SECOND`]).
+#[derive(Default)]
+pub(super) struct Unattributed(std::sync::Mutex<HashMap<InstanceKey, NoticeWindow>>);
+
+impl Unattributed {
+    /// Forgets an instance's window (its client's instance was forgotten).
+    pub(super) fn forget(&self, key: &InstanceKey) {
+        lock(&self.0).remove(key);
+    }
+
+    /// A server's notification that belongs to no call: to each session
+    /// that may have it (authz decides per session in the chain), and
+    /// recorded with how many sessions got it. `ambiguous`: calls of several
+    /// sessions were in flight, so it goes to none.
+    pub(super) fn relay(
+        &self,
+        gateway: &Gateway,
+        index: usize,
+        instance: &Option<Arc<str>>,
+        message: Value,
+        ambiguous: bool,
+    ) {
+        let now = std::time::Instant::now();
+        let (admitted, dropped_before) = {
+            let mut windows = lock(&self.0);
+            let window = windows
+                .entry((index, instance.clone()))
+                .or_insert(NoticeWindow {
+                    started: now,
+                    relayed: 0,
+                    dropped: 0,
+                });
+            let mut dropped_before = 0;
+            if now.duration_since(window.started) >= Duration::from_secs(1) {
+                dropped_before = std::mem::take(&mut window.dropped);
+                window.started = now;
+                window.relayed = 0;
+            }
+            let admitted = window.relayed < UNATTRIBUTED_PER_SECOND;
+            if admitted {
+                window.relayed += 1;
+            } else {
+                window.dropped += 1;
+            }
+            (admitted, dropped_before)
+        };
+        if dropped_before > 0 {
+            let mut record = crate::audit::AuditRecord::event("server_notification", "deny");
+            record.server = gateway.servers.name_at(index).map(|name| name.to_string());
+            record.reason = Some(format!(
+                "{dropped_before} notifications dropped: over {UNATTRIBUTED_PER_SECOND} per second that no call owns"
+            ));
+            record.detail = Some(json!({ "dropped": dropped_before }));
+            gateway.records.event(record);
+        }
+        if !admitted {
+            return;
+        }
+        let method = protocol::method(&message).unwrap_or_default().to_owned();
+        let sessions = gateway.sessions.of_instance(instance);
+        let mut counts: HashMap<Delivery, usize> = HashMap::new();
+        if ambiguous {
+            let method = gateway.records.scrubbed(protocol::cut(&method, 128));
+            tracing::debug!(server = %gateway.servers.name_or_none(index), method, "dropped a notification that cannot be tied to one client session");
+            counts.insert(Delivery::Withheld, sessions.len());
+        } else {
+            for session in &sessions {
+                let delivery = gateway.notify(session, Some(index), message.clone(), None, None);
+                *counts.entry(delivery).or_default() += 1;
+            }
+        }
+        let count = |delivery| counts.get(&delivery).copied().unwrap_or(0);
+        let delivered = count(Delivery::Delivered);
+        let withheld = count(Delivery::Withheld);
+        let decision = if delivered == 0 && withheld > 0 {
+            "deny"
+        } else {
+            "allow"
+        };
+        let mut record = crate::audit::AuditRecord::event("server_notification", decision);
+        record.server = gateway.servers.name_at(index).map(|name| name.to_string());
+        // A server chooses the method: a long one is cut.
+        let method = protocol::cut(&method, 128);
+        record.method = method.to_owned();
+        let mut detail = json!({
+            "method": method,
+            "delivered": delivered,
+            "withheld": withheld,
+            "below_level": count(Delivery::BelowLevel),
+            "unreachable": count(Delivery::Unreachable),
+        });
+        if ambiguous {
+            detail.put(
+                &["reason"],
+                Value::from(
+                    "calls of several client sessions were in flight: it could belong to any of them",
+                ),
+            );
+        }
+        if let Some(client) = instance {
+            detail.put(&["instance"], Value::from(&**client));
+        }
+        record.detail = Some(detail);
+        gateway.records.event(record);
+    }
 }
 
 /// What became of a notification offered to one session.
@@ -150,101 +258,6 @@ impl Gateway {
         delivery
     }
 
-    /// A server's notification that belongs to no call: to each session
-    /// that may have it (authz decides per session in the chain), and
-    /// recorded with how many sessions got it. `ambiguous`: calls of several
-    /// sessions were in flight, so it goes to none.
-    pub(super) fn unattributed_notification(
-        &self,
-        index: usize,
-        instance: &Option<Arc<str>>,
-        message: Value,
-        ambiguous: bool,
-    ) {
-        let now = std::time::Instant::now();
-        let (admitted, dropped_before) = {
-            let mut windows = lock(&self.unattributed);
-            let window = windows
-                .entry((index, instance.clone()))
-                .or_insert(NoticeWindow {
-                    started: now,
-                    relayed: 0,
-                    dropped: 0,
-                });
-            let mut dropped_before = 0;
-            if now.duration_since(window.started) >= Duration::from_secs(1) {
-                dropped_before = std::mem::take(&mut window.dropped);
-                window.started = now;
-                window.relayed = 0;
-            }
-            let admitted = window.relayed < UNATTRIBUTED_PER_SECOND;
-            if admitted {
-                window.relayed += 1;
-            } else {
-                window.dropped += 1;
-            }
-            (admitted, dropped_before)
-        };
-        if dropped_before > 0 {
-            let mut record = crate::audit::AuditRecord::event("server_notification", "deny");
-            record.server = self.servers.name_at(index).map(|name| name.to_string());
-            record.reason = Some(format!(
-                "{dropped_before} notifications dropped: over {UNATTRIBUTED_PER_SECOND} per second that no call owns"
-            ));
-            record.detail = Some(json!({ "dropped": dropped_before }));
-            self.records.event(record);
-        }
-        if !admitted {
-            return;
-        }
-        let method = protocol::method(&message).unwrap_or_default().to_owned();
-        let sessions = self.sessions.of_instance(instance);
-        let mut counts: HashMap<Delivery, usize> = HashMap::new();
-        if ambiguous {
-            let method = self.records.scrubbed(protocol::cut(&method, 128));
-            tracing::debug!(server = %self.servers.name_or_none(index), method, "dropped a notification that cannot be tied to one client session");
-            counts.insert(Delivery::Withheld, sessions.len());
-        } else {
-            for session in &sessions {
-                let delivery = self.notify(session, Some(index), message.clone(), None, None);
-                *counts.entry(delivery).or_default() += 1;
-            }
-        }
-        let count = |delivery| counts.get(&delivery).copied().unwrap_or(0);
-        let delivered = count(Delivery::Delivered);
-        let withheld = count(Delivery::Withheld);
-        let decision = if delivered == 0 && withheld > 0 {
-            "deny"
-        } else {
-            "allow"
-        };
-        let mut record = crate::audit::AuditRecord::event("server_notification", decision);
-        record.server = self.servers.name_at(index).map(|name| name.to_string());
-        // A server chooses the method: a long one is cut.
-        let method = protocol::cut(&method, 128);
-        record.method = method.to_owned();
-        let mut detail = json!({
-            "method": method,
-            "delivered": delivered,
-            "withheld": withheld,
-            "below_level": count(Delivery::BelowLevel),
-            "unreachable": count(Delivery::Unreachable),
-        });
-        if ambiguous {
-            detail.put(
-                &["reason"],
-                Value::from(
-                    "calls of several client sessions were in flight: it could belong to any of them",
-                ),
-            );
-        }
-        if let Some(client) = instance {
-            detail.put(&["instance"], Value::from(&**client));
-        }
-        record.detail = Some(detail);
-        self.records.event(record);
-    }
-
     pub(super) fn server_notification(
         self: &Arc<Self>,
         index: usize,
@@ -255,7 +268,7 @@ impl Gateway {
         let method = Method::named_in(&message);
         match method {
             _ if method.list_changed().is_some() => {
-                self.refresh_soon(index);
+                self.lists.refresh_soon(self, index);
             }
             Method::ResourceUpdated => {
                 let Some(uri) = protocol::param_str(&message, "uri") else {
@@ -284,7 +297,7 @@ impl Gateway {
                     return;
                 };
                 let Some((session_key, client_id)) =
-                    lock(&self.forwarded).remove(&(index, instance.clone(), server_id))
+                    self.forwarded.take(&(index, instance.clone(), server_id))
                 else {
                     return;
                 };
@@ -301,7 +314,9 @@ impl Gateway {
             Method::Progress => {}
             // Everything sent during a call went to that call's session
             // (`forward`); these came while no call was in flight.
-            _ => self.unattributed_notification(index, instance, message, ambiguous),
+            _ => self
+                .unattributed
+                .relay(self, index, instance, message, ambiguous),
         }
     }
 }

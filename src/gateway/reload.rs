@@ -6,12 +6,12 @@
 //! wired into the chain at start; the caller compares it and says what
 //! waits for a restart.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::config::{Config, ServerConfig};
 use crate::upstream::Upstream;
 
-use super::Gateway;
+use super::{Enforced, Gateway};
 
 /// What a reload changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -38,18 +38,32 @@ pub enum ReloadError {
     NameTaken(String),
 }
 
-impl Gateway {
+/// Config reloads, one at a time, and what config the proxy enforces.
+#[derive(Default)]
+pub struct Reloads {
+    /// Held while a reload applies, so two never interleave.
+    reloading: tokio::sync::Mutex<()>,
+    /// The config file's digest as last applied, and the sections that
+    /// changed since the start and wait for a restart (`/healthz`, metrics).
+    enforced: RwLock<Enforced>,
+}
+
+impl Reloads {
     /// Applies the servers and the profile of `next` (the config loaded
     /// again); nothing else of it. Waits (up to the startup timeout) for
     /// the servers it starts, as the proxy's start does. Reloads run one
     /// at a time.
-    pub async fn reload(self: &Arc<Self>, next: &Config) -> Result<Reloaded, ReloadError> {
+    pub(super) async fn reload(
+        &self,
+        gateway: &Arc<Gateway>,
+        next: &Config,
+    ) -> Result<Reloaded, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         // A proxy that is stopping starts nothing more.
-        if self.shutdown.is_cancelled() {
+        if gateway.shutdown.is_cancelled() {
             return Ok(Reloaded::default());
         }
-        if let Some(discovery) = &self.discovery
+        if let Some(discovery) = &gateway.discovery
             && let Some(taken) = next
                 .servers
                 .iter()
@@ -57,7 +71,7 @@ impl Gateway {
         {
             return Err(ReloadError::NameTaken(taken.name.clone()));
         }
-        let current = self.servers.configured();
+        let current = gateway.servers.configured();
         let mut reloaded = Reloaded::default();
         let mut retire = Vec::new();
         let mut start: Vec<&ServerConfig> = Vec::new();
@@ -86,63 +100,110 @@ impl Gateway {
             }
         }
         let profile = next.profile.clone().map(Arc::new);
-        reloaded.profile = format!("{:?}", self.profile()) != format!("{profile:?}");
+        reloaded.profile = format!("{:?}", gateway.lists.profile()) != format!("{profile:?}");
         if reloaded.profile
-            && let Ok(mut held) = self.profile.write()
+            && let Ok(mut held) = gateway.lists.profile.write()
         {
             *held = profile;
         }
         // Out first: a changed server's new slot is the only one of its
         // name from here on.
         for index in retire {
-            self.retire(index);
+            Self::retire(gateway, index);
         }
         let mut started: Vec<(usize, Upstream)> = Vec::new();
         for server in start {
-            started.push(self.servers.add(server, &self.config));
+            started.push(gateway.servers.add(server, &gateway.config));
         }
-        self.keep_config_order(next);
+        Self::keep_config_order(gateway, next);
         if reloaded.profile {
             // What the servers listed, filtered by the new profile: at
             // once, whatever state each server is in.
-            self.filter_again();
+            gateway.lists.filter_again(gateway);
         }
-        self.start_servers(&started).await;
+        gateway.start_servers(&started).await;
         Ok(reloaded)
     }
 
     /// Merges the configured servers in `next`'s order from now on (a
     /// server a reload started anew keeps its place among the others).
-    fn keep_config_order(&self, next: &Config) {
+    fn keep_config_order(gateway: &Gateway, next: &Config) {
         let order = next
             .servers
             .iter()
-            .filter_map(|server| self.servers.index_of(&server.name))
+            .filter_map(|server| gateway.servers.index_of(&server.name))
             .collect();
-        let names = self.servers.names();
-        if let Ok(mut catalog) = self.catalog.write() {
-            let ordered = catalog.ordered(order, &names, &self.config.proxy.namespace_separator);
+        let names = gateway.servers.names();
+        if let Ok(mut catalog) = gateway.lists.catalog.write() {
+            let ordered = catalog.ordered(order, &names, &gateway.config.proxy.namespace_separator);
             *catalog = Arc::new(ordered);
-        }
-    }
-
-    /// The profile in force.
-    pub(super) fn profile(&self) -> Option<Arc<crate::config::profiles::Profile>> {
-        match self.profile.read() {
-            Ok(profile) => profile.clone(),
-            Err(poison) => poison.into_inner().clone(),
         }
     }
 
     /// Takes server `index` out: no longer found by name, listed or routed
     /// (its lists leave the catalog and sessions are told), then stopped
     /// with its per-client instances (calls in flight to it fail).
-    fn retire(&self, index: usize) {
-        let Some(name) = self.servers.retire(index) else {
+    fn retire(gateway: &Gateway, index: usize) {
+        let Some(name) = gateway.servers.retire(index) else {
             return;
         };
-        self.set_lists(index, None);
-        self.forget_forwarded(index, &None);
+        gateway.lists.set_lists(gateway, index, None);
+        gateway.forwarded.forget(index, &None);
         tracing::info!(server = %name, "server taken out by a config reload");
+    }
+}
+
+impl Reloads {
+    /// What config the proxy enforces now.
+    /// Waits for a reload under way to end, and holds off the next while
+    /// the guard is kept (the proxy stopping).
+    pub(super) async fn stopping(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reloading.lock().await
+    }
+
+    pub fn enforced(&self) -> Enforced {
+        self.enforced
+            .read()
+            .map(|enforced| enforced.clone())
+            .unwrap_or_default()
+    }
+
+    /// Says which config the proxy enforces: at start, and after each
+    /// reload it applied.
+    pub fn set_enforced(&self, enforced: Enforced) {
+        if let Ok(mut current) = self.enforced.write() {
+            *current = enforced;
+        }
+    }
+
+    /// The config the proxy enforces, and the sections that wait for a
+    /// restart.
+    pub(super) fn render_enforced(&self, out: &mut crate::metrics::Exposition) {
+        let enforced = self.enforced();
+        out.declare(
+            "portcullis_config_info",
+            "The config this proxy enforces (1), by the SHA-256 of its file as last applied (at start or by a reload).",
+            "gauge",
+        );
+        out.sample(
+            "portcullis_config_info",
+            &[(
+                "config_sha256",
+                enforced.config_sha256.as_deref().unwrap_or(""),
+            )],
+            1.0,
+        );
+        out.declare(
+            "portcullis_config_restart_required",
+            "Config sections changed since the proxy started that apply only when it restarts (1 each), by section.",
+            "gauge",
+        );
+        for section in &enforced.restart_required {
+            out.sample(
+                "portcullis_config_restart_required",
+                &[("section", section)],
+                1.0,
+            );
+        }
     }
 }

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -194,16 +194,29 @@ fn new_state() -> String {
     )
 }
 
+/// The 2026-07-28 calls waiting for their client's next round, and each
+/// client's questions waiting for its answers.
+#[derive(Default)]
+pub(super) struct Rounds {
+    /// The calls waiting, by the `requestState` their client was given (at
+    /// most [`WAITING_PER_CLIENT`] per client).
+    parked: Mutex<HashMap<String, Parked>>,
+    /// Each client's questions (a server's requests in a 2026-07-28 call's
+    /// rounds) waiting for its answers (at most [`QUESTIONS_PER_CLIENT`];
+    /// bounded by the configured clients).
+    questions: Mutex<HashMap<Arc<str>, usize>>,
+}
+
 /// One of a client's questions waiting for its answer; its place is given
 /// back when dropped.
 struct Question<'a> {
-    gateway: &'a Gateway,
+    rounds: &'a Rounds,
     client: Arc<str>,
 }
 
 impl Drop for Question<'_> {
     fn drop(&mut self) {
-        let mut questions = lock(&self.gateway.questions);
+        let mut questions = lock(&self.rounds.questions);
         if let Some(count) = questions.get_mut(&self.client) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -213,7 +226,7 @@ impl Drop for Question<'_> {
     }
 }
 
-impl Gateway {
+impl Rounds {
     /// A place for one more of `client`'s questions, if it has one.
     fn question(&self, client: &Arc<str>) -> Option<Question<'_>> {
         let mut questions = lock(&self.questions);
@@ -223,7 +236,7 @@ impl Gateway {
         }
         *count += 1;
         Some(Question {
-            gateway: self,
+            rounds: self,
             client: client.clone(),
         })
     }
@@ -278,8 +291,9 @@ impl Gateway {
     /// framed as that revision wants. Its envelope (already read into the
     /// request's session) is taken out first: the chain, its plugins and
     /// the record see the request as a session's request would be.
-    pub(super) async fn stateless_request(
-        self: &Arc<Self>,
+    pub(super) async fn request(
+        &self,
+        gateway: &Arc<Gateway>,
         session: &Arc<Session>,
         mut message: Value,
     ) -> Option<Value> {
@@ -291,7 +305,7 @@ impl Gateway {
         // of every plain request's), which would otherwise be as large as
         // the largest of them and be copied as such.
         if in_rounds && message.at(&["params", "requestState"]).is_some() {
-            return Box::pin(self.resume(session, message, method)).await;
+            return Box::pin(self.resume(gateway, session, message, method)).await;
         }
         session.in_rounds.store(in_rounds, Ordering::Relaxed);
         // A client that declared nothing a server could ask it is refused
@@ -299,16 +313,17 @@ impl Gateway {
         // be needed: its call runs as any other request, with no place
         // kept for questions and nothing kept to resume it by.
         if in_rounds && session.can_be_asked() {
-            return Box::pin(self.first_round(session, message, method)).await;
+            return Box::pin(self.first_round(gateway, session, message, method)).await;
         }
-        let reply = self.handle_request(session, message).await;
+        let reply = gateway.handle_request(session, message).await;
         reply.map(|reply| modern::frame_reply(&method, reply))
     }
 
     /// A request that may take rounds: runs here until it ends or its
     /// server asks the client something, then on its own.
     async fn first_round(
-        self: &Arc<Self>,
+        &self,
+        gateway: &Arc<Gateway>,
         session: &Arc<Session>,
         message: Value,
         method: Method,
@@ -318,7 +333,7 @@ impl Gateway {
         // Kept to be digested if the call is parked (most calls are not).
         let params = message.get("params").cloned();
         let id = reply_id(&message);
-        let (this, call_session) = (self.clone(), session.clone());
+        let (this, call_session) = (gateway.clone(), session.clone());
         let mut call = Box::pin(async move { this.handle_request(&call_session, message).await });
         let first = tokio::select! {
             biased;
@@ -347,13 +362,14 @@ impl Gateway {
             pending: BTreeMap::new(),
             keys: 0,
         };
-        self.drive(parked, id, session).await
+        self.drive(gateway, parked, id, session).await
     }
 
     /// A retry carrying a `requestState`: the answers go to the parked
     /// call's server, and the call's next round or result is the reply.
     async fn resume(
-        self: &Arc<Self>,
+        &self,
+        gateway: &Arc<Gateway>,
         session: &Arc<Session>,
         message: Value,
         method: Method,
@@ -368,7 +384,7 @@ impl Gateway {
                 let target = protocol::routing_name(&message)
                     .and_then(Result::ok)
                     .map(str::to_owned);
-                let mut run = self.begin(
+                let mut run = gateway.begin(
                     session,
                     message,
                     Direction::ClientToServer,
@@ -398,7 +414,7 @@ impl Gateway {
                 let _ = answer.send(json!({ "jsonrpc": "2.0", "id": server_id, "result": result }));
             }
         }
-        self.drive(parked, id, session).await
+        self.drive(gateway, parked, id, session).await
     }
 
     /// The parked call `message`'s `requestState` names, if it is this
@@ -440,7 +456,8 @@ impl Gateway {
     /// continues it) is open: its result, re-identified as `current`'s; or
     /// the client's next questions, the call parked again.
     async fn drive(
-        self: &Arc<Self>,
+        &self,
+        gateway: &Arc<Gateway>,
         mut parked: Parked,
         id: Value,
         current: &Session,
@@ -450,7 +467,7 @@ impl Gateway {
             let round = tokio::select! {
                 biased;
                 () = current.closed.cancelled() => {
-                    self.end_parked(parked);
+                    end_parked(gateway, parked);
                     return None;
                 }
                 round = parked.next_round() => round,
@@ -458,7 +475,7 @@ impl Gateway {
             match round {
                 Round::Complete(reply) => {
                     parked.session.unpark();
-                    self.close_stateless(&parked.session);
+                    gateway.close_stateless(&parked.session);
                     let reply = match reply {
                         Some(reply) => reply,
                         // Its client went: nobody to answer.
@@ -470,7 +487,7 @@ impl Gateway {
                     reply.put(&["id"], id);
                     return Some(reply);
                 }
-                Round::Input(asks) => match self.park(parked, asks, &id, current) {
+                Round::Input(asks) => match self.park(gateway, parked, asks, &id, current) {
                     Ok(reply) => return Some(reply),
                     Err(back) => parked = *back,
                 },
@@ -486,7 +503,8 @@ impl Gateway {
     /// that a request that ends (and ends what it parked) is never parked
     /// after.
     fn park(
-        self: &Arc<Self>,
+        &self,
+        gateway: &Arc<Gateway>,
         mut parked: Parked,
         asks: Vec<InputAsk>,
         id: &Value,
@@ -498,7 +516,7 @@ impl Gateway {
         }
         let mut all = lock(&self.parked);
         let waiting = all.values().filter(|p| p.client == parked.client).count();
-        let refusal = if self.shutdown.is_cancelled() {
+        let refusal = if gateway.shutdown.is_cancelled() {
             Some(Failure::ShuttingDown)
         } else if current.closed.is_cancelled() {
             Some(Failure::ClientSessionEnded)
@@ -530,7 +548,7 @@ impl Gateway {
         let state = new_state();
         all.insert(state.clone(), parked);
         drop(all);
-        self.expire(state.clone(), timeout);
+        Self::expire(gateway, state.clone(), timeout);
         Ok(json!({ "jsonrpc": "2.0", "id": id, "result": {
             "resultType": "input_required",
             "inputRequests": requests,
@@ -541,9 +559,9 @@ impl Gateway {
 
     /// Cancels the call parked under `state` if no retry takes it within
     /// `timeout` (how long its server waits for the answers).
-    fn expire(self: &Arc<Self>, state: String, timeout: Duration) {
-        let gateway: Weak<Self> = Arc::downgrade(self);
-        let shutdown = self.shutdown.clone();
+    fn expire(gateway: &Arc<Gateway>, state: String, timeout: Duration) {
+        let shutdown = gateway.shutdown.clone();
+        let gateway: Weak<Gateway> = Arc::downgrade(gateway);
         tokio::spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(timeout) => {}
@@ -552,24 +570,17 @@ impl Gateway {
             let Some(gateway) = gateway.upgrade() else {
                 return;
             };
-            let expired = lock(&gateway.parked).remove(&state);
+            let expired = lock(&gateway.rounds.parked).remove(&state);
             if let Some(parked) = expired {
                 tracing::debug!(client = %parked.client, "a call waiting for its client's input expired");
-                gateway.end_parked(parked);
+                end_parked(&gateway, parked);
             }
         });
     }
 
-    /// Ends a parked call: cancelled at its server, its questions
-    /// withdrawn.
-    fn end_parked(&self, parked: Parked) {
-        parked.session.unpark();
-        self.close_stateless(&parked.session);
-    }
-
     /// Ends the calls parked by requests that came through `origin` (a
     /// stdio connection that ended: nobody can continue them).
-    pub fn end_parked_from(&self, origin: &Arc<dyn Outlet>) {
+    pub(super) fn end_parked_from(&self, gateway: &Gateway, origin: &Arc<dyn Outlet>) {
         let same =
             |found: &Arc<dyn Outlet>| std::ptr::addr_eq(Arc::as_ptr(found), Arc::as_ptr(origin));
         let ended: Vec<Parked> = {
@@ -585,7 +596,7 @@ impl Gateway {
                 .collect()
         };
         for parked in ended {
-            self.end_parked(parked);
+            end_parked(gateway, parked);
         }
     }
 
@@ -597,4 +608,10 @@ impl Gateway {
             parked.session.unpark();
         }
     }
+}
+
+/// Ends a parked call: cancelled at its server, its questions withdrawn.
+fn end_parked(gateway: &Gateway, parked: Parked) {
+    parked.session.unpark();
+    gateway.close_stateless(&parked.session);
 }

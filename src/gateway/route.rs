@@ -157,8 +157,15 @@ impl Gateway {
                 self.answer_locally(session, method, &run.exchange.message, &mut listed_from)
                     .await
             }
-            Route::Discovery(tool) => self.discovery_call(session, tool, &mut run.exchange).await,
-            Route::Listen => match self.listen(session, &run.exchange.message, id).await {
+            Route::Discovery(tool) => match &self.discovery {
+                Some(discovery) => discovery.call(self, session, tool, &mut run.exchange).await,
+                None => Err(Failure::MethodNotFound(method.to_string())),
+            },
+            Route::Listen => match self
+                .listens
+                .listen(self, session, &run.exchange.message, id)
+                .await
+            {
                 Ok(Some(reply)) => Ok(reply),
                 // The client ended it, as a listen stream is ended: nothing
                 // to answer, and nothing went wrong.
@@ -198,7 +205,13 @@ impl Gateway {
             method,
             Method::ResourcesSubscribe | Method::ResourcesUnsubscribe
         ) {
-            self.track_subscription(session, method, &run.exchange.context.target, &reply);
+            self.subscriptions.answered(
+                self,
+                session,
+                method,
+                &run.exchange.context.target,
+                &reply,
+            );
         }
 
         let exchange = &mut run.exchange;
@@ -211,7 +224,8 @@ impl Gateway {
         }
         if let Err(refusal) = self.chain.run(exchange) {
             // A task the client does not get is not left running.
-            self.task_not_given(session, &exchange.message);
+            self.client_tasks
+                .task_not_given(self, session, &exchange.message);
             return failed(id, refusal);
         }
         (Some(exchange.message.clone()), outcome)
@@ -233,14 +247,23 @@ impl Gateway {
         let from_stateless = self.servers.speaks_stateless(server, &session.client.name);
         if session.stateless
             && let Some(reply) = self
-                .task_reply(session, (server, from_stateless), target, asked, &reply)
+                .client_tasks
+                .task_reply(
+                    self,
+                    session,
+                    (server, from_stateless),
+                    target,
+                    asked,
+                    &reply,
+                )
                 .await
         {
             return reply;
         }
         // A task no one asked for is refused below: not left running.
         if from_stateless {
-            self.cancel_task_of(session, server, &reply);
+            self.client_tasks
+                .cancel_task_of(self, session, server, &reply);
         }
         let reply = if session.stateless || from_stateless {
             super::modern::checked_result(reply)?
@@ -599,7 +622,7 @@ impl Gateway {
             .ok_or_else(unknown)?;
         // Made by a process of its server's that has exited since.
         if task.generation.is_some()
-            && task.generation != self.generation(task.server, &session.client.name)
+            && task.generation != self.servers.generation(task.server, &session.client.name)
         {
             self.client_tasks.forget(&session.client, id);
             return Err(unknown());

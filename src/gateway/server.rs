@@ -2,6 +2,7 @@
 //! requests (sampling, elicitation, roots) relayed to the session that caused
 //! them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -115,13 +116,15 @@ impl Gateway {
                         let this = self.clone();
                         tokio::spawn(async move {
                             if source.instance.is_none() {
-                                this.refresh(index).await;
+                                this.lists.refresh(&this, index).await;
                             }
-                            this.resubscribe(index, &source.instance).await;
+                            this.subscriptions
+                                .resubscribe(&this, index, &source.instance)
+                                .await;
                             // A restarted server forgot its log level.
                             let key = (index, source.instance.clone());
-                            this.log_levels.lock().await.remove(&key);
-                            this.apply_log_levels(None).await;
+                            this.log_levels.forget(&key).await;
+                            this.log_levels.apply(&this, None).await;
                         });
                     }
                 }
@@ -131,9 +134,9 @@ impl Gateway {
                     self.records.event(record);
                     if let Some(index) = self.servers.index_of_source(&source) {
                         if source.instance.is_none() {
-                            self.set_lists(index, None);
+                            self.lists.set_lists(&self, index, None);
                         }
-                        self.forget_forwarded(index, &source.instance);
+                        self.forwarded.forget(index, &source.instance);
                         // A client's instance down for good (a token
                         // exchange refused: not started again before its
                         // client's next call) is forgotten too.
@@ -346,7 +349,8 @@ impl Gateway {
         }
         let timeout = upstream.config().call_timeout;
         let answer_message = if session.stateless {
-            self.ask_in_round(session, &server_id, &run.exchange.message, timeout)
+            self.rounds
+                .ask_in_round(session, &server_id, &run.exchange.message, timeout)
                 .await
         } else {
             self.ask_client(
@@ -396,10 +400,10 @@ impl Gateway {
         let (client_id, reply) = session.expect_client_answer();
         let server_key = IdKey::from_value(server_id).map(|key| (index, instance, key));
         if let Some(key) = &server_key {
-            lock(&self.forwarded).insert(key.clone(), (session.key, client_id));
+            self.forwarded.keep(key.clone(), session.key, client_id);
         }
         let mut asked = Asked {
-            gateway: self,
+            forwarded: &self.forwarded,
             session,
             client_id,
             server_key,
@@ -429,10 +433,29 @@ impl Gateway {
         asked.settled = true;
         answer_message
     }
+}
 
-    pub(super) fn forget_forwarded(&self, index: usize, instance: &Option<Arc<str>>) {
-        lock(&self.forwarded)
-            .retain(|(server, from, _), _| !(*server == index && from == instance));
+/// A server→client request in flight: (server, instance, the server's id).
+type ForwardedKey = (usize, Option<Arc<str>>, IdKey);
+
+/// The servers' requests to clients in flight: (server, instance, the
+/// server's id) → (session, the id the client saw).
+#[derive(Default)]
+pub(super) struct Forwarded(std::sync::Mutex<HashMap<ForwardedKey, (u64, u64)>>);
+
+impl Forwarded {
+    fn keep(&self, key: ForwardedKey, session: u64, client_id: u64) {
+        lock(&self.0).insert(key, (session, client_id));
+    }
+
+    /// The session and client id of a server's request, no longer kept.
+    pub(super) fn take(&self, key: &ForwardedKey) -> Option<(u64, u64)> {
+        lock(&self.0).remove(key)
+    }
+
+    /// Forgets every request of a server instance that stopped.
+    pub(super) fn forget(&self, index: usize, instance: &Option<Arc<str>>) {
+        lock(&self.0).retain(|(server, from, _), _| !(*server == index && from == instance));
     }
 }
 
@@ -441,17 +464,17 @@ impl Gateway {
 /// cancelled, or another question of its round refused), the client is
 /// told it was cancelled, and the proxy forgets it either way.
 struct Asked<'a> {
-    gateway: &'a Gateway,
+    forwarded: &'a Forwarded,
     session: &'a Session,
     client_id: u64,
-    server_key: Option<(usize, Option<Arc<str>>, IdKey)>,
+    server_key: Option<ForwardedKey>,
     settled: bool,
 }
 
 impl Drop for Asked<'_> {
     fn drop(&mut self) {
         if let Some(key) = &self.server_key {
-            lock(&self.gateway.forwarded).remove(key);
+            self.forwarded.take(key);
         }
         if !self.settled {
             self.session.forget_client_request(self.client_id);

@@ -10,7 +10,13 @@ use std::sync::atomic::Ordering;
 
 use super::catalog::Catalog;
 use super::session::{MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS};
-use super::{Failure, Servers, Session, Sessions, lock};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::protocol::Method;
+
+use super::{Failure, Gateway, Servers, Session, Sessions, lock};
 
 /// Resource URI → the sessions (by key) subscribed to it.
 #[derive(Default)]
@@ -147,4 +153,99 @@ fn others_at_instance(
                     .get(*key)
                     .is_some_and(|other| other.client.name == session.client.name))
     })
+}
+
+impl Subscriptions {
+    /// `session`'s `resources/subscribe` or `resources/unsubscribe` of
+    /// `uri`, answered with `reply`: kept if it succeeded, and what is held
+    /// at servers told.
+    pub(super) fn answered(
+        &self,
+        gateway: &Gateway,
+        session: &Session,
+        method: &Method,
+        uri: &Option<String>,
+        reply: &Value,
+    ) {
+        let (Some(uri), Some(_)) = (uri, reply.get("result")) else {
+            return;
+        };
+        let subscribe = *method == Method::ResourcesSubscribe;
+        self.track(session, subscribe, uri);
+        gateway.update_holds();
+    }
+
+    /// A closed session's subscriptions: taken out, and a URI nobody else
+    /// (of its client, at a per-client instance) is subscribed to any more
+    /// is unsubscribed from at its server, so that a server does not keep
+    /// sending updates nobody reads.
+    pub(super) fn session_closed(&self, gateway: &Gateway, session: &Session) {
+        let released = self.drop_session(
+            session,
+            &gateway.catalog(),
+            (&gateway.servers, &gateway.sessions),
+        );
+        gateway.update_holds();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for (index, instance, uri) in released {
+            let Some(upstream) = gateway.servers.upstream_of(index, &instance) else {
+                continue;
+            };
+            let scrubbed = gateway.records.scrubbed(&uri);
+            runtime.spawn(async move {
+                // A 2026-07-28 server's: off the proxy's listen stream.
+                let asked = if upstream.speaks_stateless() {
+                    upstream.listen_change(&uri, false).await
+                } else {
+                    let asked = upstream.request(Method::ResourcesUnsubscribe, json!({ "uri": uri }));
+                    asked.await.map(drop)
+                };
+                if asked.is_err() {
+                    tracing::debug!(server = %upstream.name(), uri = scrubbed, "cannot unsubscribe");
+                }
+            });
+        }
+    }
+
+    /// After a restart the server has forgotten its subscriptions: subscribe
+    /// again to every URI it owns that sessions (of its client, for a
+    /// per-client instance) are subscribed to.
+    pub(super) async fn resubscribe(
+        &self,
+        gateway: &Gateway,
+        index: usize,
+        instance: &Option<Arc<str>>,
+    ) {
+        let Some(upstream) = gateway.servers.upstream_of(index, instance) else {
+            return;
+        };
+        // A 2026-07-28 server's subscriptions are on the proxy's listen
+        // stream, asked again at each start.
+        if upstream.speaks_stateless() {
+            return;
+        }
+        let catalog = gateway.catalog();
+        let uris = self.uris(|uri, subscribers| {
+            catalog.resource_owner(uri) == Some(index)
+                && subscribers.iter().any(|key| {
+                    gateway.sessions.get(*key).is_some_and(|session| {
+                        instance
+                            .as_ref()
+                            .is_none_or(|client| session.client.name == *client)
+                    })
+                })
+        });
+        for uri in uris {
+            if let Err(err) = upstream
+                .request(Method::ResourcesSubscribe, json!({ "uri": uri }))
+                .await
+            {
+                // The server's words may quote the URI: scrubbed.
+                let error = gateway.records.scrubbed(&err.to_string());
+                tracing::warn!(server = %upstream.name(), error, "cannot renew a resource subscription");
+            }
+        }
+    }
 }

@@ -87,13 +87,14 @@ impl Asked {
     }
 }
 
-impl Gateway {
+impl task_table::Tasks {
     /// A server's reply to a 2026-07-28 client, where tasks shape it: a
     /// call answered with a task (taken on, under the proxy's id), a task
     /// polled, updated or cancelled. `None`: no task in it.
     /// `from_stateless`: the server speaks 2026-07-28 (no other has tasks).
     pub(super) async fn task_reply(
-        self: &Arc<Self>,
+        &self,
+        gateway: &Arc<Gateway>,
         session: &Arc<Session>,
         (server, from_stateless): (usize, bool),
         target: Option<&str>,
@@ -111,11 +112,11 @@ impl Gateway {
                             tool: target.unwrap_or_default().to_owned(),
                             listed,
                             arguments,
-                            generation: self.generation(server, &session.client.name),
-                            shared: !self.servers.per_client(server),
+                            generation: gateway.servers.generation(server, &session.client.name),
+                            shared: !gateway.servers.per_client(server),
                         };
-                        let taken = self.client_tasks.create(created, reply);
-                        self.update_holds();
+                        let taken = self.create(created, reply);
+                        gateway.update_holds();
                         taken
                     }
                     Err(()) => Err(Failure::ServerTask(format!(
@@ -125,19 +126,17 @@ impl Gateway {
                 };
                 if taken.is_err() {
                     // Not passed on: not left running either.
-                    self.cancel_task_of(session, server, reply);
+                    self.cancel_task_of(gateway, session, server, reply);
                 }
                 Some(taken)
             }
-            Asked::Task { .. } if !from_stateless => Some(Err(Failure::ServerTask(
-                "its server no longer speaks 2026-07-28".to_owned(),
-            ))),
+            Asked::Task { .. } if !from_stateless => Some(Err(Failure::TaskServerNotModern)),
             Asked::Task {
                 method,
                 id,
                 answers,
             } => Some(
-                self.task_answered(session, server, &method, (&id, answers), reply)
+                self.task_answered(gateway, session, server, &method, (&id, answers), reply)
                     .await,
             ),
             _ => None,
@@ -150,7 +149,8 @@ impl Gateway {
     /// server's in it (a task it does not know is forgotten, and answered as
     /// any unknown task).
     async fn task_answered(
-        self: &Arc<Self>,
+        &self,
+        gateway: &Arc<Gateway>,
         session: &Arc<Session>,
         server: usize,
         method: &Method,
@@ -161,8 +161,8 @@ impl Gateway {
         if let Some(error) = reply.get("error") {
             let said = error.get("code").and_then(Value::as_i64);
             if *method == Method::TasksGet && said == Some(code::INVALID_PARAMS) {
-                self.client_tasks.forget(client, id);
-                self.update_holds();
+                self.forget(client, id);
+                gateway.update_holds();
                 return Err(task_table::unknown_task(id));
             }
             return Err(Failure::ServerTask(format!(
@@ -171,14 +171,14 @@ impl Gateway {
             )));
         }
         match method {
-            Method::TasksGet => self.task_polled(session, server, id, reply).await,
+            Method::TasksGet => self.task_polled(gateway, session, server, id, reply).await,
             Method::TasksUpdate => {
-                self.client_tasks.answered(client, id, answers.iter());
+                self.answered(client, id, answers.iter());
                 Ok(task_table::acknowledgement(reply))
             }
             _ => {
-                self.client_tasks.cancel_asked(client, id);
-                self.update_holds();
+                self.cancel_asked(client, id);
+                gateway.update_holds();
                 Ok(task_table::acknowledgement(reply))
             }
         }
@@ -188,7 +188,8 @@ impl Gateway {
     /// input decided as the server's requests to the client would be. A
     /// question refused ends the task (cancelled at the server).
     async fn task_polled(
-        self: &Arc<Self>,
+        &self,
+        gateway: &Arc<Gateway>,
         session: &Arc<Session>,
         server: usize,
         id: &str,
@@ -200,23 +201,28 @@ impl Gateway {
         };
         // Known still, and not a finished task starting again, before its
         // questions are decided.
-        self.client_tasks.may_become(client, id, status)?;
+        self.may_become(client, id, status)?;
         let shown = match questions {
             None => Map::new(),
-            Some(questions) => match self.task_questions(session, server, questions).await {
+            Some(questions) => match self
+                .task_questions(gateway, session, server, questions)
+                .await
+            {
                 Ok(shown) => shown,
                 Err(refused) => {
-                    if let Some(task) = self.client_tasks.find(client, id) {
-                        self.cancel_at_server(session, server, &task.server_task);
+                    if let Some(task) = self.find(client, id) {
+                        gateway.servers.cancel_task(
+                            server,
+                            &task.server_task,
+                            &session.client.name,
+                        );
                     }
                     return Err(refused);
                 }
             },
         };
-        let left = self
-            .client_tasks
-            .polled(client, id, status, shown.keys().cloned())?;
-        self.update_holds();
+        let left = self.polled(client, id, status, shown.keys().cloned())?;
+        gateway.update_holds();
         task_table::set_ttl(&mut framed, left);
         if !shown.is_empty()
             && let Some(result) = framed.get_mut("result").and_then(Value::as_object_mut)
@@ -230,7 +236,8 @@ impl Gateway {
     /// declared, the chain: Cedar, redaction) and recorded as a request of
     /// its server's to the client; as the client is to see them.
     async fn task_questions(
-        self: &Arc<Self>,
+        &self,
+        gateway: &Arc<Gateway>,
         session: &Arc<Session>,
         server: usize,
         questions: Map<String, Value>,
@@ -248,13 +255,13 @@ impl Gateway {
             }
             let params = question.get("params").cloned().unwrap_or_else(|| json!({}));
             let message = protocol::request(Value::from(key.as_str()), method.as_str(), params);
-            let mut run = self.begin_asking(
+            let mut run = gateway.begin_asking(
                 session,
                 message,
                 &method,
-                self.servers.name_at(server).cloned(),
+                gateway.servers.name_at(server).cloned(),
             );
-            if let Err(refusal) = self.chain.run(&mut run.exchange) {
+            if let Err(refusal) = gateway.chain.run(&mut run.exchange) {
                 let refusal = Failure::from(refusal);
                 run.end(&refusal.outcome(), None).await;
                 return Err(refusal);
@@ -272,39 +279,32 @@ impl Gateway {
 
     /// A created task the client will not get (its reply refused by the
     /// chain, say): forgotten, and cancelled at its server.
-    pub(super) fn task_not_given(self: &Arc<Self>, session: &Arc<Session>, reply: &Value) {
+    pub(super) fn task_not_given(
+        &self,
+        gateway: &Arc<Gateway>,
+        session: &Arc<Session>,
+        reply: &Value,
+    ) {
         if !task_table::is_task(reply) {
             return;
         }
         let id = reply.at(&["result", "taskId"]).and_then(Value::as_str);
-        let Some(task) = id.and_then(|id| self.client_tasks.find(&session.client, id)) else {
+        let Some(task) = id.and_then(|id| self.find(&session.client, id)) else {
             return;
         };
         if let Some(id) = id {
-            self.client_tasks.forget(&session.client, id);
+            self.forget(&session.client, id);
         }
-        self.cancel_at_server(session, task.server, &task.server_task);
-    }
-
-    /// The start of the process of server `server` (for `client`) that
-    /// makes a task now; `None` for a remote server.
-    pub(super) fn generation(&self, server: usize, client: &Arc<str>) -> Option<u64> {
-        let remote = matches!(
-            self.servers.upstream_at(server).map(|u| &u.config().kind),
-            Some(crate::config::UpstreamSpec::Remote(_))
-        );
-        if remote {
-            return None;
-        }
-        self.servers
-            .upstream_for(server, client)
-            .map(|upstream| upstream.restarts())
+        gateway
+            .servers
+            .cancel_task(task.server, &task.server_task, &session.client.name);
     }
 
     /// Tells a server to cancel the task its `reply` made, if it made one
-    /// (see [`Self::cancel_at_server`]).
+    /// (see [`Servers::cancel_task`](super::Servers::cancel_task)).
     pub(super) fn cancel_task_of(
-        self: &Arc<Self>,
+        &self,
+        gateway: &Arc<Gateway>,
         session: &Session,
         server: usize,
         reply: &Value,
@@ -312,44 +312,9 @@ impl Gateway {
         if task_table::is_task(reply)
             && let Some(server_task) = reply.at(&["result", "taskId"]).and_then(Value::as_str)
         {
-            self.cancel_at_server(session, server, server_task);
+            gateway
+                .servers
+                .cancel_task(server, server_task, &session.client.name);
         }
-    }
-
-    /// Tells a server to cancel its task `server_task` (one the proxy does
-    /// not pass on, or one whose question was refused), in the background:
-    /// the request that found it may end first.
-    pub(super) fn cancel_at_server(
-        self: &Arc<Self>,
-        session: &Session,
-        server: usize,
-        server_task: &str,
-    ) {
-        let Some(upstream) = self.servers.upstream_for(server, &session.client.name) else {
-            return;
-        };
-        let request = protocol::request(
-            Value::Null,
-            protocol::Method::TasksCancel.as_str(),
-            json!({ "taskId": server_task }),
-        );
-        let told = Map::from_iter([(
-            "extensions".to_owned(),
-            json!({ task_table::EXTENSION: {} }),
-        )]);
-        let name = self.servers.name_or_none(server);
-        tokio::spawn(async move {
-            let timeout = upstream.config().call_timeout;
-            if upstream.ensure_running(timeout).await.is_err() {
-                tracing::info!(server = %name, "a task the proxy did not pass on: not cancelled (the server is not running)");
-                return;
-            }
-            let call = upstream.begin(request, None).in_round(told, None);
-            let outcome = match call.send_and_wait(timeout).await {
-                Ok(reply) if reply.get("result").is_some() => "cancelled",
-                Ok(_) | Err(_) => "not cancelled",
-            };
-            tracing::info!(server = %name, outcome, "a task the proxy did not pass on");
-        });
     }
 }

@@ -182,53 +182,6 @@ pub struct Enforced {
 }
 
 impl Gateway {
-    /// What config the proxy enforces now.
-    pub fn enforced(&self) -> Enforced {
-        self.enforced
-            .read()
-            .map(|enforced| enforced.clone())
-            .unwrap_or_default()
-    }
-
-    /// Says which config the proxy enforces: at start, and after each
-    /// reload it applied.
-    pub fn set_enforced(&self, enforced: Enforced) {
-        if let Ok(mut current) = self.enforced.write() {
-            *current = enforced;
-        }
-    }
-
-    /// The config the proxy enforces, and the sections that wait for a
-    /// restart.
-    fn render_enforced(&self, out: &mut crate::metrics::Exposition) {
-        let enforced = self.enforced();
-        out.declare(
-            "portcullis_config_info",
-            "The config this proxy enforces (1), by the SHA-256 of its file as last applied (at start or by a reload).",
-            "gauge",
-        );
-        out.sample(
-            "portcullis_config_info",
-            &[(
-                "config_sha256",
-                enforced.config_sha256.as_deref().unwrap_or(""),
-            )],
-            1.0,
-        );
-        out.declare(
-            "portcullis_config_restart_required",
-            "Config sections changed since the proxy started that apply only when it restarts (1 each), by section.",
-            "gauge",
-        );
-        for section in &enforced.restart_required {
-            out.sample(
-                "portcullis_config_restart_required",
-                &[("section", section)],
-                1.0,
-            );
-        }
-    }
-
     /// The metrics text (`GET /metrics`), or `None` when metrics are off:
     /// the counts and times kept on the hot path, then what the gateway
     /// knows now (sessions, servers, the audit log) and each interceptor's
@@ -244,7 +197,7 @@ impl Gateway {
             1.0,
         );
         metrics.render(&mut out);
-        self.render_enforced(&mut out);
+        self.reloads.render_enforced(&mut out);
         let (mut stdio, mut http) = (0u64, 0u64);
         for session in self.sessions.matching(|_| true) {
             match session.transport {

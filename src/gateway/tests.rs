@@ -1,5 +1,5 @@
 use super::harness::{Harness, request};
-use super::local::lowest_level;
+use super::log_levels::lowest_level;
 use super::telemetry::scrub_trace;
 use super::*;
 use crate::chain::Outcome;
