@@ -90,14 +90,11 @@ fn session_slot(
     // initializes cannot pass a cap together.
     state.slots.take(&client.name).map_err(|cap| {
         tracing::info!(client = %client.name, "refused a new session past a session cap");
-        let (status, failure) = match cap {
-            Cap::Total => (StatusCode::SERVICE_UNAVAILABLE, Failure::TooManySessions),
-            Cap::PerKey => (
-                StatusCode::TOO_MANY_REQUESTS,
-                Failure::TooManySessionsOfClient,
-            ),
+        let failure = match cap {
+            Cap::Total => Failure::TooManySessions,
+            Cap::PerKey => Failure::TooManySessionsOfClient,
         };
-        Box::new(rpc_error(status, request_id, failure))
+        Box::new(rpc_error(request_id, failure))
     })
 }
 
@@ -151,11 +148,11 @@ fn find_session(
     {
         return Ok(resumed);
     }
-    let (status, failure) = match unknown {
-        Unknown::Unnamed => (StatusCode::BAD_REQUEST, Failure::NoSession),
-        Unknown::Unknown => (StatusCode::NOT_FOUND, Failure::UnknownSession),
+    let failure = match unknown {
+        Unknown::Unnamed => Failure::NoSession,
+        Unknown::Unknown => Failure::UnknownSession,
     };
-    Err(Box::new(rpc_error(status, Value::Null, failure)))
+    Err(Box::new(rpc_error(Value::Null, failure)))
 }
 
 /// The session sealed id `id` carries, resumed on this replica (another
@@ -227,7 +224,7 @@ async fn post_message(
         return super::stateless::post(&state, (client, expiry), &headers, incoming).await;
     }
     if let Err(failure) = handshake_headers_match(&headers, &incoming) {
-        return rpc_error(StatusCode::BAD_REQUEST, incoming.request_id, failure);
+        return rpc_error(incoming.request_id, failure);
     }
     let named = headers.get(SESSION_HEADER).is_some();
     let http_session = if incoming.is_initialize() && !named {
@@ -270,7 +267,6 @@ async fn post_message(
     // is refused rather than queued.
     let Ok(place) = http_session.in_flight.clone().try_acquire_owned() else {
         return rpc_error(
-            StatusCode::TOO_MANY_REQUESTS,
             incoming.request_id,
             Failure::TooManyInFlight(SESSION_IN_FLIGHT),
         );

@@ -44,8 +44,10 @@ pub(super) fn single_header<'a>(
 }
 
 /// A refusal as a JSON-RPC error in an HTTP response of `status`.
-pub(super) fn rpc_error(status: StatusCode, id: Value, failure: Failure) -> Response {
-    (status, axum::Json(failure.to_response(id))).into_response()
+/// A request refused at the HTTP edge: the JSON-RPC error, under the HTTP
+/// status the failure says ([`Failure::http_status`]).
+pub(super) fn rpc_error(id: Value, failure: Failure) -> Response {
+    (failure.http_status(), axum::Json(failure.to_response(id))).into_response()
 }
 
 pub(super) fn accepts(headers: &HeaderMap, mime: &str) -> bool {
@@ -85,12 +87,11 @@ pub(super) async fn read_message(state: &HttpState, body: Body) -> Result<Incomi
             // The rest of the body is never read, so the connection cannot
             // carry another request: tell the client to open a new one.
             // The request's id, when its head shows it, ends its call.
-            return Err((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                [(header::CONNECTION, HeaderValue::from_static("close"))],
-                axum::Json(Failure::from(error).to_response(protocol::refusal_id(&head))),
-            )
-                .into_response());
+            let mut refused = rpc_error(protocol::refusal_id(&head), error.into());
+            refused
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(refused);
         }
         Err(BodyError::TimedOut) => return Err(body_timed_out()),
         Err(BodyError::Failed) => {
@@ -104,7 +105,7 @@ pub(super) async fn read_message(state: &HttpState, body: Body) -> Result<Incomi
         Ok(message) => message,
         Err(error) => {
             let id = protocol::refusal_id(&bytes);
-            return Err(rpc_error(StatusCode::BAD_REQUEST, id, error.into()));
+            return Err(rpc_error(id, error.into()));
         }
     };
     let kind = protocol::classify(&message);

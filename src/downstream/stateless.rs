@@ -121,32 +121,32 @@ pub(super) async fn post(
     headers: &HeaderMap,
     mut incoming: Incoming,
 ) -> Response {
-    let refuse = |status, failure| rpc_error(status, incoming.request_id.clone(), failure);
+    let refuse = |failure| rpc_error(incoming.request_id.clone(), failure);
     // A notification or a response carries no envelope to check.
     match incoming.kind {
         Some(Kind::Request) => {}
         Some(Kind::Notification) => {
             // Of the one version spoken here, said in the header.
             if let Err(failure) = headers_match(headers, &incoming, protocol::MODERN_VERSION) {
-                return refuse(StatusCode::BAD_REQUEST, failure);
+                return refuse(failure);
             }
             return StatusCode::ACCEPTED.into_response();
         }
         // Nothing was asked of the client: there is nothing to answer.
         Some(Kind::Response | Kind::ErrorResponse) => {
-            return refuse(StatusCode::BAD_REQUEST, Failure::NoBackChannel);
+            return refuse(Failure::NoBackChannel);
         }
-        None => return refuse(StatusCode::BAD_REQUEST, Failure::NotJsonRpc),
+        None => return refuse(Failure::NotJsonRpc),
     }
     let envelope = match protocol::take_envelope(&mut incoming.message) {
         Ok(envelope) => envelope,
-        Err(error) => return refuse(StatusCode::BAD_REQUEST, Failure::Envelope(error)),
+        Err(error) => return refuse(Failure::Envelope(error)),
     };
     if let Err(failure) = headers_match(headers, &incoming, &envelope.version) {
-        return refuse(StatusCode::BAD_REQUEST, failure);
+        return refuse(failure);
     }
     if let Err(failure) = version_spoken(&envelope) {
-        return refuse(StatusCode::BAD_REQUEST, failure);
+        return refuse(failure);
     }
     // A listen stream is a stream: a client that takes only JSON would wait
     // for an answer that comes at shutdown.
@@ -159,10 +159,7 @@ pub(super) async fn post(
         );
     }
     let Ok(place) = state.stateless_places.of(&client.name).try_acquire_owned() else {
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            Failure::TooManyInFlight(CLIENT_IN_FLIGHT),
-        );
+        return refuse(Failure::TooManyInFlight(CLIENT_IN_FLIGHT));
     };
     let outlet = Arc::new(state.outlet());
     let session = state

@@ -295,6 +295,26 @@ impl Failure {
         protocol::error(id, self.code(), &self.to_string(), data)
     }
 
+    /// The HTTP status of a request this failure refuses at the HTTP edge,
+    /// before the gateway answers it (what the gateway answers, a refusal
+    /// by policy included, goes out with 200 and the JSON-RPC error in the
+    /// body): the one place that chooses it. Full or busy is 429 or 503 (a
+    /// client may come back), an unknown session 404 (the client starts a
+    /// new one), a body over the size limit 413; any other request the
+    /// edge cannot take is the client's to mend: 400.
+    pub fn http_status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            Self::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManySessionsOfClient | Self::TooManyInFlight(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::UnknownSession => StatusCode::NOT_FOUND,
+            Self::Parse(ParseError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
     /// How the exchange ended, for its record, metrics and trace: a
     /// refusal names its interceptor; anything else failed.
     pub fn outcome(&self) -> Outcome {
@@ -352,6 +372,34 @@ mod tests {
             matches!(failure.outcome(), Outcome::Denied { interceptor, reason }
             if &*interceptor == "authz" && reason == "no")
         );
+    }
+
+    #[test]
+    fn the_http_edge_takes_each_refusal_s_status_from_the_failure() {
+        use axum::http::StatusCode;
+        let cases = [
+            (Failure::TooManySessions, StatusCode::SERVICE_UNAVAILABLE),
+            (
+                Failure::TooManySessionsOfClient,
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            (Failure::TooManyInFlight(4), StatusCode::TOO_MANY_REQUESTS),
+            (Failure::UnknownSession, StatusCode::NOT_FOUND),
+            (Failure::NoSession, StatusCode::BAD_REQUEST),
+            (
+                Failure::Parse(ParseError::TooLarge { limit: 1 }),
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                Failure::Parse(ParseError::TooDeep { limit: 1 }),
+                StatusCode::BAD_REQUEST,
+            ),
+            (Failure::NotJsonRpc, StatusCode::BAD_REQUEST),
+            (Failure::NoBackChannel, StatusCode::BAD_REQUEST),
+        ];
+        for (failure, status) in cases {
+            assert_eq!(failure.http_status(), status, "{failure}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! A client's request, end to end: routed, decided by the chain, relayed to its
-//! server or answered here, and recorded.
+//! A client's request routed (its server, target and definition), relayed to
+//! its server, and its answer shaped for the client; the steps are run in
+//! order by `run.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,13 +9,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::chain::{Direction, Exchange, Outcome, Phase};
+use crate::chain::{Exchange, Outcome};
 use crate::protocol::{self, At, IdKey, Method};
 use crate::traces::{Span, SpanId, SpanKind};
 use crate::upstream::Origin;
 
 use super::failure::Failure;
-use super::run::ExchangeRun;
 use super::{Catalog, Gateway, Session};
 
 /// Where a client request goes.
@@ -43,7 +43,7 @@ pub(super) enum Rename {
 }
 
 /// What became of a request sent on to its server.
-enum Relayed {
+pub(super) enum Relayed {
     /// The server's answer (an error response included), or why there is
     /// none, and how long it took.
     Answered(Result<Value, Failure>, Duration),
@@ -55,10 +55,10 @@ enum Relayed {
 }
 
 /// A reply and how the exchange ended.
-type Ended = (Option<Value>, Outcome);
+pub(super) type Ended = (Option<Value>, Outcome);
 
 /// An exchange that ended in `failure`: its error response and outcome.
-fn failed(id: &Value, failure: impl Into<Failure>) -> Ended {
+pub(super) fn failed(id: &Value, failure: impl Into<Failure>) -> Ended {
     let failure = failure.into();
     (Some(failure.to_response(id.clone())), failure.outcome())
 }
@@ -87,150 +87,6 @@ pub fn reply_id(message: &Value) -> Value {
 }
 
 impl Gateway {
-    /// A client request, end to end: decided, relayed, and recorded in the
-    /// audit log before the reply is returned. While the log cannot be
-    /// written, calls are refused (fail closed).
-    pub(super) async fn handle_request(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        message: Value,
-    ) -> Option<Value> {
-        let id = message.get("id").cloned().unwrap_or(Value::Null);
-        // Parsed once: everything past here matches on the `Method`.
-        let method = Method::named_in(&message);
-        let mut run = self.begin(
-            session,
-            message,
-            Direction::ClientToServer,
-            Phase::Request,
-            &method,
-        );
-        let (reply, outcome) = match self.records.audit() {
-            // Never past the chain: its arguments are not looked at.
-            Some(audit) if audit.is_failing() => failed(&id, Failure::AuditUnavailable),
-            _ => self.decide_and_relay(session, &mut run, &method, &id).await,
-        };
-        if run.end(&outcome, reply.as_ref()).await {
-            return reply;
-        }
-        reply.map(|_| Failure::NotRecorded.to_response(id))
-    }
-
-    /// Routes, decides (the request chain), relays or answers, and decides
-    /// again (the response chain): the reply (`None`: the client cancelled
-    /// the request) and how the exchange ended.
-    async fn decide_and_relay(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        run: &mut ExchangeRun<'_>,
-        method: &Method,
-        id: &Value,
-    ) -> Ended {
-        // Routing first, so that interceptors see the target server, name
-        // and listed definition.
-        let routed = self.route_exchange(session, method, &mut run.exchange);
-        let mut ran = self.chain.run(&mut run.exchange);
-        if ran.is_ok() && routed.is_ok() {
-            ran = self.chain.admit(&run.exchange).await;
-        }
-        // The arguments' hash is taken once the request chain has run: of
-        // the arguments as forwarded (after redaction), never of a secret.
-        run.arguments = self.records.arguments_of(&run.exchange.message);
-        let route = match (routed, ran) {
-            // The chain's refusal first (`limits` names a broken envelope
-            // more precisely than routing can).
-            (_, Err(refusal)) => return failed(id, refusal),
-            (Err(failure), Ok(())) => return failed(id, failure),
-            (Ok(route), Ok(())) => route,
-        };
-        // What a task's reply needs of the request, which the relay takes.
-        let asked = super::tasks::Asked::of(session, method, &run.exchange.message);
-        // The catalog a list was answered from (interceptors judge the
-        // items against that one, not a newer one).
-        let mut listed_from = None;
-        let relayed_to = match &route {
-            Route::Server { server, .. } => Some(*server),
-            _ => None,
-        };
-        let answered = match route {
-            Route::Local => {
-                self.answer_locally(session, method, &run.exchange.message, &mut listed_from)
-                    .await
-            }
-            Route::Discovery(tool) => match &self.discovery {
-                Some(discovery) => discovery.call(self, session, tool, &mut run.exchange).await,
-                None => Err(Failure::MethodNotFound(method.to_string())),
-            },
-            Route::Listen => match self
-                .listens
-                .listen(self, session, &run.exchange.message, id)
-                .await
-            {
-                Ok(Some(reply)) => Ok(reply),
-                // The client ended it, as a listen stream is ended: nothing
-                // to answer, and nothing went wrong.
-                Ok(None) => return (None, Outcome::Delivered),
-                Err(failure) => Err(failure),
-            },
-            Route::Server { server, rename } => {
-                match self
-                    .relay(session, server, rename, id, &mut run.exchange)
-                    .await
-                {
-                    Relayed::Answered(answered, waited) => {
-                        run.upstream = Some(waited);
-                        answered
-                    }
-                    Relayed::Refused(refusal) => return failed(id, refusal),
-                    Relayed::Cancelled(waited) => {
-                        run.upstream = Some(waited);
-                        return (None, Failure::Cancelled.outcome());
-                    }
-                }
-            }
-        };
-        let answered = match (answered, relayed_to) {
-            (Ok(reply), Some(server)) => {
-                let target = run.exchange.context.target.as_deref();
-                self.shaped(session, server, target, asked, reply).await
-            }
-            (answered, _) => answered,
-        };
-        let (reply, outcome) = match answered {
-            Ok(reply) => (reply, Outcome::Delivered),
-            Err(failure) => (failure.to_response(id.clone()), failure.outcome()),
-        };
-
-        if matches!(
-            method,
-            Method::ResourcesSubscribe | Method::ResourcesUnsubscribe
-        ) {
-            self.subscriptions.answered(
-                self,
-                session,
-                method,
-                &run.exchange.context.target,
-                &reply,
-            );
-        }
-
-        let exchange = &mut run.exchange;
-        exchange.message = reply;
-        exchange.phase = Phase::Response;
-        if let Some(catalog) = listed_from {
-            // A list answered from the catalog: the very catalog it came
-            // from (lists may have been read meanwhile).
-            exchange.context.directory = Some(catalog);
-        }
-        if let Err(refusal) = self.chain.run(exchange) {
-            // A task the client does not get is not left running.
-            self.client_tasks
-                .task_not_given(self, session, &exchange.message);
-            return failed(id, refusal);
-        }
-        (Some(exchange.message.clone()), outcome)
-    }
-
     /// A server's answer as the client is to get it: a task passed on
     /// under the proxy's id; checked (a 2026-07-28 client's, a 2026-07-28
     /// server's); without what only 2026-07-28 says, to a handshake client.
@@ -280,7 +136,7 @@ impl Gateway {
 
     /// Routes the exchange's request and tells the chain what routing found:
     /// the server, the target, the listed definition and the catalog.
-    fn route_exchange(
+    pub(super) fn route_exchange(
         &self,
         session: &Session,
         method: &Method,
@@ -326,8 +182,9 @@ impl Gateway {
 
     /// Sends a decided request to its server (renamed to the server's own
     /// name, within the server's limit on requests in flight, traced as a
-    /// child span) and waits for its answer.
-    async fn relay(
+    /// child span), waits for its answer, and shapes it for the client
+    /// ([`Gateway::shaped`]).
+    pub(super) async fn relay(
         self: &Arc<Self>,
         session: &Arc<Session>,
         server: usize,
@@ -335,6 +192,8 @@ impl Gateway {
         id: &Value,
         exchange: &mut Exchange,
     ) -> Relayed {
+        // What a task's reply needs of the request, taken before it goes.
+        let asked = super::tasks::Asked::of(session, &exchange.context.method, &exchange.message);
         let mut outgoing = std::mem::take(&mut exchange.message);
         if session.stateless {
             super::modern::strip_envelope(&mut outgoing);
@@ -406,10 +265,17 @@ impl Gateway {
             }
             trace.push(call);
         }
-        match forwarded {
-            Err(Failure::Cancelled) => Relayed::Cancelled(ended - sent),
-            answered => Relayed::Answered(answered, ended - sent),
-        }
+        let answered = match forwarded {
+            Err(Failure::Cancelled) => return Relayed::Cancelled(ended - sent),
+            Err(failure) => Err(failure),
+            // Shaped for this client before the response chain judges
+            // what the client will get.
+            Ok(reply) => {
+                let target = exchange.context.target.as_deref();
+                self.shaped(session, server, target, asked, reply).await
+            }
+        };
+        Relayed::Answered(answered, ended - sent)
     }
 
     /// Decides where a request goes, and its target (unprefixed tool or prompt

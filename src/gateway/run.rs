@@ -1,6 +1,8 @@
-//! An exchange from its start to its end. Ending one is the only path to
-//! the chain's `finish`, the audit record, the metrics and the trace: no
-//! path of the gateway completes any of them by hand, so none can skip
+//! The pipeline: a client's request through its steps in order
+//! ([`Gateway::handle_request`]), and an exchange from its start to its
+//! end. Ending one is the only path to the chain's `finish`, the audit
+//! record, the metrics and the trace: no path of the gateway completes any
+//! of them by hand, so none can skip
 //! one, and an exchange dropped before it ended (its task was cancelled)
 //! still gets every one of them.
 
@@ -10,9 +12,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::chain::{Context, Direction, Exchange, Outcome, Phase};
-use crate::protocol::Method;
+use crate::protocol::{self, Method};
 
+use super::failure::Failure;
 use super::record::{Arguments, record_of};
+use super::route::{Ended, Relayed, Route, failed};
 use super::telemetry::observe;
 use super::{Gateway, Session};
 
@@ -36,6 +40,257 @@ pub(super) struct ExchangeRun<'g> {
 }
 
 impl Gateway {
+    /// A client's request through the pipeline, in the order of its steps.
+    /// The reply (`None`: the client cancelled the request, or ended its
+    /// listen stream) goes to the client only once the exchange's record is
+    /// committed. Each step says why it stands where it stands.
+    pub(super) async fn handle_request(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        message: Value,
+    ) -> Option<Value> {
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        // 1. Begin. The method is parsed once (everything past here matches
+        //    on the `Method`), and the exchange starts: its context, its
+        //    trace, its clock. From here, only `end` (step 10) finishes it.
+        let method = Method::named_in(&message);
+        let mut run = self.begin(
+            session,
+            message,
+            Direction::ClientToServer,
+            Phase::Request,
+            &method,
+        );
+        let (reply, outcome): Ended = async {
+            // 2. The audit log, before anything looks at the request: while
+            //    it cannot be written, every call is refused (fail closed),
+            //    and the chain never sees the arguments.
+            if self.records.audit().is_some_and(|audit| audit.is_failing()) {
+                return failed(&id, Failure::AuditUnavailable);
+            }
+            // 3. Routing, before the chain: interceptors decide on the
+            //    target server, the name and the listed definition.
+            let routed = self.route_exchange(session, &method, &mut run.exchange);
+            // 4. The request chain, in config order (authz, limits, pinning,
+            //    schema, redact, plugins...). Its refusal outranks routing's:
+            //    `limits` names a broken envelope more precisely.
+            let mut ran = self.chain.run(&mut run.exchange);
+            // 5. Admission to what is shared (the fleet's quotas, places):
+            //    after the chain, so that a refused request spends none.
+            if ran.is_ok() && routed.is_ok() {
+                ran = self.chain.admit(&run.exchange).await;
+            }
+            // 6. The arguments' hash, of the arguments as they go out (after
+            //    redaction), never of a secret.
+            run.arguments = self.records.arguments_of(&run.exchange.message);
+            let route = match (routed, ran) {
+                (_, Err(refusal)) => return failed(&id, refusal),
+                (Err(failure), Ok(())) => return failed(&id, failure),
+                (Ok(route), Ok(())) => route,
+            };
+            // The catalog a list was answered from (interceptors judge its
+            // items against that one, not a newer one).
+            let mut listed_from = None;
+            // 7. Relay to the server (the answer shaped for this client: a
+            //    task taken on under the proxy's id, the revision's framing),
+            //    or answer here: the only step that waits on the other side.
+            let answered = match self
+                .answer(session, &mut run, route, &id, &mut listed_from)
+                .await
+            {
+                Ok(answered) => answered,
+                Err(ended) => return ended,
+            };
+            let (reply, outcome) = match answered {
+                Ok(reply) => (reply, Outcome::Delivered),
+                Err(failure) => (failure.to_response(id.clone()), failure.outcome()),
+            };
+            // 8. What the answer changes in the proxy's state: a subscription
+            //    kept or given up, with what is held at its server.
+            if matches!(
+                method,
+                Method::ResourcesSubscribe | Method::ResourcesUnsubscribe
+            ) {
+                let target = &run.exchange.context.target;
+                self.subscriptions
+                    .answered(self, session, &method, target, &reply);
+            }
+            // 9. The response chain, in reverse order: it sees the reply as
+            //    the client would get it. A task the client does not get is
+            //    not left running.
+            let exchange = &mut run.exchange;
+            exchange.message = reply;
+            exchange.phase = Phase::Response;
+            if let Some(catalog) = listed_from {
+                exchange.context.directory = Some(catalog);
+            }
+            if let Err(refusal) = self.chain.run(exchange) {
+                self.client_tasks
+                    .task_not_given(self, session, &exchange.message);
+                return failed(&id, refusal);
+            }
+            (Some(exchange.message.clone()), outcome)
+        }
+        .await;
+        // 10. The record, committed before the reply leaves: a reply whose
+        //     record the audit log refused is not given (fail closed).
+        if run.end(&outcome, reply.as_ref()).await {
+            return reply;
+        }
+        reply.map(|_| Failure::NotRecorded.to_response(id))
+    }
+    /// Step 7 of [`Gateway::handle_request`]: the request relayed to its
+    /// server, or answered here. `Err`: the exchange ends now, as it says
+    /// (the client cancelled it, or ended its listen stream; the server's
+    /// limit refused it).
+    async fn answer(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        run: &mut ExchangeRun<'_>,
+        route: Route,
+        id: &Value,
+        listed_from: &mut Option<Arc<super::Catalog>>,
+    ) -> Result<Result<Value, Failure>, Ended> {
+        Ok(match route {
+            Route::Local => {
+                let exchange = &run.exchange;
+                let method = &exchange.context.method;
+                self.answer_locally(session, method, &exchange.message, listed_from)
+                    .await
+            }
+            Route::Discovery(tool) => match &self.discovery {
+                Some(discovery) => discovery.call(self, session, tool, &mut run.exchange).await,
+                None => Err(Failure::MethodNotFound(
+                    run.exchange.context.method.to_string(),
+                )),
+            },
+            Route::Listen => {
+                let message = &run.exchange.message;
+                match self.listens.listen(self, session, message, id).await {
+                    Ok(Some(reply)) => Ok(reply),
+                    // The client ended it, as a listen stream is ended:
+                    // nothing to answer, and nothing went wrong.
+                    Ok(None) => return Err((None, Outcome::Delivered)),
+                    Err(failure) => Err(failure),
+                }
+            }
+            Route::Server { server, rename } => {
+                let exchange = &mut run.exchange;
+                match self.relay(session, server, rename, id, exchange).await {
+                    Relayed::Answered(answered, waited) => {
+                        run.upstream = Some(waited);
+                        answered
+                    }
+                    Relayed::Refused(refusal) => return Err(failed(id, refusal)),
+                    Relayed::Cancelled(waited) => {
+                        run.upstream = Some(waited);
+                        return Err((None, Failure::Cancelled.outcome()));
+                    }
+                }
+            }
+        })
+    }
+
+    /// A server's request to a client through the pipeline, in the order of
+    /// its steps (`message`, with the server's id),
+    /// put to `session`, the session of the call it came during
+    /// (`related`): decided (the capability the client declared, the
+    /// chain: Cedar, redaction), asked (on the session; for a 2026-07-28
+    /// client, as a round of its call), its answer through the chain and
+    /// recorded. The answer message for the server, under its id.
+    pub(super) async fn put_to_client(
+        self: &Arc<Self>,
+        (index, instance): (usize, Option<Arc<str>>),
+        upstream: &crate::upstream::Upstream,
+        session: &Arc<Session>,
+        message: Value,
+        related: Option<&Value>,
+    ) -> Value {
+        let server_id = message.get("id").cloned().unwrap_or(Value::Null);
+        let method = Method::named_in(&message);
+        let answer = |failure: Failure| failure.to_response(server_id.clone());
+        let capability = method.client_capability();
+        // 1. Whether the client can be asked at all, before anything is
+        //    recorded: a 2026-07-28 client is asked in its call's rounds, if
+        //    the call can take them, and only what a round can carry (the
+        //    requests that need a capability; a server's `ping` never gets
+        //    here: the upstream answers it); any client, only what it
+        //    declared the capability for.
+        if session.stateless {
+            let refusal = if !session.in_rounds.load(std::sync::atomic::Ordering::Relaxed) {
+                Some(Failure::NoBackChannel)
+            } else if capability.is_none() {
+                Some(Failure::MethodNotFound(
+                    protocol::cut(method.as_str(), 64).to_owned(),
+                ))
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                return answer(refusal);
+            }
+        }
+        if let Some(capability) = capability
+            && !session.has_client_capability(capability)
+        {
+            return answer(Failure::ClientLacks(capability));
+        }
+        // 2. Begin: the exchange, recorded as the server's request.
+        let mut run = self.begin_asking(session, message, &method, Some(upstream.name().clone()));
+        let started = Instant::now();
+        // 3. The chain on the server's request (authz: may this server ask
+        //    this client; redaction of what it asks).
+        if let Err(refusal) = self.chain.run(&mut run.exchange) {
+            let refusal = Failure::from(refusal);
+            let answer = answer(refusal.clone());
+            // Recorded before the server gets the refusal; if the record
+            // cannot be written, the refusal stands.
+            run.end(&refusal.outcome(), Some(&answer)).await;
+            return answer;
+        }
+        // 4. Ask: on the session, or in the call's next round; the only
+        //    step that waits on the client.
+        let timeout = upstream.config().call_timeout;
+        let answer_message = if session.stateless {
+            self.rounds
+                .ask_in_round(session, &server_id, &run.exchange.message, timeout)
+                .await
+        } else {
+            self.ask_client(
+                session,
+                (index, instance),
+                &server_id,
+                &run.exchange.message,
+                related,
+                timeout,
+            )
+            .await
+        };
+        // 5. The chain on the client's answer (redaction of what the client
+        //    gives the server).
+        let exchange = &mut run.exchange;
+        exchange.message = answer_message;
+        exchange.phase = Phase::Response;
+        let outcome = match self.chain.run(exchange) {
+            Ok(()) => Outcome::Delivered,
+            Err(refusal) => {
+                let refusal = Failure::from(refusal);
+                exchange.message = answer(refusal.clone());
+                refusal.outcome()
+            }
+        };
+        // 6. The record, before the server gets the answer: if it cannot be
+        //    written, the server gets a refusal instead (fail closed).
+        run.upstream = Some(started.elapsed());
+        let answer_message = std::mem::take(&mut run.exchange.message);
+        let recorded = run.end(&outcome, Some(&answer_message)).await;
+        if recorded {
+            answer_message
+        } else {
+            answer(Failure::RequestNotRecorded)
+        }
+    }
+
     /// Starts the exchange of a request of server `server`'s (sampling,
     /// elicitation, roots) to `session`'s client.
     pub(super) fn begin_asking(

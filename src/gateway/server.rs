@@ -10,7 +10,6 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::chain::{Outcome, Phase};
 use crate::protocol::{self, At, IdKey};
 use crate::upstream::{Origin, UpstreamEvent};
 
@@ -295,99 +294,10 @@ impl Gateway {
         let _ = upstream.send(answer_message).await;
     }
 
-    /// A server's request to a client (`message`, with the server's id),
-    /// put to `session`, the session of the call it came during
-    /// (`related`): decided (the capability the client declared, the
-    /// chain: Cedar, redaction), asked (on the session; for a 2026-07-28
-    /// client, as a round of its call), its answer through the chain and
-    /// recorded. The answer message for the server, under its id.
-    pub(super) async fn put_to_client(
-        self: &Arc<Self>,
-        (index, instance): (usize, Option<Arc<str>>),
-        upstream: &crate::upstream::Upstream,
-        session: &Arc<Session>,
-        message: Value,
-        related: Option<&Value>,
-    ) -> Value {
-        let server_id = message.get("id").cloned().unwrap_or(Value::Null);
-        let method = protocol::Method::named_in(&message);
-        let answer = |failure: Failure| failure.to_response(server_id.clone());
-        let capability = method.client_capability();
-        // A 2026-07-28 client is asked in its call's rounds, if the call
-        // can take them, and only what a round can carry (the requests that
-        // need a capability; a server's `ping` never gets here: the
-        // upstream answers it).
-        if session.stateless {
-            let refusal = if !session.in_rounds.load(std::sync::atomic::Ordering::Relaxed) {
-                Some(Failure::NoBackChannel)
-            } else if capability.is_none() {
-                Some(Failure::MethodNotFound(
-                    protocol::cut(method.as_str(), 64).to_owned(),
-                ))
-            } else {
-                None
-            };
-            if let Some(refusal) = refusal {
-                return answer(refusal);
-            }
-        }
-        if let Some(capability) = capability
-            && !session.has_client_capability(capability)
-        {
-            return answer(Failure::ClientLacks(capability));
-        }
-
-        let mut run = self.begin_asking(session, message, &method, Some(upstream.name().clone()));
-        let started = std::time::Instant::now();
-        if let Err(refusal) = self.chain.run(&mut run.exchange) {
-            let refusal = Failure::from(refusal);
-            let answer = answer(refusal.clone());
-            // Recorded before the server gets the refusal; if the record
-            // cannot be written, the refusal stands.
-            run.end(&refusal.outcome(), Some(&answer)).await;
-            return answer;
-        }
-        let timeout = upstream.config().call_timeout;
-        let answer_message = if session.stateless {
-            self.rounds
-                .ask_in_round(session, &server_id, &run.exchange.message, timeout)
-                .await
-        } else {
-            self.ask_client(
-                session,
-                (index, instance),
-                &server_id,
-                &run.exchange.message,
-                related,
-                timeout,
-            )
-            .await
-        };
-        let exchange = &mut run.exchange;
-        exchange.message = answer_message;
-        exchange.phase = Phase::Response;
-        let outcome = match self.chain.run(exchange) {
-            Ok(()) => Outcome::Delivered,
-            Err(refusal) => {
-                let refusal = Failure::from(refusal);
-                exchange.message = answer(refusal.clone());
-                refusal.outcome()
-            }
-        };
-        run.upstream = Some(started.elapsed());
-        let answer_message = std::mem::take(&mut run.exchange.message);
-        let recorded = run.end(&outcome, Some(&answer_message)).await;
-        if recorded {
-            answer_message
-        } else {
-            answer(Failure::RequestNotRecorded)
-        }
-    }
-
     /// Sends a server's request to the client (with an id of the client
     /// session's own) and waits, at most the server's call timeout, for
     /// the answer, which comes back with the server's id.
-    async fn ask_client(
+    pub(super) async fn ask_client(
         &self,
         session: &Session,
         (index, instance): (usize, Option<Arc<str>>),
