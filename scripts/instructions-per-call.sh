@@ -7,17 +7,23 @@
 # the proxy is counted (the audit writer's included); the example server is
 # not.
 #
-# Usage: scripts/instructions-per-call.sh [CALLS]     (default 2000)
+# Usage: scripts/instructions-per-call.sh [CALLS [REV ...]]   (default 2000)
 #   Needs valgrind (installed with apt-get when missing) and the release
 #   build of `cargo bench --bench roundtrip --no-run` (brought up to date
 #   first, so that what is counted is the tree as it is).
-#   Prints one line per path, then the ratio. The callgrind files stay in
-#   the printed directory: `callgrind_annotate --inclusive=yes FILE` shows
-#   where the instructions went.
+#   Each REV (a commit, `HEAD~3`, a branch) is also built, in a worktree of
+#   its own under target/instructions/ (sharing target/, so that only the
+#   proxy's crates are built again), and counted in the same run, so that
+#   a change is compared with what it changed.
+#   Prints one line per build and path, then each build's ratio. The
+#   callgrind files stay in the printed directory:
+#   `callgrind_annotate --inclusive=yes FILE` shows where the instructions
+#   went.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CALLS="${1:-2000}"
+shift || true
 if ! command -v valgrind > /dev/null; then
     echo "valgrind is missing: installing Debian's package" >&2
     { apt-get update -qq && apt-get install -y -qq valgrind > /dev/null; } \
@@ -26,6 +32,24 @@ fi
 (cd "$ROOT" && cargo bench --bench roundtrip --no-run >&2)
 
 WORK="$(mktemp -d)"
+# The builds counted: NAME -> the directory holding its release binaries.
+NAMES=(tree)
+declare -A BINARIES=([tree]="$WORK/tree")
+mkdir -p "$WORK/tree"
+cp "$ROOT/target/release/portcullis" "$ROOT/target/release/portcullis-example-server" "$WORK/tree/"
+for rev in "$@"; do
+    name="$(git -C "$ROOT" rev-parse --short "$rev")"
+    tree="$ROOT/target/instructions/$name"
+    if [ ! -d "$tree" ]; then
+        git -C "$ROOT" worktree add --detach "$tree" "$rev" >&2
+    fi
+    (cd "$tree" && CARGO_TARGET_DIR="$ROOT/target" cargo build --release --locked \
+        --bin portcullis --bin portcullis-example-server >&2)
+    mkdir -p "$WORK/$name"
+    cp "$ROOT/target/release/portcullis" "$ROOT/target/release/portcullis-example-server" "$WORK/$name/"
+    NAMES+=("$name")
+    BINARIES[$name]="$WORK/$name"
+done
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 HASH=$(printf 'bench-token' | sha256sum | cut -d' ' -f1)
 cat > "$WORK/proxy.toml" <<EOF
@@ -42,7 +66,7 @@ token_sha256 = "$HASH"
 
 [[servers]]
 name = "example"
-process = { command = "$ROOT/target/release/portcullis-example-server", args = ["--name", "example"] }
+process = { command = "EXAMPLE_SERVER", args = ["--name", "example"] }
 EOF
 
 # The bench client's requests, from Python: a kept-alive HTTP/1.1
@@ -95,33 +119,53 @@ for n in range(1, calls + 1):
         sys.exit(f"call failed: {body!r}")
 EOF
 
-cd "$WORK"
-valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
-    "$ROOT/target/release/portcullis" serve --config proxy.toml > proxy.log 2>&1 &
-PROXY=$!
-trap 'kill $PROXY 2> /dev/null || true' EXIT
-for _ in $(seq 1 120); do
-    grep -q "listening for MCP" proxy.log && break
-    sleep 1
-done
-grep -q "listening for MCP" proxy.log || { cat proxy.log >&2; exit 1; }
-# Warm-up: both paths, so that neither pays for a first time.
-python3 client.py "$PORT" session 200 go
-python3 client.py "$PORT" stateless 200 go
+# count NAME: both paths counted on the build NAME's proxy and example server.
+count() {
+    local name=$1 dir=${BINARIES[$1]} run="$WORK/run-$1"
+    mkdir -p "$run"
+    sed -e "s|EXAMPLE_SERVER|$dir/portcullis-example-server|" "$WORK/proxy.toml" > "$run/proxy.toml"
+    cd "$run"
+    valgrind --tool=callgrind --callgrind-out-file="$run/callgrind.%p" \
+        "$dir/portcullis" serve --config proxy.toml > proxy.log 2>&1 &
+    PROXY=$!
+    trap 'kill $PROXY 2> /dev/null || true' EXIT
+    for _ in $(seq 1 120); do
+        grep -q "listening for MCP" proxy.log && break
+        sleep 1
+    done
+    grep -q "listening for MCP" proxy.log || { cat proxy.log >&2; exit 1; }
+    # Warm-up: both paths, so that neither pays for a first time.
+    python3 "$WORK/client.py" "$PORT" session 200 go
+    python3 "$WORK/client.py" "$PORT" stateless 200 go
+    for mode in session stateless; do
+        coproc CLIENT { python3 "$WORK/client.py" "$PORT" "$mode" "$CALLS" wait; }
+        client_pid=$CLIENT_PID
+        read -r ready <&"${CLIENT[0]}"
+        [ "$ready" = ready ] || { echo "the $mode client did not start" >&2; exit 1; }
+        callgrind_control -z "$PROXY" > /dev/null
+        echo go >&"${CLIENT[1]}"
+        wait "$client_pid"
+        callgrind_control -d "$mode" "$PROXY" > /dev/null
+        dump=$(grep -l "^desc: Trigger: dump $mode" "$run"/callgrind.*.* | head -1) \
+            || { echo "callgrind wrote no dump for $mode" >&2; exit 1; }
+        total=$(awk '/^totals:/ {print $2}' "$dump")
+        PER_CALL[$name.$mode]=$((total / CALLS))
+        echo "$name $mode: ${PER_CALL[$name.$mode]} instructions per call ($dump)"
+    done
+    kill "$PROXY" 2> /dev/null || true
+    wait "$PROXY" 2> /dev/null || true
+    cd "$WORK"
+}
+
 declare -A PER_CALL
-for mode in session stateless; do
-    coproc CLIENT { python3 client.py "$PORT" "$mode" "$CALLS" wait; }
-    client_pid=$CLIENT_PID
-    read -r ready <&"${CLIENT[0]}"
-    [ "$ready" = ready ] || { echo "the $mode client did not start" >&2; exit 1; }
-    callgrind_control -z "$PROXY" > /dev/null
-    echo go >&"${CLIENT[1]}"
-    wait "$client_pid"
-    callgrind_control -d "$mode" "$PROXY" > /dev/null
-    dump=$(grep -l "^desc: Trigger: dump $mode" "$WORK"/callgrind.*.* | head -1) \
-        || { echo "callgrind wrote no dump for $mode" >&2; exit 1; }
-    total=$(awk '/^totals:/ {print $2}' "$dump")
-    PER_CALL[$mode]=$((total / CALLS))
-    echo "$mode: ${PER_CALL[$mode]} instructions per call ($dump)"
+for name in "${NAMES[@]}"; do
+    count "$name"
 done
-python3 -c "print(f'stateless / session: {${PER_CALL[stateless]} / ${PER_CALL[session]}:.3f}x')"
+for name in "${NAMES[@]}"; do
+    python3 -c "print(f'$name stateless / session: {${PER_CALL[$name.stateless]} / ${PER_CALL[$name.session]}:.3f}x')"
+done
+for name in "${NAMES[@]:1}"; do
+    for mode in session stateless; do
+        python3 -c "print(f'$mode tree / $name: {${PER_CALL[tree.$mode]} / ${PER_CALL[$name.$mode]}:.3f}x')"
+    done
+done
