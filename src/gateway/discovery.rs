@@ -62,7 +62,7 @@ pub(super) enum Holder {
 
 impl Holder {
     pub(super) fn of(session: &Session) -> Self {
-        if session.stateless {
+        if !session.revision.lasting() {
             Self::Client(session.client.name.clone())
         } else {
             Self::Session(session.key)

@@ -53,7 +53,7 @@ pub use modern::{checked_envelope, version_spoken};
 pub use record::Records;
 pub use reload::{ReloadError, Reloaded, Reloads};
 pub use route::reply_id;
-pub use session::{Outlet, Resumed, Session, Sessions};
+pub use session::{Outlet, Resumed, Revision, Session, Sessions};
 pub use slots::Servers;
 pub use telemetry::{Enforced, observe, root_of};
 
@@ -305,7 +305,7 @@ impl Gateway {
         for session in sessions {
             session.close();
             // A 2026-07-28 request's session was never opened as one.
-            if !session.stateless {
+            if session.revision.lasting() {
                 ended.push(record::session_end(&session));
             }
         }
@@ -507,7 +507,7 @@ impl Gateway {
     /// (`None` when the client cancelled the request, which gets no reply).
     pub async fn handle(self: &Arc<Self>, session: &Arc<Session>, message: Value) -> Option<Value> {
         match protocol::classify(&message) {
-            Some(Kind::Request) if session.stateless => {
+            Some(Kind::Request) if session.revision.in_rounds() => {
                 self.rounds.request(self, session, message).await
             }
             Some(Kind::Request) => self.handle_request(session, message).await,

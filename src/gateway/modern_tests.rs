@@ -211,7 +211,7 @@ async fn the_handshake_and_what_came_with_sessions_are_unknown_to_a_modern_reque
         (&legacy, 5, "server/discover"),
         (&legacy, 6, "subscriptions/listen"),
     ] {
-        let message = match asker.stateless {
+        let message = match asker.revision.in_rounds() {
             true => modern(id, method, params.clone()),
             false => request(id, method, params.clone()),
         };

@@ -101,7 +101,7 @@ impl Gateway {
         // Asked once the server has answered: a `protocol = "auto"` server
         // knows its revision once it has started.
         let from_stateless = self.servers.speaks_stateless(server, &session.client.name);
-        if session.stateless
+        if session.revision.takes_tasks()
             && let Some(reply) = self
                 .client_tasks
                 .task_reply(
@@ -121,13 +121,13 @@ impl Gateway {
             self.client_tasks
                 .cancel_task_of(self, session, server, &reply);
         }
-        let reply = if session.stateless || from_stateless {
+        let reply = if session.revision.framed_results() || from_stateless {
             super::modern::checked_result(reply)?
         } else {
             reply
         };
         // A handshake client is not told what only 2026-07-28 says.
-        Ok(if from_stateless && !session.stateless {
+        Ok(if from_stateless && !session.revision.framed_results() {
             super::modern::handshake_result(reply)
         } else {
             reply
@@ -195,7 +195,7 @@ impl Gateway {
         // What a task's reply needs of the request, taken before it goes.
         let asked = super::tasks::Asked::of(session, &exchange.context.method, &exchange.message);
         let mut outgoing = std::mem::take(&mut exchange.message);
-        if session.stateless {
+        if session.revision.carries_envelope() {
             super::modern::strip_envelope(&mut outgoing);
         }
         let renamed = match rename {
@@ -431,7 +431,7 @@ impl Gateway {
         method: &Method,
     ) -> Option<Result<(Route, Option<String>), Failure>> {
         let unknown = || Some(Err(Failure::MethodNotFound(method.to_string())));
-        if session.stateless {
+        if !session.revision.lasting() {
             let listening = *method == Method::ResourcesSubscribe
                 && session.listen_asked.load(Ordering::Relaxed);
             if method.removed_in_modern() && !listening {
@@ -472,7 +472,7 @@ impl Gateway {
         session: &Session,
         message: &Value,
     ) -> Result<super::task_table::Task, Failure> {
-        if !session.stateless {
+        if !session.revision.takes_tasks() {
             let method = protocol::method(message).unwrap_or_default();
             return Err(Failure::MethodNotFound(method.to_owned()));
         }
@@ -610,7 +610,7 @@ impl Gateway {
         // Tasks, where the client takes them (on a call, and on the task's
         // own requests, which a server refuses without it).
         let tasks = stateless
-            && session.stateless
+            && session.revision.takes_tasks()
             && (method == Method::ToolsCall || method.is_task())
             && declares_tasks;
         if tasks {

@@ -216,7 +216,7 @@ impl Gateway {
         //    requests that need a capability; a server's `ping` never gets
         //    here: the upstream answers it); any client, only what it
         //    declared the capability for.
-        if session.stateless {
+        if session.revision.in_rounds() {
             let refusal = if !session.in_rounds.load(std::sync::atomic::Ordering::Relaxed) {
                 Some(Failure::NoBackChannel)
             } else if capability.is_none() {
@@ -251,7 +251,7 @@ impl Gateway {
         // 4. Ask: on the session, or in the call's next round; the only
         //    step that waits on the client.
         let timeout = upstream.config().call_timeout;
-        let answer_message = if session.stateless {
+        let answer_message = if session.revision.in_rounds() {
             self.rounds
                 .ask_in_round(session, &server_id, &run.exchange.message, timeout)
                 .await

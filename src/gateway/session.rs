@@ -95,6 +95,60 @@ pub(crate) struct InFlight {
     pub cancel: CancellationToken,
 }
 
+/// How a session's client speaks, as its edge (the transport that read the
+/// revision) set it. Past the edge the gateway asks these properties, never
+/// the version: a new revision is one more variant, its answers given here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revision {
+    /// The handshake revisions (2024-11-05 to 2025-11-25): a session opened
+    /// by `initialize`, lasting until its client ends it.
+    Handshake,
+    /// 2026-07-28: no handshake; each request carries what its client says
+    /// of itself (its envelope) and is a session of its own.
+    PerRequest,
+}
+
+impl Revision {
+    /// The session lasts across requests: what is announced to sessions
+    /// (list changes, servers' log levels, notifications no call owns)
+    /// reaches it, its end is recorded, a catalog server it adds is its own,
+    /// and the methods that came with sessions are there.
+    pub fn lasting(self) -> bool {
+        self == Self::Handshake
+    }
+
+    /// A server's requests to the client are asked in the rounds of the
+    /// call they belong to (`input_required`, continued by `requestState`),
+    /// not on a channel of the session's.
+    pub fn in_rounds(self) -> bool {
+        self == Self::PerRequest
+    }
+
+    /// The tasks extension: a call may become a task the client polls.
+    pub fn takes_tasks(self) -> bool {
+        self == Self::PerRequest
+    }
+
+    /// Results are checked and framed as the revision has them
+    /// (`resultType`, what only it says); otherwise what only 2026-07-28
+    /// says is taken out of a server's result.
+    pub fn framed_results(self) -> bool {
+        self == Self::PerRequest
+    }
+
+    /// Each request carries the protocol's keys in its `_meta` (taken out
+    /// at the edge; none of them may reach a server).
+    pub fn carries_envelope(self) -> bool {
+        self == Self::PerRequest
+    }
+
+    /// A server's log messages reach the client though it never asked for
+    /// a level.
+    pub fn hears_logs_unasked(self) -> bool {
+        self == Self::Handshake
+    }
+}
+
 pub struct Session {
     pub(crate) key: u64,
     pub id: Arc<str>,
@@ -114,10 +168,12 @@ pub struct Session {
     /// How many resources the session is subscribed to (at most
     /// [`MAX_SUBSCRIPTIONS`]).
     pub(crate) subscribed: std::sync::atomic::AtomicUsize,
-    /// The session of one 2026-07-28 request (no handshake, no state kept
-    /// between requests): what its client says of itself comes with the
-    /// request, and it lives only as long as that request.
-    pub(crate) stateless: bool,
+    /// How its client speaks, as the edge read it: a session of its own
+    /// (the handshake), or one 2026-07-28 request's (no state kept between
+    /// requests: what its client says of itself comes with the request, and
+    /// it lives only as long as that request). Past the edge the gateway
+    /// asks its properties, never the version.
+    pub(crate) revision: Revision,
     /// A 2026-07-28 `subscriptions/listen` request runs in this session:
     /// it may subscribe to resources on the client's behalf.
     pub(crate) listen_asked: std::sync::atomic::AtomicBool,
@@ -258,7 +314,7 @@ impl Session {
             opened: Instant::now(),
             subscribed: std::sync::atomic::AtomicUsize::new(0),
             closed: CancellationToken::new(),
-            stateless: false,
+            revision: Revision::Handshake,
             listen_asked: std::sync::atomic::AtomicBool::new(false),
             listen: std::sync::OnceLock::new(),
             in_rounds: std::sync::atomic::AtomicBool::new(false),
@@ -279,7 +335,7 @@ impl Session {
         envelope: Envelope,
     ) -> Self {
         let session = Self {
-            stateless: true,
+            revision: Revision::PerRequest,
             ..Self::new(key, id, client, transport, outlet)
         };
         {
@@ -335,7 +391,7 @@ impl Session {
     /// a level MCP names is below any level.
     pub(crate) fn wants_log(&self, message: &Value) -> bool {
         match self.log_level() {
-            None => !self.stateless,
+            None => self.revision.hears_logs_unasked(),
             Some(least) => LogLevel::of_message(message).is_some_and(|level| level >= least),
         }
     }
@@ -351,7 +407,7 @@ impl Session {
             tag_subscription(&mut message, &listen.id);
             return self.outlet().deliver(message, Some(&listen.id));
         }
-        if self.stateless {
+        if !self.revision.lasting() {
             // A listen not acknowledged yet: nothing goes before its
             // acknowledgment (what its subscriptions' servers say included).
             let listening = self.listen_asked.load(std::sync::atomic::Ordering::Relaxed);
@@ -544,7 +600,7 @@ impl Sessions {
     /// The sessions that did the handshake: those what is announced to
     /// sessions reaches (a 2026-07-28 request's session is not one).
     pub(super) fn initialized(&self) -> Vec<Arc<Session>> {
-        self.matching(|s| s.is_initialized() && !s.stateless)
+        self.matching(|s| s.is_initialized() && s.revision.lasting())
     }
 
     /// The sessions a notification from `instance` may be offered to (authz
@@ -553,9 +609,9 @@ impl Sessions {
     pub(super) fn of_instance(&self, instance: &Option<Arc<str>>) -> Vec<Arc<Session>> {
         match instance {
             None => self.initialized(),
-            Some(client) => {
-                self.matching(|s| s.is_initialized() && !s.stateless && s.client.name == *client)
-            }
+            Some(client) => self.matching(|s| {
+                s.is_initialized() && s.revision.lasting() && s.client.name == *client
+            }),
         }
     }
 }

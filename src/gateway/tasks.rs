@@ -57,7 +57,7 @@ pub(super) enum Asked {
 
 impl Asked {
     pub(super) fn of(session: &Session, method: &Method, message: &Value) -> Self {
-        if !session.stateless || !session.client_capabilities(task_table::declared) {
+        if !session.revision.takes_tasks() || !session.client_capabilities(task_table::declared) {
             return Self::Nothing;
         }
         let param = |key: &str| {
