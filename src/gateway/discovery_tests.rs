@@ -112,7 +112,6 @@ async fn a_server_one_session_added_reaches_no_other_session() {
     // A new session of bob's: nothing of evil in its handshake.
     let (bob2, _) = harness.session("bob");
     let init = harness
-        .gateway
         .handle(
             &bob2,
             request(

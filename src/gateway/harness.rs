@@ -289,6 +289,13 @@ impl Harness {
         (session, receiver)
     }
 
+    /// Hands the gateway `message` of `session`'s, as an edge would (see
+    /// [`past_the_edge`]).
+    pub(super) async fn handle(&self, session: &Arc<Session>, mut message: Value) -> Option<Value> {
+        past_the_edge(session, &mut message);
+        self.gateway.handle(session, message).await
+    }
+
     /// Every record committed so far (after the background ones landed).
     pub(super) async fn records(&self) -> Vec<AuditRecord> {
         self.gateway.records.settled().await;
@@ -318,10 +325,23 @@ impl Harness {
 pub(super) fn spawn_handle(
     harness: &Harness,
     session: &Arc<Session>,
-    message: Value,
+    mut message: Value,
 ) -> tokio::task::JoinHandle<Option<Value>> {
+    past_the_edge(session, &mut message);
     let (gateway, session) = (harness.gateway.clone(), session.clone());
     tokio::spawn(async move { gateway.handle(&session, message).await })
+}
+
+/// What an edge does to a message before the gateway has it: a 2026-07-28
+/// request's protocol keys taken out of its `_meta` (the edges read its
+/// envelope into the request's session with `protocol::take_envelope`,
+/// which takes every one of them).
+fn past_the_edge(session: &Session, message: &mut Value) {
+    if session.revision.carries_envelope()
+        && let Some(params) = message.get_mut("params").and_then(Value::as_object_mut)
+    {
+        protocol::take_protocol_meta(params, |_, _| {});
+    }
 }
 
 /// A JSON-RPC request.

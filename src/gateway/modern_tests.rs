@@ -121,7 +121,7 @@ async fn the_chain_sees_a_modern_request_without_its_envelope() {
         json!({ "_meta": { meta::PROTOCOL_VERSION: protocol::MODERN_VERSION,
             meta::CLIENT_CAPABILITIES: {} } }),
     );
-    let _ = harness.gateway.handle(&session, bare).await;
+    let _ = harness.handle(&session, bare).await;
 
     let requests = harness.requests_seen();
     let call = requests
@@ -215,11 +215,7 @@ async fn the_handshake_and_what_came_with_sessions_are_unknown_to_a_modern_reque
             true => modern(id, method, params.clone()),
             false => request(id, method, params.clone()),
         };
-        let reply = harness
-            .gateway
-            .handle(asker, message)
-            .await
-            .unwrap_or_default();
+        let reply = harness.handle(asker, message).await.unwrap_or_default();
         assert_eq!(
             reply["error"]["code"],
             protocol::code::METHOD_NOT_FOUND,
@@ -253,11 +249,7 @@ async fn a_client_holds_a_bounded_number_of_listen_streams() {
         open.push((session, running));
     }
     let (extra, _inbox) = harness.stateless_session("alice");
-    let refused = harness
-        .gateway
-        .handle(&extra, listen(99))
-        .await
-        .unwrap_or_default();
+    let refused = harness.handle(&extra, listen(99)).await.unwrap_or_default();
     assert_eq!(
         refused["error"]["code"],
         protocol::code::RATE_LIMITED,
@@ -436,7 +428,7 @@ async fn no_session_ends_another_sessions_subscription_at_the_server() {
     // Bob unsubscribes from what he never subscribed to: answered by the
     // proxy, never sent to the server.
     let local = std::time::Duration::from_secs(10);
-    let reply = tokio::time::timeout(local, harness.gateway.handle(&bob, unsubscribe(1))).await;
+    let reply = tokio::time::timeout(local, harness.handle(&bob, unsubscribe(1))).await;
     assert_eq!(
         reply.ok().flatten().unwrap_or_default()["result"],
         json!({})
@@ -461,7 +453,7 @@ async fn no_session_ends_another_sessions_subscription_at_the_server() {
     // Bob unsubscribes while Alice reads it: his alone is taken out, and
     // he is answered without the server (which answers nothing here).
     let local = std::time::Duration::from_secs(10);
-    let reply = tokio::time::timeout(local, harness.gateway.handle(&bob, unsubscribe(4))).await;
+    let reply = tokio::time::timeout(local, harness.handle(&bob, unsubscribe(4))).await;
     assert_eq!(
         reply.ok().flatten().unwrap_or_default()["result"],
         json!({})
@@ -631,7 +623,7 @@ async fn a_2026_07_28_servers_question_in_a_round_is_a_request_on_a_handshake_se
     assert_ne!(asked["id"], "q", "{asked}");
     let declined = json!({ "jsonrpc": "2.0", "id": asked["id"].clone(),
         "result": { "action": "decline" } });
-    harness.gateway.handle(&legacy, declined).await;
+    harness.handle(&legacy, declined).await;
     let again = files.next_received().await;
     assert_eq!(again["method"], "tools/call", "{again}");
     assert_eq!(
@@ -681,7 +673,7 @@ async fn a_question_not_answered_ends_the_call_and_its_round_is_withdrawn() {
     };
     let refusal = json!({ "jsonrpc": "2.0", "id": roots["id"].clone(),
         "error": { "code": -1, "message": "no roots here" } });
-    harness.gateway.handle(&legacy, refusal).await;
+    harness.handle(&legacy, refusal).await;
     let reply = answer.await.ok().flatten().unwrap_or_default();
     assert_eq!(
         reply["error"]["code"],

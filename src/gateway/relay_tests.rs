@@ -68,11 +68,7 @@ async fn two_servers() -> (
 }
 
 async fn handle(harness: &Harness, session: &Arc<Session>, message: Value) -> Value {
-    harness
-        .gateway
-        .handle(session, message)
-        .await
-        .unwrap_or_default()
+    harness.handle(session, message).await.unwrap_or_default()
 }
 
 /// The names of the tools `session` is listed (one page).

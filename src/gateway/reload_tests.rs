@@ -23,7 +23,6 @@ fn parse(text: &str) -> Config {
 
 async fn tools_listed(harness: &Harness, session: &std::sync::Arc<super::Session>) -> Vec<String> {
     let reply = harness
-        .gateway
         .handle(session, request(90, "tools/list", json!({})))
         .await
         .unwrap();
@@ -125,7 +124,6 @@ async fn a_changed_server_restarts_and_its_old_instance_leaves_nothing_behind() 
     let reply = call.await.unwrap().unwrap();
     assert_eq!(reply["result"]["content"][0]["text"], "written", "{reply}");
     let refused = harness
-        .gateway
         .handle(
             &session,
             request(
@@ -215,7 +213,6 @@ async fn a_narrower_profile_applies_to_the_lists_at_once_without_asking_the_serv
         "{told:?}"
     );
     let hidden = harness
-        .gateway
         .handle(
             &session,
             request(

@@ -288,16 +288,15 @@ impl Rounds {
     }
 
     /// A 2026-07-28 request: in rounds where its method can take them,
-    /// framed as that revision wants. Its envelope (already read into the
-    /// request's session) is taken out first: the chain, its plugins and
-    /// the record see the request as a session's request would be.
+    /// framed as that revision wants. Its envelope was taken out at the edge
+    /// (read into the request's session): the chain, its plugins and the
+    /// record see the request as a session's request would be.
     pub(super) async fn request(
         &self,
         gateway: &Arc<Gateway>,
         session: &Arc<Session>,
-        mut message: Value,
+        message: Value,
     ) -> Option<Value> {
-        modern::strip_envelope(&mut message);
         let method = Method::named_in(&message);
         // The ones whose server's requests to the client become rounds.
         let in_rounds = method.takes_rounds();

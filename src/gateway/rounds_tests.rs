@@ -192,7 +192,6 @@ async fn a_servers_question_mid_call_is_a_round_and_its_answer_goes_back_with_th
     // Used once: the same state again is refused.
     let session = alice(&harness);
     let again = harness
-        .gateway
         .handle(&session, retry(&call, 3, answers, &state))
         .await
         .unwrap_or_default();
@@ -243,7 +242,6 @@ async fn a_retry_not_the_clients_own_continuation_is_refused_and_the_call_waits_
     // Bob holding Alice's state: unknown to him, as any forged one.
     let (bob, _inbox) = harness.stateless_session_with("bob", json!({ "sampling": {} }));
     let bobs = harness
-        .gateway
         .handle(&bob, retry(&call, 2, answers.clone(), &state))
         .await;
     assert!(refused(bobs).contains("unknown"));
@@ -260,7 +258,7 @@ async fn a_retry_not_the_clients_own_continuation_is_refused_and_the_call_waits_
     ];
     for (n, message) in hostile.into_iter().enumerate() {
         let session = alice(&harness);
-        let reply = harness.gateway.handle(&session, message).await;
+        let reply = harness.handle(&session, message).await;
         let said = refused(reply);
         assert!(!said.is_empty(), "hostile retry {n}");
         harness.gateway.close_stateless(&session);
@@ -317,7 +315,6 @@ async fn a_call_nobody_continues_expires_and_one_whose_retry_hangs_up_is_cancell
     assert_eq!(harness.gateway.sessions().count(), 0);
     let session = alice(&harness);
     let late = harness
-        .gateway
         .handle(
             &session,
             retry(&call, 2, json!({ key: sampled("late") }), &state),
@@ -679,7 +676,7 @@ impl LegacyCall {
                     if told["method"] == "roots/list" {
                         let roots = json!({ "jsonrpc": "2.0", "id": told["id"].clone(),
                             "result": { "roots": [] } });
-                        self.harness.gateway.handle(&self.legacy, roots).await;
+                        self.harness.handle(&self.legacy, roots).await;
                     }
                 }
             }

@@ -166,7 +166,7 @@ async fn a_notification_ends_in_the_chain_without_a_record_of_its_own() {
     let harness = Harness::new(ONE_CLIENT);
     let (session, _inbox) = harness.session("alice");
     let notice = protocol::notification("notifications/initialized", json!({}));
-    assert_eq!(harness.gateway.handle(&session, notice).await, None);
+    assert_eq!(harness.handle(&session, notice).await, None);
     let ends = harness.ends();
     assert!(
         matches!(&ends[..], [(method, Phase::Notification, Outcome::Delivered)]
@@ -192,7 +192,6 @@ async fn a_call_refused_while_the_audit_log_fails_still_ends_in_the_chain() {
     );
     assert!(audit.is_failing());
     let reply = harness
-        .gateway
         .handle(&session, request(5, "ping", json!({})))
         .await;
     let reply = reply.unwrap_or_default();
@@ -264,7 +263,6 @@ async fn each_failure_a_client_meets_is_answered_ended_and_recorded_once() {
     ];
     for (message, code, text) in &cases {
         let reply = harness
-            .gateway
             .handle(&session, message.clone())
             .await
             .unwrap_or_default();
