@@ -60,8 +60,7 @@ impl LogLevels {
                 let Status::Ready(info) = upstream.status() else {
                     continue;
                 };
-                // A 2026-07-28 server has no `logging/setLevel`.
-                if info.pointer("/capabilities/logging").is_none() || upstream.speaks_stateless() {
+                if !upstream.takes_log_level(&info) {
                     continue;
                 }
                 let levels = sessions

@@ -183,9 +183,8 @@ impl Gateway {
                 // only to the servers this client may use.
                 let notice = protocol::notification(method.as_str(), json!({}));
                 for ((index, _), upstream) in self.servers.instances(Some(&session.client.name)) {
-                    // (2026-07-28 has no roots to tell a server of.)
                     if self.may_use(session, index)
-                        && !upstream.speaks_stateless()
+                        && upstream.hears_roots()
                         && matches!(upstream.status(), Status::Ready(_))
                     {
                         let _ = upstream.send(notice.clone()).await;

@@ -274,9 +274,9 @@ impl Gateway {
             let _ = upstream.send(answer(Failure::NoClientToAsk)).await;
             return;
         };
-        // A 2026-07-28 server has no requests to clients: it asks in
-        // rounds (`input_required`), which the proxy carries.
-        if upstream.speaks_stateless() {
+        // A server whose revision has no requests to clients asks in a
+        // call's rounds (`input_required`), which the proxy carries.
+        if !upstream.asks_clients() {
             let refusal = Failure::NotOnStatelessServer(protocol::cut(&method, 64).to_owned());
             let _ = upstream.send(answer(refusal)).await;
             return;

@@ -12,7 +12,7 @@ use super::catalog::Catalog;
 use super::session::{MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS};
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::protocol::Method;
 
@@ -195,14 +195,7 @@ impl Subscriptions {
             };
             let scrubbed = gateway.records.scrubbed(&uri);
             runtime.spawn(async move {
-                // A 2026-07-28 server's: off the proxy's listen stream.
-                let asked = if upstream.speaks_stateless() {
-                    upstream.listen_change(&uri, false).await
-                } else {
-                    let asked = upstream.request(Method::ResourcesUnsubscribe, json!({ "uri": uri }));
-                    asked.await.map(drop)
-                };
-                if asked.is_err() {
+                if upstream.unsubscribe(&uri).await.is_err() {
                     tracing::debug!(server = %upstream.name(), uri = scrubbed, "cannot unsubscribe");
                 }
             });
@@ -221,11 +214,6 @@ impl Subscriptions {
         let Some(upstream) = gateway.servers.upstream_of(index, instance) else {
             return;
         };
-        // A 2026-07-28 server's subscriptions are on the proxy's listen
-        // stream, asked again at each start.
-        if upstream.speaks_stateless() {
-            return;
-        }
         let catalog = gateway.catalog();
         let uris = self.uris(|uri, subscribers| {
             catalog.resource_owner(uri) == Some(index)
@@ -238,10 +226,7 @@ impl Subscriptions {
                 })
         });
         for uri in uris {
-            if let Err(err) = upstream
-                .request(Method::ResourcesSubscribe, json!({ "uri": uri }))
-                .await
-            {
+            if let Err(err) = upstream.subscribe_again(&uri).await {
                 // The server's words may quote the URI: scrubbed.
                 let error = gateway.records.scrubbed(&err.to_string());
                 tracing::warn!(server = %upstream.name(), error, "cannot renew a resource subscription");

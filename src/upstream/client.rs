@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -208,6 +208,51 @@ impl Upstream {
     /// by `protocol = "auto"` (false until then).
     pub fn speaks_stateless(&self) -> bool {
         self.shared.era.stateless()
+    }
+
+    /// Whether the server takes `logging/setLevel`: it said it logs, and
+    /// its revision has the method (2026-07-28 has not: a request carries
+    /// its level).
+    pub fn takes_log_level(&self, info: &Value) -> bool {
+        info.pointer("/capabilities/logging").is_some() && !self.speaks_stateless()
+    }
+
+    /// Whether the server is told of a client's roots changing (2026-07-28
+    /// has no roots to tell a server of).
+    pub fn hears_roots(&self) -> bool {
+        !self.speaks_stateless()
+    }
+
+    /// Whether the server may send requests of its own to a client
+    /// (2026-07-28 has none: a server asks in a call's rounds, which the
+    /// proxy carries).
+    pub fn asks_clients(&self) -> bool {
+        !self.speaks_stateless()
+    }
+
+    /// Ends the proxy's subscription to `uri` at the server, as its revision
+    /// has it: `resources/unsubscribe`, or the URI off the proxy's listen
+    /// stream to a 2026-07-28 server.
+    pub async fn unsubscribe(&self, uri: &str) -> Result<(), UpstreamError> {
+        if self.speaks_stateless() {
+            return self.listen_change(uri, false).await;
+        }
+        let asked = self.request(
+            protocol::Method::ResourcesUnsubscribe,
+            json!({ "uri": uri }),
+        );
+        asked.await.map(drop)
+    }
+
+    /// Subscribes again, after the server started again, to `uri`: a
+    /// `resources/subscribe`; nothing for a 2026-07-28 server, whose
+    /// subscriptions the proxy's listen stream asks for again at each start.
+    pub async fn subscribe_again(&self, uri: &str) -> Result<(), UpstreamError> {
+        if self.speaks_stateless() {
+            return Ok(());
+        }
+        let asked = self.request(protocol::Method::ResourcesSubscribe, json!({ "uri": uri }));
+        asked.await.map(drop)
     }
 
     pub fn restarts(&self) -> u64 {
