@@ -501,10 +501,22 @@ impl Chain {
         }
     }
 
+    /// A client's request decided: through the chain ([`Chain::run`]), then,
+    /// if it passed and `admit` (it was routed), admitted to what is shared
+    /// ([`Interceptor::admit`]) — after the chain, so that a request the
+    /// chain refuses spends none of it.
+    pub async fn decide(&self, exchange: &mut Exchange, admit: bool) -> Result<(), Refusal> {
+        self.run(exchange)?;
+        if admit {
+            return self.admit(exchange).await;
+        }
+        Ok(())
+    }
+
     /// Makes the checks that wait on something outside the process
     /// ([`Interceptor::admit`]), in chain order, for a client's request
     /// that passed the chain.
-    pub async fn admit(&self, exchange: &Exchange) -> Result<(), Refusal> {
+    async fn admit(&self, exchange: &Exchange) -> Result<(), Refusal> {
         for (name, interceptor) in &self.interceptors {
             let Some(admitting) = interceptor.admit(exchange) else {
                 continue;

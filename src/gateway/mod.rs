@@ -61,15 +61,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
-use crate::chain::{Chain, ClientIdentity, Direction, Phase, Transport};
+use crate::chain::{Chain, ClientIdentity, Transport};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::protocol::{self, Kind};
+use crate::protocol;
 use crate::traces::{Export, Tracer};
 use crate::upstream::{Status, Upstream, UpstreamEvent};
 
@@ -499,48 +498,6 @@ impl Gateway {
         // either taken out here or not kept (`track_subscription`).
         self.subscriptions.session_closed(self, session);
         tracing::debug!(session = %session.id, "session closed");
-    }
-
-    // -- client → proxy ----------------------------------------------------
-
-    /// Handles one message from a client. Returns the reply for requests
-    /// (`None` when the client cancelled the request, which gets no reply).
-    pub async fn handle(self: &Arc<Self>, session: &Arc<Session>, message: Value) -> Option<Value> {
-        match protocol::classify(&message) {
-            Some(Kind::Request) if session.revision.in_rounds() => {
-                self.rounds.request(self, session, message).await
-            }
-            Some(Kind::Request) => self.handle_request(session, message).await,
-            Some(Kind::Notification) => {
-                self.handle_notification(session, message).await;
-                None
-            }
-            Some(Kind::Response | Kind::ErrorResponse) => {
-                if !session.client_answered(message) {
-                    tracing::debug!(session = %session.id, "answer to a request that is no longer pending");
-                }
-                None
-            }
-            None => {
-                // Not a JSON-RPC message at all: the chain's `limits` refuses
-                // it with the precise reason.
-                let id = reply_id(&message);
-                let mut run = self.begin(
-                    session,
-                    message,
-                    Direction::ClientToServer,
-                    Phase::Request,
-                    &protocol::Method::parse(""),
-                );
-                let failure = match self.chain.run(&mut run.exchange) {
-                    Err(refusal) => Failure::from(refusal),
-                    Ok(()) => Failure::NotJsonRpc,
-                };
-                let reply = failure.to_response(id);
-                run.end(&failure.outcome(), Some(&reply)).await;
-                Some(reply)
-            }
-        }
     }
 }
 

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::chain::{Context, Direction, Exchange, Outcome, Phase};
-use crate::protocol::{self, Method};
+use crate::protocol::{self, Kind, Method};
 
 use super::failure::Failure;
 use super::record::{Arguments, record_of};
-use super::route::{Ended, Relayed, Route, failed};
+use super::route::{Ended, Relayed, Route, failed, reply_id};
 use super::telemetry::observe;
 use super::{Gateway, Session};
 
@@ -40,6 +40,46 @@ pub(super) struct ExchangeRun<'g> {
 }
 
 impl Gateway {
+    /// Handles one message from a client. Returns the reply for requests
+    /// (`None` when the client cancelled the request, which gets no reply).
+    pub async fn handle(self: &Arc<Self>, session: &Arc<Session>, message: Value) -> Option<Value> {
+        match protocol::classify(&message) {
+            Some(Kind::Request) if session.revision.in_rounds() => {
+                self.rounds.request(self, session, message).await
+            }
+            Some(Kind::Request) => self.handle_request(session, message).await,
+            Some(Kind::Notification) => {
+                self.handle_notification(session, message).await;
+                None
+            }
+            Some(Kind::Response | Kind::ErrorResponse) => {
+                if !session.client_answered(message) {
+                    tracing::debug!(session = %session.id, "answer to a request that is no longer pending");
+                }
+                None
+            }
+            None => {
+                // Not a JSON-RPC message at all: the chain's `limits` refuses
+                // it with the precise reason.
+                let id = reply_id(&message);
+                let mut run = self.begin(
+                    session,
+                    message,
+                    Direction::ClientToServer,
+                    Phase::Request,
+                    &protocol::Method::parse(""),
+                );
+                let failure = match self.chain.run(&mut run.exchange) {
+                    Err(refusal) => Failure::from(refusal),
+                    Ok(()) => Failure::NotJsonRpc,
+                };
+                let reply = failure.to_response(id);
+                run.end(&failure.outcome(), Some(&reply)).await;
+                Some(reply)
+            }
+        }
+    }
+
     /// A client's request through the pipeline, in the order of its steps.
     /// The reply (`None`: the client cancelled the request, or ended its
     /// listen stream) goes to the client only once the exchange's record is
@@ -74,12 +114,10 @@ impl Gateway {
             // 4. The request chain, in config order (authz, limits, pinning,
             //    schema, redact, plugins...). Its refusal outranks routing's:
             //    `limits` names a broken envelope more precisely.
-            let mut ran = self.chain.run(&mut run.exchange);
-            // 5. Admission to what is shared (the fleet's quotas, places):
-            //    after the chain, so that a refused request spends none.
-            if ran.is_ok() && routed.is_ok() {
-                ran = self.chain.admit(&run.exchange).await;
-            }
+            // 5. Then, for a routed request the chain passed, admission to
+            //    what is shared (the fleet's quotas, places): after the
+            //    chain, so that a refused request spends none.
+            let ran = self.chain.decide(&mut run.exchange, routed.is_ok()).await;
             // 6. The arguments' hash, of the arguments as they go out (after
             //    redaction), never of a secret.
             run.arguments = self.records.arguments_of(&run.exchange.message);

@@ -2,10 +2,10 @@ use super::harness::{Harness, request};
 use super::log_levels::lowest_level;
 use super::telemetry::scrub_trace;
 use super::*;
-use crate::chain::Outcome;
+use crate::chain::{Direction, Outcome, Phase};
 use crate::protocol::LogLevel;
 use crate::traces::{Attr, Root, Span, SpanKind};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 
 /// A token the default rules find (built here, so that the source
