@@ -11,7 +11,7 @@
 //! let mut files = harness.serve("files", json!([{ "name": "read", "inputSchema": { "type": "object" } }])).await;
 //! starting.await?;
 //! let (session, mut received) = harness.initialized_session("alice").await;
-//! let listed = harness.gateway.handle(&session, request(1, "tools/list", json!({}))).await;
+//! let listed = harness.handle(&session, request(1, "tools/list", json!({}))).await;
 //! ```
 
 use std::collections::HashMap;

@@ -110,18 +110,27 @@ async fn the_chain_sees_a_modern_request_without_its_envelope() {
     );
     call["params"]["_meta"]["io.modelcontextprotocol/related-task"] = json!({ "taskId": "t" });
     call["params"]["_meta"]["com.example/trace"] = json!("kept");
-    let answer = spawn_handle(&harness, &session, call);
+    // Through what the edges run (stdio's `checked_envelope`, HTTP's
+    // `protocol::take_envelope` within it), then the gateway as it is.
+    let edge = |message: &mut Value| {
+        super::checked_envelope(message).unwrap_or_else(|e| panic!("the edge refused it: {e}"))
+    };
+    let _ = edge(&mut call);
+    let gateway = harness.gateway.clone();
+    let caller = session.clone();
+    let answer = tokio::spawn(async move { gateway.handle(&caller, call).await });
     let seen = files.next_received().await;
     files.reply(&seen, json!({ "content": [] })).await;
     let _ = answer.await;
     // The envelope alone: `_meta` goes with it.
-    let bare = request(
+    let mut bare = request(
         2,
         "tools/list",
         json!({ "_meta": { meta::PROTOCOL_VERSION: protocol::MODERN_VERSION,
             meta::CLIENT_CAPABILITIES: {} } }),
     );
-    let _ = harness.handle(&session, bare).await;
+    let _ = edge(&mut bare);
+    let _ = harness.gateway.handle(&session, bare).await;
 
     let requests = harness.requests_seen();
     let call = requests

@@ -154,13 +154,13 @@ impl Reloads {
 }
 
 impl Reloads {
-    /// What config the proxy enforces now.
     /// Waits for a reload under way to end, and holds off the next while
     /// the guard is kept (the proxy stopping).
     pub(super) async fn stopping(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.reloading.lock().await
     }
 
+    /// What config the proxy enforces now.
     pub fn enforced(&self) -> Enforced {
         self.enforced
             .read()

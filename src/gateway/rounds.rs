@@ -297,6 +297,10 @@ impl Rounds {
         session: &Arc<Session>,
         message: Value,
     ) -> Option<Value> {
+        debug_assert!(
+            !protocol::strip_protocol_meta(&mut message.clone()),
+            "a 2026-07-28 request reached the gateway with the protocol's keys: its edge takes them out"
+        );
         let method = Method::named_in(&message);
         // The ones whose server's requests to the client become rounds.
         let in_rounds = method.takes_rounds();

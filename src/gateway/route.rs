@@ -215,7 +215,7 @@ impl Gateway {
         }
         // A place among the server's requests in flight, if it limits them
         // (the wait is bounded by its call timeout).
-        let _place = match self
+        let place = match self
             .servers
             .slot(server)
             .and_then(|slot| slot.in_flight.as_ref())
@@ -265,6 +265,9 @@ impl Gateway {
             }
             trace.push(call);
         }
+        // The server's place is given back once it has answered: shaping
+        // (a task's questions decided and recorded) holds none of it.
+        drop(place);
         let answered = match forwarded {
             Err(Failure::Cancelled) => return Relayed::Cancelled(ended - sent),
             Err(failure) => Err(failure),
