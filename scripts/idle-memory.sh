@@ -38,6 +38,7 @@ sed -e "s|^listen = .*|listen = \"127.0.0.1:$PORT\"|" \
 build() {
     (cd "$2" && CARGO_TARGET_DIR="$ROOT/target" cargo build --release --locked --bin portcullis --bin portcullis-example-server >&2)
     cp "$ROOT/target/release/portcullis" "$WORK/portcullis-$1"
+    cp "$ROOT/target/release/portcullis-example-server" "$WORK/example-server-$1"
 }
 
 # cold FILE: FILE's pages out of the page cache. How a binary came into the
@@ -77,6 +78,12 @@ for rev in "$@"; do
     build "$name" "$tree"
     NAMES+=("$name")
 done
+# A revision's build took target/release's place: the tree's binaries back
+# (the next cargo build of the tree builds its crate again all the same).
+if [ "$#" -gt 0 ]; then
+    cp "$WORK/portcullis-tree" "$ROOT/target/release/portcullis"
+    cp "$WORK/example-server-tree" "$ROOT/target/release/portcullis-example-server"
+fi
 
 for name in "${NAMES[@]}"; do
     for run in $(seq 1 "$RUNS"); do
