@@ -230,7 +230,7 @@ impl Lists {
     }
 
     /// Re-reads a server's lists and tells the sessions what changed.
-    pub async fn refresh(&self, gateway: &Arc<Gateway>, index: usize) {
+    pub(super) async fn refresh(&self, gateway: &Arc<Gateway>, index: usize) {
         self.read_lists(gateway, index, false).await;
     }
 
@@ -441,7 +441,7 @@ impl Lists {
 
     /// Tells every session that a list changed (`notifications/*/list_changed`):
     /// a server's list, or what the proxy lets through (pins approved).
-    pub fn announce(&self, gateway: &Gateway, kind: List) {
+    pub(super) fn announce(&self, gateway: &Gateway, kind: List) {
         let message = protocol::notification(kind.changed().as_str(), json!({}));
         let listeners = gateway.sessions.listeners();
         for session in gateway.sessions.initialized().into_iter().chain(listeners) {
