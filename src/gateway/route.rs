@@ -582,24 +582,24 @@ impl Gateway {
             session: session.key,
             request_id: client_id.clone(),
         };
-        // 2026-07-28 has no `resources/subscribe`: a subscription to such a
-        // server is one more URI on the proxy's listen stream to it.
+        // A subscription the server's revision keeps on the proxy's listen
+        // stream to it: made there, answered here.
         let method = Method::named_in(&outgoing);
-        let stateless = upstream.speaks_stateless();
-        let subscribe = method == Method::ResourcesSubscribe;
-        if stateless && (subscribe || method == Method::ResourcesUnsubscribe) {
-            let uri = protocol::param_str(&outgoing, "uri").unwrap_or_default();
-            let changed = tokio::select! {
-                changed = upstream.listen_change(uri, subscribe) => Some(changed),
-                () = cancel.cancelled() => None,
-            };
+        let changed = tokio::select! {
+            biased;
+            changed = upstream.on_listen_stream(&method, &outgoing) => {
+                changed.map(|changed| changed.map_err(Failure::from))
+            }
+            () = cancel.cancelled() => Some(Err(Failure::Cancelled)),
+        };
+        if let Some(changed) = changed {
             end_call();
-            changed.ok_or(Failure::Cancelled)??;
+            changed?;
             return Ok(protocol::result(client_id.clone(), json!({})));
         }
-        // A 2026-07-28 server is told what the client can be asked, and may
-        // ask it in rounds (`input_required`), which the proxy carries.
-        let rounds = stateless && method.takes_rounds();
+        // A server that asks in rounds (`input_required`) is told what the
+        // client can be asked; the proxy carries its questions.
+        let rounds = upstream.asks_in_rounds() && method.takes_rounds();
         let kept = rounds.then(|| outgoing.clone());
         // Only where a round can carry a question (elsewhere it has none).
         let (mut capabilities, declares_tasks) = session.client_capabilities(|declared| {
@@ -612,7 +612,7 @@ impl Gateway {
         });
         // Tasks, where the client takes them (on a call, and on the task's
         // own requests, which a server refuses without it).
-        let tasks = stateless
+        let tasks = upstream.takes_tasks()
             && session.revision.takes_tasks()
             && (method == Method::ToolsCall || method.is_task())
             && declares_tasks;

@@ -230,6 +230,37 @@ impl Upstream {
         !self.speaks_stateless()
     }
 
+    /// A client's `resources/subscribe` or `resources/unsubscribe`
+    /// (`request`) that the server's revision keeps on the proxy's listen
+    /// stream instead (2026-07-28 has neither method): the change made
+    /// there. `None`: the request goes to the server as it is.
+    pub async fn on_listen_stream(
+        &self,
+        method: &protocol::Method,
+        request: &Value,
+    ) -> Option<Result<(), UpstreamError>> {
+        let subscribe = *method == protocol::Method::ResourcesSubscribe;
+        if !self.speaks_stateless()
+            || !(subscribe || *method == protocol::Method::ResourcesUnsubscribe)
+        {
+            return None;
+        }
+        let uri = protocol::param_str(request, "uri").unwrap_or_default();
+        Some(self.listen_change(uri, subscribe).await)
+    }
+
+    /// Whether the server may answer a call with `input_required` (its
+    /// questions, in rounds the proxy carries to the client): 2026-07-28's.
+    pub fn asks_in_rounds(&self) -> bool {
+        self.speaks_stateless()
+    }
+
+    /// Whether the server may make a call a task (the tasks extension of
+    /// 2026-07-28).
+    pub fn takes_tasks(&self) -> bool {
+        self.speaks_stateless()
+    }
+
     /// Ends the proxy's subscription to `uri` at the server, as its revision
     /// has it: `resources/unsubscribe`, or the URI off the proxy's listen
     /// stream to a 2026-07-28 server.
