@@ -62,11 +62,7 @@ impl Route {
         }
         let mut writer = self.writer.try_lock().ok()?;
         let record = record.take()?;
-        Some(blocking(|| {
-            let result = writer.write(vec![record]);
-            writer.settle();
-            result.and_then(|seqs| seqs.first().copied().ok_or(AuditError::Stopped))
-        }))
+        Some(blocking(|| writer.write_one(record)))
     }
 }
 

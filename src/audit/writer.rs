@@ -189,6 +189,15 @@ impl Writer {
         }
     }
 
+    /// One record written alone (its caller waits, with nothing queued
+    /// behind it): sealed, stored with its flush, then settled; its
+    /// sequence number.
+    pub(super) fn write_one(&mut self, record: AuditRecord) -> Result<u64, AuditError> {
+        let written = self.write(vec![record]);
+        self.settle();
+        written.and_then(|seqs| seqs.first().copied().ok_or(AuditError::Stopped))
+    }
+
     /// After a batch's callers were answered: applies what the storage
     /// left when no applier thread does, and prunes when due.
     pub(super) fn settle(&mut self) {
