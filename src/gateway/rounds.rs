@@ -299,7 +299,7 @@ impl Rounds {
     ) -> Option<Value> {
         debug_assert!(
             !protocol::strip_protocol_meta(&mut message.clone()),
-            "a 2026-07-28 request reached the gateway with the protocol's keys: its edge takes them out"
+            "a request reached the gateway with the protocol's keys in its _meta: its edge takes them out"
         );
         let method = Method::named_in(&message);
         // The ones whose server's requests to the client become rounds.
