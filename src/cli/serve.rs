@@ -216,7 +216,7 @@ pub(super) fn record_events(
     for plugin in plugins {
         // Breaker events go to the audit log.
         let recorder = gateway.clone();
-        forward_events(plugin.subscribe(), "plugin", move |event| {
+        forward_events(gateway, plugin.subscribe(), "plugin", move |event| {
             recorder.records().event(plugin_record(&event));
         });
     }
@@ -225,7 +225,7 @@ pub(super) fn record_events(
         // `tools/list_changed` (a withheld tool may be back).
         let recorder = gateway.clone();
         let separator = recorder.config().proxy.namespace_separator.clone();
-        forward_events(pinning.subscribe(), "pin", move |events| {
+        forward_events(gateway, pinning.subscribe(), "pin", move |events| {
             let reloaded = events.iter().any(|event| {
                 matches!(
                     event,
@@ -321,19 +321,40 @@ pub(super) async fn shutdown_signal() {
 
 /// Hands each event of a broadcast to `on_event` until the sender is gone;
 /// events lost to a full channel are logged loudly (`what`: whose events).
+/// Hands each event of `events` to `on_event` as it comes, until the proxy
+/// is told to stop; then those already sent, and ends. The proxy's stop
+/// waits for it before `proxy_stop` is recorded (an event sent just before
+/// the stop, a tool flagged by the last call, is not lost).
 fn forward_events<E: Clone + Send + 'static>(
+    gateway: &Arc<Gateway>,
     mut events: tokio::sync::broadcast::Receiver<E>,
     what: &'static str,
     mut on_event: impl FnMut(E) + Send + 'static,
 ) {
-    tokio::spawn(async move {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    let shutdown = gateway.shutdown_token();
+    gateway.records().keep_until_stop(async move {
         loop {
-            match events.recv().await {
+            let received = tokio::select! {
+                biased;
+                received = events.recv() => received,
+                () = shutdown.cancelled() => break,
+            };
+            match received {
                 Ok(event) => on_event(event),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                Err(RecvError::Lagged(missed)) => {
                     tracing::error!(missed, "AUDIT: {what} events were dropped");
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                Err(RecvError::Closed) => return,
+            }
+        }
+        loop {
+            match events.try_recv() {
+                Ok(event) => on_event(event),
+                Err(TryRecvError::Lagged(missed)) => {
+                    tracing::error!(missed, "AUDIT: {what} events were dropped");
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
             }
         }
     });

@@ -105,6 +105,14 @@ impl Records {
     pub fn on_stop(&self, flush: impl Fn() -> Vec<AuditRecord> + Send + Sync + 'static) {
         lock(&self.stop_flushes).push(Box::new(flush));
     }
+
+    /// Runs `task` (one that hands events to [`Records::events`], and ends
+    /// once the proxy is told to stop) among the records' background work:
+    /// the proxy's stop waits for it, so that what it was handed before the
+    /// stop is recorded before `proxy_stop`.
+    pub fn keep_until_stop(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.background.spawn(task);
+    }
 }
 
 /// A call's arguments as its audit record keeps them.
