@@ -353,13 +353,13 @@ impl Discovery {
             .map(|(holder, _)| holder.clone())
             .collect();
         for holder in holders {
-            self.tell(gateway, &holder, kind);
+            Self::tell(gateway, &holder, kind);
         }
     }
 
     /// Sends `holder` a list change: its session, or a 2026-07-28 client's
     /// listen streams.
-    fn tell(&self, gateway: &Gateway, holder: &Holder, kind: List) {
+    fn tell(gateway: &Gateway, holder: &Holder, kind: List) {
         let message = protocol::notification(kind.changed().as_str(), json!({}));
         let sessions = match holder {
             Holder::Session(key) => gateway.sessions.get(*key).into_iter().collect(),
@@ -508,7 +508,7 @@ impl Discovery {
         note(exchange, "catalog", &entry.catalog);
         if let Some(decision) = Self::decide(gateway, session, &protocol, Action::AddServer, entry)
         {
-            self.note_decision(exchange, session, entry, decision)?;
+            Self::note_decision(exchange, session, entry, decision)?;
         }
         let index = match &entry.server {
             Ok(index) => *index,
@@ -519,7 +519,7 @@ impl Discovery {
         let holder = Holder::of(session);
         if let Some(refused) = self.reserve(&holder, index) {
             return Ok(match refused {
-                Reserved::Already => (self.added_text(gateway, name, index, true), false),
+                Reserved::Already => (Self::added_text(gateway, name, index, true), false),
                 Reserved::Refused(why) => (why, true),
             });
         }
@@ -534,14 +534,13 @@ impl Discovery {
             self.forget(&holder);
         }
         tracing::info!(client = %session.client.name, server = %name, catalog = %entry.catalog, "catalog server added");
-        self.tell_lists(gateway, &holder, index);
-        Ok((self.added_text(gateway, name, index, false), false))
+        Self::tell_lists(gateway, &holder, index);
+        Ok((Self::added_text(gateway, name, index, false), false))
     }
 
     /// Notes `add_server`'s decision in the exchange (its record carries
     /// it); a denial is the call's refusal.
     fn note_decision(
-        &self,
         exchange: &mut Exchange,
         session: &Session,
         entry: &Entry,
@@ -610,7 +609,7 @@ impl Discovery {
     }
 
     /// Tells `holder` every list of server `index` that has items.
-    fn tell_lists(&self, gateway: &Gateway, holder: &Holder, index: usize) {
+    fn tell_lists(gateway: &Gateway, holder: &Holder, index: usize) {
         let catalog = gateway.catalog();
         let Some(lists) = catalog.server_lists(index) else {
             return;
@@ -625,13 +624,13 @@ impl Discovery {
         ];
         for (changed, kind) in kinds {
             if changed {
-                self.tell(gateway, holder, kind);
+                Self::tell(gateway, holder, kind);
             }
         }
     }
 
     /// What `add` tells its caller: the server's tools as it now calls them.
-    fn added_text(&self, gateway: &Gateway, name: &str, index: usize, already: bool) -> String {
+    fn added_text(gateway: &Gateway, name: &str, index: usize, already: bool) -> String {
         let catalog = gateway.catalog();
         let separator = &gateway.config.proxy.namespace_separator;
         let tools: Vec<String> = catalog
@@ -663,7 +662,7 @@ impl Discovery {
         if !self.release(&holder, index) {
             return (format!("this session has not added `{name}`"), true);
         }
-        self.tell_lists(gateway, &holder, index);
+        Self::tell_lists(gateway, &holder, index);
         (json!({ "removed": name }).to_string(), false)
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::config::{Isolation, RemoteGrant, UpstreamSpec};
-use crate::protocol;
+use crate::protocol::{self, At as _};
 use crate::upstream::Upstream;
 
 use super::task_table;
@@ -263,6 +263,16 @@ impl Servers {
         }
         self.upstream_for(server, client)
             .map(|upstream| upstream.restarts())
+    }
+
+    /// Tells a server to cancel the task its `reply` made, if it made one
+    /// (see [`Servers::cancel_task`]).
+    pub(super) fn cancel_task_of(&self, server: usize, reply: &Value, client: &Arc<str>) {
+        if task_table::is_task(reply)
+            && let Some(server_task) = reply.at(&["result", "taskId"]).and_then(Value::as_str)
+        {
+            self.cancel_task(server, server_task, client);
+        }
     }
 
     /// Tells a server to cancel its task `server_task` (one the proxy does

@@ -238,7 +238,7 @@ impl Lists {
     /// says while a read waits to start is folded into that read: however
     /// many notifications a server sends, at most one read of its lists
     /// runs and one waits.
-    pub(super) fn refresh_soon(&self, gateway: &Arc<Gateway>, index: usize) {
+    pub(super) fn refresh_soon(gateway: &Arc<Gateway>, index: usize) {
         let Some(server) = gateway.servers.slot(index).map(|slot| &slot.per_server) else {
             return;
         };
@@ -301,14 +301,14 @@ impl Lists {
             cuts.extend(cut);
         }
         tracing::debug!(server = %upstream.name(), tools = lists.tools.len(), prompts = lists.prompts.len(), resources = lists.resources.len(), "lists refreshed");
-        self.report_cuts(gateway, index, upstream, cuts);
+        Self::report_cuts(gateway, index, upstream, cuts);
         self.set_lists(gateway, index, Some(lists));
     }
 
     /// Logs and records the cuts of a read of a server's lists, when they
     /// are not the ones its last read made (a server that announces list
     /// changes over and over floods neither the log nor the audit log).
-    fn report_cuts(&self, gateway: &Gateway, index: usize, upstream: &Upstream, cuts: Vec<Cut>) {
+    fn report_cuts(gateway: &Gateway, index: usize, upstream: &Upstream, cuts: Vec<Cut>) {
         let Some(slot) = gateway.servers.slot(index) else {
             return;
         };
@@ -345,7 +345,7 @@ impl Lists {
             };
             self.set_lists_locked(gateway, &mut catalog, index, lists)
         };
-        self.announce_changes(gateway, index, changed);
+        Self::announce_changes(gateway, index, changed);
     }
 
     /// [`Gateway::set_lists`] under the catalog's lock. Read under it, as
@@ -400,7 +400,7 @@ impl Lists {
     }
 
     /// Tells who hears server `index` that its lists changed.
-    fn announce_changes(&self, gateway: &Gateway, index: usize, changed: Vec<List>) {
+    fn announce_changes(gateway: &Gateway, index: usize, changed: Vec<List>) {
         for kind in changed {
             // A catalog's server is heard only by those that added it.
             if gateway.servers.is_catalogued(index) {
@@ -408,7 +408,7 @@ impl Lists {
                     discovery.announce_to_holders(gateway, index, kind);
                 }
             } else {
-                self.announce(gateway, kind);
+                gateway.announce(kind);
             }
         }
     }
@@ -435,17 +435,7 @@ impl Lists {
             }
         }
         for (index, changed) in changes {
-            self.announce_changes(gateway, index, changed);
-        }
-    }
-
-    /// Tells every session that a list changed (`notifications/*/list_changed`):
-    /// a server's list, or what the proxy lets through (pins approved).
-    pub(super) fn announce(&self, gateway: &Gateway, kind: List) {
-        let message = protocol::notification(kind.changed().as_str(), json!({}));
-        let listeners = gateway.sessions.listeners();
-        for session in gateway.sessions.initialized().into_iter().chain(listeners) {
-            gateway.notify(&session, None, message.clone(), None, None);
+            Self::announce_changes(gateway, index, changed);
         }
     }
 }

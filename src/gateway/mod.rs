@@ -397,9 +397,15 @@ impl Gateway {
         &self.reloads
     }
 
-    /// Tells every session (and listen stream) that a list changed.
+    /// Tells every session (and listen stream) that a list changed
+    /// (`notifications/*/list_changed`): a server's list, or what the proxy
+    /// lets through (pins approved).
     pub fn announce(&self, kind: crate::protocol::List) {
-        self.lists.announce(self, kind);
+        let message = protocol::notification(kind.changed().as_str(), serde_json::json!({}));
+        let listeners = self.sessions.listeners();
+        for session in self.sessions.initialized().into_iter().chain(listeners) {
+            self.notify(&session, None, message.clone(), None, None);
+        }
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {

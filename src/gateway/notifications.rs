@@ -267,7 +267,7 @@ impl Gateway {
         let method = Method::named_in(&message);
         match method {
             _ if method.list_changed().is_some() => {
-                self.lists.refresh_soon(self, index);
+                super::lists::Lists::refresh_soon(self, index);
             }
             Method::ResourceUpdated => {
                 let Some(uri) = protocol::param_str(&message, "uri") else {

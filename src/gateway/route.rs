@@ -118,8 +118,8 @@ impl Gateway {
         }
         // A task no one asked for is refused below: not left running.
         if from_stateless {
-            self.client_tasks
-                .cancel_task_of(self, session, server, &reply);
+            self.servers
+                .cancel_task_of(server, &reply, &session.client.name);
         }
         let reply = if session.revision.framed_results() || from_stateless {
             super::modern::checked_result(reply)?
@@ -585,16 +585,16 @@ impl Gateway {
         // A subscription the server's revision keeps on the proxy's listen
         // stream to it: made there, answered here.
         let method = Method::named_in(&outgoing);
-        let changed = tokio::select! {
-            biased;
-            changed = upstream.on_listen_stream(&method, &outgoing) => {
-                changed.map(|changed| changed.map_err(Failure::from))
-            }
-            () = cancel.cancelled() => Some(Err(Failure::Cancelled)),
-        };
-        if let Some(changed) = changed {
+        let subscribe = method == Method::ResourcesSubscribe;
+        if upstream.subscribes_on_listen() && (subscribe || method == Method::ResourcesUnsubscribe)
+        {
+            let uri = protocol::param_str(&outgoing, "uri").unwrap_or_default();
+            let changed = tokio::select! {
+                changed = upstream.listen_change(uri, subscribe) => Some(changed),
+                () = cancel.cancelled() => None,
+            };
             end_call();
-            changed?;
+            changed.ok_or(Failure::Cancelled)??;
             return Ok(protocol::result(client_id.clone(), json!({})));
         }
         // A server that asks in rounds (`input_required`) is told what the

@@ -2,9 +2,8 @@
 //! ([`Gateway::handle_request`]), and an exchange from its start to its
 //! end. Ending one is the only path to the chain's `finish`, the audit
 //! record, the metrics and the trace: no path of the gateway completes any
-//! of them by hand, so none can skip
-//! one, and an exchange dropped before it ended (its task was cancelled)
-//! still gets every one of them.
+//! of them by hand, so none can skip one, and an exchange dropped before it
+//! ended (its task was cancelled) still gets every one of them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -177,6 +176,7 @@ impl Gateway {
         }
         reply.map(|_| Failure::NotRecorded.to_response(id))
     }
+
     /// Step 7 of [`Gateway::handle_request`]: the request relayed to its
     /// server, or answered here. `Err`: the exchange ends now, as it says
     /// (the client cancelled it, or ended its listen stream; the server's

@@ -12,7 +12,7 @@ use super::catalog::Catalog;
 use super::session::{MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS};
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::protocol::Method;
 
@@ -214,6 +214,11 @@ impl Subscriptions {
         let Some(upstream) = gateway.servers.upstream_of(index, instance) else {
             return;
         };
+        // Kept on the proxy's listen stream instead, which asks for them
+        // again at each start.
+        if upstream.subscribes_on_listen() {
+            return;
+        }
         let catalog = gateway.catalog();
         let uris = self.uris(|uri, subscribers| {
             catalog.resource_owner(uri) == Some(index)
@@ -226,7 +231,10 @@ impl Subscriptions {
                 })
         });
         for uri in uris {
-            if let Err(err) = upstream.subscribe_again(&uri).await {
+            if let Err(err) = upstream
+                .request(Method::ResourcesSubscribe, json!({ "uri": uri }))
+                .await
+            {
                 // The server's words may quote the URI: scrubbed.
                 let error = gateway.records.scrubbed(&err.to_string());
                 tracing::warn!(server = %upstream.name(), error, "cannot renew a resource subscription");

@@ -126,7 +126,9 @@ impl task_table::Tasks {
                 };
                 if taken.is_err() {
                     // Not passed on: not left running either.
-                    self.cancel_task_of(gateway, session, server, reply);
+                    gateway
+                        .servers
+                        .cancel_task_of(server, reply, &session.client.name);
                 }
                 Some(taken)
             }
@@ -298,23 +300,5 @@ impl task_table::Tasks {
         gateway
             .servers
             .cancel_task(task.server, &task.server_task, &session.client.name);
-    }
-
-    /// Tells a server to cancel the task its `reply` made, if it made one
-    /// (see [`Servers::cancel_task`](super::Servers::cancel_task)).
-    pub(super) fn cancel_task_of(
-        &self,
-        gateway: &Arc<Gateway>,
-        session: &Session,
-        server: usize,
-        reply: &Value,
-    ) {
-        if task_table::is_task(reply)
-            && let Some(server_task) = reply.at(&["result", "taskId"]).and_then(Value::as_str)
-        {
-            gateway
-                .servers
-                .cancel_task(server, server_task, &session.client.name);
-        }
     }
 }

@@ -230,23 +230,12 @@ impl Upstream {
         !self.speaks_stateless()
     }
 
-    /// A client's `resources/subscribe` or `resources/unsubscribe`
-    /// (`request`) that the server's revision keeps on the proxy's listen
-    /// stream instead (2026-07-28 has neither method): the change made
-    /// there. `None`: the request goes to the server as it is.
-    pub async fn on_listen_stream(
-        &self,
-        method: &protocol::Method,
-        request: &Value,
-    ) -> Option<Result<(), UpstreamError>> {
-        let subscribe = *method == protocol::Method::ResourcesSubscribe;
-        if !self.speaks_stateless()
-            || !(subscribe || *method == protocol::Method::ResourcesUnsubscribe)
-        {
-            return None;
-        }
-        let uri = protocol::param_str(request, "uri").unwrap_or_default();
-        Some(self.listen_change(uri, subscribe).await)
+    /// Whether the server's revision keeps subscriptions on the proxy's
+    /// listen stream to it (2026-07-28 has no `resources/subscribe`): a
+    /// client's (un)subscribe is made there, and the stream asks for them
+    /// again at each start.
+    pub fn subscribes_on_listen(&self) -> bool {
+        self.speaks_stateless()
     }
 
     /// Whether the server may answer a call with `input_required` (its
@@ -265,24 +254,13 @@ impl Upstream {
     /// has it: `resources/unsubscribe`, or the URI off the proxy's listen
     /// stream to a 2026-07-28 server.
     pub async fn unsubscribe(&self, uri: &str) -> Result<(), UpstreamError> {
-        if self.speaks_stateless() {
+        if self.subscribes_on_listen() {
             return self.listen_change(uri, false).await;
         }
         let asked = self.request(
             protocol::Method::ResourcesUnsubscribe,
             json!({ "uri": uri }),
         );
-        asked.await.map(drop)
-    }
-
-    /// Subscribes again, after the server started again, to `uri`: a
-    /// `resources/subscribe`; nothing for a 2026-07-28 server, whose
-    /// subscriptions the proxy's listen stream asks for again at each start.
-    pub async fn subscribe_again(&self, uri: &str) -> Result<(), UpstreamError> {
-        if self.speaks_stateless() {
-            return Ok(());
-        }
-        let asked = self.request(protocol::Method::ResourcesSubscribe, json!({ "uri": uri }));
         asked.await.map(drop)
     }
 
