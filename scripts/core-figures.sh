@@ -2,7 +2,8 @@
 # Prints the "core figures" counted from the source tree: how widely the
 # 2026-07-28 revision and MCP method names are spelled out in src/, the type
 # with the most methods, which clippy lints are denied, and how many hops
-# docs/ARCHITECTURE.md's "Follow one call" section takes.
+# docs/ARCHITECTURE.md's "Follow one call" section takes (and, from its
+# "Every stretch of work" subsection, the same call counted by file visits).
 #
 #   scripts/core-figures.sh           the figures, one line each
 #   scripts/core-figures.sh --files   also the files behind figures 1 and 2
@@ -503,31 +504,49 @@ def denied(name):
 # --------------------------------------------------------------------------
 
 hops = None
+stretches = None
+
+
+def numbered_steps(lines, start):
+    """Top-level numbered items under the heading at `start`, up to the
+    next heading of any level (a subsection is counted on its own)."""
+    steps = []
+    fenced = False
+    for line in lines[start + 1:]:
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if fenced:
+            continue
+        if re.match(r"^#+\s", line):
+            break
+        sm = re.match(r"^(\s*)\d+[.)]\s", line)
+        if sm:
+            steps.append(len(sm.group(1).expandtabs()))
+    top = min(steps) if steps else 0
+    return sum(1 for indent in steps if indent == top)
+
+
 try:
     with open(os.path.join("docs", "ARCHITECTURE.md"), encoding="utf-8") as fh:
         lines = fh.read().splitlines()
     level = None
-    steps = []
     fenced = False
-    for line in lines:
+    for at, line in enumerate(lines):
         if line.lstrip().startswith("```"):
             fenced = not fenced
         if fenced:
             continue
         hm = re.match(r"^(#+)\s+(.*?)\s*#*\s*$", line)
-        if hm:
-            if level is not None and len(hm.group(1)) <= level:
-                break
-            if level is None and re.match(r"follow one call\b", hm.group(2), re.I):
-                level = len(hm.group(1))
+        if not hm:
             continue
-        if level is not None:
-            sm = re.match(r"^(\s*)\d+[.)]\s", line)
-            if sm:
-                steps.append(len(sm.group(1).expandtabs()))
-    if level is not None:
-        top = min(steps) if steps else 0
-        hops = sum(1 for indent in steps if indent == top)
+        depth, title = len(hm.group(1)), hm.group(2)
+        if level is not None and depth <= level:
+            break
+        if level is None and re.match(r"follow one call\b", title, re.I):
+            level = depth
+            hops = numbered_steps(lines, at)
+        elif level is not None and re.match(r"every stretch of work\b", title, re.I):
+            stretches = numbered_steps(lines, at)
 except OSError:
     pass
 
@@ -553,7 +572,8 @@ print(
 if hops is None:
     print("follow one call: no such section (goal <= 12 hops)")
 else:
-    print(f"follow one call: {hops} hops (goal <= 12 hops)")
+    also = "" if stretches is None else f"; {stretches} stretches of work in one file"
+    print(f"follow one call: {hops} hops (goal <= 12 hops){also}")
 
 if SHOW_FILES:
     print()

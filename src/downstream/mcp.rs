@@ -277,25 +277,23 @@ async fn post_message(
         .method
         .as_ref()
         .is_some_and(|method| *method == Method::Ping || method.list().is_some());
-    match message.get("id").and_then(IdKey::from_value) {
+    let id = message.get("id").and_then(IdKey::from_value);
+    // Handed to the gateway's pipeline here; the reply goes out as JSON,
+    // or as SSE if the call sends something first.
+    let gateway = state.gateway.clone();
+    let work = async move { gateway.handle(&session, message).await };
+    match id {
         Some(id) if !local && accepts(&headers, "text/event-stream") => {
-            let parts = (session, http_session.outlet.clone());
             answer_in_stream(
-                state.gateway.clone(),
-                parts,
-                (message, id),
+                work,
+                (http_session.outlet.clone(), id),
                 place,
                 ((), super::auth::Expiry::default()),
                 |_| StatusCode::OK,
             )
             .await
         }
-        _ => {
-            answer_in_json(state.gateway.clone(), session, message, place, |_| {
-                StatusCode::OK
-            })
-            .await
-        }
+        _ => answer_in_json(work, place, |_| StatusCode::OK).await,
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::detached::Detached;
 use super::sessions::{CALL_STREAM_CAP, HttpOutlet, Queued, lock};
 use super::state::{BodyError, HttpState, body_timed_out, plain_error, read_body};
-use crate::gateway::{Failure, Gateway, Session};
+use crate::gateway::Failure;
 use crate::protocol::{self, IdKey, Kind, Method, ParseError};
 
 pub(super) const SESSION_HEADER: &str = "mcp-session-id";
@@ -125,18 +125,17 @@ pub(super) async fn read_message(state: &HttpState, body: Body) -> Result<Incomi
 /// The HTTP status a reply goes out with.
 pub(super) type StatusOf = fn(&Value) -> StatusCode;
 
-/// A request answered with its reply alone. It runs to its end (recorded,
+/// A request answered with its reply alone: `work` is the request handed
+/// to the gateway by the edge that read it. It runs to its end (recorded,
 /// `keep` dropped when it ends) even if the client goes away.
 pub(super) async fn answer_in_json(
-    gateway: Arc<Gateway>,
-    session: Arc<Session>,
-    message: Value,
+    work: impl Future<Output = Option<Value>> + Send + 'static,
     keep: impl Send + 'static,
     status_of: StatusOf,
 ) -> Response {
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     Detached::new(async move {
-        let _ = reply_tx.send(gateway.handle(&session, message).await);
+        let _ = reply_tx.send(work.await);
         drop(keep);
     })
     .await;
@@ -147,13 +146,13 @@ pub(super) async fn answer_in_json(
 }
 
 /// A routed request: answered on an SSE stream, so that progress and the
-/// server's requests for this call travel with it. `place` is held until
-/// the call ends; `hold` as long as the answer is being sent (its drop
-/// says the client is gone or has it all).
+/// server's requests for this call travel with it. `work` is the request
+/// (`id`, on `outlet`'s session) handed to the gateway by the edge that
+/// read it. `place` is held until the call ends; `hold` as long as the
+/// answer is being sent (its drop says the client is gone or has it all).
 pub(super) async fn answer_in_stream(
-    gateway: Arc<Gateway>,
-    (session, outlet): (Arc<Session>, Arc<HttpOutlet>),
-    (message, id): (Value, IdKey),
+    work: impl Future<Output = Option<Value>> + Send + 'static,
+    (outlet, id): (Arc<HttpOutlet>, IdKey),
     place: impl Send + 'static,
     (hold, ends): (impl Send + 'static, super::auth::Expiry),
     status_of: StatusOf,
@@ -161,7 +160,7 @@ pub(super) async fn answer_in_stream(
     let (tx, rx) = mpsc::channel::<Queued>(CALL_STREAM_CAP);
     lock(&outlet.post_streams).insert(id.clone(), tx.clone());
     let mut work = Detached::new(async move {
-        let reply = gateway.handle(&session, message).await;
+        let reply = work.await;
         lock(&outlet.post_streams).remove(&id);
         if let Some(reply) = reply {
             // Waits for room: ends when the client reads, or goes.

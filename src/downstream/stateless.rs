@@ -178,23 +178,19 @@ pub(super) async fn post(
         _ => super::auth::Expiry::default(),
     };
     let status_of = if known { known_method } else { unknown_method };
-    match incoming.message.get("id").and_then(IdKey::from_value) {
+    let id = incoming.message.get("id").and_then(IdKey::from_value);
+    // Handed to the gateway's pipeline here; the reply goes out as JSON,
+    // or as SSE if the call sends something first.
+    let message = incoming.message;
+    let work = async move { gateway.handle(&session, message).await };
+    match id {
         Some(id) if accepts(headers, "text/event-stream") => {
-            let parts = (session, outlet);
-            answer_in_stream(
-                gateway,
-                parts,
-                (incoming.message, id),
-                place,
-                (hangup, ends),
-                status_of,
-            )
-            .await
+            answer_in_stream(work, (outlet, id), place, (hangup, ends), status_of).await
         }
         _ => {
             // Held here, not by the call: the client going away drops it.
             let _hangup = hangup;
-            answer_in_json(gateway, session, incoming.message, place, status_of).await
+            answer_in_json(work, place, status_of).await
         }
     }
 }

@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{self, At as _};
-use crate::upstream::{Origin, Upstream};
+use crate::upstream::{Call, Origin, Round, Upstream};
 
 use super::failure::Failure;
 use super::{Gateway, Session};
@@ -261,11 +261,15 @@ impl Gateway {
                 responses.insert(key.clone(), result.clone());
             }
             asking.store(false, Ordering::Relaxed);
-            let again = call
-                .upstream
-                .begin(call.sent.clone(), Some(call.origin.clone()))
-                .log_level(call.session.log_level())
-                .in_round(call.capabilities.clone(), Some((responses, state)));
+            let again = Call {
+                message: call.sent.clone(),
+                origin: Some(call.origin.clone()),
+                log_level: call.session.log_level(),
+                round: Some(Round {
+                    capabilities: call.capabilities.clone(),
+                    answers: Some((responses, state)),
+                }),
+            };
             reply = self
                 .send_call(
                     call.session,

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{Isolation, RemoteGrant, UpstreamSpec};
 use crate::protocol::{self, At as _};
-use crate::upstream::Upstream;
+use crate::upstream::{Call, Round, Upstream};
 
 use super::task_table;
 use super::{Failure, Gateway, InstanceKey, Servers, Session, lock};
@@ -162,21 +162,6 @@ impl Servers {
         }
     }
 
-    /// Whether the instance of server `index` that serves `client` is
-    /// spoken to in 2026-07-28 (configured so, or found so when it started
-    /// under `protocol = "auto"`).
-    /// Asked on every relayed request: looked up without taking a copy.
-    pub(super) fn speaks_stateless(&self, index: usize, client: &Arc<str>) -> bool {
-        if !self.per_client(index) {
-            return self
-                .upstream_at(index)
-                .is_some_and(crate::upstream::Upstream::speaks_stateless);
-        }
-        lock(&self.instances)
-            .get(&(index, client.clone()))
-            .is_some_and(crate::upstream::Upstream::speaks_stateless)
-    }
-
     /// The instances clients' calls reach, with their keys: the shared
     /// servers and the per-client instances (of `client` only, if given).
     pub(super) fn instances(&self, client: Option<&Arc<str>>) -> Vec<(InstanceKey, Upstream)> {
@@ -298,8 +283,16 @@ impl Servers {
                 tracing::info!(server = %name, "a task the proxy did not pass on: not cancelled (the server is not running)");
                 return;
             }
-            let call = upstream.begin(request, None).in_round(told, None);
-            let outcome = match call.send_and_wait(timeout).await {
+            let call = Call {
+                message: request,
+                origin: None,
+                log_level: None,
+                round: Some(Round {
+                    capabilities: told,
+                    answers: None,
+                }),
+            };
+            let outcome = match upstream.call(call, |_| {}).await {
                 Ok(reply) if reply.get("result").is_some() => "cancelled",
                 Ok(_) | Err(_) => "not cancelled",
             };

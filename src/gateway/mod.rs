@@ -24,6 +24,7 @@ mod modern;
 mod modern_tests;
 mod notifications;
 mod record;
+mod relay;
 #[cfg(test)]
 mod relay_tests;
 mod reload;

@@ -15,7 +15,8 @@ use crate::protocol::{self, Kind, Method};
 
 use super::failure::Failure;
 use super::record::{Arguments, record_of};
-use super::route::{Ended, Relayed, Route, failed, reply_id};
+use super::relay::Relayed;
+use super::route::{Ended, Route, failed, reply_id};
 use super::telemetry::observe;
 use super::{Gateway, Session};
 

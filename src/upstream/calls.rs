@@ -244,6 +244,28 @@ impl Shared {
         pending.keys().all(|id| *id == stream)
     }
 
+    /// [`Upstream::call`](super::Upstream::call): `call` begun, told what
+    /// it carries for the server's revision, sent and followed until its
+    /// reply within `timeout`.
+    pub(super) async fn call(
+        self: &Arc<Self>,
+        call: Call,
+        timeout: Duration,
+        follow: impl FnMut(Value),
+    ) -> Result<Value, UpstreamError> {
+        let Call {
+            message,
+            origin,
+            log_level,
+            round,
+        } = call;
+        let mut pending = self.begin(message, origin).log_level(log_level);
+        if let Some(round) = round {
+            pending = pending.in_round(round.capabilities, round.answers);
+        }
+        pending.send_and_follow(timeout, follow).await
+    }
+
     /// Prepares a request for the server: gives it a fresh id and, if it asks
     /// for progress, a fresh progress token; the originals stay with the call.
     pub(super) fn begin(
@@ -335,6 +357,31 @@ impl Shared {
     }
 }
 
+/// A client's request to send to the server with
+/// [`Upstream::call`](super::Upstream::call), and what it carries besides
+/// the message.
+pub struct Call {
+    /// The request, under the client's id (the call gives it a fresh one).
+    pub message: Value,
+    /// The client and request it came from: what the server sends during
+    /// the call is theirs.
+    pub origin: Option<Origin>,
+    /// For a 2026-07-28 server: the least severe log message the client
+    /// wants (a server sends none for a request without one).
+    pub log_level: Option<protocol::LogLevel>,
+    /// For a 2026-07-28 server that asks in rounds or takes tasks.
+    pub round: Option<Round>,
+}
+
+/// What a 2026-07-28 server is told of a call's round: the client
+/// capabilities its envelope declares (instead of none) and, for a retry
+/// of an `input_required` call, the `inputResponses` and the server's
+/// `requestState`.
+pub struct Round {
+    pub capabilities: serde_json::Map<String, Value>,
+    pub answers: Option<(serde_json::Map<String, Value>, Option<Value>)>,
+}
+
 /// A call sent (or about to be sent) to the server. Dropping it before the
 /// reply arrives withdraws the call and tells the server it was cancelled.
 pub struct PendingCall {
@@ -351,7 +398,7 @@ impl PendingCall {
     /// its envelope declares (`capabilities`, instead of none), and, for a
     /// retry of an `input_required` call, its `inputResponses` and the
     /// server's `requestState`.
-    pub fn in_round(
+    fn in_round(
         mut self,
         capabilities: serde_json::Map<String, Value>,
         answers: Option<(serde_json::Map<String, Value>, Option<Value>)>,
@@ -378,7 +425,7 @@ impl PendingCall {
     /// For a 2026-07-28 server, before it is sent: the least severe log
     /// message the calling client wants (`logLevel` in the envelope; a
     /// server sends none for a request without one).
-    pub fn log_level(mut self, level: Option<protocol::LogLevel>) -> Self {
+    fn log_level(mut self, level: Option<protocol::LogLevel>) -> Self {
         if let Some(level) = level
             && let Some(meta) = self
                 .message

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
-use super::calls::{PendingCall, SEND_WAIT, Shared};
+use super::calls::{Call, PendingCall, SEND_WAIT, Shared};
 use super::connect::ConfigConnector;
 use super::events::{Origin, Status, UpstreamEvent};
 use super::link::Connector;
@@ -311,6 +311,23 @@ impl Upstream {
     /// for progress, a fresh progress token; the originals stay with the call.
     pub fn begin(&self, message: Value, origin: Option<Origin>) -> PendingCall {
         self.shared.begin(message, origin)
+    }
+
+    /// A client's request sent to the server and its reply awaited (with
+    /// the server's id in it), in one call: begun under a fresh id, told
+    /// what `call` carries for the server's revision, written, and
+    /// followed until the reply within the call timeout. What the server
+    /// sends for the call meanwhile (progress, log messages) goes to
+    /// `follow`, all of it before the reply. Dropping the future withdraws
+    /// the call and tells the server it was cancelled.
+    pub async fn call(
+        &self,
+        call: Call,
+        follow: impl FnMut(Value),
+    ) -> Result<Value, UpstreamError> {
+        self.shared
+            .call(call, self.config.call_timeout, follow)
+            .await
     }
 
     /// A client's `resources/subscribe` (or, with `subscribe` false,

@@ -38,7 +38,7 @@ mod supervisor;
 #[cfg(test)]
 mod tests;
 
-pub use calls::PendingCall;
+pub use calls::{Call, PendingCall, Round};
 pub use client::Upstream;
 pub use events::{Origin, Source, Status, UpstreamEvent};
 pub use remote_token::UserTokens;
