@@ -343,7 +343,8 @@ async fn the_compose_topology_serves_both_servers_over_the_internal_network() {
             docker(&["logs", &proxy])
         );
     }
-    // The example's policies hold: nobody calls `crash`.
+    // The example's policies hold: nobody calls `crash`. The refusal is a
+    // tool result the agent's model reads (the proxy's default).
     let crash = session
         .call(
             3,
@@ -351,7 +352,11 @@ async fn the_compose_topology_serves_both_servers_over_the_internal_network() {
             json!({"name": "calc__crash", "arguments": {"code": 1}}),
         )
         .await;
-    assert_eq!(crash["error"]["data"]["interceptor"], "authz", "{crash}");
+    assert_eq!(crash["result"]["isError"], true, "{crash}");
+    assert_eq!(
+        crash["result"]["_meta"]["dev.portcullis/refusal"]["interceptor"], "authz",
+        "{crash}"
+    );
     // The servers have no published port and no way out.
     for server in ["notes", "calc"] {
         let ports = docker(&["port", &format!("{server}-{run}")]);

@@ -108,7 +108,7 @@ fn a_bad_quota_stops_the_proxy_with_its_place() {
     let config = proxy.write_config();
     let stderr = common::serve_refused(&config);
     assert!(
-        stderr.contains("portcullis.toml:5:43: `ratelimit.rules[0].quota`: `3 a second` is not a quota like `60/min`"),
+        stderr.contains("portcullis.toml:6:43: `ratelimit.rules[0].quota`: `3 a second` is not a quota like `60/min`"),
         "{stderr}"
     );
 }
@@ -705,7 +705,7 @@ fn a_pin_file_that_does_not_parse_stops_the_proxy_with_its_place() {
     let stderr = common::serve_refused(&bad_word.write_config());
     assert!(
         stderr.contains(
-            "portcullis.toml:5:13: `pinning.on_change`: unknown variant `shrug`, expected `deny` or `warn`"
+            "portcullis.toml:6:13: `pinning.on_change`: unknown variant `shrug`, expected `deny` or `warn`"
         ),
         "{stderr}"
     );

@@ -87,7 +87,12 @@ async fn init_serves_at_once_and_its_policies_pass_their_tests() {
             json!({"name": "example__crash", "arguments": {"code": 1}}),
         )
         .await;
-    assert_eq!(crash["error"]["data"]["interceptor"], "authz", "{crash}");
+    // Refused as a tool result the agent's model reads (the default).
+    assert_eq!(crash["result"]["isError"], true, "{crash}");
+    assert_eq!(
+        crash["result"]["_meta"]["dev.portcullis/refusal"]["interceptor"], "authz",
+        "{crash}"
+    );
     let listed = session.call(3, "tools/list", json!({})).await;
     let names = tool_names(&listed);
     assert!(names.iter().any(|n| n == "example__echo"), "{names:?}");

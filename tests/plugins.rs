@@ -328,7 +328,7 @@ fn a_plugin_the_proxy_cannot_use_stops_it_from_starting_with_the_reason() {
         ),
         (
             "[[chain]]\nkind = \"wasm\"\npath = \"plugin.wasm\"\non_error = \"shrug\"\n".to_owned(),
-            "portcullis.toml:7:12: `chain[0].on_error`: unknown variant `shrug`, expected `deny` or `continue`".to_owned(),
+            "portcullis.toml:8:12: `chain[0].on_error`: unknown variant `shrug`, expected `deny` or `continue`".to_owned(),
         ),
         (
             "[[chain]]\nkind = \"limits\"\npath = \"plugin.wasm\"\n".to_owned(),

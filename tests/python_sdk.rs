@@ -59,12 +59,7 @@ async fn run_client(transport_args: Vec<String>) -> Value {
 }
 
 fn op<'a>(doc: &'a Value, name: &str) -> &'a Value {
-    doc["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["op"] == name)
-        .unwrap_or_else(|| panic!("no result for {name} in {doc}"))
+    common::client_op(doc, name)
 }
 
 fn ok<'a>(doc: &'a Value, name: &str) -> &'a Value {

@@ -22,6 +22,8 @@ pub const KINDS: &[&str] = &[
     "server_ready",
     "server_down",
     "server_stopped",
+    "server_circuit_open",
+    "server_circuit_closed",
     "sandbox_relaxed",
     "pin_added",
     "pin_changed",

@@ -289,5 +289,6 @@ fn describe(
         call_timeout: proxy.call_timeout,
         secrets,
         protocol: ServerProtocol::Handshake,
+        breaker: Default::default(),
     })
 }

@@ -86,8 +86,8 @@ pub use plugin::{
     DEFAULT_PLUGIN_MEMORY, InstanceMode, OnError, Phases, PluginConfig, method_matches,
     plugin_memory, plugin_timeout, tool_matches,
 };
-pub use proxy::ProxyConfig;
 use proxy::RawProxy;
+pub use proxy::{ProxyConfig, ToolRefusals};
 use ratelimit::RawRatelimit;
 pub use ratelimit::{
     Concurrency, Quota, RateRule, RateScope, RatelimitConfig, SHARED_TIMEOUT, SharedConfig,
@@ -101,7 +101,8 @@ pub use schema::{OutputAction, SchemaConfig};
 pub use secrets::{HeaderValue, SecretRef, form_encoded};
 use servers::RawServer;
 pub use servers::{
-    ProcessSpec, RemoteGrant, RemoteOauth, RemoteSpec, ServerConfig, ServerProtocol, UpstreamSpec,
+    BreakerConfig, ProcessSpec, RemoteGrant, RemoteOauth, RemoteSpec, ServerConfig, ServerProtocol,
+    UpstreamSpec,
 };
 use signatures::RawSignatures;
 pub use signatures::{SignatureKey, SignatureKeys};

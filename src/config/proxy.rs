@@ -45,6 +45,26 @@ pub struct ProxyConfig {
     /// How long after its `initialize` a sealed session id may be resumed
     /// by a replica that does not hold the session.
     pub session_max_age: Duration,
+    /// How a `tools/call` refused by an interceptor is answered.
+    pub tool_refusals: ToolRefusals,
+}
+
+/// `[proxy] tool_refusals`: how a `tools/call` an interceptor refused
+/// (a policy, a quota, the schema, redaction, a pin, a plugin) is answered.
+/// Other requests are always answered with a JSON-RPC error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolRefusals {
+    /// A tool result with `isError: true`: its text says what was refused
+    /// and why (the JSON-RPC error's words), the decision is in its
+    /// `_meta` (`dev.portcullis/refusal`). Agent frameworks hand a tool
+    /// result to their model; most turn a JSON-RPC error into a generic
+    /// failure, or end the agent's run.
+    #[default]
+    Result,
+    /// A JSON-RPC error (code `-32010` for a policy's refusal, `-32015`
+    /// for a quota's...), with the interceptor in its `data`.
+    Error,
 }
 
 /// `[proxy]` as written.
@@ -129,6 +149,14 @@ pub(super) struct RawProxy {
     /// session is unknown, and begins another).
     #[schemars(with = "Option<DurationText>", extend("default" = "24h"))]
     session_max_age: Option<Spanned<String>>,
+    /// How a `tools/call` an interceptor refused is answered: `"result"`,
+    /// a tool result with `isError: true` whose text says what was refused
+    /// and why, for the agent's model to read (the decision in its
+    /// `_meta`, `dev.portcullis/refusal`); or `"error"`, a JSON-RPC error.
+    /// Other requests always get a JSON-RPC error.
+    #[serde(default)]
+    #[schemars(extend("default" = "result"))]
+    tool_refusals: ToolRefusals,
 }
 
 impl RawProxy {
@@ -238,6 +266,7 @@ impl RawProxy {
                     parse_duration,
                 )?
                 .unwrap_or(Duration::from_secs(24 * 3600)),
+            tool_refusals: self.tool_refusals,
         };
         check_exposure(v, &proxy, listen_span, listener)?;
         Ok(proxy)

@@ -503,6 +503,9 @@ mod tests {
                 "{server}secrets = {{ s = \"env:S\" }}\n[servers.remote]\nurl = \"https://example.com/mcp\"\n[servers.remote.oauth]\ntoken_endpoint = \"https://idp.example/token\"\nclient_id = \"c\"\nclient_secret = \"secret:s\"\n"
             ),
             "servers.container" => format!("{server}[servers.container]\nimage = \"i\"\n"),
+            "servers.breaker" => {
+                format!("{server}process = {{ command = \"x\" }}\n[servers.breaker]\n")
+            }
             "servers.sandbox" => format!("{container}[servers.sandbox]\n"),
             "servers.sandbox.mounts" => format!(
                 "{container}[[servers.sandbox.mounts]]\nsource = \"/srv\"\ntarget = \"/srv\"\n"

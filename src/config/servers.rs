@@ -25,7 +25,77 @@ pub struct ServerConfig {
     pub secrets: BTreeMap<String, SecretRef>,
     /// The revision the proxy speaks to it.
     pub protocol: ServerProtocol,
+    /// When its calls are refused at once for failing.
+    pub breaker: BreakerConfig,
 }
+
+/// `[[servers]] breaker`: when `failures` clients' calls in a row fail (a
+/// timeout, the server unreachable or answering an HTTP error, a failed
+/// start) and the server does not answer the proxy's own question either,
+/// its calls are refused at once; the proxy asks again every `cool_down`,
+/// and an answer closes the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// 0: never opens.
+    pub failures: u32,
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            cool_down: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[servers.breaker]` as written.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    /// Clients' calls that fail in a row (timed out, the server unreachable
+    /// or answering an HTTP error, not started) before the proxy asks the
+    /// server something of its own (`ping`, or `server/discover`); if that
+    /// fails too, its calls are refused at once. `0` never refuses. A reply
+    /// of any kind, an error of the server's included, is an answer.
+    #[schemars(extend("default" = 5))]
+    failures: Option<u32>,
+    /// How often the proxy asks a server whose calls are refused whether
+    /// it answers again; its answer closes the breaker.
+    #[schemars(with = "Option<DurationText>", extend("default" = "30s"))]
+    cool_down: Option<String>,
+}
+
+impl RawBreaker {
+    fn validate(self, at: &Entry<'_>) -> Result<BreakerConfig, ConfigError> {
+        let default = BreakerConfig::default();
+        let failures = self.failures.unwrap_or(default.failures);
+        if failures > MAX_BREAKER_FAILURES {
+            return Err(at.error(
+                ".breaker.failures",
+                format!("must be at most {MAX_BREAKER_FAILURES} (0 turns the breaker off)"),
+            ));
+        }
+        let cool_down = match self.cool_down {
+            None => default.cool_down,
+            Some(text) => parse_duration(&text).map_err(|m| at.error(".breaker.cool_down", m))?,
+        };
+        if cool_down.is_zero() || cool_down > MAX_COOL_DOWN {
+            return Err(at.error(
+                ".breaker.cool_down",
+                "must be more than 0s and at most 1h".to_owned(),
+            ));
+        }
+        Ok(BreakerConfig {
+            failures,
+            cool_down,
+        })
+    }
+}
+
+const MAX_BREAKER_FAILURES: u32 = 10_000;
+const MAX_COOL_DOWN: Duration = Duration::from_secs(3600);
 
 /// `[[servers]] protocol`: the MCP revision the proxy speaks to a server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -172,6 +242,9 @@ pub(super) struct RawServer {
     #[serde(default)]
     #[schemars(extend("x-default" = "`\"2025-11-25\"`"))]
     protocol: ServerProtocol,
+    /// Calls refused at once while the server keeps failing, until it
+    /// answers the proxy again (`{ failures = 5, cool_down = "30s" }`).
+    breaker: Option<RawBreaker>,
 }
 
 /// `[servers.process]` as written.
@@ -360,12 +433,17 @@ impl RawServer {
             None => proxy.call_timeout,
             Some(text) => parse_duration(&text).map_err(|m| at.error(".timeout", m))?,
         };
+        let breaker = match self.breaker {
+            None => BreakerConfig::default(),
+            Some(breaker) => breaker.validate(at)?,
+        };
         Ok(ServerConfig {
             name: self.name,
             kind,
             call_timeout,
             secrets,
             protocol: self.protocol,
+            breaker,
         })
     }
 

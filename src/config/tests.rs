@@ -362,3 +362,65 @@ fn shared_quotas_need_tls_beyond_this_machine_and_no_password_in_the_url() {
         assert!(matches!(shared(section), Ok(Some(_))), "{section}");
     }
 }
+
+#[test]
+fn a_servers_breaker_has_defaults_and_its_bad_values_are_refused_by_name() {
+    let server = "[[servers]]\nname = \"s\"\nprocess = { command = \"x\" }\n";
+    let Ok(config) = parse(server) else {
+        panic!("the default breaker");
+    };
+    let breaker = config.servers.first().map(|s| s.breaker);
+    assert_eq!(breaker, Some(BreakerConfig::default()));
+    assert_eq!(
+        BreakerConfig::default(),
+        BreakerConfig {
+            failures: 5,
+            cool_down: Duration::from_secs(30)
+        }
+    );
+    let set = parse(&format!(
+        "{server}breaker = {{ failures = 0, cool_down = \"2m\" }}\n"
+    ))
+    .map_err(|e| e.to_string());
+    let Ok(set) = set else {
+        panic!("{set:?}");
+    };
+    assert_eq!(
+        set.servers.first().map(|s| s.breaker),
+        Some(BreakerConfig {
+            failures: 0,
+            cool_down: Duration::from_secs(120)
+        })
+    );
+    for (written, key, says) in [
+        (
+            "failures = 10001",
+            "servers[0].breaker.failures",
+            "at most 10000",
+        ),
+        (
+            "cool_down = \"0s\"",
+            "servers[0].breaker.cool_down",
+            "longer than zero",
+        ),
+        (
+            "cool_down = \"2h\"",
+            "servers[0].breaker.cool_down",
+            "at most 1h",
+        ),
+        (
+            "cool_down = \"soon\"",
+            "servers[0].breaker.cool_down",
+            "soon",
+        ),
+        ("failures = -1", "breaker", "failures"),
+        ("trips = 3", "breaker", "trips"),
+    ] {
+        let err = parse(&format!("{server}breaker = {{ {written} }}\n"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(key), "{written}: {err}");
+        assert!(err.contains(says), "{written}: {err}");
+    }
+}

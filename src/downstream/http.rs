@@ -167,10 +167,19 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
         .policies
         .as_ref()
         .map(|engine| engine.current().id.to_string());
+    // How many servers refuse calls for failing; which ones is for the
+    // console and the metrics (this page answers anyone).
+    let failing = state
+        .gateway
+        .upstreams()
+        .iter()
+        .filter(|upstream| upstream.breaker() == crate::upstream::BreakerState::Open)
+        .count();
     axum::Json(json!({
         "status": "ok",
         "policy_set": policy_set,
         "config_sha256": enforced.config_sha256,
+        "servers_failing": failing,
     }))
     .into_response()
 }

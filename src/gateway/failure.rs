@@ -14,6 +14,10 @@ use crate::upstream::UpstreamError;
 
 use super::session::{MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS, MAX_TASKS_PER_CLIENT};
 
+/// The key of the decision in the `_meta` of a `tools/call` refused as a
+/// tool result ([`Failure::to_tool_result`]).
+pub const REFUSAL_META: &str = "dev.portcullis/refusal";
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Failure {
     /// An interceptor refused the message (its reason, `data.interceptor`).
@@ -293,6 +297,34 @@ impl Failure {
                 .map(|interceptor| json!({ "interceptor": interceptor })),
         };
         protocol::error(id, self.code(), &self.to_string(), data)
+    }
+
+    /// A `tools/call` refused by an interceptor (a server's reply too
+    /// large for `limits` included), answered as a tool result for the
+    /// agent's model to read (`[proxy] tool_refusals = "result"`):
+    /// `isError`, the error's own words as its text, and the decision in
+    /// its `_meta` under [`REFUSAL_META`] (the interceptor, the error's
+    /// code and `data`; those three are the proxy's, never a `data` key's).
+    /// `None` for any other failure, which keeps its JSON-RPC error.
+    pub fn to_tool_result(&self, id: Value) -> Option<Value> {
+        let interceptor = self.interceptor()?;
+        let mut decision = serde_json::Map::new();
+        decision.insert("decision".into(), Value::from("deny"));
+        decision.insert("interceptor".into(), Value::from(interceptor));
+        decision.insert("code".into(), Value::from(self.code()));
+        if let Self::Denied(refusal) = self {
+            for (key, value) in &refusal.denial.data {
+                decision.entry(key.clone()).or_insert_with(|| value.clone());
+            }
+        }
+        Some(protocol::result(
+            id,
+            json!({
+                "content": [{ "type": "text", "text": self.to_string() }],
+                "isError": true,
+                "_meta": { REFUSAL_META: decision },
+            }),
+        ))
     }
 
     /// The HTTP status of a request this failure refuses at the HTTP edge,

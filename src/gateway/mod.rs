@@ -48,7 +48,7 @@ mod telemetry;
 mod tests;
 
 pub use catalog::{Catalog, ServerLists};
-pub use failure::Failure;
+pub use failure::{Failure, REFUSAL_META};
 
 pub use modern::{checked_envelope, version_spoken};
 pub use record::Records;

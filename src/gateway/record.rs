@@ -487,7 +487,7 @@ impl Records {
 impl Gateway {
     /// A server's event record.
     pub(super) fn server_event(&self, kind: &str, source: &crate::upstream::Source) -> AuditRecord {
-        let decision = if kind == "server_down" {
+        let decision = if matches!(kind, "server_down" | "server_circuit_open") {
             "error"
         } else {
             "allow"

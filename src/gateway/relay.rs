@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::chain::Exchange;
 use crate::protocol::{self, At, IdKey, Method};
 use crate::traces::{Span, SpanId, SpanKind};
-use crate::upstream::{Call, Origin, Round, Upstream};
+use crate::upstream::{Admitted, Call, Origin, Round, Upstream};
 
 use super::failure::Failure;
 use super::route::Rename;
@@ -129,6 +129,13 @@ impl Gateway {
             let failure = Failure::InvalidParams("`params` is no longer an object".to_owned());
             return Relayed::Answered(Err(failure), Duration::ZERO);
         }
+        // The server's instance for this client, let through by its
+        // breaker: before the wait for a place, so that a failing server's
+        // calls are refused at once and spend none.
+        let instance = match admitted(&self.servers, session, server) {
+            Ok(instance) => instance,
+            Err(failure) => return Relayed::Answered(Err(failure), Duration::ZERO),
+        };
         // A place among the server's requests in flight, if it limits them
         // (the wait is bounded by its call timeout).
         let place = match self
@@ -167,7 +174,9 @@ impl Gateway {
             span
         });
         let sent = std::time::Instant::now();
-        let forwarded = self.forward(session, server, id, outgoing).await;
+        let forwarded = self
+            .forward(session, (server, instance), id, outgoing)
+            .await;
         let ended = std::time::Instant::now();
         if let (Some(trace), Some(span)) = (exchange.trace.as_deref_mut(), upstream_span) {
             let name = format!("upstream {}", self.servers.name_or_none(server));
@@ -203,15 +212,12 @@ impl Gateway {
     pub(super) async fn forward(
         self: &Arc<Self>,
         session: &Arc<Session>,
-        server: usize,
+        (server, (upstream, admitted)): (usize, (Upstream, Admitted)),
         client_id: &Value,
         outgoing: Value,
     ) -> Result<Answer, Failure> {
-        self.servers.may_act_as_user(server, session)?;
-        let upstream = self
-            .servers
-            .upstream_for(server, &session.client.name)
-            .ok_or_else(|| self.servers.no_instance(server))?;
+        // `admitted` dropped unsettled on the way (cancelled, a duplicate
+        // id): the call ended without telling whether the server answers.
         let key = IdKey::from_value(client_id);
         let cancel = CancellationToken::new();
         if let Some(key) = &key
@@ -240,6 +246,7 @@ impl Gateway {
         };
         if let Err(err) = started {
             end_call();
+            upstream.settle(admitted, Some(&err));
             return Err(err.into());
         }
         let origin = Origin {
@@ -258,6 +265,10 @@ impl Gateway {
                 () = cancel.cancelled() => None,
             };
             end_call();
+            // Answered on the proxy's listen stream, or by the proxy alone
+            // (an unsubscribe): not a call that tells whether the server
+            // answers.
+            drop(admitted);
             changed.ok_or(Failure::Cancelled)??;
             let reply = protocol::result(client_id.clone(), json!({}));
             return Ok((reply, upstream.speaks_stateless()));
@@ -278,6 +289,13 @@ impl Gateway {
         let reply = self
             .send_call(session, server, &upstream, call, client_id, &cancel)
             .await;
+        // The server answered, or failed (the rounds that may follow are
+        // its questions, answered by the client).
+        match &reply {
+            Ok(_) => upstream.settle(admitted, None),
+            Err(Failure::Upstream(error)) => upstream.settle(admitted, Some(error)),
+            Err(_) => drop(admitted),
+        }
         let reply = match (reply, kept) {
             (Ok(reply), Some(sent)) => {
                 let call = super::input_required::RoundCall {
@@ -364,4 +382,19 @@ fn round_of(
         );
     }
     (rounds, (rounds || tasks).then_some(capabilities))
+}
+
+/// `session`'s instance of server `server`, and the call let through by
+/// its breaker (refused at once while the server is failing).
+fn admitted(
+    servers: &super::Servers,
+    session: &Session,
+    server: usize,
+) -> Result<(Upstream, Admitted), Failure> {
+    servers.may_act_as_user(server, session)?;
+    let upstream = servers
+        .upstream_for(server, &session.client.name)
+        .ok_or_else(|| servers.no_instance(server))?;
+    let admitted = upstream.admit()?;
+    Ok((upstream, admitted))
 }

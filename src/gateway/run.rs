@@ -122,7 +122,10 @@ impl Gateway {
             //    redaction), never of a secret.
             run.arguments = self.records.arguments_of(&run.exchange.message);
             let route = match (routed, ran) {
-                (_, Err(refusal)) => return failed(&id, refusal),
+                (_, Err(refusal)) => {
+                    let (reply, outcome) = self.refused(session, &id, &method, refusal.into());
+                    return (Some(reply), outcome);
+                }
                 (Err(failure), Ok(())) => return failed(&id, failure),
                 (Ok(route), Ok(())) => route,
             };
@@ -141,7 +144,7 @@ impl Gateway {
             };
             let (reply, outcome) = match answered {
                 Ok(reply) => (reply, Outcome::Delivered),
-                Err(failure) => (failure.to_response(id.clone()), failure.outcome()),
+                Err(failure) => self.refused(session, &id, &method, failure),
             };
             // 8. What the answer changes in the proxy's state: a subscription
             //    kept or given up, with what is held at its server.
@@ -165,7 +168,8 @@ impl Gateway {
             if let Err(refusal) = self.chain.run(exchange) {
                 self.client_tasks
                     .task_not_given(self, session, &exchange.message);
-                return failed(&id, refusal);
+                let (reply, outcome) = self.refused(session, &id, &method, refusal.into());
+                return (Some(reply), outcome);
             }
             (Some(exchange.message.clone()), outcome)
         }
@@ -176,6 +180,29 @@ impl Gateway {
             return reply;
         }
         reply.map(|_| Failure::NotRecorded.to_response(id))
+    }
+
+    /// A client's request of `method` that failed: refused by an
+    /// interceptor, a `tools/call`'s as a tool result with `isError` when
+    /// the config says so (`[proxy] tool_refusals`, what agent frameworks
+    /// hand their model); anything else, any other method's, and the CLI's
+    /// (`tools call` says what was refused itself), as its JSON-RPC error.
+    /// Recorded as refused either way.
+    fn refused(
+        &self,
+        session: &Session,
+        id: &Value,
+        method: &Method,
+        failure: Failure,
+    ) -> (Value, Outcome) {
+        let as_result = *method == Method::ToolsCall
+            && session.transport != crate::chain::Transport::Cli
+            && self.config.proxy.tool_refusals == crate::config::ToolRefusals::Result;
+        let reply = as_result
+            .then(|| failure.to_tool_result(id.clone()))
+            .flatten()
+            .unwrap_or_else(|| failure.to_response(id.clone()));
+        (reply, failure.outcome())
     }
 
     /// Step 7 of [`Gateway::handle_request`]: the request relayed to its
@@ -220,7 +247,11 @@ impl Gateway {
                         run.upstream = Some(waited);
                         answered
                     }
-                    Relayed::Refused(refusal) => return Err(failed(id, refusal)),
+                    Relayed::Refused(refusal) => {
+                        let method = &run.exchange.context.method;
+                        let (reply, outcome) = self.refused(session, id, method, refusal.into());
+                        return Err((Some(reply), outcome));
+                    }
                     Relayed::Cancelled(waited) => {
                         run.upstream = Some(waited);
                         return Err((None, Failure::Cancelled.outcome()));

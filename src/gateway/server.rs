@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::protocol::{self, At, IdKey};
-use crate::upstream::{Origin, UpstreamEvent};
+use crate::upstream::{BreakerChange, Origin, UpstreamEvent};
 
 use super::failure::Failure;
 use super::session::SERVER_REQUESTS_PER_SESSION;
@@ -143,6 +143,23 @@ impl Gateway {
                             self.forget_unwanted_instance(index, client);
                         }
                     }
+                }
+                // One record per change, none per refused call (each of
+                // those has its own exchange record).
+                UpstreamEvent::Breaker { source, change } => {
+                    let record = match change {
+                        BreakerChange::Opened { failures, last } => {
+                            let mut record = self.server_event("server_circuit_open", &source);
+                            record.reason = Some(format!(
+                                "{failures} calls in a row failed (the last: {last}): calls are refused until a probe is answered"
+                            ));
+                            record
+                        }
+                        BreakerChange::Closed => {
+                            self.server_event("server_circuit_closed", &source)
+                        }
+                    };
+                    self.records.event(record);
                 }
                 UpstreamEvent::Stopped { source, reason } => {
                     let mut record = self.server_event("server_stopped", &source);

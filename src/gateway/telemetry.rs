@@ -226,6 +226,11 @@ impl Gateway {
             "Times the server was started again after it stopped, by server.",
             "counter",
         );
+        out.declare(
+            "portcullis_upstream_breaker_open",
+            "Whether the server's breaker is open (1: its calls are refused at once until a probe is answered), by server.",
+            "gauge",
+        );
         let running = self
             .servers
             .iter()
@@ -249,6 +254,12 @@ impl Gateway {
                 "portcullis_upstream_restarts_total",
                 &[("server", name)],
                 upstream.restarts() as f64,
+            );
+            let open = upstream.breaker() == crate::upstream::BreakerState::Open;
+            out.sample(
+                "portcullis_upstream_breaker_open",
+                &[("server", name)],
+                f64::from(u8::from(open)),
             );
         }
         if let Some(audit) = self.records.audit() {

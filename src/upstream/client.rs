@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
+use super::breaker::{Admitted, Breaker, BreakerState, Next};
 use super::calls::{Call, PendingCall, SEND_WAIT, Shared};
 use super::connect::ConfigConnector;
 use super::events::{Origin, Status, UpstreamEvent};
@@ -82,6 +83,8 @@ pub struct Upstream {
     connector: Arc<dyn Connector>,
     startup_timeout: Duration,
     status: watch::Receiver<Status>,
+    /// Refuses clients' calls at once while the server keeps failing.
+    breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -171,6 +174,7 @@ impl Upstream {
         );
         shared.era.configure(config.protocol);
         let shared = Arc::new(shared);
+        let breaker = Arc::new(Breaker::new(config.breaker));
         Self {
             shared,
             policy,
@@ -178,6 +182,7 @@ impl Upstream {
             connector,
             startup_timeout,
             status,
+            breaker,
         }
     }
 
@@ -311,6 +316,35 @@ impl Upstream {
     /// for progress, a fresh progress token; the originals stay with the call.
     pub fn begin(&self, message: Value, origin: Option<Origin>) -> PendingCall {
         self.shared.begin(message, origin)
+    }
+
+    /// A client's call let through by the server's breaker, or refused at
+    /// once while the breaker is open ([`UpstreamError::BreakerOpen`]).
+    /// Settle it with [`Upstream::settle`].
+    pub fn admit(&self) -> Result<Admitted, UpstreamError> {
+        self.breaker.admit(&self.shared.name)
+    }
+
+    /// How a call [`Upstream::admit`] let through went (`Some`: it failed).
+    /// The failures in a row reaching the breaker's threshold, the server
+    /// is asked something of the proxy's own, on a task of its own: the
+    /// breaker opens only if it does not answer (see `breaker`), and each
+    /// change is told to the gateway once, as an [`UpstreamEvent::Breaker`].
+    pub fn settle(&self, admitted: Admitted, failed: Option<&UpstreamError>) {
+        if let Next::Check { failures, last } = admitted.settle(&self.breaker, failed) {
+            tokio::spawn(super::breaker::watch(
+                Arc::downgrade(&self.breaker),
+                Arc::downgrade(&self.shared),
+                self.config.call_timeout,
+                (failures, last),
+            ));
+        }
+    }
+
+    /// Whether the server's breaker is open (refusing its calls, or
+    /// probing with one).
+    pub fn breaker(&self) -> BreakerState {
+        self.breaker.current()
     }
 
     /// A client's request sent to the server and its reply awaited (with

@@ -35,6 +35,12 @@ pub enum UpstreamEvent {
     Down { source: Source, reason: String },
     /// The proxy stopped the server on purpose (idle); no call failed.
     Stopped { source: Source, reason: String },
+    /// The server's breaker opened (its calls are refused at once) or
+    /// closed again (a probe was answered).
+    Breaker {
+        source: Source,
+        change: super::BreakerChange,
+    },
     /// A notification not tied to a call. Progress, and whatever else the
     /// server sends during a call (log messages, …), go to the call instead
     /// ([`PendingCall::send_and_follow`]). `ambiguous`: it came while calls

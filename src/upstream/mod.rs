@@ -17,6 +17,7 @@
 //! `connect` (the link the config names). Tests replace that last one with
 //! a scripted link: see `scripted`.
 
+mod breaker;
 mod calls;
 mod client;
 mod connect;
@@ -38,6 +39,7 @@ mod supervisor;
 #[cfg(test)]
 mod tests;
 
+pub use breaker::{Admitted, BreakerChange, BreakerState};
 pub use calls::{Call, PendingCall, Round};
 pub use client::Upstream;
 pub use events::{Origin, Source, Status, UpstreamEvent};
@@ -70,6 +72,27 @@ pub enum UpstreamError {
     /// listen stream.
     #[error("server `{server}` {reason}")]
     NotGranted { server: String, reason: String },
+    /// The server's breaker is open: its calls failed `failures` times in
+    /// a row and it did not answer the proxy either; calls are refused at
+    /// once until it does, which the proxy asks again in `left` (zero: it
+    /// is asking now). Why the last call failed is in the audit log's
+    /// `server_circuit_open` record, not here: it was another client's call.
+    #[error("server `{server}` is failing: its calls are refused until it answers the proxy again (asked {}; {failures} calls in a row failed)", breaker_left(*left))]
+    BreakerOpen {
+        server: String,
+        left: Duration,
+        failures: u32,
+    },
+}
+
+/// When the proxy asks an open breaker's server again, as a refusal says it.
+fn breaker_left(left: Duration) -> String {
+    if left.is_zero() {
+        return "now".to_owned();
+    }
+    // Whole seconds, rounded up: "in 0s" would say nothing.
+    let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    format!("in {seconds}s")
 }
 
 impl UpstreamError {

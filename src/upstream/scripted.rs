@@ -116,6 +116,7 @@ fn server_config(name: &str, kind: UpstreamSpec) -> Arc<ServerConfig> {
         call_timeout: Duration::from_secs(10),
         secrets: BTreeMap::new(),
         protocol: Default::default(),
+        breaker: Default::default(),
     })
 }
 

@@ -194,6 +194,11 @@ pub struct TestProxy {
     servers: Vec<String>,
     extra: String,
     listen: String,
+    /// `[proxy] tool_refusals`: `"error"` unless
+    /// [`TestProxy::with_refusals_as_results`]. The tests assert on the
+    /// JSON-RPC error a refusal is (its code, `data.interceptor`); the
+    /// default form, a tool result, has `tests/refusals.rs` of its own.
+    tool_refusals: &'static str,
 }
 
 impl Default for TestProxy {
@@ -212,6 +217,7 @@ impl TestProxy {
             servers: Vec::new(),
             extra: String::new(),
             listen: "127.0.0.1:0".into(),
+            tool_refusals: "error",
         }
     }
 
@@ -284,6 +290,13 @@ impl TestProxy {
         self
     }
 
+    /// A refused `tools/call` answered as the proxy does by default: a
+    /// tool result with `isError`.
+    pub fn with_refusals_as_results(mut self) -> Self {
+        self.tool_refusals = "result";
+        self
+    }
+
     /// Listens on `addr` instead of a port the system picks.
     pub fn with_listen(mut self, addr: &str) -> Self {
         self.listen = addr.to_owned();
@@ -314,8 +327,8 @@ impl TestProxy {
     /// port) unless [`TestProxy::with_listen`].
     pub fn write_config(&self) -> PathBuf {
         let mut text = format!(
-            "[proxy]\nlisten = \"{}\"\nstartup_timeout = \"20s\"\n",
-            self.listen
+            "[proxy]\nlisten = \"{}\"\nstartup_timeout = \"20s\"\ntool_refusals = \"{}\"\n",
+            self.listen, self.tool_refusals
         );
         text.push_str(&self.extra);
         text.push_str(&format!(
@@ -774,6 +787,17 @@ pub async fn rmcp_enforced(
         format!("hello from {server}"),
         "{read}"
     );
+}
+
+/// The result of the op named `name` in a document of
+/// `tests/python/mcp_client.py`'s.
+pub fn client_op<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["results"]
+        .as_array()
+        .expect("the client's results")
+        .iter()
+        .find(|r| r["op"] == name)
+        .unwrap_or_else(|| panic!("no result for {name} in {doc}"))
 }
 
 pub fn first_text(response: &Value) -> String {

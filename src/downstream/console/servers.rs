@@ -14,7 +14,7 @@ use crate::config::{ServerConfig, UpstreamSpec};
 use crate::downstream::auth::LoggedIn;
 use crate::downstream::layout::page;
 use crate::downstream::state::HttpState;
-use crate::upstream::{Status, Upstream};
+use crate::upstream::{BreakerState, Status, Upstream};
 
 pub(super) async fn servers(
     State(state): State<Arc<HttpState>>,
@@ -51,9 +51,14 @@ fn fields(
         Status::Down(reason) => ("down", reason),
         Status::Stopped => ("stopped", String::new()),
     };
+    let breaker = match upstream.breaker() {
+        BreakerState::Closed => "closed".to_owned(),
+        BreakerState::Open => "OPEN: its calls are refused until a probe is answered".to_owned(),
+    };
     let mut fields: Vec<(&str, String)> = vec![
         ("state", status.to_owned()),
         ("restarts", upstream.restarts().to_string()),
+        ("breaker", breaker),
     ];
     if !detail.is_empty() {
         fields.push(("last failure", detail));
