@@ -172,6 +172,24 @@ async fn an_image_is_served_from_its_label_alone_hardened() {
     let reply = echo(&mut client, 3, "described__echo").await;
     assert_eq!(first_text(&reply), "from-the-profile: hi", "{reply}");
     client.finish().await;
+    // Pinned by digest without a tag (`repo@sha256:ID`): found at that
+    // digest, not looked up as `repo:latest`.
+    let id = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &image])
+        .output()
+        .expect("docker image inspect");
+    let id = String::from_utf8_lossy(&id.stdout).trim().to_owned();
+    assert!(id.starts_with("sha256:"), "{id}");
+    let repo = image
+        .split_once(':')
+        .map_or(image.as_str(), |(repo, _)| repo);
+    let pinned = TestProxy::new().with_server_toml(&format!(
+        "[[servers]]\nname = \"pinned\"\nfrom = \"docker://{repo}@{id}\"\nconfig = {{ greeting = \"pinned\" }}\nsecrets = {{ EXAMPLE_API_KEY = \"env:LABEL_TEST_KEY\" }}\n"
+    ));
+    let mut client = initialized(&pinned, &[("LABEL_TEST_KEY", "k-9")]).await;
+    let reply = echo(&mut client, 4, "pinned__echo").await;
+    assert_eq!(first_text(&reply), "pinned: hi", "{reply}");
+    client.finish().await;
     // `doctor` shows what the label asks before anything runs.
     let (ok, stdout, stderr) = doctor(&proxy);
     let said = format!("{stdout}{stderr}");

@@ -836,7 +836,10 @@ fn dangerous_relaxations_and_literal_secrets_are_config_errors() {
     let path = dir.path().join("portcullis.toml");
     let image = "portcullis/example-server:dev";
     for (sandbox, expected) in [
-        ("user = \"0:0\"", "runs as root"),
+        (
+            "user = \"0:0\"",
+            "asks for the root user (`user = \"0:0\"`); refused",
+        ),
         ("privileged = true", "privileged mode"),
         ("network = \"host\"", "host's network namespace"),
         ("host_pid = true", "host's PID namespace"),

@@ -209,3 +209,32 @@ async fn every_interceptors_refusal_of_a_call_is_a_tool_result_and_a_malformed_c
     );
     served.terminate().await;
 }
+
+/// An unknown tool is not a refusal: its JSON-RPC error stays, and its
+/// record keeps the name asked (cut: a client wrote it), so that
+/// `audit query --tool` finds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_tool_keeps_its_error_and_its_record_the_name_asked() {
+    let proxy = TestProxy::new()
+        .with_example_server("example")
+        .with_refusals_as_results();
+    let served = proxy.serve_http().await;
+    let session = HttpSession::connect(&served.url).await;
+    let unknown = session
+        .call(10, "tools/call", json!({ "name": "example__nope" }))
+        .await;
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+    let long = format!("example__{}", "n".repeat(10_000));
+    let unknown = session
+        .call(11, "tools/call", json!({ "name": long }))
+        .await;
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+    let asked = common::admin_records(&served.base, "tool=example__nope", AUDITOR_TOKEN).await;
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0]["target"], "example__nope", "{asked:?}");
+    assert_eq!(asked[0]["method"], "tools/call", "{asked:?}");
+    let cut = format!("example__{}", "n".repeat(256 - "example__".len()));
+    let asked = common::admin_records(&served.base, &format!("tool={cut}"), AUDITOR_TOKEN).await;
+    assert_eq!(asked.len(), 1, "the long name, cut: {asked:?}");
+    served.terminate().await;
+}

@@ -103,6 +103,12 @@ async fn a_catalog_pushed_to_a_registry_is_pulled_into_a_config_and_served() {
         pulled.contains("1 server(s)") && pulled.contains(&digest),
         "{pulled}"
     );
+    // Pinned by digest, the reference names it once.
+    assert_eq!(pulled.matches(&digest).count(), 1, "{pulled}");
+    assert!(
+        pulled.contains(&format!("{reference}@{digest}")),
+        "{pulled}"
+    );
     let listed: Value = serde_json::from_str(&portcullis_ok(&[
         "catalog", "ls", "--config", config_arg, "--format", "json",
     ]))

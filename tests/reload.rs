@@ -191,6 +191,30 @@ async fn a_reload_adds_removes_and_restarts_servers_while_a_session_calls() {
     served.terminate().await;
 }
 
+/// A lazy server (a container, started at its first use) that a reload
+/// adds is announced to the open sessions at once, before anything started
+/// it: the session's next list starts it and lists its tools.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lazy_server_a_reload_adds_is_announced_at_once() {
+    let mut proxy = TestProxy::new()
+        .with_config("policy_poll = \"200ms\"")
+        .with_example_server("example");
+    let served = proxy.serve_http().await;
+    let session = HttpSession::connect(&served.url).await;
+    let mut events = session.events().await;
+    assert_eq!(servers_listed(&session, 1).await, ["example"]);
+
+    proxy = proxy.with_container_server("boxed", "", "");
+    proxy.write_config();
+    tools_changed(&mut events).await;
+    let added = nth_reload(&served, 1).await;
+    assert_eq!(added["detail"]["added"], json!(["boxed"]), "{added}");
+    assert_eq!(servers_listed(&session, 2).await, ["boxed", "example"]);
+    let reply = echo(&session, 3, "boxed__echo", "lazy").await;
+    assert_eq!(first_text(&reply), "boxed: lazy", "{reply}");
+    served.terminate().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_the_profile_and_a_broken_one_keeps_the_last_good() {
     // Checked once an hour: only SIGHUP reads the files again here.

@@ -198,6 +198,16 @@ fn read_file(path: &std::path::Path) -> anyhow::Result<String> {
 /// Pulls the OCI catalogs of the config named in `names` (all when
 /// empty), each checked before it is kept: Docker's catalog artifact,
 /// the pinned digest if the config pins one, a catalog Portcullis reads.
+/// `reference` at the manifest digest it was pulled at: `REF@DIGEST`, once
+/// (a reference pinned by digest already names one: it is replaced, not
+/// repeated).
+fn at_digest(reference: &str, digest: &str) -> String {
+    let name = reference
+        .split_once('@')
+        .map_or(reference, |(name, _)| name);
+    format!("{name}@{digest}")
+}
+
 async fn pull(config: &std::path::Path, names: &[String]) -> anyhow::Result<()> {
     let catalogs = Config::catalogs_only(config)?;
     for name in names {
@@ -245,9 +255,9 @@ async fn pull(config: &std::path::Path, names: &[String]) -> anyhow::Result<()> 
         pulled::write(&catalog.path, &record, &got.json)
             .with_context(|| format!("cannot write `{}`", catalog.path.display()))?;
         println!(
-            "pulled {} ({reference}@{}): {} server(s) into {}",
+            "pulled {} ({}): {} server(s) into {}",
             catalog.name,
-            crate::protocol::shown(&got.digest),
+            crate::protocol::shown(&at_digest(reference, &got.digest)),
             parsed.registry.len(),
             catalog.path.display()
         );
@@ -260,4 +270,26 @@ async fn pull(config: &std::path::Path, names: &[String]) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::at_digest;
+
+    #[test]
+    fn a_pulled_reference_names_its_digest_once() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            at_digest("127.0.0.1:5000/catalogs/team:v1", &digest),
+            format!("127.0.0.1:5000/catalogs/team:v1@{digest}")
+        );
+        assert_eq!(
+            at_digest(&format!("127.0.0.1:5000/catalogs/team@{digest}"), &digest),
+            format!("127.0.0.1:5000/catalogs/team@{digest}")
+        );
+        assert_eq!(
+            at_digest(&format!("registry.example/c:v2@{digest}"), &digest),
+            format!("registry.example/c:v2@{digest}")
+        );
+    }
 }

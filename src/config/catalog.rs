@@ -302,6 +302,33 @@ pub fn launch(meta: &ServerMeta, operator: &Operator, sandbox: &Sandbox) -> Resu
     Ok(Launch { args, env })
 }
 
+/// A description's `user` as numbers, `uid` and maybe `gid`: `root` is
+/// uid 0 and group 0 (as Docker reads it); another name has no number
+/// before the image runs (`None`).
+fn numeric_user(user: &str) -> Option<(u64, Option<u64>)> {
+    let number = |part: &str| match part {
+        "root" => Some(0),
+        _ => part.trim_start_matches('+').parse::<u64>().ok(),
+    };
+    match user.split_once(':') {
+        None if user == "root" => Some((0, Some(0))),
+        None => Some((number(user)?, None)),
+        Some((uid, gid)) => Some((number(uid)?, Some(number(gid)?))),
+    }
+}
+
+/// Whether the sandbox's user (`uid[:gid]`, numbers, as validated) is the
+/// one the description asks for, by name (`root`) or number alike: the
+/// same uid, and the same group where both name one.
+fn granted_user(asked: &str, granted: &str) -> bool {
+    match (numeric_user(asked), numeric_user(granted)) {
+        (Some((uid, gid)), Some((granted_uid, granted_gid))) => {
+            uid == granted_uid && (gid.is_none() || granted_gid.is_none() || gid == granted_gid)
+        }
+        _ => false,
+    }
+}
+
 /// Refuses what the metadata asks of the engine beyond the sandbox the
 /// operator granted.
 fn asks_within(meta: &ServerMeta, sandbox: &Sandbox) -> Result<(), String> {
@@ -314,10 +341,20 @@ fn asks_within(meta: &ServerMeta, sandbox: &Sandbox) -> Result<(), String> {
         ));
     }
     if let Some(user) = &meta.user
-        && user.trim() != sandbox.user
+        && !granted_user(user.trim(), &sandbox.user)
     {
+        let user = user.trim();
+        let grant = match numeric_user(user) {
+            Some((uid, gid)) => match gid {
+                Some(gid) => format!("`[servers.sandbox] user = \"{uid}:{gid}\"`"),
+                None => format!("`[servers.sandbox] user = \"{uid}\"`"),
+            },
+            // A name other than root means what the image's own users say,
+            // which is read only once it runs.
+            None => "`[servers.sandbox] user`, by number (`UID[:GID]`)".to_owned(),
+        };
         return Err(format!(
-            "it asks to run as user `{}`; the hardened profile runs it as `{}`: grant that user with `[servers.sandbox] user` if you trust it",
+            "it asks to run as user `{}`; the hardened profile runs it as `{}`: grant that user with {grant} if you trust it",
             super::names::shown(user),
             sandbox.user
         ));

@@ -121,11 +121,43 @@ fn what_metadata_asks_beyond_the_hardened_profile_is_refused_unless_granted() {
         message.contains("root") && message.contains("[servers.sandbox] user"),
         "{message}"
     );
-    let granted = Sandbox {
-        user: "root".into(),
-        ..Sandbox::default()
-    };
-    assert!(refused(&root, &granted).is_none());
+    // Granted by number, as the config writes users: `root` is 0 (and
+    // group 0), whichever way either side says it.
+    assert!(message.contains("user = \"0:0\""), "{message}");
+    for granted in ["0", "0:0"] {
+        let granted = Sandbox {
+            user: granted.into(),
+            ..Sandbox::default()
+        };
+        assert!(refused(&root, &granted).is_none(), "{}", granted.user);
+    }
+    for (asked, granted, ok) in [
+        ("0", "0", true),
+        ("root:root", "0:0", true),
+        ("0:0", "0", true),
+        ("1000", "1000:1000", true),
+        ("1000:1000", "1000:1000", true),
+        ("1000:1000", "1000:50", false),
+        ("root", "1000", false),
+        ("root", "0:1000", false),
+        ("nobody", "65534", false),
+    ] {
+        let mut meta = time();
+        meta.user = Some(asked.into());
+        let sandbox = Sandbox {
+            user: granted.into(),
+            ..Sandbox::default()
+        };
+        assert_eq!(
+            refused(&meta, &sandbox).is_none(),
+            ok,
+            "{asked} granted {granted}"
+        );
+    }
+    let mut named = time();
+    named.user = Some("nobody".into());
+    let message = refused(&named, &Sandbox::default()).unwrap_or_default();
+    assert!(message.contains("by number (`UID[:GID]`)"), "{message}");
 
     let mut hosts = time();
     hosts.allow_hosts = vec!["api.example.com:443".into()];

@@ -146,7 +146,7 @@ impl Sandbox {
     pub fn dangers(&self) -> Vec<String> {
         let mut out = Vec::new();
         if is_root_user(&self.user) {
-            out.push(format!("runs as root (`user = \"{}\"`)", self.user));
+            out.push(format!("the root user (`user = \"{}\"`)", self.user));
         }
         if self.privileged {
             out.push("privileged mode".into());

@@ -400,7 +400,7 @@ impl Lists {
     }
 
     /// Tells who hears server `index` that its lists changed.
-    fn announce_changes(gateway: &Gateway, index: usize, changed: Vec<List>) {
+    pub(super) fn announce_changes(gateway: &Gateway, index: usize, changed: Vec<List>) {
         for kind in changed {
             // A catalog's server is heard only by those that added it.
             if gateway.servers.is_catalogued(index) {

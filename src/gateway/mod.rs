@@ -291,6 +291,21 @@ impl Gateway {
             .map(|(index, _)| self.lists.refresh(self, *index));
         let all = futures_util::future::join_all(reads);
         let _ = tokio::time::timeout(self.config.proxy.startup_timeout, all).await;
+        // One whose lists are not read (a lazy server, started at its first
+        // use): the sessions are told its lists changed at once (resource
+        // templates with resources: one notification), and their next read
+        // of a list starts it.
+        const ANNOUNCED: [crate::protocol::List; 3] = [
+            crate::protocol::List::Tools,
+            crate::protocol::List::Prompts,
+            crate::protocol::List::Resources,
+        ];
+        let catalog = self.lists.catalog();
+        for (index, _) in servers {
+            if catalog.server_lists(*index).is_none() {
+                lists::Lists::announce_changes(self, *index, ANNOUNCED.to_vec());
+            }
+        }
     }
 
     /// Stops every server and ends every session.

@@ -14,6 +14,10 @@ use crate::protocol::{self, Method};
 use super::failure::Failure;
 use super::{Catalog, Gateway, Session};
 
+/// The longest name asked of an unknown tool or prompt that its record
+/// keeps.
+const MOST_ASKED_NAME: usize = 256;
+
 /// Where a client request goes.
 pub(super) enum Route {
     /// Answered by the proxy itself.
@@ -66,7 +70,21 @@ impl Gateway {
         exchange: &mut Exchange,
     ) -> Result<Route, Failure> {
         let catalog = self.catalog();
-        let (route, target) = self.route(&catalog, session, method, &exchange.message)?;
+        let (route, target) = match self.route(&catalog, session, method, &exchange.message) {
+            Ok(routed) => routed,
+            Err(failure) => {
+                // Recorded with the name asked: `audit query --tool` finds
+                // a call of a tool that is not there (cut, a client wrote it).
+                if matches!(
+                    failure,
+                    Failure::Unknown { .. } | Failure::ServerNotReady(_)
+                ) {
+                    exchange.context.target = protocol::param_str(&exchange.message, "name")
+                        .map(|name| protocol::cut(name, MOST_ASKED_NAME).to_owned());
+                }
+                return Err(failure);
+            }
+        };
         let task = match &route {
             Route::Discovery(_) => {
                 exchange.context.server = Some(Arc::from(crate::config::PROXY_SERVER));

@@ -17,7 +17,7 @@ pub async fn ensure_image(docker: &Docker, spec: &ContainerSpec) -> Result<Image
     match ensure_image_present(docker, spec).await {
         Err(Missing::No(message)) if spec.pull == PullPolicy::Missing => {
             tracing::debug!("{message}");
-            pull(docker, &spec.image).await?;
+            pull(docker, spec).await?;
             ensure_image_present(docker, spec)
                 .await
                 .map_err(Missing::into_message)
@@ -47,23 +47,30 @@ pub async fn ensure_image_present(
     docker: &Docker,
     spec: &ContainerSpec,
 ) -> Result<ImageInspect, Missing> {
-    let image = match docker.inspect_image(&spec.image).await {
-        Ok(image) => image,
-        Err(DockerError::DockerResponseServerError {
-            status_code: 404, ..
-        }) => {
-            return Err(Missing::No(format!(
-                "image `{}` is not in the Docker engine; build it (`docker build -t {} …`) or load it (`docker load -i …`). Portcullis pulls only when the server sets `pull = \"missing\"`",
-                spec.image, spec.image
-            )));
+    let mut found = None;
+    for name in lookups(spec) {
+        match docker.inspect_image(&name).await {
+            Ok(image) => {
+                found = Some(image);
+                break;
+            }
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(err) => {
+                return Err(Missing::Unusable(format!(
+                    "image `{}`: {}",
+                    spec.image,
+                    describe(&err)
+                )));
+            }
         }
-        Err(err) => {
-            return Err(Missing::Unusable(format!(
-                "image `{}`: {}",
-                spec.image,
-                describe(&err)
-            )));
-        }
+    }
+    let Some(image) = found else {
+        return Err(Missing::No(format!(
+            "image `{}` is not in the Docker engine; build it (`docker build -t {} …`) or load it (`docker load -i …`). Portcullis pulls only when the server sets `pull = \"missing\"`",
+            spec.image, spec.image
+        )));
     };
     if let Some(digest) = &spec.digest {
         let id = image.id.as_deref().unwrap_or_default();
@@ -82,11 +89,35 @@ pub async fn ensure_image_present(
     Ok(image)
 }
 
-async fn pull(docker: &Docker, image: &str) -> Result<(), String> {
+/// The tag of an image reference (`repo:tag`), if it names one (a port in
+/// the registry's host is not a tag).
+fn tag_of(image: &str) -> Option<(&str, &str)> {
+    image.rsplit_once(':').filter(|(_, tag)| !tag.contains('/'))
+}
+
+/// The names the engine is asked for an image by, in order: its reference
+/// as written; for one pinned by digest without a tag (`repo@sha256:…`,
+/// which the engine would read as `repo:latest`), the repository at that
+/// digest, then the digest as the image's own id (an image built or loaded
+/// here has no repository digest). What is found is checked against the
+/// digest either way.
+fn lookups(spec: &ContainerSpec) -> Vec<String> {
+    match &spec.digest {
+        Some(digest) if tag_of(&spec.image).is_none() => {
+            vec![format!("{}@{digest}", spec.image), digest.clone()]
+        }
+        _ => vec![spec.image.clone()],
+    }
+}
+
+async fn pull(docker: &Docker, spec: &ContainerSpec) -> Result<(), String> {
+    let image = spec.image.as_str();
     tracing::info!(image, "pulling the image (`pull = \"missing\"`)");
-    let (name, tag) = match image.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')) {
-        Some((name, tag)) => (name, tag),
-        None => (image, "latest"),
+    // Pinned by digest without a tag: pulled by its digest, not `latest`.
+    let (name, tag) = match (tag_of(image), &spec.digest) {
+        (Some((name, tag)), _) => (name, tag),
+        (None, Some(digest)) => (image, digest.as_str()),
+        (None, None) => (image, "latest"),
     };
     let mut progress = docker.create_image(
         Some(CreateImageOptions {
@@ -125,4 +156,39 @@ pub(super) fn server_command(
         ));
     }
     Ok(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(image: &str, digest: Option<&str>) -> ContainerSpec {
+        let config = crate::upstream::scripted::lazy_config("s", std::time::Duration::from_secs(1));
+        let crate::config::UpstreamSpec::Container(spec) = &config.kind else {
+            panic!("a container spec");
+        };
+        let mut spec = (**spec).clone();
+        spec.image = image.to_owned();
+        spec.digest = digest.map(str::to_owned);
+        spec
+    }
+
+    #[test]
+    fn an_image_pinned_by_digest_without_a_tag_is_looked_up_at_that_digest() {
+        let digest = format!("sha256:{}", "b".repeat(64));
+        assert_eq!(
+            lookups(&spec("example/server", Some(&digest))),
+            [format!("example/server@{digest}"), digest.clone()]
+        );
+        // A registry's port is not a tag.
+        assert_eq!(
+            lookups(&spec("127.0.0.1:5000/server", Some(&digest))),
+            [format!("127.0.0.1:5000/server@{digest}"), digest.clone()]
+        );
+        assert_eq!(
+            lookups(&spec("example/server:1.2", Some(&digest))),
+            ["example/server:1.2"]
+        );
+        assert_eq!(lookups(&spec("example/server", None)), ["example/server"]);
+    }
 }
