@@ -308,7 +308,7 @@ pub fn launch(meta: &ServerMeta, operator: &Operator, sandbox: &Sandbox) -> Resu
 fn numeric_user(user: &str) -> Option<(u64, Option<u64>)> {
     let number = |part: &str| match part {
         "root" => Some(0),
-        _ => part.trim_start_matches('+').parse::<u64>().ok(),
+        _ => part.parse::<u64>().ok(),
     };
     match user.split_once(':') {
         None if user == "root" => Some((0, Some(0))),

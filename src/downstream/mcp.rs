@@ -281,7 +281,7 @@ async fn post_message(
     // Handed to the gateway's pipeline here; the reply goes out as JSON,
     // or as SSE if the call sends something first.
     let gateway = state.gateway.clone();
-    let work = async move { gateway.handle(&session, message).await };
+    let work = move || async move { gateway.handle(&session, message).await };
     match id {
         Some(id) if !local && accepts(&headers, "text/event-stream") => {
             answer_in_stream(

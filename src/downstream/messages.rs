@@ -125,17 +125,25 @@ pub(super) async fn read_message(state: &HttpState, body: Body) -> Result<Incomi
 /// The HTTP status a reply goes out with.
 pub(super) type StatusOf = fn(&Value) -> StatusCode;
 
-/// A request answered with its reply alone: `work` is the request handed
-/// to the gateway by the edge that read it. It runs to its end (recorded,
-/// `keep` dropped when it ends) even if the client goes away.
-pub(super) async fn answer_in_json(
-    work: impl Future<Output = Option<Value>> + Send + 'static,
+/// A request answered with its reply alone: `work` hands the request to
+/// the gateway, as the edge that read it says. It runs to its end
+/// (recorded, `keep` dropped when it ends) even if the client goes away.
+///
+/// `work` makes the gateway's future where it runs, inside the detached
+/// task's own: that future is large (the whole pipeline), and made by the
+/// edge and moved in, it was copied on each move (about 65 000 instructions
+/// a call, `scripts/instructions-per-call.sh`).
+pub(super) async fn answer_in_json<W>(
+    work: impl FnOnce() -> W + Send + 'static,
     keep: impl Send + 'static,
     status_of: StatusOf,
-) -> Response {
+) -> Response
+where
+    W: Future<Output = Option<Value>> + Send,
+{
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     Detached::new(async move {
-        let _ = reply_tx.send(work.await);
+        let _ = reply_tx.send(work().await);
         drop(keep);
     })
     .await;
@@ -146,21 +154,25 @@ pub(super) async fn answer_in_json(
 }
 
 /// A routed request: answered on an SSE stream, so that progress and the
-/// server's requests for this call travel with it. `work` is the request
-/// (`id`, on `outlet`'s session) handed to the gateway by the edge that
-/// read it. `place` is held until the call ends; `hold` as long as the
-/// answer is being sent (its drop says the client is gone or has it all).
-pub(super) async fn answer_in_stream(
-    work: impl Future<Output = Option<Value>> + Send + 'static,
+/// server's requests for this call travel with it. `work` hands the
+/// request (`id`, on `outlet`'s session) to the gateway, as the edge that
+/// read it says (made where it runs: see [`answer_in_json`]). `place` is
+/// held until the call ends; `hold` as long as the answer is being sent
+/// (its drop says the client is gone or has it all).
+pub(super) async fn answer_in_stream<W>(
+    work: impl FnOnce() -> W + Send + 'static,
     (outlet, id): (Arc<HttpOutlet>, IdKey),
     place: impl Send + 'static,
     (hold, ends): (impl Send + 'static, super::auth::Expiry),
     status_of: StatusOf,
-) -> Response {
+) -> Response
+where
+    W: Future<Output = Option<Value>> + Send,
+{
     let (tx, rx) = mpsc::channel::<Queued>(CALL_STREAM_CAP);
     lock(&outlet.post_streams).insert(id.clone(), tx.clone());
     let mut work = Detached::new(async move {
-        let reply = work.await;
+        let reply = work().await;
         lock(&outlet.post_streams).remove(&id);
         if let Some(reply) = reply {
             // Waits for room: ends when the client reads, or goes.

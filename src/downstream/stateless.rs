@@ -182,7 +182,7 @@ pub(super) async fn post(
     // Handed to the gateway's pipeline here; the reply goes out as JSON,
     // or as SSE if the call sends something first.
     let message = incoming.message;
-    let work = async move { gateway.handle(&session, message).await };
+    let work = move || async move { gateway.handle(&session, message).await };
     match id {
         Some(id) if accepts(headers, "text/event-stream") => {
             answer_in_stream(work, (outlet, id), place, (hangup, ends), status_of).await

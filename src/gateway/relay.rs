@@ -129,13 +129,6 @@ impl Gateway {
             let failure = Failure::InvalidParams("`params` is no longer an object".to_owned());
             return Relayed::Answered(Err(failure), Duration::ZERO);
         }
-        // The server's instance for this client, let through by its
-        // breaker: before the wait for a place, so that a failing server's
-        // calls are refused at once and spend none.
-        let instance = match admitted(&self.servers, session, server) {
-            Ok(instance) => instance,
-            Err(failure) => return Relayed::Answered(Err(failure), Duration::ZERO),
-        };
         // A place among the server's requests in flight, if it limits them
         // (the wait is bounded by its call timeout).
         let place = match self
@@ -145,6 +138,17 @@ impl Gateway {
         {
             None => None,
             Some(limit) => {
+                // A failing server's calls are refused at once, not after
+                // a wait for a place (its own instance's breaker: a
+                // client's instance is found, or made, once it has one).
+                if let Some(upstream) = self
+                    .servers
+                    .upstream_at(server)
+                    .filter(|_| !self.servers.per_client(server))
+                    && let Err(refused) = upstream.admit()
+                {
+                    return Relayed::Answered(Err(refused.into()), Duration::ZERO);
+                }
                 let wait = self
                     .servers
                     .upstream_at(server)
@@ -174,9 +178,7 @@ impl Gateway {
             span
         });
         let sent = std::time::Instant::now();
-        let forwarded = self
-            .forward(session, (server, instance), id, outgoing)
-            .await;
+        let forwarded = self.forward(session, server, id, outgoing).await;
         let ended = std::time::Instant::now();
         if let (Some(trace), Some(span)) = (exchange.trace.as_deref_mut(), upstream_span) {
             let name = format!("upstream {}", self.servers.name_or_none(server));
@@ -212,12 +214,15 @@ impl Gateway {
     pub(super) async fn forward(
         self: &Arc<Self>,
         session: &Arc<Session>,
-        (server, (upstream, admitted)): (usize, (Upstream, Admitted)),
+        server: usize,
         client_id: &Value,
         outgoing: Value,
     ) -> Result<Answer, Failure> {
-        // `admitted` dropped unsettled on the way (cancelled, a duplicate
-        // id): the call ended without telling whether the server answers.
+        // The client's instance, and the call let through by its breaker
+        // (refused at once while the server is failing). Dropped unsettled
+        // on the way (cancelled, a duplicate id): the call ended without
+        // telling whether the server answers.
+        let (upstream, admitted) = admitted(&self.servers, session, server)?;
         let key = IdKey::from_value(client_id);
         let cancel = CancellationToken::new();
         if let Some(key) = &key

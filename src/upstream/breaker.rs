@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::UpstreamError;
 use super::calls::Shared;
-use super::events::UpstreamEvent;
+use super::events::{Status, UpstreamEvent};
 use crate::config::BreakerConfig;
 use crate::protocol::{self, Method};
 
@@ -194,8 +194,10 @@ impl Breaker {
             return None;
         };
         *checking = false;
-        if answered {
-            // The calls failed, not the server.
+        // Answered, or a call was answered while the proxy asked (a server
+        // that serves one request at a time answers the proxy only after
+        // the slow calls before it): the calls failed, not the server.
+        if answered || *count == 0 {
             *count = 0;
             return None;
         }
@@ -254,6 +256,14 @@ pub(super) async fn watch(
             return;
         };
         tokio::time::sleep_until(until).await;
+        // Stopped by the proxy (idle, or a reload took it out): not started
+        // again to be asked; its next call starts it afresh, closed.
+        if stopped(&shared) {
+            if let Some(change) = breaker.upgrade().and_then(|breaker| breaker.probed(true)) {
+                tell(&shared, change).await;
+            }
+            return;
+        }
         let answered = answers(&shared, timeout).await;
         let Some(breaker) = breaker.upgrade() else {
             return;
@@ -266,7 +276,7 @@ pub(super) async fn watch(
 }
 
 /// Whether the server answers a question of the proxy's own within
-/// `timeout`: `ping`, or `server/discover` for a 2026-07-28 server (which
+/// `timeout` (all of it, a wait for the server to run included): `ping`, or `server/discover` for a 2026-07-28 server (which
 /// has no `ping`). An error it answers with is an answer.
 async fn answers(shared: &Weak<Shared>, timeout: Duration) -> bool {
     let Some(shared) = shared.upgrade() else {
@@ -278,11 +288,16 @@ async fn answers(shared: &Weak<Shared>, timeout: Duration) -> bool {
         Method::Ping
     };
     let request = protocol::request(Value::Null, method.as_str(), json!({}));
+    let asked = shared.begin(request, None).send_and_wait(timeout);
+    matches!(tokio::time::timeout(timeout, asked).await, Ok(Ok(_)))
+}
+
+/// Whether the proxy stopped the server on purpose (idle, or taken out by
+/// a reload); gone counts as stopped.
+fn stopped(shared: &Weak<Shared>) -> bool {
     shared
-        .begin(request, None)
-        .send_and_wait(timeout)
-        .await
-        .is_ok()
+        .upgrade()
+        .is_none_or(|shared| matches!(*shared.status.borrow(), Status::Stopped))
 }
 
 async fn tell(shared: &Weak<Shared>, change: BreakerChange) {
@@ -373,6 +388,17 @@ mod tests {
         assert_eq!(fail(&b), Next::Nothing);
         // The server answers the proxy: the calls failed, not the server.
         assert_eq!(b.checked(true, (failures, last.clone())), None);
+        // It does not, but a call was answered while the proxy asked (a
+        // server that serves one request at a time): not opened either.
+        for _ in 0..2 {
+            assert_eq!(fail(&b), Next::Nothing);
+        }
+        let Next::Check { failures, last } = fail(&b) else {
+            panic!("no check at the threshold")
+        };
+        assert_eq!(b.admit("s").unwrap().settle(&b, None), Next::Nothing);
+        assert_eq!(b.checked(false, (failures, last)), None);
+        assert_eq!(b.current(), BreakerState::Closed);
         assert_eq!(b.current(), BreakerState::Closed);
         assert!(b.admit("s").is_ok());
         // It does not: open, once.
