@@ -12,9 +12,11 @@
 #   build of `cargo bench --bench roundtrip --no-run` (brought up to date
 #   first, so that what is counted is the tree as it is).
 #   Each REV (a commit, `HEAD~3`, a branch) is also built, in a worktree of
-#   its own under target/instructions/ (sharing target/, so that only the
-#   proxy's crates are built again), and counted in the same run, so that
-#   a change is compared with what it changed.
+#   its own under target/instructions/ with a target directory of its own
+#   (target/instructions/NAME-target: sharing target/, cargo once took the
+#   tree's binary for the revision's, as fresh), and counted in the same
+#   run, so that a change is compared with what it changed. Each binary
+#   counted must carry its own checkout's source paths, or the run stops.
 #   Prints one line per build and path, then each build's ratio. The
 #   callgrind files stay in the printed directory:
 #   `callgrind_annotate --inclusive=yes FILE` shows where the instructions
@@ -43,10 +45,15 @@ for rev in "$@"; do
     if [ ! -d "$tree" ]; then
         git -C "$ROOT" worktree add --detach "$tree" "$rev" >&2
     fi
-    (cd "$tree" && CARGO_TARGET_DIR="$ROOT/target" cargo build --release --locked \
+    (cd "$tree" && CARGO_TARGET_DIR="$tree-target" cargo build --release --locked \
         --bin portcullis --bin portcullis-example-server >&2)
     mkdir -p "$WORK/$name"
-    cp "$ROOT/target/release/portcullis" "$ROOT/target/release/portcullis-example-server" "$WORK/$name/"
+    cp "$tree-target/release/portcullis" "$tree-target/release/portcullis-example-server" "$WORK/$name/"
+    # Built from that revision's checkout, not taken for another's.
+    if ! grep -aqF "$tree" "$WORK/$name/portcullis"; then
+        echo "the binary built for $rev does not come from $tree" >&2
+        exit 1
+    fi
     NAMES+=("$name")
     BINARIES[$name]="$WORK/$name"
 done
@@ -157,11 +164,6 @@ count() {
     cd "$WORK"
 }
 
-# A revision's build took target/release's place: the tree's binaries back
-# (the next cargo build of the tree builds its crate again all the same).
-if [ "$#" -gt 0 ]; then
-    cp "$WORK/tree/portcullis" "$WORK/tree/portcullis-example-server" "$ROOT/target/release/"
-fi
 
 declare -A PER_CALL
 for name in "${NAMES[@]}"; do
