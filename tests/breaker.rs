@@ -54,15 +54,6 @@ impl Fixture {
     }
 }
 
-async fn health(base: &str) -> Value {
-    reqwest::get(format!("{base}/healthz"))
-        .await
-        .expect("GET /healthz")
-        .json()
-        .await
-        .expect("a JSON answer")
-}
-
 async fn breaker_open(base: &str) -> bool {
     let text = common::metrics_text(base).await;
     let line = text
@@ -161,7 +152,7 @@ async fn a_failing_server_is_refused_at_once_until_it_answers_the_proxy_again() 
         "refused while open in {took:?}: {:.3}% of the 2s call timeout",
         took.as_secs_f64() * 100.0 / 2.0
     );
-    assert_eq!(health(&served.base).await["servers_failing"], 1);
+    assert_eq!(common::healthz(&served.base).await["servers_failing"], 1);
 
     // It answers 503 now: the proxy asks again after the cool-down, is
     // answered 503, and the breaker stays open; calls still reach nothing.
@@ -180,7 +171,7 @@ async fn a_failing_server_is_refused_at_once_until_it_answers_the_proxy_again() 
     fixture.set("ok").await;
     until_breaker(&served.base, false).await;
     echoed(&call(9).await);
-    assert_eq!(health(&served.base).await["servers_failing"], 0);
+    assert_eq!(common::healthz(&served.base).await["servers_failing"], 0);
 
     // From closed, two 503s and the proxy's answered-503 question open it.
     fixture.set("503").await;

@@ -345,12 +345,7 @@ async fn sighup_reloads_the_profile_and_a_broken_one_keeps_the_last_good() {
 
 /// `GET /healthz` (public, for a load balancer's check), as JSON.
 async fn health(proxy: &HttpProxy) -> Value {
-    reqwest::get(format!("{}/healthz", proxy.base))
-        .await
-        .expect("GET /healthz")
-        .json()
-        .await
-        .expect("/healthz is JSON")
+    common::healthz(&proxy.base).await
 }
 
 /// The SHA-256 of a file, in hex.

@@ -308,15 +308,16 @@ impl Failure {
     /// `None` for any other failure, which keeps its JSON-RPC error.
     pub fn to_tool_result(&self, id: Value) -> Option<Value> {
         let interceptor = self.interceptor()?;
-        let mut decision = serde_json::Map::new();
+        // The JSON-RPC error's `data`, as `to_response` makes it, under the
+        // proxy's own three keys.
+        let mut error = self.to_response(Value::Null);
+        let mut decision = match error.pointer_mut("/error/data").map(Value::take) {
+            Some(Value::Object(data)) => data,
+            _ => serde_json::Map::new(),
+        };
         decision.insert("decision".into(), Value::from("deny"));
         decision.insert("interceptor".into(), Value::from(interceptor));
         decision.insert("code".into(), Value::from(self.code()));
-        if let Self::Denied(refusal) = self {
-            for (key, value) in &refusal.denial.data {
-                decision.entry(key.clone()).or_insert_with(|| value.clone());
-            }
-        }
         Some(protocol::result(
             id,
             json!({

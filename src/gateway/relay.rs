@@ -141,18 +141,13 @@ impl Gateway {
                 // A failing server's calls are refused at once, not after
                 // a wait for a place (its own instance's breaker: a
                 // client's instance is found, or made, once it has one).
-                if let Some(upstream) = self
-                    .servers
-                    .upstream_at(server)
-                    .filter(|_| !self.servers.per_client(server))
+                let own = self.servers.upstream_at(server);
+                if let Some(upstream) = own.filter(|_| !self.servers.per_client(server))
                     && let Err(refused) = upstream.admit()
                 {
                     return Relayed::Answered(Err(refused.into()), Duration::ZERO);
                 }
-                let wait = self
-                    .servers
-                    .upstream_at(server)
-                    .map_or(self.config.proxy.call_timeout, |u| u.config().call_timeout);
+                let wait = own.map_or(self.config.proxy.call_timeout, |u| u.config().call_timeout);
                 // A client that goes away while its call waits here (a
                 // 2026-07-28 client hanging up) gives its place up.
                 let name = self.servers.name_or_none(server);

@@ -946,6 +946,16 @@ pub async fn assert_mirrored(session: &HttpSession, id: i64) {
     assert_eq!(first_text(&reply), "mirrored", "{reply}");
 }
 
+/// The running proxy's `GET /healthz` (public: no token).
+pub async fn healthz(base: &str) -> Value {
+    reqwest::get(format!("{base}/healthz"))
+        .await
+        .expect("GET /healthz")
+        .json()
+        .await
+        .expect("/healthz is JSON")
+}
+
 /// The running proxy's `GET /metrics` text, read with the auditors' token.
 pub async fn metrics_text(base: &str) -> String {
     reqwest::Client::new()

@@ -89,9 +89,9 @@ pub async fn ensure_image_present(
     Ok(image)
 }
 
-/// The tag of an image reference (`repo:tag`), if it names one (a port in
-/// the registry's host is not a tag).
-fn tag_of(image: &str) -> Option<(&str, &str)> {
+/// An image reference's repository and tag (`repo:tag`), if it names one
+/// (a port in the registry's host is not a tag).
+pub(super) fn tag_of(image: &str) -> Option<(&str, &str)> {
     image.rsplit_once(':').filter(|(_, tag)| !tag.contains('/'))
 }
 

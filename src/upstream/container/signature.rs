@@ -31,10 +31,7 @@ const MAX_LAYERS: usize = 16;
 /// The image's repository without its tag or digest (`registry/name`).
 pub fn repository(image: &str) -> &str {
     let image = image.split('@').next().unwrap_or(image);
-    match image.rsplit_once(':') {
-        Some((name, tag)) if !tag.contains('/') => name,
-        _ => image,
-    }
+    super::image::tag_of(image).map_or(image, |(name, _)| name)
 }
 
 /// The image's digest in its registry: the pinned one, or the one the
