@@ -45,6 +45,8 @@ impl Phase {
 pub enum Transport {
     Stdio,
     Http,
+    /// HTTP+SSE, the transport of protocol 2024-11-05 (`[listener] sse`).
+    Sse,
     /// The operator's own `portcullis tools call`.
     Cli,
 }
@@ -54,6 +56,7 @@ impl Transport {
         match self {
             Self::Stdio => "stdio",
             Self::Http => "http",
+            Self::Sse => "sse",
             Self::Cli => "cli",
         }
     }

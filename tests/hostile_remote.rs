@@ -14,12 +14,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{GITHUB_TOKEN, HttpSession, TOKEN, TestProxy};
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 /// The fixture server, listening: it and its `/mcp` URL.
@@ -34,31 +32,6 @@ async fn hostile_server_redirecting_to(trap: &str) -> (Child, String) {
         .arg(common::repo_root().join("tests/fixtures/hostile_http_upstream.py"))
         .env("REDIRECT_TO", trap);
     common::start_http_server(command, "the hostile HTTP server (python3)").await
-}
-
-/// A listener on loopback that takes connections and keeps every byte
-/// sent to it: what a redirect followed would have delivered.
-async fn trap() -> (String, Arc<Mutex<Vec<u8>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let kept = received.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let kept = kept.clone();
-            kept.lock().unwrap().extend_from_slice(b"<connection>");
-            tokio::spawn(async move {
-                let mut buffer = [0u8; 4096];
-                while let Ok(read) = stream.read(&mut buffer).await {
-                    if read == 0 {
-                        break;
-                    }
-                    kept.lock().unwrap().extend_from_slice(&buffer[..read]);
-                }
-            });
-        }
-    });
-    (url, received)
 }
 
 /// A proxy redacting toward clients, with the fixture as `h` (2026-07-28,
@@ -204,7 +177,7 @@ async fn a_remote_server_is_sent_the_revisions_headers_and_nothing_of_a_clients(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remote_servers_redirect_is_never_followed_and_its_target_gets_nothing() {
-    let (trap_url, trapped) = trap().await;
+    let (trap_url, trapped) = common::trap().await;
     let (_server, url) = hostile_server_redirecting_to(&trap_url).await;
     let proxy = TestProxy::new().with_server_toml(&format!(
         "[[servers]]\nname = \"h\"\nprotocol = \"2026-07-28\"\ntimeout = \"10s\"\n\

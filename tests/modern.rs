@@ -101,7 +101,7 @@ async fn requests_without_a_session_are_enforced_framed_and_recorded() {
     let result = &discover["result"];
     assert_eq!(
         result["supportedVersions"],
-        json!([VERSION, "2025-11-25", "2025-06-18"])
+        json!([VERSION, "2025-11-25", "2025-06-18", "2024-11-05"])
     );
     assert_eq!(result["resultType"], "complete");
     assert_eq!(result["cacheScope"], "private", "{result}");
@@ -321,7 +321,7 @@ async fn unknown_versions_removed_methods_and_missing_envelopes_get_clear_refusa
     assert_eq!(reply["error"]["data"]["requested"], "2099-01-01");
     assert_eq!(
         reply["error"]["data"]["supported"],
-        json!([VERSION, "2025-11-25", "2025-06-18"])
+        json!([VERSION, "2025-11-25", "2025-06-18", "2024-11-05"])
     );
 
     // The revision's header with no envelope in the body.

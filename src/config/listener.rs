@@ -43,6 +43,9 @@ pub struct ListenerConfig {
     pub insecure_plaintext: bool,
     /// TLS on the listener, when set.
     pub tls: Option<TlsConfig>,
+    /// Whether HTTP+SSE (protocol 2024-11-05) is served at `/sse` and
+    /// `/messages` beside `/mcp`.
+    pub sse: bool,
 }
 
 /// `[listener] tls_cert`, `tls_key`, `tls_client_ca`: PEM files, read at
@@ -80,6 +83,7 @@ impl Default for ListenerConfig {
             failure_record_interval: Duration::from_secs(60),
             insecure_plaintext: false,
             tls: None,
+            sse: false,
         }
     }
 }
@@ -147,6 +151,14 @@ pub(super) struct RawListener {
     /// `tls_cert` and `tls_key`.
     #[schemars(with = "Option<PathText>")]
     tls_client_ca: Option<Spanned<PathBuf>>,
+    /// Serves HTTP+SSE, the transport of protocol 2024-11-05, beside `/mcp`:
+    /// `GET /sse` opens a session and its stream, whose first event names
+    /// the endpoint its messages are POSTed to (`/messages?session_id=…`).
+    /// For clients that speak nothing newer; the same credentials,
+    /// Host/Origin checks, limits and chain as `/mcp`. A session lives on
+    /// the replica holding its stream (docs/replicas.md).
+    #[schemars(extend("default" = false))]
+    sse: Option<bool>,
 }
 
 impl RawListener {
@@ -246,6 +258,7 @@ impl RawListener {
             )?,
             insecure_plaintext: self.insecure_plaintext.unwrap_or(false),
             tls,
+            sse: self.sse.unwrap_or(false),
         })
     }
 }

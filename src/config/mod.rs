@@ -101,8 +101,8 @@ pub use schema::{OutputAction, SchemaConfig};
 pub use secrets::{HeaderValue, SecretRef, form_encoded};
 use servers::RawServer;
 pub use servers::{
-    BreakerConfig, ProcessSpec, RemoteGrant, RemoteOauth, RemoteSpec, ServerConfig, ServerProtocol,
-    UpstreamSpec,
+    BreakerConfig, ProcessSpec, RemoteGrant, RemoteOauth, RemoteSpec, RemoteTransport,
+    ServerConfig, ServerProtocol, UpstreamSpec,
 };
 use signatures::RawSignatures;
 pub use signatures::{SignatureKey, SignatureKeys};

@@ -145,12 +145,27 @@ pub struct ProcessSpec {
 #[derive(Debug, Clone)]
 pub struct RemoteSpec {
     pub url: String,
+    /// How the server is spoken to over HTTP.
+    pub transport: RemoteTransport,
     pub headers: Vec<(String, HeaderValue)>,
     /// The server's own access token, from the organisation's
     /// authorization server (the client-credentials grant).
     pub oauth: Option<RemoteOauth>,
     /// `[egress]`, which its connections are guarded by.
     pub egress: super::EgressConfig,
+}
+
+/// `remote = { transport = … }`: the HTTP transport a remote server speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteTransport {
+    /// Streamable HTTP: each message POSTed to `url`.
+    #[default]
+    StreamableHttp,
+    /// HTTP+SSE, the transport of protocol 2024-11-05: the proxy opens the
+    /// stream at `url` and POSTs each message to the endpoint its first
+    /// event names, which must be on `url`'s own origin.
+    Sse,
 }
 
 /// `remote = { oauth = { … } }`: the proxy gets the server its own access
@@ -271,8 +286,15 @@ struct RawProcess {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRemote {
-    /// The server's streamable HTTP endpoint: an `http://` or `https://` URL.
+    /// The server's streamable HTTP endpoint (with `transport = "sse"`, its
+    /// SSE stream's): an `http://` or `https://` URL.
     url: String,
+    /// `"streamable_http"`, or `"sse"` for a server that speaks only
+    /// HTTP+SSE (protocol 2024-11-05); it is then spoken to with the
+    /// handshake (`protocol` cannot be `2026-07-28` nor `auto`).
+    #[serde(default)]
+    #[schemars(extend("x-default" = "`\"streamable_http\"`"))]
+    transport: RemoteTransport,
     /// Headers sent with every request; a value may end in `secret:NAME`,
     /// a secret of this server's `secrets`.
     #[serde(default)]
@@ -429,6 +451,18 @@ impl RawServer {
                 (None, None, None) => return Err(one_of("needs")),
             },
         };
+        if let UpstreamSpec::Remote(remote) = &kind
+            && remote.transport == RemoteTransport::Sse
+            && self.protocol != ServerProtocol::Handshake
+        {
+            return Err(at.error(
+                ".protocol",
+                format!(
+                    "server `{}` speaks HTTP+SSE (`remote.transport = \"sse\"`), which has only the handshake: `protocol` must be \"2025-11-25\"",
+                    self.name
+                ),
+            ));
+        }
         let call_timeout = match self.timeout {
             None => proxy.call_timeout,
             Some(text) => parse_duration(&text).map_err(|m| at.error(".timeout", m))?,
@@ -592,6 +626,7 @@ impl RawRemote {
         };
         Ok(RemoteSpec {
             url: self.url,
+            transport: self.transport,
             headers,
             oauth,
             // Given by `[egress]` once the whole config is read.

@@ -143,10 +143,11 @@ pub(super) async fn guard(
     response
 }
 
-/// The endpoint a path counts under in failure records.
+/// The endpoint a path counts under in failure records: HTTP+SSE's
+/// paths are clients' too, and count as `/mcp`.
 fn endpoint_of(path: &str) -> &'static str {
     match path {
-        "/mcp" => "/mcp",
+        "/mcp" | "/sse" | "/messages" => "/mcp",
         "/admin/login" => "/admin/login",
         _ => "/admin",
     }

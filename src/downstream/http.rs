@@ -1,7 +1,8 @@
 //! Streamable HTTP: the listener's router and its start. The routes are
 //! grouped by who may use them, each group behind its own checks:
 //!
-//! - `/mcp` ([`super::mcp`]): clients, by token or certificate;
+//! - `/mcp` ([`super::mcp`]): clients, by token or certificate; and, with
+//!   `[listener] sse`, HTTP+SSE's `/sse` and `/messages` ([`super::sse`]);
 //! - the admin API under `/admin/audit` and `/metrics` ([`super::admin`]):
 //!   auditors, by token or console login;
 //! - the console's pages under `/admin/` ([`super::console`]): auditors,
@@ -39,7 +40,11 @@ pub async fn serve(
         .await
         .map_err(|source| DownstreamError::Bind { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
-    tracing::info!(addr = %local, "listening for MCP over streamable HTTP at /mcp");
+    if gateway.config().listener.sse {
+        tracing::info!(addr = %local, "listening for MCP over streamable HTTP at /mcp, and over HTTP+SSE at /sse");
+    } else {
+        tracing::info!(addr = %local, "listening for MCP over streamable HTTP at /mcp");
+    }
     serve_on(gateway, listener, enforcement).await
 }
 
@@ -119,8 +124,14 @@ pub async fn serve_on(
 fn router(state: Arc<HttpState>) -> Router {
     let body_limit = state.gateway.config().limits.max_message_bytes;
     let strict = from_fn_with_state(state.clone(), super::auth::host_and_origin);
+    let sse = if state.gateway.config().listener.sse {
+        super::sse::routes().route_layer(strict.clone())
+    } else {
+        Router::new()
+    };
     Router::new()
         .merge(super::mcp::routes().route_layer(strict.clone()))
+        .merge(sse)
         .merge(super::admin::routes().route_layer(strict))
         .merge(
             super::console::routes()

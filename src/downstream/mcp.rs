@@ -81,7 +81,7 @@ fn is_modern(headers: &HeaderMap, incoming: &Incoming) -> bool {
 
 /// A place under the session caps for a new (or resumed) session of
 /// `client`, or the refusal past them.
-fn session_slot(
+pub(super) fn session_slot(
     state: &HttpState,
     client: &ClientIdentity,
     request_id: Value,

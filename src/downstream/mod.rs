@@ -24,6 +24,7 @@ mod resource;
 pub mod sealed;
 mod sessions;
 mod slots;
+mod sse;
 mod state;
 mod stateless;
 pub mod stdio;

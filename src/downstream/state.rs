@@ -36,6 +36,9 @@ pub(super) struct HttpState {
     pub(super) gateway: Arc<Gateway>,
     pub(super) credentials: Credentials,
     pub(super) sessions: SessionTable,
+    /// The HTTP+SSE sessions by id (`[listener] sse`), apart: an id of
+    /// one transport means nothing to the other.
+    pub(super) sse_sessions: SessionTable,
     pub(super) allowed_origins: Vec<String>,
     /// Host names the `Host` header may name (lowercase, no port).
     pub(super) allowed_hosts: Vec<String>,
@@ -151,6 +154,7 @@ impl HttpState {
         Self {
             credentials: Credentials::of(config),
             sessions: SessionTable::default(),
+            sse_sessions: SessionTable::default(),
             allowed_origins: config.proxy.allowed_origins.clone(),
             allowed_hosts,
             logins: Logins::default(),
@@ -183,7 +187,10 @@ impl HttpState {
                 sealer.ended(id);
             }
         };
-        for session in self.sessions.take_idle(idle, ended) {
+        // An HTTP+SSE session's id is never sealed: none to mark ended.
+        let idle_sessions = self.sessions.take_idle(idle, ended);
+        let idle_sse = self.sse_sessions.take_idle(idle, |_| ());
+        for session in idle_sessions.into_iter().chain(idle_sse) {
             tracing::info!(session = %session.session.id, "session expired after being idle");
             self.gateway.close_session(&session.session);
         }

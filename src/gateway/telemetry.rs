@@ -198,11 +198,12 @@ impl Gateway {
         );
         metrics.render(&mut out);
         self.reloads.render_enforced(&mut out);
-        let (mut stdio, mut http) = (0u64, 0u64);
+        let (mut stdio, mut http, mut sse) = (0u64, 0u64, 0u64);
         for session in self.sessions.matching(|_| true) {
             match session.transport {
                 crate::chain::Transport::Stdio | crate::chain::Transport::Cli => stdio += 1,
                 crate::chain::Transport::Http => http += 1,
+                crate::chain::Transport::Sse => sse += 1,
             }
         }
         out.declare(
@@ -216,6 +217,7 @@ impl Gateway {
             stdio as f64,
         );
         out.sample("portcullis_sessions", &[("transport", "http")], http as f64);
+        out.sample("portcullis_sessions", &[("transport", "sse")], sse as f64);
         out.declare(
             "portcullis_upstream_up",
             "Whether the server is running and initialized (1) or not (0), by server and state (idle, starting, ready, down, stopped).",

@@ -63,7 +63,9 @@ pub mod code {
 
 /// The MCP protocol revisions with the `initialize` handshake that Portcullis
 /// speaks toward clients, newest first.
-pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18"];
+/// 2024-11-05 is that of HTTP+SSE clients (`[listener] sse`); what it
+/// lacks of the newer ones, a client of it ignores.
+pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2024-11-05"];
 
 /// The revision Portcullis offers when a client asks for one it does not know,
 /// and the one it asks upstream servers for.

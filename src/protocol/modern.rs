@@ -12,7 +12,7 @@ pub const MODERN_VERSION: &str = "2026-07-28";
 
 /// Every revision Portcullis speaks toward clients, newest first (what
 /// `server/discover` and a `-32022` refusal list).
-pub const ALL_VERSIONS: &[&str] = &[MODERN_VERSION, "2025-11-25", "2025-06-18"];
+pub const ALL_VERSIONS: &[&str] = &[MODERN_VERSION, "2025-11-25", "2025-06-18", "2024-11-05"];
 
 /// The `_meta` keys of the 2026-07-28 revision.
 pub mod meta {

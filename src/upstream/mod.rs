@@ -30,6 +30,7 @@ mod listen;
 pub mod oci;
 mod process;
 mod remote;
+mod remote_sse;
 mod remote_token;
 #[cfg(test)]
 pub(crate) mod scripted;

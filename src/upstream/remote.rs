@@ -1,4 +1,5 @@
-//! `remote` upstreams: an MCP server reached over streamable HTTP.
+//! `remote` upstreams: an MCP server reached over streamable HTTP (or, with
+//! `transport = "sse"`, over HTTP+SSE: [`super::remote_sse`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -25,9 +26,7 @@ const NAME_HEADER: &str = "mcp-name";
 struct RemoteLink {
     client: HttpClient,
     url: reqwest::Url,
-    headers: HeaderMap,
-    /// The server's own access token (`remote = { oauth = … }`), if any.
-    token: Option<Arc<super::remote_token::ServerToken>>,
+    sent: Sent,
     session: RwLock<Option<HeaderValue>>,
     version: RwLock<Option<HeaderValue>>,
     listening: AtomicBool,
@@ -43,21 +42,52 @@ struct RemoteLink {
     closed: CancellationToken,
 }
 
-impl RemoteLink {
-    /// The configured headers, and the server's own token.
-    fn headers(&self) -> HeaderMap {
+/// What goes with every request to a remote server: the configured
+/// headers, and the server's own token.
+pub(super) struct Sent {
+    pub(super) headers: HeaderMap,
+    /// The server's own access token (`remote = { oauth = … }`), if any.
+    pub(super) token: Option<Arc<super::remote_token::ServerToken>>,
+}
+
+impl Sent {
+    /// The headers, the token's included; and the token's header as sent
+    /// (told back to the token if the server refuses it).
+    pub(super) fn headers(&self) -> (HeaderMap, Option<HeaderValue>) {
         let mut headers = self.headers.clone();
-        if let Some(token) = &self.token {
-            headers.insert(reqwest::header::AUTHORIZATION, token.header());
+        let token = self.token.as_ref().map(|token| token.header());
+        if let Some(token) = &token {
+            headers.insert(reqwest::header::AUTHORIZATION, token.clone());
         }
-        headers
+        (headers, token)
     }
 
-    fn post(&self, message: &Value) -> Result<reqwest::RequestBuilder, EgressError> {
+    /// The server answered 401 to a request that carried `sent`: it no
+    /// longer takes its token (revoked there, rotated), so the next request
+    /// gets a new one.
+    pub(super) fn refused(&self, status: reqwest::StatusCode, sent: Option<&HeaderValue>) {
+        if status == reqwest::StatusCode::UNAUTHORIZED
+            && let (Some(token), Some(sent)) = (&self.token, sent)
+        {
+            token.refused(sent);
+        }
+    }
+}
+
+impl RemoteLink {
+    fn headers(&self) -> HeaderMap {
+        self.sent.headers().0
+    }
+
+    fn post(
+        &self,
+        message: &Value,
+        headers: HeaderMap,
+    ) -> Result<reqwest::RequestBuilder, EgressError> {
         let request = self
             .client
             .request(reqwest::Method::POST, self.url.clone())?
-            .headers(self.headers())
+            .headers(headers)
             .header(ACCEPT, "application/json, text/event-stream")
             .header(CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(message).unwrap_or_default());
@@ -126,11 +156,11 @@ impl RemoteLink {
             return Ok(());
         }
         let related = message.get("id").and_then(Value::as_u64);
-        let sent = self.token.as_ref().map(|token| token.header());
+        let (headers, sent) = self.sent.headers();
         // A redirect is refused here: following it would send this request,
         // and the headers the operator set for this server, elsewhere.
         let request = self
-            .post(&message)
+            .post(&message, headers)
             .map_err(|err| LinkError::Unreachable(err.to_string()))?;
         let response = egress::send(request).await.map_err(|err| match err {
             EgressError::Redirect { .. } => LinkError::Unreachable(err.to_string()),
@@ -139,13 +169,7 @@ impl RemoteLink {
             }
         })?;
         let status = response.status();
-        // The server no longer takes its token (revoked there, rotated):
-        // a new one for the next request.
-        if status == reqwest::StatusCode::UNAUTHORIZED
-            && let (Some(token), Some(sent)) = (&self.token, &sent)
-        {
-            token.refused(sent);
-        }
+        self.sent.refused(status, sent.as_ref());
         if !stateless
             && let Some(session) = response.headers().get(SESSION_HEADER)
             && let Ok(mut slot) = self.session.write()
@@ -281,6 +305,8 @@ impl RemoteLink {
                     SseEvent::TooLarge => {
                         tracing::warn!(server = %self.inbox.server(), "dropped an event from the server: too large")
                     }
+                    // Read by HTTP+SSE's parser only.
+                    SseEvent::Endpoint(_) => {}
                 }
             }
         }
@@ -439,11 +465,14 @@ pub(super) async fn open(
             Some(token)
         }
     };
+    let sent = Sent { headers, token };
+    if spec.transport == config::RemoteTransport::Sse {
+        return super::remote_sse::open(client, url, sent, limits, inbox, closed).await;
+    }
     let link = Arc::new(RemoteLink {
         client,
         url,
-        headers,
-        token,
+        sent,
         session: RwLock::new(None),
         version: RwLock::new(None),
         listening: AtomicBool::new(false),

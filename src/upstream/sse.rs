@@ -1,19 +1,33 @@
-//! A small server-sent-events parser for the streamable HTTP transport.
+//! A small server-sent-events parser for the streamable HTTP transport, and
+//! for HTTP+SSE's stream, whose `endpoint` event it also reads.
 
 /// Feeds on byte chunks (not aligned to lines) and yields each event's data.
 #[derive(Debug)]
 pub struct SseParser {
     line: Vec<u8>,
     data: Vec<u8>,
-    event_is_message: bool,
+    /// The current event's type: `message` (the default), `endpoint`, or
+    /// another, which is ignored.
+    event: EventType,
+    /// Whether `endpoint` events are read (HTTP+SSE).
+    endpoints: bool,
     limit: usize,
     overflow: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventType {
+    Message,
+    Endpoint,
+    Other,
 }
 
 /// One complete event: its `data` lines joined, or a note that it was too large.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SseEvent {
     Data(Vec<u8>),
+    /// HTTP+SSE: where the session's messages are to be POSTed.
+    Endpoint(Vec<u8>),
     TooLarge,
 }
 
@@ -22,9 +36,18 @@ impl SseParser {
         Self {
             line: Vec::new(),
             data: Vec::new(),
-            event_is_message: true,
+            event: EventType::Message,
+            endpoints: false,
             limit,
             overflow: false,
+        }
+    }
+
+    /// A parser of an HTTP+SSE stream, which reads its `endpoint` events too.
+    pub fn with_endpoints(limit: usize) -> Self {
+        Self {
+            endpoints: true,
+            ..Self::new(limit)
         }
     }
 
@@ -48,12 +71,18 @@ impl SseParser {
         if line.is_empty() {
             if self.overflow {
                 out.push(SseEvent::TooLarge);
-            } else if !self.data.is_empty() && self.event_is_message {
-                out.push(SseEvent::Data(std::mem::take(&mut self.data)));
+            } else if !self.data.is_empty() {
+                match self.event {
+                    EventType::Message => out.push(SseEvent::Data(std::mem::take(&mut self.data))),
+                    EventType::Endpoint if self.endpoints => {
+                        out.push(SseEvent::Endpoint(std::mem::take(&mut self.data)));
+                    }
+                    EventType::Endpoint | EventType::Other => {}
+                }
             }
             self.data.clear();
             self.overflow = false;
-            self.event_is_message = true;
+            self.event = EventType::Message;
             return;
         }
         if line.first() == Some(&b':') {
@@ -81,7 +110,13 @@ impl SseParser {
                     self.data.extend_from_slice(value);
                 }
             }
-            b"event" => self.event_is_message = value == b"message",
+            b"event" => {
+                self.event = match value {
+                    b"message" => EventType::Message,
+                    b"endpoint" => EventType::Endpoint,
+                    _ => EventType::Other,
+                };
+            }
             _ => {}
         }
     }
@@ -128,6 +163,26 @@ mod tests {
                 SseEvent::Data(b"2".to_vec())
             ]
         );
+    }
+
+    /// An HTTP+SSE stream's `endpoint` event is read only by a parser of
+    /// that transport; a streamable HTTP stream ignores it.
+    #[test]
+    fn endpoint_events_are_read_only_where_asked_for() {
+        let stream =
+            b"event: endpoint\ndata: /messages?session_id=1\n\nevent: message\ndata: {}\n\n";
+        let mut out = Vec::new();
+        SseParser::with_endpoints(1024).feed(stream, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                SseEvent::Endpoint(b"/messages?session_id=1".to_vec()),
+                SseEvent::Data(b"{}".to_vec())
+            ]
+        );
+        let mut out = Vec::new();
+        SseParser::new(1024).feed(stream, &mut out);
+        assert_eq!(out, vec![SseEvent::Data(b"{}".to_vec())]);
     }
 
     #[test]

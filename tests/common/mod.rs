@@ -1239,3 +1239,28 @@ pub async fn calls_then_kill(served: &mut HttpProxy, workers: u64) -> Vec<(Strin
     );
     received
 }
+
+/// A listener on loopback that takes connections and keeps every byte
+/// sent to it: what a redirect followed would have delivered.
+pub async fn trap() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let kept = kept.clone();
+            kept.lock().unwrap().extend_from_slice(b"<connection>");
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while let Ok(read) = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await {
+                    if read == 0 {
+                        break;
+                    }
+                    kept.lock().unwrap().extend_from_slice(&buffer[..read]);
+                }
+            });
+        }
+    });
+    (url, received)
+}

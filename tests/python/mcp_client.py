@@ -14,6 +14,8 @@ and prints exactly one JSON document on stdout:
 Usage:
     mcp_client.py stdio [OPTIONS] -- CMD [ARGS...]
     mcp_client.py http URL [--token TOKEN] [OPTIONS]
+    mcp_client.py sse URL [--token TOKEN] [OPTIONS]   (HTTP+SSE, the 2024-11-05
+                                                      transport: URL is the GET stream's)
 
 All options (including --op) go before the `--` in stdio mode; everything
 after the first `--` is the server command line.
@@ -95,6 +97,7 @@ import httpx2
 import mcp_types as types
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.session import ClientRequestContext
+from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CONNECTION_CLOSED
@@ -332,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Scripted MCP client (mcp SDK) printing one JSON document.",
         epilog="stdio mode: put the server command after '--'.",
     )
-    p.add_argument("transport", choices=("stdio", "http"))
+    p.add_argument("transport", choices=("stdio", "http", "sse"))
     p.add_argument("url", nargs="?", help="http: the MCP endpoint URL")
     p.add_argument("--op", action="append", default=[], metavar="OP", help="operation to run (repeatable)")
     p.add_argument("--token", help="http: send 'Authorization: Bearer TOKEN'")
@@ -452,13 +455,24 @@ async def amain(ns: argparse.Namespace, command: list[str], ops: list[Op]) -> di
             verify = ssl.create_default_context(cafile=ns.ca)
             if ns.client_cert is not None:
                 verify.load_cert_chain(ns.client_cert, ns.client_key)
-        http_client = httpx2.AsyncClient(
-            verify=verify,
-            headers=headers,
-            timeout=httpx2.Timeout(30.0, read=300.0),
-            event_hooks={"request": [recorder.on_request], "response": [recorder.on_response]},
-        )
-        transport = streamable_http_client(ns.url, http_client=http_client)
+        hooks = {"request": [recorder.on_request], "response": [recorder.on_response]}
+        if ns.transport == "sse":
+            # The SDK makes its own client (one for the stream and the POSTs):
+            # this one, with the tests' headers, trust and trace.
+            def client_factory(**_: Any) -> httpx2.AsyncClient:
+                return httpx2.AsyncClient(
+                    verify=verify, headers=headers, timeout=httpx2.Timeout(30.0, read=300.0), event_hooks=hooks
+                )
+
+            transport = sse_client(ns.url, httpx_client_factory=client_factory)
+        else:
+            http_client = httpx2.AsyncClient(
+                verify=verify,
+                headers=headers,
+                timeout=httpx2.Timeout(30.0, read=300.0),
+                event_hooks=hooks,
+            )
+            transport = streamable_http_client(ns.url, http_client=http_client)
 
     async def on_message(message: Any) -> None:
         if isinstance(message, Exception):

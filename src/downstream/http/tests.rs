@@ -31,7 +31,7 @@ fn state() -> Arc<HttpState> {
 fn state_sealing(sealer: Option<crate::downstream::sealed::Sealer>) -> Arc<HttpState> {
     let sha = |token: &str| hex::encode(Sha256::digest(token.as_bytes()));
     let text = format!(
-        "[proxy]\nsession_idle_timeout = \"60s\"\n\n\
+        "[proxy]\nsession_idle_timeout = \"60s\"\n\n[listener]\nsse = true\nauth_failures_per_source = \"100/min\"\nauth_failures_per_credential = \"100/min\"\n\n\
          [[clients]]\nname = \"tester\"\ntoken_sha256 = \"{}\"\n\n\
          [[clients]]\nname = \"other\"\ntoken_sha256 = \"{}\"\n\n\
          [[auditors]]\nname = \"auditors\"\ntoken_sha256 = \"{}\"\n",
@@ -71,6 +71,9 @@ const ROUTES: &[(&str, Method, Without)] = &[
     ("/mcp", Method::GET, Without::Client),
     ("/mcp", Method::POST, Without::Client),
     ("/mcp", Method::DELETE, Without::Client),
+    // HTTP+SSE (`[listener] sse`, on here).
+    ("/sse", Method::GET, Without::Client),
+    ("/messages", Method::POST, Without::Client),
     ("/admin/audit", Method::GET, Without::Auditor),
     ("/admin/audit/export", Method::GET, Without::Auditor),
     ("/admin/audit/tail", Method::GET, Without::Auditor),
