@@ -214,10 +214,21 @@ async fn a_label_asking_for_root_or_the_host_network_is_refused() {
         "portcullis/example-labelled-host:test",
         "name: hosted\nnetwork: host\n",
     );
+    // A credential its publisher left in a tool's description.
+    let leaky = labelled_image(
+        "portcullis/example-labelled-leaky:test",
+        &format!(
+            "name: leaky\ntools:\n  - name: echo\n    description: \"signs in as {}\"\n",
+            common::GITHUB_TOKEN
+        ),
+    );
     let unlabelled = common::test_image();
     let proxy = TestProxy::new()
         .with_server_toml(&format!(
             "[[servers]]\nname = \"rooted\"\nfrom = \"docker://{root}\"\n"
+        ))
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"leaky\"\nfrom = \"docker://{leaky}\"\n"
         ))
         .with_server_toml(&format!(
             "[[servers]]\nname = \"hosted\"\nfrom = \"docker://{host}\"\n[servers.sandbox]\nnetwork = \"bridge\"\n"
@@ -236,7 +247,13 @@ async fn a_label_asking_for_root_or_the_host_network_is_refused() {
         .cloned()
         .unwrap_or_default();
     assert!(tools.is_empty(), "no refused server lists tools: {listed}");
-    for (id, server) in [(2, "rooted"), (3, "hosted"), (4, "silent"), (5, "nosecret")] {
+    for (id, server) in [
+        (2, "rooted"),
+        (3, "hosted"),
+        (4, "silent"),
+        (5, "nosecret"),
+        (6, "leaky"),
+    ] {
         let reply = echo(&mut client, id, &format!("{server}__echo")).await;
         assert!(reply.get("error").is_some(), "{server}: {reply}");
         // Nothing of it ran.
@@ -253,6 +270,11 @@ async fn a_label_asking_for_root_or_the_host_network_is_refused() {
         ])
         .await;
     client.wait_for_log(&["hosted", "asks for `network`"]).await;
+    client
+        .wait_for_log(&["leaky", "looks like a credential at `tools[0].description`"])
+        .await;
+    let log = client.log().join("\n");
+    assert!(!log.contains(common::GITHUB_TOKEN), "{log}");
     client
         .wait_for_log(&[
             "silent",
@@ -277,6 +299,7 @@ async fn a_label_asking_for_root_or_the_host_network_is_refused() {
         ("hosted", "asks for `network`"),
         ("silent", "does not describe itself"),
         ("nosecret", "needs the secret `labelled.api_key`"),
+        ("leaky", "looks like a credential"),
     ] {
         assert!(
             said.lines()
@@ -356,6 +379,20 @@ fn a_catalog_server_missing_a_value_or_secret_or_asking_too_much_is_a_config_err
             "asks for network access",
         ),
         ("    type: poci\n    image: x\n".to_owned(), "not supported"),
+        // A credential anywhere in the description, before anything runs.
+        (
+            format!(
+                "    image: {image}\n    description: \"Try it with {}\"\n",
+                common::GITHUB_TOKEN
+            ),
+            "looks like a credential at `description`",
+        ),
+        (
+            format!(
+                "    image: {image}\n    env:\n      - name: DB\n        value: \"postgres://app:hunter22@db/app\"\n"
+            ),
+            "looks like a credential at `env[0].value`",
+        ),
     ];
     for (entry, expected) in cases {
         let stderr = refused_with_catalog(&format!("registry:\n  example:\n{entry}"), "");
@@ -363,6 +400,8 @@ fn a_catalog_server_missing_a_value_or_secret_or_asking_too_much_is_a_config_err
             stderr.contains(expected) && stderr.contains("server `bad`"),
             "{expected}: {stderr}"
         );
+        assert!(!stderr.contains(common::GITHUB_TOKEN), "{stderr}");
+        assert!(!stderr.contains("hunter22"), "{stderr}");
     }
     // A catalog that is not one.
     let stderr = refused_with_catalog("registry: [1, 2]\n", "");

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::sandbox::Sandbox;
@@ -40,7 +40,7 @@ pub struct CatalogFile {
 
 /// One server's metadata: the fields of Docker's catalog `Server` that say
 /// how it runs, plus what is read only to be refused.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerMeta {
     #[serde(default)]
@@ -86,14 +86,14 @@ pub struct ServerMeta {
     pub other: BTreeMap<String, Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct MetaEnv {
     pub name: String,
     #[serde(default)]
     pub value: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct MetaSecret {
     /// The secret's name in the catalog (`github.personal_access_token`).
     pub name: String,
@@ -101,14 +101,14 @@ pub struct MetaSecret {
     pub env: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct MetaTool {
     pub name: String,
     #[serde(default)]
     pub description: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct MetaRemote {
     pub url: String,
     #[serde(default)]

@@ -254,6 +254,7 @@ pub(super) fn container(
             (name, meta, false)
         }
     };
+    scan(&meta).map_err(|message| fail(format!("its metadata {message}")))?;
     if meta.kind.as_deref() == Some("remote") {
         return Err(fail(
             "its metadata describes a `remote` server: write it as `remote = { url = … }`, whose headers and secrets the config states"
@@ -310,6 +311,7 @@ pub fn from_label(spec: &ContainerSpec, label: Option<&str>) -> Result<Container
     };
     let meta = catalog::parse_server(label, MAX_LABEL_BYTES)
         .map_err(|message| format!("image `{}`: {message}", spec.image))?;
+    scan(&meta).map_err(|message| format!("image `{}`: its label {message}", spec.image))?;
     let operator = Operator {
         meta_name: meta.name.clone().unwrap_or_default(),
         ..operator.clone()
@@ -327,6 +329,49 @@ pub fn from_label(spec: &ContainerSpec, label: Option<&str>) -> Result<Container
     resolved.env = launch.env;
     resolved.label = None;
     Ok(resolved)
+}
+
+/// Refuses a description that holds something shaped like a credential,
+/// wherever it is (a description, a tool's, an environment value, a
+/// command, a remote's URL or headers, any other key): a publisher must not
+/// ship one, and the server is not started with it. The error names where,
+/// never what.
+fn scan(meta: &ServerMeta) -> Result<(), String> {
+    fn walk(value: &serde_json::Value, at: &mut String) -> Option<String> {
+        match value {
+            serde_json::Value::String(text) => {
+                super::secrets::credential_in_text(text).then(|| at.clone())
+            }
+            serde_json::Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+                let len = at.len();
+                at.push_str(&format!("[{i}]"));
+                let found = walk(item, at);
+                at.truncate(len);
+                found
+            }),
+            serde_json::Value::Object(entries) => entries.iter().find_map(|(key, item)| {
+                let len = at.len();
+                if !at.is_empty() {
+                    at.push('.');
+                }
+                at.push_str(&shown(key));
+                // A key may be the credential too.
+                let found = super::secrets::credential_in_text(key)
+                    .then(|| at.clone())
+                    .or_else(|| walk(item, at));
+                at.truncate(len);
+                found
+            }),
+            _ => None,
+        }
+    }
+    let value = serde_json::to_value(meta).map_err(|err| err.to_string())?;
+    match walk(&value, &mut String::new()) {
+        None => Ok(()),
+        Some(at) => Err(format!(
+            "holds what looks like a credential at `{at}`: refused before the server starts (a description must not carry one; the operator's secrets go in `secrets`)"
+        )),
+    }
 }
 
 #[cfg(test)]

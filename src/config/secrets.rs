@@ -273,12 +273,42 @@ fn shaped_like_secret(value: &str) -> bool {
     let known = SECRET_VALUE_PREFIXES
         .iter()
         .any(|prefix| value.contains(prefix) && value.len() >= prefix.len() + 8);
-    let url_password = value
+    known || url_with_password(value)
+}
+
+/// Whether a value is a URL with a password in it.
+fn url_with_password(value: &str) -> bool {
+    value
         .split_once("://")
         .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
         .and_then(|authority| authority.rsplit_once('@'))
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
-    known || url_password
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// Whether free text (a description, a title, any value of a server's
+/// metadata) holds something shaped like a well-known credential: a word
+/// that begins with one of the credentials' prefixes and goes on for at
+/// least 16 characters of a key (not one character repeated, as a
+/// placeholder `ghp_XXXX…` is), or a URL with a password in it. Read word
+/// by word: `task-runner` is not an `sk-` key.
+pub(super) fn credential_in_text(text: &str) -> bool {
+    let keyish = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    text.split(|c: char| c.is_whitespace() || "\"'`<>()[]{},;".contains(c))
+        .any(|word| {
+            if url_with_password(word) {
+                return true;
+            }
+            word.split(['=', ':', '@', '/']).any(|part| {
+                SECRET_VALUE_PREFIXES.iter().any(|prefix| {
+                    part.strip_prefix(prefix).is_some_and(|rest| {
+                        let key: String = rest.chars().take_while(|c| keyish(*c)).collect();
+                        let mut chars = key.chars();
+                        let first = chars.next();
+                        key.len() >= 16 && chars.any(|c| Some(c) != first)
+                    })
+                })
+            }) || word.starts_with("-----BEGIN")
+        })
 }
 
 /// Refuses command-line arguments that look like literal secrets: a command
@@ -316,6 +346,30 @@ pub(super) fn check_env(env: &BTreeMap<String, String>) -> Result<(), (String, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_text_are_found_word_by_word() {
+        for found in [
+            "Use ghp_R8xT2mQ9vL4nK7pW3sZ6yB1cD5fG0hJ8aE2u to sign in",
+            "token=xoxb-2048-4096-Ab3dEf6hIj9kLm",
+            "key: AKIAZ7QX3VMPL2RT8NB4",
+            "https://admin:hunter2@db.example.com/",
+            "-----BEGIN OPENSSH PRIVATE KEY-----",
+            "(sk-proj-Ab3dEf6hIj9kLm0pQr5tUv)",
+        ] {
+            assert!(credential_in_text(found), "{found}");
+        }
+        for clean in [
+            "A task-runner for desk-top and risk-free disk-backed jobs",
+            "Set GITHUB_TOKEN to your ghp_XXXXXXXXXXXXXXXXXXXXXXXX token",
+            "Needs an sk- key (OpenAI)",
+            "https://api.example.com/v1?user=me",
+            "https://example.com/docs/task-runner-and-more",
+            "",
+        ] {
+            assert!(!credential_in_text(clean), "{clean}");
+        }
+    }
 
     #[test]
     fn a_dotenv_reference_reads_its_key_from_the_file() {
