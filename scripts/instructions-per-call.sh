@@ -9,8 +9,9 @@
 #
 # Usage: scripts/instructions-per-call.sh [CALLS [REV ...]]   (default 2000)
 #   Needs valgrind (installed with apt-get when missing) and the release
-#   build of `cargo bench --bench roundtrip --no-run` (brought up to date
-#   first, so that what is counted is the tree as it is).
+#   build of the two binaries (brought up to date first, so that what is
+#   counted is the tree as it is; built as each revision is, with no
+#   dev-dependency's features).
 #   Each REV (a commit, `HEAD~3`, a branch) is also built, in a worktree of
 #   its own under target/instructions/ with a target directory of its own
 #   (target/instructions/NAME-target: sharing target/, cargo once took the
@@ -31,7 +32,10 @@ if ! command -v valgrind > /dev/null; then
     { apt-get update -qq && apt-get install -y -qq valgrind > /dev/null; } \
         || { echo "cannot install valgrind: install it, then run this again" >&2; exit 1; }
 fi
-(cd "$ROOT" && cargo bench --bench roundtrip --no-run >&2)
+# Built as each revision is below: `cargo bench` would turn on the
+# dev-dependencies' features (tokio's `test-util`, whose clock takes a lock
+# on every read of the timer), and the tree would count more than it runs.
+(cd "$ROOT" && cargo build --release --locked --bin portcullis --bin portcullis-example-server >&2)
 
 WORK="$(mktemp -d)"
 # The builds counted: NAME -> the directory holding its release binaries.

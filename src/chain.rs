@@ -60,6 +60,17 @@ impl Transport {
             Self::Cli => "cli",
         }
     }
+
+    /// The transport as policies and plugins see it (`context.transport`):
+    /// HTTP+SSE is `"http"`, as it is HTTP, so that a policy written for
+    /// network clients (`context.transport == "http"`) holds for its clients
+    /// too when it is switched on. Records and metrics say `"sse"`.
+    pub fn for_policies(self) -> &'static str {
+        match self {
+            Self::Sse => "http",
+            other => other.as_str(),
+        }
+    }
 }
 
 /// Who is on the other end of a client session.

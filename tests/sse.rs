@@ -566,3 +566,101 @@ fn an_http_sse_server_speaks_only_the_handshake() {
     assert!(refused.contains("HTTP+SSE"), "{refused}");
     assert!(refused.contains("protocol"), "{refused}");
 }
+
+/// A client that asks and does not read: each reply holds its request's
+/// place and its bytes in the session's budget until the client takes it;
+/// past the budget the proxy keeps a short error instead of the reply.
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_a_client_leaves_unread_are_bounded_by_the_sessions_budget() {
+    const CALLS: i64 = 60;
+    let proxy = TestProxy::new()
+        .with_config("\n[listener]\nsse = true\n\n[limits]\nmax_queued_bytes = 262144\n")
+        .with_example_server("example");
+    let running = proxy.serve_http().await;
+    let response = reqwest::Client::new()
+        .get(sse_url(&running))
+        .bearer_auth(TOKEN)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let mut read = String::new();
+    // Read what is needed to begin: the endpoint, then the handshake.
+    let mut next_event = async || loop {
+        if let Some(end) = read.find("\n\n") {
+            let block: String = read.drain(..end + 2).collect();
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                return data.trim().to_owned();
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(60), body.next())
+            .await
+            .expect("the stream goes on")
+            .expect("the stream is open")
+            .unwrap();
+        read.push_str(&String::from_utf8_lossy(&chunk));
+    };
+    let endpoint = next_event().await;
+    let messages = format!("{}{endpoint}", running.base);
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "no-reader", "version": "1"}}});
+    assert_eq!(
+        post(&messages, TOKEN, &initialize, None).await.status(),
+        202
+    );
+    let reply: Value = serde_json::from_str(&next_event().await).unwrap();
+    assert_eq!(reply["id"], 0, "{reply}");
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(
+        post(&messages, TOKEN, &initialized, None).await.status(),
+        202
+    );
+
+    // Now it stops reading, and asks for 60 replies of 200 KB each: far
+    // more than the budget and what the sockets hold.
+    let big = "x".repeat(200 * 1024);
+    for id in 1..=CALLS {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "example__echo", "arguments": {"text": big}}});
+        assert_eq!(post(&messages, TOKEN, &call, None).await.status(), 202);
+    }
+    // Every call ran (and was recorded) whatever the client reads.
+    let mut recorded = 0;
+    for _ in 0..600 {
+        recorded = common::admin_records(&running.base, "tool=example__echo", AUDITOR_TOKEN)
+            .await
+            .len();
+        if recorded == CALLS as usize {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(recorded, CALLS as usize);
+
+    // Read at last: every request answered, the first replies whole, and
+    // those past the budget as the short error.
+    let (mut whole, mut dropped) = (0, 0);
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < CALLS as usize {
+        let message: Value = serde_json::from_str(&next_event().await).unwrap();
+        let Some(id) = message["id"].as_i64() else {
+            continue;
+        };
+        answered.insert(id);
+        if message["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|text| text.len() > 200 * 1024)
+        {
+            whole += 1;
+        } else {
+            let text = message["error"]["message"].as_str().unwrap_or_default();
+            assert!(text.contains("the reply was dropped"), "{message}");
+            dropped += 1;
+        }
+    }
+    assert!(dropped > 0, "{whole} whole, none dropped");
+    assert!(whole > 0, "none whole, {dropped} dropped");
+}

@@ -38,10 +38,13 @@ pub(super) const GET_STREAM_CAP: usize = 1024;
 /// in the works).
 pub(super) type Queued = (Value, Option<Shares>);
 
-/// A message's shares of its session's budget and of all sessions'.
+/// A message's shares of its session's budget and of all sessions', and
+/// for an HTTP+SSE reply, its request's place among those in the works
+/// (given back once the client has taken the reply, not when it is queued).
 pub(super) struct Shares(
     #[allow(dead_code, reason = "held for its drop")] protocol::Held,
     #[allow(dead_code, reason = "held for its drop")] protocol::Held,
+    #[allow(dead_code, reason = "held for its drop")] Option<tokio::sync::OwnedSemaphorePermit>,
 );
 
 /// Where messages for one HTTP session go: the stream of the POST they
@@ -80,6 +83,22 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
+impl HttpOutlet {
+    /// The shares of the budgets an HTTP+SSE reply takes while it waits on
+    /// the stream, with its request's `place`; `None` past the budgets (the
+    /// client does not read what it asked for).
+    pub(super) fn reply_shares(
+        &self,
+        reply: &Value,
+        place: tokio::sync::OwnedSemaphorePermit,
+    ) -> Option<Shares> {
+        let bytes = protocol::held_bytes(reply);
+        let own = self.queued.try_take(bytes)?;
+        let all = self.all.try_take(bytes)?;
+        Some(Shares(own, all, Some(place)))
+    }
+}
+
 impl Outlet for HttpOutlet {
     fn deliver(&self, message: Value, related: Option<&Value>) -> bool {
         // Past the session's bytes, what servers send on their own is
@@ -91,7 +110,7 @@ impl Outlet for HttpOutlet {
         let Some(all) = self.all.try_take(bytes) else {
             return false;
         };
-        let mut queued = (message, Some(Shares(own, all)));
+        let mut queued = (message, Some(Shares(own, all, None)));
         let stream = related
             .and_then(IdKey::from_value)
             .and_then(|key| lock(&self.post_streams).get(&key).cloned());

@@ -64,6 +64,8 @@ struct Ending {
 impl Drop for Ending {
     fn drop(&mut self) {
         self.state.sse_sessions.remove(&self.session.wire_id);
+        // Nothing more is queued for a stream that is gone.
+        lock(&self.session.outlet.get_stream).take();
         self.state.gateway.close_session(&self.session.session);
     }
 }
@@ -106,11 +108,14 @@ async fn open(
     let messages = futures_util::stream::unfold(
         (rx, closed, shutdown, ending),
         move |(mut rx, closed, shutdown, ending)| async move {
+            // The end first: once the session is closed or the token has
+            // expired, nothing queued goes out.
             let message = tokio::select! {
-                message = rx.recv() => message?.0,
+                biased;
                 () = closed.cancelled() => return None,
                 () = shutdown.cancelled() => return None,
                 () = expiry.reached() => return None,
+                message = rx.recv() => message?.0,
             };
             let event = Event::default()
                 .event("message")
@@ -178,13 +183,28 @@ async fn message(
         );
     };
     let gateway = state.gateway.clone();
+    let outlet = http_session.outlet.clone();
     let message = incoming.message;
     tokio::spawn(async move {
-        if let Some(reply) = gateway.handle(&session, message).await {
-            // Waits for room: ends when the client reads, or goes.
-            let _ = stream.send((reply, None)).await;
-        }
-        drop(place);
+        let Some(reply) = gateway.handle(&session, message).await else {
+            return;
+        };
+        // The reply holds its request's place, and its bytes in the
+        // session's budget and all sessions', until the client takes it
+        // off the stream: a client that asks and does not read is refused
+        // places, then budget, and the proxy holds no more than those. Past
+        // the budget it gets a short error instead (its call ran and was
+        // recorded).
+        let queued = match outlet.reply_shares(&reply, place) {
+            Some(shares) => (reply, Some(shares)),
+            None => {
+                let id = reply.get("id").cloned().unwrap_or(Value::Null);
+                tracing::info!(session = %session.id, "dropped a reply the client left unread past the session's budget");
+                (Failure::ReplyUnread.to_response(id), None)
+            }
+        };
+        // Waits for room: ends when the client reads, or goes.
+        let _ = stream.send(queued).await;
     });
     StatusCode::ACCEPTED.into_response()
 }

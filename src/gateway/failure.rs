@@ -178,6 +178,12 @@ pub enum Failure {
         "{0} requests of this session (or, for 2026-07-28 requests, of this client) are in the works; send more when some are answered"
     )]
     TooManyInFlight(usize),
+    /// HTTP+SSE: the reply was dropped, the session holding more unread on
+    /// its stream than its budget (`[limits] max_queued_bytes`).
+    #[error(
+        "the reply was dropped: this session's stream holds more unread than its budget; read the stream"
+    )]
+    ReplyUnread,
 
     // -- toward a server, for its own requests -----------------------------
     /// The server's places for requests waiting on clients (how many) are
@@ -238,7 +244,7 @@ impl Failure {
             Self::UnknownTask(_) => code::INVALID_PARAMS,
             Self::TasksNotDeclared => code::EXTENSION_REQUIRED,
             Self::TooManyTasks => code::RATE_LIMITED,
-            Self::TooManyInFlight(_) => code::RATE_LIMITED,
+            Self::TooManyInFlight(_) | Self::ReplyUnread => code::RATE_LIMITED,
             Self::MethodNotFound(_) | Self::ClientLacks(_) | Self::NotOnStatelessServer(_) => {
                 code::METHOD_NOT_FOUND
             }

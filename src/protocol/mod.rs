@@ -136,6 +136,9 @@ impl At for Value {
             *here = new;
             return true;
         };
+        // A key there is written in place: `entry` and `insert` make room
+        // for one more first, which rehashes a full map (a reply's three
+        // keys) on every call (`scripts/instructions-per-call.sh`).
         for key in steps {
             if here.is_null() {
                 *here = Value::Object(Map::new());
@@ -143,18 +146,27 @@ impl At for Value {
             let Some(object) = here.as_object_mut() else {
                 return false;
             };
-            here = object.entry(*key).or_insert(Value::Null);
+            if !object.contains_key(*key) {
+                object.insert((*key).to_owned(), Value::Null);
+            }
+            let Some(next) = object.get_mut(*key) else {
+                return false;
+            };
+            here = next;
         }
         if here.is_null() {
             *here = Value::Object(Map::new());
         }
-        match here.as_object_mut() {
-            Some(object) => {
+        let Some(object) = here.as_object_mut() else {
+            return false;
+        };
+        match object.get_mut(*last) {
+            Some(slot) => *slot = new,
+            None => {
                 object.insert((*last).to_owned(), new);
-                true
             }
-            None => false,
         }
+        true
     }
 }
 

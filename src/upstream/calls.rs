@@ -247,12 +247,12 @@ impl Shared {
     /// [`Upstream::call`](super::Upstream::call): `call` begun, told what
     /// it carries for the server's revision, sent and followed until its
     /// reply within `timeout`.
-    pub(super) async fn call(
+    pub(super) fn call<F: FnMut(Value)>(
         self: &Arc<Self>,
         call: Call,
         timeout: Duration,
-        follow: impl FnMut(Value),
-    ) -> Result<Value, UpstreamError> {
+        follow: F,
+    ) -> impl Future<Output = Result<Value, UpstreamError>> + use<F> {
         let Call {
             message,
             origin,
@@ -263,7 +263,7 @@ impl Shared {
         if let Some(round) = round {
             pending = pending.in_round(round.capabilities, round.answers);
         }
-        pending.send_and_follow(timeout, follow).await
+        pending.send_and_follow(timeout, follow)
     }
 
     /// Prepares a request for the server: gives it a fresh id and, if it asks

@@ -354,14 +354,17 @@ impl Upstream {
     /// sends for the call meanwhile (progress, log messages) goes to
     /// `follow`, all of it before the reply. Dropping the future withdraws
     /// the call and tells the server it was cancelled.
-    pub async fn call(
+    ///
+    /// Begun when called, not when first polled: the future returned is the
+    /// call's alone (`PendingCall::send_and_follow`), small, and the
+    /// request is not moved through another future's state first (each
+    /// move of a future is a copy: `scripts/instructions-per-call.sh`).
+    pub fn call<F: FnMut(Value)>(
         &self,
         call: Call,
-        follow: impl FnMut(Value),
-    ) -> Result<Value, UpstreamError> {
-        self.shared
-            .call(call, self.config.call_timeout, follow)
-            .await
+        follow: F,
+    ) -> impl Future<Output = Result<Value, UpstreamError>> + use<F> {
+        self.shared.call(call, self.config.call_timeout, follow)
     }
 
     /// A client's `resources/subscribe` (or, with `subscribe` false,

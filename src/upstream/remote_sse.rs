@@ -30,6 +30,9 @@ use crate::config::LimitsConfig;
 use crate::egress::{self, HttpClient};
 use crate::protocol;
 
+/// The most of a message POST's answer read (`Accepted`, as a rule).
+const POST_ANSWER_BYTES: usize = 64 * 1024;
+
 /// How long the server may take to open its stream and name its endpoint.
 const ENDPOINT_WAIT: Duration = Duration::from_secs(30);
 
@@ -65,11 +68,13 @@ impl SseLink {
             self.closed.cancel();
             return Err(LinkError::Closed("the server ended the session"));
         }
-        // What the body says is nothing: replies come on the stream.
-        match status.is_success() {
-            true => Ok(()),
-            false => Err(LinkError::Status(status)),
+        if !status.is_success() {
+            return Err(LinkError::Status(status));
         }
+        // What the body says is nothing (replies come on the stream); read
+        // to its end, bounded, the connection carries the next message.
+        let _ = egress::read_limited(response, POST_ANSWER_BYTES).await;
+        Ok(())
     }
 }
 

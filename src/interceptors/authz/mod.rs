@@ -394,7 +394,7 @@ impl Authz {
             action,
             target,
             arguments,
-            transport: context.transport.as_str(),
+            transport: context.transport.for_policies(),
             protocol: context.protocol.as_deref().unwrap_or_default(),
             session: &context.session,
             scopes: context.client.scopes(),

@@ -601,7 +601,7 @@ fn wit_context(exchange: &Exchange) -> wit::Context {
             .iter()
             .map(|g| g.to_string())
             .collect(),
-        transport: context.transport.as_str().to_owned(),
+        transport: context.transport.for_policies().to_owned(),
         server: context.server.as_deref().map(str::to_owned),
         method: context.method.to_string(),
         target: context.target.clone(),
