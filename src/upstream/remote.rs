@@ -181,12 +181,7 @@ impl RemoteLink {
             self.closed.cancel();
             return Err(LinkError::Closed("the server ended the session"));
         }
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
+        let content_type = content_type(&response);
         if kind != Some(Kind::Request) {
             return match status.is_success() {
                 true => Ok(()),
@@ -340,6 +335,16 @@ impl RemoteLink {
             }
         }
     }
+}
+
+/// A response's content type, lowercase (`""` when it has none).
+pub(super) fn content_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -125,12 +125,7 @@ pub(super) async fn open(
                 "the server answered HTTP {status} to the opening of its SSE stream"
             ));
         }
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
+        let content_type = super::remote::content_type(&response);
         if !content_type.starts_with("text/event-stream") {
             return Err(format!(
                 "the server answered its SSE stream's opening with content type `{content_type}`"
