@@ -352,7 +352,11 @@ mod tests {
         // Each made at run time: this file holds no credential's shape
         // (the redaction tests scan the sources as text that has none).
         for found in [
-            ["Use gh", "p_R8xT2mQ9vL4nK7pW3sZ6yB1cD5fG0hJ8aE2u to sign in"].concat(),
+            [
+                "Use gh",
+                "p_R8xT2mQ9vL4nK7pW3sZ6yB1cD5fG0hJ8aE2u to sign in",
+            ]
+            .concat(),
             ["token=xo", "xb-2048-4096-Ab3dEf6hIj9kLm"].concat(),
             ["key: AK", "IAZ7QX3VMPL2RT8NB4"].concat(),
             ["https://admin:hunter2", "@db.example.com/"].concat(),
