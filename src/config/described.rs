@@ -350,15 +350,18 @@ fn scan(meta: &ServerMeta) -> Result<(), String> {
                 found
             }),
             serde_json::Value::Object(entries) => entries.iter().find_map(|(key, item)| {
+                // A key may be the credential too: named by where it is,
+                // never by itself.
+                if super::secrets::credential_in_text(key) {
+                    let parent = if at.is_empty() { "." } else { at.as_str() };
+                    return Some(format!("{parent} (a key)"));
+                }
                 let len = at.len();
                 if !at.is_empty() {
                     at.push('.');
                 }
                 at.push_str(&shown(key));
-                // A key may be the credential too.
-                let found = super::secrets::credential_in_text(key)
-                    .then(|| at.clone())
-                    .or_else(|| walk(item, at));
+                let found = walk(item, at);
                 at.truncate(len);
                 found
             }),
@@ -377,6 +380,27 @@ fn scan(meta: &ServerMeta) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A credential found says where, never what: a key that is one is
+    /// named by the place it is in.
+    #[test]
+    fn a_credential_is_named_by_where_it_is() {
+        let key = ["gh", "p_R8xT2mQ9vL4nK7pW3sZ6yB1cD5fG0hJ8aE2u"].concat();
+        let meta =
+            catalog::parse_server(&format!("name: x\nimage: img\nextra:\n  {key}: 1\n"), 4096)
+                .unwrap_or_else(|e| panic!("{e}"));
+        let refused = scan(&meta).err().unwrap_or_default();
+        assert!(refused.contains("at `extra (a key)`"), "{refused}");
+        assert!(!refused.contains(&key), "{refused}");
+        let meta = catalog::parse_server(
+            &format!("name: x\nimage: img\ntools:\n  - name: t\n    description: use {key}\n"),
+            4096,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let refused = scan(&meta).err().unwrap_or_default();
+        assert!(refused.contains("at `tools[0].description`"), "{refused}");
+        assert!(!refused.contains(&key), "{refused}");
+    }
 
     #[test]
     fn references_are_parsed_strictly() {

@@ -288,27 +288,51 @@ fn url_with_password(value: &str) -> bool {
 /// Whether free text (a description, a title, any value of a server's
 /// metadata) holds something shaped like a well-known credential: a word
 /// that begins with one of the credentials' prefixes and goes on for at
-/// least 16 characters of a key (not one character repeated, as a
-/// placeholder `ghp_XXXX…` is), or a URL with a password in it. Read word
-/// by word: `task-runner` is not an `sk-` key.
+/// least 16 characters of a key with letters and digits (a placeholder,
+/// `ghp_your_token`, `sk-proj-xxxx…`, has no digit; the documentation's
+/// `…EXAMPLE` keys are let through), a URL with a password that is not a
+/// placeholder (`user:password@`, an empty one), or a PEM private key.
+/// Read word by word: `task-runner` is not an `sk-` key. Hygiene, not a
+/// boundary: a publisher who means to hide a key can encode it.
 pub(super) fn credential_in_text(text: &str) -> bool {
     let keyish = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    text.split(|c: char| c.is_whitespace() || "\"'`<>()[]{},;".contains(c))
-        .any(|word| {
-            if url_with_password(word) {
-                return true;
-            }
-            word.split(['=', ':', '@', '/']).any(|part| {
-                SECRET_VALUE_PREFIXES.iter().any(|prefix| {
-                    part.strip_prefix(prefix).is_some_and(|rest| {
-                        let key: String = rest.chars().take_while(|c| keyish(*c)).collect();
-                        let mut chars = key.chars();
-                        let first = chars.next();
-                        key.len() >= 16 && chars.any(|c| Some(c) != first)
+    let private_key = text.contains("-----BEGIN") && text.contains("PRIVATE KEY-----");
+    private_key
+        || text
+            .split(|c: char| c.is_whitespace() || "\"'`<>()[]{},;".contains(c))
+            .filter(|word| !word.contains("EXAMPLE"))
+            .any(|word| {
+                if url_with_real_password(word) {
+                    return true;
+                }
+                word.split(['=', ':', '@', '/']).any(|part| {
+                    SECRET_VALUE_PREFIXES.iter().any(|prefix| {
+                        part.strip_prefix(prefix).is_some_and(|rest| {
+                            let key: String = rest.chars().take_while(|c| keyish(*c)).collect();
+                            key.len() >= 16
+                                && key.chars().any(|c| c.is_ascii_digit())
+                                && key.chars().any(|c| c.is_ascii_alphabetic())
+                        })
                     })
                 })
-            }) || word.starts_with("-----BEGIN")
-        })
+            })
+}
+
+/// A URL with a password in it that looks like one: with a digit or a
+/// sign, or long (`user:password@` and `root:@` are examples, not secrets).
+fn url_with_real_password(word: &str) -> bool {
+    let password = word
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password);
+    password.is_some_and(|password| {
+        password.len() >= 16
+            || password
+                .chars()
+                .any(|c| c.is_ascii_digit() || !c.is_ascii_alphanumeric())
+    })
 }
 
 /// Refuses command-line arguments that look like literal secrets: a command
@@ -367,6 +391,11 @@ mod tests {
         }
         for clean in [
             "A task-runner for desk-top and risk-free disk-backed jobs",
+            "e.g. postgresql+asyncpg://user:password@localhost:5432/db or mysql://root:@localhost",
+            "Set it to sk-your-openai-api-key, xoxb-your-slack-bot-token or ghp_your_personal_access_token",
+            "sk-proj-xxxxxxxxxxxxxxxx and the region ASIA_PACIFIC_SOUTHEAST_REGION",
+            "(-----BEGIN CERTIFICATE-----)",
+            "sk-learn-compatible-estimators-for-everyone",
             "Set GITHUB_TOKEN to your ghp_XXXXXXXXXXXXXXXXXXXXXXXX token",
             "Needs an sk- key (OpenAI)",
             "https://api.example.com/v1?user=me",

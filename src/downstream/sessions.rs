@@ -42,8 +42,7 @@ pub(super) type Queued = (Value, Option<Shares>);
 /// for an HTTP+SSE reply, its request's place among those in the works
 /// (given back once the client has taken the reply, not when it is queued).
 pub(super) struct Shares(
-    #[allow(dead_code, reason = "held for its drop")] protocol::Held,
-    #[allow(dead_code, reason = "held for its drop")] protocol::Held,
+    #[allow(dead_code, reason = "held for its drop")] Option<(protocol::Held, protocol::Held)>,
     #[allow(dead_code, reason = "held for its drop")] Option<tokio::sync::OwnedSemaphorePermit>,
 );
 
@@ -85,17 +84,23 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl HttpOutlet {
     /// The shares of the budgets an HTTP+SSE reply takes while it waits on
-    /// the stream, with its request's `place`; `None` past the budgets (the
-    /// client does not read what it asked for).
+    /// the stream, with its request's `place`; past the budgets (the
+    /// client does not read what it asked for), the place alone, which
+    /// the short error sent instead keeps until it is read.
     pub(super) fn reply_shares(
         &self,
         reply: &Value,
         place: tokio::sync::OwnedSemaphorePermit,
-    ) -> Option<Shares> {
+    ) -> Result<Shares, Shares> {
         let bytes = protocol::held_bytes(reply);
-        let own = self.queued.try_take(bytes)?;
-        let all = self.all.try_take(bytes)?;
-        Some(Shares(own, all, Some(place)))
+        let taken = self
+            .queued
+            .try_take(bytes)
+            .and_then(|own| Some((own, self.all.try_take(bytes)?)));
+        match taken {
+            Some(taken) => Ok(Shares(Some(taken), Some(place))),
+            None => Err(Shares(None, Some(place))),
+        }
     }
 }
 
@@ -110,7 +115,7 @@ impl Outlet for HttpOutlet {
         let Some(all) = self.all.try_take(bytes) else {
             return false;
         };
-        let mut queued = (message, Some(Shares(own, all, None)));
+        let mut queued = (message, Some(Shares(Some((own, all)), None)));
         let stream = related
             .and_then(IdKey::from_value)
             .and_then(|key| lock(&self.post_streams).get(&key).cloned());

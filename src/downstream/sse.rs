@@ -195,12 +195,14 @@ async fn message(
         // places, then budget, and the proxy holds no more than those. Past
         // the budget it gets a short error instead (its call ran and was
         // recorded).
+        // The error keeps the place too: a client that goes on asking
+        // without reading is refused (429) rather than leaving tasks here.
         let queued = match outlet.reply_shares(&reply, place) {
-            Some(shares) => (reply, Some(shares)),
-            None => {
+            Ok(shares) => (reply, Some(shares)),
+            Err(place) => {
                 let id = reply.get("id").cloned().unwrap_or(Value::Null);
-                tracing::info!(session = %session.id, "dropped a reply the client left unread past the session's budget");
-                (Failure::ReplyUnread.to_response(id), None)
+                tracing::info!(session = %session.id, "dropped a reply past the budget of what waits for clients to read");
+                (Failure::ReplyUnread.to_response(id), Some(place))
             }
         };
         // Waits for room: ends when the client reads, or goes.

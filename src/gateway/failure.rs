@@ -178,10 +178,11 @@ pub enum Failure {
         "{0} requests of this session (or, for 2026-07-28 requests, of this client) are in the works; send more when some are answered"
     )]
     TooManyInFlight(usize),
-    /// HTTP+SSE: the reply was dropped, the session holding more unread on
-    /// its stream than its budget (`[limits] max_queued_bytes`).
+    /// HTTP+SSE: the reply was dropped, what waits for the session's
+    /// client (or all sessions' clients) to read being past its budget
+    /// (`[limits] max_queued_bytes`, `max_queued_bytes_total`).
     #[error(
-        "the reply was dropped: this session's stream holds more unread than its budget; read the stream"
+        "the reply was dropped: what waits for this session's client (or all clients) to read is past its budget; read the stream, and try again"
     )]
     ReplyUnread,
 
