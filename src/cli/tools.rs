@@ -128,6 +128,7 @@ struct Missing {
 impl Missing {
     fn of(gateway: &Gateway, tools: &[Value], schema_checked: bool, operator: bool) -> Self {
         let down: Vec<String> = gateway
+            .servers()
             .upstreams()
             .iter()
             .filter_map(|u| match u.status() {

@@ -182,6 +182,7 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
     // console and the metrics (this page answers anyone).
     let failing = state
         .gateway
+        .servers()
         .upstreams()
         .iter()
         .filter(|upstream| upstream.breaker() == crate::upstream::BreakerState::Open)

@@ -167,7 +167,7 @@ impl Gateway {
         let mut completions = false;
         // The configured servers': a catalog's is only its holders' (a
         // session that did not add it hears nothing of it).
-        for upstream in self.upstreams() {
+        for upstream in self.servers.upstreams() {
             if let Some(info) = upstream.status().info() {
                 let caps = info.get("capabilities");
                 let has = |pointer: &str| caps.and_then(|c| c.pointer(pointer)).is_some();
@@ -203,7 +203,7 @@ impl Gateway {
         let mut text = format!(
             "Portcullis proxies several MCP servers. Tool and prompt names are prefixed with their server's name and `{separator}`."
         );
-        for upstream in self.upstreams() {
+        for upstream in self.servers.upstreams() {
             if let Some(info) = upstream.status().info()
                 && let Some(instructions) = info.get("instructions").and_then(Value::as_str)
                 && !instructions.trim().is_empty()

@@ -388,16 +388,6 @@ impl Gateway {
         &self.config
     }
 
-    /// The configured servers' upstreams in force (not the catalogs' of
-    /// `[discovery]`, not those a reload took out), in order.
-    pub fn upstreams(&self) -> Vec<Upstream> {
-        self.servers
-            .configured()
-            .into_iter()
-            .map(|(_, upstream)| upstream)
-            .collect()
-    }
-
     pub fn catalog(&self) -> Arc<Catalog> {
         self.lists.catalog()
     }

@@ -169,6 +169,7 @@ async fn a_name_discovery_answers_to_is_refused_and_nothing_changes() {
     }
     let names: Vec<String> = harness
         .gateway
+        .servers()
         .upstreams()
         .iter()
         .map(|upstream| upstream.name().to_string())

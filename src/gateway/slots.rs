@@ -250,6 +250,15 @@ impl Servers {
 
     /// The configured servers in force (not a catalog's, not retired), with
     /// their indexes.
+    /// The configured servers' upstreams in force (not the catalogs' of
+    /// `[discovery]`, not those a reload took out), in order.
+    pub fn upstreams(&self) -> Vec<Upstream> {
+        self.configured()
+            .into_iter()
+            .map(|(_, upstream)| upstream)
+            .collect()
+    }
+
     pub(super) fn configured(&self) -> Vec<(usize, Upstream)> {
         self.slots
             .iter()

@@ -22,7 +22,7 @@ pub(super) async fn servers(
 ) -> Response {
     let gateway = &state.gateway;
     // The servers in force, a reload's additions and changes included.
-    let upstreams = gateway.upstreams();
+    let upstreams = gateway.servers().upstreams();
     let body = html! {
         @for upstream in &upstreams {
             @let server = upstream.config();
