@@ -30,6 +30,7 @@ mod listen;
 pub mod oci;
 mod process;
 mod remote;
+mod remote_shared;
 mod remote_sse;
 mod remote_token;
 #[cfg(test)]

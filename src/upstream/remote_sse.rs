@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::UpstreamError;
 use super::link::{Connected, Inbox, Link, LinkError};
-use super::remote::Sent;
+use super::remote_shared::{Sent, content_type};
 use super::sse::{SseEvent, SseParser};
 use crate::config::LimitsConfig;
 use crate::egress::{self, HttpClient};
@@ -125,7 +125,7 @@ pub(super) async fn open(
                 "the server answered HTTP {status} to the opening of its SSE stream"
             ));
         }
-        let content_type = super::remote::content_type(&response);
+        let content_type = content_type(&response);
         if !content_type.starts_with("text/event-stream") {
             return Err(format!(
                 "the server answered its SSE stream's opening with content type `{content_type}`"
