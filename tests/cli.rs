@@ -272,12 +272,15 @@ fn the_readmes_config_examples_load() {
             }
             // A config with an OCI catalog loads once it is pulled: before,
             // only its catalogs do.
-            let check = if text.contains("\noci = ") {
-                "catalog"
+            // So does one with a registry server: before, only its
+            // registries and references do.
+            let (check, verb) = if text.contains("\noci = ") {
+                ("catalog", "ls")
+            } else if text.contains("\"registry://") {
+                ("registry", "ls")
             } else {
-                "servers"
+                ("servers", "list")
             };
-            let verb = if check == "catalog" { "ls" } else { "list" };
             let (ok, _, stderr) = run(&[check, verb, "--config", path.to_str().unwrap()]);
             assert!(
                 ok,

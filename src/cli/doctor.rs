@@ -280,6 +280,9 @@ fn check_session_keys(config: &Config, report: &mut Report) {
 fn check_server(server: &ServerConfig, report: &mut Report) {
     let what = format!("server `{}`", server.name);
     report.checking(&what);
+    if let Some(resolved) = &server.resolved {
+        report.line(Level::Ok, &what, format!("resolves {resolved}"));
+    }
     match &server.kind {
         UpstreamSpec::Container(spec) => {
             let relaxations = spec.sandbox.relaxations();

@@ -17,6 +17,7 @@ mod profiles;
 mod progress;
 mod records;
 mod redact;
+mod registries;
 mod reload;
 mod serve;
 mod servers;
@@ -92,6 +93,12 @@ enum Command {
     Catalog {
         #[command(subcommand)]
         command: catalogs::CatalogCommand,
+    },
+    /// Servers from MCP registries: pull the `server.json` of the config's
+    /// `registry://` servers.
+    Registry {
+        #[command(subcommand)]
+        command: registries::RegistryCommand,
     },
     /// Profiles: named sets of servers and their tools (`profiles/*.toml`).
     Profile {
@@ -441,6 +448,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Profile { command } => profiles::run(command),
         Command::Catalog { command } => catalogs::run(command).await,
+        Command::Registry { command } => registries::run(command).await,
         Command::Stdio {
             config,
             client,

@@ -1,7 +1,8 @@
 //! Servers described elsewhere (`[[servers]] from`), and the catalogs that
 //! describe them (`[[catalogs]]`): `catalog://CATALOG/SERVER`, `file://PATH`
 //! and `docker://IMAGE[@sha256:…]`, in Docker's catalog format (see
-//! `catalog`). A described server runs under the same hardened profile,
+//! `catalog`), and `registry://…`, an MCP registry's `server.json` (see
+//! `registry`). A described server runs under the same hardened profile,
 //! chain and records as any other; its description never relaxes them.
 
 use std::collections::BTreeMap;
@@ -13,7 +14,9 @@ use serde::Deserialize;
 use super::catalog::{self, MAX_LABEL_BYTES, Operator, ServerMeta};
 use super::container::RawContainer;
 use super::names::shown;
+use super::registry::{self, RegistryConfig, RegistryRef};
 use super::sandbox::RawSandbox;
+use super::server_json::{self, RegistryUse, RemoteKind, Resolved};
 use super::values::PathText;
 use super::{ConfigError, ContainerSpec, Entry, ProxyConfig, Validator};
 
@@ -153,6 +156,7 @@ enum Source {
         image: String,
         digest: Option<String>,
     },
+    Registry(RegistryRef),
 }
 
 fn source(text: &str) -> Result<Source, String> {
@@ -173,6 +177,9 @@ fn source(text: &str) -> Result<Source, String> {
         }
         return Ok(Source::File(PathBuf::from(path)));
     }
+    if let Some(rest) = text.strip_prefix("registry://") {
+        return RegistryRef::parse(rest).map(Source::Registry);
+    }
     if let Some(image) = text.strip_prefix("docker://") {
         let (image, digest) = match image.split_once('@') {
             Some((image, digest)) => (image, Some(digest.to_ascii_lowercase())),
@@ -187,7 +194,7 @@ fn source(text: &str) -> Result<Source, String> {
         });
     }
     Err(format!(
-        "`{}` is not a server reference: `catalog://CATALOG/SERVER`, `file://PATH` or `docker://IMAGE[@sha256:…]`",
+        "`{}` is not a server reference: `catalog://CATALOG/SERVER`, `file://PATH`, `docker://IMAGE[@sha256:…]` or `registry://REGISTRY/NAMESPACE/NAME@VERSION`",
         shown(text)
     ))
 }
@@ -200,22 +207,50 @@ pub(super) struct Described<'a> {
     pub secrets: Vec<String>,
     pub container: Option<RawContainer>,
     pub sandbox: Option<RawSandbox>,
+    /// `use`: which form of a registry server.
+    pub choice: Option<RegistryUse>,
 }
 
-/// A described server's container: the metadata's image, command and
-/// environment, the operator's sandbox and run settings. A `docker://`
-/// server's command is read from its label when it starts.
-pub(super) fn container(
-    described: Described<'_>,
+/// Where described servers are described: the config's catalogs and
+/// registries.
+pub(super) struct Sources<'a> {
+    pub catalogs: &'a [CatalogConfig],
+    pub registries: &'a [RegistryConfig],
+}
+
+/// What a described server runs as.
+pub(super) enum DescribedUpstream {
+    /// The metadata's image, command and environment, the operator's
+    /// sandbox and run settings; a `docker://` server's command is read
+    /// from its label when it starts.
+    Container(Box<ContainerSpec>),
+    /// A registry server's remote, its header values as a `remote`
+    /// server's (`… secret:NAME`).
+    Remote {
+        url: String,
+        transport: RemoteKind,
+        headers: BTreeMap<String, String>,
+    },
+}
+
+/// A described server, and for `doctor` what a registry reference
+/// resolved to.
+pub(super) fn upstream(
+    mut described: Described<'_>,
     at: &Entry<'_>,
-    catalogs: &[CatalogConfig],
+    sources: &Sources<'_>,
     proxy: &ProxyConfig,
-) -> Result<ContainerSpec, ConfigError> {
+) -> Result<(DescribedUpstream, Option<String>), ConfigError> {
     let fail =
         |message: String| at.error(".from", format!("server `{}`: {message}", described.name));
     let source = source(described.from).map_err(fail)?;
-    let raw = described.container.unwrap_or_default();
-    let (meta_name, meta, catalog_signed) = match source {
+    if described.choice.is_some() && !matches!(source, Source::Registry(_)) {
+        let message = "`use` chooses a form of a `registry://` server";
+        return Err(at.error(".use", format!("server `{}`: {message}", described.name)));
+    }
+    let container_given = described.container.is_some();
+    let raw = described.container.take().unwrap_or_default();
+    let (meta_name, meta, catalog_signed, summary) = match source {
         Source::Docker { image, digest } => {
             let raw = raw.described(at, image, digest)?;
             let mut spec = raw.validate(at, described.name, described.sandbox, proxy)?;
@@ -225,22 +260,38 @@ pub(super) fn container(
                 config: described.config,
                 secrets: described.secrets,
             });
-            return Ok(spec);
+            return Ok((DescribedUpstream::Container(Box::new(spec)), None));
+        }
+        Source::Registry(reference) => {
+            let (summary, resolved) =
+                from_registry(&reference, &described, sources).map_err(fail)?;
+            match resolved {
+                Resolved::Package(meta) => {
+                    let name = meta.name.clone().unwrap_or_default();
+                    (name, *meta, false, Some(summary))
+                }
+                Resolved::Remote {
+                    url,
+                    transport,
+                    headers,
+                } if !container_given && described.sandbox.is_none() => {
+                    let remote = DescribedUpstream::Remote {
+                        url,
+                        transport,
+                        headers,
+                    };
+                    return Ok((remote, Some(summary)));
+                }
+                Resolved::Remote { .. } => {
+                    let message =
+                        "it resolves to a remote: `container` and `sandbox` apply to a package";
+                    return Err(fail(message.into()));
+                }
+            }
         }
         Source::Catalog { catalog, server } => {
-            let Some(found) = catalogs.iter().find(|c| c.name == catalog) else {
-                return Err(fail(format!(
-                    "no `[[catalogs]]` is named `{}`",
-                    shown(&catalog)
-                )));
-            };
-            let Some(meta) = found.servers.get(&server) else {
-                return Err(fail(format!(
-                    "catalog `{catalog}` has no server `{}`",
-                    shown(&server)
-                )));
-            };
-            (server, meta.clone(), found.require_signature)
+            let (meta, signed) = catalog_entry(sources, &catalog, &server).map_err(fail)?;
+            (server, meta, signed, None)
         }
         Source::File(path) => {
             let path = at.validator.resolve(path);
@@ -251,7 +302,7 @@ pub(super) fn container(
                 .name
                 .clone()
                 .unwrap_or_else(|| described.name.to_owned());
-            (name, meta, false)
+            (name, meta, false, None)
         }
     };
     scan(&meta).map_err(|message| fail(format!("its metadata {message}")))?;
@@ -293,7 +344,70 @@ pub(super) fn container(
         .map_err(|(_, message)| fail(format!("its metadata's command: {message}")))?;
     spec.args = launch.args;
     spec.env = launch.env;
-    Ok(spec)
+    Ok((DescribedUpstream::Container(Box::new(spec)), summary))
+}
+
+/// A catalog's entry, and whether the catalog wants its images signed.
+fn catalog_entry(
+    sources: &Sources<'_>,
+    catalog: &str,
+    server: &str,
+) -> Result<(ServerMeta, bool), String> {
+    let Some(found) = sources.catalogs.iter().find(|c| c.name == catalog) else {
+        return Err(format!("no `[[catalogs]]` is named `{}`", shown(catalog)));
+    };
+    let Some(meta) = found.servers.get(server) else {
+        return Err(format!(
+            "catalog `{catalog}` has no server `{}`",
+            shown(server)
+        ));
+    };
+    Ok((meta.clone(), found.require_signature))
+}
+
+/// A registry server's pulled `server.json`, scanned, read and resolved
+/// with the operator's values: what it runs as, and that in a line.
+fn from_registry(
+    reference: &RegistryRef,
+    described: &Described<'_>,
+    sources: &Sources<'_>,
+) -> Result<(String, Resolved), String> {
+    let Some(found) = sources
+        .registries
+        .iter()
+        .find(|registry| registry.name == reference.registry)
+    else {
+        return Err(format!(
+            "no `[[registries]]` is named `{}`",
+            shown(&reference.registry)
+        ));
+    };
+    let path = reference.file(found);
+    let text = super::pulled::read_pinned(
+        &path,
+        &reference.unpinned(),
+        reference.pin.as_deref(),
+        "registry",
+        registry::MAX_SERVER_JSON_BYTES,
+    )?
+    .ok_or_else(|| {
+        format!(
+            "`{}` has not been pulled: run `portcullis registry pull --config FILE`",
+            reference.unpinned()
+        )
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|_| format!("`{}` is not JSON: pull it again", path.display()))?;
+    scan_value(&value).map_err(|message| format!("its server.json {message}"))?;
+    let server = server_json::ServerJson::parse(&value)?;
+    let values = server_json::Values {
+        config: &described.config,
+        secrets: &described.secrets,
+    };
+    let resolved = server_json::resolve(&server, described.choice, &values)?;
+    let digest = super::pulled::sha256_digest(text.as_bytes());
+    let summary = server_json::summary(&reference.unpinned(), &digest, &resolved);
+    Ok((summary, resolved))
 }
 
 /// A `docker://` server's command and environment from the label of the
@@ -337,6 +451,11 @@ pub fn from_label(spec: &ContainerSpec, label: Option<&str>) -> Result<Container
 /// ship one, and the server is not started with it. The error names where,
 /// never what.
 fn scan(meta: &ServerMeta) -> Result<(), String> {
+    scan_value(&serde_json::to_value(meta).map_err(|err| err.to_string())?)
+}
+
+/// [`scan`] of a description as JSON (a registry's `server.json`).
+fn scan_value(value: &serde_json::Value) -> Result<(), String> {
     fn walk(value: &serde_json::Value, at: &mut String) -> Option<String> {
         match value {
             serde_json::Value::String(text) => {
@@ -368,8 +487,7 @@ fn scan(meta: &ServerMeta) -> Result<(), String> {
             _ => None,
         }
     }
-    let value = serde_json::to_value(meta).map_err(|err| err.to_string())?;
-    match walk(&value, &mut String::new()) {
+    match walk(value, &mut String::new()) {
         None => Ok(()),
         Some(at) => Err(format!(
             "holds what looks like a credential at `{at}`: refused before the server starts (a description must not carry one; the operator's secrets go in `secrets`)"

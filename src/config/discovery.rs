@@ -279,16 +279,27 @@ fn describe(
         secrets: secrets.keys().cloned().collect(),
         container: None,
         sandbox: None,
+        choice: None,
     };
-    let mut spec =
-        described::container(described, at, catalogs, proxy).map_err(|err| err.message)?;
+    let sources = described::Sources {
+        catalogs,
+        registries: &[],
+    };
+    let described::DescribedUpstream::Container(mut spec) =
+        described::upstream(described, at, &sources, proxy)
+            .map_err(|err| err.message)?
+            .0
+    else {
+        return Err("a catalog server runs as a container".into());
+    };
     spec.idle_timeout = Some(idle);
     Ok(ServerConfig {
         name: server.to_owned(),
-        kind: UpstreamSpec::Container(Box::new(spec)),
+        kind: UpstreamSpec::Container(spec),
         call_timeout: proxy.call_timeout,
         secrets,
         protocol: ServerProtocol::Handshake,
         breaker: Default::default(),
+        resolved: None,
     })
 }

@@ -41,9 +41,11 @@ pub mod pulled;
 mod ratelimit;
 mod redact;
 pub mod reference;
+pub mod registry;
 mod sandbox;
 mod schema;
 mod secrets;
+mod server_json;
 mod servers;
 mod signatures;
 #[cfg(test)]
@@ -95,6 +97,7 @@ pub use ratelimit::{
 };
 use redact::RawRedact;
 pub use redact::{RedactAction, RedactConfig, RuleActions};
+pub use registry::{RegistryConfig, RegistryRef};
 pub use sandbox::{BindMount, Sandbox, TmpfsMount};
 use schema::RawSchema;
 pub use schema::{OutputAction, SchemaConfig};
@@ -222,6 +225,12 @@ struct RawConfig {
     #[serde(default)]
     #[schemars(with = "Vec<RawCatalog>")]
     catalogs: Vec<Spanned<RawCatalog>>,
+    /// MCP registries (the official one's API, or a private one speaking
+    /// it) that `[[servers]] from = "registry://NAME/…"` draws on; `official`
+    /// is known without being written.
+    #[serde(default)]
+    #[schemars(with = "Vec<registry::RawRegistry>")]
+    registries: Vec<Spanned<registry::RawRegistry>>,
     /// What agents may find and add themselves: `portcullis__find`,
     /// `portcullis__add` and `portcullis__remove`, over these catalogs.
     #[serde(default)]
@@ -380,6 +389,67 @@ impl Config {
         })
     }
 
+    /// The config's registries and its `registry://` servers (name and
+    /// reference), the rest of the file unread: what `portcullis registry
+    /// pull` fetches before the config can load whole.
+    pub fn registry_servers(path: &Path) -> Result<registry::RegistryServers, ConfigError> {
+        #[derive(Deserialize)]
+        struct Server {
+            name: String,
+            from: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Registries {
+            #[serde(default)]
+            registries: Vec<Spanned<registry::RawRegistry>>,
+            #[serde(default)]
+            servers: Vec<Spanned<Server>>,
+        }
+        let text = values::read_regular(path, 16 * 1024 * 1024).map_err(|err| ConfigError {
+            file: path.to_owned(),
+            location: None,
+            key: None,
+            message: format!("cannot read the config: {err}"),
+        })?;
+        let raw: Registries = toml::from_str(&text).map_err(|err| ConfigError {
+            file: path.to_owned(),
+            location: err.span().map(|span| line_col(&text, span.start)),
+            key: None,
+            message: err.message().to_owned(),
+        })?;
+        let validator = Validator { text: &text, path };
+        let mut names = Vec::new();
+        let registries = validator.each(raw.registries, "registries", |at, raw| {
+            raw.validate(at, &validator, &mut names)
+        })?;
+        let registries = registry::with_official(registries, &validator);
+        let servers = validator.each(raw.servers, "servers", |at, server| {
+            let Some(rest) = server
+                .from
+                .as_deref()
+                .and_then(|from| from.strip_prefix("registry://"))
+            else {
+                return Ok(None);
+            };
+            let reference = RegistryRef::parse(rest)
+                .map_err(|m| at.error(".from", format!("server `{}`: {m}", server.name)))?;
+            if !registries.iter().any(|r| r.name == reference.registry) {
+                return Err(at.error(
+                    ".from",
+                    format!(
+                        "server `{}`: no `[[registries]]` is named `{}`",
+                        server.name, reference.registry
+                    ),
+                ));
+            }
+            Ok(Some((server.name, reference)))
+        })?;
+        Ok(registry::RegistryServers {
+            registries,
+            servers: servers.into_iter().flatten().collect(),
+        })
+    }
+
     /// The sections of `next` (this config loaded again) that differ from
     /// this one's and that a running proxy applies only at its next start:
     /// everything but the servers and the profile, which a reload applies.
@@ -493,9 +563,18 @@ impl Validator<'_> {
                 ),
             ));
         }
+        let mut registry_names = Vec::new();
+        let registries = self.each(raw.registries, "registries", |at, raw| {
+            raw.validate(at, self, &mut registry_names)
+        })?;
+        let registries = registry::with_official(registries, self);
+        let sources = described::Sources {
+            catalogs: &catalogs,
+            registries: &registries,
+        };
         let mut names = HashSet::new();
         let mut servers = self.each(raw.servers, "servers", |at, raw| {
-            raw.validate(at, &mut names, &proxy, &catalogs)
+            raw.validate(at, &mut names, &proxy, &sources)
         })?;
         exchanges::check(self, &mut servers, oauth.as_ref())?;
         let mut discovery = raw.discovery.validate(self, &catalogs, &servers, &proxy)?;

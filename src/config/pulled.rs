@@ -68,6 +68,19 @@ pub(super) fn check_reference(reference: &str) -> Result<(), String> {
 /// The pulled catalog at `path` for `reference`: `None` when it was never
 /// pulled; its text when its record matches; why not otherwise.
 pub(super) fn read(path: &Path, reference: &str, limit: usize) -> Result<Option<String>, String> {
+    read_pinned(path, reference, pinned(reference), "catalog", limit)
+}
+
+/// [`read`] with the pin apart from the reference (a registry server's
+/// `#sha256:…`, its version being the reference's `@`): `what` names the
+/// pull command to run again.
+pub(super) fn read_pinned(
+    path: &Path,
+    reference: &str,
+    pin: Option<&str>,
+    what: &str,
+    limit: usize,
+) -> Result<Option<String>, String> {
     let record_path = record_path(path);
     if !path.exists() && !record_path.exists() {
         return Ok(None);
@@ -76,18 +89,18 @@ pub(super) fn read(path: &Path, reference: &str, limit: usize) -> Result<Option<
         .map_err(|err| format!("cannot read `{}`: {err}", record_path.display()))?;
     let record: PulledRecord = serde_json::from_str(&record).map_err(|_| {
         format!(
-            "`{}` is not a pull record: pull the catalog again",
+            "`{}` is not a pull record: run `portcullis {what} pull` again",
             record_path.display()
         )
     })?;
-    let again = "run `portcullis catalog pull` again";
+    let again = format!("run `portcullis {what} pull` again");
     if record.reference != reference {
         return Err(format!(
             "what was pulled is `{}`, not `{reference}`: {again}",
             super::names::shown(&record.reference)
         ));
     }
-    if let Some(pin) = pinned(reference)
+    if let Some(pin) = pin
         && pin != record.digest
     {
         return Err(format!(
@@ -99,7 +112,7 @@ pub(super) fn read(path: &Path, reference: &str, limit: usize) -> Result<Option<
         .map_err(|err| format!("cannot read `{}`: {err}", path.display()))?;
     if sha256_digest(text.as_bytes()) != record.layer {
         return Err(format!(
-            "`{}` is not the catalog that was pulled (its SHA-256 differs from the pull's record): {again}",
+            "`{}` is not the {what} file that was pulled (its SHA-256 differs from the pull's record): {again}",
             path.display()
         ));
     }

@@ -9,10 +9,11 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::container::RawContainer;
-use super::described::{self, CatalogConfig, Described};
+use super::described::{self, Described, DescribedUpstream, Sources};
 use super::names::{is_identifier, valid_server_name};
 use super::sandbox::RawSandbox;
 use super::secrets::{self, HeaderValue, SecretRef, check_args, check_env};
+use super::server_json::{RegistryUse, RemoteKind};
 use super::values::{DurationText, HeaderText, PathText, SecretText};
 use super::{ConfigError, ContainerSpec, Entry, ProxyConfig, parse_duration};
 
@@ -27,6 +28,8 @@ pub struct ServerConfig {
     pub protocol: ServerProtocol,
     /// When its calls are refused at once for failing.
     pub breaker: BreakerConfig,
+    /// For a `registry://` server, what it resolved to (`doctor` says).
+    pub resolved: Option<String>,
 }
 
 /// `[[servers]] breaker`: when `failures` clients' calls in a row fail (a
@@ -151,6 +154,10 @@ pub struct RemoteSpec {
     /// The server's own access token, from the organisation's
     /// authorization server (the client-credentials grant).
     pub oauth: Option<RemoteOauth>,
+    /// A peer named its URL (a registry's `server.json`): it is reached as
+    /// `[egress]` reaches a learned address (loopback and private ranges
+    /// refused unless `allow` names them), not as one the operator wrote.
+    pub learned: bool,
     /// `[egress]`, which its connections are guarded by.
     pub egress: super::EgressConfig,
 }
@@ -241,14 +248,25 @@ pub(super) struct RawServer {
     /// The server as described elsewhere, in Docker's catalog format:
     /// `catalog://CATALOG/SERVER` (an entry of a `[[catalogs]]` file),
     /// `file://PATH` (one server's YAML) or `docker://IMAGE[@sha256:…]` (the
-    /// image's own `io.docker.server.metadata` label, read when it starts).
-    /// Its image, command and environment are the description's;
-    /// `container` may then set only how it runs, and what it asks beyond
-    /// the hardened profile is refused unless `sandbox` grants it.
+    /// image's own `io.docker.server.metadata` label, read when it starts);
+    /// or an MCP registry's `server.json`,
+    /// `registry://REGISTRY/NAMESPACE/NAME@VERSION[#sha256:…]`, as
+    /// `portcullis registry pull` kept it. Its image, command and
+    /// environment (or its remote) are the description's; `container` may
+    /// then set only how it runs, and what it asks beyond the hardened
+    /// profile is refused unless `sandbox` grants it.
     from: Option<String>,
-    /// Values for a `from` server's `{{server.key}}` templates.
+    /// Values for a `from` server's `{{server.key}}` templates, and for a
+    /// `registry://` server's inputs (its arguments', environment
+    /// variables', headers' and URL variables' names) that have no value of
+    /// their own.
     #[serde(default)]
     config: BTreeMap<String, String>,
+    /// A `registry://` server that offers both an OCI package and a remote
+    /// runs this one: `"package"` (a container under the hardened profile)
+    /// or `"remote"`.
+    #[serde(rename = "use")]
+    choice: Option<RegistryUse>,
     /// The MCP revision the proxy speaks to the server: `"2025-11-25"`
     /// (the handshake; the server may settle on 2025-06-18) or
     /// `"2026-07-28"` (no handshake: `server/discover`, then each request
@@ -366,7 +384,7 @@ impl RawServer {
         at: &Entry<'_>,
         names: &mut HashSet<String>,
         proxy: &ProxyConfig,
-        catalogs: &[CatalogConfig],
+        sources: &Sources<'_>,
     ) -> Result<ServerConfig, ConfigError> {
         if !valid_server_name(&self.name) {
             return Err(at.error(
@@ -407,15 +425,8 @@ impl RawServer {
         if kinds.iter().filter(|&&given| given).count() > 1 {
             return Err(one_of("may have only"));
         }
-        if !self.config.is_empty() && self.from.is_none() {
-            return Err(at.error(
-                ".config",
-                format!(
-                    "server `{}`: `config` fills the templates of a server described by `from`",
-                    self.name
-                ),
-            ));
-        }
+        self.check_described_only(at)?;
+        let mut resolved = None;
         let kind = match (self.from, self.container, self.process, self.remote) {
             (Some(from), container, None, None) => {
                 let described = Described {
@@ -425,10 +436,11 @@ impl RawServer {
                     secrets: secrets.keys().cloned().collect(),
                     container,
                     sandbox: self.sandbox,
+                    choice: self.choice,
                 };
-                UpstreamSpec::Container(Box::new(described::container(
-                    described, at, catalogs, proxy,
-                )?))
+                let (kind, summary) = described::upstream(described, at, sources, proxy)?;
+                resolved = summary;
+                from_described(kind, at, &secrets)?
             }
             (Some(_), ..) => {
                 return Err(at.error(
@@ -478,7 +490,21 @@ impl RawServer {
             secrets,
             protocol: self.protocol,
             breaker,
+            resolved,
         })
+    }
+
+    /// `config` and `use` are for servers described by `from` only.
+    fn check_described_only(&self, at: &Entry<'_>) -> Result<(), ConfigError> {
+        let (key, what) = match (self.from.is_some(), self.config.is_empty(), self.choice) {
+            (false, false, _) => (
+                ".config",
+                "`config` fills the templates of a server described by `from`",
+            ),
+            (false, _, Some(_)) => (".use", "`use` chooses a form of a `registry://` server"),
+            _ => return Ok(()),
+        };
+        Err(at.error(key, format!("server `{}`: {what}", self.name)))
     }
 
     fn secrets(&self, at: &Entry<'_>) -> Result<BTreeMap<String, SecretRef>, ConfigError> {
@@ -502,6 +528,44 @@ impl RawServer {
         }
         Ok(secrets)
     }
+}
+
+/// A described server as the proxy runs it: a registry server's remote with
+/// its headers' secrets checked against the server's `secrets`, its URL one
+/// a peer named (reached as such).
+fn from_described(
+    described: DescribedUpstream,
+    at: &Entry<'_>,
+    secrets: &BTreeMap<String, SecretRef>,
+) -> Result<UpstreamSpec, ConfigError> {
+    let (url, transport, headers) = match described {
+        DescribedUpstream::Container(spec) => return Ok(UpstreamSpec::Container(spec)),
+        DescribedUpstream::Remote {
+            url,
+            transport,
+            headers,
+        } => (url, transport, headers),
+    };
+    let headers = secrets::headers(headers, |name| secrets.contains_key(name)).map_err(
+        |(header, secret)| {
+            at.error(
+                ".secrets",
+                format!("its header `{header}` needs the secret `{secret}`, which is not in the server's `secrets`"),
+            )
+        },
+    )?;
+    Ok(UpstreamSpec::Remote(RemoteSpec {
+        url,
+        transport: match transport {
+            RemoteKind::StreamableHttp => RemoteTransport::StreamableHttp,
+            RemoteKind::Sse => RemoteTransport::Sse,
+        },
+        headers,
+        oauth: None,
+        learned: true,
+        // Given by `[egress]` once the whole config is read.
+        egress: super::EgressConfig::default(),
+    }))
 }
 
 impl RawProcess {
@@ -629,6 +693,7 @@ impl RawRemote {
             transport: self.transport,
             headers,
             oauth,
+            learned: false,
             // Given by `[egress]` once the whole config is read.
             egress: super::EgressConfig::default(),
         })

@@ -376,12 +376,18 @@ pub(super) async fn open(
     };
     let url = reqwest::Url::parse(&spec.url).map_err(|err| start_error(err.to_string()))?;
     let headers = config::resolve_headers(&spec.headers, secrets).map_err(start_error)?;
-    // The operator wrote the URL: anything but link-local is reachable.
+    // Where the operator wrote the URL, anything but link-local is
+    // reachable; a URL a registry's entry named is a peer's.
     let timeouts = Timeouts {
         connect: Duration::from_secs(10),
         total: None,
     };
-    let client = HttpClient::new(&spec.egress, Trust::Written, &[], timeouts)
+    let trust = if spec.learned {
+        Trust::Learned
+    } else {
+        Trust::Written
+    };
+    let client = HttpClient::new(&spec.egress, trust, &[], timeouts)
         .map_err(|err| start_error(err.to_string()))?;
     let closed = CancellationToken::new();
     let token = match &spec.oauth {

@@ -117,6 +117,7 @@ fn server_config(name: &str, kind: UpstreamSpec) -> Arc<ServerConfig> {
         secrets: BTreeMap::new(),
         protocol: Default::default(),
         breaker: Default::default(),
+        resolved: None,
     })
 }
 
