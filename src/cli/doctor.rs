@@ -281,7 +281,7 @@ fn check_server(server: &ServerConfig, report: &mut Report) {
     let what = format!("server `{}`", server.name);
     report.checking(&what);
     if let Some(resolved) = &server.resolved {
-        report.line(Level::Ok, &what, format!("resolves {resolved}"));
+        report.line(Level::Ok, &what, format!("resolves {}", resolved.summary));
     }
     match &server.kind {
         UpstreamSpec::Container(spec) => {

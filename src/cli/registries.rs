@@ -60,12 +60,19 @@ fn list(config: &Path, format: super::Format) -> anyhow::Result<()> {
                 .ok()
                 .and_then(|text| serde_json::from_str::<PulledRecord>(&text).ok())
                 .filter(|record| record.reference == reference.unpinned());
+            let pulled = record.map(|record| record.digest);
+            // What the proxy will refuse is said so here.
+            let matches = match (&reference.pin, &pulled) {
+                (Some(pin), Some(pulled)) => pin == pulled,
+                _ => true,
+            };
             Some(serde_json::json!({
                 "server": name,
                 "reference": reference.unpinned(),
                 "pin": reference.pin,
                 "registry": registry.url,
-                "pulled": record.map(|record| record.digest),
+                "pulled": pulled,
+                "pin_matches": matches,
             }))
         })
         .collect();
@@ -76,12 +83,19 @@ fn list(config: &Path, format: super::Format) -> anyhow::Result<()> {
         ),
         super::Format::Table => {
             for row in &rows {
-                println!(
-                    "{:<20} {}  {}",
+                let pulled = match (row["pulled"].as_str(), row["pin_matches"].as_bool()) {
+                    (None, _) => "(not pulled)".to_owned(),
+                    (Some(digest), Some(false)) => {
+                        format!("{digest} (not the pinned one: pull again)")
+                    }
+                    (Some(digest), _) => digest.to_owned(),
+                };
+                let line = format!(
+                    "{:<20} {}  {pulled}",
                     row["server"].as_str().unwrap_or_default(),
                     row["reference"].as_str().unwrap_or_default(),
-                    row["pulled"].as_str().unwrap_or("(not pulled)")
                 );
+                println!("{}", crate::protocol::shown(&line));
             }
         }
     }
@@ -128,6 +142,13 @@ async fn pull(config: &Path, names: &[String]) -> anyhow::Result<()> {
         let json = fetch(&client, registry, reference)
             .await
             .with_context(|| format!("server `{name}` ({})", reference.unpinned()))?;
+        // Its canonical form is what the proxy reads, under the same limit.
+        if json.json.len() > MAX_SERVER_JSON_BYTES {
+            bail!(
+                "server `{name}`: its server.json is over {} KiB in canonical form: not kept",
+                MAX_SERVER_JSON_BYTES / 1024
+            );
+        }
         let digest = pulled::sha256_digest(&json.json);
         if let Some(pin) = &reference.pin
             && pin != &digest
@@ -162,7 +183,13 @@ async fn pull(config: &Path, names: &[String]) -> anyhow::Result<()> {
     }
     // What was pulled is read as the proxy will: say now if it will not.
     if let Err(err) = Config::load(config) {
-        eprintln!("warning: the config does not load yet: {err}");
+        let said = err.to_string();
+        for line in said.lines() {
+            eprintln!(
+                "warning: the config does not load yet: {}",
+                crate::protocol::shown(line)
+            );
+        }
     }
     Ok(())
 }

@@ -33,7 +33,8 @@ impl Source {
 }
 
 /// The files a change of reloads the config: the config itself, each
-/// catalog (and a pulled one's record), the profile.
+/// catalog (and a pulled one's record), each registry server's pulled
+/// server.json (and its record), the profile.
 fn watched(config: &Config) -> Vec<PathBuf> {
     let mut files = vec![config.file.clone()];
     for catalog in &config.catalogs {
@@ -41,6 +42,11 @@ fn watched(config: &Config) -> Vec<PathBuf> {
         if catalog.oci.is_some() {
             files.push(crate::config::pulled::record_path(&catalog.path));
         }
+    }
+    // A registry server's pulled server.json and its record.
+    for resolved in config.servers.iter().filter_map(|s| s.resolved.as_ref()) {
+        files.push(resolved.file.clone());
+        files.push(crate::config::pulled::record_path(&resolved.file));
     }
     if let Some(profile) = &config.profile {
         files.push(crate::config::profiles::path(config, &profile.name));

@@ -171,7 +171,8 @@ impl RawContainer {
                 return fail(
                     ".container.digest",
                     format!(
-                        "`{digest}` is not an image digest like `sha256:` followed by 64 hex digits"
+                        "`{}` is not an image digest like `sha256:` followed by 64 hex digits",
+                        super::names::shown(digest)
                     ),
                 );
             }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::catalog::{self, MAX_LABEL_BYTES, Operator, ServerMeta};
 use super::container::RawContainer;
 use super::names::shown;
-use super::registry::{self, RegistryConfig, RegistryRef};
+use super::registry::{self, RegistryConfig, RegistryRef, Resolution};
 use super::sandbox::RawSandbox;
 use super::server_json::{self, RegistryUse, RemoteKind, Resolved};
 use super::values::PathText;
@@ -240,7 +240,7 @@ pub(super) fn upstream(
     at: &Entry<'_>,
     sources: &Sources<'_>,
     proxy: &ProxyConfig,
-) -> Result<(DescribedUpstream, Option<String>), ConfigError> {
+) -> Result<(DescribedUpstream, Option<Resolution>), ConfigError> {
     let fail =
         |message: String| at.error(".from", format!("server `{}`: {message}", described.name));
     let source = source(described.from).map_err(fail)?;
@@ -265,10 +265,11 @@ pub(super) fn upstream(
         Source::Registry(reference) => {
             let (summary, resolved) =
                 from_registry(&reference, &described, sources).map_err(fail)?;
+            let summary = Some(summary);
             match resolved {
                 Resolved::Package(meta) => {
                     let name = meta.name.clone().unwrap_or_default();
-                    (name, *meta, false, Some(summary))
+                    (name, *meta, false, summary)
                 }
                 Resolved::Remote {
                     url,
@@ -280,7 +281,7 @@ pub(super) fn upstream(
                         transport,
                         headers,
                     };
-                    return Ok((remote, Some(summary)));
+                    return Ok((remote, summary));
                 }
                 Resolved::Remote { .. } => {
                     let message =
@@ -321,10 +322,12 @@ pub(super) fn upstream(
     };
     image_reference(&image).map_err(|message| fail(format!("its metadata's image: {message}")))?;
     if let Some(digest) = &digest
-        && !digest.starts_with("sha256:")
+        && !digest
+            .strip_prefix("sha256:")
+            .is_some_and(|hex| hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()))
     {
         return Err(fail(format!(
-            "its metadata's image digest `{}` is not `sha256:…`",
+            "its metadata's image digest `{}` is not `sha256:` and 64 hex digits",
             shown(digest)
         )));
     }
@@ -371,7 +374,7 @@ fn from_registry(
     reference: &RegistryRef,
     described: &Described<'_>,
     sources: &Sources<'_>,
-) -> Result<(String, Resolved), String> {
+) -> Result<(Resolution, Resolved), String> {
     let Some(found) = sources
         .registries
         .iter()
@@ -406,7 +409,10 @@ fn from_registry(
     };
     let resolved = server_json::resolve(&server, described.choice, &values)?;
     let digest = super::pulled::sha256_digest(text.as_bytes());
-    let summary = server_json::summary(&reference.unpinned(), &digest, &resolved);
+    let summary = Resolution {
+        summary: registry::summary(&reference.unpinned(), &digest, &resolved),
+        file: path,
+    };
     Ok((summary, resolved))
 }
 

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::names::shown;
-use super::server_json::{ClassifyText as _, ServerJson};
+use super::server_json::{ClassifyText as _, RemoteKind, Resolved, ServerJson};
 use super::values::PathText;
 use super::{ConfigError, Entry, Validator};
 
@@ -290,6 +290,75 @@ pub struct Pulled {
     pub json: Vec<u8>,
     /// The registry's word on it (`active`, `deprecated`), if any.
     pub status: Option<String>,
+}
+
+/// What a `registry://` server resolved to: a line for `doctor`, and the
+/// pulled file it was read from (a reload watches it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    pub summary: String,
+    pub file: PathBuf,
+}
+
+/// One line on what a registry server resolved to, for `doctor`: the
+/// publisher's text in it unescaped, and whole.
+pub fn summary(reference: &str, digest: &str, resolved: &Resolved) -> String {
+    let what = match resolved {
+        Resolved::Package(meta) => format!(
+            "image {}{}{}{}",
+            meta.image.as_deref().unwrap_or_default(),
+            if meta.command.is_empty() {
+                String::new()
+            } else {
+                format!(", command {:?}", meta.command)
+            },
+            if meta.env.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", environment {}",
+                    meta.env
+                        .iter()
+                        .map(|env| format!("{}={}", env.name, env.value))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            if meta.secrets.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", secrets {}",
+                    meta.secrets
+                        .iter()
+                        .map(|secret| secret.env.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ),
+        Resolved::Remote {
+            url,
+            transport,
+            headers,
+        } => format!(
+            "remote {url} ({}){}",
+            match transport {
+                RemoteKind::StreamableHttp => "streamable HTTP",
+                RemoteKind::Sse => "HTTP+SSE",
+            },
+            if headers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", headers {}",
+                    headers.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            }
+        ),
+    };
+    // Escaped where it is shown (`doctor` escapes every line).
+    format!("{reference} ({digest}): {what}")
 }
 
 #[cfg(test)]

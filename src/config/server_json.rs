@@ -123,13 +123,9 @@ pub struct Argument {
 impl ServerJson {
     /// Reads a `server.json` value, after the credential scan has.
     pub fn parse(value: &Value) -> Result<Self, String> {
-        serde_json::from_value(value.clone()).map_err(|err| {
-            format!(
-                "not a `server.json` ({}): {}",
-                err.classify_text(),
-                shown(&err.to_string())
-            )
-        })
+        // The kind only: serde's words quote the publisher's values.
+        serde_json::from_value(value.clone())
+            .map_err(|err| format!("not a `server.json` ({})", err.classify_text()))
     }
 }
 
@@ -190,7 +186,16 @@ const RESERVED_HEADERS: &[&str] = &[
     "mcp-protocol-version",
     "last-event-id",
     "proxy-authorization",
+    "forwarded",
+    "x-http-method-override",
+    "x-method-override",
+    "accept-encoding",
+    "expect",
 ];
+
+/// Header name prefixes no description may use: the MCP headers the proxy
+/// sets (`Mcp-Method`, `Mcp-Name`, …) and the forwarding ones.
+const RESERVED_HEADER_PREFIXES: &[&str] = &["mcp-", "x-forwarded-", "proxy-"];
 
 /// Resolves `server` for the operator: the form `choice` names, or the only
 /// one it offers that the proxy runs.
@@ -256,7 +261,13 @@ fn image_of(package: &Package) -> Result<String, String> {
     if let Some(base) = &package.registry_base_url {
         let host = reqwest::Url::parse(base)
             .ok()
-            .and_then(|url| url.host_str().map(str::to_owned))
+            .and_then(|url| {
+                let host = url.host_str()?.to_owned();
+                Some(match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
             .ok_or_else(|| format!("its `registryBaseUrl` `{}` is not a URL", shown(base)))?;
         let first = image.split('/').next().unwrap_or_default();
         let names_a_host = image.contains('/')
@@ -320,7 +331,8 @@ fn resolve_package(
                 is_required: argument.input.is_required,
                 is_secret: argument.input.is_secret,
                 variables: argument_variables(argument),
-                ..Input::default()
+                choices: argument.input.choices.clone(),
+                default: argument.input.default.clone(),
             };
             match input.value {
                 // `-e NAME`: the variable the package declares.
@@ -478,19 +490,32 @@ fn filled(key: &str, input: &Input, values: &Values<'_>) -> Result<Option<String
     Ok(value)
 }
 
-/// `text` with each `{NAME}` of `variables` filled (a name not among them
-/// is left as written, as the schema says); `None` when one has no value.
+/// The longest value filling may make (a value is an argument, a variable,
+/// a header, a URL).
+const MAX_FILLED_BYTES: usize = 16 * 1024;
+
+/// `text` with each `{NAME}` of `variables` filled, in one pass over
+/// `text` (a variable's own value is taken as written, never filled again,
+/// so values cannot multiply); a name not among them is left as written,
+/// as the schema says. `None` when one has no value.
 fn fill(
     text: &str,
     variables: &BTreeMap<String, Input>,
     values: &Values<'_>,
 ) -> Result<Option<String>, String> {
-    let mut out = text.to_owned();
-    for (name, variable) in variables {
-        let marker = format!("{{{name}}}");
-        if !out.contains(&marker) {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some((name, variable)) = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            variables.get(name).map(|variable| (name, variable))
+        }) else {
+            out.push('{');
+            rest = after;
             continue;
-        }
+        };
         if variable.is_secret {
             return Err(format!(
                 "its value `{}` would put the secret `{}` where a secret cannot go",
@@ -498,11 +523,28 @@ fn fill(
                 shown(name)
             ));
         }
-        match filled(name, variable, values)? {
-            Some(value) => out = out.replace(&marker, &value),
-            None => return Ok(None),
+        let value = variable
+            .value
+            .clone()
+            .or_else(|| values.config.get(name).cloned())
+            .or_else(|| variable.default.clone());
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        if !variable.choices.is_empty() && !variable.choices.contains(&value) {
+            return Err(format!("`{}` is not one of its choices", shown(name)));
         }
+        out.push_str(&value);
+        if out.len() > MAX_FILLED_BYTES {
+            return Err(format!(
+                "its value `{}` fills to over {} KiB",
+                shown(text),
+                MAX_FILLED_BYTES / 1024
+            ));
+        }
+        rest = &after[name.len() + 1..];
     }
+    out.push_str(rest);
     Ok(Some(out))
 }
 
@@ -533,8 +575,15 @@ fn command_argument(argument: &Argument, values: &Values<'_>) -> Result<Vec<Stri
             }
         }
         "named" => {
-            let Some(flag) = argument.name.as_deref().filter(|flag| !flag.is_empty()) else {
-                return Err("a named argument has no `name`".into());
+            let Some(flag) = argument.name.as_deref().filter(|flag| {
+                flag.starts_with('-')
+                    && !flag.contains("{{")
+                    && !flag.chars().any(|c| c.is_whitespace() || c.is_control())
+            }) else {
+                return Err(format!(
+                    "a named argument's `name` `{}` is not a flag (`-x`, `--name`)",
+                    shown(argument.name.as_deref().unwrap_or_default())
+                ));
             };
             // The operator's value is named by the argument's hint, or by
             // its flag without dashes.
@@ -598,19 +647,26 @@ fn resolve_remote(remote: &Transport, values: &Values<'_>) -> Result<Resolved, S
             ));
         }
     };
-    if !(url.starts_with("https://") || url.starts_with("http://"))
-        || reqwest::Url::parse(&url).is_err()
-    {
+    let parsed = reqwest::Url::parse(&url).ok().filter(|parsed| {
+        matches!(parsed.scheme(), "http" | "https")
+            && parsed.username().is_empty()
+            && parsed.password().is_none()
+    });
+    let Some(parsed) = parsed else {
         return Err(format!(
-            "its remote's URL `{}` is not an http:// or https:// URL",
+            "its remote's URL `{}` is not an http:// or https:// URL without a user name",
             shown(&url)
         ));
-    }
+    };
+    let url = parsed.to_string();
     let mut headers = BTreeMap::new();
     for header in &remote.headers {
         let lower = header.name.to_ascii_lowercase();
         if reqwest::header::HeaderName::from_bytes(header.name.as_bytes()).is_err()
             || RESERVED_HEADERS.contains(&lower.as_str())
+            || RESERVED_HEADER_PREFIXES
+                .iter()
+                .any(|prefix| lower.starts_with(prefix))
         {
             return Err(format!(
                 "its remote asks for the header `{}`, which a description may not set",
@@ -692,55 +748,6 @@ fn resolve_remote(remote: &Transport, values: &Values<'_>) -> Result<Resolved, S
         transport,
         headers,
     })
-}
-
-/// One line on what a registry server resolved to, for `doctor`: the
-/// publisher's text in it unescaped, and whole.
-pub fn summary(reference: &str, digest: &str, resolved: &Resolved) -> String {
-    let what = match resolved {
-        Resolved::Package(meta) => format!(
-            "image {}{}{}",
-            meta.image.as_deref().unwrap_or_default(),
-            if meta.command.is_empty() {
-                String::new()
-            } else {
-                format!(", command {:?}", meta.command)
-            },
-            if meta.secrets.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    ", secrets {}",
-                    meta.secrets
-                        .iter()
-                        .map(|secret| secret.env.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
-        ),
-        Resolved::Remote {
-            url,
-            transport,
-            headers,
-        } => format!(
-            "remote {url} ({}){}",
-            match transport {
-                RemoteKind::StreamableHttp => "streamable HTTP",
-                RemoteKind::Sse => "HTTP+SSE",
-            },
-            if headers.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    ", headers {}",
-                    headers.keys().cloned().collect::<Vec<_>>().join(", ")
-                )
-            }
-        ),
-    };
-    // Escaped where it is shown (`doctor` escapes every line).
-    format!("{reference} ({digest}): {what}")
 }
 
 #[cfg(test)]

@@ -290,3 +290,120 @@ fn a_packages_hostile_asks_are_refused() {
     assert_eq!(meta.image.as_deref(), Some("ghcr.io/example/local:1.2.3"));
     assert_eq!(meta.command, ["/data", "--verbose"]);
 }
+
+#[test]
+fn values_are_filled_once_and_bounded() {
+    let none = BTreeMap::new();
+    let values = values(&none, &[]);
+    // A variable's own value is taken as written: `{v1}` in it stays.
+    let mut variables = BTreeMap::new();
+    variables.insert(
+        "v0".to_owned(),
+        Input {
+            value: Some("{v1}{v1}".into()),
+            ..Input::default()
+        },
+    );
+    variables.insert(
+        "v1".to_owned(),
+        Input {
+            value: Some("x".repeat(1000)),
+            ..Input::default()
+        },
+    );
+    assert_eq!(
+        fill("a{v0}b{missing}", &variables, &values)
+            .unwrap()
+            .as_deref(),
+        Some("a{v1}{v1}b{missing}")
+    );
+    // Many uses of one large value: refused past the bound, never built.
+    let text = "{v1}".repeat(100);
+    let refused = fill(&text, &variables, &values).unwrap_err();
+    assert!(refused.contains("fills to over 16 KiB"), "{refused}");
+}
+
+#[test]
+fn flags_headers_choices_and_urls_are_held_to_their_forms() {
+    let config = BTreeMap::from([("x".to_owned(), "v".to_owned())]);
+    let secrets = vec!["token".to_owned()];
+    let values = values(&config, &secrets);
+    let oci = |extra: Value| {
+        let mut value = json!({"registryType": "oci", "identifier": "example/local:1",
+                               "transport": {"type": "stdio"}});
+        if let (Some(value), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+            value.extend(extra.clone());
+        }
+        package(value)
+    };
+    for (server, why) in [
+        (
+            oci(
+                json!({"packageArguments": [{"type": "named", "name": "--x={{srv.k|or:D}}", "isRequired": true}]}),
+            ),
+            "is not a flag",
+        ),
+        (
+            oci(json!({"packageArguments": [{"type": "named", "name": "x", "value": "1"}]})),
+            "is not a flag",
+        ),
+        (
+            oci(
+                json!({"runtimeArguments": [{"type": "named", "name": "-e", "value": "MODE=evil", "choices": ["a"]}]}),
+            ),
+            "one of",
+        ),
+        (
+            remote(
+                json!({"type": "streamable-http", "url": "https://x.example/mcp",
+                          "headers": [{"name": "Mcp-Method", "value": "tools/call"}]}),
+            ),
+            "may not set",
+        ),
+        (
+            remote(
+                json!({"type": "streamable-http", "url": "https://x.example/mcp",
+                          "headers": [{"name": "X-Forwarded-Host", "value": "internal"}]}),
+            ),
+            "may not set",
+        ),
+        (
+            remote(
+                json!({"type": "streamable-http", "url": "https://api.example.com@evil.example/mcp"}),
+            ),
+            "without a user name",
+        ),
+    ] {
+        let refused = resolve(&server, None, &values).err().unwrap_or_default();
+        assert!(refused.contains(why), "{why}: {refused}");
+    }
+}
+
+#[test]
+fn environment_that_would_redirect_the_server_is_refused_at_launch() {
+    let none = BTreeMap::new();
+    for name in [
+        "LD_PRELOAD",
+        "GOPROXY",
+        "GIT_CONFIG_COUNT",
+        "NPM_CONFIG_REGISTRY",
+        "PIP_INDEX_URL",
+        "HTTPS_PROXY",
+    ] {
+        let server = package(
+            json!({"registryType": "oci", "identifier": "example/local:1",
+            "transport": {"type": "stdio"},
+            "runtimeArguments": [{"type": "named", "name": "-e", "value": format!("{name}=x")}]}),
+        );
+        let Resolved::Package(meta) = resolve(&server, None, &values(&none, &[])).unwrap() else {
+            panic!("not a package");
+        };
+        let refused = crate::config::catalog::launch(
+            &meta,
+            &crate::config::catalog::Operator::default(),
+            &crate::config::sandbox::Sandbox::default(),
+        )
+        .unwrap_err();
+        assert!(refused.contains("elsewhere"), "{name}: {refused}");
+    }
+}

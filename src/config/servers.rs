@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::container::RawContainer;
 use super::described::{self, Described, DescribedUpstream, Sources};
 use super::names::{is_identifier, valid_server_name};
+use super::registry::Resolution;
 use super::sandbox::RawSandbox;
 use super::secrets::{self, HeaderValue, SecretRef, check_args, check_env};
 use super::server_json::{RegistryUse, RemoteKind};
@@ -28,8 +29,8 @@ pub struct ServerConfig {
     pub protocol: ServerProtocol,
     /// When its calls are refused at once for failing.
     pub breaker: BreakerConfig,
-    /// For a `registry://` server, what it resolved to (`doctor` says).
-    pub resolved: Option<String>,
+    /// For a `registry://` server, what it resolved to.
+    pub resolved: Option<Resolution>,
 }
 
 /// `[[servers]] breaker`: when `failures` clients' calls in a row fail (a
