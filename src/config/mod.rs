@@ -324,6 +324,23 @@ fn read_config(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// The config file's text, and the part of it `T` reads (the rest unread).
+fn read_partly<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(String, T), ConfigError> {
+    let text = values::read_regular(path, 16 * 1024 * 1024).map_err(|err| ConfigError {
+        file: path.to_owned(),
+        location: None,
+        key: None,
+        message: format!("cannot read the config: {err}"),
+    })?;
+    let raw = toml::from_str(&text).map_err(|err| ConfigError {
+        file: path.to_owned(),
+        location: err.span().map(|span| line_col(&text, span.start)),
+        key: None,
+        message: err.message().to_owned(),
+    })?;
+    Ok((text, raw))
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -370,18 +387,7 @@ impl Config {
             #[serde(default)]
             catalogs: Vec<Spanned<RawCatalog>>,
         }
-        let text = values::read_regular(path, 16 * 1024 * 1024).map_err(|err| ConfigError {
-            file: path.to_owned(),
-            location: None,
-            key: None,
-            message: format!("cannot read the config: {err}"),
-        })?;
-        let raw: Catalogs = toml::from_str(&text).map_err(|err| ConfigError {
-            file: path.to_owned(),
-            location: err.span().map(|span| line_col(&text, span.start)),
-            key: None,
-            message: err.message().to_owned(),
-        })?;
+        let (text, raw) = read_partly::<Catalogs>(path)?;
         let validator = Validator { text: &text, path };
         let mut names = Vec::new();
         validator.each(raw.catalogs, "catalogs", |at, raw| {
@@ -405,18 +411,7 @@ impl Config {
             #[serde(default)]
             servers: Vec<Spanned<Server>>,
         }
-        let text = values::read_regular(path, 16 * 1024 * 1024).map_err(|err| ConfigError {
-            file: path.to_owned(),
-            location: None,
-            key: None,
-            message: format!("cannot read the config: {err}"),
-        })?;
-        let raw: Registries = toml::from_str(&text).map_err(|err| ConfigError {
-            file: path.to_owned(),
-            location: err.span().map(|span| line_col(&text, span.start)),
-            key: None,
-            message: err.message().to_owned(),
-        })?;
+        let (text, raw) = read_partly::<Registries>(path)?;
         let validator = Validator { text: &text, path };
         let mut names = Vec::new();
         let registries = validator.each(raw.registries, "registries", |at, raw| {

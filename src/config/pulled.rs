@@ -40,6 +40,16 @@ pub fn pinned(reference: &str) -> Option<&str> {
     reference.split_once('@').map(|(_, digest)| digest)
 }
 
+/// Whether `pin` is `sha256:` and 64 lowercase hex digits.
+pub(super) fn is_pin(pin: &str) -> bool {
+    pin.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    })
+}
+
 /// An OCI reference the config may hold: printable, no spaces, bounded.
 pub(super) fn check_reference(reference: &str) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || "._-/:@[]".contains(c);
@@ -50,11 +60,7 @@ pub(super) fn check_reference(reference: &str) -> Result<(), String> {
         ));
     }
     if let Some(pin) = pinned(reference)
-        && !(pin.len() == 71
-            && pin.starts_with("sha256:")
-            && pin[7..]
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+        && !is_pin(pin)
     {
         return Err(format!(
             "`{}` pins `{}`, which is not `sha256:` and 64 lowercase hex digits",

@@ -179,11 +179,7 @@ impl RegistryRef {
             ));
         }
         if let Some(pin) = &pin
-            && !(pin.len() == 71
-                && pin.starts_with("sha256:")
-                && pin[7..]
-                    .chars()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+            && !super::pulled::is_pin(pin)
         {
             return Err(format!(
                 "{usage}: `{}` is not `sha256:` and 64 lowercase hex digits",

@@ -199,19 +199,21 @@ fn package(package: Value) -> ServerJson {
     .unwrap()
 }
 
+/// An OCI package over stdio, with `extra` keys.
+fn oci(extra: Value) -> ServerJson {
+    let mut value = json!({"registryType": "oci", "identifier": "example/local:1",
+                           "transport": {"type": "stdio"}});
+    if let (Some(value), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+        value.extend(extra.clone());
+    }
+    package(value)
+}
+
 #[test]
 fn a_packages_hostile_asks_are_refused() {
     let config = BTreeMap::from([("path".to_owned(), "/data".to_owned())]);
     let secrets = vec!["API_KEY".to_owned()];
     let values = values(&config, &secrets);
-    let oci = |extra: Value| {
-        let mut value = json!({"registryType": "oci", "identifier": "example/local:1",
-                               "transport": {"type": "stdio"}});
-        if let (Some(value), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
-            value.extend(extra.clone());
-        }
-        package(value)
-    };
     for (server, why) in [
         (
             oci(
@@ -328,14 +330,6 @@ fn flags_headers_choices_and_urls_are_held_to_their_forms() {
     let config = BTreeMap::from([("x".to_owned(), "v".to_owned())]);
     let secrets = vec!["token".to_owned()];
     let values = values(&config, &secrets);
-    let oci = |extra: Value| {
-        let mut value = json!({"registryType": "oci", "identifier": "example/local:1",
-                               "transport": {"type": "stdio"}});
-        if let (Some(value), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
-            value.extend(extra.clone());
-        }
-        package(value)
-    };
     for (server, why) in [
         (
             oci(
