@@ -342,7 +342,11 @@ impl TestProxy {
             text.push('\n');
         }
         let path = self.dir.path().join("portcullis.toml");
-        std::fs::write(&path, text).expect("write config");
+        // Whole or not at all: a running proxy watching the file must never
+        // read it half written (a prefix can be a config too).
+        let temporary = self.dir.path().join("portcullis.toml.tmp");
+        std::fs::write(&temporary, text).expect("write config");
+        std::fs::rename(&temporary, &path).expect("rename config");
         path
     }
 
