@@ -66,19 +66,7 @@ impl RawCatalog {
         validator: &Validator<'_>,
         names: &mut Vec<String>,
     ) -> Result<CatalogConfig, ConfigError> {
-        if !super::names::valid_server_name(&self.name) {
-            return Err(at.error(
-                ".name",
-                format!(
-                    "catalog name `{}` must be 1-63 characters of a-z, 0-9 and `-`",
-                    shown(&self.name)
-                ),
-            ));
-        }
-        if names.contains(&self.name) {
-            return Err(at.error(".name", format!("catalog `{}` is named twice", self.name)));
-        }
-        names.push(self.name.clone());
+        super::names::claim(at, "catalog", &self.name, names)?;
         let path = match (&self.path, &self.oci) {
             (Some(path), _) => validator.resolve(path.clone()),
             (None, Some(_)) => {

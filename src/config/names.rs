@@ -55,3 +55,28 @@ pub(super) fn shown(text: &str) -> String {
     }
     out
 }
+
+/// Checks a catalog's or registry's `name` (what `KIND://NAME/…` uses: the
+/// form of a server name) and that no other of its kind has it, then
+/// counts it among `names`.
+pub(super) fn claim(
+    at: &super::Entry<'_>,
+    kind: &str,
+    name: &str,
+    names: &mut Vec<String>,
+) -> Result<(), super::ConfigError> {
+    if !valid_server_name(name) {
+        return Err(at.error(
+            ".name",
+            format!(
+                "{kind} name `{}` must be 1-63 characters of a-z, 0-9 and `-`",
+                shown(name)
+            ),
+        ));
+    }
+    if names.iter().any(|taken| taken == name) {
+        return Err(at.error(".name", format!("{kind} `{name}` is named twice")));
+    }
+    names.push(name.to_owned());
+    Ok(())
+}

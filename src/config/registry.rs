@@ -62,19 +62,7 @@ impl RawRegistry {
         validator: &Validator<'_>,
         names: &mut Vec<String>,
     ) -> Result<RegistryConfig, ConfigError> {
-        if !super::names::valid_server_name(&self.name) {
-            return Err(at.error(
-                ".name",
-                format!(
-                    "registry name `{}` must be 1-63 characters of a-z, 0-9 and `-`",
-                    shown(&self.name)
-                ),
-            ));
-        }
-        if names.contains(&self.name) {
-            return Err(at.error(".name", format!("registry `{}` is named twice", self.name)));
-        }
-        names.push(self.name.clone());
+        super::names::claim(at, "registry", &self.name, names)?;
         let url = self.url.trim_end_matches('/').to_owned();
         let parsed = reqwest::Url::parse(&url).ok();
         if !super::secure_url(&url)
