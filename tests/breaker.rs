@@ -6,7 +6,9 @@
 //! once and the server gets none of them; the proxy asks it again after each
 //! cool-down, and its answer closes the breaker. Each change is one audit
 //! record (none per refused call), and the state is in the metrics and
-//! `/healthz`.
+//! `/healthz`. A per-client container frozen under one client opens that
+//! instance's breaker alone; the server counts as failing on `/healthz`,
+//! the metrics and the console until the instance answers again.
 #![allow(
     clippy::indexing_slicing,
     clippy::panic,
@@ -226,4 +228,150 @@ async fn a_failing_server_is_refused_at_once_until_it_answers_the_proxy_again() 
         })
         .count();
     assert_eq!(refusals, 3, "{exchanges:?}");
+}
+
+/// Runs `docker ARGS` and fails when it does.
+fn docker(args: &[&str]) {
+    let output = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A line of the metrics, by its name and labels: its value.
+async fn metric(base: &str, series: &str) -> Option<String> {
+    let text = common::metrics_text(base).await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(str::to_owned)
+}
+
+/// Waits (a minute at most) until `series` reads `value`.
+async fn until_metric(base: &str, series: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(base, series).await.as_deref() != Some(value) {
+        assert!(
+            Instant::now() < deadline,
+            "{series} never read {value}: {:?}",
+            metric(base, series).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The breaker field of the console's servers page, for server `name`.
+async fn console_breaker(base: &str, name: &str) -> String {
+    let html = common::console_page(base, "/admin/servers").await;
+    let section = html
+        .split("<section")
+        .find(|part| part.contains(&format!("data-server=\"{name}\"")))
+        .unwrap_or_else(|| panic!("no section for {name}: {html}"));
+    let field = section
+        .split("class=\"field-breaker\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no breaker field: {section}"));
+    field.split('<').next().unwrap().to_owned()
+}
+
+/// The container of `client`'s instance of server `server`.
+fn container_of(server: &str, client: &str) -> String {
+    let output = std::process::Command::new("docker")
+        .args(["ps", "-q", "--filter"])
+        .arg(format!("label=dev.portcullis.server={server}"))
+        .arg("--filter")
+        .arg(format!("label=dev.portcullis.client={client}"))
+        .output()
+        .expect("run docker ps");
+    let ids = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(
+        !ids.is_empty() && !ids.contains('\n'),
+        "one container: {ids:?}"
+    );
+    ids
+}
+
+/// Each per-client instance of a server has its own breaker: one client's
+/// instance that stops answering (its container frozen) opens its
+/// breaker, and that client's calls are refused at once while the other
+/// client's still reach its own instance. `/healthz`, the metrics and the
+/// console's servers page count the server as failing; once the container
+/// runs again, the proxy's question after the cool-down is answered and
+/// closes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_per_client_instance_that_stops_answering_opens_its_own_breaker() {
+    let image = common::test_image();
+    let proxy = TestProxy::new().with_server_toml(&format!(
+        "[[servers]]\nname = \"breaker-pc\"\ntimeout = \"2s\"\n\
+         breaker = {{ failures = 1, cool_down = \"1s\" }}\n\
+         container = {{ image = {image:?}, args = [\"--name\", \"breaker-pc\"], isolation = \"per-client\" }}\n"
+    ));
+    let served = proxy.serve_http().await;
+    let base = served.base.clone();
+    let tester = HttpSession::connect(&served.url).await;
+    let other = HttpSession::connect_as(&served.url, common::OTHER_TOKEN).await;
+    let echo = |text: &str| json!({ "name": "breaker-pc__echo", "arguments": { "text": text } });
+    let echoed = |reply: &Value, text: &str| {
+        assert_eq!(
+            reply["result"]["content"][0]["text"],
+            format!("breaker-pc: {text}"),
+            "not answered: {reply}"
+        );
+    };
+    echoed(&tester.call(1, "tools/call", echo("first")).await, "first");
+    echoed(&other.call(1, "tools/call", echo("first")).await, "first");
+    assert_eq!(
+        console_breaker(&base, "breaker-pc").await,
+        "closed (each per-client instance has its own; 2 kept now)"
+    );
+
+    // The tester's container stops answering: its call times out, the
+    // proxy's question too, and its instance's breaker opens.
+    let frozen = container_of("breaker-pc", "tester");
+    docker(&["pause", &frozen]);
+    let failed = tester.call(2, "tools/call", echo("lost")).await;
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("within 2s")),
+        "{failed}"
+    );
+    let open = "portcullis_upstream_instances{server=\"breaker-pc\",breaker=\"open\"}";
+    until_metric(&base, open, "1").await;
+    let refused = tester.call(3, "tools/call", echo("refused")).await;
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("server `breaker-pc` is failing")),
+        "{refused}"
+    );
+    // The other client's instance is not failing: its calls go through.
+    echoed(&other.call(2, "tools/call", echo("still")).await, "still");
+    let closed = "portcullis_upstream_instances{server=\"breaker-pc\",breaker=\"closed\"}";
+    assert_eq!(metric(&base, closed).await.as_deref(), Some("1"));
+    let server_open = "portcullis_upstream_breaker_open{server=\"breaker-pc\"}";
+    assert_eq!(metric(&base, server_open).await.as_deref(), Some("1"));
+    assert_eq!(common::healthz(&base).await["servers_failing"], 1);
+    let shown = console_breaker(&base, "breaker-pc").await;
+    assert!(
+        shown.starts_with("OPEN for 1 of 2 per-client instances"),
+        "{shown}"
+    );
+
+    // It runs again: the proxy's question after the cool-down is answered,
+    // and the breaker closes.
+    docker(&["unpause", &frozen]);
+    until_metric(&base, open, "0").await;
+    echoed(&tester.call(4, "tools/call", echo("back")).await, "back");
+    assert_eq!(common::healthz(&base).await["servers_failing"], 0);
+    assert_eq!(metric(&base, server_open).await.as_deref(), Some("0"));
+    assert_eq!(
+        console_breaker(&base, "breaker-pc").await,
+        "closed (each per-client instance has its own; 2 kept now)"
+    );
+    served.terminate().await;
 }

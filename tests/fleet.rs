@@ -321,28 +321,7 @@ async fn fleet_read_over_http(base: &str) {
         .unwrap();
     assert_eq!(paged.status(), 400);
 
-    let login = http
-        .post(format!("{base}/admin/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={}", common::AUDITOR_TOKEN))
-        .send()
-        .await
-        .unwrap();
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let page = http
-        .get(format!("{base}/admin/fleet?client=tester"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    let html = page.text().await.unwrap();
+    let html = common::console_page(base, "/admin/fleet?client=tester").await;
     let head: String = html.chars().take(2000).collect();
     assert!(html.contains("<table id=\"fleet\""), "{head}");
     assert!(html.contains("<td>replica-a/serve</td>"), "{head}");

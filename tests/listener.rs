@@ -1,7 +1,8 @@
 //! The HTTP listener against clients that are not legitimate, through the
 //! real binary: slow headers, slow bodies, idle keep-alive connections,
 //! connection floods past the caps, brute-forced tokens and console logins,
-//! sessions hoarded by one client, and refusals that keep the request's id.
+//! sessions hoarded by one client, refusals that keep the request's id, and
+//! a refusal answered before its body came, which closes the connection.
 //!
 //! Sources other than 127.0.0.1 are other loopback addresses (127.0.0.0/8
 //! is all loopback on Linux), so that one test can play several hosts.
@@ -661,5 +662,66 @@ async fn refusals_over_http_answer_the_requests_own_id() {
     .unwrap();
     let body: Value = answer.json().await.unwrap();
     assert!(body["id"].is_null(), "{body}");
+    served.terminate().await;
+}
+
+/// A request refused before its body arrived (no token) is answered with
+/// `Connection: close`, and the connection closes: the proxy did not read
+/// an unauthenticated peer's body, so the connection cannot carry another
+/// request, and a client's pool must not reuse it (the Python SDK's OAuth
+/// flow failed on such a connection). A request whose body was read keeps
+/// its connection for the next one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_before_the_body_came_closes_the_connection_and_says_so() {
+    let proxy = TestProxy::new().with_example_server("example");
+    let served = proxy.serve_http().await;
+    let to = addr_of(&served.base);
+    let body = initialize_message(1).to_string();
+    let head = |auth: &str| {
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Accept: application/json, text/event-stream\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+    };
+
+    // The headers alone: refused, said, closed.
+    let mut stream = connect_from(loopback(1), to).await;
+    stream.write_all(head("").as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{answer}"
+    );
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+
+    // Served (its body read), then a second request on the same connection.
+    let mut stream = connect_from(loopback(1), to).await;
+    let served_request = format!(
+        "{}{body}",
+        head(&format!("Authorization: Bearer {TOKEN}\r\n"))
+    );
+    stream
+        .write_all(
+            format!("{served_request}GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let answers = read_until_closed(&mut stream).await;
+    let at = answers
+        .get(1..)
+        .and_then(|rest| rest.find("HTTP/1.1 "))
+        .unwrap_or_else(|| panic!("one answer: {answers}"));
+    let (first, second) = answers.split_at(at + 1);
+    assert!(first.starts_with("HTTP/1.1 200"), "{answers}");
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{answers}"
+    );
+    assert!(second.contains("\"status\":\"ok\""), "{answers}");
     served.terminate().await;
 }

@@ -142,6 +142,7 @@ fn router(state: Arc<HttpState>) -> Router {
         .layer(from_fn_with_state(state.clone(), super::auth::guard))
         .route("/healthz", get(healthz))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(super::unread::close_if_unread))
         .with_state(state)
 }
 
@@ -180,12 +181,14 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
         .map(|engine| engine.current().id.to_string());
     // How many servers refuse calls for failing; which ones is for the
     // console and the metrics (this page answers anyone).
+    // A per-client server counts when any of its instances' breakers is
+    // open (some client's calls are refused).
     let failing = state
         .gateway
         .servers()
-        .upstreams()
+        .with_breakers()
         .iter()
-        .filter(|upstream| upstream.breaker() == crate::upstream::BreakerState::Open)
+        .filter(|(_, breakers)| breakers.failing())
         .count();
     axum::Json(json!({
         "status": "ok",

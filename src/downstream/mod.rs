@@ -30,6 +30,7 @@ mod stateless;
 pub mod stdio;
 mod throttle;
 mod tls;
+mod unread;
 
 /// Failures of a downstream transport.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{Isolation, RemoteGrant, UpstreamSpec};
 use crate::protocol::{self, At as _};
-use crate::upstream::{Call, Round, Upstream};
+use crate::upstream::{BreakerState, Call, Round, Upstream};
 
 use super::task_table;
 use super::{Failure, Gateway, InstanceKey, Servers, Session, lock};
@@ -16,6 +16,28 @@ use super::{Failure, Gateway, InstanceKey, Servers, Session, lock};
 /// at once at most; an idle one, stopped after its idle timeout, does not
 /// count.
 pub(super) const MAX_INSTANCES_PER_SERVER: usize = 256;
+
+/// Whether a server refuses calls for failing: a shared server has one
+/// breaker; each per-client instance has its own (one client's failing
+/// instance does not stop another's calls).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Breakers {
+    /// The breaker of the one instance every client shares.
+    Shared(BreakerState),
+    /// The per-client instances kept now, and how many of them have
+    /// their breakers open.
+    PerClient { instances: usize, open: usize },
+}
+
+impl Breakers {
+    /// Whether any of the server's calls are refused for failing now.
+    pub fn failing(self) -> bool {
+        match self {
+            Breakers::Shared(state) => state == BreakerState::Open,
+            Breakers::PerClient { open, .. } => open > 0,
+        }
+    }
+}
 
 impl Servers {
     /// Whether each client gets its own instance of the server: a
@@ -180,6 +202,36 @@ impl Servers {
                 }),
         );
         out
+    }
+
+    /// A server's breakers: its own, or (per-client) its instances'.
+    pub(super) fn breakers_at(&self, index: usize, upstream: &Upstream) -> Breakers {
+        if !self.per_client(index) {
+            return Breakers::Shared(upstream.breaker());
+        }
+        let instances = lock(&self.instances);
+        let mine = instances.iter().filter(|((at, _), _)| *at == index);
+        let (mut running, mut open) = (0, 0);
+        for (_, instance) in mine {
+            running += 1;
+            open += usize::from(instance.breaker() == BreakerState::Open);
+        }
+        Breakers::PerClient {
+            instances: running,
+            open,
+        }
+    }
+
+    /// The servers in force (as [`Servers::upstreams`]), each with its
+    /// breakers.
+    pub fn with_breakers(&self) -> Vec<(Upstream, Breakers)> {
+        self.configured()
+            .into_iter()
+            .map(|(index, upstream)| {
+                let breakers = self.breakers_at(index, &upstream);
+                (upstream, breakers)
+            })
+            .collect()
     }
 
     /// The instance an event came from.

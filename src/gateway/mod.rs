@@ -50,6 +50,7 @@ mod tests;
 pub use catalog::{Catalog, ServerLists};
 pub use failure::{Failure, REFUSAL_META};
 
+pub use instances::Breakers;
 pub use modern::{checked_envelope, version_spoken};
 pub use record::Records;
 pub use reload::{ReloadError, Reloaded, Reloads};

@@ -218,52 +218,7 @@ impl Gateway {
         );
         out.sample("portcullis_sessions", &[("transport", "http")], http as f64);
         out.sample("portcullis_sessions", &[("transport", "sse")], sse as f64);
-        out.declare(
-            "portcullis_upstream_up",
-            "Whether the server is running and initialized (1) or not (0), by server and state (idle, starting, ready, down, stopped).",
-            "gauge",
-        );
-        out.declare(
-            "portcullis_upstream_restarts_total",
-            "Times the server was started again after it stopped, by server.",
-            "counter",
-        );
-        out.declare(
-            "portcullis_upstream_breaker_open",
-            "Whether the server's breaker is open (1: its calls are refused at once until a probe is answered), by server.",
-            "gauge",
-        );
-        let running = self
-            .servers
-            .iter()
-            .filter(|(_, slot)| !slot.is_retired())
-            .filter_map(|(_, slot)| slot.upstream.as_ref());
-        for upstream in running {
-            let state = match upstream.status() {
-                Status::Idle(_) => "idle",
-                Status::Starting => "starting",
-                Status::Ready(_) => "ready",
-                Status::Down(_) => "down",
-                Status::Stopped => "stopped",
-            };
-            let name = upstream.name();
-            out.sample(
-                "portcullis_upstream_up",
-                &[("server", name), ("state", state)],
-                f64::from(u8::from(state == "ready")),
-            );
-            out.sample(
-                "portcullis_upstream_restarts_total",
-                &[("server", name)],
-                upstream.restarts() as f64,
-            );
-            let open = upstream.breaker() == crate::upstream::BreakerState::Open;
-            out.sample(
-                "portcullis_upstream_breaker_open",
-                &[("server", name)],
-                f64::from(u8::from(open)),
-            );
-        }
+        self.render_servers(&mut out);
         if let Some(audit) = self.records.audit() {
             out.declare(
                 "portcullis_audit_last_seq",
@@ -291,6 +246,72 @@ impl Gateway {
             tracer.render_metrics(&mut out);
         }
         Some(out.finish())
+    }
+
+    /// The servers' series: state, restarts, breakers.
+    fn render_servers(&self, out: &mut crate::metrics::Exposition) {
+        out.declare(
+            "portcullis_upstream_up",
+            "Whether the server is running and initialized (1) or not (0), by server and state (idle, starting, ready, down, stopped).",
+            "gauge",
+        );
+        out.declare(
+            "portcullis_upstream_restarts_total",
+            "Times the server was started again after it stopped, by server.",
+            "counter",
+        );
+        out.declare(
+            "portcullis_upstream_breaker_open",
+            "Whether the server's breaker is open (1: its calls are refused at once until a probe is answered), by server; for a per-client server, whether any of its instances' is.",
+            "gauge",
+        );
+        out.declare(
+            "portcullis_upstream_instances",
+            "Per-client instances of the server kept now, by server and whether their breaker is open or closed.",
+            "gauge",
+        );
+        let running = self
+            .servers
+            .iter()
+            .filter(|(_, slot)| !slot.is_retired())
+            .filter_map(|(index, slot)| Some((index, slot.upstream.as_ref()?)));
+        for (index, upstream) in running {
+            let state = match upstream.status() {
+                Status::Idle(_) => "idle",
+                Status::Starting => "starting",
+                Status::Ready(_) => "ready",
+                Status::Down(_) => "down",
+                Status::Stopped => "stopped",
+            };
+            let name = upstream.name();
+            out.sample(
+                "portcullis_upstream_up",
+                &[("server", name), ("state", state)],
+                f64::from(u8::from(state == "ready")),
+            );
+            out.sample(
+                "portcullis_upstream_restarts_total",
+                &[("server", name)],
+                upstream.restarts() as f64,
+            );
+            // A per-client server's breaker is open when one of its
+            // instances' is: some client's calls are refused.
+            let breakers = self.servers.breakers_at(index, upstream);
+            out.sample(
+                "portcullis_upstream_breaker_open",
+                &[("server", name)],
+                f64::from(u8::from(breakers.failing())),
+            );
+            if let super::Breakers::PerClient { instances, open } = breakers {
+                for (state, count) in [("open", open), ("closed", instances - open)] {
+                    out.sample(
+                        "portcullis_upstream_instances",
+                        &[("server", name), ("breaker", state)],
+                        count as f64,
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -973,6 +973,38 @@ pub async fn metrics_text(base: &str) -> String {
         .expect("the metrics text")
 }
 
+/// A console page (`/admin/…`) as the auditors see it once logged in:
+/// the login form posted with their token, the page read with its cookie
+/// (the login's own answer carries it: no redirect followed).
+pub async fn console_page(base: &str, path: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTP client");
+    let login = http
+        .post(format!("{base}/admin/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={AUDITOR_TOKEN}"))
+        .send()
+        .await
+        .expect("POST /admin/login");
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .expect("a cookie")
+        .split(';')
+        .next()
+        .expect("a cookie's value")
+        .to_owned();
+    let page = http
+        .get(format!("{base}{path}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(page.status(), 200, "{path}");
+    page.text().await.expect("the page")
+}
+
 /// The running proxy's audit records matching `query` (`tool=echo&kind=exchange`),
 /// read over the admin API with `token`.
 pub async fn admin_records(base: &str, query: &str, token: &str) -> Vec<Value> {

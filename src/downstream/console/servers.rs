@@ -14,6 +14,7 @@ use crate::config::{ServerConfig, UpstreamSpec};
 use crate::downstream::auth::LoggedIn;
 use crate::downstream::layout::page;
 use crate::downstream::state::HttpState;
+use crate::gateway::Breakers;
 use crate::upstream::{BreakerState, Status, Upstream};
 
 pub(super) async fn servers(
@@ -22,11 +23,11 @@ pub(super) async fn servers(
 ) -> Response {
     let gateway = &state.gateway;
     // The servers in force, a reload's additions and changes included.
-    let upstreams = gateway.servers().upstreams();
+    let upstreams = gateway.servers().with_breakers();
     let body = html! {
-        @for upstream in &upstreams {
+        @for (upstream, breakers) in &upstreams {
             @let server = upstream.config();
-            @let (status, fields) = fields(server, upstream);
+            @let (status, fields) = fields(server, upstream, *breakers);
             section class="server" data-server=(server.name) {
                 h2 { (server.name) " " span class={ "state state-" (status) } { (status) } }
                 (detail_table(&fields))
@@ -43,6 +44,7 @@ pub(super) async fn servers(
 fn fields(
     server: &ServerConfig,
     upstream: &Upstream,
+    breakers: Breakers,
 ) -> (&'static str, Vec<(&'static str, String)>) {
     let (status, detail) = match upstream.status() {
         Status::Idle(_) => ("idle", String::new()),
@@ -51,9 +53,17 @@ fn fields(
         Status::Down(reason) => ("down", reason),
         Status::Stopped => ("stopped", String::new()),
     };
-    let breaker = match upstream.breaker() {
-        BreakerState::Closed => "closed".to_owned(),
-        BreakerState::Open => "OPEN: its calls are refused until a probe is answered".to_owned(),
+    let breaker = match breakers {
+        Breakers::Shared(BreakerState::Closed) => "closed".to_owned(),
+        Breakers::Shared(BreakerState::Open) => {
+            "OPEN: its calls are refused until a probe is answered".to_owned()
+        }
+        Breakers::PerClient { instances, open: 0 } => {
+            format!("closed (each per-client instance has its own; {instances} kept now)")
+        }
+        Breakers::PerClient { instances, open } => format!(
+            "OPEN for {open} of {instances} per-client instances: their clients' calls are refused until a probe is answered"
+        ),
     };
     let mut fields: Vec<(&str, String)> = vec![
         ("state", status.to_owned()),
