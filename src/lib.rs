@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod private_dir;
 pub mod protocol;
 pub mod search;
+pub mod signin;
 pub mod traces;
 pub mod upstream;

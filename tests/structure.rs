@@ -29,6 +29,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("egress", 1),
     ("traces", 2),
     ("chain", 3),
+    ("signin", 3),
     ("audit", 4),
     ("upstream", 4),
     ("identity", 4),

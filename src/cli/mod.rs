@@ -10,6 +10,7 @@ mod catalogs;
 mod doctor;
 mod init;
 mod launch;
+mod oauth;
 mod pins;
 mod plugin;
 mod policy;
@@ -93,6 +94,12 @@ enum Command {
     Catalog {
         #[command(subcommand)]
         command: catalogs::CatalogCommand,
+    },
+    /// Signing users in to the remote servers behind the proxy: `oauth
+    /// discover SERVER` shows what a server asks for.
+    Oauth {
+        #[command(subcommand)]
+        command: oauth::OauthCommand,
     },
     /// Servers from MCP registries: pull the `server.json` of the config's
     /// `registry://` servers.
@@ -449,6 +456,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile { command } => profiles::run(command),
         Command::Catalog { command } => catalogs::run(command).await,
         Command::Registry { command } => registries::run(command).await,
+        Command::Oauth { command } => oauth::run(command).await,
         Command::Stdio {
             config,
             client,

@@ -23,6 +23,7 @@
 //! `[egress] allow` lets ranges through.
 
 mod address;
+pub mod document;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -10,13 +10,8 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::config::{OauthConfig, secure_url};
-use crate::egress::{self, HttpClient, Timeouts, Trust};
-
-/// The most a provider's document may weigh.
-const MAX_DOCUMENT: usize = 512 * 1024;
+use crate::config::OauthConfig;
+use crate::egress::{HttpClient, Timeouts, Trust};
 
 /// The HTTP client for the identity providers of `config`.
 pub(super) fn client(config: &OauthConfig) -> Result<HttpClient, String> {
@@ -44,46 +39,4 @@ pub(super) fn client(config: &OauthConfig) -> Result<HttpClient, String> {
         .map_err(|err| err.to_string())
 }
 
-/// A request to `url`, if the guard lets it be made.
-pub(super) fn request(
-    http: &HttpClient,
-    method: reqwest::Method,
-    url: &str,
-) -> Result<reqwest::RequestBuilder, String> {
-    http.request_to(method, url)
-        .map_err(|err| format!("{url}: {err}"))
-}
-
-/// A JSON object read with `request`, from `url`.
-pub(super) async fn json(
-    request: reqwest::RequestBuilder,
-    url: &str,
-) -> Result<serde_json::Map<String, Value>, String> {
-    if !secure_url(url) {
-        return Err(format!(
-            "`{url}` is not https:// (http:// is taken only on loopback)"
-        ));
-    }
-    let mut response = egress::send(request.header(reqwest::header::ACCEPT, "application/json"))
-        .await
-        .map_err(|err| format!("{url}: {err}"))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(format!("{url} answered {status}"));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|err| format!("{url}: {}", egress::without_url(&err)))?
-    {
-        if body.len() + chunk.len() > MAX_DOCUMENT {
-            return Err(format!("{url} sent more than {MAX_DOCUMENT} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    match serde_json::from_slice(&body) {
-        Ok(Value::Object(object)) => Ok(object),
-        _ => Err(format!("{url} did not send a JSON object")),
-    }
-}
+pub(super) use crate::egress::document::{json, request};

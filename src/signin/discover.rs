@@ -1,0 +1,384 @@
+//! What a remote server that asks for sign-in wants, learned from the
+//! server itself (MCP authorization, 2025-11-25 and 2026-07-28):
+//!
+//! 1. a request without a token, answered `401` with a `Bearer` challenge;
+//! 2. the protected resource metadata (RFC 9728) at the challenge's
+//!    `resource_metadata`, else at the well-known URLs of the server's
+//!    path, then of its origin; its `resource` must be the server's own
+//!    URL or a parent of it on the same origin (else it is another
+//!    resource's, and a token asked for it would be sent to this server);
+//! 3. the metadata of its first authorization server (RFC 8414, then
+//!    OpenID Connect discovery, in the specification's order), whose
+//!    `issuer` must be the one named, which must offer PKCE with `S256`
+//!    (the specification: a client refuses to go on without it), and
+//!    whose endpoints are `https://` (an issuer on loopback aside).
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::challenge::{self, Challenge};
+use crate::config::{EgressConfig, is_loopback, secure_url};
+use crate::egress::document as fetch;
+use crate::egress::{self, HttpClient, Timeouts, Trust};
+
+/// What a server asks for, and where its users sign in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    /// The server's URL, as asked.
+    pub url: String,
+    /// The resource its metadata names: the resource indicator (RFC 8707)
+    /// a token is asked for.
+    pub resource: String,
+    /// Where that metadata was read.
+    pub resource_metadata: String,
+    /// The scopes to ask for: the challenge's, else the metadata's
+    /// `scopes_supported`.
+    pub scopes: Vec<String>,
+    /// The authorization server, as its metadata names itself.
+    pub issuer: String,
+    /// Where its metadata was read.
+    pub issuer_metadata: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    /// Dynamic client registration (RFC 7591), where offered.
+    pub registration_endpoint: Option<String>,
+    /// Token revocation (RFC 7009), where offered.
+    pub revocation_endpoint: Option<String>,
+    /// Whether it takes a client ID metadata document as a client's id.
+    pub client_id_metadata_documents: bool,
+}
+
+/// Why a server's sign-in could not be learned. Each names the URL it
+/// concerns (never a query, which may carry credentials).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("cannot reach the discovery's peers: {0}")]
+    Client(String),
+    #[error("{0}")]
+    Fetch(String),
+    #[error("`{url}` does not ask for sign-in: it answered {status} to a request without a token")]
+    NotAsked { url: String, status: u16 },
+    #[error(
+        "`{url}` answered 401 without a `Bearer` challenge: not the MCP authorization it would need"
+    )]
+    NoBearer { url: String },
+    #[error("no protected resource metadata for `{url}`: {reasons}")]
+    NoResourceMetadata { url: String, reasons: String },
+    #[error(
+        "the protected resource metadata at `{metadata}` is for `{named}`, not for `{url}`: a token asked for it is another resource's"
+    )]
+    OtherResource {
+        metadata: String,
+        named: String,
+        url: String,
+    },
+    #[error("the protected resource metadata at `{0}` names no authorization server")]
+    NoAuthorizationServer(String),
+    #[error(
+        "the authorization server `{0}` is not an https:// URL (http:// is taken only on loopback)"
+    )]
+    InsecureIssuer(String),
+    #[error("no metadata for the authorization server `{issuer}`: {reasons}")]
+    NoIssuerMetadata { issuer: String, reasons: String },
+    #[error("the metadata at `{metadata}` names the issuer `{named}`, not `{issuer}`")]
+    OtherIssuer {
+        metadata: String,
+        named: String,
+        issuer: String,
+    },
+    #[error(
+        "the authorization server `{0}` does not offer PKCE with S256 (`code_challenge_methods_supported`): MCP clients must not sign in without it"
+    )]
+    NoPkce(String),
+    #[error(
+        "the authorization server `{issuer}` gives no usable `{key}` (missing, or not https://)"
+    )]
+    Endpoint { issuer: String, key: &'static str },
+}
+
+/// How long one of the discovery's requests may take, whole.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// The client the discovery of `url` goes through: the server's own URL
+/// as the operator wrote it, every other as a peer named it.
+pub fn discovery_client(egress: &EgressConfig, url: &str) -> Result<HttpClient, DiscoverError> {
+    let written: Vec<reqwest::Url> = reqwest::Url::parse(url).into_iter().collect();
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        total: Some(DEADLINE),
+    };
+    HttpClient::new(egress, Trust::Learned, &written, timeouts)
+        .map_err(|err| DiscoverError::Client(err.to_string()))
+}
+
+/// What the server at `url` asks for, learned from it (see the module's
+/// notes).
+pub async fn discover(http: &HttpClient, url: &str) -> Result<Discovered, DiscoverError> {
+    let challenge = challenge_of(http, url).await?;
+    let (resource_metadata, resource) = resource_metadata(http, url, &challenge).await?;
+    let named = resource
+        .get("resource")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !covers(named, url) {
+        return Err(DiscoverError::OtherResource {
+            metadata: resource_metadata,
+            named: printable(named),
+            url: url.to_owned(),
+        });
+    }
+    let issuer = resource
+        .get("authorization_servers")
+        .and_then(Value::as_array)
+        .and_then(|servers| servers.first())
+        .and_then(Value::as_str)
+        .ok_or_else(|| DiscoverError::NoAuthorizationServer(resource_metadata.clone()))?
+        .to_owned();
+    if !secure_url(&issuer) {
+        return Err(DiscoverError::InsecureIssuer(printable(&issuer)));
+    }
+    let (issuer_metadata, metadata) = issuer_metadata(http, &issuer).await?;
+    let scopes = match &challenge.scope {
+        Some(scope) => scope.split_whitespace().map(str::to_owned).collect(),
+        None => strings(&resource, "scopes_supported"),
+    };
+    let endpoints = Endpoints {
+        issuer: &issuer,
+        metadata: &metadata,
+    };
+    Ok(Discovered {
+        url: url.to_owned(),
+        resource: named.to_owned(),
+        resource_metadata,
+        scopes,
+        authorization_endpoint: endpoints.required("authorization_endpoint")?,
+        token_endpoint: endpoints.required("token_endpoint")?,
+        registration_endpoint: endpoints.optional("registration_endpoint"),
+        revocation_endpoint: endpoints.optional("revocation_endpoint"),
+        client_id_metadata_documents: metadata
+            .get("client_id_metadata_document_supported")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        issuer,
+        issuer_metadata,
+    })
+}
+
+/// The server's answer to a request without a token: its `Bearer`
+/// challenge, if it is a `401` with one.
+async fn challenge_of(http: &HttpClient, url: &str) -> Result<Challenge, DiscoverError> {
+    let request = fetch::request(http, reqwest::Method::POST, url)
+        .map_err(DiscoverError::Fetch)?
+        .header(
+            reqwest::header::ACCEPT,
+            "application/json, text/event-stream",
+        )
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": { "name": "portcullis", "version": env!("CARGO_PKG_VERSION") }
+            }
+        }));
+    let response = egress::send(request)
+        .await
+        .map_err(|err| DiscoverError::Fetch(format!("{url}: {err}")))?;
+    let status = response.status().as_u16();
+    if status != 401 {
+        return Err(DiscoverError::NotAsked {
+            url: url.to_owned(),
+            status,
+        });
+    }
+    response
+        .headers()
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(challenge::parse_bearer)
+        .ok_or_else(|| DiscoverError::NoBearer {
+            url: url.to_owned(),
+        })
+}
+
+/// The protected resource metadata: where it was read, and the document.
+async fn resource_metadata(
+    http: &HttpClient,
+    url: &str,
+    challenge: &Challenge,
+) -> Result<(String, Map<String, Value>), DiscoverError> {
+    let (origin, path) = split_origin(url);
+    let path = path.trim_end_matches('/');
+    let mut candidates = Vec::new();
+    candidates.extend(challenge.resource_metadata.clone());
+    if !path.is_empty() {
+        candidates.push(format!(
+            "{origin}/.well-known/oauth-protected-resource{path}"
+        ));
+    }
+    candidates.push(format!("{origin}/.well-known/oauth-protected-resource"));
+    first_document(http, candidates)
+        .await
+        .map_err(|reasons| DiscoverError::NoResourceMetadata {
+            url: url.to_owned(),
+            reasons,
+        })
+}
+
+/// The authorization server's metadata, in the specification's order:
+/// where it was read, and the document (checked to be `issuer`'s).
+async fn issuer_metadata(
+    http: &HttpClient,
+    issuer: &str,
+) -> Result<(String, Map<String, Value>), DiscoverError> {
+    let trimmed = issuer.trim_end_matches('/');
+    let (origin, path) = split_origin(trimmed);
+    let candidates = if path.is_empty() {
+        vec![
+            format!("{origin}/.well-known/oauth-authorization-server"),
+            format!("{origin}/.well-known/openid-configuration"),
+        ]
+    } else {
+        vec![
+            format!("{origin}/.well-known/oauth-authorization-server{path}"),
+            format!("{origin}/.well-known/openid-configuration{path}"),
+            format!("{trimmed}/.well-known/openid-configuration"),
+        ]
+    };
+    let (at, metadata) = first_document(http, candidates).await.map_err(|reasons| {
+        DiscoverError::NoIssuerMetadata {
+            issuer: issuer.to_owned(),
+            reasons,
+        }
+    })?;
+    let named = metadata
+        .get("issuer")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    // RFC 8414 §3.3: identical; a trailing slash is the one difference
+    // servers are known to make.
+    if named.trim_end_matches('/') != trimmed {
+        return Err(DiscoverError::OtherIssuer {
+            metadata: at,
+            named: printable(named),
+            issuer: issuer.to_owned(),
+        });
+    }
+    let methods = strings(&metadata, "code_challenge_methods_supported");
+    if !methods.iter().any(|method| method == "S256") {
+        return Err(DiscoverError::NoPkce(issuer.to_owned()));
+    }
+    Ok((at, metadata))
+}
+
+/// The first of `candidates` that answers a JSON object: where, and what.
+async fn first_document(
+    http: &HttpClient,
+    candidates: Vec<String>,
+) -> Result<(String, Map<String, Value>), String> {
+    let mut reasons = Vec::new();
+    for url in candidates {
+        let request = match fetch::request(http, reqwest::Method::GET, &url) {
+            Ok(request) => request,
+            Err(reason) => {
+                reasons.push(reason);
+                continue;
+            }
+        };
+        match fetch::json(request, &url).await {
+            Ok(document) => return Ok((url, document)),
+            Err(reason) => reasons.push(reason),
+        }
+    }
+    Err(reasons.join("; "))
+}
+
+/// An authorization server's endpoints, as its metadata gives them.
+struct Endpoints<'a> {
+    issuer: &'a str,
+    metadata: &'a Map<String, Value>,
+}
+
+impl Endpoints<'_> {
+    /// `key`'s URL: `https://`, or for an issuer on loopback `http://` on
+    /// loopback too (its metadata cannot send the proxy to a plain-HTTP
+    /// service elsewhere).
+    fn optional(&self, key: &str) -> Option<String> {
+        let remote = !reqwest::Url::parse(self.issuer).is_ok_and(|url| is_loopback(&url));
+        self.metadata
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|url| secure_url(url) && (!remote || url.starts_with("https://")))
+            .map(str::to_owned)
+    }
+
+    fn required(&self, key: &'static str) -> Result<String, DiscoverError> {
+        self.optional(key).ok_or_else(|| DiscoverError::Endpoint {
+            issuer: self.issuer.to_owned(),
+            key,
+        })
+    }
+}
+
+/// Whether the resource `named` covers the server at `url`: the same
+/// origin, and `url`'s path is `named`'s or below it.
+fn covers(named: &str, url: &str) -> bool {
+    let (Ok(named), Ok(url)) = (reqwest::Url::parse(named), reqwest::Url::parse(url)) else {
+        return false;
+    };
+    if named.origin() != url.origin()
+        || !named.username().is_empty()
+        || named.password().is_some()
+        || named.query().is_some()
+        || named.fragment().is_some()
+    {
+        return false;
+    }
+    let parent = named.path().trim_end_matches('/');
+    let path = url.path();
+    path == parent
+        || path
+            .strip_prefix(parent)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The strings of a JSON array at `key`.
+fn strings(document: &Map<String, Value>, key: &str) -> Vec<String> {
+    document
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `https://host:port` and the path after it (`/mcp`, or empty).
+fn split_origin(url: &str) -> (&str, &str) {
+    let after_scheme = url.find("://").map_or(0, |at| at + 3);
+    match url[after_scheme..].find(['/', '?', '#']) {
+        Some(at) => {
+            let (origin, rest) = url.split_at(after_scheme + at);
+            (origin, rest.split(['?', '#']).next().unwrap_or_default())
+        }
+        None => (url, ""),
+    }
+}
+
+/// A peer's text for an error: its first 200 characters, control
+/// characters escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(200)
+        .flat_map(char::escape_debug)
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "discover_tests.rs"]
+mod tests;

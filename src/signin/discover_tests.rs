@@ -1,0 +1,275 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::*;
+
+/// Serves `router` on a loopback port: its base URL.
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    base
+}
+
+fn loopback_allowed() -> EgressConfig {
+    EgressConfig {
+        allow: Arc::from(vec!["127.0.0.0/8".parse().unwrap()]),
+    }
+}
+
+fn challenge(value: String) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert("www-authenticate", value.parse().unwrap());
+    (StatusCode::UNAUTHORIZED, headers, "{}").into_response()
+}
+
+/// A protected server and its authorization server on one origin: the
+/// resource metadata and the issuer's as given (`{base}` replaced by the
+/// server's base URL); the challenge points at the metadata when `point`.
+async fn server(resource: Value, issuer: Value, point: bool) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let fill = |doc: Value| -> Value {
+        serde_json::from_str(&doc.to_string().replace("{base}", &base)).unwrap()
+    };
+    let (resource, issuer) = (fill(resource), fill(issuer));
+    let header = if point {
+        format!(
+            "Bearer resource_metadata=\"{base}/.well-known/oauth-protected-resource/mcp\", scope=\"mcp read\""
+        )
+    } else {
+        "Bearer".to_owned()
+    };
+    let router = Router::new()
+        .route("/mcp", post(move || async move { challenge(header) }))
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(move || async move { axum::Json(resource) }),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(move || async move { axum::Json(issuer) }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    base
+}
+
+fn good_resource() -> Value {
+    json!({ "resource": "{base}/mcp", "authorization_servers": ["{base}"], "scopes_supported": ["mcp"] })
+}
+
+fn good_issuer() -> Value {
+    json!({
+        "issuer": "{base}",
+        "authorization_endpoint": "{base}/authorize",
+        "token_endpoint": "{base}/token",
+        "registration_endpoint": "{base}/register",
+        "revocation_endpoint": "{base}/revoke",
+        "code_challenge_methods_supported": ["S256"],
+        "client_id_metadata_document_supported": true
+    })
+}
+
+async fn discovered(base: &str) -> Result<Discovered, DiscoverError> {
+    let url = format!("{base}/mcp");
+    let http = discovery_client(&loopback_allowed(), &url).unwrap();
+    discover(&http, &url).await
+}
+
+#[tokio::test]
+async fn a_server_that_asks_for_sign_in_is_learned_whole() {
+    let base = server(good_resource(), good_issuer(), true).await;
+    let found = discovered(&base).await.unwrap();
+    assert_eq!(found.resource, format!("{base}/mcp"));
+    assert_eq!(
+        found.resource_metadata,
+        format!("{base}/.well-known/oauth-protected-resource/mcp")
+    );
+    // The challenge's scopes before the metadata's.
+    assert_eq!(found.scopes, ["mcp", "read"]);
+    assert_eq!(found.issuer, base);
+    assert_eq!(found.authorization_endpoint, format!("{base}/authorize"));
+    assert_eq!(found.token_endpoint, format!("{base}/token"));
+    assert_eq!(
+        found.registration_endpoint,
+        Some(format!("{base}/register"))
+    );
+    assert_eq!(found.revocation_endpoint, Some(format!("{base}/revoke")));
+    assert!(found.client_id_metadata_documents);
+
+    // Without `resource_metadata` in the challenge: the well-known URL of
+    // the server's path, and the metadata's scopes.
+    let base = server(good_resource(), good_issuer(), false).await;
+    let found = discovered(&base).await.unwrap();
+    assert_eq!(found.scopes, ["mcp"]);
+}
+
+#[tokio::test]
+async fn metadata_for_another_resource_or_issuer_is_refused() {
+    let other = json!({ "resource": "{base}/other", "authorization_servers": ["{base}"] });
+    let base = server(other, good_issuer(), true).await;
+    let err = discovered(&base).await.unwrap_err();
+    assert!(matches!(err, DiscoverError::OtherResource { .. }), "{err}");
+
+    let elsewhere =
+        json!({ "resource": "https://elsewhere.example/mcp", "authorization_servers": ["{base}"] });
+    let base = server(elsewhere, good_issuer(), true).await;
+    assert!(matches!(
+        discovered(&base).await.unwrap_err(),
+        DiscoverError::OtherResource { .. }
+    ));
+
+    let mut issuer = good_issuer();
+    issuer["issuer"] = json!("https://evil.example");
+    let base = server(good_resource(), issuer, true).await;
+    let err = discovered(&base).await.unwrap_err();
+    assert!(matches!(err, DiscoverError::OtherIssuer { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn an_authorization_server_without_pkce_or_safe_endpoints_is_refused() {
+    let mut plain = good_issuer();
+    plain
+        .as_object_mut()
+        .unwrap()
+        .remove("code_challenge_methods_supported");
+    let base = server(good_resource(), plain, true).await;
+    assert!(matches!(
+        discovered(&base).await.unwrap_err(),
+        DiscoverError::NoPkce(_)
+    ));
+
+    let mut only_plain = good_issuer();
+    only_plain["code_challenge_methods_supported"] = json!(["plain"]);
+    let base = server(good_resource(), only_plain, true).await;
+    assert!(matches!(
+        discovered(&base).await.unwrap_err(),
+        DiscoverError::NoPkce(_)
+    ));
+
+    // A token endpoint that is plain HTTP elsewhere: not used.
+    let mut insecure = good_issuer();
+    insecure["token_endpoint"] = json!("http://tokens.example/token");
+    let base = server(good_resource(), insecure, true).await;
+    assert!(matches!(
+        discovered(&base).await.unwrap_err(),
+        DiscoverError::Endpoint {
+            key: "token_endpoint",
+            ..
+        }
+    ));
+
+    // An authorization server named over plain HTTP off loopback.
+    let resource =
+        json!({ "resource": "{base}/mcp", "authorization_servers": ["http://idp.example"] });
+    let base = server(resource, good_issuer(), true).await;
+    assert!(matches!(
+        discovered(&base).await.unwrap_err(),
+        DiscoverError::InsecureIssuer(_)
+    ));
+}
+
+#[tokio::test]
+async fn addresses_a_peer_named_are_judged_as_a_peers() {
+    // The server is the operator's; its metadata names another loopback
+    // origin, which the guard refuses without `[egress] allow`.
+    let issuer_base = serve(Router::new().route(
+        "/.well-known/oauth-authorization-server",
+        get(|| async { "{}" }),
+    ))
+    .await;
+    let resource =
+        json!({ "resource": "{base}/mcp", "authorization_servers": [issuer_base.clone()] });
+    let base = server(resource, good_issuer(), true).await;
+    let url = format!("{base}/mcp");
+    let http = discovery_client(&EgressConfig::default(), &url).unwrap();
+    let err = discover(&http, &url).await.unwrap_err();
+    assert!(
+        matches!(err, DiscoverError::NoIssuerMetadata { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("loopback"), "{err}");
+
+    // A challenge pointing at cloud metadata is never read (link-local is
+    // refused even where allowed ranges do not name it), and the
+    // well-known URL is tried instead.
+    let router = Router::new().route(
+        "/mcp",
+        post(|| async {
+            challenge(
+                "Bearer resource_metadata=\"http://169.254.169.254/latest/meta-data\"".to_owned(),
+            )
+        }),
+    );
+    let base = serve(router).await;
+    let err = discovered(&base).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("169.254.169.254"), "{text}");
+    assert!(
+        text.contains("/.well-known/oauth-protected-resource/mcp"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_ask_says_so() {
+    let base = serve(Router::new().route("/mcp", post(|| async { "{}" }))).await;
+    assert!(matches!(
+        discovered(&base).await.unwrap_err(),
+        DiscoverError::NotAsked { status: 200, .. }
+    ));
+    let base = serve(Router::new().route(
+        "/mcp",
+        post(|| async { challenge("Basic realm=\"x\"".to_owned()) }),
+    ))
+    .await;
+    assert!(matches!(
+        discovered(&base).await.unwrap_err(),
+        DiscoverError::NoBearer { .. }
+    ));
+}
+
+#[test]
+fn a_resource_covers_its_own_url_and_those_below_it() {
+    assert!(covers("https://s.example/mcp", "https://s.example/mcp"));
+    assert!(covers("https://s.example/", "https://s.example/mcp"));
+    assert!(covers("https://s.example", "https://s.example/mcp"));
+    assert!(covers("https://s.example/mcp/", "https://s.example/mcp"));
+    assert!(!covers("https://s.example/mc", "https://s.example/mcp"));
+    assert!(!covers("https://s.example/mcp/x", "https://s.example/mcp"));
+    assert!(!covers(
+        "https://s.example:444/mcp",
+        "https://s.example/mcp"
+    ));
+    assert!(!covers("http://s.example/mcp", "https://s.example/mcp"));
+    assert!(!covers("https://u@s.example/mcp", "https://s.example/mcp"));
+    assert!(!covers(
+        "https://s.example/mcp?x=1",
+        "https://s.example/mcp"
+    ));
+    assert!(!covers("not a url", "https://s.example/mcp"));
+}
+
+#[test]
+fn urls_split_into_origin_and_path() {
+    assert_eq!(
+        split_origin("https://s.example/a/mcp?x=1"),
+        ("https://s.example", "/a/mcp")
+    );
+    assert_eq!(
+        split_origin("http://127.0.0.1:9"),
+        ("http://127.0.0.1:9", "")
+    );
+    assert_eq!(printable("a\nb\u{1b}"), "a\\nb\\u{1b}");
+}

@@ -1,0 +1,20 @@
+//! Signing users in to the third-party servers behind the proxy: OAuth
+//! toward servers, per user (issue 47, in slices).
+//!
+//! Here now: what the proxy learns from a remote server that asks for
+//! sign-in, as the MCP authorization specification lays out
+//! ([`discover`]): the server's `401` and its `WWW-Authenticate` challenge,
+//! its protected resource metadata (RFC 9728), and its authorization
+//! server's metadata (RFC 8414, or OpenID Connect discovery), each checked
+//! before anything is believed. `portcullis oauth discover SERVER` shows it.
+//!
+//! Every URL here but the server's own was named by a peer (the server, its
+//! metadata, its authorization server): each is reached as such, through
+//! the egress guard, which refuses loopback, private, link-local and
+//! reserved addresses unless `[egress] allow` names them.
+
+mod challenge;
+mod discover;
+
+pub use challenge::{Challenge, parse_bearer};
+pub use discover::{DiscoverError, Discovered, discover, discovery_client};
