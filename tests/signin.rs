@@ -112,3 +112,60 @@ async fn a_peer_named_address_is_not_reached_without_egress_allow() {
     assert!(!ok);
     assert!(stderr.contains("no server `nobody`"), "{stderr}");
 }
+
+/// `oauth status` lists what the vault keeps (sealed under `[vault] keys`)
+/// and never a token; `doctor` says the keys open it. Without keys, it
+/// says what is missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_vault_is_listed_without_its_tokens() {
+    let proxy = TestProxy::new();
+    let key = proxy.dir().join("vault.key");
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    let without = proxy.write_config();
+    let (ok, _, stderr) = run_portcullis(["oauth", "status", "-c", without.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("no `[vault] keys`"), "{stderr}");
+
+    let proxy = proxy.with_config(&format!("[vault]\nkeys = [\"file:{}\"]\n", key.display()));
+    let path = proxy.write_config();
+    let config = path.to_str().unwrap();
+    let (ok, stdout, stderr) = run_portcullis(["oauth", "status", "-c", config]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "(no sign-ins kept)");
+
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    let vault =
+        portcullis::signin::vault::Vault::open(&loaded.vault, &loaded.proxy.data_dir).unwrap();
+    vault
+        .put(
+            "github",
+            "tester",
+            &portcullis::signin::vault::Tokens {
+                access_token: "planted-vault-token-9d2e".into(),
+                refresh_token: Some("planted-refresh-9d2e".into()),
+                expires_at: Some(2_000_000_000),
+                scopes: vec!["repo".into()],
+                issuer: "https://github.com/login/oauth".into(),
+                client_id: "portcullis".into(),
+            },
+        )
+        .unwrap();
+    let (ok, stdout, stderr) =
+        run_portcullis(["oauth", "status", "-c", config, "--format", "json"]);
+    assert!(ok, "{stderr}");
+    let listed: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(listed[0]["server"], "github");
+    assert_eq!(listed[0]["user"], "tester");
+    assert_eq!(listed[0]["expires"], "2033-05-18T03:33:20Z");
+    assert_eq!(listed[0]["refreshable"], true);
+    assert!(!stdout.contains("planted") && !stderr.contains("planted"));
+    let (_, doctor, _) = run_portcullis(["doctor", "-c", config]);
+    assert!(
+        doctor.contains("vault keys") && doctor.contains("1 sign-in kept, 0 of them not opening"),
+        "{doctor}"
+    );
+}

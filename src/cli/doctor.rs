@@ -81,6 +81,7 @@ pub async fn doctor(config: &Config) -> bool {
     }
     check_bridge(config, &mut report);
     check_session_keys(config, &mut report);
+    check_vault_keys(config, &mut report);
     for server in &config.servers {
         check_server(server, &mut report);
     }
@@ -273,6 +274,44 @@ fn check_session_keys(config: &Config, report: &mut Report) {
             ),
         ),
         Err(error) => report.line(Level::Fail, "session keys", error.to_string()),
+    }
+}
+
+/// The keys that seal users' tokens (`[vault] keys`) can be read and are
+/// keys, and what the vault holds opens under them.
+fn check_vault_keys(config: &Config, report: &mut Report) {
+    if config.vault.keys.is_empty() {
+        return;
+    }
+    let vault = match crate::signin::vault::Vault::open(&config.vault, &config.proxy.data_dir) {
+        Ok(vault) => vault,
+        Err(error) => return report.line(Level::Fail, "vault keys", error.to_string()),
+    };
+    match vault.list() {
+        Ok(entries) => {
+            let unopened = entries.iter().filter(|entry| entry.is_err()).count();
+            let level = if unopened == 0 {
+                Level::Ok
+            } else {
+                Level::Warn
+            };
+            report.line(
+                level,
+                "vault keys",
+                format!(
+                    "{} key{}; {} sign-in{} kept, {unopened} of them not opening under these keys",
+                    config.vault.keys.len(),
+                    if config.vault.keys.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
+                    entries.len(),
+                    if entries.len() == 1 { "" } else { "s" },
+                ),
+            );
+        }
+        Err(error) => report.line(Level::Fail, "vault keys", error.to_string()),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `portcullis oauth`: signing users in to the servers behind the proxy.
 //! `oauth discover SERVER` asks a remote server what it needs (its 401,
 //! its protected resource metadata, its authorization server's metadata)
-//! and shows what was learned, or why it cannot be used.
+//! and shows what was learned, or why it cannot be used; `oauth status`
+//! lists the sign-ins the vault keeps.
 
 use std::path::{Path, PathBuf};
 
@@ -26,10 +27,19 @@ pub(super) enum OauthCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: super::Format,
     },
+    /// The sign-ins the vault keeps: each user's at each server, until
+    /// when, and whether it can be refreshed (never a token).
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: super::Format,
+    },
 }
 
 pub(super) async fn run(command: OauthCommand) -> anyhow::Result<()> {
     match command {
+        OauthCommand::Status { config, format } => status(&config, format),
         OauthCommand::Discover {
             config,
             server,
@@ -85,6 +95,60 @@ async fn discover(config: &Path, server: &str, format: super::Format) -> anyhow:
         super::Format::Table => {
             for (name, value) in rows {
                 println!("{name:<30} {value}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `oauth status`: the vault's entries.
+fn status(config: &Path, format: super::Format) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let vault = crate::signin::vault::Vault::open(&config.vault, &config.proxy.data_dir)?;
+    let entries = vault.list()?;
+    let expires = |at: Option<u64>| {
+        at.map(|at| {
+            i64::try_from(at)
+                .ok()
+                .and_then(|at| jiff::Timestamp::from_second(at).ok())
+                .map_or_else(|| at.to_string(), |t| t.to_string())
+        })
+    };
+    match format {
+        super::Format::Json => {
+            let rows: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|entry| match entry {
+                    Ok(listed) => json!({
+                        "server": listed.server,
+                        "user": listed.user,
+                        "expires": expires(listed.expires_at),
+                        "refreshable": listed.refreshable,
+                    }),
+                    Err(error) => json!({ "error": error.to_string() }),
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(rows));
+        }
+        super::Format::Table => {
+            if entries.is_empty() {
+                println!("(no sign-ins kept)");
+            }
+            for entry in entries {
+                match entry {
+                    Ok(listed) => println!(
+                        "{:<20} {:<20} expires {:<22} {}",
+                        listed.server.escape_debug().to_string(),
+                        listed.user.escape_debug().to_string(),
+                        expires(listed.expires_at).unwrap_or_else(|| "(not said)".into()),
+                        if listed.refreshable {
+                            "refreshable"
+                        } else {
+                            "not refreshable"
+                        },
+                    ),
+                    Err(error) => println!("{error}"),
+                }
             }
         }
     }

@@ -51,6 +51,7 @@ mod signatures;
 #[cfg(test)]
 mod tests;
 mod values;
+mod vault;
 
 use audit::RawAudit;
 pub use audit::{
@@ -110,6 +111,8 @@ pub use servers::{
 use signatures::RawSignatures;
 pub use signatures::{SignatureKey, SignatureKeys};
 pub use values::{parse_duration, parse_size, read_regular};
+use vault::RawVault;
+pub use vault::VaultConfig;
 
 /// A config that failed to load.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +168,8 @@ pub struct Config {
     /// `[egress]`: also carried by each part that connects out (remote
     /// servers, identity providers, the trace exporter).
     pub egress: EgressConfig,
+    /// `[vault]`: the keys that seal users' tokens for remote servers.
+    pub vault: VaultConfig,
 }
 
 /// A value from the config with where it was written, for errors found
@@ -281,6 +286,10 @@ struct RawConfig {
     /// unless a range here allows them.
     #[serde(default)]
     egress: RawEgress,
+    /// The keys that seal the tokens users got by signing in to remote
+    /// servers.
+    #[serde(default)]
+    vault: RawVault,
 }
 
 /// Whether two forms of a section (or of a server) say the same, as a
@@ -452,7 +461,7 @@ impl Config {
     /// stable, and compare every setting.)
     pub fn changes_needing_restart(&self, next: &Config) -> Vec<&'static str> {
         let differs = |a: &dyn fmt::Debug, b: &dyn fmt::Debug| !same_settings(a, b);
-        let sections: [(&'static str, &dyn fmt::Debug, &dyn fmt::Debug); 15] = [
+        let sections: [(&'static str, &dyn fmt::Debug, &dyn fmt::Debug); 16] = [
             ("proxy", &self.proxy, &next.proxy),
             ("listener", &self.listener, &next.listener),
             ("limits", &self.limits, &next.limits),
@@ -468,6 +477,7 @@ impl Config {
             ("pinning", &self.pinning, &next.pinning),
             ("observability", &self.observability, &next.observability),
             ("egress", &self.egress, &next.egress),
+            ("vault", &self.vault, &next.vault),
         ];
         sections
             .into_iter()
@@ -526,6 +536,7 @@ impl Validator<'_> {
         let proxy = raw.proxy.validate(self, &listener)?;
         let limits = raw.limits.validate(self)?;
         let egress = raw.egress.validate(self)?;
+        let vault = raw.vault.validate(self, &proxy.data_dir)?;
         let mut taken = Taken::default();
         let clients = self.each(raw.clients, "clients", |at, raw| {
             raw.validate(at, &mut taken)
@@ -607,6 +618,7 @@ impl Validator<'_> {
             schema,
             pinning,
             egress,
+            vault,
         })
     }
 

@@ -522,6 +522,7 @@ mod tests {
             "discovery" => "[discovery]\n".into(),
             "signatures" => "[signatures]\n".into(),
             "egress" => "[egress]\n".into(),
+            "vault" => "[vault]\n".into(),
             "ratelimit.shared" => "[ratelimit]\ndefault = \"5/min\"\n[ratelimit.shared]\nredis = \"redis://127.0.0.1\"\n".into(),
             "audit.ship" => {
                 "[audit.ship]\nto = \"postgres://log@127.0.0.1/audit\"\nreplica = \"r\"\n".into()

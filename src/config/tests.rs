@@ -424,3 +424,34 @@ fn a_servers_breaker_has_defaults_and_its_bad_values_are_refused_by_name() {
         assert!(err.contains(says), "{written}: {err}");
     }
 }
+
+#[test]
+fn vault_keys_are_secret_references_kept_outside_data_dir() {
+    let server = "[[servers]]\nname = \"a\"\nprocess = { command = \"x\" }\n";
+    let config = parse(&format!(
+        "[vault]\nkeys = [\"file:/etc/portcullis/vault.key\", \"env:OLD_VAULT_KEY\"]\n{server}"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.vault.keys,
+        [
+            SecretRef::File(PathBuf::from("/etc/portcullis/vault.key")),
+            SecretRef::Env("OLD_VAULT_KEY".into())
+        ]
+    );
+    // Beside the tokens it seals: refused, with where it was written.
+    let err = parse(&format!(
+        "[proxy]\ndata_dir = \"/var/lib/portcullis\"\n\n[vault]\nkeys = [\"file:/var/lib/portcullis/vault.key\"]\n{server}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("vault.keys[0]") && err.contains("inside `[proxy] data_dir`"),
+        "{err}"
+    );
+    let err = parse(&format!("[vault]\nkeys = [\"plain-text-key\"]\n{server}"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("vault.keys[0]"), "{err}");
+    assert!(parse(server).unwrap().vault.keys.is_empty());
+}

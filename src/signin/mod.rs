@@ -15,6 +15,7 @@
 
 mod challenge;
 mod discover;
+pub mod vault;
 
 pub use challenge::{Challenge, parse_bearer};
 pub use discover::{DiscoverError, Discovered, discover, discovery_client};

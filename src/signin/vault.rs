@@ -1,0 +1,320 @@
+//! The token vault: what each user got by signing in to each remote
+//! server, sealed at rest.
+//!
+//! One file per user and server under `DATA_DIR/vault/`, named by the
+//! SHA-256 of the pair (no name a user chose becomes a path), written whole
+//! or not at all (a temporary file renamed into place), owner-only. What it
+//! holds is sealed with AES-256-GCM under the first of `[vault] keys`; the
+//! associated data binds the format, the key's id, the server and the user,
+//! so a sealed entry copied to another user's or server's place does not
+//! open there. The server and the user are readable (for `oauth status`),
+//! the tokens never are: not in the file, not in an error, not in a debug
+//! form.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::VaultConfig;
+
+/// The format, bound into every seal.
+const FORMAT: &str = "pcv1";
+/// A key's length: 32 bytes, written as 64 hex digits.
+const KEY_BYTES: usize = 32;
+/// The most of an entry's file that is read.
+const MAX_FILE: u64 = 64 * 1024;
+/// The longest token kept (a provider's JWT with many claims fits).
+pub const MAX_TOKEN: usize = 16 * 1024;
+
+/// Why the vault cannot do what was asked. No variant carries a token.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("no `[vault] keys`: users' tokens cannot be kept (see docs/signin.md)")]
+    NoKeys,
+    #[error("`vault.keys[{index}]`: {message}")]
+    Key { index: usize, message: String },
+    #[error("the vault at {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("the vault's entry for `{}` at `{}` does not open: {why}", user.escape_debug(), server.escape_debug())]
+    Unsealable {
+        server: String,
+        user: String,
+        why: &'static str,
+    },
+    #[error("a token longer than {MAX_TOKEN} bytes is not kept")]
+    TooLong,
+    #[error("the system's random source failed")]
+    Random,
+}
+
+/// What one user got by signing in to one server.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// When the access token expires (seconds since the epoch), if said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// The scopes granted.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The authorization server that issued them, and the client the
+    /// proxy was to it.
+    pub issuer: String,
+    pub client_id: String,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("expires_at", &self.expires_at)
+            .field("refresh", &self.refresh_token.is_some())
+            .field("scopes", &self.scopes)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An entry as listed: whose, where, and until when (never its tokens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub server: String,
+    pub user: String,
+    pub expires_at: Option<u64>,
+    pub refreshable: bool,
+}
+
+/// An entry's file.
+#[derive(Serialize, Deserialize)]
+struct File {
+    format: String,
+    server: String,
+    user: String,
+    /// The id of the key that sealed it (hex of 4 bytes of its SHA-256).
+    key: String,
+    /// The nonce, then the sealed JSON and its tag, in base64.
+    sealed: String,
+}
+
+/// The vault of one proxy's `data_dir`.
+pub struct Vault {
+    dir: PathBuf,
+    /// Each key with its id; the first seals.
+    keys: Vec<(String, LessSafeKey)>,
+    random: SystemRandom,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// The vault under `data_dir`, with `config`'s keys read now.
+    pub fn open(config: &VaultConfig, data_dir: &Path) -> Result<Self, VaultError> {
+        if config.keys.is_empty() {
+            return Err(VaultError::NoKeys);
+        }
+        let keys = config
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(index, key)| {
+                let fail = |message: String| VaultError::Key { index, message };
+                let text = key.resolve().map_err(&fail)?;
+                let bytes = hex::decode(text.trim())
+                    .ok()
+                    .filter(|bytes| bytes.len() == KEY_BYTES)
+                    .ok_or_else(|| fail(format!("not {KEY_BYTES} bytes as hex digits")))?;
+                let digest = Sha256::digest(&bytes);
+                let id = hex::encode(digest.get(..4).unwrap_or_default());
+                let key = UnboundKey::new(&AES_256_GCM, &bytes)
+                    .map_err(|_| fail("not an AES-256 key".into()))?;
+                Ok((id, LessSafeKey::new(key)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            dir: data_dir.join("vault"),
+            keys,
+            random: SystemRandom::new(),
+        })
+    }
+
+    /// Keeps `tokens` as `user`'s at `server`, in place of any before.
+    pub fn put(&self, server: &str, user: &str, tokens: &Tokens) -> Result<(), VaultError> {
+        if tokens.access_token.len() > MAX_TOKEN
+            || tokens
+                .refresh_token
+                .as_ref()
+                .is_some_and(|t| t.len() > MAX_TOKEN)
+        {
+            return Err(VaultError::TooLong);
+        }
+        let (key_id, key) = self.keys.first().ok_or(VaultError::NoKeys)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random
+            .fill(&mut nonce)
+            .map_err(|_| VaultError::Random)?;
+        let mut sealed = serde_json::to_vec(tokens).map_err(|err| self.io(err.to_string()))?;
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(bound(key_id, server, user)),
+            &mut sealed,
+        )
+        .map_err(|_| VaultError::Random)?;
+        let mut blob = nonce.to_vec();
+        blob.extend_from_slice(&sealed);
+        let file = File {
+            format: FORMAT.into(),
+            server: server.into(),
+            user: user.into(),
+            key: key_id.clone(),
+            sealed: STANDARD.encode(blob),
+        };
+        let text = serde_json::to_vec(&file).map_err(|err| self.io(err.to_string()))?;
+        std::fs::create_dir_all(&self.dir).map_err(|err| self.io(err.to_string()))?;
+        let path = self.path_of(server, user);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).map_err(|err| self.io(err.to_string()))?;
+        std::fs::rename(&tmp, &path).map_err(|err| self.io(err.to_string()))
+    }
+
+    /// `user`'s tokens at `server`, if they signed in.
+    pub fn get(&self, server: &str, user: &str) -> Result<Option<Tokens>, VaultError> {
+        let Some(file) = self.read(&self.path_of(server, user))? else {
+            return Ok(None);
+        };
+        let fail = |why| VaultError::Unsealable {
+            server: server.into(),
+            user: user.into(),
+            why,
+        };
+        if file.format != FORMAT || file.server != server || file.user != user {
+            return Err(fail("it is another's entry"));
+        }
+        let (key_id, key) = self
+            .keys
+            .iter()
+            .find(|(id, _)| *id == file.key)
+            .ok_or_else(|| fail("it was sealed under a key no longer in `[vault] keys`"))?;
+        let mut blob = STANDARD
+            .decode(file.sealed.as_bytes())
+            .map_err(|_| fail("it is not base64"))?;
+        if blob.len() < NONCE_LEN {
+            return Err(fail("it is cut short"));
+        }
+        let sealed = blob.split_off(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(&blob).map_err(|_| fail("it is cut short"))?;
+        let mut sealed = sealed;
+        let opened = key
+            .open_in_place(nonce, Aad::from(bound(key_id, server, user)), &mut sealed)
+            .map_err(|_| fail("it was changed, or sealed for another user or server"))?;
+        serde_json::from_slice(opened)
+            .map(Some)
+            .map_err(|_| fail("what it holds is not tokens"))
+    }
+
+    /// Forgets `user`'s tokens at `server`: whether there were any.
+    pub fn remove(&self, server: &str, user: &str) -> Result<bool, VaultError> {
+        match std::fs::remove_file(self.path_of(server, user)) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(self.io(err.to_string())),
+        }
+    }
+
+    /// Every entry, by server then user; one that does not open is listed
+    /// as the error it is.
+    pub fn list(&self) -> Result<Vec<Result<Listed, VaultError>>, VaultError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(self.io(err.to_string())),
+        };
+        let mut listed = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|err| self.io(err.to_string()))?.path();
+            if path.extension().is_none_or(|ext| ext != "json") {
+                continue;
+            }
+            let Some(file) = self.read(&path)? else {
+                continue;
+            };
+            // A file whose names are not those of its place is no entry
+            // of theirs (its place would be elsewhere).
+            if path != self.path_of(&file.server, &file.user) {
+                listed.push(Err(VaultError::Unsealable {
+                    server: file.server,
+                    user: file.user,
+                    why: "it is another's entry",
+                }));
+                continue;
+            }
+            listed.push(self.get(&file.server, &file.user).map(|tokens| Listed {
+                expires_at: tokens.as_ref().and_then(|t| t.expires_at),
+                refreshable: tokens.as_ref().is_some_and(|t| t.refresh_token.is_some()),
+                server: file.server,
+                user: file.user,
+            }));
+        }
+        listed.sort_by(|a, b| match (a, b) {
+            (Ok(a), Ok(b)) => (&a.server, &a.user).cmp(&(&b.server, &b.user)),
+            (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+            (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+            (Err(a), Err(b)) => a.to_string().cmp(&b.to_string()),
+        });
+        Ok(listed)
+    }
+
+    fn read(&self, path: &Path) -> Result<Option<File>, VaultError> {
+        use std::io::Read as _;
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(self.io(err.to_string())),
+        };
+        let mut text = Vec::new();
+        file.take(MAX_FILE + 1)
+            .read_to_end(&mut text)
+            .map_err(|err| self.io(err.to_string()))?;
+        if text.len() as u64 > MAX_FILE {
+            return Err(self.io(format!("{} is over {MAX_FILE} bytes", path.display())));
+        }
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|_| self.io(format!("{} is not a vault entry", path.display())))
+    }
+
+    fn path_of(&self, server: &str, user: &str) -> PathBuf {
+        let pair = format!("{}:{server}\0{user}", server.len());
+        let name = hex::encode(Sha256::digest(pair.as_bytes()));
+        self.dir.join(format!("{name}.json"))
+    }
+
+    fn io(&self, message: String) -> VaultError {
+        VaultError::Io {
+            path: self.dir.clone(),
+            message,
+        }
+    }
+}
+
+/// The associated data a seal is bound to (the server's length first:
+/// no two pairs read the same).
+fn bound(key_id: &str, server: &str, user: &str) -> Vec<u8> {
+    format!("{FORMAT}\0{key_id}\0{}:{server}\0{user}", server.len()).into_bytes()
+}
+
+#[cfg(test)]
+#[path = "vault_tests.rs"]
+mod tests;

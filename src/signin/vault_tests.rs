@@ -1,0 +1,234 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::*;
+use crate::config::SecretRef;
+
+const KEY_A: &str = "0001020304050607080900010203040506070809000102030405060708090001";
+const KEY_B: &str = "f0f1f2f3f4f5f6f7f8f9f0f1f2f3f4f5f6f7f8f9f0f1f2f3f4f5f6f7f8f9f0f1";
+
+/// A key file outside `data_dir`.
+fn key_file(dir: &Path, name: &str, hex: &str) -> SecretRef {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{hex}\n")).unwrap();
+    SecretRef::File(path)
+}
+
+fn vault(root: &Path, keys: &[(&str, &str)]) -> Vault {
+    let keys = keys
+        .iter()
+        .map(|(name, hex)| key_file(root, name, hex))
+        .collect();
+    Vault::open(&VaultConfig { keys }, &root.join("data")).unwrap()
+}
+
+fn tokens(access: &str) -> Tokens {
+    Tokens {
+        access_token: access.into(),
+        refresh_token: Some(format!("refresh-of-{access}")),
+        expires_at: Some(2_000_000_000),
+        scopes: vec!["mcp".into()],
+        issuer: "https://auth.example".into(),
+        client_id: "portcullis".into(),
+    }
+}
+
+#[test]
+fn tokens_come_back_to_their_user_and_server_only() {
+    let root = tempfile::tempdir().unwrap();
+    let vault = vault(root.path(), &[("a.key", KEY_A)]);
+    assert_eq!(vault.get("github", "alice").unwrap(), None);
+    vault
+        .put("github", "alice", &tokens("alice-secret-token"))
+        .unwrap();
+    vault
+        .put("github", "bob", &tokens("bob-secret-token"))
+        .unwrap();
+    vault
+        .put("notion", "alice", &tokens("alice-notion-token"))
+        .unwrap();
+    assert_eq!(
+        vault.get("github", "alice").unwrap(),
+        Some(tokens("alice-secret-token"))
+    );
+    assert_eq!(
+        vault.get("github", "bob").unwrap().unwrap().access_token,
+        "bob-secret-token"
+    );
+    // A second sign-in replaces the first.
+    vault
+        .put("github", "alice", &tokens("alice-again"))
+        .unwrap();
+    assert_eq!(
+        vault.get("github", "alice").unwrap().unwrap().access_token,
+        "alice-again"
+    );
+    let listed: Vec<_> = vault
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let pairs: Vec<_> = listed
+        .iter()
+        .map(|l| (l.server.as_str(), l.user.as_str(), l.refreshable))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("github", "alice", true),
+            ("github", "bob", true),
+            ("notion", "alice", true)
+        ]
+    );
+    assert!(vault.remove("github", "bob").unwrap());
+    assert!(!vault.remove("github", "bob").unwrap());
+    assert_eq!(vault.get("github", "bob").unwrap(), None);
+}
+
+#[test]
+fn no_token_is_readable_at_rest_or_in_a_debug_form() {
+    let root = tempfile::tempdir().unwrap();
+    let vault = vault(root.path(), &[("a.key", KEY_A)]);
+    let kept = tokens("planted-access-token-4f1c");
+    vault.put("github", "alice", &kept).unwrap();
+    for entry in std::fs::read_dir(root.path().join("data/vault")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("planted-access-token"), "{text}");
+        assert!(!text.contains("refresh-of"), "{text}");
+    }
+    let shown = format!("{kept:?} {vault:?}");
+    assert!(!shown.contains("planted"), "{shown}");
+}
+
+#[test]
+fn an_entry_moved_changed_or_under_an_unknown_key_does_not_open() {
+    let root = tempfile::tempdir().unwrap();
+    let vault = vault(root.path(), &[("a.key", KEY_A)]);
+    vault
+        .put("github", "alice", &tokens("alice-token"))
+        .unwrap();
+    vault
+        .put("github", "mallory", &tokens("mallory-token"))
+        .unwrap();
+    let alice = vault.path_of("github", "alice");
+    let mallory = vault.path_of("github", "mallory");
+
+    // Alice's entry copied into Mallory's place, its names rewritten to
+    // match: the seal is bound to Alice, and does not open for Mallory.
+    let text = std::fs::read_to_string(&alice)
+        .unwrap()
+        .replace("\"alice\"", "\"mallory\"");
+    std::fs::write(&mallory, text).unwrap();
+    let err = vault.get("github", "mallory").unwrap_err();
+    assert!(err.to_string().contains("sealed for another"), "{err}");
+    assert!(!err.to_string().contains("alice-token"), "{err}");
+
+    // Copied as it is: its names are Alice's, not Mallory's.
+    std::fs::copy(&alice, &mallory).unwrap();
+    let err = vault.get("github", "mallory").unwrap_err();
+    assert!(err.to_string().contains("another's entry"), "{err}");
+
+    // A byte of the seal changed.
+    let mut file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&alice).unwrap()).unwrap();
+    let mut blob = STANDARD.decode(file["sealed"].as_str().unwrap()).unwrap();
+    let last = blob.len() - 1;
+    blob[last] ^= 1;
+    file["sealed"] = STANDARD.encode(&blob).into();
+    std::fs::write(&alice, file.to_string()).unwrap();
+    assert!(matches!(
+        vault.get("github", "alice").unwrap_err(),
+        VaultError::Unsealable { .. }
+    ));
+
+    // Sealed under a key no longer configured.
+    let other = self::vault(root.path(), &[("b.key", KEY_B)]);
+    vault
+        .put("github", "alice", &tokens("alice-token"))
+        .unwrap();
+    let err = other.get("github", "alice").unwrap_err();
+    assert!(
+        err.to_string().contains("no longer in `[vault] keys`"),
+        "{err}"
+    );
+    // A listing says which entries do not open, and lists the rest.
+    let listed = other.list().unwrap();
+    assert!(listed.iter().all(Result::is_err), "{listed:?}");
+
+    // Cut short, or not JSON at all, or huge: an error, never a panic.
+    std::fs::write(
+        &alice,
+        r#"{"format":"pcv1","server":"github","user":"alice","key":"x","sealed":"AA=="}"#,
+    )
+    .unwrap();
+    assert!(vault.get("github", "alice").is_err());
+    std::fs::write(&alice, "not json").unwrap();
+    assert!(vault.get("github", "alice").is_err());
+    std::fs::write(&alice, vec![b' '; 200_000]).unwrap();
+    assert!(vault.get("github", "alice").is_err());
+}
+
+#[test]
+fn a_rotated_key_still_opens_what_it_sealed_and_the_new_one_seals() {
+    let root = tempfile::tempdir().unwrap();
+    let old = vault(root.path(), &[("a.key", KEY_A)]);
+    old.put("github", "alice", &tokens("sealed-by-a")).unwrap();
+    let rotated = vault(root.path(), &[("b.key", KEY_B), ("a.key", KEY_A)]);
+    assert_eq!(
+        rotated
+            .get("github", "alice")
+            .unwrap()
+            .unwrap()
+            .access_token,
+        "sealed-by-a"
+    );
+    rotated
+        .put("github", "alice", &tokens("sealed-by-b"))
+        .unwrap();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rotated.path_of("github", "alice")).unwrap())
+            .unwrap();
+    assert_eq!(
+        file["key"],
+        hex::encode(&Sha256::digest(hex::decode(KEY_B).unwrap())[..4])
+    );
+    assert!(old.get("github", "alice").is_err());
+}
+
+#[test]
+fn bad_keys_and_long_tokens_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let none = Vault::open(&VaultConfig::default(), root.path());
+    assert!(matches!(none, Err(VaultError::NoKeys)));
+    let short = key_file(root.path(), "short.key", "0102");
+    let err = Vault::open(&VaultConfig { keys: vec![short] }, root.path()).unwrap_err();
+    assert!(err.to_string().contains("vault.keys[0]"), "{err}");
+    let vault = vault(root.path(), &[("a.key", KEY_A)]);
+    let long = tokens(&"x".repeat(MAX_TOKEN + 1));
+    assert!(matches!(
+        vault.put("github", "alice", &long),
+        Err(VaultError::TooLong)
+    ));
+    // Names that would read alike without their lengths stay apart.
+    vault.put("a\0b", "c", &tokens("one")).unwrap();
+    assert_eq!(vault.get("a", "b\0c").unwrap(), None);
+}
+
+#[test]
+fn a_file_whose_names_are_not_its_places_is_listed_as_an_error() {
+    let root = tempfile::tempdir().unwrap();
+    let vault = vault(root.path(), &[("a.key", KEY_A)]);
+    vault
+        .put("github", "alice", &tokens("alice-token"))
+        .unwrap();
+    let text = std::fs::read_to_string(vault.path_of("github", "alice"))
+        .unwrap()
+        .replace("\"alice\"", "\"\\u001b[2Jbob\"");
+    std::fs::write(vault.dir.join("forged.json"), text).unwrap();
+    let listed = vault.list().unwrap();
+    assert_eq!(listed.len(), 2);
+    let err = listed[1].as_ref().unwrap_err().to_string();
+    assert!(err.contains("another's entry"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}
