@@ -18,6 +18,7 @@ pub mod interceptors;
 pub mod metrics;
 pub mod private_dir;
 pub mod protocol;
+pub mod sealing;
 pub mod search;
 pub mod signin;
 pub mod traces;

@@ -138,8 +138,7 @@ async fn the_vault_is_listed_without_its_tokens() {
     assert_eq!(stdout.trim(), "(no sign-ins kept)");
 
     let loaded = portcullis::config::Config::load(&path).unwrap();
-    let vault =
-        portcullis::signin::vault::Vault::open(&loaded.vault, &loaded.proxy.data_dir).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
     vault
         .put(
             "github",

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("config", 0),
     ("metrics", 0),
     ("private_dir", 0),
+    ("sealing", 0),
     ("search", 0),
     ("egress", 1),
     ("traces", 2),

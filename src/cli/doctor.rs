@@ -283,7 +283,7 @@ fn check_vault_keys(config: &Config, report: &mut Report) {
     if config.vault.keys.is_empty() {
         return;
     }
-    let vault = match crate::signin::vault::Vault::open(&config.vault, &config.proxy.data_dir) {
+    let vault = match crate::signin::vault::Vault::of(config) {
         Ok(vault) => vault,
         Err(error) => return report.line(Level::Fail, "vault keys", error.to_string()),
     };

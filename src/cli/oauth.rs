@@ -94,7 +94,7 @@ async fn discover(config: &Path, server: &str, format: super::Format) -> anyhow:
         }
         super::Format::Table => {
             for (name, value) in rows {
-                println!("{name:<30} {value}");
+                println!("{name:<30} {}", value.escape_debug());
             }
         }
     }
@@ -104,7 +104,7 @@ async fn discover(config: &Path, server: &str, format: super::Format) -> anyhow:
 /// `oauth status`: the vault's entries.
 fn status(config: &Path, format: super::Format) -> anyhow::Result<()> {
     let config = Config::load(config)?;
-    let vault = crate::signin::vault::Vault::open(&config.vault, &config.proxy.data_dir)?;
+    let vault = crate::signin::vault::Vault::of(&config)?;
     let entries = vault.list()?;
     let expires = |at: Option<u64>| {
         at.map(|at| {

@@ -455,3 +455,23 @@ fn vault_keys_are_secret_references_kept_outside_data_dir() {
     assert!(err.contains("vault.keys[0]"), "{err}");
     assert!(parse(server).unwrap().vault.keys.is_empty());
 }
+
+#[test]
+fn a_vault_key_linked_from_outside_into_data_dir_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let outside = root.path().join("etc");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(data.join("vault.key"), "00".repeat(32)).unwrap();
+    let link = outside.join("vault.key");
+    std::os::unix::fs::symlink(data.join("vault.key"), &link).unwrap();
+    let err = parse(&format!(
+        "[proxy]\ndata_dir = {:?}\n\n[vault]\nkeys = [\"file:{}\"]\n[[servers]]\nname = \"a\"\nprocess = {{ command = \"x\" }}\n",
+        data.display().to_string(),
+        link.display()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("inside `[proxy] data_dir`"), "{err}");
+}

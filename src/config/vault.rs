@@ -61,9 +61,17 @@ impl RawVault {
     }
 }
 
-/// Whether `path` is in `dir` (both as written, and as they resolve).
+/// Whether `path` is in `dir`: as written, as its folder resolves, or as
+/// it resolves itself (a link to a file in `dir`).
 fn inside(path: &std::path::Path, dir: &std::path::Path) -> bool {
     let canonical = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-    let parent = path.parent().map(canonical);
-    path.starts_with(dir) || parent.is_some_and(|parent| parent.starts_with(canonical(dir)))
+    let written = dir;
+    let dir = canonical(dir);
+    path.starts_with(written)
+        || path.starts_with(&dir)
+        || path
+            .parent()
+            .map(canonical)
+            .is_some_and(|parent| parent.starts_with(&dir))
+        || canonical(path).starts_with(&dir)
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::aead::{Aad, NONCE_LEN, Nonce};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -33,13 +33,11 @@ use sha2::{Digest, Sha256};
 
 use crate::chain::ClientIdentity;
 use crate::config::SecretRef;
+use crate::sealing::{KEY_ID_LEN, SealingKey};
 
 /// What every sealed id begins with (and is bound to).
 const PREFIX: &str = "pcs1_";
-const KEY_ID_LEN: usize = 4;
 const TAG_LEN: usize = 16;
-/// The key's length: 32 bytes, written as 64 hex digits.
-pub const KEY_BYTES: usize = 32;
 /// The longest id opened (a longer one is not ours).
 const MAX_ID_LEN: usize = 4096;
 /// The client capabilities sealed: what the proxy reads of them (whether
@@ -88,14 +86,9 @@ pub struct Sealed {
     issued: u64,
 }
 
-struct Key {
-    id: [u8; KEY_ID_LEN],
-    key: LessSafeKey,
-}
-
 /// The replicas' shared keys, and the ids this replica saw ended.
 pub struct Sealer {
-    keys: Vec<Key>,
+    keys: Vec<SealingKey>,
     max_age: Duration,
     random: SystemRandom,
     ended: Mutex<Ended>,
@@ -127,28 +120,10 @@ impl Sealer {
 
     /// The keys from their hex texts.
     pub fn from_hex(texts: &[String], max_age: Duration) -> Result<Self, SealError> {
-        let mut keys: Vec<Key> = Vec::new();
-        for (index, text) in texts.iter().enumerate() {
-            let bad = |message: &str| SealError::Key {
-                index,
-                message: message.to_owned(),
-            };
-            let mut bytes = [0u8; KEY_BYTES];
-            hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| {
-                bad("a session key is 32 bytes written as 64 hex digits (`portcullis session-key` makes one)")
-            })?;
-            let digest = Sha256::digest(bytes);
-            let mut id = [0u8; KEY_ID_LEN];
-            id.iter_mut().zip(digest).for_each(|(to, from)| *to = from);
-            if keys.iter().any(|key| key.id == id) {
-                return Err(bad("the same key is listed twice"));
-            }
-            let unbound = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| bad("not a key"))?;
-            keys.push(Key {
-                id,
-                key: LessSafeKey::new(unbound),
-            });
-        }
+        let keys = crate::sealing::keys_from_hex(texts).map_err(|(index, err)| SealError::Key {
+            index,
+            message: err.to_string(),
+        })?;
         Ok(Self {
             keys,
             max_age,

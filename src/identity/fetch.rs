@@ -39,4 +39,4 @@ pub(super) fn client(config: &OauthConfig) -> Result<HttpClient, String> {
         .map_err(|err| err.to_string())
 }
 
-pub(super) use crate::egress::document::{json, request};
+pub(super) use crate::egress::document::{json, named, origin_and_path, request};

@@ -362,7 +362,9 @@ impl KeySet {
     /// exactly as configured (else it is another provider's).
     async fn metadata(&self) -> Result<Endpoints, String> {
         let issuer = self.provider.issuer.trim_end_matches('/');
-        let (origin, path) = split_origin(issuer);
+        let parsed = reqwest::Url::parse(issuer)
+            .map_err(|_| format!("the issuer `{}` is not a URL", fetch::named(issuer)))?;
+        let (origin, path) = fetch::origin_and_path(&parsed);
         let candidates = [
             format!("{issuer}/.well-known/openid-configuration"),
             format!("{origin}/.well-known/oauth-authorization-server{path}"),
@@ -405,31 +407,5 @@ impl KeySet {
             }
         }
         Err(reasons.join("; "))
-    }
-}
-
-/// `https://host:port` and the path after it (`/realms/acme`, or empty).
-fn split_origin(url: &str) -> (&str, &str) {
-    let after_scheme = url.find("://").map_or(0, |at| at + 3);
-    match url[after_scheme..].find('/') {
-        Some(at) => url.split_at(after_scheme + at),
-        None => (url, ""),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_origin;
-
-    #[test]
-    fn an_issuer_splits_into_origin_and_path() {
-        assert_eq!(
-            split_origin("https://idp.example.com/realms/acme"),
-            ("https://idp.example.com", "/realms/acme")
-        );
-        assert_eq!(
-            split_origin("http://127.0.0.1:9000"),
-            ("http://127.0.0.1:9000", "")
-        );
     }
 }

@@ -92,9 +92,15 @@ pub enum DiscoverError {
     )]
     NoPkce(String),
     #[error(
-        "the authorization server `{issuer}` gives no usable `{key}` (missing, or not https://)"
+        "the authorization server `{issuer}` gives no usable `{key}` (missing, not https://, or not a plain URL)"
     )]
     Endpoint { issuer: String, key: &'static str },
+    #[error(
+        "`{0}` asks for a scope that is not an RFC 6749 scope token (printable ASCII, no space, quote or backslash)"
+    )]
+    BadScope(String),
+    #[error("`{metadata}` names `{named}`, which is not a plain https:// URL")]
+    BadUrl { metadata: String, named: String },
 }
 
 /// How long one of the discovery's requests may take, whole.
@@ -115,17 +121,18 @@ pub fn discovery_client(egress: &EgressConfig, url: &str) -> Result<HttpClient, 
 /// What the server at `url` asks for, learned from it (see the module's
 /// notes).
 pub async fn discover(http: &HttpClient, url: &str) -> Result<Discovered, DiscoverError> {
+    let shown = fetch::named(url);
     let challenge = challenge_of(http, url).await?;
     let (resource_metadata, resource) = resource_metadata(http, url, &challenge).await?;
     let named = resource
         .get("resource")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if !covers(named, url) {
+    if !plain_url(named, false) || !covers(named, url) {
         return Err(DiscoverError::OtherResource {
             metadata: resource_metadata,
             named: printable(named),
-            url: url.to_owned(),
+            url: shown,
         });
     }
     let issuer = resource
@@ -135,14 +142,27 @@ pub async fn discover(http: &HttpClient, url: &str) -> Result<Discovered, Discov
         .and_then(Value::as_str)
         .ok_or_else(|| DiscoverError::NoAuthorizationServer(resource_metadata.clone()))?
         .to_owned();
+    if !plain_url(&issuer, false) {
+        return Err(DiscoverError::BadUrl {
+            metadata: resource_metadata,
+            named: printable(&issuer),
+        });
+    }
     if !secure_url(&issuer) {
         return Err(DiscoverError::InsecureIssuer(printable(&issuer)));
     }
     let (issuer_metadata, metadata) = issuer_metadata(http, &issuer).await?;
-    let scopes = match &challenge.scope {
-        Some(scope) => scope.split_whitespace().map(str::to_owned).collect(),
+    let scopes: Vec<String> = match &challenge.scope {
+        Some(scope) => scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
         None => strings(&resource, "scopes_supported"),
     };
+    if let Some(bad) = scopes.iter().find(|scope| !scope_token(scope)) {
+        return Err(DiscoverError::BadScope(printable(bad)));
+    }
     let endpoints = Endpoints {
         issuer: &issuer,
         metadata: &metadata,
@@ -154,8 +174,8 @@ pub async fn discover(http: &HttpClient, url: &str) -> Result<Discovered, Discov
         scopes,
         authorization_endpoint: endpoints.required("authorization_endpoint")?,
         token_endpoint: endpoints.required("token_endpoint")?,
-        registration_endpoint: endpoints.optional("registration_endpoint"),
-        revocation_endpoint: endpoints.optional("revocation_endpoint"),
+        registration_endpoint: endpoints.optional("registration_endpoint")?,
+        revocation_endpoint: endpoints.optional("revocation_endpoint")?,
         client_id_metadata_documents: metadata
             .get("client_id_metadata_document_supported")
             .and_then(Value::as_bool)
@@ -183,11 +203,11 @@ async fn challenge_of(http: &HttpClient, url: &str) -> Result<Challenge, Discove
         }));
     let response = egress::send(request)
         .await
-        .map_err(|err| DiscoverError::Fetch(format!("{url}: {err}")))?;
+        .map_err(|err| DiscoverError::Fetch(format!("{}: {err}", fetch::named(url))))?;
     let status = response.status().as_u16();
     if status != 401 {
         return Err(DiscoverError::NotAsked {
-            url: url.to_owned(),
+            url: fetch::named(url),
             status,
         });
     }
@@ -198,7 +218,7 @@ async fn challenge_of(http: &HttpClient, url: &str) -> Result<Challenge, Discove
         .filter_map(|value| value.to_str().ok())
         .find_map(challenge::parse_bearer)
         .ok_or_else(|| DiscoverError::NoBearer {
-            url: url.to_owned(),
+            url: fetch::named(url),
         })
 }
 
@@ -208,22 +228,29 @@ async fn resource_metadata(
     url: &str,
     challenge: &Challenge,
 ) -> Result<(String, Map<String, Value>), DiscoverError> {
-    let (origin, path) = split_origin(url);
-    let path = path.trim_end_matches('/');
+    let fail = |reasons| DiscoverError::NoResourceMetadata {
+        url: fetch::named(url),
+        reasons,
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|_| fail("not a URL".into()))?;
+    let (origin, path) = fetch::origin_and_path(&parsed);
     let mut candidates = Vec::new();
-    candidates.extend(challenge.resource_metadata.clone());
+    if let Some(named) = &challenge.resource_metadata {
+        if !plain_url(named, false) {
+            return Err(fail(format!(
+                "the challenge names `{}`, not a plain https:// URL",
+                printable(named)
+            )));
+        }
+        candidates.push(named.clone());
+    }
     if !path.is_empty() {
         candidates.push(format!(
             "{origin}/.well-known/oauth-protected-resource{path}"
         ));
     }
     candidates.push(format!("{origin}/.well-known/oauth-protected-resource"));
-    first_document(http, candidates)
-        .await
-        .map_err(|reasons| DiscoverError::NoResourceMetadata {
-            url: url.to_owned(),
-            reasons,
-        })
+    first_document(http, candidates).await.map_err(fail)
 }
 
 /// The authorization server's metadata, in the specification's order:
@@ -232,8 +259,13 @@ async fn issuer_metadata(
     http: &HttpClient,
     issuer: &str,
 ) -> Result<(String, Map<String, Value>), DiscoverError> {
-    let trimmed = issuer.trim_end_matches('/');
-    let (origin, path) = split_origin(trimmed);
+    let trimmed = issuer.strip_suffix('/').unwrap_or(issuer);
+    let fail = |reasons| DiscoverError::NoIssuerMetadata {
+        issuer: fetch::named(issuer),
+        reasons,
+    };
+    let parsed = reqwest::Url::parse(trimmed).map_err(|_| fail("not a URL".into()))?;
+    let (origin, path) = fetch::origin_and_path(&parsed);
     let candidates = if path.is_empty() {
         vec![
             format!("{origin}/.well-known/oauth-authorization-server"),
@@ -246,28 +278,23 @@ async fn issuer_metadata(
             format!("{trimmed}/.well-known/openid-configuration"),
         ]
     };
-    let (at, metadata) = first_document(http, candidates).await.map_err(|reasons| {
-        DiscoverError::NoIssuerMetadata {
-            issuer: issuer.to_owned(),
-            reasons,
-        }
-    })?;
+    let (at, metadata) = first_document(http, candidates).await.map_err(fail)?;
     let named = metadata
         .get("issuer")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    // RFC 8414 §3.3: identical; a trailing slash is the one difference
+    // RFC 8414 §3.3: identical; one trailing slash is the one difference
     // servers are known to make.
-    if named.trim_end_matches('/') != trimmed {
+    if named.strip_suffix('/').unwrap_or(named) != trimmed {
         return Err(DiscoverError::OtherIssuer {
-            metadata: at,
+            metadata: fetch::named(&at),
             named: printable(named),
-            issuer: issuer.to_owned(),
+            issuer: fetch::named(issuer),
         });
     }
     let methods = strings(&metadata, "code_challenge_methods_supported");
     if !methods.iter().any(|method| method == "S256") {
-        return Err(DiscoverError::NoPkce(issuer.to_owned()));
+        return Err(DiscoverError::NoPkce(fetch::named(issuer)));
     }
     Ok((at, metadata))
 }
@@ -301,21 +328,29 @@ struct Endpoints<'a> {
 }
 
 impl Endpoints<'_> {
-    /// `key`'s URL: `https://`, or for an issuer on loopback `http://` on
-    /// loopback too (its metadata cannot send the proxy to a plain-HTTP
-    /// service elsewhere).
-    fn optional(&self, key: &str) -> Option<String> {
+    /// `key`'s URL, if given: `https://`, or for an issuer on loopback
+    /// `http://` on loopback too (its metadata cannot send the proxy to a
+    /// plain-HTTP service elsewhere); one given but not so is an error, not
+    /// an endpoint left out.
+    fn optional(&self, key: &'static str) -> Result<Option<String>, DiscoverError> {
+        let Some(value) = self.metadata.get(key) else {
+            return Ok(None);
+        };
         let remote = !reqwest::Url::parse(self.issuer).is_ok_and(|url| is_loopback(&url));
-        self.metadata
-            .get(key)
-            .and_then(Value::as_str)
+        value
+            .as_str()
+            .filter(|url| plain_url(url, true))
             .filter(|url| secure_url(url) && (!remote || url.starts_with("https://")))
-            .map(str::to_owned)
+            .map(|url| Some(url.to_owned()))
+            .ok_or_else(|| DiscoverError::Endpoint {
+                issuer: fetch::named(self.issuer),
+                key,
+            })
     }
 
     fn required(&self, key: &'static str) -> Result<String, DiscoverError> {
-        self.optional(key).ok_or_else(|| DiscoverError::Endpoint {
-            issuer: self.issuer.to_owned(),
+        self.optional(key)?.ok_or_else(|| DiscoverError::Endpoint {
+            issuer: fetch::named(self.issuer),
             key,
         })
     }
@@ -358,24 +393,35 @@ fn strings(document: &Map<String, Value>, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `https://host:port` and the path after it (`/mcp`, or empty).
-fn split_origin(url: &str) -> (&str, &str) {
-    let after_scheme = url.find("://").map_or(0, |at| at + 3);
-    match url[after_scheme..].find(['/', '?', '#']) {
-        Some(at) => {
-            let (origin, rest) = url.split_at(after_scheme + at);
-            (origin, rest.split(['?', '#']).next().unwrap_or_default())
-        }
-        None => (url, ""),
-    }
+/// Whether a peer-named `url` is one the proxy takes: printable ASCII
+/// only (nothing a terminal or a log would act on), a URL as written, with
+/// no user info or fragment, and a query only where `query` allows it (an
+/// endpoint may have one, RFC 6749 §3.1; an issuer or a metadata URL not).
+fn plain_url(url: &str, query: bool) -> bool {
+    url.bytes().all(|b| (0x21..=0x7e).contains(&b))
+        && reqwest::Url::parse(url).is_ok_and(|parsed| {
+            parsed.username().is_empty()
+                && parsed.password().is_none()
+                && parsed.fragment().is_none()
+                && (query || parsed.query().is_none())
+        })
 }
 
-/// A peer's text for an error: its first 200 characters, control
-/// characters escaped.
+/// Whether `scope` is a scope token (RFC 6749 §3.3:
+/// `%x21 / %x23-5B / %x5D-7E`, at least one).
+fn scope_token(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// A peer's text for an error: its first 200 characters, control and
+/// non-ASCII characters escaped.
 fn printable(text: &str) -> String {
     text.chars()
         .take(200)
-        .flat_map(char::escape_debug)
+        .flat_map(char::escape_default)
         .collect()
 }
 

@@ -208,7 +208,7 @@ async fn addresses_a_peer_named_are_judged_as_a_peers() {
         "/mcp",
         post(|| async {
             challenge(
-                "Bearer resource_metadata=\"http://169.254.169.254/latest/meta-data\"".to_owned(),
+                "Bearer resource_metadata=\"https://169.254.169.254/latest/meta-data\"".to_owned(),
             )
         }),
     );
@@ -262,14 +262,71 @@ fn a_resource_covers_its_own_url_and_those_below_it() {
 }
 
 #[test]
-fn urls_split_into_origin_and_path() {
-    assert_eq!(
-        split_origin("https://s.example/a/mcp?x=1"),
-        ("https://s.example", "/a/mcp")
+fn peer_text_urls_and_scopes_are_taken_only_plain() {
+    assert_eq!(printable("a\nb\u{1b}\u{202e}"), "a\\nb\\u{1b}\\u{202e}");
+    assert!(plain_url("https://as.example/authorize?tenant=x", true));
+    assert!(!plain_url("https://as.example/authorize?tenant=x", false));
+    for bad in [
+        "https://as.example/\u{1b}[2J",
+        "https://as.example/a b",
+        "https://as.example/\u{202e}",
+        "https://user:pw@as.example/",
+        "https://as.example/#frag",
+        "not a url",
+    ] {
+        assert!(!plain_url(bad, true), "{bad:?}");
+    }
+    assert!(scope_token("repo:read"));
+    assert!(scope_token("https://graph.example/.default"));
+    for bad in ["", "a\"b", "a\\b", "caf\u{e9}", "a\u{7f}", "a\tb"] {
+        assert!(!scope_token(bad), "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn hostile_values_in_a_servers_answers_are_refused_not_shown() {
+    // A scope carrying terminal escapes, in the metadata (a header
+    // cannot carry control characters).
+    let mut resource = good_resource();
+    resource["scopes_supported"] = json!(["mcp", "\u{1b}[2Jowned"]);
+    let base = server(resource, good_issuer(), false).await;
+    let err = discovered(&base).await.unwrap_err();
+    assert!(matches!(err, DiscoverError::BadScope(_)), "{err}");
+    assert!(!err.to_string().contains('\u{1b}'), "{err:?}");
+
+    // An issuer with an escape in it.
+    let mut resource = good_resource();
+    resource["authorization_servers"] = json!(["{base}/\u{1b}]0;title\u{7}"]);
+    let base = server(resource, good_issuer(), true).await;
+    let err = discovered(&base).await.unwrap_err();
+    assert!(matches!(err, DiscoverError::BadUrl { .. }), "{err}");
+    assert!(!err.to_string().contains('\u{1b}'), "{err:?}");
+
+    // A registration endpoint given but unusable is said, not dropped.
+    let mut issuer = good_issuer();
+    issuer["registration_endpoint"] = json!("javascript:alert(1)");
+    let base = server(good_resource(), issuer, true).await;
+    let err = discovered(&base).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DiscoverError::Endpoint {
+                key: "registration_endpoint",
+                ..
+            }
+        ),
+        "{err}"
     );
-    assert_eq!(
-        split_origin("http://127.0.0.1:9"),
-        ("http://127.0.0.1:9", "")
-    );
-    assert_eq!(printable("a\nb\u{1b}"), "a\\nb\\u{1b}");
+}
+
+#[tokio::test]
+async fn a_servers_url_is_named_without_its_credentials() {
+    let base = serve(Router::new().route("/mcp", post(|| async { "{}" }))).await;
+    let with_secrets = base.replace("http://", "http://user:pw-s3cret@") + "/mcp?api_key=k-s3cret";
+    let http = discovery_client(&loopback_allowed(), &with_secrets).unwrap();
+    let err = discover(&http, &with_secrets).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, DiscoverError::NotAsked { .. }), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("/mcp"), "{text}");
 }

@@ -15,21 +15,23 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::aead::{Aad, NONCE_LEN, Nonce};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::VaultConfig;
+use crate::config::{Config, VaultConfig};
+use crate::sealing::{self, SealingKey};
 
 /// The format, bound into every seal.
 const FORMAT: &str = "pcv1";
-/// A key's length: 32 bytes, written as 64 hex digits.
-const KEY_BYTES: usize = 32;
 /// The most of an entry's file that is read.
 const MAX_FILE: u64 = 64 * 1024;
 /// The longest token kept (a provider's JWT with many claims fits).
 pub const MAX_TOKEN: usize = 16 * 1024;
+/// The longest server name, user name, issuer, client id or scope list
+/// kept (an entry stays well under [`MAX_FILE`]).
+pub const MAX_NAME: usize = 1024;
 
 /// Why the vault cannot do what was asked. No variant carries a token.
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +48,18 @@ pub enum VaultError {
         user: String,
         why: &'static str,
     },
-    #[error("a token longer than {MAX_TOKEN} bytes is not kept")]
+    #[error(
+        "a token longer than {MAX_TOKEN} bytes, or a name or scope list longer than {MAX_NAME}, is not kept"
+    )]
     TooLong,
     #[error("the system's random source failed")]
     Random,
+    #[error("the tokens could not be sealed")]
+    Seal,
+    #[error(
+        "`vault.keys[{index}]` is also one of `[proxy] session_keys`: give the vault a key of its own (a session key is shared with every replica's clients' ids)"
+    )]
+    SharedKey { index: usize },
 }
 
 /// What one user got by signing in to one server.
@@ -107,7 +117,7 @@ struct File {
 pub struct Vault {
     dir: PathBuf,
     /// Each key with its id; the first seals.
-    keys: Vec<(String, LessSafeKey)>,
+    keys: Vec<SealingKey>,
     random: SystemRandom,
 }
 
@@ -120,29 +130,49 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
+    /// The vault of `config`'s `data_dir`, with its keys read now; a key
+    /// that is also a session key is refused.
+    pub fn of(config: &Config) -> Result<Self, VaultError> {
+        let vault = Self::open(&config.vault, &config.proxy.data_dir)?;
+        let session: Vec<String> = config
+            .proxy
+            .session_keys
+            .iter()
+            .filter_map(|key| key.resolve().ok())
+            .collect();
+        let session: Vec<SealingKey> = session
+            .iter()
+            .filter_map(|text| sealing::keys_from_hex(std::slice::from_ref(text)).ok())
+            .flatten()
+            .collect();
+        match vault
+            .keys
+            .iter()
+            .position(|key| session.iter().any(|other| other.id == key.id))
+        {
+            Some(index) => Err(VaultError::SharedKey { index }),
+            None => Ok(vault),
+        }
+    }
+
     /// The vault under `data_dir`, with `config`'s keys read now.
     pub fn open(config: &VaultConfig, data_dir: &Path) -> Result<Self, VaultError> {
         if config.keys.is_empty() {
             return Err(VaultError::NoKeys);
         }
-        let keys = config
+        let texts = config
             .keys
             .iter()
             .enumerate()
             .map(|(index, key)| {
-                let fail = |message: String| VaultError::Key { index, message };
-                let text = key.resolve().map_err(&fail)?;
-                let bytes = hex::decode(text.trim())
-                    .ok()
-                    .filter(|bytes| bytes.len() == KEY_BYTES)
-                    .ok_or_else(|| fail(format!("not {KEY_BYTES} bytes as hex digits")))?;
-                let digest = Sha256::digest(&bytes);
-                let id = hex::encode(digest.get(..4).unwrap_or_default());
-                let key = UnboundKey::new(&AES_256_GCM, &bytes)
-                    .map_err(|_| fail("not an AES-256 key".into()))?;
-                Ok((id, LessSafeKey::new(key)))
+                key.resolve()
+                    .map_err(|message| VaultError::Key { index, message })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let keys = sealing::keys_from_hex(&texts).map_err(|(index, err)| VaultError::Key {
+            index,
+            message: err.to_string(),
+        })?;
         Ok(Self {
             dir: data_dir.join("vault"),
             keys,
@@ -152,41 +182,76 @@ impl Vault {
 
     /// Keeps `tokens` as `user`'s at `server`, in place of any before.
     pub fn put(&self, server: &str, user: &str, tokens: &Tokens) -> Result<(), VaultError> {
+        let long = |text: &str| text.len() > MAX_NAME;
         if tokens.access_token.len() > MAX_TOKEN
             || tokens
                 .refresh_token
                 .as_ref()
                 .is_some_and(|t| t.len() > MAX_TOKEN)
+            || long(server)
+            || long(user)
+            || long(&tokens.issuer)
+            || long(&tokens.client_id)
+            || tokens.scopes.iter().map(|s| s.len() + 1).sum::<usize>() > MAX_NAME
         {
             return Err(VaultError::TooLong);
         }
-        let (key_id, key) = self.keys.first().ok_or(VaultError::NoKeys)?;
+        let key = self.keys.first().ok_or(VaultError::NoKeys)?;
+        let key_id = hex::encode(key.id);
         let mut nonce = [0u8; NONCE_LEN];
         self.random
             .fill(&mut nonce)
             .map_err(|_| VaultError::Random)?;
-        let mut sealed = serde_json::to_vec(tokens).map_err(|err| self.io(err.to_string()))?;
-        key.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(bound(key_id, server, user)),
-            &mut sealed,
-        )
-        .map_err(|_| VaultError::Random)?;
+        let mut sealed = serde_json::to_vec(tokens).map_err(|_| VaultError::Seal)?;
+        key.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(bound(&key_id, server, user)),
+                &mut sealed,
+            )
+            .map_err(|_| VaultError::Seal)?;
         let mut blob = nonce.to_vec();
         blob.extend_from_slice(&sealed);
         let file = File {
             format: FORMAT.into(),
             server: server.into(),
             user: user.into(),
-            key: key_id.clone(),
+            key: key_id,
             sealed: STANDARD.encode(blob),
         };
-        let text = serde_json::to_vec(&file).map_err(|err| self.io(err.to_string()))?;
+        let text = serde_json::to_vec(&file).map_err(|_| VaultError::Seal)?;
+        if text.len() as u64 > MAX_FILE {
+            return Err(VaultError::TooLong);
+        }
+        self.write(&self.path_of(server, user), &text)
+    }
+
+    /// `text` into `path`, whole or not at all: a new file of the
+    /// owner's only, synced, renamed into place, the folder synced.
+    fn write(&self, path: &Path, text: &[u8]) -> Result<(), VaultError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         std::fs::create_dir_all(&self.dir).map_err(|err| self.io(err.to_string()))?;
-        let path = self.path_of(server, user);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(|err| self.io(err.to_string()))?;
-        std::fs::rename(&tmp, &path).map_err(|err| self.io(err.to_string()))
+        let mut suffix = [0u8; 8];
+        self.random
+            .fill(&mut suffix)
+            .map_err(|_| VaultError::Random)?;
+        let tmp = path.with_extension(format!("{}.tmp", hex::encode(suffix)));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut file| {
+                file.write_all(text)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all());
+        written.map_err(|err| {
+            let _ = std::fs::remove_file(&tmp);
+            self.io(err.to_string())
+        })
     }
 
     /// `user`'s tokens at `server`, if they signed in.
@@ -202,10 +267,10 @@ impl Vault {
         if file.format != FORMAT || file.server != server || file.user != user {
             return Err(fail("it is another's entry"));
         }
-        let (key_id, key) = self
+        let key = self
             .keys
             .iter()
-            .find(|(id, _)| *id == file.key)
+            .find(|key| hex::encode(key.id) == file.key)
             .ok_or_else(|| fail("it was sealed under a key no longer in `[vault] keys`"))?;
         let mut blob = STANDARD
             .decode(file.sealed.as_bytes())
@@ -217,7 +282,12 @@ impl Vault {
         let nonce = Nonce::try_assume_unique_for_key(&blob).map_err(|_| fail("it is cut short"))?;
         let mut sealed = sealed;
         let opened = key
-            .open_in_place(nonce, Aad::from(bound(key_id, server, user)), &mut sealed)
+            .key
+            .open_in_place(
+                nonce,
+                Aad::from(bound(&file.key, server, user)),
+                &mut sealed,
+            )
             .map_err(|_| fail("it was changed, or sealed for another user or server"))?;
         serde_json::from_slice(opened)
             .map(Some)
@@ -243,12 +313,23 @@ impl Vault {
         };
         let mut listed = Vec::new();
         for entry in entries {
-            let path = entry.map_err(|err| self.io(err.to_string()))?.path();
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(err) => {
+                    listed.push(Err(self.io(err.to_string())));
+                    continue;
+                }
+            };
             if path.extension().is_none_or(|ext| ext != "json") {
                 continue;
             }
-            let Some(file) = self.read(&path)? else {
-                continue;
+            let file = match self.read(&path) {
+                Ok(Some(file)) => file,
+                Ok(None) => continue,
+                Err(err) => {
+                    listed.push(Err(err));
+                    continue;
+                }
             };
             // A file whose names are not those of its place is no entry
             // of theirs (its place would be elsewhere).
@@ -276,23 +357,34 @@ impl Vault {
         Ok(listed)
     }
 
+    /// The entry at `path`, if there is one: a regular file (not a link,
+    /// a folder or a pipe), read to at most [`MAX_FILE`] bytes.
     fn read(&self, path: &Path) -> Result<Option<File>, VaultError> {
         use std::io::Read as _;
-        let file = match std::fs::File::open(path) {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let named = || path.display().to_string().escape_debug().to_string();
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+            .open(path)
+        {
             Ok(file) => file,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(self.io(err.to_string())),
+            Err(err) => return Err(self.io(format!("{}: {err}", named()))),
         };
+        if !file.metadata().is_ok_and(|meta| meta.is_file()) {
+            return Err(self.io(format!("{} is not a regular file", named())));
+        }
         let mut text = Vec::new();
         file.take(MAX_FILE + 1)
             .read_to_end(&mut text)
-            .map_err(|err| self.io(err.to_string()))?;
+            .map_err(|err| self.io(format!("{}: {err}", named())))?;
         if text.len() as u64 > MAX_FILE {
-            return Err(self.io(format!("{} is over {MAX_FILE} bytes", path.display())));
+            return Err(self.io(format!("{} is over {MAX_FILE} bytes", named())));
         }
         serde_json::from_slice(&text)
             .map(Some)
-            .map_err(|_| self.io(format!("{} is not a vault entry", path.display())))
+            .map_err(|_| self.io(format!("{} is not a vault entry", named())))
     }
 
     fn path_of(&self, server: &str, user: &str) -> PathBuf {

@@ -232,3 +232,109 @@ fn a_file_whose_names_are_not_its_places_is_listed_as_an_error() {
     assert!(err.contains("another's entry"), "{err}");
     assert!(!err.contains('\u{1b}'), "{err:?}");
 }
+
+#[test]
+fn a_listing_goes_on_past_files_that_are_not_entries() {
+    let root = tempfile::tempdir().unwrap();
+    let vault = vault(root.path(), &[("a.key", KEY_A)]);
+    vault
+        .put("github", "alice", &tokens("alice-token"))
+        .unwrap();
+    let dir = vault.dir.clone();
+    std::fs::write(dir.join("garbage.json"), "not json").unwrap();
+    std::fs::write(dir.join("huge.json"), vec![b' '; 200_000]).unwrap();
+    std::fs::create_dir(dir.join("folder.json")).unwrap();
+    std::os::unix::fs::symlink(vault.path_of("github", "alice"), dir.join("link.json")).unwrap();
+    nix::unistd::mkfifo(&dir.join("pipe.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::fs::write(dir.join("\u{1b}[2J.json"), "{}").unwrap();
+    let listed = vault.list().unwrap();
+    let good: Vec<_> = listed.iter().filter_map(|l| l.as_ref().ok()).collect();
+    assert_eq!(good.len(), 1, "{listed:?}");
+    assert_eq!(
+        (good[0].server.as_str(), good[0].user.as_str()),
+        ("github", "alice")
+    );
+    let errors: Vec<String> = listed
+        .iter()
+        .filter_map(|l| l.as_ref().err())
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errors.len(), 6, "{errors:?}");
+    for error in &errors {
+        assert!(!error.contains('\u{1b}'), "{error:?}");
+    }
+    assert!(
+        errors.iter().any(|e| e.contains("not a regular file")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("over 65536 bytes")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn an_entry_is_written_owner_only_and_leaves_no_temporary_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let vault = vault(root.path(), &[("a.key", KEY_A)]);
+    vault.put("github", "alice", &tokens("one")).unwrap();
+    vault.put("github", "alice", &tokens("two")).unwrap();
+    let names: Vec<_> = std::fs::read_dir(&vault.dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(names, [vault.path_of("github", "alice")]);
+    let mode = std::fs::metadata(&names[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn names_too_long_for_an_entry_are_refused_before_anything_is_written() {
+    let root = tempfile::tempdir().unwrap();
+    let vault = vault(root.path(), &[("a.key", KEY_A)]);
+    let long = "x".repeat(MAX_NAME + 1);
+    let mut many_scopes = tokens("t");
+    many_scopes.scopes = vec!["scope".into(); MAX_NAME];
+    let mut long_issuer = tokens("t");
+    long_issuer.issuer = long.clone();
+    for (server, user, tokens) in [
+        (long.as_str(), "alice", tokens("t")),
+        ("github", long.as_str(), tokens("t")),
+        ("github", "alice", many_scopes),
+        ("github", "alice", long_issuer),
+    ] {
+        assert!(matches!(
+            vault.put(server, user, &tokens),
+            Err(VaultError::TooLong)
+        ));
+    }
+    assert!(!vault.dir.exists());
+    // The longest of everything still fits a file that is read back.
+    let mut largest = tokens(&"a".repeat(MAX_TOKEN));
+    largest.refresh_token = Some("r".repeat(MAX_TOKEN));
+    largest.issuer = "i".repeat(MAX_NAME);
+    largest.client_id = "c".repeat(MAX_NAME);
+    largest.scopes = vec!["s".repeat(MAX_NAME - 1)];
+    let name = "n".repeat(MAX_NAME);
+    vault.put(&name, &name, &largest).unwrap();
+    assert_eq!(vault.get(&name, &name).unwrap(), Some(largest));
+}
+
+#[test]
+fn a_vault_key_that_is_also_a_session_key_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let key = key_file(root.path(), "shared.key", KEY_A);
+    let mut config = Config::parse(
+        "[[servers]]\nname = \"a\"\nprocess = { command = \"x\" }\n",
+        Path::new("portcullis.toml"),
+    )
+    .unwrap();
+    config.proxy.data_dir = root.path().join("data");
+    config.vault.keys = vec![key_file(root.path(), "own.key", KEY_B)];
+    config.proxy.session_keys = vec![key.clone()];
+    assert!(Vault::of(&config).is_ok());
+    config.vault.keys.push(key);
+    let err = Vault::of(&config).unwrap_err();
+    assert!(matches!(err, VaultError::SharedKey { index: 1 }), "{err}");
+}
