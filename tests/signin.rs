@@ -1,8 +1,9 @@
-//! Signing users in to a remote server (issue 47), first slice: what the
-//! proxy learns from a real protected MCP server (the Python SDK's own
-//! resource-server support, `tests/fixtures/protected_server.py`) and its
-//! real authorization server (`tests/fixtures/oauth_server.py`), through
-//! `portcullis oauth discover`.
+//! Signing users in to a remote server (issue 47): what the proxy learns
+//! from a real protected MCP server (the Python SDK's own resource-server
+//! support, `tests/fixtures/protected_server.py`) and its real
+//! authorization server (`tests/fixtures/oauth_server.py`), through
+//! `portcullis oauth discover`; the vault (`oauth status`); a desktop
+//! sign-in (`oauth login`) and its revocation (`oauth revoke`).
 #![allow(
     clippy::indexing_slicing,
     clippy::panic,
@@ -119,12 +120,7 @@ async fn a_peer_named_address_is_not_reached_without_egress_allow() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_vault_is_listed_without_its_tokens() {
     let proxy = TestProxy::new();
-    let key = proxy.dir().join("vault.key");
-    std::fs::write(
-        &key,
-        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
-    )
-    .unwrap();
+    let key = vault_key(&proxy);
     let without = proxy.write_config();
     let (ok, _, stderr) = run_portcullis(["oauth", "status", "-c", without.to_str().unwrap()]);
     assert!(!ok);
@@ -167,4 +163,220 @@ async fn the_vault_is_listed_without_its_tokens() {
         doctor.contains("vault keys") && doctor.contains("1 sign-in kept, 0 of them not opening"),
         "{doctor}"
     );
+}
+
+/// A vault key in the proxy's folder (outside its `data_dir`).
+fn vault_key(proxy: &TestProxy) -> std::path::PathBuf {
+    let key = proxy.dir().join("vault.key");
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    key
+}
+
+/// A config with the protected server, loopback egress and a vault key.
+fn vault_config(url: &str) -> (TestProxy, std::path::PathBuf) {
+    let proxy = TestProxy::new();
+    let key = vault_key(&proxy);
+    let proxy = proxy
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"protected\"\nremote = {{ url = {url:?} }}\n"
+        ))
+        .with_config(&format!(
+            "[egress]\nallow = [\"127.0.0.0/8\"]\n\n[vault]\nkeys = [\"file:{}\"]\n",
+            key.display()
+        ));
+    let path = proxy.write_config();
+    (proxy, path)
+}
+
+/// A client that follows no redirect (as a test, it looks at each).
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `oauth login` run for `tester`, the person's part played by following
+/// the link (the authorization server approves at once): the callback URL
+/// the browser was sent to, and what `login` printed.
+async fn sign_in(config: &str, forge_first: bool) -> (String, String) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut login = Command::new(common::portcullis_bin())
+        .args([
+            "oauth",
+            "login",
+            "protected",
+            "--client",
+            "tester",
+            "--wait",
+            "120",
+            "-c",
+            config,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(login.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    let link = loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the link in time")
+            .unwrap()
+            .unwrap_or_else(|| panic!("login ended before a link: {printed}"));
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(link) = line.trim().strip_prefix("http") {
+            break format!("http{link}");
+        }
+    };
+    let parsed = reqwest::Url::parse(&link).unwrap();
+    let redirect = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    if forge_first {
+        // An answer with another state (a forged link, another sign-in's):
+        // refused, and the sign-in goes on waiting for its own.
+        let forged = browser()
+            .get(format!("{redirect}?code=stolen&state=forged"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 400);
+        assert!(forged.text().await.unwrap().contains("not for the sign-in"));
+    }
+    let approved = browser().get(&link).send().await.unwrap();
+    assert_eq!(approved.status(), 302);
+    let callback = approved.headers()["location"].to_str().unwrap().to_owned();
+    assert!(callback.starts_with(&redirect), "{callback}");
+    let done = browser().get(&callback).send().await.unwrap();
+    let headers = done.headers().clone();
+    let page = done.text().await.unwrap();
+    assert!(page.contains("Signed `tester` in to `protected`"), "{page}");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["cache-control"], "no-store");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), login.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    while let Ok(Some(line)) = lines.next_line().await {
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut login.stderr.take().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(status.success(), "{printed}{stderr}");
+    (callback, format!("{printed}{stderr}"))
+}
+
+/// Whether the authorization server says `token` is active, and for what.
+async fn introspect(issuer: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .post(format!("{issuer}/introspect"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A person at a desktop signs a client in (`oauth login`): registration
+/// with the real authorization server, the link, a forged answer refused,
+/// the real one taken once, the token kept sealed, issued for the server
+/// (its resource) and taken by it; a second sign-in reuses the client
+/// registered; `oauth revoke` revokes it at the authorization server and
+/// forgets it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_signs_in_from_a_desktop_and_revokes_it() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let (_proxy, path) = vault_config(&url);
+    let config = path.to_str().unwrap();
+    let (callback, printed) = sign_in(config, true).await;
+
+    // The answer is single-use: the listener is gone.
+    assert!(browser().get(&callback).send().await.is_err());
+
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let tokens = vault.get("protected", "tester").unwrap().expect("kept");
+    assert!(tokens.refresh_token.is_some());
+    assert!(!printed.contains(&tokens.access_token), "{printed}");
+    let facts = introspect(&issuer, &tokens.access_token).await;
+    assert_eq!(facts["active"], true, "{facts}");
+    assert_eq!(facts["aud"], url.as_str(), "issued for the server: {facts}");
+    // The protected server takes it.
+    let answer = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&tokens.access_token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "t", "version": "1"}}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    // Sealed at rest.
+    for entry in std::fs::read_dir(loaded.proxy.data_dir.join("vault")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(!text.contains(&tokens.access_token));
+    }
+
+    // A second sign-in: the same registered client, a new token in place.
+    let (_, _) = sign_in(config, false).await;
+    let again = vault.get("protected", "tester").unwrap().expect("kept");
+    assert_eq!(again.client_id, tokens.client_id);
+    assert_ne!(again.access_token, tokens.access_token);
+
+    let (ok, stdout, stderr) = run_portcullis([
+        "oauth",
+        "revoke",
+        "protected",
+        "--client",
+        "tester",
+        "-c",
+        config,
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("Revoked and forgot"), "{stdout}");
+    assert_eq!(vault.get("protected", "tester").unwrap(), None);
+    let facts = introspect(&issuer, &again.access_token).await;
+    assert_eq!(facts["active"], false, "{facts}");
+    let (ok, _, stderr) = run_portcullis([
+        "oauth",
+        "revoke",
+        "protected",
+        "--client",
+        "tester",
+        "-c",
+        config,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("no sign-in of `tester`"), "{stderr}");
+    // A name that is no client of the proxy is refused before anything.
+    let (ok, _, stderr) = run_portcullis([
+        "oauth",
+        "login",
+        "protected",
+        "--client",
+        "nobody",
+        "-c",
+        config,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("no client `nobody`"), "{stderr}");
 }

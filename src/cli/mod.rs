@@ -11,6 +11,7 @@ mod doctor;
 mod init;
 mod launch;
 mod oauth;
+mod oauth_login;
 mod pins;
 mod plugin;
 mod policy;

@@ -1,16 +1,19 @@
 //! `portcullis oauth`: signing users in to the servers behind the proxy.
 //! `oauth discover SERVER` asks a remote server what it needs (its 401,
 //! its protected resource metadata, its authorization server's metadata)
-//! and shows what was learned, or why it cannot be used; `oauth status`
-//! lists the sign-ins the vault keeps.
+//! and shows what was learned, or why it cannot be used; `oauth login`
+//! signs a client in from a desktop and `oauth revoke` undoes it
+//! (`oauth_login.rs`); `oauth status` lists the sign-ins the vault keeps.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, bail};
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::config::{Config, UpstreamSpec};
+use crate::config::Config;
 use crate::signin;
 
 #[derive(Subcommand)]
@@ -27,6 +30,34 @@ pub(super) enum OauthCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: super::Format,
     },
+    /// Signs a client of the proxy in to a remote server, from a desktop:
+    /// prints a link to open in a browser, and waits for the answer on a
+    /// loopback port; the tokens are kept in the vault.
+    Login {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A `remote` server of the config that asks for sign-in.
+        server: String,
+        /// The client of the proxy the sign-in is for.
+        #[arg(long)]
+        client: String,
+        /// How long to wait for the answer, in seconds.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
+    /// Revokes a client's sign-in at the server's authorization server
+    /// (RFC 7009) and forgets it.
+    Revoke {
+        #[arg(long, short)]
+        config: PathBuf,
+        server: String,
+        #[arg(long)]
+        client: String,
+        /// Forget the tokens without asking the authorization server to
+        /// revoke them (when it is gone, or the client was unregistered).
+        #[arg(long)]
+        local_only: bool,
+    },
     /// The sign-ins the vault keeps: each user's at each server, until
     /// when, and whether it can be refreshed (never a token).
     Status {
@@ -40,6 +71,18 @@ pub(super) enum OauthCommand {
 pub(super) async fn run(command: OauthCommand) -> anyhow::Result<()> {
     match command {
         OauthCommand::Status { config, format } => status(&config, format),
+        OauthCommand::Login {
+            config,
+            server,
+            client,
+            wait,
+        } => super::oauth_login::login(&config, &server, &client, Duration::from_secs(wait)).await,
+        OauthCommand::Revoke {
+            config,
+            server,
+            client,
+            local_only,
+        } => super::oauth_login::revoke(&config, &server, &client, local_only).await,
         OauthCommand::Discover {
             config,
             server,
@@ -50,12 +93,7 @@ pub(super) async fn run(command: OauthCommand) -> anyhow::Result<()> {
 
 async fn discover(config: &Path, server: &str, format: super::Format) -> anyhow::Result<()> {
     let config = Config::load(config)?;
-    let Some(found) = config.servers.iter().find(|s| s.name == server) else {
-        bail!("no server `{server}` in the config");
-    };
-    let UpstreamSpec::Remote(remote) = &found.kind else {
-        bail!("server `{server}` is not a `remote` server: only those sign users in over OAuth");
-    };
+    let remote = super::oauth_login::remote(&config, server)?;
     let http = signin::discovery_client(&config.egress, &remote.url)?;
     let learned = signin::discover(&http, &remote.url)
         .await

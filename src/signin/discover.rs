@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::challenge::{self, Challenge};
+use super::token::scope_token;
 use crate::config::{EgressConfig, is_loopback, secure_url};
 use crate::egress::document as fetch;
 use crate::egress::{self, HttpClient, Timeouts, Trust};
@@ -47,6 +48,13 @@ pub struct Discovered {
     pub revocation_endpoint: Option<String>,
     /// Whether it takes a client ID metadata document as a client's id.
     pub client_id_metadata_documents: bool,
+    /// How clients may authenticate at its token endpoint
+    /// (`token_endpoint_auth_methods_supported`; RFC 8414's default when
+    /// unsaid: `client_secret_basic`).
+    pub token_endpoint_auth_methods: Vec<String>,
+    /// Whether it names itself in each authorization response (RFC 9207
+    /// `iss`): then a response without it, or naming another, is refused.
+    pub iss_parameter: bool,
 }
 
 /// Why a server's sign-in could not be learned. Each names the URL it
@@ -178,6 +186,17 @@ pub async fn discover(http: &HttpClient, url: &str) -> Result<Discovered, Discov
         revocation_endpoint: endpoints.optional("revocation_endpoint")?,
         client_id_metadata_documents: metadata
             .get("client_id_metadata_document_supported")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        token_endpoint_auth_methods: match strings(
+            &metadata,
+            "token_endpoint_auth_methods_supported",
+        ) {
+            methods if methods.is_empty() => vec!["client_secret_basic".to_owned()],
+            methods => methods,
+        },
+        iss_parameter: metadata
+            .get("authorization_response_iss_parameter_supported")
             .and_then(Value::as_bool)
             .unwrap_or(false),
         issuer,
@@ -407,22 +426,10 @@ fn plain_url(url: &str, query: bool) -> bool {
         })
 }
 
-/// Whether `scope` is a scope token (RFC 6749 §3.3:
-/// `%x21 / %x23-5B / %x5D-7E`, at least one).
-fn scope_token(scope: &str) -> bool {
-    !scope.is_empty()
-        && scope
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-}
-
 /// A peer's text for an error: its first 200 characters, control and
 /// non-ASCII characters escaped.
 fn printable(text: &str) -> String {
-    text.chars()
-        .take(200)
-        .flat_map(char::escape_default)
-        .collect()
+    super::token::escaped(text, 200)
 }
 
 #[cfg(test)]

@@ -7,6 +7,10 @@
 //! its protected resource metadata (RFC 9728), and its authorization
 //! server's metadata (RFC 8414, or OpenID Connect discovery), each checked
 //! before anything is believed. `portcullis oauth discover SERVER` shows it.
+//! Then the flow (`flow`): the proxy registers as a client, sends the user
+//! to sign in with PKCE and the resource indicator, checks the answer, and
+//! exchanges, refreshes and revokes the user's tokens, which the [`vault`]
+//! keeps sealed (`portcullis oauth login`, `revoke`, `status`).
 //!
 //! Every URL here but the server's own was named by a peer (the server, its
 //! metadata, its authorization server): each is reached as such, through
@@ -15,7 +19,12 @@
 
 mod challenge;
 mod discover;
+mod flow;
+pub mod token;
 pub mod vault;
 
 pub use challenge::{Challenge, parse_bearer};
 pub use discover::{DiscoverError, Discovered, discover, discovery_client};
+pub use flow::{
+    FlowError, Registration, Started, answered, exchange, refresh, register, revoke, start,
+};

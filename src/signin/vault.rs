@@ -101,10 +101,30 @@ pub struct Listed {
     pub refreshable: bool,
 }
 
+/// What an entry holds: a user's tokens at a server, or the client the
+/// proxy registered with a server's authorization server (for one
+/// redirect URI, named in place of a user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Tokens,
+    Client,
+}
+
+impl Kind {
+    fn tag(self) -> &'static str {
+        match self {
+            Self::Tokens => "tokens",
+            Self::Client => "client",
+        }
+    }
+}
+
 /// An entry's file.
 #[derive(Serialize, Deserialize)]
 struct File {
     format: String,
+    kind: Kind,
     server: String,
     user: String,
     /// The id of the key that sealed it (hex of 4 bytes of its SHA-256).
@@ -182,6 +202,49 @@ impl Vault {
 
     /// Keeps `tokens` as `user`'s at `server`, in place of any before.
     pub fn put(&self, server: &str, user: &str, tokens: &Tokens) -> Result<(), VaultError> {
+        self.check(server, user, tokens)?;
+        self.seal(Kind::Tokens, server, user, tokens)
+    }
+
+    /// `user`'s tokens at `server`, if they signed in.
+    pub fn get(&self, server: &str, user: &str) -> Result<Option<Tokens>, VaultError> {
+        self.open_entry(Kind::Tokens, server, user)
+    }
+
+    /// Forgets `user`'s tokens at `server`: whether there were any.
+    pub fn remove(&self, server: &str, user: &str) -> Result<bool, VaultError> {
+        self.remove_entry(Kind::Tokens, server, user)
+    }
+
+    /// Keeps `client`, registered for `server` with `redirect_uri`.
+    pub fn put_client<T: Serialize>(
+        &self,
+        server: &str,
+        redirect_uri: &str,
+        client: &T,
+    ) -> Result<(), VaultError> {
+        if server.len() > MAX_NAME || redirect_uri.len() > MAX_NAME {
+            return Err(VaultError::TooLong);
+        }
+        self.seal(Kind::Client, server, redirect_uri, client)
+    }
+
+    /// The client registered for `server` with `redirect_uri`, if any.
+    pub fn get_client<T: serde::de::DeserializeOwned>(
+        &self,
+        server: &str,
+        redirect_uri: &str,
+    ) -> Result<Option<T>, VaultError> {
+        self.open_entry(Kind::Client, server, redirect_uri)
+    }
+
+    /// Forgets the client registered for `server` with `redirect_uri`.
+    pub fn remove_client(&self, server: &str, redirect_uri: &str) -> Result<bool, VaultError> {
+        self.remove_entry(Kind::Client, server, redirect_uri)
+    }
+
+    /// Whether `tokens` fit an entry.
+    fn check(&self, server: &str, user: &str, tokens: &Tokens) -> Result<(), VaultError> {
         let long = |text: &str| text.len() > MAX_NAME;
         if tokens.access_token.len() > MAX_TOKEN
             || tokens
@@ -196,17 +259,28 @@ impl Vault {
         {
             return Err(VaultError::TooLong);
         }
+        Ok(())
+    }
+
+    /// `value` sealed as the `kind` entry of (`server`, `user`).
+    fn seal<T: Serialize>(
+        &self,
+        kind: Kind,
+        server: &str,
+        user: &str,
+        value: &T,
+    ) -> Result<(), VaultError> {
         let key = self.keys.first().ok_or(VaultError::NoKeys)?;
         let key_id = hex::encode(key.id);
         let mut nonce = [0u8; NONCE_LEN];
         self.random
             .fill(&mut nonce)
             .map_err(|_| VaultError::Random)?;
-        let mut sealed = serde_json::to_vec(tokens).map_err(|_| VaultError::Seal)?;
+        let mut sealed = serde_json::to_vec(value).map_err(|_| VaultError::Seal)?;
         key.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(bound(&key_id, server, user)),
+                Aad::from(bound(kind, &key_id, server, user)),
                 &mut sealed,
             )
             .map_err(|_| VaultError::Seal)?;
@@ -214,6 +288,7 @@ impl Vault {
         blob.extend_from_slice(&sealed);
         let file = File {
             format: FORMAT.into(),
+            kind,
             server: server.into(),
             user: user.into(),
             key: key_id,
@@ -223,7 +298,7 @@ impl Vault {
         if text.len() as u64 > MAX_FILE {
             return Err(VaultError::TooLong);
         }
-        self.write(&self.path_of(server, user), &text)
+        self.write(&self.path_of(kind, server, user), &text)
     }
 
     /// `text` into `path`, whole or not at all: a new file of the
@@ -254,9 +329,14 @@ impl Vault {
         })
     }
 
-    /// `user`'s tokens at `server`, if they signed in.
-    pub fn get(&self, server: &str, user: &str) -> Result<Option<Tokens>, VaultError> {
-        let Some(file) = self.read(&self.path_of(server, user))? else {
+    /// What the `kind` entry of (`server`, `user`) holds, if there is one.
+    fn open_entry<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: Kind,
+        server: &str,
+        user: &str,
+    ) -> Result<Option<T>, VaultError> {
+        let Some(file) = self.read(&self.path_of(kind, server, user))? else {
             return Ok(None);
         };
         let fail = |why| VaultError::Unsealable {
@@ -264,7 +344,8 @@ impl Vault {
             user: user.into(),
             why,
         };
-        if file.format != FORMAT || file.server != server || file.user != user {
+        if file.format != FORMAT || file.kind != kind || file.server != server || file.user != user
+        {
             return Err(fail("it is another's entry"));
         }
         let key = self
@@ -285,7 +366,7 @@ impl Vault {
             .key
             .open_in_place(
                 nonce,
-                Aad::from(bound(&file.key, server, user)),
+                Aad::from(bound(kind, &file.key, server, user)),
                 &mut sealed,
             )
             .map_err(|_| fail("it was changed, or sealed for another user or server"))?;
@@ -294,16 +375,15 @@ impl Vault {
             .map_err(|_| fail("what it holds is not tokens"))
     }
 
-    /// Forgets `user`'s tokens at `server`: whether there were any.
-    pub fn remove(&self, server: &str, user: &str) -> Result<bool, VaultError> {
-        match std::fs::remove_file(self.path_of(server, user)) {
+    fn remove_entry(&self, kind: Kind, server: &str, user: &str) -> Result<bool, VaultError> {
+        match std::fs::remove_file(self.path_of(kind, server, user)) {
             Ok(()) => Ok(true),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(err) => Err(self.io(err.to_string())),
         }
     }
 
-    /// Every entry, by server then user; one that does not open is listed
+    /// Every user's sign-in, by server then user; one that does not open is listed
     /// as the error it is.
     pub fn list(&self) -> Result<Vec<Result<Listed, VaultError>>, VaultError> {
         let entries = match std::fs::read_dir(&self.dir) {
@@ -333,12 +413,16 @@ impl Vault {
             };
             // A file whose names are not those of its place is no entry
             // of theirs (its place would be elsewhere).
-            if path != self.path_of(&file.server, &file.user) {
+            if path != self.path_of(file.kind, &file.server, &file.user) {
                 listed.push(Err(VaultError::Unsealable {
                     server: file.server,
                     user: file.user,
                     why: "it is another's entry",
                 }));
+                continue;
+            }
+            // A registered client is the proxy's, not a user's sign-in.
+            if file.kind == Kind::Client {
                 continue;
             }
             listed.push(self.get(&file.server, &file.user).map(|tokens| Listed {
@@ -387,8 +471,8 @@ impl Vault {
             .map_err(|_| self.io(format!("{} is not a vault entry", named())))
     }
 
-    fn path_of(&self, server: &str, user: &str) -> PathBuf {
-        let pair = format!("{}:{server}\0{user}", server.len());
+    fn path_of(&self, kind: Kind, server: &str, user: &str) -> PathBuf {
+        let pair = format!("{}\0{}:{server}\0{user}", kind.tag(), server.len());
         let name = hex::encode(Sha256::digest(pair.as_bytes()));
         self.dir.join(format!("{name}.json"))
     }
@@ -403,8 +487,13 @@ impl Vault {
 
 /// The associated data a seal is bound to (the server's length first:
 /// no two pairs read the same).
-fn bound(key_id: &str, server: &str, user: &str) -> Vec<u8> {
-    format!("{FORMAT}\0{key_id}\0{}:{server}\0{user}", server.len()).into_bytes()
+fn bound(kind: Kind, key_id: &str, server: &str, user: &str) -> Vec<u8> {
+    format!(
+        "{FORMAT}\0{}\0{key_id}\0{}:{server}\0{user}",
+        kind.tag(),
+        server.len()
+    )
+    .into_bytes()
 }
 
 #[cfg(test)]

@@ -111,8 +111,8 @@ fn an_entry_moved_changed_or_under_an_unknown_key_does_not_open() {
     vault
         .put("github", "mallory", &tokens("mallory-token"))
         .unwrap();
-    let alice = vault.path_of("github", "alice");
-    let mallory = vault.path_of("github", "mallory");
+    let alice = vault.path_of(Kind::Tokens, "github", "alice");
+    let mallory = vault.path_of(Kind::Tokens, "github", "mallory");
 
     // Alice's entry copied into Mallory's place, its names rewritten to
     // match: the seal is bound to Alice, and does not open for Mallory.
@@ -186,9 +186,10 @@ fn a_rotated_key_still_opens_what_it_sealed_and_the_new_one_seals() {
     rotated
         .put("github", "alice", &tokens("sealed-by-b"))
         .unwrap();
-    let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(rotated.path_of("github", "alice")).unwrap())
-            .unwrap();
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(rotated.path_of(Kind::Tokens, "github", "alice")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         file["key"],
         hex::encode(&Sha256::digest(hex::decode(KEY_B).unwrap())[..4])
@@ -222,7 +223,7 @@ fn a_file_whose_names_are_not_its_places_is_listed_as_an_error() {
     vault
         .put("github", "alice", &tokens("alice-token"))
         .unwrap();
-    let text = std::fs::read_to_string(vault.path_of("github", "alice"))
+    let text = std::fs::read_to_string(vault.path_of(Kind::Tokens, "github", "alice"))
         .unwrap()
         .replace("\"alice\"", "\"\\u001b[2Jbob\"");
     std::fs::write(vault.dir.join("forged.json"), text).unwrap();
@@ -244,7 +245,11 @@ fn a_listing_goes_on_past_files_that_are_not_entries() {
     std::fs::write(dir.join("garbage.json"), "not json").unwrap();
     std::fs::write(dir.join("huge.json"), vec![b' '; 200_000]).unwrap();
     std::fs::create_dir(dir.join("folder.json")).unwrap();
-    std::os::unix::fs::symlink(vault.path_of("github", "alice"), dir.join("link.json")).unwrap();
+    std::os::unix::fs::symlink(
+        vault.path_of(Kind::Tokens, "github", "alice"),
+        dir.join("link.json"),
+    )
+    .unwrap();
     nix::unistd::mkfifo(&dir.join("pipe.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
     std::fs::write(dir.join("\u{1b}[2J.json"), "{}").unwrap();
     let listed = vault.list().unwrap();
@@ -284,7 +289,7 @@ fn an_entry_is_written_owner_only_and_leaves_no_temporary_file() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(names, [vault.path_of("github", "alice")]);
+    assert_eq!(names, [vault.path_of(Kind::Tokens, "github", "alice")]);
     let mode = std::fs::metadata(&names[0]).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }

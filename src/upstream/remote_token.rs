@@ -16,15 +16,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderValue;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EgressConfig, RemoteOauth};
-use crate::egress::{self, HttpClient, Timeouts, Trust};
+use crate::egress::{HttpClient, Timeouts, Trust};
 use crate::protocol::unix_now;
 
-/// The most of a token endpoint's answer that is read.
-const MAX_ANSWER: usize = 64 * 1024;
 /// A token is renewed this long before it expires (or at half its life,
 /// if that is sooner).
 const RENEW_BEFORE: Duration = Duration::from_secs(60);
@@ -270,48 +267,12 @@ async fn fetch(
         )
         .header(reqwest::header::ACCEPT, "application/json")
         .form(&form);
-    let response = egress::send(request).await.map_err(|err| err.to_string())?;
-    let status = response.status();
-    let body = egress::read_limited(response, MAX_ANSWER)
-        .await
-        .map_err(|reason| format!("{endpoint}: {reason}"))?;
-    let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if !status.is_success() {
-        // The error code and description are the server's words about the
-        // request, not secrets.
-        // An exchange's description is left out: a server may quote the
-        // user's token in it.
-        let said = |key: &str| answer.get(key).and_then(Value::as_str).unwrap_or_default();
-        let description = match grant {
-            Grant::Own => crate::protocol::cut(said("error_description"), 200),
-            Grant::For { .. } => "",
-        };
-        return Err(format!(
-            "{endpoint} answered {status} {} {description}",
-            crate::protocol::cut(said("error"), 64),
-        ));
-    }
-    let token = answer
-        .get("access_token")
-        .and_then(Value::as_str)
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| format!("{endpoint} sent no access_token"))?;
-    let token_type = answer
-        .get("token_type")
-        .and_then(Value::as_str)
-        .unwrap_or("Bearer");
-    if !token_type.eq_ignore_ascii_case("bearer") {
-        return Err(format!(
-            "{endpoint} sent a `{}` token, not a bearer token",
-            crate::protocol::cut(token_type, 32)
-        ));
-    }
-    let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
+    let granted = crate::signin::token::ask(request, endpoint, matches!(grant, Grant::Own)).await?;
+    let mut header = HeaderValue::from_str(&format!("Bearer {}", granted.access_token))
         .map_err(|_| format!("{endpoint} sent an access_token that is no header value"))?;
     header.set_sensitive(true);
-    let lives = answer
-        .get("expires_in")
-        .and_then(Value::as_u64)
+    let lives = granted
+        .expires_in
         .map_or(UNSAID_LIFE, Duration::from_secs)
         .saturating_sub(started.elapsed());
     Ok((header, lives))

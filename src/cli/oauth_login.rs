@@ -1,0 +1,306 @@
+//! `portcullis oauth login SERVER --client NAME`: a person at a desktop
+//! signs a client of the proxy in to a remote server. The proxy registers
+//! itself with the server's authorization server for a loopback redirect
+//! URI (RFC 8252: `http://127.0.0.1:PORT/callback`), prints the link,
+//! listens on that port for the answer, checks it (`state`, `iss`),
+//! exchanges the code and keeps the tokens in the vault. `oauth revoke`
+//! revokes them at the authorization server (RFC 7009) and forgets them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::oneshot;
+
+use crate::config::{Config, RemoteSpec, UpstreamSpec};
+use crate::egress::HttpClient;
+use crate::signin::vault::{MAX_NAME, Vault};
+use crate::signin::{self, Discovered, FlowError, Registration};
+
+/// The name the desktop sign-in's client is kept under in the vault (its
+/// port may change from one sign-in to the next).
+const LOOPBACK: &str = "http://127.0.0.1/callback";
+
+/// The remote server `name` of `config`.
+pub(super) fn remote<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a RemoteSpec> {
+    let Some(found) = config.servers.iter().find(|s| s.name == name) else {
+        bail!("no server `{}` in the config", name.escape_debug());
+    };
+    let UpstreamSpec::Remote(remote) = &found.kind else {
+        bail!(
+            "server `{}` is not a `remote` server: only those sign users in over OAuth",
+            name.escape_debug()
+        );
+    };
+    Ok(remote)
+}
+
+/// Whether `user` can be a client of this proxy: a name of `[[clients]]`,
+/// or any plain name where `[oauth]` says who clients are.
+fn check_user(config: &Config, user: &str) -> anyhow::Result<()> {
+    if user.is_empty() || user.len() > MAX_NAME || user.chars().any(char::is_control) {
+        bail!("`--client` must be a client's name, without control characters");
+    }
+    if config.oauth.is_none() && !config.clients.iter().any(|c| c.name == user) {
+        bail!(
+            "no client `{}` in `[[clients]]`: a sign-in is kept for a client of the proxy",
+            user.escape_debug()
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn login(
+    config: &Path,
+    server: &str,
+    user: &str,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let remote = remote(&config, server)?;
+    check_user(&config, user)?;
+    let vault = Vault::of(&config)?;
+    let http = signin::discovery_client(&config.egress, &remote.url)?;
+    let found = signin::discover(&http, &remote.url)
+        .await
+        .with_context(|| format!("server `{server}`"))?;
+    // The desktop client registered before, if it is this issuer's, on its
+    // port if that port is free; else a new port and a new registration.
+    let kept: Option<Registration> = vault
+        .get_client::<Registration>(server, LOOPBACK)?
+        .filter(|client| client.issuer == found.issuer);
+    let port = kept
+        .as_ref()
+        .and_then(|client| reqwest::Url::parse(&client.redirect_uri).ok())
+        .and_then(|url| url.port());
+    let listener = match port {
+        Some(port) => match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => listener,
+            Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
+        },
+        None => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
+    };
+    let address: SocketAddr = listener.local_addr()?;
+    let redirect = format!("http://127.0.0.1:{}/callback", address.port());
+    let client = match kept.filter(|client| client.redirect_uri == redirect) {
+        Some(client) => client,
+        None => {
+            let client = signin::register(&http, &found, &redirect).await?;
+            vault.put_client(server, LOOPBACK, &client)?;
+            client
+        }
+    };
+    let started = signin::start(&found, &client)?;
+    println!(
+        "To sign `{}` in to `{}`, open this link in a browser:\n\n  {}\n",
+        user.escape_debug(),
+        server.escape_debug(),
+        started.link
+    );
+    eprintln!(
+        "Waiting up to {} s for the answer at {redirect}…",
+        wait.as_secs()
+    );
+    let (done, finished) = oneshot::channel();
+    let pending = Arc::new(Pending {
+        found,
+        client,
+        state: started.state,
+        verifier: started.verifier,
+        http,
+        vault,
+        server: server.to_owned(),
+        user: user.to_owned(),
+        done: Mutex::new(Some(done)),
+    });
+    let router = axum::Router::new()
+        .route("/callback", axum::routing::get(callback))
+        .with_state(pending);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let outcome = tokio::select! {
+        outcome = finished => outcome.unwrap_or_else(|_| Err("the sign-in's listener stopped".into())),
+        () = tokio::time::sleep(wait) => Err(format!("no answer came back within {} s", wait.as_secs())),
+    };
+    let _ = stop.send(());
+    let _ = serving.await;
+    match outcome {
+        Ok(summary) => {
+            println!("{summary}");
+            Ok(())
+        }
+        Err(reason) => bail!("the sign-in failed: {reason}"),
+    }
+}
+
+/// A sign-in waiting for its answer.
+struct Pending {
+    found: Discovered,
+    client: Registration,
+    state: String,
+    verifier: String,
+    http: HttpClient,
+    vault: Vault,
+    server: String,
+    user: String,
+    /// Taken by the first answer for this sign-in: one answer only.
+    done: Mutex<Option<oneshot::Sender<Result<String, String>>>>,
+}
+
+/// What comes back to the redirect URI.
+async fn callback(
+    State(pending): State<Arc<Pending>>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let answer = signin::answered(&pending.found, &pending.state, &query);
+    if let Err(FlowError::OtherState) = answer {
+        // Not this sign-in's: someone else's link, or a forged one. The
+        // sign-in goes on waiting for its own.
+        return page(
+            StatusCode::BAD_REQUEST,
+            "This answer is not for the sign-in this terminal started. Nothing was done.",
+        );
+    }
+    let Some(done) = pending
+        .done
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    else {
+        return page(StatusCode::GONE, "This sign-in is already finished.");
+    };
+    let outcome = match answer {
+        Ok(code) => finish(&pending, &code).await,
+        Err(err) => Err(err.to_string()),
+    };
+    let (status, text) = match &outcome {
+        Ok(summary) => (
+            StatusCode::OK,
+            format!("{summary} You may close this page."),
+        ),
+        Err(reason) => (
+            StatusCode::BAD_REQUEST,
+            format!("The sign-in failed: {reason}"),
+        ),
+    };
+    let _ = done.send(outcome);
+    page(status, &text)
+}
+
+/// The code exchanged, and the tokens kept: what to tell the person.
+async fn finish(pending: &Pending, code: &str) -> Result<String, String> {
+    let tokens = signin::exchange(
+        &pending.http,
+        &pending.found,
+        &pending.client,
+        code,
+        &pending.verifier,
+    )
+    .await
+    .map_err(|err| err.to_string())?;
+    pending
+        .vault
+        .put(&pending.server, &pending.user, &tokens)
+        .map_err(|err| err.to_string())?;
+    let until = tokens
+        .expires_at
+        .and_then(|at| i64::try_from(at).ok())
+        .and_then(|at| jiff::Timestamp::from_second(at).ok())
+        .map_or_else(|| "no expiry said".to_owned(), |at| format!("until {at}"));
+    Ok(format!(
+        "Signed `{}` in to `{}` ({until}{}).",
+        pending.user.escape_debug(),
+        pending.server.escape_debug(),
+        if tokens.refresh_token.is_some() {
+            ", refreshable"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// A plain page: never cached, never naming this URL (which holds the
+/// code) to another site.
+fn page(status: StatusCode, text: &str) -> Response {
+    let escaped: String = text
+        .chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '&' => "&amp;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            c => c.to_string(),
+        })
+        .collect();
+    let body = format!(
+        "<!doctype html><meta charset=utf-8><title>Portcullis sign-in</title><p>{escaped}</p>"
+    );
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// `oauth revoke`: the user's tokens revoked at the authorization server,
+/// then forgotten; with `local_only`, forgotten without asking it.
+pub(super) async fn revoke(
+    config: &Path,
+    server: &str,
+    user: &str,
+    local_only: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let remote = remote(&config, server)?;
+    let vault = Vault::of(&config)?;
+    let Some(tokens) = vault.get(server, user)? else {
+        bail!(
+            "no sign-in of `{}` to `{}` is kept",
+            user.escape_debug(),
+            server.escape_debug()
+        );
+    };
+    if !local_only {
+        let http = signin::discovery_client(&config.egress, &remote.url)?;
+        let found = signin::discover(&http, &remote.url)
+            .await
+            .with_context(|| format!("server `{server}`"))?;
+        let client = vault
+            .get_client::<Registration>(server, LOOPBACK)?
+            .filter(|client| client.client_id == tokens.client_id && client.issuer == found.issuer)
+            .context("the client these tokens were issued to is no longer known: `--local-only` forgets them without revoking")?;
+        if let Some(refresh) = &tokens.refresh_token {
+            signin::revoke(&http, &found, &client, refresh, "refresh_token").await?;
+        }
+        signin::revoke(&http, &found, &client, &tokens.access_token, "access_token").await?;
+    }
+    vault.remove(server, user)?;
+    println!(
+        "{} `{}`'s sign-in to `{}`.",
+        if local_only {
+            "Forgot (not revoked)"
+        } else {
+            "Revoked and forgot"
+        },
+        user.escape_debug(),
+        server.escape_debug()
+    );
+    Ok(())
+}
