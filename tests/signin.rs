@@ -178,11 +178,16 @@ fn vault_key(proxy: &TestProxy) -> std::path::PathBuf {
 
 /// A config with the protected server, loopback egress and a vault key.
 fn vault_config(url: &str) -> (TestProxy, std::path::PathBuf) {
+    vault_config_with(url, "")
+}
+
+/// The same, `more` added to the server's `remote` settings.
+fn vault_config_with(url: &str, more: &str) -> (TestProxy, std::path::PathBuf) {
     let proxy = TestProxy::new();
     let key = vault_key(&proxy);
     let proxy = proxy
         .with_server_toml(&format!(
-            "[[servers]]\nname = \"protected\"\nremote = {{ url = {url:?} }}\n"
+            "[[servers]]\nname = \"protected\"\nremote = {{ url = {url:?}{more} }}\n"
         ))
         .with_config(&format!(
             "[egress]\nallow = [\"127.0.0.0/8\"]\n\n[vault]\nkeys = [\"file:{}\"]\n",
@@ -204,6 +209,11 @@ fn browser() -> reqwest::Client {
 /// the link (the authorization server approves at once): the callback URL
 /// the browser was sent to, and what `login` printed.
 async fn sign_in(config: &str, forge_first: bool) -> (String, String) {
+    sign_in_as(config, "tester", forge_first).await
+}
+
+/// `oauth login` for the proxy's client `client` (see [`sign_in`]).
+async fn sign_in_as(config: &str, client: &str, forge_first: bool) -> (String, String) {
     use tokio::io::AsyncBufReadExt as _;
     let mut login = Command::new(common::portcullis_bin())
         .args([
@@ -211,7 +221,7 @@ async fn sign_in(config: &str, forge_first: bool) -> (String, String) {
             "login",
             "protected",
             "--client",
-            "tester",
+            client,
             "--wait",
             "120",
             "-c",
@@ -260,7 +270,10 @@ async fn sign_in(config: &str, forge_first: bool) -> (String, String) {
     let done = browser().get(&callback).send().await.unwrap();
     let headers = done.headers().clone();
     let page = done.text().await.unwrap();
-    assert!(page.contains("Signed `tester` in to `protected`"), "{page}");
+    assert!(
+        page.contains(&format!("Signed `{client}` in to `protected`")),
+        "{page}"
+    );
     assert_eq!(headers["referrer-policy"], "no-referrer");
     assert_eq!(headers["cache-control"], "no-store");
     let status = tokio::time::timeout(std::time::Duration::from_secs(60), login.wait())
@@ -379,4 +392,73 @@ async fn a_person_signs_in_from_a_desktop_and_revokes_it() {
     ]);
     assert!(!ok);
     assert!(stderr.contains("no client `nobody`"), "{stderr}");
+}
+
+/// Who the authorization server signs in next.
+async fn next_user(issuer: &str, sub: &str) {
+    let answer = reqwest::Client::new()
+        .post(format!("{issuer}/control/user"))
+        .json(&serde_json::json!({ "sub": sub }))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+}
+
+/// The text of a `tools/call` answer: its result's, or its error's.
+fn said(answer: &Value) -> String {
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .or_else(|| answer["error"]["message"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A server whose users sign in (`remote = { sign_in = true }`), through
+/// the proxy: each client's calls carry its own user's token (the server
+/// answers with the token's subject); a client that has not signed in is
+/// told how to, and once signed in is served without a restart; no token
+/// is in the proxy's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_client_calls_with_its_own_users_sign_in() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let (proxy, path) = vault_config_with(&url, ", sign_in = { list_as = \"tester\" }");
+    let config = path.to_str().unwrap();
+    next_user(&issuer, "alice").await;
+    sign_in(config, false).await;
+    let served = proxy.serve_http().await;
+    let whoami = serde_json::json!({ "name": "protected__whoami", "arguments": {} });
+
+    let tester = common::HttpSession::connect(&served.url).await;
+    let answer = tester.call(1, "tools/call", whoami.clone()).await;
+    assert_eq!(said(&answer), "subject=alice", "{answer}");
+
+    // `other` has not signed in: told so, and how.
+    let other = common::HttpSession::connect_as(&served.url, common::OTHER_TOKEN).await;
+    let answer = other.call(1, "tools/call", whoami.clone()).await;
+    let text = said(&answer);
+    assert!(
+        text.contains("`other` has not signed in to `protected`")
+            && text.contains("portcullis oauth login protected --client other"),
+        "{answer}"
+    );
+    // Signed in (as Bob), served at the next call.
+    next_user(&issuer, "bob").await;
+    sign_in_as(config, "other", false).await;
+    let answer = other.call(2, "tools/call", whoami.clone()).await;
+    assert_eq!(said(&answer), "subject=bob", "{answer}");
+    let answer = tester.call(2, "tools/call", whoami).await;
+    assert_eq!(said(&answer), "subject=alice", "{answer}");
+
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let log = served.log.lines().join("\n");
+    for user in ["tester", "other"] {
+        let tokens = vault.get("protected", user).unwrap().unwrap();
+        assert!(!log.contains(&tokens.access_token), "{log}");
+        assert!(
+            !log.contains(tokens.refresh_token.as_deref().unwrap()),
+            "{log}"
+        );
+    }
 }

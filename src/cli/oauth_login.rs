@@ -22,10 +22,6 @@ use crate::egress::HttpClient;
 use crate::signin::vault::{MAX_NAME, Vault};
 use crate::signin::{self, Discovered, FlowError, Registration};
 
-/// The name the desktop sign-in's client is kept under in the vault (its
-/// port may change from one sign-in to the next).
-const LOOPBACK: &str = "http://127.0.0.1/callback";
-
 /// The remote server `name` of `config`.
 pub(super) fn remote<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a RemoteSpec> {
     let Some(found) = config.servers.iter().find(|s| s.name == name) else {
@@ -72,7 +68,7 @@ pub(super) async fn login(
     // The desktop client registered before, if it is this issuer's, on its
     // port if that port is free; else a new port and a new registration.
     let kept: Option<Registration> = vault
-        .get_client::<Registration>(server, LOOPBACK)?
+        .get_client::<Registration>(server, signin::DESKTOP)?
         .filter(|client| client.issuer == found.issuer);
     let port = kept
         .as_ref()
@@ -91,7 +87,7 @@ pub(super) async fn login(
         Some(client) => client,
         None => {
             let client = signin::register(&http, &found, &redirect).await?;
-            vault.put_client(server, LOOPBACK, &client)?;
+            vault.put_client(server, signin::DESKTOP, &client)?;
             client
         }
     };
@@ -283,7 +279,7 @@ pub(super) async fn revoke(
             .await
             .with_context(|| format!("server `{server}`"))?;
         let client = vault
-            .get_client::<Registration>(server, LOOPBACK)?
+            .get_client::<Registration>(server, signin::DESKTOP)?
             .filter(|client| client.client_id == tokens.client_id && client.issuer == found.issuer)
             .context("the client these tokens were issued to is no longer known: `--local-only` forgets them without revoking")?;
         if let Some(refresh) = &tokens.refresh_token {

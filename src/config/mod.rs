@@ -106,7 +106,7 @@ pub use secrets::{HeaderValue, SecretRef, form_encoded};
 use servers::RawServer;
 pub use servers::{
     BreakerConfig, ProcessSpec, RemoteGrant, RemoteOauth, RemoteSpec, RemoteTransport,
-    ServerConfig, ServerProtocol, UpstreamSpec,
+    ServerConfig, ServerProtocol, SignInSpec, UpstreamSpec,
 };
 use signatures::RawSignatures;
 pub use signatures::{SignatureKey, SignatureKeys};
@@ -583,6 +583,7 @@ impl Validator<'_> {
             raw.validate(at, &mut names, &proxy, &sources)
         })?;
         exchanges::check(self, &mut servers, oauth.as_ref())?;
+        vault::check_sign_in(self, &servers, &vault)?;
         let mut discovery = raw.discovery.validate(self, &catalogs, &servers, &proxy)?;
         raw.signatures
             .apply(self, &mut servers, discovery.as_mut())?;

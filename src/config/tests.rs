@@ -475,3 +475,58 @@ fn a_vault_key_linked_from_outside_into_data_dir_is_refused() {
     .to_string();
     assert!(err.contains("inside `[proxy] data_dir`"), "{err}");
 }
+
+#[test]
+fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
+    let vault = "[vault]\nkeys = [\"env:VAULT_KEY\"]\n";
+    let server = |remote: &str| format!("[[servers]]\nname = \"gh\"\nremote = {remote}\n");
+    let config = parse(&format!(
+        "{vault}{}",
+        server("{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\" } }")
+    ))
+    .unwrap();
+    let UpstreamSpec::Remote(remote) = &config.servers[0].kind else {
+        panic!("remote");
+    };
+    assert_eq!(
+        remote.sign_in,
+        Some(SignInSpec {
+            list_as: "ops".into()
+        })
+    );
+    for (remote, with_vault, expected) in [
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\" } }",
+            false,
+            "set `[vault] keys`",
+        ),
+        (
+            "{ url = \"http://api.example.com/mcp\", sign_in = { list_as = \"ops\" } }",
+            true,
+            "cross the network in clear",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"\" } }",
+            true,
+            "`list_as`",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", headers = { Authorization = \"Bearer x\" }, sign_in = { list_as = \"ops\" } }",
+            true,
+            "take the header out",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\" }, oauth = { token_endpoint = \"https://id.example.com/token\", client_id = \"p\", client_secret = \"secret:s\" } }",
+            true,
+            "not both",
+        ),
+    ] {
+        let text = format!(
+            "{}{}[servers.secrets]\ns = \"env:S\"\n",
+            if with_vault { vault } else { "" },
+            server(remote)
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(expected), "{remote}: {err}");
+    }
+}

@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, SecretRef, Validator};
+use super::{ConfigError, SecretRef, ServerConfig, UpstreamSpec, Validator};
 
 /// `[vault]`, validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,6 +58,26 @@ impl RawVault {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(VaultConfig { keys })
+    }
+}
+
+/// A server whose users sign in needs somewhere to keep their tokens.
+pub(super) fn check_sign_in(
+    v: &Validator<'_>,
+    servers: &[ServerConfig],
+    vault: &VaultConfig,
+) -> Result<(), ConfigError> {
+    let signing_in = servers.iter().find(
+        |server| matches!(&server.kind, UpstreamSpec::Remote(remote) if remote.sign_in.is_some()),
+    );
+    match signing_in {
+        Some(server) if vault.keys.is_empty() => Err(v.error(
+            None,
+            &format!("servers.{}.remote.sign_in", server.name),
+            "users' tokens are kept sealed in the vault: set `[vault] keys` (docs/signin.md)"
+                .into(),
+        )),
+        _ => Ok(()),
     }
 }
 

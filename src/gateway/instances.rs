@@ -42,11 +42,12 @@ impl Breakers {
 impl Servers {
     /// Whether each client gets its own instance of the server: a
     /// per-client container, or a remote server that acts as each
-    /// client's user.
+    /// client's user (by exchanging its token, or with its own sign-in).
     pub(super) fn per_client(&self, index: usize) -> bool {
         self.upstream_at(index).is_some_and(|upstream| {
             let kind = &upstream.config().kind;
             matches!(kind, UpstreamSpec::Container(spec) if spec.isolation == Isolation::PerClient)
+                || matches!(kind, UpstreamSpec::Remote(spec) if spec.sign_in.is_some())
                 || acts_as_user(kind).is_some()
         })
     }

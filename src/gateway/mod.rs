@@ -158,7 +158,8 @@ impl Gateway {
         wiring: Wiring,
     ) -> (Arc<Self>, mpsc::Receiver<UpstreamEvent>) {
         let (limits, startup_timeout) = (config.limits, config.proxy.startup_timeout);
-        let user_tokens = Arc::new(crate::upstream::UserTokens::default());
+        let sign_ins = Arc::new(crate::signin::SignIns::new(config.clone()));
+        let user_tokens = Arc::new(crate::upstream::UserTokens::with_sign_ins(sign_ins));
         let tokens = user_tokens.clone();
         let make = move |server, instance, events| {
             Upstream::new(

@@ -26,6 +26,11 @@ use crate::config::form_encoded;
 use crate::egress::{self, HttpClient, document};
 use crate::protocol::unix_now;
 
+/// The name the client registered for desktop sign-ins (`oauth login`)
+/// is kept under in the vault: a loopback redirect URI without its port,
+/// which may change from one sign-in to the next (RFC 8252 §7.3).
+pub const DESKTOP: &str = "http://127.0.0.1/callback";
+
 /// The most of a registration's answer that is read.
 const MAX_REGISTRATION: usize = 64 * 1024;
 /// The longest client id, secret or authorization code taken.

@@ -18,13 +18,15 @@
 //! reserved addresses unless `[egress] allow` names them.
 
 mod challenge;
+mod current;
 mod discover;
 mod flow;
 pub mod token;
 pub mod vault;
 
 pub use challenge::{Challenge, parse_bearer};
+pub use current::{Current, REFRESH_BEFORE, SignIns};
 pub use discover::{DiscoverError, Discovered, discover, discovery_client};
 pub use flow::{
-    FlowError, Registration, Started, answered, exchange, refresh, register, revoke, start,
+    DESKTOP, FlowError, Registration, Started, answered, exchange, refresh, register, revoke, start,
 };

@@ -86,6 +86,9 @@ pub(crate) struct Shared {
     /// its events), in bytes held: past it, reading it waits.
     pub(super) queued: protocol::ByteBudget,
     pub(super) epoch: Instant,
+    /// Why a client's instance is down, in words for that client (it has
+    /// no token for its user: what it can do about it), while it is.
+    pub(super) told: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -114,6 +117,7 @@ impl Shared {
             queued: protocol::ByteBudget::new(queued),
             listening: super::listen::Listening::default(),
             epoch: Instant::now(),
+            told: Mutex::new(None),
         }
     }
 
@@ -144,10 +148,12 @@ impl Shared {
                     // The reason stays in the proxy's log: it can name host
                     // paths and the engine's own words.
                     Status::Down(_) => {
+                        let told = self.told.lock().unwrap_or_else(|p| p.into_inner()).clone();
                         return Err(UpstreamError::Unavailable {
                             server: server.clone(),
-                            reason: "it failed to start or exited (the proxy's log says why)"
-                                .into(),
+                            reason: told.unwrap_or_else(|| {
+                                "it failed to start or exited (the proxy's log says why)".into()
+                            }),
                         });
                     }
                     Status::Stopped => {

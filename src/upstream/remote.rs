@@ -363,6 +363,81 @@ impl Link for RemoteHandle {
     }
 }
 
+/// The token the server's connection sends, kept renewed until `closed`:
+/// its own (`oauth`), its client's user's (`sign_in`), or none.
+async fn token_for(
+    spec: &RemoteSpec,
+    secrets: &[(String, String)],
+    inbox: &Arc<dyn Inbox>,
+    tokens: &Arc<super::UserTokens>,
+    closed: &CancellationToken,
+) -> Result<Option<Arc<super::remote_token::ServerToken>>, UpstreamError> {
+    use super::remote_token::{Grant, Source};
+    let server = inbox.server().to_string();
+    let needs = |reason: String| UpstreamError::NeedsClient {
+        server: server.clone(),
+        reason,
+    };
+    let start_error = |reason: String| UpstreamError::Start {
+        server: server.clone(),
+        reason,
+    };
+    // Whether the token is a client's user's: a failure to get it is then
+    // not retried before the client's next call (when the user may have
+    // signed in, or come with a token that may be exchanged).
+    let (source, for_client) = match (&spec.oauth, &spec.sign_in) {
+        (_, Some(sign_in)) => {
+            // A client's instance acts as its user; the server's own
+            // connection (which learns its tools) as `list_as`.
+            let user = inbox.instance().unwrap_or(&sign_in.list_as);
+            let sign_ins = tokens
+                .sign_ins()
+                .ok_or_else(|| needs("the proxy keeps no sign-ins".into()))?;
+            let source = Source::SignedIn {
+                sign_ins,
+                user: Arc::from(user),
+                url: spec.url.clone(),
+            };
+            (source, true)
+        }
+        (None, None) => return Ok(None),
+        (Some(oauth), None) => {
+            let secret = secrets
+                .iter()
+                .find(|(name, _)| *name == oauth.client_secret)
+                .map(|(_, value)| value.clone())
+                .ok_or_else(|| {
+                    start_error(format!("the secret `{}` is not set", oauth.client_secret))
+                })?;
+            let grant = match inbox.instance() {
+                Some(client) if oauth.grant == config::RemoteGrant::TokenExchange => Grant::For {
+                    tokens: tokens.clone(),
+                    client: Arc::from(client),
+                    provider: Arc::from(oauth.provider.as_deref().unwrap_or_default()),
+                },
+                _ => Grant::Own,
+            };
+            let for_client = matches!(grant, Grant::For { .. });
+            let source = Source::Oauth {
+                oauth: oauth.clone(),
+                secret,
+                grant,
+            };
+            (source, for_client)
+        }
+    };
+    super::remote_token::start(source, &spec.egress, inbox.server().clone(), closed.clone())
+        .await
+        .map(Some)
+        .map_err(|reason| {
+            if for_client {
+                needs(reason)
+            } else {
+                start_error(format!("cannot get the server's access token: {reason}"))
+            }
+        })
+}
+
 pub(super) async fn open(
     spec: &RemoteSpec,
     secrets: &[(String, String)],
@@ -390,51 +465,7 @@ pub(super) async fn open(
     let client = HttpClient::new(&spec.egress, trust, &[], timeouts)
         .map_err(|err| start_error(err.to_string()))?;
     let closed = CancellationToken::new();
-    let token = match &spec.oauth {
-        None => None,
-        Some(oauth) => {
-            let secret = secrets
-                .iter()
-                .find(|(name, _)| *name == oauth.client_secret)
-                .map(|(_, value)| value.clone())
-                .ok_or_else(|| {
-                    start_error(format!("the secret `{}` is not set", oauth.client_secret))
-                })?;
-            let grant = match inbox.instance() {
-                Some(client) if oauth.grant == config::RemoteGrant::TokenExchange => {
-                    super::remote_token::Grant::For {
-                        tokens: tokens.clone(),
-                        client: Arc::from(client),
-                        provider: Arc::from(oauth.provider.as_deref().unwrap_or_default()),
-                    }
-                }
-                _ => super::remote_token::Grant::Own,
-            };
-            let for_client = matches!(grant, super::remote_token::Grant::For { .. });
-            let token = super::remote_token::start(
-                oauth,
-                &spec.egress,
-                secret,
-                grant,
-                inbox.server().clone(),
-                closed.clone(),
-            )
-            .await
-            .map_err(|reason| {
-                // A client's: not retried before the client's next call
-                // (with a token that may be exchanged then).
-                if for_client {
-                    UpstreamError::NeedsClient {
-                        server: inbox.server().to_string(),
-                        reason,
-                    }
-                } else {
-                    start_error(format!("cannot get the server's access token: {reason}"))
-                }
-            })?;
-            Some(token)
-        }
-    };
+    let token = token_for(spec, secrets, &inbox, tokens, &closed).await?;
     let sent = Sent { headers, token };
     if spec.transport == config::RemoteTransport::Sse {
         return super::remote_sse::open(client, url, sent, limits, inbox, closed).await;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{EgressConfig, RemoteOauth};
 use crate::egress::{HttpClient, Timeouts, Trust};
 use crate::protocol::unix_now;
+use crate::signin::SignIns;
 
 /// A token is renewed this long before it expires (or at half its life,
 /// if that is sooner).
@@ -46,6 +47,8 @@ const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 #[derive(Default)]
 pub struct UserTokens {
     kept: Mutex<HashMap<Arc<str>, Kept>>,
+    /// The users' sign-ins, for `sign_in` servers' instances.
+    sign_ins: Option<Arc<SignIns>>,
 }
 
 struct Kept {
@@ -57,6 +60,19 @@ struct Kept {
 }
 
 impl UserTokens {
+    /// Tokens kept, and the users' sign-ins from `sign_ins`.
+    pub fn with_sign_ins(sign_ins: Arc<SignIns>) -> Self {
+        Self {
+            kept: Mutex::default(),
+            sign_ins: Some(sign_ins),
+        }
+    }
+
+    /// The users' sign-ins, if the proxy has them.
+    pub(super) fn sign_ins(&self) -> Option<Arc<SignIns>> {
+        self.sign_ins.clone()
+    }
+
     /// `client` came with `token`, issued by `provider` and good until
     /// `until` (Unix seconds).
     pub fn keep(&self, client: &Arc<str>, provider: &Arc<str>, token: &str, until: u64) {
@@ -117,6 +133,24 @@ pub(super) enum Grant {
     },
 }
 
+/// Where a connection's token comes from.
+pub(super) enum Source {
+    /// An authorization server's grant (`remote = { oauth = … }`).
+    Oauth {
+        oauth: RemoteOauth,
+        /// The client secret.
+        secret: String,
+        grant: Grant,
+    },
+    /// The user's own sign-in (`remote = { sign_in = true }`), from the
+    /// vault.
+    SignedIn {
+        sign_ins: Arc<SignIns>,
+        user: Arc<str>,
+        url: String,
+    },
+}
+
 /// The current token, shared with the requests that send it.
 pub(super) struct ServerToken {
     current: RwLock<HeaderValue>,
@@ -152,10 +186,8 @@ impl ServerToken {
 /// link: the server is down (and restarted with backoff, its secrets read
 /// again), not sending a token it knows is dead.
 pub(super) async fn start(
-    oauth: &RemoteOauth,
+    source: Source,
     egress: &EgressConfig,
-    secret: String,
-    grant: Grant,
     server: Arc<str>,
     closed: CancellationToken,
 ) -> Result<Arc<ServerToken>, String> {
@@ -166,13 +198,13 @@ pub(super) async fn start(
     };
     let client =
         HttpClient::new(egress, Trust::Written, &[], timeouts).map_err(|err| err.to_string())?;
-    let (header, lives) = fetch(&client, oauth, &secret, &grant).await?;
+    let (header, lives) = fetch(&client, &source, &server, egress).await?;
     let token = Arc::new(ServerToken {
         current: RwLock::new(header),
         refused: tokio::sync::Notify::new(),
     });
     let kept = token.clone();
-    let oauth = oauth.clone();
+    let egress = egress.clone();
     tokio::spawn(async move {
         let mut expires = Instant::now() + lives;
         let mut wait = renew_after(lives);
@@ -192,7 +224,7 @@ pub(super) async fn start(
                 }
             }
             last = Instant::now();
-            match fetch(&client, &oauth, &secret, &grant).await {
+            match fetch(&client, &source, &server, &egress).await {
                 Ok((header, lives)) => {
                     *kept.current.write().unwrap_or_else(|p| p.into_inner()) = header;
                     expires = Instant::now() + lives;
@@ -219,10 +251,41 @@ fn renew_after(lives: Duration) -> Duration {
     lives.saturating_sub(RENEW_BEFORE).max(lives / 2).max(RETRY)
 }
 
+/// The token to send now: the `Authorization` value and how long the
+/// token lives.
+async fn fetch(
+    client: &HttpClient,
+    source: &Source,
+    server: &str,
+    egress: &EgressConfig,
+) -> Result<(HeaderValue, Duration), String> {
+    match source {
+        Source::Oauth {
+            oauth,
+            secret,
+            grant,
+        } => granted(client, oauth, secret, grant).await,
+        Source::SignedIn {
+            sign_ins,
+            user,
+            url,
+        } => {
+            let current = sign_ins.current(server, url, egress, user).await?;
+            let mut header = HeaderValue::from_str(&format!("Bearer {}", current.access_token))
+                .map_err(|_| "the kept token is no header value".to_owned())?;
+            header.set_sensitive(true);
+            let lives = current.expires_at.map_or(UNSAID_LIFE, |at| {
+                Duration::from_secs(at.saturating_sub(unix_now()))
+            });
+            Ok((header, lives))
+        }
+    }
+}
+
 /// One grant (client credentials, or the exchange of a client's token):
 /// the `Authorization` value and how long the token lives. Errors name
 /// the endpoint and what it said, never a secret or a token.
-async fn fetch(
+async fn granted(
     client: &HttpClient,
     oauth: &RemoteOauth,
     secret: &str,

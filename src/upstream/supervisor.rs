@@ -112,6 +112,13 @@ impl Supervisor {
                     // and again for nobody (nor, for a connection acting as
                     // the user, exchanging a token in a loop).
                     tracing::warn!(server = %name, error = %err, "a client's instance not started; tried again at the client's next call");
+                    // What the client can do about a missing token is
+                    // its to know (the engine's words for other failures
+                    // stay in the log).
+                    if let UpstreamError::NeedsClient { reason, .. } = &err {
+                        *self.shared.told.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(reason.clone());
+                    }
                     self.report_failed_start(&err).await;
                     self.shared.set_link(None);
                     self.shared.wanted.store(false, Ordering::SeqCst);
@@ -392,6 +399,7 @@ impl Supervisor {
         // The idle clock starts when it is ready, not when it was asked
         // for: a slow start is not idleness.
         self.shared.touch();
+        *self.shared.told.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.shared.status.send_replace(Status::Ready(info.clone()));
         let _ = self
             .shared
