@@ -462,3 +462,67 @@ async fn each_client_calls_with_its_own_users_sign_in() {
         );
     }
 }
+
+/// Sets the authorization server's `token_ttl` (seconds).
+async fn token_ttl(issuer: &str, seconds: i64) {
+    let answer = reqwest::Client::new()
+        .post(format!("{issuer}/control/config"))
+        .json(&serde_json::json!({ "token_ttl": seconds }))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+}
+
+/// A sign-in whose token expires within the minute is refreshed before it
+/// is sent: at the authorization server that issued it, as the client it
+/// was issued to; the new tokens (the refresh token rotated) are sealed
+/// in place of the old, and the call is served with the fresh token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sign_in_about_to_expire_is_refreshed_and_sealed_again() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let (proxy, path) = vault_config_with(&url, ", sign_in = { list_as = \"tester\" }");
+    let config = path.to_str().unwrap();
+    next_user(&issuer, "carol").await;
+    token_ttl(&issuer, 20).await;
+    sign_in(config, false).await;
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let first = vault.get("protected", "tester").unwrap().unwrap();
+    token_ttl(&issuer, 3600).await;
+
+    let served = proxy.serve_http().await;
+    let tester = common::HttpSession::connect(&served.url).await;
+    let whoami = serde_json::json!({ "name": "protected__whoami", "arguments": {} });
+    let answer = tester.call(1, "tools/call", whoami).await;
+    assert_eq!(said(&answer), "subject=carol", "{answer}");
+
+    let fresh = vault.get("protected", "tester").unwrap().unwrap();
+    assert_ne!(fresh.access_token, first.access_token);
+    assert_ne!(fresh.refresh_token, first.refresh_token, "rotated");
+    assert_eq!(fresh.client_id, first.client_id);
+    assert!(fresh.expires_at.unwrap() > first.expires_at.unwrap() + 1000);
+    let issued: Value = reqwest::get(format!("{issuer}/control/issued"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refreshes: Vec<&Value> = issued
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|grant| grant["grant"] == "refresh_token")
+        .collect();
+    assert!(!refreshes.is_empty(), "{issued}");
+    assert!(
+        refreshes
+            .iter()
+            .all(|grant| grant["client_id"] == first.client_id.as_str()
+                && grant["resource"] == url.as_str()),
+        "{issued}"
+    );
+    // The newest token issued is the one the vault keeps and the call used.
+    let newest = refreshes.last().unwrap();
+    assert_eq!(newest["token"], fresh.access_token.as_str());
+}

@@ -130,7 +130,15 @@ pub(super) async fn login(
         () = tokio::time::sleep(wait) => Err(format!("no answer came back within {} s", wait.as_secs())),
     };
     let _ = stop.send(());
-    let _ = serving.await;
+    // A connection left half-sent (a local process holding it open) does
+    // not keep the command from ending.
+    let abort = serving.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
     match outcome {
         Ok(summary) => {
             println!("{summary}");
@@ -280,7 +288,13 @@ pub(super) async fn revoke(
             .with_context(|| format!("server `{server}`"))?;
         let client = vault
             .get_client::<Registration>(server, signin::DESKTOP)?
-            .filter(|client| client.client_id == tokens.client_id && client.issuer == found.issuer)
+            // Only to the authorization server that issued the tokens, as
+            // the client they were issued to.
+            .filter(|client| {
+                client.client_id == tokens.client_id
+                    && client.issuer == found.issuer
+                    && tokens.issuer == found.issuer
+            })
             .context("the client these tokens were issued to is no longer known: `--local-only` forgets them without revoking")?;
         if let Some(refresh) = &tokens.refresh_token {
             signin::revoke(&http, &found, &client, refresh, "refresh_token").await?;

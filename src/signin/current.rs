@@ -14,6 +14,9 @@ use crate::protocol::unix_now;
 /// A token is refreshed this many seconds before it expires.
 pub const REFRESH_BEFORE: u64 = 60;
 
+/// A (server, user)'s turn to refresh.
+type Turn = Arc<tokio::sync::Mutex<()>>;
+
 /// The users' sign-ins, as the proxy's servers use them.
 pub struct SignIns {
     config: Arc<Config>,
@@ -22,6 +25,16 @@ pub struct SignIns {
     vault: OnceLock<Result<Vault, String>>,
     /// What each server asks for, learned at the first refresh.
     found: Mutex<HashMap<String, Discovered>>,
+    /// One refresh at a time for each (server, user): a rotated refresh
+    /// token spent by one connection is not spent again by another.
+    refreshing: Mutex<HashMap<(String, String), Turn>>,
+}
+
+/// Whether `tokens` expire within [`REFRESH_BEFORE`] seconds.
+fn expiring(tokens: &Tokens) -> bool {
+    tokens
+        .expires_at
+        .is_some_and(|at| at <= unix_now().saturating_add(REFRESH_BEFORE))
 }
 
 /// A user's token to send now.
@@ -45,6 +58,7 @@ impl SignIns {
             config,
             vault: OnceLock::new(),
             found: Mutex::default(),
+            refreshing: Mutex::default(),
         }
     }
 
@@ -76,25 +90,44 @@ impl SignIns {
                     shown.0, shown.1, shown.1, shown.0
                 )
             })?;
-        let now = unix_now();
-        let kept = match kept.expires_at {
-            Some(at) if at <= now.saturating_add(REFRESH_BEFORE) => {
-                if kept.refresh_token.is_none() {
-                    return Err(format!(
-                        "`{}`'s sign-in to `{}` has expired and cannot be refreshed: sign in again",
+        if !expiring(&kept) {
+            return Ok(Current {
+                access_token: kept.access_token,
+                expires_at: kept.expires_at,
+            });
+        }
+        let turn = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((server.to_owned(), user.to_owned()))
+            .or_default()
+            .clone();
+        // Held until the refreshed tokens are sealed.
+        let _turn = turn.lock().await;
+        // Another connection may have refreshed it meanwhile.
+        let kept = vault
+            .get(server, user)
+            .map_err(|err| err.to_string())?
+            .unwrap_or(kept);
+        let alive = kept.expires_at.is_none_or(|at| at > unix_now());
+        let kept = if !expiring(&kept) || (kept.refresh_token.is_none() && alive) {
+            // Fresh, or not refreshable but still alive: sent while it lives.
+            kept
+        } else if kept.refresh_token.is_none() {
+            return Err(format!(
+                "`{}`'s sign-in to `{}` has expired and cannot be refreshed: sign in again",
+                shown.0, shown.1
+            ));
+        } else {
+            self.refreshed(vault, server, url, egress, user, &kept)
+                .await
+                .map_err(|reason| {
+                    format!(
+                        "`{}`'s sign-in to `{}` could not be refreshed ({reason}): sign in again",
                         shown.0, shown.1
-                    ));
-                }
-                self.refreshed(vault, server, url, egress, user, &kept)
-                    .await
-                    .map_err(|reason| {
-                        format!(
-                            "`{}`'s sign-in to `{}` could not be refreshed ({reason}): sign in again",
-                            shown.0, shown.1
-                        )
-                    })?
-            }
-            _ => kept,
+                    )
+                })?
         };
         Ok(Current {
             access_token: kept.access_token,
@@ -148,3 +181,7 @@ impl SignIns {
         Ok(fresh)
     }
 }
+
+#[cfg(test)]
+#[path = "current_tests.rs"]
+mod tests;

@@ -350,3 +350,20 @@ async fn a_token_answer_that_could_inject_or_is_not_bearer_is_refused() {
         assert!(!err.contains('\u{1b}') && !err.contains('\r'), "{err:?}");
     }
 }
+
+#[tokio::test]
+async fn a_huge_expires_in_is_taken_as_a_year_at_most() {
+    let (base, _) = endpoint(
+        json!({"access_token": "a", "token_type": "Bearer", "expires_in": u64::MAX}),
+        200,
+    )
+    .await;
+    let tokens = exchange(&http(), &found(&base), &client("none"), "c", "v")
+        .await
+        .unwrap();
+    let at = tokens.expires_at.unwrap();
+    assert!(
+        at <= unix_now() + 366 * 24 * 3600 && at > unix_now(),
+        "{at}"
+    );
+}

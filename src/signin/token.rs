@@ -11,6 +11,8 @@ use crate::egress::{self, document};
 
 /// The most of a token endpoint's answer that is read.
 const MAX_ANSWER: usize = 64 * 1024;
+/// The longest life taken from `expires_in`, in seconds (a year).
+const MAX_LIFE: u64 = 365 * 24 * 3600;
 /// The longest token taken (a provider's JWT with many claims fits).
 pub const MAX_TOKEN: usize = 16 * 1024;
 
@@ -104,7 +106,11 @@ pub async fn ask(
     Ok(Granted {
         access_token,
         refresh_token,
-        expires_in: answer.get("expires_in").and_then(Value::as_u64),
+        // A year at most: a peer's huge figure overflows no clock.
+        expires_in: answer
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .map(|life| life.min(MAX_LIFE)),
         scope,
     })
 }
