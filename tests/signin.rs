@@ -396,9 +396,14 @@ async fn a_person_signs_in_from_a_desktop_and_revokes_it() {
 
 /// Who the authorization server signs in next.
 async fn next_user(issuer: &str, sub: &str) {
+    control(issuer, "user", serde_json::json!({ "sub": sub })).await;
+}
+
+/// A change through the authorization server's control API.
+async fn control(issuer: &str, what: &str, body: Value) {
     let answer = reqwest::Client::new()
-        .post(format!("{issuer}/control/user"))
-        .json(&serde_json::json!({ "sub": sub }))
+        .post(format!("{issuer}/control/{what}"))
+        .json(&body)
         .send()
         .await
         .unwrap();
@@ -465,13 +470,12 @@ async fn each_client_calls_with_its_own_users_sign_in() {
 
 /// Sets the authorization server's `token_ttl` (seconds).
 async fn token_ttl(issuer: &str, seconds: i64) {
-    let answer = reqwest::Client::new()
-        .post(format!("{issuer}/control/config"))
-        .json(&serde_json::json!({ "token_ttl": seconds }))
-        .send()
-        .await
-        .unwrap();
-    assert!(answer.status().is_success());
+    control(
+        issuer,
+        "config",
+        serde_json::json!({ "token_ttl": seconds }),
+    )
+    .await;
 }
 
 /// A sign-in whose token expires within the minute is refreshed before it
