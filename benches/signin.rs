@@ -2,8 +2,8 @@
 //! static `Authorization` header in the same run.
 //!
 //! A connection of a `sign_in` server gets its user's token from the
-//! vault when it opens and when the token is due for renewal
-//! (`SignIns::current`: the entry's file read, its seal opened with
+//! vault when it opens, when the token is due for renewal and every 30 s
+//! (to notice a revoke) (`SignIns::current`: the entry's file read, its seal opened with
 //! AES-256-GCM, its expiry checked), then sends the header it keeps, as a
 //! connection with a static header sends that one. So the cases are: the
 //! static header taken for a request (the baseline), the kept header taken
@@ -57,11 +57,24 @@ fn main() {
                 scopes: vec!["repo".into()],
                 issuer: "https://github.com/login/oauth".into(),
                 client_id: "portcullis".into(),
+                resource: "https://api.githubcopilot.com/mcp/".into(),
             },
         )
         .unwrap();
     let sign_ins = SignIns::new(config.clone());
-    let url = "https://api.githubcopilot.com/mcp/";
+    let remote = portcullis::config::RemoteSpec {
+        url: "https://api.githubcopilot.com/mcp/".into(),
+        transport: portcullis::config::RemoteTransport::default(),
+        headers: Vec::new(),
+        oauth: None,
+        sign_in: Some(Box::new(portcullis::config::SignInSpec {
+            list_as: "ops".into(),
+            issuer: None,
+            endpoint_origins: Vec::new(),
+        })),
+        learned: false,
+        egress: config.egress.clone(),
+    };
 
     let static_header = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
     let kept = RwLock::new(static_header.clone());
@@ -82,7 +95,7 @@ fn main() {
             "user's token from the vault (at a connection's start or renewal)",
             Box::new(|| {
                 let current = runtime
-                    .block_on(sign_ins.current("github", url, &config.egress, "alice"))
+                    .block_on(sign_ins.current("github", &remote, "alice"))
                     .unwrap();
                 assert_eq!(current.access_token.len(), token.len());
             }),

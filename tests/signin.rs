@@ -146,6 +146,7 @@ async fn the_vault_is_listed_without_its_tokens() {
                 scopes: vec!["repo".into()],
                 issuer: "https://github.com/login/oauth".into(),
                 client_id: "portcullis".into(),
+                resource: "https://api.githubcopilot.com/mcp/".into(),
             },
         )
         .unwrap();
@@ -452,14 +453,53 @@ async fn each_client_calls_with_its_own_users_sign_in() {
     sign_in_as(config, "other", false).await;
     let answer = other.call(2, "tools/call", whoami.clone()).await;
     assert_eq!(said(&answer), "subject=bob", "{answer}");
-    let answer = tester.call(2, "tools/call", whoami).await;
+    let answer = tester.call(2, "tools/call", whoami.clone()).await;
     assert_eq!(said(&answer), "subject=alice", "{answer}");
 
     let loaded = portcullis::config::Config::load(&path).unwrap();
     let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let kept: Vec<_> = ["tester", "other"]
+        .iter()
+        .map(|user| vault.get("protected", user).unwrap().unwrap())
+        .collect();
+
+    // Forgotten while the proxy runs (the token still live at the
+    // provider): the proxy stops sending it within its look at the vault
+    // (30 s), and `other` is told to sign in; `tester` is still served.
+    let (ok, stdout, stderr) = run_portcullis([
+        "oauth",
+        "revoke",
+        "protected",
+        "--client",
+        "other",
+        "--local-only",
+        "-c",
+        config,
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    let started = std::time::Instant::now();
+    let mut id = 3;
+    let told = loop {
+        let answer = other.call(id, "tools/call", whoami.clone()).await;
+        id += 1;
+        let text = said(&answer);
+        if text.contains("`other` has not signed in to `protected`") {
+            break text;
+        }
+        assert_eq!(text, "subject=bob", "{answer}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the forgotten sign-in is still sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    };
+    // Fixed words only: nothing of the vault's or the provider's.
+    assert!(!told.contains("vault") && !told.contains("http"), "{told}");
+    let answer = tester.call(id, "tools/call", whoami).await;
+    assert_eq!(said(&answer), "subject=alice", "{answer}");
+
     let log = served.log.lines().join("\n");
-    for user in ["tester", "other"] {
-        let tokens = vault.get("protected", user).unwrap().unwrap();
+    for tokens in kept {
         assert!(!log.contains(&tokens.access_token), "{log}");
         assert!(
             !log.contains(tokens.refresh_token.as_deref().unwrap()),

@@ -9,12 +9,10 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Subcommand;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::signin;
 
 #[derive(Subcommand)]
 pub(super) enum OauthCommand {
@@ -94,10 +92,7 @@ pub(super) async fn run(command: OauthCommand) -> anyhow::Result<()> {
 async fn discover(config: &Path, server: &str, format: super::Format) -> anyhow::Result<()> {
     let config = Config::load(config)?;
     let remote = super::oauth_login::remote(&config, server)?;
-    let http = signin::discovery_client(&config.egress, &remote.url)?;
-    let learned = signin::discover(&http, &remote.url)
-        .await
-        .with_context(|| format!("server `{server}`"))?;
+    let (_, learned) = super::oauth_login::discovered(remote, server).await?;
     let optional = |value: &Option<String>| value.clone().unwrap_or_else(|| "(none)".into());
     let rows = [
         ("server", learned.url.clone()),

@@ -36,6 +36,20 @@ pub(super) fn remote<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a R
     Ok(remote)
 }
 
+/// What `server` (`remote`) asks for, learned as its settings expect, and
+/// the client that learned it.
+pub(super) async fn discovered(
+    remote: &RemoteSpec,
+    server: &str,
+) -> anyhow::Result<(HttpClient, Discovered)> {
+    let http = signin::discovery_client(remote)?;
+    let expect = signin::Expect::of(remote.sign_in.as_deref());
+    let found = signin::discover(&http, &remote.url, &expect)
+        .await
+        .with_context(|| format!("server `{}`", server.escape_debug()))?;
+    Ok((http, found))
+}
+
 /// Whether `user` can be a client of this proxy: a name of `[[clients]]`,
 /// or any plain name where `[oauth]` says who clients are.
 fn check_user(config: &Config, user: &str) -> anyhow::Result<()> {
@@ -61,15 +75,14 @@ pub(super) async fn login(
     let remote = remote(&config, server)?;
     check_user(&config, user)?;
     let vault = Vault::of(&config)?;
-    let http = signin::discovery_client(&config.egress, &remote.url)?;
-    let found = signin::discover(&http, &remote.url)
-        .await
-        .with_context(|| format!("server `{server}`"))?;
-    // The desktop client registered before, if it is this issuer's, on its
-    // port if that port is free; else a new port and a new registration.
+    let (http, found) = discovered(remote, server).await?;
+    // The desktop client registered last, if it is this issuer's and its
+    // secret lives, on its port if that port is free; else a new port and
+    // a new registration (kept beside the ones before, which tokens issued
+    // to them still need).
     let kept: Option<Registration> = vault
         .get_client::<Registration>(server, signin::DESKTOP)?
-        .filter(|client| client.issuer == found.issuer);
+        .filter(|client| client.issuer == found.issuer && !client.expired());
     let port = kept
         .as_ref()
         .and_then(|client| reqwest::Url::parse(&client.redirect_uri).ok())
@@ -87,15 +100,18 @@ pub(super) async fn login(
         Some(client) => client,
         None => {
             let client = signin::register(&http, &found, &redirect).await?;
+            let named = Registration::kept_as(&client.issuer, &client.client_id);
+            vault.put_client(server, &named, &client)?;
             vault.put_client(server, signin::DESKTOP, &client)?;
             client
         }
     };
     let started = signin::start(&found, &client)?;
     println!(
-        "To sign `{}` in to `{}`, open this link in a browser:\n\n  {}\n",
+        "To sign `{}` in to `{}` at the authorization server {}, open this link in a browser:\n\n  {}\n",
         user.escape_debug(),
         server.escape_debug(),
+        found.issuer,
         started.link
     );
     eprintln!(
@@ -213,6 +229,12 @@ async fn finish(pending: &Pending, code: &str) -> Result<String, String> {
     )
     .await
     .map_err(|err| err.to_string())?;
+    // Not in the midst of a proxy's refresh of the sign-in it replaces.
+    let _held = pending
+        .vault
+        .hold(&pending.server, &pending.user)
+        .await
+        .map_err(|err| err.to_string())?;
     pending
         .vault
         .put(&pending.server, &pending.user, &tokens)
@@ -274,6 +296,8 @@ pub(super) async fn revoke(
     let config = Config::load(config)?;
     let remote = remote(&config, server)?;
     let vault = Vault::of(&config)?;
+    // Held to the end: a proxy's refresh cannot write the sign-in back.
+    let _held = vault.hold(server, user).await?;
     let Some(tokens) = vault.get(server, user)? else {
         bail!(
             "no sign-in of `{}` to `{}` is kept",
@@ -282,19 +306,11 @@ pub(super) async fn revoke(
         );
     };
     if !local_only {
-        let http = signin::discovery_client(&config.egress, &remote.url)?;
-        let found = signin::discover(&http, &remote.url)
-            .await
-            .with_context(|| format!("server `{server}`"))?;
-        let client = vault
-            .get_client::<Registration>(server, signin::DESKTOP)?
-            // Only to the authorization server that issued the tokens, as
-            // the client they were issued to.
-            .filter(|client| {
-                client.client_id == tokens.client_id
-                    && client.issuer == found.issuer
-                    && tokens.issuer == found.issuer
-            })
+        let (http, found) = discovered(remote, server).await?;
+        // Only to the authorization server that issued the tokens, as the
+        // client they were issued to.
+        let client = signin::registration(&vault, server, &tokens)?
+            .filter(|client| client.issuer == found.issuer && tokens.issuer == found.issuer)
             .context("the client these tokens were issued to is no longer known: `--local-only` forgets them without revoking")?;
         if let Some(refresh) = &tokens.refresh_token {
             signin::revoke(&http, &found, &client, refresh, "refresh_token").await?;

@@ -106,13 +106,13 @@ pub use secrets::{HeaderValue, SecretRef, form_encoded};
 use servers::RawServer;
 pub use servers::{
     BreakerConfig, ProcessSpec, RemoteGrant, RemoteOauth, RemoteSpec, RemoteTransport,
-    ServerConfig, ServerProtocol, SignInSpec, UpstreamSpec,
+    ServerConfig, ServerProtocol, UpstreamSpec,
 };
 use signatures::RawSignatures;
 pub use signatures::{SignatureKey, SignatureKeys};
 pub use values::{parse_duration, parse_size, read_regular};
 use vault::RawVault;
-pub use vault::VaultConfig;
+pub use vault::{SignInSpec, VaultConfig};
 
 /// A config that failed to load.
 #[derive(Debug, thiserror::Error)]
@@ -583,7 +583,7 @@ impl Validator<'_> {
             raw.validate(at, &mut names, &proxy, &sources)
         })?;
         exchanges::check(self, &mut servers, oauth.as_ref())?;
-        vault::check_sign_in(self, &servers, &vault)?;
+        vault::check_sign_in(self, &servers, &vault, &clients)?;
         let mut discovery = raw.discovery.validate(self, &catalogs, &servers, &proxy)?;
         raw.signatures
             .apply(self, &mut servers, discovery.as_mut())?;

@@ -502,6 +502,9 @@ mod tests {
             "servers.remote.oauth" => format!(
                 "{server}secrets = {{ s = \"env:S\" }}\n[servers.remote]\nurl = \"https://example.com/mcp\"\n[servers.remote.oauth]\ntoken_endpoint = \"https://idp.example/token\"\nclient_id = \"c\"\nclient_secret = \"secret:s\"\n"
             ),
+            "servers.remote.sign_in" => format!(
+                "[[clients]]\nname = \"ops\"\n[vault]\nkeys = [\"env:K\"]\n{server}[servers.remote]\nurl = \"https://example.com/mcp\"\n[servers.remote.sign_in]\nlist_as = \"ops\"\n"
+            ),
             "servers.container" => format!("{server}[servers.container]\nimage = \"i\"\n"),
             "servers.breaker" => {
                 format!("{server}process = {{ command = \"x\" }}\n[servers.breaker]\n")

@@ -16,6 +16,7 @@ use super::sandbox::RawSandbox;
 use super::secrets::{self, HeaderValue, SecretRef, check_args, check_env};
 use super::server_json::{RegistryUse, RemoteKind};
 use super::values::{DurationText, HeaderText, PathText, SecretText};
+use super::vault::{RawSignIn, SignInSpec};
 use super::{ConfigError, ContainerSpec, Entry, ProxyConfig, parse_duration};
 
 #[derive(Debug, Clone)]
@@ -157,21 +158,13 @@ pub struct RemoteSpec {
     pub oauth: Option<RemoteOauth>,
     /// Each client's user signs in: each client's connection sends that
     /// user's token from the vault (docs/signin.md).
-    pub sign_in: Option<SignInSpec>,
+    pub sign_in: Option<Box<SignInSpec>>,
     /// A peer named its URL (a registry's `server.json`): it is reached as
     /// `[egress]` reaches a learned address (loopback and private ranges
     /// refused unless `allow` names them), not as one the operator wrote.
     pub learned: bool,
     /// `[egress]`, which its connections are guarded by.
     pub egress: super::EgressConfig,
-}
-
-/// `remote = { sign_in = { … } }`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignInSpec {
-    /// The client whose sign-in the server's own connection (which lists
-    /// its tools) uses.
-    pub list_as: String,
 }
 
 /// `remote = { transport = … }`: the HTTP transport a remote server speaks.
@@ -342,17 +335,6 @@ struct RawRemote {
     /// `url` (http:// only on loopback); not with `oauth` or an
     /// `Authorization` header. See docs/signin.md.
     sign_in: Option<RawSignIn>,
-}
-
-/// `remote = { sign_in = { … } }` as written.
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct RawSignIn {
-    /// The client whose sign-in the proxy's own connection to the server
-    /// uses to learn its tools, prompts and resources (an operator's
-    /// account, signed in with `oauth login`); clients' calls never go
-    /// through it.
-    list_as: String,
 }
 
 /// `remote = { oauth = { … } }` as written.
@@ -628,42 +610,6 @@ impl RawProcess {
 }
 
 impl RawRemote {
-    /// `sign_in` against the rest of the server's settings (its headers
-    /// as validated).
-    fn check_sign_in(
-        sign_in: Option<&RawSignIn>,
-        (url, oauth): (&str, bool),
-        at: &Entry<'_>,
-        headers: &[(String, HeaderValue)],
-    ) -> Result<(), ConfigError> {
-        let Some(sign_in) = sign_in else {
-            return Ok(());
-        };
-        let fail = |message: &str| at.error(".remote.sign_in", message.into());
-        if sign_in.list_as.is_empty() || sign_in.list_as.chars().any(char::is_control) {
-            return Err(fail("`list_as` must be the name of a client of the proxy"));
-        }
-        if oauth {
-            return Err(fail(
-                "a server is given each user's own token, or its own (`oauth`), not both",
-            ));
-        }
-        if headers
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
-        {
-            return Err(fail(
-                "the proxy sends each user's token as Authorization itself: take the header out",
-            ));
-        }
-        if !super::secure_url(url) {
-            return Err(fail(
-                "the server must be https:// (http:// only on loopback): users' tokens would cross the network in clear",
-            ));
-        }
-        Ok(())
-    }
-
     fn validate(
         self,
         at: &Entry<'_>,
@@ -685,12 +631,9 @@ impl RawRemote {
                 )
             },
         )?;
-        Self::check_sign_in(
-            self.sign_in.as_ref(),
-            (&self.url, self.oauth.is_some()),
-            at,
-            &headers,
-        )?;
+        if let Some(sign_in) = &self.sign_in {
+            sign_in.check((&self.url, self.oauth.is_some()), at, &headers)?;
+        }
         let oauth = match self.oauth {
             None => None,
             Some(oauth) => {
@@ -766,9 +709,7 @@ impl RawRemote {
             transport: self.transport,
             headers,
             oauth,
-            sign_in: self.sign_in.map(|raw| SignInSpec {
-                list_as: raw.list_as,
-            }),
+            sign_in: self.sign_in.map(|raw| Box::new(raw.validated())),
             learned: false,
             // Given by `[egress]` once the whole config is read.
             egress: super::EgressConfig::default(),

@@ -479,7 +479,9 @@ fn a_vault_key_linked_from_outside_into_data_dir_is_refused() {
 #[test]
 fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
     let vault = "[vault]\nkeys = [\"env:VAULT_KEY\"]\n";
-    let server = |remote: &str| format!("[[servers]]\nname = \"gh\"\nremote = {remote}\n");
+    let server = |remote: &str| {
+        format!("[[clients]]\nname = \"ops\"\n\n[[servers]]\nname = \"gh\"\nremote = {remote}\n")
+    };
     let config = parse(&format!(
         "{vault}{}",
         server("{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\" } }")
@@ -490,9 +492,11 @@ fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
     };
     assert_eq!(
         remote.sign_in,
-        Some(SignInSpec {
-            list_as: "ops".into()
-        })
+        Some(Box::new(SignInSpec {
+            list_as: "ops".into(),
+            issuer: None,
+            endpoint_origins: Vec::new(),
+        }))
     );
     for (remote, with_vault, expected) in [
         (
@@ -519,6 +523,26 @@ fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
             "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\" }, oauth = { token_endpoint = \"https://id.example.com/token\", client_id = \"p\", client_secret = \"secret:s\" } }",
             true,
             "not both",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"alice\" } }",
+            true,
+            "`alice` is not a name of `[[clients]]`",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", issuer = \"http://idp.example\" } }",
+            true,
+            "`issuer` must be an https:// URL",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", endpoint_origins = [\"https://tokens.example/token\"] } }",
+            true,
+            "is not an origin",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", endpoint_origins = [\"http://tokens.example\"] } }",
+            true,
+            "is not an origin",
         ),
     ] {
         let text = format!(

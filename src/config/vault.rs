@@ -5,7 +5,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, SecretRef, ServerConfig, UpstreamSpec, Validator};
+use super::secrets::HeaderValue;
+use super::{ConfigError, Entry, SecretRef, ServerConfig, UpstreamSpec, Validator};
 
 /// `[vault]`, validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,6 +14,105 @@ pub struct VaultConfig {
     /// The keys: the first seals, every one opens (a key being rotated
     /// out stays listed until what it sealed was sealed again).
     pub keys: Vec<SecretRef>,
+}
+
+/// `remote = { sign_in = { … } }`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignInSpec {
+    /// The client whose sign-in the server's own connection (which lists
+    /// its tools) uses: a name of `[[clients]]`.
+    pub list_as: String,
+    /// The authorization server users must sign in at, if the operator
+    /// says.
+    pub issuer: Option<String>,
+    /// Origins besides the issuer's where its endpoints may be.
+    pub endpoint_origins: Vec<String>,
+}
+
+/// `remote = { sign_in = { … } }` as written.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSignIn {
+    /// The client whose sign-in the proxy's own connection to the server
+    /// uses to learn its tools, prompts and resources (an operator's
+    /// account, signed in with `oauth login`); clients' calls never go
+    /// through it. A name of `[[clients]]` (which no `[oauth]` identity
+    /// can take).
+    list_as: String,
+    /// The authorization server users must sign in at (its issuer URL,
+    /// as its metadata names itself): a server whose metadata names
+    /// another is refused. Unset: the one the server names.
+    issuer: Option<String>,
+    /// Origins (`https://host[:port]`) besides the issuer's own where its
+    /// authorization, token, registration and revocation endpoints may be
+    /// (a provider whose token endpoint is on another host, as Google's).
+    /// Unset: every endpoint must be on the issuer's origin.
+    #[serde(default)]
+    endpoint_origins: Vec<String>,
+}
+
+impl RawSignIn {
+    /// `sign_in` against the rest of the server's settings (its headers
+    /// as validated).
+    pub(super) fn check(
+        &self,
+        (url, oauth): (&str, bool),
+        at: &Entry<'_>,
+        headers: &[(String, HeaderValue)],
+    ) -> Result<(), ConfigError> {
+        let sign_in = self;
+        let fail = |message: &str| at.error(".remote.sign_in", message.into());
+        if sign_in.list_as.is_empty() || sign_in.list_as.chars().any(char::is_control) {
+            return Err(fail("`list_as` must be the name of a client of the proxy"));
+        }
+        if let Some(issuer) = &sign_in.issuer
+            && !(super::secure_url(issuer)
+                && reqwest::Url::parse(issuer).is_ok_and(|u| {
+                    u.query().is_none() && u.fragment().is_none() && u.username().is_empty()
+                }))
+        {
+            return Err(fail(
+                "`issuer` must be an https:// URL (http:// only on loopback) without query or fragment",
+            ));
+        }
+        if let Some(bad) = sign_in.endpoint_origins.iter().find(|origin| {
+            !super::secure_url(origin)
+                || !reqwest::Url::parse(origin)
+                    .is_ok_and(|u| u.origin().ascii_serialization() == origin.as_str())
+        }) {
+            return Err(fail(&format!(
+                "`endpoint_origins`: `{}` is not an origin (https://host or https://host:port, nothing after)",
+                bad.escape_debug()
+            )));
+        }
+        if oauth {
+            return Err(fail(
+                "a server is given each user's own token, or its own (`oauth`), not both",
+            ));
+        }
+        if headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(fail(
+                "the proxy sends each user's token as Authorization itself: take the header out",
+            ));
+        }
+        if !super::secure_url(url) {
+            return Err(fail(
+                "the server must be https:// (http:// only on loopback): users' tokens would cross the network in clear",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn validated(self) -> SignInSpec {
+        SignInSpec {
+            list_as: self.list_as,
+            issuer: self.issuer,
+            endpoint_origins: self.endpoint_origins,
+        }
+    }
 }
 
 /// `[vault]` as written.
@@ -66,7 +166,26 @@ pub(super) fn check_sign_in(
     v: &Validator<'_>,
     servers: &[ServerConfig],
     vault: &VaultConfig,
+    clients: &[super::ClientConfig],
 ) -> Result<(), ConfigError> {
+    // The listing connection's user is a client the operator named, so
+    // that no `[oauth]` identity (whose names cannot be those of
+    // `[[clients]]`) is ever served the operator's sign-in.
+    for server in servers {
+        if let UpstreamSpec::Remote(remote) = &server.kind
+            && let Some(sign_in) = &remote.sign_in
+            && !clients.iter().any(|client| client.name == sign_in.list_as)
+        {
+            return Err(v.error(
+                None,
+                &format!("servers.{}.remote.sign_in.list_as", server.name),
+                format!(
+                    "`{}` is not a name of `[[clients]]`: the sign-in the server's own connection uses belongs to a client the operator names",
+                    sign_in.list_as.escape_debug()
+                ),
+            ));
+        }
+    }
     let signing_in = servers.iter().find(
         |server| matches!(&server.kind, UpstreamSpec::Remote(remote) if remote.sign_in.is_some()),
     );

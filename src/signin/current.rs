@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::discover::{Discovered, discover, discovery_client};
+use super::discover::{Discovered, Expect, covers, discover, discovery_client};
 use super::flow::{DESKTOP, Registration, refresh};
 use super::vault::{Tokens, Vault};
-use crate::config::{Config, EgressConfig};
+use crate::config::{Config, RemoteSpec};
 use crate::protocol::unix_now;
 
 /// A token is refreshed this many seconds before it expires.
@@ -52,6 +52,69 @@ impl std::fmt::Debug for Current {
     }
 }
 
+impl From<Tokens> for Current {
+    fn from(kept: Tokens) -> Self {
+        Self {
+            access_token: kept.access_token,
+            expires_at: kept.expires_at,
+        }
+    }
+}
+
+/// Why a user's token cannot be sent. Its words (which may quote the
+/// vault, an egress refusal or an authorization server) are for the
+/// proxy's log; a client is told only [`SignInError::told`]. None carries
+/// a token.
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error("`{}` has not signed in to `{}`", user.escape_debug(), server.escape_debug())]
+    NotSignedIn { server: String, user: String },
+    #[error("`{}`'s sign-in to `{}` has expired and cannot be refreshed", user.escape_debug(), server.escape_debug())]
+    Expired { server: String, user: String },
+    #[error(
+        "`{}`'s sign-in to `{}` was issued for another resource than the server's URL now",
+        user.escape_debug(),
+        server.escape_debug()
+    )]
+    OtherResource { server: String, user: String },
+    #[error("`{}`'s sign-in to `{}` could not be refreshed: {reason}", user.escape_debug(), server.escape_debug())]
+    Refresh {
+        server: String,
+        user: String,
+        reason: String,
+    },
+    #[error("the vault: {0}")]
+    Vault(String),
+}
+
+impl SignInError {
+    /// What the client whose call needed the token is told: what its
+    /// user can do, in fixed words.
+    pub fn told(&self) -> String {
+        let again = |server: &str, user: &str, what: &str| {
+            let (user, server) = (user.escape_debug(), server.escape_debug());
+            format!(
+                "`{user}` {what} `{server}`: a person signs them in with `portcullis oauth login {server} --client {user}`"
+            )
+        };
+        match self {
+            Self::NotSignedIn { server, user } => again(server, user, "has not signed in to"),
+            Self::Expired { server, user }
+            | Self::OtherResource { server, user }
+            | Self::Refresh { server, user, .. } => again(server, user, "must sign in again to"),
+            Self::Vault(_) => {
+                "the proxy cannot read its users' sign-ins now; its operator's log says why".into()
+            }
+        }
+    }
+}
+
+impl From<super::vault::VaultError> for SignInError {
+    fn from(err: super::vault::VaultError) -> Self {
+        Self::Vault(err.to_string())
+    }
+}
+
 impl SignIns {
     pub fn new(config: Arc<Config>) -> Self {
         Self {
@@ -62,39 +125,26 @@ impl SignIns {
         }
     }
 
-    fn vault(&self) -> Result<&Vault, String> {
+    fn vault(&self) -> Result<&Vault, SignInError> {
         self.vault
             .get_or_init(|| Vault::of(&self.config).map_err(|err| err.to_string()))
             .as_ref()
-            .map_err(Clone::clone)
+            .map_err(|err| SignInError::Vault(err.clone()))
     }
 
-    /// `user`'s token for `server` (at `url`): as kept, or refreshed when it
-    /// expires within [`REFRESH_BEFORE`] seconds. An error says what the
-    /// user can do (never a token).
+    /// `user`'s token for `server` (`remote`): as kept, or refreshed when it
+    /// expires within [`REFRESH_BEFORE`] seconds. Sent only where the
+    /// resource it was issued for covers the server's URL.
     pub async fn current(
         &self,
         server: &str,
-        url: &str,
-        egress: &EgressConfig,
+        remote: &RemoteSpec,
         user: &str,
-    ) -> Result<Current, String> {
+    ) -> Result<Current, SignInError> {
         let vault = self.vault()?;
-        let shown = (user.escape_debug(), server.escape_debug());
-        let kept = vault
-            .get(server, user)
-            .map_err(|err| err.to_string())?
-            .ok_or_else(|| {
-                format!(
-                    "`{}` has not signed in to `{}`: a person signs them in with `portcullis oauth login {} --client {}`",
-                    shown.0, shown.1, shown.1, shown.0
-                )
-            })?;
+        let kept = self.kept(vault, server, remote, user)?;
         if !expiring(&kept) {
-            return Ok(Current {
-                access_token: kept.access_token,
-                expires_at: kept.expires_at,
-            });
+            return Ok(kept.into());
         }
         let turn = self
             .refreshing
@@ -103,48 +153,72 @@ impl SignIns {
             .entry((server.to_owned(), user.to_owned()))
             .or_default()
             .clone();
-        // Held until the refreshed tokens are sealed.
+        // Held until the refreshed tokens are sealed: one refresh at a time
+        // in this proxy, and none beside another process's refresh, sign-in
+        // or revoke of the entry.
         let _turn = turn.lock().await;
-        // Another connection may have refreshed it meanwhile.
-        let kept = vault
-            .get(server, user)
-            .map_err(|err| err.to_string())?
-            .unwrap_or(kept);
+        let _held = vault.hold(server, user).await?;
+        // Refreshed, replaced or revoked meanwhile, perhaps.
+        let kept = self.kept(vault, server, remote, user)?;
         let alive = kept.expires_at.is_none_or(|at| at > unix_now());
-        let kept = if !expiring(&kept) || (kept.refresh_token.is_none() && alive) {
+        if !expiring(&kept) || (kept.refresh_token.is_none() && alive) {
             // Fresh, or not refreshable but still alive: sent while it lives.
-            kept
-        } else if kept.refresh_token.is_none() {
-            return Err(format!(
-                "`{}`'s sign-in to `{}` has expired and cannot be refreshed: sign in again",
-                shown.0, shown.1
-            ));
-        } else {
-            self.refreshed(vault, server, url, egress, user, &kept)
-                .await
-                .map_err(|reason| {
-                    format!(
-                        "`{}`'s sign-in to `{}` could not be refreshed ({reason}): sign in again",
-                        shown.0, shown.1
-                    )
-                })?
-        };
-        Ok(Current {
-            access_token: kept.access_token,
-            expires_at: kept.expires_at,
-        })
+            return Ok(kept.into());
+        }
+        if kept.refresh_token.is_none() {
+            return Err(SignInError::Expired {
+                server: server.to_owned(),
+                user: user.to_owned(),
+            });
+        }
+        match self.refreshed(vault, server, remote, user, &kept).await {
+            Ok(fresh) => Ok(fresh.into()),
+            Err(reason) if alive => {
+                // Sent while it lives; the next call tries again.
+                tracing::warn!(server, user, %reason, "a user's sign-in could not be refreshed yet");
+                Ok(kept.into())
+            }
+            Err(reason) => Err(SignInError::Refresh {
+                server: server.to_owned(),
+                user: user.to_owned(),
+                reason,
+            }),
+        }
+    }
+
+    /// `user`'s tokens at `server` as kept, if they are for its URL.
+    fn kept(
+        &self,
+        vault: &Vault,
+        server: &str,
+        remote: &RemoteSpec,
+        user: &str,
+    ) -> Result<Tokens, SignInError> {
+        let kept = vault
+            .get(server, user)?
+            .ok_or_else(|| SignInError::NotSignedIn {
+                server: server.to_owned(),
+                user: user.to_owned(),
+            })?;
+        // The operator may have pointed the server elsewhere since.
+        if !covers(&kept.resource, &remote.url) {
+            return Err(SignInError::OtherResource {
+                server: server.to_owned(),
+                user: user.to_owned(),
+            });
+        }
+        Ok(kept)
     }
 
     async fn refreshed(
         &self,
         vault: &Vault,
         server: &str,
-        url: &str,
-        egress: &EgressConfig,
+        remote: &RemoteSpec,
         user: &str,
         kept: &Tokens,
     ) -> Result<Tokens, String> {
-        let http = discovery_client(egress, url).map_err(|err| err.to_string())?;
+        let http = discovery_client(remote).map_err(|err| err.to_string())?;
         let cached = self
             .found
             .lock()
@@ -154,7 +228,10 @@ impl SignIns {
         let found = match cached {
             Some(found) => found,
             None => {
-                let found = discover(&http, url).await.map_err(|err| err.to_string())?;
+                let expect = Expect::of(remote.sign_in.as_deref());
+                let found = discover(&http, &remote.url, &expect)
+                    .await
+                    .map_err(|err| err.to_string())?;
                 self.found
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -167,10 +244,8 @@ impl SignIns {
         if found.issuer != kept.issuer {
             return Err("the server names another authorization server than the one that issued the sign-in".into());
         }
-        let client = vault
-            .get_client::<Registration>(server, DESKTOP)
+        let client = registration(vault, server, kept)
             .map_err(|err| err.to_string())?
-            .filter(|client| client.client_id == kept.client_id && client.issuer == kept.issuer)
             .ok_or("the client the sign-in was issued to is no longer registered")?;
         let fresh = refresh(&http, &found, &client, kept)
             .await
@@ -180,6 +255,22 @@ impl SignIns {
             .map_err(|err| err.to_string())?;
         Ok(fresh)
     }
+}
+
+/// The client `kept` was issued to, as registered for `server`: kept under
+/// its issuer and id (or, for a sign-in from before registrations were kept
+/// so, as the last desktop registration if it is that one).
+pub fn registration(
+    vault: &Vault,
+    server: &str,
+    kept: &Tokens,
+) -> Result<Option<Registration>, super::vault::VaultError> {
+    let named = Registration::kept_as(&kept.issuer, &kept.client_id);
+    let found = match vault.get_client::<Registration>(server, &named)? {
+        Some(client) => Some(client),
+        None => vault.get_client::<Registration>(server, DESKTOP)?,
+    };
+    Ok(found.filter(|client| client.client_id == kept.client_id && client.issuer == kept.issuer))
 }
 
 #[cfg(test)]

@@ -78,35 +78,91 @@ fn config(root: &Path) -> Arc<Config> {
     Arc::new(Config::parse(&text, &root.join("portcullis.toml")).unwrap())
 }
 
-#[tokio::test]
-async fn connections_that_find_a_token_expiring_refresh_it_once() {
-    let root = tempfile::tempdir().unwrap();
-    let config = config(root.path());
-    let (base, refreshes) = issuer().await;
-    let url = format!("{base}/mcp");
-    let vault = Vault::of(&config).unwrap();
+/// The remote settings of a `sign_in` server at `url`.
+fn remote(config: &Config, url: &str) -> RemoteSpec {
+    RemoteSpec {
+        url: url.to_owned(),
+        transport: crate::config::RemoteTransport::default(),
+        headers: Vec::new(),
+        oauth: None,
+        sign_in: Some(Box::new(crate::config::SignInSpec {
+            list_as: "ops".into(),
+            issuer: None,
+            endpoint_origins: Vec::new(),
+        })),
+        learned: false,
+        egress: config.egress.clone(),
+    }
+}
+
+/// The proxy's registration with the issuer at `base`, kept in `vault`
+/// under its issuer and id.
+fn registered(vault: &Vault, base: &str) {
     let client = Registration {
-        issuer: base.clone(),
+        issuer: base.to_owned(),
         client_id: "proxy-client".into(),
         client_secret: Some("s".into()),
         auth_method: "client_secret_post".into(),
         redirect_uri: "http://127.0.0.1:9/callback".into(),
+        secret_expires_at: None,
     };
-    vault.put_client("github", DESKTOP, &client).unwrap();
-    let expiring = Tokens {
+    let named = Registration::kept_as(base, "proxy-client");
+    vault.put_client("github", &named, &client).unwrap();
+}
+
+/// Tokens issued at `base` for its `/mcp`, expiring within 5 s.
+fn expiring(base: &str) -> Tokens {
+    Tokens {
         access_token: "at-0".into(),
         refresh_token: Some("rt-0".into()),
         expires_at: Some(unix_now() + 5),
         scopes: vec![],
-        issuer: base.clone(),
+        issuer: base.to_owned(),
         client_id: "proxy-client".into(),
-    };
+        resource: format!("{base}/mcp"),
+    }
+}
+
+/// A vault with the proxy's registration at a fresh issuer, and the
+/// `sign_in` server of that issuer.
+struct Setup {
+    _root: tempfile::TempDir,
+    config: Arc<Config>,
+    base: String,
+    refreshes: Arc<AtomicUsize>,
+    remote: RemoteSpec,
+    vault: Vault,
+}
+
+async fn setup() -> Setup {
+    let root = tempfile::tempdir().unwrap();
+    let config = config(root.path());
+    let (base, refreshes) = issuer().await;
+    let remote = remote(&config, &format!("{base}/mcp"));
+    let vault = Vault::of(&config).unwrap();
+    registered(&vault, &base);
+    Setup {
+        _root: root,
+        config,
+        base,
+        refreshes,
+        remote,
+        vault,
+    }
+}
+
+#[tokio::test]
+async fn connections_that_find_a_token_expiring_refresh_it_once() {
+    let t = setup().await;
+    let (config, base, refreshes, remote, vault) =
+        (&t.config, &t.base, &t.refreshes, &t.remote, &t.vault);
+    let expiring = expiring(base);
     vault.put("github", "alice", &expiring).unwrap();
 
     let sign_ins = SignIns::new(config.clone());
     let (one, two) = tokio::join!(
-        sign_ins.current("github", &url, &config.egress, "alice"),
-        sign_ins.current("github", &url, &config.egress, "alice"),
+        sign_ins.current("github", remote, "alice"),
+        sign_ins.current("github", remote, "alice"),
     );
     assert_eq!(one.unwrap().access_token, "at-1");
     assert_eq!(two.unwrap().access_token, "at-1");
@@ -115,48 +171,124 @@ async fn connections_that_find_a_token_expiring_refresh_it_once() {
     assert_eq!(kept.refresh_token.as_deref(), Some("rt-1"), "rotated");
 
     // Fresh now: sent as kept, nothing asked.
-    let again = sign_ins
-        .current("github", &url, &config.egress, "alice")
-        .await
-        .unwrap();
+    let again = sign_ins.current("github", remote, "alice").await.unwrap();
     assert_eq!(again.access_token, "at-1");
     assert_eq!(refreshes.load(Ordering::SeqCst), 1);
 
     // Issued by another authorization server than the server names now:
-    // its refresh token is not sent here.
+    // its refresh token is not sent there. Alive, it is still sent to the
+    // server; expired, the user must sign in again, and the client is
+    // told only that (the reason is for the log).
     let mut foreign = expiring.clone();
     foreign.issuer = "https://elsewhere.example".into();
     vault.put("github", "bob", &foreign).unwrap();
-    let err = sign_ins
-        .current("github", &url, &config.egress, "bob")
-        .await
-        .unwrap_err();
-    assert!(err.contains("another authorization server"), "{err}");
+    let sent = sign_ins.current("github", remote, "bob").await.unwrap();
+    assert_eq!(sent.access_token, "at-0");
+    foreign.expires_at = Some(unix_now() - 1);
+    vault.put("github", "bob", &foreign).unwrap();
+    let err = sign_ins.current("github", remote, "bob").await.unwrap_err();
+    assert!(
+        err.to_string().contains("another authorization server"),
+        "{err}"
+    );
+    assert_eq!(
+        err.told(),
+        "`bob` must sign in again to `github`: a person signs them in with `portcullis oauth login github --client bob`"
+    );
     assert_eq!(refreshes.load(Ordering::SeqCst), 1);
 
     // Not refreshable, expiring but alive: still sent; dead: sign in again.
     let mut last = expiring.clone();
     last.refresh_token = None;
     vault.put("github", "carol", &last).unwrap();
-    let sent = sign_ins
-        .current("github", &url, &config.egress, "carol")
-        .await
-        .unwrap();
+    let sent = sign_ins.current("github", remote, "carol").await.unwrap();
     assert_eq!(sent.access_token, "at-0");
     last.expires_at = Some(unix_now() - 1);
     vault.put("github", "carol", &last).unwrap();
     let err = sign_ins
-        .current("github", &url, &config.egress, "carol")
+        .current("github", remote, "carol")
         .await
         .unwrap_err();
-    assert!(err.contains("sign in again"), "{err}");
+    assert!(matches!(err, SignInError::Expired { .. }), "{err}");
     // Never signed in: how to.
     let err = sign_ins
-        .current("github", &url, &config.egress, "dave")
+        .current("github", remote, "dave")
         .await
         .unwrap_err();
     assert!(
-        err.contains("portcullis oauth login github --client dave"),
+        err.told()
+            .contains("portcullis oauth login github --client dave"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_is_sent_only_to_a_server_its_resource_covers() {
+    let root = tempfile::tempdir().unwrap();
+    let config = config(root.path());
+    let (base, refreshes) = issuer().await;
+    let vault = Vault::of(&config).unwrap();
+    let mut fresh = expiring(&base);
+    fresh.expires_at = Some(unix_now() + 3600);
+    vault.put("github", "alice", &fresh).unwrap();
+    let sign_ins = SignIns::new(config.clone());
+    // The operator pointed the server elsewhere since the sign-in.
+    for elsewhere in [
+        "http://127.0.0.2:9/mcp".to_owned(),
+        format!("{base}/other"),
+        format!("{base}/mcpx"),
+    ] {
+        let err = sign_ins
+            .current("github", &remote(&config, &elsewhere), "alice")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SignInError::OtherResource { .. }),
+            "{elsewhere}: {err}"
+        );
+    }
+    // Below the resource: covered.
+    let below = remote(&config, &format!("{base}/mcp/v2"));
+    let sent = sign_ins.current("github", &below, "alice").await.unwrap();
+    assert_eq!(sent.access_token, "at-0");
+    // A sign-in kept without its resource is for none.
+    fresh.resource = String::new();
+    vault.put("github", "alice", &fresh).unwrap();
+    let err = sign_ins
+        .current("github", &below, "alice")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SignInError::OtherResource { .. }), "{err}");
+    assert_eq!(refreshes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_sign_in_revoked_during_a_refresh_is_not_written_back() {
+    let t = setup().await;
+    let (config, base, refreshes, remote, vault) =
+        (&t.config, &t.base, &t.refreshes, &t.remote, &t.vault);
+    let mut dead = expiring(base);
+    dead.expires_at = Some(unix_now() - 1);
+    vault.put("github", "alice", &dead).unwrap();
+
+    // A revoke (another process) holds the entry; the proxy's refresh
+    // waits for it, then finds the entry gone.
+    let revoking = Vault::of(config).unwrap();
+    let held = revoking.hold("github", "alice").await.unwrap();
+    let sign_ins = Arc::new(SignIns::new(config.clone()));
+    let waiting = tokio::spawn({
+        let (sign_ins, remote) = (sign_ins.clone(), remote.clone());
+        async move { sign_ins.current("github", &remote, "alice").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the refresh waits for the revoke");
+    assert!(revoking.remove("github", "alice").unwrap());
+    drop(held);
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(err, SignInError::NotSignedIn { .. }), "{err}");
+    assert_eq!(refreshes.load(Ordering::SeqCst), 0, "nothing refreshed");
+    assert!(
+        vault.get("github", "alice").unwrap().is_none(),
+        "not written back"
     );
 }

@@ -11,7 +11,12 @@
 //!    OpenID Connect discovery, in the specification's order), whose
 //!    `issuer` must be the one named, which must offer PKCE with `S256`
 //!    (the specification: a client refuses to go on without it), and
-//!    whose endpoints are `https://` (an issuer on loopback aside).
+//!    whose endpoints are `https://` (an issuer on loopback aside) and on
+//!    the issuer's own origin, unless the operator named other origins:
+//!    metadata that pairs another's authorization endpoint with its own
+//!    token endpoint would otherwise have the code and the verifier sent
+//!    to it (a mix-up); where the operator named the issuer, it must be
+//!    that one.
 
 use std::time::Duration;
 
@@ -19,7 +24,8 @@ use serde_json::{Map, Value, json};
 
 use super::challenge::{self, Challenge};
 use super::token::scope_token;
-use crate::config::{EgressConfig, is_loopback, secure_url};
+use super::vault::MAX_NAME;
+use crate::config::{EgressConfig, RemoteSpec, SignInSpec, is_loopback, secure_url};
 use crate::egress::document as fetch;
 use crate::egress::{self, HttpClient, Timeouts, Trust};
 
@@ -36,7 +42,8 @@ pub struct Discovered {
     /// The scopes to ask for: the challenge's, else the metadata's
     /// `scopes_supported`.
     pub scopes: Vec<String>,
-    /// The authorization server, as its metadata names itself.
+    /// The authorization server, as its metadata names itself (what an
+    /// RFC 9207 `iss` is compared with).
     pub issuer: String,
     /// Where its metadata was read.
     pub issuer_metadata: String,
@@ -109,15 +116,62 @@ pub enum DiscoverError {
     BadScope(String),
     #[error("`{metadata}` names `{named}`, which is not a plain https:// URL")]
     BadUrl { metadata: String, named: String },
+    #[error(
+        "the server names the authorization server `{named}`, not `{expected}` as its `sign_in.issuer` says"
+    )]
+    NotTheIssuer { named: String, expected: String },
+    #[error(
+        "the authorization server `{issuer}` puts its `{key}` at `{origin}`, another origin than its own: a mix-up would send the code there (name the origin in the server's `sign_in.endpoint_origins` if it is the provider's own)"
+    )]
+    OtherOrigin {
+        issuer: String,
+        key: &'static str,
+        origin: String,
+    },
+    #[error("`{0}` asks for more scopes than a sign-in keeps ({MAX_NAME} bytes)")]
+    TooManyScopes(String),
+}
+
+/// What the operator expects of a server's sign-in.
+#[derive(Debug, Clone, Default)]
+pub struct Expect {
+    /// The authorization server it must name.
+    pub issuer: Option<String>,
+    /// Origins besides the issuer's own where its endpoints may be.
+    pub endpoint_origins: Vec<String>,
+}
+
+impl Expect {
+    /// What `sign_in` says, if the server has it.
+    pub fn of(sign_in: Option<&SignInSpec>) -> Self {
+        sign_in.map_or_else(Self::default, |spec| Self {
+            issuer: spec.issuer.clone(),
+            endpoint_origins: spec.endpoint_origins.clone(),
+        })
+    }
 }
 
 /// How long one of the discovery's requests may take, whole.
 const DEADLINE: Duration = Duration::from_secs(15);
 
-/// The client the discovery of `url` goes through: the server's own URL
-/// as the operator wrote it, every other as a peer named it.
-pub fn discovery_client(egress: &EgressConfig, url: &str) -> Result<HttpClient, DiscoverError> {
-    let written: Vec<reqwest::Url> = reqwest::Url::parse(url).into_iter().collect();
+/// The client the discovery of `remote` goes through: the server's own URL
+/// as the operator wrote it (unless a registry's entry named it), every
+/// other as a peer named it.
+pub fn discovery_client(remote: &RemoteSpec) -> Result<HttpClient, DiscoverError> {
+    discovery_client_of(&remote.egress, &remote.url, remote.learned)
+}
+
+/// [`discovery_client`], from its parts.
+pub fn discovery_client_of(
+    egress: &EgressConfig,
+    url: &str,
+    learned: bool,
+) -> Result<HttpClient, DiscoverError> {
+    let written: Vec<reqwest::Url> = if learned {
+        Vec::new()
+    } else {
+        reqwest::Url::parse(url).into_iter().collect()
+    };
     let timeouts = Timeouts {
         connect: Duration::from_secs(5),
         total: Some(DEADLINE),
@@ -126,9 +180,13 @@ pub fn discovery_client(egress: &EgressConfig, url: &str) -> Result<HttpClient, 
         .map_err(|err| DiscoverError::Client(err.to_string()))
 }
 
-/// What the server at `url` asks for, learned from it (see the module's
-/// notes).
-pub async fn discover(http: &HttpClient, url: &str) -> Result<Discovered, DiscoverError> {
+/// What the server at `url` asks for, learned from it, as `expect`ed (see
+/// the module's notes).
+pub async fn discover(
+    http: &HttpClient,
+    url: &str,
+    expect: &Expect,
+) -> Result<Discovered, DiscoverError> {
     let shown = fetch::named(url);
     let challenge = challenge_of(http, url).await?;
     let (resource_metadata, resource) = resource_metadata(http, url, &challenge).await?;
@@ -159,7 +217,22 @@ pub async fn discover(http: &HttpClient, url: &str) -> Result<Discovered, Discov
     if !secure_url(&issuer) {
         return Err(DiscoverError::InsecureIssuer(printable(&issuer)));
     }
+    let trim = |text: &str| text.strip_suffix('/').unwrap_or(text).to_owned();
+    if let Some(expected) = &expect.issuer
+        && trim(expected) != trim(&issuer)
+    {
+        return Err(DiscoverError::NotTheIssuer {
+            named: printable(&issuer),
+            expected: fetch::named(expected),
+        });
+    }
     let (issuer_metadata, metadata) = issuer_metadata(http, &issuer).await?;
+    // As the authorization server writes itself (RFC 9207 compares with it).
+    let issuer = metadata
+        .get("issuer")
+        .and_then(Value::as_str)
+        .unwrap_or(&issuer)
+        .to_owned();
     let scopes: Vec<String> = match &challenge.scope {
         Some(scope) => scope
             .split(' ')
@@ -171,9 +244,13 @@ pub async fn discover(http: &HttpClient, url: &str) -> Result<Discovered, Discov
     if let Some(bad) = scopes.iter().find(|scope| !scope_token(scope)) {
         return Err(DiscoverError::BadScope(printable(bad)));
     }
+    if scopes.iter().map(|scope| scope.len() + 1).sum::<usize>() > MAX_NAME {
+        return Err(DiscoverError::TooManyScopes(shown));
+    }
     let endpoints = Endpoints {
         issuer: &issuer,
         metadata: &metadata,
+        origins: &expect.endpoint_origins,
     };
     Ok(Discovered {
         url: url.to_owned(),
@@ -344,6 +421,8 @@ async fn first_document(
 struct Endpoints<'a> {
     issuer: &'a str,
     metadata: &'a Map<String, Value>,
+    /// Origins besides the issuer's the operator allows.
+    origins: &'a [String],
 }
 
 impl Endpoints<'_> {
@@ -355,16 +434,28 @@ impl Endpoints<'_> {
         let Some(value) = self.metadata.get(key) else {
             return Ok(None);
         };
-        let remote = !reqwest::Url::parse(self.issuer).is_ok_and(|url| is_loopback(&url));
-        value
+        let issuer = reqwest::Url::parse(self.issuer).ok();
+        let remote = !issuer.as_ref().is_some_and(is_loopback);
+        let url = value
             .as_str()
             .filter(|url| plain_url(url, true))
             .filter(|url| secure_url(url) && (!remote || url.starts_with("https://")))
-            .map(|url| Some(url.to_owned()))
             .ok_or_else(|| DiscoverError::Endpoint {
                 issuer: fetch::named(self.issuer),
                 key,
-            })
+            })?;
+        let origin = reqwest::Url::parse(url)
+            .map(|parsed| parsed.origin().ascii_serialization())
+            .unwrap_or_default();
+        let own = issuer.is_some_and(|issuer| issuer.origin().ascii_serialization() == origin);
+        if !own && !self.origins.contains(&origin) {
+            return Err(DiscoverError::OtherOrigin {
+                issuer: fetch::named(self.issuer),
+                key,
+                origin,
+            });
+        }
+        Ok(Some(url.to_owned()))
     }
 
     fn required(&self, key: &'static str) -> Result<String, DiscoverError> {
@@ -377,7 +468,7 @@ impl Endpoints<'_> {
 
 /// Whether the resource `named` covers the server at `url`: the same
 /// origin, and `url`'s path is `named`'s or below it.
-fn covers(named: &str, url: &str) -> bool {
+pub(super) fn covers(named: &str, url: &str) -> bool {
     let (Ok(named), Ok(url)) = (reqwest::Url::parse(named), reqwest::Url::parse(url)) else {
         return false;
     };

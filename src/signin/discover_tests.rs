@@ -82,9 +82,13 @@ fn good_issuer() -> Value {
 }
 
 async fn discovered(base: &str) -> Result<Discovered, DiscoverError> {
+    expected(base, &Expect::default()).await
+}
+
+async fn expected(base: &str, expect: &Expect) -> Result<Discovered, DiscoverError> {
     let url = format!("{base}/mcp");
-    let http = discovery_client(&loopback_allowed(), &url).unwrap();
-    discover(&http, &url).await
+    let http = discovery_client_of(&loopback_allowed(), &url, false).unwrap();
+    discover(&http, &url, expect).await
 }
 
 #[tokio::test]
@@ -193,8 +197,8 @@ async fn addresses_a_peer_named_are_judged_as_a_peers() {
         json!({ "resource": "{base}/mcp", "authorization_servers": [issuer_base.clone()] });
     let base = server(resource, good_issuer(), true).await;
     let url = format!("{base}/mcp");
-    let http = discovery_client(&EgressConfig::default(), &url).unwrap();
-    let err = discover(&http, &url).await.unwrap_err();
+    let http = discovery_client_of(&EgressConfig::default(), &url, false).unwrap();
+    let err = discover(&http, &url, &Expect::default()).await.unwrap_err();
     assert!(
         matches!(err, DiscoverError::NoIssuerMetadata { .. }),
         "{err}"
@@ -300,6 +304,12 @@ async fn hostile_values_in_a_servers_answers_are_refused_not_shown() {
     let base = server(resource, good_issuer(), true).await;
     let err = discovered(&base).await.unwrap_err();
     assert!(matches!(err, DiscoverError::BadUrl { .. }), "{err}");
+    // Refused for its escape, not for want of a URL: it names the server.
+    assert!(
+        err.to_string()
+            .contains(&format!("{base}/\\u{{1b}}]0;title")),
+        "{err}"
+    );
     assert!(!err.to_string().contains('\u{1b}'), "{err:?}");
 
     // A registration endpoint given but unusable is said, not dropped.
@@ -323,10 +333,84 @@ async fn hostile_values_in_a_servers_answers_are_refused_not_shown() {
 async fn a_servers_url_is_named_without_its_credentials() {
     let base = serve(Router::new().route("/mcp", post(|| async { "{}" }))).await;
     let with_secrets = base.replace("http://", "http://user:pw-s3cret@") + "/mcp?api_key=k-s3cret";
-    let http = discovery_client(&loopback_allowed(), &with_secrets).unwrap();
-    let err = discover(&http, &with_secrets).await.unwrap_err();
+    let http = discovery_client_of(&loopback_allowed(), &with_secrets, false).unwrap();
+    let err = discover(&http, &with_secrets, &Expect::default())
+        .await
+        .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, DiscoverError::NotAsked { .. }), "{text}");
     assert!(!text.contains("s3cret"), "{text}");
     assert!(text.contains("/mcp"), "{text}");
+}
+
+#[tokio::test]
+async fn endpoints_off_the_issuers_origin_are_refused_unless_allowed() {
+    // Another's authorization endpoint beside this issuer's token
+    // endpoint (a mix-up: the code and verifier would come here).
+    let honest = serve(Router::new()).await;
+    for key in [
+        "authorization_endpoint",
+        "token_endpoint",
+        "registration_endpoint",
+        "revocation_endpoint",
+    ] {
+        let mut issuer = good_issuer();
+        issuer[key] = json!(format!("{honest}/{key}"));
+        let base = server(good_resource(), issuer, true).await;
+        let err = discovered(&base).await.unwrap_err();
+        assert!(
+            matches!(&err, DiscoverError::OtherOrigin { key: k, origin, .. } if *k == key && *origin == honest),
+            "{key}: {err}"
+        );
+        // The operator names the provider's other origin: taken.
+        let allowed = Expect {
+            issuer: None,
+            endpoint_origins: vec![honest.clone()],
+        };
+        let found = expected(&base, &allowed).await.unwrap();
+        assert_eq!(
+            [
+                Some(found.authorization_endpoint),
+                Some(found.token_endpoint),
+                found.registration_endpoint,
+                found.revocation_endpoint
+            ]
+            .iter()
+            .filter(|url| url.as_deref() == Some(&format!("{honest}/{key}")))
+            .count(),
+            1
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_issuer_is_the_one_the_operator_named_and_as_it_writes_itself() {
+    let base = server(good_resource(), good_issuer(), true).await;
+    let pinned = |issuer: String| Expect {
+        issuer: Some(issuer),
+        endpoint_origins: Vec::new(),
+    };
+    let err = expected(&base, &pinned("https://github.com/login/oauth".into()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DiscoverError::NotTheIssuer { .. }), "{err}");
+    assert!(expected(&base, &pinned(format!("{base}/"))).await.is_ok());
+
+    // The resource metadata names it without a slash, its own metadata
+    // with one: RFC 9207's `iss` is compared with the latter.
+    let mut issuer = good_issuer();
+    issuer["issuer"] = json!("{base}/");
+    let base = server(good_resource(), issuer, true).await;
+    let found = discovered(&base).await.unwrap();
+    assert_eq!(found.issuer, format!("{base}/"));
+}
+
+#[tokio::test]
+async fn more_scopes_than_a_sign_in_keeps_are_refused_at_discovery() {
+    let mut resource = good_resource();
+    let many: Vec<String> = (0..200).map(|n| format!("scope-{n}")).collect();
+    resource["scopes_supported"] = json!(many);
+    let base = server(resource, good_issuer(), false).await;
+    let err = discovered(&base).await.unwrap_err();
+    assert!(matches!(err, DiscoverError::TooManyScopes(_)), "{err}");
 }

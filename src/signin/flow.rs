@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::discover::Discovered;
 use super::token::{self, escaped};
-use super::vault::Tokens;
+use super::vault::{MAX_NAME, Tokens};
 use crate::config::form_encoded;
 use crate::egress::{self, HttpClient, document};
 use crate::protocol::unix_now;
@@ -80,6 +80,24 @@ pub struct Registration {
     /// `client_secret_basic`, `client_secret_post` or `none`.
     pub auth_method: String,
     pub redirect_uri: String,
+    /// When the client secret expires (RFC 7591 `client_secret_expires_at`,
+    /// seconds since the epoch), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_expires_at: Option<u64>,
+}
+
+impl Registration {
+    /// The name it is kept under in the vault, beside its server: its
+    /// issuer and id, so that each registration stays as long as tokens
+    /// issued to it may (a later one does not take its place).
+    pub fn kept_as(issuer: &str, client_id: &str) -> String {
+        format!("{issuer} {client_id}")
+    }
+
+    /// Whether its secret has expired (a new registration is then made).
+    pub fn expired(&self) -> bool {
+        self.secret_expires_at.is_some_and(|at| at <= unix_now())
+    }
 }
 
 impl std::fmt::Debug for Registration {
@@ -89,6 +107,7 @@ impl std::fmt::Debug for Registration {
             .field("client_id", &self.client_id)
             .field("auth_method", &self.auth_method)
             .field("redirect_uri", &self.redirect_uri)
+            .field("secret_expires_at", &self.secret_expires_at)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +150,9 @@ pub async fn register(
     };
     let mut asked = serde_json::Map::new();
     asked.insert("client_name".into(), json!("Portcullis"));
+    // A client on the user's machine, with a loopback redirect (OpenID
+    // Connect registration; providers that follow it check the redirect).
+    asked.insert("application_type".into(), json!("native"));
     asked.insert("redirect_uris".into(), json!([redirect_uri]));
     asked.insert(
         "grant_types".into(),
@@ -164,6 +186,16 @@ pub async fn register(
     let client_id = said("client_id")
         .and_then(plain)
         .ok_or_else(|| fail("it gave no usable client_id".into()))?;
+    if Registration::kept_as(&found.issuer, &client_id).len() > MAX_NAME {
+        return Err(fail(format!(
+            "its client_id is too long to keep (the issuer and it over {MAX_NAME} bytes)"
+        )));
+    }
+    // 0 or unsaid: the secret does not expire (RFC 7591 §3.2.1).
+    let secret_expires_at = answer
+        .get("client_secret_expires_at")
+        .and_then(Value::as_u64)
+        .filter(|at| *at != 0);
     let client_secret = said("client_secret").and_then(plain);
     // The method it registered, if it says one the proxy can use.
     let auth_method = match said("token_endpoint_auth_method") {
@@ -187,6 +219,7 @@ pub async fn register(
         client_secret,
         auth_method,
         redirect_uri: redirect_uri.to_owned(),
+        secret_expires_at,
     })
 }
 
@@ -401,6 +434,7 @@ fn tokens_of(
         }),
         issuer: found.issuer.clone(),
         client_id: client.client_id.clone(),
+        resource: found.resource.clone(),
     }
 }
 

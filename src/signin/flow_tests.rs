@@ -34,6 +34,7 @@ fn client(method: &str) -> Registration {
         client_secret: Some("client-secret-9f2".into()),
         auth_method: method.into(),
         redirect_uri: "http://127.0.0.1:7000/callback".into(),
+        secret_expires_at: None,
     }
 }
 
@@ -207,10 +208,30 @@ async fn registration_takes_only_what_the_proxy_can_use() {
     );
     assert_eq!(asked["token_endpoint_auth_method"], "client_secret_post");
     assert_eq!(asked["scope"], "mcp read");
+    assert_eq!(asked["application_type"], "native");
+    assert_eq!(registered.secret_expires_at, None);
+    assert!(!registered.expired());
+
+    // A secret that expires: kept with its time, and seen expired after.
+    let (base, _) = endpoint(
+        json!({"client_id": "c", "client_secret": "s", "client_secret_expires_at": 1_000}),
+        201,
+    )
+    .await;
+    let registered = register(&http(), &self::found(&base), "http://127.0.0.1:1/cb")
+        .await
+        .unwrap();
+    assert_eq!(registered.secret_expires_at, Some(1_000));
+    assert!(registered.expired());
 
     for (answer, status, expected) in [
         (json!({"client_secret": "x"}), 201, "no usable client_id"),
         (json!({"client_id": "a\nb"}), 201, "no usable client_id"),
+        (
+            json!({"client_id": "c".repeat(1500)}),
+            201,
+            "too long to keep",
+        ),
         (
             json!({"client_id": "c", "token_endpoint_auth_method": "private_key_jwt"}),
             201,
@@ -280,7 +301,11 @@ async fn the_code_is_exchanged_with_the_verifier_and_the_client_as_registered() 
         assert!(has("resource", &format!("{base}/mcp")), "{body}");
         match method {
             "client_secret_basic" => {
-                assert!(auth.starts_with("Basic "), "{auth}");
+                let pair = auth.strip_prefix("Basic ").unwrap();
+                let pair = base64::engine::general_purpose::STANDARD
+                    .decode(pair)
+                    .unwrap();
+                assert_eq!(pair, b"client-1:client-secret-9f2", "{auth}");
                 assert!(has("client_id", "client-1"), "{body}");
                 assert!(!body.contains("client-secret-9f2"), "{body}");
             }
@@ -295,16 +320,36 @@ async fn the_code_is_exchanged_with_the_verifier_and_the_client_as_registered() 
         }
     }
     // A refresh keeps the refresh token when no new one comes.
-    let (base, _) = endpoint(json!({"access_token": "at-2", "token_type": "bearer"}), 200).await;
+    let (base, seen) = endpoint(json!({"access_token": "at-2", "token_type": "bearer"}), 200).await;
     let kept = exchange(&http(), &found, &client("none"), "c", "v")
         .await
         .unwrap();
+    assert_eq!(kept.resource, found.resource);
     let fresh = refresh(&http(), &self::found(&base), &client("none"), &kept)
         .await
         .unwrap();
     assert_eq!(fresh.access_token, "at-2");
     assert_eq!(fresh.refresh_token.as_deref(), Some("rt-1"));
     assert_eq!(fresh.scopes, ["mcp"]);
+    let (body, auth) = seen.lock().unwrap().pop().unwrap();
+    let mut form: Vec<(String, String)> = reqwest::Url::parse(&format!("http://x/?{body}"))
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    form.sort();
+    let expected = [
+        ("client_id", "client-1".to_owned()),
+        ("grant_type", "refresh_token".to_owned()),
+        ("refresh_token", "rt-1".to_owned()),
+        ("resource", format!("{base}/mcp")),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    assert_eq!(form, expected, "{body}");
+    assert!(auth.is_empty());
 }
 
 #[tokio::test]

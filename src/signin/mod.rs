@@ -25,8 +25,10 @@ pub mod token;
 pub mod vault;
 
 pub use challenge::{Challenge, parse_bearer};
-pub use current::{Current, REFRESH_BEFORE, SignIns};
-pub use discover::{DiscoverError, Discovered, discover, discovery_client};
+pub use current::{Current, REFRESH_BEFORE, SignInError, SignIns, registration};
+pub use discover::{
+    DiscoverError, Discovered, Expect, discover, discovery_client, discovery_client_of,
+};
 pub use flow::{
     DESKTOP, FlowError, Registration, Started, answered, exchange, refresh, register, revoke, start,
 };

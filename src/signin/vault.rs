@@ -78,6 +78,10 @@ pub struct Tokens {
     /// proxy was to it.
     pub issuer: String,
     pub client_id: String,
+    /// The resource they were issued for (RFC 8707): they are sent only
+    /// to a server it covers.
+    #[serde(default)]
+    pub resource: String,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -88,6 +92,7 @@ impl std::fmt::Debug for Tokens {
             .field("scopes", &self.scopes)
             .field("issuer", &self.issuer)
             .field("client_id", &self.client_id)
+            .field("resource", &self.resource)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +136,21 @@ struct File {
     key: String,
     /// The nonce, then the sealed JSON and its tag, in base64.
     sealed: String,
+}
+
+/// How long [`Vault::hold`] waits for another change of the entry (a
+/// refresh at a slow token endpoint takes at most its 15 s deadline).
+pub const HOLD_WAIT: std::time::Duration = std::time::Duration::from_secs(40);
+
+/// An entry held by [`Vault::hold`] until dropped.
+pub struct Held {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held")
+    }
 }
 
 /// The vault of one proxy's `data_dir`.
@@ -216,31 +236,77 @@ impl Vault {
         self.remove_entry(Kind::Tokens, server, user)
     }
 
-    /// Keeps `client`, registered for `server` with `redirect_uri`.
+    /// Keeps `client`, registered for `server`, as `name`.
     pub fn put_client<T: Serialize>(
         &self,
         server: &str,
-        redirect_uri: &str,
+        name: &str,
         client: &T,
     ) -> Result<(), VaultError> {
-        if server.len() > MAX_NAME || redirect_uri.len() > MAX_NAME {
+        if server.len() > MAX_NAME || name.len() > MAX_NAME {
             return Err(VaultError::TooLong);
         }
-        self.seal(Kind::Client, server, redirect_uri, client)
+        self.seal(Kind::Client, server, name, client)
     }
 
-    /// The client registered for `server` with `redirect_uri`, if any.
+    /// The client registered for `server` kept as `name`, if any.
     pub fn get_client<T: serde::de::DeserializeOwned>(
         &self,
         server: &str,
-        redirect_uri: &str,
+        name: &str,
     ) -> Result<Option<T>, VaultError> {
-        self.open_entry(Kind::Client, server, redirect_uri)
+        self.open_entry(Kind::Client, server, name)
     }
 
-    /// Forgets the client registered for `server` with `redirect_uri`.
-    pub fn remove_client(&self, server: &str, redirect_uri: &str) -> Result<bool, VaultError> {
-        self.remove_entry(Kind::Client, server, redirect_uri)
+    /// Forgets the client registered for `server` kept as `name`.
+    pub fn remove_client(&self, server: &str, name: &str) -> Result<bool, VaultError> {
+        self.remove_entry(Kind::Client, server, name)
+    }
+
+    /// `user`'s entry at `server`, held for one change at a time: a
+    /// refresh, a sign-in and a revoke of it (by this proxy, another
+    /// process on this `data_dir`, or the CLI) never interleave, so a
+    /// revoked entry is not written back by a refresh that began before.
+    /// Waits up to [`HOLD_WAIT`]; released when dropped.
+    pub async fn hold(&self, server: &str, user: &str) -> Result<Held, VaultError> {
+        use nix::fcntl::{Flock, FlockArg};
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::create_dir_all(&self.dir).map_err(|err| self.io(err.to_string()))?;
+        let path = self
+            .path_of(Kind::Tokens, server, user)
+            .with_extension("lock");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                .open(&path)
+                .map_err(|err| self.io(format!("{}: {err}", path.display())))
+        };
+        let deadline = tokio::time::Instant::now() + HOLD_WAIT;
+        let mut file = open()?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(Held { _lock: lock }),
+                Err((_, errno)) if errno != nix::errno::Errno::EWOULDBLOCK => {
+                    return Err(self.io(format!("{}: {errno}", path.display())));
+                }
+                Err((back, _)) if tokio::time::Instant::now() < deadline => {
+                    file = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+                Err(_) => {
+                    return Err(self.io(format!(
+                        "{} is held by another change for over {} s",
+                        path.display(),
+                        HOLD_WAIT.as_secs()
+                    )));
+                }
+            }
+        }
     }
 
     /// Whether `tokens` fit an entry.
@@ -255,6 +321,7 @@ impl Vault {
             || long(user)
             || long(&tokens.issuer)
             || long(&tokens.client_id)
+            || long(&tokens.resource)
             || tokens.scopes.iter().map(|s| s.len() + 1).sum::<usize>() > MAX_NAME
         {
             return Err(VaultError::TooLong);

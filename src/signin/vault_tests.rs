@@ -29,6 +29,7 @@ fn tokens(access: &str) -> Tokens {
         scopes: vec!["mcp".into()],
         issuer: "https://auth.example".into(),
         client_id: "portcullis".into(),
+        resource: "https://mcp.example/mcp".into(),
     }
 }
 

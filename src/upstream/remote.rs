@@ -396,7 +396,7 @@ async fn token_for(
             let source = Source::SignedIn {
                 sign_ins,
                 user: Arc::from(user),
-                url: spec.url.clone(),
+                remote: Box::new(spec.clone()),
             };
             (source, true)
         }
@@ -419,7 +419,7 @@ async fn token_for(
             };
             let for_client = matches!(grant, Grant::For { .. });
             let source = Source::Oauth {
-                oauth: oauth.clone(),
+                oauth: Box::new(oauth.clone()),
                 secret,
                 grant,
             };

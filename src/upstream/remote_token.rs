@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{EgressConfig, RemoteOauth};
+use crate::config::{EgressConfig, RemoteOauth, RemoteSpec};
 use crate::egress::{HttpClient, Timeouts, Trust};
 use crate::protocol::unix_now;
 use crate::signin::SignIns;
@@ -137,7 +137,7 @@ pub(super) enum Grant {
 pub(super) enum Source {
     /// An authorization server's grant (`remote = { oauth = … }`).
     Oauth {
-        oauth: RemoteOauth,
+        oauth: Box<RemoteOauth>,
         /// The client secret.
         secret: String,
         grant: Grant,
@@ -147,9 +147,13 @@ pub(super) enum Source {
     SignedIn {
         sign_ins: Arc<SignIns>,
         user: Arc<str>,
-        url: String,
+        remote: Box<RemoteSpec>,
     },
 }
+
+/// How often a user's connection looks at the vault again: a sign-in
+/// revoked or replaced there stops being sent within this.
+const VAULT_LOOK: Duration = Duration::from_secs(30);
 
 /// The current token, shared with the requests that send it.
 pub(super) struct ServerToken {
@@ -198,13 +202,19 @@ pub(super) async fn start(
     };
     let client =
         HttpClient::new(egress, Trust::Written, &[], timeouts).map_err(|err| err.to_string())?;
-    let (header, lives) = fetch(&client, &source, &server, egress).await?;
+    let (header, lives) = fetch(&client, &source, &server).await?;
     let token = Arc::new(ServerToken {
         current: RwLock::new(header),
         refused: tokio::sync::Notify::new(),
     });
     let kept = token.clone();
-    let egress = egress.clone();
+    // A user's token is the vault's: looked at again every VAULT_LOOK, and
+    // no longer sent once the vault has none to give.
+    let users = matches!(source, Source::SignedIn { .. });
+    let renew_after = move |lives| {
+        let wait = renew_after(lives);
+        if users { wait.min(VAULT_LOOK) } else { wait }
+    };
     tokio::spawn(async move {
         let mut expires = Instant::now() + lives;
         let mut wait = renew_after(lives);
@@ -224,15 +234,15 @@ pub(super) async fn start(
                 }
             }
             last = Instant::now();
-            match fetch(&client, &source, &server, &egress).await {
+            match fetch(&client, &source, &server).await {
                 Ok((header, lives)) => {
                     *kept.current.write().unwrap_or_else(|p| p.into_inner()) = header;
                     expires = Instant::now() + lives;
                     wait = renew_after(lives);
                     retry = RETRY;
                 }
-                Err(reason) if Instant::now() >= expires => {
-                    tracing::warn!(%server, %reason, "the server's access token expired unrenewed: closing its connection");
+                Err(reason) if Instant::now() >= expires || users => {
+                    tracing::warn!(%server, %reason, "no access token to send: closing the connection");
                     closed.cancel();
                     return;
                 }
@@ -257,7 +267,6 @@ async fn fetch(
     client: &HttpClient,
     source: &Source,
     server: &str,
-    egress: &EgressConfig,
 ) -> Result<(HeaderValue, Duration), String> {
     match source {
         Source::Oauth {
@@ -268,9 +277,16 @@ async fn fetch(
         Source::SignedIn {
             sign_ins,
             user,
-            url,
+            remote,
         } => {
-            let current = sign_ins.current(server, url, egress, user).await?;
+            let current = sign_ins
+                .current(server, remote, user)
+                .await
+                .map_err(|err| {
+                    // The reason to the log; the client, its fixed words.
+                    tracing::warn!(server, user = %user, reason = %err, "cannot send a user's token");
+                    err.told()
+                })?;
             let mut header = HeaderValue::from_str(&format!("Bearer {}", current.access_token))
                 .map_err(|_| "the kept token is no header value".to_owned())?;
             header.set_sensitive(true);
