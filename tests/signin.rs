@@ -184,14 +184,23 @@ fn vault_config(url: &str) -> (TestProxy, std::path::PathBuf) {
 
 /// The same, `more` added to the server's `remote` settings.
 fn vault_config_with(url: &str, more: &str) -> (TestProxy, std::path::PathBuf) {
-    let proxy = TestProxy::new();
+    vault_config_at(TestProxy::new(), url, more, "")
+}
+
+/// The same on `proxy`, `vault` added to `[vault]`.
+fn vault_config_at(
+    proxy: TestProxy,
+    url: &str,
+    more: &str,
+    vault: &str,
+) -> (TestProxy, std::path::PathBuf) {
     let key = vault_key(&proxy);
     let proxy = proxy
         .with_server_toml(&format!(
             "[[servers]]\nname = \"protected\"\nremote = {{ url = {url:?}{more} }}\n"
         ))
         .with_config(&format!(
-            "[egress]\nallow = [\"127.0.0.0/8\"]\n\n[vault]\nkeys = [\"file:{}\"]\n",
+            "[egress]\nallow = [\"127.0.0.0/8\"]\n\n[vault]\nkeys = [\"file:{}\"]\n{vault}",
             key.display()
         ));
     let path = proxy.write_config();
@@ -569,4 +578,251 @@ async fn a_sign_in_about_to_expire_is_refreshed_and_sealed_again() {
     // The newest token issued is the one the vault keeps and the call used.
     let newest = refreshes.last().unwrap();
     assert_eq!(newest["token"], fresh.access_token.as_str());
+}
+
+/// A user who calls a `sign_in` server without having signed in is given
+/// a link to the proxy (`[vault] public_url`); the person opens it in a
+/// browser, goes on, signs in at the authorization server, and comes back
+/// to the proxy's callback; the next call is served with that user's
+/// token. The link is taken on once, in one browser; the answer is taken
+/// only with its own state, in that browser, once; no token reaches the
+/// client, the page or the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_signs_in_from_the_link_their_agent_was_given() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let (proxy, path, public) = linked_config(&url, "");
+    let config = path.to_str().unwrap();
+    next_user(&issuer, "alice").await;
+    sign_in(config, false).await;
+    let served = proxy.serve_http().await;
+    let whoami = serde_json::json!({ "name": "protected__whoami", "arguments": {} });
+
+    // `other` calls: told to sign in, with a link to the proxy.
+    let other = common::HttpSession::connect_as(&served.url, common::OTHER_TOKEN).await;
+    let answer = other.call(1, "tools/call", whoami.clone()).await;
+    let told = said(&answer);
+    let start = format!("{public}/oauth/start?id=");
+    let at = told.find(&start).unwrap_or_else(|| panic!("{answer}"));
+    let link: String = told[at..].split_whitespace().next().unwrap().to_owned();
+    assert!(
+        told.contains("`other` must sign in to `protected`"),
+        "{told}"
+    );
+    let id = link.strip_prefix(&start).unwrap().to_owned();
+
+    // The page names the user, the server and the authorization server,
+    // and takes nothing (a preview leaves the link usable).
+    for _ in 0..2 {
+        let shown = browser().get(&link).send().await.unwrap();
+        assert_eq!(shown.status(), 200);
+        assert_eq!(shown.headers()["x-frame-options"], "DENY");
+        let page = shown.text().await.unwrap();
+        assert!(
+            page.contains("`other`") && page.contains("`protected`") && page.contains(&issuer),
+            "{page}"
+        );
+    }
+    // Taken on: sent to the authorization server with a cookie; not again.
+    next_user(&issuer, "bob").await;
+    let taken = browser()
+        .post(format!("{public}/oauth/start"))
+        .form(&[("id", id.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 303);
+    let to = taken.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to.starts_with(&format!("{issuer}/authorize?")), "{to}");
+    let set = taken.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let again = browser()
+        .post(format!("{public}/oauth/start"))
+        .form(&[("id", id.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "a link is taken on once");
+
+    // The authorization server approves and sends the browser back.
+    let approved = browser().get(&to).send().await.unwrap();
+    assert_eq!(approved.status(), 302);
+    let callback = approved.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        callback.starts_with(&format!("{public}/oauth/callback?")),
+        "{callback}"
+    );
+    // Finished by another browser (without the cookie): refused, nothing
+    // taken. A forged state: none of the proxy's.
+    let foreign = browser().get(&callback).send().await.unwrap();
+    assert_eq!(foreign.status(), 409);
+    let forged = browser()
+        .get(format!("{public}/oauth/callback?code=stolen&state=forged"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 404);
+    // Its own browser: signed in.
+    let done = browser()
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let page = done.text().await.unwrap();
+    assert!(
+        page.contains("`other` is signed in to `protected`"),
+        "{page}"
+    );
+    // Replayed: the sign-in is finished.
+    let replayed = browser()
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), 404);
+
+    // The next call is served with Bob's token.
+    let answer = other.call(2, "tools/call", whoami).await;
+    assert_eq!(said(&answer), "subject=bob", "{answer}");
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let tokens = vault.get("protected", "other").unwrap().unwrap();
+    let log = served.log.lines().join("\n");
+    for seen in [&told, &page, &log] {
+        assert!(!seen.contains(&tokens.access_token));
+        assert!(!seen.contains(tokens.refresh_token.as_deref().unwrap()));
+    }
+    assert!(!log.contains(&id), "the link is not logged");
+    // The record of the refused call says why, without the link.
+    let records = reqwest::Client::new()
+        .get(format!("{}/admin/audit?client=other", served.base))
+        .bearer_auth(common::AUDITOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(records.contains("must sign in to `protected`"), "{records}");
+    assert!(!records.contains(&id), "{records}");
+    assert!(!records.contains(&tokens.access_token));
+}
+
+/// A config whose users sign in from links (`[vault] public_url`, the
+/// proxy's fixed loopback port), `more` after `[vault]`: the proxy, its
+/// config, and its public URL.
+fn linked_config(url: &str, more: &str) -> (TestProxy, std::path::PathBuf, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public = format!("http://127.0.0.1:{port}");
+    let (proxy, path) = vault_config_at(
+        TestProxy::new().with_listen(&format!("127.0.0.1:{port}")),
+        url,
+        ", sign_in = { list_as = \"tester\" }",
+        &format!("public_url = {public:?}\n{more}"),
+    );
+    (proxy, path, public)
+}
+
+/// A person signs in at `link` in headless Chromium: the page, its
+/// button, the authorization server (which approves at once), and back to
+/// the proxy's callback: what the last page says.
+async fn sign_in_with_chromium(link: &str) -> String {
+    let mut chromium = common::browser::Browser::launch().await;
+    chromium.goto(link).await;
+    let shown = chromium.eval("document.body.innerText").await;
+    assert!(
+        shown.as_str().unwrap().contains("Go on only if you are"),
+        "{shown}"
+    );
+    chromium
+        .eval("document.querySelector('button[type=submit]').click()")
+        .await;
+    let done = chromium
+        .wait_for(
+            "location.pathname === '/oauth/callback' && document.readyState === 'complete' && document.body.innerText",
+            "the proxy's callback page",
+        )
+        .await;
+    chromium.close().await;
+    done.as_str().unwrap().to_owned()
+}
+
+/// A client that declares URL elicitation (the Python SDK's, with an
+/// elicitation handler) is answered with MCP's `URLElicitationRequiredError`
+/// (-32042) holding the link; once the person signed in there (in headless
+/// Chromium), its retried call is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_with_url_elicitation_is_asked_to_open_the_link() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let third = "test-token-for-the-third-client";
+    let (proxy, path, public) = linked_config(
+        &url,
+        &format!(
+            "\n[[clients]]\nname = \"third\"\ntoken_sha256 = \"{}\"\n",
+            common::sha256_hex(third)
+        ),
+    );
+    next_user(&issuer, "alice").await;
+    sign_in(path.to_str().unwrap(), false).await;
+    let served = proxy.serve_http().await;
+    let call = || {
+        let mut client = common::python_client();
+        client.args([
+            "http",
+            &served.url,
+            "--token",
+            third,
+            "--elicit-reply",
+            "x",
+            "--op",
+            "call:protected__whoami",
+        ]);
+        common::python_client_output(client)
+    };
+    let first = call().await;
+    let error = &first["results"][0]["error"];
+    assert_eq!(error["code"], -32042, "{first}");
+    let asked = &error["data"]["elicitations"][0];
+    assert_eq!(asked["mode"], "url", "{first}");
+    assert!(
+        asked["message"]
+            .as_str()
+            .unwrap()
+            .contains("`third` must sign in to `protected`"),
+        "{first}"
+    );
+    assert!(
+        asked["elicitationId"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    let link = asked["url"].as_str().unwrap();
+    assert!(
+        link.starts_with(&format!("{public}/oauth/start?id=")),
+        "{link}"
+    );
+
+    next_user(&issuer, "carol").await;
+    let page = sign_in_with_chromium(link).await;
+    assert!(
+        page.contains("`third` is signed in to `protected`"),
+        "{page}"
+    );
+    let again = call().await;
+    assert_eq!(again["results"][0]["ok"], true, "{again}");
+    assert_eq!(
+        again["results"][0]["result"]["content"][0]["text"], "subject=carol",
+        "{again}"
+    );
 }

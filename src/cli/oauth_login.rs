@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, RemoteSpec, UpstreamSpec};
 use crate::egress::HttpClient;
+use crate::signin::page::page;
 use crate::signin::vault::{MAX_NAME, Vault};
 use crate::signin::{self, Discovered, FlowError, Registration};
 
@@ -190,6 +191,7 @@ async fn callback(
         return page(
             StatusCode::BAD_REQUEST,
             "This answer is not for the sign-in this terminal started. Nothing was done.",
+            None,
         );
     }
     let Some(done) = pending
@@ -198,7 +200,7 @@ async fn callback(
         .unwrap_or_else(|p| p.into_inner())
         .take()
     else {
-        return page(StatusCode::GONE, "This sign-in is already finished.");
+        return page(StatusCode::GONE, "This sign-in is already finished.", None);
     };
     let outcome = match answer {
         Ok(code) => finish(&pending, &code).await,
@@ -215,7 +217,7 @@ async fn callback(
         ),
     };
     let _ = done.send(outcome);
-    page(status, &text)
+    page(status, &text, None)
 }
 
 /// The code exchanged, and the tokens kept: what to tell the person.
@@ -254,35 +256,6 @@ async fn finish(pending: &Pending, code: &str) -> Result<String, String> {
             ""
         }
     ))
-}
-
-/// A plain page: never cached, never naming this URL (which holds the
-/// code) to another site.
-fn page(status: StatusCode, text: &str) -> Response {
-    let escaped: String = text
-        .chars()
-        .map(|c| match c {
-            '<' => "&lt;".to_owned(),
-            '>' => "&gt;".to_owned(),
-            '&' => "&amp;".to_owned(),
-            '"' => "&quot;".to_owned(),
-            c => c.to_string(),
-        })
-        .collect();
-    let body = format!(
-        "<!doctype html><meta charset=utf-8><title>Portcullis sign-in</title><p>{escaped}</p>"
-    );
-    let mut response = (status, body).into_response();
-    let headers = response.headers_mut();
-    for (name, value) in [
-        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-        (header::CACHE_CONTROL, "no-store"),
-        (header::REFERRER_POLICY, "no-referrer"),
-        (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
-    ] {
-        headers.insert(name, HeaderValue::from_static(value));
-    }
-    response
 }
 
 /// `oauth revoke`: the user's tokens revoked at the authorization server,

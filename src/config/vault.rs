@@ -5,16 +5,36 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::parse_duration;
 use super::secrets::HeaderValue;
+use super::values::DurationText;
 use super::{ConfigError, Entry, SecretRef, ServerConfig, UpstreamSpec, Validator};
 
 /// `[vault]`, validated.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaultConfig {
     /// The keys: the first seals, every one opens (a key being rotated
     /// out stays listed until what it sealed was sealed again).
     pub keys: Vec<SecretRef>,
+    /// The proxy's public URL, under which users finish a sign-in from
+    /// their agent's link (`/oauth/start`, `/oauth/callback`), if set.
+    pub public_url: Option<String>,
+    /// How long such a link can be used.
+    pub link_life: std::time::Duration,
 }
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            public_url: None,
+            link_life: LINK_LIFE,
+        }
+    }
+}
+
+/// How long a sign-in link lives unless `[vault] link_life` says.
+pub const LINK_LIFE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// `remote = { sign_in = { … } }`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +148,18 @@ pub(super) struct RawVault {
     #[serde(default)]
     #[schemars(with = "Vec<String>", extend("default" = []))]
     keys: Vec<Spanned<String>>,
+    /// The proxy's public URL as users' browsers reach it (`https://`;
+    /// `http://` only on loopback), for instance
+    /// `https://portcullis.example.com`: a user who calls a `sign_in`
+    /// server without having signed in is given a link under it
+    /// (`/oauth/start`), and the authorization server sends the browser
+    /// back to `/oauth/callback` under it. Unset: users are signed in
+    /// with `portcullis oauth login` only.
+    public_url: Option<String>,
+    /// How long a sign-in link given to a user can be used, from when it
+    /// is given to when its answer comes back.
+    #[schemars(with = "Option<DurationText>", extend("default" = "10m"))]
+    link_life: Option<Spanned<String>>,
 }
 
 impl RawVault {
@@ -157,7 +189,36 @@ impl RawVault {
                 Ok(secret)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(VaultConfig { keys })
+        if let Some(url) = &self.public_url
+            && !(super::secure_url(url)
+                && reqwest::Url::parse(url).is_ok_and(|u| {
+                    u.query().is_none()
+                        && u.fragment().is_none()
+                        && u.username().is_empty()
+                        && u.password().is_none()
+                }))
+        {
+            return Err(v.error(
+                None,
+                "vault.public_url",
+                "must be an https:// URL (http:// only on loopback) without query, fragment or user".into(),
+            ));
+        }
+        let link_life = v
+            .parsed(self.link_life.as_ref(), "vault.link_life", parse_duration)?
+            .unwrap_or(LINK_LIFE);
+        if link_life.is_zero() || link_life > std::time::Duration::from_secs(3600) {
+            return Err(v.error(
+                None,
+                "vault.link_life",
+                "must be more than 0 and at most 1h".into(),
+            ));
+        }
+        Ok(VaultConfig {
+            keys,
+            public_url: self.public_url,
+            link_life,
+        })
     }
 }
 

@@ -139,6 +139,7 @@ fn router(state: Arc<HttpState>) -> Router {
         )
         .merge(super::console::public_routes())
         .merge(super::resource::routes())
+        .merge(super::signin::routes())
         .layer(from_fn_with_state(state.clone(), super::auth::guard))
         .route("/healthz", get(healthz))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

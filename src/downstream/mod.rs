@@ -23,6 +23,7 @@ mod messages;
 mod resource;
 pub mod sealed;
 mod sessions;
+mod signin;
 mod slots;
 mod sse;
 mod state;

@@ -7,12 +7,16 @@
 //! chose — a method, a tool name, a URI — is quoted back only to it).
 
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
 use crate::chain::{Outcome, Refusal};
 use crate::protocol::{self, EnvelopeError, ParseError, code};
 use crate::upstream::UpstreamError;
 
 use super::session::{MAX_SUBSCRIBED_URI_BYTES, MAX_SUBSCRIPTIONS, MAX_TASKS_PER_CLIENT};
+
+/// MCP's `URLElicitationRequiredError`.
+pub const URL_ELICITATION_REQUIRED: i64 = -32042;
 
 /// The key of the decision in the `_meta` of a `tools/call` refused as a
 /// tool result ([`Failure::to_tool_result`]).
@@ -303,7 +307,7 @@ impl Failure {
                 .interceptor()
                 .map(|interceptor| json!({ "interceptor": interceptor })),
         };
-        protocol::error(id, self.code(), &self.to_string(), data)
+        protocol::error(id, self.code(), &self.to_client(), data)
     }
 
     /// A `tools/call` refused by an interceptor (a server's reply too
@@ -328,7 +332,7 @@ impl Failure {
         Some(protocol::result(
             id,
             json!({
-                "content": [{ "type": "text", "text": self.to_string() }],
+                "content": [{ "type": "text", "text": self.to_client() }],
                 "isError": true,
                 "_meta": { REFUSAL_META: decision },
             }),
@@ -357,6 +361,58 @@ impl Failure {
 
     /// How the exchange ended, for its record, metrics and trace: a
     /// refusal names its interceptor; anything else failed.
+    /// Whether the client's user must sign in to the server first.
+    pub fn is_sign_in(&self) -> bool {
+        matches!(self, Self::Upstream(UpstreamError::SignInNeeded { .. }))
+    }
+
+    /// A sign-in needed, as MCP's URL elicitation asks for it (2025-11-25
+    /// and 2026-07-28: the `URLElicitationRequiredError`, -32042): the
+    /// link for the client to open in its user's browser, then retry.
+    pub fn to_url_elicitation(&self, id: Value) -> Value {
+        let Self::Upstream(UpstreamError::SignInNeeded { told, link, .. }) = self else {
+            return self.to_response(id);
+        };
+        // Names the elicitation without repeating the link's secret.
+        let digest = sha2::Sha256::digest(link.as_bytes());
+        let elicitation_id = hex::encode(digest.get(..16).unwrap_or_default());
+        protocol::error(
+            id,
+            URL_ELICITATION_REQUIRED,
+            &self.to_string(),
+            Some(json!({ "elicitations": [{
+                "mode": "url",
+                "elicitationId": elicitation_id,
+                "url": link,
+                "message": told,
+            }] })),
+        )
+    }
+
+    /// A sign-in needed, for a client without URL elicitation: a tool
+    /// result (`isError`) whose text holds the link, for its model to show
+    /// the person.
+    pub fn to_sign_in_result(&self, id: Value) -> Value {
+        protocol::result(
+            id,
+            json!({
+                "content": [{ "type": "text", "text": self.to_client() }],
+                "isError": true,
+            }),
+        )
+    }
+
+    /// What the client is told: what a record keeps, and a link to sign
+    /// in that is the client's alone.
+    fn to_client(&self) -> String {
+        match self {
+            Self::Upstream(UpstreamError::SignInNeeded { link, .. }) => {
+                format!("{self}. Sign-in link: {link}")
+            }
+            _ => self.to_string(),
+        }
+    }
+
     pub fn outcome(&self) -> Outcome {
         match (self, self.interceptor()) {
             (Self::Denied(refusal), _) => refusal.outcome(),

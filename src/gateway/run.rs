@@ -195,9 +195,27 @@ impl Gateway {
         method: &Method,
         failure: Failure,
     ) -> (Value, Outcome) {
-        let as_result = *method == Method::ToolsCall
-            && session.transport != crate::chain::Transport::Cli
-            && self.config.proxy.tool_refusals == crate::config::ToolRefusals::Result;
+        let call =
+            *method == Method::ToolsCall && session.transport != crate::chain::Transport::Cli;
+        // A user who must sign in first: asked to open the link the way
+        // the client can act on (URL elicitation where it declares it,
+        // else a tool result its model reads), whatever `tool_refusals`.
+        if call && failure.is_sign_in() {
+            let url_mode = session.client_capabilities(|declared| {
+                declared
+                    .get("elicitation")
+                    .and_then(|elicitation| elicitation.get("url"))
+                    .is_some_and(|url| !url.is_null())
+            });
+            let reply = if url_mode {
+                failure.to_url_elicitation(id.clone())
+            } else {
+                failure.to_sign_in_result(id.clone())
+            };
+            return (reply, failure.outcome());
+        }
+        let as_result =
+            call && self.config.proxy.tool_refusals == crate::config::ToolRefusals::Result;
         let reply = as_result
             .then(|| failure.to_tool_result(id.clone()))
             .flatten()

@@ -106,6 +106,12 @@ impl Slot {
 }
 
 impl Servers {
+    /// The users' sign-ins to `sign_in` servers (the vault, the links
+    /// given to users).
+    pub fn sign_ins(&self) -> Option<Arc<crate::signin::SignIns>> {
+        self.user_tokens.sign_ins()
+    }
+
     /// The servers of `config` and then a catalog's (`catalogued`, their
     /// indexes following the configured ones'), and the proxy's own tools
     /// past them when `own_tools`; made, none started.

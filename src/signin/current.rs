@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::discover::{Discovered, Expect, covers, discover, discovery_client};
-use super::flow::{DESKTOP, Registration, refresh};
+use super::flow::{DESKTOP, Registration, exchange, refresh, register};
+use super::pending::{Answered, Pendings};
 use super::vault::{Tokens, Vault};
 use crate::config::{Config, RemoteSpec};
 use crate::protocol::unix_now;
@@ -28,6 +29,8 @@ pub struct SignIns {
     /// One refresh at a time for each (server, user): a rotated refresh
     /// token spent by one connection is not spent again by another.
     refreshing: Mutex<HashMap<(String, String), Turn>>,
+    /// Sign-ins begun from a call, waiting for their user's browser.
+    pendings: Pendings,
 }
 
 /// Whether `tokens` expire within [`REFRESH_BEFORE`] seconds.
@@ -88,6 +91,33 @@ pub enum SignInError {
 }
 
 impl SignInError {
+    /// [`SignInError::told`], or where the proxy gives the user a link to
+    /// sign in from the browser (`linked`; the error is the user's to
+    /// mend), words that say to open it (the link goes beside them).
+    pub fn told_with(&self, linked: bool, life: std::time::Duration) -> String {
+        match self {
+            Self::NotSignedIn { server, user }
+            | Self::Expired { server, user }
+            | Self::OtherResource { server, user }
+            | Self::Refresh { server, user, .. }
+                if linked =>
+            {
+                format!(
+                    "`{}` must sign in to `{}`: open the sign-in link in a browser within {} minutes, sign in, then call again",
+                    user.escape_debug(),
+                    server.escape_debug(),
+                    life.as_secs().div_ceil(60)
+                )
+            }
+            _ => self.told(),
+        }
+    }
+
+    /// Whether the user can mend it by signing in (not the vault's fault).
+    pub fn users(&self) -> bool {
+        !matches!(self, Self::Vault(_))
+    }
+
     /// What the client whose call needed the token is told: what its
     /// user can do, in fixed words.
     pub fn told(&self) -> String {
@@ -118,11 +148,146 @@ impl From<super::vault::VaultError> for SignInError {
 impl SignIns {
     pub fn new(config: Arc<Config>) -> Self {
         Self {
+            pendings: Pendings::new(config.vault.link_life),
             config,
             vault: OnceLock::new(),
             found: Mutex::default(),
             refreshing: Mutex::default(),
         }
+    }
+
+    /// How long a link to sign in lives.
+    pub fn link_life(&self) -> std::time::Duration {
+        self.config.vault.link_life
+    }
+
+    /// The sign-ins begun from calls.
+    pub fn pendings(&self) -> &Pendings {
+        &self.pendings
+    }
+
+    /// Where a sign-in's answer comes back, with `[vault] public_url`.
+    fn callback(&self) -> Option<String> {
+        let public = self.config.vault.public_url.as_deref()?;
+        Some(format!("{}/oauth/callback", public.trim_end_matches('/')))
+    }
+
+    /// A link for `user` to sign in to `server` (`remote`) from their
+    /// browser, on the proxy's listener (see [`super::pending`]); `None`
+    /// without `[vault] public_url`. The proxy registers itself with the
+    /// server's authorization server for its callback once, and keeps
+    /// that registration.
+    pub async fn link(
+        &self,
+        server: &str,
+        remote: &RemoteSpec,
+        user: &str,
+    ) -> Result<Option<String>, String> {
+        let Some(callback) = self.callback() else {
+            return Ok(None);
+        };
+        let vault = self.vault().map_err(|err| err.to_string())?;
+        let http = discovery_client(remote).map_err(|err| err.to_string())?;
+        let found = self.found(server, remote, &http).await?;
+        let kept = vault
+            .get_client::<Registration>(server, &callback)
+            .map_err(|err| err.to_string())?
+            .filter(|client| {
+                client.issuer == found.issuer
+                    && client.redirect_uri == callback
+                    && !client.expired()
+            });
+        let client = match kept {
+            Some(client) => client,
+            None => {
+                let client = register(&http, &found, &callback)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                let named = Registration::kept_as(&client.issuer, &client.client_id);
+                vault
+                    .put_client(server, &named, &client)
+                    .and_then(|()| vault.put_client(server, &callback, &client))
+                    .map_err(|err| err.to_string())?;
+                client
+            }
+        };
+        let id = self
+            .pendings
+            .begin(server, user, found, client)
+            .map_err(|err| err.to_string())?;
+        let public = self.config.vault.public_url.as_deref().unwrap_or_default();
+        Ok(Some(format!(
+            "{}/oauth/start?id={id}",
+            public.trim_end_matches('/')
+        )))
+    }
+
+    /// A sign-in answered in its user's browser: the code exchanged, the
+    /// tokens sealed (the entry held). What to tell the person.
+    pub async fn finish(&self, answered: Answered) -> Result<String, String> {
+        let remote = self
+            .config
+            .servers
+            .iter()
+            .find(|spec| spec.name == answered.server)
+            .and_then(|spec| match &spec.kind {
+                crate::config::UpstreamSpec::Remote(remote) if remote.sign_in.is_some() => {
+                    Some(remote)
+                }
+                _ => None,
+            })
+            .ok_or("the server is no longer one whose users sign in")?;
+        let vault = self.vault().map_err(|err| err.to_string())?;
+        let http = discovery_client(remote).map_err(|err| err.to_string())?;
+        let tokens = exchange(
+            &http,
+            &answered.found,
+            &answered.client,
+            &answered.code,
+            &answered.verifier,
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+        let _held = vault
+            .hold(&answered.server, &answered.user)
+            .await
+            .map_err(|err| err.to_string())?;
+        vault
+            .put(&answered.server, &answered.user, &tokens)
+            .map_err(|err| err.to_string())?;
+        tracing::info!(server = %answered.server, user = %answered.user, "a user signed in from a link");
+        Ok(format!(
+            "`{}` is signed in to `{}`. Go back to your agent: its next call is served.",
+            answered.user.escape_debug(),
+            answered.server.escape_debug()
+        ))
+    }
+
+    /// What `server` asks for: learned at its first need, then kept.
+    async fn found(
+        &self,
+        server: &str,
+        remote: &RemoteSpec,
+        http: &crate::egress::HttpClient,
+    ) -> Result<Discovered, String> {
+        let cached = self
+            .found
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(server)
+            .cloned();
+        if let Some(found) = cached {
+            return Ok(found);
+        }
+        let expect = Expect::of(remote.sign_in.as_deref());
+        let found = discover(http, &remote.url, &expect)
+            .await
+            .map_err(|err| err.to_string())?;
+        self.found
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(server.to_owned(), found.clone());
+        Ok(found)
     }
 
     fn vault(&self) -> Result<&Vault, SignInError> {
@@ -219,26 +384,7 @@ impl SignIns {
         kept: &Tokens,
     ) -> Result<Tokens, String> {
         let http = discovery_client(remote).map_err(|err| err.to_string())?;
-        let cached = self
-            .found
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(server)
-            .cloned();
-        let found = match cached {
-            Some(found) => found,
-            None => {
-                let expect = Expect::of(remote.sign_in.as_deref());
-                let found = discover(&http, &remote.url, &expect)
-                    .await
-                    .map_err(|err| err.to_string())?;
-                self.found
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(server.to_owned(), found.clone());
-                found
-            }
-        };
+        let found = self.found(server, remote, &http).await?;
         // The refresh token goes only to the authorization server that
         // issued it, as the client it was issued to.
         if found.issuer != kept.issuer {

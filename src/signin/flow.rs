@@ -440,7 +440,7 @@ fn tokens_of(
 
 /// 32 random bytes in base64url: a `state` or a PKCE verifier (43
 /// characters, within RFC 7636's 43 to 128).
-fn random_text() -> Result<String, FlowError> {
+pub(super) fn random_text() -> Result<String, FlowError> {
     let mut bytes = [0u8; 32];
     SystemRandom::new()
         .fill(&mut bytes)

@@ -21,6 +21,8 @@ mod challenge;
 mod current;
 mod discover;
 mod flow;
+pub mod page;
+pub mod pending;
 pub mod token;
 pub mod vault;
 

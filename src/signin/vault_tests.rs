@@ -18,7 +18,14 @@ fn vault(root: &Path, keys: &[(&str, &str)]) -> Vault {
         .iter()
         .map(|(name, hex)| key_file(root, name, hex))
         .collect();
-    Vault::open(&VaultConfig { keys }, &root.join("data")).unwrap()
+    Vault::open(
+        &VaultConfig {
+            keys,
+            ..VaultConfig::default()
+        },
+        &root.join("data"),
+    )
+    .unwrap()
 }
 
 fn tokens(access: &str) -> Tokens {
@@ -204,7 +211,14 @@ fn bad_keys_and_long_tokens_are_refused() {
     let none = Vault::open(&VaultConfig::default(), root.path());
     assert!(matches!(none, Err(VaultError::NoKeys)));
     let short = key_file(root.path(), "short.key", "0102");
-    let err = Vault::open(&VaultConfig { keys: vec![short] }, root.path()).unwrap_err();
+    let err = Vault::open(
+        &VaultConfig {
+            keys: vec![short],
+            ..VaultConfig::default()
+        },
+        root.path(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("vault.keys[0]"), "{err}");
     let vault = vault(root.path(), &[("a.key", KEY_A)]);
     let long = tokens(&"x".repeat(MAX_TOKEN + 1));

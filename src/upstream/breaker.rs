@@ -321,6 +321,7 @@ fn counts(error: &UpstreamError) -> bool {
         | UpstreamError::Start { .. }
         | UpstreamError::Handshake { .. } => true,
         UpstreamError::NeedsClient { .. }
+        | UpstreamError::SignInNeeded { .. }
         | UpstreamError::Refused { .. }
         | UpstreamError::NotGranted { .. }
         | UpstreamError::BreakerOpen { .. } => false,
@@ -469,6 +470,7 @@ mod tests {
             UpstreamError::NeedsClient {
                 server: "s".into(),
                 reason: "no token".into(),
+                told: None,
             },
         ] {
             assert_eq!(

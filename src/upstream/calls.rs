@@ -88,7 +88,7 @@ pub(crate) struct Shared {
     pub(super) epoch: Instant,
     /// Why a client's instance is down, in words for that client (it has
     /// no token for its user: what it can do about it), while it is.
-    pub(super) told: Mutex<Option<String>>,
+    pub(super) told: Mutex<Option<super::Told>>,
 }
 
 impl Shared {
@@ -149,11 +149,25 @@ impl Shared {
                     // paths and the engine's own words.
                     Status::Down(_) => {
                         let told = self.told.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        return Err(UpstreamError::Unavailable {
-                            server: server.clone(),
-                            reason: told.unwrap_or_else(|| {
-                                "it failed to start or exited (the proxy's log says why)".into()
-                            }),
+                        return Err(match told {
+                            Some(super::Told {
+                                text,
+                                link: Some(link),
+                            }) => UpstreamError::SignInNeeded {
+                                server: server.clone(),
+                                told: text,
+                                link,
+                            },
+                            told => UpstreamError::Unavailable {
+                                server: server.clone(),
+                                reason: told.map_or_else(
+                                    || {
+                                        "it failed to start or exited (the proxy's log says why)"
+                                            .into()
+                                    },
+                                    |told| told.text,
+                                ),
+                            },
                         });
                     }
                     Status::Stopped => {

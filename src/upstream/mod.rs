@@ -64,7 +64,22 @@ pub enum UpstreamError {
     /// authorization server refused to exchange it): opened again at the
     /// client's next call, not retried before.
     #[error("server `{server}` acts as the client's user and has no token for it: {reason}")]
-    NeedsClient { server: String, reason: String },
+    NeedsClient {
+        server: String,
+        reason: String,
+        /// What the client is told, where not `reason`: fixed words, and
+        /// perhaps a link to sign in.
+        told: Option<Told>,
+    },
+    /// The client's user must sign in to the server: `told` says so (and
+    /// is what a record keeps); `link` is where, which only the client's
+    /// answer carries (never a log or a record: it is the user's alone).
+    #[error("server `{server}` is not available: {told}")]
+    SignInNeeded {
+        server: String,
+        told: String,
+        link: String,
+    },
     #[error("server `{server}` refused the handshake: {reason}")]
     Handshake { server: String, reason: String },
     /// The proxy refused the server's reply (`limits`: too large).
@@ -105,6 +120,14 @@ impl UpstreamError {
             _ => crate::protocol::code::UPSTREAM_UNAVAILABLE,
         }
     }
+}
+
+/// What a client whose instance has no token for its user is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Told {
+    pub text: String,
+    /// A link to sign in, the client's alone.
+    pub link: Option<String>,
 }
 
 pub(crate) fn humanize(duration: Duration) -> String {

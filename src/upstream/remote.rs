@@ -377,6 +377,7 @@ async fn token_for(
     let needs = |reason: String| UpstreamError::NeedsClient {
         server: server.clone(),
         reason,
+        told: None,
     };
     let start_error = |reason: String| UpstreamError::Start {
         server: server.clone(),
@@ -397,6 +398,7 @@ async fn token_for(
                 sign_ins,
                 user: Arc::from(user),
                 remote: Box::new(spec.clone()),
+                link: inbox.instance().is_some(),
             };
             (source, true)
         }
@@ -429,11 +431,18 @@ async fn token_for(
     super::remote_token::start(source, &spec.egress, inbox.server().clone(), closed.clone())
         .await
         .map(Some)
-        .map_err(|reason| {
+        .map_err(|no| {
             if for_client {
-                needs(reason)
+                UpstreamError::NeedsClient {
+                    server: server.clone(),
+                    reason: no.reason,
+                    told: no.told,
+                }
             } else {
-                start_error(format!("cannot get the server's access token: {reason}"))
+                start_error(format!(
+                    "cannot get the server's access token: {}",
+                    no.reason
+                ))
             }
         })
 }

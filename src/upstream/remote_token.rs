@@ -69,7 +69,7 @@ impl UserTokens {
     }
 
     /// The users' sign-ins, if the proxy has them.
-    pub(super) fn sign_ins(&self) -> Option<Arc<SignIns>> {
+    pub fn sign_ins(&self) -> Option<Arc<SignIns>> {
         self.sign_ins.clone()
     }
 
@@ -148,7 +148,23 @@ pub(super) enum Source {
         sign_ins: Arc<SignIns>,
         user: Arc<str>,
         remote: Box<RemoteSpec>,
+        /// A client's connection: its user is given a link to sign in.
+        link: bool,
     },
+}
+
+/// Why no token can be sent: the reason (for the log), and what the
+/// client whose call waits is told where that differs (a link to sign in,
+/// which is the client's alone: never logged or recorded).
+pub(super) struct NoToken {
+    pub(super) reason: String,
+    pub(super) told: Option<super::Told>,
+}
+
+impl From<String> for NoToken {
+    fn from(reason: String) -> Self {
+        Self { reason, told: None }
+    }
 }
 
 /// How often a user's connection looks at the vault again: a sign-in
@@ -194,7 +210,7 @@ pub(super) async fn start(
     egress: &EgressConfig,
     server: Arc<str>,
     closed: CancellationToken,
-) -> Result<Arc<ServerToken>, String> {
+) -> Result<Arc<ServerToken>, NoToken> {
     // Its own client; the operator wrote the token endpoint.
     let timeouts = Timeouts {
         connect: Duration::from_secs(10),
@@ -202,7 +218,7 @@ pub(super) async fn start(
     };
     let client =
         HttpClient::new(egress, Trust::Written, &[], timeouts).map_err(|err| err.to_string())?;
-    let (header, lives) = fetch(&client, &source, &server).await?;
+    let (header, lives) = fetch(&client, &source, &server, true).await?;
     let token = Arc::new(ServerToken {
         current: RwLock::new(header),
         refused: tokio::sync::Notify::new(),
@@ -234,19 +250,19 @@ pub(super) async fn start(
                 }
             }
             last = Instant::now();
-            match fetch(&client, &source, &server).await {
+            match fetch(&client, &source, &server, false).await {
                 Ok((header, lives)) => {
                     *kept.current.write().unwrap_or_else(|p| p.into_inner()) = header;
                     expires = Instant::now() + lives;
                     wait = renew_after(lives);
                     retry = RETRY;
                 }
-                Err(reason) if Instant::now() >= expires || users => {
+                Err(NoToken { reason, .. }) if Instant::now() >= expires || users => {
                     tracing::warn!(%server, %reason, "no access token to send: closing the connection");
                     closed.cancel();
                     return;
                 }
-                Err(reason) => {
+                Err(NoToken { reason, .. }) => {
                     tracing::warn!(%server, %reason, "cannot renew the server's access token");
                     wait = retry.min(expires.saturating_duration_since(Instant::now()));
                     retry = (retry * 2).min(MOST_RETRY);
@@ -262,31 +278,51 @@ fn renew_after(lives: Duration) -> Duration {
 }
 
 /// The token to send now: the `Authorization` value and how long the
-/// token lives.
+/// token lives. `asked`: a client's call waits for it (its user may be
+/// given a link to sign in).
 async fn fetch(
     client: &HttpClient,
     source: &Source,
     server: &str,
-) -> Result<(HeaderValue, Duration), String> {
+    asked: bool,
+) -> Result<(HeaderValue, Duration), NoToken> {
     match source {
         Source::Oauth {
             oauth,
             secret,
             grant,
-        } => granted(client, oauth, secret, grant).await,
+        } => Ok(granted(client, oauth, secret, grant).await?),
         Source::SignedIn {
             sign_ins,
             user,
             remote,
+            link,
         } => {
-            let current = sign_ins
-                .current(server, remote, user)
-                .await
-                .map_err(|err| {
-                    // The reason to the log; the client, its fixed words.
-                    tracing::warn!(server, user = %user, reason = %err, "cannot send a user's token");
-                    err.told()
-                })?;
+            let current = match sign_ins.current(server, remote, user).await {
+                Ok(current) => current,
+                Err(err) => {
+                    // The reason to the log; the client, its fixed words
+                    // (and a link to sign in, where the proxy gives one).
+                    let link = if *link && asked && err.users() {
+                        sign_ins
+                            .link(server, remote, user)
+                            .await
+                            .unwrap_or_else(|reason| {
+                                tracing::warn!(server, %reason, "cannot give a link to sign in");
+                                None
+                            })
+                    } else {
+                        None
+                    };
+                    return Err(NoToken {
+                        reason: err.to_string(),
+                        told: Some(super::Told {
+                            text: err.told_with(link.is_some(), sign_ins.link_life()),
+                            link,
+                        }),
+                    });
+                }
+            };
             let mut header = HeaderValue::from_str(&format!("Bearer {}", current.access_token))
                 .map_err(|_| "the kept token is no header value".to_owned())?;
             header.set_sensitive(true);

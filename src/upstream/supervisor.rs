@@ -115,9 +115,12 @@ impl Supervisor {
                     // What the client can do about a missing token is
                     // its to know (the engine's words for other failures
                     // stay in the log).
-                    if let UpstreamError::NeedsClient { reason, .. } = &err {
+                    if let UpstreamError::NeedsClient { reason, told, .. } = &err {
                         *self.shared.told.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(reason.clone());
+                            Some(told.clone().unwrap_or_else(|| super::Told {
+                                text: reason.clone(),
+                                link: None,
+                            }));
                     }
                     self.report_failed_start(&err).await;
                     self.shared.set_link(None);

@@ -125,6 +125,24 @@ const ROUTES: &[(&str, Method, Without)] = &[
         Method::GET,
         Without::Public(StatusCode::NOT_FOUND),
     ),
+    // A user's sign-in finished in their browser: public (the browser has
+    // no credentials; the link's id, its cookie and its `state` are the
+    // checks), and not found without `[vault] public_url` (as here).
+    (
+        "/oauth/start",
+        Method::GET,
+        Without::Public(StatusCode::NOT_FOUND),
+    ),
+    (
+        "/oauth/start",
+        Method::POST,
+        Without::Public(StatusCode::NOT_FOUND),
+    ),
+    (
+        "/oauth/callback",
+        Method::GET,
+        Without::Public(StatusCode::NOT_FOUND),
+    ),
 ];
 
 /// The methods tried on every path: those a route does not list must be

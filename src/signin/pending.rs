@@ -1,0 +1,231 @@
+//! Sign-ins begun from an agent's call, finished in the user's browser on
+//! the proxy's own listener (`[vault] public_url`).
+//!
+//! A user who calls a `sign_in` server without having signed in is given a
+//! link to the proxy: `PUBLIC_URL/oauth/start?id=ID`. `ID` is 256 random
+//! bits, known only to the client it was given to, and lives `[vault]
+//! link_life`. The page at the link names the user, the server and the
+//! authorization server, and asks the person to go on only if they are
+//! that user; going on (a `POST`: a link previewed or scanned is not
+//! consumed) binds the sign-in to that browser with a cookie of 256 random
+//! bits, once: the link cannot be taken on in another browser. The browser
+//! is sent to the authorization server with PKCE, a fresh `state` and the
+//! resource indicator; what comes back to `PUBLIC_URL/oauth/callback` is
+//! taken only for a `state` this proxy gave, in the browser that began it
+//! (its cookie), before the link expires, once. Nothing in a link lets
+//! another user finish it or use it again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::discover::Discovered;
+use super::flow::{self, Registration};
+
+/// The most sign-ins waiting at once (each a few KiB).
+const MAX_PENDING: usize = 10_000;
+
+/// The cookie that binds a sign-in to the browser that took it on.
+pub const COOKIE: &str = "portcullis_sign_in";
+
+/// Why a link or an answer is not taken. Each says what the person can
+/// do; none carries a code, a verifier, a `state` or a token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PendingError {
+    #[error(
+        "this sign-in link is unknown or has expired: ask your agent to call the server again for a new one"
+    )]
+    Unknown,
+    #[error(
+        "this sign-in link was already taken on in a browser: ask your agent to call the server again for a new one"
+    )]
+    Taken,
+    #[error(
+        "this answer is not for a sign-in this proxy started, or that sign-in is finished or expired"
+    )]
+    UnknownState,
+    #[error(
+        "this sign-in was begun in another browser: finish it in the browser that opened the link"
+    )]
+    OtherBrowser,
+    #[error("too many sign-ins are waiting: try again in a few minutes")]
+    Full,
+    #[error("the system's random source failed")]
+    Random,
+    #[error("{0}")]
+    Flow(String),
+}
+
+/// A sign-in waiting for its user.
+struct Pending {
+    server: String,
+    user: String,
+    found: Discovered,
+    client: Registration,
+    state: String,
+    verifier: String,
+    /// The authorization server's link.
+    link: String,
+    until: Instant,
+    /// The digest of the cookie of the browser that took it on.
+    browser: Option<[u8; 32]>,
+}
+
+/// What the page at a link shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    pub server: String,
+    pub user: String,
+    pub issuer: String,
+}
+
+/// A sign-in answered in its own browser: what to exchange the code with.
+pub struct Answered {
+    pub server: String,
+    pub user: String,
+    pub found: Discovered,
+    pub client: Registration,
+    pub code: String,
+    pub verifier: String,
+}
+
+/// The sign-ins waiting, by the digest of their link's id.
+pub struct Pendings {
+    life: Duration,
+    waiting: Mutex<HashMap<[u8; 32], Pending>>,
+}
+
+fn digest(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+fn random_text() -> Result<String, PendingError> {
+    flow::random_text().map_err(|_| PendingError::Random)
+}
+
+impl Pendings {
+    pub fn new(life: Duration) -> Self {
+        Self {
+            life,
+            waiting: Mutex::default(),
+        }
+    }
+
+    /// A sign-in of `user` to `server` begun: the id of its link. An
+    /// earlier one of the same user and server is dropped (its link no
+    /// longer works).
+    pub fn begin(
+        &self,
+        server: &str,
+        user: &str,
+        found: Discovered,
+        client: Registration,
+    ) -> Result<String, PendingError> {
+        let started =
+            flow::start(&found, &client).map_err(|err| PendingError::Flow(err.to_string()))?;
+        let id = random_text()?;
+        let now = Instant::now();
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.retain(|_, pending| {
+            pending.until > now && !(pending.server == server && pending.user == user)
+        });
+        if waiting.len() >= MAX_PENDING {
+            return Err(PendingError::Full);
+        }
+        waiting.insert(
+            digest(&id),
+            Pending {
+                server: server.to_owned(),
+                user: user.to_owned(),
+                found,
+                client,
+                state: started.state,
+                verifier: started.verifier,
+                link: started.link,
+                until: now + self.life,
+                browser: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// What the page at link `id` shows, if it is live and not yet taken
+    /// on.
+    pub fn shown(&self, id: &str) -> Result<Shown, PendingError> {
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = waiting
+            .get(&digest(id))
+            .filter(|pending| pending.until > Instant::now())
+            .ok_or(PendingError::Unknown)?;
+        if pending.browser.is_some() {
+            return Err(PendingError::Taken);
+        }
+        Ok(Shown {
+            server: pending.server.clone(),
+            user: pending.user.clone(),
+            issuer: pending.found.issuer.clone(),
+        })
+    }
+
+    /// Link `id` taken on in a browser, once: the cookie that browser is
+    /// given, and the authorization server's link it is sent to.
+    pub fn take(&self, id: &str) -> Result<(String, String), PendingError> {
+        let cookie = random_text()?;
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = waiting
+            .get_mut(&digest(id))
+            .filter(|pending| pending.until > Instant::now())
+            .ok_or(PendingError::Unknown)?;
+        if pending.browser.is_some() {
+            return Err(PendingError::Taken);
+        }
+        pending.browser = Some(digest(&cookie));
+        Ok((cookie, pending.link.clone()))
+    }
+
+    /// What came back to the callback (`query`), in the browser whose
+    /// cookie is `cookie`: the sign-in it answers, taken out (once), with
+    /// its code. An answer whose `state` is none of this proxy's, or from
+    /// another browser, leaves every sign-in as it was.
+    pub fn answer(
+        &self,
+        query: &[(String, String)],
+        cookie: Option<&str>,
+    ) -> Result<Answered, PendingError> {
+        let state = query
+            .iter()
+            .find(|(name, _)| name == "state")
+            .map(|(_, value)| value.as_str())
+            .ok_or(PendingError::UnknownState)?;
+        let now = Instant::now();
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        // Compared as digests: how long it takes says nothing of a state.
+        let key = waiting
+            .iter()
+            .find(|(_, pending)| digest(&pending.state) == digest(state) && pending.until > now)
+            .map(|(key, _)| *key)
+            .ok_or(PendingError::UnknownState)?;
+        let browser = waiting.get(&key).and_then(|pending| pending.browser);
+        if browser.is_none() || browser != cookie.map(digest) {
+            return Err(PendingError::OtherBrowser);
+        }
+        let pending = waiting.remove(&key).ok_or(PendingError::UnknownState)?;
+        drop(waiting);
+        let code = flow::answered(&pending.found, &pending.state, query)
+            .map_err(|err| PendingError::Flow(err.to_string()))?;
+        Ok(Answered {
+            server: pending.server,
+            user: pending.user,
+            found: pending.found,
+            client: pending.client,
+            code,
+            verifier: pending.verifier,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "pending_tests.rs"]
+mod tests;

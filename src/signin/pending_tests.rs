@@ -1,0 +1,152 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::*;
+
+fn found() -> Discovered {
+    Discovered {
+        url: "https://mcp.example/mcp".into(),
+        resource: "https://mcp.example/mcp".into(),
+        resource_metadata: "https://mcp.example/.well-known/oauth-protected-resource/mcp".into(),
+        scopes: vec!["mcp".into()],
+        issuer: "https://as.example".into(),
+        issuer_metadata: "https://as.example/.well-known/oauth-authorization-server".into(),
+        authorization_endpoint: "https://as.example/authorize".into(),
+        token_endpoint: "https://as.example/token".into(),
+        registration_endpoint: None,
+        revocation_endpoint: None,
+        client_id_metadata_documents: false,
+        token_endpoint_auth_methods: vec!["none".into()],
+        iss_parameter: true,
+    }
+}
+
+fn client() -> Registration {
+    Registration {
+        issuer: "https://as.example".into(),
+        client_id: "proxy".into(),
+        client_secret: None,
+        auth_method: "none".into(),
+        redirect_uri: "https://proxy.example/oauth/callback".into(),
+        secret_expires_at: None,
+    }
+}
+
+/// The `state` in the authorization server's link.
+fn state_of(link: &str) -> String {
+    reqwest::Url::parse(link)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned()
+}
+
+fn answer(state: &str, code: &str, iss: &str) -> Vec<(String, String)> {
+    vec![
+        ("code".into(), code.into()),
+        ("state".into(), state.into()),
+        ("iss".into(), iss.into()),
+    ]
+}
+
+#[test]
+fn a_link_is_taken_on_once_and_answered_once_in_its_own_browser() {
+    let pendings = Pendings::new(Duration::from_secs(600));
+    let id = pendings
+        .begin("github", "alice", found(), client())
+        .unwrap();
+    let shown = pendings.shown(&id).unwrap();
+    assert_eq!(
+        shown,
+        Shown {
+            server: "github".into(),
+            user: "alice".into(),
+            issuer: "https://as.example".into()
+        }
+    );
+    // Shown again (a preview): still usable.
+    assert!(pendings.shown(&id).is_ok());
+    assert_eq!(
+        pendings.shown("guessed").unwrap_err(),
+        PendingError::Unknown
+    );
+
+    let (cookie, link) = pendings.take(&id).unwrap();
+    assert!(link.starts_with("https://as.example/authorize?"), "{link}");
+    assert!(link.contains("code_challenge_method=S256"), "{link}");
+    // Taken on: not again, in this browser or another.
+    assert_eq!(pendings.take(&id).unwrap_err(), PendingError::Taken);
+    assert_eq!(pendings.shown(&id).unwrap_err(), PendingError::Taken);
+
+    let state = state_of(&link);
+    let good = answer(&state, "c0de", "https://as.example");
+    // Another's state, no state: none of this proxy's.
+    for query in [answer("forged", "c0de", "https://as.example"), Vec::new()] {
+        assert_eq!(
+            pendings.answer(&query, Some(&cookie)).err(),
+            Some(PendingError::UnknownState)
+        );
+    }
+    // The right state from another browser (no cookie, another's): refused,
+    // and the sign-in still waits for its own.
+    for other in [None, Some("another-browsers-cookie")] {
+        assert_eq!(
+            pendings.answer(&good, other).err(),
+            Some(PendingError::OtherBrowser)
+        );
+    }
+    let answered = pendings.answer(&good, Some(&cookie)).unwrap();
+    assert_eq!(
+        (answered.server.as_str(), answered.user.as_str()),
+        ("github", "alice")
+    );
+    assert_eq!(answered.code, "c0de");
+    assert_eq!(answered.client.client_id, "proxy");
+    // Replayed: gone.
+    assert_eq!(
+        pendings.answer(&good, Some(&cookie)).err(),
+        Some(PendingError::UnknownState)
+    );
+}
+
+#[test]
+fn an_answer_from_another_issuer_ends_the_sign_in() {
+    let pendings = Pendings::new(Duration::from_secs(600));
+    let id = pendings
+        .begin("github", "alice", found(), client())
+        .unwrap();
+    let (cookie, link) = pendings.take(&id).unwrap();
+    let state = state_of(&link);
+    let mixed = answer(&state, "c0de", "https://evil.example");
+    assert!(matches!(
+        pendings.answer(&mixed, Some(&cookie)),
+        Err(PendingError::Flow(_))
+    ));
+    let good = answer(&state, "c0de", "https://as.example");
+    assert_eq!(
+        pendings.answer(&good, Some(&cookie)).err(),
+        Some(PendingError::UnknownState)
+    );
+}
+
+#[test]
+fn a_new_link_replaces_the_users_last_and_links_expire() {
+    let pendings = Pendings::new(Duration::from_secs(600));
+    let first = pendings
+        .begin("github", "alice", found(), client())
+        .unwrap();
+    let other = pendings.begin("github", "bob", found(), client()).unwrap();
+    let second = pendings
+        .begin("github", "alice", found(), client())
+        .unwrap();
+    assert_ne!(first, second);
+    assert_eq!(pendings.shown(&first).unwrap_err(), PendingError::Unknown);
+    assert!(pendings.shown(&second).is_ok());
+    assert!(pendings.shown(&other).is_ok(), "another user's stays");
+
+    let short = Pendings::new(Duration::ZERO);
+    let id = short.begin("github", "alice", found(), client()).unwrap();
+    assert_eq!(short.shown(&id).unwrap_err(), PendingError::Unknown);
+    assert_eq!(short.take(&id).unwrap_err(), PendingError::Unknown);
+}
