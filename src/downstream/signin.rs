@@ -4,15 +4,23 @@
 //! - `GET /oauth/start?id=ID`: the link the user's agent was given. A page
 //!   naming the user, the server and the authorization server, asking the
 //!   person to go on only if they are that user. Nothing is taken yet (a
-//!   link previewed or scanned stays usable).
-//! - `POST /oauth/start` (`id`): the link taken on in this browser, once;
-//!   the browser gets the cookie that binds the sign-in to it and is sent
-//!   to the authorization server.
+//!   link previewed or scanned stays usable). The page's form carries a
+//!   fresh token, also set as a `SameSite=Strict` cookie.
+//! - `POST /oauth/start` (`id`, `form`): the link taken on in this browser,
+//!   once; only from the page itself: its `Origin` (where sent) is the
+//!   proxy's, its `Sec-Fetch-Site` (where sent) `same-origin`, and the
+//!   form's token is its cookie's (a page elsewhere that posts a link's id
+//!   has neither). The browser gets the cookie that binds the sign-in to
+//!   it and is sent to the authorization server.
 //! - `GET /oauth/callback`: the authorization server's answer, taken only
-//!   for a `state` this proxy gave, in the browser that took the link on.
+//!   for a `state` this proxy gave, in the browser that took the link on
+//!   (one cookie of that name, no more).
 //!
-//! Every page is `no-store`, `no-referrer`, framed by no one, and runs
-//! nothing. Without `[vault] public_url`, each answers 404.
+//! Under `https://`, the cookies are `__Host-` (`Secure`, `Path=/`, no
+//! `Domain`: a sibling host cannot set one). Every page is `no-store`,
+//! names its URL to no other site (`Referrer-Policy: same-origin`), is
+//! framed by no one, and runs nothing. Without `[vault]
+//! public_url`, each answers 404.
 
 use std::sync::Arc;
 
@@ -25,7 +33,7 @@ use axum::routing::get;
 use super::state::HttpState;
 use crate::signin::SignIns;
 use crate::signin::page::page;
-use crate::signin::pending::{COOKIE, PendingError};
+use crate::signin::pending::{PendingError, fresh_token};
 
 pub(super) fn routes() -> Router<Arc<HttpState>> {
     Router::new()
@@ -33,74 +41,153 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
         .route("/oauth/callback", get(callback))
 }
 
-/// The sign-ins, where the proxy gives links.
-fn sign_ins(state: &HttpState) -> Option<Arc<SignIns>> {
-    state
-        .gateway
-        .config()
-        .vault
-        .public_url
-        .as_ref()
-        .and(state.gateway.servers().sign_ins())
+/// The sign-ins and the proxy's public URL, where the proxy gives links.
+fn sign_ins(state: &HttpState) -> Option<(Arc<SignIns>, String)> {
+    let public = state.gateway.config().vault.public_url.clone()?;
+    Some((state.gateway.servers().sign_ins()?, public))
 }
 
-/// A link's id, as the page's query or its form sends it (missing: none
-/// of the proxy's).
+/// The cookies' names and attributes: `__Host-` under `https://`.
+struct Cookies {
+    secure: bool,
+}
+
+impl Cookies {
+    fn of(public: &str) -> Self {
+        Self {
+            secure: public.starts_with("https://"),
+        }
+    }
+
+    fn name(&self, base: &str) -> String {
+        if self.secure {
+            format!("__Host-{base}")
+        } else {
+            base.to_owned()
+        }
+    }
+
+    /// A `Set-Cookie` value.
+    fn set(&self, base: &str, value: &str, life: u64, same_site: &str) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!(
+            "{}={value}; Path=/; Max-Age={life}; HttpOnly; SameSite={same_site}{}",
+            self.name(base),
+            if self.secure { "; Secure" } else { "" }
+        ))
+        .ok()
+    }
+
+    /// The one cookie named `base` the browser sent: `None` if none, or if
+    /// it sent two (one planted beside the proxy's).
+    fn sent(&self, headers: &HeaderMap, base: &str) -> Option<String> {
+        let name = self.name(base);
+        let mut values = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter(|(key, _)| *key == name)
+            .map(|(_, value)| value.to_owned());
+        let first = values.next()?;
+        values.next().is_none().then_some(first)
+    }
+}
+
+/// The browser binding a sign-in, and the page's form token.
+const SIGN_IN: &str = "portcullis_sign_in";
+const FORM: &str = "portcullis_form";
+
+/// A link's id and the form's token, as the page's query or form sends
+/// them (missing: none of the proxy's).
 #[derive(serde::Deserialize, Default)]
 struct Link {
     #[serde(default)]
     id: String,
+    #[serde(default)]
+    form: String,
 }
 
 async fn shown(State(state): State<Arc<HttpState>>, Query(link): Query<Link>) -> Response {
-    let Some(sign_ins) = sign_ins(&state) else {
+    let Some((sign_ins, public)) = sign_ins(&state) else {
         return page(StatusCode::NOT_FOUND, "No sign-ins here.", None);
     };
-    match sign_ins.pendings().shown(&link.id) {
-        Ok(shown) => {
-            let text = format!(
-                "Sign `{}` in to `{}` at the authorization server {}? Go on only if you are `{}` and your agent just asked you to sign in: whoever goes on gives `{}` their account at that server.",
-                shown.user.escape_debug(),
-                shown.server.escape_debug(),
-                shown.issuer,
-                shown.user.escape_debug(),
-                shown.user.escape_debug(),
-            );
-            page(StatusCode::OK, &text, Some(&link.id))
-        }
-        Err(err) => refused(&err),
+    let shown = match sign_ins.pendings().shown(&link.id) {
+        Ok(shown) => shown,
+        Err(err) => return refused(&err),
+    };
+    let Ok(token) = fresh_token() else {
+        return refused(&PendingError::Random);
+    };
+    let text = format!(
+        "Sign `{}` in to `{}` at the authorization server {}? Go on only if you are `{}` and your agent just asked you to sign in: whoever goes on gives `{}` their account at that server.",
+        shown.user.escape_debug(),
+        shown.server.escape_debug(),
+        shown.issuer,
+        shown.user.escape_debug(),
+        shown.user.escape_debug(),
+    );
+    let mut response = page(StatusCode::OK, &text, Some((&link.id, &token)));
+    let cookies = Cookies::of(&public);
+    if let Some(set) = cookies.set(FORM, &token, sign_ins.link_life().as_secs(), "Strict") {
+        response.headers_mut().insert(header::SET_COOKIE, set);
     }
+    response
 }
 
-async fn taken(State(state): State<Arc<HttpState>>, body: axum::body::Bytes) -> Response {
-    let Some(sign_ins) = sign_ins(&state) else {
+/// Whether a `POST` comes from the proxy's own page: its `Origin` (where
+/// the browser sends one) is `public`'s, and its `Sec-Fetch-Site` (where
+/// sent) says the same origin.
+fn from_own_page(headers: &HeaderMap, public: &str) -> bool {
+    let own = reqwest::Url::parse(public)
+        .map(|url| url.origin().ascii_serialization())
+        .unwrap_or_default();
+    let origin_ok = headers
+        .get(header::ORIGIN)
+        .is_none_or(|origin| origin.to_str().is_ok_and(|origin| origin == own));
+    let site_ok = headers
+        .get("sec-fetch-site")
+        .is_none_or(|site| site.to_str().is_ok_and(|site| site == "same-origin"));
+    origin_ok && site_ok
+}
+
+async fn taken(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some((sign_ins, public)) = sign_ins(&state) else {
         return page(StatusCode::NOT_FOUND, "No sign-ins here.", None);
     };
     let link: Link = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let cookies = Cookies::of(&public);
+    let form = cookies.sent(&headers, FORM);
+    if !from_own_page(&headers, &public)
+        || link.form.is_empty()
+        || form.as_deref() != Some(link.form.as_str())
+    {
+        return page(
+            StatusCode::FORBIDDEN,
+            "A sign-in is taken on only from its own page: open the link your agent gave you and press its button.",
+            None,
+        );
+    }
     let (cookie, to) = match sign_ins.pendings().take(&link.id) {
         Ok(taken) => taken,
         Err(err) => return refused(&err),
     };
-    let secure = state
-        .gateway
-        .config()
-        .vault
-        .public_url
-        .as_deref()
-        .is_some_and(|url| url.starts_with("https://"));
     let life = sign_ins.link_life().as_secs();
-    let set = format!(
-        "{COOKIE}={cookie}; Path=/oauth; Max-Age={life}; HttpOnly; SameSite=Lax{}",
-        if secure { "; Secure" } else { "" }
-    );
     let mut response = page(
         StatusCode::SEE_OTHER,
         "On to the authorization server.",
         None,
     );
     let headers = response.headers_mut();
-    match (HeaderValue::from_str(&to), HeaderValue::from_str(&set)) {
-        (Ok(to), Ok(set)) => {
+    match (
+        HeaderValue::from_str(&to),
+        cookies.set(SIGN_IN, &cookie, life, "Lax"),
+    ) {
+        (Ok(to), Some(set)) => {
             headers.insert(header::LOCATION, to);
             headers.insert(header::SET_COOKIE, set);
             response
@@ -118,10 +205,11 @@ async fn callback(
     headers: HeaderMap,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
-    let Some(sign_ins) = sign_ins(&state) else {
+    let Some((sign_ins, public)) = sign_ins(&state) else {
         return page(StatusCode::NOT_FOUND, "No sign-ins here.", None);
     };
-    let cookie = cookie(&headers);
+    let cookies = Cookies::of(&public);
+    let cookie = cookies.sent(&headers, SIGN_IN);
     let answered = match sign_ins.pendings().answer(&query, cookie.as_deref()) {
         Ok(answered) => answered,
         Err(err) => return refused(&err),
@@ -137,25 +225,10 @@ async fn callback(
             )
         }
     };
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static(
-            "portcullis_sign_in=; Path=/oauth; Max-Age=0; HttpOnly; SameSite=Lax",
-        ),
-    );
+    if let Some(clear) = cookies.set(SIGN_IN, "", 0, "Lax") {
+        response.headers_mut().insert(header::SET_COOKIE, clear);
+    }
     response
-}
-
-/// The sign-in cookie the browser sent, if any.
-fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
 }
 
 fn refused(err: &PendingError) -> Response {

@@ -24,7 +24,8 @@ pub struct SignIns {
     /// Opened at first use (a proxy whose servers ask no sign-in needs no
     /// `[vault] keys`).
     vault: OnceLock<Result<Vault, String>>,
-    /// What each server asks for, learned at the first refresh.
+    /// What each server asks for (by its name and settings), learned at
+    /// its first need.
     found: Mutex<HashMap<String, Discovered>>,
     /// One refresh at a time for each (server, user): a rotated refresh
     /// token spent by one connection is not spent again by another.
@@ -213,7 +214,7 @@ impl SignIns {
         };
         let id = self
             .pendings
-            .begin(server, user, found, client)
+            .begin(remote, (server, user), found, client)
             .map_err(|err| err.to_string())?;
         let public = self.config.vault.public_url.as_deref().unwrap_or_default();
         Ok(Some(format!(
@@ -225,18 +226,8 @@ impl SignIns {
     /// A sign-in answered in its user's browser: the code exchanged, the
     /// tokens sealed (the entry held). What to tell the person.
     pub async fn finish(&self, answered: Answered) -> Result<String, String> {
-        let remote = self
-            .config
-            .servers
-            .iter()
-            .find(|spec| spec.name == answered.server)
-            .and_then(|spec| match &spec.kind {
-                crate::config::UpstreamSpec::Remote(remote) if remote.sign_in.is_some() => {
-                    Some(remote)
-                }
-                _ => None,
-            })
-            .ok_or("the server is no longer one whose users sign in")?;
+        // Under the server's settings when the link was given.
+        let remote = &answered.remote;
         let vault = self.vault().map_err(|err| err.to_string())?;
         let http = discovery_client(remote).map_err(|err| err.to_string())?;
         let tokens = exchange(
@@ -263,30 +254,33 @@ impl SignIns {
         ))
     }
 
-    /// What `server` asks for: learned at its first need, then kept.
+    /// What `server` asks for: learned at its first need, then kept for
+    /// its settings as they are (a reload that changes its URL, issuer or
+    /// endpoint origins learns it anew).
     async fn found(
         &self,
         server: &str,
         remote: &RemoteSpec,
         http: &crate::egress::HttpClient,
     ) -> Result<Discovered, String> {
+        let expect = Expect::of(remote.sign_in.as_deref());
+        let key = format!("{server}\n{}\n{expect:?}", remote.url);
         let cached = self
             .found
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(server)
+            .get(&key)
             .cloned();
         if let Some(found) = cached {
             return Ok(found);
         }
-        let expect = Expect::of(remote.sign_in.as_deref());
         let found = discover(http, &remote.url, &expect)
             .await
             .map_err(|err| err.to_string())?;
         self.found
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(server.to_owned(), found.clone());
+            .insert(key, found.clone());
         Ok(found)
     }
 

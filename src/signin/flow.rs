@@ -150,9 +150,15 @@ pub async fn register(
     };
     let mut asked = serde_json::Map::new();
     asked.insert("client_name".into(), json!("Portcullis"));
-    // A client on the user's machine, with a loopback redirect (OpenID
-    // Connect registration; providers that follow it check the redirect).
-    asked.insert("application_type".into(), json!("native"));
+    // A client on the user's machine with a loopback redirect, else the
+    // proxy's web callback (OpenID Connect registration; providers that
+    // follow it check the redirect against it).
+    let loopback = reqwest::Url::parse(redirect_uri)
+        .is_ok_and(|url| url.scheme() == "http" && crate::config::is_loopback(&url));
+    asked.insert(
+        "application_type".into(),
+        json!(if loopback { "native" } else { "web" }),
+    );
     asked.insert("redirect_uris".into(), json!([redirect_uri]));
     asked.insert(
         "grant_types".into(),

@@ -209,6 +209,13 @@ async fn registration_takes_only_what_the_proxy_can_use() {
     assert_eq!(asked["token_endpoint_auth_method"], "client_secret_post");
     assert_eq!(asked["scope"], "mcp read");
     assert_eq!(asked["application_type"], "native");
+    // The proxy's own web callback registers a web application.
+    register(&http(), &found, "https://proxy.example/oauth/callback")
+        .await
+        .unwrap();
+    let (body, _) = seen.lock().unwrap()[1].clone();
+    let asked: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(asked["application_type"], "web");
     assert_eq!(registered.secret_expires_at, None);
     assert!(!registered.expired());
 

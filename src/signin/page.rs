@@ -4,14 +4,16 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-/// A plain page: `text`, and with `go_on` a form that takes link `go_on`
-/// on. Never cached, never naming its URL to another site, never framed,
-/// running nothing.
-pub fn page(status: StatusCode, text: &str, go_on: Option<&str>) -> Response {
-    let form = go_on.map_or_else(String::new, |id| {
+/// A plain page: `text`, and with `go_on` (a link's id and the form's
+/// token) a form that takes that link on. Never cached, never naming its
+/// URL to another site, never framed, running nothing. The form posts to
+/// `start` beside the page (a `public_url` with a path keeps it).
+pub fn page(status: StatusCode, text: &str, go_on: Option<(&str, &str)>) -> Response {
+    let form = go_on.map_or_else(String::new, |(id, token)| {
         format!(
-            "<form method=post action=/oauth/start><input type=hidden name=id value=\"{}\"><button type=submit>Sign in</button></form>",
-            escape(id)
+            "<form method=post action=start><input type=hidden name=id value=\"{}\"><input type=hidden name=form value=\"{}\"><button type=submit>Sign in</button></form>",
+            escape(id),
+            escape(token)
         )
     });
     let body = format!(
@@ -23,7 +25,11 @@ pub fn page(status: StatusCode, text: &str, go_on: Option<&str>) -> Response {
     for (name, value) in [
         (header::CONTENT_TYPE, "text/html; charset=utf-8"),
         (header::CACHE_CONTROL, "no-store"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Sent to the proxy itself only (its URL may hold a link's id or a
+        // code); `no-referrer` would make the form's `Origin` `null`, which
+        // the proxy refuses.
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (
             header::CONTENT_SECURITY_POLICY,

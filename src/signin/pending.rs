@@ -23,12 +23,10 @@ use sha2::{Digest, Sha256};
 
 use super::discover::Discovered;
 use super::flow::{self, Registration};
+use crate::config::RemoteSpec;
 
 /// The most sign-ins waiting at once (each a few KiB).
 const MAX_PENDING: usize = 10_000;
-
-/// The cookie that binds a sign-in to the browser that took it on.
-pub const COOKIE: &str = "portcullis_sign_in";
 
 /// Why a link or an answer is not taken. Each says what the person can
 /// do; none carries a code, a verifier, a `state` or a token.
@@ -60,6 +58,9 @@ pub enum PendingError {
 
 /// A sign-in waiting for its user.
 struct Pending {
+    /// The server's settings when the link was given (what the answer is
+    /// exchanged under, whatever a reload changed since).
+    remote: Box<RemoteSpec>,
     server: String,
     user: String,
     found: Discovered,
@@ -83,6 +84,7 @@ pub struct Shown {
 
 /// A sign-in answered in its own browser: what to exchange the code with.
 pub struct Answered {
+    pub remote: Box<RemoteSpec>,
     pub server: String,
     pub user: String,
     pub found: Discovered,
@@ -91,10 +93,26 @@ pub struct Answered {
     pub verifier: String,
 }
 
-/// The sign-ins waiting, by the digest of their link's id.
+/// The sign-ins waiting, by the digest of their link's id, and the digest
+/// of each one's `state` (an answer is found without a scan).
 pub struct Pendings {
     life: Duration,
-    waiting: Mutex<HashMap<[u8; 32], Pending>>,
+    waiting: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    by_id: HashMap<[u8; 32], Pending>,
+    by_state: HashMap<[u8; 32], [u8; 32]>,
+}
+
+impl Waiting {
+    /// Drops what `keep` refuses, both maps kept in step.
+    fn retain(&mut self, keep: impl Fn(&Pending) -> bool) {
+        self.by_id.retain(|_, pending| keep(pending));
+        let by_id = &self.by_id;
+        self.by_state.retain(|_, id| by_id.contains_key(id));
+    }
 }
 
 fn digest(text: &str) -> [u8; 32] {
@@ -103,6 +121,11 @@ fn digest(text: &str) -> [u8; 32] {
 
 fn random_text() -> Result<String, PendingError> {
     flow::random_text().map_err(|_| PendingError::Random)
+}
+
+/// 256 random bits, for a token a page and its cookie share.
+pub fn fresh_token() -> Result<String, PendingError> {
+    random_text()
 }
 
 impl Pendings {
@@ -118,8 +141,8 @@ impl Pendings {
     /// longer works).
     pub fn begin(
         &self,
-        server: &str,
-        user: &str,
+        remote: &RemoteSpec,
+        (server, user): (&str, &str),
         found: Discovered,
         client: Registration,
     ) -> Result<String, PendingError> {
@@ -128,15 +151,22 @@ impl Pendings {
         let id = random_text()?;
         let now = Instant::now();
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        waiting.retain(|_, pending| {
-            pending.until > now && !(pending.server == server && pending.user == user)
+        // The user's earlier link no longer works, unless a browser took it
+        // on (the person may be at the authorization server now).
+        waiting.retain(|pending| {
+            pending.until > now
+                && (pending.browser.is_some()
+                    || !(pending.server == server && pending.user == user))
         });
-        if waiting.len() >= MAX_PENDING {
+        if waiting.by_id.len() >= MAX_PENDING {
             return Err(PendingError::Full);
         }
-        waiting.insert(
-            digest(&id),
+        let key = digest(&id);
+        waiting.by_state.insert(digest(&started.state), key);
+        waiting.by_id.insert(
+            key,
             Pending {
+                remote: Box::new(remote.clone()),
                 server: server.to_owned(),
                 user: user.to_owned(),
                 found,
@@ -156,6 +186,7 @@ impl Pendings {
     pub fn shown(&self, id: &str) -> Result<Shown, PendingError> {
         let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         let pending = waiting
+            .by_id
             .get(&digest(id))
             .filter(|pending| pending.until > Instant::now())
             .ok_or(PendingError::Unknown)?;
@@ -175,6 +206,7 @@ impl Pendings {
         let cookie = random_text()?;
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         let pending = waiting
+            .by_id
             .get_mut(&digest(id))
             .filter(|pending| pending.until > Instant::now())
             .ok_or(PendingError::Unknown)?;
@@ -201,21 +233,29 @@ impl Pendings {
             .ok_or(PendingError::UnknownState)?;
         let now = Instant::now();
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        // Compared as digests: how long it takes says nothing of a state.
-        let key = waiting
-            .iter()
-            .find(|(_, pending)| digest(&pending.state) == digest(state) && pending.until > now)
-            .map(|(key, _)| *key)
+        // Found by its digest: how long it takes says nothing of a state.
+        let key = *waiting
+            .by_state
+            .get(&digest(state))
             .ok_or(PendingError::UnknownState)?;
-        let browser = waiting.get(&key).and_then(|pending| pending.browser);
-        if browser.is_none() || browser != cookie.map(digest) {
+        let pending = waiting
+            .by_id
+            .get(&key)
+            .filter(|pending| pending.until > now)
+            .ok_or(PendingError::UnknownState)?;
+        if pending.browser.is_none() || pending.browser != cookie.map(digest) {
             return Err(PendingError::OtherBrowser);
         }
-        let pending = waiting.remove(&key).ok_or(PendingError::UnknownState)?;
+        let pending = waiting
+            .by_id
+            .remove(&key)
+            .ok_or(PendingError::UnknownState)?;
+        waiting.by_state.remove(&digest(&pending.state));
         drop(waiting);
         let code = flow::answered(&pending.found, &pending.state, query)
             .map_err(|err| PendingError::Flow(err.to_string()))?;
         Ok(Answered {
+            remote: pending.remote,
             server: pending.server,
             user: pending.user,
             found: pending.found,

@@ -20,6 +20,18 @@ fn found() -> Discovered {
     }
 }
 
+fn remote() -> RemoteSpec {
+    RemoteSpec {
+        url: "https://mcp.example/mcp".into(),
+        transport: crate::config::RemoteTransport::default(),
+        headers: Vec::new(),
+        oauth: None,
+        sign_in: None,
+        learned: false,
+        egress: crate::config::EgressConfig::default(),
+    }
+}
+
 fn client() -> Registration {
     Registration {
         issuer: "https://as.example".into(),
@@ -54,7 +66,7 @@ fn answer(state: &str, code: &str, iss: &str) -> Vec<(String, String)> {
 fn a_link_is_taken_on_once_and_answered_once_in_its_own_browser() {
     let pendings = Pendings::new(Duration::from_secs(600));
     let id = pendings
-        .begin("github", "alice", found(), client())
+        .begin(&remote(), ("github", "alice"), found(), client())
         .unwrap();
     let shown = pendings.shown(&id).unwrap();
     assert_eq!(
@@ -114,7 +126,7 @@ fn a_link_is_taken_on_once_and_answered_once_in_its_own_browser() {
 fn an_answer_from_another_issuer_ends_the_sign_in() {
     let pendings = Pendings::new(Duration::from_secs(600));
     let id = pendings
-        .begin("github", "alice", found(), client())
+        .begin(&remote(), ("github", "alice"), found(), client())
         .unwrap();
     let (cookie, link) = pendings.take(&id).unwrap();
     let state = state_of(&link);
@@ -134,11 +146,13 @@ fn an_answer_from_another_issuer_ends_the_sign_in() {
 fn a_new_link_replaces_the_users_last_and_links_expire() {
     let pendings = Pendings::new(Duration::from_secs(600));
     let first = pendings
-        .begin("github", "alice", found(), client())
+        .begin(&remote(), ("github", "alice"), found(), client())
         .unwrap();
-    let other = pendings.begin("github", "bob", found(), client()).unwrap();
+    let other = pendings
+        .begin(&remote(), ("github", "bob"), found(), client())
+        .unwrap();
     let second = pendings
-        .begin("github", "alice", found(), client())
+        .begin(&remote(), ("github", "alice"), found(), client())
         .unwrap();
     assert_ne!(first, second);
     assert_eq!(pendings.shown(&first).unwrap_err(), PendingError::Unknown);
@@ -146,7 +160,28 @@ fn a_new_link_replaces_the_users_last_and_links_expire() {
     assert!(pendings.shown(&other).is_ok(), "another user's stays");
 
     let short = Pendings::new(Duration::ZERO);
-    let id = short.begin("github", "alice", found(), client()).unwrap();
+    let id = short
+        .begin(&remote(), ("github", "alice"), found(), client())
+        .unwrap();
     assert_eq!(short.shown(&id).unwrap_err(), PendingError::Unknown);
     assert_eq!(short.take(&id).unwrap_err(), PendingError::Unknown);
+}
+
+#[test]
+fn a_link_taken_on_survives_a_new_call_of_its_user() {
+    let pendings = Pendings::new(Duration::from_secs(600));
+    let first = pendings
+        .begin(&remote(), ("github", "alice"), found(), client())
+        .unwrap();
+    let (cookie, link) = pendings.take(&first).unwrap();
+    // The agent calls again while the person is at the authorization
+    // server: a new link, and the one under way still answers.
+    let second = pendings
+        .begin(&remote(), ("github", "alice"), found(), client())
+        .unwrap();
+    assert!(pendings.shown(&second).is_ok());
+    let good = answer(&state_of(&link), "c0de", "https://as.example");
+    let answered = pendings.answer(&good, Some(&cookie)).unwrap();
+    assert_eq!(answered.user, "alice");
+    assert_eq!(answered.remote.url, "https://mcp.example/mcp");
 }

@@ -115,13 +115,17 @@ impl Supervisor {
                     // What the client can do about a missing token is
                     // its to know (the engine's words for other failures
                     // stay in the log).
-                    if let UpstreamError::NeedsClient { reason, told, .. } = &err {
-                        *self.shared.told.lock().unwrap_or_else(|p| p.into_inner()) =
+                    // Anything else clears what an earlier start told (a
+                    // link to sign in, dead since).
+                    *self.shared.told.lock().unwrap_or_else(|p| p.into_inner()) = match &err {
+                        UpstreamError::NeedsClient { reason, told, .. } => {
                             Some(told.clone().unwrap_or_else(|| super::Told {
                                 text: reason.clone(),
                                 link: None,
-                            }));
-                    }
+                            }))
+                        }
+                        _ => None,
+                    };
                     self.report_failed_start(&err).await;
                     self.shared.set_link(None);
                     self.shared.wanted.store(false, Ordering::SeqCst);
