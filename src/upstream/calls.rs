@@ -121,6 +121,17 @@ impl Shared {
         }
     }
 
+    /// Why a stopped server takes no call: the proxy stops, or (a client's
+    /// own instance) this client's connection was let go, and its next
+    /// call opens another.
+    fn stopped(&self) -> &'static str {
+        if self.instance.is_some() {
+            "this client's connection to it closed: call again"
+        } else {
+            "the proxy is shutting down"
+        }
+    }
+
     /// Starts the server if it is idle and waits (up to `timeout`) until it
     /// is ready.
     pub(super) async fn wait_running(&self, timeout: Duration) -> Result<(), UpstreamError> {
@@ -173,7 +184,7 @@ impl Shared {
                     Status::Stopped => {
                         return Err(UpstreamError::Unavailable {
                             server: server.clone(),
-                            reason: "the proxy is shutting down".into(),
+                            reason: self.stopped().into(),
                         });
                     }
                     // Idle again (stopped just as we asked): ask once more.
