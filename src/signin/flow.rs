@@ -33,6 +33,9 @@ pub const DESKTOP: &str = "http://127.0.0.1/callback";
 
 /// The most of a registration's answer that is read.
 const MAX_REGISTRATION: usize = 64 * 1024;
+/// The shortest life of a registered client's secret the proxy takes
+/// (seconds).
+const MIN_SECRET_LIFE: u64 = 3600;
 /// The longest client id, secret or authorization code taken.
 const MAX_VALUE: usize = 2048;
 
@@ -202,6 +205,14 @@ pub async fn register(
         .get("client_secret_expires_at")
         .and_then(Value::as_u64)
         .filter(|at| *at != 0);
+    // A secret about to expire would have the proxy register again at each
+    // sign-in, each registration kept (tokens issued to it may need it).
+    if secret_expires_at.is_some_and(|at| at < unix_now().saturating_add(MIN_SECRET_LIFE)) {
+        return Err(fail(format!(
+            "it gave a client secret that expires within {} minutes: the proxy cannot keep such a client",
+            MIN_SECRET_LIFE / 60
+        )));
+    }
     let client_secret = said("client_secret").and_then(plain);
     // The method it registered, if it says one the proxy can use.
     let auth_method = match said("token_endpoint_auth_method") {

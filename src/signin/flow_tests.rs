@@ -219,17 +219,22 @@ async fn registration_takes_only_what_the_proxy_can_use() {
     assert_eq!(registered.secret_expires_at, None);
     assert!(!registered.expired());
 
-    // A secret that expires: kept with its time, and seen expired after.
+    // A secret that expires: kept with its time. One about to expire is
+    // refused (the proxy would register again at each sign-in).
+    let later = unix_now() + 7200;
     let (base, _) = endpoint(
-        json!({"client_id": "c", "client_secret": "s", "client_secret_expires_at": 1_000}),
+        json!({"client_id": "c", "client_secret": "s", "client_secret_expires_at": later}),
         201,
     )
     .await;
     let registered = register(&http(), &self::found(&base), "http://127.0.0.1:1/cb")
         .await
         .unwrap();
-    assert_eq!(registered.secret_expires_at, Some(1_000));
-    assert!(registered.expired());
+    assert_eq!(registered.secret_expires_at, Some(later));
+    assert!(!registered.expired());
+    let mut past = registered.clone();
+    past.secret_expires_at = Some(1_000);
+    assert!(past.expired());
 
     for (answer, status, expected) in [
         (json!({"client_secret": "x"}), 201, "no usable client_id"),
