@@ -101,9 +101,7 @@ pub(super) async fn login(
         Some(client) => client,
         None => {
             let client = signin::register(&http, &found, &redirect).await?;
-            let named = Registration::kept_as(&client.issuer, &client.client_id);
-            vault.put_client(server, &named, &client)?;
-            vault.put_client(server, signin::DESKTOP, &client)?;
+            signin::keep_registration(&vault, server, signin::DESKTOP, &client)?;
             client
         }
     };
@@ -231,15 +229,10 @@ async fn finish(pending: &Pending, code: &str) -> Result<String, String> {
     )
     .await
     .map_err(|err| err.to_string())?;
-    // Not in the midst of a proxy's refresh of the sign-in it replaces.
-    let _held = pending
-        .vault
-        .hold(&pending.server, &pending.user)
-        .await
-        .map_err(|err| err.to_string())?;
     pending
         .vault
-        .put(&pending.server, &pending.user, &tokens)
+        .put_held(&pending.server, &pending.user, &tokens)
+        .await
         .map_err(|err| err.to_string())?;
     let until = tokens
         .expires_at

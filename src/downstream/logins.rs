@@ -105,13 +105,18 @@ impl Logins {
 /// several: a page of another port of this machine (or a sibling host) can
 /// plant one, even for a longer path than ours, so that it comes first.
 pub(super) fn cookies(headers: &HeaderMap) -> Vec<String> {
+    cookies_named(headers, COOKIE)
+}
+
+/// The values of every cookie named `name` a request carries.
+pub(super) fn cookies_named(headers: &HeaderMap, name: &str) -> Vec<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(Cookie::split_parse)
         .filter_map(Result::ok)
-        .filter(|cookie| cookie.name() == COOKIE)
+        .filter(|cookie| cookie.name() == name)
         .map(|cookie| cookie.value().to_owned())
         .collect()
 }

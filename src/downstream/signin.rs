@@ -30,6 +30,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 
+use axum_extra::extract::cookie::{Cookie, SameSite};
+
+use super::logins::cookies_named;
 use super::state::HttpState;
 use crate::signin::SignIns;
 use crate::signin::page::page;
@@ -68,29 +71,28 @@ impl Cookies {
     }
 
     /// A `Set-Cookie` value.
-    fn set(&self, base: &str, value: &str, life: u64, same_site: &str) -> Option<HeaderValue> {
-        HeaderValue::from_str(&format!(
-            "{}={value}; Path=/; Max-Age={life}; HttpOnly; SameSite={same_site}{}",
-            self.name(base),
-            if self.secure { "; Secure" } else { "" }
-        ))
-        .ok()
+    fn set(&self, base: &str, value: &str, life: u64, same_site: SameSite) -> Option<HeaderValue> {
+        let cookie = Cookie::build((self.name(base), value.to_owned()))
+            .path("/")
+            .max_age(
+                std::time::Duration::from_secs(life)
+                    .try_into()
+                    .unwrap_or_default(),
+            )
+            .http_only(true)
+            .same_site(same_site)
+            .secure(self.secure)
+            .build();
+        HeaderValue::from_str(&cookie.to_string()).ok()
     }
 
     /// The one cookie named `base` the browser sent: `None` if none, or if
     /// it sent two (one planted beside the proxy's).
     fn sent(&self, headers: &HeaderMap, base: &str) -> Option<String> {
-        let name = self.name(base);
-        let mut values = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .filter(|(key, _)| *key == name)
-            .map(|(_, value)| value.to_owned());
-        let first = values.next()?;
-        values.next().is_none().then_some(first)
+        match <[String; 1]>::try_from(cookies_named(headers, &self.name(base))) {
+            Ok([value]) => Some(value),
+            Err(_) => None,
+        }
     }
 }
 
@@ -129,7 +131,12 @@ async fn shown(State(state): State<Arc<HttpState>>, Query(link): Query<Link>) ->
     );
     let mut response = page(StatusCode::OK, &text, Some((&link.id, &token)));
     let cookies = Cookies::of(&public);
-    if let Some(set) = cookies.set(FORM, &token, sign_ins.link_life().as_secs(), "Strict") {
+    if let Some(set) = cookies.set(
+        FORM,
+        &token,
+        sign_ins.link_life().as_secs(),
+        SameSite::Strict,
+    ) {
         response.headers_mut().insert(header::SET_COOKIE, set);
     }
     response
@@ -185,7 +192,7 @@ async fn taken(
     let headers = response.headers_mut();
     match (
         HeaderValue::from_str(&to),
-        cookies.set(SIGN_IN, &cookie, life, "Lax"),
+        cookies.set(SIGN_IN, &cookie, life, SameSite::Lax),
     ) {
         (Ok(to), Some(set)) => {
             headers.insert(header::LOCATION, to);
@@ -225,7 +232,7 @@ async fn callback(
             )
         }
     };
-    if let Some(clear) = cookies.set(SIGN_IN, "", 0, "Lax") {
+    if let Some(clear) = cookies.set(SIGN_IN, "", 0, SameSite::Lax) {
         response.headers_mut().insert(header::SET_COOKIE, clear);
     }
     response

@@ -204,10 +204,7 @@ impl SignIns {
                 let client = register(&http, &found, &callback)
                     .await
                     .map_err(|err| err.to_string())?;
-                let named = Registration::kept_as(&client.issuer, &client.client_id);
-                vault
-                    .put_client(server, &named, &client)
-                    .and_then(|()| vault.put_client(server, &callback, &client))
+                keep_registration(vault, server, &callback, &client)
                     .map_err(|err| err.to_string())?;
                 client
             }
@@ -239,12 +236,9 @@ impl SignIns {
         )
         .await
         .map_err(|err| err.to_string())?;
-        let _held = vault
-            .hold(&answered.server, &answered.user)
-            .await
-            .map_err(|err| err.to_string())?;
         vault
-            .put(&answered.server, &answered.user, &tokens)
+            .put_held(&answered.server, &answered.user, &tokens)
+            .await
             .map_err(|err| err.to_string())?;
         tracing::info!(server = %answered.server, user = %answered.user, "a user signed in from a link");
         Ok(format!(
@@ -395,6 +389,20 @@ impl SignIns {
             .map_err(|err| err.to_string())?;
         Ok(fresh)
     }
+}
+
+/// Keeps `client`, just registered for `server`: under its issuer and id
+/// (where the tokens issued to it find it, [`registration`]) and as
+/// `latest` (what the next sign-in of its kind reuses).
+pub fn keep_registration(
+    vault: &Vault,
+    server: &str,
+    latest: &str,
+    client: &Registration,
+) -> Result<(), super::vault::VaultError> {
+    let named = Registration::kept_as(&client.issuer, &client.client_id);
+    vault.put_client(server, &named, client)?;
+    vault.put_client(server, latest, client)
 }
 
 /// The client `kept` was issued to, as registered for `server`: kept under

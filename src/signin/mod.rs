@@ -27,7 +27,7 @@ pub mod token;
 pub mod vault;
 
 pub use challenge::{Challenge, parse_bearer};
-pub use current::{Current, REFRESH_BEFORE, SignInError, SignIns, registration};
+pub use current::{Current, REFRESH_BEFORE, SignInError, SignIns, keep_registration, registration};
 pub use discover::{
     DiscoverError, Discovered, Expect, discover, discovery_client, discovery_client_of,
 };

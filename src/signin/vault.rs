@@ -226,6 +226,19 @@ impl Vault {
         self.seal(Kind::Tokens, server, user, tokens)
     }
 
+    /// Keeps `tokens` as a new sign-in of `user` at `server`, the entry
+    /// held meanwhile: not in the midst of a refresh or a revoke of the one
+    /// it replaces.
+    pub async fn put_held(
+        &self,
+        server: &str,
+        user: &str,
+        tokens: &Tokens,
+    ) -> Result<(), VaultError> {
+        let _held = self.hold(server, user).await?;
+        self.put(server, user, tokens)
+    }
+
     /// `user`'s tokens at `server`, if they signed in.
     pub fn get(&self, server: &str, user: &str) -> Result<Option<Tokens>, VaultError> {
         self.open_entry(Kind::Tokens, server, user)
