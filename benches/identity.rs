@@ -184,6 +184,7 @@ fn verifier(issuer: &str) -> OauthVerifier {
         group_prefix: String::new(),
         attributes: BTreeMap::from([("email".into(), "email".into())]),
         scopes_claim: "scope".into(),
+        web_client: None,
     };
     let config = OauthConfig {
         resource: AUDIENCE.into(),

@@ -409,8 +409,8 @@ async fn next_user(issuer: &str, sub: &str) {
     control(issuer, "user", serde_json::json!({ "sub": sub })).await;
 }
 
-/// A change through the authorization server's control API.
-async fn control(issuer: &str, what: &str, body: Value) {
+/// A change through the authorization server's control API: its answer.
+async fn control(issuer: &str, what: &str, body: Value) -> Value {
     let answer = reqwest::Client::new()
         .post(format!("{issuer}/control/{what}"))
         .json(&body)
@@ -418,6 +418,7 @@ async fn control(issuer: &str, what: &str, body: Value) {
         .await
         .unwrap();
     assert!(answer.status().is_success());
+    answer.json().await.unwrap()
 }
 
 /// The text of a `tools/call` answer: its result's, or its error's.
@@ -877,4 +878,211 @@ async fn a_client_with_url_elicitation_is_asked_to_open_the_link() {
         again["results"][0]["result"]["content"][0]["text"], "subject=carol",
         "{again}"
     );
+}
+
+/// A browser opens `link`'s page and presses its button: where the proxy
+/// sends it, and the cookie that binds the sign-in to it.
+async fn go_on(link: &str, public: &str) -> (String, String) {
+    let shown = browser().get(link).send().await.unwrap();
+    assert_eq!(shown.status(), 200);
+    let form_cookie = shown.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let page = shown.text().await.unwrap();
+    let token = page.split("name=form value=\"").nth(1).unwrap();
+    let token = token.split('"').next().unwrap();
+    let id = link.split("id=").nth(1).unwrap();
+    let taken = browser()
+        .post(format!("{public}/oauth/start"))
+        .header("cookie", form_cookie.split(';').next().unwrap())
+        .header("origin", public)
+        .form(&[("id", id), ("form", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 303);
+    let set = taken.headers()["set-cookie"].to_str().unwrap();
+    (
+        taken.headers()["location"].to_str().unwrap().to_owned(),
+        set.split(';').next().unwrap().to_owned(),
+    )
+}
+
+/// Where `[oauth]` identifies clients, the person at a link signs in to
+/// the proxy with the organisation's provider first (here with a client
+/// the operator registered by hand, its secret a `file:` reference): a
+/// person signed in there as someone else is refused and the link stays
+/// its user's; its user goes on to the server's authorization server and
+/// their agent's next call is served with their own token there. No
+/// token of either sign-in reaches the agent, the log or the records.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_person_at_a_link_signs_in_to_the_proxy_as_its_user_first() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let mut command = Command::new(python());
+    command.arg(repo_root().join("tests/fixtures/oauth_server.py"));
+    let (_org_process, org) =
+        common::start_http_server(command, "the organisation's provider").await;
+    let org = org.trim_end_matches("/mcp").to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public = format!("http://127.0.0.1:{port}");
+    let proxy = TestProxy::new().with_listen(&format!("127.0.0.1:{port}"));
+    // The operator registers the proxy with the provider by hand.
+    let registered: Value = reqwest::Client::new()
+        .post(format!("{org}/register"))
+        .json(&serde_json::json!({
+            "client_name": "portcullis",
+            "redirect_uris": [format!("{public}/oauth/callback")],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "client_secret_post",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = proxy.dir().join("web-client-secret");
+    std::fs::write(&secret, registered["client_secret"].as_str().unwrap()).unwrap();
+    let (proxy, path) = vault_config_at(
+        proxy,
+        &url,
+        ", sign_in = { list_as = \"tester\" }",
+        &format!(
+            "public_url = {public:?}\n\n[oauth]\nresource = \"{public}/mcp\"\n\n[[oauth.providers]]\nname = \"corp\"\nissuer = {org:?}\nweb_client = {{ client_id = {:?}, client_secret = \"file:{}\" }}\n",
+            registered["client_id"].as_str().unwrap(),
+            secret.display()
+        ),
+    );
+    next_user(&issuer, "operator").await;
+    sign_in(path.to_str().unwrap(), false).await;
+    let served = proxy.serve_http().await;
+
+    // Alice's agent, with her token from the organisation's provider.
+    let alices = control(
+        &org,
+        "mint",
+        serde_json::json!({ "sub": "alice", "aud": format!("{public}/mcp") }),
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = common::HttpSession::connect_as(&served.url, &alices).await;
+    let whoami = serde_json::json!({ "name": "protected__whoami", "arguments": {} });
+    let told = said(&agent.call(1, "tools/call", whoami.clone()).await);
+    assert!(
+        told.contains("`alice` must sign in to `protected`"),
+        "{told}"
+    );
+    let at = told.find(&format!("{public}/oauth/start?id=")).unwrap();
+    let link = told[at..].split_whitespace().next().unwrap().to_owned();
+    let page = browser()
+        .get(&link)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!("first sign in to this proxy at {org}")),
+        "{page}"
+    );
+
+    // Mallory, who got hold of the link, is sent to the provider first,
+    // signs in there as herself, and is refused.
+    next_user(&org, "mallory").await;
+    let (to, cookie) = go_on(&link, &public).await;
+    assert!(to.starts_with(&format!("{org}/authorize?")), "{to}");
+    let back = browser().get(&to).send().await.unwrap();
+    assert_eq!(back.status(), 302);
+    let callback = back.headers()["location"].to_str().unwrap().to_owned();
+    let refused = browser()
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let page = refused.text().await.unwrap();
+    assert!(
+        page.contains("you signed in to this proxy as `mallory`, but this link is for `alice`"),
+        "{page}"
+    );
+
+    // The link is still Alice's: she signs in at the provider, then at the
+    // server's authorization server.
+    next_user(&org, "alice").await;
+    next_user(&issuer, "alice-at-the-server").await;
+    let (to, cookie) = go_on(&link, &public).await;
+    let back = browser().get(&to).send().await.unwrap();
+    let callback = back.headers()["location"].to_str().unwrap().to_owned();
+    let proven = browser()
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proven.status(), 303);
+    let to = proven.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to.starts_with(&format!("{issuer}/authorize?")), "{to}");
+    let back = browser().get(&to).send().await.unwrap();
+    let callback = back.headers()["location"].to_str().unwrap().to_owned();
+    let done = browser()
+        .get(&callback)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let page = done.text().await.unwrap();
+    assert!(
+        page.contains("`alice` is signed in to `protected`"),
+        "{page}"
+    );
+    let answer = agent.call(2, "tools/call", whoami).await;
+    assert_eq!(said(&answer), "subject=alice-at-the-server", "{answer}");
+
+    // Neither provider's tokens reached the agent, the log or the records.
+    let issued = reqwest::get(format!("{org}/control/issued"))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let proofs: Vec<&str> = issued
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|entry| entry["token"].as_str())
+        .collect();
+    assert_eq!(proofs.len(), 2, "Mallory's and Alice's: {issued}");
+    // Both with the client the operator registered.
+    for entry in issued.as_array().unwrap() {
+        assert_eq!(entry["client_id"], registered["client_id"], "{issued}");
+    }
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let tokens = vault.get("protected", "alice").unwrap().unwrap();
+    let records = reqwest::Client::new()
+        .get(format!("{}/admin/audit?client=alice", served.base))
+        .bearer_auth(common::AUDITOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let log = served.log.lines().join("\n");
+    assert!(
+        log.contains("opened by another person than its user"),
+        "{log}"
+    );
+    for seen in [&told, &answer.to_string(), &log, &records] {
+        for token in proofs.iter().copied().chain([tokens.access_token.as_str()]) {
+            assert!(!seen.contains(token), "a token leaked");
+        }
+    }
 }

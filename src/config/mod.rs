@@ -76,7 +76,8 @@ pub use listener::{ListenerConfig, TlsConfig};
 pub use names::valid_server_name;
 use oauth::RawOauth;
 pub use oauth::{
-    IntrospectionConfig, JwtAlgorithm, OauthConfig, ProviderConfig, is_loopback, secure_url,
+    IntrospectionConfig, JwtAlgorithm, OauthConfig, ProviderConfig, WebClientConfig, is_loopback,
+    secure_url,
 };
 use observability::RawObservability;
 pub use observability::{

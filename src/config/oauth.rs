@@ -107,6 +107,19 @@ pub struct ProviderConfig {
     /// The claim holding the token's scopes (a space-separated string or an
     /// array).
     pub scopes_claim: String,
+    /// The proxy's own client at the provider for a person's browser, if
+    /// the operator registered one (else it registers itself, where the
+    /// provider offers dynamic registration).
+    pub web_client: Option<WebClientConfig>,
+}
+
+/// The client the proxy is at a provider for a person's browser: at a
+/// sign-in link, the person signs in to the proxy with it first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebClientConfig {
+    pub client_id: String,
+    /// None: a public client (PKCE only).
+    pub client_secret: Option<SecretRef>,
 }
 
 /// How the proxy asks a provider whether an opaque token is active.
@@ -194,6 +207,23 @@ pub(super) struct RawProvider {
     /// array): policies read them as `context.scopes`.
     #[schemars(extend("default" = "scope"))]
     scopes_claim: Option<String>,
+    /// The proxy's client at this provider for a person's browser, with
+    /// `PUBLIC_URL/oauth/callback` as its redirect URI: a person who opens
+    /// a sign-in link given to one of this provider's users signs in to the
+    /// proxy with it first, and goes on only as that user. Unset: the
+    /// proxy registers itself (RFC 7591) where the provider offers it.
+    web_client: Option<RawWebClient>,
+}
+
+/// `web_client = { … }` as written.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebClient {
+    /// The client's id at the provider.
+    client_id: String,
+    /// Its client secret; unset for a public client (PKCE alone).
+    #[schemars(with = "Option<SecretText>")]
+    client_secret: Option<String>,
 }
 
 /// `introspection = { … }` as written.
@@ -410,6 +440,7 @@ impl RawProvider {
             return Err(at.error(".leeway", "at most 5m".into()));
         }
         let introspection = self.introspection.map(|raw| raw.validate(at)).transpose()?;
+        let web_client = self.web_client.map(|raw| raw.validate(at)).transpose()?;
         for (name, claim) in &self.attributes {
             if !is_identifier(name) || name == "name" {
                 return Err(at.error(
@@ -440,6 +471,30 @@ impl RawProvider {
             group_prefix: self.group_prefix,
             attributes: self.attributes,
             scopes_claim: self.scopes_claim.unwrap_or_else(|| "scope".into()),
+            web_client,
+        })
+    }
+}
+
+impl RawWebClient {
+    fn validate(self, at: &Entry<'_>) -> Result<WebClientConfig, ConfigError> {
+        let printable = !self.client_id.is_empty()
+            && self.client_id.len() <= 2048
+            && self.client_id.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        if !printable {
+            return Err(at.error(
+                ".web_client.client_id",
+                "1 to 2048 printable ASCII characters, no space".into(),
+            ));
+        }
+        let client_secret = self
+            .client_secret
+            .map(|secret| at.validator.secret_ref(&secret))
+            .transpose()
+            .map_err(|message| at.error(".web_client.client_secret", message))?;
+        Ok(WebClientConfig {
+            client_id: self.client_id,
+            client_secret,
         })
     }
 }
@@ -554,6 +609,30 @@ mod tests {
         );
         assert!(secure_url("http://[::1]:9000/x"));
         assert!(!secure_url("http://127.0.0.1.evil.example/"));
+    }
+
+    #[test]
+    fn a_web_client_has_a_plain_id_and_a_secret_reference() {
+        let loaded = load(&format!(
+            "{HEAD}{PROVIDER}web_client = {{ client_id = \"pw\", client_secret = \"env:S\" }}\n"
+        ))
+        .unwrap();
+        let web = loaded.oauth.unwrap().providers[0]
+            .web_client
+            .clone()
+            .unwrap();
+        assert_eq!(web.client_id, "pw");
+        assert!(web.client_secret.is_some());
+        refused(
+            &format!("{HEAD}{PROVIDER}web_client = {{ client_id = \"a b\" }}\n"),
+            "web_client.client_id",
+        );
+        refused(
+            &format!(
+                "{HEAD}{PROVIDER}web_client = {{ client_id = \"pw\", client_secret = \"plain\" }}\n"
+            ),
+            "web_client.client_secret",
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ use super::logins::cookies_named;
 use super::state::HttpState;
 use crate::signin::SignIns;
 use crate::signin::page::page;
-use crate::signin::pending::{PendingError, fresh_token};
+use crate::signin::pending::{Answer, PendingError, Proved, fresh_token};
 
 pub(super) fn routes() -> Router<Arc<HttpState>> {
     Router::new()
@@ -121,7 +121,7 @@ async fn shown(State(state): State<Arc<HttpState>>, Query(link): Query<Link>) ->
     let Ok(token) = fresh_token() else {
         return refused(&PendingError::Random);
     };
-    let text = format!(
+    let mut text = format!(
         "Sign `{}` in to `{}` at the authorization server {}? Go on only if you are `{}` and your agent just asked you to sign in: whoever goes on gives `{}` their account at that server.",
         shown.user.escape_debug(),
         shown.server.escape_debug(),
@@ -129,6 +129,12 @@ async fn shown(State(state): State<Arc<HttpState>>, Query(link): Query<Link>) ->
         shown.user.escape_debug(),
         shown.user.escape_debug(),
     );
+    if let Some(provider) = &shown.proof_issuer {
+        text.push_str(&format!(
+            " You will first sign in to this proxy at {provider}, as `{}`: no one else can go on.",
+            shown.user.escape_debug()
+        ));
+    }
     let mut response = page(StatusCode::OK, &text, Some((&link.id, &token)));
     let cookies = Cookies::of(&public);
     if let Some(set) = cookies.set(
@@ -218,7 +224,8 @@ async fn callback(
     let cookies = Cookies::of(&public);
     let cookie = cookies.sent(&headers, SIGN_IN);
     let answered = match sign_ins.pendings().answer(&query, cookie.as_deref()) {
-        Ok(answered) => answered,
+        Ok(Answer::SignIn(answered)) => answered,
+        Ok(Answer::Proof(proved)) => return proof(&state, &sign_ins, proved, &cookies).await,
         Err(err) => return refused(&err),
     };
     let mut response = match sign_ins.finish(answered).await {
@@ -238,11 +245,74 @@ async fn callback(
     response
 }
 
+/// The person's sign-in to the proxy at their organisation's provider,
+/// answered: its token checked as a client's at `/mcp` is; the browser
+/// goes on to the server's authorization server only if it names the
+/// link's user.
+async fn proof(
+    state: &HttpState,
+    sign_ins: &SignIns,
+    proved: Proved,
+    cookies: &Cookies,
+) -> Response {
+    let person = match (sign_ins.proof_token(&proved).await, &state.oauth) {
+        (Ok(token), Some(verifier)) => match verifier.verify(&token).await {
+            Ok(identity)
+                if identity
+                    .token
+                    .as_ref()
+                    .is_some_and(|facts| *facts.provider == proved.proof.provider) =>
+            {
+                Some(identity.name.to_string())
+            }
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!(reason = %err, "a sign-in link's proof token was not taken");
+                None
+            }
+        },
+        (Ok(_), None) => None,
+        (Err(reason), _) => {
+            tracing::warn!(%reason, "a sign-in link's proof could not be finished");
+            None
+        }
+    };
+    match sign_ins.pendings().proven(proved.ticket, person.as_deref()) {
+        Ok(to) => match HeaderValue::from_str(&to) {
+            Ok(to) => {
+                let mut response = page(
+                    StatusCode::SEE_OTHER,
+                    "On to the authorization server.",
+                    None,
+                );
+                response.headers_mut().insert(header::LOCATION, to);
+                response
+            }
+            Err(_) => page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The authorization server's link cannot be followed.",
+                None,
+            ),
+        },
+        Err(err) => {
+            if let PendingError::NotTheUser { person, user } = &err {
+                tracing::warn!(%person, %user, "a sign-in link was opened by another person than its user");
+            }
+            let mut response = refused(&err);
+            if let Some(clear) = cookies.set(SIGN_IN, "", 0, SameSite::Lax) {
+                response.headers_mut().insert(header::SET_COOKIE, clear);
+            }
+            response
+        }
+    }
+}
+
 fn refused(err: &PendingError) -> Response {
     let status = match err {
         PendingError::Unknown | PendingError::UnknownState => StatusCode::NOT_FOUND,
         PendingError::Taken | PendingError::OtherBrowser => StatusCode::CONFLICT,
         PendingError::Full => StatusCode::SERVICE_UNAVAILABLE,
+        PendingError::NotTheUser { .. } | PendingError::NotShown => StatusCode::FORBIDDEN,
         PendingError::Random => StatusCode::INTERNAL_SERVER_ERROR,
         PendingError::Flow(_) => StatusCode::BAD_REQUEST,
     };

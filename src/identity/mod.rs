@@ -574,6 +574,7 @@ mod tests {
             group_prefix: "idp:".into(),
             attributes: BTreeMap::from([("email".into(), "email".into())]),
             scopes_claim: "scope".into(),
+            web_client: None,
         }
     }
 

@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::discover::{Discovered, Expect, covers, discover, discovery_client};
+use super::discover::{
+    Discovered, Expect, covers, discover, discovery_client, discovery_client_of, provider,
+};
 use super::flow::{DESKTOP, Registration, exchange, refresh, register};
-use super::pending::{Answered, Pendings};
+use super::pending::{Answered, Pendings, Proof, Proved};
 use super::vault::{Tokens, Vault};
 use crate::config::{Config, RemoteSpec};
 use crate::protocol::unix_now;
@@ -209,15 +211,128 @@ impl SignIns {
                 client
             }
         };
+        let proof = self.proof(vault, user, &callback).await?;
         let id = self
             .pendings
-            .begin(remote, (server, user), found, client)
+            .begin(remote, (server, user), found, client, proof)
             .map_err(|err| err.to_string())?;
         let public = self.config.vault.public_url.as_deref().unwrap_or_default();
         Ok(Some(format!(
             "{}/oauth/start?id={id}",
             public.trim_end_matches('/')
         )))
+    }
+
+    /// Where the person at `user`'s link must first show they are `user`:
+    /// where `[oauth]` names `user`'s provider (`user` is none of
+    /// `[[clients]]`), a sign-in to the proxy there, with the client the
+    /// operator gave (`web_client`) or one the proxy registered for its
+    /// `callback` and kept. An `[oauth]` user whose provider cannot be
+    /// reached is given no link (fails closed).
+    async fn proof(
+        &self,
+        vault: &Vault,
+        user: &str,
+        callback: &str,
+    ) -> Result<Option<Proof>, String> {
+        let Some(oauth) = &self.config.oauth else {
+            return Ok(None);
+        };
+        if self.config.clients.iter().any(|client| client.name == user) {
+            return Ok(None);
+        }
+        // Prefixes never begin one another: at most one is `user`'s.
+        let named = oauth
+            .providers
+            .iter()
+            .find(|provider| user.starts_with(provider.name_prefix.as_str()))
+            .ok_or_else(|| format!("`{}` is no client this proxy knows", user.escape_debug()))?;
+        let http = discovery_client_of(&oauth.egress, &named.issuer, false)
+            .map_err(|err| err.to_string())?;
+        let key = format!("[oauth.providers] {}", named.name);
+        let cached = self
+            .found
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let found = match cached {
+            Some(found) => found,
+            None => {
+                let mut scopes = oauth.scopes.clone();
+                for scope in &oauth.required_scopes {
+                    if !scopes.contains(scope) {
+                        scopes.push(scope.clone());
+                    }
+                }
+                let found = provider(&http, &named.issuer, &oauth.resource, scopes)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                self.found
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.clone(), found.clone());
+                found
+            }
+        };
+        let client = match &named.web_client {
+            Some(given) => given_client(given, &found, callback)?,
+            None => {
+                let kept = vault
+                    .get_client::<Registration>(&key, callback)
+                    .map_err(|err| err.to_string())?
+                    .filter(|client| {
+                        client.issuer == found.issuer
+                            && client.redirect_uri == callback
+                            && !client.expired()
+                    });
+                match kept {
+                    Some(client) => client,
+                    None => {
+                        let client = register(&http, &found, callback)
+                            .await
+                            .map_err(|err| err.to_string())?;
+                        keep_registration(vault, &key, callback, &client)
+                            .map_err(|err| err.to_string())?;
+                        client
+                    }
+                }
+            }
+        };
+        Ok(Some(Proof {
+            provider: named.name.clone(),
+            found,
+            client,
+        }))
+    }
+
+    /// A proof answered in the person's browser: the code exchanged at the
+    /// provider for the person's access token to the proxy, to be checked
+    /// as a client's is. Never kept.
+    pub async fn proof_token(&self, proved: &Proved) -> Result<String, String> {
+        let oauth = self
+            .config
+            .oauth
+            .as_ref()
+            .ok_or("the proxy no longer has `[oauth]`")?;
+        let issuer = oauth
+            .providers
+            .iter()
+            .find(|provider| provider.name == proved.proof.provider)
+            .map(|provider| provider.issuer.as_str())
+            .ok_or("the provider is no longer in the config")?;
+        let http =
+            discovery_client_of(&oauth.egress, issuer, false).map_err(|err| err.to_string())?;
+        let tokens = exchange(
+            &http,
+            &proved.proof.found,
+            &proved.proof.client,
+            &proved.code,
+            &proved.verifier,
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+        Ok(tokens.access_token)
     }
 
     /// A sign-in answered in its user's browser: the code exchanged, the
@@ -389,6 +504,47 @@ impl SignIns {
             .map_err(|err| err.to_string())?;
         Ok(fresh)
     }
+}
+
+/// The client the operator registered at a provider (`web_client`), for
+/// `callback`: authenticated with its secret as the provider takes it
+/// (basic, else in the form), or public.
+fn given_client(
+    given: &crate::config::WebClientConfig,
+    found: &Discovered,
+    callback: &str,
+) -> Result<Registration, String> {
+    let secret = given
+        .client_secret
+        .as_ref()
+        .map(|secret| {
+            secret
+                .resolve()
+                .map_err(|reason| format!("the provider's `web_client.client_secret`: {reason}"))
+        })
+        .transpose()?;
+    let auth_method = match &secret {
+        None => "none",
+        Some(_) => found
+            .token_endpoint_auth_methods
+            .iter()
+            .map(String::as_str)
+            .find(|method| ["client_secret_basic", "client_secret_post"].contains(method))
+            .ok_or_else(|| {
+                format!(
+                    "`{}` takes neither client_secret_basic nor client_secret_post",
+                    found.issuer
+                )
+            })?,
+    };
+    Ok(Registration {
+        issuer: found.issuer.clone(),
+        client_id: given.client_id.clone(),
+        client_secret: secret,
+        auth_method: auth_method.to_owned(),
+        redirect_uri: callback.to_owned(),
+        secret_expires_at: None,
+    })
 }
 
 /// Keeps `client`, just registered for `server`: under its issuer and id

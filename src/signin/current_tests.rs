@@ -292,3 +292,79 @@ async fn a_sign_in_revoked_during_a_refresh_is_not_written_back() {
         "not written back"
     );
 }
+
+/// A config whose users sign in from links at `http://127.0.0.1:9`, whose
+/// `[oauth]` provider is the issuer at `base` (with `web_client`, if
+/// given), and a `[[clients]]` entry `ops`.
+fn linked_config(root: &Path, base: &str, web_client: &str) -> Arc<Config> {
+    let key = root.join("vault.key");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:9\"\ndata_dir = {:?}\n\n[egress]\nallow = [\"127.0.0.0/8\"]\n\n[vault]\nkeys = [\"file:{}\"]\npublic_url = \"http://127.0.0.1:9\"\n\n[oauth]\nresource = \"http://127.0.0.1:9/mcp\"\n\n[[oauth.providers]]\nname = \"corp\"\nissuer = {base:?}\n{web_client}\n\n[[clients]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\n\n[[servers]]\nname = \"a\"\nprocess = {{ command = \"x\" }}\n",
+        root.join("data").display().to_string(),
+        key.display(),
+        "0".repeat(64),
+    );
+    Arc::new(Config::parse(&text, &root.join("portcullis.toml")).unwrap())
+}
+
+/// A link for an `[oauth]` user asks the person to sign in to the proxy
+/// at the user's provider first, with the operator's `web_client`; where
+/// the operator gave none and the provider offers no registration, no
+/// link is given (fails closed); a `[[clients]]` user's link asks nothing
+/// more.
+#[tokio::test]
+async fn a_link_for_an_oauth_user_asks_for_a_proof_at_their_provider() {
+    let (base, _) = issuer().await;
+    let callback = "http://127.0.0.1:9/oauth/callback";
+    let for_server = Registration {
+        issuer: base.clone(),
+        client_id: "proxy-client".into(),
+        client_secret: None,
+        auth_method: "none".into(),
+        redirect_uri: callback.into(),
+        secret_expires_at: None,
+    };
+    for (web_client, proof) in [("", false), ("web_client = { client_id = \"pw\" }", true)] {
+        let root = tempfile::tempdir().unwrap();
+        let config = linked_config(root.path(), &base, web_client);
+        let remote = remote(&config, &format!("{base}/mcp"));
+        let vault = Vault::of(&config).unwrap();
+        vault.put_client("github", callback, &for_server).unwrap();
+        let sign_ins = SignIns::new(config.clone());
+
+        let ops = sign_ins.link("github", &remote, "ops").await.unwrap();
+        let id = ops.unwrap().split("id=").nth(1).unwrap().to_owned();
+        assert_eq!(sign_ins.pendings().shown(&id).unwrap().proof_issuer, None);
+
+        let alice = sign_ins.link("github", &remote, "alice").await;
+        if !proof {
+            let err = alice.unwrap_err();
+            assert!(
+                err.contains("offers no dynamic client registration"),
+                "{err}"
+            );
+            continue;
+        }
+        let id = alice
+            .unwrap()
+            .unwrap()
+            .split("id=")
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        let shown = sign_ins.pendings().shown(&id).unwrap();
+        assert_eq!(shown.proof_issuer.as_deref(), Some(base.as_str()));
+        let (_, to) = sign_ins.pendings().take(&id).unwrap();
+        let to = reqwest::Url::parse(&to).unwrap();
+        let asked: HashMap<String, String> = to.query_pairs().into_owned().collect();
+        assert!(
+            to.as_str().starts_with(&format!("{base}/authorize?")),
+            "{to}"
+        );
+        assert_eq!(asked["client_id"], "pw");
+        assert_eq!(asked["resource"], "http://127.0.0.1:9/mcp");
+        assert_eq!(asked["redirect_uri"], callback);
+        assert_eq!(asked["code_challenge_method"], "S256");
+    }
+}

@@ -226,13 +226,6 @@ pub async fn discover(
             expected: fetch::named(expected),
         });
     }
-    let (issuer_metadata, metadata) = issuer_metadata(http, &issuer).await?;
-    // As the authorization server writes itself (RFC 9207 compares with it).
-    let issuer = metadata
-        .get("issuer")
-        .and_then(Value::as_str)
-        .unwrap_or(&issuer)
-        .to_owned();
     let scopes: Vec<String> = match &challenge.scope {
         Some(scope) => scope
             .split(' ')
@@ -247,16 +240,67 @@ pub async fn discover(
     if scopes.iter().map(|scope| scope.len() + 1).sum::<usize>() > MAX_NAME {
         return Err(DiscoverError::TooManyScopes(shown));
     }
+    let asked = Asked {
+        url,
+        resource: named,
+        resource_metadata,
+        scopes,
+    };
+    authorization_server(http, asked, &issuer, &expect.endpoint_origins).await
+}
+
+/// What a sign-in asks for, and where that was learned.
+struct Asked<'a> {
+    url: &'a str,
+    resource: &'a str,
+    resource_metadata: String,
+    scopes: Vec<String>,
+}
+
+/// A sign-in to the proxy itself at the organisation's provider `issuer`
+/// (an `[[oauth.providers]]` entry, the operator's): a token for the
+/// proxy's `resource` (`[oauth] resource`) with `scopes`, its endpoints
+/// on the issuer's own origin.
+pub async fn provider(
+    http: &HttpClient,
+    issuer: &str,
+    resource: &str,
+    scopes: Vec<String>,
+) -> Result<Discovered, DiscoverError> {
+    let asked = Asked {
+        url: resource,
+        resource,
+        resource_metadata: String::new(),
+        scopes,
+    };
+    authorization_server(http, asked, issuer, &[]).await
+}
+
+/// The authorization server `issuer`'s metadata, its endpoints checked
+/// (on `origins` or its own), for what is `asked`.
+async fn authorization_server(
+    http: &HttpClient,
+    asked: Asked<'_>,
+    issuer: &str,
+    origins: &[String],
+) -> Result<Discovered, DiscoverError> {
+    let (issuer_metadata, metadata) = issuer_metadata(http, issuer).await?;
+    // As the authorization server writes itself (RFC 9207 compares with it).
+    let issuer = metadata
+        .get("issuer")
+        .and_then(Value::as_str)
+        .unwrap_or(issuer)
+        .to_owned();
     let endpoints = Endpoints {
         issuer: &issuer,
         metadata: &metadata,
-        origins: &expect.endpoint_origins,
+        origins,
     };
     Ok(Discovered {
-        url: url.to_owned(),
-        resource: named.to_owned(),
-        resource_metadata,
-        scopes,
+        url: asked.url.to_owned(),
+        resource: asked.resource.to_owned(),
+        resource_metadata: asked.resource_metadata,
+        scopes: asked.scopes,
         authorization_endpoint: endpoints.required("authorization_endpoint")?,
         token_endpoint: endpoints.required("token_endpoint")?,
         registration_endpoint: endpoints.optional("registration_endpoint")?,

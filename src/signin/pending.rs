@@ -14,6 +14,14 @@
 //! taken only for a `state` this proxy gave, in the browser that began it
 //! (its cookie), before the link expires, once. Nothing in a link lets
 //! another user finish it or use it again.
+//!
+//! Where the link's user is one of an `[oauth]` provider's, the person is
+//! first sent to that provider to sign in to the proxy itself (a
+//! [`Proof`]: PKCE, its own single-use `state`, the proxy's resource); the
+//! token that comes back is checked as the proxy checks a client's, and
+//! only if it names the link's user is the browser sent on to the
+//! server's authorization server. Anyone else is refused, and the link is
+//! left for its user.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -52,6 +60,16 @@ pub enum PendingError {
     Full,
     #[error("the system's random source failed")]
     Random,
+    #[error(
+        "you signed in to this proxy as `{}`, but this link is for `{}`: only they can go on with it",
+        person.escape_debug(),
+        user.escape_debug()
+    )]
+    NotTheUser { person: String, user: String },
+    #[error(
+        "the proxy could not confirm who you are at your organisation's sign-in: open the link again to try once more"
+    )]
+    NotShown,
     #[error("{0}")]
     Flow(String),
 }
@@ -72,6 +90,56 @@ struct Pending {
     until: Instant,
     /// The digest of the cookie of the browser that took it on.
     browser: Option<[u8; 32]>,
+    /// Who the person must first show they are, if the user is one of an
+    /// `[oauth]` provider's.
+    proof: Option<Proving>,
+}
+
+/// Where the person at a link shows they are its user: the sign-in to the
+/// proxy at the `[oauth]` provider whose user it is.
+#[derive(Clone)]
+pub struct Proof {
+    /// The `[[oauth.providers]]` entry's name.
+    pub provider: String,
+    /// Its endpoints, and the proxy's resource and scopes.
+    pub found: Discovered,
+    /// The proxy's client there, for its callback.
+    pub client: Registration,
+}
+
+/// A proof under way.
+struct Proving {
+    proof: Proof,
+    /// The `state` and PKCE verifier of the sign-in to the provider, once
+    /// the link was taken on; taken once.
+    started: Option<(String, String)>,
+    /// The person showed they are the user: the browser may go on.
+    proven: bool,
+}
+
+/// A proof answered: which sign-in it was for (the digest of its link's
+/// id, never the id) and in which browser.
+#[derive(Clone, Copy)]
+pub struct Ticket {
+    key: [u8; 32],
+    browser: [u8; 32],
+}
+
+/// What came back to the callback.
+pub enum Answer {
+    /// The server's authorization server: the sign-in to exchange.
+    SignIn(Answered),
+    /// The provider: the person's token to check, then [`Pendings::proven`].
+    Proof(Proved),
+}
+
+/// A proof's answer: what to exchange its code with.
+pub struct Proved {
+    pub ticket: Ticket,
+    pub user: String,
+    pub proof: Proof,
+    pub code: String,
+    pub verifier: String,
 }
 
 /// What the page at a link shows.
@@ -80,6 +148,8 @@ pub struct Shown {
     pub server: String,
     pub user: String,
     pub issuer: String,
+    /// Where the person first shows they are the user, if they must.
+    pub proof_issuer: Option<String>,
 }
 
 /// A sign-in answered in its own browser: what to exchange the code with.
@@ -145,6 +215,7 @@ impl Pendings {
         (server, user): (&str, &str),
         found: Discovered,
         client: Registration,
+        proof: Option<Proof>,
     ) -> Result<String, PendingError> {
         let started =
             flow::start(&found, &client).map_err(|err| PendingError::Flow(err.to_string()))?;
@@ -176,6 +247,11 @@ impl Pendings {
                 link: started.link,
                 until: now + self.life,
                 browser: None,
+                proof: proof.map(|proof| Proving {
+                    proof,
+                    started: None,
+                    proven: false,
+                }),
             },
         );
         Ok(id)
@@ -197,24 +273,82 @@ impl Pendings {
             server: pending.server.clone(),
             user: pending.user.clone(),
             issuer: pending.found.issuer.clone(),
+            proof_issuer: pending
+                .proof
+                .as_ref()
+                .map(|proving| proving.proof.found.issuer.clone()),
         })
     }
 
     /// Link `id` taken on in a browser, once: the cookie that browser is
-    /// given, and the authorization server's link it is sent to.
+    /// given, and the link it is sent to: the server's authorization
+    /// server, or first the provider where the person shows they are the
+    /// user.
     pub fn take(&self, id: &str) -> Result<(String, String), PendingError> {
         let cookie = random_text()?;
+        let key = digest(id);
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         let pending = waiting
             .by_id
-            .get_mut(&digest(id))
+            .get_mut(&key)
             .filter(|pending| pending.until > Instant::now())
             .ok_or(PendingError::Unknown)?;
         if pending.browser.is_some() {
             return Err(PendingError::Taken);
         }
-        pending.browser = Some(digest(&cookie));
-        Ok((cookie, pending.link.clone()))
+        let to = match &mut pending.proof {
+            Some(proving) if !proving.proven => {
+                let started = flow::start(&proving.proof.found, &proving.proof.client)
+                    .map_err(|err| PendingError::Flow(err.to_string()))?;
+                let state = digest(&started.state);
+                proving.started = Some((started.state, started.verifier));
+                pending.browser = Some(digest(&cookie));
+                waiting.by_state.insert(state, key);
+                started.link
+            }
+            _ => {
+                pending.browser = Some(digest(&cookie));
+                pending.link.clone()
+            }
+        };
+        Ok((cookie, to))
+    }
+
+    /// A proof's answer checked: the person signed in to the proxy as
+    /// `person`. If that is the link's user, the link the browser goes on
+    /// to (the server's authorization server); else the link is let go
+    /// (its user can still take it on) and the person refused.
+    /// `person` is `None` where the proof could not be finished or its
+    /// token was not taken: refused the same way.
+    pub fn proven(&self, ticket: Ticket, person: Option<&str>) -> Result<String, PendingError> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = waiting
+            .by_id
+            .get_mut(&ticket.key)
+            .filter(|pending| {
+                pending.until > Instant::now() && pending.browser == Some(ticket.browser)
+            })
+            .ok_or(PendingError::UnknownState)?;
+        let Some(proving) = pending.proof.as_mut() else {
+            return Err(PendingError::UnknownState);
+        };
+        match person {
+            Some(person) if person == pending.user => {
+                proving.proven = true;
+                Ok(pending.link.clone())
+            }
+            _ => {
+                proving.started = None;
+                pending.browser = None;
+                Err(match person {
+                    Some(person) => PendingError::NotTheUser {
+                        person: person.to_owned(),
+                        user: pending.user.clone(),
+                    },
+                    None => PendingError::NotShown,
+                })
+            }
+        }
     }
 
     /// What came back to the callback (`query`), in the browser whose
@@ -225,14 +359,15 @@ impl Pendings {
         &self,
         query: &[(String, String)],
         cookie: Option<&str>,
-    ) -> Result<Answered, PendingError> {
+    ) -> Result<Answer, PendingError> {
         let state = query
             .iter()
             .find(|(name, _)| name == "state")
             .map(|(_, value)| value.as_str())
             .ok_or(PendingError::UnknownState)?;
         let now = Instant::now();
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let waiting = &mut *guard;
         // Found by its digest: how long it takes says nothing of a state.
         let key = *waiting
             .by_state
@@ -240,21 +375,59 @@ impl Pendings {
             .ok_or(PendingError::UnknownState)?;
         let pending = waiting
             .by_id
-            .get(&key)
+            .get_mut(&key)
             .filter(|pending| pending.until > now)
             .ok_or(PendingError::UnknownState)?;
-        if pending.browser.is_none() || pending.browser != cookie.map(digest) {
+        let Some(browser) = pending
+            .browser
+            .filter(|_| pending.browser == cookie.map(digest))
+        else {
             return Err(PendingError::OtherBrowser);
+        };
+        let proving = pending.proof.as_mut();
+        if let Some(proving) = proving {
+            let proof_state = proving
+                .started
+                .as_ref()
+                .is_some_and(|(own, _)| digest(own) == digest(state));
+            if proof_state {
+                // Taken once, whatever it says.
+                let (own, verifier) = proving.started.take().unwrap_or_default();
+                let proof = proving.proof.clone();
+                let user = pending.user.clone();
+                waiting.by_state.remove(&digest(&own));
+                let answered = flow::answered(&proof.found, &own, query);
+                let code = match answered {
+                    Ok(code) => code,
+                    Err(err) => {
+                        // The person may try again from the link.
+                        if let Some(pending) = waiting.by_id.get_mut(&key) {
+                            pending.browser = None;
+                        }
+                        return Err(PendingError::Flow(err.to_string()));
+                    }
+                };
+                return Ok(Answer::Proof(Proved {
+                    ticket: Ticket { key, browser },
+                    user,
+                    proof,
+                    code,
+                    verifier,
+                }));
+            }
+            if !proving.proven {
+                return Err(PendingError::UnknownState);
+            }
         }
         let pending = waiting
             .by_id
             .remove(&key)
             .ok_or(PendingError::UnknownState)?;
         waiting.by_state.remove(&digest(&pending.state));
-        drop(waiting);
+        drop(guard);
         let code = flow::answered(&pending.found, &pending.state, query)
             .map_err(|err| PendingError::Flow(err.to_string()))?;
-        Ok(Answered {
+        Ok(Answer::SignIn(Answered {
             remote: pending.remote,
             server: pending.server,
             user: pending.user,
@@ -262,7 +435,7 @@ impl Pendings {
             client: pending.client,
             code,
             verifier: pending.verifier,
-        })
+        }))
     }
 }
 

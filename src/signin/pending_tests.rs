@@ -62,11 +62,156 @@ fn answer(state: &str, code: &str, iss: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// The sign-in an answer was for (panics on a proof or an error).
+fn signed_in(answer: Result<Answer, PendingError>) -> Answered {
+    match answer {
+        Ok(Answer::SignIn(answered)) => answered,
+        Ok(Answer::Proof(_)) => panic!("a proof, not a sign-in"),
+        Err(err) => panic!("{err}"),
+    }
+}
+
+/// The proof an answer was (panics on a sign-in or an error).
+fn proved(answer: Result<Answer, PendingError>) -> Proved {
+    match answer {
+        Ok(Answer::Proof(proved)) => proved,
+        Ok(Answer::SignIn(_)) => panic!("a sign-in, not a proof"),
+        Err(err) => panic!("{err}"),
+    }
+}
+
+/// A proof at the organisation's provider `https://idp.example`.
+fn proof() -> Proof {
+    let mut found = found();
+    found.issuer = "https://idp.example".into();
+    found.authorization_endpoint = "https://idp.example/authorize".into();
+    found.token_endpoint = "https://idp.example/token".into();
+    found.resource = "https://proxy.example/mcp".into();
+    let mut client = client();
+    client.issuer = "https://idp.example".into();
+    Proof {
+        provider: "corp".into(),
+        found,
+        client,
+    }
+}
+
+/// A link whose user is an `[oauth]` provider's: the browser that takes it
+/// on goes first to the provider; only a proof naming the user sends it on
+/// to the server's authorization server. Another person is refused and
+/// the link left for its user; the server's state is not taken before the
+/// proof, and a proof's state is taken once.
+#[test]
+fn the_person_at_a_link_shows_they_are_its_user_first() {
+    let pendings = Pendings::new(Duration::from_secs(600));
+    let id = pendings
+        .begin(
+            &remote(),
+            ("github", "alice"),
+            found(),
+            client(),
+            Some(proof()),
+        )
+        .unwrap();
+    assert_eq!(
+        pendings.shown(&id).unwrap().proof_issuer.as_deref(),
+        Some("https://idp.example")
+    );
+    // Taken on by someone: sent to the provider, not the server's.
+    let (mallorys, to) = pendings.take(&id).unwrap();
+    assert!(to.starts_with("https://idp.example/authorize?"), "{to}");
+    assert!(
+        to.contains("resource=https%3A%2F%2Fproxy.example%2Fmcp"),
+        "{to}"
+    );
+    let proof_state = state_of(&to);
+    let answer_of = |state: &str| answer(state, "c0de", "https://idp.example");
+    assert_eq!(
+        pendings.answer(&answer_of(&proof_state), None).err(),
+        Some(PendingError::OtherBrowser)
+    );
+    let proved_once = proved(pendings.answer(&answer_of(&proof_state), Some(&mallorys)));
+    assert_eq!(proved_once.user, "alice");
+    assert_eq!(proved_once.proof.provider, "corp");
+    // The proof's state is taken once.
+    assert_eq!(
+        pendings
+            .answer(&answer_of(&proof_state), Some(&mallorys))
+            .err(),
+        Some(PendingError::UnknownState)
+    );
+    // Mallory's token names Mallory: refused, the link let go.
+    assert_eq!(
+        pendings.proven(proved_once.ticket, Some("mallory")).err(),
+        Some(PendingError::NotTheUser {
+            person: "mallory".into(),
+            user: "alice".into()
+        })
+    );
+    assert!(pendings.shown(&id).is_ok(), "the link is its user's again");
+
+    // Alice takes it on; a proof that could not be checked lets it go too.
+    let (alices, to) = pendings.take(&id).unwrap();
+    let unchecked = proved(pendings.answer(&answer_of(&state_of(&to)), Some(&alices)));
+    assert_eq!(
+        pendings.proven(unchecked.ticket, None).err(),
+        Some(PendingError::NotShown)
+    );
+    let (alices, to) = pendings.take(&id).unwrap();
+    let alice = proved(pendings.answer(&answer_of(&state_of(&to)), Some(&alices)));
+    // Mallory's old browser cannot use Alice's proof.
+    let stale = Ticket {
+        browser: digest(&mallorys),
+        ..alice.ticket
+    };
+    assert_eq!(
+        pendings.proven(stale, Some("alice")).err(),
+        Some(PendingError::UnknownState)
+    );
+    let on = pendings.proven(alice.ticket, Some("alice")).unwrap();
+    assert!(on.starts_with("https://as.example/authorize?"), "{on}");
+    let answered = signed_in(pendings.answer(
+        &answer(&state_of(&on), "c0de", "https://as.example"),
+        Some(&alices),
+    ));
+    assert_eq!(answered.user, "alice");
+}
+
+/// Before the proof, the server's own answer is not taken, even with its
+/// state and in the browser that took the link on.
+#[test]
+fn no_sign_in_is_finished_before_its_proof() {
+    let pendings = Pendings::new(Duration::from_secs(600));
+    let id = pendings
+        .begin(
+            &remote(),
+            ("github", "alice"),
+            found(),
+            client(),
+            Some(proof()),
+        )
+        .unwrap();
+    let server_state = {
+        let waiting = pendings.waiting.lock().unwrap();
+        waiting.by_id[&digest(&id)].state.clone()
+    };
+    let (cookie, _) = pendings.take(&id).unwrap();
+    assert_eq!(
+        pendings
+            .answer(
+                &answer(&server_state, "c0de", "https://as.example"),
+                Some(&cookie)
+            )
+            .err(),
+        Some(PendingError::UnknownState)
+    );
+}
+
 #[test]
 fn a_link_is_taken_on_once_and_answered_once_in_its_own_browser() {
     let pendings = Pendings::new(Duration::from_secs(600));
     let id = pendings
-        .begin(&remote(), ("github", "alice"), found(), client())
+        .begin(&remote(), ("github", "alice"), found(), client(), None)
         .unwrap();
     let shown = pendings.shown(&id).unwrap();
     assert_eq!(
@@ -74,7 +219,8 @@ fn a_link_is_taken_on_once_and_answered_once_in_its_own_browser() {
         Shown {
             server: "github".into(),
             user: "alice".into(),
-            issuer: "https://as.example".into()
+            issuer: "https://as.example".into(),
+            proof_issuer: None,
         }
     );
     // Shown again (a preview): still usable.
@@ -108,7 +254,7 @@ fn a_link_is_taken_on_once_and_answered_once_in_its_own_browser() {
             Some(PendingError::OtherBrowser)
         );
     }
-    let answered = pendings.answer(&good, Some(&cookie)).unwrap();
+    let answered = signed_in(pendings.answer(&good, Some(&cookie)));
     assert_eq!(
         (answered.server.as_str(), answered.user.as_str()),
         ("github", "alice")
@@ -126,7 +272,7 @@ fn a_link_is_taken_on_once_and_answered_once_in_its_own_browser() {
 fn an_answer_from_another_issuer_ends_the_sign_in() {
     let pendings = Pendings::new(Duration::from_secs(600));
     let id = pendings
-        .begin(&remote(), ("github", "alice"), found(), client())
+        .begin(&remote(), ("github", "alice"), found(), client(), None)
         .unwrap();
     let (cookie, link) = pendings.take(&id).unwrap();
     let state = state_of(&link);
@@ -146,13 +292,13 @@ fn an_answer_from_another_issuer_ends_the_sign_in() {
 fn a_new_link_replaces_the_users_last_and_links_expire() {
     let pendings = Pendings::new(Duration::from_secs(600));
     let first = pendings
-        .begin(&remote(), ("github", "alice"), found(), client())
+        .begin(&remote(), ("github", "alice"), found(), client(), None)
         .unwrap();
     let other = pendings
-        .begin(&remote(), ("github", "bob"), found(), client())
+        .begin(&remote(), ("github", "bob"), found(), client(), None)
         .unwrap();
     let second = pendings
-        .begin(&remote(), ("github", "alice"), found(), client())
+        .begin(&remote(), ("github", "alice"), found(), client(), None)
         .unwrap();
     assert_ne!(first, second);
     assert_eq!(pendings.shown(&first).unwrap_err(), PendingError::Unknown);
@@ -161,7 +307,7 @@ fn a_new_link_replaces_the_users_last_and_links_expire() {
 
     let short = Pendings::new(Duration::ZERO);
     let id = short
-        .begin(&remote(), ("github", "alice"), found(), client())
+        .begin(&remote(), ("github", "alice"), found(), client(), None)
         .unwrap();
     assert_eq!(short.shown(&id).unwrap_err(), PendingError::Unknown);
     assert_eq!(short.take(&id).unwrap_err(), PendingError::Unknown);
@@ -171,17 +317,17 @@ fn a_new_link_replaces_the_users_last_and_links_expire() {
 fn a_link_taken_on_survives_a_new_call_of_its_user() {
     let pendings = Pendings::new(Duration::from_secs(600));
     let first = pendings
-        .begin(&remote(), ("github", "alice"), found(), client())
+        .begin(&remote(), ("github", "alice"), found(), client(), None)
         .unwrap();
     let (cookie, link) = pendings.take(&first).unwrap();
     // The agent calls again while the person is at the authorization
     // server: a new link, and the one under way still answers.
     let second = pendings
-        .begin(&remote(), ("github", "alice"), found(), client())
+        .begin(&remote(), ("github", "alice"), found(), client(), None)
         .unwrap();
     assert!(pendings.shown(&second).is_ok());
     let good = answer(&state_of(&link), "c0de", "https://as.example");
-    let answered = pendings.answer(&good, Some(&cookie)).unwrap();
+    let answered = signed_in(pendings.answer(&good, Some(&cookie)));
     assert_eq!(answered.user, "alice");
     assert_eq!(answered.remote.url, "https://mcp.example/mcp");
 }
