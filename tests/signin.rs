@@ -720,12 +720,7 @@ async fn a_user_signs_in_from_the_link_their_agent_was_given() {
         .unwrap();
     assert_eq!(forged.status(), 404);
     // Its own browser: signed in.
-    let done = browser()
-        .get(&callback)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let done = with_cookie(&callback, &cookie).await;
     assert_eq!(done.status(), 200);
     let page = done.text().await.unwrap();
     assert!(
@@ -733,12 +728,7 @@ async fn a_user_signs_in_from_the_link_their_agent_was_given() {
         "{page}"
     );
     // Replayed: the sign-in is finished.
-    let replayed = browser()
-        .get(&callback)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let replayed = with_cookie(&callback, &cookie).await;
     assert_eq!(replayed.status(), 404);
 
     // The next call is served with Bob's token.
@@ -880,6 +870,24 @@ async fn a_client_with_url_elicitation_is_asked_to_open_the_link() {
     );
 }
 
+/// `url` opened in the browser that holds `cookie`.
+async fn with_cookie(url: &str, cookie: &str) -> reqwest::Response {
+    browser()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// An authorization server that approves at once, at `to`: where it sends
+/// the browser back.
+async fn approved(to: &str) -> String {
+    let back = browser().get(to).send().await.unwrap();
+    assert_eq!(back.status(), 302);
+    back.headers()["location"].to_str().unwrap().to_owned()
+}
+
 /// A browser opens `link`'s page and presses its button: where the proxy
 /// sends it, and the cookie that binds the sign-in to it.
 async fn go_on(link: &str, public: &str) -> (String, String) {
@@ -909,8 +917,8 @@ async fn go_on(link: &str, public: &str) -> (String, String) {
 /// Where `[oauth]` identifies clients, the person at a link signs in to
 /// the proxy with the organisation's provider first (here with a client
 /// the operator registered by hand, its secret a `file:` reference): a
-/// person signed in there as someone else is refused and the link stays
-/// its user's; its user goes on to the server's authorization server and
+/// person signed in there as someone else is refused and the link ended;
+/// with the next link, its user goes on to the server's authorization server and
 /// their agent's next call is served with their own token there. No
 /// token of either sign-in reaches the agent, the log or the records.
 #[tokio::test(flavor = "multi_thread")]
@@ -997,15 +1005,8 @@ async fn the_person_at_a_link_signs_in_to_the_proxy_as_its_user_first() {
     next_user(&org, "mallory").await;
     let (to, cookie) = go_on(&link, &public).await;
     assert!(to.starts_with(&format!("{org}/authorize?")), "{to}");
-    let back = browser().get(&to).send().await.unwrap();
-    assert_eq!(back.status(), 302);
-    let callback = back.headers()["location"].to_str().unwrap().to_owned();
-    let refused = browser()
-        .get(&callback)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let callback = approved(&to).await;
+    let refused = with_cookie(&callback, &cookie).await;
     assert_eq!(refused.status(), 403);
     let page = refused.text().await.unwrap();
     assert!(
@@ -1013,36 +1014,35 @@ async fn the_person_at_a_link_signs_in_to_the_proxy_as_its_user_first() {
         "{page}"
     );
 
-    // The link is still Alice's: she signs in at the provider, then at the
-    // server's authorization server.
+    // The link is ended; Alice's agent calls again and is given a new one.
+    assert_eq!(browser().get(&link).send().await.unwrap().status(), 404);
+    let told_again = said(&agent.call(2, "tools/call", whoami.clone()).await);
+    let at = told_again
+        .find(&format!("{public}/oauth/start?id="))
+        .unwrap();
+    let link = told_again[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    // She signs in at the provider, then at the server's authorization
+    // server.
     next_user(&org, "alice").await;
     next_user(&issuer, "alice-at-the-server").await;
     let (to, cookie) = go_on(&link, &public).await;
-    let back = browser().get(&to).send().await.unwrap();
-    let callback = back.headers()["location"].to_str().unwrap().to_owned();
-    let proven = browser()
-        .get(&callback)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let callback = approved(&to).await;
+    let proven = with_cookie(&callback, &cookie).await;
     assert_eq!(proven.status(), 303);
     let to = proven.headers()["location"].to_str().unwrap().to_owned();
     assert!(to.starts_with(&format!("{issuer}/authorize?")), "{to}");
-    let back = browser().get(&to).send().await.unwrap();
-    let callback = back.headers()["location"].to_str().unwrap().to_owned();
-    let done = browser()
-        .get(&callback)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let callback = approved(&to).await;
+    let done = with_cookie(&callback, &cookie).await;
     let page = done.text().await.unwrap();
     assert!(
         page.contains("`alice` is signed in to `protected`"),
         "{page}"
     );
-    let answer = agent.call(2, "tools/call", whoami).await;
+    let answer = agent.call(3, "tools/call", whoami).await;
     assert_eq!(said(&answer), "subject=alice-at-the-server", "{answer}");
 
     // Neither provider's tokens reached the agent, the log or the records.
@@ -1075,14 +1075,102 @@ async fn the_person_at_a_link_signs_in_to_the_proxy_as_its_user_first() {
         .text()
         .await
         .unwrap();
+    // The served call's record says a user's own token was sent (not
+    // which); the refused one, that none was.
+    let calls: Vec<Value> = serde_json::from_str::<Value>(&records).unwrap()["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|record| record["method"] == "tools/call")
+        .cloned()
+        .collect();
+    assert_eq!(calls.len(), 3, "{records}");
+    assert!(calls[0]["detail"]["credential"].is_null(), "{records}");
+    assert_eq!(
+        calls[2]["detail"]["credential"], "user_sign_in",
+        "{records}"
+    );
     let log = served.log.lines().join("\n");
     assert!(
         log.contains("opened by another person than its user"),
         "{log}"
     );
-    for seen in [&told, &answer.to_string(), &log, &records] {
+    for seen in [&told, &told_again, &answer.to_string(), &log, &records] {
         for token in proofs.iter().copied().chain([tokens.access_token.as_str()]) {
             assert!(!seen.contains(token), "a token leaked");
         }
     }
+}
+
+/// Cedar decides who may be asked to sign in to which server (`sign_in`):
+/// a user it forbids is refused with the decision's id and given no link,
+/// and the record of the call carries the decision; a user it permits is
+/// given a link.
+#[tokio::test(flavor = "multi_thread")]
+async fn cedar_decides_who_may_be_asked_to_sign_in() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public = format!("http://127.0.0.1:{port}");
+    let third = "test-token-for-the-third-client";
+    let proxy = TestProxy::new()
+        .with_listen(&format!("127.0.0.1:{port}"))
+        .with_config("policies = \"policies\"\n");
+    proxy.policy_folder(
+        "permit(principal, action, resource);\nforbid(principal == Client::\"other\", action == Action::\"sign_in\", resource == Server::\"protected\");\n",
+    );
+    let (proxy, path) = vault_config_at(
+        proxy,
+        &url,
+        ", sign_in = { list_as = \"tester\" }",
+        &format!(
+            "public_url = {public:?}\n\n[[clients]]\nname = \"third\"\ntoken_sha256 = \"{}\"\n",
+            common::sha256_hex(third)
+        ),
+    );
+    next_user(&issuer, "alice").await;
+    sign_in(path.to_str().unwrap(), false).await;
+    let served = proxy.serve_http().await;
+    let whoami = serde_json::json!({ "name": "protected__whoami", "arguments": {} });
+
+    let other = common::HttpSession::connect_as(&served.url, common::OTHER_TOKEN).await;
+    let answer = other.call(1, "tools/call", whoami.clone()).await;
+    let text = said(&answer);
+    assert!(
+        text.contains("sign_in on `protected` is not permitted (decision "),
+        "{answer}"
+    );
+    assert!(!answer.to_string().contains("/oauth/start"), "{answer}");
+
+    let permitted = common::HttpSession::connect_as(&served.url, third).await;
+    let answer = permitted.call(1, "tools/call", whoami).await;
+    assert!(
+        said(&answer).contains(&format!("{public}/oauth/start?id=")),
+        "{answer}"
+    );
+
+    let records: Value = reqwest::Client::new()
+        .get(format!("{}/admin/audit?client=other", served.base))
+        .bearer_auth(common::AUDITOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let call = records["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|record| record["method"] == "tools/call")
+        .unwrap_or_else(|| panic!("{records}"));
+    assert_eq!(call["decision"], "deny", "{call}");
+    assert_eq!(call["decided_by"], "authz", "{call}");
+    assert!(
+        text.contains(call["decision_id"].as_str().unwrap()),
+        "{call}"
+    );
 }

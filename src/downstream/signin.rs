@@ -265,7 +265,10 @@ async fn proof(
             {
                 Some(identity.name.to_string())
             }
-            Ok(_) => None,
+            Ok(_) => {
+                tracing::warn!(provider = %proved.proof.provider, "a sign-in link's proof token was another provider's");
+                None
+            }
             Err(err) => {
                 tracing::warn!(reason = %err, "a sign-in link's proof token was not taken");
                 None
@@ -310,7 +313,9 @@ async fn proof(
 fn refused(err: &PendingError) -> Response {
     let status = match err {
         PendingError::Unknown | PendingError::UnknownState => StatusCode::NOT_FOUND,
-        PendingError::Taken | PendingError::OtherBrowser => StatusCode::CONFLICT,
+        PendingError::Taken | PendingError::OtherBrowser | PendingError::ProofElsewhere => {
+            StatusCode::CONFLICT
+        }
         PendingError::Full => StatusCode::SERVICE_UNAVAILABLE,
         PendingError::NotTheUser { .. } | PendingError::NotShown => StatusCode::FORBIDDEN,
         PendingError::Random => StatusCode::INTERNAL_SERVER_ERROR,

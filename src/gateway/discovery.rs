@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-use crate::chain::{Annotation, Denial, Exchange, Refusal};
+use crate::chain::{Annotation, Exchange};
 use crate::config::{DiscoveryConfig, ServerConfig};
 use crate::interceptors::authz::{Action, Target};
 use crate::protocol::{self, At as _};
@@ -508,7 +508,12 @@ impl Discovery {
         note(exchange, "catalog", &entry.catalog);
         if let Some(decision) = Self::decide(gateway, session, &protocol, Action::AddServer, entry)
         {
-            Self::note_decision(exchange, session, entry, decision)?;
+            super::sign_in::note_decision(
+                exchange,
+                &session.client.name,
+                (Action::AddServer, &entry.name),
+                decision,
+            )?;
         }
         let index = match &entry.server {
             Ok(index) => *index,
@@ -536,55 +541,6 @@ impl Discovery {
         tracing::info!(client = %session.client.name, server = %name, catalog = %entry.catalog, "catalog server added");
         Self::tell_lists(gateway, &holder, index);
         Ok((Self::added_text(gateway, name, index, false), false))
-    }
-
-    /// Notes `add_server`'s decision in the exchange (its record carries
-    /// it); a denial is the call's refusal.
-    fn note_decision(
-        exchange: &mut Exchange,
-        session: &Session,
-        entry: &Entry,
-        decision: crate::interceptors::authz::Decision,
-    ) -> Result<(), super::Failure> {
-        let decision_id = uuid::Uuid::new_v4().to_string();
-        exchange.annotations.retain(|a| {
-            &*a.interceptor != "authz"
-                || !matches!(
-                    a.key.as_str(),
-                    "decision" | "decision_id" | "policy_ids" | "policy_set"
-                )
-        });
-        for (key, value) in [
-            (
-                "decision",
-                if decision.allowed { "allow" } else { "deny" }.to_owned(),
-            ),
-            ("decision_id", decision_id.clone()),
-            ("policy_ids", decision.policies.join(",")),
-            ("policy_set", decision.policy_set.to_string()),
-        ] {
-            exchange.annotations.push(Annotation {
-                interceptor: Arc::from("authz"),
-                key: key.to_owned(),
-                value,
-            });
-        }
-        if decision.allowed {
-            return Ok(());
-        }
-        tracing::info!(client = %session.client.name, server = %entry.name, decision_id = %decision_id, "add_server denied by policy");
-        Err(super::Failure::Denied(Refusal {
-            interceptor: Arc::from("authz"),
-            denial: Denial::new(
-                protocol::code::DENIED,
-                format!(
-                    "add_server on `{}` is not permitted (decision {decision_id})",
-                    entry.name
-                ),
-            )
-            .with("decision_id", decision_id)
-            .with("policy_set", decision.policy_set.to_string()),
-        }))
     }
 
     /// Starts catalog server `index` (its supervisor at its first add) and

@@ -359,8 +359,6 @@ impl Failure {
         }
     }
 
-    /// How the exchange ended, for its record, metrics and trace: a
-    /// refusal names its interceptor; anything else failed.
     /// Whether the client's user must sign in to the server first.
     pub fn is_sign_in(&self) -> bool {
         matches!(self, Self::Upstream(UpstreamError::SignInNeeded { .. }))
@@ -413,6 +411,8 @@ impl Failure {
         }
     }
 
+    /// How the exchange ended, for its record, metrics and trace: a
+    /// refusal names its interceptor; anything else failed.
     pub fn outcome(&self) -> Outcome {
         match (self, self.interceptor()) {
             (Self::Denied(refusal), _) => refusal.outcome(),

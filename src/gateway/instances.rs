@@ -52,6 +52,26 @@ impl Servers {
         })
     }
 
+    /// Whose credential server `index`'s calls carry, where it is a
+    /// token: `user_sign_in` (the client's user's own sign-in, from the
+    /// vault), `user_token_exchange` (a token issued for the client's user
+    /// in exchange for its own), `proxy_oauth` (the proxy's own). For a
+    /// call's record: it says whose token went, never which.
+    pub(super) fn credential(&self, index: usize) -> Option<&'static str> {
+        let upstream = self.upstream_at(index)?;
+        let UpstreamSpec::Remote(spec) = &upstream.config().kind else {
+            return None;
+        };
+        match (&spec.sign_in, &spec.oauth) {
+            (Some(_), _) => Some("user_sign_in"),
+            (None, Some(oauth)) if oauth.grant == RemoteGrant::TokenExchange => {
+                Some("user_token_exchange")
+            }
+            (None, Some(_)) => Some("proxy_oauth"),
+            (None, None) => None,
+        }
+    }
+
     /// The provider whose users server `index` acts as
     /// (`grant = "token_exchange"`), if it does.
     pub(super) fn acts_as_user(&self, index: usize) -> Option<&str> {

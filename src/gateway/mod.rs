@@ -37,6 +37,7 @@ mod route;
 mod run;
 mod server;
 mod session;
+mod sign_in;
 mod slots;
 mod subscriptions;
 mod task_table;

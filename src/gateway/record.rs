@@ -251,6 +251,14 @@ pub(super) fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Va
     if !discovery.is_empty() {
         detail.insert("discovery".into(), Value::Object(discovery));
     }
+    // Whose token the server was sent (never which).
+    if let Some(credential) = exchange
+        .annotations
+        .iter()
+        .find(|a| &*a.interceptor == "upstream" && a.key == "credential")
+    {
+        detail.insert("credential".into(), Value::from(credential.value.as_str()));
+    }
     // The trace the exchange is part of: from the record to its spans.
     if let Some(trace) = &exchange.trace {
         detail.insert("trace_id".into(), Value::from(trace.trace_id().to_hex()));

@@ -144,7 +144,11 @@ impl Gateway {
             };
             let (reply, outcome) = match answered {
                 Ok(reply) => (reply, Outcome::Delivered),
-                Err(failure) => self.refused(session, &id, &method, failure),
+                Err(failure) => {
+                    // A user who would be asked to sign in: if Cedar lets them.
+                    let failure = self.may_sign_in(session, &mut run.exchange, failure);
+                    self.refused(session, &id, &method, failure)
+                }
             };
             // 8. What the answer changes in the proxy's state: a subscription
             //    kept or given up, with what is held at its server.
@@ -263,11 +267,22 @@ impl Gateway {
                 match self.relay(session, server, rename, id, exchange).await {
                     Relayed::Answered(answered, waited) => {
                         run.upstream = Some(waited);
+                        // Answered by the server: its connection sent the token.
+                        let sent = answered.is_ok();
+                        if let Some(credential) = self.servers().credential(server).filter(|_| sent)
+                        {
+                            run.exchange.annotations.push(crate::chain::Annotation {
+                                interceptor: Arc::from("upstream"),
+                                key: "credential".into(),
+                                value: credential.into(),
+                            });
+                        }
                         answered
                     }
                     Relayed::Refused(refusal) => {
+                        let failure = self.may_sign_in(session, &mut run.exchange, refusal.into());
                         let method = &run.exchange.context.method;
-                        let (reply, outcome) = self.refused(session, id, method, refusal.into());
+                        let (reply, outcome) = self.refused(session, id, method, failure);
                         return Err((Some(reply), outcome));
                     }
                     Relayed::Cancelled(waited) => {

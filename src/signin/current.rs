@@ -192,25 +192,7 @@ impl SignIns {
         let vault = self.vault().map_err(|err| err.to_string())?;
         let http = discovery_client(remote).map_err(|err| err.to_string())?;
         let found = self.found(server, remote, &http).await?;
-        let kept = vault
-            .get_client::<Registration>(server, &callback)
-            .map_err(|err| err.to_string())?
-            .filter(|client| {
-                client.issuer == found.issuer
-                    && client.redirect_uri == callback
-                    && !client.expired()
-            });
-        let client = match kept {
-            Some(client) => client,
-            None => {
-                let client = register(&http, &found, &callback)
-                    .await
-                    .map_err(|err| err.to_string())?;
-                keep_registration(vault, server, &callback, &client)
-                    .map_err(|err| err.to_string())?;
-                client
-            }
-        };
+        let client = web_registration(vault, &http, (server, &callback), &found).await?;
         let proof = self.proof(vault, user, &callback).await?;
         let id = self
             .pendings
@@ -247,57 +229,31 @@ impl SignIns {
             .iter()
             .find(|provider| user.starts_with(provider.name_prefix.as_str()))
             .ok_or_else(|| format!("`{}` is no client this proxy knows", user.escape_debug()))?;
+        // A name taken from the OAuth client a token was issued to names
+        // no person: every proof would name the proxy's own client.
+        if ["client_id", "azp", "cid", "appid"].contains(&named.client_claim.as_str()) {
+            return Err(format!(
+                "the provider `{}` names clients by `{}`, an OAuth client, not a person: a person at a link cannot show who they are",
+                named.name, named.client_claim
+            ));
+        }
         let http = discovery_client_of(&oauth.egress, &named.issuer, false)
             .map_err(|err| err.to_string())?;
         let key = format!("[oauth.providers] {}", named.name);
-        let cached = self
-            .found
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
-        let found = match cached {
-            Some(found) => found,
-            None => {
+        let found = self
+            .learned(key.clone(), async {
                 let mut scopes = oauth.scopes.clone();
                 for scope in &oauth.required_scopes {
                     if !scopes.contains(scope) {
                         scopes.push(scope.clone());
                     }
                 }
-                let found = provider(&http, &named.issuer, &oauth.resource, scopes)
-                    .await
-                    .map_err(|err| err.to_string())?;
-                self.found
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key.clone(), found.clone());
-                found
-            }
-        };
+                provider(&http, &named.issuer, &oauth.resource, scopes).await
+            })
+            .await?;
         let client = match &named.web_client {
             Some(given) => given_client(given, &found, callback)?,
-            None => {
-                let kept = vault
-                    .get_client::<Registration>(&key, callback)
-                    .map_err(|err| err.to_string())?
-                    .filter(|client| {
-                        client.issuer == found.issuer
-                            && client.redirect_uri == callback
-                            && !client.expired()
-                    });
-                match kept {
-                    Some(client) => client,
-                    None => {
-                        let client = register(&http, &found, callback)
-                            .await
-                            .map_err(|err| err.to_string())?;
-                        keep_registration(vault, &key, callback, &client)
-                            .map_err(|err| err.to_string())?;
-                        client
-                    }
-                }
-            }
+            None => web_registration(vault, &http, (&key, callback), &found).await?,
         };
         Ok(Some(Proof {
             provider: named.name.clone(),
@@ -374,6 +330,17 @@ impl SignIns {
     ) -> Result<Discovered, String> {
         let expect = Expect::of(remote.sign_in.as_deref());
         let key = format!("{server}\n{}\n{expect:?}", remote.url);
+        self.learned(key, discover(http, &remote.url, &expect))
+            .await
+    }
+
+    /// What was learned under `key`, or `learn`ed now and kept (an error
+    /// is not: the next need learns anew).
+    async fn learned(
+        &self,
+        key: String,
+        learn: impl std::future::Future<Output = Result<Discovered, super::discover::DiscoverError>>,
+    ) -> Result<Discovered, String> {
         let cached = self
             .found
             .lock()
@@ -383,9 +350,7 @@ impl SignIns {
         if let Some(found) = cached {
             return Ok(found);
         }
-        let found = discover(http, &remote.url, &expect)
-            .await
-            .map_err(|err| err.to_string())?;
+        let found = learn.await.map_err(|err| err.to_string())?;
         self.found
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -504,6 +469,32 @@ impl SignIns {
             .map_err(|err| err.to_string())?;
         Ok(fresh)
     }
+}
+
+/// The client the proxy registered with `found`'s authorization server for
+/// its `callback`, kept in `vault` beside `server`: as kept, or registered
+/// now (and kept) where the issuer, the callback or the secret's life
+/// changed.
+async fn web_registration(
+    vault: &Vault,
+    http: &crate::egress::HttpClient,
+    (server, callback): (&str, &str),
+    found: &Discovered,
+) -> Result<Registration, String> {
+    let kept = vault
+        .get_client::<Registration>(server, callback)
+        .map_err(|err| err.to_string())?
+        .filter(|client| {
+            client.issuer == found.issuer && client.redirect_uri == callback && !client.expired()
+        });
+    if let Some(client) = kept {
+        return Ok(client);
+    }
+    let client = register(http, found, callback)
+        .await
+        .map_err(|err| err.to_string())?;
+    keep_registration(vault, server, callback, &client).map_err(|err| err.to_string())?;
+    Ok(client)
 }
 
 /// The client the operator registered at a provider (`web_client`), for

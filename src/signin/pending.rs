@@ -61,15 +61,19 @@ pub enum PendingError {
     #[error("the system's random source failed")]
     Random,
     #[error(
-        "you signed in to this proxy as `{}`, but this link is for `{}`: only they can go on with it",
+        "you signed in to this proxy as `{}`, but this link is for `{}`: only they can use it, and it no longer works",
         person.escape_debug(),
         user.escape_debug()
     )]
     NotTheUser { person: String, user: String },
     #[error(
-        "the proxy could not confirm who you are at your organisation's sign-in: open the link again to try once more"
+        "the proxy could not confirm who you are at your organisation's sign-in, and this link no longer works: ask your agent to call the server again for a new one"
     )]
     NotShown,
+    #[error(
+        "this sign-in was begun in another browser, and is now ended: ask your agent to call the server again for a new link, and open it in this browser"
+    )]
+    ProofElsewhere,
     #[error("{0}")]
     Flow(String),
 }
@@ -177,6 +181,12 @@ struct Waiting {
 }
 
 impl Waiting {
+    /// Ends the sign-in `key`: its link and its states no longer work.
+    fn end(&mut self, key: &[u8; 32]) {
+        self.by_id.remove(key);
+        self.by_state.retain(|_, of| of != key);
+    }
+
     /// Drops what `keep` refuses, both maps kept in step.
     fn retain(&mut self, keep: impl Fn(&Pending) -> bool) {
         self.by_id.retain(|_, pending| keep(pending));
@@ -257,6 +267,23 @@ impl Pendings {
         Ok(id)
     }
 
+    /// Forgets the sign-in whose link is `link` (the whole URL, or its
+    /// id), if it was not taken on: a link that was never given out.
+    pub fn forget(&self, link: &str) {
+        let id = link.rsplit_once("id=").map_or(link, |(_, id)| id);
+        let mut guard = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let waiting = &mut *guard;
+        let key = digest(id);
+        if waiting
+            .by_id
+            .get(&key)
+            .is_some_and(|pending| pending.browser.is_none())
+        {
+            waiting.by_id.remove(&key);
+            waiting.by_state.retain(|_, of| *of != key);
+        }
+    }
+
     /// What the page at link `id` shows, if it is live and not yet taken
     /// on.
     pub fn shown(&self, id: &str) -> Result<Shown, PendingError> {
@@ -316,12 +343,13 @@ impl Pendings {
 
     /// A proof's answer checked: the person signed in to the proxy as
     /// `person`. If that is the link's user, the link the browser goes on
-    /// to (the server's authorization server); else the link is let go
-    /// (its user can still take it on) and the person refused.
+    /// to (the server's authorization server); else the person is refused
+    /// and the link ended.
     /// `person` is `None` where the proof could not be finished or its
     /// token was not taken: refused the same way.
     pub fn proven(&self, ticket: Ticket, person: Option<&str>) -> Result<String, PendingError> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let waiting = &mut *guard;
         let pending = waiting
             .by_id
             .get_mut(&ticket.key)
@@ -332,23 +360,23 @@ impl Pendings {
         let Some(proving) = pending.proof.as_mut() else {
             return Err(PendingError::UnknownState);
         };
-        match person {
-            Some(person) if person == pending.user => {
-                proving.proven = true;
-                Ok(pending.link.clone())
-            }
-            _ => {
-                proving.started = None;
-                pending.browser = None;
-                Err(match person {
-                    Some(person) => PendingError::NotTheUser {
-                        person: person.to_owned(),
-                        user: pending.user.clone(),
-                    },
-                    None => PendingError::NotShown,
-                })
-            }
+        if let Some(person) = person
+            && person == pending.user
+        {
+            proving.proven = true;
+            return Ok(pending.link.clone());
         }
+        // Whoever holds a link may fail its proof as often as they like:
+        // it ends, and the user's next call gives them a new one.
+        let err = match person {
+            Some(person) => PendingError::NotTheUser {
+                person: person.to_owned(),
+                user: pending.user.clone(),
+            },
+            None => PendingError::NotShown,
+        };
+        waiting.end(&ticket.key);
+        Err(err)
     }
 
     /// What came back to the callback (`query`), in the browser whose
@@ -378,14 +406,10 @@ impl Pendings {
             .get_mut(&key)
             .filter(|pending| pending.until > now)
             .ok_or(PendingError::UnknownState)?;
-        let Some(browser) = pending
+        let browser = pending
             .browser
-            .filter(|_| pending.browser == cookie.map(digest))
-        else {
-            return Err(PendingError::OtherBrowser);
-        };
-        let proving = pending.proof.as_mut();
-        if let Some(proving) = proving {
+            .filter(|_| pending.browser == cookie.map(digest));
+        if let Some(proving) = pending.proof.as_mut() {
             let proof_state = proving
                 .started
                 .as_ref()
@@ -395,18 +419,19 @@ impl Pendings {
                 let (own, verifier) = proving.started.take().unwrap_or_default();
                 let proof = proving.proof.clone();
                 let user = pending.user.clone();
-                waiting.by_state.remove(&digest(&own));
-                let answered = flow::answered(&proof.found, &own, query);
-                let code = match answered {
-                    Ok(code) => code,
-                    Err(err) => {
-                        // The person may try again from the link.
-                        if let Some(pending) = waiting.by_id.get_mut(&key) {
-                            pending.browser = None;
-                        }
-                        return Err(PendingError::Flow(err.to_string()));
-                    }
+                // A proof answered in another browser ends the link: its
+                // code names whoever signed in there (perhaps the user,
+                // lured to the provider with another's link), and must
+                // not be usable by the browser that began it.
+                let Some(browser) = browser else {
+                    waiting.end(&key);
+                    return Err(PendingError::ProofElsewhere);
                 };
+                let code = flow::answered(&proof.found, &own, query).map_err(|err| {
+                    waiting.end(&key);
+                    PendingError::Flow(err.to_string())
+                })?;
+                waiting.by_state.remove(&digest(&own));
                 return Ok(Answer::Proof(Proved {
                     ticket: Ticket { key, browser },
                     user,
@@ -418,6 +443,9 @@ impl Pendings {
             if !proving.proven {
                 return Err(PendingError::UnknownState);
             }
+        }
+        if browser.is_none() {
+            return Err(PendingError::OtherBrowser);
         }
         let pending = waiting
             .by_id

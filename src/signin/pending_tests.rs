@@ -99,20 +99,23 @@ fn proof() -> Proof {
 /// A link whose user is an `[oauth]` provider's: the browser that takes it
 /// on goes first to the provider; only a proof naming the user sends it on
 /// to the server's authorization server. Another person is refused and
-/// the link left for its user; the server's state is not taken before the
-/// proof, and a proof's state is taken once.
+/// the link ended (the user's next call gives a new one); a proof's state
+/// is taken once; a proof that could not be checked ends the link too.
 #[test]
 fn the_person_at_a_link_shows_they_are_its_user_first() {
     let pendings = Pendings::new(Duration::from_secs(600));
-    let id = pendings
-        .begin(
-            &remote(),
-            ("github", "alice"),
-            found(),
-            client(),
-            Some(proof()),
-        )
-        .unwrap();
+    let begin = || {
+        pendings
+            .begin(
+                &remote(),
+                ("github", "alice"),
+                found(),
+                client(),
+                Some(proof()),
+            )
+            .unwrap()
+    };
+    let id = begin();
     assert_eq!(
         pendings.shown(&id).unwrap().proof_issuer.as_deref(),
         Some("https://idp.example")
@@ -126,10 +129,6 @@ fn the_person_at_a_link_shows_they_are_its_user_first() {
     );
     let proof_state = state_of(&to);
     let answer_of = |state: &str| answer(state, "c0de", "https://idp.example");
-    assert_eq!(
-        pendings.answer(&answer_of(&proof_state), None).err(),
-        Some(PendingError::OtherBrowser)
-    );
     let proved_once = proved(pendings.answer(&answer_of(&proof_state), Some(&mallorys)));
     assert_eq!(proved_once.user, "alice");
     assert_eq!(proved_once.proof.provider, "corp");
@@ -140,7 +139,7 @@ fn the_person_at_a_link_shows_they_are_its_user_first() {
             .err(),
         Some(PendingError::UnknownState)
     );
-    // Mallory's token names Mallory: refused, the link let go.
+    // Mallory's token names Mallory: refused, the link ended.
     assert_eq!(
         pendings.proven(proved_once.ticket, Some("mallory")).err(),
         Some(PendingError::NotTheUser {
@@ -148,18 +147,23 @@ fn the_person_at_a_link_shows_they_are_its_user_first() {
             user: "alice".into()
         })
     );
-    assert!(pendings.shown(&id).is_ok(), "the link is its user's again");
+    assert_eq!(pendings.shown(&id).unwrap_err(), PendingError::Unknown);
 
-    // Alice takes it on; a proof that could not be checked lets it go too.
+    // A proof that could not be checked ends its link too.
+    let id = begin();
     let (alices, to) = pendings.take(&id).unwrap();
     let unchecked = proved(pendings.answer(&answer_of(&state_of(&to)), Some(&alices)));
     assert_eq!(
         pendings.proven(unchecked.ticket, None).err(),
         Some(PendingError::NotShown)
     );
+    assert_eq!(pendings.take(&id).unwrap_err(), PendingError::Unknown);
+
+    // Alice's own: proven, on to the server's authorization server.
+    let id = begin();
     let (alices, to) = pendings.take(&id).unwrap();
     let alice = proved(pendings.answer(&answer_of(&state_of(&to)), Some(&alices)));
-    // Mallory's old browser cannot use Alice's proof.
+    // Another browser's cookie cannot use Alice's proof.
     let stale = Ticket {
         browser: digest(&mallorys),
         ..alice.ticket
@@ -175,6 +179,80 @@ fn the_person_at_a_link_shows_they_are_its_user_first() {
         Some(&alices),
     ));
     assert_eq!(answered.user, "alice");
+}
+
+/// A proof answered in another browser than the one that took the link on
+/// (the user lured to the provider with another's link, say) ends the
+/// link: the code it carried is useless to the browser that began it. So
+/// does a proof the provider refused.
+#[test]
+fn a_proof_answered_elsewhere_or_refused_ends_the_link() {
+    let pendings = Pendings::new(Duration::from_secs(600));
+    let begin = || {
+        pendings
+            .begin(
+                &remote(),
+                ("github", "alice"),
+                found(),
+                client(),
+                Some(proof()),
+            )
+            .unwrap()
+    };
+    let id = begin();
+    let (mallorys, to) = pendings.take(&id).unwrap();
+    let alices_answer = answer(&state_of(&to), "alices-code", "https://idp.example");
+    for elsewhere in [None, Some("alices-browser")] {
+        let id = begin();
+        let (_, to) = pendings.take(&id).unwrap();
+        let answered = answer(&state_of(&to), "c", "https://idp.example");
+        assert_eq!(
+            pendings.answer(&answered, elsewhere).err(),
+            Some(PendingError::ProofElsewhere)
+        );
+        assert_eq!(pendings.shown(&id).unwrap_err(), PendingError::Unknown);
+    }
+    assert_eq!(
+        pendings.answer(&alices_answer, None).err(),
+        Some(PendingError::ProofElsewhere)
+    );
+    // Mallory then brings the code she got hold of: nothing is waiting.
+    assert_eq!(
+        pendings.answer(&alices_answer, Some(&mallorys)).err(),
+        Some(PendingError::UnknownState)
+    );
+
+    let id = begin();
+    let (cookie, to) = pendings.take(&id).unwrap();
+    let denied = vec![
+        ("error".to_owned(), "access_denied".to_owned()),
+        ("state".to_owned(), state_of(&to)),
+        ("iss".to_owned(), "https://idp.example".to_owned()),
+    ];
+    assert!(matches!(
+        pendings.answer(&denied, Some(&cookie)),
+        Err(PendingError::Flow(_))
+    ));
+    assert_eq!(pendings.take(&id).unwrap_err(), PendingError::Unknown);
+}
+
+/// A link never given out (Cedar refused `sign_in`) is forgotten; one a
+/// browser took on is not.
+#[test]
+fn a_link_never_given_is_forgotten() {
+    let pendings = Pendings::new(Duration::from_secs(600));
+    let id = pendings
+        .begin(&remote(), ("github", "alice"), found(), client(), None)
+        .unwrap();
+    pendings.forget(&format!("https://proxy.example/oauth/start?id={id}"));
+    assert_eq!(pendings.shown(&id).unwrap_err(), PendingError::Unknown);
+    let id = pendings
+        .begin(&remote(), ("github", "bob"), found(), client(), None)
+        .unwrap();
+    let (cookie, link) = pendings.take(&id).unwrap();
+    pendings.forget(&id);
+    let good = answer(&state_of(&link), "c0de", "https://as.example");
+    assert_eq!(signed_in(pendings.answer(&good, Some(&cookie))).user, "bob");
 }
 
 /// Before the proof, the server's own answer is not taken, even with its

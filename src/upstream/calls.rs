@@ -158,28 +158,19 @@ impl Shared {
                     Status::Ready(_) => return Ok(()),
                     // The reason stays in the proxy's log: it can name host
                     // paths and the engine's own words.
-                    Status::Down(_) => {
-                        let told = self.told.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        return Err(match told {
-                            Some(super::Told {
-                                text,
-                                link: Some(link),
-                            }) => UpstreamError::SignInNeeded {
-                                server: server.clone(),
-                                told: text,
-                                link,
-                            },
-                            told => UpstreamError::Unavailable {
-                                server: server.clone(),
-                                reason: told.map_or_else(
-                                    || {
-                                        "it failed to start or exited (the proxy's log says why)"
-                                            .into()
-                                    },
-                                    |told| told.text,
-                                ),
-                            },
-                        });
+                    Status::Down(_) => return Err(self.down(&server)),
+                    // A client's own instance let go just after a start that
+                    // failed with words for the client (a sign-in needed):
+                    // those words, not the letting go (which only raced them).
+                    Status::Stopped
+                        if self.instance.is_some()
+                            && self
+                                .told
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .is_some() =>
+                    {
+                        return Err(self.down(&server));
                     }
                     Status::Stopped => {
                         return Err(UpstreamError::Unavailable {
@@ -209,6 +200,32 @@ impl Shared {
                     reason: format!("it did not start within {}", super::humanize(timeout)),
                 })
             })
+    }
+
+    /// Why a server that is down takes no call: what its last start told
+    /// the client (a link to sign in, where there is one), else that it
+    /// failed (the reason stays in the proxy's log: it can name host paths
+    /// and the engine's own words).
+    fn down(&self, server: &str) -> UpstreamError {
+        let server = server.to_owned();
+        let told = self.told.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match told {
+            Some(super::Told {
+                text,
+                link: Some(link),
+            }) => UpstreamError::SignInNeeded {
+                server,
+                told: text,
+                link,
+            },
+            told => UpstreamError::Unavailable {
+                server,
+                reason: told.map_or_else(
+                    || "it failed to start or exited (the proxy's log says why)".into(),
+                    |told| told.text,
+                ),
+            },
+        }
     }
 
     /// Asks for the server to run; whether it was not wanted until now.

@@ -98,7 +98,8 @@ pub(super) fn model_problem(schema: &Schema) -> Option<String> {
             | Action::Elicitation
             | Action::Roots
             | Action::FindServers
-            | Action::AddServer => &["Server"],
+            | Action::AddServer
+            | Action::SignIn => &["Server"],
         };
         if Action::OPTIONAL.contains(&action) && principals.is_empty() && resources.is_empty() {
             continue;

@@ -28,10 +28,13 @@ pub enum Action {
     FindServers,
     /// `portcullis__add` starts a catalog server for the session.
     AddServer,
+    /// The client's user is asked to sign in to a `sign_in` server (given
+    /// a link, or told to have a person sign them in).
+    SignIn,
 }
 
 impl Action {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::CallTool,
         Self::ListTools,
         Self::ReadResource,
@@ -45,11 +48,12 @@ impl Action {
         Self::Roots,
         Self::FindServers,
         Self::AddServer,
+        Self::SignIn,
     ];
 
-    /// The actions a schema may leave out (those of `[discovery]`): a
-    /// schema without them permits none of them.
-    pub const OPTIONAL: [Self; 2] = [Self::FindServers, Self::AddServer];
+    /// The actions a schema may leave out (those of `[discovery]`, and
+    /// `sign_in`): a schema without them permits none of them.
+    pub const OPTIONAL: [Self; 3] = [Self::FindServers, Self::AddServer, Self::SignIn];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -66,6 +70,7 @@ impl Action {
             Self::Roots => "roots",
             Self::FindServers => "find_servers",
             Self::AddServer => "add_server",
+            Self::SignIn => "sign_in",
         }
     }
 

@@ -371,7 +371,7 @@ fn discovery_actions_are_decided_only_where_the_schema_declares_them() {
         )],
     };
     let without = PolicyStore::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"));
-    for action in [Action::FindServers, Action::AddServer] {
+    for action in [Action::FindServers, Action::AddServer, Action::SignIn] {
         let decided = without.decide(&query("c", &groups, action, &target, None));
         assert!(!decided.allowed, "{action:?}: {decided:?}");
     }

@@ -120,7 +120,8 @@ fn request_parts(spec: (u8, u8, u8, u8, u8)) -> Parts {
         | Action::Elicitation
         | Action::Roots
         | Action::FindServers
-        | Action::AddServer => Target::Server { name: server },
+        | Action::AddServer
+        | Action::SignIn => Target::Server { name: server },
         _ => Target::Resource {
             uri: format!("u{}", pick % 3),
             server,

@@ -1,0 +1,112 @@
+//! Cedar on the proxy's own decisions in a call: a user asked to sign in
+//! to a server (`sign_in`), a catalog server added (`add_server`, from
+//! `discovery`); what each leaves in the exchange for its record.
+
+use std::sync::Arc;
+
+use crate::chain::{Annotation, Denial, Exchange, Refusal};
+use crate::interceptors::authz::{Action, Decision, Target};
+use crate::protocol;
+use crate::upstream::UpstreamError;
+
+use super::{Failure, Gateway, Session};
+
+/// Notes Cedar's `decision` on `action` for `server` in the exchange (its
+/// record carries it, in place of the chain's); a denial is the call's
+/// refusal, naming the decision.
+pub(super) fn note_decision(
+    exchange: &mut Exchange,
+    client: &str,
+    (action, server): (Action, &str),
+    decision: Decision,
+) -> Result<(), Failure> {
+    let decision_id = uuid::Uuid::new_v4().to_string();
+    exchange.annotations.retain(|a| {
+        &*a.interceptor != "authz"
+            || !matches!(
+                a.key.as_str(),
+                "decision" | "decision_id" | "policy_ids" | "policy_set"
+            )
+    });
+    for (key, value) in [
+        (
+            "decision",
+            if decision.allowed { "allow" } else { "deny" }.to_owned(),
+        ),
+        ("decision_id", decision_id.clone()),
+        ("policy_ids", decision.policies.join(",")),
+        ("policy_set", decision.policy_set.to_string()),
+    ] {
+        exchange.annotations.push(Annotation {
+            interceptor: Arc::from("authz"),
+            key: key.to_owned(),
+            value,
+        });
+    }
+    if decision.allowed {
+        return Ok(());
+    }
+    let action = action.name();
+    tracing::info!(%client, %server, %decision_id, %action, "denied by policy");
+    Err(Failure::Denied(Refusal {
+        interceptor: Arc::from("authz"),
+        denial: Denial::new(
+            protocol::code::DENIED,
+            format!(
+                "{action} on `{}` is not permitted (decision {decision_id})",
+                server.escape_debug()
+            ),
+        )
+        .with("decision_id", decision_id)
+        .with("policy_set", decision.policy_set.to_string()),
+    }))
+}
+
+impl Gateway {
+    /// A call that found no usable sign-in of its client's user, who would
+    /// be given a link (`failure`): Cedar decides whether that user may be
+    /// asked to sign in to the server (`sign_in` on `Server::"<name>"`).
+    /// Permitted, or no policies: `failure` as it is (the words and the
+    /// link). Denied: the call's refusal, and the link forgotten (it never
+    /// leaves the proxy).
+    pub(super) fn may_sign_in(
+        &self,
+        session: &Session,
+        exchange: &mut Exchange,
+        failure: Failure,
+    ) -> Failure {
+        let Failure::Upstream(UpstreamError::SignInNeeded { server, link, .. }) = &failure else {
+            return failure;
+        };
+        let Some(access) = self.access.as_ref() else {
+            return failure;
+        };
+        let protocol = session.protocol_version().unwrap_or_default();
+        let target = Target::Server {
+            name: server.clone(),
+        };
+        let Some(decision) = access.decide(
+            &session.client,
+            (session.transport, &protocol, &session.id),
+            Action::SignIn,
+            &target,
+        ) else {
+            return failure;
+        };
+        let noted = note_decision(
+            exchange,
+            &session.client.name,
+            (Action::SignIn, server),
+            decision,
+        );
+        match noted {
+            Ok(()) => failure,
+            Err(denied) => {
+                if let Some(sign_ins) = self.servers().sign_ins() {
+                    sign_ins.pendings().forget(link);
+                }
+                denied
+            }
+        }
+    }
+}
