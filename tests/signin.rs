@@ -1174,3 +1174,76 @@ async fn cedar_decides_who_may_be_asked_to_sign_in() {
         "{call}"
     );
 }
+
+/// A `sign_in` server the operator removes from the config (a reload):
+/// every user's sign-in to it is revoked at the authorization server that
+/// issued it (refresh token, then access token) and forgotten.
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_a_server_revokes_its_users_sign_ins() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let (proxy, path) = vault_config_at(
+        TestProxy::new().with_config("policy_poll = \"200ms\""),
+        &url,
+        ", sign_in = { list_as = \"tester\" }",
+        "",
+    );
+    let config = path.to_str().unwrap();
+    next_user(&issuer, "alice").await;
+    sign_in_as(config, "tester", false).await;
+    next_user(&issuer, "bob").await;
+    sign_in_as(config, "other", false).await;
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let tokens: Vec<_> = ["tester", "other"]
+        .into_iter()
+        .map(|user| vault.get("protected", user).unwrap().unwrap())
+        .collect();
+    for kept in &tokens {
+        assert_eq!(
+            introspect(&issuer, &kept.access_token).await["active"],
+            true
+        );
+    }
+    let served = proxy.serve_http().await;
+
+    // The operator removes the server; the proxy reads its config again.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let kept_text = &text[..text.find("[[servers]]").unwrap()];
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, kept_text).unwrap();
+    std::fs::rename(&temporary, &path).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ["tester", "other"]
+        .iter()
+        .any(|user| vault.get("protected", user).unwrap().is_some())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sign-ins were not forgotten: {}",
+            served.log.lines().join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for kept in &tokens {
+        assert_eq!(
+            introspect(&issuer, &kept.access_token).await["active"],
+            false,
+            "revoked at the authorization server"
+        );
+    }
+    let stats: Value = reqwest::get(format!("{issuer}/control/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["revoke"], 4,
+        "refresh and access token, each user: {stats}"
+    );
+    let log = served.log.lines().join("\n");
+    assert!(
+        log.contains("a removed server's sign-in was revoked and forgotten"),
+        "{log}"
+    );
+}

@@ -75,11 +75,18 @@ impl Reloads {
         let mut reloaded = Reloaded::default();
         let mut retire = Vec::new();
         let mut start: Vec<&ServerConfig> = Vec::new();
+        // Servers whose users signed in, removed: their sign-ins revoked.
+        let mut signed_in = Vec::new();
         for (index, upstream) in &current {
             let name = upstream.name().to_string();
             match next.servers.iter().find(|server| server.name == name) {
                 None => {
                     retire.push(*index);
+                    if let crate::config::UpstreamSpec::Remote(remote) = &upstream.config().kind
+                        && remote.sign_in.is_some()
+                    {
+                        signed_in.push((name.clone(), remote.clone()));
+                    }
                     reloaded.removed.push(name);
                 }
                 Some(server) if !crate::config::same_settings(server, upstream.config()) => {
@@ -122,6 +129,14 @@ impl Reloads {
             gateway.lists.filter_again(gateway);
         }
         gateway.start_servers(&started).await;
+        if let Some(sign_ins) = gateway.servers.sign_ins() {
+            for (server, remote) in signed_in {
+                let sign_ins = sign_ins.clone();
+                tokio::spawn(async move {
+                    sign_ins.revoke_removed(&server, &remote).await;
+                });
+            }
+        }
         Ok(reloaded)
     }
 

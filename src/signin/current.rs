@@ -358,7 +358,7 @@ impl SignIns {
         Ok(found)
     }
 
-    fn vault(&self) -> Result<&Vault, SignInError> {
+    pub(super) fn vault(&self) -> Result<&Vault, SignInError> {
         self.vault
             .get_or_init(|| Vault::of(&self.config).map_err(|err| err.to_string()))
             .as_ref()

@@ -23,6 +23,7 @@ mod discover;
 mod flow;
 pub mod page;
 pub mod pending;
+mod removed;
 pub mod token;
 pub mod vault;
 

@@ -1,0 +1,90 @@
+//! A `sign_in` server the operator removed from the config (a reload):
+//! every user's sign-in to it revoked at the authorization server that
+//! issued it (RFC 7009, refresh token then access token, as the client it
+//! was issued to) and forgotten. The server itself may be gone: its
+//! issuer is read from the tokens, its metadata from the issuer.
+
+use super::discover::{discovery_client_of, provider};
+use super::flow::revoke;
+use super::vault::Vault;
+use super::{SignIns, registration};
+use crate::config::RemoteSpec;
+
+impl SignIns {
+    /// Revokes and forgets every user's sign-in to `server` (`remote`, its
+    /// settings before it was removed). A sign-in that cannot be revoked
+    /// (its issuer unreachable, its client unknown) is kept, and the log
+    /// says so: `portcullis oauth status` still lists it. The users whose
+    /// sign-ins were revoked.
+    pub async fn revoke_removed(&self, server: &str, remote: &RemoteSpec) -> Vec<String> {
+        let vault = match self.vault() {
+            Ok(vault) => vault,
+            Err(err) => {
+                tracing::warn!(%server, reason = %err, "cannot revoke the sign-ins of a removed server");
+                return Vec::new();
+            }
+        };
+        let users: Vec<String> = match vault.list() {
+            Ok(listed) => listed
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|entry| entry.server == server)
+                .map(|entry| entry.user)
+                .collect(),
+            Err(err) => {
+                tracing::warn!(%server, reason = %err, "cannot list the sign-ins of a removed server");
+                return Vec::new();
+            }
+        };
+        let mut revoked = Vec::new();
+        for user in users {
+            match revoke_one(vault, server, remote, &user).await {
+                Ok(()) => {
+                    tracing::info!(%server, %user, "a removed server's sign-in was revoked and forgotten");
+                    revoked.push(user);
+                }
+                Err(reason) => {
+                    tracing::warn!(%server, %user, %reason, "a removed server's sign-in could not be revoked: it is kept in the vault");
+                }
+            }
+        }
+        revoked
+    }
+}
+
+/// `user`'s sign-in to `server` revoked where it was issued, then
+/// forgotten; the entry held throughout (no refresh writes it back).
+async fn revoke_one(
+    vault: &Vault,
+    server: &str,
+    remote: &RemoteSpec,
+    user: &str,
+) -> Result<(), String> {
+    let _held = vault
+        .hold(server, user)
+        .await
+        .map_err(|err| err.to_string())?;
+    let Some(tokens) = vault.get(server, user).map_err(|err| err.to_string())? else {
+        return Ok(());
+    };
+    // The issuer was named by the server, a peer: reached as such.
+    let http =
+        discovery_client_of(&remote.egress, &tokens.issuer, true).map_err(|err| err.to_string())?;
+    let found = provider(&http, &tokens.issuer, &tokens.resource, Vec::new())
+        .await
+        .map_err(|err| err.to_string())?;
+    let client = registration(vault, server, &tokens)
+        .map_err(|err| err.to_string())?
+        .filter(|client| client.issuer == found.issuer)
+        .ok_or("the client its tokens were issued to is no longer known")?;
+    if let Some(refresh) = &tokens.refresh_token {
+        revoke(&http, &found, &client, refresh, "refresh_token")
+            .await
+            .map_err(|err| err.to_string())?;
+    }
+    revoke(&http, &found, &client, &tokens.access_token, "access_token")
+        .await
+        .map_err(|err| err.to_string())?;
+    vault.remove(server, user).map_err(|err| err.to_string())?;
+    Ok(())
+}
