@@ -1247,3 +1247,50 @@ async fn removing_a_server_revokes_its_users_sign_ins() {
         "{log}"
     );
 }
+
+/// A user's token the server refuses (401: revoked at its authorization
+/// server, here) is refreshed at once, though it had an hour to live, and
+/// the user's next calls are served with the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_the_server_refuses_is_refreshed_at_once() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let (proxy, path) = vault_config_with(&url, ", sign_in = { list_as = \"tester\" }");
+    next_user(&issuer, "alice").await;
+    sign_in(path.to_str().unwrap(), false).await;
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let first = vault.get("protected", "tester").unwrap().unwrap();
+    let served = proxy.serve_http().await;
+    let session = common::HttpSession::connect(&served.url).await;
+    let whoami = serde_json::json!({ "name": "protected__whoami", "arguments": {} });
+    let answer = session.call(1, "tools/call", whoami.clone()).await;
+    assert_eq!(said(&answer), "subject=alice", "{answer}");
+
+    control(
+        &issuer,
+        "revoke",
+        serde_json::json!({ "token": first.access_token }),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut id = 2;
+    loop {
+        let answer = session.call(id, "tools/call", whoami.clone()).await;
+        if said(&answer) == "subject=alice" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never served again: {answer}"
+        );
+        id += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let now = vault.get("protected", "tester").unwrap().unwrap();
+    assert_ne!(now.access_token, first.access_token, "refreshed");
+    let log = served.log.lines().join("\n");
+    assert!(
+        log.contains("the server refused its access token: renewing it"),
+        "{log}"
+    );
+}

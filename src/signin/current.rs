@@ -374,9 +374,36 @@ impl SignIns {
         remote: &RemoteSpec,
         user: &str,
     ) -> Result<Current, SignInError> {
+        self.current_unless(server, remote, user, None).await
+    }
+
+    /// [`SignIns::current`] once the server answered 401 to `refused` (an
+    /// access token): if that is still the one kept, it is refreshed at
+    /// once, whenever it expires, and never sent again (one that cannot be
+    /// refreshed: the user must sign in again). One refreshed meanwhile is
+    /// sent as kept.
+    pub async fn current_after_refusal(
+        &self,
+        server: &str,
+        remote: &RemoteSpec,
+        user: &str,
+        refused: &str,
+    ) -> Result<Current, SignInError> {
+        self.current_unless(server, remote, user, Some(refused))
+            .await
+    }
+
+    async fn current_unless(
+        &self,
+        server: &str,
+        remote: &RemoteSpec,
+        user: &str,
+        refused: Option<&str>,
+    ) -> Result<Current, SignInError> {
         let vault = self.vault()?;
+        let dead = |kept: &Tokens| refused.is_some_and(|refused| kept.access_token == refused);
         let kept = self.kept(vault, server, remote, user)?;
-        if !expiring(&kept) {
+        if !expiring(&kept) && !dead(&kept) {
             return Ok(kept.into());
         }
         let turn = self
@@ -393,8 +420,8 @@ impl SignIns {
         let _held = vault.hold(server, user).await?;
         // Refreshed, replaced or revoked meanwhile, perhaps.
         let kept = self.kept(vault, server, remote, user)?;
-        let alive = kept.expires_at.is_none_or(|at| at > unix_now());
-        if !expiring(&kept) || (kept.refresh_token.is_none() && alive) {
+        let alive = kept.expires_at.is_none_or(|at| at > unix_now()) && !dead(&kept);
+        if !dead(&kept) && (!expiring(&kept) || (kept.refresh_token.is_none() && alive)) {
             // Fresh, or not refreshable but still alive: sent while it lives.
             return Ok(kept.into());
         }

@@ -368,3 +368,42 @@ async fn a_link_for_an_oauth_user_asks_for_a_proof_at_their_provider() {
         assert_eq!(asked["code_challenge_method"], "S256");
     }
 }
+
+/// A token the server refused (401) is refreshed at once, however long it
+/// has to live, and never sent again; a refusal of a token refreshed since
+/// asks nothing; one that cannot be refreshed means signing in again.
+#[tokio::test]
+async fn a_token_the_server_refused_is_refreshed_at_once() {
+    let t = setup().await;
+    let (config, base, refreshes, remote, vault) =
+        (&t.config, &t.base, &t.refreshes, &t.remote, &t.vault);
+    let mut lasting = expiring(base);
+    lasting.expires_at = Some(unix_now() + 3600);
+    vault.put("github", "alice", &lasting).unwrap();
+    let sign_ins = SignIns::new(config.clone());
+    let sent = sign_ins.current("github", remote, "alice").await.unwrap();
+    assert_eq!(sent.access_token, "at-0", "fresh: sent as kept");
+
+    let after = sign_ins
+        .current_after_refusal("github", remote, "alice", "at-0")
+        .await
+        .unwrap();
+    assert_eq!(after.access_token, "at-1");
+    assert_eq!(refreshes.load(Ordering::SeqCst), 1);
+    // Another connection that saw the same refusal: refreshed already.
+    let again = sign_ins
+        .current_after_refusal("github", remote, "alice", "at-0")
+        .await
+        .unwrap();
+    assert_eq!(again.access_token, "at-1");
+    assert_eq!(refreshes.load(Ordering::SeqCst), 1);
+
+    lasting.refresh_token = None;
+    lasting.access_token = "at-lone".into();
+    vault.put("github", "alice", &lasting).unwrap();
+    let err = sign_ins
+        .current_after_refusal("github", remote, "alice", "at-lone")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SignInError::Expired { .. }), "{err}");
+}

@@ -218,7 +218,7 @@ pub(super) async fn start(
     };
     let client =
         HttpClient::new(egress, Trust::Written, &[], timeouts).map_err(|err| err.to_string())?;
-    let (header, lives) = fetch(&client, &source, &server, true).await?;
+    let (header, lives) = fetch(&client, &source, &server, (true, None)).await?;
     let token = Arc::new(ServerToken {
         current: RwLock::new(header),
         refused: tokio::sync::Notify::new(),
@@ -237,10 +237,18 @@ pub(super) async fn start(
         let mut retry = RETRY;
         let mut last = Instant::now();
         loop {
+            // The token the server refused, if that is why it is renewed.
+            let mut refused = None;
             tokio::select! {
                 () = closed.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
                 () = kept.refused.notified() => {
+                    refused = kept
+                        .header()
+                        .to_str()
+                        .ok()
+                        .and_then(|value| value.strip_prefix("Bearer "))
+                        .map(str::to_owned);
                     tracing::info!(%server, "the server refused its access token: renewing it");
                     let early = MIN_RENEW.saturating_sub(last.elapsed());
                     tokio::select! {
@@ -250,7 +258,7 @@ pub(super) async fn start(
                 }
             }
             last = Instant::now();
-            match fetch(&client, &source, &server, false).await {
+            match fetch(&client, &source, &server, (false, refused.as_deref())).await {
                 Ok((header, lives)) => {
                     *kept.current.write().unwrap_or_else(|p| p.into_inner()) = header;
                     expires = Instant::now() + lives;
@@ -279,12 +287,13 @@ fn renew_after(lives: Duration) -> Duration {
 
 /// The token to send now: the `Authorization` value and how long the
 /// token lives. `asked`: a client's call waits for it (its user may be
-/// given a link to sign in).
+/// given a link to sign in); `refused`: the token the server just refused
+/// (a user's is then refreshed at once, never sent again).
 async fn fetch(
     client: &HttpClient,
     source: &Source,
     server: &str,
-    asked: bool,
+    (asked, refused): (bool, Option<&str>),
 ) -> Result<(HeaderValue, Duration), NoToken> {
     match source {
         Source::Oauth {
@@ -298,7 +307,15 @@ async fn fetch(
             remote,
             link,
         } => {
-            let current = match sign_ins.current(server, remote, user).await {
+            let current = match refused {
+                Some(refused) => {
+                    sign_ins
+                        .current_after_refusal(server, remote, user, refused)
+                        .await
+                }
+                None => sign_ins.current(server, remote, user).await,
+            };
+            let current = match current {
                 Ok(current) => current,
                 Err(err) => {
                     // The reason to the log; the client, its fixed words
