@@ -1120,7 +1120,7 @@ async fn cedar_decides_who_may_be_asked_to_sign_in() {
         .with_listen(&format!("127.0.0.1:{port}"))
         .with_config("policies = \"policies\"\n");
     proxy.policy_folder(
-        "permit(principal, action, resource);\nforbid(principal == Client::\"other\", action == Action::\"sign_in\", resource == Server::\"protected\");\n",
+        "permit(principal, action, resource);\nforbid(principal == Client::\"other\", action == Action::\"sign_in\", resource == Server::\"protected\");\nforbid(principal == Client::\"tester\", action == Action::\"sign_in\", resource);\n",
     );
     let (proxy, path) = vault_config_at(
         proxy,
@@ -1144,6 +1144,12 @@ async fn cedar_decides_who_may_be_asked_to_sign_in() {
         "{answer}"
     );
     assert!(!answer.to_string().contains("/oauth/start"), "{answer}");
+
+    // A user signed in already is served: `sign_in` decides links, not
+    // calls.
+    let signed_in = common::HttpSession::connect(&served.url).await;
+    let answer = signed_in.call(1, "tools/call", whoami.clone()).await;
+    assert_eq!(said(&answer), "subject=alice", "{answer}");
 
     let permitted = common::HttpSession::connect_as(&served.url, third).await;
     let answer = permitted.call(1, "tools/call", whoami).await;
@@ -1250,7 +1256,8 @@ async fn removing_a_server_revokes_its_users_sign_ins() {
 
 /// A user's token the server refuses (401: revoked at its authorization
 /// server, here) is refreshed at once, though it had an hour to live, and
-/// the user's next calls are served with the new one.
+/// the user's next calls are served with the new one. A server that sends
+/// the token back has it redacted before the client sees it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_the_server_refuses_is_refreshed_at_once() {
     let (_issuer_process, _server_process, issuer, url) = servers().await;
@@ -1265,6 +1272,17 @@ async fn a_token_the_server_refuses_is_refreshed_at_once() {
     let whoami = serde_json::json!({ "name": "protected__whoami", "arguments": {} });
     let answer = session.call(1, "tools/call", whoami.clone()).await;
     assert_eq!(said(&answer), "subject=alice", "{answer}");
+    // A server that sends the user's token back: the client gets it
+    // redacted (redaction knows the vault's tokens).
+    let echoed = session
+        .call(
+            100,
+            "tools/call",
+            serde_json::json!({ "name": "protected__echo_token", "arguments": {} }),
+        )
+        .await;
+    assert_eq!(said(&echoed), "token=[REDACTED:user-token]", "{echoed}");
+    assert!(!echoed.to_string().contains(&first.access_token));
 
     control(
         &issuer,

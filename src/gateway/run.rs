@@ -280,9 +280,8 @@ impl Gateway {
                         answered
                     }
                     Relayed::Refused(refusal) => {
-                        let failure = self.may_sign_in(session, &mut run.exchange, refusal.into());
                         let method = &run.exchange.context.method;
-                        let (reply, outcome) = self.refused(session, id, method, failure);
+                        let (reply, outcome) = self.refused(session, id, method, refusal.into());
                         return Err((Some(reply), outcome));
                     }
                     Relayed::Cancelled(waited) => {

@@ -67,8 +67,9 @@ impl Gateway {
     /// be given a link (`failure`): Cedar decides whether that user may be
     /// asked to sign in to the server (`sign_in` on `Server::"<name>"`).
     /// Permitted, or no policies: `failure` as it is (the words and the
-    /// link). Denied: the call's refusal, and the link forgotten (it never
-    /// leaves the proxy).
+    /// link; the record keeps the call's own decision). Denied: the call's
+    /// refusal, its record naming the `sign_in` decision, and the link
+    /// made for it forgotten (it never leaves the proxy).
     pub(super) fn may_sign_in(
         &self,
         session: &Session,
@@ -93,6 +94,10 @@ impl Gateway {
         ) else {
             return failure;
         };
+        // Permitted: the record keeps the call's own decision.
+        if decision.allowed {
+            return failure;
+        }
         let noted = note_decision(
             exchange,
             &session.client.name,

@@ -307,6 +307,7 @@ impl SignIns {
         )
         .await
         .map_err(|err| err.to_string())?;
+        remember(&tokens);
         vault
             .put_held(&answered.server, &answered.user, &tokens)
             .await
@@ -460,6 +461,7 @@ impl SignIns {
                 server: server.to_owned(),
                 user: user.to_owned(),
             })?;
+        remember(&kept);
         // The operator may have pointed the server elsewhere since.
         if !covers(&kept.resource, &remote.url) {
             return Err(SignInError::OtherResource {
@@ -491,10 +493,20 @@ impl SignIns {
         let fresh = refresh(&http, &found, &client, kept)
             .await
             .map_err(|err| err.to_string())?;
+        remember(&fresh);
         vault
             .put(server, user, &fresh)
             .map_err(|err| err.to_string())?;
         Ok(fresh)
+    }
+}
+
+/// Makes `tokens` known to redaction (see [`super::known`]).
+fn remember(tokens: &Tokens) {
+    let known = super::known::known();
+    known.remember(&tokens.access_token);
+    if let Some(refresh) = &tokens.refresh_token {
+        known.remember(refresh);
     }
 }
 

@@ -21,6 +21,7 @@ mod challenge;
 mod current;
 mod discover;
 mod flow;
+pub mod known;
 pub mod page;
 pub mod pending;
 mod removed;

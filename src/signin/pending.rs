@@ -20,8 +20,9 @@
 //! [`Proof`]: PKCE, its own single-use `state`, the proxy's resource); the
 //! token that comes back is checked as the proxy checks a client's, and
 //! only if it names the link's user is the browser sent on to the
-//! server's authorization server. Anyone else is refused, and the link is
-//! left for its user.
+//! server's authorization server. Anyone else is refused, and the link
+//! ends (the user's next call gives a new one); so does a proof answered
+//! in another browser than the one that took the link on.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -381,8 +382,9 @@ impl Pendings {
 
     /// What came back to the callback (`query`), in the browser whose
     /// cookie is `cookie`: the sign-in it answers, taken out (once), with
-    /// its code. An answer whose `state` is none of this proxy's, or from
-    /// another browser, leaves every sign-in as it was.
+    /// its code. An answer whose `state` is none of this proxy's leaves
+    /// every sign-in as it was; so does the server's answer from another
+    /// browser, while a proof's from another browser ends its link.
     pub fn answer(
         &self,
         query: &[(String, String)],

@@ -81,6 +81,8 @@ impl Supervisor {
                 }
                 continue;
             }
+            // What an earlier start told is not this one's to tell.
+            *self.shared.told.lock().unwrap_or_else(|p| p.into_inner()) = None;
             self.shared.status.send_replace(Status::Starting);
             let started = Instant::now();
             let attempt = tokio::select! {

@@ -28,8 +28,7 @@ pub enum Action {
     FindServers,
     /// `portcullis__add` starts a catalog server for the session.
     AddServer,
-    /// The client's user is asked to sign in to a `sign_in` server (given
-    /// a link, or told to have a person sign them in).
+    /// The client's user is given a link to sign in to a `sign_in` server.
     SignIn,
 }
 

@@ -241,6 +241,12 @@ impl PolicyStore {
 
     /// Decides over the slice of policies that can apply, with the
     /// request's entities cached beside it.
+    /// Whether the schema declares `action` (one of [`Action::OPTIONAL`]
+    /// may be left out; then nothing permits it).
+    pub fn declares(&self, action: Action) -> bool {
+        !Action::OPTIONAL.contains(&action) || self.shapes.contains_key(&action)
+    }
+
     pub fn decide(&self, query: &Query<'_>) -> Decision {
         // An action the schema may leave out and did: nothing permits it
         // (a policy with no action constraint would, unvalidated).

@@ -33,18 +33,7 @@ pub enum ScannerError {
     Keywords(#[from] aho_corasick::BuildError),
 }
 
-/// One secret found in a string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Finding {
-    /// Index of the rule in the scanner.
-    pub rule: u32,
-    /// The secret's byte span (what redaction replaces).
-    pub start: usize,
-    pub end: usize,
-    /// The whole match's byte span (what overlap resolution compares).
-    pub match_start: usize,
-    pub match_end: usize,
-}
+pub use super::finding::Finding;
 
 /// Values that are never reported, whatever the rule (from the config).
 #[derive(Debug, Clone, Default)]
@@ -149,6 +138,9 @@ impl Scanner {
 
     /// The id of the rule a finding names, as placeholders show it.
     pub fn rule_id(&self, index: u32) -> &str {
+        if index == super::vault_tokens::USER_TOKEN {
+            return super::vault_tokens::USER_TOKEN_ID;
+        }
         self.rule(index).map_or("secret", |rule| &rule.id)
     }
 
@@ -168,6 +160,7 @@ impl Scanner {
             // Re-entered on this thread (cannot happen today): fresh buffers.
             Err(_) => self.scan_with(text, &mut Scratch::default(), out),
         });
+        super::vault_tokens::known_tokens(text, out);
     }
 
     fn scan_with(&self, text: &[u8], scratch: &mut Scratch, out: &mut Vec<Finding>) {

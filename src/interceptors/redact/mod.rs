@@ -20,9 +20,11 @@
 
 mod encoded;
 mod engine;
+mod finding;
 mod keywords;
 mod rule_regex;
 pub mod rules;
+mod vault_tokens;
 mod walk;
 
 use std::sync::Arc;
@@ -159,7 +161,10 @@ impl Redact {
     /// `toward_server`: the message goes to a server (the phase says so).
     fn inspect(&self, exchange: &mut Exchange, toward_server: bool) -> Verdict {
         let side = usize::from(!toward_server);
-        if (self.actions.iter()).all(|a| a.get(side) == Some(&RedactAction::Off)) {
+        // Users' tokens from the vault are redacted whatever the actions.
+        if (self.actions.iter()).all(|a| a.get(side) == Some(&RedactAction::Off))
+            && crate::signin::known::known().is_empty()
+        {
             return Verdict::Continue;
         }
         let method = exchange.context.method.clone();

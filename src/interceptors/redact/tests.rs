@@ -648,3 +648,42 @@ fn secrets_on_consecutive_lines_are_each_found_in_one_pass() {
     scanner.scan(redacted.as_bytes(), &mut again);
     assert!(again.is_empty(), "{redacted}");
 }
+
+/// A user's token the proxy read from its vault is redacted wherever a
+/// message carries it (the text, a key, a base64 run), whatever the rules'
+/// actions (here: every rule off toward the client), and counted as
+/// `user-token`; what is stored is scrubbed of it too.
+#[test]
+fn a_users_token_from_the_vault_is_redacted_wherever_it_stands() {
+    let token = "vault-held-user-token-Zq8Lm3Wx7pR2Hj3Nw8QpZ2rT";
+    crate::signin::known::known().remember(token);
+    let config = RedactConfig {
+        responses: RedactAction::Off,
+        ..RedactConfig::default()
+    };
+    let interceptor = redact(&config);
+    let mut response = result(json!({
+        "content": [{"type": "text", "text": format!("your token: {token}.")}],
+        "structuredContent": { token: "as a key", "b": b64(format!("Authorization: Bearer {token}").as_bytes()) }
+    }));
+    assert_eq!(interceptor.see(&mut response), Verdict::Continue);
+    let text = response.message.to_string();
+    assert!(!text.contains(token), "{text}");
+    assert_eq!(
+        response.message["result"]["content"][0]["text"],
+        "your token: [REDACTED:user-token]."
+    );
+    assert!(
+        counted(&response)
+            .iter()
+            .any(|(rule, direction, count)| rule == "user-token"
+                && direction == "response"
+                && *count >= 2),
+        "{:?}",
+        counted(&response)
+    );
+    assert_eq!(
+        interceptor.scrubbed(&format!("refused: {token}")),
+        "refused: [REDACTED:user-token]"
+    );
+}

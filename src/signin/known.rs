@@ -1,0 +1,163 @@
+//! The users' tokens the proxy has read from its vault, known to
+//! redaction by their digests: a server that sends one back (to the
+//! client, in a log line, in an error) has it replaced by
+//! `[REDACTED:user-token]`, wherever it stands in a message, whatever the
+//! rules' actions. Process-wide: one proxy, one vault.
+//!
+//! Only digests are kept (SHA-256), at most [`MAX_KNOWN`], the oldest
+//! forgotten first. A token is found as a whole run of token characters
+//! (letters, digits, `-._~+/`, and trailing `=`) that is exactly it: a
+//! token glued to other such characters is not found.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, RwLock};
+
+use sha2::{Digest, Sha256};
+
+/// Shorter values are not remembered (they could be anything).
+pub const MIN_KNOWN: usize = 20;
+/// The most digests kept.
+pub const MAX_KNOWN: usize = 100_000;
+
+/// The tokens known, by digest.
+#[derive(Default)]
+pub struct Known {
+    any: AtomicBool,
+    held: RwLock<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    digests: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+}
+
+static KNOWN: LazyLock<Known> = LazyLock::new(Known::default);
+
+/// The proxy's known tokens.
+pub fn known() -> &'static Known {
+    &KNOWN
+}
+
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+}
+
+impl Known {
+    /// Remembers `value` (a token read from the vault).
+    pub fn remember(&self, value: &str) {
+        if value.len() < MIN_KNOWN {
+            return;
+        }
+        let digest: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        if !held.digests.insert(digest) {
+            return;
+        }
+        held.order.push_back(digest);
+        while held.order.len() > MAX_KNOWN {
+            if let Some(oldest) = held.order.pop_front() {
+                held.digests.remove(&oldest);
+            }
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Whether no token is known (redaction then looks for none).
+    pub fn is_empty(&self) -> bool {
+        !self.any.load(Ordering::Acquire)
+    }
+
+    /// The byte spans of `text` that are known tokens, in order.
+    pub fn find(&self, text: &[u8]) -> Vec<(usize, usize)> {
+        let mut spans = Vec::new();
+        if self.is_empty() || text.len() < MIN_KNOWN {
+            return spans;
+        }
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+        let mut at = 0;
+        while at < text.len() {
+            if !text.get(at).copied().is_some_and(is_token_byte) {
+                at += 1;
+                continue;
+            }
+            let start = at;
+            while text.get(at).copied().is_some_and(is_token_byte) {
+                at += 1;
+            }
+            let mut end = at;
+            // Base64 padding belongs to the token, if it is there.
+            while text.get(end) == Some(&b'=') && end - at < 2 {
+                end += 1;
+            }
+            // The run with its padding, else without, else without the
+            // punctuation that may end a sentence or a path after it.
+            let mut trimmed = at;
+            while trimmed > start
+                && matches!(text.get(trimmed - 1), Some(b'.' | b'/' | b'~' | b'-'))
+            {
+                trimmed -= 1;
+            }
+            let found = [end, at, trimmed].into_iter().find(|&stop| {
+                stop - start >= MIN_KNOWN
+                    && text.get(start..stop).is_some_and(|run| {
+                        held.digests
+                            .contains(&<[u8; 32]>::from(Sha256::digest(run)))
+                    })
+            });
+            if let Some(stop) = found {
+                spans.push((start, stop));
+            }
+            at = end.max(at);
+        }
+        spans
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    #[test]
+    fn a_known_token_is_found_where_it_stands_whole() {
+        let known = Known::default();
+        assert!(known.is_empty());
+        let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
+        known.remember(token);
+        known.remember("short");
+        assert!(!known.is_empty());
+        let text = format!("Bearer {token}, again:\"{token}\" and {token}x, at last {token}.");
+        let spans = known.find(text.as_bytes());
+        assert_eq!(spans.len(), 3, "{spans:?}");
+        for (start, end) in &spans {
+            assert_eq!(&text[*start..*end], token);
+        }
+        let padded = "b3BhcXVlLXJlZnJlc2gtdG9rZW4tdmFsdWU==";
+        known.remember(padded);
+        let text = format!("refresh={padded};");
+        let spans = known.find(text.as_bytes());
+        assert_eq!(spans.len(), 1);
+        assert_eq!(&text[spans[0].0..spans[0].1], padded);
+        assert!(
+            known
+                .find(b"nothing known here at all, not a token")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_oldest_are_forgotten_past_the_cap() {
+        let known = Known::default();
+        let first = format!("{:0>40}", 0);
+        known.remember(&first);
+        for n in 1..=MAX_KNOWN {
+            known.remember(&format!("{n:0>40}"));
+        }
+        assert!(known.find(first.as_bytes()).is_empty());
+        let last = format!("{MAX_KNOWN:0>40}");
+        assert_eq!(known.find(last.as_bytes()), vec![(0, 40)]);
+    }
+}
