@@ -248,7 +248,7 @@ impl SignIns {
                         scopes.push(scope.clone());
                     }
                 }
-                provider(&http, &named.issuer, &oauth.resource, scopes).await
+                provider(&http, &named.issuer, (&oauth.resource, scopes), &[]).await
             })
             .await?;
         let client = match &named.web_client {
@@ -426,13 +426,30 @@ impl SignIns {
             // Fresh, or not refreshable but still alive: sent while it lives.
             return Ok(kept.into());
         }
+        // A token the server refused is dead whatever it says of itself:
+        // kept so (its refresh token with it), it is never sent again, and
+        // the user is told to sign in again until a refresh works.
+        let bury = |kept: &Tokens| {
+            if dead(kept) {
+                let mut buried = kept.clone();
+                buried.expires_at = Some(0);
+                if let Err(err) = vault.put(server, user, &buried) {
+                    tracing::warn!(server, user, reason = %err, "a refused token could not be marked dead");
+                }
+            }
+        };
         if kept.refresh_token.is_none() {
+            bury(&kept);
             return Err(SignInError::Expired {
                 server: server.to_owned(),
                 user: user.to_owned(),
             });
         }
-        match self.refreshed(vault, server, remote, user, &kept).await {
+        let refreshed = self.refreshed(vault, server, remote, user, &kept).await;
+        if refreshed.is_err() {
+            bury(&kept);
+        }
+        match refreshed {
             Ok(fresh) => Ok(fresh.into()),
             Err(reason) if alive => {
                 // Sent while it lives; the next call tries again.

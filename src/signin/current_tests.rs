@@ -406,4 +406,10 @@ async fn a_token_the_server_refused_is_refreshed_at_once() {
         .await
         .unwrap_err();
     assert!(matches!(err, SignInError::Expired { .. }), "{err}");
+    // Never sent again: the next connection is told to sign in again too.
+    let err = sign_ins
+        .current("github", remote, "alice")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SignInError::Expired { .. }), "{err}");
 }

@@ -257,15 +257,16 @@ struct Asked<'a> {
     scopes: Vec<String>,
 }
 
-/// A sign-in to the proxy itself at the organisation's provider `issuer`
-/// (an `[[oauth.providers]]` entry, the operator's): a token for the
-/// proxy's `resource` (`[oauth] resource`) with `scopes`, its endpoints
-/// on the issuer's own origin.
+/// The authorization server `issuer` as itself, for a token of `resource`
+/// with `scopes`, its endpoints on its own origin or `origins`: the
+/// organisation's provider where a person signs in to the proxy (an
+/// `[[oauth.providers]]` entry, the operator's), or the issuer a kept
+/// sign-in names (to revoke it once its server is gone).
 pub async fn provider(
     http: &HttpClient,
     issuer: &str,
-    resource: &str,
-    scopes: Vec<String>,
+    (resource, scopes): (&str, Vec<String>),
+    origins: &[String],
 ) -> Result<Discovered, DiscoverError> {
     let asked = Asked {
         url: resource,
@@ -273,7 +274,7 @@ pub async fn provider(
         resource_metadata: String::new(),
         scopes,
     };
-    authorization_server(http, asked, issuer, &[]).await
+    authorization_server(http, asked, issuer, origins).await
 }
 
 /// The authorization server `issuer`'s metadata, its endpoints checked

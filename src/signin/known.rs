@@ -10,7 +10,7 @@
 //! token glued to other such characters is not found.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{LazyLock, RwLock};
 
 use sha2::{Digest, Sha256};
@@ -24,6 +24,8 @@ pub const MAX_KNOWN: usize = 100_000;
 #[derive(Default)]
 pub struct Known {
     any: AtomicBool,
+    /// The longest token remembered: a longer run is none of them.
+    longest: AtomicUsize,
     held: RwLock<Held>,
 }
 
@@ -51,6 +53,17 @@ impl Known {
             return;
         }
         let digest: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+        // Read every 30 s by each connection: most are known already.
+        if self
+            .held
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .digests
+            .contains(&digest)
+        {
+            return;
+        }
+        self.longest.fetch_max(value.len(), Ordering::AcqRel);
         let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
         if !held.digests.insert(digest) {
             return;
@@ -99,13 +112,26 @@ impl Known {
             {
                 trimmed -= 1;
             }
-            let found = [end, at, trimmed].into_iter().find(|&stop| {
-                stop - start >= MIN_KNOWN
-                    && text.get(start..stop).is_some_and(|run| {
-                        held.digests
-                            .contains(&<[u8; 32]>::from(Sha256::digest(run)))
-                    })
-            });
+            let longest = self.longest.load(Ordering::Acquire);
+            let mut tried = [0usize; 3];
+            let found = [end, at, trimmed]
+                .into_iter()
+                .enumerate()
+                .find(|&(n, stop)| {
+                    // Each length once; none shorter or longer than a token.
+                    let fresh = !tried.iter().take(n).any(|&seen| seen == stop);
+                    if let Some(slot) = tried.get_mut(n) {
+                        *slot = stop;
+                    }
+                    let length = stop - start;
+                    fresh
+                        && (MIN_KNOWN..=longest).contains(&length)
+                        && text.get(start..stop).is_some_and(|run| {
+                            held.digests
+                                .contains(&<[u8; 32]>::from(Sha256::digest(run)))
+                        })
+                });
+            let found = found.map(|(_, stop)| stop);
             if let Some(stop) = found {
                 spans.push((start, stop));
             }

@@ -4,7 +4,7 @@
 //! was issued to) and forgotten. The server itself may be gone: its
 //! issuer is read from the tokens, its metadata from the issuer.
 
-use super::discover::{discovery_client_of, provider};
+use super::discover::{Expect, discovery_client, provider};
 use super::flow::revoke;
 use super::vault::Vault;
 use super::{SignIns, registration};
@@ -14,9 +14,15 @@ impl SignIns {
     /// Revokes and forgets every user's sign-in to `server` (`remote`, its
     /// settings before it was removed). A sign-in that cannot be revoked
     /// (its issuer unreachable, its client unknown) is kept, and the log
-    /// says so: `portcullis oauth status` still lists it. The users whose
-    /// sign-ins were revoked.
-    pub async fn revoke_removed(&self, server: &str, remote: &RemoteSpec) -> Vec<String> {
+    /// says so: `portcullis oauth status` still lists it. Each is revoked
+    /// only while `gone` says the server is still out of the config (a
+    /// reload may have put it back). The users whose sign-ins were revoked.
+    pub async fn revoke_removed(
+        &self,
+        server: &str,
+        remote: &RemoteSpec,
+        gone: impl Fn() -> bool,
+    ) -> Vec<String> {
         let vault = match self.vault() {
             Ok(vault) => vault,
             Err(err) => {
@@ -38,7 +44,7 @@ impl SignIns {
         };
         let mut revoked = Vec::new();
         for user in users {
-            match revoke_one(vault, server, remote, &user).await {
+            match revoke_one(vault, (server, remote), &user, &gone).await {
                 Ok(()) => {
                     tracing::info!(%server, %user, "a removed server's sign-in was revoked and forgotten");
                     revoked.push(user);
@@ -56,23 +62,40 @@ impl SignIns {
 /// forgotten; the entry held throughout (no refresh writes it back).
 async fn revoke_one(
     vault: &Vault,
-    server: &str,
-    remote: &RemoteSpec,
+    (server, remote): (&str, &RemoteSpec),
     user: &str,
+    gone: &impl Fn() -> bool,
 ) -> Result<(), String> {
     let _held = vault
         .hold(server, user)
         .await
         .map_err(|err| err.to_string())?;
+    if !gone() {
+        return Err("the server is in the config again".into());
+    }
     let Some(tokens) = vault.get(server, user).map_err(|err| err.to_string())? else {
         return Ok(());
     };
-    // The issuer was named by the server, a peer: reached as such.
-    let http =
-        discovery_client_of(&remote.egress, &tokens.issuer, true).map_err(|err| err.to_string())?;
-    let found = provider(&http, &tokens.issuer, &tokens.resource, Vec::new())
-        .await
-        .map_err(|err| err.to_string())?;
+    // Reached as a refresh reaches it: the server's own client (the
+    // issuer a peer-named address), the endpoint origins it allows.
+    let http = discovery_client(remote).map_err(|err| err.to_string())?;
+    let origins = Expect::of(remote.sign_in.as_deref()).endpoint_origins;
+    let found = provider(
+        &http,
+        &tokens.issuer,
+        (&tokens.resource, Vec::new()),
+        &origins,
+    )
+    .await
+    .map_err(|err| err.to_string())?;
+    if found.revocation_endpoint.is_none() {
+        // Nothing to revoke at: forgotten, its tokens left to expire.
+        tracing::warn!(%server, %user, issuer = %found.issuer, "the issuer offers no revocation: the sign-in is forgotten, its tokens left to expire");
+        return vault
+            .remove(server, user)
+            .map(|_| ())
+            .map_err(|err| err.to_string());
+    }
     let client = registration(vault, server, &tokens)
         .map_err(|err| err.to_string())?
         .filter(|client| client.issuer == found.issuer)
@@ -82,9 +105,14 @@ async fn revoke_one(
             .await
             .map_err(|err| err.to_string())?;
     }
-    revoke(&http, &found, &client, &tokens.access_token, "access_token")
-        .await
-        .map_err(|err| err.to_string())?;
+    // The refresh token is what outlives: once it is revoked, an access
+    // token the issuer would not revoke is left to expire.
+    if let Err(err) = revoke(&http, &found, &client, &tokens.access_token, "access_token").await {
+        if tokens.refresh_token.is_none() {
+            return Err(err.to_string());
+        }
+        tracing::warn!(%server, %user, reason = %err, "the access token was not revoked (its refresh token was): left to expire");
+    }
     vault.remove(server, user).map_err(|err| err.to_string())?;
     Ok(())
 }

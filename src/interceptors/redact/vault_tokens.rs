@@ -11,7 +11,8 @@ pub const USER_TOKEN_ID: &str = "user-token";
 
 /// The users' tokens the proxy knows, found in `text`, put among the
 /// findings `out` (in order): each wins over any finding it overlaps,
-/// whatever that rule's priority or action.
+/// whatever that rule's priority or action, and takes in the whole of
+/// what it overlaps (no part of a wider secret is left in clear).
 pub(super) fn known_tokens(text: &[u8], out: &mut Vec<Finding>) {
     let known = crate::signin::known::known();
     if known.is_empty() {
@@ -21,12 +22,28 @@ pub(super) fn known_tokens(text: &[u8], out: &mut Vec<Finding>) {
     if spans.is_empty() {
         return;
     }
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+    for (mut start, mut end) in spans {
+        out.retain(|finding| {
+            let overlaps = finding.start < end && start < finding.end;
+            if overlaps {
+                start = start.min(finding.start);
+                end = end.max(finding.end);
+            }
+            !overlaps
+        });
+        // Widened, it may now meet the one before.
+        match merged.last_mut() {
+            Some(last) if start < last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
     out.retain(|finding| {
-        !spans
+        !merged
             .iter()
             .any(|&(start, end)| finding.start < end && start < finding.end)
     });
-    out.extend(spans.into_iter().map(|(start, end)| Finding {
+    out.extend(merged.into_iter().map(|(start, end)| Finding {
         rule: USER_TOKEN,
         start,
         end,
