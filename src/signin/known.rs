@@ -151,15 +151,15 @@ mod tests {
     fn a_known_token_is_found_where_it_stands_whole() {
         let known = Known::default();
         assert!(known.is_empty());
-        let token = "opaque-head-part.middle-part-two.tail-part-three";
-        known.remember(token);
+        let kept = "opaque-head-part.middle-part-two.tail-part-three";
+        known.remember(kept);
         known.remember("short");
         assert!(!known.is_empty());
-        let text = format!("Bearer {token}, again:\"{token}\" and {token}x, at last {token}.");
+        let text = format!("Bearer {kept}, again:\"{kept}\" and {kept}x, at last {kept}.");
         let spans = known.find(text.as_bytes());
         assert_eq!(spans.len(), 3, "{spans:?}");
         for (start, end) in &spans {
-            assert_eq!(&text[*start..*end], token);
+            assert_eq!(&text[*start..*end], kept);
         }
         let padded = "b3BhcXVlLXJlZnJlc2gtdG9rZW4tdmFsdWU==";
         known.remember(padded);
