@@ -71,6 +71,7 @@ fn main() {
             list_as: "ops".into(),
             issuer: None,
             endpoint_origins: Vec::new(),
+            client: None,
         })),
         learned: false,
         egress: config.egress.clone(),

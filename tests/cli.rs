@@ -204,8 +204,10 @@ fn the_readmes_config_examples_load() {
     // its examples must keep loading.
     let root = common::repo_root();
     let mut pages = vec![root.join("README.md")];
-    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
-        .unwrap()
+    // The provider pages too (docs/providers/).
+    let mut docs: Vec<_> = ["docs", "docs/providers"]
+        .iter()
+        .flat_map(|folder| std::fs::read_dir(root.join(folder)).unwrap())
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().and_then(|e| e.to_str()) == Some("md"))
         .collect();

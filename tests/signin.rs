@@ -421,6 +421,16 @@ async fn control(issuer: &str, what: &str, body: Value) -> Value {
     answer.json().await.unwrap()
 }
 
+/// What the authorization server's control API says of `what`.
+async fn looked(issuer: &str, what: &str) -> Value {
+    reqwest::get(format!("{issuer}/control/{what}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The text of a `tools/call` answer: its result's, or its error's.
 fn said(answer: &Value) -> String {
     answer["result"]["content"][0]["text"]
@@ -1328,4 +1338,328 @@ async fn a_token_the_server_refuses_is_refreshed_at_once() {
         log.contains("the server refused its access token: renewing it"),
         "{log}"
     );
+}
+
+/// A config whose server's users sign in from links at `public`, with
+/// `sign_in_more` inside its `sign_in`, `server_more` after its `remote`
+/// and `listener` (a `[listener]` table) after `[vault]`.
+fn linked_config_at(
+    (url, public, port): (&str, &str, u16),
+    sign_in_more: &str,
+    server_more: &str,
+    listener: &str,
+) -> (TestProxy, std::path::PathBuf) {
+    let proxy = TestProxy::new().with_listen(&format!("127.0.0.1:{port}"));
+    let key = vault_key(&proxy);
+    let proxy = proxy
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"protected\"\nremote = {{ url = {url:?}, sign_in = {{ list_as = \"tester\"{sign_in_more} }} }}\n{server_more}"
+        ))
+        .with_config(&format!(
+            "[egress]\nallow = [\"127.0.0.0/8\"]\n\n[vault]\nkeys = [\"file:{}\"]\npublic_url = {public:?}\n{listener}",
+            key.display()
+        ));
+    let path = proxy.write_config();
+    (proxy, path)
+}
+
+/// The link under `public` that `told` (what a client was told) holds.
+fn link_in(told: &str, public: &str) -> String {
+    let start = format!("{public}/oauth/start?id=");
+    let at = told
+        .find(&start)
+        .unwrap_or_else(|| panic!("no link in: {told}"));
+    told[at..].split_whitespace().next().unwrap().to_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What the authorization server issued, by grant: the client ids.
+async fn issued_to(issuer: &str) -> Vec<(String, String)> {
+    let issued = reqwest::get(format!("{issuer}/control/issued"))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    issued
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["grant"].as_str().unwrap_or_default().to_owned(),
+                entry["client_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// An authorization server that offers no registration (as GitHub's): the
+/// operator registers a client there by hand and names it in `sign_in`
+/// (its secret a `file:` reference among the server's `secrets`). The
+/// desktop sign-in (a loopback redirect on any port) and a user's link
+/// both use it, the proxy registers nothing; its secret is sent only to
+/// the authorization server, and `oauth revoke` revokes as that client.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_the_operator_registered_by_hand_is_used_where_no_registration_is_offered() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    control(
+        &issuer,
+        "config",
+        serde_json::json!({ "dynamic_registration": false }),
+    )
+    .await;
+    let hand_secret = "hand-registered-client-secret-4d1f";
+    control(
+        &issuer,
+        "clients",
+        serde_json::json!({
+            "client_id": "hand-made",
+            "client_secret": hand_secret,
+            "redirect_uris": [format!("{public}/oauth/callback"), "http://127.0.0.1/callback"],
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("hand-secret");
+    std::fs::write(&secret_file, format!("{hand_secret}\n")).unwrap();
+    let (proxy, path) = linked_config_at(
+        (&url, &public, port),
+        ", client = { client_id = \"hand-made\", client_secret = \"secret:hand\" }",
+        &format!(
+            "secrets = {{ hand = \"file:{}\" }}\n",
+            secret_file.display()
+        ),
+        "",
+    );
+    let config = path.to_str().unwrap();
+
+    // Without the client, `oauth login` says what to set.
+    let (bare, bare_path) = linked_config_at((&url, &public, free_port()), "", "", "");
+    let (ok, stdout, stderr) = run_portcullis([
+        "oauth",
+        "login",
+        "protected",
+        "--client",
+        "tester",
+        "--wait",
+        "5",
+        "-c",
+        bare_path.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("sign_in.client"), "{stderr}");
+    drop(bare);
+    // A fixed loopback port, for a provider that matches redirect URIs
+    // exactly: the link asks for that one (no answer comes: it gives up).
+    let fixed = free_port();
+    let (ok, stdout, _) = run_portcullis([
+        "oauth",
+        "login",
+        "protected",
+        "--client",
+        "tester",
+        "--wait",
+        "1",
+        "--port",
+        &fixed.to_string(),
+        "-c",
+        config,
+    ]);
+    assert!(!ok);
+    assert!(
+        stdout.contains(&format!(
+            "redirect_uri=http%3A%2F%2F127.0.0.1%3A{fixed}%2Fcallback"
+        )),
+        "{stdout}"
+    );
+
+    next_user(&issuer, "alice").await;
+    sign_in(config, false).await;
+    let served = proxy.serve_http().await;
+    let whoami = serde_json::json!({ "name": "protected__whoami", "arguments": {} });
+    let other = common::HttpSession::connect_as(&served.url, common::OTHER_TOKEN).await;
+    let answer = other.call(1, "tools/call", whoami.clone()).await;
+    let told = said(&answer);
+    let link = link_in(&told, &public);
+    next_user(&issuer, "bob").await;
+    let (to, cookie) = go_on(&link, &public).await;
+    assert!(to.contains("client_id=hand-made"), "{to}");
+    let back = approved(&to).await;
+    let done = with_cookie(&back, &cookie).await;
+    assert_eq!(done.status(), 200, "{}", done.text().await.unwrap());
+    let answer = other.call(2, "tools/call", whoami.clone()).await;
+    assert_eq!(said(&answer), "subject=bob", "{answer}");
+
+    let stats = looked(&issuer, "stats").await;
+    assert_eq!(stats["register"], 0, "{stats}");
+    let issued = issued_to(&issuer).await;
+    assert_eq!(issued.len(), 2, "{issued:?}");
+    assert!(
+        issued
+            .iter()
+            .all(|(grant, client)| grant == "authorization_code" && client == "hand-made"),
+        "{issued:?}"
+    );
+    // Revoked as the client the tokens were issued to.
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let bobs = vault.get("protected", "other").unwrap().unwrap();
+    let (ok, stdout, stderr) = run_portcullis([
+        "oauth",
+        "revoke",
+        "protected",
+        "--client",
+        "other",
+        "-c",
+        config,
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(
+        introspect(&issuer, &bobs.access_token).await["active"],
+        false
+    );
+    let log = served.log.lines().join("\n");
+    assert!(!log.contains(hand_secret), "the client's secret was logged");
+    assert!(!told.contains(hand_secret) && !answer.to_string().contains(hand_secret));
+}
+
+/// An authorization server that takes client ID metadata documents reads
+/// the proxy's, at its https:// public URL (the certificate checked), and
+/// the user's link signs in as that client (a public client: no secret),
+/// though the server also offers registration; the desktop sign-in, which
+/// the document does not cover, registers as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_takes_client_documents_reads_the_proxys() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let pki = tempfile::tempdir().unwrap();
+    common::certs::ca(pki.path(), "test");
+    common::certs::signed(pki.path(), "test", "server", common::certs::SERVER_EXT);
+    let ca = pki.path().join("test-ca.pem");
+    control(
+        &issuer,
+        "config",
+        serde_json::json!({ "client_id_metadata_documents": ca }),
+    )
+    .await;
+    let port = free_port();
+    let public = format!("https://127.0.0.1:{port}");
+    let (proxy, path) = linked_config_at(
+        (&url, &public, port),
+        "",
+        "",
+        &format!(
+            "\n[listener]\ntls_cert = {:?}\ntls_key = {:?}\n",
+            pki.path().join("server.pem"),
+            pki.path().join("server.key")
+        ),
+    );
+    let config = path.to_str().unwrap();
+    next_user(&issuer, "alice").await;
+    sign_in(config, false).await;
+    let served = proxy.serve_http().await;
+    let https = served.url.replacen("http://", "https://", 1);
+
+    // The document, as any authorization server reads it.
+    let trusting = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let document: Value = trusting
+        .get(format!("{public}/oauth/client"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(document["client_id"], format!("{public}/oauth/client"));
+    assert_eq!(
+        document["redirect_uris"],
+        serde_json::json!([format!("{public}/oauth/callback")])
+    );
+
+    // `other` calls through the Python SDK over https: what it was said.
+    let call = || {
+        let mut call = common::python_client();
+        call.args(["http", &https, "--ca"]).arg(&ca).args([
+            "--token",
+            common::OTHER_TOKEN,
+            "--op",
+            "call:protected__whoami",
+        ]);
+        common::python_client_output(call)
+    };
+    let first = call().await;
+    let told = first["results"][0]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    let link = link_in(&told, &public);
+    let id = link.split("id=").nth(1).unwrap().to_owned();
+
+    // The person's browser, trusting the proxy's CA.
+    next_user(&issuer, "bob").await;
+    let shown = trusting.get(&link).send().await.unwrap();
+    assert_eq!(shown.status(), 200);
+    let form_cookie = shown.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(form_cookie.starts_with("__Host-"), "{form_cookie}");
+    let page = shown.text().await.unwrap();
+    let token = page.split("name=form value=\"").nth(1).unwrap();
+    let token = token.split('"').next().unwrap();
+    let taken = trusting
+        .post(format!("{public}/oauth/start"))
+        .header("cookie", form_cookie.split(';').next().unwrap())
+        .header("origin", &public)
+        .form(&[("id", id.as_str()), ("form", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 303);
+    let to = taken.headers()["location"].to_str().unwrap().to_owned();
+    let cookie = taken.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let client_id = reqwest::Url::parse(&to)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "client_id")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    assert_eq!(client_id, format!("{public}/oauth/client"));
+    let back = approved(&to).await;
+    let done = trusting
+        .get(&back)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200, "{}", done.text().await.unwrap());
+
+    let again = call().await;
+    assert_eq!(
+        again["results"][0]["result"]["content"][0]["text"], "subject=bob",
+        "{again}"
+    );
+    // The authorization server read the document, once; one registration
+    // (the desktop's), and Bob's tokens issued to the document's URL.
+    let documents = looked(&issuer, "documents").await;
+    assert_eq!(documents.as_array().unwrap().len(), 1, "{documents}");
+    assert_eq!(documents[0]["document"], document);
+    let stats = looked(&issuer, "stats").await;
+    assert_eq!(stats["register"], 1, "{stats}");
+    let issued = issued_to(&issuer).await;
+    assert_eq!(issued.len(), 2, "{issued:?}");
+    assert_eq!(issued[1].1, format!("{public}/oauth/client"), "{issued:?}");
 }

@@ -42,6 +42,12 @@ pub(super) enum OauthCommand {
         /// How long to wait for the answer, in seconds.
         #[arg(long, default_value_t = 300)]
         wait: u64,
+        /// The loopback port to take the answer on
+        /// (`http://127.0.0.1:PORT/callback`), for an authorization server
+        /// that matches a hand-registered redirect URI exactly, port and
+        /// all. Unset: the port of the last sign-in if free, else any.
+        #[arg(long)]
+        port: Option<u16>,
     },
     /// Revokes a client's sign-in at the server's authorization server
     /// (RFC 7009) and forgets it.
@@ -74,7 +80,11 @@ pub(super) async fn run(command: OauthCommand) -> anyhow::Result<()> {
             server,
             client,
             wait,
-        } => super::oauth_login::login(&config, &server, &client, Duration::from_secs(wait)).await,
+            port,
+        } => {
+            super::oauth_login::login(&config, &server, &client, (Duration::from_secs(wait), port))
+                .await
+        }
         OauthCommand::Revoke {
             config,
             server,

@@ -70,7 +70,7 @@ pub(super) async fn login(
     config: &Path,
     server: &str,
     user: &str,
-    wait: Duration,
+    (wait, fixed): (Duration, Option<u16>),
 ) -> anyhow::Result<()> {
     let config = Config::load(config)?;
     let remote = remote(&config, server)?;
@@ -88,18 +88,34 @@ pub(super) async fn login(
         .as_ref()
         .and_then(|client| reqwest::Url::parse(&client.redirect_uri).ok())
         .and_then(|url| url.port());
-    let listener = match port {
-        Some(port) => match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            Ok(listener) => listener,
-            Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
+    let listener = match fixed {
+        Some(port) => tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .with_context(|| format!("listening on 127.0.0.1:{port} (`--port`)"))?,
+        None => match port {
+            Some(port) => match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(listener) => listener,
+                Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
+            },
+            None => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
         },
-        None => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
     };
     let address: SocketAddr = listener.local_addr()?;
     let redirect = format!("http://127.0.0.1:{}/callback", address.port());
-    let client = match kept.filter(|client| client.redirect_uri == redirect) {
-        Some(client) => client,
-        None => {
+    let given = remote
+        .sign_in
+        .as_deref()
+        .and_then(|sign_in| sign_in.client.as_ref());
+    let client = match (given, kept.filter(|client| client.redirect_uri == redirect)) {
+        // The operator's client first, as for links (its redirect URIs
+        // there take a loopback address on any port, RFC 8252).
+        (Some(given), _) => signin::client::given_client(given, &found, &redirect)
+            .map_err(|reason| anyhow::anyhow!("the server's `sign_in.client`: {reason}"))?,
+        (None, Some(client)) => client,
+        (None, None) if found.registration_endpoint.is_none() => {
+            bail!("{}", signin::client::no_way(&found))
+        }
+        (None, None) => {
             let client = signin::register(&http, &found, &redirect).await?;
             signin::keep_registration(&vault, server, signin::DESKTOP, &client)?;
             client
@@ -275,8 +291,9 @@ pub(super) async fn revoke(
         let (http, found) = discovered(remote, server).await?;
         // Only to the authorization server that issued the tokens, as the
         // client they were issued to.
-        let client = signin::registration(&vault, server, &tokens)?
-            .filter(|client| client.issuer == found.issuer && tokens.issuer == found.issuer)
+        let ways = signin::Ways::of(remote, &config.vault);
+        let client = signin::registration(&vault, server, &tokens, (&found, ways))
+            .map_err(anyhow::Error::msg)?
             .context("the client these tokens were issued to is no longer known: `--local-only` forgets them without revoking")?;
         if let Some(refresh) = &tokens.refresh_token {
             signin::revoke(&http, &found, &client, refresh, "refresh_token").await?;

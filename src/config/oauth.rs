@@ -476,12 +476,15 @@ impl RawProvider {
     }
 }
 
+/// Whether `id` can be an OAuth client's id the proxy sends: 1 to 2048
+/// printable ASCII characters, no space.
+pub(super) fn client_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 2048 && id.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
 impl RawWebClient {
     fn validate(self, at: &Entry<'_>) -> Result<WebClientConfig, ConfigError> {
-        let printable = !self.client_id.is_empty()
-            && self.client_id.len() <= 2048
-            && self.client_id.bytes().all(|b| (0x21..=0x7e).contains(&b));
-        if !printable {
+        if !client_id_ok(&self.client_id) {
             return Err(at.error(
                 ".web_client.client_id",
                 "1 to 2048 printable ASCII characters, no space".into(),

@@ -709,7 +709,10 @@ impl RawRemote {
             transport: self.transport,
             headers,
             oauth,
-            sign_in: self.sign_in.map(|raw| Box::new(raw.validated())),
+            sign_in: self
+                .sign_in
+                .map(|raw| raw.validated(at, secrets).map(Box::new))
+                .transpose()?,
             learned: false,
             // Given by `[egress]` once the whole config is read.
             egress: super::EgressConfig::default(),

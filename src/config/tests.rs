@@ -496,7 +496,24 @@ fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
             list_as: "ops".into(),
             issuer: None,
             endpoint_origins: Vec::new(),
+            client: None,
         }))
+    );
+    // A client registered by hand: its secret one of the server's.
+    let config = parse(&format!(
+        "{vault}{}[servers.secrets]\ns = \"env:S\"\n",
+        server("{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", client = { client_id = \"Iv1.abc\", client_secret = \"secret:s\" } } }")
+    ))
+    .unwrap();
+    let UpstreamSpec::Remote(remote) = &config.servers[0].kind else {
+        panic!("remote");
+    };
+    assert_eq!(
+        remote.sign_in.as_ref().and_then(|s| s.client.clone()),
+        Some(crate::config::WebClientConfig {
+            client_id: "Iv1.abc".into(),
+            client_secret: Some(SecretRef::Env("S".into())),
+        })
     );
     for (remote, with_vault, expected) in [
         (
@@ -543,6 +560,21 @@ fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
             "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", endpoint_origins = [\"http://tokens.example\"] } }",
             true,
             "is not an origin",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", client = { client_id = \"Iv1\", client_secret = \"env:S\" } } }",
+            true,
+            "`secret:NAME`",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", client = { client_id = \"Iv1\", client_secret = \"secret:missing\" } } }",
+            true,
+            "`secret:NAME`",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", client = { client_id = \"has space\" } } }",
+            true,
+            "printable ASCII",
         ),
     ] {
         let text = format!(

@@ -47,6 +47,9 @@ pub struct SignInSpec {
     pub issuer: Option<String>,
     /// Origins besides the issuer's where its endpoints may be.
     pub endpoint_origins: Vec<String>,
+    /// The client the operator registered at the authorization server by
+    /// hand, if any: used before any other way of being known there.
+    pub client: Option<super::WebClientConfig>,
 }
 
 /// `remote = { sign_in = { … } }` as written.
@@ -69,6 +72,25 @@ pub(super) struct RawSignIn {
     /// Unset: every endpoint must be on the issuer's origin.
     #[serde(default)]
     endpoint_origins: Vec<String>,
+    /// A client the operator registered by hand at the server's
+    /// authorization server (for providers that offer neither client ID
+    /// metadata documents nor dynamic registration, as GitHub): the proxy
+    /// is then that client, for links and `oauth login` alike. Its
+    /// redirect URIs there must be `[vault] public_url` +
+    /// `/oauth/callback` and, for `oauth login`, `http://127.0.0.1/callback`
+    /// (any port).
+    client: Option<RawSignInClient>,
+}
+
+/// `sign_in = { client = { … } }` as written.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSignInClient {
+    /// The client's id at the authorization server.
+    client_id: String,
+    /// Its client secret, as `secret:NAME` (a secret of this server's
+    /// `secrets`); unset for a public client (PKCE alone).
+    client_secret: Option<String>,
 }
 
 impl RawSignIn {
@@ -126,12 +148,49 @@ impl RawSignIn {
         Ok(())
     }
 
-    pub(super) fn validated(self) -> SignInSpec {
-        SignInSpec {
+    /// Validated, a client's secret taken from the server's `secrets`.
+    pub(super) fn validated(
+        self,
+        at: &Entry<'_>,
+        secrets: &std::collections::BTreeMap<String, SecretRef>,
+    ) -> Result<SignInSpec, ConfigError> {
+        let client = match self.client {
+            None => None,
+            Some(client) => {
+                if !super::oauth::client_id_ok(&client.client_id) {
+                    return Err(at.error(
+                        ".remote.sign_in.client.client_id",
+                        "1 to 2048 printable ASCII characters, no space".into(),
+                    ));
+                }
+                let client_secret = client
+                    .client_secret
+                    .map(|secret| {
+                        secret
+                            .strip_prefix("secret:")
+                            .and_then(|name| secrets.get(name))
+                            .cloned()
+                            .ok_or_else(|| {
+                                at.error(
+                                    ".remote.sign_in.client.client_secret",
+                                    "must be `secret:NAME`, a secret of this server's `secrets`"
+                                        .into(),
+                                )
+                            })
+                    })
+                    .transpose()?;
+                Some(super::WebClientConfig {
+                    client_id: client.client_id,
+                    client_secret,
+                })
+            }
+        };
+        Ok(SignInSpec {
             list_as: self.list_as,
             issuer: self.issuer,
             endpoint_origins: self.endpoint_origins,
-        }
+            client,
+        })
     }
 }
 

@@ -16,6 +16,10 @@
 //!   for a `state` this proxy gave, in the browser that took the link on
 //!   (one cookie of that name, no more).
 //!
+//! - `GET /oauth/client`: the proxy's client ID metadata document, where
+//!   `public_url` is `https://` (authorization servers that take them read
+//!   the proxy's client there).
+//!
 //! Under `https://`, the cookies are `__Host-` (`Secure`, `Path=/`, no
 //! `Domain`: a sibling host cannot set one). Every page is `no-store`,
 //! names its URL to no other site (`Referrer-Policy: same-origin`), is
@@ -27,7 +31,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 
 use axum_extra::extract::cookie::{Cookie, SameSite};
@@ -35,6 +39,7 @@ use axum_extra::extract::cookie::{Cookie, SameSite};
 use super::logins::cookies_named;
 use super::state::HttpState;
 use crate::signin::SignIns;
+use crate::signin::client::document;
 use crate::signin::page::page;
 use crate::signin::pending::{Answer, PendingError, Proved, fresh_token};
 
@@ -42,6 +47,35 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
     Router::new()
         .route("/oauth/start", get(shown).post(taken))
         .route("/oauth/callback", get(callback))
+        .route("/oauth/client", get(client_document))
+}
+
+/// The proxy's client ID metadata document (see `src/signin/client.rs`),
+/// where `[vault] public_url` is `https://` (the document's URL is the
+/// client's id, which must be): fetched by authorization servers, which
+/// may keep it a day.
+async fn client_document(State(state): State<Arc<HttpState>>) -> Response {
+    let Some(public) = state
+        .gateway
+        .config()
+        .vault
+        .public_url
+        .clone()
+        .filter(|url| url.starts_with("https://"))
+    else {
+        return page(StatusCode::NOT_FOUND, "No client document here.", None);
+    };
+    let mut response = axum::Json(document(&public)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=86400"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// The sign-ins and the proxy's public URL, where the proxy gives links.

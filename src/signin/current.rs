@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::client::{Ways, callback_url, given_client, registration, web_client, web_registration};
 use super::discover::{
     Discovered, Expect, covers, discover, discovery_client, discovery_client_of, provider,
 };
-use super::flow::{DESKTOP, Registration, exchange, refresh, register};
+use super::flow::{exchange, refresh};
 use super::pending::{Answered, Pendings, Proof, Proved};
 use super::vault::{Tokens, Vault};
 use crate::config::{Config, RemoteSpec};
@@ -22,7 +23,7 @@ type Turn = Arc<tokio::sync::Mutex<()>>;
 
 /// The users' sign-ins, as the proxy's servers use them.
 pub struct SignIns {
-    config: Arc<Config>,
+    pub(super) config: Arc<Config>,
     /// Opened at first use (a proxy whose servers ask no sign-in needs no
     /// `[vault] keys`).
     vault: OnceLock<Result<Vault, String>>,
@@ -171,8 +172,7 @@ impl SignIns {
 
     /// Where a sign-in's answer comes back, with `[vault] public_url`.
     fn callback(&self) -> Option<String> {
-        let public = self.config.vault.public_url.as_deref()?;
-        Some(format!("{}/oauth/callback", public.trim_end_matches('/')))
+        Some(callback_url(self.config.vault.public_url.as_deref()?))
     }
 
     /// A link for `user` to sign in to `server` (`remote`) from their
@@ -192,7 +192,8 @@ impl SignIns {
         let vault = self.vault().map_err(|err| err.to_string())?;
         let http = discovery_client(remote).map_err(|err| err.to_string())?;
         let found = self.found(server, remote, &http).await?;
-        let client = web_registration(vault, &http, (server, &callback), &found).await?;
+        let ways = Ways::of(remote, &self.config.vault);
+        let client = web_client(vault, &http, (server, &callback), &found, ways).await?;
         let proof = self.proof(vault, user, &callback).await?;
         let id = self
             .pendings
@@ -504,8 +505,8 @@ impl SignIns {
         if found.issuer != kept.issuer {
             return Err("the server names another authorization server than the one that issued the sign-in".into());
         }
-        let client = registration(vault, server, kept)
-            .map_err(|err| err.to_string())?
+        let ways = Ways::of(remote, &self.config.vault);
+        let client = registration(vault, server, kept, (&found, ways))?
             .ok_or("the client the sign-in was issued to is no longer registered")?;
         let fresh = refresh(&http, &found, &client, kept)
             .await
@@ -525,103 +526,6 @@ fn remember(tokens: &Tokens) {
     if let Some(refresh) = &tokens.refresh_token {
         known.remember(refresh);
     }
-}
-
-/// The client the proxy registered with `found`'s authorization server for
-/// its `callback`, kept in `vault` beside `server`: as kept, or registered
-/// now (and kept) where the issuer, the callback or the secret's life
-/// changed.
-async fn web_registration(
-    vault: &Vault,
-    http: &crate::egress::HttpClient,
-    (server, callback): (&str, &str),
-    found: &Discovered,
-) -> Result<Registration, String> {
-    let kept = vault
-        .get_client::<Registration>(server, callback)
-        .map_err(|err| err.to_string())?
-        .filter(|client| {
-            client.issuer == found.issuer && client.redirect_uri == callback && !client.expired()
-        });
-    if let Some(client) = kept {
-        return Ok(client);
-    }
-    let client = register(http, found, callback)
-        .await
-        .map_err(|err| err.to_string())?;
-    keep_registration(vault, server, callback, &client).map_err(|err| err.to_string())?;
-    Ok(client)
-}
-
-/// The client the operator registered at a provider (`web_client`), for
-/// `callback`: authenticated with its secret as the provider takes it
-/// (basic, else in the form), or public.
-fn given_client(
-    given: &crate::config::WebClientConfig,
-    found: &Discovered,
-    callback: &str,
-) -> Result<Registration, String> {
-    let secret = given
-        .client_secret
-        .as_ref()
-        .map(|secret| {
-            secret
-                .resolve()
-                .map_err(|reason| format!("the provider's `web_client.client_secret`: {reason}"))
-        })
-        .transpose()?;
-    let auth_method = match &secret {
-        None => "none",
-        Some(_) => found
-            .token_endpoint_auth_methods
-            .iter()
-            .map(String::as_str)
-            .find(|method| ["client_secret_basic", "client_secret_post"].contains(method))
-            .ok_or_else(|| {
-                format!(
-                    "`{}` takes neither client_secret_basic nor client_secret_post",
-                    found.issuer
-                )
-            })?,
-    };
-    Ok(Registration {
-        issuer: found.issuer.clone(),
-        client_id: given.client_id.clone(),
-        client_secret: secret,
-        auth_method: auth_method.to_owned(),
-        redirect_uri: callback.to_owned(),
-        secret_expires_at: None,
-    })
-}
-
-/// Keeps `client`, just registered for `server`: under its issuer and id
-/// (where the tokens issued to it find it, [`registration`]) and as
-/// `latest` (what the next sign-in of its kind reuses).
-pub fn keep_registration(
-    vault: &Vault,
-    server: &str,
-    latest: &str,
-    client: &Registration,
-) -> Result<(), super::vault::VaultError> {
-    let named = Registration::kept_as(&client.issuer, &client.client_id);
-    vault.put_client(server, &named, client)?;
-    vault.put_client(server, latest, client)
-}
-
-/// The client `kept` was issued to, as registered for `server`: kept under
-/// its issuer and id (or, for a sign-in from before registrations were kept
-/// so, as the last desktop registration if it is that one).
-pub fn registration(
-    vault: &Vault,
-    server: &str,
-    kept: &Tokens,
-) -> Result<Option<Registration>, super::vault::VaultError> {
-    let named = Registration::kept_as(&kept.issuer, &kept.client_id);
-    let found = match vault.get_client::<Registration>(server, &named)? {
-        Some(client) => Some(client),
-        None => vault.get_client::<Registration>(server, DESKTOP)?,
-    };
-    Ok(found.filter(|client| client.client_id == kept.client_id && client.issuer == kept.issuer))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use super::*;
+use crate::signin::flow::Registration;
 
 /// A protected server and its authorization server on one loopback
 /// origin, whose token endpoint counts refreshes and answers each (slowly)
@@ -89,6 +90,7 @@ fn remote(config: &Config, url: &str) -> RemoteSpec {
             list_as: "ops".into(),
             issuer: None,
             endpoint_origins: Vec::new(),
+            client: None,
         })),
         learned: false,
         egress: config.egress.clone(),

@@ -46,7 +46,7 @@ pub enum FlowError {
     #[error("the system's random source failed")]
     Random,
     #[error(
-        "the authorization server `{0}` offers no dynamic client registration: register a client with it by hand and give its id and secret in the server's `sign_in` settings"
+        "the authorization server `{0}` offers no dynamic client registration: register a client with it by hand and set it as the server's `sign_in.client`"
     )]
     NoRegistration(String),
     #[error(
@@ -294,6 +294,17 @@ pub fn answered(
             return Err(FlowError::OtherIssuer {
                 named: escaped(named, 200),
                 issuer: document::named(&found.issuer),
+            });
+        }
+        // A refusal is one whoever sent it: said as such (some servers
+        // name themselves in codes only), never taken as more.
+        None if found.iss_parameter && get("error").is_some() => {
+            return Err(FlowError::Denied {
+                error: escaped(get("error").unwrap_or_default(), 64),
+                description: format!(
+                    "{} (the answer names no issuer)",
+                    escaped(get("error_description").unwrap_or_default(), 200)
+                ),
             });
         }
         None if found.iss_parameter => {

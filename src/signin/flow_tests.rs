@@ -6,8 +6,6 @@ use axum::Router;
 use axum::routing::post;
 
 use super::*;
-use crate::config::EgressConfig;
-use crate::egress::{Timeouts, Trust};
 
 fn found(base: &str) -> Discovered {
     Discovered {
@@ -39,19 +37,7 @@ fn client(method: &str) -> Registration {
 }
 
 fn http() -> HttpClient {
-    let egress = EgressConfig {
-        allow: Arc::from(vec!["127.0.0.0/8".parse().unwrap()]),
-    };
-    HttpClient::new(
-        &egress,
-        Trust::Learned,
-        &[],
-        Timeouts {
-            connect: std::time::Duration::from_secs(5),
-            total: Some(std::time::Duration::from_secs(10)),
-        },
-    )
-    .unwrap()
+    crate::signin::test_http()
 }
 
 /// A loopback server answering every POST with `answer`: its base URL,
@@ -153,6 +139,16 @@ fn an_answer_is_taken_only_for_its_own_state_and_issuer() {
             "evil",
         ),
         (pairs(&[("code", "c0de"), ("state", "s1")]), "(none)"),
+        // A refusal that names no issuer: a refusal still, said so; a
+        // code beside it is not taken.
+        (
+            pairs(&[
+                ("code", "c0de"),
+                ("error", "invalid_scope"),
+                ("state", "s1"),
+            ]),
+            "invalid_scope  (the answer names no issuer)",
+        ),
         (
             pairs(&[("state", "s1"), ("iss", "https://as.example")]),
             "no usable",

@@ -18,6 +18,7 @@
 //! reserved addresses unless `[egress] allow` names them.
 
 mod challenge;
+pub mod client;
 mod current;
 mod discover;
 mod flow;
@@ -29,10 +30,33 @@ pub mod token;
 pub mod vault;
 
 pub use challenge::{Challenge, parse_bearer};
-pub use current::{Current, REFRESH_BEFORE, SignInError, SignIns, keep_registration, registration};
+pub use client::{Ways, keep_registration, registration};
+pub use current::{Current, REFRESH_BEFORE, SignInError, SignIns};
 pub use discover::{
     DiscoverError, Discovered, Expect, discover, discovery_client, discovery_client_of,
 };
 pub use flow::{
     DESKTOP, FlowError, Registration, Started, answered, exchange, refresh, register, revoke, start,
 };
+
+/// An HTTP client for the module's tests: loopback allowed, short timeouts.
+#[cfg(test)]
+pub(crate) fn test_http() -> crate::egress::HttpClient {
+    let egress = crate::config::EgressConfig {
+        allow: std::sync::Arc::from(vec![
+            "127.0.0.0/8"
+                .parse()
+                .unwrap_or_else(|_| unreachable!("a valid range")),
+        ]),
+    };
+    crate::egress::HttpClient::new(
+        &egress,
+        crate::egress::Trust::Learned,
+        &[],
+        crate::egress::Timeouts {
+            connect: std::time::Duration::from_secs(5),
+            total: Some(std::time::Duration::from_secs(10)),
+        },
+    )
+    .unwrap_or_else(|err| panic!("a test client: {err}"))
+}

@@ -4,10 +4,11 @@
 //! was issued to) and forgotten. The server itself may be gone: its
 //! issuer is read from the tokens, its metadata from the issuer.
 
+use super::SignIns;
+use super::client::{Ways, registration};
 use super::discover::{Expect, discovery_client, provider};
 use super::flow::revoke;
 use super::vault::Vault;
-use super::{SignIns, registration};
 use crate::config::RemoteSpec;
 
 impl SignIns {
@@ -44,7 +45,14 @@ impl SignIns {
         };
         let mut revoked = Vec::new();
         for user in users {
-            match revoke_one(vault, (server, remote), &user, &gone).await {
+            match revoke_one(
+                vault,
+                (server, remote),
+                (&user, Ways::of(remote, &self.config.vault)),
+                &gone,
+            )
+            .await
+            {
                 Ok(()) => {
                     tracing::info!(%server, %user, "a removed server's sign-in was revoked and forgotten");
                     revoked.push(user);
@@ -63,7 +71,7 @@ impl SignIns {
 async fn revoke_one(
     vault: &Vault,
     (server, remote): (&str, &RemoteSpec),
-    user: &str,
+    (user, ways): (&str, Ways<'_>),
     gone: &impl Fn() -> bool,
 ) -> Result<(), String> {
     let _held = vault
@@ -96,9 +104,7 @@ async fn revoke_one(
             .map(|_| ())
             .map_err(|err| err.to_string());
     }
-    let client = registration(vault, server, &tokens)
-        .map_err(|err| err.to_string())?
-        .filter(|client| client.issuer == found.issuer)
+    let client = registration(vault, server, &tokens, (&found, ways))?
         .ok_or("the client its tokens were issued to is no longer known")?;
     if let Some(refresh) = &tokens.refresh_token {
         revoke(&http, &found, &client, refresh, "refresh_token")

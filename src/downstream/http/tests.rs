@@ -143,6 +143,13 @@ const ROUTES: &[(&str, Method, Without)] = &[
         Method::GET,
         Without::Public(StatusCode::NOT_FOUND),
     ),
+    // The proxy's client ID metadata document: public, and not found
+    // without an https:// `[vault] public_url`.
+    (
+        "/oauth/client",
+        Method::GET,
+        Without::Public(StatusCode::NOT_FOUND),
+    ),
 ];
 
 /// The methods tried on every path: those a route does not list must be
