@@ -224,18 +224,19 @@ async fn sign_in(config: &str, forge_first: bool) -> (String, String) {
 
 /// `oauth login` for the proxy's client `client` (see [`sign_in`]).
 async fn sign_in_as(config: &str, client: &str, forge_first: bool) -> (String, String) {
+    sign_in_to(config, ("protected", client), forge_first).await
+}
+
+/// `oauth login` to `server` for the proxy's client `client`.
+async fn sign_in_to(
+    config: &str,
+    (server, client): (&str, &str),
+    forge_first: bool,
+) -> (String, String) {
     use tokio::io::AsyncBufReadExt as _;
     let mut login = Command::new(common::portcullis_bin())
         .args([
-            "oauth",
-            "login",
-            "protected",
-            "--client",
-            client,
-            "--wait",
-            "120",
-            "-c",
-            config,
+            "oauth", "login", server, "--client", client, "--wait", "120", "-c", config,
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -281,7 +282,7 @@ async fn sign_in_as(config: &str, client: &str, forge_first: bool) -> (String, S
     let headers = done.headers().clone();
     let page = done.text().await.unwrap();
     assert!(
-        page.contains(&format!("Signed `{client}` in to `protected`")),
+        page.contains(&format!("Signed `{client}` in to `{server}`")),
         "{page}"
     );
     assert_eq!(headers["referrer-policy"], "same-origin");
@@ -1231,11 +1232,22 @@ async fn removing_a_server_revokes_its_users_sign_ins() {
         std::fs::write(&temporary, text).unwrap();
         std::fs::rename(&temporary, &path).unwrap();
     };
-    // Removed and put back at once: nothing is revoked.
+    // Removed and put back at once: nothing is revoked (each step waited
+    // for in the log, not for a time: the machine may be busy).
     write(kept_text);
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    served
+        .log
+        .wait_for(&["server taken out by a config reload", "protected"])
+        .await;
     write(&text);
-    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    served
+        .log
+        .wait_for(&["config reloaded", "added=[\"protected\"]"])
+        .await;
+    served
+        .log
+        .wait_for(&["a removed server is in the config again", "protected"])
+        .await;
     for (user, kept) in ["tester", "other"].into_iter().zip(&tokens) {
         assert!(vault.get("protected", user).unwrap().is_some(), "{user}");
         assert_eq!(
@@ -1662,4 +1674,78 @@ async fn a_server_that_takes_client_documents_reads_the_proxys() {
     let issued = issued_to(&issuer).await;
     assert_eq!(issued.len(), 2, "{issued:?}");
     assert_eq!(issued[1].1, format!("{public}/oauth/client"), "{issued:?}");
+}
+
+/// A `sign_in` server taken out of the config while the proxy was stopped:
+/// at its next start, its users' sign-ins are revoked at the authorization
+/// server (as the client each was issued to, a registration kept) and
+/// forgotten; a sign-in to a server still configured is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_ins_to_a_server_removed_while_the_proxy_was_stopped_are_revoked_at_start() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let (_proxy, path) = vault_config_with(&url, ", sign_in = { list_as = \"tester\" }");
+    let config = path.to_str().unwrap();
+    next_user(&issuer, "alice").await;
+    sign_in_as(config, "tester", false).await;
+    next_user(&issuer, "bob").await;
+    sign_in_as(config, "other", false).await;
+    // The operator renames the server while the proxy is stopped, and
+    // Alice signs in to it under its new name.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("name = \"protected\"", "name = \"moved\""),
+    )
+    .unwrap();
+    next_user(&issuer, "alice").await;
+    sign_in_to(config, ("moved", "tester"), false).await;
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let removed: Vec<_> = ["tester", "other"]
+        .into_iter()
+        .map(|user| vault.get("protected", user).unwrap().unwrap())
+        .collect();
+    let kept = vault.get("moved", "tester").unwrap().unwrap();
+
+    // A proxy running a profile sees its servers only: it revokes none.
+    let (ok, stdout, stderr) = run_portcullis([
+        "profile", "create", "narrow", "--server", "moved", "-c", config,
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    let narrowed = common::serve_config_with(&path, &["--profile", "narrow"]).await;
+    narrowed
+        .log
+        .wait_for(&["running a profile: sign-ins to servers outside it are not looked at"])
+        .await;
+    narrowed.terminate().await;
+    for user in ["tester", "other"] {
+        assert!(vault.get("protected", user).unwrap().is_some(), "{user}");
+    }
+
+    let served = common::serve_config(&path).await;
+    served
+        .log
+        .wait_for(&[
+            "sign-ins to servers removed while the proxy was stopped",
+            "revoked=2",
+        ])
+        .await;
+    for (user, tokens) in ["tester", "other"].into_iter().zip(&removed) {
+        assert!(vault.get("protected", user).unwrap().is_none(), "{user}");
+        assert_eq!(
+            introspect(&issuer, &tokens.access_token).await["active"],
+            false,
+            "revoked at the authorization server"
+        );
+    }
+    assert_eq!(vault.get("moved", "tester").unwrap().as_ref(), Some(&kept));
+    assert_eq!(
+        introspect(&issuer, &kept.access_token).await["active"],
+        true
+    );
+    let stats = looked(&issuer, "stats").await;
+    assert_eq!(
+        stats["revoke"], 4,
+        "refresh and access token, each user: {stats}"
+    );
 }

@@ -130,7 +130,7 @@ fn check_entry(
 
 /// A file as it is now: device, inode, size, and its modification and
 /// change times (a write moves `ctime`, which no one can set back).
-type Stamp = (u64, u64, u64, i64, i64, i64, i64);
+pub(super) type Stamp = (u64, u64, u64, i64, i64, i64, i64);
 
 /// What each file is now; `None` for one that is gone.
 fn stamps(files: &[PathBuf]) -> Vec<Option<Stamp>> {
@@ -153,9 +153,15 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<Stamp>> {
         .collect()
 }
 
+/// The stamps of the files `config` was read from (see [`watch`]).
+pub(super) fn stamps_of(config: &Config) -> Vec<Option<Stamp>> {
+    stamps(&watched(config))
+}
+
 /// Watches the config of `gateway` (read as `source` says) until the proxy
-/// stops.
-pub(super) fn watch(gateway: Arc<Gateway>, source: Source) {
+/// stops; `read`, its files' stamps when it was read ([`stamps_of`]): a
+/// change since is reloaded at the first look.
+pub(super) fn watch(gateway: Arc<Gateway>, source: Source, read: Vec<Option<Stamp>>) {
     // Before this returns: a SIGHUP from now on reloads (and never ends
     // the proxy, as it would unhandled).
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -163,7 +169,7 @@ pub(super) fn watch(gateway: Arc<Gateway>, source: Source) {
         let poll = gateway.config().proxy.policy_poll;
         let shutdown = gateway.shutdown_token();
         let mut files = watched(gateway.config());
-        let mut seen = stamps(&files);
+        let mut seen = read;
         loop {
             let asked = async {
                 match hangup.as_mut() {

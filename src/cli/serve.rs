@@ -22,6 +22,9 @@ pub(super) async fn serve(
     config: Config,
     stdio_client: Option<ClientIdentity>,
 ) -> anyhow::Result<()> {
+    // The config's files as they were read: an edit made while the
+    // servers start is reloaded once the watch begins.
+    let read = super::reload::stamps_of(&config);
     super::records::announce_sandboxing(config.servers.iter());
     let listen = config.proxy.listen;
     // The signal handlers come first: a SIGTERM while servers start must
@@ -67,7 +70,7 @@ pub(super) async fn serve(
             return Ok(());
         }
     }
-    super::reload::watch(gateway.clone(), source);
+    super::reload::watch(gateway.clone(), source, read);
     let shipping = match ship_audit(&gateway) {
         Ok(shipping) => shipping,
         Err(err) => {

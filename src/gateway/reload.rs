@@ -13,10 +13,6 @@ use crate::upstream::Upstream;
 
 use super::{Enforced, Gateway};
 
-/// How long a removed `sign_in` server stays out of the config before its
-/// users' sign-ins are revoked.
-const REVOKE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// What a reload changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reloaded {
@@ -133,23 +129,8 @@ impl Reloads {
             gateway.lists.filter_again(gateway);
         }
         gateway.start_servers(&started).await;
-        if let Some(sign_ins) = gateway.servers.sign_ins() {
-            for (server, remote) in signed_in {
-                let sign_ins = sign_ins.clone();
-                let gateway = gateway.clone();
-                tokio::spawn(async move {
-                    // A removal undone at once (a write caught half way, an
-                    // operator's second thought) revokes nothing.
-                    tokio::select! {
-                        () = gateway.shutdown.cancelled() => return,
-                        () = tokio::time::sleep(REVOKE_AFTER) => {}
-                    }
-                    let gone = || gateway.servers.index_of(&server).is_none();
-                    if gone() {
-                        sign_ins.revoke_removed(&server, &remote, gone).await;
-                    }
-                });
-            }
+        for (server, remote) in signed_in {
+            gateway.revoke_later(Some((server, remote)));
         }
         Ok(reloaded)
     }

@@ -11,6 +11,66 @@ use crate::upstream::UpstreamError;
 
 use super::{Failure, Gateway, Session};
 
+/// How long a removed `sign_in` server stays out of the config before its
+/// users' sign-ins are revoked: a removal undone at once (a write caught
+/// half way, an operator's second thought) revokes nothing.
+const REVOKE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Gateway {
+    /// In [`REVOKE_AFTER`], if the server is still out of the config, its
+    /// users' sign-ins revoked and forgotten: `removed` (its name and
+    /// settings) a reload took out; `None`, at start, every server the
+    /// vault keeps sign-ins to and the config does not name.
+    pub(super) fn revoke_later(
+        self: &Arc<Self>,
+        removed: Option<(String, crate::config::RemoteSpec)>,
+    ) {
+        let Some(sign_ins) = self.servers.sign_ins() else {
+            return;
+        };
+        // Narrowed to a profile, the proxy cannot tell a server taken out
+        // of the file from one outside its profile, which another proxy of
+        // the same config may serve with the same vault.
+        if let Some(profile) = &self.config.profile {
+            match &removed {
+                Some((server, _)) => {
+                    tracing::info!(%server, profile = %profile.name, "a sign_in server left the profile's config: its users' sign-ins are kept (a proxy running a profile revokes none; `oauth revoke` does)");
+                }
+                None => {
+                    tracing::info!(profile = %profile.name, "running a profile: sign-ins to servers outside it are not looked at");
+                }
+            }
+            return;
+        }
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = gateway.shutdown.cancelled() => return,
+                () = tokio::time::sleep(REVOKE_AFTER) => {}
+            }
+            let configured = |server: &str| gateway.servers.index_of(server).is_some();
+            match removed {
+                Some((server, remote)) => {
+                    if configured(&server) {
+                        tracing::info!(%server, "a removed server is in the config again: its users' sign-ins are kept");
+                    } else {
+                        sign_ins
+                            .revoke_removed(&server, &remote, || !configured(&server))
+                            .await;
+                    }
+                }
+                None => {
+                    let revoked = sign_ins.revoke_orphans(configured).await;
+                    tracing::info!(
+                        revoked = revoked.len(),
+                        "sign-ins to servers removed while the proxy was stopped: looked at"
+                    );
+                }
+            }
+        });
+    }
+}
+
 /// Notes Cedar's `decision` on `action` for `server` in the exchange (its
 /// record carries it, in place of the chain's); a denial is the call's
 /// refusal, naming the decision.

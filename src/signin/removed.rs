@@ -1,15 +1,25 @@
 //! A `sign_in` server the operator removed from the config (a reload):
 //! every user's sign-in to it revoked at the authorization server that
 //! issued it (RFC 7009, refresh token then access token, as the client it
-//! was issued to) and forgotten. The server itself may be gone: its
-//! issuer is read from the tokens, its metadata from the issuer.
+//! was issued to) and forgotten; so is, at start, every sign-in to a
+//! server removed while the proxy was stopped. The server itself may be
+//! gone: its issuer is read from the tokens, its metadata from the issuer.
 
 use super::SignIns;
 use super::client::{Ways, registration};
-use super::discover::{Expect, discovery_client, provider};
+use super::discover::{Expect, discovery_client, discovery_client_of, provider};
 use super::flow::revoke;
 use super::vault::Vault;
 use crate::config::RemoteSpec;
+
+/// What the proxy knows of a removed server: its settings when a reload
+/// took it out, or nothing (it was taken out while the proxy was
+/// stopped).
+#[derive(Clone, Copy)]
+enum Was<'a> {
+    Configured(&'a RemoteSpec),
+    Unknown,
+}
 
 impl SignIns {
     /// Revokes and forgets every user's sign-in to `server` (`remote`, its
@@ -23,6 +33,51 @@ impl SignIns {
         server: &str,
         remote: &RemoteSpec,
         gone: impl Fn() -> bool,
+    ) -> Vec<String> {
+        self.revoke_all(server, Was::Configured(remote), &gone)
+            .await
+    }
+
+    /// At start: every sign-in the vault keeps to a server the config
+    /// does not name (`configured` says which it does), removed while the
+    /// proxy was stopped, revoked and forgotten as [`Self::revoke_removed`]
+    /// does, each while `configured` still says the server is out. Its
+    /// settings gone, its issuer is reached as a peer-named address under
+    /// `[egress]`, every endpoint on the issuer's own origin, as the client
+    /// the tokens were issued to if the proxy still knows it (a
+    /// registration kept, or its client ID metadata document; not a
+    /// client the operator registered by hand, whose secret left with the
+    /// server's settings). The sign-ins revoked, as (server, user).
+    pub async fn revoke_orphans(&self, configured: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+        let servers: std::collections::BTreeSet<String> = match self.vault().map(Vault::list) {
+            Ok(Ok(listed)) => listed
+                .into_iter()
+                .filter_map(Result::ok)
+                .map(|entry| entry.server)
+                .filter(|server| !configured(server))
+                .collect(),
+            Ok(Err(err)) => {
+                tracing::warn!(reason = %err, "cannot list the vault's sign-ins at start");
+                return Vec::new();
+            }
+            // No vault: nothing kept.
+            Err(_) => return Vec::new(),
+        };
+        let mut revoked = Vec::new();
+        for server in servers {
+            let gone = || !configured(&server);
+            for user in self.revoke_all(&server, Was::Unknown, &gone).await {
+                revoked.push((server.clone(), user));
+            }
+        }
+        revoked
+    }
+
+    async fn revoke_all(
+        &self,
+        server: &str,
+        was: Was<'_>,
+        gone: &impl Fn() -> bool,
     ) -> Vec<String> {
         let vault = match self.vault() {
             Ok(vault) => vault,
@@ -45,14 +100,7 @@ impl SignIns {
         };
         let mut revoked = Vec::new();
         for user in users {
-            match revoke_one(
-                vault,
-                (server, remote),
-                (&user, Ways::of(remote, &self.config.vault)),
-                &gone,
-            )
-            .await
-            {
+            match self.revoke_one(vault, (server, was), &user, gone).await {
                 Ok(()) => {
                     tracing::info!(%server, %user, "a removed server's sign-in was revoked and forgotten");
                     revoked.push(user);
@@ -64,61 +112,82 @@ impl SignIns {
         }
         revoked
     }
-}
 
-/// `user`'s sign-in to `server` revoked where it was issued, then
-/// forgotten; the entry held throughout (no refresh writes it back).
-async fn revoke_one(
-    vault: &Vault,
-    (server, remote): (&str, &RemoteSpec),
-    (user, ways): (&str, Ways<'_>),
-    gone: &impl Fn() -> bool,
-) -> Result<(), String> {
-    let _held = vault
-        .hold(server, user)
-        .await
-        .map_err(|err| err.to_string())?;
-    if !gone() {
-        return Err("the server is in the config again".into());
-    }
-    let Some(tokens) = vault.get(server, user).map_err(|err| err.to_string())? else {
-        return Ok(());
-    };
-    // Reached as a refresh reaches it: the server's own client (the
-    // issuer a peer-named address), the endpoint origins it allows.
-    let http = discovery_client(remote).map_err(|err| err.to_string())?;
-    let origins = Expect::of(remote.sign_in.as_deref()).endpoint_origins;
-    let found = provider(
-        &http,
-        &tokens.issuer,
-        (&tokens.resource, Vec::new()),
-        &origins,
-    )
-    .await
-    .map_err(|err| err.to_string())?;
-    if found.revocation_endpoint.is_none() {
-        // Nothing to revoke at: forgotten, its tokens left to expire.
-        tracing::warn!(%server, %user, issuer = %found.issuer, "the issuer offers no revocation: the sign-in is forgotten, its tokens left to expire");
-        return vault
-            .remove(server, user)
-            .map(|_| ())
-            .map_err(|err| err.to_string());
-    }
-    let client = registration(vault, server, &tokens, (&found, ways))?
-        .ok_or("the client its tokens were issued to is no longer known")?;
-    if let Some(refresh) = &tokens.refresh_token {
-        revoke(&http, &found, &client, refresh, "refresh_token")
+    /// `user`'s sign-in to `server` revoked where it was issued, then
+    /// forgotten; the entry held throughout (no refresh writes it back).
+    async fn revoke_one(
+        &self,
+        vault: &Vault,
+        (server, was): (&str, Was<'_>),
+        user: &str,
+        gone: &impl Fn() -> bool,
+    ) -> Result<(), String> {
+        let _held = vault
+            .hold(server, user)
             .await
             .map_err(|err| err.to_string())?;
-    }
-    // The refresh token is what outlives: once it is revoked, an access
-    // token the issuer would not revoke is left to expire.
-    if let Err(err) = revoke(&http, &found, &client, &tokens.access_token, "access_token").await {
-        if tokens.refresh_token.is_none() {
-            return Err(err.to_string());
+        if !gone() {
+            return Err("the server is in the config again".into());
         }
-        tracing::warn!(%server, %user, reason = %err, "the access token was not revoked (its refresh token was): left to expire");
+        let Some(tokens) = vault.get(server, user).map_err(|err| err.to_string())? else {
+            return Ok(());
+        };
+        // Reached as a refresh reaches it: the server's own client (the
+        // issuer a peer-named address), the endpoint origins it allows.
+        let (http, origins, ways) = match was {
+            Was::Configured(remote) => (
+                discovery_client(remote),
+                Expect::of(remote.sign_in.as_deref()).endpoint_origins,
+                Ways::of(remote, &self.config.vault),
+            ),
+            Was::Unknown => (
+                discovery_client_of(&self.config.egress, &tokens.issuer, true),
+                Vec::new(),
+                Ways {
+                    given: None,
+                    public: self
+                        .config
+                        .vault
+                        .public_url
+                        .as_deref()
+                        .filter(|url| url.starts_with("https://")),
+                },
+            ),
+        };
+        let http = http.map_err(|err| err.to_string())?;
+        let found = provider(
+            &http,
+            &tokens.issuer,
+            (&tokens.resource, Vec::new()),
+            &origins,
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+        if found.revocation_endpoint.is_none() {
+            // Nothing to revoke at: forgotten, its tokens left to expire.
+            tracing::warn!(%server, %user, issuer = %found.issuer, "the issuer offers no revocation: the sign-in is forgotten, its tokens left to expire");
+            return vault
+                .remove(server, user)
+                .map(|_| ())
+                .map_err(|err| err.to_string());
+        }
+        let client = registration(vault, server, &tokens, (&found, ways))?
+            .ok_or("the client its tokens were issued to is no longer known")?;
+        if let Some(refresh) = &tokens.refresh_token {
+            revoke(&http, &found, &client, refresh, "refresh_token")
+                .await
+                .map_err(|err| err.to_string())?;
+        }
+        // The refresh token is what outlives: once it is revoked, an access
+        // token the issuer would not revoke is left to expire.
+        if let Err(err) = revoke(&http, &found, &client, &tokens.access_token, "access_token").await
+        {
+            if tokens.refresh_token.is_none() {
+                return Err(err.to_string());
+            }
+            tracing::warn!(%server, %user, reason = %err, "the access token was not revoked (its refresh token was): left to expire");
+        }
+        vault.remove(server, user).map_err(|err| err.to_string())?;
+        Ok(())
     }
-    vault.remove(server, user).map_err(|err| err.to_string())?;
-    Ok(())
 }
