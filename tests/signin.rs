@@ -1447,7 +1447,9 @@ async fn a_client_the_operator_registered_by_hand_is_used_where_no_registration_
     std::fs::write(&secret_file, format!("{hand_secret}\n")).unwrap();
     let (proxy, path) = linked_config_at(
         (&url, &public, port),
-        ", client = { client_id = \"hand-made\", client_secret = \"secret:hand\" }",
+        &format!(
+            ", issuer = {issuer:?}, client = {{ client_id = \"hand-made\", client_secret = \"secret:hand\" }}"
+        ),
         &format!(
             "secrets = {{ hand = \"file:{}\" }}\n",
             secret_file.display()
@@ -1679,7 +1681,9 @@ async fn a_server_that_takes_client_documents_reads_the_proxys() {
 /// A `sign_in` server taken out of the config while the proxy was stopped:
 /// at its next start, its users' sign-ins are revoked at the authorization
 /// server (as the client each was issued to, a registration kept) and
-/// forgotten; a sign-in to a server still configured is kept.
+/// forgotten; a sign-in to a server still configured is kept. Another
+/// config sharing the `data_dir` (which never named the server), and a
+/// proxy running a profile, revoke nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn sign_ins_to_a_server_removed_while_the_proxy_was_stopped_are_revoked_at_start() {
     let (_issuer_process, _server_process, issuer, url) = servers().await;
@@ -1689,16 +1693,17 @@ async fn sign_ins_to_a_server_removed_while_the_proxy_was_stopped_are_revoked_at
     sign_in_as(config, "tester", false).await;
     next_user(&issuer, "bob").await;
     sign_in_as(config, "other", false).await;
-    // The operator renames the server while the proxy is stopped, and
-    // Alice signs in to it under its new name.
+    // The proxy runs this config once: it notes the servers it names.
+    common::serve_config(&path).await.terminate().await;
+
+    // Another config beside it, sharing its `data_dir` and vault, names
+    // the same server `moved` (never `protected`): Alice signs in there.
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replace("name = \"protected\"", "name = \"moved\""),
-    )
-    .unwrap();
+    let renamed = text.replace("name = \"protected\"", "name = \"moved\"");
+    let beside = path.with_file_name("beside.toml");
+    std::fs::write(&beside, &renamed).unwrap();
     next_user(&issuer, "alice").await;
-    sign_in_to(config, ("moved", "tester"), false).await;
+    sign_in_to(beside.to_str().unwrap(), ("moved", "tester"), false).await;
     let loaded = portcullis::config::Config::load(&path).unwrap();
     let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
     let removed: Vec<_> = ["tester", "other"]
@@ -1706,7 +1711,22 @@ async fn sign_ins_to_a_server_removed_while_the_proxy_was_stopped_are_revoked_at
         .map(|user| vault.get("protected", user).unwrap().unwrap())
         .collect();
     let kept = vault.get("moved", "tester").unwrap().unwrap();
+    let other_config = common::serve_config(&beside).await;
+    other_config
+        .log
+        .wait_for(&[
+            "sign-ins to servers removed while the proxy was stopped",
+            "revoked=0",
+        ])
+        .await;
+    other_config.terminate().await;
+    for user in ["tester", "other"] {
+        assert!(vault.get("protected", user).unwrap().is_some(), "{user}");
+    }
 
+    // The operator renames the server in the first config while its proxy
+    // is stopped.
+    std::fs::write(&path, &renamed).unwrap();
     // A proxy running a profile sees its servers only: it revokes none.
     let (ok, stdout, stderr) = run_portcullis([
         "profile", "create", "narrow", "--server", "moved", "-c", config,

@@ -102,10 +102,7 @@ pub(super) async fn login(
     };
     let address: SocketAddr = listener.local_addr()?;
     let redirect = format!("http://127.0.0.1:{}/callback", address.port());
-    let given = remote
-        .sign_in
-        .as_deref()
-        .and_then(|sign_in| sign_in.client.as_ref());
+    let given = signin::Ways::of(remote, &config.vault).given;
     let client = match (given, kept.filter(|client| client.redirect_uri == redirect)) {
         // The operator's client first, as for links (its redirect URIs
         // there take a loopback address on any port, RFC 8252).

@@ -71,6 +71,8 @@ pub(super) async fn serve(
         }
     }
     super::reload::watch(gateway.clone(), source, read);
+    // Sign-ins to servers this config named and no longer does.
+    gateway.revoke_removed_while_stopped();
     let shipping = match ship_audit(&gateway) {
         Ok(shipping) => shipping,
         Err(err) => {

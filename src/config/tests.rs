@@ -502,7 +502,7 @@ fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
     // A client registered by hand: its secret one of the server's.
     let config = parse(&format!(
         "{vault}{}[servers.secrets]\ns = \"env:S\"\n",
-        server("{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", client = { client_id = \"Iv1.abc\", client_secret = \"secret:s\" } } }")
+        server("{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", issuer = \"https://id.example.com\", client = { client_id = \"Iv1.abc\", client_secret = \"secret:s\" } } }")
     ))
     .unwrap();
     let UpstreamSpec::Remote(remote) = &config.servers[0].kind else {
@@ -562,17 +562,22 @@ fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
             "is not an origin",
         ),
         (
-            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", client = { client_id = \"Iv1\", client_secret = \"env:S\" } } }",
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", client = { client_id = \"Iv1\" } } }",
+            true,
+            "`client` needs `issuer`",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", issuer = \"https://id.example.com\", client = { client_id = \"Iv1\", client_secret = \"env:S\" } } }",
             true,
             "`secret:NAME`",
         ),
         (
-            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", client = { client_id = \"Iv1\", client_secret = \"secret:missing\" } } }",
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", issuer = \"https://id.example.com\", client = { client_id = \"Iv1\", client_secret = \"secret:missing\" } } }",
             true,
             "`secret:NAME`",
         ),
         (
-            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", client = { client_id = \"has space\" } } }",
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", issuer = \"https://id.example.com\", client = { client_id = \"has space\" } } }",
             true,
             "printable ASCII",
         ),

@@ -78,7 +78,8 @@ pub(super) struct RawSignIn {
     /// is then that client, for links and `oauth login` alike. Its
     /// redirect URIs there must be `[vault] public_url` +
     /// `/oauth/callback` and, for `oauth login`, `http://127.0.0.1/callback`
-    /// (any port).
+    /// (any port). Needs `issuer`: the client and its secret are used only
+    /// there.
     client: Option<RawSignInClient>,
 }
 
@@ -130,6 +131,13 @@ impl RawSignIn {
         if oauth {
             return Err(fail(
                 "a server is given each user's own token, or its own (`oauth`), not both",
+            ));
+        }
+        // The client's secret goes to the authorization server the server
+        // names: without a pin, a server could name one of its own.
+        if sign_in.client.is_some() && sign_in.issuer.is_none() {
+            return Err(fail(
+                "`client` needs `issuer`, the authorization server the client was registered at: the proxy sends the client's secret there and nowhere else",
             ));
         }
         if headers

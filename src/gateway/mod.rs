@@ -278,8 +278,6 @@ impl Gateway {
         // A catalog's servers start when a session adds them.
         let configured = self.servers.configured();
         self.start_servers(&configured).await;
-        // Sign-ins to servers removed while the proxy was stopped.
-        self.revoke_later(None);
     }
 
     /// Starts servers (by index), and waits (up to the startup timeout)

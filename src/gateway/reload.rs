@@ -129,6 +129,7 @@ impl Reloads {
             gateway.lists.filter_again(gateway);
         }
         gateway.start_servers(&started).await;
+        gateway.name_sign_in_servers();
         for (server, remote) in signed_in {
             gateway.revoke_later(Some((server, remote)));
         }

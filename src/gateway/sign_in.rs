@@ -17,6 +17,37 @@ use super::{Failure, Gateway, Session};
 const REVOKE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Gateway {
+    /// The `sign_in` servers configured now, by name.
+    fn sign_in_servers(&self) -> std::collections::BTreeSet<String> {
+        self.servers
+            .configured()
+            .iter()
+            .filter(|(_, upstream)| {
+                matches!(&upstream.config().kind, crate::config::UpstreamSpec::Remote(remote) if remote.sign_in.is_some())
+            })
+            .map(|(_, upstream)| upstream.name().to_string())
+            .collect()
+    }
+
+    /// After a reload: which `sign_in` servers the config names now, kept
+    /// beside the vault (see [`crate::signin::SignIns::name_servers`]); not
+    /// by a proxy running a profile.
+    pub(super) fn name_sign_in_servers(&self) {
+        if self.config.profile.is_some() {
+            return;
+        }
+        if let Some(sign_ins) = self.servers.sign_ins() {
+            sign_ins.name_servers(&self.config.file, &self.sign_in_servers());
+        }
+    }
+
+    /// `serve` at its start (not the CLI's one-shot commands): sign-ins
+    /// to servers this config named and no longer does, revoked in
+    /// [`REVOKE_AFTER`].
+    pub fn revoke_removed_while_stopped(self: &Arc<Self>) {
+        self.revoke_later(None);
+    }
+
     /// In [`REVOKE_AFTER`], if the server is still out of the config, its
     /// users' sign-ins revoked and forgotten: `removed` (its name and
     /// settings) a reload took out; `None`, at start, every server the
@@ -42,6 +73,11 @@ impl Gateway {
             }
             return;
         }
+        if removed.is_none() {
+            // At once: a reload or a stop in the next seconds keeps what
+            // the pass below would revoke (still named, still signed in).
+            sign_ins.name_servers(&self.config.file, &self.sign_in_servers());
+        }
         let gateway = self.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -60,7 +96,9 @@ impl Gateway {
                     }
                 }
                 None => {
-                    let revoked = sign_ins.revoke_orphans(configured).await;
+                    let named = gateway.sign_in_servers();
+                    let file = gateway.config.file.clone();
+                    let revoked = sign_ins.revoke_orphans((&file, &named), configured).await;
                     tracing::info!(
                         revoked = revoked.len(),
                         "sign-ins to servers removed while the proxy was stopped: looked at"

@@ -30,8 +30,9 @@ pub const DOCUMENT_PATH: &str = "/oauth/client";
 /// besides registrations it made itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Ways<'a> {
-    /// `sign_in.client`.
-    pub given: Option<&'a WebClientConfig>,
+    /// `sign_in.client`, and the issuer it was registered at
+    /// (`sign_in.issuer`): used there only.
+    pub given: Option<(&'a WebClientConfig, &'a str)>,
     /// `[vault] public_url`, if the proxy offers its client ID metadata
     /// document under it.
     pub public: Option<&'a str>,
@@ -44,7 +45,7 @@ impl<'a> Ways<'a> {
             given: remote
                 .sign_in
                 .as_deref()
-                .and_then(|sign_in| sign_in.client.as_ref()),
+                .and_then(|sign_in| Some((sign_in.client.as_ref()?, sign_in.issuer.as_deref()?))),
             public: vault
                 .public_url
                 .as_deref()
@@ -166,10 +167,28 @@ pub async fn web_registration(
     Ok(client)
 }
 
-/// The client the operator registered (`given`) at `found`'s authorization
-/// server, for `redirect_uri`: authenticated with its secret as the server
-/// takes it (basic, else in the form), or public.
+/// The client the operator registered (`given`, at the issuer it names)
+/// at `found`'s authorization server, for `redirect_uri`: authenticated
+/// with its secret as the server takes it (basic, else in the form), or
+/// public. Refused if `found` is another authorization server: the
+/// client's secret goes nowhere else.
 pub fn given_client(
+    (given, issuer): (&WebClientConfig, &str),
+    found: &Discovered,
+    redirect_uri: &str,
+) -> Result<Registration, String> {
+    if issuer.trim_end_matches('/') != found.issuer.trim_end_matches('/') {
+        return Err(format!(
+            "the client given is `{issuer}`'s, and the server names `{}`: its secret is not sent there",
+            found.issuer
+        ));
+    }
+    operators_client(given, found, redirect_uri)
+}
+
+/// The client the operator registered (`given`) at `found`'s authorization
+/// server (the caller has checked it is the one): see [`given_client`].
+pub fn operators_client(
     given: &WebClientConfig,
     found: &Discovered,
     redirect_uri: &str,
@@ -236,7 +255,12 @@ pub fn registration(
     if kept.issuer != found.issuer {
         return Ok(None);
     }
-    if let Some(given) = ways.given.filter(|given| given.client_id == kept.client_id) {
+    // The operator's client only for tokens its own issuer issued to it
+    // (a hostile server's registration may have been given the same id).
+    if let Some(given) = ways.given.filter(|(given, issuer)| {
+        given.client_id == kept.client_id
+            && issuer.trim_end_matches('/') == kept.issuer.trim_end_matches('/')
+    }) {
         return given_client(given, found, "").map(Some);
     }
     if ways.document().as_deref() == Some(kept.client_id.as_str()) {

@@ -9,6 +9,8 @@ use crate::egress::HttpClient;
 const KEY: &str = "0001020304050607080900010203040506070809000102030405060708090001";
 const PUBLIC: &str = "https://proxy.example";
 const CALLBACK: &str = "https://proxy.example/oauth/callback";
+/// The authorization server the operator's client was registered at.
+const AS: &str = "https://as.example";
 
 fn vault(root: &Path) -> Vault {
     let key = root.join("key");
@@ -80,7 +82,7 @@ async fn the_operators_client_comes_first_then_the_document_then_a_registration(
     let everything = found(true, true, &["client_secret_basic", "none"]);
 
     let ways = Ways {
-        given: Some(&hand),
+        given: Some((&hand, AS)),
         public: Some(PUBLIC),
     };
     let client = web_client(&vault, &http(), ("s", CALLBACK), &everything, ways)
@@ -102,7 +104,12 @@ async fn the_operators_client_comes_first_then_the_document_then_a_registration(
     assert_eq!(client.client_secret, None);
     assert_eq!(client.auth_method, "none");
     // Nothing kept: the document is the registration.
-    assert!(vault.list().unwrap().is_empty());
+    assert!(
+        vault
+            .get_client::<Registration>("s", CALLBACK)
+            .unwrap()
+            .is_none()
+    );
 
     // A server that takes documents but not public clients, or a proxy
     // without an https:// public URL: registration (which fails here,
@@ -118,7 +125,7 @@ async fn the_operators_client_comes_first_then_the_document_then_a_registration(
         let err = web_client(&vault, &http(), ("s", CALLBACK), &offered, ways)
             .await
             .unwrap_err();
-        assert!(err.contains("register"), "{err}");
+        assert!(err.contains("registering with"), "{err}");
     }
 }
 
@@ -147,12 +154,16 @@ async fn a_server_offering_no_way_names_sign_in_client() {
 fn the_operators_client_must_be_one_the_server_can_take() {
     let dir = tempfile::tempdir().unwrap();
     let hand = given(dir.path(), Some("s3"));
-    let err =
-        given_client(&hand, &found(false, false, &["private_key_jwt"]), CALLBACK).unwrap_err();
+    let err = given_client(
+        (&hand, AS),
+        &found(false, false, &["private_key_jwt"]),
+        CALLBACK,
+    )
+    .unwrap_err();
     assert!(err.contains("neither client_secret_basic"), "{err}");
     let public = given(dir.path(), None);
     let client = given_client(
-        &public,
+        (&public, AS),
         &found(false, false, &["private_key_jwt"]),
         CALLBACK,
     )
@@ -180,7 +191,7 @@ fn tokens_find_the_client_they_were_issued_to_and_no_other() {
     let hand = given(dir.path(), Some("hand-secret-value"));
     let found = found(true, true, &["client_secret_post", "none"]);
     let ways = Ways {
-        given: Some(&hand),
+        given: Some((&hand, AS)),
         public: Some(PUBLIC),
     };
     let issuer = found.issuer.clone();
@@ -225,6 +236,34 @@ fn tokens_find_the_client_they_were_issued_to_and_no_other() {
     };
     assert!(
         registration(&vault, "s", &kept(document, &issuer), (&found, without))
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A server that names another authorization server than the one the
+/// operator's client was registered at: the client (and its secret) is
+/// not used there, for a link, a refresh or a revoke.
+#[tokio::test]
+async fn the_operators_client_goes_to_its_own_issuer_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault(dir.path());
+    let hand = given(dir.path(), Some("hand-secret-value"));
+    let mut elsewhere = found(true, true, &["client_secret_post", "none"]);
+    elsewhere.issuer = "https://evil.example".into();
+    let ways = Ways {
+        given: Some((&hand, AS)),
+        public: Some(PUBLIC),
+    };
+    let err = web_client(&vault, &http(), ("s", CALLBACK), &elsewhere, ways)
+        .await
+        .unwrap_err();
+    assert!(err.contains("its secret is not sent there"), "{err}");
+    // Tokens a hostile server issued to a client it gave the operator's
+    // client's id: not refreshed or revoked as the operator's client.
+    let issued = kept("Iv1.hand-made", "https://evil.example");
+    assert!(
+        registration(&vault, "s", &issued, (&elsewhere, ways))
             .unwrap()
             .is_none()
     );

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::client::{Ways, callback_url, given_client, registration, web_client, web_registration};
+use super::client::{
+    Ways, callback_url, operators_client, registration, web_client, web_registration,
+};
 use super::discover::{
     Discovered, Expect, covers, discover, discovery_client, discovery_client_of, provider,
 };
@@ -253,7 +255,7 @@ impl SignIns {
             })
             .await?;
         let client = match &named.web_client {
-            Some(given) => given_client(given, &found, callback)?,
+            Some(given) => operators_client(given, &found, callback)?,
             None => web_registration(vault, &http, (&key, callback), &found).await?,
         };
         Ok(Some(Proof {

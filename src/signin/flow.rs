@@ -298,13 +298,11 @@ pub fn answered(
         }
         // A refusal is one whoever sent it: said as such (some servers
         // name themselves in codes only), never taken as more.
+        // Its code only, never its words: who sent it is not known.
         None if found.iss_parameter && get("error").is_some() => {
             return Err(FlowError::Denied {
                 error: escaped(get("error").unwrap_or_default(), 64),
-                description: format!(
-                    "{} (the answer names no issuer)",
-                    escaped(get("error_description").unwrap_or_default(), 200)
-                ),
+                description: "(the answer names no issuer: its description is not shown)".into(),
             });
         }
         None if found.iss_parameter => {

@@ -145,9 +145,10 @@ fn an_answer_is_taken_only_for_its_own_state_and_issuer() {
             pairs(&[
                 ("code", "c0de"),
                 ("error", "invalid_scope"),
+                ("error_description", "call +1 555 0100 for help"),
                 ("state", "s1"),
             ]),
-            "invalid_scope  (the answer names no issuer)",
+            "invalid_scope (the answer names no issuer: its description is not shown)",
         ),
         (
             pairs(&[("state", "s1"), ("iss", "https://as.example")]),

@@ -5,6 +5,8 @@
 //! server removed while the proxy was stopped. The server itself may be
 //! gone: its issuer is read from the tokens, its metadata from the issuer.
 
+use std::collections::BTreeSet;
+
 use super::SignIns;
 use super::client::{Ways, registration};
 use super::discover::{Expect, discovery_client, discovery_client_of, provider};
@@ -38,39 +40,72 @@ impl SignIns {
             .await
     }
 
-    /// At start: every sign-in the vault keeps to a server the config
-    /// does not name (`configured` says which it does), removed while the
-    /// proxy was stopped, revoked and forgotten as [`Self::revoke_removed`]
-    /// does, each while `configured` still says the server is out. Its
-    /// settings gone, its issuer is reached as a peer-named address under
-    /// `[egress]`, every endpoint on the issuer's own origin, as the client
-    /// the tokens were issued to if the proxy still knows it (a
-    /// registration kept, or its client ID metadata document; not a
-    /// client the operator registered by hand, whose secret left with the
-    /// server's settings). The sign-ins revoked, as (server, user).
-    pub async fn revoke_orphans(&self, configured: impl Fn(&str) -> bool) -> Vec<(String, String)> {
-        let servers: std::collections::BTreeSet<String> = match self.vault().map(Vault::list) {
-            Ok(Ok(listed)) => listed
-                .into_iter()
-                .filter_map(Result::ok)
-                .map(|entry| entry.server)
-                .filter(|server| !configured(server))
-                .collect(),
+    /// At start: every sign-in to a server the config at `file` named
+    /// (as a proxy of it last wrote, [`SignIns::name_servers`]) and no
+    /// longer does (`configured` says which it does): removed while the
+    /// proxy was stopped, revoked and forgotten as
+    /// [`SignIns::revoke_removed`] does, each while `configured` still says
+    /// the server is out. A server another config names (sharing this
+    /// `data_dir`) is never one. Its settings gone, its issuer is reached
+    /// as a peer-named address under `[egress]`, every endpoint on the
+    /// issuer's own origin, as the client the tokens were issued to if the
+    /// proxy still knows it (a registration kept, or its client ID
+    /// metadata document; not a client the operator registered by hand,
+    /// whose secret left with the server's settings). Then what the
+    /// config names now (`named`) is written, with the servers whose
+    /// sign-ins could not be revoked. The sign-ins revoked, as (server,
+    /// user).
+    pub async fn revoke_orphans(
+        &self,
+        (file, named): (&std::path::Path, &BTreeSet<String>),
+        configured: impl Fn(&str) -> bool,
+    ) -> Vec<(String, String)> {
+        let before = match self.vault().map(|vault| vault.servers_named_by(file)) {
+            Ok(Ok(before)) => before.unwrap_or_default(),
             Ok(Err(err)) => {
-                tracing::warn!(reason = %err, "cannot list the vault's sign-ins at start");
+                tracing::warn!(reason = %err, "cannot read which servers the config named before");
                 return Vec::new();
             }
             // No vault: nothing kept.
             Err(_) => return Vec::new(),
         };
         let mut revoked = Vec::new();
-        for server in servers {
-            let gone = || !configured(&server);
-            for user in self.revoke_all(&server, Was::Unknown, &gone).await {
+        for server in before.iter().filter(|server| !configured(server)) {
+            let gone = || !configured(server);
+            for user in self.revoke_all(server, Was::Unknown, &gone).await {
                 revoked.push((server.clone(), user));
             }
         }
+        self.name_servers(file, named);
         revoked
+    }
+
+    /// Writes the `sign_in` servers the config at `file` names now
+    /// (`named`), with those it named before whose sign-ins are still in
+    /// the vault (their revocation still to come): what the next start
+    /// revokes, if they are still out then.
+    pub fn name_servers(&self, file: &std::path::Path, named: &BTreeSet<String>) {
+        let Ok(vault) = self.vault() else {
+            return;
+        };
+        let before = vault
+            .servers_named_by(file)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let waiting: BTreeSet<String> = match vault.list() {
+            Ok(listed) => listed
+                .into_iter()
+                .filter_map(Result::ok)
+                .map(|entry| entry.server)
+                .filter(|server| before.contains(server))
+                .collect(),
+            Err(_) => before,
+        };
+        let all: BTreeSet<String> = named.union(&waiting).cloned().collect();
+        if let Err(err) = vault.name_servers(file, &all) {
+            tracing::warn!(reason = %err, "cannot write which servers the config names");
+        }
     }
 
     async fn revoke_all(
@@ -101,7 +136,9 @@ impl SignIns {
         let mut revoked = Vec::new();
         for user in users {
             match self.revoke_one(vault, (server, was), &user, gone).await {
-                Ok(()) => {
+                // Gone already (another proxy of this `data_dir` did it).
+                Ok(false) => {}
+                Ok(true) => {
                     tracing::info!(%server, %user, "a removed server's sign-in was revoked and forgotten");
                     revoked.push(user);
                 }
@@ -121,7 +158,7 @@ impl SignIns {
         (server, was): (&str, Was<'_>),
         user: &str,
         gone: &impl Fn() -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let _held = vault
             .hold(server, user)
             .await
@@ -130,7 +167,7 @@ impl SignIns {
             return Err("the server is in the config again".into());
         }
         let Some(tokens) = vault.get(server, user).map_err(|err| err.to_string())? else {
-            return Ok(());
+            return Ok(false);
         };
         // Reached as a refresh reaches it: the server's own client (the
         // issuer a peer-named address), the endpoint origins it allows.
@@ -166,10 +203,7 @@ impl SignIns {
         if found.revocation_endpoint.is_none() {
             // Nothing to revoke at: forgotten, its tokens left to expire.
             tracing::warn!(%server, %user, issuer = %found.issuer, "the issuer offers no revocation: the sign-in is forgotten, its tokens left to expire");
-            return vault
-                .remove(server, user)
-                .map(|_| ())
-                .map_err(|err| err.to_string());
+            return vault.remove(server, user).map_err(|err| err.to_string());
         }
         let client = registration(vault, server, &tokens, (&found, ways))?
             .ok_or("the client its tokens were issued to is no longer known")?;
@@ -187,7 +221,6 @@ impl SignIns {
             }
             tracing::warn!(%server, %user, reason = %err, "the access token was not revoked (its refresh token was): left to expire");
         }
-        vault.remove(server, user).map_err(|err| err.to_string())?;
-        Ok(())
+        vault.remove(server, user).map_err(|err| err.to_string())
     }
 }

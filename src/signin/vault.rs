@@ -125,6 +125,14 @@ impl Kind {
     }
 }
 
+/// The `sign_in` servers one config named (not secret: names only).
+#[derive(Serialize, Deserialize)]
+struct NamedServers {
+    /// The config's path, for whoever reads the folder.
+    config: String,
+    servers: std::collections::BTreeSet<String>,
+}
+
 /// An entry's file.
 #[derive(Serialize, Deserialize)]
 struct File {
@@ -379,6 +387,66 @@ impl Vault {
             return Err(VaultError::TooLong);
         }
         self.write(&self.path_of(kind, server, user), &text)
+    }
+
+    /// The `sign_in` servers the config at `file` named when a proxy of it
+    /// last wrote them ([`Vault::name_servers`]); `None` if none ever did.
+    /// What a proxy revokes at its start is what its own config named
+    /// and no longer does: never what another config, sharing this
+    /// `data_dir`, names.
+    pub fn servers_named_by(
+        &self,
+        file: &Path,
+    ) -> Result<Option<std::collections::BTreeSet<String>>, VaultError> {
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.named_servers_path(file);
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+            .open(&path);
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(self.io(format!("{}: {err}", path.display()))),
+        };
+        let mut text = Vec::new();
+        opened
+            .take(MAX_FILE + 1)
+            .read_to_end(&mut text)
+            .map_err(|err| self.io(format!("{}: {err}", path.display())))?;
+        let named: NamedServers = serde_json::from_slice(&text)
+            .ok()
+            .filter(|_| text.len() as u64 <= MAX_FILE)
+            .ok_or_else(|| self.io(format!("{} is not a list of servers", path.display())))?;
+        Ok(Some(named.servers))
+    }
+
+    /// Writes the `sign_in` servers the config at `file` names (see
+    /// [`Vault::servers_named_by`]).
+    pub fn name_servers(
+        &self,
+        file: &Path,
+        servers: &std::collections::BTreeSet<String>,
+    ) -> Result<(), VaultError> {
+        let named = NamedServers {
+            config: std::path::absolute(file)
+                .unwrap_or_else(|_| file.to_owned())
+                .display()
+                .to_string(),
+            servers: servers.clone(),
+        };
+        let text = serde_json::to_vec(&named).map_err(|err| self.io(err.to_string()))?;
+        self.write(&self.named_servers_path(file), &text)
+    }
+
+    fn named_servers_path(&self, file: &Path) -> PathBuf {
+        let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+        let digest = Sha256::digest(absolute.as_os_str().as_encoded_bytes());
+        self.dir.join(format!(
+            "{}.servers",
+            hex::encode(digest.get(..16).unwrap_or_default())
+        ))
     }
 
     /// `text` into `path`, whole or not at all: a new file of the
