@@ -1769,3 +1769,70 @@ async fn sign_ins_to_a_server_removed_while_the_proxy_was_stopped_are_revoked_at
         "refresh and access token, each user: {stats}"
     );
 }
+
+/// A session that was given a link as a URL elicitation is told when the
+/// person has signed in there (`notifications/elicitation/complete`, with
+/// the `elicitationId` it was given), and its retried call is served; a
+/// session of the same user that was given no elicitation is told nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_asked_by_url_elicitation_is_told_when_the_user_signed_in() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let (proxy, path, public) = linked_config(&url, "");
+    next_user(&issuer, "alice").await;
+    sign_in(path.to_str().unwrap(), false).await;
+    let served = proxy.serve_http().await;
+    let declaring = |capabilities: Value| {
+        serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": capabilities,
+            "clientInfo": {"name": "elicitation-test", "version": "0"}})
+    };
+    let asked = common::HttpSession::connect_declaring(
+        &served.url,
+        common::OTHER_TOKEN,
+        declaring(serde_json::json!({"elicitation": {"url": {}}})),
+    )
+    .await;
+    let mut told = asked.events().await;
+    let bystander = common::HttpSession::connect_declaring(
+        &served.url,
+        common::OTHER_TOKEN,
+        declaring(serde_json::json!({})),
+    )
+    .await;
+    let mut untold = bystander.events().await;
+    let whoami = serde_json::json!({ "name": "protected__whoami", "arguments": {} });
+
+    let answer = asked.call(1, "tools/call", whoami.clone()).await;
+    assert_eq!(answer["error"]["code"], -32042, "{answer}");
+    let elicitation = &answer["error"]["data"]["elicitations"][0];
+    let id = elicitation["elicitationId"].as_str().unwrap().to_owned();
+    let link = elicitation["url"].as_str().unwrap().to_owned();
+    next_user(&issuer, "bob").await;
+    let (to, cookie) = go_on(&link, &public).await;
+    let back = approved(&to).await;
+    assert_eq!(with_cookie(&back, &cookie).await.status(), 200);
+
+    let complete = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let message = told.recv().await.expect("the session's stream");
+            if message["method"] == "notifications/elicitation/complete" {
+                break message;
+            }
+        }
+    })
+    .await
+    .expect("told in time");
+    assert_eq!(
+        complete["params"]["elicitationId"],
+        id.as_str(),
+        "{complete}"
+    );
+    let again = asked.call(2, "tools/call", whoami).await;
+    assert_eq!(said(&again), "subject=bob", "{again}");
+    // The other session was given no elicitation: nothing came to it.
+    while let Ok(message) = untold.try_recv() {
+        assert_ne!(
+            message["method"], "notifications/elicitation/complete",
+            "{message}"
+        );
+    }
+}

@@ -262,8 +262,15 @@ async fn callback(
         Ok(Answer::Proof(proved)) => return proof(&state, &sign_ins, proved, &cookies).await,
         Err(err) => return refused(&err),
     };
+    let elicitation = answered.elicitation.clone();
     let mut response = match sign_ins.finish(answered).await {
-        Ok(text) => page(StatusCode::OK, &text, None),
+        Ok(text) => {
+            // A client asked by URL elicitation may retry at once.
+            if let Some(elicitation) = elicitation {
+                state.gateway.elicitation_complete(&elicitation);
+            }
+            page(StatusCode::OK, &text, None)
+        }
         Err(reason) => {
             tracing::warn!(%reason, "a sign-in from a link failed");
             page(

@@ -7,7 +7,6 @@
 //! chose — a method, a tool name, a URI — is quoted back only to it).
 
 use serde_json::{Value, json};
-use sha2::Digest as _;
 
 use crate::chain::{Outcome, Refusal};
 use crate::protocol::{self, EnvelopeError, ParseError, code};
@@ -359,6 +358,17 @@ impl Failure {
         }
     }
 
+    /// The `elicitationId` of the link to sign in this failure gives, if
+    /// it gives one.
+    pub fn elicitation_id(&self) -> Option<String> {
+        match self {
+            Self::Upstream(UpstreamError::SignInNeeded { link, .. }) => {
+                Some(crate::signin::pending::elicitation_id(link))
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the client's user must sign in to the server first.
     pub fn is_sign_in(&self) -> bool {
         matches!(self, Self::Upstream(UpstreamError::SignInNeeded { .. }))
@@ -371,9 +381,7 @@ impl Failure {
         let Self::Upstream(UpstreamError::SignInNeeded { told, link, .. }) = self else {
             return self.to_response(id);
         };
-        // Names the elicitation without repeating the link's secret.
-        let digest = sha2::Sha256::digest(link.as_bytes());
-        let elicitation_id = hex::encode(digest.get(..16).unwrap_or_default());
+        let elicitation_id = crate::signin::pending::elicitation_id(link);
         protocol::error(
             id,
             URL_ELICITATION_REQUIRED,

@@ -98,6 +98,8 @@ pub struct Gateway {
     lists: lists::Lists,
     /// The sessions open.
     sessions: Sessions,
+    /// The links to sign in given as URL elicitations, and to whom.
+    elicitations: sign_in::Elicitations,
     /// Resource URI → sessions subscribed to it.
     subscriptions: subscriptions::Subscriptions,
     /// 2026-07-28 calls waiting for their client's next round, and each
@@ -258,6 +260,7 @@ impl Gateway {
             unattributed: notifications::Unattributed::default(),
             config,
             sessions: Sessions::default(),
+            elicitations: sign_in::Elicitations::default(),
             subscriptions: subscriptions::Subscriptions::default(),
             listens: listen::Listens::default(),
             rounds: rounds::Rounds::default(),

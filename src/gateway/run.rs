@@ -212,6 +212,13 @@ impl Gateway {
                     .is_some_and(|url| !url.is_null())
             });
             let reply = if url_mode {
+                // Told when the person has signed in at the link.
+                if let (Some(elicitation), Some(sign_ins)) =
+                    (failure.elicitation_id(), self.servers.sign_ins())
+                {
+                    self.elicitations
+                        .told(elicitation, session.key, sign_ins.link_life());
+                }
                 failure.to_url_elicitation(id.clone())
             } else {
                 failure.to_sign_in_result(id.clone())

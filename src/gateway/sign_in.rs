@@ -213,3 +213,113 @@ impl Gateway {
         }
     }
 }
+
+/// The most sign-in links given as URL elicitations whose sessions wait to
+/// be told they were answered (the oldest forgotten first).
+const MAX_ELICITATIONS: usize = 10_000;
+
+/// The sign-in links given as URL elicitations (by `elicitationId`), the
+/// sessions each was given to, and until when it may be answered.
+#[derive(Default)]
+pub(super) struct Elicitations(std::sync::Mutex<ElicitationsHeld>);
+
+#[derive(Default)]
+pub(super) struct ElicitationsHeld {
+    by_id: std::collections::HashMap<String, (std::time::Instant, Vec<u64>)>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Elicitations {
+    /// `session` was given the link named `id`, which lives `life`.
+    pub(super) fn told(&self, id: String, session: u64, life: std::time::Duration) {
+        let now = std::time::Instant::now();
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let held = &mut *held;
+        if let Some((_, sessions)) = held.by_id.get_mut(&id) {
+            if !sessions.contains(&session) {
+                sessions.push(session);
+            }
+            return;
+        }
+        held.by_id.insert(id.clone(), (now + life, vec![session]));
+        held.order.push_back(id);
+        // The oldest, and those past their life, go first.
+        while let Some(oldest) = held.order.front() {
+            let expired = held
+                .by_id
+                .get(oldest)
+                .is_none_or(|(until, _)| *until <= now);
+            if !expired && held.order.len() <= MAX_ELICITATIONS {
+                break;
+            }
+            if let Some(oldest) = held.order.pop_front() {
+                held.by_id.remove(&oldest);
+            }
+        }
+    }
+
+    /// The sessions the link named `id` was given to, forgotten.
+    fn answered(&self, id: &str) -> Vec<u64> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.order.retain(|other| other != id);
+        held.by_id
+            .remove(id)
+            .filter(|(until, _)| *until > std::time::Instant::now())
+            .map(|(_, sessions)| sessions)
+            .unwrap_or_default()
+    }
+}
+
+impl Gateway {
+    /// The sign-in given as the URL elicitation `id` was answered: each
+    /// session it was given to, still open, is told
+    /// (`notifications/elicitation/complete`), so that its client may retry
+    /// the call at once.
+    pub fn elicitation_complete(&self, id: &str) {
+        let message = protocol::notification(
+            "notifications/elicitation/complete",
+            serde_json::json!({ "elicitationId": id }),
+        );
+        for key in self.elicitations.answered(id) {
+            if let Some(session) = self.sessions.get(key) {
+                self.notify(&session, None, message.clone(), None, None);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    #[test]
+    fn an_elicitation_tells_its_sessions_once_while_it_lives() {
+        let held = Elicitations::default();
+        let life = std::time::Duration::from_secs(600);
+        held.told("e1".into(), 7, life);
+        held.told("e1".into(), 7, life);
+        held.told("e1".into(), 9, life);
+        assert_eq!(held.answered("e1"), vec![7, 9]);
+        // Once only; an id never given, nothing.
+        assert!(held.answered("e1").is_empty());
+        assert!(held.answered("e2").is_empty());
+        // Past its life: nobody is told.
+        held.told("e3".into(), 1, std::time::Duration::ZERO);
+        assert!(held.answered("e3").is_empty());
+    }
+
+    #[test]
+    fn the_oldest_elicitations_go_first_past_the_bound() {
+        let held = Elicitations::default();
+        let life = std::time::Duration::from_secs(600);
+        for n in 0..=MAX_ELICITATIONS {
+            held.told(format!("e{n}"), 1, life);
+        }
+        assert!(held.answered("e0").is_empty());
+        assert_eq!(held.answered("e1"), vec![1]);
+        assert_eq!(held.answered(&format!("e{MAX_ELICITATIONS}")), vec![1]);
+        assert!(held.0.lock().unwrap().by_id.len() < MAX_ELICITATIONS);
+    }
+}

@@ -202,10 +202,9 @@ impl SignIns {
             .begin(remote, (server, user), found, client, proof)
             .map_err(|err| err.to_string())?;
         let public = self.config.vault.public_url.as_deref().unwrap_or_default();
-        Ok(Some(format!(
-            "{}/oauth/start?id={id}",
-            public.trim_end_matches('/')
-        )))
+        let link = format!("{}/oauth/start?id={id}", public.trim_end_matches('/'));
+        self.pendings.named(&id, &link);
+        Ok(Some(link))
     }
 
     /// Where the person at `user`'s link must first show they are `user`:

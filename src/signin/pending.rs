@@ -98,6 +98,8 @@ struct Pending {
     /// Who the person must first show they are, if the user is one of an
     /// `[oauth]` provider's.
     proof: Option<Proving>,
+    /// The `elicitationId` of the link given ([`Pendings::named`]).
+    elicitation: Option<String>,
 }
 
 /// Where the person at a link shows they are its user: the sign-in to the
@@ -166,6 +168,15 @@ pub struct Answered {
     pub client: Registration,
     pub code: String,
     pub verifier: String,
+    /// The `elicitationId` of the link, as the user's client was given it.
+    pub elicitation: Option<String>,
+}
+
+/// The `elicitationId` of a link to sign in given as a URL elicitation: a
+/// digest of the link (it names it without repeating its secret).
+pub fn elicitation_id(link: &str) -> String {
+    let digest = Sha256::digest(link.as_bytes());
+    hex::encode(digest.get(..16).unwrap_or_default())
 }
 
 /// The sign-ins waiting, by the digest of their link's id, and the digest
@@ -258,6 +269,7 @@ impl Pendings {
                 link: started.link,
                 until: now + self.life,
                 browser: None,
+                elicitation: None,
                 proof: proof.map(|proof| Proving {
                     proof,
                     started: None,
@@ -465,7 +477,17 @@ impl Pendings {
             client: pending.client,
             code,
             verifier: pending.verifier,
+            elicitation: pending.elicitation,
         }))
+    }
+
+    /// Names the link `id` gave, `link`, as the URL elicitation it may be
+    /// given as ([`elicitation_id`]).
+    pub fn named(&self, id: &str, link: &str) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pending) = waiting.by_id.get_mut(&digest(id)) {
+            pending.elicitation = Some(elicitation_id(link));
+        }
     }
 }
 

@@ -822,15 +822,28 @@ pub async fn initialize_http(
     token: &str,
     client_name: &str,
 ) -> String {
+    initialize_http_with(
+        http,
+        url,
+        token,
+        serde_json::json!({"protocolVersion":"2025-06-18","capabilities":{},
+            "clientInfo":{"name":client_name,"version":"0"}}),
+    )
+    .await
+}
+
+/// [`initialize_http`] with these `initialize` params.
+pub async fn initialize_http_with(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    params: Value,
+) -> String {
     let response = http
         .post(url)
         .bearer_auth(token)
         .header("accept", "application/json, text/event-stream")
-        .json(
-            &serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
-            "protocolVersion":"2025-06-18","capabilities":{},
-            "clientInfo":{"name":client_name,"version":"0"}}}),
-        )
+        .json(&serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":params}))
         .send()
         .await
         .expect("initialize over HTTP");
@@ -860,8 +873,20 @@ impl HttpSession {
 
     /// A session of the client whose bearer token is `token`.
     pub async fn connect_as(url: &str, token: &str) -> Self {
+        Self::connect_declaring(
+            url,
+            token,
+            serde_json::json!({"protocolVersion":"2025-06-18","capabilities":{},
+                "clientInfo":{"name":"http-test","version":"0"}}),
+        )
+        .await
+    }
+
+    /// A session of the client whose bearer token is `token`, begun with
+    /// these `initialize` params (a revision, capabilities).
+    pub async fn connect_declaring(url: &str, token: &str, params: Value) -> Self {
         let http = reqwest::Client::new();
-        let session = initialize_http(&http, url, token, "http-test").await;
+        let session = initialize_http_with(&http, url, token, params).await;
         let this = Self {
             http,
             url: url.to_owned(),
