@@ -1742,6 +1742,7 @@ async fn sign_ins_to_a_server_removed_while_the_proxy_was_stopped_are_revoked_at
         assert!(vault.get("protected", user).unwrap().is_some(), "{user}");
     }
 
+    assert!(!vault.clients_of("protected").unwrap().is_empty());
     let served = common::serve_config(&path).await;
     served
         .log
@@ -1763,6 +1764,10 @@ async fn sign_ins_to_a_server_removed_while_the_proxy_was_stopped_are_revoked_at
         introspect(&issuer, &kept.access_token).await["active"],
         true
     );
+    // The registrations the proxy made for the removed server went with
+    // its sign-ins; the kept server's stay.
+    assert!(vault.clients_of("protected").unwrap().is_empty());
+    assert!(!vault.clients_of("moved").unwrap().is_empty());
     let stats = looked(&issuer, "stats").await;
     assert_eq!(
         stats["revoke"], 4,

@@ -134,6 +134,7 @@ impl SignIns {
             }
         };
         let mut revoked = Vec::new();
+        let mut kept = false;
         for user in users {
             match self.revoke_one(vault, (server, was), &user, gone).await {
                 // Gone already (another proxy of this `data_dir` did it).
@@ -143,9 +144,15 @@ impl SignIns {
                     revoked.push(user);
                 }
                 Err(reason) => {
+                    kept = true;
                     tracing::warn!(%server, %user, %reason, "a removed server's sign-in could not be revoked: it is kept in the vault");
                 }
             }
+        }
+        // No sign-in left that was issued to them: the clients the proxy
+        // registered for the server (their secrets) go too.
+        if !kept && gone() {
+            forget_clients(vault, server);
         }
         revoked
     }
@@ -222,5 +229,22 @@ impl SignIns {
             tracing::warn!(%server, %user, reason = %err, "the access token was not revoked (its refresh token was): left to expire");
         }
         vault.remove(server, user).map_err(|err| err.to_string())
+    }
+}
+
+/// Forgets every client the proxy registered for `server` (a removed
+/// server none of whose users' sign-ins is kept).
+fn forget_clients(vault: &Vault, server: &str) {
+    match vault.clients_of(server) {
+        Ok(names) => {
+            for name in names {
+                if let Err(err) = vault.remove_client(server, &name) {
+                    tracing::warn!(%server, reason = %err, "a removed server's registration could not be forgotten");
+                }
+            }
+        }
+        Err(err) => {
+            tracing::warn!(%server, reason = %err, "cannot list a removed server's registrations");
+        }
     }
 }

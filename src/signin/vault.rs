@@ -589,6 +589,30 @@ impl Vault {
         Ok(listed)
     }
 
+    /// The names the clients registered for `server` are kept under.
+    pub fn clients_of(&self, server: &str) -> Result<Vec<String>, VaultError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(self.io(err.to_string())),
+        };
+        let mut names = Vec::new();
+        for path in entries.filter_map(|entry| entry.ok().map(|entry| entry.path())) {
+            if path.extension().is_none_or(|ext| ext != "json") {
+                continue;
+            }
+            if let Ok(Some(file)) = self.read(&path)
+                && file.kind == Kind::Client
+                && file.server == server
+                && path == self.path_of(Kind::Client, &file.server, &file.user)
+            {
+                names.push(file.user);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// The entry at `path`, if there is one: a regular file (not a link,
     /// a folder or a pipe), read to at most [`MAX_FILE`] bytes.
     fn read(&self, path: &Path) -> Result<Option<File>, VaultError> {

@@ -358,3 +358,40 @@ fn a_vault_key_that_is_also_a_session_key_is_refused() {
     let err = Vault::of(&config).unwrap_err();
     assert!(matches!(err, VaultError::SharedKey { index: 1 }), "{err}");
 }
+
+#[test]
+fn a_servers_registrations_are_listed_by_name_and_no_others() {
+    let root = tempfile::tempdir().unwrap();
+    let vault = vault(root.path(), &[("a.key", KEY_A)]);
+    vault
+        .put_client("s", "https://as.example c1", &"one")
+        .unwrap();
+    vault
+        .put_client("s", "http://127.0.0.1/callback", &"two")
+        .unwrap();
+    vault
+        .put_client("t", "https://as.example c9", &"three")
+        .unwrap();
+    vault.put("s", "alice", &tokens("a1")).unwrap();
+    assert_eq!(
+        vault.clients_of("s").unwrap(),
+        vec!["http://127.0.0.1/callback", "https://as.example c1"]
+    );
+    assert_eq!(
+        vault.clients_of("t").unwrap(),
+        vec!["https://as.example c9"]
+    );
+    assert!(vault.clients_of("u").unwrap().is_empty());
+    // The list of the servers a config named is no entry.
+    let named = std::collections::BTreeSet::from(["s".to_owned()]);
+    let config = root.path().join("portcullis.toml");
+    vault.name_servers(&config, &named).unwrap();
+    assert_eq!(vault.servers_named_by(&config).unwrap(), Some(named));
+    assert_eq!(
+        vault
+            .servers_named_by(&root.path().join("other.toml"))
+            .unwrap(),
+        None
+    );
+    assert_eq!(vault.list().unwrap().len(), 1);
+}
