@@ -441,6 +441,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client,
             profile,
         } => {
+            let before = reload::stamp_of(&config);
             let config = load_with(&config, profile.as_deref())?;
             let stdio_client = match (stdio, client) {
                 (true, Some(name)) => Some(client_identity(&config, &name)?),
@@ -452,7 +453,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     config.file.display()
                 );
             }
-            serve::serve(config, stdio_client).await
+            serve::serve((config, before), stdio_client).await
         }
         Command::Profile { command } => profiles::run(command),
         Command::Catalog { command } => catalogs::run(command).await,
@@ -463,11 +464,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client,
             profile,
         } => {
+            let before = reload::stamp_of(&config);
             let mut config = load_with(&config, profile.as_deref())?;
             let identity = client_identity(&config, &client)?;
             // `stdio` serves exactly one client; HTTP stays off.
             config.proxy.listen = None;
-            serve::serve(config, Some(identity)).await
+            serve::serve((config, before), Some(identity)).await
         }
         Command::Doctor { config } => {
             let config = load(&config)?;

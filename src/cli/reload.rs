@@ -153,9 +153,20 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<Stamp>> {
         .collect()
 }
 
-/// The stamps of the files `config` was read from (see [`watch`]).
-pub(super) fn stamps_of(config: &Config) -> Vec<Option<Stamp>> {
-    stamps(&watched(config))
+/// The config file `path` as it is now: taken before it is read.
+pub(super) fn stamp_of(path: &std::path::Path) -> Option<Stamp> {
+    stamps(&[path.to_owned()]).pop().flatten()
+}
+
+/// The stamps of the files `config` was read from (see [`watch`]), the
+/// config file's as it was before it was read (`before`, [`stamp_of`]):
+/// an edit made while it was read is seen at the first look.
+pub(super) fn stamps_of(config: &Config, before: Option<Stamp>) -> Vec<Option<Stamp>> {
+    let mut read = stamps(&watched(config));
+    if let Some(file) = read.first_mut() {
+        *file = before;
+    }
+    read
 }
 
 /// Watches the config of `gateway` (read as `source` says) until the proxy

@@ -19,12 +19,12 @@ use crate::interceptors;
 /// Serves MCP on `[proxy] listen` and/or to one client on stdio, until a
 /// signal (or, with stdio only, the end of stdin).
 pub(super) async fn serve(
-    config: Config,
+    (config, before): (Config, Option<super::reload::Stamp>),
     stdio_client: Option<ClientIdentity>,
 ) -> anyhow::Result<()> {
-    // The config's files as they were read: an edit made while the
-    // servers start is reloaded once the watch begins.
-    let read = super::reload::stamps_of(&config);
+    // The config's files as they were read (the config file's as it was
+    // before): an edit made since is reloaded once the watch begins.
+    let read = super::reload::stamps_of(&config, before);
     super::records::announce_sandboxing(config.servers.iter());
     let listen = config.proxy.listen;
     // The signal handlers come first: a SIGTERM while servers start must

@@ -33,6 +33,38 @@ pub struct Known {
 struct Held {
     digests: HashSet<[u8; 32]>,
     order: VecDeque<[u8; 32]>,
+    /// The lengths of the tokens remembered (a bit each, up to
+    /// [`MAX_LENGTH`]): only a run of one of them is hashed.
+    lengths: Vec<u64>,
+}
+
+/// The longest token a length is kept for; a longer one is remembered by
+/// [`Known::longest`] alone (every run up to it is then hashed).
+const MAX_LENGTH: usize = 16 * 1024;
+
+impl Held {
+    fn note_length(&mut self, length: usize) {
+        if length > MAX_LENGTH {
+            return;
+        }
+        let (word, bit) = (length / 64, length % 64);
+        if self.lengths.len() <= word {
+            self.lengths.resize(word + 1, 0);
+        }
+        if let Some(slot) = self.lengths.get_mut(word) {
+            *slot |= 1 << bit;
+        }
+    }
+
+    /// Whether a token of `length` bytes may be known.
+    fn may_be(&self, length: usize, longest: usize) -> bool {
+        if longest > MAX_LENGTH && length > MAX_LENGTH {
+            return length <= longest;
+        }
+        self.lengths
+            .get(length / 64)
+            .is_some_and(|word| word & (1 << (length % 64)) != 0)
+    }
 }
 
 static KNOWN: LazyLock<Known> = LazyLock::new(Known::default);
@@ -42,8 +74,26 @@ pub fn known() -> &'static Known {
     &KNOWN
 }
 
+/// The bytes a token is made of, by value.
+// `byte` stays below 256, the table's length: `get_mut` is not `const`.
+#[allow(clippy::indexing_slicing)]
+const TOKEN_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] =
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        byte += 1;
+    }
+    table
+};
+
 fn is_token_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+    TOKEN_BYTES
+        .get(usize::from(byte))
+        .copied()
+        .unwrap_or_default()
 }
 
 impl Known {
@@ -69,6 +119,7 @@ impl Known {
             return;
         }
         held.order.push_back(digest);
+        held.note_length(value.len());
         while held.order.len() > MAX_KNOWN {
             if let Some(oldest) = held.order.pop_front() {
                 held.digests.remove(&oldest);
@@ -91,13 +142,20 @@ impl Known {
         let held = self.held.read().unwrap_or_else(|p| p.into_inner());
         let mut at = 0;
         while at < text.len() {
-            if !text.get(at).copied().is_some_and(is_token_byte) {
-                at += 1;
+            let rest = text.get(at..).unwrap_or_default();
+            let Some(skip) = rest.iter().position(|&byte| is_token_byte(byte)) else {
+                break;
+            };
+            let start = at + skip;
+            let rest = text.get(start..).unwrap_or_default();
+            at = start
+                + rest
+                    .iter()
+                    .position(|&byte| !is_token_byte(byte))
+                    .unwrap_or(rest.len());
+            // Too short to be a token even with its padding.
+            if at - start + 2 < MIN_KNOWN {
                 continue;
-            }
-            let start = at;
-            while text.get(at).copied().is_some_and(is_token_byte) {
-                at += 1;
             }
             let mut end = at;
             // Base64 padding belongs to the token, if it is there.
@@ -126,6 +184,7 @@ impl Known {
                     let length = stop - start;
                     fresh
                         && (MIN_KNOWN..=longest).contains(&length)
+                        && held.may_be(length, longest)
                         && text.get(start..stop).is_some_and(|run| {
                             held.digests
                                 .contains(&<[u8; 32]>::from(Sha256::digest(run)))
