@@ -149,9 +149,12 @@ impl SignIns {
                 }
             }
         }
-        // No sign-in left that was issued to them: the clients the proxy
-        // registered for the server (their secrets) go too.
-        if !kept && gone() {
+        // A server removed while the proxy was stopped (no link of this
+        // proxy's can still be answered for it), none of whose sign-ins
+        // is left, not even one that does not open: the clients the proxy
+        // registered for it (their secrets) go too. After a reload's
+        // removal they stay: a link given before may still be answered.
+        if !kept && matches!(was, Was::Unknown) && gone() && nothing_left(vault, server) {
             forget_clients(vault, server);
         }
         revoked
@@ -230,6 +233,18 @@ impl SignIns {
         }
         vault.remove(server, user).map_err(|err| err.to_string())
     }
+}
+
+/// Whether the vault keeps no sign-in to `server`, read again now (one
+/// written meanwhile, or one that does not open, counts).
+fn nothing_left(vault: &Vault, server: &str) -> bool {
+    vault.list().is_ok_and(|listed| {
+        listed.iter().all(|entry| match entry {
+            Ok(entry) => entry.server != server,
+            Err(super::vault::VaultError::Unsealable { server: named, .. }) => named != server,
+            Err(_) => false,
+        })
+    })
 }
 
 /// Forgets every client the proxy registered for `server` (a removed

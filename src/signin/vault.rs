@@ -410,6 +410,9 @@ impl Vault {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(self.io(format!("{}: {err}", path.display()))),
         };
+        if !opened.metadata().is_ok_and(|meta| meta.is_file()) {
+            return Err(self.io(format!("{} is not a regular file", path.display())));
+        }
         let mut text = Vec::new();
         opened
             .take(MAX_FILE + 1)
