@@ -162,35 +162,33 @@ impl Known {
             while text.get(end) == Some(&b'=') && end - at < 2 {
                 end += 1;
             }
-            // The run with its padding, else without, else without the
-            // punctuation that may end a sentence or a path after it.
+            // The run with its padding, else without, else without one, two,
+            // three or four of the punctuation marks that may end a sentence
+            // or a path after it (a token may end in `-` or `~` itself).
+            let mut stops = [end, at, at, at, at, at];
             let mut trimmed = at;
-            while trimmed > start
-                && matches!(text.get(trimmed - 1), Some(b'.' | b'/' | b'~' | b'-'))
-            {
-                trimmed -= 1;
+            for slot in stops.iter_mut().skip(2) {
+                if trimmed > start
+                    && matches!(text.get(trimmed - 1), Some(b'.' | b'/' | b'~' | b'-'))
+                {
+                    trimmed -= 1;
+                }
+                *slot = trimmed;
             }
             let longest = self.longest.load(Ordering::Acquire);
-            let mut tried = [0usize; 3];
-            let found = [end, at, trimmed]
-                .into_iter()
-                .enumerate()
-                .find(|&(n, stop)| {
-                    // Each length once; none shorter or longer than a token.
-                    let fresh = !tried.iter().take(n).any(|&seen| seen == stop);
-                    if let Some(slot) = tried.get_mut(n) {
-                        *slot = stop;
-                    }
-                    let length = stop - start;
-                    fresh
-                        && (MIN_KNOWN..=longest).contains(&length)
-                        && held.may_be(length, longest)
-                        && text.get(start..stop).is_some_and(|run| {
-                            held.digests
-                                .contains(&<[u8; 32]>::from(Sha256::digest(run)))
-                        })
-                });
-            let found = found.map(|(_, stop)| stop);
+            let found = stops.iter().enumerate().find(|&(n, &stop)| {
+                // Each length once; none shorter or longer than a token.
+                let fresh = !stops.iter().take(n).any(|&seen| seen == stop);
+                let length = stop - start;
+                fresh
+                    && (MIN_KNOWN..=longest).contains(&length)
+                    && held.may_be(length, longest)
+                    && text.get(start..stop).is_some_and(|run| {
+                        held.digests
+                            .contains(&<[u8; 32]>::from(Sha256::digest(run)))
+                    })
+            });
+            let found = found.map(|(_, &stop)| stop);
             if let Some(stop) = found {
                 spans.push((start, stop));
             }
@@ -231,6 +229,27 @@ mod tests {
                 .find(b"nothing known here at all, not a token")
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_token_ending_in_punctuation_is_found_before_more_of_it() {
+        let known = Known::default();
+        let dashed = "base64url-token-that-ends-in-a-dash-";
+        let tilded = "another-base64url-token-ending-in~";
+        known.remember(dashed);
+        known.remember(tilded);
+        for text in [
+            format!("see {dashed}. And"),
+            format!("at {dashed}/"),
+            format!("({dashed}--)"),
+            format!("{tilded}."),
+            format!("{tilded}~/."),
+        ] {
+            let spans = known.find(text.as_bytes());
+            assert_eq!(spans.len(), 1, "{text}");
+            let found = &text[spans[0].0..spans[0].1];
+            assert!(found == dashed || found == tilded, "{text}: {found}");
+        }
     }
 
     #[test]
