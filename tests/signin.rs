@@ -194,10 +194,20 @@ fn vault_config_at(
     more: &str,
     vault: &str,
 ) -> (TestProxy, std::path::PathBuf) {
+    vault_config_of(proxy, url, (more, ""), vault)
+}
+
+/// The same, `server_more` (keys of the server's table) after its `remote`.
+fn vault_config_of(
+    proxy: TestProxy,
+    url: &str,
+    (more, server_more): (&str, &str),
+    vault: &str,
+) -> (TestProxy, std::path::PathBuf) {
     let key = vault_key(&proxy);
     let proxy = proxy
         .with_server_toml(&format!(
-            "[[servers]]\nname = \"protected\"\nremote = {{ url = {url:?}{more} }}\n"
+            "[[servers]]\nname = \"protected\"\nremote = {{ url = {url:?}{more} }}\n{server_more}"
         ))
         .with_config(&format!(
             "[egress]\nallow = [\"127.0.0.0/8\"]\n\n[vault]\nkeys = [\"file:{}\"]\n{vault}",
@@ -618,14 +628,15 @@ async fn a_user_signs_in_from_the_link_their_agent_was_given() {
     let other = common::HttpSession::connect_as(&served.url, common::OTHER_TOKEN).await;
     let answer = other.call(1, "tools/call", whoami.clone()).await;
     let told = said(&answer);
-    let start = format!("{public}/oauth/start?id=");
-    let at = told.find(&start).unwrap_or_else(|| panic!("{answer}"));
-    let link: String = told[at..].split_whitespace().next().unwrap().to_owned();
+    let link = link_in(&told, &public);
     assert!(
         told.contains("`other` must sign in to `protected`"),
         "{told}"
     );
-    let id = link.strip_prefix(&start).unwrap().to_owned();
+    let id = link
+        .strip_prefix(&format!("{public}/oauth/start?id="))
+        .unwrap()
+        .to_owned();
 
     // The page names the user, the server and the authorization server,
     // and takes nothing (a preview leaves the link usable).
@@ -773,11 +784,7 @@ async fn a_user_signs_in_from_the_link_their_agent_was_given() {
 /// proxy's fixed loopback port), `more` after `[vault]`: the proxy, its
 /// config, and its public URL.
 fn linked_config(url: &str, more: &str) -> (TestProxy, std::path::PathBuf, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
     let (proxy, path) = vault_config_at(
         TestProxy::new().with_listen(&format!("127.0.0.1:{port}")),
@@ -1361,18 +1368,15 @@ fn linked_config_at(
     server_more: &str,
     listener: &str,
 ) -> (TestProxy, std::path::PathBuf) {
-    let proxy = TestProxy::new().with_listen(&format!("127.0.0.1:{port}"));
-    let key = vault_key(&proxy);
-    let proxy = proxy
-        .with_server_toml(&format!(
-            "[[servers]]\nname = \"protected\"\nremote = {{ url = {url:?}, sign_in = {{ list_as = \"tester\"{sign_in_more} }} }}\n{server_more}"
-        ))
-        .with_config(&format!(
-            "[egress]\nallow = [\"127.0.0.0/8\"]\n\n[vault]\nkeys = [\"file:{}\"]\npublic_url = {public:?}\n{listener}",
-            key.display()
-        ));
-    let path = proxy.write_config();
-    (proxy, path)
+    vault_config_of(
+        TestProxy::new().with_listen(&format!("127.0.0.1:{port}")),
+        url,
+        (
+            &format!(", sign_in = {{ list_as = \"tester\"{sign_in_more} }}"),
+            server_more,
+        ),
+        &format!("public_url = {public:?}\n{listener}"),
+    )
 }
 
 /// The link under `public` that `told` (what a client was told) holds.

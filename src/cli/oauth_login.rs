@@ -88,17 +88,16 @@ pub(super) async fn login(
         .as_ref()
         .and_then(|client| reqwest::Url::parse(&client.redirect_uri).ok())
         .and_then(|url| url.port());
-    let listener = match fixed {
-        Some(port) => tokio::net::TcpListener::bind(("127.0.0.1", port))
+    let bind = |port: u16| tokio::net::TcpListener::bind(("127.0.0.1", port));
+    let listener = match (fixed, port) {
+        (Some(fixed), _) => bind(fixed)
             .await
-            .with_context(|| format!("listening on 127.0.0.1:{port} (`--port`)"))?,
-        None => match port {
-            Some(port) => match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                Ok(listener) => listener,
-                Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
-            },
-            None => tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?,
+            .with_context(|| format!("listening on 127.0.0.1:{fixed} (`--port`)"))?,
+        (None, Some(kept)) => match bind(kept).await {
+            Ok(listener) => listener,
+            Err(_) => bind(0).await?,
         },
+        (None, None) => bind(0).await?,
     };
     let address: SocketAddr = listener.local_addr()?;
     let redirect = format!("http://127.0.0.1:{}/callback", address.port());

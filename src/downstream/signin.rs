@@ -39,7 +39,7 @@ use axum_extra::extract::cookie::{Cookie, SameSite};
 use super::logins::cookies_named;
 use super::state::HttpState;
 use crate::signin::SignIns;
-use crate::signin::client::document;
+use crate::signin::client::{document, document_base};
 use crate::signin::page::page;
 use crate::signin::pending::{Answer, PendingError, Proved, fresh_token};
 
@@ -55,17 +55,10 @@ pub(super) fn routes() -> Router<Arc<HttpState>> {
 /// client's id, which must be): fetched by authorization servers, which
 /// may keep it a day.
 async fn client_document(State(state): State<Arc<HttpState>>) -> Response {
-    let Some(public) = state
-        .gateway
-        .config()
-        .vault
-        .public_url
-        .clone()
-        .filter(|url| url.starts_with("https://"))
-    else {
+    let Some(public) = document_base(&state.gateway.config().vault) else {
         return page(StatusCode::NOT_FOUND, "No client document here.", None);
     };
-    let mut response = axum::Json(document(&public)).into_response();
+    let mut response = axum::Json(document(public)).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CACHE_CONTROL,

@@ -46,10 +46,16 @@ impl<'a> Ways<'a> {
                 .sign_in
                 .as_deref()
                 .and_then(|sign_in| Some((sign_in.client.as_ref()?, sign_in.issuer.as_deref()?))),
-            public: vault
-                .public_url
-                .as_deref()
-                .filter(|url| url.starts_with("https://")),
+            public: document_base(vault),
+        }
+    }
+
+    /// The ways a server known by name alone gives (its settings gone):
+    /// the proxy's document, where it offers one.
+    pub fn document_only(vault: &'a VaultConfig) -> Self {
+        Self {
+            given: None,
+            public: document_base(vault),
         }
     }
 
@@ -57,6 +63,16 @@ impl<'a> Ways<'a> {
     fn document(&self) -> Option<String> {
         self.public.map(document_url)
     }
+}
+
+/// `[vault] public_url`, where the proxy offers its client ID metadata
+/// document under it: an `https://` one (a document's URL, the client's
+/// id, must be).
+pub fn document_base(vault: &VaultConfig) -> Option<&str> {
+    vault
+        .public_url
+        .as_deref()
+        .filter(|url| url.starts_with("https://"))
 }
 
 /// The URL of the proxy's client ID metadata document under `public`.

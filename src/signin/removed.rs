@@ -190,15 +190,7 @@ impl SignIns {
             Was::Unknown => (
                 discovery_client_of(&self.config.egress, &tokens.issuer, true),
                 Vec::new(),
-                Ways {
-                    given: None,
-                    public: self
-                        .config
-                        .vault
-                        .public_url
-                        .as_deref()
-                        .filter(|url| url.starts_with("https://")),
-                },
+                Ways::document_only(&self.config.vault),
             ),
         };
         let http = http.map_err(|err| err.to_string())?;
