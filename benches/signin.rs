@@ -72,6 +72,7 @@ fn main() {
             issuer: None,
             endpoint_origins: Vec::new(),
             client: None,
+            scopes: None,
         })),
         learned: false,
         egress: config.egress.clone(),

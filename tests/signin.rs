@@ -1845,3 +1845,249 @@ async fn a_session_asked_by_url_elicitation_is_told_when_the_user_signed_in() {
         );
     }
 }
+
+/// The containers of server `name` serving `client` (running or not), and
+/// each one's environment.
+async fn client_containers(
+    docker: &bollard::Docker,
+    server: &str,
+    client: &str,
+) -> Vec<(String, Vec<String>)> {
+    use portcullis::upstream::container::{LABEL_CLIENT, LABEL_SERVER, labelled};
+    let mut found = Vec::new();
+    for summary in labelled(docker, &format!("{LABEL_SERVER}={server}"))
+        .await
+        .unwrap()
+    {
+        let labels = summary.labels.clone().unwrap_or_default();
+        if labels.get(LABEL_CLIENT).map(String::as_str) != Some(client) {
+            continue;
+        }
+        let id = summary.id.clone().unwrap();
+        let Ok(inspected) = docker.inspect_container(&id, None).await else {
+            continue; // removed meanwhile
+        };
+        let env = inspected.config.and_then(|c| c.env).unwrap_or_default();
+        found.push((id, env));
+    }
+    found
+}
+
+/// `sha256=HEX` of `text`, as the example server's `env_digest` says it.
+fn digest_said(text: &str) -> String {
+    use sha2::Digest as _;
+    format!("sha256={}", hex::encode(sha2::Sha256::digest(text)))
+}
+
+/// Calls `tool` as `session` (ids from `id`) until its answer is `wanted`,
+/// for at most `most`; each other answer must be `allowed`. The last id.
+async fn call_until(
+    session: &common::HttpSession,
+    (tool, mut id): (&str, i64),
+    wanted: impl Fn(&str) -> bool,
+    allowed: impl Fn(&str) -> bool,
+    most: std::time::Duration,
+) -> (i64, String) {
+    let started = std::time::Instant::now();
+    loop {
+        let call = serde_json::json!({ "name": tool, "arguments": {} });
+        let text = said(&session.call(id, "tools/call", call).await);
+        id += 1;
+        if wanted(&text) {
+            return (id, text);
+        }
+        assert!(allowed(&text), "unexpected: {text}");
+        assert!(started.elapsed() < most, "still: {text}");
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
+/// A container whose users sign in (`container = { sign_in = { … } }`):
+/// each user's own instance is given that user's access token in its
+/// environment (the image reports its digest, never the token); a user
+/// who has not signed in is told how to; a token refreshed ahead of its
+/// expiry, or a user signed in anew, restarts that user's instance with
+/// the new token; a revoked sign-in stops it. No instance ever holds
+/// another user's token, and no token is in the proxy's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_containers_users_each_give_their_own_instance_their_token() {
+    let docker = common::docker().await;
+    let (_issuer_process, _server_process, issuer, _url) = servers().await;
+    let proxy = TestProxy::new();
+    let key = vault_key(&proxy);
+    let image = common::test_image();
+    let server = "signed-box";
+    let proxy = proxy
+        .with_server_toml(&format!(
+            "[[servers]]\nname = \"{server}\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"{server}\", \"--report-env\", \"USER_TOKEN\"], isolation = \"per-client\", sign_in = {{ env = \"USER_TOKEN\", issuer = {issuer:?}, resource = \"https://api.example.test\", scopes = [\"repo\", \"read:org\"], list_as = \"tester\" }} }}\n"
+        ))
+        .with_config(&format!(
+            "[egress]\nallow = [\"127.0.0.0/8\"]\n\n[vault]\nkeys = [\"file:{}\"]\n",
+            key.display()
+        ));
+    let path = proxy.write_config();
+    let config = path.to_str().unwrap();
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let kept = |user: &str| vault.get(server, user).unwrap();
+
+    // Alice signs `tester` in for an hour; Bob signs `other` in for 90 s
+    // (refreshed within its last 60 s, so about 30 s from now).
+    next_user(&issuer, "alice").await;
+    sign_in_to(config, (server, "tester"), false).await;
+    next_user(&issuer, "bob").await;
+    token_ttl(&issuer, 90).await;
+    sign_in_to(config, (server, "other"), false).await;
+    token_ttl(&issuer, 3600).await;
+    let alice = kept("tester").unwrap();
+    let bob = kept("other").unwrap();
+    assert_eq!(alice.resource, "https://api.example.test");
+    assert_eq!(alice.scopes, ["repo", "read:org"]);
+    let issued = looked(&issuer, "issued").await;
+    assert!(
+        issued
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|grant| grant["resource"] == "https://api.example.test"),
+        "{issued}"
+    );
+
+    let served = proxy.serve_http().await;
+    let tool = format!("{server}__env_digest");
+    let tester = common::HttpSession::connect(&served.url).await;
+    let answer = tester
+        .call(
+            1,
+            "tools/call",
+            serde_json::json!({ "name": tool, "arguments": {} }),
+        )
+        .await;
+    assert_eq!(said(&answer), digest_said(&alice.access_token), "{answer}");
+    assert!(!answer.to_string().contains(&alice.access_token));
+
+    let other = common::HttpSession::connect_as(&served.url, common::OTHER_TOKEN).await;
+    let answer = other
+        .call(
+            1,
+            "tools/call",
+            serde_json::json!({ "name": tool, "arguments": {} }),
+        )
+        .await;
+    let first = said(&answer);
+    // Bob's token now, or already refreshed (a very slow start).
+    let bob_now = kept("other").unwrap();
+    assert_eq!(first, digest_said(&bob_now.access_token), "{answer}");
+
+    // Each instance's environment holds its own user's token, never the
+    // other's.
+    let tester_box = client_containers(&docker, server, "tester").await;
+    let other_box = client_containers(&docker, server, "other").await;
+    assert_eq!(tester_box.len(), 1, "{tester_box:?}");
+    assert_eq!(other_box.len(), 1, "{other_box:?}");
+    let env_has =
+        |env: &[String], token: &str| env.iter().any(|e| e == &format!("USER_TOKEN={token}"));
+    assert!(env_has(&tester_box[0].1, &alice.access_token));
+    assert!(
+        !tester_box[0]
+            .1
+            .iter()
+            .any(|e| e.contains(&bob.access_token))
+    );
+    assert!(env_has(&other_box[0].1, &bob_now.access_token));
+    assert!(
+        !other_box[0]
+            .1
+            .iter()
+            .any(|e| e.contains(&alice.access_token))
+    );
+
+    // Bob's token refreshed ahead of its expiry: his instance restarted
+    // with the new one (unless the first call already had it).
+    let mut id = 2;
+    if bob_now.access_token == bob.access_token {
+        let restarting =
+            |text: &str| text.starts_with(&format!("server `{server}` is not available"));
+        let old = digest_said(&bob.access_token);
+        let (next, text) = call_until(
+            &other,
+            (&tool, id),
+            |text| text.starts_with("sha256=") && text != old,
+            |text| text == old || restarting(text),
+            std::time::Duration::from_secs(180),
+        )
+        .await;
+        id = next;
+        let refreshed = kept("other").unwrap();
+        assert_ne!(refreshed.access_token, bob.access_token);
+        assert_eq!(text, digest_said(&refreshed.access_token));
+        let now = client_containers(&docker, server, "other").await;
+        assert!(
+            now.iter().all(|(box_id, _)| *box_id != other_box[0].0),
+            "a new container"
+        );
+        assert!(
+            now.iter()
+                .all(|(_, env)| env_has(env, &refreshed.access_token))
+        );
+    }
+    let grants = looked(&issuer, "issued").await;
+    assert!(
+        grants
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["grant"] == "refresh_token"),
+        "{grants}"
+    );
+
+    // Alice signs `tester` in anew: her instance restarts with the new
+    // token within the proxy's look at the vault.
+    sign_in_to(config, (server, "tester"), false).await;
+    let anew = kept("tester").unwrap();
+    assert_ne!(anew.access_token, alice.access_token);
+    let old = digest_said(&alice.access_token);
+    let (_, text) = call_until(
+        &tester,
+        (&tool, 2),
+        |text| text == digest_said(&anew.access_token),
+        |text| text == old || text.starts_with(&format!("server `{server}` is not available")),
+        std::time::Duration::from_secs(120),
+    )
+    .await;
+    assert!(text.starts_with("sha256="));
+
+    // `other`'s sign-in revoked: his instance stops, and he is told to
+    // sign in again; Alice is still served.
+    let (ok, stdout, stderr) =
+        run_portcullis(["oauth", "revoke", server, "--client", "other", "-c", config]);
+    assert!(ok, "{stdout}{stderr}");
+    let (_, told) = call_until(
+        &other,
+        (&tool, id),
+        |text| text.contains(&format!("`other` has not signed in to `{server}`")),
+        |text| {
+            text.starts_with("sha256=")
+                || text.starts_with(&format!("server `{server}` is not available"))
+        },
+        std::time::Duration::from_secs(120),
+    )
+    .await;
+    assert!(
+        told.contains(&format!("portcullis oauth login {server} --client other")),
+        "{told}"
+    );
+    let started = std::time::Instant::now();
+    while !client_containers(&docker, server, "other").await.is_empty() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "other's instance still runs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+
+    let log = served.log.lines().join("\n");
+    for token in [&alice.access_token, &bob.access_token, &anew.access_token] {
+        assert!(!log.contains(token.as_str()), "{log}");
+    }
+}

@@ -45,6 +45,12 @@ struct Args {
     #[arg(long, value_name = "TOOL=TEXT")]
     describe: Vec<String>,
 
+    /// Serve the tool `env_digest`, which replies with the SHA-256 of this
+    /// environment variable (a token given in the environment, compared by
+    /// tests without being shown).
+    #[arg(long, value_name = "NAME")]
+    report_env: Option<String>,
+
     /// Speak MCP 2026-07-28 alone: `initialize` is refused, each request must
     /// carry its version and capabilities in `params._meta`.
     #[arg(long)]
@@ -56,6 +62,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging();
     let server = ExampleServer::new(args.name, args.stateless);
+    if let Some(var) = &args.report_env {
+        server.add_env_digest_tool(var);
+    }
     for change in &args.describe {
         let Some((tool, text)) = change.split_once('=') else {
             anyhow::bail!("--describe {change:?}: expected TOOL=TEXT");

@@ -126,6 +126,20 @@ impl ExampleServer {
         true
     }
 
+    /// Adds the tool `env_digest`, which replies with the SHA-256 of the
+    /// environment variable `var` (`sha256=HEX`, or `unset`): what a test
+    /// of a token given in the environment compares, without the server
+    /// ever showing the token. Only with `--report-env`, so that every
+    /// other test's tool list stays as it is.
+    pub fn add_env_digest_tool(&self, var: &str) {
+        let mut tools = self
+            .shared
+            .tools
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::make_mut(&mut tools).add_route(env_digest_tool(var));
+    }
+
     /// Replaces a tool's description (a rug pull, for pinning tests). False
     /// if there is no such tool.
     pub fn set_description(&self, name: &str, description: &str) -> bool {
@@ -200,6 +214,28 @@ fn dynamic_tool(name: &str) -> ToolRoute<ExampleServer> {
     );
     ToolRoute::new_dyn(tool, move |_context| {
         let result = CallToolResult::success(vec![ContentBlock::text(reply.clone())]);
+        Box::pin(std::future::ready(Ok(result.into())))
+    })
+}
+
+fn env_digest_tool(var: &str) -> ToolRoute<ExampleServer> {
+    use sha2::Digest as _;
+    let var = var.to_owned();
+    let tool = Tool::new(
+        "env_digest".to_owned(),
+        format!("Replies with the SHA-256 of the environment variable {var}, never its value."),
+        schema_for_empty_input(),
+    );
+    ToolRoute::new_dyn(tool, move |_context| {
+        let reply = match std::env::var(&var) {
+            Ok(value) => {
+                let digest = sha2::Sha256::digest(value);
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                format!("sha256={hex}")
+            }
+            Err(_) => "unset".to_owned(),
+        };
+        let result = CallToolResult::success(vec![ContentBlock::text(reply)]);
         Box::pin(std::future::ready(Ok(result.into())))
     })
 }

@@ -28,13 +28,15 @@ pub(super) fn remote<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a R
     let Some(found) = config.servers.iter().find(|s| s.name == name) else {
         bail!("no server `{}` in the config", name.escape_debug());
     };
-    let UpstreamSpec::Remote(remote) = &found.kind else {
-        bail!(
-            "server `{}` is not a `remote` server: only those sign users in over OAuth",
-            name.escape_debug()
-        );
-    };
-    Ok(remote)
+    match &found.kind {
+        UpstreamSpec::Remote(remote) => Ok(remote),
+        kind => kind.sign_in().ok_or_else(|| {
+            anyhow::anyhow!(
+                "server `{}` is neither a `remote` server nor a container with `sign_in`: only those sign users in over OAuth",
+                name.escape_debug()
+            )
+        }),
+    }
 }
 
 /// What `server` (`remote`) asks for, learned as its settings expect, and
@@ -44,8 +46,7 @@ pub(super) async fn discovered(
     server: &str,
 ) -> anyhow::Result<(HttpClient, Discovered)> {
     let http = signin::discovery_client(remote)?;
-    let expect = signin::Expect::of(remote.sign_in.as_deref());
-    let found = signin::discover(&http, &remote.url, &expect)
+    let found = signin::learn(&http, remote)
         .await
         .with_context(|| format!("server `{}`", server.escape_debug()))?;
     Ok((http, found))

@@ -295,9 +295,11 @@ pub(super) fn record_events(
                 tracing::warn!("the policy folder has no policies: every request is denied");
             }
             let links = gateway.config().vault.public_url.is_some()
-                && gateway.config().servers.iter().any(|server| {
-                    matches!(&server.kind, crate::config::UpstreamSpec::Remote(remote) if remote.sign_in.is_some())
-                });
+                && gateway
+                    .config()
+                    .servers
+                    .iter()
+                    .any(|server| server.kind.sign_in().is_some());
             if links && !store.declares(crate::interceptors::authz::Action::SignIn) {
                 tracing::warn!(
                     "the policy schema does not declare the action `sign_in`: no user is given a link to sign in (declare it as policies/schema.cedarschema does, and permit it)"

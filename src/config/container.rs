@@ -43,6 +43,8 @@ pub struct ContainerSpec {
     /// (`[signatures]`), checked at each start.
     pub require_signature: bool,
     pub signature_keys: super::SignatureKeys,
+    /// Each user's instance is given that user's own token (`sign_in`).
+    pub sign_in: Option<Box<super::ContainerSignIn>>,
 }
 
 /// Where a `stdio = "fifo"` server's FIFOs and launcher come from.
@@ -142,6 +144,14 @@ pub(super) struct RawContainer {
     /// How MCP crosses into the container.
     #[schemars(extend("x-default" = "`fifo` when `[proxy] bridge` is set, else `attach`"))]
     stdio: Option<Stdio>,
+    /// Each user signs in at an authorization server (`portcullis oauth
+    /// login SERVER --client NAME`, or the link a call is answered with),
+    /// and that user's own instance of the container (`isolation =
+    /// "per-client"`) is given the user's access token in an environment
+    /// variable, as an image that expects a token there (a GitHub server
+    /// and `GITHUB_PERSONAL_ACCESS_TOKEN`) takes it. Needs `[vault] keys`.
+    /// See docs/signin.md.
+    pub(super) sign_in: Option<super::vault::RawContainerSignIn>,
 }
 
 impl RawContainer {
@@ -211,6 +221,8 @@ impl RawContainer {
             label: None,
             require_signature: self.require_signature.unwrap_or(false),
             signature_keys: std::sync::Arc::default(),
+            // Validated by the server, which holds the secrets.
+            sign_in: None,
         })
     }
 
@@ -228,6 +240,7 @@ impl RawContainer {
             ("entrypoint", self.entrypoint.is_some()),
             ("args", !self.args.is_empty()),
             ("env", !self.env.is_empty()),
+            ("sign_in", self.sign_in.is_some()),
         ];
         if let Some((key, _)) = written.iter().find(|(_, set)| *set) {
             return Err(at.error(

@@ -68,8 +68,14 @@ pub(super) fn hand_out(
     observability: &mut ObservabilityConfig,
 ) {
     for server in servers {
-        if let UpstreamSpec::Remote(remote) = &mut server.kind {
-            remote.egress = egress.clone();
+        match &mut server.kind {
+            UpstreamSpec::Remote(remote) => remote.egress = egress.clone(),
+            UpstreamSpec::Container(container) => {
+                if let Some(sign_in) = &mut container.sign_in {
+                    sign_in.remote.egress = egress.clone();
+                }
+            }
+            UpstreamSpec::Process(_) => {}
         }
     }
     if let Some(oauth) = oauth {

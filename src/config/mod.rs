@@ -113,7 +113,7 @@ use signatures::RawSignatures;
 pub use signatures::{SignatureKey, SignatureKeys};
 pub use values::{parse_duration, parse_size, read_regular};
 use vault::RawVault;
-pub use vault::{SignInSpec, VaultConfig};
+pub use vault::{ContainerSignIn, SignInSpec, VaultConfig};
 
 /// A config that failed to load.
 #[derive(Debug, thiserror::Error)]

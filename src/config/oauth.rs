@@ -357,7 +357,7 @@ impl RawOauth {
 
 /// A scope token as RFC 6749 allows it (and one that needs no escaping in
 /// a `WWW-Authenticate` quoted string).
-fn valid_scope(scope: &str) -> bool {
+pub(super) fn valid_scope(scope: &str) -> bool {
     !scope.is_empty()
         && scope
             .bytes()

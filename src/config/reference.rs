@@ -506,6 +506,9 @@ mod tests {
                 "[[clients]]\nname = \"ops\"\n[vault]\nkeys = [\"env:K\"]\n{server}[servers.remote]\nurl = \"https://example.com/mcp\"\n[servers.remote.sign_in]\nlist_as = \"ops\"\n"
             ),
             "servers.container" => format!("{server}[servers.container]\nimage = \"i\"\n"),
+            "servers.container.sign_in" => format!(
+                "[[clients]]\nname = \"ops\"\n[vault]\nkeys = [\"env:K\"]\n{server}[servers.container]\nimage = \"i\"\nisolation = \"per-client\"\n[servers.container.sign_in]\nenv = \"T\"\nissuer = \"https://idp.example\"\nresource = \"https://api.example\"\nlist_as = \"ops\"\n"
+            ),
             "servers.breaker" => {
                 format!("{server}process = {{ command = \"x\" }}\n[servers.breaker]\n")
             }

@@ -130,6 +130,17 @@ pub enum UpstreamSpec {
 }
 
 impl UpstreamSpec {
+    /// What its users sign in to, where each user signs in: a remote
+    /// server with `sign_in`, or a container's sign-in (a remote of its
+    /// resource, asked of its issuer directly).
+    pub fn sign_in(&self) -> Option<&RemoteSpec> {
+        match self {
+            Self::Remote(remote) if remote.sign_in.is_some() => Some(remote),
+            Self::Container(container) => container.sign_in.as_ref().map(|s| &s.remote),
+            _ => None,
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self {
             Self::Process(_) => "process",
@@ -464,12 +475,14 @@ impl RawServer {
                 ));
             }
             (None, container, process, remote) => match (container, process, remote) {
-                (Some(container), _, _) => UpstreamSpec::Container(Box::new(container.validate(
-                    at,
-                    &self.name,
-                    self.sandbox,
-                    proxy,
-                )?)),
+                (Some(mut container), _, _) => {
+                    let sign_in = container.sign_in.take();
+                    let mut spec = container.validate(at, &self.name, self.sandbox, proxy)?;
+                    if let Some(sign_in) = sign_in {
+                        spec.sign_in = Some(Box::new(sign_in.validated(at, &secrets, &spec)?));
+                    }
+                    UpstreamSpec::Container(Box::new(spec))
+                }
                 (None, Some(process), _) => UpstreamSpec::Process(process.validate(at)?),
                 (None, None, Some(remote)) => UpstreamSpec::Remote(remote.validate(at, &secrets)?),
                 (None, None, None) => return Err(one_of("needs")),

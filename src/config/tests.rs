@@ -497,6 +497,7 @@ fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
             issuer: None,
             endpoint_origins: Vec::new(),
             client: None,
+            scopes: None,
         }))
     );
     // A client registered by hand: its secret one of the server's.
@@ -589,5 +590,113 @@ fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
         );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains(expected), "{remote}: {err}");
+    }
+}
+
+#[test]
+fn a_containers_sign_in_names_its_issuer_resource_and_variable() {
+    let vault = "[vault]\nkeys = [\"env:VAULT_KEY\"]\n";
+    let server = |container: &str| {
+        format!(
+            "[[clients]]\nname = \"ops\"\n\n[[servers]]\nname = \"gh\"\ncontainer = {container}\n[servers.secrets]\ns = \"env:S\"\n"
+        )
+    };
+    let good = "isolation = \"per-client\", sign_in = { env = \"GH_TOKEN\", issuer = \"https://github.com/login/oauth\", resource = \"https://api.github.com\", scopes = [\"repo\", \"read:org\"], list_as = \"ops\" }";
+    let config = parse(&format!(
+        "{vault}{}",
+        server(&format!("{{ image = \"i\", {good} }}"))
+    ))
+    .unwrap();
+    let kind = &config.servers[0].kind;
+    let UpstreamSpec::Container(container) = kind else {
+        panic!("container");
+    };
+    let sign_in = container.sign_in.as_deref().unwrap();
+    assert_eq!(sign_in.env, "GH_TOKEN");
+    // What the sign-ins work on: the resource, the issuer asked directly
+    // for the scopes written.
+    let remote = kind.sign_in().unwrap();
+    assert_eq!(remote.url, "https://api.github.com");
+    let spec = remote.sign_in.as_deref().unwrap();
+    assert_eq!(
+        spec.issuer.as_deref(),
+        Some("https://github.com/login/oauth")
+    );
+    assert_eq!(
+        spec.scopes.as_deref(),
+        Some(&["repo".to_owned(), "read:org".to_owned()][..])
+    );
+    assert_eq!(spec.list_as, "ops");
+    for (container, with_vault, expected) in [
+        (format!("{{ image = \"i\", {good} }}"), false, "set `[vault] keys`"),
+        (
+            "{ image = \"i\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
+            true,
+            "needs `isolation = \"per-client\"`",
+        ),
+        (
+            "{ image = \"i\", isolation = \"shared\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
+            true,
+            "needs `isolation = \"per-client\"`",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"1T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
+            true,
+            "not an environment variable's name",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T=x\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
+            true,
+            "not an environment variable's name",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", env = { T = \"x\" }, sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
+            true,
+            "must be its alone",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"s\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
+            true,
+            "must be its alone",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"http://api.example\", list_as = \"ops\" } }".into(),
+            true,
+            "`resource` must be an https:// URL",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example/?k=v\", list_as = \"ops\" } }".into(),
+            true,
+            "`resource` must be an https:// URL",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"http://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
+            true,
+            "`issuer` must be an https:// URL",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", scopes = [\"a b\"], list_as = \"ops\" } }".into(),
+            true,
+            "is not a scope",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"alice\" } }".into(),
+            true,
+            "`alice` is not a name of `[[clients]]`",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
+            true,
+            "missing field `issuer`",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\", client = { client_id = \"c\", client_secret = \"env:S\" } } }".into(),
+            true,
+            "`secret:NAME`",
+        ),
+    ] {
+        let text = format!("{}{}", if with_vault { vault } else { "" }, server(&container));
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains(expected), "{container}: {err}");
     }
 }

@@ -50,6 +50,31 @@ pub struct SignInSpec {
     /// The client the operator registered at the authorization server by
     /// hand, if any: used before any other way of being known there.
     pub client: Option<super::WebClientConfig>,
+    /// A container's sign-in: the scopes asked of `issuer` directly (there
+    /// is no server to learn what to ask from). `None`: learned from the
+    /// remote server.
+    pub scopes: Option<Vec<String>>,
+}
+
+/// `container = { sign_in = { … } }`, validated: each user's own instance
+/// of the container is given that user's access token in `env`.
+#[derive(Debug, Clone)]
+pub struct ContainerSignIn {
+    /// The environment variable the token is given in.
+    pub env: String,
+    /// What the sign-ins work on, as for a remote server: its URL is the
+    /// resource the tokens are for, its `sign_in` the settings (with
+    /// `scopes`).
+    pub remote: super::RemoteSpec,
+}
+
+impl PartialEq for ContainerSignIn {
+    /// What the operator wrote (the rest of `remote` is made from it).
+    fn eq(&self, other: &Self) -> bool {
+        self.env == other.env
+            && self.remote.url == other.remote.url
+            && self.remote.sign_in == other.remote.sign_in
+    }
 }
 
 /// `remote = { sign_in = { … } }` as written.
@@ -103,8 +128,19 @@ impl RawSignIn {
         at: &Entry<'_>,
         headers: &[(String, HeaderValue)],
     ) -> Result<(), ConfigError> {
+        self.check_at(".remote.sign_in", (url, oauth), at, headers)
+    }
+
+    /// [`RawSignIn::check`], errors at `place`.
+    fn check_at(
+        &self,
+        place: &str,
+        (url, oauth): (&str, bool),
+        at: &Entry<'_>,
+        headers: &[(String, HeaderValue)],
+    ) -> Result<(), ConfigError> {
         let sign_in = self;
-        let fail = |message: &str| at.error(".remote.sign_in", message.into());
+        let fail = |message: &str| at.error(place, message.into());
         if sign_in.list_as.is_empty() || sign_in.list_as.chars().any(char::is_control) {
             return Err(fail("`list_as` must be the name of a client of the proxy"));
         }
@@ -162,12 +198,22 @@ impl RawSignIn {
         at: &Entry<'_>,
         secrets: &std::collections::BTreeMap<String, SecretRef>,
     ) -> Result<SignInSpec, ConfigError> {
+        self.validated_at(".remote.sign_in", at, secrets)
+    }
+
+    /// [`RawSignIn::validated`], errors at `place`.
+    fn validated_at(
+        self,
+        place: &str,
+        at: &Entry<'_>,
+        secrets: &std::collections::BTreeMap<String, SecretRef>,
+    ) -> Result<SignInSpec, ConfigError> {
         let client = match self.client {
             None => None,
             Some(client) => {
                 if !super::oauth::client_id_ok(&client.client_id) {
                     return Err(at.error(
-                        ".remote.sign_in.client.client_id",
+                        &format!("{place}.client.client_id"),
                         "1 to 2048 printable ASCII characters, no space".into(),
                     ));
                 }
@@ -180,7 +226,7 @@ impl RawSignIn {
                             .cloned()
                             .ok_or_else(|| {
                                 at.error(
-                                    ".remote.sign_in.client.client_secret",
+                                    &format!("{place}.client.client_secret"),
                                     "must be `secret:NAME`, a secret of this server's `secrets`"
                                         .into(),
                                 )
@@ -198,6 +244,120 @@ impl RawSignIn {
             issuer: self.issuer,
             endpoint_origins: self.endpoint_origins,
             client,
+            scopes: None,
+        })
+    }
+}
+
+/// `container = { sign_in = { … } }` as written.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawContainerSignIn {
+    /// The environment variable each user's instance is given that user's
+    /// access token in (for instance `GITHUB_PERSONAL_ACCESS_TOKEN`): set
+    /// at the container's start, from the vault. A token refreshed or
+    /// signed in anew restarts the user's instance with the new one.
+    env: String,
+    /// The authorization server users sign in at (its issuer URL): its
+    /// metadata (RFC 8414, or OpenID Connect discovery) is read from it,
+    /// and must name it.
+    issuer: String,
+    /// The API the token is for (`https://`, `http://` only on loopback),
+    /// for instance `https://api.github.com`: sent as the resource
+    /// indicator (RFC 8707) and kept with the token.
+    resource: String,
+    /// The scopes asked for.
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// The client whose sign-in the server's own instance (which lists its
+    /// tools, prompts and resources) is given: a name of `[[clients]]`.
+    list_as: String,
+    /// Origins besides the issuer's own where its endpoints may be.
+    #[serde(default)]
+    endpoint_origins: Vec<String>,
+    /// A client the operator registered by hand at the authorization
+    /// server, as for a remote server's `sign_in.client`.
+    client: Option<RawSignInClient>,
+}
+
+impl RawContainerSignIn {
+    /// Validated against the container's own settings: its `isolation`
+    /// (per-client: one user's token in one user's instance), its `env`
+    /// and the server's `secrets` (the variable is the token's alone).
+    pub(super) fn validated(
+        self,
+        at: &Entry<'_>,
+        secrets: &std::collections::BTreeMap<String, SecretRef>,
+        container: &super::ContainerSpec,
+    ) -> Result<ContainerSignIn, ConfigError> {
+        const PLACE: &str = ".container.sign_in";
+        let fail = |message: String| Err(at.error(PLACE, message));
+        if container.isolation != super::Isolation::PerClient {
+            return fail("needs `isolation = \"per-client\"`: each user's token is given to that user's own container, never to one another user shares".into());
+        }
+        let env = &self.env;
+        let name_ok = env
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && env.len() <= 256;
+        if !name_ok {
+            return fail(format!(
+                "`env`: `{}` is not an environment variable's name (letters, digits and `_`, not starting with a digit)",
+                env.escape_debug()
+            ));
+        }
+        if container.env.contains_key(env) || secrets.contains_key(env) {
+            return fail(format!(
+                "`env`: `{env}` is also set by the container's `env` or the server's `secrets`; the token's variable must be its alone"
+            ));
+        }
+        if !(super::secure_url(&self.resource)
+            && reqwest::Url::parse(&self.resource).is_ok_and(|u| {
+                u.query().is_none() && u.fragment().is_none() && u.username().is_empty()
+            }))
+        {
+            return fail("`resource` must be an https:// URL (http:// only on loopback) without query or fragment".into());
+        }
+        if let Some(bad) = self
+            .scopes
+            .iter()
+            .find(|scope| !super::oauth::valid_scope(scope))
+        {
+            return fail(format!("`scopes`: `{}` is not a scope", bad.escape_debug()));
+        }
+        // As much as the vault keeps of a sign-in's scopes.
+        if self
+            .scopes
+            .iter()
+            .map(|scope| scope.len() + 1)
+            .sum::<usize>()
+            > 1024
+        {
+            return fail("`scopes`: more than a sign-in keeps".into());
+        }
+        let raw = RawSignIn {
+            list_as: self.list_as,
+            issuer: Some(self.issuer),
+            endpoint_origins: self.endpoint_origins,
+            client: self.client,
+        };
+        raw.check_at(PLACE, (&self.resource, false), at, &[])?;
+        let mut spec = raw.validated_at(PLACE, at, secrets)?;
+        spec.scopes = Some(self.scopes);
+        Ok(ContainerSignIn {
+            env: self.env,
+            remote: super::RemoteSpec {
+                url: self.resource,
+                transport: super::RemoteTransport::StreamableHttp,
+                headers: Vec::new(),
+                oauth: None,
+                sign_in: Some(Box::new(spec)),
+                learned: false,
+                // Given by `[egress]` once the whole config is read.
+                egress: super::EgressConfig::default(),
+            },
         })
     }
 }
@@ -299,14 +459,17 @@ pub(super) fn check_sign_in(
     // The listing connection's user is a client the operator named, so
     // that no `[oauth]` identity (whose names cannot be those of
     // `[[clients]]`) is ever served the operator's sign-in.
+    let place = |server: &ServerConfig| match server.kind {
+        UpstreamSpec::Container(_) => format!("servers.{}.container.sign_in", server.name),
+        _ => format!("servers.{}.remote.sign_in", server.name),
+    };
     for server in servers {
-        if let UpstreamSpec::Remote(remote) = &server.kind
-            && let Some(sign_in) = &remote.sign_in
+        if let Some(sign_in) = server.kind.sign_in().and_then(|r| r.sign_in.as_deref())
             && !clients.iter().any(|client| client.name == sign_in.list_as)
         {
             return Err(v.error(
                 None,
-                &format!("servers.{}.remote.sign_in.list_as", server.name),
+                &format!("{}.list_as", place(server)),
                 format!(
                     "`{}` is not a name of `[[clients]]`: the sign-in the server's own connection uses belongs to a client the operator names",
                     sign_in.list_as.escape_debug()
@@ -314,13 +477,13 @@ pub(super) fn check_sign_in(
             ));
         }
     }
-    let signing_in = servers.iter().find(
-        |server| matches!(&server.kind, UpstreamSpec::Remote(remote) if remote.sign_in.is_some()),
-    );
+    let signing_in = servers
+        .iter()
+        .find(|server| server.kind.sign_in().is_some());
     match signing_in {
         Some(server) if vault.keys.is_empty() => Err(v.error(
             None,
-            &format!("servers.{}.remote.sign_in", server.name),
+            &place(server),
             "users' tokens are kept sealed in the vault: set `[vault] keys` (docs/signin.md)"
                 .into(),
         )),

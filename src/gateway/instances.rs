@@ -59,16 +59,17 @@ impl Servers {
     /// call's record: it says whose token went, never which.
     pub(super) fn credential(&self, index: usize) -> Option<&'static str> {
         let upstream = self.upstream_at(index)?;
-        let UpstreamSpec::Remote(spec) = &upstream.config().kind else {
+        let kind = &upstream.config().kind;
+        if kind.sign_in().is_some() {
+            return Some("user_sign_in");
+        }
+        let UpstreamSpec::Remote(spec) = kind else {
             return None;
         };
-        match (&spec.sign_in, &spec.oauth) {
-            (Some(_), _) => Some("user_sign_in"),
-            (None, Some(oauth)) if oauth.grant == RemoteGrant::TokenExchange => {
-                Some("user_token_exchange")
-            }
-            (None, Some(_)) => Some("proxy_oauth"),
-            (None, None) => None,
+        match &spec.oauth {
+            Some(oauth) if oauth.grant == RemoteGrant::TokenExchange => Some("user_token_exchange"),
+            Some(_) => Some("proxy_oauth"),
+            None => None,
         }
     }
 

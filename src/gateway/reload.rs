@@ -82,9 +82,7 @@ impl Reloads {
             match next.servers.iter().find(|server| server.name == name) {
                 None => {
                     retire.push(*index);
-                    if let crate::config::UpstreamSpec::Remote(remote) = &upstream.config().kind
-                        && remote.sign_in.is_some()
-                    {
+                    if let Some(remote) = upstream.config().kind.sign_in() {
                         signed_in.push((name.clone(), remote.clone()));
                     }
                     reloaded.removed.push(name);

@@ -22,9 +22,7 @@ impl Gateway {
         self.servers
             .configured()
             .iter()
-            .filter(|(_, upstream)| {
-                matches!(&upstream.config().kind, crate::config::UpstreamSpec::Remote(remote) if remote.sign_in.is_some())
-            })
+            .filter(|(_, upstream)| upstream.config().kind.sign_in().is_some())
             .map(|(_, upstream)| upstream.name().to_string())
             .collect()
     }

@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::client::{
     Ways, callback_url, operators_client, registration, web_client, web_registration,
 };
-use super::discover::{
-    Discovered, Expect, covers, discover, discovery_client, discovery_client_of, provider,
-};
+use super::discover::{Discovered, covers, discovery_client, discovery_client_of, learn, provider};
 use super::flow::{exchange, refresh};
 use super::pending::{Answered, Pendings, Proof, Proved};
 use super::vault::{Tokens, Vault};
@@ -331,10 +329,8 @@ impl SignIns {
         remote: &RemoteSpec,
         http: &crate::egress::HttpClient,
     ) -> Result<Discovered, String> {
-        let expect = Expect::of(remote.sign_in.as_deref());
-        let key = format!("{server}\n{}\n{expect:?}", remote.url);
-        self.learned(key, discover(http, &remote.url, &expect))
-            .await
+        let key = format!("{server}\n{}\n{:?}", remote.url, remote.sign_in);
+        self.learned(key, learn(http, remote)).await
     }
 
     /// What was learned under `key`, or `learn`ed now and kept (an error

@@ -91,6 +91,7 @@ fn remote(config: &Config, url: &str) -> RemoteSpec {
             issuer: None,
             endpoint_origins: Vec::new(),
             client: None,
+            scopes: None,
         })),
         learned: false,
         egress: config.egress.clone(),

@@ -180,6 +180,20 @@ pub fn discovery_client_of(
         .map_err(|err| DiscoverError::Client(err.to_string()))
 }
 
+/// What `remote`'s users sign in at, and for what: learned from the server
+/// ([`discover`]), or, for a container's sign-in (whose settings name the
+/// scopes), asked of its issuer directly ([`provider`]).
+pub async fn learn(http: &HttpClient, remote: &RemoteSpec) -> Result<Discovered, DiscoverError> {
+    let sign_in = remote.sign_in.as_deref();
+    match sign_in.and_then(|spec| Some((spec.issuer.as_deref()?, spec.scopes.as_ref()?))) {
+        Some((issuer, scopes)) => {
+            let origins = sign_in.map_or(&[][..], |spec| &spec.endpoint_origins);
+            provider(http, issuer, (&remote.url, scopes.clone()), origins).await
+        }
+        None => discover(http, &remote.url, &Expect::of(sign_in)).await,
+    }
+}
+
 /// What the server at `url` asks for, learned from it, as `expect`ed (see
 /// the module's notes).
 pub async fn discover(

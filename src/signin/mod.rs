@@ -33,7 +33,7 @@ pub use challenge::{Challenge, parse_bearer};
 pub use client::{Ways, keep_registration, registration};
 pub use current::{Current, REFRESH_BEFORE, SignInError, SignIns};
 pub use discover::{
-    DiscoverError, Discovered, Expect, discover, discovery_client, discovery_client_of,
+    DiscoverError, Discovered, Expect, discover, discovery_client, discovery_client_of, learn,
 };
 pub use flow::{
     DESKTOP, FlowError, Registration, Started, answered, exchange, refresh, register, revoke, start,

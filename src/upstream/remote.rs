@@ -374,11 +374,6 @@ async fn token_for(
 ) -> Result<Option<Arc<super::remote_token::ServerToken>>, UpstreamError> {
     use super::remote_token::{Grant, Source};
     let server = inbox.server().to_string();
-    let needs = |reason: String| UpstreamError::NeedsClient {
-        server: server.clone(),
-        reason,
-        told: None,
-    };
     let start_error = |reason: String| UpstreamError::Start {
         server: server.clone(),
         reason,
@@ -387,20 +382,10 @@ async fn token_for(
     // not retried before the client's next call (when the user may have
     // signed in, or come with a token that may be exchanged).
     let (source, for_client) = match (&spec.oauth, &spec.sign_in) {
-        (_, Some(sign_in)) => {
-            // A client's instance acts as its user; the server's own
-            // connection (which learns its tools) as `list_as`.
-            let user = inbox.instance().unwrap_or(&sign_in.list_as);
-            let sign_ins = tokens
-                .sign_ins()
-                .ok_or_else(|| needs("the proxy keeps no sign-ins".into()))?;
-            let source = Source::SignedIn {
-                sign_ins,
-                user: Arc::from(user),
-                remote: Box::new(spec.clone()),
-                link: inbox.instance().is_some(),
-            };
-            (source, true)
+        (_, Some(_)) => {
+            return super::remote_token::users_token(spec, inbox, tokens, closed, false)
+                .await
+                .map(Some);
         }
         (None, None) => return Ok(None),
         (Some(oauth), None) => {

@@ -150,6 +150,10 @@ pub(super) enum Source {
         remote: Box<RemoteSpec>,
         /// A client's connection: its user is given a link to sign in.
         link: bool,
+        /// The token is given once (a container's environment): a new one
+        /// (refreshed, or signed in anew) closes the link, for a start
+        /// with it.
+        once: bool,
     },
 }
 
@@ -192,6 +196,14 @@ impl ServerToken {
         }
     }
 
+    /// The token itself (what follows `Bearer `), as given in a
+    /// container's environment.
+    pub(super) fn bare(&self) -> Option<String> {
+        let header = self.header();
+        let value = header.to_str().ok()?.strip_prefix("Bearer ")?;
+        Some(value.to_owned())
+    }
+
     /// The `Authorization` value to send now.
     pub(super) fn header(&self) -> HeaderValue {
         self.current
@@ -227,6 +239,7 @@ pub(super) async fn start(
     // A user's token is the vault's: looked at again every VAULT_LOOK, and
     // no longer sent once the vault has none to give.
     let users = matches!(source, Source::SignedIn { .. });
+    let once = matches!(source, Source::SignedIn { once: true, .. });
     let renew_after = move |lives| {
         let wait = renew_after(lives);
         if users { wait.min(VAULT_LOOK) } else { wait }
@@ -259,6 +272,11 @@ pub(super) async fn start(
             }
             last = Instant::now();
             match fetch(&client, &source, &server, (false, refused.as_deref())).await {
+                Ok((header, _)) if once && header != kept.header() => {
+                    tracing::info!(%server, "the user's token changed: restarting their instance with the new one");
+                    closed.cancel();
+                    return;
+                }
                 Ok((header, lives)) => {
                     *kept.current.write().unwrap_or_else(|p| p.into_inner()) = header;
                     expires = Instant::now() + lives;
@@ -279,6 +297,48 @@ pub(super) async fn start(
         }
     });
     Ok(token)
+}
+
+/// The token of the user a server's link acts as, kept renewed (from the
+/// vault) until `closed`: the client's user for a client's instance (who
+/// is given a link to sign in where the proxy gives one), `list_as` for
+/// the server's own. `once`: given once, a new token closes the link.
+pub(super) async fn users_token(
+    remote: &RemoteSpec,
+    inbox: &Arc<dyn super::link::Inbox>,
+    tokens: &UserTokens,
+    closed: &CancellationToken,
+    once: bool,
+) -> Result<Arc<ServerToken>, super::UpstreamError> {
+    let server = inbox.server().to_string();
+    let needs = |reason: String, told| super::UpstreamError::NeedsClient {
+        server: server.clone(),
+        reason,
+        told,
+    };
+    let sign_in = remote
+        .sign_in
+        .as_deref()
+        .ok_or_else(|| needs("the server has no sign-in".into(), None))?;
+    let user = inbox.instance().unwrap_or(&sign_in.list_as);
+    let sign_ins = tokens
+        .sign_ins()
+        .ok_or_else(|| needs("the proxy keeps no sign-ins".into(), None))?;
+    let source = Source::SignedIn {
+        sign_ins,
+        user: Arc::from(user),
+        remote: Box::new(remote.clone()),
+        link: inbox.instance().is_some(),
+        once,
+    };
+    start(
+        source,
+        &remote.egress,
+        inbox.server().clone(),
+        closed.clone(),
+    )
+    .await
+    .map_err(|no| needs(no.reason, no.told))
 }
 
 fn renew_after(lives: Duration) -> Duration {
@@ -306,6 +366,7 @@ async fn fetch(
             user,
             remote,
             link,
+            ..
         } => {
             let current = match refused {
                 Some(refused) => {

@@ -105,6 +105,7 @@ pub(crate) fn lazy_config(name: &str, idle_timeout: Duration) -> Arc<ServerConfi
             label: None,
             require_signature: false,
             signature_keys: Default::default(),
+            sign_in: None,
         })),
     )
 }

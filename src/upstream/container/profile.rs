@@ -127,6 +127,7 @@ mod tests {
             label: None,
             require_signature: false,
             signature_keys: Default::default(),
+            sign_in: None,
         }
     }
 
