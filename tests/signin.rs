@@ -1533,16 +1533,7 @@ async fn a_client_the_operator_registered_by_hand_is_used_where_no_registration_
     let loaded = portcullis::config::Config::load(&path).unwrap();
     let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
     let bobs = vault.get("protected", "other").unwrap().unwrap();
-    let (ok, stdout, stderr) = run_portcullis([
-        "oauth",
-        "revoke",
-        "protected",
-        "--client",
-        "other",
-        "-c",
-        config,
-    ]);
-    assert!(ok, "{stdout}{stderr}");
+    revoke(config, ("protected", "other"));
     assert_eq!(
         introspect(&issuer, &bobs.access_token).await["active"],
         false
@@ -1846,8 +1837,8 @@ async fn a_session_asked_by_url_elicitation_is_told_when_the_user_signed_in() {
     }
 }
 
-/// The containers of server `name` serving `client` (running or not), and
-/// each one's environment.
+/// The containers of server `name` serving `client` (running or not; `""`:
+/// the server's own, which serves no client), and each one's environment.
 async fn client_containers(
     docker: &bollard::Docker,
     server: &str,
@@ -1860,7 +1851,7 @@ async fn client_containers(
         .unwrap()
     {
         let labels = summary.labels.clone().unwrap_or_default();
-        if labels.get(LABEL_CLIENT).map(String::as_str) != Some(client) {
+        if labels.get(LABEL_CLIENT).map_or("", String::as_str) != client {
             continue;
         }
         let id = summary.id.clone().unwrap();
@@ -1871,6 +1862,13 @@ async fn client_containers(
         found.push((id, env));
     }
     found
+}
+
+/// `oauth revoke SERVER --client CLIENT`, which must succeed.
+fn revoke(config: &str, (server, client): (&str, &str)) {
+    let (ok, stdout, stderr) =
+        run_portcullis(["oauth", "revoke", server, "--client", client, "-c", config]);
+    assert!(ok, "{stdout}{stderr}");
 }
 
 /// `sha256=HEX` of `text`, as the example server's `env_digest` says it.
@@ -1902,24 +1900,46 @@ async fn call_until(
     }
 }
 
-/// A container whose users sign in (`container = { sign_in = { … } }`):
+/// A container whose users sign in (`container = { sign_in = { … } }`),
+/// the proxy known there as a client the operator registered by hand:
 /// each user's own instance is given that user's access token in its
-/// environment (the image reports its digest, never the token); a user
-/// who has not signed in is told how to; a token refreshed ahead of its
-/// expiry, or a user signed in anew, restarts that user's instance with
-/// the new token; a revoked sign-in stops it. No instance ever holds
-/// another user's token, and no token is in the proxy's log.
+/// environment (the image reports its digest, never the token), the
+/// server's own instance the `list_as` client's; the client's secret is
+/// in no container, the server's other secrets are; a token refreshed
+/// ahead of its expiry, or a user signed in anew, restarts that user's
+/// instance with the new token; a revoked sign-in stops it, and its user
+/// is told how to sign in again. No instance ever holds another user's
+/// token, and no token or secret is in the proxy's log, not even at the
+/// debug level where an image that prints its environment is logged.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_containers_users_each_give_their_own_instance_their_token() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let docker = common::docker().await;
     let (_issuer_process, _server_process, issuer, _url) = servers().await;
+    let hand_secret = "container-client-secret-8c2e";
+    control(
+        &issuer,
+        "clients",
+        serde_json::json!({
+            "client_id": "box-client",
+            "client_secret": hand_secret,
+            "redirect_uris": ["http://127.0.0.1/callback"],
+        }),
+    )
+    .await;
     let proxy = TestProxy::new();
     let key = vault_key(&proxy);
+    let secrets = proxy.dir().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("hand"), format!("{hand_secret}\n")).unwrap();
+    std::fs::write(secrets.join("plain"), "plain-setting-value\n").unwrap();
     let image = common::test_image();
     let server = "signed-box";
     let proxy = proxy
         .with_server_toml(&format!(
-            "[[servers]]\nname = \"{server}\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"{server}\", \"--report-env\", \"USER_TOKEN\"], isolation = \"per-client\", sign_in = {{ env = \"USER_TOKEN\", issuer = {issuer:?}, resource = \"https://api.example.test\", scopes = [\"repo\", \"read:org\"], list_as = \"tester\" }} }}\n"
+            "[[servers]]\nname = \"{server}\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"{server}\", \"--report-env\", \"USER_TOKEN\", \"--print-env\", \"USER_TOKEN\"], isolation = \"per-client\", sign_in = {{ env = \"USER_TOKEN\", issuer = {issuer:?}, resource = \"https://api.example.test\", scopes = [\"repo\", \"read:org\"], list_as = \"tester\", client = {{ client_id = \"box-client\", client_secret = \"secret:hand\" }} }} }}\nsecrets = {{ hand = \"file:{}\", plain = \"file:{}\" }}\n",
+            secrets.join("hand").display(),
+            secrets.join("plain").display()
         ))
         .with_config(&format!(
             "[egress]\nallow = [\"127.0.0.0/8\"]\n\n[vault]\nkeys = [\"file:{}\"]\n",
@@ -1931,29 +1951,35 @@ async fn a_containers_users_each_give_their_own_instance_their_token() {
     let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
     let kept = |user: &str| vault.get(server, user).unwrap();
 
-    // Alice signs `tester` in for an hour; Bob signs `other` in for 90 s
-    // (refreshed within its last 60 s, so about 30 s from now).
     next_user(&issuer, "alice").await;
     sign_in_to(config, (server, "tester"), false).await;
     next_user(&issuer, "bob").await;
-    token_ttl(&issuer, 90).await;
     sign_in_to(config, (server, "other"), false).await;
-    token_ttl(&issuer, 3600).await;
     let alice = kept("tester").unwrap();
     let bob = kept("other").unwrap();
     assert_eq!(alice.resource, "https://api.example.test");
     assert_eq!(alice.scopes, ["repo", "read:org"]);
+    assert_eq!(alice.client_id, "box-client");
     let issued = looked(&issuer, "issued").await;
     assert!(
         issued
             .as_array()
             .unwrap()
             .iter()
-            .all(|grant| grant["resource"] == "https://api.example.test"),
+            .all(|grant| grant["resource"] == "https://api.example.test"
+                && grant["client_id"] == "box-client"),
         "{issued}"
     );
 
-    let served = proxy.serve_http().await;
+    let served = common::serve_config_env(
+        &path,
+        &[],
+        &[(
+            "PORTCULLIS_LOG",
+            "info,portcullis::upstream::container=debug",
+        )],
+    )
+    .await;
     let tool = format!("{server}__env_digest");
     let tester = common::HttpSession::connect(&served.url).await;
     let answer = tester
@@ -1965,7 +1991,6 @@ async fn a_containers_users_each_give_their_own_instance_their_token() {
         .await;
     assert_eq!(said(&answer), digest_said(&alice.access_token), "{answer}");
     assert!(!answer.to_string().contains(&alice.access_token));
-
     let other = common::HttpSession::connect_as(&served.url, common::OTHER_TOKEN).await;
     let answer = other
         .call(
@@ -1974,70 +1999,82 @@ async fn a_containers_users_each_give_their_own_instance_their_token() {
             serde_json::json!({ "name": tool, "arguments": {} }),
         )
         .await;
-    let first = said(&answer);
-    // Bob's token now, or already refreshed (a very slow start).
-    let bob_now = kept("other").unwrap();
-    assert_eq!(first, digest_said(&bob_now.access_token), "{answer}");
+    assert_eq!(said(&answer), digest_said(&bob.access_token), "{answer}");
 
-    // Each instance's environment holds its own user's token, never the
-    // other's.
-    let tester_box = client_containers(&docker, server, "tester").await;
-    let other_box = client_containers(&docker, server, "other").await;
-    assert_eq!(tester_box.len(), 1, "{tester_box:?}");
-    assert_eq!(other_box.len(), 1, "{other_box:?}");
+    // Each instance's environment: its own user's token and never
+    // another's; the server's other secrets; never the client's secret.
     let env_has =
-        |env: &[String], token: &str| env.iter().any(|e| e == &format!("USER_TOKEN={token}"));
-    assert!(env_has(&tester_box[0].1, &alice.access_token));
-    assert!(
-        !tester_box[0]
-            .1
-            .iter()
-            .any(|e| e.contains(&bob.access_token))
-    );
-    assert!(env_has(&other_box[0].1, &bob_now.access_token));
-    assert!(
-        !other_box[0]
-            .1
-            .iter()
-            .any(|e| e.contains(&alice.access_token))
-    );
-
-    // Bob's token refreshed ahead of its expiry: his instance restarted
-    // with the new one (unless the first call already had it).
-    let mut id = 2;
-    if bob_now.access_token == bob.access_token {
-        let restarting =
-            |text: &str| text.starts_with(&format!("server `{server}` is not available"));
-        let old = digest_said(&bob.access_token);
-        let (next, text) = call_until(
-            &other,
-            (&tool, id),
-            |text| text.starts_with("sha256=") && text != old,
-            |text| text == old || restarting(text),
-            std::time::Duration::from_secs(180),
-        )
-        .await;
-        id = next;
-        let refreshed = kept("other").unwrap();
-        assert_ne!(refreshed.access_token, bob.access_token);
-        assert_eq!(text, digest_said(&refreshed.access_token));
-        let now = client_containers(&docker, server, "other").await;
+        |env: &[String], token: &str| env.iter().any(|e| *e == format!("USER_TOKEN={token}"));
+    let holds = |env: &[String], text: &str| env.iter().any(|e| e.contains(text));
+    let boxes = [
+        ("tester", &alice.access_token, &bob.access_token),
+        ("other", &bob.access_token, &alice.access_token),
+    ];
+    let mut other_box = String::new();
+    for (client, own, foreign) in boxes {
+        let found = client_containers(&docker, server, client).await;
+        assert_eq!(found.len(), 1, "{client}: {found:?}");
+        let env = &found[0].1;
+        assert!(env_has(env, own), "{client}");
+        assert!(!holds(env, foreign), "{client}");
+        assert!(!holds(env, hand_secret), "{client}");
         assert!(
-            now.iter().all(|(box_id, _)| *box_id != other_box[0].0),
-            "a new container"
+            env.iter().any(|e| e == "plain=plain-setting-value"),
+            "{client}"
         );
-        assert!(
-            now.iter()
-                .all(|(_, env)| env_has(env, &refreshed.access_token))
-        );
+        if client == "other" {
+            other_box.clone_from(&found[0].0);
+        }
     }
+    let listing = client_containers(&docker, server, "").await;
+    assert_eq!(listing.len(), 1, "the server's own instance: {listing:?}");
+    assert!(env_has(&listing[0].1, &alice.access_token), "list_as's");
+    assert!(!holds(&listing[0].1, &bob.access_token));
+    assert!(!holds(&listing[0].1, hand_secret));
+
+    // Bob's sign-in about to expire (as the vault says): refreshed ahead of
+    // its expiry at the proxy's next look, and his instance restarted with
+    // the new token.
+    let mut expiring = bob.clone();
+    expiring.expires_at = Some(portcullis::protocol::unix_now() + 30);
+    vault.put(server, "other", &expiring).unwrap();
+    let unavailable = |text: &str| {
+        text.starts_with(&format!("server `{server}` is not available"))
+            || text.starts_with(&format!("server `{server}` failed to start"))
+    };
+    let old = digest_said(&bob.access_token);
+    let (id, text) = call_until(
+        &other,
+        (&tool, 2),
+        |text| text.starts_with("sha256=") && text != old,
+        |text| text == old || unavailable(text),
+        std::time::Duration::from_secs(180),
+    )
+    .await;
+    let refreshed = kept("other").unwrap();
+    assert_ne!(refreshed.access_token, bob.access_token);
+    assert_eq!(text, digest_said(&refreshed.access_token));
+    let now = client_containers(&docker, server, "other").await;
+    assert!(!now.is_empty());
+    assert!(
+        now.iter().all(|(box_id, _)| *box_id != other_box),
+        "a new container"
+    );
+    assert!(
+        now.iter()
+            .all(|(_, env)| env_has(env, &refreshed.access_token)
+                && !holds(env, &bob.access_token)
+                && !holds(env, &alice.access_token))
+    );
     let grants = looked(&issuer, "issued").await;
     assert!(
         grants
             .as_array()
             .unwrap()
             .iter()
-            .any(|g| g["grant"] == "refresh_token"),
+            .any(|g| g["grant"] == "refresh_token"
+                && g["client_id"] == "box-client"
+                && g["token"] == refreshed.access_token.as_str()),
         "{grants}"
     );
 
@@ -2047,29 +2084,23 @@ async fn a_containers_users_each_give_their_own_instance_their_token() {
     let anew = kept("tester").unwrap();
     assert_ne!(anew.access_token, alice.access_token);
     let old = digest_said(&alice.access_token);
-    let (_, text) = call_until(
+    call_until(
         &tester,
         (&tool, 2),
         |text| text == digest_said(&anew.access_token),
-        |text| text == old || text.starts_with(&format!("server `{server}` is not available")),
+        |text| text == old || unavailable(text),
         std::time::Duration::from_secs(120),
     )
     .await;
-    assert!(text.starts_with("sha256="));
 
     // `other`'s sign-in revoked: his instance stops, and he is told to
-    // sign in again; Alice is still served.
-    let (ok, stdout, stderr) =
-        run_portcullis(["oauth", "revoke", server, "--client", "other", "-c", config]);
-    assert!(ok, "{stdout}{stderr}");
+    // sign in again.
+    revoke(config, (server, "other"));
     let (_, told) = call_until(
         &other,
         (&tool, id),
         |text| text.contains(&format!("`other` has not signed in to `{server}`")),
-        |text| {
-            text.starts_with("sha256=")
-                || text.starts_with(&format!("server `{server}` is not available"))
-        },
+        |text| text.starts_with("sha256=") || unavailable(text),
         std::time::Duration::from_secs(120),
     )
     .await;
@@ -2086,8 +2117,124 @@ async fn a_containers_users_each_give_their_own_instance_their_token() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 
+    // The image printed its token to its stderr, which the log keeps at
+    // the debug level: redacted there.
     let log = served.log.lines().join("\n");
-    for token in [&alice.access_token, &bob.access_token, &anew.access_token] {
-        assert!(!log.contains(token.as_str()), "{log}");
+    assert!(log.contains("USER_TOKEN=[REDACTED:user-token]"), "{log}");
+    for secret in [
+        &alice.access_token,
+        &bob.access_token,
+        &refreshed.access_token,
+        &anew.access_token,
+        &hand_secret.to_owned(),
+    ] {
+        assert!(!log.contains(secret.as_str()), "{log}");
+    }
+}
+
+/// Two replicas of the proxy, each with its own `data_dir`, sharing one
+/// `[vault] dir` (as replicas mounting one volume do): a user signed in
+/// through one replica's link is served through the other; a sign-in
+/// replaced by one about to expire is refreshed once, however many
+/// connections of both replicas need it (the vault's hold is across
+/// processes); a sign-in revoked is no longer sent by the replica it was
+/// not given through. No token is in either replica's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_sharing_the_vault_serve_a_user_signed_in_through_either() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let shared = tempfile::tempdir().unwrap();
+    let dir = shared.path().join("vault").display().to_string();
+    let replica = || {
+        let port = free_port();
+        let public = format!("http://127.0.0.1:{port}");
+        let (proxy, path) = vault_config_at(
+            TestProxy::new().with_listen(&format!("127.0.0.1:{port}")),
+            &url,
+            ", sign_in = { list_as = \"tester\" }",
+            &format!("public_url = {public:?}\ndir = {dir:?}\n"),
+        );
+        (proxy, path, public)
+    };
+    let (first, first_path, first_public) = replica();
+    let (second, second_path, _) = replica();
+    // The operator's account, which lists the server's tools on both.
+    next_user(&issuer, "alice").await;
+    sign_in_to(first_path.to_str().unwrap(), ("protected", "tester"), false).await;
+    let first_served = first.serve_http().await;
+    let second_served = second.serve_http().await;
+    let whoami = serde_json::json!({ "name": "protected__whoami", "arguments": {} });
+
+    // `other` is given a link by the first replica, signs in there as Bob,
+    // and is served by the second.
+    let on_first = common::HttpSession::connect_as(&first_served.url, common::OTHER_TOKEN).await;
+    let told = said(&on_first.call(1, "tools/call", whoami.clone()).await);
+    let link = link_in(&told, &first_public);
+    next_user(&issuer, "bob").await;
+    let (to, cookie) = go_on(&link, &first_public).await;
+    let callback = approved(&to).await;
+    let page = with_cookie(&callback, &cookie).await.text().await.unwrap();
+    assert!(
+        page.contains("`other` is signed in to `protected`"),
+        "{page}"
+    );
+    let on_second = common::HttpSession::connect_as(&second_served.url, common::OTHER_TOKEN).await;
+    let answer = on_second.call(1, "tools/call", whoami.clone()).await;
+    assert_eq!(said(&answer), "subject=bob", "{answer}");
+
+    // `tester` signed in anew with a token about to expire: each replica's
+    // connections read it, and it is refreshed once between them.
+    let refreshes = || async {
+        looked(&issuer, "issued")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|grant| grant["grant"] == "refresh_token")
+            .count()
+    };
+    let before = refreshes().await;
+    next_user(&issuer, "alice").await;
+    token_ttl(&issuer, 20).await;
+    sign_in_to(first_path.to_str().unwrap(), ("protected", "tester"), false).await;
+    token_ttl(&issuer, 3600).await;
+    let tester_first = common::HttpSession::connect(&first_served.url).await;
+    let tester_second = common::HttpSession::connect(&second_served.url).await;
+    let (a, b) = tokio::join!(
+        tester_first.call(1, "tools/call", whoami.clone()),
+        tester_second.call(1, "tools/call", whoami.clone())
+    );
+    assert_eq!(said(&a), "subject=alice", "{a}");
+    assert_eq!(said(&b), "subject=alice", "{b}");
+    assert_eq!(
+        refreshes().await,
+        before + 1,
+        "refreshed once across replicas"
+    );
+
+    // Revoked (through the first replica's config): the second stops
+    // sending it, and `other` is told to sign in there.
+    revoke(first_path.to_str().unwrap(), ("protected", "other"));
+    let (_, told) = call_until(
+        &on_second,
+        ("protected__whoami", 2),
+        |text| text.contains("`other` must sign in to `protected`"),
+        |text| text == "subject=bob" || text.starts_with("server `protected` is not available"),
+        std::time::Duration::from_secs(120),
+    )
+    .await;
+    // A link of the second replica's own.
+    assert!(told.contains("/oauth/start?id="), "{told}");
+
+    let loaded = portcullis::config::Config::load(&second_path).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let alice = vault.get("protected", "tester").unwrap().unwrap();
+    assert!(vault.get("protected", "other").unwrap().is_none());
+    for log in [&first_served.log, &second_served.log] {
+        let log = log.lines().join("\n");
+        assert!(!log.contains(&alice.access_token), "{log}");
+        assert!(
+            !log.contains(alice.refresh_token.as_deref().unwrap()),
+            "{log}"
+        );
     }
 }

@@ -51,6 +51,12 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     report_env: Option<String>,
 
+    /// Print `NAME=VALUE` of this environment variable to stderr at start:
+    /// an image that logs its environment, for tests of what the proxy's
+    /// own log keeps of it.
+    #[arg(long, value_name = "NAME")]
+    print_env: Option<String>,
+
     /// Speak MCP 2026-07-28 alone: `initialize` is refused, each request must
     /// carry its version and capabilities in `params._meta`.
     #[arg(long)]
@@ -62,6 +68,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging();
     let server = ExampleServer::new(args.name, args.stateless);
+    if let Some(var) = &args.print_env {
+        eprintln!("{var}={}", std::env::var(var).unwrap_or_default());
+    }
     if let Some(var) = &args.report_env {
         server.add_env_digest_tool(var);
     }

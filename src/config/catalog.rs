@@ -192,7 +192,7 @@ fn first_line(err: &serde_saphyr::Error) -> String {
 /// server's traffic (and so the operator's secrets) elsewhere, change whom
 /// it trusts, or load code into it. The operator may still set them, in
 /// the server's `secrets`.
-fn redirecting(name: &str) -> bool {
+pub(super) fn redirecting(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
     const EXACT: &[&str] = &[
         "NODE_OPTIONS",

@@ -454,6 +454,31 @@ fn vault_keys_are_secret_references_kept_outside_data_dir() {
         .to_string();
     assert!(err.contains("vault.keys[0]"), "{err}");
     assert!(parse(server).unwrap().vault.keys.is_empty());
+    // A vault every replica mounts: relative to the config's folder, and
+    // the key kept out of it too.
+    let config = parse(&format!(
+        "[vault]\nkeys = [\"file:/etc/portcullis/vault.key\"]\ndir = \"shared/vault\"\n{server}"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.vault.dir,
+        Some(PathBuf::from("/etc/portcullis/shared/vault"))
+    );
+    let err = parse(&format!(
+        "[vault]\nkeys = [\"file:/mnt/shared/vault/vault.key\"]\ndir = \"/mnt/shared/vault\"\n{server}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("vault.keys[0]") && err.contains("inside `[vault] dir`"),
+        "{err}"
+    );
+    let err = parse(&format!(
+        "[vault]\nkeys = [\"env:K\"]\ndir = \"\"\n{server}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("vault.dir"), "{err}");
 }
 
 #[test]
@@ -593,14 +618,18 @@ fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
     }
 }
 
+/// A config's `[[clients]]` `ops` and a server `gh` with `container`.
+fn container_server(container: &str) -> String {
+    format!(
+        "[[clients]]\nname = \"ops\"\n\n[[servers]]\nname = \"gh\"\ncontainer = {container}\n[servers.secrets]\ns = \"env:S\"\n"
+    )
+}
+
+const VAULT_KEYS: &str = "[vault]\nkeys = [\"env:VAULT_KEY\"]\n";
+
 #[test]
 fn a_containers_sign_in_names_its_issuer_resource_and_variable() {
-    let vault = "[vault]\nkeys = [\"env:VAULT_KEY\"]\n";
-    let server = |container: &str| {
-        format!(
-            "[[clients]]\nname = \"ops\"\n\n[[servers]]\nname = \"gh\"\ncontainer = {container}\n[servers.secrets]\ns = \"env:S\"\n"
-        )
-    };
+    let (vault, server) = (VAULT_KEYS, container_server);
     let good = "isolation = \"per-client\", sign_in = { env = \"GH_TOKEN\", issuer = \"https://github.com/login/oauth\", resource = \"https://api.github.com\", scopes = [\"repo\", \"read:org\"], list_as = \"ops\" }";
     let config = parse(&format!(
         "{vault}{}",
@@ -627,8 +656,34 @@ fn a_containers_sign_in_names_its_issuer_resource_and_variable() {
         Some(&["repo".to_owned(), "read:org".to_owned()][..])
     );
     assert_eq!(spec.list_as, "ops");
-    for (container, with_vault, expected) in [
-        (format!("{{ image = \"i\", {good} }}"), false, "set `[vault] keys`"),
+    assert_eq!(sign_in.withheld, None);
+    // A client registered by hand: the secret holding its secret is the
+    // proxy's, withheld from the container's environment.
+    let config = parse(&format!(
+        "{vault}{}",
+        server("{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\", client = { client_id = \"c\", client_secret = \"secret:s\" } } }")
+    ))
+    .unwrap();
+    let UpstreamSpec::Container(container) = &config.servers[0].kind else {
+        panic!("container");
+    };
+    assert_eq!(
+        container
+            .sign_in
+            .as_deref()
+            .and_then(|s| s.withheld.as_deref()),
+        Some("s")
+    );
+    let err = parse(&server(&format!("{{ image = \"i\", {good} }}")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("set `[vault] keys`"), "{err}");
+}
+
+#[test]
+fn a_containers_sign_in_that_could_leak_its_token_is_refused() {
+    let (vault, server) = (VAULT_KEYS, container_server);
+    let cases: Vec<(String, bool, &str)> = vec![
         (
             "{ image = \"i\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
             true,
@@ -648,6 +703,16 @@ fn a_containers_sign_in_names_its_issuer_resource_and_variable() {
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T=x\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
             true,
             "not an environment variable's name",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"LD_PRELOAD\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
+            true,
+            "would change how the container's programs run",
+        ),
+        (
+            "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"HTTPS_PROXY\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
+            true,
+            "would change how the container's programs run",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", env = { T = \"x\" }, sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
@@ -694,8 +759,13 @@ fn a_containers_sign_in_names_its_issuer_resource_and_variable() {
             true,
             "`secret:NAME`",
         ),
-    ] {
-        let text = format!("{}{}", if with_vault { vault } else { "" }, server(&container));
+    ];
+    for (container, with_vault, expected) in cases {
+        let text = format!(
+            "{}{}",
+            if with_vault { vault } else { "" },
+            server(&container)
+        );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains(expected), "{container}: {err}");
     }

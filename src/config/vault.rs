@@ -21,6 +21,9 @@ pub struct VaultConfig {
     pub public_url: Option<String>,
     /// How long such a link can be used.
     pub link_life: std::time::Duration,
+    /// The folder of the vault's files, if not `DATA_DIR/vault`: one
+    /// every replica mounts.
+    pub dir: Option<std::path::PathBuf>,
 }
 
 impl Default for VaultConfig {
@@ -29,6 +32,7 @@ impl Default for VaultConfig {
             keys: Vec::new(),
             public_url: None,
             link_life: LINK_LIFE,
+            dir: None,
         }
     }
 }
@@ -66,12 +70,16 @@ pub struct ContainerSignIn {
     /// resource the tokens are for, its `sign_in` the settings (with
     /// `scopes`).
     pub remote: super::RemoteSpec,
+    /// The server's secret that holds `client`'s secret: the proxy's, never
+    /// given to the container (every other secret is, in its environment).
+    pub withheld: Option<String>,
 }
 
 impl PartialEq for ContainerSignIn {
     /// What the operator wrote (the rest of `remote` is made from it).
     fn eq(&self, other: &Self) -> bool {
         self.env == other.env
+            && self.withheld == other.withheld
             && self.remote.url == other.remote.url
             && self.remote.sign_in == other.remote.sign_in
     }
@@ -308,6 +316,11 @@ impl RawContainerSignIn {
                 env.escape_debug()
             ));
         }
+        if super::catalog::redirecting(env) {
+            return fail(format!(
+                "`env`: `{env}` would change how the container's programs run or where they connect, not give them a token: name the variable the image reads its token from"
+            ));
+        }
         if container.env.contains_key(env) || secrets.contains_key(env) {
             return fail(format!(
                 "`env`: `{env}` is also set by the container's `env` or the server's `secrets`; the token's variable must be its alone"
@@ -337,6 +350,12 @@ impl RawContainerSignIn {
         {
             return fail("`scopes`: more than a sign-in keeps".into());
         }
+        let withheld = self
+            .client
+            .as_ref()
+            .and_then(|client| client.client_secret.as_deref())
+            .and_then(|secret| secret.strip_prefix("secret:"))
+            .map(str::to_owned);
         let raw = RawSignIn {
             list_as: self.list_as,
             issuer: Some(self.issuer),
@@ -348,6 +367,7 @@ impl RawContainerSignIn {
         spec.scopes = Some(self.scopes);
         Ok(ContainerSignIn {
             env: self.env,
+            withheld,
             remote: super::RemoteSpec {
                 url: self.resource,
                 transport: super::RemoteTransport::StreamableHttp,
@@ -387,6 +407,15 @@ pub(super) struct RawVault {
     /// is given to when its answer comes back.
     #[schemars(with = "Option<DurationText>", extend("default" = "10m"))]
     link_life: Option<Spanned<String>>,
+    /// The folder the vault's files are kept in (relative to this file's
+    /// folder). A folder every replica of the proxy mounts (a shared
+    /// volume whose file system has working `flock` locks: a local one,
+    /// NFSv4, …) lets a user sign in through one replica and be served by
+    /// any: every replica reads the same sign-ins, refreshes each once
+    /// (one at a time across them), and stops sending one revoked through
+    /// another within 30 s. `[vault] keys` must be outside it.
+    #[schemars(extend("x-default" = "`DATA_DIR/vault`"))]
+    dir: Option<String>,
 }
 
 impl RawVault {
@@ -395,6 +424,17 @@ impl RawVault {
         v: &Validator<'_>,
         data_dir: &std::path::Path,
     ) -> Result<VaultConfig, ConfigError> {
+        let dir = match &self.dir {
+            Some(dir) if dir.trim().is_empty() || dir.chars().any(char::is_control) => {
+                return Err(v.error(
+                    None,
+                    "vault.dir",
+                    "must be a folder's path, without control characters".into(),
+                ));
+            }
+            Some(dir) => Some(v.resolve(dir.into())),
+            None => None,
+        };
         let keys = self
             .keys
             .iter()
@@ -405,12 +445,20 @@ impl RawVault {
                 };
                 let secret = v.secret_ref(key.get_ref()).map_err(located)?;
                 if let SecretRef::File(path) | SecretRef::DotEnv { file: path, .. } = &secret
-                    && inside(path, data_dir)
+                    && let Some(beside) = [Some(data_dir), dir.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .find(|folder| inside(path, folder))
                 {
+                    let which = if beside == data_dir {
+                        "`[proxy] data_dir`"
+                    } else {
+                        "`[vault] dir`"
+                    };
                     return Err(located(format!(
-                        "`{}` is inside `[proxy] data_dir` ({}), beside the tokens it seals: keep the key elsewhere",
+                        "`{}` is inside {which} ({}), beside the tokens it seals: keep the key elsewhere",
                         path.display(),
-                        data_dir.display()
+                        beside.display()
                     )));
                 }
                 Ok(secret)
@@ -445,6 +493,7 @@ impl RawVault {
             keys,
             public_url: self.public_url,
             link_life,
+            dir,
         })
     }
 }

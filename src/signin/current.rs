@@ -84,6 +84,12 @@ pub enum SignInError {
         server.escape_debug()
     )]
     OtherResource { server: String, user: String },
+    #[error(
+        "`{}`'s sign-in to `{}` was issued by another authorization server than the server's `issuer` now",
+        user.escape_debug(),
+        server.escape_debug()
+    )]
+    OtherIssuer { server: String, user: String },
     #[error("`{}`'s sign-in to `{}` could not be refreshed: {reason}", user.escape_debug(), server.escape_debug())]
     Refresh {
         server: String,
@@ -103,6 +109,7 @@ impl SignInError {
             Self::NotSignedIn { server, user }
             | Self::Expired { server, user }
             | Self::OtherResource { server, user }
+            | Self::OtherIssuer { server, user }
             | Self::Refresh { server, user, .. }
                 if linked =>
             {
@@ -135,6 +142,7 @@ impl SignInError {
             Self::NotSignedIn { server, user } => again(server, user, "has not signed in to"),
             Self::Expired { server, user }
             | Self::OtherResource { server, user }
+            | Self::OtherIssuer { server, user }
             | Self::Refresh { server, user, .. } => again(server, user, "must sign in again to"),
             Self::Vault(_) => {
                 "the proxy cannot read its users' sign-ins now; its operator's log says why".into()
@@ -480,6 +488,19 @@ impl SignIns {
         // The operator may have pointed the server elsewhere since.
         if !covers(&kept.resource, &remote.url) {
             return Err(SignInError::OtherResource {
+                server: server.to_owned(),
+                user: user.to_owned(),
+            });
+        }
+        // Or pinned it to another authorization server.
+        let trim = |text: &str| text.trim_end_matches('/').to_owned();
+        if let Some(issuer) = remote
+            .sign_in
+            .as_ref()
+            .and_then(|spec| spec.issuer.as_deref())
+            && trim(issuer) != trim(&kept.issuer)
+        {
+            return Err(SignInError::OtherIssuer {
                 server: server.to_owned(),
                 user: user.to_owned(),
             });

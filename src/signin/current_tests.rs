@@ -262,6 +262,25 @@ async fn a_token_is_sent_only_to_a_server_its_resource_covers() {
         .await
         .unwrap_err();
     assert!(matches!(err, SignInError::OtherResource { .. }), "{err}");
+    // The operator pinned another issuer since (a container's sign-in
+    // always names one): its tokens are not sent, refreshed or not.
+    fresh.resource = format!("{base}/mcp");
+    vault.put("github", "alice", &fresh).unwrap();
+    let mut pinned = remote(&config, &format!("{base}/mcp"));
+    if let Some(spec) = pinned.sign_in.as_mut() {
+        spec.issuer = Some("https://other-issuer.example".into());
+    }
+    let err = sign_ins
+        .current("github", &pinned, "alice")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SignInError::OtherIssuer { .. }), "{err}");
+    // Pinned to the one that issued it (with or without its slash): sent.
+    if let Some(spec) = pinned.sign_in.as_mut() {
+        spec.issuer = Some(format!("{}/", fresh.issuer.trim_end_matches('/')));
+    }
+    let sent = sign_ins.current("github", &pinned, "alice").await.unwrap();
+    assert_eq!(sent.access_token, "at-0");
     assert_eq!(refreshes.load(Ordering::SeqCst), 0);
 }
 

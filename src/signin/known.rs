@@ -134,6 +134,28 @@ impl Known {
     }
 
     /// The byte spans of `text` that are known tokens, in order.
+    /// `text` with every token found in it replaced by
+    /// `[REDACTED:user-token]`: a line a container given its user's token
+    /// wrote to its stderr, before the log has it.
+    pub fn scrub(&self, text: &str) -> String {
+        let spans = self.find(text.as_bytes());
+        if spans.is_empty() {
+            return text.to_owned();
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (start, end) in spans {
+            if start < at {
+                continue;
+            }
+            out.push_str(text.get(at..start).unwrap_or_default());
+            out.push_str("[REDACTED:user-token]");
+            at = end;
+        }
+        out.push_str(text.get(at..).unwrap_or_default());
+        out
+    }
+
     pub fn find(&self, text: &[u8]) -> Vec<(usize, usize)> {
         let mut spans = Vec::new();
         if self.is_empty() || text.len() < MIN_KNOWN {
@@ -203,6 +225,23 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
+
+    #[test]
+    fn a_line_is_scrubbed_of_every_known_token_in_it() {
+        let known = Known::default();
+        let kept = "opaque-head-part.middle-part-two.tail-part-three";
+        assert_eq!(known.scrub("nothing known yet"), "nothing known yet");
+        known.remember(kept);
+        let line = format!("env: USER={kept} and again \u{e9}{kept}. done");
+        assert_eq!(
+            known.scrub(&line),
+            "env: USER=[REDACTED:user-token] and again \u{e9}[REDACTED:user-token]. done"
+        );
+        assert_eq!(
+            known.scrub("kept apart: opaque-head-part"),
+            "kept apart: opaque-head-part"
+        );
+    }
 
     #[test]
     fn a_known_token_is_found_where_it_stands_whole() {

@@ -222,7 +222,7 @@ impl Vault {
             message: err.to_string(),
         })?;
         Ok(Self {
-            dir: data_dir.join("vault"),
+            dir: config.dir.clone().unwrap_or_else(|| data_dir.join("vault")),
             keys,
             random: SystemRandom::new(),
         })

@@ -12,6 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ContainerSpec, LimitsConfig, ServerConfig, UpstreamSpec};
 
+/// Starts of a container whose user's token changes meanwhile, at most
+/// in a row.
+const START_TRIES: usize = 3;
+
 pub(super) struct ConfigConnector {
     pub(super) config: Arc<ServerConfig>,
     pub(super) limits: LimitsConfig,
@@ -60,8 +64,9 @@ impl ConfigConnector {
     /// A container, given its user's token where its users sign in: the
     /// token is got first (the user may be told to sign in), watched while
     /// the container runs, and a new one (refreshed, signed in anew) or
-    /// none (revoked) closes the link, so that the supervisor starts the
-    /// container again with what the vault holds then.
+    /// none (revoked) closes a client's instance, so that the supervisor
+    /// starts it again with what the vault holds then. The server's own
+    /// instance, which only lists, is closed only when there is none.
     async fn container(
         &self,
         spec: &ContainerSpec,
@@ -75,36 +80,54 @@ impl ConfigConnector {
                 .spawn(spec, &secrets, self.limits, inbox, restarts))
             .await;
         };
-        let watched = CancellationToken::new();
-        let token =
-            super::remote_token::users_token(&sign_in.remote, &inbox, &self.tokens, &watched, true)
+        // The client's secret is the proxy's own: never the container's.
+        secrets.retain(|(name, _)| Some(name.as_str()) != sign_in.withheld.as_deref());
+        let once = inbox.instance().is_some();
+        for _ in 0..START_TRIES {
+            let watched = CancellationToken::new();
+            // Whatever ends this start (an error, or the supervisor giving
+            // it up) ends the watch with it.
+            let guard = watched.clone().drop_guard();
+            let token = super::remote_token::users_token(
+                &sign_in.remote,
+                &inbox,
+                &self.tokens,
+                &watched,
+                once,
+            )
+            .await?;
+            let Some(bare) = token.bare() else {
+                return Err(UpstreamError::Start {
+                    server: inbox.server().to_string(),
+                    reason: "the user's token cannot be given in the environment".into(),
+                });
+            };
+            let mut given = secrets.clone();
+            given.push((sign_in.env.clone(), bare));
+            let connected =
+                (self
+                    .containers
+                    .spawn(spec, &given, self.limits, inbox.clone(), restarts))
                 .await?;
-        let Some(bare) = token.bare() else {
-            watched.cancel();
-            return Err(UpstreamError::Start {
-                server: inbox.server().to_string(),
-                reason: "the user's token cannot be given in the environment".into(),
+            if watched.is_cancelled() {
+                // The token changed or went while the container started:
+                // started again with what the vault holds now.
+                connected.link.close().await;
+                continue;
+            }
+            let watched = guard.disarm();
+            let closed = connected.closed.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = watched.cancelled() => closed.cancel(),
+                    () = closed.cancelled() => watched.cancel(),
+                }
             });
-        };
-        secrets.push((sign_in.env.clone(), bare));
-        let spawned = (self
-            .containers
-            .spawn(spec, &secrets, self.limits, inbox, restarts))
-        .await;
-        let connected = match spawned {
-            Ok(connected) => connected,
-            Err(err) => {
-                watched.cancel();
-                return Err(err);
-            }
-        };
-        let closed = connected.closed.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = watched.cancelled() => closed.cancel(),
-                () = closed.cancelled() => watched.cancel(),
-            }
-        });
-        Ok(connected)
+            return Ok(connected);
+        }
+        Err(UpstreamError::Start {
+            server: inbox.server().to_string(),
+            reason: "the user's token changed at each of its starts".into(),
+        })
     }
 }

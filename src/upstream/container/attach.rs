@@ -287,6 +287,10 @@ fn read_output(
                 Ok(LogOutput::StdOut { message }) => Some(Ok::<Bytes, std::io::Error>(message)),
                 Ok(LogOutput::StdErr { message }) => {
                     for line in String::from_utf8_lossy(&message).lines() {
+                        // A user's token the container was given, as it
+                        // may print it, is not the log's (before the line
+                        // is cut: never half a token in clear).
+                        let line = crate::signin::known::known().scrub(line);
                         let line: String = line.chars().take(2000).collect();
                         tracing::debug!(server = %server, "stderr: {line}");
                     }
