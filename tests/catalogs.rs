@@ -441,4 +441,14 @@ fn a_catalog_server_missing_a_value_or_secret_or_asking_too_much_is_a_config_err
         stderr.contains("takes its image and command from its metadata"),
         "{stderr}"
     );
+    // Nor a sign-in: whose token goes into which variable is the
+    // operator's to write, for an image the operator names.
+    let proxy = TestProxy::new().with_server_toml(
+        "[[servers]]\nname = \"bad\"\nfrom = \"docker://x\"\ncontainer = { isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"tester\" } }\n",
+    );
+    let stderr = common::serve_refused(&proxy.write_config());
+    assert!(
+        stderr.contains(".container.sign_in") && stderr.contains("may set only"),
+        "{stderr}"
+    );
 }

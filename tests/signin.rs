@@ -158,7 +158,16 @@ async fn the_vault_is_listed_without_its_tokens() {
     assert_eq!(listed[0]["user"], "tester");
     assert_eq!(listed[0]["expires"], "2033-05-18T03:33:20Z");
     assert_eq!(listed[0]["refreshable"], true);
+    assert_eq!(listed[0]["issuer"], "https://github.com/login/oauth");
+    assert_eq!(listed[0]["client_id"], "portcullis");
     assert!(!stdout.contains("planted") && !stderr.contains("planted"));
+    let (ok, table, stderr) = run_portcullis(["oauth", "status", "-c", config]);
+    assert!(ok, "{stderr}");
+    assert!(
+        table.contains("refreshable     issuer https://github.com/login/oauth client portcullis"),
+        "{table}"
+    );
+    assert!(!table.contains("planted"));
     let (_, doctor, _) = run_portcullis(["doctor", "-c", config]);
     assert!(
         doctor.contains("vault keys") && doctor.contains("1 sign-in kept, 0 of them not opening"),
@@ -1905,7 +1914,7 @@ async fn call_until(
 /// each user's own instance is given that user's access token in its
 /// environment (the image reports its digest, never the token), the
 /// server's own instance the `list_as` client's; the client's secret is
-/// in no container, the server's other secrets are; a token refreshed
+/// in no container (under no name), the server's other secrets are; a token refreshed
 /// ahead of its expiry, or a user signed in anew, restarts that user's
 /// instance with the new token; a revoked sign-in stops it, and its user
 /// is told how to sign in again. No instance ever holds another user's
@@ -1937,7 +1946,8 @@ async fn a_containers_users_each_give_their_own_instance_their_token() {
     let server = "signed-box";
     let proxy = proxy
         .with_server_toml(&format!(
-            "[[servers]]\nname = \"{server}\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"{server}\", \"--report-env\", \"USER_TOKEN\", \"--print-env\", \"USER_TOKEN\"], isolation = \"per-client\", sign_in = {{ env = \"USER_TOKEN\", issuer = {issuer:?}, resource = \"https://api.example.test\", scopes = [\"repo\", \"read:org\"], list_as = \"tester\", client = {{ client_id = \"box-client\", client_secret = \"secret:hand\" }} }} }}\nsecrets = {{ hand = \"file:{}\", plain = \"file:{}\" }}\n",
+            "[[servers]]\nname = \"{server}\"\ncontainer = {{ image = {image:?}, args = [\"--name\", \"{server}\", \"--report-env\", \"USER_TOKEN\", \"--print-env\", \"USER_TOKEN\"], isolation = \"per-client\", sign_in = {{ env = \"USER_TOKEN\", issuer = {issuer:?}, resource = \"https://api.example.test\", scopes = [\"repo\", \"read:org\"], list_as = \"tester\", client = {{ client_id = \"box-client\", client_secret = \"secret:hand\" }} }} }}\nsecrets = {{ hand = \"file:{}\", alias = \"file:{}\", plain = \"file:{}\" }}\n",
+            secrets.join("hand").display(),
             secrets.join("hand").display(),
             secrets.join("plain").display()
         ))
@@ -2031,6 +2041,7 @@ async fn a_containers_users_each_give_their_own_instance_their_token() {
     assert!(env_has(&listing[0].1, &alice.access_token), "list_as's");
     assert!(!holds(&listing[0].1, &bob.access_token));
     assert!(!holds(&listing[0].1, hand_secret));
+    let listing_box = listing[0].0.clone();
 
     // Bob's sign-in about to expire (as the vault says): refreshed ahead of
     // its expiry at the proxy's next look, and his instance restarted with
@@ -2092,6 +2103,15 @@ async fn a_containers_users_each_give_their_own_instance_their_token() {
         std::time::Duration::from_secs(120),
     )
     .await;
+    let now = client_containers(&docker, server, "tester").await;
+    assert!(!now.is_empty());
+    assert!(now.iter().all(|(_, env)| env_has(env, &anew.access_token)
+        && !holds(env, &alice.access_token)
+        && !holds(env, hand_secret)));
+    // The server's own instance serves no call: not restarted for it.
+    let listing = client_containers(&docker, server, "").await;
+    assert_eq!(listing.len(), 1);
+    assert_eq!(listing[0].0, listing_box);
 
     // `other`'s sign-in revoked: his instance stops, and he is told to
     // sign in again.

@@ -167,6 +167,8 @@ fn status(config: &Path, format: super::Format) -> anyhow::Result<()> {
                         "user": listed.user,
                         "expires": expires(listed.expires_at),
                         "refreshable": listed.refreshable,
+                        "issuer": listed.issuer,
+                        "client_id": listed.client_id,
                     }),
                     Err(error) => json!({ "error": error.to_string() }),
                 })
@@ -180,7 +182,7 @@ fn status(config: &Path, format: super::Format) -> anyhow::Result<()> {
             for entry in entries {
                 match entry {
                     Ok(listed) => println!(
-                        "{:<20} {:<20} expires {:<22} {}",
+                        "{:<20} {:<20} expires {:<22} {:<15} issuer {} client {}",
                         listed.server.escape_debug().to_string(),
                         listed.user.escape_debug().to_string(),
                         expires(listed.expires_at).unwrap_or_else(|| "(not said)".into()),
@@ -189,6 +191,8 @@ fn status(config: &Path, format: super::Format) -> anyhow::Result<()> {
                         } else {
                             "not refreshable"
                         },
+                        listed.issuer.escape_debug(),
+                        listed.client_id.escape_debug(),
                     ),
                     Err(error) => println!("{error}"),
                 }

@@ -683,89 +683,70 @@ fn a_containers_sign_in_names_its_issuer_resource_and_variable() {
 #[test]
 fn a_containers_sign_in_that_could_leak_its_token_is_refused() {
     let (vault, server) = (VAULT_KEYS, container_server);
-    let cases: Vec<(String, bool, &str)> = vec![
+    let cases: Vec<(String, &str)> = vec![
         (
             "{ image = \"i\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
-            true,
             "needs `isolation = \"per-client\"`",
         ),
         (
             "{ image = \"i\", isolation = \"shared\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
-            true,
             "needs `isolation = \"per-client\"`",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"1T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
-            true,
             "not an environment variable's name",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T=x\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
-            true,
             "not an environment variable's name",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"LD_PRELOAD\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
-            true,
             "would change how the container's programs run",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"HTTPS_PROXY\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
-            true,
             "would change how the container's programs run",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", env = { T = \"x\" }, sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
-            true,
             "must be its alone",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"s\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
-            true,
             "must be its alone",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"http://api.example\", list_as = \"ops\" } }".into(),
-            true,
             "`resource` must be an https:// URL",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example/?k=v\", list_as = \"ops\" } }".into(),
-            true,
             "`resource` must be an https:// URL",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"http://id.example\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
-            true,
             "`issuer` must be an https:// URL",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", scopes = [\"a b\"], list_as = \"ops\" } }".into(),
-            true,
             "is not a scope",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"alice\" } }".into(),
-            true,
             "`alice` is not a name of `[[clients]]`",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", resource = \"https://api.example\", list_as = \"ops\" } }".into(),
-            true,
             "missing field `issuer`",
         ),
         (
             "{ image = \"i\", isolation = \"per-client\", sign_in = { env = \"T\", issuer = \"https://id.example\", resource = \"https://api.example\", list_as = \"ops\", client = { client_id = \"c\", client_secret = \"env:S\" } } }".into(),
-            true,
             "`secret:NAME`",
         ),
     ];
-    for (container, with_vault, expected) in cases {
-        let text = format!(
-            "{}{}",
-            if with_vault { vault } else { "" },
-            server(&container)
-        );
+    for (container, expected) in cases {
+        let text = format!("{vault}{}", server(&container));
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains(expected), "{container}: {err}");
     }

@@ -60,6 +60,22 @@ impl Gateway {
         // Narrowed to a profile, the proxy cannot tell a server taken out
         // of the file from one outside its profile, which another proxy of
         // the same config may serve with the same vault.
+        // A vault other replicas share (`[vault] dir`): one replica cannot
+        // tell a server the fleet removed from one its old or new config
+        // lacks, mid-rollout; what it revoked would be every replica's.
+        if self.config.vault.dir.is_some() {
+            match &removed {
+                Some((server, _)) => {
+                    tracing::info!(%server, "a sign_in server left the config: its users' sign-ins are kept, the vault being shared (`[vault] dir`); `oauth revoke` revokes them");
+                }
+                None => {
+                    tracing::info!(
+                        "the vault is shared (`[vault] dir`): sign-ins to servers the config no longer names are not revoked at start; `oauth revoke` does it"
+                    );
+                }
+            }
+            return;
+        }
         if let Some(profile) = &self.config.profile {
             match &removed {
                 Some((server, _)) => {

@@ -104,6 +104,10 @@ pub struct Listed {
     pub user: String,
     pub expires_at: Option<u64>,
     pub refreshable: bool,
+    /// The authorization server that issued the tokens, and the proxy's
+    /// client there they were issued to (public names, not secrets).
+    pub issuer: String,
+    pub client_id: String,
 }
 
 /// What an entry holds: a user's tokens at a server, or the client the
@@ -221,6 +225,14 @@ impl Vault {
             index,
             message: err.to_string(),
         })?;
+        // A folder of the operator's naming (shared by replicas) is held
+        // to what `data_dir` is: this user's alone.
+        if let Some(dir) = &config.dir {
+            crate::private_dir::prepare(dir).map_err(|err| VaultError::Io {
+                path: dir.clone(),
+                message: format!("`[vault] dir`: {err}"),
+            })?;
+        }
         Ok(Self {
             dir: config.dir.clone().unwrap_or_else(|| data_dir.join("vault")),
             keys,
@@ -576,11 +588,21 @@ impl Vault {
             if file.kind == Kind::Client {
                 continue;
             }
-            listed.push(self.get(&file.server, &file.user).map(|tokens| Listed {
-                expires_at: tokens.as_ref().and_then(|t| t.expires_at),
-                refreshable: tokens.as_ref().is_some_and(|t| t.refresh_token.is_some()),
-                server: file.server,
-                user: file.user,
+            listed.push(self.get(&file.server, &file.user).map(|tokens| {
+                Listed {
+                    expires_at: tokens.as_ref().and_then(|t| t.expires_at),
+                    refreshable: tokens.as_ref().is_some_and(|t| t.refresh_token.is_some()),
+                    issuer: tokens
+                        .as_ref()
+                        .map(|t| t.issuer.clone())
+                        .unwrap_or_default(),
+                    client_id: tokens
+                        .as_ref()
+                        .map(|t| t.client_id.clone())
+                        .unwrap_or_default(),
+                    server: file.server,
+                    user: file.user,
+                }
             }));
         }
         listed.sort_by(|a, b| match (a, b) {

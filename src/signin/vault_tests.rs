@@ -395,3 +395,42 @@ fn a_servers_registrations_are_listed_by_name_and_no_others() {
     );
     assert_eq!(vault.list().unwrap().len(), 1);
 }
+
+#[test]
+fn a_vault_folder_the_operator_names_is_held_to_this_users_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let keys = vec![key_file(root.path(), "a.key", KEY_A)];
+    let open = |dir: &Path| {
+        Vault::open(
+            &VaultConfig {
+                keys: keys.clone(),
+                dir: Some(dir.to_owned()),
+                ..VaultConfig::default()
+            },
+            &root.path().join("data"),
+        )
+    };
+    // Made private where missing, and used in place of `data_dir`'s.
+    let shared = root.path().join("shared/vault");
+    let vault = open(&shared).unwrap();
+    vault.put("github", "alice", &tokens("at-1")).unwrap();
+    assert_eq!(
+        std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert!(!root.path().join("data/vault").exists());
+    // Another replica with the same folder reads it.
+    let other = open(&shared).unwrap();
+    assert_eq!(
+        other.get("github", "alice").unwrap().unwrap().access_token,
+        "at-1"
+    );
+    // One others may write to (a volume's group-writable root): refused,
+    // naming the setting.
+    let open_to_all = root.path().join("open");
+    std::fs::create_dir(&open_to_all).unwrap();
+    std::fs::set_permissions(&open_to_all, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = open(&open_to_all).unwrap_err().to_string();
+    assert!(err.contains("`[vault] dir`"), "{err}");
+}

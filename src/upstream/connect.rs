@@ -80,8 +80,13 @@ impl ConfigConnector {
                 .spawn(spec, &secrets, self.limits, inbox, restarts))
             .await;
         };
-        // The client's secret is the proxy's own: never the container's.
-        secrets.retain(|(name, _)| Some(name.as_str()) != sign_in.withheld.as_deref());
+        // The client's secret is the proxy's own: never the container's,
+        // under its name or any other that holds the same value.
+        let withheld: Option<String> = secrets
+            .iter()
+            .find(|(name, _)| Some(name.as_str()) == sign_in.withheld.as_deref())
+            .map(|(_, value)| value.clone());
+        secrets.retain(|(_, value)| Some(value) != withheld.as_ref());
         let once = inbox.instance().is_some();
         for _ in 0..START_TRIES {
             let watched = CancellationToken::new();

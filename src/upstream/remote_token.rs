@@ -171,6 +171,10 @@ impl From<String> for NoToken {
     }
 }
 
+/// A token given once (a container's environment) that lives less than
+/// this restarts its instance that often: worth a warning.
+const SHORT_FOR_ONCE: Duration = Duration::from_secs(300);
+
 /// How often a user's connection looks at the vault again: a sign-in
 /// revoked or replaced there stops being sent within this.
 const VAULT_LOOK: Duration = Duration::from_secs(30);
@@ -240,6 +244,9 @@ pub(super) async fn start(
     // no longer sent once the vault has none to give.
     let users = matches!(source, Source::SignedIn { .. });
     let once = matches!(source, Source::SignedIn { once: true, .. });
+    if once && lives < SHORT_FOR_ONCE {
+        tracing::warn!(%server, lives_s = lives.as_secs(), "the user's token lives minutes at most: their instance restarts with each new one (a provider of short-lived tokens suits a remote server better)");
+    }
     let renew_after = move |lives| {
         let wait = renew_after(lives);
         if users { wait.min(VAULT_LOOK) } else { wait }
