@@ -153,10 +153,7 @@ impl RawSignIn {
             return Err(fail("`list_as` must be the name of a client of the proxy"));
         }
         if let Some(issuer) = &sign_in.issuer
-            && !(super::secure_url(issuer)
-                && reqwest::Url::parse(issuer).is_ok_and(|u| {
-                    u.query().is_none() && u.fragment().is_none() && u.username().is_empty()
-                }))
+            && !plain_secure_url(issuer)
         {
             return Err(fail(
                 "`issuer` must be an https:// URL (http:// only on loopback) without query or fragment",
@@ -304,13 +301,7 @@ impl RawContainerSignIn {
             return fail("needs `isolation = \"per-client\"`: each user's token is given to that user's own container, never to one another user shares".into());
         }
         let env = &self.env;
-        let name_ok = env
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && env.len() <= 256;
-        if !name_ok {
+        if !(super::names::is_identifier(env) && env.len() <= 256) {
             return fail(format!(
                 "`env`: `{}` is not an environment variable's name (letters, digits and `_`, not starting with a digit)",
                 env.escape_debug()
@@ -326,11 +317,7 @@ impl RawContainerSignIn {
                 "`env`: `{env}` is also set by the container's `env` or the server's `secrets`; the token's variable must be its alone"
             ));
         }
-        if !(super::secure_url(&self.resource)
-            && reqwest::Url::parse(&self.resource).is_ok_and(|u| {
-                u.query().is_none() && u.fragment().is_none() && u.username().is_empty()
-            }))
-        {
+        if !plain_secure_url(&self.resource) {
             return fail("`resource` must be an https:// URL (http:// only on loopback) without query or fragment".into());
         }
         if let Some(bad) = self
@@ -380,6 +367,14 @@ impl RawContainerSignIn {
             },
         })
     }
+}
+
+/// An `https://` URL (`http://` only on loopback) without query, fragment
+/// or user: an issuer's, or the resource a container's tokens are for.
+fn plain_secure_url(text: &str) -> bool {
+    super::secure_url(text)
+        && reqwest::Url::parse(text)
+            .is_ok_and(|u| u.query().is_none() && u.fragment().is_none() && u.username().is_empty())
 }
 
 /// `[vault]` as written.

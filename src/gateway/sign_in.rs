@@ -57,9 +57,6 @@ impl Gateway {
         let Some(sign_ins) = self.servers.sign_ins() else {
             return;
         };
-        // Narrowed to a profile, the proxy cannot tell a server taken out
-        // of the file from one outside its profile, which another proxy of
-        // the same config may serve with the same vault.
         // A vault other replicas share (`[vault] dir`): one replica cannot
         // tell a server the fleet removed from one its old or new config
         // lacks, mid-rollout; what it revoked would be every replica's.
@@ -76,6 +73,9 @@ impl Gateway {
             }
             return;
         }
+        // Narrowed to a profile, the proxy cannot tell a server taken out
+        // of the file from one outside its profile, which another proxy of
+        // the same config may serve with the same vault.
         if let Some(profile) = &self.config.profile {
             match &removed {
                 Some((server, _)) => {

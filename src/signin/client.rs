@@ -193,7 +193,7 @@ pub fn given_client(
     found: &Discovered,
     redirect_uri: &str,
 ) -> Result<Registration, String> {
-    if issuer.trim_end_matches('/') != found.issuer.trim_end_matches('/') {
+    if !super::discover::same_issuer(issuer, &found.issuer) {
         return Err(format!(
             "the client given is `{issuer}`'s, and the server names `{}`: its secret is not sent there",
             found.issuer
@@ -274,8 +274,7 @@ pub fn registration(
     // The operator's client only for tokens its own issuer issued to it
     // (a hostile server's registration may have been given the same id).
     if let Some(given) = ways.given.filter(|(given, issuer)| {
-        given.client_id == kept.client_id
-            && issuer.trim_end_matches('/') == kept.issuer.trim_end_matches('/')
+        given.client_id == kept.client_id && super::discover::same_issuer(issuer, &kept.issuer)
     }) {
         return given_client(given, found, "").map(Some);
     }

@@ -493,12 +493,11 @@ impl SignIns {
             });
         }
         // Or pinned it to another authorization server.
-        let trim = |text: &str| text.trim_end_matches('/').to_owned();
         if let Some(issuer) = remote
             .sign_in
             .as_ref()
             .and_then(|spec| spec.issuer.as_deref())
-            && trim(issuer) != trim(&kept.issuer)
+            && !super::discover::same_issuer(issuer, &kept.issuer)
         {
             return Err(SignInError::OtherIssuer {
                 server: server.to_owned(),

@@ -180,6 +180,12 @@ pub fn discovery_client_of(
         .map_err(|err| DiscoverError::Client(err.to_string()))
 }
 
+/// Whether two issuers are the same, as operators and metadata write them
+/// (with or without a trailing slash).
+pub(super) fn same_issuer(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
 /// What `remote`'s users sign in at, and for what: learned from the server
 /// ([`discover`]), or, for a container's sign-in (whose settings name the
 /// scopes), asked of its issuer directly ([`provider`]).

@@ -286,6 +286,9 @@ fn read_output(
             match item {
                 Ok(LogOutput::StdOut { message }) => Some(Ok::<Bytes, std::io::Error>(message)),
                 Ok(LogOutput::StdErr { message }) => {
+                    if !tracing::enabled!(tracing::Level::DEBUG) {
+                        return None;
+                    }
                     for line in String::from_utf8_lossy(&message).lines() {
                         // A user's token the container was given, as it
                         // may print it, is not the log's (before the line
