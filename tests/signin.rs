@@ -2258,3 +2258,156 @@ async fn replicas_sharing_the_vault_serve_a_user_signed_in_through_either() {
         );
     }
 }
+
+/// The replica (HAProxy's server name) that answered `response`.
+fn replica_of(response: &reqwest::Response) -> String {
+    response.headers()["x-portcullis-replica"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Two replicas behind Debian's HAProxy (the example's `haproxy.cfg`),
+/// sharing the vault and one public URL, the balancer's: a link given
+/// through the balancer is shown, taken on and answered on whichever
+/// replica each step reaches (here each on another than the last), each
+/// once across both; the user is then served through the balancer by
+/// either; the callback replayed there is refused by each; no code, token
+/// or link id is in either log.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_behind_a_balancer_give_and_take_one_sign_in_link() {
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    let shared = tempfile::tempdir().unwrap();
+    let dir = shared.path().join("vault").display().to_string();
+    let ports = [free_port(), free_port()];
+    let balancer = free_port();
+    let public = format!("http://127.0.0.1:{balancer}");
+    let haproxy = common::haproxy::Haproxy::start_at(
+        balancer,
+        &[("replica-1", ports[0]), ("replica-2", ports[1])],
+    )
+    .await;
+    let replicas: Vec<_> = ports
+        .iter()
+        .map(|port| {
+            vault_config_at(
+                TestProxy::new().with_listen(&format!("127.0.0.1:{port}")),
+                &url,
+                ", sign_in = { list_as = \"tester\" }",
+                &format!("public_url = {public:?}\ndir = {dir:?}\n"),
+            )
+        })
+        .collect();
+    next_user(&issuer, "alice").await;
+    sign_in_to(
+        replicas[0].1.to_str().unwrap(),
+        ("protected", "tester"),
+        false,
+    )
+    .await;
+    let served = [
+        replicas[0].0.serve_http().await,
+        replicas[1].0.serve_http().await,
+    ];
+    // Both up behind the balancer (its checks run every 300 ms).
+    let mut up = std::collections::BTreeSet::new();
+    for _ in 0..400 {
+        if let Ok(answer) = browser().get(format!("{public}/healthz")).send().await
+            && answer.status() == 200
+        {
+            up.insert(replica_of(&answer));
+        }
+        if up.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(up.len(), 2, "both replicas up behind HAProxy: {up:?}");
+
+    let whoami = serde_json::json!({ "name": "protected__whoami", "arguments": {} });
+    let session = common::HttpSession::connect_as(&haproxy.url(), common::OTHER_TOKEN).await;
+    let told = said(&session.call(1, "tools/call", whoami.clone()).await);
+    let link = link_in(&told, &public);
+    next_user(&issuer, "bob").await;
+
+    // The browser's steps, each on another replica than the last (reached
+    // directly, as a balancer may send them): the page on the first, the
+    // button on the second (then refused on the first: taken), the answer
+    // on the first (which knows its state: from another browser refused).
+    let direct =
+        |n: usize, url: &str| url.replacen(&public, &format!("http://127.0.0.1:{}", ports[n]), 1);
+    let shown = browser().get(direct(0, &link)).send().await.unwrap();
+    assert_eq!(shown.status(), 200);
+    let form_cookie = shown.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let form_cookie = form_cookie.split(';').next().unwrap().to_owned();
+    let page = shown.text().await.unwrap();
+    let token = page.split("name=form value=\"").nth(1).unwrap();
+    let token = token.split('"').next().unwrap();
+    let id = link.split("id=").nth(1).unwrap();
+    let take_on = |n: usize| {
+        browser()
+            .post(format!("http://127.0.0.1:{}/oauth/start", ports[n]))
+            .header("cookie", &form_cookie)
+            .header("origin", &public)
+            .form(&[("id", id), ("form", token)])
+            .send()
+    };
+    let taken = take_on(1).await.unwrap();
+    assert_eq!(taken.status(), 303);
+    assert_eq!(take_on(0).await.unwrap().status(), 409, "taken on once");
+    let cookie = taken.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let to = taken.headers()["location"].to_str().unwrap().to_owned();
+    let callback = approved(&to).await;
+    assert!(
+        callback.starts_with(&format!("{public}/oauth/callback?")),
+        "{callback}"
+    );
+    let elsewhere = browser().get(direct(0, &callback)).send().await.unwrap();
+    assert_eq!(elsewhere.status(), 409, "the state known, the browser not");
+    let back = with_cookie(&direct(0, &callback), &cookie).await;
+    assert_eq!(back.status(), 200);
+    let page = back.text().await.unwrap();
+    assert!(
+        page.contains("`other` is signed in to `protected`"),
+        "{page}"
+    );
+
+    // Served through either replica: its own session, and new ones (new
+    // sessions are spread round robin).
+    let answer = session.call(2, "tools/call", whoami.clone()).await;
+    assert_eq!(said(&answer), "subject=bob", "{answer}");
+    for _ in 0..2 {
+        let other = common::HttpSession::connect_as(&haproxy.url(), common::OTHER_TOKEN).await;
+        let answer = other.call(1, "tools/call", whoami.clone()).await;
+        assert_eq!(said(&answer), "subject=bob", "{answer}");
+    }
+
+    // The callback replayed, through the balancer (each replica in turn):
+    // refused on both.
+    let mut refused_on = std::collections::BTreeSet::new();
+    for _ in 0..2 {
+        let again = with_cookie(&callback, &cookie).await;
+        refused_on.insert(replica_of(&again));
+        assert_eq!(again.status(), 404);
+    }
+    assert_eq!(refused_on.len(), 2, "{refused_on:?}");
+
+    let code = reqwest::Url::parse(&callback)
+        .unwrap()
+        .query_pairs()
+        .find(|(name, _)| name == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let loaded = portcullis::config::Config::load(&replicas[1].1).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let bobs = vault.get("protected", "other").unwrap().unwrap();
+    for served in &served {
+        let log = served.log.lines().join("\n");
+        for secret in [code.as_str(), bobs.access_token.as_str(), id] {
+            assert!(!log.contains(secret), "{log}");
+        }
+    }
+    drop(haproxy);
+}

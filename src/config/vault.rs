@@ -408,7 +408,9 @@ pub(super) struct RawVault {
     /// NFSv4, …) lets a user sign in through one replica and be served by
     /// any: every replica reads the same sign-ins, refreshes each once
     /// (one at a time across them), and stops sending one revoked through
-    /// another within 30 s. `[vault] keys` must be outside it.
+    /// another within 30 s. The sign-in links given to users wait there
+    /// too: any replica answers a link another gave. `[vault] keys` must
+    /// be outside it.
     #[schemars(extend("x-default" = "`DATA_DIR/vault`"))]
     dir: Option<String>,
 }

@@ -250,11 +250,16 @@ async fn callback(
     };
     let cookies = Cookies::of(&public);
     let cookie = cookies.sent(&headers, SIGN_IN);
-    let answered = match sign_ins.pendings().answer(&query, cookie.as_deref()) {
+    let mut answered = match sign_ins.pendings().answer(&query, cookie.as_deref()) {
         Ok(Answer::SignIn(answered)) => answered,
         Ok(Answer::Proof(proved)) => return proof(&state, &sign_ins, proved, &cookies).await,
         Err(err) => return refused(&err),
     };
+    // A sign-in another replica began is exchanged under this one's
+    // settings for its server.
+    if answered.remote.is_none() {
+        answered.remote = state.gateway.sign_in_remote(&answered.server).map(Box::new);
+    }
     let elicitation = answered.elicitation.clone();
     let mut response = match sign_ins.finish(answered).await {
         Ok(text) => {
@@ -350,7 +355,7 @@ fn refused(err: &PendingError) -> Response {
         PendingError::Taken | PendingError::OtherBrowser | PendingError::ProofElsewhere => {
             StatusCode::CONFLICT
         }
-        PendingError::Full => StatusCode::SERVICE_UNAVAILABLE,
+        PendingError::Full | PendingError::Vault => StatusCode::SERVICE_UNAVAILABLE,
         PendingError::NotTheUser { .. } | PendingError::NotShown => StatusCode::FORBIDDEN,
         PendingError::Random => StatusCode::INTERNAL_SERVER_ERROR,
         PendingError::Flow(_) => StatusCode::BAD_REQUEST,

@@ -27,6 +27,16 @@ impl Gateway {
             .collect()
     }
 
+    /// The settings `server`'s users sign in under now, if it is a
+    /// `sign_in` server of this config.
+    pub fn sign_in_remote(&self, server: &str) -> Option<crate::config::RemoteSpec> {
+        self.servers
+            .configured()
+            .iter()
+            .find(|(_, upstream)| &**upstream.name() == server)
+            .and_then(|(_, upstream)| upstream.config().kind.sign_in().cloned())
+    }
+
     /// After a reload: which `sign_in` servers the config names now, kept
     /// beside the vault (see [`crate::signin::SignIns::name_servers`]); not
     /// by a proxy running a profile.

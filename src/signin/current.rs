@@ -3,7 +3,7 @@
 //! when it is about to expire, the refreshed tokens sealed again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use super::client::{
     Ways, callback_url, operators_client, registration, web_client, web_registration,
@@ -11,7 +11,7 @@ use super::client::{
 use super::discover::{Discovered, covers, discovery_client, discovery_client_of, learn, provider};
 use super::flow::{exchange, refresh};
 use super::pending::{Answered, Pendings, Proof, Proved};
-use super::vault::{Tokens, Vault};
+use super::vault::{Opened, Tokens, Vault};
 use crate::config::{Config, RemoteSpec};
 use crate::protocol::unix_now;
 
@@ -24,9 +24,7 @@ type Turn = Arc<tokio::sync::Mutex<()>>;
 /// The users' sign-ins, as the proxy's servers use them.
 pub struct SignIns {
     pub(super) config: Arc<Config>,
-    /// Opened at first use (a proxy whose servers ask no sign-in needs no
-    /// `[vault] keys`).
-    vault: OnceLock<Result<Vault, String>>,
+    vault: Arc<Opened>,
     /// What each server asks for (by its name and settings), learned at
     /// its first need.
     found: Mutex<HashMap<String, Discovered>>,
@@ -159,10 +157,18 @@ impl From<super::vault::VaultError> for SignInError {
 
 impl SignIns {
     pub fn new(config: Arc<Config>) -> Self {
+        let vault = Arc::new(Opened::new(config.clone()));
+        let life = config.vault.link_life;
+        // Where replicas share the vault, so do they the sign-ins waiting:
+        // a link one gave is answered by whichever the balancer picks.
+        let pendings = match config.vault.dir {
+            Some(_) => Pendings::shared(life, vault.clone()),
+            None => Pendings::new(life),
+        };
         Self {
-            pendings: Pendings::new(config.vault.link_life),
+            pendings,
             config,
-            vault: OnceLock::new(),
+            vault,
             found: Mutex::default(),
             refreshing: Mutex::default(),
         }
@@ -302,8 +308,13 @@ impl SignIns {
     /// A sign-in answered in its user's browser: the code exchanged, the
     /// tokens sealed (the entry held). What to tell the person.
     pub async fn finish(&self, answered: Answered) -> Result<String, String> {
-        // Under the server's settings when the link was given.
-        let remote = &answered.remote;
+        // Under the server's settings when the link was given (where
+        // replicas share the sign-ins waiting, this replica's now, which
+        // the caller filled in).
+        let remote = answered
+            .remote
+            .as_deref()
+            .ok_or("the server is not in this proxy's config")?;
         let vault = self.vault().map_err(|err| err.to_string())?;
         let http = discovery_client(remote).map_err(|err| err.to_string())?;
         let tokens = exchange(
@@ -367,9 +378,8 @@ impl SignIns {
 
     pub(super) fn vault(&self) -> Result<&Vault, SignInError> {
         self.vault
-            .get_or_init(|| Vault::of(&self.config).map_err(|err| err.to_string()))
-            .as_ref()
-            .map_err(|err| SignInError::Vault(err.clone()))
+            .get()
+            .map_err(|err| SignInError::Vault(err.to_owned()))
     }
 
     /// `user`'s token for `server` (`remote`): as kept, or refreshed when it

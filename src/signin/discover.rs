@@ -30,7 +30,7 @@ use crate::egress::document as fetch;
 use crate::egress::{self, HttpClient, Timeouts, Trust};
 
 /// What a server asks for, and where its users sign in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Discovered {
     /// The server's URL, as asked.
     pub url: String,

@@ -23,15 +23,23 @@
 //! server's authorization server. Anyone else is refused, and the link
 //! ends (the user's next call gives a new one); so does a proof answered
 //! in another browser than the one that took the link on.
+//!
+//! The sign-ins waiting are the proxy's own, in memory; where replicas
+//! share the vault (`[vault] dir`), they are kept there, sealed, each step
+//! taken under the folder's lock (`pending_shared.rs`): a link one replica
+//! gave is shown, taken on and answered by whichever the balancer picks,
+//! each step once across them all.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::discover::Discovered;
 use super::flow::{self, Registration};
+use super::vault::Opened;
 use crate::config::RemoteSpec;
 
 /// The most sign-ins waiting at once (each a few KiB).
@@ -77,13 +85,20 @@ pub enum PendingError {
     ProofElsewhere,
     #[error("{0}")]
     Flow(String),
+    /// The vault replicas share could not be read or written: the details
+    /// are in the proxy's log, not on a person's page.
+    #[error("the proxy cannot read its waiting sign-ins now: try again later")]
+    Vault,
 }
 
 /// A sign-in waiting for its user.
+#[derive(Serialize, Deserialize)]
 struct Pending {
     /// The server's settings when the link was given (what the answer is
-    /// exchanged under, whatever a reload changed since).
-    remote: Box<RemoteSpec>,
+    /// exchanged under, whatever a reload changed since); not kept where
+    /// replicas share the sign-ins (the answering replica's are used).
+    #[serde(skip)]
+    remote: Option<Box<RemoteSpec>>,
     server: String,
     user: String,
     found: Discovered,
@@ -92,7 +107,7 @@ struct Pending {
     verifier: String,
     /// The authorization server's link.
     link: String,
-    until: Instant,
+    until: SystemTime,
     /// The digest of the cookie of the browser that took it on.
     browser: Option<[u8; 32]>,
     /// Who the person must first show they are, if the user is one of an
@@ -104,7 +119,7 @@ struct Pending {
 
 /// Where the person at a link shows they are its user: the sign-in to the
 /// proxy at the `[oauth]` provider whose user it is.
-#[derive(Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Proof {
     /// The `[[oauth.providers]]` entry's name.
     pub provider: String,
@@ -115,6 +130,7 @@ pub struct Proof {
 }
 
 /// A proof under way.
+#[derive(Serialize, Deserialize)]
 struct Proving {
     proof: Proof,
     /// The `state` and PKCE verifier of the sign-in to the provider, once
@@ -161,7 +177,9 @@ pub struct Shown {
 
 /// A sign-in answered in its own browser: what to exchange the code with.
 pub struct Answered {
-    pub remote: Box<RemoteSpec>,
+    /// The server's settings when the link was given; `None` where
+    /// replicas share the sign-ins waiting (the caller gives its own).
+    pub remote: Option<Box<RemoteSpec>>,
     pub server: String,
     pub user: String,
     pub found: Discovered,
@@ -183,13 +201,48 @@ pub fn elicitation_id(link: &str) -> String {
 /// of each one's `state` (an answer is found without a scan).
 pub struct Pendings {
     life: Duration,
-    waiting: Mutex<Waiting>,
+    store: Store,
+}
+
+/// Where the sign-ins waiting are kept.
+enum Store {
+    /// This proxy's own.
+    Memory(Mutex<Waiting>),
+    /// The vault's, which replicas share; this proxy's steps there one at
+    /// a time, and when it last swept it.
+    Shared(Arc<Opened>, Mutex<shared::Swept>),
+}
+
+/// Which sign-in a step is for: what a shared store reads for it.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    /// The one of a link (its id's digest).
+    Link(&'a [u8; 32]),
+    /// The same, only looked at (nothing is written back).
+    Look(&'a [u8; 32]),
+    /// The one a `state` (its digest) was given for.
+    State(&'a [u8; 32]),
+    /// A new one of this server and user (the user's last one too).
+    Begin(&'a str, &'a str),
 }
 
 #[derive(Default)]
 struct Waiting {
     by_id: HashMap<[u8; 32], Pending>,
     by_state: HashMap<[u8; 32], [u8; 32]>,
+}
+
+/// The digests of the `state`s a sign-in answers to: its server's, and its
+/// proof's once begun.
+fn states_of(pending: &Pending) -> Vec<[u8; 32]> {
+    let proof = pending
+        .proof
+        .as_ref()
+        .and_then(|proving| proving.started.as_ref())
+        .map(|(state, _)| digest(state));
+    std::iter::once(digest(&pending.state))
+        .chain(proof)
+        .collect()
 }
 
 impl Waiting {
@@ -221,10 +274,38 @@ pub fn fresh_token() -> Result<String, PendingError> {
 }
 
 impl Pendings {
+    /// This proxy's own sign-ins waiting.
     pub fn new(life: Duration) -> Self {
         Self {
             life,
-            waiting: Mutex::default(),
+            store: Store::Memory(Mutex::default()),
+        }
+    }
+
+    /// Sign-ins waiting in `vault`, which replicas share.
+    pub fn shared(life: Duration, vault: Arc<Opened>) -> Self {
+        Self {
+            life,
+            store: Store::Shared(vault, Mutex::default()),
+        }
+    }
+
+    /// `step` done on the sign-in `at` names: among this proxy's own, or
+    /// read from the shared vault and written back, under its lock.
+    fn with<R>(
+        &self,
+        at: At<'_>,
+        step: impl FnOnce(&mut Waiting) -> Result<R, PendingError>,
+    ) -> Result<R, PendingError> {
+        match &self.store {
+            Store::Memory(waiting) => step(&mut waiting.lock().unwrap_or_else(|p| p.into_inner())),
+            Store::Shared(vault, swept) => {
+                let vault = vault.get().map_err(|reason| {
+                    tracing::warn!(%reason, "the sign-ins waiting cannot be read");
+                    PendingError::Vault
+                })?;
+                shared::step((vault, swept), self.life, at, step)
+            }
         }
     }
 
@@ -242,41 +323,45 @@ impl Pendings {
         let started =
             flow::start(&found, &client).map_err(|err| PendingError::Flow(err.to_string()))?;
         let id = random_text()?;
-        let now = Instant::now();
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        // The user's earlier link no longer works, unless a browser took it
-        // on (the person may be at the authorization server now).
-        waiting.retain(|pending| {
-            pending.until > now
-                && (pending.browser.is_some()
-                    || !(pending.server == server && pending.user == user))
-        });
-        if waiting.by_id.len() >= MAX_PENDING {
-            return Err(PendingError::Full);
-        }
+        let now = SystemTime::now();
         let key = digest(&id);
-        waiting.by_state.insert(digest(&started.state), key);
-        waiting.by_id.insert(
-            key,
-            Pending {
-                remote: Box::new(remote.clone()),
-                server: server.to_owned(),
-                user: user.to_owned(),
-                found,
-                client,
-                state: started.state,
-                verifier: started.verifier,
-                link: started.link,
-                until: now + self.life,
-                browser: None,
-                elicitation: None,
-                proof: proof.map(|proof| Proving {
-                    proof,
-                    started: None,
-                    proven: false,
-                }),
+        let pending = Pending {
+            remote: match self.store {
+                Store::Memory(_) => Some(Box::new(remote.clone())),
+                Store::Shared(..) => None,
             },
-        );
+            server: server.to_owned(),
+            user: user.to_owned(),
+            found,
+            client,
+            state: started.state,
+            verifier: started.verifier,
+            link: started.link,
+            until: now + self.life,
+            browser: None,
+            elicitation: None,
+            proof: proof.map(|proof| Proving {
+                proof,
+                started: None,
+                proven: false,
+            }),
+        };
+        self.with(At::Begin(server, user), |waiting| {
+            // The user's earlier link no longer works, unless a browser
+            // took it on (the person may be at the authorization server
+            // now).
+            waiting.retain(|pending| {
+                pending.until > now
+                    && (pending.browser.is_some()
+                        || !(pending.server == server && pending.user == user))
+            });
+            if waiting.by_id.len() >= MAX_PENDING {
+                return Err(PendingError::Full);
+            }
+            waiting.by_state.insert(digest(&pending.state), key);
+            waiting.by_id.insert(key, pending);
+            Ok(())
+        })?;
         Ok(id)
     }
 
@@ -284,39 +369,45 @@ impl Pendings {
     /// id), if it was not taken on: a link that was never given out.
     pub fn forget(&self, link: &str) {
         let id = link.rsplit_once("id=").map_or(link, |(_, id)| id);
-        let mut guard = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let waiting = &mut *guard;
         let key = digest(id);
-        if waiting
-            .by_id
-            .get(&key)
-            .is_some_and(|pending| pending.browser.is_none())
-        {
-            waiting.by_id.remove(&key);
-            waiting.by_state.retain(|_, of| *of != key);
+        let forgotten = self.with(At::Link(&key), |waiting| {
+            if waiting
+                .by_id
+                .get(&key)
+                .is_some_and(|pending| pending.browser.is_none())
+            {
+                waiting.end(&key);
+            }
+            Ok(())
+        });
+        if forgotten.is_err() {
+            // Its link was never given out: no one holds it.
+            tracing::warn!("a sign-in link never given out could not be forgotten");
         }
     }
 
     /// What the page at link `id` shows, if it is live and not yet taken
     /// on.
     pub fn shown(&self, id: &str) -> Result<Shown, PendingError> {
-        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = waiting
-            .by_id
-            .get(&digest(id))
-            .filter(|pending| pending.until > Instant::now())
-            .ok_or(PendingError::Unknown)?;
-        if pending.browser.is_some() {
-            return Err(PendingError::Taken);
-        }
-        Ok(Shown {
-            server: pending.server.clone(),
-            user: pending.user.clone(),
-            issuer: pending.found.issuer.clone(),
-            proof_issuer: pending
-                .proof
-                .as_ref()
-                .map(|proving| proving.proof.found.issuer.clone()),
+        let key = digest(id);
+        self.with(At::Look(&key), |waiting| {
+            let pending = waiting
+                .by_id
+                .get(&key)
+                .filter(|pending| pending.until > SystemTime::now())
+                .ok_or(PendingError::Unknown)?;
+            if pending.browser.is_some() {
+                return Err(PendingError::Taken);
+            }
+            Ok(Shown {
+                server: pending.server.clone(),
+                user: pending.user.clone(),
+                issuer: pending.found.issuer.clone(),
+                proof_issuer: pending
+                    .proof
+                    .as_ref()
+                    .map(|proving| proving.proof.found.issuer.clone()),
+            })
         })
     }
 
@@ -327,31 +418,32 @@ impl Pendings {
     pub fn take(&self, id: &str) -> Result<(String, String), PendingError> {
         let cookie = random_text()?;
         let key = digest(id);
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = waiting
-            .by_id
-            .get_mut(&key)
-            .filter(|pending| pending.until > Instant::now())
-            .ok_or(PendingError::Unknown)?;
-        if pending.browser.is_some() {
-            return Err(PendingError::Taken);
-        }
-        let to = match &mut pending.proof {
-            Some(proving) if !proving.proven => {
-                let started = flow::start(&proving.proof.found, &proving.proof.client)
-                    .map_err(|err| PendingError::Flow(err.to_string()))?;
-                let state = digest(&started.state);
-                proving.started = Some((started.state, started.verifier));
-                pending.browser = Some(digest(&cookie));
-                waiting.by_state.insert(state, key);
-                started.link
+        self.with(At::Link(&key), |waiting| {
+            let pending = waiting
+                .by_id
+                .get_mut(&key)
+                .filter(|pending| pending.until > SystemTime::now())
+                .ok_or(PendingError::Unknown)?;
+            if pending.browser.is_some() {
+                return Err(PendingError::Taken);
             }
-            _ => {
-                pending.browser = Some(digest(&cookie));
-                pending.link.clone()
-            }
-        };
-        Ok((cookie, to))
+            let to = match &mut pending.proof {
+                Some(proving) if !proving.proven => {
+                    let started = flow::start(&proving.proof.found, &proving.proof.client)
+                        .map_err(|err| PendingError::Flow(err.to_string()))?;
+                    let state = digest(&started.state);
+                    proving.started = Some((started.state, started.verifier));
+                    pending.browser = Some(digest(&cookie));
+                    waiting.by_state.insert(state, key);
+                    started.link
+                }
+                _ => {
+                    pending.browser = Some(digest(&cookie));
+                    pending.link.clone()
+                }
+            };
+            Ok((cookie, to))
+        })
     }
 
     /// A proof's answer checked: the person signed in to the proxy as
@@ -361,35 +453,35 @@ impl Pendings {
     /// `person` is `None` where the proof could not be finished or its
     /// token was not taken: refused the same way.
     pub fn proven(&self, ticket: Ticket, person: Option<&str>) -> Result<String, PendingError> {
-        let mut guard = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let waiting = &mut *guard;
-        let pending = waiting
-            .by_id
-            .get_mut(&ticket.key)
-            .filter(|pending| {
-                pending.until > Instant::now() && pending.browser == Some(ticket.browser)
-            })
-            .ok_or(PendingError::UnknownState)?;
-        let Some(proving) = pending.proof.as_mut() else {
-            return Err(PendingError::UnknownState);
-        };
-        if let Some(person) = person
-            && person == pending.user
-        {
-            proving.proven = true;
-            return Ok(pending.link.clone());
-        }
-        // Whoever holds a link may fail its proof as often as they like:
-        // it ends, and the user's next call gives them a new one.
-        let err = match person {
-            Some(person) => PendingError::NotTheUser {
-                person: person.to_owned(),
-                user: pending.user.clone(),
-            },
-            None => PendingError::NotShown,
-        };
-        waiting.end(&ticket.key);
-        Err(err)
+        self.with(At::Link(&ticket.key), |waiting| {
+            let pending = waiting
+                .by_id
+                .get_mut(&ticket.key)
+                .filter(|pending| {
+                    pending.until > SystemTime::now() && pending.browser == Some(ticket.browser)
+                })
+                .ok_or(PendingError::UnknownState)?;
+            let Some(proving) = pending.proof.as_mut() else {
+                return Err(PendingError::UnknownState);
+            };
+            if let Some(person) = person
+                && person == pending.user
+            {
+                proving.proven = true;
+                return Ok(pending.link.clone());
+            }
+            // Whoever holds a link may fail its proof as often as they
+            // like: it ends, and the user's next call gives them a new one.
+            let err = match person {
+                Some(person) => PendingError::NotTheUser {
+                    person: person.to_owned(),
+                    user: pending.user.clone(),
+                },
+                None => PendingError::NotShown,
+            };
+            waiting.end(&ticket.key);
+            Err(err)
+        })
     }
 
     /// What came back to the callback (`query`), in the browser whose
@@ -407,89 +499,109 @@ impl Pendings {
             .find(|(name, _)| name == "state")
             .map(|(_, value)| value.as_str())
             .ok_or(PendingError::UnknownState)?;
-        let now = Instant::now();
-        let mut guard = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let waiting = &mut *guard;
-        // Found by its digest: how long it takes says nothing of a state.
-        let key = *waiting
-            .by_state
-            .get(&digest(state))
-            .ok_or(PendingError::UnknownState)?;
-        let pending = waiting
-            .by_id
-            .get_mut(&key)
-            .filter(|pending| pending.until > now)
-            .ok_or(PendingError::UnknownState)?;
-        let browser = pending
-            .browser
-            .filter(|_| pending.browser == cookie.map(digest));
-        if let Some(proving) = pending.proof.as_mut() {
-            let proof_state = proving
-                .started
-                .as_ref()
-                .is_some_and(|(own, _)| digest(own) == digest(state));
-            if proof_state {
-                // Taken once, whatever it says.
-                let (own, verifier) = proving.started.take().unwrap_or_default();
-                let proof = proving.proof.clone();
-                let user = pending.user.clone();
-                // A proof answered in another browser ends the link: its
-                // code names whoever signed in there (perhaps the user,
-                // lured to the provider with another's link), and must
-                // not be usable by the browser that began it.
-                let Some(browser) = browser else {
-                    waiting.end(&key);
-                    return Err(PendingError::ProofElsewhere);
-                };
-                let code = flow::answered(&proof.found, &own, query).map_err(|err| {
-                    waiting.end(&key);
-                    PendingError::Flow(err.to_string())
-                })?;
-                waiting.by_state.remove(&digest(&own));
-                return Ok(Answer::Proof(Proved {
-                    ticket: Ticket { key, browser },
-                    user,
-                    proof,
-                    code,
-                    verifier,
-                }));
-            }
-            if !proving.proven {
-                return Err(PendingError::UnknownState);
-            }
-        }
-        if browser.is_none() {
-            return Err(PendingError::OtherBrowser);
-        }
-        let pending = waiting
-            .by_id
-            .remove(&key)
-            .ok_or(PendingError::UnknownState)?;
-        waiting.by_state.remove(&digest(&pending.state));
-        drop(guard);
-        let code = flow::answered(&pending.found, &pending.state, query)
-            .map_err(|err| PendingError::Flow(err.to_string()))?;
-        Ok(Answer::SignIn(Answered {
-            remote: pending.remote,
-            server: pending.server,
-            user: pending.user,
-            found: pending.found,
-            client: pending.client,
-            code,
-            verifier: pending.verifier,
-            elicitation: pending.elicitation,
-        }))
+        let state = digest(state);
+        self.with(At::State(&state), |waiting| {
+            answered(waiting, &state, query, cookie)
+        })
     }
 
     /// Names the link `id` gave, `link`, as the URL elicitation it may be
     /// given as ([`elicitation_id`]).
     pub fn named(&self, id: &str, link: &str) {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pending) = waiting.by_id.get_mut(&digest(id)) {
-            pending.elicitation = Some(elicitation_id(link));
+        let key = digest(id);
+        let named = self.with(At::Link(&key), |waiting| {
+            if let Some(pending) = waiting.by_id.get_mut(&key) {
+                pending.elicitation = Some(elicitation_id(link));
+            }
+            Ok(())
+        });
+        if named.is_err() {
+            tracing::warn!(
+                "a sign-in link's elicitation id could not be kept: its client will not be told when it is answered"
+            );
         }
     }
 }
+
+/// [`Pendings::answer`] among `waiting`, for the digest of its `state`.
+fn answered(
+    waiting: &mut Waiting,
+    state: &[u8; 32],
+    query: &[(String, String)],
+    cookie: Option<&str>,
+) -> Result<Answer, PendingError> {
+    // Found by its digest: how long it takes says nothing of a state.
+    let key = *waiting
+        .by_state
+        .get(state)
+        .ok_or(PendingError::UnknownState)?;
+    let pending = waiting
+        .by_id
+        .get_mut(&key)
+        .filter(|pending| pending.until > SystemTime::now())
+        .ok_or(PendingError::UnknownState)?;
+    let browser = pending
+        .browser
+        .filter(|_| pending.browser == cookie.map(digest));
+    if let Some(proving) = pending.proof.as_mut() {
+        let proof_state = proving
+            .started
+            .as_ref()
+            .is_some_and(|(own, _)| digest(own) == *state);
+        if proof_state {
+            // Taken once, whatever it says.
+            let (own, verifier) = proving.started.take().unwrap_or_default();
+            let proof = proving.proof.clone();
+            let user = pending.user.clone();
+            // A proof answered in another browser ends the link: its code
+            // names whoever signed in there (perhaps the user, lured to
+            // the provider with another's link), and must not be usable
+            // by the browser that began it.
+            let Some(browser) = browser else {
+                waiting.end(&key);
+                return Err(PendingError::ProofElsewhere);
+            };
+            let code = flow::answered(&proof.found, &own, query).map_err(|err| {
+                waiting.end(&key);
+                PendingError::Flow(err.to_string())
+            })?;
+            waiting.by_state.remove(&digest(&own));
+            return Ok(Answer::Proof(Proved {
+                ticket: Ticket { key, browser },
+                user,
+                proof,
+                code,
+                verifier,
+            }));
+        }
+        if !proving.proven {
+            return Err(PendingError::UnknownState);
+        }
+    }
+    if browser.is_none() {
+        return Err(PendingError::OtherBrowser);
+    }
+    let pending = waiting
+        .by_id
+        .remove(&key)
+        .ok_or(PendingError::UnknownState)?;
+    waiting.by_state.remove(&digest(&pending.state));
+    let code = flow::answered(&pending.found, &pending.state, query)
+        .map_err(|err| PendingError::Flow(err.to_string()))?;
+    Ok(Answer::SignIn(Answered {
+        remote: pending.remote,
+        server: pending.server,
+        user: pending.user,
+        found: pending.found,
+        client: pending.client,
+        code,
+        verifier: pending.verifier,
+        elicitation: pending.elicitation,
+    }))
+}
+
+#[path = "pending_shared.rs"]
+mod shared;
 
 #[cfg(test)]
 #[path = "pending_tests.rs"]

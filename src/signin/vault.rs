@@ -118,6 +118,9 @@ pub struct Listed {
 pub enum Kind {
     Tokens,
     Client,
+    /// A sign-in waiting for its user's browser, where replicas share the
+    /// vault (`src/signin/pending_shared.rs`), kept under `pending/`.
+    Pending,
 }
 
 impl Kind {
@@ -125,6 +128,7 @@ impl Kind {
         match self {
             Self::Tokens => "tokens",
             Self::Client => "client",
+            Self::Pending => "pending",
         }
     }
 }
@@ -162,6 +166,41 @@ pub struct Held {
 impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Held")
+    }
+}
+
+/// The vault of a config, opened at its first use (a proxy whose servers
+/// ask no sign-in needs no `[vault] keys`), then kept.
+pub struct Opened {
+    config: Option<std::sync::Arc<Config>>,
+    vault: std::sync::OnceLock<Result<Vault, String>>,
+}
+
+impl Opened {
+    pub fn new(config: std::sync::Arc<Config>) -> Self {
+        Self {
+            config: Some(config),
+            vault: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `vault`, opened already.
+    pub fn given(vault: Vault) -> Self {
+        Self {
+            config: None,
+            vault: std::sync::OnceLock::from(Ok(vault)),
+        }
+    }
+
+    /// The vault, or why it does not open.
+    pub fn get(&self) -> Result<&Vault, &str> {
+        self.vault
+            .get_or_init(|| match &self.config {
+                Some(config) => Vault::of(config).map_err(|err| err.to_string()),
+                None => Err("no vault".into()),
+            })
+            .as_ref()
+            .map_err(String::as_str)
     }
 }
 
@@ -296,6 +335,40 @@ impl Vault {
         self.remove_entry(Kind::Client, server, name)
     }
 
+    /// Keeps `value` as the waiting sign-ins' entry (`of`, `name`).
+    pub(super) fn put_pending<T: Serialize>(
+        &self,
+        of: &str,
+        name: &str,
+        value: &T,
+    ) -> Result<(), VaultError> {
+        self.seal(Kind::Pending, of, name, value)
+    }
+
+    /// The waiting sign-ins' entry (`of`, `name`), if there is one.
+    pub(super) fn get_pending<T: serde::de::DeserializeOwned>(
+        &self,
+        of: &str,
+        name: &str,
+    ) -> Result<Option<T>, VaultError> {
+        self.open_entry(Kind::Pending, of, name)
+    }
+
+    /// Whether the waiting sign-ins' entry (`of`, `name`) exists.
+    pub(super) fn has_pending(&self, of: &str, name: &str) -> bool {
+        std::fs::symlink_metadata(self.path_of(Kind::Pending, of, name)).is_ok()
+    }
+
+    /// Forgets the waiting sign-ins' entry (`of`, `name`).
+    pub(super) fn remove_pending(&self, of: &str, name: &str) -> Result<bool, VaultError> {
+        self.remove_entry(Kind::Pending, of, name)
+    }
+
+    /// The folder of the waiting sign-ins' entries.
+    pub(super) fn pending_dir(&self) -> PathBuf {
+        self.dir.join("pending")
+    }
+
     /// `user`'s entry at `server`, held for one change at a time: a
     /// refresh, a sign-in and a revoke of it (by this proxy, another
     /// process on this `data_dir`, or the CLI) never interleave, so a
@@ -303,22 +376,11 @@ impl Vault {
     /// Waits up to [`HOLD_WAIT`]; released when dropped.
     pub async fn hold(&self, server: &str, user: &str) -> Result<Held, VaultError> {
         use nix::fcntl::{Flock, FlockArg};
-        use std::os::unix::fs::OpenOptionsExt as _;
         std::fs::create_dir_all(&self.dir).map_err(|err| self.io(err.to_string()))?;
         let path = self
             .path_of(Kind::Tokens, server, user)
             .with_extension("lock");
-        let open = || {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-                .open(&path)
-                .map_err(|err| self.io(format!("{}: {err}", path.display())))
-        };
+        let open = || lock_file(&path).map_err(|err| self.io(format!("{}: {err}", path.display())));
         let deadline = tokio::time::Instant::now() + HOLD_WAIT;
         let mut file = open()?;
         loop {
@@ -469,7 +531,8 @@ impl Vault {
     fn write(&self, path: &Path, text: &[u8]) -> Result<(), VaultError> {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
-        std::fs::create_dir_all(&self.dir).map_err(|err| self.io(err.to_string()))?;
+        let folder = path.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(folder).map_err(|err| self.io(err.to_string()))?;
         let mut suffix = [0u8; 8];
         self.random
             .fill(&mut suffix)
@@ -485,7 +548,7 @@ impl Vault {
                 file.sync_all()
             })
             .and_then(|()| std::fs::rename(&tmp, path))
-            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all());
+            .and_then(|()| std::fs::File::open(folder)?.sync_all());
         written.map_err(|err| {
             let _ = std::fs::remove_file(&tmp);
             self.io(err.to_string())
@@ -585,7 +648,7 @@ impl Vault {
                 continue;
             }
             // A registered client is the proxy's, not a user's sign-in.
-            if file.kind == Kind::Client {
+            if file.kind != Kind::Tokens {
                 continue;
             }
             listed.push(self.get(&file.server, &file.user).map(|tokens| {
@@ -671,7 +734,10 @@ impl Vault {
     fn path_of(&self, kind: Kind, server: &str, user: &str) -> PathBuf {
         let pair = format!("{}\0{}:{server}\0{user}", kind.tag(), server.len());
         let name = hex::encode(Sha256::digest(pair.as_bytes()));
-        self.dir.join(format!("{name}.json"))
+        match kind {
+            Kind::Pending => self.pending_dir().join(format!("{name}.json")),
+            Kind::Tokens | Kind::Client => self.dir.join(format!("{name}.json")),
+        }
     }
 
     fn io(&self, message: String) -> VaultError {
@@ -680,6 +746,20 @@ impl Vault {
             message,
         }
     }
+}
+
+/// The lock file at `path` opened (created the owner's alone, never
+/// through a link), to be `flock`ed.
+pub(super) fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
 }
 
 /// The associated data a seal is bound to (the server's length first:

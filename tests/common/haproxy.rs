@@ -16,9 +16,14 @@ impl Haproxy {
     /// HAProxy balancing over `replicas` (name, port), the example's
     /// configuration with the addresses replaced.
     pub async fn start(replicas: &[(&str, u16)]) -> Self {
+        Self::start_at(super::ports::free_port(), replicas).await
+    }
+
+    /// [`Haproxy::start`], listening on `port` (a public URL the replicas
+    /// are given before it starts).
+    pub async fn start_at(port: u16, replicas: &[(&str, u16)]) -> Self {
         let program = super::debian::program(&["haproxy", "/usr/sbin/haproxy"], "haproxy");
         let dir = tempfile::tempdir().expect("a folder for HAProxy");
-        let port = super::ports::free_port();
         let example = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/replicas/haproxy.cfg"),
         )
