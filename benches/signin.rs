@@ -58,6 +58,7 @@ fn main() {
                 issuer: "https://github.com/login/oauth".into(),
                 client_id: "portcullis".into(),
                 resource: "https://api.githubcopilot.com/mcp/".into(),
+                issuer_alias: None,
             },
         )
         .unwrap();
@@ -67,13 +68,7 @@ fn main() {
         transport: portcullis::config::RemoteTransport::default(),
         headers: Vec::new(),
         oauth: None,
-        sign_in: Some(Box::new(portcullis::config::SignInSpec {
-            list_as: "ops".into(),
-            issuer: None,
-            endpoint_origins: Vec::new(),
-            client: None,
-            scopes: None,
-        })),
+        sign_in: Some(Box::new(portcullis::config::SignInSpec::listed_as("ops"))),
         learned: false,
         egress: config.egress.clone(),
     };

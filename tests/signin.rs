@@ -147,6 +147,7 @@ async fn the_vault_is_listed_without_its_tokens() {
                 issuer: "https://github.com/login/oauth".into(),
                 client_id: "portcullis".into(),
                 resource: "https://api.githubcopilot.com/mcp/".into(),
+                issuer_alias: None,
             },
         )
         .unwrap();
@@ -2410,4 +2411,81 @@ async fn replicas_behind_a_balancer_give_and_take_one_sign_in_link() {
         }
     }
     drop(haproxy);
+}
+
+/// An authorization server whose metadata, read at the address the server
+/// names, names another issuer (Atlassian's pattern; here the fixture
+/// names `localhost` while served on 127.0.0.1): refused by `oauth
+/// discover` (RFC 8414 §3.3), the error naming the way out; taken once
+/// the operator pins that issuer and names the address as its alias. The
+/// sign-in is then kept under the issuer the metadata names, with the
+/// alias it was reached by; the user's calls are served; `oauth revoke`
+/// revokes it there. An alias the server does not name is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issuer_named_by_an_alias_is_taken_only_as_the_operator_says() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (_issuer_process, _server_process, issuer, url) = servers().await;
+    control(
+        &issuer,
+        "config",
+        serde_json::json!({ "issuer_host": "localhost" }),
+    )
+    .await;
+    let named = issuer.replace("127.0.0.1", "localhost");
+    let (_proxy, path) = vault_config_with(&url, ", sign_in = { list_as = \"tester\" }");
+    let stderr = discovery_refused(&path);
+    assert!(stderr.contains("issuer_alias"), "{stderr}");
+    assert!(stderr.contains(&named), "{stderr}");
+
+    let (proxy, path) = vault_config_with(
+        &url,
+        &format!(
+            ", sign_in = {{ list_as = \"tester\", issuer = {named:?}, issuer_alias = {issuer:?} }}"
+        ),
+    );
+    next_user(&issuer, "alice").await;
+    sign_in_to(path.to_str().unwrap(), ("protected", "tester"), false).await;
+    let loaded = portcullis::config::Config::load(&path).unwrap();
+    let vault = portcullis::signin::vault::Vault::of(&loaded).unwrap();
+    let kept = vault.get("protected", "tester").unwrap().unwrap();
+    assert_eq!(kept.issuer, named);
+    let served = proxy.serve_http().await;
+    let session = common::HttpSession::connect(&served.url).await;
+    let whoami = serde_json::json!({ "name": "protected__whoami", "arguments": {} });
+    let answer = session.call(1, "tools/call", whoami).await;
+    assert_eq!(said(&answer), "subject=alice", "{answer}");
+    drop(session);
+    drop(served);
+
+    // Revoked as it was signed in: at the alias's endpoints.
+    revoke(path.to_str().unwrap(), ("protected", "tester"));
+    assert_eq!(
+        introspect(&issuer, &kept.access_token).await["active"],
+        false
+    );
+    assert!(vault.get("protected", "tester").unwrap().is_none());
+
+    // An alias the server does not name: the pin holds.
+    let (_other, path) = vault_config_with(
+        &url,
+        &format!(
+            ", sign_in = {{ list_as = \"tester\", issuer = {named:?}, issuer_alias = \"http://127.0.0.2:1\" }}"
+        ),
+    );
+    let stderr = discovery_refused(&path);
+    assert!(stderr.contains("as its `sign_in.issuer` says"), "{stderr}");
+}
+
+/// `oauth discover protected` with the config at `path`, refused: what it
+/// said.
+fn discovery_refused(path: &std::path::Path) -> String {
+    let (ok, stdout, stderr) = run_portcullis([
+        "oauth",
+        "discover",
+        "protected",
+        "-c",
+        path.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{stdout}");
+    stderr
 }

@@ -119,11 +119,14 @@ pub(super) async fn login(
         }
     };
     let started = signin::start(&found, &client)?;
+    let issuer = match signin::pending::sign_in_at(&found) {
+        Some(at) => format!("{} (its sign-in page is at {at})", found.issuer),
+        None => found.issuer.clone(),
+    };
     println!(
-        "To sign `{}` in to `{}` at the authorization server {}, open this link in a browser:\n\n  {}\n",
+        "To sign `{}` in to `{}` at the authorization server {issuer}, open this link in a browser:\n\n  {}\n",
         user.escape_debug(),
         server.escape_debug(),
-        found.issuer,
         started.link
     );
     eprintln!(

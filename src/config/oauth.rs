@@ -120,6 +120,10 @@ pub struct WebClientConfig {
     pub client_id: String,
     /// None: a public client (PKCE only).
     pub client_secret: Option<SecretRef>,
+    /// How it authenticates at the token endpoint, where the operator
+    /// says (`client_secret_basic` or `client_secret_post`, as registered);
+    /// else the first of those the authorization server lists.
+    pub auth_method: Option<String>,
 }
 
 /// How the proxy asks a provider whether an opaque token is active.
@@ -498,6 +502,7 @@ impl RawWebClient {
         Ok(WebClientConfig {
             client_id: self.client_id,
             client_secret,
+            auth_method: None,
         })
     }
 }

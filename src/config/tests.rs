@@ -515,16 +515,7 @@ fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
     let UpstreamSpec::Remote(remote) = &config.servers[0].kind else {
         panic!("remote");
     };
-    assert_eq!(
-        remote.sign_in,
-        Some(Box::new(SignInSpec {
-            list_as: "ops".into(),
-            issuer: None,
-            endpoint_origins: Vec::new(),
-            client: None,
-            scopes: None,
-        }))
-    );
+    assert_eq!(remote.sign_in, Some(Box::new(SignInSpec::listed_as("ops"))));
     // A client registered by hand: its secret one of the server's.
     let config = parse(&format!(
         "{vault}{}[servers.secrets]\ns = \"env:S\"\n",
@@ -539,8 +530,36 @@ fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
         Some(crate::config::WebClientConfig {
             client_id: "Iv1.abc".into(),
             client_secret: Some(SecretRef::Env("S".into())),
+            auth_method: None,
         })
     );
+    let config = parse(&format!(
+        "{vault}{}",
+        server(
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", issuer = \"https://id.example.com\", issuer_alias = \"https://api.example.com\", client_document = false } }"
+        )
+    ))
+    .unwrap();
+    let spec = config.servers[0]
+        .kind
+        .sign_in()
+        .unwrap()
+        .sign_in
+        .clone()
+        .unwrap();
+    assert_eq!(
+        spec.issuer_alias.as_deref(),
+        Some("https://api.example.com")
+    );
+    assert!(!spec.client_document);
+}
+
+#[test]
+fn a_sign_in_that_cannot_hold_is_refused() {
+    let vault = VAULT_KEYS;
+    let server = |remote: &str| {
+        format!("[[clients]]\nname = \"ops\"\n\n[[servers]]\nname = \"gh\"\nremote = {remote}\n")
+    };
     for (remote, with_vault, expected) in [
         (
             "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\" } }",
@@ -591,6 +610,31 @@ fn a_sign_in_server_needs_the_vault_and_takes_no_other_credentials() {
             "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", client = { client_id = \"Iv1\" } } }",
             true,
             "`client` needs `issuer`",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", issuer_alias = \"https://mcp.example.com\" } }",
+            true,
+            "`issuer_alias` needs `issuer`",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", issuer = \"https://id.example.com\", issuer_alias = \"http://mcp.example.com\" } }",
+            true,
+            "`issuer_alias` must be an https:// URL",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", issuer = \"https://id.example.com\", client = { client_id = \"Iv1\", auth_method = \"client_secret_post\" } } }",
+            true,
+            "with `client_secret`",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", issuer = \"https://id.example.com\", issuer_alias = \"https://id.example.com/\" } }",
+            true,
+            "other than `issuer`",
+        ),
+        (
+            "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", issuer = \"https://id.example.com\", client = { client_id = \"Iv1\", client_secret = \"secret:s\", auth_method = \"private_key_jwt\" } } }",
+            true,
+            "`client_secret_basic` or `client_secret_post`",
         ),
         (
             "{ url = \"https://api.example.com/mcp\", sign_in = { list_as = \"ops\", issuer = \"https://id.example.com\", client = { client_id = \"Iv1\", client_secret = \"env:S\" } } }",

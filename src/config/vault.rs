@@ -49,8 +49,15 @@ pub struct SignInSpec {
     /// The authorization server users must sign in at, if the operator
     /// says.
     pub issuer: Option<String>,
+    /// Another address `issuer` is named by, where its metadata is read
+    /// though it names `issuer` (an exception to RFC 8414 §3.3 the
+    /// operator makes for one server, as Atlassian's needs).
+    pub issuer_alias: Option<String>,
     /// Origins besides the issuer's where its endpoints may be.
     pub endpoint_origins: Vec<String>,
+    /// Whether the proxy may be known there by its client ID metadata
+    /// document (else it registers, or uses `client`).
+    pub client_document: bool,
     /// The client the operator registered at the authorization server by
     /// hand, if any: used before any other way of being known there.
     pub client: Option<super::WebClientConfig>,
@@ -58,6 +65,22 @@ pub struct SignInSpec {
     /// is no server to learn what to ask from). `None`: learned from the
     /// remote server.
     pub scopes: Option<Vec<String>>,
+}
+
+impl SignInSpec {
+    /// A sign-in whose server's own connection is `list_as`'s, every other
+    /// setting unset.
+    pub fn listed_as(list_as: &str) -> Self {
+        Self {
+            list_as: list_as.to_owned(),
+            issuer: None,
+            issuer_alias: None,
+            endpoint_origins: Vec::new(),
+            client_document: true,
+            client: None,
+            scopes: None,
+        }
+    }
 }
 
 /// `container = { sign_in = { … } }`, validated: each user's own instance
@@ -105,6 +128,21 @@ pub(super) struct RawSignIn {
     /// Unset: every endpoint must be on the issuer's origin.
     #[serde(default)]
     endpoint_origins: Vec<String>,
+    /// Another URL the authorization server `issuer` is known by, for a
+    /// server whose authorization server's metadata, read there, names
+    /// `issuer` instead (Atlassian's): RFC 8414 §3.3 has clients refuse
+    /// such metadata, as it is what a mix-up looks like; with this the
+    /// operator accepts it for this pair alone. The server must name this
+    /// URL or `issuer`; the metadata is read here and must name `issuer`;
+    /// its endpoints may be on either's origin. Needs `issuer`.
+    issuer_alias: Option<String>,
+    /// Whether the proxy signs users in from links as its client ID
+    /// metadata document (`PUBLIC_URL/oauth/client`) where the
+    /// authorization server takes them. `false`: it registers instead (or
+    /// uses `client`), for a server that takes documents but refuses the
+    /// tokens it issues to them.
+    #[schemars(extend("default" = true))]
+    client_document: Option<bool>,
     /// A client the operator registered by hand at the server's
     /// authorization server (for providers that offer neither client ID
     /// metadata documents nor dynamic registration, as GitHub): the proxy
@@ -125,6 +163,11 @@ pub(super) struct RawSignInClient {
     /// Its client secret, as `secret:NAME` (a secret of this server's
     /// `secrets`); unset for a public client (PKCE alone).
     client_secret: Option<String>,
+    /// How the client authenticates at the token endpoint, as it was
+    /// registered: `client_secret_basic` or `client_secret_post`. Unset:
+    /// the first of those the authorization server lists. Needs
+    /// `client_secret`.
+    auth_method: Option<String>,
 }
 
 impl RawSignIn {
@@ -158,6 +201,23 @@ impl RawSignIn {
             return Err(fail(
                 "`issuer` must be an https:// URL (http:// only on loopback) without query or fragment",
             ));
+        }
+        match (&sign_in.issuer_alias, &sign_in.issuer) {
+            (Some(_), None) => {
+                return Err(fail(
+                    "`issuer_alias` needs `issuer`: the issuer the alias's metadata must name",
+                ));
+            }
+            (Some(alias), Some(issuer))
+                if !plain_secure_url(alias)
+                    || alias.strip_suffix('/').unwrap_or(alias)
+                        == issuer.strip_suffix('/').unwrap_or(issuer) =>
+            {
+                return Err(fail(
+                    "`issuer_alias` must be an https:// URL (http:// only on loopback) without query or fragment, other than `issuer`",
+                ));
+            }
+            _ => {}
         }
         if let Some(bad) = sign_in.endpoint_origins.iter().find(|origin| {
             !super::secure_url(origin)
@@ -238,16 +298,31 @@ impl RawSignIn {
                             })
                     })
                     .transpose()?;
+                let method_ok = match client.auth_method.as_deref() {
+                    None => true,
+                    Some("client_secret_basic" | "client_secret_post") => client_secret.is_some(),
+                    Some(_) => false,
+                };
+                if !method_ok {
+                    return Err(at.error(
+                        &format!("{place}.client.auth_method"),
+                        "`client_secret_basic` or `client_secret_post`, with `client_secret`"
+                            .into(),
+                    ));
+                }
                 Some(super::WebClientConfig {
                     client_id: client.client_id,
                     client_secret,
+                    auth_method: client.auth_method,
                 })
             }
         };
         Ok(SignInSpec {
             list_as: self.list_as,
             issuer: self.issuer,
+            issuer_alias: self.issuer_alias,
             endpoint_origins: self.endpoint_origins,
+            client_document: self.client_document.unwrap_or(true),
             client,
             scopes: None,
         })
@@ -346,7 +421,9 @@ impl RawContainerSignIn {
         let raw = RawSignIn {
             list_as: self.list_as,
             issuer: Some(self.issuer),
+            issuer_alias: None,
             endpoint_origins: self.endpoint_origins,
+            client_document: None,
             client: self.client,
         };
         raw.check_at(PLACE, (&self.resource, false), at, &[])?;

@@ -36,17 +36,23 @@ pub struct Ways<'a> {
     /// `[vault] public_url`, if the proxy offers its client ID metadata
     /// document under it.
     pub public: Option<&'a str>,
+    /// Whether new sign-ins may use that document here
+    /// (`sign_in.client_document`); tokens issued to it before are still
+    /// refreshed and revoked as it.
+    pub offer_document: bool,
 }
 
 impl<'a> Ways<'a> {
     /// The ways a `sign_in` server's settings and `[vault]` give.
     pub fn of(remote: &'a RemoteSpec, vault: &'a VaultConfig) -> Self {
+        let sign_in = remote.sign_in.as_deref();
         Self {
-            given: remote
-                .sign_in
-                .as_deref()
+            given: sign_in
                 .and_then(|sign_in| Some((sign_in.client.as_ref()?, sign_in.issuer.as_deref()?))),
             public: document_base(vault),
+            // Unless the operator said the server refuses what it issues
+            // to documents (`sign_in.client_document = false`).
+            offer_document: sign_in.is_none_or(|sign_in| sign_in.client_document),
         }
     }
 
@@ -56,6 +62,7 @@ impl<'a> Ways<'a> {
         Self {
             given: None,
             public: document_base(vault),
+            offer_document: true,
         }
     }
 
@@ -114,7 +121,7 @@ pub async fn web_client(
     if let Some(given) = ways.given {
         return given_client(given, found, callback);
     }
-    if let Some(client_id) = ways.document()
+    if let Some(client_id) = ways.document().filter(|_| ways.offer_document)
         && takes_documents(found)
         && ways.public.map(callback_url).as_deref() == Some(callback)
     {
@@ -150,7 +157,7 @@ pub fn no_way(found: &Discovered) -> String {
         "`{}` offers no dynamic client registration{}: register a client there by hand and set it as the server's `sign_in.client`",
         found.issuer,
         if found.client_id_metadata_documents {
-            " (it takes client ID metadata documents, which the proxy offers only with an https:// `[vault] public_url`, for links)"
+            " (it takes client ID metadata documents, which the proxy offers only with an https:// `[vault] public_url`, for links, unless `sign_in.client_document = false`)"
         } else {
             ""
         }
@@ -185,8 +192,8 @@ pub async fn web_registration(
 
 /// The client the operator registered (`given`, at the issuer it names)
 /// at `found`'s authorization server, for `redirect_uri`: authenticated
-/// with its secret as the server takes it (basic, else in the form), or
-/// public. Refused if `found` is another authorization server: the
+/// with its secret as `given.auth_method` says, else the first of HTTP
+/// Basic and the form the server lists; or public. Refused if `found` is another authorization server: the
 /// client's secret goes nowhere else.
 pub fn given_client(
     (given, issuer): (&WebClientConfig, &str),
@@ -218,9 +225,11 @@ pub fn operators_client(
                 .map_err(|reason| format!("the client's secret: {reason}"))
         })
         .transpose()?;
-    let auth_method = match &secret {
-        None => "none",
-        Some(_) => found
+    let auth_method = match (&secret, given.auth_method.as_deref()) {
+        (None, _) => "none",
+        // As the operator registered it.
+        (Some(_), Some(method)) => method,
+        (Some(_), None) => found
             .token_endpoint_auth_methods
             .iter()
             .map(String::as_str)
@@ -268,7 +277,10 @@ pub fn registration(
     kept: &Tokens,
     (found, ways): (&Discovered, Ways<'_>),
 ) -> Result<Option<Registration>, String> {
-    if kept.issuer != found.issuer {
+    // Its issuer, reached where the sign-in reached it (at the alias the
+    // operator named, or at itself): a refresh token issued through one
+    // never goes to the other's address.
+    if kept.issuer != found.issuer || kept.issuer_alias != found.alias {
         return Ok(None);
     }
     // The operator's client only for tokens its own issuer issued to it

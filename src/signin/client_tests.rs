@@ -43,6 +43,7 @@ fn found(documents: bool, registration: bool, methods: &[&str]) -> Discovered {
         client_id_metadata_documents: documents,
         token_endpoint_auth_methods: methods.iter().map(|m| (*m).to_owned()).collect(),
         iss_parameter: true,
+        alias: None,
     }
 }
 
@@ -58,6 +59,7 @@ fn given(dir: &Path, secret: Option<&str>) -> WebClientConfig {
             std::fs::write(&path, format!("{value}\n")).unwrap();
             SecretRef::File(path)
         }),
+        auth_method: None,
     }
 }
 
@@ -84,6 +86,7 @@ async fn the_operators_client_comes_first_then_the_document_then_a_registration(
     let ways = Ways {
         given: Some((&hand, AS)),
         public: Some(PUBLIC),
+        offer_document: true,
     };
     let client = web_client(&vault, &http(), ("s", CALLBACK), &everything, ways)
         .await
@@ -92,10 +95,25 @@ async fn the_operators_client_comes_first_then_the_document_then_a_registration(
     assert_eq!(client.client_secret.as_deref(), Some("hand-secret-value"));
     assert_eq!(client.auth_method, "client_secret_basic");
     assert_eq!(client.redirect_uri, CALLBACK);
+    // Registered to send its secret in the form, as the operator says.
+    let posting = WebClientConfig {
+        auth_method: Some("client_secret_post".into()),
+        ..hand.clone()
+    };
+    let ways = Ways {
+        given: Some((&posting, AS)),
+        public: Some(PUBLIC),
+        offer_document: true,
+    };
+    let client = web_client(&vault, &http(), ("s", CALLBACK), &everything, ways)
+        .await
+        .unwrap();
+    assert_eq!(client.auth_method, "client_secret_post");
 
     let ways = Ways {
         given: None,
         public: Some(PUBLIC),
+        offer_document: true,
     };
     let client = web_client(&vault, &http(), ("s", CALLBACK), &everything, ways)
         .await
@@ -114,13 +132,21 @@ async fn the_operators_client_comes_first_then_the_document_then_a_registration(
     // A server that takes documents but not public clients, or a proxy
     // without an https:// public URL: registration (which fails here,
     // nothing listens there).
-    for (offered, public) in [
-        (found(true, true, &["client_secret_basic"]), Some(PUBLIC)),
-        (everything.clone(), None),
+    // So is one the operator keeps from documents (`client_document =
+    // false`).
+    for (offered, public, offer_document) in [
+        (
+            found(true, true, &["client_secret_basic"]),
+            Some(PUBLIC),
+            true,
+        ),
+        (everything.clone(), None, true),
+        (everything.clone(), Some(PUBLIC), false),
     ] {
         let ways = Ways {
             given: None,
             public,
+            offer_document,
         };
         let err = web_client(&vault, &http(), ("s", CALLBACK), &offered, ways)
             .await
@@ -136,6 +162,7 @@ async fn a_server_offering_no_way_names_sign_in_client() {
     let ways = Ways {
         given: None,
         public: None,
+        offer_document: true,
     };
     let err = web_client(
         &vault,
@@ -181,6 +208,7 @@ fn kept(client_id: &str, issuer: &str) -> Tokens {
         issuer: issuer.into(),
         client_id: client_id.into(),
         resource: "https://mcp.example/mcp".into(),
+        issuer_alias: None,
     }
 }
 
@@ -193,6 +221,7 @@ fn tokens_find_the_client_they_were_issued_to_and_no_other() {
     let ways = Ways {
         given: Some((&hand, AS)),
         public: Some(PUBLIC),
+        offer_document: true,
     };
     let issuer = found.issuer.clone();
 
@@ -210,6 +239,37 @@ fn tokens_find_the_client_they_were_issued_to_and_no_other() {
     assert_eq!(
         (client.client_id.as_str(), client.auth_method.as_str()),
         (document, "none")
+    );
+    // Kept from new sign-ins (`client_document = false`): tokens issued
+    // to it before are still its.
+    let kept_from = Ways {
+        offer_document: false,
+        ..ways
+    };
+    let client = registration(&vault, "s", &kept(document, &issuer), (&found, kept_from))
+        .unwrap()
+        .unwrap();
+    assert_eq!(client.client_id, document);
+    // Learned through an alias, asked at the issuer itself (or the other
+    // way): none, the refresh token stays where it was issued.
+    let mut through_alias = kept(document, &issuer);
+    through_alias.issuer_alias = Some("https://alias.example".into());
+    assert!(
+        registration(&vault, "s", &through_alias, (&found, ways))
+            .unwrap()
+            .is_none()
+    );
+    let mut at_alias = found.clone();
+    at_alias.alias = Some("https://alias.example".into());
+    assert!(
+        registration(&vault, "s", &through_alias, (&at_alias, ways))
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        registration(&vault, "s", &kept(document, &issuer), (&at_alias, ways))
+            .unwrap()
+            .is_none()
     );
 
     // Issued by another authorization server than the one asked: none.
@@ -233,6 +293,7 @@ fn tokens_find_the_client_they_were_issued_to_and_no_other() {
     let without = Ways {
         given: None,
         public: None,
+        offer_document: true,
     };
     assert!(
         registration(&vault, "s", &kept(document, &issuer), (&found, without))
@@ -254,6 +315,7 @@ async fn the_operators_client_goes_to_its_own_issuer_only() {
     let ways = Ways {
         given: Some((&hand, AS)),
         public: Some(PUBLIC),
+        offer_document: true,
     };
     let err = web_client(&vault, &http(), ("s", CALLBACK), &elsewhere, ways)
         .await
@@ -267,4 +329,32 @@ async fn the_operators_client_goes_to_its_own_issuer_only() {
             .unwrap()
             .is_none()
     );
+}
+
+/// `sign_in.client_document = false`: the proxy is not known by its
+/// document at that server (it registers instead), whatever `[vault]
+/// public_url` offers.
+#[test]
+fn a_server_may_be_kept_from_the_document() {
+    let vault = crate::config::VaultConfig {
+        public_url: Some(PUBLIC.into()),
+        ..crate::config::VaultConfig::default()
+    };
+    let remote = |client_document: bool| {
+        let mut remote = crate::signin::test_remote(
+            "https://mcp.example/mcp",
+            crate::config::EgressConfig::default(),
+        );
+        if let Some(sign_in) = remote.sign_in.as_mut() {
+            sign_in.client_document = client_document;
+        }
+        remote
+    };
+    let kept = remote(true);
+    assert!(Ways::of(&kept, &vault).offer_document);
+    let refused = remote(false);
+    let ways = Ways::of(&refused, &vault);
+    assert!(!ways.offer_document);
+    // Tokens issued to the document before are still its.
+    assert_eq!(ways.public, Some(PUBLIC));
 }

@@ -81,21 +81,7 @@ fn config(root: &Path) -> Arc<Config> {
 
 /// The remote settings of a `sign_in` server at `url`.
 fn remote(config: &Config, url: &str) -> RemoteSpec {
-    RemoteSpec {
-        url: url.to_owned(),
-        transport: crate::config::RemoteTransport::default(),
-        headers: Vec::new(),
-        oauth: None,
-        sign_in: Some(Box::new(crate::config::SignInSpec {
-            list_as: "ops".into(),
-            issuer: None,
-            endpoint_origins: Vec::new(),
-            client: None,
-            scopes: None,
-        })),
-        learned: false,
-        egress: config.egress.clone(),
-    }
+    crate::signin::test_remote(url, config.egress.clone())
 }
 
 /// The proxy's registration with the issuer at `base`, kept in `vault`
@@ -123,6 +109,7 @@ fn expiring(base: &str) -> Tokens {
         issuer: base.to_owned(),
         client_id: "proxy-client".into(),
         resource: format!("{base}/mcp"),
+        issuer_alias: None,
     }
 }
 

@@ -16,7 +16,12 @@
 //!    metadata that pairs another's authorization endpoint with its own
 //!    token endpoint would otherwise have the code and the verifier sent
 //!    to it (a mix-up); where the operator named the issuer, it must be
-//!    that one.
+//!    that one. Where the operator also named an alias for it
+//!    (`sign_in.issuer_alias`: Atlassian's metadata, read at one address,
+//!    names another issuer), the server may name either, the metadata is
+//!    always read at the alias and must name the issuer, and the
+//!    endpoints may be on the alias's origin too; the sign-ins keep the
+//!    alias, and are refreshed and revoked only through it.
 
 use std::time::Duration;
 
@@ -47,6 +52,10 @@ pub struct Discovered {
     pub issuer: String,
     /// Where its metadata was read.
     pub issuer_metadata: String,
+    /// The alias the operator named it by (`sign_in.issuer_alias`), where
+    /// its metadata was read there rather than at `issuer`.
+    #[serde(default)]
+    pub alias: Option<String>,
     pub authorization_endpoint: String,
     pub token_endpoint: String,
     /// Dynamic client registration (RFC 7591), where offered.
@@ -96,7 +105,9 @@ pub enum DiscoverError {
     InsecureIssuer(String),
     #[error("no metadata for the authorization server `{issuer}`: {reasons}")]
     NoIssuerMetadata { issuer: String, reasons: String },
-    #[error("the metadata at `{metadata}` names the issuer `{named}`, not `{issuer}`")]
+    #[error(
+        "the metadata at `{metadata}` names the issuer `{named}`, not `{issuer}` (RFC 8414 §3.3: a possible mix-up; only if you have made sure both are one provider's, a remote server's sign-in may say so with `sign_in.issuer = \"{named}\"` and `sign_in.issuer_alias = \"{issuer}\"`)"
+    )]
     OtherIssuer {
         metadata: String,
         named: String,
@@ -137,6 +148,8 @@ pub enum DiscoverError {
 pub struct Expect {
     /// The authorization server it must name.
     pub issuer: Option<String>,
+    /// Another address it may name `issuer` by (`sign_in.issuer_alias`).
+    pub alias: Option<String>,
     /// Origins besides the issuer's own where its endpoints may be.
     pub endpoint_origins: Vec<String>,
 }
@@ -146,6 +159,7 @@ impl Expect {
     pub fn of(sign_in: Option<&SignInSpec>) -> Self {
         sign_in.map_or_else(Self::default, |spec| Self {
             issuer: spec.issuer.clone(),
+            alias: spec.issuer_alias.clone(),
             endpoint_origins: spec.endpoint_origins.clone(),
         })
     }
@@ -183,7 +197,7 @@ pub fn discovery_client_of(
 /// Whether two issuers are the same, as operators and metadata write them
 /// (with or without a trailing slash).
 pub(super) fn same_issuer(a: &str, b: &str) -> bool {
-    a.trim_end_matches('/') == b.trim_end_matches('/')
+    a.strip_suffix('/').unwrap_or(a) == b.strip_suffix('/').unwrap_or(b)
 }
 
 /// What `remote`'s users sign in at, and for what: learned from the server
@@ -237,15 +251,25 @@ pub async fn discover(
     if !secure_url(&issuer) {
         return Err(DiscoverError::InsecureIssuer(printable(&issuer)));
     }
-    let trim = |text: &str| text.strip_suffix('/').unwrap_or(text).to_owned();
     if let Some(expected) = &expect.issuer
-        && trim(expected) != trim(&issuer)
+        && !same_issuer(expected, &issuer)
+        && !expect
+            .alias
+            .as_deref()
+            .is_some_and(|alias| same_issuer(alias, &issuer))
     {
         return Err(DiscoverError::NotTheIssuer {
             named: printable(&issuer),
             expected: fetch::named(expected),
         });
     }
+    // With an alias the operator named, the issuer's metadata is read
+    // there whichever of the two the server names, and must name the
+    // issuer (whose endpoints may then be on the alias's origin).
+    let (at, names) = match (&expect.alias, &expect.issuer) {
+        (Some(alias), Some(expected)) => (alias.clone(), expected.clone()),
+        _ => (issuer.clone(), issuer.clone()),
+    };
     let scopes: Vec<String> = match &challenge.scope {
         Some(scope) => scope
             .split(' ')
@@ -266,7 +290,7 @@ pub async fn discover(
         resource_metadata,
         scopes,
     };
-    authorization_server(http, asked, &issuer, &expect.endpoint_origins).await
+    authorization_server(http, asked, (&at, &names), &expect.endpoint_origins).await
 }
 
 /// What a sign-in asks for, and where that was learned.
@@ -285,6 +309,17 @@ struct Asked<'a> {
 pub async fn provider(
     http: &HttpClient,
     issuer: &str,
+    resource_and_scopes: (&str, Vec<String>),
+    origins: &[String],
+) -> Result<Discovered, DiscoverError> {
+    provider_at(http, (issuer, issuer), resource_and_scopes, origins).await
+}
+
+/// [`provider`], its metadata read at `at` (the issuer, or the alias a
+/// sign-in learned it by: [`Tokens::issuer_alias`](super::vault::Tokens)).
+pub async fn provider_at(
+    http: &HttpClient,
+    (at, issuer): (&str, &str),
     (resource, scopes): (&str, Vec<String>),
     origins: &[String],
 ) -> Result<Discovered, DiscoverError> {
@@ -294,18 +329,28 @@ pub async fn provider(
         resource_metadata: String::new(),
         scopes,
     };
-    authorization_server(http, asked, issuer, origins).await
+    authorization_server(http, asked, (at, issuer), origins).await
 }
 
-/// The authorization server `issuer`'s metadata, its endpoints checked
-/// (on `origins` or its own), for what is `asked`.
+/// The authorization server `issuer`'s metadata, read at `at` (itself, or
+/// the alias the operator gave), its endpoints checked (on `origins`, its
+/// own origin, or the alias's), for what is `asked`.
 async fn authorization_server(
     http: &HttpClient,
     asked: Asked<'_>,
-    issuer: &str,
+    (at, issuer): (&str, &str),
     origins: &[String],
 ) -> Result<Discovered, DiscoverError> {
-    let (issuer_metadata, metadata) = issuer_metadata(http, issuer).await?;
+    let (issuer_metadata, metadata) = issuer_metadata(http, at, issuer).await?;
+    let alias = (!same_issuer(at, issuer)).then(|| at.to_owned());
+    let mut origins = origins.to_vec();
+    origins.extend(
+        alias
+            .as_deref()
+            .and_then(|alias| reqwest::Url::parse(alias).ok())
+            .map(|url| url.origin().ascii_serialization()),
+    );
+    let origins = &origins[..];
     // As the authorization server writes itself (RFC 9207 compares with it).
     let issuer = metadata
         .get("issuer")
@@ -343,6 +388,7 @@ async fn authorization_server(
             .unwrap_or(false),
         issuer,
         issuer_metadata,
+        alias,
     })
 }
 
@@ -414,13 +460,15 @@ async fn resource_metadata(
     first_document(http, candidates).await.map_err(fail)
 }
 
-/// The authorization server's metadata, in the specification's order:
-/// where it was read, and the document (checked to be `issuer`'s).
+/// The authorization server's metadata, read at `at` in the
+/// specification's order: where it was read, and the document (checked to
+/// be `issuer`'s).
 async fn issuer_metadata(
     http: &HttpClient,
+    at: &str,
     issuer: &str,
 ) -> Result<(String, Map<String, Value>), DiscoverError> {
-    let trimmed = issuer.strip_suffix('/').unwrap_or(issuer);
+    let trimmed = at.strip_suffix('/').unwrap_or(at);
     let fail = |reasons| DiscoverError::NoIssuerMetadata {
         issuer: fetch::named(issuer),
         reasons,
@@ -444,9 +492,10 @@ async fn issuer_metadata(
         .get("issuer")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    // RFC 8414 §3.3: identical; one trailing slash is the one difference
-    // servers are known to make.
-    if named.strip_suffix('/').unwrap_or(named) != trimmed {
+    // RFC 8414 §3.3: identical (to the alias's issuer, where the operator
+    // gave one); one trailing slash is the one difference servers are
+    // known to make.
+    if !same_issuer(named, issuer) {
         return Err(DiscoverError::OtherIssuer {
             metadata: fetch::named(&at),
             named: printable(named),

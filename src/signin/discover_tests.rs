@@ -364,8 +364,8 @@ async fn endpoints_off_the_issuers_origin_are_refused_unless_allowed() {
         );
         // The operator names the provider's other origin: taken.
         let allowed = Expect {
-            issuer: None,
             endpoint_origins: vec![honest.clone()],
+            ..Expect::default()
         };
         let found = expected(&base, &allowed).await.unwrap();
         assert_eq!(
@@ -388,7 +388,7 @@ async fn the_issuer_is_the_one_the_operator_named_and_as_it_writes_itself() {
     let base = server(good_resource(), good_issuer(), true).await;
     let pinned = |issuer: String| Expect {
         issuer: Some(issuer),
-        endpoint_origins: Vec::new(),
+        ..Expect::default()
     };
     let err = expected(&base, &pinned("https://github.com/login/oauth".into()))
         .await
@@ -413,4 +413,74 @@ async fn more_scopes_than_a_sign_in_keeps_are_refused_at_discovery() {
     let base = server(resource, good_issuer(), false).await;
     let err = discovered(&base).await.unwrap_err();
     assert!(matches!(err, DiscoverError::TooManyScopes(_)), "{err}");
+}
+
+/// Metadata read at the address the server names, naming another issuer
+/// (Atlassian's): refused, as RFC 8414 §3.3 says, unless the operator
+/// pinned that issuer and named the address as its alias; then the
+/// metadata is read at the alias whichever of the two the server names,
+/// its endpoints may be on the alias's origin (not a third), and the
+/// issuer found is the one named (what `iss` is compared with). An alias
+/// whose metadata names a third issuer, or a server that names neither,
+/// is refused still.
+#[tokio::test]
+async fn an_issuer_known_by_an_alias_the_operator_named_is_taken() {
+    let mut issuer = good_issuer();
+    issuer["issuer"] = json!("http://localhost:1");
+    let base = server(good_resource(), issuer, true).await;
+    let err = discovered(&base).await.unwrap_err();
+    assert!(matches!(err, DiscoverError::OtherIssuer { .. }), "{err}");
+    assert!(err.to_string().contains("issuer_alias"), "{err}");
+    let expect = |issuer: &str, alias: Option<String>| Expect {
+        issuer: Some(issuer.to_owned()),
+        alias,
+        ..Expect::default()
+    };
+    let err = expected(&base, &expect("http://localhost:1", None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DiscoverError::NotTheIssuer { .. }), "{err}");
+    let found = expected(&base, &expect("http://localhost:1", Some(base.clone())))
+        .await
+        .unwrap();
+    assert_eq!(found.issuer, "http://localhost:1");
+    assert_eq!(found.token_endpoint, format!("{base}/token"));
+    assert_eq!(found.alias.as_deref(), Some(base.as_str()));
+    // The alias's metadata names a third issuer: refused.
+    let err = expected(&base, &expect("https://other.example", Some(base.clone())))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DiscoverError::OtherIssuer { .. }), "{err}");
+    // A server naming the issuer itself: its metadata is still read at
+    // the alias (never at an address the operator did not name).
+    let mut resource = good_resource();
+    resource["authorization_servers"] = json!(["http://localhost:1"]);
+    let mut issuer = good_issuer();
+    issuer["issuer"] = json!("http://localhost:1");
+    let direct = server(resource, issuer, true).await;
+    let found = expected(&direct, &expect("http://localhost:1", Some(direct.clone())))
+        .await
+        .unwrap();
+    assert_eq!(found.alias.as_deref(), Some(direct.as_str()));
+    // An endpoint on a third origin: refused still.
+    let elsewhere = serve(Router::new()).await;
+    let mut issuer = good_issuer();
+    issuer["issuer"] = json!("http://localhost:1");
+    issuer["token_endpoint"] = json!(format!("{elsewhere}/token"));
+    let third = server(good_resource(), issuer, true).await;
+    let err = expected(&third, &expect("http://localhost:1", Some(third.clone())))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DiscoverError::OtherOrigin { .. }), "{err}");
+    // An alias the server does not name: the pin holds.
+    let err = expected(
+        &base,
+        &expect(
+            "http://localhost:1",
+            Some("https://elsewhere.example".into()),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, DiscoverError::NotTheIssuer { .. }), "{err}");
 }

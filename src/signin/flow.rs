@@ -127,6 +127,28 @@ pub struct Started {
 /// The ways of client authentication the proxy can use.
 const AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post", "none"];
 
+/// How the proxy registers to authenticate at `found`'s token endpoint:
+/// with the secret in the form where the server offers it (the client
+/// then authenticates one way only, its id and secret in the form: some
+/// servers refuse HTTP Basic beside a form `client_id`, which others
+/// want); else the first the server lists that the proxy can use.
+fn method_of(found: &Discovered) -> Result<&'static str, FlowError> {
+    let offered = |method: &str| {
+        found
+            .token_endpoint_auth_methods
+            .iter()
+            .any(|m| m == method)
+    };
+    if offered("client_secret_post") {
+        return Ok("client_secret_post");
+    }
+    found
+        .token_endpoint_auth_methods
+        .iter()
+        .find_map(|method| AUTH_METHODS.into_iter().find(|own| own == method))
+        .ok_or_else(|| FlowError::NoAuthMethod(document::named(&found.issuer)))
+}
+
 /// Registers the proxy with `found`'s authorization server, for
 /// `redirect_uri`.
 pub async fn register(
@@ -138,15 +160,7 @@ pub async fn register(
         .registration_endpoint
         .as_deref()
         .ok_or_else(|| FlowError::NoRegistration(document::named(&found.issuer)))?;
-    // The first the server lists that the proxy can use: its order is
-    // the one servers are known to work best with (the Python SDK's
-    // revocation endpoint, for one, wants the secret in the form).
-    let method = found
-        .token_endpoint_auth_methods
-        .iter()
-        .map(String::as_str)
-        .find(|method| AUTH_METHODS.contains(method))
-        .ok_or_else(|| FlowError::NoAuthMethod(document::named(&found.issuer)))?;
+    let method = method_of(found)?;
     let fail = |reason: String| FlowError::Register {
         endpoint: document::named(endpoint),
         reason,
@@ -461,6 +475,7 @@ fn tokens_of(
         issuer: found.issuer.clone(),
         client_id: client.client_id.clone(),
         resource: found.resource.clone(),
+        issuer_alias: found.alias.clone(),
     }
 }
 

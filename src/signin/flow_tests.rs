@@ -22,6 +22,7 @@ fn found(base: &str) -> Discovered {
         client_id_metadata_documents: false,
         token_endpoint_auth_methods: vec!["client_secret_post".into(), "none".into()],
         iss_parameter: true,
+        alias: None,
     }
 }
 
@@ -420,4 +421,37 @@ async fn a_huge_expires_in_is_taken_as_a_year_at_most() {
         at <= unix_now() + 366 * 24 * 3600 && at > unix_now(),
         "{at}"
     );
+}
+
+/// The proxy registers to authenticate one way, in the form where the
+/// server offers it (some refuse HTTP Basic beside a form `client_id`),
+/// else the first the server lists that it can use.
+#[tokio::test]
+async fn registration_asks_for_the_secret_in_the_form_where_offered() {
+    let (base, seen) = endpoint(
+        json!({"client_id": "new-client", "token_endpoint_auth_method": "none"}),
+        201,
+    )
+    .await;
+    let mut offered = found(&base);
+    for (methods, asked_for) in [
+        (
+            vec!["none", "client_secret_basic", "client_secret_post"],
+            "client_secret_post",
+        ),
+        (vec!["none", "client_secret_basic"], "none"),
+        (vec!["client_secret_basic", "none"], "client_secret_basic"),
+        (vec!["private_key_jwt", "none"], "none"),
+    ] {
+        offered.token_endpoint_auth_methods = methods.iter().map(|m| (*m).to_owned()).collect();
+        register(&http(), &offered, "http://127.0.0.1:7000/callback")
+            .await
+            .unwrap();
+        let (body, _) = seen.lock().unwrap().last().unwrap().clone();
+        let asked: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            asked["token_endpoint_auth_method"], asked_for,
+            "{methods:?}"
+        );
+    }
 }

@@ -39,6 +39,24 @@ pub use flow::{
     DESKTOP, FlowError, Registration, Started, answered, exchange, refresh, register, revoke, start,
 };
 
+/// The remote settings of a `sign_in` server at `url`, listed as `ops`,
+/// for the module's tests.
+#[cfg(test)]
+pub(crate) fn test_remote(
+    url: &str,
+    egress: crate::config::EgressConfig,
+) -> crate::config::RemoteSpec {
+    crate::config::RemoteSpec {
+        url: url.to_owned(),
+        transport: crate::config::RemoteTransport::default(),
+        headers: Vec::new(),
+        oauth: None,
+        sign_in: Some(Box::new(crate::config::SignInSpec::listed_as("ops"))),
+        learned: false,
+        egress,
+    }
+}
+
 /// An HTTP client for the module's tests: loopback allowed, short timeouts.
 #[cfg(test)]
 pub(crate) fn test_http() -> crate::egress::HttpClient {

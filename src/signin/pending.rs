@@ -171,6 +171,9 @@ pub struct Shown {
     pub server: String,
     pub user: String,
     pub issuer: String,
+    /// Where the person signs in, where that is not on the issuer's own
+    /// origin (an alias's, or one the operator allowed).
+    pub sign_in_at: Option<String>,
     /// Where the person first shows they are the user, if they must.
     pub proof_issuer: Option<String>,
 }
@@ -188,6 +191,19 @@ pub struct Answered {
     pub verifier: String,
     /// The `elicitationId` of the link, as the user's client was given it.
     pub elicitation: Option<String>,
+}
+
+/// The origin of `found`'s authorization endpoint, where it is not its
+/// issuer's: shown beside the issuer, so the person knows where they sign
+/// in.
+pub fn sign_in_at(found: &Discovered) -> Option<String> {
+    let origin = |url: &str| {
+        reqwest::Url::parse(url)
+            .map(|url| url.origin().ascii_serialization())
+            .ok()
+    };
+    let at = origin(&found.authorization_endpoint)?;
+    (origin(&found.issuer).as_ref() != Some(&at)).then_some(at)
 }
 
 /// The `elicitationId` of a link to sign in given as a URL elicitation: a
@@ -403,6 +419,7 @@ impl Pendings {
                 server: pending.server.clone(),
                 user: pending.user.clone(),
                 issuer: pending.found.issuer.clone(),
+                sign_in_at: sign_in_at(&pending.found),
                 proof_issuer: pending
                     .proof
                     .as_ref()

@@ -17,6 +17,7 @@ fn found() -> Discovered {
         client_id_metadata_documents: false,
         token_endpoint_auth_methods: vec!["none".into()],
         iss_parameter: true,
+        alias: None,
     }
 }
 
@@ -307,6 +308,7 @@ fn a_link_is_taken_on_once_and_answered_once_in_its_own_browser() {
                 server: "github".into(),
                 user: "alice".into(),
                 issuer: "https://as.example".into(),
+                sign_in_at: None,
                 proof_issuer: None,
             }
         );

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use super::SignIns;
 use super::client::{Ways, registration};
-use super::discover::{Expect, discovery_client, discovery_client_of, provider};
+use super::discover::{Expect, discovery_client, discovery_client_of, provider_at};
 use super::flow::revoke;
 use super::vault::Vault;
 use crate::config::RemoteSpec;
@@ -194,9 +194,13 @@ impl SignIns {
             ),
         };
         let http = http.map_err(|err| err.to_string())?;
-        let found = provider(
+        // Where the sign-in reached its issuer: at the alias the operator
+        // named, if it did (never at the issuer's own address, which the
+        // sign-in may never have reached).
+        let at = tokens.issuer_alias.as_deref().unwrap_or(&tokens.issuer);
+        let found = provider_at(
             &http,
-            &tokens.issuer,
+            (at, &tokens.issuer),
             (&tokens.resource, Vec::new()),
             &origins,
         )

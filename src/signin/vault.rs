@@ -82,6 +82,12 @@ pub struct Tokens {
     /// to a server it covers.
     #[serde(default)]
     pub resource: String,
+    /// Where the issuer's metadata was read, where that was not the
+    /// issuer itself but an alias the operator named
+    /// (`sign_in.issuer_alias`): where it is read to refresh or revoke
+    /// them, never at the issuer's own address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_alias: Option<String>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -417,6 +423,7 @@ impl Vault {
             || long(&tokens.issuer)
             || long(&tokens.client_id)
             || long(&tokens.resource)
+            || tokens.issuer_alias.as_deref().is_some_and(long)
             || tokens.scopes.iter().map(|s| s.len() + 1).sum::<usize>() > MAX_NAME
         {
             return Err(VaultError::TooLong);

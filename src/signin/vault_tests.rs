@@ -37,6 +37,7 @@ fn tokens(access: &str) -> Tokens {
         issuer: "https://auth.example".into(),
         client_id: "portcullis".into(),
         resource: "https://mcp.example/mcp".into(),
+        issuer_alias: None,
     }
 }
 
