@@ -2272,9 +2272,9 @@ fn replica_of(response: &reqwest::Response) -> String {
 /// sharing the vault and one public URL, the balancer's: a link given
 /// through the balancer is shown, taken on and answered on whichever
 /// replica each step reaches (here each on another than the last), each
-/// once across both; the user is then served through the balancer by
-/// either; the callback replayed there is refused by each; no code, token
-/// or link id is in either log.
+/// once across both; the user is then served through the balancer; the
+/// callback replayed is refused by each replica; no code, token or link
+/// id is in either log.
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_behind_a_balancer_give_and_take_one_sign_in_link() {
     let (_issuer_process, _server_process, issuer, url) = servers().await;
@@ -2384,15 +2384,13 @@ async fn replicas_behind_a_balancer_give_and_take_one_sign_in_link() {
         assert_eq!(said(&answer), "subject=bob", "{answer}");
     }
 
-    // The callback replayed, through the balancer (each replica in turn):
+    // The callback replayed on each replica (directly: the balancer's
+    // health checks may take one out for a while on a loaded machine):
     // refused on both.
-    let mut refused_on = std::collections::BTreeSet::new();
-    for _ in 0..2 {
-        let again = with_cookie(&callback, &cookie).await;
-        refused_on.insert(replica_of(&again));
-        assert_eq!(again.status(), 404);
+    for replica in 0..2 {
+        let again = with_cookie(&direct(replica, &callback), &cookie).await;
+        assert_eq!(again.status(), 404, "replica {replica}");
     }
-    assert_eq!(refused_on.len(), 2, "{refused_on:?}");
 
     let code = reqwest::Url::parse(&callback)
         .unwrap()
