@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod chain;
 pub mod cli;
+pub mod codemode;
 pub mod config;
 pub mod downstream;
 pub mod egress;

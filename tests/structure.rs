@@ -28,6 +28,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("sealing", 0),
     ("search", 0),
     ("egress", 1),
+    ("codemode", 1),
     ("traces", 2),
     ("chain", 3),
     ("signin", 3),

@@ -1,0 +1,639 @@
+//! The code-mode engine: QuickJS-ng in WebAssembly (`codemode/codemode.wasm`,
+//! from `codemode/codemode.c`) under a wasmtime engine of its own.
+//!
+//! A script is the body of an async function: it may `await`, `return` a
+//! JSON value, `console.log`, and call `tools[name](arguments)` for each
+//! name it is given. Each call goes to a [`Dispatch`] (the proxy's
+//! exchange), which answers it from any thread; a refused call is an
+//! exception in the script, carrying the refusal's words.
+//!
+//! The module imports nothing but `codemode.tool_start`, `tool_wait`,
+//! `tool_read` and `now_ms`: no file, socket, environment or process. Each
+//! run has a store of its own (nothing is shared between scripts) with:
+//! fuel (instructions), an epoch deadline and a wait deadline (wall time,
+//! in wasm and waiting for calls alike), a linear-memory cap, QuickJS's
+//! heap and stack limits, an output cap and a budget of calls. A script
+//! past a limit is stopped with a [`RunError`] naming it; one that throws
+//! ends with an envelope whose `ok` is false.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use wasmtime::{Caller, Config, Extern, InstancePre, Linker, Memory, Module, Store, StoreLimits};
+
+/// The engine, as `codemode/build.sh` builds it (the test
+/// `the_engine_is_what_its_sources_build` checks that it is).
+const MODULE: &[u8] = include_bytes!("../../codemode/codemode.wasm");
+
+/// Its SHA-256: a change of the module shows in a reviewed source too.
+const MODULE_SHA256: &str = "bf372354eceae57320aad6b5550070f25dd41652f48664668d30a38fe0b7c184";
+
+/// How often the epoch ticks.
+const TICK: Duration = Duration::from_millis(1);
+
+/// The most of wasmtime's own stack a script may use: deep recursion in
+/// QuickJS's C code ends here (a trap), JavaScript's own well before
+/// (QuickJS's stack limit: a `RangeError` the script can catch).
+const MAX_WASM_STACK: usize = 8 << 20;
+
+/// The stack of the thread a script runs on ([`Engine::run`]): the
+/// engine's, and room for the host's calls.
+const THREAD_STACK: usize = 16 << 20;
+
+/// The longest tool name, and the largest arguments and answer (JSON), a
+/// call carries.
+const MAX_TOOL_NAME: usize = 256;
+const MAX_TOOL_ARGUMENTS: usize = 1 << 20;
+const MAX_ANSWER: usize = 4 << 20;
+
+/// Calls a script may have in flight at once (the engine's own bound too).
+const MAX_IN_FLIGHT: usize = 64;
+
+/// The longest script.
+const MAX_SCRIPT: usize = 1 << 20;
+
+/// What a script may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Instructions (wasmtime fuel; about 10^10 a CPU second here).
+    pub fuel: u64,
+    /// Wall time, running and waiting for calls alike.
+    pub wall: Duration,
+    /// The engine's linear memory.
+    pub memory: usize,
+    /// QuickJS's heap.
+    pub js_heap: u32,
+    /// QuickJS's stack (capped to the engine's own).
+    pub js_stack: u32,
+    /// The result's JSON, and the console's (half of it).
+    pub output: u32,
+    /// Calls a script may make.
+    pub calls: u32,
+}
+
+impl Limits {
+    /// Whether the limits hold together: each within what the engine can
+    /// keep.
+    pub fn check(&self) -> Result<(), RunError> {
+        let fail = |what: &str| Err(RunError::Limits(what.to_owned()));
+        if !(8 << 20..=1 << 30).contains(&self.memory) {
+            return fail("the engine's memory must be between 8 MiB and 1 GiB");
+        }
+        if self.js_heap as usize > self.memory {
+            return fail("QuickJS's heap must fit in the engine's memory");
+        }
+        if self.js_stack > 1 << 20 {
+            return fail("QuickJS's stack must be at most 1 MiB (the engine's own is 8 MiB)");
+        }
+        if !(1024..=64 << 20).contains(&self.output) {
+            return fail("the output must be between 1 KiB and 64 MiB");
+        }
+        if self.calls > 10_000 {
+            return fail("a script may make at most 10 000 calls");
+        }
+        if self.wall.is_zero() || self.wall > Duration::from_secs(3600) {
+            return fail("the wall time must be between 1 ms and an hour");
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: 2_000_000_000,
+            wall: Duration::from_secs(30),
+            memory: 128 << 20,
+            js_heap: 64 << 20,
+            js_stack: 1 << 20,
+            output: 1 << 20,
+            calls: 100,
+        }
+    }
+}
+
+/// A call a script made.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Its number in the script, from 0.
+    pub id: u32,
+    /// One of the tools the script was given.
+    pub tool: String,
+    /// A JSON object.
+    pub arguments: serde_json::Value,
+    /// Fired when the script ends (returned, failed or stopped): its
+    /// answer is no longer awaited, and the call should stop.
+    pub ended: CancellationToken,
+}
+
+/// A call's answer: its result as JSON, or the words of its refusal.
+pub type Answer = Result<serde_json::Value, String>;
+
+/// Where a call's answer goes: once, for that call alone.
+#[derive(Debug)]
+pub struct Reply {
+    id: u32,
+    done: Sender<(u32, Answer)>,
+}
+
+impl Reply {
+    /// Answers the call (nothing, once the script has ended).
+    pub fn send(self, answer: Answer) {
+        let _ = self.done.send((self.id, answer));
+    }
+}
+
+/// Where a script's calls go.
+pub trait Dispatch: Send + Sync {
+    /// Starts `call`, whose answer goes to `reply`, from any thread. Must
+    /// not block (the script waits meanwhile): the work is done
+    /// elsewhere. An answer never sent leaves the script waiting until its
+    /// wall time is spent.
+    fn start(&self, call: Call, reply: Reply);
+}
+
+/// Why a script was stopped (beside its own exceptions, which end it with
+/// an envelope).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RunError {
+    #[error("the code-mode engine cannot start: {0}")]
+    Engine(String),
+    #[error("code mode's limits: {0}")]
+    Limits(String),
+    #[error("the script is over {MAX_SCRIPT} bytes")]
+    ScriptTooLong,
+    #[error("the script used all its instructions (fuel)")]
+    Fuel,
+    #[error("the script ran out of time ({} ms)", .0.as_millis())]
+    Time(Duration),
+    #[error("the script recursed too deep (stack overflow)")]
+    Stack,
+    #[error("the script's output is over its limit of {0} bytes")]
+    Output(u32),
+    #[error("the script was stopped: {0}")]
+    Trap(String),
+}
+
+/// A script that ran to its end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The engine's envelope: `{"ok": true, "result": …, "logs": […]}`, or
+    /// `{"ok": false, "error": "…", "stack": "…", "logs": […]}`.
+    pub envelope: serde_json::Value,
+    /// Calls the script made.
+    pub calls: u32,
+    /// Fuel it used.
+    pub fuel: u64,
+}
+
+/// The engine: compiled once, a store per script.
+pub struct Engine {
+    engine: wasmtime::Engine,
+    pre: InstancePre<Host>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A run's state: its limits, its calls, and their answers.
+struct Host {
+    limits: StoreLimits,
+    dispatch: Arc<dyn Dispatch>,
+    /// The tools the script was given.
+    tools: HashSet<String>,
+    done: Sender<(u32, Answer)>,
+    answers: Receiver<(u32, Answer)>,
+    /// The answer waited for, to be read (one before it, unread, is
+    /// dropped: at most one is held).
+    waited: HashMap<u32, Vec<u8>>,
+    /// Calls started and not yet answered.
+    outstanding: HashSet<u32>,
+    started: u32,
+    most: u32,
+    deadline: Instant,
+    ended: CancellationToken,
+}
+
+/// What stops a run from the host's side.
+#[derive(Debug, thiserror::Error)]
+enum Stop {
+    /// The wait for a call's answer outlived the script's wall time.
+    #[error("waited too long for a call")]
+    WaitedTooLong,
+    /// The engine's output was over what the limits allow.
+    #[error("the output is over its limit")]
+    OutputTooLarge,
+}
+
+fn memory(caller: &mut Caller<'_, Host>) -> wasmtime::Result<Memory> {
+    match caller.get_export("memory") {
+        Some(Extern::Memory(memory)) => Ok(memory),
+        _ => wasmtime::bail!("the engine exports no memory"),
+    }
+}
+
+/// `len` bytes at `at` in the script's memory, if no more than `most`.
+fn read(
+    caller: &mut Caller<'_, Host>,
+    (at, len): (u32, u32),
+    most: usize,
+) -> wasmtime::Result<Option<Vec<u8>>> {
+    let len = len as usize;
+    if len > most {
+        return Ok(None);
+    }
+    let memory = memory(caller)?;
+    let mut bytes = vec![0; len];
+    memory.read(&*caller, at as usize, &mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// `tool_start(name, arguments) -> id`: a call started, or refused (a
+/// negative code the script is told: -1 over its budget of calls, -2 a
+/// name too long, not UTF-8 or not one of its tools, -3 arguments over
+/// 1 MiB, -4 arguments that are not a JSON object, -5 already 64 calls in
+/// flight).
+fn tool_start(
+    mut caller: Caller<'_, Host>,
+    name: (u32, u32),
+    arguments: (u32, u32),
+) -> wasmtime::Result<i32> {
+    if caller.data().started >= caller.data().most {
+        return Ok(-1);
+    }
+    if caller.data().outstanding.len() >= MAX_IN_FLIGHT {
+        return Ok(-5);
+    }
+    let Some(tool) = read(&mut caller, name, MAX_TOOL_NAME)?
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|tool| caller.data().tools.contains(tool))
+    else {
+        return Ok(-2);
+    };
+    let Some(arguments) = read(&mut caller, arguments, MAX_TOOL_ARGUMENTS)? else {
+        return Ok(-3);
+    };
+    let Some(arguments) = parse_json(&arguments).filter(serde_json::Value::is_object) else {
+        return Ok(-4);
+    };
+    let host = caller.data_mut();
+    let id = host.started;
+    host.started += 1;
+    host.outstanding.insert(id);
+    let call = Call {
+        id,
+        tool,
+        arguments,
+        ended: host.ended.clone(),
+    };
+    let reply = Reply {
+        id,
+        done: host.done.clone(),
+    };
+    host.dispatch.start(call, reply);
+    Ok(i32::try_from(id).unwrap_or(i32::MAX))
+}
+
+/// `tool_wait(out) -> 0 | -1`: waits for any started call's answer, and
+/// writes `{id, status, len}` (status 0 a result, 1 a refusal).
+fn tool_wait(mut caller: Caller<'_, Host>, out: u32) -> wasmtime::Result<i32> {
+    if caller.data().outstanding.is_empty() {
+        return Ok(-1);
+    }
+    let (id, answer) = loop {
+        let left = caller
+            .data()
+            .deadline
+            .saturating_duration_since(Instant::now());
+        match caller.data().answers.recv_timeout(left) {
+            // Only a call in flight is answered, once.
+            Ok((id, answer)) if caller.data_mut().outstanding.remove(&id) => break (id, answer),
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                return Err(wasmtime::Error::new(Stop::WaitedTooLong));
+            }
+        }
+    };
+    let (status, body) = match answer {
+        Ok(result) => (0u32, serde_json::to_vec(&result).unwrap_or_default()),
+        Err(refusal) => (1u32, refusal.into_bytes()),
+    };
+    let (status, body) = if body.len() > MAX_ANSWER {
+        (
+            1,
+            format!("the answer is over {MAX_ANSWER} bytes, more than a script is given")
+                .into_bytes(),
+        )
+    } else {
+        (status, body)
+    };
+    let mut record = [0u8; 12];
+    record[..4].copy_from_slice(&id.to_le_bytes());
+    record[4..8].copy_from_slice(&status.to_le_bytes());
+    record[8..].copy_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
+    let host = caller.data_mut();
+    host.waited.clear();
+    host.waited.insert(id, body);
+    let memory = memory(&mut caller)?;
+    memory.write(&mut caller, out as usize, &record)?;
+    Ok(0)
+}
+
+/// `tool_read(id, buffer, len) -> written`: a waited answer, once.
+fn tool_read(
+    mut caller: Caller<'_, Host>,
+    id: i32,
+    (at, len): (u32, u32),
+) -> wasmtime::Result<i32> {
+    let Some(body) = u32::try_from(id)
+        .ok()
+        .and_then(|id| caller.data_mut().waited.remove(&id))
+    else {
+        return Ok(-1);
+    };
+    let written = body.len().min(len as usize);
+    let memory = memory(&mut caller)?;
+    memory.write(
+        &mut caller,
+        at as usize,
+        body.get(..written).unwrap_or_default(),
+    )?;
+    Ok(i32::try_from(written).unwrap_or(i32::MAX))
+}
+
+fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<Host>> {
+    let mut linker = Linker::new(engine);
+    linker.func_wrap(
+        "codemode",
+        "tool_start",
+        |caller: Caller<'_, Host>, name: u32, name_len: u32, args: u32, args_len: u32| {
+            tool_start(caller, (name, name_len), (args, args_len))
+        },
+    )?;
+    linker.func_wrap("codemode", "tool_wait", tool_wait)?;
+    linker.func_wrap(
+        "codemode",
+        "tool_read",
+        |caller: Caller<'_, Host>, id: i32, at: u32, len: u32| tool_read(caller, id, (at, len)),
+    )?;
+    // The one clock a script sees: the time of day, to the millisecond.
+    linker.func_wrap("codemode", "now_ms", || -> f64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_millis() as f64)
+    })?;
+    Ok(linker)
+}
+
+impl Engine {
+    /// The engine compiled (a second or two), its epoch ticking.
+    pub fn new() -> Result<Self, RunError> {
+        let fail = |err: wasmtime::Error| RunError::Engine(err.to_string());
+        use sha2::Digest as _;
+        if hex::encode(sha2::Sha256::digest(MODULE)) != MODULE_SHA256 {
+            return Err(RunError::Engine(
+                "the embedded engine is not the one built".into(),
+            ));
+        }
+        let mut config = Config::new();
+        config
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(MAX_WASM_STACK)
+            .async_stack_size(MAX_WASM_STACK);
+        let engine = wasmtime::Engine::new(&config).map_err(fail)?;
+        let module = Module::new(&engine, MODULE).map_err(fail)?;
+        let pre = linker(&engine)
+            .and_then(|linker| linker.instantiate_pre(&module))
+            .map_err(fail)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ticker, stopped) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("codemode-epoch".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    ticker.increment_epoch();
+                }
+            })
+            .map_err(|err| RunError::Engine(format!("cannot start the epoch thread: {err}")))?;
+        Ok(Self { engine, pre, stop })
+    }
+
+    /// Runs `script` with `tools` callable, within `limits`, its calls
+    /// sent to `dispatch`, on a thread of its own whose stack holds the
+    /// engine's (not the caller's: an async task's would not). Blocks
+    /// until the script ends.
+    pub fn run(
+        &self,
+        script: &str,
+        tools: &[String],
+        limits: &Limits,
+        dispatch: Arc<dyn Dispatch>,
+    ) -> Result<Outcome, RunError> {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("codemode-script".into())
+                .stack_size(THREAD_STACK)
+                .spawn_scoped(scope, || self.run_here((script, tools), limits, dispatch))
+                .map_err(|err| RunError::Engine(format!("cannot start a script's thread: {err}")))?
+                .join()
+                .map_err(|_| RunError::Engine("a script's thread panicked".into()))?
+        })
+    }
+
+    /// [`Engine::run`], on this thread.
+    fn run_here(
+        &self,
+        (script, tools): (&str, &[String]),
+        limits: &Limits,
+        dispatch: Arc<dyn Dispatch>,
+    ) -> Result<Outcome, RunError> {
+        limits.check()?;
+        if script.len() > MAX_SCRIPT {
+            return Err(RunError::ScriptTooLong);
+        }
+        let ended = CancellationToken::new();
+        // The script's calls are told when it ends, however it ends.
+        let _ended = ended.clone().drop_guard();
+        let (done, answers) = channel();
+        let host = Host {
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(limits.memory)
+                .instances(1)
+                .memories(1)
+                .tables(1)
+                .build(),
+            dispatch,
+            tools: tools.iter().cloned().collect(),
+            done,
+            answers,
+            waited: HashMap::new(),
+            outstanding: HashSet::new(),
+            started: 0,
+            most: limits.calls,
+            deadline: Instant::now() + limits.wall,
+            ended,
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| &mut host.limits);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|err| RunError::Engine(err.to_string()))?;
+        let ticks = u64::try_from(limits.wall.as_millis() / TICK.as_millis()).unwrap_or(u64::MAX);
+        store.set_epoch_deadline(ticks.max(1));
+        let tools = serde_json::to_vec(tools).map_err(|err| RunError::Engine(err.to_string()))?;
+        let envelope = run_in(&self.pre, &mut store, (script.as_bytes(), &tools), limits)
+            .map_err(|err| stopped(&err, limits))?;
+        // The script's own word (it may shape it as it likes, as it may
+        // return or throw what it likes); only its form is checked.
+        let envelope = parse_json(&envelope)
+            .filter(|envelope| {
+                envelope
+                    .get("ok")
+                    .is_some_and(serde_json::Value::is_boolean)
+            })
+            .ok_or_else(|| RunError::Trap("the engine's answer is not an envelope".into()))?;
+        Ok(Outcome {
+            envelope,
+            calls: store.data().started,
+            fuel: limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
+        })
+    }
+}
+
+/// The script run in a new instance: the envelope's bytes.
+fn run_in(
+    pre: &InstancePre<Host>,
+    store: &mut Store<Host>,
+    (script, tools): (&[u8], &[u8]),
+    limits: &Limits,
+) -> wasmtime::Result<Vec<u8>> {
+    let instance = pre.instantiate(&mut *store)?;
+    let initialize = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
+    initialize.call(&mut *store, ())?;
+    let memory = instance
+        .get_memory(&mut *store, "memory")
+        .ok_or_else(|| wasmtime::Error::msg("the engine exports no memory"))?;
+    let alloc = instance.get_typed_func::<u32, u32>(&mut *store, "cm_alloc")?;
+    let run = instance
+        .get_typed_func::<(u32, u32, u32, u32, u32, u32, u32), i32>(&mut *store, "cm_run")?;
+    let output_at = instance.get_typed_func::<(), u32>(&mut *store, "cm_output_ptr")?;
+    let output_len = instance.get_typed_func::<(), u32>(&mut *store, "cm_output_len")?;
+    let mut put = |bytes: &[u8]| -> wasmtime::Result<(u32, u32)> {
+        let len = u32::try_from(bytes.len())?;
+        let at = alloc.call(&mut *store, len)?;
+        if at == 0 {
+            wasmtime::bail!("the engine has no memory for the script");
+        }
+        memory.write(&mut *store, at as usize, bytes)?;
+        Ok((at, len))
+    };
+    let (script_at, script_len) = put(script)?;
+    let (tools_at, tools_len) = put(tools)?;
+    run.call(
+        &mut *store,
+        (
+            script_at,
+            script_len,
+            tools_at,
+            tools_len,
+            limits.js_heap,
+            limits.js_stack,
+            limits.output,
+        ),
+    )?;
+    let at = output_at.call(&mut *store, ())?;
+    let len = output_len.call(&mut *store, ())?;
+    // The engine caps it; checked again before a byte is copied.
+    if len > limits.output.saturating_add(256) {
+        return Err(wasmtime::Error::new(Stop::OutputTooLarge));
+    }
+    let mut envelope = vec![0; len as usize];
+    memory.read(&*store, at as usize, &mut envelope)?;
+    Ok(envelope)
+}
+
+/// Why a run stopped, from what wasmtime says.
+fn stopped(err: &wasmtime::Error, limits: &Limits) -> RunError {
+    match err.downcast_ref::<Stop>() {
+        Some(Stop::WaitedTooLong) => return RunError::Time(limits.wall),
+        Some(Stop::OutputTooLarge) => return RunError::Output(limits.output),
+        None => {}
+    }
+    if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::OutOfFuel => RunError::Fuel,
+            wasmtime::Trap::Interrupt => RunError::Time(limits.wall),
+            wasmtime::Trap::StackOverflow => RunError::Stack,
+            other => RunError::Trap(other.to_string()),
+        };
+    }
+    let root = err.root_cause().to_string();
+    // An access out of bounds, say: never what a script is meant to reach.
+    tracing::warn!(reason = %root, "a code-mode script trapped");
+    RunError::Trap(root.chars().take(300).collect())
+}
+
+/// `bytes` as JSON; strings with a lone surrogate (JavaScript strings may
+/// hold one, JSON text may not) have it replaced by U+FFFD.
+fn parse_json(bytes: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_slice(bytes)
+        .ok()
+        .or_else(|| serde_json::from_slice(&well_formed(bytes)).ok())
+}
+
+/// `json` with each `\uD800`–`\uDFFF` escape that is not half of a pair
+/// written `\uFFFD`.
+fn well_formed(json: &[u8]) -> Vec<u8> {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = json.get(at..at + 6)?;
+        if hex.get(..2)? != b"\\u" {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(hex.get(2..)?).ok()?, 16).ok()
+    };
+    let (high, low) = (0xD800..=0xDBFF, 0xDC00..=0xDFFF);
+    let mut out = Vec::with_capacity(json.len());
+    let mut at = 0;
+    while let Some(&byte) = json.get(at) {
+        if byte != b'\\' {
+            out.push(byte);
+            at += 1;
+            continue;
+        }
+        match unit(at) {
+            Some(first) if high.contains(&first) => {
+                if unit(at + 6).is_some_and(|second| low.contains(&second)) {
+                    out.extend_from_slice(json.get(at..at + 12).unwrap_or_default());
+                    at += 12;
+                } else {
+                    out.extend_from_slice(b"\\uFFFD");
+                    at += 6;
+                }
+            }
+            Some(first) if low.contains(&first) => {
+                out.extend_from_slice(b"\\uFFFD");
+                at += 6;
+            }
+            // Any other escape, two bytes at least (`\\` among them).
+            _ => {
+                out.extend_from_slice(json.get(at..at + 2).unwrap_or_default());
+                at += 2;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
