@@ -119,10 +119,7 @@ pub(super) async fn login(
         }
     };
     let started = signin::start(&found, &client)?;
-    let issuer = match signin::pending::sign_in_at(&found) {
-        Some(at) => format!("{} (its sign-in page is at {at})", found.issuer),
-        None => found.issuer.clone(),
-    };
+    let issuer = signin::pending::issuer_shown(&found);
     println!(
         "To sign `{}` in to `{}` at the authorization server {issuer}, open this link in a browser:\n\n  {}\n",
         user.escape_debug(),

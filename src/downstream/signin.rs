@@ -148,15 +148,11 @@ async fn shown(State(state): State<Arc<HttpState>>, Query(link): Query<Link>) ->
     let Ok(token) = fresh_token() else {
         return refused(&PendingError::Random);
     };
-    let issuer = match &shown.sign_in_at {
-        Some(at) => format!("{} (its sign-in page is at {at})", shown.issuer),
-        None => shown.issuer.clone(),
-    };
     let mut text = format!(
         "Sign `{}` in to `{}` at the authorization server {}? Go on only if you are `{}` and your agent just asked you to sign in: whoever goes on gives `{}` their account at that server.",
         shown.user.escape_debug(),
         shown.server.escape_debug(),
-        issuer,
+        shown.issuer,
         shown.user.escape_debug(),
         shown.user.escape_debug(),
     );

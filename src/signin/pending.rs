@@ -170,10 +170,8 @@ pub struct Proved {
 pub struct Shown {
     pub server: String,
     pub user: String,
+    /// The authorization server, as [`issuer_shown`] names it.
     pub issuer: String,
-    /// Where the person signs in, where that is not on the issuer's own
-    /// origin (an alias's, or one the operator allowed).
-    pub sign_in_at: Option<String>,
     /// Where the person first shows they are the user, if they must.
     pub proof_issuer: Option<String>,
 }
@@ -193,17 +191,22 @@ pub struct Answered {
     pub elicitation: Option<String>,
 }
 
-/// The origin of `found`'s authorization endpoint, where it is not its
-/// issuer's: shown beside the issuer, so the person knows where they sign
-/// in.
-pub fn sign_in_at(found: &Discovered) -> Option<String> {
+/// `found`'s issuer as a person is shown it (the link's page, `oauth
+/// login`): with the origin of its authorization endpoint where that is
+/// not the issuer's (an alias's, or one the operator allowed), so the
+/// person knows where they sign in.
+pub fn issuer_shown(found: &Discovered) -> String {
     let origin = |url: &str| {
         reqwest::Url::parse(url)
             .map(|url| url.origin().ascii_serialization())
             .ok()
     };
-    let at = origin(&found.authorization_endpoint)?;
-    (origin(&found.issuer).as_ref() != Some(&at)).then_some(at)
+    match origin(&found.authorization_endpoint) {
+        Some(at) if origin(&found.issuer).as_ref() != Some(&at) => {
+            format!("{} (its sign-in page is at {at})", found.issuer)
+        }
+        _ => found.issuer.clone(),
+    }
 }
 
 /// The `elicitationId` of a link to sign in given as a URL elicitation: a
@@ -418,8 +421,7 @@ impl Pendings {
             Ok(Shown {
                 server: pending.server.clone(),
                 user: pending.user.clone(),
-                issuer: pending.found.issuer.clone(),
-                sign_in_at: sign_in_at(&pending.found),
+                issuer: issuer_shown(&pending.found),
                 proof_issuer: pending
                     .proof
                     .as_ref()

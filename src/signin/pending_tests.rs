@@ -308,7 +308,6 @@ fn a_link_is_taken_on_once_and_answered_once_in_its_own_browser() {
                 server: "github".into(),
                 user: "alice".into(),
                 issuer: "https://as.example".into(),
-                sign_in_at: None,
                 proof_issuer: None,
             }
         );
@@ -594,5 +593,18 @@ fn old_links_are_swept_and_a_full_folder_refuses_new_ones() {
         full.begin(&remote(), ("github", "carol"), found(), client(), None)
             .unwrap_err(),
         PendingError::Full
+    );
+}
+
+/// The issuer a person is shown names where they sign in when that is
+/// another origin than the issuer's (an alias's), and only then.
+#[test]
+fn the_issuer_shown_names_another_sign_in_origin() {
+    assert_eq!(issuer_shown(&found()), "https://as.example");
+    let mut aliased = found();
+    aliased.authorization_endpoint = "https://mcp.example/authorize".into();
+    assert_eq!(
+        issuer_shown(&aliased),
+        "https://as.example (its sign-in page is at https://mcp.example)"
     );
 }
