@@ -149,6 +149,9 @@ pub struct Context {
     /// `tasks/cancel`): the arguments of the call that created it, as they
     /// were forwarded (the request itself has none).
     pub call_arguments: Option<Arc<serde_json::Map<String, Value>>>,
+    /// A call a code-mode script made (`portcullis__code`): the script's
+    /// id, which its record names too.
+    pub script: Option<Arc<str>>,
 }
 
 impl Context {
@@ -180,6 +183,7 @@ impl Context {
             directory: None,
             protocol: None,
             call_arguments: None,
+            script: None,
         }
     }
 }

@@ -51,6 +51,12 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     report_env: Option<String>,
 
+    /// Serve the tool `env_value`, which replies with this environment
+    /// variable's value: a server that hands out a credential it holds, for
+    /// tests of what the proxy lets reach the client and other servers.
+    #[arg(long, value_name = "NAME")]
+    reveal_env: Option<String>,
+
     /// Print `NAME=VALUE` of this environment variable to stderr at start:
     /// an image that logs its environment, for tests of what the proxy's
     /// own log keeps of it.
@@ -72,7 +78,10 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{var}={}", std::env::var(var).unwrap_or_default());
     }
     if let Some(var) = &args.report_env {
-        server.add_env_digest_tool(var);
+        server.add_env_tool(var, false);
+    }
+    if let Some(var) = &args.reveal_env {
+        server.add_env_tool(var, true);
     }
     for change in &args.describe {
         let Some((tool, text)) = change.split_once('=') else {

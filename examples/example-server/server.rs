@@ -129,15 +129,22 @@ impl ExampleServer {
     /// Adds the tool `env_digest`, which replies with the SHA-256 of the
     /// environment variable `var` (`sha256=HEX`, or `unset`): what a test
     /// of a token given in the environment compares, without the server
-    /// ever showing the token. Only with `--report-env`, so that every
-    /// other test's tool list stays as it is.
-    pub fn add_env_digest_tool(&self, var: &str) {
+    /// ever showing the token (`--report-env`); or, `reveal`, the tool
+    /// `env_value`, which replies with its value (`--reveal-env`). Only
+    /// with those flags, so that every other test's tool list stays as it
+    /// is.
+    pub fn add_env_tool(&self, var: &str, reveal: bool) {
         let mut tools = self
             .shared
             .tools
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        Arc::make_mut(&mut tools).add_route(env_digest_tool(var));
+        let route = if reveal {
+            env_value_tool(var)
+        } else {
+            env_digest_tool(var)
+        };
+        Arc::make_mut(&mut tools).add_route(route);
     }
 
     /// Replaces a tool's description (a rug pull, for pinning tests). False
@@ -218,26 +225,47 @@ fn dynamic_tool(name: &str) -> ToolRoute<ExampleServer> {
     })
 }
 
-fn env_digest_tool(var: &str) -> ToolRoute<ExampleServer> {
-    use sha2::Digest as _;
+/// A tool that replies with what `answer` makes of the environment
+/// variable `var` (`None` when unset).
+fn env_tool(
+    name: &str,
+    description: String,
+    var: &str,
+    answer: fn(Option<String>) -> String,
+) -> ToolRoute<ExampleServer> {
     let var = var.to_owned();
-    let tool = Tool::new(
-        "env_digest".to_owned(),
-        format!("Replies with the SHA-256 of the environment variable {var}, never its value."),
-        schema_for_empty_input(),
-    );
+    let tool = Tool::new(name.to_owned(), description, schema_for_empty_input());
     ToolRoute::new_dyn(tool, move |_context| {
-        let reply = match std::env::var(&var) {
-            Ok(value) => {
+        let reply = answer(std::env::var(&var).ok());
+        let result = CallToolResult::success(vec![ContentBlock::text(reply)]);
+        Box::pin(std::future::ready(Ok(result.into())))
+    })
+}
+
+fn env_digest_tool(var: &str) -> ToolRoute<ExampleServer> {
+    env_tool(
+        "env_digest",
+        format!("Replies with the SHA-256 of the environment variable {var}, never its value."),
+        var,
+        |value| match value {
+            Some(value) => {
+                use sha2::Digest as _;
                 let digest = sha2::Sha256::digest(value);
                 let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
                 format!("sha256={hex}")
             }
-            Err(_) => "unset".to_owned(),
-        };
-        let result = CallToolResult::success(vec![ContentBlock::text(reply)]);
-        Box::pin(std::future::ready(Ok(result.into())))
-    })
+            None => "unset".to_owned(),
+        },
+    )
+}
+
+fn env_value_tool(var: &str) -> ToolRoute<ExampleServer> {
+    env_tool(
+        "env_value",
+        format!("Replies with the value of the environment variable {var}."),
+        var,
+        Option::unwrap_or_default,
+    )
 }
 
 fn completion(candidates: &[&str], prefix: &str) -> Result<CompleteResult, McpError> {

@@ -56,65 +56,9 @@ const MAX_IN_FLIGHT: usize = 64;
 /// The longest script.
 const MAX_SCRIPT: usize = 1 << 20;
 
-/// What a script may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Instructions (wasmtime fuel; about 10^10 a CPU second here).
-    pub fuel: u64,
-    /// Wall time, running and waiting for calls alike.
-    pub wall: Duration,
-    /// The engine's linear memory.
-    pub memory: usize,
-    /// QuickJS's heap.
-    pub js_heap: u32,
-    /// QuickJS's stack (capped to the engine's own).
-    pub js_stack: u32,
-    /// The result's JSON, and the console's (half of it).
-    pub output: u32,
-    /// Calls a script may make.
-    pub calls: u32,
-}
-
-impl Limits {
-    /// Whether the limits hold together: each within what the engine can
-    /// keep.
-    pub fn check(&self) -> Result<(), RunError> {
-        let fail = |what: &str| Err(RunError::Limits(what.to_owned()));
-        if !(8 << 20..=1 << 30).contains(&self.memory) {
-            return fail("the engine's memory must be between 8 MiB and 1 GiB");
-        }
-        if self.js_heap as usize > self.memory {
-            return fail("QuickJS's heap must fit in the engine's memory");
-        }
-        if self.js_stack > 1 << 20 {
-            return fail("QuickJS's stack must be at most 1 MiB (the engine's own is 8 MiB)");
-        }
-        if !(1024..=64 << 20).contains(&self.output) {
-            return fail("the output must be between 1 KiB and 64 MiB");
-        }
-        if self.calls > 10_000 {
-            return fail("a script may make at most 10 000 calls");
-        }
-        if self.wall.is_zero() || self.wall > Duration::from_secs(3600) {
-            return fail("the wall time must be between 1 ms and an hour");
-        }
-        Ok(())
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            fuel: 2_000_000_000,
-            wall: Duration::from_secs(30),
-            memory: 128 << 20,
-            js_heap: 64 << 20,
-            js_stack: 1 << 20,
-            output: 1 << 20,
-            calls: 100,
-        }
-    }
-}
+/// What a script may use: `[code_mode]`'s limits (checked there, and
+/// again before a script runs).
+pub use crate::config::ScriptLimits as Limits;
 
 /// A call a script made.
 #[derive(Debug, Clone)]
@@ -176,6 +120,10 @@ pub enum RunError {
     Output(u32),
     #[error("the script was stopped: {0}")]
     Trap(String),
+    /// Its caller stopped it (the outer call was cancelled, or its client
+    /// went away).
+    #[error("the script was cancelled")]
+    Cancelled,
 }
 
 /// A script that ran to its end.
@@ -220,6 +168,8 @@ struct Host {
     most: u32,
     deadline: Instant,
     ended: CancellationToken,
+    /// Fired by the caller: the script stops at its next tick or wait.
+    stop: CancellationToken,
 }
 
 /// What stops a run from the host's side.
@@ -231,7 +181,22 @@ enum Stop {
     /// The engine's output was over what the limits allow.
     #[error("the output is over its limit")]
     OutputTooLarge,
+    /// The script's wall time is spent (checked against the clock at each
+    /// tick: a ticker running late under load does not lengthen it).
+    #[error("out of time")]
+    TimeUp,
+    /// The caller stopped it.
+    #[error("cancelled")]
+    Cancelled,
 }
+
+/// How long a wait for an answer goes before it looks whether the caller
+/// stopped the script.
+const WAIT_SLICE: Duration = Duration::from_millis(20);
+
+/// Ticks between two looks at the clock and the stop token while a script
+/// runs in wasm.
+const TICKS_PER_LOOK: u64 = 5;
 
 fn memory(caller: &mut Caller<'_, Host>) -> wasmtime::Result<Memory> {
     match caller.get_export("memory") {
@@ -309,15 +274,21 @@ fn tool_wait(mut caller: Caller<'_, Host>, out: u32) -> wasmtime::Result<i32> {
         return Ok(-1);
     }
     let (id, answer) = loop {
+        if caller.data().stop.is_cancelled() {
+            return Err(wasmtime::Error::new(Stop::Cancelled));
+        }
         let left = caller
             .data()
             .deadline
             .saturating_duration_since(Instant::now());
-        match caller.data().answers.recv_timeout(left) {
+        if left.is_zero() {
+            return Err(wasmtime::Error::new(Stop::WaitedTooLong));
+        }
+        match caller.data().answers.recv_timeout(left.min(WAIT_SLICE)) {
             // Only a call in flight is answered, once.
             Ok((id, answer)) if caller.data_mut().outstanding.remove(&id) => break (id, answer),
-            Ok(_) => {}
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
                 return Err(wasmtime::Error::new(Stop::WaitedTooLong));
             }
         }
@@ -439,15 +410,40 @@ impl Engine {
         limits: &Limits,
         dispatch: Arc<dyn Dispatch>,
     ) -> Result<Outcome, RunError> {
+        let stop = CancellationToken::new();
         std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("codemode-script".into())
                 .stack_size(THREAD_STACK)
-                .spawn_scoped(scope, || self.run_here((script, tools), limits, dispatch))
+                .spawn_scoped(scope, || {
+                    self.run_here((script, tools), limits, dispatch, stop)
+                })
                 .map_err(|err| RunError::Engine(format!("cannot start a script's thread: {err}")))?
                 .join()
                 .map_err(|_| RunError::Engine("a script's thread panicked".into()))?
         })
+    }
+
+    /// [`Engine::run`] without blocking: the script runs on a thread of
+    /// its own, and its end comes through the receiver. `stop` fired stops
+    /// it at its next tick or wait ([`RunError::Cancelled`]).
+    pub fn start(
+        self: &Arc<Self>,
+        (script, tools): (String, Vec<String>),
+        limits: Limits,
+        dispatch: Arc<dyn Dispatch>,
+        stop: CancellationToken,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Outcome, RunError>>, RunError> {
+        let (done, ended) = tokio::sync::oneshot::channel();
+        let engine = self.clone();
+        std::thread::Builder::new()
+            .name("codemode-script".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                let _ = done.send(engine.run_here((&script, &tools), &limits, dispatch, stop));
+            })
+            .map_err(|err| RunError::Engine(format!("cannot start a script's thread: {err}")))?;
+        Ok(ended)
     }
 
     /// [`Engine::run`], on this thread.
@@ -456,8 +452,11 @@ impl Engine {
         (script, tools): (&str, &[String]),
         limits: &Limits,
         dispatch: Arc<dyn Dispatch>,
+        stop: CancellationToken,
     ) -> Result<Outcome, RunError> {
-        limits.check()?;
+        limits
+            .check()
+            .map_err(|(_, words)| RunError::Limits(words.to_owned()))?;
         if script.len() > MAX_SCRIPT {
             return Err(RunError::ScriptTooLong);
         }
@@ -482,14 +481,26 @@ impl Engine {
             most: limits.calls,
             deadline: Instant::now() + limits.wall,
             ended,
+            stop,
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limits);
         store
             .set_fuel(limits.fuel)
             .map_err(|err| RunError::Engine(err.to_string()))?;
-        let ticks = u64::try_from(limits.wall.as_millis() / TICK.as_millis()).unwrap_or(u64::MAX);
-        store.set_epoch_deadline(ticks.max(1));
+        // Every few ticks, the clock and the stop token are looked at: the
+        // wall time is the clock's, however late the ticker runs.
+        store.set_epoch_deadline(TICKS_PER_LOOK);
+        store.epoch_deadline_callback(|context| {
+            let host = context.data();
+            if host.stop.is_cancelled() {
+                return Err(wasmtime::Error::new(Stop::Cancelled));
+            }
+            if Instant::now() >= host.deadline {
+                return Err(wasmtime::Error::new(Stop::TimeUp));
+            }
+            Ok(wasmtime::UpdateDeadline::Continue(TICKS_PER_LOOK))
+        });
         let tools = serde_json::to_vec(tools).map_err(|err| RunError::Engine(err.to_string()))?;
         let envelope = run_in(&self.pre, &mut store, (script.as_bytes(), &tools), limits)
             .map_err(|err| stopped(&err, limits))?;
@@ -565,8 +576,9 @@ fn run_in(
 /// Why a run stopped, from what wasmtime says.
 fn stopped(err: &wasmtime::Error, limits: &Limits) -> RunError {
     match err.downcast_ref::<Stop>() {
-        Some(Stop::WaitedTooLong) => return RunError::Time(limits.wall),
+        Some(Stop::WaitedTooLong | Stop::TimeUp) => return RunError::Time(limits.wall),
         Some(Stop::OutputTooLarge) => return RunError::Output(limits.output),
+        Some(Stop::Cancelled) => return RunError::Cancelled,
         None => {}
     }
     if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {

@@ -11,4 +11,4 @@
 
 pub mod engine;
 
-pub use engine::{Answer, Call, Dispatch, Engine, Limits, Outcome, RunError};
+pub use engine::{Answer, Call, Dispatch, Engine, Limits, Outcome, Reply, RunError};

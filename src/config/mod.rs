@@ -22,6 +22,7 @@ use toml::Spanned;
 mod audit;
 pub mod catalog;
 mod chain;
+mod code_mode;
 mod container;
 mod described;
 mod discovery;
@@ -60,6 +61,8 @@ pub use audit::{
 };
 pub use chain::ChainEntry;
 use chain::{Chain, Switchable};
+use code_mode::RawCodeMode;
+pub use code_mode::{CODE_TOOL, CodeModeConfig, ScriptLimits};
 pub use container::{ContainerSpec, Fifos, Isolation, PullPolicy, StartPolicy};
 use described::RawCatalog;
 pub use described::{CatalogConfig, from_label};
@@ -157,6 +160,8 @@ pub struct Config {
     pub catalogs: Vec<CatalogConfig>,
     /// `[discovery]`: the servers agents may find and add, if it is on.
     pub discovery: Option<DiscoveryConfig>,
+    /// `[code_mode]`: the tool `portcullis__code`, if it is on.
+    pub code_mode: Option<CodeModeConfig>,
     /// The profile in force (`serve --profile NAME`), if any.
     pub profile: Option<profiles::Profile>,
     pub chain: Vec<ChainEntry>,
@@ -241,6 +246,11 @@ struct RawConfig {
     /// `portcullis__add` and `portcullis__remove`, over these catalogs.
     #[serde(default)]
     discovery: RawDiscovery,
+    /// Code mode: the tool `portcullis__code`, which runs an agent's
+    /// JavaScript in an isolated engine, each tool call inside it a full
+    /// exchange of the calling client.
+    #[serde(default)]
+    code_mode: RawCodeMode,
     /// The operator's public keys, and which servers' images must be
     /// signed by one of them.
     #[serde(default)]
@@ -462,7 +472,7 @@ impl Config {
     /// stable, and compare every setting.)
     pub fn changes_needing_restart(&self, next: &Config) -> Vec<&'static str> {
         let differs = |a: &dyn fmt::Debug, b: &dyn fmt::Debug| !same_settings(a, b);
-        let sections: [(&'static str, &dyn fmt::Debug, &dyn fmt::Debug); 16] = [
+        let sections: [(&'static str, &dyn fmt::Debug, &dyn fmt::Debug); 17] = [
             ("proxy", &self.proxy, &next.proxy),
             ("listener", &self.listener, &next.listener),
             ("limits", &self.limits, &next.limits),
@@ -470,6 +480,7 @@ impl Config {
             ("auditors", &self.auditors, &next.auditors),
             ("oauth", &self.oauth, &next.oauth),
             ("discovery", &self.discovery, &next.discovery),
+            ("code_mode", &self.code_mode, &next.code_mode),
             ("chain", &self.chain, &next.chain),
             ("audit", &self.audit, &next.audit),
             ("redact", &self.redact, &next.redact),
@@ -586,6 +597,7 @@ impl Validator<'_> {
         exchanges::check(self, &mut servers, oauth.as_ref())?;
         vault::check_sign_in(self, &servers, &vault, &clients)?;
         let mut discovery = raw.discovery.validate(self, &catalogs, &servers, &proxy)?;
+        let code_mode = raw.code_mode.validate(self, &servers)?;
         raw.signatures
             .apply(self, &mut servers, discovery.as_mut())?;
         let mut chain = Chain::parse(self, raw.chain, &proxy)?;
@@ -613,6 +625,7 @@ impl Validator<'_> {
             servers,
             catalogs,
             discovery,
+            code_mode,
             profile: None,
             chain: chain.finish(),
             redact,

@@ -526,6 +526,7 @@ mod tests {
             ),
             // Without a catalog file to read: the defaults of an empty one.
             "discovery" => "[discovery]\n".into(),
+            "code_mode" => "[code_mode]\nenabled = true\n".into(),
             "signatures" => "[signatures]\n".into(),
             "egress" => "[egress]\n".into(),
             "vault" => "[vault]\n".into(),

@@ -159,6 +159,11 @@ pub enum Failure {
         "server `{0}` acts as the client's user: only a client with an access token from the identity provider `{1}` can use it"
     )]
     NoUserToken(String, String),
+    /// `[code_mode] max_scripts` scripts run already.
+    #[error(
+        "the proxy runs {0} scripts already, the most it may at once: try again when one has ended"
+    )]
+    TooManyScripts(usize),
     /// A per-client server's instances (how many) are all taken.
     #[error("this server already runs {0} per-client instances; no more clients can be given one")]
     TooManyInstances(usize),
@@ -247,7 +252,7 @@ impl Failure {
             | Self::TaskServerNotModern => code::INTERNAL_ERROR,
             Self::UnknownTask(_) => code::INVALID_PARAMS,
             Self::TasksNotDeclared => code::EXTENSION_REQUIRED,
-            Self::TooManyTasks => code::RATE_LIMITED,
+            Self::TooManyTasks | Self::TooManyScripts(_) => code::RATE_LIMITED,
             Self::TooManyInFlight(_) | Self::ReplyUnread => code::RATE_LIMITED,
             Self::MethodNotFound(_) | Self::ClientLacks(_) | Self::NotOnStatelessServer(_) => {
                 code::METHOD_NOT_FOUND

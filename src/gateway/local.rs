@@ -63,7 +63,11 @@ impl Gateway {
                         &catalog,
                         list.result_key(),
                     );
-                    self.page(message, &items, list.result_key())?
+                    let mut page = self.page(message, &items, list.result_key())?;
+                    if *method == Method::ToolsList {
+                        self.code_tool_in(session, &mut page).await;
+                    }
+                    page
                 }
                 None => return Err(Failure::MethodNotFound(method.to_string())),
             },
@@ -216,6 +220,32 @@ impl Gateway {
             }
         }
         text
+    }
+
+    /// The code tool in a page of `tools/list`, if there, described for
+    /// `session`'s client.
+    async fn code_tool_in(self: &Arc<Self>, session: &Arc<Session>, page: &mut Value) {
+        if self.code.is_none() {
+            return;
+        }
+        let name = format!(
+            "{}{}{}",
+            crate::config::PROXY_SERVER,
+            self.config.proxy.namespace_separator,
+            crate::config::CODE_TOOL
+        );
+        let Some(item) = page
+            .get_mut("tools")
+            .and_then(Value::as_array_mut)
+            .and_then(|tools| {
+                tools
+                    .iter_mut()
+                    .find(|tool| tool.get("name").and_then(Value::as_str) == Some(&name))
+            })
+        else {
+            return;
+        };
+        self.code_tool_for(session, item).await;
     }
 
     /// One page of a merged list. Cursors are offsets, opaque to clients.

@@ -6,6 +6,9 @@
 //! into JSON-RPC errors for the client.
 
 mod catalog;
+mod code;
+#[cfg(test)]
+mod code_tests;
 mod discovery;
 #[cfg(test)]
 mod discovery_tests;
@@ -116,6 +119,12 @@ pub struct Gateway {
     /// `[discovery]`: the catalogs' servers (upstreams from
     /// `discovery.first`) and who added which.
     discovery: Option<discovery::Discovery>,
+    /// `[code_mode]`: the engine that runs `portcullis__code`'s scripts
+    /// (`None`: off, or the engine could not start).
+    code: Option<code::CodeMode>,
+    /// The index the proxy's own tools (`[discovery]`'s, `[code_mode]`'s)
+    /// are listed under, past the configured and catalog servers.
+    own_tools: Option<usize>,
 }
 
 /// A running copy of a server: (server, the client of a per-client instance).
@@ -211,22 +220,35 @@ impl Gateway {
             }
             None => (None, Vec::new()),
         };
+        // Built at start: an engine that cannot start leaves the tool out.
+        let code = config.code_mode.as_ref().and_then(code::CodeMode::new);
+        let own_tools = (discovery.is_some() || code.is_some())
+            .then(|| config.servers.len() + catalogued.len());
         let shutdown = CancellationToken::new();
         let servers = Servers::new(
             &config,
             &catalogued,
-            discovery.is_some(),
+            own_tools.is_some(),
             (make, events_tx, user_tokens),
             shutdown.clone(),
         );
         let names = servers.names();
         let mut catalog = Catalog::new(names.len());
         if let Some(discovery) = &discovery {
+            catalog = catalog.catalogued(discovery.first..discovery.proxy);
+        }
+        if let Some(own) = own_tools {
+            let mut lists = discovery
+                .as_ref()
+                .map(|_| discovery::Discovery::lists())
+                .unwrap_or_default();
+            if code.is_some() {
+                lists.tools.push(code::CodeMode::tool());
+            }
             catalog = catalog
-                .catalogued(discovery.first..discovery.proxy)
                 .with_server(
-                    discovery.proxy,
-                    Some(Arc::new(discovery::Discovery::lists())),
+                    own,
+                    Some(Arc::new(lists)),
                     &names,
                     &config.proxy.namespace_separator,
                 )
@@ -268,6 +290,8 @@ impl Gateway {
             client_tasks: task_table::Tasks::default(),
             shutdown,
             discovery,
+            code,
+            own_tools,
         });
         (gateway, events_rx)
     }

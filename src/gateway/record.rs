@@ -251,6 +251,29 @@ pub(super) fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Va
     if !discovery.is_empty() {
         detail.insert("discovery".into(), Value::Object(discovery));
     }
+    // Code mode: a script's own record (its id, source, calls, how it
+    // ended), or a call a script made (the script's id: its parent).
+    let mut code: serde_json::Map<String, Value> = exchange
+        .annotations
+        .iter()
+        .filter(|a| &*a.interceptor == "code")
+        .map(|a| {
+            let value = match a.key.as_str() {
+                "calls" | "fuel" => a
+                    .value
+                    .parse::<u64>()
+                    .map_or_else(|_| Value::from(a.value.as_str()), Value::from),
+                _ => Value::from(a.value.as_str()),
+            };
+            (a.key.clone(), value)
+        })
+        .collect();
+    if let Some(script) = &exchange.context.script {
+        code.insert("parent".into(), Value::from(&**script));
+    }
+    if !code.is_empty() {
+        detail.insert("code".into(), Value::Object(code));
+    }
     // Whose token the server was sent (never which).
     if let Some(credential) = exchange
         .annotations

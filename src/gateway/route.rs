@@ -26,6 +26,8 @@ pub(super) enum Route {
     Listen,
     /// One of the proxy's own tools (`[discovery]`).
     Discovery(super::discovery::Tool),
+    /// The proxy's tool `portcullis__code` (`[code_mode]`): a script run.
+    Code,
     /// Sent to a server, with the request's name rewritten to the server's own.
     Server {
         server: usize,
@@ -86,7 +88,7 @@ impl Gateway {
             }
         };
         let task = match &route {
-            Route::Discovery(_) => {
+            Route::Discovery(_) | Route::Code => {
                 exchange.context.server = Some(Arc::from(crate::config::PROXY_SERVER));
                 None
             }
@@ -249,11 +251,18 @@ impl Gateway {
         else {
             return Err(self.not_found(what, name));
         };
-        if self.discovery.as_ref().is_some_and(|d| d.proxy == server) {
-            let tool = super::discovery::Tool::parse(original)
-                .filter(|_| *method == Method::ToolsCall)
-                .ok_or_else(|| self.not_found(what, name))?;
-            return Ok((Route::Discovery(tool), Some(original.to_owned())));
+        if self.own_tools == Some(server) {
+            let route = if *method != Method::ToolsCall {
+                None
+            } else if original == crate::config::CODE_TOOL && self.code.is_some() {
+                Some(Route::Code)
+            } else {
+                super::discovery::Tool::parse(original)
+                    .filter(|_| self.discovery.is_some())
+                    .map(Route::Discovery)
+            };
+            let route = route.ok_or_else(|| self.not_found(what, name))?;
+            return Ok((route, Some(original.to_owned())));
         }
         Ok((
             Route::Server {

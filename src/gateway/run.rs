@@ -89,6 +89,19 @@ impl Gateway {
         session: &Arc<Session>,
         message: Value,
     ) -> Option<Value> {
+        self.handle_request_in(session, message, None).await
+    }
+
+    /// [`Gateway::handle_request`], for a call a code-mode script made
+    /// (`script`: its id): the same pipeline, as the same client, its
+    /// record naming the script's; a refusal is always its JSON-RPC error
+    /// (the script gets it as an exception).
+    pub(super) async fn handle_request_in(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        message: Value,
+        script: Option<Arc<str>>,
+    ) -> Option<Value> {
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         // 1. Begin. The method is parsed once (everything past here matches
         //    on the `Method`), and the exchange starts: its context, its
@@ -101,6 +114,7 @@ impl Gateway {
             Phase::Request,
             &method,
         );
+        run.exchange.context.script = script;
         let (reply, outcome): Ended = async {
             // 2. The audit log, before anything looks at the request: while
             //    it cannot be written, every call is refused (fail closed),
@@ -123,7 +137,8 @@ impl Gateway {
             run.arguments = self.records.arguments_of(&run.exchange.message);
             let route = match (routed, ran) {
                 (_, Err(refusal)) => {
-                    let (reply, outcome) = self.refused(session, &id, &method, refusal.into());
+                    let context = &run.exchange.context;
+                    let (reply, outcome) = self.refused(session, &id, context, refusal.into());
                     return (Some(reply), outcome);
                 }
                 (Err(failure), Ok(())) => return failed(&id, failure),
@@ -147,7 +162,7 @@ impl Gateway {
                 Err(failure) => {
                     // A user who would be asked to sign in: if Cedar lets them.
                     let failure = self.may_sign_in(session, &mut run.exchange, failure);
-                    self.refused(session, &id, &method, failure)
+                    self.refused(session, &id, &run.exchange.context, failure)
                 }
             };
             // 8. What the answer changes in the proxy's state: a subscription
@@ -172,7 +187,8 @@ impl Gateway {
             if let Err(refusal) = self.chain.run(exchange) {
                 self.client_tasks
                     .task_not_given(self, session, &exchange.message);
-                let (reply, outcome) = self.refused(session, &id, &method, refusal.into());
+                let (reply, outcome) =
+                    self.refused(session, &id, &exchange.context, refusal.into());
                 return (Some(reply), outcome);
             }
             (Some(exchange.message.clone()), outcome)
@@ -191,16 +207,18 @@ impl Gateway {
     /// the config says so (`[proxy] tool_refusals`, what agent frameworks
     /// hand their model); anything else, any other method's, and the CLI's
     /// (`tools call` says what was refused itself), as its JSON-RPC error.
-    /// Recorded as refused either way.
+    /// Recorded as refused either way. A script's call (`context.script`)
+    /// gets its JSON-RPC error: the script is told as an exception.
     fn refused(
         &self,
         session: &Session,
         id: &Value,
-        method: &Method,
+        context: &Context,
         failure: Failure,
     ) -> (Value, Outcome) {
-        let call =
-            *method == Method::ToolsCall && session.transport != crate::chain::Transport::Cli;
+        let call = context.method == Method::ToolsCall
+            && session.transport != crate::chain::Transport::Cli
+            && context.script.is_none();
         // A user who must sign in first: asked to open the link the way
         // the client can act on (URL elicitation where it declares it,
         // else a tool result its model reads), whatever `tool_refusals`.
@@ -253,6 +271,11 @@ impl Gateway {
                 self.answer_locally(session, method, &exchange.message, listed_from)
                     .await
             }
+            Route::Code => match self.run_script(session, &mut run.exchange).await {
+                // Cancelled by the client: no reply, as for any call.
+                Err(Failure::Cancelled) => return Err((None, Failure::Cancelled.outcome())),
+                answered => answered,
+            },
             Route::Discovery(tool) => match &self.discovery {
                 Some(discovery) => discovery.call(self, session, tool, &mut run.exchange).await,
                 None => Err(Failure::MethodNotFound(
@@ -287,8 +310,8 @@ impl Gateway {
                         answered
                     }
                     Relayed::Refused(refusal) => {
-                        let method = &run.exchange.context.method;
-                        let (reply, outcome) = self.refused(session, id, method, refusal.into());
+                        let context = &run.exchange.context;
+                        let (reply, outcome) = self.refused(session, id, context, refusal.into());
                         return Err((Some(reply), outcome));
                     }
                     Relayed::Cancelled(waited) => {

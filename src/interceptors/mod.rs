@@ -114,8 +114,11 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
                 );
                 policies = Some(engine.clone());
                 let redact = scrubber.clone();
-                let authz = Authz::new(engine, &config.proxy.namespace_separator)
+                let mut authz = Authz::new(engine, &config.proxy.namespace_separator)
                     .scrub_with(Arc::new(move |text: &str| redact.scrubbed(text)));
+                if config.code_mode.is_some() {
+                    authz = authz.with_code_tool();
+                }
                 access = Some(authz.access().clone());
                 interceptors.push(Arc::new(authz));
             }

@@ -254,6 +254,9 @@ pub struct Authz {
     /// Who may use which server (server notifications no call owns).
     access: Arc<ServerAccess>,
     scrub: Option<Scrub>,
+    /// `portcullis__code` as clients see it, when `[code_mode]` is on:
+    /// decided by `use_code`, listed and called alike.
+    code_tool: Option<String>,
 }
 
 /// The action that decides each item of a list.
@@ -275,6 +278,27 @@ impl Authz {
             access: Arc::new(ServerAccess::new(engine.clone())),
             engine,
             scrub: None,
+            code_tool: None,
+        }
+    }
+
+    /// Decides `portcullis__code` by `use_code` (`[code_mode]` is on).
+    pub fn with_code_tool(mut self) -> Self {
+        self.code_tool =
+            Some(self.namespaced(crate::config::PROXY_SERVER, crate::config::CODE_TOOL));
+        self
+    }
+
+    /// `action` on `target`, or `use_code` for the code tool.
+    fn action_on(&self, action: Action, target: &Target) -> Action {
+        match target {
+            Target::Tool { name, server, .. }
+                if server == crate::config::PROXY_SERVER
+                    && self.code_tool.as_deref() == Some(name.as_str()) =>
+            {
+                Action::UseCode
+            }
+            _ => action,
         }
     }
 
@@ -428,6 +452,7 @@ impl Authz {
                 .and_then(|directory| list_target(directory, key, item));
             // An item whose server is unknown is hidden: fail closed.
             let Some(target) = target else { continue };
+            let action = self.action_on(action, &target);
             if store
                 .decide(&Self::query(exchange, action, &target, None, time))
                 .allowed
@@ -451,7 +476,10 @@ impl Authz {
     /// Decides a request (`server_asks`: a server's to a client, which
     /// must be one the model names).
     fn decide(&self, exchange: &mut Exchange, server_asks: bool) -> Verdict {
-        let Some((action, target)) = self.subject(exchange) else {
+        let Some((action, target)) = self
+            .subject(exchange)
+            .map(|(action, target)| (self.action_on(action, &target), target))
+        else {
             if server_asks && exchange.context.method != Method::Ping {
                 return Verdict::Deny(Denial::new(
                     code::DENIED,

@@ -88,7 +88,7 @@ pub(super) fn model_problem(schema: &Schema) -> Option<String> {
             .map(|it| it.map(ToString::to_string).collect())
             .unwrap_or_default();
         let expected: &[&str] = match action {
-            Action::CallTool | Action::ListTools => &["Tool"],
+            Action::CallTool | Action::ListTools | Action::UseCode => &["Tool"],
             Action::GetPrompt | Action::ListPrompts => &["Prompt"],
             Action::ReadResource | Action::ListResources | Action::SubscribeResource => {
                 &["Resource"]

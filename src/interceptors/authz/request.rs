@@ -30,10 +30,14 @@ pub enum Action {
     AddServer,
     /// The client's user is given a link to sign in to a `sign_in` server.
     SignIn,
+    /// `portcullis__code` is listed to the client, and runs its scripts
+    /// (`[code_mode]`); in place of `list_tools` and `call_tool` for that
+    /// tool.
+    UseCode,
 }
 
 impl Action {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::CallTool,
         Self::ListTools,
         Self::ReadResource,
@@ -48,11 +52,18 @@ impl Action {
         Self::FindServers,
         Self::AddServer,
         Self::SignIn,
+        Self::UseCode,
     ];
 
-    /// The actions a schema may leave out (those of `[discovery]`, and
-    /// `sign_in`): a schema without them permits none of them.
-    pub const OPTIONAL: [Self; 3] = [Self::FindServers, Self::AddServer, Self::SignIn];
+    /// The actions a schema may leave out (those of `[discovery]`,
+    /// `sign_in` and `use_code`): a schema without them permits none of
+    /// them.
+    pub const OPTIONAL: [Self; 4] = [
+        Self::FindServers,
+        Self::AddServer,
+        Self::SignIn,
+        Self::UseCode,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -70,6 +81,7 @@ impl Action {
             Self::FindServers => "find_servers",
             Self::AddServer => "add_server",
             Self::SignIn => "sign_in",
+            Self::UseCode => "use_code",
         }
     }
 
