@@ -202,6 +202,7 @@ fn main() {
         session: "session-1",
         scopes: &[],
         time: SystemTime::now(),
+        script: None,
     };
     assert_eq!(store.decide(&query), store.decide_unsliced(&query));
     let unsliced = common::measure_calls(

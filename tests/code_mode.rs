@@ -29,12 +29,16 @@ fn leaked_token() -> String {
 }
 
 /// `tester` may use code mode, `other` may not; both may list and call
-/// every tool but `example__echo` with words that are forbidden.
+/// every tool but `raw__mirror` with words that are forbidden, and a
+/// script may not convert times (`context has script`).
 const POLICIES: &str = r#"
 permit(principal, action in [Action::"list_tools", Action::"call_tool"], resource);
 permit(principal == Client::"tester", action == Action::"use_code", resource);
 forbid(principal, action == Action::"call_tool", resource == Tool::"raw__mirror")
     when { context.arguments has text && context.arguments.text like "*forbidden*" };
+// Converting times is for the client's own calls, not for its scripts'.
+forbid(principal, action == Action::"call_tool", resource == Tool::"time__convert_time")
+    when { context has script };
 "#;
 
 /// The example server (with a credential it hands out), the time server
@@ -433,6 +437,26 @@ async fn hostile_scripts_are_stopped_and_the_proxy_serves_on() {
         spent[1].as_str().unwrap().contains("refused by the host"),
         "{budget}"
     );
+    // A rule on scripts alone: the script is refused what the client
+    // itself is served.
+    let convert =
+        json!({ "source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo" });
+    let inside = run(&format!(
+        "try {{ await tools.time__convert_time({convert}); return 'served'; }} catch (e) {{ return e.message; }}"
+    ))
+    .await;
+    assert!(
+        said(&inside).contains("call_tool on `time__convert_time` is not permitted"),
+        "{inside}"
+    );
+    let direct = session
+        .call(
+            99,
+            "tools/call",
+            json!({ "name": "time__convert_time", "arguments": convert }),
+        )
+        .await;
+    assert_eq!(direct["result"]["isError"], false, "{direct}");
     // And the proxy still runs scripts.
     let fine = run("return 6 * 7;").await;
     assert_eq!(said(&fine), "42", "{fine}");

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,9 @@ const MAX_TOOL_NAME: usize = 256;
 const MAX_TOOL_ARGUMENTS: usize = 1 << 20;
 const MAX_ANSWER: usize = 4 << 20;
 
+/// Bytes of answers that may wait for a script to read them.
+const MAX_QUEUED: usize = 16 << 20;
+
 /// Calls a script may have in flight at once (the engine's own bound too).
 const MAX_IN_FLIGHT: usize = 64;
 
@@ -77,17 +80,48 @@ pub struct Call {
 /// A call's answer: its result as JSON, or the words of its refusal.
 pub type Answer = Result<serde_json::Value, String>;
 
+/// A call's answer as the script reads it: (its id, 0 a result or 1 a
+/// refusal, the bytes).
+type Answered = (u32, u32, Vec<u8>);
+
 /// Where a call's answer goes: once, for that call alone.
 #[derive(Debug)]
 pub struct Reply {
     id: u32,
-    done: Sender<(u32, Answer)>,
+    done: Sender<Answered>,
+    /// Bytes of answers sent and not yet read by the script.
+    queued: Arc<AtomicUsize>,
 }
 
 impl Reply {
-    /// Answers the call (nothing, once the script has ended).
+    /// Answers the call (nothing, once the script has ended). An answer
+    /// over 4 MiB, or one that would put the answers waiting for the
+    /// script over 16 MiB, is a refusal that says so.
     pub fn send(self, answer: Answer) {
-        let _ = self.done.send((self.id, answer));
+        let (status, body) = match answer {
+            Ok(result) => (0u32, serde_json::to_vec(&result).unwrap_or_default()),
+            Err(refusal) => (1u32, refusal.into_bytes()),
+        };
+        let (status, body) = if body.len() > MAX_ANSWER {
+            let words =
+                format!("the answer is over {MAX_ANSWER} bytes, more than a script is given");
+            (1, words.into_bytes())
+        } else {
+            (status, body)
+        };
+        let len = body.len();
+        let waiting = self.queued.fetch_add(len, Ordering::SeqCst) + len;
+        let (status, body) = if waiting > MAX_QUEUED {
+            self.queued.fetch_sub(len, Ordering::SeqCst);
+            let words = format!(
+                "the answer was dropped: the answers waiting for the script would be over {MAX_QUEUED} bytes (await them as they come)"
+            );
+            self.queued.fetch_add(words.len(), Ordering::SeqCst);
+            (1, words.into_bytes())
+        } else {
+            (status, body)
+        };
+        let _ = self.done.send((self.id, status, body));
     }
 }
 
@@ -136,6 +170,9 @@ pub struct Outcome {
     pub calls: u32,
     /// Fuel it used.
     pub fuel: u64,
+    /// The engine's linear memory at its end, in bytes: what a running
+    /// script held (wasmtime's own bookkeeping aside).
+    pub memory: usize,
 }
 
 /// The engine: compiled once, a store per script.
@@ -157,8 +194,10 @@ struct Host {
     dispatch: Arc<dyn Dispatch>,
     /// The tools the script was given.
     tools: HashSet<String>,
-    done: Sender<(u32, Answer)>,
-    answers: Receiver<(u32, Answer)>,
+    done: Sender<Answered>,
+    answers: Receiver<Answered>,
+    /// Bytes of answers sent and not yet read.
+    queued: Arc<AtomicUsize>,
     /// The answer waited for, to be read (one before it, unread, is
     /// dropped: at most one is held).
     waited: HashMap<u32, Vec<u8>>,
@@ -262,6 +301,7 @@ fn tool_start(
     let reply = Reply {
         id,
         done: host.done.clone(),
+        queued: host.queued.clone(),
     };
     host.dispatch.start(call, reply);
     Ok(i32::try_from(id).unwrap_or(i32::MAX))
@@ -273,7 +313,7 @@ fn tool_wait(mut caller: Caller<'_, Host>, out: u32) -> wasmtime::Result<i32> {
     if caller.data().outstanding.is_empty() {
         return Ok(-1);
     }
-    let (id, answer) = loop {
+    let (id, status, body) = loop {
         if caller.data().stop.is_cancelled() {
             return Err(wasmtime::Error::new(Stop::Cancelled));
         }
@@ -285,26 +325,18 @@ fn tool_wait(mut caller: Caller<'_, Host>, out: u32) -> wasmtime::Result<i32> {
             return Err(wasmtime::Error::new(Stop::WaitedTooLong));
         }
         match caller.data().answers.recv_timeout(left.min(WAIT_SLICE)) {
-            // Only a call in flight is answered, once.
-            Ok((id, answer)) if caller.data_mut().outstanding.remove(&id) => break (id, answer),
-            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Ok((id, status, body)) => {
+                caller.data().queued.fetch_sub(body.len(), Ordering::SeqCst);
+                // Only a call in flight is answered, once.
+                if caller.data_mut().outstanding.remove(&id) {
+                    break (id, status, body);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 return Err(wasmtime::Error::new(Stop::WaitedTooLong));
             }
         }
-    };
-    let (status, body) = match answer {
-        Ok(result) => (0u32, serde_json::to_vec(&result).unwrap_or_default()),
-        Err(refusal) => (1u32, refusal.into_bytes()),
-    };
-    let (status, body) = if body.len() > MAX_ANSWER {
-        (
-            1,
-            format!("the answer is over {MAX_ANSWER} bytes, more than a script is given")
-                .into_bytes(),
-        )
-    } else {
-        (status, body)
     };
     let mut record = [0u8; 12];
     record[..4].copy_from_slice(&id.to_le_bytes());
@@ -476,6 +508,7 @@ impl Engine {
             done,
             answers,
             waited: HashMap::new(),
+            queued: Arc::new(AtomicUsize::new(0)),
             outstanding: HashSet::new(),
             started: 0,
             most: limits.calls,
@@ -502,7 +535,7 @@ impl Engine {
             Ok(wasmtime::UpdateDeadline::Continue(TICKS_PER_LOOK))
         });
         let tools = serde_json::to_vec(tools).map_err(|err| RunError::Engine(err.to_string()))?;
-        let envelope = run_in(&self.pre, &mut store, (script.as_bytes(), &tools), limits)
+        let (envelope, memory) = run_in(&self.pre, &mut store, (script.as_bytes(), &tools), limits)
             .map_err(|err| stopped(&err, limits))?;
         // The script's own word (it may shape it as it likes, as it may
         // return or throw what it likes); only its form is checked.
@@ -517,17 +550,19 @@ impl Engine {
             envelope,
             calls: store.data().started,
             fuel: limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)),
+            memory,
         })
     }
 }
 
-/// The script run in a new instance: the envelope's bytes.
+/// The script run in a new instance: the envelope's bytes, and the size of
+/// the instance's memory at the end.
 fn run_in(
     pre: &InstancePre<Host>,
     store: &mut Store<Host>,
     (script, tools): (&[u8], &[u8]),
     limits: &Limits,
-) -> wasmtime::Result<Vec<u8>> {
+) -> wasmtime::Result<(Vec<u8>, usize)> {
     let instance = pre.instantiate(&mut *store)?;
     let initialize = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
     initialize.call(&mut *store, ())?;
@@ -570,7 +605,7 @@ fn run_in(
     }
     let mut envelope = vec![0; len as usize];
     memory.read(&*store, at as usize, &mut envelope)?;
-    Ok(envelope)
+    Ok((envelope, memory.data_size(&*store)))
 }
 
 /// Why a run stopped, from what wasmtime says.

@@ -28,6 +28,7 @@ impl Dispatch for Tools {
         match tool.as_str() {
             "demo__echo" => reply.send(Ok(json!({ "echoed": arguments }))),
             "demo__refused" => reply.send(Err("denied by policy: demo__refused".to_owned())),
+            "demo__big" => reply.send(Ok(json!("x".repeat(3 << 20)))),
             "demo__later" => {
                 std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(20));
@@ -39,7 +40,13 @@ impl Dispatch for Tools {
     }
 }
 
-const TOOLS: [&str; 4] = ["demo__echo", "demo__refused", "demo__later", "demo__silent"];
+const TOOLS: [&str; 5] = [
+    "demo__echo",
+    "demo__refused",
+    "demo__later",
+    "demo__silent",
+    "demo__big",
+];
 
 /// The embedded module is the one whose digest the source names.
 #[test]
@@ -355,4 +362,35 @@ fn a_script_stopped_by_its_caller_ends_at_once() {
     );
     let outcome = runtime.block_on(done.unwrap()).unwrap().unwrap();
     assert_eq!(outcome.envelope["result"], 2);
+}
+
+/// Answers waiting for a script are bounded in bytes: past 16 MiB, an
+/// answer is a refusal that says so; read as they come, none is.
+#[test]
+fn answers_waiting_for_a_script_are_bounded_in_bytes() {
+    let (outcome, calls) = run(
+        "const all = []; for (let i = 0; i < 8; i++) all.push(tools.demo__big({}));
+         const settled = await Promise.allSettled(all);
+         return settled.map(s => s.status === 'fulfilled' ? s.value.length : String(s.reason.message));",
+        Limits::default(),
+    );
+    let result = outcome.unwrap().envelope["result"].clone();
+    let kept = result.as_array().unwrap();
+    assert_eq!(calls.len(), 8);
+    assert_eq!(
+        kept.iter().filter(|got| **got == json!(3 << 20)).count(),
+        5,
+        "{kept:?}"
+    );
+    assert!(
+        kept.iter()
+            .filter_map(Value::as_str)
+            .all(|said| said.contains("answers waiting for the script")),
+        "{kept:?}"
+    );
+    let (outcome, _) = run(
+        "let n = 0; for (let i = 0; i < 8; i++) n += (await tools.demo__big({})).length; return n;",
+        Limits::default(),
+    );
+    assert_eq!(outcome.unwrap().envelope["result"], 8 * (3 << 20));
 }

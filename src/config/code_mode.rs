@@ -83,6 +83,9 @@ impl ScriptLimits {
 /// Scripts running at once, unless `max_scripts` says.
 const DEFAULT_MAX_SCRIPTS: usize = 4;
 
+/// Scripts one client runs at once, unless `max_scripts_per_client` says.
+const DEFAULT_MAX_SCRIPTS_PER_CLIENT: usize = 2;
+
 /// Bytes of a script's source its record keeps, unless `recorded_source`
 /// says.
 const DEFAULT_RECORDED_SOURCE: usize = 4096;
@@ -124,6 +127,10 @@ pub(super) struct RawCodeMode {
     /// thread and up to `memory`); one past it is refused at once.
     #[schemars(extend("x-default" = "`4`"))]
     max_scripts: Option<usize>,
+    /// Scripts one client may run at once (at most `max_scripts`), so
+    /// that one client cannot hold every place.
+    #[schemars(extend("x-default" = "`2` (`max_scripts` if lower)"))]
+    max_scripts_per_client: Option<usize>,
     /// Bytes of a script's source its audit record keeps (redacted, cut
     /// there); 0 keeps none.
     #[schemars(extend("x-default" = "`4096`"))]
@@ -135,6 +142,7 @@ pub(super) struct RawCodeMode {
 pub struct CodeModeConfig {
     pub limits: ScriptLimits,
     pub max_scripts: usize,
+    pub max_scripts_per_client: usize,
     pub recorded_source: usize,
 }
 
@@ -185,6 +193,15 @@ impl RawCodeMode {
         if !(1..=256).contains(&max_scripts) {
             return Err(error("max_scripts", "must be 1 to 256".into()));
         }
+        let max_scripts_per_client = self
+            .max_scripts_per_client
+            .unwrap_or(DEFAULT_MAX_SCRIPTS_PER_CLIENT.min(max_scripts));
+        if !(1..=max_scripts).contains(&max_scripts_per_client) {
+            return Err(error(
+                "max_scripts_per_client",
+                "must be from 1 to `max_scripts`".into(),
+            ));
+        }
         let recorded_source = self.recorded_source.unwrap_or(DEFAULT_RECORDED_SOURCE);
         if recorded_source > 1 << 20 {
             return Err(error("recorded_source", "must be at most 1048576".into()));
@@ -205,6 +222,7 @@ impl RawCodeMode {
         Ok(Some(CodeModeConfig {
             limits,
             max_scripts,
+            max_scripts_per_client,
             recorded_source,
         }))
     }

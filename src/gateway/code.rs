@@ -11,20 +11,24 @@
 //! its record naming the script's id. A refused call reaches the script as
 //! an exception with the refusal's words.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::chain::{Annotation, Direction, Exchange, Outcome, Phase};
 use crate::codemode::{Answer, Call, Dispatch, Engine, Reply, RunError};
 use crate::config::{CODE_TOOL, CodeModeConfig};
+use crate::interceptors::authz::{Action, Target, ToolAnnotations};
 use crate::protocol::{self, At as _, IdKey, Method};
 
 use super::failure::Failure;
-use super::{Gateway, Session};
+use super::{Gateway, Session, lock};
 
 /// The longest script, as the tool's input schema says (the engine's own
 /// bound).
@@ -48,6 +52,8 @@ pub(super) struct CodeMode {
     engine: Arc<Engine>,
     config: CodeModeConfig,
     running: Arc<Semaphore>,
+    /// Scripts running, by client.
+    per_client: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 impl CodeMode {
@@ -59,10 +65,22 @@ impl CodeMode {
                 engine: Arc::new(engine),
                 config: config.clone(),
                 running: Arc::new(Semaphore::new(config.max_scripts)),
+                per_client: Mutex::default(),
             }),
             Err(err) => {
                 tracing::error!(error = %err, "code mode is off: portcullis__code is not listed");
                 None
+            }
+        }
+    }
+
+    /// One script of `client`'s fewer.
+    fn release(&self, client: &str) {
+        let mut running = lock(&self.per_client);
+        if let Some(count) = running.get_mut(client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                running.remove(client);
             }
         }
     }
@@ -141,7 +159,22 @@ fn signature(name: &str, tool: &Value) -> String {
     } else {
         format!("tools[{}]", Value::from(name))
     };
-    format!("{described}{key}(arguments: {input}): Promise<{output}>\n")
+    // What the proxy flagged on the tool in the list (a changed pin, a
+    // poisoning finding) stays with it here.
+    let flags: Vec<String> = tool
+        .get("_meta")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(key, _)| key.starts_with("dev.portcullis/"))
+        .map(|(key, value)| format!("{key}={}", protocol::cut(&value.to_string(), 200)))
+        .collect();
+    let flagged = if flags.is_empty() {
+        String::new()
+    } else {
+        format!("// flagged by the proxy: {}\n", flags.join(", "))
+    };
+    format!("{described}{flagged}{key}(arguments: {input}): Promise<{output}>\n")
 }
 
 fn is_identifier(name: &str) -> bool {
@@ -350,16 +383,40 @@ fn note(exchange: &mut Exchange, key: &str, value: String) {
     });
 }
 
+/// How often a call the script's end cut off is asked to stop, until it
+/// has (it may not be at its server yet).
+const CANCEL_AGAIN: Duration = Duration::from_millis(20);
+
+/// A script's place among those running: the proxy's and its client's,
+/// given back when the script's thread lets go of its calls.
+struct Place {
+    gateway: Arc<Gateway>,
+    client: Arc<str>,
+    _running: OwnedSemaphorePermit,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(code) = &self.gateway.code {
+            code.release(&self.client);
+        }
+    }
+}
+
 /// A script's calls, each a request of the client's through the pipeline.
+/// Held by the engine while the script runs (its place with it).
 struct Calls {
     gateway: Arc<Gateway>,
     session: Arc<Session>,
     script: Arc<str>,
     runtime: tokio::runtime::Handle,
     /// The outer call's id and progress token, if the client asked for
-    /// progress: told as each call is answered.
+    /// progress: told as each call is answered, while the script runs.
     progress: Option<(Value, Value)>,
     answered: Arc<AtomicU32>,
+    /// Every call's task: the script's call ends after them.
+    tracker: TaskTracker,
+    _place: Place,
 }
 
 impl Dispatch for Calls {
@@ -370,7 +427,7 @@ impl Dispatch for Calls {
             self.script.clone(),
         );
         let (progress, answered) = (self.progress.clone(), self.answered.clone());
-        self.runtime.spawn(async move {
+        let task = self.tracker.track_future(async move {
             // An id no client chooses by chance: the script's own, random.
             let id = Value::from(format!("{script}.{}", call.id));
             let message = json!({
@@ -379,22 +436,25 @@ impl Dispatch for Calls {
                 "method": "tools/call",
                 "params": { "name": call.tool, "arguments": call.arguments },
             });
-            let handled = gateway.handle_request_in(&session, message, Some(script));
-            let mut handled = Box::pin(handled);
+            let mut handled = Box::pin(gateway.handle_request_in(&session, message, Some(script)));
+            // Once the script has ended, the call is asked to stop until it
+            // has (at its server, or as soon as it gets there); it is never
+            // dropped midway, so it ends, and is recorded, as it ran.
             let reply_message = tokio::select! {
                 biased;
                 reply_message = &mut handled => reply_message,
-                () = call.ended.cancelled() => {
-                    // The script ended: a call at its server is cancelled
-                    // there (and recorded so); one not yet sent is
-                    // dropped (recorded as abandoned).
-                    let at_server = IdKey::from_value(&id)
-                        .is_some_and(|key| session.cancel_call(&key));
-                    if at_server { handled.await } else { None }
-                }
+                () = call.ended.cancelled() => loop {
+                    if let Some(key) = IdKey::from_value(&id) {
+                        session.cancel_call(&key);
+                    }
+                    tokio::select! {
+                        reply_message = &mut handled => break reply_message,
+                        () = tokio::time::sleep(CANCEL_AGAIN) => {}
+                    }
+                },
             };
             let count = answered.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-            if let Some((outer, token)) = &progress {
+            if let Some((outer, token)) = progress.as_ref().filter(|_| !call.ended.is_cancelled()) {
                 let told = json!({
                     "jsonrpc": "2.0",
                     "method": "notifications/progress",
@@ -408,6 +468,7 @@ impl Dispatch for Calls {
             }
             reply.send(answer_of(reply_message));
         });
+        self.runtime.spawn(task);
     }
 }
 
@@ -473,6 +534,29 @@ impl Gateway {
     /// `item` (the code tool, in a page of `tools/list`) with the
     /// signatures of what `session`'s client may call.
     pub(super) async fn code_tool_for(self: &Arc<Self>, session: &Arc<Session>, item: &mut Value) {
+        // A client Cedar does not let use it is not shown it (the chain
+        // takes it out of the page): its tools are not worked out for it.
+        if let Some(access) = &self.access {
+            let target = Target::Tool {
+                name: item
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                server: crate::config::PROXY_SERVER.to_owned(),
+                annotations: ToolAnnotations::from_definition(item),
+            };
+            let protocol = session.protocol_version().unwrap_or_default();
+            let decided = access.decide(
+                &session.client,
+                (session.transport, &protocol, &session.id),
+                Action::UseCode,
+                &target,
+            );
+            if decided.is_some_and(|decision| !decision.allowed) {
+                return;
+            }
+        }
         let tools = self.tools_for_code(session).await;
         item.put(&["description"], Value::from(described(&tools)));
     }
@@ -495,9 +579,7 @@ impl Gateway {
             .and_then(Value::as_str)
             .ok_or_else(|| Failure::InvalidParams("`arguments.script` must be a string".into()))?
             .to_owned();
-        let Ok(_running) = code.running.clone().try_acquire_owned() else {
-            return Err(Failure::TooManyScripts(code.config.max_scripts));
-        };
+        let place = self.take_place(session)?;
         let script_id: Arc<str> = Arc::from(
             uuid::Uuid::new_v4()
                 .simple()
@@ -507,11 +589,10 @@ impl Gateway {
         );
         note(exchange, "script", script_id.to_string());
         if code.config.recorded_source > 0 {
-            note(
-                exchange,
-                "source",
-                protocol::cut(&script, code.config.recorded_source).to_owned(),
-            );
+            // Scrubbed whole, then cut: a secret across the cut is found.
+            let scrubbed = self.records.scrubbed(&script);
+            let kept = protocol::cut(&scrubbed, code.config.recorded_source);
+            note(exchange, "source", kept.to_owned());
         }
         // The client cancels it as any call: by its id.
         let stop = CancellationToken::new();
@@ -523,6 +604,10 @@ impl Gateway {
             return Err(Failure::DuplicateId);
         }
         let _registered = Registered { session, key };
+        // Registered after the session closed: it ends now.
+        if session.closed.is_cancelled() {
+            return Err(Failure::Cancelled);
+        }
         let tools = self.tools_for_code(session).await;
         let names: Vec<String> = tools
             .iter()
@@ -534,6 +619,7 @@ impl Gateway {
             .at(&["params", "_meta", "progressToken"])
             .cloned()
             .map(|token| (id.clone(), token));
+        let tracker = TaskTracker::new();
         let calls = Arc::new(Calls {
             gateway: self.clone(),
             session: session.clone(),
@@ -541,19 +627,24 @@ impl Gateway {
             runtime: tokio::runtime::Handle::current(),
             progress,
             answered: Arc::new(AtomicU32::new(0)),
+            tracker: tracker.clone(),
+            _place: place,
         });
-        let ended =
-            match code
-                .engine
-                .start((script, names), code.config.limits, calls, stop.clone())
-            {
-                Ok(started) => started.await.unwrap_or_else(|_| {
-                    Err(RunError::Engine(
-                        "the script's thread ended without a word".into(),
-                    ))
-                }),
-                Err(err) => Err(err),
-            };
+        let limits = code.config.limits;
+        let ended = match code
+            .engine
+            .start((script, names), limits, calls, stop.clone())
+        {
+            Ok(started) => started.await.unwrap_or_else(|_| {
+                Err(RunError::Engine(
+                    "the script's thread ended without a word".into(),
+                ))
+            }),
+            Err(err) => Err(err),
+        };
+        // Its calls cut off by its end are stopped, and recorded, first.
+        tracker.close();
+        tracker.wait().await;
         if let Ok(outcome) = &ended {
             note(exchange, "calls", outcome.calls.to_string());
             note(exchange, "fuel", outcome.fuel.to_string());
@@ -563,8 +654,40 @@ impl Gateway {
             tracing::warn!(%reason, "a code-mode script was stopped by the engine");
         }
         match ended {
-            Err(RunError::Cancelled) if stop.is_cancelled() => Err(Failure::Cancelled),
+            Err(RunError::Cancelled) => Err(Failure::Cancelled),
             ended => Ok(result_of(id, &ended)),
+        }
+    }
+
+    /// A place for one more script of `session`'s client: the proxy's
+    /// (`max_scripts`) and the client's own (`max_scripts_per_client`).
+    fn take_place(self: &Arc<Self>, session: &Session) -> Result<Place, Failure> {
+        let Some(code) = &self.code else {
+            return Err(Failure::MethodNotFound("tools/call".into()));
+        };
+        let client = session.client.name.clone();
+        {
+            let mut running = lock(&code.per_client);
+            let count = running.entry(client.clone()).or_default();
+            if *count >= code.config.max_scripts_per_client {
+                return Err(Failure::TooManyScriptsOfClient(
+                    code.config.max_scripts_per_client,
+                ));
+            }
+            *count += 1;
+        }
+        let permit = code.running.clone().try_acquire_owned();
+        let place = |permit| Place {
+            gateway: self.clone(),
+            client,
+            _running: permit,
+        };
+        match permit {
+            Ok(permit) => Ok(place(permit)),
+            Err(_) => {
+                code.release(&session.client.name);
+                Err(Failure::TooManyScripts(code.config.max_scripts))
+            }
         }
     }
 }

@@ -14,10 +14,10 @@ use super::Session;
 use super::harness::{Harness, request, spawn_handle};
 use crate::upstream::scripted::ScriptedServer;
 
-const CONFIG: &str = "[[clients]]\nname = \"alice\"\n\
+const CONFIG: &str = "[[clients]]\nname = \"alice\"\n[[clients]]\nname = \"bob\"\n\
     [[servers]]\nname = \"files\"\nprocess = { command = \"scripted\" }\n\
     [[servers]]\nname = \"notes\"\nprocess = { command = \"scripted\" }\n\
-    [code_mode]\nenabled = true\nmax_scripts = 1\n";
+    [code_mode]\nenabled = true\nmax_scripts = 2\nmax_scripts_per_client = 1\n";
 
 fn tool(name: &str, properties: Value) -> Value {
     json!({ "name": name, "description": format!("The {name} tool"),
@@ -206,8 +206,8 @@ async fn check_records(harness: &Harness, source: &str) {
 
 /// The client's cancel of the script's call stops the script, and its
 /// call in flight is cancelled at its server; no reply comes. Progress
-/// is told as calls are answered. One script at a time here: a second
-/// is refused while the first runs.
+/// is told as calls are answered. One script of a client at a time here:
+/// its second is refused while the first runs, another client's runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_script_stops_with_its_calls_and_scripts_are_bounded() {
     let (harness, mut files, _notes) = up().await;
@@ -238,8 +238,18 @@ async fn a_cancelled_script_stops_with_its_calls_and_scripts_are_bounded() {
     assert!(
         refused["error"]["message"]
             .as_str()
-            .is_some_and(|said| said.contains("scripts already")),
+            .is_some_and(|said| said.contains("this client runs 1 scripts already")),
         "{refused}"
+    );
+    // Another client's script runs meanwhile.
+    let (bobs, _bobs_inbox) = harness.initialized_session("bob").await;
+    let served = harness
+        .handle(&bobs, script(1, "return 3;"))
+        .await
+        .unwrap_or_default();
+    assert_eq!(
+        served["result"]["structuredContent"]["result"], 3,
+        "{served}"
     );
 
     let cancel = crate::protocol::notification(

@@ -159,6 +159,12 @@ pub enum Failure {
         "server `{0}` acts as the client's user: only a client with an access token from the identity provider `{1}` can use it"
     )]
     NoUserToken(String, String),
+    /// The client runs `[code_mode] max_scripts_per_client` scripts
+    /// already.
+    #[error(
+        "this client runs {0} scripts already, the most it may at once: try again when one has ended"
+    )]
+    TooManyScriptsOfClient(usize),
     /// `[code_mode] max_scripts` scripts run already.
     #[error(
         "the proxy runs {0} scripts already, the most it may at once: try again when one has ended"
@@ -252,7 +258,9 @@ impl Failure {
             | Self::TaskServerNotModern => code::INTERNAL_ERROR,
             Self::UnknownTask(_) => code::INVALID_PARAMS,
             Self::TasksNotDeclared => code::EXTENSION_REQUIRED,
-            Self::TooManyTasks | Self::TooManyScripts(_) => code::RATE_LIMITED,
+            Self::TooManyTasks | Self::TooManyScripts(_) | Self::TooManyScriptsOfClient(_) => {
+                code::RATE_LIMITED
+            }
             Self::TooManyInFlight(_) | Self::ReplyUnread => code::RATE_LIMITED,
             Self::MethodNotFound(_) | Self::ClientLacks(_) | Self::NotOnStatelessServer(_) => {
                 code::METHOD_NOT_FOUND

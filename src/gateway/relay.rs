@@ -109,7 +109,14 @@ impl Gateway {
         exchange: &mut Exchange,
     ) -> Relayed {
         // What a task's reply needs of the request, taken before it goes.
-        let asked = super::tasks::Asked::of(session, &exchange.context.method, &exchange.message);
+        // A code-mode script's call is never a task: it ends with the
+        // script.
+        let scripted = exchange.context.script.is_some();
+        let asked = if scripted {
+            super::tasks::Asked::Nothing
+        } else {
+            super::tasks::Asked::of(session, &exchange.context.method, &exchange.message)
+        };
         let mut outgoing = std::mem::take(&mut exchange.message);
         if session.revision.carries_envelope() {
             super::modern::strip_envelope(&mut outgoing);
@@ -173,7 +180,9 @@ impl Gateway {
             span
         });
         let sent = std::time::Instant::now();
-        let forwarded = self.forward(session, server, id, outgoing).await;
+        let forwarded = self
+            .forward(session, server, id, (outgoing, !scripted))
+            .await;
         let ended = std::time::Instant::now();
         if let (Some(trace), Some(span)) = (exchange.trace.as_deref_mut(), upstream_span) {
             let name = format!("upstream {}", self.servers.name_or_none(server));
@@ -205,13 +214,14 @@ impl Gateway {
 
     /// Sends a request to a server and returns its reply with the client's
     /// id restored ([`Failure::Cancelled`] when the client cancelled it),
-    /// and the revision the server was spoken to in.
+    /// and the revision the server was spoken to in. `tasks`: whether the
+    /// server may answer with a task, where the client takes them.
     pub(super) async fn forward(
         self: &Arc<Self>,
         session: &Arc<Session>,
         server: usize,
         client_id: &Value,
-        outgoing: Value,
+        (outgoing, tasks): (Value, bool),
     ) -> Result<Answer, Failure> {
         // The client's instance, and the call let through by its breaker
         // (refused at once while the server is failing). Dropped unsettled
@@ -273,7 +283,7 @@ impl Gateway {
             let reply = protocol::result(client_id.clone(), json!({}));
             return Ok((reply, upstream.speaks_stateless()));
         }
-        let (rounds, told) = round_of(session, &upstream, &method);
+        let (rounds, told) = round_of(session, &upstream, (&method, tasks));
         let kept = rounds.then(|| outgoing.clone());
         let call = Call {
             message: outgoing,
@@ -357,7 +367,7 @@ impl Gateway {
 fn round_of(
     session: &Session,
     upstream: &Upstream,
-    method: &Method,
+    (method, takes_tasks): (&Method, bool),
 ) -> (bool, Option<serde_json::Map<String, Value>>) {
     let rounds = upstream.asks_in_rounds() && method.takes_rounds();
     // Only where a round can carry a question (elsewhere it has none).
@@ -371,7 +381,8 @@ fn round_of(
     });
     // Tasks, where the client takes them (on a call, and on the task's
     // own requests, which a server refuses without it).
-    let tasks = upstream.takes_tasks()
+    let tasks = takes_tasks
+        && upstream.takes_tasks()
         && session.revision.takes_tasks()
         && (*method == Method::ToolsCall || method.is_task())
         && declares_tasks;

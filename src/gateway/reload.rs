@@ -30,10 +30,10 @@ pub struct Reloaded {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReloadError {
     /// A configured server may not take a name a catalog offers while
-    /// `[discovery]` runs, nor that of the proxy's own tools (both would
-    /// answer to it).
+    /// `[discovery]` runs, nor that of the proxy's own tools while
+    /// `[discovery]` or `[code_mode]` runs (both would answer to it).
     #[error(
-        "server `{0}` has the name of a server `[discovery]` offers (or of its own tools): restart the proxy to give it that name"
+        "server `{0}` has the name of a server `[discovery]` offers, or of the proxy's own tools (`[discovery]`, `[code_mode]`): restart the proxy to give it that name"
     )]
     NameTaken(String),
 }
@@ -63,12 +63,16 @@ impl Reloads {
         if gateway.shutdown.is_cancelled() {
             return Ok(Reloaded::default());
         }
-        if let Some(discovery) = &gateway.discovery
-            && let Some(taken) = next
-                .servers
-                .iter()
-                .find(|server| discovery.takes_name(&server.name))
-        {
+        // The proxy's own server (`[discovery]`'s and `[code_mode]`'s
+        // tools), and the catalogs' servers, keep their names.
+        let taken = next.servers.iter().find(|server| {
+            (gateway.own_tools.is_some() && server.name == crate::config::PROXY_SERVER)
+                || gateway
+                    .discovery
+                    .as_ref()
+                    .is_some_and(|discovery| discovery.takes_name(&server.name))
+        });
+        if let Some(taken) = taken {
             return Err(ReloadError::NameTaken(taken.name.clone()));
         }
         let current = gateway.servers.configured();

@@ -226,3 +226,22 @@ async fn a_narrower_profile_applies_to_the_lists_at_once_without_asking_the_serv
         .unwrap();
     assert!(hidden["error"].is_object(), "{hidden}");
 }
+
+/// With `[code_mode]` on (and no `[discovery]`), a reload may not name a
+/// server `portcullis` either, even in a config that turns code mode off:
+/// the running proxy's code tool answers to that name.
+#[tokio::test]
+async fn the_code_tools_server_name_is_refused_on_reload() {
+    let harness = Harness::new(&format!("{FILES}[code_mode]\nenabled = true\n"));
+    let starting = harness.start();
+    let _files = harness.serve("files", json!([tool("read")])).await;
+    starting.await.unwrap();
+    let next = parse(&format!(
+        "{FILES}[[servers]]\nname = \"portcullis\"\nprocess = {{ command = \"scripted\" }}\n"
+    ));
+    let refused = harness.gateway.reload(&next).await;
+    assert_eq!(
+        refused,
+        Err(super::ReloadError::NameTaken("portcullis".to_owned()))
+    );
+}

@@ -171,6 +171,7 @@ impl ServerAccess {
                         session: "",
                         scopes: client.scopes(),
                         time,
+                        script: None,
                     })
                     .allowed
             })
@@ -210,6 +211,7 @@ impl ServerAccess {
             session,
             scopes: client.scopes(),
             time: SystemTime::now(),
+            script: None,
         }))
     }
 

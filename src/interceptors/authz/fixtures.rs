@@ -59,6 +59,9 @@ pub struct Case {
     /// The scopes of the client's access token (`context.scopes`); default
     /// none.
     pub scopes: Option<Vec<String>>,
+    /// A call made by a code-mode script (`context.script`, its id);
+    /// default: the client's own call.
+    pub script: Option<String>,
     /// `YYYY-MM-DDThh:mm:ssZ`; default: now.
     pub time: Option<String>,
     #[serde(default)]
@@ -91,6 +94,7 @@ pub struct Prepared {
     pub session: String,
     pub scopes: Vec<Arc<str>>,
     pub time: SystemTime,
+    pub script: Option<String>,
 }
 
 impl Prepared {
@@ -107,6 +111,7 @@ impl Prepared {
             session: &self.session,
             scopes: &self.scopes,
             time: self.time,
+            script: self.script.as_deref(),
         }
     }
 }
@@ -212,6 +217,7 @@ impl Case {
                 .map(|scope| Arc::from(scope.as_str()))
                 .collect(),
             time,
+            script: self.script.clone(),
         })
     }
 

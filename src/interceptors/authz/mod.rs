@@ -423,6 +423,7 @@ impl Authz {
             session: &context.session,
             scopes: context.client.scopes(),
             time,
+            script: context.script.as_deref(),
         }
     }
 

@@ -200,6 +200,9 @@ pub struct Query<'a> {
     /// for a client without one).
     pub scopes: &'a [Arc<str>],
     pub time: SystemTime,
+    /// The code-mode script that made the call (`context.script`: its
+    /// id), if one did.
+    pub script: Option<&'a str>,
 }
 
 /// A Cedar type that call arguments may take, read from the schema.

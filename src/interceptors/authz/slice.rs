@@ -39,6 +39,7 @@ pub(super) struct Reads {
     pub(super) session: bool,
     pub(super) time: bool,
     pub(super) scopes: bool,
+    pub(super) script: bool,
 }
 
 impl Reads {
@@ -49,6 +50,7 @@ impl Reads {
         session: true,
         time: true,
         scopes: true,
+        script: true,
     };
     pub(super) const NONE: Self = Self {
         arguments: false,
@@ -57,6 +59,7 @@ impl Reads {
         session: false,
         time: false,
         scopes: false,
+        script: false,
     };
 
     /// From a policy's source: an attribute is read if the policy names it
@@ -84,6 +87,7 @@ impl Reads {
             session: source.contains("session"),
             time: source.contains("time"),
             scopes: source.contains("scopes"),
+            script: source.contains("script"),
         }
     }
 
@@ -95,6 +99,7 @@ impl Reads {
             session: self.session || other.session,
             time: self.time || other.time,
             scopes: self.scopes || other.scopes,
+            script: self.script || other.script,
         }
     }
 }

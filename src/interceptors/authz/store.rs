@@ -438,6 +438,16 @@ impl PolicyStore {
                 .map(|scope| RestrictedExpression::new_string(scope.to_string()));
             pairs.push(("scopes".to_owned(), RestrictedExpression::new_set(scopes)));
         }
+        // Only on a call a code-mode script made: `context has script`.
+        if reads.script
+            && declared("script")
+            && let Some(script) = query.script
+        {
+            pairs.push((
+                "script".to_owned(),
+                RestrictedExpression::new_string(script.to_owned()),
+            ));
+        }
         if reads.time && declared("time") {
             pairs.push((
                 "time".to_owned(),

@@ -70,6 +70,7 @@ fn query<'a>(
         session: "s1",
         scopes: &[],
         time: SystemTime::now(),
+        script: None,
     }
 }
 
