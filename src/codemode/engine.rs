@@ -444,13 +444,11 @@ impl Engine {
     ) -> Result<Outcome, RunError> {
         let stop = CancellationToken::new();
         std::thread::scope(|scope| {
-            std::thread::Builder::new()
-                .name("codemode-script".into())
-                .stack_size(THREAD_STACK)
+            script_thread()
                 .spawn_scoped(scope, || {
                     self.run_here((script, tools), limits, dispatch, stop)
                 })
-                .map_err(|err| RunError::Engine(format!("cannot start a script's thread: {err}")))?
+                .map_err(no_thread)?
                 .join()
                 .map_err(|_| RunError::Engine("a script's thread panicked".into()))?
         })
@@ -468,13 +466,11 @@ impl Engine {
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Outcome, RunError>>, RunError> {
         let (done, ended) = tokio::sync::oneshot::channel();
         let engine = self.clone();
-        std::thread::Builder::new()
-            .name("codemode-script".into())
-            .stack_size(THREAD_STACK)
+        script_thread()
             .spawn(move || {
                 let _ = done.send(engine.run_here((&script, &tools), &limits, dispatch, stop));
             })
-            .map_err(|err| RunError::Engine(format!("cannot start a script's thread: {err}")))?;
+            .map_err(no_thread)?;
         Ok(ended)
     }
 
@@ -553,6 +549,17 @@ impl Engine {
             memory,
         })
     }
+}
+
+/// A script's own thread: its stack holds the engine's.
+fn script_thread() -> std::thread::Builder {
+    std::thread::Builder::new()
+        .name("codemode-script".into())
+        .stack_size(THREAD_STACK)
+}
+
+fn no_thread(err: std::io::Error) -> RunError {
+    RunError::Engine(format!("cannot start a script's thread: {err}"))
 }
 
 /// The script run in a new instance: the envelope's bytes, and the size of

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::chain::{Annotation, Direction, Exchange, Outcome, Phase};
 use crate::codemode::{Answer, Call, Dispatch, Engine, Reply, RunError};
 use crate::config::{CODE_TOOL, CodeModeConfig};
-use crate::interceptors::authz::{Action, Target, ToolAnnotations};
+use crate::interceptors::authz::{Action, list_target};
 use crate::protocol::{self, At as _, IdKey, Method};
 
 use super::failure::Failure;
@@ -536,16 +536,10 @@ impl Gateway {
     pub(super) async fn code_tool_for(self: &Arc<Self>, session: &Arc<Session>, item: &mut Value) {
         // A client Cedar does not let use it is not shown it (the chain
         // takes it out of the page): its tools are not worked out for it.
-        if let Some(access) = &self.access {
-            let target = Target::Tool {
-                name: item
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                server: crate::config::PROXY_SERVER.to_owned(),
-                annotations: ToolAnnotations::from_definition(item),
-            };
+        // The item is decided as authz decides it in the list.
+        if let Some(access) = &self.access
+            && let Some(target) = list_target(&*self.catalog(), "tools", item)
+        {
             let protocol = session.protocol_version().unwrap_or_default();
             let decided = access.decide(
                 &session.client,
@@ -579,7 +573,7 @@ impl Gateway {
             .and_then(Value::as_str)
             .ok_or_else(|| Failure::InvalidParams("`arguments.script` must be a string".into()))?
             .to_owned();
-        let place = self.take_place(session)?;
+        let place = self.take_place(code, session)?;
         let script_id: Arc<str> = Arc::from(
             uuid::Uuid::new_v4()
                 .simple()
@@ -661,10 +655,7 @@ impl Gateway {
 
     /// A place for one more script of `session`'s client: the proxy's
     /// (`max_scripts`) and the client's own (`max_scripts_per_client`).
-    fn take_place(self: &Arc<Self>, session: &Session) -> Result<Place, Failure> {
-        let Some(code) = &self.code else {
-            return Err(Failure::MethodNotFound("tools/call".into()));
-        };
+    fn take_place(self: &Arc<Self>, code: &CodeMode, session: &Session) -> Result<Place, Failure> {
         let client = session.client.name.clone();
         {
             let mut running = lock(&code.per_client);

@@ -220,6 +220,28 @@ pub(super) fn record_of(
 
 /// The record's `detail`: the stored arguments, and what each WASM plugin
 /// noted (`plugins.NAME.KEY`, its annotations and failures).
+/// What the proxy's own part `interceptor` noted on the exchange, by key;
+/// the `counts` as numbers.
+fn notes_of(
+    exchange: &Exchange,
+    interceptor: &str,
+    counts: &[&str],
+) -> serde_json::Map<String, Value> {
+    exchange
+        .annotations
+        .iter()
+        .filter(|a| &*a.interceptor == interceptor)
+        .map(|a| {
+            let number = counts
+                .contains(&a.key.as_str())
+                .then(|| a.value.parse::<u64>().ok())
+                .flatten();
+            let value = number.map_or_else(|| Value::from(a.value.as_str()), Value::from);
+            (a.key.clone(), value)
+        })
+        .collect()
+}
+
 pub(super) fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Value> {
     let mut detail = serde_json::Map::new();
     if let Some(stored) = &arguments.stored {
@@ -242,32 +264,13 @@ pub(super) fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Va
         detail.insert("plugins".into(), Value::Object(plugins));
     }
     // A `[discovery]` call: which tool, and the server it added or removed.
-    let discovery: serde_json::Map<String, Value> = exchange
-        .annotations
-        .iter()
-        .filter(|a| &*a.interceptor == "discovery")
-        .map(|a| (a.key.clone(), Value::from(a.value.as_str())))
-        .collect();
+    let discovery = notes_of(exchange, "discovery", &[]);
     if !discovery.is_empty() {
         detail.insert("discovery".into(), Value::Object(discovery));
     }
     // Code mode: a script's own record (its id, source, calls, how it
     // ended), or a call a script made (the script's id: its parent).
-    let mut code: serde_json::Map<String, Value> = exchange
-        .annotations
-        .iter()
-        .filter(|a| &*a.interceptor == "code")
-        .map(|a| {
-            let value = match a.key.as_str() {
-                "calls" | "fuel" => a
-                    .value
-                    .parse::<u64>()
-                    .map_or_else(|_| Value::from(a.value.as_str()), Value::from),
-                _ => Value::from(a.value.as_str()),
-            };
-            (a.key.clone(), value)
-        })
-        .collect();
+    let mut code = notes_of(exchange, "code", &["calls", "fuel"]);
     if let Some(script) = &exchange.context.script {
         code.insert("parent".into(), Value::from(&**script));
     }
