@@ -1,7 +1,9 @@
 //! What Cedar authorization costs per call: the interceptor chain on a
 //! `tools/call` request without `authz` (the baseline), with 10 policies and
 //! with 1,000 policies; the same 1,000 evaluated unsliced (what Cedar alone
-//! would do); and filtering a 100-tool `tools/list` reply.
+//! would do); a decision with the flow (`context.flow` built and read by
+//! the example set's trifecta rule) against one without; and filtering a
+//! 100-tool `tools/list` reply.
 //!
 //! `cargo bench --bench authz` (options after `--`: `--iterations N` per
 //! sample, default 200; `--samples N`, default 300).
@@ -21,7 +23,8 @@ use std::time::{Duration, SystemTime};
 use portcullis::chain::{
     Chain, ClientIdentity, Context, Direction, Exchange, Interceptor, Phase, Transport,
 };
-use portcullis::config::LimitsConfig;
+use portcullis::config::{Label, Labels, LimitsConfig};
+use portcullis::flow::Flow;
 use portcullis::gateway::{Catalog, ServerLists};
 use portcullis::interceptors::authz::{Action, Query, Target, ToolAnnotations};
 use portcullis::interceptors::{Authz, Limits, PolicyEngine};
@@ -66,16 +69,35 @@ fn policies(count: usize) -> String {
 }
 
 fn engine(dir: &Path, count: usize) -> Arc<PolicyEngine> {
+    engine_with(dir, count, "")
+}
+
+/// `count` policies and `more` (the flow rules).
+fn engine_with(dir: &Path, count: usize, more: &str) -> Arc<PolicyEngine> {
     std::fs::create_dir_all(dir).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/schema.cedarschema"),
+        repo.join("policies/schema.cedarschema"),
         dir.join("schema.cedarschema"),
     )
     .unwrap();
-    std::fs::write(dir.join("bench.cedar"), policies(count)).unwrap();
+    std::fs::write(dir.join("bench.cedar"), policies(count) + more).unwrap();
     let engine = PolicyEngine::load(dir, &[]).unwrap_or_else(|err| panic!("{err}"));
-    assert_eq!(engine.current().policy_count(), count);
+    let added = usize::from(!more.is_empty());
+    assert_eq!(engine.current().policy_count(), count + added);
     Arc::new(engine)
+}
+
+/// A flow as a busy session has it: an outsider's page and four private
+/// reads.
+fn busy_flow() -> Flow {
+    Flow::of_names([
+        (Label::Untrusted, "web__fetch_page"),
+        (Label::Private, "git__git_log"),
+        (Label::Private, "git__git_show"),
+        (Label::Private, "db__query"),
+        (Label::Private, "mail__read"),
+    ])
 }
 
 fn catalog() -> Arc<Catalog> {
@@ -187,6 +209,7 @@ fn main() {
         annotations: ToolAnnotations::from_definition(
             &json!({"annotations": {"readOnlyHint": true}}),
         ),
+        labels: Labels::of(&[Label::Untrusted, Label::Sink]),
     };
     let groups: Vec<Arc<str>> = vec![Arc::from("g5"), Arc::from("g7")];
     let arguments = json!({"path": "/workspace/src/main.rs"});
@@ -203,6 +226,7 @@ fn main() {
         scopes: &[],
         time: SystemTime::now(),
         script: None,
+        flow: None,
     };
     assert_eq!(store.decide(&query), store.decide_unsliced(&query));
     let unsliced = common::measure_calls(
@@ -219,6 +243,38 @@ fn main() {
         iterations,
         || {
             std::hint::black_box(store.decide(&query).allowed);
+        },
+    );
+    // The flow: the same 1,000 policies with the example set's trifecta
+    // rule, decided with a busy session's flow (the context's `flow` built
+    // and read), against the set without it (no `flow` built).
+    let flow_rules =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/flow.cedar"))
+            .unwrap();
+    let with_flow_rules = engine_with(&dir.path().join("p1000flow"), 1000, &flow_rules);
+    let flow_store = with_flow_rules.current();
+    let flow = busy_flow();
+    let flowing = Query {
+        flow: Some(&flow),
+        ..query.clone()
+    };
+    let flow_decision = flow_store.decide(&flowing);
+    assert!(flow_decision.read_flow && !flow_decision.allowed);
+    assert_eq!(flow_decision, flow_store.decide_unsliced(&flowing));
+    let without_flow = common::measure_calls(
+        "decision, 1,000 policies, no flow rule",
+        samples,
+        iterations,
+        || {
+            std::hint::black_box(store.decide(&flowing).allowed);
+        },
+    );
+    let with_flow = common::measure_calls(
+        "decision, 1,000 policies + trifecta rule, flow read",
+        samples,
+        iterations,
+        || {
+            std::hint::black_box(flow_store.decide(&flowing).allowed);
         },
     );
     let list_baseline = common::measure_calls(
@@ -244,6 +300,12 @@ fn main() {
         "p50 vs without authz",
         &[&baseline, &with_10, &with_1000, &sliced, &unsliced],
         &baseline,
+    );
+    common::print_table(
+        "a decision with the flow",
+        "p50 vs without the flow rule",
+        &[&without_flow, &with_flow],
+        &without_flow,
     );
     common::print_table(
         "tools/list reply through the chain",

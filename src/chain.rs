@@ -152,6 +152,10 @@ pub struct Context {
     /// A call a code-mode script made (`portcullis__code`): the script's
     /// id, which its record names too.
     pub script: Option<Arc<str>>,
+    /// The labels the data given to the client so far carries (its
+    /// session's flow, or its own over `[flow] window` without one), as
+    /// they stood when the exchange began; `None`: none yet.
+    pub flow: Option<Arc<crate::flow::Flow>>,
 }
 
 impl Context {
@@ -184,6 +188,7 @@ impl Context {
             protocol: None,
             call_arguments: None,
             script: None,
+            flow: None,
         }
     }
 }

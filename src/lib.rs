@@ -11,6 +11,7 @@ pub mod codemode;
 pub mod config;
 pub mod downstream;
 pub mod egress;
+pub mod flow;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

@@ -29,6 +29,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("search", 0),
     ("egress", 1),
     ("codemode", 1),
+    ("flow", 1),
     ("traces", 2),
     ("chain", 3),
     ("signin", 3),

@@ -6,6 +6,7 @@
 //! sampling, elicitation, roots, logging, list changes, resource updates, crashes);
 //! see `tools.rs` for the list. Logs go to stderr only (`RUST_LOG` sets the filter).
 
+mod outside;
 mod sandbox;
 mod server;
 mod tasks;
@@ -57,6 +58,17 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     reveal_env: Option<String>,
 
+    /// Serve the tool `fetch_page`, which answers this text for any URL:
+    /// a page an outsider wrote (flow policies' untrusted data).
+    #[arg(long, value_name = "TEXT")]
+    page: Option<String>,
+
+    /// Serve the tool `send`, which appends each message it is sent to this
+    /// file as a JSON line: a way out of the proxy (a sink) whose test
+    /// reads what really left.
+    #[arg(long, value_name = "PATH")]
+    outbox: Option<std::path::PathBuf>,
+
     /// Print `NAME=VALUE` of this environment variable to stderr at start:
     /// an image that logs its environment, for tests of what the proxy's
     /// own log keeps of it.
@@ -82,6 +94,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(var) = &args.reveal_env {
         server.add_env_tool(var, true);
+    }
+    if let Some(page) = &args.page {
+        server.add_route(outside::page_tool(page));
+    }
+    if let Some(outbox) = &args.outbox {
+        server.add_route(outside::send_tool(outbox));
     }
     for change in &args.describe {
         let Some((tool, text)) = change.split_once('=') else {

@@ -134,16 +134,20 @@ impl ExampleServer {
     /// with those flags, so that every other test's tool list stays as it
     /// is.
     pub fn add_env_tool(&self, var: &str, reveal: bool) {
+        self.add_route(if reveal {
+            env_value_tool(var)
+        } else {
+            env_digest_tool(var)
+        });
+    }
+
+    /// Adds a tool (`--page`, `--outbox`).
+    pub fn add_route(&self, route: ToolRoute<Self>) {
         let mut tools = self
             .shared
             .tools
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let route = if reveal {
-            env_value_tool(var)
-        } else {
-            env_digest_tool(var)
-        };
         Arc::make_mut(&mut tools).add_route(route);
     }
 

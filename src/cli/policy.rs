@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
-use crate::config::{ClientConfig, Config};
+use crate::config::{ClientConfig, Config, FlowConfig, Label};
 use crate::interceptors::authz::fixtures::{self, Case};
 use crate::interceptors::authz::{Decision, PolicyError, PolicyStore, Query, Severity};
 
@@ -68,6 +68,14 @@ pub struct ExplainArgs {
     /// `YYYY-MM-DDThh:mm:ssZ` (default: now).
     #[arg(long)]
     time: Option<String>,
+    /// The target's labels, comma-separated: untrusted, private, sink
+    /// (default: the config's `[flow]`, else the defaults).
+    #[arg(long, value_delimiter = ',')]
+    labels: Option<Vec<String>>,
+    /// What the client was given before (`context.flow`), as a JSON object:
+    /// '{"untrusted": ["web__fetch"], "private": ["git__git_log"]}'.
+    #[arg(long)]
+    flow: Option<String>,
 }
 
 /// Where the policies are: a config's `[proxy] policies`, or a folder.
@@ -87,6 +95,8 @@ struct Setup {
     configured: Vec<ClientConfig>,
     clients: fixtures::Known,
     separator: String,
+    /// The config's `[flow]` (the defaults without `--config`).
+    flow: FlowConfig,
 }
 
 impl Source {
@@ -102,6 +112,7 @@ impl Source {
                     clients: fixtures::known(&config.clients),
                     configured: config.clients.clone(),
                     separator: config.proxy.namespace_separator.clone(),
+                    flow: config.flow.clone(),
                 })
             }
             (None, dir) => Ok(Setup {
@@ -109,6 +120,7 @@ impl Source {
                 clients: fixtures::Known::new(),
                 configured: Vec::new(),
                 separator: "__".into(),
+                flow: FlowConfig::default(),
             }),
         }
     }
@@ -150,7 +162,12 @@ fn test(source: &Source, fixtures: Option<PathBuf>) -> anyhow::Result<()> {
     let setup = source.setup()?;
     let store = load(&setup.dir)?;
     let folder = fixtures.unwrap_or_else(|| setup.dir.join("tests"));
-    let outcomes = fixtures::run(&store, &folder, &setup.clients, &setup.separator)?;
+    let outcomes = fixtures::run(
+        &store,
+        &folder,
+        &setup.clients,
+        (&setup.separator, &setup.flow),
+    )?;
     if outcomes.is_empty() {
         bail!(
             "{}: no fixture cases (`[[case]]` in *.toml)",
@@ -200,7 +217,7 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     let store = load(&setup.dir)?;
     let case = args.into_case()?;
     let prepared = case
-        .prepare(&setup.clients, &setup.separator)
+        .prepare(&setup.clients, (&setup.separator, &setup.flow))
         .map_err(anyhow::Error::msg)?;
     let query = prepared.query();
     let decision = store.decide(&query);
@@ -225,6 +242,8 @@ impl ExplainArgs {
             transport,
             protocol,
             time,
+            labels,
+            flow,
         } = self;
         let arguments = match arguments {
             None => None,
@@ -239,7 +258,28 @@ impl ExplainArgs {
                 "--annotations must be a JSON object of read_only, destructive, idempotent, open_world",
             )?,
         };
+        let labels = match labels {
+            None => None,
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|name| {
+                        Label::parse(name.trim()).with_context(|| {
+                            format!("--labels: `{name}` is not untrusted, private or sink")
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            ),
+        };
+        let flow = match flow {
+            None => Default::default(),
+            Some(text) => serde_json::from_str(&text).context(
+                "--flow must be a JSON object of untrusted and private, each a list of names",
+            )?,
+        };
         Ok(Case {
+            labels,
+            flow,
             client,
             groups,
             action,
@@ -295,6 +335,20 @@ fn print_explanation(store: &PolicyStore, query: &Query<'_>, decision: &Decision
                     origin.line
                 ),
                 None => println!("  {id}"),
+            }
+        }
+    }
+    if decision.read_flow
+        && let Some(flow) = query.flow
+    {
+        println!(
+            "flow:       the target is labelled [{}]; what the client was given before carries:",
+            query.target.labels().names().join(", ")
+        );
+        for label in crate::flow::Flow::CARRIED {
+            let names: Vec<&str> = flow.sources(label).map(|s| &*s.name).collect();
+            if !names.is_empty() {
+                println!("  {:<9} from {}", label.name(), names.join(", "));
             }
         }
     }

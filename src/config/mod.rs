@@ -28,6 +28,7 @@ mod described;
 mod discovery;
 mod egress;
 mod exchanges;
+mod flow;
 mod identities;
 mod limits;
 mod listener;
@@ -70,6 +71,8 @@ use discovery::RawDiscovery;
 pub use discovery::{Discoverable, DiscoveryConfig, PROXY_SERVER};
 use egress::RawEgress;
 pub use egress::{EgressConfig, parse_range};
+use flow::RawFlow;
+pub use flow::{FlowConfig, Label, LabelRule, Labelled, Labels};
 pub use identities::{AuditorConfig, ClientConfig};
 use identities::{RawAuditor, RawClient, Taken};
 pub use limits::LimitsConfig;
@@ -162,6 +165,8 @@ pub struct Config {
     pub discovery: Option<DiscoveryConfig>,
     /// `[code_mode]`: the tool `portcullis__code`, if it is on.
     pub code_mode: Option<CodeModeConfig>,
+    /// `[flow]`: the labels policies follow across calls.
+    pub flow: FlowConfig,
     /// The profile in force (`serve --profile NAME`), if any.
     pub profile: Option<profiles::Profile>,
     pub chain: Vec<ChainEntry>,
@@ -251,6 +256,11 @@ struct RawConfig {
     /// exchange of the calling client.
     #[serde(default)]
     code_mode: RawCodeMode,
+    /// The labels of tools, prompts and resources (untrusted, private,
+    /// sink) that policies follow across a session's calls
+    /// (`context.flow`, `resource.labels`).
+    #[serde(default)]
+    flow: RawFlow,
     /// The operator's public keys, and which servers' images must be
     /// signed by one of them.
     #[serde(default)]
@@ -472,7 +482,7 @@ impl Config {
     /// stable, and compare every setting.)
     pub fn changes_needing_restart(&self, next: &Config) -> Vec<&'static str> {
         let differs = |a: &dyn fmt::Debug, b: &dyn fmt::Debug| !same_settings(a, b);
-        let sections: [(&'static str, &dyn fmt::Debug, &dyn fmt::Debug); 17] = [
+        let sections: [(&'static str, &dyn fmt::Debug, &dyn fmt::Debug); 18] = [
             ("proxy", &self.proxy, &next.proxy),
             ("listener", &self.listener, &next.listener),
             ("limits", &self.limits, &next.limits),
@@ -481,6 +491,7 @@ impl Config {
             ("oauth", &self.oauth, &next.oauth),
             ("discovery", &self.discovery, &next.discovery),
             ("code_mode", &self.code_mode, &next.code_mode),
+            ("flow", &self.flow, &next.flow),
             ("chain", &self.chain, &next.chain),
             ("audit", &self.audit, &next.audit),
             ("redact", &self.redact, &next.redact),
@@ -598,6 +609,7 @@ impl Validator<'_> {
         vault::check_sign_in(self, &servers, &vault, &clients)?;
         let mut discovery = raw.discovery.validate(self, &catalogs, &servers, &proxy)?;
         let code_mode = raw.code_mode.validate(self, &servers)?;
+        let flow = raw.flow.validate(self)?;
         raw.signatures
             .apply(self, &mut servers, discovery.as_mut())?;
         let mut chain = Chain::parse(self, raw.chain, &proxy)?;
@@ -626,6 +638,7 @@ impl Validator<'_> {
             catalogs,
             discovery,
             code_mode,
+            flow,
             profile: None,
             chain: chain.finish(),
             redact,

@@ -527,6 +527,8 @@ mod tests {
             // Without a catalog file to read: the defaults of an empty one.
             "discovery" => "[discovery]\n".into(),
             "code_mode" => "[code_mode]\nenabled = true\n".into(),
+            "flow" => "[flow]\n".into(),
+            "flow.rule" => "[[flow.rule]]\nservers = [\"a\"]\nlabels = []\n".into(),
             "signatures" => "[signatures]\n".into(),
             "egress" => "[egress]\n".into(),
             "vault" => "[vault]\n".into(),

@@ -538,7 +538,7 @@ impl Gateway {
         // takes it out of the page): its tools are not worked out for it.
         // The item is decided as authz decides it in the list.
         if let Some(access) = &self.access
-            && let Some(target) = list_target(&*self.catalog(), "tools", item)
+            && let Some(target) = list_target(&*self.catalog(), "tools", item, &self.config.flow)
         {
             let protocol = session.protocol_version().unwrap_or_default();
             let decided = access.decide(

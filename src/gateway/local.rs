@@ -137,6 +137,7 @@ impl Gateway {
             state.protocol_version = Some(resumed.version.clone());
             state.client_capabilities = resumed.capabilities;
         }
+        self.flows.resumed(&session);
         tracing::info!(session = %session.id, client = %session.client.name, agent = resumed.agent, version = resumed.version, "session resumed");
         let mut started = super::record::session_event(&session, "session_start");
         started.detail = Some(json!({

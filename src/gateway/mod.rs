@@ -13,6 +13,7 @@ mod discovery;
 #[cfg(test)]
 mod discovery_tests;
 mod failure;
+mod flows;
 #[cfg(test)]
 mod harness;
 mod in_flight;
@@ -125,6 +126,8 @@ pub struct Gateway {
     /// The index the proxy's own tools (`[discovery]`'s, `[code_mode]`'s)
     /// are listed under, past the configured and catalog servers.
     own_tools: Option<usize>,
+    /// `[flow]`: each client's flow (in its session, or its own).
+    flows: flows::Flows,
 }
 
 /// A running copy of a server: (server, the client of a per-client instance).
@@ -270,6 +273,11 @@ impl Gateway {
             metrics,
             &config.proxy.namespace_separator,
         );
+        let flows = flows::Flows::new(
+            Arc::new(config.flow.clone()),
+            &config.proxy.namespace_separator,
+            (!config.proxy.session_keys.is_empty()).then_some(config.proxy.session_max_age),
+        );
         let gateway = Arc::new(Self {
             lists,
             servers,
@@ -292,6 +300,7 @@ impl Gateway {
             discovery,
             code,
             own_tools,
+            flows,
         });
         (gateway, events_rx)
     }
@@ -533,6 +542,7 @@ impl Gateway {
             self.records.event(record::session_end(session));
         }
         session.close();
+        self.flows.closed(session);
         if let Some(discovery) = &self.discovery {
             discovery.forget(&discovery::Holder::Session(session.key));
         }

@@ -277,6 +277,16 @@ pub(super) fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Va
     if !code.is_empty() {
         detail.insert("code".into(), Value::Object(code));
     }
+    // A refusal the flow could decide: the target's labels, and for each
+    // label of the flow the exchanges (name, record) that brought it.
+    if let Some(flow) = exchange
+        .annotations
+        .iter()
+        .find(|a| &*a.interceptor == "authz" && a.key == "flow")
+        .and_then(|a| serde_json::from_str::<Value>(&a.value).ok())
+    {
+        detail.insert("flow".into(), flow);
+    }
     // Whose token the server was sent (never which).
     if let Some(credential) = exchange
         .annotations
@@ -291,6 +301,13 @@ pub(super) fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Va
         detail.insert("span_id".into(), Value::from(trace.span_id().to_hex()));
     }
     (!detail.is_empty()).then_some(Value::Object(detail))
+}
+
+/// An exchange's record, committed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Committed {
+    /// Its number in the log (`None`: no log, or one that numbers later).
+    pub(super) seq: Option<u64>,
 }
 
 impl Records {
@@ -391,9 +408,10 @@ impl Records {
         );
     }
 
-    /// Commits an exchange's record, then counts and traces it; `false`
-    /// when the log cannot take it (the caller refuses the exchange). Only
-    /// an exchange's end calls it (`ExchangeRun::end`).
+    /// Commits an exchange's record, then counts and traces it; `None`
+    /// when the log cannot take it (the caller refuses the exchange), else
+    /// the record's number if the log gave it one. Only an exchange's end
+    /// calls it (`ExchangeRun::end`).
     pub(super) async fn exchange(
         &self,
         exchange: &mut Exchange,
@@ -402,13 +420,13 @@ impl Records {
         upstream: Option<Duration>,
         arguments: &Arguments,
         started: std::time::Instant,
-    ) -> bool {
+    ) -> Option<Committed> {
         let Some(audit) = &self.audit else {
             if let Some(metrics) = &self.metrics {
                 observe(metrics, exchange, outcome, upstream, started.elapsed());
             }
             self.finish_trace(exchange, outcome, None);
-            return true;
+            return Some(Committed { seq: None });
         };
         let mut record = record_of(
             exchange,
@@ -441,10 +459,10 @@ impl Records {
         let seq = committed.as_ref().ok().copied().flatten();
         self.finish_trace(exchange, outcome, seq);
         match committed {
-            Ok(_) => true,
+            Ok(seq) => Some(Committed { seq }),
             Err(err) => {
                 tracing::error!(error = %err, "AUDIT: an exchange cannot be recorded");
-                false
+                None
             }
         }
     }

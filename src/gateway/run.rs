@@ -14,7 +14,7 @@ use crate::chain::{Context, Direction, Exchange, Outcome, Phase};
 use crate::protocol::{self, Kind, Method};
 
 use super::failure::Failure;
-use super::record::{Arguments, record_of};
+use super::record::{Arguments, Committed, record_of};
 use super::relay::Relayed;
 use super::route::{Ended, Route, failed, reply_id};
 use super::telemetry::observe;
@@ -196,10 +196,19 @@ impl Gateway {
         .await;
         // 10. The record, committed before the reply leaves: a reply whose
         //     record the audit log refused is not given (fail closed).
-        if run.end(&outcome, reply.as_ref()).await {
-            return reply;
+        //     What a delivered answer brings joins the client's flow before
+        //     the client has it, so its next call is decided knowing it.
+        //     (Answered by its server: the proxy's own answers carry none.)
+        let brought = (run.upstream.is_some() && outcome == Outcome::Delivered && reply.is_some())
+            .then(|| self.flows.brought(&run.exchange))
+            .flatten();
+        let Some(committed) = run.end_committed(&outcome, reply.as_ref()).await else {
+            return reply.map(|_| Failure::NotRecorded.to_response(id));
+        };
+        if let Some(brought) = brought {
+            self.flows.delivered(session, &brought, committed.seq);
         }
-        reply.map(|_| Failure::NotRecorded.to_response(id))
+        reply
     }
 
     /// A client's request of `method` that failed: refused by an
@@ -381,7 +390,9 @@ impl Gateway {
             return answer;
         }
         // 4. Ask: on the session, or in the call's next round; the only
-        //    step that waits on the client.
+        //    step that waits on the client. A sampling request's words reach
+        //    the client's model: they join its flow first.
+        self.flows.asked(session, &method, upstream.name());
         let timeout = upstream.config().call_timeout;
         let answer_message = if session.revision.in_rounds() {
             self.rounds
@@ -461,6 +472,7 @@ impl Gateway {
         let context = Context {
             request_id,
             protocol: session.protocol_version().map(Arc::from),
+            flow: self.flows.of(session),
             ..Context::of(
                 session.id.clone(),
                 session.client.clone(),
@@ -486,7 +498,17 @@ impl ExchangeRun<'_> {
     /// Ends the exchange: the chain's `finish`, then (for a request) its
     /// record is committed, then its metrics and trace. `false` when the
     /// audit log cannot take the record: the caller refuses the exchange.
-    pub(super) async fn end(mut self, outcome: &Outcome, reply: Option<&Value>) -> bool {
+    pub(super) async fn end(self, outcome: &Outcome, reply: Option<&Value>) -> bool {
+        self.end_committed(outcome, reply).await.is_some()
+    }
+
+    /// [`ExchangeRun::end`], with the record's number; `None` when the
+    /// audit log cannot take the record.
+    async fn end_committed(
+        mut self,
+        outcome: &Outcome,
+        reply: Option<&Value>,
+    ) -> Option<Committed> {
         self.ended = true;
         let gateway = self.gateway;
         gateway.chain.finish(&self.exchange, outcome);
@@ -494,7 +516,7 @@ impl ExchangeRun<'_> {
             gateway
                 .records
                 .finish_trace(&mut self.exchange, outcome, None);
-            return true;
+            return Some(Committed { seq: None });
         }
         gateway
             .records

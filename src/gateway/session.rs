@@ -165,6 +165,9 @@ pub struct Session {
     /// When the session opened (its `session_end` record gives its length).
     pub(crate) opened: Instant,
     pub(crate) closed: CancellationToken,
+    /// The labels the data given to the client carries so far (`[flow]`;
+    /// a session that lasts keeps its own).
+    flow: Mutex<Option<Arc<crate::flow::Flow>>>,
     /// How many resources the session is subscribed to (at most
     /// [`MAX_SUBSCRIPTIONS`]).
     pub(crate) subscribed: std::sync::atomic::AtomicUsize,
@@ -313,6 +316,7 @@ impl Session {
             next_request_id: AtomicU64::new(1),
             opened: Instant::now(),
             subscribed: std::sync::atomic::AtomicUsize::new(0),
+            flow: Mutex::new(None),
             closed: CancellationToken::new(),
             revision: Revision::Handshake,
             listen_asked: std::sync::atomic::AtomicBool::new(false),
@@ -346,6 +350,24 @@ impl Session {
             state.log_level = envelope.log_level;
         }
         session
+    }
+
+    /// The session's flow as it stands (`None`: nothing yet).
+    pub(crate) fn flow(&self) -> Option<Arc<crate::flow::Flow>> {
+        lock(&self.flow).clone()
+    }
+
+    /// Grows the session's flow by what `next` makes of it (`None`:
+    /// nothing new).
+    pub(crate) fn add_to_flow(
+        &self,
+        next: impl FnOnce(&crate::flow::Flow) -> Option<crate::flow::Flow>,
+    ) {
+        let mut flow = lock(&self.flow);
+        let current = flow.as_deref().cloned().unwrap_or_default();
+        if let Some(grown) = next(&current) {
+            *flow = Some(Arc::new(grown));
+        }
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, SessionState> {

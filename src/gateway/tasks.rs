@@ -268,6 +268,9 @@ impl task_table::Tasks {
                 run.end(&refusal.outcome(), None).await;
                 return Err(refusal);
             }
+            if let Some(server) = gateway.servers.name_at(server) {
+                gateway.flows.asked(session, &method, server);
+            }
             let params = run.exchange.message.get("params").cloned();
             let asked =
                 json!({ "method": method.as_str(), "params": params.unwrap_or_else(|| json!({})) });

@@ -115,7 +115,8 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
                 policies = Some(engine.clone());
                 let redact = scrubber.clone();
                 let mut authz = Authz::new(engine, &config.proxy.namespace_separator)
-                    .scrub_with(Arc::new(move |text: &str| redact.scrubbed(text)));
+                    .scrub_with(Arc::new(move |text: &str| redact.scrubbed(text)))
+                    .with_flow(Arc::new(config.flow.clone()));
                 if config.code_mode.is_some() {
                     authz = authz.with_code_tool();
                 }

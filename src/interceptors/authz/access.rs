@@ -16,6 +16,7 @@ use std::time::SystemTime;
 use super::request::Query;
 use super::{PolicyEngine, list_action, list_target};
 use crate::chain::{ClientIdentity, Directory, Transport};
+use crate::config::FlowConfig;
 use crate::protocol::List;
 
 /// Decides (and remembers) whether a client may use a server. Without
@@ -54,6 +55,8 @@ fn identity_key(client: &ClientIdentity) -> String {
 pub struct ServerAccess {
     engine: Option<Arc<PolicyEngine>>,
     cache: Mutex<Cache>,
+    /// `[flow]`: the labels of the items decided on.
+    flow: Arc<FlowConfig>,
 }
 
 impl std::fmt::Debug for ServerAccess {
@@ -90,10 +93,11 @@ impl Cache {
 
 impl ServerAccess {
     /// Decided by the policies in force in `engine`.
-    pub fn new(engine: Arc<PolicyEngine>) -> Self {
+    pub fn new(engine: Arc<PolicyEngine>, flow: Arc<FlowConfig>) -> Self {
         Self {
             engine: Some(engine),
             cache: Mutex::new(Cache::default()),
+            flow,
         }
     }
 
@@ -102,15 +106,16 @@ impl ServerAccess {
         Self {
             engine: None,
             cache: Mutex::new(Cache::default()),
+            flow: Arc::default(),
         }
     }
 
     /// Whether `client` (over `transport`, speaking the `protocol`
     /// revision) would see at least one item of `server` in the lists of
     /// `directory`. The decision is kept until the policy set or the catalog
-    /// changes; a list policy that reads `context.time` or `context.session`
-    /// is evaluated once per client, transport and revision, at its first
-    /// use (with an empty session).
+    /// changes; a list policy that reads `context.time`, `context.session`
+    /// or `context.flow` is evaluated once per client, transport and
+    /// revision, at its first use (with an empty session and flow).
     pub fn may_use(
         &self,
         client: &ClientIdentity,
@@ -152,7 +157,7 @@ impl ServerAccess {
                 List::ResourceTemplates => offered.templates,
             };
             items.iter().any(|item| {
-                let Some(target) = list_target(&**directory, list, item) else {
+                let Some(target) = list_target(&**directory, list, item, &self.flow) else {
                     return false;
                 };
                 if target.server() != server {
@@ -172,6 +177,7 @@ impl ServerAccess {
                         scopes: client.scopes(),
                         time,
                         script: None,
+                        flow: None,
                     })
                     .allowed
             })
@@ -212,6 +218,7 @@ impl ServerAccess {
             scopes: client.scopes(),
             time: SystemTime::now(),
             script: None,
+            flow: None,
         }))
     }
 

@@ -22,8 +22,10 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::request::{Action, Query, Target, ToolAnnotations};
+use super::request::{Action, Query, Target, ToolAnnotations, labels_of};
 use super::store::{Decision, PolicyStore};
+use crate::config::{FlowConfig, Label, Labelled, Labels};
+use crate::flow::Flow;
 
 /// A fixture file that failed to load, or a case that cannot be decided.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,14 @@ pub struct Case {
     /// A call made by a code-mode script (`context.script`, its id);
     /// default: the client's own call.
     pub script: Option<String>,
+    /// The target's labels (`resource.labels`); default: the `[flow]`
+    /// defaults (a tool's from its annotations; a prompt's or resource's
+    /// `untrusted`).
+    pub labels: Option<Vec<Label>>,
+    /// What the client was given before (`context.flow`): for each label,
+    /// the names that brought it; default: nothing yet.
+    #[serde(default)]
+    pub flow: FlowSpec,
     /// `YYYY-MM-DDThh:mm:ssZ`; default: now.
     pub time: Option<String>,
     #[serde(default)]
@@ -80,6 +90,30 @@ pub struct AnnotationsSpec {
     pub open_world: Option<bool>,
 }
 
+/// A flow as a fixture states it: for each label, the tools, prompts or
+/// resources whose answers brought it.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSpec {
+    #[serde(default)]
+    pub untrusted: Vec<String>,
+    #[serde(default)]
+    pub private: Vec<String>,
+}
+
+impl FlowSpec {
+    /// The flow these names brought (`None`: none).
+    pub fn to_flow(&self) -> Option<Flow> {
+        let untrusted = self
+            .untrusted
+            .iter()
+            .map(|n| (Label::Untrusted, n.as_str()));
+        let private = self.private.iter().map(|n| (Label::Private, n.as_str()));
+        let flow = Flow::of_names(untrusted.chain(private));
+        (!flow.is_empty()).then_some(flow)
+    }
+}
+
 /// A case made concrete: what the store decides on.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -95,6 +129,7 @@ pub struct Prepared {
     pub scopes: Vec<Arc<str>>,
     pub time: SystemTime,
     pub script: Option<String>,
+    pub flow: Option<Flow>,
 }
 
 impl Prepared {
@@ -112,6 +147,7 @@ impl Prepared {
             scopes: &self.scopes,
             time: self.time,
             script: self.script.as_deref(),
+            flow: self.flow.as_ref(),
         }
     }
 }
@@ -119,8 +155,14 @@ impl Prepared {
 impl Case {
     /// Makes the case concrete. `known` gives a client's groups and
     /// attributes from the config (used when the case names none);
-    /// `separator` splits `server<sep>tool` names.
-    pub fn prepare(&self, known: &Known, separator: &str) -> Result<Prepared, String> {
+    /// `separator` splits `server<sep>tool` names; `flow` labels the
+    /// target a case gives no `labels` (the config's `[flow]`, or the
+    /// defaults).
+    pub fn prepare(
+        &self,
+        known: &Known,
+        (separator, flow): (&str, &FlowConfig),
+    ) -> Result<Prepared, String> {
         let action = Action::parse(&self.action).ok_or_else(|| {
             format!(
                 "unknown action `{}`; one of: {}",
@@ -139,32 +181,47 @@ impl Case {
                     }),
             }
         };
+        let stated = self.labels.as_deref().map(Labels::of);
+        let labelled = |server: &str, item, annotations| {
+            stated.unwrap_or_else(|| labels_of(flow, server, item, annotations))
+        };
         let target = match (&self.tool, &self.prompt, &self.resource) {
             (Some(tool), None, None) => {
                 let d = ToolAnnotations::default();
                 let a = self.annotations;
+                let annotations = ToolAnnotations {
+                    read_only: a.read_only.unwrap_or(d.read_only),
+                    destructive: a.destructive.unwrap_or(d.destructive),
+                    idempotent: a.idempotent.unwrap_or(d.idempotent),
+                    open_world: a.open_world.unwrap_or(d.open_world),
+                };
+                let server = server_of(tool)?;
                 Target::Tool {
+                    labels: labelled(&server, Labelled::Tool(tool), Some(&annotations)),
                     name: tool.clone(),
-                    server: server_of(tool)?,
-                    annotations: ToolAnnotations {
-                        read_only: a.read_only.unwrap_or(d.read_only),
-                        destructive: a.destructive.unwrap_or(d.destructive),
-                        idempotent: a.idempotent.unwrap_or(d.idempotent),
-                        open_world: a.open_world.unwrap_or(d.open_world),
-                    },
+                    server,
+                    annotations,
                 }
             }
-            (None, Some(prompt), None) => Target::Prompt {
-                name: prompt.clone(),
-                server: server_of(prompt)?,
-            },
-            (None, None, Some(uri)) => Target::Resource {
-                uri: uri.clone(),
-                server: self
+            (None, Some(prompt), None) => {
+                let server = server_of(prompt)?;
+                Target::Prompt {
+                    labels: labelled(&server, Labelled::Prompt(prompt), None),
+                    name: prompt.clone(),
+                    server,
+                }
+            }
+            (None, None, Some(uri)) => {
+                let server = self
                     .server
                     .clone()
-                    .ok_or("a `resource` needs `server`: the server that lists it")?,
-            },
+                    .ok_or("a `resource` needs `server`: the server that lists it")?;
+                Target::Resource {
+                    labels: labelled(&server, Labelled::Resource(uri), None),
+                    uri: uri.clone(),
+                    server,
+                }
+            }
             (None, None, None) => Target::Server {
                 name: self
                     .server
@@ -218,6 +275,7 @@ impl Case {
                 .collect(),
             time,
             script: self.script.clone(),
+            flow: self.flow.to_flow(),
         })
     }
 
@@ -318,7 +376,7 @@ pub fn run(
     store: &PolicyStore,
     dir: &Path,
     known: &Known,
-    separator: &str,
+    naming: (&str, &FlowConfig),
 ) -> Result<Vec<Outcome>, FixtureError> {
     let mut outcomes = Vec::new();
     for file in files(dir)? {
@@ -328,7 +386,7 @@ pub fn run(
             } else {
                 case.name.clone()
             };
-            let outcome = match case.prepare(known, separator) {
+            let outcome = match case.prepare(known, naming) {
                 Err(message) => Outcome {
                     file: file.clone(),
                     line,

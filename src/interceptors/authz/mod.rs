@@ -29,12 +29,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use access::ServerAccess;
 pub use diagnostic::{Diagnostic, PolicyError, Severity};
-pub use request::{Action, Query, Target, ToolAnnotations};
+pub use request::{Action, Query, Target, ToolAnnotations, labels_of};
 pub use sources::Sources;
 pub use store::{Decision, ListedPolicy, Origin, PolicyStore};
 
 use crate::chain::{Annotation, Denial, Direction, Directory, Exchange, Interceptor, Verdict};
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, FlowConfig, Labelled};
 use crate::protocol::{At as _, List, Method, code};
 
 /// The current policy set of a folder, and its reloads.
@@ -257,6 +257,8 @@ pub struct Authz {
     /// `portcullis__code` as clients see it, when `[code_mode]` is on:
     /// decided by `use_code`, listed and called alike.
     code_tool: Option<String>,
+    /// `[flow]`: the labels of what decisions are about.
+    flow: Arc<FlowConfig>,
 }
 
 /// The action that decides each item of a list.
@@ -275,11 +277,19 @@ impl Authz {
             separator: separator.to_owned(),
             nonce: uuid::Uuid::new_v4().as_u128() as u32,
             decisions: AtomicU64::new(0),
-            access: Arc::new(ServerAccess::new(engine.clone())),
+            access: Arc::new(ServerAccess::new(engine.clone(), Arc::default())),
             engine,
             scrub: None,
             code_tool: None,
+            flow: Arc::default(),
         }
+    }
+
+    /// Labels targets by `[flow]` (else by the defaults alone).
+    pub fn with_flow(mut self, flow: Arc<FlowConfig>) -> Self {
+        self.access = Arc::new(ServerAccess::new(self.engine.clone(), flow.clone()));
+        self.flow = flow;
+        self
     }
 
     /// Decides `portcullis__code` by `use_code` (`[code_mode]` is on).
@@ -339,51 +349,7 @@ impl Authz {
         let context = &exchange.context;
         let server = context.server.as_deref()?;
         match exchange.direction {
-            Direction::ClientToServer => {
-                let target = context.target.as_deref()?;
-                let tool = || Target::Tool {
-                    name: self.namespaced(server, target),
-                    server: server.to_owned(),
-                    annotations: context
-                        .definition
-                        .as_ref()
-                        .and_then(|d| d.get())
-                        .map(ToolAnnotations::from_definition)
-                        .unwrap_or_default(),
-                };
-                let prompt = || Target::Prompt {
-                    name: self.namespaced(server, target),
-                    server: server.to_owned(),
-                };
-                let resource = || Target::Resource {
-                    uri: target.to_owned(),
-                    server: server.to_owned(),
-                };
-                match &context.method {
-                    // A task's requests are decided as the call that
-                    // created it (routing found its tool).
-                    Method::ToolsCall
-                    | Method::TasksGet
-                    | Method::TasksUpdate
-                    | Method::TasksCancel => Some((Action::CallTool, tool())),
-                    Method::PromptsGet => Some((Action::GetPrompt, prompt())),
-                    Method::ResourcesRead => Some((Action::ReadResource, resource())),
-                    // Unsubscribing is decided like subscribing: a client
-                    // with no rights on a resource has nothing to cancel.
-                    Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
-                        Some((Action::SubscribeResource, resource()))
-                    }
-                    Method::CompletionComplete => {
-                        let kind = exchange.message.at(&["params", "ref", "type"]);
-                        if kind.and_then(Value::as_str) == Some("ref/prompt") {
-                            Some((Action::Complete, prompt()))
-                        } else {
-                            Some((Action::Complete, resource()))
-                        }
-                    }
-                    _ => None,
-                }
-            }
+            Direction::ClientToServer => request_target(exchange, &self.separator, &self.flow),
             Direction::ServerToClient => {
                 let action = match &context.method {
                     Method::SamplingCreateMessage => Action::Sampling,
@@ -424,6 +390,12 @@ impl Authz {
             scopes: context.client.scopes(),
             time,
             script: context.script.as_deref(),
+            // Polling or cancelling a task sends nothing out: decided
+            // without the flow, so a client can always stop what it began.
+            flow: match context.method {
+                Method::TasksGet | Method::TasksCancel => None,
+                _ => context.flow.as_deref(),
+            },
         }
     }
 
@@ -450,7 +422,7 @@ impl Authz {
         for item in items {
             let target = directory
                 .as_deref()
-                .and_then(|directory| list_target(directory, key, item));
+                .and_then(|directory| list_target(directory, key, item, &self.flow));
             // An item whose server is unknown is hidden: fail closed.
             let Some(target) = target else { continue };
             let action = self.action_on(action, &target);
@@ -528,6 +500,18 @@ impl Authz {
                 decision.dropped_arguments.join(","),
             );
         }
+        // A refusal the flow could decide: the record names the target's
+        // labels and the exchanges that brought the flow's.
+        if !decision.allowed
+            && decision.read_flow
+            && let Some(flow) = exchange.context.flow.as_deref()
+        {
+            let mut noted = flow.to_json();
+            if let Value::Object(noted) = &mut noted {
+                noted.insert("labels".into(), Value::from(target.labels().names()));
+            }
+            self.annotate(exchange, "flow", noted.to_string());
+        }
         let (_, resource) = target.entity();
         // A URI may carry a credential: what is shown (the client's error,
         // hence the audit record and the trace) is scrubbed, and logs also
@@ -576,39 +560,118 @@ impl Authz {
     }
 }
 
+/// The action and target of a client's request, once routing knows its
+/// server and target, labelled by `flow` (`separator` names tools and
+/// prompts as clients see them); `None` for a request no action decides.
+pub fn request_target(
+    exchange: &Exchange,
+    separator: &str,
+    flow: &FlowConfig,
+) -> Option<(Action, Target)> {
+    let context = &exchange.context;
+    let server = context.server.as_deref()?;
+    let target = context.target.as_deref()?;
+    let namespaced = || format!("{server}{separator}{target}");
+    let tool = || {
+        let name = namespaced();
+        let annotations = context
+            .definition
+            .as_ref()
+            .and_then(|d| d.get())
+            .map(ToolAnnotations::from_definition)
+            .unwrap_or_default();
+        Target::Tool {
+            labels: labels_of(flow, server, Labelled::Tool(&name), Some(&annotations)),
+            name,
+            server: server.to_owned(),
+            annotations,
+        }
+    };
+    let prompt = || {
+        let name = namespaced();
+        Target::Prompt {
+            labels: labels_of(flow, server, Labelled::Prompt(&name), None),
+            name,
+            server: server.to_owned(),
+        }
+    };
+    let resource = || Target::Resource {
+        uri: target.to_owned(),
+        server: server.to_owned(),
+        labels: labels_of(flow, server, Labelled::Resource(target), None),
+    };
+    match &context.method {
+        // A task's requests are decided as the call that created it
+        // (routing found its tool).
+        Method::ToolsCall | Method::TasksGet | Method::TasksUpdate | Method::TasksCancel => {
+            Some((Action::CallTool, tool()))
+        }
+        Method::PromptsGet => Some((Action::GetPrompt, prompt())),
+        Method::ResourcesRead => Some((Action::ReadResource, resource())),
+        // Unsubscribing is decided like subscribing: a client with no
+        // rights on a resource has nothing to cancel.
+        Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
+            Some((Action::SubscribeResource, resource()))
+        }
+        Method::CompletionComplete => {
+            let kind = exchange.message.at(&["params", "ref", "type"]);
+            if kind.and_then(Value::as_str) == Some("ref/prompt") {
+                Some((Action::Complete, prompt()))
+            } else {
+                Some((Action::Complete, resource()))
+            }
+        }
+        _ => None,
+    }
+}
+
 /// The Cedar target of an item of the merged list `key` (`tools`,
 /// `prompts`, `resources`, `resourceTemplates`), with its server; `None`
 /// when no server is known for it (such an item is hidden: fail closed).
-pub(crate) fn list_target(directory: &dyn Directory, key: &str, item: &Value) -> Option<Target> {
+pub(crate) fn list_target(
+    directory: &dyn Directory,
+    key: &str,
+    item: &Value,
+    flow: &FlowConfig,
+) -> Option<Target> {
     let name = |k: &str| item.get(k).and_then(Value::as_str);
     match key {
         "tools" => {
             let name = name("name")?;
+            let server = directory.tool_server(name)?;
+            let annotations = ToolAnnotations::from_definition(item);
             Some(Target::Tool {
+                labels: labels_of(flow, server, Labelled::Tool(name), Some(&annotations)),
                 name: name.to_owned(),
-                server: directory.tool_server(name)?.to_owned(),
-                annotations: ToolAnnotations::from_definition(item),
+                server: server.to_owned(),
+                annotations,
             })
         }
         "prompts" => {
             let name = name("name")?;
+            let server = directory.prompt_server(name)?;
             Some(Target::Prompt {
+                labels: labels_of(flow, server, Labelled::Prompt(name), None),
                 name: name.to_owned(),
-                server: directory.prompt_server(name)?.to_owned(),
+                server: server.to_owned(),
             })
         }
         "resources" => {
             let uri = name("uri")?;
+            let server = directory.resource_server(uri)?;
             Some(Target::Resource {
+                labels: labels_of(flow, server, Labelled::Resource(uri), None),
                 uri: uri.to_owned(),
-                server: directory.resource_server(uri)?.to_owned(),
+                server: server.to_owned(),
             })
         }
         _ => {
             let template = name("uriTemplate")?;
+            let server = directory.template_server(template)?;
             Some(Target::Resource {
+                labels: labels_of(flow, server, Labelled::Resource(template), None),
                 uri: template.to_owned(),
-                server: directory.template_server(template)?.to_owned(),
+                server: server.to_owned(),
             })
         }
     }
@@ -667,8 +730,10 @@ impl Interceptor for Authz {
         };
         let store = self.engine.current();
         let allowed = if context.method == Method::ResourceUpdated {
+            let uri = context.target.clone().unwrap_or_default();
             let target = Target::Resource {
-                uri: context.target.clone().unwrap_or_default(),
+                labels: labels_of(&self.flow, &server, Labelled::Resource(&uri), None),
+                uri,
                 server: server.to_string(),
             };
             store

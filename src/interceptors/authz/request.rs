@@ -10,6 +10,9 @@ pub use crate::protocol::datetime_literal;
 use cedar_policy::RestrictedExpression;
 use serde_json::{Map, Value};
 
+use crate::config::{FlowConfig, Label, Labelled, Labels};
+use crate::flow::Flow;
+
 /// The actions of the Cedar model (DESIGN.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
@@ -128,6 +131,39 @@ impl ToolAnnotations {
             open_world: hint("openWorldHint", defaults.open_world),
         }
     }
+
+    /// The labels a tool has when no `[flow]` rule names it: one whose world
+    /// is open answers an outsider's words and sends its arguments out (a
+    /// read of the open world sends them too: a URL carries data), so it is
+    /// `untrusted` and a `sink`; one whose world is closed answers what is
+    /// the user's own: `private`.
+    pub fn labels(&self) -> Labels {
+        if self.open_world {
+            Labels::of(&[Label::Untrusted, Label::Sink])
+        } else {
+            Labels::of(&[Label::Private])
+        }
+    }
+}
+
+/// The labels of an item of `server` (a tool with its `annotations`): the
+/// `[flow]` rules', else the defaults. What the proxy cannot tell the origin
+/// of is `untrusted`, as a tool whose server says nothing of its world is:
+/// a prompt, a server's sampling request, and a resource, which may as well
+/// be the user's own (a file, a row): `private` too.
+pub fn labels_of(
+    flow: &FlowConfig,
+    server: &str,
+    item: Labelled<'_>,
+    annotations: Option<&ToolAnnotations>,
+) -> Labels {
+    let defaults = match (item, annotations) {
+        (Labelled::Tool(_), Some(annotations)) => annotations.labels(),
+        (Labelled::Tool(_), None) => ToolAnnotations::default().labels(),
+        (Labelled::Resource(_), _) => Labels::of(&[Label::Untrusted, Label::Private]),
+        (Labelled::Prompt(_) | Labelled::Sampling, _) => Labels::of(&[Label::Untrusted]),
+    };
+    flow.labels(server, item, defaults)
 }
 
 /// The resource of a decision.
@@ -138,19 +174,21 @@ pub enum Target {
         name: String,
         server: String,
         annotations: ToolAnnotations,
+        /// `resource.labels` (`[flow]`).
+        labels: Labels,
     },
     Prompt {
         name: String,
         server: String,
+        labels: Labels,
     },
     Resource {
         uri: String,
         server: String,
+        labels: Labels,
     },
     /// The server itself (server→client requests).
-    Server {
-        name: String,
-    },
+    Server { name: String },
     /// A server of a catalog, as `portcullis__find` shows it and
     /// `portcullis__add` starts it: `Server::"<name>"` with its catalog and
     /// image (with its digest when the catalog pins one).
@@ -168,6 +206,16 @@ impl Target {
             | Self::Prompt { server, .. }
             | Self::Resource { server, .. } => server,
             Self::Server { name } | Self::Catalogued { name, .. } => name,
+        }
+    }
+
+    /// Its labels (`resource.labels`); a server has none.
+    pub fn labels(&self) -> Labels {
+        match self {
+            Self::Tool { labels, .. }
+            | Self::Prompt { labels, .. }
+            | Self::Resource { labels, .. } => *labels,
+            Self::Server { .. } | Self::Catalogued { .. } => Labels::NONE,
         }
     }
 
@@ -203,6 +251,9 @@ pub struct Query<'a> {
     /// The code-mode script that made the call (`context.script`: its
     /// id), if one did.
     pub script: Option<&'a str>,
+    /// What the data given to the client so far carries (`context.flow`);
+    /// `None`: nothing yet.
+    pub flow: Option<&'a Flow>,
 }
 
 /// A Cedar type that call arguments may take, read from the schema.

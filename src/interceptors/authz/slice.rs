@@ -40,6 +40,7 @@ pub(super) struct Reads {
     pub(super) time: bool,
     pub(super) scopes: bool,
     pub(super) script: bool,
+    pub(super) flow: bool,
 }
 
 impl Reads {
@@ -51,6 +52,7 @@ impl Reads {
         time: true,
         scopes: true,
         script: true,
+        flow: true,
     };
     pub(super) const NONE: Self = Self {
         arguments: false,
@@ -60,6 +62,7 @@ impl Reads {
         time: false,
         scopes: false,
         script: false,
+        flow: false,
     };
 
     /// From a policy's source: an attribute is read if the policy names it
@@ -88,6 +91,7 @@ impl Reads {
             time: source.contains("time"),
             scopes: source.contains("scopes"),
             script: source.contains("script"),
+            flow: source.contains("flow"),
         }
     }
 
@@ -100,6 +104,7 @@ impl Reads {
             time: self.time || other.time,
             scopes: self.scopes || other.scopes,
             script: self.script || other.script,
+            flow: self.flow || other.flow,
         }
     }
 }

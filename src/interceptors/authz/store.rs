@@ -10,7 +10,7 @@
 //! its groups, resource and its server) decides exactly as the whole set
 //! does. Slices are cached per such key.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -29,6 +29,7 @@ use super::request::{Action, Query, Target, convert_record, datetime_literal, le
 use super::slice::{Indexed, Prepared, Reads, index_by_action};
 use super::sources::Sources;
 use crate::config::ClientConfig;
+use crate::flow::Flow;
 
 /// The schema's file name, also here, where the console finds it.
 pub use super::sources::SCHEMA_FILE;
@@ -70,6 +71,9 @@ pub struct Decision {
     pub dropped_arguments: Vec<String>,
     /// The policy set that decided.
     pub policy_set: Arc<str>,
+    /// A policy that decided may read `context.flow`, and the flow was not
+    /// empty: what the client was given before counted.
+    pub read_flow: bool,
 }
 
 /// A loaded, validated policy set.
@@ -77,6 +81,8 @@ pub struct PolicyStore {
     schema: Schema,
     all: Arc<PolicySet>,
     origins: HashMap<String, Origin>,
+    /// The policies that may read `context.flow`, by id.
+    flow_readers: HashSet<String>,
     /// Per action: the policies whose action scope includes it.
     by_action: HashMap<Action, Vec<Indexed>>,
     shapes: HashMap<Action, ContextShape>,
@@ -155,10 +161,16 @@ impl PolicyStore {
             }])
         })?;
         let by_action = index_by_action(&policies, &schema, &types);
+        let flow_readers = policies
+            .iter()
+            .filter(|policy| Reads::of(&policy.to_string()).flow)
+            .map(|policy| policy.id().to_string())
+            .collect();
         Ok(Self {
             schema,
             all: Arc::new(all),
             origins,
+            flow_readers,
             by_action,
             shapes,
             action_entities,
@@ -285,6 +297,7 @@ impl PolicyStore {
             errors: vec![reason],
             dropped_arguments: Vec::new(),
             policy_set: self.id.clone(),
+            read_flow: false,
         }
     }
 
@@ -312,12 +325,15 @@ impl PolicyStore {
         };
         policies.sort();
         policies.dedup();
+        let read_flow = query.flow.is_some_and(|flow| !flow.is_empty())
+            && policies.iter().any(|id| self.flow_readers.contains(id));
         Decision {
             allowed,
             policies,
             errors,
             dropped_arguments: dropped,
             policy_set: self.id.clone(),
+            read_flow,
         }
     }
 
@@ -376,7 +392,10 @@ impl PolicyStore {
             }
             Target::Server { .. } | Target::Catalogued { .. } => None,
         };
-        if let Some(attributes) = attributes {
+        if let Some(mut attributes) = attributes {
+            // Every label the item has (`[flow]`), as a set.
+            let labels = query.target.labels().names().into_iter().map(string);
+            attributes.push(("labels", RestrictedExpression::new_set(labels)));
             entities.push(
                 Entity::new(
                     types.uid(kind, id),
@@ -448,6 +467,9 @@ impl PolicyStore {
                 RestrictedExpression::new_string(script.to_owned()),
             ));
         }
+        if reads.flow && declared("flow") {
+            pairs.push(("flow".to_owned(), flow_record(query.flow)?));
+        }
         if reads.time && declared("time") {
             pairs.push((
                 "time".to_owned(),
@@ -496,6 +518,7 @@ impl PolicyStore {
             push(&mut key, catalog);
             push(&mut key, image);
         }
+        push(&mut key, &query.target.labels().names().join(","));
         if let Target::Tool { annotations: a, .. } = query.target {
             let flags: String = [a.read_only, a.destructive, a.idempotent, a.open_world]
                 .iter()
@@ -565,6 +588,30 @@ impl PolicyStore {
         }
         Ok(prepared)
     }
+}
+
+/// `context.flow`: whether the data given to the client so far carries
+/// each label, and the names of what brought it.
+fn flow_record(flow: Option<&Flow>) -> Result<RestrictedExpression, String> {
+    let mut fields = Vec::with_capacity(4);
+    for label in Flow::CARRIED {
+        let names: BTreeSet<&str> = flow
+            .map(|flow| flow.sources(label).map(|s| &*s.name).collect())
+            .unwrap_or_default();
+        fields.push((
+            label.name().to_owned(),
+            RestrictedExpression::new_bool(!names.is_empty()),
+        ));
+        fields.push((
+            format!("{}_from", label.name()),
+            RestrictedExpression::new_set(
+                names
+                    .into_iter()
+                    .map(|name| RestrictedExpression::new_string(name.to_owned())),
+            ),
+        ));
+    }
+    RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
 }
 
 fn display_name(path: &Path) -> String {

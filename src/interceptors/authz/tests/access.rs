@@ -50,7 +50,7 @@ fn a_client_may_use_a_server_whose_lists_it_sees_and_reloads_or_new_catalogs_dec
     use crate::interceptors::authz::ServerAccess;
     let dir = folder(ALICE_LISTS_A);
     let engine = Arc::new(engine(dir.path()));
-    let access = ServerAccess::new(engine.clone());
+    let access = ServerAccess::new(engine.clone(), Default::default());
     let alice = ClientIdentity::new("alice", &[]);
     let bob = ClientIdentity::new("bob", &[]);
     let catalog = tools_of(&["a__read", "b__write"]);

@@ -15,6 +15,8 @@ use serde_json::{Map, Value, json};
 
 use super::request::{Action, Query, Target, ToolAnnotations};
 use super::{PolicyEngine, PolicyError, PolicyStore, Reload, Sources};
+use crate::config::{Label, Labels};
+use crate::flow::Flow;
 
 fn schema_text() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/schema.cedarschema");
@@ -48,6 +50,7 @@ fn tool(name: &str, read_only: bool) -> Target {
             read_only,
             ..ToolAnnotations::default()
         },
+        labels: Labels::NONE,
     }
 }
 
@@ -71,6 +74,7 @@ fn query<'a>(
         scopes: &[],
         time: SystemTime::now(),
         script: None,
+        flow: None,
     }
 }
 

@@ -66,13 +66,17 @@ fn policy_text(index: usize, spec: (u8, u8, u8, u8, u8, u8)) -> String {
         }
     };
     let tool_typed = matches!(kind % 7, 1 | 3);
-    let condition = match condition % 7 {
+    let condition = match condition % 9 {
         0 => "",
         1 => " when { context.transport == \"http\" }",
         2 => " when { context.arguments has path && context.arguments.path like \"/w*\" }",
         3 => " unless { principal.name == \"c1\" }",
         4 => " when { context.time > datetime(\"2020-01-01T00:00:00Z\") }",
         5 if tool_typed => " when { resource.read_only && !resource.destructive }",
+        6 => " when { context.flow.untrusted }",
+        7 if tool_typed => {
+            " when { resource.labels.contains(\"sink\") && context.flow.private_from.contains(\"s1__t0\") }"
+        }
         _ => " when { principal in Group::\"g0\" }",
     };
     format!("@id(\"p{index}\")\n{effect}({principal}, {action}, {resource}){condition};\n")
@@ -98,6 +102,10 @@ fn request_parts(spec: (u8, u8, u8, u8, u8)) -> Parts {
         .collect();
     let action = Action::ALL[usize::from(action) % Action::ALL.len()];
     let server = SERVERS[usize::from(pick) % 3].to_owned();
+    let labels = Label::ALL
+        .into_iter()
+        .filter(|label| (pick >> (5 + *label as u8)) & 1 == 1)
+        .fold(Labels::NONE, Labels::with);
     let target = match action {
         Action::CallTool | Action::ListTools => Target::Tool {
             name: format!("{server}__t{}", pick % 2),
@@ -107,14 +115,17 @@ fn request_parts(spec: (u8, u8, u8, u8, u8)) -> Parts {
                 destructive: pick & 0x20 != 0,
                 ..ToolAnnotations::default()
             },
+            labels,
         },
         Action::GetPrompt | Action::ListPrompts => Target::Prompt {
             name: format!("{server}__p{}", pick % 2),
             server,
+            labels,
         },
         Action::Complete if pick % 2 == 0 => Target::Prompt {
             name: format!("{server}__p{}", pick % 3),
             server,
+            labels,
         },
         Action::Sampling
         | Action::Elicitation
@@ -125,6 +136,7 @@ fn request_parts(spec: (u8, u8, u8, u8, u8)) -> Parts {
         _ => Target::Resource {
             uri: format!("u{}", pick % 3),
             server,
+            labels,
         },
     };
     let arguments = match argument % 3 {
@@ -133,6 +145,23 @@ fn request_parts(spec: (u8, u8, u8, u8, u8)) -> Parts {
         _ => json!({"path": "/etc/passwd"}).as_object().cloned(),
     };
     (client, groups, action, target, arguments)
+}
+
+/// A flow from a number: untrusted from `s0__t0` or `s2__t1`, private from
+/// `s1__t0`, or nothing.
+fn flow_of(bits: u8) -> Option<Flow> {
+    let pairs = [
+        (1, Label::Untrusted, "s0__t0"),
+        (2, Label::Untrusted, "s2__t1"),
+        (4, Label::Private, "s1__t0"),
+    ];
+    let flow = Flow::of_names(
+        pairs
+            .into_iter()
+            .filter(|(bit, _, _)| bits & bit != 0)
+            .map(|(_, label, name)| (label, name)),
+    );
+    (!flow.is_empty()).then_some(flow)
 }
 
 proptest! {
@@ -144,6 +173,7 @@ proptest! {
     fn sliced_decisions_equal_full_decisions(
         policies in prop::collection::vec(any::<(u8, u8, u8, u8, u8, u8)>(), 1..40),
         requests in prop::collection::vec((any::<(u8, u8, u8, u8, u8)>(), any::<bool>()), 1..20),
+        flows in prop::collection::vec(any::<u8>(), 20),
     ) {
         let texts: Vec<String> = policies
             .iter()
@@ -155,10 +185,12 @@ proptest! {
             Ok(store) => store,
             Err(err) => return Err(TestCaseError::fail(format!("generated policies must validate: {err}\n{joined}"))),
         };
-        for (spec, http) in requests {
+        for ((spec, http), given) in requests.into_iter().zip(flows) {
             let (client, groups, action, target, arguments) = request_parts(spec);
+            let flow = flow_of(given);
             let mut q = query(&client, &groups, action, &target, arguments.as_ref());
             q.transport = if http { "http" } else { "stdio" };
+            q.flow = flow.as_ref();
             let sliced = store.decide(&q);
             let full = store.decide_unsliced(&q);
             prop_assert_eq!(&sliced, &full, "request {:?}\npolicies:\n{}", q, joined);
