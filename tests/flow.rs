@@ -8,7 +8,9 @@
 //! refused, and its record names the exchanges that brought each label;
 //! the same send without the page is served, and so is one in another
 //! session; a 2026-07-28 client's flow is its own across its requests; a
-//! code-mode script doing the same is stopped inside.
+//! code-mode script doing the same is stopped inside. With the rule marked
+//! `@ask`, the person behind the agent is asked (elicitation, through the
+//! official Python SDK client): the send goes on only on their accept.
 #![allow(
     clippy::indexing_slicing,
     clippy::panic,
@@ -53,7 +55,18 @@ fn git(repo: &Path, args: &[&str]) {
     assert!(status.success(), "git {args:?}");
 }
 
+/// The example set's flow rules.
+fn flow_rules() -> String {
+    std::fs::read_to_string(common::repo_root().join("policies/flow.cedar"))
+        .expect("the example set's flow rules")
+}
+
 fn world() -> World {
+    world_under(&flow_rules())
+}
+
+/// The world, under the permits and `rules`.
+fn world_under(rules: &str) -> World {
     let proxy = TestProxy::new();
     let repo = proxy.dir().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
@@ -74,9 +87,7 @@ fn world() -> World {
         ],
     );
     let outbox = proxy.dir().join("outbox.jsonl");
-    let flow_rules = std::fs::read_to_string(common::repo_root().join("policies/flow.cedar"))
-        .expect("the example set's flow rules");
-    let policies = proxy.policy_folder(&format!("{PERMITS}\n{flow_rules}"));
+    let policies = proxy.policy_folder(&format!("{PERMITS}\n{rules}"));
     let python = common::python();
     let example = common::example_server_bin();
     let servers = format!(
@@ -436,4 +447,88 @@ fn policy_explain_shows_the_flow_that_decided() {
         !ok && stderr.contains("`secret` is not untrusted, private or sink"),
         "{stderr}"
     );
+}
+
+/// The trifecta rule as one the person may override (`@ask`).
+const WHY: &str = "An outsider's page and the repository both reached the agent.";
+
+/// The Python SDK client over HTTP, answering the proxy's question with
+/// `action`: the page, the log, then the send of `body`.
+async fn asked_send(world: &World, url: &str, action: &str, body: &str) -> Value {
+    let mut command = common::python_client();
+    command.args(["http", url, "--token", TOKEN, "--no-validate"]);
+    command.args(["--elicit-reply", "unused", "--elicit-action", action]);
+    let op = |name: &str, arguments: Value| format!("call:{name}:{arguments}");
+    command.args([
+        "--op",
+        &op("web__fetch_page", json!({"url": "https://news.example/"})),
+    ]);
+    command.args(["--op", &op("git__git_log", world.log_args())]);
+    command.args(["--op", &op("mail__send", send_args(body))]);
+    common::python_client_output(command).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_asked_send_goes_on_only_on_the_persons_accept() {
+    let rules = flow_rules().replace(
+        "@id(\"no-sink-after-untrusted-and-private\")",
+        &format!("@id(\"no-sink-after-untrusted-and-private\")\n@ask({WHY:?})"),
+    );
+    let world = world_under(&rules);
+    let served = world.proxy.serve_http().await;
+
+    // Declined: refused, nothing left.
+    let declined = asked_send(&world, &served.url, "decline", "declined").await;
+    let asked = &declined["elicitation_requests"];
+    assert_eq!(asked.as_array().map(Vec::len), Some(1), "{declined}");
+    let question = asked[0]["message"].as_str().unwrap();
+    assert!(
+        question.contains("call the tool `send` of the server `mail`")
+            && question.contains("declined")
+            && question.contains(WHY),
+        "{question}"
+    );
+    assert_eq!(declined["results"][2]["ok"], false, "{declined}");
+    assert!(world.sent().is_empty(), "{:?}", world.sent());
+
+    // Accepted: the send goes on, once.
+    let accepted = asked_send(&world, &served.url, "accept", "accepted").await;
+    assert_eq!(accepted["results"][2]["ok"], true, "{accepted}");
+    assert_eq!(world.sent(), ["accepted"]);
+
+    // A client that cannot be asked (no elicitation) gets the refusal.
+    let unasked = HttpSession::connect(&served.url).await;
+    unasked.call(1, "tools/call", page_call()).await;
+    unasked
+        .call(2, "tools/call", call("git__git_log", world.log_args()))
+        .await;
+    let refused = unasked
+        .call(3, "tools/call", call("mail__send", send_args("unasked")))
+        .await;
+    assert_refused(&refused);
+    assert_eq!(world.sent(), ["accepted"]);
+
+    // Each answer is recorded with the policy that asked.
+    let records =
+        common::admin_records(&served.base, "kind=exchange&limit=1000", AUDITOR_TOKEN).await;
+    let sends: Vec<&Value> = records.iter().filter(|r| r["target"] == "send").collect();
+    let answer = |answer: &str| {
+        sends
+            .iter()
+            .find(|r| r["detail"]["ask"]["answer"] == answer)
+            .unwrap_or_else(|| panic!("no {answer} in {sends:?}"))
+    };
+    let policies = json!(["no-sink-after-untrusted-and-private"]);
+    for (name, decision) in [
+        ("decline", "deny"),
+        ("accept", "allow"),
+        ("unavailable", "deny"),
+    ] {
+        let record = answer(name);
+        assert_eq!(record["decision"], decision, "{record}");
+        assert_eq!(record["detail"]["ask"]["policies"], policies, "{record}");
+    }
+    assert!(answer("accept")["upstream_us"].is_u64());
+    assert!(answer("decline")["upstream_us"].is_null());
+    served.terminate().await;
 }

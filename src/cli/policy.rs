@@ -178,7 +178,7 @@ fn test(source: &Source, fixtures: Option<PathBuf>) -> anyhow::Result<()> {
     let mut failed = 0;
     for outcome in &outcomes {
         let (got, by) = match &outcome.decision {
-            Some(d) => (if d.allowed { "allow" } else { "deny" }, decided_by(d)),
+            Some(d) => (d.verdict(), decided_by(d)),
             None => ("-", String::new()),
         };
         let result = if outcome.failure.is_some() {
@@ -337,6 +337,9 @@ fn print_explanation(store: &PolicyStore, query: &Query<'_>, decision: &Decision
                 None => println!("  {id}"),
             }
         }
+    }
+    if let Some(ask) = &decision.ask {
+        println!("ask:        the person may let it through when asked: {ask}");
     }
     if decision.read_flow
         && let Some(flow) = query.flow

@@ -28,6 +28,9 @@ pub struct ProxyConfig {
     pub bridge: Option<PathBuf>,
     pub namespace_separator: String,
     pub call_timeout: Duration,
+    /// How long a person is given to answer when a policy lets them
+    /// override a refusal (`@ask`).
+    pub ask_timeout: Duration,
     pub startup_timeout: Duration,
     pub allowed_origins: Vec<String>,
     /// Host names (and addresses) the `Host` header may name, besides this
@@ -105,6 +108,11 @@ pub(super) struct RawProxy {
     /// How long a call may take; a server may set its own `timeout`.
     #[schemars(with = "Option<DurationText>", extend("default" = "60s"))]
     call_timeout: Option<Spanned<String>>,
+    /// How long the person behind an agent is given to answer when a
+    /// refusal is one a policy lets them override (`@ask`); unanswered, the
+    /// call is refused.
+    #[schemars(with = "Option<DurationText>", extend("default" = "2m"))]
+    ask_timeout: Option<Spanned<String>>,
     /// How long start-up (and a lazy server's start) waits for a server to
     /// come up.
     #[schemars(with = "Option<DurationText>", extend("default" = "30s"))]
@@ -235,6 +243,13 @@ impl RawProxy {
             bridge: self.bridge.map(|p| v.resolve(p)),
             namespace_separator,
             call_timeout,
+            ask_timeout: v
+                .parsed(
+                    self.ask_timeout.as_ref(),
+                    "proxy.ask_timeout",
+                    parse_duration,
+                )?
+                .unwrap_or(Duration::from_secs(120)),
             startup_timeout: v
                 .parsed(
                     self.startup_timeout.as_ref(),

@@ -5,13 +5,11 @@
 //! call at the server, progress is told, and scripts at once are bounded.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::Session;
-use super::harness::{Harness, request, spawn_handle};
+use super::harness::{Harness, next, request, spawn_handle, within};
 use crate::upstream::scripted::ScriptedServer;
 
 const CONFIG: &str = "[[clients]]\nname = \"alice\"\n[[clients]]\nname = \"bob\"\n\
@@ -47,19 +45,6 @@ fn script(id: i64, source: &str) -> Value {
         "tools/call",
         json!({ "name": "portcullis__code", "arguments": { "script": source } }),
     )
-}
-
-async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(60), future).await {
-        Ok(done) => done,
-        Err(_) => panic!("{what} did not come"),
-    }
-}
-
-async fn next(inbox: &mut UnboundedReceiver<Value>) -> Value {
-    within("a message for the client", inbox.recv())
-        .await
-        .unwrap_or_default()
 }
 
 /// The code tool is listed with the client's tools as signatures, and a

@@ -127,12 +127,20 @@ impl Harness {
     /// A gateway on `config` (TOML text) whose chain is the recording
     /// interceptor alone.
     pub(super) fn new(config: &str) -> Self {
+        Self::with(config, Vec::new())
+    }
+
+    /// A gateway on `config` whose chain is `first`, then the recording
+    /// interceptor.
+    pub(super) fn with(config: &str, first: Vec<Arc<dyn Interceptor>>) -> Self {
         let config = match Config::parse(config, std::path::Path::new("portcullis.toml")) {
             Ok(config) => Arc::new(config),
             Err(err) => panic!("the test config loads: {err}"),
         };
         let (ends, requests_seen) = (Shared::default(), Shared::default());
-        let chain = Chain::new(vec![Arc::new(Ends(ends.clone(), requests_seen.clone()))]);
+        let mut interceptors = first;
+        interceptors.push(Arc::new(Ends(ends.clone(), requests_seen.clone())));
+        let chain = Chain::new(interceptors);
         let audit_broken = Arc::new(AtomicBool::new(false));
         let written = Shared::default();
         let storage = Memory {
@@ -347,4 +355,20 @@ fn past_the_edge(session: &Session, message: &mut Value) {
 /// A JSON-RPC request.
 pub(super) fn request(id: i64, method: &str, params: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params })
+}
+
+/// `future`'s output, within a minute (far past what a loaded machine
+/// takes); a test that waits longer fails naming `what`.
+pub(super) async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(std::time::Duration::from_secs(60), future).await {
+        Ok(done) => done,
+        Err(_) => panic!("{what} did not come"),
+    }
+}
+
+/// The next message for the client (`Null` if its outlet closed).
+pub(super) async fn next(inbox: &mut mpsc::UnboundedReceiver<Value>) -> Value {
+    within("a message for the client", inbox.recv())
+        .await
+        .unwrap_or_default()
 }

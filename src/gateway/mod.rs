@@ -5,6 +5,9 @@
 //! directions; this is also the one place where refusals and failures turn
 //! into JSON-RPC errors for the client.
 
+mod ask;
+#[cfg(test)]
+mod ask_tests;
 mod catalog;
 mod code;
 #[cfg(test)]

@@ -287,6 +287,26 @@ pub(super) fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Va
     {
         detail.insert("flow".into(), flow);
     }
+    // A refusal a policy let the person override (`@ask`): what they
+    // answered, and the policies that asked.
+    if let Some(answer) = exchange
+        .annotations
+        .iter()
+        .find(|a| &*a.interceptor == "ask" && a.key == "answer")
+    {
+        // [the policy set, the policies…]
+        let policies: Vec<String> = exchange
+            .annotations
+            .iter()
+            .find(|a| &*a.interceptor == "authz" && a.key == "ask_policies")
+            .and_then(|a| serde_json::from_str::<Vec<String>>(&a.value).ok())
+            .map(|listed| listed.into_iter().skip(1).collect())
+            .unwrap_or_default();
+        detail.insert(
+            "ask".into(),
+            serde_json::json!({"answer": answer.value, "policies": policies}),
+        );
+    }
     // Whose token the server was sent (never which).
     if let Some(credential) = exchange
         .annotations

@@ -131,7 +131,13 @@ impl Gateway {
             // 5. Then, for a routed request the chain passed, admission to
             //    what is shared (the fleet's quotas, places): after the
             //    chain, so that a refused request spends none.
-            let ran = self.chain.decide(&mut run.exchange, routed.is_ok()).await;
+            let ran = match self.chain.decide(&mut run.exchange, routed.is_ok()).await {
+                // A refusal a policy lets the person override: asked.
+                Err(refusal) if routed.is_ok() => {
+                    self.ask_instead(session, &mut run.exchange, refusal).await
+                }
+                ran => ran,
+            };
             // 6. The arguments' hash, of the arguments as they go out (after
             //    redaction), never of a secret.
             run.arguments = self.records.arguments_of(&run.exchange.message);

@@ -168,6 +168,8 @@ pub struct Session {
     /// The labels the data given to the client carries so far (`[flow]`;
     /// a session that lasts keeps its own).
     flow: Mutex<Option<Arc<crate::flow::Flow>>>,
+    /// The proxy is asking the person a question (`@ask`): one at a time.
+    pub(crate) asking: std::sync::atomic::AtomicBool,
     /// How many resources the session is subscribed to (at most
     /// [`MAX_SUBSCRIPTIONS`]).
     pub(crate) subscribed: std::sync::atomic::AtomicUsize,
@@ -317,6 +319,7 @@ impl Session {
             opened: Instant::now(),
             subscribed: std::sync::atomic::AtomicUsize::new(0),
             flow: Mutex::new(None),
+            asking: std::sync::atomic::AtomicBool::new(false),
             closed: CancellationToken::new(),
             revision: Revision::Handshake,
             listen_asked: std::sync::atomic::AtomicBool::new(false),

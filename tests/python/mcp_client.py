@@ -75,6 +75,8 @@ Options that add keys to the document:
     --elicit-reply NAME    advertise the elicitation capability and accept every
                            elicitation/create with content {"name": NAME}; adds
                            "elicitation_requests": the params of each received.
+    --elicit-action ACTION with --elicit-reply: answer every elicitation/create
+                           with this action instead (accept, decline, cancel).
     --notifications        adds "notifications": the server notifications seen.
     --http-trace           (http) adds "http_trace": one entry per HTTP request
                            (method, url, request headers, JSON-RPC method/id,
@@ -353,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="per-request read timeout, seconds (default 30)")
     p.add_argument("--sampling-reply", metavar="TEXT", help="answer sampling/createMessage with this text")
     p.add_argument("--elicit-reply", metavar="NAME", help='accept elicitation/create with {"name": NAME}')
+    p.add_argument(
+        "--elicit-action",
+        choices=["accept", "decline", "cancel"],
+        default="accept",
+        help="with --elicit-reply: the action every elicitation/create is answered with",
+    )
     p.add_argument("--notifications", action="store_true", help="record server notifications in the output")
     p.add_argument("--http-trace", action="store_true", help="http: record HTTP requests in the output")
     p.add_argument(
@@ -501,6 +509,8 @@ async def amain(ns: argparse.Namespace, command: list[str], ops: list[Op]) -> di
             context: ClientRequestContext, params: types.ElicitRequestParams
         ) -> types.ElicitResult:
             elicitation_requests.append(dump(params))
+            if ns.elicit_action != "accept":
+                return types.ElicitResult(action=ns.elicit_action)
             return types.ElicitResult(action="accept", content={"name": ns.elicit_reply})
 
     results: list[dict[str, Any]] = []

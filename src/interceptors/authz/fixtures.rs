@@ -74,6 +74,8 @@ pub struct Case {
     pub flow: FlowSpec,
     /// `YYYY-MM-DDThh:mm:ssZ`; default: now.
     pub time: Option<String>,
+    /// `allow`, `deny`, or `ask` (a refusal the person may override:
+    /// every deciding policy a forbid with `@ask`).
     #[serde(default)]
     pub expect: Option<String>,
     pub decided_by: Option<Vec<String>>,
@@ -282,7 +284,7 @@ impl Case {
     /// Why the decision does not meet the case's expectations, if it does not.
     pub fn mismatch(&self, decision: &Decision) -> Option<String> {
         let expected = self.expect.as_deref().unwrap_or_default();
-        let actual = if decision.allowed { "allow" } else { "deny" };
+        let actual = decision.verdict();
         if expected != actual {
             return Some(format!("expected {expected}, got {actual}"));
         }
@@ -327,13 +329,13 @@ pub fn load_file(path: &Path) -> Result<Vec<(usize, Case)>, FixtureError> {
         let (line, _) = crate::config::line_col(&text, spanned.span().start);
         let case = spanned.into_inner();
         match case.expect.as_deref() {
-            Some("allow" | "deny") => {}
+            Some("allow" | "deny" | "ask") => {}
             other => {
                 return Err(FixtureError {
                     file: path.to_owned(),
                     location: Some((line, 1)),
                     message: format!(
-                        "`expect` must be \"allow\" or \"deny\", not {}",
+                        "`expect` must be \"allow\", \"deny\" or \"ask\", not {}",
                         other.map_or("missing".to_owned(), |o| format!("\"{o}\""))
                     ),
                 });

@@ -12,10 +12,12 @@ mod access;
 mod diagnostic;
 pub mod fixtures;
 mod model;
+mod parse;
 pub mod request;
 mod slice;
 mod sources;
 pub mod store;
+mod targets;
 #[cfg(test)]
 mod tests;
 
@@ -32,8 +34,10 @@ pub use diagnostic::{Diagnostic, PolicyError, Severity};
 pub use request::{Action, Query, Target, ToolAnnotations, labels_of};
 pub use sources::Sources;
 pub use store::{Decision, ListedPolicy, Origin, PolicyStore};
+pub(crate) use targets::list_target;
+pub use targets::request_target;
 
-use crate::chain::{Annotation, Denial, Direction, Directory, Exchange, Interceptor, Verdict};
+use crate::chain::{Annotation, Denial, Direction, Exchange, Interceptor, Verdict};
 use crate::config::{ClientConfig, FlowConfig, Labelled};
 use crate::protocol::{At as _, List, Method, code};
 
@@ -261,6 +265,11 @@ pub struct Authz {
     flow: Arc<FlowConfig>,
 }
 
+/// A list of names as JSON (ids may hold any character).
+fn json_list(names: &[&str]) -> String {
+    Value::from(names.to_vec()).to_string()
+}
+
 /// The action that decides each item of a list.
 fn list_action(list: List) -> Action {
     match list {
@@ -399,6 +408,32 @@ impl Authz {
         }
     }
 
+    /// What a refusal's record says of why: the flow that could decide it
+    /// (the target's labels, the exchanges that brought the flow's), and
+    /// whether the person may override it (`@ask`: the texts and the
+    /// policies, for the gateway to ask).
+    fn note_refusal(&self, exchange: &mut Exchange, decision: &Decision, target: &Target) {
+        if decision.allowed {
+            return;
+        }
+        if decision.read_flow
+            && let Some(flow) = exchange.context.flow.as_deref()
+        {
+            let mut noted = flow.to_json();
+            if let Value::Object(noted) = &mut noted {
+                noted.insert("labels".into(), Value::from(target.labels().names()));
+            }
+            self.annotate(exchange, "flow", noted.to_string());
+        }
+        if let Some(ask) = &decision.ask {
+            self.annotate(exchange, "ask", ask.clone());
+            let approval: Vec<&str> = std::iter::once(&*decision.policy_set)
+                .chain(decision.policies.iter().map(String::as_str))
+                .collect();
+            self.annotate(exchange, "ask_policies", json_list(&approval));
+        }
+    }
+
     fn annotate(&self, exchange: &mut Exchange, key: &str, value: String) {
         exchange.annotations.push(Annotation {
             interceptor: self.name.clone(),
@@ -483,7 +518,23 @@ impl Authz {
             SystemTime::now(),
         ));
         let id = self.decision_id();
-        let verdict = if decision.allowed { "allow" } else { "deny" };
+        // A refusal the person was asked about and let through, as it was
+        // decided then (the same policies): allowed, this once.
+        let approved = decision.ask.is_some()
+            && exchange
+                .context
+                .approved
+                .as_deref()
+                .is_some_and(|approved| {
+                    approved.split_first().is_some_and(|(set, policies)| {
+                        *set == *decision.policy_set && policies == decision.policies.as_slice()
+                    })
+                });
+        let verdict = if decision.allowed || approved {
+            "allow"
+        } else {
+            "deny"
+        };
         self.annotate(exchange, "decision", verdict.to_owned());
         self.annotate(exchange, "decision_id", id.clone());
         self.annotate(exchange, "policy_set", decision.policy_set.to_string());
@@ -500,17 +551,10 @@ impl Authz {
                 decision.dropped_arguments.join(","),
             );
         }
-        // A refusal the flow could decide: the record names the target's
-        // labels and the exchanges that brought the flow's.
-        if !decision.allowed
-            && decision.read_flow
-            && let Some(flow) = exchange.context.flow.as_deref()
-        {
-            let mut noted = flow.to_json();
-            if let Value::Object(noted) = &mut noted {
-                noted.insert("labels".into(), Value::from(target.labels().names()));
-            }
-            self.annotate(exchange, "flow", noted.to_string());
+        self.note_refusal(exchange, &decision, &target);
+        if approved {
+            self.annotate(exchange, "asked", "accept".to_owned());
+            return Verdict::Continue;
         }
         let (_, resource) = target.entity();
         // A URI may carry a credential: what is shown (the client's error,
@@ -557,123 +601,6 @@ impl Authz {
                 .with("decision_id", id)
                 .with("policy_set", decision.policy_set.to_string()),
         )
-    }
-}
-
-/// The action and target of a client's request, once routing knows its
-/// server and target, labelled by `flow` (`separator` names tools and
-/// prompts as clients see them); `None` for a request no action decides.
-pub fn request_target(
-    exchange: &Exchange,
-    separator: &str,
-    flow: &FlowConfig,
-) -> Option<(Action, Target)> {
-    let context = &exchange.context;
-    let server = context.server.as_deref()?;
-    let target = context.target.as_deref()?;
-    let namespaced = || format!("{server}{separator}{target}");
-    let tool = || {
-        let name = namespaced();
-        let annotations = context
-            .definition
-            .as_ref()
-            .and_then(|d| d.get())
-            .map(ToolAnnotations::from_definition)
-            .unwrap_or_default();
-        Target::Tool {
-            labels: labels_of(flow, server, Labelled::Tool(&name), Some(&annotations)),
-            name,
-            server: server.to_owned(),
-            annotations,
-        }
-    };
-    let prompt = || {
-        let name = namespaced();
-        Target::Prompt {
-            labels: labels_of(flow, server, Labelled::Prompt(&name), None),
-            name,
-            server: server.to_owned(),
-        }
-    };
-    let resource = || Target::Resource {
-        uri: target.to_owned(),
-        server: server.to_owned(),
-        labels: labels_of(flow, server, Labelled::Resource(target), None),
-    };
-    match &context.method {
-        // A task's requests are decided as the call that created it
-        // (routing found its tool).
-        Method::ToolsCall | Method::TasksGet | Method::TasksUpdate | Method::TasksCancel => {
-            Some((Action::CallTool, tool()))
-        }
-        Method::PromptsGet => Some((Action::GetPrompt, prompt())),
-        Method::ResourcesRead => Some((Action::ReadResource, resource())),
-        // Unsubscribing is decided like subscribing: a client with no
-        // rights on a resource has nothing to cancel.
-        Method::ResourcesSubscribe | Method::ResourcesUnsubscribe => {
-            Some((Action::SubscribeResource, resource()))
-        }
-        Method::CompletionComplete => {
-            let kind = exchange.message.at(&["params", "ref", "type"]);
-            if kind.and_then(Value::as_str) == Some("ref/prompt") {
-                Some((Action::Complete, prompt()))
-            } else {
-                Some((Action::Complete, resource()))
-            }
-        }
-        _ => None,
-    }
-}
-
-/// The Cedar target of an item of the merged list `key` (`tools`,
-/// `prompts`, `resources`, `resourceTemplates`), with its server; `None`
-/// when no server is known for it (such an item is hidden: fail closed).
-pub(crate) fn list_target(
-    directory: &dyn Directory,
-    key: &str,
-    item: &Value,
-    flow: &FlowConfig,
-) -> Option<Target> {
-    let name = |k: &str| item.get(k).and_then(Value::as_str);
-    match key {
-        "tools" => {
-            let name = name("name")?;
-            let server = directory.tool_server(name)?;
-            let annotations = ToolAnnotations::from_definition(item);
-            Some(Target::Tool {
-                labels: labels_of(flow, server, Labelled::Tool(name), Some(&annotations)),
-                name: name.to_owned(),
-                server: server.to_owned(),
-                annotations,
-            })
-        }
-        "prompts" => {
-            let name = name("name")?;
-            let server = directory.prompt_server(name)?;
-            Some(Target::Prompt {
-                labels: labels_of(flow, server, Labelled::Prompt(name), None),
-                name: name.to_owned(),
-                server: server.to_owned(),
-            })
-        }
-        "resources" => {
-            let uri = name("uri")?;
-            let server = directory.resource_server(uri)?;
-            Some(Target::Resource {
-                labels: labels_of(flow, server, Labelled::Resource(uri), None),
-                uri: uri.to_owned(),
-                server: server.to_owned(),
-            })
-        }
-        _ => {
-            let template = name("uriTemplate")?;
-            let server = directory.template_server(template)?;
-            Some(Target::Resource {
-                labels: labels_of(flow, server, Labelled::Resource(template), None),
-                uri: template.to_owned(),
-                server: server.to_owned(),
-            })
-        }
     }
 }
 

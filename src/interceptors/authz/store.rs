@@ -13,18 +13,19 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityUid, Policy, PolicyId, PolicySet, Request,
-    RestrictedExpression, Schema, SchemaFragment, ValidationMode, Validator,
+    RestrictedExpression, Schema, SchemaFragment,
 };
 use serde_json::Value;
 
-use super::diagnostic::{Diagnostic, PolicyError, Severity, diagnostic};
-use super::model::{ContextShape, Types, client_entity, context_shapes, model_problem};
+use super::diagnostic::{Diagnostic, PolicyError, Severity};
+use super::model::{ContextShape, Types, client_entity, context_shapes};
+pub use super::parse::Origin;
+use super::parse::{Parsed, parse_policies, schema_of, validate};
 use super::request::{Action, Query, Target, convert_record, datetime_literal, left_out};
 use super::slice::{Indexed, Prepared, Reads, index_by_action};
 use super::sources::Sources;
@@ -39,14 +40,6 @@ const MAX_CACHED_SLICES: usize = 8_192;
 
 /// Longer keys (long resource URIs, many attributes) are not cached.
 const MAX_CACHED_KEY_BYTES: usize = 512;
-
-/// Where a policy came from.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    pub file: PathBuf,
-    pub line: usize,
-    pub effect: &'static str,
-}
 
 /// A policy of a loaded set, as its file has it.
 #[derive(Debug, Clone)]
@@ -74,6 +67,21 @@ pub struct Decision {
     /// A policy that decided may read `context.flow`, and the flow was not
     /// empty: what the client was given before counted.
     pub read_flow: bool,
+    /// A refusal the person behind the agent may override: every policy
+    /// that decided it is a forbid with `@ask`, and none failed. Their
+    /// texts, in the policies' order.
+    pub ask: Option<String>,
+}
+
+impl Decision {
+    /// `allow`, `deny`, or `ask` (a refusal the person may override).
+    pub fn verdict(&self) -> &'static str {
+        match (self.allowed, &self.ask) {
+            (true, _) => "allow",
+            (false, Some(_)) => "ask",
+            (false, None) => "deny",
+        }
+    }
 }
 
 /// A loaded, validated policy set.
@@ -83,6 +91,9 @@ pub struct PolicyStore {
     origins: HashMap<String, Origin>,
     /// The policies that may read `context.flow`, by id.
     flow_readers: HashSet<String>,
+    /// The forbids whose refusal the person may override, by id: their
+    /// `@ask` text.
+    asks: HashMap<String, String>,
     /// Per action: the policies whose action scope includes it.
     by_action: HashMap<Action, Vec<Indexed>>,
     shapes: HashMap<Action, ContextShape>,
@@ -128,6 +139,7 @@ impl PolicyStore {
             policies,
             origins,
             located,
+            asks,
         } = parse_policies(sources)?;
         let all = PolicySet::from_policies(policies.iter().cloned()).map_err(|err| {
             PolicyError::Invalid(vec![Diagnostic {
@@ -171,6 +183,7 @@ impl PolicyStore {
             all: Arc::new(all),
             origins,
             flow_readers,
+            asks,
             by_action,
             shapes,
             action_entities,
@@ -298,6 +311,7 @@ impl PolicyStore {
             dropped_arguments: Vec::new(),
             policy_set: self.id.clone(),
             read_flow: false,
+            ask: None,
         }
     }
 
@@ -327,6 +341,33 @@ impl PolicyStore {
         policies.dedup();
         let read_flow = query.flow.is_some_and(|flow| !flow.is_empty())
             && policies.iter().any(|id| self.flow_readers.contains(id));
+        let asks: Option<Vec<&str>> = (!allowed && errors.is_empty())
+            .then(|| {
+                policies
+                    .iter()
+                    .map(|id| self.asks.get(id).map(String::as_str))
+                    .collect()
+            })
+            .flatten();
+        // Only what the `@ask` forbids refused: without them, a permit
+        // allows (a missing permit is never the person's to override).
+        let ask = asks
+            .filter(|texts| !texts.is_empty())
+            .filter(|_| {
+                let rest = prepared
+                    .policies
+                    .policies()
+                    .filter(|policy| !self.asks.contains_key(&policy.id().to_string()))
+                    .cloned();
+                PolicySet::from_policies(rest).is_ok_and(|rest| {
+                    let answer = self
+                        .authorizer
+                        .is_authorized(&request, &rest, &prepared.entities);
+                    answer.decision() == cedar_policy::Decision::Allow
+                        && answer.diagnostics().errors().next().is_none()
+                })
+            })
+            .map(|texts| texts.join(" "));
         Decision {
             allowed,
             policies,
@@ -334,6 +375,7 @@ impl PolicyStore {
             dropped_arguments: dropped,
             policy_set: self.id.clone(),
             read_flow,
+            ask,
         }
     }
 
@@ -612,171 +654,4 @@ fn flow_record(flow: Option<&Flow>) -> Result<RestrictedExpression, String> {
         ));
     }
     RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
-}
-
-fn display_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// The folder's schema, parsed, and checked to declare the model the proxy
-/// builds its requests in.
-fn schema_of(schema_path: &Path, schema_text: &str) -> Result<Schema, PolicyError> {
-    let schema = match Schema::from_cedarschema_str(schema_text) {
-        Ok((schema, _warnings)) => schema,
-        Err(err) => {
-            return Err(PolicyError::Invalid(vec![diagnostic(
-                &err,
-                schema_path,
-                schema_text,
-                Severity::Error,
-                0,
-            )]));
-        }
-    };
-    if let Some(problem) = model_problem(&schema) {
-        return Err(PolicyError::Invalid(vec![Diagnostic {
-            file: schema_path.to_owned(),
-            line: 1,
-            column: 1,
-            severity: Severity::Error,
-            message: problem,
-            help: Some("start from the schema in the repository's `policies/` folder; add attributes and types, do not rename or namespace the model's".into()),
-        }]));
-    }
-    Ok(schema)
-}
-
-/// The policies of a folder's files, each under its id.
-struct Parsed {
-    policies: Vec<Policy>,
-    origins: HashMap<String, Origin>,
-    /// Policy id → (its file's index in the sources, offset of the policy
-    /// in the file).
-    located: HashMap<String, (usize, usize)>,
-}
-
-/// Every policy of the folder's files, named by its `@id` (or its file and
-/// line), with where it came from; or every problem found in them.
-fn parse_policies(sources: &Sources) -> Result<Parsed, PolicyError> {
-    let mut errors = Vec::new();
-    let mut policies: Vec<Policy> = Vec::new();
-    let mut origins: HashMap<String, Origin> = HashMap::new();
-    // Policy id → (file, text, offset of the policy in the file).
-    let mut located: HashMap<String, (usize, usize)> = HashMap::new();
-    for (file_index, (path, text)) in sources.policies.iter().enumerate() {
-        let set = match PolicySet::from_str(text) {
-            Ok(set) => set,
-            Err(err) => {
-                for error in err.iter() {
-                    errors.push(diagnostic(error, path, text, Severity::Error, 0));
-                }
-                continue;
-            }
-        };
-        if set.templates().next().is_some() {
-            errors.push(Diagnostic {
-                file: path.clone(),
-                line: 1,
-                column: 1,
-                severity: Severity::Error,
-                message: "policy templates (`?principal`, `?resource`) are not supported; write static policies".into(),
-                help: None,
-            });
-            continue;
-        }
-        // `from_str` names policies policy0, policy1, … in source order.
-        let mut parsed: Vec<&Policy> = set.policies().collect();
-        parsed.sort_by_key(|p| {
-            p.id()
-                .to_string()
-                .trim_start_matches("policy")
-                .parse::<usize>()
-                .unwrap_or(usize::MAX)
-        });
-        let mut cursor = 0;
-        for policy in parsed {
-            let source = policy.to_string();
-            let offset = text
-                .get(cursor..)
-                .and_then(|rest| rest.find(source.as_str()))
-                .map_or(cursor, |found| cursor + found);
-            cursor = offset + source.len().min(text.len().saturating_sub(offset));
-            let (line, column) = crate::config::line_col(text, offset);
-            let id = match policy.annotation("id") {
-                Some(id) => id.to_owned(),
-                None => format!("{}:{line}", display_name(path)),
-            };
-            if let Some(first) = origins.get(&id) {
-                errors.push(Diagnostic {
-                    file: path.clone(),
-                    line,
-                    column,
-                    severity: Severity::Error,
-                    message: format!(
-                        "policy id `{id}` is used twice (first at {}:{})",
-                        first.file.display(),
-                        first.line
-                    ),
-                    help: Some("give every policy a unique `@id(\"…\")`".into()),
-                });
-                continue;
-            }
-            let effect = match policy.effect() {
-                cedar_policy::Effect::Permit => "permit",
-                cedar_policy::Effect::Forbid => "forbid",
-            };
-            origins.insert(
-                id.clone(),
-                Origin {
-                    file: path.clone(),
-                    line,
-                    effect,
-                },
-            );
-            located.insert(id.clone(), (file_index, offset));
-            policies.push(policy.new_id(PolicyId::new(&id)));
-        }
-    }
-    if !errors.is_empty() {
-        return Err(PolicyError::Invalid(errors));
-    }
-    Ok(Parsed {
-        policies,
-        origins,
-        located,
-    })
-}
-
-/// Validates a set strictly against the schema, each error and warning
-/// placed in its policy's file: the warnings, or every error.
-fn validate(
-    schema: &Schema,
-    all: &PolicySet,
-    sources: &Sources,
-    located: &HashMap<String, (usize, usize)>,
-) -> Result<Vec<Diagnostic>, PolicyError> {
-    let validation = Validator::new(schema.clone()).validate(all, ValidationMode::Strict);
-    let locate = |id: &PolicyId| {
-        located
-            .get(&id.to_string())
-            .and_then(|(file, offset)| sources.policies.get(*file).map(|f| (f, *offset)))
-    };
-    let mut errors = Vec::new();
-    let mut warnings = Vec::new();
-    for error in validation.validation_errors() {
-        if let Some(((path, text), offset)) = locate(error.policy_id()) {
-            errors.push(diagnostic(error, path, text, Severity::Error, offset));
-        }
-    }
-    for warning in validation.validation_warnings() {
-        if let Some(((path, text), offset)) = locate(warning.policy_id()) {
-            warnings.push(diagnostic(warning, path, text, Severity::Warning, offset));
-        }
-    }
-    if !errors.is_empty() {
-        return Err(PolicyError::Invalid(errors));
-    }
-    Ok(warnings)
 }

@@ -394,3 +394,57 @@ fn discovery_actions_are_decided_only_where_the_schema_declares_them() {
             .allowed
     );
 }
+
+#[test]
+fn a_refusal_is_one_to_ask_about_only_when_every_deciding_forbid_says_so() {
+    let policies = r#"
+@id("all") permit (principal, action, resource);
+@id("asks") @ask("A page reached the agent.")
+forbid (principal, action == Action::"call_tool", resource)
+when { context.flow.untrusted };
+@id("hard")
+forbid (principal, action == Action::"call_tool", resource == Tool::"a__destroy")
+when { context.flow.untrusted };
+"#;
+    let store = store(&[policies]);
+    let flow = Flow::of_names([(Label::Untrusted, "web__fetch")]);
+    let decide = |name: &str, flow: Option<&Flow>| {
+        let target = tool(name, false);
+        let mut q = query("c", &[], Action::CallTool, &target, None);
+        q.flow = flow;
+        store.decide(&q)
+    };
+    let asked = decide("a__send", Some(&flow));
+    assert_eq!(asked.verdict(), "ask");
+    assert_eq!(asked.ask.as_deref(), Some("A page reached the agent."));
+    assert!(asked.read_flow);
+    // A forbid without `@ask` among the deciders: a plain refusal.
+    let hard = decide("a__destroy", Some(&flow));
+    assert_eq!(hard.verdict(), "deny");
+    assert_eq!(hard.policies, ["asks", "hard"]);
+    // No flow: allowed, nothing to ask.
+    assert_eq!(decide("a__send", None).verdict(), "allow");
+    // No permit: the `@ask` forbid decides, but a missing permit is never
+    // the person's to override.
+    let unpermitted = PolicyStore::from_sources(&sources(&[policies
+        .replace(r#"@id("all") permit (principal, action, resource);"#, "")
+        .as_str()]))
+    .unwrap();
+    let target = tool("a__send", false);
+    let mut q = query("c", &[], Action::CallTool, &target, None);
+    q.flow = Some(&flow);
+    let refused = unpermitted.decide(&q);
+    assert_eq!(refused.policies, ["asks"]);
+    assert_eq!(refused.verdict(), "deny", "{refused:?}");
+
+    // `@ask` on a permit, or empty, is refused at load.
+    for bad in [
+        r#"@id("p") @ask("why") permit (principal, action, resource);"#,
+        r#"@id("f") @ask("  ") forbid (principal, action, resource);"#,
+    ] {
+        let Err(PolicyError::Invalid(found)) = PolicyStore::from_sources(&sources(&[bad])) else {
+            panic!("{bad} must be refused");
+        };
+        assert!(found[0].message.contains("`@ask`"), "{found:?}");
+    }
+}

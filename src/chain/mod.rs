@@ -156,6 +156,9 @@ pub struct Context {
     /// session's flow, or its own over `[flow] window` without one), as
     /// they stood when the exchange began; `None`: none yet.
     pub flow: Option<Arc<crate::flow::Flow>>,
+    /// The refusal the person let through when asked (`@ask`): the policy
+    /// set that decided it, then the ids of the policies that did.
+    pub approved: Option<Arc<[String]>>,
 }
 
 impl Context {
@@ -189,6 +192,7 @@ impl Context {
             call_arguments: None,
             script: None,
             flow: None,
+            approved: None,
         }
     }
 }
@@ -582,13 +586,33 @@ impl Chain {
     /// Runs the exchange's phase through the chain: requests and
     /// notifications in order, responses in reverse.
     pub fn run(&self, exchange: &mut Exchange) -> Result<(), Refusal> {
+        self.run_from(exchange, 0)
+    }
+
+    /// [`Chain::decide`], for a request the interceptor `name` refused and
+    /// that is decided again (the person let its refusal through): from
+    /// that interceptor on, so that those before it (a quota, a plugin)
+    /// do not act twice.
+    pub async fn decide_again(&self, exchange: &mut Exchange, name: &str) -> Result<(), Refusal> {
+        let from = self
+            .interceptors
+            .iter()
+            .position(|(named, _)| &**named == name)
+            .unwrap_or(0);
+        self.run_from(exchange, from)?;
+        self.admit(exchange).await
+    }
+
+    /// The phase from the `first` step on (a response's steps counted from
+    /// the end).
+    fn run_from(&self, exchange: &mut Exchange, first: usize) -> Result<(), Refusal> {
         let count = self.interceptors.len();
         let (phase, reverse) = match exchange.phase {
             Phase::Request => (0, false),
             Phase::Response => (1, true),
             Phase::Notification => (2, false),
         };
-        for step in 0..count {
+        for step in first..count {
             let index = if reverse { count - 1 - step } else { step };
             let Some((name, interceptor)) = self.interceptors.get(index) else {
                 continue;
@@ -644,141 +668,4 @@ impl Chain {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-    use std::sync::Mutex;
-
-    struct Recorder {
-        name: &'static str,
-        seen: Arc<Mutex<Vec<String>>>,
-        deny_method: Option<&'static str>,
-    }
-
-    impl Interceptor for Recorder {
-        fn name(&self) -> &str {
-            self.name
-        }
-        fn on_client_request(&self, exchange: &mut Exchange) -> Verdict {
-            self.seen
-                .lock()
-                .map(|mut s| s.push(format!("{}:req", self.name)))
-                .ok();
-            if Some(exchange.context.method.as_str()) == self.deny_method {
-                return Verdict::Deny(Denial::new(protocol::code::DENIED, "not today"));
-            }
-            let mut message = exchange.message.clone();
-            message["params"][self.name] = json!(true);
-            Verdict::Modify(message)
-        }
-        fn on_server_response(&self, _exchange: &mut Exchange) -> Verdict {
-            self.seen
-                .lock()
-                .map(|mut s| s.push(format!("{}:resp", self.name)))
-                .ok();
-            Verdict::Continue
-        }
-        fn on_outcome(&self, _exchange: &Exchange, outcome: &Outcome) {
-            self.seen
-                .lock()
-                .map(|mut s| {
-                    s.push(format!(
-                        "{}:outcome:{}",
-                        self.name,
-                        matches!(outcome, Outcome::Delivered)
-                    ))
-                })
-                .ok();
-        }
-    }
-
-    fn exchange(method: &str) -> Exchange {
-        Exchange::new(
-            json!({"jsonrpc":"2.0","id":1,"method":method,"params":{}}),
-            Direction::ClientToServer,
-            Phase::Request,
-            Context {
-                request_id: Some(json!(1)),
-                ..Context::new(
-                    "s".into(),
-                    ClientIdentity::new("c", &[]),
-                    Transport::Stdio,
-                    method,
-                )
-            },
-        )
-    }
-
-    fn chain(seen: &Arc<Mutex<Vec<String>>>, deny: Option<&'static str>) -> Chain {
-        Chain::new(vec![
-            Arc::new(Recorder {
-                name: "a",
-                seen: seen.clone(),
-                deny_method: None,
-            }),
-            Arc::new(Recorder {
-                name: "b",
-                seen: seen.clone(),
-                deny_method: deny,
-            }),
-            Arc::new(Recorder {
-                name: "c",
-                seen: seen.clone(),
-                deny_method: None,
-            }),
-        ])
-    }
-
-    #[test]
-    fn requests_in_order_responses_in_reverse_and_modifications_stick() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let chain = chain(&seen, None);
-        let mut ex = exchange("tools/call");
-        assert_eq!(chain.run(&mut ex), Ok(()));
-        assert_eq!(
-            ex.message["params"],
-            json!({"a": true, "b": true, "c": true})
-        );
-        ex.phase = Phase::Response;
-        assert_eq!(chain.run(&mut ex), Ok(()));
-        chain.finish(&ex, &Outcome::Delivered);
-        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
-        assert_eq!(
-            seen,
-            [
-                "a:req",
-                "b:req",
-                "c:req",
-                "c:resp",
-                "b:resp",
-                "a:resp",
-                "a:outcome:true",
-                "b:outcome:true",
-                "c:outcome:true"
-            ]
-        );
-    }
-
-    #[test]
-    fn deny_stops_the_chain_and_names_the_interceptor() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let chain = chain(&seen, Some("tools/call"));
-        let mut ex = exchange("tools/call");
-        let refusal = chain.run(&mut ex).err();
-        let Some(refusal) = refusal else {
-            panic!("expected a refusal");
-        };
-        assert_eq!(&*refusal.interceptor, "b");
-        let response = refusal.to_response(json!(1));
-        assert_eq!(response["error"]["code"], json!(protocol::code::DENIED));
-        assert_eq!(
-            response["error"]["message"],
-            json!("denied by b: not today")
-        );
-        assert_eq!(response["error"]["data"]["interceptor"], json!("b"));
-        assert_eq!(
-            seen.lock().map(|s| s.clone()).unwrap_or_default(),
-            ["a:req", "b:req"]
-        );
-    }
-}
+mod tests;
