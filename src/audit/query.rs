@@ -33,6 +33,9 @@ pub struct Filter {
     /// Timestamps in the records' own format (`YYYY-MM-DDThh:mm:ss.mmmZ`).
     pub since: Option<String>,
     pub until: Option<String>,
+    /// Only records whose shadow policy set decided otherwise than the
+    /// enforced one (`detail.shadow.differs`).
+    pub shadow_differs: bool,
     /// Only records after this sequence number, oldest first: the first
     /// `limit` of them (paging forward, following the log). Without it, the
     /// newest `limit` records, returned oldest first.
@@ -73,6 +76,12 @@ impl Filter {
             && self.since.as_ref().is_none_or(|t| record.time >= *t)
             && self.until.as_ref().is_none_or(|t| record.time < *t)
             && self.after.is_none_or(|after| record.seq > after)
+            && (!self.shadow_differs
+                || record
+                    .detail
+                    .as_ref()
+                    .and_then(|d| d.pointer("/shadow/differs"))
+                    .is_some_and(|differs| *differs == serde_json::Value::Bool(true)))
     }
 }
 
@@ -100,6 +109,9 @@ pub struct FilterParams {
     pub since: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+    /// `differs`: only where the shadow policy set decided otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,6 +206,7 @@ impl FilterParams {
             subject: empty("subject", &self.subject)?,
             since,
             until,
+            shadow_differs: one_of("shadow", &self.shadow, &["differs"])?.is_some(),
             after: number("after", &self.after)?,
             limit,
         })

@@ -143,6 +143,10 @@ pub struct FilterArgs {
     since: Option<String>,
     #[arg(long)]
     until: Option<String>,
+    /// Only where the shadow policy set decided otherwise than the
+    /// enforced one (`[proxy] shadow_policies`).
+    #[arg(long)]
+    shadow_differs: bool,
 }
 
 impl FilterArgs {
@@ -157,6 +161,7 @@ impl FilterArgs {
             subject: self.subject.clone(),
             since: self.since.clone(),
             until: self.until.clone(),
+            shadow: self.shadow_differs.then(|| "differs".to_owned()),
             after: after.map(|a| a.to_string()),
             limit: limit.map(|l| l.to_string()),
         }

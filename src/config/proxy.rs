@@ -19,6 +19,9 @@ pub struct ProxyConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub policies: Option<PathBuf>,
+    /// A second policy folder decided beside `policies` and never enforced
+    /// (shadow policies): each decision's record holds both.
+    pub shadow_policies: Option<PathBuf>,
     /// How often the policy folder, the pin file and the config (with its
     /// catalogs and profile) are checked for changes (a SIGHUP reloads at
     /// once).
@@ -91,6 +94,11 @@ pub(super) struct RawProxy {
     /// puts `authz` in the chain.
     #[schemars(with = "Option<PathText>")]
     policies: Option<Spanned<PathBuf>>,
+    /// A candidate policy folder, decided beside `policies` on every request
+    /// authz decides and never enforced: each record holds both decisions,
+    /// and metrics count where they differ (needs `policies`).
+    #[schemars(with = "Option<PathText>")]
+    shadow_policies: Option<Spanned<PathBuf>>,
     /// How often the policy folder, the pin file, and the config with its
     /// catalogs and profile are checked for changes (SIGHUP reloads at
     /// once).
@@ -232,6 +240,7 @@ impl RawProxy {
                 self.data_dir
                     .unwrap_or_else(|| PathBuf::from(".portcullis")),
             ),
+            shadow_policies: shadow_folder(v, self.shadow_policies, self.policies.is_some())?,
             policies: self.policies.map(|p| v.resolve(p.into_inner())),
             policy_poll: v
                 .parsed(
@@ -337,4 +346,20 @@ fn check_exposure(
         ));
     }
     Ok(())
+}
+
+/// `shadow_policies`, resolved: only beside enforced `policies`.
+fn shadow_folder(
+    v: &Validator<'_>,
+    shadow: Option<Spanned<PathBuf>>,
+    enforced: bool,
+) -> Result<Option<PathBuf>, ConfigError> {
+    match shadow {
+        Some(shadow) if !enforced => Err(v.error(
+            Some(shadow.span()),
+            "proxy.shadow_policies",
+            "shadow policies are decided beside the enforced ones: set `policies` too".into(),
+        )),
+        shadow => Ok(shadow.map(|p| v.resolve(p.into_inner()))),
+    }
 }

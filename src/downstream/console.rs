@@ -191,6 +191,7 @@ struct ViewFilter {
     decision: Option<String>,
     provider: Option<String>,
     subject: Option<String>,
+    shadow: Option<String>,
 }
 
 impl ViewFilter {
@@ -203,6 +204,7 @@ impl ViewFilter {
             decision: set(&self.decision),
             provider: set(&self.provider),
             subject: set(&self.subject),
+            shadow: set(&self.shadow),
             kind: Some("exchange".into()),
             limit: Some(FIRST_ROWS.to_string()),
             ..FilterParams::default()
@@ -232,6 +234,7 @@ impl ViewFilter {
             }
         };
         let decision = self.decision.as_deref().unwrap_or("");
+        let shadow = self.shadow.as_deref().unwrap_or("");
         html! {
             form class="filters" method="get" action=(action) {
                 (field("client", &self.client, "any client"))
@@ -247,6 +250,13 @@ impl ViewFilter {
                                 (if d.is_empty() { "any" } else { d })
                             }
                         }
+                    }
+                }
+                label {
+                    "shadow policies"
+                    select name="shadow" {
+                        option value="" selected[shadow.is_empty()] { "any" }
+                        option value="differs" selected[shadow == "differs"] { "decided otherwise" }
                     }
                 }
                 button type="submit" { "Filter" }

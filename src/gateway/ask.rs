@@ -108,7 +108,9 @@ impl Gateway {
         // Decided again from authz on: its notes are the second run's, and
         // the flow is the client's as it stands now (it may have grown
         // while the person read the question).
-        exchange.annotations.retain(|a| &*a.interceptor != AUTHZ);
+        exchange
+            .annotations
+            .retain(|a| &*a.interceptor != AUTHZ || a.key == "shadow");
         exchange.context.flow = self.flows.of(session);
         exchange.context.approved = Some(Arc::from(approval));
         self.chain.decide_again(exchange, AUTHZ).await

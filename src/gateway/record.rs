@@ -277,15 +277,18 @@ pub(super) fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Va
     if !code.is_empty() {
         detail.insert("code".into(), Value::Object(code));
     }
-    // A refusal the flow could decide: the target's labels, and for each
-    // label of the flow the exchanges (name, record) that brought it.
-    if let Some(flow) = exchange
-        .annotations
-        .iter()
-        .find(|a| &*a.interceptor == "authz" && a.key == "flow")
-        .and_then(|a| serde_json::from_str::<Value>(&a.value).ok())
-    {
-        detail.insert("flow".into(), flow);
+    // A refusal the flow could decide (the target's labels, and for each
+    // label of the flow the exchanges, name and record, that brought it);
+    // the shadow policy set's decision beside the enforced one.
+    for key in ["flow", "shadow"] {
+        if let Some(noted) = exchange
+            .annotations
+            .iter()
+            .find(|a| &*a.interceptor == "authz" && a.key == key)
+            .and_then(|a| serde_json::from_str::<Value>(&a.value).ok())
+        {
+            detail.insert(key.into(), noted);
+        }
     }
     // A refusal a policy let the person override (`@ask`): what they
     // answered, and the policies that asked.

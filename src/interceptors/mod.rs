@@ -8,7 +8,7 @@ pub mod redact;
 pub mod schema;
 pub mod wasm;
 
-pub use authz::{Authz, PolicyEngine, ServerAccess};
+pub use authz::{Authz, PolicyEngine, ServerAccess, Shadow};
 pub use limits::Limits;
 pub use pinning::Pinning;
 pub use ratelimit::Ratelimit;
@@ -119,6 +119,13 @@ pub fn build_chain(config: &Config) -> Result<Built, BuildError> {
                     .with_flow(Arc::new(config.flow.clone()));
                 if config.code_mode.is_some() {
                     authz = authz.with_code_tool();
+                }
+                if let Some(dir) = config.proxy.shadow_policies.clone() {
+                    let engine = PolicyEngine::load(&dir, &config.clients)
+                        .map_err(|source| BuildError::Policies { dir, source })?;
+                    // Its folder is watched while authz holds it.
+                    let shadow = Shadow::new(Arc::new(engine), config.proxy.policy_poll);
+                    authz = authz.with_shadow(Arc::new(shadow));
                 }
                 access = Some(authz.access().clone());
                 interceptors.push(Arc::new(authz));

@@ -14,6 +14,7 @@ pub mod fixtures;
 mod model;
 mod parse;
 pub mod request;
+mod shadow;
 mod slice;
 mod sources;
 pub mod store;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use access::ServerAccess;
 pub use diagnostic::{Diagnostic, PolicyError, Severity};
 pub use request::{Action, Query, Target, ToolAnnotations, labels_of};
+pub use shadow::Shadow;
 pub use sources::Sources;
 pub use store::{Decision, ListedPolicy, Origin, PolicyStore};
 pub(crate) use targets::list_target;
@@ -263,6 +265,23 @@ pub struct Authz {
     code_tool: Option<String>,
     /// `[flow]`: the labels of what decisions are about.
     flow: Arc<FlowConfig>,
+    /// `[proxy] shadow_policies`: a candidate set decided beside.
+    shadow: Option<Arc<Shadow>>,
+}
+
+/// Whether `decision` is the refusal the person was asked about and let
+/// through, as it was decided then (the same policies of the same set):
+/// allowed, this once.
+fn approved(exchange: &Exchange, decision: &Decision) -> bool {
+    decision.ask.is_some()
+        && exchange
+            .context
+            .approved
+            .as_deref()
+            .and_then(<[String]>::split_first)
+            .is_some_and(|(set, policies)| {
+                *set == *decision.policy_set && policies == decision.policies.as_slice()
+            })
 }
 
 /// A list of names as JSON (ids may hold any character).
@@ -291,7 +310,14 @@ impl Authz {
             scrub: None,
             code_tool: None,
             flow: Arc::default(),
+            shadow: None,
         }
+    }
+
+    /// Decides every request with `shadow`'s set too, never enforcing it.
+    pub fn with_shadow(mut self, shadow: Arc<Shadow>) -> Self {
+        self.shadow = Some(shadow);
+        self
     }
 
     /// Labels targets by `[flow]` (else by the defaults alone).
@@ -510,26 +536,23 @@ impl Authz {
             _ => None,
         };
         let store = self.engine.current();
-        let decision = store.decide(&Self::query(
-            exchange,
-            action,
-            &target,
-            arguments,
-            SystemTime::now(),
-        ));
+        let query = Self::query(exchange, action, &target, arguments, SystemTime::now());
+        let decision = store.decide(&query);
+        let approved = approved(exchange, &decision);
+        // Decided again after the person's accept: the shadow set decided
+        // the first time (its note is kept).
+        if let Some(shadow) = &self.shadow
+            && exchange.context.approved.is_none()
+        {
+            let enforced = if approved {
+                "allow"
+            } else {
+                decision.verdict()
+            };
+            let noted = shadow.decide(&query, enforced).to_string();
+            self.annotate(exchange, "shadow", noted);
+        }
         let id = self.decision_id();
-        // A refusal the person was asked about and let through, as it was
-        // decided then (the same policies): allowed, this once.
-        let approved = decision.ask.is_some()
-            && exchange
-                .context
-                .approved
-                .as_deref()
-                .is_some_and(|approved| {
-                    approved.split_first().is_some_and(|(set, policies)| {
-                        *set == *decision.policy_set && policies == decision.policies.as_slice()
-                    })
-                });
         let verdict = if decision.allowed || approved {
             "allow"
         } else {
@@ -629,6 +652,9 @@ impl Interceptor for Authz {
             "gauge",
         );
         out.sample("portcullis_policies", &[], store.policy_count() as f64);
+        if let Some(shadow) = &self.shadow {
+            shadow.render_metrics(out);
+        }
     }
 
     fn on_client_request(&self, exchange: &mut Exchange) -> Verdict {

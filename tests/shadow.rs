@@ -1,0 +1,104 @@
+//! Shadow policies through the real binary: a candidate set
+//! (`[proxy] shadow_policies`) decided beside the enforced one never
+//! enforces. Five calls of the example server's `echo`, which the candidate
+//! would refuse one of, are all served; each record holds both decisions,
+//! the one difference is marked, found by the auditors' filter
+//! (`shadow=differs`) and counted in metrics.
+#![allow(
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+mod common;
+
+use common::{AUDITOR_TOKEN, HttpSession, TestProxy, first_text};
+use serde_json::{Value, json};
+
+const ENFORCED: &str = r#"@id("everyone") permit (principal, action, resource);"#;
+
+/// The candidate: the same, but no echo of the word `three`.
+const CANDIDATE: &str = r#"
+@id("everyone") permit (principal, action, resource);
+@id("no-three")
+forbid (principal, action == Action::"call_tool", resource == Tool::"example__echo")
+when { context.arguments has text && context.arguments.text == "three" };
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_candidate_set_decides_beside_never_enforces_and_its_differences_are_counted() {
+    let proxy = TestProxy::new().with_example_server("example");
+    let enforced = proxy.policy_folder(ENFORCED);
+    let candidate = proxy.dir().join("candidate");
+    std::fs::create_dir_all(&candidate).unwrap();
+    std::fs::copy(
+        common::repo_root().join("policies/schema.cedarschema"),
+        candidate.join("schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(candidate.join("main.cedar"), CANDIDATE).unwrap();
+    let proxy = proxy.with_config(&format!(
+        "policies = {:?}\nshadow_policies = {:?}\n",
+        enforced.display().to_string(),
+        candidate.display().to_string()
+    ));
+    let served = proxy.serve_http().await;
+    let session = HttpSession::connect(&served.url).await;
+    for (id, word) in (1..).zip(["one", "two", "three", "four", "five"]) {
+        let reply = session
+            .call(
+                id,
+                "tools/call",
+                json!({"name": "example__echo", "arguments": {"text": word}}),
+            )
+            .await;
+        assert_eq!(first_text(&reply), format!("example: {word}"), "{reply}");
+    }
+
+    let records =
+        common::admin_records(&served.base, "kind=exchange&limit=1000", AUDITOR_TOKEN).await;
+    let calls: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["method"] == "tools/call")
+        .collect();
+    assert_eq!(calls.len(), 5, "{calls:?}");
+    let differing: Vec<&&Value> = calls
+        .iter()
+        .filter(|r| r["detail"]["shadow"]["differs"] == true)
+        .collect();
+    assert_eq!(differing.len(), 1, "{calls:?}");
+    let differs = differing[0];
+    assert_eq!(differs["decision"], "allow", "served: {differs}");
+    assert_eq!(differs["detail"]["shadow"]["decision"], "deny", "{differs}");
+    assert_eq!(differs["detail"]["shadow"]["policies"], json!(["no-three"]));
+    assert_ne!(
+        differs["detail"]["shadow"]["policy_set"], differs["policy_set"],
+        "{differs}"
+    );
+    for call in &calls {
+        assert!(call["detail"]["shadow"]["decision"].is_string(), "{call}");
+    }
+
+    // Auditors ask for the differences alone.
+    let found = common::admin_records(
+        &served.base,
+        "kind=exchange&shadow=differs&limit=1000",
+        AUDITOR_TOKEN,
+    )
+    .await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["seq"], differs["seq"]);
+
+    let metrics = common::metrics_text(&served.base).await;
+    assert!(
+        metrics.contains("portcullis_shadow_decisions_total 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("portcullis_shadow_differences_total{enforced=\"allow\",shadow=\"deny\"} 1"),
+        "{metrics}"
+    );
+    served.terminate().await;
+}
