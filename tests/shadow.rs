@@ -3,7 +3,8 @@
 //! enforces. Five calls of the example server's `echo`, which the candidate
 //! would refuse one of, are all served; each record holds both decisions,
 //! the one difference is marked, found by the auditors' filter
-//! (`shadow=differs`) and counted in metrics.
+//! (`shadow=differs`) and counted in metrics; `policy replay` of the
+//! candidate over the log reports the same one.
 #![allow(
     clippy::indexing_slicing,
     clippy::panic,
@@ -39,7 +40,7 @@ async fn a_candidate_set_decides_beside_never_enforces_and_its_differences_are_c
     .unwrap();
     std::fs::write(candidate.join("main.cedar"), CANDIDATE).unwrap();
     let proxy = proxy.with_config(&format!(
-        "policies = {:?}\nshadow_policies = {:?}\n",
+        "policies = {:?}\nshadow_policies = {:?}\n\n[audit]\narguments = \"redacted\"\n",
         enforced.display().to_string(),
         candidate.display().to_string()
     ));
@@ -101,4 +102,36 @@ async fn a_candidate_set_decides_beside_never_enforces_and_its_differences_are_c
         "{metrics}"
     );
     served.terminate().await;
+
+    // Replayed over the log, the candidate changes that one decision.
+    let config = proxy.write_config();
+    let (ok, stdout, stderr) = common::run_portcullis([
+        "policy",
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--policies",
+        candidate.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("5 decisions replayed, 1 would change")
+            && stdout.contains("0 of them without their arguments"),
+        "{stdout}"
+    );
+    let changed: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.contains("example/echo"))
+        .collect();
+    assert_eq!(changed.len(), 1, "{stdout}");
+    assert!(
+        changed[0].contains("allow")
+            && changed[0].contains("deny")
+            && changed[0].contains("no-three"),
+        "{stdout}"
+    );
+    assert!(
+        changed[0].starts_with(&differs["seq"].to_string()),
+        "{stdout}"
+    );
 }

@@ -102,7 +102,7 @@ pub enum AuditCommand {
 #[derive(Args)]
 pub struct Source {
     #[arg(long, short)]
-    config: PathBuf,
+    pub(super) config: PathBuf,
     /// Only this store (`serve`, `stdio-<client>`, …), or the fleet's
     /// database (`postgres://USER@HOST/DATABASE`, for `query` and
     /// `verify`; the password from `PGPASSWORD` or `[audit.ship] password`).
@@ -335,7 +335,7 @@ fn fleet_url(source: &Source) -> anyhow::Result<Option<&str>> {
     Ok(store)
 }
 
-fn check(params: &FilterParams) -> anyhow::Result<()> {
+pub(super) fn check(params: &FilterParams) -> anyhow::Result<()> {
     params
         .to_filter(std::time::SystemTime::now(), None)
         .map(|_| ())
@@ -400,6 +400,18 @@ async fn query(
             .collect();
         return print_records(&records, format, true, true);
     }
+    let (records, several) = read_records(source, &params, limit).await?;
+    print_records(&records, format, several, true)
+}
+
+/// The records of `source`'s stores that `params` asks for, each with its
+/// store's name, merged by time, the newest `limit` kept; and whether
+/// there were several stores.
+pub(super) async fn read_records(
+    source: &Source,
+    params: &FilterParams,
+    limit: usize,
+) -> anyhow::Result<(Vec<(String, AuditRecord)>, bool)> {
     let (config, stores) = open_stores(source).await?;
     let several = stores.len() > 1;
     let mut records = Vec::new();
@@ -411,18 +423,18 @@ async fn query(
             }
             Store::Remote { api, .. } => {
                 let answer: serde_json::Value =
-                    api.get("/admin/audit", &params).await?.json().await?;
+                    api.get("/admin/audit", params).await?.json().await?;
                 serde_json::from_value(answer.get("records").cloned().unwrap_or_default())
                     .context("the proxy's answer does not parse")?
             }
         };
         records.extend(found.into_iter().map(|r| (store.name().to_owned(), r)));
     }
-    // Several stores: merged by time, the newest `--limit` kept.
+    // Several stores: merged by time, the newest `limit` kept.
     records.sort_by(|(_, a), (_, b)| a.time.cmp(&b.time).then(a.seq.cmp(&b.seq)));
     let excess = records.len().saturating_sub(limit);
     records.drain(..excess);
-    print_records(&records, format, several, true)
+    Ok((records, several))
 }
 
 /// `audit export`: one store's records as JSON lines, to a file or stdout

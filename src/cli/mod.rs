@@ -15,6 +15,7 @@ mod oauth_login;
 mod pins;
 mod plugin;
 mod policy;
+mod policy_replay;
 mod profiles;
 mod progress;
 mod records;
@@ -128,7 +129,7 @@ enum Command {
         #[command(subcommand)]
         command: ToolsCommand,
     },
-    /// Check, test and explain Cedar policies.
+    /// Check, test, explain and replay Cedar policies.
     Policy {
         #[command(subcommand)]
         command: policy::PolicyCommand,
@@ -493,7 +494,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             servers::servers_status(&config, format).await
         }
         Command::Tools { command } => run_tools(command).await,
-        Command::Policy { command } => policy::run(command),
+        Command::Policy { command } => policy::run(command).await,
         Command::Redact { command } => redact::run(command),
         Command::Plugin { command } => plugin::run(command),
         Command::Audit { command } => audit::run(*command).await,

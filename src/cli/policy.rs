@@ -1,13 +1,14 @@
-//! `portcullis policy check|test|explain`: the security team's tools.
+//! `portcullis policy check|test|explain|replay`: the security team's tools.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
+use super::policy_replay::load;
 use crate::config::{ClientConfig, Config, FlowConfig, Label};
 use crate::interceptors::authz::fixtures::{self, Case};
-use crate::interceptors::authz::{Decision, PolicyError, PolicyStore, Query, Severity};
+use crate::interceptors::authz::{Decision, PolicyStore, Query};
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
@@ -27,6 +28,9 @@ pub enum PolicyCommand {
     },
     /// Decide one request and show the policies that determined it.
     Explain(Box<ExplainArgs>),
+    /// Run a candidate policy set over the decisions the log recorded in a
+    /// period, and list what would change.
+    Replay(Box<super::policy_replay::ReplayArgs>),
 }
 
 #[derive(Args)]
@@ -126,11 +130,12 @@ impl Source {
     }
 }
 
-pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
+pub async fn run(command: PolicyCommand) -> anyhow::Result<()> {
     match command {
         PolicyCommand::Check { source } => check(&source),
         PolicyCommand::Test { source, fixtures } => test(&source, fixtures),
         PolicyCommand::Explain(args) => explain(*args),
+        PolicyCommand::Replay(args) => super::policy_replay::replay(*args).await,
     }
 }
 
@@ -363,23 +368,6 @@ fn print_explanation(store: &PolicyStore, query: &Query<'_>, decision: &Decision
             "left out of context.arguments (undeclared in the schema or of another type): {}",
             decision.dropped_arguments.join(", ")
         );
-    }
-}
-
-fn load(dir: &Path) -> anyhow::Result<PolicyStore> {
-    match PolicyStore::load(dir) {
-        Ok(store) => Ok(store),
-        Err(PolicyError::Invalid(diagnostics)) => {
-            for diagnostic in &diagnostics {
-                eprintln!("{diagnostic}");
-            }
-            let errors = diagnostics
-                .iter()
-                .filter(|d| d.severity == Severity::Error)
-                .count();
-            bail!("{}: {errors} error(s) in the policies", dir.display())
-        }
-        Err(err) => Err(err.into()),
     }
 }
 

@@ -110,7 +110,7 @@ impl Gateway {
         // while the person read the question).
         exchange
             .annotations
-            .retain(|a| &*a.interceptor != AUTHZ || a.key == "shadow");
+            .retain(|a| &*a.interceptor != AUTHZ || matches!(&*a.key, "shadow" | "decided"));
         exchange.context.flow = self.flows.of(session);
         exchange.context.approved = Some(Arc::from(approval));
         self.chain.decide_again(exchange, AUTHZ).await

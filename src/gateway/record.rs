@@ -280,7 +280,8 @@ pub(super) fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Va
     // A refusal the flow could decide (the target's labels, and for each
     // label of the flow the exchanges, name and record, that brought it);
     // the shadow policy set's decision beside the enforced one.
-    for key in ["flow", "shadow"] {
+    // And the case authz decided (`policy replay` decides it again).
+    for key in ["flow", "shadow", "decided"] {
         if let Some(noted) = exchange
             .annotations
             .iter()

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::request::{Action, Query, Target, ToolAnnotations, labels_of};
@@ -36,8 +36,9 @@ pub struct FixtureError {
     pub message: String,
 }
 
-/// One request to decide, as written in a fixture or on the command line.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// One request to decide, as written in a fixture or on the command line
+/// (or as a record keeps the decision it was: `detail.decided`).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
     #[serde(default)]
@@ -83,7 +84,7 @@ pub struct Case {
 
 /// Tool annotations as a fixture states them; unstated ones take the MCP
 /// spec's defaults.
-#[derive(Debug, Clone, Copy, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AnnotationsSpec {
     pub read_only: Option<bool>,
@@ -94,7 +95,7 @@ pub struct AnnotationsSpec {
 
 /// A flow as a fixture states it: for each label, the tools, prompts or
 /// resources whose answers brought it.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FlowSpec {
     #[serde(default)]
@@ -155,6 +156,67 @@ impl Prepared {
 }
 
 impl Case {
+    /// The case `query` is, as its decision's record keeps it for `policy
+    /// replay` to decide again (`expect`: the verdict it was given). The
+    /// arguments and the client's attributes are not in it: a record keeps
+    /// the arguments apart, as `[audit] arguments` says, and the config
+    /// gives configured clients' attributes.
+    pub fn of(query: &Query<'_>, verdict: &str) -> Self {
+        let (tool, prompt, resource) = match query.target {
+            Target::Tool { name, .. } => (Some(name.clone()), None, None),
+            Target::Prompt { name, .. } => (None, Some(name.clone()), None),
+            Target::Resource { uri, .. } => (None, None, Some(uri.clone())),
+            Target::Server { .. } | Target::Catalogued { .. } => (None, None, None),
+        };
+        let annotations = match query.target {
+            Target::Tool { annotations: a, .. } => AnnotationsSpec {
+                read_only: Some(a.read_only),
+                destructive: Some(a.destructive),
+                idempotent: Some(a.idempotent),
+                open_world: Some(a.open_world),
+            },
+            _ => AnnotationsSpec::default(),
+        };
+        let names = |label| {
+            query
+                .flow
+                .map(|flow| flow.sources(label).map(|s| s.name.to_string()).collect())
+                .unwrap_or_default()
+        };
+        let labels = query.target.labels();
+        let labelled = tool.is_some() || prompt.is_some() || resource.is_some();
+        Self {
+            client: query.client.to_owned(),
+            groups: Some(query.groups.iter().map(|g| g.to_string()).collect()),
+            action: query.action.name().to_owned(),
+            tool,
+            prompt,
+            resource,
+            server: Some(query.target.server().to_owned()),
+            annotations,
+            transport: Some(query.transport.to_owned()),
+            protocol: Some(query.protocol.to_owned()),
+            scopes: Some(query.scopes.iter().map(|s| s.to_string()).collect()),
+            script: query.script.map(str::to_owned),
+            // Stated even when none: none is not the defaults.
+            labels: labelled.then(|| labels.iter().collect()),
+            flow: FlowSpec {
+                untrusted: names(Label::Untrusted),
+                private: names(Label::Private),
+            },
+            time: Some(crate::protocol::datetime_literal(query.time)),
+            expect: Some(verdict.to_owned()),
+            ..Self::default()
+        }
+    }
+
+    /// As JSON, without what is not set.
+    pub fn to_json(&self) -> Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        strip_empty(&mut value);
+        value
+    }
+
     /// Makes the case concrete. `known` gives a client's groups and
     /// attributes from the config (used when the case names none);
     /// `separator` splits `server<sep>tool` names; `flow` labels the
@@ -424,6 +486,21 @@ pub fn known(clients: &[crate::config::ClientConfig]) -> Known {
         .iter()
         .map(|c| (c.name.clone(), (c.groups.clone(), c.attributes.clone())))
         .collect()
+}
+
+/// `value` without its nulls and empty objects, at any depth (an empty
+/// list is kept: no groups is not the config's groups).
+fn strip_empty(value: &mut Value) {
+    if let Value::Object(map) = value {
+        for item in map.values_mut() {
+            strip_empty(item);
+        }
+        map.retain(|_, item| match item {
+            Value::Null => false,
+            Value::Object(fields) => !fields.is_empty(),
+            _ => true,
+        });
+    }
 }
 
 #[cfg(test)]

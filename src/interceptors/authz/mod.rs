@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use access::ServerAccess;
 pub use diagnostic::{Diagnostic, PolicyError, Severity};
+use fixtures::Case;
 pub use request::{Action, Query, Target, ToolAnnotations, labels_of};
 pub use shadow::Shadow;
 pub use sources::Sources;
@@ -434,6 +435,29 @@ impl Authz {
         }
     }
 
+    /// What every decision's record keeps: the case decided (`decided`, for
+    /// `policy replay`) and the shadow set's decision of it (`shadow`).
+    fn notes_of(
+        &self,
+        query: &Query<'_>,
+        decision: &Decision,
+        approved: bool,
+    ) -> Vec<(&'static str, String)> {
+        let mut notes = vec![(
+            "decided",
+            Case::of(query, decision.verdict()).to_json().to_string(),
+        )];
+        if let Some(shadow) = &self.shadow {
+            let enforced = if approved {
+                "allow"
+            } else {
+                decision.verdict()
+            };
+            notes.push(("shadow", shadow.decide(query, enforced).to_string()));
+        }
+        notes
+    }
+
     /// What a refusal's record says of why: the flow that could decide it
     /// (the target's labels, the exchanges that brought the flow's), and
     /// whether the person may override it (`@ask`: the texts and the
@@ -539,18 +563,14 @@ impl Authz {
         let query = Self::query(exchange, action, &target, arguments, SystemTime::now());
         let decision = store.decide(&query);
         let approved = approved(exchange, &decision);
-        // Decided again after the person's accept: the shadow set decided
-        // the first time (its note is kept).
-        if let Some(shadow) = &self.shadow
-            && exchange.context.approved.is_none()
-        {
-            let enforced = if approved {
-                "allow"
-            } else {
-                decision.verdict()
-            };
-            let noted = shadow.decide(&query, enforced).to_string();
-            self.annotate(exchange, "shadow", noted);
+        // The case decided, for `policy replay`, and the shadow set's
+        // decision; decided again after the person's accept, the first
+        // time's notes are kept.
+        if exchange.context.approved.is_none() {
+            let notes = self.notes_of(&query, &decision, approved);
+            for (key, value) in notes {
+                self.annotate(exchange, key, value);
+            }
         }
         let id = self.decision_id();
         let verdict = if decision.allowed || approved {
