@@ -73,6 +73,10 @@ pub struct Case {
     /// the names that brought it; default: nothing yet.
     #[serde(default)]
     pub flow: FlowSpec,
+    /// A decision's record kept the case with its lists cut (groups,
+    /// scopes, the flow's names: at most [`KEPT`] each).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
     /// `YYYY-MM-DDThh:mm:ssZ`; default: now.
     pub time: Option<String>,
     /// `allow`, `deny`, or `ask` (a refusal the person may override:
@@ -116,6 +120,9 @@ impl FlowSpec {
         (!flow.is_empty()).then_some(flow)
     }
 }
+
+/// Items of each list a decision's record keeps of its case.
+pub const KEPT: usize = 32;
 
 /// A case made concrete: what the store decides on.
 #[derive(Debug, Clone)]
@@ -177,17 +184,28 @@ impl Case {
             },
             _ => AnnotationsSpec::default(),
         };
-        let names = |label| {
+        // The newest of each list: a record stays small whatever the
+        // client brings.
+        let mut cut = false;
+        let mut kept = |all: Vec<String>| {
+            cut |= all.len() > KEPT;
+            all.into_iter().rev().take(KEPT).rev().collect::<Vec<_>>()
+        };
+        let names = |label| -> Vec<String> {
             query
                 .flow
                 .map(|flow| flow.sources(label).map(|s| s.name.to_string()).collect())
                 .unwrap_or_default()
         };
+        let groups = kept(query.groups.iter().map(|g| g.to_string()).collect());
+        let scopes = kept(query.scopes.iter().map(|s| s.to_string()).collect());
+        let untrusted = kept(names(Label::Untrusted));
+        let private = kept(names(Label::Private));
         let labels = query.target.labels();
         let labelled = tool.is_some() || prompt.is_some() || resource.is_some();
         Self {
             client: query.client.to_owned(),
-            groups: Some(query.groups.iter().map(|g| g.to_string()).collect()),
+            groups: Some(groups),
             action: query.action.name().to_owned(),
             tool,
             prompt,
@@ -196,14 +214,12 @@ impl Case {
             annotations,
             transport: Some(query.transport.to_owned()),
             protocol: Some(query.protocol.to_owned()),
-            scopes: Some(query.scopes.iter().map(|s| s.to_string()).collect()),
+            scopes: Some(scopes),
             script: query.script.map(str::to_owned),
             // Stated even when none: none is not the defaults.
             labels: labelled.then(|| labels.iter().collect()),
-            flow: FlowSpec {
-                untrusted: names(Label::Untrusted),
-                private: names(Label::Private),
-            },
+            flow: FlowSpec { untrusted, private },
+            cut,
             time: Some(crate::protocol::datetime_literal(query.time)),
             expect: Some(verdict.to_owned()),
             ..Self::default()

@@ -437,23 +437,14 @@ impl Authz {
 
     /// What every decision's record keeps: the case decided (`decided`, for
     /// `policy replay`) and the shadow set's decision of it (`shadow`).
-    fn notes_of(
-        &self,
-        query: &Query<'_>,
-        decision: &Decision,
-        approved: bool,
-    ) -> Vec<(&'static str, String)> {
+    fn notes_of(&self, query: &Query<'_>, decision: &Decision) -> Vec<(&'static str, String)> {
         let mut notes = vec![(
             "decided",
             Case::of(query, decision.verdict()).to_json().to_string(),
         )];
         if let Some(shadow) = &self.shadow {
-            let enforced = if approved {
-                "allow"
-            } else {
-                decision.verdict()
-            };
-            notes.push(("shadow", shadow.decide(query, enforced).to_string()));
+            let noted = shadow.decide(query, decision.verdict());
+            notes.push(("shadow", noted.to_string()));
         }
         notes
     }
@@ -567,7 +558,7 @@ impl Authz {
         // decision; decided again after the person's accept, the first
         // time's notes are kept.
         if exchange.context.approved.is_none() {
-            let notes = self.notes_of(&query, &decision, approved);
+            let notes = self.notes_of(&query, &decision);
             for (key, value) in notes {
                 self.annotate(exchange, key, value);
             }

@@ -56,6 +56,9 @@ impl Shadow {
             "policies": decision.policies,
             "policy_set": &*decision.policy_set,
             "differs": differs,
+            // Whether a policy failed to evaluate (Cedar's words can quote
+            // argument values: not kept).
+            "failed": !decision.errors.is_empty(),
         })
     }
 
