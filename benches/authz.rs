@@ -2,7 +2,7 @@
 //! `tools/call` request without `authz` (the baseline), with 10 policies and
 //! with 1,000 policies; the same 1,000 evaluated unsliced (what Cedar alone
 //! would do); a decision with the flow (`context.flow` built and read by
-//! the example set's trifecta rule) against one without; and filtering a
+//! the example set's flow rules) against one without; and filtering a
 //! 100-tool `tools/list` reply.
 //!
 //! `cargo bench --bench authz` (options after `--`: `--iterations N` per
@@ -245,9 +245,10 @@ fn main() {
             std::hint::black_box(store.decide(&query).allowed);
         },
     );
-    // The flow: the same 1,000 policies with the example set's trifecta
-    // rule, decided with a busy session's flow (the context's `flow` built
-    // and read), against the set without it (no `flow` built).
+    // The flow: the same 1,000 policies with the example set's flow rules
+    // (policies/flow.cedar), decided with a busy session's flow (the
+    // context's `flow` built and read), against the set without them (no
+    // `flow` built).
     let flow_rules =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/flow.cedar"))
             .unwrap();
@@ -270,7 +271,7 @@ fn main() {
         },
     );
     let with_flow = common::measure_calls(
-        "decision, 1,000 policies + trifecta rule, flow read",
+        "decision, 1,000 policies + the example flow rules, flow read",
         samples,
         iterations,
         || {
