@@ -175,6 +175,11 @@ impl Flow {
         }
     }
 
+    /// Whether everything it holds was brought at or after `since`.
+    pub fn sources_since(&self, since: Instant) -> bool {
+        self.sources.iter().all(|source| source.at >= since)
+    }
+
     /// When it was last added to.
     pub fn latest(&self) -> Option<Instant> {
         self.sources.iter().map(|source| source.at).max()

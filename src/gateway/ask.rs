@@ -131,12 +131,9 @@ impl Gateway {
             .request_id
             .as_ref()
             .and_then(IdKey::from_value);
-        if let Some(key) = &key
-            && !session.begin_call(key.clone(), withdrawn.clone())
-        {
+        let Some(_registered) = session.register_call(key, withdrawn.clone()) else {
             return Answer::Unavailable;
-        }
-        let _registered = Registered { session, key };
+        };
         let (client_id, reply) = session.expect_client_answer();
         let _pending = Pending { session, client_id };
         let request = protocol::request(
@@ -244,20 +241,6 @@ impl<'a> Asking<'a> {
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
-    }
-}
-
-/// The call registered for its client's cancel while it is asked about.
-struct Registered<'a> {
-    session: &'a Session,
-    key: Option<IdKey>,
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        if let Some(key) = &self.key {
-            self.session.end_call(key);
-        }
     }
 }
 

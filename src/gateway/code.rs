@@ -472,20 +472,6 @@ impl Dispatch for Calls {
     }
 }
 
-/// Ends a call's registration with its session when dropped.
-struct Registered<'s> {
-    session: &'s Session,
-    key: Option<IdKey>,
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        if let Some(key) = &self.key {
-            self.session.end_call(key);
-        }
-    }
-}
-
 impl Gateway {
     /// The tools a script of `session`'s client may call: its `tools/list`
     /// whole (no pages), as the response chain leaves it, without the
@@ -592,12 +578,9 @@ impl Gateway {
         let stop = CancellationToken::new();
         let _stopped = stop.clone().drop_guard();
         let key = IdKey::from_value(&id);
-        if let Some(key) = &key
-            && !session.begin_call(key.clone(), stop.clone())
-        {
+        let Some(_registered) = session.register_call(key, stop.clone()) else {
             return Err(Failure::DuplicateId);
-        }
-        let _registered = Registered { session, key };
+        };
         // Registered after the session closed: it ends now.
         if session.closed.is_cancelled() {
             return Err(Failure::Cancelled);

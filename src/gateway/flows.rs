@@ -83,6 +83,10 @@ impl Flows {
             kept.clients.remove(&*key);
             return None;
         }
+        // Copied only when part of it is past the window.
+        if flow.sources_since(since) {
+            return Some(flow.clone());
+        }
         let kept = flow.since(since);
         (!kept.is_empty()).then(|| Arc::new(kept))
     }

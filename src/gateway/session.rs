@@ -509,6 +509,22 @@ impl Session {
         true
     }
 
+    /// Registers a call of the client's (`key`, if it has an id) for its
+    /// cancel, which cancels `cancel`, until the guard is dropped; `None`:
+    /// the id is one of a call in flight.
+    pub(crate) fn register_call(
+        &self,
+        key: Option<IdKey>,
+        cancel: CancellationToken,
+    ) -> Option<Registered<'_>> {
+        if let Some(key) = &key
+            && !self.begin_call(key.clone(), cancel)
+        {
+            return None;
+        }
+        Some(Registered { session: self, key })
+    }
+
     pub(crate) fn end_call(&self, id: &IdKey) {
         lock(&self.calls).remove(id);
     }
@@ -637,6 +653,21 @@ impl Sessions {
             Some(client) => self.matching(|s| {
                 s.is_initialized() && s.revision.lasting() && s.client.name == *client
             }),
+        }
+    }
+}
+
+/// A call registered for its client's cancel ([`Session::register_call`]),
+/// its registration ended when dropped.
+pub(crate) struct Registered<'s> {
+    session: &'s Session,
+    key: Option<IdKey>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = &self.key {
+            self.session.end_call(key);
         }
     }
 }
