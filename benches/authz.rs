@@ -226,6 +226,7 @@ fn main() {
         scopes: &[],
         time: SystemTime::now(),
         script: None,
+        answer: None,
         flow: None,
     };
     assert_eq!(store.decide(&query), store.decide_unsliced(&query));

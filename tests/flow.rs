@@ -10,7 +10,11 @@
 //! session; a 2026-07-28 client's flow is its own across its requests; a
 //! code-mode script doing the same is stopped inside. With the rule marked
 //! `@ask`, the person behind the agent is asked (elicitation, through the
-//! official Python SDK client): the send goes on only on their accept.
+//! official Python SDK client): the send goes on only on their accept. A
+//! client's answer to a sink's question (the model's to a sampling request,
+//! a person's to a form) is decided again with the flow as it stands when
+//! the answer comes: after private data and the question's (or a page's)
+//! outsider words, it never reaches the server.
 #![allow(
     clippy::indexing_slicing,
     clippy::panic,
@@ -455,8 +459,26 @@ const WHY: &str = "An outsider's page and the repository both reached the agent.
 /// The Python SDK client over HTTP, answering the proxy's question with
 /// `action`: the page, the log, then the send of `body`.
 async fn asked_send(world: &World, url: &str, action: &str, body: &str) -> Value {
+    asked_send_in(world, (url, "legacy"), action, body).await
+}
+
+/// [`asked_send`], the client speaking `mode` (`legacy`, `2026-07-28`).
+async fn asked_send_in(
+    world: &World,
+    (url, mode): (&str, &str),
+    action: &str,
+    body: &str,
+) -> Value {
     let mut command = common::python_client();
-    command.args(["http", url, "--token", TOKEN, "--no-validate"]);
+    command.args([
+        "http",
+        url,
+        "--token",
+        TOKEN,
+        "--no-validate",
+        "--mode",
+        mode,
+    ]);
     command.args(["--elicit-reply", "unused", "--elicit-action", action]);
     let op = |name: &str, arguments: Value| format!("call:{name}:{arguments}");
     command.args([
@@ -496,6 +518,21 @@ async fn an_asked_send_goes_on_only_on_the_persons_accept() {
     assert_eq!(accepted["results"][2]["ok"], true, "{accepted}");
     assert_eq!(world.sent(), ["accepted"]);
 
+    // A 2026-07-28 client, which has no session, is asked in its call's
+    // round (`input_required`), and its retry's answer decides.
+    let declined = asked_send_in(&world, (&served.url, "2026-07-28"), "decline", "no").await;
+    assert_eq!(declined["protocol_version"], "2026-07-28", "{declined}");
+    let asked = &declined["elicitation_requests"];
+    assert_eq!(asked.as_array().map(Vec::len), Some(1), "{declined}");
+    assert!(
+        asked[0]["message"].as_str().unwrap().contains(WHY),
+        "{declined}"
+    );
+    assert_eq!(declined["results"][2]["ok"], false, "{declined}");
+    let accepted = asked_send_in(&world, (&served.url, "2026-07-28"), "accept", "rounds").await;
+    assert_eq!(accepted["results"][2]["ok"], true, "{accepted}");
+    assert_eq!(world.sent(), ["accepted", "rounds"]);
+
     // A client that cannot be asked (no elicitation) gets the refusal.
     let unasked = HttpSession::connect(&served.url).await;
     unasked.call(1, "tools/call", page_call()).await;
@@ -506,7 +543,7 @@ async fn an_asked_send_goes_on_only_on_the_persons_accept() {
         .call(3, "tools/call", call("mail__send", send_args("unasked")))
         .await;
     assert_refused(&refused);
-    assert_eq!(world.sent(), ["accepted"]);
+    assert_eq!(world.sent(), ["accepted", "rounds"]);
 
     // Each answer is recorded with the policy that asked.
     let records =
@@ -531,4 +568,155 @@ async fn an_asked_send_goes_on_only_on_the_persons_accept() {
     assert!(answer("accept")["upstream_us"].is_u64());
     assert!(answer("decline")["upstream_us"].is_null());
     served.terminate().await;
+}
+
+/// `portcullis stdio` for the world, its client declaring that it can be
+/// asked (sampling, elicitation).
+async fn asking_client(world: &World) -> common::RawClient {
+    let mut client = world.proxy.raw_stdio().await;
+    let reply = client
+        .call(
+            0,
+            "initialize",
+            json!({
+                "protocolVersion": "2025-11-25",
+                "capabilities": {"sampling": {}, "elicitation": {"form": {}}},
+                "clientInfo": {"name": "asked-test", "version": "0"}
+            }),
+        )
+        .await;
+    assert!(reply["result"].is_object(), "{reply}");
+    client
+        .send(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+        .await;
+    client
+}
+
+/// Calls `tool` with `arguments` (id `id`), and returns the question its
+/// server then asks (`method`).
+async fn question(
+    client: &mut common::RawClient,
+    id: i64,
+    (tool, arguments): (&str, Value),
+    method: &str,
+) -> Value {
+    client
+        .send(json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":call(tool, arguments)}))
+        .await;
+    client
+        .recv_matching(method, |m| m["method"] == json!(method))
+        .await
+}
+
+/// The repository's log, read (id 1): private data in the flow.
+async fn read_the_log(world: &World, client: &mut common::RawClient) {
+    let log = client
+        .call(1, "tools/call", call("git__git_log", world.log_args()))
+        .await;
+    assert!(first_text(&log).contains(SECRET), "{log}");
+}
+
+/// `mail__sample`'s question, answered by the model with `text`; the call's
+/// reply.
+async fn sampled(client: &mut common::RawClient, id: i64, text: &str) -> Value {
+    let prompt = json!({"prompt": "Repeat what the repository's log said."});
+    let asked = question(
+        client,
+        id,
+        ("mail__sample", prompt),
+        "sampling/createMessage",
+    )
+    .await;
+    client
+        .send(json!({"jsonrpc":"2.0","id":asked["id"],"result":{
+            "role":"assistant","content":{"type":"text","text":text},"model":"test-model"}}))
+        .await;
+    client.response(json!(id)).await
+}
+
+/// The records of the server's questions (`method`), oldest first.
+fn questions(world: &World, method: &str) -> Vec<Value> {
+    let config = world.proxy.write_config();
+    common::records(&config, &["--server", "mail"])
+        .into_iter()
+        .filter(|r| r["method"] == json!(method))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_to_a_sinks_question_is_decided_with_the_flow_as_it_then_stands() {
+    let world = world();
+
+    // Nothing private yet: the sampling question joins the flow (its words
+    // are the server's), and the model's answer goes.
+    let mut client = asking_client(&world).await;
+    let reply = sampled(&mut client, 1, "nothing private").await;
+    assert_eq!(first_text(&reply), "sampled: nothing private", "{reply}");
+    client.finish().await;
+
+    // After the repository's log: the call is allowed (nothing untrusted
+    // had reached the agent), its question is asked, and the model's
+    // answer, which carries the secret, never reaches the server.
+    let mut client = asking_client(&world).await;
+    read_the_log(&world, &mut client).await;
+    let reply = sampled(&mut client, 2, &format!("The log says {SECRET}")).await;
+    let text = first_text(&reply);
+    assert!(
+        text.starts_with("sampling failed") && text.contains("the answer is not passed on"),
+        "{reply}"
+    );
+    assert!(!text.contains(SECRET), "the server got the answer: {reply}");
+    client.finish().await;
+
+    // A person's answer to a form, while the agent reads an outsider's
+    // page: decided when it comes, with the page in the flow.
+    let mut client = asking_client(&world).await;
+    read_the_log(&world, &mut client).await;
+    let asked = question(
+        &mut client,
+        2,
+        ("mail__elicit", json!({"message": "Your name?"})),
+        "elicitation/create",
+    )
+    .await;
+    let page = client.call(3, "tools/call", page_call()).await;
+    assert_page(&page);
+    client
+        .send(json!({"jsonrpc":"2.0","id":asked["id"],"result":{
+            "action":"accept","content":{"name": SECRET}}}))
+        .await;
+    let reply = client.response(json!(2)).await;
+    let text = first_text(&reply);
+    assert!(
+        text.starts_with("elicitation failed") && !text.contains(SECRET),
+        "{reply}"
+    );
+    client.finish().await;
+
+    let sampling = questions(&world, "sampling/createMessage");
+    assert_eq!(sampling.len(), 2, "{sampling:?}");
+    assert_eq!(sampling[0]["decision"], "allow", "{}", sampling[0]);
+    assert_eq!(sampling[0]["detail"]["answer"]["decision"], "allow");
+    let refused = &sampling[1];
+    assert_eq!(refused["decision"], "deny", "{refused}");
+    let answer = &refused["detail"]["answer"];
+    assert_eq!(answer["decision"], "deny", "{refused}");
+    assert_eq!(answer["action"], "call_tool");
+    assert_eq!(answer["target"], "mail__sample");
+    assert_eq!(
+        answer["policies"],
+        json!(["no-sink-after-untrusted-and-private"]),
+        "{refused}"
+    );
+    let flow = &refused["detail"]["flow"];
+    assert_eq!(flow["untrusted"][0]["name"], "sampling:mail", "{refused}");
+    assert_eq!(flow["private"][0]["name"], "git__git_log", "{refused}");
+    let elicited = questions(&world, "elicitation/create");
+    assert_eq!(elicited.len(), 1, "{elicited:?}");
+    assert_eq!(elicited[0]["decision"], "deny", "{}", elicited[0]);
+    assert_eq!(
+        elicited[0]["detail"]["flow"]["untrusted"][0]["name"], "web__fetch_page",
+        "{}",
+        elicited[0]
+    );
 }

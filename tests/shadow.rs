@@ -91,6 +91,34 @@ async fn a_candidate_set_decides_beside_never_enforces_and_its_differences_are_c
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0]["seq"], differs["seq"]);
 
+    // The console shows the difference in the calls it lists, and both
+    // decisions side by side on the exchange's page.
+    let listed = common::console_page(&served.base, "/admin/?shadow=differs").await;
+    let seq = differs["seq"].as_u64().unwrap();
+    assert!(
+        listed.contains(&format!("data-seq=\"{seq}\""))
+            && listed.contains("<td class=\"shadow\">deny</td>"),
+        "{listed}"
+    );
+    assert_eq!(listed.matches("<tr data-seq=").count(), 1, "{listed}");
+    let page = common::console_page(&served.base, &format!("/admin/exchange/{seq}")).await;
+    for expected in [
+        "The shadow set decided otherwise.",
+        "<td class=\"enforced-decision\">allow</td>",
+        "<td class=\"shadow-decision\">deny</td>",
+        "<td class=\"shadow-policies\">no-three</td>",
+        "<td class=\"enforced-policies\">everyone</td>",
+    ] {
+        assert!(page.contains(expected), "{expected}: {page}");
+    }
+    let same = calls
+        .iter()
+        .find(|r| r["detail"]["shadow"]["differs"] == false)
+        .unwrap();
+    let page =
+        common::console_page(&served.base, &format!("/admin/exchange/{}", same["seq"])).await;
+    assert!(page.contains("The shadow set decided the same."), "{page}");
+
     let metrics = common::metrics_text(&served.base).await;
     assert!(
         metrics.contains("portcullis_shadow_decisions_total 5"),

@@ -159,6 +159,35 @@ pub struct Context {
     /// The refusal the person let through when asked (`@ask`): the policy
     /// set that decided it, then the ids of the policies that did.
     pub approved: Option<Arc<[String]>>,
+    /// A server's request to the client (sampling, elicitation): the
+    /// client's request it was asked during, whose target the client's
+    /// answer goes to; `None` when that request is not known (ended).
+    pub asked_during: Option<Arc<CallOf>>,
+}
+
+/// A client's request to a server (a tool's call, a prompt's get, a
+/// resource's read), as routing found it.
+#[derive(Debug, Clone)]
+pub struct CallOf {
+    pub method: Method,
+    pub server: Arc<str>,
+    /// The tool's or prompt's name without the server prefix, or the
+    /// resource's URI.
+    pub target: String,
+    /// The tool's or prompt's definition as its server listed it.
+    pub definition: Option<Definition>,
+}
+
+impl CallOf {
+    /// The request `context` is of, once routing found its target.
+    pub fn of(context: &Context) -> Option<Self> {
+        Some(Self {
+            method: context.method.clone(),
+            server: context.server.clone()?,
+            target: context.target.clone()?,
+            definition: context.definition.clone(),
+        })
+    }
 }
 
 impl Context {
@@ -193,6 +222,7 @@ impl Context {
             script: None,
             flow: None,
             approved: None,
+            asked_during: None,
         }
     }
 }

@@ -69,6 +69,11 @@ pub struct ServerMeta {
     pub tools: Vec<MetaTool>,
     #[serde(default)]
     pub remote: Option<MetaRemote>,
+    /// Portcullis's own key (Docker ignores it): the `[flow]` labels of the
+    /// server's items, read by `flow::DescribedLabels::parse` (kept as
+    /// written here, so a mistake refuses this server, not its catalog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<Value>,
     // What is asked of the sandbox:
     #[serde(default)]
     pub user: Option<String>,

@@ -339,3 +339,121 @@ fn a_profile_gives_its_servers_values_and_secrets_over_the_configs() {
         assert!(err.contains(expected), "{text}: {err}");
     }
 }
+
+/// A catalog whose servers label their items under `flow`.
+const LABELLED: &str = r#"
+registry:
+  web:
+    image: mcp/web@DIGEST
+    flow:
+      labels: [untrusted]
+      tools:
+        post: [sink]
+        summarise: []
+      prompts:
+        brief: [private]
+  mail:
+    image: mcp/mail@DIGEST
+    flow:
+      labels: [sink]
+  broken:
+    image: mcp/broken@DIGEST
+    flow:
+      labels: [untrusted, "harmless\u001b[2J"]
+"#;
+
+#[test]
+fn a_catalogs_labels_add_to_the_defaults_and_the_operators_rules_outrank_them() {
+    use crate::config::{Label, Labelled, Labels};
+    let dir = tempfile::tempdir().unwrap();
+    let digest = format!("sha256:{}", "0".repeat(64));
+    std::fs::write(
+        dir.path().join("team.yaml"),
+        LABELLED.replace("DIGEST", &digest),
+    )
+    .unwrap();
+    let config = dir.path().join("portcullis.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[[catalogs]]\nname = \"team\"\npath = \"team.yaml\"\n\
+                 [[servers]]\nname = \"web\"\nfrom = \"catalog://team/web\"\n\
+                 [discovery]\ncatalogs = [\"team\"]\n{extra}"
+            ),
+        )
+        .unwrap();
+    };
+    write("[[flow.rule]]\ntools = [\"web__fetch\"]\nlabels = []\n");
+    let loaded = Config::load(&config).unwrap_or_else(|e| panic!("{e}"));
+    let flow = &loaded.flow;
+    let closed = Labels::of(&[Label::Private]);
+    let open = Labels::of(&[Label::Untrusted, Label::Sink]);
+    let of = |server, item| flow.labels(server, item, closed);
+    // The server's labels, added to what its annotations give.
+    assert_eq!(
+        of("web", Labelled::Tool("web__read")),
+        Labels::of(&[Label::Untrusted, Label::Private])
+    );
+    // A tool it names has its own instead of the server's; none is taken
+    // away from the defaults.
+    assert_eq!(
+        of("web", Labelled::Tool("web__post")),
+        Labels::of(&[Label::Private, Label::Sink])
+    );
+    assert_eq!(of("web", Labelled::Tool("web__summarise")), closed);
+    assert_eq!(
+        flow.labels("web", Labelled::Tool("web__summarise"), open),
+        open
+    );
+    assert_eq!(of("web", Labelled::Prompt("web__brief")), closed);
+    assert_eq!(
+        flow.labels("web", Labelled::Resource("file:///a"), Labels::NONE),
+        Labels::of(&[Label::Untrusted])
+    );
+    // The operator's rule outranks the catalog.
+    assert_eq!(of("web", Labelled::Tool("web__fetch")), Labels::NONE);
+    // A server an agent may add from the catalog: its labels too.
+    assert_eq!(
+        of("mail", Labelled::Sampling),
+        Labels::of(&[Label::Private, Label::Sink])
+    );
+    // A server whose labels are wrong cannot be added; the reason says
+    // where, escaped, and its catalog's other servers are unharmed.
+    let discovery = loaded.discovery.as_ref().unwrap();
+    let broken = discovery
+        .servers
+        .iter()
+        .find(|s| s.name == "broken")
+        .unwrap();
+    let reason = broken.server.as_ref().err().unwrap();
+    assert!(
+        reason.contains("flow.labels") && reason.contains("is not a label"),
+        "{reason}"
+    );
+    assert!(!reason.contains('\u{1b}'), "{reason}");
+    assert!(!flow.described.contains_key("broken"));
+    // Off: only the operator's rules label.
+    write("[flow]\ndefaults = false\n");
+    let off = Config::load(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        off.flow.labels("web", Labelled::Tool("web__read"), closed),
+        Labels::NONE
+    );
+    // A configured server whose description's labels are wrong: the config
+    // is refused, naming it.
+    std::fs::write(
+        dir.path().join("team.yaml"),
+        LABELLED.replace("DIGEST", &digest).replace(
+            "labels: [untrusted]\n",
+            "labels: [untrusted]\n      tool: {}\n",
+        ),
+    )
+    .unwrap();
+    write("");
+    let err = Config::load(&config).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        err.contains("server `web`") && err.contains("`flow.tool` is not known"),
+        "{err}"
+    );
+}

@@ -45,6 +45,9 @@ pub struct ContainerSpec {
     pub signature_keys: super::SignatureKeys,
     /// Each user's instance is given that user's own token (`sign_in`).
     pub sign_in: Option<Box<super::ContainerSignIn>>,
+    /// What its description (a catalog entry, `file://`) labels its items
+    /// (`[flow]` takes them at start).
+    pub described_labels: Option<Box<super::DescribedLabels>>,
 }
 
 /// Where a `stdio = "fifo"` server's FIFOs and launcher come from.
@@ -223,6 +226,7 @@ impl RawContainer {
             signature_keys: std::sync::Arc::default(),
             // Validated by the server, which holds the secrets.
             sign_in: None,
+            described_labels: None,
         })
     }
 

@@ -18,7 +18,7 @@ use super::registry::{self, RegistryConfig, RegistryRef, Resolution};
 use super::sandbox::RawSandbox;
 use super::server_json::{self, RegistryUse, RemoteKind, Resolved};
 use super::values::PathText;
-use super::{ConfigError, ContainerSpec, Entry, ProxyConfig, Validator};
+use super::{ConfigError, ContainerSpec, DescribedLabels, Entry, ProxyConfig, Validator};
 
 /// `[[catalogs]]` as written.
 #[derive(Deserialize, JsonSchema)]
@@ -319,9 +319,11 @@ pub(super) fn upstream(
             shown(digest)
         )));
     }
+    let labels = flow_labels(&meta).map_err(fail)?;
     let raw = raw.described(at, image, digest)?;
     let mut spec = raw.validate(at, described.name, described.sandbox, proxy)?;
     spec.require_signature |= catalog_signed;
+    spec.described_labels = labels;
     let operator = Operator {
         meta_name,
         server: described.name.to_owned(),
@@ -336,6 +338,14 @@ pub(super) fn upstream(
     spec.args = launch.args;
     spec.env = launch.env;
     Ok((DescribedUpstream::Container(Box::new(spec)), summary))
+}
+
+/// What a description's `flow` key labels (see `DescribedLabels`).
+fn flow_labels(meta: &ServerMeta) -> Result<Option<Box<DescribedLabels>>, String> {
+    let parsed = meta.flow.as_ref().map(DescribedLabels::parse).transpose();
+    parsed
+        .map(|labels| labels.map(Box::new))
+        .map_err(|message| format!("its metadata's {message}"))
 }
 
 /// A catalog's entry, and whether the catalog wants its images signed.

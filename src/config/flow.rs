@@ -4,13 +4,16 @@
 //! the server says of it (a tool's annotations), never weaker than the
 //! MCP spec's defaults.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use super::names::shown;
 use super::values::{DurationText, parse_duration};
-use super::{ConfigError, Validator};
+use super::{ConfigError, ServerConfig, UpstreamSpec, Validator};
 
 /// Where data comes from, or where it goes.
 #[derive(
@@ -136,6 +139,9 @@ pub struct FlowConfig {
     pub defaults: bool,
     /// How long a label stays with a client that has no session.
     pub window: Duration,
+    /// What the descriptions of servers from a catalog (or `file://`) say
+    /// of their items, by server: added to the defaults.
+    pub described: BTreeMap<String, DescribedLabels>,
 }
 
 impl Default for FlowConfig {
@@ -144,8 +150,113 @@ impl Default for FlowConfig {
             rules: Vec::new(),
             defaults: true,
             window: DEFAULT_WINDOW,
+            described: BTreeMap::new(),
         }
     }
+}
+
+/// The most tools (or prompts) a description may label one by one.
+const MAX_DESCRIBED_ITEMS: usize = 1024;
+
+/// The labels a server's description (a catalog entry, a `file://`
+/// server) gives its items, under its `flow` key:
+///
+/// ```yaml
+/// flow:
+///   labels: [untrusted]          # every item of the server, its sampling
+///   tools:                       # by the server's own names: these instead
+///     send_mail: [sink]
+///   prompts:
+///     summarise: []
+/// ```
+///
+/// They are a publisher's words, as annotations are: they add to the
+/// defaults and never take a label away; the operator's rules outrank them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DescribedLabels {
+    pub server: Labels,
+    /// By namespaced name once `FlowConfig::describe` has taken them (by
+    /// the server's own name before).
+    pub tools: BTreeMap<String, Labels>,
+    pub prompts: BTreeMap<String, Labels>,
+}
+
+impl DescribedLabels {
+    /// A description's `flow` value; the error says what is wrong where.
+    pub fn parse(value: &Value) -> Result<Self, String> {
+        let Value::Object(fields) = value else {
+            return Err("`flow` must be a map of `labels`, `tools` and `prompts`".into());
+        };
+        let mut described = Self::default();
+        for (key, value) in fields {
+            match key.as_str() {
+                "labels" => described.server = labels_at("flow.labels", value)?,
+                "tools" => described.tools = items_at("flow.tools", value)?,
+                "prompts" => described.prompts = items_at("flow.prompts", value)?,
+                other => {
+                    return Err(format!(
+                        "`flow.{}` is not known: `labels`, `tools` and `prompts` are",
+                        shown(other)
+                    ));
+                }
+            }
+        }
+        Ok(described)
+    }
+
+    /// The labels of `item`: its own, if the description names it; else
+    /// the server's.
+    fn of(&self, item: Labelled<'_>) -> Labels {
+        let named = match item {
+            Labelled::Tool(name) => self.tools.get(name),
+            Labelled::Prompt(name) => self.prompts.get(name),
+            Labelled::Resource(_) | Labelled::Sampling => None,
+        };
+        named.copied().unwrap_or(self.server)
+    }
+}
+
+/// A list of labels at `at`.
+fn labels_at(at: &str, value: &Value) -> Result<Labels, String> {
+    let Value::Array(items) = value else {
+        return Err(format!("`{at}` must be a list of labels"));
+    };
+    let mut labels = Labels::NONE;
+    for item in items {
+        let label = item.as_str().and_then(Label::parse).ok_or_else(|| {
+            let written = item.as_str().map_or_else(|| item.to_string(), shown);
+            format!(
+                "`{at}`: `{}` is not a label (`untrusted`, `private`, `sink`)",
+                shown(&written)
+            )
+        })?;
+        labels = labels.with(label);
+    }
+    Ok(labels)
+}
+
+/// A map of item names to their labels at `at`.
+fn items_at(at: &str, value: &Value) -> Result<BTreeMap<String, Labels>, String> {
+    let Value::Object(items) = value else {
+        return Err(format!("`{at}` must map names to lists of labels"));
+    };
+    if items.len() > MAX_DESCRIBED_ITEMS {
+        return Err(format!(
+            "`{at}` names more than {MAX_DESCRIBED_ITEMS} items"
+        ));
+    }
+    items
+        .iter()
+        .map(|(name, labels)| {
+            if name.is_empty() || name.len() > 256 {
+                return Err(format!("`{at}`: a name must be 1 to 256 bytes"));
+            }
+            Ok((
+                name.clone(),
+                labels_at(&format!("{at}.{}", shown(name)), labels)?,
+            ))
+        })
+        .collect()
 }
 
 impl FlowConfig {
@@ -177,8 +288,40 @@ impl FlowConfig {
         }
         match found {
             Some(labels) => labels,
-            None if self.defaults => defaults,
+            None if self.defaults => match self.described.get(server) {
+                Some(described) => defaults.union(described.of(item)),
+                None => defaults,
+            },
             None => Labels::NONE,
+        }
+    }
+
+    /// Takes what the descriptions of `servers` say of their items (see
+    /// `DescribedLabels`), their names namespaced with `separator`.
+    pub(super) fn describe<'a>(
+        &mut self,
+        servers: impl IntoIterator<Item = &'a ServerConfig>,
+        separator: &str,
+    ) {
+        for server in servers {
+            let UpstreamSpec::Container(spec) = &server.kind else {
+                continue;
+            };
+            let Some(described) = &spec.described_labels else {
+                continue;
+            };
+            let namespaced = |items: &BTreeMap<String, Labels>| {
+                items
+                    .iter()
+                    .map(|(name, labels)| (format!("{}{separator}{name}", server.name), *labels))
+                    .collect()
+            };
+            let described = DescribedLabels {
+                server: described.server,
+                tools: namespaced(&described.tools),
+                prompts: namespaced(&described.prompts),
+            };
+            self.described.insert(server.name.clone(), described);
         }
     }
 }
@@ -296,6 +439,7 @@ impl RawFlow {
             rules,
             defaults: self.defaults.unwrap_or(true),
             window,
+            described: BTreeMap::new(),
         })
     }
 }

@@ -72,7 +72,7 @@ pub use discovery::{Discoverable, DiscoveryConfig, PROXY_SERVER};
 use egress::RawEgress;
 pub use egress::{EgressConfig, parse_range};
 use flow::RawFlow;
-pub use flow::{FlowConfig, Label, LabelRule, Labelled, Labels};
+pub use flow::{DescribedLabels, FlowConfig, Label, LabelRule, Labelled, Labels};
 pub use identities::{AuditorConfig, ClientConfig};
 use identities::{RawAuditor, RawClient, Taken};
 pub use limits::LimitsConfig;
@@ -609,7 +609,14 @@ impl Validator<'_> {
         vault::check_sign_in(self, &servers, &vault, &clients)?;
         let mut discovery = raw.discovery.validate(self, &catalogs, &servers, &proxy)?;
         let code_mode = raw.code_mode.validate(self, &servers)?;
-        let flow = raw.flow.validate(self)?;
+        let mut flow = raw.flow.validate(self)?;
+        let offered = discovery.iter().flat_map(|d| &d.servers);
+        flow.describe(
+            servers
+                .iter()
+                .chain(offered.filter_map(|found| found.server.as_ref().ok())),
+            &proxy.namespace_separator,
+        );
         raw.signatures
             .apply(self, &mut servers, discovery.as_mut())?;
         let mut chain = Chain::parse(self, raw.chain, &proxy)?;

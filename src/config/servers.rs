@@ -35,7 +35,8 @@ pub struct ServerConfig {
 }
 
 /// `[[servers]] breaker`: when `failures` clients' calls in a row fail (a
-/// timeout, the server unreachable or answering an HTTP error, a failed
+/// timeout, the server unreachable or answering an HTTP error other than
+/// 401 and 403, a failed
 /// start) and the server does not answer the proxy's own question either,
 /// its calls are refused at once; the proxy asks again every `cool_down`,
 /// and an answer closes the breaker.
@@ -60,7 +61,8 @@ impl Default for BreakerConfig {
 #[serde(deny_unknown_fields)]
 struct RawBreaker {
     /// Clients' calls that fail in a row (timed out, the server unreachable
-    /// or answering an HTTP error, not started) before the proxy asks the
+    /// or answering an HTTP error other than 401 and 403, which refuse a
+    /// credential, not started) before the proxy asks the
     /// server something of its own (`ping`, or `server/discover`); if that
     /// fails too, its calls are refused at once. `0` never refuses. A reply
     /// of any kind, an error of the server's included, is an answer.

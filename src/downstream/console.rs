@@ -178,8 +178,83 @@ fn call_cells(record: &AuditRecord) -> Markup {
         td { (what) }
         td class="decision" { (record.decision) }
         td { (record.decided_by.as_deref().unwrap_or("")) }
+        td class="shadow" { (shadow_differs(record).unwrap_or("")) }
         td class="num" { (latency) }
     }
+}
+
+/// The shadow set's decision of a record, where it differs from the
+/// enforced one (`[proxy] shadow_policies`).
+fn shadow_differs(record: &AuditRecord) -> Option<&str> {
+    let shadow = record.detail.as_ref()?.get("shadow")?;
+    if shadow.get("differs")? != &serde_json::Value::Bool(true) {
+        return None;
+    }
+    shadow.get("decision")?.as_str()
+}
+
+/// The enforced decision and the shadow set's, side by side, for a record
+/// that holds both.
+fn shadow_sides(record: &AuditRecord) -> Option<Markup> {
+    let detail = record.detail.as_ref()?;
+    let shadow = detail.get("shadow")?;
+    let text = |value: Option<&serde_json::Value>| match value {
+        Some(serde_json::Value::String(text)) => text.clone(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map_or_else(|| item.to_string(), str::to_owned)
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    // Authz's verdict (`allow`, `deny`, `ask`), as the case it decided
+    // keeps it; the record's decision where it did not keep one.
+    let enforced = detail
+        .get("decided")
+        .and_then(|decided| decided.get("expect"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(&record.decision);
+    let rows = [
+        (
+            "decision",
+            enforced.to_owned(),
+            text(shadow.get("decision")),
+        ),
+        (
+            "policies",
+            record.policy_ids.join(", "),
+            text(shadow.get("policies")),
+        ),
+        (
+            "policy set",
+            record.policy_set.clone().unwrap_or_default(),
+            text(shadow.get("policy_set")),
+        ),
+        ("a policy failed", String::new(), text(shadow.get("failed"))),
+    ];
+    let differs = shadow.get("differs") == Some(&serde_json::Value::Bool(true));
+    Some(html! {
+        h3 { "Enforced and shadow policies" }
+        p class={ "shadow-" (if differs { "differs" } else { "agrees" }) } {
+            (if differs { "The shadow set decided otherwise." } else { "The shadow set decided the same." })
+        }
+        table class="sides" id="shadow" {
+            thead { tr { th {} th { "enforced" } th { "shadow" } } }
+            tbody {
+                @for (name, enforced, shadow) in rows {
+                    tr {
+                        th { (name) }
+                        td class={ "enforced-" (name.replace(' ', "-")) } { (enforced) }
+                        td class={ "shadow-" (name.replace(' ', "-")) } { (shadow) }
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// The filters the live view keeps, as written in its form.
@@ -320,7 +395,9 @@ async fn index(
                 thead {
                     tr {
                         th { "seq" } th { "time" } th { "client" } th { "server" } th { "method" }
-                        th { "target" } th { "decision" } th { "decided by" } th class="num" { "ms" }
+                        th { "target" } th { "decision" } th { "decided by" }
+                        th title="The shadow policy set's decision, where it differs" { "shadow" }
+                        th class="num" { "ms" }
                     }
                 }
                 tbody {
@@ -380,6 +457,7 @@ async fn exchange(
         html! {
             h2 { "Exchange " (seq) }
             p class={ "decision-" (record.decision) } { (record.decision) }
+            @if let Some(sides) = shadow_sides(&record) { (sides) }
             table class="detail" id="detail" {
                 @for (name, value) in exchange_fields(&record) {
                     tr {

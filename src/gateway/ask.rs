@@ -4,9 +4,11 @@
 //! to the client: why it was stopped, then what is about to happen), and
 //! the call goes on only on an explicit accept, decided again from authz
 //! on, as the same refusal of the same policy set let through this once.
-//! A client that cannot be asked (no elicitation, no session of its own, a
-//! code-mode script's call, the CLI, a question already pending) gets the
-//! refusal. The answer is recorded.
+//! A 2026-07-28 client, which has no session, is asked in its call's
+//! next round (`input_required`), as a server's question would be. A
+//! client that cannot be asked (no elicitation, a 2026-07-28 request that
+//! takes no rounds, a code-mode script's call, the CLI, a question already
+//! pending) gets the refusal. The answer is recorded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +30,10 @@ const SHOWN_VALUE: usize = 240;
 
 /// Arguments a call may have and still be asked about: each is shown.
 const SHOWN_KEYS: usize = 24;
+
+/// The id the proxy's own question carries in a 2026-07-28 client's round
+/// (a server's carry the server's): it never reaches a server.
+const ROUND_ID: &str = "portcullis-ask";
 
 /// What the person answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,27 +140,40 @@ impl Gateway {
         let Some(_registered) = session.register_call(key, withdrawn.clone()) else {
             return Answer::Unavailable;
         };
-        let (client_id, reply) = session.expect_client_answer();
-        let _pending = Pending { session, client_id };
-        let request = protocol::request(
-            Value::from(client_id),
-            Method::ElicitationCreate.as_str(),
-            json!({
-                "message": question,
-                "requestedSchema": { "type": "object", "properties": {} },
-            }),
-        );
-        if !session.deliver(request, exchange.context.request_id.as_ref()) {
-            return Answer::Unavailable;
-        }
+        let params = json!({
+            "message": question,
+            "requestedSchema": { "type": "object", "properties": {} },
+        });
         let timeout = self.config.proxy.ask_timeout;
-        let answered = tokio::select! {
-            answered = tokio::time::timeout(timeout, reply) => answered,
-            () = withdrawn.cancelled() => return Answer::Withdrawn,
-            () = session.closed.cancelled() => return Answer::Unanswered,
-        };
-        let Ok(Ok(answer)) = answered else {
-            return Answer::Unanswered;
+        // A 2026-07-28 client is asked in its call's next round
+        // (`input_required`); its retry's answer comes back here.
+        let answer = if session.revision.in_rounds() {
+            let id = Value::from(ROUND_ID);
+            let request = protocol::request(id.clone(), Method::ElicitationCreate.as_str(), params);
+            tokio::select! {
+                answer = self.rounds.ask_in_round(session, &id, &request, timeout) => answer,
+                () = withdrawn.cancelled() => return Answer::Withdrawn,
+            }
+        } else {
+            let (client_id, reply) = session.expect_client_answer();
+            let _pending = Pending { session, client_id };
+            let request = protocol::request(
+                Value::from(client_id),
+                Method::ElicitationCreate.as_str(),
+                params,
+            );
+            if !session.deliver(request, exchange.context.request_id.as_ref()) {
+                return Answer::Unavailable;
+            }
+            let answered = tokio::select! {
+                answered = tokio::time::timeout(timeout, reply) => answered,
+                () = withdrawn.cancelled() => return Answer::Withdrawn,
+                () = session.closed.cancelled() => return Answer::Unanswered,
+            };
+            let Ok(Ok(answer)) = answered else {
+                return Answer::Unanswered;
+            };
+            answer
         };
         match answer.pointer("/result/action").and_then(Value::as_str) {
             Some("accept") => Answer::Accept,
@@ -211,10 +230,12 @@ impl Gateway {
 }
 
 /// Whether the person behind `session`'s client can be asked: a session
-/// of its own whose client declared elicitation (in form), a call of the
-/// client's own (not a script's, not the CLI's).
+/// of its own, or a 2026-07-28 request that takes rounds, whose client
+/// declared elicitation (in form), a call of the client's own (not a
+/// script's, not the CLI's).
 fn may_ask(session: &Session, exchange: &Exchange) -> bool {
-    session.revision.lasting()
+    let rounds = session.revision.in_rounds() && session.in_rounds.load(Ordering::Relaxed);
+    (session.revision.lasting() || rounds)
         && session.transport != Transport::Cli
         && exchange.context.script.is_none()
         && session.client_capabilities(|declared| {

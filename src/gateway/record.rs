@@ -280,8 +280,9 @@ pub(super) fn detail_of(exchange: &Exchange, arguments: &Arguments) -> Option<Va
     // A refusal the flow could decide (the target's labels, and for each
     // label of the flow the exchanges, name and record, that brought it);
     // the shadow policy set's decision beside the enforced one.
-    // And the case authz decided (`policy replay` decides it again).
-    for key in ["flow", "shadow", "decided"] {
+    // And the case authz decided (`policy replay` decides it again); for
+    // a client's answer to a server's question, its own decision.
+    for key in ["flow", "shadow", "decided", "answer"] {
         if let Some(noted) = exchange
             .annotations
             .iter()

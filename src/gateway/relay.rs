@@ -180,8 +180,9 @@ impl Gateway {
             span
         });
         let sent = std::time::Instant::now();
+        let call = crate::chain::CallOf::of(&exchange.context).map(Arc::new);
         let forwarded = self
-            .forward(session, server, id, (outgoing, !scripted))
+            .forward(session, server, id, (outgoing, !scripted), call)
             .await;
         let ended = std::time::Instant::now();
         if let (Some(trace), Some(span)) = (exchange.trace.as_deref_mut(), upstream_span) {
@@ -215,13 +216,15 @@ impl Gateway {
     /// Sends a request to a server and returns its reply with the client's
     /// id restored ([`Failure::Cancelled`] when the client cancelled it),
     /// and the revision the server was spoken to in. `tasks`: whether the
-    /// server may answer with a task, where the client takes them.
+    /// server may answer with a task, where the client takes them; `call`:
+    /// the tool it calls, what answers to the server's questions go to.
     pub(super) async fn forward(
         self: &Arc<Self>,
         session: &Arc<Session>,
         server: usize,
         client_id: &Value,
         (outgoing, tasks): (Value, bool),
+        call: Option<Arc<crate::chain::CallOf>>,
     ) -> Result<Answer, Failure> {
         // The client's instance, and the call let through by its breaker
         // (refused at once while the server is failing). Dropped unsettled
@@ -231,7 +234,7 @@ impl Gateway {
         let key = IdKey::from_value(client_id);
         let cancel = CancellationToken::new();
         if let Some(key) = &key
-            && !session.begin_call(key.clone(), cancel.clone())
+            && !session.begin_call(key.clone(), cancel.clone(), call)
         {
             return Err(Failure::DuplicateId);
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::chain::{Context, Direction, Exchange, Outcome, Phase};
-use crate::protocol::{self, Kind, Method};
+use crate::protocol::{self, IdKey, Kind, Method};
 
 use super::failure::Failure;
 use super::record::{Arguments, Committed, record_of};
@@ -384,6 +384,9 @@ impl Gateway {
         }
         // 2. Begin: the exchange, recorded as the server's request.
         let mut run = self.begin_asking(session, message, &method, Some(upstream.name().clone()));
+        run.exchange.context.asked_during = related
+            .and_then(IdKey::from_value)
+            .and_then(|key| session.call_of(&key));
         let started = Instant::now();
         // 3. The chain on the server's request (authz: may this server ask
         //    this client; redaction of what it asks).
@@ -415,9 +418,11 @@ impl Gateway {
             )
             .await
         };
-        // 5. The chain on the client's answer (redaction of what the client
-        //    gives the server).
+        // 5. The chain on the client's answer (authz: the answer goes to the
+        //    tool of the call it was asked during, decided with the flow as
+        //    it stands now; redaction of what the client gives the server).
         let exchange = &mut run.exchange;
+        exchange.context.flow = self.flows.of(session);
         exchange.message = answer_message;
         exchange.phase = Phase::Response;
         let outcome = match self.chain.run(exchange) {

@@ -93,6 +93,9 @@ impl Outlet for Relay {
 /// A call of this session's that is in flight at a server.
 pub(crate) struct InFlight {
     pub cancel: CancellationToken,
+    /// The tool it calls: what the client's answers to its server's
+    /// questions during it go to.
+    pub call: Option<Arc<crate::chain::CallOf>>,
 }
 
 /// How a session's client speaks, as its edge (the transport that read the
@@ -499,14 +502,25 @@ impl Session {
         sent
     }
 
-    /// Registers a call in flight; returns false if the id is already in use.
-    pub(crate) fn begin_call(&self, id: IdKey, cancel: CancellationToken) -> bool {
+    /// Registers a call in flight (of `call`'s tool, if it calls one);
+    /// returns false if the id is already in use.
+    pub(crate) fn begin_call(
+        &self,
+        id: IdKey,
+        cancel: CancellationToken,
+        call: Option<Arc<crate::chain::CallOf>>,
+    ) -> bool {
         let mut calls = lock(&self.calls);
         if calls.contains_key(&id) {
             return false;
         }
-        calls.insert(id, InFlight { cancel });
+        calls.insert(id, InFlight { cancel, call });
         true
+    }
+
+    /// The tool the call `id` in flight calls.
+    pub(crate) fn call_of(&self, id: &IdKey) -> Option<Arc<crate::chain::CallOf>> {
+        lock(&self.calls).get(id).and_then(|call| call.call.clone())
     }
 
     /// Registers a call of the client's (`key`, if it has an id) for its
@@ -518,7 +532,7 @@ impl Session {
         cancel: CancellationToken,
     ) -> Option<Registered<'_>> {
         if let Some(key) = &key
-            && !self.begin_call(key.clone(), cancel)
+            && !self.begin_call(key.clone(), cancel, None)
         {
             return None;
         }

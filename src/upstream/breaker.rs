@@ -1,6 +1,7 @@
 //! A circuit breaker per upstream (each server, and each client's instance
 //! of a per-client server). When `failures` clients' calls in a row fail
-//! (timed out, the server unreachable or answering an HTTP error, a failed
+//! (timed out, the server unreachable or answering an HTTP error other than
+//! 401 and 403, which refuse a credential, not the server's failing; a failed
 //! start), the proxy asks the server something of its own (`ping`, or
 //! `server/discover` for a 2026-07-28 server) within the call timeout:
 //! only if that fails too does the breaker open. While it is open, calls
@@ -322,6 +323,7 @@ fn counts(error: &UpstreamError) -> bool {
         | UpstreamError::Handshake { .. } => true,
         UpstreamError::NeedsClient { .. }
         | UpstreamError::SignInNeeded { .. }
+        | UpstreamError::Rejected { .. }
         | UpstreamError::Refused { .. }
         | UpstreamError::NotGranted { .. }
         | UpstreamError::BreakerOpen { .. } => false,
@@ -471,6 +473,11 @@ mod tests {
                 server: "s".into(),
                 reason: "no token".into(),
                 told: None,
+            },
+            // A credential refused (a user's revoked token): it answered.
+            UpstreamError::Rejected {
+                server: "s".into(),
+                reason: "the server answered HTTP 401 Unauthorized".into(),
             },
         ] {
             assert_eq!(

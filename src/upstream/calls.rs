@@ -401,7 +401,23 @@ impl Shared {
                 after: wait,
             }),
         };
-        sent.map_err(|error| unavailable(error.to_string()))
+        sent.map_err(|error| not_sent(&self.name, error))
+    }
+}
+
+/// Why a message did not reach `server`: a credential it refused (HTTP
+/// 401, 403: it answered), or the server not available.
+fn not_sent(server: &str, error: LinkError) -> UpstreamError {
+    let reason = error.to_string();
+    let server = server.to_owned();
+    match error {
+        LinkError::Status(status)
+            if status == reqwest::StatusCode::UNAUTHORIZED
+                || status == reqwest::StatusCode::FORBIDDEN =>
+        {
+            UpstreamError::Rejected { server, reason }
+        }
+        _ => UpstreamError::Unavailable { server, reason },
     }
 }
 
@@ -548,7 +564,7 @@ impl PendingCall {
         if let Err(error) = sent {
             self.done = true;
             self.shared.pending().remove(&self.id);
-            return Err(unavailable(error.to_string()));
+            return Err(not_sent(&server, error));
         }
         let mut follow = self.follow.take();
         let reply = async {

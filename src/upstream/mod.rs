@@ -55,6 +55,10 @@ use std::time::Duration;
 pub enum UpstreamError {
     #[error("server `{server}` is not available: {reason}")]
     Unavailable { server: String, reason: String },
+    /// The server answered, refusing the credential the request carried
+    /// (HTTP 401 or 403): it is up, and its breaker does not count it.
+    #[error("server `{server}` is not available: {reason}")]
+    Rejected { server: String, reason: String },
     #[error("server `{server}` did not answer within {}", humanize(*after))]
     Timeout { server: String, after: Duration },
     #[error("server `{server}` failed to start: {reason}")]

@@ -106,6 +106,7 @@ pub(crate) fn lazy_config(name: &str, idle_timeout: Duration) -> Arc<ServerConfi
             require_signature: false,
             signature_keys: Default::default(),
             sign_in: None,
+            described_labels: None,
         })),
     )
 }

@@ -28,6 +28,8 @@
     cell(tr, record.target || record.method);
     cell(tr, record.decision, "decision");
     cell(tr, record.decided_by || "");
+    const shadow = record.detail && record.detail.shadow;
+    cell(tr, shadow && shadow.differs === true ? String(shadow.decision) : "", "shadow");
     cell(tr, (record.total_us / 1000).toFixed(1), "num");
     return tr;
   }

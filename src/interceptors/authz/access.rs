@@ -177,6 +177,7 @@ impl ServerAccess {
                         scopes: client.scopes(),
                         time,
                         script: None,
+                        answer: None,
                         flow: None,
                     })
                     .allowed
@@ -218,6 +219,7 @@ impl ServerAccess {
             scopes: client.scopes(),
             time: SystemTime::now(),
             script: None,
+            answer: None,
             flow: None,
         }))
     }

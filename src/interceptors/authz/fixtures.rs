@@ -65,6 +65,11 @@ pub struct Case {
     /// A call made by a code-mode script (`context.script`, its id);
     /// default: the client's own call.
     pub script: Option<String>,
+    /// A client's answer to its server's question (`context.answer`: the
+    /// question's method, `sampling/createMessage` or
+    /// `elicitation/create`), decided as the call it was asked during;
+    /// default: the call itself.
+    pub answer: Option<String>,
     /// The target's labels (`resource.labels`); default: the `[flow]`
     /// defaults (a tool's from its annotations; a prompt's or resource's
     /// `untrusted`).
@@ -139,6 +144,7 @@ pub struct Prepared {
     pub scopes: Vec<Arc<str>>,
     pub time: SystemTime,
     pub script: Option<String>,
+    pub answer: Option<String>,
     pub flow: Option<Flow>,
 }
 
@@ -157,6 +163,7 @@ impl Prepared {
             scopes: &self.scopes,
             time: self.time,
             script: self.script.as_deref(),
+            answer: self.answer.as_deref(),
             flow: self.flow.as_ref(),
         }
     }
@@ -216,6 +223,7 @@ impl Case {
             protocol: Some(query.protocol.to_owned()),
             scopes: Some(scopes),
             script: query.script.map(str::to_owned),
+            answer: query.answer.map(str::to_owned),
             // Stated even when none: none is not the defaults.
             labels: labelled.then(|| labels.iter().collect()),
             flow: FlowSpec { untrusted, private },
@@ -233,6 +241,29 @@ impl Case {
         value
     }
 
+    /// The case's action; with an `answer` (the method of a question),
+    /// `call_tool`.
+    fn action(&self) -> Result<Action, String> {
+        let action = Action::parse(&self.action).ok_or_else(|| {
+            format!(
+                "unknown action `{}`; one of: {}",
+                self.action,
+                Action::ALL.map(Action::name).join(", ")
+            )
+        })?;
+        let Some(answer) = &self.answer else {
+            return Ok(action);
+        };
+        let questions = ["sampling/createMessage", "elicitation/create"];
+        if !questions.contains(&answer.as_str()) || action != Action::CallTool {
+            return Err(format!(
+                "`answer` is the method of the question answered, `{}` or `{}`, on a `call_tool` case",
+                questions[0], questions[1]
+            ));
+        }
+        Ok(action)
+    }
+
     /// Makes the case concrete. `known` gives a client's groups and
     /// attributes from the config (used when the case names none);
     /// `separator` splits `server<sep>tool` names; `flow` labels the
@@ -243,13 +274,7 @@ impl Case {
         known: &Known,
         (separator, flow): (&str, &FlowConfig),
     ) -> Result<Prepared, String> {
-        let action = Action::parse(&self.action).ok_or_else(|| {
-            format!(
-                "unknown action `{}`; one of: {}",
-                self.action,
-                Action::ALL.map(Action::name).join(", ")
-            )
-        })?;
+        let action = self.action()?;
         let server_of = |name: &str| -> Result<String, String> {
             match &self.server {
                 Some(server) => Ok(server.clone()),
@@ -355,6 +380,7 @@ impl Case {
                 .collect(),
             time,
             script: self.script.clone(),
+            answer: self.answer.clone(),
             flow: self.flow.to_flow(),
         })
     }

@@ -9,6 +9,7 @@
 //! atomically and never lets a broken folder replace a good set.
 
 mod access;
+mod answers;
 mod diagnostic;
 pub mod fixtures;
 mod model;
@@ -426,6 +427,7 @@ impl Authz {
             scopes: context.client.scopes(),
             time,
             script: context.script.as_deref(),
+            answer: None,
             // Polling or cancelling a task sends nothing out: decided
             // without the flow, so a client can always stop what it began.
             flow: match context.method {
@@ -457,6 +459,19 @@ impl Authz {
         if decision.allowed {
             return;
         }
+        self.note_flow(exchange, decision, target);
+        if let Some(ask) = &decision.ask {
+            self.annotate(exchange, "ask", ask.clone());
+            let approval: Vec<&str> = std::iter::once(&*decision.policy_set)
+                .chain(decision.policies.iter().map(String::as_str))
+                .collect();
+            self.annotate(exchange, "ask_policies", json_list(&approval));
+        }
+    }
+
+    /// The flow that could decide a refusal, with the target's labels,
+    /// where a policy that decided it reads the flow.
+    fn note_flow(&self, exchange: &mut Exchange, decision: &Decision, target: &Target) {
         if decision.read_flow
             && let Some(flow) = exchange.context.flow.as_deref()
         {
@@ -465,13 +480,6 @@ impl Authz {
                 noted.insert("labels".into(), Value::from(target.labels().names()));
             }
             self.annotate(exchange, "flow", noted.to_string());
-        }
-        if let Some(ask) = &decision.ask {
-            self.annotate(exchange, "ask", ask.clone());
-            let approval: Vec<&str> = std::iter::once(&*decision.policy_set)
-                .chain(decision.policies.iter().map(String::as_str))
-                .collect();
-            self.annotate(exchange, "ask_policies", json_list(&approval));
         }
     }
 
@@ -729,6 +737,12 @@ impl Interceptor for Authz {
             code::DENIED,
             format!("notifications of server `{server}` are not for this client"),
         ))
+    }
+
+    /// A client's answer to a server's question: decided again, as the
+    /// call it was asked during, when it gives the server something.
+    fn on_client_response(&self, exchange: &mut Exchange) -> Verdict {
+        self.decide_answer(exchange)
     }
 
     fn on_server_response(&self, exchange: &mut Exchange) -> Verdict {

@@ -251,6 +251,9 @@ pub struct Query<'a> {
     /// The code-mode script that made the call (`context.script`: its
     /// id), if one did.
     pub script: Option<&'a str>,
+    /// A client's answer to its server's question, decided as the call it
+    /// was asked during (`context.answer`: the question's method).
+    pub answer: Option<&'a str>,
     /// What the data given to the client so far carries (`context.flow`);
     /// `None`: nothing yet.
     pub flow: Option<&'a Flow>,

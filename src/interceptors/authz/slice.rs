@@ -40,6 +40,7 @@ pub(super) struct Reads {
     pub(super) time: bool,
     pub(super) scopes: bool,
     pub(super) script: bool,
+    pub(super) answer: bool,
     pub(super) flow: bool,
 }
 
@@ -52,6 +53,7 @@ impl Reads {
         time: true,
         scopes: true,
         script: true,
+        answer: true,
         flow: true,
     };
     pub(super) const NONE: Self = Self {
@@ -62,6 +64,7 @@ impl Reads {
         time: false,
         scopes: false,
         script: false,
+        answer: false,
         flow: false,
     };
 
@@ -91,6 +94,7 @@ impl Reads {
             time: source.contains("time"),
             scopes: source.contains("scopes"),
             script: source.contains("script"),
+            answer: source.contains("answer"),
             flow: source.contains("flow"),
         }
     }
@@ -104,6 +108,7 @@ impl Reads {
             time: self.time || other.time,
             scopes: self.scopes || other.scopes,
             script: self.script || other.script,
+            answer: self.answer || other.answer,
             flow: self.flow || other.flow,
         }
     }

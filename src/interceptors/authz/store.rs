@@ -509,6 +509,17 @@ impl PolicyStore {
                 RestrictedExpression::new_string(script.to_owned()),
             ));
         }
+        // Only on a client's answer to a server's question: `context has
+        // answer`.
+        if reads.answer
+            && declared("answer")
+            && let Some(answer) = query.answer
+        {
+            pairs.push((
+                "answer".to_owned(),
+                RestrictedExpression::new_string(answer.to_owned()),
+            ));
+        }
         if reads.flow && declared("flow") {
             pairs.push(("flow".to_owned(), flow_record(query.flow)?));
         }

@@ -128,6 +128,7 @@ mod tests {
             require_signature: false,
             signature_keys: Default::default(),
             sign_in: None,
+            described_labels: None,
         }
     }
 

@@ -74,6 +74,7 @@ fn query<'a>(
         scopes: &[],
         time: SystemTime::now(),
         script: None,
+        answer: None,
         flow: None,
     }
 }

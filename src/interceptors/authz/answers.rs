@@ -1,0 +1,128 @@
+//! A client's answer to its server's question (sampling, elicitation),
+//! decided again before it goes: what the client gives carries the flow as
+//! it stands now, and goes to the target of the request it was asked
+//! during. It is decided as that request would be now (a tool's
+//! `call_tool`, a prompt's `get_prompt`, a resource's `read_resource`), its
+//! arguments being what the answer gives (the model's message, the form's
+//! content), `context.answer` the question's method.
+
+use std::time::SystemTime;
+
+use serde_json::{Map, Value, json};
+
+use super::request::{Action, Query, Target};
+use super::targets::Routed;
+use super::{Authz, code};
+use crate::chain::{Denial, Exchange, Verdict};
+use crate::protocol::{At as _, Method};
+
+impl Authz {
+    /// Decides `exchange`, a client's answer on its way to the server that
+    /// asked: one that gives nothing (a declined or cancelled form, an
+    /// error, a list of roots) goes; one that gives something goes only if
+    /// the request it was asked during may be made now. Without that
+    /// request (ended, or another kind) it does not go.
+    pub(super) fn decide_answer(&self, exchange: &mut Exchange) -> Verdict {
+        let Some(given) = given(exchange) else {
+            return Verdict::Continue;
+        };
+        let Some((action, target)) = self.answered(exchange) else {
+            return Verdict::Deny(Denial::new(
+                code::DENIED,
+                format!(
+                    "the answer to `{}` is not passed on: the request it was asked during (a tool's call, a prompt's get, a resource's read) is not in flight",
+                    exchange.context.method
+                ),
+            ));
+        };
+        let action = self.action_on(action, &target);
+        let store = self.engine.current();
+        let query = Query {
+            answer: Some(exchange.context.method.as_str()),
+            ..Self::query(exchange, action, &target, Some(&given), SystemTime::now())
+        };
+        let decision = store.decide(&query);
+        let id = self.decision_id();
+        // A URI may carry a credential: scrubbed, as refusals are.
+        let shown = self.scrubbed(target.entity().1);
+        // The question's own decision stays the record's; this one is kept
+        // beside it.
+        let noted = json!({
+            "action": action.name(),
+            "target": shown,
+            "decision": if decision.allowed { "allow" } else { "deny" },
+            "policies": decision.policies,
+            "policy_set": &*decision.policy_set,
+            "decision_id": id,
+        });
+        self.annotate(exchange, "answer", noted.to_string());
+        if decision.allowed {
+            return Verdict::Continue;
+        }
+        self.note_flow(exchange, &decision, &target);
+        tracing::info!(
+            client = %exchange.context.client.name,
+            action = action.name(),
+            resource = shown.split('?').next().unwrap_or_default(),
+            decision_id = %id,
+            policies = %decision.policies.join(","),
+            "an answer to a server's question denied by policy"
+        );
+        Verdict::Deny(
+            Denial::new(
+                code::DENIED,
+                format!(
+                    "the answer is not passed on: {} on `{shown}`, the request it was asked during, is not permitted now (decision {id})",
+                    action.name()
+                ),
+            )
+            .with("decision_id", id)
+            .with("policy_set", decision.policy_set.to_string()),
+        )
+    }
+
+    /// What the answer in `exchange` goes to: the request it was asked
+    /// during, as that request was decided (a tool's call, a prompt's get,
+    /// a resource's read); `None` for another request, or none known.
+    fn answered(&self, exchange: &Exchange) -> Option<(Action, Target)> {
+        let call = exchange.context.asked_during.as_deref()?;
+        let routed = Routed {
+            server: &call.server,
+            target: &call.target,
+            definition: call.definition.as_ref(),
+            separator: &self.separator,
+            flow: &self.flow,
+        };
+        match call.method {
+            Method::ToolsCall | Method::TasksGet | Method::TasksUpdate => {
+                Some((Action::CallTool, routed.tool()))
+            }
+            Method::PromptsGet => Some((Action::GetPrompt, routed.prompt())),
+            Method::ResourcesRead => Some((Action::ReadResource, routed.resource())),
+            _ => None,
+        }
+    }
+}
+
+/// What a client's answer gives its server, as arguments: a sampling
+/// result (the model's message), an accepted form's content; `None` for an
+/// answer that gives nothing of the client's.
+fn given(exchange: &Exchange) -> Option<Map<String, Value>> {
+    let result = exchange.message.get("result")?;
+    match exchange.context.method {
+        Method::SamplingCreateMessage => Some(result.as_object().cloned().unwrap_or_default()),
+        Method::ElicitationCreate => {
+            if result.get("action").and_then(Value::as_str) != Some("accept") {
+                return None;
+            }
+            let content = exchange.message.at(&["result", "content"]);
+            Some(
+                content
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        }
+        _ => None,
+    }
+}
