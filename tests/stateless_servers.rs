@@ -628,6 +628,28 @@ async fn a_tasks_question_is_redacted_and_answered_and_a_policy_decides_its_requ
         "{answered}"
     );
 
+    // A task's answers go to its server: a policy on answers (`context
+    // has answer`) decides tasks/update. The question is shown; the answer
+    // is refused, and the task goes on waiting for one.
+    std::fs::write(
+        folder.join("no-answers.cedar"),
+        r#"@id("no-answers") forbid (principal, action == Action::"call_tool", resource == Tool::"modern__elicit") when { context has answer };"#,
+    )
+    .unwrap();
+    served.log.wait_for(&["policies reloaded"]).await;
+    let asking = start_task(&client, "elicit", json!({ "message": "name?" })).await;
+    poll_until(&client, &asking, "input_required").await;
+    let answer = json!({ "action": "accept", "content": { "name": "Eve" } });
+    let responses = [("name".to_owned(), answer)].into_iter().collect();
+    let refused = client
+        .update_task(UpdateTaskParams::new(asking.clone(), responses))
+        .await;
+    let refused = format!("{:?}", refused.expect_err("a forbidden answer"));
+    assert!(refused.contains("not permitted"), "{refused}");
+    let waiting = poll_until(&client, &asking, "input_required").await;
+    assert!(!waiting.to_string().contains("Eve"), "{waiting}");
+    std::fs::remove_file(folder.join("no-answers.cedar")).unwrap();
+
     // A policy that forbids the tool once its task runs: the task's
     // requests are refused from then on.
     let long = start_task(&client, "sleep", json!({ "ms": 60000 })).await;

@@ -176,6 +176,8 @@ pub struct CallOf {
     pub target: String,
     /// The tool's or prompt's definition as its server listed it.
     pub definition: Option<Definition>,
+    /// The code-mode script that made it, if one did.
+    pub script: Option<Arc<str>>,
 }
 
 impl CallOf {
@@ -186,6 +188,7 @@ impl CallOf {
             server: context.server.clone()?,
             target: context.target.clone()?,
             definition: context.definition.clone(),
+            script: context.script.clone(),
         })
     }
 }

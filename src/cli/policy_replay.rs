@@ -16,8 +16,10 @@ use crate::config::Config;
 use crate::interceptors::authz::fixtures::{self, Case};
 use crate::interceptors::authz::{PolicyError, PolicyStore, Severity};
 
-/// Records read at most.
-const MAX_RECORDS: usize = 1_000_000;
+/// A period holding this many exchanges or more is refused (the admin
+/// API gives no more in one answer): a replay never leaves part of a
+/// period out.
+const MAX_RECORDS: usize = 10_000;
 
 #[derive(Args)]
 pub struct ReplayArgs {
@@ -58,14 +60,25 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     };
     super::audit::check(&params)?;
     let (records, _) = super::audit::read_records(&args.log, &params, MAX_RECORDS).await?;
+    if records.len() >= MAX_RECORDS {
+        bail!(
+            "the period holds {MAX_RECORDS} exchanges or more: narrow it with --since and --until (a replay never leaves part of a period out)"
+        );
+    }
     let known = fixtures::known(&config.clients);
     let naming = (config.proxy.namespace_separator.as_str(), &config.flow);
     let mut replayed = Vec::new();
     let mut skipped = 0;
+    // A record that does not replay is named, and the others go on.
+    let mut failed = 0;
     for (_, record) in records {
-        match replay_one(&store, &known, naming, record)? {
-            Some(done) => replayed.push(done),
-            None => skipped += 1,
+        match replay_one(&store, &known, naming, record) {
+            Ok(Some(done)) => replayed.push(done),
+            Ok(None) => skipped += 1,
+            Err(err) => {
+                eprintln!("{}", crate::protocol::shown(&format!("{err:#}")));
+                failed += 1;
+            }
         }
     }
     let changed: Vec<&Replayed> = replayed
@@ -111,6 +124,9 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         without,
         skipped
     );
+    if failed > 0 {
+        bail!("{failed} record(s) did not replay (named above)");
+    }
     Ok(())
 }
 
@@ -128,11 +144,15 @@ fn replay_one(
     };
     let mut case: Case = serde_json::from_value(decided.clone())
         .with_context(|| format!("record {}: its decided case does not parse", record.seq))?;
+    // As kept: where a size was kept in their place, none.
     let arguments = record
         .detail
         .as_ref()
         .and_then(|d| d.get("arguments"))
+        .filter(|a| !omitted(a))
         .and_then(|a| serde_json::from_value::<toml::Table>(a.clone()).ok());
+    // The record's own session (`context.session`).
+    case.session = Some(record.session.clone());
     let without_arguments =
         arguments.is_none() && matches!(case.action.as_str(), "call_tool" | "get_prompt");
     case.arguments = arguments;
@@ -154,6 +174,19 @@ fn replay_one(
     }))
 }
 
+/// Whether a record's `detail.arguments` is what the log keeps in place of
+/// arguments too large to keep (`{"omitted": "N bytes, over the M kept"}`).
+fn omitted(arguments: &serde_json::Value) -> bool {
+    let Some(kept) = arguments.as_object() else {
+        return false;
+    };
+    kept.len() == 1
+        && kept
+            .get("omitted")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|text| text.contains(" bytes, over the ") && text.ends_with(" kept"))
+}
+
 /// A policy folder loaded (every policy command's), each problem printed
 /// with its file, line and column.
 pub(super) fn load(dir: &Path) -> anyhow::Result<PolicyStore> {
@@ -170,5 +203,74 @@ pub(super) fn load(dir: &Path) -> anyhow::Result<PolicyStore> {
             bail!("{}: {errors} error(s) in the policies", dir.display())
         }
         Err(err) => Err(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn store() -> PolicyStore {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/policies/schema.cedarschema"),
+            dir.path().join("schema.cedarschema"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("main.cedar"),
+            r#"@id("in-the-session") permit (principal, action, resource) when { context.session == "s-1" };
+@id("no-big") forbid (principal, action, resource) when { context.arguments has omitted };"#,
+        )
+        .unwrap();
+        load(dir.path()).unwrap()
+    }
+
+    fn record(decided: serde_json::Value, arguments: Option<serde_json::Value>) -> AuditRecord {
+        let mut record = AuditRecord::event("exchange", "allow");
+        record.seq = 7;
+        record.session = "s-1".into();
+        let mut detail = json!({ "decided": decided });
+        if let Some(arguments) = arguments {
+            detail["arguments"] = arguments;
+        }
+        record.detail = Some(detail);
+        record
+    }
+
+    fn case() -> serde_json::Value {
+        json!({ "client": "tester", "action": "call_tool", "tool": "example__echo", "expect": "allow" })
+    }
+
+    #[test]
+    fn a_record_replays_in_its_own_session_with_its_arguments_as_kept() {
+        let store = store();
+        let known = fixtures::known(&[]);
+        let flow = crate::config::FlowConfig::default();
+        let naming = ("__", &flow);
+        // Its session decides; arguments too large to keep are none.
+        let big = json!({ "omitted": "70000 bytes, over the 65536 kept" });
+        let done = replay_one(&store, &known, naming, record(case(), Some(big)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.candidate, "allow", "{:?}", done.policies);
+        assert!(done.without_arguments);
+        // An argument that merely looks like the marker is an argument.
+        let kept = json!({ "omitted": "yes" });
+        let done = replay_one(&store, &known, naming, record(case(), Some(kept)))
+            .unwrap()
+            .unwrap();
+        assert!(!done.without_arguments);
+        // A record without a decided case is not replayable; one whose case
+        // does not parse is an error that names the record.
+        let mut none = record(case(), None);
+        none.detail = None;
+        assert!(replay_one(&store, &known, naming, none).unwrap().is_none());
+        let err = replay_one(&store, &known, naming, record(json!({ "nope": 1 }), None))
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("record 7"), "{err:#}");
     }
 }

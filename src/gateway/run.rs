@@ -384,9 +384,13 @@ impl Gateway {
         }
         // 2. Begin: the exchange, recorded as the server's request.
         let mut run = self.begin_asking(session, message, &method, Some(upstream.name().clone()));
+        // The client's request it was asked during, if it is one of this
+        // server's still in flight (an id ended and used again for another
+        // server's call is not).
         run.exchange.context.asked_during = related
             .and_then(IdKey::from_value)
-            .and_then(|key| session.call_of(&key));
+            .and_then(|key| session.call_of(&key))
+            .filter(|call| *call.server == **upstream.name());
         let started = Instant::now();
         // 3. The chain on the server's request (authz: may this server ask
         //    this client; redaction of what it asks).

@@ -14,6 +14,7 @@ use super::request::{Action, Query, Target};
 use super::targets::Routed;
 use super::{Authz, code};
 use crate::chain::{Denial, Exchange, Verdict};
+use crate::config::Label;
 use crate::protocol::{At as _, Method};
 
 impl Authz {
@@ -37,11 +38,22 @@ impl Authz {
         };
         let action = self.action_on(action, &target);
         let store = self.engine.current();
+        let script = exchange
+            .context
+            .asked_during
+            .as_ref()
+            .and_then(|call| call.script.clone());
         let query = Query {
             answer: Some(exchange.context.method.as_str()),
+            script: script.as_deref(),
             ..Self::query(exchange, action, &target, Some(&given), SystemTime::now())
         };
         let decision = store.decide(&query);
+        let verdict = if decision.allowed { "allow" } else { "deny" };
+        let shadow = self
+            .shadow
+            .as_ref()
+            .map(|shadow| shadow.decide(&query, verdict));
         let id = self.decision_id();
         // A URI may carry a credential: scrubbed, as refusals are.
         let shown = self.scrubbed(target.entity().1);
@@ -50,10 +62,11 @@ impl Authz {
         let noted = json!({
             "action": action.name(),
             "target": shown,
-            "decision": if decision.allowed { "allow" } else { "deny" },
+            "decision": verdict,
             "policies": decision.policies,
             "policy_set": &*decision.policy_set,
             "decision_id": id,
+            "shadow": shadow,
         });
         self.annotate(exchange, "answer", noted.to_string());
         if decision.allowed {
@@ -83,7 +96,9 @@ impl Authz {
 
     /// What the answer in `exchange` goes to: the request it was asked
     /// during, as that request was decided (a tool's call, a prompt's get,
-    /// a resource's read); `None` for another request, or none known.
+    /// a resource's read), its target a sink whatever its labels (the
+    /// answer goes to the server, which may have asked during any of its
+    /// requests); `None` for another request, or none known.
     fn answered(&self, exchange: &Exchange) -> Option<(Action, Target)> {
         let call = exchange.context.asked_during.as_deref()?;
         let routed = Routed {
@@ -93,14 +108,15 @@ impl Authz {
             separator: &self.separator,
             flow: &self.flow,
         };
-        match call.method {
+        let (action, target) = match call.method {
             Method::ToolsCall | Method::TasksGet | Method::TasksUpdate => {
-                Some((Action::CallTool, routed.tool()))
+                (Action::CallTool, routed.tool())
             }
-            Method::PromptsGet => Some((Action::GetPrompt, routed.prompt())),
-            Method::ResourcesRead => Some((Action::ReadResource, routed.resource())),
-            _ => None,
-        }
+            Method::PromptsGet => (Action::GetPrompt, routed.prompt()),
+            Method::ResourcesRead => (Action::ReadResource, routed.resource()),
+            _ => return None,
+        };
+        Some((action, target.with_label(Label::Sink)))
     }
 }
 

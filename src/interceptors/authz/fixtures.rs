@@ -67,8 +67,9 @@ pub struct Case {
     pub script: Option<String>,
     /// A client's answer to its server's question (`context.answer`: the
     /// question's method, `sampling/createMessage` or
-    /// `elicitation/create`), decided as the call it was asked during;
-    /// default: the call itself.
+    /// `elicitation/create`, or `tasks/update` for a task's answers),
+    /// decided as the request it was asked during; default: the request
+    /// itself.
     pub answer: Option<String>,
     /// The target's labels (`resource.labels`); default: the `[flow]`
     /// defaults (a tool's from its annotations; a prompt's or resource's
@@ -254,11 +255,16 @@ impl Case {
         let Some(answer) = &self.answer else {
             return Ok(action);
         };
-        let questions = ["sampling/createMessage", "elicitation/create"];
-        if !questions.contains(&answer.as_str()) || action != Action::CallTool {
+        let questions = [
+            "sampling/createMessage",
+            "elicitation/create",
+            "tasks/update",
+        ];
+        let answered = [Action::CallTool, Action::GetPrompt, Action::ReadResource];
+        if !questions.contains(&answer.as_str()) || !answered.contains(&action) {
             return Err(format!(
-                "`answer` is the method of the question answered, `{}` or `{}`, on a `call_tool` case",
-                questions[0], questions[1]
+                "`answer` is the method of the question answered (`{}`, `{}`, or `{}` for a task's answers), on a `call_tool`, `get_prompt` or `read_resource` case",
+                questions[0], questions[1], questions[2]
             ));
         }
         Ok(action)

@@ -219,6 +219,18 @@ impl Target {
         }
     }
 
+    /// The same target with `label` among its labels (a server has none).
+    #[must_use]
+    pub fn with_label(mut self, label: Label) -> Self {
+        match &mut self {
+            Self::Tool { labels, .. }
+            | Self::Prompt { labels, .. }
+            | Self::Resource { labels, .. } => *labels = labels.with(label),
+            Self::Server { .. } | Self::Catalogued { .. } => {}
+        }
+        self
+    }
+
     /// (entity type, entity id).
     pub fn entity(&self) -> (&'static str, &str) {
         match self {
