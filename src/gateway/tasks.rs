@@ -207,7 +207,12 @@ impl task_table::Tasks {
         let shown = match questions {
             None => Map::new(),
             Some(questions) => match self
-                .task_questions(gateway, session, server, questions)
+                .task_questions(
+                    gateway,
+                    session,
+                    (server, self.call_of(gateway, client, id)),
+                    questions,
+                )
                 .await
             {
                 Ok(shown) => shown,
@@ -241,7 +246,7 @@ impl task_table::Tasks {
         &self,
         gateway: &Arc<Gateway>,
         session: &Arc<Session>,
-        server: usize,
+        (server, call): (usize, Option<Arc<crate::chain::CallOf>>),
         questions: Map<String, Value>,
     ) -> Result<Map<String, Value>, Failure> {
         let mut shown = Map::new();
@@ -263,6 +268,8 @@ impl task_table::Tasks {
                 &method,
                 gateway.servers.name_at(server).cloned(),
             );
+            // Its answers come in `tasks/update`, decided as the task's call.
+            run.exchange.context.asked_during = call.clone();
             if let Err(refusal) = gateway.chain.run(&mut run.exchange) {
                 let refusal = Failure::from(refusal);
                 run.end(&refusal.outcome(), None).await;
@@ -280,6 +287,24 @@ impl task_table::Tasks {
             shown.insert(key, asked);
         }
         Ok(shown)
+    }
+
+    /// The call a task of `client`'s is, as its answers are decided
+    /// (`tasks/update` on its tool).
+    fn call_of(
+        &self,
+        gateway: &Gateway,
+        client: &crate::chain::ClientIdentity,
+        id: &str,
+    ) -> Option<Arc<crate::chain::CallOf>> {
+        let task = self.find(client, id)?;
+        Some(Arc::new(crate::chain::CallOf {
+            method: Method::TasksUpdate,
+            server: gateway.servers.name_at(task.server)?.clone(),
+            definition: gateway.catalog().tool_definition(&task.listed),
+            target: task.tool,
+            script: None,
+        }))
     }
 
     /// A created task the client will not get (its reply refused by the

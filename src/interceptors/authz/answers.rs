@@ -94,6 +94,16 @@ impl Authz {
         )
     }
 
+    /// Whether `exchange`, a server's question to a client whose answer
+    /// gives the server something (sampling, elicitation), has no request
+    /// its answer could be decided as.
+    pub(super) fn unanswerable(&self, exchange: &Exchange) -> bool {
+        matches!(
+            exchange.context.method,
+            Method::SamplingCreateMessage | Method::ElicitationCreate
+        ) && self.answered(exchange).is_none()
+    }
+
     /// What the answer in `exchange` goes to: the request it was asked
     /// during, as that request was decided (a tool's call, a prompt's get,
     /// a resource's read), its target a sink whatever its labels (the
@@ -127,11 +137,14 @@ fn given(exchange: &Exchange) -> Option<Map<String, Value>> {
     let result = exchange.message.get("result")?;
     match exchange.context.method {
         Method::SamplingCreateMessage => Some(result.as_object().cloned().unwrap_or_default()),
+        // An accept gives its content; any other answer that carries
+        // content anyway (a hostile or broken client) is decided too.
         Method::ElicitationCreate => {
-            if result.get("action").and_then(Value::as_str) != Some("accept") {
+            let content = exchange.message.at(&["result", "content"]);
+            let accepted = result.get("action").and_then(Value::as_str) == Some("accept");
+            if !accepted && content.is_none_or(Value::is_null) {
                 return None;
             }
-            let content = exchange.message.at(&["result", "content"]);
             Some(
                 content
                     .and_then(Value::as_object)

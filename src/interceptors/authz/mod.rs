@@ -555,21 +555,39 @@ impl Authz {
 
     /// Decides a request (`server_asks`: a server's to a client, which
     /// must be one the model names).
+    /// What a request is decided on, or what becomes of one not decided: a
+    /// server's question no action covers, or whose answer could not be
+    /// decided (asked outside a call, a prompt's get or a resource's read
+    /// in flight: no answer to it could go), is refused; any other request
+    /// goes on.
+    fn subject_decided(
+        &self,
+        exchange: &Exchange,
+        server_asks: bool,
+    ) -> Result<(Action, Target), Verdict> {
+        let method = &exchange.context.method;
+        if server_asks && self.unanswerable(exchange) {
+            return Err(Verdict::Deny(Denial::new(
+                code::DENIED,
+                format!(
+                    "server→client request `{method}` is not asked: it belongs to no call, prompt's get or resource's read in flight"
+                ),
+            )));
+        }
+        match self.subject(exchange) {
+            Some((action, target)) => Ok((self.action_on(action, &target), target)),
+            None if server_asks && *method != Method::Ping => Err(Verdict::Deny(Denial::new(
+                code::DENIED,
+                format!("server→client request `{method}` is not permitted"),
+            ))),
+            None => Err(Verdict::Continue),
+        }
+    }
+
     fn decide(&self, exchange: &mut Exchange, server_asks: bool) -> Verdict {
-        let Some((action, target)) = self
-            .subject(exchange)
-            .map(|(action, target)| (self.action_on(action, &target), target))
-        else {
-            if server_asks && exchange.context.method != Method::Ping {
-                return Verdict::Deny(Denial::new(
-                    code::DENIED,
-                    format!(
-                        "server→client request `{}` is not permitted",
-                        exchange.context.method
-                    ),
-                ));
-            }
-            return Verdict::Continue;
+        let (action, target) = match self.subject_decided(exchange, server_asks) {
+            Ok(subject) => subject,
+            Err(verdict) => return verdict,
         };
         // A task's answers (`tasks/update`) are what the client gives its
         // server: decided as an answer is (see `answers`), the target a sink.

@@ -3,6 +3,7 @@
 //! reloads and who may use a server each in a file of its own.
 
 mod access;
+mod answers;
 mod reloads;
 mod slicing;
 
