@@ -34,7 +34,8 @@ pub struct Filter {
     pub since: Option<String>,
     pub until: Option<String>,
     /// Only records whose shadow policy set decided otherwise than the
-    /// enforced one (`detail.shadow.differs`).
+    /// enforced one (`detail.shadow.differs`, or an answer's,
+    /// `detail.answer.shadow.differs`).
     pub shadow_differs: bool,
     /// Only records after this sequence number, oldest first: the first
     /// `limit` of them (paging forward, following the log). Without it, the
@@ -76,13 +77,22 @@ impl Filter {
             && self.since.as_ref().is_none_or(|t| record.time >= *t)
             && self.until.as_ref().is_none_or(|t| record.time < *t)
             && self.after.is_none_or(|after| record.seq > after)
-            && (!self.shadow_differs
-                || record
-                    .detail
-                    .as_ref()
-                    .and_then(|d| d.pointer("/shadow/differs"))
-                    .is_some_and(|differs| *differs == serde_json::Value::Bool(true)))
+            && (!self.shadow_differs || shadow_differs(record))
     }
+}
+
+/// Whether the shadow policy set decided a record otherwise than the
+/// enforced one: its request (`detail.shadow`), or the answer to a server's
+/// question it keeps (`detail.answer.shadow`).
+pub fn shadow_differs(record: &AuditRecord) -> bool {
+    let differs = |at: &str| {
+        record
+            .detail
+            .as_ref()
+            .and_then(|d| d.pointer(at))
+            .is_some_and(|differs| *differs == serde_json::Value::Bool(true))
+    };
+    differs("/shadow/differs") || differs("/answer/shadow/differs")
 }
 
 /// A filter as auditors write it (CLI flags, the admin API's query

@@ -178,19 +178,29 @@ fn call_cells(record: &AuditRecord) -> Markup {
         td { (what) }
         td class="decision" { (record.decision) }
         td { (record.decided_by.as_deref().unwrap_or("")) }
-        td class="shadow" { (shadow_differs(record).unwrap_or("")) }
+        td class="shadow" { (shadow_differs(record).unwrap_or_default()) }
         td class="num" { (latency) }
     }
 }
 
 /// The shadow set's decision of a record, where it differs from the
-/// enforced one (`[proxy] shadow_policies`).
-fn shadow_differs(record: &AuditRecord) -> Option<&str> {
-    let shadow = record.detail.as_ref()?.get("shadow")?;
+/// enforced one (`[proxy] shadow_policies`): of its request, else of the
+/// answer to a server's question it keeps.
+fn shadow_differs(record: &AuditRecord) -> Option<String> {
+    let detail = record.detail.as_ref()?;
+    if let Some(decision) = differing(detail.get("shadow")) {
+        return Some(decision);
+    }
+    differing(detail.pointer("/answer/shadow")).map(|decision| format!("answer: {decision}"))
+}
+
+/// A shadow decision's verdict, where it differs from the enforced one.
+fn differing(shadow: Option<&serde_json::Value>) -> Option<String> {
+    let shadow = shadow?;
     if shadow.get("differs")? != &serde_json::Value::Bool(true) {
         return None;
     }
-    shadow.get("decision")?.as_str()
+    shadow.get("decision")?.as_str().map(str::to_owned)
 }
 
 /// The enforced decision and the shadow set's, side by side, for a record

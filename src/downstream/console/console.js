@@ -28,8 +28,15 @@
     cell(tr, record.target || record.method);
     cell(tr, record.decision, "decision");
     cell(tr, record.decided_by || "");
-    const shadow = record.detail && record.detail.shadow;
-    cell(tr, shadow && shadow.differs === true ? String(shadow.decision) : "", "shadow");
+    const detail = record.detail || {};
+    const answered = detail.answer && detail.answer.shadow;
+    let shown = "";
+    if (detail.shadow && detail.shadow.differs === true) {
+      shown = String(detail.shadow.decision);
+    } else if (answered && answered.differs === true) {
+      shown = "answer: " + String(answered.decision);
+    }
+    cell(tr, shown, "shadow");
     cell(tr, (record.total_us / 1000).toFixed(1), "num");
     return tr;
   }

@@ -131,27 +131,71 @@ impl Authz {
 }
 
 /// What a client's answer gives its server, as arguments: a sampling
-/// result (the model's message), an accepted form's content; `None` for an
-/// answer that gives nothing of the client's.
+/// result (the model's message), an accepted form's content (anything else
+/// a form's answer carries: the whole result); `None` for an answer that
+/// gives nothing (an error, a form declined or cancelled and nothing more).
 fn given(exchange: &Exchange) -> Option<Map<String, Value>> {
     let result = exchange.message.get("result")?;
+    let whole = || result.as_object().cloned().unwrap_or_default();
     match exchange.context.method {
-        Method::SamplingCreateMessage => Some(result.as_object().cloned().unwrap_or_default()),
-        // An accept gives its content; any other answer that carries
-        // content anyway (a hostile or broken client) is decided too.
+        Method::SamplingCreateMessage => Some(whole()),
+        Method::ElicitationCreate if gives_nothing(result) => None,
         Method::ElicitationCreate => {
-            let content = exchange.message.at(&["result", "content"]);
             let accepted = result.get("action").and_then(Value::as_str) == Some("accept");
-            if !accepted && content.is_none_or(Value::is_null) {
-                return None;
+            let content = exchange.message.at(&["result", "content"]);
+            match content.and_then(Value::as_object) {
+                Some(content) if accepted => Some(content.clone()),
+                _ => Some(whole()),
             }
-            Some(
-                content
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default(),
-            )
         }
+        _ => None,
+    }
+}
+
+/// Whether an answer's result gives its server nothing: a form declined or
+/// cancelled, with nothing but `action` (and `_meta`).
+pub(super) fn gives_nothing(result: &Value) -> bool {
+    let Some(fields) = result.as_object() else {
+        return false;
+    };
+    matches!(
+        fields.get("action").and_then(Value::as_str),
+        Some("decline" | "cancel")
+    ) && fields.keys().all(|key| key == "action" || key == "_meta")
+}
+
+/// Whether `exchange` is a task's answers (`tasks/update`) of which one at
+/// least gives the server something (one that only declines or cancels
+/// forms is decided as the task's other requests are).
+pub(super) fn gives_answers(exchange: &Exchange) -> bool {
+    exchange.context.method == Method::TasksUpdate
+        && exchange
+            .message
+            .at(&["params", "inputResponses"])
+            .and_then(Value::as_object)
+            .is_none_or(|answers| answers.values().any(|answer| !gives_nothing(answer)))
+}
+
+/// What a request gives its target, as `context.arguments`: a call's or a
+/// prompt's arguments; for a task's requests, those of the call that
+/// created it, but for `tasks/update`, whose answers go to the server, its
+/// `inputResponses`.
+pub(super) fn arguments_of(
+    exchange: &Exchange,
+    action: Action,
+) -> Option<&serde_json::Map<String, Value>> {
+    let given = |key: &str| {
+        exchange
+            .message
+            .at(&["params", key])
+            .and_then(Value::as_object)
+    };
+    match action {
+        Action::CallTool if gives_answers(exchange) => given("inputResponses"),
+        Action::CallTool if exchange.context.method.is_task() => {
+            exchange.context.call_arguments.as_deref()
+        }
+        Action::CallTool | Action::GetPrompt => given("arguments"),
         _ => None,
     }
 }

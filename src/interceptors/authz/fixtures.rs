@@ -68,8 +68,9 @@ pub struct Case {
     /// A client's answer to its server's question (`context.answer`: the
     /// question's method, `sampling/createMessage` or
     /// `elicitation/create`, or `tasks/update` for a task's answers),
-    /// decided as the request it was asked during; default: the request
-    /// itself.
+    /// decided as the request it was asked during, its target a sink (as
+    /// the proxy decides it: the answer goes to the server); default: the
+    /// request itself.
     pub answer: Option<String>,
     /// The target's labels (`resource.labels`); default: the `[flow]`
     /// defaults (a tool's from its annotations; a prompt's or resource's
@@ -364,6 +365,10 @@ impl Case {
             None => SystemTime::now(),
             Some(text) => parse_datetime(text)
                 .ok_or_else(|| format!("`time` must be `YYYY-MM-DDThh:mm:ssZ`, not `{text}`"))?,
+        };
+        let target = match self.answer {
+            Some(_) => target.with_label(Label::Sink),
+            None => target,
         };
         Ok(Prepared {
             client: self.client.clone(),

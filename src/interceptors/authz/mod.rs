@@ -287,29 +287,6 @@ fn approved(exchange: &Exchange, decision: &Decision) -> bool {
 }
 
 /// A list of names as JSON (ids may hold any character).
-/// What a request gives its target, as `context.arguments`: a call's or a
-/// prompt's arguments; for a task's requests, those of the call that
-/// created it, but for `tasks/update`, whose answers go to the server, its
-/// `inputResponses`.
-fn arguments_of(exchange: &Exchange, action: Action) -> Option<&serde_json::Map<String, Value>> {
-    let given = |key: &str| {
-        exchange
-            .message
-            .at(&["params", key])
-            .and_then(Value::as_object)
-    };
-    match action {
-        Action::CallTool if exchange.context.method == Method::TasksUpdate => {
-            given("inputResponses")
-        }
-        Action::CallTool if exchange.context.method.is_task() => {
-            exchange.context.call_arguments.as_deref()
-        }
-        Action::CallTool | Action::GetPrompt => given("arguments"),
-        _ => None,
-    }
-}
-
 fn json_list(names: &[&str]) -> String {
     Value::from(names.to_vec()).to_string()
 }
@@ -591,12 +568,12 @@ impl Authz {
         };
         // A task's answers (`tasks/update`) are what the client gives its
         // server: decided as an answer is (see `answers`), the target a sink.
-        let answering = exchange.context.method == Method::TasksUpdate;
+        let answering = answers::gives_answers(exchange);
         let target = match answering {
             true => target.with_label(crate::config::Label::Sink),
             false => target,
         };
-        let arguments = arguments_of(exchange, action);
+        let arguments = answers::arguments_of(exchange, action);
         let store = self.engine.current();
         let query = Query {
             answer: answering.then_some(Method::TasksUpdate.as_str()),

@@ -119,12 +119,49 @@ fn an_answer_that_gives_something_is_decided_as_a_sink_and_one_that_gives_nothin
         json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -1, "message": "no"}}),
     );
     assert_eq!(authz.see(&mut error), Verdict::Continue);
-    // A decline that carries content anyway is decided.
-    let hostile = json!({"action": "decline", "content": {"name": "SECRET"}});
-    let mut exchange = answer("elicitation/create", Some(Method::ToolsCall), hostile);
-    denied(authz.see(&mut exchange));
+    let quiet = json!({"action": "cancel", "_meta": {"k": 1}});
+    let mut exchange = answer("elicitation/create", Some(Method::ToolsCall), quiet);
+    assert_eq!(authz.see(&mut exchange), Verdict::Continue);
+    // A decline that carries anything more is decided.
+    for hostile in [
+        json!({"action": "decline", "content": {"name": "SECRET"}}),
+        json!({"action": "decline", "data": "SECRET"}),
+        json!("SECRET"),
+    ] {
+        let mut exchange = answer("elicitation/create", Some(Method::ToolsCall), hostile);
+        denied(authz.see(&mut exchange));
+    }
     // An answer to a question of no request in flight does not go.
     let mut orphan = answer("sampling/createMessage", None, sampled);
     let reason = denied(authz.see(&mut orphan));
     assert!(reason.contains("not in flight"), "{reason}");
+}
+
+#[test]
+fn a_tasks_answers_are_decided_as_answers_unless_they_only_decline() {
+    let dir = folder(
+        r#"@id("all") permit (principal, action, resource);
+@id("no-answers") forbid (principal, action, resource) when { context has answer };"#,
+    );
+    let authz = crate::interceptors::authz::Authz::new(Arc::new(engine(dir.path())), "__");
+    let update = |responses: Value| {
+        let mut context = Context::new(
+            "session".into(),
+            ClientIdentity::new("c", &[]),
+            Transport::Http,
+            "tasks/update",
+        );
+        context.server = Some(Arc::from("s"));
+        context.target = Some("t".into());
+        let message = json!({"jsonrpc": "2.0", "id": 1, "method": "tasks/update",
+            "params": {"taskId": "x", "inputResponses": responses}});
+        Exchange::new(message, Direction::ClientToServer, Phase::Request, context)
+    };
+    let mut declined = update(json!({"name": {"action": "decline"}}));
+    assert_eq!(authz.see(&mut declined), Verdict::Continue);
+    let mut accepted = update(
+        json!({"name": {"action": "accept", "content": {"name": "Ada"}},
+        "other": {"action": "cancel"}}),
+    );
+    denied(authz.see(&mut accepted));
 }
