@@ -37,7 +37,7 @@ mod wal;
 mod writer;
 
 pub use commit::Audit;
-pub use query::{Filter, FilterError, FilterParams};
+pub use query::{Filter, FilterError, FilterParams, shadow_differences};
 pub use reader::{Anchor, Reader};
 pub use record::{AuditRecord, GENESIS, Redaction, TokenIdentity, sha256_canonical};
 pub use retention::PRUNE_EVERY;

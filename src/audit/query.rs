@@ -77,22 +77,24 @@ impl Filter {
             && self.since.as_ref().is_none_or(|t| record.time >= *t)
             && self.until.as_ref().is_none_or(|t| record.time < *t)
             && self.after.is_none_or(|after| record.seq > after)
-            && (!self.shadow_differs || shadow_differs(record))
+            && (!self.shadow_differs || shadow_differences(record).next().is_some())
     }
 }
 
-/// Whether the shadow policy set decided a record otherwise than the
-/// enforced one: its request (`detail.shadow`), or the answer to a server's
-/// question it keeps (`detail.answer.shadow`).
-pub fn shadow_differs(record: &AuditRecord) -> bool {
-    let differs = |at: &str| {
-        record
-            .detail
-            .as_ref()
-            .and_then(|d| d.pointer(at))
-            .is_some_and(|differs| *differs == serde_json::Value::Bool(true))
-    };
-    differs("/shadow/differs") || differs("/answer/shadow/differs")
+/// The shadow policy set's decisions a record keeps that differ from the
+/// enforced one: its request's (`detail.shadow`), then that of the answer
+/// to a server's question it keeps (`detail.answer.shadow`), each with
+/// whether it is the answer's.
+pub fn shadow_differences(
+    record: &AuditRecord,
+) -> impl Iterator<Item = (&serde_json::Value, bool)> {
+    let detail = record.detail.as_ref();
+    [("/shadow", false), ("/answer/shadow", true)]
+        .into_iter()
+        .filter_map(move |(at, answer)| {
+            let shadow = detail?.pointer(at)?;
+            (shadow.get("differs")? == &serde_json::Value::Bool(true)).then_some((shadow, answer))
+        })
 }
 
 /// A filter as auditors write it (CLI flags, the admin API's query

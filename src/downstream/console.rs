@@ -187,20 +187,13 @@ fn call_cells(record: &AuditRecord) -> Markup {
 /// enforced one (`[proxy] shadow_policies`): of its request, else of the
 /// answer to a server's question it keeps.
 fn shadow_differs(record: &AuditRecord) -> Option<String> {
-    let detail = record.detail.as_ref()?;
-    if let Some(decision) = differing(detail.get("shadow")) {
-        return Some(decision);
-    }
-    differing(detail.pointer("/answer/shadow")).map(|decision| format!("answer: {decision}"))
-}
-
-/// A shadow decision's verdict, where it differs from the enforced one.
-fn differing(shadow: Option<&serde_json::Value>) -> Option<String> {
-    let shadow = shadow?;
-    if shadow.get("differs")? != &serde_json::Value::Bool(true) {
-        return None;
-    }
-    shadow.get("decision")?.as_str().map(str::to_owned)
+    crate::audit::shadow_differences(record).find_map(|(shadow, answer)| {
+        let decision = shadow.get("decision")?.as_str()?;
+        Some(match answer {
+            true => format!("answer: {decision}"),
+            false => decision.to_owned(),
+        })
+    })
 }
 
 /// The enforced decision and the shadow set's, side by side, for a record
